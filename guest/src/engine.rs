@@ -1,0 +1,411 @@
+//! The rules: each request decided against the loaded policy and the host's state.
+//!
+//! State layout, in the host's generic terms (one scope per account):
+//! - record `account`: `"<anchor-nanos> <plan>"`, created by `subscribe`;
+//! - members: the account's contacts (normalised addresses), grouped by campaign.
+//!   The scope's distinct-member count *is* the lead credits used, and
+//!   `member-add`'s limit is the plan's lead credits, so taking a credit and adding
+//!   the contact are one atomic step;
+//! - counter `email/<cycle>`: email credits used in billing cycle `<cycle>`,
+//!   expiring when the cycle ends; its `once` keys `msg/<cycle>/<message-id>` make a
+//!   retried message free.
+//!
+//! Checks that need no state (plan names, addresses) come after the account is
+//! found, so that an unknown account is always reported as such.
+
+use std::collections::BTreeSet;
+
+use crate::address;
+use crate::bindings::Diagnostic;
+use crate::bindings::{
+    AccountUsage, CounterAdded, Decision, EmailKind, EmailUsage, Error, GroupCleared, Instant,
+    LeadUsage, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved, Once,
+    PolicySummary, Reason, StateError,
+};
+use crate::cycle::{self, Cycle};
+use crate::policy::{Plan, Policy};
+
+/// The host's atomic primitives (WIT interface `state`). The component implements
+/// it with its imports; native tests and benchmarks with an in-process store.
+pub trait State {
+    fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError>;
+    fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
+    fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
+    fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError>;
+    #[allow(clippy::too_many_arguments)]
+    fn counter_add(
+        &mut self,
+        scope: &str,
+        name: &str,
+        amount: u64,
+        limit: Option<u64>,
+        once: Option<&Once>,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> Result<CounterAdded, StateError>;
+    fn member_add(
+        &mut self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> Result<MemberAdded, StateError>;
+    fn member_remove(
+        &mut self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<MemberRemoved, StateError>;
+    fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError>;
+    fn member_count(&mut self, scope: &str) -> Result<u64, StateError>;
+}
+
+const ACCOUNT_RECORD: &str = "account";
+
+/// The policy engine of one instance: the loaded policy, if any.
+#[derive(Debug, Default)]
+pub struct Engine {
+    policy: Option<Policy>,
+}
+
+/// An existing account as read from state, with its plan resolved.
+struct Account {
+    anchor: Instant,
+    plan_name: String,
+    plan: Plan,
+}
+
+/// What a decision does besides allowing or denying.
+#[derive(Default)]
+struct Effect {
+    charged: u64,
+    freed: u64,
+}
+
+impl Engine {
+    /// Replaces the policy in force if `text` is valid; otherwise keeps the old one.
+    pub fn load_policy(&mut self, text: &str) -> Result<PolicySummary, Vec<Diagnostic>> {
+        let (policy, warnings) = Policy::parse(text)?;
+        let summary = policy.summary(warnings);
+        self.policy = Some(policy);
+        Ok(summary)
+    }
+
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+
+    pub fn subscribe(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        plan: &str,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        let policy = self.loaded()?;
+        if !policy.plans.contains_key(plan) {
+            let usage = match self.account(st, account)? {
+                Some(Ok(acct)) => Some(self.usage_of(st, account, &acct, now)?),
+                _ => None,
+            };
+            return Ok(deny(Reason::UnknownPlan, usage));
+        }
+        if !st.record_insert(account, ACCOUNT_RECORD, &account_record(now, plan))? {
+            return self.with_account(st, account, now, |_, _| Ok(Err(Reason::AlreadySubscribed)));
+        }
+        self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))
+    }
+
+    pub fn change_plan(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        plan: &str,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        let policy = self.loaded()?;
+        let Some(found) = self.account(st, account)? else {
+            return Ok(deny(Reason::UnknownAccount, None));
+        };
+        if !policy.plans.contains_key(plan) {
+            let usage = match &found {
+                Ok(acct) => Some(self.usage_of(st, account, acct, now)?),
+                Err(_) => None,
+            };
+            return Ok(deny(Reason::UnknownPlan, usage));
+        }
+        let anchor = match found {
+            Ok(acct) => acct.anchor,
+            Err((anchor, _)) => anchor,
+        };
+        if !st.record_update(account, ACCOUNT_RECORD, &account_record(anchor, plan))? {
+            return Ok(deny(Reason::UnknownAccount, None));
+        }
+        self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))
+    }
+
+    pub fn add_lead(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        campaign: &str,
+        email: &str,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        self.with_account(st, account, now, |st, acct| {
+            let Some(contact) = address::normalize(email) else {
+                return Ok(Err(Reason::InvalidEmail));
+            };
+            Ok(
+                match st
+                    .member_add(account, campaign, &contact, acct.plan.lead_credits)?
+                    .outcome
+                {
+                    MemberAddOutcome::AlreadyInGroup | MemberAddOutcome::Joined => {
+                        Ok(Effect::default())
+                    }
+                    MemberAddOutcome::Inserted => Ok(Effect {
+                        charged: 1,
+                        freed: 0,
+                    }),
+                    MemberAddOutcome::Refused => Err(Reason::LeadCreditsExhausted),
+                },
+            )
+        })
+    }
+
+    pub fn delete_lead(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        campaign: &str,
+        email: &str,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        self.with_account(st, account, now, |st, _| {
+            let Some(contact) = address::normalize(email) else {
+                return Ok(Err(Reason::InvalidEmail));
+            };
+            let freed = match st.member_remove(account, campaign, &contact)?.outcome {
+                MemberRemoveOutcome::Released => 1,
+                MemberRemoveOutcome::NotInGroup | MemberRemoveOutcome::LeftGroup => 0,
+            };
+            Ok(Ok(Effect { charged: 0, freed }))
+        })
+    }
+
+    pub fn delete_campaign_leads(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        campaign: &str,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        self.with_account(st, account, now, |st, _| {
+            let cleared = st.group_clear(account, campaign)?;
+            Ok(Ok(Effect {
+                charged: 0,
+                freed: cleared.released,
+            }))
+        })
+    }
+
+    pub fn send_email(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        to: &[String],
+        kind: EmailKind,
+        message_id: Option<&str>,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        let costs = self.loaded()?.email_costs;
+        self.with_account(st, account, now, |st, acct| {
+            let mut recipients = BTreeSet::new();
+            for raw in to {
+                let Some(contact) = address::normalize(raw) else {
+                    return Ok(Err(Reason::InvalidEmail));
+                };
+                recipients.insert(contact);
+            }
+            if recipients.is_empty() {
+                return Ok(Err(Reason::NoRecipients));
+            }
+            let count = u64::try_from(recipients.len()).unwrap_or(u64::MAX);
+            let cost = count.saturating_mul(costs.of(kind));
+            let cycle = cycle_of(acct.anchor, now)?;
+            let once = message_id.map(|id| Once {
+                key: format!("msg/{}/{id}", cycle.index),
+                expires_at: cycle.end,
+            });
+            let counter = email_counter(&cycle);
+            Ok(
+                match st.counter_add(
+                    account,
+                    &counter,
+                    cost,
+                    acct.plan.email_credits,
+                    once.as_ref(),
+                    Some(cycle.end),
+                    now,
+                )? {
+                    CounterAdded::Applied(_) => Ok(Effect {
+                        charged: cost,
+                        freed: 0,
+                    }),
+                    CounterAdded::Repeated(_) => Ok(Effect::default()),
+                    CounterAdded::Refused(_) => Err(Reason::EmailCreditsExhausted),
+                },
+            )
+        })
+    }
+
+    pub fn check_email(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        cost: u64,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        self.with_account(st, account, now, |st, acct| {
+            let cycle = cycle_of(acct.anchor, now)?;
+            let used = st.counter_get(account, &email_counter(&cycle), now)?;
+            let fits = match acct.plan.email_credits {
+                None => true,
+                Some(limit) => used.checked_add(cost).is_some_and(|total| total <= limit),
+            };
+            Ok(if fits {
+                Ok(Effect::default())
+            } else {
+                Err(Reason::EmailCreditsExhausted)
+            })
+        })
+    }
+
+    pub fn usage(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))
+    }
+
+    fn loaded(&self) -> Result<&Policy, Error> {
+        self.policy.as_ref().ok_or(Error::NoPolicy)
+    }
+
+    /// Runs `rule` for an existing account on a known plan and reports the usage after
+    /// it; denies `unknown-account` or `unknown-plan` otherwise.
+    fn with_account<S: State>(
+        &self,
+        st: &mut S,
+        account: &str,
+        now: Instant,
+        rule: impl FnOnce(&mut S, &Account) -> Result<Result<Effect, Reason>, Error>,
+    ) -> Result<Decision, Error> {
+        let acct = match self.account(st, account)? {
+            None => return Ok(deny(Reason::UnknownAccount, None)),
+            Some(Err(_)) => return Ok(deny(Reason::UnknownPlan, None)),
+            Some(Ok(acct)) => acct,
+        };
+        let outcome = rule(st, &acct)?;
+        let usage = Some(self.usage_of(st, account, &acct, now)?);
+        Ok(match outcome {
+            Ok(effect) => Decision {
+                denied: None,
+                charged: effect.charged,
+                freed: effect.freed,
+                usage,
+            },
+            Err(reason) => deny(reason, usage),
+        })
+    }
+
+    /// The account, if it exists: `Ok` with its plan, or `Err((anchor, plan name))`
+    /// when the plan is not in the loaded policy.
+    #[allow(clippy::type_complexity)]
+    fn account(
+        &self,
+        st: &mut impl State,
+        account: &str,
+    ) -> Result<Option<Result<Account, (Instant, String)>>, Error> {
+        let policy = self.loaded()?;
+        let Some(record) = st.record_get(account, ACCOUNT_RECORD)? else {
+            return Ok(None);
+        };
+        let (anchor, plan_name) = parse_account_record(&record).ok_or_else(|| {
+            Error::State(StateError::Corrupt(format!(
+                "account record of {account:?} is malformed: {record:?}"
+            )))
+        })?;
+        Ok(Some(match policy.plans.get(plan_name) {
+            Some(plan) => Ok(Account {
+                anchor,
+                plan_name: plan_name.to_string(),
+                plan: *plan,
+            }),
+            None => Err((anchor, plan_name.to_string())),
+        }))
+    }
+
+    fn usage_of(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        acct: &Account,
+        now: Instant,
+    ) -> Result<AccountUsage, Error> {
+        let cycle = cycle_of(acct.anchor, now)?;
+        let email_used = st.counter_get(account, &email_counter(&cycle), now)?;
+        let lead_used = st.member_count(account)?;
+        Ok(AccountUsage {
+            plan: acct.plan_name.clone(),
+            anchor: acct.anchor,
+            lead_credits: LeadUsage {
+                used: lead_used,
+                limit: acct.plan.lead_credits,
+            },
+            email_credits: EmailUsage {
+                used: email_used,
+                limit: acct.plan.email_credits,
+                cycle_start: cycle.start,
+                resets_at: cycle.end,
+            },
+        })
+    }
+}
+
+fn deny(reason: Reason, usage: Option<AccountUsage>) -> Decision {
+    Decision {
+        denied: Some(reason),
+        charged: 0,
+        freed: 0,
+        usage,
+    }
+}
+
+fn cycle_of(anchor: Instant, now: Instant) -> Result<Cycle, Error> {
+    cycle::cycle_at(anchor, now).map_err(|cycle::OutOfRange| {
+        Error::InvalidRequest("the billing cycle of this instant ends after 2262-04-11, the last instant creditgate can count".into())
+    })
+}
+
+fn email_counter(cycle: &Cycle) -> String {
+    format!("email/{}", cycle.index)
+}
+
+fn account_record(anchor: Instant, plan: &str) -> String {
+    format!("{anchor} {plan}")
+}
+
+fn parse_account_record(record: &str) -> Option<(Instant, &str)> {
+    let (anchor, plan) = record.split_once(' ')?;
+    Some((anchor.parse().ok()?, plan))
+}
+
+impl From<StateError> for Error {
+    fn from(e: StateError) -> Self {
+        Error::State(e)
+    }
+}

@@ -1,0 +1,572 @@
+//! A policy: the plans an account can be on, read from TOML.
+//!
+//! The smallest valid policy is a set of `[plans.NAME]` tables, each with integer
+//! `lead_credits` and `email_credits`; every other key is optional (see
+//! `policies/example.toml`, which shows and explains them all). Validation walks the
+//! parsed document by hand rather than through serde so that it reports every
+//! problem at once, each with its key path, line and column, in document order.
+
+use std::collections::BTreeMap;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::bindings::{Allowance, Diagnostic, EmailKind, PlanSummary, PolicySummary};
+
+/// The one `version` this engine reads.
+pub const VERSION: u64 = 1;
+
+/// The most credits of one kind a plan may grant; anything above is surely a typo.
+pub const MAX_CREDITS: u64 = 1_000_000_000_000;
+
+/// The most email credits one recipient of one message may cost.
+pub const MAX_EMAIL_COST: u64 = 1_000;
+
+/// Longest plan name, in bytes.
+pub const MAX_PLAN_NAME: usize = 64;
+
+/// Largest policy text accepted, in bytes.
+pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub plans: BTreeMap<String, Plan>,
+    pub email_costs: EmailCosts,
+}
+
+/// What one plan grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Unique contacts an account may hold; `None`: unlimited.
+    pub lead_credits: Allowance,
+    /// Email credits per billing cycle; `None`: unlimited.
+    pub email_credits: Allowance,
+}
+
+/// Email credits charged per distinct recipient of one message, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmailCosts {
+    pub first: u64,
+    pub follow_up: u64,
+    pub reply: u64,
+}
+
+impl Default for EmailCosts {
+    /// Every email costs one credit, whatever its kind (Smartlead's rule).
+    fn default() -> Self {
+        Self {
+            first: 1,
+            follow_up: 1,
+            reply: 1,
+        }
+    }
+}
+
+impl EmailCosts {
+    pub fn of(&self, kind: EmailKind) -> u64 {
+        match kind {
+            EmailKind::First => self.first,
+            EmailKind::FollowUp => self.follow_up,
+            EmailKind::Reply => self.reply,
+        }
+    }
+}
+
+impl Policy {
+    /// Parses and validates `text`; on success also returns warnings about legal but
+    /// suspicious content.
+    pub fn parse(text: &str) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let mut check = Checker {
+            text,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        };
+        if text.len() > MAX_POLICY_BYTES {
+            check.error(
+                "",
+                0..0,
+                format!(
+                    "the policy is {} bytes; the limit is {MAX_POLICY_BYTES}",
+                    text.len()
+                ),
+            );
+            return Err(check.errors);
+        }
+        let root = match DeTable::parse(text) {
+            Ok(root) => root,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                // toml's message is a multi-line report; its first line is the point.
+                let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
+                check.error("", span, message.to_string());
+                return Err(check.errors);
+            }
+        };
+        let policy = check.policy(root.get_ref());
+        check.errors.sort_by_key(|d| (d.line, d.column));
+        check.warnings.sort_by_key(|d| (d.line, d.column));
+        match policy {
+            Some(policy) if check.errors.is_empty() => Ok((policy, check.warnings)),
+            _ => Err(check.errors),
+        }
+    }
+
+    /// The plans as the WIT reports them.
+    pub fn summary(&self, warnings: Vec<Diagnostic>) -> PolicySummary {
+        PolicySummary {
+            plans: self
+                .plans
+                .iter()
+                .map(|(name, plan)| PlanSummary {
+                    name: name.clone(),
+                    lead_credits: plan.lead_credits,
+                    email_credits: plan.email_credits,
+                })
+                .collect(),
+            warnings,
+        }
+    }
+}
+
+type Table<'i> = DeTable<'i>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Collects diagnostics while walking the document.
+struct Checker<'t> {
+    text: &'t str,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn policy(&mut self, root: &Table<'_>) -> Option<Policy> {
+        let mut plans = None;
+        let mut email_costs = EmailCosts::default();
+        for (key, value) in root {
+            match key.get_ref().as_ref() {
+                "version" => {
+                    if let Some(v) = self.integer("version", value, VERSION) {
+                        if v != VERSION {
+                            self.error("version", value.span(), format!("expected {VERSION}, the only version this engine reads, found {v}"));
+                        }
+                    }
+                }
+                "description" => self.string("description", value),
+                "plans" => plans = self.plans(value),
+                "email_costs" => email_costs = self.email_costs(value),
+                other => self.unknown_key(
+                    "",
+                    other,
+                    key.span(),
+                    "version, description, plans, email_costs",
+                ),
+            }
+        }
+        let Some(plans) = plans else {
+            if !root.contains_key("plans") {
+                self.error(
+                    "plans",
+                    0..0,
+                    "missing: a policy needs at least one [plans.NAME] table".into(),
+                );
+            }
+            return None;
+        };
+        Some(Policy { plans, email_costs })
+    }
+
+    fn plans(&mut self, value: &Value<'_>) -> Option<BTreeMap<String, Plan>> {
+        let table = self.table("plans", value)?;
+        if table.is_empty() {
+            self.error(
+                "plans",
+                value.span(),
+                "expected at least one plan, found none".into(),
+            );
+            return None;
+        }
+        let mut plans = BTreeMap::new();
+        for (name, plan) in table {
+            let name_str = name.get_ref().as_ref();
+            let path = format!("plans.{name_str}");
+            if !valid_plan_name(name_str) {
+                self.error(&path, name.span(), format!("a plan name is 1 to {MAX_PLAN_NAME} letters, digits, '_' or '-', found {name_str:?}"));
+                continue;
+            }
+            if let Some(plan) = self.plan(&path, plan) {
+                plans.insert(name_str.to_string(), plan);
+            }
+        }
+        Some(plans)
+    }
+
+    fn plan(&mut self, path: &str, value: &Value<'_>) -> Option<Plan> {
+        let table = self.table(path, value)?;
+        let mut lead_credits = None;
+        let mut email_credits = None;
+        for (key, v) in table {
+            let key_path = format!("{path}.{}", key.get_ref());
+            match key.get_ref().as_ref() {
+                "lead_credits" => lead_credits = Some(self.allowance(&key_path, v)),
+                "email_credits" => email_credits = Some(self.allowance(&key_path, v)),
+                "description" => self.string(&key_path, v),
+                other => self.unknown_key(
+                    path,
+                    other,
+                    key.span(),
+                    "lead_credits, email_credits, description",
+                ),
+            }
+        }
+        for (name, found) in [
+            ("lead_credits", &lead_credits),
+            ("email_credits", &email_credits),
+        ] {
+            if found.is_none() {
+                self.error(
+                    &format!("{path}.{name}"),
+                    value.span(),
+                    format!("missing: expected {name} = a non-negative integer or \"unlimited\""),
+                );
+            }
+        }
+        let plan = Plan {
+            lead_credits: lead_credits??,
+            email_credits: email_credits??,
+        };
+        for (name, allowance, what) in [
+            (
+                "lead_credits",
+                plan.lead_credits,
+                "accounts on this plan can hold no lead",
+            ),
+            (
+                "email_credits",
+                plan.email_credits,
+                "accounts on this plan can send no email",
+            ),
+        ] {
+            if allowance == Some(0) {
+                let span = table.get(name).map_or(value.span(), Spanned::span);
+                self.warning(
+                    &format!("{path}.{name}"),
+                    span,
+                    format!("0 credits: {what}"),
+                );
+            }
+        }
+        Some(plan)
+    }
+
+    fn email_costs(&mut self, value: &Value<'_>) -> EmailCosts {
+        let mut costs = EmailCosts::default();
+        let Some(table) = self.table("email_costs", value) else {
+            return costs;
+        };
+        for (key, v) in table {
+            let path = format!("email_costs.{}", key.get_ref());
+            let slot = match key.get_ref().as_ref() {
+                "first" => &mut costs.first,
+                "follow_up" => &mut costs.follow_up,
+                "reply" => &mut costs.reply,
+                other => {
+                    self.unknown_key("email_costs", other, key.span(), "first, follow_up, reply");
+                    continue;
+                }
+            };
+            if let Some(cost) = self.integer(&path, v, MAX_EMAIL_COST) {
+                *slot = cost;
+            }
+        }
+        costs
+    }
+
+    /// `lead_credits` / `email_credits`: a count or "unlimited". `None` on error.
+    fn allowance(&mut self, path: &str, value: &Value<'_>) -> Option<Allowance> {
+        const EXPECTED: &str = "a non-negative integer or \"unlimited\"";
+        match value.get_ref() {
+            DeValue::String(s) if s == "unlimited" => Some(None),
+            DeValue::Integer(_) => self.bounded(path, value, EXPECTED, MAX_CREDITS).map(Some),
+            other => {
+                self.error(
+                    path,
+                    value.span(),
+                    format!("expected {EXPECTED}, found {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, path: &str, value: &Value<'_>, max: u64) -> Option<u64> {
+        match value.get_ref() {
+            DeValue::Integer(_) => self.bounded(path, value, "a non-negative integer", max),
+            other => {
+                self.error(
+                    path,
+                    value.span(),
+                    format!("expected a non-negative integer, found {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn bounded(&mut self, path: &str, value: &Value<'_>, expected: &str, max: u64) -> Option<u64> {
+        let DeValue::Integer(i) = value.get_ref() else {
+            return None;
+        };
+        match i128::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) if n < 0 => self.error(
+                path,
+                value.span(),
+                format!("expected {expected}, found {i}"),
+            ),
+            Ok(n) if n > i128::from(max) => self.error(
+                path,
+                value.span(),
+                format!("expected at most {max}, found {i}"),
+            ),
+            Ok(n) => return u64::try_from(n).ok(),
+            Err(_) => self.error(
+                path,
+                value.span(),
+                format!("expected at most {max}, found {i}"),
+            ),
+        }
+        None
+    }
+
+    fn string(&mut self, path: &str, value: &Value<'_>) {
+        if !matches!(value.get_ref(), DeValue::String(_)) {
+            self.error(
+                path,
+                value.span(),
+                format!("expected a string, found {}", describe(value.get_ref())),
+            );
+        }
+    }
+
+    fn table<'v, 'i>(&mut self, path: &str, value: &'v Value<'i>) -> Option<&'v Table<'i>> {
+        match value.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.error(
+                    path,
+                    value.span(),
+                    format!("expected a table, found {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn unknown_key(&mut self, parent: &str, key: &str, span: std::ops::Range<usize>, known: &str) {
+        let path = if parent.is_empty() {
+            key.to_string()
+        } else {
+            format!("{parent}.{key}")
+        };
+        self.error(
+            &path,
+            span,
+            format!("unknown key {key:?}; expected one of: {known}"),
+        );
+    }
+
+    fn error(&mut self, path: &str, span: std::ops::Range<usize>, message: String) {
+        let d = self.diagnostic(path, span, message);
+        self.errors.push(d);
+    }
+
+    fn warning(&mut self, path: &str, span: std::ops::Range<usize>, message: String) {
+        let d = self.diagnostic(path, span, message);
+        self.warnings.push(d);
+    }
+
+    fn diagnostic(&self, path: &str, span: std::ops::Range<usize>, message: String) -> Diagnostic {
+        let (line, column) = if span == (0..0) && path.is_empty() && self.text.is_empty() {
+            (0, 0)
+        } else {
+            line_column(self.text, span.start)
+        };
+        Diagnostic {
+            message,
+            path: path.to_string(),
+            line,
+            column,
+        }
+    }
+}
+
+fn valid_plan_name(name: &str) -> bool {
+    (1..=MAX_PLAN_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// What a value is, for "expected X, found Y".
+fn describe(value: &DeValue<'_>) -> String {
+    match value {
+        DeValue::String(s) => format!("the string {s:?}"),
+        DeValue::Integer(i) => i.to_string(),
+        DeValue::Float(f) => format!("the float {f}"),
+        DeValue::Boolean(b) => format!("the boolean {b}"),
+        DeValue::Datetime(d) => format!("the datetime {d}"),
+        DeValue::Array(_) => "an array".to_string(),
+        DeValue::Table(_) => "a table".to_string(),
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (u32, u32) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (
+        u32::try_from(line).unwrap_or(u32::MAX),
+        u32::try_from(column).unwrap_or(u32::MAX),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Policy::parse(text) {
+            Ok(p) => panic!("expected errors, got {p:?}"),
+            Err(ds) => ds
+                .iter()
+                .map(|d| format!("{}:{}: {}: {}", d.line, d.column, d.path, d.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_policy_is_complete() {
+        let (policy, warnings) = Policy::parse(
+            "[plans.base]\nlead_credits = 2000\nemail_credits = 6_000\n\n[plans.unlimited]\nlead_credits = \"unlimited\"\nemail_credits = 150000\n",
+        )
+        .unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(
+            policy.plans["base"],
+            Plan {
+                lead_credits: Some(2000),
+                email_credits: Some(6000)
+            }
+        );
+        assert_eq!(
+            policy.plans["unlimited"],
+            Plan {
+                lead_credits: None,
+                email_credits: Some(150_000)
+            }
+        );
+        assert_eq!(policy.email_costs, EmailCosts::default());
+    }
+
+    #[test]
+    fn negative_credits_name_path_line_and_column() {
+        let text = "[plans.pro]\nlead_credits = 30000\nemail_credits = -5\n";
+        assert_eq!(
+            errors(text),
+            [
+                "3:17: plans.pro.email_credits: expected a non-negative integer or \"unlimited\", found -5"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_document_order() {
+        let text = "versoin = 1\n[plans.a]\nlead_credits = 1.5\nemail_credits = \"lots\"\ncolour = \"red\"\n[plans.b]\nlead_credits = 10\n";
+        assert_eq!(
+            errors(text),
+            [
+                "1:1: versoin: unknown key \"versoin\"; expected one of: version, description, plans, email_costs",
+                "3:16: plans.a.lead_credits: expected a non-negative integer or \"unlimited\", found the float 1.5",
+                "4:17: plans.a.email_credits: expected a non-negative integer or \"unlimited\", found the string \"lots\"",
+                "5:1: plans.a.colour: unknown key \"colour\"; expected one of: lead_credits, email_credits, description",
+                "6:1: plans.b.email_credits: missing: expected email_credits = a non-negative integer or \"unlimited\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn absurd_numbers_are_refused() {
+        let text = "[plans.a]\nlead_credits = 1_000_000_000_001\nemail_credits = 99999999999999999999999\n";
+        assert_eq!(
+            errors(text),
+            [
+                "2:16: plans.a.lead_credits: expected at most 1000000000000, found 1000000000001",
+                "3:17: plans.a.email_credits: expected at most 1000000000000, found 99999999999999999999999",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let e = errors("[plans.a]\nlead_credits = = 3\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("2:"), "{e:?}");
+    }
+
+    #[test]
+    fn missing_plans_and_wrong_version() {
+        assert_eq!(
+            errors("version = 2\n"),
+            [
+                "1:1: plans: missing: a policy needs at least one [plans.NAME] table",
+                "1:11: version: expected 1, the only version this engine reads, found 2",
+            ]
+        );
+        assert_eq!(
+            errors(""),
+            ["0:0: plans: missing: a policy needs at least one [plans.NAME] table"]
+        );
+    }
+
+    #[test]
+    fn zero_credit_plans_warn() {
+        let (_, warnings) =
+            Policy::parse("[plans.trial]\nlead_credits = 0\nemail_credits = 10\n").unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(
+            (warnings[0].path.as_str(), warnings[0].line),
+            ("plans.trial.lead_credits", 2)
+        );
+    }
+
+    #[test]
+    fn email_costs_are_optional_and_bounded() {
+        let (policy, _) = Policy::parse(
+            "[email_costs]\nreply = 0\n[plans.a]\nlead_credits = 1\nemail_credits = 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            policy.email_costs,
+            EmailCosts {
+                first: 1,
+                follow_up: 1,
+                reply: 0
+            }
+        );
+        assert_eq!(
+            errors("[email_costs]\nreply = 1001\n[plans.a]\nlead_credits = 1\nemail_credits = 1\n"),
+            ["2:9: email_costs.reply: expected at most 1000, found 1001"]
+        );
+    }
+
+    #[test]
+    fn bad_plan_names() {
+        assert_eq!(
+            errors("[plans.\"a b\"]\nlead_credits = 1\nemail_credits = 1\n"),
+            ["1:8: plans.a b: a plan name is 1 to 64 letters, digits, '_' or '-', found \"a b\""]
+        );
+    }
+}

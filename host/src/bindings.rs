@@ -1,0 +1,18 @@
+//! The one place the host generates bindings from `wit/`. Every other module takes
+//! the contract's types from here, so the WIT stays the single source of truth.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "policy-engine",
+    // Tests and callers compare decisions and outcomes whole.
+    additional_derives: [PartialEq, Eq],
+});
+
+pub use creditgate::policy::state::{
+    CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+    Once, StateError,
+};
+pub use exports::creditgate::policy::policy::{
+    AccountUsage, Decision, Diagnostic, EmailKind, EmailUsage, Error as GuestError, LeadUsage,
+    PlanSummary, PolicySummary, Reason,
+};

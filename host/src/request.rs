@@ -1,0 +1,116 @@
+//! What a front end (replay, the CLI, a protocol adapter) asks the policy: one
+//! request per WIT decision function, independent of how it arrived.
+
+use crate::bindings::EmailKind;
+
+/// A request for a decision about one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Subscribe {
+        account: String,
+        plan: String,
+    },
+    ChangePlan {
+        account: String,
+        plan: String,
+    },
+    AddLead {
+        account: String,
+        campaign: String,
+        email: String,
+    },
+    DeleteLead {
+        account: String,
+        campaign: String,
+        email: String,
+    },
+    DeleteCampaignLeads {
+        account: String,
+        campaign: String,
+    },
+    SendEmail {
+        account: String,
+        to: Vec<String>,
+        kind: EmailKind,
+        message_id: Option<String>,
+    },
+    CheckEmail {
+        account: String,
+        cost: u64,
+    },
+    Usage {
+        account: String,
+    },
+}
+
+/// The kind of a request, for metrics and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    Subscribe,
+    ChangePlan,
+    AddLead,
+    DeleteLead,
+    DeleteCampaignLeads,
+    SendEmail,
+    CheckEmail,
+    Usage,
+}
+
+impl Op {
+    pub const ALL: [Op; 8] = [
+        Op::Subscribe,
+        Op::ChangePlan,
+        Op::AddLead,
+        Op::DeleteLead,
+        Op::DeleteCampaignLeads,
+        Op::SendEmail,
+        Op::CheckEmail,
+        Op::Usage,
+    ];
+
+    /// The name used in event files, metrics and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Subscribe => "subscribe",
+            Op::ChangePlan => "change_plan",
+            Op::AddLead => "add_lead",
+            Op::DeleteLead => "delete_lead",
+            Op::DeleteCampaignLeads => "delete_campaign_leads",
+            Op::SendEmail => "send_email",
+            Op::CheckEmail => "check_email",
+            Op::Usage => "usage",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Request {
+    pub fn op(&self) -> Op {
+        match self {
+            Request::Subscribe { .. } => Op::Subscribe,
+            Request::ChangePlan { .. } => Op::ChangePlan,
+            Request::AddLead { .. } => Op::AddLead,
+            Request::DeleteLead { .. } => Op::DeleteLead,
+            Request::DeleteCampaignLeads { .. } => Op::DeleteCampaignLeads,
+            Request::SendEmail { .. } => Op::SendEmail,
+            Request::CheckEmail { .. } => Op::CheckEmail,
+            Request::Usage { .. } => Op::Usage,
+        }
+    }
+
+    pub fn account(&self) -> &str {
+        match self {
+            Request::Subscribe { account, .. }
+            | Request::ChangePlan { account, .. }
+            | Request::AddLead { account, .. }
+            | Request::DeleteLead { account, .. }
+            | Request::DeleteCampaignLeads { account, .. }
+            | Request::SendEmail { account, .. }
+            | Request::CheckEmail { account, .. }
+            | Request::Usage { account } => account,
+        }
+    }
+}

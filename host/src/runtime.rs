@@ -1,0 +1,630 @@
+//! The wasmtime side of the host: one engine, one compiled component, and workers
+//! that each own an instance of it.
+//!
+//! The story: an [`Engine`] configured once for short synchronous calls (epoch
+//! interruption on, nothing async) → the [`Component`], compiled once and cached on
+//! disk, because compiling costs 100–350 ms and loading a precompiled one under
+//! 1 ms → a [`Linker`] that supplies the `state` imports and turns every other
+//! import (the WASI interfaces a std guest names but must never use) into a trap →
+//! an [`InstancePre`](wasmtime::component::InstancePre), type-checked once →
+//! per worker a [`wasmtime::Store`] and an instance, reused for every decision.
+//!
+//! The guest is untrusted. It sees no filesystem, network, environment or clock
+//! (time arrives as an argument); its memory is capped by [`StoreLimits`]; each call
+//! has a budget of *guest* time enforced by epoch interruption, with time spent in
+//! the host's own store calls not counted against it. A call that traps or runs out
+//! of time fails alone: its worker throws the instance away and builds a fresh one.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, OptLevel, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+
+use crate::bindings::creditgate::policy::{state, types};
+use crate::bindings::{
+    CounterAdded, Decision, Diagnostic, GroupCleared, GuestError, MemberAdded, MemberRemoved, Once,
+    PolicyEngine, PolicyEnginePre, PolicySummary, StateError,
+};
+use crate::metrics::Latencies;
+use crate::request::Request;
+use crate::store::{CounterAdd, Store};
+
+/// The policy component built from `guest/`, embedded in the binary.
+pub static BUILTIN_COMPONENT: &[u8] = include_bytes!(env!("CREDITGATE_GUEST_WASM"));
+
+/// How often the epoch advances: the granularity of guest time budgets.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Where the component comes from.
+#[derive(Debug, Clone)]
+pub enum ComponentSource {
+    /// The component built from this repository's `guest/`.
+    Builtin,
+    /// Another component implementing the `policy-engine` world.
+    File(PathBuf),
+}
+
+/// Limits and settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Guest time one decision may take (host store calls excluded).
+    pub decision_budget: Duration,
+    /// Guest time loading a policy may take.
+    pub load_budget: Duration,
+    /// Linear memory an instance may grow to, in bytes.
+    pub memory_limit: usize,
+    /// Directory for precompiled components; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            decision_budget: Duration::from_millis(10),
+            load_budget: Duration::from_secs(1),
+            memory_limit: 64 << 20,
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$CREDITGATE_CACHE_DIR`, else `$XDG_CACHE_HOME/creditgate`, else `~/.cache/creditgate`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let env = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("CREDITGATE_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("creditgate")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache").join("creditgate")))
+}
+
+/// Why the component or a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The component file could not be read.
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid component, or it does not implement the
+    /// `creditgate:policy/policy-engine` world.
+    #[error("invalid policy component {what}: {message}")]
+    Component { what: String, message: String },
+    /// Instantiating the component failed.
+    #[error("cannot instantiate the policy component: {0}")]
+    Instantiate(String),
+    /// The policy text is invalid; one diagnostic per problem.
+    #[error("invalid policy ({} problem(s))", .0.len())]
+    Policy(Vec<Diagnostic>),
+    /// The component trapped or ran out of time while loading the policy.
+    #[error("the policy component failed while loading the policy: {0}")]
+    Trap(String),
+}
+
+/// Why a request got no decision. The request's credits were not taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecideError {
+    /// The component answered with an error (state failure, bad request, no policy).
+    #[error("{}", describe_guest_error(.0))]
+    Policy(GuestError),
+    /// The component ran past its time budget and was interrupted; its instance has
+    /// been replaced.
+    #[error("the policy component ran past its {budget:?} budget and was interrupted")]
+    Timeout { budget: Duration },
+    /// The component trapped; its instance has been replaced.
+    #[error("the policy component trapped: {0}")]
+    Trap(String),
+    /// The component trapped and a fresh instance could not be made either.
+    #[error("the policy component trapped and could not be restarted: {0}")]
+    Restart(LoadError),
+}
+
+fn describe_guest_error(e: &GuestError) -> String {
+    match e {
+        GuestError::NoPolicy => "the policy component has no policy loaded".into(),
+        GuestError::State(StateError::Unavailable(m)) => format!("store unavailable: {m}"),
+        GuestError::State(StateError::Corrupt(m)) => format!("store data corrupt: {m}"),
+        GuestError::State(StateError::InvalidArgument(m)) => format!("invalid argument: {m}"),
+        GuestError::InvalidRequest(m) => format!("invalid request: {m}"),
+    }
+}
+
+/// The compiled component and everything needed to make workers from it.
+pub struct Runtime {
+    engine: Engine,
+    pre: PolicyEnginePre<HostState>,
+    config: RuntimeConfig,
+    _ticker: Ticker,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub fn new(source: &ComponentSource, config: RuntimeConfig) -> Result<Self, LoadError> {
+        let engine = Engine::new(&engine_config()).map_err(|e| LoadError::Component {
+            what: "engine".into(),
+            message: format!("{e:#}"),
+        })?;
+        let (bytes, what) = match source {
+            ComponentSource::Builtin => (
+                std::borrow::Cow::Borrowed(BUILTIN_COMPONENT),
+                "(built in)".to_string(),
+            ),
+            ComponentSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                (std::borrow::Cow::Owned(bytes), path.display().to_string())
+            }
+        };
+        let invalid = |e: wasmtime::Error| LoadError::Component {
+            what: what.clone(),
+            message: format!("{e:#}"),
+        };
+        let component =
+            compile_cached(&engine, &bytes, config.cache_dir.as_deref()).map_err(invalid)?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        PolicyEngine::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(invalid)?;
+        // A std guest for wasm32-wasip2 imports WASI interfaces (stdio, environment,
+        // clocks) even when it never calls them. It gets traps: no ambient authority.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(invalid)?;
+        let pre = PolicyEnginePre::new(linker.instantiate_pre(&component).map_err(invalid)?)
+            .map_err(invalid)?;
+        let ticker = Ticker::start(engine.clone());
+        Ok(Self {
+            engine,
+            pre,
+            config,
+            _ticker: ticker,
+        })
+    }
+
+    /// A worker over `store`, with `policy` loaded. One worker serves one thread.
+    pub fn worker(
+        &self,
+        store: Arc<dyn Store>,
+        policy: &str,
+    ) -> Result<(Worker, PolicySummary), LoadError> {
+        let mut worker = Worker {
+            pre: self.pre.clone(),
+            engine: self.engine.clone(),
+            config: self.config.clone(),
+            instance: Instance::new(&self.pre, &self.engine, &self.config, store)?,
+            policy: Arc::from(policy),
+            latencies: Latencies::default(),
+        };
+        let summary = worker.load_policy(policy)?;
+        Ok((worker, summary))
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+}
+
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(OptLevel::Speed);
+    config
+}
+
+/// Compiles `bytes`, or loads the result of an earlier compilation from `cache_dir`.
+fn compile_cached(
+    engine: &Engine,
+    bytes: &[u8],
+    cache_dir: Option<&Path>,
+) -> wasmtime::Result<Component> {
+    let Some(dir) = cache_dir else {
+        return Component::new(engine, bytes);
+    };
+    // The key covers the component and this host build: a different wasmtime or
+    // engine configuration is also caught by `deserialize`, which then fails and
+    // the entry is rebuilt.
+    let mut hash = Sha256::new();
+    hash.update(bytes);
+    hash.update(env!("CARGO_PKG_VERSION"));
+    hash.update(format!("{:?}", engine_config()));
+    let key: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{key}.cwasm"));
+    if let Ok(cached) = std::fs::read(&path) {
+        // SAFETY: the file is one this function wrote with `Component::serialize` into
+        // the user's own cache directory, named by the hash of its source; wasmtime
+        // checks the header, version and engine settings before using it. A file
+        // someone else forged there is outside what the host defends against, as is
+        // a forged executable in the user's PATH.
+        #[allow(unsafe_code)]
+        if let Ok(component) = unsafe { Component::deserialize(engine, &cached) } {
+            return Ok(component);
+        }
+    }
+    let component = Component::new(engine, bytes)?;
+    // A cache that cannot be written only costs time on the next start.
+    if let Ok(serialized) = component.serialize() {
+        let _ = write_atomically(dir, &path, &serialized);
+    }
+    Ok(component)
+}
+
+fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("creditgate-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the host keeps in each wasmtime store.
+pub struct HostState {
+    store: Arc<dyn Store>,
+    limits: StoreLimits,
+    /// The call in progress, for the epoch callback.
+    call: Option<CallClock>,
+    /// Time spent in store primitives during the call in progress.
+    in_store: Duration,
+}
+
+#[derive(Clone, Copy)]
+struct CallClock {
+    started: Instant,
+    budget: Duration,
+}
+
+impl HostState {
+    fn timed<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError>,
+    ) -> Result<T, StateError> {
+        let started = Instant::now();
+        let result = f(&*self.store).map_err(StateError::from);
+        self.in_store += started.elapsed();
+        result
+    }
+}
+
+impl types::Host for HostState {}
+
+impl state::Host for HostState {
+    fn record_get(&mut self, scope: String, key: String) -> Result<Option<String>, StateError> {
+        self.timed(|s| s.record_get(&scope, &key))
+    }
+    fn record_insert(
+        &mut self,
+        scope: String,
+        key: String,
+        value: String,
+    ) -> Result<bool, StateError> {
+        self.timed(|s| s.record_insert(&scope, &key, &value))
+    }
+    fn record_update(
+        &mut self,
+        scope: String,
+        key: String,
+        value: String,
+    ) -> Result<bool, StateError> {
+        self.timed(|s| s.record_update(&scope, &key, &value))
+    }
+    fn counter_get(&mut self, scope: String, name: String, now: i64) -> Result<u64, StateError> {
+        self.timed(|s| s.counter_get(&scope, &name, now))
+    }
+    fn counter_add(
+        &mut self,
+        scope: String,
+        name: String,
+        amount: u64,
+        limit: Option<u64>,
+        once: Option<Once>,
+        expires_at: Option<i64>,
+        now: i64,
+    ) -> Result<CounterAdded, StateError> {
+        let add = CounterAdd {
+            amount,
+            limit,
+            once: once.as_ref(),
+            expires_at,
+            now,
+        };
+        self.timed(|s| s.counter_add(&scope, &name, add))
+    }
+    fn member_add(
+        &mut self,
+        scope: String,
+        group: String,
+        member: String,
+        limit: Option<u64>,
+    ) -> Result<MemberAdded, StateError> {
+        self.timed(|s| s.member_add(&scope, &group, &member, limit))
+    }
+    fn member_remove(
+        &mut self,
+        scope: String,
+        group: String,
+        member: String,
+    ) -> Result<MemberRemoved, StateError> {
+        self.timed(|s| s.member_remove(&scope, &group, &member))
+    }
+    fn group_clear(&mut self, scope: String, group: String) -> Result<GroupCleared, StateError> {
+        self.timed(|s| s.group_clear(&scope, &group))
+    }
+    fn member_count(&mut self, scope: String) -> Result<u64, StateError> {
+        self.timed(|s| s.member_count(&scope))
+    }
+}
+
+/// A wasmtime store and the component instance living in it.
+struct Instance {
+    store: wasmtime::Store<HostState>,
+    bindings: PolicyEngine,
+}
+
+impl Instance {
+    fn new(
+        pre: &PolicyEnginePre<HostState>,
+        engine: &Engine,
+        config: &RuntimeConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, LoadError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(config.memory_limit)
+            .instances(4)
+            .memories(4)
+            .tables(8)
+            .build();
+        let mut wasm_store = wasmtime::Store::new(
+            engine,
+            HostState {
+                store,
+                limits,
+                call: None,
+                in_store: Duration::ZERO,
+            },
+        );
+        wasm_store.limiter(|s| &mut s.limits);
+        // Budgets count guest time only: when the deadline passes, the callback
+        // subtracts the time spent in host imports (a durable commit may take
+        // milliseconds) and extends the deadline by what the guest has left.
+        wasm_store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            let Some(call) = state.call else {
+                return Ok(UpdateDeadline::Continue(1));
+            };
+            let guest = call.started.elapsed().saturating_sub(state.in_store);
+            match call.budget.checked_sub(guest) {
+                Some(left) if !left.is_zero() => Ok(UpdateDeadline::Continue(ticks(left))),
+                _ => Ok(UpdateDeadline::Interrupt),
+            }
+        });
+        let bindings = pre
+            .instantiate(&mut wasm_store)
+            .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        Ok(Self {
+            store: wasm_store,
+            bindings,
+        })
+    }
+
+    /// Runs one export under `budget` of guest time; returns the time spent in store
+    /// primitives alongside the export's result.
+    fn call<T>(
+        &mut self,
+        budget: Duration,
+        f: impl FnOnce(&PolicyEngine, &mut wasmtime::Store<HostState>) -> wasmtime::Result<T>,
+    ) -> (wasmtime::Result<T>, Duration) {
+        let data = self.store.data_mut();
+        data.call = Some(CallClock {
+            started: Instant::now(),
+            budget,
+        });
+        data.in_store = Duration::ZERO;
+        self.store.set_epoch_deadline(ticks(budget));
+        let result = f(&self.bindings, &mut self.store);
+        let data = self.store.data_mut();
+        data.call = None;
+        (result, data.in_store)
+    }
+
+    fn shared_store(&self) -> Arc<dyn Store> {
+        self.store.data().store.clone()
+    }
+}
+
+/// Whole epoch ticks covering `d`, at least one.
+fn ticks(d: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    u64::try_from(d.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Answers decisions on one thread: an instance of the component with a policy
+/// loaded, and the latency of every decision it made.
+pub struct Worker {
+    pre: PolicyEnginePre<HostState>,
+    engine: Engine,
+    config: RuntimeConfig,
+    instance: Instance,
+    /// Reloaded into a replacement instance after a trap.
+    policy: Arc<str>,
+    latencies: Latencies,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Loads a new policy into this worker's instance. On error the old one stays.
+    pub fn load_policy(&mut self, policy: &str) -> Result<PolicySummary, LoadError> {
+        let budget = self.config.load_budget;
+        let (result, _) = self.instance.call(budget, |b, s| {
+            b.creditgate_policy_policy().call_load_policy(s, policy)
+        });
+        match result {
+            Ok(Ok(summary)) => {
+                self.policy = Arc::from(policy);
+                Ok(summary)
+            }
+            Ok(Err(diagnostics)) => Err(LoadError::Policy(diagnostics)),
+            Err(trap) => {
+                let message = trap_message(&trap, budget);
+                // The old policy lives on in a fresh instance; if even that fails,
+                // this worker is unusable and says so on its next decision.
+                let _ = self.replace_instance();
+                Err(LoadError::Trap(message))
+            }
+        }
+    }
+
+    /// Decides `request` as of `now` (nanoseconds since the Unix epoch).
+    ///
+    /// The decision's effects are applied in the store but not necessarily durable:
+    /// call [`Worker::persist`] before acknowledging it to anyone.
+    pub fn decide(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
+        let budget = self.config.decision_budget;
+        let started = Instant::now();
+        let (result, in_store) = self.instance.call(budget, |b, s| {
+            let p = b.creditgate_policy_policy();
+            match request {
+                Request::Subscribe { account, plan } => p.call_subscribe(s, account, plan, now),
+                Request::ChangePlan { account, plan } => p.call_change_plan(s, account, plan, now),
+                Request::AddLead {
+                    account,
+                    campaign,
+                    email,
+                } => p.call_add_lead(s, account, campaign, email, now),
+                Request::DeleteLead {
+                    account,
+                    campaign,
+                    email,
+                } => p.call_delete_lead(s, account, campaign, email, now),
+                Request::DeleteCampaignLeads { account, campaign } => {
+                    p.call_delete_campaign_leads(s, account, campaign, now)
+                }
+                Request::SendEmail {
+                    account,
+                    to,
+                    kind,
+                    message_id,
+                } => p.call_send_email(s, account, to, *kind, message_id.as_deref(), now),
+                Request::CheckEmail { account, cost } => p.call_check_email(s, account, *cost, now),
+                Request::Usage { account } => p.call_usage(s, account, now),
+            }
+        });
+        self.latencies
+            .record(request.op(), started.elapsed(), in_store);
+        match result {
+            Ok(Ok(decision)) => Ok(decision),
+            Ok(Err(e)) => Err(DecideError::Policy(e)),
+            Err(trap) => {
+                let timed_out = is_interrupt(&trap);
+                let message = trap_message(&trap, budget);
+                self.replace_instance().map_err(DecideError::Restart)?;
+                Err(if timed_out {
+                    DecideError::Timeout { budget }
+                } else {
+                    DecideError::Trap(message)
+                })
+            }
+        }
+    }
+
+    /// Makes the effects of every decision so far durable.
+    pub fn persist(&self) -> Result<(), crate::store::StoreError> {
+        self.instance.store.data().store.persist()
+    }
+
+    pub fn latencies(&self) -> &Latencies {
+        &self.latencies
+    }
+
+    /// A trapped instance refuses further calls: build a new store and instance and
+    /// load the current policy into it.
+    fn replace_instance(&mut self) -> Result<(), LoadError> {
+        let store = self.instance.shared_store();
+        self.instance = Instance::new(&self.pre, &self.engine, &self.config, store)?;
+        let policy = self.policy.clone();
+        let (result, _) = self.instance.call(self.config.load_budget, |b, s| {
+            b.creditgate_policy_policy().call_load_policy(s, &policy)
+        });
+        match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(diagnostics)) => Err(LoadError::Policy(diagnostics)),
+            Err(trap) => Err(LoadError::Trap(trap_message(
+                &trap,
+                self.config.load_budget,
+            ))),
+        }
+    }
+}
+
+fn is_interrupt(e: &wasmtime::Error) -> bool {
+    e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+}
+
+fn trap_message(e: &wasmtime::Error, budget: Duration) -> String {
+    if is_interrupt(e) {
+        format!("interrupted after its {budget:?} budget")
+    } else {
+        // The first line names the trap; wasm backtraces follow on later lines.
+        format!("{e:#}")
+            .lines()
+            .next()
+            .unwrap_or("unknown trap")
+            .to_string()
+    }
+}

@@ -1,0 +1,294 @@
+//! An in-memory [`Store`]: the reference backend for tests and for runs that need no
+//! durability (`persist` does nothing). Every primitive takes one process-wide lock
+//! once, which is what makes it atomic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{CounterAdd, Instant, Store, StoreError, check_name, check_value};
+use crate::bindings::{
+    CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+};
+
+/// Expiry stored for "never"; the redb backend uses the same sentinel, so the two
+/// agree even on a call made at `now == i64::MAX`.
+const NEVER: Instant = i64::MAX;
+
+fn expired(expires_at: Instant, now: Instant) -> bool {
+    expires_at != NEVER && expires_at <= now
+}
+
+/// One scope's state. A scope with nothing in it is removed from the map, so that
+/// [`Store::scopes`] lists only scopes that hold something.
+#[derive(Default)]
+struct Scope {
+    records: BTreeMap<String, String>,
+    /// name -> (value, expires_at).
+    counters: BTreeMap<String, (u64, Instant)>,
+    /// once key -> expires_at.
+    once: BTreeMap<String, Instant>,
+    /// member -> its groups; a member is present while it has at least one group.
+    member_groups: BTreeMap<String, BTreeSet<String>>,
+    /// group -> its members; the inverse of `member_groups`, for `group_clear`.
+    groups: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Scope {
+    // Once markers are not counted: one is only written with a counter, and
+    // counters are never removed (the redb backend lists scopes the same way).
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.counters.is_empty() && self.member_groups.is_empty()
+    }
+
+    fn members(&self) -> u64 {
+        self.member_groups.len() as u64
+    }
+}
+
+/// A [`Store`] kept in process memory, lost when dropped.
+#[derive(Default)]
+pub struct MemoryStore {
+    scopes: Mutex<BTreeMap<String, Scope>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // A poisoned lock is recovered rather than reported: every primitive checks all
+    // its arguments and reads before it mutates, and the mutations themselves
+    // (map inserts and removals) cannot panic, so a panic while the lock was held
+    // cannot have left the state half changed.
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Scope>> {
+        self.scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        check_name("scope", scope)?;
+        check_name("key", key)?;
+        let scopes = self.lock();
+        Ok(scopes.get(scope).and_then(|s| s.records.get(key)).cloned())
+    }
+
+    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_name("scope", scope)?;
+        check_name("key", key)?;
+        check_value(value)?;
+        let mut scopes = self.lock();
+        let s = scopes.entry(scope.to_owned()).or_default();
+        if s.records.contains_key(key) {
+            return Ok(false);
+        }
+        s.records.insert(key.to_owned(), value.to_owned());
+        Ok(true)
+    }
+
+    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_name("scope", scope)?;
+        check_name("key", key)?;
+        check_value(value)?;
+        let mut scopes = self.lock();
+        match scopes.get_mut(scope).and_then(|s| s.records.get_mut(key)) {
+            Some(v) => {
+                value.clone_into(v);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
+        check_name("scope", scope)?;
+        check_name("counter name", name)?;
+        let scopes = self.lock();
+        Ok(match scopes.get(scope).and_then(|s| s.counters.get(name)) {
+            Some(&(value, expires_at)) if !expired(expires_at, now) => value,
+            _ => 0,
+        })
+    }
+
+    fn counter_add(
+        &self,
+        scope: &str,
+        name: &str,
+        add: CounterAdd<'_>,
+    ) -> Result<CounterAdded, StoreError> {
+        check_name("scope", scope)?;
+        check_name("counter name", name)?;
+        if let Some(once) = add.once {
+            check_name("once key", &once.key)?;
+        }
+        let mut scopes = self.lock();
+        let current = match scopes.get(scope).and_then(|s| s.counters.get(name)) {
+            Some(&(value, expires_at)) if !expired(expires_at, add.now) => value,
+            _ => 0,
+        };
+        if let Some(once) = add.once {
+            let seen = scopes
+                .get(scope)
+                .and_then(|s| s.once.get(&once.key))
+                .is_some_and(|&exp| !expired(exp, add.now));
+            if seen {
+                return Ok(CounterAdded::Repeated(current));
+            }
+        }
+        let new = match current.checked_add(add.amount) {
+            Some(new) if add.limit.is_none_or(|limit| new <= limit) => new,
+            _ => return Ok(CounterAdded::Refused(current)),
+        };
+        let s = scopes.entry(scope.to_owned()).or_default();
+        s.counters
+            .insert(name.to_owned(), (new, add.expires_at.unwrap_or(NEVER)));
+        if let Some(once) = add.once {
+            // Kept even if already expired: a later call at an earlier `now` (a clock
+            // stepped back) must still see it, as the contract says.
+            s.once.insert(once.key.clone(), once.expires_at);
+        }
+        Ok(CounterAdded::Applied(new))
+    }
+
+    fn member_add(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> Result<MemberAdded, StoreError> {
+        check_name("scope", scope)?;
+        check_name("group", group)?;
+        check_name("member", member)?;
+        let mut scopes = self.lock();
+        let members = scopes.get(scope).map_or(0, Scope::members);
+        let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
+        let outcome = match groups {
+            Some(g) if g.contains(group) => MemberAddOutcome::AlreadyInGroup,
+            Some(_) => MemberAddOutcome::Joined,
+            None if limit.is_some_and(|l| members >= l) => MemberAddOutcome::Refused,
+            None => MemberAddOutcome::Inserted,
+        };
+        if matches!(
+            outcome,
+            MemberAddOutcome::AlreadyInGroup | MemberAddOutcome::Refused
+        ) {
+            return Ok(MemberAdded { outcome, members });
+        }
+        let s = scopes.entry(scope.to_owned()).or_default();
+        s.member_groups
+            .entry(member.to_owned())
+            .or_default()
+            .insert(group.to_owned());
+        s.groups
+            .entry(group.to_owned())
+            .or_default()
+            .insert(member.to_owned());
+        Ok(MemberAdded {
+            outcome,
+            members: s.members(),
+        })
+    }
+
+    fn member_remove(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<MemberRemoved, StoreError> {
+        check_name("scope", scope)?;
+        check_name("group", group)?;
+        check_name("member", member)?;
+        let mut scopes = self.lock();
+        let Some(s) = scopes.get_mut(scope) else {
+            return Ok(MemberRemoved {
+                outcome: MemberRemoveOutcome::NotInGroup,
+                members: 0,
+            });
+        };
+        let Some(groups) = s.member_groups.get_mut(member) else {
+            return Ok(MemberRemoved {
+                outcome: MemberRemoveOutcome::NotInGroup,
+                members: s.members(),
+            });
+        };
+        if !groups.remove(group) {
+            return Ok(MemberRemoved {
+                outcome: MemberRemoveOutcome::NotInGroup,
+                members: s.members(),
+            });
+        }
+        let outcome = if groups.is_empty() {
+            s.member_groups.remove(member);
+            MemberRemoveOutcome::Released
+        } else {
+            MemberRemoveOutcome::LeftGroup
+        };
+        if let Some(members) = s.groups.get_mut(group) {
+            members.remove(member);
+            if members.is_empty() {
+                s.groups.remove(group);
+            }
+        }
+        let members = s.members();
+        if s.is_empty() {
+            scopes.remove(scope);
+        }
+        Ok(MemberRemoved { outcome, members })
+    }
+
+    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
+        check_name("scope", scope)?;
+        check_name("group", group)?;
+        let mut scopes = self.lock();
+        let Some(s) = scopes.get_mut(scope) else {
+            return Ok(GroupCleared {
+                removed: 0,
+                released: 0,
+                members: 0,
+            });
+        };
+        let cleared = s.groups.remove(group).unwrap_or_default();
+        let mut released = 0;
+        for member in &cleared {
+            if let Some(groups) = s.member_groups.get_mut(member) {
+                groups.remove(group);
+                if groups.is_empty() {
+                    s.member_groups.remove(member);
+                    released += 1;
+                }
+            }
+        }
+        let members = s.members();
+        if s.is_empty() {
+            scopes.remove(scope);
+        }
+        Ok(GroupCleared {
+            removed: cleared.len() as u64,
+            released,
+            members,
+        })
+    }
+
+    fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
+        check_name("scope", scope)?;
+        Ok(self.lock().get(scope).map_or(0, Scope::members))
+    }
+
+    fn persist(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn scopes(&self) -> Result<Vec<String>, StoreError> {
+        // Scopes are removed as they empty; the filter guards that invariant cheaply.
+        Ok(self
+            .lock()
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+}

@@ -1,0 +1,180 @@
+//! A component that implements `creditgate:policy/policy-engine` and misbehaves on
+//! purpose, to test how the host contains a hostile or broken guest.
+//!
+//! The "policy" text names the misbehaviour (one word). Requests about accounts
+//! whose name starts with `boom` misbehave; every other request is allowed with
+//! nothing charged, so a test can show the host keeps serving after a failure.
+//!
+//! | policy            | what happens                                              |
+//! |-------------------|-----------------------------------------------------------|
+//! | `loop`            | a decision spins forever                                  |
+//! | `recurse`         | a decision recurses without bound                         |
+//! | `grow`            | a decision allocates memory without bound                 |
+//! | `trap`            | a decision traps (a panic, which aborts)                  |
+//! | `charge-then-trap`| a decision takes a lead credit through the host, then traps |
+//! | `slow-store`      | a decision makes many store calls (host time, not guest)  |
+//! | `loop-on-load`    | `load-policy` spins forever                               |
+//! | `trap-on-load`    | `load-policy` traps                                       |
+//! | anything else     | `load-policy` fails with one diagnostic                   |
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::cell::Cell;
+use std::hint::black_box;
+
+wit_bindgen::generate!({
+    path: "../../../../wit",
+    world: "policy-engine",
+});
+
+use creditgate::policy::state;
+use exports::creditgate::policy::policy::{
+    Decision, Diagnostic, EmailKind, Error, Guest, PolicySummary,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Loop,
+    Recurse,
+    Grow,
+    Trap,
+    ChargeThenTrap,
+    SlowStore,
+}
+
+thread_local! {
+    static MODE: Cell<Option<Mode>> = const { Cell::new(None) };
+}
+
+struct Hostile;
+
+export!(Hostile);
+
+fn spin() -> ! {
+    let mut i: u64 = 0;
+    loop {
+        i = black_box(i.wrapping_add(1));
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(depth + 1).wrapping_add(frame[7])
+}
+
+fn grow() -> usize {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 1 << 20]);
+        black_box(&hoard);
+    }
+}
+
+fn decide(account: &str) -> Result<Decision, Error> {
+    let allowed = Decision {
+        denied: None,
+        charged: 0,
+        freed: 0,
+        usage: None,
+    };
+    if !account.starts_with("boom") {
+        return Ok(allowed);
+    }
+    match MODE.with(Cell::get) {
+        None => Err(Error::NoPolicy),
+        Some(Mode::Loop) => spin(),
+        Some(Mode::Recurse) => Ok(Decision {
+            charged: recurse(0),
+            ..allowed
+        }),
+        Some(Mode::Grow) => Ok(Decision {
+            charged: grow() as u64,
+            ..allowed
+        }),
+        Some(Mode::Trap) => panic!("hostile guest traps on purpose"),
+        Some(Mode::ChargeThenTrap) => {
+            let _ = state::member_add(account, "hostile", "victim@example.com", None);
+            panic!("hostile guest traps after charging");
+        }
+        Some(Mode::SlowStore) => {
+            for _ in 0..200 {
+                let _ = state::member_count(account);
+            }
+            Ok(allowed)
+        }
+    }
+}
+
+impl Guest for Hostile {
+    fn load_policy(toml: String) -> Result<PolicySummary, Vec<Diagnostic>> {
+        let mode = match toml.trim() {
+            "loop" => Mode::Loop,
+            "recurse" => Mode::Recurse,
+            "grow" => Mode::Grow,
+            "trap" => Mode::Trap,
+            "charge-then-trap" => Mode::ChargeThenTrap,
+            "slow-store" => Mode::SlowStore,
+            "loop-on-load" => spin(),
+            "trap-on-load" => panic!("hostile guest traps while loading"),
+            other => {
+                return Err(vec![Diagnostic {
+                    message: format!("unknown hostile mode {other:?}"),
+                    path: String::new(),
+                    line: 1,
+                    column: 1,
+                }]);
+            }
+        };
+        MODE.with(|m| m.set(Some(mode)));
+        Ok(PolicySummary {
+            plans: Vec::new(),
+            warnings: Vec::new(),
+        })
+    }
+
+    fn subscribe(account: String, _plan: String, _now: i64) -> Result<Decision, Error> {
+        decide(&account)
+    }
+    fn change_plan(account: String, _plan: String, _now: i64) -> Result<Decision, Error> {
+        decide(&account)
+    }
+    fn add_lead(
+        account: String,
+        _campaign: String,
+        _email: String,
+        _now: i64,
+    ) -> Result<Decision, Error> {
+        decide(&account)
+    }
+    fn delete_lead(
+        account: String,
+        _campaign: String,
+        _email: String,
+        _now: i64,
+    ) -> Result<Decision, Error> {
+        decide(&account)
+    }
+    fn delete_campaign_leads(
+        account: String,
+        _campaign: String,
+        _now: i64,
+    ) -> Result<Decision, Error> {
+        decide(&account)
+    }
+    fn send_email(
+        account: String,
+        _to: Vec<String>,
+        _kind: EmailKind,
+        _message_id: Option<String>,
+        _now: i64,
+    ) -> Result<Decision, Error> {
+        decide(&account)
+    }
+    fn check_email(account: String, _cost: u64, _now: i64) -> Result<Decision, Error> {
+        decide(&account)
+    }
+    fn usage(account: String, _now: i64) -> Result<Decision, Error> {
+        decide(&account)
+    }
+}

@@ -1,0 +1,44 @@
+//! Shared set-up: one compiled component for the whole test binary, and workers
+//! over fresh stores.
+
+use std::sync::{Arc, OnceLock};
+
+use creditgate::bindings::Decision;
+use creditgate::replay::{Outcome, parse_event};
+use creditgate::runtime::{ComponentSource, Runtime, RuntimeConfig, Worker};
+use creditgate::store::{MemoryStore, Store};
+
+/// The shipped Smartlead policy.
+pub const SMARTLEAD: &str = include_str!("../../../policies/smartlead.toml");
+
+/// Compiling the component takes a few hundred ms: do it once per test binary.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new(&ComponentSource::Builtin, RuntimeConfig::default())
+            .expect("built-in component loads")
+    })
+}
+
+/// A worker with `policy` loaded over `store`.
+pub fn worker_on(store: Arc<dyn Store>, policy: &str) -> Worker {
+    runtime().worker(store, policy).expect("policy loads").0
+}
+
+/// A worker with `policy` loaded over a fresh in-memory store.
+pub fn worker(policy: &str) -> Worker {
+    worker_on(Arc::new(MemoryStore::new()), policy)
+}
+
+/// Decides one event line (replay format) and returns the decision.
+pub fn decide(worker: &mut Worker, line: &str) -> Decision {
+    let event = parse_event(line).unwrap_or_else(|e| panic!("bad test event {line}: {e}"));
+    worker
+        .decide(&event.request, event.at)
+        .unwrap_or_else(|e| panic!("no decision for {line}: {e}"))
+}
+
+/// Decides one event line and returns its replay output line.
+pub fn outcome(worker: &mut Worker, line: &str) -> String {
+    serde_json::to_string(&Outcome::from(&decide(worker, line))).expect("serializes")
+}
