@@ -145,13 +145,16 @@ impl Checker<'_> {
         let mut email_costs = EmailCosts::default();
         for (key, value) in root {
             match key.get_ref().as_ref() {
-                "version" => {
-                    if let Some(v) = self.integer("version", value, VERSION) {
-                        if v != VERSION {
-                            self.error("version", value.span(), format!("expected {VERSION}, the only version this engine reads, found {v}"));
-                        }
-                    }
-                }
+                "version" => match self.integer("version", value, u64::MAX) {
+                    Some(v) if v != VERSION => self.error(
+                        "version",
+                        value.span(),
+                        format!(
+                            "expected {VERSION}, the only version this engine reads, found {v}"
+                        ),
+                    ),
+                    _ => {}
+                },
                 "description" => self.string("description", value),
                 "plans" => plans = self.plans(value),
                 "email_costs" => email_costs = self.email_costs(value),
@@ -386,11 +389,7 @@ impl Checker<'_> {
     }
 
     fn diagnostic(&self, path: &str, span: std::ops::Range<usize>, message: String) -> Diagnostic {
-        let (line, column) = if span == (0..0) && path.is_empty() && self.text.is_empty() {
-            (0, 0)
-        } else {
-            line_column(self.text, span.start)
-        };
+        let (line, column) = line_column(self.text, span.start);
         Diagnostic {
             message,
             path: path.to_string(),
@@ -527,7 +526,7 @@ mod tests {
         );
         assert_eq!(
             errors(""),
-            ["0:0: plans: missing: a policy needs at least one [plans.NAME] table"]
+            ["1:1: plans: missing: a policy needs at least one [plans.NAME] table"]
         );
     }
 

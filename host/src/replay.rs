@@ -168,8 +168,8 @@ fn take_kind(fields: &mut Map<String, Value>) -> Result<EmailKind, String> {
 
 /// An RFC 3339 timestamp, any offset, as nanoseconds since the epoch in UTC.
 pub fn parse_instant(text: &str) -> Result<i64, String> {
-    let at = DateTime::parse_from_rfc3339(text).map_err(|e| {
-        format!("field \"at\": expected an RFC 3339 timestamp, found {text:?} ({e})")
+    let at = DateTime::parse_from_rfc3339(text).map_err(|_| {
+        format!("field \"at\": expected an RFC 3339 timestamp such as 2025-01-31T09:00:00Z, found {text:?}")
     })?;
     at.timestamp_nanos_opt()
         .ok_or_else(|| format!("field \"at\": {text:?} is outside 1677-09-21 to 2262-04-11, the range creditgate counts in"))
@@ -423,7 +423,7 @@ mod tests {
             ),
             (
                 r#"{"op":"usage","at":"yesterday","account":"a"}"#,
-                "field \"at\": expected an RFC 3339 timestamp, found \"yesterday\" (input contains invalid characters)",
+                "field \"at\": expected an RFC 3339 timestamp such as 2025-01-31T09:00:00Z, found \"yesterday\"",
             ),
             (
                 r#"{"op":"usage","at":"2025-01-01T00:00:00Z","account":7}"#,

@@ -66,7 +66,10 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            decision_budget: Duration::from_millis(10),
+            // Generous next to a decision's ~1 µs of guest work, so that a worker
+            // preempted on a loaded machine is not mistaken for a looping guest; a
+            // real loop is still cut off within a few ticks of it.
+            decision_budget: Duration::from_millis(50),
             load_budget: Duration::from_secs(1),
             memory_limit: 64 << 20,
             cache_dir: default_cache_dir(),
@@ -145,7 +148,9 @@ pub struct Runtime {
     engine: Engine,
     pre: PolicyEnginePre<HostState>,
     config: RuntimeConfig,
-    _ticker: Ticker,
+    /// Shared with every worker: epochs must keep advancing while any instance can
+    /// run, even after the runtime itself is dropped.
+    ticker: Arc<Ticker>,
 }
 
 impl fmt::Debug for Runtime {
@@ -192,12 +197,12 @@ impl Runtime {
             .map_err(invalid)?;
         let pre = PolicyEnginePre::new(linker.instantiate_pre(&component).map_err(invalid)?)
             .map_err(invalid)?;
-        let ticker = Ticker::start(engine.clone());
+        let ticker = Arc::new(Ticker::start(engine.clone()));
         Ok(Self {
             engine,
             pre,
             config,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -214,6 +219,7 @@ impl Runtime {
             instance: Instance::new(&self.pre, &self.engine, &self.config, store)?,
             policy: Arc::from(policy),
             latencies: Latencies::default(),
+            _ticker: self.ticker.clone(),
         };
         let summary = worker.load_policy(policy)?;
         Ok((worker, summary))
@@ -499,6 +505,7 @@ pub struct Worker {
     /// Reloaded into a replacement instance after a trap.
     policy: Arc<str>,
     latencies: Latencies,
+    _ticker: Arc<Ticker>,
 }
 
 impl fmt::Debug for Worker {

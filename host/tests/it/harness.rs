@@ -2,6 +2,7 @@
 //! over fresh stores.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use creditgate::bindings::Decision;
 use creditgate::replay::{Outcome, parse_event};
@@ -15,8 +16,13 @@ pub const SMARTLEAD: &str = include_str!("../../../policies/smartlead.toml");
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        Runtime::new(&ComponentSource::Builtin, RuntimeConfig::default())
-            .expect("built-in component loads")
+        // Tests run in parallel in a debug build: a wall-clock budget of a few ms
+        // would trip on preemption, which is not what these tests are about.
+        let config = RuntimeConfig {
+            decision_budget: Duration::from_secs(2),
+            ..RuntimeConfig::default()
+        };
+        Runtime::new(&ComponentSource::Builtin, config).expect("built-in component loads")
     })
 }
 

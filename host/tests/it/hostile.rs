@@ -1,0 +1,199 @@
+//! A guest that loops, recurses, hoards memory or traps fails its own request
+//! and nothing else: the host interrupts or contains it, replaces the instance,
+//! keeps serving, and loses nothing already stored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use creditgate::request::Request;
+use creditgate::runtime::{
+    ComponentSource, DecideError, LoadError, Runtime, RuntimeConfig, Worker,
+};
+use creditgate::store::{MemoryStore, Store};
+
+fn hostile_runtime(config: RuntimeConfig) -> Runtime {
+    let source = ComponentSource::File(env!("CREDITGATE_HOSTILE_WASM").into());
+    Runtime::new(&source, config).expect("the hostile component compiles")
+}
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig {
+        decision_budget: Duration::from_millis(20),
+        load_budget: Duration::from_millis(100),
+        memory_limit: 16 << 20,
+        ..RuntimeConfig::default()
+    }
+}
+
+fn usage(account: &str) -> Request {
+    Request::Usage {
+        account: account.into(),
+    }
+}
+
+/// The worker answers an innocent request after the hostile one failed.
+#[track_caller]
+fn still_serves(worker: &mut Worker) {
+    let d = worker
+        .decide(&usage("innocent"), 0)
+        .expect("the replaced instance answers");
+    assert_eq!(d.denied, None);
+}
+
+fn hostile_worker(mode: &str) -> (Worker, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = hostile_runtime(config());
+    let (worker, _) = runtime.worker(store.clone(), mode).expect("mode loads");
+    (worker, store)
+}
+
+#[test]
+fn a_looping_guest_is_interrupted_within_its_budget() {
+    let (mut worker, _) = hostile_worker("loop");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = worker
+            .decide(&usage("boom"), 0)
+            .expect_err("a loop gets no decision");
+        let took = started.elapsed();
+        assert!(matches!(err, DecideError::Timeout { .. }), "{err}");
+        // Budget plus a tick, plus scheduling slack on a loaded 2-core machine.
+        assert!(
+            took < Duration::from_millis(20 + 1 + 200),
+            "interrupted after {took:?}"
+        );
+        still_serves(&mut worker);
+    }
+}
+
+#[test]
+fn unbounded_recursion_traps_and_the_instance_is_replaced() {
+    let (mut worker, _) = hostile_worker("recurse");
+    let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
+    assert!(matches!(err, DecideError::Trap(_)), "{err}");
+    still_serves(&mut worker);
+}
+
+#[test]
+fn memory_growth_stops_at_the_cap() {
+    let (mut worker, _) = hostile_worker("grow");
+    let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
+    assert!(matches!(err, DecideError::Trap(_)), "{err}");
+    still_serves(&mut worker);
+}
+
+#[test]
+fn a_trap_fails_only_its_request() {
+    let (mut worker, _) = hostile_worker("trap");
+    for _ in 0..3 {
+        let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
+        assert!(matches!(err, DecideError::Trap(_)), "{err}");
+        still_serves(&mut worker);
+    }
+}
+
+#[test]
+fn a_trap_after_a_store_call_loses_nothing_already_stored() {
+    let (mut worker, store) = hostile_worker("charge-then-trap");
+    store
+        .record_insert("boom", "account", "kept")
+        .expect("stored");
+    let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
+    assert!(matches!(err, DecideError::Trap(_)), "{err}");
+    assert_eq!(
+        store
+            .record_get("boom", "account")
+            .expect("readable")
+            .as_deref(),
+        Some("kept")
+    );
+    // The primitive the guest completed before trapping stays applied: atomic,
+    // whatever the guest does next. It over-counts rather than oversells.
+    assert_eq!(store.member_count("boom").expect("readable"), 1);
+    still_serves(&mut worker);
+}
+
+/// A store whose every call takes a while, like a disk under load.
+struct SlowStore(MemoryStore);
+
+macro_rules! slow {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(fn $name(&self, $($arg: $ty),*) -> $ret {
+            std::thread::sleep(Duration::from_micros(300));
+            self.0.$name($($arg),*)
+        })*
+    };
+}
+
+impl Store for SlowStore {
+    slow! {
+        record_get(scope: &str, key: &str) -> Result<Option<String>, creditgate::store::StoreError>;
+        record_insert(scope: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
+        record_update(scope: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
+        counter_get(scope: &str, name: &str, now: i64) -> Result<u64, creditgate::store::StoreError>;
+        counter_add(scope: &str, name: &str, add: creditgate::store::CounterAdd<'_>) -> Result<creditgate::bindings::CounterAdded, creditgate::store::StoreError>;
+        member_add(scope: &str, group: &str, member: &str, limit: Option<u64>) -> Result<creditgate::bindings::MemberAdded, creditgate::store::StoreError>;
+        member_remove(scope: &str, group: &str, member: &str) -> Result<creditgate::bindings::MemberRemoved, creditgate::store::StoreError>;
+        group_clear(scope: &str, group: &str) -> Result<creditgate::bindings::GroupCleared, creditgate::store::StoreError>;
+        member_count(scope: &str) -> Result<u64, creditgate::store::StoreError>;
+        persist() -> Result<(), creditgate::store::StoreError>;
+        scopes() -> Result<Vec<String>, creditgate::store::StoreError>;
+    }
+}
+
+#[test]
+fn time_spent_in_the_store_does_not_count_against_the_guest() {
+    let runtime = hostile_runtime(config());
+    let (mut worker, _) = runtime
+        .worker(Arc::new(SlowStore(MemoryStore::new())), "slow-store")
+        .expect("loads");
+    // 200 store calls of 300 µs each: 60 ms of host time against a 20 ms guest budget.
+    let started = Instant::now();
+    let d = worker
+        .decide(&usage("boom"), 0)
+        .expect("host time is not guest time");
+    assert!(started.elapsed() >= Duration::from_millis(60));
+    assert_eq!(d.denied, None);
+}
+
+#[test]
+fn a_policy_load_that_loops_or_traps_is_an_error() {
+    let runtime = hostile_runtime(config());
+    for mode in ["loop-on-load", "trap-on-load"] {
+        let started = Instant::now();
+        let err = runtime
+            .worker(Arc::new(MemoryStore::new()), mode)
+            .expect_err("no worker");
+        assert!(matches!(err, LoadError::Trap(_)), "{mode}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_millis(100 + 1 + 400),
+            "{mode}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_policy() {
+    let (mut worker, _) = hostile_worker("trap");
+    let err = worker
+        .load_policy("trap-on-load")
+        .expect_err("reload traps");
+    assert!(matches!(err, LoadError::Trap(_)), "{err}");
+    // Still the "trap" policy, in a fresh instance.
+    assert!(matches!(
+        worker.decide(&usage("boom"), 0),
+        Err(DecideError::Trap(_))
+    ));
+    still_serves(&mut worker);
+}
+
+#[test]
+fn bytes_that_are_not_a_component_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("junk.wasm");
+    std::fs::write(&path, b"\0asm definitely not a component").expect("written");
+    let err =
+        Runtime::new(&ComponentSource::File(path), RuntimeConfig::default()).expect_err("refused");
+    assert!(matches!(err, LoadError::Component { .. }), "{err}");
+}

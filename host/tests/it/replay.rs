@@ -1,0 +1,228 @@
+//! `creditgate replay` end to end: the golden trace, persistence across runs,
+//! malformed events and policies, through the library and through the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::harness;
+use creditgate::replay::replay;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn trace() -> PathBuf {
+    repo().join("policies/traces/example.jsonl")
+}
+
+fn golden() -> String {
+    std::fs::read_to_string(repo().join("policies/traces/example.out.jsonl"))
+        .expect("golden output")
+}
+
+fn creditgate(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("creditgate runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("stdin written");
+    child.wait_with_output().expect("creditgate finishes")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_example_trace_matches_its_golden_output() {
+    let mut worker = harness::worker(harness::SMARTLEAD);
+    let input = std::fs::read(trace()).expect("trace");
+    let mut output = Vec::new();
+    let summary = replay(&mut worker, &input[..], &mut output).expect("replays");
+    assert_eq!(summary.errors, 0);
+    assert_eq!(text(&output), golden());
+}
+
+#[test]
+fn the_binary_prints_decisions_on_stdout_and_latencies_on_stderr() {
+    let trace = trace();
+    let out = creditgate(
+        &[
+            "replay",
+            "--policy",
+            "policies/smartlead.toml",
+            "--events",
+            trace.to_str().expect("utf-8 path"),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), golden());
+    let stderr = text(&out.stderr);
+    for column in ["count", "p50", "p99", "p99.9", "max"] {
+        assert!(stderr.contains(column), "no {column} column in:\n{stderr}");
+    }
+    let add_lead = stderr
+        .lines()
+        .find(|l| l.starts_with("add_lead"))
+        .expect("an add_lead row");
+    assert_eq!(add_lead.split_whitespace().nth(1), Some("5"), "{add_lead}");
+}
+
+#[test]
+fn state_in_a_redb_store_survives_across_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("state.redb");
+    let store = store.to_str().expect("utf-8 path");
+    let lines = std::fs::read_to_string(trace()).expect("trace");
+    let lines: Vec<&str> = lines.lines().collect();
+    let mut combined = String::new();
+    for half in [&lines[..11], &lines[11..]] {
+        let input = half.iter().map(|l| format!("{l}\n")).collect::<String>();
+        let out = creditgate(
+            &[
+                "replay",
+                "--policy",
+                "policies/smartlead.toml",
+                "--events",
+                "-",
+                "--store",
+                store,
+            ],
+            input.as_bytes(),
+        );
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        combined += &text(&out.stdout);
+    }
+    assert_eq!(combined, golden());
+}
+
+#[test]
+fn malformed_lines_get_an_error_line_in_place_and_change_nothing() {
+    let input = concat!(
+        r#"{"at":"2025-01-01T00:00:00Z","op":"subscribe","account":"a","plan":"base"}"#,
+        "\n",
+        "not json\n",
+        r#"{"at":"2025-01-01T00:00:00Z","op":"add_lead","account":"a","campaign":"c"}"#,
+        "\n",
+        "\n",
+        r#"{"at":"2025-01-01T00:00:00Z","op":"add_lead","account":"a","campaign":"c","email":"x@y.io","extra":1}"#,
+        "\n",
+        r#"{"at":"2025-01-01T00:00:00Z","op":"usage","account":"a"}"#,
+        "\n",
+    );
+    let out = creditgate(&["replay", "--events", "-"], input.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(
+        lines[1],
+        r#"{"error":"line 2: invalid JSON: expected ident at line 1 column 2"}"#
+    );
+    assert_eq!(lines[2], r#"{"error":"line 3: missing field \"email\""}"#);
+    assert_eq!(
+        lines[3],
+        r#"{"error":"line 4: invalid JSON: EOF while parsing a value at line 1 column 0"}"#
+    );
+    assert_eq!(
+        lines[4],
+        r#"{"error":"line 5: unknown field \"extra\" for op \"add_lead\""}"#
+    );
+    assert!(
+        lines[5].contains(r#""lead_credits":{"used":0,"limit":2000}"#),
+        "{}",
+        lines[5]
+    );
+    assert!(
+        text(&out.stderr).contains("4 of 6 line(s) had errors"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Replays nothing against a policy with `contents`: exit status, stderr, and the
+/// policy's path as the messages print it.
+fn replay_with_policy(contents: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, contents).expect("written");
+    let path = policy.to_str().expect("utf-8 path");
+    let out = creditgate(&["replay", "--policy", path, "--events", "-"], b"");
+    assert!(out.stdout.is_empty());
+    (out.status.code(), text(&out.stderr), path.to_string())
+}
+
+#[test]
+fn an_invalid_policy_is_reported_with_file_line_and_column() {
+    let (code, stderr, p) =
+        replay_with_policy("[plans.pro]\nlead_credits = 30000\nemail_credits = -5\ncolour = 1\n");
+    assert_eq!(code, Some(2));
+    let expected = format!(
+        "{p}:3:17: plans.pro.email_credits: expected a non-negative integer or \"unlimited\", found -5\n\
+         {p}:4:1: plans.pro.colour: unknown key \"colour\""
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn a_toml_syntax_error_is_reported_with_its_position() {
+    let (code, stderr, p) =
+        replay_with_policy("[plans.pro]\nlead_credits = 30000\nemail_credits = = 5\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains(&format!("{p}:3:17: ")), "{stderr}");
+}
+
+#[test]
+fn missing_inputs_are_usage_errors() {
+    let out = creditgate(&["replay", "--events", "/nonexistent/events.jsonl"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read events /nonexistent/events.jsonl"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = creditgate(
+        &["replay", "--policy", "/nonexistent/p.toml", "--events", "-"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read policy /nonexistent/p.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_store_held_by_another_process_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("busy.redb");
+    let _held = creditgate::store::RedbStore::open(&path).expect("opens");
+    let out = creditgate(
+        &[
+            "replay",
+            "--events",
+            "-",
+            "--store",
+            path.to_str().expect("utf-8"),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("in use by another process"),
+        "{}",
+        text(&out.stderr)
+    );
+}
