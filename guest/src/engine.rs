@@ -409,3 +409,308 @@ impl From<StateError> for Error {
         Error::State(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The engine natively, over a plain in-process state: fast checks of the
+    //! mapping from rules to primitives. The host's tests run every rule through
+    //! the component against the real stores.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// The `state` primitives over maps, for one thread.
+    #[derive(Default)]
+    struct MemState {
+        records: BTreeMap<(String, String), String>,
+        counters: BTreeMap<(String, String), u64>,
+        once: BTreeSet<(String, String)>,
+        groups: BTreeMap<(String, String), BTreeSet<String>>,
+    }
+
+    impl MemState {
+        fn members(&self, scope: &str) -> u64 {
+            let all: BTreeSet<&String> = self
+                .groups
+                .iter()
+                .filter(|((s, _), _)| s == scope)
+                .flat_map(|(_, m)| m)
+                .collect();
+            all.len() as u64
+        }
+    }
+
+    impl State for MemState {
+        fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
+            Ok(self.records.get(&(scope.into(), key.into())).cloned())
+        }
+        fn record_insert(
+            &mut self,
+            scope: &str,
+            key: &str,
+            value: &str,
+        ) -> Result<bool, StateError> {
+            let key = (scope.to_string(), key.to_string());
+            if self.records.contains_key(&key) {
+                return Ok(false);
+            }
+            self.records.insert(key, value.into());
+            Ok(true)
+        }
+        fn record_update(
+            &mut self,
+            scope: &str,
+            key: &str,
+            value: &str,
+        ) -> Result<bool, StateError> {
+            match self.records.get_mut(&(scope.into(), key.into())) {
+                Some(v) => {
+                    *v = value.into();
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
+        fn counter_get(
+            &mut self,
+            scope: &str,
+            name: &str,
+            _now: Instant,
+        ) -> Result<u64, StateError> {
+            Ok(self
+                .counters
+                .get(&(scope.into(), name.into()))
+                .copied()
+                .unwrap_or(0))
+        }
+        fn counter_add(
+            &mut self,
+            scope: &str,
+            name: &str,
+            amount: u64,
+            limit: Option<u64>,
+            once: Option<&Once>,
+            _expires_at: Option<Instant>,
+            _now: Instant,
+        ) -> Result<CounterAdded, StateError> {
+            let value = self
+                .counters
+                .get(&(scope.into(), name.into()))
+                .copied()
+                .unwrap_or(0);
+            if once.is_some_and(|o| self.once.contains(&(scope.into(), o.key.clone()))) {
+                return Ok(CounterAdded::Repeated(value));
+            }
+            match value
+                .checked_add(amount)
+                .filter(|v| limit.is_none_or(|l| *v <= l))
+            {
+                None => Ok(CounterAdded::Refused(value)),
+                Some(new) => {
+                    self.counters.insert((scope.into(), name.into()), new);
+                    if let Some(o) = once {
+                        self.once.insert((scope.into(), o.key.clone()));
+                    }
+                    Ok(CounterAdded::Applied(new))
+                }
+            }
+        }
+        fn member_add(
+            &mut self,
+            scope: &str,
+            group: &str,
+            member: &str,
+            limit: Option<u64>,
+        ) -> Result<MemberAdded, StateError> {
+            let members = self.members(scope);
+            let known = self
+                .groups
+                .iter()
+                .any(|((s, _), m)| s == scope && m.contains(member));
+            let in_group = self
+                .groups
+                .get(&(scope.into(), group.into()))
+                .is_some_and(|m| m.contains(member));
+            let outcome = if in_group {
+                MemberAddOutcome::AlreadyInGroup
+            } else if known {
+                MemberAddOutcome::Joined
+            } else if limit.is_some_and(|l| members >= l) {
+                MemberAddOutcome::Refused
+            } else {
+                MemberAddOutcome::Inserted
+            };
+            if matches!(
+                outcome,
+                MemberAddOutcome::Joined | MemberAddOutcome::Inserted
+            ) {
+                self.groups
+                    .entry((scope.into(), group.into()))
+                    .or_default()
+                    .insert(member.into());
+            }
+            Ok(MemberAdded {
+                outcome,
+                members: self.members(scope),
+            })
+        }
+        fn member_remove(
+            &mut self,
+            scope: &str,
+            group: &str,
+            member: &str,
+        ) -> Result<MemberRemoved, StateError> {
+            let removed = self
+                .groups
+                .get_mut(&(scope.into(), group.into()))
+                .is_some_and(|m| m.remove(member));
+            let still_held = self
+                .groups
+                .iter()
+                .any(|((s, _), m)| s == scope && m.contains(member));
+            let outcome = match (removed, still_held) {
+                (false, _) => MemberRemoveOutcome::NotInGroup,
+                (true, true) => MemberRemoveOutcome::LeftGroup,
+                (true, false) => MemberRemoveOutcome::Released,
+            };
+            Ok(MemberRemoved {
+                outcome,
+                members: self.members(scope),
+            })
+        }
+        fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError> {
+            let before = self.members(scope);
+            let removed = self
+                .groups
+                .remove(&(scope.into(), group.into()))
+                .unwrap_or_default()
+                .len() as u64;
+            let members = self.members(scope);
+            Ok(GroupCleared {
+                removed,
+                released: before - members,
+                members,
+            })
+        }
+        fn member_count(&mut self, scope: &str) -> Result<u64, StateError> {
+            Ok(self.members(scope))
+        }
+    }
+
+    const T0: Instant = 1_738_314_000_000_000_000; // 2025-01-31T09:00:00Z
+
+    fn engine() -> Engine {
+        let mut engine = Engine::default();
+        engine
+            .load_policy("[plans.tiny]\nlead_credits = 1\nemail_credits = 2\n[plans.big]\nlead_credits = 9\nemail_credits = 9\n")
+            .expect("valid policy");
+        engine
+    }
+
+    fn brief(d: &Decision) -> (Option<Reason>, u64, u64) {
+        (d.denied, d.charged, d.freed)
+    }
+
+    #[test]
+    fn no_policy_is_an_error_not_a_decision() {
+        let err = Engine::default()
+            .usage(&mut MemState::default(), "a", T0)
+            .expect_err("no policy");
+        assert!(matches!(err, Error::NoPolicy));
+    }
+
+    #[test]
+    fn a_failed_load_keeps_the_old_policy() {
+        let mut e = engine();
+        assert!(
+            e.load_policy("[plans.x]\nlead_credits = -1\nemail_credits = 1\n")
+                .is_err()
+        );
+        assert!(e.policy().is_some_and(|p| p.plans.contains_key("tiny")));
+    }
+
+    #[test]
+    fn leads_map_onto_members_and_their_limit() {
+        let (e, st) = (engine(), &mut MemState::default());
+        assert_eq!(
+            brief(&e.subscribe(st, "a", "tiny", T0).unwrap()),
+            (None, 0, 0)
+        );
+        assert_eq!(
+            brief(&e.add_lead(st, "a", "c1", "X@y.io", T0).unwrap()),
+            (None, 1, 0)
+        );
+        assert_eq!(
+            brief(&e.add_lead(st, "a", "c2", "x@y.io", T0).unwrap()),
+            (None, 0, 0)
+        );
+        assert_eq!(
+            brief(&e.add_lead(st, "a", "c1", "z@y.io", T0).unwrap()),
+            (Some(Reason::LeadCreditsExhausted), 0, 0)
+        );
+        assert_eq!(
+            brief(&e.delete_campaign_leads(st, "a", "c1", T0).unwrap()),
+            (None, 0, 0)
+        );
+        assert_eq!(
+            brief(&e.delete_lead(st, "a", "c2", "x@y.io", T0).unwrap()),
+            (None, 0, 1)
+        );
+        assert_eq!(
+            brief(&e.add_lead(st, "a", "c1", "z@y.io", T0).unwrap()),
+            (None, 1, 0)
+        );
+    }
+
+    #[test]
+    fn sends_map_onto_a_counter_per_cycle_with_message_ids_as_once_keys() {
+        let (e, st) = (engine(), &mut MemState::default());
+        e.subscribe(st, "a", "tiny", T0).unwrap();
+        let to = vec!["a@y.io".to_string(), "A@Y.IO".to_string()];
+        assert_eq!(
+            brief(
+                &e.send_email(st, "a", &to, EmailKind::First, Some("m1"), T0)
+                    .unwrap()
+            ),
+            (None, 1, 0)
+        );
+        assert_eq!(
+            brief(
+                &e.send_email(st, "a", &to, EmailKind::Reply, Some("m1"), T0)
+                    .unwrap()
+            ),
+            (None, 0, 0)
+        );
+        let two = vec!["b@y.io".to_string(), "c@y.io".to_string()];
+        let d = e
+            .send_email(st, "a", &two, EmailKind::First, None, T0)
+            .unwrap();
+        assert_eq!(brief(&d), (Some(Reason::EmailCreditsExhausted), 0, 0));
+        assert_eq!(d.usage.map(|u| u.email_credits.used), Some(1));
+        assert_eq!(brief(&e.check_email(st, "a", 1, T0).unwrap()), (None, 0, 0));
+        assert_eq!(
+            brief(&e.check_email(st, "a", 2, T0).unwrap()),
+            (Some(Reason::EmailCreditsExhausted), 0, 0)
+        );
+        assert_eq!(
+            st.counters
+                .keys()
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["email/0"]
+        );
+        assert!(st.once.contains(&("a".into(), "msg/0/m1".into())));
+    }
+
+    #[test]
+    fn a_malformed_account_record_is_reported_as_corrupt_state() {
+        let (e, st) = (engine(), &mut MemState::default());
+        st.record_insert("a", ACCOUNT_RECORD, "garbage").unwrap();
+        let err = e.usage(st, "a", T0).expect_err("corrupt");
+        assert!(
+            matches!(err, Error::State(StateError::Corrupt(_))),
+            "{err:?}"
+        );
+    }
+}
