@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use crate::bindings::creditgate::policy::state as imports;
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
-    CounterAdded, Decision, Diagnostic, EmailKind, Error, GroupCleared, Instant, MemberAdded,
-    MemberRemoved, Once, PolicySummary, StateError,
+    CounterAdded, Decision, Diagnostic, EmailKind, Error, GroupCleared, Instant, LeadBatch,
+    MemberAdded, MemberRemoved, MembersAdded, Once, PolicySummary, StateError,
 };
 use crate::engine::{Engine, State};
 
@@ -54,6 +54,15 @@ impl State for Host {
         limit: Option<u64>,
     ) -> Result<MemberAdded, StateError> {
         imports::member_add(scope, group, member, limit)
+    }
+    fn member_add_many(
+        &mut self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StateError> {
+        imports::member_add_many(scope, group, members, limit)
     }
     fn member_remove(
         &mut self,
@@ -99,6 +108,15 @@ impl Guest for Component {
         now: Instant,
     ) -> Result<Decision, Error> {
         with_engine(|e| e.add_lead(&mut Host, &account, &campaign, &email, now))
+    }
+
+    fn add_leads(
+        account: String,
+        campaign: String,
+        emails: Vec<String>,
+        now: Instant,
+    ) -> Result<LeadBatch, Error> {
+        with_engine(|e| e.add_leads(&mut Host, &account, &campaign, &emails, now))
     }
 
     fn delete_lead(

@@ -19,8 +19,8 @@ use crate::address;
 use crate::bindings::Diagnostic;
 use crate::bindings::{
     AccountUsage, CounterAdded, Decision, EmailKind, EmailUsage, Error, GroupCleared, Instant,
-    LeadUsage, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved, Once,
-    PolicySummary, Reason, StateError,
+    LeadBatch, LeadOutcome, LeadResult, LeadUsage, MemberAddOutcome, MemberAdded,
+    MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, PolicySummary, Reason, StateError,
 };
 use crate::cycle::{self, Cycle};
 use crate::policy::{Plan, Policy};
@@ -50,6 +50,13 @@ pub trait State {
         member: &str,
         limit: Option<u64>,
     ) -> Result<MemberAdded, StateError>;
+    fn member_add_many(
+        &mut self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StateError>;
     fn member_remove(
         &mut self,
         scope: &str,
@@ -171,6 +178,74 @@ impl Engine {
                     MemberAddOutcome::Refused => Err(Reason::LeadCreditsExhausted),
                 },
             )
+        })
+    }
+
+    /// `add_lead` for many addresses at once: one state call for the whole batch.
+    pub fn add_leads(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        campaign: &str,
+        emails: &[String],
+        now: Instant,
+    ) -> Result<LeadBatch, Error> {
+        let acct = match self.account(st, account)? {
+            None => {
+                return Ok(LeadBatch {
+                    denied: Some(Reason::UnknownAccount),
+                    results: Vec::new(),
+                    usage: None,
+                });
+            }
+            Some(Err(_)) => {
+                return Ok(LeadBatch {
+                    denied: Some(Reason::UnknownPlan),
+                    results: Vec::new(),
+                    usage: None,
+                });
+            }
+            Some(Ok(acct)) => acct,
+        };
+        let contacts: Vec<Option<String>> = emails.iter().map(|e| address::normalize(e)).collect();
+        let valid: Vec<String> = contacts.iter().flatten().cloned().collect();
+        let added = if valid.is_empty() {
+            Vec::new()
+        } else {
+            st.member_add_many(account, campaign, &valid, acct.plan.lead_credits)?
+                .outcomes
+        };
+        let mut outcomes = added.into_iter();
+        let mut results = Vec::with_capacity(contacts.len());
+        for contact in &contacts {
+            let Some(contact) = contact else {
+                results.push(LeadResult {
+                    outcome: LeadOutcome::InvalidEmail,
+                    contact: 0,
+                });
+                continue;
+            };
+            let outcome = match outcomes.next() {
+                Some(MemberAddOutcome::Inserted) => LeadOutcome::Added,
+                Some(MemberAddOutcome::AlreadyInGroup) => LeadOutcome::AlreadyInCampaign,
+                Some(MemberAddOutcome::Joined) => LeadOutcome::Joined,
+                Some(MemberAddOutcome::Refused) => LeadOutcome::LeadCreditsExhausted,
+                None => {
+                    return Err(Error::State(StateError::Corrupt(
+                        "member-add-many answered fewer outcomes than members given".into(),
+                    )));
+                }
+            };
+            results.push(LeadResult {
+                outcome,
+                contact: fingerprint(contact),
+            });
+        }
+        let usage = Some(self.usage_of(st, account, &acct, now)?);
+        Ok(LeadBatch {
+            denied: None,
+            results,
+            usage,
         })
     }
 
@@ -391,6 +466,14 @@ fn cycle_of(anchor: Instant, now: Instant) -> Result<Cycle, Error> {
     })
 }
 
+/// FNV-1a over the normalised contact; never 0, which marks an invalid address.
+fn fingerprint(contact: &str) -> u64 {
+    let hash = contact.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash.max(1)
+}
+
 fn email_counter(cycle: &Cycle) -> String {
     format!("email/{}", cycle.index)
 }
@@ -555,6 +638,22 @@ mod tests {
                 members: self.members(scope),
             })
         }
+        fn member_add_many(
+            &mut self,
+            scope: &str,
+            group: &str,
+            members: &[String],
+            limit: Option<u64>,
+        ) -> Result<MembersAdded, StateError> {
+            let mut outcomes = Vec::new();
+            for m in members {
+                outcomes.push(self.member_add(scope, group, m, limit)?.outcome);
+            }
+            Ok(MembersAdded {
+                outcomes,
+                members: self.members(scope),
+            })
+        }
         fn member_remove(
             &mut self,
             scope: &str,
@@ -711,6 +810,36 @@ mod tests {
         assert!(
             matches!(err, Error::State(StateError::Corrupt(_))),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_batch_of_leads_reports_each_contact() {
+        let (e, st) = (engine(), &mut MemState::default());
+        e.subscribe(st, "a", "big", T0).unwrap();
+        e.add_lead(st, "a", "old", "held@y.io", T0).unwrap();
+        let emails: Vec<String> = ["new@y.io", "bad", "HELD@y.io", "New@Y.io", "x@y.io"]
+            .map(String::from)
+            .into();
+        let batch = e.add_leads(st, "a", "c", &emails, T0).unwrap();
+        let outcomes: Vec<LeadOutcome> = batch.results.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                LeadOutcome::Added,
+                LeadOutcome::InvalidEmail,
+                LeadOutcome::Joined,
+                LeadOutcome::AlreadyInCampaign,
+                LeadOutcome::Added
+            ]
+        );
+        assert_eq!(batch.results[0].contact, batch.results[3].contact);
+        assert_eq!(batch.results[1].contact, 0);
+        assert_eq!(batch.usage.map(|u| u.lead_credits.used), Some(3));
+        let tiny = e.add_leads(st, "nobody", "c", &emails, T0).unwrap();
+        assert_eq!(
+            (tiny.denied, tiny.results.len()),
+            (Some(Reason::UnknownAccount), 0)
         );
     }
 }

@@ -29,11 +29,11 @@ pub mod bindings {
 
     pub use creditgate::policy::state::{
         CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
-        MemberRemoved, Once, StateError,
+        MemberRemoved, MembersAdded, Once, StateError,
     };
     pub use creditgate::policy::types::Instant;
     pub use exports::creditgate::policy::policy::{
-        AccountUsage, Allowance, Decision, Diagnostic, EmailKind, EmailUsage, Error, LeadUsage,
-        PlanSummary, PolicySummary, Reason,
+        AccountUsage, Allowance, Decision, Diagnostic, EmailKind, EmailUsage, Error, LeadBatch,
+        LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
     };
 }

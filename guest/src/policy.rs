@@ -5,6 +5,11 @@
 //! `policies/example.toml`, which shows and explains them all). Validation walks the
 //! parsed document by hand rather than through serde so that it reports every
 //! problem at once, each with its key path, line and column, in document order.
+//!
+//! Warnings flag what is legal but almost surely not meant: a plan with 0 credits, a
+//! plan that grants exactly what an earlier one grants (no account could tell the two
+//! apart, so one is probably a copy-paste slip), and a plan whose email credits cannot
+//! pay for a single recipient of some kind of email.
 
 use std::collections::BTreeMap;
 
@@ -132,6 +137,28 @@ impl Policy {
 type Table<'i> = DeTable<'i>;
 type Value<'i> = Spanned<DeValue<'i>>;
 
+/// A valid plan and where it is written, for the warnings that compare plans.
+struct PlanEntry {
+    name: String,
+    /// The plan's name in its `[plans.NAME]` header (or its key).
+    span: std::ops::Range<usize>,
+    /// The `email_credits` value.
+    email_span: std::ops::Range<usize>,
+    plan: Plan,
+}
+
+/// The value of `key` in a plan's table, if the plan is a table holding it.
+fn plan_value<'v, 'i>(plan: &'v Value<'i>, key: &str) -> Option<&'v Value<'i>> {
+    match plan.get_ref() {
+        DeValue::Table(t) => t.get(key),
+        _ => None,
+    }
+}
+
+fn show_allowance(allowance: Allowance) -> String {
+    allowance.map_or_else(|| "unlimited".to_string(), |n| n.to_string())
+}
+
 /// Collects diagnostics while walking the document.
 struct Checker<'t> {
     text: &'t str,
@@ -166,7 +193,7 @@ impl Checker<'_> {
                 ),
             }
         }
-        let Some(plans) = plans else {
+        let Some(entries) = plans else {
             if !root.contains_key("plans") {
                 self.error(
                     "plans",
@@ -176,10 +203,15 @@ impl Checker<'_> {
             }
             return None;
         };
+        // Both checks need the whole document: plans compared with each other, and
+        // with `email_costs`, which may come before or after them.
+        self.duplicate_plans(&entries);
+        self.unaffordable_emails(&entries, &email_costs);
+        let plans = entries.into_iter().map(|e| (e.name, e.plan)).collect();
         Some(Policy { plans, email_costs })
     }
 
-    fn plans(&mut self, value: &Value<'_>) -> Option<BTreeMap<String, Plan>> {
+    fn plans(&mut self, value: &Value<'_>) -> Option<Vec<PlanEntry>> {
         let table = self.table("plans", value)?;
         if table.is_empty() {
             self.error(
@@ -189,19 +221,78 @@ impl Checker<'_> {
             );
             return None;
         }
-        let mut plans = BTreeMap::new();
-        for (name, plan) in table {
+        let mut plans = Vec::new();
+        for (name, value) in table {
             let name_str = name.get_ref().as_ref();
             let path = format!("plans.{name_str}");
             if !valid_plan_name(name_str) {
                 self.error(&path, name.span(), format!("a plan name is 1 to {MAX_PLAN_NAME} letters, digits, '_' or '-', found {name_str:?}"));
                 continue;
             }
-            if let Some(plan) = self.plan(&path, plan) {
-                plans.insert(name_str.to_string(), plan);
+            if let Some(plan) = self.plan(&path, value) {
+                let email_span = match plan_value(value, "email_credits") {
+                    Some(v) => v.span(),
+                    None => name.span(),
+                };
+                plans.push(PlanEntry {
+                    name: name_str.to_string(),
+                    span: name.span(),
+                    email_span,
+                    plan,
+                });
             }
         }
+        // The table iterates in key order; warnings about "an earlier plan" mean
+        // earlier in the file.
+        plans.sort_by_key(|e| e.span.start);
         Some(plans)
+    }
+
+    /// Warns on a plan that grants the same credits as an earlier one.
+    fn duplicate_plans(&mut self, entries: &[PlanEntry]) {
+        for (i, later) in entries.iter().enumerate() {
+            let Some(earlier) = entries[..i].iter().find(|e| e.plan == later.plan) else {
+                continue;
+            };
+            let (line, _) = line_column(self.text, earlier.span.start);
+            self.warning(
+                &format!("plans.{}", later.name),
+                later.span.clone(),
+                format!(
+                    "same credits as plans.{} (line {line}): {} lead credits and {} email credits; \
+                     no account could tell the two apart, so one is probably a copy-paste slip",
+                    earlier.name,
+                    show_allowance(later.plan.lead_credits),
+                    show_allowance(later.plan.email_credits),
+                ),
+            );
+        }
+    }
+
+    /// Warns on a plan whose email credits cannot pay for one recipient of a kind of
+    /// email: its accounts could never send that kind. (0 credits has its own warning.)
+    fn unaffordable_emails(&mut self, entries: &[PlanEntry], costs: &EmailCosts) {
+        for entry in entries {
+            let Some(credits) = entry.plan.email_credits.filter(|&c| c > 0) else {
+                continue;
+            };
+            for (kind, cost) in [
+                ("first", costs.first),
+                ("follow_up", costs.follow_up),
+                ("reply", costs.reply),
+            ] {
+                if cost > credits {
+                    self.warning(
+                        &format!("plans.{}.email_credits", entry.name),
+                        entry.email_span.clone(),
+                        format!(
+                            "{credits} credits a cycle cannot pay for one recipient of a {kind} \
+                             email (email_costs.{kind} = {cost}): accounts on this plan can never send one"
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn plan(&mut self, path: &str, value: &Value<'_>) -> Option<Plan> {
@@ -567,5 +658,75 @@ mod tests {
             errors("[plans.\"a b\"]\nlead_credits = 1\nemail_credits = 1\n"),
             ["1:8: plans.a b: a plan name is 1 to 64 letters, digits, '_' or '-', found \"a b\""]
         );
+    }
+
+    fn warnings(text: &str) -> Vec<String> {
+        match Policy::parse(text) {
+            Ok((_, ws)) => ws
+                .iter()
+                .map(|d| format!("{}:{}: {}: {}", d.line, d.column, d.path, d.message))
+                .collect(),
+            Err(ds) => panic!("expected a valid policy, got {ds:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plan_granting_what_an_earlier_one_grants_warns_naming_it() {
+        // `pro` comes first in the file though `base` sorts first: "earlier" is the
+        // file's order.
+        let text = "[plans.pro]\nlead_credits = 2000\nemail_credits = 6000\n\n[plans.base]\nlead_credits = 2000\nemail_credits = 6000\n\n[plans.big]\nlead_credits = \"unlimited\"\nemail_credits = 6000\n";
+        assert_eq!(
+            warnings(text),
+            [
+                "5:8: plans.base: same credits as plans.pro (line 1): 2000 lead credits and 6000 email credits; no account could tell the two apart, so one is probably a copy-paste slip"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_third_copy_names_the_first() {
+        let text = "[plans]\na = { lead_credits = \"unlimited\", email_credits = \"unlimited\" }\nb = { lead_credits = 1, email_credits = 1 }\nc = { lead_credits = \"unlimited\", email_credits = \"unlimited\" }\nd = { lead_credits = \"unlimited\", email_credits = \"unlimited\" }\n";
+        let ws = warnings(text);
+        assert_eq!(ws.len(), 2, "{ws:?}");
+        assert!(ws[0].starts_with("4:1: plans.c: same credits as plans.a (line 2): unlimited lead credits and unlimited email credits;"), "{ws:?}");
+        assert!(
+            ws[1].starts_with("5:1: plans.d: same credits as plans.a (line 2):"),
+            "{ws:?}"
+        );
+    }
+
+    #[test]
+    fn plans_differing_in_one_allowance_are_not_copies() {
+        let text = "[plans.a]\nlead_credits = 10\nemail_credits = 20\n[plans.b]\nlead_credits = 10\nemail_credits = 21\n[plans.c]\nlead_credits = 11\nemail_credits = 20\n";
+        assert_eq!(warnings(text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn email_credits_below_the_cost_of_one_recipient_warn() {
+        let text = "[email_costs]\nfirst = 5\nreply = 0\n\n[plans.small]\nlead_credits = 10\nemail_credits = 4\n\n[plans.enough]\nlead_credits = 10\nemail_credits = 5\n";
+        assert_eq!(
+            warnings(text),
+            [
+                "7:17: plans.small.email_credits: 4 credits a cycle cannot pay for one recipient of a first email (email_costs.first = 5): accounts on this plan can never send one"
+            ]
+        );
+        // 0 credits already has its own warning, and unlimited pays for anything.
+        let text = "[email_costs]\nfirst = 5\n[plans.none]\nlead_credits = 1\nemail_credits = 0\n[plans.all]\nlead_credits = 1\nemail_credits = \"unlimited\"\n";
+        let ws = warnings(text);
+        assert_eq!(ws.len(), 1, "{ws:?}");
+        assert!(
+            ws[0].contains("0 credits: accounts on this plan can send no email"),
+            "{ws:?}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_policies_have_no_warnings() {
+        for text in [
+            include_str!("../../policies/smartlead.toml"),
+            include_str!("../../policies/example.toml"),
+        ] {
+            assert_eq!(warnings(text), Vec::<String>::new());
+        }
     }
 }

@@ -10,9 +10,9 @@ wasmtime::component::bindgen!({
 
 pub use creditgate::policy::state::{
     CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    Once, StateError,
+    MembersAdded, Once, StateError,
 };
 pub use exports::creditgate::policy::policy::{
-    AccountUsage, Decision, Diagnostic, EmailKind, EmailUsage, Error as GuestError, LeadUsage,
-    PlanSummary, PolicySummary, Reason,
+    AccountUsage, Decision, Diagnostic, EmailKind, EmailUsage, Error as GuestError, LeadBatch,
+    LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
 };

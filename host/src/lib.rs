@@ -1,8 +1,25 @@
 //! creditgate's host: loads the policy component and answers decisions.
+//!
+//! A tour, in the order a decision travels:
+//!
+//! - [`request`]: what a front end asks (one variant per WIT decision function);
+//! - [`runtime`]: the wasmtime engine, the compiled (and cached) component, and
+//!   [`runtime::Worker`]s that each own a sandboxed instance and time every call;
+//! - [`bindings`]: the only place bindings are generated from `wit/`;
+//! - [`store`]: the durable state behind the WIT `state` imports: generic atomic
+//!   primitives, in memory or in redb, with group commit;
+//! - [`metrics`]: latency histograms of decisions and of their store time;
+//! - [`time`]: the clock the host hands the guest;
+//! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads).
+//!
+//! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
 
 pub mod bindings;
+pub mod import;
 pub mod metrics;
+pub mod policy_suite;
 pub mod replay;
 pub mod request;
 pub mod runtime;
 pub mod store;
+pub mod time;

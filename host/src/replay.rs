@@ -12,7 +12,6 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-use chrono::{DateTime, SecondsFormat};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -20,6 +19,7 @@ use crate::bindings::{AccountUsage, Decision, EmailKind, Reason};
 use crate::request::Request;
 use crate::runtime::Worker;
 use crate::store::StoreError;
+pub use crate::time::{format_instant, parse_instant};
 
 /// Longest event line accepted, in bytes (newline excluded).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -42,7 +42,8 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
         return Err(format!("expected a JSON object, found {}", kind_of(&value)));
     };
     let op = take_string(&mut fields, "op")?;
-    let at = parse_instant(&take_string(&mut fields, "at")?)?;
+    let at = parse_instant(&take_string(&mut fields, "at")?)
+        .map_err(|e| format!("field \"at\": {e}"))?;
     let account = take_name(&mut fields, "account")?;
     let request = match op.as_str() {
         "subscribe" => Request::Subscribe {
@@ -164,20 +165,6 @@ fn take_kind(fields: &mut Map<String, Value>) -> Result<EmailKind, String> {
             "field \"kind\": expected \"first\", \"follow_up\" or \"reply\", found {other:?}"
         )),
     }
-}
-
-/// An RFC 3339 timestamp, any offset, as nanoseconds since the epoch in UTC.
-pub fn parse_instant(text: &str) -> Result<i64, String> {
-    let at = DateTime::parse_from_rfc3339(text).map_err(|_| {
-        format!("field \"at\": expected an RFC 3339 timestamp such as 2025-01-31T09:00:00Z, found {text:?}")
-    })?;
-    at.timestamp_nanos_opt()
-        .ok_or_else(|| format!("field \"at\": {text:?} is outside 1677-09-21 to 2262-04-11, the range creditgate counts in"))
-}
-
-/// An instant as RFC 3339 in UTC (`Z`), with fractional seconds only when present.
-pub fn format_instant(nanos: i64) -> String {
-    DateTime::from_timestamp_nanos(nanos).to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// The stable code of a denial reason.

@@ -54,10 +54,12 @@ pub enum Op {
     SendEmail,
     CheckEmail,
     Usage,
+    /// A batch of lead additions (`Worker::add_leads`).
+    AddLeads,
 }
 
 impl Op {
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::Subscribe,
         Op::ChangePlan,
         Op::AddLead,
@@ -66,6 +68,7 @@ impl Op {
         Op::SendEmail,
         Op::CheckEmail,
         Op::Usage,
+        Op::AddLeads,
     ];
 
     /// The name used in event files, metrics and reports.
@@ -79,6 +82,7 @@ impl Op {
             Op::SendEmail => "send_email",
             Op::CheckEmail => "check_email",
             Op::Usage => "usage",
+            Op::AddLeads => "add_leads",
         }
     }
 

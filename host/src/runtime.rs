@@ -27,12 +27,13 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, OptLevel, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 use crate::bindings::creditgate::policy::{state, types};
+use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
-    CounterAdded, Decision, Diagnostic, GroupCleared, GuestError, MemberAdded, MemberRemoved, Once,
-    PolicyEngine, PolicyEnginePre, PolicySummary, StateError,
+    CounterAdded, Decision, Diagnostic, GroupCleared, GuestError, LeadBatch, MemberAdded,
+    MemberRemoved, MembersAdded, Once, PolicyEngine, PolicyEnginePre, PolicySummary, StateError,
 };
 use crate::metrics::Latencies;
-use crate::request::Request;
+use crate::request::{Op, Request};
 use crate::store::{CounterAdd, Store};
 
 /// The policy component built from `guest/`, embedded in the binary.
@@ -114,7 +115,13 @@ pub enum LoadError {
     Trap(String),
 }
 
-/// Why a request got no decision. The request's credits were not taken.
+/// Why a request got no decision; it was not allowed.
+///
+/// Each state primitive is atomic, so a request that failed *before* its primitive
+/// took nothing. One that failed *after* (a guest trapping or timing out once its
+/// primitive committed) may have taken its credits without an answer: the store
+/// then counts a decision nobody was told of, which over-counts but never
+/// oversells. An idempotent retry (same message id) is not charged again.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecideError {
@@ -394,6 +401,15 @@ impl state::Host for HostState {
     ) -> Result<MemberAdded, StateError> {
         self.timed(|s| s.member_add(&scope, &group, &member, limit))
     }
+    fn member_add_many(
+        &mut self,
+        scope: String,
+        group: String,
+        members: Vec<String>,
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StateError> {
+        self.timed(|s| s.member_add_many(&scope, &group, &members, limit))
+    }
     fn member_remove(
         &mut self,
         scope: String,
@@ -543,39 +559,71 @@ impl Worker {
     /// call [`Worker::persist`] before acknowledging it to anyone.
     pub fn decide(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let budget = self.config.decision_budget;
-        let started = Instant::now();
-        let (result, in_store) = self.instance.call(budget, |b, s| {
-            let p = b.creditgate_policy_policy();
-            match request {
-                Request::Subscribe { account, plan } => p.call_subscribe(s, account, plan, now),
-                Request::ChangePlan { account, plan } => p.call_change_plan(s, account, plan, now),
-                Request::AddLead {
-                    account,
-                    campaign,
-                    email,
-                } => p.call_add_lead(s, account, campaign, email, now),
-                Request::DeleteLead {
-                    account,
-                    campaign,
-                    email,
-                } => p.call_delete_lead(s, account, campaign, email, now),
-                Request::DeleteCampaignLeads { account, campaign } => {
-                    p.call_delete_campaign_leads(s, account, campaign, now)
-                }
-                Request::SendEmail {
-                    account,
-                    to,
-                    kind,
-                    message_id,
-                } => p.call_send_email(s, account, to, *kind, message_id.as_deref(), now),
-                Request::CheckEmail { account, cost } => p.call_check_email(s, account, *cost, now),
-                Request::Usage { account } => p.call_usage(s, account, now),
+        self.call(request.op(), budget, |p, s| match request {
+            Request::Subscribe { account, plan } => p.call_subscribe(s, account, plan, now),
+            Request::ChangePlan { account, plan } => p.call_change_plan(s, account, plan, now),
+            Request::AddLead {
+                account,
+                campaign,
+                email,
+            } => p.call_add_lead(s, account, campaign, email, now),
+            Request::DeleteLead {
+                account,
+                campaign,
+                email,
+            } => p.call_delete_lead(s, account, campaign, email, now),
+            Request::DeleteCampaignLeads { account, campaign } => {
+                p.call_delete_campaign_leads(s, account, campaign, now)
             }
-        });
-        self.latencies
-            .record(request.op(), started.elapsed(), in_store);
+            Request::SendEmail {
+                account,
+                to,
+                kind,
+                message_id,
+            } => p.call_send_email(s, account, to, *kind, message_id.as_deref(), now),
+            Request::CheckEmail { account, cost } => p.call_check_email(s, account, *cost, now),
+            Request::Usage { account } => p.call_usage(s, account, now),
+        })
+    }
+
+    /// Adds many contacts to a campaign in one guest call and one store transaction,
+    /// with the results one `add_lead` per address would give, in order. Not yet
+    /// durable, like [`Worker::decide`].
+    pub fn add_leads(
+        &mut self,
+        account: &str,
+        campaign: &str,
+        emails: &[String],
+        now: i64,
+    ) -> Result<LeadBatch, DecideError> {
+        // A batch does per-address work in the guest (normalising, fingerprinting):
+        // its budget grows with its size.
+        let per_address = Duration::from_micros(20)
+            .saturating_mul(u32::try_from(emails.len()).unwrap_or(u32::MAX));
+        let budget = self.config.decision_budget.saturating_add(per_address);
+        self.call(Op::AddLeads, budget, |p, s| {
+            p.call_add_leads(s, account, campaign, emails, now)
+        })
+    }
+
+    /// Runs one export under `budget`, timing it into the latency histograms; a trap
+    /// or timeout replaces the instance.
+    fn call<T>(
+        &mut self,
+        op: Op,
+        budget: Duration,
+        f: impl FnOnce(
+            &Guest,
+            &mut wasmtime::Store<HostState>,
+        ) -> wasmtime::Result<Result<T, GuestError>>,
+    ) -> Result<T, DecideError> {
+        let started = Instant::now();
+        let (result, in_store) = self
+            .instance
+            .call(budget, |b, s| f(b.creditgate_policy_policy(), s));
+        self.latencies.record(op, started.elapsed(), in_store);
         match result {
-            Ok(Ok(decision)) => Ok(decision),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(DecideError::Policy(e)),
             Err(trap) => {
                 let timed_out = is_interrupt(&trap);

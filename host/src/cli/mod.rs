@@ -1,11 +1,17 @@
 //! Command-line front end: one module per subcommand, each a thin adapter over the
 //! library.
 
+mod account;
+mod check;
+mod leads;
 mod replay;
+mod test;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -31,6 +37,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Replay(replay::Args),
+    Check(check::Args),
+    Test(test::Args),
+    /// Lead imports, deletions and listings.
+    #[command(subcommand)]
+    Leads(leads::Command),
+    /// Subscriptions and plans.
+    #[command(subcommand)]
+    Account(account::Command),
+    Usage(usage::Args),
 }
 
 /// Documented exit statuses.
@@ -50,48 +65,87 @@ impl From<Exit> for ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Replay(args) => replay::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Leads(command) => leads::run(command),
+        Command::Account(command) => account::run(command),
+        Command::Usage(args) => usage::run(args),
     }
 }
 
 /// Options every command that decides shares.
 #[derive(Debug, clap::Args)]
 struct PolicyArgs {
-    /// Policy file (TOML).
-    #[arg(long, value_name = "FILE", default_value = "policies/smartlead.toml")]
-    policy: PathBuf,
+    /// Policy file (TOML). Default: policies/smartlead.toml if it exists here, else
+    /// the copy of it built into the binary.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    #[command(flatten)]
+    component: ComponentArgs,
+}
+
+/// `--component`, for every command that runs the policy.
+#[derive(Debug, clap::Args)]
+struct ComponentArgs {
     /// A component implementing the `creditgate:policy/policy-engine` world, instead
     /// of the one built from `guest/`.
     #[arg(long, value_name = "FILE")]
     component: Option<PathBuf>,
 }
 
-impl PolicyArgs {
-    /// Compiles the component and makes a worker over `store` with the policy loaded.
-    fn worker(&self, store: Arc<dyn Store>) -> anyhow::Result<Worker> {
-        let policy = std::fs::read_to_string(&self.policy)
-            .with_context(|| format!("cannot read policy {}", self.policy.display()))?;
+impl ComponentArgs {
+    /// Compiles (or loads the cached compilation of) the component.
+    fn runtime(&self) -> anyhow::Result<Runtime> {
+        // These are offline tools, not a gateway: a decision slowed by a busy
+        // machine (a large import on two cores, a CI run) must not be taken for a
+        // runaway guest. A real loop is still cut off, after seconds, not hours.
+        let config = RuntimeConfig {
+            decision_budget: Duration::from_secs(2),
+            ..RuntimeConfig::default()
+        };
         let source = self
             .component
             .clone()
             .map_or(ComponentSource::Builtin, ComponentSource::File);
-        let runtime = Runtime::new(&source, RuntimeConfig::default())?;
-        match runtime.worker(store, &policy) {
+        Ok(Runtime::new(&source, config)?)
+    }
+}
+
+/// The default policy's path, and its text as built in.
+const DEFAULT_POLICY: &str = "policies/smartlead.toml";
+const BUILTIN_POLICY: &str = include_str!("../../../policies/smartlead.toml");
+
+impl PolicyArgs {
+    /// The policy's name for messages and its text.
+    fn load(&self) -> anyhow::Result<(PathBuf, String)> {
+        let path = self
+            .policy
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((path, text)),
+            // Outside a checkout, the operator commands still work on Smartlead's plans.
+            Err(e) if self.policy.is_none() && e.kind() == std::io::ErrorKind::NotFound => Ok((
+                PathBuf::from("(built-in smartlead.toml)"),
+                BUILTIN_POLICY.to_string(),
+            )),
+            Err(e) => Err(e).with_context(|| format!("cannot read policy {}", path.display())),
+        }
+    }
+
+    /// Compiles the component and makes a worker over `store` with the policy loaded.
+    fn worker(&self, store: Arc<dyn Store>) -> anyhow::Result<Worker> {
+        let (path, policy) = self.load()?;
+        match self.component.runtime()?.worker(store, &policy) {
             Ok((worker, summary)) => {
                 for warning in &summary.warnings {
-                    eprintln!("warning: {}", located(&self.policy, warning));
+                    eprintln!("warning: {}", located(&path, warning));
                 }
                 Ok(worker)
             }
             Err(LoadError::Policy(diagnostics)) => {
-                let lines: Vec<String> = diagnostics
-                    .iter()
-                    .map(|d| located(&self.policy, d))
-                    .collect();
-                anyhow::bail!(
-                    "invalid policy {}:\n{}",
-                    self.policy.display(),
-                    lines.join("\n")
-                )
+                let lines: Vec<String> = diagnostics.iter().map(|d| located(&path, d)).collect();
+                anyhow::bail!("invalid policy {}:\n{}", path.display(), lines.join("\n"))
             }
             Err(e) => Err(e.into()),
         }
@@ -121,4 +175,44 @@ fn open_store(path: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
                 .with_context(|| format!("cannot open store {}", path.display()))?,
         ),
     })
+}
+
+/// Output format of the operator commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+enum Format {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON document, for programs.
+    Json,
+}
+
+/// `--store` of the operator commands: the embedded redb file by default (the one
+/// `serve` uses), or `memory` for a throwaway run.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// A redb file, or `memory` for a throwaway in-memory store. Default:
+    /// $CREDITGATE_STORE, else $XDG_DATA_HOME/creditgate/creditgate.redb, else
+    /// ~/.local/share/creditgate/creditgate.redb.
+    #[arg(long, value_name = "PATH|memory")]
+    store: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        match &self.store {
+            Some(path) if path.as_os_str() == "memory" => open_store(None),
+            Some(path) => open_store(Some(path)),
+            None => {
+                let path = creditgate::store::default_path().context(
+                    "no default store path: set $CREDITGATE_STORE or $HOME, or pass --store",
+                )?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                open_store(Some(&path))
+            }
+        }
+    }
 }

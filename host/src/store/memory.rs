@@ -1,13 +1,17 @@
 //! An in-memory [`Store`]: the reference backend for tests and for runs that need no
 //! durability (`persist` does nothing). Every primitive takes one process-wide lock
-//! once, which is what makes it atomic.
+//! once, which is what makes it atomic; [`Store::visit_members`] calls its visitor
+//! with that lock held, so the visitor must not call back into the store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{CounterAdd, Instant, Store, StoreError, check_name, check_value};
+use super::{
+    CounterAdd, Instant, ScopeDump, Store, StoreError, check_batch, check_name, check_value,
+};
 use crate::bindings::{
     CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+    MembersAdded,
 };
 
 /// Expiry stored for "never"; the redb backend uses the same sentinel, so the two
@@ -18,8 +22,9 @@ fn expired(expires_at: Instant, now: Instant) -> bool {
     expires_at != NEVER && expires_at <= now
 }
 
-/// One scope's state. A scope with nothing in it is removed from the map, so that
-/// [`Store::scopes`] lists only scopes that hold something.
+/// One scope's state. A scope with nothing in it is removed from the map; one that
+/// holds only `once` markers (which only [`Store::import_scope`] can leave) is kept,
+/// like in redb, but not listed by [`Store::scopes`].
 #[derive(Default)]
 struct Scope {
     records: BTreeMap<String, String>,
@@ -38,6 +43,11 @@ impl Scope {
     // counters are never removed (the redb backend lists scopes the same way).
     fn is_empty(&self) -> bool {
         self.records.is_empty() && self.counters.is_empty() && self.member_groups.is_empty()
+    }
+
+    /// Holds nothing at all, once markers included: may be dropped from the map.
+    fn is_vacant(&self) -> bool {
+        self.is_empty() && self.once.is_empty()
     }
 
     fn members(&self) -> u64 {
@@ -193,6 +203,55 @@ impl Store for MemoryStore {
         })
     }
 
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StoreError> {
+        check_batch(scope, group, members)?;
+        let mut scopes = self.lock();
+        if members.is_empty() {
+            let members = scopes.get(scope).map_or(0, Scope::members);
+            return Ok(MembersAdded {
+                outcomes: Vec::new(),
+                members,
+            });
+        }
+        let mut outcomes = Vec::with_capacity(members.len());
+        let s = scopes.entry(scope.to_owned()).or_default();
+        let mut count = s.members();
+        let in_group = s.groups.entry(group.to_owned()).or_default();
+        for member in members {
+            let outcome = match s.member_groups.get_mut(member.as_str()) {
+                Some(groups) if groups.contains(group) => MemberAddOutcome::AlreadyInGroup,
+                Some(groups) => {
+                    groups.insert(group.to_owned());
+                    in_group.insert(member.clone());
+                    MemberAddOutcome::Joined
+                }
+                None if limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
+                None => {
+                    let groups = BTreeSet::from([group.to_owned()]);
+                    s.member_groups.insert(member.clone(), groups);
+                    in_group.insert(member.clone());
+                    count += 1;
+                    MemberAddOutcome::Inserted
+                }
+            };
+            outcomes.push(outcome);
+        }
+        if in_group.is_empty() {
+            s.groups.remove(group);
+        }
+        let members = s.members();
+        if s.is_vacant() {
+            scopes.remove(scope);
+        }
+        Ok(MembersAdded { outcomes, members })
+    }
+
     fn member_remove(
         &self,
         scope: &str,
@@ -234,7 +293,7 @@ impl Store for MemoryStore {
             }
         }
         let members = s.members();
-        if s.is_empty() {
+        if s.is_vacant() {
             scopes.remove(scope);
         }
         Ok(MemberRemoved { outcome, members })
@@ -263,7 +322,7 @@ impl Store for MemoryStore {
             }
         }
         let members = s.members();
-        if s.is_empty() {
+        if s.is_vacant() {
             scopes.remove(scope);
         }
         Ok(GroupCleared {
@@ -283,7 +342,7 @@ impl Store for MemoryStore {
     }
 
     fn scopes(&self) -> Result<Vec<String>, StoreError> {
-        // Scopes are removed as they empty; the filter guards that invariant cheaply.
+        // Scopes are removed as they empty; the filter skips those holding only once\n        // markers.
         Ok(self
             .lock()
             .iter()
@@ -291,4 +350,122 @@ impl Store for MemoryStore {
             .map(|(name, _)| name.clone())
             .collect())
     }
+
+    fn visit_members(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        if let Some(group) = group {
+            check_name("group", group)?;
+        }
+        let scopes = self.lock();
+        let Some(s) = scopes.get(scope) else {
+            return Ok(());
+        };
+        let mut visit_group = |group: &str, members: &BTreeSet<String>| {
+            members.iter().all(|member| visit(group, member))
+        };
+        match group {
+            Some(group) => {
+                if let Some(members) = s.groups.get(group) {
+                    visit_group(group, members);
+                }
+            }
+            None => {
+                for (group, members) in &s.groups {
+                    if !visit_group(group, members) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
+        check_name("scope", scope)?;
+        let scopes = self.lock();
+        let Some(s) = scopes.get(scope) else {
+            return Ok(ScopeDump::default());
+        };
+        Ok(ScopeDump {
+            records: s
+                .records
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            counters: s
+                .counters
+                .iter()
+                .map(|(name, &(value, expires_at))| {
+                    (
+                        name.clone(),
+                        value,
+                        (expires_at != NEVER).then_some(expires_at),
+                    )
+                })
+                .collect(),
+            once: s.once.iter().map(|(k, &exp)| (k.clone(), exp)).collect(),
+            memberships: s
+                .groups
+                .iter()
+                .flat_map(|(g, members)| members.iter().map(|m| (g.clone(), m.clone())))
+                .collect(),
+        })
+    }
+
+    fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        // Built whole before the lock is taken: an invalid dump changes nothing.
+        let mut new = Scope::default();
+        for (key, value) in &dump.records {
+            check_name("key", key)?;
+            check_value(value)?;
+            if new.records.insert(key.clone(), value.clone()).is_some() {
+                return Err(repeated(format_args!("record {key:?}")));
+            }
+        }
+        for (name, value, expires_at) in &dump.counters {
+            check_name("counter name", name)?;
+            let stored = (*value, expires_at.unwrap_or(NEVER));
+            if new.counters.insert(name.clone(), stored).is_some() {
+                return Err(repeated(format_args!("counter {name:?}")));
+            }
+        }
+        for (key, expires_at) in &dump.once {
+            check_name("once key", key)?;
+            if new.once.insert(key.clone(), *expires_at).is_some() {
+                return Err(repeated(format_args!("once key {key:?}")));
+            }
+        }
+        for (group, member) in &dump.memberships {
+            check_name("group", group)?;
+            check_name("member", member)?;
+            let members = new.groups.entry(group.clone()).or_default();
+            if !members.insert(member.clone()) {
+                return Err(repeated(format_args!(
+                    "member {member:?} of group {group:?}"
+                )));
+            }
+            new.member_groups
+                .entry(member.clone())
+                .or_default()
+                .insert(group.clone());
+        }
+        let mut scopes = self.lock();
+        if new.is_vacant() {
+            scopes.remove(scope);
+        } else {
+            scopes.insert(scope.to_owned(), new);
+        }
+        Ok(())
+    }
+}
+
+/// The error for a dump that gives the same key twice.
+fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
+    StoreError::InvalidArgument(format!("the dump holds {what} more than once"))
 }

@@ -18,7 +18,24 @@ mod redb_store;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
-use crate::bindings::{CounterAdded, GroupCleared, MemberAdded, MemberRemoved, Once, StateError};
+use crate::bindings::{
+    CounterAdded, GroupCleared, MemberAdded, MemberRemoved, MembersAdded, Once, StateError,
+};
+
+/// The embedded store's default file: `$CREDITGATE_STORE`, else
+/// `$XDG_DATA_HOME/creditgate/creditgate.redb`, else
+/// `~/.local/share/creditgate/creditgate.redb`. `None` when none of those is set.
+pub fn default_path() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let env = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("CREDITGATE_STORE")
+        .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("creditgate").join("creditgate.redb")))
+        .or_else(|| env("HOME").map(|d| d.join(".local/share/creditgate/creditgate.redb")))
+}
 
 /// A point in time: nanoseconds since the Unix epoch, UTC (WIT `instant`).
 pub type Instant = i64;
@@ -26,6 +43,11 @@ pub type Instant = i64;
 /// Longest scope, key, counter, group or member name a backend accepts, in bytes.
 /// Longer names are refused with [`StoreError::InvalidArgument`].
 pub const MAX_NAME_LEN: usize = 1024;
+
+/// Most members one `member_add_many` call takes. A batch holds the store's single
+/// writer for its whole length (every other decision waits), so it is bounded;
+/// 10,000 takes tens of milliseconds on redb.
+pub const MAX_BATCH: usize = 10_000;
 
 /// Longest record value a backend accepts, in bytes.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
@@ -99,6 +121,17 @@ pub trait Store: Send + Sync {
         member: &str,
         limit: Option<u64>,
     ) -> Result<MemberAdded, StoreError>;
+    /// Adds each of `members` in order, as many `member_add` calls would, in one
+    /// atomic step (one write transaction). An empty list changes nothing.
+    /// Every name is checked first: one too long refuses the whole call with
+    /// [`StoreError::InvalidArgument`], and nothing is applied.
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StoreError>;
     fn member_remove(
         &self,
         scope: &str,
@@ -114,6 +147,46 @@ pub trait Store: Send + Sync {
 
     /// Every scope that holds anything, in byte order of their names.
     fn scopes(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Calls `visit(group, member)` for each membership of `scope` (of `group` only,
+    /// when given), ordered by group then member, from one consistent snapshot,
+    /// without holding them all in memory. `visit` returns false to stop early.
+    ///
+    /// `visit` must not call back into the store: a backend may hold a lock while
+    /// it runs ([`MemoryStore`] does, and would deadlock). Keep it short, too: the
+    /// snapshot holds back writers ([`MemoryStore`]) or the reuse of freed pages
+    /// (redb) until it returns.
+    fn visit_members(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Everything `scope` holds, from one consistent snapshot: for copies between
+    /// stores and for dry runs against a throwaway copy.
+    fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError>;
+
+    /// Replaces everything `scope` holds with `dump`, in one atomic step; an empty
+    /// dump removes the scope. The dump's entries may come in any order. Names and
+    /// values are checked as the primitives check them, and a dump that gives a
+    /// record key, counter name, once key or membership twice is refused: either way
+    /// with [`StoreError::InvalidArgument`], and nothing is applied.
+    fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError>;
+}
+
+/// The whole content of one scope, in a backend-neutral form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeDump {
+    /// `(key, value)`, ordered by key.
+    pub records: Vec<(String, String)>,
+    /// `(name, value, expires_at)`, ordered by name; as stored, expired or not
+    /// (expiry is judged against each call's `now`).
+    pub counters: Vec<(String, u64, Option<Instant>)>,
+    /// `(key, expires_at)` of `once` markers, ordered by key.
+    pub once: Vec<(String, Instant)>,
+    /// `(group, member)`, ordered by group then member.
+    pub memberships: Vec<(String, String)>,
 }
 
 /// Checks a name argument against [`MAX_NAME_LEN`]; shared by every backend so
@@ -126,6 +199,22 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// Checks the arguments of `member_add_many`: names, and the batch against
+/// [`MAX_BATCH`]. Nothing may be applied unless the whole batch is acceptable.
+pub(crate) fn check_batch(scope: &str, group: &str, members: &[String]) -> Result<(), StoreError> {
+    check_name("scope", scope)?;
+    check_name("group", group)?;
+    if members.len() > MAX_BATCH {
+        return Err(StoreError::InvalidArgument(format!(
+            "a batch of {} members; the limit is {MAX_BATCH}",
+            members.len()
+        )));
+    }
+    members
+        .iter()
+        .try_for_each(|member| check_name("member", member))
 }
 
 /// Checks a record value against [`MAX_VALUE_LEN`].

@@ -23,8 +23,12 @@
 //! `expires_at == i64::MAX` means never; an entry with `expires_at <= now` reads as
 //! absent and is overwritten by the next applied `counter_add`. Member entries do not
 //! expire; counts that reach 0 are deleted, so an empty scope leaves no trace.
+//!
+//! `member_add_many` and `import_scope` are one write transaction each, however
+//! many members they carry; `visit_members` and `export_scope` read one read
+//! transaction, a snapshot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -35,9 +39,12 @@ use redb::{
     WriteTransaction,
 };
 
-use super::{CounterAdd, Instant, Store, StoreError, check_name, check_value};
+use super::{
+    CounterAdd, Instant, ScopeDump, Store, StoreError, check_batch, check_name, check_value,
+};
 use crate::bindings::{
     CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+    MembersAdded,
 };
 
 type Pair = (&'static str, &'static str);
@@ -53,6 +60,9 @@ const SCOPE_MEMBERS: TableDefinition<&str, u64> = TableDefinition::new("scope_me
 
 /// Expiry stored for "never".
 const NEVER: Instant = i64::MAX;
+
+/// redb's page cache, in bytes.
+const CACHE_BYTES: usize = 128 << 20;
 
 fn expired(expires_at: Instant, now: Instant) -> bool {
     expires_at != NEVER && expires_at <= now
@@ -213,7 +223,10 @@ impl RedbStore {
     /// or another) has the file open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let what = format!("opening {}", path.display());
-        let db = match Database::create(path) {
+        // redb caches up to 1 GiB of the file by default, so a gateway's memory
+        // would grow with its database. A bounded cache keeps it flat: the hot
+        // part of a ledger (account records, this cycle's counters) is small.
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked {
@@ -500,6 +513,123 @@ impl Store for RedbStore {
         })
     }
 
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StoreError> {
+        check_batch(scope, group, members)?;
+        let what = "member-add-many";
+        self.write(what, |txn| {
+            let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
+            let before = members_of(&counts, scope)?;
+            if members.is_empty() {
+                let none = MembersAdded {
+                    outcomes: Vec::new(),
+                    members: before,
+                };
+                return Ok((none, false));
+            }
+            let mut memberships = txn.open_table(MEMBERSHIPS).ctx(what)?;
+            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+            let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
+
+            // The tables are read and written in the members' byte order, so that
+            // neighbouring keys share pages, while the outcomes are decided in the
+            // order given. The sort is stable: of a member given twice, the first
+            // of its run is the one given first.
+            let mut order: Vec<usize> = (0..members.len()).collect();
+            order.sort_by(|&a, &b| members[a].cmp(&members[b]));
+
+            // 1. What the store holds for each distinct member, before the call.
+            let mut found = vec![Found::New; members.len()];
+            let mut first: Option<usize> = None;
+            for &i in &order {
+                let member = members[i].as_str();
+                if let Some(f) = first
+                    && members[f] == member
+                {
+                    found[i] = Found::Again(f);
+                    continue;
+                }
+                first = Some(i);
+                let groups = member_groups
+                    .get((scope, member))
+                    .ctx(what)?
+                    .map(|g| g.value());
+                found[i] = match groups {
+                    None => Found::New,
+                    Some(_)
+                        if group_members
+                            .get((scope, group, member))
+                            .ctx(what)?
+                            .is_some() =>
+                    {
+                        Found::InGroup
+                    }
+                    Some(n) => Found::Elsewhere(
+                        n.checked_add(1)
+                            .ok_or_else(|| corrupt(what, "group count overflows"))?,
+                    ),
+                };
+            }
+
+            // 2. The outcomes, in the order given, as one member-add after another
+            // would have them. The count only grows within the call, so a member
+            // refused once is refused again.
+            let mut count = before;
+            let mut outcomes = Vec::with_capacity(members.len());
+            for f in &found {
+                let outcome = match *f {
+                    Found::InGroup => MemberAddOutcome::AlreadyInGroup,
+                    Found::Elsewhere(_) => MemberAddOutcome::Joined,
+                    Found::New if limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
+                    Found::New => {
+                        count = count
+                            .checked_add(1)
+                            .ok_or_else(|| corrupt(what, "member count overflows"))?;
+                        MemberAddOutcome::Inserted
+                    }
+                    Found::Again(f) => match outcomes[f] {
+                        MemberAddOutcome::Refused => MemberAddOutcome::Refused,
+                        _ => MemberAddOutcome::AlreadyInGroup,
+                    },
+                };
+                outcomes.push(outcome);
+            }
+
+            // 3. The writes, one table at a time.
+            let joins = || {
+                order.iter().filter_map(|&i| match (found[i], outcomes[i]) {
+                    (Found::New, MemberAddOutcome::Inserted) => Some((members[i].as_str(), 1)),
+                    (Found::Elsewhere(n), _) => Some((members[i].as_str(), n)),
+                    _ => None,
+                })
+            };
+            let mut changed = false;
+            for (member, groups) in joins() {
+                member_groups.insert((scope, member), groups).ctx(what)?;
+                changed = true;
+            }
+            for (member, _) in joins() {
+                memberships.insert((scope, member, group), ()).ctx(what)?;
+            }
+            for (member, _) in joins() {
+                group_members.insert((scope, group, member), ()).ctx(what)?;
+            }
+            if count != before {
+                counts.insert(scope, count).ctx(what)?;
+            }
+            let answer = MembersAdded {
+                outcomes,
+                members: count,
+            };
+            Ok((answer, changed))
+        })
+    }
+
     fn member_remove(
         &self,
         scope: &str,
@@ -655,6 +785,180 @@ impl Store for RedbStore {
         }
         Ok(out.into_iter().collect())
     }
+
+    fn visit_members(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        if let Some(group) = group {
+            check_name("group", group)?;
+        }
+        let what = "visiting members";
+        let txn = self.db.begin_read().ctx(what)?;
+        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+        let range = match group {
+            Some(group) => {
+                let end = next(group);
+                group_members.range((scope, group, "")..(scope, end.as_str(), ""))
+            }
+            None => {
+                let end = next(scope);
+                group_members.range((scope, "", "")..(end.as_str(), "", ""))
+            }
+        };
+        for entry in range.ctx(what)? {
+            let (key, _) = entry.ctx(what)?;
+            let (_, group, member) = key.value();
+            if !visit(group, member) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
+        check_name("scope", scope)?;
+        let what = "exporting a scope";
+        let txn = self.db.begin_read().ctx(what)?;
+        let end = next(scope);
+        let pairs = (scope, "")..(end.as_str(), "");
+        let mut dump = ScopeDump::default();
+        let records = txn.open_table(RECORDS).ctx(what)?;
+        for entry in records.range(pairs.clone()).ctx(what)? {
+            let (key, value) = entry.ctx(what)?;
+            let record = (key.value().1.to_owned(), value.value().to_owned());
+            dump.records.push(record);
+        }
+        let counters = txn.open_table(COUNTERS).ctx(what)?;
+        for entry in counters.range(pairs.clone()).ctx(what)? {
+            let (key, value) = entry.ctx(what)?;
+            let (value, expires_at) = value.value();
+            let expires_at = (expires_at != NEVER).then_some(expires_at);
+            dump.counters
+                .push((key.value().1.to_owned(), value, expires_at));
+        }
+        let markers = txn.open_table(ONCE).ctx(what)?;
+        for entry in markers.range(pairs).ctx(what)? {
+            let (key, expires_at) = entry.ctx(what)?;
+            dump.once
+                .push((key.value().1.to_owned(), expires_at.value()));
+        }
+        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+        for entry in group_members
+            .range((scope, "", "")..(end.as_str(), "", ""))
+            .ctx(what)?
+        {
+            let (key, _) = entry.ctx(what)?;
+            let (_, group, member) = key.value();
+            dump.memberships.push((group.to_owned(), member.to_owned()));
+        }
+        Ok(dump)
+    }
+
+    fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        for (key, value) in &dump.records {
+            check_name("key", key)?;
+            check_value(value)?;
+        }
+        for (name, _, _) in &dump.counters {
+            check_name("counter name", name)?;
+        }
+        for (key, _) in &dump.once {
+            check_name("once key", key)?;
+        }
+        for (group, member) in &dump.memberships {
+            check_name("group", group)?;
+            check_name("member", member)?;
+        }
+        let what = "importing a scope";
+        self.write(what, |txn| {
+            let end = next(scope);
+            let pairs = (scope, "")..(end.as_str(), "");
+            let triples = (scope, "", "")..(end.as_str(), "", "");
+
+            // Everything the scope held goes first, derived counts included; after
+            // that, an insert that finds a key in place found a repeat in the dump.
+            let mut records = txn.open_table(RECORDS).ctx(what)?;
+            let mut counters = txn.open_table(COUNTERS).ctx(what)?;
+            let mut markers = txn.open_table(ONCE).ctx(what)?;
+            let mut memberships = txn.open_table(MEMBERSHIPS).ctx(what)?;
+            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+            let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
+            let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
+            let mut changed = false;
+            let mut any = || {
+                changed = true;
+                false
+            };
+            records.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
+            counters.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
+            markers.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
+            memberships
+                .retain_in(triples.clone(), |_, _| any())
+                .ctx(what)?;
+            group_members.retain_in(triples, |_, _| any()).ctx(what)?;
+            member_groups.retain_in(pairs, |_, _| any()).ctx(what)?;
+            changed |= counts.remove(scope).ctx(what)?.is_some();
+
+            for (key, value) in &dump.records {
+                let key = key.as_str();
+                if records
+                    .insert((scope, key), value.as_str())
+                    .ctx(what)?
+                    .is_some()
+                {
+                    return Err(repeated(format_args!("record {key:?}")));
+                }
+            }
+            for (name, value, expires_at) in &dump.counters {
+                let name = name.as_str();
+                let stored = (*value, expires_at.unwrap_or(NEVER));
+                if counters.insert((scope, name), stored).ctx(what)?.is_some() {
+                    return Err(repeated(format_args!("counter {name:?}")));
+                }
+            }
+            for (key, expires_at) in &dump.once {
+                let key = key.as_str();
+                if markers
+                    .insert((scope, key), *expires_at)
+                    .ctx(what)?
+                    .is_some()
+                {
+                    return Err(repeated(format_args!("once key {key:?}")));
+                }
+            }
+            let mut groups_of = BTreeMap::<&str, u64>::new();
+            for (group, member) in &dump.memberships {
+                let (group, member) = (group.as_str(), member.as_str());
+                if group_members
+                    .insert((scope, group, member), ())
+                    .ctx(what)?
+                    .is_some()
+                {
+                    return Err(repeated(format_args!(
+                        "member {member:?} of group {group:?}"
+                    )));
+                }
+                memberships.insert((scope, member, group), ()).ctx(what)?;
+                *groups_of.entry(member).or_default() += 1;
+            }
+            for (&member, &groups) in &groups_of {
+                member_groups.insert((scope, member), groups).ctx(what)?;
+            }
+            if !groups_of.is_empty() {
+                counts.insert(scope, groups_of.len() as u64).ctx(what)?;
+            }
+            let wrote = !(dump.records.is_empty()
+                && dump.counters.is_empty()
+                && dump.once.is_empty()
+                && dump.memberships.is_empty());
+            Ok(((), changed || wrote))
+        })
+    }
 }
 
 /// Takes `member` out of one of its groups; true if that was its last one.
@@ -704,4 +1008,22 @@ fn release(
         counts.insert(scope, left).ctx(what)?;
     }
     Ok(left)
+}
+
+/// What [`Store::member_add_many`] finds for one of the members it is given.
+#[derive(Clone, Copy)]
+enum Found {
+    /// Not in the scope.
+    New,
+    /// Already in the group.
+    InGroup,
+    /// In other groups only; carries its group count once it joins this one.
+    Elsewhere(u64),
+    /// Given earlier in the same call, at this index.
+    Again(usize),
+}
+
+/// The error for a dump that gives the same key twice.
+fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
+    StoreError::InvalidArgument(format!("the dump holds {what} more than once"))
 }

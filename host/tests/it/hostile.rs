@@ -138,6 +138,10 @@ impl Store for SlowStore {
         member_count(scope: &str) -> Result<u64, creditgate::store::StoreError>;
         persist() -> Result<(), creditgate::store::StoreError>;
         scopes() -> Result<Vec<String>, creditgate::store::StoreError>;
+        member_add_many(scope: &str, group: &str, members: &[String], limit: Option<u64>) -> Result<creditgate::bindings::MembersAdded, creditgate::store::StoreError>;
+        visit_members(scope: &str, group: Option<&str>, visit: &mut dyn FnMut(&str, &str) -> bool) -> Result<(), creditgate::store::StoreError>;
+        export_scope(scope: &str) -> Result<creditgate::store::ScopeDump, creditgate::store::StoreError>;
+        import_scope(scope: &str, dump: &creditgate::store::ScopeDump) -> Result<(), creditgate::store::StoreError>;
     }
 }
 

@@ -1,9 +1,13 @@
 //! The host's integration tests: one binary, one module per area.
 
+mod check;
 mod harness;
 mod hostile;
+mod import;
 mod model;
+mod operator;
 mod properties;
 mod replay;
 mod rules;
 mod store;
+mod suites;

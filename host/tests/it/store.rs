@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use creditgate::bindings::{
     CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    Once,
+    MembersAdded, Once,
 };
 use creditgate::store::{
-    CounterAdd, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, Store, StoreError,
+    CounterAdd, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, ScopeDump, Store, StoreError,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -45,9 +45,12 @@ enum Out {
     Count(u64),
     Counter(&'static str, u64),
     Added(&'static str, u64),
+    AddedMany(Vec<&'static str>, u64),
     Removed(&'static str, u64),
     Cleared(u64, u64, u64),
     Scopes(Vec<String>),
+    Visited(Vec<(String, String)>),
+    Dump(ScopeDump),
     Unit,
     Err(&'static str),
 }
@@ -60,14 +63,21 @@ fn counter(c: CounterAdded) -> Out {
     }
 }
 
-fn added(a: MemberAdded) -> Out {
-    let outcome = match a.outcome {
+fn outcome(o: MemberAddOutcome) -> &'static str {
+    match o {
         MemberAddOutcome::AlreadyInGroup => "already-in-group",
         MemberAddOutcome::Joined => "joined",
         MemberAddOutcome::Inserted => "inserted",
         MemberAddOutcome::Refused => "refused",
-    };
-    Out::Added(outcome, a.members)
+    }
+}
+
+fn added(a: MemberAdded) -> Out {
+    Out::Added(outcome(a.outcome), a.members)
+}
+
+fn added_many(a: MembersAdded) -> Out {
+    Out::AddedMany(a.outcomes.into_iter().map(outcome).collect(), a.members)
 }
 
 fn removed(r: MemberRemoved) -> Out {
@@ -130,6 +140,37 @@ fn get(s: &dyn Store, scope: &str, name: &str, now: i64) -> u64 {
 
 fn join(s: &dyn Store, scope: &str, group: &str, member: &str, limit: Option<u64>) -> Out {
     out(s.member_add(scope, group, member, limit), added)
+}
+
+fn join_many(s: &dyn Store, scope: &str, group: &str, members: &[&str], limit: Option<u64>) -> Out {
+    let members: Vec<String> = members.iter().map(|&m| m.to_owned()).collect();
+    out(s.member_add_many(scope, group, &members, limit), added_many)
+}
+
+fn many(outcomes: &[&'static str], members: u64) -> Out {
+    Out::AddedMany(outcomes.to_vec(), members)
+}
+
+/// Every `(group, member)` `visit_members` reports.
+fn visits(s: &dyn Store, scope: &str, group: Option<&str>) -> Out {
+    let mut seen = Vec::new();
+    let r = s.visit_members(scope, group, &mut |g, m| {
+        seen.push((g.to_owned(), m.to_owned()));
+        true
+    });
+    out(r, |()| Out::Visited(seen))
+}
+
+fn pairs(list: &[(&str, &str)]) -> Out {
+    Out::Visited(
+        list.iter()
+            .map(|&(g, m)| (g.to_owned(), m.to_owned()))
+            .collect(),
+    )
+}
+
+fn export(s: &dyn Store, scope: &str) -> ScopeDump {
+    s.export_scope(scope).expect("export_scope")
 }
 
 fn leave(s: &dyn Store, scope: &str, group: &str, member: &str) -> Out {
@@ -547,6 +588,550 @@ fn concurrent_persist(s: &dyn Store) {
     assert_eq!(s.record_get("s", "7-9").unwrap().as_deref(), Some("v"));
 }
 
+// --- member_add_many
+
+/// Replays `batches` in scope "seq" through `member_add` one member at a time and in
+/// scope "bulk" through `member_add_many`: the two must answer and end the same.
+fn member_add_many_is_sequential(s: &dyn Store) {
+    let batches: &[(&str, &[&str], Option<u64>)] = &[
+        ("g", &["a", "b", "a", "c"], None),
+        ("h", &["c", "d", "a", "d", "e", "f"], Some(5)),
+        ("g", &["f", "g", "e", "b", "h"], Some(6)),
+        ("", &["", "a", "x"], Some(0)),
+        ("g\0", &["g", "g", "x", "y"], Some(7)),
+        ("h", &[], Some(0)),
+        ("g", &["z", "a", "z"], None),
+    ];
+    for &(group, members, limit) in batches {
+        let mut outcomes = Vec::new();
+        let mut last = count(s, "seq");
+        for &m in members {
+            match join(s, "seq", group, m, limit) {
+                Out::Added(o, n) => {
+                    outcomes.push(o);
+                    last = n;
+                }
+                other => panic!("member_add answered {other:?}"),
+            }
+        }
+        assert_eq!(
+            join_many(s, "bulk", group, members, limit),
+            Out::AddedMany(outcomes, last),
+            "group {group:?}, members {members:?}, limit {limit:?}"
+        );
+    }
+    assert_eq!(count(s, "bulk"), count(s, "seq"));
+    assert_eq!(visits(s, "bulk", None), visits(s, "seq", None));
+    assert_eq!(export(s, "bulk"), export(s, "seq"));
+    // The derived counts are right too: removing everything empties the scope.
+    for g in ["", "g", "g\0", "h"] {
+        assert_eq!(clear(s, "bulk", g), clear(s, "seq", g));
+    }
+    assert_eq!(count(s, "bulk"), 0);
+    assert_eq!(scopes(s), Vec::<String>::new());
+}
+
+fn member_add_many_limit_mid_batch(s: &dyn Store) {
+    join(s, "s", "g", "a", None);
+    assert_eq!(
+        join_many(s, "s", "h", &["b", "c", "a", "d", "c", "e", "b"], Some(3)),
+        many(
+            &[
+                "inserted",
+                "inserted",
+                "joined",
+                "refused",
+                "already-in-group",
+                "refused",
+                "already-in-group"
+            ],
+            3
+        )
+    );
+    assert_eq!(count(s, "s"), 3);
+    assert_eq!(
+        visits(s, "s", None),
+        pairs(&[("g", "a"), ("h", "a"), ("h", "b"), ("h", "c")])
+    );
+    // A limit already below the count refuses every new member, joins the rest.
+    assert_eq!(
+        join_many(s, "s", "i", &["d", "c", "a", "b"], Some(1)),
+        many(&["refused", "joined", "joined", "joined"], 3)
+    );
+    // Everything refused: nothing changes, the scope is not created.
+    assert_eq!(
+        join_many(s, "t", "g", &["a", "b"], Some(0)),
+        many(&["refused", "refused"], 0)
+    );
+    assert_eq!(scopes(s), ["s"]);
+    // Released members count against the limit again, within one batch too.
+    assert_eq!(clear(s, "s", "h"), Out::Cleared(3, 0, 3));
+    assert_eq!(clear(s, "s", "i"), Out::Cleared(3, 2, 1));
+    assert_eq!(
+        join_many(s, "s", "g", &["b", "c", "d"], Some(2)),
+        many(&["inserted", "refused", "refused"], 2)
+    );
+}
+
+fn member_add_many_duplicates(s: &dyn Store) {
+    assert_eq!(
+        join_many(s, "s", "g", &["x", "x", "y", "x"], None),
+        many(
+            &[
+                "inserted",
+                "already-in-group",
+                "inserted",
+                "already-in-group"
+            ],
+            2
+        )
+    );
+    assert_eq!(
+        join_many(s, "s", "h", &["x", "x", "z", "z"], Some(2)),
+        many(&["joined", "already-in-group", "refused", "refused"], 2)
+    );
+    // A batch that changes nothing answers the current count.
+    assert_eq!(
+        join_many(s, "s", "g", &["x", "y", "y"], Some(0)),
+        many(&["already-in-group"; 3], 2)
+    );
+    assert_eq!(count(s, "s"), 2);
+    assert_eq!(leave(s, "s", "g", "x"), Out::Removed("left-group", 2));
+    assert_eq!(leave(s, "s", "h", "x"), Out::Removed("released", 1));
+    assert_eq!(leave(s, "s", "g", "y"), Out::Removed("released", 0));
+    assert!(scopes(s).is_empty());
+}
+
+fn member_add_many_empty(s: &dyn Store) {
+    assert_eq!(join_many(s, "s", "g", &[], None), many(&[], 0));
+    assert!(scopes(s).is_empty(), "an empty batch creates nothing");
+    join(s, "s", "g", "a", None);
+    join(s, "s", "h", "b", None);
+    assert_eq!(join_many(s, "s", "g", &[], Some(0)), many(&[], 2));
+    assert_eq!(count(s, "s"), 2);
+}
+
+fn member_add_many_invalid_name(s: &dyn Store) {
+    join(s, "s", "g", "a", None);
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    let ok = "x".repeat(MAX_NAME_LEN);
+    let invalid = Out::Err("invalid-argument");
+    assert_eq!(
+        join_many(s, "s", "g", &["b", "c", &long, "d"], None),
+        invalid
+    );
+    assert_eq!(join_many(s, "s", "g", &[&long], None), invalid);
+    assert_eq!(join_many(s, "s", &long, &["b"], None), invalid);
+    assert_eq!(join_many(s, &long, "g", &["b"], None), invalid);
+    assert_eq!(join_many(s, &long, "g", &[], None), invalid);
+    assert_eq!(count(s, "s"), 1, "nothing applied");
+    assert_eq!(visits(s, "s", None), pairs(&[("g", "a")]));
+    assert_eq!(scopes(s), ["s"]);
+    assert_eq!(
+        join_many(s, "s", "g", &["b", &ok], None),
+        many(&["inserted", "inserted"], 3)
+    );
+}
+
+/// A reader never sees a batch half applied.
+fn member_add_many_atomic(s: &dyn Store) {
+    const N: usize = 10_000;
+    let members: Vec<String> = (0..N).map(|i| format!("member-{i:05}")).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|t| {
+        let reader = t.spawn(|| {
+            let mut seen = BTreeSet::new();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                seen.insert(count(s, "s"));
+            }
+            seen.insert(count(s, "s"));
+            seen
+        });
+        let added = s.member_add_many("s", "g", &members, None).unwrap();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(added.members, N as u64);
+        assert!(
+            added
+                .outcomes
+                .iter()
+                .all(|o| matches!(o, MemberAddOutcome::Inserted))
+        );
+        reader.join().expect("reader")
+    });
+    assert!(
+        seen.iter().all(|&n| n == 0 || n == N as u64),
+        "a reader saw a partial batch: {seen:?}"
+    );
+    let mut n = 0;
+    s.visit_members("s", Some("g"), &mut |_, m| {
+        assert_eq!(m, members[n]);
+        n += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(n, N);
+}
+
+// --- visit_members
+
+fn visit_members_order(s: &dyn Store) {
+    assert_eq!(visits(s, "s", None), pairs(&[]));
+    for (g, m) in [
+        ("h", "b"),
+        ("g", "z"),
+        ("gg", "a"),
+        ("g\0", "a"),
+        ("", "m"),
+        ("g", "a"),
+        ("h", "a"),
+        ("g", "a\0"),
+        ("g", ""),
+    ] {
+        join(s, "s", g, m, None);
+    }
+    // Neighbouring scopes, whose keys sort right next to those of "s".
+    join(s, "s\0", "g", "n", None);
+    join(s, "", "g", "o", None);
+    join(s, "sa", "", "p", None);
+    join(s, "r", "z", "q", None);
+    s.record_insert("s", "k", "v").unwrap();
+    assert_eq!(
+        visits(s, "s", None),
+        pairs(&[
+            ("", "m"),
+            ("g", ""),
+            ("g", "a"),
+            ("g", "a\0"),
+            ("g", "z"),
+            ("g\0", "a"),
+            ("gg", "a"),
+            ("h", "a"),
+            ("h", "b"),
+        ])
+    );
+    assert_eq!(
+        visits(s, "s", Some("g")),
+        pairs(&[("g", ""), ("g", "a"), ("g", "a\0"), ("g", "z")])
+    );
+    assert_eq!(visits(s, "s", Some("g\0")), pairs(&[("g\0", "a")]));
+    assert_eq!(visits(s, "s", Some("")), pairs(&[("", "m")]));
+    assert_eq!(visits(s, "s", Some("i")), pairs(&[]));
+    assert_eq!(visits(s, "s\0", None), pairs(&[("g", "n")]));
+    assert_eq!(visits(s, "", None), pairs(&[("g", "o")]));
+    assert_eq!(visits(s, "", Some("")), pairs(&[]));
+    assert_eq!(visits(s, "sa", None), pairs(&[("", "p")]));
+    assert_eq!(visits(s, "t", None), pairs(&[]));
+
+    // Early stop: visit answers false on the third call and is not called again.
+    for (group, expected) in [
+        (None, vec![("", "m"), ("g", ""), ("g", "a")]),
+        (Some("g"), vec![("g", ""), ("g", "a"), ("g", "a\0")]),
+    ] {
+        let mut seen = Vec::new();
+        s.visit_members("s", group, &mut |g, m| {
+            seen.push((g.to_owned(), m.to_owned()));
+            seen.len() < 3
+        })
+        .unwrap();
+        assert_eq!(Out::Visited(seen), pairs(&expected));
+    }
+    let mut calls = 0;
+    s.visit_members("s", None, &mut |_, _| {
+        calls += 1;
+        false
+    })
+    .unwrap();
+    assert_eq!(calls, 1);
+
+    // Removals show.
+    clear(s, "s", "g");
+    leave(s, "s", "h", "a");
+    assert_eq!(
+        visits(s, "s", None),
+        pairs(&[("", "m"), ("g\0", "a"), ("gg", "a"), ("h", "b")])
+    );
+
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    assert_eq!(visits(s, &long, None), Out::Err("invalid-argument"));
+    assert_eq!(visits(s, "s", Some(&long)), Out::Err("invalid-argument"));
+}
+
+// --- export_scope / import_scope
+
+/// Fills a store with a bit of everything, in several neighbouring scopes.
+fn populate(s: &dyn Store) {
+    for scope in ["s", "s\0", "", "sa"] {
+        s.record_insert(scope, "k", &format!("v of {scope:?}"))
+            .unwrap();
+        s.record_insert(scope, "", "").unwrap();
+        add_at(s, scope, "c", 3, None, Some(("m1", 500)), None, 10);
+        join(s, scope, "g", "a", None);
+    }
+    s.record_insert("s", "big", &"x".repeat(MAX_VALUE_LEN))
+        .unwrap();
+    s.record_insert("s", "k\0", "w").unwrap();
+    add_at(s, "s", "c", 4, None, Some(("m2", 50)), Some(1_000), 20);
+    add_at(s, "s", "expired", 9, None, None, Some(30), 0);
+    add_at(s, "s", "max", u64::MAX, None, Some(("", i64::MIN)), None, 0);
+    add_at(
+        s,
+        "s",
+        "zero",
+        0,
+        None,
+        Some(("m3", 5)),
+        Some(i64::MAX - 1),
+        0,
+    );
+    for (g, m) in [
+        ("g", "b"),
+        ("h", "a"),
+        ("h", "c"),
+        ("", "d"),
+        ("g\0", "e"),
+        ("h", "e"),
+        ("gg", ""),
+    ] {
+        join(s, "s", g, m, None);
+    }
+    s.record_insert("records-only", "k", "v").unwrap();
+    add(s, "counters-only", "c", 1, None);
+    join(s, "members-only", "g", "m", None);
+}
+
+/// Everything a store answers about `scope`, through its read primitives.
+fn reads(s: &dyn Store, scope: &str, dump: &ScopeDump) -> Vec<Out> {
+    let mut reads = vec![
+        Out::Dump(export(s, scope)),
+        Out::Count(count(s, scope)),
+        visits(s, scope, None),
+        Out::Scopes(scopes(s)),
+    ];
+    for (key, _) in &dump.records {
+        reads.push(Out::Value(s.record_get(scope, key).unwrap()));
+    }
+    for (name, _, _) in &dump.counters {
+        for now in [0, 29, 30, 999, 1_000, i64::MAX] {
+            reads.push(Out::Count(get(s, scope, name, now)));
+        }
+    }
+    for (group, _) in &dump.memberships {
+        reads.push(visits(s, scope, Some(group)));
+    }
+    reads
+}
+
+/// Copies every scope of a populated `from` into `to` and checks that `to` answers
+/// every read as `from` does, and then reacts to writes the same way.
+fn copy_between(from: &dyn Store, to: &dyn Store) {
+    populate(from);
+    let all = scopes(from);
+    assert_eq!(
+        all,
+        [
+            "",
+            "counters-only",
+            "members-only",
+            "records-only",
+            "s",
+            "s\0",
+            "sa"
+        ]
+    );
+    let dumps: Vec<ScopeDump> = all.iter().map(|scope| export(from, scope)).collect();
+    for (scope, dump) in all.iter().zip(&dumps) {
+        to.import_scope(scope, dump).expect("import_scope");
+    }
+    for (scope, dump) in all.iter().zip(&dumps) {
+        assert_eq!(&export(to, scope), dump, "scope {scope:?}");
+        assert_eq!(
+            reads(to, scope, dump),
+            reads(from, scope, dump),
+            "scope {scope:?}"
+        );
+    }
+    let s = &dumps[4];
+    assert_eq!(s.records.len(), 4);
+    assert_eq!(
+        s.counters,
+        [
+            ("c".to_owned(), 7, Some(1_000)),
+            ("expired".to_owned(), 9, Some(30)),
+            ("max".to_owned(), u64::MAX, None),
+            ("zero".to_owned(), 0, Some(i64::MAX - 1)),
+        ]
+    );
+    assert_eq!(
+        s.once,
+        [
+            (String::new(), i64::MIN),
+            ("m1".to_owned(), 500),
+            ("m2".to_owned(), 50),
+            ("m3".to_owned(), 5),
+        ]
+    );
+    assert_eq!(s.memberships.len(), 8);
+    // The copy behaves as the original under the same writes: once markers, expiry,
+    // limits and the derived member counts all came across.
+    for store in [from, to] {
+        assert_eq!(
+            add_at(store, "s", "c", 1, None, Some(("m1", 600)), None, 40),
+            repeated(7)
+        );
+        assert_eq!(
+            add_at(store, "s", "c", 1, None, Some(("m2", 600)), None, 50),
+            applied(8)
+        );
+        assert_eq!(
+            add_at(store, "s", "expired", 1, None, None, None, 30),
+            applied(1)
+        );
+        assert_eq!(join(store, "s", "g", "c", Some(6)), Out::Added("joined", 6));
+        assert_eq!(
+            join(store, "s", "g", "f", Some(6)),
+            Out::Added("refused", 6)
+        );
+        assert_eq!(leave(store, "s", "h", "e"), Out::Removed("left-group", 6));
+        assert_eq!(clear(store, "s", "h"), Out::Cleared(2, 0, 6));
+        assert_eq!(clear(store, "s", "g"), Out::Cleared(3, 3, 3));
+    }
+    for scope in &all {
+        assert_eq!(export(to, scope), export(from, scope), "scope {scope:?}");
+    }
+}
+
+fn import_replaces(s: &dyn Store) {
+    populate(s);
+    let neighbours: Vec<ScopeDump> = ["s\0", "", "sa"].iter().map(|n| export(s, n)).collect();
+    let dump = ScopeDump {
+        records: vec![("new".to_owned(), "value".to_owned())],
+        counters: vec![("d".to_owned(), 2, Some(100))],
+        once: vec![("m9".to_owned(), 1_000)],
+        memberships: vec![
+            ("g".to_owned(), "b".to_owned()),
+            ("g".to_owned(), "z".to_owned()),
+            ("h".to_owned(), "b".to_owned()),
+        ],
+    };
+    s.import_scope("s", &dump).unwrap();
+    assert_eq!(export(s, "s"), dump);
+    assert_eq!(count(s, "s"), 2);
+    assert_eq!(s.record_get("s", "k").unwrap(), None, "stale record gone");
+    assert_eq!(s.record_get("s", "new").unwrap().as_deref(), Some("value"));
+    assert_eq!(get(s, "s", "c", 0), 0, "stale counter gone");
+    assert_eq!(get(s, "s", "d", 99), 2);
+    assert_eq!(
+        add_at(s, "s", "c", 1, None, Some(("m1", 600)), None, 40),
+        applied(1),
+        "stale once marker gone"
+    );
+    assert_eq!(
+        add_at(s, "s", "c", 1, None, Some(("m9", 2_000)), None, 40),
+        repeated(1)
+    );
+    assert_eq!(
+        visits(s, "s", None),
+        pairs(&[("g", "b"), ("g", "z"), ("h", "b")])
+    );
+    // The derived counts were rebuilt, not carried over.
+    assert_eq!(join(s, "s", "h", "a", Some(2)), Out::Added("refused", 2));
+    assert_eq!(join(s, "s", "h", "z", Some(2)), Out::Added("joined", 2));
+    assert_eq!(leave(s, "s", "g", "b"), Out::Removed("left-group", 2));
+    assert_eq!(clear(s, "s", "h"), Out::Cleared(2, 1, 1));
+    assert_eq!(clear(s, "s", "g"), Out::Cleared(1, 1, 0));
+    for (name, before) in ["s\0", "", "sa"].iter().zip(&neighbours) {
+        assert_eq!(&export(s, name), before, "neighbour {name:?} untouched");
+    }
+
+    // An empty dump empties the scope.
+    s.import_scope("members-only", &ScopeDump::default())
+        .unwrap();
+    assert_eq!(count(s, "members-only"), 0);
+    assert_eq!(export(s, "members-only"), ScopeDump::default());
+    assert!(!scopes(s).contains(&"members-only".to_owned()));
+    s.import_scope("never-seen", &ScopeDump::default()).unwrap();
+    assert!(!scopes(s).contains(&"never-seen".to_owned()));
+}
+
+fn import_refuses_bad_dumps(s: &dyn Store) {
+    populate(s);
+    let before = export(s, "s");
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    let good = ScopeDump {
+        records: vec![("k".to_owned(), "v".to_owned())],
+        counters: vec![("c".to_owned(), 1, None)],
+        once: vec![("o".to_owned(), 1)],
+        memberships: vec![("g".to_owned(), "m".to_owned())],
+    };
+    let mut bad = Vec::new();
+    for edit in 0..10 {
+        let mut d = good.clone();
+        match edit {
+            0 => d.records.push((long.clone(), "v".to_owned())),
+            1 => d
+                .records
+                .push(("big".to_owned(), "x".repeat(MAX_VALUE_LEN + 1))),
+            2 => d.counters.push((long.clone(), 1, None)),
+            3 => d.once.push((long.clone(), 1)),
+            4 => d.memberships.push((long.clone(), "m".to_owned())),
+            5 => d.memberships.push(("g".to_owned(), long.clone())),
+            // The same key twice is ambiguous: refused rather than guessed at.
+            6 => d.records.push(("k".to_owned(), "w".to_owned())),
+            7 => d.counters.push(("c".to_owned(), 2, None)),
+            8 => d.once.push(("o".to_owned(), 2)),
+            _ => d.memberships.push(("g".to_owned(), "m".to_owned())),
+        }
+        bad.push(d);
+    }
+    for d in &bad {
+        assert_eq!(
+            out(s.import_scope("s", d), |()| Out::Unit),
+            Out::Err("invalid-argument"),
+            "{d:?}"
+        );
+        assert_eq!(export(s, "s"), before, "nothing applied");
+    }
+    assert_eq!(
+        out(s.import_scope(&long, &good), |()| Out::Unit),
+        Out::Err("invalid-argument")
+    );
+    assert_eq!(
+        out(s.export_scope(&long), Out::Dump),
+        Out::Err("invalid-argument")
+    );
+    // Order does not matter to an import; the export is sorted.
+    let mut shuffled = before.clone();
+    shuffled.records.reverse();
+    shuffled.counters.reverse();
+    shuffled.once.reverse();
+    shuffled.memberships.reverse();
+    s.import_scope("copy", &shuffled).unwrap();
+    assert_eq!(export(s, "copy"), before);
+    assert_eq!(count(s, "copy"), count(s, "s"));
+}
+
+/// A scope that holds only once markers (which only an import can make) keeps them
+/// through member changes, and is not listed.
+fn import_once_only(s: &dyn Store) {
+    let dump = ScopeDump {
+        once: vec![("k".to_owned(), 100)],
+        ..ScopeDump::default()
+    };
+    s.import_scope("s", &dump).unwrap();
+    assert_eq!(export(s, "s"), dump);
+    assert!(scopes(s).is_empty());
+    join(s, "s", "g", "m", None);
+    assert_eq!(scopes(s), ["s"]);
+    leave(s, "s", "g", "m");
+    join_many(s, "s", "g", &["m"], None);
+    clear(s, "s", "g");
+    assert_eq!(export(s, "s"), dump);
+    assert_eq!(
+        add_at(s, "s", "c", 1, None, Some(("k", 200)), None, 50),
+        repeated(0)
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -571,7 +1156,44 @@ conformance!(
     scope_isolation,
     concurrent_limits,
     concurrent_persist,
+    member_add_many_is_sequential,
+    member_add_many_limit_mid_batch,
+    member_add_many_duplicates,
+    member_add_many_empty,
+    member_add_many_invalid_name,
+    member_add_many_atomic,
+    visit_members_order,
+    import_replaces,
+    import_refuses_bad_dumps,
+    import_once_only,
 );
+
+// ---------------------------------------------------------------------------------
+// Copies between backends: export from one, import into the other.
+
+mod copy {
+    use super::*;
+
+    #[test]
+    fn memory_to_redb() {
+        copy_between(&*memory().store, &*redb().store);
+    }
+
+    #[test]
+    fn redb_to_memory() {
+        copy_between(&*redb().store, &*memory().store);
+    }
+
+    #[test]
+    fn memory_to_memory() {
+        copy_between(&*memory().store, &*memory().store);
+    }
+
+    #[test]
+    fn redb_to_redb() {
+        copy_between(&*redb().store, &*redb().store);
+    }
+}
 
 // ---------------------------------------------------------------------------------
 // redb only: the file.
@@ -638,6 +1260,119 @@ mod redb_file {
     }
 
     #[test]
+    fn member_add_many_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let members: Vec<String> = (0..1_000).map(|i| format!("m{i}")).collect();
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.member_add_many("s", "g", &members, None).unwrap();
+            s.persist().unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(count(&s, "s"), 1_000);
+        let added = s
+            .member_add_many("s", "h", &members[..10], Some(0))
+            .unwrap();
+        assert_eq!(added_many(added), many(&["joined"; 10], 1_000));
+        assert_eq!(clear(&s, "s", "g"), Out::Cleared(1_000, 990, 10));
+    }
+
+    /// Names that arrive in no particular order, like the addresses of a CSV file.
+    fn contact(i: u64) -> String {
+        // splitmix64: a bijection, so every name is distinct.
+        let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        format!("contact-{:016x}@example.com", z ^ (z >> 31))
+    }
+
+    fn rate(members: usize, took: Duration) -> String {
+        format!("{:>9.0} members/s", members as f64 / took.as_secs_f64())
+    }
+
+    /// `cargo test --release -p creditgate --test it member_add_many_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: run it in release with --ignored --nocapture"]
+    fn member_add_many_throughput() {
+        const BATCH: usize = 5_000;
+        const BATCHES: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+        let batches: Vec<Vec<String>> = (0..BATCHES)
+            .map(|b| {
+                (0..BATCH)
+                    .map(|i| contact((b * BATCH + i) as u64))
+                    .collect()
+            })
+            .collect();
+
+        // New members, in batches of BATCH, each batch made durable as an import would.
+        let (mut calls, mut total) = (Duration::ZERO, Duration::ZERO);
+        let mut window = Duration::ZERO;
+        for (b, batch) in batches.iter().enumerate() {
+            let started = Instant::now();
+            let added = s
+                .member_add_many("account", "campaign", batch, None)
+                .unwrap();
+            let call = started.elapsed();
+            s.persist().unwrap();
+            let with_persist = started.elapsed();
+            assert_eq!(added.members, ((b + 1) * BATCH) as u64);
+            calls += call;
+            total += with_persist;
+            window += call;
+            if (b + 1) % 40 == 0 {
+                println!(
+                    "new members {:>7}..{:>7}: {}",
+                    (b - 39) * BATCH,
+                    (b + 1) * BATCH,
+                    rate(40 * BATCH, window)
+                );
+                window = Duration::ZERO;
+            }
+        }
+        let n = BATCH * BATCHES;
+        println!(
+            "new members, {n} in batches of {BATCH}: {} (calls only)",
+            rate(n, calls)
+        );
+        println!(
+            "new members, {n} in batches of {BATCH}: {} (with persist)",
+            rate(n, total)
+        );
+
+        // The same batches again into the same group: every one already-in-group.
+        let started = Instant::now();
+        for batch in &batches[..40] {
+            s.member_add_many("account", "campaign", batch, None)
+                .unwrap();
+        }
+        println!(
+            "already in group:   {}",
+            rate(40 * BATCH, started.elapsed())
+        );
+
+        // The same members into another group: every one joins.
+        let started = Instant::now();
+        for batch in &batches[..40] {
+            s.member_add_many("account", "other", batch, None).unwrap();
+        }
+        println!(
+            "joining a group:    {}",
+            rate(40 * BATCH, started.elapsed())
+        );
+
+        // For scale: one member_add (one transaction) per member.
+        let started = Instant::now();
+        for i in 0..BATCH {
+            s.member_add("account", "single", &contact((n + i) as u64), None)
+                .unwrap();
+        }
+        println!("member_add one by one: {}", rate(BATCH, started.elapsed()));
+    }
+
+    #[test]
     fn not_a_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("junk");
@@ -668,11 +1403,16 @@ enum Op {
         expires_in: Option<i64>,
     },
     MemberAdd(usize, usize, usize, Option<u64>),
+    MemberAddMany(usize, usize, Vec<usize>, Option<u64>),
     MemberRemove(usize, usize, usize),
     GroupClear(usize, usize),
     MemberCount(usize),
     Scopes,
     Persist,
+    Visit(usize, Option<usize>),
+    Export(usize),
+    /// Exports a scope and imports it back: changes nothing observable.
+    Reimport(usize),
 }
 
 // Tiny alphabets make collisions common; "s\0" and "g\0" probe the range bounds.
@@ -718,11 +1458,16 @@ fn op() -> impl Strategy<Value = Op> {
                 expires_in,
             }),
         4 => (s.clone(), g.clone(), m.clone(), limit()).prop_map(|(s, g, m, l)| Op::MemberAdd(s, g, m, l)),
+        2 => (s.clone(), g.clone(), proptest::collection::vec(m.clone(), 0..8), limit())
+            .prop_map(|(s, g, ms, l)| Op::MemberAddMany(s, g, ms, l)),
         2 => (s.clone(), g.clone(), m).prop_map(|(s, g, m)| Op::MemberRemove(s, g, m)),
-        1 => (s.clone(), g).prop_map(|(s, g)| Op::GroupClear(s, g)),
-        1 => s.prop_map(Op::MemberCount),
+        1 => (s.clone(), g.clone()).prop_map(|(s, g)| Op::GroupClear(s, g)),
+        1 => s.clone().prop_map(Op::MemberCount),
         1 => Just(Op::Scopes),
         1 => Just(Op::Persist),
+        1 => (s.clone(), proptest::option::of(g)).prop_map(|(s, g)| Op::Visit(s, g)),
+        1 => s.clone().prop_map(Op::Export),
+        1 => s.prop_map(Op::Reimport),
     ]
 }
 
@@ -744,6 +1489,56 @@ fn key(a: &str, b: &str) -> (String, String) {
 impl Model {
     fn members(&self, scope: &str) -> u64 {
         self.groups.keys().filter(|(s, _)| s == scope).count() as u64
+    }
+
+    fn member_add(
+        &mut self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> &'static str {
+        let members = self.members(scope);
+        let k = key(scope, member);
+        let outcome = match self.groups.get(&k) {
+            Some(gs) if gs.contains(group) => "already-in-group",
+            Some(_) => "joined",
+            None if limit.is_some_and(|l| members >= l) => "refused",
+            None => "inserted",
+        };
+        if outcome == "joined" || outcome == "inserted" {
+            self.groups.entry(k).or_default().insert(group.to_owned());
+        }
+        outcome
+    }
+
+    /// `(group, member)` of `scope`, ordered by group then member.
+    fn memberships(&self, scope: &str, group: Option<&str>) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = (self.groups.iter())
+            .filter(|((s, _), _)| s == scope)
+            .flat_map(|((_, m), gs)| gs.iter().map(move |g| (g.clone(), m.clone())))
+            .filter(|(g, _)| group.is_none_or(|group| g == group))
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn export(&self, scope: &str) -> ScopeDump {
+        ScopeDump {
+            records: (self.records.iter())
+                .filter(|((s, _), _)| s == scope)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect(),
+            counters: (self.counters.iter())
+                .filter(|((s, _), _)| s == scope)
+                .map(|((_, n), &(v, exp))| (n.clone(), v, exp))
+                .collect(),
+            once: (self.once.iter())
+                .filter(|((s, _), _)| s == scope)
+                .map(|((_, k), &exp)| (k.clone(), exp))
+                .collect(),
+            memberships: self.memberships(scope, None),
+        }
     }
 
     fn counter(&self, scope: &str, name: &str, now: i64) -> u64 {
@@ -803,20 +1598,18 @@ impl Model {
                 Out::Counter("applied", new)
             }
             Op::MemberAdd(s, g, m, limit) => {
-                let (scope, group, member) = (SCOPES[s], GROUPS[g], MEMBERS[m]);
-                let members = self.members(scope);
-                let k = key(scope, member);
-                let outcome = match self.groups.get(&k) {
-                    Some(gs) if gs.contains(group) => "already-in-group",
-                    Some(_) => "joined",
-                    None if limit.is_some_and(|l| members >= l) => "refused",
-                    None => "inserted",
-                };
-                if outcome == "joined" || outcome == "inserted" {
-                    self.groups.entry(k).or_default().insert(group.to_owned());
-                }
-                Out::Added(outcome, self.members(scope))
+                let outcome = self.member_add(SCOPES[s], GROUPS[g], MEMBERS[m], limit);
+                Out::Added(outcome, self.members(SCOPES[s]))
             }
+            Op::MemberAddMany(s, g, ref ms, limit) => {
+                let outcomes = (ms.iter())
+                    .map(|&m| self.member_add(SCOPES[s], GROUPS[g], MEMBERS[m], limit))
+                    .collect();
+                Out::AddedMany(outcomes, self.members(SCOPES[s]))
+            }
+            Op::Visit(s, g) => Out::Visited(self.memberships(SCOPES[s], g.map(|g| GROUPS[g]))),
+            Op::Export(s) => Out::Dump(self.export(SCOPES[s])),
+            Op::Reimport(_) => Out::Unit,
             Op::MemberRemove(s, g, m) => {
                 let (scope, group, member) = (SCOPES[s], GROUPS[g], MEMBERS[m]);
                 let k = key(scope, member);
@@ -895,6 +1688,16 @@ fn run(s: &dyn Store, steps: &[(i64, Op)]) -> Result<(), TestCaseError> {
                 now,
             ),
             Op::MemberAdd(s_, g, m, l) => join(s, SCOPES[s_], GROUPS[g], MEMBERS[m], l),
+            Op::MemberAddMany(s_, g, ref ms, l) => {
+                let ms: Vec<&str> = ms.iter().map(|&m| MEMBERS[m]).collect();
+                join_many(s, SCOPES[s_], GROUPS[g], &ms, l)
+            }
+            Op::Visit(s_, g) => visits(s, SCOPES[s_], g.map(|g| GROUPS[g])),
+            Op::Export(s_) => out(s.export_scope(SCOPES[s_]), Out::Dump),
+            Op::Reimport(s_) => {
+                let dump = export(s, SCOPES[s_]);
+                out(s.import_scope(SCOPES[s_], &dump), |()| Out::Unit)
+            }
             Op::MemberRemove(s_, g, m) => leave(s, SCOPES[s_], GROUPS[g], MEMBERS[m]),
             Op::GroupClear(s_, g) => clear(s, SCOPES[s_], GROUPS[g]),
             Op::MemberCount(s_) => out(s.member_count(SCOPES[s_]), Out::Count),

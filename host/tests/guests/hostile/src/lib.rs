@@ -29,7 +29,7 @@ wit_bindgen::generate!({
 
 use creditgate::policy::state;
 use exports::creditgate::policy::policy::{
-    Decision, Diagnostic, EmailKind, Error, Guest, PolicySummary,
+    Decision, Diagnostic, EmailKind, Error, Guest, LeadBatch, PolicySummary,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -146,6 +146,18 @@ impl Guest for Hostile {
         _now: i64,
     ) -> Result<Decision, Error> {
         decide(&account)
+    }
+    fn add_leads(
+        account: String,
+        _campaign: String,
+        _emails: Vec<String>,
+        _now: i64,
+    ) -> Result<LeadBatch, Error> {
+        decide(&account).map(|_| LeadBatch {
+            denied: None,
+            results: Vec::new(),
+            usage: None,
+        })
     }
     fn delete_lead(
         account: String,

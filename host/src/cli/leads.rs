@@ -1,0 +1,386 @@
+//! `creditgate leads`: imports a CSV of contacts into a campaign, deletes contacts
+//! and lists them. A thin adapter: the import is [`creditgate::import`], deletions
+//! are decisions of the policy, and the listing reads the store.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::ArgGroup;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use creditgate::bindings::Decision;
+use creditgate::import::{self, DEFAULT_BATCH, ImportOptions, ImportReport, MAX_BATCH};
+use creditgate::replay::{CreditsJson, LimitJson, Outcome, reason_code};
+use creditgate::request::Request;
+
+use super::{Exit, Format, PolicyArgs, StoreArgs};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Imports the contacts of a CSV file into a campaign, charging one lead credit
+    /// per new contact, and reports what happened to every row.
+    ///
+    /// Exit status 0 when the file was read through, even if some rows were invalid
+    /// or credits ran out (the report says so); 1 when the policy refused the import
+    /// (unknown account or plan) or could not decide; 2 for a bad file, a missing
+    /// column or an unavailable store.
+    Import(ImportArgs),
+    /// Removes one contact, or all of them, from a campaign and reports the lead
+    /// credits freed (a credit is freed when no other campaign holds the contact).
+    Delete(DeleteArgs),
+    /// Lists an account's contacts: `campaign<TAB>address` per line, or only the
+    /// addresses with `--campaign`.
+    List(ListArgs),
+}
+
+pub fn run(command: Command) -> anyhow::Result<Exit> {
+    match command {
+        Command::Import(args) => run_import(args),
+        Command::Delete(args) => run_delete(args),
+        Command::List(args) => run_list(args),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    account: String,
+    #[arg(long)]
+    campaign: String,
+    /// CSV file with a header row; `-` reads stdin.
+    #[arg(value_name = "FILE.csv")]
+    file: PathBuf,
+    /// Header of the column holding the addresses (case-insensitive).
+    #[arg(long, value_name = "NAME", default_value = "email")]
+    column: String,
+    /// Report what the import would do, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Addresses per policy call and store transaction (1 to 10000).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH, value_parser = batch_size)]
+    batch: usize,
+}
+
+fn batch_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_BATCH).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number from 1 to {MAX_BATCH}")),
+    }
+}
+
+fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
+    let stdin = args.file.as_os_str() == "-";
+    let name = if stdin {
+        "stdin".to_string()
+    } else {
+        args.file.display().to_string()
+    };
+    let (input, size): (Box<dyn BufRead>, Option<u64>) = if stdin {
+        (Box::new(io::stdin().lock()), None)
+    } else {
+        let file = File::open(&args.file).with_context(|| format!("cannot read {name}"))?;
+        let size = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        (Box::new(BufReader::with_capacity(64 * 1024, file)), size)
+    };
+
+    let store = args.store.open()?;
+    let store = if args.dry_run {
+        import::scratch_copy(&*store, &args.account).with_context(|| {
+            format!(
+                "dry run: cannot copy account {:?} from the store",
+                args.account
+            )
+        })?
+    } else {
+        store
+    };
+    let mut worker = args.policy.worker(store)?;
+    let options = ImportOptions {
+        column: args.column.clone(),
+        batch: args.batch,
+        ..ImportOptions::new(&args.account, &args.campaign, creditgate::time::now())
+    };
+
+    let bar = progress_bar(size);
+    bar.set_message("0 rows");
+    let result = import::import(&mut worker, input, &options, &mut |p| {
+        bar.set_position(p.bytes);
+        bar.set_message(format!(
+            "{} rows, {} uploaded",
+            p.report.rows, p.report.uploaded
+        ));
+    });
+    bar.finish_and_clear();
+
+    let mut report = match result {
+        Ok(report) => report,
+        Err(e) if e.is_decision_failure() => {
+            eprintln!("creditgate: error: {name}: {e}");
+            return Ok(Exit::Failed);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(name)),
+    };
+    report.dry_run = args.dry_run;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => print!("{}", text_report(&name, &report)),
+    }
+    Ok(Exit::Success)
+}
+
+/// A bar over the file's bytes on a terminal; nothing when stderr is piped.
+fn progress_bar(size: Option<u64>) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    match size {
+        Some(size) if size > 0 => {
+            let bar = ProgressBar::new(size);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:30} {binary_bytes}/{binary_total_bytes}  {msg}  ~{eta} left",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        }
+        _ => {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {binary_bytes}  {msg}") {
+                bar.set_style(style);
+            }
+            bar
+        }
+    }
+}
+
+fn text_report(name: &str, r: &ImportReport) -> String {
+    let what = if r.dry_run {
+        "dry run, nothing changed: importing"
+    } else {
+        "imported"
+    };
+    let mut out = format!(
+        "{what} {name} into campaign {:?} of account {:?}\n",
+        r.campaign, r.account
+    );
+    let invalid_lines = if r.invalid_rows.is_empty() {
+        String::new()
+    } else {
+        let lines: Vec<String> = r.invalid_rows.iter().map(ToString::to_string).collect();
+        let more = if r.invalid > r.invalid_rows.len() as u64 {
+            ", ..."
+        } else {
+            ""
+        };
+        let label = if r.invalid == 1 { "line" } else { "lines" };
+        format!("{label} {}{more}", lines.join(", "))
+    };
+    let rows = [
+        ("rows read", r.rows, String::new()),
+        ("uploaded", r.uploaded, "lead credits charged".into()),
+        (
+            "already in this campaign",
+            r.already_in_campaign,
+            String::new(),
+        ),
+        (
+            "in another campaign",
+            r.in_other_campaign,
+            "added here too, no credit charged".into(),
+        ),
+        (
+            "duplicates in this file",
+            r.duplicates_in_file,
+            String::new(),
+        ),
+        ("invalid addresses", r.invalid, invalid_lines),
+        (
+            "not imported, credits ran out",
+            r.credits_exhausted,
+            String::new(),
+        ),
+    ];
+    let width = rows
+        .iter()
+        .map(|(_, n, _)| n.to_string().len())
+        .max()
+        .unwrap_or(1);
+    for (label, count, note) in rows {
+        let line = format!("  {label:<30} {count:>width$}  {note}");
+        out += line.trim_end();
+        out += "\n";
+    }
+    if let Some(credits) = &r.lead_credits {
+        out += &format!("  {:<30} {}\n", "lead credits used", credits_text(credits));
+    }
+    out
+}
+
+fn credits_text(c: &CreditsJson) -> String {
+    match c.limit {
+        LimitJson::Count(limit) => format!("{} of {limit}", c.used),
+        LimitJson::Unlimited(_) => format!("{} (unlimited)", c.used),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["email", "all"])))]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    account: String,
+    #[arg(long)]
+    campaign: String,
+    /// The contact to remove.
+    #[arg(long, value_name = "ADDRESS")]
+    email: Option<String>,
+    /// Remove every contact of the campaign.
+    #[arg(long)]
+    all: bool,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
+    let mut worker = args.policy.worker(args.store.open()?)?;
+    let request = match args.email {
+        Some(email) => Request::DeleteLead {
+            account: args.account.clone(),
+            campaign: args.campaign.clone(),
+            email,
+        },
+        None => Request::DeleteCampaignLeads {
+            account: args.account.clone(),
+            campaign: args.campaign.clone(),
+        },
+    };
+    let decision = worker
+        .decide(&request, creditgate::time::now())
+        .with_context(|| format!("account {:?}: no decision", args.account))?;
+    if decision.denied.is_none() {
+        worker.persist().context("making the deletion durable")?;
+    }
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string(&Outcome::from(&decision))?),
+        Format::Text => {
+            if decision.denied.is_none() {
+                println!("{}", deletion_text(&decision));
+            }
+        }
+    }
+    Ok(denial(&args.account, &decision))
+}
+
+fn deletion_text(d: &Decision) -> String {
+    let credits = if d.freed == 1 { "credit" } else { "credits" };
+    let mut text = format!("freed {} lead {credits}", d.freed);
+    if let Some(usage) = &d.usage {
+        let used = creditgate::replay::UsageJson::from(usage).lead_credits;
+        text += &format!("; lead credits used: {}", credits_text(&used));
+    }
+    text
+}
+
+/// Reports a denial on stderr: a failed decision (exit 1).
+fn denial(account: &str, d: &Decision) -> Exit {
+    match d.denied {
+        None => Exit::Success,
+        Some(reason) => {
+            eprintln!(
+                "creditgate: error: account {account:?}: denied: {}",
+                reason_code(reason)
+            );
+            Exit::Failed
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    account: String,
+    /// Only this campaign's contacts.
+    #[arg(long)]
+    campaign: Option<String>,
+    /// `json`: one array of `{"campaign", "email"}` objects, one per line.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+fn run_list(args: ListArgs) -> anyhow::Result<Exit> {
+    let store = args.store.open()?;
+    // Whether an account exists is the policy's to say: an unknown one is an error,
+    // not an empty list.
+    let mut worker = args.policy.worker(Arc::clone(&store))?;
+    let usage = Request::Usage {
+        account: args.account.clone(),
+    };
+    let decision = worker
+        .decide(&usage, creditgate::time::now())
+        .with_context(|| format!("account {:?}: no decision", args.account))?;
+    if decision.denied == Some(creditgate::bindings::Reason::UnknownAccount) {
+        return Ok(denial(&args.account, &decision));
+    }
+
+    let mut out = BufWriter::new(io::stdout().lock());
+    let json = args.format == Format::Json;
+    let mut first = true;
+    let mut failed: Option<io::Error> = None;
+    let mut visit = |campaign: &str, email: &str| {
+        let written = if json {
+            let item = serde_json::json!({ "campaign": campaign, "email": email });
+            let sep = if first { "[\n" } else { ",\n" };
+            write!(out, "{sep}{item}")
+        } else if args.campaign.is_some() {
+            writeln!(out, "{email}")
+        } else {
+            writeln!(out, "{campaign}\t{email}")
+        };
+        first = false;
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    };
+    // The policy keeps an account in the scope of its name, a campaign's contacts
+    // in the group of the campaign's name.
+    store
+        .visit_members(&args.account, args.campaign.as_deref(), &mut visit)
+        .with_context(|| format!("listing the contacts of account {:?}", args.account))?;
+    let finished = match failed {
+        Some(e) => Err(e),
+        None if json && first => writeln!(out, "[]"),
+        None if json => writeln!(out, "\n]"),
+        None => Ok(()),
+    }
+    .and_then(|()| out.flush());
+    match finished {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Exit::Success),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the list")),
+        Ok(()) => Ok(Exit::Success),
+    }
+}

@@ -1,0 +1,868 @@
+//! Lead imports: a CSV file of contacts streamed through the policy in batches,
+//! ending with a report shaped like a cold-email platform's upload response. The
+//! CLI's `leads import` is a thin adapter over [`import`]; the HTTP API can be
+//! another.
+//!
+//! Memory stays bounded whatever the size of the file: rows are read one at a
+//! time, each at most [`MAX_ROW_BYTES`]; addresses go to the guest in batches of at
+//! most [`ImportOptions::batch`] addresses and [`MAX_BATCH_BYTES`]; and what the
+//! import remembers across batches is one 64-bit fingerprint per distinct contact
+//! (to tell duplicates within the file from contacts already in the campaign),
+//! some 20 bytes each in a hash set.
+//!
+//! Rows are split here rather than by a `csv::Reader` over the whole input, for
+//! two reasons. A `csv::Reader` holds a record whole, so one stray quote would make
+//! the rest of a multi-gigabyte file a single record in memory. And its positions
+//! name the line after the previous record, not the line a record starts on when
+//! blank lines come between, so invalid rows could not be reported by line. The
+//! splitter follows the csv crate's quoting rules (a quote opens a quoted field
+//! only at the start of a field, `""` inside one is a quote, CR, LF or CRLF end a
+//! row outside quotes, blank lines are skipped), and each row it yields is then
+//! parsed into fields by the csv crate itself.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{self, BufRead, Cursor, SeekFrom};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bindings::{LeadBatch, LeadOutcome, LeadResult, Reason};
+use crate::replay::{CreditsJson, UsageJson, reason_code};
+use crate::request::Request;
+use crate::runtime::{DecideError, Worker};
+use crate::store::{MAX_NAME_LEN, MemoryStore, Store, StoreError};
+
+/// Longest row accepted, in bytes (line ending excluded); a longer one is reported
+/// as invalid by line number and skipped without being held in memory.
+pub const MAX_ROW_BYTES: usize = 64 * 1024;
+
+/// Addresses per guest call and store transaction unless told otherwise.
+pub const DEFAULT_BATCH: usize = 5_000;
+
+/// Most addresses per batch that [`import`] accepts.
+pub const MAX_BATCH: usize = crate::store::MAX_BATCH;
+
+/// Most bytes of addresses per batch. Every address of a batch is in the guest's
+/// memory at once (capped at 64 MiB by default) along with its normalised copy,
+/// so a batch of long addresses is cut short rather than risking a trap.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Invalid rows listed by line number in a report (all of them are counted).
+pub const INVALID_ROWS_SHOWN: usize = 10;
+
+/// How often a long import makes its work durable.
+///
+/// A durable commit costs one disk sync (about a millisecond on an SSD, tens on
+/// network disks), against the tens of milliseconds a batch takes, so a sync a
+/// second keeps its cost to a few percent while a crash loses at most the last
+/// second or so of batches. Those are lost whole (each batch is one transaction)
+/// and running the import again repairs it: contacts already in the campaign cost
+/// nothing. In redb, a sync is also what lets pages that the last durable state
+/// held, and later commits replaced, be reused (their records wait in memory until
+/// then), which keeps both the file and the process from growing.
+pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+/// What to import and how.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub account: String,
+    pub campaign: String,
+    /// The header of the column that holds the addresses, matched without regard
+    /// to case or surrounding spaces.
+    pub column: String,
+    /// Addresses per guest call and store transaction, 1 to [`MAX_BATCH`].
+    pub batch: usize,
+    /// The instant every decision is made at (nanoseconds since the Unix epoch).
+    pub now: i64,
+}
+
+impl ImportOptions {
+    /// Options with the `email` column and the default batch size.
+    pub fn new(account: impl Into<String>, campaign: impl Into<String>, now: i64) -> Self {
+        Self {
+            account: account.into(),
+            campaign: campaign.into(),
+            column: "email".into(),
+            batch: DEFAULT_BATCH,
+            now,
+        }
+    }
+}
+
+/// Why a row was not imported as an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InvalidReason {
+    /// The policy does not accept the address.
+    InvalidEmail,
+    /// The address field is empty or only spaces.
+    Empty,
+    /// The row has fewer fields than the address column's position.
+    MissingField,
+    /// The address field is not valid UTF-8.
+    NotUtf8,
+    /// The address field is longer than a store accepts ([`MAX_NAME_LEN`] bytes).
+    FieldTooLong,
+    /// The row is longer than [`MAX_ROW_BYTES`].
+    RowTooLong,
+}
+
+impl InvalidReason {
+    fn describe(self) -> &'static str {
+        match self {
+            InvalidReason::InvalidEmail => "not a valid address",
+            InvalidReason::Empty => "empty",
+            InvalidReason::MissingField => "no such field",
+            InvalidReason::NotUtf8 => "not UTF-8",
+            InvalidReason::FieldTooLong => "field too long",
+            InvalidReason::RowTooLong => "row too long",
+        }
+    }
+}
+
+/// One invalid row: where it is in the file and what is wrong with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct InvalidRow {
+    /// Line number in the file, the header being line 1.
+    pub line: u64,
+    pub reason: InvalidReason,
+}
+
+impl fmt::Display for InvalidRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.line, self.reason.describe())
+    }
+}
+
+/// What an import did, row by row: every row read is counted in exactly one of
+/// `uploaded`, `already_in_campaign`, `in_other_campaign`, `duplicates_in_file`,
+/// `invalid` and `credits_exhausted`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    pub account: String,
+    pub campaign: String,
+    /// Whether this import ran against a throwaway copy and changed nothing.
+    pub dry_run: bool,
+    /// Data rows read (the header and blank lines excluded).
+    pub rows: u64,
+    /// New contacts, each charged one lead credit.
+    pub uploaded: u64,
+    /// Contacts the campaign already held before this import.
+    pub already_in_campaign: u64,
+    /// Contacts another campaign of the account held: now in this one too, no credit.
+    pub in_other_campaign: u64,
+    /// Rows whose contact an earlier row of the file already named (in any spelling
+    /// the policy deems the same contact).
+    pub duplicates_in_file: u64,
+    /// Rows without a usable address.
+    pub invalid: u64,
+    /// The first [`INVALID_ROWS_SHOWN`] invalid rows, by line number.
+    pub invalid_rows: Vec<InvalidRow>,
+    /// New contacts not imported because the account's lead credits ran out.
+    pub credits_exhausted: u64,
+    /// The account's lead credits after the import.
+    pub lead_credits: Option<CreditsJson>,
+}
+
+impl ImportReport {
+    /// Rows accounted for in one of the outcome counts.
+    pub fn classified(&self) -> u64 {
+        self.uploaded
+            + self.already_in_campaign
+            + self.in_other_campaign
+            + self.duplicates_in_file
+            + self.invalid
+            + self.credits_exhausted
+    }
+
+    fn invalid_row(&mut self, line: u64, reason: InvalidReason) {
+        self.invalid += 1;
+        // Host-side rejections are counted as rows are read, the policy's when
+        // their batch returns: keep the lowest line numbers, in order.
+        let at = self.invalid_rows.partition_point(|r| r.line < line);
+        if at < INVALID_ROWS_SHOWN {
+            self.invalid_rows.insert(at, InvalidRow { line, reason });
+            self.invalid_rows.truncate(INVALID_ROWS_SHOWN);
+        }
+    }
+}
+
+/// How far an import has got, for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// Bytes of input consumed.
+    pub bytes: u64,
+    /// Counts so far (rows read may run ahead of the outcomes by one batch).
+    pub report: &'a ImportReport,
+}
+
+/// Why an import failed. Line numbers count the header as line 1.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The input is empty: not even a header row.
+    #[error("line 1: no header row (the input is empty); expected one naming a {column:?} column")]
+    NoHeader { column: String },
+    /// The header row has no column of that name.
+    #[error(
+        "line {line}: the header has no {column:?} column (matched regardless of case); columns found: {}",
+        list_columns(.found)
+    )]
+    MissingColumn {
+        line: u64,
+        column: String,
+        found: Vec<String>,
+    },
+    /// The header row is longer than [`MAX_ROW_BYTES`].
+    #[error("line {line}: the header row is longer than {MAX_ROW_BYTES} bytes")]
+    HeaderTooLong { line: u64 },
+    /// [`ImportOptions::batch`] is out of range.
+    #[error("batch size {0} is out of range: expected 1 to {MAX_BATCH}")]
+    BatchSize(usize),
+    /// The policy refused the whole import (unknown account or plan); nothing was
+    /// imported.
+    #[error("{}", describe_denial(.account, *.reason))]
+    Denied { account: String, reason: Reason },
+    /// The policy component gave no decision on whether the account exists.
+    #[error("checking the account: no decision: {0}")]
+    Check(DecideError),
+    /// Reading the input failed. The rows before it were imported and are durable.
+    #[error(
+        "line {line}: cannot read the input: {source} ({done} row(s) before it were processed; importing the file again completes the import, charging nothing twice)"
+    )]
+    Read {
+        line: u64,
+        done: u64,
+        source: io::Error,
+    },
+    /// The policy component gave no decision for a batch; that batch changed
+    /// nothing, those before it were imported and are durable.
+    #[error(
+        "lines {first_line} to {last_line}: no decision: {source} ({done} row(s) before them were processed; importing the file again completes the import, charging nothing twice)"
+    )]
+    Decide {
+        first_line: u64,
+        last_line: u64,
+        done: u64,
+        source: DecideError,
+    },
+    /// The policy component broke its contract (one result per address).
+    #[error(
+        "lines {first_line} to {last_line}: the policy component answered {got} result(s) for {sent} address(es)"
+    )]
+    Answer {
+        first_line: u64,
+        last_line: u64,
+        sent: usize,
+        got: usize,
+    },
+    /// The store could not make the import durable; work since the last durable
+    /// point may be lost (running the import again completes it).
+    #[error("making the import durable failed: {0}")]
+    Persist(StoreError),
+}
+
+impl ImportError {
+    /// Whether this is a decision that failed (the policy refused, or could not
+    /// decide), as opposed to a problem with the input or the store.
+    pub fn is_decision_failure(&self) -> bool {
+        matches!(
+            self,
+            ImportError::Denied { .. }
+                | ImportError::Check(_)
+                | ImportError::Decide { .. }
+                | ImportError::Answer { .. }
+        )
+    }
+}
+
+fn list_columns(found: &[String]) -> String {
+    if found.is_empty() {
+        return "none".into();
+    }
+    found
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_denial(account: &str, reason: Reason) -> String {
+    match reason {
+        Reason::UnknownAccount => {
+            format!(
+                "unknown account {account:?}: it has not subscribed to a plan (unknown_account)"
+            )
+        }
+        Reason::UnknownPlan => {
+            format!("account {account:?} is on a plan the policy does not define (unknown_plan)")
+        }
+        other => format!("account {account:?}: denied ({})", reason_code(other)),
+    }
+}
+
+/// A throwaway in-memory copy of everything `account` holds in `store`, for a dry
+/// run: an import against it answers as one against `store` would, and changes
+/// nothing in `store`.
+pub fn scratch_copy(store: &dyn Store, account: &str) -> Result<Arc<dyn Store>, StoreError> {
+    // The policy keeps each account in the scope of the same name (see the guest's
+    // engine), and the copy must hold all of it: plan, usage and every campaign.
+    let dump = store.export_scope(account)?;
+    let copy = MemoryStore::new();
+    copy.import_scope(account, &dump)?;
+    Ok(Arc::new(copy))
+}
+
+/// Imports the addresses of the CSV `input` into `options.campaign`, one batch at
+/// a time through `worker`, calling `progress` after each batch.
+///
+/// The work is durable when this returns `Ok`, and every [`PERSIST_EVERY`] on the
+/// way. An unknown account is refused before anything is read.
+pub fn import<R: BufRead>(
+    worker: &mut Worker,
+    input: R,
+    options: &ImportOptions,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<ImportReport, ImportError> {
+    if !(1..=MAX_BATCH).contains(&options.batch) {
+        return Err(ImportError::BatchSize(options.batch));
+    }
+    let mut report = ImportReport {
+        account: options.account.clone(),
+        campaign: options.campaign.clone(),
+        ..ImportReport::default()
+    };
+    check_account(worker, options, &mut report)?;
+
+    let mut rows = Rows::new(input);
+    let mut fields = Fields::new();
+    let column = read_header(&mut rows, &mut fields, &options.column)?;
+
+    let mut import = Batches {
+        worker,
+        options,
+        report,
+        seen: HashSet::new(),
+        emails: Vec::with_capacity(options.batch),
+        lines: Vec::with_capacity(options.batch),
+        bytes: 0,
+        last_persist: Instant::now(),
+    };
+    let mut since_flush = 0;
+    loop {
+        let row = match rows.next(fields.buffer()) {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(source) => {
+                // What was read before the failure is good: import it first.
+                import.flush()?;
+                import.persist()?;
+                return Err(ImportError::Read {
+                    line: rows.line(),
+                    done: import.report.rows,
+                    source,
+                });
+            }
+        };
+        import.report.rows += 1;
+        let email = if row.fits {
+            address(fields.parse().get(column))
+        } else {
+            Err(InvalidReason::RowTooLong)
+        };
+        match email {
+            Ok(email) => import.push(email, row.line),
+            Err(reason) => import.report.invalid_row(row.line, reason),
+        }
+        since_flush += 1;
+        // Counting rows rather than addresses keeps progress (and durability)
+        // moving through a long stretch of invalid rows too.
+        if since_flush >= options.batch || import.bytes >= MAX_BATCH_BYTES {
+            since_flush = 0;
+            import.flush()?;
+            progress(Progress {
+                bytes: rows.bytes(),
+                report: &import.report,
+            });
+            if import.last_persist.elapsed() >= PERSIST_EVERY {
+                import.persist()?;
+            }
+        }
+    }
+    import.flush()?;
+    import.persist()?;
+    progress(Progress {
+        bytes: rows.bytes(),
+        report: &import.report,
+    });
+    Ok(import.report)
+}
+
+/// Refuses an unknown account (or plan) before reading anything, so that a typo
+/// is not reported after a long file has been read; notes the credits before.
+fn check_account(
+    worker: &mut Worker,
+    options: &ImportOptions,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
+    let usage = Request::Usage {
+        account: options.account.clone(),
+    };
+    let decision = worker
+        .decide(&usage, options.now)
+        .map_err(ImportError::Check)?;
+    if let Some(reason) = decision.denied {
+        return Err(ImportError::Denied {
+            account: options.account.clone(),
+            reason,
+        });
+    }
+    report.lead_credits = decision
+        .usage
+        .as_ref()
+        .map(|u| UsageJson::from(u).lead_credits);
+    Ok(())
+}
+
+/// Reads the header row and finds the address column in it.
+fn read_header<R: BufRead>(
+    rows: &mut Rows<R>,
+    fields: &mut Fields,
+    column: &str,
+) -> Result<usize, ImportError> {
+    let row = match rows.next(fields.buffer()) {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return Err(ImportError::NoHeader {
+                column: column.into(),
+            });
+        }
+        Err(source) => {
+            return Err(ImportError::Read {
+                line: rows.line(),
+                done: 0,
+                source,
+            });
+        }
+    };
+    if !row.fits {
+        return Err(ImportError::HeaderTooLong { line: row.line });
+    }
+    let wanted = column.trim().to_lowercase();
+    let found: Vec<String> = fields
+        .parse()
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).trim().to_string())
+        .collect();
+    match found.iter().position(|f| f.to_lowercase() == wanted) {
+        Some(index) => Ok(index),
+        None => Err(ImportError::MissingColumn {
+            line: row.line,
+            column: column.into(),
+            found,
+        }),
+    }
+}
+
+/// The address in a row's field, or why there is none. Validating the address
+/// itself is the policy's business; this only refuses what cannot be sent to it.
+fn address(field: Option<&[u8]>) -> Result<String, InvalidReason> {
+    let field = field.ok_or(InvalidReason::MissingField)?.trim_ascii();
+    if field.is_empty() {
+        return Err(InvalidReason::Empty);
+    }
+    // The store refuses longer member names, and would fail the whole batch.
+    if field.len() > MAX_NAME_LEN {
+        return Err(InvalidReason::FieldTooLong);
+    }
+    std::str::from_utf8(field)
+        .map(str::to_owned)
+        .map_err(|_| InvalidReason::NotUtf8)
+}
+
+/// The import in progress: the batch being filled and the counts so far.
+struct Batches<'w, 'o> {
+    worker: &'w mut Worker,
+    options: &'o ImportOptions,
+    report: ImportReport,
+    /// Fingerprints of the contacts named so far in this file.
+    seen: HashSet<u64>,
+    emails: Vec<String>,
+    /// The line of each address in `emails`.
+    lines: Vec<u64>,
+    bytes: usize,
+    last_persist: Instant,
+}
+
+impl Batches<'_, '_> {
+    fn push(&mut self, email: String, line: u64) {
+        self.bytes += email.len();
+        self.emails.push(email);
+        self.lines.push(line);
+    }
+
+    /// Sends the batch to the guest (one call, one store transaction) and counts
+    /// its outcomes.
+    fn flush(&mut self) -> Result<(), ImportError> {
+        let (Some(&first_line), Some(&last_line)) = (self.lines.first(), self.lines.last()) else {
+            return Ok(());
+        };
+        let options = self.options;
+        let answer = self.worker.add_leads(
+            &options.account,
+            &options.campaign,
+            &self.emails,
+            options.now,
+        );
+        let batch: LeadBatch = match answer {
+            Ok(batch) => batch,
+            Err(source) => {
+                let done = self.report.rows - self.emails.len() as u64;
+                self.persist()?;
+                return Err(ImportError::Decide {
+                    first_line,
+                    last_line,
+                    done,
+                    source,
+                });
+            }
+        };
+        if let Some(reason) = batch.denied {
+            // The account or its plan went away during the import (checked at the
+            // start): what came before stands.
+            self.persist()?;
+            return Err(ImportError::Denied {
+                account: options.account.clone(),
+                reason,
+            });
+        }
+        if batch.results.len() != self.emails.len() {
+            self.persist()?;
+            return Err(ImportError::Answer {
+                first_line,
+                last_line,
+                sent: self.emails.len(),
+                got: batch.results.len(),
+            });
+        }
+        for (result, &line) in batch.results.iter().zip(&self.lines) {
+            count(&mut self.report, &mut self.seen, result, line);
+        }
+        if let Some(usage) = &batch.usage {
+            self.report.lead_credits = Some(UsageJson::from(usage).lead_credits);
+        }
+        self.emails.clear();
+        self.lines.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+
+    fn persist(&mut self) -> Result<(), ImportError> {
+        self.worker.persist().map_err(ImportError::Persist)?;
+        self.last_persist = Instant::now();
+        Ok(())
+    }
+}
+
+/// Counts one address's outcome; `seen` holds the contacts named earlier in the file.
+fn count(report: &mut ImportReport, seen: &mut HashSet<u64>, result: &LeadResult, line: u64) {
+    if result.outcome == LeadOutcome::InvalidEmail {
+        report.invalid_row(line, InvalidReason::InvalidEmail);
+        return;
+    }
+    let first_in_file = seen.insert(result.contact);
+    match result.outcome {
+        // A credit was charged, whatever came before in the file: count it as
+        // such (a repeat of a contact refused for want of credits can be added
+        // if credits were freed meanwhile).
+        LeadOutcome::Added => report.uploaded += 1,
+        _ if !first_in_file => report.duplicates_in_file += 1,
+        LeadOutcome::AlreadyInCampaign => report.already_in_campaign += 1,
+        LeadOutcome::Joined => report.in_other_campaign += 1,
+        LeadOutcome::LeadCreditsExhausted => report.credits_exhausted += 1,
+        LeadOutcome::InvalidEmail => report.invalid_row(line, InvalidReason::InvalidEmail),
+    }
+}
+
+/// Where a row starts, and whether it fitted in [`MAX_ROW_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Row {
+    line: u64,
+    fits: bool,
+}
+
+/// Where the splitter is within a row, as far as quoting goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    /// At the start of a field: a quote here opens a quoted field.
+    FieldStart,
+    /// In a field that did not start with a quote: quotes are literal.
+    Unquoted,
+    /// In a quoted field: separators and line ends are data.
+    Quoted,
+    /// Just after a quote in a quoted field: another quote makes an escaped quote,
+    /// anything else ends the quoting.
+    QuoteInQuoted,
+}
+
+/// Splits a CSV input into rows, each bounded in size, noting the line each starts on.
+struct Rows<R> {
+    input: R,
+    /// The line of the next byte.
+    line: u64,
+    /// The last byte was a CR: an LF now ends the same line.
+    after_cr: bool,
+    bytes: u64,
+}
+
+impl<R: BufRead> Rows<R> {
+    fn new(input: R) -> Self {
+        Self {
+            input,
+            line: 1,
+            after_cr: false,
+            bytes: 0,
+        }
+    }
+
+    fn line(&self) -> u64 {
+        self.line
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Reads the next row into `buf` (cleared first; left empty for a row too
+    /// long), skipping blank lines; `None` at the end of the input.
+    fn next(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<Row>> {
+        buf.clear();
+        let mut row: Option<Row> = None;
+        let mut quoting = Quoting::FieldStart;
+        loop {
+            let chunk = match self.input.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                return Ok(row);
+            }
+            let mut used = 0;
+            let mut ended = false;
+            for &byte in chunk {
+                let current = match row.as_mut() {
+                    Some(current) => current,
+                    // Line ends before a row are blank lines.
+                    None if byte == b'\r' || byte == b'\n' => {
+                        count_line(&mut self.line, &mut self.after_cr, byte);
+                        used += 1;
+                        continue;
+                    }
+                    None => row.insert(Row {
+                        line: self.line,
+                        fits: true,
+                    }),
+                };
+                quoting = match (quoting, byte) {
+                    (Quoting::Quoted, b'"') => Quoting::QuoteInQuoted,
+                    (Quoting::Quoted, _) => Quoting::Quoted,
+                    (Quoting::FieldStart, b'"') | (Quoting::QuoteInQuoted, b'"') => Quoting::Quoted,
+                    (_, b',') => Quoting::FieldStart,
+                    (_, b'\r' | b'\n') => {
+                        // The line end is left for the next call, which skips it.
+                        ended = true;
+                        break;
+                    }
+                    _ => Quoting::Unquoted,
+                };
+                count_line(&mut self.line, &mut self.after_cr, byte);
+                if current.fits {
+                    if buf.len() < MAX_ROW_BYTES {
+                        buf.push(byte);
+                    } else {
+                        current.fits = false;
+                        buf.clear();
+                    }
+                }
+                used += 1;
+            }
+            self.input.consume(used);
+            self.bytes += used as u64;
+            if ended {
+                return Ok(row);
+            }
+        }
+    }
+}
+
+/// Counts CR, LF and CRLF each as one line end, as editors number lines.
+fn count_line(line: &mut u64, after_cr: &mut bool, byte: u8) {
+    match byte {
+        b'\n' if *after_cr => *after_cr = false,
+        b'\n' => *line += 1,
+        b'\r' => {
+            *line += 1;
+            *after_cr = true;
+        }
+        _ => *after_cr = false,
+    }
+}
+
+/// Parses one row into fields with the csv crate, reusing one reader and one
+/// record for every row.
+struct Fields {
+    reader: csv::Reader<Cursor<Vec<u8>>>,
+    record: csv::ByteRecord,
+}
+
+impl Fields {
+    fn new() -> Self {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(Cursor::new(Vec::new()));
+        // `seek_raw` reads the (empty) header row on first use: have it done now,
+        // before any row is in the buffer.
+        let _ = reader.seek_raw(SeekFrom::Start(0), csv::Position::new());
+        Self {
+            reader,
+            record: csv::ByteRecord::new(),
+        }
+    }
+
+    /// The buffer the next row is to be read into.
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        self.reader.get_mut().get_mut()
+    }
+
+    /// The fields of the row in the buffer.
+    fn parse(&mut self) -> &csv::ByteRecord {
+        // Rewinding resets the parser, so each row is parsed on its own. In memory,
+        // with flexible records, neither call can fail; if one did, the row would
+        // read as having no fields, which reports it as invalid.
+        let parsed = self
+            .reader
+            .seek_raw(SeekFrom::Start(0), csv::Position::new())
+            .and_then(|()| self.reader.read_byte_record(&mut self.record));
+        if !matches!(parsed, Ok(true)) {
+            self.record.clear();
+        }
+        &self.record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Splits `data` into (line, fits, fields) per row.
+    fn split(data: &[u8]) -> Vec<(u64, bool, Vec<String>)> {
+        // A tiny buffer makes rows and line ends straddle reads.
+        let mut rows = Rows::new(io::BufReader::with_capacity(3, data));
+        let mut fields = Fields::new();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next(fields.buffer()).unwrap() {
+            let parsed = fields
+                .parse()
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
+            out.push((row.line, row.fits, parsed));
+        }
+        assert_eq!(rows.bytes(), data.len() as u64);
+        out
+    }
+
+    fn row(line: u64, fields: &[&str]) -> (u64, bool, Vec<String>) {
+        (line, true, fields.iter().map(|f| f.to_string()).collect())
+    }
+
+    #[test]
+    fn rows_start_on_the_right_line_whatever_the_line_ends() {
+        assert_eq!(
+            split(b"email\n\n\na@x.io\r\n\r\nb@x.io\rc@x.io\n"),
+            vec![
+                row(1, &["email"]),
+                row(4, &["a@x.io"]),
+                row(6, &["b@x.io"]),
+                row(7, &["c@x.io"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn quoted_fields_may_hold_separators_quotes_and_line_ends() {
+        assert_eq!(
+            split(b"name,email\n\"Doe, \"\"Jo\"\"\r\nJr\",jo@x.io\nx,y"),
+            vec![
+                row(1, &["name", "email"]),
+                row(2, &["Doe, \"Jo\"\r\nJr", "jo@x.io"]),
+                row(4, &["x", "y"]),
+            ]
+        );
+        // A quote inside an unquoted field is data; after a closing quote, the
+        // rest of the field is too.
+        assert_eq!(
+            split(b"a\"b,\"c\"d,e\n"),
+            vec![row(1, &["a\"b", "cd", "e"])]
+        );
+    }
+
+    #[test]
+    fn a_leading_bom_is_not_part_of_the_first_header() {
+        assert_eq!(split(b"\xef\xbb\xbfEmail\nx\n")[0], row(1, &["Email"]));
+    }
+
+    #[test]
+    fn a_row_past_the_limit_is_skipped_whole_and_the_next_one_read() {
+        let mut data = b"email\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_ROW_BYTES));
+        data.extend_from_slice(b"\n\"");
+        data.extend(std::iter::repeat_n(b'\n', MAX_ROW_BYTES));
+        data.extend_from_slice(b"\"\nlast\n");
+        let rows = split(&data);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            (rows[1].0, rows[1].1, rows[1].2[0].len()),
+            (2, true, MAX_ROW_BYTES)
+        );
+        assert_eq!((rows[2].0, rows[2].1), (3, false));
+        assert_eq!(rows[3], row(4 + MAX_ROW_BYTES as u64, &["last"]));
+    }
+
+    #[test]
+    fn an_unclosed_quote_ends_at_the_end_of_the_input() {
+        assert_eq!(
+            split(b"email\n\"a@x.io\nb@x.io\n"),
+            vec![row(1, &["email"]), row(2, &["a@x.io\nb@x.io\n"])]
+        );
+    }
+
+    #[test]
+    fn addresses_are_refused_only_when_they_cannot_be_sent() {
+        assert_eq!(address(None), Err(InvalidReason::MissingField));
+        assert_eq!(address(Some(b" \t")), Err(InvalidReason::Empty));
+        assert_eq!(address(Some(b"\xff@x.io")), Err(InvalidReason::NotUtf8));
+        let long = vec![b'a'; MAX_NAME_LEN + 1];
+        assert_eq!(address(Some(&long)), Err(InvalidReason::FieldTooLong));
+        assert_eq!(
+            address(Some(b" not an address ")),
+            Ok("not an address".into())
+        );
+    }
+
+    #[test]
+    fn the_report_keeps_the_lowest_invalid_lines_in_order() {
+        let mut report = ImportReport::default();
+        for line in (2..30).rev() {
+            report.invalid_row(line, InvalidReason::Empty);
+        }
+        assert_eq!(report.invalid, 28);
+        let lines: Vec<u64> = report.invalid_rows.iter().map(|r| r.line).collect();
+        assert_eq!(lines, (2..12).collect::<Vec<_>>());
+    }
+}
