@@ -10,7 +10,8 @@
 //!   primitives, in memory or in redb, with group commit;
 //! - [`metrics`]: latency histograms of decisions and of their store time;
 //! - [`time`]: the clock the host hands the guest;
-//! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads).
+//! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads),
+//!   [`postfix`] (the sans-I/O core of Postfix policy delegation).
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
 
@@ -18,6 +19,7 @@ pub mod bindings;
 pub mod import;
 pub mod metrics;
 pub mod policy_suite;
+pub mod postfix;
 pub mod replay;
 pub mod request;
 pub mod runtime;

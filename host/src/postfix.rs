@@ -1,0 +1,1664 @@
+//! The sans-I/O core of Postfix policy delegation (`check_policy_service`, see
+//! Postfix's SMTPD_POLICY_README): reading requests, mapping them onto creditgate
+//! decisions, and encoding replies. No sockets here; the server that wraps this
+//! (`creditgate serve`) owns the connections and calls the policy.
+//!
+//! # The protocol
+//!
+//! Postfix's SMTP server connects (and keeps the connection for many requests) and
+//! sends one request per decision point: `name=value` lines, each ended by `\n`,
+//! then an empty line. Postfix sends every attribute it knows, empty when it has no
+//! value (`sasl_username=` when the client did not authenticate). The server answers
+//! each request, in order, with `action=<text>` and an empty line. The action is
+//! what an `access(5)` table could return: `DUNNO` (no opinion, go on with the next
+//! restriction), `DEFER 4.7.1 text`, `REJECT`, `HOLD`, `451 4.3.5 text`, ...
+//!
+//! creditgate looks at two decision points:
+//!
+//! - `RCPT`: may this account send at all? A check of one email credit that charges
+//!   nothing ([`Mapped::Check`]), so an exhausted account is refused before the body
+//!   is transferred.
+//! - `END-OF-MESSAGE`: the message is complete and `recipient_count` says how many
+//!   recipients were accepted: charge them ([`Mapped::Charge`]), idempotently on the
+//!   message's `instance`, because Postfix may send a request twice
+//!   (`smtpd_policy_service_try_limit` defaults to 2).
+//!
+//! Every other state is answered `DUNNO` ([`Mapped::Ignore`]).
+//!
+//! # The charge at END-OF-MESSAGE
+//!
+//! The WIT `send-email` takes the recipients' addresses and charges per distinct
+//! one; at `END-OF-MESSAGE` Postfix gives only `recipient_count` (the `RCPT`
+//! requests came one by one, possibly over other connections, so collecting them
+//! here would be unreliable). [`Mapped::Charge`] therefore carries a count, and the
+//! server needs a guest function that charges one, which the contract does not
+//! have yet:
+//!
+//! ```wit
+//! /// Charges `cost` email credits to `account`, all or nothing, for a message whose
+//! /// recipients the gateway counted but did not list. A `message-id` already
+//! /// charged in the current billing cycle is allowed again with nothing charged.
+//! charge-email: func(account: string, cost: u64, message-id: option<string>, now: instant)
+//!     -> result<decision, error>;
+//! ```
+//!
+//! called with `cost = recipients` and `message-id = "postfix/<instance>"`. A count
+//! is of accepted `RCPT` commands, so a recipient given twice costs twice here.
+//!
+//! # Bounds
+//!
+//! The peer is trusted to be Postfix but is still a socket, so [`RequestReader`]
+//! holds at most one partial line (at most [`Limits::max_line_bytes`] + 1 bytes) and
+//! the attributes of one request (at most [`Limits::max_request_bytes`] in total, at
+//! most [`Limits::max_attributes`] lines). Input past a limit is never copied: the
+//! reader fails with a [`ProtocolError`] naming the limit, and the server should
+//! then close the connection (Postfix reconnects and applies its `default_action`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Bounds on what [`RequestReader`] accepts from one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest line, in bytes, its `\n` (and a `\r` before it) excluded. Default
+    /// 4,096: Postfix's own `line_length_limit` is 2,048, but attribute values such
+    /// as `ccert_subject` or a long `sender` can approach it, and a margin costs
+    /// nothing.
+    pub max_line_bytes: usize,
+    /// Largest request, in bytes as sent, every line terminator and the final empty
+    /// line included. Default 65,536.
+    pub max_request_bytes: usize,
+    /// Most attribute lines in one request, repeats included. Default 128 (Postfix
+    /// 3.7 sends about 30).
+    pub max_attributes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: 4 * 1024,
+            max_request_bytes: 64 * 1024,
+            max_attributes: 128,
+        }
+    }
+}
+
+/// Why a peer's input was refused. After one, the reader refuses everything (it
+/// answers the same error again): the server should close the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A line is longer than `max_line_bytes`. `line` counts from 1 within the request.
+    #[error("line {line} of the request is longer than max_line_bytes = {limit}")]
+    LineTooLong { line: usize, limit: usize },
+    /// The request is larger than `max_request_bytes`.
+    #[error("the request is larger than max_request_bytes = {limit}")]
+    RequestTooLarge { limit: usize },
+    /// The request has more than `max_attributes` attribute lines.
+    #[error("the request has more than max_attributes = {limit} attributes")]
+    TooManyAttributes { limit: usize },
+    /// A non-empty line without `=`.
+    #[error("line {line} of the request is not name=value (no '=')")]
+    MissingEquals { line: usize },
+    /// A line that starts with `=`.
+    #[error("line {line} of the request has an empty attribute name")]
+    EmptyName { line: usize },
+    /// An attribute name that is not UTF-8.
+    #[error("line {line} of the request has an attribute name that is not UTF-8")]
+    NameNotUtf8 { line: usize },
+}
+
+/// One policy request: its attributes, by name.
+///
+/// A repeated attribute (Postfix never repeats one) keeps its last value, and its
+/// name is recorded in [`repeated`](Self::repeated) so that the server can log it:
+/// last-wins matches what Postfix's own `attr_scan_plain` readers and the common
+/// policy daemons do, and refusing the connection would turn a client quirk into
+/// an outage. A value that is not UTF-8 is kept with U+FFFD replacements and its
+/// name recorded in [`non_utf8`](Self::non_utf8); the mapping refuses such a value
+/// where it would name an account, so two distinct byte strings never collapse
+/// into one account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyRequest {
+    attributes: BTreeMap<String, String>,
+    repeated: BTreeSet<String>,
+    non_utf8: BTreeSet<String>,
+}
+
+impl PolicyRequest {
+    /// The value of attribute `name`, if the request had it (possibly empty).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.attributes.get(name).map(String::as_str)
+    }
+
+    /// Every attribute, known to creditgate or not.
+    pub fn attributes(&self) -> &BTreeMap<String, String> {
+        &self.attributes
+    }
+
+    /// Names of attributes that appeared more than once (their last value was kept).
+    pub fn repeated(&self) -> &BTreeSet<String> {
+        &self.repeated
+    }
+
+    /// Names of attributes whose value was not UTF-8 (kept with U+FFFD replacements).
+    pub fn non_utf8(&self) -> &BTreeSet<String> {
+        &self.non_utf8
+    }
+
+    /// `request`: `smtpd_access_policy` for every request creditgate answers.
+    pub fn request(&self) -> Option<&str> {
+        self.get("request")
+    }
+
+    /// `protocol_state`: `CONNECT`, `EHLO`, `HELO`, `MAIL`, `RCPT`, `DATA`,
+    /// `END-OF-MESSAGE`, `VRFY` or `ETRN`.
+    pub fn protocol_state(&self) -> Option<&str> {
+        self.get("protocol_state")
+    }
+
+    /// `instance`: the same for every request about one message, even over different
+    /// connections.
+    pub fn instance(&self) -> Option<&str> {
+        self.get("instance")
+    }
+
+    /// `queue_id`: empty until Postfix has created the queue file.
+    pub fn queue_id(&self) -> Option<&str> {
+        self.get("queue_id")
+    }
+
+    /// `sasl_username`: empty when the client did not authenticate.
+    pub fn sasl_username(&self) -> Option<&str> {
+        self.get("sasl_username")
+    }
+
+    /// `sender`: the envelope sender; empty for the null sender (`MAIL FROM:<>`).
+    pub fn sender(&self) -> Option<&str> {
+        self.get("sender")
+    }
+
+    /// `recipient`: the envelope recipient at `RCPT`.
+    pub fn recipient(&self) -> Option<&str> {
+        self.get("recipient")
+    }
+
+    /// `client_address`: the SMTP client's IP address.
+    pub fn client_address(&self) -> Option<&str> {
+        self.get("client_address")
+    }
+
+    /// `recipient_count`: recipients accepted so far; non-zero only at `DATA` and
+    /// `END-OF-MESSAGE`. An error when absent or not a decimal number.
+    pub fn recipient_count(&self) -> Result<u64, MappingError> {
+        let value = self.required("recipient_count")?;
+        // `u64::from_str` accepts a leading `+`; Postfix never sends one, and a
+        // count is digits only.
+        if !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid_number("recipient_count", value));
+        }
+        value
+            .parse()
+            .map_err(|_| invalid_number("recipient_count", value))
+    }
+
+    /// The value of `name`, which must be present, non-empty and UTF-8.
+    fn required(&self, name: &'static str) -> Result<&str, MappingError> {
+        match self.get(name) {
+            None | Some("") => Err(MappingError::Missing { name }),
+            Some(_) if self.non_utf8.contains(name) => Err(MappingError::NotUtf8 { name }),
+            Some(value) => Ok(value),
+        }
+    }
+}
+
+fn invalid_number(name: &'static str, value: &str) -> MappingError {
+    MappingError::InvalidNumber {
+        name,
+        value: value.to_owned(),
+    }
+}
+
+/// Reads policy requests from a byte stream, incrementally and within [`Limits`].
+///
+/// Feed it whatever the socket gave, in any chunking:
+///
+/// ```text
+/// let mut input = &buf[..n];
+/// while let Some(request) = reader.decode(&mut input)? {
+///     // answer `request`
+/// }
+/// // `input` is now empty: the reader kept any partial request.
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequestReader {
+    limits: Limits,
+    /// The current line so far, without its `\n`. Never more than
+    /// `max_line_bytes + 1` bytes (the extra one a `\r` that may precede `\n`).
+    line: Vec<u8>,
+    /// The current line's number within the request, from 1.
+    line_no: usize,
+    /// Bytes of the current request consumed so far, terminators included.
+    request_bytes: usize,
+    /// Attribute lines of the current request so far.
+    attribute_lines: usize,
+    request: PolicyRequest,
+    failed: Option<ProtocolError>,
+}
+
+impl Default for RequestReader {
+    fn default() -> Self {
+        RequestReader::new(Limits::default())
+    }
+}
+
+impl RequestReader {
+    pub fn new(limits: Limits) -> Self {
+        RequestReader {
+            limits,
+            line: Vec::new(),
+            line_no: 1,
+            request_bytes: 0,
+            attribute_lines: 0,
+            request: PolicyRequest::default(),
+            failed: None,
+        }
+    }
+
+    /// Consumes bytes from the front of `input` up to the end of the next complete
+    /// request, and returns it; or consumes all of `input` and returns `None` when
+    /// no request is complete yet (the partial one is kept for the next call).
+    ///
+    /// On an error, `input` is left where the error was found, and every later call
+    /// returns the same error.
+    pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<PolicyRequest>, ProtocolError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        match self.decode_inner(input) {
+            Ok(request) => Ok(request),
+            Err(e) => {
+                self.failed = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// True when no part of a request is buffered: the peer may close here without
+    /// losing anything (a close elsewhere abandons a partial request).
+    pub fn is_idle(&self) -> bool {
+        self.request_bytes == 0 && self.line.is_empty()
+    }
+
+    fn decode_inner(&mut self, input: &mut &[u8]) -> Result<Option<PolicyRequest>, ProtocolError> {
+        while !input.is_empty() {
+            let newline = input.iter().position(|&b| b == b'\n');
+            let chunk = &input[..newline.unwrap_or(input.len())];
+            let consumed = chunk.len() + usize::from(newline.is_some());
+
+            // Both limits are checked before anything is copied, so that a peer
+            // streaming an endless line is cut off, not buffered.
+            let line_len = self.line.len() + chunk.len();
+            let ends_in_cr = chunk.last().or(self.line.last()) == Some(&b'\r');
+            // A `\r` is not part of the line if `\n` follows it; until the `\n`
+            // arrives, a trailing `\r` gets the benefit of the doubt.
+            let content_len = if ends_in_cr { line_len - 1 } else { line_len };
+            if content_len > self.limits.max_line_bytes {
+                return Err(ProtocolError::LineTooLong {
+                    line: self.line_no,
+                    limit: self.limits.max_line_bytes,
+                });
+            }
+            if self.request_bytes + consumed > self.limits.max_request_bytes {
+                return Err(ProtocolError::RequestTooLarge {
+                    limit: self.limits.max_request_bytes,
+                });
+            }
+            self.request_bytes += consumed;
+            *input = &input[consumed..];
+
+            if newline.is_none() {
+                self.line.extend_from_slice(chunk);
+                continue;
+            }
+            // A line that arrived whole is parsed in place; one that arrived in
+            // pieces is parsed from the buffer, whose allocation is then reused.
+            let finished = if self.line.is_empty() {
+                self.end_line(chunk)?
+            } else {
+                self.line.extend_from_slice(chunk);
+                let line = std::mem::take(&mut self.line);
+                let finished = self.end_line(&line);
+                self.line = line;
+                self.line.clear();
+                finished?
+            };
+            if let Some(request) = finished {
+                return Ok(Some(request));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes one complete line (without `\n`); returns the request if it was the
+    /// empty line that ends one.
+    fn end_line(&mut self, line: &[u8]) -> Result<Option<PolicyRequest>, ProtocolError> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            self.line_no = 1;
+            self.request_bytes = 0;
+            self.attribute_lines = 0;
+            return Ok(Some(std::mem::take(&mut self.request)));
+        }
+        let line_no = self.line_no;
+        self.line_no += 1;
+        self.attribute_lines += 1;
+        if self.attribute_lines > self.limits.max_attributes {
+            return Err(ProtocolError::TooManyAttributes {
+                limit: self.limits.max_attributes,
+            });
+        }
+        let Some(eq) = line.iter().position(|&b| b == b'=') else {
+            return Err(ProtocolError::MissingEquals { line: line_no });
+        };
+        let (name, value) = (&line[..eq], &line[eq + 1..]);
+        if name.is_empty() {
+            return Err(ProtocolError::EmptyName { line: line_no });
+        }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| ProtocolError::NameNotUtf8 { line: line_no })?
+            .to_owned();
+        let value = match std::str::from_utf8(value) {
+            Ok(value) => {
+                self.request.non_utf8.remove(&name);
+                value.to_owned()
+            }
+            Err(_) => {
+                self.request.non_utf8.insert(name.clone());
+                String::from_utf8_lossy(value).into_owned()
+            }
+        };
+        if self
+            .request
+            .attributes
+            .insert(name.clone(), value)
+            .is_some()
+        {
+            self.request.repeated.insert(name);
+        }
+        Ok(None)
+    }
+}
+
+/// Where the account a message is charged to comes from.
+///
+/// In TOML: `account_from = "sasl_username"` (or `"sender"`, `"sender_domain"`), or
+/// a table that maps one of those to account names:
+///
+/// ```toml
+/// [account_from.table]
+/// key = "sender_domain"
+/// map = { "example.com" = "acme", "example.org" = "acme" }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AccountFrom {
+    /// The SMTP AUTH user name, as is.
+    #[default]
+    SaslUsername,
+    /// The envelope sender address, lowercased whole (as creditgate normalises
+    /// addresses).
+    Sender,
+    /// The envelope sender's domain (after its last `@`), lowercased.
+    SenderDomain,
+    /// `key`'s value looked up in `map` (exactly: write sender and domain keys in
+    /// lowercase). A value missing from the map is an unknown account.
+    Table {
+        key: AccountKey,
+        map: BTreeMap<String, String>,
+    },
+}
+
+/// The attribute an [`AccountFrom::Table`] looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKey {
+    SaslUsername,
+    Sender,
+    SenderDomain,
+}
+
+impl AccountKey {
+    /// The key's value in `req`, normalised; `Ok(None)` when the request has none.
+    fn value(self, req: &PolicyRequest) -> Result<Option<String>, MappingError> {
+        let name = match self {
+            AccountKey::SaslUsername => "sasl_username",
+            AccountKey::Sender | AccountKey::SenderDomain => "sender",
+        };
+        if req.non_utf8().contains(name) {
+            return Err(MappingError::NotUtf8 { name });
+        }
+        let raw = req.get(name).unwrap_or("");
+        let value = match self {
+            AccountKey::SaslUsername => raw.to_owned(),
+            AccountKey::Sender => raw.to_lowercase(),
+            AccountKey::SenderDomain => match raw.rsplit_once('@') {
+                Some((_, domain)) => domain.to_ascii_lowercase(),
+                None => String::new(),
+            },
+        };
+        Ok(Some(value).filter(|v| !v.is_empty()))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            AccountKey::SaslUsername => "sasl_username",
+            AccountKey::Sender => "sender",
+            AccountKey::SenderDomain => "sender_domain",
+        }
+    }
+}
+
+impl AccountFrom {
+    /// The account `req` is about, or [`MappingError::NoAccount`].
+    pub fn account(&self, req: &PolicyRequest) -> Result<String, MappingError> {
+        let (key, map) = match self {
+            AccountFrom::SaslUsername => (AccountKey::SaslUsername, None),
+            AccountFrom::Sender => (AccountKey::Sender, None),
+            AccountFrom::SenderDomain => (AccountKey::SenderDomain, None),
+            AccountFrom::Table { key, map } => (*key, Some(map)),
+        };
+        let no_account = |value: Option<&str>| MappingError::NoAccount {
+            from: key.name(),
+            value: value.unwrap_or("").to_owned(),
+        };
+        let value = key.value(req)?.ok_or_else(|| no_account(None))?;
+        match map {
+            None => Ok(value),
+            Some(map) => match map.get(&value) {
+                Some(account) if !account.is_empty() => Ok(account.clone()),
+                _ => Err(no_account(Some(&value))),
+            },
+        }
+    }
+}
+
+/// What a request asks of the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// At `RCPT`: could `account` send an email costing `cost` credits now? Charges
+    /// nothing (`Request::CheckEmail`).
+    Check { account: String, cost: u64 },
+    /// At `END-OF-MESSAGE`: charge `account` for `recipients` recipients, once per
+    /// `instance` (Postfix's identifier of the message). There is no `Request` for
+    /// it yet: see "The charge at END-OF-MESSAGE" in the module documentation.
+    Charge {
+        account: String,
+        recipients: u64,
+        instance: String,
+    },
+    /// Any other protocol state: no opinion (`DUNNO`).
+    Ignore,
+}
+
+/// Why a request could not be mapped to a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum MappingError {
+    /// No account could be named (an empty `sasl_username` without SMTP AUTH, the
+    /// null sender, a value missing from the table). The server applies
+    /// [`Actions::unknown_account`].
+    #[error("no account: {from} is {value:?}, which names no account")]
+    NoAccount { from: &'static str, value: String },
+    /// A required attribute is absent or empty.
+    #[error("attribute {name} is missing or empty")]
+    Missing { name: &'static str },
+    /// A numeric attribute is not a decimal number.
+    #[error("attribute {name} is not a number: {value:?}")]
+    InvalidNumber { name: &'static str, value: String },
+    /// An attribute that names something is not UTF-8.
+    #[error("attribute {name} is not UTF-8")]
+    NotUtf8 { name: &'static str },
+    /// `request` is not `smtpd_access_policy`.
+    #[error("request is {found:?}, expected \"smtpd_access_policy\"")]
+    NotAccessPolicy { found: String },
+}
+
+/// The Postfix front end's settings, as the gateway config embeds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostfixConfig {
+    pub limits: Limits,
+    pub account_from: AccountFrom,
+    pub actions: Actions,
+}
+
+impl PostfixConfig {
+    /// What `req` asks of the policy. The account is resolved only at the states
+    /// that need one, so a `CONNECT` without an account is still `Ignore`.
+    pub fn map(&self, req: &PolicyRequest) -> Result<Mapped, MappingError> {
+        match req.request() {
+            Some("smtpd_access_policy") => {}
+            Some(other) => {
+                return Err(MappingError::NotAccessPolicy {
+                    found: other.to_owned(),
+                });
+            }
+            None => return Err(MappingError::Missing { name: "request" }),
+        }
+        let state = req.required("protocol_state")?;
+        if state.eq_ignore_ascii_case("RCPT") {
+            Ok(Mapped::Check {
+                account: self.account_from.account(req)?,
+                cost: 1,
+            })
+        } else if state.eq_ignore_ascii_case("END-OF-MESSAGE") {
+            // A count of 0 cannot reach END-OF-MESSAGE in Postfix (DATA needs a
+            // recipient); it is passed on as is and charges nothing.
+            Ok(Mapped::Charge {
+                account: self.account_from.account(req)?,
+                recipients: req.recipient_count()?,
+                instance: req.required("instance")?.to_owned(),
+            })
+        } else {
+            Ok(Mapped::Ignore)
+        }
+    }
+}
+
+/// The longest action text a [`Reply`] carries, in bytes. An SMTP reply line is at
+/// most 512 bytes (RFC 5321, 4.5.3.1.5) and Postfix reads a policy reply line of at
+/// most `line_length_limit` (2,048): text that Postfix would have to cut or wrap is
+/// refused here instead.
+pub const MAX_ACTION_BYTES: usize = 500;
+
+/// One reply to Postfix: an action, validated to fit on one protocol line.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Reply(String);
+
+/// Why an action text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    #[error("action text is empty")]
+    Empty,
+    #[error("action text starts with whitespace: {text:?}")]
+    LeadingWhitespace { text: String },
+    /// A newline would end the reply early (and let the text inject attributes);
+    /// other control characters have no place in an SMTP reply.
+    #[error("action text has a control character at byte {at}: {text:?}")]
+    ControlCharacter { at: usize, text: String },
+    #[error("action text is {len} bytes, more than {limit}")]
+    TooLong { len: usize, limit: usize },
+}
+
+impl Reply {
+    /// `DUNNO`: no opinion; Postfix goes on with its next restriction.
+    pub fn dunno() -> Self {
+        Reply("DUNNO".to_owned())
+    }
+
+    /// A reply with action `text`: one line, no control characters, at most
+    /// [`MAX_ACTION_BYTES`].
+    pub fn new(text: impl Into<String>) -> Result<Self, ReplyError> {
+        let text = text.into();
+        if text.is_empty() {
+            return Err(ReplyError::Empty);
+        }
+        if text.starts_with(char::is_whitespace) {
+            return Err(ReplyError::LeadingWhitespace { text });
+        }
+        if let Some((at, _)) = text.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(ReplyError::ControlCharacter { at, text });
+        }
+        if text.len() > MAX_ACTION_BYTES {
+            return Err(ReplyError::TooLong {
+                len: text.len(),
+                limit: MAX_ACTION_BYTES,
+            });
+        }
+        Ok(Reply(text))
+    }
+
+    /// The action text.
+    pub fn action(&self) -> &str {
+        &self.0
+    }
+
+    /// Appends the reply as sent: `action=<text>\n\n`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"action=");
+        out.extend_from_slice(self.0.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+
+    /// The reply as sent: `action=<text>\n\n`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() + 9);
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+impl TryFrom<String> for Reply {
+    type Error = ReplyError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Reply::new(text)
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What to answer when an account's email credits are exhausted.
+///
+/// In TOML: `"defer"`, `"hold"`, `"reject"`, or `{ custom = "..." }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExhaustedAction {
+    /// `DEFER 4.7.1`: the client retries later (450), and succeeds after the reset.
+    #[default]
+    Defer,
+    /// `HOLD`: accept, and keep the message in Postfix's hold queue for an operator.
+    Hold,
+    /// `REJECT 5.7.1`: a permanent failure (554); the message bounces.
+    Reject,
+    /// Any action text; `{resets_at}` in it is replaced by the reset instant.
+    Custom(Reply),
+}
+
+/// What to answer when the policy cannot decide: no opinion, or a temporary failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureAction {
+    /// `DUNNO`: mail flows as if creditgate were not there.
+    FailOpen,
+    /// `451 4.3.5 ...`: the client retries later; nothing flows unmetered.
+    FailClosed,
+}
+
+/// The replies for each outcome that is not a plain `DUNNO`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Actions {
+    /// Email credits exhausted. Default `defer`.
+    pub exhausted: ExhaustedAction,
+    /// No account could be named, or the policy does not know it. Default
+    /// `fail_open`: mail that is not a customer's (a bounce, a local sender) flows.
+    pub unknown_account: FailureAction,
+    /// The policy could not decide (store unavailable, component timeout). Default
+    /// `fail_closed`: an outage must not become unmetered sending.
+    pub internal_error: FailureAction,
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Actions {
+            exhausted: ExhaustedAction::Defer,
+            unknown_account: FailureAction::FailOpen,
+            internal_error: FailureAction::FailClosed,
+        }
+    }
+}
+
+impl Actions {
+    /// The reply to an exhausted account, saying when its credits reset
+    /// (`resets_at`, say `2025-03-31T09:00:00Z`). A `resets_at` that would make the
+    /// reply invalid (a control character, too long) is left out.
+    pub fn reply_for_exhausted(&self, resets_at: &str) -> Reply {
+        const TEXT: &str = "Email credits exhausted";
+        let (with, without) = match &self.exhausted {
+            ExhaustedAction::Defer => (
+                format!("DEFER 4.7.1 {TEXT}; they reset at {resets_at}"),
+                format!("DEFER 4.7.1 {TEXT}"),
+            ),
+            ExhaustedAction::Hold => (
+                format!("HOLD {TEXT}; they reset at {resets_at}"),
+                format!("HOLD {TEXT}"),
+            ),
+            ExhaustedAction::Reject => (
+                format!("REJECT 5.7.1 {TEXT}; they reset at {resets_at}"),
+                format!("REJECT 5.7.1 {TEXT}"),
+            ),
+            ExhaustedAction::Custom(reply) => (
+                reply.action().replace("{resets_at}", resets_at),
+                reply.action().to_owned(),
+            ),
+        };
+        // `without` is built from validated parts, so the last fallback is
+        // unreachable; it keeps this function total without an unwrap.
+        Reply::new(with)
+            .or_else(|_| Reply::new(without))
+            .unwrap_or_else(|_| Reply::dunno())
+    }
+
+    /// The reply when no account could be named or the policy does not know it.
+    pub fn reply_for_unknown_account(&self) -> Reply {
+        failure_reply(
+            self.unknown_account,
+            "Sending account unknown to the credit policy",
+        )
+    }
+
+    /// The reply when the policy could not decide.
+    pub fn reply_for_internal_error(&self) -> Reply {
+        failure_reply(self.internal_error, "Policy service unavailable")
+    }
+}
+
+fn failure_reply(action: FailureAction, text: &'static str) -> Reply {
+    match action {
+        FailureAction::FailOpen => Reply::dunno(),
+        FailureAction::FailClosed => Reply(format!("451 4.3.5 {text}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Serializes attributes as Postfix would.
+    fn encode_request(attrs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in attrs {
+            out.extend_from_slice(format!("{name}={value}\n").as_bytes());
+        }
+        out.push(b'\n');
+        out
+    }
+
+    fn attrs_of(req: &PolicyRequest) -> Vec<(&str, &str)> {
+        req.attributes()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Feeds `bytes` in chunks of `chunk` bytes; returns the requests and the error.
+    fn read_chunked(
+        reader: &mut RequestReader,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> (Vec<PolicyRequest>, Option<ProtocolError>) {
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            let mut input = piece;
+            loop {
+                match reader.decode(&mut input) {
+                    Ok(Some(req)) => out.push(req),
+                    Ok(None) => {
+                        assert!(input.is_empty());
+                        break;
+                    }
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    fn read_all(bytes: &[u8]) -> (Vec<PolicyRequest>, Option<ProtocolError>) {
+        read_chunked(&mut RequestReader::default(), bytes, bytes.len())
+    }
+
+    fn read_with(limits: Limits, bytes: &[u8]) -> Result<Vec<PolicyRequest>, ProtocolError> {
+        match read_chunked(&mut RequestReader::new(limits), bytes, bytes.len()) {
+            (requests, None) => Ok(requests),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    fn rcpt(sasl: &str, sender: &str) -> PolicyRequest {
+        request(&[
+            ("request", "smtpd_access_policy"),
+            ("protocol_state", "RCPT"),
+            ("instance", "1a2b.67e1f0a1.3c4d.0"),
+            ("queue_id", ""),
+            ("sasl_username", sasl),
+            ("sender", sender),
+            ("recipient", "bo@example.org"),
+            ("recipient_count", "0"),
+            ("client_address", "192.0.2.7"),
+        ])
+    }
+
+    fn request(attrs: &[(&str, &str)]) -> PolicyRequest {
+        let (mut requests, error) = read_all(&encode_request(attrs));
+        assert_eq!(error, None);
+        assert_eq!(requests.len(), 1);
+        requests.remove(0)
+    }
+
+    fn with(req: &PolicyRequest, name: &str, value: &str) -> PolicyRequest {
+        let mut req = req.clone();
+        req.attributes.insert(name.into(), value.into());
+        req
+    }
+
+    fn config(account_from: AccountFrom) -> PostfixConfig {
+        PostfixConfig {
+            account_from,
+            ..PostfixConfig::default()
+        }
+    }
+
+    // --- reading ---
+
+    #[test]
+    fn several_requests_in_one_buffer() {
+        let mut bytes = encode_request(&[("request", "smtpd_access_policy"), ("a", "1")]);
+        bytes.extend(encode_request(&[("b", "2")]));
+        bytes.extend(encode_request(&[("c", "3")]));
+        let mut reader = RequestReader::default();
+        let mut input = &bytes[..];
+        let first = reader.decode(&mut input).unwrap().unwrap();
+        assert_eq!(
+            attrs_of(&first),
+            [("a", "1"), ("request", "smtpd_access_policy")]
+        );
+        // The rest is left for the next call, untouched.
+        assert_eq!(input, &bytes[bytes.len() - 10..]);
+        assert_eq!(
+            attrs_of(&reader.decode(&mut input).unwrap().unwrap()),
+            [("b", "2")]
+        );
+        assert_eq!(
+            attrs_of(&reader.decode(&mut input).unwrap().unwrap()),
+            [("c", "3")]
+        );
+        assert_eq!(reader.decode(&mut input), Ok(None));
+        assert!(input.is_empty());
+        assert!(reader.is_idle());
+    }
+
+    #[test]
+    fn a_request_split_byte_by_byte() {
+        let attrs = [
+            ("request", "smtpd_access_policy"),
+            ("sender", "al@example.com"),
+        ];
+        let mut bytes = encode_request(&attrs);
+        bytes.extend(encode_request(&attrs));
+        let mut reader = RequestReader::default();
+        let (requests, error) = read_chunked(&mut reader, &bytes, 1);
+        assert_eq!(error, None);
+        assert_eq!(requests.len(), 2);
+        for req in &requests {
+            assert_eq!(req.sender(), Some("al@example.com"));
+        }
+    }
+
+    #[test]
+    fn partial_requests_are_not_idle() {
+        let mut reader = RequestReader::default();
+        let mut input: &[u8] = b"a=1";
+        assert_eq!(reader.decode(&mut input), Ok(None));
+        assert!(!reader.is_idle());
+        let mut input: &[u8] = b"\n";
+        assert_eq!(reader.decode(&mut input), Ok(None));
+        assert!(!reader.is_idle());
+        let mut input: &[u8] = b"\n";
+        assert!(reader.decode(&mut input).unwrap().is_some());
+        assert!(reader.is_idle());
+    }
+
+    #[test]
+    fn crlf_is_accepted() {
+        let (requests, error) = read_all(b"request=smtpd_access_policy\r\nsender=a@b.c\r\n\r\n");
+        assert_eq!(error, None);
+        assert_eq!(
+            attrs_of(&requests[0]),
+            [("request", "smtpd_access_policy"), ("sender", "a@b.c")]
+        );
+        // Only one `\r`, only at the end, is a terminator.
+        let (requests, _) = read_all(b"a=x\ry\r\r\n\n");
+        assert_eq!(requests[0].get("a"), Some("x\ry\r"));
+    }
+
+    #[test]
+    fn a_repeated_attribute_keeps_the_last_value_and_is_recorded() {
+        let req = request(&[
+            ("sender", "first@example.com"),
+            ("a", "1"),
+            ("sender", "last@example.com"),
+        ]);
+        assert_eq!(req.sender(), Some("last@example.com"));
+        assert_eq!(req.repeated().iter().collect::<Vec<_>>(), ["sender"]);
+        assert!(request(&[("a", "1")]).repeated().is_empty());
+    }
+
+    #[test]
+    fn values_may_be_empty_or_contain_equals() {
+        let req = request(&[("sasl_username", ""), ("ccert_subject", "CN=x=y")]);
+        assert_eq!(req.sasl_username(), Some(""));
+        assert_eq!(req.get("ccert_subject"), Some("CN=x=y"));
+        assert_eq!(req.get("absent"), None);
+    }
+
+    #[test]
+    fn an_empty_request_is_a_request_without_attributes() {
+        let (requests, error) = read_all(b"\n\r\n");
+        assert_eq!(error, None);
+        assert_eq!(
+            requests,
+            [PolicyRequest::default(), PolicyRequest::default()]
+        );
+    }
+
+    #[test]
+    fn non_utf8_values_are_kept_lossily_and_recorded() {
+        let (requests, error) = read_all(b"sender=caf\xe9@example.com\nx=ok\n\n");
+        assert_eq!(error, None);
+        assert_eq!(requests[0].sender(), Some("caf\u{fffd}@example.com"));
+        assert_eq!(
+            requests[0].non_utf8().iter().collect::<Vec<_>>(),
+            ["sender"]
+        );
+        // A later valid value clears the mark.
+        let (requests, _) = read_all(b"sender=\xff\nsender=ok\n\n");
+        assert!(requests[0].non_utf8().is_empty());
+    }
+
+    #[test]
+    fn malformed_lines_name_their_line_number() {
+        let cases: [(&[u8], ProtocolError); 4] = [
+            (
+                b"a=1\nnoequals\n\n",
+                ProtocolError::MissingEquals { line: 2 },
+            ),
+            (b"a=1\nb=2\n=3\n\n", ProtocolError::EmptyName { line: 3 }),
+            (b"\xff=1\n\n", ProtocolError::NameNotUtf8 { line: 1 }),
+            (b"a\r\n\r\n", ProtocolError::MissingEquals { line: 1 }),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                read_all(bytes).1,
+                Some(expected),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // Line numbers restart with each request.
+        let (requests, error) = read_all(b"a=1\n\nb=2\nbad\n\n");
+        assert_eq!(requests.len(), 1);
+        assert_eq!(error, Some(ProtocolError::MissingEquals { line: 2 }));
+    }
+
+    #[test]
+    fn after_an_error_the_reader_refuses_everything() {
+        let mut reader = RequestReader::default();
+        let mut input: &[u8] = b"bad\n\n";
+        let e = reader.decode(&mut input).unwrap_err();
+        let mut input: &[u8] = b"a=1\n\n";
+        assert_eq!(reader.decode(&mut input), Err(e));
+        assert_eq!(input, b"a=1\n\n");
+    }
+
+    fn line_of(len: usize) -> Vec<u8> {
+        let mut line = b"a=".to_vec();
+        line.resize(len, b'v');
+        line
+    }
+
+    #[test]
+    fn line_length_at_its_limit() {
+        let limits = Limits {
+            max_line_bytes: 16,
+            ..Limits::default()
+        };
+        for terminator in [&b"\n"[..], b"\r\n"] {
+            let mut ok = line_of(16);
+            ok.extend_from_slice(terminator);
+            ok.push(b'\n');
+            assert_eq!(read_with(limits, &ok).map(|r| r.len()), Ok(1));
+            let mut over = line_of(17);
+            over.extend_from_slice(terminator);
+            over.push(b'\n');
+            assert_eq!(
+                read_with(limits, &over),
+                Err(ProtocolError::LineTooLong { line: 1, limit: 16 })
+            );
+        }
+        // Byte by byte too: a `\r` at the limit waits for its `\n`.
+        let mut ok = line_of(16);
+        ok.extend_from_slice(b"\r\n\r\n");
+        let (requests, error) = read_chunked(&mut RequestReader::new(limits), &ok, 1);
+        assert_eq!((requests.len(), error), (1, None));
+        let mut over = line_of(16);
+        over.extend_from_slice(b"\rx\n\n");
+        let (_, error) = read_chunked(&mut RequestReader::new(limits), &over, 1);
+        assert_eq!(
+            error,
+            Some(ProtocolError::LineTooLong { line: 1, limit: 16 })
+        );
+    }
+
+    #[test]
+    fn request_size_at_its_limit() {
+        // Three lines of 10 bytes with their `\n`, plus the empty line: 31 bytes.
+        let bytes = b"a=1234567\nb=1234567\nc=1234567\n\n";
+        assert_eq!(bytes.len(), 31);
+        let at = Limits {
+            max_request_bytes: 31,
+            ..Limits::default()
+        };
+        assert_eq!(read_with(at, bytes).map(|r| r.len()), Ok(1));
+        let under = Limits {
+            max_request_bytes: 30,
+            ..Limits::default()
+        };
+        assert_eq!(
+            read_with(under, bytes),
+            Err(ProtocolError::RequestTooLarge { limit: 30 })
+        );
+        // The count restarts with each request.
+        let mut two = bytes.to_vec();
+        two.extend_from_slice(bytes);
+        assert_eq!(read_with(at, &two).map(|r| r.len()), Ok(2));
+        let (requests, error) = read_chunked(&mut RequestReader::new(under), &two, 1);
+        assert_eq!(requests.len(), 0);
+        assert_eq!(error, Some(ProtocolError::RequestTooLarge { limit: 30 }));
+    }
+
+    #[test]
+    fn attribute_count_at_its_limit() {
+        let limits = Limits {
+            max_attributes: 3,
+            ..Limits::default()
+        };
+        // Repeats count: they take memory and time like any line.
+        let three = encode_request(&[("a", "1"), ("b", "2"), ("a", "3")]);
+        assert_eq!(read_with(limits, &three).map(|r| r.len()), Ok(1));
+        let four = encode_request(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
+        assert_eq!(
+            read_with(limits, &four),
+            Err(ProtocolError::TooManyAttributes { limit: 3 })
+        );
+    }
+
+    #[test]
+    fn default_limits_are_the_documented_ones() {
+        assert_eq!(
+            Limits::default(),
+            Limits {
+                max_line_bytes: 4096,
+                max_request_bytes: 65536,
+                max_attributes: 128,
+            }
+        );
+    }
+
+    #[test]
+    fn a_giant_line_without_newline_is_cut_off_at_the_limit() {
+        let mut reader = RequestReader::default();
+        let block = [b'x'; 1000];
+        let mut fed = 0;
+        let error = loop {
+            let mut input = &block[..];
+            match reader.decode(&mut input) {
+                Ok(None) => fed += block.len(),
+                Ok(Some(_)) => panic!("no request can end without a newline"),
+                Err(e) => break e,
+            }
+            assert!(reader.line.len() <= 4097);
+        };
+        assert_eq!(
+            error,
+            ProtocolError::LineTooLong {
+                line: 1,
+                limit: 4096
+            }
+        );
+        assert_eq!(fed, 4000);
+        // The chunk that crossed the limit was not copied.
+        assert_eq!(reader.line.len(), 4000);
+        assert!(reader.line.capacity() < 8192);
+        // One giant push is refused without copying anything.
+        let mut reader = RequestReader::default();
+        let giant = vec![b'x'; 10 << 20];
+        let mut input = &giant[..];
+        assert!(reader.decode(&mut input).is_err());
+        assert_eq!(reader.line.capacity(), 0);
+        assert_eq!(input.len(), giant.len());
+    }
+
+    // --- accessors and mapping ---
+
+    #[test]
+    fn accessors_read_postfix_attributes() {
+        let req = rcpt("acme", "Al@Example.COM");
+        assert_eq!(req.request(), Some("smtpd_access_policy"));
+        assert_eq!(req.protocol_state(), Some("RCPT"));
+        assert_eq!(req.instance(), Some("1a2b.67e1f0a1.3c4d.0"));
+        assert_eq!(req.queue_id(), Some(""));
+        assert_eq!(req.sasl_username(), Some("acme"));
+        assert_eq!(req.sender(), Some("Al@Example.COM"));
+        assert_eq!(req.recipient(), Some("bo@example.org"));
+        assert_eq!(req.recipient_count(), Ok(0));
+        assert_eq!(req.client_address(), Some("192.0.2.7"));
+    }
+
+    #[test]
+    fn recipient_count_must_be_a_number() {
+        let req = rcpt("acme", "");
+        assert_eq!(
+            with(&req, "recipient_count", "17").recipient_count(),
+            Ok(17)
+        );
+        for bad in ["x", "-1", "+1", "1.5", " 1", "18446744073709551616"] {
+            assert_eq!(
+                with(&req, "recipient_count", bad).recipient_count(),
+                Err(MappingError::InvalidNumber {
+                    name: "recipient_count",
+                    value: bad.into()
+                })
+            );
+        }
+        assert_eq!(
+            with(&req, "recipient_count", "").recipient_count(),
+            Err(MappingError::Missing {
+                name: "recipient_count"
+            })
+        );
+        let mut absent = req.clone();
+        absent.attributes.remove("recipient_count");
+        assert_eq!(
+            absent.recipient_count(),
+            Err(MappingError::Missing {
+                name: "recipient_count"
+            })
+        );
+    }
+
+    #[test]
+    fn rcpt_maps_to_a_check_of_one_credit() {
+        let got = PostfixConfig::default().map(&rcpt("acme", "al@example.com"));
+        assert_eq!(
+            got,
+            Ok(Mapped::Check {
+                account: "acme".into(),
+                cost: 1
+            })
+        );
+    }
+
+    #[test]
+    fn end_of_message_maps_to_a_charge_of_the_recipient_count() {
+        let eom = with(
+            &with(&rcpt("acme", ""), "protocol_state", "END-OF-MESSAGE"),
+            "recipient_count",
+            "3",
+        );
+        assert_eq!(
+            PostfixConfig::default().map(&eom),
+            Ok(Mapped::Charge {
+                account: "acme".into(),
+                recipients: 3,
+                instance: "1a2b.67e1f0a1.3c4d.0".into(),
+            })
+        );
+        assert_eq!(
+            PostfixConfig::default().map(&with(&eom, "recipient_count", "three")),
+            Err(MappingError::InvalidNumber {
+                name: "recipient_count",
+                value: "three".into()
+            })
+        );
+        assert_eq!(
+            PostfixConfig::default().map(&with(&eom, "instance", "")),
+            Err(MappingError::Missing { name: "instance" })
+        );
+    }
+
+    #[test]
+    fn other_states_are_ignored_even_without_an_account() {
+        for state in ["CONNECT", "EHLO", "HELO", "MAIL", "DATA", "VRFY", "ETRN"] {
+            let req = with(&rcpt("", ""), "protocol_state", state);
+            assert_eq!(
+                PostfixConfig::default().map(&req),
+                Ok(Mapped::Ignore),
+                "{state}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_access_policy_requests_map() {
+        let req = rcpt("acme", "");
+        assert_eq!(
+            PostfixConfig::default().map(&with(&req, "request", "junk")),
+            Err(MappingError::NotAccessPolicy {
+                found: "junk".into()
+            })
+        );
+        let mut absent = req.clone();
+        absent.attributes.remove("request");
+        assert_eq!(
+            PostfixConfig::default().map(&absent),
+            Err(MappingError::Missing { name: "request" })
+        );
+        absent = req.clone();
+        absent.attributes.remove("protocol_state");
+        assert_eq!(
+            PostfixConfig::default().map(&absent),
+            Err(MappingError::Missing {
+                name: "protocol_state"
+            })
+        );
+    }
+
+    #[test]
+    fn account_from_sasl_username() {
+        let c = config(AccountFrom::SaslUsername);
+        assert_eq!(
+            c.map(&rcpt("Acme", "al@example.com")),
+            Ok(Mapped::Check {
+                account: "Acme".into(),
+                cost: 1
+            })
+        );
+        assert_eq!(
+            c.map(&rcpt("", "al@example.com")),
+            Err(MappingError::NoAccount {
+                from: "sasl_username",
+                value: "".into()
+            })
+        );
+        let mut absent = rcpt("", "");
+        absent.attributes.remove("sasl_username");
+        assert!(matches!(
+            c.map(&absent),
+            Err(MappingError::NoAccount { .. })
+        ));
+    }
+
+    #[test]
+    fn account_from_sender() {
+        let c = config(AccountFrom::Sender);
+        assert_eq!(
+            c.map(&rcpt("", "Al@Example.COM")),
+            Ok(Mapped::Check {
+                account: "al@example.com".into(),
+                cost: 1
+            })
+        );
+        // The null sender (a bounce) names no account.
+        assert_eq!(
+            c.map(&rcpt("acme", "")),
+            Err(MappingError::NoAccount {
+                from: "sender",
+                value: "".into()
+            })
+        );
+    }
+
+    #[test]
+    fn account_from_sender_domain() {
+        let c = config(AccountFrom::SenderDomain);
+        assert_eq!(
+            c.map(&rcpt("", "\"a@b\"@Mail.Example.COM")),
+            Ok(Mapped::Check {
+                account: "mail.example.com".into(),
+                cost: 1
+            })
+        );
+        for sender in ["", "postmaster", "al@"] {
+            assert!(
+                matches!(
+                    c.map(&rcpt("acme", sender)),
+                    Err(MappingError::NoAccount {
+                        from: "sender_domain",
+                        ..
+                    })
+                ),
+                "{sender:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn account_from_a_table() {
+        let map: BTreeMap<String, String> = [("example.com", "acme"), ("empty.example", "")]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let c = config(AccountFrom::Table {
+            key: AccountKey::SenderDomain,
+            map: map.clone(),
+        });
+        assert_eq!(
+            c.map(&rcpt("", "al@EXAMPLE.com")),
+            Ok(Mapped::Check {
+                account: "acme".into(),
+                cost: 1
+            })
+        );
+        for sender in ["al@example.org", "al@empty.example", ""] {
+            assert!(matches!(
+                c.map(&rcpt("", sender)),
+                Err(MappingError::NoAccount { .. })
+            ));
+        }
+        assert_eq!(
+            c.map(&rcpt("", "al@example.org")),
+            Err(MappingError::NoAccount {
+                from: "sender_domain",
+                value: "example.org".into()
+            })
+        );
+        let by_user = config(AccountFrom::Table {
+            key: AccountKey::SaslUsername,
+            map: [("u1".to_owned(), "acme".to_owned())].into(),
+        });
+        assert!(
+            matches!(by_user.map(&rcpt("u1", "")), Ok(Mapped::Check { account, .. }) if account == "acme")
+        );
+        assert!(matches!(
+            by_user.map(&rcpt("U1", "")),
+            Err(MappingError::NoAccount { .. })
+        ));
+        let by_sender = config(AccountFrom::Table {
+            key: AccountKey::Sender,
+            map: [("al@example.com".to_owned(), "acme".to_owned())].into(),
+        });
+        assert!(
+            matches!(by_sender.map(&rcpt("", "Al@example.com")), Ok(Mapped::Check { account, .. }) if account == "acme")
+        );
+    }
+
+    #[test]
+    fn a_non_utf8_account_source_is_refused() {
+        let (requests, _) = read_all(
+            b"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=\xff\xfe\nsender=a@b.c\n\n",
+        );
+        assert_eq!(
+            PostfixConfig::default().map(&requests[0]),
+            Err(MappingError::NotUtf8 {
+                name: "sasl_username"
+            })
+        );
+        assert!(config(AccountFrom::Sender).map(&requests[0]).is_ok());
+    }
+
+    // --- configuration ---
+
+    #[test]
+    fn config_from_toml() {
+        let c: PostfixConfig = toml::from_str("").unwrap();
+        assert_eq!(c, PostfixConfig::default());
+        let c: PostfixConfig = toml::from_str(
+            r#"
+            account_from = "sender_domain"
+            [limits]
+            max_line_bytes = 2048
+            [actions]
+            exhausted = "hold"
+            unknown_account = "fail_closed"
+            internal_error = "fail_open"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.account_from, AccountFrom::SenderDomain);
+        assert_eq!(c.limits.max_line_bytes, 2048);
+        assert_eq!(c.limits.max_attributes, 128);
+        assert_eq!(c.actions.exhausted, ExhaustedAction::Hold);
+        assert_eq!(c.actions.unknown_account, FailureAction::FailClosed);
+        assert_eq!(c.actions.internal_error, FailureAction::FailOpen);
+
+        let c: PostfixConfig = toml::from_str(
+            r#"
+            [account_from.table]
+            key = "sasl_username"
+            map = { "u1" = "acme" }
+            [actions]
+            exhausted = { custom = "450 4.7.1 Over quota until {resets_at}" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.account_from,
+            AccountFrom::Table {
+                key: AccountKey::SaslUsername,
+                map: [("u1".to_owned(), "acme".to_owned())].into()
+            }
+        );
+        assert_eq!(c.actions.unknown_account, FailureAction::FailOpen);
+        assert_eq!(
+            c.actions
+                .reply_for_exhausted("2025-03-31T09:00:00Z")
+                .action(),
+            "450 4.7.1 Over quota until 2025-03-31T09:00:00Z"
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let cases = [
+            ("bogus = 1", "bogus"),
+            ("[limits]\nmax_lines = 1", "max_lines"),
+            ("[actions]\nexhausted = \"bounce\"", "bounce"),
+            ("[actions]\nunknown_account = \"DUNNO\"", "DUNNO"),
+            (
+                "[account_from.table]\nkey = \"sender\"\nmap = {}\nextra = 1",
+                "extra",
+            ),
+            ("[account_from.table]\nmap = {}", "key"),
+            ("account_from = \"recipient\"", "recipient"),
+            (
+                "[actions]\nexhausted = { custom = \"DEFER\\nx=y\" }",
+                "control character",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = toml::from_str::<PostfixConfig>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    // --- replies ---
+
+    #[test]
+    fn replies_for_exhausted_say_when_credits_reset() {
+        let at = "2025-03-31T09:00:00Z";
+        let reply = |exhausted| {
+            Actions {
+                exhausted,
+                ..Actions::default()
+            }
+            .reply_for_exhausted(at)
+            .action()
+            .to_owned()
+        };
+        assert_eq!(
+            reply(ExhaustedAction::Defer),
+            "DEFER 4.7.1 Email credits exhausted; they reset at 2025-03-31T09:00:00Z"
+        );
+        assert_eq!(
+            reply(ExhaustedAction::Hold),
+            "HOLD Email credits exhausted; they reset at 2025-03-31T09:00:00Z"
+        );
+        assert_eq!(
+            reply(ExhaustedAction::Reject),
+            "REJECT 5.7.1 Email credits exhausted; they reset at 2025-03-31T09:00:00Z"
+        );
+        assert_eq!(
+            reply(ExhaustedAction::Custom(
+                Reply::new("DEFER_IF_PERMIT").unwrap()
+            )),
+            "DEFER_IF_PERMIT"
+        );
+        // A reset text that would break the reply is left out.
+        let actions = Actions::default();
+        assert_eq!(
+            actions.reply_for_exhausted("soon\naction=OK").action(),
+            "DEFER 4.7.1 Email credits exhausted"
+        );
+        assert_eq!(
+            actions.reply_for_exhausted(&"9".repeat(600)).action(),
+            "DEFER 4.7.1 Email credits exhausted"
+        );
+    }
+
+    #[test]
+    fn failure_replies() {
+        let defaults = Actions::default();
+        assert_eq!(defaults.reply_for_unknown_account(), Reply::dunno());
+        assert_eq!(
+            defaults.reply_for_internal_error().action(),
+            "451 4.3.5 Policy service unavailable"
+        );
+        let flipped = Actions {
+            unknown_account: FailureAction::FailClosed,
+            internal_error: FailureAction::FailOpen,
+            ..Actions::default()
+        };
+        assert!(
+            flipped
+                .reply_for_unknown_account()
+                .action()
+                .starts_with("451 4.3.5 ")
+        );
+        assert_eq!(flipped.reply_for_internal_error(), Reply::dunno());
+    }
+
+    #[test]
+    fn replies_encode_as_one_action_line() {
+        assert_eq!(Reply::dunno().encode(), b"action=DUNNO\n\n");
+        let mut out = b"prefix ".to_vec();
+        Reply::new("REJECT 5.7.1 no").unwrap().encode_into(&mut out);
+        assert_eq!(out, b"prefix action=REJECT 5.7.1 no\n\n");
+    }
+
+    #[test]
+    fn action_text_is_validated() {
+        assert_eq!(Reply::new(""), Err(ReplyError::Empty));
+        assert!(matches!(
+            Reply::new(" DUNNO"),
+            Err(ReplyError::LeadingWhitespace { .. })
+        ));
+        for (text, at) in [
+            ("DEFER\nx", 5),
+            ("DEFER\r", 5),
+            ("a\tb", 1),
+            ("\u{7f}", 0),
+            ("é\u{85}", 2),
+        ] {
+            assert!(
+                matches!(Reply::new(text), Err(ReplyError::ControlCharacter { at: a, .. }) if a == at),
+                "{text:?}"
+            );
+        }
+        assert!(Reply::new("x".repeat(MAX_ACTION_BYTES)).is_ok());
+        assert_eq!(
+            Reply::new("x".repeat(MAX_ACTION_BYTES + 1)),
+            Err(ReplyError::TooLong {
+                len: MAX_ACTION_BYTES + 1,
+                limit: MAX_ACTION_BYTES
+            })
+        );
+        // The longest reply still fits Postfix's 2,048-byte line with room to spare.
+        assert!(
+            Reply::new("x".repeat(MAX_ACTION_BYTES))
+                .unwrap()
+                .encode()
+                .len()
+                < 2048
+        );
+    }
+
+    // --- properties ---
+
+    fn attr_name() -> impl Strategy<Value = String> {
+        "[a-z_]{1,12}"
+    }
+
+    /// Any value Postfix could send: no `\n`, and no trailing `\r` (which a reader
+    /// must take for part of a CRLF terminator).
+    fn attr_value() -> impl Strategy<Value = String> {
+        "[^\n]{0,40}".prop_filter("no trailing CR", |v| !v.ends_with('\r'))
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_in_arbitrary_chunks_never_panic(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'='), any::<u8>()],
+                0..600,
+            ),
+            cuts in proptest::collection::vec(0usize..600, 0..10),
+            max_line_bytes in 0usize..40,
+            max_request_bytes in 0usize..200,
+            max_attributes in 0usize..8,
+        ) {
+            let limits = Limits { max_line_bytes, max_request_bytes, max_attributes };
+            let mut reader = RequestReader::new(limits);
+            let mut cuts = cuts;
+            cuts.push(0);
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            for window in cuts.windows(2) {
+                let (from, to) = (window[0].min(bytes.len()), window[1].min(bytes.len()));
+                let mut input = &bytes[from..to];
+                loop {
+                    let before = input.len();
+                    match reader.decode(&mut input) {
+                        Ok(Some(req)) => {
+                            prop_assert!(req.attributes().len() <= max_attributes);
+                            prop_assert!(input.len() < before);
+                        }
+                        Ok(None) => {
+                            prop_assert!(input.is_empty());
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                prop_assert!(reader.line.len() <= max_line_bytes + 1);
+            }
+        }
+
+        #[test]
+        fn well_formed_requests_round_trip_in_any_chunking(
+            requests in proptest::collection::vec(
+                proptest::collection::vec((attr_name(), attr_value()), 0..10),
+                1..4,
+            ),
+            crlf in any::<bool>(),
+            chunk in 1usize..64,
+        ) {
+            let mut bytes = Vec::new();
+            for attrs in &requests {
+                let pairs: Vec<(&str, &str)> =
+                    attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let mut encoded = encode_request(&pairs);
+                if crlf {
+                    encoded = String::from_utf8(encoded).unwrap().replace('\n', "\r\n").into_bytes();
+                }
+                bytes.extend(encoded);
+            }
+            let (got, error) = read_chunked(&mut RequestReader::default(), &bytes, chunk);
+            prop_assert_eq!(error, None);
+            prop_assert_eq!(got.len(), requests.len());
+            for (req, attrs) in got.iter().zip(&requests) {
+                // Last one wins, as in a map built in order.
+                let expected: BTreeMap<String, String> = attrs.iter().cloned().collect();
+                prop_assert_eq!(req.attributes(), &expected);
+                let names: BTreeSet<&String> = attrs.iter().map(|(n, _)| n).collect();
+                prop_assert_eq!(req.repeated().is_empty(), names.len() == attrs.len());
+                prop_assert!(req.non_utf8().is_empty());
+            }
+        }
+    }
+}
