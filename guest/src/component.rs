@@ -146,6 +146,15 @@ impl Guest for Component {
         with_engine(|e| e.send_email(&mut Host, &account, &to, kind, message_id.as_deref(), now))
     }
 
+    fn charge_email(
+        account: String,
+        cost: u64,
+        message_id: Option<String>,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        with_engine(|e| e.charge_email(&mut Host, &account, cost, message_id.as_deref(), now))
+    }
+
     fn check_email(account: String, cost: u64, now: Instant) -> Result<Decision, Error> {
         with_engine(|e| e.check_email(&mut Host, &account, cost, now))
     }

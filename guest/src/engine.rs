@@ -307,31 +307,32 @@ impl Engine {
                 return Ok(Err(Reason::NoRecipients));
             }
             let count = u64::try_from(recipients.len()).unwrap_or(u64::MAX);
-            let cost = count.saturating_mul(costs.of(kind));
-            let cycle = cycle_of(acct.anchor, now)?;
-            let once = message_id.map(|id| Once {
-                key: format!("msg/{}/{id}", cycle.index),
-                expires_at: cycle.end,
-            });
-            let counter = email_counter(&cycle);
-            Ok(
-                match st.counter_add(
-                    account,
-                    &counter,
-                    cost,
-                    acct.plan.email_credits,
-                    once.as_ref(),
-                    Some(cycle.end),
-                    now,
-                )? {
-                    CounterAdded::Applied(_) => Ok(Effect {
-                        charged: cost,
-                        freed: 0,
-                    }),
-                    CounterAdded::Repeated(_) => Ok(Effect::default()),
-                    CounterAdded::Refused(_) => Err(Reason::EmailCreditsExhausted),
-                },
+            charge(
+                st,
+                account,
+                acct,
+                count.saturating_mul(costs.of(kind)),
+                message_id,
+                now,
             )
+        })
+    }
+
+    /// Charges `cost` email credits for a message whose recipients are counted, not
+    /// listed (a gateway at the end of a message).
+    pub fn charge_email(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        cost: u64,
+        message_id: Option<&str>,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        self.with_account(st, account, now, |st, acct| {
+            if cost == 0 {
+                return Ok(Err(Reason::NoRecipients));
+            }
+            charge(st, account, acct, cost, message_id, now)
         })
     }
 
@@ -449,6 +450,43 @@ impl Engine {
             },
         })
     }
+}
+
+/// Takes `cost` email credits of the account's current cycle, all or nothing, at
+/// most once per message id and cycle.
+fn charge(
+    st: &mut impl State,
+    account: &str,
+    acct: &Account,
+    cost: u64,
+    message_id: Option<&str>,
+    now: Instant,
+) -> Result<Result<Effect, Reason>, Error> {
+    let cycle = cycle_of(acct.anchor, now)?;
+    let once = message_id.map(|id| Once {
+        key: format!("msg/{}/{id}", cycle.index),
+        expires_at: cycle.end,
+    });
+    let counter = email_counter(&cycle);
+    let limit = acct.plan.email_credits;
+    Ok(
+        match st.counter_add(
+            account,
+            &counter,
+            cost,
+            limit,
+            once.as_ref(),
+            Some(cycle.end),
+            now,
+        )? {
+            CounterAdded::Applied(_) => Ok(Effect {
+                charged: cost,
+                freed: 0,
+            }),
+            CounterAdded::Repeated(_) => Ok(Effect::default()),
+            CounterAdded::Refused(_) => Err(Reason::EmailCreditsExhausted),
+        },
+    )
 }
 
 fn deny(reason: Reason, usage: Option<AccountUsage>) -> Decision {

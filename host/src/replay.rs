@@ -74,11 +74,16 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
             kind: take_kind(&mut fields)?,
             message_id: take_optional_string(&mut fields, "message_id")?,
         },
+        "charge_email" => Request::ChargeEmail {
+            account,
+            cost: take_count(&mut fields, "cost")?,
+            message_id: take_optional_string(&mut fields, "message_id")?,
+        },
         "usage" => Request::Usage { account },
         other => {
             return Err(format!(
                 "unknown op {other:?}; expected one of: subscribe, change_plan, add_lead, delete_lead, \
-                 delete_campaign_leads, send_email, usage"
+                 delete_campaign_leads, send_email, charge_email, usage"
             ));
         }
     };
@@ -131,6 +136,19 @@ fn take_optional_string(
             "field {name:?}: expected a string, found {}",
             kind_of(&other)
         )),
+    }
+}
+
+fn take_count(fields: &mut Map<String, Value>, name: &str) -> Result<u64, String> {
+    match fields.remove(name) {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| format!("field {name:?}: expected a non-negative integer, found {n}")),
+        Some(other) => Err(format!(
+            "field {name:?}: expected a non-negative integer, found {}",
+            kind_of(&other)
+        )),
+        None => Err(format!("missing field {name:?}")),
     }
 }
 
@@ -406,7 +424,7 @@ mod tests {
             (r#"{"op":"usage","account":"a"}"#, "missing field \"at\""),
             (
                 r#"{"op":"fly","at":"2025-01-01T00:00:00Z","account":"a"}"#,
-                "unknown op \"fly\"; expected one of: subscribe, change_plan, add_lead, delete_lead, delete_campaign_leads, send_email, usage",
+                "unknown op \"fly\"; expected one of: subscribe, change_plan, add_lead, delete_lead, delete_campaign_leads, send_email, charge_email, usage",
             ),
             (
                 r#"{"op":"usage","at":"yesterday","account":"a"}"#,

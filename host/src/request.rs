@@ -34,6 +34,11 @@ pub enum Request {
         kind: EmailKind,
         message_id: Option<String>,
     },
+    ChargeEmail {
+        account: String,
+        cost: u64,
+        message_id: Option<String>,
+    },
     CheckEmail {
         account: String,
         cost: u64,
@@ -52,6 +57,7 @@ pub enum Op {
     DeleteLead,
     DeleteCampaignLeads,
     SendEmail,
+    ChargeEmail,
     CheckEmail,
     Usage,
     /// A batch of lead additions (`Worker::add_leads`).
@@ -59,13 +65,14 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::Subscribe,
         Op::ChangePlan,
         Op::AddLead,
         Op::DeleteLead,
         Op::DeleteCampaignLeads,
         Op::SendEmail,
+        Op::ChargeEmail,
         Op::CheckEmail,
         Op::Usage,
         Op::AddLeads,
@@ -80,6 +87,7 @@ impl Op {
             Op::DeleteLead => "delete_lead",
             Op::DeleteCampaignLeads => "delete_campaign_leads",
             Op::SendEmail => "send_email",
+            Op::ChargeEmail => "charge_email",
             Op::CheckEmail => "check_email",
             Op::Usage => "usage",
             Op::AddLeads => "add_leads",
@@ -100,6 +108,7 @@ impl Request {
             Request::DeleteLead { .. } => Op::DeleteLead,
             Request::DeleteCampaignLeads { .. } => Op::DeleteCampaignLeads,
             Request::SendEmail { .. } => Op::SendEmail,
+            Request::ChargeEmail { .. } => Op::ChargeEmail,
             Request::CheckEmail { .. } => Op::CheckEmail,
             Request::Usage { .. } => Op::Usage,
         }
@@ -113,6 +122,7 @@ impl Request {
             | Request::DeleteLead { account, .. }
             | Request::DeleteCampaignLeads { account, .. }
             | Request::SendEmail { account, .. }
+            | Request::ChargeEmail { account, .. }
             | Request::CheckEmail { account, .. }
             | Request::Usage { account } => account,
         }

@@ -581,6 +581,11 @@ impl Worker {
                 kind,
                 message_id,
             } => p.call_send_email(s, account, to, *kind, message_id.as_deref(), now),
+            Request::ChargeEmail {
+                account,
+                cost,
+                message_id,
+            } => p.call_charge_email(s, account, *cost, message_id.as_deref(), now),
             Request::CheckEmail { account, cost } => p.call_check_email(s, account, *cost, now),
             Request::Usage { account } => p.call_usage(s, account, now),
         })

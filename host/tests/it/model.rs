@@ -208,6 +208,38 @@ fn deny(reason: &'static str) -> Verdict {
     }
 }
 
+/// Takes `cost` email credits of the cycle `now` falls in, all or nothing, once
+/// per message id and cycle.
+fn charge(
+    acc: &mut Account,
+    limit: Allowance,
+    now: i64,
+    cost: u64,
+    message_id: Option<&str>,
+) -> Verdict {
+    let cycle = cycle_of(acc.anchor, now);
+    if let Some(id) = message_id
+        && acc
+            .message_ids
+            .get(&cycle)
+            .is_some_and(|ids| ids.contains(id))
+    {
+        return allow(0, 0);
+    }
+    let used = acc.emails_used_in(cycle);
+    if limit.is_some_and(|limit| used + cost > limit) {
+        return deny(EMAIL_CREDITS_EXHAUSTED);
+    }
+    acc.emails_used.insert(cycle, used + cost);
+    if let Some(id) = message_id {
+        acc.message_ids
+            .entry(cycle)
+            .or_default()
+            .insert(id.to_string());
+    }
+    allow(cost, 0)
+}
+
 impl Model {
     pub fn new(policy: Policy) -> Self {
         Model {
@@ -303,6 +335,14 @@ impl Model {
                 unreachable!("check_email is not a replay op; the model does not cover it")
             }
             Request::Usage { .. } => allow(0, 0),
+            Request::ChargeEmail {
+                cost, message_id, ..
+            } => {
+                if *cost == 0 {
+                    return deny(NO_RECIPIENTS);
+                }
+                charge(acc, plan.email_credits, now, *cost, message_id.as_deref())
+            }
 
             Request::ChangePlan { plan: new_plan, .. } => {
                 if !policy.plans.contains_key(new_plan) {
@@ -379,25 +419,8 @@ impl Model {
                 if recipients.is_empty() {
                     return deny(NO_RECIPIENTS);
                 }
-                let cycle = cycle_of(acc.anchor, now);
-                if let Some(id) = message_id
-                    && acc
-                        .message_ids
-                        .get(&cycle)
-                        .is_some_and(|ids| ids.contains(id))
-                {
-                    return allow(0, 0);
-                }
                 let cost = recipients.len() as u64 * policy.cost(*kind);
-                let used = acc.emails_used_in(cycle);
-                if plan.email_credits.is_some_and(|limit| used + cost > limit) {
-                    return deny(EMAIL_CREDITS_EXHAUSTED);
-                }
-                acc.emails_used.insert(cycle, used + cost);
-                if let Some(id) = message_id {
-                    acc.message_ids.entry(cycle).or_default().insert(id.clone());
-                }
-                allow(cost, 0)
+                charge(acc, plan.email_credits, now, cost, message_id.as_deref())
             }
         }
     }

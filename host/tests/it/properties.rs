@@ -142,6 +142,11 @@ enum Op {
         kind: Option<&'static str>,
         message_id: Option<&'static str>,
     },
+    ChargeEmail {
+        account: &'static str,
+        cost: u64,
+        message_id: Option<&'static str>,
+    },
     Usage {
         account: &'static str,
     },
@@ -231,6 +236,17 @@ fn render(at: &str, op: &Op) -> String {
             }
             v
         }
+        Op::ChargeEmail {
+            account,
+            cost,
+            message_id,
+        } => {
+            let mut v = json!({"op": "charge_email", "account": account, "cost": cost});
+            if let Some(id) = message_id {
+                v["message_id"] = json!(id);
+            }
+            v
+        }
         Op::Usage { account } => json!({"op": "usage", "account": account}),
     };
     v["at"] = json!(at);
@@ -277,15 +293,17 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Some("follow_up")),
         2 => Just(Some("reply")),
     ];
-    let message_id = prop_oneof![2 => Just(None), 3 => select(MESSAGE_IDS).prop_map(Some)];
+    let message_id = || prop_oneof![2 => Just(None), 3 => select(MESSAGE_IDS).prop_map(Some)];
     prop_oneof![
         2 => (account(), plan()).prop_map(|(account, plan)| Op::Subscribe { account, plan }),
         1 => (account(), plan()).prop_map(|(account, plan)| Op::ChangePlan { account, plan }),
         6 => (account(), campaign(), email()).prop_map(|(account, campaign, email)| Op::AddLead { account, campaign, email }),
         2 => (account(), campaign(), email()).prop_map(|(account, campaign, email)| Op::DeleteLead { account, campaign, email }),
         1 => (account(), campaign()).prop_map(|(account, campaign)| Op::DeleteCampaignLeads { account, campaign }),
-        8 => (account(), to, kind, message_id)
+        8 => (account(), to, kind, message_id())
             .prop_map(|(account, to, kind, message_id)| Op::SendEmail { account, to, kind, message_id }),
+        3 => (account(), 0..=4u64, message_id())
+            .prop_map(|(account, cost, message_id)| Op::ChargeEmail { account, cost, message_id }),
         1 => account().prop_map(|account| Op::Usage { account }),
     ]
 }
@@ -366,7 +384,12 @@ impl Invariants {
         if !allowed && (charged != 0 || freed != 0) {
             return fail("a denial charged or freed credits");
         }
-        if charged > 0 && !matches!(event.request, R::AddLead { .. } | R::SendEmail { .. }) {
+        if charged > 0
+            && !matches!(
+                event.request,
+                R::AddLead { .. } | R::SendEmail { .. } | R::ChargeEmail { .. }
+            )
+        {
             return fail("charged by an op that takes no credits");
         }
         if freed > 0
@@ -416,7 +439,10 @@ impl Invariants {
             }
         }
         if let Some(limit) = email_limit {
-            if charged > 0 && matches!(event.request, R::SendEmail { .. }) && email_used > limit {
+            if charged > 0
+                && matches!(event.request, R::SendEmail { .. } | R::ChargeEmail { .. })
+                && email_used > limit
+            {
                 return fail("a send was charged past the email limit");
             }
             if email_used > limit && !downgraded {
@@ -439,7 +465,8 @@ impl Invariants {
         self.lead_used.insert(account.clone(), lead_used);
 
         // Email credits of a cycle move by exactly what was charged (0 in a fresh cycle).
-        let email_charged = if matches!(event.request, R::SendEmail { .. }) {
+        let email_charged = if matches!(event.request, R::SendEmail { .. } | R::ChargeEmail { .. })
+        {
             charged
         } else {
             0
@@ -455,6 +482,10 @@ impl Invariants {
 
         // A message id is charged at most once per cycle.
         if let R::SendEmail {
+            message_id: Some(id),
+            ..
+        }
+        | R::ChargeEmail {
             message_id: Some(id),
             ..
         } = &event.request

@@ -495,3 +495,19 @@ fn accounts_are_independent() {
     s.expect(add("b@x.io", "c1"), "allow +1");
     s.expect(json!({"at": "2025-02-01T00:00:00Z", "op": "add_lead", "account": "b", "campaign": "c1", "email": "a@x.io"}), "allow +1");
 }
+
+#[test]
+fn a_counted_charge_is_all_or_nothing_and_once_per_message_id() {
+    let mut s = Script::subscribed("tiny"); // 3 email credits
+    let charge = |cost: u64, id: &str| json!({"at": "2025-02-01T00:00:00Z", "op": "charge_email", "account": "a", "cost": cost, "message_id": id});
+    s.expect(charge(2, "postfix/4F2A"), "allow +2");
+    // Postfix retries a request (try limit 2), perhaps on another connection.
+    s.expect(charge(2, "postfix/4F2A"), "allow");
+    s.expect(charge(2, "postfix/77B1"), "deny email_credits_exhausted");
+    s.expect(charge(1, "postfix/77B1"), "allow +1");
+    s.expect(charge(0, "postfix/0000"), "deny no_recipients");
+    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (0, 3));
+    let unknown =
+        json!({"at": "2025-02-01T00:00:00Z", "op": "charge_email", "account": "ghost", "cost": 1});
+    s.expect(unknown, "deny unknown_account");
+}

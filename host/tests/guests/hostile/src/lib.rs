@@ -183,6 +183,14 @@ impl Guest for Hostile {
     ) -> Result<Decision, Error> {
         decide(&account)
     }
+    fn charge_email(
+        account: String,
+        _cost: u64,
+        _message_id: Option<String>,
+        _now: i64,
+    ) -> Result<Decision, Error> {
+        decide(&account)
+    }
     fn check_email(account: String, _cost: u64, _now: i64) -> Result<Decision, Error> {
         decide(&account)
     }
