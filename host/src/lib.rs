@@ -10,12 +10,15 @@
 //!   primitives, in memory or in redb, with group commit;
 //! - [`metrics`]: latency histograms of decisions and of their store time;
 //! - [`time`]: the clock the host hands the guest;
+//! - [`gateway`]: a pool of workers over one store, with group commit and
+//!   versioned reloads, for long-running front ends;
 //! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads),
 //!   [`postfix`] (the sans-I/O core of Postfix policy delegation).
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
 
 pub mod bindings;
+pub mod gateway;
 pub mod import;
 pub mod metrics;
 pub mod policy_suite;

@@ -226,6 +226,7 @@ impl Runtime {
             instance: Instance::new(&self.pre, &self.engine, &self.config, store)?,
             policy: Arc::from(policy),
             latencies: Latencies::default(),
+            last_call: None,
             _ticker: self.ticker.clone(),
         };
         let summary = worker.load_policy(policy)?;
@@ -521,7 +522,16 @@ pub struct Worker {
     /// Reloaded into a replacement instance after a trap.
     policy: Arc<str>,
     latencies: Latencies,
+    last_call: Option<CallTiming>,
     _ticker: Arc<Ticker>,
+}
+
+/// How long the last call took, whole and in the store.
+#[derive(Debug, Clone, Copy)]
+pub struct CallTiming {
+    pub op: Op,
+    pub total: Duration,
+    pub in_store: Duration,
 }
 
 impl fmt::Debug for Worker {
@@ -626,7 +636,13 @@ impl Worker {
         let (result, in_store) = self
             .instance
             .call(budget, |b, s| f(b.creditgate_policy_policy(), s));
-        self.latencies.record(op, started.elapsed(), in_store);
+        let total = started.elapsed();
+        self.latencies.record(op, total, in_store);
+        self.last_call = Some(CallTiming {
+            op,
+            total,
+            in_store,
+        });
         match result {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(DecideError::Policy(e)),
@@ -650,6 +666,11 @@ impl Worker {
 
     pub fn latencies(&self) -> &Latencies {
         &self.latencies
+    }
+
+    /// The timing of the last decision, for callers that keep their own histograms.
+    pub fn last_call(&self) -> Option<CallTiming> {
+        self.last_call
     }
 
     /// A trapped instance refuses further calls: build a new store and instance and

@@ -1,6 +1,7 @@
 //! The host's integration tests: one binary, one module per area.
 
 mod check;
+mod gateway;
 mod harness;
 mod hostile;
 mod import;

@@ -1,0 +1,352 @@
+//! The decision service behind a long-running gateway: a pool of workers, each
+//! with its own instance of the component, sharing one store, with group commit.
+//!
+//! A request goes to whichever worker is free; the worker decides it (effects
+//! applied, not yet durable) and hands the answer to the committer. The committer
+//! takes every answer waiting, makes them durable with one `persist`, then releases
+//! them all. So no "allow" is answered before its charge is durable, one disk sync
+//! serves every decision that arrived while the previous one ran, and workers never
+//! wait on the disk themselves: two workers keep two cores busy while the disk
+//! syncs.
+//!
+//! Reloads are versioned: a new policy (or component) is validated on a scratch
+//! instance first and refused whole if it fails; workers pick up the new version
+//! between requests, so a request in flight finishes on the version it started with.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::bindings::{Decision, LeadBatch, PolicySummary};
+use crate::metrics::Latencies;
+use crate::request::Request;
+use crate::runtime::{DecideError, LoadError, Runtime, Worker};
+use crate::store::{MemoryStore, Store, StoreError};
+
+/// Why the gateway gave no answer. The request was not allowed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    #[error(transparent)]
+    Decide(#[from] DecideError),
+    /// The decision was made but could not be made durable: it is not acknowledged.
+    #[error("the decision could not be made durable: {0}")]
+    Persist(String),
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    Stopped,
+}
+
+/// What a job asks of a worker.
+enum Work {
+    Decide(Request),
+    AddLeads {
+        account: String,
+        campaign: String,
+        emails: Vec<String>,
+    },
+}
+
+enum Answer {
+    Decision(Decision),
+    Leads(LeadBatch),
+}
+
+struct Job {
+    work: Work,
+    now: i64,
+    reply: oneshot::Sender<Result<Answer, GatewayError>>,
+}
+
+/// The policy and component in force, with a version number workers compare.
+struct Version {
+    number: u64,
+    runtime: Arc<Runtime>,
+    policy: Arc<str>,
+}
+
+/// Handle to the pool; cheap to share behind an `Arc`.
+pub struct Gateway {
+    jobs: Mutex<Option<Sender<Job>>>,
+    version: Arc<RwLock<Version>>,
+    store: Arc<dyn Store>,
+    latencies: Arc<Mutex<Latencies>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Starts `workers` workers (at least one) over `store` with `policy` loaded.
+    pub fn start(
+        runtime: Arc<Runtime>,
+        store: Arc<dyn Store>,
+        policy: &str,
+        workers: usize,
+    ) -> Result<(Self, PolicySummary), LoadError> {
+        let summary = validate(&runtime, policy)?;
+        let version = Arc::new(RwLock::new(Version {
+            number: 0,
+            runtime,
+            policy: Arc::from(policy),
+        }));
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let (done, committed) = mpsc::channel::<Done>();
+        let latencies = Arc::new(Mutex::new(Latencies::default()));
+        let mut threads = Vec::new();
+        for i in 0..workers.max(1) {
+            let (queue, version, store, done) =
+                (queue.clone(), version.clone(), store.clone(), done.clone());
+            let latencies = latencies.clone();
+            let worker = worker_for(&version, &store)?;
+            threads.push(spawn(&format!("creditgate-worker-{i}"), move || {
+                work(worker, &queue, &version, &store, &done, &latencies)
+            }));
+        }
+        drop(done);
+        let committer_store = store.clone();
+        threads.push(spawn("creditgate-commit", move || {
+            commit(&committer_store, &committed)
+        }));
+        let gateway = Gateway {
+            jobs: Mutex::new(Some(jobs)),
+            version,
+            store,
+            latencies,
+            threads: Mutex::new(threads),
+        };
+        Ok((gateway, summary))
+    }
+
+    /// Decides `request` as of `now`; the answer is durable when it arrives.
+    pub async fn decide(&self, request: Request, now: i64) -> Result<Decision, GatewayError> {
+        match self.submit(Work::Decide(request), now)?.await {
+            Ok(Ok(Answer::Decision(d))) => Ok(d),
+            Ok(Ok(Answer::Leads(_))) | Err(_) => Err(GatewayError::Stopped),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// [`Gateway::decide`] for callers on plain threads.
+    pub fn decide_blocking(&self, request: Request, now: i64) -> Result<Decision, GatewayError> {
+        match self.submit(Work::Decide(request), now)?.blocking_recv() {
+            Ok(Ok(Answer::Decision(d))) => Ok(d),
+            Ok(Ok(Answer::Leads(_))) | Err(_) => Err(GatewayError::Stopped),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Adds a batch of leads (see [`Worker::add_leads`]); durable when it returns.
+    pub async fn add_leads(
+        &self,
+        account: String,
+        campaign: String,
+        emails: Vec<String>,
+        now: i64,
+    ) -> Result<LeadBatch, GatewayError> {
+        match self
+            .submit(
+                Work::AddLeads {
+                    account,
+                    campaign,
+                    emails,
+                },
+                now,
+            )?
+            .await
+        {
+            Ok(Ok(Answer::Leads(batch))) => Ok(batch),
+            Ok(Ok(Answer::Decision(_))) | Err(_) => Err(GatewayError::Stopped),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    fn submit(
+        &self,
+        work: Work,
+        now: i64,
+    ) -> Result<oneshot::Receiver<Result<Answer, GatewayError>>, GatewayError> {
+        let (reply, answer) = oneshot::channel();
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = jobs.as_ref().ok_or(GatewayError::Stopped)?;
+        sender
+            .send(Job { work, now, reply })
+            .map_err(|_| GatewayError::Stopped)?;
+        Ok(answer)
+    }
+
+    /// Replaces the policy, and the component when `runtime` is given. A version
+    /// that fails to load is refused and the current one keeps serving.
+    pub fn reload(
+        &self,
+        policy: &str,
+        runtime: Option<Arc<Runtime>>,
+    ) -> Result<PolicySummary, LoadError> {
+        let runtime = match runtime {
+            Some(runtime) => runtime,
+            None => self
+                .version
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .runtime
+                .clone(),
+        };
+        let summary = validate(&runtime, policy)?;
+        let mut version = self.version.write().unwrap_or_else(PoisonError::into_inner);
+        *version = Version {
+            number: version.number + 1,
+            runtime,
+            policy: Arc::from(policy),
+        };
+        Ok(summary)
+    }
+
+    /// The version number in force; it grows by one at each successful reload.
+    pub fn version(&self) -> u64 {
+        self.version
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .number
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Latency of every decision so far, all workers merged.
+    pub fn latencies(&self) -> Latencies {
+        self.latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops taking requests, lets the workers finish what was queued, and waits for
+    /// the last commit.
+    pub fn shutdown(&self) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Loads `policy` on a scratch instance over a throwaway store: the check a reload
+/// must pass before any worker sees it.
+fn validate(runtime: &Runtime, policy: &str) -> Result<PolicySummary, LoadError> {
+    runtime
+        .worker(Arc::new(MemoryStore::new()), policy)
+        .map(|(_, summary)| summary)
+}
+
+fn worker_for(
+    version: &RwLock<Version>,
+    store: &Arc<dyn Store>,
+) -> Result<(Worker, u64), LoadError> {
+    let version = version.read().unwrap_or_else(PoisonError::into_inner);
+    let (worker, _) = version.runtime.worker(store.clone(), &version.policy)?;
+    Ok((worker, version.number))
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
+}
+
+/// A decision made, waiting for the commit that makes it durable.
+struct Done {
+    answer: Result<Answer, GatewayError>,
+    reply: oneshot::Sender<Result<Answer, GatewayError>>,
+}
+
+fn work(
+    mut current: (Worker, u64),
+    queue: &Mutex<Receiver<Job>>,
+    version: &RwLock<Version>,
+    store: &Arc<dyn Store>,
+    done: &Sender<Done>,
+    latencies: &Mutex<Latencies>,
+) {
+    loop {
+        // One worker waits on the queue at a time; the others wait on the lock.
+        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = job else { break };
+        let latest = version
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .number;
+        if latest != current.1 {
+            // Validated before it was published, so this only fails if instantiating
+            // fails; then the old version keeps serving.
+            if let Ok(next) = worker_for(version, store) {
+                current = next;
+            }
+        }
+        let worker = &mut current.0;
+        let answer = match job.work {
+            Work::Decide(request) => worker.decide(&request, job.now).map(Answer::Decision),
+            Work::AddLeads {
+                account,
+                campaign,
+                emails,
+            } => worker
+                .add_leads(&account, &campaign, &emails, job.now)
+                .map(Answer::Leads),
+        }
+        .map_err(GatewayError::from);
+        if let Some(t) = worker.last_call() {
+            latencies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(t.op, t.total, t.in_store);
+        }
+        if done
+            .send(Done {
+                answer,
+                reply: job.reply,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Group commit: one `persist` for every decision made since the last one.
+fn commit(store: &Arc<dyn Store>, committed: &Receiver<Done>) {
+    while let Ok(first) = committed.recv() {
+        let mut batch = vec![first];
+        batch.extend(committed.try_iter());
+        let persisted = store.persist().map_err(|e: StoreError| e.to_string());
+        for Done { answer, reply } in batch {
+            let answer = match (&persisted, answer) {
+                (Ok(()), answer) => answer,
+                // An error answer took nothing; a decision that could not be made
+                // durable must not be acknowledged.
+                (Err(_), Err(e)) => Err(e),
+                (Err(e), Ok(_)) => Err(GatewayError::Persist(e.clone())),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}
