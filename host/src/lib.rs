@@ -13,7 +13,8 @@
 //! - [`gateway`]: a pool of workers over one store, with group commit and
 //!   versioned reloads, for long-running front ends;
 //! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads),
-//!   [`postfix`] (the sans-I/O core of Postfix policy delegation).
+//!   [`postfix`] (the sans-I/O core of Postfix policy delegation);
+//! - [`serve`]: the Postfix policy server, sockets around [`postfix`] and a [`gateway`].
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
 
@@ -26,5 +27,6 @@ pub mod postfix;
 pub mod replay;
 pub mod request;
 pub mod runtime;
+pub mod serve;
 pub mod store;
 pub mod time;

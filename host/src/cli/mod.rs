@@ -5,6 +5,7 @@ mod account;
 mod check;
 mod leads;
 mod replay;
+mod serve;
 mod test;
 mod usage;
 
@@ -46,6 +47,7 @@ enum Command {
     #[command(subcommand)]
     Account(account::Command),
     Usage(usage::Args),
+    Serve(serve::Args),
 }
 
 /// Documented exit statuses.
@@ -70,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Leads(command) => leads::run(command),
         Command::Account(command) => account::run(command),
         Command::Usage(args) => usage::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -10,5 +10,6 @@ mod operator;
 mod properties;
 mod replay;
 mod rules;
+mod serve;
 mod store;
 mod suites;

@@ -1,0 +1,228 @@
+//! The Postfix policy server: sockets around the sans-I/O [`crate::postfix`] core,
+//! deciding through a [`Gateway`].
+//!
+//! One task per connection reads bytes into a [`RequestReader`], maps each request
+//! with [`PostfixConfig::map`], asks the gateway (whose answer is durable when it
+//! arrives) and writes one reply per request, in order. A peer that breaks the
+//! protocol or stays silent past the idle timeout loses its own connection and no
+//! other: Postfix reconnects, and applies its `default_action` meanwhile.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::bindings::Reason;
+use crate::gateway::Gateway;
+use crate::postfix::{Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader};
+use crate::replay::reason_code;
+use crate::request::Request;
+use crate::time::{format_instant, now};
+
+/// Settings of the server itself (the protocol's are in [`PostfixConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// How long one read may wait for bytes before the connection is closed.
+    /// Default 60 s: Postfix keeps an idle policy connection for
+    /// `smtpd_policy_service_max_idle` (300 s) and reconnects at no cost, while an
+    /// abandoned socket would hold a task and a descriptor forever.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Bytes asked of the socket per read; Postfix's requests are about 1 KiB.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Accepts connections on `listener` until `shutdown` completes, then stops
+/// accepting, lets every open connection finish the request it is answering, and
+/// returns when all of them are closed.
+pub async fn serve_postfix(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    config: Arc<PostfixConfig>,
+    options: ServeOptions,
+    shutdown: impl Future,
+) {
+    // A watch rather than a oneshot: every connection sees the one value, including
+    // those that look at it long after it was set.
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    debug!(%peer, "connection accepted");
+                    connections.spawn(connection(
+                        stream,
+                        peer,
+                        gateway.clone(),
+                        config.clone(),
+                        options,
+                        stopped.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Typically out of descriptors: retrying at once would spin.
+                    warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // Reap finished connections so that the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves one peer until it closes, breaks the protocol, idles out, or the server
+/// stops between two requests.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    config: Arc<PostfixConfig>,
+    options: ServeOptions,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut reader = RequestReader::new(config.limits);
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        // Stop only between requests; a request begun is read to its end (or
+        // until the idle timeout), then answered.
+        let idle = reader.is_idle();
+        if idle && *stopped.borrow() {
+            return;
+        }
+        let read = tokio::select! {
+            read = tokio::time::timeout(options.idle_timeout, stream.read(&mut buf)) => read,
+            _ = async { let _ = stopped.wait_for(|s| *s).await; }, if idle => return,
+        };
+        let n = match read {
+            Ok(Ok(0)) => {
+                if !reader.is_idle() {
+                    debug!(%peer, "peer closed in the middle of a request");
+                }
+                return;
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "read failed; closing");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, timeout = ?options.idle_timeout, "idle timeout; closing");
+                return;
+            }
+        };
+        let mut input = buf.get(..n).unwrap_or_default();
+        loop {
+            match reader.decode(&mut input) {
+                Ok(Some(request)) => {
+                    let reply = answer(&gateway, &config, &request, peer).await;
+                    let written = tokio::time::timeout(
+                        options.idle_timeout,
+                        stream.write_all(&reply.encode()),
+                    )
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        debug!(%peer, "cannot write the reply; closing");
+                        return;
+                    }
+                    if *stopped.borrow() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(%peer, error = %e, "protocol error; closing the connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Used for `resets_at` when a decision carries no usage: [`Actions::reply_for_exhausted`]
+/// leaves out a reset time that cannot be written on the reply line.
+///
+/// [`Actions::reply_for_exhausted`]: crate::postfix::Actions::reply_for_exhausted
+const NO_RESET_TIME: &str = "\n";
+
+/// The reply to one request. Never fails: every failure has a configured reply.
+async fn answer(
+    gateway: &Gateway,
+    config: &PostfixConfig,
+    request: &PolicyRequest,
+    peer: SocketAddr,
+) -> Reply {
+    let actions = &config.actions;
+    let state = request.protocol_state().unwrap_or("");
+    let decide = match config.map(request) {
+        Ok(Mapped::Ignore) => return Reply::dunno(),
+        Ok(Mapped::Check { account, cost }) => Request::CheckEmail { account, cost },
+        Ok(Mapped::Charge {
+            account,
+            recipients,
+            instance,
+        }) => Request::ChargeEmail {
+            account,
+            cost: recipients,
+            message_id: Some(format!("postfix/{instance}")),
+        },
+        Err(MappingError::NoAccount { from, value }) => {
+            let reply = actions.reply_for_unknown_account();
+            info!(%peer, account = %value, from, state, reason = "unknown_account",
+                action = reply.action(), "refused");
+            return reply;
+        }
+        Err(e) => {
+            warn!(%peer, state, error = %e, "cannot map the request; answering as an internal error");
+            return actions.reply_for_internal_error();
+        }
+    };
+    let account = decide.account().to_owned();
+    let decision = match gateway.decide(decide, now()).await {
+        Ok(decision) => decision,
+        Err(e) => {
+            warn!(%peer, %account, state, error = %e, "no decision; answering as an internal error");
+            return actions.reply_for_internal_error();
+        }
+    };
+    let Some(reason) = decision.denied else {
+        return Reply::dunno();
+    };
+    let reply = match reason {
+        Reason::EmailCreditsExhausted => {
+            let resets_at = decision
+                .usage
+                .as_ref()
+                .map(|u| format_instant(u.email_credits.resets_at));
+            actions.reply_for_exhausted(resets_at.as_deref().unwrap_or(NO_RESET_TIME))
+        }
+        Reason::UnknownAccount => actions.reply_for_unknown_account(),
+        other => {
+            warn!(%peer, %account, state, reason = reason_code(other),
+                "unexpected denial; answering as an internal error");
+            actions.reply_for_internal_error()
+        }
+    };
+    info!(%peer, %account, state, reason = reason_code(reason), action = reply.action(), "refused");
+    reply
+}
