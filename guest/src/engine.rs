@@ -378,15 +378,20 @@ impl Engine {
         st: &mut S,
         account: &str,
         now: Instant,
-        rule: impl FnOnce(&mut S, &Account) -> Result<Result<Effect, Reason>, Error>,
+        rule: impl FnOnce(&mut Remembering<'_, S>, &Account) -> Result<Result<Effect, Reason>, Error>,
     ) -> Result<Decision, Error> {
         let acct = match self.account(st, account)? {
             None => return Ok(deny(Reason::UnknownAccount, None)),
             Some(Err(_)) => return Ok(deny(Reason::UnknownPlan, None)),
             Some(Ok(acct)) => acct,
         };
-        let outcome = rule(st, &acct)?;
-        let usage = Some(self.usage_of(st, account, &acct, now)?);
+        let mut st = Remembering {
+            inner: st,
+            members: None,
+            counter: None,
+        };
+        let outcome = rule(&mut st, &acct)?;
+        let usage = Some(self.usage_of(&mut st, account, &acct, now)?);
         Ok(match outcome {
             Ok(effect) => Decision {
                 denied: None,
@@ -487,6 +492,101 @@ fn charge(
             CounterAdded::Refused(_) => Err(Reason::EmailCreditsExhausted),
         },
     )
+}
+
+/// The state seen through one decision: it remembers the member count and the
+/// counter value its primitives just answered, so that reporting the usage after
+/// the decision does not cross the boundary again to read them back (a send or a
+/// lead addition then costs three host calls instead of four).
+struct Remembering<'s, S> {
+    inner: &'s mut S,
+    members: Option<u64>,
+    counter: Option<(String, u64)>,
+}
+
+impl<S> Remembering<'_, S> {
+    fn seen_counter(&mut self, name: &str, added: CounterAdded) -> CounterAdded {
+        let (CounterAdded::Applied(v) | CounterAdded::Repeated(v) | CounterAdded::Refused(v)) =
+            added;
+        self.counter = Some((name.to_string(), v));
+        added
+    }
+}
+
+impl<S: State> State for Remembering<'_, S> {
+    fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
+        self.inner.record_get(scope, key)
+    }
+    fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError> {
+        self.inner.record_insert(scope, key, value)
+    }
+    fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError> {
+        self.inner.record_update(scope, key, value)
+    }
+    fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
+        match &self.counter {
+            Some((seen, value)) if seen == name => Ok(*value),
+            _ => self.inner.counter_get(scope, name, now),
+        }
+    }
+    fn counter_add(
+        &mut self,
+        scope: &str,
+        name: &str,
+        amount: u64,
+        limit: Option<u64>,
+        once: Option<&Once>,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> Result<CounterAdded, StateError> {
+        let added = self
+            .inner
+            .counter_add(scope, name, amount, limit, once, expires_at, now)?;
+        Ok(self.seen_counter(name, added))
+    }
+    fn member_add(
+        &mut self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> Result<MemberAdded, StateError> {
+        let added = self.inner.member_add(scope, group, member, limit)?;
+        self.members = Some(added.members);
+        Ok(added)
+    }
+    fn member_add_many(
+        &mut self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StateError> {
+        let added = self.inner.member_add_many(scope, group, members, limit)?;
+        self.members = Some(added.members);
+        Ok(added)
+    }
+    fn member_remove(
+        &mut self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<MemberRemoved, StateError> {
+        let removed = self.inner.member_remove(scope, group, member)?;
+        self.members = Some(removed.members);
+        Ok(removed)
+    }
+    fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError> {
+        let cleared = self.inner.group_clear(scope, group)?;
+        self.members = Some(cleared.members);
+        Ok(cleared)
+    }
+    fn member_count(&mut self, scope: &str) -> Result<u64, StateError> {
+        match self.members {
+            Some(members) => Ok(members),
+            None => self.inner.member_count(scope),
+        }
+    }
 }
 
 fn deny(reason: Reason, usage: Option<AccountUsage>) -> Decision {
