@@ -356,11 +356,12 @@ fn free_port() -> u16 {
     listener.local_addr().expect("address").port()
 }
 
-#[test]
-fn the_binary_answers_then_exits_cleanly_on_sigterm() {
+/// `creditgate serve ARGS` on a free port, once it listens.
+fn spawn_serve(args: &[&str]) -> (std::process::Child, u16) {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
-        .args(["serve", "--store", "memory", "--workers", "2"])
+        .arg("serve")
+        .args(args)
         .args(["--postfix-listen", &format!("127.0.0.1:{port}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -368,25 +369,24 @@ fn the_binary_answers_then_exits_cleanly_on_sigterm() {
         .spawn()
         .expect("starts");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stream = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(stream) => break stream,
-            Err(_) if Instant::now() < deadline => {
-                if let Some(status) = child.try_wait().expect("waits") {
-                    panic!("serve exited before listening: {status}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => {
-                let _ = child.kill();
-                panic!("serve never listened: {e}");
-            }
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().expect("waits") {
+            panic!("serve exited before listening: {status}");
         }
-    };
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve never listened");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
+/// One request on a fresh blocking connection; its reply's action.
+fn ask_blocking(port: u16, request: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    stream
-        .write_all(request("RCPT", "nobody", &[]).as_bytes())
-        .expect("writes");
+    stream.write_all(request.as_bytes()).expect("writes");
     let mut reply = Vec::new();
     let mut buf = [0u8; 256];
     while !reply.ends_with(b"\n\n") {
@@ -394,14 +394,20 @@ fn the_binary_answers_then_exits_cleanly_on_sigterm() {
         assert!(n > 0, "closed without a reply");
         reply.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(reply, b"action=DUNNO\n\n");
-    drop(stream);
+    String::from_utf8_lossy(&reply).trim_end().to_string()
+}
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+fn signal(child: &std::process::Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .expect("kill runs");
-    assert!(killed.success());
+    assert!(sent.success());
+}
+
+/// Sends SIGTERM and waits (bounded) for the exit; returns the status and stderr.
+fn stop(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    signal(&child, "TERM");
     let deadline = Instant::now() + WAIT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("waits") {
@@ -420,9 +426,100 @@ fn the_binary_answers_then_exits_cleanly_on_sigterm() {
         .expect("stderr")
         .read_to_string(&mut stderr)
         .expect("reads stderr");
+    (status, stderr)
+}
+
+#[test]
+fn the_binary_answers_then_exits_cleanly_on_sigterm() {
+    let (child, port) = spawn_serve(&["--store", "memory", "--workers", "2"]);
+    assert_eq!(
+        ask_blocking(port, &request("RCPT", "nobody", &[])),
+        "action=DUNNO"
+    );
+    let (status, stderr) = stop(child);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("listening on 127.0.0.1:"), "{stderr}");
     assert!(stderr.contains("decision latency"), "{stderr}");
+}
+
+#[test]
+fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.toml");
+    let store = dir.path().join("gateway.redb");
+    let (policy_arg, store_arg) = (
+        policy.to_str().expect("utf-8"),
+        store.to_str().expect("utf-8"),
+    );
+    std::fs::write(
+        &policy,
+        "[plans.small]\nlead_credits = 1\nemail_credits = 1\n",
+    )
+    .expect("writes");
+    let subscribed = Command::new(env!("CARGO_BIN_EXE_creditgate"))
+        .args([
+            "account",
+            "subscribe",
+            "acme",
+            "--plan",
+            "small",
+            "--store",
+            store_arg,
+            "--policy",
+            policy_arg,
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        subscribed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&subscribed.stderr)
+    );
+
+    let (child, port) = spawn_serve(&["--store", store_arg, "--policy", policy_arg]);
+    assert_eq!(
+        ask_blocking(port, &end_of_message("acme", "1", "A1")),
+        "action=DUNNO"
+    );
+    let exhausted = ask_blocking(port, &request("RCPT", "acme", &[]));
+    assert!(exhausted.starts_with("action=DEFER 4.7.1"), "{exhausted}");
+
+    // A broken policy is refused: the old one keeps answering.
+    std::fs::write(
+        &policy,
+        "[plans.small]\nlead_credits = 1\nemail_credits = -3\n",
+    )
+    .expect("writes");
+    signal(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ask_blocking(port, &request("RCPT", "acme", &[])).starts_with("action=DEFER"));
+
+    // A valid one takes effect between requests.
+    std::fs::write(
+        &policy,
+        "[plans.small]\nlead_credits = 1\nemail_credits = 5\n",
+    )
+    .expect("writes");
+    signal(&child, "HUP");
+    let deadline = Instant::now() + WAIT;
+    while ask_blocking(port, &request("RCPT", "acme", &[])) != "action=DUNNO" {
+        assert!(
+            Instant::now() < deadline,
+            "the new policy never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        ask_blocking(port, &end_of_message("acme", "2", "A2")),
+        "action=DUNNO"
+    );
+
+    let (status, stderr) = stop(child);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("email_credits: expected a non-negative integer"),
+        "the refusal is logged: {stderr}"
+    );
 }
 
 #[test]
