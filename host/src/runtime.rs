@@ -499,6 +499,18 @@ impl Instance {
         (result, data.in_store)
     }
 
+    /// Loads `policy` into this instance; a trap or timeout is `LoadError::Trap`.
+    fn load_policy(&mut self, policy: &str, budget: Duration) -> Result<PolicySummary, LoadError> {
+        let (result, _) = self.call(budget, |b, s| {
+            b.creditgate_policy_policy().call_load_policy(s, policy)
+        });
+        match result {
+            Ok(Ok(summary)) => Ok(summary),
+            Ok(Err(diagnostics)) => Err(LoadError::Policy(diagnostics)),
+            Err(trap) => Err(LoadError::Trap(trap_message(&trap, budget))),
+        }
+    }
+
     fn shared_store(&self) -> Arc<dyn Store> {
         self.store.data().store.clone()
     }
@@ -543,23 +555,18 @@ impl fmt::Debug for Worker {
 impl Worker {
     /// Loads a new policy into this worker's instance. On error the old one stays.
     pub fn load_policy(&mut self, policy: &str) -> Result<PolicySummary, LoadError> {
-        let budget = self.config.load_budget;
-        let (result, _) = self.instance.call(budget, |b, s| {
-            b.creditgate_policy_policy().call_load_policy(s, policy)
-        });
-        match result {
-            Ok(Ok(summary)) => {
+        match self.instance.load_policy(policy, self.config.load_budget) {
+            Ok(summary) => {
                 self.policy = Arc::from(policy);
                 Ok(summary)
             }
-            Ok(Err(diagnostics)) => Err(LoadError::Policy(diagnostics)),
-            Err(trap) => {
-                let message = trap_message(&trap, budget);
+            Err(trapped @ LoadError::Trap(_)) => {
                 // The old policy lives on in a fresh instance; if even that fails,
                 // this worker is unusable and says so on its next decision.
                 let _ = self.replace_instance();
-                Err(LoadError::Trap(message))
+                Err(trapped)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -679,17 +686,9 @@ impl Worker {
         let store = self.instance.shared_store();
         self.instance = Instance::new(&self.pre, &self.engine, &self.config, store)?;
         let policy = self.policy.clone();
-        let (result, _) = self.instance.call(self.config.load_budget, |b, s| {
-            b.creditgate_policy_policy().call_load_policy(s, &policy)
-        });
-        match result {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(diagnostics)) => Err(LoadError::Policy(diagnostics)),
-            Err(trap) => Err(LoadError::Trap(trap_message(
-                &trap,
-                self.config.load_budget,
-            ))),
-        }
+        self.instance
+            .load_policy(&policy, self.config.load_budget)
+            .map(drop)
     }
 }
 

@@ -48,3 +48,29 @@ pub fn decide(worker: &mut Worker, line: &str) -> Decision {
 pub fn outcome(worker: &mut Worker, line: &str) -> String {
     serde_json::to_string(&Outcome::from(&decide(worker, line))).expect("serializes")
 }
+
+/// The `creditgate` binary, run from the repository's root.
+pub fn creditgate_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_creditgate"));
+    command.current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    command
+}
+
+/// Runs `command` with `stdin` as its standard input; collects its output.
+pub fn run_with_stdin(mut command: std::process::Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("creditgate runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("stdin written");
+    child.wait_with_output().expect("creditgate finishes")
+}

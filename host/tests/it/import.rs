@@ -307,24 +307,13 @@ impl Setup {
     /// Runs creditgate with the setup's policy; the default store, should a
     /// command fall back on it, is in the temp dir too.
     fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
+        let mut command = harness::creditgate_command();
+        command
             .args(args)
             .arg("--policy")
             .arg(&self.policy)
-            .env("CREDITGATE_STORE", self.dir.path().join("default.redb"))
-            .current_dir(repo())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("creditgate runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin)
-            .expect("stdin written");
-        child.wait_with_output().expect("creditgate finishes")
+            .env("CREDITGATE_STORE", self.dir.path().join("default.redb"));
+        harness::run_with_stdin(command, stdin)
     }
 
     /// `creditgate leads ARGS --account acme --store STORE`.

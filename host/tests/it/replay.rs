@@ -2,7 +2,7 @@
 //! malformed events and policies, through the library and through the binary.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use crate::harness;
 use creditgate::replay::replay;
@@ -21,22 +21,9 @@ fn golden() -> String {
 }
 
 fn creditgate(args: &[&str], stdin: &[u8]) -> Output {
-    use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("creditgate runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("stdin written");
-    child.wait_with_output().expect("creditgate finishes")
+    let mut command = harness::creditgate_command();
+    command.args(args);
+    harness::run_with_stdin(command, stdin)
 }
 
 fn text(bytes: &[u8]) -> String {
