@@ -16,12 +16,13 @@
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::bindings::{Decision, LeadBatch, PolicySummary};
-use crate::metrics::Latencies;
-use crate::request::Request;
+use crate::metrics::{GatewayStats, Outcome};
+use crate::request::{Op, Request};
 use crate::runtime::{DecideError, LoadError, Runtime, Worker};
 use crate::store::{MemoryStore, Store, StoreError};
 
@@ -72,7 +73,7 @@ pub struct Gateway {
     jobs: Mutex<Option<Sender<Job>>>,
     version: Arc<RwLock<Version>>,
     store: Arc<dyn Store>,
-    latencies: Arc<Mutex<Latencies>>,
+    stats: Arc<Mutex<GatewayStats>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -99,27 +100,27 @@ impl Gateway {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let (done, committed) = mpsc::channel::<Done>();
-        let latencies = Arc::new(Mutex::new(Latencies::default()));
+        let stats = Arc::new(Mutex::new(GatewayStats::default()));
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
             let (queue, version, store, done) =
                 (queue.clone(), version.clone(), store.clone(), done.clone());
-            let latencies = latencies.clone();
+            let stats = stats.clone();
             let worker = worker_for(&version, &store)?;
             threads.push(spawn(&format!("creditgate-worker-{i}"), move || {
-                work(worker, &queue, &version, &store, &done, &latencies)
+                work(worker, &queue, &version, &store, &done, &stats)
             }));
         }
         drop(done);
-        let committer_store = store.clone();
+        let (committer_store, committer_stats) = (store.clone(), stats.clone());
         threads.push(spawn("creditgate-commit", move || {
-            commit(&committer_store, &committed)
+            commit(&committer_store, &committed, &committer_stats)
         }));
         let gateway = Gateway {
             jobs: Mutex::new(Some(jobs)),
             version,
             store,
-            latencies,
+            stats,
             threads: Mutex::new(threads),
         };
         Ok((gateway, summary))
@@ -198,14 +199,29 @@ impl Gateway {
                 .runtime
                 .clone(),
         };
-        let summary = validate(&runtime, policy)?;
+        let summary = match validate(&runtime, policy) {
+            Ok(summary) => summary,
+            Err(e) => {
+                self.refused_reload();
+                return Err(e);
+            }
+        };
         let mut version = self.version.write().unwrap_or_else(PoisonError::into_inner);
         *version = Version {
             number: version.number + 1,
             runtime,
             policy: Arc::from(policy),
         };
+        let mut stats = self.stats();
+        stats.reloads += 1;
+        stats.version = version.number;
         Ok(summary)
+    }
+
+    /// Counts a reload refused before it reached [`Gateway::reload`] (an unreadable
+    /// file, a component that does not compile).
+    pub fn refused_reload(&self) {
+        self.stats().reloads_refused += 1;
     }
 
     /// The version number in force; it grows by one at each successful reload.
@@ -220,12 +236,14 @@ impl Gateway {
         &self.store
     }
 
-    /// Latency of every decision so far, all workers merged.
-    pub fn latencies(&self) -> Latencies {
-        self.latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// What the gateway has measured so far: a copy, taken under the lock that
+    /// every decision also takes, so render it after this returns.
+    pub fn snapshot(&self) -> GatewayStats {
+        self.stats().clone()
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, GatewayStats> {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stops taking requests, lets the workers finish what was queued, and waits for
@@ -275,8 +293,10 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 
 /// A decision made, waiting for the commit that makes it durable.
 struct Done {
+    op: Op,
     answer: Result<Answer, GatewayError>,
     reply: oneshot::Sender<Result<Answer, GatewayError>>,
+    decided_at: Instant,
 }
 
 fn work(
@@ -285,7 +305,7 @@ fn work(
     version: &RwLock<Version>,
     store: &Arc<dyn Store>,
     done: &Sender<Done>,
-    latencies: &Mutex<Latencies>,
+    stats: &Mutex<GatewayStats>,
 ) {
     loop {
         // One worker waits on the queue at a time; the others wait on the lock.
@@ -303,27 +323,39 @@ fn work(
             }
         }
         let worker = &mut current.0;
-        let answer = match job.work {
-            Work::Decide(request) => worker.decide(&request, job.now).map(Answer::Decision),
+        let (op, answer) = match job.work {
+            Work::Decide(request) => (
+                request.op(),
+                worker.decide(&request, job.now).map(Answer::Decision),
+            ),
             Work::AddLeads {
                 account,
                 campaign,
                 emails,
-            } => worker
-                .add_leads(&account, &campaign, &emails, job.now)
-                .map(Answer::Leads),
-        }
-        .map_err(GatewayError::from);
-        if let Some(t) = worker.last_call() {
-            latencies
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(t.op, t.total, t.in_store);
+            } => (
+                Op::AddLeads,
+                worker
+                    .add_leads(&account, &campaign, &emails, job.now)
+                    .map(Answer::Leads),
+            ),
+        };
+        {
+            let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(t) = worker.last_call() {
+                stats.latencies.record(t.op, t.total, t.in_store);
+            }
+            match &answer {
+                Err(DecideError::Trap(_) | DecideError::Restart(_)) => stats.traps += 1,
+                Err(DecideError::Timeout { .. }) => stats.timeouts += 1,
+                _ => {}
+            }
         }
         if done
             .send(Done {
-                answer,
+                op,
+                answer: answer.map_err(GatewayError::from),
                 reply: job.reply,
+                decided_at: Instant::now(),
             })
             .is_err()
         {
@@ -333,20 +365,44 @@ fn work(
 }
 
 /// Group commit: one `persist` for every decision made since the last one.
-fn commit(store: &Arc<dyn Store>, committed: &Receiver<Done>) {
+fn commit(store: &Arc<dyn Store>, committed: &Receiver<Done>, stats: &Mutex<GatewayStats>) {
     while let Ok(first) = committed.recv() {
         let mut batch = vec![first];
         batch.extend(committed.try_iter());
+        let started = Instant::now();
         let persisted = store.persist().map_err(|e: StoreError| e.to_string());
-        for Done { answer, reply } in batch {
-            let answer = match (&persisted, answer) {
-                (Ok(()), answer) => answer,
-                // An error answer took nothing; a decision that could not be made
-                // durable must not be acknowledged.
-                (Err(_), Err(e)) => Err(e),
-                (Err(e), Ok(_)) => Err(GatewayError::Persist(e.clone())),
-            };
+        let durable = Instant::now();
+        let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.commit.record(durable - started);
+        stats.committed += batch.len() as u64;
+        let answers: Vec<_> = batch
+            .into_iter()
+            .map(|done| {
+                let answer = match (&persisted, done.answer) {
+                    (Ok(()), answer) => answer,
+                    // An error answer took nothing; a decision that could not be
+                    // made durable must not be acknowledged.
+                    (Err(_), Err(e)) => Err(e),
+                    (Err(e), Ok(_)) => Err(GatewayError::Persist(e.clone())),
+                };
+                stats.commit_wait.record(durable - done.decided_at);
+                stats.count(done.op, outcome(&answer));
+                (done.reply, answer)
+            })
+            .collect();
+        // Answer outside the lock: the workers take it after every decision.
+        drop(stats);
+        for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
+    }
+}
+
+fn outcome(answer: &Result<Answer, GatewayError>) -> Outcome {
+    match answer {
+        Ok(Answer::Decision(d)) if d.denied.is_some() => Outcome::Deny,
+        Ok(Answer::Leads(b)) if b.denied.is_some() => Outcome::Deny,
+        Ok(_) => Outcome::Allow,
+        Err(_) => Outcome::Error,
     }
 }

@@ -8,18 +8,21 @@
 //! - [`bindings`]: the only place bindings are generated from `wit/`;
 //! - [`store`]: the durable state behind the WIT `state` imports: generic atomic
 //!   primitives, in memory or in redb, with group commit;
-//! - [`metrics`]: latency histograms of decisions and of their store time;
+//! - [`metrics`]: latency histograms of decisions (guest, store, commit wait) and
+//!   the gateway's counters, with their Prometheus rendering;
 //! - [`time`]: the clock the host hands the guest;
 //! - [`gateway`]: a pool of workers over one store, with group commit and
 //!   versioned reloads, for long-running front ends;
 //! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads),
 //!   [`postfix`] (the sans-I/O core of Postfix policy delegation);
-//! - [`serve`]: the Postfix policy server, sockets around [`postfix`] and a [`gateway`].
+//! - [`serve`]: the Postfix policy server, sockets around [`postfix`] and a [`gateway`];
+//! - [`http`]: the HTTP JSON API over the same [`gateway`], with `/metrics`.
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
 
 pub mod bindings;
 pub mod gateway;
+pub mod http;
 pub mod import;
 pub mod metrics;
 pub mod policy_suite;

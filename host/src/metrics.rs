@@ -14,27 +14,91 @@ use crate::request::Op;
 /// Longest latency a histogram tracks; longer ones are clamped to it.
 const MAX_TRACKED_NANOS: u64 = 60_000_000_000;
 
+/// One latency distribution: an HDR histogram of nanoseconds (3 significant
+/// digits) and the exact sum, which Prometheus histograms also expose.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    histogram: Histogram<u64>,
+    sum_nanos: u128,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            histogram: Histogram::new_with_bounds(1, MAX_TRACKED_NANOS, 3)
+                .expect("static bounds are valid"),
+            sum_nanos: 0,
+        }
+    }
+}
+
+impl Timing {
+    pub fn record(&mut self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.histogram
+            .saturating_record(nanos.clamp(1, MAX_TRACKED_NANOS));
+        self.sum_nanos += u128::from(nanos);
+    }
+
+    pub fn merge(&mut self, other: &Timing) {
+        // Same bounds on both sides: `add` cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+        self.sum_nanos += other.sum_nanos;
+    }
+
+    pub fn summary(&self) -> Summary {
+        summarize(&self.histogram)
+    }
+
+    /// The lines of a Prometheus histogram named `name` with `labels` (already
+    /// rendered as `k="v",` pairs, possibly empty), in seconds.
+    fn prometheus(&self, out: &mut String, name: &str, labels: &str) {
+        // One pass over the recorded values, not one count per bucket: a scrape
+        // must stay cheap however many values the histogram holds.
+        let mut counts = [0u64; BUCKETS.len()];
+        for v in self.histogram.iter_recorded() {
+            let seconds = v.value_iterated_to() as f64 / 1e9;
+            let first = BUCKETS.partition_point(|bound| *bound < seconds);
+            if let Some(c) = counts.get_mut(first) {
+                *c += v.count_since_last_iteration();
+            }
+        }
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(counts) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.histogram.len();
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let labels = labels.trim_end_matches(',');
+        let sum = self.sum_nanos as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Upper bounds of the Prometheus histogram buckets, in seconds: from the cost of a
+/// decision in memory (microseconds) to a slow disk sync (a second).
+const BUCKETS: [f64; 18] = [
+    0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+    0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 /// Latency histograms of one worker, or merged from many.
 #[derive(Debug, Clone)]
 pub struct Latencies {
-    total: Vec<Histogram<u64>>,
-    store: Vec<Histogram<u64>>,
+    total: Vec<Timing>,
+    store: Vec<Timing>,
+    /// `total` less `store`, per decision: the component's own work.
+    guest: Vec<Timing>,
 }
 
 impl Default for Latencies {
     fn default() -> Self {
-        let new = || {
-            Op::ALL
-                .iter()
-                .map(|_| {
-                    Histogram::new_with_bounds(1, MAX_TRACKED_NANOS, 3)
-                        .expect("static bounds are valid")
-                })
-                .collect()
-        };
         Self {
-            total: new(),
-            store: new(),
+            total: vec![Timing::default(); Op::ALL.len()],
+            store: vec![Timing::default(); Op::ALL.len()],
+            guest: vec![Timing::default(); Op::ALL.len()],
         }
     }
 }
@@ -52,13 +116,9 @@ pub struct Summary {
 impl Latencies {
     /// Records one decision: `total` around the guest call, `store` inside host imports.
     pub fn record(&mut self, op: Op, total: Duration, store: Duration) {
-        let nanos = |d: Duration| {
-            u64::try_from(d.as_nanos())
-                .unwrap_or(u64::MAX)
-                .clamp(1, MAX_TRACKED_NANOS)
-        };
-        self.total[op.index()].saturating_record(nanos(total));
-        self.store[op.index()].saturating_record(nanos(store));
+        self.total[op.index()].record(total);
+        self.store[op.index()].record(store);
+        self.guest[op.index()].record(total.saturating_sub(store));
     }
 
     pub fn merge(&mut self, other: &Latencies) {
@@ -67,51 +127,265 @@ impl Latencies {
             .iter_mut()
             .zip(&other.total)
             .chain(self.store.iter_mut().zip(&other.store))
+            .chain(self.guest.iter_mut().zip(&other.guest))
         {
-            // Same bounds on both sides: `add` cannot fail.
-            let _ = mine.add(theirs);
+            mine.merge(theirs);
         }
     }
 
     pub fn summary(&self, op: Op) -> Summary {
-        summarize(&self.total[op.index()])
+        self.total[op.index()].summary()
     }
 
     pub fn store_summary(&self, op: Op) -> Summary {
-        summarize(&self.store[op.index()])
+        self.store[op.index()].summary()
     }
 
     /// All operations together.
     pub fn overall(&self) -> Summary {
-        let mut all =
-            Histogram::new_with_bounds(1, MAX_TRACKED_NANOS, 3).expect("static bounds are valid");
-        for h in &self.total {
-            let _ = all.add(h);
-        }
-        summarize(&all)
+        self.all(&self.total).summary()
+    }
+
+    /// One of the per-operation families merged over every operation.
+    fn all(&self, family: &[Timing]) -> Timing {
+        let mut all = Timing::default();
+        family.iter().for_each(|t| all.merge(t));
+        all
     }
 
     /// A table of every operation that ran, for a terminal.
     pub fn report(&self) -> String {
-        let mut out = format!(
-            "{:<22} {:>8} {:>10} {:>10} {:>10} {:>10}\n",
-            "decision latency", "count", "p50", "p99", "p99.9", "max"
-        );
+        let mut out = header("decision latency");
         let rows = Op::ALL
             .iter()
             .map(|op| (op.name(), self.summary(*op)))
             .chain([("all", self.overall())]);
         for (name, s) in rows.filter(|(_, s)| s.count > 0) {
+            row(&mut out, name, s);
+        }
+        out
+    }
+}
+
+fn header(title: &str) -> String {
+    format!(
+        "{title:<22} {:>8} {:>10} {:>10} {:>10} {:>10}\n",
+        "count", "p50", "p99", "p99.9", "max"
+    )
+}
+
+fn row(out: &mut String, name: &str, s: Summary) {
+    let _ = writeln!(
+        out,
+        "{name:<22} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        s.count,
+        human(s.p50),
+        human(s.p99),
+        human(s.p999),
+        human(s.max)
+    );
+}
+
+/// How a decision ended, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// No decision: a guest error, trap or timeout, or a failed commit.
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Allow, Outcome::Deny, Outcome::Error];
+
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Everything a gateway has measured since it started: for `/metrics` and for
+/// the report `serve` prints when it stops.
+///
+/// A decision's latency is split three ways: time in the guest (the component's
+/// own work), time in the store (the host imports it called), and time waiting
+/// for the group commit that made it durable.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayStats {
+    pub latencies: Latencies,
+    /// Per operation, per [`Outcome`].
+    outcomes: Vec<[u64; 3]>,
+    /// One `persist` each: the durable commit a batch of decisions shares.
+    pub commit: Timing,
+    /// Per decision: from its answer being made to its commit being durable.
+    pub commit_wait: Timing,
+    /// Decisions released by the commits (their ratio to the commits is the
+    /// mean group size).
+    pub committed: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub reloads: u64,
+    pub reloads_refused: u64,
+    pub version: u64,
+}
+
+impl GatewayStats {
+    pub fn count(&mut self, op: Op, outcome: Outcome) {
+        if self.outcomes.is_empty() {
+            self.outcomes = vec![[0; 3]; Op::ALL.len()];
+        }
+        self.outcomes[op.index()][outcome as usize] += 1;
+    }
+
+    pub fn outcomes(&self, op: Op, outcome: Outcome) -> u64 {
+        self.outcomes
+            .get(op.index())
+            .map_or(0, |o| o[outcome as usize])
+    }
+
+    /// The shutdown report: the per-operation table, then the split of all
+    /// decisions into guest, store and commit wait.
+    pub fn report(&self) -> String {
+        let mut out = self.latencies.report();
+        if self.latencies.overall().count == 0 {
+            return out;
+        }
+        out.push_str(&header("where the time went"));
+        row(
+            &mut out,
+            "guest",
+            self.latencies.all(&self.latencies.guest).summary(),
+        );
+        row(
+            &mut out,
+            "store",
+            self.latencies.all(&self.latencies.store).summary(),
+        );
+        row(&mut out, "commit wait", self.commit_wait.summary());
+        row(&mut out, "commit (per batch)", self.commit.summary());
+        out
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP creditgate_decisions_total Decisions answered, by operation and outcome.\n",
+        );
+        out.push_str("# TYPE creditgate_decisions_total counter\n");
+        for op in Op::ALL {
+            for outcome in Outcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "creditgate_decisions_total{{op=\"{}\",outcome=\"{}\"}} {}",
+                    op.name(),
+                    outcome.name(),
+                    self.outcomes(op, outcome)
+                );
+            }
+        }
+        let families: [(&str, &str, &Vec<Timing>); 2] = [
+            (
+                "creditgate_decision_duration_seconds",
+                "Time of one decision in the guest and the store, before its commit.",
+                &self.latencies.total,
+            ),
+            (
+                "creditgate_decision_store_seconds",
+                "Time one decision spent in store primitives.",
+                &self.latencies.store,
+            ),
+        ];
+        for (name, help, timings) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (op, timing) in Op::ALL.iter().zip(timings) {
+                timing.prometheus(&mut out, name, &format!("op=\"{}\",", op.name()));
+            }
+        }
+        for (name, help, timing) in [
+            (
+                "creditgate_commit_duration_seconds",
+                "Time of one durable group commit.",
+                &self.commit,
+            ),
+            (
+                "creditgate_commit_wait_seconds",
+                "Time a decision waited for the commit that made it durable.",
+                &self.commit_wait,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            timing.prometheus(&mut out, name, "");
+        }
+        out.push_str("# HELP creditgate_decision_latency_seconds Decision latency quantiles, split into guest, store and commit wait.\n");
+        out.push_str("# TYPE creditgate_decision_latency_seconds gauge\n");
+        let split = [
+            ("guest", self.latencies.all(&self.latencies.guest).summary()),
+            ("store", self.latencies.all(&self.latencies.store).summary()),
+            ("commit_wait", self.commit_wait.summary()),
+        ];
+        for (part, s) in split {
+            for (q, v) in [
+                ("0.5", s.p50),
+                ("0.99", s.p99),
+                ("0.999", s.p999),
+                ("1", s.max),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "creditgate_decision_latency_seconds{{part=\"{part}\",quantile=\"{q}\"}} {}",
+                    v as f64 / 1e9
+                );
+            }
+        }
+        let counters = [
+            (
+                "creditgate_commits_total",
+                "Durable group commits.",
+                self.commit.summary().count,
+            ),
+            (
+                "creditgate_committed_decisions_total",
+                "Decisions made durable by the group commits.",
+                self.committed,
+            ),
+        ];
+        for (name, help, value) in counters {
             let _ = writeln!(
                 out,
-                "{name:<22} {:>8} {:>10} {:>10} {:>10} {:>10}",
-                s.count,
-                human(s.p50),
-                human(s.p99),
-                human(s.p999),
-                human(s.max)
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        out.push_str("# HELP creditgate_guest_traps_total Guest calls that trapped or ran out of time; each replaced its instance.\n");
+        out.push_str("# TYPE creditgate_guest_traps_total counter\n");
+        let _ = writeln!(
+            out,
+            "creditgate_guest_traps_total{{kind=\"trap\"}} {}",
+            self.traps
+        );
+        let _ = writeln!(
+            out,
+            "creditgate_guest_traps_total{{kind=\"timeout\"}} {}",
+            self.timeouts
+        );
+        out.push_str("# HELP creditgate_reloads_total Policy or component reloads, by result.\n");
+        out.push_str("# TYPE creditgate_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "creditgate_reloads_total{{result=\"ok\"}} {}",
+            self.reloads
+        );
+        let _ = writeln!(
+            out,
+            "creditgate_reloads_total{{result=\"refused\"}} {}",
+            self.reloads_refused
+        );
+        out.push_str("# HELP creditgate_policy_version Version of the policy in force; grows by one per reload.\n");
+        out.push_str("# TYPE creditgate_policy_version gauge\n");
+        let _ = writeln!(out, "creditgate_policy_version {}", self.version);
         out
     }
 }

@@ -8,12 +8,11 @@
 //! other: Postfix reconnects, and applies its `default_action` meanwhile.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -46,11 +45,55 @@ impl Default for ServeOptions {
 /// Bytes asked of the socket per read; Postfix's requests are about 1 KiB.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Where Postfix connects: `inet:host:port`, or `unix:path` for a smtpd on the
+/// same machine (no TCP handshake, and file permissions decide who may ask).
+#[derive(Debug)]
+pub enum PolicyListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for PolicyListener {
+    fn from(listener: TcpListener) -> Self {
+        PolicyListener::Tcp(listener)
+    }
+}
+
+impl From<UnixListener> for PolicyListener {
+    fn from(listener: UnixListener) -> Self {
+        PolicyListener::Unix(listener)
+    }
+}
+
+impl PolicyListener {
+    /// Accepts one connection; the peer is named for the logs (a unix socket's
+    /// peers have no useful name).
+    async fn accept(&self) -> std::io::Result<(Stream, String)> {
+        match self {
+            PolicyListener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                // Replies are small and must leave at once.
+                let _ = stream.set_nodelay(true);
+                Ok((Stream::Tcp(stream), peer.to_string()))
+            }
+            PolicyListener::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                Ok((Stream::Unix(stream), "unix".to_owned()))
+            }
+        }
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
 /// Accepts connections on `listener` until `shutdown` completes, then stops
 /// accepting, lets every open connection finish the request it is answering, and
 /// returns when all of them are closed.
 pub async fn serve_postfix(
-    listener: TcpListener,
+    listener: impl Into<PolicyListener>,
     gateway: Arc<Gateway>,
     config: Arc<PostfixConfig>,
     options: ServeOptions,
@@ -58,6 +101,7 @@ pub async fn serve_postfix(
 ) {
     // A watch rather than a oneshot: every connection sees the one value, including
     // those that look at it long after it was set.
+    let listener = listener.into();
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -67,14 +111,17 @@ pub async fn serve_postfix(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     debug!(%peer, "connection accepted");
-                    connections.spawn(connection(
-                        stream,
+                    let connection = Connection {
                         peer,
-                        gateway.clone(),
-                        config.clone(),
+                        gateway: gateway.clone(),
+                        config: config.clone(),
                         options,
-                        stopped.clone(),
-                    ));
+                        stopped: stopped.clone(),
+                    };
+                    match stream {
+                        Stream::Tcp(stream) => connections.spawn(connection.run(stream)),
+                        Stream::Unix(stream) => connections.spawn(connection.run(stream)),
+                    };
                 }
                 Err(e) => {
                     // Typically out of descriptors: retrying at once would spin.
@@ -91,68 +138,79 @@ pub async fn serve_postfix(
     while connections.join_next().await.is_some() {}
 }
 
-/// Serves one peer until it closes, breaks the protocol, idles out, or the server
-/// stops between two requests.
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+/// One peer's connection, before its socket is known.
+struct Connection {
+    peer: String,
     gateway: Arc<Gateway>,
     config: Arc<PostfixConfig>,
     options: ServeOptions,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut reader = RequestReader::new(config.limits);
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        // Stop only between requests; a request begun is read to its end (or
-        // until the idle timeout), then answered.
-        let idle = reader.is_idle();
-        if idle && *stopped.borrow() {
-            return;
-        }
-        let read = tokio::select! {
-            read = tokio::time::timeout(options.idle_timeout, stream.read(&mut buf)) => read,
-            _ = async { let _ = stopped.wait_for(|s| *s).await; }, if idle => return,
-        };
-        let n = match read {
-            Ok(Ok(0)) => {
-                if !reader.is_idle() {
-                    debug!(%peer, "peer closed in the middle of a request");
-                }
-                return;
-            }
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "read failed; closing");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, timeout = ?options.idle_timeout, "idle timeout; closing");
-                return;
-            }
-        };
-        let mut input = buf.get(..n).unwrap_or_default();
+    stopped: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves one peer until it closes, breaks the protocol, idles out, or the server
+    /// stops between two requests.
+    async fn run(self, mut stream: impl AsyncRead + AsyncWrite + Unpin) {
+        let Connection {
+            peer,
+            gateway,
+            config,
+            options,
+            mut stopped,
+        } = self;
+        let mut reader = RequestReader::new(config.limits);
+        let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            match reader.decode(&mut input) {
-                Ok(Some(request)) => {
-                    let reply = answer(&gateway, &config, &request, peer).await;
-                    let written = tokio::time::timeout(
-                        options.idle_timeout,
-                        stream.write_all(&reply.encode()),
-                    )
-                    .await;
-                    if !matches!(written, Ok(Ok(()))) {
-                        debug!(%peer, "cannot write the reply; closing");
-                        return;
+            // Stop only between requests; a request begun is read to its end (or
+            // until the idle timeout), then answered.
+            let idle = reader.is_idle();
+            if idle && *stopped.borrow() {
+                return;
+            }
+            let read = tokio::select! {
+                read = tokio::time::timeout(options.idle_timeout, stream.read(&mut buf)) => read,
+                _ = async { let _ = stopped.wait_for(|s| *s).await; }, if idle => return,
+            };
+            let n = match read {
+                Ok(Ok(0)) => {
+                    if !reader.is_idle() {
+                        debug!(%peer, "peer closed in the middle of a request");
                     }
-                    if *stopped.borrow() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(%peer, error = %e, "protocol error; closing the connection");
                     return;
+                }
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "read failed; closing");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, timeout = ?options.idle_timeout, "idle timeout; closing");
+                    return;
+                }
+            };
+            let mut input = buf.get(..n).unwrap_or_default();
+            loop {
+                match reader.decode(&mut input) {
+                    Ok(Some(request)) => {
+                        let reply = answer(&gateway, &config, &request, &peer).await;
+                        let written = tokio::time::timeout(
+                            options.idle_timeout,
+                            stream.write_all(&reply.encode()),
+                        )
+                        .await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            debug!(%peer, "cannot write the reply; closing");
+                            return;
+                        }
+                        if *stopped.borrow() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(%peer, error = %e, "protocol error; closing the connection");
+                        return;
+                    }
                 }
             }
         }
@@ -170,7 +228,7 @@ async fn answer(
     gateway: &Gateway,
     config: &PostfixConfig,
     request: &PolicyRequest,
-    peer: SocketAddr,
+    peer: &str,
 ) -> Reply {
     let actions = &config.actions;
     let state = request.protocol_state().unwrap_or("");

@@ -1,6 +1,8 @@
-//! `creditgate serve`: the Postfix policy server as a long-running process. Reads
+//! `creditgate serve`: the gateway as a long-running process, with the Postfix
+//! policy listener (TCP and optionally a unix socket) and the HTTP API. Reads
 //! flags and an optional TOML file (flags win), starts the gateway, serves until
-//! SIGTERM or SIGINT, and reloads the policy on SIGHUP.
+//! SIGTERM or SIGINT, and reloads the policy and component on SIGHUP or
+//! `POST /v1/admin/reload`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,25 +16,66 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use creditgate::gateway::Gateway;
+use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
 use creditgate::postfix::PostfixConfig;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig};
-use creditgate::serve::{ServeOptions, serve_postfix};
+use creditgate::serve::{PolicyListener, ServeOptions, serve_postfix};
 
 use super::{ComponentArgs, Exit, PolicyArgs, StoreArgs, located};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:10040";
+const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listen {
+    At(SocketAddr),
+    Off,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::At)
+            .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:8080, nor `off`: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// Serve credit decisions to Postfix (`check_policy_service`) until SIGTERM or
 /// SIGINT; SIGHUP reloads the policy file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A TOML file with any of: postfix_listen, workers, idle_timeout_secs, store,
-    /// policy, component, and a [postfix] table. Flags override it.
+    /// A TOML file with any of: postfix_listen, postfix_unix, http_listen,
+    /// http_max_body_bytes, workers, idle_timeout_secs, store, policy, component,
+    /// and a [postfix] table. Flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address of the Postfix policy listener. Default: 127.0.0.1:10040.
-    #[arg(long, value_name = "ADDR")]
-    postfix_listen: Option<SocketAddr>,
+    /// Address of the Postfix policy listener, or `off`. Default: 127.0.0.1:10040.
+    #[arg(long, value_name = "ADDR|off")]
+    postfix_listen: Option<Listen>,
+    /// Also listen for Postfix on this unix socket (mode 0660; a stale socket
+    /// file left by a crash is replaced).
+    #[arg(long, value_name = "PATH")]
+    postfix_unix: Option<PathBuf>,
+    /// Address of the HTTP API, or `off`. Default: 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR|off")]
+    http_listen: Option<Listen>,
+    /// Largest HTTP request body, in bytes. Default: 524288.
+    #[arg(long, value_name = "BYTES")]
+    http_max_body_bytes: Option<usize>,
     /// Decision workers. Default: twice the available parallelism, at least 2.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -59,7 +102,10 @@ enum LogFormat {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    postfix_listen: Option<SocketAddr>,
+    postfix_listen: Option<Listen>,
+    postfix_unix: Option<PathBuf>,
+    http_listen: Option<Listen>,
+    http_max_body_bytes: Option<usize>,
     workers: Option<usize>,
     idle_timeout_secs: Option<u64>,
     store: Option<PathBuf>,
@@ -84,6 +130,7 @@ impl FileConfig {
         };
         relative(&mut config.policy);
         relative(&mut config.component);
+        relative(&mut config.postfix_unix);
         if config.store.as_deref() != Some(Path::new("memory")) {
             relative(&mut config.store);
         }
@@ -93,7 +140,10 @@ impl FileConfig {
 
 /// Everything `run` needs, flags and file merged.
 struct Settings {
-    listen: SocketAddr,
+    listen: Listen,
+    unix: Option<PathBuf>,
+    http: Listen,
+    http_options: HttpOptions,
     workers: usize,
     options: ServeOptions,
     store: StoreArgs,
@@ -108,9 +158,18 @@ impl Settings {
             None => FileConfig::default(),
         };
         let listen = match args.postfix_listen.or(file.postfix_listen) {
-            Some(addr) => addr,
-            None => DEFAULT_LISTEN.parse()?,
+            Some(listen) => listen,
+            None => Listen::At(DEFAULT_LISTEN.parse()?),
         };
+        let http = match args.http_listen.or(file.http_listen) {
+            Some(listen) => listen,
+            None => Listen::At(DEFAULT_HTTP_LISTEN.parse()?),
+        };
+        let max_body_bytes = args
+            .http_max_body_bytes
+            .or(file.http_max_body_bytes)
+            .unwrap_or(http::DEFAULT_MAX_BODY_BYTES);
+        anyhow::ensure!(max_body_bytes > 0, "http_max_body_bytes must be at least 1");
         let workers = args.workers.or(file.workers).unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (2 * cores).max(2)
@@ -120,6 +179,9 @@ impl Settings {
         anyhow::ensure!(idle > 0, "idle timeout must be at least 1 second");
         Ok(Settings {
             listen,
+            unix: args.postfix_unix.or(file.postfix_unix),
+            http,
+            http_options: HttpOptions { max_body_bytes },
             workers,
             options: ServeOptions {
                 idle_timeout: Duration::from_secs(idle),
@@ -145,13 +207,10 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let (policy_path, policy) = settings.policy.load()?;
     // The gateway's own decision budget, not the offline tools' generous one: a
     // guest stuck on a mail path must be cut off in milliseconds.
-    let source = settings
-        .policy
-        .component
-        .component
-        .clone()
-        .map_or(ComponentSource::Builtin, ComponentSource::File);
-    let runtime = Arc::new(Runtime::new(&source, RuntimeConfig::default())?);
+    let runtime = Arc::new(Runtime::new(
+        &component_source(&settings.policy),
+        RuntimeConfig::default(),
+    )?);
     let gateway = match Gateway::start(runtime, store, &policy, settings.workers) {
         Ok((gateway, summary)) => {
             for warning in &summary.warnings {
@@ -165,10 +224,21 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    tokio.block_on(serve(&settings, gateway.clone(), &policy_path))?;
+    let served = tokio.block_on(serve(&settings, gateway.clone(), &policy_path));
+    // Whatever stopped the listeners, what was decided is made durable and the
+    // store closed cleanly.
     gateway.shutdown();
-    eprint!("{}", gateway.latencies().report());
+    eprint!("{}", gateway.snapshot().report());
+    served?;
     Ok(Exit::Success)
+}
+
+fn component_source(policy: &PolicyArgs) -> ComponentSource {
+    policy
+        .component
+        .component
+        .clone()
+        .map_or(ComponentSource::Builtin, ComponentSource::File)
 }
 
 async fn serve(
@@ -176,61 +246,169 @@ async fn serve(
     gateway: Arc<Gateway>,
     policy_path: &Path,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let local = listener.local_addr()?;
-    info!(
-        workers = settings.workers,
-        policy = %policy_path.display(),
-        "listening on {local} (postfix policy)"
+    let reloader = reloader(gateway.clone(), &settings.policy);
+    // Every listener is bound before any serves: a bad address fails the start,
+    // not the first request.
+    let mut listeners: Vec<(String, PolicyListener)> = Vec::new();
+    if let Listen::At(addr) = settings.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push((listener.local_addr()?.to_string(), listener.into()));
+    }
+    if let Some(path) = &settings.unix {
+        let listener = bind_unix(path)?;
+        listeners.push((format!("unix:{}", path.display()), listener.into()));
+    }
+    let http = match settings.http {
+        Listen::At(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http)"))?,
+        ),
+        Listen::Off => None,
+    };
+    anyhow::ensure!(
+        !listeners.is_empty() || http.is_some(),
+        "every listener is off: nothing to serve"
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_postfix(
-        listener,
-        gateway.clone(),
-        Arc::new(settings.postfix.clone()),
-        settings.options,
-        stopped,
-    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, listener) in listeners {
+        info!(workers = settings.workers, policy = %policy_path.display(),
+            "listening on {name} (postfix policy)");
+        tasks.spawn(serve_postfix(
+            listener,
+            gateway.clone(),
+            Arc::new(settings.postfix.clone()),
+            settings.options,
+            until_stopped(),
+        ));
+    }
+    if let Some(listener) = http {
+        info!("listening on http://{}", listener.local_addr()?);
+        let router = http::router(gateway.clone(), reloader.clone(), settings.http_options);
+        let shutdown = until_stopped();
+        tasks.spawn(async move {
+            if let Err(e) = http::serve_http(listener, router, shutdown).await {
+                warn!(error = %e, "the http listener failed");
+            }
+        });
+    }
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&gateway, &settings.policy),
+            _ = hangup.recv() => {
+                let reloader = reloader.clone();
+                // Off the async workers: a component may take a second to compile.
+                let _ = tokio::task::spawn_blocking(move || reloader()).await;
+            }
         }
     }
     info!("shutting down: no new connections, finishing requests in flight");
-    let _ = stop.send(());
-    server.await.context("the server task failed")?;
+    let _ = stop.send(true);
+    while let Some(done) = tasks.join_next().await {
+        done.context("a listener task failed")?;
+    }
+    if let Some(path) = &settings.unix {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 
-/// Re-reads the policy file and hands it to the gateway; a refused policy leaves
-/// the current one serving.
-fn reload(gateway: &Gateway, policy: &PolicyArgs) {
-    let (path, text) = match policy.load() {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            warn!("reload refused, the current policy keeps serving: {e:#}");
-            return;
-        }
-    };
-    match gateway.reload(&text, None) {
-        Ok(summary) => {
-            for warning in &summary.warnings {
-                warn!("{}", located(&path, warning));
-            }
-            info!(version = gateway.version(), policy = %path.display(), "policy reloaded");
-        }
-        Err(e) => warn!(
-            "reload refused, the current policy keeps serving: {:#}",
-            load_error(&path, e)
-        ),
+/// Binds the unix socket, replacing a stale one (a socket file nobody listens on,
+/// left by a crash), never any other kind of file.
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "cannot listen on {}: it exists and is not a socket",
+            path.display()
+        );
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(path).is_err(),
+            "cannot listen on {}: another process is listening there",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Postfix's smtpd runs as its own user: give the socket's group (make it
+    // postfix's, or run serve as postfix) read and write, nobody else anything.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// The reload both SIGHUP and `POST /v1/admin/reload` run: re-read the policy
+/// file and the component file (when one is configured), validate them on a
+/// scratch instance, and switch; a refusal is logged and the current version keeps
+/// serving.
+fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs) -> Reloader {
+    let policy = PolicyArgs {
+        policy: policy.policy.clone(),
+        component: ComponentArgs {
+            component: policy.component.component.clone(),
+        },
+    };
+    Arc::new(move || {
+        let refused = |message: String, diagnostics: Vec<String>| {
+            warn!("reload refused, the current policy keeps serving: {message}");
+            for line in &diagnostics {
+                warn!("{line}");
+            }
+            ReloadRefused {
+                message,
+                diagnostics,
+            }
+        };
+        // The gateway counts the reloads it refuses; those refused before it sees
+        // them are counted here.
+        let refused_early = |message: String| {
+            gateway.refused_reload();
+            refused(message, vec![])
+        };
+        let (path, text) = policy
+            .load()
+            .map_err(|e| refused(format!("{e:#}"), vec![]))?;
+        let runtime = match &policy.component.component {
+            None => None,
+            Some(_) => Some(Arc::new(
+                Runtime::new(&component_source(&policy), RuntimeConfig::default())
+                    .map_err(|e| refused_early(e.to_string()))?,
+            )),
+        };
+        match gateway.reload(&text, runtime) {
+            Ok(summary) => {
+                let warnings: Vec<String> =
+                    summary.warnings.iter().map(|w| located(&path, w)).collect();
+                for warning in &warnings {
+                    warn!("{warning}");
+                }
+                let version = gateway.version();
+                info!(version, policy = %path.display(), "policy reloaded");
+                Ok(Reloaded { version, warnings })
+            }
+            Err(LoadError::Policy(diagnostics)) => Err(refused(
+                format!("invalid policy {}", path.display()),
+                diagnostics.iter().map(|d| located(&path, d)).collect(),
+            )),
+            Err(e) => Err(refused(e.to_string(), vec![])),
+        }
+    })
 }
 
 fn load_error(path: &Path, e: LoadError) -> anyhow::Error {

@@ -19,16 +19,7 @@ fn at(s: &str) -> i64 {
 }
 
 fn gateway(store: Arc<dyn Store>, workers: usize) -> Gateway {
-    let runtime = Arc::new(
-        creditgate::runtime::Runtime::new(
-            &creditgate::runtime::ComponentSource::Builtin,
-            creditgate::runtime::RuntimeConfig {
-                decision_budget: std::time::Duration::from_secs(2),
-                ..Default::default()
-            },
-        )
-        .expect("component loads"),
-    );
+    let runtime = crate::harness::shared_runtime();
     let (gateway, _) = Gateway::start(runtime, store, POLICY, workers).expect("starts");
     let subscribe = Request::Subscribe {
         account: "acme".into(),

@@ -14,7 +14,16 @@ pub const SMARTLEAD: &str = include_str!("../../../policies/smartlead.toml");
 
 /// Compiling the component takes a few hundred ms: do it once per test binary.
 pub fn runtime() -> &'static Runtime {
-    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    shared()
+}
+
+/// The same runtime, for what keeps one (a gateway).
+pub fn shared_runtime() -> Arc<Runtime> {
+    shared().clone()
+}
+
+fn shared() -> &'static Arc<Runtime> {
+    static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         // Tests run in parallel in a debug build: a wall-clock budget of a few ms
         // would trip on preemption, which is not what these tests are about.
@@ -22,7 +31,7 @@ pub fn runtime() -> &'static Runtime {
             decision_budget: Duration::from_secs(2),
             ..RuntimeConfig::default()
         };
-        Runtime::new(&ComponentSource::Builtin, config).expect("built-in component loads")
+        Arc::new(Runtime::new(&ComponentSource::Builtin, config).expect("built-in component loads"))
     })
 }
 

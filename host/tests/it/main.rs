@@ -4,6 +4,7 @@ mod check;
 mod gateway;
 mod harness;
 mod hostile;
+mod http;
 mod import;
 mod model;
 mod operator;

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -17,7 +17,6 @@ use tokio::time::timeout;
 use creditgate::gateway::Gateway;
 use creditgate::postfix::PostfixConfig;
 use creditgate::request::Request;
-use creditgate::runtime::{ComponentSource, Runtime, RuntimeConfig};
 use creditgate::serve::{ServeOptions, serve_postfix};
 use creditgate::store::MemoryStore;
 use creditgate::time::now;
@@ -27,17 +26,8 @@ const POLICY: &str = "[plans.small]\nlead_credits = 20\nemail_credits = 5\n";
 /// Every wait in these tests is bounded by this: a hang is a failure, not a stall.
 const WAIT: Duration = Duration::from_secs(10);
 
-fn component() -> Arc<Runtime> {
-    static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            let config = RuntimeConfig {
-                decision_budget: Duration::from_secs(2),
-                ..RuntimeConfig::default()
-            };
-            Arc::new(Runtime::new(&ComponentSource::Builtin, config).expect("component loads"))
-        })
-        .clone()
+fn component() -> Arc<creditgate::runtime::Runtime> {
+    crate::harness::shared_runtime()
 }
 
 /// Runs `test` on a small multi-thread runtime.
@@ -363,6 +353,7 @@ fn spawn_serve(args: &[&str]) -> (std::process::Child, u16) {
         .arg("serve")
         .args(args)
         .args(["--postfix-listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-listen", "off"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

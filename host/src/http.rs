@@ -1,0 +1,685 @@
+//! The HTTP JSON API: the decisions the Postfix front end and the CLI make, for
+//! sending platforms and for gateways that speak HTTP rather than Postfix's
+//! policy protocol.
+//!
+//! A thin adapter, like [`crate::serve`]: each handler turns a request into a
+//! [`Request`], asks the [`Gateway`] (whose answer is durable when it arrives) and
+//! renders the decision in the JSON shapes replay and the CLI print. Every error
+//! is a JSON object with a stable `code` and the matching status. [`routes`] lists
+//! the routes; `host/openapi.json` documents them, and a test keeps the two equal.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::bindings::{
+    AccountUsage, Decision, EmailKind, GuestError, LeadBatch, LeadOutcome, Reason, StateError,
+};
+use crate::gateway::{Gateway, GatewayError};
+use crate::replay::{CreditsJson, Outcome, UsageJson, reason_code};
+use crate::request::Request;
+use crate::runtime::DecideError;
+use crate::time::{format_instant, now, parse_instant};
+
+/// Most addresses one `POST .../leads` takes: Smartlead's own limit per request,
+/// and small enough that one batch holds the store's writer for milliseconds.
+pub const MAX_LEADS_PER_REQUEST: usize = 1_000;
+
+/// Largest request body by default. 1,000 addresses of up to 254 bytes fit with
+/// room to spare; anything larger is refused before it is parsed.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 512 * 1024;
+
+/// What a reload did: the version now in force and the new policy's warnings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reloaded {
+    pub version: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Why a reload was refused; the version in force keeps serving.
+#[derive(Debug, Clone)]
+pub struct ReloadRefused {
+    pub message: String,
+    /// One line per problem, each naming its place (`file:line:column: ...`).
+    pub diagnostics: Vec<String>,
+}
+
+/// Re-reads the policy (and component) and hands them to the gateway. Supplied by
+/// whoever knows where they come from; runs on a blocking thread.
+pub type Reloader = Arc<dyn Fn() -> std::result::Result<Reloaded, ReloadRefused> + Send + Sync>;
+
+/// Settings of the HTTP front end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOptions {
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    gateway: Arc<Gateway>,
+    reload: Reloader,
+}
+
+/// Every route the API serves, with its handler.
+fn table() -> [(&'static str, &'static str, MethodRouter<App>); 10] {
+    [
+        (
+            "post",
+            "/v1/accounts/{account}/subscription",
+            post(subscribe),
+        ),
+        ("put", "/v1/accounts/{account}/plan", put(change_plan)),
+        ("get", "/v1/accounts/{account}/usage", get(usage)),
+        (
+            "post",
+            "/v1/accounts/{account}/campaigns/{campaign}/leads",
+            post(add_leads),
+        ),
+        (
+            "delete",
+            "/v1/accounts/{account}/campaigns/{campaign}/leads",
+            delete(delete_campaign_leads),
+        ),
+        (
+            "delete",
+            "/v1/accounts/{account}/campaigns/{campaign}/leads/{email}",
+            delete(delete_lead),
+        ),
+        ("post", "/v1/decide/email", post(decide_email)),
+        ("get", "/healthz", get(healthz)),
+        ("post", "/v1/admin/reload", post(reload)),
+        ("get", "/metrics", get(metrics)),
+    ]
+}
+
+/// Every route the API serves, as `(method, path)`; `host/openapi.json` documents
+/// exactly these.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// The API's routes over `gateway`.
+pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: HttpOptions) -> Router {
+    let mut router = Router::new();
+    // Two methods on one path merge into one route.
+    for (_, path, handler) in table() {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .with_state(App { gateway, reload })
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then finishes the
+/// requests in flight.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+// ---- requests ----------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeBody {
+    plan: String,
+    /// RFC 3339; default now.
+    anchor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanBody {
+    plan: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeadsBody {
+    emails: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailBody {
+    account: String,
+    to: Recipients,
+    #[serde(default)]
+    kind: Kind,
+    message_id: Option<String>,
+}
+
+/// One address or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Recipients {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    #[default]
+    First,
+    FollowUp,
+    Reply,
+}
+
+impl From<Kind> for EmailKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::First => EmailKind::First,
+            Kind::FollowUp => EmailKind::FollowUp,
+            Kind::Reply => EmailKind::Reply,
+        }
+    }
+}
+
+// ---- responses ---------------------------------------------------------------
+
+/// An account's plan, anchor and usage: the body of the account routes.
+#[derive(Debug, Serialize)]
+struct AccountJson<'a> {
+    account: &'a str,
+    plan: &'a str,
+    anchor: String,
+    #[serde(flatten)]
+    usage: UsageJson,
+}
+
+impl<'a> AccountJson<'a> {
+    fn new(account: &'a str, usage: &'a AccountUsage) -> Self {
+        AccountJson {
+            account,
+            plan: &usage.plan,
+            anchor: format_instant(usage.anchor),
+            usage: UsageJson::from(usage),
+        }
+    }
+}
+
+/// A lead batch's report: every address counted in exactly one of `uploaded`,
+/// `already_in_campaign`, `in_other_campaign`, `duplicates_in_request`, `invalid`
+/// and `credits_exhausted`, as an import's report counts rows.
+#[derive(Debug, Default, Serialize)]
+struct LeadsReport<'a> {
+    account: &'a str,
+    campaign: &'a str,
+    total: u64,
+    uploaded: u64,
+    already_in_campaign: u64,
+    in_other_campaign: u64,
+    duplicates_in_request: u64,
+    invalid: u64,
+    credits_exhausted: u64,
+    /// One per address, in the order given.
+    results: Vec<LeadJson<'a>>,
+    lead_credits: Option<CreditsJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct LeadJson<'a> {
+    email: &'a str,
+    outcome: &'static str,
+}
+
+impl<'a> LeadsReport<'a> {
+    fn new(account: &'a str, campaign: &'a str, emails: &'a [String], batch: &LeadBatch) -> Self {
+        let mut report = LeadsReport {
+            account,
+            campaign,
+            total: emails.len() as u64,
+            lead_credits: batch
+                .usage
+                .as_ref()
+                .map(|u| UsageJson::from(u).lead_credits),
+            ..LeadsReport::default()
+        };
+        let mut seen = HashSet::new();
+        for (email, result) in emails.iter().zip(&batch.results) {
+            let first = result.outcome == LeadOutcome::InvalidEmail || seen.insert(result.contact);
+            let (counter, outcome) = match result.outcome {
+                // Charged, whatever came before: a repeat of a contact refused for
+                // want of credits may be added once credits are freed.
+                LeadOutcome::Added => (&mut report.uploaded, "uploaded"),
+                LeadOutcome::InvalidEmail => (&mut report.invalid, "invalid_email"),
+                _ if !first => (&mut report.duplicates_in_request, "duplicate_in_request"),
+                LeadOutcome::AlreadyInCampaign => {
+                    (&mut report.already_in_campaign, "already_in_campaign")
+                }
+                LeadOutcome::Joined => (&mut report.in_other_campaign, "in_other_campaign"),
+                LeadOutcome::LeadCreditsExhausted => {
+                    (&mut report.credits_exhausted, "lead_credits_exhausted")
+                }
+            };
+            *counter += 1;
+            report.results.push(LeadJson { email, outcome });
+        }
+        report
+    }
+}
+
+// ---- handlers ----------------------------------------------------------------
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+async fn subscribe(
+    State(app): State<App>,
+    Path(account): Path<String>,
+    Body(body): Body<SubscribeBody>,
+) -> Result<Response> {
+    let at = match &body.anchor {
+        Some(text) => parse_instant(text)
+            .map_err(|e| ApiError::unprocessable("invalid_anchor", format!("anchor: {e}")))?,
+        None => now(),
+    };
+    let request = Request::Subscribe {
+        account: account.clone(),
+        plan: body.plan,
+    };
+    let decision = decide(&app, request, at).await?;
+    let usage = allowed(&account, &decision)?;
+    info!(%account, plan = %usage.plan, "subscribed");
+    Ok((
+        StatusCode::CREATED,
+        json(&AccountJson::new(&account, usage)),
+    )
+        .into_response())
+}
+
+async fn change_plan(
+    State(app): State<App>,
+    Path(account): Path<String>,
+    Body(body): Body<PlanBody>,
+) -> Result<Response> {
+    let request = Request::ChangePlan {
+        account: account.clone(),
+        plan: body.plan,
+    };
+    let decision = decide(&app, request, now()).await?;
+    let usage = allowed(&account, &decision)?;
+    info!(%account, plan = %usage.plan, "plan changed");
+    Ok(json(&AccountJson::new(&account, usage)))
+}
+
+async fn usage(State(app): State<App>, Path(account): Path<String>) -> Result<Response> {
+    let request = Request::Usage {
+        account: account.clone(),
+    };
+    let decision = decide(&app, request, now()).await?;
+    Ok(json(&AccountJson::new(
+        &account,
+        allowed(&account, &decision)?,
+    )))
+}
+
+async fn add_leads(
+    State(app): State<App>,
+    Path((account, campaign)): Path<(String, String)>,
+    Body(body): Body<LeadsBody>,
+) -> Result<Response> {
+    if body.emails.len() > MAX_LEADS_PER_REQUEST {
+        return Err(ApiError::unprocessable(
+            "too_many_emails",
+            format!(
+                "emails: {} addresses; at most {MAX_LEADS_PER_REQUEST} per request",
+                body.emails.len()
+            ),
+        ));
+    }
+    let batch = app
+        .gateway
+        .add_leads(
+            account.clone(),
+            campaign.clone(),
+            body.emails.clone(),
+            now(),
+        )
+        .await
+        .map_err(|e| ApiError::gateway(&account, e))?;
+    if let Some(reason) = batch.denied {
+        return Err(ApiError::denied(&account, reason));
+    }
+    if batch.results.len() != body.emails.len() {
+        return Err(ApiError::internal(format!(
+            "the policy answered {} results for {} addresses",
+            batch.results.len(),
+            body.emails.len()
+        )));
+    }
+    Ok(json(&LeadsReport::new(
+        &account,
+        &campaign,
+        &body.emails,
+        &batch,
+    )))
+}
+
+async fn delete_lead(
+    State(app): State<App>,
+    Path((account, campaign, email)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let request = Request::DeleteLead {
+        account: account.clone(),
+        campaign,
+        email,
+    };
+    let decision = decide(&app, request, now()).await?;
+    allowed(&account, &decision)?;
+    Ok(json(&Outcome::from(&decision)))
+}
+
+async fn delete_campaign_leads(
+    State(app): State<App>,
+    Path((account, campaign)): Path<(String, String)>,
+) -> Result<Response> {
+    let request = Request::DeleteCampaignLeads {
+        account: account.clone(),
+        campaign,
+    };
+    let decision = decide(&app, request, now()).await?;
+    allowed(&account, &decision)?;
+    Ok(json(&Outcome::from(&decision)))
+}
+
+/// A decision, allowed or denied, is a 200: the denial is the answer asked for.
+async fn decide_email(State(app): State<App>, Body(body): Body<EmailBody>) -> Result<Response> {
+    let to = match body.to {
+        Recipients::One(address) => vec![address],
+        Recipients::Many(addresses) => addresses,
+    };
+    let account = body.account;
+    let request = Request::SendEmail {
+        account: account.clone(),
+        to,
+        kind: body.kind.into(),
+        message_id: body.message_id,
+    };
+    let decision = decide(&app, request, now()).await?;
+    if let Some(reason) = decision.denied {
+        info!(%account, reason = reason_code(reason), "email refused");
+    }
+    Ok(json(&Outcome::from(&decision)))
+}
+
+async fn healthz(State(app): State<App>) -> Response {
+    json(&serde_json::json!({
+        "status": "ok",
+        "policy_version": app.gateway.version(),
+    }))
+}
+
+async fn reload(State(app): State<App>) -> Result<Response> {
+    let reload = app.reload.clone();
+    let outcome = tokio::task::spawn_blocking(move || reload())
+        .await
+        .map_err(|e| ApiError::internal(format!("the reload task failed: {e}")))?;
+    match outcome {
+        Ok(reloaded) => Ok(json(&reloaded)),
+        Err(refused) => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "reload_refused",
+            message: refused.message,
+            diagnostics: refused.diagnostics,
+        }),
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let text = app.gateway.snapshot().prometheus();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn decide(app: &App, request: Request, at: i64) -> Result<Decision> {
+    let account = request.account().to_owned();
+    app.gateway
+        .decide(request, at)
+        .await
+        .map_err(|e| ApiError::gateway(&account, e))
+}
+
+/// The usage of an allowed decision; a denial becomes its error.
+fn allowed<'d>(account: &str, decision: &'d Decision) -> Result<&'d AccountUsage> {
+    if let Some(reason) = decision.denied {
+        return Err(ApiError::denied(account, reason));
+    }
+    decision.usage.as_ref().ok_or_else(|| {
+        ApiError::internal(format!("the policy allowed {account:?} but gave no usage"))
+    })
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::internal(format!("cannot render the answer: {e}")).into_response(),
+    }
+}
+
+// ---- extractors --------------------------------------------------------------
+
+/// `axum::Json` with its rejections rendered as [`ApiError`]s.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &S,
+    ) -> std::result::Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(ApiError::from(rejection)),
+        }
+    }
+}
+
+/// `axum::extract::Path` with its rejections rendered as [`ApiError`]s.
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> std::result::Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(ApiError::from(rejection)),
+        }
+    }
+}
+
+// ---- errors ------------------------------------------------------------------
+
+/// An error answer: `{"error": {"code", "message", "diagnostics"?}}` with its
+/// status. Codes are stable; messages are for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    diagnostics: Vec<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// A denial of a request that changes or reads one account.
+    fn denied(account: &str, reason: Reason) -> Self {
+        let code = reason_code(reason);
+        let (status, message) = match reason {
+            Reason::UnknownAccount => (
+                StatusCode::NOT_FOUND,
+                format!("no account {account:?}: subscribe it to a plan first"),
+            ),
+            Reason::UnknownPlan => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the plan of {account:?} is not in the policy in force"),
+            ),
+            Reason::AlreadySubscribed => (
+                StatusCode::CONFLICT,
+                format!("{account:?} is already subscribed; change its plan instead"),
+            ),
+            Reason::InvalidEmail => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not a valid email address".to_owned(),
+            ),
+            Reason::NoRecipients => (StatusCode::UNPROCESSABLE_ENTITY, "no recipients".to_owned()),
+            Reason::LeadCreditsExhausted => (
+                StatusCode::CONFLICT,
+                format!("{account:?} has no lead credits left"),
+            ),
+            Reason::EmailCreditsExhausted => (
+                StatusCode::CONFLICT,
+                format!("{account:?} has no email credits left"),
+            ),
+        };
+        Self::new(status, code, message)
+    }
+
+    /// No decision was made; nothing was charged.
+    fn gateway(account: &str, e: GatewayError) -> Self {
+        let unavailable = |code, message: String| {
+            warn!(%account, error = %message, "no decision");
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        };
+        match e {
+            GatewayError::Decide(DecideError::Policy(GuestError::State(
+                StateError::InvalidArgument(m),
+            ))) => Self::unprocessable("invalid_argument", m),
+            GatewayError::Decide(DecideError::Policy(GuestError::InvalidRequest(m))) => {
+                Self::unprocessable("invalid_request", m)
+            }
+            GatewayError::Decide(DecideError::Policy(GuestError::State(
+                StateError::Unavailable(m),
+            ))) => unavailable("store_unavailable", m),
+            GatewayError::Decide(DecideError::Timeout { budget }) => unavailable(
+                "policy_timeout",
+                format!("the policy ran past its {budget:?} budget"),
+            ),
+            GatewayError::Persist(m) => unavailable("not_durable", m),
+            GatewayError::Stopped => {
+                unavailable("shutting_down", "the gateway is shutting down".into())
+            }
+            e => {
+                warn!(%account, error = %e, "no decision");
+                Self::internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let message = rejection.body_text();
+        match rejection {
+            JsonRejection::JsonDataError(_) => Self::unprocessable("invalid_body", message),
+            JsonRejection::JsonSyntaxError(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+            }
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON, with Content-Type: application/json",
+            ),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is over the size limit",
+            ),
+            other => Self::new(other.status(), "invalid_body", message),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            rejection.body_text(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Error<'a> {
+            code: &'a str,
+            message: &'a str,
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            diagnostics: &'a [String],
+        }
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            error: Error<'a>,
+        }
+        let body = Envelope {
+            error: Error {
+                code: self.code,
+                message: &self.message,
+                diagnostics: &self.diagnostics,
+            },
+        };
+        let mut response = json(&body);
+        *response.status_mut() = self.status;
+        response
+    }
+}
