@@ -350,10 +350,20 @@ fn work(
                 _ => {}
             }
         }
+        let answer = answer.map_err(GatewayError::from);
+        if op.is_read_only() {
+            // Nothing to make durable: a check at RCPT or a usage query is answered
+            // at once instead of waiting behind the next disk sync.
+            let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.count(op, outcome(&answer));
+            drop(stats);
+            let _ = job.reply.send(answer);
+            continue;
+        }
         if done
             .send(Done {
                 op,
-                answer: answer.map_err(GatewayError::from),
+                answer,
                 reply: job.reply,
                 decided_at: Instant::now(),
             })

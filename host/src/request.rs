@@ -97,6 +97,11 @@ impl Op {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Whether the operation only reads: its answer needs no commit to be true.
+    pub fn is_read_only(self) -> bool {
+        matches!(self, Op::CheckEmail | Op::Usage)
+    }
 }
 
 impl Request {
