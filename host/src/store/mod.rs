@@ -14,9 +14,11 @@
 
 mod memory;
 mod redb_store;
+mod redis_store;
 
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+pub use redis_store::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
 
 use crate::bindings::{
     CounterAdded, GroupCleared, MemberAdded, MemberRemoved, MembersAdded, Once, StateError,

@@ -9,6 +9,7 @@ mod import;
 mod model;
 mod operator;
 mod properties;
+mod redis;
 mod replay;
 mod rules;
 mod serve;

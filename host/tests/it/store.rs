@@ -1,6 +1,8 @@
 //! Conformance suite of the [`Store`] backends: each test is written once, against
-//! `&dyn Store`, and instantiated for [`MemoryStore`] and for [`RedbStore`]; a
-//! property test checks both against a plain model of the WIT `state` contract.
+//! `&dyn Store`, and instantiated for [`MemoryStore`], [`RedbStore`] and
+//! [`RedisStore`] (on a `redis-server` of the test's own); a property test checks
+//! each against a plain model of the WIT `state` contract. [`SUITE`] lists the
+//! tests for other set-ups (the Redis Cluster test in `redis.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -10,21 +12,37 @@ use creditgate::bindings::{
     MembersAdded, Once,
 };
 use creditgate::store::{
-    CounterAdd, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, ScopeDump, Store, StoreError,
+    CounterAdd, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, RedisStore, ScopeDump, Store,
+    StoreError,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
 
-/// A backend under test, with whatever must outlive it (redb's directory).
+use crate::redis::RedisServer;
+
+/// A backend under test, with whatever must outlive it (redb's directory, the
+/// Redis server). Fields drop in order: the store before what it runs on.
 struct Fixture {
     store: Box<dyn Store>,
     _dir: Option<TempDir>,
+    _server: Option<RedisServer>,
 }
 
 fn memory() -> Fixture {
     Fixture {
         store: Box::new(MemoryStore::new()),
         _dir: None,
+        _server: None,
+    }
+}
+
+/// A Redis server of the test's own, killed when the fixture drops.
+fn redis_fixture() -> Fixture {
+    let server = RedisServer::start();
+    Fixture {
+        store: Box::new(server.store("test")),
+        _dir: None,
+        _server: Some(server),
     }
 }
 
@@ -34,6 +52,7 @@ fn redb() -> Fixture {
     Fixture {
         store: Box::new(store),
         _dir: Some(dir),
+        _server: None,
     }
 }
 
@@ -1140,6 +1159,11 @@ macro_rules! conformance {
         mod redb {
             $( #[test] fn $test() { super::$test(&*super::redb().store) } )*
         }
+        mod redis {
+            $( #[test] fn $test() { super::$test(&*super::redis_fixture().store) } )*
+        }
+        /// Every test of the suite, by name, for set-ups of other modules.
+        pub(crate) const SUITE: &[(&str, fn(&dyn Store))] = &[$( (stringify!($test), $test) ),*];
     };
 }
 
@@ -1192,6 +1216,23 @@ mod copy {
     #[test]
     fn redb_to_redb() {
         copy_between(&*redb().store, &*redb().store);
+    }
+
+    #[test]
+    fn redb_to_redis() {
+        copy_between(&*redb().store, &*redis_fixture().store);
+    }
+
+    #[test]
+    fn redis_to_memory() {
+        copy_between(&*redis_fixture().store, &*memory().store);
+    }
+
+    #[test]
+    fn redis_to_redis() {
+        // Two prefixes on one server: the copy must not see the other's keys.
+        let server = RedisServer::start();
+        copy_between(&server.store("from"), &server.store("to"));
     }
 }
 
@@ -1738,5 +1779,22 @@ proptest! {
     #[test]
     fn redb_matches_model(steps in steps()) {
         run(&*redb().store, &steps)?;
+    }
+}
+
+/// One server for every case, each case under a key prefix of its own: a server
+/// per case would spend the test's time starting servers.
+#[test]
+fn redis_matches_model() {
+    let server = RedisServer::start();
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(config(64));
+    let result = runner.run(&steps(), |steps| {
+        let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store: RedisStore = server.store(&format!("case{n}"));
+        run(&store, &steps)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }

@@ -1,0 +1,1460 @@
+//! A [`Store`] on Redis (or Redis Cluster): the shared ledger of several gateway
+//! hosts.
+//!
+//! # Atomicity
+//!
+//! Every primitive that writes is one Lua script run on the server (`EVALSHA`,
+//! loaded again by the client on `NOSCRIPT` after a restart or a failover), or one
+//! single command; a script reads and decides before it writes anything, and Redis
+//! runs it whole with no other command in between. Nothing is read by the client
+//! and written back. Reads that decide nothing (`record_get`, `counter_get`,
+//! `member_count`) are single commands.
+//!
+//! Numbers cross into Lua as decimal strings: Lua's numbers are doubles, exact only
+//! to 2^53, while counters are u64 and instants i64 nanoseconds (about 1.8e18
+//! today). The scripts add and compare those strings digit-wise.
+//!
+//! # Key layout
+//!
+//! Every key of a scope starts with `PREFIX:{TAG}:`, where `PREFIX` is
+//! `creditgate` unless configured (`?prefix=NAME` on the URL) and `TAG` is the
+//! scope with `%` written `%25` and `}` written `%7D` (the empty scope is `%`), so
+//! that the braces always hold exactly one non-empty Redis Cluster hash tag: every
+//! key of one scope lives in one slot, and one script can touch them all.
+//!
+//! | key                        | type   | holds |
+//! |----------------------------|--------|-------|
+//! | `P:{T}:rec`                | hash   | record key → value |
+//! | `P:{T}:ctr:NAME`           | hash   | `v` → value (u64), `x` → expires_at (i64 ns; absent: never) |
+//! | `P:{T}:ctrs`               | zset   | counter names, scored by when Redis may drop them (ms; `inf`: never) |
+//! | `P:{T}:once:KEY`           | string | the `once` marker's expires_at (i64 ns) |
+//! | `P:{T}:onces`              | zset   | once keys, scored like `ctrs` |
+//! | `P:{T}:mem`                | hash   | member → number of groups holding it; `HLEN` is the member count |
+//! | `P:{T}:groups`             | zset   | group names with at least one member (all scores 0: byte order) |
+//! | `P:{T}:grp:GROUP`          | zset   | the group's members (all scores 0: byte order) |
+//! | `P:scopes`                 | set    | every scope ever written (no hash tag: one slot of its own) |
+//!
+//! # Expiry
+//!
+//! Semantics are judged against each call's `now`, exactly as in the other
+//! backends: expires_at is stored in the value and compared in the script. Redis
+//! TTLs only collect garbage: a counter or `once` marker whose expires_at, plus
+//! [`RedisConfig::gc_margin`] (a day by default, which covers clock skew between
+//! hosts), is still in the future by the real clock gets `PEXPIREAT` at that
+//! instant; one already past it, or one that never expires, gets no TTL (a trace
+//! replayed with instants of 1970 would otherwise vanish as it is written). The
+//! index sets (`ctrs`, `onces`) drop entries past their deadline whenever the
+//! scope is next written, and expire themselves with their last entry. Memberships
+//! and records never expire. Once Redis has dropped a counter it reads as 0 and is
+//! no longer exported: only a caller whose clock lags the real one by more than
+//! the margin could tell.
+//!
+//! # Listing scopes
+//!
+//! `P:scopes` lists scopes for [`Store::scopes`] and `store copy`. It is only ever
+//! added to, and `scopes()` keeps those that hold records, members or live
+//! counters (checked by one read-only script per scope, run concurrently). With a
+//! single server the write scripts add the scope themselves, atomically. In a
+//! cluster that key lives in another slot than the scope's, so the client adds the
+//! scope (`SADD`, idempotent) *before* the first write to it, and remembers for a
+//! few minutes that it did: a crash between the two leaves at worst a listed scope
+//! that holds nothing, never a scope with data that is not listed.
+//!
+//! # Durability
+//!
+//! [`Store::persist`] does nothing: each script is applied when it returns, and how
+//! durable it is then is the server's `appendonly`/`appendfsync` setting, which an
+//! operator must choose:
+//!
+//! - `appendonly yes` + `appendfsync always`: Redis writes and fsyncs the append-only
+//!   file before it answers a write, so every decision a gateway answered survives
+//!   a crash of the Redis host or a power cut. Each write costs a disk sync (group
+//!   committed by Redis across clients).
+//! - `appendonly yes` + `appendfsync everysec` (Redis's default once AOF is on):
+//!   a clean restart (`SHUTDOWN`, `systemctl restart`) loses nothing, but a crash
+//!   or power cut loses up to about a second of acknowledged writes: credits
+//!   charged in that second are given back, and a retried message in that window
+//!   could be charged again.
+//! - RDB snapshots only (`save ...`) or no persistence: a restart loses everything
+//!   since the last snapshot. Not for a ledger.
+//!
+//! Replication is asynchronous: a failover to a replica may lose the last writes
+//! the old primary acknowledged, whatever the fsync setting.
+//!
+//! # Connections
+//!
+//! One multiplexed connection per server ([`redis::aio::ConnectionManager`], or
+//! [`redis::cluster_async::ClusterConnection`] with one per node): concurrent calls
+//! from every worker thread are pipelined on it, and it reconnects with
+//! exponential backoff after a failure. It runs on a small tokio runtime owned by
+//! the store; the [`Store`] methods are synchronous and wait for their answer, at
+//! most [`RedisConfig::call_timeout`]. A failure or timeout is
+//! [`StoreError::Unavailable`] naming the server. A script is all or nothing, but
+//! a call whose connection broke after the request left cannot know whether it
+//! ran: a `counter_add` with a `once` key (every charge of the Postfix gateway)
+//! is safe to retry, it answers `repeated` if it had been applied. The cluster
+//! client itself retries a request after a lost connection or a redirection.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisError, RedisFuture, RedisResult, Script, Value};
+
+use super::{
+    CounterAdd, Instant, ScopeDump, Store, StoreError, check_batch, check_name, check_value,
+};
+use crate::bindings::{
+    CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+    MembersAdded,
+};
+
+/// Expiry stored for "never", as in the other backends.
+const NEVER: Instant = i64::MAX;
+
+/// Memberships fetched per round trip by [`Store::visit_members`].
+const PAGE: usize = 1_000;
+
+/// How long a cluster client trusts its memory that a scope is in `P:scopes`.
+const REGISTERED_FOR: Duration = Duration::from_secs(300);
+
+/// Settings of a [`RedisStore`] beyond the server's address.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// First character of every key; several deployments can share one Redis
+    /// under different prefixes. No braces.
+    pub prefix: String,
+    /// Limit on establishing the first connection (and each reconnection attempt).
+    pub connect_timeout: Duration,
+    /// Limit on each primitive, round trip included.
+    pub call_timeout: Duration,
+    /// Limit on the bulk operations: listing scopes, exporting or importing one,
+    /// one page of a visit.
+    pub bulk_timeout: Duration,
+    /// How long after its expiry Redis keeps a counter or `once` marker.
+    pub gc_margin: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "creditgate".to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_millis(500),
+            bulk_timeout: Duration::from_secs(30),
+            gc_margin: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// What a `--store` URL names: one server, or the seed nodes of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// `redis://` URLs, credentials and database included; several for a cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// The servers without credentials, for messages.
+    pub label: String,
+}
+
+/// True when `s` names a Redis store rather than a file: `redis://`,
+/// `redis+cluster://`, and the TLS schemes this build refuses.
+pub fn is_redis_url(s: &str) -> bool {
+    [
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ]
+    .iter()
+    .any(|scheme| s.starts_with(scheme))
+}
+
+/// Parses `redis://[USER:PASS@]HOST:PORT[/DB][?OPTIONS]` or
+/// `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT,...[?OPTIONS]`. Options:
+/// `prefix=NAME`, `connect_timeout_ms=N`, `call_timeout_ms=N`.
+pub fn parse_url(url: &str) -> Result<(RedisTarget, RedisConfig), StoreError> {
+    let bad = |why: &str| StoreError::InvalidArgument(format!("redis URL {url:?}: {why}"));
+    if url.starts_with("rediss://") || url.starts_with("rediss+cluster://") {
+        return Err(bad(
+            "this build of creditgate has no TLS support (the redis crate's TLS features are \
+             off); use redis:// on a trusted network, or a TLS tunnel such as stunnel",
+        ));
+    }
+    let (cluster, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("redis://") {
+        (false, rest)
+    } else {
+        return Err(bad("expected redis:// or redis+cluster://"));
+    };
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut config = RedisConfig::default();
+    for option in query.split('&').filter(|o| !o.is_empty()) {
+        let (name, value) = option.split_once('=').unwrap_or((option, ""));
+        let millis = || {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| bad(&format!("{name} must be a positive number of ms")))
+        };
+        match name {
+            "prefix" => {
+                if value.is_empty() || value.contains(['{', '}']) {
+                    return Err(bad("prefix must be non-empty and hold no braces"));
+                }
+                config.prefix = value.to_owned();
+            }
+            "connect_timeout_ms" => config.connect_timeout = millis()?,
+            "call_timeout_ms" => config.call_timeout = millis()?,
+            _ => {
+                return Err(bad(&format!(
+                    "unknown option {name:?} (known: prefix, connect_timeout_ms, call_timeout_ms)"
+                )));
+            }
+        }
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    if hosts.is_empty() || hosts.split(',').any(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if !path.is_empty() && path.parse::<u16>().is_err() {
+        return Err(bad("the database must be a number"));
+    }
+    if cluster && !path.is_empty() && path != "0" {
+        return Err(bad("Redis Cluster has only database 0"));
+    }
+    if !cluster && hosts.contains(',') {
+        return Err(bad("several hosts: use redis+cluster:// for a cluster"));
+    }
+    let user = userinfo.map_or(String::new(), |u| format!("{u}@"));
+    let db = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    let urls = hosts
+        .split(',')
+        .map(|host| format!("redis://{user}{host}{db}"))
+        .collect();
+    let label = if cluster {
+        format!("cluster {hosts}")
+    } else {
+        format!("{hosts}{db}")
+    };
+    Ok((
+        RedisTarget {
+            urls,
+            cluster,
+            label,
+        },
+        config,
+    ))
+}
+
+/// The connection, one server or a cluster; both pipeline concurrent requests.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A [`Store`] on a Redis server or cluster shared by any number of gateways.
+pub struct RedisStore {
+    conn: Conn,
+    /// Taken by `drop`, which shuts it down without blocking.
+    runtime: Option<tokio::runtime::Runtime>,
+    label: String,
+    config: RedisConfig,
+    /// `P:scopes`.
+    registry: String,
+    /// Cluster only: scopes this client added to the registry, and when.
+    registered: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // A plain drop blocks until the runtime's threads end, which tokio refuses
+        // (panics) when the store is dropped inside some other async context.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects to the server or cluster a `--store` URL names (see [`parse_url`]).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let (target, config) = parse_url(url)?;
+        Self::connect(&target, config)
+    }
+
+    /// Connects to `target`; fails with [`StoreError::Unavailable`] when no
+    /// connection is made within `config.connect_timeout`.
+    pub fn connect(target: &RedisTarget, config: RedisConfig) -> Result<Self, StoreError> {
+        if config.prefix.is_empty() || config.prefix.contains(['{', '}']) {
+            return Err(StoreError::InvalidArgument(format!(
+                "redis key prefix {:?} must be non-empty and hold no braces",
+                config.prefix
+            )));
+        }
+        let label = target.label.clone();
+        let unavailable = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("redis {label}: cannot connect: {e}"))
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("creditgate-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| unavailable(&e))?;
+        let connect = {
+            let target = target.clone();
+            let config = config.clone();
+            async move {
+                if target.cluster {
+                    let client = ClusterClient::builder(target.urls.clone())
+                        .connection_timeout(config.connect_timeout)
+                        .response_timeout(config.bulk_timeout)
+                        .build()?;
+                    Ok::<_, RedisError>(Conn::Cluster(client.get_async_connection().await?))
+                } else {
+                    let url = target.urls.first().map(String::as_str).unwrap_or_default();
+                    let client = redis::Client::open(url)?;
+                    let manager = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(config.connect_timeout))
+                        .set_response_timeout(Some(config.bulk_timeout))
+                        .set_min_delay(Duration::from_millis(20))
+                        .set_max_delay(Duration::from_secs(1))
+                        .set_number_of_retries(5);
+                    let conn = ConnectionManager::new_with_config(client, manager).await?;
+                    Ok(Conn::Single(conn))
+                }
+            }
+        };
+        let connected = block(&runtime, async move {
+            tokio::time::timeout(config.connect_timeout, connect).await
+        })
+        .map_err(|e| unavailable(&e))?;
+        let conn = match connected {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(unavailable(&e)),
+            Err(_) => {
+                return Err(unavailable(&format_args!(
+                    "no connection within {} ms",
+                    config.connect_timeout.as_millis()
+                )));
+            }
+        };
+        Ok(Self {
+            conn,
+            runtime: Some(runtime),
+            registry: format!("{}:scopes", config.prefix),
+            label,
+            config,
+            registered: Mutex::default(),
+        })
+    }
+
+    /// The server (or cluster nodes) this store talks to, without credentials.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Runs `make(conn)` on the store's runtime and waits for it, at most `limit`.
+    fn call<T, F>(
+        &self,
+        what: &str,
+        limit: Duration,
+        make: impl FnOnce(Conn) -> F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = RedisResult<T>> + Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(self.unavailable(what, "the store is shutting down"));
+        };
+        let fut = make(self.conn.clone());
+        match block(
+            runtime,
+            async move { tokio::time::timeout(limit, fut).await },
+        ) {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(e))) => Err(self.failure(what, &e)),
+            Ok(Err(_)) => Err(self.unavailable(
+                what,
+                format_args!("no answer within {} ms", limit.as_millis()),
+            )),
+            Err(e) => Err(self.unavailable(what, e)),
+        }
+    }
+
+    fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable(format!("redis {}: {what}: {e}", self.label))
+    }
+
+    fn failure(&self, what: &str, e: &RedisError) -> StoreError {
+        if e.code() == Some("CGCORRUPT") {
+            let detail = e.detail().unwrap_or_default();
+            return StoreError::Corrupt(format!("redis {}: {what}: {detail}", self.label));
+        }
+        self.unavailable(what, e)
+    }
+
+    /// `P:{T}:`, the start of every key of `scope`.
+    fn base(&self, scope: &str) -> String {
+        let mut base = String::with_capacity(self.config.prefix.len() + scope.len() + 4);
+        base.push_str(&self.config.prefix);
+        base.push_str(":{");
+        if scope.is_empty() {
+            base.push('%');
+        }
+        for c in scope.chars() {
+            match c {
+                '%' => base.push_str("%25"),
+                '}' => base.push_str("%7D"),
+                c => base.push(c),
+            }
+        }
+        base.push_str("}:");
+        base
+    }
+
+    /// KEYS of a script on `scope`: its base, and with a single server the
+    /// registry, which the script then maintains itself.
+    fn keys(&self, scope: &str) -> Vec<String> {
+        match self.conn {
+            Conn::Single(_) => vec![self.base(scope), self.registry.clone()],
+            Conn::Cluster(_) => vec![self.base(scope)],
+        }
+    }
+
+    /// Cluster only: makes sure `scope` is in the registry before a write that may
+    /// create it (see the module docs).
+    fn register(&self, scope: &str) -> Result<(), StoreError> {
+        if let Conn::Single(_) = self.conn {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let lock = || {
+            self.registered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if lock()
+            .get(scope)
+            .is_some_and(|&at| now.duration_since(at) < REGISTERED_FOR)
+        {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(&self.registry).arg(scope);
+        self.call(
+            "registering a scope",
+            self.config.call_timeout,
+            |mut c| async move { cmd.query_async::<()>(&mut c).await },
+        )?;
+        let mut registered = lock();
+        // A bound on memory; forgetting only costs one idempotent SADD a scope.
+        if registered.len() >= 100_000 {
+            registered.clear();
+        }
+        registered.insert(scope.to_owned(), now);
+        Ok(())
+    }
+
+    /// Runs `script` on `scope` with `args` after the scope's name.
+    fn script<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        script: &'static Script,
+        scope: &str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let mut invocation = script.prepare_invoke();
+        for key in self.keys(scope) {
+            invocation.key(key);
+        }
+        invocation.arg(scope);
+        for arg in args {
+            invocation.arg(arg);
+        }
+        self.call(what, limit, |mut c| async move {
+            invocation.invoke_async::<T>(&mut c).await
+        })
+    }
+
+    /// The instant (ms since the epoch) until which Redis keeps something that
+    /// expires at `expires_at`, or None: keep it for good (see the module docs).
+    fn gc_at(&self, expires_at: Instant) -> Option<i64> {
+        if expires_at == NEVER {
+            return None;
+        }
+        let margin = i64::try_from(self.config.gc_margin.as_millis()).ok()?;
+        let at = expires_at.div_euclid(1_000_000).checked_add(margin)?;
+        let real_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())?;
+        (at > real_now).then_some(at)
+    }
+
+    fn gc_arg(&self, expires_at: Option<Instant>) -> String {
+        expires_at
+            .and_then(|at| self.gc_at(at))
+            .map_or(String::new(), |at| at.to_string())
+    }
+
+    /// One page of `key` (a zset of equal scores) after `after`, in byte order.
+    fn page(&self, key: String, after: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let mut cmd = redis::cmd("ZRANGEBYLEX");
+        cmd.arg(key);
+        match after {
+            Some(after) => cmd.arg([b"(", after.as_bytes()].concat()),
+            None => cmd.arg("-"),
+        };
+        cmd.arg("+").arg("LIMIT").arg(0).arg(PAGE);
+        self.call(
+            "visiting members",
+            self.config.bulk_timeout,
+            |mut c| async move { cmd.query_async::<Vec<String>>(&mut c).await },
+        )
+    }
+}
+
+/// Runs `fut` on `runtime` from a synchronous caller. From a plain thread the
+/// caller polls it itself; from inside some async runtime (where `block_on` would
+/// panic) it runs as a task and the caller waits on a channel.
+fn block<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T, &'static str> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(runtime.block_on(fut));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().map_err(|_| "the store's runtime stopped")
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("redis: {what}: {e}"))
+}
+
+fn decimal<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {
+    s.parse()
+        .map_err(|_| corrupt(what, format_args!("{s:?} is not a number")))
+}
+
+fn member_outcome(code: u64) -> Result<MemberAddOutcome, StoreError> {
+    Ok(match code {
+        0 => MemberAddOutcome::AlreadyInGroup,
+        1 => MemberAddOutcome::Joined,
+        2 => MemberAddOutcome::Inserted,
+        3 => MemberAddOutcome::Refused,
+        _ => return Err(corrupt("member-add", format_args!("outcome {code}"))),
+    })
+}
+
+fn limit_arg(limit: Option<u64>) -> Vec<u8> {
+    limit.map_or(Vec::new(), |l| l.to_string().into_bytes())
+}
+
+/// The error for a dump that gives the same key twice.
+fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
+    StoreError::InvalidArgument(format!("the dump holds {what} more than once"))
+}
+
+impl Store for RedisStore {
+    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        check_name("scope", scope)?;
+        check_name("key", key)?;
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(format!("{}rec", self.base(scope))).arg(key);
+        self.call("record-get", self.config.call_timeout, |mut c| async move {
+            cmd.query_async::<Option<String>>(&mut c).await
+        })
+    }
+
+    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_name("scope", scope)?;
+        check_name("key", key)?;
+        check_value(value)?;
+        self.register(scope)?;
+        let args = vec![key.into(), value.into()];
+        let limit = self.config.call_timeout;
+        self.script("record-insert", limit, &SCRIPTS.record_insert, scope, args)
+    }
+
+    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_name("scope", scope)?;
+        check_name("key", key)?;
+        check_value(value)?;
+        let args = vec![key.into(), value.into()];
+        let limit = self.config.call_timeout;
+        self.script("record-update", limit, &SCRIPTS.record_update, scope, args)
+    }
+
+    fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
+        check_name("scope", scope)?;
+        check_name("counter name", name)?;
+        let what = "counter-get";
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(format!("{}ctr:{name}", self.base(scope)))
+            .arg("v")
+            .arg("x");
+        let (value, expires_at): (Option<String>, Option<String>) =
+            self.call(what, self.config.call_timeout, |mut c| async move {
+                cmd.query_async(&mut c).await
+            })?;
+        let Some(value) = value else {
+            return Ok(0);
+        };
+        if let Some(expires_at) = expires_at {
+            let expires_at: Instant = decimal(what, &expires_at)?;
+            if expires_at != NEVER && expires_at <= now {
+                return Ok(0);
+            }
+        }
+        decimal(what, &value)
+    }
+
+    fn counter_add(
+        &self,
+        scope: &str,
+        name: &str,
+        add: CounterAdd<'_>,
+    ) -> Result<CounterAdded, StoreError> {
+        check_name("scope", scope)?;
+        check_name("counter name", name)?;
+        if let Some(once) = add.once {
+            check_name("once key", &once.key)?;
+        }
+        self.register(scope)?;
+        let what = "counter-add";
+        // Some(NEVER) and None both mean never, as in the other backends.
+        let expires_at = add.expires_at.filter(|&at| at != NEVER);
+        let args: Vec<Vec<u8>> = vec![
+            name.into(),
+            add.amount.to_string().into(),
+            limit_arg(add.limit),
+            if add.once.is_some() { "1" } else { "0" }.into(),
+            add.once.map_or(Vec::new(), |o| o.key.clone().into_bytes()),
+            add.once
+                .map_or(Vec::new(), |o| o.expires_at.to_string().into_bytes()),
+            expires_at.map_or(Vec::new(), |at| at.to_string().into_bytes()),
+            add.now.to_string().into(),
+            self.gc_arg(expires_at).into(),
+            self.gc_arg(add.once.map(|o| o.expires_at)).into(),
+        ];
+        let (outcome, value): (String, String) = self.script(
+            what,
+            self.config.call_timeout,
+            &SCRIPTS.counter_add,
+            scope,
+            args,
+        )?;
+        let value = decimal(what, &value)?;
+        Ok(match outcome.as_str() {
+            "applied" => CounterAdded::Applied(value),
+            "repeated" => CounterAdded::Repeated(value),
+            "refused" => CounterAdded::Refused(value),
+            other => return Err(corrupt(what, format_args!("outcome {other:?}"))),
+        })
+    }
+
+    fn member_add(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> Result<MemberAdded, StoreError> {
+        check_name("scope", scope)?;
+        check_name("group", group)?;
+        check_name("member", member)?;
+        self.register(scope)?;
+        let args = vec![group.into(), member.into(), limit_arg(limit)];
+        let (outcome, members): (u64, u64) = self.script(
+            "member-add",
+            self.config.call_timeout,
+            &SCRIPTS.member_add,
+            scope,
+            args,
+        )?;
+        Ok(MemberAdded {
+            outcome: member_outcome(outcome)?,
+            members,
+        })
+    }
+
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StoreError> {
+        check_batch(scope, group, members)?;
+        if !members.is_empty() {
+            self.register(scope)?;
+        }
+        let mut args = Vec::with_capacity(members.len() + 2);
+        args.push(group.into());
+        args.push(limit_arg(limit));
+        args.extend(members.iter().map(|m| m.clone().into_bytes()));
+        // A full batch is tens of thousands of commands inside one script.
+        let limit = self.config.bulk_timeout;
+        let answer: Vec<u64> = self.script(
+            "member-add-many",
+            limit,
+            &SCRIPTS.member_add_many,
+            scope,
+            args,
+        )?;
+        let Some((&count, outcomes)) = answer.split_first() else {
+            return Err(corrupt("member-add-many", "an empty answer"));
+        };
+        if outcomes.len() != members.len() {
+            return Err(corrupt(
+                "member-add-many",
+                format_args!("{} outcomes for {} members", outcomes.len(), members.len()),
+            ));
+        }
+        Ok(MembersAdded {
+            outcomes: outcomes
+                .iter()
+                .map(|&o| member_outcome(o))
+                .collect::<Result<_, _>>()?,
+            members: count,
+        })
+    }
+
+    fn member_remove(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<MemberRemoved, StoreError> {
+        check_name("scope", scope)?;
+        check_name("group", group)?;
+        check_name("member", member)?;
+        let what = "member-remove";
+        let args = vec![group.into(), member.into()];
+        let (outcome, members): (u64, u64) = self.script(
+            what,
+            self.config.call_timeout,
+            &SCRIPTS.member_remove,
+            scope,
+            args,
+        )?;
+        let outcome = match outcome {
+            0 => MemberRemoveOutcome::NotInGroup,
+            1 => MemberRemoveOutcome::LeftGroup,
+            2 => MemberRemoveOutcome::Released,
+            _ => return Err(corrupt(what, format_args!("outcome {outcome}"))),
+        };
+        Ok(MemberRemoved { outcome, members })
+    }
+
+    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
+        check_name("scope", scope)?;
+        check_name("group", group)?;
+        // A large group is a long script.
+        let limit = self.config.bulk_timeout;
+        let (removed, released, members): (u64, u64, u64) = self.script(
+            "group-clear",
+            limit,
+            &SCRIPTS.group_clear,
+            scope,
+            vec![group.into()],
+        )?;
+        Ok(GroupCleared {
+            removed,
+            released,
+            members,
+        })
+    }
+
+    fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
+        check_name("scope", scope)?;
+        let mut cmd = redis::cmd("HLEN");
+        cmd.arg(format!("{}mem", self.base(scope)));
+        self.call(
+            "member-count",
+            self.config.call_timeout,
+            |mut c| async move { cmd.query_async::<u64>(&mut c).await },
+        )
+    }
+
+    fn persist(&self) -> Result<(), StoreError> {
+        // Each script was applied when it returned; how durable that is, is the
+        // server's appendfsync setting (see the module docs).
+        Ok(())
+    }
+
+    fn scopes(&self) -> Result<Vec<String>, StoreError> {
+        let what = "listing scopes";
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(&self.registry);
+        let candidates: Vec<String> =
+            self.call(what, self.config.bulk_timeout, |mut c| async move {
+                cmd.query_async(&mut c).await
+            })?;
+        let checks: Vec<(String, Vec<String>)> = candidates
+            .into_iter()
+            .map(|scope| {
+                let keys = self.keys(&scope);
+                (scope, keys)
+            })
+            .collect();
+        let listed = self.call(what, self.config.bulk_timeout, |conn| async move {
+            // Concurrent checks, pipelined on the connection(s), a bounded number
+            // in flight.
+            let mut listed = Vec::new();
+            for chunk in checks.chunks(256) {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (scope, keys) in chunk.iter().cloned() {
+                    let mut conn = conn.clone();
+                    tasks.spawn(async move {
+                        let mut invocation = SCRIPTS.scope_listed.prepare_invoke();
+                        for key in keys {
+                            invocation.key(key);
+                        }
+                        invocation.arg(&scope);
+                        let found: bool = invocation.invoke_async(&mut conn).await?;
+                        Ok::<_, RedisError>(found.then_some(scope))
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    let found = done.map_err(|e| {
+                        RedisError::from((
+                            redis::ErrorKind::Client,
+                            "a check failed",
+                            e.to_string(),
+                        ))
+                    })??;
+                    listed.extend(found);
+                }
+            }
+            Ok(listed)
+        })?;
+        let mut listed: Vec<String> = listed;
+        listed.sort();
+        Ok(listed)
+    }
+
+    fn visit_members(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        if let Some(group) = group {
+            check_name("group", group)?;
+        }
+        // Page by page, each page one atomic read: unlike redb, not one snapshot
+        // of the whole scope (a visit concurrent with writes sees each page as of
+        // its own read), but bounded in memory whatever the scope's size.
+        let base = self.base(scope);
+        let mut visit_group = |group: &str| -> Result<bool, StoreError> {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.page(format!("{base}grp:{group}"), after.as_deref())?;
+                for member in &page {
+                    if !visit(group, member) {
+                        return Ok(false);
+                    }
+                }
+                if page.len() < PAGE {
+                    return Ok(true);
+                }
+                after = page.last().cloned();
+            }
+        };
+        if let Some(group) = group {
+            visit_group(group)?;
+            return Ok(());
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let groups = self.page(format!("{base}groups"), after.as_deref())?;
+            for group in &groups {
+                if !visit_group(group)? {
+                    return Ok(());
+                }
+            }
+            if groups.len() < PAGE {
+                return Ok(());
+            }
+            after = groups.last().cloned();
+        }
+    }
+
+    fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
+        check_name("scope", scope)?;
+        let what = "exporting a scope";
+        let (records, counters, once, memberships): (
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+        ) = self.script(
+            what,
+            self.config.bulk_timeout,
+            &SCRIPTS.export,
+            scope,
+            Vec::new(),
+        )?;
+        let mut dump = ScopeDump::default();
+        for pair in records.chunks_exact(2) {
+            dump.records.push((pair[0].clone(), pair[1].clone()));
+        }
+        for c in counters.chunks_exact(3) {
+            let expires_at = if c[2].is_empty() {
+                None
+            } else {
+                Some(decimal(what, &c[2])?)
+            };
+            dump.counters
+                .push((c[0].clone(), decimal(what, &c[1])?, expires_at));
+        }
+        for pair in once.chunks_exact(2) {
+            dump.once.push((pair[0].clone(), decimal(what, &pair[1])?));
+        }
+        for pair in memberships.chunks_exact(2) {
+            dump.memberships.push((pair[0].clone(), pair[1].clone()));
+        }
+        // Hash fields come in no particular order; the zsets' order is by score.
+        dump.records.sort();
+        dump.counters.sort();
+        dump.once.sort();
+        dump.memberships.sort();
+        Ok(dump)
+    }
+
+    fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        // Everything is checked here, before the script: it must not fail half way.
+        let mut seen = BTreeSet::new();
+        for (key, value) in &dump.records {
+            check_name("key", key)?;
+            check_value(value)?;
+            if !seen.insert(key.as_str()) {
+                return Err(repeated(format_args!("record {key:?}")));
+            }
+        }
+        seen.clear();
+        for (name, _, _) in &dump.counters {
+            check_name("counter name", name)?;
+            if !seen.insert(name.as_str()) {
+                return Err(repeated(format_args!("counter {name:?}")));
+            }
+        }
+        seen.clear();
+        for (key, _) in &dump.once {
+            check_name("once key", key)?;
+            if !seen.insert(key.as_str()) {
+                return Err(repeated(format_args!("once key {key:?}")));
+            }
+        }
+        let mut pairs = BTreeSet::new();
+        for (group, member) in &dump.memberships {
+            check_name("group", group)?;
+            check_name("member", member)?;
+            if !pairs.insert((group.as_str(), member.as_str())) {
+                return Err(repeated(format_args!(
+                    "member {member:?} of group {group:?}"
+                )));
+            }
+        }
+        let empty = dump.records.is_empty()
+            && dump.counters.is_empty()
+            && dump.once.is_empty()
+            && dump.memberships.is_empty();
+        if !empty {
+            self.register(scope)?;
+        }
+        let mut args: Vec<Vec<u8>> = vec![
+            dump.records.len().to_string().into(),
+            dump.counters.len().to_string().into(),
+            dump.once.len().to_string().into(),
+            dump.memberships.len().to_string().into(),
+        ];
+        for (key, value) in &dump.records {
+            args.push(key.clone().into());
+            args.push(value.clone().into());
+        }
+        for &(ref name, value, expires_at) in &dump.counters {
+            let expires_at = expires_at.filter(|&at| at != NEVER);
+            args.push(name.clone().into());
+            args.push(value.to_string().into());
+            args.push(expires_at.map_or(Vec::new(), |at| at.to_string().into_bytes()));
+            args.push(self.gc_arg(expires_at).into());
+        }
+        for &(ref key, expires_at) in &dump.once {
+            args.push(key.clone().into());
+            args.push(expires_at.to_string().into());
+            args.push(self.gc_arg(Some(expires_at)).into());
+        }
+        for (group, member) in &dump.memberships {
+            args.push(group.clone().into());
+            args.push(member.clone().into());
+        }
+        let what = "importing a scope";
+        self.script::<()>(what, self.config.bulk_timeout, &SCRIPTS.import, scope, args)
+    }
+}
+
+/// The server-side scripts, compiled (hashed) once per process.
+struct Scripts {
+    record_insert: Script,
+    record_update: Script,
+    counter_add: Script,
+    member_add: Script,
+    member_add_many: Script,
+    member_remove: Script,
+    group_clear: Script,
+    scope_listed: Script,
+    export: Script,
+    import: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
+    let script = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+    Scripts {
+        record_insert: script(RECORD_INSERT),
+        record_update: script(RECORD_UPDATE),
+        counter_add: script(COUNTER_ADD),
+        member_add: script(MEMBER_ADD),
+        member_add_many: script(MEMBER_ADD_MANY),
+        member_remove: script(MEMBER_REMOVE),
+        group_clear: script(GROUP_CLEAR),
+        scope_listed: script(SCOPE_LISTED),
+        export: script(EXPORT),
+        import: script(IMPORT),
+    }
+});
+
+/// Shared by every script. KEYS[1] is the scope's key base, KEYS[2] (single
+/// server only) the registry; ARGV[1] is the scope's name.
+const PRELUDE: &str = r#"
+local base = KEYS[1]
+local scope = ARGV[1]
+local NEVER = '9223372036854775807'
+local U64MAX = '18446744073709551615'
+
+-- Refuses, before anything is written, to go on with data this code did not write.
+local function corrupt(what) error({err = 'CGCORRUPT ' .. what}) end
+
+-- Adds the scope to the registry (single server: same node, same atomic step).
+local function register() if KEYS[2] then redis.call('SADD', KEYS[2], scope) end end
+
+-- Compares decimal strings without leading zeros, exactly: Lua's numbers are
+-- doubles, so they are compared 15 digits at a time.
+local function ucmp(a, b)
+  if #a ~= #b then return #a < #b and -1 or 1 end
+  for i = 1, #a, 15 do
+    local x, y = tonumber(string.sub(a, i, i + 14)), tonumber(string.sub(b, i, i + 14))
+    if x ~= y then return x < y and -1 or 1 end
+  end
+  return 0
+end
+
+-- The same for signed decimals (instants).
+local function icmp(a, b)
+  local na, nb = string.byte(a, 1) == 45, string.byte(b, 1) == 45
+  if na ~= nb then return na and -1 or 1 end
+  if na then return ucmp(string.sub(b, 2), string.sub(a, 2)) end
+  return ucmp(a, b)
+end
+
+-- Whether something expiring at `x` is still there at `now`.
+local function live(x, now) return x == NEVER or icmp(x, now) > 0 end
+
+-- a + b for u64 decimals; nil when the sum overflows a u64.
+local function uadd(a, b)
+  local digits, carry = {}, 0
+  local i, j = #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(a, i) - 48; i = i - 1 end
+    if j > 0 then d = d + string.byte(b, j) - 48; j = j - 1 end
+    if d >= 10 then carry = 1; d = d - 10 else carry = 0 end
+    digits[#digits + 1] = string.char(48 + d)
+  end
+  local sum = string.reverse(table.concat(digits))
+  if ucmp(sum, U64MAX) > 0 then return nil end
+  return sum
+end
+
+local function unsigned(s, what)
+  if not string.find(s, '^%d+$') then corrupt(what .. ' is not a number: ' .. s) end
+  return s
+end
+
+local function signed(s, what)
+  if not string.find(s, '^%-?%d+$') then corrupt(what .. ' is not a number: ' .. s) end
+  return s
+end
+
+-- Whether a scope holding `count` members may take one more under `limit`.
+local function room(count, limit)
+  return limit == '' or ucmp(string.format('%d', count), limit) < 0
+end
+
+-- Gives `key` its garbage-collection deadline `at` (ms; '' for never) and lists
+-- it as `member` of `index`, which drops entries past their deadline and
+-- expires with its last one.
+local function keep(key, at, index, member)
+  if at == '' then
+    redis.call('PERSIST', key)
+    redis.call('ZADD', index, 'inf', member)
+  else
+    redis.call('PEXPIREAT', key, at)
+    redis.call('ZADD', index, at, member)
+  end
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms))
+  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+  if last[2] == nil or last[2] == 'inf' then
+    redis.call('PERSIST', index)
+  else
+    redis.call('PEXPIREAT', index, last[2])
+  end
+end
+"#;
+
+const RECORD_INSERT: &str = r#"
+if redis.call('HSETNX', base .. 'rec', ARGV[2], ARGV[3]) == 0 then return 0 end
+register()
+return 1
+"#;
+
+const RECORD_UPDATE: &str = r#"
+if redis.call('HEXISTS', base .. 'rec', ARGV[2]) == 0 then return 0 end
+redis.call('HSET', base .. 'rec', ARGV[2], ARGV[3])
+return 1
+"#;
+
+const COUNTER_ADD: &str = r#"
+local name, amount, limit = ARGV[2], ARGV[3], ARGV[4]
+local has_once, okey, oexp = ARGV[5] == '1', ARGV[6], ARGV[7]
+local cexp, now, cgc, ogc = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local ckey = base .. 'ctr:' .. name
+local okk = base .. 'once:' .. okey
+local current = '0'
+local stored = redis.call('HMGET', ckey, 'v', 'x')
+if stored[1] then
+  local x = stored[2]
+  if not x or live(signed(x, 'expiry of counter ' .. name), now) then
+    current = unsigned(stored[1], 'counter ' .. name)
+  end
+end
+if has_once then
+  local seen = redis.call('GET', okk)
+  if seen and live(signed(seen, 'once marker ' .. okey), now) then
+    return {'repeated', current}
+  end
+end
+local new = uadd(current, amount)
+if not new or (limit ~= '' and ucmp(new, limit) > 0) then return {'refused', current} end
+if cexp == '' then
+  redis.call('HSET', ckey, 'v', new)
+  redis.call('HDEL', ckey, 'x')
+else
+  redis.call('HSET', ckey, 'v', new, 'x', cexp)
+end
+keep(ckey, cgc, base .. 'ctrs', name)
+if has_once then
+  -- Kept even if already expired: a later call at an earlier `now` (a clock
+  -- stepped back) must still see it, as in the other backends.
+  redis.call('SET', okk, oexp)
+  keep(okk, ogc, base .. 'onces', okey)
+end
+register()
+return {'applied', new}
+"#;
+
+// Outcomes: 0 already-in-group, 1 joined, 2 inserted, 3 refused.
+const MEMBER_ADD: &str = r#"
+local group, member, limit = ARGV[2], ARGV[3], ARGV[4]
+local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
+local count = redis.call('HLEN', mem)
+if redis.call('ZSCORE', gkey, member) then return {0, count} end
+local outcome
+if redis.call('HEXISTS', mem, member) == 1 then
+  redis.call('HINCRBY', mem, member, 1)
+  outcome = 1
+elseif not room(count, limit) then
+  return {3, count}
+else
+  redis.call('HSET', mem, member, 1)
+  count = count + 1
+  outcome = 2
+end
+redis.call('ZADD', gkey, 0, member)
+redis.call('ZADD', base .. 'groups', 0, group)
+register()
+return {outcome, count}
+"#;
+
+// One member after another, as member-add would: a member given twice finds
+// itself in the group (or still refused) the second time.
+const MEMBER_ADD_MANY: &str = r#"
+local group, limit = ARGV[2], ARGV[3]
+local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
+local count = redis.call('HLEN', mem)
+local out = {0}
+local changed = false
+for i = 4, #ARGV do
+  local m = ARGV[i]
+  local o
+  if redis.call('ZSCORE', gkey, m) then
+    o = 0
+  elseif redis.call('HEXISTS', mem, m) == 1 then
+    redis.call('HINCRBY', mem, m, 1)
+    redis.call('ZADD', gkey, 0, m)
+    o = 1
+  elseif not room(count, limit) then
+    o = 3
+  else
+    redis.call('HSET', mem, m, 1)
+    redis.call('ZADD', gkey, 0, m)
+    count = count + 1
+    o = 2
+  end
+  if o == 1 or o == 2 then changed = true end
+  out[#out + 1] = o
+end
+if changed then
+  redis.call('ZADD', base .. 'groups', 0, group)
+  register()
+end
+out[1] = count
+return out
+"#;
+
+// Outcomes: 0 not-in-group, 1 left-group, 2 released.
+const MEMBER_REMOVE: &str = r#"
+local group, member = ARGV[2], ARGV[3]
+local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
+if not redis.call('ZSCORE', gkey, member) then return {0, redis.call('HLEN', mem)} end
+local n = tonumber(redis.call('HGET', mem, member))
+if not n or n < 1 then corrupt('member ' .. member .. ' is in a group but has no group count') end
+redis.call('ZREM', gkey, member)
+if redis.call('EXISTS', gkey) == 0 then redis.call('ZREM', base .. 'groups', group) end
+local outcome = 1
+if n == 1 then
+  redis.call('HDEL', mem, member)
+  outcome = 2
+else
+  redis.call('HINCRBY', mem, member, -1)
+end
+return {outcome, redis.call('HLEN', mem)}
+"#;
+
+const GROUP_CLEAR: &str = r#"
+local group = ARGV[2]
+local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
+local members = redis.call('ZRANGE', gkey, 0, -1)
+if #members == 0 then return {0, 0, redis.call('HLEN', mem)} end
+local counts = {}
+for i, m in ipairs(members) do
+  local n = tonumber(redis.call('HGET', mem, m))
+  if not n or n < 1 then corrupt('member ' .. m .. ' is in a group but has no group count') end
+  counts[i] = n
+end
+local released = 0
+for i, m in ipairs(members) do
+  if counts[i] == 1 then
+    redis.call('HDEL', mem, m)
+    released = released + 1
+  else
+    redis.call('HINCRBY', mem, m, -1)
+  end
+end
+redis.call('DEL', gkey)
+redis.call('ZREM', base .. 'groups', group)
+return {#members, released, redis.call('HLEN', mem)}
+"#;
+
+// Read-only: whether the scope holds records, members or live counters.
+const SCOPE_LISTED: &str = r#"
+if redis.call('EXISTS', base .. 'rec', base .. 'mem') > 0 then return 1 end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZCOUNT', base .. 'ctrs', string.format('%d', now_ms), '+inf') > 0 then return 1 end
+return 0
+"#;
+
+const EXPORT: &str = r#"
+local records = redis.call('HGETALL', base .. 'rec')
+local counters = {}
+for _, name in ipairs(redis.call('ZRANGE', base .. 'ctrs', 0, -1)) do
+  local c = redis.call('HMGET', base .. 'ctr:' .. name, 'v', 'x')
+  if c[1] then
+    counters[#counters + 1] = name
+    counters[#counters + 1] = c[1]
+    counters[#counters + 1] = c[2] or ''
+  end
+end
+local onces = {}
+for _, key in ipairs(redis.call('ZRANGE', base .. 'onces', 0, -1)) do
+  local x = redis.call('GET', base .. 'once:' .. key)
+  if x then
+    onces[#onces + 1] = key
+    onces[#onces + 1] = x
+  end
+end
+local memberships = {}
+for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
+  for _, m in ipairs(redis.call('ZRANGE', base .. 'grp:' .. g, 0, -1)) do
+    memberships[#memberships + 1] = g
+    memberships[#memberships + 1] = m
+  end
+end
+return {records, counters, onces, memberships}
+"#;
+
+// ARGV[2..5]: how many records, counters, once markers and memberships follow.
+const IMPORT: &str = r#"
+for _, name in ipairs(redis.call('ZRANGE', base .. 'ctrs', 0, -1)) do
+  redis.call('DEL', base .. 'ctr:' .. name)
+end
+for _, key in ipairs(redis.call('ZRANGE', base .. 'onces', 0, -1)) do
+  redis.call('DEL', base .. 'once:' .. key)
+end
+for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
+  redis.call('DEL', base .. 'grp:' .. g)
+end
+redis.call('DEL', base .. 'rec', base .. 'ctrs', base .. 'onces', base .. 'groups', base .. 'mem')
+local nrec, nctr, nonce, nmem = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local i = 6
+for _ = 1, nrec do
+  redis.call('HSET', base .. 'rec', ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for _ = 1, nctr do
+  local key = base .. 'ctr:' .. ARGV[i]
+  if ARGV[i + 2] == '' then
+    redis.call('HSET', key, 'v', ARGV[i + 1])
+  else
+    redis.call('HSET', key, 'v', ARGV[i + 1], 'x', ARGV[i + 2])
+  end
+  keep(key, ARGV[i + 3], base .. 'ctrs', ARGV[i])
+  i = i + 4
+end
+for _ = 1, nonce do
+  local key = base .. 'once:' .. ARGV[i]
+  redis.call('SET', key, ARGV[i + 1])
+  keep(key, ARGV[i + 2], base .. 'onces', ARGV[i])
+  i = i + 3
+end
+for _ = 1, nmem do
+  redis.call('ZADD', base .. 'grp:' .. ARGV[i], 0, ARGV[i + 1])
+  redis.call('ZADD', base .. 'groups', 0, ARGV[i])
+  redis.call('HINCRBY', base .. 'mem', ARGV[i + 1], 1)
+  i = i + 2
+end
+if nrec + nctr + nonce + nmem > 0 then register() end
+return 'OK'
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let (t, c) = parse_url("redis://127.0.0.1:6379/2?prefix=cg&call_timeout_ms=50").unwrap();
+        assert_eq!(t.urls, ["redis://127.0.0.1:6379/2"]);
+        assert!(!t.cluster);
+        assert_eq!(t.label, "127.0.0.1:6379/2");
+        assert_eq!(c.prefix, "cg");
+        assert_eq!(c.call_timeout, Duration::from_millis(50));
+
+        let (t, _) = parse_url("redis+cluster://u:p@a:1,b:2").unwrap();
+        assert_eq!(t.urls, ["redis://u:p@a:1", "redis://u:p@b:2"]);
+        assert!(t.cluster);
+        assert_eq!(t.label, "cluster a:1,b:2");
+
+        for bad in [
+            "rediss://h:1",
+            "rediss+cluster://h:1",
+            "redis://",
+            "redis://a:1,b:2",
+            "redis+cluster://a:1/3",
+            "redis://h:1/x",
+            "redis://h:1?prefix=a{b}",
+            "redis://h:1?nope=1",
+            "redis://h:1?call_timeout_ms=0",
+            "http://h:1",
+        ] {
+            assert!(
+                matches!(parse_url(bad), Err(StoreError::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+        let Err(StoreError::InvalidArgument(tls)) = parse_url("rediss://h:1") else {
+            panic!("TLS refused");
+        };
+        assert!(tls.contains("no TLS"), "{tls}");
+    }
+
+    #[test]
+    fn urls_are_recognised() {
+        assert!(is_redis_url("redis://h:1"));
+        assert!(is_redis_url("redis+cluster://h:1"));
+        assert!(is_redis_url("rediss://h:1"));
+        assert!(!is_redis_url("state.redb"));
+        assert!(!is_redis_url("memory"));
+    }
+}

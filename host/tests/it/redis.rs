@@ -1,0 +1,411 @@
+//! The Redis backend against real servers: each test starts its own
+//! `redis-server` (or a three-node cluster) on free loopback ports with a
+//! temporary directory, and stops it when done. Never a system Redis.
+//!
+//! The conformance suite itself runs against Redis from `store.rs` (`store::redis`);
+//! here are the cluster, faults, `store copy`, and the gateways sharing one Redis.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use creditgate::store::{RedisStore, Store};
+use tempfile::TempDir;
+
+/// Every wait here is bounded by this: a hang is a failure, not a stall.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A `redis-server` of this test's own, killed when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+    args: Vec<String>,
+}
+
+/// A port nobody listens on right now (another process may take it before we
+/// do: starting a server retries on another port).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Sends one inline command and returns the first reply line, or None if no
+/// server answers.
+fn ask(port: u16, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        // A simple reply ends at its first CRLF; a bulk one ($N) after its body.
+        let text = String::from_utf8_lossy(&reply);
+        match text.strip_prefix('$') {
+            Some(rest) => {
+                if let Some((len, body)) = rest.split_once("\r\n")
+                    && let Ok(len) = len.parse::<usize>()
+                    && body.len() >= len + 2
+                {
+                    return Some(body[..len].to_owned());
+                }
+            }
+            None => {
+                if let Some((line, _)) = text.split_once("\r\n") {
+                    return Some(line.to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn spawn_server(port: u16, dir: &Path, args: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--logfile", "redis.log"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run redis-server ({e}): these tests need it installed \
+                 (Debian: apt-get install redis-server; .ci/run installs it)"
+            )
+        })
+}
+
+impl RedisServer {
+    /// A server without persistence.
+    pub fn start() -> Self {
+        Self::start_with(&["--appendonly", "no"])
+    }
+
+    /// A server with extra `redis-server` arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: args.iter().map(|&a| a.to_owned()).collect(),
+        };
+        for attempt in 0.. {
+            server.port = free_port();
+            server.child = Some(spawn_server(server.port, server.dir.path(), &server.args));
+            if server.wait_ready() {
+                return server;
+            }
+            // Most likely the port was taken in between: try another.
+            server.kill();
+            assert!(attempt < 5, "redis-server never started: {}", server.log());
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// Waits until the server answers PING; false if it exited or never answered.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().ok().flatten().is_some()
+            {
+                return false;
+            }
+            if ask(self.port, "PING").as_deref() == Some("+PONG") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A store on this server under its own key prefix.
+    pub fn store(&self, prefix: &str) -> RedisStore {
+        RedisStore::open(&format!("{}?prefix={prefix}", self.url()))
+            .unwrap_or_else(|e| panic!("connects to redis on {}: {e}", self.port))
+    }
+
+    /// Kills the server at once (SIGKILL: a crash, no shutdown save).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (so with the same
+    /// append-only file), after a `kill`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.child = Some(spawn_server(self.port, self.dir.path(), &self.args));
+            if self.wait_ready() {
+                return;
+            }
+            self.kill();
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs one command through redis-cli; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three masters on loopback ports, no replicas, made a cluster by
+/// `redis-cli --cluster create`.
+pub struct Cluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                // The bus port defaults to port + 10000, which a high free port
+                // would push past 65535.
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--cluster-port",
+                    &bus,
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let deadline = Instant::now() + WAIT;
+        for node in &nodes {
+            while !ask(node.port, "CLUSTER INFO").is_some_and(|i| i.contains("cluster_state:ok")) {
+                assert!(Instant::now() < deadline, "the cluster never became ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Cluster { nodes }
+    }
+
+    /// `redis+cluster://` with every node, under `prefix`.
+    pub fn store(&self, prefix: &str) -> RedisStore {
+        let hosts: Vec<String> = (self.nodes.iter())
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let url = format!("redis+cluster://{}?prefix={prefix}", hosts.join(","));
+        RedisStore::open(&url).unwrap_or_else(|e| panic!("connects to {url}: {e}"))
+    }
+}
+
+/// Issue 5: every primitive stays in one slot (the scope's hash tag), so the
+/// whole conformance suite passes on a cluster, with scopes spread over the nodes.
+#[test]
+fn cluster_passes_the_conformance_suite() {
+    let cluster = Cluster::start();
+    for (i, &(name, test)) in crate::store::SUITE.iter().enumerate() {
+        eprintln!("cluster: {name}");
+        let store = cluster.store(&format!("suite{i}"));
+        test(&store);
+    }
+    // Many scopes, so that each node holds some: the routing really is by slot.
+    let store = cluster.store("spread");
+    for i in 0..64 {
+        let scope = format!("account-{i}");
+        assert!(store.record_insert(&scope, "k", "v").expect("insert"));
+        store.member_add(&scope, "g", "m", None).expect("member");
+    }
+    let expected: Vec<String> = {
+        let mut all: Vec<String> = (0..64).map(|i| format!("account-{i}")).collect();
+        all.sort();
+        all
+    };
+    assert_eq!(store.scopes().expect("scopes"), expected);
+    for node in &cluster.nodes {
+        let keys: u64 = node.cli(&["DBSIZE"]).parse().expect("a number");
+        assert!(keys > 10, "node {} holds only {keys} keys", node.port);
+    }
+    // The keys of one scope share a slot.
+    let slots: Vec<String> = ["rec", "mem", "groups", "grp:g"]
+        .iter()
+        .map(|k| {
+            cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", &format!("spread:{{account-7}}:{k}")])
+        })
+        .collect();
+    assert!(slots.iter().all(|s| s == &slots[0]), "{slots:?}");
+}
+
+/// Issue 5's fault test: Redis killed (SIGKILL, as in a crash) and restarted in
+/// the middle of a stream of charges from several threads. No panic; every charge
+/// answered `applied` is counted after the restart (`appendfsync always`); calls
+/// during the outage fail as unavailable; calls after it succeed again without
+/// anyone reconnecting by hand.
+#[test]
+fn a_crash_loses_no_acknowledged_charge_and_service_resumes() {
+    use creditgate::bindings::{CounterAdded, Once};
+    use creditgate::store::{CounterAdd, StoreError};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const THREADS: usize = 4;
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = format!(
+        "{}?prefix=fault&call_timeout_ms=300&connect_timeout_ms=500",
+        server.url()
+    );
+    let store = RedisStore::open(&url).expect("connects");
+    let stop = AtomicBool::new(false);
+    let restarted = AtomicBool::new(false);
+    let after_restart = AtomicUsize::new(0);
+    let charge = |key: &str| {
+        let once = Once {
+            key: key.to_owned(),
+            expires_at: 2_000,
+        };
+        let add = CounterAdd {
+            amount: 1,
+            limit: None,
+            once: Some(&once),
+            expires_at: None,
+            now: 1_000,
+        };
+        store.counter_add("acct", "sent", add)
+    };
+    let (applied, failed) = std::thread::scope(|t| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (stop, restarted, after_restart, charge) =
+                    (&stop, &restarted, &after_restart, &charge);
+                t.spawn(move || {
+                    let (mut applied, mut failed) = (Vec::new(), 0usize);
+                    for n in 0.. {
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        let key = format!("{i}-{n}");
+                        match charge(&key) {
+                            Ok(CounterAdded::Applied(_)) => {
+                                applied.push(key);
+                                if restarted.load(Ordering::Acquire) {
+                                    after_restart.fetch_add(1, Ordering::AcqRel);
+                                }
+                            }
+                            Ok(other) => panic!("a fresh key answered {other:?}"),
+                            Err(StoreError::Unavailable(m)) => {
+                                assert!(m.contains("127.0.0.1:"), "names the server: {m}");
+                                failed += 1;
+                            }
+                            Err(e) => panic!("unexpected error: {e}"),
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    (applied, failed)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(400));
+        server.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        server.restart();
+        restarted.store(true, Ordering::Release);
+        let deadline = Instant::now() + WAIT;
+        while after_restart.load(Ordering::Acquire) < 50 {
+            assert!(
+                Instant::now() < deadline,
+                "calls never succeeded again after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Release);
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("no worker panicked"))
+            .fold((Vec::new(), 0), |(mut a, f), (b, g)| {
+                a.extend(b);
+                (a, f + g)
+            })
+    });
+    assert!(failed > 0, "the outage was seen");
+    assert!(
+        applied.len() > 100,
+        "charges went through: {}",
+        applied.len()
+    );
+    let counted = store.counter_get("acct", "sent", 1_000).expect("reads");
+    // A call that failed may still have been applied (its answer was lost), never
+    // the reverse.
+    assert!(
+        counted >= applied.len() as u64 && counted <= (applied.len() + failed) as u64,
+        "{counted} counted, {} applied, {failed} failed",
+        applied.len()
+    );
+    for key in &applied {
+        assert!(
+            matches!(charge(key), Ok(CounterAdded::Repeated(_))),
+            "charge {key} was acknowledged but is not remembered"
+        );
+    }
+    eprintln!(
+        "{} charges applied, {failed} failed during the outage, {counted} counted",
+        applied.len()
+    );
+}
