@@ -6,6 +6,7 @@ mod check;
 mod leads;
 mod replay;
 mod serve;
+mod store;
 mod test;
 mod usage;
 
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 
 use creditgate::bindings::Diagnostic;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig, Worker};
-use creditgate::store::{MemoryStore, RedbStore, Store};
+use creditgate::store::{MemoryStore, RedbStore, RedisStore, Store, is_redis_url};
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -48,6 +49,9 @@ enum Command {
     Account(account::Command),
     Usage(usage::Args),
     Serve(serve::Args),
+    /// Operations on whole stores: copies between backends.
+    #[command(subcommand)]
+    Store(store::Command),
 }
 
 /// Documented exit statuses.
@@ -73,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Account(command) => account::run(command),
         Command::Usage(args) => usage::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Store(command) => store::run(command),
     }
 }
 
@@ -169,15 +174,32 @@ fn located(file: &Path, d: &Diagnostic) -> String {
     }
 }
 
-/// Opens a store: a redb file, or a fresh in-memory one.
-fn open_store(path: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match path {
-        None => Arc::new(MemoryStore::new()),
-        Some(path) => Arc::new(
-            RedbStore::open(path)
-                .with_context(|| format!("cannot open store {}", path.display()))?,
-        ),
-    })
+/// Opens a store: a Redis server or cluster when `spec` is a Redis URL, else a
+/// redb file; a fresh in-memory one without `spec`.
+fn open_store(spec: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
+    let Some(spec) = spec else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    if let Some(url) = redis_url(spec) {
+        // The URL may carry a password: the error names the server without it.
+        let store = RedisStore::open(url).context("cannot open the Redis store")?;
+        return Ok(Arc::new(store));
+    }
+    let store =
+        RedbStore::open(spec).with_context(|| format!("cannot open store {}", spec.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// The Redis URL a `--store` value is, if it is one.
+fn redis_url(spec: &Path) -> Option<&str> {
+    spec.to_str().filter(|s| is_redis_url(s))
+}
+
+/// Whether a `--store` value (from the command line or `serve`'s config file)
+/// names a file, as opposed to `memory` or a Redis URL: only a file's path is
+/// taken relative to the config file.
+pub(crate) fn names_a_file(spec: &Path) -> bool {
+    spec.as_os_str() != "memory" && redis_url(spec).is_none()
 }
 
 /// Output format of the operator commands.
@@ -191,31 +213,40 @@ enum Format {
 }
 
 /// `--store` of the operator commands: the embedded redb file by default (the one
-/// `serve` uses), or `memory` for a throwaway run.
+/// `serve` uses), `memory` for a throwaway run, or the Redis ledger several
+/// gateway hosts share.
 #[derive(Debug, clap::Args)]
 struct StoreArgs {
-    /// A redb file, or `memory` for a throwaway in-memory store. Default:
+    /// A redb file; `memory` for a throwaway in-memory store;
+    /// redis://[USER:PASS@]HOST:PORT[/DB] for a Redis server, or
+    /// redis+cluster://HOST:PORT,HOST:PORT,... for a Redis Cluster (options:
+    /// ?prefix=NAME&connect_timeout_ms=N&call_timeout_ms=N). Default:
     /// $CREDITGATE_STORE, else $XDG_DATA_HOME/creditgate/creditgate.redb, else
     /// ~/.local/share/creditgate/creditgate.redb.
-    #[arg(long, value_name = "PATH|memory")]
+    #[arg(long, value_name = "PATH|memory|redis://...")]
     store: Option<PathBuf>,
 }
 
 impl StoreArgs {
     fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
-        match &self.store {
-            Some(path) if path.as_os_str() == "memory" => open_store(None),
-            Some(path) => open_store(Some(path)),
-            None => {
-                let path = creditgate::store::default_path().context(
-                    "no default store path: set $CREDITGATE_STORE or $HOME, or pass --store",
-                )?;
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("cannot create {}", dir.display()))?;
-                }
-                open_store(Some(&path))
-            }
+        let spec = match &self.store {
+            Some(spec) => spec.clone(),
+            None => creditgate::store::default_path().context(
+                "no default store path: set $CREDITGATE_STORE or $HOME, or pass --store",
+            )?,
+        };
+        if spec.as_os_str() == "memory" {
+            return open_store(None);
         }
+        // Only the default location is created for the user; $CREDITGATE_STORE
+        // may name a Redis URL, which has no directory.
+        if self.store.is_none()
+            && names_a_file(&spec)
+            && let Some(dir) = spec.parent()
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        open_store(Some(&spec))
     }
 }

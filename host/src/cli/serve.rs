@@ -131,7 +131,7 @@ impl FileConfig {
         relative(&mut config.policy);
         relative(&mut config.component);
         relative(&mut config.postfix_unix);
-        if config.store.as_deref() != Some(Path::new("memory")) {
+        if config.store.as_deref().is_some_and(super::names_a_file) {
             relative(&mut config.store);
         }
         Ok(config)

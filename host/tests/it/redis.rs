@@ -409,3 +409,141 @@ fn a_crash_loses_no_acknowledged_charge_and_service_resumes() {
         applied.len()
     );
 }
+
+/// Runs the binary; its exit code, stdout and stderr.
+fn creditgate(args: &[&str]) -> (i32, String, String) {
+    let out = crate::harness::creditgate_command()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("creditgate runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn creditgate_ok(args: &[&str]) -> String {
+    let (code, stdout, stderr) = creditgate(args);
+    assert_eq!(code, 0, "creditgate {args:?}: {stderr}");
+    stdout
+}
+
+/// Issue 5: `store copy` redb → Redis → redb gives identical usage for every
+/// account, and identical contents scope by scope; a non-empty destination is
+/// refused without `--force`.
+#[test]
+fn store_copy_round_trip_redb_redis_redb() {
+    use creditgate::store::RedbStore;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    let (a, b) = (path("a.redb"), path("b.redb"));
+    let server = RedisServer::start();
+    let redis = format!("{}?prefix=copy", server.url());
+
+    // Accounts, leads in overlapping campaigns, and sends with message ids, all
+    // through the CLI on the embedded store.
+    creditgate_ok(&[
+        "account",
+        "subscribe",
+        "acme",
+        "--plan",
+        "base",
+        "--store",
+        &a,
+    ]);
+    creditgate_ok(&[
+        "account",
+        "subscribe",
+        "bolt",
+        "--plan",
+        "pro",
+        "--store",
+        &a,
+    ]);
+    let csv = dir.path().join("leads.csv");
+    std::fs::write(
+        &csv,
+        "email\nann@example.com\nbo@example.org\ncy@example.net\n",
+    )
+    .expect("writes");
+    let csv = csv.to_str().expect("utf-8");
+    for (account, campaign) in [("acme", "q1"), ("acme", "q2"), ("bolt", "launch")] {
+        creditgate_ok(&[
+            "leads",
+            "import",
+            "--account",
+            account,
+            "--campaign",
+            campaign,
+            csv,
+            "--store",
+            &a,
+        ]);
+    }
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let events: String = [
+        ("acme", r#"["ann@example.com","bo@example.org"]"#, "m1"),
+        ("acme", r#""cy@example.net""#, "m2"),
+        ("bolt", r#""ann@example.com""#, "m3"),
+    ]
+    .iter()
+    .map(|(account, to, id)| {
+        format!(
+            "{{\"at\":\"{at}\",\"op\":\"send_email\",\"account\":\"{account}\",\"to\":{to},\"message_id\":\"{id}\"}}\n"
+        )
+    })
+    .collect();
+    let events_file = dir.path().join("events.jsonl");
+    std::fs::write(&events_file, events).expect("writes");
+    creditgate_ok(&[
+        "replay",
+        "--events",
+        events_file.to_str().expect("utf-8"),
+        "--store",
+        &a,
+    ]);
+
+    let copied = creditgate_ok(&["store", "copy", "--from", &a, "--to", &redis]);
+    assert!(copied.contains("copied 2 account(s)"), "{copied}");
+    assert!(!copied.contains("127.0.0.1:0"), "{copied}");
+
+    // Into a non-empty store: refused, unless forced.
+    let (code, _, stderr) = creditgate(&["store", "copy", "--from", &a, "--to", &redis]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    creditgate_ok(&["store", "copy", "--from", &a, "--to", &redis, "--force"]);
+
+    creditgate_ok(&["store", "copy", "--from", &redis, "--to", &b]);
+
+    for account in ["acme", "bolt"] {
+        let usage =
+            |store: &str| creditgate_ok(&["usage", account, "--format", "json", "--store", store]);
+        let original = usage(&a);
+        assert!(original.contains("\"used\":3"), "{original}");
+        assert_eq!(usage(&redis), original, "{account} on Redis");
+        assert_eq!(usage(&b), original, "{account} back on redb");
+    }
+    let list =
+        |store: &str| creditgate_ok(&["account", "list", "--format", "json", "--store", store]);
+    assert_eq!(list(&b), list(&a));
+
+    // Scope by scope, everything came back: counters, markers, memberships.
+    let (a, b) = (
+        RedbStore::open(Path::new(&a)).expect("opens a"),
+        RedbStore::open(Path::new(&b)).expect("opens b"),
+    );
+    let scopes = a.scopes().expect("scopes");
+    assert_eq!(scopes, ["acme", "bolt"]);
+    assert_eq!(b.scopes().expect("scopes"), scopes);
+    for scope in &scopes {
+        let dump = a.export_scope(scope).expect("exports");
+        assert!(
+            !dump.once.is_empty() && !dump.memberships.is_empty(),
+            "{dump:?}"
+        );
+        assert_eq!(b.export_scope(scope).expect("exports"), dump, "{scope}");
+    }
+}

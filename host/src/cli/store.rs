@@ -1,0 +1,131 @@
+//! `creditgate store copy`: moves every scope (account) from one store to
+//! another, between any two backends, so that an operator can start on the
+//! embedded redb file and move to a Redis shared by several gateways later (or
+//! back).
+//!
+//! Each scope is read with `export_scope` (one consistent snapshot of it) and
+//! written with `import_scope` (one atomic step), so no account is ever half
+//! copied; the copy as a whole is not one snapshot, which is why it is meant for
+//! a store no gateway is writing to (a redb file in use is refused anyway).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use creditgate::store::{Store, parse_url};
+
+use super::{Exit, Format, StoreArgs, redis_url};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    Copy(CopyArgs),
+}
+
+/// Copies every account (records, counters, idempotency markers and memberships)
+/// from one store to another: redb ↔ Redis, or between two of a kind.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// The store to copy from: a redb file or a Redis URL, as --store takes.
+    #[arg(long, value_name = "STORE")]
+    from: PathBuf,
+    /// The store to copy into (a redb file is created if missing).
+    #[arg(long, value_name = "STORE")]
+    to: PathBuf,
+    /// Copy even if the destination already holds accounts: the accounts both
+    /// hold are replaced by the source's; the destination's others are kept.
+    #[arg(long)]
+    force: bool,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn run(command: Command) -> anyhow::Result<Exit> {
+    match command {
+        Command::Copy(args) => copy(&args),
+    }
+}
+
+/// What a copy moved.
+#[derive(Debug, Default, Serialize)]
+struct Copied {
+    scopes: usize,
+    records: usize,
+    counters: usize,
+    once_markers: usize,
+    memberships: usize,
+}
+
+fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
+    let (from_name, to_name) = (describe(&args.from), describe(&args.to));
+    anyhow::ensure!(
+        args.from != args.to,
+        "--from and --to are the same store ({from_name})"
+    );
+    // A missing source file would be created empty and "copied": a typo must not
+    // pass for an empty store.
+    if redis_url(&args.from).is_none() && !args.from.exists() {
+        anyhow::bail!("no store at {from_name}");
+    }
+    anyhow::ensure!(
+        args.from.as_os_str() != "memory" && args.to.as_os_str() != "memory",
+        "a store copy needs two durable stores (a redb file or a Redis URL), not memory"
+    );
+    let from = open(&args.from)?;
+    let to = open(&args.to)?;
+    let present = to
+        .scopes()
+        .with_context(|| format!("listing the accounts of {to_name}"))?;
+    if !present.is_empty() && !args.force {
+        anyhow::bail!(
+            "{to_name} already holds {} account(s) (the first: {:?}); pass --force to copy \
+             into it anyway, replacing the accounts both stores hold",
+            present.len(),
+            present[0]
+        );
+    }
+    let scopes = from
+        .scopes()
+        .with_context(|| format!("listing the accounts of {from_name}"))?;
+    let mut copied = Copied::default();
+    for scope in &scopes {
+        let dump = from
+            .export_scope(scope)
+            .with_context(|| format!("reading account {scope:?} from {from_name}"))?;
+        to.import_scope(scope, &dump)
+            .with_context(|| format!("writing account {scope:?} to {to_name}"))?;
+        copied.scopes += 1;
+        copied.records += dump.records.len();
+        copied.counters += dump.counters.len();
+        copied.once_markers += dump.once.len();
+        copied.memberships += dump.memberships.len();
+    }
+    to.persist()
+        .with_context(|| format!("making the copy durable in {to_name}"))?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string(&copied)?),
+        Format::Text => println!(
+            "copied {} account(s) from {from_name} to {to_name}: {} record(s), {} counter(s), \
+             {} idempotency marker(s), {} membership(s)",
+            copied.scopes, copied.records, copied.counters, copied.once_markers, copied.memberships
+        ),
+    }
+    Ok(Exit::Success)
+}
+
+fn open(spec: &Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    StoreArgs {
+        store: Some(spec.to_owned()),
+    }
+    .open()
+}
+
+/// A store's name for messages: a file's path, or a Redis URL's servers without
+/// its credentials.
+fn describe(spec: &Path) -> String {
+    match redis_url(spec).map(parse_url) {
+        Some(Ok((target, _))) => format!("redis {}", target.label),
+        Some(Err(_)) => "the Redis URL given".to_owned(),
+        None => spec.display().to_string(),
+    }
+}
