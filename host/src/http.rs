@@ -10,7 +10,10 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -19,7 +22,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::bindings::{
@@ -59,15 +64,43 @@ pub struct ReloadRefused {
 pub type Reloader = Arc<dyn Fn() -> std::result::Result<Reloaded, ReloadRefused> + Send + Sync>;
 
 /// Settings of the HTTP front end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpOptions {
+    /// Largest request body; a larger one is refused (413) unread.
     pub max_body_bytes: usize,
+    /// Most connections open at once; past it, new ones wait in the kernel's
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// A connection that sends or takes nothing for this long is closed: a slow
+    /// or abandoned client cannot hold a slot forever.
+    pub idle_timeout: Duration,
+    /// When set, the routes that change an account's terms or take leads away
+    /// (subscription, plan, lead deletion) and the reload require
+    /// `Authorization: Bearer <token>`.
+    pub admin_token: Option<Arc<str>>,
 }
+
+impl std::fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpOptions")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+/// Most HTTP connections open at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 
 impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Duration::from_secs(60),
+            admin_token: None,
         }
     }
 }
@@ -76,6 +109,7 @@ impl Default for HttpOptions {
 struct App {
     gateway: Arc<Gateway>,
     reload: Reloader,
+    admin_token: Option<Arc<str>>,
 }
 
 /// Every route the API serves, with its handler.
@@ -117,7 +151,7 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
 }
 
 /// The API's routes over `gateway`.
-pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: HttpOptions) -> Router {
+pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: &HttpOptions) -> Router {
     let mut router = Router::new();
     // Two methods on one path merge into one route.
     for (_, path, handler) in table() {
@@ -133,19 +167,139 @@ pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: HttpOptions) -> 
             )
         })
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
-        .with_state(App { gateway, reload })
+        .with_state(App {
+            gateway,
+            reload,
+            admin_token: options.admin_token.clone(),
+        })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then finishes the
-/// requests in flight.
+/// requests in flight. Connections are bounded in number and in idle time.
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
+    options: &HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = Bounded {
+        listener,
+        slots: Arc::new(Semaphore::new(options.max_connections.max(1))),
+        idle: options.idle_timeout,
+    };
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// A TCP listener that keeps at most as many connections open as it has slots,
+/// each closed when idle too long.
+struct Bounded {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    idle: Duration,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Watched;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Watched, Self::Addr) {
+        // The semaphore is never closed, so this waits for a slot.
+        let slot = self.slots.clone().acquire_owned().await.ok();
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        let _ = stream.set_nodelay(true);
+        let watched = Watched {
+            stream,
+            idle: self.idle,
+            deadline: Box::pin(tokio::time::sleep(self.idle)),
+            _slot: slot,
+        };
+        (watched, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection whose reads fail with `TimedOut` once nothing has moved either
+/// way for `idle` (hyper then closes it), and which frees its slot when dropped.
+struct Watched {
+    stream: TcpStream,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Watched {
+    fn moved(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.moved();
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "idle connection",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if written.is_ready() {
+            this.moved();
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if written.is_ready() {
+            this.moved();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 // ---- requests ----------------------------------------------------------------
@@ -297,6 +451,7 @@ type Result<T> = std::result::Result<T, ApiError>;
 
 async fn subscribe(
     State(app): State<App>,
+    _: Admin,
     Path(account): Path<String>,
     Body(body): Body<SubscribeBody>,
 ) -> Result<Response> {
@@ -321,6 +476,7 @@ async fn subscribe(
 
 async fn change_plan(
     State(app): State<App>,
+    _: Admin,
     Path(account): Path<String>,
     Body(body): Body<PlanBody>,
 ) -> Result<Response> {
@@ -389,6 +545,7 @@ async fn add_leads(
 
 async fn delete_lead(
     State(app): State<App>,
+    _: Admin,
     Path((account, campaign, email)): Path<(String, String, String)>,
 ) -> Result<Response> {
     let request = Request::DeleteLead {
@@ -403,6 +560,7 @@ async fn delete_lead(
 
 async fn delete_campaign_leads(
     State(app): State<App>,
+    _: Admin,
     Path((account, campaign)): Path<(String, String)>,
 ) -> Result<Response> {
     let request = Request::DeleteCampaignLeads {
@@ -441,7 +599,7 @@ async fn healthz(State(app): State<App>) -> Response {
     }))
 }
 
-async fn reload(State(app): State<App>) -> Result<Response> {
+async fn reload(State(app): State<App>, _: Admin) -> Result<Response> {
     let reload = app.reload.clone();
     let outcome = tokio::task::spawn_blocking(move || reload())
         .await
@@ -528,6 +686,41 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
             Err(rejection) => Err(ApiError::from(rejection)),
         }
     }
+}
+
+/// Proof that the request carries the admin token, when one is configured.
+struct Admin;
+
+impl FromRequestParts<App> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &App,
+    ) -> std::result::Result<Self, ApiError> {
+        let Some(token) = &app.admin_token else {
+            return Ok(Admin);
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(given) if same_secret(given.as_bytes(), token.as_bytes()) => Ok(Admin),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this route needs the admin token: Authorization: Bearer <token>",
+            )),
+        }
+    }
+}
+
+/// Compares two secrets in time that depends on their lengths only, so that a
+/// client cannot find the token byte by byte by timing refusals.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 // ---- errors ------------------------------------------------------------------
@@ -680,6 +873,12 @@ impl IntoResponse for ApiError {
         };
         let mut response = json(&body);
         *response.status_mut() = self.status;
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         response
     }
 }

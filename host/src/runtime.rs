@@ -51,6 +51,9 @@ pub enum ComponentSource {
     File(PathBuf),
 }
 
+/// Longest policy text a worker loads, in bytes. Shipped policies are a few KiB.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+
 /// Limits and settings of the runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -501,6 +504,19 @@ impl Instance {
 
     /// Loads `policy` into this instance; a trap or timeout is `LoadError::Trap`.
     fn load_policy(&mut self, policy: &str, budget: Duration) -> Result<PolicySummary, LoadError> {
+        if policy.len() > MAX_POLICY_BYTES {
+            // Refused before it is copied into the guest: a policy is a few KiB,
+            // and a huge one would only cost guest memory and load time.
+            return Err(LoadError::Policy(vec![Diagnostic {
+                message: format!(
+                    "the policy is {} bytes long; the limit is {MAX_POLICY_BYTES}",
+                    policy.len()
+                ),
+                path: String::new(),
+                line: 0,
+                column: 0,
+            }]));
+        }
         let (result, _) = self.call(budget, |b, s| {
             b.creditgate_policy_policy().call_load_policy(s, policy)
         });

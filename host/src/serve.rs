@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -32,12 +32,17 @@ pub struct ServeOptions {
     /// `smtpd_policy_service_max_idle` (300 s) and reconnects at no cost, while an
     /// abandoned socket would hold a task and a descriptor forever.
     pub idle_timeout: Duration,
+    /// Most connections served at once. Past it, new ones wait in the kernel's
+    /// backlog until one closes. Default 1,024: each Postfix smtpd process holds
+    /// one connection, and `default_process_limit` is 100.
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             idle_timeout: Duration::from_secs(60),
+            max_connections: 1_024,
         }
     }
 }
@@ -104,8 +109,16 @@ pub async fn serve_postfix(
     let listener = listener.into();
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        // A slot first, then a connection: at the limit, peers wait in the backlog
+        // rather than being accepted and starved.
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.ok(),
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -117,6 +130,7 @@ pub async fn serve_postfix(
                         config: config.clone(),
                         options,
                         stopped: stopped.clone(),
+                        _slot: slot,
                     };
                     match stream {
                         Stream::Tcp(stream) => connections.spawn(connection.run(stream)),
@@ -145,6 +159,8 @@ struct Connection {
     config: Arc<PostfixConfig>,
     options: ServeOptions,
     stopped: watch::Receiver<bool>,
+    /// Held while the connection lives.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Connection {
@@ -157,6 +173,7 @@ impl Connection {
             config,
             options,
             mut stopped,
+            _slot,
         } = self;
         let mut reader = RequestReader::new(config.limits);
         let mut buf = vec![0u8; READ_CHUNK];

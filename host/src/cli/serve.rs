@@ -76,6 +76,9 @@ pub struct Args {
     /// Largest HTTP request body, in bytes. Default: 524288.
     #[arg(long, value_name = "BYTES")]
     http_max_body_bytes: Option<usize>,
+    /// Most connections open at once, per listener. Default: 1024.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// Decision workers. Default: twice the available parallelism, at least 2.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -106,6 +109,11 @@ struct FileConfig {
     postfix_unix: Option<PathBuf>,
     http_listen: Option<Listen>,
     http_max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    /// Required as `Authorization: Bearer` by the HTTP routes that change an
+    /// account's terms or delete leads, and by reload. Only in the file (or
+    /// $CREDITGATE_ADMIN_TOKEN): a flag would show in `ps`.
+    admin_token: Option<String>,
     workers: Option<usize>,
     idle_timeout_secs: Option<u64>,
     store: Option<PathBuf>,
@@ -170,6 +178,21 @@ impl Settings {
             .or(file.http_max_body_bytes)
             .unwrap_or(http::DEFAULT_MAX_BODY_BYTES);
         anyhow::ensure!(max_body_bytes > 0, "http_max_body_bytes must be at least 1");
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(http::DEFAULT_MAX_CONNECTIONS);
+        anyhow::ensure!(max_connections > 0, "max_connections must be at least 1");
+        let admin_token = std::env::var("CREDITGATE_ADMIN_TOKEN")
+            .ok()
+            .or(file.admin_token)
+            .filter(|t| !t.is_empty());
+        if let Some(token) = &admin_token {
+            anyhow::ensure!(
+                token.len() >= 16,
+                "admin_token must be at least 16 characters long"
+            );
+        }
         let workers = args.workers.or(file.workers).unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (2 * cores).max(2)
@@ -181,10 +204,16 @@ impl Settings {
             listen,
             unix: args.postfix_unix.or(file.postfix_unix),
             http,
-            http_options: HttpOptions { max_body_bytes },
+            http_options: HttpOptions {
+                max_body_bytes,
+                max_connections,
+                idle_timeout: Duration::from_secs(idle),
+                admin_token: admin_token.map(Arc::from),
+            },
             workers,
             options: ServeOptions {
                 idle_timeout: Duration::from_secs(idle),
+                max_connections,
             },
             store: StoreArgs {
                 store: args.store.store.or(file.store),
@@ -296,10 +325,10 @@ async fn serve(
     }
     if let Some(listener) = http {
         info!("listening on http://{}", listener.local_addr()?);
-        let router = http::router(gateway.clone(), reloader.clone(), settings.http_options);
-        let shutdown = until_stopped();
+        let router = http::router(gateway.clone(), reloader.clone(), &settings.http_options);
+        let (shutdown, options) = (until_stopped(), settings.http_options.clone());
         tasks.spawn(async move {
-            if let Err(e) = http::serve_http(listener, router, shutdown).await {
+            if let Err(e) = http::serve_http(listener, router, &options, shutdown).await {
                 warn!(error = %e, "the http listener failed");
             }
         });

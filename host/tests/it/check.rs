@@ -226,3 +226,35 @@ fn no_file_is_a_usage_error() {
     let out = creditgate(&["check"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_policy_over_the_size_limit_is_refused_before_it_reaches_the_guest() {
+    use creditgate::runtime::{LoadError, MAX_POLICY_BYTES};
+    let plan = "[plans.base]\nlead_credits = 1\nemail_credits = 1\n";
+    let padded = |len: usize| {
+        let mut text = plan.to_owned();
+        text.push('#');
+        text.push_str(&" ".repeat(len - text.len() - 1));
+        text.truncate(len - 1);
+        text.push('\n');
+        text
+    };
+    let store = || std::sync::Arc::new(creditgate::store::MemoryStore::new());
+    let at_limit = padded(MAX_POLICY_BYTES);
+    assert_eq!(at_limit.len(), MAX_POLICY_BYTES);
+    crate::harness::runtime()
+        .worker(store(), &at_limit)
+        .expect("a policy of exactly the limit loads");
+    match crate::harness::runtime().worker(store(), &padded(MAX_POLICY_BYTES + 1)) {
+        Err(LoadError::Policy(diagnostics)) => {
+            assert_eq!(diagnostics.len(), 1);
+            assert!(
+                diagnostics[0].message.contains("the limit is 1048576"),
+                "{:?}",
+                diagnostics[0]
+            );
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a policy over the limit loaded"),
+    }
+}

@@ -91,7 +91,7 @@ impl Api {
                 }
             })
         };
-        let router = http::router(gateway.clone(), reload, options);
+        let router = http::router(gateway.clone(), reload, &options);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         let addr = listener.local_addr().expect("address");
         listener.set_nonblocking(true).expect("non-blocking");
@@ -104,7 +104,7 @@ impl Api {
                 .expect("tokio runtime")
                 .block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                    http::serve_http(listener, router, async {
+                    http::serve_http(listener, router, &options, async {
                         let _ = stopped.await;
                     })
                     .await
@@ -459,6 +459,7 @@ fn malformed_requests_get_json_errors() {
         Arc::new(MemoryStore::new()),
         HttpOptions {
             max_body_bytes: 1024,
+            ..HttpOptions::default()
         },
     );
     let (status, body) = api.call(
@@ -779,4 +780,130 @@ fn the_binary_serves_postfix_on_a_unix_socket() {
     drop(stream);
     terminate(child);
     assert!(!socket.exists(), "the socket is removed at shutdown");
+}
+
+#[test]
+fn admin_routes_need_the_token_when_one_is_set() {
+    let token = "s3cret-admin-token-0123";
+    let api = Api::start(
+        Arc::new(MemoryStore::new()),
+        HttpOptions {
+            admin_token: Some(Arc::from(token)),
+            ..HttpOptions::default()
+        },
+    );
+    let url = format!("{}/v1/accounts/acme/subscription", api.base);
+    let subscribe = |authorization: Option<&str>| {
+        let mut request = api
+            .agent
+            .post(&url)
+            .header("content-type", "application/json");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let mut response = request.send(r#"{"plan": "small"}"#).expect("answers");
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
+        let body: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().expect("body"))
+                .expect("JSON");
+        (status, challenge, body)
+    };
+    let (status, challenge, body) = subscribe(None);
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    let (status, _, body) = subscribe(Some("Bearer s3cret-admin-token-0124"));
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+    let (status, _, body) = subscribe(Some(&format!("Bearer {token}")));
+    assert_eq!(status, 201, "{body}");
+    // Nothing was subscribed by the refused attempts, and the routes a sending
+    // platform uses all day need no token.
+    let (status, body) = api.email(json!({"account": "acme", "to": "a@x.io"}));
+    assert_eq!((status, &body["charged"]), (200, &json!(1)), "{body}");
+    assert_eq!(api.usage("acme").0, 200);
+    let (status, body) = api.call("post", "/v1/admin/reload", "/v1/admin/reload", None);
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+    let (status, body) = api.call(
+        "delete",
+        "/v1/accounts/{account}/campaigns/{campaign}/leads",
+        "/v1/accounts/acme/campaigns/c1/leads",
+        None,
+    );
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+}
+
+#[test]
+fn an_idle_http_connection_is_closed() {
+    use std::io::Write as _;
+    let api = Api::start(
+        Arc::new(MemoryStore::new()),
+        HttpOptions {
+            idle_timeout: Duration::from_millis(300),
+            ..HttpOptions::default()
+        },
+    );
+    let addr = api.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Half a request, then silence: the server must not wait for the rest forever.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("writes");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    // Other clients are served meanwhile and after.
+    assert_eq!(api.call("get", "/healthz", "/healthz", None).0, 200);
+}
+
+#[test]
+fn connections_past_the_limit_wait_for_a_slot() {
+    use std::io::Write as _;
+    let api = Api::start(
+        Arc::new(MemoryStore::new()),
+        HttpOptions {
+            max_connections: 1,
+            idle_timeout: Duration::from_secs(30),
+            ..HttpOptions::default()
+        },
+    );
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    // The one slot, held by a keep-alive connection that has been answered.
+    let mut first = std::net::TcpStream::connect(&addr).expect("connects");
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("writes");
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).expect("answered");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // A second client is not served while the first holds the slot...
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiting = {
+        let released = released.clone();
+        std::thread::spawn(move || {
+            let (status, _) = send(&agent(), &format!("http://{addr}"), "get", "/healthz", None);
+            (status, released.load(std::sync::atomic::Ordering::SeqCst))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "served past the connection limit");
+    // ...and is as soon as the first closes.
+    released.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(first);
+    let (status, after_release) = waiting.join().expect("joins");
+    assert_eq!(status, 200);
+    assert!(after_release, "answered before the slot was free");
 }

@@ -187,6 +187,39 @@ fn several_requests_on_one_connection_are_answered_in_order() {
 }
 
 #[test]
+fn connections_past_the_limit_wait_until_one_closes() {
+    run(|| async {
+        let options = ServeOptions {
+            max_connections: 1,
+            ..ServeOptions::default()
+        };
+        let server = Server::start(PostfixConfig::default(), options).await;
+        let mut first = server.connect().await;
+        assert_eq!(
+            ask(&mut first, &request("RCPT", "acme", &[])).await,
+            "DUNNO"
+        );
+        // The second is connected by the kernel but not served while the first
+        // holds the only slot.
+        let mut second = server.connect().await;
+        second
+            .write_all(request("RCPT", "acme", &[]).as_bytes())
+            .await
+            .expect("writes");
+        let mut buf = [0u8; 64];
+        let early = timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+        assert!(
+            early.is_err(),
+            "served past the connection limit: {early:?}"
+        );
+        drop(first);
+        let replies = read_replies(&mut second, 1).await;
+        assert_eq!(replies, ["DUNNO"]);
+        server.stop().await;
+    });
+}
+
+#[test]
 fn end_of_message_charges_recipient_count_once_per_instance() {
     run(|| async {
         let server = Server::default().await;
@@ -296,6 +329,7 @@ fn an_idle_connection_is_closed_after_the_timeout() {
     run(|| async {
         let options = ServeOptions {
             idle_timeout: Duration::from_millis(200),
+            ..ServeOptions::default()
         };
         let server = Server::start(PostfixConfig::default(), options).await;
         let mut c = server.connect().await;
