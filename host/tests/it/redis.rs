@@ -547,3 +547,187 @@ fn store_copy_round_trip_redb_redis_redb() {
         assert_eq!(b.export_scope(scope).expect("exports"), dump, "{scope}");
     }
 }
+
+/// `creditgate serve` on free ports, killed if the test ends without stopping it.
+struct Gateway {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Gateway {
+    fn start(store: &str, policy: &Path, log: &Path) -> Gateway {
+        let port = free_port();
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
+            .arg("serve")
+            .args(["--store", store, "--workers", "4", "--http-listen", "off"])
+            .arg("--policy")
+            .arg(policy)
+            .args(["--postfix-listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("serve starts");
+        let mut gateway = Gateway {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(child) = gateway.child.as_mut()
+                && let Some(status) = child.try_wait().expect("waits")
+            {
+                panic!("serve exited before listening: {status}");
+            }
+            assert!(Instant::now() < deadline, "serve never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gateway
+    }
+
+    /// One policy request on a fresh connection; the reply's action.
+    fn ask(&self, request: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connects");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.write_all(request.as_bytes()).expect("writes");
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 256];
+        while !reply.ends_with(b"\n\n") {
+            let n = stream.read(&mut buf).expect("a reply in time");
+            assert!(n > 0, "closed without a reply");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
+    }
+
+    /// SIGTERM, then a bounded wait for a clean exit.
+    fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("waits") {
+                assert!(status.success(), "serve exited with {status}");
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Postfix's END-OF-MESSAGE request, every attribute as Postfix sends them.
+fn end_of_message(account: &str, recipients: u32, instance: &str) -> String {
+    format!(
+        "request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nprotocol_name=ESMTP\n\
+         client_address=127.0.0.1\nsasl_username={account}\nsender=al@example.com\n\
+         recipient=\nrecipient_count={recipients}\ninstance={instance}\n\n"
+    )
+}
+
+/// Issue 5's exactness across hosts: two `serve` processes on one Redis, 64
+/// clients racing for the last 16 email credits of one account, each message's
+/// END-OF-MESSAGE sent to both gateways at once (as Postfix's retry on another
+/// connection would): exactly 16 messages allowed, each charged once, and the
+/// account ends exactly at its limit.
+#[test]
+fn two_gateways_on_one_redis_sell_exactly_the_limit() {
+    const LIMIT: u64 = 40;
+    const CLIENTS: usize = 64;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[plans.small]\nlead_credits = 10\nemail_credits = {LIMIT}\n"),
+    )
+    .expect("writes");
+    let policy_arg = policy.to_str().expect("utf-8");
+    let server = RedisServer::start();
+    let store = format!("{}?prefix=hosts", server.url());
+    creditgate_ok(&[
+        "account",
+        "subscribe",
+        "acme",
+        "--plan",
+        "small",
+        "--store",
+        &store,
+        "--policy",
+        policy_arg,
+    ]);
+    let gateways = [
+        Gateway::start(&store, &policy, &dir.path().join("serve-a.log")),
+        Gateway::start(&store, &policy, &dir.path().join("serve-b.log")),
+    ];
+    assert_eq!(
+        gateways[0].ask(&end_of_message("acme", 24, "before")),
+        "action=DUNNO"
+    );
+
+    let barrier = std::sync::Barrier::new(CLIENTS);
+    let replies: Vec<(String, String)> = std::thread::scope(|t| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (gateways, barrier) = (&gateways, &barrier);
+                t.spawn(move || {
+                    let request = end_of_message("acme", 1, &format!("race-{i}"));
+                    barrier.wait();
+                    // The same request to both gateways at once.
+                    std::thread::scope(|t| {
+                        let first = t.spawn(|| gateways[i % 2].ask(&request));
+                        let again = gateways[(i + 1) % 2].ask(&request);
+                        (first.join().expect("client"), again)
+                    })
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("client"))
+            .collect()
+    });
+    let mut allowed = 0;
+    for (first, again) in &replies {
+        assert_eq!(first, again, "one message, two answers");
+        match first.as_str() {
+            "action=DUNNO" => allowed += 1,
+            denied => assert!(
+                denied.starts_with("action=DEFER 4.7.1 Email credits exhausted"),
+                "{denied}"
+            ),
+        }
+    }
+    assert_eq!(allowed, 16, "exactly the credits left were sold");
+    let usage = creditgate_ok(&[
+        "usage", "acme", "--format", "json", "--store", &store, "--policy", policy_arg,
+    ]);
+    let usage: serde_json::Value = serde_json::from_str(&usage).expect("json");
+    assert_eq!(usage["email_credits"]["used"], LIMIT, "{usage}");
+    // A retry of an allowed message, later, is still not charged again.
+    assert_eq!(
+        gateways[1].ask(&end_of_message("acme", 1, "race-0")),
+        replies[0].0
+    );
+    for gateway in gateways {
+        gateway.stop();
+    }
+}
