@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use crate::bindings::creditgate::policy::state as imports;
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
-    CounterAdded, Decision, Diagnostic, EmailKind, Error, GroupCleared, Instant, LeadBatch,
-    MemberAdded, MemberRemoved, MembersAdded, Once, PolicySummary, StateError,
+    CounterAdded, CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Instant,
+    LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once, PolicySummary, StateError,
 };
 use crate::engine::{Engine, State};
 
@@ -161,5 +161,9 @@ impl Guest for Component {
 
     fn usage(account: String, now: Instant) -> Result<Decision, Error> {
         with_engine(|e| e.usage(&mut Host, &account, now))
+    }
+
+    fn email_history(account: String, cycles: u32, now: Instant) -> Result<Vec<CycleUsage>, Error> {
+        with_engine(|e| e.email_history(&mut Host, &account, cycles, now))
     }
 }

@@ -44,6 +44,16 @@ pub fn cycle_at(anchor: Instant, now: Instant) -> Result<Cycle, OutOfRange> {
     Ok(Cycle { index, start, end })
 }
 
+/// Cycle number `index` of an account anchored at `anchor`.
+pub fn cycle_number(anchor: Instant, index: u32) -> Result<Cycle, OutOfRange> {
+    let anchor_at = DateTime::from_timestamp_nanos(anchor).naive_utc();
+    Ok(Cycle {
+        index,
+        start: start_of(anchor_at, index)?,
+        end: start_of(anchor_at, index.checked_add(1).ok_or(OutOfRange)?)?,
+    })
+}
+
 fn start_of(anchor: NaiveDateTime, index: u32) -> Result<Instant, OutOfRange> {
     anchor
         .checked_add_months(Months::new(index))

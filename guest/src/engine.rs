@@ -6,9 +6,14 @@
 //!   The scope's distinct-member count *is* the lead credits used, and
 //!   `member-add`'s limit is the plan's lead credits, so taking a credit and adding
 //!   the contact are one atomic step;
-//! - counter `email/<cycle>`: email credits used in billing cycle `<cycle>`,
-//!   expiring when the cycle ends; its `once` keys `msg/<cycle>/<message-id>` make a
-//!   retried message free.
+//! - counter `email/<cycle>`: email credits used in billing cycle `<cycle>`, kept
+//!   for [`HISTORY_CYCLES`] cycles for `email-history`; its `once` keys
+//!   `msg/<cycle>/<message-id>`, expiring when the cycle ends, make a retried
+//!   message free.
+//!
+//! Alerts need no state of their own: a threshold is crossed by the one request
+//! whose atomic step took usage from under it to at or over it, and every
+//! primitive here answers the usage right after its own step.
 //!
 //! Checks that need no state (plan names, addresses) come after the account is
 //! found, so that an unknown account is always reported as such.
@@ -18,12 +23,16 @@ use std::collections::BTreeSet;
 use crate::address;
 use crate::bindings::Diagnostic;
 use crate::bindings::{
-    AccountUsage, CounterAdded, Decision, EmailKind, EmailUsage, Error, GroupCleared, Instant,
-    LeadBatch, LeadOutcome, LeadResult, LeadUsage, MemberAddOutcome, MemberAdded,
-    MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, PolicySummary, Reason, StateError,
+    AccountUsage, Alert, CounterAdded, Credit, CycleUsage, Decision, EmailKind, EmailUsage, Error,
+    GroupCleared, Instant, LeadBatch, LeadOutcome, LeadResult, LeadUsage, MemberAddOutcome,
+    MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, PolicySummary, Reason,
+    StateError,
 };
 use crate::cycle::{self, Cycle};
-use crate::policy::{Plan, Policy};
+use crate::policy::{Alerts, Plan, Policy};
+
+/// Billing cycles whose email counts are kept, the current one included.
+pub const HISTORY_CYCLES: u32 = 12;
 
 /// The host's atomic primitives (WIT interface `state`). The component implements
 /// it with its imports; native tests and benchmarks with an in-process store.
@@ -87,6 +96,8 @@ struct Account {
 struct Effect {
     charged: u64,
     freed: u64,
+    /// The credit `charged` counts, when it counts one.
+    credit: Option<Credit>,
 }
 
 impl Engine {
@@ -141,14 +152,18 @@ impl Engine {
             };
             return Ok(deny(Reason::UnknownPlan, usage));
         }
-        let anchor = match found {
-            Ok(acct) => acct.anchor,
-            Err((anchor, _)) => anchor,
+        let (anchor, old) = match found {
+            Ok(acct) => (acct.anchor, Some(acct.plan)),
+            Err((anchor, _)) => (anchor, None),
         };
         if !st.record_update(account, ACCOUNT_RECORD, &account_record(anchor, plan))? {
             return Ok(deny(Reason::UnknownAccount, None));
         }
-        self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))
+        let mut decision = self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))?;
+        if let Some(usage) = &decision.usage {
+            decision.alerts = limit_change_alerts(&policy.alerts, old, usage);
+        }
+        Ok(decision)
     }
 
     pub fn add_lead(
@@ -174,6 +189,7 @@ impl Engine {
                     MemberAddOutcome::Inserted => Ok(Effect {
                         charged: 1,
                         freed: 0,
+                        credit: Some(Credit::Lead),
                     }),
                     MemberAddOutcome::Refused => Err(Reason::LeadCreditsExhausted),
                 },
@@ -196,6 +212,7 @@ impl Engine {
                     denied: Some(Reason::UnknownAccount),
                     results: Vec::new(),
                     usage: None,
+                    alerts: Vec::new(),
                 });
             }
             Some(Err(_)) => {
@@ -203,6 +220,7 @@ impl Engine {
                     denied: Some(Reason::UnknownPlan),
                     results: Vec::new(),
                     usage: None,
+                    alerts: Vec::new(),
                 });
             }
             Some(Ok(acct)) => acct,
@@ -241,11 +259,23 @@ impl Engine {
                 contact: fingerprint(contact),
             });
         }
-        let usage = Some(self.usage_of(st, account, &acct, now)?);
+        let usage = self.usage_of(st, account, &acct, now)?;
+        let added = results
+            .iter()
+            .filter(|r| r.outcome == LeadOutcome::Added)
+            .count() as u64;
+        let alerts = crossed(
+            &self.loaded()?.alerts,
+            Credit::Lead,
+            added,
+            usage.lead_credits.used,
+            usage.lead_credits.limit,
+        );
         Ok(LeadBatch {
             denied: None,
             results,
-            usage,
+            usage: Some(usage),
+            alerts,
         })
     }
 
@@ -265,7 +295,10 @@ impl Engine {
                 MemberRemoveOutcome::Released => 1,
                 MemberRemoveOutcome::NotInGroup | MemberRemoveOutcome::LeftGroup => 0,
             };
-            Ok(Ok(Effect { charged: 0, freed }))
+            Ok(Ok(Effect {
+                freed,
+                ..Effect::default()
+            }))
         })
     }
 
@@ -279,8 +312,8 @@ impl Engine {
         self.with_account(st, account, now, |st, _| {
             let cleared = st.group_clear(account, campaign)?;
             Ok(Ok(Effect {
-                charged: 0,
                 freed: cleared.released,
+                ..Effect::default()
             }))
         })
     }
@@ -391,16 +424,49 @@ impl Engine {
             counter: None,
         };
         let outcome = rule(&mut st, &acct)?;
-        let usage = Some(self.usage_of(&mut st, account, &acct, now)?);
+        let usage = self.usage_of(&mut st, account, &acct, now)?;
         Ok(match outcome {
             Ok(effect) => Decision {
                 denied: None,
                 charged: effect.charged,
                 freed: effect.freed,
-                usage,
+                alerts: match effect.credit {
+                    Some(credit) => {
+                        let (used, limit) = used_and_limit(&usage, credit);
+                        crossed(&self.loaded()?.alerts, credit, effect.charged, used, limit)
+                    }
+                    None => Vec::new(),
+                },
+                usage: Some(usage),
             },
-            Err(reason) => deny(reason, usage),
+            Err(reason) => deny(reason, Some(usage)),
         })
+    }
+
+    pub fn email_history(
+        &self,
+        st: &mut impl State,
+        account: &str,
+        cycles: u32,
+        now: Instant,
+    ) -> Result<Vec<CycleUsage>, Error> {
+        let Some(Ok(acct)) = self.account(st, account)? else {
+            return Ok(Vec::new());
+        };
+        let current = cycle_of(acct.anchor, now)?;
+        let first = current
+            .index
+            .saturating_sub(cycles.clamp(1, HISTORY_CYCLES) - 1);
+        let mut history = Vec::new();
+        for index in first..=current.index {
+            let cycle = cycle::cycle_number(acct.anchor, index).map_err(out_of_range)?;
+            history.push(CycleUsage {
+                start: cycle.start,
+                end: cycle.end,
+                used: st.counter_get(account, &email_counter(&cycle), now)?,
+            });
+        }
+        Ok(history)
     }
 
     /// The account, if it exists: `Ok` with its plan, or `Err((anchor, plan name))`
@@ -481,12 +547,13 @@ fn charge(
             cost,
             limit,
             once.as_ref(),
-            Some(cycle.end),
+            Some(kept_until(acct.anchor, &cycle)?),
             now,
         )? {
             CounterAdded::Applied(_) => Ok(Effect {
                 charged: cost,
                 freed: 0,
+                credit: Some(Credit::Email),
             }),
             CounterAdded::Repeated(_) => Ok(Effect::default()),
             CounterAdded::Refused(_) => Err(Reason::EmailCreditsExhausted),
@@ -595,13 +662,103 @@ fn deny(reason: Reason, usage: Option<AccountUsage>) -> Decision {
         charged: 0,
         freed: 0,
         usage,
+        alerts: Vec::new(),
     }
 }
 
 fn cycle_of(anchor: Instant, now: Instant) -> Result<Cycle, Error> {
-    cycle::cycle_at(anchor, now).map_err(|cycle::OutOfRange| {
-        Error::InvalidRequest("the billing cycle of this instant ends after 2262-04-11, the last instant creditgate can count".into())
-    })
+    cycle::cycle_at(anchor, now).map_err(out_of_range)
+}
+
+fn out_of_range(_: cycle::OutOfRange) -> Error {
+    Error::InvalidRequest(
+        "the billing cycle of this instant ends after 2262-04-11, the last instant creditgate can count"
+            .into(),
+    )
+}
+
+/// When the email counter of `cycle` may be forgotten: once it has left the last
+/// [`HISTORY_CYCLES`] cycles. Past the end of time, never.
+fn kept_until(anchor: Instant, cycle: &Cycle) -> Result<Instant, Error> {
+    let index = cycle.index.saturating_add(HISTORY_CYCLES);
+    Ok(cycle::cycle_number(anchor, index).map_or(Instant::MAX, |c| c.start))
+}
+
+/// The usage count a threshold of `percent` percent of `limit` is reached at; at
+/// least 1, so that an empty account never counts as over a threshold.
+fn threshold_count(percent: u8, limit: u64) -> u64 {
+    let count = (u128::from(limit) * u128::from(percent)).div_ceil(100);
+    u64::try_from(count).unwrap_or(u64::MAX).max(1)
+}
+
+fn thresholds(alerts: &Alerts, credit: Credit) -> &[u8] {
+    match credit {
+        Credit::Lead => &alerts.lead_credits,
+        Credit::Email => &alerts.email_credits,
+    }
+}
+
+fn used_and_limit(usage: &AccountUsage, credit: Credit) -> (u64, Option<u64>) {
+    match credit {
+        Credit::Lead => (usage.lead_credits.used, usage.lead_credits.limit),
+        Credit::Email => (usage.email_credits.used, usage.email_credits.limit),
+    }
+}
+
+/// The thresholds a request that took `charged` credits, leaving `used`, crossed.
+fn crossed(
+    alerts: &Alerts,
+    credit: Credit,
+    charged: u64,
+    used: u64,
+    limit: Option<u64>,
+) -> Vec<Alert> {
+    let Some(limit) = limit else {
+        return Vec::new();
+    };
+    let before = used.saturating_sub(charged);
+    thresholds(alerts, credit)
+        .iter()
+        .filter(|&&t| (before + 1..=used).contains(&threshold_count(t, limit)))
+        .map(|&threshold| Alert {
+            credit,
+            threshold,
+            used,
+            limit,
+        })
+        .collect()
+}
+
+/// After a plan change: the thresholds usage is over under the new limits and was
+/// not under the old ones (an unknown old plan counts as under none).
+fn limit_change_alerts(alerts: &Alerts, old: Option<Plan>, usage: &AccountUsage) -> Vec<Alert> {
+    let mut fired = Vec::new();
+    for credit in [Credit::Lead, Credit::Email] {
+        let (used, Some(limit)) = used_and_limit(usage, credit) else {
+            continue;
+        };
+        let old_limit = old.map(|plan| match credit {
+            Credit::Lead => plan.lead_credits,
+            Credit::Email => plan.email_credits,
+        });
+        for &threshold in thresholds(alerts, credit) {
+            let over_now = used >= threshold_count(threshold, limit);
+            let over_before = match old_limit {
+                Some(Some(old)) => used >= threshold_count(threshold, old),
+                // Unlimited before: under every threshold.
+                Some(None) | None => false,
+            };
+            if over_now && !over_before {
+                fired.push(Alert {
+                    credit,
+                    threshold,
+                    used,
+                    limit,
+                });
+            }
+        }
+    }
+    fired
 }
 
 /// FNV-1a over the normalised contact; never 0, which marks an invalid address.
@@ -979,5 +1136,150 @@ mod tests {
             (tiny.denied, tiny.results.len()),
             (Some(Reason::UnknownAccount), 0)
         );
+    }
+
+    fn alerts_of(alerts: &[Alert]) -> Vec<(Credit, u8, u64, u64)> {
+        alerts
+            .iter()
+            .map(|a| (a.credit, a.threshold, a.used, a.limit))
+            .collect()
+    }
+
+    const TEN: &str = "[plans.ten]\nlead_credits = 10\nemail_credits = 10\n[plans.hundred]\nlead_credits = 100\nemail_credits = 100\n[plans.eight]\nlead_credits = 8\nemail_credits = 8\n";
+
+    #[test]
+    fn an_email_threshold_fires_once_on_the_request_that_crosses_it() {
+        let mut e = Engine::default();
+        e.load_policy(TEN).expect("valid");
+        let st = &mut MemState::default();
+        e.subscribe(st, "a", "ten", T0).unwrap();
+        let mut fired = Vec::new();
+        for i in 0..12 {
+            let to = vec![format!("r{i}@y.io")];
+            let d = e
+                .send_email(st, "a", &to, EmailKind::First, Some("same"), T0)
+                .unwrap();
+            fired.extend(alerts_of(&d.alerts));
+        }
+        // One message id: charged once, nothing crossed after the first.
+        assert!(fired.is_empty(), "{fired:?}");
+        for i in 0..12 {
+            let to = vec![format!("r{i}@y.io")];
+            let d = e
+                .send_email(st, "a", &to, EmailKind::First, None, T0)
+                .unwrap();
+            fired.extend(alerts_of(&d.alerts));
+        }
+        assert_eq!(
+            fired,
+            [(Credit::Email, 80, 8, 10), (Credit::Email, 100, 10, 10)]
+        );
+        // A charge of several credits may cross both at once.
+        let st = &mut MemState::default();
+        e.subscribe(st, "b", "ten", T0).unwrap();
+        let d = e.charge_email(st, "b", 10, None, T0).unwrap();
+        assert_eq!(
+            alerts_of(&d.alerts),
+            [(Credit::Email, 80, 10, 10), (Credit::Email, 100, 10, 10)]
+        );
+    }
+
+    #[test]
+    fn a_lead_threshold_fires_again_only_after_usage_fell_back_under_it() {
+        let mut e = Engine::default();
+        e.load_policy(TEN).expect("valid");
+        let st = &mut MemState::default();
+        e.subscribe(st, "a", "ten", T0).unwrap();
+        let batch: Vec<String> = (0..7).map(|i| format!("l{i}@y.io")).collect();
+        let b = e.add_leads(st, "a", "c", &batch, T0).unwrap();
+        assert!(b.alerts.is_empty());
+        let d = e.add_lead(st, "a", "c", "l7@y.io", T0).unwrap();
+        assert_eq!(alerts_of(&d.alerts), [(Credit::Lead, 80, 8, 10)]);
+        // Joining another campaign takes no credit and crosses nothing.
+        let d = e.add_lead(st, "a", "d", "l7@y.io", T0).unwrap();
+        assert!(d.alerts.is_empty());
+        e.delete_lead(st, "a", "c", "l0@y.io", T0).unwrap();
+        let d = e.add_lead(st, "a", "c", "l0@y.io", T0).unwrap();
+        assert_eq!(alerts_of(&d.alerts), [(Credit::Lead, 80, 8, 10)]);
+        let b = e
+            .add_leads(st, "a", "c", &["x@y.io".into(), "z@y.io".into()], T0)
+            .unwrap();
+        assert_eq!(alerts_of(&b.alerts), [(Credit::Lead, 100, 10, 10)]);
+    }
+
+    #[test]
+    fn a_plan_change_fires_what_the_new_limits_put_usage_over() {
+        let mut e = Engine::default();
+        e.load_policy(TEN).expect("valid");
+        let st = &mut MemState::default();
+        e.subscribe(st, "a", "ten", T0).unwrap();
+        e.charge_email(st, "a", 7, None, T0).unwrap();
+        // 7 of 8 is over 80%: a downgrade fires it; back to 10, nothing.
+        let d = e.change_plan(st, "a", "eight", T0).unwrap();
+        assert_eq!(alerts_of(&d.alerts), [(Credit::Email, 80, 7, 8)]);
+        let d = e.change_plan(st, "a", "hundred", T0).unwrap();
+        assert!(d.alerts.is_empty());
+        // The upgrade re-armed it: 80% of 100 fires when crossed.
+        let d = e.charge_email(st, "a", 73, None, T0).unwrap();
+        assert_eq!(alerts_of(&d.alerts), [(Credit::Email, 80, 80, 100)]);
+    }
+
+    #[test]
+    fn thresholds_come_from_the_policy() {
+        let mut e = Engine::default();
+        e.load_policy("[plans.p]\nlead_credits = 4\nemail_credits = 4\n[alerts]\nemail_credits = [50]\nlead_credits = []\n")
+            .expect("valid");
+        let st = &mut MemState::default();
+        e.subscribe(st, "a", "p", T0).unwrap();
+        let d = e.charge_email(st, "a", 4, None, T0).unwrap();
+        assert_eq!(alerts_of(&d.alerts), [(Credit::Email, 50, 4, 4)]);
+        let b = e
+            .add_leads(
+                st,
+                "a",
+                "c",
+                &(0..4).map(|i| format!("{i}@y.io")).collect::<Vec<_>>(),
+                T0,
+            )
+            .unwrap();
+        assert!(b.alerts.is_empty());
+        for (bad, message) in [
+            ("[alerts]\nemail_credits = [100, 80]", "ascending"),
+            ("[alerts]\nemail_credits = [0]", "from 1 to 100"),
+            ("[alerts]\nemail_credits = [101]", "at most 100"),
+            ("[alerts]\nemail_credits = 80", "list of percentages"),
+            ("[alerts]\nsms = [80]", "unknown key"),
+        ] {
+            let text = format!("[plans.p]\nlead_credits = 4\nemail_credits = 4\n{bad}\n");
+            let errors = e.load_policy(&text).expect_err(bad);
+            assert!(
+                errors
+                    .iter()
+                    .any(|d| d.message.contains(message) && d.line == 5),
+                "{bad}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn email_history_reports_each_cycle_oldest_first() {
+        let mut e = Engine::default();
+        e.load_policy(TEN).expect("valid");
+        let st = &mut MemState::default();
+        e.subscribe(st, "a", "hundred", T0).unwrap();
+        let month = 31 * 24 * 3_600 * 1_000_000_000_i64;
+        for m in 0..3 {
+            e.charge_email(st, "a", m + 1, None, T0 + month * i64::try_from(m).unwrap())
+                .unwrap();
+        }
+        let now = T0 + 2 * month;
+        let history = e.email_history(st, "a", 12, now).unwrap();
+        let used: Vec<u64> = history.iter().map(|c| c.used).collect();
+        assert_eq!(used, [1, 2, 3], "only cycles since the subscription");
+        assert_eq!(history[0].start, T0);
+        assert!(history.windows(2).all(|w| w[0].end == w[1].start));
+        let last_two = e.email_history(st, "a", 2, now).unwrap();
+        assert_eq!(last_two.iter().map(|c| c.used).collect::<Vec<_>>(), [2, 3]);
+        assert!(e.email_history(st, "ghost", 12, now).unwrap().is_empty());
     }
 }

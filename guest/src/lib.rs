@@ -33,7 +33,8 @@ pub mod bindings {
     };
     pub use creditgate::policy::types::Instant;
     pub use exports::creditgate::policy::policy::{
-        AccountUsage, Allowance, Decision, Diagnostic, EmailKind, EmailUsage, Error, LeadBatch,
-        LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
+        AccountUsage, Alert, Allowance, Credit, CycleUsage, Decision, Diagnostic, EmailKind,
+        EmailUsage, Error, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanSummary,
+        PolicySummary, Reason,
     };
 }

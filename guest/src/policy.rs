@@ -38,6 +38,25 @@ pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
 pub struct Policy {
     pub plans: BTreeMap<String, Plan>,
     pub email_costs: EmailCosts,
+    pub alerts: Alerts,
+}
+
+/// Usage thresholds, in percent of a limit, that raise an alert when crossed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alerts {
+    /// Strictly ascending, each 1 to 100.
+    pub lead_credits: Vec<u8>,
+    pub email_credits: Vec<u8>,
+}
+
+impl Default for Alerts {
+    /// 80% (time to act) and 100% (exhausted), for both credits.
+    fn default() -> Self {
+        Alerts {
+            lead_credits: vec![80, 100],
+            email_credits: vec![80, 100],
+        }
+    }
 }
 
 /// What one plan grants.
@@ -170,6 +189,7 @@ impl Checker<'_> {
     fn policy(&mut self, root: &Table<'_>) -> Option<Policy> {
         let mut plans = None;
         let mut email_costs = EmailCosts::default();
+        let mut alerts = Alerts::default();
         for (key, value) in root {
             match key.get_ref().as_ref() {
                 "version" => match self.integer("version", value, u64::MAX) {
@@ -185,11 +205,12 @@ impl Checker<'_> {
                 "description" => self.string("description", value),
                 "plans" => plans = self.plans(value),
                 "email_costs" => email_costs = self.email_costs(value),
+                "alerts" => alerts = self.alerts(value),
                 other => self.unknown_key(
                     "",
                     other,
                     key.span(),
-                    "version, description, plans, email_costs",
+                    "version, description, plans, email_costs, alerts",
                 ),
             }
         }
@@ -208,7 +229,11 @@ impl Checker<'_> {
         self.duplicate_plans(&entries);
         self.unaffordable_emails(&entries, &email_costs);
         let plans = entries.into_iter().map(|e| (e.name, e.plan)).collect();
-        Some(Policy { plans, email_costs })
+        Some(Policy {
+            plans,
+            email_costs,
+            alerts,
+        })
     }
 
     fn plans(&mut self, value: &Value<'_>) -> Option<Vec<PlanEntry>> {
@@ -374,6 +399,71 @@ impl Checker<'_> {
             }
         }
         costs
+    }
+
+    fn alerts(&mut self, value: &Value<'_>) -> Alerts {
+        let mut alerts = Alerts::default();
+        let Some(table) = self.table("alerts", value) else {
+            return alerts;
+        };
+        for (key, v) in table {
+            let path = format!("alerts.{}", key.get_ref());
+            let slot = match key.get_ref().as_ref() {
+                "lead_credits" => &mut alerts.lead_credits,
+                "email_credits" => &mut alerts.email_credits,
+                other => {
+                    self.unknown_key("alerts", other, key.span(), "lead_credits, email_credits");
+                    continue;
+                }
+            };
+            if let Some(thresholds) = self.thresholds(&path, v) {
+                *slot = thresholds;
+            }
+        }
+        alerts
+    }
+
+    /// A list of percentages, strictly ascending, each 1 to 100 (`[]`: no alerts).
+    fn thresholds(&mut self, path: &str, value: &Value<'_>) -> Option<Vec<u8>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.error(
+                path,
+                value.span(),
+                format!(
+                    "expected a list of percentages like [80, 100], found {}",
+                    describe(value.get_ref())
+                ),
+            );
+            return None;
+        };
+        let mut thresholds: Vec<u8> = Vec::new();
+        let mut valid = true;
+        for item in items {
+            match self.integer(path, item, 100) {
+                Some(0) => {
+                    self.error(
+                        path,
+                        item.span(),
+                        "expected a percentage from 1 to 100, found 0".into(),
+                    );
+                    valid = false;
+                }
+                Some(t) => {
+                    let t = u8::try_from(t).unwrap_or(100);
+                    if thresholds.last().is_some_and(|&last| last >= t) {
+                        self.error(
+                            path,
+                            item.span(),
+                            format!("thresholds must be in ascending order without repeats, found {t} after {}", thresholds.last().copied().unwrap_or(0)),
+                        );
+                        valid = false;
+                    }
+                    thresholds.push(t);
+                }
+                None => valid = false,
+            }
+        }
+        valid.then_some(thresholds)
     }
 
     /// `lead_credits` / `email_credits`: a count or "unlimited". `None` on error.
@@ -578,7 +668,7 @@ mod tests {
         assert_eq!(
             errors(text),
             [
-                "1:1: versoin: unknown key \"versoin\"; expected one of: version, description, plans, email_costs",
+                "1:1: versoin: unknown key \"versoin\"; expected one of: version, description, plans, email_costs, alerts",
                 "3:16: plans.a.lead_credits: expected a non-negative integer or \"unlimited\", found the float 1.5",
                 "4:17: plans.a.email_credits: expected a non-negative integer or \"unlimited\", found the string \"lots\"",
                 "5:1: plans.a.colour: unknown key \"colour\"; expected one of: lead_credits, email_credits, description",

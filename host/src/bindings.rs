@@ -13,6 +13,7 @@ pub use creditgate::policy::state::{
     MembersAdded, Once, StateError,
 };
 pub use exports::creditgate::policy::policy::{
-    AccountUsage, Decision, Diagnostic, EmailKind, EmailUsage, Error as GuestError, LeadBatch,
-    LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
+    AccountUsage, Alert, Credit, CycleUsage, Decision, Diagnostic, EmailKind, EmailUsage,
+    Error as GuestError, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary,
+    Reason,
 };

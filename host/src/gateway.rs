@@ -13,14 +13,16 @@
 //! instance first and refused whole if it fails; workers pick up the new version
 //! between requests, so a request in flight finishes on the version it started with.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::bindings::{Decision, LeadBatch, PolicySummary};
+use crate::alerts::{self, FiredAlert, Notifier};
+use crate::bindings::{CycleUsage, Decision, LeadBatch, PolicySummary, Reason};
 use crate::metrics::{GatewayStats, Outcome};
 use crate::request::{Op, Request};
 use crate::runtime::{DecideError, LoadError, Runtime, Worker};
@@ -48,12 +50,30 @@ enum Work {
         campaign: String,
         emails: Vec<String>,
     },
+    EmailHistory {
+        account: String,
+        cycles: u32,
+    },
 }
 
 enum Answer {
     Decision(Decision),
     Leads(LeadBatch),
+    History(Vec<CycleUsage>),
 }
+
+/// A request the policy denied, kept for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub account: String,
+    pub op: Op,
+    pub reason: Reason,
+    /// When it was decided (nanoseconds since the Unix epoch).
+    pub at: i64,
+}
+
+/// Refusals kept in memory, all accounts together; the oldest go first.
+pub const RECENT_REFUSALS: usize = 1_000;
 
 struct Job {
     work: Work,
@@ -74,6 +94,8 @@ pub struct Gateway {
     version: Arc<RwLock<Version>>,
     store: Arc<dyn Store>,
     stats: Arc<Mutex<GatewayStats>>,
+    refusals: Arc<Mutex<VecDeque<Refusal>>>,
+    notifier: Arc<OnceLock<Notifier>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -101,26 +123,41 @@ impl Gateway {
         let queue = Arc::new(Mutex::new(queue));
         let (done, committed) = mpsc::channel::<Done>();
         let stats = Arc::new(Mutex::new(GatewayStats::default()));
+        let refusals = Arc::new(Mutex::new(VecDeque::new()));
+        let notifier = Arc::new(OnceLock::new());
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
-            let (queue, version, store, done) =
-                (queue.clone(), version.clone(), store.clone(), done.clone());
-            let stats = stats.clone();
+            let shared = Shared {
+                version: version.clone(),
+                store: store.clone(),
+                done: done.clone(),
+                stats: stats.clone(),
+                refusals: refusals.clone(),
+            };
+            let queue = queue.clone();
             let worker = worker_for(&version, &store)?;
             threads.push(spawn(&format!("creditgate-worker-{i}"), move || {
-                work(worker, &queue, &version, &store, &done, &stats)
+                work(worker, &queue, &shared)
             }));
         }
         drop(done);
-        let (committer_store, committer_stats) = (store.clone(), stats.clone());
+        let (committer_store, committer_stats, committer_notifier) =
+            (store.clone(), stats.clone(), notifier.clone());
         threads.push(spawn("creditgate-commit", move || {
-            commit(&committer_store, &committed, &committer_stats)
+            commit(
+                &committer_store,
+                &committed,
+                &committer_stats,
+                &committer_notifier,
+            )
         }));
         let gateway = Gateway {
             jobs: Mutex::new(Some(jobs)),
             version,
             store,
             stats,
+            refusals,
+            notifier,
             threads: Mutex::new(threads),
         };
         Ok((gateway, summary))
@@ -130,16 +167,52 @@ impl Gateway {
     pub async fn decide(&self, request: Request, now: i64) -> Result<Decision, GatewayError> {
         match self.submit(Work::Decide(request), now)?.await {
             Ok(Ok(Answer::Decision(d))) => Ok(d),
-            Ok(Ok(Answer::Leads(_))) | Err(_) => Err(GatewayError::Stopped),
+            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
             Ok(Err(e)) => Err(e),
         }
+    }
+
+    /// Email credits used in each of the last `cycles` billing cycles of
+    /// `account`, oldest first (empty for an unknown account).
+    pub async fn email_history(
+        &self,
+        account: String,
+        cycles: u32,
+        now: i64,
+    ) -> Result<Vec<CycleUsage>, GatewayError> {
+        match self
+            .submit(Work::EmailHistory { account, cycles }, now)?
+            .await
+        {
+            Ok(Ok(Answer::History(h))) => Ok(h),
+            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// The most recent refusals of `account`, newest first.
+    pub fn recent_refusals(&self, account: &str) -> Vec<Refusal> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .rev()
+            .filter(|r| r.account == account)
+            .cloned()
+            .collect()
+    }
+
+    /// Where fired alerts go once durable; without one they are logged only. Set
+    /// once, before serving.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        let _ = self.notifier.set(notifier);
     }
 
     /// [`Gateway::decide`] for callers on plain threads.
     pub fn decide_blocking(&self, request: Request, now: i64) -> Result<Decision, GatewayError> {
         match self.submit(Work::Decide(request), now)?.blocking_recv() {
             Ok(Ok(Answer::Decision(d))) => Ok(d),
-            Ok(Ok(Answer::Leads(_))) | Err(_) => Err(GatewayError::Stopped),
+            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
             Ok(Err(e)) => Err(e),
         }
     }
@@ -164,7 +237,7 @@ impl Gateway {
             .await
         {
             Ok(Ok(Answer::Leads(batch))) => Ok(batch),
-            Ok(Ok(Answer::Decision(_))) | Err(_) => Err(GatewayError::Stopped),
+            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
             Ok(Err(e)) => Err(e),
         }
     }
@@ -297,16 +370,27 @@ struct Done {
     answer: Result<Answer, GatewayError>,
     reply: oneshot::Sender<Result<Answer, GatewayError>>,
     decided_at: Instant,
+    /// Logged with the decision; delivered once it is durable.
+    alerts: Vec<FiredAlert>,
 }
 
-fn work(
-    mut current: (Worker, u64),
-    queue: &Mutex<Receiver<Job>>,
-    version: &RwLock<Version>,
-    store: &Arc<dyn Store>,
-    done: &Sender<Done>,
-    stats: &Mutex<GatewayStats>,
-) {
+/// What every worker shares.
+struct Shared {
+    version: Arc<RwLock<Version>>,
+    store: Arc<dyn Store>,
+    done: Sender<Done>,
+    stats: Arc<Mutex<GatewayStats>>,
+    refusals: Arc<Mutex<VecDeque<Refusal>>>,
+}
+
+fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Shared) {
+    let Shared {
+        version,
+        store,
+        done,
+        stats,
+        refusals,
+    } = shared;
     loop {
         // One worker waits on the queue at a time; the others wait on the lock.
         let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
@@ -323,22 +407,58 @@ fn work(
             }
         }
         let worker = &mut current.0;
-        let (op, answer) = match job.work {
-            Work::Decide(request) => (
-                request.op(),
-                worker.decide(&request, job.now).map(Answer::Decision),
-            ),
+        let (op, account, answer) = match job.work {
+            Work::Decide(request) => {
+                let op = request.op();
+                let answer = worker.decide(&request, job.now).map(Answer::Decision);
+                (op, request.into_account(), answer)
+            }
             Work::AddLeads {
                 account,
                 campaign,
                 emails,
-            } => (
-                Op::AddLeads,
-                worker
+            } => {
+                let answer = worker
                     .add_leads(&account, &campaign, &emails, job.now)
-                    .map(Answer::Leads),
-            ),
+                    .map(Answer::Leads);
+                (Op::AddLeads, account, answer)
+            }
+            Work::EmailHistory { account, cycles } => {
+                let answer = worker
+                    .email_history(&account, cycles, job.now)
+                    .map(Answer::History);
+                (Op::EmailHistory, account, answer)
+            }
         };
+        let (denied, fired) = match &answer {
+            Ok(Answer::Decision(d)) => (d.denied, FiredAlert::of_decision(&account, d, job.now)),
+            Ok(Answer::Leads(b)) => {
+                let resets_at = b.usage.as_ref().map(|u| u.email_credits.resets_at);
+                (
+                    b.denied,
+                    FiredAlert::of(&account, &b.alerts, job.now, resets_at),
+                )
+            }
+            _ => (None, Vec::new()),
+        };
+        if let Some(reason) = denied {
+            let mut kept = refusals.lock().unwrap_or_else(PoisonError::into_inner);
+            if kept.len() == RECENT_REFUSALS {
+                kept.pop_front();
+            }
+            kept.push_back(Refusal {
+                account,
+                op,
+                reason,
+                at: job.now,
+            });
+        }
+        for alert in &fired {
+            // Into the same commit as the decision that crossed the threshold.
+            if let Err(e) = alerts::record(store.as_ref(), alert, job.now) {
+                tracing::warn!(account = %alert.account, "cannot log an alert: {e}");
+            }
+        }
         {
             let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(t) = worker.last_call() {
@@ -366,6 +486,7 @@ fn work(
                 answer,
                 reply: job.reply,
                 decided_at: Instant::now(),
+                alerts: fired,
             })
             .is_err()
         {
@@ -375,7 +496,12 @@ fn work(
 }
 
 /// Group commit: one `persist` for every decision made since the last one.
-fn commit(store: &Arc<dyn Store>, committed: &Receiver<Done>, stats: &Mutex<GatewayStats>) {
+fn commit(
+    store: &Arc<dyn Store>,
+    committed: &Receiver<Done>,
+    stats: &Mutex<GatewayStats>,
+    notifier: &OnceLock<Notifier>,
+) {
     while let Ok(first) = committed.recv() {
         let mut batch = vec![first];
         batch.extend(committed.try_iter());
@@ -397,13 +523,24 @@ fn commit(store: &Arc<dyn Store>, committed: &Receiver<Done>, stats: &Mutex<Gate
                 };
                 stats.commit_wait.record(durable - done.decided_at);
                 stats.count(done.op, outcome(&answer));
-                (done.reply, answer)
+                let alerts = if answer.is_ok() {
+                    done.alerts
+                } else {
+                    Vec::new()
+                };
+                (done.reply, answer, alerts)
             })
             .collect();
         // Answer outside the lock: the workers take it after every decision.
         drop(stats);
-        for (reply, answer) in answers {
+        for (reply, answer, alerts) in answers {
             let _ = reply.send(answer);
+            for alert in alerts {
+                match notifier.get() {
+                    Some(notifier) => notifier.notify(alert),
+                    None => Notifier::log_only().notify(alert),
+                }
+            }
         }
     }
 }

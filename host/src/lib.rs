@@ -13,6 +13,8 @@
 //! - [`time`]: the clock the host hands the guest;
 //! - [`gateway`]: a pool of workers over one store, with group commit and
 //!   versioned reloads, for long-running front ends;
+//! - [`alerts`]: the credit alerts the policy reports, logged in the store and
+//!   delivered to webhooks once their decision is durable;
 //! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads),
 //!   [`postfix`] (the sans-I/O core of Postfix policy delegation);
 //! - [`serve`]: the Postfix policy server, sockets around [`postfix`] and a [`gateway`];
@@ -20,6 +22,7 @@
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
 
+pub mod alerts;
 pub mod bindings;
 pub mod gateway;
 pub mod http;

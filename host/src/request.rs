@@ -62,10 +62,12 @@ pub enum Op {
     Usage,
     /// A batch of lead additions (`Worker::add_leads`).
     AddLeads,
+    /// Email credits used per billing cycle (`Worker::email_history`).
+    EmailHistory,
 }
 
 impl Op {
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::Subscribe,
         Op::ChangePlan,
         Op::AddLead,
@@ -76,6 +78,7 @@ impl Op {
         Op::CheckEmail,
         Op::Usage,
         Op::AddLeads,
+        Op::EmailHistory,
     ];
 
     /// The name used in event files, metrics and reports.
@@ -91,6 +94,7 @@ impl Op {
             Op::CheckEmail => "check_email",
             Op::Usage => "usage",
             Op::AddLeads => "add_leads",
+            Op::EmailHistory => "email_history",
         }
     }
 
@@ -100,7 +104,7 @@ impl Op {
 
     /// Whether the operation only reads: its answer needs no commit to be true.
     pub fn is_read_only(self) -> bool {
-        matches!(self, Op::CheckEmail | Op::Usage)
+        matches!(self, Op::CheckEmail | Op::Usage | Op::EmailHistory)
     }
 }
 
@@ -120,6 +124,21 @@ impl Request {
     }
 
     pub fn account(&self) -> &str {
+        match self {
+            Request::Subscribe { account, .. }
+            | Request::ChangePlan { account, .. }
+            | Request::AddLead { account, .. }
+            | Request::DeleteLead { account, .. }
+            | Request::DeleteCampaignLeads { account, .. }
+            | Request::SendEmail { account, .. }
+            | Request::ChargeEmail { account, .. }
+            | Request::CheckEmail { account, .. }
+            | Request::Usage { account } => account,
+        }
+    }
+
+    /// The account, taken out of the request.
+    pub fn into_account(self) -> String {
         match self {
             Request::Subscribe { account, .. }
             | Request::ChangePlan { account, .. }

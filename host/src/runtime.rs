@@ -29,8 +29,9 @@ use wasmtime::{Config, Engine, OptLevel, StoreLimits, StoreLimitsBuilder, Trap, 
 use crate::bindings::creditgate::policy::{state, types};
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
-    CounterAdded, Decision, Diagnostic, GroupCleared, GuestError, LeadBatch, MemberAdded,
-    MemberRemoved, MembersAdded, Once, PolicyEngine, PolicyEnginePre, PolicySummary, StateError,
+    CounterAdded, CycleUsage, Decision, Diagnostic, GroupCleared, GuestError, LeadBatch,
+    MemberAdded, MemberRemoved, MembersAdded, Once, PolicyEngine, PolicyEnginePre, PolicySummary,
+    StateError,
 };
 use crate::metrics::Latencies;
 use crate::request::{Op, Request};
@@ -641,6 +642,20 @@ impl Worker {
         let budget = self.config.decision_budget.saturating_add(per_address);
         self.call(Op::AddLeads, budget, |p, s| {
             p.call_add_leads(s, account, campaign, emails, now)
+        })
+    }
+
+    /// Email credits used in each of the last `cycles` billing cycles of `account`
+    /// (at most 12), oldest first. Reads only.
+    pub fn email_history(
+        &mut self,
+        account: &str,
+        cycles: u32,
+        now: i64,
+    ) -> Result<Vec<CycleUsage>, DecideError> {
+        let budget = self.config.decision_budget;
+        self.call(Op::EmailHistory, budget, |p, s| {
+            p.call_email_history(s, account, cycles, now)
         })
     }
 

@@ -29,7 +29,7 @@ wit_bindgen::generate!({
 
 use creditgate::policy::state;
 use exports::creditgate::policy::policy::{
-    Decision, Diagnostic, EmailKind, Error, Guest, LeadBatch, PolicySummary,
+    CycleUsage, Decision, Diagnostic, EmailKind, Error, Guest, LeadBatch, PolicySummary,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,7 @@ fn decide(account: &str) -> Result<Decision, Error> {
         denied: None,
         charged: 0,
         freed: 0,
+        alerts: Vec::new(),
         usage: None,
     };
     if !account.starts_with("boom") {
@@ -157,6 +158,7 @@ impl Guest for Hostile {
             denied: None,
             results: Vec::new(),
             usage: None,
+            alerts: Vec::new(),
         })
     }
     fn delete_lead(
@@ -196,5 +198,9 @@ impl Guest for Hostile {
     }
     fn usage(account: String, _now: i64) -> Result<Decision, Error> {
         decide(&account)
+    }
+
+    fn email_history(account: String, _cycles: u32, _now: i64) -> Result<Vec<CycleUsage>, Error> {
+        decide(&account).map(|_| Vec::new())
     }
 }
