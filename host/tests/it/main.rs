@@ -8,6 +8,7 @@ mod http;
 mod import;
 mod model;
 mod operator;
+mod postfix_e2e;
 mod properties;
 mod redis;
 mod replay;
