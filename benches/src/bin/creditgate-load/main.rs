@@ -1,0 +1,378 @@
+//! `creditgate-load`: a closed-loop load generator for `creditgate serve`, over
+//! the Postfix policy protocol or the HTTP API's `POST /v1/decide/email`.
+//!
+//! N connections (tasks) each send one request, wait for its reply, and send the
+//! next, until a request count or a duration is used up; then the latencies of
+//! all of them, merged from per-connection hdrhistograms, and the replies by
+//! action are reported. The traffic ([`mix`]) is Postfix's: a check per `RCPT`,
+//! a charge of 1–3 recipients per message at `END-OF-MESSAGE` with a unique
+//! `instance`, some charges retried with the same one, across many accounts of
+//! which some run out of credits. `--spawn` seeds a store and starts `serve`
+//! itself ([`spawn`]), so that one command measures everything.
+//!
+//! Only loopback targets are accepted: this is a benchmark, not a way to load
+//! someone's production gateway.
+
+mod http;
+mod mix;
+mod postfix;
+mod report;
+mod spawn;
+
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+
+use mix::{Budget, Mix};
+use report::{RunInfo, Stats};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Everything in one command: a release serve on a fresh redb store, 32
+  # connections over the Postfix protocol for 20 s.
+  cargo build --release -p creditgate -p creditgate-benches
+  target/release/creditgate-load --spawn --connections 32 --duration 20s
+
+  # Against a serve you started; its store must hold accounts load-0 .. load-999
+  # (the first 10% on a plan that runs out), or every request fails open.
+  target/release/creditgate-load --postfix 127.0.0.1:10040 --requests 200000
+
+  # The HTTP API's POST /v1/decide/email instead.
+  target/release/creditgate-load --spawn --http --duration 10s
+
+Exit status: 0 when every request got an answer, 1 when some failed, 2 on a
+usage error.";
+
+/// Load `creditgate serve` over the Postfix policy protocol or the HTTP API and
+/// report decisions per second and latency percentiles.
+#[derive(Debug, Parser)]
+#[command(name = "creditgate-load", after_help = EXAMPLES)]
+struct Args {
+    /// The Postfix policy listener to load (loopback only).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10040")]
+    postfix: String,
+    /// Load the HTTP API's POST /v1/decide/email instead; with --spawn, on the
+    /// spawned serve (no ADDR needed).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+    http: Option<String>,
+    /// Seed a temporary store with the accounts and start `creditgate serve` on
+    /// it for the run; stop it (SIGTERM) at the end and show its own report.
+    #[arg(long)]
+    spawn: bool,
+    /// The creditgate binary for --spawn. Default: the one next to this binary,
+    /// else `creditgate` on $PATH.
+    #[arg(long, value_name = "PATH")]
+    creditgate: Option<PathBuf>,
+    /// --workers for the spawned serve. Default: serve's own.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Concurrent persistent connections, one request in flight on each.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    connections: usize,
+    /// Stop after this many decisions in all.
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Stop after this long: `20s`, `500ms`, `2m`, or seconds. Default 10s.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Accounts the traffic spreads over, named PREFIX0 .. PREFIX{N-1}.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    accounts: usize,
+    #[arg(long, default_value = "load-", value_name = "PREFIX")]
+    account_prefix: String,
+    /// Share of the accounts on the small plan, which runs out within a run.
+    #[arg(long, default_value_t = 0.1, value_name = "0..1")]
+    exhausted_share: f64,
+    /// Share of charges sent twice with the same instance (Postfix's retry).
+    #[arg(long, default_value_t = 0.05, value_name = "0..1")]
+    retry_share: f64,
+    /// Generator threads. The default, 1, leaves the other cores to the server.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    threads: usize,
+    /// Give up on a request (and reconnect) after this long.
+    #[arg(long, default_value = "10s", value_name = "TIME", value_parser = parse_duration)]
+    timeout: Duration,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("creditgate-load: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The protocol and address to load.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Postfix(SocketAddr),
+    Http(SocketAddr),
+}
+
+/// Runs the load; `Ok(false)` when some requests failed.
+fn run(args: Args) -> anyhow::Result<bool> {
+    ensure!(args.connections > 0, "--connections must be at least 1");
+    ensure!(args.threads > 0, "--threads must be at least 1");
+    ensure!(args.accounts > 0, "--accounts must be at least 1");
+    for (name, share) in [
+        ("--exhausted-share", args.exhausted_share),
+        ("--retry-share", args.retry_share),
+    ] {
+        ensure!(
+            (0.0..=1.0).contains(&share),
+            "{name} must be between 0 and 1"
+        );
+    }
+    let run_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mix = Mix {
+        prefix: args.account_prefix.clone(),
+        accounts: args.accounts,
+        small: (args.accounts as f64 * args.exhausted_share).round() as usize,
+        retry_share: args.retry_share,
+        seed: args.seed,
+        run_id,
+    };
+
+    let spawned = if args.spawn {
+        let creditgate = spawn::creditgate_binary(args.creditgate.clone());
+        eprintln!(
+            "creditgate-load: seeding {} accounts and starting {} serve",
+            args.accounts,
+            creditgate.display()
+        );
+        Some(spawn::Spawned::start(
+            &creditgate,
+            &mix,
+            args.workers,
+            args.http.is_some(),
+        )?)
+    } else {
+        None
+    };
+    let target = match (&args.http, &spawned) {
+        (Some(_), Some(s)) => Target::Http(s.http.context("the spawned serve has no HTTP API")?),
+        (Some(addr), None) if addr.is_empty() => bail!("--http needs an ADDR without --spawn"),
+        (Some(addr), None) => Target::Http(loopback(addr)?),
+        (None, Some(s)) => Target::Postfix(s.postfix),
+        (None, None) => Target::Postfix(loopback(&args.postfix)?),
+    };
+
+    let budget = match (args.requests, args.duration) {
+        (Some(n), _) => Budget::Requests(AtomicU64::new(n)),
+        (None, duration) => {
+            Budget::Until(Instant::now() + duration.unwrap_or(Duration::from_secs(10)))
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let started = Instant::now();
+    let stats = runtime.block_on(load(target, &args, Arc::new(mix), Arc::new(budget)))?;
+    let elapsed = started.elapsed();
+    drop(runtime);
+
+    let serve_report = match spawned {
+        Some(s) => Some(s.stop()?),
+        None => None,
+    };
+    let (protocol, addr) = match target {
+        Target::Postfix(a) => ("the Postfix policy protocol", a),
+        Target::Http(a) => ("HTTP POST /v1/decide/email", a),
+    };
+    let info = RunInfo {
+        protocol,
+        target: addr.to_string(),
+        connections: args.connections,
+        threads: args.threads,
+        elapsed,
+    };
+    if args.json {
+        println!("{}", report::json(&info, &stats));
+    } else {
+        print!("{}", report::text(&info, &stats));
+    }
+    if let Some(report) = serve_report.filter(|r| !r.is_empty()) {
+        eprintln!("\nserve's own report:\n{report}");
+    }
+    Ok(stats.errors == 0 && stats.decisions() > 0)
+}
+
+/// Runs every connection to the end of the budget; their stats merged.
+async fn load(
+    target: Target,
+    args: &Args,
+    mix: Arc<Mix>,
+    budget: Arc<Budget>,
+) -> anyhow::Result<Stats> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for connection in 0..args.connections {
+        let (mix, budget, timeout) = (mix.clone(), budget.clone(), args.timeout);
+        tasks.spawn(connection_task(target, connection, mix, budget, timeout));
+    }
+    let mut stats = Stats::default();
+    while let Some(done) = tasks.join_next().await {
+        stats.merge(done.context("a connection task panicked")?);
+    }
+    Ok(stats)
+}
+
+/// One connection's loop. An error (a reset, a timeout, a malformed reply) is
+/// counted and the connection replaced; a target that refuses connections ends
+/// the task.
+async fn connection_task(
+    target: Target,
+    connection: usize,
+    mix: Arc<Mix>,
+    budget: Arc<Budget>,
+    timeout: Duration,
+) -> Stats {
+    let mut stats = Stats::default();
+    let mut messages = mix.messages(connection);
+    'connect: loop {
+        let mut client = match Client::connect(target, timeout).await {
+            Ok(client) => client,
+            Err(e) => {
+                stats.error(format!("{e:#}"));
+                return stats;
+            }
+        };
+        loop {
+            if budget.exhausted() {
+                return stats;
+            }
+            let Some(message) = messages.next() else {
+                return stats;
+            };
+            let take = || budget.take();
+            let sent = match &mut client {
+                Client::Postfix(c) => c.send(&message, take, &mut stats).await,
+                Client::Http(c) => c.send(&message, take, &mut stats).await,
+            };
+            if let Err(e) = sent {
+                stats.error(format!("{e:#}"));
+                continue 'connect;
+            }
+        }
+    }
+}
+
+enum Client {
+    Postfix(postfix::PolicyClient),
+    Http(http::ApiClient),
+}
+
+impl Client {
+    async fn connect(target: Target, timeout: Duration) -> anyhow::Result<Client> {
+        Ok(match target {
+            Target::Postfix(addr) => {
+                Client::Postfix(postfix::PolicyClient::connect(addr, timeout).await?)
+            }
+            Target::Http(addr) => Client::Http(http::ApiClient::connect(addr, timeout).await?),
+        })
+    }
+}
+
+/// A TCP connection to `addr` within `timeout`, with Nagle off: requests are
+/// small and each waits for its reply.
+async fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connecting to {addr}: timed out"))?
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// `addr` resolved, insisting that every address it names is on loopback.
+fn loopback(addr: &str) -> anyhow::Result<SocketAddr> {
+    let resolved: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("{addr:?} is not HOST:PORT"))?
+        .collect();
+    let Some(first) = resolved.first().copied() else {
+        bail!("{addr:?} resolves to no address");
+    };
+    if let Some(remote) = resolved.iter().find(|a| !a.ip().is_loopback()) {
+        bail!(
+            "{addr:?} resolves to {remote}, which is not loopback: creditgate-load only loads local servers"
+        );
+    }
+    Ok(first)
+}
+
+/// `20s`, `500ms`, `2m`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((text, "s"), |at| text.split_at(at));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 20s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("20"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "0s", "5h", "x", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(loopback("127.0.0.1:10040").is_ok());
+        assert!(loopback("[::1]:10040").is_ok());
+        let e = loopback("192.0.2.1:10040").unwrap_err().to_string();
+        assert!(e.contains("not loopback"), "{e}");
+        assert!(loopback("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn the_arguments_parse() {
+        let args =
+            Args::try_parse_from(["creditgate-load", "--spawn", "--http", "--requests", "5"])
+                .expect("parses");
+        assert_eq!(args.http.as_deref(), Some(""));
+        assert!(
+            Args::try_parse_from(["creditgate-load", "--requests", "5", "--duration", "1s"])
+                .is_err()
+        );
+    }
+}

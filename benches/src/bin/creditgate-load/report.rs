@@ -1,0 +1,262 @@
+//! What a run measured: latency histograms per kind of request, replies by
+//! action, errors; merged across connections and printed as a table or JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Which decision a request asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Postfix at `RCPT`: a check, nothing charged.
+    Rcpt,
+    /// Postfix at `END-OF-MESSAGE`: the charge (its retries included).
+    EndOfMessage,
+    /// HTTP `POST /v1/decide/email`: a charge.
+    Decide,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Rcpt => "rcpt",
+            Stage::EndOfMessage => "end-of-message",
+            Stage::Decide => "decide/email",
+        }
+    }
+}
+
+/// Latencies are recorded in nanoseconds, from 1 ns to 60 s, to 3 significant
+/// digits.
+fn histogram() -> Histogram<u64> {
+    // Constant bounds that hdrhistogram accepts: no input reaches this.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// One connection's measurements, merged into the run's at the end.
+#[derive(Debug, Default)]
+pub struct Stats {
+    latency: BTreeMap<Stage, Histogram<u64>>,
+    replies: BTreeMap<String, u64>,
+    pub messages: u64,
+    pub retries: u64,
+    pub errors: u64,
+    /// The first few error messages, for the report.
+    pub error_samples: Vec<String>,
+}
+
+impl Stats {
+    /// One answered request: how long it took and the class of its reply (the
+    /// action's first word, such as `DUNNO` or `DEFER`).
+    pub fn record(&mut self, stage: Stage, latency: Duration, reply: &str) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.latency
+            .entry(stage)
+            .or_insert_with(histogram)
+            .saturating_record(ns);
+        if let Some(count) = self.replies.get_mut(reply) {
+            *count += 1;
+        } else {
+            self.replies.insert(reply.to_owned(), 1);
+        }
+    }
+
+    pub fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.error_samples.len() < 5 {
+            self.error_samples.push(what);
+        }
+    }
+
+    pub fn merge(&mut self, other: Stats) {
+        for (stage, h) in other.latency {
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = self.latency.entry(stage).or_insert_with(histogram).add(&h);
+        }
+        for (reply, n) in other.replies {
+            *self.replies.entry(reply).or_default() += n;
+        }
+        self.messages += other.messages;
+        self.retries += other.retries;
+        self.errors += other.errors;
+        for e in other.error_samples {
+            if self.error_samples.len() < 5 {
+                self.error_samples.push(e);
+            }
+        }
+    }
+
+    fn all(&self) -> Histogram<u64> {
+        let mut all = histogram();
+        for h in self.latency.values() {
+            let _ = all.add(h);
+        }
+        all
+    }
+
+    pub fn decisions(&self) -> u64 {
+        self.latency.values().map(Histogram::len).sum()
+    }
+}
+
+/// How the run was set up, for the report's first line.
+#[derive(Debug)]
+pub struct RunInfo {
+    pub protocol: &'static str,
+    pub target: String,
+    pub connections: usize,
+    pub threads: usize,
+    pub elapsed: Duration,
+}
+
+/// `1.23 ms`, `456 µs`, `789 ns`: three significant digits or so.
+fn human(ns: u64) -> String {
+    let ns = ns as f64;
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn per_second(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The report as text: throughput, a latency table, replies by action, errors.
+pub fn text(info: &RunInfo, stats: &Stats) -> String {
+    let decisions = stats.decisions();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "creditgate-load: {} connections over {} to {} for {:.2} s ({} generator thread{})",
+        info.connections,
+        info.protocol,
+        info.target,
+        info.elapsed.as_secs_f64(),
+        info.threads,
+        if info.threads == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "decisions      {decisions:>10}   {:.0}/s",
+        per_second(decisions, info.elapsed)
+    );
+    let _ = writeln!(
+        out,
+        "messages       {:>10}   {} charges retried with the same instance",
+        stats.messages, stats.retries
+    );
+    let _ = writeln!(out, "errors         {:>10}", stats.errors);
+    for e in &stats.error_samples {
+        let _ = writeln!(out, "  {e}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<16}{:>10}{:>11}{:>11}{:>11}{:>11}",
+        "latency", "count", "p50", "p99", "p99.9", "max"
+    );
+    let all = stats.all();
+    let rows = stats
+        .latency
+        .iter()
+        .map(|(stage, h)| (stage.name(), h))
+        .chain([("all", &all)]);
+    for (name, h) in rows {
+        let _ = writeln!(
+            out,
+            "{name:<16}{:>10}{:>11}{:>11}{:>11}{:>11}",
+            h.len(),
+            human(h.value_at_quantile(0.5)),
+            human(h.value_at_quantile(0.99)),
+            human(h.value_at_quantile(0.999)),
+            human(h.max())
+        );
+    }
+    let _ = writeln!(out, "\nreplies");
+    for (reply, n) in &stats.replies {
+        let share = 100.0 * *n as f64 / decisions.max(1) as f64;
+        let _ = writeln!(out, "  {reply:<24}{n:>10}  {share:5.1}%");
+    }
+    out
+}
+
+/// The report as one JSON object; latencies in microseconds.
+pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
+    let us = |ns: u64| ns as f64 / 1e3;
+    let latency = |h: &Histogram<u64>| {
+        serde_json::json!({
+            "count": h.len(),
+            "p50_us": us(h.value_at_quantile(0.5)),
+            "p99_us": us(h.value_at_quantile(0.99)),
+            "p99_9_us": us(h.value_at_quantile(0.999)),
+            "max_us": us(h.max()),
+        })
+    };
+    let by_stage: serde_json::Map<String, serde_json::Value> = stats
+        .latency
+        .iter()
+        .map(|(stage, h)| (stage.name().to_owned(), latency(h)))
+        .collect();
+    serde_json::json!({
+        "protocol": info.protocol,
+        "target": info.target,
+        "connections": info.connections,
+        "threads": info.threads,
+        "seconds": info.elapsed.as_secs_f64(),
+        "decisions": stats.decisions(),
+        "decisions_per_second": per_second(stats.decisions(), info.elapsed),
+        "messages": stats.messages,
+        "retries": stats.retries,
+        "errors": stats.errors,
+        "latency": latency(&stats.all()),
+        "latency_by_stage": by_stage,
+        "replies": stats.replies,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_stats_count_every_decision_and_reply() {
+        let mut a = Stats::default();
+        a.record(Stage::Rcpt, Duration::from_micros(100), "DUNNO");
+        a.record(Stage::EndOfMessage, Duration::from_micros(300), "DEFER");
+        let mut b = Stats::default();
+        b.record(Stage::Rcpt, Duration::from_micros(200), "DUNNO");
+        b.error("reset".into());
+        a.merge(b);
+        assert_eq!(a.decisions(), 3);
+        assert_eq!(a.replies["DUNNO"], 2);
+        assert_eq!(a.errors, 1);
+        let info = RunInfo {
+            protocol: "postfix",
+            target: "127.0.0.1:1".into(),
+            connections: 2,
+            threads: 1,
+            elapsed: Duration::from_secs(1),
+        };
+        let json = json(&info, &a);
+        assert_eq!(json["decisions"], 3);
+        assert_eq!(json["replies"]["DEFER"], 1);
+        let text = text(&info, &a);
+        assert!(text.contains("decisions               3   3/s"), "{text}");
+        assert!(text.contains("end-of-message"), "{text}");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(789), "789 ns");
+        assert_eq!(human(45_600), "45.6 µs");
+        assert_eq!(human(1_234_000), "1.23 ms");
+        assert_eq!(human(2_500_000_000), "2.50 s");
+    }
+}
