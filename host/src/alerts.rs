@@ -25,8 +25,8 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::bindings::{Alert, Credit, Decision};
-use crate::store::{Store, StoreError};
+use crate::bindings::{Alert, CounterAdded, Credit, Decision};
+use crate::store::{CounterAdd, Store, StoreError};
 use crate::time::format_instant;
 
 /// The scope holding `account`'s alert log.
@@ -81,9 +81,10 @@ impl FiredAlert {
             .collect()
     }
 
-    /// The log's key: ordered by time, unique per alert of one request.
-    fn key(&self, at: i64) -> String {
-        format!("{at:020}/{}/{:03}", self.credit, self.threshold)
+    /// The log's key: ordered by time, then by the log's own sequence number
+    /// (two alerts may carry one instant: a replayed trace, a clock step back).
+    fn key(&self, at: i64, sequence: u64) -> String {
+        format!("{at:020}/{sequence:020}/{}/{:03}", self.credit, self.threshold)
     }
 }
 
@@ -99,7 +100,18 @@ pub fn credit_name(credit: Credit) -> &'static str {
 pub fn record(store: &dyn Store, alert: &FiredAlert, at: i64) -> Result<(), StoreError> {
     let value = serde_json::to_string(alert)
         .map_err(|e| StoreError::InvalidArgument(format!("cannot encode an alert: {e}")))?;
-    store.record_insert(&scope(&alert.account), &alert.key(at), &value)?;
+    let scope = scope(&alert.account);
+    let add = CounterAdd {
+        amount: 1,
+        limit: None,
+        once: None,
+        expires_at: None,
+        now: at,
+    };
+    let sequence = match store.counter_add(&scope, "sequence", add)? {
+        CounterAdded::Applied(n) | CounterAdded::Repeated(n) | CounterAdded::Refused(n) => n,
+    };
+    store.record_insert(&scope, &alert.key(at, sequence), &value)?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! library.
 
 mod account;
+mod alerts;
 mod check;
 mod leads;
 mod replay;
@@ -52,6 +53,9 @@ enum Command {
     /// Operations on whole stores: copies between backends.
     #[command(subcommand)]
     Store(store::Command),
+    /// The credit alerts that fired.
+    #[command(subcommand)]
+    Alerts(alerts::Command),
 }
 
 /// Documented exit statuses.
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Usage(args) => usage::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Store(command) => store::run(command),
+        Command::Alerts(command) => alerts::run(command),
     }
 }
 

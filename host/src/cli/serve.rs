@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+use creditgate::alerts::{self, Notifier, Retry, Webhook};
 use creditgate::gateway::Gateway;
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
 use creditgate::postfix::PostfixConfig;
@@ -114,6 +115,9 @@ struct FileConfig {
     /// account's terms or delete leads, and by reload. Only in the file (or
     /// $CREDITGATE_ADMIN_TOKEN): a flag would show in `ps`.
     admin_token: Option<String>,
+    /// Where fired credit alerts are POSTed: `[[webhooks]] url, secret`.
+    #[serde(default)]
+    webhooks: Vec<Webhook>,
     workers: Option<usize>,
     idle_timeout_secs: Option<u64>,
     store: Option<PathBuf>,
@@ -148,6 +152,7 @@ impl FileConfig {
 
 /// Everything `run` needs, flags and file merged.
 struct Settings {
+    webhooks: Vec<Webhook>,
     listen: Listen,
     unix: Option<PathBuf>,
     http: Listen,
@@ -200,7 +205,11 @@ impl Settings {
         anyhow::ensure!(workers > 0, "workers must be at least 1");
         let idle = args.idle_timeout.or(file.idle_timeout_secs).unwrap_or(60);
         anyhow::ensure!(idle > 0, "idle timeout must be at least 1 second");
+        for webhook in &file.webhooks {
+            alerts::validate(webhook).map_err(anyhow::Error::msg)?;
+        }
         Ok(Settings {
+            webhooks: file.webhooks,
             listen,
             unix: args.postfix_unix.or(file.postfix_unix),
             http,
@@ -312,6 +321,18 @@ async fn serve(
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    if !settings.webhooks.is_empty() {
+        let (notifier, delivery) =
+            Notifier::with_webhooks(settings.webhooks.clone(), Retry::default());
+        gateway.set_notifier(notifier);
+        // Not joined at shutdown: deliveries still retrying are abandoned (every
+        // alert stays in the store's log, `creditgate alerts list`).
+        tokio::spawn(delivery);
+        info!(
+            webhooks = settings.webhooks.len(),
+            "alerts are posted to webhooks"
+        );
+    }
     for (name, listener) in listeners {
         info!(workers = settings.workers, policy = %policy_path.display(),
             "listening on {name} (postfix policy)");

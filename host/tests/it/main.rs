@@ -1,5 +1,6 @@
 //! The host's integration tests: one binary, one module per area.
 
+mod alerts;
 mod check;
 mod gateway;
 mod harness;

@@ -1,0 +1,350 @@
+//! Credit alerts end to end: fired by the component on the crossing request only,
+//! logged in the store with the decision, re-armed by the reset, by deletions and
+//! by upgrades, listed by the CLI, and posted to webhooks that may fail or hang
+//! without ever holding up a decision.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use creditgate::alerts::{self, FiredAlert, Notifier, Retry, Webhook};
+use creditgate::gateway::Gateway;
+use creditgate::request::Request;
+use creditgate::store::{MemoryStore, RedbStore, Store};
+use creditgate::time::parse_instant;
+
+const POLICY: &str = "\
+[plans.ten]
+lead_credits = 10
+email_credits = 10
+
+[plans.hundred]
+lead_credits = 100
+email_credits = 100
+";
+
+fn at(text: &str) -> i64 {
+    parse_instant(text).expect("instant")
+}
+
+fn gateway(store: Arc<dyn Store>) -> Gateway {
+    let (gateway, _) =
+        Gateway::start(crate::harness::shared_runtime(), store, POLICY, 2).expect("starts");
+    gateway
+}
+
+fn decide(gateway: &Gateway, request: Request, now: i64) {
+    let decision = gateway.decide_blocking(request, now).expect("decided");
+    assert_eq!(decision.denied, None, "{decision:?}");
+}
+
+fn subscribe(gateway: &Gateway, account: &str, plan: &str) {
+    let request = Request::Subscribe {
+        account: account.into(),
+        plan: plan.into(),
+    };
+    decide(gateway, request, at("2026-01-15T10:00:00Z"));
+}
+
+fn charge(gateway: &Gateway, account: &str, cost: u64, now: i64) {
+    let request = Request::ChargeEmail {
+        account: account.into(),
+        cost,
+        message_id: None,
+    };
+    decide(gateway, request, now);
+}
+
+/// `(credit, threshold, used, limit)` of every alert logged for `account`.
+fn logged(store: &dyn Store, account: &str) -> Vec<(String, u8, u64, u64)> {
+    alerts::list(store, Some(account))
+        .expect("the log reads")
+        .into_iter()
+        .map(|a| (a.credit, a.threshold, a.used, a.limit))
+        .collect()
+}
+
+fn email(threshold: u8, used: u64, limit: u64) -> (String, u8, u64, u64) {
+    ("email_credits".into(), threshold, used, limit)
+}
+
+#[test]
+fn crossing_80_percent_fires_once_and_the_reset_rearms_it() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gateway = gateway(store.clone());
+    subscribe(&gateway, "acme", "ten");
+    let january = at("2026-01-20T00:00:00Z");
+    for _ in 0..7 {
+        charge(&gateway, "acme", 1, january);
+    }
+    assert!(logged(store.as_ref(), "acme").is_empty());
+    charge(&gateway, "acme", 1, january);
+    assert_eq!(logged(store.as_ref(), "acme"), [email(80, 8, 10)]);
+    // Further sends do not fire it again; exhaustion fires 100% once.
+    charge(&gateway, "acme", 1, january);
+    charge(&gateway, "acme", 1, january);
+    assert_eq!(
+        logged(store.as_ref(), "acme"),
+        [email(80, 8, 10), email(100, 10, 10)]
+    );
+    // The next cycle starts at 0: crossing 80% again fires again.
+    let february = at("2026-02-16T00:00:00Z");
+    charge(&gateway, "acme", 8, february);
+    let log = alerts::list(store.as_ref(), Some("acme")).expect("reads");
+    assert_eq!(log.len(), 3);
+    assert_eq!(
+        (log[2].threshold, log[2].used, log[2].at.as_str()),
+        (80, 8, "2026-02-16T00:00:00Z")
+    );
+    assert_eq!(log[2].resets_at.as_deref(), Some("2026-03-15T10:00:00Z"));
+}
+
+#[test]
+fn an_upgrade_that_moves_usage_under_a_threshold_rearms_it() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gateway = gateway(store.clone());
+    subscribe(&gateway, "acme", "ten");
+    let now = at("2026-01-20T00:00:00Z");
+    charge(&gateway, "acme", 9, now);
+    assert_eq!(logged(store.as_ref(), "acme"), [email(80, 9, 10)]);
+    let upgrade = Request::ChangePlan {
+        account: "acme".into(),
+        plan: "hundred".into(),
+    };
+    decide(&gateway, upgrade, now);
+    charge(&gateway, "acme", 70, now);
+    assert_eq!(logged(store.as_ref(), "acme"), [email(80, 9, 10)]);
+    charge(&gateway, "acme", 1, now);
+    assert_eq!(
+        logged(store.as_ref(), "acme"),
+        [email(80, 9, 10), email(80, 80, 100)]
+    );
+    // Back down: 80 of 10 is over 100%, which 80 of 100 was not; 80% was
+    // already over and stays fired.
+    let downgrade = Request::ChangePlan {
+        account: "acme".into(),
+        plan: "ten".into(),
+    };
+    decide(&gateway, downgrade, now);
+    assert_eq!(
+        logged(store.as_ref(), "acme"),
+        [email(80, 9, 10), email(80, 80, 100), email(100, 80, 10)]
+    );
+}
+
+#[test]
+fn lead_alerts_fire_again_after_deletions_took_usage_back_under() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gateway = gateway(store.clone());
+    subscribe(&gateway, "acme", "ten");
+    let now = at("2026-01-20T00:00:00Z");
+    let add = |email: &str| Request::AddLead {
+        account: "acme".into(),
+        campaign: "c".into(),
+        email: email.into(),
+    };
+    for i in 0..8 {
+        decide(&gateway, add(&format!("l{i}@x.io")), now);
+    }
+    let lead = |used| ("lead_credits".to_owned(), 80, used, 10);
+    assert_eq!(logged(store.as_ref(), "acme"), [lead(8)]);
+    let delete = Request::DeleteLead {
+        account: "acme".into(),
+        campaign: "c".into(),
+        email: "l0@x.io".into(),
+    };
+    decide(&gateway, delete, now);
+    decide(&gateway, add("l8@x.io"), now);
+    assert_eq!(logged(store.as_ref(), "acme"), [lead(8), lead(8)]);
+}
+
+#[test]
+fn the_cli_lists_what_fired() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("state.redb");
+    {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).expect("opens"));
+        let gateway = gateway(store);
+        subscribe(&gateway, "acme", "ten");
+        subscribe(&gateway, "zeta", "ten");
+        charge(&gateway, "acme", 10, at("2026-01-20T00:00:00Z"));
+        charge(&gateway, "zeta", 8, at("2026-01-21T00:00:00Z"));
+        gateway.shutdown();
+    }
+    let store_arg = path.to_str().expect("utf-8");
+    let output = crate::harness::creditgate_command()
+        .args(["alerts", "list", "--store", store_arg, "--format", "json"])
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<FiredAlert> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    let seen: Vec<(&str, u8)> = lines
+        .iter()
+        .map(|a| (a.account.as_str(), a.threshold))
+        .collect();
+    assert_eq!(seen, [("acme", 80), ("acme", 100), ("zeta", 80)]);
+    let output = crate::harness::creditgate_command()
+        .args(["alerts", "list", "--store", store_arg, "--account", "zeta"])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("zeta") && !text.contains("acme"), "{text}");
+    assert!(text.contains("8 / 10"), "{text}");
+}
+
+/// A webhook endpoint on loopback: answers each request with the next status of
+/// `statuses` (then 200), or never, and reports what it received.
+fn endpoint(statuses: Vec<u16>, answer: bool) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let url = format!(
+        "http://{}/hooks/credits",
+        listener.local_addr().expect("addr")
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut statuses = statuses.into_iter();
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = tx.send((head, body));
+            let mut stream = reader.into_inner();
+            if answer {
+                let status = statuses.next().unwrap_or(200);
+                let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            } else {
+                held.push(stream);
+            }
+        }
+    });
+    (url, rx)
+}
+
+const SECRET: &str = "a-webhook-secret-0123456789";
+
+fn with_webhook(
+    store: Arc<dyn Store>,
+    url: String,
+    retry: Retry,
+) -> (Gateway, tokio::runtime::Runtime) {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let gateway = gateway(store);
+    let webhook = Webhook {
+        url,
+        secret: SECRET.into(),
+    };
+    alerts::validate(&webhook).expect("valid webhook");
+    let (notifier, delivery) = Notifier::with_webhooks(vec![webhook], retry);
+    tokio.spawn(delivery);
+    gateway.set_notifier(notifier);
+    (gateway, tokio)
+}
+
+#[test]
+fn a_failing_webhook_is_retried_and_every_attempt_is_signed() {
+    let (url, received) = endpoint(vec![500, 503], true);
+    let retry = Retry {
+        attempts: 5,
+        first_backoff: Duration::from_millis(20),
+        timeout: Duration::from_secs(5),
+    };
+    let (gateway, _tokio) = with_webhook(Arc::new(MemoryStore::new()), url, retry);
+    subscribe(&gateway, "acme", "ten");
+    charge(&gateway, "acme", 8, at("2026-01-20T00:00:00Z"));
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        attempts.push(
+            received
+                .recv_timeout(Duration::from_secs(10))
+                .expect("an attempt arrives"),
+        );
+    }
+    assert!(
+        received.recv_timeout(Duration::from_millis(300)).is_err(),
+        "no attempt after the 200"
+    );
+    for (head, body) in &attempts {
+        assert!(head.starts_with("POST /hooks/credits HTTP/1.1"), "{head}");
+        let signature = alerts::signature(SECRET, body);
+        assert!(
+            head.contains(&format!("X-Creditgate-Signature: {signature}")),
+            "{head}"
+        );
+        let alert: FiredAlert = serde_json::from_slice(body).expect("a JSON alert");
+        assert_eq!(
+            (
+                alert.event.as_str(),
+                alert.account.as_str(),
+                alert.threshold,
+                alert.used
+            ),
+            ("credit_threshold_crossed", "acme", 80, 8)
+        );
+    }
+}
+
+#[test]
+fn a_webhook_that_never_answers_does_not_delay_decisions() {
+    let (url, received) = endpoint(Vec::new(), false);
+    let retry = Retry {
+        attempts: 2,
+        first_backoff: Duration::from_secs(60),
+        timeout: Duration::from_secs(60),
+    };
+    let (gateway, _tokio) = with_webhook(Arc::new(MemoryStore::new()), url, retry);
+    subscribe(&gateway, "acme", "hundred");
+    let now = at("2026-01-20T00:00:00Z");
+    // Every decision is answered while the endpoint holds the first delivery
+    // open for a minute: each crossing queues its alert and moves on.
+    charge(&gateway, "acme", 80, now);
+    received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the delivery is under way");
+    let gateway = Arc::new(gateway);
+    let (done, finished) = mpsc::channel();
+    let sender = gateway.clone();
+    std::thread::spawn(move || {
+        for _ in 0..20 {
+            charge(&sender, "acme", 1, now);
+        }
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("decisions are answered while the webhook hangs");
+    let decision = gateway
+        .decide_blocking(
+            Request::Usage {
+                account: "acme".into(),
+            },
+            now,
+        )
+        .expect("answered");
+    assert_eq!(decision.usage.map(|u| u.email_credits.used), Some(100));
+    assert_eq!(logged(gateway.store().as_ref(), "acme").len(), 2);
+}
