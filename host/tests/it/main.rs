@@ -2,6 +2,7 @@
 
 mod alerts;
 mod check;
+mod crash;
 mod gateway;
 mod harness;
 mod hostile;
