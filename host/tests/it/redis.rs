@@ -966,3 +966,75 @@ fn redis_store_throughput() {
         }
     }
 }
+
+/// Issue 5's connection item at the gateway: with its Redis down, `serve`
+/// answers as configured for an internal error (fail closed by default: `451
+/// 4.3.5`, so nothing flows unmetered), logs a line naming the server, and
+/// answers normally again once Redis is back, without a restart.
+#[test]
+fn a_gateway_fails_closed_while_redis_is_down_and_recovers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[plans.small]\nlead_credits = 10\nemail_credits = 40\n",
+    )
+    .expect("writes");
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let store = format!(
+        "{}?prefix=down&call_timeout_ms=300&connect_timeout_ms=300",
+        server.url()
+    );
+    creditgate_ok(&[
+        "account",
+        "subscribe",
+        "acme",
+        "--plan",
+        "small",
+        "--store",
+        &store,
+        "--policy",
+        policy.to_str().expect("utf-8"),
+    ]);
+    let log = dir.path().join("serve.log");
+    let gateway = Gateway::start(&store, &policy, &log);
+    assert_eq!(
+        gateway.ask(&end_of_message("acme", 1, "up")),
+        "action=DUNNO"
+    );
+
+    server.kill();
+    let down = gateway.ask(&end_of_message("acme", 1, "down"));
+    assert!(down.starts_with("action=451 4.3.5"), "{down}");
+    let logged = std::fs::read_to_string(&log).expect("reads the log");
+    assert!(
+        logged.contains(&format!("redis 127.0.0.1:{}", server.port)),
+        "the log names the server: {logged}"
+    );
+
+    server.restart();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = gateway.ask(&end_of_message("acme", 1, "down"));
+        if reply == "action=DUNNO" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {reply}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The message refused while Redis was down was not charged then: one credit
+    // for "up", one for "down" once it went through.
+    let usage = creditgate_ok(&[
+        "usage",
+        "acme",
+        "--format",
+        "json",
+        "--store",
+        &store,
+        "--policy",
+        policy.to_str().expect("utf-8"),
+    ]);
+    let usage: serde_json::Value = serde_json::from_str(&usage).expect("json");
+    assert_eq!(usage["email_credits"]["used"], 2, "{usage}");
+    gateway.stop();
+}
