@@ -1012,6 +1012,14 @@ fn a_gateway_fails_closed_while_redis_is_down_and_recovers() {
         "the log names the server: {logged}"
     );
 
+    // Long enough for the client's reconnection attempts to run out and start
+    // over: recovery must not depend on the outage being short.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(3) {
+        let reply = gateway.ask(&end_of_message("acme", 1, "down"));
+        assert!(reply.starts_with("action=451 4.3.5"), "{reply}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     server.restart();
     let deadline = Instant::now() + WAIT;
     loop {
