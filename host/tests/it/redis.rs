@@ -295,6 +295,7 @@ fn cluster_passes_the_conformance_suite() {
         let keys: u64 = node.cli(&["DBSIZE"]).parse().expect("a number");
         assert!(keys > 10, "node {} holds only {keys} keys", node.port);
     }
+    tricky_scope_names(&cluster.store("tricky"));
     // The keys of one scope share a slot.
     let slots: Vec<String> = ["rec", "mem", "groups", "grp:g"]
         .iter()
@@ -1045,4 +1046,30 @@ fn a_gateway_fails_closed_while_redis_is_down_and_recovers() {
     let usage: serde_json::Value = serde_json::from_str(&usage).expect("json");
     assert_eq!(usage["email_credits"]["used"], 2, "{usage}");
     gateway.stop();
+}
+
+/// Scope names that could break the hash tag or collide once escaped: each is
+/// its own scope, listed under its own name, in one slot of its own.
+fn tricky_scope_names(s: &dyn Store) {
+    let names = ["}", "%", "%7D", "%25", "{x}", "a}b", "{", "", "}{", "%%"];
+    for (i, &name) in names.iter().enumerate() {
+        assert!(s.record_insert(name, "k", &i.to_string()).expect("insert"));
+        let added = s.member_add(name, "g}", "m{", None).expect("member");
+        assert_eq!(added.members, 1, "{name:?}");
+    }
+    let mut expected: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
+    expected.sort();
+    assert_eq!(s.scopes().expect("scopes"), expected);
+    for (i, &name) in names.iter().enumerate() {
+        let dump = s.export_scope(name).expect("export");
+        assert_eq!(dump.records, [("k".to_owned(), i.to_string())], "{name:?}");
+        assert_eq!(dump.memberships, [("g}".to_owned(), "m{".to_owned())]);
+        assert_eq!(s.member_count(name).expect("count"), 1);
+    }
+}
+
+#[test]
+fn tricky_scope_names_stay_apart() {
+    let server = RedisServer::start();
+    tricky_scope_names(&server.store("tricky"));
 }
