@@ -158,6 +158,7 @@ pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: &HttpOptions) ->
         router = router.route(path, handler);
     }
     router
+        .merge(crate::dashboard::router(gateway.clone()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -19,11 +19,13 @@
 //!   [`postfix`] (the sans-I/O core of Postfix policy delegation);
 //! - [`serve`]: the Postfix policy server, sockets around [`postfix`] and a [`gateway`];
 //! - [`http`]: the HTTP JSON API over the same [`gateway`], with `/metrics`.
+//! - [`dashboard`]: the web dashboard `serve` adds to the API: HTML pages of every account's usage.
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
 
 pub mod alerts;
 pub mod bindings;
+pub mod dashboard;
 pub mod gateway;
 pub mod http;
 pub mod import;
