@@ -662,6 +662,22 @@ fn end_of_message(account: &str, recipients: u32, instance: &str) -> String {
 /// account ends exactly at its limit.
 #[test]
 fn two_gateways_on_one_redis_sell_exactly_the_limit() {
+    let server = RedisServer::start();
+    sell_exactly_the_limit(&format!("{}?prefix=hosts", server.url()));
+}
+
+/// The same through `redis+cluster://`: the gateways route each account's
+/// scripts to the node that holds its slot.
+#[test]
+fn two_gateways_on_one_redis_cluster_sell_exactly_the_limit() {
+    let cluster = Cluster::start();
+    let hosts: Vec<String> = (cluster.nodes.iter())
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    sell_exactly_the_limit(&format!("redis+cluster://{}?prefix=hosts", hosts.join(",")));
+}
+
+fn sell_exactly_the_limit(store: &str) {
     const LIMIT: u64 = 40;
     const CLIENTS: usize = 64;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -672,8 +688,6 @@ fn two_gateways_on_one_redis_sell_exactly_the_limit() {
     )
     .expect("writes");
     let policy_arg = policy.to_str().expect("utf-8");
-    let server = RedisServer::start();
-    let store = format!("{}?prefix=hosts", server.url());
     creditgate_ok(&[
         "account",
         "subscribe",
@@ -681,13 +695,13 @@ fn two_gateways_on_one_redis_sell_exactly_the_limit() {
         "--plan",
         "small",
         "--store",
-        &store,
+        store,
         "--policy",
         policy_arg,
     ]);
     let gateways = [
-        Gateway::start(&store, &policy, &dir.path().join("serve-a.log")),
-        Gateway::start(&store, &policy, &dir.path().join("serve-b.log")),
+        Gateway::start(store, &policy, &dir.path().join("serve-a.log")),
+        Gateway::start(store, &policy, &dir.path().join("serve-b.log")),
     ];
     assert_eq!(
         gateways[0].ask(&end_of_message("acme", 24, "before")),
@@ -729,7 +743,7 @@ fn two_gateways_on_one_redis_sell_exactly_the_limit() {
     }
     assert_eq!(allowed, 16, "exactly the credits left were sold");
     let usage = creditgate_ok(&[
-        "usage", "acme", "--format", "json", "--store", &store, "--policy", policy_arg,
+        "usage", "acme", "--format", "json", "--store", store, "--policy", policy_arg,
     ]);
     let usage: serde_json::Value = serde_json::from_str(&usage).expect("json");
     assert_eq!(usage["email_credits"]["used"], LIMIT, "{usage}");
