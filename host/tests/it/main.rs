@@ -3,6 +3,7 @@
 mod alerts;
 mod check;
 mod crash;
+mod dashboard;
 mod gateway;
 mod harness;
 mod hostile;
