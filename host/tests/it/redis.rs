@@ -1062,6 +1062,14 @@ fn a_gateway_fails_closed_while_redis_is_down_and_recovers() {
     gateway.stop();
 }
 
+/// The model property test on the cluster: scopes spread over the nodes, and the
+/// registry of scopes kept by the client beside each script.
+#[test]
+fn cluster_matches_model() {
+    let cluster = Cluster::start();
+    crate::store::matches_model(32, |case| Box::new(cluster.store(&format!("case{case}"))));
+}
+
 /// Scope names that could break the hash tag or collide once escaped: each is
 /// its own scope, listed under its own name, in one slot of its own.
 fn tricky_scope_names(s: &dyn Store) {

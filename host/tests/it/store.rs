@@ -1,6 +1,6 @@
 //! Conformance suite of the [`Store`] backends: each test is written once, against
 //! `&dyn Store`, and instantiated for [`MemoryStore`], [`RedbStore`] and
-//! [`RedisStore`] (on a `redis-server` of the test's own); a property test checks
+//! `RedisStore` (on a `redis-server` of the test's own); a property test checks
 //! each against a plain model of the WIT `state` contract. [`SUITE`] lists the
 //! tests for other set-ups (the Redis Cluster test in `redis.rs`).
 
@@ -12,8 +12,7 @@ use creditgate::bindings::{
     MembersAdded, Once,
 };
 use creditgate::store::{
-    CounterAdd, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, RedisStore, ScopeDump, Store,
-    StoreError,
+    CounterAdd, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, ScopeDump, Store, StoreError,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -1787,12 +1786,17 @@ proptest! {
 #[test]
 fn redis_matches_model() {
     let server = RedisServer::start();
+    matches_model(64, |case| Box::new(server.store(&format!("case{case}"))));
+}
+
+/// The property test against the model on stores `fresh` makes, a fresh one per
+/// case (numbered), for set-ups of other modules (the Redis Cluster).
+pub(crate) fn matches_model(cases: u32, fresh: impl Fn(usize) -> Box<dyn Store>) {
     let case = std::sync::atomic::AtomicUsize::new(0);
-    let mut runner = proptest::test_runner::TestRunner::new(config(64));
+    let mut runner = proptest::test_runner::TestRunner::new(config(cases));
     let result = runner.run(&steps(), |steps| {
         let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let store: RedisStore = server.store(&format!("case{n}"));
-        run(&store, &steps)
+        run(&*fresh(n), &steps)
     });
     if let Err(e) = result {
         panic!("{e}");
