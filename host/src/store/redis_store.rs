@@ -371,7 +371,20 @@ impl RedisStore {
                         .set_min_delay(Duration::from_millis(20))
                         .set_max_delay(Duration::from_secs(1))
                         .set_number_of_retries(5);
-                    let conn = ConnectionManager::new_with_config(client, manager).await?;
+                    let mut conn = ConnectionManager::new_with_config(client, manager).await?;
+                    // A cluster node answers a single-server client until the first
+                    // script whose keys span two slots: say so at once instead.
+                    let info: String = redis::cmd("INFO")
+                        .arg("cluster")
+                        .query_async(&mut conn)
+                        .await?;
+                    if info.contains("cluster_enabled:1") {
+                        return Err(RedisError::from((
+                            redis::ErrorKind::InvalidClientConfig,
+                            "this server is a Redis Cluster node",
+                            "use redis+cluster://HOST:PORT,... for a cluster".to_owned(),
+                        )));
+                    }
                     Ok(Conn::Single(conn))
                 }
             }
@@ -382,6 +395,9 @@ impl RedisStore {
         .map_err(|e| unavailable(&e))?;
         let conn = match connected {
             Ok(Ok(conn)) => conn,
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::InvalidClientConfig => {
+                return Err(StoreError::InvalidArgument(format!("redis {label}: {e}")));
+            }
             Ok(Err(e)) => return Err(unavailable(&e)),
             Err(_) => {
                 return Err(unavailable(&format_args!(

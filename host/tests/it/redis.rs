@@ -296,6 +296,15 @@ fn cluster_passes_the_conformance_suite() {
         assert!(keys > 10, "node {} holds only {keys} keys", node.port);
     }
     tricky_scope_names(&cluster.store("tricky"));
+    // A single-server URL on a cluster node is refused with a hint, not left to
+    // fail at the first script that spans two slots.
+    match RedisStore::open(&format!("redis://127.0.0.1:{}", cluster.nodes[0].port)) {
+        Err(e @ creditgate::store::StoreError::InvalidArgument(_)) => {
+            assert!(e.to_string().contains("redis+cluster://"), "{e}");
+        }
+        Err(e) => panic!("expected an invalid argument, got {e}"),
+        Ok(_) => panic!("a cluster node opened as a single server"),
+    }
     // The keys of one scope share a slot.
     let slots: Vec<String> = ["rec", "mem", "groups", "grp:g"]
         .iter()
