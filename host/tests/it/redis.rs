@@ -664,6 +664,39 @@ fn end_of_message(account: &str, recipients: u32, instance: &str) -> String {
     )
 }
 
+/// Account `acme` on a plan of `emails` email credits, in `store`, through the
+/// CLI; the policy file it used.
+fn acme_on_small_plan(dir: &Path, store: &str, emails: u64) -> std::path::PathBuf {
+    let policy = dir.join("policy.toml");
+    let text = format!("[plans.small]\nlead_credits = 10\nemail_credits = {emails}\n");
+    std::fs::write(&policy, text).expect("writes the policy");
+    let policy_arg = policy.to_str().expect("utf-8");
+    creditgate_ok(&[
+        "account",
+        "subscribe",
+        "acme",
+        "--plan",
+        "small",
+        "--store",
+        store,
+        "--policy",
+        policy_arg,
+    ]);
+    policy
+}
+
+/// `acme`'s email credits used, as `creditgate usage` reports them.
+fn acme_emails_used(store: &str, policy: &Path) -> u64 {
+    let policy = policy.to_str().expect("utf-8");
+    let usage = creditgate_ok(&[
+        "usage", "acme", "--format", "json", "--store", store, "--policy", policy,
+    ]);
+    let usage: serde_json::Value = serde_json::from_str(&usage).expect("json");
+    usage["email_credits"]["used"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no email credits used in {usage}"))
+}
+
 /// Issue 5's exactness across hosts: two `serve` processes on one Redis, 64
 /// clients racing for the last 16 email credits of one account, each message's
 /// END-OF-MESSAGE sent to both gateways at once (as Postfix's retry on another
@@ -690,24 +723,7 @@ fn sell_exactly_the_limit(store: &str) {
     const LIMIT: u64 = 40;
     const CLIENTS: usize = 64;
     let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!("[plans.small]\nlead_credits = 10\nemail_credits = {LIMIT}\n"),
-    )
-    .expect("writes");
-    let policy_arg = policy.to_str().expect("utf-8");
-    creditgate_ok(&[
-        "account",
-        "subscribe",
-        "acme",
-        "--plan",
-        "small",
-        "--store",
-        store,
-        "--policy",
-        policy_arg,
-    ]);
+    let policy = acme_on_small_plan(dir.path(), store, LIMIT);
     let gateways = [
         Gateway::start(store, &policy, &dir.path().join("serve-a.log")),
         Gateway::start(store, &policy, &dir.path().join("serve-b.log")),
@@ -751,11 +767,7 @@ fn sell_exactly_the_limit(store: &str) {
         }
     }
     assert_eq!(allowed, 16, "exactly the credits left were sold");
-    let usage = creditgate_ok(&[
-        "usage", "acme", "--format", "json", "--store", store, "--policy", policy_arg,
-    ]);
-    let usage: serde_json::Value = serde_json::from_str(&usage).expect("json");
-    assert_eq!(usage["email_credits"]["used"], LIMIT, "{usage}");
+    assert_eq!(acme_emails_used(store, &policy), LIMIT);
     // A retry of an allowed message, later, is still not charged again.
     assert_eq!(
         gateways[1].ask(&end_of_message("acme", 1, "race-0")),
@@ -998,28 +1010,12 @@ fn redis_store_throughput() {
 #[test]
 fn a_gateway_fails_closed_while_redis_is_down_and_recovers() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[plans.small]\nlead_credits = 10\nemail_credits = 40\n",
-    )
-    .expect("writes");
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let store = format!(
         "{}?prefix=down&call_timeout_ms=300&connect_timeout_ms=300",
         server.url()
     );
-    creditgate_ok(&[
-        "account",
-        "subscribe",
-        "acme",
-        "--plan",
-        "small",
-        "--store",
-        &store,
-        "--policy",
-        policy.to_str().expect("utf-8"),
-    ]);
+    let policy = acme_on_small_plan(dir.path(), &store, 40);
     let log = dir.path().join("serve.log");
     let gateway = Gateway::start(&store, &policy, &log);
     assert_eq!(
@@ -1056,18 +1052,7 @@ fn a_gateway_fails_closed_while_redis_is_down_and_recovers() {
     }
     // The message refused while Redis was down was not charged then: one credit
     // for "up", one for "down" once it went through.
-    let usage = creditgate_ok(&[
-        "usage",
-        "acme",
-        "--format",
-        "json",
-        "--store",
-        &store,
-        "--policy",
-        policy.to_str().expect("utf-8"),
-    ]);
-    let usage: serde_json::Value = serde_json::from_str(&usage).expect("json");
-    assert_eq!(usage["email_credits"]["used"], 2, "{usage}");
+    assert_eq!(acme_emails_used(&store, &policy), 2);
     gateway.stop();
 }
 
