@@ -804,7 +804,8 @@ fn real_expiries_become_ttls_and_vanish() {
     };
     let store = RedisStore::connect(&target, config).expect("connects");
     let now = real_now_ns();
-    let soon = now + 1_500_000_000;
+    // Far enough ahead that a slow machine still writes before it.
+    let soon = now + 2_000_000_000;
     let add = |name: &str, once: Option<&Once>, expires_at: Option<i64>, now: i64| {
         let add = CounterAdd {
             amount: 1,
@@ -848,7 +849,8 @@ fn real_expiries_become_ttls_and_vanish() {
     // Semantics are judged against `now`, not the real clock.
     assert_eq!(store.counter_get("s", "old", 999).expect("reads"), 1);
 
-    std::thread::sleep(Duration::from_millis(1_800));
+    let wait = soon + 300_000_000 - real_now_ns();
+    std::thread::sleep(Duration::from_nanos(u64::try_from(wait).unwrap_or(0)));
     assert_eq!(
         server.cli(&["EXISTS", "gc:{s}:ctr:c", "gc:{s}:once:m"]),
         "0"
