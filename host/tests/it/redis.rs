@@ -1091,3 +1091,52 @@ fn tricky_scope_names_stay_apart() {
     let server = RedisServer::start();
     tricky_scope_names(&server.store("tricky"));
 }
+
+/// `visit_members` reads a page of 1,000 at a time: across pages of groups and
+/// of members, in order, and stopping when told to.
+#[test]
+fn visits_cross_pages_in_order() {
+    use creditgate::store::ScopeDump;
+
+    let server = RedisServer::start();
+    let store = server.store("pages");
+    let mut memberships: Vec<(String, String)> = (0..2_500)
+        .flat_map(|g| {
+            [
+                (format!("g{g:04}"), "a".to_owned()),
+                (format!("g{g:04}"), "b".to_owned()),
+            ]
+        })
+        .collect();
+    memberships.extend((0..2_500).map(|m| ("g0007".to_owned(), format!("m{m:04}"))));
+    memberships.sort();
+    let dump = ScopeDump {
+        memberships: memberships.clone(),
+        ..ScopeDump::default()
+    };
+    store.import_scope("s", &dump).expect("imports");
+    let mut seen = Vec::new();
+    store
+        .visit_members("s", None, &mut |g, m| {
+            seen.push((g.to_owned(), m.to_owned()));
+            true
+        })
+        .expect("visits");
+    assert_eq!(seen, memberships);
+    let mut group = Vec::new();
+    store
+        .visit_members("s", Some("g0007"), &mut |_, m| {
+            group.push(m.to_owned());
+            true
+        })
+        .expect("visits");
+    assert_eq!(group.len(), 2_502);
+    let mut calls = 0;
+    store
+        .visit_members("s", None, &mut |_, _| {
+            calls += 1;
+            calls < 2_345
+        })
+        .expect("visits");
+    assert_eq!(calls, 2_345);
+}
