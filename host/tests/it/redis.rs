@@ -548,6 +548,7 @@ fn store_copy_round_trip_redb_redis_redb() {
     }
     let list =
         |store: &str| creditgate_ok(&["account", "list", "--format", "json", "--store", store]);
+    assert_eq!(list(&redis), list(&a));
     assert_eq!(list(&b), list(&a));
 
     // Scope by scope, everything came back: counters, markers, memberships.
