@@ -131,7 +131,7 @@ const REGISTERED_FOR: Duration = Duration::from_secs(300);
 /// Settings of a [`RedisStore`] beyond the server's address.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// First character of every key; several deployments can share one Redis
+    /// The start of every key; several deployments can share one Redis
     /// under different prefixes. No braces.
     pub prefix: String,
     /// Limit on establishing the first connection (and each reconnection attempt).
