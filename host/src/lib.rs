@@ -7,7 +7,8 @@
 //!   [`runtime::Worker`]s that each own a sandboxed instance and time every call;
 //! - [`bindings`]: the only place bindings are generated from `wit/`;
 //! - [`store`]: the durable state behind the WIT `state` imports: generic atomic
-//!   primitives, in memory or in redb, with group commit;
+//!   primitives, in memory, in redb, or on Redis (Cluster) for several gateway
+//!   hosts, with group commit;
 //! - [`metrics`]: latency histograms of decisions (guest, store, commit wait) and
 //!   the gateway's counters, with their Prometheus rendering;
 //! - [`time`]: the clock the host hands the guest;

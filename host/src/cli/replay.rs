@@ -16,8 +16,9 @@ pub struct Args {
     /// Events, one JSON object per line; `-` reads stdin.
     #[arg(long, value_name = "FILE")]
     events: PathBuf,
-    /// A redb file to keep state in across runs; without it, a fresh in-memory store.
-    #[arg(long, value_name = "PATH.redb")]
+    /// A redb file or a Redis URL to keep state in across runs; without it, a fresh
+    /// in-memory store.
+    #[arg(long, value_name = "PATH.redb|redis://...")]
     store: Option<PathBuf>,
 }
 

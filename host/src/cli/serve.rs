@@ -80,7 +80,8 @@ pub struct Args {
     /// Most connections open at once, per listener. Default: 1024.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Decision workers. Default: twice the available parallelism, at least 2.
+    /// Decision workers. Default: twice the available parallelism (eight times on
+    /// Redis, where workers wait on the network), at least 2.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// Close a connection silent for this long. Default: 60.
@@ -198,9 +199,18 @@ impl Settings {
                 "admin_token must be at least 16 characters long"
             );
         }
+        let store = args.store.store.clone().or(file.store.clone());
         let workers = args.workers.or(file.workers).unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (2 * cores).max(2)
+            // A worker waits out each store call. On the embedded store that is
+            // microseconds of CPU; on Redis it is a network round trip, and more
+            // workers keep more calls in flight (4 → 16 workers gave 3.5 times the
+            // decisions per second under appendfsync always).
+            let per_core = match &store {
+                Some(spec) if !super::names_a_file(spec) && spec.as_os_str() != "memory" => 8,
+                _ => 2,
+            };
+            (per_core * cores).max(2)
         });
         anyhow::ensure!(workers > 0, "workers must be at least 1");
         let idle = args.idle_timeout.or(file.idle_timeout_secs).unwrap_or(60);
