@@ -99,6 +99,15 @@ pub struct Gateway {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// Keeps a commit from landing inside a decision. A decision is several store
+/// primitives (its charge, then the log entry of an alert the charge fired); a
+/// durable commit taken between them, followed by a crash, would keep the charge
+/// and lose the alert for good, since only the crossing request fires it. Workers
+/// hold it shared for a whole decision, the committer exclusively for a commit.
+/// Store writes wait for a durable commit in redb anyway (one writer), so holding
+/// workers off during it costs next to nothing.
+type CommitGate = RwLock<()>;
+
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").finish_non_exhaustive()
@@ -125,6 +134,7 @@ impl Gateway {
         let stats = Arc::new(Mutex::new(GatewayStats::default()));
         let refusals = Arc::new(Mutex::new(VecDeque::new()));
         let notifier = Arc::new(OnceLock::new());
+        let gate = Arc::new(CommitGate::default());
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
             let shared = Shared {
@@ -133,6 +143,7 @@ impl Gateway {
                 done: done.clone(),
                 stats: stats.clone(),
                 refusals: refusals.clone(),
+                gate: gate.clone(),
             };
             let queue = queue.clone();
             let worker = worker_for(&version, &store)?;
@@ -149,6 +160,7 @@ impl Gateway {
                 &committed,
                 &committer_stats,
                 &committer_notifier,
+                &gate,
             )
         }));
         let gateway = Gateway {
@@ -381,6 +393,7 @@ struct Shared {
     done: Sender<Done>,
     stats: Arc<Mutex<GatewayStats>>,
     refusals: Arc<Mutex<VecDeque<Refusal>>>,
+    gate: Arc<CommitGate>,
 }
 
 fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Shared) {
@@ -390,6 +403,7 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
         done,
         stats,
         refusals,
+        gate,
     } = shared;
     loop {
         // One worker waits on the queue at a time; the others wait on the lock.
@@ -407,6 +421,7 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
             }
         }
         let worker = &mut current.0;
+        let decision = gate.read().unwrap_or_else(PoisonError::into_inner);
         let (op, account, answer) = match job.work {
             Work::Decide(request) => {
                 let op = request.op();
@@ -459,6 +474,7 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
                 tracing::warn!(account = %alert.account, "cannot log an alert: {e}");
             }
         }
+        drop(decision);
         {
             let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(t) = worker.last_call() {
@@ -501,12 +517,15 @@ fn commit(
     committed: &Receiver<Done>,
     stats: &Mutex<GatewayStats>,
     notifier: &OnceLock<Notifier>,
+    gate: &CommitGate,
 ) {
     while let Ok(first) = committed.recv() {
         let mut batch = vec![first];
         batch.extend(committed.try_iter());
         let started = Instant::now();
+        let sealed = gate.write().unwrap_or_else(PoisonError::into_inner);
         let persisted = store.persist().map_err(|e: StoreError| e.to_string());
+        drop(sealed);
         let durable = Instant::now();
         let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
         stats.commit.record(durable - started);

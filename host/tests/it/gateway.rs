@@ -1,14 +1,15 @@
 //! The worker pool with group commit: exact under concurrency, durable before it
 //! answers, and reloadable without failing a request in flight.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
-use creditgate::bindings::Reason;
+use creditgate::bindings::{CounterAdded, Reason};
 use creditgate::gateway::Gateway;
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
-use creditgate::store::{RedbStore, Store};
+use creditgate::store::{RedbStore, Store, StoreError};
 
 use crate::harness;
 
@@ -205,4 +206,184 @@ fn after_shutdown_requests_are_refused_not_lost() {
         )
         .expect_err("stopped");
     assert!(matches!(err, creditgate::gateway::GatewayError::Stopped));
+}
+
+/// A redb store that holds the first charge it applies open for a while (as a
+/// preempted worker would between two store calls) and keeps a copy of the file
+/// as the first durable commit after that charge leaves it: the image a crash
+/// right after that commit would restart from.
+struct SlowAfterCharge {
+    inner: RedbStore,
+    path: std::path::PathBuf,
+    image: std::path::PathBuf,
+    charged: std::sync::atomic::AtomicBool,
+    imaged: std::sync::atomic::AtomicBool,
+    signal: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+impl Store for SlowAfterCharge {
+    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.record_get(scope, key)
+    }
+    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        self.inner.record_insert(scope, key, value)
+    }
+    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        self.inner.record_update(scope, key, value)
+    }
+    fn counter_get(&self, scope: &str, name: &str, now: i64) -> Result<u64, StoreError> {
+        self.inner.counter_get(scope, name, now)
+    }
+    fn counter_add(
+        &self,
+        scope: &str,
+        name: &str,
+        add: creditgate::store::CounterAdd<'_>,
+    ) -> Result<CounterAdded, StoreError> {
+        let added = self.inner.counter_add(scope, name, add)?;
+        let charge = !scope.starts_with('\u{1}') && matches!(added, CounterAdded::Applied(_));
+        if charge && !self.charged.swap(true, Ordering::SeqCst) {
+            if let Some(signal) = self.signal.lock().expect("lock").take() {
+                let _ = signal.send(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        Ok(added)
+    }
+    fn member_add(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> Result<creditgate::bindings::MemberAdded, StoreError> {
+        self.inner.member_add(scope, group, member, limit)
+    }
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<creditgate::bindings::MembersAdded, StoreError> {
+        self.inner.member_add_many(scope, group, members, limit)
+    }
+    fn member_remove(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<creditgate::bindings::MemberRemoved, StoreError> {
+        self.inner.member_remove(scope, group, member)
+    }
+    fn group_clear(
+        &self,
+        scope: &str,
+        group: &str,
+    ) -> Result<creditgate::bindings::GroupCleared, StoreError> {
+        self.inner.group_clear(scope, group)
+    }
+    fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
+        self.inner.member_count(scope)
+    }
+    fn persist(&self) -> Result<(), StoreError> {
+        self.inner.persist()?;
+        if self.charged.load(Ordering::SeqCst) && !self.imaged.swap(true, Ordering::SeqCst) {
+            std::fs::copy(&self.path, &self.image).expect("copies the crash image");
+        }
+        Ok(())
+    }
+    fn scopes(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.scopes()
+    }
+    fn visit_members(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        self.inner.visit_members(scope, group, visit)
+    }
+    fn export_scope(&self, scope: &str) -> Result<creditgate::store::ScopeDump, StoreError> {
+        self.inner.export_scope(scope)
+    }
+    fn import_scope(
+        &self,
+        scope: &str,
+        dump: &creditgate::store::ScopeDump,
+    ) -> Result<(), StoreError> {
+        self.inner.import_scope(scope, dump)
+    }
+}
+
+#[test]
+fn no_commit_lands_between_a_charge_and_the_alert_it_fired() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("live.redb");
+    let image = dir.path().join("image.redb");
+    let (signal, charged) = std::sync::mpsc::channel();
+    let store = Arc::new(SlowAfterCharge {
+        inner: RedbStore::open(&path).expect("opens"),
+        path,
+        image: image.clone(),
+        charged: Default::default(),
+        imaged: Default::default(),
+        signal: Mutex::new(Some(signal)),
+    });
+    let policy = "[plans.one]\nlead_credits = 1\nemail_credits = 1\n";
+    let (gateway, _) =
+        Gateway::start(crate::harness::shared_runtime(), store, policy, 2).expect("starts");
+    let gateway = Arc::new(gateway);
+    for account in ["acme", "zeta"] {
+        let subscribe = Request::Subscribe {
+            account: account.into(),
+            plan: "one".into(),
+        };
+        assert_eq!(
+            gateway
+                .decide_blocking(subscribe, at("2026-01-01T00:00:00Z"))
+                .expect("decides")
+                .denied,
+            None
+        );
+    }
+    // acme's one send crosses 80% and 100%; while it sits between its charge and
+    // its alerts, zeta's send asks for a commit.
+    let sender = gateway.clone();
+    let crossing = std::thread::spawn(move || {
+        let charge = Request::ChargeEmail {
+            account: "acme".into(),
+            cost: 1,
+            message_id: None,
+        };
+        sender
+            .decide_blocking(charge, at("2026-01-02T00:00:00Z"))
+            .expect("decides")
+    });
+    charged
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("acme's charge is applied");
+    let other = Request::ChargeEmail {
+        account: "zeta".into(),
+        cost: 1,
+        message_id: None,
+    };
+    gateway
+        .decide_blocking(other, at("2026-01-02T00:00:00Z"))
+        .expect("decides");
+    assert_eq!(crossing.join().expect("joins").charged, 1);
+    gateway.shutdown();
+
+    // The first durable state after the charge holds its alerts too.
+    let image = RedbStore::open(&image).expect("the image opens");
+    let used = image
+        .counter_get("acme", "email/0", at("2026-01-02T00:00:00Z"))
+        .expect("reads");
+    let alerts: Vec<u8> = creditgate::alerts::list(&image, Some("acme"))
+        .expect("reads the log")
+        .iter()
+        .map(|a| a.threshold)
+        .collect();
+    assert_eq!(used, 1, "the charge is in the image");
+    assert_eq!(alerts, [80, 100], "and so are the alerts it fired");
 }
