@@ -631,8 +631,16 @@ impl Postfix {
         // `postfix start` creates the queue's subdirectories and the data directory
         // with the right owners, but not the queue directory itself.
         std::fs::create_dir(&queue_dir).expect("creates the queue directory");
-        std::fs::copy("/etc/postfix/master.cf", config_dir.join("master.cf"))
-            .expect("copies Debian's master.cf, which the postfix package installs");
+        // The package's master.cf (its services and their programs), copied and
+        // then edited here; the original is only read.
+        let default_dir = Command::new(sbin("postconf"))
+            .args(["-h", "-d", "config_directory"])
+            .output()
+            .expect("postconf runs");
+        let default_dir = PathBuf::from(String::from_utf8_lossy(&default_dir.stdout).trim());
+        let master_cf = default_dir.join("master.cf");
+        std::fs::copy(&master_cf, config_dir.join("master.cf"))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", master_cf.display()));
         std::fs::write(config_dir.join("main.cf"), "").expect("writes main.cf");
         let maillog = base.join("maillog");
         let smtp_port = free_port();
