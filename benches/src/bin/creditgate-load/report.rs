@@ -180,9 +180,16 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
         );
     }
     let _ = writeln!(out, "\nreplies");
+    let width = stats
+        .replies
+        .keys()
+        .map(|r| r.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(24);
     for (reply, n) in &stats.replies {
         let share = 100.0 * *n as f64 / decisions.max(1) as f64;
-        let _ = writeln!(out, "  {reply:<24}{n:>10}  {share:5.1}%");
+        let _ = writeln!(out, "  {reply:<width$}{n:>10}  {share:5.1}%");
     }
     out
 }
