@@ -142,6 +142,42 @@ pub enum DecideError {
     /// The component trapped and a fresh instance could not be made either.
     #[error("the policy component trapped and could not be restarted: {0}")]
     Restart(LoadError),
+    /// The component answered something no policy could mean (denied yet
+    /// charged, a batch with the wrong number of results, ...): a broken or
+    /// hostile component. The answer is not used; what it did to the store stands.
+    #[error("the policy component answered an impossible result: {0}")]
+    Contract(String),
+}
+
+/// Checks what the WIT promises about a decision and that the types cannot say.
+fn check_decision(d: &Decision) -> Result<(), String> {
+    if d.denied.is_some() && (d.charged > 0 || d.freed > 0 || !d.alerts.is_empty()) {
+        return Err(format!(
+            "denied, yet charged {}, freed {} and fired {} alert(s)",
+            d.charged,
+            d.freed,
+            d.alerts.len()
+        ));
+    }
+    if let Some(u) = &d.usage
+        && u.email_credits.resets_at <= u.email_credits.cycle_start
+    {
+        return Err("a billing cycle that ends before it starts".into());
+    }
+    check_alerts(&d.alerts)
+}
+
+fn check_alerts(alerts: &[crate::bindings::Alert]) -> Result<(), String> {
+    match alerts
+        .iter()
+        .find(|a| !(1..=100).contains(&a.threshold) || a.limit == 0)
+    {
+        Some(a) => Err(format!(
+            "an alert at {}% of a limit of {}",
+            a.threshold, a.limit
+        )),
+        None => Ok(()),
+    }
 }
 
 fn describe_guest_error(e: &GuestError) -> String {
@@ -592,6 +628,12 @@ impl Worker {
     /// The decision's effects are applied in the store but not necessarily durable:
     /// call [`Worker::persist`] before acknowledging it to anyone.
     pub fn decide(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
+        let decision = self.decide_unchecked(request, now)?;
+        check_decision(&decision).map_err(DecideError::Contract)?;
+        Ok(decision)
+    }
+
+    fn decide_unchecked(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let budget = self.config.decision_budget;
         self.call(request.op(), budget, |p, s| match request {
             Request::Subscribe { account, plan } => p.call_subscribe(s, account, plan, now),
@@ -640,9 +682,28 @@ impl Worker {
         let per_address = Duration::from_micros(20)
             .saturating_mul(u32::try_from(emails.len()).unwrap_or(u32::MAX));
         let budget = self.config.decision_budget.saturating_add(per_address);
-        self.call(Op::AddLeads, budget, |p, s| {
+        let batch = self.call(Op::AddLeads, budget, |p, s| {
             p.call_add_leads(s, account, campaign, emails, now)
-        })
+        })?;
+        let expected = if batch.denied.is_some() {
+            0
+        } else {
+            emails.len()
+        };
+        if batch.results.len() != expected {
+            return Err(DecideError::Contract(format!(
+                "{} result(s) for a batch of {} address(es){}",
+                batch.results.len(),
+                emails.len(),
+                if batch.denied.is_some() {
+                    ", denied"
+                } else {
+                    ""
+                }
+            )));
+        }
+        check_alerts(&batch.alerts).map_err(DecideError::Contract)?;
+        Ok(batch)
     }
 
     /// Email credits used in each of the last `cycles` billing cycles of `account`
@@ -654,9 +715,16 @@ impl Worker {
         now: i64,
     ) -> Result<Vec<CycleUsage>, DecideError> {
         let budget = self.config.decision_budget;
-        self.call(Op::EmailHistory, budget, |p, s| {
+        let history = self.call(Op::EmailHistory, budget, |p, s| {
             p.call_email_history(s, account, cycles, now)
-        })
+        })?;
+        if history.len() > 12 || history.iter().any(|c| c.end <= c.start) {
+            return Err(DecideError::Contract(format!(
+                "a history of {} cycle(s), or a cycle that ends before it starts",
+                history.len()
+            )));
+        }
+        Ok(history)
     }
 
     /// Runs one export under `budget`, timing it into the latency histograms; a trap

@@ -201,3 +201,41 @@ fn bytes_that_are_not_a_component_are_refused() {
         Runtime::new(&ComponentSource::File(path), RuntimeConfig::default()).expect_err("refused");
     assert!(matches!(err, LoadError::Component { .. }), "{err}");
 }
+
+#[test]
+fn impossible_answers_are_errors_not_decisions() {
+    let (mut worker, _) = hostile_worker("lie");
+    for account in ["boom-denied-charged", "boom-alert", "boom-cycle"] {
+        let err = worker
+            .decide(&usage(account), 0)
+            .expect_err("a contradictory answer is not a decision");
+        assert!(matches!(err, DecideError::Contract(_)), "{account}: {err}");
+        still_serves(&mut worker);
+    }
+    let emails: Vec<String> = ["a@x.io", "b@x.io", "c@x.io"].map(String::from).into();
+    let err = worker
+        .add_leads("innocent", "c", &emails, 0)
+        .expect_err("a batch answered one short");
+    assert!(
+        err.to_string().contains("2 result(s) for a batch of 3"),
+        "{err}"
+    );
+
+    // At the gateway, the same is an error its front ends answer per their
+    // fail-open or fail-closed setting, and every other request goes on.
+    let runtime = Arc::new(hostile_runtime(config()));
+    let (gateway, _) =
+        creditgate::gateway::Gateway::start(runtime, Arc::new(MemoryStore::new()), "lie", 1)
+            .expect("starts");
+    let charge = Request::ChargeEmail {
+        account: "boom-denied-charged".into(),
+        cost: 1,
+        message_id: None,
+    };
+    let err = gateway.decide_blocking(charge, 0).expect_err("no decision");
+    assert!(err.to_string().contains("impossible result"), "{err}");
+    let fine = gateway
+        .decide_blocking(usage("innocent"), 0)
+        .expect("the gateway keeps serving");
+    assert_eq!(fine.denied, None);
+}

@@ -13,6 +13,7 @@
 //! | `trap`            | a decision traps (a panic, which aborts)                  |
 //! | `charge-then-trap`| a decision takes a lead credit through the host, then traps |
 //! | `slow-store`      | a decision makes many store calls (host time, not guest)  |
+//! | `lie`             | answers contradict themselves (denied yet charged, a 250% alert, a batch with the wrong number of results, a cycle ending before it starts) |
 //! | `loop-on-load`    | `load-policy` spins forever                               |
 //! | `trap-on-load`    | `load-policy` traps                                       |
 //! | anything else     | `load-policy` fails with one diagnostic                   |
@@ -29,7 +30,8 @@ wit_bindgen::generate!({
 
 use creditgate::policy::state;
 use exports::creditgate::policy::policy::{
-    CycleUsage, Decision, Diagnostic, EmailKind, Error, Guest, LeadBatch, PolicySummary,
+    AccountUsage, Alert, Credit, CycleUsage, Decision, Diagnostic, EmailKind, EmailUsage, Error,
+    Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PolicySummary, Reason,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,7 @@ enum Mode {
     Trap,
     ChargeThenTrap,
     SlowStore,
+    Lie,
 }
 
 thread_local! {
@@ -104,7 +107,44 @@ fn decide(account: &str) -> Result<Decision, Error> {
             }
             Ok(allowed)
         }
+        Some(Mode::Lie) => Ok(match account {
+            "boom-denied-charged" => Decision {
+                denied: Some(Reason::EmailCreditsExhausted),
+                charged: 3,
+                ..allowed
+            },
+            "boom-alert" => Decision {
+                alerts: vec![Alert {
+                    credit: Credit::Email,
+                    threshold: 250,
+                    used: 1,
+                    limit: 10,
+                }],
+                ..allowed
+            },
+            _ => Decision {
+                usage: Some(AccountUsage {
+                    plan: "p".into(),
+                    anchor: 0,
+                    lead_credits: LeadUsage {
+                        used: 0,
+                        limit: None,
+                    },
+                    email_credits: EmailUsage {
+                        used: 0,
+                        limit: None,
+                        cycle_start: 10,
+                        resets_at: 5,
+                    },
+                }),
+                ..allowed
+            },
+        }),
     }
+}
+
+fn lie_mode() -> bool {
+    matches!(MODE.with(Cell::get), Some(Mode::Lie))
 }
 
 impl Guest for Hostile {
@@ -116,6 +156,7 @@ impl Guest for Hostile {
             "trap" => Mode::Trap,
             "charge-then-trap" => Mode::ChargeThenTrap,
             "slow-store" => Mode::SlowStore,
+            "lie" => Mode::Lie,
             "loop-on-load" => spin(),
             "trap-on-load" => panic!("hostile guest traps while loading"),
             other => {
@@ -151,12 +192,18 @@ impl Guest for Hostile {
     fn add_leads(
         account: String,
         _campaign: String,
-        _emails: Vec<String>,
+        emails: Vec<String>,
         _now: i64,
     ) -> Result<LeadBatch, Error> {
         decide(&account).map(|_| LeadBatch {
             denied: None,
-            results: Vec::new(),
+            // One result per address is the contract; a liar answers one short.
+            results: (0..emails.len().saturating_sub(usize::from(lie_mode())))
+                .map(|_| LeadResult {
+                    outcome: LeadOutcome::Added,
+                    contact: 1,
+                })
+                .collect(),
             usage: None,
             alerts: Vec::new(),
         })
