@@ -84,7 +84,10 @@ impl FiredAlert {
     /// The log's key: ordered by time, then by the log's own sequence number
     /// (two alerts may carry one instant: a replayed trace, a clock step back).
     fn key(&self, at: i64, sequence: u64) -> String {
-        format!("{at:020}/{sequence:020}/{}/{:03}", self.credit, self.threshold)
+        format!(
+            "{at:020}/{sequence:020}/{}/{:03}",
+            self.credit, self.threshold
+        )
     }
 }
 
