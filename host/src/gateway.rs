@@ -422,36 +422,39 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
         }
         let worker = &mut current.0;
         let decision = gate.read().unwrap_or_else(PoisonError::into_inner);
-        let (op, account, answer) = match job.work {
-            Work::Decide(request) => {
-                let op = request.op();
-                let answer = worker.decide(&request, job.now).map(Answer::Decision);
-                (op, request.into_account(), answer)
-            }
+        // Borrowed from the job: the account is copied only for the rare refusal.
+        let (op, account, answer) = match &job.work {
+            Work::Decide(request) => (
+                request.op(),
+                request.account(),
+                worker.decide(request, job.now).map(Answer::Decision),
+            ),
             Work::AddLeads {
                 account,
                 campaign,
                 emails,
-            } => {
-                let answer = worker
-                    .add_leads(&account, &campaign, &emails, job.now)
-                    .map(Answer::Leads);
-                (Op::AddLeads, account, answer)
-            }
-            Work::EmailHistory { account, cycles } => {
-                let answer = worker
-                    .email_history(&account, cycles, job.now)
-                    .map(Answer::History);
-                (Op::EmailHistory, account, answer)
-            }
+            } => (
+                Op::AddLeads,
+                account.as_str(),
+                worker
+                    .add_leads(account, campaign, emails, job.now)
+                    .map(Answer::Leads),
+            ),
+            Work::EmailHistory { account, cycles } => (
+                Op::EmailHistory,
+                account.as_str(),
+                worker
+                    .email_history(account, *cycles, job.now)
+                    .map(Answer::History),
+            ),
         };
         let (denied, fired) = match &answer {
-            Ok(Answer::Decision(d)) => (d.denied, FiredAlert::of_decision(&account, d, job.now)),
+            Ok(Answer::Decision(d)) => (d.denied, FiredAlert::of_decision(account, d, job.now)),
             Ok(Answer::Leads(b)) => {
                 let resets_at = b.usage.as_ref().map(|u| u.email_credits.resets_at);
                 (
                     b.denied,
-                    FiredAlert::of(&account, &b.alerts, job.now, resets_at),
+                    FiredAlert::of(account, &b.alerts, job.now, resets_at),
                 )
             }
             _ => (None, Vec::new()),
@@ -462,7 +465,7 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
                 kept.pop_front();
             }
             kept.push_back(Refusal {
-                account,
+                account: account.to_owned(),
                 op,
                 reason,
                 at: job.now,
@@ -490,9 +493,10 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
         if op.is_read_only() {
             // Nothing to make durable: a check at RCPT or a usage query is answered
             // at once instead of waiting behind the next disk sync.
-            let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-            stats.count(op, outcome(&answer));
-            drop(stats);
+            stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .count(op, outcome(&answer));
             let _ = job.reply.send(answer);
             continue;
         }

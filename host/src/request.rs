@@ -136,19 +136,4 @@ impl Request {
             | Request::Usage { account } => account,
         }
     }
-
-    /// The account, taken out of the request.
-    pub fn into_account(self) -> String {
-        match self {
-            Request::Subscribe { account, .. }
-            | Request::ChangePlan { account, .. }
-            | Request::AddLead { account, .. }
-            | Request::DeleteLead { account, .. }
-            | Request::DeleteCampaignLeads { account, .. }
-            | Request::SendEmail { account, .. }
-            | Request::ChargeEmail { account, .. }
-            | Request::CheckEmail { account, .. }
-            | Request::Usage { account } => account,
-        }
-    }
 }
