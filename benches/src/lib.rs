@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use creditgate::bindings as host;
-use creditgate::store::{CounterAdd, Store, StoreError};
+use creditgate::store::{CounterAdd, Guard, Store, StoreError};
 use creditgate_guest::bindings as guest;
 use creditgate_guest::engine::State;
 
@@ -147,5 +147,68 @@ impl State for NativeState {
     }
     fn member_count(&mut self, scope: &str) -> Result<u64, guest::StateError> {
         self.0.member_count(scope).map_err(state_error)
+    }
+    fn counter_add_guarded(
+        &mut self,
+        scope: &str,
+        guard: &guest::Guard,
+        name: &str,
+        amount: u64,
+        limit: Option<u64>,
+        once: Option<&guest::Once>,
+        expires_at: Option<i64>,
+        now: i64,
+    ) -> Result<guest::GuardedAdd, guest::StateError> {
+        let once = once.map(|o| host::Once {
+            key: o.key.clone(),
+            expires_at: o.expires_at,
+        });
+        let add = CounterAdd {
+            amount,
+            limit,
+            once: once.as_ref(),
+            expires_at,
+            now,
+        };
+        let guard = Some(Guard {
+            key: &guard.key,
+            value: &guard.value,
+        });
+        let tally = |t: host::Tally| guest::Tally {
+            counter: t.counter,
+            members: t.members,
+        };
+        Ok(
+            match self
+                .0
+                .counter_add_guarded(scope, guard, name, add)
+                .map_err(state_error)?
+            {
+                host::GuardedAdd::Applied(t) => guest::GuardedAdd::Applied(tally(t)),
+                host::GuardedAdd::Repeated(t) => guest::GuardedAdd::Repeated(tally(t)),
+                host::GuardedAdd::Refused(t) => guest::GuardedAdd::Refused(tally(t)),
+                host::GuardedAdd::Stale => guest::GuardedAdd::Stale,
+            },
+        )
+    }
+    fn counter_tally(
+        &mut self,
+        scope: &str,
+        guard: &guest::Guard,
+        name: &str,
+        now: i64,
+    ) -> Result<Option<guest::Tally>, guest::StateError> {
+        let guard = Some(Guard {
+            key: &guard.key,
+            value: &guard.value,
+        });
+        Ok(self
+            .0
+            .counter_tally(scope, guard, name, now)
+            .map_err(state_error)?
+            .map(|t| guest::Tally {
+                counter: t.counter,
+                members: t.members,
+            }))
     }
 }

@@ -15,10 +15,16 @@ pub const MAX_LEN: usize = 254;
 /// and no empty label; no whitespace or control characters inside; at most
 /// [`MAX_LEN`] characters.
 pub fn normalize(raw: &str) -> Option<String> {
-    let address = raw.trim().to_lowercase();
-    if address.chars().count() > MAX_LEN
-        || address.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    let trimmed = raw.trim();
+    // Nearly every address is ASCII: lowercased without Unicode's case tables.
+    let (address, len) = if trimmed.is_ascii() {
+        (trimmed.to_ascii_lowercase(), trimmed.len())
+    } else {
+        let address = trimmed.to_lowercase();
+        let len = address.chars().count();
+        (address, len)
+    };
+    if len > MAX_LEN || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return None;
     }
     let (local, domain) = address.split_once('@')?;

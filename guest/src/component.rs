@@ -9,8 +9,9 @@ use std::cell::RefCell;
 use crate::bindings::creditgate::policy::state as imports;
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
-    CounterAdded, CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Instant,
-    LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once, PolicySummary, StateError,
+    CounterAdded, CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Guard,
+    GuardedAdd, Instant, LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once, PolicySummary,
+    StateError, Tally,
 };
 use crate::engine::{Engine, State};
 
@@ -77,6 +78,28 @@ impl State for Host {
     }
     fn member_count(&mut self, scope: &str) -> Result<u64, StateError> {
         imports::member_count(scope)
+    }
+    fn counter_add_guarded(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        name: &str,
+        amount: u64,
+        limit: Option<u64>,
+        once: Option<&Once>,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> Result<GuardedAdd, StateError> {
+        imports::counter_add_guarded(scope, guard, name, amount, limit, once, expires_at, now)
+    }
+    fn counter_tally(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StateError> {
+        imports::counter_tally(scope, guard, name, now)
     }
 }
 

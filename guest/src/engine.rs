@@ -18,17 +18,20 @@
 //! Checks that need no state (plan names, addresses) come after the account is
 //! found, so that an unknown account is always reported as such.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::hash::Hasher as _;
 
 use crate::address;
 use crate::bindings::Diagnostic;
 use crate::bindings::{
     AccountUsage, Alert, CounterAdded, Credit, CycleUsage, Decision, EmailKind, EmailUsage, Error,
-    GroupCleared, Instant, LeadBatch, LeadOutcome, LeadResult, LeadUsage, MemberAddOutcome,
-    MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, PolicySummary, Reason,
-    StateError,
+    GroupCleared, Guard, GuardedAdd, Instant, LeadBatch, LeadOutcome, LeadResult, LeadUsage,
+    MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once,
+    PolicySummary, Reason, StateError, Tally,
 };
 use crate::cycle::{self, Cycle};
+use crate::known::{Account, Fnv, KnownAccounts, cycle_of, email_counter, out_of_range};
 use crate::policy::{Alerts, Plan, Policy};
 
 /// Billing cycles whose email counts are kept, the current one included.
@@ -74,22 +77,56 @@ pub trait State {
     ) -> Result<MemberRemoved, StateError>;
     fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError>;
     fn member_count(&mut self, scope: &str) -> Result<u64, StateError>;
+    #[allow(clippy::too_many_arguments)]
+    fn counter_add_guarded(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        name: &str,
+        amount: u64,
+        limit: Option<u64>,
+        once: Option<&Once>,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> Result<GuardedAdd, StateError>;
+    fn counter_tally(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StateError>;
 }
 
-const ACCOUNT_RECORD: &str = "account";
+pub(crate) const ACCOUNT_RECORD: &str = "account";
 
-/// The policy engine of one instance: the loaded policy, if any.
+/// The policy engine of one instance: the loaded policy, if any, and what it knows
+/// of the accounts it has decided for.
 #[derive(Debug, Default)]
 pub struct Engine {
     policy: Option<Policy>,
+    known: RefCell<KnownAccounts>,
 }
 
-/// An existing account as read from state, with its plan resolved.
-struct Account {
-    anchor: Instant,
-    plan_name: String,
-    plan: Plan,
+/// What an email decision does once its account is found.
+enum EmailStep<'m> {
+    /// Take `cost` credits, at most once per message id and cycle.
+    Charge {
+        cost: u64,
+        message_id: Option<&'m str>,
+    },
+    /// Say whether `cost` credits are left, taking none.
+    Check {
+        cost: u64,
+    },
+    /// Report the usage only.
+    Report,
+    Deny(Reason),
 }
+
+/// Most tries of a decision whose guard keeps failing. Each failure means the
+/// account's record changed after it was read, which takes a plan change.
+const ATTEMPTS: usize = 4;
 
 /// What a decision does besides allowing or denying.
 #[derive(Default)]
@@ -106,6 +143,7 @@ impl Engine {
         let (policy, warnings) = Policy::parse(text)?;
         let summary = policy.summary(warnings);
         self.policy = Some(policy);
+        self.known.get_mut().clear();
         Ok(summary)
     }
 
@@ -156,6 +194,7 @@ impl Engine {
             Ok(acct) => (acct.anchor, Some(acct.plan)),
             Err((anchor, _)) => (anchor, None),
         };
+        self.known.borrow_mut().forget(account);
         if !st.record_update(account, ACCOUNT_RECORD, &account_record(anchor, plan))? {
             return Ok(deny(Reason::UnknownAccount, None));
         }
@@ -328,26 +367,31 @@ impl Engine {
         now: Instant,
     ) -> Result<Decision, Error> {
         let costs = self.loaded()?.email_costs;
-        self.with_account(st, account, now, |st, acct| {
-            let mut recipients = BTreeSet::new();
-            for raw in to {
-                let Some(contact) = address::normalize(raw) else {
-                    return Ok(Err(Reason::InvalidEmail));
-                };
-                recipients.insert(contact);
-            }
-            if recipients.is_empty() {
-                return Ok(Err(Reason::NoRecipients));
-            }
-            let count = u64::try_from(recipients.len()).unwrap_or(u64::MAX);
-            charge(
-                st,
-                account,
-                acct,
-                count.saturating_mul(costs.of(kind)),
+        self.email_decision(st, account, now, || {
+            let count = match to {
+                // The common case, without a set to count distinct recipients.
+                [one] => match address::normalize(one) {
+                    Some(_) => 1,
+                    None => return EmailStep::Deny(Reason::InvalidEmail),
+                },
+                _ => {
+                    let mut recipients = BTreeSet::new();
+                    for raw in to {
+                        let Some(contact) = address::normalize(raw) else {
+                            return EmailStep::Deny(Reason::InvalidEmail);
+                        };
+                        recipients.insert(contact);
+                    }
+                    if recipients.is_empty() {
+                        return EmailStep::Deny(Reason::NoRecipients);
+                    }
+                    u64::try_from(recipients.len()).unwrap_or(u64::MAX)
+                }
+            };
+            EmailStep::Charge {
+                cost: count.saturating_mul(costs.of(kind)),
                 message_id,
-                now,
-            )
+            }
         })
     }
 
@@ -361,11 +405,9 @@ impl Engine {
         message_id: Option<&str>,
         now: Instant,
     ) -> Result<Decision, Error> {
-        self.with_account(st, account, now, |st, acct| {
-            if cost == 0 {
-                return Ok(Err(Reason::NoRecipients));
-            }
-            charge(st, account, acct, cost, message_id, now)
+        self.email_decision(st, account, now, || match cost {
+            0 => EmailStep::Deny(Reason::NoRecipients),
+            _ => EmailStep::Charge { cost, message_id },
         })
     }
 
@@ -376,19 +418,7 @@ impl Engine {
         cost: u64,
         now: Instant,
     ) -> Result<Decision, Error> {
-        self.with_account(st, account, now, |st, acct| {
-            let cycle = cycle_of(acct.anchor, now)?;
-            let used = st.counter_get(account, &email_counter(&cycle), now)?;
-            let fits = match acct.plan.email_credits {
-                None => true,
-                Some(limit) => used.checked_add(cost).is_some_and(|total| total <= limit),
-            };
-            Ok(if fits {
-                Ok(Effect::default())
-            } else {
-                Err(Reason::EmailCreditsExhausted)
-            })
-        })
+        self.email_decision(st, account, now, || EmailStep::Check { cost })
     }
 
     pub fn usage(
@@ -397,7 +427,94 @@ impl Engine {
         account: &str,
         now: Instant,
     ) -> Result<Decision, Error> {
-        self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))
+        self.email_decision(st, account, now, || EmailStep::Report)
+    }
+
+    /// A decision on the account's email counter: one guarded state call for a
+    /// known account, which also answers the usage the decision reports. `step`
+    /// runs once the account is found, so that an unknown account is reported as
+    /// such whatever else is wrong with the request.
+    fn email_decision<'m, S: State>(
+        &self,
+        st: &mut S,
+        account: &str,
+        now: Instant,
+        step: impl Fn() -> EmailStep<'m>,
+    ) -> Result<Decision, Error> {
+        let policy = self.loaded()?;
+        let mut known = self.known.borrow_mut();
+        for _ in 0..ATTEMPTS {
+            let entry = match known.get_mut(account) {
+                Some(entry) => entry,
+                None => match self.read_account(st, account)? {
+                    None => return Ok(deny(Reason::UnknownAccount, None)),
+                    Some((_, Err(_))) => return Ok(deny(Reason::UnknownPlan, None)),
+                    Some((record, Ok(found))) => known.insert(account, record, found),
+                },
+            };
+            let step = step();
+            let (guard, acct, cycle) = entry.at(now)?;
+            let limit = acct.plan.email_credits;
+            let tallied = |st: &mut S| st.counter_tally(account, guard, &cycle.counter, now);
+            let decided = match step {
+                EmailStep::Charge { cost, message_id } => {
+                    let once = message_id.map(|id| Once {
+                        key: format!("msg/{}/{id}", cycle.cycle.index),
+                        expires_at: cycle.cycle.end,
+                    });
+                    let added = st.counter_add_guarded(
+                        account,
+                        guard,
+                        &cycle.counter,
+                        cost,
+                        limit,
+                        once.as_ref(),
+                        Some(cycle.kept_until),
+                        now,
+                    )?;
+                    match added {
+                        GuardedAdd::Applied(t) => Some((Ok(cost), t)),
+                        GuardedAdd::Repeated(t) => Some((Ok(0), t)),
+                        GuardedAdd::Refused(t) => Some((Err(Reason::EmailCreditsExhausted), t)),
+                        GuardedAdd::Stale => None,
+                    }
+                }
+                EmailStep::Check { cost } => tallied(st)?.map(|t| {
+                    let fits = limit.is_none_or(|limit| {
+                        t.counter
+                            .checked_add(cost)
+                            .is_some_and(|total| total <= limit)
+                    });
+                    let outcome = if fits {
+                        Ok(0)
+                    } else {
+                        Err(Reason::EmailCreditsExhausted)
+                    };
+                    (outcome, t)
+                }),
+                EmailStep::Report => tallied(st)?.map(|t| (Ok(0), t)),
+                EmailStep::Deny(reason) => tallied(st)?.map(|t| (Err(reason), t)),
+            };
+            let Some((outcome, tally)) = decided else {
+                // Another worker or host changed the account: read it again.
+                known.forget(account);
+                continue;
+            };
+            let usage = usage_from(acct, &cycle.cycle, tally);
+            return Ok(match outcome {
+                Ok(charged) => Decision {
+                    denied: None,
+                    charged,
+                    freed: 0,
+                    alerts: crossed(&policy.alerts, Credit::Email, charged, tally.counter, limit),
+                    usage: Some(usage),
+                },
+                Err(reason) => deny(reason, Some(usage)),
+            });
+        }
+        Err(Error::State(StateError::Unavailable(format!(
+            "the record of account {account:?} changed {ATTEMPTS} times during one decision"
+        ))))
     }
 
     fn loaded(&self) -> Result<&Policy, Error> {
@@ -421,7 +538,6 @@ impl Engine {
         let mut st = Remembering {
             inner: st,
             members: None,
-            counter: None,
         };
         let outcome = rule(&mut st, &acct)?;
         let usage = self.usage_of(&mut st, account, &acct, now)?;
@@ -477,6 +593,16 @@ impl Engine {
         st: &mut impl State,
         account: &str,
     ) -> Result<Option<Result<Account, (Instant, String)>>, Error> {
+        Ok(self.read_account(st, account)?.map(|(_, found)| found))
+    }
+
+    /// [`Engine::account`] with the record it was read from.
+    #[allow(clippy::type_complexity)]
+    fn read_account(
+        &self,
+        st: &mut impl State,
+        account: &str,
+    ) -> Result<Option<(String, Result<Account, (Instant, String)>)>, Error> {
         let policy = self.loaded()?;
         let Some(record) = st.record_get(account, ACCOUNT_RECORD)? else {
             return Ok(None);
@@ -486,14 +612,15 @@ impl Engine {
                 "account record of {account:?} is malformed: {record:?}"
             )))
         })?;
-        Ok(Some(match policy.plans.get(plan_name) {
+        let found = match policy.plans.get(plan_name) {
             Some(plan) => Ok(Account {
                 anchor,
                 plan_name: plan_name.to_string(),
                 plan: *plan,
             }),
             None => Err((anchor, plan_name.to_string())),
-        }))
+        };
+        Ok(Some((record, found)))
     }
 
     fn usage_of(
@@ -504,80 +631,38 @@ impl Engine {
         now: Instant,
     ) -> Result<AccountUsage, Error> {
         let cycle = cycle_of(acct.anchor, now)?;
-        let email_used = st.counter_get(account, &email_counter(&cycle), now)?;
-        let lead_used = st.member_count(account)?;
-        Ok(AccountUsage {
-            plan: acct.plan_name.clone(),
-            anchor: acct.anchor,
-            lead_credits: LeadUsage {
-                used: lead_used,
-                limit: acct.plan.lead_credits,
-            },
-            email_credits: EmailUsage {
-                used: email_used,
-                limit: acct.plan.email_credits,
-                cycle_start: cycle.start,
-                resets_at: cycle.end,
-            },
-        })
+        let tally = Tally {
+            counter: st.counter_get(account, &email_counter(&cycle), now)?,
+            members: st.member_count(account)?,
+        };
+        Ok(usage_from(acct, &cycle, tally))
     }
 }
 
-/// Takes `cost` email credits of the account's current cycle, all or nothing, at
-/// most once per message id and cycle.
-fn charge(
-    st: &mut impl State,
-    account: &str,
-    acct: &Account,
-    cost: u64,
-    message_id: Option<&str>,
-    now: Instant,
-) -> Result<Result<Effect, Reason>, Error> {
-    let cycle = cycle_of(acct.anchor, now)?;
-    let once = message_id.map(|id| Once {
-        key: format!("msg/{}/{id}", cycle.index),
-        expires_at: cycle.end,
-    });
-    let counter = email_counter(&cycle);
-    let limit = acct.plan.email_credits;
-    Ok(
-        match st.counter_add(
-            account,
-            &counter,
-            cost,
-            limit,
-            once.as_ref(),
-            Some(kept_until(acct.anchor, &cycle)?),
-            now,
-        )? {
-            CounterAdded::Applied(_) => Ok(Effect {
-                charged: cost,
-                freed: 0,
-                credit: Some(Credit::Email),
-            }),
-            CounterAdded::Repeated(_) => Ok(Effect::default()),
-            CounterAdded::Refused(_) => Err(Reason::EmailCreditsExhausted),
+/// An account's usage in `cycle`, from its email counter and member count.
+fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally) -> AccountUsage {
+    AccountUsage {
+        plan: acct.plan_name.clone(),
+        anchor: acct.anchor,
+        lead_credits: LeadUsage {
+            used: tally.members,
+            limit: acct.plan.lead_credits,
         },
-    )
+        email_credits: EmailUsage {
+            used: tally.counter,
+            limit: acct.plan.email_credits,
+            cycle_start: cycle.start,
+            resets_at: cycle.end,
+        },
+    }
 }
 
-/// The state seen through one decision: it remembers the member count and the
-/// counter value its primitives just answered, so that reporting the usage after
-/// the decision does not cross the boundary again to read them back (a send or a
-/// lead addition then costs three host calls instead of four).
+/// The state seen through one lead decision: it remembers the member count its
+/// primitive just answered, so that reporting the usage after the decision does
+/// not cross the boundary again to read it back.
 struct Remembering<'s, S> {
     inner: &'s mut S,
     members: Option<u64>,
-    counter: Option<(String, u64)>,
-}
-
-impl<S> Remembering<'_, S> {
-    fn seen_counter(&mut self, name: &str, added: CounterAdded) -> CounterAdded {
-        let (CounterAdded::Applied(v) | CounterAdded::Repeated(v) | CounterAdded::Refused(v)) =
-            added;
-        self.counter = Some((name.to_string(), v));
-        added
-    }
 }
 
 impl<S: State> State for Remembering<'_, S> {
@@ -591,10 +676,7 @@ impl<S: State> State for Remembering<'_, S> {
         self.inner.record_update(scope, key, value)
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
-        match &self.counter {
-            Some((seen, value)) if seen == name => Ok(*value),
-            _ => self.inner.counter_get(scope, name, now),
-        }
+        self.inner.counter_get(scope, name, now)
     }
     fn counter_add(
         &mut self,
@@ -606,10 +688,8 @@ impl<S: State> State for Remembering<'_, S> {
         expires_at: Option<Instant>,
         now: Instant,
     ) -> Result<CounterAdded, StateError> {
-        let added = self
-            .inner
-            .counter_add(scope, name, amount, limit, once, expires_at, now)?;
-        Ok(self.seen_counter(name, added))
+        self.inner
+            .counter_add(scope, name, amount, limit, once, expires_at, now)
     }
     fn member_add(
         &mut self,
@@ -654,6 +734,29 @@ impl<S: State> State for Remembering<'_, S> {
             None => self.inner.member_count(scope),
         }
     }
+    fn counter_add_guarded(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        name: &str,
+        amount: u64,
+        limit: Option<u64>,
+        once: Option<&Once>,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> Result<GuardedAdd, StateError> {
+        self.inner
+            .counter_add_guarded(scope, guard, name, amount, limit, once, expires_at, now)
+    }
+    fn counter_tally(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StateError> {
+        self.inner.counter_tally(scope, guard, name, now)
+    }
 }
 
 fn deny(reason: Reason, usage: Option<AccountUsage>) -> Decision {
@@ -664,24 +767,6 @@ fn deny(reason: Reason, usage: Option<AccountUsage>) -> Decision {
         usage,
         alerts: Vec::new(),
     }
-}
-
-fn cycle_of(anchor: Instant, now: Instant) -> Result<Cycle, Error> {
-    cycle::cycle_at(anchor, now).map_err(out_of_range)
-}
-
-fn out_of_range(_: cycle::OutOfRange) -> Error {
-    Error::InvalidRequest(
-        "the billing cycle of this instant ends after 2262-04-11, the last instant creditgate can count"
-            .into(),
-    )
-}
-
-/// When the email counter of `cycle` may be forgotten: once it has left the last
-/// [`HISTORY_CYCLES`] cycles. Past the end of time, never.
-fn kept_until(anchor: Instant, cycle: &Cycle) -> Result<Instant, Error> {
-    let index = cycle.index.saturating_add(HISTORY_CYCLES);
-    Ok(cycle::cycle_number(anchor, index).map_or(Instant::MAX, |c| c.start))
 }
 
 /// The usage count a threshold of `percent` percent of `limit` is reached at; at
@@ -763,14 +848,9 @@ fn limit_change_alerts(alerts: &Alerts, old: Option<Plan>, usage: &AccountUsage)
 
 /// FNV-1a over the normalised contact; never 0, which marks an invalid address.
 fn fingerprint(contact: &str) -> u64 {
-    let hash = contact.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    hash.max(1)
-}
-
-fn email_counter(cycle: &Cycle) -> String {
-    format!("email/{}", cycle.index)
+    let mut hash = Fnv::default();
+    hash.write(contact.as_bytes());
+    hash.finish().max(1)
 }
 
 fn account_record(anchor: Instant, plan: &str) -> String {
@@ -990,6 +1070,45 @@ mod tests {
         fn member_count(&mut self, scope: &str) -> Result<u64, StateError> {
             Ok(self.members(scope))
         }
+        // One thread: composing the primitives is as atomic as a store's one step.
+        fn counter_add_guarded(
+            &mut self,
+            scope: &str,
+            guard: &Guard,
+            name: &str,
+            amount: u64,
+            limit: Option<u64>,
+            once: Option<&Once>,
+            expires_at: Option<Instant>,
+            now: Instant,
+        ) -> Result<GuardedAdd, StateError> {
+            if self.record_get(scope, &guard.key)?.as_ref() != Some(&guard.value) {
+                return Ok(GuardedAdd::Stale);
+            }
+            let added = self.counter_add(scope, name, amount, limit, once, expires_at, now)?;
+            let members = self.members(scope);
+            let tally = |counter| Tally { counter, members };
+            Ok(match added {
+                CounterAdded::Applied(v) => GuardedAdd::Applied(tally(v)),
+                CounterAdded::Repeated(v) => GuardedAdd::Repeated(tally(v)),
+                CounterAdded::Refused(v) => GuardedAdd::Refused(tally(v)),
+            })
+        }
+        fn counter_tally(
+            &mut self,
+            scope: &str,
+            guard: &Guard,
+            name: &str,
+            now: Instant,
+        ) -> Result<Option<Tally>, StateError> {
+            if self.record_get(scope, &guard.key)?.as_ref() != Some(&guard.value) {
+                return Ok(None);
+            }
+            Ok(Some(Tally {
+                counter: self.counter_get(scope, name, now)?,
+                members: self.members(scope),
+            }))
+        }
     }
 
     const T0: Instant = 1_738_314_000_000_000_000; // 2025-01-31T09:00:00Z
@@ -1095,6 +1214,45 @@ mod tests {
             ["email/0"]
         );
         assert!(st.once.contains(&("a".into(), "msg/0/m1".into())));
+    }
+
+    /// What one instance knows of an account goes stale when another changes the
+    /// account; the guard of its next state call catches that, and the decision
+    /// is made again on what the store holds now.
+    #[test]
+    fn a_plan_changed_elsewhere_takes_effect_on_the_next_decision() {
+        let (e, st) = (engine(), &mut MemState::default());
+        e.subscribe(st, "a", "tiny", T0).unwrap();
+        let one = vec!["b@y.io".to_string()];
+        let send = |st: &mut MemState| {
+            e.send_email(st, "a", &one, EmailKind::First, None, T0)
+                .unwrap()
+        };
+        assert_eq!(brief(&send(st)), (None, 1, 0));
+        assert_eq!(brief(&send(st)), (None, 1, 0));
+        assert_eq!(
+            brief(&send(st)),
+            (Some(Reason::EmailCreditsExhausted), 0, 0)
+        );
+        // Another worker upgrades the account: this engine has not seen it.
+        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, "big"))
+            .unwrap();
+        let d = send(st);
+        assert_eq!(brief(&d), (None, 1, 0));
+        let usage = d.usage.expect("usage");
+        assert_eq!(
+            (usage.plan.as_str(), usage.email_credits.limit),
+            ("big", Some(9))
+        );
+        assert_eq!(usage.email_credits.used, 3);
+        // And moves it to a plan this policy does not have.
+        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, "gone"))
+            .unwrap();
+        assert_eq!(brief(&send(st)), (Some(Reason::UnknownPlan), 0, 0));
+        assert_eq!(
+            brief(&e.check_email(st, "a", 1, T0).unwrap()),
+            (Some(Reason::UnknownPlan), 0, 0)
+        );
     }
 
     #[test]

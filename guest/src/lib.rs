@@ -13,6 +13,7 @@
 pub mod address;
 pub mod cycle;
 pub mod engine;
+mod known;
 pub mod policy;
 
 #[cfg(target_arch = "wasm32")]
@@ -28,8 +29,8 @@ pub mod bindings {
     });
 
     pub use creditgate::policy::state::{
-        CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
-        MemberRemoved, MembersAdded, Once, StateError,
+        CounterAdded, GroupCleared, Guard, GuardedAdd, MemberAddOutcome, MemberAdded,
+        MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
     };
     pub use creditgate::policy::types::Instant;
     pub use exports::creditgate::policy::policy::{

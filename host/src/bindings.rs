@@ -9,8 +9,8 @@ wasmtime::component::bindgen!({
 });
 
 pub use creditgate::policy::state::{
-    CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded, Once, StateError,
+    CounterAdded, GroupCleared, Guard, GuardedAdd, MemberAddOutcome, MemberAdded,
+    MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
 };
 pub use exports::creditgate::policy::policy::{
     AccountUsage, Alert, Credit, CycleUsage, Decision, Diagnostic, EmailKind, EmailUsage,

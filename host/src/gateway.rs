@@ -56,6 +56,23 @@ enum Work {
     },
 }
 
+impl Work {
+    fn op(&self) -> Op {
+        match self {
+            Work::Decide(request) => request.op(),
+            Work::AddLeads { .. } => Op::AddLeads,
+            Work::EmailHistory { .. } => Op::EmailHistory,
+        }
+    }
+
+    fn account(&self) -> &str {
+        match self {
+            Work::Decide(request) => request.account(),
+            Work::AddLeads { account, .. } | Work::EmailHistory { account, .. } => account,
+        }
+    }
+}
+
 enum Answer {
     Decision(Decision),
     Leads(LeadBatch),
@@ -421,32 +438,23 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
             }
         }
         let worker = &mut current.0;
-        let decision = gate.read().unwrap_or_else(PoisonError::into_inner);
-        // Borrowed from the job: the account is copied only for the rare refusal.
-        let (op, account, answer) = match &job.work {
-            Work::Decide(request) => (
-                request.op(),
-                request.account(),
-                worker.decide(request, job.now).map(Answer::Decision),
-            ),
+        let (op, account) = (job.work.op(), job.work.account());
+        // A read-only decision writes nothing a commit could split, so it runs while
+        // a commit is syncing: an RCPT check never waits behind the disk.
+        let decision =
+            (!op.is_read_only()).then(|| gate.read().unwrap_or_else(PoisonError::into_inner));
+        let answer = match &job.work {
+            Work::Decide(request) => worker.decide(request, job.now).map(Answer::Decision),
             Work::AddLeads {
                 account,
                 campaign,
                 emails,
-            } => (
-                Op::AddLeads,
-                account.as_str(),
-                worker
-                    .add_leads(account, campaign, emails, job.now)
-                    .map(Answer::Leads),
-            ),
-            Work::EmailHistory { account, cycles } => (
-                Op::EmailHistory,
-                account.as_str(),
-                worker
-                    .email_history(account, *cycles, job.now)
-                    .map(Answer::History),
-            ),
+            } => worker
+                .add_leads(account, campaign, emails, job.now)
+                .map(Answer::Leads),
+            Work::EmailHistory { account, cycles } => worker
+                .email_history(account, *cycles, job.now)
+                .map(Answer::History),
         };
         let (denied, fired) = match &answer {
             Ok(Answer::Decision(d)) => (d.denied, FiredAlert::of_decision(account, d, job.now)),

@@ -29,13 +29,13 @@ use wasmtime::{Config, Engine, OptLevel, StoreLimits, StoreLimitsBuilder, Trap, 
 use crate::bindings::creditgate::policy::{state, types};
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
-    CounterAdded, CycleUsage, Decision, Diagnostic, GroupCleared, GuestError, LeadBatch,
-    MemberAdded, MemberRemoved, MembersAdded, Once, PolicyEngine, PolicyEnginePre, PolicySummary,
-    StateError,
+    CounterAdded, CycleUsage, Decision, Diagnostic, GroupCleared, Guard, GuardedAdd, GuestError,
+    LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once, PolicyEngine, PolicyEnginePre,
+    PolicySummary, StateError, Tally,
 };
 use crate::metrics::Latencies;
 use crate::request::{Op, Request};
-use crate::store::{CounterAdd, Store};
+use crate::store::{self, CounterAdd, Store};
 
 /// The policy component built from `guest/`, embedded in the binary.
 pub static BUILTIN_COMPONENT: &[u8] = include_bytes!(env!("CREDITGATE_GUEST_WASM"));
@@ -465,6 +465,35 @@ impl state::Host for HostState {
     fn member_count(&mut self, scope: String) -> Result<u64, StateError> {
         self.timed(|s| s.member_count(&scope))
     }
+    fn counter_add_guarded(
+        &mut self,
+        scope: String,
+        guard: Guard,
+        name: String,
+        amount: u64,
+        limit: Option<u64>,
+        once: Option<Once>,
+        expires_at: Option<i64>,
+        now: i64,
+    ) -> Result<GuardedAdd, StateError> {
+        let add = CounterAdd {
+            amount,
+            limit,
+            once: once.as_ref(),
+            expires_at,
+            now,
+        };
+        self.timed(|s| s.counter_add_guarded(&scope, Some(store::Guard::of(&guard)), &name, add))
+    }
+    fn counter_tally(
+        &mut self,
+        scope: String,
+        guard: Guard,
+        name: String,
+        now: i64,
+    ) -> Result<Option<Tally>, StateError> {
+        self.timed(|s| s.counter_tally(&scope, Some(store::Guard::of(&guard)), &name, now))
+    }
 }
 
 /// A wasmtime store and the component instance living in it.
@@ -519,24 +548,23 @@ impl Instance {
         })
     }
 
-    /// Runs one export under `budget` of guest time; returns the time spent in store
-    /// primitives alongside the export's result.
+    /// Runs one export under `budget` of guest time; returns the export's result,
+    /// the time the call took and the part of it spent in store primitives.
     fn call<T>(
         &mut self,
         budget: Duration,
         f: impl FnOnce(&PolicyEngine, &mut wasmtime::Store<HostState>) -> wasmtime::Result<T>,
-    ) -> (wasmtime::Result<T>, Duration) {
+    ) -> (wasmtime::Result<T>, Duration, Duration) {
+        let started = Instant::now();
         let data = self.store.data_mut();
-        data.call = Some(CallClock {
-            started: Instant::now(),
-            budget,
-        });
+        data.call = Some(CallClock { started, budget });
         data.in_store = Duration::ZERO;
         self.store.set_epoch_deadline(ticks(budget));
         let result = f(&self.bindings, &mut self.store);
+        let total = started.elapsed();
         let data = self.store.data_mut();
         data.call = None;
-        (result, data.in_store)
+        (result, total, data.in_store)
     }
 
     /// Loads `policy` into this instance; a trap or timeout is `LoadError::Trap`.
@@ -554,7 +582,7 @@ impl Instance {
                 column: 0,
             }]));
         }
-        let (result, _) = self.call(budget, |b, s| {
+        let (result, ..) = self.call(budget, |b, s| {
             b.creditgate_policy_policy().call_load_policy(s, policy)
         });
         match result {
@@ -738,11 +766,9 @@ impl Worker {
             &mut wasmtime::Store<HostState>,
         ) -> wasmtime::Result<Result<T, GuestError>>,
     ) -> Result<T, DecideError> {
-        let started = Instant::now();
-        let (result, in_store) = self
+        let (result, total, in_store) = self
             .instance
             .call(budget, |b, s| f(b.creditgate_policy_policy(), s));
-        let total = started.elapsed();
         self.latencies.record(op, total, in_store);
         self.last_call = Some(CallTiming {
             op,

@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    CounterAdd, Instant, ScopeDump, Store, StoreError, check_batch, check_name, check_value,
+    CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
+    check_name, check_value,
 };
 use crate::bindings::{
-    CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded,
+    GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+    MembersAdded, Tally,
 };
 
 /// Expiry stored for "never"; the redb backend uses the same sentinel, so the two
@@ -52,6 +53,18 @@ impl Scope {
 
     fn members(&self) -> u64 {
         self.member_groups.len() as u64
+    }
+}
+
+fn record_of<'s>(scope: Option<&'s Scope>, key: &str) -> Option<&'s str> {
+    scope.and_then(|s| s.records.get(key)).map(String::as_str)
+}
+
+/// A counter's value at `now`: 0 when it was never added to, or has expired.
+fn counter_of(scope: Option<&Scope>, name: &str, now: Instant) -> u64 {
+    match scope.and_then(|s| s.counters.get(name)) {
+        Some(&(value, expires_at)) if !expired(expires_at, now) => value,
+        _ => 0,
     }
 }
 
@@ -116,41 +129,38 @@ impl Store for MemoryStore {
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
         check_name("scope", scope)?;
         check_name("counter name", name)?;
-        let scopes = self.lock();
-        Ok(match scopes.get(scope).and_then(|s| s.counters.get(name)) {
-            Some(&(value, expires_at)) if !expired(expires_at, now) => value,
-            _ => 0,
-        })
+        Ok(counter_of(self.lock().get(scope), name, now))
     }
 
-    fn counter_add(
+    fn counter_add_guarded(
         &self,
         scope: &str,
+        guard: Option<Guard<'_>>,
         name: &str,
         add: CounterAdd<'_>,
-    ) -> Result<CounterAdded, StoreError> {
-        check_name("scope", scope)?;
-        check_name("counter name", name)?;
-        if let Some(once) = add.once {
-            check_name("once key", &once.key)?;
-        }
+    ) -> Result<GuardedAdd, StoreError> {
+        check_counter(scope, guard, name, add.once)?;
         let mut scopes = self.lock();
-        let current = match scopes.get(scope).and_then(|s| s.counters.get(name)) {
-            Some(&(value, expires_at)) if !expired(expires_at, add.now) => value,
-            _ => 0,
+        let found = scopes.get(scope);
+        if guard.is_some_and(|g| !g.holds(record_of(found, g.key))) {
+            return Ok(GuardedAdd::Stale);
+        }
+        let current = counter_of(found, name, add.now);
+        let tally = |counter| Tally {
+            counter,
+            members: found.map_or(0, Scope::members),
         };
         if let Some(once) = add.once {
-            let seen = scopes
-                .get(scope)
+            let seen = found
                 .and_then(|s| s.once.get(&once.key))
                 .is_some_and(|&exp| !expired(exp, add.now));
             if seen {
-                return Ok(CounterAdded::Repeated(current));
+                return Ok(GuardedAdd::Repeated(tally(current)));
             }
         }
         let new = match current.checked_add(add.amount) {
             Some(new) if add.limit.is_none_or(|limit| new <= limit) => new,
-            _ => return Ok(CounterAdded::Refused(current)),
+            _ => return Ok(GuardedAdd::Refused(tally(current))),
         };
         let s = scopes.entry(scope.to_owned()).or_default();
         s.counters
@@ -160,7 +170,29 @@ impl Store for MemoryStore {
             // stepped back) must still see it, as the contract says.
             s.once.insert(once.key.clone(), once.expires_at);
         }
-        Ok(CounterAdded::Applied(new))
+        Ok(GuardedAdd::Applied(Tally {
+            counter: new,
+            members: s.members(),
+        }))
+    }
+
+    fn counter_tally(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StoreError> {
+        check_counter(scope, guard, name, None)?;
+        let scopes = self.lock();
+        let found = scopes.get(scope);
+        if guard.is_some_and(|g| !g.holds(record_of(found, g.key))) {
+            return Ok(None);
+        }
+        Ok(Some(Tally {
+            counter: counter_of(found, name, now),
+            members: found.map_or(0, Scope::members),
+        }))
     }
 
     fn member_add(

@@ -21,7 +21,8 @@ pub use redb_store::RedbStore;
 pub use redis_store::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
 
 use crate::bindings::{
-    CounterAdded, GroupCleared, MemberAdded, MemberRemoved, MembersAdded, Once, StateError,
+    CounterAdded, GroupCleared, GuardedAdd, MemberAdded, MemberRemoved, MembersAdded, Once,
+    StateError, Tally,
 };
 
 /// The embedded store's default file: `$CREDITGATE_STORE`, else
@@ -98,6 +99,29 @@ pub struct CounterAdd<'a> {
     pub now: Instant,
 }
 
+/// A record a call depends on (WIT `guard`): the call does anything only while
+/// record `key` of its scope holds exactly `value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+impl<'a> Guard<'a> {
+    /// Borrows the WIT record.
+    pub fn of(guard: &'a crate::bindings::Guard) -> Self {
+        Guard {
+            key: &guard.key,
+            value: &guard.value,
+        }
+    }
+
+    /// Whether the record, as read, satisfies the guard.
+    pub(crate) fn holds(self, record: Option<&str>) -> bool {
+        record == Some(self.value)
+    }
+}
+
 /// Atomic primitives over scopes of records, counters and grouped members.
 ///
 /// The semantics of each method are those of the same-named function of the WIT
@@ -109,12 +133,46 @@ pub trait Store: Send + Sync {
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError>;
+
+    /// WIT `counter-add-guarded`, and without a guard `counter-add` with the
+    /// scope's member count: the one primitive behind both, so that they cannot
+    /// drift apart. Without a guard the answer is never [`GuardedAdd::Stale`].
+    fn counter_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        add: CounterAdd<'_>,
+    ) -> Result<GuardedAdd, StoreError>;
+
+    /// WIT `counter-tally`: the counter and the member count from one snapshot, or
+    /// None when `guard` does not hold.
+    fn counter_tally(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StoreError>;
+
+    /// WIT `counter-add`: [`Store::counter_add_guarded`] without a guard.
     fn counter_add(
         &self,
         scope: &str,
         name: &str,
         add: CounterAdd<'_>,
-    ) -> Result<CounterAdded, StoreError>;
+    ) -> Result<CounterAdded, StoreError> {
+        Ok(match self.counter_add_guarded(scope, None, name, add)? {
+            GuardedAdd::Applied(t) => CounterAdded::Applied(t.counter),
+            GuardedAdd::Repeated(t) => CounterAdded::Repeated(t.counter),
+            GuardedAdd::Refused(t) => CounterAdded::Refused(t.counter),
+            GuardedAdd::Stale => {
+                return Err(StoreError::Corrupt(
+                    "the store answered `stale` to a counter-add without a guard".into(),
+                ));
+            }
+        })
+    }
 
     fn member_add(
         &self,
@@ -217,6 +275,25 @@ pub(crate) fn check_batch(scope: &str, group: &str, members: &[String]) -> Resul
     members
         .iter()
         .try_for_each(|member| check_name("member", member))
+}
+
+/// Checks the arguments every counter primitive takes.
+pub(crate) fn check_counter(
+    scope: &str,
+    guard: Option<Guard<'_>>,
+    name: &str,
+    once: Option<&Once>,
+) -> Result<(), StoreError> {
+    check_name("scope", scope)?;
+    check_name("counter name", name)?;
+    if let Some(guard) = guard {
+        check_name("guard key", guard.key)?;
+        check_value(guard.value)?;
+    }
+    match once {
+        Some(once) => check_name("once key", &once.key),
+        None => Ok(()),
+    }
 }
 
 /// Checks a record value against [`MAX_VALUE_LEN`].

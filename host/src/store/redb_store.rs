@@ -40,11 +40,12 @@ use redb::{
 };
 
 use super::{
-    CounterAdd, Instant, ScopeDump, Store, StoreError, check_batch, check_name, check_value,
+    CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
+    check_name, check_value,
 };
 use crate::bindings::{
-    CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded,
+    GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+    MembersAdded, Tally,
 };
 
 type Pair = (&'static str, &'static str);
@@ -338,6 +339,24 @@ fn members_of(
         .map_or(0, |g| g.value()))
 }
 
+/// A counter's value at `now`: 0 when it was never added to, or has expired.
+fn counter_of(
+    counters: &impl ReadableTable<Pair, (u64, i64)>,
+    scope: &str,
+    name: &str,
+    now: Instant,
+) -> Result<u64, StoreError> {
+    Ok(
+        match counters.get((scope, name)).ctx("reading a counter")? {
+            Some(g) => match g.value() {
+                (value, expires_at) if !expired(expires_at, now) => value,
+                _ => 0,
+            },
+            None => 0,
+        },
+    )
+}
+
 /// Adds every scope that has a key in `table` to `out`, seeking from one scope to
 /// the next rather than reading every key.
 fn scopes_of<V: redb::Value + 'static>(
@@ -403,37 +422,30 @@ impl Store for RedbStore {
         check_name("counter name", name)?;
         let what = "counter-get";
         let txn = self.db.begin_read().ctx(what)?;
-        let counters = txn.open_table(COUNTERS).ctx(what)?;
-        Ok(match counters.get((scope, name)).ctx(what)? {
-            Some(g) => match g.value() {
-                (value, expires_at) if !expired(expires_at, now) => value,
-                _ => 0,
-            },
-            None => 0,
-        })
+        counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)
     }
 
-    fn counter_add(
+    fn counter_add_guarded(
         &self,
         scope: &str,
+        guard: Option<Guard<'_>>,
         name: &str,
         add: CounterAdd<'_>,
-    ) -> Result<CounterAdded, StoreError> {
-        check_name("scope", scope)?;
-        check_name("counter name", name)?;
-        if let Some(once) = add.once {
-            check_name("once key", &once.key)?;
-        }
+    ) -> Result<GuardedAdd, StoreError> {
+        check_counter(scope, guard, name, add.once)?;
         let what = "counter-add";
         self.write(what, |txn| {
+            if let Some(guard) = guard {
+                let records = txn.open_table(RECORDS).ctx(what)?;
+                let record = records.get((scope, guard.key)).ctx(what)?;
+                if !guard.holds(record.as_ref().map(|v| v.value())) {
+                    return Ok((GuardedAdd::Stale, false));
+                }
+            }
+            let members = members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?;
+            let tally = |counter| Tally { counter, members };
             let mut counters = txn.open_table(COUNTERS).ctx(what)?;
-            let current = match counters.get((scope, name)).ctx(what)? {
-                Some(g) => match g.value() {
-                    (value, expires_at) if !expired(expires_at, add.now) => value,
-                    _ => 0,
-                },
-                None => 0,
-            };
+            let current = counter_of(&counters, scope, name, add.now)?;
             let mut markers = txn.open_table(ONCE).ctx(what)?;
             if let Some(once) = add.once {
                 let seen = markers
@@ -441,12 +453,12 @@ impl Store for RedbStore {
                     .ctx(what)?
                     .is_some_and(|g| !expired(g.value(), add.now));
                 if seen {
-                    return Ok((CounterAdded::Repeated(current), false));
+                    return Ok((GuardedAdd::Repeated(tally(current)), false));
                 }
             }
             let new = match current.checked_add(add.amount) {
                 Some(new) if add.limit.is_none_or(|limit| new <= limit) => new,
-                _ => return Ok((CounterAdded::Refused(current), false)),
+                _ => return Ok((GuardedAdd::Refused(tally(current)), false)),
             };
             counters
                 .insert((scope, name), (new, add.expires_at.unwrap_or(NEVER)))
@@ -458,8 +470,31 @@ impl Store for RedbStore {
                     .insert((scope, once.key.as_str()), once.expires_at)
                     .ctx(what)?;
             }
-            Ok((CounterAdded::Applied(new), true))
+            Ok((GuardedAdd::Applied(tally(new)), true))
         })
+    }
+
+    fn counter_tally(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StoreError> {
+        check_counter(scope, guard, name, None)?;
+        let what = "counter-tally";
+        let txn = self.db.begin_read().ctx(what)?;
+        if let Some(guard) = guard {
+            let records = txn.open_table(RECORDS).ctx(what)?;
+            let record = records.get((scope, guard.key)).ctx(what)?;
+            if !guard.holds(record.as_ref().map(|v| v.value())) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Tally {
+            counter: counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)?,
+            members: members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?,
+        }))
     }
 
     fn member_add(

@@ -112,11 +112,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    CounterAdd, Instant, ScopeDump, Store, StoreError, check_batch, check_name, check_value,
+    CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
+    check_name, check_value,
 };
 use crate::bindings::{
-    CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded,
+    GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+    MembersAdded, Tally,
 };
 
 /// Expiry stored for "never", as in the other backends.
@@ -623,6 +624,14 @@ fn member_outcome(code: u64) -> Result<MemberAddOutcome, StoreError> {
     })
 }
 
+/// The three script arguments of an optional guard (see `guard_holds`).
+fn guard_args(guard: Option<Guard<'_>>) -> [Vec<u8>; 3] {
+    match guard {
+        Some(g) => ["1".into(), g.key.into(), g.value.into()],
+        None => ["0".into(), Vec::new(), Vec::new()],
+    }
+}
+
 fn limit_arg(limit: Option<u64>) -> Vec<u8> {
     limit.map_or(Vec::new(), |l| l.to_string().into_bytes())
 }
@@ -686,22 +695,19 @@ impl Store for RedisStore {
         decimal(what, &value)
     }
 
-    fn counter_add(
+    fn counter_add_guarded(
         &self,
         scope: &str,
+        guard: Option<Guard<'_>>,
         name: &str,
         add: CounterAdd<'_>,
-    ) -> Result<CounterAdded, StoreError> {
-        check_name("scope", scope)?;
-        check_name("counter name", name)?;
-        if let Some(once) = add.once {
-            check_name("once key", &once.key)?;
-        }
+    ) -> Result<GuardedAdd, StoreError> {
+        check_counter(scope, guard, name, add.once)?;
         self.register(scope)?;
         let what = "counter-add";
         // Some(NEVER) and None both mean never, as in the other backends.
         let expires_at = add.expires_at.filter(|&at| at != NEVER);
-        let args: Vec<Vec<u8>> = vec![
+        let mut args: Vec<Vec<u8>> = vec![
             name.into(),
             add.amount.to_string().into(),
             limit_arg(add.limit),
@@ -714,18 +720,51 @@ impl Store for RedisStore {
             self.gc_arg(expires_at).into(),
             self.gc_arg(add.once.map(|o| o.expires_at)).into(),
         ];
-        let (outcome, value): (String, String) = self.script(
+        args.extend(guard_args(guard));
+        let (outcome, value, members): (String, String, u64) = self.script(
             what,
             self.config.call_timeout,
             &SCRIPTS.counter_add,
             scope,
             args,
         )?;
-        let value = decimal(what, &value)?;
+        let tally = Tally {
+            counter: decimal(what, &value)?,
+            members,
+        };
         Ok(match outcome.as_str() {
-            "applied" => CounterAdded::Applied(value),
-            "repeated" => CounterAdded::Repeated(value),
-            "refused" => CounterAdded::Refused(value),
+            "applied" => GuardedAdd::Applied(tally),
+            "repeated" => GuardedAdd::Repeated(tally),
+            "refused" => GuardedAdd::Refused(tally),
+            "stale" => GuardedAdd::Stale,
+            other => return Err(corrupt(what, format_args!("outcome {other:?}"))),
+        })
+    }
+
+    fn counter_tally(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StoreError> {
+        check_counter(scope, guard, name, None)?;
+        let what = "counter-tally";
+        let mut args: Vec<Vec<u8>> = vec![name.into(), now.to_string().into()];
+        args.extend(guard_args(guard));
+        let (outcome, value, members): (String, String, u64) = self.script(
+            what,
+            self.config.call_timeout,
+            &SCRIPTS.counter_tally,
+            scope,
+            args,
+        )?;
+        Ok(match outcome.as_str() {
+            "tally" => Some(Tally {
+                counter: decimal(what, &value)?,
+                members,
+            }),
+            "stale" => None,
             other => return Err(corrupt(what, format_args!("outcome {other:?}"))),
         })
     }
@@ -1079,6 +1118,7 @@ struct Scripts {
     record_insert: Script,
     record_update: Script,
     counter_add: Script,
+    counter_tally: Script,
     member_add: Script,
     member_add_many: Script,
     member_remove: Script,
@@ -1094,6 +1134,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         record_insert: script(RECORD_INSERT),
         record_update: script(RECORD_UPDATE),
         counter_add: script(COUNTER_ADD),
+        counter_tally: script(COUNTER_TALLY),
         member_add: script(MEMBER_ADD),
         member_add_many: script(MEMBER_ADD_MANY),
         member_remove: script(MEMBER_REMOVE),
@@ -1166,6 +1207,25 @@ local function signed(s, what)
   return s
 end
 
+-- A counter's value at `now`: '0' when it was never added to, or has expired.
+local function counter_at(name, now)
+  local stored = redis.call('HMGET', base .. 'ctr:' .. name, 'v', 'x')
+  if stored[1] then
+    local x = stored[2]
+    if not x or live(signed(x, 'expiry of counter ' .. name), now) then
+      return unsigned(stored[1], 'counter ' .. name)
+    end
+  end
+  return '0'
+end
+
+-- Whether the guard in ARGV[i], ARGV[i + 1], ARGV[i + 2] (present: '1' or '0',
+-- record key, expected value) holds.
+local function guard_holds(i)
+  if ARGV[i] ~= '1' then return true end
+  return redis.call('HGET', base .. 'rec', ARGV[i + 1]) == ARGV[i + 2]
+end
+
 -- Whether a scope holding `count` members may take one more under `limit`.
 local function room(count, limit)
   return limit == '' or ucmp(string.format('%d', count), limit) < 0
@@ -1206,28 +1266,25 @@ redis.call('HSET', base .. 'rec', ARGV[2], ARGV[3])
 return 1
 "#;
 
+// ARGV[12..14]: the guard (see `guard_holds`). Answers the outcome, the counter's
+// value and the scope's member count.
 const COUNTER_ADD: &str = r#"
 local name, amount, limit = ARGV[2], ARGV[3], ARGV[4]
 local has_once, okey, oexp = ARGV[5] == '1', ARGV[6], ARGV[7]
 local cexp, now, cgc, ogc = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+if not guard_holds(12) then return {'stale', '0', 0} end
+local members = redis.call('HLEN', base .. 'mem')
 local ckey = base .. 'ctr:' .. name
 local okk = base .. 'once:' .. okey
-local current = '0'
-local stored = redis.call('HMGET', ckey, 'v', 'x')
-if stored[1] then
-  local x = stored[2]
-  if not x or live(signed(x, 'expiry of counter ' .. name), now) then
-    current = unsigned(stored[1], 'counter ' .. name)
-  end
-end
+local current = counter_at(name, now)
 if has_once then
   local seen = redis.call('GET', okk)
   if seen and live(signed(seen, 'once marker ' .. okey), now) then
-    return {'repeated', current}
+    return {'repeated', current, members}
   end
 end
 local new = uadd(current, amount)
-if not new or (limit ~= '' and ucmp(new, limit) > 0) then return {'refused', current} end
+if not new or (limit ~= '' and ucmp(new, limit) > 0) then return {'refused', current, members} end
 if cexp == '' then
   redis.call('HSET', ckey, 'v', new)
   redis.call('HDEL', ckey, 'x')
@@ -1242,7 +1299,13 @@ if has_once then
   keep(okk, ogc, base .. 'onces', okey)
 end
 register()
-return {'applied', new}
+return {'applied', new, members}
+"#;
+
+// ARGV[2] the counter, ARGV[3] now, ARGV[4..6] the guard. Reads only.
+const COUNTER_TALLY: &str = r#"
+if not guard_holds(4) then return {'stale', '0', 0} end
+return {'tally', counter_at(ARGV[2], ARGV[3]), redis.call('HLEN', base .. 'mem')}
 "#;
 
 // Outcomes: 0 already-in-group, 1 joined, 2 inserted, 3 refused.

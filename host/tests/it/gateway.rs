@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use creditgate::bindings::{CounterAdded, Reason};
+use creditgate::bindings::{GuardedAdd, Reason};
 use creditgate::gateway::Gateway;
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
@@ -234,14 +234,24 @@ impl Store for SlowAfterCharge {
     fn counter_get(&self, scope: &str, name: &str, now: i64) -> Result<u64, StoreError> {
         self.inner.counter_get(scope, name, now)
     }
-    fn counter_add(
+    fn counter_tally(
         &self,
         scope: &str,
+        guard: Option<creditgate::store::Guard<'_>>,
+        name: &str,
+        now: i64,
+    ) -> Result<Option<creditgate::bindings::Tally>, StoreError> {
+        self.inner.counter_tally(scope, guard, name, now)
+    }
+    fn counter_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<creditgate::store::Guard<'_>>,
         name: &str,
         add: creditgate::store::CounterAdd<'_>,
-    ) -> Result<CounterAdded, StoreError> {
-        let added = self.inner.counter_add(scope, name, add)?;
-        let charge = !scope.starts_with('\u{1}') && matches!(added, CounterAdded::Applied(_));
+    ) -> Result<GuardedAdd, StoreError> {
+        let added = self.inner.counter_add_guarded(scope, guard, name, add)?;
+        let charge = !scope.starts_with('\u{1}') && matches!(added, GuardedAdd::Applied(_));
         if charge && !self.charged.swap(true, Ordering::SeqCst) {
             if let Some(signal) = self.signal.lock().expect("lock").take() {
                 let _ = signal.send(());

@@ -1,0 +1,170 @@
+//! What an instance knows of the accounts it has decided for: each account's
+//! record as last read, its plan resolved against the loaded policy, and the
+//! billing cycle last used. A decision on a known account then needs no state call
+//! to find them, and an email decision crosses to the host once.
+//!
+//! Knowledge goes stale when another worker or gateway host changes an account (a
+//! plan change). So every state call that acts on it carries the record as read,
+//! as a guard: if the record has changed, the call does nothing and says so, and
+//! the decision starts again from a fresh read. An upgrade therefore takes effect
+//! at once everywhere, not when a cache expires.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::bindings::{Error, Guard, Instant};
+use crate::cycle::{self, Cycle};
+use crate::engine::{ACCOUNT_RECORD, HISTORY_CYCLES};
+use crate::policy::Plan;
+
+/// Accounts an instance keeps; past this it forgets them all and starts again. An
+/// entry is a few hundred bytes, so this bounds the cache to a few MiB of the
+/// instance's memory while covering every busy account of a gateway.
+const MAX_KNOWN: usize = 16_384;
+
+/// An existing account as read from state, with its plan resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Account {
+    pub anchor: Instant,
+    pub plan_name: String,
+    pub plan: Plan,
+}
+
+/// One known account.
+#[derive(Debug)]
+pub(crate) struct Known {
+    /// The record it was read from, as the guard of every call that relies on it.
+    pub guard: Guard,
+    pub account: Account,
+    cycle: Option<CycleNames>,
+}
+
+/// A billing cycle and the names a decision in it uses.
+#[derive(Debug)]
+pub(crate) struct CycleNames {
+    pub cycle: Cycle,
+    /// The cycle's email counter.
+    pub counter: String,
+    /// When that counter may be forgotten.
+    pub kept_until: Instant,
+}
+
+impl Known {
+    /// The guard, the account and the billing cycle `now` falls in. The cycle is
+    /// computed again only when `now` has left the one used last: calendar
+    /// arithmetic is most of a decision's own work.
+    pub fn at(&mut self, now: Instant) -> Result<(&Guard, &Account, &CycleNames), Error> {
+        let anchor = self.account.anchor;
+        let fresh = match self.cycle.take() {
+            // Instants before the anchor belong to cycle 0 (see `cycle::cycle_at`).
+            Some(known)
+                if now < known.cycle.end
+                    && (now >= known.cycle.start || known.cycle.index == 0) =>
+            {
+                known
+            }
+            _ => {
+                let cycle = cycle_of(anchor, now)?;
+                CycleNames {
+                    counter: email_counter(&cycle),
+                    kept_until: kept_until(anchor, &cycle),
+                    cycle,
+                }
+            }
+        };
+        Ok((&self.guard, &self.account, self.cycle.insert(fresh)))
+    }
+}
+
+/// The known accounts of one instance.
+#[derive(Default)]
+pub(crate) struct KnownAccounts {
+    accounts: HashMap<String, Known, BuildHasherDefault<Fnv>>,
+}
+
+impl std::fmt::Debug for KnownAccounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownAccounts")
+            .field("accounts", &self.accounts.len())
+            .finish()
+    }
+}
+
+impl KnownAccounts {
+    pub fn get_mut(&mut self, account: &str) -> Option<&mut Known> {
+        self.accounts.get_mut(account)
+    }
+
+    /// Remembers `account` as read from `record`.
+    pub fn insert(&mut self, account: &str, record: String, found: Account) -> &mut Known {
+        if self.accounts.len() >= MAX_KNOWN {
+            self.accounts.clear();
+        }
+        let known = Known {
+            guard: Guard {
+                key: ACCOUNT_RECORD.to_string(),
+                value: record,
+            },
+            account: found,
+            cycle: None,
+        };
+        self.accounts
+            .entry(account.to_string())
+            .insert_entry(known)
+            .into_mut()
+    }
+
+    pub fn forget(&mut self, account: &str) {
+        self.accounts.remove(account);
+    }
+
+    /// Forgets every account: plans are resolved against the policy, which changed.
+    pub fn clear(&mut self) {
+        self.accounts.clear();
+    }
+}
+
+pub(crate) fn cycle_of(anchor: Instant, now: Instant) -> Result<Cycle, Error> {
+    cycle::cycle_at(anchor, now).map_err(out_of_range)
+}
+
+pub(crate) fn out_of_range(_: cycle::OutOfRange) -> Error {
+    Error::InvalidRequest(
+        "the billing cycle of this instant ends after 2262-04-11, the last instant creditgate can count"
+            .into(),
+    )
+}
+
+/// When the email counter of `cycle` may be forgotten: once it has left the last
+/// [`HISTORY_CYCLES`] cycles. Past the end of time, never.
+pub(crate) fn kept_until(anchor: Instant, cycle: &Cycle) -> Instant {
+    let index = cycle.index.saturating_add(HISTORY_CYCLES);
+    cycle::cycle_number(anchor, index).map_or(Instant::MAX, |c| c.start)
+}
+
+pub(crate) fn email_counter(cycle: &Cycle) -> String {
+    format!("email/{}", cycle.index)
+}
+
+/// FNV-1a: account names are short, and std's default hasher would ask the host
+/// for a random seed (`wasi:random`), which this component is not given.
+#[derive(Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
