@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use creditgate::bindings::{
-    CounterAdded, GroupCleared, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded, Once,
+    CounterAdded, GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
+    MemberRemoved, MembersAdded, Once, Tally,
 };
 use creditgate::store::{
-    CounterAdd, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, ScopeDump, Store, StoreError,
+    CounterAdd, Guard, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, ScopeDump, Store,
+    StoreError,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -62,6 +63,8 @@ enum Out {
     Value(Option<String>),
     Count(u64),
     Counter(&'static str, u64),
+    /// A guarded add or a tally: outcome, counter, members.
+    Tally(&'static str, u64, u64),
     Added(&'static str, u64),
     AddedMany(Vec<&'static str>, u64),
     Removed(&'static str, u64),
@@ -150,6 +153,48 @@ fn add_at(
         now,
     };
     out(s.counter_add(scope, name, args), counter)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_guarded(
+    s: &dyn Store,
+    scope: &str,
+    guard: Option<(&str, &str)>,
+    name: &str,
+    amount: u64,
+    limit: Option<u64>,
+    once: Option<(&str, i64)>,
+    now: i64,
+) -> Out {
+    let once = once.map(|(key, expires_at)| Once {
+        key: key.to_owned(),
+        expires_at,
+    });
+    let args = CounterAdd {
+        amount,
+        limit,
+        once: once.as_ref(),
+        expires_at: Some(now + 100),
+        now,
+    };
+    let guard = guard.map(|(key, value)| Guard { key, value });
+    out(
+        s.counter_add_guarded(scope, guard, name, args),
+        |a| match a {
+            GuardedAdd::Applied(t) => Out::Tally("applied", t.counter, t.members),
+            GuardedAdd::Repeated(t) => Out::Tally("repeated", t.counter, t.members),
+            GuardedAdd::Refused(t) => Out::Tally("refused", t.counter, t.members),
+            GuardedAdd::Stale => Out::Tally("stale", 0, 0),
+        },
+    )
+}
+
+fn tally(s: &dyn Store, scope: &str, guard: Option<(&str, &str)>, name: &str, now: i64) -> Out {
+    let guard = guard.map(|(key, value)| Guard { key, value });
+    out(s.counter_tally(scope, guard, name, now), |t| match t {
+        Some(Tally { counter, members }) => Out::Tally("tally", counter, members),
+        None => Out::Tally("stale", 0, 0),
+    })
 }
 
 fn get(s: &dyn Store, scope: &str, name: &str, now: i64) -> u64 {
@@ -344,6 +389,88 @@ fn counter_once(s: &dyn Store) {
     assert_eq!(
         add_at(s, "s", "c", 1, None, stale, None, 2_999),
         applied(13)
+    );
+}
+
+/// `counter-add-guarded` and `counter-tally`: nothing happens unless the guard's
+/// record holds exactly its value, and the scope's member count comes along.
+fn guarded_counters(s: &dyn Store) {
+    let (pro, max) = (Some(("plan", "pro")), Some(("plan", "max")));
+    let once = Some(("m1", 500));
+    // No record at all: stale, nothing added, the once key not remembered.
+    assert_eq!(
+        add_guarded(s, "s", pro, "c", 1, None, once, 0),
+        Out::Tally("stale", 0, 0)
+    );
+    assert_eq!(tally(s, "s", pro, "c", 0), Out::Tally("stale", 0, 0));
+    assert_eq!(get(s, "s", "c", 0), 0);
+
+    assert_eq!(
+        out(s.record_insert("s", "plan", "pro"), Out::Bool),
+        Out::Bool(true)
+    );
+    join(s, "s", "g", "ann", None);
+    join(s, "s", "h", "bo", None);
+    assert_eq!(
+        add_guarded(s, "s", pro, "c", 1, None, once, 0),
+        Out::Tally("applied", 1, 2)
+    );
+    assert_eq!(
+        add_guarded(s, "s", pro, "c", 1, None, once, 0),
+        Out::Tally("repeated", 1, 2)
+    );
+    assert_eq!(
+        add_guarded(s, "s", pro, "c", 5, Some(5), None, 0),
+        Out::Tally("refused", 1, 2)
+    );
+    // A value that differs by a byte, or a prefix of the record, does not hold.
+    assert_eq!(
+        add_guarded(s, "s", Some(("plan", "pr")), "c", 1, None, None, 0),
+        Out::Tally("stale", 0, 0)
+    );
+    assert_eq!(
+        add_guarded(s, "s", Some(("other", "pro")), "c", 1, None, None, 0),
+        Out::Tally("stale", 0, 0)
+    );
+    assert_eq!(get(s, "s", "c", 0), 1);
+
+    // The record changes (another host's plan change): the old guard is stale.
+    assert_eq!(
+        out(s.record_update("s", "plan", "max"), Out::Bool),
+        Out::Bool(true)
+    );
+    assert_eq!(
+        add_guarded(s, "s", pro, "c", 1, None, None, 0),
+        Out::Tally("stale", 0, 0)
+    );
+    assert_eq!(tally(s, "s", pro, "c", 0), Out::Tally("stale", 0, 0));
+    assert_eq!(
+        add_guarded(s, "s", max, "c", 1, None, None, 0),
+        Out::Tally("applied", 2, 2)
+    );
+    assert_eq!(tally(s, "s", max, "c", 0), Out::Tally("tally", 2, 2));
+    // Without a guard: the plain primitive, with the member count.
+    assert_eq!(tally(s, "s", None, "c", 0), Out::Tally("tally", 2, 2));
+    assert_eq!(
+        add_guarded(s, "t", None, "c", 4, None, None, 0),
+        Out::Tally("applied", 4, 0)
+    );
+    // A tally reads the counter as `counter-get` does: expired is 0.
+    assert_eq!(tally(s, "s", max, "c", 100), Out::Tally("tally", 0, 2));
+    assert_eq!(
+        tally(s, "s", max, "never-added", 0),
+        Out::Tally("tally", 0, 2)
+    );
+
+    let long = "x".repeat(MAX_VALUE_LEN + 1);
+    assert_eq!(
+        add_guarded(s, "s", Some(("plan", &long)), "c", 1, None, None, 0),
+        Out::Err("invalid-argument")
+    );
+    let long = "k".repeat(MAX_NAME_LEN + 1);
+    assert_eq!(
+        tally(s, "s", Some((&long, "max")), "c", 0),
+        Out::Err("invalid-argument")
     );
 }
 
@@ -1170,6 +1297,7 @@ conformance!(
     records,
     counter_limits,
     counter_once,
+    guarded_counters,
     counter_expiry,
     member_add_outcomes,
     member_remove_outcomes,
