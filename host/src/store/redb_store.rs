@@ -15,8 +15,7 @@
 //! | `records`        | `(scope, key)`             | `&str` value            |
 //! | `counters`       | `(scope, name)`            | `(u64 value, i64 expires_at)` |
 //! | `once`           | `(scope, key)`             | `i64 expires_at`        |
-//! | `memberships`    | `(scope, member, group)`   | `()`                    |
-//! | `group_members`  | `(scope, group, member)`   | `()` (inverse, for `group_clear`) |
+//! | `group_members`  | `(scope, group, member)`   | `()`                    |
 //! | `member_groups`  | `(scope, member)`          | `u64` groups holding it (never 0) |
 //! | `scope_members`  | `scope`                    | `u64` distinct members (never 0)  |
 //!
@@ -54,6 +53,8 @@ type Triple = (&'static str, &'static str, &'static str);
 const RECORDS: TableDefinition<Pair, &str> = TableDefinition::new("records");
 const COUNTERS: TableDefinition<Pair, (u64, i64)> = TableDefinition::new("counters");
 const ONCE: TableDefinition<Pair, i64> = TableDefinition::new("once");
+/// A table of earlier versions: `group_members` with its key in another order,
+/// written with every membership and never needed. Dropped when a file is opened.
 const MEMBERSHIPS: TableDefinition<Triple, ()> = TableDefinition::new("memberships");
 const GROUP_MEMBERS: TableDefinition<Triple, ()> = TableDefinition::new("group_members");
 const MEMBER_GROUPS: TableDefinition<Pair, u64> = TableDefinition::new("member_groups");
@@ -242,7 +243,7 @@ impl RedbStore {
         txn.open_table(RECORDS).ctx(&what)?;
         txn.open_table(COUNTERS).ctx(&what)?;
         txn.open_table(ONCE).ctx(&what)?;
-        txn.open_table(MEMBERSHIPS).ctx(&what)?;
+        txn.delete_table(MEMBERSHIPS).ctx(&what)?;
         txn.open_table(GROUP_MEMBERS).ctx(&what)?;
         txn.open_table(MEMBER_GROUPS).ctx(&what)?;
         txn.open_table(SCOPE_MEMBERS).ctx(&what)?;
@@ -509,10 +510,14 @@ impl Store for RedbStore {
         check_name("member", member)?;
         let what = "member-add";
         self.write(what, |txn| {
-            let mut memberships = txn.open_table(MEMBERSHIPS).ctx(what)?;
+            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
             let members = members_of(&counts, scope)?;
-            if memberships.get((scope, member, group)).ctx(what)?.is_some() {
+            if group_members
+                .get((scope, group, member))
+                .ctx(what)?
+                .is_some()
+            {
                 let outcome = MemberAddOutcome::AlreadyInGroup;
                 return Ok((MemberAdded { outcome, members }, false));
             }
@@ -541,8 +546,6 @@ impl Store for RedbStore {
                 }
             };
             member_groups.insert((scope, member), groups).ctx(what)?;
-            memberships.insert((scope, member, group), ()).ctx(what)?;
-            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             group_members.insert((scope, group, member), ()).ctx(what)?;
             Ok((MemberAdded { outcome, members }, true))
         })
@@ -567,7 +570,6 @@ impl Store for RedbStore {
                 };
                 return Ok((none, false));
             }
-            let mut memberships = txn.open_table(MEMBERSHIPS).ctx(what)?;
             let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
 
@@ -649,9 +651,6 @@ impl Store for RedbStore {
                 changed = true;
             }
             for (member, _) in joins() {
-                memberships.insert((scope, member, group), ()).ctx(what)?;
-            }
-            for (member, _) in joins() {
                 group_members.insert((scope, group, member), ()).ctx(what)?;
             }
             if count != before {
@@ -676,19 +675,17 @@ impl Store for RedbStore {
         check_name("member", member)?;
         let what = "member-remove";
         self.write(what, |txn| {
-            let mut memberships = txn.open_table(MEMBERSHIPS).ctx(what)?;
+            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
             let members = members_of(&counts, scope)?;
-            if memberships
-                .remove((scope, member, group))
+            if group_members
+                .remove((scope, group, member))
                 .ctx(what)?
                 .is_none()
             {
                 let outcome = MemberRemoveOutcome::NotInGroup;
                 return Ok((MemberRemoved { outcome, members }, false));
             }
-            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
-            group_members.remove((scope, group, member)).ctx(what)?;
             let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
             let released = leave(&mut member_groups, scope, member)?;
             let (outcome, members) = if released {
@@ -726,13 +723,11 @@ impl Store for RedbStore {
                 };
                 return Ok((none, false));
             }
-            let mut memberships = txn.open_table(MEMBERSHIPS).ctx(what)?;
             let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
             let mut released = 0u64;
             for member in &cleared {
                 let member = member.as_str();
                 group_members.remove((scope, group, member)).ctx(what)?;
-                memberships.remove((scope, member, group)).ctx(what)?;
                 if leave(&mut member_groups, scope, member)? {
                     released += 1;
                 }
@@ -920,7 +915,6 @@ impl Store for RedbStore {
             let mut records = txn.open_table(RECORDS).ctx(what)?;
             let mut counters = txn.open_table(COUNTERS).ctx(what)?;
             let mut markers = txn.open_table(ONCE).ctx(what)?;
-            let mut memberships = txn.open_table(MEMBERSHIPS).ctx(what)?;
             let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
@@ -932,9 +926,6 @@ impl Store for RedbStore {
             records.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
             counters.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
             markers.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
-            memberships
-                .retain_in(triples.clone(), |_, _| any())
-                .ctx(what)?;
             group_members.retain_in(triples, |_, _| any()).ctx(what)?;
             member_groups.retain_in(pairs, |_, _| any()).ctx(what)?;
             changed |= counts.remove(scope).ctx(what)?.is_some();
@@ -978,7 +969,6 @@ impl Store for RedbStore {
                         "member {member:?} of group {group:?}"
                     )));
                 }
-                memberships.insert((scope, member, group), ()).ctx(what)?;
                 *groups_of.entry(member).or_default() += 1;
             }
             for (&member, &groups) in &groups_of {
@@ -1061,4 +1051,43 @@ enum Found {
 /// The error for a dump that gives the same key twice.
 fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
     StoreError::InvalidArgument(format!("the dump holds {what} more than once"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file written by a version that kept `memberships` opens with that table
+    /// dropped and its members intact (they live in `group_members`).
+    #[test]
+    fn a_file_with_the_old_memberships_table_opens_without_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.redb");
+        {
+            let store = RedbStore::open(&path).expect("opens");
+            store
+                .member_add("acme", "q1", "ann@x.io", None)
+                .expect("adds");
+            store.persist().expect("durable");
+            drop(store);
+            let db = Database::create(&path).expect("reopens");
+            let txn = db.begin_write().expect("writes");
+            txn.open_table(MEMBERSHIPS)
+                .expect("old table")
+                .insert(("acme", "ann@x.io", "q1"), ())
+                .expect("inserts");
+            txn.commit().expect("commits");
+        }
+        let store = RedbStore::open(&path).expect("opens the old file");
+        let txn = store.db.begin_read().expect("reads");
+        assert!(matches!(
+            txn.open_table(MEMBERSHIPS),
+            Err(TableError::TableDoesNotExist(_))
+        ));
+        assert_eq!(store.member_count("acme").expect("counts"), 1);
+        let removed = store
+            .member_remove("acme", "q1", "ann@x.io")
+            .expect("removes");
+        assert_eq!(removed.outcome, MemberRemoveOutcome::Released);
+    }
 }
