@@ -100,7 +100,8 @@ fn decisions(c: &mut Criterion) {
         creditgate::store::RedbStore::open(&dir.path().join("bench.redb")).expect("opens"),
     );
     let mut worker = wasm_worker(&runtime, redb);
-    c.bench_function("decide/email/wasm/redb-durable", |b| {
+    // One caller, one disk sync per decision: the cost group commit amortises.
+    c.bench_function("decide/email/wasm/redb-durable-1-caller", |b| {
         b.iter(|| {
             let d = worker.decide(black_box(&email), T0).expect("decides");
             worker.persist().expect("durable");
