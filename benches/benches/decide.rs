@@ -33,6 +33,21 @@ use creditgate_guest::engine::Engine;
 use creditgate_guest::policy::Policy;
 
 const SMARTLEAD: &str = include_str!("../../policies/smartlead.toml");
+
+/// The shipped plans plus [`UNLIMITED`], for the decision benchmarks. Even
+/// `unlimited_prime` stops at 500,000 emails a cycle, which a loop at a
+/// microsecond a decision spends within its warm-up, and then times denials.
+const POLICY: &str = concat!(
+    include_str!("../../policies/smartlead.toml"),
+    r#"
+[plans.bench_unlimited]
+lead_credits = "unlimited"
+email_credits = "unlimited"
+"#
+);
+
+/// A plan of [`POLICY`] that never runs out.
+const UNLIMITED: &str = "bench_unlimited";
 const T0: i64 = 1_738_314_000_000_000_000; // 2025-01-31T09:00:00Z
 
 fn send(account: &str) -> Request {
@@ -52,13 +67,13 @@ fn lead(account: &str) -> Request {
     }
 }
 
-/// A worker over `store` with one account on the unlimited plan, so that the
+/// A worker over `store` with one account on [`UNLIMITED`], so that the
 /// benchmark loop never runs out of credits.
 fn wasm_worker(runtime: &Runtime, store: Arc<dyn Store>) -> Worker {
-    let (mut worker, _) = runtime.worker(store, SMARTLEAD).expect("policy loads");
+    let (mut worker, _) = runtime.worker(store, POLICY).expect("policy loads");
     let subscribe = Request::Subscribe {
         account: "acme".into(),
-        plan: "unlimited_prime".into(),
+        plan: UNLIMITED.into(),
     };
     worker.decide(&subscribe, T0).expect("subscribes");
     worker
@@ -66,9 +81,9 @@ fn wasm_worker(runtime: &Runtime, store: Arc<dyn Store>) -> Worker {
 
 fn native_engine(st: &mut NativeState) -> Engine {
     let mut engine = Engine::default();
-    engine.load_policy(SMARTLEAD).expect("policy loads");
+    engine.load_policy(POLICY).expect("policy loads");
     engine
-        .subscribe(st, "acme", "unlimited_prime", T0)
+        .subscribe(st, "acme", UNLIMITED, T0)
         .expect("subscribes");
     engine
 }
@@ -149,14 +164,14 @@ fn serve_workers(per_core: usize) -> usize {
     (per_core * cores).max(2)
 }
 
-/// A gateway over `store` with [`ACCOUNTS`] accounts on the unlimited plan.
+/// A gateway over `store` with [`ACCOUNTS`] accounts on [`UNLIMITED`].
 fn start_gateway(runtime: &Arc<Runtime>, store: Arc<dyn Store>, workers: usize) -> Gateway {
     let (gateway, _) =
-        Gateway::start(runtime.clone(), store, SMARTLEAD, workers).expect("gateway starts");
+        Gateway::start(runtime.clone(), store, POLICY, workers).expect("gateway starts");
     for i in 0..ACCOUNTS {
         let subscribe = Request::Subscribe {
             account: account(i),
-            plan: "unlimited_prime".into(),
+            plan: UNLIMITED.into(),
         };
         let d = gateway.decide_blocking(subscribe, T0).expect("subscribes");
         assert!(d.denied.is_none(), "subscribing {}: {d:?}", account(i));
