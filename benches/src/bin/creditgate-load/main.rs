@@ -8,7 +8,8 @@
 //! a charge of 1–3 recipients per message at `END-OF-MESSAGE` with a unique
 //! `instance`, some charges retried with the same one, across many accounts of
 //! which some run out of credits. `--spawn` seeds a store and starts `serve`
-//! itself ([`spawn`]), so that one command measures everything.
+//! itself ([`spawn`]), so that one command measures everything: the load, and
+//! also serve's start-up (spawn to first answer).
 //!
 //! Only loopback targets are accepted: this is a benchmark, not a way to load
 //! someone's production gateway.
@@ -30,12 +31,13 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 
 use mix::{Budget, Mix};
-use report::{RunInfo, Stats};
+use report::{RunInfo, ServeFigures, Stats};
 
 const EXAMPLES: &str = "\
 Examples:
   # Everything in one command: a release serve on a fresh redb store, 32
-  # connections over the Postfix protocol for 20 s.
+  # connections over the Postfix protocol for 20 s; also serve's start-up (spawn
+  # to first answer).
   cargo build --release -p creditgate -p creditgate-benches
   target/release/creditgate-load --spawn --connections 32 --duration 20s
 
@@ -45,6 +47,9 @@ Examples:
 
   # The HTTP API's POST /v1/decide/email instead.
   target/release/creditgate-load --spawn --http --duration 10s
+
+  # Serve's first start ever (an empty component cache, so it compiles).
+  target/release/creditgate-load --spawn --cold-start --duration 5s
 
 Exit status: 0 when every request got an answer, 1 when some failed, 2 on a
 usage error.";
@@ -72,6 +77,10 @@ struct Args {
     /// --workers for the spawned serve. Default: serve's own.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Give the spawned serve an empty component cache, so that its start-up
+    /// includes compiling the component (its first start ever).
+    #[arg(long, requires = "spawn")]
+    cold_start: bool,
     /// Concurrent persistent connections, one request in flight on each.
     #[arg(long, default_value_t = 32, value_name = "N")]
     connections: usize,
@@ -162,6 +171,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             &mix,
             args.workers,
             args.http.is_some(),
+            args.cold_start,
         )?)
     } else {
         None
@@ -188,6 +198,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
     let stats = runtime.block_on(load(target, &args, Arc::new(mix), Arc::new(budget)))?;
     let elapsed = started.elapsed();
+    let serve = spawned
+        .as_ref()
+        .map(|s| ServeFigures { startup: s.startup });
     drop(runtime);
 
     let serve_report = match spawned {
@@ -204,6 +217,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         connections: args.connections,
         threads: args.threads,
         elapsed,
+        serve,
     };
     if args.json {
         println!("{}", report::json(&info, &stats));
@@ -374,5 +388,8 @@ mod tests {
             Args::try_parse_from(["creditgate-load", "--requests", "5", "--duration", "1s"])
                 .is_err()
         );
+        // A cold start is of the serve this tool spawns.
+        assert!(Args::try_parse_from(["creditgate-load", "--cold-start"]).is_err());
+        assert!(Args::try_parse_from(["creditgate-load", "--spawn", "--cold-start"]).is_ok());
     }
 }

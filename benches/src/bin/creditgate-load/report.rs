@@ -1,11 +1,14 @@
 //! What a run measured: latency histograms per kind of request, replies by
 //! action, errors; merged across connections and printed as a table or JSON.
+//! With `--spawn`, also serve's start-up.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use crate::spawn::Startup;
 
 /// Which decision a request asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,6 +112,14 @@ pub struct RunInfo {
     pub connections: usize,
     pub threads: usize,
     pub elapsed: Duration,
+    /// What `--spawn` measured of serve itself.
+    pub serve: Option<ServeFigures>,
+}
+
+/// Serve's start-up, as `--spawn` measured it.
+#[derive(Debug)]
+pub struct ServeFigures {
+    pub startup: Startup,
 }
 
 /// `1.23 ms`, `456 µs`, `789 ns`: three significant digits or so.
@@ -123,6 +134,10 @@ fn human(ns: u64) -> String {
     } else {
         format!("{ns:.0} ns")
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn per_second(count: u64, elapsed: Duration) -> f64 {
@@ -179,6 +194,14 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
             human(h.max())
         );
     }
+    if let Some(serve) = &info.serve {
+        let _ = writeln!(
+            out,
+            "\nserve start-up {:>10}   spawn to the first answered policy request; {}",
+            human(nanos(serve.startup.elapsed)),
+            serve.startup.cache.describe()
+        );
+    }
     let _ = writeln!(out, "\nreplies");
     let width = stats
         .replies
@@ -211,6 +234,13 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
         .iter()
         .map(|(stage, h)| (stage.name().to_owned(), latency(h)))
         .collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let serve = info.serve.as_ref().map(|serve| {
+        serde_json::json!({
+            "startup_ms": ms(serve.startup.elapsed),
+            "component_cache": serve.startup.cache.name(),
+        })
+    });
     serde_json::json!({
         "protocol": info.protocol,
         "target": info.target,
@@ -225,6 +255,7 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
         "latency": latency(&stats.all()),
         "latency_by_stage": by_stage,
         "replies": stats.replies,
+        "serve": serve,
     })
 }
 
@@ -250,6 +281,7 @@ mod tests {
             connections: 2,
             threads: 1,
             elapsed: Duration::from_secs(1),
+            serve: None,
         };
         let json = json(&info, &a);
         assert_eq!(json["decisions"], 3);
@@ -257,6 +289,30 @@ mod tests {
         let text = text(&info, &a);
         assert!(text.contains("decisions               3   3/s"), "{text}");
         assert!(text.contains("end-of-message"), "{text}");
+    }
+
+    #[test]
+    fn serve_figures_report_start_up() {
+        use crate::spawn::Cache;
+        let ms = Duration::from_millis;
+        let info = RunInfo {
+            protocol: "postfix",
+            target: "127.0.0.1:1".into(),
+            connections: 1,
+            threads: 1,
+            elapsed: Duration::from_secs(1),
+            serve: Some(ServeFigures {
+                startup: Startup {
+                    elapsed: ms(150),
+                    cache: Cache::Warm,
+                },
+            }),
+        };
+        let json = json(&info, &Stats::default());
+        assert_eq!(json["serve"]["startup_ms"], 150.0);
+        assert_eq!(json["serve"]["component_cache"], "warm");
+        let text = text(&info, &Stats::default());
+        assert!(text.contains("serve start-up  150.00 ms"), "{text}");
     }
 
     #[test]
