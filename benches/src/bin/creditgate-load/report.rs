@@ -1,6 +1,6 @@
 //! What a run measured: latency histograms per kind of request, replies by
 //! action, errors; merged across connections and printed as a table or JSON.
-//! With `--spawn`, also serve's start-up.
+//! With `--spawn`, also serve's start-up and the reloads timed after the run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -116,10 +116,21 @@ pub struct RunInfo {
     pub serve: Option<ServeFigures>,
 }
 
-/// Serve's start-up, as `--spawn` measured it.
+/// Serve's start-up and its reloads, as `--spawn` measured them.
 #[derive(Debug)]
 pub struct ServeFigures {
     pub startup: Startup,
+    /// Each `POST /v1/admin/reload`, in order, when they all succeeded.
+    pub reloads: Result<Vec<Duration>, String>,
+}
+
+impl ServeFigures {
+    /// The median (the lower one for an even count) and the largest reload.
+    fn reload_p50_max(&self) -> Option<(Duration, Duration)> {
+        let mut times = self.reloads.as_ref().ok()?.clone();
+        times.sort();
+        Some((*times.get((times.len().max(1) - 1) / 2)?, *times.last()?))
+    }
 }
 
 /// `1.23 ms`, `456 µs`, `789 ns`: three significant digits or so.
@@ -201,6 +212,21 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
             human(nanos(serve.startup.elapsed)),
             serve.startup.cache.describe()
         );
+        match (&serve.reloads, serve.reload_p50_max()) {
+            (Ok(times), Some((p50, max))) => {
+                let _ = writeln!(
+                    out,
+                    "reloads        {:>10}   p50 {}, max {} (POST /v1/admin/reload, one at a time after the run)",
+                    times.len(),
+                    human(nanos(p50)),
+                    human(nanos(max))
+                );
+            }
+            (Ok(_), None) => {}
+            (Err(e), _) => {
+                let _ = writeln!(out, "reloads            failed   {e}");
+            }
+        }
     }
     let _ = writeln!(out, "\nreplies");
     let width = stats
@@ -236,9 +262,20 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
         .collect();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let serve = info.serve.as_ref().map(|serve| {
+        let reloads = match (&serve.reloads, serve.reload_p50_max()) {
+            (Ok(times), Some((p50, max))) => serde_json::json!({
+                "count": times.len(),
+                "p50_ms": ms(p50),
+                "max_ms": ms(max),
+                "all_ms": times.iter().map(|&t| ms(t)).collect::<Vec<_>>(),
+            }),
+            (Ok(_), None) => serde_json::json!({"count": 0}),
+            (Err(e), _) => serde_json::json!({"error": e}),
+        };
         serde_json::json!({
             "startup_ms": ms(serve.startup.elapsed),
             "component_cache": serve.startup.cache.name(),
+            "reloads": reloads,
         })
     });
     serde_json::json!({
@@ -292,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn serve_figures_report_start_up() {
+    fn serve_figures_report_start_up_and_reload_percentiles() {
         use crate::spawn::Cache;
         let ms = Duration::from_millis;
         let info = RunInfo {
@@ -306,13 +343,18 @@ mod tests {
                     elapsed: ms(150),
                     cache: Cache::Warm,
                 },
+                reloads: Ok(vec![ms(9), ms(3), ms(5), ms(4)]),
             }),
         };
         let json = json(&info, &Stats::default());
         assert_eq!(json["serve"]["startup_ms"], 150.0);
         assert_eq!(json["serve"]["component_cache"], "warm");
+        assert_eq!(json["serve"]["reloads"]["count"], 4);
+        assert_eq!(json["serve"]["reloads"]["p50_ms"], 4.0);
+        assert_eq!(json["serve"]["reloads"]["max_ms"], 9.0);
         let text = text(&info, &Stats::default());
         assert!(text.contains("serve start-up  150.00 ms"), "{text}");
+        assert!(text.contains("p50 4.00 ms, max 9.00 ms"), "{text}");
     }
 
     #[test]

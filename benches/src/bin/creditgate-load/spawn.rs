@@ -178,6 +178,9 @@ impl Spawned {
         if let Some(cache_dir) = cache_dir.as_ref().filter(|_| cold_start) {
             command.env("CREDITGATE_CACHE_DIR", cache_dir);
         }
+        // A private serve: no admin token, whatever this shell exports, so that
+        // the reloads are not refused (and a short token does not stop the start).
+        command.env_remove("CREDITGATE_ADMIN_TOKEN");
         // Always give the HTTP API its own free port when this serve has one, so
         // that a run never collides with another serve on the default 8080.
         let http = if serves_http(creditgate)? {
