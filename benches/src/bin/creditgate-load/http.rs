@@ -1,6 +1,6 @@
 //! The HTTP side: one persistent HTTP/1.1 connection per task, each message one
 //! `POST /v1/decide/email` (sent twice when the mix retries it, with the same
-//! `message_id`).
+//! `message_id`). Also the timed `POST /v1/admin/reload`s of `--reloads`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -71,6 +71,33 @@ impl ApiClient {
         Ok(())
     }
 
+    /// `POST /v1/admin/reload` (no admin token: the spawned serve has none); the
+    /// policy version now in force. A refused reload is an error.
+    pub async fn reload(&mut self) -> anyhow::Result<u64> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/admin/reload")
+            .header(header::HOST, &self.host)
+            .body(Full::new(Bytes::new()))?;
+        let answer = async {
+            self.sender.ready().await.context("the connection closed")?;
+            let response = self.sender.send_request(request).await?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, answer)
+            .await
+            .with_context(|| format!("no reply within {:?}", self.timeout))??;
+        let body = String::from_utf8_lossy(&bytes);
+        anyhow::ensure!(status.is_success(), "reload answered {status}: {body}");
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("a reload reply that is not JSON: {body}"))?;
+        json["version"]
+            .as_u64()
+            .with_context(|| format!("a reload reply without a version: {body}"))
+    }
+
     /// One request; the class of its answer: `allowed`, `denied:<reason>`, or
     /// `http:<status>` for an error status.
     async fn decide(&mut self, body: Bytes) -> anyhow::Result<String> {
@@ -95,6 +122,32 @@ impl ApiClient {
         })?;
         Ok(classify(&json))
     }
+}
+
+/// `count` reloads of the serve at `addr`, one after the other on one
+/// connection, each timed from sending to the whole answer. Each must put a new
+/// version in force: a reload refused or skipped is an error.
+pub async fn reloads(
+    addr: SocketAddr,
+    count: u32,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut client = ApiClient::connect(addr, timeout).await?;
+    let mut times = Vec::with_capacity(count as usize);
+    let mut last = None;
+    for _ in 0..count {
+        let start = Instant::now();
+        let version = client.reload().await?;
+        times.push(start.elapsed());
+        if let Some(last) = last {
+            anyhow::ensure!(
+                version == last + 1,
+                "a reload put version {version} in force after {last}"
+            );
+        }
+        last = Some(version);
+    }
+    Ok(times)
 }
 
 /// `allowed`, or `denied:<reason>`. Takes the API's `{"allowed": bool}` and also

@@ -8,7 +8,9 @@
 //! a charge of 1–3 recipients per message at `END-OF-MESSAGE` with a unique
 //! `instance`, some charges retried with the same one, across many accounts of
 //! which some run out of credits. `--spawn` seeds a store and starts `serve`
-//! itself ([`spawn`]), so that one command measures everything.
+//! itself ([`spawn`]), so that one command measures everything: the load, and
+//! also serve's start-up (spawn to first answer) and, after the run, the latency
+//! of `--reloads` hot reloads through the HTTP API.
 //!
 //! Only loopback targets are accepted: this is a benchmark, not a way to load
 //! someone's production gateway.
@@ -30,12 +32,13 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 
 use mix::{Budget, Mix};
-use report::{RunInfo, Stats};
+use report::{RunInfo, ServeFigures, Stats};
 
 const EXAMPLES: &str = "\
 Examples:
   # Everything in one command: a release serve on a fresh redb store, 32
-  # connections over the Postfix protocol for 20 s.
+  # connections over the Postfix protocol for 20 s; also serve's start-up (spawn
+  # to first answer) and 5 hot reloads timed after the run.
   cargo build --release -p creditgate -p creditgate-benches
   target/release/creditgate-load --spawn --connections 32 --duration 20s
 
@@ -46,8 +49,12 @@ Examples:
   # The HTTP API's POST /v1/decide/email instead.
   target/release/creditgate-load --spawn --http --duration 10s
 
-Exit status: 0 when every request got an answer, 1 when some failed, 2 on a
-usage error.";
+  # Serve's first start ever (an empty component cache, so it compiles), and 20
+  # timed hot reloads after the run instead of 5.
+  target/release/creditgate-load --spawn --cold-start --reloads 20 --duration 5s
+
+Exit status: 0 when every request (and every reload) got an answer, 1 when
+some failed, 2 on a usage error.";
 
 /// Load `creditgate serve` over the Postfix policy protocol or the HTTP API and
 /// report decisions per second and latency percentiles.
@@ -72,6 +79,14 @@ struct Args {
     /// --workers for the spawned serve. Default: serve's own.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// After the run, time this many `POST /v1/admin/reload`s on the spawned
+    /// serve, one at a time. Default 5; 0 for none.
+    #[arg(long, value_name = "N", requires = "spawn")]
+    reloads: Option<u32>,
+    /// Give the spawned serve an empty component cache, so that its start-up
+    /// includes compiling the component (its first start ever).
+    #[arg(long, requires = "spawn")]
+    cold_start: bool,
     /// Concurrent persistent connections, one request in flight on each.
     #[arg(long, default_value_t = 32, value_name = "N")]
     connections: usize,
@@ -116,6 +131,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Reloads timed after a `--spawn` run unless `--reloads` says otherwise.
+const DEFAULT_RELOADS: u32 = 5;
 
 /// The protocol and address to load.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +180,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             &mix,
             args.workers,
             args.http.is_some(),
+            args.cold_start,
         )?)
     } else {
         None
@@ -188,12 +207,23 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
     let stats = runtime.block_on(load(target, &args, Arc::new(mix), Arc::new(budget)))?;
     let elapsed = started.elapsed();
+    let serve = spawned.as_ref().map(|s| ServeFigures {
+        startup: s.startup,
+        reloads: match (args.reloads.unwrap_or(DEFAULT_RELOADS), s.http) {
+            (0, _) => Ok(Vec::new()),
+            (n, Some(http)) => runtime
+                .block_on(http::reloads(http, n, args.timeout))
+                .map_err(|e| format!("{e:#}")),
+            (_, None) => Err("the spawned serve has no HTTP API".to_owned()),
+        },
+    });
     drop(runtime);
 
     let serve_report = match spawned {
         Some(s) => Some(s.stop()?),
         None => None,
     };
+    let reloads_failed = serve.as_ref().is_some_and(|s| s.reloads.is_err());
     let (protocol, addr) = match target {
         Target::Postfix(a) => ("the Postfix policy protocol", a),
         Target::Http(a) => ("HTTP POST /v1/decide/email", a),
@@ -204,6 +234,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         connections: args.connections,
         threads: args.threads,
         elapsed,
+        serve,
     };
     if args.json {
         println!("{}", report::json(&info, &stats));
@@ -213,7 +244,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(report) = serve_report.filter(|r| !r.is_empty()) {
         eprintln!("\nserve's own report:\n{report}");
     }
-    Ok(stats.errors == 0 && stats.decisions() > 0)
+    Ok(stats.errors == 0 && stats.decisions() > 0 && !reloads_failed)
 }
 
 /// Runs every connection to the end of the budget; their stats merged.
@@ -374,5 +405,12 @@ mod tests {
             Args::try_parse_from(["creditgate-load", "--requests", "5", "--duration", "1s"])
                 .is_err()
         );
+        // Reloads and a cold start are of the serve this tool spawns.
+        for flag in [&["--reloads", "3"][..], &["--cold-start"]] {
+            let without = [&["creditgate-load"][..], flag].concat();
+            assert!(Args::try_parse_from(&without).is_err(), "{flag:?}");
+            let with = [&["creditgate-load", "--spawn"][..], flag].concat();
+            assert!(Args::try_parse_from(&with).is_ok(), "{flag:?}");
+        }
     }
 }

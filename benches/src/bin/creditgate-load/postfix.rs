@@ -119,6 +119,22 @@ impl PolicyClient {
     }
 }
 
+/// One `RCPT` check for `account`, as Postfix sends it: the request `--spawn`
+/// times serve's start-up with. A check charges nothing and is answered without
+/// waiting for a commit.
+pub fn rcpt_request(account: &str) -> String {
+    let message = Message {
+        account: account.to_owned(),
+        recipients: vec!["probe@example.org".to_owned()],
+        instance: "start-up.probe.0".to_owned(),
+        retried: false,
+        kind: "first",
+    };
+    let mut out = String::new();
+    encode(&mut out, "RCPT", &message, &message.recipients[0], 0);
+    out
+}
+
 /// Writes one request into `out`, with the attributes Postfix 3.7 sends.
 fn encode(out: &mut String, state: &str, m: &Message, recipient: &str, count: usize) {
     use std::fmt::Write as _;

@@ -1,11 +1,14 @@
 //! What a run measured: latency histograms per kind of request, replies by
 //! action, errors; merged across connections and printed as a table or JSON.
+//! With `--spawn`, also serve's start-up and the reloads timed after the run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use crate::spawn::Startup;
 
 /// Which decision a request asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,6 +112,25 @@ pub struct RunInfo {
     pub connections: usize,
     pub threads: usize,
     pub elapsed: Duration,
+    /// What `--spawn` measured of serve itself.
+    pub serve: Option<ServeFigures>,
+}
+
+/// Serve's start-up and its reloads, as `--spawn` measured them.
+#[derive(Debug)]
+pub struct ServeFigures {
+    pub startup: Startup,
+    /// Each `POST /v1/admin/reload`, in order, when they all succeeded.
+    pub reloads: Result<Vec<Duration>, String>,
+}
+
+impl ServeFigures {
+    /// The median (the lower one for an even count) and the largest reload.
+    fn reload_p50_max(&self) -> Option<(Duration, Duration)> {
+        let mut times = self.reloads.as_ref().ok()?.clone();
+        times.sort();
+        Some((*times.get((times.len().max(1) - 1) / 2)?, *times.last()?))
+    }
 }
 
 /// `1.23 ms`, `456 µs`, `789 ns`: three significant digits or so.
@@ -123,6 +145,10 @@ fn human(ns: u64) -> String {
     } else {
         format!("{ns:.0} ns")
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn per_second(count: u64, elapsed: Duration) -> f64 {
@@ -179,6 +205,29 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
             human(h.max())
         );
     }
+    if let Some(serve) = &info.serve {
+        let _ = writeln!(
+            out,
+            "\nserve start-up {:>10}   spawn to the first answered policy request; {}",
+            human(nanos(serve.startup.elapsed)),
+            serve.startup.cache.describe()
+        );
+        match (&serve.reloads, serve.reload_p50_max()) {
+            (Ok(times), Some((p50, max))) => {
+                let _ = writeln!(
+                    out,
+                    "reloads        {:>10}   p50 {}, max {} (POST /v1/admin/reload, one at a time after the run)",
+                    times.len(),
+                    human(nanos(p50)),
+                    human(nanos(max))
+                );
+            }
+            (Ok(_), None) => {}
+            (Err(e), _) => {
+                let _ = writeln!(out, "reloads            failed   {e}");
+            }
+        }
+    }
     let _ = writeln!(out, "\nreplies");
     let width = stats
         .replies
@@ -211,6 +260,24 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
         .iter()
         .map(|(stage, h)| (stage.name().to_owned(), latency(h)))
         .collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let serve = info.serve.as_ref().map(|serve| {
+        let reloads = match (&serve.reloads, serve.reload_p50_max()) {
+            (Ok(times), Some((p50, max))) => serde_json::json!({
+                "count": times.len(),
+                "p50_ms": ms(p50),
+                "max_ms": ms(max),
+                "all_ms": times.iter().map(|&t| ms(t)).collect::<Vec<_>>(),
+            }),
+            (Ok(_), None) => serde_json::json!({"count": 0}),
+            (Err(e), _) => serde_json::json!({"error": e}),
+        };
+        serde_json::json!({
+            "startup_ms": ms(serve.startup.elapsed),
+            "component_cache": serve.startup.cache.name(),
+            "reloads": reloads,
+        })
+    });
     serde_json::json!({
         "protocol": info.protocol,
         "target": info.target,
@@ -225,6 +292,7 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
         "latency": latency(&stats.all()),
         "latency_by_stage": by_stage,
         "replies": stats.replies,
+        "serve": serve,
     })
 }
 
@@ -250,6 +318,7 @@ mod tests {
             connections: 2,
             threads: 1,
             elapsed: Duration::from_secs(1),
+            serve: None,
         };
         let json = json(&info, &a);
         assert_eq!(json["decisions"], 3);
@@ -257,6 +326,35 @@ mod tests {
         let text = text(&info, &a);
         assert!(text.contains("decisions               3   3/s"), "{text}");
         assert!(text.contains("end-of-message"), "{text}");
+    }
+
+    #[test]
+    fn serve_figures_report_start_up_and_reload_percentiles() {
+        use crate::spawn::Cache;
+        let ms = Duration::from_millis;
+        let info = RunInfo {
+            protocol: "postfix",
+            target: "127.0.0.1:1".into(),
+            connections: 1,
+            threads: 1,
+            elapsed: Duration::from_secs(1),
+            serve: Some(ServeFigures {
+                startup: Startup {
+                    elapsed: ms(150),
+                    cache: Cache::Warm,
+                },
+                reloads: Ok(vec![ms(9), ms(3), ms(5), ms(4)]),
+            }),
+        };
+        let json = json(&info, &Stats::default());
+        assert_eq!(json["serve"]["startup_ms"], 150.0);
+        assert_eq!(json["serve"]["component_cache"], "warm");
+        assert_eq!(json["serve"]["reloads"]["count"], 4);
+        assert_eq!(json["serve"]["reloads"]["p50_ms"], 4.0);
+        assert_eq!(json["serve"]["reloads"]["max_ms"], 9.0);
+        let text = text(&info, &Stats::default());
+        assert!(text.contains("serve start-up  150.00 ms"), "{text}");
+        assert!(text.contains("p50 4.00 ms, max 9.00 ms"), "{text}");
     }
 
     #[test]

@@ -1,12 +1,20 @@
 //! `--spawn`: a temporary store seeded with the mix's accounts, and a
 //! `creditgate serve` on it, stopped (SIGTERM, so that it drains and prints its
 //! own latency report) when the run ends. One command then measures everything.
+//!
+//! It also times serve's start-up: from spawning the process to the answer to a
+//! real policy request (an `RCPT` check), polled every [`POLL`], so the figure
+//! includes opening the store, loading the component and the policy, starting the
+//! workers and binding the listeners. Whether the component came precompiled
+//! ([`Cache`]) is read off the cache directory, compared before and after.
 
-use std::io::Write as _;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail, ensure};
 
@@ -24,8 +32,11 @@ lead_credits = 10
 email_credits = 20
 ";
 
-/// How long `serve` may take to listen: a cold start compiles the component.
+/// How long `serve` may take to answer: a cold start compiles the component.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often start-up is polled: the resolution of the start-up figure.
+const POLL: Duration = Duration::from_millis(2);
 
 /// A `creditgate serve` this process started, on a store in a temp dir.
 #[derive(Debug)]
@@ -33,8 +44,86 @@ pub struct Spawned {
     child: Option<Child>,
     pub postfix: SocketAddr,
     pub http: Option<SocketAddr>,
+    pub startup: Startup,
     log: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// How serve started.
+#[derive(Debug, Clone, Copy)]
+pub struct Startup {
+    /// From spawning `creditgate serve` to its first answered policy request.
+    pub elapsed: Duration,
+    pub cache: Cache,
+}
+
+/// Where serve's component came from, as its cache directory
+/// (`$CREDITGATE_CACHE_DIR`, else `~/.cache/creditgate`) shows: a precompiled
+/// file loads in about a millisecond, a compilation takes hundreds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// The cache held precompiled components before this run and serve wrote
+    /// none: it loaded one.
+    Warm,
+    /// As warm, but the seeding `replay` (same binary, same cache) compiled the
+    /// component moments before: the first start of this build.
+    FilledBySeed,
+    /// Serve compiled the component and wrote it to the cache (`--cold-start`).
+    Compiled,
+    /// No precompiled component and none written (no cache directory, or one it
+    /// cannot write): serve compiled, as every start will.
+    Uncached,
+}
+
+impl Cache {
+    /// Classifies from the cache's `*.cwasm` files before seeding, before serve,
+    /// and after serve answered.
+    fn classify(before_seed: &Listing, before_serve: &Listing, after: &Listing) -> Cache {
+        if after != before_serve {
+            Cache::Compiled
+        } else if before_serve.is_empty() {
+            Cache::Uncached
+        } else if before_serve != before_seed {
+            Cache::FilledBySeed
+        } else {
+            Cache::Warm
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cache::Warm => "warm",
+            Cache::FilledBySeed => "filled_by_seed",
+            Cache::Compiled => "compiled",
+            Cache::Uncached => "uncached",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Cache::Warm => "component cache warm",
+            Cache::FilledBySeed => "component cache warm, filled by the seeding replay just before",
+            Cache::Compiled => "component compiled (cold cache)",
+            Cache::Uncached => "component compiled (no usable cache)",
+        }
+    }
+}
+
+/// The precompiled components in a cache directory: name → (modified, length).
+type Listing = BTreeMap<OsString, (SystemTime, u64)>;
+
+fn listing(dir: Option<&Path>) -> Listing {
+    let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) else {
+        return Listing::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.file_name(), (meta.modified().ok()?, meta.len())))
+        })
+        .collect()
 }
 
 /// The `creditgate` binary: `--creditgate`, else the one next to this binary
@@ -49,18 +138,28 @@ pub fn creditgate_binary(flag: Option<PathBuf>) -> PathBuf {
 
 impl Spawned {
     /// Seeds a store with `mix`'s accounts and starts `serve` on it; with `http`,
-    /// the HTTP API listens too.
+    /// the HTTP API listens too. With `cold_start`, serve gets an empty cache
+    /// directory of its own, so that it compiles the component as on its first
+    /// start ever.
     pub fn start(
         creditgate: &Path,
         mix: &Mix,
         workers: Option<usize>,
         http: bool,
+        cold_start: bool,
     ) -> anyhow::Result<Spawned> {
         let dir = tempfile::tempdir().context("creating a temp dir")?;
         let policy = dir.path().join("policy.toml");
         let store = dir.path().join("load.redb");
         std::fs::write(&policy, POLICY).context("writing the policy")?;
+        let cache_dir = if cold_start {
+            Some(dir.path().join("cache"))
+        } else {
+            creditgate::runtime::default_cache_dir()
+        };
+        let before_seed = listing(cache_dir.as_deref());
         seed(creditgate, &store, &policy, mix)?;
+        let before_serve = listing(cache_dir.as_deref());
 
         let postfix = free_port()?;
         let log = dir.path().join("serve.log");
@@ -76,6 +175,12 @@ impl Spawned {
         if let Some(workers) = workers {
             command.arg("--workers").arg(workers.to_string());
         }
+        if let Some(cache_dir) = cache_dir.as_ref().filter(|_| cold_start) {
+            command.env("CREDITGATE_CACHE_DIR", cache_dir);
+        }
+        // A private serve: no admin token, whatever this shell exports, so that
+        // the reloads are not refused (and a short token does not stop the start).
+        command.env_remove("CREDITGATE_ADMIN_TOKEN");
         // Always give the HTTP API its own free port when this serve has one, so
         // that a run never collides with another serve on the default 8080.
         let http = if serves_http(creditgate)? {
@@ -90,45 +195,68 @@ impl Spawned {
         } else {
             None
         };
+        let stderr = std::fs::File::create(&log).context("creating serve.log")?;
+        let spawned_at = Instant::now();
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).context("creating serve.log")?)
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {} serve", creditgate.display()))?;
         let mut spawned = Spawned {
             child: Some(child),
             postfix,
             http,
+            startup: Startup {
+                elapsed: Duration::ZERO,
+                cache: Cache::Warm,
+            },
             log,
             _dir: dir,
         };
-        spawned.wait_listening(postfix)?;
+        let probe = crate::postfix::rcpt_request(&mix.account(0));
+        spawned.wait_until(postfix, "answer a policy request", || {
+            ask(postfix, probe.as_bytes())
+        })?;
+        spawned.startup = Startup {
+            elapsed: spawned_at.elapsed(),
+            cache: Cache::classify(&before_seed, &before_serve, &listing(cache_dir.as_deref())),
+        };
         if let Some(http) = http {
-            spawned.wait_listening(http)?;
+            spawned.wait_until(http, "listen", || {
+                Ok(TcpStream::connect(http).is_ok().then_some(()))
+            })?;
         }
         Ok(spawned)
     }
 
-    fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+    /// Polls `ready` until it gives `Some`, serve exits, or [`START_TIMEOUT`].
+    fn wait_until<T>(
+        &mut self,
+        addr: SocketAddr,
+        what: &str,
+        mut ready: impl FnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
         let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(addr).is_err() {
+        loop {
+            if let Some(done) = ready()? {
+                return Ok(done);
+            }
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
                 bail!(
-                    "serve exited with {status} before listening:\n{}",
+                    "serve exited with {status} before it did {what}:\n{}",
                     self.log()
                 );
             }
             ensure!(
                 Instant::now() < deadline,
-                "serve did not listen on {addr} within {START_TIMEOUT:?}:\n{}",
+                "serve did not {what} on {addr} within {START_TIMEOUT:?}:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
-        Ok(())
     }
 
     fn log(&self) -> String {
@@ -239,8 +367,59 @@ fn serves_http(creditgate: &Path) -> anyhow::Result<bool> {
     Ok(String::from_utf8_lossy(&help.stdout).contains("--http-listen"))
 }
 
+/// Sends one policy request to `addr` and returns the reply's action; `None`
+/// while nothing listens there yet.
+fn ask(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Option<String>> {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return Ok(None);
+    };
+    // Listening means the gateway is up: the answer itself takes microseconds.
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_nodelay(true)?;
+    stream
+        .write_all(request)
+        .context("sending serve its first request")?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !reply.ends_with(b"\n\n") {
+        let n = stream
+            .read(&mut chunk)
+            .context("waiting for serve's first answer")?;
+        ensure!(n > 0, "serve closed the connection before its first answer");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    let action = reply
+        .strip_prefix("action=")
+        .and_then(|r| r.strip_suffix("\n\n"))
+        .with_context(|| format!("serve's first answer is not a policy reply: {reply:?}"))?;
+    Ok(Some(action.to_owned()))
+}
+
 /// A loopback port free a moment ago, for a server that must be told its port.
 fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_classified_by_what_changed_in_it() {
+        let file = |name: &str, secs: u64| {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            (OsString::from(name), (at, 100))
+        };
+        let none = Listing::new();
+        let old = Listing::from([file("a.cwasm", 1)]);
+        let seeded = Listing::from([file("a.cwasm", 1), file("b.cwasm", 2)]);
+        let rewritten = Listing::from([file("a.cwasm", 3)]);
+        assert_eq!(Cache::classify(&old, &old, &old), Cache::Warm);
+        assert_eq!(Cache::classify(&old, &seeded, &seeded), Cache::FilledBySeed);
+        assert_eq!(Cache::classify(&none, &none, &old), Cache::Compiled);
+        assert_eq!(Cache::classify(&old, &old, &rewritten), Cache::Compiled);
+        assert_eq!(Cache::classify(&none, &none, &none), Cache::Uncached);
+    }
 }
