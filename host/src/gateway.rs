@@ -14,10 +14,11 @@
 //! between requests, so a request in flight finishes on the version it started with.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -105,9 +106,23 @@ struct Version {
     policy: Arc<str>,
 }
 
+/// Where requests wait for a worker: read-only ones in a lane of their own, so
+/// that an RCPT check never waits behind charges, whose workers may all be held
+/// up by a disk sync.
+struct Lanes {
+    reads: Sender<Job>,
+    writes: Sender<Job>,
+}
+
+/// Longest a commit waits for requests already asked for to be decided, so that
+/// one disk sync covers them too (see [`commit`]).
+const GATHER_AT_MOST: Duration = Duration::from_millis(1);
+
 /// Handle to the pool; cheap to share behind an `Arc`.
 pub struct Gateway {
-    jobs: Mutex<Option<Sender<Job>>>,
+    jobs: Mutex<Option<Lanes>>,
+    /// Requests that may write, submitted and not yet handed to the committer.
+    undecided: Arc<AtomicUsize>,
     version: Arc<RwLock<Version>>,
     store: Arc<dyn Store>,
     stats: Arc<Mutex<GatewayStats>>,
@@ -132,7 +147,9 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Starts `workers` workers (at least one) over `store` with `policy` loaded.
+    /// Starts `workers` workers (at least one) for requests that may write, and
+    /// half as many (at least one) for read-only requests, over `store` with
+    /// `policy` loaded.
     pub fn start(
         runtime: Arc<Runtime>,
         store: Arc<dyn Store>,
@@ -145,15 +162,22 @@ impl Gateway {
             runtime,
             policy: Arc::from(policy),
         }));
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let (writes, write_queue) = mpsc::channel::<Job>();
+        let (reads, read_queue) = mpsc::channel::<Job>();
+        let queues = [
+            Arc::new(Mutex::new(write_queue)),
+            Arc::new(Mutex::new(read_queue)),
+        ];
+        let undecided = Arc::new(AtomicUsize::new(0));
         let (done, committed) = mpsc::channel::<Done>();
         let stats = Arc::new(Mutex::new(GatewayStats::default()));
         let refusals = Arc::new(Mutex::new(VecDeque::new()));
         let notifier = Arc::new(OnceLock::new());
         let gate = Arc::new(CommitGate::default());
         let mut threads = Vec::new();
-        for i in 0..workers.max(1) {
+        let writers = workers.max(1);
+        let readers = (writers / 2).max(1);
+        for i in 0..writers + readers {
             let shared = Shared {
                 version: version.clone(),
                 store: store.clone(),
@@ -161,27 +185,33 @@ impl Gateway {
                 stats: stats.clone(),
                 refusals: refusals.clone(),
                 gate: gate.clone(),
+                undecided: undecided.clone(),
             };
-            let queue = queue.clone();
+            let (queue, name) = if i < writers {
+                (queues[0].clone(), format!("creditgate-worker-{i}"))
+            } else {
+                (
+                    queues[1].clone(),
+                    format!("creditgate-reader-{}", i - writers),
+                )
+            };
             let worker = worker_for(&version, &store)?;
-            threads.push(spawn(&format!("creditgate-worker-{i}"), move || {
-                work(worker, &queue, &shared)
-            }));
+            threads.push(spawn(&name, move || work(worker, &queue, &shared)));
         }
         drop(done);
-        let (committer_store, committer_stats, committer_notifier) =
-            (store.clone(), stats.clone(), notifier.clone());
+        let committer = Committer {
+            store: store.clone(),
+            stats: stats.clone(),
+            notifier: notifier.clone(),
+            gate,
+            undecided: undecided.clone(),
+        };
         threads.push(spawn("creditgate-commit", move || {
-            commit(
-                &committer_store,
-                &committed,
-                &committer_stats,
-                &committer_notifier,
-                &gate,
-            )
+            committer.run(&committed)
         }));
         let gateway = Gateway {
-            jobs: Mutex::new(Some(jobs)),
+            jobs: Mutex::new(Some(Lanes { reads, writes })),
+            undecided,
             version,
             store,
             stats,
@@ -278,10 +308,17 @@ impl Gateway {
     ) -> Result<oneshot::Receiver<Result<Answer, GatewayError>>, GatewayError> {
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let sender = jobs.as_ref().ok_or(GatewayError::Stopped)?;
-        sender
-            .send(Job { work, now, reply })
-            .map_err(|_| GatewayError::Stopped)?;
+        let lanes = jobs.as_ref().ok_or(GatewayError::Stopped)?;
+        let job = Job { work, now, reply };
+        let sent = if job.work.op().is_read_only() {
+            lanes.reads.send(job)
+        } else {
+            self.undecided.fetch_add(1, Ordering::AcqRel);
+            lanes.writes.send(job).inspect_err(|_| {
+                self.undecided.fetch_sub(1, Ordering::AcqRel);
+            })
+        };
+        sent.map_err(|_| GatewayError::Stopped)?;
         Ok(answer)
     }
 
@@ -411,6 +448,7 @@ struct Shared {
     stats: Arc<Mutex<GatewayStats>>,
     refusals: Arc<Mutex<VecDeque<Refusal>>>,
     gate: Arc<CommitGate>,
+    undecided: Arc<AtomicUsize>,
 }
 
 fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Shared) {
@@ -421,6 +459,7 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
         stats,
         refusals,
         gate,
+        undecided,
     } = shared;
     loop {
         // One worker waits on the queue at a time; the others wait on the lock.
@@ -508,32 +547,66 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
             let _ = job.reply.send(answer);
             continue;
         }
-        if done
-            .send(Done {
-                op,
-                answer,
-                reply: job.reply,
-                decided_at: Instant::now(),
-                alerts: fired,
-            })
-            .is_err()
-        {
+        let handed = done.send(Done {
+            op,
+            answer,
+            reply: job.reply,
+            decided_at: Instant::now(),
+            alerts: fired,
+        });
+        // After the hand-over, so that a committer that sees no undecided request
+        // has every decision in its channel.
+        undecided.fetch_sub(1, Ordering::AcqRel);
+        if handed.is_err() {
             break;
         }
     }
 }
 
-/// Group commit: one `persist` for every decision made since the last one.
-fn commit(
-    store: &Arc<dyn Store>,
-    committed: &Receiver<Done>,
-    stats: &Mutex<GatewayStats>,
-    notifier: &OnceLock<Notifier>,
-    gate: &CommitGate,
-) {
-    while let Ok(first) = committed.recv() {
-        let mut batch = vec![first];
-        batch.extend(committed.try_iter());
+/// What the committer thread holds.
+struct Committer {
+    store: Arc<dyn Store>,
+    stats: Arc<Mutex<GatewayStats>>,
+    notifier: Arc<OnceLock<Notifier>>,
+    gate: Arc<CommitGate>,
+    undecided: Arc<AtomicUsize>,
+}
+
+impl Committer {
+    /// Group commit: one `persist` for every decision made since the last one.
+    ///
+    /// A sync does not start at the first decision that needs one: while requests
+    /// already asked for are still being decided (most often the charges that
+    /// queued up during the previous sync), it waits for them, up to
+    /// [`GATHER_AT_MOST`]. One sync then covers a whole wave of charges instead of
+    /// the first few, which is what keeps the disk from capping throughput.
+    fn run(&self, committed: &Receiver<Done>) {
+        while let Ok(first) = committed.recv() {
+            let mut batch = vec![first];
+            let deadline = Instant::now() + GATHER_AT_MOST;
+            loop {
+                batch.extend(committed.try_iter());
+                if self.undecided.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                match committed.recv_timeout(left) {
+                    Ok(done) => batch.push(done),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&self, batch: Vec<Done>) {
+        let Committer {
+            store,
+            stats,
+            notifier,
+            gate,
+            ..
+        } = self;
         let started = Instant::now();
         let sealed = gate.write().unwrap_or_else(PoisonError::into_inner);
         let persisted = store.persist().map_err(|e: StoreError| e.to_string());
