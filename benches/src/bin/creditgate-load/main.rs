@@ -204,10 +204,20 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let cpu = || {
+        let serve = spawned.as_ref().and_then(spawn::Spawned::cpu_time);
+        (serve, spawn::cpu_time(std::process::id()))
+    };
+    let cpu_before = cpu();
     let started = Instant::now();
     let stats = runtime.block_on(load(target, &args, Arc::new(mix), Arc::new(budget)))?;
     let elapsed = started.elapsed();
+    let cpu_after = cpu();
+    let used =
+        |before: Option<Duration>, after: Option<Duration>| Some(after?.saturating_sub(before?));
+    let generator_cpu = used(cpu_before.1, cpu_after.1);
     let serve = spawned.as_ref().map(|s| ServeFigures {
+        cpu: used(cpu_before.0, cpu_after.0),
         startup: s.startup,
         reloads: match (args.reloads.unwrap_or(DEFAULT_RELOADS), s.http) {
             (0, _) => Ok(Vec::new()),
@@ -234,6 +244,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         connections: args.connections,
         threads: args.threads,
         elapsed,
+        generator_cpu,
         serve,
     };
     if args.json {

@@ -112,6 +112,8 @@ pub struct RunInfo {
     pub connections: usize,
     pub threads: usize,
     pub elapsed: Duration,
+    /// CPU time this generator used during the run.
+    pub generator_cpu: Option<Duration>,
     /// What `--spawn` measured of serve itself.
     pub serve: Option<ServeFigures>,
 }
@@ -119,6 +121,8 @@ pub struct RunInfo {
 /// Serve's start-up and its reloads, as `--spawn` measured them.
 #[derive(Debug)]
 pub struct ServeFigures {
+    /// CPU time serve used during the run, all threads.
+    pub cpu: Option<Duration>,
     pub startup: Startup,
     /// Each `POST /v1/admin/reload`, in order, when they all succeeded.
     pub reloads: Result<Vec<Duration>, String>,
@@ -205,6 +209,24 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
             human(h.max())
         );
     }
+    let per_decision =
+        |cpu: Duration| human((cpu.as_nanos() as f64 / stats.decisions().max(1) as f64) as u64);
+    if let Some(cpu) = info.serve.as_ref().and_then(|s| s.cpu) {
+        let _ = writeln!(
+            out,
+            "\nserve CPU      {:>10}   a decision ({:.2} cores over the run)",
+            per_decision(cpu),
+            cpu.as_secs_f64() / info.elapsed.as_secs_f64()
+        );
+    }
+    if let Some(cpu) = info.generator_cpu {
+        let _ = writeln!(
+            out,
+            "generator CPU  {:>10}   a decision ({:.2} cores)",
+            per_decision(cpu),
+            cpu.as_secs_f64() / info.elapsed.as_secs_f64()
+        );
+    }
     if let Some(serve) = &info.serve {
         let _ = writeln!(
             out,
@@ -273,6 +295,7 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
             (Err(e), _) => serde_json::json!({"error": e}),
         };
         serde_json::json!({
+            "cpu_seconds": serve.cpu.map(|c| c.as_secs_f64()),
             "startup_ms": ms(serve.startup.elapsed),
             "component_cache": serve.startup.cache.name(),
             "reloads": reloads,
@@ -292,6 +315,7 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
         "latency": latency(&stats.all()),
         "latency_by_stage": by_stage,
         "replies": stats.replies,
+        "generator_cpu_seconds": info.generator_cpu.map(|c| c.as_secs_f64()),
         "serve": serve,
     })
 }
@@ -318,6 +342,7 @@ mod tests {
             connections: 2,
             threads: 1,
             elapsed: Duration::from_secs(1),
+            generator_cpu: None,
             serve: None,
         };
         let json = json(&info, &a);
@@ -337,8 +362,10 @@ mod tests {
             target: "127.0.0.1:1".into(),
             connections: 1,
             threads: 1,
-            elapsed: Duration::from_secs(1),
+            elapsed: Duration::from_secs(2),
+            generator_cpu: Some(ms(100)),
             serve: Some(ServeFigures {
+                cpu: Some(ms(3000)),
                 startup: Startup {
                     elapsed: ms(150),
                     cache: Cache::Warm,
@@ -352,8 +379,19 @@ mod tests {
         assert_eq!(json["serve"]["reloads"]["count"], 4);
         assert_eq!(json["serve"]["reloads"]["p50_ms"], 4.0);
         assert_eq!(json["serve"]["reloads"]["max_ms"], 9.0);
+        assert_eq!(json["serve"]["cpu_seconds"], 3.0);
+        assert_eq!(json["generator_cpu_seconds"], 0.1);
         let text = text(&info, &Stats::default());
         assert!(text.contains("serve start-up  150.00 ms"), "{text}");
+        // No decisions: the CPU is reported over one, and in cores over the run.
+        assert!(
+            text.contains("serve CPU          3.00 s   a decision (1.50 cores"),
+            "{text}"
+        );
+        assert!(
+            text.contains("generator CPU   100.00 ms   a decision (0.05 cores)"),
+            "{text}"
+        );
         assert!(text.contains("p50 4.00 ms, max 9.00 ms"), "{text}");
     }
 

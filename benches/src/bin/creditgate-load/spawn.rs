@@ -265,6 +265,11 @@ impl Spawned {
 
     /// SIGTERM, a bounded wait for the drain, and serve's own latency report (the
     /// end of its log).
+    /// CPU time `serve` has used so far, all its threads, user and system.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        cpu_time(self.child.as_ref()?.id())
+    }
+
     pub fn stop(mut self) -> anyhow::Result<String> {
         let Some(mut child) = self.child.take() else {
             return Ok(String::new());
@@ -400,6 +405,17 @@ fn ask(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Option<String>> {
 fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?)
+}
+
+/// CPU time process `pid` has used so far (`utime + stime` of
+/// `/proc/<pid>/stat`, in the kernel's fixed 100 ticks a second); None off Linux.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 of the whole line are the 12th and 13th after the name.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 #[cfg(test)]
