@@ -219,6 +219,8 @@ struct SlowAfterCharge {
     charged: std::sync::atomic::AtomicBool,
     imaged: std::sync::atomic::AtomicBool,
     signal: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// When set, the first charge is held until this says go, not for 300 ms.
+    hold: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl Store for SlowAfterCharge {
@@ -256,7 +258,12 @@ impl Store for SlowAfterCharge {
             if let Some(signal) = self.signal.lock().expect("lock").take() {
                 let _ = signal.send(());
             }
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            match self.hold.lock().expect("lock").take() {
+                Some(go) => {
+                    let _ = go.recv_timeout(std::time::Duration::from_secs(10));
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(300)),
+            }
         }
         Ok(added)
     }
@@ -339,6 +346,7 @@ fn no_commit_lands_between_a_charge_and_the_alert_it_fired() {
         charged: Default::default(),
         imaged: Default::default(),
         signal: Mutex::new(Some(signal)),
+        hold: Mutex::new(None),
     });
     let policy = "[plans.one]\nlead_credits = 1\nemail_credits = 1\n";
     let (gateway, _) =
@@ -396,4 +404,69 @@ fn no_commit_lands_between_a_charge_and_the_alert_it_fired() {
         .collect();
     assert_eq!(used, 1, "the charge is in the image");
     assert_eq!(alerts, [80, 100], "and so are the alerts it fired");
+}
+
+/// An RCPT check waits for no charge: with the one writer held inside a charge
+/// (as by a disk sync), a check on another account is answered, by the
+/// read-only lane, before the charge is let go.
+#[test]
+fn a_read_only_request_never_waits_behind_a_charge() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.redb");
+    let (signal, charged) = std::sync::mpsc::channel();
+    let (go, hold) = std::sync::mpsc::channel();
+    let store = Arc::new(SlowAfterCharge {
+        inner: RedbStore::open(&path).expect("opens"),
+        path,
+        image: dir.path().join("image.redb"),
+        charged: Default::default(),
+        imaged: Default::default(),
+        signal: Mutex::new(Some(signal)),
+        hold: Mutex::new(Some(hold)),
+    });
+    let policy = "[plans.big]\nlead_credits = 10\nemail_credits = 10\n";
+    let (gateway, _) =
+        Gateway::start(crate::harness::shared_runtime(), store, policy, 1).expect("starts");
+    let gateway = Arc::new(gateway);
+    let now = at("2026-01-02T00:00:00Z");
+    for account in ["acme", "zeta"] {
+        let subscribe = Request::Subscribe {
+            account: account.into(),
+            plan: "big".into(),
+        };
+        assert_eq!(
+            gateway
+                .decide_blocking(subscribe, now)
+                .expect("decides")
+                .denied,
+            None
+        );
+    }
+    let sender = gateway.clone();
+    let charging = std::thread::spawn(move || {
+        let charge = Request::ChargeEmail {
+            account: "acme".into(),
+            cost: 1,
+            message_id: None,
+        };
+        sender.decide_blocking(charge, now)
+    });
+    charged
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("acme's charge is applied, and its worker now held");
+    let (answered, answer) = std::sync::mpsc::channel();
+    let checker = gateway.clone();
+    std::thread::spawn(move || {
+        let check = Request::CheckEmail {
+            account: "zeta".into(),
+            cost: 1,
+        };
+        let _ = answered.send(checker.decide_blocking(check, now));
+    });
+    let checked = answer
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the check is answered while the charge is held");
+    assert_eq!(checked.expect("decides").denied, None);
+    go.send(()).expect("lets the charge go");
+    assert_eq!(charging.join().expect("joins").expect("decides").charged, 1);
 }
