@@ -90,6 +90,9 @@ impl State for Host {
         expires_at: Option<Instant>,
         now: Instant,
     ) -> Result<GuardedAdd, StateError> {
+        // See the WIT: the ABI's flat form has room for plain numbers only.
+        let limit = limit.unwrap_or(u64::MAX);
+        let expires_at = expires_at.unwrap_or(Instant::MAX);
         imports::counter_add_guarded(scope, guard, name, amount, limit, once, expires_at, now)
     }
     fn counter_tally(

@@ -471,16 +471,17 @@ impl state::Host for HostState {
         guard: Guard,
         name: String,
         amount: u64,
-        limit: Option<u64>,
+        limit: u64,
         once: Option<Once>,
-        expires_at: Option<i64>,
+        expires_at: i64,
         now: i64,
     ) -> Result<GuardedAdd, StateError> {
+        // The WIT's plain-number spellings of "no limit" and "never".
         let add = CounterAdd {
             amount,
-            limit,
+            limit: (limit != u64::MAX).then_some(limit),
             once: once.as_ref(),
-            expires_at,
+            expires_at: (expires_at != i64::MAX).then_some(expires_at),
             now,
         };
         self.timed(|s| s.counter_add_guarded(&scope, Some(store::Guard::of(&guard)), &name, add))
