@@ -362,6 +362,27 @@ fn loading(c: &mut Criterion) {
     c.bench_function("policy/load/native", |b| {
         b.iter(|| Policy::parse(black_box(SMARTLEAD)).expect("parses"))
     });
+    // A fresh instance with the policy loaded: what a worker costs at start-up,
+    // at each reload, and after a trap; on demand (the library's default) and
+    // from a pool (serve's).
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let pooled = Runtime::new(
+        &ComponentSource::Builtin,
+        RuntimeConfig {
+            instance_pool: Some(16),
+            ..RuntimeConfig::default()
+        },
+    )
+    .expect("component loads");
+    for (name, runtime) in [("on-demand", &runtime), ("pooled", &pooled)] {
+        c.bench_function(&format!("component/instantiate/{name}"), |b| {
+            b.iter(|| {
+                runtime
+                    .worker(store.clone(), SMARTLEAD)
+                    .expect("instantiates")
+            })
+        });
+    }
 
     let mut group = c.benchmark_group("component/load");
     group.sample_size(10);

@@ -147,6 +147,14 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
+    /// Instances a gateway of `workers` workers may hold at once: each writer and
+    /// reader, twice (a reload or a trap builds a worker's next instance before
+    /// its last is dropped), and a few for validating reloads.
+    pub fn instances_needed(workers: usize) -> u32 {
+        let (writers, readers) = lanes(workers);
+        u32::try_from(2 * (writers + readers) + 4).unwrap_or(u32::MAX)
+    }
+
     /// Starts `workers` workers (at least one) for requests that may write, and
     /// half as many (at least one) for read-only requests, over `store` with
     /// `policy` loaded.
@@ -175,8 +183,7 @@ impl Gateway {
         let notifier = Arc::new(OnceLock::new());
         let gate = Arc::new(CommitGate::default());
         let mut threads = Vec::new();
-        let writers = workers.max(1);
-        let readers = (writers / 2).max(1);
+        let (writers, readers) = lanes(workers);
         for i in 0..writers + readers {
             let shared = Shared {
                 version: version.clone(),
@@ -421,6 +428,12 @@ fn worker_for(
     let version = version.read().unwrap_or_else(PoisonError::into_inner);
     let (worker, _) = version.runtime.worker(store.clone(), &version.policy)?;
     Ok((worker, version.number))
+}
+
+/// Workers for requests that may write, and for read-only ones.
+fn lanes(workers: usize) -> (usize, usize) {
+    let writers = workers.max(1);
+    (writers, (writers / 2).max(1))
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {

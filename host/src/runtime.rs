@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, OptLevel, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, StoreLimits,
+    StoreLimitsBuilder, Trap, UpdateDeadline,
+};
 
 use crate::bindings::creditgate::policy::{state, types};
 use crate::bindings::exports::creditgate::policy::policy::Guest;
@@ -66,6 +69,13 @@ pub struct RuntimeConfig {
     pub memory_limit: usize,
     /// Directory for precompiled components; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Instances to keep preallocated (wasmtime's pooling allocator), for a
+    /// process with one long-lived runtime, like `serve`: an instance from the
+    /// pool costs tens of microseconds where a fresh one costs hundreds, at each
+    /// start, reload and trap. `None` allocates on demand, the default for the
+    /// library, where a process may hold many runtimes: a pool reserves address
+    /// space for all its instances up front (a few GiB of it each, untouched).
+    pub instance_pool: Option<u32>,
 }
 
 impl Default for RuntimeConfig {
@@ -78,6 +88,7 @@ impl Default for RuntimeConfig {
             load_budget: Duration::from_secs(1),
             memory_limit: 64 << 20,
             cache_dir: default_cache_dir(),
+            instance_pool: None,
         }
     }
 }
@@ -210,7 +221,7 @@ impl fmt::Debug for Runtime {
 
 impl Runtime {
     pub fn new(source: &ComponentSource, config: RuntimeConfig) -> Result<Self, LoadError> {
-        let engine = Engine::new(&engine_config()).map_err(|e| LoadError::Component {
+        let engine = Engine::new(&engine_config(&config)).map_err(|e| LoadError::Component {
             what: "engine".into(),
             message: format!("{e:#}"),
         })?;
@@ -231,8 +242,7 @@ impl Runtime {
             what: what.clone(),
             message: format!("{e:#}"),
         };
-        let component =
-            compile_cached(&engine, &bytes, config.cache_dir.as_deref()).map_err(invalid)?;
+        let component = compile_cached(&engine, &config, &bytes).map_err(invalid)?;
 
         let mut linker = Linker::<HostState>::new(&engine);
         PolicyEngine::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
@@ -278,20 +288,36 @@ impl Runtime {
     }
 }
 
-fn engine_config() -> Config {
+fn engine_config(runtime: &RuntimeConfig) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.cranelift_opt_level(OptLevel::Speed);
+    if let Some(instances) = runtime.instance_pool {
+        // Per component instance: a std Rust guest for wasm32-wasip2 is a few core
+        // instances (the program and its adapters) with a memory or two, as the
+        // store limits below also allow.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .max_memory_size(runtime.memory_limit)
+            // Reused slots are zeroed with memset up to this much instead of
+            // being given back to the kernel and faulted in again.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
     config
 }
 
 /// Compiles `bytes`, or loads the result of an earlier compilation from `cache_dir`.
 fn compile_cached(
     engine: &Engine,
+    config: &RuntimeConfig,
     bytes: &[u8],
-    cache_dir: Option<&Path>,
 ) -> wasmtime::Result<Component> {
-    let Some(dir) = cache_dir else {
+    let Some(dir) = config.cache_dir.as_deref() else {
         return Component::new(engine, bytes);
     };
     // The key covers the component and this host build: a different wasmtime or
@@ -300,17 +326,22 @@ fn compile_cached(
     let mut hash = Sha256::new();
     hash.update(bytes);
     hash.update(env!("CARGO_PKG_VERSION"));
-    hash.update(format!("{:?}", engine_config()));
+    hash.update(format!("{:?}", engine_config(config)));
     let key: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let path = dir.join(format!("{key}.cwasm"));
-    if let Ok(cached) = std::fs::read(&path) {
+    if path.is_file() {
+        // Mapped rather than read: instances then start from copy-on-write pages
+        // of the file instead of a copy of the guest's initial memory.
+        //
         // SAFETY: the file is one this function wrote with `Component::serialize` into
         // the user's own cache directory, named by the hash of its source; wasmtime
-        // checks the header, version and engine settings before using it. A file
-        // someone else forged there is outside what the host defends against, as is
-        // a forged executable in the user's PATH.
+        // checks the header, version and engine settings before using it. It is
+        // never changed in place (entries are replaced by rename, which leaves a
+        // mapped file as it was). A file someone else forged or altered there is
+        // outside what the host defends against, as is a forged executable in the
+        // user's PATH.
         #[allow(unsafe_code)]
-        if let Ok(component) = unsafe { Component::deserialize(engine, &cached) } {
+        if let Ok(component) = unsafe { Component::deserialize_file(engine, &path) } {
             return Ok(component);
         }
     }

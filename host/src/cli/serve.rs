@@ -254,10 +254,15 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let store = settings.store.open()?;
     let (policy_path, policy) = settings.policy.load()?;
     // The gateway's own decision budget, not the offline tools' generous one: a
-    // guest stuck on a mail path must be cut off in milliseconds.
+    // guest stuck on a mail path must be cut off in milliseconds. One runtime for
+    // the life of the process, so its instances come from a pool.
+    let runtime_config = RuntimeConfig {
+        instance_pool: Some(Gateway::instances_needed(settings.workers)),
+        ..RuntimeConfig::default()
+    };
     let runtime = Arc::new(Runtime::new(
         &component_source(&settings.policy),
-        RuntimeConfig::default(),
+        runtime_config.clone(),
     )?);
     let gateway = match Gateway::start(runtime, store, &policy, settings.workers) {
         Ok((gateway, summary)) => {
@@ -272,7 +277,12 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = tokio.block_on(serve(&settings, gateway.clone(), &policy_path));
+    let served = tokio.block_on(serve(
+        &settings,
+        gateway.clone(),
+        &policy_path,
+        runtime_config,
+    ));
     // Whatever stopped the listeners, what was decided is made durable and the
     // store closed cleanly.
     gateway.shutdown();
@@ -293,11 +303,12 @@ async fn serve(
     settings: &Settings,
     gateway: Arc<Gateway>,
     policy_path: &Path,
+    runtime_config: RuntimeConfig,
 ) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let reloader = reloader(gateway.clone(), &settings.policy);
+    let reloader = reloader(gateway.clone(), &settings.policy, runtime_config);
     // Every listener is bound before any serves: a bad address fails the start,
     // not the first request.
     let mut listeners: Vec<(String, PolicyListener)> = Vec::new();
@@ -417,7 +428,7 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 /// file and the component file (when one is configured), validate them on a
 /// scratch instance, and switch; a refusal is logged and the current version keeps
 /// serving.
-fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs) -> Reloader {
+fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -> Reloader {
     let policy = PolicyArgs {
         policy: policy.policy.clone(),
         component: ComponentArgs {
@@ -447,7 +458,7 @@ fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs) -> Reloader {
         let runtime = match &policy.component.component {
             None => None,
             Some(_) => Some(Arc::new(
-                Runtime::new(&component_source(&policy), RuntimeConfig::default())
+                Runtime::new(&component_source(&policy), config.clone())
                     .map_err(|e| refused_early(e.to_string()))?,
             )),
         };
