@@ -135,7 +135,7 @@ fn check_request(limits: Limits, request: &PolicyRequest) {
     );
     // Bytes as sent: `name=value\n` per attribute kept, and the empty line.
     let mut size = 1;
-    for (name, value) in attributes {
+    for (&name, &value) in &attributes {
         assert!(
             !name.is_empty() && !name.contains(['=', '\n']),
             "attribute name {name:?}"
@@ -163,7 +163,7 @@ fn check_request(limits: Limits, request: &PolicyRequest) {
     );
     for name in request.repeated().iter().chain(request.non_utf8()) {
         assert!(
-            attributes.contains_key(name),
+            attributes.contains_key(name.as_str()),
             "{name} is noted as repeated or not UTF-8 but is not an attribute"
         );
     }
