@@ -191,6 +191,32 @@ impl State for NativeState {
             },
         )
     }
+    fn member_add_guarded(
+        &mut self,
+        scope: &str,
+        guard: &guest::Guard,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: i64,
+    ) -> Result<Option<guest::GuardedMember>, guest::StateError> {
+        let guard = Some(Guard {
+            key: &guard.key,
+            value: &guard.value,
+        });
+        Ok(self
+            .0
+            .member_add_guarded(scope, guard, group, member, limit, name, now)
+            .map_err(state_error)?
+            .map(|(outcome, t)| guest::GuardedMember {
+                outcome: member_add_outcome(outcome),
+                tally: guest::Tally {
+                    counter: t.counter,
+                    members: t.members,
+                },
+            }))
+    }
     fn counter_tally(
         &mut self,
         scope: &str,

@@ -10,8 +10,8 @@ use crate::bindings::creditgate::policy::state as imports;
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
     CounterAdded, CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Guard,
-    GuardedAdd, Instant, LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once, PolicySummary,
-    StateError, Tally,
+    GuardedAdd, GuardedMember, Instant, LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once,
+    PolicySummary, StateError, Tally,
 };
 use crate::engine::{Engine, State};
 
@@ -103,6 +103,19 @@ impl State for Host {
         now: Instant,
     ) -> Result<Option<Tally>, StateError> {
         imports::counter_tally(scope, guard, name, now)
+    }
+    fn member_add_guarded(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<GuardedMember>, StateError> {
+        let limit = limit.unwrap_or(u64::MAX);
+        imports::member_add_guarded(scope, guard, group, member, limit, name, now)
     }
 }
 

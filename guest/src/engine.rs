@@ -26,9 +26,9 @@ use crate::address;
 use crate::bindings::Diagnostic;
 use crate::bindings::{
     AccountUsage, Alert, CounterAdded, Credit, CycleUsage, Decision, EmailKind, EmailUsage, Error,
-    GroupCleared, Guard, GuardedAdd, Instant, LeadBatch, LeadOutcome, LeadResult, LeadUsage,
-    MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once,
-    PolicySummary, Reason, StateError, Tally,
+    GroupCleared, Guard, GuardedAdd, GuardedMember, Instant, LeadBatch, LeadOutcome, LeadResult,
+    LeadUsage, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded,
+    Once, PolicySummary, Reason, StateError, Tally,
 };
 use crate::cycle::{self, Cycle};
 use crate::known::{Account, Fnv, KnownAccounts, cycle_of, email_counter, out_of_range};
@@ -96,6 +96,17 @@ pub trait State {
         name: &str,
         now: Instant,
     ) -> Result<Option<Tally>, StateError>;
+    #[allow(clippy::too_many_arguments)]
+    fn member_add_guarded(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<GuardedMember>, StateError>;
 }
 
 pub(crate) const ACCOUNT_RECORD: &str = "account";
@@ -108,8 +119,8 @@ pub struct Engine {
     known: RefCell<KnownAccounts>,
 }
 
-/// What an email decision does once its account is found.
-enum EmailStep<'m> {
+/// What a decision on a known account does once the account is found.
+enum Step<'m> {
     /// Take `cost` credits, at most once per message id and cycle.
     Charge {
         cost: u64,
@@ -118,6 +129,12 @@ enum EmailStep<'m> {
     /// Say whether `cost` credits are left, taking none.
     Check {
         cost: u64,
+    },
+    /// Add `member` (a normalised contact) to `group` (a campaign), taking a
+    /// lead credit if it is new to the account.
+    AddMember {
+        group: &'m str,
+        member: String,
     },
     /// Report the usage only.
     Report,
@@ -213,26 +230,12 @@ impl Engine {
         email: &str,
         now: Instant,
     ) -> Result<Decision, Error> {
-        self.with_account(st, account, now, |st, acct| {
-            let Some(contact) = address::normalize(email) else {
-                return Ok(Err(Reason::InvalidEmail));
-            };
-            Ok(
-                match st
-                    .member_add(account, campaign, &contact, acct.plan.lead_credits)?
-                    .outcome
-                {
-                    MemberAddOutcome::AlreadyInGroup | MemberAddOutcome::Joined => {
-                        Ok(Effect::default())
-                    }
-                    MemberAddOutcome::Inserted => Ok(Effect {
-                        charged: 1,
-                        freed: 0,
-                        credit: Some(Credit::Lead),
-                    }),
-                    MemberAddOutcome::Refused => Err(Reason::LeadCreditsExhausted),
-                },
-            )
+        self.known_decision(st, account, now, || match address::normalize(email) {
+            Some(member) => Step::AddMember {
+                group: campaign,
+                member,
+            },
+            None => Step::Deny(Reason::InvalidEmail),
         })
     }
 
@@ -367,28 +370,28 @@ impl Engine {
         now: Instant,
     ) -> Result<Decision, Error> {
         let costs = self.loaded()?.email_costs;
-        self.email_decision(st, account, now, || {
+        self.known_decision(st, account, now, || {
             let count = match to {
                 // The common case, without a set to count distinct recipients.
                 [one] => match address::normalize(one) {
                     Some(_) => 1,
-                    None => return EmailStep::Deny(Reason::InvalidEmail),
+                    None => return Step::Deny(Reason::InvalidEmail),
                 },
                 _ => {
                     let mut recipients = BTreeSet::new();
                     for raw in to {
                         let Some(contact) = address::normalize(raw) else {
-                            return EmailStep::Deny(Reason::InvalidEmail);
+                            return Step::Deny(Reason::InvalidEmail);
                         };
                         recipients.insert(contact);
                     }
                     if recipients.is_empty() {
-                        return EmailStep::Deny(Reason::NoRecipients);
+                        return Step::Deny(Reason::NoRecipients);
                     }
                     u64::try_from(recipients.len()).unwrap_or(u64::MAX)
                 }
             };
-            EmailStep::Charge {
+            Step::Charge {
                 cost: count.saturating_mul(costs.of(kind)),
                 message_id,
             }
@@ -405,9 +408,9 @@ impl Engine {
         message_id: Option<&str>,
         now: Instant,
     ) -> Result<Decision, Error> {
-        self.email_decision(st, account, now, || match cost {
-            0 => EmailStep::Deny(Reason::NoRecipients),
-            _ => EmailStep::Charge { cost, message_id },
+        self.known_decision(st, account, now, || match cost {
+            0 => Step::Deny(Reason::NoRecipients),
+            _ => Step::Charge { cost, message_id },
         })
     }
 
@@ -418,7 +421,7 @@ impl Engine {
         cost: u64,
         now: Instant,
     ) -> Result<Decision, Error> {
-        self.email_decision(st, account, now, || EmailStep::Check { cost })
+        self.known_decision(st, account, now, || Step::Check { cost })
     }
 
     pub fn usage(
@@ -427,21 +430,22 @@ impl Engine {
         account: &str,
         now: Instant,
     ) -> Result<Decision, Error> {
-        self.email_decision(st, account, now, || EmailStep::Report)
+        self.known_decision(st, account, now, || Step::Report)
     }
 
-    /// A decision on the account's email counter: one guarded state call for a
-    /// known account, which also answers the usage the decision reports. `step`
-    /// runs once the account is found, so that an unknown account is reported as
-    /// such whatever else is wrong with the request.
-    fn email_decision<'m, S: State>(
+    /// A decision on a known account: one guarded state call, which also answers
+    /// the usage the decision reports. `step` runs once the account is found, so
+    /// that an unknown account is reported as such whatever else is wrong with
+    /// the request.
+    fn known_decision<'m, S: State>(
         &self,
         st: &mut S,
         account: &str,
         now: Instant,
-        step: impl Fn() -> EmailStep<'m>,
+        step: impl Fn() -> Step<'m>,
     ) -> Result<Decision, Error> {
-        let policy = self.loaded()?;
+        // No policy is an error before the account is looked for.
+        self.loaded()?;
         let mut known = self.known.borrow_mut();
         for _ in 0..ATTEMPTS {
             let entry = match known.get_mut(account) {
@@ -456,8 +460,13 @@ impl Engine {
             let (guard, acct, cycle) = entry.at(now)?;
             let limit = acct.plan.email_credits;
             let tallied = |st: &mut S| st.counter_tally(account, guard, &cycle.counter, now);
+            let charged = |credit, charged| Effect {
+                charged,
+                freed: 0,
+                credit: Some(credit),
+            };
             let decided = match step {
-                EmailStep::Charge { cost, message_id } => {
+                Step::Charge { cost, message_id } => {
                     let once = message_id.map(|id| Once {
                         key: format!("msg/{}/{id}", cycle.cycle.index),
                         expires_at: cycle.cycle.end,
@@ -473,27 +482,47 @@ impl Engine {
                         now,
                     )?;
                     match added {
-                        GuardedAdd::Applied(t) => Some((Ok(cost), t)),
-                        GuardedAdd::Repeated(t) => Some((Ok(0), t)),
+                        GuardedAdd::Applied(t) => Some((Ok(charged(Credit::Email, cost)), t)),
+                        GuardedAdd::Repeated(t) => Some((Ok(Effect::default()), t)),
                         GuardedAdd::Refused(t) => Some((Err(Reason::EmailCreditsExhausted), t)),
                         GuardedAdd::Stale => None,
                     }
                 }
-                EmailStep::Check { cost } => tallied(st)?.map(|t| {
+                Step::AddMember { group, member } => st
+                    .member_add_guarded(
+                        account,
+                        guard,
+                        group,
+                        &member,
+                        acct.plan.lead_credits,
+                        &cycle.counter,
+                        now,
+                    )?
+                    .map(|added| {
+                        let outcome = match added.outcome {
+                            MemberAddOutcome::AlreadyInGroup | MemberAddOutcome::Joined => {
+                                Ok(Effect::default())
+                            }
+                            MemberAddOutcome::Inserted => Ok(charged(Credit::Lead, 1)),
+                            MemberAddOutcome::Refused => Err(Reason::LeadCreditsExhausted),
+                        };
+                        (outcome, added.tally)
+                    }),
+                Step::Check { cost } => tallied(st)?.map(|t| {
                     let fits = limit.is_none_or(|limit| {
                         t.counter
                             .checked_add(cost)
                             .is_some_and(|total| total <= limit)
                     });
                     let outcome = if fits {
-                        Ok(0)
+                        Ok(Effect::default())
                     } else {
                         Err(Reason::EmailCreditsExhausted)
                     };
                     (outcome, t)
                 }),
-                EmailStep::Report => tallied(st)?.map(|t| (Ok(0), t)),
-                EmailStep::Deny(reason) => tallied(st)?.map(|t| (Err(reason), t)),
+                Step::Report => tallied(st)?.map(|t| (Ok(Effect::default()), t)),
+                Step::Deny(reason) => tallied(st)?.map(|t| (Err(reason), t)),
             };
             let Some((outcome, tally)) = decided else {
                 // Another worker or host changed the account: read it again.
@@ -502,19 +531,31 @@ impl Engine {
             };
             let usage = usage_from(acct, &cycle.cycle, tally);
             return Ok(match outcome {
-                Ok(charged) => Decision {
-                    denied: None,
-                    charged,
-                    freed: 0,
-                    alerts: crossed(&policy.alerts, Credit::Email, charged, tally.counter, limit),
-                    usage: Some(usage),
-                },
+                Ok(effect) => self.allowed(effect, usage)?,
                 Err(reason) => deny(reason, Some(usage)),
             });
         }
         Err(Error::State(StateError::Unavailable(format!(
             "the record of account {account:?} changed {ATTEMPTS} times during one decision"
         ))))
+    }
+
+    /// An allowed decision with its effect, the usage after it and the
+    /// thresholds it crossed.
+    fn allowed(&self, effect: Effect, usage: AccountUsage) -> Result<Decision, Error> {
+        Ok(Decision {
+            denied: None,
+            charged: effect.charged,
+            freed: effect.freed,
+            alerts: match effect.credit {
+                Some(credit) => {
+                    let (used, limit) = used_and_limit(&usage, credit);
+                    crossed(&self.loaded()?.alerts, credit, effect.charged, used, limit)
+                }
+                None => Vec::new(),
+            },
+            usage: Some(usage),
+        })
     }
 
     fn loaded(&self) -> Result<&Policy, Error> {
@@ -542,19 +583,7 @@ impl Engine {
         let outcome = rule(&mut st, &acct)?;
         let usage = self.usage_of(&mut st, account, &acct, now)?;
         Ok(match outcome {
-            Ok(effect) => Decision {
-                denied: None,
-                charged: effect.charged,
-                freed: effect.freed,
-                alerts: match effect.credit {
-                    Some(credit) => {
-                        let (used, limit) = used_and_limit(&usage, credit);
-                        crossed(&self.loaded()?.alerts, credit, effect.charged, used, limit)
-                    }
-                    None => Vec::new(),
-                },
-                usage: Some(usage),
-            },
+            Ok(effect) => self.allowed(effect, usage)?,
             Err(reason) => deny(reason, Some(usage)),
         })
     }
@@ -756,6 +785,19 @@ impl<S: State> State for Remembering<'_, S> {
         now: Instant,
     ) -> Result<Option<Tally>, StateError> {
         self.inner.counter_tally(scope, guard, name, now)
+    }
+    fn member_add_guarded(
+        &mut self,
+        scope: &str,
+        guard: &Guard,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<GuardedMember>, StateError> {
+        self.inner
+            .member_add_guarded(scope, guard, group, member, limit, name, now)
     }
 }
 
@@ -1109,6 +1151,28 @@ mod tests {
                 members: self.members(scope),
             }))
         }
+        fn member_add_guarded(
+            &mut self,
+            scope: &str,
+            guard: &Guard,
+            group: &str,
+            member: &str,
+            limit: Option<u64>,
+            name: &str,
+            now: Instant,
+        ) -> Result<Option<GuardedMember>, StateError> {
+            if self.record_get(scope, &guard.key)?.as_ref() != Some(&guard.value) {
+                return Ok(None);
+            }
+            let added = self.member_add(scope, group, member, limit)?;
+            Ok(Some(GuardedMember {
+                outcome: added.outcome,
+                tally: Tally {
+                    counter: self.counter_get(scope, name, now)?,
+                    members: added.members,
+                },
+            }))
+        }
     }
 
     const T0: Instant = 1_738_314_000_000_000_000; // 2025-01-31T09:00:00Z
@@ -1243,6 +1307,28 @@ mod tests {
         assert_eq!(
             (usage.plan.as_str(), usage.email_credits.limit),
             ("big", Some(9))
+        );
+        assert_eq!(usage.email_credits.used, 3);
+        // Lead credits too: tiny's one is taken by the first contact, and big's
+        // limit, set elsewhere, is seen by the next addition on this engine.
+        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, "tiny"))
+            .unwrap();
+        assert_eq!(
+            brief(&e.add_lead(st, "a", "q1", "x@y.io", T0).unwrap()),
+            (None, 1, 0)
+        );
+        assert_eq!(
+            brief(&e.add_lead(st, "a", "q1", "z@y.io", T0).unwrap()),
+            (Some(Reason::LeadCreditsExhausted), 0, 0)
+        );
+        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, "big"))
+            .unwrap();
+        let d = e.add_lead(st, "a", "q1", "z@y.io", T0).unwrap();
+        assert_eq!(brief(&d), (None, 1, 0));
+        let usage = d.usage.expect("usage");
+        assert_eq!(
+            (usage.lead_credits.used, usage.lead_credits.limit),
+            (2, Some(9))
         );
         assert_eq!(usage.email_credits.used, 3);
         // And moves it to a plan this policy does not have.

@@ -29,8 +29,8 @@ pub mod bindings {
     });
 
     pub use creditgate::policy::state::{
-        CounterAdded, GroupCleared, Guard, GuardedAdd, MemberAddOutcome, MemberAdded,
-        MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
+        CounterAdded, GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome,
+        MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
     };
     pub use creditgate::policy::types::Instant;
     pub use exports::creditgate::policy::policy::{

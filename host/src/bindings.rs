@@ -9,7 +9,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use creditgate::policy::state::{
-    CounterAdded, GroupCleared, Guard, GuardedAdd, MemberAddOutcome, MemberAdded,
+    CounterAdded, GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded,
     MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
 };
 pub use exports::creditgate::policy::policy::{

@@ -32,9 +32,9 @@ use wasmtime::{
 use crate::bindings::creditgate::policy::{state, types};
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
-    CounterAdded, CycleUsage, Decision, Diagnostic, GroupCleared, Guard, GuardedAdd, GuestError,
-    LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once, PolicyEngine, PolicyEnginePre,
-    PolicySummary, StateError, Tally,
+    CounterAdded, CycleUsage, Decision, Diagnostic, GroupCleared, Guard, GuardedAdd, GuardedMember,
+    GuestError, LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once, PolicyEngine,
+    PolicyEnginePre, PolicySummary, StateError, Tally,
 };
 use crate::metrics::Latencies;
 use crate::request::{Op, Request};
@@ -516,6 +516,22 @@ impl state::Host for HostState {
             now,
         };
         self.timed(|s| s.counter_add_guarded(&scope, Some(store::Guard::of(&guard)), &name, add))
+    }
+    fn member_add_guarded(
+        &mut self,
+        scope: String,
+        guard: Guard,
+        group: String,
+        member: String,
+        limit: u64,
+        name: String,
+        now: i64,
+    ) -> Result<Option<GuardedMember>, StateError> {
+        let guard = Some(store::Guard::of(&guard));
+        let limit = (limit != u64::MAX).then_some(limit);
+        let added = self
+            .timed(|s| s.member_add_guarded(&scope, guard, &group, &member, limit, &name, now))?;
+        Ok(added.map(|(outcome, tally)| GuardedMember { outcome, tally }))
     }
     fn counter_tally(
         &mut self,

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_name, check_value,
+    check_guarded_member, check_name, check_value,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -53,6 +53,43 @@ impl Scope {
 
     fn members(&self) -> u64 {
         self.member_groups.len() as u64
+    }
+}
+
+/// `member_add` on the locked state.
+fn add_member(
+    scopes: &mut BTreeMap<String, Scope>,
+    scope: &str,
+    group: &str,
+    member: &str,
+    limit: Option<u64>,
+) -> MemberAdded {
+    let members = scopes.get(scope).map_or(0, Scope::members);
+    let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
+    let outcome = match groups {
+        Some(g) if g.contains(group) => MemberAddOutcome::AlreadyInGroup,
+        Some(_) => MemberAddOutcome::Joined,
+        None if limit.is_some_and(|l| members >= l) => MemberAddOutcome::Refused,
+        None => MemberAddOutcome::Inserted,
+    };
+    if matches!(
+        outcome,
+        MemberAddOutcome::AlreadyInGroup | MemberAddOutcome::Refused
+    ) {
+        return MemberAdded { outcome, members };
+    }
+    let s = scopes.entry(scope.to_owned()).or_default();
+    s.member_groups
+        .entry(member.to_owned())
+        .or_default()
+        .insert(group.to_owned());
+    s.groups
+        .entry(group.to_owned())
+        .or_default()
+        .insert(member.to_owned());
+    MemberAdded {
+        outcome,
+        members: s.members(),
     }
 }
 
@@ -205,34 +242,30 @@ impl Store for MemoryStore {
         check_name("scope", scope)?;
         check_name("group", group)?;
         check_name("member", member)?;
+        Ok(add_member(&mut self.lock(), scope, group, member, limit))
+    }
+
+    fn member_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        check_guarded_member(scope, guard, group, member, name)?;
         let mut scopes = self.lock();
-        let members = scopes.get(scope).map_or(0, Scope::members);
-        let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
-        let outcome = match groups {
-            Some(g) if g.contains(group) => MemberAddOutcome::AlreadyInGroup,
-            Some(_) => MemberAddOutcome::Joined,
-            None if limit.is_some_and(|l| members >= l) => MemberAddOutcome::Refused,
-            None => MemberAddOutcome::Inserted,
-        };
-        if matches!(
-            outcome,
-            MemberAddOutcome::AlreadyInGroup | MemberAddOutcome::Refused
-        ) {
-            return Ok(MemberAdded { outcome, members });
+        if guard.is_some_and(|g| !g.holds(record_of(scopes.get(scope), g.key))) {
+            return Ok(None);
         }
-        let s = scopes.entry(scope.to_owned()).or_default();
-        s.member_groups
-            .entry(member.to_owned())
-            .or_default()
-            .insert(group.to_owned());
-        s.groups
-            .entry(group.to_owned())
-            .or_default()
-            .insert(member.to_owned());
-        Ok(MemberAdded {
-            outcome,
-            members: s.members(),
-        })
+        let added = add_member(&mut scopes, scope, group, member, limit);
+        let tally = Tally {
+            counter: counter_of(scopes.get(scope), name, now),
+            members: added.members,
+        };
+        Ok(Some((added.outcome, tally)))
     }
 
     fn member_add_many(

@@ -21,8 +21,8 @@ pub use redb_store::RedbStore;
 pub use redis_store::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
 
 use crate::bindings::{
-    CounterAdded, GroupCleared, GuardedAdd, MemberAdded, MemberRemoved, MembersAdded, Once,
-    StateError, Tally,
+    CounterAdded, GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoved,
+    MembersAdded, Once, StateError, Tally,
 };
 
 /// The embedded store's default file: `$CREDITGATE_STORE`, else
@@ -181,6 +181,20 @@ pub trait Store: Send + Sync {
         member: &str,
         limit: Option<u64>,
     ) -> Result<MemberAdded, StoreError>;
+    /// WIT `member-add-guarded`: `member_add` applied only while `guard` holds,
+    /// answering counter `name` at `now` and the member count; None when the
+    /// guard does not hold.
+    #[allow(clippy::too_many_arguments)]
+    fn member_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError>;
     /// Adds each of `members` in order, as many `member_add` calls would, in one
     /// atomic step (one write transaction). An empty list changes nothing.
     /// Every name is checked first: one too long refuses the whole call with
@@ -294,6 +308,19 @@ pub(crate) fn check_counter(
         Some(once) => check_name("once key", &once.key),
         None => Ok(()),
     }
+}
+
+/// Checks the arguments of `member_add_guarded`.
+pub(crate) fn check_guarded_member(
+    scope: &str,
+    guard: Option<Guard<'_>>,
+    group: &str,
+    member: &str,
+    name: &str,
+) -> Result<(), StoreError> {
+    check_counter(scope, guard, name, None)?;
+    check_name("group", group)?;
+    check_name("member", member)
 }
 
 /// Checks a record value against [`MAX_VALUE_LEN`].

@@ -40,7 +40,7 @@ use redb::{
 
 use super::{
     CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_name, check_value,
+    check_guarded_member, check_name, check_value,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -508,46 +508,37 @@ impl Store for RedbStore {
         check_name("scope", scope)?;
         check_name("group", group)?;
         check_name("member", member)?;
+        self.write("member-add", |txn| {
+            add_member(txn, scope, group, member, limit)
+        })
+    }
+
+    fn member_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        check_guarded_member(scope, guard, group, member, name)?;
         let what = "member-add";
         self.write(what, |txn| {
-            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
-            let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
-            let members = members_of(&counts, scope)?;
-            if group_members
-                .get((scope, group, member))
-                .ctx(what)?
-                .is_some()
-            {
-                let outcome = MemberAddOutcome::AlreadyInGroup;
-                return Ok((MemberAdded { outcome, members }, false));
+            if let Some(guard) = guard {
+                let records = txn.open_table(RECORDS).ctx(what)?;
+                let record = records.get((scope, guard.key)).ctx(what)?;
+                if !guard.holds(record.as_ref().map(|v| v.value())) {
+                    return Ok((None, false));
+                }
             }
-            let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
-            let groups = member_groups
-                .get((scope, member))
-                .ctx(what)?
-                .map(|g| g.value());
-            let (outcome, groups, members) = match groups {
-                Some(n) => {
-                    let n = n
-                        .checked_add(1)
-                        .ok_or_else(|| corrupt(what, "group count overflows"))?;
-                    (MemberAddOutcome::Joined, n, members)
-                }
-                None if limit.is_some_and(|l| members >= l) => {
-                    let outcome = MemberAddOutcome::Refused;
-                    return Ok((MemberAdded { outcome, members }, false));
-                }
-                None => {
-                    let m = members
-                        .checked_add(1)
-                        .ok_or_else(|| corrupt(what, "member count overflows"))?;
-                    counts.insert(scope, m).ctx(what)?;
-                    (MemberAddOutcome::Inserted, 1, m)
-                }
+            let (added, changed) = add_member(txn, scope, group, member, limit)?;
+            let tally = Tally {
+                counter: counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)?,
+                members: added.members,
             };
-            member_groups.insert((scope, member), groups).ctx(what)?;
-            group_members.insert((scope, group, member), ()).ctx(what)?;
-            Ok((MemberAdded { outcome, members }, true))
+            Ok((Some((added.outcome, tally)), changed))
         })
     }
 
@@ -984,6 +975,55 @@ impl Store for RedbStore {
             Ok(((), changed || wrote))
         })
     }
+}
+
+/// `member_add` in `txn`; answers whether it changed anything.
+fn add_member(
+    txn: &WriteTransaction,
+    scope: &str,
+    group: &str,
+    member: &str,
+    limit: Option<u64>,
+) -> Result<(MemberAdded, bool), StoreError> {
+    let what = "member-add";
+    let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+    let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
+    let members = members_of(&counts, scope)?;
+    if group_members
+        .get((scope, group, member))
+        .ctx(what)?
+        .is_some()
+    {
+        let outcome = MemberAddOutcome::AlreadyInGroup;
+        return Ok((MemberAdded { outcome, members }, false));
+    }
+    let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
+    let groups = member_groups
+        .get((scope, member))
+        .ctx(what)?
+        .map(|g| g.value());
+    let (outcome, groups, members) = match groups {
+        Some(n) => {
+            let n = n
+                .checked_add(1)
+                .ok_or_else(|| corrupt(what, "group count overflows"))?;
+            (MemberAddOutcome::Joined, n, members)
+        }
+        None if limit.is_some_and(|l| members >= l) => {
+            let outcome = MemberAddOutcome::Refused;
+            return Ok((MemberAdded { outcome, members }, false));
+        }
+        None => {
+            let m = members
+                .checked_add(1)
+                .ok_or_else(|| corrupt(what, "member count overflows"))?;
+            counts.insert(scope, m).ctx(what)?;
+            (MemberAddOutcome::Inserted, 1, m)
+        }
+    };
+    member_groups.insert((scope, member), groups).ctx(what)?;
+    group_members.insert((scope, group, member), ()).ctx(what)?;
+    Ok((MemberAdded { outcome, members }, true))
 }
 
 /// Takes `member` out of one of its groups; true if that was its last one.

@@ -113,7 +113,7 @@ use redis::{Cmd, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
     CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_name, check_value,
+    check_guarded_member, check_name, check_value,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -550,6 +550,40 @@ impl RedisStore {
         })
     }
 
+    /// Runs the member-add script: the outcome (None: the guard did not hold) and
+    /// the tally (the counter only when one is named).
+    fn add_member(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        counter: Option<(&str, Instant)>,
+    ) -> Result<(Option<MemberAddOutcome>, Tally), StoreError> {
+        let what = "member-add";
+        self.register(scope)?;
+        let mut args = vec![group.into(), member.into(), limit_arg(limit)];
+        args.extend(guard_args(guard));
+        let (name, now) = counter.unwrap_or(("", 0));
+        args.extend([name.into(), now.to_string().into()]);
+        let (outcome, members, value): (u64, u64, String) = self.script(
+            what,
+            self.config.call_timeout,
+            &SCRIPTS.member_add,
+            scope,
+            args,
+        )?;
+        let tally = Tally {
+            counter: decimal(what, &value)?,
+            members,
+        };
+        Ok(match outcome {
+            4 => (None, tally),
+            n => (Some(member_outcome(n)?), tally),
+        })
+    }
+
     /// The instant (ms since the epoch) until which Redis keeps something that
     /// expires at `expires_at`, or None: keep it for good (see the module docs).
     fn gc_at(&self, expires_at: Instant) -> Option<i64> {
@@ -779,19 +813,27 @@ impl Store for RedisStore {
         check_name("scope", scope)?;
         check_name("group", group)?;
         check_name("member", member)?;
-        self.register(scope)?;
-        let args = vec![group.into(), member.into(), limit_arg(limit)];
-        let (outcome, members): (u64, u64) = self.script(
-            "member-add",
-            self.config.call_timeout,
-            &SCRIPTS.member_add,
-            scope,
-            args,
-        )?;
+        let (outcome, tally) = self.add_member(scope, None, group, member, limit, None)?;
         Ok(MemberAdded {
-            outcome: member_outcome(outcome)?,
-            members,
+            outcome: outcome.ok_or_else(|| corrupt("member-add", "stale without a guard"))?,
+            members: tally.members,
         })
+    }
+
+    fn member_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        check_guarded_member(scope, guard, group, member, name)?;
+        let (outcome, tally) =
+            self.add_member(scope, guard, group, member, limit, Some((name, now)))?;
+        Ok(outcome.map(|outcome| (outcome, tally)))
     }
 
     fn member_add_many(
@@ -1309,26 +1351,37 @@ return {'tally', counter_at(ARGV[2], ARGV[3]), redis.call('HLEN', base .. 'mem')
 "#;
 
 // Outcomes: 0 already-in-group, 1 joined, 2 inserted, 3 refused.
+// ARGV[5..7]: the guard (see `guard_holds`); ARGV[8], ARGV[9]: a counter to
+// read after the addition ('' for none) and `now`. Outcome 4: the guard did not
+// hold.
 const MEMBER_ADD: &str = r#"
 local group, member, limit = ARGV[2], ARGV[3], ARGV[4]
+local name, now = ARGV[8], ARGV[9]
+if not guard_holds(5) then return {4, 0, '0'} end
 local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
-local count = redis.call('HLEN', mem)
-if redis.call('ZSCORE', gkey, member) then return {0, count} end
-local outcome
-if redis.call('HEXISTS', mem, member) == 1 then
-  redis.call('HINCRBY', mem, member, 1)
-  outcome = 1
-elseif not room(count, limit) then
-  return {3, count}
-else
-  redis.call('HSET', mem, member, 1)
-  count = count + 1
-  outcome = 2
+local function add()
+  local count = redis.call('HLEN', mem)
+  if redis.call('ZSCORE', gkey, member) then return 0, count end
+  local outcome
+  if redis.call('HEXISTS', mem, member) == 1 then
+    redis.call('HINCRBY', mem, member, 1)
+    outcome = 1
+  elseif not room(count, limit) then
+    return 3, count
+  else
+    redis.call('HSET', mem, member, 1)
+    count = count + 1
+    outcome = 2
+  end
+  redis.call('ZADD', gkey, 0, member)
+  redis.call('ZADD', base .. 'groups', 0, group)
+  register()
+  return outcome, count
 end
-redis.call('ZADD', gkey, 0, member)
-redis.call('ZADD', base .. 'groups', 0, group)
-register()
-return {outcome, count}
+local outcome, count = add()
+local counter = '0'
+if name ~= '' then counter = counter_at(name, now) end
+return {outcome, count, counter}
 "#;
 
 // One member after another, as member-add would: a member given twice finds

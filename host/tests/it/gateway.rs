@@ -276,6 +276,26 @@ impl Store for SlowAfterCharge {
     ) -> Result<creditgate::bindings::MemberAdded, StoreError> {
         self.inner.member_add(scope, group, member, limit)
     }
+    #[allow(clippy::too_many_arguments)]
+    fn member_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<creditgate::store::Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: i64,
+    ) -> Result<
+        Option<(
+            creditgate::bindings::MemberAddOutcome,
+            creditgate::bindings::Tally,
+        )>,
+        StoreError,
+    > {
+        self.inner
+            .member_add_guarded(scope, guard, group, member, limit, name, now)
+    }
     fn member_add_many(
         &self,
         scope: &str,

@@ -134,6 +134,7 @@ impl Store for SlowStore {
         counter_add_guarded(scope: &str, guard: Option<creditgate::store::Guard<'_>>, name: &str, add: creditgate::store::CounterAdd<'_>) -> Result<creditgate::bindings::GuardedAdd, creditgate::store::StoreError>;
         counter_tally(scope: &str, guard: Option<creditgate::store::Guard<'_>>, name: &str, now: i64) -> Result<Option<creditgate::bindings::Tally>, creditgate::store::StoreError>;
         member_add(scope: &str, group: &str, member: &str, limit: Option<u64>) -> Result<creditgate::bindings::MemberAdded, creditgate::store::StoreError>;
+        member_add_guarded(scope: &str, guard: Option<creditgate::store::Guard<'_>>, group: &str, member: &str, limit: Option<u64>, name: &str, now: i64) -> Result<Option<(creditgate::bindings::MemberAddOutcome, creditgate::bindings::Tally)>, creditgate::store::StoreError>;
         member_remove(scope: &str, group: &str, member: &str) -> Result<creditgate::bindings::MemberRemoved, creditgate::store::StoreError>;
         group_clear(scope: &str, group: &str) -> Result<creditgate::bindings::GroupCleared, creditgate::store::StoreError>;
         member_count(scope: &str) -> Result<u64, creditgate::store::StoreError>;

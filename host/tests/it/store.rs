@@ -197,6 +197,27 @@ fn tally(s: &dyn Store, scope: &str, guard: Option<(&str, &str)>, name: &str, no
     })
 }
 
+#[allow(clippy::too_many_arguments)]
+fn join_guarded(
+    s: &dyn Store,
+    scope: &str,
+    guard: Option<(&str, &str)>,
+    group: &str,
+    member: &str,
+    limit: Option<u64>,
+    name: &str,
+    now: i64,
+) -> Out {
+    let guard = guard.map(|(key, value)| Guard { key, value });
+    out(
+        s.member_add_guarded(scope, guard, group, member, limit, name, now),
+        |added| match added {
+            Some((o, t)) => Out::Tally(outcome(o), t.counter, t.members),
+            None => Out::Tally("stale", 0, 0),
+        },
+    )
+}
+
 fn get(s: &dyn Store, scope: &str, name: &str, now: i64) -> u64 {
     s.counter_get(scope, name, now).expect("counter_get")
 }
@@ -470,6 +491,75 @@ fn guarded_counters(s: &dyn Store) {
     let long = "k".repeat(MAX_NAME_LEN + 1);
     assert_eq!(
         tally(s, "s", Some((&long, "max")), "c", 0),
+        Out::Err("invalid-argument")
+    );
+}
+
+/// `member-add-guarded`: `member-add`'s outcomes, only while the guard holds,
+/// with a counter and the member count read in the same step.
+fn guarded_members(s: &dyn Store) {
+    let pro = Some(("plan", "pro"));
+    let t = |o, c, m| Out::Tally(o, c, m);
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", "ann", None, "c", 0),
+        t("stale", 0, 0)
+    );
+    assert_eq!(count(s, "s"), 0);
+
+    assert_eq!(
+        out(s.record_insert("s", "plan", "pro"), Out::Bool),
+        Out::Bool(true)
+    );
+    assert_eq!(add(s, "s", "c", 3, None), applied(3));
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", "ann", Some(1), "c", 0),
+        t("inserted", 3, 1)
+    );
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", "ann", Some(1), "c", 0),
+        t("already-in-group", 3, 1)
+    );
+    // Joining another group takes no room, whatever the limit.
+    assert_eq!(
+        join_guarded(s, "s", pro, "h", "ann", Some(1), "c", 0),
+        t("joined", 3, 1)
+    );
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", "bo", Some(1), "c", 0),
+        t("refused", 3, 1)
+    );
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", "bo", None, "c", 0),
+        t("inserted", 3, 2)
+    );
+    // A guard that does not hold changes nothing.
+    assert_eq!(
+        join_guarded(s, "s", Some(("plan", "max")), "g", "cy", None, "c", 0),
+        t("stale", 0, 0)
+    );
+    assert_eq!(count(s, "s"), 2);
+    // The counter as counter-get reads it: never added, or expired, is 0.
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", "ann", None, "none", 0),
+        t("already-in-group", 0, 2)
+    );
+    assert_eq!(add_at(s, "s", "e", 5, None, None, Some(50), 0), applied(5));
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", "ann", None, "e", 49),
+        t("already-in-group", 5, 2)
+    );
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", "ann", None, "e", 50),
+        t("already-in-group", 0, 2)
+    );
+    // Without a guard: member-add with a tally.
+    assert_eq!(
+        join_guarded(s, "t", None, "g", "ann", None, "c", 0),
+        t("inserted", 0, 1)
+    );
+    let long = "m".repeat(MAX_NAME_LEN + 1);
+    assert_eq!(
+        join_guarded(s, "s", pro, "g", &long, None, "c", 0),
         Out::Err("invalid-argument")
     );
 }
@@ -1298,6 +1388,7 @@ conformance!(
     counter_limits,
     counter_once,
     guarded_counters,
+    guarded_members,
     counter_expiry,
     member_add_outcomes,
     member_remove_outcomes,
