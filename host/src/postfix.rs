@@ -115,7 +115,7 @@ pub enum ProtocolError {
 /// One policy request: its attributes, by name.
 ///
 /// A repeated attribute (Postfix never repeats one) keeps its last value, and its
-/// name is recorded in [`repeated`](Self::repeated) so that the server can log it:
+/// name is listed by [`repeated`](Self::repeated), for a server that logs it:
 /// last-wins matches what Postfix's own `attr_scan_plain` readers and the common
 /// policy daemons do, and refusing the connection would turn a client quirk into
 /// an outage. A value that is not UTF-8 is kept with U+FFFD replacements and its
@@ -130,7 +130,6 @@ pub struct PolicyRequest {
     /// Per attribute line, in order: where its name starts, where its value starts
     /// (the name's end) and where the value ends, in `text`.
     fields: Vec<(usize, usize, usize)>,
-    repeated: BTreeSet<String>,
     non_utf8: BTreeSet<String>,
 }
 
@@ -154,7 +153,6 @@ impl PolicyRequest {
     /// Appends one attribute line. A value that is not UTF-8 is kept with U+FFFD
     /// replacements, and its name recorded.
     fn push(&mut self, name: &str, value: &[u8]) {
-        let seen = self.entries().any(|(n, _)| n == name);
         let start = self.text.len();
         self.text.push_str(name);
         let value_start = self.text.len();
@@ -171,9 +169,6 @@ impl PolicyRequest {
             }
         }
         self.fields.push((start, value_start, self.text.len()));
-        if seen {
-            self.repeated.insert(name.to_owned());
-        }
     }
 
     /// The value of attribute `name`, if the request had it (possibly empty); the
@@ -191,8 +186,14 @@ impl PolicyRequest {
     }
 
     /// Names of attributes that appeared more than once (their last value was kept).
-    pub fn repeated(&self) -> &BTreeSet<String> {
-        &self.repeated
+    /// Worked out when asked (nothing on the request path asks): a request of
+    /// thirty attributes would otherwise compare names 435 times as it is read.
+    pub fn repeated(&self) -> BTreeSet<&str> {
+        let mut seen = BTreeSet::new();
+        self.entries()
+            .filter(|&(name, _)| !seen.insert(name))
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Names of attributes whose value was not UTF-8 (kept with U+FFFD replacements).
@@ -971,7 +972,7 @@ mod tests {
             ("sender", "last@example.com"),
         ]);
         assert_eq!(req.sender(), Some("last@example.com"));
-        assert_eq!(req.repeated().iter().collect::<Vec<_>>(), ["sender"]);
+        assert_eq!(req.repeated().into_iter().collect::<Vec<_>>(), ["sender"]);
         assert!(request(&[("a", "1")]).repeated().is_empty());
     }
 

@@ -161,9 +161,10 @@ fn check_request(limits: Limits, request: &PolicyRequest) {
         "a request of at least {size} bytes under max_request_bytes = {}",
         limits.max_request_bytes
     );
-    for name in request.repeated().iter().chain(request.non_utf8()) {
+    let repeated = request.repeated();
+    for name in repeated.iter().copied().chain(request.non_utf8().iter().map(String::as_str)) {
         assert!(
-            attributes.contains_key(name.as_str()),
+            attributes.contains_key(name),
             "{name} is noted as repeated or not UTF-8 but is not an attribute"
         );
     }
