@@ -51,51 +51,6 @@ impl State for NativeState {
     fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Result<u64, guest::StateError> {
         self.0.counter_get(scope, name, now).map_err(state_error)
     }
-    fn counter_add(
-        &mut self,
-        scope: &str,
-        name: &str,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<&guest::Once>,
-        expires_at: Option<i64>,
-        now: i64,
-    ) -> Result<guest::CounterAdded, guest::StateError> {
-        let once = once.map(|o| host::Once {
-            key: o.key.clone(),
-            expires_at: o.expires_at,
-        });
-        let add = CounterAdd {
-            amount,
-            limit,
-            once: once.as_ref(),
-            expires_at,
-            now,
-        };
-        Ok(
-            match self.0.counter_add(scope, name, add).map_err(state_error)? {
-                host::CounterAdded::Applied(v) => guest::CounterAdded::Applied(v),
-                host::CounterAdded::Repeated(v) => guest::CounterAdded::Repeated(v),
-                host::CounterAdded::Refused(v) => guest::CounterAdded::Refused(v),
-            },
-        )
-    }
-    fn member_add(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<guest::MemberAdded, guest::StateError> {
-        let added = self
-            .0
-            .member_add(scope, group, member, limit)
-            .map_err(state_error)?;
-        Ok(guest::MemberAdded {
-            outcome: member_add_outcome(added.outcome),
-            members: added.members,
-        })
-    }
     fn member_add_many(
         &mut self,
         scope: &str,

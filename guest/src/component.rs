@@ -35,27 +35,6 @@ impl State for Host {
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
         imports::counter_get(scope, name, now)
     }
-    fn counter_add(
-        &mut self,
-        scope: &str,
-        name: &str,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<&Once>,
-        expires_at: Option<Instant>,
-        now: Instant,
-    ) -> Result<CounterAdded, StateError> {
-        imports::counter_add(scope, name, amount, limit, once, expires_at, now)
-    }
-    fn member_add(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StateError> {
-        imports::member_add(scope, group, member, limit)
-    }
     fn member_add_many(
         &mut self,
         scope: &str,

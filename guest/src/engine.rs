@@ -25,10 +25,10 @@ use std::hash::Hasher as _;
 use crate::address;
 use crate::bindings::Diagnostic;
 use crate::bindings::{
-    AccountUsage, Alert, CounterAdded, Credit, CycleUsage, Decision, EmailKind, EmailUsage, Error,
-    GroupCleared, Guard, GuardedAdd, GuardedMember, Instant, LeadBatch, LeadOutcome, LeadResult,
-    LeadUsage, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded,
-    Once, PolicySummary, Reason, StateError, Tally,
+    AccountUsage, Alert, Credit, CycleUsage, Decision, EmailKind, EmailUsage, Error, GroupCleared,
+    Guard, GuardedAdd, GuardedMember, Instant, LeadBatch, LeadOutcome, LeadResult, LeadUsage,
+    MemberAddOutcome, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, PolicySummary,
+    Reason, StateError, Tally,
 };
 use crate::cycle::{self, Cycle};
 use crate::known::{Account, Fnv, KnownAccounts, cycle_of, email_counter, out_of_range};
@@ -44,24 +44,6 @@ pub trait State {
     fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError>;
-    #[allow(clippy::too_many_arguments)]
-    fn counter_add(
-        &mut self,
-        scope: &str,
-        name: &str,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<&Once>,
-        expires_at: Option<Instant>,
-        now: Instant,
-    ) -> Result<CounterAdded, StateError>;
-    fn member_add(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StateError>;
     fn member_add_many(
         &mut self,
         scope: &str,
@@ -707,30 +689,6 @@ impl<S: State> State for Remembering<'_, S> {
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
         self.inner.counter_get(scope, name, now)
     }
-    fn counter_add(
-        &mut self,
-        scope: &str,
-        name: &str,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<&Once>,
-        expires_at: Option<Instant>,
-        now: Instant,
-    ) -> Result<CounterAdded, StateError> {
-        self.inner
-            .counter_add(scope, name, amount, limit, once, expires_at, now)
-    }
-    fn member_add(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StateError> {
-        let added = self.inner.member_add(scope, group, member, limit)?;
-        self.members = Some(added.members);
-        Ok(added)
-    }
     fn member_add_many(
         &mut self,
         scope: &str,
@@ -918,6 +876,8 @@ mod tests {
 
     use std::collections::{BTreeMap, BTreeSet};
 
+    use crate::bindings::{CounterAdded, MemberAdded};
+
     use super::*;
 
     /// The `state` primitives over maps, for one thread.
@@ -930,60 +890,6 @@ mod tests {
     }
 
     impl MemState {
-        fn members(&self, scope: &str) -> u64 {
-            let all: BTreeSet<&String> = self
-                .groups
-                .iter()
-                .filter(|((s, _), _)| s == scope)
-                .flat_map(|(_, m)| m)
-                .collect();
-            all.len() as u64
-        }
-    }
-
-    impl State for MemState {
-        fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
-            Ok(self.records.get(&(scope.into(), key.into())).cloned())
-        }
-        fn record_insert(
-            &mut self,
-            scope: &str,
-            key: &str,
-            value: &str,
-        ) -> Result<bool, StateError> {
-            let key = (scope.to_string(), key.to_string());
-            if self.records.contains_key(&key) {
-                return Ok(false);
-            }
-            self.records.insert(key, value.into());
-            Ok(true)
-        }
-        fn record_update(
-            &mut self,
-            scope: &str,
-            key: &str,
-            value: &str,
-        ) -> Result<bool, StateError> {
-            match self.records.get_mut(&(scope.into(), key.into())) {
-                Some(v) => {
-                    *v = value.into();
-                    Ok(true)
-                }
-                None => Ok(false),
-            }
-        }
-        fn counter_get(
-            &mut self,
-            scope: &str,
-            name: &str,
-            _now: Instant,
-        ) -> Result<u64, StateError> {
-            Ok(self
-                .counters
-                .get(&(scope.into(), name.into()))
-                .copied()
-                .unwrap_or(0))
-        }
         fn counter_add(
             &mut self,
             scope: &str,
@@ -991,8 +897,6 @@ mod tests {
             amount: u64,
             limit: Option<u64>,
             once: Option<&Once>,
-            _expires_at: Option<Instant>,
-            _now: Instant,
         ) -> Result<CounterAdded, StateError> {
             let value = self
                 .counters
@@ -1054,6 +958,60 @@ mod tests {
                 outcome,
                 members: self.members(scope),
             })
+        }
+        fn members(&self, scope: &str) -> u64 {
+            let all: BTreeSet<&String> = self
+                .groups
+                .iter()
+                .filter(|((s, _), _)| s == scope)
+                .flat_map(|(_, m)| m)
+                .collect();
+            all.len() as u64
+        }
+    }
+
+    impl State for MemState {
+        fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
+            Ok(self.records.get(&(scope.into(), key.into())).cloned())
+        }
+        fn record_insert(
+            &mut self,
+            scope: &str,
+            key: &str,
+            value: &str,
+        ) -> Result<bool, StateError> {
+            let key = (scope.to_string(), key.to_string());
+            if self.records.contains_key(&key) {
+                return Ok(false);
+            }
+            self.records.insert(key, value.into());
+            Ok(true)
+        }
+        fn record_update(
+            &mut self,
+            scope: &str,
+            key: &str,
+            value: &str,
+        ) -> Result<bool, StateError> {
+            match self.records.get_mut(&(scope.into(), key.into())) {
+                Some(v) => {
+                    *v = value.into();
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        }
+        fn counter_get(
+            &mut self,
+            scope: &str,
+            name: &str,
+            _now: Instant,
+        ) -> Result<u64, StateError> {
+            Ok(self
+                .counters
+                .get(&(scope.into(), name.into()))
+                .copied()
+                .unwrap_or(0))
         }
         fn member_add_many(
             &mut self,
@@ -1121,13 +1079,13 @@ mod tests {
             amount: u64,
             limit: Option<u64>,
             once: Option<&Once>,
-            expires_at: Option<Instant>,
-            now: Instant,
+            _expires_at: Option<Instant>,
+            _now: Instant,
         ) -> Result<GuardedAdd, StateError> {
             if self.record_get(scope, &guard.key)?.as_ref() != Some(&guard.value) {
                 return Ok(GuardedAdd::Stale);
             }
-            let added = self.counter_add(scope, name, amount, limit, once, expires_at, now)?;
+            let added = self.counter_add(scope, name, amount, limit, once)?;
             let members = self.members(scope);
             let tally = |counter| Tally { counter, members };
             Ok(match added {

@@ -538,28 +538,25 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
             }
         }
         drop(decision);
-        {
-            let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(t) = worker.last_call() {
-                stats.latencies.record(t.op, t.total, t.in_store);
-            }
-            match &answer {
-                Err(DecideError::Trap(_) | DecideError::Restart(_)) => stats.traps += 1,
-                Err(DecideError::Timeout { .. }) => stats.timeouts += 1,
-                _ => {}
-            }
+        let mut counted = stats.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = worker.last_call() {
+            counted.latencies.record(t.op, t.total, t.in_store);
+        }
+        match &answer {
+            Err(DecideError::Trap(_) | DecideError::Restart(_)) => counted.traps += 1,
+            Err(DecideError::Timeout { .. }) => counted.timeouts += 1,
+            _ => {}
         }
         let answer = answer.map_err(GatewayError::from);
         if op.is_read_only() {
             // Nothing to make durable: a check at RCPT or a usage query is answered
             // at once instead of waiting behind the next disk sync.
-            stats
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .count(op, outcome(&answer));
+            counted.count(op, outcome(&answer));
+            drop(counted);
             let _ = job.reply.send(answer);
             continue;
         }
+        drop(counted);
         let handed = done.send(Done {
             op,
             answer,

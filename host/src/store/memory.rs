@@ -93,8 +93,9 @@ fn add_member(
     }
 }
 
-fn record_of<'s>(scope: Option<&'s Scope>, key: &str) -> Option<&'s str> {
-    scope.and_then(|s| s.records.get(key)).map(String::as_str)
+/// Whether `guard`, if any, holds for `scope`.
+fn guard_holds(scope: Option<&Scope>, guard: Option<Guard<'_>>) -> bool {
+    guard.is_none_or(|g| g.holds(scope.and_then(|s| s.records.get(g.key)).map(String::as_str)))
 }
 
 /// A counter's value at `now`: 0 when it was never added to, or has expired.
@@ -179,7 +180,7 @@ impl Store for MemoryStore {
         check_counter(scope, guard, name, add.once)?;
         let mut scopes = self.lock();
         let found = scopes.get(scope);
-        if guard.is_some_and(|g| !g.holds(record_of(found, g.key))) {
+        if !guard_holds(found, guard) {
             return Ok(GuardedAdd::Stale);
         }
         let current = counter_of(found, name, add.now);
@@ -223,7 +224,7 @@ impl Store for MemoryStore {
         check_counter(scope, guard, name, None)?;
         let scopes = self.lock();
         let found = scopes.get(scope);
-        if guard.is_some_and(|g| !g.holds(record_of(found, g.key))) {
+        if !guard_holds(found, guard) {
             return Ok(None);
         }
         Ok(Some(Tally {
@@ -257,7 +258,7 @@ impl Store for MemoryStore {
     ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
         check_guarded_member(scope, guard, group, member, name)?;
         let mut scopes = self.lock();
-        if guard.is_some_and(|g| !g.holds(record_of(scopes.get(scope), g.key))) {
+        if !guard_holds(scopes.get(scope), guard) {
             return Ok(None);
         }
         let added = add_member(&mut scopes, scope, group, member, limit);

@@ -340,6 +340,23 @@ fn members_of(
         .map_or(0, |g| g.value()))
 }
 
+/// Whether `guard` holds for `scope`; `records` opens the table, and is called
+/// only when there is a guard.
+fn guard_holds<T: ReadableTable<Pair, &'static str>>(
+    guard: Option<Guard<'_>>,
+    scope: &str,
+    records: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<bool, StoreError> {
+    let Some(guard) = guard else {
+        return Ok(true);
+    };
+    let records = records()?;
+    let record = records
+        .get((scope, guard.key))
+        .ctx("reading a guard's record")?;
+    Ok(guard.holds(record.as_ref().map(|v| v.value())))
+}
+
 /// A counter's value at `now`: 0 when it was never added to, or has expired.
 fn counter_of(
     counters: &impl ReadableTable<Pair, (u64, i64)>,
@@ -436,12 +453,8 @@ impl Store for RedbStore {
         check_counter(scope, guard, name, add.once)?;
         let what = "counter-add";
         self.write(what, |txn| {
-            if let Some(guard) = guard {
-                let records = txn.open_table(RECORDS).ctx(what)?;
-                let record = records.get((scope, guard.key)).ctx(what)?;
-                if !guard.holds(record.as_ref().map(|v| v.value())) {
-                    return Ok((GuardedAdd::Stale, false));
-                }
+            if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+                return Ok((GuardedAdd::Stale, false));
             }
             let members = members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?;
             let tally = |counter| Tally { counter, members };
@@ -485,12 +498,8 @@ impl Store for RedbStore {
         check_counter(scope, guard, name, None)?;
         let what = "counter-tally";
         let txn = self.db.begin_read().ctx(what)?;
-        if let Some(guard) = guard {
-            let records = txn.open_table(RECORDS).ctx(what)?;
-            let record = records.get((scope, guard.key)).ctx(what)?;
-            if !guard.holds(record.as_ref().map(|v| v.value())) {
-                return Ok(None);
-            }
+        if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+            return Ok(None);
         }
         Ok(Some(Tally {
             counter: counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)?,
@@ -526,12 +535,8 @@ impl Store for RedbStore {
         check_guarded_member(scope, guard, group, member, name)?;
         let what = "member-add";
         self.write(what, |txn| {
-            if let Some(guard) = guard {
-                let records = txn.open_table(RECORDS).ctx(what)?;
-                let record = records.get((scope, guard.key)).ctx(what)?;
-                if !guard.holds(record.as_ref().map(|v| v.value())) {
-                    return Ok((None, false));
-                }
+            if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+                return Ok((None, false));
             }
             let (added, changed) = add_member(txn, scope, group, member, limit)?;
             let tally = Tally {
