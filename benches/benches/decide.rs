@@ -74,6 +74,7 @@ fn wasm_worker(runtime: &Runtime, store: Arc<dyn Store>) -> Worker {
     let subscribe = Request::Subscribe {
         account: "acme".into(),
         plan: UNLIMITED.into(),
+        anchor: None,
     };
     worker.decide(&subscribe, T0).expect("subscribes");
     worker
@@ -83,7 +84,7 @@ fn native_engine(st: &mut NativeState) -> Engine {
     let mut engine = Engine::default();
     engine.load_policy(POLICY).expect("policy loads");
     engine
-        .subscribe(st, "acme", UNLIMITED, T0)
+        .subscribe(st, "acme", UNLIMITED, T0, T0)
         .expect("subscribes");
     engine
 }
@@ -172,6 +173,7 @@ fn start_gateway(runtime: &Arc<Runtime>, store: Arc<dyn Store>, workers: usize) 
         let subscribe = Request::Subscribe {
             account: account(i),
             plan: UNLIMITED.into(),
+            anchor: None,
         };
         let d = gateway.decide_blocking(subscribe, T0).expect("subscribes");
         assert!(d.denied.is_none(), "subscribing {}: {d:?}", account(i));

@@ -40,6 +40,7 @@ fn worker(runtime: &Runtime, store: Arc<dyn Store>) -> Worker {
     let subscribe = Request::Subscribe {
         account: "acme".into(),
         plan: "unlimited_prime".into(),
+        anchor: None,
     };
     worker.decide(&subscribe, T0).expect("subscribes");
     worker

@@ -111,8 +111,13 @@ impl Guest for Component {
         ENGINE.with(|engine| engine.borrow_mut().load_policy(&toml))
     }
 
-    fn subscribe(account: String, plan: String, now: Instant) -> Result<Decision, Error> {
-        with_engine(|e| e.subscribe(&mut Host, &account, &plan, now))
+    fn subscribe(
+        account: String,
+        plan: String,
+        anchor: Instant,
+        now: Instant,
+    ) -> Result<Decision, Error> {
+        with_engine(|e| e.subscribe(&mut Host, &account, &plan, anchor, now))
     }
 
     fn change_plan(account: String, plan: String, now: Instant) -> Result<Decision, Error> {

@@ -44,6 +44,11 @@ pub fn cycle_at(anchor: Instant, now: Instant) -> Result<Cycle, OutOfRange> {
     Ok(Cycle { index, start, end })
 }
 
+/// `at` in RFC 3339, UTC, to the second (as the host prints instants), for messages.
+pub fn format(at: Instant) -> String {
+    DateTime::from_timestamp_nanos(at).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// Cycle number `index` of an account anchored at `anchor`.
 pub fn cycle_number(anchor: Instant, index: u32) -> Result<Cycle, OutOfRange> {
     let anchor_at = DateTime::from_timestamp_nanos(anchor).naive_utc();

@@ -93,6 +93,14 @@ pub trait State {
 
 pub(crate) const ACCOUNT_RECORD: &str = "account";
 
+/// The limits an account is held to while the loaded policy lacks its plan
+/// (after an operator forced such a policy in): none at all, so that it takes no
+/// credit, and its usage (reported with its stored plan's name) stays visible.
+const STRANDED: Plan = Plan {
+    lead_credits: Some(0),
+    email_credits: Some(0),
+};
+
 /// The policy engine of one instance: the loaded policy, if any, and what it knows
 /// of the accounts it has decided for.
 #[derive(Debug, Default)]
@@ -155,9 +163,18 @@ impl Engine {
         st: &mut impl State,
         account: &str,
         plan: &str,
+        anchor: Instant,
         now: Instant,
     ) -> Result<Decision, Error> {
         let policy = self.loaded()?;
+        if anchor > now {
+            return Err(Error::InvalidRequest(format!(
+                "the billing anchor {} is in the future (now is {}): an account's first \
+                 cycle starts when it subscribes, at the latest now",
+                cycle::format(anchor),
+                cycle::format(now)
+            )));
+        }
         if !policy.plans.contains_key(plan) {
             let usage = match self.account(st, account)? {
                 Some(Ok(acct)) => Some(self.usage_of(st, account, &acct, now)?),
@@ -165,7 +182,7 @@ impl Engine {
             };
             return Ok(deny(Reason::UnknownPlan, usage));
         }
-        if !st.record_insert(account, ACCOUNT_RECORD, &account_record(now, plan))? {
+        if !st.record_insert(account, ACCOUNT_RECORD, &account_record(anchor, plan))? {
             return self.with_account(st, account, now, |_, _| Ok(Err(Reason::AlreadySubscribed)));
         }
         self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))
@@ -183,15 +200,13 @@ impl Engine {
             return Ok(deny(Reason::UnknownAccount, None));
         };
         if !policy.plans.contains_key(plan) {
-            let usage = match &found {
-                Ok(acct) => Some(self.usage_of(st, account, acct, now)?),
-                Err(_) => None,
-            };
-            return Ok(deny(Reason::UnknownPlan, usage));
+            let acct = found.as_ref().unwrap_or_else(|stranded| stranded);
+            let usage = self.usage_of(st, account, acct, now)?;
+            return Ok(deny(Reason::UnknownPlan, Some(usage)));
         }
         let (anchor, old) = match found {
             Ok(acct) => (acct.anchor, Some(acct.plan)),
-            Err((anchor, _)) => (anchor, None),
+            Err(stranded) => (stranded.anchor, None),
         };
         self.known.borrow_mut().forget(account);
         if !st.record_update(account, ACCOUNT_RECORD, &account_record(anchor, plan))? {
@@ -239,11 +254,11 @@ impl Engine {
                     alerts: Vec::new(),
                 });
             }
-            Some(Err(_)) => {
+            Some(Err(stranded)) => {
                 return Ok(LeadBatch {
                     denied: Some(Reason::UnknownPlan),
                     results: Vec::new(),
-                    usage: None,
+                    usage: Some(self.usage_of(st, account, &stranded, now)?),
                     alerts: Vec::new(),
                 });
             }
@@ -434,7 +449,10 @@ impl Engine {
                 Some(entry) => entry,
                 None => match self.read_account(st, account)? {
                     None => return Ok(deny(Reason::UnknownAccount, None)),
-                    Some((_, Err(_))) => return Ok(deny(Reason::UnknownPlan, None)),
+                    Some((_, Err(stranded))) => {
+                        let usage = self.usage_of(st, account, &stranded, now)?;
+                        return Ok(deny(Reason::UnknownPlan, Some(usage)));
+                    }
                     Some((record, Ok(found))) => known.insert(account, record, found),
                 },
             };
@@ -555,7 +573,10 @@ impl Engine {
     ) -> Result<Decision, Error> {
         let acct = match self.account(st, account)? {
             None => return Ok(deny(Reason::UnknownAccount, None)),
-            Some(Err(_)) => return Ok(deny(Reason::UnknownPlan, None)),
+            Some(Err(stranded)) => {
+                let usage = self.usage_of(st, account, &stranded, now)?;
+                return Ok(deny(Reason::UnknownPlan, Some(usage)));
+            }
             Some(Ok(acct)) => acct,
         };
         let mut st = Remembering {
@@ -577,7 +598,11 @@ impl Engine {
         cycles: u32,
         now: Instant,
     ) -> Result<Vec<CycleUsage>, Error> {
-        let Some(Ok(acct)) = self.account(st, account)? else {
+        // A stranded account's history is its own whatever its plan.
+        let Some(acct) = self
+            .account(st, account)?
+            .map(|found| found.unwrap_or_else(|a| a))
+        else {
             return Ok(Vec::new());
         };
         let current = cycle_of(acct.anchor, now)?;
@@ -596,14 +621,15 @@ impl Engine {
         Ok(history)
     }
 
-    /// The account, if it exists: `Ok` with its plan, or `Err((anchor, plan name))`
+    /// The account, if it exists: `Ok` with its plan, or `Err` when the loaded
+    /// policy lacks its plan: then stranded, with [`STRANDED`] limits.
     /// when the plan is not in the loaded policy.
     #[allow(clippy::type_complexity)]
     fn account(
         &self,
         st: &mut impl State,
         account: &str,
-    ) -> Result<Option<Result<Account, (Instant, String)>>, Error> {
+    ) -> Result<Option<Result<Account, Account>>, Error> {
         Ok(self.read_account(st, account)?.map(|(_, found)| found))
     }
 
@@ -613,7 +639,7 @@ impl Engine {
         &self,
         st: &mut impl State,
         account: &str,
-    ) -> Result<Option<(String, Result<Account, (Instant, String)>)>, Error> {
+    ) -> Result<Option<(String, Result<Account, Account>)>, Error> {
         let policy = self.loaded()?;
         let Some(record) = st.record_get(account, ACCOUNT_RECORD)? else {
             return Ok(None);
@@ -629,7 +655,11 @@ impl Engine {
                 plan_name: plan_name.to_string(),
                 plan: *plan,
             }),
-            None => Err((anchor, plan_name.to_string())),
+            None => Err(Account {
+                anchor,
+                plan_name: plan_name.to_string(),
+                plan: STRANDED,
+            }),
         };
         Ok(Some((record, found)))
     }
@@ -1166,10 +1196,56 @@ mod tests {
     }
 
     #[test]
+    fn a_back_dated_subscription_reports_the_cycle_that_contains_now() {
+        let (e, st) = (engine(), &mut MemState::default());
+        // Anchored on 31 January, subscribed on 10 December: the cycle is
+        // 30 November to 31 December, not the anchor's own January cycle.
+        let now = 1_765_357_200_000_000_000; // 2025-12-10T09:00:00Z
+        let d = e.subscribe(st, "a", "tiny", T0, now).unwrap();
+        assert_eq!(brief(&d), (None, 0, 0));
+        let usage = d.usage.expect("usage");
+        assert_eq!(usage.anchor, T0);
+        assert_eq!(usage.email_credits.cycle_start, 1_764_493_200_000_000_000); // 2025-11-30T09:00Z
+        assert_eq!(usage.email_credits.resets_at, 1_767_171_600_000_000_000); // 2025-12-31T09:00Z
+        assert!(usage.email_credits.cycle_start <= now && now < usage.email_credits.resets_at);
+        let later = e.usage(st, "a", now).unwrap().usage.expect("usage");
+        assert_eq!(
+            (
+                later.email_credits.cycle_start,
+                later.email_credits.resets_at
+            ),
+            (
+                usage.email_credits.cycle_start,
+                usage.email_credits.resets_at
+            )
+        );
+    }
+
+    #[test]
+    fn a_subscription_anchored_in_the_future_is_refused() {
+        let (e, st) = (engine(), &mut MemState::default());
+        let err = e
+            .subscribe(st, "a", "tiny", T0 + 1_000_000_000, T0)
+            .expect_err("a future anchor");
+        let Error::InvalidRequest(message) = err else {
+            panic!("expected invalid-request, got {err:?}");
+        };
+        assert!(
+            message.contains("2025-01-31T09:00:01Z is in the future"),
+            "{message}"
+        );
+        assert_eq!(
+            brief(&e.usage(st, "a", T0).unwrap()),
+            (Some(Reason::UnknownAccount), 0, 0),
+            "nothing was created"
+        );
+    }
+
+    #[test]
     fn leads_map_onto_members_and_their_limit() {
         let (e, st) = (engine(), &mut MemState::default());
         assert_eq!(
-            brief(&e.subscribe(st, "a", "tiny", T0).unwrap()),
+            brief(&e.subscribe(st, "a", "tiny", T0, T0).unwrap()),
             (None, 0, 0)
         );
         assert_eq!(
@@ -1201,7 +1277,7 @@ mod tests {
     #[test]
     fn sends_map_onto_a_counter_per_cycle_with_message_ids_as_once_keys() {
         let (e, st) = (engine(), &mut MemState::default());
-        e.subscribe(st, "a", "tiny", T0).unwrap();
+        e.subscribe(st, "a", "tiny", T0, T0).unwrap();
         let to = vec!["a@y.io".to_string(), "A@Y.IO".to_string()];
         assert_eq!(
             brief(
@@ -1244,7 +1320,7 @@ mod tests {
     #[test]
     fn a_plan_changed_elsewhere_takes_effect_on_the_next_decision() {
         let (e, st) = (engine(), &mut MemState::default());
-        e.subscribe(st, "a", "tiny", T0).unwrap();
+        e.subscribe(st, "a", "tiny", T0, T0).unwrap();
         let one = vec!["b@y.io".to_string()];
         let send = |st: &mut MemState| {
             e.send_email(st, "a", &one, EmailKind::First, None, T0)
@@ -1297,6 +1373,25 @@ mod tests {
             brief(&e.check_email(st, "a", 1, T0).unwrap()),
             (Some(Reason::UnknownPlan), 0, 0)
         );
+        // Stranded, not gone: its usage is reported under the plan it is on, with
+        // no credit to take until it is moved.
+        let d = e.usage(st, "a", T0).unwrap();
+        assert_eq!(d.denied, Some(Reason::UnknownPlan));
+        let usage = d.usage.expect("a stranded account's usage");
+        assert_eq!(usage.plan, "gone");
+        assert_eq!(
+            (usage.lead_credits.used, usage.lead_credits.limit),
+            (2, Some(0))
+        );
+        assert_eq!(
+            (usage.email_credits.used, usage.email_credits.limit),
+            (3, Some(0))
+        );
+        assert_eq!(e.email_history(st, "a", 1, T0).unwrap().len(), 1);
+        // Moving it to a plan the policy has brings it back.
+        let d = e.change_plan(st, "a", "big", T0).unwrap();
+        assert_eq!(d.denied, None);
+        assert_eq!(d.usage.map(|u| u.lead_credits.limit), Some(Some(9)));
     }
 
     #[test]
@@ -1313,7 +1408,7 @@ mod tests {
     #[test]
     fn a_batch_of_leads_reports_each_contact() {
         let (e, st) = (engine(), &mut MemState::default());
-        e.subscribe(st, "a", "big", T0).unwrap();
+        e.subscribe(st, "a", "big", T0, T0).unwrap();
         e.add_lead(st, "a", "old", "held@y.io", T0).unwrap();
         let emails: Vec<String> = ["new@y.io", "bad", "HELD@y.io", "New@Y.io", "x@y.io"]
             .map(String::from)
@@ -1354,7 +1449,7 @@ mod tests {
         let mut e = Engine::default();
         e.load_policy(TEN).expect("valid");
         let st = &mut MemState::default();
-        e.subscribe(st, "a", "ten", T0).unwrap();
+        e.subscribe(st, "a", "ten", T0, T0).unwrap();
         let mut fired = Vec::new();
         for i in 0..12 {
             let to = vec![format!("r{i}@y.io")];
@@ -1378,7 +1473,7 @@ mod tests {
         );
         // A charge of several credits may cross both at once.
         let st = &mut MemState::default();
-        e.subscribe(st, "b", "ten", T0).unwrap();
+        e.subscribe(st, "b", "ten", T0, T0).unwrap();
         let d = e.charge_email(st, "b", 10, None, T0).unwrap();
         assert_eq!(
             alerts_of(&d.alerts),
@@ -1391,7 +1486,7 @@ mod tests {
         let mut e = Engine::default();
         e.load_policy(TEN).expect("valid");
         let st = &mut MemState::default();
-        e.subscribe(st, "a", "ten", T0).unwrap();
+        e.subscribe(st, "a", "ten", T0, T0).unwrap();
         let batch: Vec<String> = (0..7).map(|i| format!("l{i}@y.io")).collect();
         let b = e.add_leads(st, "a", "c", &batch, T0).unwrap();
         assert!(b.alerts.is_empty());
@@ -1414,7 +1509,7 @@ mod tests {
         let mut e = Engine::default();
         e.load_policy(TEN).expect("valid");
         let st = &mut MemState::default();
-        e.subscribe(st, "a", "ten", T0).unwrap();
+        e.subscribe(st, "a", "ten", T0, T0).unwrap();
         e.charge_email(st, "a", 7, None, T0).unwrap();
         // 7 of 8 is over 80%: a downgrade fires it; back to 10, nothing.
         let d = e.change_plan(st, "a", "eight", T0).unwrap();
@@ -1432,7 +1527,7 @@ mod tests {
         e.load_policy("[plans.p]\nlead_credits = 4\nemail_credits = 4\n[alerts]\nemail_credits = [50]\nlead_credits = []\n")
             .expect("valid");
         let st = &mut MemState::default();
-        e.subscribe(st, "a", "p", T0).unwrap();
+        e.subscribe(st, "a", "p", T0, T0).unwrap();
         let d = e.charge_email(st, "a", 4, None, T0).unwrap();
         assert_eq!(alerts_of(&d.alerts), [(Credit::Email, 50, 4, 4)]);
         let b = e
@@ -1468,7 +1563,7 @@ mod tests {
         let mut e = Engine::default();
         e.load_policy(TEN).expect("valid");
         let st = &mut MemState::default();
-        e.subscribe(st, "a", "hundred", T0).unwrap();
+        e.subscribe(st, "a", "hundred", T0, T0).unwrap();
         let month = 31 * 24 * 3_600 * 1_000_000_000_i64;
         for m in 0..3 {
             e.charge_email(st, "a", m + 1, None, T0 + month * i64::try_from(m).unwrap())

@@ -43,6 +43,76 @@ pub enum GatewayError {
     Stopped,
 }
 
+/// Why a reload was refused; the version in force keeps serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The policy or component does not load.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The policy lacks plans that accounts are on: every request of theirs would
+    /// be denied `unknown-plan` from then on. Forcing the reload keeps them
+    /// stranded but visible, until they are moved to a plan the policy has.
+    #[error("the policy drops {} that accounts are on: {}; move those accounts to another plan first, or force the reload", plural(.0.len(), "plan"), describe_stranded(.0))]
+    StrandsAccounts(Vec<StrandedPlan>),
+    /// The accounts could not be read to check the above.
+    #[error("cannot check which plans accounts are on: {0}")]
+    Check(String),
+}
+
+/// A plan some accounts are on that a policy lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrandedPlan {
+    pub plan: String,
+    /// How many accounts are on it.
+    pub accounts: u64,
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn describe_stranded(plans: &[StrandedPlan]) -> String {
+    plans
+        .iter()
+        .map(|p| format!("{:?} ({})", p.plan, plural(p.accounts as usize, "account")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The plans accounts in `store` are on that `policy` lacks, with how many
+/// accounts are on each, in order of plan name: what loading `policy` would
+/// strand. The component decides what an account's plan is (a `usage` question
+/// for each scope of the store, answered under `policy`), so this knows no layout.
+pub fn stranded_plans(
+    runtime: &Runtime,
+    store: Arc<dyn Store>,
+    policy: &str,
+    now: i64,
+) -> Result<Vec<StrandedPlan>, ReloadError> {
+    let (mut worker, _) = runtime.worker(store.clone(), policy)?;
+    let mut stranded = std::collections::BTreeMap::<String, u64>::new();
+    for scope in store
+        .scopes()
+        .map_err(|e| ReloadError::Check(e.to_string()))?
+    {
+        let decision = worker
+            .decide(&Request::Usage { account: scope }, now)
+            .map_err(|e| ReloadError::Check(e.to_string()))?;
+        if let (Some(Reason::UnknownPlan), Some(usage)) = (decision.denied, decision.usage) {
+            *stranded.entry(usage.plan).or_default() += 1;
+        }
+    }
+    Ok(stranded
+        .into_iter()
+        .map(|(plan, accounts)| StrandedPlan { plan, accounts })
+        .collect())
+}
+
 /// What a job asks of a worker.
 enum Work {
     Decide(Request),
@@ -104,6 +174,21 @@ struct Version {
     number: u64,
     runtime: Arc<Runtime>,
     policy: Arc<str>,
+    /// An instance for each worker with this version's policy already loaded,
+    /// made by the reload before it published the version, so that no worker's
+    /// first decision under a new policy waits for an instance or a parse. Empty
+    /// at start (the workers' first instances are made then), and wherever
+    /// preparing failed: such a worker makes its own.
+    prepared: Vec<Mutex<Option<Worker>>>,
+}
+
+impl Version {
+    /// Worker `index`'s prepared instance of this version, if it is still there.
+    fn take_prepared(&self, index: usize) -> Option<(Worker, u64)> {
+        let slot = self.prepared.get(index)?;
+        let worker = slot.lock().unwrap_or_else(PoisonError::into_inner).take()?;
+        Some((worker, self.number))
+    }
 }
 
 /// Where requests wait for a worker: read-only ones in a lane of their own, so
@@ -121,6 +206,11 @@ const GATHER_AT_MOST: Duration = Duration::from_millis(1);
 /// Handle to the pool; cheap to share behind an `Arc`.
 pub struct Gateway {
     jobs: Mutex<Option<Lanes>>,
+    /// Worker threads, writers and readers: how many instances a reload prepares.
+    workers: usize,
+    /// Held for a whole reload: two at once would each prepare an instance per
+    /// worker, past what the instance pool holds.
+    reloading: Mutex<()>,
     /// Requests that may write, submitted and not yet handed to the committer.
     undecided: Arc<AtomicUsize>,
     version: Arc<RwLock<Version>>,
@@ -169,6 +259,7 @@ impl Gateway {
             number: 0,
             runtime,
             policy: Arc::from(policy),
+            prepared: Vec::new(),
         }));
         let (writes, write_queue) = mpsc::channel::<Job>();
         let (reads, read_queue) = mpsc::channel::<Job>();
@@ -203,7 +294,7 @@ impl Gateway {
                 )
             };
             let worker = worker_for(&version, &store)?;
-            threads.push(spawn(&name, move || work(worker, &queue, &shared)));
+            threads.push(spawn(&name, move || work(i, worker, &queue, &shared)));
         }
         drop(done);
         let committer = Committer {
@@ -218,6 +309,8 @@ impl Gateway {
         }));
         let gateway = Gateway {
             jobs: Mutex::new(Some(Lanes { reads, writes })),
+            workers: writers + readers,
+            reloading: Mutex::new(()),
             undecided,
             version,
             store,
@@ -330,12 +423,19 @@ impl Gateway {
     }
 
     /// Replaces the policy, and the component when `runtime` is given. A version
-    /// that fails to load is refused and the current one keeps serving.
+    /// that fails to load is refused and the current one keeps serving; so is one
+    /// that lacks a plan accounts are on, unless `force` (see
+    /// [`ReloadError::StrandsAccounts`]).
     pub fn reload(
         &self,
         policy: &str,
         runtime: Option<Arc<Runtime>>,
-    ) -> Result<PolicySummary, LoadError> {
+        force: bool,
+    ) -> Result<PolicySummary, ReloadError> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let runtime = match runtime {
             Some(runtime) => runtime,
             None => self
@@ -345,18 +445,34 @@ impl Gateway {
                 .runtime
                 .clone(),
         };
-        let summary = match validate(&runtime, policy) {
+        let checked = validate(&runtime, policy)
+            .map_err(ReloadError::from)
+            .and_then(|summary| {
+                if force {
+                    return Ok(summary);
+                }
+                let stranded =
+                    stranded_plans(&runtime, self.store.clone(), policy, crate::time::now())?;
+                if stranded.is_empty() {
+                    Ok(summary)
+                } else {
+                    Err(ReloadError::StrandsAccounts(stranded))
+                }
+            });
+        let summary = match checked {
             Ok(summary) => summary,
             Err(e) => {
                 self.refused_reload();
                 return Err(e);
             }
         };
+        let prepared = self.prepare(&runtime, policy);
         let mut version = self.version.write().unwrap_or_else(PoisonError::into_inner);
         *version = Version {
             number: version.number + 1,
             runtime,
             policy: Arc::from(policy),
+            prepared,
         };
         let mut stats = self.stats();
         stats.reloads += 1;
@@ -364,10 +480,50 @@ impl Gateway {
         Ok(summary)
     }
 
+    /// An instance per worker with `policy` loaded, for the version a reload is
+    /// about to publish (see [`Version::prepared`]). The version in force's
+    /// instances that no worker took yet are dropped first: with them, an idle
+    /// gateway reloaded twice would hold three instances per worker, more than
+    /// the pool has room for.
+    fn prepare(&self, runtime: &Runtime, policy: &str) -> Vec<Mutex<Option<Worker>>> {
+        for slot in &self
+            .version
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .prepared
+        {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+        let mut prepared = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers {
+            match runtime.worker(self.store.clone(), policy) {
+                Ok((worker, _)) => prepared.push(Mutex::new(Some(worker))),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot prepare every worker's instance, the others make their own: {e}"
+                    );
+                    break;
+                }
+            }
+        }
+        prepared
+    }
+
     /// Counts a reload refused before it reached [`Gateway::reload`] (an unreadable
     /// file, a component that does not compile).
     pub fn refused_reload(&self) {
         self.stats().reloads_refused += 1;
+    }
+
+    /// The plans accounts are on that the policy in force lacks (see
+    /// [`stranded_plans`]): empty unless a reload was forced, or the store was
+    /// written under another policy.
+    pub fn stranded_plans(&self) -> Result<Vec<StrandedPlan>, ReloadError> {
+        let (runtime, policy) = {
+            let version = self.version.read().unwrap_or_else(PoisonError::into_inner);
+            (version.runtime.clone(), version.policy.clone())
+        };
+        stranded_plans(&runtime, self.store.clone(), &policy, crate::time::now())
     }
 
     /// The version number in force; it grows by one at each successful reload.
@@ -464,7 +620,7 @@ struct Shared {
     undecided: Arc<AtomicUsize>,
 }
 
-fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Shared) {
+fn work(index: usize, mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Shared) {
     let Shared {
         version,
         store,
@@ -478,15 +634,23 @@ fn work(mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Share
         // One worker waits on the queue at a time; the others wait on the lock.
         let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = job else { break };
-        let latest = version
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .number;
-        if latest != current.1 {
+        let prepared = {
+            let latest = version.read().unwrap_or_else(PoisonError::into_inner);
+            (latest.number != current.1).then(|| latest.take_prepared(index))
+        };
+        match prepared {
+            None => {}
+            Some(Some(next)) => current = next,
             // Validated before it was published, so this only fails if instantiating
             // fails; then the old version keeps serving.
-            if let Ok(next) = worker_for(version, store) {
-                current = next;
+            Some(None) => {
+                stats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .unprepared_switches += 1;
+                if let Ok(next) = worker_for(version, store) {
+                    current = next;
+                }
             }
         }
         let worker = &mut current.0;

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,7 +34,7 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::replay::{CreditsJson, Outcome, UsageJson, reason_code};
 use crate::request::Request;
 use crate::runtime::DecideError;
-use crate::time::{format_instant, now, parse_instant};
+use crate::time::{format_instant, now, parse_instant, whole_second};
 
 /// Most addresses one `POST .../leads` takes: Smartlead's own limit per request,
 /// and small enough that one batch holds the store's writer for milliseconds.
@@ -59,9 +59,21 @@ pub struct ReloadRefused {
     pub diagnostics: Vec<String>,
 }
 
-/// Re-reads the policy (and component) and hands them to the gateway. Supplied by
-/// whoever knows where they come from; runs on a blocking thread.
-pub type Reloader = Arc<dyn Fn() -> std::result::Result<Reloaded, ReloadRefused> + Send + Sync>;
+/// Re-reads the policy (and component) and hands them to the gateway, forcing it
+/// in when told to even if it lacks plans that accounts are on (see
+/// [`crate::gateway::ReloadError::StrandsAccounts`]). Supplied by whoever knows
+/// where they come from; runs on a blocking thread.
+pub type Reloader = Arc<dyn Fn(bool) -> std::result::Result<Reloaded, ReloadRefused> + Send + Sync>;
+
+/// The query of `POST /v1/admin/reload`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadQuery {
+    /// Load a policy that lacks plans accounts are on; they stay visible, denied
+    /// `unknown_plan`, until moved.
+    #[serde(default)]
+    force: bool,
+}
 
 /// Settings of the HTTP front end.
 #[derive(Clone, PartialEq, Eq)]
@@ -369,6 +381,10 @@ impl From<Kind> for EmailKind {
 struct AccountJson<'a> {
     account: &'a str,
     plan: &'a str,
+    /// Present (true) only when the policy in force lacks the account's plan: it
+    /// is denied `unknown_plan` until moved, and its limits read 0.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    plan_missing: bool,
     anchor: String,
     #[serde(flatten)]
     usage: UsageJson,
@@ -379,8 +395,20 @@ impl<'a> AccountJson<'a> {
         AccountJson {
             account,
             plan: &usage.plan,
+            plan_missing: false,
             anchor: format_instant(usage.anchor),
             usage: UsageJson::from(usage),
+        }
+    }
+
+    /// The account of a usage decision, stranded or not (see [`AccountJson::plan_missing`]).
+    fn of_usage(account: &'a str, decision: &'a Decision) -> Result<Self> {
+        match (decision.denied, &decision.usage) {
+            (Some(Reason::UnknownPlan), Some(usage)) => Ok(AccountJson {
+                plan_missing: true,
+                ..AccountJson::new(account, usage)
+            }),
+            _ => Ok(AccountJson::new(account, allowed(account, decision)?)),
         }
     }
 }
@@ -456,16 +484,17 @@ async fn subscribe(
     Path(account): Path<String>,
     Body(body): Body<SubscribeBody>,
 ) -> Result<Response> {
-    let at = match &body.anchor {
+    let anchor = match &body.anchor {
         Some(text) => parse_instant(text)
             .map_err(|e| ApiError::unprocessable("invalid_anchor", format!("anchor: {e}")))?,
-        None => now(),
+        None => whole_second(now()),
     };
     let request = Request::Subscribe {
         account: account.clone(),
         plan: body.plan,
+        anchor: Some(anchor),
     };
-    let decision = decide(&app, request, at).await?;
+    let decision = decide(&app, request, now()).await?;
     let usage = allowed(&account, &decision)?;
     info!(%account, plan = %usage.plan, "subscribed");
     Ok((
@@ -496,10 +525,7 @@ async fn usage(State(app): State<App>, Path(account): Path<String>) -> Result<Re
         account: account.clone(),
     };
     let decision = decide(&app, request, now()).await?;
-    Ok(json(&AccountJson::new(
-        &account,
-        allowed(&account, &decision)?,
-    )))
+    Ok(json(&AccountJson::of_usage(&account, &decision)?))
 }
 
 async fn add_leads(
@@ -600,9 +626,23 @@ async fn healthz(State(app): State<App>) -> Response {
     }))
 }
 
-async fn reload(State(app): State<App>, _: Admin) -> Result<Response> {
+async fn reload(
+    State(app): State<App>,
+    _: Admin,
+    query: std::result::Result<axum::extract::Query<ReloadQuery>, QueryRejection>,
+) -> Result<Response> {
+    let axum::extract::Query(ReloadQuery { force }) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!(
+                "{}; the reload takes `force=true` or `force=false`",
+                e.body_text()
+            ),
+        )
+    })?;
     let reload = app.reload.clone();
-    let outcome = tokio::task::spawn_blocking(move || reload())
+    let outcome = tokio::task::spawn_blocking(move || reload(force))
         .await
         .map_err(|e| ApiError::internal(format!("the reload task failed: {e}")))?;
     match outcome {

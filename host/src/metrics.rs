@@ -229,6 +229,9 @@ pub struct GatewayStats {
     pub timeouts: u64,
     pub reloads: u64,
     pub reloads_refused: u64,
+    /// Instances a worker had to make for a new version while a request waited,
+    /// because the reload could not prepare one for it.
+    pub unprepared_switches: u64,
     pub version: u64,
 }
 
@@ -382,6 +385,13 @@ impl GatewayStats {
             out,
             "creditgate_reloads_total{{result=\"refused\"}} {}",
             self.reloads_refused
+        );
+        out.push_str("# HELP creditgate_unprepared_switches_total Workers that made their own instance of a new policy version while a request waited.\n");
+        out.push_str("# TYPE creditgate_unprepared_switches_total counter\n");
+        let _ = writeln!(
+            out,
+            "creditgate_unprepared_switches_total {}",
+            self.unprepared_switches
         );
         out.push_str("# HELP creditgate_policy_version Version of the policy in force; grows by one per reload.\n");
         out.push_str("# TYPE creditgate_policy_version gauge\n");

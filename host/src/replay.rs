@@ -49,6 +49,7 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
         "subscribe" => Request::Subscribe {
             account,
             plan: take_name(&mut fields, "plan")?,
+            anchor: None,
         },
         "change_plan" => Request::ChangePlan {
             account,

@@ -9,6 +9,8 @@ pub enum Request {
     Subscribe {
         account: String,
         plan: String,
+        /// The billing anchor, at or before the decision's instant; None: that instant.
+        anchor: Option<i64>,
     },
     ChangePlan {
         account: String,

@@ -712,7 +712,11 @@ impl Worker {
     fn decide_unchecked(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let budget = self.config.decision_budget;
         self.call(request.op(), budget, |p, s| match request {
-            Request::Subscribe { account, plan } => p.call_subscribe(s, account, plan, now),
+            Request::Subscribe {
+                account,
+                plan,
+                anchor,
+            } => p.call_subscribe(s, account, plan, anchor.unwrap_or(now), now),
             Request::ChangePlan { account, plan } => p.call_change_plan(s, account, plan, now),
             Request::AddLead {
                 account,

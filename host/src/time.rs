@@ -9,6 +9,12 @@ pub fn now() -> i64 {
     Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
+/// `at` without its fraction of a second: a default anchor reads as
+/// `2026-11-01T09:00:00Z`, not with nanoseconds nobody chose.
+pub fn whole_second(at: i64) -> i64 {
+    at - at.rem_euclid(1_000_000_000)
+}
+
 /// An RFC 3339 timestamp, any offset, as nanoseconds since the epoch in UTC.
 pub fn parse_instant(text: &str) -> Result<i64, String> {
     let at = DateTime::parse_from_rfc3339(text).map_err(|_| {

@@ -57,6 +57,7 @@ fuzz_target!(|data: &[u8]| {
         Request::Subscribe {
             account: "acme".into(),
             plan: plan.into(),
+            anchor: None,
         },
     );
     let mut used = 0;

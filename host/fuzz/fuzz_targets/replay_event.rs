@@ -41,7 +41,7 @@ fn canonical_line(at: i64, request: &Request) -> String {
         Value::from(value)
     };
     let mut fields = match request {
-        Request::Subscribe { account, plan } => json!({
+        Request::Subscribe { account, plan, .. } => json!({
             "op": "subscribe", "account": name("account", account), "plan": name("plan", plan),
         }),
         Request::ChangePlan { account, plan } => json!({

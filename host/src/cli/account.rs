@@ -7,7 +7,7 @@ use creditgate::bindings::{AccountUsage, Decision};
 use creditgate::replay::{Outcome, UsageJson, reason_code};
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
-use creditgate::time::{format_instant, now, parse_instant};
+use creditgate::time::{format_instant, now, parse_instant, whole_second};
 
 use super::{Exit, Format, PolicyArgs, StoreArgs};
 
@@ -70,15 +70,16 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
             anchor,
             common,
         } => {
-            let at = match anchor {
+            let anchor = match anchor {
                 Some(text) => parse_instant(&text).map_err(|e| anyhow::anyhow!("--anchor: {e}"))?,
-                None => now(),
+                None => whole_second(now()),
             };
             let request = Request::Subscribe {
                 account: account.clone(),
                 plan,
+                anchor: Some(anchor),
             };
-            change(&common, &account, &request, at, "subscribed")
+            change(&common, &account, &request, now(), "subscribed")
         }
         Command::ChangePlan {
             account,

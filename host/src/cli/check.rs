@@ -3,17 +3,22 @@
 //!
 //! The component is the only judge of a policy: the host has no parser of its own
 //! that could drift from the one that enforces. Each file is loaded into a fresh
-//! worker over an empty in-memory store, so checking touches no state.
+//! worker over an empty in-memory store, so checking touches no state. With
+//! `--store`, the policy is also checked against the accounts of a store, which
+//! is read, never written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use creditgate::bindings::{Diagnostic, PlanSummary};
+use creditgate::gateway::stranded_plans;
 use creditgate::replay::LimitJson;
 use creditgate::runtime::{LoadError, Runtime};
-use creditgate::store::MemoryStore;
+use creditgate::store::{MemoryStore, Store};
+use creditgate::time::now;
 
 use super::{ComponentArgs, Exit, located};
 
@@ -32,6 +37,11 @@ pub struct Args {
     format: Format,
     #[command(flatten)]
     component: ComponentArgs,
+    /// Also check the policy against the accounts of this store (a redb file or a
+    /// Redis URL, as `--store` elsewhere): a plan that accounts are on and the
+    /// policy lacks is an error, as a reload of it would be refused.
+    #[arg(long, value_name = "PATH|redis://...")]
+    store: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,10 +87,22 @@ struct PlanJson {
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let runtime = args.component.runtime()?;
+    let store = match &args.store {
+        Some(spec) => {
+            if super::names_a_file(spec) && !spec.exists() {
+                anyhow::bail!(
+                    "no store at {}: check reads a store, it never creates one",
+                    spec.display()
+                );
+            }
+            Some((spec, super::open_store(Some(spec))?))
+        }
+        None => None,
+    };
     let reports = args
         .policies
         .iter()
-        .map(|file| check(&runtime, file))
+        .map(|file| check(&runtime, file, store.as_ref()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     match args.format {
         Format::Text => print!("{}", text(&reports)),
@@ -89,7 +111,11 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     Ok(exit_status(&reports))
 }
 
-fn check(runtime: &Runtime, file: &Path) -> anyhow::Result<FileReport> {
+fn check(
+    runtime: &Runtime,
+    file: &Path,
+    store: Option<&(&PathBuf, Arc<dyn Store>)>,
+) -> anyhow::Result<FileReport> {
     let mut report = FileReport {
         file: file.display().to_string(),
         status: "ok",
@@ -123,6 +149,30 @@ fn check(runtime: &Runtime, file: &Path) -> anyhow::Result<FileReport> {
             report.plans = summary.plans.iter().map(plan).collect();
             if !report.warnings.is_empty() {
                 report.status = "warnings";
+            }
+            if let Some((spec, store)) = store {
+                let stranded = stranded_plans(runtime, store.clone(), &policy, now())
+                    .with_context(|| {
+                        format!("checking {} against {}", file.display(), spec.display())
+                    })?;
+                for p in stranded {
+                    report.status = "errors";
+                    report.errors.push(diagnostic(
+                        file,
+                        &Diagnostic {
+                            message: format!(
+                                "plan {:?} is not in this policy, and {} account(s) of {} are \
+                                 on it: a reload would be refused (move them first, or force it)",
+                                p.plan,
+                                p.accounts,
+                                spec.display()
+                            ),
+                            path: "plans".into(),
+                            line: 0,
+                            column: 0,
+                        },
+                    ));
+                }
             }
         }
         Err(LoadError::Policy(diagnostics)) => {

@@ -12,11 +12,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use creditgate::alerts::{self, Notifier, Retry, Webhook};
-use creditgate::gateway::Gateway;
+use creditgate::gateway::{Gateway, ReloadError};
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
 use creditgate::postfix::PostfixConfig;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig};
@@ -269,6 +269,11 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             for warning in &summary.warnings {
                 warn!("{}", located(&policy_path, warning));
             }
+            // Not refused at start (the policy file may be the one fix that is
+            // coming), but said: those accounts' mail is deferred until they move.
+            for line in stranded_warnings(&gateway) {
+                error!("{line}");
+            }
             Arc::new(gateway)
         }
         Err(e) => return Err(load_error(&policy_path, e)),
@@ -382,7 +387,9 @@ async fn serve(
             _ = hangup.recv() => {
                 let reloader = reloader.clone();
                 // Off the async workers: a component may take a second to compile.
-                let _ = tokio::task::spawn_blocking(move || reloader()).await;
+                // A signal carries no options: a policy that strands accounts is
+                // refused here, and forced in only through the API.
+                let _ = tokio::task::spawn_blocking(move || reloader(false)).await;
             }
         }
     }
@@ -435,7 +442,7 @@ fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -
             component: policy.component.component.clone(),
         },
     };
-    Arc::new(move || {
+    Arc::new(move |force| {
         let refused = |message: String, diagnostics: Vec<String>| {
             warn!("reload refused, the current policy keeps serving: {message}");
             for line in &diagnostics {
@@ -462,10 +469,13 @@ fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -
                     .map_err(|e| refused_early(e.to_string()))?,
             )),
         };
-        match gateway.reload(&text, runtime) {
+        match gateway.reload(&text, runtime, force) {
             Ok(summary) => {
-                let warnings: Vec<String> =
+                let mut warnings: Vec<String> =
                     summary.warnings.iter().map(|w| located(&path, w)).collect();
+                if force {
+                    warnings.extend(stranded_warnings(&gateway));
+                }
                 for warning in &warnings {
                     warn!("{warning}");
                 }
@@ -473,13 +483,31 @@ fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -
                 info!(version, policy = %path.display(), "policy reloaded");
                 Ok(Reloaded { version, warnings })
             }
-            Err(LoadError::Policy(diagnostics)) => Err(refused(
+            Err(ReloadError::Load(LoadError::Policy(diagnostics))) => Err(refused(
                 format!("invalid policy {}", path.display()),
                 diagnostics.iter().map(|d| located(&path, d)).collect(),
             )),
             Err(e) => Err(refused(e.to_string(), vec![])),
         }
     })
+}
+
+/// One line per plan accounts are on that the policy in force lacks.
+fn stranded_warnings(gateway: &Gateway) -> Vec<String> {
+    match gateway.stranded_plans() {
+        Ok(plans) => plans
+            .iter()
+            .map(|p| {
+                format!(
+                    "plan {:?} is not in the policy in force, and {} account(s) are on it: \
+                     every request of theirs is denied unknown_plan until they are moved to \
+                     another plan",
+                    p.plan, p.accounts
+                )
+            })
+            .collect(),
+        Err(e) => vec![format!("cannot check which plans accounts are on: {e}")],
+    }
 }
 
 fn load_error(path: &Path, e: LoadError) -> anyhow::Error {

@@ -43,6 +43,7 @@ fn subscribe(gateway: &Gateway, account: &str, plan: &str) {
     let request = Request::Subscribe {
         account: account.into(),
         plan: plan.into(),
+        anchor: None,
     };
     decide(gateway, request, at("2026-01-15T10:00:00Z"));
 }

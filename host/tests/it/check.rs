@@ -258,3 +258,50 @@ fn a_policy_over_the_size_limit_is_refused_before_it_reaches_the_guest() {
         Ok(_) => panic!("a policy over the limit loaded"),
     }
 }
+
+/// Issue 13, item 1: given the store, `check` refuses a policy that lacks a plan
+/// accounts are on, naming the plan and how many, as a reload would.
+#[test]
+fn check_with_a_store_refuses_a_policy_that_strands_accounts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("state.redb");
+    let store = store.to_str().expect("utf-8 path");
+    for (account, plan) in [("acme", "base"), ("globex", "pro"), ("initech", "pro")] {
+        let out = creditgate(&[
+            "account",
+            "subscribe",
+            account,
+            "--plan",
+            plan,
+            "--store",
+            store,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let policy = dir.path().join("base-only.toml");
+    std::fs::write(
+        &policy,
+        "[plans.base]\nlead_credits = 2000\nemail_credits = 6000\n",
+    )
+    .expect("writes");
+    let policy = policy.to_str().expect("utf-8 path");
+
+    let out = creditgate(&["check", policy]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = creditgate(&["check", policy, "--store", store]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("plan \"pro\" is not in this policy, and 2 account(s)"),
+        "{stdout}"
+    );
+    assert!(
+        creditgate(&["check", "policies/smartlead.toml", "--store", store])
+            .status
+            .success()
+    );
+    let missing = dir.path().join("typo.redb");
+    let out = creditgate(&["check", policy, "--store", missing.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(!missing.exists(), "check created a store");
+}

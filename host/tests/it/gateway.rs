@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use creditgate::bindings::{GuardedAdd, Reason};
-use creditgate::gateway::Gateway;
+use creditgate::gateway::{Gateway, ReloadError};
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
 use creditgate::store::{RedbStore, Store, StoreError};
@@ -25,6 +25,7 @@ fn gateway(store: Arc<dyn Store>, workers: usize) -> Gateway {
     let subscribe = Request::Subscribe {
         account: "acme".into(),
         plan: "small".into(),
+        anchor: None,
     };
     let d = gateway
         .decide_blocking(subscribe, at("2025-01-31T09:00:00Z"))
@@ -174,10 +175,14 @@ fn reloads_take_effect_between_requests_and_bad_ones_are_refused() {
             .reload(
                 "[plans.small]\nlead_credits = -1\nemail_credits = 5\n",
                 None,
+                false,
             )
             .expect_err("refused");
         assert!(
-            matches!(err, creditgate::runtime::LoadError::Policy(_)),
+            matches!(
+                err,
+                ReloadError::Load(creditgate::runtime::LoadError::Policy(_))
+            ),
             "{err}"
         );
         assert_eq!(gateway.version(), 0);
@@ -185,12 +190,140 @@ fn reloads_take_effect_between_requests_and_bad_ones_are_refused() {
             .reload(
                 &POLICY.replace("email_credits = 50", "email_credits = 75"),
                 None,
+                false,
             )
             .expect("valid");
         assert_eq!(gateway.version(), 1);
         traffic.join().expect("no request failed");
     });
     assert_eq!(usage(), Some(75));
+}
+
+/// Issue 13, item 1: a reload that drops a plan accounts are on strands them
+/// (every request of theirs denied `unknown_plan`); it is refused, naming the plan
+/// and how many accounts are on it, unless forced.
+#[test]
+fn a_reload_that_drops_a_plan_in_use_is_refused_unless_forced() {
+    let gateway = gateway(Arc::new(creditgate::store::MemoryStore::new()), 2);
+    let now = at("2025-02-01T00:00:00Z");
+    for account in ["globex", "initech"] {
+        let d = gateway
+            .decide_blocking(
+                Request::Subscribe {
+                    account: account.into(),
+                    plan: "large".into(),
+                    anchor: None,
+                },
+                now,
+            )
+            .expect("subscribes");
+        assert_eq!(d.denied, None);
+    }
+    let without_large = "[plans.small]\nlead_credits = 20\nemail_credits = 50\n";
+    let err = gateway
+        .reload(without_large, None, false)
+        .expect_err("strands two accounts");
+    let ReloadError::StrandsAccounts(stranded) = &err else {
+        panic!("expected StrandsAccounts, got {err}");
+    };
+    assert_eq!(
+        stranded,
+        &[creditgate::gateway::StrandedPlan {
+            plan: "large".into(),
+            accounts: 2
+        }]
+    );
+    assert!(err.to_string().contains("\"large\" (2 accounts)"), "{err}");
+    assert_eq!(gateway.version(), 0, "the policy in force keeps serving");
+    assert_eq!(gateway.snapshot().reloads_refused, 1);
+    assert!(gateway.stranded_plans().expect("checks").is_empty());
+
+    // Forced: the accounts stay visible under the plan they are on, and take nothing.
+    gateway
+        .reload(without_large, None, true)
+        .expect("forced in");
+    assert_eq!(gateway.version(), 1);
+    assert_eq!(gateway.stranded_plans().expect("checks"), stranded.clone());
+    let usage = gateway
+        .decide_blocking(
+            Request::Usage {
+                account: "globex".into(),
+            },
+            now,
+        )
+        .expect("answers");
+    assert_eq!(usage.denied, Some(Reason::UnknownPlan));
+    let usage = usage
+        .usage
+        .expect("a stranded account's usage is still reported");
+    assert_eq!(usage.plan, "large");
+    assert_eq!(usage.email_credits.limit, Some(0));
+    let send = gateway
+        .decide_blocking(
+            Request::ChargeEmail {
+                account: "globex".into(),
+                cost: 1,
+                message_id: None,
+            },
+            now,
+        )
+        .expect("answers");
+    assert_eq!((send.denied, send.charged), (Some(Reason::UnknownPlan), 0));
+
+    // Moved to a plan the policy has, it sends again.
+    let moved = gateway
+        .decide_blocking(
+            Request::ChangePlan {
+                account: "globex".into(),
+                plan: "small".into(),
+            },
+            now,
+        )
+        .expect("answers");
+    assert_eq!(moved.denied, None);
+    assert_eq!(
+        gateway.stranded_plans().expect("checks")[0].accounts,
+        1,
+        "initech is still on it"
+    );
+}
+
+/// Issue 14, item 9: a reload loads the new policy into an instance for every
+/// worker before it switches, so no request waits for an instance and a parse.
+#[test]
+fn a_reload_prepares_every_workers_instance_before_it_switches() {
+    let gateway = gateway(Arc::new(creditgate::store::MemoryStore::new()), 3);
+    let now = at("2025-02-01T00:00:00Z");
+    for round in 0..3 {
+        let policy = POLICY.replace(
+            "email_credits = 50",
+            &format!("email_credits = {}", 60 + round),
+        );
+        gateway.reload(&policy, None, false).expect("reloads");
+        // Enough requests, some at once, that every worker takes some.
+        thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        let d = gateway
+                            .decide_blocking(
+                                Request::CheckEmail {
+                                    account: "acme".into(),
+                                    cost: 1,
+                                },
+                                now,
+                            )
+                            .expect("answers");
+                        assert_eq!(
+                            d.usage.map(|u| u.email_credits.limit),
+                            Some(Some(60 + round))
+                        );
+                    }
+                });
+            }
+        });
+    }
+    assert_eq!(gateway.snapshot().unprepared_switches, 0);
 }
 
 #[test]
@@ -376,6 +509,7 @@ fn no_commit_lands_between_a_charge_and_the_alert_it_fired() {
         let subscribe = Request::Subscribe {
             account: account.into(),
             plan: "one".into(),
+            anchor: None,
         };
         assert_eq!(
             gateway
@@ -453,6 +587,7 @@ fn a_read_only_request_never_waits_behind_a_charge() {
         let subscribe = Request::Subscribe {
             account: account.into(),
             plan: "big".into(),
+            anchor: None,
         };
         assert_eq!(
             gateway

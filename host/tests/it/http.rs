@@ -74,12 +74,12 @@ impl Api {
         let gateway = Arc::new(gateway);
         let reload: Reloader = {
             let (gateway, path) = (gateway.clone(), policy_file.path().to_owned());
-            Arc::new(move || {
+            Arc::new(move |force| {
                 let text = std::fs::read_to_string(&path).map_err(|e| ReloadRefused {
                     message: e.to_string(),
                     diagnostics: vec![],
                 })?;
-                match gateway.reload(&text, None) {
+                match gateway.reload(&text, None, force) {
                     Ok(_) => Ok(Reloaded {
                         version: gateway.version(),
                         warnings: vec![],
@@ -578,6 +578,102 @@ fn reload_takes_a_valid_policy_and_refuses_a_broken_one() {
         metrics.contains("creditgate_reloads_total{result=\"refused\"} 1"),
         "{metrics}"
     );
+}
+
+/// Issue 13, item 1: a reload that drops a plan accounts are on is refused,
+/// naming the plan and how many are on it; forced, the accounts stay visible and
+/// say which plan is missing.
+#[test]
+fn a_reload_that_strands_accounts_is_refused_unless_forced() {
+    let api = Api::memory();
+    assert_eq!(api.subscribe("acme", "small").0, 201);
+    assert_eq!(api.subscribe("globex", "large").0, 201);
+    let reload = |query: &str| {
+        api.call(
+            "post",
+            "/v1/admin/reload",
+            &format!("/v1/admin/reload{query}"),
+            None,
+        )
+    };
+    std::fs::write(
+        api.policy_file.path(),
+        "[plans.small]\nlead_credits = 3\nemail_credits = 4\n",
+    )
+    .expect("writes");
+    let (status, body) = reload("");
+    assert_eq!((status, code(&body)), (422, "reload_refused"), "{body}");
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(message.contains("\"large\" (1 account)"), "{message}");
+    assert_eq!(
+        api.usage("globex").0,
+        200,
+        "the policy in force still serves"
+    );
+
+    let (status, body) = reload("?force=maybe");
+    assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
+
+    let (status, body) = reload("?force=true");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 1);
+    let (status, body) = api.usage("globex");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plan"], "large");
+    assert_eq!(body["plan_missing"], true);
+    assert_eq!(body["email_credits"]["limit"], 0);
+    let (status, body) = api.email(json!({"account": "globex", "to": "a@x.io"}));
+    assert_eq!(
+        (status, body["decision"].as_str()),
+        (200, Some("deny")),
+        "{body}"
+    );
+    assert_eq!(body["reason"], "unknown_plan");
+    let (_, body) = api.usage("acme");
+    assert!(body.get("plan_missing").is_none(), "{body}");
+}
+
+/// Issue 13, item 4: a back-dated anchor reports the cycle containing now, the
+/// same one the usage route reports; a future anchor is refused.
+#[test]
+fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
+    let api = Api::memory();
+    let (status, body) = api.call(
+        "post",
+        "/v1/accounts/{account}/subscription",
+        "/v1/accounts/acme/subscription",
+        Some(r#"{"plan": "small", "anchor": "2021-01-31T09:00:00Z"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let resets_at = body["email_credits"]["resets_at"]
+        .as_str()
+        .expect("resets_at");
+    let resets_at = creditgate::time::parse_instant(resets_at).expect("an instant");
+    assert!(resets_at > creditgate::time::now(), "{body}");
+    assert_eq!(
+        api.usage("acme").1["email_credits"]["resets_at"],
+        body["email_credits"]["resets_at"]
+    );
+
+    let (status, body) = api.call(
+        "post",
+        "/v1/accounts/{account}/subscription",
+        "/v1/accounts/globex/subscription",
+        Some(r#"{"plan": "small", "anchor": "2099-01-01T00:00:00Z"}"#),
+    );
+    assert_eq!((status, code(&body)), (422, "invalid_request"), "{body}");
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("2099-01-01T00:00:00Z is in the future"),
+        "{message}"
+    );
+    assert_eq!(api.usage("globex").0, 404, "nothing was created");
+
+    // Without an anchor, now to the second: no nanoseconds nobody chose.
+    let (status, body) = api.subscribe("initech", "small");
+    assert_eq!(status, 201, "{body}");
+    let anchor = body["anchor"].as_str().expect("an anchor");
+    assert!(!anchor.contains('.'), "{anchor}");
 }
 
 #[test]

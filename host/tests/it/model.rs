@@ -295,7 +295,7 @@ impl Model {
 
     fn decide(&mut self, request: &Request, now: i64) -> Verdict {
         // Subscribe: plan known first, then the account must be new.
-        if let Request::Subscribe { account, plan } = request {
+        if let Request::Subscribe { account, plan, .. } = request {
             if !self.policy.plans.contains_key(plan) {
                 return deny(UNKNOWN_PLAN);
             }

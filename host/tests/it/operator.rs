@@ -117,6 +117,55 @@ fn subscribe_change_plan_show_and_list() {
     assert_eq!(o.status.code(), Some(1));
 }
 
+/// Issue 13, item 4: `account subscribe` with a back-dated anchor reports the
+/// cycle containing now; a future anchor is refused and creates nothing.
+#[test]
+fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let anchor = rfc3339(Utc::now() - Duration::days(400));
+    let o = run(
+        &store,
+        &[
+            "account",
+            "subscribe",
+            "acme",
+            "--plan",
+            "base",
+            "--anchor",
+            &anchor,
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let resets_at = json(&o)["email_credits"]["resets_at"]
+        .as_str()
+        .expect("resets_at")
+        .to_owned();
+    let resets_at = chrono::DateTime::parse_from_rfc3339(&resets_at).expect("an instant");
+    assert!(resets_at > Utc::now(), "{resets_at}");
+    assert!(resets_at < Utc::now() + Duration::days(32), "{resets_at}");
+
+    let future = rfc3339(Utc::now() + Duration::days(30));
+    let o = run(
+        &store,
+        &[
+            "account",
+            "subscribe",
+            "globex",
+            "--plan",
+            "base",
+            "--anchor",
+            &future,
+        ],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("is in the future"), "{}", stderr(&o));
+    let o = run(&store, &["account", "show", "globex"]);
+    assert_eq!(o.status.code(), Some(1), "nothing was created");
+}
+
 #[test]
 fn an_unreadable_anchor_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -56,6 +56,7 @@ impl Server {
         let subscribe = Request::Subscribe {
             account: "acme".into(),
             plan: "small".into(),
+            anchor: None,
         };
         let d = gateway.decide(subscribe, now()).await.expect("subscribes");
         assert_eq!(d.denied, None);

@@ -175,7 +175,12 @@ impl Guest for Hostile {
         })
     }
 
-    fn subscribe(account: String, _plan: String, _now: i64) -> Result<Decision, Error> {
+    fn subscribe(
+        account: String,
+        _plan: String,
+        _anchor: i64,
+        _now: i64,
+    ) -> Result<Decision, Error> {
         decide(&account)
     }
     fn change_plan(account: String, _plan: String, _now: i64) -> Result<Decision, Error> {
