@@ -102,12 +102,11 @@ pub fn import(server: &Server, args: &ImportArgs) -> anyhow::Result<Exit> {
                 import.bytes += email.len();
                 import.emails.push(email);
                 import.lines.push(line);
-                if import.emails.len() >= batch_size || import.bytes >= MAX_BATCH_BYTES {
-                    if let Err(e) = import.flush() {
-                        failure = Some(e);
-                        // Stops the reading; `failure` says why.
-                        return Err(import::ImportError::BatchSize(0));
-                    }
+                let full = import.emails.len() >= batch_size || import.bytes >= MAX_BATCH_BYTES;
+                if full && let Err(e) = import.flush() {
+                    failure = Some(e);
+                    // Stops the reading; `failure` says why.
+                    return Err(import::ImportError::BatchSize(0));
                 }
             }
             Err(reason) => invalid(&mut import.report, line, reason),
