@@ -901,6 +901,25 @@ fn a_server_that_is_not_there_is_a_clear_error() {
         "{}",
         stderr(&o)
     );
+    // Two places to work on: refused, not guessed between.
+    let o = run(
+        &dir.path().join("cg.redb"),
+        &["usage", "acme", "--server", &url, "--store", "memory"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        only_error(&o).contains("--server and --store"),
+        "{}",
+        stderr(&o)
+    );
+    // An explicit --store wins over $CREDITGATE_SERVER.
+    let o = run_with(
+        &dir.path().join("cg.redb"),
+        &["account", "list", "--store", "memory", "--format", "json"],
+        &[("CREDITGATE_SERVER", &url)],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&o), serde_json::json!([]));
     let o = run(
         &dir.path().join("cg.redb"),
         &["usage", "acme", "--server", "https://x"],
