@@ -250,7 +250,7 @@ pub(super) fn text_report(name: &str, r: &ImportReport) -> String {
     out
 }
 
-pub(super) fn credits_text(c: &CreditsJson) -> String {
+fn credits_text(c: &CreditsJson) -> String {
     match c.limit {
         LimitJson::Count(limit) => format!("{} of {limit}", c.used),
         LimitJson::Unlimited(_) => format!("{} (unlimited)", c.used),
