@@ -755,6 +755,41 @@ impl Fields {
     }
 }
 
+/// Reads the addresses of a CSV input exactly as [`import`] does (header row,
+/// column by name, quoting, row limits), for an import that sends them elsewhere:
+/// the CLI's `leads import --server` posts them to a gateway. Calls
+/// `row(line, address)` for each data row, in order; returns the rows read.
+pub fn read_addresses<R: BufRead>(
+    input: R,
+    column: &str,
+    row: &mut dyn FnMut(u64, Result<String, InvalidReason>) -> Result<(), ImportError>,
+) -> Result<u64, ImportError> {
+    let mut rows = Rows::new(input);
+    let mut fields = Fields::new();
+    let index = read_header(&mut rows, &mut fields, column)?;
+    let mut read = 0;
+    loop {
+        let next = match rows.next(fields.buffer()) {
+            Ok(Some(next)) => next,
+            Ok(None) => return Ok(read),
+            Err(source) => {
+                return Err(ImportError::Read {
+                    line: rows.line(),
+                    done: read,
+                    source,
+                });
+            }
+        };
+        read += 1;
+        let email = if next.fits {
+            address(fields.parse().get(index))
+        } else {
+            Err(InvalidReason::RowTooLong)
+        };
+        row(next.line, email)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

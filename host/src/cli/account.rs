@@ -1,24 +1,26 @@
 //! `creditgate account`: subscriptions, plan changes and the list of accounts.
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use creditgate::bindings::{AccountUsage, Decision};
-use creditgate::replay::{Outcome, UsageJson, reason_code};
+use creditgate::bindings::AccountUsage;
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
 use creditgate::time::{format_instant, now, parse_instant, whole_second};
 
-use super::{Exit, Format, PolicyArgs, StoreArgs};
+use super::remote::{Server, ServerArgs, escape};
+use super::{Denied, Exit, Format, PolicyArgs, StoreArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Start an account on a plan; its billing cycles are anchored on the subscription.
     Subscribe {
+        /// The account's name.
         account: String,
+        /// The plan to start on, as the policy names it (`creditgate plans`).
         #[arg(long)]
         plan: String,
-        /// The billing anchor (RFC 3339); default now.
+        /// The billing anchor (RFC 3339); default now, to the second.
         #[arg(long, value_name = "RFC3339")]
         anchor: Option<String>,
         #[command(flatten)]
@@ -26,7 +28,9 @@ pub enum Command {
     },
     /// Move an account to another plan at once; usage and anchor are unchanged.
     ChangePlan {
+        /// The account's name.
         account: String,
+        /// The plan to move to, as the policy names it (`creditgate plans`).
         #[arg(long)]
         plan: String,
         #[command(flatten)]
@@ -34,6 +38,7 @@ pub enum Command {
     },
     /// One account's plan, anchor and usage.
     Show {
+        /// The account's name.
         account: String,
         #[command(flatten)]
         common: Common,
@@ -51,7 +56,10 @@ pub struct Common {
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
     policy: PolicyArgs,
+    /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -59,6 +67,10 @@ pub struct Common {
 impl Common {
     fn worker(&self) -> anyhow::Result<Worker> {
         self.policy.worker(self.store.open()?)
+    }
+
+    fn server(&self) -> anyhow::Result<Option<Server>> {
+        self.server.client(self.store.store.is_some())
     }
 }
 
@@ -70,167 +82,256 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
             anchor,
             common,
         } => {
-            let anchor = match anchor {
-                Some(text) => parse_instant(&text).map_err(|e| anyhow::anyhow!("--anchor: {e}"))?,
+            let at = match &anchor {
+                Some(text) => parse_instant(text).map_err(|e| anyhow::anyhow!("--anchor: {e}"))?,
+                // Billing cycles are counted in whole seconds from the anchor: a
+                // default with nanoseconds would only clutter every reply.
                 None => whole_second(now()),
             };
-            let request = Request::Subscribe {
-                account: account.clone(),
-                plan,
-                anchor: Some(anchor),
+            let view = match common.server()? {
+                Some(server) => {
+                    let mut body = serde_json::json!({ "plan": plan });
+                    if let Some(anchor) = &anchor {
+                        body["anchor"] = anchor.as_str().into();
+                    }
+                    server.post(&account_path(&account, "subscription"), &body)?
+                }
+                None => {
+                    let request = Request::Subscribe {
+                        account: account.clone(),
+                        plan,
+                        anchor: Some(at),
+                    };
+                    change(&common, &account, &request, now())?
+                }
             };
-            change(&common, &account, &request, now(), "subscribed")
+            print_account(common.format, &view, Some("subscribed"))
         }
         Command::ChangePlan {
             account,
             plan,
             common,
         } => {
-            let request = Request::ChangePlan {
-                account: account.clone(),
-                plan,
+            let view = match common.server()? {
+                Some(server) => server.put(
+                    &account_path(&account, "plan"),
+                    &serde_json::json!({ "plan": plan }),
+                )?,
+                None => {
+                    let request = Request::ChangePlan {
+                        account: account.clone(),
+                        plan,
+                    };
+                    change(&common, &account, &request, now())?
+                }
             };
-            change(&common, &account, &request, now(), "moved")
+            print_account(common.format, &view, Some("moved"))
         }
         Command::Show { account, common } => {
-            let mut worker = common.worker()?;
-            let decision = worker.decide(
-                &Request::Usage {
-                    account: account.clone(),
-                },
-                now(),
-            )?;
-            print_decision(common.format, &account, &decision, None);
-            Ok(exit_of(&decision))
+            let view = match common.server()? {
+                Some(server) => server.get(&account_path(&account, "usage"))?,
+                None => {
+                    let mut worker = common.worker()?;
+                    usage_of(&mut worker, &account)?
+                }
+            };
+            print_account(common.format, &view, None)
         }
         Command::List { common } => list(&common),
     }
 }
 
-/// Applies a subscription or plan change, durably, and reports it.
+/// `/v1/accounts/{account}/{rest}`, the account escaped.
+pub(super) fn account_path(account: &str, rest: &str) -> String {
+    format!("/v1/accounts/{}/{rest}", escape(account))
+}
+
+/// An account as every command prints it and the HTTP API answers it: plan,
+/// anchor and both credits. Unknown fields of an answer are ignored, so that a
+/// newer gateway can say more.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct AccountView {
+    pub account: String,
+    pub plan: String,
+    pub anchor: String,
+    /// When the current email cycle began, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle_start: Option<String>,
+    pub lead_credits: CreditsView,
+    pub email_credits: CreditsView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CreditsView {
+    pub used: u64,
+    pub limit: LimitView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
+}
+
+/// A count, or `"unlimited"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(super) enum LimitView {
+    Count(u64),
+    Unlimited(String),
+}
+
+impl LimitView {
+    pub fn count(&self) -> Option<u64> {
+        match self {
+            LimitView::Count(n) => Some(*n),
+            LimitView::Unlimited(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LimitView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitView::Count(n) => write!(f, "{n}"),
+            LimitView::Unlimited(_) => f.write_str("unlimited"),
+        }
+    }
+}
+
+impl From<Option<u64>> for LimitView {
+    fn from(limit: Option<u64>) -> Self {
+        limit.map_or(LimitView::Unlimited("unlimited".into()), LimitView::Count)
+    }
+}
+
+impl AccountView {
+    pub fn new(account: &str, u: &AccountUsage) -> Self {
+        AccountView {
+            account: account.to_owned(),
+            plan: u.plan.clone(),
+            anchor: format_instant(u.anchor),
+            cycle_start: Some(format_instant(u.email_credits.cycle_start)),
+            lead_credits: CreditsView {
+                used: u.lead_credits.used,
+                limit: u.lead_credits.limit.into(),
+                resets_at: None,
+            },
+            email_credits: CreditsView {
+                used: u.email_credits.used,
+                limit: u.email_credits.limit.into(),
+                resets_at: Some(format_instant(u.email_credits.resets_at)),
+            },
+        }
+    }
+}
+
+/// An account's usage now, from the local store; a denial is an error.
+pub(super) fn usage_of(worker: &mut Worker, account: &str) -> anyhow::Result<AccountView> {
+    let decision = worker.decide(
+        &Request::Usage {
+            account: account.to_owned(),
+        },
+        now(),
+    )?;
+    if let Some(denied) = Denied::of(account, &decision) {
+        return Err(denied.into());
+    }
+    let usage = decision
+        .usage
+        .as_ref()
+        .with_context(|| format!("the policy allowed {account:?} but gave no usage"))?;
+    Ok(AccountView::new(account, usage))
+}
+
+/// Applies a subscription or plan change, durably.
 fn change(
     common: &Common,
     account: &str,
     request: &Request,
     at: i64,
-    verb: &str,
-) -> anyhow::Result<Exit> {
+) -> anyhow::Result<AccountView> {
     let mut worker = common.worker()?;
     let decision = worker.decide(request, at)?;
+    if let Some(denied) = Denied::of(account, &decision) {
+        return Err(denied.into());
+    }
     worker.persist().context("making the change durable")?;
-    print_decision(common.format, account, &decision, Some(verb));
-    Ok(exit_of(&decision))
+    let usage = decision
+        .usage
+        .as_ref()
+        .with_context(|| format!("the policy allowed {account:?} but gave no usage"))?;
+    Ok(AccountView::new(account, usage))
 }
 
-fn exit_of(decision: &Decision) -> Exit {
-    if decision.denied.is_some() {
-        Exit::Failed
-    } else {
-        Exit::Success
-    }
-}
-
-fn print_decision(format: Format, account: &str, decision: &Decision, verb: Option<&str>) {
+fn print_account(format: Format, view: &AccountView, verb: Option<&str>) -> anyhow::Result<Exit> {
     match format {
-        Format::Json => {
-            #[derive(Serialize)]
-            struct Json<'a> {
-                account: &'a str,
-                #[serde(flatten)]
-                outcome: Outcome,
-            }
-            let json = Json {
-                account,
-                outcome: Outcome::from(decision),
-            };
-            println!("{}", serde_json::to_string(&json).unwrap_or_default());
-        }
+        Format::Json => println!("{}", serde_json::to_string(view)?),
         Format::Text => {
-            if let Some(reason) = decision.denied {
-                eprintln!("{account}: denied: {}", reason_code(reason));
-            } else if let (Some(verb), Some(u)) = (verb, &decision.usage) {
-                println!("{account}: {verb} to plan {}", u.plan);
+            if let Some(verb) = verb {
+                println!("{}: {verb} to plan {}", view.account, view.plan);
             }
-            if let Some(u) = &decision.usage {
-                print!("{}", summary(account, u));
-            }
+            print!("{}", summary(view));
         }
     }
+    Ok(Exit::Success)
 }
 
 /// Plan, anchor and both credits, one per line.
-pub(super) fn summary(account: &str, u: &AccountUsage) -> String {
-    let limit = |l: Option<u64>| l.map_or("unlimited".to_string(), |n| n.to_string());
+pub(super) fn summary(v: &AccountView) -> String {
     format!(
-        "account        {account}\nplan           {}\nanchor         {}\nlead credits   {} / {}\nemail credits  {} / {} (resets {})\n",
-        u.plan,
-        format_instant(u.anchor),
-        u.lead_credits.used,
-        limit(u.lead_credits.limit),
-        u.email_credits.used,
-        limit(u.email_credits.limit),
-        format_instant(u.email_credits.resets_at),
+        "account        {}\nplan           {}\nanchor         {}\nlead credits   {} / {}\nemail credits  {} / {} (resets {})\n",
+        v.account,
+        v.plan,
+        v.anchor,
+        v.lead_credits.used,
+        v.lead_credits.limit,
+        v.email_credits.used,
+        v.email_credits.limit,
+        v.email_credits.resets_at.as_deref().unwrap_or("-"),
     )
 }
 
 fn list(common: &Common) -> anyhow::Result<Exit> {
-    let store = common.store.open()?;
-    let scopes = store.scopes().context("listing accounts")?;
-    let mut worker = common.policy.worker(store)?;
-    let at = now();
-    let mut rows = Vec::new();
-    for account in scopes {
-        let decision = worker.decide(
-            &Request::Usage {
-                account: account.clone(),
-            },
-            at,
-        )?;
-        // A scope without an account record (left by another policy component, say)
-        // is not an account.
-        if let Some(usage) = decision.usage {
-            rows.push((account, usage));
+    let mut rows: Vec<AccountView> = Vec::new();
+    if let Some(server) = common.server()? {
+        server.pages("/v1/accounts", "", "accounts", &mut |page| {
+            rows.extend(page);
+            Ok(())
+        })?;
+    } else {
+        let store = common.store.open()?;
+        let scopes = store.scopes().context("listing accounts")?;
+        let mut worker = common.policy.worker(store)?;
+        let at = now();
+        for account in scopes {
+            let decision = worker.decide(
+                &Request::Usage {
+                    account: account.clone(),
+                },
+                at,
+            )?;
+            // A scope without an account record (left by another policy component,
+            // say) is not an account.
+            if let Some(usage) = &decision.usage {
+                let mut view = AccountView::new(&account, usage);
+                // The list's rows are the API's: no cycle start.
+                view.cycle_start = None;
+                rows.push(view);
+            }
         }
     }
     match common.format {
-        Format::Json => {
-            #[derive(Serialize)]
-            struct Row<'a> {
-                account: &'a str,
-                plan: &'a str,
-                anchor: String,
-                #[serde(flatten)]
-                usage: UsageJson,
-            }
-            let json: Vec<Row<'_>> = rows
-                .iter()
-                .map(|(account, u)| Row {
-                    account,
-                    plan: &u.plan,
-                    anchor: format_instant(u.anchor),
-                    usage: UsageJson::from(u),
-                })
-                .collect();
-            println!("{}", serde_json::to_string(&json).unwrap_or_default());
-        }
+        Format::Json => println!("{}", serde_json::to_string(&rows)?),
         Format::Text => {
-            let limit = |l: Option<u64>| l.map_or("unlimited".to_string(), |n| n.to_string());
             println!(
                 "{:<24} {:<18} {:>21} {:>21}  RESETS",
                 "ACCOUNT", "PLAN", "LEAD CREDITS", "EMAIL CREDITS"
             );
-            for (account, u) in &rows {
+            for v in &rows {
                 println!(
                     "{:<24} {:<18} {:>21} {:>21}  {}",
-                    account,
-                    u.plan,
-                    format!("{} / {}", u.lead_credits.used, limit(u.lead_credits.limit)),
-                    format!(
-                        "{} / {}",
-                        u.email_credits.used,
-                        limit(u.email_credits.limit)
-                    ),
-                    format_instant(u.email_credits.resets_at)
+                    v.account,
+                    v.plan,
+                    format!("{} / {}", v.lead_credits.used, v.lead_credits.limit),
+                    format!("{} / {}", v.email_credits.used, v.email_credits.limit),
+                    v.email_credits.resets_at.as_deref().unwrap_or("-")
                 );
             }
         }

@@ -2,8 +2,9 @@
 
 use anyhow::Context as _;
 
-use creditgate::alerts;
+use creditgate::alerts::{self, FiredAlert};
 
+use super::remote::{ServerArgs, escape};
 use super::{Exit, Format, StoreArgs};
 
 #[derive(Debug, clap::Subcommand)]
@@ -15,6 +16,10 @@ pub enum Command {
         account: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Output format: a table, or one JSON array of alert objects (the webhook's
+        /// body), `[]` when none fired.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -24,17 +29,28 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
     let Command::List {
         account,
         store,
+        server,
         format,
     } = command;
-    let store = store.open()?;
-    let fired =
-        alerts::list(store.as_ref(), account.as_deref()).context("reading the alert log")?;
-    match format {
-        Format::Json => {
-            for alert in &fired {
-                println!("{}", serde_json::to_string(alert)?);
-            }
+    let fired: Vec<FiredAlert> = match server.client(store.store.is_some())? {
+        Some(server) => {
+            let query = account
+                .as_deref()
+                .map_or(String::new(), |a| format!("account={}", escape(a)));
+            let mut fired = Vec::new();
+            server.pages("/v1/alerts", &query, "alerts", &mut |page| {
+                fired.extend(page);
+                Ok(())
+            })?;
+            fired
         }
+        None => {
+            let store = store.open()?;
+            alerts::list(store.as_ref(), account.as_deref()).context("reading the alert log")?
+        }
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(&fired)?),
         Format::Text => {
             println!(
                 "{:<21} {:<24} {:<14} {:>9} {:>21}  RESETS",

@@ -16,7 +16,8 @@ use creditgate::import::{self, DEFAULT_BATCH, ImportOptions, ImportReport, MAX_B
 use creditgate::replay::{CreditsJson, LimitJson, Outcome, reason_code};
 use creditgate::request::Request;
 
-use super::{Exit, Format, PolicyArgs, StoreArgs};
+use super::remote::ServerArgs;
+use super::{Denied, Exit, Format, PolicyArgs, StoreArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -34,6 +35,8 @@ pub enum Command {
     /// Lists an account's contacts: `campaign<TAB>address` per line, or only the
     /// addresses with `--campaign`.
     List(ListArgs),
+    /// Lists an account's campaigns with the number of contacts each holds.
+    Campaigns(super::leads_remote::CampaignsArgs),
 }
 
 pub fn run(command: Command) -> anyhow::Result<Exit> {
@@ -41,6 +44,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
         Command::Import(args) => run_import(args),
         Command::Delete(args) => run_delete(args),
         Command::List(args) => run_list(args),
+        Command::Campaigns(args) => super::leads_remote::campaigns(args),
     }
 }
 
@@ -50,24 +54,30 @@ pub struct ImportArgs {
     policy: PolicyArgs,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    pub(super) server: ServerArgs,
+    /// The account the contacts are charged to.
     #[arg(long)]
-    account: String,
+    pub(super) account: String,
+    /// The campaign to add them to.
     #[arg(long)]
-    campaign: String,
+    pub(super) campaign: String,
     /// CSV file with a header row; `-` reads stdin.
     #[arg(value_name = "FILE.csv")]
-    file: PathBuf,
+    pub(super) file: PathBuf,
     /// Header of the column holding the addresses (case-insensitive).
     #[arg(long, value_name = "NAME", default_value = "email")]
-    column: String,
+    pub(super) column: String,
     /// Report what the import would do, and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Report format.
     #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    /// Addresses per policy call and store transaction (1 to 10000).
+    pub(super) format: Format,
+    /// Addresses per policy call and store transaction (1 to 10000; with --server,
+    /// per request, at most 1000).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH, value_parser = batch_size)]
-    batch: usize,
+    pub(super) batch: usize,
 }
 
 fn batch_size(text: &str) -> Result<usize, String> {
@@ -78,6 +88,14 @@ fn batch_size(text: &str) -> Result<usize, String> {
 }
 
 fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
+    if let Some(server) = args.server.client(args.store.store.is_some())? {
+        anyhow::ensure!(
+            !args.dry_run,
+            "--dry-run needs the store itself: a gateway has no dry run (drop --server, or \
+             stop serve)"
+        );
+        return super::leads_remote::import(&server, &args);
+    }
     let stdin = args.file.as_os_str() == "-";
     let name = if stdin {
         "stdin".to_string()
@@ -127,6 +145,9 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
 
     let mut report = match result {
         Ok(report) => report,
+        Err(import::ImportError::Denied { account, reason }) => {
+            return Err(Denied::new(&account, reason_code(reason)).into());
+        }
         Err(e) if e.is_decision_failure() => {
             eprintln!("creditgate: error: {name}: {e}");
             return Ok(Exit::Failed);
@@ -166,7 +187,7 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
     }
 }
 
-fn text_report(name: &str, r: &ImportReport) -> String {
+pub(super) fn text_report(name: &str, r: &ImportReport) -> String {
     let what = if r.dry_run {
         "dry run, nothing changed: importing"
     } else {
@@ -243,8 +264,12 @@ pub struct DeleteArgs {
     policy: PolicyArgs,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The account holding the campaign.
     #[arg(long)]
     account: String,
+    /// The campaign to remove contacts from.
     #[arg(long)]
     campaign: String,
     /// The contact to remove.
@@ -253,11 +278,27 @@ pub struct DeleteArgs {
     /// Remove every contact of the campaign.
     #[arg(long)]
     all: bool,
+    /// Output format: a line, or the decision's JSON object.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
 
 fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
+    if let Some(server) = args.server.client(args.store.store.is_some())? {
+        let mut path = super::account::account_path(
+            &args.account,
+            &format!("campaigns/{}/leads", super::remote::escape(&args.campaign)),
+        );
+        if let Some(email) = &args.email {
+            path = format!("{path}/{}", super::remote::escape(email));
+        }
+        let outcome: serde_json::Value = server.delete(&path)?;
+        match args.format {
+            Format::Json => println!("{outcome}"),
+            Format::Text => println!("{}", super::leads_remote::deletion_text(&outcome)),
+        }
+        return Ok(Exit::Success);
+    }
     let mut worker = args.policy.worker(args.store.open()?)?;
     let request = match args.email {
         Some(email) => Request::DeleteLead {
@@ -273,18 +314,15 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
     let decision = worker
         .decide(&request, creditgate::time::now())
         .with_context(|| format!("account {:?}: no decision", args.account))?;
-    if decision.denied.is_none() {
-        worker.persist().context("making the deletion durable")?;
+    if let Some(denied) = Denied::of(&args.account, &decision) {
+        return Err(denied.into());
     }
+    worker.persist().context("making the deletion durable")?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&Outcome::from(&decision))?),
-        Format::Text => {
-            if decision.denied.is_none() {
-                println!("{}", deletion_text(&decision));
-            }
-        }
+        Format::Text => println!("{}", deletion_text(&decision)),
     }
-    Ok(denial(&args.account, &decision))
+    Ok(Exit::Success)
 }
 
 fn deletion_text(d: &Decision) -> String {
@@ -297,37 +335,29 @@ fn deletion_text(d: &Decision) -> String {
     text
 }
 
-/// Reports a denial on stderr: a failed decision (exit 1).
-fn denial(account: &str, d: &Decision) -> Exit {
-    match d.denied {
-        None => Exit::Success,
-        Some(reason) => {
-            eprintln!(
-                "creditgate: error: account {account:?}: denied: {}",
-                reason_code(reason)
-            );
-            Exit::Failed
-        }
-    }
-}
-
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    pub(super) server: ServerArgs,
+    /// The account whose contacts to list.
     #[arg(long)]
-    account: String,
+    pub(super) account: String,
     /// Only this campaign's contacts.
     #[arg(long)]
-    campaign: Option<String>,
+    pub(super) campaign: Option<String>,
     /// `json`: one array of `{"campaign", "email"}` objects, one per line.
     #[arg(long, value_enum, default_value_t)]
-    format: Format,
+    pub(super) format: Format,
 }
 
 fn run_list(args: ListArgs) -> anyhow::Result<Exit> {
+    if let Some(server) = args.server.client(args.store.store.is_some())? {
+        return super::leads_remote::list(&server, &args);
+    }
     let store = args.store.open()?;
     // Whether an account exists is the policy's to say: an unknown one is an error,
     // not an empty list.
@@ -339,7 +369,7 @@ fn run_list(args: ListArgs) -> anyhow::Result<Exit> {
         .decide(&usage, creditgate::time::now())
         .with_context(|| format!("account {:?}: no decision", args.account))?;
     if decision.denied == Some(creditgate::bindings::Reason::UnknownAccount) {
-        return Ok(denial(&args.account, &decision));
+        return Err(Denied::new(&args.account, "unknown_account").into());
     }
 
     let mut out = BufWriter::new(io::stdout().lock());

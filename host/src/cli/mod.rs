@@ -4,9 +4,15 @@
 mod account;
 mod alerts;
 mod check;
+mod docs;
 mod leads;
+mod leads_remote;
+mod locked;
+mod plans;
+mod remote;
 mod replay;
 mod serve;
+mod serve_check;
 mod store;
 mod test;
 mod usage;
@@ -21,13 +27,20 @@ use clap::{Parser, Subcommand};
 
 use creditgate::bindings::Diagnostic;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig, Worker};
-use creditgate::store::{MemoryStore, RedbStore, RedisStore, Store, is_redis_url};
+use creditgate::store::{MemoryStore, RedbStore, RedisStore, Store, StoreError, is_redis_url};
 
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
   1  a decision, check or test failed (for replay: some event line was invalid or got no decision)
-  2  usage or input error (bad arguments, unreadable or invalid policy, store unavailable)";
+  2  usage or input error (bad arguments, unreadable or invalid policy, store unavailable)
+
+Errors are one line on stderr, `creditgate: error: ...`; a denial reads
+`creditgate: error: account \"NAME\": denied: CODE (...)`. With --format json, stdout
+holds one JSON document when the command succeeds, and nothing when it fails.
+
+While `creditgate serve` holds the store, pass --server URL (or set
+$CREDITGATE_SERVER) to ask the running gateway instead.";
 
 /// Enforces lead and email credits at the mail gateway, through a WebAssembly policy.
 #[derive(Debug, Parser)]
@@ -49,13 +62,17 @@ enum Command {
     #[command(subcommand)]
     Account(account::Command),
     Usage(usage::Args),
+    Plans(plans::Args),
     Serve(serve::Args),
+    Reload(plans::ReloadArgs),
     /// Operations on whole stores: copies between backends.
     #[command(subcommand)]
     Store(store::Command),
     /// The credit alerts that fired.
     #[command(subcommand)]
     Alerts(alerts::Command),
+    Completions(docs::CompletionsArgs),
+    Man(docs::ManArgs),
 }
 
 /// Documented exit statuses.
@@ -80,9 +97,61 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Leads(command) => leads::run(command),
         Command::Account(command) => account::run(command),
         Command::Usage(args) => usage::run(args),
+        Command::Plans(args) => plans::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Reload(args) => plans::reload(args),
         Command::Store(command) => store::run(command),
         Command::Alerts(command) => alerts::run(command),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
+    }
+}
+
+/// The exit status of a command that failed with `err`: 1 when the policy denied
+/// what was asked (the command ran, the answer was no), else 2.
+pub fn exit_of_error(err: &anyhow::Error) -> Exit {
+    if err.chain().any(|e| e.is::<Denied>()) {
+        Exit::Failed
+    } else {
+        Exit::InputError
+    }
+}
+
+/// The policy denied what a command asked about one account: the same error,
+/// worded the same way, whether the store was opened here or a gateway was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("account {account:?}: denied: {code} ({})", explain(code))]
+pub struct Denied {
+    account: String,
+    code: String,
+}
+
+impl Denied {
+    pub fn new(account: &str, code: &str) -> Self {
+        Denied {
+            account: account.to_owned(),
+            code: code.to_owned(),
+        }
+    }
+
+    /// The denial of a decision, if it is one.
+    fn of(account: &str, decision: &creditgate::bindings::Decision) -> Option<Self> {
+        decision
+            .denied
+            .map(|reason| Denied::new(account, creditgate::replay::reason_code(reason)))
+    }
+}
+
+fn explain(code: &str) -> &'static str {
+    match code {
+        "unknown_account" => "no such account: subscribe it to a plan first",
+        "unknown_plan" => "the plan is not in the policy in force",
+        "already_subscribed" => "it is on a plan already: change its plan instead",
+        "lead_credits_exhausted" => "no lead credits left",
+        "email_credits_exhausted" => "no email credits left",
+        "invalid_email" => "not a valid address",
+        "no_recipients" => "no recipients",
+        _ => "refused by the policy",
     }
 }
 
@@ -190,9 +259,11 @@ fn open_store(spec: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
         let store = RedisStore::open(url).context("cannot open the Redis store")?;
         return Ok(Arc::new(store));
     }
-    let store =
-        RedbStore::open(spec).with_context(|| format!("cannot open store {}", spec.display()))?;
-    Ok(Arc::new(store))
+    match RedbStore::open(spec) {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(StoreError::Locked { .. }) => Err(anyhow::anyhow!(locked::hint(spec))),
+        Err(e) => Err(e).with_context(|| format!("cannot open store {}", spec.display())),
+    }
 }
 
 /// The Redis URL a `--store` value is, if it is one.
@@ -253,5 +324,54 @@ impl StoreArgs {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         open_store(Some(&spec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every subcommand, with its path, depth first.
+    fn walk<'c>(
+        path: String,
+        command: &'c clap::Command,
+        out: &mut Vec<(String, &'c clap::Command)>,
+    ) {
+        for sub in command.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name());
+            out.push((name.clone(), sub));
+            walk(name, sub, out);
+        }
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Issue 13.10: help text for every option, argument and subcommand.
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        let root = Cli::command();
+        let mut commands = vec![("creditgate".to_owned(), &root)];
+        walk("creditgate".into(), &root, &mut commands);
+        let mut missing = Vec::new();
+        for (path, command) in &commands {
+            if command.get_about().is_none() && path != "creditgate help" {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id} has no help"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "missing help:\n{}", missing.join("\n"));
     }
 }

@@ -29,7 +29,7 @@ const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 
 /// A listen address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Listen {
+pub(super) enum Listen {
     At(SocketAddr),
     Off,
 }
@@ -94,12 +94,19 @@ pub struct Args {
     store: StoreArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Validate the config file, component, policy and store (opened read-only,
+    /// never created), print what was checked, and exit without serving: 0 when
+    /// everything is valid, 2 with the error otherwise.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 enum LogFormat {
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -152,16 +159,16 @@ impl FileConfig {
 }
 
 /// Everything `run` needs, flags and file merged.
-struct Settings {
+pub(super) struct Settings {
     webhooks: Vec<Webhook>,
     listen: Listen,
     unix: Option<PathBuf>,
-    http: Listen,
+    pub(super) http: Listen,
     http_options: HttpOptions,
     workers: usize,
     options: ServeOptions,
-    store: StoreArgs,
-    policy: PolicyArgs,
+    pub(super) store: StoreArgs,
+    pub(super) policy: PolicyArgs,
     postfix: PostfixConfig,
 }
 
@@ -249,6 +256,9 @@ impl Settings {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
+    if args.check {
+        return super::serve_check::check(args.config.clone(), Settings::new(args)?);
+    }
     init_logging(args.log_format);
     let settings = Settings::new(args)?;
     let store = settings.store.open()?;
@@ -296,7 +306,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-fn component_source(policy: &PolicyArgs) -> ComponentSource {
+pub(super) fn component_source(policy: &PolicyArgs) -> ComponentSource {
     policy
         .component
         .component
@@ -510,7 +520,7 @@ fn stranded_warnings(gateway: &Gateway) -> Vec<String> {
     }
 }
 
-fn load_error(path: &Path, e: LoadError) -> anyhow::Error {
+pub(super) fn load_error(path: &Path, e: LoadError) -> anyhow::Error {
     match e {
         LoadError::Policy(diagnostics) => {
             let lines: Vec<String> = diagnostics.iter().map(|d| located(path, d)).collect();

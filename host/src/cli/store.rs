@@ -36,6 +36,7 @@ pub struct CopyArgs {
     /// hold are replaced by the source's; the destination's others are kept.
     #[arg(long)]
     force: bool,
+    /// Report format: a line, or one JSON object of the counts copied.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }

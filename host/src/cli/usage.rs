@@ -3,23 +3,25 @@
 use std::time::Duration;
 
 use console::{Style, style};
-use serde::Serialize;
 
-use creditgate::bindings::AccountUsage;
-use creditgate::replay::{UsageJson, reason_code};
-use creditgate::request::Request;
-use creditgate::time::{format_instant, now};
+use creditgate::time::{now, parse_instant};
 
+use super::account::{AccountView, account_path, usage_of};
+use super::remote::ServerArgs;
 use super::{Exit, Format, PolicyArgs, StoreArgs};
 
 /// Show an account's plan and credit usage.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The account's name.
     account: String,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
     policy: PolicyArgs,
+    /// Output format: a dashboard, or the account's JSON object.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -29,74 +31,50 @@ const WARN_AT: f64 = 0.8;
 const BAR_WIDTH: usize = 30;
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
-    let mut worker = args.policy.worker(args.store.open()?)?;
-    let at = now();
-    let decision = worker.decide(
-        &Request::Usage {
-            account: args.account.clone(),
-        },
-        at,
-    )?;
-    let (Some(usage), None) = (&decision.usage, decision.denied) else {
-        let reason = decision.denied.map_or("no usage", reason_code);
-        eprintln!("creditgate: {}: {reason}", args.account);
-        return Ok(Exit::Failed);
+    let view = match args.server.client(args.store.store.is_some())? {
+        Some(server) => server.get(&account_path(&args.account, "usage"))?,
+        None => usage_of(&mut args.policy.worker(args.store.open()?)?, &args.account)?,
     };
     match args.format {
-        Format::Json => {
-            #[derive(Serialize)]
-            struct Json<'a> {
-                account: &'a str,
-                plan: &'a str,
-                anchor: String,
-                cycle_start: String,
-                #[serde(flatten)]
-                usage: UsageJson,
-            }
-            let json = Json {
-                account: &args.account,
-                plan: &usage.plan,
-                anchor: format_instant(usage.anchor),
-                cycle_start: format_instant(usage.email_credits.cycle_start),
-                usage: UsageJson::from(usage),
-            };
-            println!("{}", serde_json::to_string(&json)?);
-        }
-        Format::Text => print!("{}", dashboard(&args.account, usage, at)),
+        Format::Json => println!("{}", serde_json::to_string(&view)?),
+        Format::Text => print!("{}", dashboard(&view, now())),
     }
     Ok(Exit::Success)
 }
 
 /// The terminal dashboard. Colour comes from `console`, which drops it when stdout
 /// is not a terminal (or `NO_COLOR` is set).
-fn dashboard(account: &str, u: &AccountUsage, at: i64) -> String {
+fn dashboard(v: &AccountView, at: i64) -> String {
     let mut out = format!(
         "{}  plan {}\n",
-        style(account).bold(),
-        style(&u.plan).cyan()
+        style(&v.account).bold(),
+        style(&v.plan).cyan()
     );
-    out += &meter("lead credits ", u.lead_credits.used, u.lead_credits.limit);
-    out += &meter("email credits", u.email_credits.used, u.email_credits.limit);
-    let until = Duration::from_nanos(
-        u64::try_from(u.email_credits.resets_at.saturating_sub(at)).unwrap_or(0),
-    );
-    out += &format!(
-        "               cycle {} → resets {} (in {})\n",
-        format_instant(u.email_credits.cycle_start),
-        format_instant(u.email_credits.resets_at),
-        human_duration(until)
-    );
+    let (lead, email) = (&v.lead_credits, &v.email_credits);
+    out += &meter("lead credits ", lead.used, lead.limit.count());
+    out += &meter("email credits", email.used, email.limit.count());
+    if let Some(resets_at) = &email.resets_at {
+        let cycle = v
+            .cycle_start
+            .as_ref()
+            .map_or(String::new(), |start| format!("cycle {start} → "));
+        let until = parse_instant(resets_at).map_or(String::new(), |resets| {
+            let left = Duration::from_nanos(u64::try_from(resets.saturating_sub(at)).unwrap_or(0));
+            format!(" (in {})", human_duration(left))
+        });
+        out += &format!("               {cycle}resets {resets_at}{until}\n");
+    }
     for (what, used, limit, when) in [
         (
             "lead credits",
-            u.lead_credits.used,
-            u.lead_credits.limit,
+            lead.used,
+            lead.limit.count(),
             "until leads are deleted or the plan upgraded",
         ),
         (
             "email credits",
-            u.email_credits.used,
-            u.email_credits.limit,
+            email.used,
+            email.limit.count(),
             "until the reset or an upgrade",
         ),
     ] {

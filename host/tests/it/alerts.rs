@@ -179,10 +179,7 @@ fn the_cli_lists_what_fired() {
         .output()
         .expect("runs");
     assert!(output.status.success(), "{output:?}");
-    let lines: Vec<FiredAlert> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON lines"))
-        .collect();
+    let lines: Vec<FiredAlert> = serde_json::from_slice(&output.stdout).expect("one JSON array");
     let seen: Vec<(&str, u8)> = lines
         .iter()
         .map(|a| (a.account.as_str(), a.threshold))

@@ -545,7 +545,7 @@ fn an_unknown_account_exits_1_and_a_memory_store_knows_no_account() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stderr),
-        "creditgate: error: stdin: unknown account \"acme\": it has not subscribed to a plan (unknown_account)\n"
+        "creditgate: error: account \"acme\": denied: unknown_account (no such account: subscribe it to a plan first)\n"
     );
     assert!(
         !s.dir.path().join("default.redb").exists(),

@@ -2,6 +2,7 @@
 
 mod alerts;
 mod check;
+mod cli_remote;
 mod crash;
 mod dashboard;
 mod gateway;
@@ -11,6 +12,7 @@ mod http;
 mod import;
 mod model;
 mod operator;
+mod packaging;
 mod postfix_e2e;
 mod properties;
 mod redis;

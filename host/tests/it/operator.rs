@@ -1,7 +1,9 @@
-//! The operator commands `account` and `usage` against a real redb store.
+//! The operator commands against a real redb store, and through `--server`
+//! against a running `creditgate serve` that holds it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Instant;
 
 use chrono::{Duration, Utc};
 
@@ -9,26 +11,37 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs creditgate with `--store` in `dir` appended to subcommands that take it.
-fn run(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_creditgate"))
+/// Runs creditgate with `$CREDITGATE_STORE` set to `store` (and no gateway or
+/// token from the environment running the tests).
+pub(crate) fn run(store: &Path, args: &[&str]) -> Output {
+    run_with(store, args, &[])
+}
+
+/// [`run`] with more environment variables.
+pub(crate) fn run_with(store: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_creditgate"));
+    command
         .args(args)
         .env("CREDITGATE_STORE", store)
         .env_remove("CLICOLOR_FORCE")
-        .current_dir(repo())
-        .output()
-        .expect("creditgate runs")
+        .env_remove("CREDITGATE_SERVER")
+        .env_remove("CREDITGATE_ADMIN_TOKEN")
+        .current_dir(repo());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("creditgate runs")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn json(o: &Output) -> serde_json::Value {
+pub(crate) fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
 }
 
@@ -62,7 +75,7 @@ fn subscribe_change_plan_show_and_list() {
     let o = run(&store, &["account", "subscribe", "acme", "--plan", "pro"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("acme: denied: already_subscribed"),
+        stderr(&o).starts_with("creditgate: error: account \"acme\": denied: already_subscribed"),
         "{}",
         stderr(&o)
     );
@@ -93,9 +106,10 @@ fn subscribe_change_plan_show_and_list() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(
-        (v["decision"].as_str(), v["lead_credits"]["limit"].as_u64()),
-        (Some("allow"), Some(30_000))
+        (v["plan"].as_str(), v["lead_credits"]["limit"].as_u64()),
+        (Some("pro"), Some(30_000))
     );
+    assert_eq!(v["anchor"], "2026-01-31T09:00:00Z");
 
     run(
         &store,
@@ -290,4 +304,679 @@ fn help_documents_the_exit_codes() {
     ] {
         assert!(text.contains(line), "{text}");
     }
+}
+
+// ---- one error format, one JSON document, whole-second anchors (issue 13.10) ----
+
+/// The one error line of a failed command, and that it was the only output.
+fn only_error(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(stdout(o), "", "nothing on stdout when a command fails");
+    assert_eq!(err.lines().count(), 1, "one error line: {err}");
+    err
+}
+
+#[test]
+fn an_unknown_account_is_the_same_error_from_every_command() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let csv = dir.path().join("leads.csv");
+    std::fs::write(&csv, "email\na@x.io\n").expect("csv");
+    let csv = csv.to_str().expect("utf-8");
+    let expected = "creditgate: error: account \"ghost\": denied: unknown_account \
+                    (no such account: subscribe it to a plan first)\n";
+    for args in [
+        &["account", "show", "ghost"][..],
+        &["account", "change-plan", "ghost", "--plan", "pro"],
+        &["usage", "ghost"],
+        &["usage", "ghost", "--format", "json"],
+        &["leads", "list", "--account", "ghost"],
+        &["leads", "campaigns", "--account", "ghost"],
+        &[
+            "leads",
+            "delete",
+            "--account",
+            "ghost",
+            "--campaign",
+            "c",
+            "--all",
+        ],
+        &[
+            "leads",
+            "delete",
+            "--account",
+            "ghost",
+            "--campaign",
+            "c",
+            "--email",
+            "a@x.io",
+        ],
+        &[
+            "leads",
+            "import",
+            "--account",
+            "ghost",
+            "--campaign",
+            "c",
+            csv,
+        ],
+        &[
+            "leads",
+            "import",
+            "--account",
+            "ghost",
+            "--campaign",
+            "c",
+            "--format",
+            "json",
+            csv,
+        ],
+    ] {
+        let o = run(&store, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert_eq!(only_error(&o), expected, "{args:?}");
+    }
+}
+
+#[test]
+fn a_usage_error_has_the_same_prefix() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let o = run(&dir.path().join("cg.redb"), &["account", "show"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).starts_with("creditgate: error: "),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn alerts_list_json_is_one_array_even_when_empty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let o = run(&store, &["alerts", "list", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&o), serde_json::json!([]));
+
+    // Alerts are recorded by the gateway: base has 6000 email credits, and
+    // 4,800 sends cross the 80% alert.
+    let gateway = Gateway::start(dir.path(), &store, &[]);
+    let o = run(
+        &store,
+        &[
+            "account",
+            "subscribe",
+            "acme",
+            "--plan",
+            "base",
+            "--server",
+            &gateway.url,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    send_emails(&gateway.url, "acme", 4_800);
+    gateway.stop();
+    let o = run(&store, &["alerts", "list", "--format", "json"]);
+    let v = json(&o);
+    let alerts = v.as_array().expect("one array");
+    assert_eq!(alerts.len(), 1, "{v}");
+    assert_eq!(alerts[0]["account"], "acme");
+    assert_eq!(alerts[0]["credit"], "email_credits");
+    assert_eq!(alerts[0]["threshold"], 80);
+}
+
+/// One email to `count` recipients, decided by the gateway at `url`.
+pub(crate) fn send_emails(url: &str, account: &str, count: usize) {
+    let to: Vec<String> = (0..count).map(|i| format!("r{i}@example.com")).collect();
+    let body = serde_json::json!({ "account": account, "to": to });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut answer = agent
+        .post(format!("{url}/v1/decide/email"))
+        .send_json(&body)
+        .expect("the gateway decides");
+    let v: serde_json::Value = answer.body_mut().read_json().expect("JSON");
+    assert_eq!(v["decision"], "allow", "{v}");
+}
+
+#[test]
+fn account_show_json_is_the_account_object_with_plan_and_anchor() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let anchor = "2026-01-31T09:00:00Z";
+    let o = run(
+        &store,
+        &[
+            "account",
+            "subscribe",
+            "acme",
+            "--plan",
+            "base",
+            "--anchor",
+            anchor,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let show = json(&run(
+        &store,
+        &["account", "show", "acme", "--format", "json"],
+    ));
+    assert_eq!(show["account"], "acme");
+    assert_eq!(show["plan"], "base");
+    assert_eq!(show["anchor"], anchor);
+    assert_eq!(show["lead_credits"]["limit"], 2000);
+    // `usage --format json` prints the same object.
+    let usage = json(&run(&store, &["usage", "acme", "--format", "json"]));
+    assert_eq!(show, usage);
+}
+
+#[test]
+fn a_default_anchor_is_a_whole_second() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let o = run(
+        &store,
+        &[
+            "account",
+            "subscribe",
+            "acme",
+            "--plan",
+            "base",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let anchor = json(&o)["anchor"].as_str().expect("anchor").to_owned();
+    // 2026-12-06T17:00:00Z: 20 characters, no fraction.
+    assert_eq!(anchor.len(), 20, "{anchor}");
+    assert!(!anchor.contains('.'), "{anchor}");
+    let text = stdout(&run(&store, &["account", "show", "acme"]));
+    assert!(
+        text.contains(&format!("anchor         {anchor}\n")),
+        "{text}"
+    );
+}
+
+// ---- plans and serve --check (issue 13.9) -------------------------------------
+
+#[test]
+fn plans_lists_the_policy_in_force() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let o = run(&dir.path().join("cg.redb"), &["plans", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    let plans = v["plans"].as_array().expect("plans");
+    let base = plans
+        .iter()
+        .find(|p| p["name"] == "base")
+        .unwrap_or_else(|| panic!("no base plan: {v}"));
+    assert_eq!(base["lead_credits"], 2000);
+    assert_eq!(base["email_credits"], 6000);
+    assert!(
+        plans
+            .iter()
+            .any(|p| p["lead_credits"] == "unlimited" && p["name"] == "unlimited_prime"),
+        "{v}"
+    );
+    let text = stdout(&run(&dir.path().join("cg.redb"), &["plans"]));
+    assert!(text.starts_with("PLAN"), "{text}");
+    assert!(text.contains("base"), "{text}");
+}
+
+#[test]
+fn serve_check_validates_without_creating_the_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("new.redb");
+    let store_arg = store.to_str().expect("utf-8");
+    let o = run(&store, &["serve", "--check", "--store", store_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    for line in [
+        "config ",
+        "component  built-in: ok",
+        "policy ",
+        "store ",
+        "serve --check: valid",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    assert!(text.contains("does not exist yet"), "{text}");
+    assert!(!store.exists(), "--check created the store");
+
+    // An existing store is opened read-only.
+    let o = run(&store, &["account", "subscribe", "acme", "--plan", "base"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&store, &["serve", "--check", "--store", store_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("opened read-only"), "{}", stdout(&o));
+
+    // A broken policy: the error with its place, non-zero.
+    let policy = dir.path().join("broken.toml");
+    std::fs::write(&policy, "[plans.base]\nlead_credits = \"lots\"\n").expect("policy");
+    let o = run(
+        &store,
+        &[
+            "serve",
+            "--check",
+            "--store",
+            store_arg,
+            "--policy",
+            policy.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("broken.toml:"), "{}", stderr(&o));
+
+    // A config with an unknown key.
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, "http_listn = \"127.0.0.1:1\"\n").expect("config");
+    let o = run(
+        &store,
+        &[
+            "serve",
+            "--check",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("http_listn"), "{}", stderr(&o));
+}
+
+// ---- --server: the commands against a running gateway (issue 13.8) --------------
+
+/// How long serve gets to start or stop.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// `creditgate serve` on a redb store with only the HTTP API, on a port it binds
+/// itself (`127.0.0.1:0`), read back from its log.
+pub(crate) struct Gateway {
+    child: Option<Child>,
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Gateway {
+    pub(crate) fn start(dir: &Path, store: &Path, env: &[(&str, &str)]) -> Gateway {
+        let log = dir.join("serve.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_creditgate"));
+        command
+            .args([
+                "serve",
+                "--postfix-listen",
+                "off",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--store")
+            .arg(store)
+            .current_dir(repo())
+            .env_remove("CREDITGATE_ADMIN_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("serve starts");
+        let deadline = Instant::now() + WAIT;
+        let url = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(at) = text.find("listening on http://") {
+                let rest = &text[at + "listening on ".len()..];
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .expect("an address")
+                    .to_owned();
+            }
+            if let Some(status) = child.try_wait().expect("waits") {
+                panic!("serve exited before listening: {status}\n{text}");
+            }
+            assert!(Instant::now() < deadline, "serve never listened\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        Gateway {
+            child: Some(child),
+            url,
+            log,
+        }
+    }
+
+    /// Stops serve with SIGTERM; its log.
+    pub(crate) fn stop(mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        terminate(&mut child);
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+}
+
+/// The admin token the remote tests' gateways require.
+pub(crate) const TOKEN: &str = "operator-test-token-0123456789";
+
+#[test]
+fn a_store_held_by_serve_names_it_and_the_server_flag() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let gateway = Gateway::start(dir.path(), &store, &[]);
+    let o = run(&store, &["account", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = only_error(&o);
+    assert!(
+        err.contains("is in use by a running `creditgate serve` (pid "),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pass --server {} ", gateway.url)),
+        "{err}"
+    );
+    // serve --check on the store in use says so, and does not fail.
+    let o = run(
+        &store,
+        &[
+            "serve",
+            "--check",
+            "--store",
+            store.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("in use by another process"),
+        "{}",
+        stdout(&o)
+    );
+    gateway.stop();
+}
+
+#[test]
+fn account_and_lead_commands_work_against_a_running_gateway() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let gateway = Gateway::start(dir.path(), &store, &[("CREDITGATE_ADMIN_TOKEN", TOKEN)]);
+    let url = gateway.url.clone();
+    let token = [("CREDITGATE_ADMIN_TOKEN", TOKEN)];
+    let remote = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", &url]);
+        run_with(&store, &all, &token)
+    };
+
+    // Without the token, the admin routes are refused with the way out.
+    let o = run(
+        &store,
+        &[
+            "account",
+            "subscribe",
+            "acme",
+            "--plan",
+            "base",
+            "--server",
+            &url,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        only_error(&o).contains("$CREDITGATE_ADMIN_TOKEN"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = remote(&[
+        "account",
+        "subscribe",
+        "acme",
+        "--plan",
+        "base",
+        "--anchor",
+        "2026-01-31T09:00:00Z",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("acme: subscribed to plan base\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("anchor         2026-01-31T09:00:00Z"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = remote(&["account", "subscribe", "acme", "--plan", "pro"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        only_error(&o)
+            .starts_with("creditgate: error: account \"acme\": denied: already_subscribed"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = remote(&[
+        "account",
+        "change-plan",
+        "acme",
+        "--plan",
+        "pro",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(
+        (v["plan"].as_str(), v["anchor"].as_str()),
+        (Some("pro"), Some("2026-01-31T09:00:00Z"))
+    );
+
+    let o = remote(&["account", "show", "acme", "--format", "json"]);
+    assert_eq!(json(&o)["lead_credits"]["limit"], 30_000);
+
+    // The same unknown-account error as without --server.
+    let o = remote(&["usage", "ghost"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        only_error(&o),
+        "creditgate: error: account \"ghost\": denied: unknown_account \
+         (no such account: subscribe it to a plan first)\n"
+    );
+
+    // $CREDITGATE_SERVER stands for --server.
+    let o = run_with(&store, &["usage", "acme"], &[("CREDITGATE_SERVER", &url)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("plan pro"), "{}", stdout(&o));
+
+    // An import of 2,500 rows goes in batches of at most 1,000 addresses, and
+    // reports as a local import of the same file does.
+    let mut csv = String::from("name,email\n");
+    for i in 0..2_500 {
+        match i {
+            7 => csv += "seven,not-an-address\n",
+            // A row repeating one of the first batch, in the third.
+            2_100 => csv += "again,lead3@example.com\n",
+            _ => csv += &format!("n{i},lead{i}@example.com\n"),
+        }
+    }
+    let file = dir.path().join("leads.csv");
+    std::fs::write(&file, &csv).expect("csv");
+    let file = file.to_str().expect("utf-8");
+    let o = remote(&[
+        "leads",
+        "import",
+        "--account",
+        "acme",
+        "--campaign",
+        "spring",
+        file,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let remote_report = json(&o);
+    assert_eq!(remote_report["rows"], 2_500);
+    assert_eq!(remote_report["uploaded"], 2_498);
+    assert_eq!(remote_report["duplicates_in_file"], 1);
+    assert_eq!(remote_report["invalid"], 1);
+    assert_eq!(remote_report["invalid_rows"][0]["line"], 9);
+    assert_eq!(remote_report["lead_credits"]["used"], 2_498);
+
+    let local_store = dir.path().join("local.redb");
+    run(
+        &local_store,
+        &["account", "subscribe", "acme", "--plan", "pro"],
+    );
+    let o = run(
+        &local_store,
+        &[
+            "leads",
+            "import",
+            "--account",
+            "acme",
+            "--campaign",
+            "spring",
+            file,
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(remote_report, json(&o), "the same report as a local import");
+
+    // Again: every address already there.
+    let o = remote(&[
+        "leads",
+        "import",
+        "--account",
+        "acme",
+        "--campaign",
+        "spring",
+        file,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("already in this campaign"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = remote(&[
+        "leads",
+        "delete",
+        "--account",
+        "acme",
+        "--campaign",
+        "spring",
+        "--email",
+        "lead1@example.com",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("freed 1 lead credit; lead credits used: 2497 of 30000"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = remote(&[
+        "leads",
+        "import",
+        "--account",
+        "acme",
+        "--campaign",
+        "spring",
+        file,
+        "--dry-run",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(only_error(&o).contains("--dry-run"), "{}", stderr(&o));
+
+    let o = remote(&["reload"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("reloaded: policy version"),
+        "{}",
+        stdout(&o)
+    );
+
+    // What the gateway did is in the store it holds.
+    gateway.stop();
+    let v = json(&run(&store, &["usage", "acme", "--format", "json"]));
+    assert_eq!(v["lead_credits"]["used"], 2_497);
+}
+
+#[test]
+fn a_server_that_is_not_there_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let o = run(
+        &dir.path().join("cg.redb"),
+        &["usage", "acme", "--server", &url],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        only_error(&o).starts_with(&format!(
+            "creditgate: error: cannot reach the gateway at {url}"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    // Two places to work on: refused, not guessed between.
+    let o = run(
+        &dir.path().join("cg.redb"),
+        &["usage", "acme", "--server", &url, "--store", "memory"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        only_error(&o).contains("--server and --store"),
+        "{}",
+        stderr(&o)
+    );
+    // An explicit --store wins over $CREDITGATE_SERVER.
+    let o = run_with(
+        &dir.path().join("cg.redb"),
+        &["account", "list", "--store", "memory", "--format", "json"],
+        &[("CREDITGATE_SERVER", &url)],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&o), serde_json::json!([]));
+    let o = run(
+        &dir.path().join("cg.redb"),
+        &["usage", "acme", "--server", "https://x"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("expected http://HOST:PORT"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -1,0 +1,116 @@
+//! `creditgate serve --check`: everything `serve` would read at start-up,
+//! validated without serving and without changing anything: the config file
+//! (already read into [`Settings`]), the component, the policy (loaded by the
+//! component over a throwaway store), and the store, opened read-only and never
+//! created. For a deployment step (`ExecStartPre=`, a CI job on a config change).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use creditgate::runtime::{Runtime, RuntimeConfig};
+use creditgate::store::{MemoryStore, RedisStore, Store as _, default_path};
+
+use super::serve::{Listen, Settings, component_source, load_error};
+use super::{Exit, located, redis_url};
+
+pub fn check(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<Exit> {
+    match &config {
+        Some(path) => println!("config     {}: ok", path.display()),
+        None => println!("config     (none: flags and defaults): ok"),
+    }
+    if let Listen::At(addr) = settings.http {
+        println!("http       http://{addr}");
+    }
+
+    let component = settings
+        .policy
+        .component
+        .component
+        .as_ref()
+        .map_or("built-in".to_owned(), |p| p.display().to_string());
+    let runtime = Runtime::new(
+        &component_source(&settings.policy),
+        RuntimeConfig::default(),
+    )
+    .with_context(|| format!("component {component}"))?;
+    println!("component  {component}: ok");
+
+    let (path, text) = settings.policy.load()?;
+    let summary = match runtime.worker(Arc::new(MemoryStore::new()), &text) {
+        Ok((_, summary)) => summary,
+        Err(e) => return Err(load_error(&path, e)),
+    };
+    for warning in &summary.warnings {
+        println!("warning: {}", located(&path, warning));
+    }
+    let names: Vec<&str> = summary.plans.iter().map(|p| p.name.as_str()).collect();
+    println!(
+        "policy     {}: ok, {} plan(s) ({}), {} warning(s)",
+        path.display(),
+        names.len(),
+        names.join(", "),
+        summary.warnings.len()
+    );
+
+    let spec = match &settings.store.store {
+        Some(spec) => spec.clone(),
+        None => default_path()
+            .context("no default store path: set $CREDITGATE_STORE or $HOME, or pass --store")?,
+    };
+    println!(
+        "store      {}",
+        store(&spec, settings.store.store.is_none())?
+    );
+    println!("serve --check: valid");
+    Ok(Exit::Success)
+}
+
+/// What the store is, checked without creating or changing it.
+fn store(spec: &Path, default: bool) -> anyhow::Result<String> {
+    if spec.as_os_str() == "memory" {
+        return Ok("memory: a fresh in-memory store (nothing is kept)".into());
+    }
+    if let Some(url) = redis_url(spec) {
+        let store = RedisStore::open(url).context("store: cannot open the Redis store")?;
+        let scopes = store
+            .scopes()
+            .context("store: cannot list the Redis store's scopes")?;
+        return Ok(format!(
+            "redis {}: ok, reachable, {} scope(s)",
+            store.label(),
+            scopes.len()
+        ));
+    }
+    let name = spec.display();
+    if !spec.exists() {
+        let dir = spec.parent().filter(|d| !d.as_os_str().is_empty());
+        return match dir {
+            // serve creates the default location's folder, and any file.
+            Some(dir) if !default && !dir.is_dir() => {
+                anyhow::bail!("store {name}: its folder {} does not exist", dir.display())
+            }
+            _ => Ok(format!("{name}: does not exist yet; serve will create it")),
+        };
+    }
+    match redb::ReadOnlyDatabase::open(spec) {
+        Ok(db) => {
+            use redb::ReadableDatabase as _;
+            let tables = db
+                .begin_read()
+                .and_then(|txn| Ok(txn.list_tables()?.count()))
+                .with_context(|| format!("store {name}: cannot read it"))?;
+            Ok(format!("{name}: ok, opened read-only ({tables} table(s))"))
+        }
+        // A gateway running on it: the file is one it opened and keeps sound.
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(format!(
+            "{name}: in use by another process, not inspected ({})",
+            super::locked::hint(spec)
+        )),
+        Err(e) => Err(anyhow::anyhow!(
+            "store {name}: cannot open it read-only: {e} (after a crash, serve repairs it \
+             when it starts)"
+        )),
+    }
+}
