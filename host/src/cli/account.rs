@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use creditgate::bindings::AccountUsage;
+use creditgate::bindings::{AccountUsage, Decision, Reason};
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
 use creditgate::time::{format_instant, now, parse_instant, whole_second};
@@ -153,6 +153,10 @@ pub(super) fn account_path(account: &str, rest: &str) -> String {
 pub(super) struct AccountView {
     pub account: String,
     pub plan: String,
+    /// The policy in force lacks the plan (a reload was forced): the account is
+    /// denied unknown_plan, its limits 0, until it is moved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plan_missing: bool,
     pub anchor: String,
     /// When the current email cycle began, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,6 +210,7 @@ impl AccountView {
         AccountView {
             account: account.to_owned(),
             plan: u.plan.clone(),
+            plan_missing: false,
             anchor: format_instant(u.anchor),
             cycle_start: Some(format_instant(u.email_credits.cycle_start)),
             lead_credits: CreditsView {
@@ -230,6 +235,9 @@ pub(super) fn usage_of(worker: &mut Worker, account: &str) -> anyhow::Result<Acc
         },
         now(),
     )?;
+    if let Some(stranded) = stranded(account, &decision) {
+        return Ok(stranded);
+    }
     if let Some(denied) = Denied::of(account, &decision) {
         return Err(denied.into());
     }
@@ -238,6 +246,26 @@ pub(super) fn usage_of(worker: &mut Worker, account: &str) -> anyhow::Result<Acc
         .as_ref()
         .with_context(|| format!("the policy allowed {account:?} but gave no usage"))?;
     Ok(AccountView::new(account, usage))
+}
+
+/// The account of a usage decision that found it on a plan the policy lacks.
+fn stranded(account: &str, decision: &Decision) -> Option<AccountView> {
+    match (decision.denied, &decision.usage) {
+        (Some(Reason::UnknownPlan), Some(usage)) => Some(AccountView {
+            plan_missing: true,
+            ..AccountView::new(account, usage)
+        }),
+        _ => None,
+    }
+}
+
+/// The plan as a person reads it: flagged when the policy lacks it.
+fn plan_text(v: &AccountView) -> String {
+    if v.plan_missing {
+        format!("{} (not in the policy: denied until moved)", v.plan)
+    } else {
+        v.plan.clone()
+    }
 }
 
 /// Applies a subscription or plan change, durably.
@@ -278,7 +306,7 @@ pub(super) fn summary(v: &AccountView) -> String {
     format!(
         "account        {}\nplan           {}\nanchor         {}\nlead credits   {} / {}\nemail credits  {} / {} (resets {})\n",
         v.account,
-        v.plan,
+        plan_text(v),
         v.anchor,
         v.lead_credits.used,
         v.lead_credits.limit,
@@ -310,7 +338,8 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
             // A scope without an account record (left by another policy component,
             // say) is not an account.
             if let Some(usage) = &decision.usage {
-                let mut view = AccountView::new(&account, usage);
+                let mut view = stranded(&account, &decision)
+                    .unwrap_or_else(|| AccountView::new(&account, usage));
                 // The list's rows are the API's: no cycle start.
                 view.cycle_start = None;
                 rows.push(view);
@@ -325,10 +354,15 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
                 "ACCOUNT", "PLAN", "LEAD CREDITS", "EMAIL CREDITS"
             );
             for v in &rows {
+                let plan = if v.plan_missing {
+                    format!("{} (missing)", v.plan)
+                } else {
+                    v.plan.clone()
+                };
                 println!(
                     "{:<24} {:<18} {:>21} {:>21}  {}",
                     v.account,
-                    v.plan,
+                    plan,
                     format!("{} / {}", v.lead_credits.used, v.lead_credits.limit),
                     format!("{} / {}", v.email_credits.used, v.email_credits.limit),
                     v.email_credits.resets_at.as_deref().unwrap_or("-")
