@@ -137,3 +137,45 @@ impl Request {
         }
     }
 }
+
+/// The front end a message id came from. Each keeps its ids in a namespace of its
+/// own, so that no bytes a client sends through one front end can name a message
+/// charged through another (an HTTP `message_id` of `postfix/PFX1` is not Postfix's
+/// `instance=PFX1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The HTTP API's `message_id`.
+    Http,
+    /// Postfix's `instance`.
+    Postfix,
+    /// A replayed event's `message_id` (`replay`, policy test suites).
+    Replay,
+}
+
+/// A message id that is empty or only whitespace: no message's id, so no
+/// idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message id {0:?} is empty or blank; give the message's own id, or none")]
+pub struct BlankMessageId(pub String);
+
+impl Origin {
+    /// The prefix of every key from this front end. None is a prefix of another,
+    /// and each ends in `/`, so two keys from two front ends always differ.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Origin::Http => "http/",
+            Origin::Postfix => "postfix/",
+            Origin::Replay => "replay/",
+        }
+    }
+
+    /// The message id the policy is given for `id` from this front end: the
+    /// front end's prefix, then `id` as is. A blank `id` is refused: an empty
+    /// idempotency key would make every message without one a retry of the first.
+    pub fn message_id(self, id: &str) -> Result<String, BlankMessageId> {
+        if id.trim().is_empty() {
+            return Err(BlankMessageId(id.to_owned()));
+        }
+        Ok(format!("{}{id}", self.prefix()))
+    }
+}
