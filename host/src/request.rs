@@ -179,3 +179,42 @@ impl Origin {
         Ok(format!("{}{id}", self.prefix()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14.3: whatever ids two front ends are given, their keys differ.
+    #[test]
+    fn front_ends_never_share_a_message_id() {
+        const ALL: [Origin; 3] = [Origin::Http, Origin::Postfix, Origin::Replay];
+        let ids = [
+            "x",
+            "postfix/x",
+            "http/x",
+            "replay/x",
+            "/x",
+            "http",
+            "postfix/",
+        ];
+        for a in ALL {
+            for b in ALL.into_iter().filter(|&b| b != a) {
+                for i in ids {
+                    for j in ids {
+                        assert_ne!(a.message_id(i), b.message_id(j), "{a:?} {i:?}, {b:?} {j:?}");
+                    }
+                }
+            }
+        }
+        for blank in ["", " ", "\t\r\n"] {
+            assert_eq!(
+                Origin::Http.message_id(blank),
+                Err(BlankMessageId(blank.to_owned()))
+            );
+        }
+        assert_eq!(
+            Origin::Postfix.message_id("PFX1").as_deref(),
+            Ok("postfix/PFX1")
+        );
+    }
+}
