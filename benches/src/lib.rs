@@ -116,6 +116,7 @@ impl State for NativeState {
     ) -> Result<guest::GuardedAdd, guest::StateError> {
         let once = once.map(|o| host::Once {
             key: o.key.clone(),
+            fingerprint: o.fingerprint,
             expires_at: o.expires_at,
         });
         let add = CounterAdd {
@@ -142,6 +143,7 @@ impl State for NativeState {
                 host::GuardedAdd::Applied(t) => guest::GuardedAdd::Applied(tally(t)),
                 host::GuardedAdd::Repeated(t) => guest::GuardedAdd::Repeated(tally(t)),
                 host::GuardedAdd::Refused(t) => guest::GuardedAdd::Refused(tally(t)),
+                host::GuardedAdd::Conflict(t) => guest::GuardedAdd::Conflict(tally(t)),
                 host::GuardedAdd::Stale => guest::GuardedAdd::Stale,
             },
         )

@@ -69,9 +69,16 @@ impl State for Host {
         expires_at: Option<Instant>,
         now: Instant,
     ) -> Result<GuardedAdd, StateError> {
-        // See the WIT: the ABI's flat form has room for plain numbers only.
+        // See the WIT: the ABI's flat form has room for plain values only (an
+        // empty key is no `once`; message ids are never empty).
         let limit = limit.unwrap_or(u64::MAX);
         let expires_at = expires_at.unwrap_or(Instant::MAX);
+        let none = Once {
+            key: String::new(),
+            fingerprint: 0,
+            expires_at: 0,
+        };
+        let once = once.unwrap_or(&none);
         imports::counter_add_guarded(scope, guard, name, amount, limit, once, expires_at, now)
     }
     fn counter_tally(

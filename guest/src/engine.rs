@@ -9,7 +9,10 @@
 //! - counter `email/<cycle>`: email credits used in billing cycle `<cycle>`, kept
 //!   for [`HISTORY_CYCLES`] cycles for `email-history`; its `once` keys
 //!   `msg/<cycle>/<message-id>`, expiring when the cycle ends, make a retried
-//!   message free.
+//!   message free. Each key carries a fingerprint of what it was charged for
+//!   ([`recipients_fingerprint`], [`cost_fingerprint`]): the same id for
+//!   another message is a conflict, denied `idempotency-key-reused`, never a
+//!   free send.
 //!
 //! Alerts need no state of their own: a threshold is crossed by the one request
 //! whose atomic step took usage from under it to at or over it, and every
@@ -21,6 +24,8 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::hash::Hasher as _;
+
+use sha2::{Digest as _, Sha256};
 
 use crate::address;
 use crate::bindings::Diagnostic;
@@ -109,12 +114,19 @@ pub struct Engine {
     known: RefCell<KnownAccounts>,
 }
 
+/// A message id, and the fingerprint of the message it names.
+#[derive(Clone, Copy)]
+struct MessageKey<'m> {
+    id: &'m str,
+    fingerprint: u64,
+}
+
 /// What a decision on a known account does once the account is found.
 enum Step<'m> {
     /// Take `cost` credits, at most once per message id and cycle.
     Charge {
         cost: u64,
-        message_id: Option<&'m str>,
+        message: Option<MessageKey<'m>>,
     },
     /// Say whether `cost` credits are left, taking none.
     Check {
@@ -367,11 +379,15 @@ impl Engine {
         now: Instant,
     ) -> Result<Decision, Error> {
         let costs = self.loaded()?.email_costs;
+        let message_id = checked_message_id(message_id)?;
         self.known_decision(st, account, now, || {
-            let count = match to {
+            let (count, fingerprint) = match to {
                 // The common case, without a set to count distinct recipients.
                 [one] => match address::normalize(one) {
-                    Some(_) => 1,
+                    Some(contact) => {
+                        let fingerprint = message_id.map(|_| recipients_fingerprint([&contact]));
+                        (1, fingerprint)
+                    }
                     None => return Step::Deny(Reason::InvalidEmail),
                 },
                 _ => {
@@ -385,12 +401,16 @@ impl Engine {
                     if recipients.is_empty() {
                         return Step::Deny(Reason::NoRecipients);
                     }
-                    u64::try_from(recipients.len()).unwrap_or(u64::MAX)
+                    let fingerprint = message_id.map(|_| recipients_fingerprint(&recipients));
+                    let count = u64::try_from(recipients.len()).unwrap_or(u64::MAX);
+                    (count, fingerprint)
                 }
             };
             Step::Charge {
                 cost: count.saturating_mul(costs.of(kind)),
-                message_id,
+                message: message_id
+                    .zip(fingerprint)
+                    .map(|(id, fingerprint)| MessageKey { id, fingerprint }),
             }
         })
     }
@@ -405,9 +425,13 @@ impl Engine {
         message_id: Option<&str>,
         now: Instant,
     ) -> Result<Decision, Error> {
+        let message = checked_message_id(message_id)?.map(|id| MessageKey {
+            id,
+            fingerprint: cost_fingerprint(cost),
+        });
         self.known_decision(st, account, now, || match cost {
             0 => Step::Deny(Reason::NoRecipients),
-            _ => Step::Charge { cost, message_id },
+            _ => Step::Charge { cost, message },
         })
     }
 
@@ -466,9 +490,10 @@ impl Engine {
                 credit: Some(credit),
             };
             let decided = match step {
-                Step::Charge { cost, message_id } => {
-                    let once = message_id.map(|id| Once {
-                        key: format!("msg/{}/{id}", cycle.cycle.index),
+                Step::Charge { cost, message } => {
+                    let once = message.map(|m| Once {
+                        key: format!("msg/{}/{}", cycle.cycle.index, m.id),
+                        fingerprint: m.fingerprint,
                         expires_at: cycle.cycle.end,
                     });
                     let added = st.counter_add_guarded(
@@ -485,6 +510,7 @@ impl Engine {
                         GuardedAdd::Applied(t) => Some((Ok(charged(Credit::Email, cost)), t)),
                         GuardedAdd::Repeated(t) => Some((Ok(Effect::default()), t)),
                         GuardedAdd::Refused(t) => Some((Err(Reason::EmailCreditsExhausted), t)),
+                        GuardedAdd::Conflict(t) => Some((Err(Reason::IdempotencyKeyReused), t)),
                         GuardedAdd::Stale => None,
                     }
                 }
@@ -876,6 +902,50 @@ fn limit_change_alerts(alerts: &Alerts, old: Option<Plan>, usage: &AccountUsage)
     fired
 }
 
+/// The fingerprint a message id is remembered with by `send-email`: of the
+/// distinct normalised recipients, given in byte order (a set's order).
+fn recipients_fingerprint<'a>(recipients: impl IntoIterator<Item = &'a String>) -> u64 {
+    let mut digest = Sha256::new();
+    digest.update(b"send-email\0");
+    for recipient in recipients {
+        // Normalised addresses hold no control characters: `\n` ends each one
+        // unambiguously.
+        digest.update(recipient.as_bytes());
+        digest.update(b"\n");
+    }
+    first_u64(digest)
+}
+
+/// The fingerprint a message id is remembered with by `charge-email`: of the cost.
+fn cost_fingerprint(cost: u64) -> u64 {
+    let mut digest = Sha256::new();
+    digest.update(b"charge-email\0");
+    digest.update(cost.to_be_bytes());
+    first_u64(digest)
+}
+
+/// The first 8 bytes of a SHA-256. A cryptographic digest, because a client picks
+/// what a fingerprint covers: with FNV it could build a second recipient set
+/// colliding with a first at will, where here finding any colliding pair takes
+/// about 2^32 digests. The digest is part of the stored state: changing it turns
+/// retries across the change into conflicts.
+fn first_u64(digest: Sha256) -> u64 {
+    let digest = digest.finalize();
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// A message id as an idempotency key: none, or one that is not blank.
+fn checked_message_id(message_id: Option<&str>) -> Result<Option<&str>, Error> {
+    match message_id {
+        Some(id) if id.trim().is_empty() => Err(Error::InvalidRequest(format!(
+            "message-id {id:?} is empty or blank; give a message's own id, or none"
+        ))),
+        _ => Ok(message_id),
+    }
+}
+
 /// FNV-1a over the normalised contact; never 0, which marks an invalid address.
 fn fingerprint(contact: &str) -> u64 {
     let mut hash = Fnv::default();
@@ -915,7 +985,8 @@ mod tests {
     struct MemState {
         records: BTreeMap<(String, String), String>,
         counters: BTreeMap<(String, String), u64>,
-        once: BTreeSet<(String, String)>,
+        /// (scope, once key) -> fingerprint.
+        once: BTreeMap<(String, String), u64>,
         groups: BTreeMap<(String, String), BTreeSet<String>>,
     }
 
@@ -933,8 +1004,14 @@ mod tests {
                 .get(&(scope.into(), name.into()))
                 .copied()
                 .unwrap_or(0);
-            if once.is_some_and(|o| self.once.contains(&(scope.into(), o.key.clone()))) {
-                return Ok(CounterAdded::Repeated(value));
+            if let Some(o) = once
+                && let Some(&fingerprint) = self.once.get(&(scope.into(), o.key.clone()))
+            {
+                return Ok(if fingerprint == o.fingerprint {
+                    CounterAdded::Repeated(value)
+                } else {
+                    CounterAdded::Conflict(value)
+                });
             }
             match value
                 .checked_add(amount)
@@ -944,7 +1021,8 @@ mod tests {
                 Some(new) => {
                     self.counters.insert((scope.into(), name.into()), new);
                     if let Some(o) = once {
-                        self.once.insert((scope.into(), o.key.clone()));
+                        self.once
+                            .insert((scope.into(), o.key.clone()), o.fingerprint);
                     }
                     Ok(CounterAdded::Applied(new))
                 }
@@ -1122,6 +1200,7 @@ mod tests {
                 CounterAdded::Applied(v) => GuardedAdd::Applied(tally(v)),
                 CounterAdded::Repeated(v) => GuardedAdd::Repeated(tally(v)),
                 CounterAdded::Refused(v) => GuardedAdd::Refused(tally(v)),
+                CounterAdded::Conflict(v) => GuardedAdd::Conflict(tally(v)),
             })
         }
         fn counter_tally(
@@ -1311,7 +1390,73 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["email/0"]
         );
-        assert!(st.once.contains(&("a".into(), "msg/0/m1".into())));
+        assert!(st.once.contains_key(&("a".into(), "msg/0/m1".into())));
+    }
+
+    /// Issue 13.2: a message id is an idempotency key over what it charged. A
+    /// retry (the same recipients in any order and spelling, or the same cost) is
+    /// free; the id with other recipients or another cost is denied and charges
+    /// nothing; an empty or blank id is an invalid request.
+    #[test]
+    fn a_message_id_reused_for_another_message_is_denied_not_free() {
+        let (e, st) = (engine(), &mut MemState::default());
+        e.subscribe(st, "a", "big", T0).unwrap();
+        let to = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let send = |st: &mut MemState, list: &[&str], id| {
+            brief(
+                &e.send_email(st, "a", &to(list), EmailKind::First, Some(id), T0)
+                    .unwrap(),
+            )
+        };
+        assert_eq!(send(st, &["x@y.io", "z@y.io"], "m1"), (None, 2, 0));
+        assert_eq!(
+            send(st, &["Z@y.io", " x@Y.io", "z@y.io"], "m1"),
+            (None, 0, 0)
+        );
+        let reused = Some(Reason::IdempotencyKeyReused);
+        assert_eq!(send(st, &["x@y.io"], "m1"), (reused, 0, 0));
+        assert_eq!(send(st, &["x@y.io", "w@y.io"], "m1"), (reused, 0, 0));
+        assert_eq!(send(st, &["x@y.io"], "m2"), (None, 1, 0));
+        assert_eq!(send(st, &["X@y.io"], "m2"), (None, 0, 0));
+
+        let charge = |st: &mut MemState, cost, id| {
+            brief(&e.charge_email(st, "a", cost, Some(id), T0).unwrap())
+        };
+        assert_eq!(charge(st, 3, "p1"), (None, 3, 0));
+        assert_eq!(charge(st, 3, "p1"), (None, 0, 0));
+        assert_eq!(charge(st, 4, "p1"), (reused, 0, 0));
+        // A send and a charge under one id are two messages.
+        assert_eq!(charge(st, 2, "m1"), (reused, 0, 0));
+        let d = e.usage(st, "a", T0).unwrap();
+        assert_eq!(d.usage.map(|u| u.email_credits.used), Some(6));
+
+        for blank in ["", "   ", "\t\n"] {
+            let err = e
+                .send_email(st, "a", &to(&["x@y.io"]), EmailKind::First, Some(blank), T0)
+                .expect_err("a blank id is not a key");
+            assert!(
+                matches!(err, Error::InvalidRequest(_)),
+                "{blank:?}: {err:?}"
+            );
+            let err = e
+                .charge_email(st, "a", 1, Some(blank), T0)
+                .expect_err("a blank id is not a key");
+            assert!(
+                matches!(err, Error::InvalidRequest(_)),
+                "{blank:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fingerprints_cover_the_set_of_recipients_and_the_cost() {
+        let set = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let ab = recipients_fingerprint(&set(&["a@x.io", "b@x.io"]));
+        assert_eq!(ab, recipients_fingerprint(&set(&["b@x.io", "a@x.io"])));
+        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.io"])));
+        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.iob@x.io"])));
+        assert_ne!(cost_fingerprint(1), cost_fingerprint(2));
+        assert_ne!(cost_fingerprint(0), recipients_fingerprint(&set(&[])));
     }
 
     /// What one instance knows of an account goes stale when another changes the

@@ -112,7 +112,10 @@ pub fn record(store: &dyn Store, alert: &FiredAlert, at: i64) -> Result<(), Stor
         now: at,
     };
     let sequence = match store.counter_add(&scope, "sequence", add)? {
-        CounterAdded::Applied(n) | CounterAdded::Repeated(n) | CounterAdded::Refused(n) => n,
+        CounterAdded::Applied(n)
+        | CounterAdded::Repeated(n)
+        | CounterAdded::Refused(n)
+        | CounterAdded::Conflict(n) => n,
     };
     store.record_insert(&scope, &alert.key(at, sequence), &value)?;
     Ok(())

@@ -32,7 +32,7 @@ use crate::bindings::{
 };
 use crate::gateway::{Gateway, GatewayError};
 use crate::replay::{CreditsJson, Outcome, UsageJson, reason_code};
-use crate::request::Request;
+use crate::request::{Origin, Request};
 use crate::runtime::DecideError;
 use crate::time::{format_instant, now, parse_instant, whole_second};
 
@@ -606,11 +606,22 @@ async fn decide_email(State(app): State<App>, Body(body): Body<EmailBody>) -> Re
         Recipients::Many(addresses) => addresses,
     };
     let account = body.account;
+    // In the API's own namespace of ids: a client cannot name a Postfix message.
+    let message_id = (body.message_id.as_deref())
+        .map(|id| Origin::Http.message_id(id))
+        .transpose()
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("message_id: {e}"),
+            )
+        })?;
     let request = Request::SendEmail {
         account: account.clone(),
         to,
         kind: body.kind.into(),
-        message_id: body.message_id,
+        message_id,
     };
     let decision = decide(&app, request, now()).await?;
     if let Some(reason) = decision.denied {
@@ -822,6 +833,10 @@ impl ApiError {
             Reason::EmailCreditsExhausted => (
                 StatusCode::CONFLICT,
                 format!("{account:?} has no email credits left"),
+            ),
+            Reason::IdempotencyKeyReused => (
+                StatusCode::CONFLICT,
+                "this message id was already charged for another message".to_owned(),
             ),
         };
         Self::new(status, code, message)

@@ -697,7 +697,7 @@ impl RawExpect {
     }
 }
 
-const REASONS: [Reason; 7] = [
+const REASONS: [Reason; 8] = [
     Reason::AlreadySubscribed,
     Reason::UnknownAccount,
     Reason::UnknownPlan,
@@ -705,6 +705,7 @@ const REASONS: [Reason; 7] = [
     Reason::NoRecipients,
     Reason::LeadCreditsExhausted,
     Reason::EmailCreditsExhausted,
+    Reason::IdempotencyKeyReused,
 ];
 
 /// A reason code replay prints; anything else is a typo caught at load time.

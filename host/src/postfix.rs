@@ -30,20 +30,14 @@
 //! The WIT `send-email` takes the recipients' addresses and charges per distinct
 //! one; at `END-OF-MESSAGE` Postfix gives only `recipient_count` (the `RCPT`
 //! requests came one by one, possibly over other connections, so collecting them
-//! here would be unreliable). [`Mapped::Charge`] therefore carries a count, and the
-//! server needs a guest function that charges one, which the contract does not
-//! have yet:
-//!
-//! ```wit
-//! /// Charges `cost` email credits to `account`, all or nothing, for a message whose
-//! /// recipients the gateway counted but did not list. A `message-id` already
-//! /// charged in the current billing cycle is allowed again with nothing charged.
-//! charge-email: func(account: string, cost: u64, message-id: option<string>, now: instant)
-//!     -> result<decision, error>;
-//! ```
-//!
-//! called with `cost = recipients` and `message-id = "postfix/<instance>"`. A count
-//! is of accepted `RCPT` commands, so a recipient given twice costs twice here.
+//! here would be unreliable). [`Mapped::Charge`] therefore carries a count, which
+//! the server charges with the WIT `charge-email`, with `cost = recipients` and
+//! `message-id = "postfix/<instance>"` (the `postfix/` namespace is Postfix's
+//! alone: [`crate::request::Origin`]). A count is of accepted `RCPT` commands, so
+//! a recipient given twice costs twice here. The same `instance` with the same
+//! count is a retry, charged once; with another count it is refused
+//! ([`Actions::idempotency_key_reused`]); a count of 0 charges nothing
+//! ([`Actions::no_recipients`]).
 //!
 //! # Bounds
 //!
@@ -591,8 +585,9 @@ impl PostfixConfig {
                 cost: 1,
             })
         } else if state.eq_ignore_ascii_case("END-OF-MESSAGE") {
-            // A count of 0 cannot reach END-OF-MESSAGE in Postfix (DATA needs a
-            // recipient); it is passed on as is and charges nothing.
+            // A count of 0 should not reach END-OF-MESSAGE in Postfix (DATA needs
+            // a recipient); it is passed on as is, charges nothing, and is
+            // answered as [`Actions::no_recipients`] says.
             Ok(Mapped::Charge {
                 account: self.account_from.account(req)?,
                 recipients: req.recipient_count()?,
@@ -710,6 +705,23 @@ pub enum ExhaustedAction {
     Custom(Reply),
 }
 
+/// What to answer for a refusal that is neither exhausted credits nor a failure to
+/// decide ([`Actions::no_recipients`], [`Actions::idempotency_key_reused`]).
+///
+/// In TOML: `"dunno"`, `"defer"`, `"reject"`, or `{ custom = "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RefusalAction {
+    /// `DUNNO`: no opinion; the message goes on, uncharged (fails open).
+    Dunno,
+    /// `DEFER 4.x.x <text>`: the client retries later (450).
+    Defer,
+    /// `REJECT 5.x.x <text>`: a permanent failure (554); the message bounces.
+    Reject,
+    /// Any action text.
+    Custom(Reply),
+}
+
 /// What to answer when the policy cannot decide: no opinion, or a temporary failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -732,6 +744,15 @@ pub struct Actions {
     /// The policy could not decide (store unavailable, component timeout). Default
     /// `fail_closed`: an outage must not become unmetered sending.
     pub internal_error: FailureAction,
+    /// `END-OF-MESSAGE` with `recipient_count=0` (the policy's `no_recipients`):
+    /// nothing to charge, and nothing Postfix could deliver. Default `reject`
+    /// (`REJECT 5.5.1`, as Postfix itself refuses a DATA without recipients).
+    pub no_recipients: RefusalAction,
+    /// `END-OF-MESSAGE` for an `instance` already charged with another
+    /// `recipient_count` (the policy's `idempotency_key_reused`): charging nothing
+    /// and letting the message through would send it unmetered. Default `defer`
+    /// (fails closed; a retry comes as a new `instance` and is charged).
+    pub idempotency_key_reused: RefusalAction,
 }
 
 impl Default for Actions {
@@ -740,6 +761,8 @@ impl Default for Actions {
             exhausted: ExhaustedAction::Defer,
             unknown_account: FailureAction::FailOpen,
             internal_error: FailureAction::FailClosed,
+            no_recipients: RefusalAction::Reject,
+            idempotency_key_reused: RefusalAction::Defer,
         }
     }
 }
@@ -786,6 +809,34 @@ impl Actions {
     /// The reply when the policy could not decide.
     pub fn reply_for_internal_error(&self) -> Reply {
         failure_reply(self.internal_error, "Policy service unavailable")
+    }
+
+    /// The reply to a message counted with no recipients.
+    pub fn reply_for_no_recipients(&self) -> Reply {
+        refusal_reply(
+            &self.no_recipients,
+            ("4.5.1", "5.5.1"),
+            "No valid recipients",
+        )
+    }
+
+    /// The reply to an `instance` charged before for another recipient count.
+    pub fn reply_for_idempotency_key_reused(&self) -> Reply {
+        refusal_reply(
+            &self.idempotency_key_reused,
+            ("4.7.1", "5.7.1"),
+            "Message already charged with another recipient count",
+        )
+    }
+}
+
+/// `statuses`: the enhanced status codes of the defer and the reject.
+fn refusal_reply(action: &RefusalAction, statuses: (&str, &str), text: &str) -> Reply {
+    match action {
+        RefusalAction::Dunno => Reply::dunno(),
+        RefusalAction::Defer => Reply(format!("DEFER {} {text}", statuses.0)),
+        RefusalAction::Reject => Reply(format!("REJECT {} {text}", statuses.1)),
+        RefusalAction::Custom(reply) => reply.clone(),
     }
 }
 
@@ -1566,6 +1617,46 @@ mod tests {
                 .starts_with("451 4.3.5 ")
         );
         assert_eq!(flipped.reply_for_internal_error(), Reply::dunno());
+    }
+
+    /// Issues 13.6 and 13.2: a message with no recipients and an `instance`
+    /// reused with another count have replies of their own, configurable, failing
+    /// closed by default.
+    #[test]
+    fn refusal_replies() {
+        let defaults = Actions::default();
+        assert_eq!(
+            defaults.reply_for_no_recipients().action(),
+            "REJECT 5.5.1 No valid recipients"
+        );
+        assert_eq!(
+            defaults.reply_for_idempotency_key_reused().action(),
+            "DEFER 4.7.1 Message already charged with another recipient count"
+        );
+        let config: PostfixConfig = toml::from_str(
+            "[actions]\nno_recipients = \"dunno\"\nidempotency_key_reused = { custom = \"HOLD reused\" }",
+        )
+        .expect("valid");
+        assert_eq!(config.actions.reply_for_no_recipients(), Reply::dunno());
+        assert_eq!(
+            config.actions.reply_for_idempotency_key_reused().action(),
+            "HOLD reused"
+        );
+        let config: PostfixConfig = toml::from_str(
+            "[actions]\nno_recipients = \"defer\"\nidempotency_key_reused = \"reject\"",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.actions.reply_for_no_recipients().action(),
+            "DEFER 4.5.1 No valid recipients"
+        );
+        assert!(
+            (config.actions.reply_for_idempotency_key_reused().action())
+                .starts_with("REJECT 5.7.1 ")
+        );
+        let err = toml::from_str::<PostfixConfig>("[actions]\nno_recipients = \"fail_open\"")
+            .expect_err("not a refusal action");
+        assert!(err.to_string().contains("fail_open"), "{err}");
     }
 
     #[test]

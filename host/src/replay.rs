@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::bindings::{AccountUsage, Decision, EmailKind, Reason};
-use crate::request::Request;
+use crate::request::{Origin, Request};
 use crate::runtime::Worker;
 use crate::store::StoreError;
 pub use crate::time::{format_instant, parse_instant};
@@ -73,12 +73,12 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
             account,
             to: take_recipients(&mut fields)?,
             kind: take_kind(&mut fields)?,
-            message_id: take_optional_string(&mut fields, "message_id")?,
+            message_id: take_message_id(&mut fields)?,
         },
         "charge_email" => Request::ChargeEmail {
             account,
             cost: take_count(&mut fields, "cost")?,
-            message_id: take_optional_string(&mut fields, "message_id")?,
+            message_id: take_message_id(&mut fields)?,
         },
         "usage" => Request::Usage { account },
         other => {
@@ -140,6 +140,15 @@ fn take_optional_string(
     }
 }
 
+/// `message_id`, in replay's namespace of message ids ([`Origin::Replay`]).
+fn take_message_id(fields: &mut Map<String, Value>) -> Result<Option<String>, String> {
+    let name = "message_id";
+    take_optional_string(fields, name)?
+        .map(|id| Origin::Replay.message_id(&id))
+        .transpose()
+        .map_err(|e| format!("field {name:?}: {e}"))
+}
+
 fn take_count(fields: &mut Map<String, Value>, name: &str) -> Result<u64, String> {
     match fields.remove(name) {
         Some(Value::Number(n)) => n
@@ -196,6 +205,7 @@ pub fn reason_code(reason: Reason) -> &'static str {
         Reason::NoRecipients => "no_recipients",
         Reason::LeadCreditsExhausted => "lead_credits_exhausted",
         Reason::EmailCreditsExhausted => "email_credits_exhausted",
+        Reason::IdempotencyKeyReused => "idempotency_key_reused",
     }
 }
 

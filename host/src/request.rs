@@ -139,3 +139,84 @@ impl Request {
         }
     }
 }
+
+/// The front end a message id came from. Each keeps its ids in a namespace of its
+/// own, so that no bytes a client sends through one front end can name a message
+/// charged through another (an HTTP `message_id` of `postfix/PFX1` is not Postfix's
+/// `instance=PFX1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The HTTP API's `message_id`.
+    Http,
+    /// Postfix's `instance`.
+    Postfix,
+    /// A replayed event's `message_id` (`replay`, policy test suites).
+    Replay,
+}
+
+/// A message id that is empty or only whitespace: no message's id, so no
+/// idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message id {0:?} is empty or blank; give the message's own id, or none")]
+pub struct BlankMessageId(pub String);
+
+impl Origin {
+    /// The prefix of every key from this front end. None is a prefix of another,
+    /// and each ends in `/`, so two keys from two front ends always differ.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Origin::Http => "http/",
+            Origin::Postfix => "postfix/",
+            Origin::Replay => "replay/",
+        }
+    }
+
+    /// The message id the policy is given for `id` from this front end: the
+    /// front end's prefix, then `id` as is. A blank `id` is refused: an empty
+    /// idempotency key would make every message without one a retry of the first.
+    pub fn message_id(self, id: &str) -> Result<String, BlankMessageId> {
+        if id.trim().is_empty() {
+            return Err(BlankMessageId(id.to_owned()));
+        }
+        Ok(format!("{}{id}", self.prefix()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14.3: whatever ids two front ends are given, their keys differ.
+    #[test]
+    fn front_ends_never_share_a_message_id() {
+        const ALL: [Origin; 3] = [Origin::Http, Origin::Postfix, Origin::Replay];
+        let ids = [
+            "x",
+            "postfix/x",
+            "http/x",
+            "replay/x",
+            "/x",
+            "http",
+            "postfix/",
+        ];
+        for a in ALL {
+            for b in ALL.into_iter().filter(|&b| b != a) {
+                for i in ids {
+                    for j in ids {
+                        assert_ne!(a.message_id(i), b.message_id(j), "{a:?} {i:?}, {b:?} {j:?}");
+                    }
+                }
+            }
+        }
+        for blank in ["", " ", "\t\r\n"] {
+            assert_eq!(
+                Origin::Http.message_id(blank),
+                Err(BlankMessageId(blank.to_owned()))
+            );
+        }
+        assert_eq!(
+            Origin::Postfix.message_id("PFX1").as_deref(),
+            Ok("postfix/PFX1")
+        );
+    }
+}

@@ -503,15 +503,15 @@ impl state::Host for HostState {
         name: String,
         amount: u64,
         limit: u64,
-        once: Option<Once>,
+        once: Once,
         expires_at: i64,
         now: i64,
     ) -> Result<GuardedAdd, StateError> {
-        // The WIT's plain-number spellings of "no limit" and "never".
+        // The WIT's plain spellings of "no limit", "no once" and "never".
         let add = CounterAdd {
             amount,
             limit: (limit != u64::MAX).then_some(limit),
-            once: once.as_ref(),
+            once: Some(&once).filter(|o| !o.key.is_empty()),
             expires_at: (expires_at != i64::MAX).then_some(expires_at),
             now,
         };

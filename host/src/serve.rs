@@ -21,7 +21,7 @@ use crate::bindings::Reason;
 use crate::gateway::Gateway;
 use crate::postfix::{Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader};
 use crate::replay::reason_code;
-use crate::request::Request;
+use crate::request::{Origin, Request};
 use crate::time::{format_instant, now};
 
 /// Settings of the server itself (the protocol's are in [`PostfixConfig`]).
@@ -256,10 +256,16 @@ async fn answer(
             account,
             recipients,
             instance,
-        }) => Request::ChargeEmail {
-            account,
-            cost: recipients,
-            message_id: Some(format!("postfix/{instance}")),
+        }) => match Origin::Postfix.message_id(&instance) {
+            Ok(message_id) => Request::ChargeEmail {
+                account,
+                cost: recipients,
+                message_id: Some(message_id),
+            },
+            Err(e) => {
+                warn!(%peer, state, error = %e, "cannot map the request; answering as an internal error");
+                return actions.reply_for_internal_error();
+            }
         },
         Err(MappingError::NoAccount { from, value }) => {
             let reply = actions.reply_for_unknown_account();
@@ -292,6 +298,13 @@ async fn answer(
             actions.reply_for_exhausted(resets_at.as_deref().unwrap_or(NO_RESET_TIME))
         }
         Reason::UnknownAccount => actions.reply_for_unknown_account(),
+        Reason::NoRecipients => actions.reply_for_no_recipients(),
+        Reason::IdempotencyKeyReused => {
+            let reply = actions.reply_for_idempotency_key_reused();
+            warn!(%peer, %account, state, reason = reason_code(reason), action = reply.action(),
+                "an instance already charged came with another recipient count");
+            reply
+        }
         other => {
             warn!(%peer, %account, state, reason = reason_code(other),
                 "unexpected denial; answering as an internal error");

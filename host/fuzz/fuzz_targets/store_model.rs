@@ -85,6 +85,15 @@ fn offset(d: u8) -> i64 {
     i64::from(d % 14) - 2
 }
 
+/// A `once` fingerprint from a small alphabet, so that keys often meet with
+/// another one; and the edge of a u64.
+fn fingerprint(f: u8) -> u64 {
+    match f % 4 {
+        3 => u64::MAX,
+        f => u64::from(f),
+    }
+}
+
 #[derive(Debug, Arbitrary)]
 struct Input {
     redb: bool,
@@ -109,7 +118,8 @@ enum Op {
         name: u8,
         amount: u8,
         limit: u8,
-        once: Option<(u8, u8)>,
+        /// (key, expires in, fingerprint)
+        once: Option<(u8, u8, u8)>,
         expires_in: Option<u8>,
     },
     MemberAdd(u8, u8, u8, u8),
@@ -151,7 +161,8 @@ struct Model {
     records: BTreeMap<(String, String), String>,
     /// (value, expires_at: None = never)
     counters: BTreeMap<(String, String), (u64, Option<i64>)>,
-    once: BTreeMap<(String, String), i64>,
+    /// (expires_at, fingerprint; None: stored before markers had one)
+    once: BTreeMap<(String, String), (i64, Option<u64>)>,
     /// (scope, member) -> groups; absent when it has none.
     groups: BTreeMap<(String, String), BTreeSet<String>>,
 }
@@ -210,7 +221,7 @@ impl Model {
                 .collect(),
             once: (self.once.iter())
                 .filter(|((s, _), _)| of_scope(s))
-                .map(|((_, k), &exp)| (k.clone(), exp))
+                .map(|((_, k), &(exp, fp))| (k.clone(), exp, fp))
                 .collect(),
             memberships: self.memberships(scope, None),
         }
@@ -228,8 +239,8 @@ impl Model {
         for (n, v, exp) in &dump.counters {
             self.counters.insert(pair(scope, n), (*v, *exp));
         }
-        for (k, exp) in &dump.once {
-            self.once.insert(pair(scope, k), *exp);
+        for (k, exp, fp) in &dump.once {
+            self.once.insert(pair(scope, k), (*exp, *fp));
         }
         for (g, m) in &dump.memberships {
             self.groups
@@ -305,15 +316,20 @@ impl Model {
                 expires_in,
             } => {
                 let (s, name) = (scope(s), key(name));
-                if !valid(&[s, name, once.map_or("", |(k, _)| key(k))]) {
+                if !valid(&[s, name, once.map_or("", |(k, _, _)| key(k))]) {
                     return Out::InvalidArgument;
                 }
                 let current = self.counter(s, name, now);
-                if let Some((k, _)) = once
-                    && let Some(&exp) = self.once.get(&pair(s, key(k)))
+                if let Some((k, _, f)) = once
+                    && let Some(&(exp, stored)) = self.once.get(&pair(s, key(k)))
                     && exp > now
                 {
-                    return Out::Counter("repeated", current);
+                    let outcome = if stored == Some(fingerprint(f)) {
+                        "repeated"
+                    } else {
+                        "conflict"
+                    };
+                    return Out::Counter(outcome, current);
                 }
                 let Some(new) = current.checked_add(amount(a)) else {
                     return Out::Counter("refused", current);
@@ -323,8 +339,9 @@ impl Model {
                 }
                 let expires_at = expires_in.map(|d| now + offset(d));
                 self.counters.insert(pair(s, name), (new, expires_at));
-                if let Some((k, d)) = once {
-                    self.once.insert(pair(s, key(k)), now + offset(d));
+                if let Some((k, d, f)) = once {
+                    self.once
+                        .insert(pair(s, key(k)), (now + offset(d), Some(fingerprint(f))));
                 }
                 Out::Counter("applied", new)
             }
@@ -430,6 +447,7 @@ fn counter(c: CounterAdded) -> Out {
         CounterAdded::Applied(v) => Out::Counter("applied", v),
         CounterAdded::Repeated(v) => Out::Counter("repeated", v),
         CounterAdded::Refused(v) => Out::Counter("refused", v),
+        CounterAdded::Conflict(v) => Out::Counter("conflict", v),
     }
 }
 
@@ -491,8 +509,9 @@ fn run(store: &dyn Store, op: &Op, now: i64) -> Out {
             once,
             expires_in,
         } => {
-            let once = once.map(|(k, d)| Once {
+            let once = once.map(|(k, d, f)| Once {
                 key: key(k).to_owned(),
+                fingerprint: fingerprint(f),
                 expires_at: now + offset(d),
             });
             let add = CounterAdd {

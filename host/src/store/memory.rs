@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_guarded_member, check_name, check_value,
+    check_guarded_member, check_name, check_value, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -31,8 +31,8 @@ struct Scope {
     records: BTreeMap<String, String>,
     /// name -> (value, expires_at).
     counters: BTreeMap<String, (u64, Instant)>,
-    /// once key -> expires_at.
-    once: BTreeMap<String, Instant>,
+    /// once key -> (expires_at, fingerprint; None: stored before fingerprints).
+    once: BTreeMap<String, (Instant, Option<u64>)>,
     /// member -> its groups; a member is present while it has at least one group.
     member_groups: BTreeMap<String, BTreeSet<String>>,
     /// group -> its members; the inverse of `member_groups`, for `group_clear`.
@@ -191,9 +191,13 @@ impl Store for MemoryStore {
         if let Some(once) = add.once {
             let seen = found
                 .and_then(|s| s.once.get(&once.key))
-                .is_some_and(|&exp| !expired(exp, add.now));
-            if seen {
-                return Ok(GuardedAdd::Repeated(tally(current)));
+                .filter(|&&(exp, _)| !expired(exp, add.now));
+            if let Some(&(_, fingerprint)) = seen {
+                return Ok(if is_retry(fingerprint, once) {
+                    GuardedAdd::Repeated(tally(current))
+                } else {
+                    GuardedAdd::Conflict(tally(current))
+                });
             }
         }
         let new = match current.checked_add(add.amount) {
@@ -206,7 +210,8 @@ impl Store for MemoryStore {
         if let Some(once) = add.once {
             // Kept even if already expired: a later call at an earlier `now` (a clock
             // stepped back) must still see it, as the contract says.
-            s.once.insert(once.key.clone(), once.expires_at);
+            s.once
+                .insert(once.key.clone(), (once.expires_at, Some(once.fingerprint)));
         }
         Ok(GuardedAdd::Applied(Tally {
             counter: new,
@@ -474,7 +479,9 @@ impl Store for MemoryStore {
                     )
                 })
                 .collect(),
-            once: s.once.iter().map(|(k, &exp)| (k.clone(), exp)).collect(),
+            once: (s.once.iter())
+                .map(|(k, &(exp, fingerprint))| (k.clone(), exp, fingerprint))
+                .collect(),
             memberships: s
                 .groups
                 .iter()
@@ -501,9 +508,13 @@ impl Store for MemoryStore {
                 return Err(repeated(format_args!("counter {name:?}")));
             }
         }
-        for (key, expires_at) in &dump.once {
+        for (key, expires_at, fingerprint) in &dump.once {
             check_name("once key", key)?;
-            if new.once.insert(key.clone(), *expires_at).is_some() {
+            if new
+                .once
+                .insert(key.clone(), (*expires_at, *fingerprint))
+                .is_some()
+            {
                 return Err(repeated(format_args!("once key {key:?}")));
             }
         }

@@ -166,6 +166,7 @@ pub trait Store: Send + Sync {
             GuardedAdd::Applied(t) => CounterAdded::Applied(t.counter),
             GuardedAdd::Repeated(t) => CounterAdded::Repeated(t.counter),
             GuardedAdd::Refused(t) => CounterAdded::Refused(t.counter),
+            GuardedAdd::Conflict(t) => CounterAdded::Conflict(t.counter),
             GuardedAdd::Stale => {
                 return Err(StoreError::Corrupt(
                     "the store answered `stale` to a counter-add without a guard".into(),
@@ -257,10 +258,20 @@ pub struct ScopeDump {
     /// `(name, value, expires_at)`, ordered by name; as stored, expired or not
     /// (expiry is judged against each call's `now`).
     pub counters: Vec<(String, u64, Option<Instant>)>,
-    /// `(key, expires_at)` of `once` markers, ordered by key.
-    pub once: Vec<(String, Instant)>,
+    /// `(key, expires_at, fingerprint)` of `once` markers, ordered by key. A
+    /// fingerprint of None is a marker stored before markers carried one: it
+    /// matches no call's fingerprint (WIT `once`).
+    pub once: Vec<(String, Instant, Option<u64>)>,
     /// `(group, member)`, ordered by group then member.
     pub memberships: Vec<(String, String)>,
+}
+
+/// Whether a live `once` marker holding `stored` makes a call carrying `once` a
+/// retry (`true`: answer `repeated`) or a reuse of the key for something else
+/// (`false`: answer `conflict`). A marker without a fingerprint (stored before
+/// markers had one) is never a retry: failing closed, it is a conflict.
+pub(crate) fn is_retry(stored: Option<u64>, once: &Once) -> bool {
+    stored == Some(once.fingerprint)
 }
 
 /// Checks a name argument against [`MAX_NAME_LEN`]; shared by every backend so

@@ -14,10 +14,15 @@
 //! |------------------|----------------------------|-------------------------|
 //! | `records`        | `(scope, key)`             | `&str` value            |
 //! | `counters`       | `(scope, name)`            | `(u64 value, i64 expires_at)` |
-//! | `once`           | `(scope, key)`             | `i64 expires_at`        |
+//! | `once_markers`   | `(scope, key)`             | `(i64 expires_at, Option<u64> fingerprint)` |
 //! | `group_members`  | `(scope, group, member)`   | `()`                    |
 //! | `member_groups`  | `(scope, member)`          | `u64` groups holding it (never 0) |
 //! | `scope_members`  | `scope`                    | `u64` distinct members (never 0)  |
+//!
+//! Files written before `once` markers carried a fingerprint keep them in a table
+//! `once` (`(scope, key)` → `i64 expires_at`); opening such a file moves each into
+//! `once_markers` with no fingerprint (`None`), which matches no call's
+//! fingerprint (WIT `once`), and drops `once`.
 //!
 //! `expires_at == i64::MAX` means never; an entry with `expires_at <= now` reads as
 //! absent and is overwritten by the next applied `counter_add`. Member entries do not
@@ -40,7 +45,7 @@ use redb::{
 
 use super::{
     CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_guarded_member, check_name, check_value,
+    check_guarded_member, check_name, check_value, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -52,7 +57,10 @@ type Triple = (&'static str, &'static str, &'static str);
 
 const RECORDS: TableDefinition<Pair, &str> = TableDefinition::new("records");
 const COUNTERS: TableDefinition<Pair, (u64, i64)> = TableDefinition::new("counters");
-const ONCE: TableDefinition<Pair, i64> = TableDefinition::new("once");
+const ONCE: TableDefinition<Pair, (i64, Option<u64>)> = TableDefinition::new("once_markers");
+/// `once` markers as earlier versions kept them, without a fingerprint. Moved
+/// into [`ONCE`] when a file is opened.
+const LEGACY_ONCE: TableDefinition<Pair, i64> = TableDefinition::new("once");
 /// A table of earlier versions: `group_members` with its key in another order,
 /// written with every membership and never needed. Dropped when a file is opened.
 const MEMBERSHIPS: TableDefinition<Triple, ()> = TableDefinition::new("memberships");
@@ -242,7 +250,7 @@ impl RedbStore {
         let txn = db.begin_write().ctx(&what)?;
         txn.open_table(RECORDS).ctx(&what)?;
         txn.open_table(COUNTERS).ctx(&what)?;
-        txn.open_table(ONCE).ctx(&what)?;
+        migrate_once_markers(&txn).ctx(&what)?;
         txn.delete_table(MEMBERSHIPS).ctx(&what)?;
         txn.open_table(GROUP_MEMBERS).ctx(&what)?;
         txn.open_table(MEMBER_GROUPS).ctx(&what)?;
@@ -465,9 +473,15 @@ impl Store for RedbStore {
                 let seen = markers
                     .get((scope, once.key.as_str()))
                     .ctx(what)?
-                    .is_some_and(|g| !expired(g.value(), add.now));
-                if seen {
-                    return Ok((GuardedAdd::Repeated(tally(current)), false));
+                    .map(|g| g.value())
+                    .filter(|&(exp, _)| !expired(exp, add.now));
+                if let Some((_, fingerprint)) = seen {
+                    let answer = if is_retry(fingerprint, once) {
+                        GuardedAdd::Repeated(tally(current))
+                    } else {
+                        GuardedAdd::Conflict(tally(current))
+                    };
+                    return Ok((answer, false));
                 }
             }
             let new = match current.checked_add(add.amount) {
@@ -480,8 +494,9 @@ impl Store for RedbStore {
             if let Some(once) = add.once {
                 // Kept even if already expired: a later call at an earlier `now` (a
                 // clock stepped back) must still see it, as the contract says.
+                let marker = (once.expires_at, Some(once.fingerprint));
                 markers
-                    .insert((scope, once.key.as_str()), once.expires_at)
+                    .insert((scope, once.key.as_str()), marker)
                     .ctx(what)?;
             }
             Ok((GuardedAdd::Applied(tally(new)), true))
@@ -868,9 +883,10 @@ impl Store for RedbStore {
         }
         let markers = txn.open_table(ONCE).ctx(what)?;
         for entry in markers.range(pairs).ctx(what)? {
-            let (key, expires_at) = entry.ctx(what)?;
+            let (key, marker) = entry.ctx(what)?;
+            let (expires_at, fingerprint) = marker.value();
             dump.once
-                .push((key.value().1.to_owned(), expires_at.value()));
+                .push((key.value().1.to_owned(), expires_at, fingerprint));
         }
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
         for entry in group_members
@@ -893,7 +909,7 @@ impl Store for RedbStore {
         for (name, _, _) in &dump.counters {
             check_name("counter name", name)?;
         }
-        for (key, _) in &dump.once {
+        for (key, _, _) in &dump.once {
             check_name("once key", key)?;
         }
         for (group, member) in &dump.memberships {
@@ -943,10 +959,10 @@ impl Store for RedbStore {
                     return Err(repeated(format_args!("counter {name:?}")));
                 }
             }
-            for (key, expires_at) in &dump.once {
+            for (key, expires_at, fingerprint) in &dump.once {
                 let key = key.as_str();
                 if markers
-                    .insert((scope, key), *expires_at)
+                    .insert((scope, key), (*expires_at, *fingerprint))
                     .ctx(what)?
                     .is_some()
                 {
@@ -1031,6 +1047,21 @@ fn add_member(
     Ok((MemberAdded { outcome, members }, true))
 }
 
+/// Creates the `once_markers` table, and moves into it the markers of a file
+/// written before they carried a fingerprint, without one.
+fn migrate_once_markers(txn: &WriteTransaction) -> Result<(), TableError> {
+    let mut markers = txn.open_table(ONCE)?;
+    {
+        let legacy = txn.open_table(LEGACY_ONCE)?;
+        for entry in legacy.iter()? {
+            let (key, expires_at) = entry?;
+            markers.insert(key.value(), (expires_at.value(), None))?;
+        }
+    }
+    txn.delete_table(LEGACY_ONCE)?;
+    Ok(())
+}
+
 /// Takes `member` out of one of its groups; true if that was its last one.
 fn leave(
     member_groups: &mut redb::Table<'_, Pair, u64>,
@@ -1101,6 +1132,89 @@ fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bindings::CounterAdded;
+
+    /// Issue 13.2's migration: a file written before `once` markers carried a
+    /// fingerprint (`once`: `(scope, key)` → `i64`) opens with its markers moved
+    /// to `once_markers` without one, where they match no fingerprint: the key
+    /// is a conflict for any call until it expires, never a free retry. The old
+    /// table is gone, and opening again changes nothing.
+    #[test]
+    fn a_file_with_markers_without_fingerprints_opens_with_them_as_conflicts() {
+        use crate::bindings::Once;
+        use crate::store::CounterAdd;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.redb");
+        {
+            // The layout of the previous version, written directly.
+            let db = Database::create(&path).expect("creates");
+            let txn = db.begin_write().expect("writes");
+            txn.open_table(RECORDS)
+                .expect("records")
+                .insert(("acme", "account"), "0 pro")
+                .expect("inserts");
+            txn.open_table(COUNTERS)
+                .expect("counters")
+                .insert(("acme", "email/0"), (3, NEVER))
+                .expect("inserts");
+            let mut legacy = txn.open_table(LEGACY_ONCE).expect("old once table");
+            legacy
+                .insert(("acme", "msg/0/postfix/PFX1"), 1_000)
+                .expect("inserts");
+            legacy.insert(("acme", "msg/0/gone"), 10).expect("inserts");
+            drop(legacy);
+            txn.commit().expect("commits");
+        }
+        for _ in 0..2 {
+            let store = RedbStore::open(&path).expect("opens the old file");
+            {
+                let txn = store.db.begin_read().expect("reads");
+                assert!(matches!(
+                    txn.open_table(LEGACY_ONCE),
+                    Err(TableError::TableDoesNotExist(_))
+                ));
+            }
+            let dump = store.export_scope("acme").expect("exports");
+            assert_eq!(
+                dump.once,
+                [
+                    ("msg/0/gone".to_owned(), 10, None),
+                    ("msg/0/postfix/PFX1".to_owned(), 1_000, None),
+                ]
+            );
+            assert_eq!(dump.counters, [("email/0".to_owned(), 3, None)]);
+        }
+        let store = RedbStore::open(&path).expect("opens");
+        let add = |key: &str, fingerprint, now| {
+            let once = Once {
+                key: key.to_owned(),
+                fingerprint,
+                expires_at: 5_000,
+            };
+            let add = CounterAdd {
+                amount: 2,
+                limit: None,
+                once: Some(&once),
+                expires_at: None,
+                now,
+            };
+            store.counter_add("acme", "email/0", add).expect("adds")
+        };
+        for fingerprint in [0, 1, u64::MAX] {
+            assert_eq!(
+                add("msg/0/postfix/PFX1", fingerprint, 500),
+                CounterAdded::Conflict(3)
+            );
+        }
+        // An expired one blocks nothing, and is replaced with a fingerprint.
+        assert_eq!(add("msg/0/gone", 7, 500), CounterAdded::Applied(5));
+        assert_eq!(add("msg/0/gone", 7, 500), CounterAdded::Repeated(5));
+        assert_eq!(
+            add("msg/0/postfix/PFX1", 7, 1_000),
+            CounterAdded::Applied(7)
+        );
+    }
 
     /// A file written by a version that kept `memberships` opens with that table
     /// dropped and its members intact (they live in `group_members`).

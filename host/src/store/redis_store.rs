@@ -27,7 +27,7 @@
 //! | `P:{T}:rec`                | hash   | record key → value |
 //! | `P:{T}:ctr:NAME`           | hash   | `v` → value (u64), `x` → expires_at (i64 ns; absent: never) |
 //! | `P:{T}:ctrs`               | zset   | counter names, scored by when Redis may drop them (ms; `inf`: never) |
-//! | `P:{T}:once:KEY`           | string | the `once` marker's expires_at (i64 ns) |
+//! | `P:{T}:once:KEY`           | string | the `once` marker: `EXPIRES_AT FINGERPRINT` (i64 ns, u64), or `EXPIRES_AT` alone as written before markers carried a fingerprint (read as none: it matches no call's) |
 //! | `P:{T}:onces`              | zset   | once keys, scored like `ctrs` |
 //! | `P:{T}:mem`                | hash   | member → number of groups holding it; `HLEN` is the member count |
 //! | `P:{T}:groups`             | zset   | group names with at least one member (all scores 0: byte order) |
@@ -753,6 +753,8 @@ impl Store for RedisStore {
             add.now.to_string().into(),
             self.gc_arg(expires_at).into(),
             self.gc_arg(add.once.map(|o| o.expires_at)).into(),
+            add.once
+                .map_or(Vec::new(), |o| o.fingerprint.to_string().into_bytes()),
         ];
         args.extend(guard_args(guard));
         let (outcome, value, members): (String, String, u64) = self.script(
@@ -770,6 +772,7 @@ impl Store for RedisStore {
             "applied" => GuardedAdd::Applied(tally),
             "repeated" => GuardedAdd::Repeated(tally),
             "refused" => GuardedAdd::Refused(tally),
+            "conflict" => GuardedAdd::Conflict(tally),
             "stale" => GuardedAdd::Stale,
             other => return Err(corrupt(what, format_args!("outcome {other:?}"))),
         })
@@ -1069,7 +1072,11 @@ impl Store for RedisStore {
                 .push((c[0].clone(), decimal(what, &c[1])?, expires_at));
         }
         for pair in once.chunks_exact(2) {
-            dump.once.push((pair[0].clone(), decimal(what, &pair[1])?));
+            let (expires_at, fingerprint) = match pair[1].split_once(' ') {
+                Some((x, f)) => (decimal(what, x)?, Some(decimal(what, f)?)),
+                None => (decimal(what, &pair[1])?, None),
+            };
+            dump.once.push((pair[0].clone(), expires_at, fingerprint));
         }
         for pair in memberships.chunks_exact(2) {
             dump.memberships.push((pair[0].clone(), pair[1].clone()));
@@ -1101,7 +1108,7 @@ impl Store for RedisStore {
             }
         }
         seen.clear();
-        for (key, _) in &dump.once {
+        for (key, _, _) in &dump.once {
             check_name("once key", key)?;
             if !seen.insert(key.as_str()) {
                 return Err(repeated(format_args!("once key {key:?}")));
@@ -1141,9 +1148,12 @@ impl Store for RedisStore {
             args.push(expires_at.map_or(Vec::new(), |at| at.to_string().into_bytes()));
             args.push(self.gc_arg(expires_at).into());
         }
-        for &(ref key, expires_at) in &dump.once {
+        for &(ref key, expires_at, fingerprint) in &dump.once {
             args.push(key.clone().into());
-            args.push(expires_at.to_string().into());
+            args.push(match fingerprint {
+                Some(f) => format!("{expires_at} {f}").into(),
+                None => expires_at.to_string().into(),
+            });
             args.push(self.gc_arg(Some(expires_at)).into());
         }
         for (group, member) in &dump.memberships {
@@ -1249,6 +1259,15 @@ local function signed(s, what)
   return s
 end
 
+-- A once marker's expires_at and fingerprint: 'EXPIRES_AT FINGERPRINT', or
+-- 'EXPIRES_AT' alone as written before markers carried a fingerprint, whose
+-- fingerprint is nil and matches none.
+local function marker(s, key)
+  local x, f = string.match(s, '^(%-?%d+) (%d+)$')
+  if x then return x, f end
+  return signed(s, 'once marker ' .. key), nil
+end
+
 -- A counter's value at `now`: '0' when it was never added to, or has expired.
 local function counter_at(name, now)
   local stored = redis.call('HMGET', base .. 'ctr:' .. name, 'v', 'x')
@@ -1308,21 +1327,26 @@ redis.call('HSET', base .. 'rec', ARGV[2], ARGV[3])
 return 1
 "#;
 
-// ARGV[12..14]: the guard (see `guard_holds`). Answers the outcome, the counter's
-// value and the scope's member count.
+// ARGV[12]: the once key's fingerprint; ARGV[13..15]: the guard (see
+// `guard_holds`). Answers the outcome, the counter's value and the scope's member
+// count.
 const COUNTER_ADD: &str = r#"
 local name, amount, limit = ARGV[2], ARGV[3], ARGV[4]
 local has_once, okey, oexp = ARGV[5] == '1', ARGV[6], ARGV[7]
-local cexp, now, cgc, ogc = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-if not guard_holds(12) then return {'stale', '0', 0} end
+local cexp, now, cgc, ogc, ofp = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+if not guard_holds(13) then return {'stale', '0', 0} end
 local members = redis.call('HLEN', base .. 'mem')
 local ckey = base .. 'ctr:' .. name
 local okk = base .. 'once:' .. okey
 local current = counter_at(name, now)
 if has_once then
   local seen = redis.call('GET', okk)
-  if seen and live(signed(seen, 'once marker ' .. okey), now) then
-    return {'repeated', current, members}
+  if seen then
+    local x, fp = marker(seen, okey)
+    if live(x, now) then
+      if fp == ofp then return {'repeated', current, members} end
+      return {'conflict', current, members}
+    end
   end
 end
 local new = uadd(current, amount)
@@ -1337,7 +1361,7 @@ keep(ckey, cgc, base .. 'ctrs', name)
 if has_once then
   -- Kept even if already expired: a later call at an earlier `now` (a clock
   -- stepped back) must still see it, as in the other backends.
-  redis.call('SET', okk, oexp)
+  redis.call('SET', okk, oexp .. ' ' .. ofp)
   keep(okk, ogc, base .. 'onces', okey)
 end
 register()

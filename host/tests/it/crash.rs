@@ -200,7 +200,7 @@ impl Stats {
 #[derive(Default)]
 struct ClientLog {
     seq: u64,
-    /// By the id the policy remembers: the `message_id`, or `postfix/{instance}`.
+    /// By the id the policy remembers: `http/{message_id}`, or `postfix/{instance}`.
     messages: BTreeMap<String, Message>,
     order: Vec<String>,
     /// `(account, campaign)` → contact → in the campaign?
@@ -548,7 +548,7 @@ impl Client<'_> {
         let (key, to) = {
             let mut log = self.log();
             let seq = log.next_seq();
-            let key = format!("<m{}.{seq}@crash>", self.id);
+            let key = format!("http/<m{}.{seq}@crash>", self.id);
             let to: Vec<String> = (0..cost)
                 .map(|k| format!("r{}-{seq}-{k}@to.example.com", self.id))
                 .collect();
@@ -625,7 +625,9 @@ impl Client<'_> {
 
     fn send_http(&mut self, rng: &mut Rng, key: &str, account: &str, to: &[String]) -> Flow {
         let kind = ["first", "follow_up", "reply"][rng.index(3)];
-        let body = json!({"account": account, "to": to, "kind": kind, "message_id": key});
+        // The API keeps its ids under `http/` (issue 14.3).
+        let id = key.strip_prefix("http/").unwrap_or(key);
+        let body = json!({"account": account, "to": to, "kind": kind, "message_id": id});
         let answer = match http(
             &self.agent,
             &self.base,
@@ -1417,7 +1419,7 @@ fn check_image(
         // cycle remembers, so a charge is counted with its id or not at all.
         let mut by_cycle: BTreeMap<u64, u64> = BTreeMap::new();
         let ids = remembered.entry(name.clone()).or_default();
-        for (key, _) in &dump.once {
+        for (key, _, _) in &dump.once {
             let Some((cycle, id)) = key
                 .strip_prefix("msg/")
                 .and_then(|rest| rest.split_once('/'))

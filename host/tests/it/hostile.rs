@@ -207,7 +207,12 @@ fn bytes_that_are_not_a_component_are_refused() {
 #[test]
 fn impossible_answers_are_errors_not_decisions() {
     let (mut worker, _) = hostile_worker("lie");
-    for account in ["boom-denied-charged", "boom-alert", "boom-cycle"] {
+    for account in [
+        "boom-denied-charged",
+        "boom-reused-charged",
+        "boom-alert",
+        "boom-cycle",
+    ] {
         let err = worker
             .decide(&usage(account), 0)
             .expect_err("a contradictory answer is not a decision");

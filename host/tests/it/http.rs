@@ -345,6 +345,59 @@ fn email_decisions_charge_once_and_stop_at_the_limit() {
     assert_eq!((status, code(&body)), (422, "invalid_body"), "{body}");
 }
 
+/// Issue 13.2 over HTTP: `message_id` is an idempotency key over the recipients.
+/// An empty or blank one is an error naming the field, and reused for other
+/// recipients it is denied `idempotency_key_reused` and charges nothing.
+#[test]
+fn a_message_id_is_an_idempotency_key_never_a_free_pass() {
+    let api = Api::memory();
+    assert_eq!(api.subscribe("acme", "large").0, 201);
+    let (_, body) = api.email(json!({"account": "acme", "to": "a@x.io", "message_id": "m0"}));
+    assert_eq!(body["charged"], 1, "{body}");
+    for blank in ["", "   ", "\t"] {
+        let (status, body) =
+            api.email(json!({"account": "acme", "to": "b@x.io", "message_id": blank}));
+        assert_eq!(
+            (status, code(&body)),
+            (400, "invalid_body"),
+            "{blank:?}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("message_id")),
+            "the message names the field: {body}"
+        );
+    }
+    let send =
+        |to: Value| api.email(json!({"account": "acme", "to": to, "message_id": "<m1@acme>"}));
+    let (_, body) = send(json!(["a@x.io", "b@x.io"]));
+    assert_eq!(
+        (&body["decision"], &body["charged"]),
+        (&json!("allow"), &json!(2))
+    );
+    let (_, body) = send(json!(["B@x.io", "a@x.io"]));
+    assert_eq!(
+        (&body["decision"], &body["charged"]),
+        (&json!("allow"), &json!(0))
+    );
+    for other in [
+        json!(["a@x.io", "c@x.io"]),
+        json!("a@x.io"),
+        json!(["a@x.io", "b@x.io", "c@x.io"]),
+    ] {
+        let (status, body) = send(other.clone());
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (&body["decision"], &body["reason"], &body["charged"]),
+            (&json!("deny"), &json!("idempotency_key_reused"), &json!(0)),
+            "{other}"
+        );
+    }
+    let (_, body) = api.usage("acme");
+    assert_eq!(body["email_credits"]["used"], 3, "{body}");
+}
+
 #[test]
 fn lead_batches_report_every_address() {
     let api = Api::memory();

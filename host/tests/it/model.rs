@@ -102,8 +102,9 @@ pub struct Account {
     pub campaigns: BTreeMap<String, BTreeSet<String>>,
     /// Billing cycle index → email credits used in that cycle.
     pub emails_used: BTreeMap<u32, u64>,
-    /// Billing cycle index → message ids charged in that cycle.
-    pub message_ids: BTreeMap<u32, BTreeSet<String>>,
+    /// Billing cycle index → message ids charged in that cycle, each with what
+    /// it was charged for.
+    pub message_ids: BTreeMap<u32, BTreeMap<String, Charged>>,
 }
 
 impl Account {
@@ -169,6 +170,15 @@ pub fn normalise(address: &str) -> Option<String> {
     Some(a)
 }
 
+/// What a message id was charged for: a retry must ask for the same again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charged {
+    /// `send_email`: the set of distinct normalised recipients.
+    Recipients(BTreeSet<String>),
+    /// `charge_email`: the cost.
+    Cost(u64),
+}
+
 /// Reason codes, as the specification names them.
 pub const ALREADY_SUBSCRIBED: &str = "already_subscribed";
 pub const UNKNOWN_ACCOUNT: &str = "unknown_account";
@@ -177,6 +187,7 @@ pub const INVALID_EMAIL: &str = "invalid_email";
 pub const NO_RECIPIENTS: &str = "no_recipients";
 pub const LEAD_CREDITS_EXHAUSTED: &str = "lead_credits_exhausted";
 pub const EMAIL_CREDITS_EXHAUSTED: &str = "email_credits_exhausted";
+pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
 
 /// The model: a policy and every account's state.
 #[derive(Debug, Clone)]
@@ -209,33 +220,35 @@ fn deny(reason: &'static str) -> Verdict {
 }
 
 /// Takes `cost` email credits of the cycle `now` falls in, all or nothing, once
-/// per message id and cycle.
+/// per message id and cycle: the id again for the same message is free, for
+/// another message denied.
 fn charge(
     acc: &mut Account,
     limit: Allowance,
     now: i64,
     cost: u64,
-    message_id: Option<&str>,
+    message: Option<(&str, Charged)>,
 ) -> Verdict {
     let cycle = cycle_of(acc.anchor, now);
-    if let Some(id) = message_id
-        && acc
-            .message_ids
-            .get(&cycle)
-            .is_some_and(|ids| ids.contains(id))
+    if let Some((id, charged)) = &message
+        && let Some(before) = acc.message_ids.get(&cycle).and_then(|ids| ids.get(*id))
     {
-        return allow(0, 0);
+        return if before == charged {
+            allow(0, 0)
+        } else {
+            deny(IDEMPOTENCY_KEY_REUSED)
+        };
     }
     let used = acc.emails_used_in(cycle);
     if limit.is_some_and(|limit| used + cost > limit) {
         return deny(EMAIL_CREDITS_EXHAUSTED);
     }
     acc.emails_used.insert(cycle, used + cost);
-    if let Some(id) = message_id {
+    if let Some((id, charged)) = message {
         acc.message_ids
             .entry(cycle)
             .or_default()
-            .insert(id.to_string());
+            .insert(id.to_string(), charged);
     }
     allow(cost, 0)
 }
@@ -341,7 +354,8 @@ impl Model {
                 if *cost == 0 {
                     return deny(NO_RECIPIENTS);
                 }
-                charge(acc, plan.email_credits, now, *cost, message_id.as_deref())
+                let message = message_id.as_deref().map(|id| (id, Charged::Cost(*cost)));
+                charge(acc, plan.email_credits, now, *cost, message)
             }
 
             Request::ChangePlan { plan: new_plan, .. } => {
@@ -420,7 +434,9 @@ impl Model {
                     return deny(NO_RECIPIENTS);
                 }
                 let cost = recipients.len() as u64 * policy.cost(*kind);
-                charge(acc, plan.email_credits, now, cost, message_id.as_deref())
+                let message =
+                    (message_id.as_deref()).map(|id| (id, Charged::Recipients(recipients)));
+                charge(acc, plan.email_credits, now, cost, message)
             }
         }
     }

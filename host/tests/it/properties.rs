@@ -20,7 +20,7 @@ use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 
 use crate::harness;
-use crate::model::{Model, Policy, cycle_of, cycle_start};
+use crate::model::{Charged, Model, Policy, cycle_of, cycle_start, normalise};
 
 const SEC: i64 = 1_000_000_000;
 const HOUR: i64 = 3600 * SEC;
@@ -356,8 +356,9 @@ fn trace(max: usize) -> impl Strategy<Value = Trace> {
 struct Invariants {
     /// Accounts that have had an allowed `change_plan`: they may be over a limit.
     changed_plan: BTreeSet<String>,
-    /// (account, message id, cycle's `resets_at`) of every send charged with an id.
-    charged_ids: BTreeSet<(String, String, String)>,
+    /// (account, message id, cycle's `resets_at`) of every send charged with an
+    /// id, with what it was charged for.
+    charged_ids: BTreeMap<(String, String, String), Charged>,
     /// Last lead credits used seen per account.
     lead_used: BTreeMap<String, u64>,
     /// Email credits used last seen per (account, cycle's `resets_at`).
@@ -480,19 +481,50 @@ impl Invariants {
         }
         self.email_used.insert(key, email_used);
 
-        // A message id is charged at most once per cycle.
-        if let R::SendEmail {
-            message_id: Some(id),
-            ..
-        }
-        | R::ChargeEmail {
-            message_id: Some(id),
-            ..
-        } = &event.request
-            && charged > 0
-            && !self.charged_ids.insert((account, id.clone(), resets_at))
-        {
-            return fail(&format!("message id {id:?} charged twice in one cycle"));
+        // A message id is charged at most once per cycle, and reused for another
+        // message it neither charges nor lets the message through (issue 13.2).
+        // (Invalid addresses and no recipients are refused before the id counts.)
+        let message = match &event.request {
+            R::SendEmail {
+                message_id: Some(id),
+                to,
+                ..
+            } => to
+                .iter()
+                .map(|a| normalise(a))
+                .collect::<Option<BTreeSet<String>>>()
+                .filter(|set| !set.is_empty())
+                .map(|set| (id, Charged::Recipients(set))),
+            R::ChargeEmail {
+                message_id: Some(id),
+                cost,
+                ..
+            } => (*cost > 0).then_some((id, Charged::Cost(*cost))),
+            _ => None,
+        };
+        if let Some((id, content)) = message {
+            let key = (account, id.clone(), resets_at);
+            match self.charged_ids.get(&key) {
+                Some(_) if charged > 0 => {
+                    return fail(&format!("message id {id:?} charged twice in one cycle"));
+                }
+                Some(first) if *first != content && allowed => {
+                    return fail(&format!(
+                        "message id {id:?} reused for another message was allowed"
+                    ));
+                }
+                Some(first) if *first != content && o["reason"] != "idempotency_key_reused" => {
+                    return fail(&format!(
+                        "message id {id:?} reused for another message was denied {}",
+                        o["reason"]
+                    ));
+                }
+                Some(_) => {}
+                None if charged > 0 => {
+                    self.charged_ids.insert(key, content);
+                }
+                None => {}
+            }
         }
         Ok(())
     }
@@ -783,7 +815,8 @@ fn address_edges() {
         json!("no_recipients"),
         json!("invalid_email"),
         Value::Null,
-        Value::Null,
+        // The id again, for other recipients (issue 13.2).
+        json!("idempotency_key_reused"),
         Value::Null,
     ];
     assert_eq!(reasons, expected, "{outputs:#?}");
@@ -865,10 +898,10 @@ fn repeats_and_free_kinds() {
             r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":["a@y.io","b@y.io"],"kind":"follow_up","message_id":"d"}"#,
             // Downgraded below usage (8 of 5): a repeat is still allowed, a free reply is not.
             r#"{"at":"2025-01-02T00:00:00Z","op":"change_plan","account":"a","plan":"tiny"}"#,
-            r#"{"at":"2025-01-02T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","message_id":"m"}"#,
+            r#"{"at":"2025-01-02T00:00:00Z","op":"send_email","account":"a","to":["z@y.io","x@y.io"],"message_id":"m"}"#,
             r#"{"at":"2025-01-02T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","kind":"reply"}"#,
             // Back in time before the anchor: cycle 0 still, the id is still charged.
-            r#"{"at":"2024-12-01T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","message_id":"m"}"#,
+            r#"{"at":"2024-12-01T00:00:00Z","op":"send_email","account":"a","to":["x@y.io","z@y.io"],"message_id":"m"}"#,
             // Next cycle: the id may be charged again.
             r#"{"at":"2025-02-01T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","message_id":"m"}"#,
         ],
@@ -902,6 +935,63 @@ fn repeats_and_free_kinds() {
     assert_eq!(got, expected, "{outs:#?}");
 }
 
+/// Issue 13.2: a message id is an idempotency key over the message it charged. The
+/// same recipients (any order, any spelling) or the same cost again is a free
+/// retry; other recipients, another cost, or the other operation under the id
+/// are denied `idempotency_key_reused` and charge nothing, though credits are
+/// left; the id stays the first message's. A blank id is no key: the event is
+/// refused.
+#[test]
+fn a_reused_message_id_is_denied_not_free() {
+    let outs = fixed(
+        &small_policy(),
+        &[
+            r#"{"at":"2025-01-01T00:00:00Z","op":"subscribe","account":"a","plan":"big"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":["a@x.io","b@x.io"],"message_id":"<m1@acme>"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":["B@x.io"," a@x.io","b@x.io"],"message_id":"<m1@acme>"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":["a@x.io","c@x.io"],"message_id":"<m1@acme>"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":"a@x.io","message_id":"<m1@acme>"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"charge_email","account":"a","cost":2,"message_id":"<m1@acme>"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"charge_email","account":"a","cost":3,"message_id":"p1"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"charge_email","account":"a","cost":3,"message_id":"p1"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"charge_email","account":"a","cost":9,"message_id":"p1"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":["a@x.io","b@x.io"],"message_id":"<m1@acme>"}"#,
+        ],
+    );
+    let got: Vec<(Value, u64, u64)> = outs
+        .iter()
+        .map(|o| {
+            (
+                o["reason"].clone(),
+                o["charged"].as_u64().unwrap(),
+                o["email_credits"]["used"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let reused = json!("idempotency_key_reused");
+    assert_eq!(
+        got,
+        [
+            (Value::Null, 0, 0),
+            (Value::Null, 2, 2),
+            (Value::Null, 0, 2),
+            (reused.clone(), 0, 2),
+            (reused.clone(), 0, 2),
+            (reused.clone(), 0, 2),
+            (Value::Null, 3, 5),
+            (Value::Null, 0, 5),
+            (reused, 0, 5),
+            (Value::Null, 0, 5),
+        ],
+        "{outs:#?}"
+    );
+    for blank in ["", "   "] {
+        let line = json!({"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":"a@x.io","message_id": blank});
+        let err = parse_event(&line.to_string()).expect_err("a blank id is no key");
+        assert!(err.contains("message_id"), "{err}");
+    }
+}
+
 /// Usage belongs to the cycle an instant falls in: going back in time into an
 /// earlier cycle finds that cycle's usage (and message ids) again.
 #[test]
@@ -912,7 +1002,7 @@ fn going_back_finds_the_earlier_cycle() {
             r#"{"at":"2025-01-01T00:00:00Z","op":"subscribe","account":"a","plan":"tiny"}"#,
             r#"{"at":"2025-01-10T00:00:00Z","op":"send_email","account":"a","to":["a@x.io","b@x.io","c@x.io"],"message_id":"m"}"#,
             r#"{"at":"2025-02-02T00:00:00Z","op":"send_email","account":"a","to":"a@x.io"}"#,
-            r#"{"at":"2025-01-20T00:00:00Z","op":"send_email","account":"a","to":"a@x.io","message_id":"m"}"#,
+            r#"{"at":"2025-01-20T00:00:00Z","op":"send_email","account":"a","to":["c@x.io","a@x.io","b@x.io"],"message_id":"m"}"#,
             r#"{"at":"2025-01-20T00:00:00Z","op":"send_email","account":"a","to":["a@x.io","b@x.io"]}"#,
             r#"{"at":"2025-01-20T00:00:00Z","op":"send_email","account":"a","to":["a@x.io","b@x.io","c@x.io"]}"#,
             r#"{"at":"2025-02-03T00:00:00Z","op":"usage","account":"a"}"#,

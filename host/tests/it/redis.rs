@@ -339,6 +339,7 @@ fn a_crash_loses_no_acknowledged_charge_and_service_resumes() {
     let charge = |key: &str| {
         let once = Once {
             key: key.to_owned(),
+            fingerprint: 1,
             expires_at: 2_000,
         };
         let add = CounterAdd {
@@ -774,6 +775,19 @@ fn sell_exactly_the_limit(store: &str) {
         gateways[1].ask(&end_of_message("acme", 1, "race-0")),
         replies[0].0
     );
+    // Issue 13.2 across hosts: an instance charged by either gateway, asked of
+    // both with another count, is refused by both, not let through uncharged.
+    let charged = (replies.iter())
+        .position(|(first, _)| first == "action=DUNNO")
+        .expect("some were allowed");
+    for gateway in &gateways {
+        let reused = gateway.ask(&end_of_message("acme", 2, &format!("race-{charged}")));
+        assert!(
+            reused.starts_with("action=DEFER 4.7.1 Message already charged"),
+            "{reused}"
+        );
+    }
+    assert_eq!(acme_emails_used(store, &policy), LIMIT);
     for gateway in gateways {
         gateway.stop();
     }
@@ -819,6 +833,7 @@ fn real_expiries_become_ttls_and_vanish() {
     };
     let once = Once {
         key: "m".to_owned(),
+        fingerprint: 1,
         expires_at: soon,
     };
     assert!(matches!(
@@ -874,6 +889,77 @@ fn real_expiries_become_ttls_and_vanish() {
         server.cli(&["EXISTS", "gc:{s}:onces"]),
         "0",
         "the empty index is gone"
+    );
+}
+
+/// Issue 13.2's compatibility: a `once` marker written before markers carried a
+/// fingerprint (the value `EXPIRES_AT` alone) is read as having none. It matches
+/// no call's fingerprint, so its key is a conflict until it expires, never a free
+/// retry; it exports as such, and a copy keeps it so.
+#[test]
+fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
+    use creditgate::bindings::{CounterAdded, Once};
+    use creditgate::store::CounterAdd;
+
+    let server = RedisServer::start();
+    let store = server.store("old");
+    let add = |key: &str, fingerprint, now| {
+        let once = Once {
+            key: key.to_owned(),
+            fingerprint,
+            expires_at: 5_000,
+        };
+        let add = CounterAdd {
+            amount: 2,
+            limit: None,
+            once: Some(&once),
+            expires_at: None,
+            now,
+        };
+        store
+            .counter_add("acme", "email/0", add)
+            .expect("counter_add")
+    };
+    assert_eq!(add("msg/0/new", 1, 0), CounterAdded::Applied(2));
+    // As the previous version wrote it: the expiry alone, listed in the index.
+    assert_eq!(
+        server.cli(&["SET", "old:{acme}:once:msg/0/postfix/PFX1", "1000"]),
+        "OK"
+    );
+    assert_eq!(
+        server.cli(&["ZADD", "old:{acme}:onces", "inf", "msg/0/postfix/PFX1"]),
+        "1"
+    );
+    assert_eq!(
+        server.cli(&["GET", "old:{acme}:once:msg/0/new"]),
+        "5000 1",
+        "written with its fingerprint"
+    );
+    for fingerprint in [0, 1, u64::MAX] {
+        assert_eq!(
+            add("msg/0/postfix/PFX1", fingerprint, 500),
+            CounterAdded::Conflict(2)
+        );
+    }
+    let dump = store.export_scope("acme").expect("exports");
+    assert_eq!(
+        dump.once,
+        [
+            ("msg/0/new".to_owned(), 5_000, Some(1)),
+            ("msg/0/postfix/PFX1".to_owned(), 1_000, None),
+        ]
+    );
+    store.import_scope("copy", &dump).expect("imports");
+    assert_eq!(store.export_scope("copy").expect("exports").once, dump.once);
+    assert_eq!(
+        server.cli(&["GET", "old:{copy}:once:msg/0/postfix/PFX1"]),
+        "1000",
+        "a copy keeps the old form"
+    );
+    // Expired, it blocks nothing.
+    assert_eq!(
+        add("msg/0/postfix/PFX1", 3, 1_000),
+        CounterAdded::Applied(4)
     );
 }
 
@@ -967,6 +1053,7 @@ fn redis_store_throughput() {
                             while started.elapsed() < run_for {
                                 let once = Once {
                                     key: format!("{threads}-{i}-{n}"),
+                                    fingerprint: n,
                                     expires_at: i64::MAX,
                                 };
                                 let add = CounterAdd {

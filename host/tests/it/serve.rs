@@ -241,6 +241,166 @@ fn end_of_message_charges_recipient_count_once_per_instance() {
     });
 }
 
+/// Issue 13.2 at the gateway: an `instance` already charged, asked again with
+/// another `recipient_count`, charges nothing and is refused (by default with a
+/// temporary failure: the message must not go out unmetered); a true retry is
+/// still free. The reply is configurable.
+#[test]
+fn an_instance_reused_with_another_count_is_refused_not_free() {
+    run(|| async {
+        let server = Server::default().await;
+        let mut c = server.connect().await;
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "2", "PFX1")).await,
+            "DUNNO"
+        );
+        let reused = ask(&mut c, &end_of_message("acme", "1", "PFX1")).await;
+        assert_eq!(
+            reused,
+            "DEFER 4.7.1 Message already charged with another recipient count"
+        );
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "2", "PFX1")).await,
+            "DUNNO"
+        );
+        assert_eq!(server.emails_used().await, 2);
+        server.stop().await;
+
+        let reject: PostfixConfig =
+            toml::from_str("[actions]\nidempotency_key_reused = \"reject\"").expect("config");
+        let server = Server::start(reject, ServeOptions::default()).await;
+        let mut c = server.connect().await;
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "2", "PFX1")).await,
+            "DUNNO"
+        );
+        let reused = ask(&mut c, &end_of_message("acme", "3", "PFX1")).await;
+        assert!(reused.starts_with("REJECT 5.7.1 "), "{reused}");
+        assert_eq!(server.emails_used().await, 2);
+        server.stop().await;
+    });
+}
+
+/// Issue 13.6: `recipient_count=0` at END-OF-MESSAGE is the policy's
+/// `no_recipients`, with a reply of its own (by default Postfix's own refusal of
+/// a message without recipients), not the outage reply.
+#[test]
+fn a_message_without_recipients_gets_its_own_reply() {
+    run(|| async {
+        let server = Server::default().await;
+        let mut c = server.connect().await;
+        let none = ask(&mut c, &end_of_message("acme", "0", "NONE.0")).await;
+        assert_eq!(none, "REJECT 5.5.1 No valid recipients");
+        assert_eq!(server.emails_used().await, 0);
+        server.stop().await;
+
+        let dunno: PostfixConfig =
+            toml::from_str("[actions]\nno_recipients = \"dunno\"").expect("config");
+        let server = Server::start(dunno, ServeOptions::default()).await;
+        let mut c = server.connect().await;
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "0", "NONE.0")).await,
+            "DUNNO"
+        );
+        assert_eq!(server.emails_used().await, 0);
+        server.stop().await;
+    });
+}
+
+/// Issue 14.3: message ids from the HTTP API and Postfix instances live in
+/// namespaces of their own. An HTTP `message_id` of `postfix/PFX1` does not make
+/// Postfix's `instance=PFX1` a retry (which answered `DUNNO` and charged nothing),
+/// nor does a Postfix instance make an HTTP id one.
+#[test]
+fn an_http_message_id_cannot_take_over_a_postfix_instance() {
+    use creditgate::http::{self, HttpOptions, ReloadRefused};
+
+    run(|| async {
+        let server = Server::default().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let http_addr = listener.local_addr().expect("address");
+        let reload: http::Reloader = Arc::new(|| {
+            Err(ReloadRefused {
+                message: "not in this test".into(),
+                diagnostics: vec![],
+            })
+        });
+        let options = HttpOptions::default();
+        let router = http::router(server.gateway.clone(), reload, &options);
+        let (stop_http, http_stopped) = oneshot::channel::<()>();
+        let http_task = tokio::spawn(async move {
+            http::serve_http(listener, router, &options, async {
+                let _ = http_stopped.await;
+            })
+            .await
+        });
+        let decide = |id: &str| {
+            let body = serde_json::json!({"account": "acme", "to": "a@x.io", "message_id": id});
+            http_post(http_addr, "/v1/decide/email", body.to_string())
+        };
+
+        let first = decide("postfix/PFX1").await;
+        assert_eq!(
+            (first["decision"].as_str(), first["charged"].as_u64()),
+            (Some("allow"), Some(1))
+        );
+        let mut c = server.connect().await;
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "3", "PFX1")).await,
+            "DUNNO"
+        );
+        assert_eq!(server.emails_used().await, 4, "the instance was charged");
+        // The other way: an HTTP id that spells a charged instance is charged too.
+        let again = decide("postfix/PFX1").await;
+        assert_eq!(
+            again["charged"].as_u64(),
+            Some(0),
+            "the HTTP message's own retry"
+        );
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "1", "http/x")).await,
+            "DUNNO"
+        );
+        let other = decide("x").await;
+        assert_eq!(
+            (other["decision"].as_str(), other["charged"].as_u64()),
+            (Some("deny"), Some(0))
+        );
+        assert_eq!(other["reason"], "email_credits_exhausted");
+
+        let _ = stop_http.send(());
+        timeout(WAIT, http_task)
+            .await
+            .expect("HTTP stops in time")
+            .expect("HTTP task")
+            .expect("HTTP serves");
+        server.stop().await;
+    });
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body; the response body as JSON.
+async fn http_post(addr: SocketAddr, path: &str, body: String) -> serde_json::Value {
+    let mut stream = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connects in time")
+        .expect("connects");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let mut response = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("answers in time")
+        .expect("reads");
+    let response = String::from_utf8(response).expect("UTF-8");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{response}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
 #[test]
 fn an_exhausted_account_is_deferred_until_its_credits_reset() {
     run(|| async {

@@ -81,6 +81,7 @@ fn counter(c: CounterAdded) -> Out {
         CounterAdded::Applied(v) => Out::Counter("applied", v),
         CounterAdded::Repeated(v) => Out::Counter("repeated", v),
         CounterAdded::Refused(v) => Out::Counter("refused", v),
+        CounterAdded::Conflict(v) => Out::Counter("conflict", v),
     }
 }
 
@@ -126,6 +127,9 @@ fn out<T>(r: Result<T, StoreError>, f: impl FnOnce(T) -> Out) -> Out {
 
 // Short spellings for the tests below.
 
+/// The fingerprint the short spellings give a `once` key.
+const FP: u64 = 7;
+
 fn add(s: &dyn Store, scope: &str, name: &str, amount: u64, limit: Option<u64>) -> Out {
     add_at(s, scope, name, amount, limit, None, None, 0)
 }
@@ -141,8 +145,33 @@ fn add_at(
     expires_at: Option<i64>,
     now: i64,
 ) -> Out {
-    let once = once.map(|(key, expires_at)| Once {
+    add_fp(
+        s,
+        scope,
+        name,
+        amount,
+        limit,
+        once.map(|(k, x)| (k, FP, x)),
+        expires_at,
+        now,
+    )
+}
+
+/// [`add_at`] with the `once` key's fingerprint given: `(key, fingerprint, expires_at)`.
+#[allow(clippy::too_many_arguments)]
+fn add_fp(
+    s: &dyn Store,
+    scope: &str,
+    name: &str,
+    amount: u64,
+    limit: Option<u64>,
+    once: Option<(&str, u64, i64)>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> Out {
+    let once = once.map(|(key, fingerprint, expires_at)| Once {
         key: key.to_owned(),
+        fingerprint,
         expires_at,
     });
     let args = CounterAdd {
@@ -168,6 +197,7 @@ fn add_guarded(
 ) -> Out {
     let once = once.map(|(key, expires_at)| Once {
         key: key.to_owned(),
+        fingerprint: FP,
         expires_at,
     });
     let args = CounterAdd {
@@ -184,6 +214,7 @@ fn add_guarded(
             GuardedAdd::Applied(t) => Out::Tally("applied", t.counter, t.members),
             GuardedAdd::Repeated(t) => Out::Tally("repeated", t.counter, t.members),
             GuardedAdd::Refused(t) => Out::Tally("refused", t.counter, t.members),
+            GuardedAdd::Conflict(t) => Out::Tally("conflict", t.counter, t.members),
             GuardedAdd::Stale => Out::Tally("stale", 0, 0),
         },
     )
@@ -281,6 +312,9 @@ fn repeated(v: u64) -> Out {
 }
 fn refused(v: u64) -> Out {
     Out::Counter("refused", v)
+}
+fn conflict(v: u64) -> Out {
+    Out::Counter("conflict", v)
 }
 
 // ---------------------------------------------------------------------------------
@@ -411,6 +445,110 @@ fn counter_once(s: &dyn Store) {
         add_at(s, "s", "c", 1, None, stale, None, 2_999),
         applied(13)
     );
+}
+
+/// Issue 13.2: a `once` key is an idempotency key over what its fingerprint
+/// covers. The same key with the same fingerprint is a retry (`repeated`); with
+/// another, a `conflict` that adds nothing, remembers nothing new, and comes
+/// before the limit; the first fingerprint stays the key's until it expires.
+fn counter_once_fingerprints(s: &dyn Store) {
+    let now = 1_000;
+    let key = |fp| Some(("msg-1", fp, 2_000));
+    assert_eq!(
+        add_fp(s, "s", "c", 3, Some(10), key(1), None, now),
+        applied(3)
+    );
+    assert_eq!(
+        add_fp(s, "s", "c", 3, Some(10), key(1), None, now),
+        repeated(3)
+    );
+    assert_eq!(
+        add_fp(s, "s", "c", 3, Some(10), key(2), None, now),
+        conflict(3)
+    );
+    assert_eq!(
+        add_fp(s, "s", "c", 0, Some(10), key(0), None, now),
+        conflict(3)
+    );
+    assert_eq!(
+        add_fp(s, "s", "c", 9, Some(10), key(2), None, now),
+        conflict(3)
+    );
+    assert_eq!(
+        add_fp(s, "s", "c", 1, Some(10), key(1), None, now),
+        repeated(3)
+    );
+    assert_eq!(get(s, "s", "c", now), 3);
+    // Per scope, and a conflict changes nothing of the key's expiry either.
+    assert_eq!(add_fp(s, "t", "c", 1, None, key(2), None, now), applied(1));
+    assert_eq!(
+        add_fp(s, "s", "c", 1, None, key(2), None, 1_999),
+        conflict(3)
+    );
+    // Once the key expired, it is anyone's again.
+    assert_eq!(
+        add_fp(s, "s", "c", 1, None, Some(("msg-1", 2, 3_000)), None, 2_000),
+        applied(4)
+    );
+    assert_eq!(
+        add_fp(s, "s", "c", 1, None, key(1), None, 2_001),
+        conflict(4)
+    );
+    // The guarded form answers the same.
+    s.record_insert("s", "plan", "pro").unwrap();
+    let guard = Some(Guard {
+        key: "plan",
+        value: "pro",
+    });
+    let once = Once {
+        key: "msg-1".to_owned(),
+        fingerprint: 5,
+        expires_at: 3_000,
+    };
+    let add = CounterAdd {
+        amount: 1,
+        limit: None,
+        once: Some(&once),
+        expires_at: None,
+        now: 2_002,
+    };
+    assert!(matches!(
+        s.counter_add_guarded("s", guard, "c", add.clone()),
+        Ok(GuardedAdd::Conflict(Tally { counter: 4, .. }))
+    ));
+    let stale = Some(Guard {
+        key: "plan",
+        value: "max",
+    });
+    assert!(matches!(
+        s.counter_add_guarded("s", stale, "c", add),
+        Ok(GuardedAdd::Stale)
+    ));
+    // Fingerprints at the edges of a u64 round-trip exactly (Redis keeps them
+    // as decimal strings).
+    for (i, fp) in [0, 1 << 53, (1 << 53) + 1, u64::MAX - 1, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("edge-{i}");
+        let at = |fp| Some((key.as_str(), fp, 9_000));
+        assert_eq!(
+            add_fp(s, "e", "c", 1, None, at(fp), None, now),
+            applied(i as u64 + 1)
+        );
+        assert_eq!(
+            add_fp(s, "e", "c", 1, None, at(fp), None, now),
+            repeated(i as u64 + 1)
+        );
+        let other = if fp == 0 { 1 } else { fp - 1 };
+        assert_eq!(
+            add_fp(s, "e", "c", 1, None, at(other), None, now),
+            conflict(i as u64 + 1)
+        );
+    }
+    let dump = export(s, "e");
+    assert_eq!(dump.once.len(), 5);
+    assert_eq!(dump.once[4], ("edge-4".to_owned(), 9_000, Some(u64::MAX)));
 }
 
 /// `counter-add-guarded` and `counter-tally`: nothing happens unless the guard's
@@ -788,7 +926,9 @@ fn concurrent_limits(s: &dyn Store) {
                         match s.counter_add("s", "c", args).unwrap() {
                             CounterAdded::Applied(_) => applied_adds += 1,
                             CounterAdded::Refused(v) => assert_eq!(v, 100),
-                            CounterAdded::Repeated(_) => panic!("no once key was given"),
+                            CounterAdded::Repeated(_) | CounterAdded::Conflict(_) => {
+                                panic!("no once key was given")
+                            }
                         }
                     }
                     (inserted, applied_adds)
@@ -804,6 +944,47 @@ fn concurrent_limits(s: &dyn Store) {
     assert_eq!(applied_adds, 100);
     assert_eq!(count(s, "s"), 100);
     assert_eq!(get(s, "s", "c", 0), 100);
+}
+
+/// Issue 13.2's atomicity: threads race to charge each key, each with a
+/// fingerprint of its own (two requests under one id with different contents).
+/// For every key exactly one is applied, and every other one is a conflict: no
+/// window lets two contents both pass, nor one pass uncharged.
+fn concurrent_once_conflicts(s: &dyn Store) {
+    const KEYS: u64 = 20;
+    let outcomes: Vec<Vec<&'static str>> = std::thread::scope(|t| {
+        let workers: Vec<_> = (0..THREADS as u64)
+            .map(|i| {
+                t.spawn(move || {
+                    (0..KEYS)
+                        .map(|k| {
+                            let key = format!("msg-{k}");
+                            match add_fp(s, "s", "c", k + 1, None, Some((&key, i, 9)), None, 0) {
+                                Out::Counter(outcome, _) => outcome,
+                                other => panic!("{other:?}"),
+                            }
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    for k in 0..KEYS as usize {
+        let per_key: Vec<&str> = outcomes.iter().map(|o| o[k]).collect();
+        let applied = per_key.iter().filter(|&&o| o == "applied").count();
+        let conflicts = per_key.iter().filter(|&&o| o == "conflict").count();
+        assert_eq!(
+            (applied, conflicts),
+            (1, THREADS - 1),
+            "key {k}: {per_key:?}"
+        );
+    }
+    // Each key charged its amount exactly once.
+    assert_eq!(get(s, "s", "c", 0), (1..=KEYS).sum::<u64>());
 }
 
 fn concurrent_persist(s: &dyn Store) {
@@ -1199,10 +1380,10 @@ fn copy_between(from: &dyn Store, to: &dyn Store) {
     assert_eq!(
         s.once,
         [
-            (String::new(), i64::MIN),
-            ("m1".to_owned(), 500),
-            ("m2".to_owned(), 50),
-            ("m3".to_owned(), 5),
+            (String::new(), i64::MIN, Some(FP)),
+            ("m1".to_owned(), 500, Some(FP)),
+            ("m2".to_owned(), 50, Some(FP)),
+            ("m3".to_owned(), 5, Some(FP)),
         ]
     );
     assert_eq!(s.memberships.len(), 8);
@@ -1241,7 +1422,7 @@ fn import_replaces(s: &dyn Store) {
     let dump = ScopeDump {
         records: vec![("new".to_owned(), "value".to_owned())],
         counters: vec![("d".to_owned(), 2, Some(100))],
-        once: vec![("m9".to_owned(), 1_000)],
+        once: vec![("m9".to_owned(), 1_000, Some(FP))],
         memberships: vec![
             ("g".to_owned(), "b".to_owned()),
             ("g".to_owned(), "z".to_owned()),
@@ -1295,7 +1476,7 @@ fn import_refuses_bad_dumps(s: &dyn Store) {
     let good = ScopeDump {
         records: vec![("k".to_owned(), "v".to_owned())],
         counters: vec![("c".to_owned(), 1, None)],
-        once: vec![("o".to_owned(), 1)],
+        once: vec![("o".to_owned(), 1, Some(FP))],
         memberships: vec![("g".to_owned(), "m".to_owned())],
     };
     let mut bad = Vec::new();
@@ -1307,13 +1488,13 @@ fn import_refuses_bad_dumps(s: &dyn Store) {
                 .records
                 .push(("big".to_owned(), "x".repeat(MAX_VALUE_LEN + 1))),
             2 => d.counters.push((long.clone(), 1, None)),
-            3 => d.once.push((long.clone(), 1)),
+            3 => d.once.push((long.clone(), 1, None)),
             4 => d.memberships.push((long.clone(), "m".to_owned())),
             5 => d.memberships.push(("g".to_owned(), long.clone())),
             // The same key twice is ambiguous: refused rather than guessed at.
             6 => d.records.push(("k".to_owned(), "w".to_owned())),
             7 => d.counters.push(("c".to_owned(), 2, None)),
-            8 => d.once.push(("o".to_owned(), 2)),
+            8 => d.once.push(("o".to_owned(), 2, None)),
             _ => d.memberships.push(("g".to_owned(), "m".to_owned())),
         }
         bad.push(d);
@@ -1346,10 +1527,14 @@ fn import_refuses_bad_dumps(s: &dyn Store) {
 }
 
 /// A scope that holds only once markers (which only an import can make) keeps them
-/// through member changes, and is not listed.
+/// through member changes, and is not listed. A marker without a fingerprint (as
+/// stored before markers had one) is a conflict for any call, and is copied as such.
 fn import_once_only(s: &dyn Store) {
     let dump = ScopeDump {
-        once: vec![("k".to_owned(), 100)],
+        once: vec![
+            ("k".to_owned(), 100, Some(FP)),
+            ("old".to_owned(), 100, None),
+        ],
         ..ScopeDump::default()
     };
     s.import_scope("s", &dump).unwrap();
@@ -1364,6 +1549,18 @@ fn import_once_only(s: &dyn Store) {
     assert_eq!(
         add_at(s, "s", "c", 1, None, Some(("k", 200)), None, 50),
         repeated(0)
+    );
+    for fp in [0, FP, u64::MAX] {
+        assert_eq!(
+            add_fp(s, "s", "c", 1, None, Some(("old", fp, 200)), None, 50),
+            conflict(0)
+        );
+    }
+    assert_eq!(export(s, "s"), dump);
+    assert_eq!(
+        add_fp(s, "s", "c", 1, None, Some(("old", FP, 200)), None, 100),
+        applied(1),
+        "expired, it blocks nothing"
     );
 }
 
@@ -1387,6 +1584,7 @@ conformance!(
     records,
     counter_limits,
     counter_once,
+    counter_once_fingerprints,
     guarded_counters,
     guarded_members,
     counter_expiry,
@@ -1397,6 +1595,7 @@ conformance!(
     names_too_long,
     scope_isolation,
     concurrent_limits,
+    concurrent_once_conflicts,
     concurrent_persist,
     member_add_many_is_sequential,
     member_add_many_limit_mid_batch,
@@ -1658,7 +1857,8 @@ enum Op {
         name: usize,
         amount: u64,
         limit: Option<u64>,
-        once: Option<(usize, i64)>,
+        /// (key, expires in, fingerprint)
+        once: Option<(usize, i64, u64)>,
         expires_in: Option<i64>,
     },
     MemberAdd(usize, usize, usize, Option<u64>),
@@ -1705,7 +1905,7 @@ fn op() -> impl Strategy<Value = Op> {
             k.clone(),
             amount(),
             limit(),
-            proptest::option::of((k, -2..12i64)),
+            proptest::option::of((k, -2..12i64, 0..3u64)),
             proptest::option::of(-2..12i64),
         )
             .prop_map(|(scope, name, amount, limit, once, expires_in)| Op::CounterAdd {
@@ -1736,7 +1936,8 @@ struct Model {
     records: BTreeMap<(String, String), String>,
     /// (value, expires_at: None = never)
     counters: BTreeMap<(String, String), (u64, Option<i64>)>,
-    once: BTreeMap<(String, String), i64>,
+    /// (expires_at, fingerprint)
+    once: BTreeMap<(String, String), (i64, Option<u64>)>,
     /// (scope, member) -> groups; absent when it has none.
     groups: BTreeMap<(String, String), BTreeSet<String>>,
 }
@@ -1794,7 +1995,7 @@ impl Model {
                 .collect(),
             once: (self.once.iter())
                 .filter(|((s, _), _)| s == scope)
-                .map(|((_, k), &exp)| (k.clone(), exp))
+                .map(|((_, k), &(exp, fp))| (k.clone(), exp, fp))
                 .collect(),
             memberships: self.memberships(scope, None),
         }
@@ -1837,11 +2038,16 @@ impl Model {
             } => {
                 let (scope, name) = (SCOPES[scope], KEYS[name]);
                 let current = self.counter(scope, name, now);
-                if let Some((k, _)) = once
-                    && let Some(&exp) = self.once.get(&key(scope, KEYS[k]))
+                if let Some((k, _, fp)) = once
+                    && let Some(&(exp, stored)) = self.once.get(&key(scope, KEYS[k]))
                     && exp > now
                 {
-                    return Out::Counter("repeated", current);
+                    let outcome = if stored == Some(fp) {
+                        "repeated"
+                    } else {
+                        "conflict"
+                    };
+                    return Out::Counter(outcome, current);
                 }
                 let Some(new) = current.checked_add(amount) else {
                     return Out::Counter("refused", current);
@@ -1851,8 +2057,8 @@ impl Model {
                 }
                 let expires_at = expires_in.map(|d| now + d);
                 self.counters.insert(key(scope, name), (new, expires_at));
-                if let Some((k, d)) = once {
-                    self.once.insert(key(scope, KEYS[k]), now + d);
+                if let Some((k, d, fp)) = once {
+                    self.once.insert(key(scope, KEYS[k]), (now + d, Some(fp)));
                 }
                 Out::Counter("applied", new)
             }
@@ -1936,13 +2142,13 @@ fn run(s: &dyn Store, steps: &[(i64, Op)]) -> Result<(), TestCaseError> {
                 limit,
                 once,
                 expires_in,
-            } => add_at(
+            } => add_fp(
                 s,
                 SCOPES[scope],
                 KEYS[name],
                 amount,
                 limit,
-                once.map(|(k, d)| (KEYS[k], now + d)),
+                once.map(|(k, d, fp)| (KEYS[k], fp, now + d)),
                 expires_in.map(|d| now + d),
                 now,
             ),

@@ -113,6 +113,12 @@ fn decide(account: &str) -> Result<Decision, Error> {
                 charged: 3,
                 ..allowed
             },
+            // A reused message id is denied, so it must charge nothing either.
+            "boom-reused-charged" => Decision {
+                denied: Some(Reason::IdempotencyKeyReused),
+                charged: 2,
+                ..allowed
+            },
             "boom-alert" => Decision {
                 alerts: vec![Alert {
                     credit: Credit::Email,
