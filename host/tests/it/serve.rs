@@ -319,7 +319,7 @@ fn an_http_message_id_cannot_take_over_a_postfix_instance() {
         let server = Server::default().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let http_addr = listener.local_addr().expect("address");
-        let reload: http::Reloader = Arc::new(|| {
+        let reload: http::Reloader = Arc::new(|_force| {
             Err(ReloadRefused {
                 message: "not in this test".into(),
                 diagnostics: vec![],
