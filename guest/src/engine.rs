@@ -1400,7 +1400,7 @@ mod tests {
     #[test]
     fn a_message_id_reused_for_another_message_is_denied_not_free() {
         let (e, st) = (engine(), &mut MemState::default());
-        e.subscribe(st, "a", "big", T0).unwrap();
+        e.subscribe(st, "a", "big", T0, T0).unwrap();
         let to = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let send = |st: &mut MemState, list: &[&str], id| {
             brief(
