@@ -7,6 +7,7 @@ use creditgate::bindings::{AccountUsage, Decision};
 use creditgate::replay::{Outcome, UsageJson, reason_code};
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
+use creditgate::store::Create;
 use creditgate::time::{format_instant, now, parse_instant};
 
 use super::{Exit, Format, PolicyArgs, StoreArgs};
@@ -57,8 +58,9 @@ pub struct Common {
 }
 
 impl Common {
-    fn worker(&self) -> anyhow::Result<Worker> {
-        self.policy.worker(self.store.open()?)
+    /// A worker over the store; only a subscription may create it.
+    fn worker(&self, create: Create) -> anyhow::Result<Worker> {
+        self.policy.worker(self.store.open_as(create)?)
     }
 }
 
@@ -78,7 +80,14 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
                 account: account.clone(),
                 plan,
             };
-            change(&common, &account, &request, at, "subscribed")
+            change(
+                &common,
+                Create::IfMissing,
+                &account,
+                &request,
+                at,
+                "subscribed",
+            )
         }
         Command::ChangePlan {
             account,
@@ -89,10 +98,10 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
                 account: account.clone(),
                 plan,
             };
-            change(&common, &account, &request, now(), "moved")
+            change(&common, Create::Never, &account, &request, now(), "moved")
         }
         Command::Show { account, common } => {
-            let mut worker = common.worker()?;
+            let mut worker = common.worker(Create::Never)?;
             let decision = worker.decide(
                 &Request::Usage {
                     account: account.clone(),
@@ -109,12 +118,13 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
 /// Applies a subscription or plan change, durably, and reports it.
 fn change(
     common: &Common,
+    create: Create,
     account: &str,
     request: &Request,
     at: i64,
     verb: &str,
 ) -> anyhow::Result<Exit> {
-    let mut worker = common.worker()?;
+    let mut worker = common.worker(create)?;
     let decision = worker.decide(request, at)?;
     worker.persist().context("making the change durable")?;
     print_decision(common.format, account, &decision, Some(verb));
@@ -173,7 +183,7 @@ pub(super) fn summary(account: &str, u: &AccountUsage) -> String {
 }
 
 fn list(common: &Common) -> anyhow::Result<Exit> {
-    let store = common.store.open()?;
+    let store = common.store.open_existing()?;
     let scopes = store.scopes().context("listing accounts")?;
     let mut worker = common.policy.worker(store)?;
     let at = now();

@@ -26,7 +26,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
         store,
         format,
     } = command;
-    let store = store.open()?;
+    let store = store.open_existing()?;
     let fired =
         alerts::list(store.as_ref(), account.as_deref()).context("reading the alert log")?;
     match format {

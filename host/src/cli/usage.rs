@@ -29,7 +29,7 @@ const WARN_AT: f64 = 0.8;
 const BAR_WIDTH: usize = 30;
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
-    let mut worker = args.policy.worker(args.store.open()?)?;
+    let mut worker = args.policy.worker(args.store.open_existing()?)?;
     let at = now();
     let decision = worker.decide(
         &Request::Usage {
