@@ -600,8 +600,12 @@ impl RedbStore {
         // one finds it closed.
         fence.store(true, Ordering::Release);
         self.losses.fetch_add(1, Ordering::AcqRel);
+        let why = match why {
+            StoreError::Unavailable(m) | StoreError::Corrupt(m) => m.clone(),
+            other => other.to_string(),
+        };
         let failed = Handle::Failed(Failed {
-            why: why.to_string(),
+            why: why.clone(),
             reopen: None,
             retry_at: std::time::Instant::now() + self.options.retry_after,
         });
