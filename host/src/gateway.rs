@@ -607,6 +607,8 @@ struct Done {
     decided_at: Instant,
     /// Logged with the decision; delivered once it is durable.
     alerts: Vec<FiredAlert>,
+    /// [`Store::losses`] before the decision applied anything.
+    losses: u64,
 }
 
 /// What every worker shares.
@@ -659,6 +661,7 @@ fn work(index: usize, mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, 
         // a commit is syncing: an RCPT check never waits behind the disk.
         let decision =
             (!op.is_read_only()).then(|| gate.read().unwrap_or_else(PoisonError::into_inner));
+        let losses = store.losses();
         let answer = match &job.work {
             Work::Decide(request) => worker.decide(request, job.now).map(Answer::Decision),
             Work::AddLeads {
@@ -727,6 +730,7 @@ fn work(index: usize, mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, 
             reply: job.reply,
             decided_at: Instant::now(),
             alerts: fired,
+            losses,
         });
         // After the hand-over, so that a committer that sees no undecided request
         // has every decision in its channel.
@@ -785,6 +789,10 @@ impl Committer {
         let sealed = gate.write().unwrap_or_else(PoisonError::into_inner);
         let persisted = store.persist().map_err(|e: StoreError| e.to_string());
         drop(sealed);
+        // A decision whose effects a failed commit dropped, before this one
+        // succeeded, is not durable either (a decision handed over just after a
+        // commit began can land in the next batch).
+        let losses = store.losses();
         let durable = Instant::now();
         let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
         stats.commit.record(durable - started);
@@ -793,6 +801,9 @@ impl Committer {
             .into_iter()
             .map(|done| {
                 let answer = match (&persisted, done.answer) {
+                    (Ok(()), Ok(_)) if done.losses != losses => Err(GatewayError::Persist(
+                        "a failed commit dropped what this decision had applied".into(),
+                    )),
                     (Ok(()), answer) => answer,
                     // An error answer took nothing; a decision that could not be
                     // made durable must not be acknowledged.

@@ -630,11 +630,28 @@ async fn decide_email(State(app): State<App>, Body(body): Body<EmailBody>) -> Re
     Ok(json(&Outcome::from(&decision)))
 }
 
+/// 200 while the store can serve decisions; 503 with the reason while it cannot
+/// (on redb: after a failed commit, until the file reopens, which this tries).
 async fn healthz(State(app): State<App>) -> Response {
-    json(&serde_json::json!({
-        "status": "ok",
-        "policy_version": app.gateway.version(),
-    }))
+    let store = app.gateway.store().clone();
+    let health = tokio::task::spawn_blocking(move || store.health())
+        .await
+        .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(e.to_string())));
+    let policy_version = app.gateway.version();
+    match health {
+        Ok(()) => json(&serde_json::json!({
+            "status": "ok",
+            "policy_version": policy_version,
+        })),
+        Err(e) => {
+            let body = json(&serde_json::json!({
+                "status": "unhealthy",
+                "reason": e.to_string(),
+                "policy_version": policy_version,
+            }));
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        }
+    }
 }
 
 async fn reload(

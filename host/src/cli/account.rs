@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use creditgate::bindings::{AccountUsage, Decision, Reason};
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
+use creditgate::store::Create;
 use creditgate::time::{format_instant, now, parse_instant, whole_second};
 
 use super::remote::{Server, ServerArgs, escape};
@@ -65,8 +66,9 @@ pub struct Common {
 }
 
 impl Common {
-    fn worker(&self) -> anyhow::Result<Worker> {
-        self.policy.worker(self.store.open()?)
+    /// A worker over the store; only a subscription may create it.
+    fn worker(&self, create: Create) -> anyhow::Result<Worker> {
+        self.policy.worker(self.store.open_as(create)?)
     }
 
     fn server(&self) -> anyhow::Result<Option<Server>> {
@@ -102,7 +104,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
                         plan,
                         anchor: Some(at),
                     };
-                    change(&common, &account, &request, now())?
+                    change(&common, Create::IfMissing, &account, &request, now())?
                 }
             };
             print_account(common.format, &view, Some("subscribed"))
@@ -122,7 +124,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
                         account: account.clone(),
                         plan,
                     };
-                    change(&common, &account, &request, now())?
+                    change(&common, Create::Never, &account, &request, now())?
                 }
             };
             print_account(common.format, &view, Some("moved"))
@@ -131,7 +133,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
             let view = match common.server()? {
                 Some(server) => server.get(&account_path(&account, "usage"))?,
                 None => {
-                    let mut worker = common.worker()?;
+                    let mut worker = common.worker(Create::Never)?;
                     usage_of(&mut worker, &account)?
                 }
             };
@@ -271,11 +273,12 @@ fn plan_text(v: &AccountView) -> String {
 /// Applies a subscription or plan change, durably.
 fn change(
     common: &Common,
+    create: Create,
     account: &str,
     request: &Request,
     at: i64,
 ) -> anyhow::Result<AccountView> {
-    let mut worker = common.worker()?;
+    let mut worker = common.worker(create)?;
     let decision = worker.decide(request, at)?;
     if let Some(denied) = Denied::of(account, &decision) {
         return Err(denied.into());
@@ -324,7 +327,7 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
             Ok(())
         })?;
     } else {
-        let store = common.store.open()?;
+        let store = common.store.open_existing()?;
         let scopes = store.scopes().context("listing accounts")?;
         let mut worker = common.policy.worker(store)?;
         let at = now();

@@ -45,7 +45,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
             fired
         }
         None => {
-            let store = store.open()?;
+            let store = store.open_existing()?;
             alerts::list(store.as_ref(), account.as_deref()).context("reading the alert log")?
         }
     };

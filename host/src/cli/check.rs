@@ -17,7 +17,7 @@ use creditgate::bindings::{Diagnostic, PlanSummary};
 use creditgate::gateway::stranded_plans;
 use creditgate::replay::LimitJson;
 use creditgate::runtime::{LoadError, Runtime};
-use creditgate::store::{MemoryStore, Store};
+use creditgate::store::{Create, MemoryStore, Store};
 use creditgate::time::now;
 
 use super::{ComponentArgs, Exit, located};
@@ -88,15 +88,8 @@ struct PlanJson {
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let runtime = args.component.runtime()?;
     let store = match &args.store {
-        Some(spec) => {
-            if super::names_a_file(spec) && !spec.exists() {
-                anyhow::bail!(
-                    "no store at {}: check reads a store, it never creates one",
-                    spec.display()
-                );
-            }
-            Some((spec, super::open_store(Some(spec))?))
-        }
+        // Read, never created: a mistyped path is an error, not an empty ledger.
+        Some(spec) => Some((spec, super::open_store(Some(spec), Create::Never)?)),
         None => None,
     };
     let reports = args

@@ -114,7 +114,7 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
         (Box::new(BufReader::with_capacity(64 * 1024, file)), size)
     };
 
-    let store = args.store.open()?;
+    let store = args.store.open_existing()?;
     let store = if args.dry_run {
         import::scratch_copy(&*store, &args.account).with_context(|| {
             format!(
@@ -299,7 +299,7 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         }
         return Ok(Exit::Success);
     }
-    let mut worker = args.policy.worker(args.store.open()?)?;
+    let mut worker = args.policy.worker(args.store.open_existing()?)?;
     let request = match args.email {
         Some(email) => Request::DeleteLead {
             account: args.account.clone(),
@@ -358,7 +358,7 @@ fn run_list(args: ListArgs) -> anyhow::Result<Exit> {
     if let Some(server) = args.server.client(args.store.store.is_some())? {
         return super::leads_remote::list(&server, &args);
     }
-    let store = args.store.open()?;
+    let store = args.store.open_existing()?;
     // Whether an account exists is the policy's to say: an unknown one is an error,
     // not an empty list.
     let mut worker = args.policy.worker(Arc::clone(&store))?;

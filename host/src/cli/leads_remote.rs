@@ -313,7 +313,7 @@ pub fn campaigns(args: CampaignsArgs) -> anyhow::Result<Exit> {
     let answer: Campaigns = match args.server.client(args.store.store.is_some())? {
         Some(server) => server.get(&account_path(&args.account, "campaigns"))?,
         None => {
-            let store = args.store.open()?;
+            let store = args.store.open_existing()?;
             let mut worker = args.policy.worker(std::sync::Arc::clone(&store))?;
             let usage = Request::Usage {
                 account: args.account.clone(),

@@ -27,7 +27,9 @@ use clap::{Parser, Subcommand};
 
 use creditgate::bindings::Diagnostic;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig, Worker};
-use creditgate::store::{MemoryStore, RedbStore, RedisStore, Store, StoreError, is_redis_url};
+use creditgate::store::{
+    Create, MemoryStore, OpenOptions, RedbStore, RedisStore, Store, StoreError, is_redis_url,
+};
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -249,8 +251,8 @@ fn located(file: &Path, d: &Diagnostic) -> String {
 }
 
 /// Opens a store: a Redis server or cluster when `spec` is a Redis URL, else a
-/// redb file; a fresh in-memory one without `spec`.
-fn open_store(spec: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
+/// redb file, created only as `create` allows; a fresh in-memory one without `spec`.
+fn open_store(spec: Option<&Path>, create: Create) -> anyhow::Result<Arc<dyn Store>> {
     let Some(spec) = spec else {
         return Ok(Arc::new(MemoryStore::new()));
     };
@@ -259,10 +261,15 @@ fn open_store(spec: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
         let store = RedisStore::open(url).context("cannot open the Redis store")?;
         return Ok(Arc::new(store));
     }
-    match RedbStore::open(spec) {
+    let options = OpenOptions {
+        create,
+        ..OpenOptions::default()
+    };
+    // The store's errors name the file and what is wrong with it.
+    match RedbStore::open_with(spec, options) {
         Ok(store) => Ok(Arc::new(store)),
         Err(StoreError::Locked { .. }) => Err(anyhow::anyhow!(locked::hint(spec))),
-        Err(e) => Err(e).with_context(|| format!("cannot open store {}", spec.display())),
+        Err(e) => Err(e).context("cannot open the store"),
     }
 }
 
@@ -304,7 +311,16 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+    /// Opens the store for a command that has nothing to do on an empty ledger
+    /// (it reads, or changes what an account already has): a missing file is an
+    /// error, so that a mistyped path is not answered as a ledger with no accounts.
+    fn open_existing(&self) -> anyhow::Result<Arc<dyn Store>> {
+        self.open_as(Create::Never)
+    }
+
+    /// Opens the store, creating the file only as `create` allows: commands that
+    /// start accounts (a subscription, `serve`) may create a missing one.
+    fn open_as(&self, create: Create) -> anyhow::Result<Arc<dyn Store>> {
         let spec = match &self.store {
             Some(spec) => spec.clone(),
             None => creditgate::store::default_path().context(
@@ -312,18 +328,19 @@ impl StoreArgs {
             )?,
         };
         if spec.as_os_str() == "memory" {
-            return open_store(None);
+            return open_store(None, create);
         }
         // Only the default location is created for the user; $CREDITGATE_STORE
         // may name a Redis URL, which has no directory.
         if self.store.is_none()
+            && create != Create::Never
             && names_a_file(&spec)
             && let Some(dir) = spec.parent()
         {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        open_store(Some(&spec))
+        open_store(Some(&spec), create)
     }
 }
 

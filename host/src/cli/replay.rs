@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
+use creditgate::store::Create;
+
 use super::{Exit, PolicyArgs, open_store};
 
 /// Replays events (JSON Lines) through the policy: one JSON decision per line on
@@ -31,7 +33,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
                 .with_context(|| format!("cannot read events {}", args.events.display()))?,
         )
     };
-    let store = open_store(args.store.as_deref())?;
+    // A trace subscribes its accounts: it may start a new store.
+    let store = open_store(args.store.as_deref(), Create::IfMissing)?;
     let mut worker = args.policy.worker(store)?;
     let summary = creditgate::replay::replay(&mut worker, input, io::stdout().lock())?;
     eprint!("{}", worker.latencies().report());

@@ -21,6 +21,7 @@ use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
 use creditgate::postfix::PostfixConfig;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig};
 use creditgate::serve::{PolicyListener, ServeOptions, serve_postfix};
+use creditgate::store::Create;
 
 use super::{ComponentArgs, Exit, PolicyArgs, StoreArgs, located};
 
@@ -60,8 +61,8 @@ impl<'de> Deserialize<'de> for Listen {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A TOML file with any of: postfix_listen, postfix_unix, http_listen,
-    /// http_max_body_bytes, workers, idle_timeout_secs, store, policy, component,
-    /// and a [postfix] table. Flags override it.
+    /// http_max_body_bytes, workers, idle_timeout_secs, store, init_store, policy,
+    /// component, and a [postfix] table. Flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address of the Postfix policy listener, or `off`. Default: 127.0.0.1:10040.
@@ -92,6 +93,12 @@ pub struct Args {
     log_format: LogFormat,
     #[command(flatten)]
     store: StoreArgs,
+    /// Start a new, empty ledger in a store file that exists but is empty (0
+    /// bytes). Without it such a file is refused: a ledger truncated to nothing
+    /// would otherwise pass for a fresh one, with every sender unknown. A missing
+    /// file is always created; a file with anything in it is never overwritten.
+    #[arg(long)]
+    init_store: bool,
     #[command(flatten)]
     policy: PolicyArgs,
     /// Validate the config file, component, policy and store (opened read-only,
@@ -129,6 +136,9 @@ struct FileConfig {
     workers: Option<usize>,
     idle_timeout_secs: Option<u64>,
     store: Option<PathBuf>,
+    /// As `--init-store`.
+    #[serde(default)]
+    init_store: bool,
     policy: Option<PathBuf>,
     component: Option<PathBuf>,
     #[serde(default)]
@@ -168,6 +178,7 @@ pub(super) struct Settings {
     workers: usize,
     options: ServeOptions,
     pub(super) store: StoreArgs,
+    pub(super) init_store: bool,
     pub(super) policy: PolicyArgs,
     postfix: PostfixConfig,
 }
@@ -244,6 +255,7 @@ impl Settings {
             store: StoreArgs {
                 store: args.store.store.or(file.store),
             },
+            init_store: args.init_store || file.init_store,
             policy: PolicyArgs {
                 policy: args.policy.policy.or(file.policy),
                 component: ComponentArgs {
@@ -261,7 +273,11 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     }
     init_logging(args.log_format);
     let settings = Settings::new(args)?;
-    let store = settings.store.open()?;
+    let store = settings.store.open_as(if settings.init_store {
+        Create::IfMissingOrEmpty
+    } else {
+        Create::IfMissing
+    })?;
     let (policy_path, policy) = settings.policy.load()?;
     // The gateway's own decision budget, not the offline tools' generous one: a
     // guest stuck on a mail path must be cut off in milliseconds. One runtime for

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use creditgate::store::{Store, parse_url};
+use creditgate::store::{Create, Store, parse_url};
 
 use super::{Exit, Format, StoreArgs, redis_url};
 
@@ -72,8 +72,8 @@ fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
         args.from.as_os_str() != "memory" && args.to.as_os_str() != "memory",
         "a store copy needs two durable stores (a redb file or a Redis URL), not memory"
     );
-    let from = open(&args.from)?;
-    let to = open(&args.to)?;
+    let from = open(&args.from, Create::Never)?;
+    let to = open(&args.to, Create::IfMissing)?;
     let present = to
         .scopes()
         .with_context(|| format!("listing the accounts of {to_name}"))?;
@@ -114,11 +114,11 @@ fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-fn open(spec: &Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+fn open(spec: &Path, create: Create) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     StoreArgs {
         store: Some(spec.to_owned()),
     }
-    .open()
+    .open_as(create)
 }
 
 /// A store's name for messages: a file's path, or a Redis URL's servers without

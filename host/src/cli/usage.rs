@@ -33,7 +33,10 @@ const BAR_WIDTH: usize = 30;
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let view = match args.server.client(args.store.store.is_some())? {
         Some(server) => server.get(&account_path(&args.account, "usage"))?,
-        None => usage_of(&mut args.policy.worker(args.store.open()?)?, &args.account)?,
+        None => usage_of(
+            &mut args.policy.worker(args.store.open_existing()?)?,
+            &args.account,
+        )?,
     };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&view)?),

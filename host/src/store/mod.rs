@@ -17,7 +17,7 @@ mod redb_store;
 mod redis_store;
 
 pub use memory::MemoryStore;
-pub use redb_store::RedbStore;
+pub use redb_store::{Create, OpenOptions, RedbStore, WrapStorage};
 pub use redis_store::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
 
 use crate::bindings::{
@@ -72,6 +72,20 @@ pub enum StoreError {
     /// Another process holds the database open (a running `creditgate serve`, say).
     #[error("the store {path} is in use by another process")]
     Locked { path: String },
+    /// No store file at the path, and the caller may not create one: it only reads.
+    #[error(
+        "no store at {path}: the file does not exist (commands that only read do not \
+         create one; check the path, or subscribe an account first)"
+    )]
+    NotFound { path: String },
+    /// The store file is empty: a ledger lost or truncated, not a fresh one, unless
+    /// the operator says so.
+    #[error(
+        "the store {path} is an empty file, not a ledger: restore it from a backup if it \
+         was lost or truncated; to start a new, empty ledger in it, run `creditgate serve \
+         --init-store` once"
+    )]
+    Empty { path: String },
 }
 
 impl From<StoreError> for StateError {
@@ -80,7 +94,9 @@ impl From<StoreError> for StateError {
             StoreError::Unavailable(m) => StateError::Unavailable(m),
             StoreError::Corrupt(m) => StateError::Corrupt(m),
             StoreError::InvalidArgument(m) => StateError::InvalidArgument(m),
-            StoreError::Locked { .. } => StateError::Unavailable(e.to_string()),
+            StoreError::Locked { .. } | StoreError::NotFound { .. } | StoreError::Empty { .. } => {
+                StateError::Unavailable(e.to_string())
+            }
         }
     }
 }
@@ -218,7 +234,25 @@ pub trait Store: Send + Sync {
 
     /// Makes every effect applied before this call durable; returns once it is.
     /// Concurrent callers may share one disk sync (group commit).
+    ///
+    /// An effect applied before a failed commit is lost, even if a later `persist`
+    /// succeeds: see [`Store::losses`].
     fn persist(&self) -> Result<(), StoreError>;
+
+    /// How many times the store has lost effects it had applied and not yet made
+    /// durable (a failed commit on redb drops them all: see [`RedbStore`]). A
+    /// caller that reads it before applying effects and finds it changed after its
+    /// `persist` must treat them as lost. 0 for backends that never drop applied
+    /// effects.
+    fn losses(&self) -> u64 {
+        0
+    }
+
+    /// Whether the store can serve calls now; the error says why not. A backend
+    /// that fails call by call and recovers by itself (memory, Redis) answers Ok.
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Every scope that holds anything, in byte order of their names.
     fn scopes(&self) -> Result<Vec<String>, StoreError>;

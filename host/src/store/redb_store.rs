@@ -31,16 +31,33 @@
 //! `member_add_many` and `import_scope` are one write transaction each, however
 //! many members they carry; `visit_members` and `export_scope` read one read
 //! transaction, a snapshot.
+//!
+//! A failed commit (a full disk, an I/O error) closes the handle: what it had
+//! applied and not yet made durable is gone with it, so no later call, reads
+//! included, can decide on effects nobody acknowledged. Until the file reopens,
+//! every call is refused with [`StoreError::Unavailable`] and [`Store::health`]
+//! says why; the reopen is tried again at most once per
+//! [`OpenOptions::retry_after`], by whichever call comes, and redb rolls the
+//! file back to its last durable commit. [`Store::losses`] counts these losses
+//! for callers that must tell an effect applied before one from one applied after.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
+use std::io;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    TryLockError,
+};
+use std::time::Duration;
 
+use redb::backends::FileBackend;
 use redb::{
-    CommitError, Database, DatabaseError, Durability, ReadOnlyTable, ReadableDatabase,
-    ReadableTable, SetDurabilityError, StorageError, TableDefinition, TableError, TransactionError,
-    WriteTransaction,
+    BackendError, CommitError, Database, DatabaseError, Durability, ReadOnlyTable, ReadTransaction,
+    ReadableDatabase, ReadableTable, SetDurabilityError, StorageBackend, StorageError,
+    TableDefinition, TableError, TransactionError, WriteTransaction,
 };
 
 use super::{
@@ -173,10 +190,267 @@ struct Commits {
     draining: Option<u64>,
 }
 
+/// What opening a store file may create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Create {
+    /// Nothing: the file must exist and hold a ledger. For commands that only
+    /// read, so that a mistyped path is not answered as an empty ledger.
+    Never,
+    /// A missing file, with an empty ledger. An existing empty file is still
+    /// refused ([`StoreError::Empty`]): a ledger truncated to nothing must not
+    /// pass for a fresh one, with every account unknown.
+    #[default]
+    IfMissing,
+    /// A missing file, or a ledger in an existing empty one (`serve --init-store`).
+    /// A file with anything in it is never overwritten.
+    IfMissingOrEmpty,
+}
+
+/// Wraps the storage under a database file (see [`OpenOptions::storage`]).
+pub type WrapStorage = dyn Fn(Box<dyn StorageBackend>) -> Box<dyn StorageBackend> + Send + Sync;
+
+/// How [`RedbStore::open_with`] opens a file.
+#[derive(Clone)]
+pub struct OpenOptions {
+    pub create: Create,
+    /// Least time between two attempts to reopen the file after a failed commit.
+    /// Each attempt reads the file to repair it, so a gateway refusing decisions
+    /// on a full disk must not try at every request.
+    pub retry_after: Duration,
+    /// Wraps the file's storage, at every open and reopen: tests make it fail on
+    /// command. None: the file as it is.
+    pub storage: Option<Arc<WrapStorage>>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            create: Create::default(),
+            retry_after: Duration::from_secs(1),
+            storage: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("create", &self.create)
+            .field("retry_after", &self.retry_after)
+            .field("storage", &self.storage.as_ref().map(|_| "wrapped"))
+            .finish()
+    }
+}
+
+/// The database, or why there is none.
+enum Handle {
+    Open {
+        db: Database,
+        fence: Arc<AtomicBool>,
+    },
+    /// A commit failed and the handle was closed.
+    Failed(Failed),
+}
+
+struct Failed {
+    /// What failed, named in every refusal until the file reopens.
+    why: String,
+    /// Why the last reopen failed, if one was tried.
+    reopen: Option<String>,
+    /// No reopen is tried before this.
+    retry_at: std::time::Instant,
+}
+
+/// The file under a [`Database`], which writes nothing more once fenced.
+///
+/// A failed commit fences it before the handle is closed. redb's close makes any
+/// pending non-durable commit durable unless an I/O error is latched ("makes any
+/// pending non-durable commit durable", `close_database` in redb-4.6.0
+/// src/db.rs); every failure of the storage latches one today, but what the
+/// failed commit held must not reach the file even through a failure that did
+/// not, so the fence does not rely on it.
+#[derive(Debug)]
+struct Fenced {
+    storage: Box<dyn StorageBackend>,
+    fence: Arc<AtomicBool>,
+}
+
+impl Fenced {
+    fn writable(&self) -> io::Result<()> {
+        if self.fence.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "the store was closed after a failed commit",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for Fenced {
+    fn len(&self) -> io::Result<u64> {
+        self.storage.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.storage.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.writable()?;
+        self.storage.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.writable()?;
+        self.storage.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.writable()?;
+        self.storage.write(offset, data)
+    }
+
+    fn close(&self) -> io::Result<()> {
+        self.storage.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.storage.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.storage.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.storage.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.storage.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.storage.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.storage.query_lock_range(start, end)
+    }
+}
+
+/// Opens the database in the file at `path`, with every table in place.
+fn open_database(path: &Path, options: &OpenOptions) -> Result<Handle, StoreError> {
+    let shown = path.display().to_string();
+    let what = format!("opening {shown}");
+    let existing = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+    };
+    let opened = match options.create {
+        Create::Never => existing().map(|file| (file, false)),
+        Create::IfMissing | Create::IfMissingOrEmpty => {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(file) => Ok((file, true)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    existing().map(|file| (file, false))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let (file, created) = match opened {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StoreError::NotFound { path: shown });
+        }
+        Err(e) => return Err(unavailable(&what, e)),
+    };
+    let len = file.metadata().map_err(|e| unavailable(&what, e))?.len();
+    if len == 0 && !created && options.create != Create::IfMissingOrEmpty {
+        return Err(StoreError::Empty { path: shown });
+    }
+    let handle = database(file, &shown, options);
+    // A file made here and left empty would be refused at the next start.
+    if created && handle.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    handle
+}
+
+fn database(file: std::fs::File, shown: &str, options: &OpenOptions) -> Result<Handle, StoreError> {
+    let what = format!("opening {shown}");
+    let storage: Box<dyn StorageBackend> =
+        Box::new(FileBackend::new(file).map_err(|e| unavailable(&what, e))?);
+    let storage = match &options.storage {
+        Some(wrap) => wrap(storage),
+        None => storage,
+    };
+    let fence = Arc::new(AtomicBool::new(false));
+    let fenced = Fenced {
+        storage,
+        fence: fence.clone(),
+    };
+    // redb caches up to 1 GiB of the file by default, so a gateway's memory
+    // would grow with its database. A bounded cache keeps it flat: the hot
+    // part of a ledger (account records, this cycle's counters) is small.
+    let db = match Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_with_backend(fenced)
+    {
+        Ok(db) => db,
+        Err(DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(StoreError::Locked {
+                path: shown.to_owned(),
+            });
+        }
+        // redb's answer to bytes that do not start with its magic number.
+        Err(DatabaseError::Storage(StorageError::Io(e)))
+            if e.kind() == io::ErrorKind::InvalidData =>
+        {
+            return Err(StoreError::Corrupt(format!(
+                "{shown} is not a creditgate store: {e}"
+            )));
+        }
+        Err(e) => return Err(e).ctx(&what),
+    };
+    // Creating every table up front lets read transactions open them without
+    // handling "table does not exist" on a fresh file.
+    let txn = db.begin_write().ctx(&what)?;
+    txn.open_table(RECORDS).ctx(&what)?;
+    txn.open_table(COUNTERS).ctx(&what)?;
+    migrate_once_markers(&txn).ctx(&what)?;
+    txn.delete_table(MEMBERSHIPS).ctx(&what)?;
+    txn.open_table(GROUP_MEMBERS).ctx(&what)?;
+    txn.open_table(MEMBER_GROUPS).ctx(&what)?;
+    txn.open_table(SCOPE_MEMBERS).ctx(&what)?;
+    txn.commit().ctx(&what)?;
+    Ok(Handle::Open { db, fence })
+}
+
 /// A [`Store`] in a redb database file.
 pub struct RedbStore {
-    db: Database,
+    /// Every call holds it shared for as long as it uses the database (an
+    /// uncontended read lock: a few nanoseconds); a failed commit takes it
+    /// exclusively to close the handle, and so does the reopen.
+    handle: RwLock<Handle>,
     path: PathBuf,
+    options: OpenOptions,
+    /// Failed commits so far (see [`Store::losses`]).
+    losses: AtomicU64,
+    /// Held by the one call that is reopening the file.
+    reopening: Mutex<()>,
     commits: Mutex<Commits>,
     /// Signalled whenever a durable commit ends, in success or failure.
     durable_done: Condvar,
@@ -227,38 +501,24 @@ impl Drop for Primitive<'_> {
 }
 
 impl RedbStore {
-    /// Opens the database at `path`, creating the file if it does not exist.
+    /// Opens the database at `path`, creating the file if it does not exist (an
+    /// existing empty file is refused: see [`Create::IfMissing`]).
     ///
     /// Fails at once with [`StoreError::Locked`] if another handle (in this process
     /// or another) has the file open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let what = format!("opening {}", path.display());
-        // redb caches up to 1 GiB of the file by default, so a gateway's memory
-        // would grow with its database. A bounded cache keeps it flat: the hot
-        // part of a ledger (account records, this cycle's counters) is small.
-        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
-            Ok(db) => db,
-            Err(DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked {
-                    path: path.display().to_string(),
-                });
-            }
-            Err(e) => return Err(e).ctx(&what),
-        };
-        // Creating every table up front lets read transactions open them without
-        // handling "table does not exist" on a fresh file.
-        let txn = db.begin_write().ctx(&what)?;
-        txn.open_table(RECORDS).ctx(&what)?;
-        txn.open_table(COUNTERS).ctx(&what)?;
-        migrate_once_markers(&txn).ctx(&what)?;
-        txn.delete_table(MEMBERSHIPS).ctx(&what)?;
-        txn.open_table(GROUP_MEMBERS).ctx(&what)?;
-        txn.open_table(MEMBER_GROUPS).ctx(&what)?;
-        txn.open_table(SCOPE_MEMBERS).ctx(&what)?;
-        txn.commit().ctx(&what)?;
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// Opens the database at `path` as `options` say.
+    pub fn open_with(path: &Path, options: OpenOptions) -> Result<Self, StoreError> {
+        let handle = open_database(path, &options)?;
         Ok(Self {
-            db,
+            handle: RwLock::new(handle),
             path: path.to_owned(),
+            options,
+            losses: AtomicU64::new(0),
+            reopening: Mutex::new(()),
             commits: Mutex::default(),
             durable_done: Condvar::new(),
             drained: Condvar::new(),
@@ -274,7 +534,15 @@ impl RedbStore {
     /// `Ok(true)`: the file is sound; `Ok(false)`: it was damaged and repaired.
     /// Pending non-durable commits are made durable (or rolled back by a repair).
     pub fn check_integrity(&mut self) -> Result<bool, StoreError> {
-        let sound = self.db.check_integrity().ctx("checking integrity")?;
+        let what = "checking integrity";
+        let handle = self
+            .handle
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sound = match handle {
+            Handle::Open { db, .. } => db.check_integrity().ctx(what)?,
+            Handle::Failed(failed) => return Err(refusal(&self.path, failed, what)),
+        };
         // Nothing is pending any more either way: durable, or rolled back.
         let commits = self
             .commits
@@ -288,6 +556,124 @@ impl RedbStore {
     // still holds consistent numbers.
     fn commits(&self) -> MutexGuard<'_, Commits> {
         self.commits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    // The handle is only ever replaced whole, so a poisoned lock still holds one.
+    fn handle(&self) -> RwLockReadGuard<'_, Handle> {
+        self.handle.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn handle_mut(&self) -> RwLockWriteGuard<'_, Handle> {
+        self.handle.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the open database, reopening it first if a commit failed and
+    /// the time to try again has come; refuses while it stays closed.
+    fn with_db<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        {
+            let handle = self.handle();
+            if let Handle::Open { db, .. } = &*handle {
+                return f(db);
+            }
+        }
+        self.reopen(what)?;
+        match &*self.handle() {
+            Handle::Open { db, .. } => f(db),
+            Handle::Failed(failed) => Err(refusal(&self.path, failed, what)),
+        }
+    }
+
+    /// A read transaction on the open database.
+    fn begin_read(&self, what: &str) -> Result<ReadTransaction, StoreError> {
+        self.with_db(what, |db| db.begin_read().ctx(what))
+    }
+
+    /// Closes the handle after a failed commit: what it applied and had not made
+    /// durable is dropped with it, and nothing reaches the file any more.
+    /// `generation` is [`RedbStore::losses`] as read while the handle that failed
+    /// was in use: a later handle is not closed for an earlier one's failure.
+    fn fail(&self, why: &StoreError, generation: u64) {
+        let mut handle = self.handle_mut();
+        let Handle::Open { fence, .. } = &*handle else {
+            return;
+        };
+        if self.losses.load(Ordering::Acquire) != generation {
+            return;
+        }
+        // Under the exclusive lock: no call is using the database, and every later
+        // one finds it closed.
+        fence.store(true, Ordering::Release);
+        self.losses.fetch_add(1, Ordering::AcqRel);
+        let why = match why {
+            StoreError::Unavailable(m) | StoreError::Corrupt(m) => m.clone(),
+            other => other.to_string(),
+        };
+        let failed = Handle::Failed(Failed {
+            why: why.clone(),
+            reopen: None,
+            retry_at: std::time::Instant::now() + self.options.retry_after,
+        });
+        // Closing writes nothing (fenced), and releases the file for the reopen.
+        drop(std::mem::replace(&mut *handle, failed));
+        drop(handle);
+        tracing::error!(
+            store = %self.path.display(),
+            "a commit failed ({why}): the store is closed, what it had not made durable \
+             is dropped, and every decision is refused until it reopens"
+        );
+    }
+
+    /// Reopens the file after a failed commit, when the time to try again has come.
+    /// redb rolls it back to its last durable commit.
+    fn reopen(&self, what: &str) -> Result<(), StoreError> {
+        // One reopen at a time; the others are refused meanwhile.
+        let _reopening = match self.reopening.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return self.refused(what),
+        };
+        match &*self.handle() {
+            Handle::Open { .. } => return Ok(()),
+            Handle::Failed(failed) if std::time::Instant::now() < failed.retry_at => {
+                return Err(refusal(&self.path, failed, what));
+            }
+            Handle::Failed(_) => {}
+        }
+        // Never a fresh ledger in place of one that went missing meanwhile.
+        let options = OpenOptions {
+            create: Create::Never,
+            ..self.options.clone()
+        };
+        let opened = open_database(&self.path, &options);
+        let mut handle = self.handle_mut();
+        match (opened, &mut *handle) {
+            (Ok(open), _) => {
+                *handle = open;
+                drop(handle);
+                tracing::warn!(
+                    store = %self.path.display(),
+                    "the store reopened after a failed commit, as of its last durable commit"
+                );
+                Ok(())
+            }
+            (Err(e), Handle::Failed(failed)) => {
+                failed.reopen = Some(e.to_string());
+                failed.retry_at = std::time::Instant::now() + self.options.retry_after;
+                Err(refusal(&self.path, failed, what))
+            }
+            (Err(e), Handle::Open { .. }) => Err(e),
+        }
+    }
+
+    fn refused<T>(&self, what: &str) -> Result<T, StoreError> {
+        match &*self.handle() {
+            Handle::Failed(failed) => Err(refusal(&self.path, failed, what)),
+            Handle::Open { .. } => Err(unavailable(what, "the store is reopening")),
+        }
     }
 
     /// Runs `f` in one write transaction committed without durability. `f` answers
@@ -306,36 +692,69 @@ impl RedbStore {
             let mut commits = self.commits();
             commits.started = commits.started.saturating_add(1);
         }
-        let mut txn = self.db.begin_write().ctx(what)?;
-        txn.set_durability(Durability::None).ctx(what)?;
-        match f(&txn) {
-            Ok((answer, true)) => {
-                txn.commit().ctx(what)?;
-                primitive.committed = true;
-                Ok(answer)
+        // redb's own steps failing (not `f`'s answer) is the file failing: what
+        // the handle holds can no longer be made durable.
+        let mut broken = None;
+        let answer = self.with_db(what, |db| {
+            let mut fails = |_: &StoreError| broken = Some(self.losses.load(Ordering::Acquire));
+            let mut txn = db.begin_write().ctx(what).inspect_err(&mut fails)?;
+            txn.set_durability(Durability::None).ctx(what)?;
+            match f(&txn) {
+                Ok((answer, true)) => {
+                    txn.commit().ctx(what).inspect_err(&mut fails)?;
+                    primitive.committed = true;
+                    Ok(answer)
+                }
+                Ok((answer, false)) => {
+                    txn.abort().ctx(what).inspect_err(&mut fails)?;
+                    Ok(answer)
+                }
+                Err(e) => {
+                    // Already failing: the abort's own error would add nothing useful.
+                    let _ = txn.abort();
+                    Err(e)
+                }
             }
-            Ok((answer, false)) => {
-                txn.abort().ctx(what)?;
-                Ok(answer)
-            }
-            Err(e) => {
-                // Already failing: the abort's own error would add nothing useful.
-                let _ = txn.abort();
-                Err(e)
-            }
+        });
+        if let (Some(generation), Err(e)) = (broken, &answer) {
+            self.fail(e, generation);
         }
+        answer
     }
 
     fn durable_commit(&self) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().ctx("persist")?;
-        // redb: a commit with `Durability::None` "will not be persisted to disk
-        // unless followed by a commit with `Durability::Immediate`" (docs of
-        // `Durability::None`); a durable commit writes the current root, which
-        // includes every earlier commit, then `durable_commit` marks "any pending
-        // non-durable commits as fully committed" (redb-4.6.0 src/transactions.rs).
-        txn.set_durability(Durability::Immediate).ctx("persist")?;
-        txn.commit().ctx("persist: durable commit")
+        let mut broken = None;
+        let committed = self.with_db("persist", |db| {
+            broken = Some(self.losses.load(Ordering::Acquire));
+            let mut txn = db.begin_write().ctx("persist")?;
+            // redb: a commit with `Durability::None` "will not be persisted to disk
+            // unless followed by a commit with `Durability::Immediate`" (docs of
+            // `Durability::None`); a durable commit writes the current root, which
+            // includes every earlier commit, then `durable_commit` marks "any pending
+            // non-durable commits as fully committed" (redb-4.6.0 src/transactions.rs).
+            txn.set_durability(Durability::Immediate).ctx("persist")?;
+            txn.commit().ctx("persist: durable commit")
+        });
+        if let (Some(generation), Err(e)) = (broken, &committed) {
+            self.fail(e, generation);
+        }
+        committed
     }
+}
+
+/// The error of every call while the handle is closed.
+fn refusal(path: &Path, failed: &Failed, what: &str) -> StoreError {
+    let reopen = match &failed.reopen {
+        Some(e) => format!("; reopening failed: {e}"),
+        None => String::new(),
+    };
+    StoreError::Unavailable(format!(
+        "{what}: refused: a commit to {} failed ({}), and what it had not made durable \
+         was dropped; the store reopens as of its last durable commit once the file can \
+         be written{reopen}",
+        path.display(),
+        failed.why,
+    ))
 }
 
 fn members_of(
@@ -407,7 +826,7 @@ impl Store for RedbStore {
         check_name("scope", scope)?;
         check_name("key", key)?;
         let what = "record-get";
-        let txn = self.db.begin_read().ctx(what)?;
+        let txn = self.begin_read(what)?;
         let records = txn.open_table(RECORDS).ctx(what)?;
         let value = records.get((scope, key)).ctx(what)?;
         Ok(value.map(|v| v.value().to_owned()))
@@ -447,7 +866,7 @@ impl Store for RedbStore {
         check_name("scope", scope)?;
         check_name("counter name", name)?;
         let what = "counter-get";
-        let txn = self.db.begin_read().ctx(what)?;
+        let txn = self.begin_read(what)?;
         counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)
     }
 
@@ -512,7 +931,7 @@ impl Store for RedbStore {
     ) -> Result<Option<Tally>, StoreError> {
         check_counter(scope, guard, name, None)?;
         let what = "counter-tally";
-        let txn = self.db.begin_read().ctx(what)?;
+        let txn = self.begin_read(what)?;
         if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
             return Ok(None);
         }
@@ -757,7 +1176,7 @@ impl Store for RedbStore {
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
         check_name("scope", scope)?;
         let what = "member-count";
-        let txn = self.db.begin_read().ctx(what)?;
+        let txn = self.begin_read(what)?;
         let counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
         members_of(&counts, scope)
     }
@@ -811,9 +1230,20 @@ impl Store for RedbStore {
         Ok(())
     }
 
+    fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Acquire)
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        if let Handle::Open { .. } = &*self.handle() {
+            return Ok(());
+        }
+        self.reopen("health check")
+    }
+
     fn scopes(&self) -> Result<Vec<String>, StoreError> {
         let what = "listing scopes";
-        let txn = self.db.begin_read().ctx(what)?;
+        let txn = self.begin_read(what)?;
         let mut out = BTreeSet::new();
         scopes_of(&txn.open_table(RECORDS).ctx(what)?, &mut out)?;
         scopes_of(&txn.open_table(COUNTERS).ctx(what)?, &mut out)?;
@@ -838,7 +1268,7 @@ impl Store for RedbStore {
             check_name("group", group)?;
         }
         let what = "visiting members";
-        let txn = self.db.begin_read().ctx(what)?;
+        let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
         let range = match group {
             Some(group) => {
@@ -863,7 +1293,7 @@ impl Store for RedbStore {
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
         check_name("scope", scope)?;
         let what = "exporting a scope";
-        let txn = self.db.begin_read().ctx(what)?;
+        let txn = self.begin_read(what)?;
         let end = next(scope);
         let pairs = (scope, "")..(end.as_str(), "");
         let mut dump = ScopeDump::default();
@@ -1169,7 +1599,7 @@ mod tests {
         for _ in 0..2 {
             let store = RedbStore::open(&path).expect("opens the old file");
             {
-                let txn = store.db.begin_read().expect("reads");
+                let txn = store.begin_read("reads").expect("reads");
                 assert!(matches!(
                     txn.open_table(LEGACY_ONCE),
                     Err(TableError::TableDoesNotExist(_))
@@ -1238,7 +1668,7 @@ mod tests {
             txn.commit().expect("commits");
         }
         let store = RedbStore::open(&path).expect("opens the old file");
-        let txn = store.db.begin_read().expect("reads");
+        let txn = store.begin_read("test").expect("reads");
         assert!(matches!(
             txn.open_table(MEMBERSHIPS),
             Err(TableError::TableDoesNotExist(_))

@@ -323,6 +323,9 @@ fn an_unknown_account_is_the_same_error_from_every_command() {
     let csv = dir.path().join("leads.csv");
     std::fs::write(&csv, "email\na@x.io\n").expect("csv");
     let csv = csv.to_str().expect("utf-8");
+    // A ledger with another account: only a store that exists is asked about ghost.
+    let o = run(&store, &["account", "subscribe", "acme", "--plan", "base"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let expected = "creditgate: error: account \"ghost\": denied: unknown_account \
                     (no such account: subscribe it to a plan first)\n";
     for args in [
@@ -394,6 +397,8 @@ fn a_usage_error_has_the_same_prefix() {
 fn alerts_list_json_is_one_array_even_when_empty() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = dir.path().join("cg.redb");
+    let o = run(&store, &["account", "subscribe", "seed", "--plan", "base"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = run(&store, &["alerts", "list", "--format", "json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(json(&o), serde_json::json!([]));
