@@ -7,6 +7,7 @@ mod crash;
 mod dashboard;
 mod faults;
 mod gateway;
+mod hardening;
 mod harness;
 mod hostile;
 mod http;
