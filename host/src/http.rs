@@ -147,7 +147,11 @@ fn table() -> [(&'static str, &'static str, MethodRouter<App>); 10] {
 /// Every route the API serves, as `(method, path)`; `host/openapi.json` documents
 /// exactly these.
 pub fn routes() -> Vec<(&'static str, &'static str)> {
-    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+    table()
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .chain(crate::api_read::routes())
+        .collect()
 }
 
 /// The API's routes over `gateway`.
@@ -157,8 +161,11 @@ pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: &HttpOptions) ->
     for (_, path, handler) in table() {
         router = router.route(path, handler);
     }
+    // Pages and listings share one cap on bulk reads (see `api_read::Bulk`).
+    let bulk = crate::api_read::Bulk::new(gateway.clone());
     router
-        .merge(crate::dashboard::router(gateway.clone()))
+        .merge(crate::dashboard::router(bulk.clone()))
+        .merge(crate::api_read::router(bulk))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -366,7 +373,7 @@ impl From<Kind> for EmailKind {
 
 /// An account's plan, anchor and usage: the body of the account routes.
 #[derive(Debug, Serialize)]
-struct AccountJson<'a> {
+pub(crate) struct AccountJson<'a> {
     account: &'a str,
     plan: &'a str,
     anchor: String,
@@ -375,7 +382,7 @@ struct AccountJson<'a> {
 }
 
 impl<'a> AccountJson<'a> {
-    fn new(account: &'a str, usage: &'a AccountUsage) -> Self {
+    pub(crate) fn new(account: &'a str, usage: &'a AccountUsage) -> Self {
         AccountJson {
             account,
             plan: &usage.plan,
@@ -646,7 +653,7 @@ fn allowed<'d>(account: &str, decision: &'d Decision) -> Result<&'d AccountUsage
     })
 }
 
-fn json<T: Serialize>(value: &T) -> Response {
+pub(crate) fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => ApiError::internal(format!("cannot render the answer: {e}")).into_response(),
@@ -673,7 +680,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
 }
 
 /// `axum::extract::Path` with its rejections rendered as [`ApiError`]s.
-struct Path<T>(T);
+pub(crate) struct Path<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
     type Rejection = ApiError;
@@ -737,7 +744,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -750,12 +757,12 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
-    fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
     /// A denial of a request that changes or reads one account.
-    fn denied(account: &str, reason: Reason) -> Self {
+    pub(crate) fn denied(account: &str, reason: Reason) -> Self {
         let code = reason_code(reason);
         let (status, message) = match reason {
             Reason::UnknownAccount => (
@@ -788,7 +795,7 @@ impl ApiError {
     }
 
     /// No decision was made; nothing was charged.
-    fn gateway(account: &str, e: GatewayError) -> Self {
+    pub(crate) fn gateway(account: &str, e: GatewayError) -> Self {
         let unavailable = |code, message: String| {
             warn!(%account, error = %message, "no decision");
             Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)

@@ -9,6 +9,7 @@ mod harness;
 mod hostile;
 mod http;
 mod import;
+mod listing;
 mod model;
 mod operator;
 mod postfix_e2e;
