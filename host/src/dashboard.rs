@@ -8,6 +8,16 @@
 //! decision asked of the same gateway as `GET /v1/accounts/{account}/usage`, so
 //! the page and the API cannot disagree.
 //!
+//! The list is paged: [`PAGE_ROWS`] accounts a page, in the store's order of
+//! names, each page resuming after the last name the previous one examined, so a
+//! page costs the same with 50 accounts or 500,000. The name filter is applied to
+//! names before any decision; the state filter needs each account's usage, so a
+//! page examines at most [`EXAMINE_AT_MOST`] accounts and then offers the next
+//! page. Sorting orders the rows of the page shown. Every page, and each account
+//! page, runs under the cap of [`Bulk`]: its decisions go to the gateway's bulk
+//! lane and at most [`crate::api_read::BULK_SLOTS`] pages or listings run at
+//! once, so viewers cannot crowd out Postfix's checks.
+//!
 //! Account names are untrusted input (any client of the API may subscribe one):
 //! every string goes through [`escape`] on its way into HTML and every name
 //! through [`percent_encode`] on its way into a URL, and a Content-Security-Policy
@@ -17,7 +27,6 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -29,11 +38,10 @@ use axum::routing::get;
 use chrono::{DateTime, Datelike, Timelike};
 
 use crate::alerts::{self, FiredAlert};
+use crate::api_read::{Bulk, campaign_counts, is_host_scope};
 use crate::bindings::{AccountUsage, CycleUsage, Reason};
-use crate::gateway::{Gateway, Refusal};
+use crate::gateway::Refusal;
 use crate::replay::reason_code;
-use crate::request::Request;
-use crate::store::{Store, StoreError};
 use crate::time::{format_instant, now, parse_instant};
 
 /// Billing cycles the account page charts: as many as the policy keeps.
@@ -43,13 +51,24 @@ const HISTORY_CYCLES: u32 = 12;
 const RECENT_ROWS: usize = 20;
 const MAX_CAMPAIGN_ROWS: usize = 100;
 
-/// The dashboard's routes over `gateway`. Generic in the state of the router it
-/// is merged into: its own state is given here, so it fits any.
-pub fn router<S: Clone + Send + Sync + 'static>(gateway: Arc<Gateway>) -> Router<S> {
+/// Accounts a page of the list shows at most.
+pub const PAGE_ROWS: usize = 50;
+
+/// Accounts a page of the list examines (one usage decision each) at most while
+/// the state filter leaves rows out; past it, the page ends with what it found.
+pub const EXAMINE_AT_MOST: usize = 500;
+
+/// Names a page reads at most while the name filter matches none of them: a
+/// store read each, no decision.
+const NAMES_AT_MOST: usize = 20_000;
+
+/// The dashboard's routes over `bulk`'s gateway. Generic in the state of the
+/// router it is merged into: its own state is given here, so it fits any.
+pub fn router<S: Clone + Send + Sync + 'static>(bulk: Bulk) -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/accounts/{account}", get(account))
-        .with_state(gateway)
+        .with_state(bulk)
 }
 
 // ---- escaping -----------------------------------------------------------------
@@ -266,6 +285,15 @@ impl Page {
         }
     }
 
+    fn busy() -> Page {
+        tracing::warn!("dashboard page refused: every bulk slot stayed taken");
+        Page::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "Too many dashboard pages and listings are being served at once. Reload in a moment.",
+        )
+    }
+
     fn unavailable(message: &str) -> Page {
         tracing::warn!(error = %message, "dashboard unavailable");
         Page::error(
@@ -330,6 +358,9 @@ impl IntoResponse for Page {
 struct Row {
     account: String,
     usage: AccountUsage,
+    /// The policy in force lacks the account's plan (a reload was forced): it is
+    /// denied every request, its limits 0, until moved. Listed, and said.
+    plan_missing: bool,
 }
 
 /// What the list is sorted by.
@@ -429,15 +460,16 @@ impl Dir {
 }
 
 /// The list's query parameters: `q` (part of the name, any case), `state` (`ok`,
-/// `warning`, `exhausted`), `sort` (a [`Sort`] name) and `dir` (`asc`, `desc`).
-/// Unknown or malformed values fall back to the defaults: a hand-edited URL
-/// still shows a page.
+/// `warning`, `exhausted`), `sort` (a [`Sort`] name), `dir` (`asc`, `desc`) and
+/// `after` (the page starts after this account name). Unknown or malformed
+/// values fall back to the defaults: a hand-edited URL still shows a page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Params {
     q: String,
     state: Option<Level>,
     sort: Sort,
     dir: Option<Dir>,
+    after: Option<String>,
 }
 
 impl Params {
@@ -446,6 +478,7 @@ impl Params {
         for (key, value) in pairs {
             match key.as_str() {
                 "q" => params.q = value.trim().to_owned(),
+                "after" => params.after = Some(value.clone()).filter(|a| !a.is_empty()),
                 "state" => params.state = Level::parse(value),
                 "sort" => {
                     params.sort = Sort::ALL
@@ -483,6 +516,9 @@ impl Params {
         if let Some(dir) = self.dir.filter(|d| *d != self.sort.natural()) {
             pairs.push(("dir", dir.name()));
         }
+        if let Some(after) = &self.after {
+            pairs.push(("after", after.as_str()));
+        }
         let query: Vec<String> = pairs
             .iter()
             .map(|(k, v)| format!("{k}={}", percent_encode(v)))
@@ -494,21 +530,28 @@ impl Params {
         }
     }
 
+    /// Whether an account of this name may be listed: the name filter.
+    fn names(&self, account: &str) -> bool {
+        self.q.is_empty() || account.to_lowercase().contains(&self.q.to_lowercase())
+    }
+
+    /// Whether an account with this usage is listed: the state filter.
+    fn shows(&self, usage: &AccountUsage) -> bool {
+        self.state.is_none_or(|s| Level::of_usage(usage) == s)
+    }
+
     /// The rows these parameters select, in their order; ties by name.
     fn select<'a>(&self, rows: &'a [Row]) -> Vec<&'a Row> {
-        let needle = self.q.to_lowercase();
         let mut selected: Vec<&Row> = rows
             .iter()
-            .filter(|r| needle.is_empty() || r.account.to_lowercase().contains(&needle))
-            .filter(|r| self.state.is_none_or(|s| Level::of_usage(&r.usage) == s))
+            .filter(|r| self.names(&r.account))
+            .filter(|r| self.shows(&r.usage))
             .collect();
         let dir = self.dir();
         selected.sort_by(|a, b| {
-            let by_name = a
-                .account
-                .to_lowercase()
-                .cmp(&b.account.to_lowercase())
-                .then_with(|| a.account.cmp(&b.account));
+            // Byte order, the order pages go in: a page sorted by name reads on
+            // from the one before.
+            let by_name = a.account.cmp(&b.account);
             let by_key = match self.sort {
                 Sort::Name => by_name,
                 sort => sort.compare(a, b),
@@ -524,59 +567,88 @@ impl Params {
 }
 
 async fn index(
-    State(gateway): State<Arc<Gateway>>,
+    State(bulk): State<Bulk>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Page {
     let pairs = query.map(|Query(pairs)| pairs).unwrap_or_default();
     let params = Params::parse(&pairs);
+    let Ok(_slot) = bulk.slot().await else {
+        return Page::busy();
+    };
     let at = now();
-    match accounts(&gateway, at).await {
-        Ok(rows) => Page::ok("Accounts", index_main(&rows, &params, at)),
+    match listed(&bulk, &params, at).await {
+        Ok(listed) => Page::ok("Accounts", index_main(&listed, &params, at)),
         Err(message) => Page::unavailable(&message),
     }
 }
 
-/// Every account and its usage at `at`: each scope of the store whose `usage`
-/// decision is allowed.
-async fn accounts(gateway: &Gateway, at: i64) -> Result<Vec<Row>, String> {
-    let store = gateway.store().clone();
-    let scopes = tokio::task::spawn_blocking(move || store.scopes())
-        .await
-        .map_err(|e| format!("listing accounts failed: {e}"))?
-        .map_err(|e| format!("cannot list accounts: {e}"))?;
-    let mut rows = Vec::new();
-    for scope in scopes {
-        // Scopes the host keeps for itself (the alert logs) start with a control
-        // character no account name has.
-        if scope.starts_with('\u{1}') {
-            continue;
-        }
-        // One at a time, not all at once: each waits its turn in the gateway's
-        // queue behind at most the decisions already there, so a page view over
-        // many accounts never holds a sender's decision back by more than one.
-        let decision = gateway
-            .decide(
-                Request::Usage {
-                    account: scope.clone(),
-                },
-                at,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        // A scope without an account record is not an account.
-        if let (None, Some(usage)) = (decision.denied, decision.usage) {
-            rows.push(Row {
-                account: scope,
-                usage,
-            });
-        }
-    }
-    Ok(rows)
+/// One page of the list: the accounts it shows, and where the next page starts.
+#[derive(Debug, Default)]
+struct Listed {
+    rows: Vec<Row>,
+    /// The last name examined, when more names follow it.
+    next: Option<String>,
+    /// Accounts examined (one usage decision each) for this page.
+    examined: usize,
 }
 
-fn index_main(rows: &[Row], params: &Params, at: i64) -> String {
+/// The page of accounts `params` select at `at`: scopes of the store in name
+/// order from just after `params.after`, each whose `usage` decision is allowed
+/// and passes the filters, until the page is full or its budget spent.
+async fn listed(bulk: &Bulk, params: &Params, at: i64) -> Result<Listed, String> {
+    const CHUNK: usize = 256;
+    let mut listed = Listed::default();
+    let mut from = params.after.clone();
+    let mut names = 0;
+    loop {
+        let after = from.clone();
+        let chunk = bulk
+            .read(move |store| store.scopes_after(after.as_deref(), CHUNK))
+            .await
+            .map_err(|e| format!("cannot list accounts: {e}"))?;
+        let last_chunk = chunk.len() < CHUNK;
+        for scope in chunk {
+            if listed.rows.len() == PAGE_ROWS
+                || listed.examined == EXAMINE_AT_MOST
+                || names == NAMES_AT_MOST
+            {
+                // `scope` follows the last name examined: there is a next page.
+                listed.next = from;
+                return Ok(listed);
+            }
+            names += 1;
+            from = Some(scope.clone());
+            if is_host_scope(&scope) || !params.names(&scope) {
+                continue;
+            }
+            listed.examined += 1;
+            // One at a time, in the gateway's bulk lane: a page never has more
+            // than one decision waiting, and never in a sender's lane.
+            let decision = bulk.usage(&scope, at).await.map_err(|e| e.to_string())?;
+            // A scope without an account record is not an account; one on a plan
+            // the policy lacks is, and is shown with it.
+            let plan_missing = decision.denied == Some(Reason::UnknownPlan);
+            if let (None | Some(Reason::UnknownPlan), Some(usage)) =
+                (decision.denied, decision.usage)
+                && params.shows(&usage)
+            {
+                listed.rows.push(Row {
+                    account: scope,
+                    usage,
+                    plan_missing,
+                });
+            }
+        }
+        if last_chunk {
+            return Ok(listed);
+        }
+    }
+}
+
+fn index_main(listed: &Listed, params: &Params, at: i64) -> String {
+    let rows = &listed.rows;
     let mut out = String::from("<h1>Accounts</h1>\n");
-    // Counts over every account, each a link that filters to it.
+    // Counts over the page, each a link that filters every account to it.
     let count = |level: Level| {
         rows.iter()
             .filter(|r| Level::of_usage(&r.usage) == level)
@@ -584,20 +656,27 @@ fn index_main(rows: &[Row], params: &Params, at: i64) -> String {
     };
     let _ = write!(
         out,
-        r#"<p class="summary"><a href="{all}">{n} account{s}</a>"#,
+        r#"<p class="summary"><a href="{all}">{n} account{s}</a>{here}"#,
         all = escape(
             &Params {
                 state: None,
+                after: None,
                 ..params.clone()
             }
             .href()
         ),
         n = rows.len(),
         s = if rows.len() == 1 { "" } else { "s" },
+        here = if listed.next.is_some() || params.after.is_some() {
+            " on this page"
+        } else {
+            ""
+        },
     );
     for level in [Level::Ok, Level::Warning, Level::Exhausted] {
         let href = Params {
             state: Some(level),
+            after: None,
             ..params.clone()
         }
         .href();
@@ -612,24 +691,29 @@ fn index_main(rows: &[Row], params: &Params, at: i64) -> String {
     out.push_str("</p>\n");
     out += &filter_form(params);
 
+    let filtered = !params.q.is_empty() || params.state.is_some();
     let selected = params.select(rows);
-    if rows.is_empty() {
-        out.push_str(
-            r#"<p class="empty">No accounts yet. Subscribe one with <code>POST /v1/accounts/{account}/subscription</code>.</p>"#,
-        );
+    if selected.is_empty() {
+        if !filtered && params.after.is_none() {
+            out.push_str(
+                r#"<p class="empty">No accounts yet. Subscribe one with <code>POST /v1/accounts/{account}/subscription</code>.</p>"#,
+            );
+        } else if listed.next.is_some() {
+            out += &empty(&format!(
+                "No account matches among the {} examined for this page.",
+                listed.examined
+            ));
+        } else {
+            out += &empty("No account matches.");
+        }
+        out += &pages(listed, params);
         return out;
     }
-    if selected.len() != rows.len() {
+    if filtered {
         let _ = writeln!(
             out,
-            r#"<p class="shown">Showing {} of {} accounts. <a href="/">Show all</a></p>"#,
-            selected.len(),
-            rows.len()
+            r#"<p class="shown">Showing the accounts that match. <a href="/">Show all</a></p>"#
         );
-    }
-    if selected.is_empty() {
-        out += &empty("No account matches.");
-        return out;
     }
     out.push_str("<table class=\"accounts\">\n<thead><tr>");
     for sort in Sort::ALL {
@@ -674,7 +758,7 @@ fn index_main(rows: &[Row], params: &Params, at: i64) -> String {
             name = escape(&row.account),
             state = Level::of_usage(u).name(),
             path = percent_encode(&row.account),
-            plan = escape(&u.plan),
+            plan = plan_cell(&u.plan, row.plan_missing),
             lead = meter("lead", None, u.lead_credits.used, u.lead_credits.limit),
             email = meter("email", None, u.email_credits.used, u.email_credits.limit),
             reset = time_element(u.email_credits.resets_at),
@@ -683,6 +767,55 @@ fn index_main(rows: &[Row], params: &Params, at: i64) -> String {
         );
     }
     out.push_str("</tbody>\n</table>\n");
+    out += &pages(listed, params);
+    out
+}
+
+/// A plan's name, marked when the policy in force lacks it.
+fn plan_cell(plan: &str, missing: bool) -> String {
+    if missing {
+        format!(
+            r#"{} <span class="badge exhausted missing" title="the policy in force has no such plan: every request of this account is denied until it is moved to another plan">not in the policy</span>"#,
+            escape(plan)
+        )
+    } else {
+        escape(plan).into_owned()
+    }
+}
+
+/// The links to the first and the next page, and what paging means for sorting.
+fn pages(listed: &Listed, params: &Params) -> String {
+    if listed.next.is_none() && params.after.is_none() {
+        return String::new();
+    }
+    let mut out = String::from(r#"<nav class="pages" aria-label="Pages">"#);
+    if params.after.is_some() {
+        let first = Params {
+            after: None,
+            ..params.clone()
+        };
+        let _ = write!(
+            out,
+            r#"<a class="first" href="{}">← First page</a>"#,
+            escape(&first.href())
+        );
+    }
+    if let Some(next) = &listed.next {
+        let following = Params {
+            after: Some(next.clone()),
+            ..params.clone()
+        };
+        let _ = write!(
+            out,
+            r#"<a class="next" rel="next" href="{}">Next page →</a>"#,
+            escape(&following.href())
+        );
+    }
+    out.push_str("</nav>\n");
+    let _ = writeln!(
+        out,
+        r#"<p class="note">Pages of up to {PAGE_ROWS} accounts go in order of name; sorting orders the page shown.</p>"#
+    );
     out
 }
 
@@ -731,10 +864,7 @@ fn filter_form(params: &Params) -> String {
 
 // ---- one account ---------------------------------------------------------------
 
-async fn account(
-    State(gateway): State<Arc<Gateway>>,
-    path: Result<Path<String>, PathRejection>,
-) -> Page {
+async fn account(State(bulk): State<Bulk>, path: Result<Path<String>, PathRejection>) -> Page {
     let Ok(Path(account)) = path else {
         return Page::error(
             StatusCode::BAD_REQUEST,
@@ -742,14 +872,16 @@ async fn account(
             "The account name in this address does not decode.",
         );
     };
-    let at = now();
-    let request = Request::Usage {
-        account: account.clone(),
+    let Ok(_slot) = bulk.slot().await else {
+        return Page::busy();
     };
-    let usage = match gateway.decide(request, at).await {
+    let gateway = bulk.gateway();
+    let at = now();
+    let (usage, plan_missing) = match bulk.usage(&account, at).await {
         Err(e) => return Page::unavailable(&e.to_string()),
         Ok(d) => match (d.denied, d.usage) {
-            (None, Some(usage)) => usage,
+            (None, Some(usage)) => (usage, false),
+            (Some(Reason::UnknownPlan), Some(usage)) => (usage, true),
             (Some(Reason::UnknownAccount), _) => {
                 return Page::error(
                     StatusCode::NOT_FOUND,
@@ -780,7 +912,7 @@ async fn account(
     let name = account.clone();
     let (campaigns, fired) = match tokio::task::spawn_blocking(move || {
         (
-            campaigns(store.as_ref(), &name).map_err(|e| e.to_string()),
+            campaign_counts(store.as_ref(), &name).map_err(|e| e.to_string()),
             alerts::list(store.as_ref(), Some(&name)).map_err(|e| e.to_string()),
         )
     })
@@ -796,10 +928,16 @@ async fn account(
         refusals,
         alerts: fired,
     };
-    Page::ok(
-        account.clone(),
-        account_main(&account, &usage, &details, at),
-    )
+    let mut main = account_main(&account, &usage, &details, at);
+    if plan_missing {
+        // Said at the top, and in the plan's own place.
+        main = main.replacen(
+            &format!(r#"<dd class="plan">{}</dd>"#, escape(&usage.plan)),
+            &format!(r#"<dd class="plan">{}</dd>"#, plan_cell(&usage.plan, true)),
+            1,
+        );
+    }
+    Page::ok(account.clone(), main)
 }
 
 /// What an account page shows besides usage; each part may fail alone.
@@ -808,22 +946,6 @@ struct Details {
     campaigns: Result<BTreeMap<String, u64>, String>,
     refusals: Vec<Refusal>,
     alerts: Result<Vec<FiredAlert>, String>,
-}
-
-/// Leads per campaign: the account's memberships counted by group. O(leads), read
-/// from one snapshot.
-fn campaigns(store: &dyn Store, account: &str) -> Result<BTreeMap<String, u64>, StoreError> {
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    store.visit_members(account, None, &mut |group, _| {
-        match counts.get_mut(group) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert(group.to_owned(), 1);
-            }
-        }
-        true
-    })?;
-    Ok(counts)
 }
 
 fn account_main(account: &str, u: &AccountUsage, details: &Details, at: i64) -> String {
@@ -1197,6 +1319,7 @@ details{margin-top:.6rem;font-size:.9rem}
 summary{cursor:pointer;color:var(--link)}
 .columns{display:grid;grid-template-columns:repeat(auto-fit,minmax(20rem,1fr));gap:0 1.5rem}
 .empty,.note,.shown{color:var(--muted);font-size:.9rem}
+.pages{display:flex;gap:1.5rem;margin:.8rem 0 .2rem}
 @media (max-width:720px){
 main{padding:.75rem}
 table.accounts,table.accounts tbody,table.accounts tr,table.accounts td{display:block;width:100%}
@@ -1234,6 +1357,7 @@ mod tests {
                     resets_at,
                 },
             },
+            plan_missing: false,
         }
     }
 
@@ -1350,8 +1474,8 @@ mod tests {
             row("D", (2, Some(10)), (0, None), 40),
         ];
         let order = |query: &[(&str, &str)]| names(&params(query).select(&rows));
-        assert_eq!(order(&[]), ["a", "b", "c", "D"], "names, any case");
-        assert_eq!(order(&[("dir", "desc")]), ["D", "c", "b", "a"]);
+        assert_eq!(order(&[]), ["D", "a", "b", "c"], "names, in byte order");
+        assert_eq!(order(&[("dir", "desc")]), ["c", "b", "a", "D"]);
         assert_eq!(
             order(&[("sort", "lead")]),
             ["c", "b", "D", "a"],
@@ -1368,10 +1492,10 @@ mod tests {
             "soonest first"
         );
         // c is exhausted, a at 90%; b and D are fine and stay in name order.
-        assert_eq!(order(&[("sort", "state")]), ["c", "a", "b", "D"]);
+        assert_eq!(order(&[("sort", "state")]), ["c", "a", "D", "b"]);
         assert_eq!(
             order(&[("sort", "state"), ("dir", "asc")]),
-            ["b", "D", "a", "c"]
+            ["D", "b", "a", "c"]
         );
     }
 
@@ -1380,7 +1504,11 @@ mod tests {
         let p = params(&[("q", "a b&c"), ("state", "ok"), ("sort", "email")]);
         assert_eq!(p.href(), "/?q=a%20b%26c&state=ok&sort=email");
         assert_eq!(Params::default().href(), "/");
-        let html = index_main(&[row("xa b&cx", (0, Some(1)), (0, Some(1)), 0)], &p, 0);
+        let listed = Listed {
+            rows: vec![row("xa b&cx", (0, Some(1)), (0, Some(1)), 0)],
+            ..Listed::default()
+        };
+        let html = index_main(&listed, &p, 0);
         // The email column is active and descending: its link flips it.
         assert!(
             html.contains(r#"<th class="email" aria-sort="descending"><a href="/?q=a%20b%26c&amp;state=ok&amp;sort=email&amp;dir=asc">"#),
@@ -1396,7 +1524,11 @@ mod tests {
             (0, Some(1)),
             0,
         )];
-        let html = index_main(&rows, &params(&[("q", "<script>")]), 0);
+        let listed = Listed {
+            rows: rows.to_vec(),
+            ..Listed::default()
+        };
+        let html = index_main(&listed, &params(&[("q", "<script>")]), 0);
         assert!(!html.contains("<script"), "{html}");
         assert!(
             html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"),

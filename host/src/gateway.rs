@@ -197,6 +197,8 @@ impl Version {
 struct Lanes {
     reads: Sender<Job>,
     writes: Sender<Job>,
+    /// Read-only requests for pages and listings (see [`Gateway::decide_bulk`]).
+    bulk: Sender<Job>,
 }
 
 /// Longest a commit waits for requests already asked for to be decided, so that
@@ -242,7 +244,7 @@ impl Gateway {
     /// its last is dropped), and a few for validating reloads.
     pub fn instances_needed(workers: usize) -> u32 {
         let (writers, readers) = lanes(workers);
-        u32::try_from(2 * (writers + readers) + 4).unwrap_or(u32::MAX)
+        u32::try_from(2 * (writers + readers + BULK_WORKERS) + 4).unwrap_or(u32::MAX)
     }
 
     /// Starts `workers` workers (at least one) for requests that may write, and
@@ -263,9 +265,11 @@ impl Gateway {
         }));
         let (writes, write_queue) = mpsc::channel::<Job>();
         let (reads, read_queue) = mpsc::channel::<Job>();
+        let (bulk, bulk_queue) = mpsc::channel::<Job>();
         let queues = [
             Arc::new(Mutex::new(write_queue)),
             Arc::new(Mutex::new(read_queue)),
+            Arc::new(Mutex::new(bulk_queue)),
         ];
         let undecided = Arc::new(AtomicUsize::new(0));
         let (done, committed) = mpsc::channel::<Done>();
@@ -275,7 +279,7 @@ impl Gateway {
         let gate = Arc::new(CommitGate::default());
         let mut threads = Vec::new();
         let (writers, readers) = lanes(workers);
-        for i in 0..writers + readers {
+        for i in 0..writers + readers + BULK_WORKERS {
             let shared = Shared {
                 version: version.clone(),
                 store: store.clone(),
@@ -287,10 +291,15 @@ impl Gateway {
             };
             let (queue, name) = if i < writers {
                 (queues[0].clone(), format!("creditgate-worker-{i}"))
-            } else {
+            } else if i < writers + readers {
                 (
                     queues[1].clone(),
                     format!("creditgate-reader-{}", i - writers),
+                )
+            } else {
+                (
+                    queues[2].clone(),
+                    format!("creditgate-bulk-{}", i - writers - readers),
                 )
             };
             let worker = worker_for(&version, &store)?;
@@ -308,8 +317,12 @@ impl Gateway {
             committer.run(&committed)
         }));
         let gateway = Gateway {
-            jobs: Mutex::new(Some(Lanes { reads, writes })),
-            workers: writers + readers,
+            jobs: Mutex::new(Some(Lanes {
+                reads,
+                writes,
+                bulk,
+            })),
+            workers: writers + readers + BULK_WORKERS,
             reloading: Mutex::new(()),
             undecided,
             version,
@@ -325,6 +338,34 @@ impl Gateway {
     /// Decides `request` as of `now`; the answer is durable when it arrives.
     pub async fn decide(&self, request: Request, now: i64) -> Result<Decision, GatewayError> {
         match self.submit(Work::Decide(request), now)?.await {
+            Ok(Ok(Answer::Decision(d))) => Ok(d),
+            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// [`Gateway::decide`] for a read-only request made on behalf of a page or a
+    /// listing rather than a sender: it waits in a lane of its own, served by
+    /// [`BULK_WORKERS`] worker(s) of its own, so that however many accounts a
+    /// dashboard or an API listing goes through, no Postfix check or API
+    /// decision ever queues behind it. A request that may write is decided as
+    /// [`Gateway::decide`] decides it.
+    pub async fn decide_bulk(&self, request: Request, now: i64) -> Result<Decision, GatewayError> {
+        if !request.op().is_read_only() {
+            return self.decide(request, now).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            let lanes = jobs.as_ref().ok_or(GatewayError::Stopped)?;
+            let job = Job {
+                work: Work::Decide(request),
+                now,
+                reply,
+            };
+            lanes.bulk.send(job).map_err(|_| GatewayError::Stopped)?;
+        }
+        match answer.await {
             Ok(Ok(Answer::Decision(d))) => Ok(d),
             Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
             Ok(Err(e)) => Err(e),
@@ -526,6 +567,20 @@ impl Gateway {
         stranded_plans(&runtime, self.store.clone(), &policy, crate::time::now())
     }
 
+    /// The version number in force and its policy's summary, as loading it on a
+    /// scratch instance finds it (about a millisecond; no worker is used).
+    pub fn policy_summary(&self) -> Result<(u64, PolicySummary), LoadError> {
+        let (number, runtime, policy) = {
+            let version = self.version.read().unwrap_or_else(PoisonError::into_inner);
+            (
+                version.number,
+                version.runtime.clone(),
+                version.policy.clone(),
+            )
+        };
+        validate(&runtime, &policy).map(|summary| (number, summary))
+    }
+
     /// The version number in force; it grows by one at each successful reload.
     pub fn version(&self) -> u64 {
         self.version
@@ -585,6 +640,10 @@ fn worker_for(
     let (worker, _) = version.runtime.worker(store.clone(), &version.policy)?;
     Ok((worker, version.number))
 }
+
+/// Workers for the bulk lane ([`Gateway::decide_bulk`]): one, so that pages and
+/// listings take at most one core's worth of decisions whatever their number.
+pub const BULK_WORKERS: usize = 1;
 
 /// Workers for requests that may write, and for read-only ones.
 fn lanes(workers: usize) -> (usize, usize) {

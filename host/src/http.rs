@@ -207,7 +207,11 @@ pub const ADMIN_ROUTES: [(&str, &str); 5] = [
 /// Every route the API serves, as `(method, path)`; `host/openapi.json` documents
 /// exactly these.
 pub fn routes() -> Vec<(&'static str, &'static str)> {
-    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+    table()
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .chain(crate::api_read::routes())
+        .collect()
 }
 
 /// The API's routes over `gateway`.
@@ -217,8 +221,11 @@ pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: &HttpOptions) ->
     for (_, path, handler) in table() {
         router = router.route(path, handler);
     }
+    // Pages and listings share one cap on bulk reads (see `api_read::Bulk`).
+    let bulk = crate::api_read::Bulk::new(gateway.clone());
     router
-        .merge(crate::dashboard::router(gateway.clone()))
+        .merge(crate::dashboard::router(bulk.clone()))
+        .merge(crate::api_read::router(bulk))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -749,7 +756,7 @@ impl From<Kind> for EmailKind {
 
 /// An account's plan, anchor and usage: the body of the account routes.
 #[derive(Debug, Serialize)]
-struct AccountJson<'a> {
+pub(crate) struct AccountJson<'a> {
     account: &'a str,
     plan: &'a str,
     /// Present (true) only when the policy in force lacks the account's plan: it
@@ -762,13 +769,21 @@ struct AccountJson<'a> {
 }
 
 impl<'a> AccountJson<'a> {
-    fn new(account: &'a str, usage: &'a AccountUsage) -> Self {
+    pub(crate) fn new(account: &'a str, usage: &'a AccountUsage) -> Self {
         AccountJson {
             account,
             plan: &usage.plan,
             plan_missing: false,
             anchor: format_instant(usage.anchor),
             usage: UsageJson::from(usage),
+        }
+    }
+
+    /// A listed account, flagged when the policy in force lacks its plan.
+    pub(crate) fn listed(account: &'a str, usage: &'a AccountUsage, plan_missing: bool) -> Self {
+        AccountJson {
+            plan_missing,
+            ..AccountJson::new(account, usage)
         }
     }
 
@@ -1085,7 +1100,7 @@ fn allowed<'d>(account: &str, decision: &'d Decision) -> Result<&'d AccountUsage
     })
 }
 
-fn json<T: Serialize>(value: &T) -> Response {
+pub(crate) fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => ApiError::internal(format!("cannot render the answer: {e}")).into_response(),
@@ -1112,7 +1127,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
 }
 
 /// `axum::extract::Path` with its rejections rendered as [`ApiError`]s.
-struct Path<T>(T);
+pub(crate) struct Path<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
     type Rejection = ApiError;
@@ -1180,7 +1195,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -1193,12 +1208,12 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
-    fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
     /// A denial of a request that changes or reads one account.
-    fn denied(account: &str, reason: Reason) -> Self {
+    pub(crate) fn denied(account: &str, reason: Reason) -> Self {
         let code = reason_code(reason);
         let (status, message) = match reason {
             Reason::UnknownAccount => (
@@ -1235,7 +1250,7 @@ impl ApiError {
     }
 
     /// No decision was made; nothing was charged.
-    fn gateway(account: &str, e: GatewayError) -> Self {
+    pub(crate) fn gateway(account: &str, e: GatewayError) -> Self {
         let unavailable = |code, message: String| {
             warn!(%account, error = %message, "no decision");
             Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)

@@ -21,12 +21,15 @@
 //! - [`serve`]: the Postfix policy server, sockets around [`postfix`] and a [`gateway`];
 //! - [`slots`]: how both servers bound their connections, and whom they close to
 //!   make room when full;
-//! - [`http`]: the HTTP JSON API over the same [`gateway`], with `/metrics`.
+//! - [`http`]: the HTTP JSON API over the same [`gateway`], with `/metrics`;
+//!   [`api_read`] adds its paged listings (accounts, plans, campaigns, leads,
+//!   alerts) and keeps bulk reads to a fixed share of the gateway.
 //! - [`dashboard`]: the web dashboard `serve` adds to the API: HTML pages of every account's usage.
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
 
 pub mod alerts;
+pub mod api_read;
 pub mod bindings;
 pub mod dashboard;
 pub mod gateway;

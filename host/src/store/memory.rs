@@ -4,6 +4,7 @@
 //! with that lock held, so the visitor must not call back into the store.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
@@ -451,6 +452,73 @@ impl Store for MemoryStore {
                         break;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(self
+            .lock()
+            .range::<str, _>((from, Bound::Unbounded))
+            .filter(|(_, s)| !s.is_empty())
+            .take(limit)
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
+    fn visit_members_after(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        if let Some(group) = group {
+            check_name("group", group)?;
+        }
+        let scopes = self.lock();
+        let Some(s) = scopes.get(scope) else {
+            return Ok(());
+        };
+        let first = after.map_or(Bound::Unbounded, |(g, _)| Bound::Included(g));
+        for (g, members) in s.groups.range::<str, _>((first, Bound::Unbounded)) {
+            if group.is_some_and(|only| only != g) {
+                if group.is_some_and(|only| only < g.as_str()) {
+                    break;
+                }
+                continue;
+            }
+            let from = match after {
+                Some((ag, am)) if ag == g => Bound::Excluded(am),
+                _ => Bound::Unbounded,
+            };
+            for member in members.range::<str, _>((from, Bound::Unbounded)) {
+                if !visit(g, member) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_records(
+        &self,
+        scope: &str,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        let scopes = self.lock();
+        let Some(s) = scopes.get(scope) else {
+            return Ok(());
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        for (key, value) in s.records.range::<str, _>((from, Bound::Unbounded)) {
+            if !visit(key, value) {
+                break;
             }
         }
         Ok(())

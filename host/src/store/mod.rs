@@ -272,6 +272,51 @@ pub trait Store: Send + Sync {
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError>;
 
+    /// Up to `limit` of the scopes [`Store::scopes`] lists, those after `after`
+    /// (exclusive), in byte order: one page of a listing that resumes where the
+    /// last one stopped. The default lists every scope; backends that keep scopes
+    /// in order read only the page.
+    fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut scopes = self.scopes()?;
+        scopes.retain(|s| after.is_none_or(|a| s.as_str() > a));
+        scopes.truncate(limit);
+        Ok(scopes)
+    }
+
+    /// [`Store::visit_members`] from the membership after `after` = `(group,
+    /// member)` (exclusive) on, so that a listing resumes where it stopped without
+    /// reading what came before. The default skips what comes before; backends
+    /// that keep memberships in order start there.
+    fn visit_members_after(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        self.visit_members(scope, group, &mut |g, m| {
+            after.is_some_and(|a| (g, m) <= a) || visit(g, m)
+        })
+    }
+
+    /// Calls `visit(key, value)` for each record of `scope` whose key is after
+    /// `after` (exclusive), in key order; `visit` returns false to stop early. The
+    /// same rules as [`Store::visit_members`] hold for `visit`. The default exports
+    /// the scope; backends that keep records in order read only what is visited.
+    fn visit_records(
+        &self,
+        scope: &str,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        for (key, value) in self.export_scope(scope)?.records {
+            if after.is_none_or(|a| key.as_str() > a) && !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Everything `scope` holds, from one consistent snapshot: for copies between
     /// stores and for dry runs against a throwaway copy.
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError>;

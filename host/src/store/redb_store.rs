@@ -821,6 +821,27 @@ fn scopes_of<V: redb::Value + 'static>(
     }
 }
 
+/// Adds to `out` the first `limit` distinct scopes of `table` from `from` on.
+fn scopes_from<V: redb::Value + 'static>(
+    table: &ReadOnlyTable<Pair, V>,
+    from: &str,
+    limit: usize,
+    out: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let what = "listing scopes";
+    let mut from = from.to_owned();
+    for _ in 0..limit {
+        let Some(entry) = table.range((from.as_str(), "")..).ctx(what)?.next() else {
+            return Ok(());
+        };
+        let (key, _) = entry.ctx(what)?;
+        let scope = key.value().0;
+        from = next(scope);
+        out.insert(scope.to_owned());
+    }
+    Ok(())
+}
+
 impl Store for RedbStore {
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
         check_name("scope", scope)?;
@@ -1284,6 +1305,89 @@ impl Store for RedbStore {
             let (key, _) = entry.ctx(what)?;
             let (_, group, member) = key.value();
             if !visit(group, member) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let what = "listing scopes";
+        let txn = self.begin_read(what)?;
+        let from = after.map_or_else(String::new, next);
+        // The first `limit` of each table's scopes hold the first `limit` of all.
+        let mut out = BTreeSet::new();
+        scopes_from(&txn.open_table(RECORDS).ctx(what)?, &from, limit, &mut out)?;
+        scopes_from(&txn.open_table(COUNTERS).ctx(what)?, &from, limit, &mut out)?;
+        let counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
+        for entry in counts.range(from.as_str()..).ctx(what)?.take(limit) {
+            let (scope, _) = entry.ctx(what)?;
+            out.insert(scope.value().to_owned());
+        }
+        Ok(out.into_iter().take(limit).collect())
+    }
+
+    fn visit_members_after(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        if let Some(group) = group {
+            check_name("group", group)?;
+        }
+        let what = "visiting members";
+        let txn = self.begin_read(what)?;
+        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+        // From just after `after` (or the scope's start) to the end of the group
+        // asked for (or of the scope).
+        let after_member = after.map(|(_, m)| next(m));
+        let mut lower = match after {
+            Some((g, _)) => (g, after_member.as_deref().unwrap_or("")),
+            None => ("", ""),
+        };
+        let (next_scope, next_group) = (next(scope), group.map(next));
+        let upper = match (group, &next_group) {
+            (Some(only), Some(next_group)) => {
+                lower = lower.max((only, ""));
+                (scope, next_group.as_str(), "")
+            }
+            _ => (next_scope.as_str(), "", ""),
+        };
+        if (scope, lower.0, lower.1) >= upper {
+            return Ok(());
+        }
+        let range = group_members.range((scope, lower.0, lower.1)..upper);
+        for entry in range.ctx(what)? {
+            let (key, _) = entry.ctx(what)?;
+            let (_, group, member) = key.value();
+            if !visit(group, member) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_records(
+        &self,
+        scope: &str,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        let what = "visiting records";
+        let txn = self.begin_read(what)?;
+        let records = txn.open_table(RECORDS).ctx(what)?;
+        let from = after.map_or_else(String::new, next);
+        let end = next(scope);
+        for entry in records
+            .range((scope, from.as_str())..(end.as_str(), ""))
+            .ctx(what)?
+        {
+            let (key, value) = entry.ctx(what)?;
+            if !visit(key.value().1, value.value()) {
                 break;
             }
         }

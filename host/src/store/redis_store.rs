@@ -1043,6 +1043,113 @@ impl Store for RedisStore {
         }
     }
 
+    // The registry is a set, in no order: a page reads every name (names only)
+    // and sorts them, but checks only as many scopes as the page needs.
+    fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let what = "listing scopes";
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(&self.registry);
+        let mut candidates: Vec<String> =
+            self.call(what, self.config.bulk_timeout, |mut c| async move {
+                cmd.query_async(&mut c).await
+            })?;
+        candidates.retain(|s| after.is_none_or(|a| s.as_str() > a));
+        candidates.sort();
+        let mut listed = Vec::new();
+        for chunk in candidates.chunks(limit.clamp(1, 256)) {
+            let checks: Vec<(String, Vec<String>)> = chunk
+                .iter()
+                .map(|scope| (scope.clone(), self.keys(scope)))
+                .collect();
+            let found: Vec<bool> =
+                self.call(what, self.config.bulk_timeout, |conn| async move {
+                    let mut found = Vec::with_capacity(checks.len());
+                    for (scope, keys) in checks {
+                        let mut conn = conn.clone();
+                        let mut invocation = SCRIPTS.scope_listed.prepare_invoke();
+                        for key in keys {
+                            invocation.key(key);
+                        }
+                        invocation.arg(&scope);
+                        found.push(invocation.invoke_async::<bool>(&mut conn).await?);
+                    }
+                    Ok(found)
+                })?;
+            listed.extend(
+                chunk
+                    .iter()
+                    .zip(found)
+                    .filter(|(_, found)| *found)
+                    .map(|(scope, _)| scope.clone()),
+            );
+            if listed.len() >= limit {
+                break;
+            }
+        }
+        listed.truncate(limit);
+        Ok(listed)
+    }
+
+    fn visit_members_after(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        if let Some(group) = group {
+            check_name("group", group)?;
+        }
+        // As `visit_members`, page by page, starting in the group of `after`.
+        let base = self.base(scope);
+        let mut visit_group =
+            |group: &str, mut after: Option<String>| -> Result<bool, StoreError> {
+                loop {
+                    let page = self.page(format!("{base}grp:{group}"), after.as_deref())?;
+                    for member in &page {
+                        if !visit(group, member) {
+                            return Ok(false);
+                        }
+                    }
+                    if page.len() < PAGE {
+                        return Ok(true);
+                    }
+                    after = page.last().cloned();
+                }
+            };
+        if let Some(only) = group {
+            match after {
+                Some((g, _)) if g > only => {}
+                Some((g, m)) if g == only => {
+                    visit_group(only, Some(m.to_owned()))?;
+                }
+                _ => {
+                    visit_group(only, None)?;
+                }
+            }
+            return Ok(());
+        }
+        if let Some((g, m)) = after
+            && !visit_group(g, Some(m.to_owned()))?
+        {
+            return Ok(());
+        }
+        let mut after_group = after.map(|(g, _)| g.to_owned());
+        loop {
+            let groups = self.page(format!("{base}groups"), after_group.as_deref())?;
+            for group in &groups {
+                if !visit_group(group, None)? {
+                    return Ok(());
+                }
+            }
+            if groups.len() < PAGE {
+                return Ok(());
+            }
+            after_group = groups.last().cloned();
+        }
+    }
+
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
         check_name("scope", scope)?;
         let what = "exporting a scope";

@@ -26,7 +26,7 @@ lead_credits = 10
 email_credits = 20
 ";
 
-fn openapi() -> Value {
+pub(crate) fn openapi() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
     let text = std::fs::read_to_string(&path).expect("host/openapi.json exists");
     serde_json::from_str(&text).expect("host/openapi.json is JSON")
@@ -55,18 +55,18 @@ fn openapi_documents_exactly_the_routes() {
 
 /// A server in this process over `store`, with `policy`; the reloader reads the
 /// policy back from a file the test can rewrite.
-struct Api {
-    base: String,
-    agent: ureq::Agent,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) agent: ureq::Agent,
     spec: Value,
-    policy_file: tempfile::NamedTempFile,
-    gateway: Arc<Gateway>,
+    pub(crate) policy_file: tempfile::NamedTempFile,
+    pub(crate) gateway: Arc<Gateway>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Api {
-    fn start(store: Arc<dyn Store>, options: HttpOptions) -> Api {
+    pub(crate) fn start(store: Arc<dyn Store>, options: HttpOptions) -> Api {
         let policy_file = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(policy_file.path(), POLICY).expect("writes");
         let (gateway, _) = Gateway::start(crate::harness::shared_runtime(), store, POLICY, 2)
@@ -122,13 +122,19 @@ impl Api {
         }
     }
 
-    fn memory() -> Api {
+    pub(crate) fn memory() -> Api {
         Api::start(Arc::new(MemoryStore::new()), HttpOptions::default())
     }
 
     /// Sends a request to the route `template` (as the OpenAPI file names it) at
     /// the concrete `path`; checks the status is documented for that operation.
-    fn call(&self, method: &str, template: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
         let (status, text) = send(&self.agent, &self.base, method, path, body);
         let documented = &self.spec["paths"][template][method]["responses"];
         assert!(
@@ -140,7 +146,7 @@ impl Api {
         (status, value)
     }
 
-    fn subscribe(&self, account: &str, plan: &str) -> (u16, Value) {
+    pub(crate) fn subscribe(&self, account: &str, plan: &str) -> (u16, Value) {
         self.call(
             "post",
             "/v1/accounts/{account}/subscription",
@@ -149,7 +155,7 @@ impl Api {
         )
     }
 
-    fn usage(&self, account: &str) -> (u16, Value) {
+    pub(crate) fn usage(&self, account: &str) -> (u16, Value) {
         self.call(
             "get",
             "/v1/accounts/{account}/usage",
@@ -158,7 +164,7 @@ impl Api {
         )
     }
 
-    fn email(&self, body: Value) -> (u16, Value) {
+    pub(crate) fn email(&self, body: Value) -> (u16, Value) {
         self.call(
             "post",
             "/v1/decide/email",
@@ -167,7 +173,7 @@ impl Api {
         )
     }
 
-    fn leads(&self, account: &str, campaign: &str, emails: &[&str]) -> (u16, Value) {
+    pub(crate) fn leads(&self, account: &str, campaign: &str, emails: &[&str]) -> (u16, Value) {
         self.call(
             "post",
             "/v1/accounts/{account}/campaigns/{campaign}/leads",
@@ -198,7 +204,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// One request; its status and body text. A body is sent as JSON.
-fn send(
+pub(crate) fn send(
     agent: &ureq::Agent,
     base: &str,
     method: &str,
@@ -226,7 +232,7 @@ fn send(
     (status, text)
 }
 
-fn code(body: &Value) -> &str {
+pub(crate) fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("(no error code)")
 }
 
@@ -684,6 +690,28 @@ fn a_reload_that_strands_accounts_is_refused_unless_forced() {
     assert_eq!(body["reason"], "unknown_plan");
     let (_, body) = api.usage("acme");
     assert!(body.get("plan_missing").is_none(), "{body}");
+
+    // Every window keeps it: the listing, the dashboard's list and its page.
+    let (status, body) = api.call("get", "/v1/accounts", "/v1/accounts", None);
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<(&str, bool)> = body["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .map(|a| {
+            (
+                a["account"].as_str().unwrap_or_default(),
+                a["plan_missing"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("acme", false), ("globex", true)], "{body}");
+    for page in ["/", "/accounts/globex"] {
+        let (status, html) = send(&api.agent, &api.base, "get", page, None);
+        assert_eq!(status, 200, "{page}: {html}");
+        assert!(html.contains("globex"), "{page}: {html}");
+        assert!(html.contains("not in the policy"), "{page}: {html}");
+    }
 }
 
 /// Issue 13, item 4: a back-dated anchor reports the cycle containing now, the

@@ -12,6 +12,7 @@ mod harness;
 mod hostile;
 mod http;
 mod import;
+mod listing;
 mod model;
 mod operator;
 mod packaging;
