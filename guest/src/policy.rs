@@ -546,7 +546,9 @@ impl Checker<'_> {
                 self.error(
                     path,
                     value.span(),
-                    format!("expected {EXPECTED}, found the string {s:?} (did you mean \"unlimited\"?)"),
+                    format!(
+                        "expected {EXPECTED}, found the string {s:?} (did you mean \"unlimited\"?)"
+                    ),
                 );
                 None
             }
@@ -715,7 +717,10 @@ fn duplicate(text: &str, again: std::ops::Range<usize>) -> Option<(String, usize
     }
     let first = first.filter(|&f| f < again.start)?;
     for part in &mut path {
-        if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             *part = format!("{part:?}");
         }
     }
@@ -733,7 +738,9 @@ fn header_path(line: &str) -> Option<Vec<String>> {
 /// A key as written, without its quotes. (Keys with dots inside quotes are not
 /// found; the diagnostic then falls back on toml's own.)
 fn unquote(key: &str) -> String {
-    key.trim().trim_matches(|c| c == '"' || c == '\'').to_string()
+    key.trim()
+        .trim_matches(|c| c == '"' || c == '\'')
+        .to_string()
 }
 
 /// The entry of `known` that `word` is most likely a misspelling of: at most one
@@ -1025,17 +1032,23 @@ mod tests {
         let text = "[plans.pro]\nlead_credits = 1\nemail_credits = 1\n\n[plans.pro]\nlead_credits = 2\nemail_credits = 2\n";
         assert_eq!(
             errors(text),
-            ["5:8: plans.pro: plans.pro is defined twice: first at line 1, column 8, again at line 5, column 8"]
+            [
+                "5:8: plans.pro: plans.pro is defined twice: first at line 1, column 8, again at line 5, column 8"
+            ]
         );
         let text = "[plans]\nbase = { lead_credits = 1, email_credits = 1 }\nbase = { lead_credits = 2, email_credits = 2 }\n";
         assert_eq!(
             errors(text),
-            ["3:1: plans.base: plans.base is defined twice: first at line 2, column 1, again at line 3, column 1"]
+            [
+                "3:1: plans.base: plans.base is defined twice: first at line 2, column 1, again at line 3, column 1"
+            ]
         );
         let text = "[plans.a]\nlead_credits = 1\nemail_credits = 1\nlead_credits = 3\n";
         assert_eq!(
             errors(text),
-            ["4:1: plans.a.lead_credits: plans.a.lead_credits is defined twice: first at line 2, column 1, again at line 4, column 1"]
+            [
+                "4:1: plans.a.lead_credits: plans.a.lead_credits is defined twice: first at line 2, column 1, again at line 4, column 1"
+            ]
         );
     }
 
@@ -1057,10 +1070,15 @@ mod tests {
         let e = errors("colour = 1\n[plans.a]\nlead_credits = 1\nemail_credits = 1\n");
         assert_eq!(
             e,
-            ["1:1: colour: unknown key \"colour\"; expected one of: version, description, plans, email_costs, alerts"]
+            [
+                "1:1: colour: unknown key \"colour\"; expected one of: version, description, plans, email_costs, alerts"
+            ]
         );
         assert_eq!(closest("Unlimited", &["unlimited"]), Some("unlimited"));
-        assert_eq!(closest("follwup", &["first", "follow_up", "reply"]), Some("follow_up"));
+        assert_eq!(
+            closest("follwup", &["first", "follow_up", "reply"]),
+            Some("follow_up")
+        );
         assert_eq!(closest("x", &["first"]), None);
     }
 
@@ -1069,7 +1087,9 @@ mod tests {
         let text = "[plans.pro]\nlead_credits = 1\nemail_credits = 1\n[plans.Pro]\nlead_credits = 2\nemail_credits = 2\n";
         assert_eq!(
             errors(text),
-            ["4:8: plans.Pro: plan \"Pro\" differs from plan \"pro\" (line 1, column 8) only in case; plan names must differ in more than case"]
+            [
+                "4:8: plans.Pro: plan \"Pro\" differs from plan \"pro\" (line 1, column 8) only in case; plan names must differ in more than case"
+            ]
         );
     }
 
