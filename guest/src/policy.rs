@@ -33,6 +33,12 @@ pub const MAX_PLAN_NAME: usize = 64;
 /// Largest policy text accepted, in bytes.
 pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
 
+/// The most plans a policy may define. Every worker of a gateway loads the policy
+/// into its own instance, and a first decision on a policy of 20,000 plans took
+/// seconds; real price lists have a handful of plans, so a policy past this is
+/// refused with the count rather than slowing every reload.
+pub const MAX_PLANS: usize = 1_000;
+
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -123,7 +129,21 @@ impl Policy {
                 let span = e.span().unwrap_or(0..0);
                 // toml's message is a multi-line report; its first line is the point.
                 let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
-                check.error("", span, message.to_string());
+                match duplicate(text, span.clone()).filter(|_| message == "duplicate key") {
+                    Some((path, first)) => {
+                        let (line, column) = line_column(text, first);
+                        let (again_line, again_column) = line_column(text, span.start);
+                        check.error(
+                            &path,
+                            span,
+                            format!(
+                                "{path} is defined twice: first at line {line}, column {column}, \
+                                 again at line {again_line}, column {again_column}"
+                            ),
+                        );
+                    }
+                    None => check.error("", span, message.to_string()),
+                }
                 return Err(check.errors);
             }
         };
@@ -210,7 +230,7 @@ impl Checker<'_> {
                     "",
                     other,
                     key.span(),
-                    "version, description, plans, email_costs, alerts",
+                    &["version", "description", "plans", "email_costs", "alerts"],
                 ),
             }
         }
@@ -246,6 +266,19 @@ impl Checker<'_> {
             );
             return None;
         }
+        if table.len() > MAX_PLANS {
+            // Not validated one by one: the count alone refuses it, and checking
+            // tens of thousands of plans would only delay saying so.
+            self.error(
+                "plans",
+                value.span(),
+                format!(
+                    "{} plans; a policy may define at most {MAX_PLANS}",
+                    table.len()
+                ),
+            );
+            return None;
+        }
         let mut plans = Vec::new();
         for (name, value) in table {
             let name_str = name.get_ref().as_ref();
@@ -270,7 +303,32 @@ impl Checker<'_> {
         // The table iterates in key order; warnings about "an earlier plan" mean
         // earlier in the file.
         plans.sort_by_key(|e| e.span.start);
+        self.plans_differing_in_case(&plans);
         Some(plans)
+    }
+
+    /// Refuses two plans whose names differ only in case. Requests name plans
+    /// exactly, so `Pro` next to `pro` would be a second, parallel plan that an
+    /// operator typing either spelling could land on by mistake.
+    fn plans_differing_in_case(&mut self, entries: &[PlanEntry]) {
+        for (i, later) in entries.iter().enumerate() {
+            let Some(earlier) = entries[..i]
+                .iter()
+                .find(|e| e.name.eq_ignore_ascii_case(&later.name))
+            else {
+                continue;
+            };
+            let (line, column) = line_column(self.text, earlier.span.start);
+            self.error(
+                &format!("plans.{}", later.name),
+                later.span.clone(),
+                format!(
+                    "plan {:?} differs from plan {:?} (line {line}, column {column}) only in case; \
+                     plan names must differ in more than case",
+                    later.name, earlier.name
+                ),
+            );
+        }
     }
 
     /// Warns on a plan that grants the same credits as an earlier one.
@@ -322,27 +380,29 @@ impl Checker<'_> {
 
     fn plan(&mut self, path: &str, value: &Value<'_>) -> Option<Plan> {
         let table = self.table(path, value)?;
+        const KEYS: [&str; 3] = ["lead_credits", "email_credits", "description"];
         let mut lead_credits = None;
         let mut email_credits = None;
+        // Keys a misspelt key was probably meant to be: their absence is that
+        // misspelling, already reported.
+        let mut misspelt = Vec::new();
         for (key, v) in table {
             let key_path = format!("{path}.{}", key.get_ref());
             match key.get_ref().as_ref() {
                 "lead_credits" => lead_credits = Some(self.allowance(&key_path, v)),
                 "email_credits" => email_credits = Some(self.allowance(&key_path, v)),
                 "description" => self.string(&key_path, v),
-                other => self.unknown_key(
-                    path,
-                    other,
-                    key.span(),
-                    "lead_credits, email_credits, description",
-                ),
+                other => {
+                    misspelt.extend(closest(other, &KEYS));
+                    self.unknown_key(path, other, key.span(), &KEYS);
+                }
             }
         }
         for (name, found) in [
             ("lead_credits", &lead_credits),
             ("email_credits", &email_credits),
         ] {
-            if found.is_none() {
+            if found.is_none() && !misspelt.contains(&name) {
                 self.error(
                     &format!("{path}.{name}"),
                     value.span(),
@@ -390,7 +450,12 @@ impl Checker<'_> {
                 "follow_up" => &mut costs.follow_up,
                 "reply" => &mut costs.reply,
                 other => {
-                    self.unknown_key("email_costs", other, key.span(), "first, follow_up, reply");
+                    self.unknown_key(
+                        "email_costs",
+                        other,
+                        key.span(),
+                        &["first", "follow_up", "reply"],
+                    );
                     continue;
                 }
             };
@@ -412,7 +477,12 @@ impl Checker<'_> {
                 "lead_credits" => &mut alerts.lead_credits,
                 "email_credits" => &mut alerts.email_credits,
                 other => {
-                    self.unknown_key("alerts", other, key.span(), "lead_credits, email_credits");
+                    self.unknown_key(
+                        "alerts",
+                        other,
+                        key.span(),
+                        &["lead_credits", "email_credits"],
+                    );
                     continue;
                 }
             };
@@ -472,6 +542,16 @@ impl Checker<'_> {
         match value.get_ref() {
             DeValue::String(s) if s == "unlimited" => Some(None),
             DeValue::Integer(_) => self.bounded(path, value, EXPECTED, MAX_CREDITS).map(Some),
+            DeValue::String(s) if closest(s, &["unlimited"]).is_some() => {
+                self.error(
+                    path,
+                    value.span(),
+                    format!(
+                        "expected {EXPECTED}, found the string {s:?} (did you mean \"unlimited\"?)"
+                    ),
+                );
+                None
+            }
             other => {
                 self.error(
                     path,
@@ -546,16 +626,29 @@ impl Checker<'_> {
         }
     }
 
-    fn unknown_key(&mut self, parent: &str, key: &str, span: std::ops::Range<usize>, known: &str) {
+    fn unknown_key(
+        &mut self,
+        parent: &str,
+        key: &str,
+        span: std::ops::Range<usize>,
+        known: &[&str],
+    ) {
         let path = if parent.is_empty() {
             key.to_string()
         } else {
             format!("{parent}.{key}")
         };
+        let hint = match closest(key, known) {
+            Some(near) => format!(" (did you mean {near:?}?)"),
+            None => String::new(),
+        };
         self.error(
             &path,
             span,
-            format!("unknown key {key:?}; expected one of: {known}"),
+            format!(
+                "unknown key {key:?}{hint}; expected one of: {}",
+                known.join(", ")
+            ),
         );
     }
 
@@ -578,6 +671,120 @@ impl Checker<'_> {
             column,
         }
     }
+}
+
+/// For a key defined twice, whose second definition is at `again`: its dotted
+/// path and the offset of its first definition. toml reports only the second;
+/// the first is found in the text before the line of the second.
+fn duplicate(text: &str, again: std::ops::Range<usize>) -> Option<(String, usize)> {
+    let key = unquote(text.get(again.clone())?);
+    let line_start = text.get(..again.start)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?.trim_start();
+    let mut path = if line.starts_with('[') {
+        // A table header: the whole path is in it.
+        header_path(line)?
+    } else {
+        // `key = value` under the last header before it (or at the top).
+        let mut parent = text
+            .get(..line_start)?
+            .lines()
+            .rev()
+            .map(str::trim_start)
+            .find(|l| l.starts_with('['))
+            .map_or(Some(Vec::new()), header_path)?;
+        parent.push(key);
+        parent
+    };
+    // The document before the second definition holds only the first (the whole
+    // document, recovered, keeps the second's span).
+    let (root, _) = DeTable::parse_recoverable(text.get(..line_start)?);
+    let mut table = root.get_ref();
+    let mut first = None;
+    for (i, part) in path.iter().enumerate() {
+        let (name, value) = table.get_key_value(part.as_str())?;
+        if i + 1 == path.len() {
+            first = Some(name.span().start);
+        } else {
+            table = match value.get_ref() {
+                DeValue::Table(t) => t,
+                DeValue::Array(items) => match items.last()?.get_ref() {
+                    DeValue::Table(t) => t,
+                    _ => return None,
+                },
+                _ => return None,
+            };
+        }
+    }
+    let first = first.filter(|&f| f < again.start)?;
+    for part in &mut path {
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            *part = format!("{part:?}");
+        }
+    }
+    Some((path.join("."), first))
+}
+
+/// The key path of a `[a.b]` or `[[a.b]]` header line.
+fn header_path(line: &str) -> Option<Vec<String>> {
+    let inner = line.trim_start_matches('[');
+    let inner = inner.get(..inner.find(']')?)?;
+    let parts: Vec<String> = inner.split('.').map(unquote).collect();
+    (!parts.iter().any(String::is_empty)).then_some(parts)
+}
+
+/// A key as written, without its quotes. (Keys with dots inside quotes are not
+/// found; the diagnostic then falls back on toml's own.)
+fn unquote(key: &str) -> String {
+    key.trim()
+        .trim_matches(|c| c == '"' || c == '\'')
+        .to_string()
+}
+
+/// The entry of `known` that `word` is most likely a misspelling of: at most one
+/// edit (insertion, deletion, substitution or swap of neighbours) per four
+/// characters, and at least one, ignoring case.
+fn closest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+    let word = word.to_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&word, &k.to_lowercase()), *k))
+        .filter(|(d, k)| *d <= (k.chars().count() / 4).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: Levenshtein with swaps of neighbours.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Long words are no misspelling of a key; this also bounds the work.
+    if a.len().abs_diff(b.len()) > 3 || a.len() > 64 || b.len() > 64 {
+        return usize::MAX;
+    }
+    let width = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * width];
+    for (i, row) in d.chunks_mut(width).enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d.iter_mut().take(width).enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[(i - 1) * width + j] + 1)
+                .min(d[i * width + j - 1] + 1)
+                .min(d[(i - 1) * width + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[(i - 2) * width + j - 2] + 1);
+            }
+            d[i * width + j] = best;
+        }
+    }
+    d[a.len() * width + b.len()]
 }
 
 fn valid_plan_name(name: &str) -> bool {
@@ -668,7 +875,7 @@ mod tests {
         assert_eq!(
             errors(text),
             [
-                "1:1: versoin: unknown key \"versoin\"; expected one of: version, description, plans, email_costs, alerts",
+                "1:1: versoin: unknown key \"versoin\" (did you mean \"version\"?); expected one of: version, description, plans, email_costs, alerts",
                 "3:16: plans.a.lead_credits: expected a non-negative integer or \"unlimited\", found the float 1.5",
                 "4:17: plans.a.email_credits: expected a non-negative integer or \"unlimited\", found the string \"lots\"",
                 "5:1: plans.a.colour: unknown key \"colour\"; expected one of: lead_credits, email_credits, description",
@@ -818,5 +1025,87 @@ mod tests {
         ] {
             assert_eq!(warnings(text), Vec::<String>::new());
         }
+    }
+
+    #[test]
+    fn a_plan_defined_twice_names_its_path_and_both_places() {
+        let text = "[plans.pro]\nlead_credits = 1\nemail_credits = 1\n\n[plans.pro]\nlead_credits = 2\nemail_credits = 2\n";
+        assert_eq!(
+            errors(text),
+            [
+                "5:8: plans.pro: plans.pro is defined twice: first at line 1, column 8, again at line 5, column 8"
+            ]
+        );
+        let text = "[plans]\nbase = { lead_credits = 1, email_credits = 1 }\nbase = { lead_credits = 2, email_credits = 2 }\n";
+        assert_eq!(
+            errors(text),
+            [
+                "3:1: plans.base: plans.base is defined twice: first at line 2, column 1, again at line 3, column 1"
+            ]
+        );
+        let text = "[plans.a]\nlead_credits = 1\nemail_credits = 1\nlead_credits = 3\n";
+        assert_eq!(
+            errors(text),
+            [
+                "4:1: plans.a.lead_credits: plans.a.lead_credits is defined twice: first at line 2, column 1, again at line 4, column 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn misspelt_keys_and_values_suggest_the_right_one() {
+        let text = "[plans.a]\nlead_credits = \"unlimted\"\nemial_credits = 1\n";
+        let e = errors(text);
+        // Not also "email_credits: missing": the misspelling says it.
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(
+            e[0],
+            "2:16: plans.a.lead_credits: expected a non-negative integer or \"unlimited\", found the string \"unlimted\" (did you mean \"unlimited\"?)"
+        );
+        assert_eq!(
+            e[1],
+            "3:1: plans.a.emial_credits: unknown key \"emial_credits\" (did you mean \"email_credits\"?); expected one of: lead_credits, email_credits, description"
+        );
+        // Nothing close: no guess.
+        let e = errors("colour = 1\n[plans.a]\nlead_credits = 1\nemail_credits = 1\n");
+        assert_eq!(
+            e,
+            [
+                "1:1: colour: unknown key \"colour\"; expected one of: version, description, plans, email_costs, alerts"
+            ]
+        );
+        assert_eq!(closest("Unlimited", &["unlimited"]), Some("unlimited"));
+        assert_eq!(
+            closest("follwup", &["first", "follow_up", "reply"]),
+            Some("follow_up")
+        );
+        assert_eq!(closest("x", &["first"]), None);
+    }
+
+    #[test]
+    fn plans_differing_only_in_case_are_refused() {
+        let text = "[plans.pro]\nlead_credits = 1\nemail_credits = 1\n[plans.Pro]\nlead_credits = 2\nemail_credits = 2\n";
+        assert_eq!(
+            errors(text),
+            [
+                "4:8: plans.Pro: plan \"Pro\" differs from plan \"pro\" (line 1, column 8) only in case; plan names must differ in more than case"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_of_more_plans_than_the_limit_is_refused_with_the_count() {
+        let plans = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("p{i} = {{ lead_credits = {i}, email_credits = {i} }}\n"))
+                .collect()
+        };
+        let text = format!("[plans]\n{}", plans(MAX_PLANS + 1));
+        assert_eq!(
+            errors(&text),
+            ["1:1: plans: 1001 plans; a policy may define at most 1000"]
+        );
+        let text = format!("[plans]\n{}", plans(MAX_PLANS));
+        assert!(Policy::parse(&text).is_ok());
     }
 }

@@ -5,7 +5,11 @@
 //! alert is written to the store by the worker that made the decision, so it is
 //! durable with the decision's own commit, and it is delivered (a log line, and a
 //! POST to each configured webhook) only after that commit: an alert about a
-//! charge that was never acknowledged is never sent.
+//! charge that was never acknowledged is never sent. The recording is done by
+//! [`crate::runtime::Worker`] itself, so every front end (the gateway, the CLI's
+//! imports, deletions and plan changes, replay with a store) keeps the same log
+//! without having to remember to; delivery is the [`Notifier`]'s: `serve` logs and
+//! posts to webhooks, the command line prints on stderr, a dry run says nothing.
 //!
 //! The log lives in a scope of its own per account, `"\u{1}alerts/<account>"`,
 //! which no account name can collide with (the leading control character is not
@@ -195,6 +199,18 @@ impl Default for Retry {
 #[derive(Debug, Clone)]
 pub struct Notifier {
     queue: Option<mpsc::Sender<FiredAlert>>,
+    said: Said,
+}
+
+/// Where a notifier tells of an alert besides its webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    /// In the log (`tracing`), as `serve` does.
+    Log,
+    /// On stderr, for the command line, which has no log.
+    Stderr,
+    /// Nowhere: a dry run's alerts did not happen.
+    Nowhere,
 }
 
 /// Alerts waiting for delivery at most; past it, deliveries are dropped (the log
@@ -204,7 +220,28 @@ pub const QUEUE: usize = 10_000;
 impl Notifier {
     /// Logs only.
     pub fn log_only() -> Self {
-        Notifier { queue: None }
+        Notifier {
+            queue: None,
+            said: Said::Log,
+        }
+    }
+
+    /// Prints each alert on stderr: the command line's delivery. The CLI has no
+    /// webhooks (they are `serve`'s configuration); the alert is in the store's
+    /// log either way, for `alerts list`.
+    pub fn stderr() -> Self {
+        Notifier {
+            queue: None,
+            said: Said::Stderr,
+        }
+    }
+
+    /// Delivers nothing: for a dry run, whose alerts are only what would fire.
+    pub fn none() -> Self {
+        Notifier {
+            queue: None,
+            said: Said::Nowhere,
+        }
     }
 
     /// Logs, and hands each alert to `deliver` running on a tokio runtime.
@@ -213,6 +250,7 @@ impl Notifier {
         (
             Notifier {
                 queue: (!webhooks.is_empty()).then_some(queue),
+                said: Said::Log,
             },
             deliver(alerts, Arc::new(webhooks), retry),
         )
@@ -220,6 +258,14 @@ impl Notifier {
 
     /// Called once the alert's decision is durable.
     pub fn notify(&self, alert: FiredAlert) {
+        match self.said {
+            Said::Nowhere => return,
+            Said::Stderr => eprintln!(
+                "creditgate: alert: account {:?}: {} at {}% ({} of {})",
+                alert.account, alert.credit, alert.threshold, alert.used, alert.limit
+            ),
+            Said::Log => {}
+        }
         info!(
             target: "creditgate::alerts",
             account = %alert.account,

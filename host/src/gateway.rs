@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::alerts::{self, FiredAlert, Notifier};
+use crate::alerts::{FiredAlert, Notifier};
 use crate::bindings::{CycleUsage, Decision, LeadBatch, PolicySummary, Reason};
 use crate::metrics::{GatewayStats, Outcome};
 use crate::request::{Op, Request};
@@ -734,17 +734,14 @@ fn work(index: usize, mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, 
                 .email_history(account, *cycles, job.now)
                 .map(Answer::History),
         };
-        let (denied, fired) = match &answer {
-            Ok(Answer::Decision(d)) => (d.denied, FiredAlert::of_decision(account, d, job.now)),
-            Ok(Answer::Leads(b)) => {
-                let resets_at = b.usage.as_ref().map(|u| u.email_credits.resets_at);
-                (
-                    b.denied,
-                    FiredAlert::of(account, &b.alerts, job.now, resets_at),
-                )
-            }
-            _ => (None, Vec::new()),
+        let denied = match &answer {
+            Ok(Answer::Decision(d)) => d.denied,
+            Ok(Answer::Leads(b)) => b.denied,
+            _ => None,
         };
+        // The worker logged them in the store with the decision, so they go into
+        // the same commit; they are delivered once it is durable.
+        let fired = worker.take_fired();
         if let Some(reason) = denied {
             let mut kept = refusals.lock().unwrap_or_else(PoisonError::into_inner);
             if kept.len() == RECENT_REFUSALS {
@@ -756,12 +753,6 @@ fn work(index: usize, mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, 
                 reason,
                 at: job.now,
             });
-        }
-        for alert in &fired {
-            // Into the same commit as the decision that crossed the threshold.
-            if let Err(e) = alerts::record(store.as_ref(), alert, job.now) {
-                tracing::warn!(account = %alert.account, "cannot log an alert: {e}");
-            }
         }
         drop(decision);
         let mut counted = stats.lock().unwrap_or_else(PoisonError::into_inner);

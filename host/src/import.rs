@@ -22,17 +22,21 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::hash::{Hash as _, Hasher as _};
 use std::io::{self, BufRead, Cursor, SeekFrom};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bindings::{LeadBatch, LeadOutcome, LeadResult, Reason};
+use crate::bindings::{
+    GroupCleared, GuardedAdd, LeadBatch, LeadOutcome, LeadResult, MemberAddOutcome, MemberAdded,
+    MemberRemoved, MembersAdded, Reason, Tally,
+};
 use crate::replay::{CreditsJson, UsageJson, reason_code};
 use crate::request::Request;
 use crate::runtime::{DecideError, Worker};
-use crate::store::{MAX_NAME_LEN, MemoryStore, Store, StoreError};
+use crate::store::{CounterAdd, Guard, MAX_NAME_LEN, MemoryStore, ScopeDump, Store, StoreError};
 
 /// Longest row accepted, in bytes (line ending excluded); a longer one is reported
 /// as invalid by line number and skipped without being held in memory.
@@ -76,6 +80,9 @@ pub struct ImportOptions {
     pub batch: usize,
     /// The instant every decision is made at (nanoseconds since the Unix epoch).
     pub now: i64,
+    /// The field separator; `None`: the one of `,`, `;` and tab the header row
+    /// holds most of (`,` if none).
+    pub delimiter: Option<u8>,
 }
 
 impl ImportOptions {
@@ -87,6 +94,7 @@ impl ImportOptions {
             column: "email".into(),
             batch: DEFAULT_BATCH,
             now,
+            delimiter: None,
         }
     }
 }
@@ -111,6 +119,18 @@ pub enum InvalidReason {
 }
 
 impl InvalidReason {
+    /// The reason's name in reports and in the rejected-rows file.
+    pub fn code(self) -> &'static str {
+        match self {
+            InvalidReason::InvalidEmail => "invalid_email",
+            InvalidReason::Empty => "empty",
+            InvalidReason::MissingField => "missing_field",
+            InvalidReason::NotUtf8 => "not_utf8",
+            InvalidReason::FieldTooLong => "field_too_long",
+            InvalidReason::RowTooLong => "row_too_long",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             InvalidReason::InvalidEmail => "not a valid address",
@@ -137,6 +157,46 @@ impl fmt::Display for InvalidRow {
     }
 }
 
+/// Why a row was not imported, for the rejected-rows output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rejection {
+    /// No usable address (see [`InvalidReason`]).
+    Invalid(InvalidReason),
+    /// An earlier row of the file named the same contact.
+    DuplicateInFile,
+    /// A new contact, not imported because the account's lead credits ran out.
+    LeadCreditsExhausted,
+}
+
+impl Rejection {
+    /// The reason as the rejected-rows file writes it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::Invalid(reason) => reason.code(),
+            Rejection::DuplicateInFile => "duplicate_in_file",
+            Rejection::LeadCreditsExhausted => "lead_credits_exhausted",
+        }
+    }
+}
+
+/// A row that was not imported: where, what it held, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRow {
+    /// Line number in the file, the header being line 1.
+    pub line: u64,
+    /// The address field as read (lossily decoded if it is not UTF-8, cut at
+    /// [`MAX_REJECTED_VALUE`] bytes; empty when the row had no such field or was
+    /// too long to read).
+    pub value: String,
+    pub reason: Rejection,
+}
+
+/// Longest value a [`RejectedRow`] keeps, in bytes: as long as any address a store
+/// accepts.
+pub const MAX_REJECTED_VALUE: usize = MAX_NAME_LEN;
+
 /// What an import did, row by row: every row read is counted in exactly one of
 /// `uploaded`, `already_in_campaign`, `in_other_campaign`, `duplicates_in_file`,
 /// `invalid` and `credits_exhausted`.
@@ -144,7 +204,7 @@ impl fmt::Display for InvalidRow {
 pub struct ImportReport {
     pub account: String,
     pub campaign: String,
-    /// Whether this import ran against a throwaway copy and changed nothing.
+    /// Whether this was a dry run ([`DryRunStore`]), which changed nothing.
     pub dry_run: bool,
     /// Data rows read (the header and blank lines excluded).
     pub rows: u64,
@@ -259,6 +319,21 @@ pub enum ImportError {
         sent: usize,
         got: usize,
     },
+    /// A quoted field opens and is never closed: the rest of the input would be
+    /// one field. The rows before it were imported and are durable.
+    #[error(
+        "line {line}: a quoted field opens here and is never closed (the rest of the input would be one field); {done} row(s) before it were processed; close the quote and import the file again (nothing is charged twice)"
+    )]
+    UnterminatedQuote { line: u64, done: u64 },
+    /// [`ImportOptions::delimiter`] is a byte that cannot separate fields.
+    #[error(
+        "delimiter {0:?} cannot separate fields: expected one character other than a quote or a line end"
+    )]
+    Delimiter(char),
+    /// Writing a rejected row out failed. The rows before its batch were imported
+    /// and are durable.
+    #[error("line {line}: cannot write the rejected row: {source}")]
+    Rejected { line: u64, source: io::Error },
     /// The store could not make the import durable; work since the last durable
     /// point may be lost (running the import again completes it).
     #[error("making the import durable failed: {0}")]
@@ -304,16 +379,280 @@ fn describe_denial(account: &str, reason: Reason) -> String {
     }
 }
 
-/// A throwaway in-memory copy of everything `account` holds in `store`, for a dry
-/// run: an import against it answers as one against `store` would, and changes
-/// nothing in `store`.
-pub fn scratch_copy(store: &dyn Store, account: &str) -> Result<Arc<dyn Store>, StoreError> {
-    // The policy keeps each account in the scope of the same name (see the guest's
-    // engine), and the copy must hold all of it: plan, usage and every campaign.
-    let dump = store.export_scope(account)?;
-    let copy = MemoryStore::new();
-    copy.import_scope(account, &dump)?;
-    Ok(Arc::new(copy))
+/// The store a dry run imports into: reads go to the real store, and what the
+/// import would add is remembered beside it, never written.
+///
+/// A dry run used to copy the whole account into memory, every contact of every
+/// campaign with its names, which on a large account took many times what the
+/// import itself takes. This reads the account in place and keeps, per contact,
+/// a 64-bit fingerprint (about 20 bytes in a hash set, as the import's own
+/// duplicate detection does): the account's contacts, the campaign's, and those
+/// the run adds. A fingerprint collision (about one chance in 10^7 for a million
+/// contacts) would show one contact as another's repeat in the report; nothing
+/// is stored either way.
+///
+/// It answers only what an import asks of the account's scope (its records and
+/// counters, its member count, additions to the one campaign); anything else on
+/// that scope is refused, so a policy that wrote elsewhere would fail the dry run
+/// rather than let it change the store. Other scopes (the alert log) live in a
+/// throwaway in-memory store.
+pub struct DryRunStore {
+    base: Arc<dyn Store>,
+    account: String,
+    campaign: String,
+    scratch: MemoryStore,
+    members: Mutex<Fingerprints>,
+}
+
+impl fmt::Debug for DryRunStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DryRunStore")
+            .field("account", &self.account)
+            .field("campaign", &self.campaign)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The contacts of the account and of the campaign, as fingerprints.
+#[derive(Default)]
+struct Fingerprints {
+    in_account: HashSet<u64>,
+    in_campaign: HashSet<u64>,
+    /// The account's member count, as the real store counts it, plus additions.
+    count: u64,
+}
+
+/// A member's fingerprint: SipHash with fixed keys, the same in every run.
+fn fingerprint(member: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    member.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl DryRunStore {
+    /// Reads `account`'s contacts from `base` (one pass, in one snapshot) for a
+    /// dry run of an import into `campaign`.
+    pub fn new(base: Arc<dyn Store>, account: &str, campaign: &str) -> Result<Self, StoreError> {
+        let count = base.member_count(account)?;
+        // Sized once: growing a set of millions doubles it, briefly holding both.
+        let mut members = Fingerprints {
+            in_account: HashSet::with_capacity(usize::try_from(count).unwrap_or(0)),
+            in_campaign: HashSet::new(),
+            count,
+        };
+        base.visit_members(account, None, &mut |group, member| {
+            let print = fingerprint(member);
+            members.in_account.insert(print);
+            if group == campaign {
+                members.in_campaign.insert(print);
+            }
+            true
+        })?;
+        Ok(Self {
+            base,
+            account: account.to_owned(),
+            campaign: campaign.to_owned(),
+            scratch: MemoryStore::new(),
+            members: Mutex::new(members),
+        })
+    }
+
+    fn refused(&self, what: &str) -> StoreError {
+        StoreError::InvalidArgument(format!(
+            "a dry run does not {what} in account {:?}: only contacts are added to campaign {:?}",
+            self.account, self.campaign
+        ))
+    }
+
+    fn fingerprints(&self) -> std::sync::MutexGuard<'_, Fingerprints> {
+        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for DryRunStore {
+    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        if scope == self.account {
+            self.base.record_get(scope, key)
+        } else {
+            self.scratch.record_get(scope, key)
+        }
+    }
+
+    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        if scope == self.account {
+            return Err(self.refused("write records"));
+        }
+        self.scratch.record_insert(scope, key, value)
+    }
+
+    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        if scope == self.account {
+            return Err(self.refused("write records"));
+        }
+        self.scratch.record_update(scope, key, value)
+    }
+
+    fn counter_get(&self, scope: &str, name: &str, now: i64) -> Result<u64, StoreError> {
+        if scope == self.account {
+            self.base.counter_get(scope, name, now)
+        } else {
+            self.scratch.counter_get(scope, name, now)
+        }
+    }
+
+    fn counter_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        add: CounterAdd<'_>,
+    ) -> Result<GuardedAdd, StoreError> {
+        if scope == self.account {
+            return Err(self.refused("charge counters"));
+        }
+        self.scratch.counter_add_guarded(scope, guard, name, add)
+    }
+
+    fn counter_tally(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        now: i64,
+    ) -> Result<Option<Tally>, StoreError> {
+        if scope != self.account {
+            return self.scratch.counter_tally(scope, guard, name, now);
+        }
+        let tally = self.base.counter_tally(scope, guard, name, now)?;
+        Ok(tally.map(|t| Tally {
+            members: self.fingerprints().count,
+            ..t
+        }))
+    }
+
+    fn member_add(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> Result<MemberAdded, StoreError> {
+        if scope == self.account {
+            return Err(self.refused("add contacts one by one"));
+        }
+        self.scratch.member_add(scope, group, member, limit)
+    }
+
+    fn member_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: i64,
+    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        if scope == self.account {
+            return Err(self.refused("add contacts one by one"));
+        }
+        self.scratch
+            .member_add_guarded(scope, guard, group, member, limit, name, now)
+    }
+
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StoreError> {
+        if scope != self.account {
+            return self.scratch.member_add_many(scope, group, members, limit);
+        }
+        if group != self.campaign {
+            return Err(self.refused("add contacts to another campaign"));
+        }
+        crate::store::check_batch(scope, group, members)?;
+        let mut f = self.fingerprints();
+        // As every store answers `member-add-many` (see MemoryStore).
+        let outcomes = members
+            .iter()
+            .map(|member| {
+                let print = fingerprint(member);
+                if f.in_campaign.contains(&print) {
+                    MemberAddOutcome::AlreadyInGroup
+                } else if f.in_account.contains(&print) {
+                    f.in_campaign.insert(print);
+                    MemberAddOutcome::Joined
+                } else if limit.is_some_and(|l| f.count >= l) {
+                    MemberAddOutcome::Refused
+                } else {
+                    f.in_account.insert(print);
+                    f.in_campaign.insert(print);
+                    f.count += 1;
+                    MemberAddOutcome::Inserted
+                }
+            })
+            .collect();
+        Ok(MembersAdded {
+            outcomes,
+            members: f.count,
+        })
+    }
+
+    fn member_remove(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<MemberRemoved, StoreError> {
+        if scope == self.account {
+            return Err(self.refused("remove contacts"));
+        }
+        self.scratch.member_remove(scope, group, member)
+    }
+
+    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
+        if scope == self.account {
+            return Err(self.refused("remove contacts"));
+        }
+        self.scratch.group_clear(scope, group)
+    }
+
+    fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
+        if scope == self.account {
+            Ok(self.fingerprints().count)
+        } else {
+            self.scratch.member_count(scope)
+        }
+    }
+
+    fn persist(&self) -> Result<(), StoreError> {
+        // Nothing of a dry run is kept.
+        Ok(())
+    }
+
+    fn scopes(&self) -> Result<Vec<String>, StoreError> {
+        self.base.scopes()
+    }
+
+    fn visit_members(
+        &self,
+        _scope: &str,
+        _group: Option<&str>,
+        _visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        Err(self.refused("list contacts"))
+    }
+
+    fn export_scope(&self, _scope: &str) -> Result<ScopeDump, StoreError> {
+        Err(self.refused("export"))
+    }
+
+    fn import_scope(&self, _scope: &str, _dump: &ScopeDump) -> Result<(), StoreError> {
+        Err(self.refused("import scopes"))
+    }
 }
 
 /// Imports the addresses of the CSV `input` into `options.campaign`, one batch at
@@ -327,8 +666,27 @@ pub fn import<R: BufRead>(
     options: &ImportOptions,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<ImportReport, ImportError> {
+    import_with(worker, input, options, progress, &mut |_| Ok(()))
+}
+
+/// [`import`], also calling `rejected` with every row not imported, in line order
+/// batch by batch (each batch's rows once its outcome is known). An error from
+/// `rejected` (writing the rejected-rows file failed, say) stops the import like
+/// a read error: the batches before it are imported and durable.
+pub fn import_with<R: BufRead>(
+    worker: &mut Worker,
+    input: R,
+    options: &ImportOptions,
+    progress: &mut dyn FnMut(Progress<'_>),
+    rejected: &mut dyn FnMut(&RejectedRow) -> io::Result<()>,
+) -> Result<ImportReport, ImportError> {
     if !(1..=MAX_BATCH).contains(&options.batch) {
         return Err(ImportError::BatchSize(options.batch));
+    }
+    if let Some(d) = options.delimiter
+        && matches!(d, b'"' | b'\r' | b'\n')
+    {
+        return Err(ImportError::Delimiter(char::from(d)));
     }
     let mut report = ImportReport {
         account: options.account.clone(),
@@ -337,9 +695,8 @@ pub fn import<R: BufRead>(
     };
     check_account(worker, options, &mut report)?;
 
-    let mut rows = Rows::new(input);
-    let mut fields = Fields::new();
-    let column = read_header(&mut rows, &mut fields, &options.column)?;
+    let mut rows = Rows::new(input, options.delimiter);
+    let (column, mut fields) = read_header(&mut rows, options)?;
 
     let mut import = Batches {
         worker,
@@ -348,12 +705,24 @@ pub fn import<R: BufRead>(
         seen: HashSet::new(),
         emails: Vec::with_capacity(options.batch),
         lines: Vec::with_capacity(options.batch),
+        refused: Vec::new(),
         bytes: 0,
         last_persist: Instant::now(),
+        rejected,
     };
     let mut since_flush = 0;
     loop {
         let row = match rows.next(fields.buffer()) {
+            Ok(Some(row)) if row.unterminated => {
+                // What was read before the quote is good: import it first.
+                let line = rows.quote_line();
+                import.flush()?;
+                import.persist()?;
+                return Err(ImportError::UnterminatedQuote {
+                    line,
+                    done: import.report.rows,
+                });
+            }
             Ok(Some(row)) => row,
             Ok(None) => break,
             Err(source) => {
@@ -368,14 +737,24 @@ pub fn import<R: BufRead>(
             }
         };
         import.report.rows += 1;
+        let field = row.fits.then(|| fields.parse().get(column)).flatten();
         let email = if row.fits {
-            address(fields.parse().get(column))
+            address(field)
         } else {
             Err(InvalidReason::RowTooLong)
         };
         match email {
             Ok(email) => import.push(email, row.line),
-            Err(reason) => import.report.invalid_row(row.line, reason),
+            Err(reason) => {
+                import.report.invalid_row(row.line, reason);
+                let value = field.map_or_else(String::new, rejected_value);
+                import.bytes += value.len();
+                import.refused.push(RejectedRow {
+                    line: row.line,
+                    value,
+                    reason: Rejection::Invalid(reason),
+                });
+            }
         }
         since_flush += 1;
         // Counting rows rather than addresses keeps progress (and durability)
@@ -399,6 +778,20 @@ pub fn import<R: BufRead>(
         report: &import.report,
     });
     Ok(import.report)
+}
+
+/// A field as the rejected-rows output shows it: lossily decoded, cut at
+/// [`MAX_REJECTED_VALUE`] bytes on a character boundary.
+fn rejected_value(field: &[u8]) -> String {
+    let mut value = String::from_utf8_lossy(field.trim_ascii()).into_owned();
+    if value.len() > MAX_REJECTED_VALUE {
+        let mut end = MAX_REJECTED_VALUE;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
+    value
 }
 
 /// Refuses an unknown account (or plan) before reading anything, so that a typo
@@ -427,13 +820,16 @@ fn check_account(
     Ok(())
 }
 
-/// Reads the header row and finds the address column in it.
+/// Reads the header row, settles the delimiter (detected from the header unless
+/// given), and finds the address column; returns its index and the field parser
+/// for the rows that follow.
 fn read_header<R: BufRead>(
     rows: &mut Rows<R>,
-    fields: &mut Fields,
-    column: &str,
-) -> Result<usize, ImportError> {
-    let row = match rows.next(fields.buffer()) {
+    options: &ImportOptions,
+) -> Result<(usize, Fields), ImportError> {
+    let column = options.column.as_str();
+    let mut header = Vec::new();
+    let row = match rows.next(&mut header) {
         Ok(Some(row)) => row,
         Ok(None) => {
             return Err(ImportError::NoHeader {
@@ -451,6 +847,18 @@ fn read_header<R: BufRead>(
     if !row.fits {
         return Err(ImportError::HeaderTooLong { line: row.line });
     }
+    if row.unterminated {
+        return Err(ImportError::UnterminatedQuote {
+            line: rows.quote_line(),
+            done: 0,
+        });
+    }
+    let delimiter = options
+        .delimiter
+        .unwrap_or_else(|| detect_delimiter(&header));
+    rows.delimiter = Some(delimiter);
+    let mut fields = Fields::new(delimiter);
+    *fields.buffer() = header;
     let wanted = column.trim().to_lowercase();
     let found: Vec<String> = fields
         .parse()
@@ -458,13 +866,37 @@ fn read_header<R: BufRead>(
         .map(|f| String::from_utf8_lossy(f).trim().to_string())
         .collect();
     match found.iter().position(|f| f.to_lowercase() == wanted) {
-        Some(index) => Ok(index),
+        Some(index) => Ok((index, fields)),
         None => Err(ImportError::MissingColumn {
             line: row.line,
             column: column.into(),
             found,
         }),
     }
+}
+
+/// The delimiters detected, in order of preference on a tie.
+const DELIMITERS: [u8; 3] = [b',', b';', b'\t'];
+
+/// The one of [`DELIMITERS`] that occurs most in `header` outside quotes; `,`
+/// when none does (a file of one column).
+fn detect_delimiter(header: &[u8]) -> u8 {
+    let mut counts = [0usize; DELIMITERS.len()];
+    let mut quoted = false;
+    for &byte in header {
+        if byte == b'"' {
+            quoted = !quoted;
+        } else if !quoted && let Some(i) = DELIMITERS.iter().position(|&d| d == byte) {
+            counts[i] += 1;
+        }
+    }
+    let mut best = 0;
+    for (i, &n) in counts.iter().enumerate() {
+        if n > counts[best] {
+            best = i;
+        }
+    }
+    DELIMITERS[best]
 }
 
 /// The address in a row's field, or why there is none. Validating the address
@@ -484,7 +916,7 @@ fn address(field: Option<&[u8]>) -> Result<String, InvalidReason> {
 }
 
 /// The import in progress: the batch being filled and the counts so far.
-struct Batches<'w, 'o> {
+struct Batches<'w, 'o, 'r> {
     worker: &'w mut Worker,
     options: &'o ImportOptions,
     report: ImportReport,
@@ -493,11 +925,14 @@ struct Batches<'w, 'o> {
     emails: Vec<String>,
     /// The line of each address in `emails`.
     lines: Vec<u64>,
+    /// Rows of this batch refused before the policy saw them.
+    refused: Vec<RejectedRow>,
     bytes: usize,
     last_persist: Instant,
+    rejected: &'r mut dyn FnMut(&RejectedRow) -> io::Result<()>,
 }
 
-impl Batches<'_, '_> {
+impl Batches<'_, '_, '_> {
     fn push(&mut self, email: String, line: u64) {
         self.bytes += email.len();
         self.emails.push(email);
@@ -508,7 +943,7 @@ impl Batches<'_, '_> {
     /// its outcomes.
     fn flush(&mut self) -> Result<(), ImportError> {
         let (Some(&first_line), Some(&last_line)) = (self.lines.first(), self.lines.last()) else {
-            return Ok(());
+            return self.reject(Vec::new());
         };
         let options = self.options;
         let answer = self.worker.add_leads(
@@ -548,15 +983,40 @@ impl Batches<'_, '_> {
                 got: batch.results.len(),
             });
         }
-        for (result, &line) in batch.results.iter().zip(&self.lines) {
-            count(&mut self.report, &mut self.seen, result, line);
+        let mut refused = Vec::new();
+        for ((result, &line), email) in batch.results.iter().zip(&self.lines).zip(&self.emails) {
+            if let Some(reason) = count(&mut self.report, &mut self.seen, result, line) {
+                refused.push(RejectedRow {
+                    line,
+                    value: email.clone(),
+                    reason,
+                });
+            }
         }
         if let Some(usage) = &batch.usage {
             self.report.lead_credits = Some(UsageJson::from(usage).lead_credits);
         }
         self.emails.clear();
         self.lines.clear();
+        self.reject(refused)
+    }
+
+    /// Hands this batch's rejected rows over in line order, those the policy
+    /// refused (`refused`) with those refused before it, and starts a new batch.
+    fn reject(&mut self, refused: Vec<RejectedRow>) -> Result<(), ImportError> {
+        let mut all = std::mem::take(&mut self.refused);
+        all.extend(refused);
+        all.sort_by_key(|r| r.line);
         self.bytes = 0;
+        for row in &all {
+            if let Err(source) = (self.rejected)(row) {
+                self.persist()?;
+                return Err(ImportError::Rejected {
+                    line: row.line,
+                    source,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -567,11 +1027,17 @@ impl Batches<'_, '_> {
     }
 }
 
-/// Counts one address's outcome; `seen` holds the contacts named earlier in the file.
-fn count(report: &mut ImportReport, seen: &mut HashSet<u64>, result: &LeadResult, line: u64) {
+/// Counts one address's outcome; `seen` holds the contacts named earlier in the
+/// file. Returns why the row was not imported, if it was not.
+fn count(
+    report: &mut ImportReport,
+    seen: &mut HashSet<u64>,
+    result: &LeadResult,
+    line: u64,
+) -> Option<Rejection> {
     if result.outcome == LeadOutcome::InvalidEmail {
         report.invalid_row(line, InvalidReason::InvalidEmail);
-        return;
+        return Some(Rejection::Invalid(InvalidReason::InvalidEmail));
     }
     let first_in_file = seen.insert(result.contact);
     match result.outcome {
@@ -579,12 +1045,22 @@ fn count(report: &mut ImportReport, seen: &mut HashSet<u64>, result: &LeadResult
         // such (a repeat of a contact refused for want of credits can be added
         // if credits were freed meanwhile).
         LeadOutcome::Added => report.uploaded += 1,
-        _ if !first_in_file => report.duplicates_in_file += 1,
+        _ if !first_in_file => {
+            report.duplicates_in_file += 1;
+            return Some(Rejection::DuplicateInFile);
+        }
         LeadOutcome::AlreadyInCampaign => report.already_in_campaign += 1,
         LeadOutcome::Joined => report.in_other_campaign += 1,
-        LeadOutcome::LeadCreditsExhausted => report.credits_exhausted += 1,
-        LeadOutcome::InvalidEmail => report.invalid_row(line, InvalidReason::InvalidEmail),
+        LeadOutcome::LeadCreditsExhausted => {
+            report.credits_exhausted += 1;
+            return Some(Rejection::LeadCreditsExhausted);
+        }
+        LeadOutcome::InvalidEmail => {
+            report.invalid_row(line, InvalidReason::InvalidEmail);
+            return Some(Rejection::Invalid(InvalidReason::InvalidEmail));
+        }
     }
+    None
 }
 
 /// Where a row starts, and whether it fitted in [`MAX_ROW_BYTES`].
@@ -592,6 +1068,9 @@ fn count(report: &mut ImportReport, seen: &mut HashSet<u64>, result: &LeadResult
 struct Row {
     line: u64,
     fits: bool,
+    /// The input ended inside a quoted field ([`Rows::quote_line`] says where it
+    /// opened).
+    unterminated: bool,
 }
 
 /// Where the splitter is within a row, as far as quoting goes.
@@ -611,18 +1090,25 @@ enum Quoting {
 /// Splits a CSV input into rows, each bounded in size, noting the line each starts on.
 struct Rows<R> {
     input: R,
+    /// The field separator; `None` (while the header is read, before it is
+    /// detected): any of [`DELIMITERS`].
+    delimiter: Option<u8>,
     /// The line of the next byte.
     line: u64,
+    /// The line the last quoted field opened on.
+    quote_line: u64,
     /// The last byte was a CR: an LF now ends the same line.
     after_cr: bool,
     bytes: u64,
 }
 
 impl<R: BufRead> Rows<R> {
-    fn new(input: R) -> Self {
+    fn new(input: R, delimiter: Option<u8>) -> Self {
         Self {
             input,
+            delimiter,
             line: 1,
+            quote_line: 1,
             after_cr: false,
             bytes: 0,
         }
@@ -630,6 +1116,10 @@ impl<R: BufRead> Rows<R> {
 
     fn line(&self) -> u64 {
         self.line
+    }
+
+    fn quote_line(&self) -> u64 {
+        self.quote_line
     }
 
     fn bytes(&self) -> u64 {
@@ -649,6 +1139,9 @@ impl<R: BufRead> Rows<R> {
                 Err(e) => return Err(e),
             };
             if chunk.is_empty() {
+                if let Some(row) = row.as_mut() {
+                    row.unterminated = quoting == Quoting::Quoted;
+                }
                 return Ok(row);
             }
             let mut used = 0;
@@ -665,13 +1158,21 @@ impl<R: BufRead> Rows<R> {
                     None => row.insert(Row {
                         line: self.line,
                         fits: true,
+                        unterminated: false,
                     }),
                 };
+                let separator = self
+                    .delimiter
+                    .map_or(DELIMITERS.contains(&byte), |d| d == byte);
                 quoting = match (quoting, byte) {
                     (Quoting::Quoted, b'"') => Quoting::QuoteInQuoted,
                     (Quoting::Quoted, _) => Quoting::Quoted,
-                    (Quoting::FieldStart, b'"') | (Quoting::QuoteInQuoted, b'"') => Quoting::Quoted,
-                    (_, b',') => Quoting::FieldStart,
+                    (Quoting::FieldStart, b'"') => {
+                        self.quote_line = self.line;
+                        Quoting::Quoted
+                    }
+                    (Quoting::QuoteInQuoted, b'"') => Quoting::Quoted,
+                    _ if separator => Quoting::FieldStart,
                     (_, b'\r' | b'\n') => {
                         // The line end is left for the next call, which skips it.
                         ended = true;
@@ -720,10 +1221,11 @@ struct Fields {
 }
 
 impl Fields {
-    fn new() -> Self {
+    fn new(delimiter: u8) -> Self {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
+            .delimiter(delimiter)
             .from_reader(Cursor::new(Vec::new()));
         // `seek_raw` reads the (empty) header row on first use: have it done now,
         // before any row is in the buffer.
@@ -756,20 +1258,26 @@ impl Fields {
 }
 
 /// Reads the addresses of a CSV input exactly as [`import`] does (header row,
-/// column by name, quoting, row limits), for an import that sends them elsewhere:
-/// the CLI's `leads import --server` posts them to a gateway. Calls
-/// `row(line, address)` for each data row, in order; returns the rows read.
+/// column by name and delimiter as `options` say, quoting, row limits), for an
+/// import that sends them elsewhere: the CLI's `leads import --server` posts them
+/// to a gateway. Calls `row(line, address)` for each data row, in order; returns
+/// the rows read.
 pub fn read_addresses<R: BufRead>(
     input: R,
-    column: &str,
+    options: &ImportOptions,
     row: &mut dyn FnMut(u64, Result<String, InvalidReason>) -> Result<(), ImportError>,
 ) -> Result<u64, ImportError> {
-    let mut rows = Rows::new(input);
-    let mut fields = Fields::new();
-    let index = read_header(&mut rows, &mut fields, column)?;
+    let mut rows = Rows::new(input, options.delimiter);
+    let (index, mut fields) = read_header(&mut rows, options)?;
     let mut read = 0;
     loop {
         let next = match rows.next(fields.buffer()) {
+            Ok(Some(next)) if next.unterminated => {
+                return Err(ImportError::UnterminatedQuote {
+                    line: rows.quote_line(),
+                    done: read,
+                });
+            }
             Ok(Some(next)) => next,
             Ok(None) => return Ok(read),
             Err(source) => {
@@ -797,8 +1305,8 @@ mod tests {
     /// Splits `data` into (line, fits, fields) per row.
     fn split(data: &[u8]) -> Vec<(u64, bool, Vec<String>)> {
         // A tiny buffer makes rows and line ends straddle reads.
-        let mut rows = Rows::new(io::BufReader::with_capacity(3, data));
-        let mut fields = Fields::new();
+        let mut rows = Rows::new(io::BufReader::with_capacity(3, data), Some(b','));
+        let mut fields = Fields::new(b',');
         let mut out = Vec::new();
         while let Some(row) = rows.next(fields.buffer()).unwrap() {
             let parsed = fields
@@ -870,11 +1378,27 @@ mod tests {
     }
 
     #[test]
-    fn an_unclosed_quote_ends_at_the_end_of_the_input() {
+    fn an_unclosed_quote_ends_at_the_end_of_the_input_and_says_where_it_opened() {
         assert_eq!(
             split(b"email\n\"a@x.io\nb@x.io\n"),
             vec![row(1, &["email"]), row(2, &["a@x.io\nb@x.io\n"])]
         );
+        let data = b"email,name\na@x.io,Ann\nb@x.io,\"Bo\nc@x.io,Cy\n";
+        let mut rows = Rows::new(&data[..], Some(b','));
+        let mut buf = Vec::new();
+        let flags: Vec<(u64, bool)> = std::iter::from_fn(|| rows.next(&mut buf).unwrap())
+            .map(|r| (r.line, r.unterminated))
+            .collect();
+        assert_eq!(flags, [(1, false), (2, false), (3, true)]);
+        assert_eq!(rows.quote_line(), 3);
+    }
+
+    #[test]
+    fn the_delimiter_is_the_one_the_header_holds_most_of() {
+        assert_eq!(detect_delimiter(b"email,name,company"), b',');
+        assert_eq!(detect_delimiter(b"email;name;\"a,b,c\""), b';');
+        assert_eq!(detect_delimiter(b"email\tname"), b'\t');
+        assert_eq!(detect_delimiter(b"email"), b',');
     }
 
     #[test]

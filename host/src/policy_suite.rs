@@ -184,11 +184,20 @@ pub fn discover(path: &Path) -> Result<Vec<(PathBuf, String)>, SuiteError> {
 
 impl Suite {
     /// Reads and validates the suite at `path` and the policy text it names (the
-    /// policy itself is validated by [`Suite::check_policy`]).
+    /// policy itself is validated by [`Suite::check_policy`]); the first problem
+    /// if there are several (see [`Suite::load_all`]).
     pub fn load(path: &Path, name: String) -> Result<Suite, SuiteError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Read {
-            path: path.to_path_buf(),
-            source,
+        Suite::load_all(path, name).map_err(|mut problems| problems.remove(0))
+    }
+
+    /// [`Suite::load`], reporting every problem of the suite: each invalid case,
+    /// not only the first, in file order (never an empty list).
+    pub fn load_all(path: &Path, name: String) -> Result<Suite, Vec<SuiteError>> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![SuiteError::Read {
+                path: path.to_path_buf(),
+                source,
+            }]
         })?;
         let invalid = |span: Range<usize>, message: String| {
             let (line, column) = line_column(&text, span.start);
@@ -199,16 +208,45 @@ impl Suite {
                 message,
             }
         };
-        let raw: RawSuite = toml::from_str(&text).map_err(|e| {
+        let toml_error = |e: toml::de::Error| {
             // The first line is the point; toml's Display adds a source excerpt.
             let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
             invalid(e.span().unwrap_or(0..0), message.to_string())
-        })?;
+        };
+        let mut problems = Vec::new();
+        let raw: RawSuite = match toml::from_str(&text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                // serde stops at the first bad field. Read each `[[case]]` on its
+                // own (the others blanked out, so positions stay right) to find
+                // the problems of every case.
+                let mut cases = Vec::new();
+                if toml::from_str::<toml::Table>(&text).is_ok() {
+                    for region in case_regions(&text) {
+                        match toml::from_str::<RawSuite>(&only(&text, &region)) {
+                            Ok(raw) => cases.extend(raw.case),
+                            Err(e) => problems.push(toml_error(e)),
+                        }
+                    }
+                }
+                if problems.is_empty() {
+                    return Err(vec![toml_error(e)]);
+                }
+                // The cases that read well are still checked, for their events.
+                let mut names = BTreeSet::new();
+                Suite::cases(cases, &text, &invalid, &mut names, &mut problems);
+                problems.sort_by_key(|p| match p {
+                    SuiteError::Invalid { line, column, .. } => (*line, *column),
+                    _ => (0, 0),
+                });
+                return Err(problems);
+            }
+        };
         if raw.case.is_empty() {
-            return Err(invalid(
+            return Err(vec![invalid(
                 0..0,
                 "a suite needs at least one [[case]] table".to_string(),
-            ));
+            )]);
         }
         let folder = path.parent().unwrap_or(Path::new(""));
         let policy_path = normalize(&folder.join(raw.policy.get_ref()));
@@ -217,84 +255,119 @@ impl Suite {
                 raw.policy.span(),
                 format!("policy: cannot read {}: {e}", policy_path.display()),
             )
-        })?;
-
+        });
+        let policy = match policy {
+            Ok(policy) => Some(policy),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
         let mut names = BTreeSet::new();
-        let mut cases = Vec::with_capacity(raw.case.len());
-        for case in raw.case {
-            let name_span = case.name.span();
-            let name = case.name.into_inner();
-            if name.is_empty() || name.contains("::") || name.chars().any(char::is_whitespace) {
-                return Err(invalid(
-                    name_span,
-                    format!(
-                        "case name: expected a non-empty name without spaces or \"::\", found {name:?}"
-                    ),
-                ));
-            }
-            if !names.insert(name.clone()) {
-                return Err(invalid(
-                    name_span,
-                    format!("case name: {name:?} is already the name of an earlier case"),
-                ));
-            }
-            if case.steps.is_empty() {
-                return Err(invalid(
-                    name_span,
-                    format!("case {name:?}: expected at least one step"),
-                ));
-            }
-            let mut steps = Vec::with_capacity(case.steps.len());
-            for (i, step) in case.steps.into_iter().enumerate() {
-                let step_span = step.span();
-                let step = step.into_inner();
-                let at = |span: Range<usize>, message: String| {
-                    invalid(span, format!("case {name:?}, step {}: {message}", i + 1))
-                };
-                let mut object = Map::new();
-                for (key, value) in &step.fields {
-                    let json = to_json(value.get_ref())
-                        .map_err(|m| at(value.span(), format!("field {:?}: {m}", key)))?;
-                    object.insert(key.clone(), json);
-                }
-                let json = event_line(&object);
-                let event = parse_event(&json).map_err(|message| {
-                    // Point at the field the message names, if it is there.
-                    let span = step
-                        .fields
-                        .iter()
-                        .find(|(key, _)| {
-                            message.starts_with(&format!("field {key:?}"))
-                                || message.starts_with(&format!("unknown field {key:?}"))
-                        })
-                        .map_or(step_span.clone(), |(_, v)| v.span());
-                    at(span, message)
-                })?;
-                let expect = match step.expect {
-                    None => Expect::default(),
-                    Some(raw) => {
-                        let span = raw.span();
-                        raw.into_inner().validate().map_err(|m| at(span, m))?
-                    }
-                };
-                let (line, column) = line_column(&text, step_span.start);
-                steps.push(Step {
-                    line,
-                    column,
-                    event,
-                    json,
-                    expect,
-                });
-            }
-            cases.push(Case { name, steps });
+        let cases = Suite::cases(raw.case, &text, &invalid, &mut names, &mut problems);
+        match policy {
+            Some(policy) if problems.is_empty() => Ok(Suite {
+                name,
+                path: path.to_path_buf(),
+                policy_path,
+                policy: Arc::from(policy),
+                cases,
+            }),
+            _ => Err(problems),
         }
-        Ok(Suite {
-            name,
-            path: path.to_path_buf(),
-            policy_path,
-            policy: Arc::from(policy),
-            cases,
-        })
+    }
+
+    /// Validates `raw` cases, pushing the problem of each invalid one onto
+    /// `problems` (one per case: later steps of a case are not checked once one
+    /// step is found invalid) and returning the valid ones.
+    fn cases(
+        raw: Vec<RawCase>,
+        text: &str,
+        invalid: &dyn Fn(Range<usize>, String) -> SuiteError,
+        names: &mut BTreeSet<String>,
+        problems: &mut Vec<SuiteError>,
+    ) -> Vec<Case> {
+        let mut cases = Vec::with_capacity(raw.len());
+        for case in raw {
+            match Suite::case(case, text, invalid, names) {
+                Ok(case) => cases.push(case),
+                Err(e) => problems.push(e),
+            }
+        }
+        cases
+    }
+
+    fn case(
+        case: RawCase,
+        text: &str,
+        invalid: &dyn Fn(Range<usize>, String) -> SuiteError,
+        names: &mut BTreeSet<String>,
+    ) -> Result<Case, SuiteError> {
+        let name_span = case.name.span();
+        let name = case.name.into_inner();
+        if name.is_empty() || name.contains("::") || name.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                name_span,
+                format!(
+                    "case name: expected a non-empty name without spaces or \"::\", found {name:?}"
+                ),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(invalid(
+                name_span,
+                format!("case name: {name:?} is already the name of an earlier case"),
+            ));
+        }
+        if case.steps.is_empty() {
+            return Err(invalid(
+                name_span,
+                format!("case {name:?}: expected at least one step"),
+            ));
+        }
+        let mut steps = Vec::with_capacity(case.steps.len());
+        for (i, step) in case.steps.into_iter().enumerate() {
+            let step_span = step.span();
+            let step = step.into_inner();
+            let at = |span: Range<usize>, message: String| {
+                invalid(span, format!("case {name:?}, step {}: {message}", i + 1))
+            };
+            let mut object = Map::new();
+            for (key, value) in &step.fields {
+                let json = to_json(value.get_ref())
+                    .map_err(|m| at(value.span(), format!("field {:?}: {m}", key)))?;
+                object.insert(key.clone(), json);
+            }
+            let json = event_line(&object);
+            let event = parse_event(&json).map_err(|message| {
+                // Point at the field the message names, if it is there.
+                let span = step
+                    .fields
+                    .iter()
+                    .find(|(key, _)| {
+                        message.starts_with(&format!("field {key:?}"))
+                            || message.starts_with(&format!("unknown field {key:?}"))
+                    })
+                    .map_or(step_span.clone(), |(_, v)| v.span());
+                at(span, message)
+            })?;
+            let expect = match step.expect {
+                None => Expect::default(),
+                Some(raw) => {
+                    let span = raw.span();
+                    raw.into_inner().validate().map_err(|m| at(span, m))?
+                }
+            };
+            let (line, column) = line_column(text, step_span.start);
+            steps.push(Step {
+                line,
+                column,
+                event,
+                json,
+                expect,
+            });
+        }
+        Ok(Case { name, steps })
     }
 
     /// Loads the suite's policy into the component once, so that an invalid policy is
@@ -511,6 +584,39 @@ fn normalize(path: &Path) -> PathBuf {
         return PathBuf::from(".");
     }
     parts.iter().collect()
+}
+
+/// The byte ranges of `text` that hold one `[[case]]` table each: from its
+/// header to the next `[[case]]` header or the end.
+fn case_regions(text: &str) -> Vec<Range<usize>> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let code = line.split('#').next().unwrap_or("").trim();
+        if code.replace(' ', "") == "[[case]]" {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    let ends = starts.iter().skip(1).copied().chain([text.len()]);
+    starts.iter().zip(ends).map(|(&s, e)| s..e).collect()
+}
+
+/// `text` with every `[[case]]` table but the one in `keep` blanked out (each
+/// character a space, line ends kept), so that positions read in it are
+/// positions in `text`.
+fn only(text: &str, keep: &Range<usize>) -> String {
+    let first_case = case_regions(text).first().map_or(text.len(), |r| r.start);
+    let mut kept = String::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        if i < first_case || keep.contains(&i) || c == '\n' || c == '\r' {
+            kept.push(c);
+        } else {
+            // As many bytes as the character, so that offsets do not move.
+            kept.extend(std::iter::repeat_n(' ', c.len_utf8()));
+        }
+    }
+    kept
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

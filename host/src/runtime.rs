@@ -29,6 +29,7 @@ use wasmtime::{
     StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 
+use crate::alerts::{self, FiredAlert, Notifier};
 use crate::bindings::creditgate::policy::{state, types};
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
@@ -277,6 +278,8 @@ impl Runtime {
             policy: Arc::from(policy),
             latencies: Latencies::default(),
             last_call: None,
+            fired: Vec::new(),
+            notifier: Notifier::log_only(),
             _ticker: self.ticker.clone(),
         };
         let summary = worker.load_policy(policy)?;
@@ -664,6 +667,11 @@ pub struct Worker {
     policy: Arc<str>,
     latencies: Latencies,
     last_call: Option<CallTiming>,
+    /// Alerts fired since the last [`Worker::persist`] or [`Worker::take_fired`]:
+    /// logged in the store, not yet delivered.
+    fired: Vec<FiredAlert>,
+    /// Where [`Worker::persist`] delivers them.
+    notifier: Notifier,
     _ticker: Arc<Ticker>,
 }
 
@@ -703,10 +711,40 @@ impl Worker {
     ///
     /// The decision's effects are applied in the store but not necessarily durable:
     /// call [`Worker::persist`] before acknowledging it to anyone.
+    ///
+    /// Every alert the decision fires is logged in the store here, with the
+    /// decision's own effects, so that every front end keeps the same log; it is
+    /// delivered by [`Worker::persist`] (or handed over by [`Worker::take_fired`]).
     pub fn decide(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let decision = self.decide_unchecked(request, now)?;
         check_decision(&decision).map_err(DecideError::Contract)?;
+        let fired = FiredAlert::of_decision(request.account(), &decision, now);
+        self.log_alerts(fired, now);
         Ok(decision)
+    }
+
+    /// Logs `fired` in the store, as not yet durable effects of the decision that
+    /// fired them. A failure to log is reported, not returned: the decision itself
+    /// stands, and failing it now would hide a charge already applied.
+    fn log_alerts(&mut self, fired: Vec<FiredAlert>, now: i64) {
+        let store = self.instance.shared_store();
+        for alert in fired {
+            if let Err(e) = alerts::record(store.as_ref(), &alert, now) {
+                tracing::warn!(account = %alert.account, "cannot log an alert: {e}");
+            }
+            self.fired.push(alert);
+        }
+    }
+
+    /// Takes the alerts fired since the last call, for a caller that makes the
+    /// store durable itself (the gateway's committer) and delivers them after.
+    pub fn take_fired(&mut self) -> Vec<FiredAlert> {
+        std::mem::take(&mut self.fired)
+    }
+
+    /// Where [`Worker::persist`] delivers fired alerts; logged only by default.
+    pub fn set_notifier(&mut self, notifier: Notifier) {
+        self.notifier = notifier;
     }
 
     fn decide_unchecked(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
@@ -783,6 +821,9 @@ impl Worker {
             )));
         }
         check_alerts(&batch.alerts).map_err(DecideError::Contract)?;
+        let resets_at = batch.usage.as_ref().map(|u| u.email_credits.resets_at);
+        let fired = FiredAlert::of(account, &batch.alerts, now, resets_at);
+        self.log_alerts(fired, now);
         Ok(batch)
     }
 
@@ -843,9 +884,18 @@ impl Worker {
         }
     }
 
-    /// Makes the effects of every decision so far durable.
-    pub fn persist(&self) -> Result<(), crate::store::StoreError> {
-        self.instance.store.data().store.persist()
+    /// Makes the effects of every decision so far durable, then delivers the
+    /// alerts they fired. If it fails they are not delivered: an alert is never
+    /// sent about a decision that may not have been kept.
+    pub fn persist(&mut self) -> Result<(), crate::store::StoreError> {
+        let persisted = self.instance.store.data().store.persist();
+        let fired = std::mem::take(&mut self.fired);
+        if persisted.is_ok() {
+            for alert in fired {
+                self.notifier.notify(alert);
+            }
+        }
+        persisted
     }
 
     pub fn latencies(&self) -> &Latencies {

@@ -126,14 +126,19 @@ fn decide(worker: &mut Worker, request: Request) {
     );
 }
 
-/// The report of importing `csv`, or `None` when the file is refused whole for a
-/// reason of its own (no header, no such column, a header too long).
+/// The report of importing `csv`, or `None` when the file is refused for a reason
+/// of its own (no header, no such column, a header too long, a quote never closed).
 fn run(worker: &mut Worker, csv: &[u8], options: &ImportOptions) -> Option<ImportReport> {
     match import(worker, csv, options, &mut |_| {}) {
         Ok(report) => Some(report),
         Err(ImportError::NoHeader { .. } | ImportError::MissingColumn { .. }) => None,
         Err(ImportError::HeaderTooLong { line }) => {
             assert!(line >= 1, "a header on line {line}");
+            None
+        }
+        // A quote never closed stops the import (what came before it stands).
+        Err(ImportError::UnterminatedQuote { line, .. }) => {
+            assert!(line >= 1, "a quote opened on line {line}");
             None
         }
         Err(e) => panic!("the import failed: {e}"),

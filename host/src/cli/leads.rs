@@ -78,6 +78,26 @@ pub struct ImportArgs {
     /// per request, at most 1000).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH, value_parser = batch_size)]
     pub(super) batch: usize,
+    /// Writes every row not imported to FILE as CSV (`line,value,reason`): invalid
+    /// rows, repeats of an earlier row, and new contacts refused because the lead
+    /// credits ran out.
+    #[arg(long, value_name = "FILE")]
+    pub(super) rejected: Option<PathBuf>,
+    /// The field separator: one character, `tab` for a tab. Default: whichever of
+    /// `,`, `;` and tab the header row holds most of.
+    #[arg(long, value_name = "CHAR", value_parser = delimiter)]
+    pub(super) delimiter: Option<u8>,
+}
+
+fn delimiter(text: &str) -> Result<u8, String> {
+    match text {
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        _ => match text.as_bytes() {
+            [b'"' | b'\r' | b'\n'] => Err("a quote or a line end cannot separate fields".into()),
+            [byte] => Ok(*byte),
+            _ => Err("expected one ASCII character, or `tab`".into()),
+        },
+    }
 }
 
 fn batch_size(text: &str) -> Result<usize, String> {
@@ -93,6 +113,11 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
             !args.dry_run,
             "--dry-run needs the store itself: a gateway has no dry run (drop --server, or \
              stop serve)"
+        );
+        anyhow::ensure!(
+            args.rejected.is_none(),
+            "--rejected needs the import's own decisions: through --server only the gateway's \
+             report comes back (drop --server, or stop serve)"
         );
         return super::leads_remote::import(&server, &args);
     }
@@ -115,33 +140,68 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
     };
 
     let store = args.store.open_existing()?;
-    let store = if args.dry_run {
-        import::scratch_copy(&*store, &args.account).with_context(|| {
-            format!(
-                "dry run: cannot copy account {:?} from the store",
-                args.account
-            )
-        })?
+    let store: Arc<dyn creditgate::store::Store> = if args.dry_run {
+        Arc::new(
+            import::DryRunStore::new(store, &args.account, &args.campaign)
+                .with_context(|| format!("dry run: cannot read account {:?}", args.account))?,
+        )
     } else {
         store
     };
     let mut worker = args.policy.worker(store)?;
+    if args.dry_run {
+        // What would fire is not news: nothing is charged.
+        worker.set_notifier(creditgate::alerts::Notifier::none());
+    }
     let options = ImportOptions {
         column: args.column.clone(),
         batch: args.batch,
+        delimiter: args.delimiter,
         ..ImportOptions::new(&args.account, &args.campaign, creditgate::time::now())
+    };
+    let mut rejected = match &args.rejected {
+        Some(path) => {
+            let file =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let mut writer = csv::Writer::from_writer(BufWriter::new(file));
+            writer
+                .write_record(["line", "value", "reason"])
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Some(writer)
+        }
+        None => None,
     };
 
     let bar = progress_bar(size);
     bar.set_message("0 rows");
-    let result = import::import(&mut worker, input, &options, &mut |p| {
-        bar.set_position(p.bytes);
-        bar.set_message(format!(
-            "{} rows, {} uploaded",
-            p.report.rows, p.report.uploaded
-        ));
-    });
+    let result = import::import_with(
+        &mut worker,
+        input,
+        &options,
+        &mut |p| {
+            bar.set_position(p.bytes);
+            bar.set_message(format!(
+                "{} rows, {} uploaded",
+                p.report.rows, p.report.uploaded
+            ));
+        },
+        &mut |row| match &mut rejected {
+            Some(writer) => writer
+                .write_record([
+                    row.line.to_string().as_str(),
+                    row.value.as_str(),
+                    row.reason.code(),
+                ])
+                .map_err(io::Error::other),
+            None => Ok(()),
+        },
+    );
     bar.finish_and_clear();
+    if let (Some(writer), Some(path)) = (&mut rejected, &args.rejected) {
+        writer
+            .flush()
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
 
     let mut report = match result {
         Ok(report) => report,

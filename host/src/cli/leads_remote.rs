@@ -96,7 +96,12 @@ pub fn import(server: &Server, args: &ImportArgs) -> anyhow::Result<Exit> {
         hasher: RandomState::new(),
     };
     let mut failure: Option<anyhow::Error> = None;
-    let read = import::read_addresses(input, &args.column, &mut |line, email| {
+    let options = import::ImportOptions {
+        column: args.column.clone(),
+        delimiter: args.delimiter,
+        ..import::ImportOptions::new(&args.account, &args.campaign, 0)
+    };
+    let read = import::read_addresses(input, &options, &mut |line, email| {
         match email {
             Ok(email) => {
                 import.bytes += email.len();

@@ -221,10 +221,13 @@ impl PolicyArgs {
     fn worker(&self, store: Arc<dyn Store>) -> anyhow::Result<Worker> {
         let (path, policy) = self.load()?;
         match self.component.runtime()?.worker(store, &policy) {
-            Ok((worker, summary)) => {
+            Ok((mut worker, summary)) => {
                 for warning in &summary.warnings {
                     eprintln!("warning: {}", located(&path, warning));
                 }
+                // Alerts are logged in the store by the worker; the command line
+                // delivers them on stderr once durable (webhooks are `serve`'s).
+                worker.set_notifier(creditgate::alerts::Notifier::stderr());
                 Ok(worker)
             }
             Err(LoadError::Policy(diagnostics)) => {

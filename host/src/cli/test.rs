@@ -37,9 +37,9 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         match discover(path) {
             Ok(found) => {
                 for (file, name) in found {
-                    match Suite::load(&file, name) {
+                    match Suite::load_all(&file, name) {
                         Ok(suite) => suites.push(suite),
-                        Err(e) => problems.push(e),
+                        Err(every) => problems.extend(every),
                     }
                 }
             }

@@ -133,3 +133,152 @@ fn a_missing_path_is_an_input_error() {
         text(&out.stderr)
     );
 }
+
+/// Writes `files` (name, content) into a fresh temp dir.
+fn temp_files(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, content) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("a folder")).expect("folder");
+        std::fs::write(path, content).expect("written");
+    }
+    dir
+}
+
+const TWO_PLANS: &str = "[plans.base]\nlead_credits = 2\nemail_credits = 10\n";
+
+/// Issue 13.12: a suite with several invalid cases reported only the first;
+/// every one is reported now, each at its line, and nothing runs.
+#[test]
+fn every_invalid_case_of_a_suite_is_reported() {
+    let dir = temp_files(&[
+        ("policy.toml", TWO_PLANS),
+        (
+            "bad.toml",
+            concat!(
+                "policy = \"policy.toml\"\n",
+                "\n",
+                "[[case]]\n",
+                "name = \"misspelt_op\"\n",
+                "steps = [\n",
+                "  { at = \"2025-01-31T09:00:00Z\", op = \"subscrbe\", account = \"a\", plan = \"base\" },\n",
+                "]\n",
+                "\n",
+                "[[case]]\n",
+                "name = \"fine\"\n",
+                "steps = [{ at = \"2025-01-31T09:00:00Z\", op = \"usage\", account = \"a\" }]\n",
+                "\n",
+                "[[case]]\n",
+                "name = \"misspelt_expectation\"\n",
+                "steps = [\n",
+                "  { at = \"2025-01-31T09:00:00Z\", op = \"usage\", account = \"a\", expect = { chargd = 3 } },\n",
+                "]\n",
+            ),
+        ),
+    ]);
+    let suite = dir.path().join("bad.toml");
+    let out = crate::harness::creditgate_command()
+        .arg("test")
+        .arg(&suite)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 2, "{stderr}");
+    let at = |line: u32| format!("error: {}:{line}:", suite.display());
+    assert!(
+        errors[0].starts_with(&at(6)) && errors[0].contains("subscrbe"),
+        "{stderr}"
+    );
+    assert!(
+        errors[1].starts_with(&at(16)) && errors[1].contains("chargd"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("2 problem(s) in the suites; no case ran\n"),
+        "{stderr}"
+    );
+}
+
+/// Issue 13.12: `creditgate test PATH` from outside a checkout: the suite names
+/// its policy relative to itself, not to the current directory, and every
+/// failing case of the suite is reported, not only the first.
+#[test]
+fn a_suite_runs_from_any_directory_and_reports_every_failing_case() {
+    let dir = temp_files(&[
+        ("suites/policies/tiny.toml", TWO_PLANS),
+        (
+            "suites/billing.toml",
+            concat!(
+                "policy = \"policies/tiny.toml\"\n",
+                "[[case]]\nname = \"first_fails\"\n",
+                "steps = [{ at = \"2025-01-31T09:00:00Z\", op = \"subscribe\", account = \"a\", plan = \"base\", expect = { decision = \"deny\" } }]\n",
+                "[[case]]\nname = \"passes\"\n",
+                "steps = [{ at = \"2025-01-31T09:00:00Z\", op = \"subscribe\", account = \"a\", plan = \"base\", expect = { lead_credits.limit = 2 } }]\n",
+                "[[case]]\nname = \"second_fails\"\n",
+                "steps = [{ at = \"2025-01-31T09:00:00Z\", op = \"subscribe\", account = \"a\", plan = \"base\", expect = { charged = 3 } }]\n",
+            ),
+        ),
+    ]);
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let out = crate::harness::creditgate_command()
+        .current_dir(elsewhere.path())
+        .arg("test")
+        .arg(dir.path().join("suites"))
+        .output()
+        .expect("runs");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    for line in [
+        "test billing::first_fails ... FAILED",
+        "test billing::passes ... ok",
+        "test billing::second_fails ... FAILED",
+        "---- billing::first_fails ----",
+        "---- billing::second_fails ----",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in\n{stdout}"
+        );
+    }
+    assert_eq!(stdout.lines().last(), Some("1 passed, 2 failed"));
+}
+
+#[test]
+fn the_suite_format_is_documented_and_linked_from_the_readme() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    assert!(
+        readme.contains("(policies/tests/README.md)"),
+        "the README does not link the suite format"
+    );
+    let format = std::fs::read_to_string(repo().join("policies/tests/README.md")).expect("format");
+    for key in [
+        "policy",
+        "[[case]]",
+        "name",
+        "steps",
+        "[[case.steps]]",
+        "expect",
+        "decision",
+        "reason",
+        "charged",
+        "freed",
+        "lead_credits.used",
+        "lead_credits.limit",
+        "email_credits.used",
+        "email_credits.limit",
+        "email_credits.resets_at",
+        "--filter",
+        "--component",
+    ] {
+        assert!(
+            format.contains(key),
+            "policies/tests/README.md does not mention {key}"
+        );
+    }
+}
