@@ -3,7 +3,8 @@
 use anyhow::Context as _;
 use serde::Serialize;
 
-use creditgate::bindings::{AccountUsage, Decision};
+use creditgate::bindings::{AccountUsage, Decision, Reason};
+use creditgate::names::{NameRules, escape, quote};
 use creditgate::replay::{Outcome, UsageJson, reason_code};
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
@@ -63,6 +64,9 @@ impl Common {
 }
 
 pub fn run(command: Command) -> anyhow::Result<Exit> {
+    // Every account name is normalised by the one rule; a refused one is an
+    // input error (exit 2) that names it, escaped.
+    let names = NameRules::from_env();
     match command {
         Command::Subscribe {
             account,
@@ -70,28 +74,31 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
             anchor,
             common,
         } => {
+            let account = names.account(&account)?;
             let at = match anchor {
                 Some(text) => parse_instant(&text).map_err(|e| anyhow::anyhow!("--anchor: {e}"))?,
                 None => now(),
             };
             let request = Request::Subscribe {
                 account: account.clone(),
-                plan,
+                plan: plan.clone(),
             };
-            change(&common, &account, &request, at, "subscribed")
+            change(&common, &account, &plan, &request, at, "subscribed")
         }
         Command::ChangePlan {
             account,
             plan,
             common,
         } => {
+            let account = names.account(&account)?;
             let request = Request::ChangePlan {
                 account: account.clone(),
-                plan,
+                plan: plan.clone(),
             };
-            change(&common, &account, &request, now(), "moved")
+            change(&common, &account, &plan, &request, now(), "moved")
         }
         Command::Show { account, common } => {
+            let account = names.account(&account)?;
             let mut worker = common.worker()?;
             let decision = worker.decide(
                 &Request::Usage {
@@ -106,18 +113,28 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
     }
 }
 
-/// Applies a subscription or plan change, durably, and reports it.
+/// Applies a subscription or plan change to `plan`, durably, and reports it.
 fn change(
     common: &Common,
     account: &str,
+    plan: &str,
     request: &Request,
     at: i64,
     verb: &str,
 ) -> anyhow::Result<Exit> {
-    let mut worker = common.worker()?;
+    let (mut worker, plans) = common.policy.worker_and_plans(common.store.open()?)?;
     let decision = worker.decide(request, at)?;
     worker.persist().context("making the change durable")?;
     print_decision(common.format, account, &decision, Some(verb));
+    if decision.denied == Some(Reason::UnknownPlan) && common.format == Format::Text {
+        let plans: Vec<String> = plans.iter().map(|p| quote(p)).collect();
+        eprintln!(
+            "{}: no plan {} in the policy; its plans are: {}",
+            escape(account),
+            quote(plan),
+            plans.join(", ")
+        );
+    }
     Ok(exit_of(&decision))
 }
 
@@ -145,10 +162,11 @@ fn print_decision(format: Format, account: &str, decision: &Decision, verb: Opti
             println!("{}", serde_json::to_string(&json).unwrap_or_default());
         }
         Format::Text => {
+            let shown = escape(account);
             if let Some(reason) = decision.denied {
-                eprintln!("{account}: denied: {}", reason_code(reason));
+                eprintln!("{shown}: denied: {}", reason_code(reason));
             } else if let (Some(verb), Some(u)) = (verb, &decision.usage) {
-                println!("{account}: {verb} to plan {}", u.plan);
+                println!("{shown}: {verb} to plan {}", escape(&u.plan));
             }
             if let Some(u) = &decision.usage {
                 print!("{}", summary(account, u));
@@ -161,8 +179,9 @@ fn print_decision(format: Format, account: &str, decision: &Decision, verb: Opti
 pub(super) fn summary(account: &str, u: &AccountUsage) -> String {
     let limit = |l: Option<u64>| l.map_or("unlimited".to_string(), |n| n.to_string());
     format!(
-        "account        {account}\nplan           {}\nanchor         {}\nlead credits   {} / {}\nemail credits  {} / {} (resets {})\n",
-        u.plan,
+        "account        {}\nplan           {}\nanchor         {}\nlead credits   {} / {}\nemail credits  {} / {} (resets {})\n",
+        escape(account),
+        escape(&u.plan),
         format_instant(u.anchor),
         u.lead_credits.used,
         limit(u.lead_credits.limit),
@@ -219,10 +238,12 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
                 "ACCOUNT", "PLAN", "LEAD CREDITS", "EMAIL CREDITS"
             );
             for (account, u) in &rows {
+                // A name stored before the naming rule may hold anything: one
+                // row per account whatever it holds.
                 println!(
                     "{:<24} {:<18} {:>21} {:>21}  {}",
-                    account,
-                    u.plan,
+                    escape(account),
+                    escape(&u.plan),
                     format!("{} / {}", u.lead_credits.used, limit(u.lead_credits.limit)),
                     format!(
                         "{} / {}",

@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 
 use creditgate::alerts;
+use creditgate::names::{NameRules, escape};
 
 use super::{Exit, Format, StoreArgs};
 
@@ -26,6 +27,10 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
         store,
         format,
     } = command;
+    let account = match account {
+        Some(account) => Some(NameRules::from_env().account(&account)?),
+        None => None,
+    };
     let store = store.open()?;
     let fired =
         alerts::list(store.as_ref(), account.as_deref()).context("reading the alert log")?;
@@ -44,7 +49,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
                 println!(
                     "{:<21} {:<24} {:<14} {:>8}% {:>21}  {}",
                     a.at,
-                    a.account,
+                    escape(&a.account),
                     a.credit,
                     a.threshold,
                     format!("{} / {}", a.used, a.limit),

@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use clap::ArgGroup;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use creditgate::bindings::Decision;
+use creditgate::bindings::{Decision, Reason};
 use creditgate::import::{self, DEFAULT_BATCH, ImportOptions, ImportReport, MAX_BATCH};
+use creditgate::names::{NameRules, escape, quote};
 use creditgate::replay::{CreditsJson, LimitJson, Outcome, reason_code};
 use creditgate::request::Request;
 
@@ -37,10 +38,24 @@ pub enum Command {
 }
 
 pub fn run(command: Command) -> anyhow::Result<Exit> {
+    // Names by the one rule (`creditgate::names`), before anything is opened.
+    let names = NameRules::from_env();
     match command {
-        Command::Import(args) => run_import(args),
-        Command::Delete(args) => run_delete(args),
-        Command::List(args) => run_list(args),
+        Command::Import(mut args) => {
+            args.account = names.account(&args.account)?;
+            args.campaign = names.campaign(&args.campaign)?;
+            run_import(args)
+        }
+        Command::Delete(mut args) => {
+            args.account = names.account(&args.account)?;
+            args.campaign = names.campaign(&args.campaign)?;
+            run_delete(args)
+        }
+        Command::List(mut args) => {
+            args.account = names.account(&args.account)?;
+            args.campaign = args.campaign.map(|c| names.campaign(&c)).transpose()?;
+            run_list(args)
+        }
     }
 }
 
@@ -259,11 +274,11 @@ pub struct DeleteArgs {
 
 fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
     let mut worker = args.policy.worker(args.store.open()?)?;
-    let request = match args.email {
+    let request = match &args.email {
         Some(email) => Request::DeleteLead {
             account: args.account.clone(),
             campaign: args.campaign.clone(),
-            email,
+            email: email.clone(),
         },
         None => Request::DeleteCampaignLeads {
             account: args.account.clone(),
@@ -275,6 +290,16 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         .with_context(|| format!("account {:?}: no decision", args.account))?;
     if decision.denied.is_none() {
         worker.persist().context("making the deletion durable")?;
+    }
+    // Say what is wrong with the address, in the policy's words.
+    if let (Some(Reason::InvalidEmail), Some(email)) = (decision.denied, &args.email)
+        && let Ok(Some(problem)) = worker.find_invalid_email(std::slice::from_ref(email))
+    {
+        eprintln!(
+            "creditgate: --email {} is not a valid email address: {}",
+            quote(email),
+            escape(&problem.problem)
+        );
     }
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&Outcome::from(&decision))?),

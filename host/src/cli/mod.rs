@@ -148,13 +148,20 @@ impl PolicyArgs {
 
     /// Compiles the component and makes a worker over `store` with the policy loaded.
     fn worker(&self, store: Arc<dyn Store>) -> anyhow::Result<Worker> {
+        Ok(self.worker_and_plans(store)?.0)
+    }
+
+    /// [`PolicyArgs::worker`], and the names of the policy's plans (for messages
+    /// that say which plans exist).
+    fn worker_and_plans(&self, store: Arc<dyn Store>) -> anyhow::Result<(Worker, Vec<String>)> {
         let (path, policy) = self.load()?;
         match self.component.runtime()?.worker(store, &policy) {
             Ok((worker, summary)) => {
                 for warning in &summary.warnings {
                     eprintln!("warning: {}", located(&path, warning));
                 }
-                Ok(worker)
+                let plans = summary.plans.into_iter().map(|p| p.name).collect();
+                Ok((worker, plans))
             }
             Err(LoadError::Policy(diagnostics)) => {
                 let lines: Vec<String> = diagnostics.iter().map(|d| located(&path, d)).collect();

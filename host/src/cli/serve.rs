@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 use creditgate::alerts::{self, Notifier, Retry, Webhook};
 use creditgate::gateway::Gateway;
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
+use creditgate::names::NameRules;
 use creditgate::postfix::PostfixConfig;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig};
 use creditgate::serve::{PolicyListener, ServeOptions, serve_postfix};
@@ -61,7 +62,7 @@ impl<'de> Deserialize<'de> for Listen {
 pub struct Args {
     /// A TOML file with any of: postfix_listen, postfix_unix, http_listen,
     /// http_max_body_bytes, workers, idle_timeout_secs, store, policy, component,
-    /// and a [postfix] table. Flags override it.
+    /// case_sensitive_names, and a [postfix] table. Flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address of the Postfix policy listener, or `off`. Default: 127.0.0.1:10040.
@@ -126,6 +127,9 @@ struct FileConfig {
     component: Option<PathBuf>,
     #[serde(default)]
     postfix: PostfixConfig,
+    /// Keep the case of account and campaign names (`Acme` and `acme` are two
+    /// accounts). Default: $CREDITGATE_CASE_SENSITIVE_NAMES, else false.
+    case_sensitive_names: Option<bool>,
 }
 
 impl FileConfig {
@@ -218,6 +222,12 @@ impl Settings {
         for webhook in &file.webhooks {
             alerts::validate(webhook).map_err(anyhow::Error::msg)?;
         }
+        let mut names = NameRules::from_env();
+        if let Some(case_sensitive) = file.case_sensitive_names {
+            names.case_sensitive = case_sensitive;
+        }
+        let mut postfix = file.postfix;
+        postfix.names = names;
         Ok(Settings {
             webhooks: file.webhooks,
             listen,
@@ -228,6 +238,7 @@ impl Settings {
                 max_connections,
                 idle_timeout: Duration::from_secs(idle),
                 admin_token: admin_token.map(Arc::from),
+                names,
             },
             workers,
             options: ServeOptions {
@@ -243,7 +254,7 @@ impl Settings {
                     component: args.policy.component.component.or(file.component),
                 },
             },
-            postfix: file.postfix,
+            postfix,
         })
     }
 }

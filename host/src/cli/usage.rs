@@ -6,6 +6,7 @@ use console::{Style, style};
 use serde::Serialize;
 
 use creditgate::bindings::AccountUsage;
+use creditgate::names::{NameRules, escape};
 use creditgate::replay::{UsageJson, reason_code};
 use creditgate::request::Request;
 use creditgate::time::{format_instant, now};
@@ -28,7 +29,8 @@ pub struct Args {
 const WARN_AT: f64 = 0.8;
 const BAR_WIDTH: usize = 30;
 
-pub fn run(args: Args) -> anyhow::Result<Exit> {
+pub fn run(mut args: Args) -> anyhow::Result<Exit> {
+    args.account = NameRules::from_env().account(&args.account)?;
     let mut worker = args.policy.worker(args.store.open()?)?;
     let at = now();
     let decision = worker.decide(
@@ -39,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     )?;
     let (Some(usage), None) = (&decision.usage, decision.denied) else {
         let reason = decision.denied.map_or("no usage", reason_code);
-        eprintln!("creditgate: {}: {reason}", args.account);
+        eprintln!("creditgate: {}: {reason}", escape(&args.account));
         return Ok(Exit::Failed);
     };
     match args.format {
@@ -72,8 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
 fn dashboard(account: &str, u: &AccountUsage, at: i64) -> String {
     let mut out = format!(
         "{}  plan {}\n",
-        style(account).bold(),
-        style(&u.plan).cyan()
+        style(escape(account)).bold(),
+        style(escape(&u.plan)).cyan()
     );
     out += &meter("lead credits ", u.lead_credits.used, u.lead_credits.limit);
     out += &meter("email credits", u.email_credits.used, u.email_credits.limit);
