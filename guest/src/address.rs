@@ -1,38 +1,166 @@
 //! What one contact is: an email address, normalised.
 //!
 //! Two spellings of one address are one contact (and one lead credit), so every
-//! address is normalised before it is compared or stored: trimmed of surrounding
-//! whitespace and lowercased whole. The validity check is deliberately plain, not
-//! RFC 5322: it refuses what is certainly not deliverable and what would make two
-//! contacts look alike, and it is the same check everywhere an address enters.
+//! address is normalised before it is compared or stored:
+//!
+//! 1. surrounding whitespace is trimmed, and one pair of angle brackets around
+//!    the whole address is taken off (`<ann@example.com>` is `ann@example.com`,
+//!    as Postfix and mail headers write it);
+//! 2. it is put in Unicode Normalization Form C (NFC) and lowercased whole, then
+//!    put in NFC again, so that `é` as one code point or as `e` and a combining
+//!    accent is one address;
+//! 3. an internationalised domain is written in its ASCII (punycode) form, by
+//!    UTS #46 as browsers do (`bücher.de` is `xn--bcher-kva.de`), so that both
+//!    spellings of one domain are one contact.
+//!
+//! The validity check is deliberately plain, not RFC 5322: it refuses what is
+//! certainly not deliverable and what would make two contacts look alike, and it
+//! is the same check everywhere an address enters. [`check`] says what is wrong
+//! with an address it refuses, in words for people.
+
+use std::fmt;
+
+use unicode_normalization::UnicodeNormalization as _;
 
 /// Longest valid address, in characters, after normalisation (RFC 5321's path limit
 /// of 256 less the angle brackets).
 pub const MAX_LEN: usize = 254;
 
 /// Normalises `raw` into the contact's identity, or `None` if it is not a valid
-/// address: exactly one `@`; a non-empty local part; a domain with at least one dot
-/// and no empty label; no whitespace or control characters inside; at most
-/// [`MAX_LEN`] characters.
+/// address (see [`check`]).
 pub fn normalize(raw: &str) -> Option<String> {
+    check(raw).ok()
+}
+
+/// Normalises `raw` into the contact's identity, or says why it is not a valid
+/// address: exactly one `@`; a non-empty local part; a domain with at least one
+/// dot and no empty label, valid as an internationalised domain name; no
+/// whitespace, control, invisible or bidirectional formatting characters, and
+/// no `<` or `>` but the one pair around it; at most [`MAX_LEN`] characters.
+pub fn check(raw: &str) -> Result<String, Problem> {
     let trimmed = raw.trim();
-    // Nearly every address is ASCII: lowercased without Unicode's case tables.
-    let (address, len) = if trimmed.is_ascii() {
-        (trimmed.to_ascii_lowercase(), trimmed.len())
-    } else {
-        let address = trimmed.to_lowercase();
-        let len = address.chars().count();
-        (address, len)
+    let trimmed = match trimmed.strip_prefix('<').and_then(|t| t.strip_suffix('>')) {
+        Some(inner) => inner,
+        None => trimmed,
     };
-    if len > MAX_LEN || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return None;
+    if trimmed.is_empty() {
+        return Err(Problem::Empty);
     }
-    let (local, domain) = address.split_once('@')?;
-    let valid = !local.is_empty()
-        && !domain.contains('@')
-        && domain.contains('.')
-        && domain.split('.').all(|label| !label.is_empty());
-    valid.then_some(address)
+    // Nearly every address is ASCII: lowercased without Unicode's tables.
+    let address = if trimmed.is_ascii() {
+        trimmed.to_ascii_lowercase()
+    } else {
+        let nfc: String = trimmed.nfc().collect();
+        nfc.to_lowercase().nfc().collect()
+    };
+    if let Some((at, c)) = address.chars().enumerate().find(|&(_, c)| forbidden(c)) {
+        return Err(Problem::Character { at, c });
+    }
+    let (local, domain) = address.split_once('@').ok_or(Problem::NoAt)?;
+    if domain.contains('@') {
+        return Err(Problem::ManyAt);
+    }
+    if local.is_empty() {
+        return Err(Problem::EmptyLocal);
+    }
+    let domain = if domain.is_ascii() {
+        domain.to_owned()
+    } else {
+        idna::domain_to_ascii(domain).map_err(|_| Problem::InvalidDomain)?
+    };
+    if !domain.contains('.') {
+        return Err(Problem::NoDot);
+    }
+    if domain.split('.').any(str::is_empty) {
+        return Err(Problem::EmptyLabel);
+    }
+    let chars = local.chars().count() + 1 + domain.len();
+    if chars > MAX_LEN {
+        return Err(Problem::TooLong { chars });
+    }
+    let mut out = String::with_capacity(local.len() + 1 + domain.len());
+    out.push_str(local);
+    out.push('@');
+    out.push_str(&domain);
+    Ok(out)
+}
+
+/// Characters no address may hold: whitespace, controls, the angle brackets left
+/// after the pair around it, and the invisible and bidirectional formatting
+/// characters that make one address look like another (zero-width space and
+/// joiners, LRM/RLM, the embeddings and overrides U+202A..U+202E, the isolates,
+/// the byte-order mark, ...).
+fn forbidden(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || c == '<'
+        || c == '>'
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
+/// Why an address is not valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    Empty,
+    /// `at` counts characters from 0, after normalisation.
+    Character {
+        at: usize,
+        c: char,
+    },
+    NoAt,
+    ManyAt,
+    EmptyLocal,
+    InvalidDomain,
+    NoDot,
+    EmptyLabel,
+    TooLong {
+        chars: usize,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Empty => f.write_str("it is empty"),
+            Problem::Character { at, c } => write!(
+                f,
+                "it has {} at character {}; an address has no whitespace, control, invisible \
+                 or bidirectional formatting characters, and no '<' or '>' but one pair \
+                 around it",
+                match c {
+                    '<' | '>' => format!("'{c}'"),
+                    _ => format!("U+{:04X}", u32::from(*c)),
+                },
+                at + 1
+            ),
+            Problem::NoAt => f.write_str("it has no '@'"),
+            Problem::ManyAt => f.write_str("it has more than one '@'"),
+            Problem::EmptyLocal => f.write_str("nothing comes before the '@'"),
+            Problem::InvalidDomain => {
+                f.write_str("its domain is not a valid internationalised domain name")
+            }
+            Problem::NoDot => f.write_str("its domain has no dot"),
+            Problem::EmptyLabel => f.write_str(
+                "its domain has an empty label (two dots in a row, or a dot at either end)",
+            ),
+            Problem::TooLong { chars } => write!(
+                f,
+                "it is {chars} characters long; an address has at most {MAX_LEN}"
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -64,9 +192,42 @@ mod tests {
             "ann lee@example.com",
             "ann@exa\tmple.com",
             "ann\u{7}@example.com",
+            "<>",
+            "<<ann@example.com>>",
+            "Ann <ann@example.com>",
+            "ann@example.com>",
+            "ann\u{202e}@example.com",
+            "an\u{200b}n@example.com",
+            "\u{feff}ann@example.com",
+            "ann@exa\u{200d}mple.com",
         ] {
             assert_eq!(normalize(bad), None, "{bad:?} should be invalid");
         }
+    }
+
+    #[test]
+    fn says_what_is_wrong() {
+        for (bad, expected) in [
+            ("", "it is empty"),
+            ("ann", "it has no '@'"),
+            ("ann@@example.com", "it has more than one '@'"),
+            ("@example.com", "nothing comes before the '@'"),
+            ("ann@example", "its domain has no dot"),
+            ("ann@example..com", "its domain has an empty label"),
+            ("ann\u{202e}@x.co", "it has U+202E at character 4"),
+            ("Ann <a@x.co>", "it has U+0020 at character 4"),
+        ] {
+            let problem = check(bad).unwrap_err().to_string();
+            assert!(problem.starts_with(expected), "{bad:?}: {problem}");
+        }
+    }
+
+    #[test]
+    fn angle_brackets_around_the_address_are_taken_off() {
+        assert_eq!(
+            normalize(" <Ann@Example.com> ").as_deref(),
+            Some("ann@example.com")
+        );
     }
 
     #[test]
@@ -88,5 +249,26 @@ mod tests {
             normalize("ÉLODIE@Exemple.FR").as_deref(),
             Some("élodie@exemple.fr")
         );
+    }
+
+    /// Issue 14.6: one person is one contact, however the address is spelt.
+    #[test]
+    fn unicode_spellings_of_one_address_are_one_contact() {
+        // `é` precomposed, or `e` and a combining acute accent.
+        assert_eq!(
+            normalize("\u{e9}lodie@exemple.fr"),
+            normalize("e\u{301}lodie@exemple.fr")
+        );
+        assert_eq!(
+            normalize("E\u{301}LODIE@exemple.fr").as_deref(),
+            Some("\u{e9}lodie@exemple.fr")
+        );
+        // An internationalised domain, in Unicode or in punycode, any case.
+        let ascii = Some("ann@xn--bcher-kva.de".to_owned());
+        assert_eq!(normalize("ann@bücher.de"), ascii);
+        assert_eq!(normalize("Ann@BÜCHER.de"), ascii);
+        assert_eq!(normalize("ann@bu\u{308}cher.de"), ascii);
+        assert_eq!(normalize("ann@xn--bcher-kva.de"), ascii);
+        assert_eq!(normalize("<ann@XN--BCHER-KVA.DE>"), ascii);
     }
 }

@@ -196,4 +196,18 @@ impl Guest for Component {
     fn email_history(account: String, cycles: u32, now: Instant) -> Result<Vec<CycleUsage>, Error> {
         with_engine(|e| e.email_history(&mut Host, &account, cycles, now))
     }
+
+    fn find_invalid_email(
+        emails: Vec<String>,
+    ) -> Option<crate::bindings::exports::creditgate::policy::policy::AddressProblem> {
+        emails.iter().enumerate().find_map(|(index, email)| {
+            let problem = crate::address::check(email).err()?;
+            Some(
+                crate::bindings::exports::creditgate::policy::policy::AddressProblem {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    problem: problem.to_string(),
+                },
+            )
+        })
+    }
 }

@@ -43,6 +43,7 @@ use crate::alerts::{self, FiredAlert};
 use crate::bindings::{AccountUsage, Decision, Reason};
 use crate::gateway::{Gateway, GatewayError};
 use crate::http::{AccountJson, ApiError, Path, json};
+use crate::names::NameRules;
 use crate::replay::LimitJson;
 use crate::request::Request;
 use crate::store::{Store, StoreError};
@@ -64,6 +65,9 @@ pub struct Bulk {
     gateway: Arc<Gateway>,
     slots: Arc<Semaphore>,
     wait: Duration,
+    /// The naming rule the API applies, so that a listing finds what a decision
+    /// route would (`ACME` is `acme` unless names are case-sensitive).
+    names: NameRules,
 }
 
 impl std::fmt::Debug for Bulk {
@@ -84,12 +88,23 @@ impl Bulk {
         Bulk::with_slots(gateway, BULK_SLOTS, BULK_WAIT)
     }
 
+    /// The same, normalising names from paths and queries by `names`.
+    pub fn with_names(self, names: NameRules) -> Bulk {
+        Bulk { names, ..self }
+    }
+
+    /// The naming rule in force, for the pages that take a name.
+    pub fn names(&self) -> NameRules {
+        self.names
+    }
+
     /// `slots` slots (at least one), each waited for at most `wait`.
     pub fn with_slots(gateway: Arc<Gateway>, slots: usize, wait: Duration) -> Bulk {
         Bulk {
             gateway,
             slots: Arc::new(Semaphore::new(slots.max(1))),
             wait,
+            names: NameRules::default(),
         }
     }
 
@@ -420,7 +435,7 @@ async fn known(bulk: &Bulk, account: &str) -> ApiResult<()> {
         .await
         .map_err(|e| ApiError::gateway(account, e))?;
     match decision.denied {
-        Some(Reason::UnknownAccount) => Err(ApiError::denied(account, Reason::UnknownAccount)),
+        Some(Reason::UnknownAccount) => Err(ApiError::unknown_account(account)),
         // An account whose plan left the policy still has its leads.
         _ => Ok(()),
     }
@@ -439,6 +454,7 @@ struct Campaigns<'a> {
 }
 
 async fn campaigns(State(bulk): State<Bulk>, Path(account): Path<String>) -> ApiResult<Response> {
+    let account = bulk.names.account(&account).map_err(ApiError::name)?;
     let _slot = bulk.slot().await.map_err(busy)?;
     known(&bulk, &account).await?;
     let name = account.clone();
@@ -491,8 +507,12 @@ async fn leads(
     Path(account): Path<String>,
     query: std::result::Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let account = bulk.names.account(&account).map_err(ApiError::name)?;
     let listing = Listing::parse(query, &["campaign"], "leads", 2)?;
-    let campaign = listing.filter("campaign").map(str::to_owned);
+    let campaign = (listing.filter("campaign"))
+        .map(|c| bulk.names.campaign(c))
+        .transpose()
+        .map_err(ApiError::name)?;
     let after = match listing.after {
         Some(parts) => match (&parts[..], &campaign) {
             ([group, _], Some(campaign)) if group != campaign => {
@@ -551,7 +571,10 @@ async fn alerts_page(
     query: std::result::Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Response> {
     let listing = Listing::parse(query, &["account"], "alerts", 2)?;
-    let account = listing.filter("account").map(str::to_owned);
+    let account = (listing.filter("account"))
+        .map(|a| bulk.names.account(a))
+        .transpose()
+        .map_err(ApiError::name)?;
     let after = match listing.after {
         Some(parts) => match (&parts[..], &account) {
             ([a, _], Some(account)) if a != account => {

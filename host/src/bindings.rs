@@ -12,6 +12,7 @@ pub use creditgate::policy::state::{
     CounterAdded, GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded,
     MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
 };
+pub use exports::creditgate::policy::policy::AddressProblem;
 pub use exports::creditgate::policy::policy::{
     AccountUsage, Alert, Credit, CycleUsage, Decision, Diagnostic, EmailKind, EmailUsage,
     Error as GuestError, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary,

@@ -872,6 +872,12 @@ async fn account(State(bulk): State<Bulk>, path: Result<Path<String>, PathReject
             "The account name in this address does not decode.",
         );
     };
+    let account = match bulk.names().account(&account) {
+        Ok(account) => account,
+        Err(e) => {
+            return Page::error(StatusCode::NOT_FOUND, "No such account", &e.to_string());
+        }
+    };
     let Ok(_slot) = bulk.slot().await else {
         return Page::busy();
     };

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::alerts::{FiredAlert, Notifier};
-use crate::bindings::{CycleUsage, Decision, LeadBatch, PolicySummary, Reason};
+use crate::bindings::{AddressProblem, CycleUsage, Decision, LeadBatch, PolicySummary, Reason};
 use crate::metrics::{GatewayStats, Outcome};
 use crate::request::{Op, Request};
 use crate::runtime::{DecideError, LoadError, Runtime, Worker};
@@ -180,6 +180,8 @@ struct Version {
     /// at start (the workers' first instances are made then), and wherever
     /// preparing failed: such a worker makes its own.
     prepared: Vec<Mutex<Option<Worker>>>,
+    /// The plans the policy defines, for messages that say what is accepted.
+    plans: Arc<[String]>,
 }
 
 impl Version {
@@ -221,6 +223,9 @@ pub struct Gateway {
     refusals: Arc<Mutex<VecDeque<Refusal>>>,
     notifier: Arc<OnceLock<Notifier>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Answers [`Gateway::find_invalid_email`], off the lanes: made when first
+    /// needed, again after a reload, with the version it was made for.
+    explainer: Mutex<Option<(Worker, u64)>>,
 }
 
 /// Keeps a commit from landing inside a decision. A decision is several store
@@ -262,6 +267,7 @@ impl Gateway {
             runtime,
             policy: Arc::from(policy),
             prepared: Vec::new(),
+            plans: plan_names(&summary),
         }));
         let (writes, write_queue) = mpsc::channel::<Job>();
         let (reads, read_queue) = mpsc::channel::<Job>();
@@ -331,6 +337,7 @@ impl Gateway {
             refusals,
             notifier,
             threads: Mutex::new(threads),
+            explainer: Mutex::new(None),
         };
         Ok((gateway, summary))
     }
@@ -514,6 +521,7 @@ impl Gateway {
             runtime,
             policy: Arc::from(policy),
             prepared,
+            plans: plan_names(&summary),
         };
         let mut stats = self.stats();
         stats.reloads += 1;
@@ -587,6 +595,37 @@ impl Gateway {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .number
+    }
+
+    /// The first of `emails` the policy in force refuses, and why (see
+    /// [`Worker::find_invalid_email`]): to say which address an `invalid-email`
+    /// denial was about. Not a decision: answered by a worker of its own, on no
+    /// state, outside the lanes and the metrics; blocks (call it from a blocking
+    /// thread). None as well when the policy cannot say.
+    pub fn find_invalid_email(&self, emails: &[String]) -> Option<AddressProblem> {
+        let mut explainer = self
+            .explainer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let latest = self.version();
+        if explainer
+            .as_ref()
+            .is_none_or(|(_, made_for)| *made_for != latest)
+        {
+            let none: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            *explainer = worker_for(&self.version, &none).ok();
+        }
+        let (worker, _) = explainer.as_mut()?;
+        worker.find_invalid_email(emails).ok().flatten()
+    }
+
+    /// The names of the plans the policy in force defines, in its order.
+    pub fn plans(&self) -> Arc<[String]> {
+        self.version
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .plans
+            .clone()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -891,4 +930,8 @@ fn outcome(answer: &Result<Answer, GatewayError>) -> Outcome {
         Ok(_) => Outcome::Allow,
         Err(_) => Outcome::Error,
     }
+}
+
+fn plan_names(summary: &PolicySummary) -> Arc<[String]> {
+    summary.plans.iter().map(|p| p.name.clone()).collect()
 }

@@ -44,6 +44,7 @@ use crate::bindings::{
     AccountUsage, Decision, EmailKind, GuestError, LeadBatch, LeadOutcome, Reason, StateError,
 };
 use crate::gateway::{Gateway, GatewayError};
+use crate::names::{Escaped, NameError, NameRules, escape, quote};
 use crate::replay::{CreditsJson, Outcome, UsageJson, reason_code};
 use crate::request::{Origin, Request};
 use crate::runtime::DecideError;
@@ -113,6 +114,8 @@ pub struct HttpOptions {
     /// (subscription, plan, lead deletion) and the reload ([`ADMIN_ROUTES`])
     /// require `Authorization: Bearer <token>`. An empty token admits nobody.
     pub admin_token: Option<Arc<str>>,
+    /// How account and campaign names are normalised (see [`crate::names`]).
+    pub names: NameRules,
 }
 
 impl std::fmt::Debug for HttpOptions {
@@ -128,6 +131,7 @@ impl std::fmt::Debug for HttpOptions {
             .field("request_timeout", &self.request_timeout)
             .field("allowed_hosts", &self.allowed_hosts)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "(set)"))
+            .field("names", &self.names)
             .finish()
     }
 }
@@ -145,15 +149,29 @@ impl Default for HttpOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             allowed_hosts: Vec::new(),
             admin_token: None,
+            names: NameRules::default(),
         }
     }
 }
 
 #[derive(Clone)]
-struct App {
+pub(crate) struct App {
     gateway: Arc<Gateway>,
     reload: Reloader,
     admin_token: Option<Arc<str>>,
+    names: NameRules,
+}
+
+impl App {
+    /// An account name from a path or a body, normalised, or a 422 naming it.
+    fn account(&self, raw: &str) -> Result<String> {
+        self.names.account(raw).map_err(ApiError::name)
+    }
+
+    /// A campaign name from a path, normalised, or a 422 naming it.
+    fn campaign(&self, raw: &str) -> Result<String> {
+        self.names.campaign(raw).map_err(ApiError::name)
+    }
 }
 
 /// Every route the API serves, with its handler.
@@ -222,7 +240,7 @@ pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: &HttpOptions) ->
         router = router.route(path, handler);
     }
     // Pages and listings share one cap on bulk reads (see `api_read::Bulk`).
-    let bulk = crate::api_read::Bulk::new(gateway.clone());
+    let bulk = crate::api_read::Bulk::new(gateway.clone()).with_names(options.names);
     router
         .merge(crate::dashboard::router(bulk.clone()))
         .merge(crate::api_read::router(bulk))
@@ -243,6 +261,7 @@ pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: &HttpOptions) ->
             gateway,
             reload,
             admin_token: options.admin_token.clone(),
+            names: options.names,
         })
 }
 
@@ -726,11 +745,63 @@ struct EmailBody {
 }
 
 /// One address or a list of them.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum Recipients {
     One(String),
     Many(Vec<String>),
+}
+
+// By hand rather than `#[serde(untagged)]`, whose only error is "data did not
+// match any variant": this one names what was found and what is accepted.
+impl<'de> Deserialize<'de> for Recipients {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Recipients;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an email address (a string) or a list of email addresses")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Recipients, E> {
+                Ok(Recipients::One(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(
+                self,
+                v: String,
+            ) -> std::result::Result<Recipients, E> {
+                Ok(Recipients::One(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Recipients, A::Error> {
+                let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+                while let Some(address) = seq.next_element::<Address>()? {
+                    all.push(address.0);
+                }
+                Ok(Recipients::Many(all))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One address of a list: a string, or an error that says so.
+struct Address(String);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Address;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an email address (a string)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Address, E> {
+                Ok(Address(v.to_owned()))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -788,13 +859,16 @@ impl<'a> AccountJson<'a> {
     }
 
     /// The account of a usage decision, stranded or not (see [`AccountJson::plan_missing`]).
-    fn of_usage(account: &'a str, decision: &'a Decision) -> Result<Self> {
+    fn of_usage(app: &App, account: &'a str, decision: &'a Decision) -> Result<Self> {
         match (decision.denied, &decision.usage) {
             (Some(Reason::UnknownPlan), Some(usage)) => Ok(AccountJson {
                 plan_missing: true,
                 ..AccountJson::new(account, usage)
             }),
-            _ => Ok(AccountJson::new(account, allowed(account, decision)?)),
+            _ => Ok(AccountJson::new(
+                account,
+                allowed(app, account, None, decision)?,
+            )),
         }
     }
 }
@@ -870,6 +944,7 @@ async fn subscribe(
     Path(account): Path<String>,
     Body(body): Body<SubscribeBody>,
 ) -> Result<Response> {
+    let account = app.account(&account)?;
     let anchor = match &body.anchor {
         Some(text) => parse_instant(text)
             .map_err(|e| ApiError::unprocessable("invalid_anchor", format!("anchor: {e}")))?,
@@ -877,12 +952,12 @@ async fn subscribe(
     };
     let request = Request::Subscribe {
         account: account.clone(),
-        plan: body.plan,
+        plan: body.plan.clone(),
         anchor: Some(anchor),
     };
     let decision = decide(&app, request, now()).await?;
-    let usage = allowed(&account, &decision)?;
-    info!(%account, plan = %usage.plan, "subscribed");
+    let usage = allowed(&app, &account, Some(&body.plan), &decision)?;
+    info!(%account, plan = %Escaped(&usage.plan), "subscribed");
     Ok((
         StatusCode::CREATED,
         json(&AccountJson::new(&account, usage)),
@@ -896,22 +971,24 @@ async fn change_plan(
     Path(account): Path<String>,
     Body(body): Body<PlanBody>,
 ) -> Result<Response> {
+    let account = app.account(&account)?;
     let request = Request::ChangePlan {
         account: account.clone(),
-        plan: body.plan,
+        plan: body.plan.clone(),
     };
     let decision = decide(&app, request, now()).await?;
-    let usage = allowed(&account, &decision)?;
-    info!(%account, plan = %usage.plan, "plan changed");
+    let usage = allowed(&app, &account, Some(&body.plan), &decision)?;
+    info!(%account, plan = %Escaped(&usage.plan), "plan changed");
     Ok(json(&AccountJson::new(&account, usage)))
 }
 
 async fn usage(State(app): State<App>, Path(account): Path<String>) -> Result<Response> {
+    let account = app.account(&account)?;
     let request = Request::Usage {
         account: account.clone(),
     };
     let decision = decide(&app, request, now()).await?;
-    Ok(json(&AccountJson::of_usage(&account, &decision)?))
+    Ok(json(&AccountJson::of_usage(&app, &account, &decision)?))
 }
 
 async fn add_leads(
@@ -919,6 +996,8 @@ async fn add_leads(
     Path((account, campaign)): Path<(String, String)>,
     Body(body): Body<LeadsBody>,
 ) -> Result<Response> {
+    let account = app.account(&account)?;
+    let campaign = app.campaign(&campaign)?;
     if body.emails.len() > MAX_LEADS_PER_REQUEST {
         return Err(ApiError::unprocessable(
             "too_many_emails",
@@ -939,7 +1018,7 @@ async fn add_leads(
         .await
         .map_err(|e| ApiError::gateway(&account, e))?;
     if let Some(reason) = batch.denied {
-        return Err(ApiError::denied(&account, reason));
+        return Err(ApiError::denied(&app, &account, None, reason));
     }
     if batch.results.len() != body.emails.len() {
         return Err(ApiError::internal(format!(
@@ -961,13 +1040,21 @@ async fn delete_lead(
     _: Admin,
     Path((account, campaign, email)): Path<(String, String, String)>,
 ) -> Result<Response> {
+    let account = app.account(&account)?;
     let request = Request::DeleteLead {
         account: account.clone(),
-        campaign,
-        email,
+        campaign: app.campaign(&campaign)?,
+        email: email.clone(),
     };
     let decision = decide(&app, request, now()).await?;
-    allowed(&account, &decision)?;
+    if decision.denied == Some(Reason::InvalidEmail) {
+        let why = invalid_email(&app, std::slice::from_ref(&email)).await;
+        return Err(ApiError::unprocessable(
+            "invalid_email",
+            format!("email{why}"),
+        ));
+    }
+    allowed(&app, &account, None, &decision)?;
     Ok(json(&Outcome::from(&decision)))
 }
 
@@ -976,22 +1063,24 @@ async fn delete_campaign_leads(
     _: Admin,
     Path((account, campaign)): Path<(String, String)>,
 ) -> Result<Response> {
+    let account = app.account(&account)?;
     let request = Request::DeleteCampaignLeads {
         account: account.clone(),
-        campaign,
+        campaign: app.campaign(&campaign)?,
     };
     let decision = decide(&app, request, now()).await?;
-    allowed(&account, &decision)?;
+    allowed(&app, &account, None, &decision)?;
     Ok(json(&Outcome::from(&decision)))
 }
 
 /// A decision, allowed or denied, is a 200: the denial is the answer asked for.
+/// An `invalid_email` denial also says which recipient, and why, in `message`.
 async fn decide_email(State(app): State<App>, Body(body): Body<EmailBody>) -> Result<Response> {
     let to = match body.to {
         Recipients::One(address) => vec![address],
         Recipients::Many(addresses) => addresses,
     };
-    let account = body.account;
+    let account = app.account(&body.account)?;
     // In the API's own namespace of ids: a client cannot name a Postfix message.
     let message_id = (body.message_id.as_deref())
         .map(|id| Origin::Http.message_id(id))
@@ -1005,15 +1094,56 @@ async fn decide_email(State(app): State<App>, Body(body): Body<EmailBody>) -> Re
         })?;
     let request = Request::SendEmail {
         account: account.clone(),
-        to,
+        to: to.clone(),
         kind: body.kind.into(),
         message_id,
     };
     let decision = decide(&app, request, now()).await?;
+    let mut message = None;
     if let Some(reason) = decision.denied {
         info!(%account, reason = reason_code(reason), "email refused");
+        if reason == Reason::InvalidEmail {
+            message = Some(format!("to{}", invalid_email(&app, &to).await));
+        }
     }
-    Ok(json(&Outcome::from(&decision)))
+    #[derive(Serialize)]
+    struct Answer {
+        #[serde(flatten)]
+        outcome: Outcome,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    }
+    Ok(json(&Answer {
+        outcome: Outcome::from(&decision),
+        message,
+    }))
+}
+
+/// Which of `emails` the policy refuses and why, as the end of a message:
+/// `[1] "a@@b.co" is not a valid email address: ...` (`[i]` only for a list of
+/// more than one). The policy's rule, asked of the policy.
+async fn invalid_email(app: &App, emails: &[String]) -> String {
+    let many = emails.len() > 1;
+    let (gateway, list) = (app.gateway.clone(), emails.to_vec());
+    match tokio::task::spawn_blocking(move || gateway.find_invalid_email(&list)).await {
+        Ok(Some(problem)) => {
+            let index = usize::try_from(problem.index).unwrap_or(usize::MAX);
+            let address = emails.get(index).map_or("", String::as_str);
+            let at = if many {
+                format!("[{index}] ")
+            } else {
+                " ".to_owned()
+            };
+            format!(
+                "{at}{} is not a valid email address: {}",
+                quote(address),
+                escape(&problem.problem)
+            )
+        }
+        // The policy refused an address but will not say which: the message
+        // still says what was refused.
+        _ => ": not a valid email address".to_owned(),
+    }
 }
 
 /// 200 while the store can serve decisions; 503 with the reason while it cannot
@@ -1090,10 +1220,16 @@ async fn decide(app: &App, request: Request, at: i64) -> Result<Decision> {
         .map_err(|e| ApiError::gateway(&account, e))
 }
 
-/// The usage of an allowed decision; a denial becomes its error.
-fn allowed<'d>(account: &str, decision: &'d Decision) -> Result<&'d AccountUsage> {
+/// The usage of an allowed decision; a denial becomes its error. `plan` is the
+/// plan the request named, if it named one.
+fn allowed<'d>(
+    app: &App,
+    account: &str,
+    plan: Option<&str>,
+    decision: &'d Decision,
+) -> Result<&'d AccountUsage> {
     if let Some(reason) = decision.denied {
-        return Err(ApiError::denied(account, reason));
+        return Err(ApiError::denied(app, account, plan, reason));
     }
     decision.usage.as_ref().ok_or_else(|| {
         ApiError::internal(format!("the policy allowed {account:?} but gave no usage"))
@@ -1212,22 +1348,54 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
-    /// A denial of a request that changes or reads one account.
-    pub(crate) fn denied(account: &str, reason: Reason) -> Self {
+    /// The denial of a request about an account that does not exist.
+    pub(crate) fn unknown_account(account: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            reason_code(Reason::UnknownAccount),
+            format!("no account {account:?}: subscribe it to a plan first"),
+        )
+    }
+
+    /// A name refused by the naming rule.
+    pub(crate) fn name(e: NameError) -> Self {
+        Self::unprocessable("invalid_name", e.to_string())
+    }
+
+    /// A denial of a request that changes or reads one account; `plan` is the
+    /// plan the request named, if any.
+    pub(crate) fn denied(app: &App, account: &str, plan: Option<&str>, reason: Reason) -> Self {
         let code = reason_code(reason);
         let (status, message) = match reason {
             Reason::UnknownAccount => (
                 StatusCode::NOT_FOUND,
                 format!("no account {account:?}: subscribe it to a plan first"),
             ),
-            Reason::UnknownPlan => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the plan of {account:?} is not in the policy in force"),
-            ),
+            Reason::UnknownPlan => {
+                let plans = app.gateway.plans();
+                let known = if plans.is_empty() {
+                    "the policy in force defines no plan".to_owned()
+                } else {
+                    format!(
+                        "the policy in force has: {}",
+                        plans
+                            .iter()
+                            .map(|p| quote(p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                let what = match plan {
+                    Some(plan) => format!("no plan {}", quote(plan)),
+                    None => format!("the plan of {account:?} is gone from the policy"),
+                };
+                (StatusCode::UNPROCESSABLE_ENTITY, format!("{what}; {known}"))
+            }
             Reason::AlreadySubscribed => (
                 StatusCode::CONFLICT,
                 format!("{account:?} is already subscribed; change its plan instead"),
             ),
+            // The routes that can meet it say which address, before this.
             Reason::InvalidEmail => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "not a valid email address".to_owned(),
@@ -1252,7 +1420,7 @@ impl ApiError {
     /// No decision was made; nothing was charged.
     pub(crate) fn gateway(account: &str, e: GatewayError) -> Self {
         let unavailable = |code, message: String| {
-            warn!(%account, error = %message, "no decision");
+            warn!(%account, error = %Escaped(&message), "no decision");
             Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         };
         match e {

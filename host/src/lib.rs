@@ -12,6 +12,8 @@
 //! - [`metrics`]: latency histograms of decisions (guest, store, commit wait) and
 //!   the gateway's counters, with their Prometheus rendering;
 //! - [`time`]: the clock the host hands the guest;
+//! - [`names`]: the one rule for account and campaign names, and the escaping
+//!   of every outside value written to a log or a table;
 //! - [`gateway`]: a pool of workers over one store, with group commit and
 //!   versioned reloads, for long-running front ends;
 //! - [`alerts`]: the credit alerts the policy reports, logged in the store and
@@ -36,6 +38,7 @@ pub mod gateway;
 pub mod http;
 pub mod import;
 pub mod metrics;
+pub mod names;
 pub mod policy_suite;
 pub mod postfix;
 pub mod replay;

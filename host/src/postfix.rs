@@ -54,6 +54,8 @@ use std::fmt;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::names::NameRules;
+
 /// Bounds on what [`RequestReader`] accepts from one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -432,10 +434,15 @@ impl RequestReader {
 /// key = "sender_domain"
 /// map = { "example.com" = "acme", "example.org" = "acme" }
 /// ```
+///
+/// Whatever the source, the account is named by the one rule for names
+/// ([`crate::names`]): trimmed, NFC, lowercased unless names are case-sensitive,
+/// and refused (as an unknown account) if it is no valid name. So `RACE2`,
+/// `race2 ` and ` race2` at the gateway are all the account `race2`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum AccountFrom {
-    /// The SMTP AUTH user name, as is.
+    /// The SMTP AUTH user name, normalised as an account name.
     #[default]
     SaslUsername,
     /// The envelope sender address, lowercased whole (as creditgate normalises
@@ -443,8 +450,11 @@ pub enum AccountFrom {
     Sender,
     /// The envelope sender's domain (after its last `@`), lowercased.
     SenderDomain,
-    /// `key`'s value looked up in `map` (exactly: write sender and domain keys in
-    /// lowercase). A value missing from the map is an unknown account.
+    /// `key`'s value looked up in `map`. The value is normalised first (a
+    /// `sasl_username` as an account name; a sender and its domain lowercased), so
+    /// write the map's keys that way: lowercase unless names are case-sensitive.
+    /// A value missing from the map is an unknown account; the account the map
+    /// gives is normalised as any account name.
     Table {
         key: AccountKey,
         map: BTreeMap<String, String>,
@@ -461,8 +471,9 @@ pub enum AccountKey {
 }
 
 impl AccountKey {
-    /// The key's value in `req`, normalised; `Ok(None)` when the request has none.
-    fn value(self, req: &PolicyRequest) -> Result<Option<String>, MappingError> {
+    /// The key's value in `req`, trimmed and lowercased (a `sasl_username` only
+    /// unless names are case-sensitive); `Ok(None)` when the request has none.
+    fn value(self, req: &PolicyRequest, names: NameRules) -> Result<Option<String>, MappingError> {
         let name = match self {
             AccountKey::SaslUsername => "sasl_username",
             AccountKey::Sender | AccountKey::SenderDomain => "sender",
@@ -470,12 +481,12 @@ impl AccountKey {
         if req.non_utf8().contains(name) {
             return Err(MappingError::NotUtf8 { name });
         }
-        let raw = req.get(name).unwrap_or("");
+        let raw = req.get(name).unwrap_or("").trim();
         let value = match self {
-            AccountKey::SaslUsername => raw.to_owned(),
-            AccountKey::Sender => raw.to_lowercase(),
+            AccountKey::SaslUsername if names.case_sensitive => raw.to_owned(),
+            AccountKey::SaslUsername | AccountKey::Sender => raw.to_lowercase(),
             AccountKey::SenderDomain => match raw.rsplit_once('@') {
-                Some((_, domain)) => domain.to_ascii_lowercase(),
+                Some((_, domain)) => domain.to_lowercase(),
                 None => String::new(),
             },
         };
@@ -492,26 +503,32 @@ impl AccountKey {
 }
 
 impl AccountFrom {
-    /// The account `req` is about, or [`MappingError::NoAccount`].
-    pub fn account(&self, req: &PolicyRequest) -> Result<String, MappingError> {
+    /// The account `req` is about: [`MappingError::NoAccount`] when the request
+    /// names none (no SMTP AUTH, the null sender), [`MappingError::UnknownName`]
+    /// when what it names maps to no valid account name.
+    pub fn account(&self, req: &PolicyRequest, names: NameRules) -> Result<String, MappingError> {
         let (key, map) = match self {
             AccountFrom::SaslUsername => (AccountKey::SaslUsername, None),
             AccountFrom::Sender => (AccountKey::Sender, None),
             AccountFrom::SenderDomain => (AccountKey::SenderDomain, None),
             AccountFrom::Table { key, map } => (*key, Some(map)),
         };
-        let no_account = |value: Option<&str>| MappingError::NoAccount {
+        let value = key
+            .value(req, names)?
+            .ok_or(MappingError::NoAccount { from: key.name() })?;
+        let unknown = |why: String| MappingError::UnknownName {
             from: key.name(),
-            value: value.unwrap_or("").to_owned(),
+            value: value.clone(),
+            why,
         };
-        let value = key.value(req)?.ok_or_else(|| no_account(None))?;
-        match map {
-            None => Ok(value),
+        let account = match map {
+            None => value.as_str(),
             Some(map) => match map.get(&value) {
-                Some(account) if !account.is_empty() => Ok(account.clone()),
-                _ => Err(no_account(Some(&value))),
+                Some(account) => account.as_str(),
+                None => return Err(unknown("not in account_from.table".to_owned())),
             },
-        }
+        };
+        names.account(account).map_err(|e| unknown(e.to_string()))
     }
 }
 
@@ -537,11 +554,19 @@ pub enum Mapped {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum MappingError {
-    /// No account could be named (an empty `sasl_username` without SMTP AUTH, the
-    /// null sender, a value missing from the table). The server applies
-    /// [`Actions::unknown_account`].
-    #[error("no account: {from} is {value:?}, which names no account")]
-    NoAccount { from: &'static str, value: String },
+    /// The request names no account: an empty `sasl_username` (no SMTP AUTH), the
+    /// null sender. The server applies [`Actions::no_account`].
+    #[error("no account: {from} is empty")]
+    NoAccount { from: &'static str },
+    /// The request names something that maps to no account: a value missing from
+    /// the table, or one that is not a valid account name. The server applies
+    /// [`Actions::unknown_account`], as for an account the policy does not know.
+    #[error("no account: {} {} maps to no account: {}", .from, crate::names::quote(.value), .why)]
+    UnknownName {
+        from: &'static str,
+        value: String,
+        why: String,
+    },
     /// A required attribute is absent or empty.
     #[error("attribute {name} is missing or empty")]
     Missing { name: &'static str },
@@ -563,6 +588,10 @@ pub struct PostfixConfig {
     pub limits: Limits,
     pub account_from: AccountFrom,
     pub actions: Actions,
+    /// How account names are normalised: set by the server from its own config
+    /// (`case_sensitive_names`), the same for every front end.
+    #[serde(skip)]
+    pub names: NameRules,
 }
 
 impl PostfixConfig {
@@ -581,7 +610,7 @@ impl PostfixConfig {
         let state = req.required("protocol_state")?;
         if state.eq_ignore_ascii_case("RCPT") {
             Ok(Mapped::Check {
-                account: self.account_from.account(req)?,
+                account: self.account_from.account(req, self.names)?,
                 cost: 1,
             })
         } else if state.eq_ignore_ascii_case("END-OF-MESSAGE") {
@@ -589,7 +618,7 @@ impl PostfixConfig {
             // a recipient); it is passed on as is, charges nothing, and is
             // answered as [`Actions::no_recipients`] says.
             Ok(Mapped::Charge {
-                account: self.account_from.account(req)?,
+                account: self.account_from.account(req, self.names)?,
                 recipients: req.recipient_count()?,
                 instance: req.required("instance")?.to_owned(),
             })
@@ -726,7 +755,8 @@ pub enum RefusalAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureAction {
-    /// `DUNNO`: mail flows as if creditgate were not there.
+    /// `DUNNO`: mail flows as if creditgate were not there. Also spelt `dunno`.
+    #[serde(alias = "dunno")]
     FailOpen,
     /// `451 4.3.5 ...`: the client retries later; nothing flows unmetered.
     FailClosed,
@@ -738,9 +768,16 @@ pub enum FailureAction {
 pub struct Actions {
     /// Email credits exhausted. Default `defer`.
     pub exhausted: ExhaustedAction,
-    /// No account could be named, or the policy does not know it. Default
-    /// `fail_open`: mail that is not a customer's (a bounce, a local sender) flows.
+    /// The request names an account (an authenticated `sasl_username`, a sender)
+    /// that maps to none: not in the table, not a valid name, or not known to the
+    /// policy. Default `fail_closed` (`451 4.3.5`): an authenticated sender the
+    /// ledger does not know must not send unmetered. `fail_open` (`DUNNO`) is for
+    /// gateways that also carry mail outside creditgate.
     pub unknown_account: FailureAction,
+    /// The request names no account at all (no SMTP AUTH, the null sender).
+    /// Default `fail_open`: mail that is not a customer's (a bounce, a local
+    /// sender) flows; Postfix's own restrictions decide who may relay.
+    pub no_account: FailureAction,
     /// The policy could not decide (store unavailable, component timeout). Default
     /// `fail_closed`: an outage must not become unmetered sending.
     pub internal_error: FailureAction,
@@ -759,7 +796,8 @@ impl Default for Actions {
     fn default() -> Self {
         Actions {
             exhausted: ExhaustedAction::Defer,
-            unknown_account: FailureAction::FailOpen,
+            unknown_account: FailureAction::FailClosed,
+            no_account: FailureAction::FailOpen,
             internal_error: FailureAction::FailClosed,
             no_recipients: RefusalAction::Reject,
             idempotency_key_reused: RefusalAction::Defer,
@@ -798,12 +836,17 @@ impl Actions {
             .unwrap_or_else(|_| Reply::dunno())
     }
 
-    /// The reply when no account could be named or the policy does not know it.
+    /// The reply when the request names an account the ledger does not know.
     pub fn reply_for_unknown_account(&self) -> Reply {
         failure_reply(
             self.unknown_account,
             "Sending account unknown to the credit policy",
         )
+    }
+
+    /// The reply when the request names no account at all.
+    pub fn reply_for_no_account(&self) -> Reply {
+        failure_reply(self.no_account, "No sending account for the credit policy")
     }
 
     /// The reply when the policy could not decide.
@@ -1348,9 +1391,9 @@ mod tests {
     fn account_from_sasl_username() {
         let c = config(AccountFrom::SaslUsername);
         assert_eq!(
-            c.map(&rcpt("Acme", "al@example.com")),
+            c.map(&rcpt("acme", "al@example.com")),
             Ok(Mapped::Check {
-                account: "Acme".into(),
+                account: "acme".into(),
                 cost: 1
             })
         );
@@ -1358,7 +1401,6 @@ mod tests {
             c.map(&rcpt("", "al@example.com")),
             Err(MappingError::NoAccount {
                 from: "sasl_username",
-                value: "".into()
             })
         );
         let absent = without(&rcpt("", ""), "sasl_username");
@@ -1366,6 +1408,51 @@ mod tests {
             c.map(&absent),
             Err(MappingError::NoAccount { .. })
         ));
+    }
+
+    /// Issue 14.2: `RACE2`, `race2 `, ` race2` and `race2\t` are the account
+    /// `race2`, not an unknown account let through.
+    #[test]
+    fn a_sasl_username_is_normalised_as_an_account_name() {
+        let c = config(AccountFrom::SaslUsername);
+        for user in [
+            "race2",
+            "RACE2",
+            "race2 ",
+            " race2",
+            "race2\t",
+            "Race2\u{a0}",
+        ] {
+            assert_eq!(
+                c.map(&rcpt(user, "")),
+                Ok(Mapped::Check {
+                    account: "race2".into(),
+                    cost: 1
+                }),
+                "{user:?}"
+            );
+        }
+        let mut keep = config(AccountFrom::SaslUsername);
+        keep.names.case_sensitive = true;
+        assert!(
+            matches!(keep.map(&rcpt(" RACE2 ", "")), Ok(Mapped::Check { account, .. }) if account == "RACE2")
+        );
+        // A name no account can have is an unknown account, not "no account".
+        for user in ["a/b", "\u{1}alerts/acme", "ac\u{202e}me", "ab\u{200b}"] {
+            let e = c.map(&rcpt(user, "")).unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    MappingError::UnknownName {
+                        from: "sasl_username",
+                        ..
+                    }
+                ),
+                "{user:?}: {e:?}"
+            );
+            let text = e.to_string();
+            assert!(!text.contains(['\u{1}', '\u{202e}', '\u{200b}']), "{text}");
+        }
     }
 
     #[test]
@@ -1381,10 +1468,7 @@ mod tests {
         // The null sender (a bounce) names no account.
         assert_eq!(
             c.map(&rcpt("acme", "")),
-            Err(MappingError::NoAccount {
-                from: "sender",
-                value: "".into()
-            })
+            Err(MappingError::NoAccount { from: "sender" })
         );
     }
 
@@ -1404,7 +1488,6 @@ mod tests {
                     c.map(&rcpt("acme", sender)),
                     Err(MappingError::NoAccount {
                         from: "sender_domain",
-                        ..
                     })
                 ),
                 "{sender:?}"
@@ -1429,29 +1512,38 @@ mod tests {
                 cost: 1
             })
         );
-        for sender in ["al@example.org", "al@empty.example", ""] {
+        for sender in ["al@example.org", "al@empty.example"] {
             assert!(matches!(
                 c.map(&rcpt("", sender)),
-                Err(MappingError::NoAccount { .. })
+                Err(MappingError::UnknownName { .. })
             ));
         }
+        assert!(matches!(
+            c.map(&rcpt("", "")),
+            Err(MappingError::NoAccount { .. })
+        ));
         assert_eq!(
             c.map(&rcpt("", "al@example.org")),
-            Err(MappingError::NoAccount {
+            Err(MappingError::UnknownName {
                 from: "sender_domain",
-                value: "example.org".into()
+                value: "example.org".into(),
+                why: "not in account_from.table".into(),
             })
         );
         let by_user = config(AccountFrom::Table {
             key: AccountKey::SaslUsername,
-            map: [("u1".to_owned(), "acme".to_owned())].into(),
+            map: [("u1".to_owned(), "Acme".to_owned())].into(),
         });
-        assert!(
-            matches!(by_user.map(&rcpt("u1", "")), Ok(Mapped::Check { account, .. }) if account == "acme")
-        );
+        // The key is normalised before the look-up, the account after it.
+        for user in ["u1", "U1", " u1 "] {
+            assert!(
+                matches!(by_user.map(&rcpt(user, "")), Ok(Mapped::Check { account, .. }) if account == "acme"),
+                "{user:?}"
+            );
+        }
         assert!(matches!(
-            by_user.map(&rcpt("U1", "")),
-            Err(MappingError::NoAccount { .. })
+            by_user.map(&rcpt("u2", "")),
+            Err(MappingError::UnknownName { .. })
         ));
         let by_sender = config(AccountFrom::Table {
             key: AccountKey::Sender,
@@ -1518,7 +1610,22 @@ mod tests {
                 map: [("u1".to_owned(), "acme".to_owned())].into()
             }
         );
+        // Defaults: an unknown account fails closed, no account at all fails open.
+        assert_eq!(c.actions.unknown_account, FailureAction::FailClosed);
+        assert_eq!(c.actions.no_account, FailureAction::FailOpen);
+        let c: PostfixConfig =
+            toml::from_str("[actions]\nunknown_account = \"dunno\"").expect("dunno is fail_open");
         assert_eq!(c.actions.unknown_account, FailureAction::FailOpen);
+        let c: PostfixConfig = toml::from_str(
+            r#"
+            [account_from.table]
+            key = "sasl_username"
+            map = { "u1" = "acme" }
+            [actions]
+            exhausted = { custom = "450 4.7.1 Over quota until {resets_at}" }
+            "#,
+        )
+        .unwrap();
         assert_eq!(
             c.actions
                 .reply_for_exhausted("2025-03-31T09:00:00Z")
@@ -1600,19 +1707,26 @@ mod tests {
     #[test]
     fn failure_replies() {
         let defaults = Actions::default();
-        assert_eq!(defaults.reply_for_unknown_account(), Reply::dunno());
+        // Issue 14.2: an authenticated sender the ledger does not know is refused.
+        assert_eq!(
+            defaults.reply_for_unknown_account().action(),
+            "451 4.3.5 Sending account unknown to the credit policy"
+        );
+        assert_eq!(defaults.reply_for_no_account(), Reply::dunno());
         assert_eq!(
             defaults.reply_for_internal_error().action(),
             "451 4.3.5 Policy service unavailable"
         );
         let flipped = Actions {
-            unknown_account: FailureAction::FailClosed,
+            unknown_account: FailureAction::FailOpen,
+            no_account: FailureAction::FailClosed,
             internal_error: FailureAction::FailOpen,
             ..Actions::default()
         };
+        assert_eq!(flipped.reply_for_unknown_account(), Reply::dunno());
         assert!(
             flipped
-                .reply_for_unknown_account()
+                .reply_for_no_account()
                 .action()
                 .starts_with("451 4.3.5 ")
         );

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::bindings::{AccountUsage, Decision, EmailKind, Reason};
+use crate::names::{NameError, NameRules};
 use crate::request::{Origin, Request};
 use crate::runtime::Worker;
 use crate::store::StoreError;
@@ -35,8 +36,15 @@ pub struct Event {
     pub request: Request,
 }
 
-/// Parses one event line; the error says what is wrong (without the line number).
+/// Parses one event line, with the default rules for names; the error says what
+/// is wrong (without the line number).
 pub fn parse_event(line: &str) -> Result<Event, String> {
+    parse_event_with(line, NameRules::default())
+}
+
+/// Parses one event line, normalising its account and campaign names by `names`
+/// (see [`crate::names`]).
+pub fn parse_event_with(line: &str, names: NameRules) -> Result<Event, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(mut fields) = value else {
         return Err(format!("expected a JSON object, found {}", kind_of(&value)));
@@ -44,30 +52,30 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
     let op = take_string(&mut fields, "op")?;
     let at = parse_instant(&take_string(&mut fields, "at")?)
         .map_err(|e| format!("field \"at\": {e}"))?;
-    let account = take_name(&mut fields, "account")?;
+    let account = take_name(&mut fields, "account", |raw| names.account(raw))?;
     let request = match op.as_str() {
         "subscribe" => Request::Subscribe {
             account,
-            plan: take_name(&mut fields, "plan")?,
+            plan: take_plan(&mut fields)?,
             anchor: None,
         },
         "change_plan" => Request::ChangePlan {
             account,
-            plan: take_name(&mut fields, "plan")?,
+            plan: take_plan(&mut fields)?,
         },
         "add_lead" => Request::AddLead {
             account,
-            campaign: take_name(&mut fields, "campaign")?,
+            campaign: take_name(&mut fields, "campaign", |raw| names.campaign(raw))?,
             email: take_string(&mut fields, "email")?,
         },
         "delete_lead" => Request::DeleteLead {
             account,
-            campaign: take_name(&mut fields, "campaign")?,
+            campaign: take_name(&mut fields, "campaign", |raw| names.campaign(raw))?,
             email: take_string(&mut fields, "email")?,
         },
         "delete_campaign_leads" => Request::DeleteCampaignLeads {
             account,
-            campaign: take_name(&mut fields, "campaign")?,
+            campaign: take_name(&mut fields, "campaign", |raw| names.campaign(raw))?,
         },
         "send_email" => Request::SendEmail {
             account,
@@ -116,11 +124,21 @@ fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<String, St
     }
 }
 
-/// An account, plan or campaign name: a non-empty string.
-fn take_name(fields: &mut Map<String, Value>, name: &str) -> Result<String, String> {
+/// An account or campaign name, normalised by the rule for names.
+fn take_name(
+    fields: &mut Map<String, Value>,
+    name: &str,
+    normalize: impl Fn(&str) -> Result<String, NameError>,
+) -> Result<String, String> {
     let value = take_string(fields, name)?;
+    normalize(&value).map_err(|e| format!("field {name:?}: {e}"))
+}
+
+/// A plan's name: a non-empty string (the policy says which exist).
+fn take_plan(fields: &mut Map<String, Value>) -> Result<String, String> {
+    let value = take_string(fields, "plan")?;
     if value.is_empty() {
-        return Err(format!("field {name:?}: must not be empty"));
+        return Err("field \"plan\": must not be empty; name a plan of the policy".to_owned());
     }
     Ok(value)
 }
@@ -300,11 +318,22 @@ pub enum ReplayError {
     Persist { pending: usize, source: StoreError },
 }
 
-/// Replays every event of `input` through `worker`, writing one line per input line.
+/// Replays every event of `input` through `worker`, writing one line per input
+/// line, with the default rules for names.
 pub fn replay<R: Read, W: Write>(
     worker: &mut Worker,
     input: R,
+    output: W,
+) -> Result<ReplaySummary, ReplayError> {
+    replay_with(worker, input, output, NameRules::default())
+}
+
+/// [`replay`], normalising names by `names`.
+pub fn replay_with<R: Read, W: Write>(
+    worker: &mut Worker,
+    input: R,
     mut output: W,
+    names: NameRules,
 ) -> Result<ReplaySummary, ReplayError> {
     let mut input = BufReader::with_capacity(64 * 1024, input);
     let mut summary = ReplaySummary::default();
@@ -335,7 +364,7 @@ pub fn replay<R: Read, W: Write>(
             LineRead::TooLong => Err(format!("longer than {MAX_LINE_BYTES} bytes")),
             LineRead::Line => std::str::from_utf8(&line)
                 .map_err(|e| format!("not UTF-8: {e}"))
-                .and_then(|text| parse_event(text.trim_end_matches(['\n', '\r'])))
+                .and_then(|text| parse_event_with(text.trim_end_matches(['\n', '\r']), names))
                 .and_then(|event| {
                     worker
                         .decide(&event.request, event.at)
@@ -447,7 +476,15 @@ mod tests {
             ),
             (
                 r#"{"op":"usage","at":"2025-01-01T00:00:00Z","account":""}"#,
-                "field \"account\": must not be empty",
+                "field \"account\": account name \"\" is empty; a name needs at least one visible character",
+            ),
+            (
+                r#"{"op":"usage","at":"2025-01-01T00:00:00Z","account":"\u0001alerts/acme"}"#,
+                "field \"account\": account name \"\\u{1}alerts/acme\" has U+0001 at character 1; names may not contain control, invisible or bidirectional formatting characters, nor whitespace other than a space",
+            ),
+            (
+                r#"{"op":"delete_campaign_leads","at":"2025-01-01T00:00:00Z","account":"a","campaign":"q1/q2"}"#,
+                "field \"campaign\": campaign name \"q1/q2\" has '/' at character 3; names may not contain '/'",
             ),
             (
                 r#"{"op":"add_lead","at":"2025-01-01T00:00:00Z","account":"a","campaign":"c"}"#,

@@ -30,6 +30,7 @@ use wasmtime::{
 };
 
 use crate::alerts::{self, FiredAlert, Notifier};
+use crate::bindings::AddressProblem;
 use crate::bindings::creditgate::policy::{state, types};
 use crate::bindings::exports::creditgate::policy::policy::Guest;
 use crate::bindings::{
@@ -868,6 +869,31 @@ impl Worker {
             total,
             in_store,
         });
+        self.settle(result, budget)
+    }
+
+    /// The first of `emails` the policy's address rule refuses, and why; none when
+    /// all are valid. For messages after an `invalid-email` denial: not a
+    /// decision, so not timed into the latencies. Reads no state.
+    pub fn find_invalid_email(
+        &mut self,
+        emails: &[String],
+    ) -> Result<Option<AddressProblem>, DecideError> {
+        let budget = self.config.decision_budget;
+        let (result, _, _) = self.instance.call(budget, |b, s| {
+            b.creditgate_policy_policy()
+                .call_find_invalid_email(s, emails)
+                .map(Ok)
+        });
+        self.settle(result, budget)
+    }
+
+    /// What a call into the guest comes to; a trap or timeout replaces the instance.
+    fn settle<T>(
+        &mut self,
+        result: wasmtime::Result<Result<T, GuestError>>,
+        budget: Duration,
+    ) -> Result<T, DecideError> {
         match result {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(DecideError::Policy(e)),

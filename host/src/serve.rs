@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::bindings::Reason;
 use crate::gateway::Gateway;
+use crate::names::Escaped;
 use crate::postfix::{Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader};
 use crate::replay::reason_code;
 use crate::request::{Origin, Request};
@@ -323,6 +324,8 @@ async fn answer(
     peer: &str,
 ) -> Reply {
     let actions = &config.actions;
+    // A `&str` field is logged with `Debug`, quoted and escaped; a `%` one is
+    // written as is, so every `%` field from outside goes through `Escaped`.
     let state = request.protocol_state().unwrap_or("");
     let decide = match config.map(request) {
         Ok(Mapped::Ignore) => return Reply::dunno(),
@@ -342,14 +345,21 @@ async fn answer(
                 return actions.reply_for_internal_error();
             }
         },
-        Err(MappingError::NoAccount { from, value }) => {
+        Err(MappingError::NoAccount { from }) => {
+            let reply = actions.reply_for_no_account();
+            info!(%peer, from, state, reason = "no_account", action = reply.action(),
+                "no account named");
+            return reply;
+        }
+        Err(MappingError::UnknownName { from, value, why }) => {
             let reply = actions.reply_for_unknown_account();
-            info!(%peer, account = %value, from, state, reason = "unknown_account",
-                action = reply.action(), "refused");
+            info!(%peer, account = %Escaped(&value), from, state, reason = "unknown_account",
+                why = %Escaped(&why), action = reply.action(), "refused");
             return reply;
         }
         Err(e) => {
-            warn!(%peer, state, error = %e, "cannot map the request; answering as an internal error");
+            warn!(%peer, state, error = %Escaped(&e.to_string()),
+                "cannot map the request; answering as an internal error");
             return actions.reply_for_internal_error();
         }
     };
@@ -357,7 +367,8 @@ async fn answer(
     let decision = match gateway.decide(decide, now()).await {
         Ok(decision) => decision,
         Err(e) => {
-            warn!(%peer, %account, state, error = %e, "no decision; answering as an internal error");
+            warn!(%peer, %account, state, error = %e,
+                "no decision; answering as an internal error");
             return actions.reply_for_internal_error();
         }
     };
@@ -386,6 +397,7 @@ async fn answer(
             actions.reply_for_internal_error()
         }
     };
-    info!(%peer, %account, state, reason = reason_code(reason), action = reply.action(), "refused");
+    info!(%peer, %account, state, reason = reason_code(reason),
+        action = reply.action(), "refused");
     reply
 }

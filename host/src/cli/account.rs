@@ -4,12 +4,13 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use creditgate::bindings::{AccountUsage, Decision, Reason};
+use creditgate::names::{NameRules, escape, quote};
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
 use creditgate::store::Create;
 use creditgate::time::{format_instant, now, parse_instant, whole_second};
 
-use super::remote::{Server, ServerArgs, escape};
+use super::remote::{Server, ServerArgs};
 use super::{Denied, Exit, Format, PolicyArgs, StoreArgs};
 
 #[derive(Debug, clap::Subcommand)]
@@ -77,6 +78,9 @@ impl Common {
 }
 
 pub fn run(command: Command) -> anyhow::Result<Exit> {
+    // Every account name is normalised by the one rule; a refused one is an
+    // input error (exit 2) that names it, escaped.
+    let names = NameRules::from_env();
     match command {
         Command::Subscribe {
             account,
@@ -84,6 +88,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
             anchor,
             common,
         } => {
+            let account = names.account(&account)?;
             let at = match &anchor {
                 Some(text) => parse_instant(text).map_err(|e| anyhow::anyhow!("--anchor: {e}"))?,
                 // Billing cycles are counted in whole seconds from the anchor: a
@@ -101,10 +106,10 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
                 None => {
                     let request = Request::Subscribe {
                         account: account.clone(),
-                        plan,
+                        plan: plan.clone(),
                         anchor: Some(at),
                     };
-                    change(&common, Create::IfMissing, &account, &request, now())?
+                    change(&common, Create::IfMissing, &account, &plan, &request, now())?
                 }
             };
             print_account(common.format, &view, Some("subscribed"))
@@ -114,6 +119,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
             plan,
             common,
         } => {
+            let account = names.account(&account)?;
             let view = match common.server()? {
                 Some(server) => server.put(
                     &account_path(&account, "plan"),
@@ -122,14 +128,15 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
                 None => {
                     let request = Request::ChangePlan {
                         account: account.clone(),
-                        plan,
+                        plan: plan.clone(),
                     };
-                    change(&common, Create::Never, &account, &request, now())?
+                    change(&common, Create::Never, &account, &plan, &request, now())?
                 }
             };
             print_account(common.format, &view, Some("moved"))
         }
         Command::Show { account, common } => {
+            let account = names.account(&account)?;
             let view = match common.server()? {
                 Some(server) => server.get(&account_path(&account, "usage"))?,
                 None => {
@@ -145,7 +152,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
 
 /// `/v1/accounts/{account}/{rest}`, the account escaped.
 pub(super) fn account_path(account: &str, rest: &str) -> String {
-    format!("/v1/accounts/{}/{rest}", escape(account))
+    format!("/v1/accounts/{}/{rest}", super::remote::escape(account))
 }
 
 /// An account as every command prints it and the HTTP API answers it: plan,
@@ -264,9 +271,12 @@ fn stranded(account: &str, decision: &Decision) -> Option<AccountView> {
 /// The plan as a person reads it: flagged when the policy lacks it.
 fn plan_text(v: &AccountView) -> String {
     if v.plan_missing {
-        format!("{} (not in the policy: denied until moved)", v.plan)
+        format!(
+            "{} (not in the policy: denied until moved)",
+            escape(&v.plan)
+        )
     } else {
-        v.plan.clone()
+        escape(&v.plan).into_owned()
     }
 }
 
@@ -275,12 +285,23 @@ fn change(
     common: &Common,
     create: Create,
     account: &str,
+    plan: &str,
     request: &Request,
     at: i64,
 ) -> anyhow::Result<AccountView> {
-    let mut worker = common.worker(create)?;
+    let (mut worker, plans) = common
+        .policy
+        .worker_and_plans(common.store.open_as(create)?)?;
     let decision = worker.decide(request, at)?;
-    if let Some(denied) = Denied::of(account, &decision) {
+    if let Some(mut denied) = Denied::of(account, &decision) {
+        if decision.denied == Some(Reason::UnknownPlan) {
+            let plans: Vec<String> = plans.iter().map(|p| quote(p)).collect();
+            denied = denied.with_detail(format!(
+                "no plan {} in the policy; its plans are: {}",
+                quote(plan),
+                plans.join(", ")
+            ));
+        }
         return Err(denied.into());
     }
     worker.persist().context("making the change durable")?;
@@ -296,7 +317,11 @@ fn print_account(format: Format, view: &AccountView, verb: Option<&str>) -> anyh
         Format::Json => println!("{}", serde_json::to_string(view)?),
         Format::Text => {
             if let Some(verb) = verb {
-                println!("{}: {verb} to plan {}", view.account, view.plan);
+                println!(
+                    "{}: {verb} to plan {}",
+                    escape(&view.account),
+                    escape(&view.plan)
+                );
             }
             print!("{}", summary(view));
         }
@@ -308,7 +333,7 @@ fn print_account(format: Format, view: &AccountView, verb: Option<&str>) -> anyh
 pub(super) fn summary(v: &AccountView) -> String {
     format!(
         "account        {}\nplan           {}\nanchor         {}\nlead credits   {} / {}\nemail credits  {} / {} (resets {})\n",
-        v.account,
+        escape(&v.account),
         plan_text(v),
         v.anchor,
         v.lead_credits.used,
@@ -358,13 +383,13 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
             );
             for v in &rows {
                 let plan = if v.plan_missing {
-                    format!("{} (missing)", v.plan)
+                    format!("{} (missing)", escape(&v.plan))
                 } else {
-                    v.plan.clone()
+                    escape(&v.plan).into_owned()
                 };
                 println!(
                     "{:<24} {:<18} {:>21} {:>21}  {}",
-                    v.account,
+                    escape(&v.account),
                     plan,
                     format!("{} / {}", v.lead_credits.used, v.lead_credits.limit),
                     format!("{} / {}", v.email_credits.used, v.email_credits.limit),

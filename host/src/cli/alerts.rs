@@ -4,7 +4,9 @@ use anyhow::Context as _;
 
 use creditgate::alerts::{self, FiredAlert};
 
-use super::remote::{ServerArgs, escape};
+use creditgate::names::{NameRules, escape};
+
+use super::remote::ServerArgs;
 use super::{Exit, Format, StoreArgs};
 
 #[derive(Debug, clap::Subcommand)]
@@ -32,11 +34,15 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
         server,
         format,
     } = command;
+    // Names by the one rule (`creditgate::names`), as the alert log was written.
+    let account = account
+        .map(|a| NameRules::from_env().account(&a))
+        .transpose()?;
     let fired: Vec<FiredAlert> = match server.client(store.store.is_some())? {
         Some(server) => {
-            let query = account
-                .as_deref()
-                .map_or(String::new(), |a| format!("account={}", escape(a)));
+            let query = account.as_deref().map_or(String::new(), |a| {
+                format!("account={}", super::remote::escape(a))
+            });
             let mut fired = Vec::new();
             server.pages("/v1/alerts", &query, "alerts", &mut |page| {
                 fired.extend(page);
@@ -60,7 +66,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
                 println!(
                     "{:<21} {:<24} {:<14} {:>8}% {:>21}  {}",
                     a.at,
-                    a.account,
+                    escape(&a.account),
                     a.credit,
                     a.threshold,
                     format!("{} / {}", a.used, a.limit),

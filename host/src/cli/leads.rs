@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use clap::ArgGroup;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use creditgate::bindings::Decision;
+use creditgate::bindings::{Decision, Reason};
 use creditgate::import::{self, DEFAULT_BATCH, ImportOptions, ImportReport, MAX_BATCH};
+use creditgate::names::{NameRules, escape, quote};
 use creditgate::replay::{CreditsJson, LimitJson, Outcome, reason_code};
 use creditgate::request::Request;
 
@@ -40,11 +41,28 @@ pub enum Command {
 }
 
 pub fn run(command: Command) -> anyhow::Result<Exit> {
+    // Names by the one rule (`creditgate::names`), before anything is opened.
+    let names = NameRules::from_env();
     match command {
-        Command::Import(args) => run_import(args),
-        Command::Delete(args) => run_delete(args),
-        Command::List(args) => run_list(args),
-        Command::Campaigns(args) => super::leads_remote::campaigns(args),
+        Command::Import(mut args) => {
+            args.account = names.account(&args.account)?;
+            args.campaign = names.campaign(&args.campaign)?;
+            run_import(args)
+        }
+        Command::Delete(mut args) => {
+            args.account = names.account(&args.account)?;
+            args.campaign = names.campaign(&args.campaign)?;
+            run_delete(args)
+        }
+        Command::List(mut args) => {
+            args.account = names.account(&args.account)?;
+            args.campaign = args.campaign.map(|c| names.campaign(&c)).transpose()?;
+            run_list(args)
+        }
+        Command::Campaigns(mut args) => {
+            args.account = names.account(&args.account)?;
+            super::leads_remote::campaigns(args)
+        }
     }
 }
 
@@ -360,11 +378,11 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     let mut worker = args.policy.worker(args.store.open_existing()?)?;
-    let request = match args.email {
+    let request = match &args.email {
         Some(email) => Request::DeleteLead {
             account: args.account.clone(),
             campaign: args.campaign.clone(),
-            email,
+            email: email.clone(),
         },
         None => Request::DeleteCampaignLeads {
             account: args.account.clone(),
@@ -374,7 +392,17 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
     let decision = worker
         .decide(&request, creditgate::time::now())
         .with_context(|| format!("account {:?}: no decision", args.account))?;
-    if let Some(denied) = Denied::of(&args.account, &decision) {
+    if let Some(mut denied) = Denied::of(&args.account, &decision) {
+        // Say what is wrong with the address, in the policy's words.
+        if let (Some(Reason::InvalidEmail), Some(email)) = (decision.denied, &args.email)
+            && let Ok(Some(problem)) = worker.find_invalid_email(std::slice::from_ref(email))
+        {
+            denied = denied.with_detail(format!(
+                "--email {} is not a valid email address: {}",
+                quote(email),
+                escape(&problem.problem)
+            ));
+        }
         return Err(denied.into());
     }
     worker.persist().context("making the deletion durable")?;

@@ -296,7 +296,7 @@ pub struct CampaignsArgs {
     server: ServerArgs,
     /// The account whose campaigns to list.
     #[arg(long)]
-    account: String,
+    pub(super) account: String,
     /// Output format: a table, or `{"account", "campaigns": [{"campaign", "leads"}]}`.
     #[arg(long, value_enum, default_value_t)]
     format: Format,

@@ -122,10 +122,13 @@ pub fn exit_of_error(err: &anyhow::Error) -> Exit {
 /// The policy denied what a command asked about one account: the same error,
 /// worded the same way, whether the store was opened here or a gateway was asked.
 #[derive(Debug, thiserror::Error)]
-#[error("account {account:?}: denied: {code} ({})", explain(code))]
+#[error("account {account:?}: denied: {code} ({}){}", explain(code), detail.as_deref().map(|d| format!("; {d}")).unwrap_or_default())]
 pub struct Denied {
     account: String,
     code: String,
+    /// What exactly was refused, where the command knows (the plan asked for
+    /// and the plans there are; the address and what is wrong with it).
+    detail: Option<String>,
 }
 
 impl Denied {
@@ -133,6 +136,15 @@ impl Denied {
         Denied {
             account: account.to_owned(),
             code: code.to_owned(),
+            detail: None,
+        }
+    }
+
+    /// The same denial, saying what exactly was refused.
+    pub fn with_detail(self, detail: String) -> Self {
+        Denied {
+            detail: Some(detail),
+            ..self
         }
     }
 
@@ -153,6 +165,7 @@ fn explain(code: &str) -> &'static str {
         "email_credits_exhausted" => "no email credits left",
         "invalid_email" => "not a valid address",
         "no_recipients" => "no recipients",
+        "idempotency_key_reused" => "the message id was charged for another message",
         _ => "refused by the policy",
     }
 }
@@ -219,6 +232,12 @@ impl PolicyArgs {
 
     /// Compiles the component and makes a worker over `store` with the policy loaded.
     fn worker(&self, store: Arc<dyn Store>) -> anyhow::Result<Worker> {
+        Ok(self.worker_and_plans(store)?.0)
+    }
+
+    /// [`PolicyArgs::worker`], and the names of the policy's plans (for messages
+    /// that say which plans exist).
+    fn worker_and_plans(&self, store: Arc<dyn Store>) -> anyhow::Result<(Worker, Vec<String>)> {
         let (path, policy) = self.load()?;
         match self.component.runtime()?.worker(store, &policy) {
             Ok((mut worker, summary)) => {
@@ -228,7 +247,8 @@ impl PolicyArgs {
                 // Alerts are logged in the store by the worker; the command line
                 // delivers them on stderr once durable (webhooks are `serve`'s).
                 worker.set_notifier(creditgate::alerts::Notifier::stderr());
-                Ok(worker)
+                let plans = summary.plans.into_iter().map(|p| p.name).collect();
+                Ok((worker, plans))
             }
             Err(LoadError::Policy(diagnostics)) => {
                 let lines: Vec<String> = diagnostics.iter().map(|d| located(&path, d)).collect();

@@ -36,7 +36,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     // A trace subscribes its accounts: it may start a new store.
     let store = open_store(args.store.as_deref(), Create::IfMissing)?;
     let mut worker = args.policy.worker(store)?;
-    let summary = creditgate::replay::replay(&mut worker, input, io::stdout().lock())?;
+    let names = creditgate::names::NameRules::from_env();
+    let summary = creditgate::replay::replay_with(&mut worker, input, io::stdout().lock(), names)?;
     eprint!("{}", worker.latencies().report());
     if summary.errors > 0 {
         eprintln!("{} of {} line(s) had errors", summary.errors, summary.lines);

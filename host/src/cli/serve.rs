@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 use creditgate::alerts::{self, Notifier, Retry, Webhook};
 use creditgate::gateway::{Gateway, ReloadError};
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
+use creditgate::names::NameRules;
 use creditgate::postfix::PostfixConfig;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig};
 use creditgate::serve::{PolicyListener, ServeOptions, serve_postfix};
@@ -62,7 +63,7 @@ impl<'de> Deserialize<'de> for Listen {
 pub struct Args {
     /// A TOML file with any of: postfix_listen, postfix_unix, http_listen,
     /// http_max_body_bytes, workers, idle_timeout_secs, store, init_store, policy,
-    /// component, and a [postfix] table. Flags override it.
+    /// component, case_sensitive_names, and a [postfix] table. Flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address of the Postfix policy listener, or `off`. Default: 127.0.0.1:10040.
@@ -149,6 +150,9 @@ struct FileConfig {
     component: Option<PathBuf>,
     #[serde(default)]
     postfix: PostfixConfig,
+    /// Keep the case of account and campaign names (`Acme` and `acme` are two
+    /// accounts). Default: $CREDITGATE_CASE_SENSITIVE_NAMES, else false.
+    case_sensitive_names: Option<bool>,
 }
 
 impl FileConfig {
@@ -265,6 +269,12 @@ impl Settings {
         for webhook in &file.webhooks {
             alerts::validate(webhook).map_err(anyhow::Error::msg)?;
         }
+        let mut names = NameRules::from_env();
+        if let Some(case_sensitive) = file.case_sensitive_names {
+            names.case_sensitive = case_sensitive;
+        }
+        let mut postfix = file.postfix;
+        postfix.names = names;
         Ok(Settings {
             webhooks: file.webhooks,
             admin_token_from,
@@ -279,6 +289,7 @@ impl Settings {
                 request_timeout,
                 allowed_hosts,
                 admin_token: admin_token.map(Arc::from),
+                names,
             },
             workers,
             options: ServeOptions {
@@ -297,7 +308,7 @@ impl Settings {
                     component: args.policy.component.component.or(file.component),
                 },
             },
-            postfix: file.postfix,
+            postfix,
         })
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use console::{Style, style};
 
+use creditgate::names::{NameRules, escape};
 use creditgate::time::{now, parse_instant};
 
 use super::account::{AccountView, account_path, usage_of};
@@ -30,7 +31,8 @@ pub struct Args {
 const WARN_AT: f64 = 0.8;
 const BAR_WIDTH: usize = 30;
 
-pub fn run(args: Args) -> anyhow::Result<Exit> {
+pub fn run(mut args: Args) -> anyhow::Result<Exit> {
+    args.account = NameRules::from_env().account(&args.account)?;
     let view = match args.server.client(args.store.store.is_some())? {
         Some(server) => server.get(&account_path(&args.account, "usage"))?,
         None => usage_of(
@@ -50,8 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
 fn dashboard(v: &AccountView, at: i64) -> String {
     let mut out = format!(
         "{}  plan {}\n",
-        style(&v.account).bold(),
-        style(&v.plan).cyan()
+        style(escape(&v.account)).bold(),
+        style(escape(&v.plan)).cyan()
     );
     let (lead, email) = (&v.lead_credits, &v.email_credits);
     out += &meter("lead credits ", lead.used, lead.limit.count());

@@ -1077,3 +1077,171 @@ fn a_full_listener_closes_an_idle_connection_to_serve_a_new_one() {
         "still open: {closed:?}"
     );
 }
+
+/// Issue 14.6: a name that would collide with the host's own scopes, forge a log
+/// line or a table row, or look like another name is refused with a message that
+/// names it; the alert log stays readable.
+#[test]
+fn names_that_would_poison_the_store_are_refused() {
+    let api = Api::memory();
+    assert_eq!(api.subscribe("acme", "small").0, 201);
+    // Fire acme's email alerts (80% and 100% of 4).
+    for i in 0..4 {
+        let (status, body) =
+            api.email(json!({"account": "acme", "to": format!("p{i}@example.com")}));
+        assert_eq!(
+            (status, &body["decision"]),
+            (200, &json!("allow")),
+            "{body}"
+        );
+    }
+    let long = "x".repeat(1100);
+    for (path_name, needle) in [
+        ("%01alerts%2Facme", "has U+0001 at character 1"),
+        ("acme%2Fx", "has '/' at character 5"),
+        ("evil%0AINFO%20forged", "has U+000A at character 5"),
+        ("nul%00", "has U+0000 at character 4"),
+        ("acme%E2%80%AEemca", "has U+202E at character 5"),
+        ("%20%20", "is empty"),
+        (
+            long.as_str(),
+            "is 1100 characters long; a name has at most 254",
+        ),
+    ] {
+        let (status, body) = api.subscribe(path_name, "small");
+        assert_eq!(
+            (status, code(&body)),
+            (422, "invalid_name"),
+            "{path_name}: {body}"
+        );
+        let message = body["error"]["message"].as_str().expect("a message");
+        assert!(message.starts_with("account name \""), "{message}");
+        assert!(message.contains(needle), "{path_name}: {message}");
+        assert!(
+            !message.contains(['\u{1}', '\n', '\0', '\u{202e}']),
+            "the message quotes the name escaped: {message:?}"
+        );
+        assert!(
+            message.len() < 400,
+            "a long name is quoted by its start: {message}"
+        );
+        let (status, body) = api.usage(path_name);
+        assert_eq!((status, code(&body)), (422, "invalid_name"), "{body}");
+    }
+    let (status, body) = api.leads("acme", "q1%2Fq2", &["a@example.com"]);
+    assert_eq!((status, code(&body)), (422, "invalid_name"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("campaign name \"q1/q2\" has '/'")),
+        "{body}"
+    );
+    let (status, body) = api.email(json!({"account": "ac\u{200b}me", "to": "a@example.com"}));
+    assert_eq!((status, code(&body)), (422, "invalid_name"), "{body}");
+
+    // Nothing was stored under a poisoned name, and acme's alerts still read.
+    let scopes = api.gateway.store().scopes().expect("scopes");
+    assert!(
+        scopes
+            .iter()
+            .all(|s| !s.contains('\n') && !s.contains('\u{202e}')),
+        "{scopes:?}"
+    );
+    let alerts = creditgate::alerts::list(api.gateway.store().as_ref(), Some("acme"))
+        .expect("acme's alert log reads");
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+}
+
+/// Issue 14.6: one account however its name is spelt: case, surrounding space,
+/// and Unicode normalisation.
+#[test]
+fn spellings_of_one_name_are_one_account() {
+    let api = Api::memory();
+    let (status, body) = api.subscribe("%20ACME%20", "small");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["account"], "acme");
+    let (status, body) = api.subscribe("Acme", "small");
+    assert_eq!((status, code(&body)), (409, "already_subscribed"), "{body}");
+    assert_eq!(api.usage("acme").0, 200);
+    // `é` as one code point, then as `e` and a combining accent.
+    assert_eq!(api.subscribe("caf%C3%A9", "small").0, 201);
+    let (status, body) = api.subscribe("CAFE%CC%81", "small");
+    assert_eq!((status, code(&body)), (409, "already_subscribed"), "{body}");
+    let (status, body) = api.email(json!({"account": " Café ", "to": "a@example.com"}));
+    assert_eq!((status, body["charged"].as_u64()), (200, Some(1)), "{body}");
+    let (_, body) = api.usage("caf%C3%A9");
+    assert_eq!(body["email_credits"]["used"], 1, "{body}");
+}
+
+/// Issue 13.7: every error names the value at fault and what is accepted.
+#[test]
+fn errors_name_the_value_and_what_is_accepted() {
+    let api = Api::memory();
+    let (status, body) = api.subscribe("acme", "platinum");
+    assert_eq!((status, code(&body)), (422, "unknown_plan"), "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "no plan \"platinum\"; the policy in force has: \"large\", \"small\"",
+        "{body}"
+    );
+    assert_eq!(api.subscribe("acme", "small").0, 201);
+    let (status, body) = api.call(
+        "put",
+        "/v1/accounts/{account}/plan",
+        "/v1/accounts/acme/plan",
+        Some(r#"{"plan": "gold"}"#),
+    );
+    assert_eq!((status, code(&body)), (422, "unknown_plan"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no plan \"gold\"") && m.contains("\"large\"")),
+        "{body}"
+    );
+
+    // Which recipient is not an address, and why, in the policy's words.
+    let (status, body) = api.email(json!({
+        "account": "acme",
+        "to": ["ann@example.com", "bo@@example.org"]
+    }));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reason"], "invalid_email", "{body}");
+    assert_eq!(
+        body["message"],
+        "to[1] \"bo@@example.org\" is not a valid email address: it has more than one '@'",
+        "{body}"
+    );
+    let (_, body) = api.email(json!({"account": "acme", "to": "cy@example"}));
+    assert_eq!(
+        body["message"], "to \"cy@example\" is not a valid email address: its domain has no dot",
+        "{body}"
+    );
+    let (_, body) = api.email(json!({"account": "acme", "to": "cy@example.com"}));
+    assert!(body.get("message").is_none(), "{body}");
+    let (status, body) = api.call(
+        "delete",
+        "/v1/accounts/{account}/campaigns/{campaign}/leads/{email}",
+        "/v1/accounts/acme/campaigns/q1/leads/nobody",
+        None,
+    );
+    assert_eq!((status, code(&body)), (422, "invalid_email"), "{body}");
+    assert_eq!(
+        body["error"]["message"], "email \"nobody\" is not a valid email address: it has no '@'",
+        "{body}"
+    );
+
+    // A recipient list of the wrong type says what it found and what it takes.
+    let (status, body) = api.email(json!({"account": "acme", "to": 5}));
+    assert_eq!((status, code(&body)), (422, "invalid_body"), "{body}");
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("to: invalid type: integer `5`, expected an email address (a string) or a list of email addresses"),
+        "{message}"
+    );
+    let (_, body) = api.email(json!({"account": "acme", "to": ["a@example.com", 7]}));
+    let message = body["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("invalid type: integer `7`, expected an email address (a string)"),
+        "{message}"
+    );
+}

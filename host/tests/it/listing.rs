@@ -177,7 +177,7 @@ fn all_pages(api: &Api, template: &str, path: &str, key: &str) -> (Vec<Value>, u
 
 fn listings_page_through_everything(api: &Api, store: &dyn Store) {
     let mut names = [
-        "acme", "globex", "initech", "umbrella", "zeta", "Acme-EU", "hooli",
+        "acme", "globex", "initech", "umbrella", "zeta", "acme-eu", "hooli",
     ];
     for (i, name) in names.iter().enumerate() {
         let plan = if i % 2 == 0 { "small" } else { "large" };

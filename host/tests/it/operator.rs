@@ -985,3 +985,95 @@ fn a_server_that_is_not_there_is_a_clear_error() {
         stderr(&o)
     );
 }
+
+/// Issue 14.6: names are checked and normalised by the one rule on the command
+/// line too; a refused one is a usage error that quotes it escaped.
+#[test]
+fn account_names_follow_the_one_rule() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let o = run(
+        &store,
+        &["account", "subscribe", " ACME ", "--plan", "base"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("acme: subscribed"), "{}", stdout(&o));
+    let o = run(&store, &["usage", "Acme", "--format", "json"]);
+    assert_eq!(json(&o)["account"], "acme");
+
+    for (name, needle) in [
+        ("a/b", "account name \"a/b\" has '/' at character 2"),
+        (
+            "\u{1}alerts/acme",
+            "account name \"\\u{1}alerts/acme\" has U+0001",
+        ),
+        ("evil\nrow", "account name \"evil\\nrow\" has U+000A"),
+        ("acme\u{202e}", "has U+202E"),
+    ] {
+        let o = run(&store, &["account", "subscribe", name, "--plan", "base"]);
+        assert_eq!(o.status.code(), Some(2), "{name:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(needle), "{name:?}: {err}");
+        assert!(!err.contains(['\u{1}', '\u{202e}']), "{err:?}");
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+    }
+    let o = run(
+        &store,
+        &["account", "subscribe", "acme2", "--plan", "platinum"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no plan \"platinum\" in the policy; its plans are: \"base\", "),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Issue 14.6: names stored before the rule (or by another component) are listed
+/// escaped, one row per account, whatever they hold.
+#[test]
+fn account_list_escapes_every_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("cg.redb");
+    {
+        let store = std::sync::Arc::new(creditgate::store::RedbStore::open(&path).expect("opens"));
+        let mut worker =
+            crate::harness::worker_on(store, "[plans.base]\nlead_credits = 1\nemail_credits = 1\n");
+        for account in [
+            "evil\nforged  row",
+            "nul\0",
+            "ctl\u{1}",
+            "rtl\u{202e}lagel",
+            "plain",
+        ] {
+            let request = creditgate::request::Request::Subscribe {
+                account: account.into(),
+                plan: "base".into(),
+                anchor: None,
+            };
+            let d = worker
+                .decide(&request, 1_700_000_000_000_000_000)
+                .expect("decides");
+            assert_eq!(d.denied, None, "{account:?}");
+        }
+        worker.persist().expect("durable");
+    }
+    let o = run(&path, &["account", "list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(
+        out.lines().count(),
+        1 + 5,
+        "one header and one row each: {out:?}"
+    );
+    assert!(!out.contains(['\0', '\u{1}', '\u{202e}']), "{out:?}");
+    for escaped in [
+        "evil\\nforged  row",
+        "nul\\0",
+        "ctl\\u{1}",
+        "rtl\\u{202e}lagel",
+        "plain",
+    ] {
+        assert!(out.contains(escaped), "{escaped}: {out}");
+    }
+}

@@ -34,7 +34,8 @@ const LIMIT: u64 = 5;
 /// The account's senders are mapped to it by domain through a table, so the test
 /// needs no SMTP AUTH (which Postfix would need Cyrus or Dovecot SASL for).
 const ACME: &str = "news@acme.example";
-/// A sender whose domain no table names: not a customer, so it flows uncharged.
+/// A sender whose domain no table names: not a customer. This gateway also carries
+/// mail outside creditgate (`unknown_account = "dunno"`), so it flows uncharged.
 const STRANGER: &str = "info@other.example";
 
 #[test]
@@ -75,7 +76,7 @@ fn postfix_relays_until_the_credits_run_out_then_refuses_with_the_configured_cod
     assert_refused(&outcome, Stage::Rcpt, &postfix);
 
     // One account's exhaustion is not everyone's: a sender the table does not map
-    // is no customer's, fails open, and is relayed.
+    // is no customer's, is let through as configured, and is relayed.
     relay(&postfix, &sink, STRANGER, 6, 1);
 
     // Nothing refused was queued behind the sink's back, and nothing else arrived.
@@ -512,7 +513,7 @@ impl Serve {
                 "postfix_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
                  store = {store:?}\npolicy = {policy:?}\n\
                  workers = 2\n\n\
-                 [postfix.actions]\nexhausted = \"reject\"\n\n\
+                 [postfix.actions]\nexhausted = \"reject\"\nunknown_account = \"dunno\"\n\n\
                  [postfix.account_from.table]\nkey = \"sender_domain\"\n\
                  map = {{ \"acme.example\" = \"acme\" }}\n"
             ),

@@ -421,25 +421,68 @@ fn an_exhausted_account_is_deferred_until_its_credits_reset() {
 #[test]
 fn unknown_accounts_get_the_configured_reply() {
     run(|| async {
-        let fail_closed: PostfixConfig =
-            toml::from_str("[actions]\nunknown_account = \"fail_closed\"").expect("config");
-        let server = Server::start(fail_closed, ServeOptions::default()).await;
+        // By default an account the ledger does not know is refused (fail
+        // closed), while a request naming no account at all (no SMTP AUTH) flows.
+        let server = Server::default().await;
         let mut c = server.connect().await;
-        // Unknown to the policy, and no account at all (no SMTP AUTH).
-        for user in ["ghost", ""] {
-            let reply = ask(&mut c, &request("RCPT", user, &[])).await;
-            assert_eq!(
-                reply, "451 4.3.5 Sending account unknown to the credit policy",
-                "{user:?}"
-            );
-        }
+        assert_eq!(
+            ask(&mut c, &request("RCPT", "ghost", &[])).await,
+            "451 4.3.5 Sending account unknown to the credit policy"
+        );
+        assert_eq!(ask(&mut c, &request("RCPT", "", &[])).await, "DUNNO");
         assert_eq!(ask(&mut c, &request("RCPT", "acme", &[])).await, "DUNNO");
         server.stop().await;
 
-        // The default lets mail that is no customer's flow.
-        let server = Server::default().await;
+        // Both configurable: a gateway that also carries mail outside creditgate
+        // lets unknown accounts through; one that wants SMTP AUTH refuses without.
+        let flipped: PostfixConfig =
+            toml::from_str("[actions]\nunknown_account = \"dunno\"\nno_account = \"fail_closed\"")
+                .expect("config");
+        let server = Server::start(flipped, ServeOptions::default()).await;
         let mut c = server.connect().await;
         assert_eq!(ask(&mut c, &request("RCPT", "ghost", &[])).await, "DUNNO");
+        assert_eq!(
+            ask(&mut c, &request("RCPT", "", &[])).await,
+            "451 4.3.5 No sending account for the credit policy"
+        );
+        server.stop().await;
+    });
+}
+
+/// Issue 14.2: an authenticated sender is the account its name normalises to,
+/// however Postfix spells it; one that maps to no account is refused.
+#[test]
+fn an_authenticated_sender_never_slips_past_the_ledger() {
+    run(|| async {
+        let server = Server::default().await;
+        let mut c = server.connect().await;
+        // Charged under other spellings: the charge lands on acme.
+        let eom = end_of_message("ACME ", "3", "spell.0");
+        assert_eq!(ask(&mut c, &eom).await, "DUNNO");
+        assert_eq!(
+            ask(&mut c, &end_of_message(" Acme", "2", "spell.1")).await,
+            "DUNNO"
+        );
+        assert_eq!(server.emails_used().await, 5);
+        // Exhausted: every spelling is deferred, none is let through for free.
+        for user in ["acme", "ACME", "acme ", " acme", "acme\t", "Acme"] {
+            let reply = ask(&mut c, &request("RCPT", user, &[])).await;
+            assert!(
+                reply.starts_with("DEFER 4.7.1 Email credits exhausted"),
+                "{user:?}: {reply}"
+            );
+            let over = ask(&mut c, &end_of_message(user, "1", &format!("over.{user}"))).await;
+            assert!(over.starts_with("DEFER 4.7.1 "), "{user:?}: {over}");
+        }
+        assert_eq!(server.emails_used().await, 5);
+        // Names no account can have are unknown accounts, refused.
+        for user in ["ghost", "acme/x", "ac\u{202e}me", "\u{1}alerts/acme"] {
+            assert_eq!(
+                ask(&mut c, &request("RCPT", user, &[])).await,
+                "451 4.3.5 Sending account unknown to the credit policy",
+                "{user:?}"
+            );
+        }
         server.stop().await;
     });
 }
@@ -614,9 +657,10 @@ fn stop(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
 #[test]
 fn the_binary_answers_then_exits_cleanly_on_sigterm() {
     let (child, port) = spawn_serve(&["--store", "memory", "--workers", "2"]);
+    // An account the (empty) store does not know: refused, fail closed.
     assert_eq!(
         ask_blocking(port, &request("RCPT", "nobody", &[])),
-        "action=DUNNO"
+        "action=451 4.3.5 Sending account unknown to the credit policy"
     );
     let (status, stderr) = stop(child);
     assert_eq!(status.code(), Some(0), "{stderr}");

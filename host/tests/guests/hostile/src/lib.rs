@@ -261,4 +261,10 @@ impl Guest for Hostile {
     fn email_history(account: String, _cycles: u32, _now: i64) -> Result<Vec<CycleUsage>, Error> {
         decide(&account).map(|_| Vec::new())
     }
+
+    fn find_invalid_email(
+        _emails: Vec<String>,
+    ) -> Option<exports::creditgate::policy::policy::AddressProblem> {
+        None
+    }
 }
