@@ -7,6 +7,13 @@
 //! renders the decision in the JSON shapes replay and the CLI print. Every error
 //! is a JSON object with a stable `code` and the matching status. [`routes`] lists
 //! the routes; `host/openapi.json` documents them, and a test keeps the two equal.
+//!
+//! Every request, the dashboard's included, passes [`guard`] first: a `Host` that
+//! is not this server's (DNS rebinding), a state change from another origin
+//! (cross-site requests from a browser), and a body that is not JSON are refused
+//! before any handler runs. [`serve_http`] bounds connections as the Postfix
+//! listener does ([`crate::slots`]): in number, per client, in idle time and in
+//! the time one request may take.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -16,16 +23,22 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
 
 use crate::bindings::{
     AccountUsage, Decision, EmailKind, GuestError, LeadBatch, LeadOutcome, Reason, StateError,
@@ -34,6 +47,8 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::replay::{CreditsJson, Outcome, UsageJson, reason_code};
 use crate::request::Request;
 use crate::runtime::DecideError;
+use crate::serve::{DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT};
+use crate::slots::{Conn, Slot, SlotLimits, Slots};
 use crate::time::{format_instant, now, parse_instant};
 
 /// Most addresses one `POST .../leads` takes: Smartlead's own limit per request,
@@ -68,15 +83,23 @@ pub type Reloader = Arc<dyn Fn() -> std::result::Result<Reloaded, ReloadRefused>
 pub struct HttpOptions {
     /// Largest request body; a larger one is refused (413) unread.
     pub max_body_bytes: usize,
-    /// Most connections open at once; past it, new ones wait in the kernel's
-    /// backlog until one closes.
+    /// Most connections open at once; past it, a new connection closes the one
+    /// that has gone longest without an answer ([`crate::slots`]).
     pub max_connections: usize,
-    /// A connection that sends or takes nothing for this long is closed: a slow
-    /// or abandoned client cannot hold a slot forever.
+    /// Most connections open at once from one client address.
+    pub max_connections_per_client: usize,
+    /// A connection that sends or takes nothing for this long is closed, and a
+    /// request's head must arrive within it (hyper's header timeout).
     pub idle_timeout: Duration,
+    /// How long one request (head and body) may take from its first byte to its
+    /// last: a client that trickles bytes never trips the idle timeout.
+    pub request_timeout: Duration,
+    /// Names besides IP literals and `localhost` that requests may carry in
+    /// `Host`, and whose origins may change state: the server's public names.
+    pub allowed_hosts: Vec<String>,
     /// When set, the routes that change an account's terms or take leads away
-    /// (subscription, plan, lead deletion) and the reload require
-    /// `Authorization: Bearer <token>`.
+    /// (subscription, plan, lead deletion) and the reload ([`ADMIN_ROUTES`])
+    /// require `Authorization: Bearer <token>`. An empty token admits nobody.
     pub admin_token: Option<Arc<str>>,
 }
 
@@ -85,7 +108,13 @@ impl std::fmt::Debug for HttpOptions {
         f.debug_struct("HttpOptions")
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
             .field("idle_timeout", &self.idle_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "(set)"))
             .finish()
     }
@@ -99,7 +128,10 @@ impl Default for HttpOptions {
         HttpOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             idle_timeout: Duration::from_secs(60),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            allowed_hosts: Vec::new(),
             admin_token: None,
         }
     }
@@ -144,6 +176,22 @@ fn table() -> [(&'static str, &'static str, MethodRouter<App>); 10] {
     ]
 }
 
+/// The routes that need the admin token when one is configured, as
+/// `(method, path)`: those whose handler takes the [`Admin`] extractor.
+pub const ADMIN_ROUTES: [(&str, &str); 5] = [
+    ("post", "/v1/accounts/{account}/subscription"),
+    ("put", "/v1/accounts/{account}/plan"),
+    (
+        "delete",
+        "/v1/accounts/{account}/campaigns/{campaign}/leads",
+    ),
+    (
+        "delete",
+        "/v1/accounts/{account}/campaigns/{campaign}/leads/{email}",
+    ),
+    ("post", "/v1/admin/reload"),
+];
+
 /// Every route the API serves, as `(method, path)`; `host/openapi.json` documents
 /// exactly these.
 pub fn routes() -> Vec<(&'static str, &'static str)> {
@@ -168,6 +216,10 @@ pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: &HttpOptions) ->
             )
         })
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Guard::new(&options.allowed_hosts)),
+            guard,
+        ))
         .with_state(App {
             gateway,
             reload,
@@ -176,67 +228,247 @@ pub fn router(gateway: Arc<Gateway>, reload: Reloader, options: &HttpOptions) ->
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then finishes the
-/// requests in flight. Connections are bounded in number and in idle time.
+/// requests in flight. Connections are bounded in number (per listener and per
+/// client address, making room as [`crate::slots`] says), in idle time, and in
+/// the time one request may take.
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
     options: &HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = Bounded {
-        listener,
-        slots: Arc::new(Semaphore::new(options.max_connections.max(1))),
+    let slots = Slots::new(
+        SlotLimits {
+            max_connections: options.max_connections,
+            max_per_client: options.max_connections_per_client,
+        },
+        "http",
+    );
+    // hyper's own server rather than `axum::serve`, for its header timeout (which
+    // counts from when a connection is ready for a head, idle time included) and
+    // for a say in which connection is closed when.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.idle_timeout);
+    let service = TowerToHyperService::new(router);
+    let timeouts = Timeouts {
         idle: options.idle_timeout,
+        request: options.request_timeout,
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// A TCP listener that keeps at most as many connections open as it has slots,
-/// each closed when idle too long.
-struct Bounded {
-    listener: TcpListener,
-    slots: Arc<Semaphore>,
-    idle: Duration,
-}
-
-impl axum::serve::Listener for Bounded {
-    type Io = Watched;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Watched, Self::Addr) {
-        // The semaphore is never closed, so this waits for a slot.
-        let slot = self.slots.clone().acquire_owned().await.ok();
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
-        let _ = stream.set_nodelay(true);
-        let watched = Watched {
-            stream,
-            idle: self.idle,
-            deadline: Box::pin(tokio::time::sleep(self.idle)),
-            _slot: slot,
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Typically out of descriptors: retrying at once would spin.
+                    warn!(error = %e, "cannot accept an http connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            // Reap finished connections so that the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        (watched, addr)
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.admit(Some(peer.ip())) => slot,
+        };
+        let Some(slot) = slot else {
+            debug!(%peer, "refused: every connection of this client is being answered");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(connection(
+            stream,
+            slot,
+            builder.clone(),
+            service.clone(),
+            stopped.clone(),
+            timeouts,
+        ));
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    idle: Duration,
+    request: Duration,
+}
+
+/// Serves one connection until it closes, times out, is closed to make room, or
+/// the server stops (after the request in flight, if any).
+async fn connection(
+    stream: TcpStream,
+    slot: Slot,
+    builder: hyper::server::conn::http1::Builder,
+    service: TowerToHyperService<Router>,
+    mut stopped: watch::Receiver<bool>,
+    timeouts: Timeouts,
+) {
+    let conn = slot.conn().clone();
+    let io = TokioIo::new(Watched::new(stream, timeouts, conn.clone()));
+    let served = builder.serve_connection(
+        io,
+        Tracked {
+            service,
+            conn: conn.clone(),
+        },
+    );
+    tokio::pin!(served);
+    let (mut stopping, mut evicted) = (false, false);
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(e) = result {
+                    debug!(error = %e, "http connection closed");
+                }
+                break;
+            }
+            _ = stopped.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                served.as_mut().graceful_shutdown();
+            }
+            () = conn.evicted(), if !evicted => {
+                evicted = true;
+                // A request being answered is finished first; any other
+                // connection is closed at once.
+                if !conn.is_answering() {
+                    debug!("http connection closed to make room for a new one");
+                    break;
+                }
+                served.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    drop(slot);
+}
+
+/// The router as hyper calls it, telling the connection's slot when a request
+/// has been read whole and when it has been answered.
+#[derive(Clone)]
+struct Tracked {
+    service: TowerToHyperService<Router>,
+    conn: Arc<Conn>,
+}
+
+impl hyper::service::Service<axum::http::Request<Incoming>> for Tracked {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: axum::http::Request<Incoming>) -> Self::Future {
+        let conn = self.conn.clone();
+        let request = request.map(|body| {
+            if body.is_end_stream() {
+                conn.answering();
+            }
+            axum::body::Body::new(BodyEnd {
+                body,
+                conn: conn.clone(),
+            })
+        });
+        let answer = self.service.call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            conn.answered();
+            response
+        })
+    }
+}
+
+/// A request body that marks its connection as answering once read to its end.
+struct BodyEnd {
+    body: Incoming,
+    conn: Arc<Conn>,
+}
+
+impl hyper::body::Body for BodyEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.conn.answering();
+        }
+        polled
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
 /// A connection whose reads fail with `TimedOut` once nothing has moved either
-/// way for `idle` (hyper then closes it), and which frees its slot when dropped.
+/// way for the idle timeout, or once a request begun has not been read whole
+/// within the request timeout (hyper then closes it).
 struct Watched {
     stream: TcpStream,
-    idle: Duration,
+    timeouts: Timeouts,
+    conn: Arc<Conn>,
+    /// When bytes last moved either way.
+    moved: tokio::time::Instant,
+    /// When the request being read began; `None` between requests.
+    request_began: Option<tokio::time::Instant>,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Watched {
+    fn new(stream: TcpStream, timeouts: Timeouts, conn: Arc<Conn>) -> Self {
+        let now = tokio::time::Instant::now();
+        Watched {
+            stream,
+            timeouts,
+            conn,
+            moved: now,
+            request_began: None,
+            deadline: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
+        }
+    }
+
+    /// When the connection times out, and whether for the request timeout.
+    fn until(&self) -> (tokio::time::Instant, bool) {
+        let idle = self.moved + self.timeouts.idle;
+        match self.request_began {
+            Some(began) if began + self.timeouts.request < idle => {
+                (began + self.timeouts.request, true)
+            }
+            _ => (idle, false),
+        }
+    }
+
     fn moved(&mut self) {
-        let next = tokio::time::Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
+        self.moved = tokio::time::Instant::now();
+        let (until, _) = self.until();
+        self.deadline.as_mut().reset(until);
+    }
+
+    /// Bytes arrived: a request has begun unless one is already being read or
+    /// answered.
+    fn read_some(&mut self) {
+        if self.conn.is_answering() {
+            self.request_began = None;
+        } else if self.request_began.is_none() {
+            self.request_began = Some(tokio::time::Instant::now());
+            self.conn.begin();
+        }
+        self.moved();
     }
 }
 
@@ -247,18 +479,37 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        // A request answered since the last read ends the one that began.
+        if this.request_began.is_some() && !this.conn.is_reading() {
+            this.request_began = None;
+        }
+        let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                this.moved();
+                if buf.filled().len() > before {
+                    this.read_some();
+                } else {
+                    this.moved();
+                }
                 Poll::Ready(result)
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "idle connection",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let (until, request) = this.until();
+                if this.deadline.deadline() != until {
+                    this.deadline.as_mut().reset(until);
+                }
+                match this.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        if request {
+                            "request not whole within the request timeout"
+                        } else {
+                            "idle connection"
+                        },
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
@@ -301,6 +552,126 @@ impl AsyncWrite for Watched {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
+}
+
+// ---- the guard every request passes ------------------------------------------
+
+/// What [`guard`] checks requests against.
+#[derive(Debug)]
+struct Guard {
+    /// The configured public names, lowercase, without a trailing dot.
+    allowed_hosts: HashSet<String>,
+}
+
+impl Guard {
+    fn new(allowed_hosts: &[String]) -> Self {
+        Guard {
+            allowed_hosts: allowed_hosts.iter().map(|h| normal_host(h)).collect(),
+        }
+    }
+
+    /// Whether `host` (no port) names this server. An IP literal always does: a
+    /// page cannot rebind an address it did not name, and an operator may reach
+    /// the API by any of the machine's addresses. Names must be `localhost` or
+    /// configured: any other name may be one an attacker resolves to us.
+    fn names_us(&self, host: &str) -> bool {
+        let host = normal_host(host);
+        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        literal.unwrap_or(&host).parse::<std::net::IpAddr>().is_ok()
+            || host == "localhost"
+            || self.allowed_hosts.contains(&host)
+    }
+}
+
+fn normal_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Refuses, before any handler runs: a `Host` that does not name this server
+/// (DNS rebinding: a page on a name its owner resolves to 127.0.0.1 would be
+/// same-origin with the API); a state change (any method but GET and HEAD) from
+/// another origin, as a browser marks it with `Origin` or `Sec-Fetch-Site`; and
+/// a body that is not `application/json`, which no HTML form can send and no
+/// cross-origin page can without a preflight this server never grants.
+async fn guard(
+    State(guard): State<Arc<Guard>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    match check(&guard, request.method(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check(guard: &Guard, method: &Method, headers: &HeaderMap) -> Result<()> {
+    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    // A request without `Host` (HTTP/1.0, a test calling the router) cannot be a
+    // browser's: browsers always send one.
+    let host = text(header::HOST);
+    if let Some(host) = host {
+        let name = host
+            .parse::<axum::http::uri::Authority>()
+            .ok()
+            .map(|a| a.host().to_owned());
+        if !name.is_some_and(|name| guard.names_us(&name)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                format!(
+                    "Host {host:?} does not name this server: use an IP address or \
+                     localhost, or add the name to allowed_hosts"
+                ),
+            ));
+        }
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return Ok(());
+    }
+    let cross = |why: String| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            format!("{why}: state changes are taken only from this server's own origin"),
+        ))
+    };
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && site != "same-origin"
+        && site != "none"
+    {
+        return cross(format!("Sec-Fetch-Site: {site:?}"));
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let same = authority.is_some_and(|a| {
+            host.is_some_and(|h| h.eq_ignore_ascii_case(a))
+                || a.parse::<axum::http::uri::Authority>()
+                    .is_ok_and(|a| guard.allowed_hosts.contains(&normal_host(a.host())))
+        });
+        if !same {
+            return cross(format!("Origin {origin:?}"));
+        }
+    }
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || text(header::CONTENT_LENGTH).is_some_and(|n| n.trim() != "0");
+    let content_type = text(header::CONTENT_TYPE);
+    if has_body || content_type.is_some() {
+        let json = content_type.is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON, with Content-Type: application/json",
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ---- requests ----------------------------------------------------------------
@@ -708,7 +1079,11 @@ impl FromRequestParts<App> for Admin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            Some(given) if same_secret(given.as_bytes(), token.as_bytes()) => Ok(Admin),
+            // An empty token would admit `Bearer ` with nothing after it: fail closed
+            // (serve refuses to start with one).
+            Some(given) if !token.is_empty() && same_secret(given.as_bytes(), token.as_bytes()) => {
+                Ok(Admin)
+            }
             _ => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

@@ -19,6 +19,8 @@
 //! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads),
 //!   [`postfix`] (the sans-I/O core of Postfix policy delegation);
 //! - [`serve`]: the Postfix policy server, sockets around [`postfix`] and a [`gateway`];
+//! - [`slots`]: how both servers bound their connections, and whom they close to
+//!   make room when full;
 //! - [`http`]: the HTTP JSON API over the same [`gateway`], with `/metrics`.
 //! - [`dashboard`]: the web dashboard `serve` adds to the API: HTML pages of every account's usage.
 //!
@@ -37,5 +39,6 @@ pub mod replay;
 pub mod request;
 pub mod runtime;
 pub mod serve;
+pub mod slots;
 pub mod store;
 pub mod time;

@@ -5,16 +5,21 @@
 //! with [`PostfixConfig::map`], asks the gateway (whose answer is durable when it
 //! arrives) and writes one reply per request, in order. A peer that breaks the
 //! protocol or stays silent past the idle timeout loses its own connection and no
-//! other: Postfix reconnects, and applies its `default_action` meanwhile.
+//! other: Postfix reconnects, and applies its `default_action` meanwhile. A request
+//! must arrive whole within the request timeout of its first byte, however steadily
+//! it trickles, and a full listener makes room as [`crate::slots`] says, so slow
+//! clients cannot keep Postfix out.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::bindings::Reason;
@@ -22,6 +27,7 @@ use crate::gateway::Gateway;
 use crate::postfix::{Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader};
 use crate::replay::reason_code;
 use crate::request::Request;
+use crate::slots::{SlotLimits, Slots};
 use crate::time::{format_instant, now};
 
 /// Settings of the server itself (the protocol's are in [`PostfixConfig`]).
@@ -32,23 +38,61 @@ pub struct ServeOptions {
     /// `smtpd_policy_service_max_idle` (300 s) and reconnects at no cost, while an
     /// abandoned socket would hold a task and a descriptor forever.
     pub idle_timeout: Duration,
-    /// Most connections served at once. Past it, new ones wait in the kernel's
-    /// backlog until one closes. Default 1,024: each Postfix smtpd process holds
-    /// one connection, and `default_process_limit` is 100.
+    /// How long one request may take from its first byte to its last. Default
+    /// 10 s: Postfix writes a request (about 1 KiB) at once, while a client that
+    /// trickles bytes never trips the idle timeout.
+    pub request_timeout: Duration,
+    /// Most connections served at once. Past it, a new connection closes the one
+    /// that has gone longest without an answer ([`crate::slots`]). Default 1,024:
+    /// each Postfix smtpd process holds one connection, and `default_process_limit`
+    /// is 100.
     pub max_connections: usize,
+    /// Most connections from one client address (unix-socket peers are exempt).
+    /// Default 256: above the smtpd processes of one Postfix host, and it keeps one
+    /// address from closing everyone else's connections.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             idle_timeout: Duration::from_secs(60),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_connections: 1_024,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         }
     }
 }
 
+/// How long a request may take from its first byte to its last, by default (both
+/// listeners).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections from one client address, by default (both listeners).
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+
 /// Bytes asked of the socket per read; Postfix's requests are about 1 KiB.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// Connections the kernel queues for a listener before `accept` (it caps this at
+/// `net.core.somaxconn`, 4,096 on current kernels). A flood of slow clients closed
+/// to make room comes back in bursts; a short queue would drop a newcomer's SYN
+/// among them, and the client's retry waits a second.
+pub const LISTEN_BACKLOG: u32 = 4_096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`], for either server.
+pub fn bind_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted server can bind while old connections of
+    // the last one linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Where Postfix connects: `inet:host:port`, or `unix:path` for a smtpd on the
 /// same machine (no TCP handshake, and file permissions decide who may ask).
@@ -72,18 +116,18 @@ impl From<UnixListener> for PolicyListener {
 
 impl PolicyListener {
     /// Accepts one connection; the peer is named for the logs (a unix socket's
-    /// peers have no useful name).
-    async fn accept(&self) -> std::io::Result<(Stream, String)> {
+    /// peers have no useful name) and by address for the per-client cap.
+    async fn accept(&self) -> std::io::Result<(Stream, String, Option<IpAddr>)> {
         match self {
             PolicyListener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 // Replies are small and must leave at once.
                 let _ = stream.set_nodelay(true);
-                Ok((Stream::Tcp(stream), peer.to_string()))
+                Ok((Stream::Tcp(stream), peer.to_string(), Some(peer.ip())))
             }
             PolicyListener::Unix(listener) => {
                 let (stream, _) = listener.accept().await?;
-                Ok((Stream::Unix(stream), "unix".to_owned()))
+                Ok((Stream::Unix(stream), "unix".to_owned(), None))
             }
         }
     }
@@ -109,43 +153,52 @@ pub async fn serve_postfix(
     let listener = listener.into();
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let slots = Slots::new(
+        SlotLimits {
+            max_connections: options.max_connections,
+            max_per_client: options.max_connections_per_client,
+        },
+        "postfix",
+    );
     tokio::pin!(shutdown);
     loop {
-        // A slot first, then a connection: at the limit, peers wait in the backlog
-        // rather than being accepted and starved.
-        let slot = tokio::select! {
-            _ = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => slot.ok(),
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        tokio::select! {
+        // Accept first, then find a slot: a full listener makes room for the
+        // newcomer rather than leaving it in the backlog behind slow clients.
+        let (stream, peer, client) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    debug!(%peer, "connection accepted");
-                    let connection = Connection {
-                        peer,
-                        gateway: gateway.clone(),
-                        config: config.clone(),
-                        options,
-                        stopped: stopped.clone(),
-                        _slot: slot,
-                    };
-                    match stream {
-                        Stream::Tcp(stream) => connections.spawn(connection.run(stream)),
-                        Stream::Unix(stream) => connections.spawn(connection.run(stream)),
-                    };
-                }
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Typically out of descriptors: retrying at once would spin.
                     warn!(error = %e, "cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
             },
             // Reap finished connections so that the set does not grow forever.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.admit(client) => slot,
+        };
+        let Some(slot) = slot else {
+            debug!(%peer, "refused: every connection of this client is being answered");
+            continue;
+        };
+        debug!(%peer, "connection accepted");
+        let connection = Connection {
+            peer,
+            gateway: gateway.clone(),
+            config: config.clone(),
+            options,
+            stopped: stopped.clone(),
+            slot,
+        };
+        match stream {
+            Stream::Tcp(stream) => connections.spawn(connection.run(stream)),
+            Stream::Unix(stream) => connections.spawn(connection.run(stream)),
+        };
     }
     drop(listener);
     let _ = stop.send(true);
@@ -160,12 +213,13 @@ struct Connection {
     options: ServeOptions,
     stopped: watch::Receiver<bool>,
     /// Held while the connection lives.
-    _slot: Option<OwnedSemaphorePermit>,
+    slot: crate::slots::Slot,
 }
 
 impl Connection {
-    /// Serves one peer until it closes, breaks the protocol, idles out, or the server
-    /// stops between two requests.
+    /// Serves one peer until it closes, breaks the protocol, idles out, takes too
+    /// long over a request, is closed to make room, or the server stops between two
+    /// requests.
     async fn run(self, mut stream: impl AsyncRead + AsyncWrite + Unpin) {
         let Connection {
             peer,
@@ -173,20 +227,29 @@ impl Connection {
             config,
             options,
             mut stopped,
-            _slot,
+            slot,
         } = self;
+        let conn = slot.conn();
         let mut reader = RequestReader::new(config.limits);
         let mut buf = vec![0u8; READ_CHUNK];
+        // When the request being read must be whole; none between requests.
+        let mut deadline: Option<Instant> = None;
         loop {
             // Stop only between requests; a request begun is read to its end (or
-            // until the idle timeout), then answered.
+            // until a timeout), then answered.
             let idle = reader.is_idle();
             if idle && *stopped.borrow() {
                 return;
             }
+            let idle_until = Instant::now() + options.idle_timeout;
+            let until = deadline.map_or(idle_until, |d| d.min(idle_until));
             let read = tokio::select! {
-                read = tokio::time::timeout(options.idle_timeout, stream.read(&mut buf)) => read,
+                read = tokio::time::timeout_at(until, stream.read(&mut buf)) => read,
                 _ = async { let _ = stopped.wait_for(|s| *s).await; }, if idle => return,
+                () = conn.evicted() => {
+                    debug!(%peer, "closed to make room for a new connection");
+                    return;
+                }
             };
             let n = match read {
                 Ok(Ok(0)) => {
@@ -200,6 +263,11 @@ impl Connection {
                     debug!(%peer, error = %e, "read failed; closing");
                     return;
                 }
+                Err(_) if deadline.is_some_and(|d| d <= until) => {
+                    debug!(%peer, timeout = ?options.request_timeout,
+                        "request not whole within the request timeout; closing");
+                    return;
+                }
                 Err(_) => {
                     debug!(%peer, timeout = ?options.idle_timeout, "idle timeout; closing");
                     return;
@@ -209,6 +277,8 @@ impl Connection {
             loop {
                 match reader.decode(&mut input) {
                     Ok(Some(request)) => {
+                        conn.answering();
+                        deadline = None;
                         let reply = answer(&gateway, &config, &request, &peer).await;
                         let written = tokio::time::timeout(
                             options.idle_timeout,
@@ -219,6 +289,7 @@ impl Connection {
                             debug!(%peer, "cannot write the reply; closing");
                             return;
                         }
+                        conn.answered();
                         if *stopped.borrow() {
                             return;
                         }
@@ -229,6 +300,10 @@ impl Connection {
                         return;
                     }
                 }
+            }
+            if !reader.is_idle() && deadline.is_none() {
+                deadline = Some(Instant::now() + options.request_timeout);
+                conn.begin();
             }
         }
     }

@@ -112,6 +112,12 @@ struct FileConfig {
     http_listen: Option<Listen>,
     http_max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
+    /// Most connections from one client address, per listener.
+    max_connections_per_client: Option<usize>,
+    /// Seconds one request may take from its first byte to its last.
+    request_timeout_secs: Option<u64>,
+    /// Names the HTTP API may be reached by besides IP addresses and `localhost`.
+    allowed_hosts: Option<Vec<String>>,
     /// Required as `Authorization: Bearer` by the HTTP routes that change an
     /// account's terms or delete leads, and by reload. Only in the file (or
     /// $CREDITGATE_ADMIN_TOKEN): a flag would show in `ps`.
@@ -154,6 +160,8 @@ impl FileConfig {
 /// Everything `run` needs, flags and file merged.
 struct Settings {
     webhooks: Vec<Webhook>,
+    /// Where the admin token came from, when there is one (for the log).
+    admin_token_from: Option<String>,
     listen: Listen,
     unix: Option<PathBuf>,
     http: Listen,
@@ -189,14 +197,35 @@ impl Settings {
             .or(file.max_connections)
             .unwrap_or(http::DEFAULT_MAX_CONNECTIONS);
         anyhow::ensure!(max_connections > 0, "max_connections must be at least 1");
-        let admin_token = std::env::var("CREDITGATE_ADMIN_TOKEN")
-            .ok()
-            .or(file.admin_token)
-            .filter(|t| !t.is_empty());
-        if let Some(token) = &admin_token {
+        let config_name = args.config.as_deref().map_or_else(
+            || "the config".to_owned(),
+            |path| path.display().to_string(),
+        );
+        let (admin_token, admin_token_from) = admin_token(file.admin_token, &config_name)?;
+        let per_client = file
+            .max_connections_per_client
+            .unwrap_or(creditgate::serve::DEFAULT_MAX_CONNECTIONS_PER_CLIENT);
+        anyhow::ensure!(
+            per_client > 0,
+            "max_connections_per_client must be at least 1"
+        );
+        let request_timeout = file.request_timeout_secs.map_or(
+            creditgate::serve::DEFAULT_REQUEST_TIMEOUT,
+            Duration::from_secs,
+        );
+        anyhow::ensure!(
+            !request_timeout.is_zero(),
+            "request_timeout_secs must be at least 1"
+        );
+        let allowed_hosts = file.allowed_hosts.unwrap_or_default();
+        for host in &allowed_hosts {
             anyhow::ensure!(
-                token.len() >= 16,
-                "admin_token must be at least 16 characters long"
+                !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'),
+                "allowed_hosts: {host:?} is not a host name (a name only, like \
+                 gw.example.com: no scheme, port or path)"
             );
         }
         let store = args.store.store.clone().or(file.store.clone());
@@ -220,19 +249,25 @@ impl Settings {
         }
         Ok(Settings {
             webhooks: file.webhooks,
+            admin_token_from,
             listen,
             unix: args.postfix_unix.or(file.postfix_unix),
             http,
             http_options: HttpOptions {
                 max_body_bytes,
                 max_connections,
+                max_connections_per_client: per_client,
                 idle_timeout: Duration::from_secs(idle),
+                request_timeout,
+                allowed_hosts,
                 admin_token: admin_token.map(Arc::from),
             },
             workers,
             options: ServeOptions {
                 idle_timeout: Duration::from_secs(idle),
+                request_timeout,
                 max_connections,
+                max_connections_per_client: per_client,
             },
             store: StoreArgs {
                 store: args.store.store.or(file.store),
@@ -246,6 +281,41 @@ impl Settings {
             postfix: file.postfix,
         })
     }
+}
+
+/// The admin token from $CREDITGATE_ADMIN_TOKEN (which wins) or the config
+/// file, and where it came from. An empty or short token is an error wherever it
+/// comes from: left to pass, it would turn admin auth off without a word.
+fn admin_token(
+    from_file: Option<String>,
+    config: &str,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    const MIN_LEN: usize = 16;
+    let (token, from) = match std::env::var("CREDITGATE_ADMIN_TOKEN") {
+        Ok(token) => (token, "$CREDITGATE_ADMIN_TOKEN".to_owned()),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("$CREDITGATE_ADMIN_TOKEN is not valid UTF-8")
+        }
+        Err(std::env::VarError::NotPresent) => match from_file {
+            Some(token) => (token, format!("admin_token in {config}")),
+            None => return Ok((None, None)),
+        },
+    };
+    anyhow::ensure!(
+        !token.is_empty(),
+        "{from} is empty: set a token of at least {MIN_LEN} characters, or remove \
+         it to leave the admin routes open"
+    );
+    anyhow::ensure!(
+        token.chars().all(|c| c.is_ascii_graphic()),
+        "{from} must be printable ASCII without spaces (it is sent in a header)"
+    );
+    anyhow::ensure!(
+        token.len() >= MIN_LEN,
+        "{from} is {} characters long: at least {MIN_LEN} are needed",
+        token.len()
+    );
+    Ok((Some(token), Some(from)))
 }
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
@@ -313,8 +383,7 @@ async fn serve(
     // not the first request.
     let mut listeners: Vec<(String, PolicyListener)> = Vec::new();
     if let Listen::At(addr) = settings.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = creditgate::serve::bind_tcp(addr)
             .with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push((listener.local_addr()?.to_string(), listener.into()));
     }
@@ -324,8 +393,7 @@ async fn serve(
     }
     let http = match settings.http {
         Listen::At(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            creditgate::serve::bind_tcp(addr)
                 .with_context(|| format!("cannot listen on {addr} (http)"))?,
         ),
         Listen::Off => None,
@@ -367,6 +435,18 @@ async fn serve(
     }
     if let Some(listener) = http {
         info!("listening on http://{}", listener.local_addr()?);
+        let admin_routes = http::ADMIN_ROUTES
+            .iter()
+            .map(|(method, path)| format!("{} {path}", method.to_uppercase()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match &settings.admin_token_from {
+            Some(from) => info!("admin auth on (token from {from}) for {admin_routes}"),
+            None => warn!(
+                "admin auth off (no admin_token): anyone who can reach the HTTP listener \
+                 may call {admin_routes}"
+            ),
+        }
         let router = http::router(gateway.clone(), reloader.clone(), &settings.http_options);
         let (shutdown, options) = (until_stopped(), settings.http_options.clone());
         tasks.spawn(async move {

@@ -5,6 +5,7 @@ mod check;
 mod crash;
 mod dashboard;
 mod gateway;
+mod hardening;
 mod harness;
 mod hostile;
 mod http;
