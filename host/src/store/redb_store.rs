@@ -442,8 +442,10 @@ fn database(file: std::fs::File, shown: &str, options: &OpenOptions) -> Result<H
 /// A [`Store`] in a redb database file.
 pub struct RedbStore {
     /// Every call holds it shared for as long as it uses the database (an
-    /// uncontended read lock: a few nanoseconds); a failed commit takes it
-    /// exclusively to close the handle, and so does the reopen.
+    /// uncontended read lock: a few nanoseconds; the gateway bench
+    /// `decide/email/wasm/redb` measured 63.0 µs per decision without it, 64.2
+    /// with it, within its noise); a failed commit takes it exclusively to close
+    /// the handle, and so does the reopen.
     handle: RwLock<Handle>,
     path: PathBuf,
     options: OpenOptions,
