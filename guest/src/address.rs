@@ -63,26 +63,28 @@ pub fn check(raw: &str) -> Result<String, Problem> {
     if local.is_empty() {
         return Err(Problem::EmptyLocal);
     }
-    let domain = if domain.is_ascii() {
-        domain.to_owned()
+    // An ASCII domain is already in its ASCII form: the address is returned as
+    // it is, with no copy, on the path nearly every address takes.
+    let punycode = if domain.is_ascii() {
+        None
     } else {
-        idna::domain_to_ascii(domain).map_err(|_| Problem::InvalidDomain)?
+        Some(idna::domain_to_ascii(domain).map_err(|_| Problem::InvalidDomain)?)
     };
-    if !domain.contains('.') {
+    let ascii = punycode.as_deref().unwrap_or(domain);
+    if !ascii.contains('.') {
         return Err(Problem::NoDot);
     }
-    if domain.split('.').any(str::is_empty) {
+    if ascii.split('.').any(str::is_empty) {
         return Err(Problem::EmptyLabel);
     }
-    let chars = local.chars().count() + 1 + domain.len();
+    let chars = local.chars().count() + 1 + ascii.len();
     if chars > MAX_LEN {
         return Err(Problem::TooLong { chars });
     }
-    let mut out = String::with_capacity(local.len() + 1 + domain.len());
-    out.push_str(local);
-    out.push('@');
-    out.push_str(&domain);
-    Ok(out)
+    Ok(match punycode {
+        None => address,
+        Some(ascii) => format!("{local}@{ascii}"),
+    })
 }
 
 /// Characters no address may hold: whitespace, controls, the angle brackets left

@@ -433,8 +433,8 @@ fn the_list_filters_sorts_and_escapes_and_unknown_accounts_are_404() {
     assert_contains(&page, "No such account");
     let (status, _, page) = serve.get("/accounts/%FF");
     assert_eq!(status, 400, "{page}");
-    // Characters that mean something in a URL stay inside the name's one path
-    // segment (a '/' is refused by the naming rule).
+    // A name with URL delimiters ('/' is refused by the naming rule) stays
+    // inside its one path segment.
     serve.subscribe("team?eu#1", "small");
     let (status, _, page) = serve.get("/?q=team");
     assert_eq!(status, 200, "{page}");
