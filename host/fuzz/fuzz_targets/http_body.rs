@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
             "{request:?} denied: {decision:?}"
         );
     }
-    let reload: Reloader = Arc::new(|| {
+    let reload: Reloader = Arc::new(|_force| {
         Ok(Reloaded {
             version: 0,
             warnings: Vec::new(),
@@ -115,10 +115,12 @@ fn setup() -> Vec<Decide> {
         Decide::Subscribe {
             account: "acme".into(),
             plan: "base".into(),
+            anchor: None,
         },
         Decide::Subscribe {
             account: "tiny".into(),
             plan: "tiny".into(),
+            anchor: None,
         },
         lead("acme", "ann@example.com"),
         lead("tiny", "a@x.io"),
