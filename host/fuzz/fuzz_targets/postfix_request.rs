@@ -162,7 +162,11 @@ fn check_request(limits: Limits, request: &PolicyRequest) {
         limits.max_request_bytes
     );
     let repeated = request.repeated();
-    for name in repeated.iter().copied().chain(request.non_utf8().iter().map(String::as_str)) {
+    for name in repeated
+        .iter()
+        .copied()
+        .chain(request.non_utf8().iter().map(String::as_str))
+    {
         assert!(
             attributes.contains_key(name),
             "{name} is noted as repeated or not UTF-8 but is not an attribute"

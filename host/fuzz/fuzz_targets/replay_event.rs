@@ -78,9 +78,7 @@ fn canonical_line(at: i64, request: &Request) -> String {
                 EmailKind::FollowUp => "follow_up",
                 EmailKind::Reply => "reply",
             };
-            if let Some(id) = message_id {
-                name("message_id", id);
-            }
+            let message_id = message_id.as_deref().map(|id| event_id(id, &name));
             json!({
                 "op": "send_email", "account": name("account", account), "to": to,
                 "kind": kind, "message_id": message_id,
@@ -91,9 +89,7 @@ fn canonical_line(at: i64, request: &Request) -> String {
             cost,
             message_id,
         } => {
-            if let Some(id) = message_id {
-                name("message_id", id);
-            }
+            let message_id = message_id.as_deref().map(|id| event_id(id, &name));
             json!({
                 "op": "charge_email", "account": name("account", account), "cost": cost,
                 "message_id": message_id,
@@ -104,4 +100,14 @@ fn canonical_line(at: i64, request: &Request) -> String {
     };
     fields["at"] = Value::from(format_instant(at));
     fields.to_string()
+}
+
+/// The `message_id` an event carried: the parsed request holds it in replay's
+/// namespace (`replay/<id>`), which the event itself does not spell.
+fn event_id(id: &str, name: &impl Fn(&str, &str) -> serde_json::Value) -> serde_json::Value {
+    let prefix = creditgate::request::Origin::Replay.prefix();
+    let bare = id
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("a replayed message id outside {prefix:?}: {id:?}"));
+    name("message_id", bare)
 }
