@@ -496,11 +496,22 @@ impl Gateway {
         let checked = validate(&runtime, policy)
             .map_err(ReloadError::from)
             .and_then(|summary| {
-                if force {
+                // Only the plans this reload takes away can strand an account: with
+                // none, nothing is scanned, and accounts a forced reload stranded
+                // before do not block every reload after it.
+                let in_force = self.plans();
+                let removed: Vec<&String> = in_force
+                    .iter()
+                    .filter(|p| !summary.plans.iter().any(|n| &n.name == *p))
+                    .collect();
+                if force || removed.is_empty() {
                     return Ok(summary);
                 }
-                let stranded =
-                    stranded_plans(&runtime, self.store.clone(), policy, crate::time::now())?;
+                let stranded: Vec<StrandedPlan> =
+                    stranded_plans(&runtime, self.store.clone(), policy, crate::time::now())?
+                        .into_iter()
+                        .filter(|p| removed.contains(&&p.plan))
+                        .collect();
                 if stranded.is_empty() {
                     Ok(summary)
                 } else {

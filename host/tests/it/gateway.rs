@@ -286,6 +286,30 @@ fn a_reload_that_drops_a_plan_in_use_is_refused_unless_forced() {
         1,
         "initech is still on it"
     );
+
+    // Accounts a forced reload stranded do not block the reloads after it: only
+    // the plans a reload takes away count, and this one takes none.
+    gateway
+        .reload(without_large, None, false)
+        .expect("nothing more is stranded");
+    // One that takes away `small` (acme and globex are on it) names only it.
+    let err = gateway
+        .reload(
+            "[plans.other]\nlead_credits = 1\nemail_credits = 1\n",
+            None,
+            false,
+        )
+        .expect_err("strands acme and globex");
+    let ReloadError::StrandsAccounts(stranded) = &err else {
+        panic!("expected StrandsAccounts, got {err}");
+    };
+    assert_eq!(
+        stranded,
+        &[creditgate::gateway::StrandedPlan {
+            plan: "small".into(),
+            accounts: 2
+        }]
+    );
 }
 
 /// Issue 14, item 9: a reload loads the new policy into an instance for every
