@@ -337,11 +337,7 @@ struct PlansJson {
 }
 
 async fn plans(State(bulk): State<Bulk>) -> ApiResult<Response> {
-    let gateway = bulk.gateway.clone();
-    let (version, summary) = tokio::task::spawn_blocking(move || gateway.policy_summary())
-        .await
-        .map_err(|e| ApiError::internal(format!("the policy task failed: {e}")))?
-        .map_err(|e| ApiError::internal(format!("cannot read the policy in force: {e}")))?;
+    let (version, summary) = bulk.gateway.policy_summary();
     Ok(json(&PlansJson {
         version,
         plans: summary

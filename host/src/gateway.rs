@@ -182,6 +182,8 @@ struct Version {
     prepared: Vec<Mutex<Option<Worker>>>,
     /// The plans the policy defines, for messages that say what is accepted.
     plans: Arc<[String]>,
+    /// What loading the policy found, kept from the validation that let it in.
+    summary: Arc<PolicySummary>,
 }
 
 impl Version {
@@ -268,6 +270,7 @@ impl Gateway {
             policy: Arc::from(policy),
             prepared: Vec::new(),
             plans: plan_names(&summary),
+            summary: Arc::new(summary.clone()),
         }));
         let (writes, write_queue) = mpsc::channel::<Job>();
         let (reads, read_queue) = mpsc::channel::<Job>();
@@ -533,6 +536,7 @@ impl Gateway {
             policy: Arc::from(policy),
             prepared,
             plans: plan_names(&summary),
+            summary: Arc::new(summary.clone()),
         };
         let mut stats = self.stats();
         stats.reloads += 1;
@@ -586,18 +590,11 @@ impl Gateway {
         stranded_plans(&runtime, self.store.clone(), &policy, crate::time::now())
     }
 
-    /// The version number in force and its policy's summary, as loading it on a
-    /// scratch instance finds it (about a millisecond; no worker is used).
-    pub fn policy_summary(&self) -> Result<(u64, PolicySummary), LoadError> {
-        let (number, runtime, policy) = {
-            let version = self.version.read().unwrap_or_else(PoisonError::into_inner);
-            (
-                version.number,
-                version.runtime.clone(),
-                version.policy.clone(),
-            )
-        };
-        validate(&runtime, &policy).map(|summary| (number, summary))
+    /// The version number in force and its policy's summary, as the validation
+    /// that let the policy in found it.
+    pub fn policy_summary(&self) -> (u64, Arc<PolicySummary>) {
+        let version = self.version.read().unwrap_or_else(PoisonError::into_inner);
+        (version.number, version.summary.clone())
     }
 
     /// The version number in force; it grows by one at each successful reload.
