@@ -1357,7 +1357,7 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
     ));
     let stopped_together = |round: &str| -> Vec<Result<CounterAdded, StoreError>> {
         server.signal("STOP");
-        let answers = std::thread::scope(|t| {
+        std::thread::scope(|t| {
             let callers: Vec<_> = (0..CALLERS)
                 .map(|i| {
                     let store = &store;
@@ -1378,8 +1378,7 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
                 .into_iter()
                 .map(|c| c.join().expect("caller"))
                 .collect::<Vec<_>>()
-        });
-        answers
+        })
     };
 
     assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
