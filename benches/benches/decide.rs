@@ -158,8 +158,8 @@ fn account(i: usize) -> String {
 }
 
 /// `creditgate serve`'s default worker count: `per_core` workers a core, 2 on
-/// redb and 8 on Redis, where a worker mostly waits out a round trip (see
-/// `host/src/cli/serve.rs`).
+/// redb and 32 on Redis, where a worker mostly waits out a round trip and the
+/// server's fsync, which the calls in flight share (see `host/src/cli/serve.rs`).
 fn serve_workers(per_core: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (per_core * cores).max(2)
@@ -251,7 +251,7 @@ fn gateways(c: &mut Criterion) {
                     let store = RedisStore::open(&format!("{}?prefix=bench", server.url()))
                         .unwrap_or_else(|e| panic!("connects to {}: {e}", server.url()));
                     (
-                        start_gateway(&runtime, Arc::new(store), serve_workers(8)),
+                        start_gateway(&runtime, Arc::new(store), serve_workers(32)),
                         server,
                     )
                 });
