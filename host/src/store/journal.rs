@@ -158,13 +158,16 @@ pub(super) struct Replayed {
     pub last: u64,
 }
 
+/// What replay calls with each record: its number and payload.
+pub(super) type Apply<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// Reads the journal in `file` and calls `apply(seq, payload)` for each record
 /// past `from.applied`, in order.
 pub(super) fn replay(
     file: &dyn StorageBackend,
     shown: &str,
     from: &ReplayFrom,
-    apply: &mut dyn FnMut(u64, &[u8]) -> Result<(), StoreError>,
+    apply: &mut Apply<'_>,
 ) -> Result<Replayed, StoreError> {
     let io_error =
         |e: io::Error| StoreError::Unavailable(format!("reading the journal {shown}: {e}"));
@@ -193,10 +196,7 @@ pub(super) fn replay(
         last: from.applied,
     };
     let mut previous: Option<(u64, u64)> = None;
-    loop {
-        let Some(bytes) = reader.bytes(at, RECORD_HEADER).map_err(io_error)? else {
-            break;
-        };
+    while let Some(bytes) = reader.bytes(at, RECORD_HEADER).map_err(io_error)? {
         let mut head = [0u8; RECORD_HEADER];
         head.copy_from_slice(bytes);
         let len = u32::from_le_bytes(field(&head, 0));
@@ -981,7 +981,7 @@ mod tests {
         Op::RecordInsert {
             scope: "acme",
             key: "k",
-            value: if i % 2 == 0 { "even" } else { "odd!" },
+            value: if i.is_multiple_of(2) { "even" } else { "odd!" },
         }
     }
 

@@ -232,11 +232,15 @@ pub struct OpenOptions {
     pub checkpoint_bytes: u64,
 }
 
-/// Records between checkpoints by default: replayed at about REPLAY_NS each
-/// (measured), a full journal replays in well under the 300 ms a restart may take.
-const CHECKPOINT_RECORDS: u64 = 50_000;
-/// Bytes between checkpoints by default: a few bulk imports fill it first.
-const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// Records between checkpoints by default. Replay re-runs each primitive in
+/// transactions of REPLAY_BATCH, about a quarter of what applying it took the
+/// first time (`cargo bench --bench decide -- store/recover`), so a full
+/// journal replays in tens of milliseconds on a release build; a checkpoint
+/// costs one redb durable commit (a few ms), every quarter second at 40,000
+/// charges a second.
+const CHECKPOINT_RECORDS: u64 = 10_000;
+/// Bytes between checkpoints by default: bulk imports fill it before the count.
+const CHECKPOINT_BYTES: u64 = 8 << 20;
 
 impl Default for OpenOptions {
     fn default() -> Self {
