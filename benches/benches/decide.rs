@@ -411,6 +411,24 @@ fn loading(c: &mut Criterion) {
     group.finish();
 }
 
+/// One email charged to `account` on `store`, message `i` (an idempotency key
+/// each), as the policy charges it.
+fn charge(store: &RedbStore, account: &str, i: u64) {
+    let once = creditgate::bindings::Once {
+        key: format!("msg/0/{i}"),
+        fingerprint: i,
+        expires_at: i64::MAX,
+    };
+    let add = CounterAdd {
+        amount: 1,
+        limit: None,
+        once: Some(&once),
+        expires_at: None,
+        now: T0,
+    };
+    store.counter_add(account, "email/0", add).expect("adds");
+}
+
 /// The disk under the store against the store's commit, side by side:
 /// `store/commit/fdatasync` writes 4 KiB into a file written before (as the
 /// journal reuses its file) and syncs it; `fdatasync-append` appends 4 KiB to a
@@ -451,19 +469,7 @@ fn commits(c: &mut Criterion) {
     let mut i = 0u64;
     let mut commit = || {
         i += 1;
-        let once = creditgate::bindings::Once {
-            key: format!("msg/0/{i}"),
-            fingerprint: i,
-            expires_at: i64::MAX,
-        };
-        let add = CounterAdd {
-            amount: 1,
-            limit: None,
-            once: Some(&once),
-            expires_at: None,
-            now: T0,
-        };
-        store.counter_add("acme", "email/0", add).expect("adds");
+        charge(&store, "acme", i);
         store.persist().expect("durable");
     };
 
@@ -519,21 +525,7 @@ fn recovery(_: &mut Criterion) {
     let store = RedbStore::open(&path).expect("opens");
     let applying = Instant::now();
     for i in 0..records {
-        let once = creditgate::bindings::Once {
-            key: format!("msg/0/{i}"),
-            fingerprint: i,
-            expires_at: i64::MAX,
-        };
-        let add = CounterAdd {
-            amount: 1,
-            limit: None,
-            once: Some(&once),
-            expires_at: None,
-            now: T0,
-        };
-        store
-            .counter_add(&format!("acct{}", i % 100), "email/0", add)
-            .expect("adds");
+        charge(&store, &format!("acct{}", i % 100), i);
         if i % 64 == 63 {
             store.persist().expect("durable");
         }

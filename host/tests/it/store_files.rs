@@ -214,16 +214,8 @@ const POLICY: &str = "[plans.base]\nlead_credits = 10\nemail_credits = 10\n";
 /// 2026-03-01T00:00:00Z.
 const NOW: i64 = 1_772_323_200_000_000_000;
 
-#[test]
-fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("live.redb");
-    // A checkpoint every 7 records: the copies cross several.
-    let options = OpenOptions {
-        checkpoint_records: 7,
-        ..OpenOptions::default()
-    };
-    let store = Arc::new(RedbStore::open_with(&path, options).expect("opens"));
+/// A worker on `store` after subscribing acme to `base`, durably.
+fn subscribed(store: &Arc<RedbStore>) -> creditgate::runtime::Worker {
     let mut worker = harness::worker_on(store.clone(), POLICY);
     let subscribe = Request::Subscribe {
         account: "acme".into(),
@@ -235,6 +227,20 @@ fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
         None
     );
     store.persist().expect("durable");
+    worker
+}
+
+#[test]
+fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("live.redb");
+    // A checkpoint every 7 records: the copies cross several.
+    let options = OpenOptions {
+        checkpoint_records: 7,
+        ..OpenOptions::default()
+    };
+    let store = Arc::new(RedbStore::open_with(&path, options).expect("opens"));
+    let mut worker = subscribed(&store);
     for i in 0..10 {
         let charge = Request::ChargeEmail {
             account: "acme".into(),
@@ -266,17 +272,7 @@ fn a_command_that_only_reads_replays_the_journal() {
     let image = dir.path().join("image.redb");
     {
         let store = Arc::new(RedbStore::open(&path).expect("opens"));
-        let mut worker = harness::worker_on(store.clone(), POLICY);
-        let subscribe = Request::Subscribe {
-            account: "acme".into(),
-            plan: "base".into(),
-            anchor: None,
-        };
-        assert_eq!(
-            worker.decide(&subscribe, NOW).expect("decides").denied,
-            None
-        );
-        store.persist().expect("durable");
+        subscribed(&store);
         crash_copy(&path, &image);
     }
     let o = run(&image, &["account", "list"], b"");
