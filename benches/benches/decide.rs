@@ -235,6 +235,20 @@ fn gateways(c: &mut Criterion) {
         });
         b.iter_custom(|iters| concurrently(gateway, iters))
     });
+    // The group commit's figures: how many charges each disk sync carried.
+    if let Some(gateway) = &redb {
+        let stats = gateway.snapshot();
+        let commits = stats.commit.summary();
+        println!(
+            "decide/email/wasm/redb: {} commits carried {} decisions ({:.1} per sync), \
+             commit p50 {} us, p99 {} us",
+            commits.count,
+            stats.committed,
+            stats.committed as f64 / commits.count.max(1) as f64,
+            commits.p50 / 1_000,
+            commits.p99 / 1_000,
+        );
+    }
     drop(redb);
 
     match on_path("redis-server") {
