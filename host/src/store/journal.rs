@@ -51,8 +51,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use redb::StorageBackend;
+use redb::backends::FileBackend;
 
-use super::{CounterAdd, Guard, Instant, ScopeDump, Store, StoreError};
+use super::{CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, WrapStorage};
 use crate::bindings::Once;
 
 /// Bytes before the first record.
@@ -80,6 +81,68 @@ fn poisoned<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section below leaves the state whole between statements
     // that cannot panic, so a poisoned lock still holds a usable state.
     lock.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Opens the journal of the store at `path`, creating it when `fresh` (a new
+/// ledger) or missing, locked, and wrapped by `wrap` (see
+/// [`super::OpenOptions::storage`]).
+pub(super) fn open_file(
+    path: &Path,
+    wrap: Option<&WrapStorage>,
+    id: u64,
+    fresh: bool,
+) -> Result<Box<dyn StorageBackend>, StoreError> {
+    let at = path_of(path);
+    let what = format!("opening the journal {}", at.display());
+    if fresh || !at.exists() {
+        if !fresh {
+            tracing::warn!(
+                journal = %at.display(),
+                "the store's journal is missing: a new one is started (whatever it held \
+                 since the last checkpoint is gone)"
+            );
+        }
+        create(&at, id).map_err(|e| unavailable(&what, e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&at)
+        .map_err(|e| unavailable(&what, e))?;
+    // Locked like the database, though only a process holding the database
+    // opens it; released when the file closes, with the store.
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StoreError::Locked {
+                path: at.display().to_string(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(unavailable(&what, e)),
+    }
+    let storage: Box<dyn StorageBackend> =
+        Box::new(FileBackend::new(file).map_err(|e| unavailable(&what, e))?);
+    Ok(match wrap {
+        Some(wrap) => wrap(&at, storage),
+        None => storage,
+    })
+}
+
+/// A number for a new store's id: random enough that two stores' differ.
+pub(super) fn new_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {e}"))
 }
 
 /// Creates a journal for the store `id` at `path`, replacing any file there:

@@ -449,8 +449,8 @@ fn open_database(path: &Path, options: &OpenOptions) -> Result<Opened, StoreErro
     opened
 }
 
-/// Opens the journal of the store at `path`, creating it when `fresh` (a new
-/// ledger) or missing.
+/// Opens the journal of the store at `path` (see [`journal::open_file`]),
+/// behind the store's fence.
 fn open_journal(
     path: &Path,
     options: &OpenOptions,
@@ -458,57 +458,11 @@ fn open_journal(
     id: u64,
     fresh: bool,
 ) -> Result<Box<dyn StorageBackend>, StoreError> {
-    let at = journal::path_of(path);
-    let what = format!("opening the journal {}", at.display());
-    if fresh || !at.exists() {
-        if !fresh {
-            tracing::warn!(
-                journal = %at.display(),
-                "the store's journal is missing: a new one is started (whatever it held \
-                 since the last checkpoint is gone)"
-            );
-        }
-        journal::create(&at, id).map_err(|e| unavailable(&what, e))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&at)
-        .map_err(|e| unavailable(&what, e))?;
-    // Locked like the database, though only a process holding the database
-    // opens it; released when the file closes, with the store.
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(StoreError::Locked {
-                path: at.display().to_string(),
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(unavailable(&what, e)),
-    }
-    let storage: Box<dyn StorageBackend> =
-        Box::new(FileBackend::new(file).map_err(|e| unavailable(&what, e))?);
-    let storage = match &options.storage {
-        Some(wrap) => wrap(&at, storage),
-        None => storage,
-    };
+    let storage = journal::open_file(path, options.storage.as_deref(), id, fresh)?;
     Ok(Box::new(Fenced {
         storage,
         fence: fence.clone(),
     }))
-}
-
-/// A number for a new store's id: random enough that two stores' differ.
-fn new_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 fn database(
@@ -568,7 +522,7 @@ fn database(
         };
         let id = match get(ID)? {
             Some(id) => id,
-            None => new_id(),
+            None => journal::new_id(),
         };
         let boot = get(BOOT)?.unwrap_or(0).saturating_add(1);
         let applied = get(APPLIED)?.unwrap_or(0);
