@@ -17,6 +17,7 @@ mod model;
 mod operator;
 mod packaging;
 mod postfix_e2e;
+mod power;
 mod properties;
 mod redis;
 mod replay;
