@@ -69,7 +69,9 @@ impl State for NativeState {
         key: &str,
         value: &str,
     ) -> Result<bool, guest::StateError> {
-        self.store.record_insert(scope, key, value).map_err(state_error)
+        self.store
+            .record_insert(scope, key, value)
+            .map_err(state_error)
     }
     fn record_update(
         &mut self,
@@ -77,10 +79,14 @@ impl State for NativeState {
         key: &str,
         value: &str,
     ) -> Result<bool, guest::StateError> {
-        self.store.record_update(scope, key, value).map_err(state_error)
+        self.store
+            .record_update(scope, key, value)
+            .map_err(state_error)
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Result<u64, guest::StateError> {
-        self.store.counter_get(scope, name, now).map_err(state_error)
+        self.store
+            .counter_get(scope, name, now)
+            .map_err(state_error)
     }
     fn member_add_many(
         &mut self,

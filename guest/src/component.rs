@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use crate::bindings::creditgate::policy::state::{self as imports, Name};
-use crate::bindings::exports::creditgate::policy::policy::{Account, Guest};
+use crate::bindings::exports::creditgate::policy::policy::{Account, Campaign, Guest};
 use crate::bindings::{
     CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Guard, GuardedAdd,
     GuardedMember, Instant, LeadBatch, MemberRemoved, MembersAdded, Once, PolicySummary,
@@ -23,6 +23,8 @@ thread_local! {
     static NAMES: RefCell<Names> = RefCell::new(Names::default());
     /// Account names by handle (WIT `account-handle`).
     static ACCOUNTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Campaign names by handle (WIT `campaign-handle`).
+    static CAMPAIGNS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Names this instance has interned through the host, so that each is interned
@@ -155,8 +157,21 @@ struct Component;
 
 crate::bindings::export!(Component with_types_in crate::bindings);
 
-/// Runs `f` on the engine with the name of `account`; a handle this instance
-/// did not give is an invalid request.
+/// The name behind `handle` in `names`; a handle this instance did not give is
+/// an invalid request.
+fn named<'n>(names: &'n [String], handle: u32, what: &str) -> Result<&'n str, Error> {
+    usize::try_from(handle)
+        .ok()
+        .and_then(|i| names.get(i))
+        .map(String::as_str)
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "{what} handle {handle} was not given by this instance (or was forgotten)"
+            ))
+        })
+}
+
+/// Runs `f` on the engine with the name of `account`.
 fn with_account<T>(
     account: Account,
     f: impl FnOnce(&Engine, &str) -> Result<T, Error>,
@@ -164,30 +179,49 @@ fn with_account<T>(
     bound_names();
     ACCOUNTS.with(|accounts| {
         let accounts = accounts.borrow();
-        let name = usize::try_from(account)
-            .ok()
-            .and_then(|i| accounts.get(i))
-            .ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "account handle {account} was not given by this instance (or was forgotten)"
-                ))
-            })?;
+        let name = named(&accounts, account, "account")?;
         ENGINE.with(|engine| f(&engine.borrow(), name))
     })
 }
 
+/// Runs `f` on the engine with the names of `account` and `campaign`.
+fn with_campaign<T>(
+    account: Account,
+    campaign: Campaign,
+    f: impl FnOnce(&Engine, &str, &str) -> Result<T, Error>,
+) -> Result<T, Error> {
+    bound_names();
+    ACCOUNTS.with(|accounts| {
+        CAMPAIGNS.with(|campaigns| {
+            let accounts = accounts.borrow();
+            let campaigns = campaigns.borrow();
+            let account = named(&accounts, account, "account")?;
+            let campaign = named(&campaigns, campaign, "campaign")?;
+            ENGINE.with(|engine| f(&engine.borrow(), account, campaign))
+        })
+    })
+}
+
+/// Keeps `name` under a new handle in `names`.
+fn push_handle(names: &RefCell<Vec<String>>, name: String) -> u32 {
+    let mut names = names.borrow_mut();
+    names.push(name);
+    // The host forgets handles long before 2^32 of them (see the WIT).
+    u32::try_from(names.len() - 1).unwrap_or(u32::MAX)
+}
+
 impl Guest for Component {
     fn account_handle(name: String) -> Account {
-        ACCOUNTS.with(|accounts| {
-            let mut accounts = accounts.borrow_mut();
-            accounts.push(name);
-            // The host forgets handles long before 2^32 of them (see the WIT).
-            u32::try_from(accounts.len() - 1).unwrap_or(u32::MAX)
-        })
+        ACCOUNTS.with(|accounts| push_handle(accounts, name))
     }
 
-    fn forget_accounts() {
+    fn campaign_handle(name: String) -> Campaign {
+        CAMPAIGNS.with(|campaigns| push_handle(campaigns, name))
+    }
+
+    fn forget_handles() {
         ACCOUNTS.with(|accounts| *accounts.borrow_mut() = Vec::new());
+        CAMPAIGNS.with(|campaigns| *campaigns.borrow_mut() = Vec::new());
         ENGINE.with(|e| e.borrow().forget_known());
     }
 
@@ -201,46 +235,58 @@ impl Guest for Component {
         anchor: Instant,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_account(account, |e, account| e.subscribe(&mut Host, account, &plan, anchor, now))
+        with_account(account, |e, account| {
+            e.subscribe(&mut Host, account, &plan, anchor, now)
+        })
     }
 
     fn change_plan(account: Account, plan: String, now: Instant) -> Result<Decision, Error> {
-        with_account(account, |e, account| e.change_plan(&mut Host, account, &plan, now))
+        with_account(account, |e, account| {
+            e.change_plan(&mut Host, account, &plan, now)
+        })
     }
 
     fn add_lead(
         account: Account,
-        campaign: String,
+        campaign: Campaign,
         email: String,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_account(account, |e, account| e.add_lead(&mut Host, account, &campaign, &email, now))
+        with_campaign(account, campaign, |e, account, campaign| {
+            e.add_lead(&mut Host, account, campaign, &email, now)
+        })
     }
 
     fn add_leads(
         account: Account,
-        campaign: String,
+        campaign: Campaign,
         emails: Vec<String>,
         now: Instant,
     ) -> Result<LeadBatch, Error> {
-        with_account(account, |e, account| e.add_leads(&mut Host, account, &campaign, &emails, now))
+        with_campaign(account, campaign, |e, account, campaign| {
+            e.add_leads(&mut Host, account, campaign, &emails, now)
+        })
     }
 
     fn delete_lead(
         account: Account,
-        campaign: String,
+        campaign: Campaign,
         email: String,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_account(account, |e, account| e.delete_lead(&mut Host, account, &campaign, &email, now))
+        with_campaign(account, campaign, |e, account, campaign| {
+            e.delete_lead(&mut Host, account, campaign, &email, now)
+        })
     }
 
     fn delete_campaign_leads(
         account: Account,
-        campaign: String,
+        campaign: Campaign,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_account(account, |e, account| e.delete_campaign_leads(&mut Host, account, &campaign, now))
+        with_campaign(account, campaign, |e, account, campaign| {
+            e.delete_campaign_leads(&mut Host, account, campaign, now)
+        })
     }
 
     fn send_email(
@@ -250,7 +296,9 @@ impl Guest for Component {
         message_id: Option<String>,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_account(account, |e, account| e.send_email(&mut Host, account, &to, kind, message_id.as_deref(), now))
+        with_account(account, |e, account| {
+            e.send_email(&mut Host, account, &to, kind, message_id.as_deref(), now)
+        })
     }
 
     fn charge_email(
@@ -259,19 +307,29 @@ impl Guest for Component {
         message_id: Option<String>,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_account(account, |e, account| e.charge_email(&mut Host, account, cost, message_id.as_deref(), now))
+        with_account(account, |e, account| {
+            e.charge_email(&mut Host, account, cost, message_id.as_deref(), now)
+        })
     }
 
     fn check_email(account: Account, cost: u64, now: Instant) -> Result<Decision, Error> {
-        with_account(account, |e, account| e.check_email(&mut Host, account, cost, now))
+        with_account(account, |e, account| {
+            e.check_email(&mut Host, account, cost, now)
+        })
     }
 
     fn usage(account: Account, now: Instant) -> Result<Decision, Error> {
         with_account(account, |e, account| e.usage(&mut Host, account, now))
     }
 
-    fn email_history(account: Account, cycles: u32, now: Instant) -> Result<Vec<CycleUsage>, Error> {
-        with_account(account, |e, account| e.email_history(&mut Host, account, cycles, now))
+    fn email_history(
+        account: Account,
+        cycles: u32,
+        now: Instant,
+    ) -> Result<Vec<CycleUsage>, Error> {
+        with_account(account, |e, account| {
+            e.email_history(&mut Host, account, cycles, now)
+        })
     }
 
     fn find_invalid_email(

@@ -705,7 +705,12 @@ impl Engine {
             )))
         })?;
         // The plan's index in the policy summary, whose order is the map's.
-        let found = match policy.plans.iter().enumerate().find(|(_, (n, _))| *n == plan_name) {
+        let found = match policy
+            .plans
+            .iter()
+            .enumerate()
+            .find(|(_, (n, _))| *n == plan_name)
+        {
             Some((index, (_, plan))) => Ok(Account {
                 anchor,
                 plan_name: plan_name.to_string(),

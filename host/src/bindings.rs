@@ -26,8 +26,8 @@ pub use wit::creditgate::policy::state::{
 };
 pub use wit::exports::creditgate::policy::policy::AddressProblem;
 pub use wit::exports::creditgate::policy::policy::{
-    Alert, Credit, CycleUsage, Diagnostic, EmailKind, EmailUsage, Error as GuestError,
-    LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
+    Alert, Credit, CycleUsage, Diagnostic, EmailKind, EmailUsage, Error as GuestError, LeadOutcome,
+    LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
 };
 
 /// An account's plan and usage at one instant (WIT `account-usage`, with the

@@ -42,7 +42,10 @@ impl Timing {
     pub fn merge(&mut self, other: &Timing) {
         if let Some(theirs) = &other.histogram {
             // Same bounds on both sides: `add` cannot fail.
-            let _ = self.histogram.get_or_insert_with(new_histogram).add(&**theirs);
+            let _ = self
+                .histogram
+                .get_or_insert_with(new_histogram)
+                .add(&**theirs);
         }
         self.sum_nanos += other.sum_nanos;
     }

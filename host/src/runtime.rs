@@ -298,6 +298,7 @@ impl Runtime {
             policy: Arc::from(policy),
             plans: Vec::new(),
             accounts: HashMap::default(),
+            campaigns: HashMap::default(),
             calls: 0,
             latencies: Latencies::default(),
             last_call: None,
@@ -891,9 +892,9 @@ impl Hasher for Fnv {
     }
 }
 
-/// Account handles a worker keeps before it asks its instance to forget them all
-/// (see the WIT's `forget-accounts`).
-const MAX_ACCOUNT_HANDLES: usize = 16_384;
+/// Account and campaign handles a worker keeps before it asks its instance to
+/// forget them all (see the WIT's `forget-handles`).
+const MAX_HANDLES: usize = 16_384;
 
 /// Answers decisions on one thread: an instance of the component with a policy
 /// loaded, and the latency of every decision it made.
@@ -908,6 +909,8 @@ pub struct Worker {
     plans: Vec<String>,
     /// Handles of the accounts the instance has resolved (WIT `account-handle`).
     accounts: HashMap<String, u32, BuildHasherDefault<Fnv>>,
+    /// Handles of the campaigns the instance has resolved (WIT `campaign-handle`).
+    campaigns: HashMap<String, u32, BuildHasherDefault<Fnv>>,
     /// Calls so far, to pick the ones whose guest/store split is timed.
     calls: u32,
     latencies: Latencies,
@@ -996,17 +999,24 @@ impl Worker {
 
     fn decide_unchecked(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let budget = self.config.decision_budget;
+        self.make_room_for_handles()?;
         let account = self.account_handle(request.account())?;
+        let campaign = match request {
+            Request::AddLead { campaign, .. }
+            | Request::DeleteLead { campaign, .. }
+            | Request::DeleteCampaignLeads { campaign, .. } => self.campaign_handle(campaign)?,
+            _ => 0,
+        };
         let decision = self.call(request.op(), budget, |p, s| match request {
-            Request::Subscribe { plan, anchor, .. } => p.call_subscribe(s, account, plan, anchor.unwrap_or(now), now),
+            Request::Subscribe { plan, anchor, .. } => {
+                p.call_subscribe(s, account, plan, anchor.unwrap_or(now), now)
+            }
             Request::ChangePlan { plan, .. } => p.call_change_plan(s, account, plan, now),
-            Request::AddLead {
-                campaign, email, ..
-            } => p.call_add_lead(s, account, campaign, email, now),
-            Request::DeleteLead {
-                campaign, email, ..
-            } => p.call_delete_lead(s, account, campaign, email, now),
-            Request::DeleteCampaignLeads { campaign, .. } => {
+            Request::AddLead { email, .. } => p.call_add_lead(s, account, campaign, email, now),
+            Request::DeleteLead { email, .. } => {
+                p.call_delete_lead(s, account, campaign, email, now)
+            }
+            Request::DeleteCampaignLeads { .. } => {
                 p.call_delete_campaign_leads(s, account, campaign, now)
             }
             Request::SendEmail {
@@ -1030,17 +1040,35 @@ impl Worker {
         })
     }
 
+    /// Makes the instance forget every handle when there may not be room for
+    /// the two a request resolves (see the WIT's `forget-handles`). Before
+    /// resolving them, so that it never forgets one a request is about to use.
+    fn make_room_for_handles(&mut self) -> Result<(), DecideError> {
+        if self.accounts.len() + self.campaigns.len() + 2 > MAX_HANDLES {
+            self.plain_call(|p, s| p.call_forget_handles(s))?;
+            self.accounts.clear();
+            self.campaigns.clear();
+        }
+        Ok(())
+    }
+
     /// The handle of `account` in this instance, resolved on first use.
     fn account_handle(&mut self, account: &str) -> Result<u32, DecideError> {
         if let Some(&handle) = self.accounts.get(account) {
             return Ok(handle);
         }
-        if self.accounts.len() >= MAX_ACCOUNT_HANDLES {
-            self.plain_call(|p, s| p.call_forget_accounts(s))?;
-            self.accounts.clear();
-        }
         let handle = self.plain_call(|p, s| p.call_account_handle(s, account))?;
         self.accounts.insert(account.to_string(), handle);
+        Ok(handle)
+    }
+
+    /// The handle of `campaign` in this instance, resolved on first use.
+    fn campaign_handle(&mut self, campaign: &str) -> Result<u32, DecideError> {
+        if let Some(&handle) = self.campaigns.get(campaign) {
+            return Ok(handle);
+        }
+        let handle = self.plain_call(|p, s| p.call_campaign_handle(s, campaign))?;
+        self.campaigns.insert(campaign.to_string(), handle);
         Ok(handle)
     }
 
@@ -1101,9 +1129,11 @@ impl Worker {
         let per_address = Duration::from_micros(20)
             .saturating_mul(u32::try_from(emails.len()).unwrap_or(u32::MAX));
         let budget = self.config.decision_budget.saturating_add(per_address);
+        self.make_room_for_handles()?;
         let handle = self.account_handle(account)?;
+        let group = self.campaign_handle(campaign)?;
         let batch = self.call(Op::AddLeads, budget, |p, s| {
-            p.call_add_leads(s, handle, campaign, emails, now)
+            p.call_add_leads(s, handle, group, emails, now)
         })?;
         let expected = if batch.denied.is_some() {
             0
@@ -1143,6 +1173,7 @@ impl Worker {
         now: i64,
     ) -> Result<Vec<CycleUsage>, DecideError> {
         let budget = self.config.decision_budget;
+        self.make_room_for_handles()?;
         let handle = self.account_handle(account)?;
         let history = self.call(Op::EmailHistory, budget, |p, s| {
             p.call_email_history(s, handle, cycles, now)
@@ -1241,6 +1272,7 @@ impl Worker {
     fn replace_instance(&mut self) -> Result<(), LoadError> {
         let store = self.instance.shared_store();
         self.accounts.clear();
+        self.campaigns.clear();
         self.instance = Instance::new(
             &self.pre,
             &self.engine,

@@ -30,8 +30,9 @@ wit_bindgen::generate!({
 
 use creditgate::policy::state;
 use exports::creditgate::policy::policy::{
-    Account, AccountUsage, Alert, Credit, CycleUsage, Decision, Diagnostic, EmailKind, EmailUsage,
-    Error, Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanRef, PolicySummary, Reason,
+    Account, AccountUsage, Alert, Campaign, Credit, CycleUsage, Decision, Diagnostic, EmailKind,
+    EmailUsage, Error, Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanRef,
+    PolicySummary, Reason,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -53,7 +54,8 @@ thread_local! {
 
 /// The name of the account behind `handle`; an unknown handle is an invalid request.
 fn named(handle: Account) -> Result<String, Error> {
-    ACCOUNTS.with(|a| a.borrow().get(handle as usize).cloned())
+    ACCOUNTS
+        .with(|a| a.borrow().get(handle as usize).cloned())
         .ok_or_else(|| Error::InvalidRequest(format!("unknown account handle {handle}")))
 }
 
@@ -175,7 +177,11 @@ impl Guest for Hostile {
         })
     }
 
-    fn forget_accounts() {
+    fn campaign_handle(_name: String) -> Campaign {
+        0
+    }
+
+    fn forget_handles() {
         ACCOUNTS.with(|a| a.borrow_mut().clear());
     }
 
@@ -219,7 +225,7 @@ impl Guest for Hostile {
     }
     fn add_lead(
         account: Account,
-        _campaign: String,
+        _campaign: Campaign,
         _email: String,
         _now: i64,
     ) -> Result<Decision, Error> {
@@ -227,7 +233,7 @@ impl Guest for Hostile {
     }
     fn add_leads(
         account: Account,
-        _campaign: String,
+        _campaign: Campaign,
         emails: Vec<String>,
         _now: i64,
     ) -> Result<LeadBatch, Error> {
@@ -246,7 +252,7 @@ impl Guest for Hostile {
     }
     fn delete_lead(
         account: Account,
-        _campaign: String,
+        _campaign: Campaign,
         _email: String,
         _now: i64,
     ) -> Result<Decision, Error> {
@@ -254,7 +260,7 @@ impl Guest for Hostile {
     }
     fn delete_campaign_leads(
         account: Account,
-        _campaign: String,
+        _campaign: Campaign,
         _now: i64,
     ) -> Result<Decision, Error> {
         decide(account)
