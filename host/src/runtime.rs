@@ -552,6 +552,22 @@ impl CallClock {
     }
 }
 
+impl HostState {
+    /// Runs the store primitive `f` on the strings `handles` stand for, timed.
+    fn on<const N: usize, T>(
+        &mut self,
+        handles: [u32; N],
+        f: impl FnOnce(&dyn Store, [&str; N]) -> Result<T, crate::store::StoreError>,
+    ) -> Result<T, StateError> {
+        let mut texts = [""; N];
+        for (text, handle) in texts.iter_mut().zip(handles) {
+            *text = self.names.get(handle)?;
+        }
+        let store = &*self.store;
+        self.clock.timed(|| f(store, texts))
+    }
+}
+
 impl types::Host for HostState {}
 
 impl state::Host for HostState {
@@ -562,44 +578,24 @@ impl state::Host for HostState {
         self.names.forget();
     }
     fn record_get(&mut self, scope: u32, key: u32) -> Result<Option<String>, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
-        let (scope, key) = (names.get(scope)?, names.get(key)?);
-        clock.timed(|| store.record_get(scope, key))
+        self.on([scope, key], |store, [scope, key]| {
+            store.record_get(scope, key)
+        })
     }
     fn record_insert(&mut self, scope: u32, key: u32, value: String) -> Result<bool, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
-        let (scope, key) = (names.get(scope)?, names.get(key)?);
-        clock.timed(|| store.record_insert(scope, key, &value))
+        self.on([scope, key], |store, [scope, key]| {
+            store.record_insert(scope, key, &value)
+        })
     }
     fn record_update(&mut self, scope: u32, key: u32, value: String) -> Result<bool, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
-        let (scope, key) = (names.get(scope)?, names.get(key)?);
-        clock.timed(|| store.record_update(scope, key, &value))
+        self.on([scope, key], |store, [scope, key]| {
+            store.record_update(scope, key, &value)
+        })
     }
     fn counter_get(&mut self, scope: u32, counter: u32, now: i64) -> Result<u64, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
-        let (scope, counter) = (names.get(scope)?, names.get(counter)?);
-        clock.timed(|| store.counter_get(scope, counter, now))
+        self.on([scope, counter], |store, [scope, counter]| {
+            store.counter_get(scope, counter, now)
+        })
     }
     fn member_add_many(
         &mut self,
@@ -608,14 +604,9 @@ impl state::Host for HostState {
         members: Vec<String>,
         limit: Option<u64>,
     ) -> Result<MembersAdded, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
-        let (scope, group) = (names.get(scope)?, names.get(group)?);
-        clock.timed(|| store.member_add_many(scope, group, &members, limit))
+        self.on([scope, group], |store, [scope, group]| {
+            store.member_add_many(scope, group, &members, limit)
+        })
     }
     fn member_remove(
         &mut self,
@@ -623,34 +614,17 @@ impl state::Host for HostState {
         group: u32,
         member: String,
     ) -> Result<MemberRemoved, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
-        let (scope, group) = (names.get(scope)?, names.get(group)?);
-        clock.timed(|| store.member_remove(scope, group, &member))
+        self.on([scope, group], |store, [scope, group]| {
+            store.member_remove(scope, group, &member)
+        })
     }
     fn group_clear(&mut self, scope: u32, group: u32) -> Result<GroupCleared, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
-        let (scope, group) = (names.get(scope)?, names.get(group)?);
-        clock.timed(|| store.group_clear(scope, group))
+        self.on([scope, group], |store, [scope, group]| {
+            store.group_clear(scope, group)
+        })
     }
     fn member_count(&mut self, scope: u32) -> Result<u64, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
-        let scope = names.get(scope)?;
-        clock.timed(|| store.member_count(scope))
+        self.on([scope], |store, [scope]| store.member_count(scope))
     }
     fn counter_add_guarded(
         &mut self,
@@ -1199,7 +1173,7 @@ impl Worker {
         ) -> wasmtime::Result<Result<T, GuestError>>,
     ) -> Result<T, DecideError> {
         self.calls = self.calls.wrapping_add(1);
-        let split = self.calls % SPLIT_EVERY == 0;
+        let split = self.calls.is_multiple_of(SPLIT_EVERY);
         let (result, total, in_store) = self
             .instance
             .call(budget, split, |b, s| f(b.creditgate_policy_policy(), s));
