@@ -94,7 +94,7 @@ fn decisions(c: &mut Criterion) {
         Runtime::new(&ComponentSource::Builtin, RuntimeConfig::default()).expect("component loads");
     let to = vec!["ann@example.com".to_string()];
 
-    let mut st = NativeState(Arc::new(MemoryStore::new()));
+    let mut st = NativeState::new(Arc::new(MemoryStore::new()));
     let engine = native_engine(&mut st);
     c.bench_function("decide/email/native/memory", |b| {
         b.iter(|| {

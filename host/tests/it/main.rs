@@ -3,6 +3,7 @@
 mod alerts;
 mod check;
 mod cli_remote;
+mod contract;
 mod crash;
 mod dashboard;
 mod faults;
