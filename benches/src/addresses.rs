@@ -213,7 +213,11 @@ impl Iterator for Addresses {
 pub fn write_csv(out: &mut impl std::io::Write, leads: u64, seed: u64) -> std::io::Result<()> {
     writeln!(out, "first_name,last_name,email,company")?;
     for (i, email) in Addresses::new(seed).take(leads as usize).enumerate() {
-        writeln!(out, "Lead,Number {i},{email},\"Company {}, Inc.\"", i % 4_999)?;
+        writeln!(
+            out,
+            "Lead,Number {i},{email},\"Company {}, Inc.\"",
+            i % 4_999
+        )?;
     }
     Ok(())
 }
@@ -230,7 +234,11 @@ mod tests {
         assert_ne!(a, Addresses::new(8).take(20_000).collect::<Vec<_>>());
         let lower: HashSet<String> = a.iter().map(|s| s.to_ascii_lowercase()).collect();
         assert_eq!(lower.len(), a.len());
-        let domains: HashSet<&str> = a.iter().filter_map(|s| s.split_once('@')).map(|(_, d)| d).collect();
+        let domains: HashSet<&str> = a
+            .iter()
+            .filter_map(|s| s.split_once('@'))
+            .map(|(_, d)| d)
+            .collect();
         assert!(domains.len() > 2_000, "{} domains", domains.len());
         // Not sequential: neighbours in the list are far apart in byte order.
         let mut sorted = a.clone();

@@ -94,7 +94,11 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<bool> {
         .output()
         .context("running sort -u")?;
     let sort_time = started.elapsed();
-    ensure!(sort.status.success(), "sort -u failed: {}", text(&sort.stderr));
+    ensure!(
+        sort.status.success(),
+        "sort -u failed: {}",
+        text(&sort.stderr)
+    );
     let _ = std::fs::remove_file(&sorted);
 
     let cli = |args: &[&str]| -> anyhow::Result<Output> {
@@ -117,7 +121,10 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<bool> {
     };
     cli(&["account", "subscribe", "acme", "--plan", "import"])?;
 
-    eprintln!("creditgate-load: importing them with {}", creditgate.display());
+    eprintln!(
+        "creditgate-load: importing them with {}",
+        creditgate.display()
+    );
     let mut import = Command::new(&creditgate);
     import
         .args(["leads", "import", "--account", "acme", "--campaign", "list"])

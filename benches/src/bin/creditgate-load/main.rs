@@ -327,10 +327,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 .map_err(|e| format!("{e:#}")),
             (_, None) => Err("the spawned serve has no HTTP API".to_owned()),
         },
-        commits: commits_before.zip(commits_after).map(|(b, a)| spawn::CommitCounters {
-            commits: a.commits.saturating_sub(b.commits),
-            decisions: a.decisions.saturating_sub(b.decisions),
-        }),
+        commits: commits_before
+            .zip(commits_after)
+            .map(|(b, a)| spawn::CommitCounters {
+                commits: a.commits.saturating_sub(b.commits),
+                decisions: a.decisions.saturating_sub(b.decisions),
+            }),
         commit_p50: None,
     });
 
@@ -574,8 +576,8 @@ mod tests {
         .expect("parses");
         assert_eq!(cli.load.state, State::EndOfMessage);
         assert_eq!(cli.load.peer, Some(Peer::Postfwd));
-        let cli = Cli::try_parse_from(["creditgate-load", "import", "--leads", "10"])
-            .expect("parses");
+        let cli =
+            Cli::try_parse_from(["creditgate-load", "import", "--leads", "10"]).expect("parses");
         assert!(matches!(cli.command, Some(Subcommand::Import(_))));
         // The load's flags are not the import's.
         assert!(Cli::try_parse_from(["creditgate-load", "--spawn", "import"]).is_err());

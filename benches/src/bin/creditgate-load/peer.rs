@@ -59,7 +59,7 @@ impl Postfwd {
         let pid_file = dir.path().join("postfwd2.pid");
         let addr = crate::spawn::free_port()?;
         let cache = crate::spawn::free_port()?;
-        let (uid, gid) = ids()?;
+        let (user, group) = ids()?;
         let servers = connections.max(1);
         let status = Command::new(postfwd2)
             .arg("--daemon")
@@ -69,9 +69,8 @@ impl Postfwd {
             .arg(format!("--cache_socket=tcp:{cache}"))
             .arg("--pidfile")
             .arg(&pid_file)
-            // As whoever runs the benchmark (postfwd2's default, nobody, has no
-            // group of that name on Debian).
-            .args(["--user", &uid, "--group", &gid])
+            // postfwd2's default group, `nobody`, does not exist on Debian.
+            .args(["--user", &user, "--group", &group])
             .arg(format!("--min_servers={servers}"))
             .arg(format!("--max_servers={}", servers + 4))
             .arg("--min_spare_servers=1")
@@ -85,7 +84,11 @@ impl Postfwd {
                     postfwd2.display()
                 )
             })?;
-        ensure!(status.success(), "{} exited with {status}", postfwd2.display());
+        ensure!(
+            status.success(),
+            "{} exited with {status}",
+            postfwd2.display()
+        );
         let mut peer = Postfwd {
             addr,
             pid: None,
@@ -170,7 +173,13 @@ fn descendants(pid: u32) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|p| {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
             Some((p, ppid))
         })
         .collect();
@@ -178,24 +187,33 @@ fn descendants(pid: u32) -> Vec<u32> {
     let mut at = 0;
     while at < found.len() {
         let parent = found[at];
-        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         at += 1;
     }
     found
 }
 
-/// This process's real user and group ids, as numbers.
+/// The user and group the daemon runs as, by name (postfwd2 runs in Perl's taint
+/// mode, which refuses ids given as numbers): `nobody` and `nogroup` for root,
+/// else whoever runs the benchmark.
 fn ids() -> anyhow::Result<(String, String)> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(str::to_owned)
-            .with_context(|| format!("no {name} in /proc/self/status"))
+    let id = |flag: &str| -> anyhow::Result<String> {
+        let out = Command::new("id")
+            .arg(flag)
+            .output()
+            .with_context(|| format!("running id {flag}"))?;
+        ensure!(out.status.success(), "id {flag} failed");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
-    Ok((field("Uid:")?, field("Gid:")?))
+    if id("-u")? == "0" {
+        return Ok(("nobody".to_owned(), "nogroup".to_owned()));
+    }
+    Ok((id("-un")?, id("-gn")?))
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {

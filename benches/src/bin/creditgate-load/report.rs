@@ -615,7 +615,7 @@ commit (per batch)         4000    2.65 ms    6.00 ms    9.00 ms    12.00 ms
             "disk fdatasync   160.0 µs   p50 (p99 1.00 ms)",
             "serve commit     320.0 µs   p50 (serve's report, `commit (per batch)`): 2.0x the disk's fdatasync",
             "commits                20   10/s, 20.0 decisions per commit",
-            "serve CPU         100.0 µs   a decision",
+            "serve CPU        100.0 µs   a decision",
             "creditgate / postfwd2 4.00x decisions per second",
         ] {
             assert!(text.contains(line), "{line}\n{text}");
