@@ -1,5 +1,8 @@
 //! Support for the benchmarks: the guest's engine run natively over the host's own
-//! stores, so that `native` and `wasm` benchmarks differ only in the boundary.
+//! stores, so that `native` and `wasm` benchmarks differ only in the boundary;
+//! and the random lead lists of the import benchmarks ([`addresses`]).
+
+pub mod addresses;
 
 use std::sync::Arc;
 

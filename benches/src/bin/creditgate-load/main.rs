@@ -12,11 +12,22 @@
 //! also serve's start-up (spawn to first answer) and, after the run, the latency
 //! of `--reloads` hot reloads through the HTTP API.
 //!
+//! `--state end-of-message` sends pure charges instead (every request an
+//! `END-OF-MESSAGE` charge for one random recipient), the traffic mail quota
+//! servers are compared on; `--peer postfwd` then runs the same workload on
+//! postfwd2 in the same run ([`peer`]). With `--spawn`, the disk's own
+//! `fdatasync` is timed beside the store before the load ([`disk`]) and printed
+//! beside serve's commit time. `creditgate-load import` times a lead import of a
+//! random list beside `sort -u` of it ([`import`]).
+//!
 //! Only loopback targets are accepted: this is a benchmark, not a way to load
 //! someone's production gateway.
 
+mod disk;
 mod http;
+mod import;
 mod mix;
+mod peer;
 mod postfix;
 mod report;
 mod spawn;
@@ -31,8 +42,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 
-use mix::{Budget, Mix};
-use report::{RunInfo, ServeFigures, Stats};
+use mix::{Budget, Mix, State};
+use report::{PeerRun, RunInfo, ServeFigures, Stats};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -53,13 +64,43 @@ Examples:
   # timed hot reloads after the run instead of 5.
   target/release/creditgate-load --spawn --cold-start --reloads 20 --duration 5s
 
+  # Pure charges (every request an END-OF-MESSAGE charge: 100 accounts, one
+  # random recipient, 10% byte-identical re-sends) at 64 connections, then the
+  # same on postfwd2 (Debian: apt-get install postfwd) in the same run.
+  target/release/creditgate-load --spawn --state end-of-message --connections 64 \
+      --duration 20s --peer postfwd
+
+  # A lead import of 1,000,000 distinct random addresses, timed beside sort -u
+  # of the same file, with the import's peak RSS.
+  target/release/creditgate-load import --leads 1000000
+
 Exit status: 0 when every request (and every reload) got an answer, 1 when
 some failed, 2 on a usage error.";
 
 /// Load `creditgate serve` over the Postfix policy protocol or the HTTP API and
 /// report decisions per second and latency percentiles.
 #[derive(Debug, Parser)]
-#[command(name = "creditgate-load", after_help = EXAMPLES)]
+#[command(
+    name = "creditgate-load",
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+    #[command(flatten)]
+    load: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Time `creditgate leads import` of a list of random addresses beside
+    /// `sort -u` of the same file, with the import's peak RSS.
+    Import(import::ImportArgs),
+}
+
+/// What the load sends, where, and for how long.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// The Postfix policy listener to load (loopback only).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10040")]
@@ -96,17 +137,40 @@ struct Args {
     /// Stop after this long: `20s`, `500ms`, `2m`, or seconds. Default 10s.
     #[arg(long, value_name = "TIME", value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// The traffic: `mix` (a check per RCPT, then the charge at END-OF-MESSAGE)
+    /// or `end-of-message` (every request a charge, for one random recipient).
+    #[arg(long, value_enum, default_value_t = State::Mix)]
+    state: State,
     /// Accounts the traffic spreads over, named PREFIX0 .. PREFIX{N-1}.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    accounts: usize,
+    /// Default: 1000 for the mix, 100 for end-of-message.
+    #[arg(long, value_name = "N")]
+    accounts: Option<usize>,
     #[arg(long, default_value = "load-", value_name = "PREFIX")]
     account_prefix: String,
     /// Share of the accounts on the small plan, which runs out within a run.
-    #[arg(long, default_value_t = 0.1, value_name = "0..1")]
-    exhausted_share: f64,
-    /// Share of charges sent twice with the same instance (Postfix's retry).
-    #[arg(long, default_value_t = 0.05, value_name = "0..1")]
-    retry_share: f64,
+    /// Default: 0.1 for the mix, 0 for end-of-message (every charge allowed).
+    #[arg(long, value_name = "0..1")]
+    exhausted_share: Option<f64>,
+    /// Share of charges sent twice, byte for byte, with the same instance
+    /// (Postfix's retry). Default: 0.05 for the mix, 0.1 for end-of-message.
+    #[arg(long, value_name = "0..1")]
+    retry_share: Option<f64>,
+    /// After serve's run, run the same workload on a peer: `postfwd` (postfwd2,
+    /// started here as a daemon; Debian package postfwd).
+    #[arg(long, value_enum, value_name = "PEER")]
+    peer: Option<Peer>,
+    /// The postfwd2 binary for --peer postfwd. Default: /usr/sbin/postfwd2, else
+    /// `postfwd2` on $PATH.
+    #[arg(long, value_name = "PATH")]
+    postfwd: Option<PathBuf>,
+    /// 4 KiB pwrite + fdatasync probes timed beside the store before the load
+    /// (with --spawn, or with --sync-dir); 0 for none.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    sync_probes: usize,
+    /// Where to time fdatasync without --spawn: the directory of the store of
+    /// the serve under load.
+    #[arg(long, value_name = "DIR")]
+    sync_dir: Option<PathBuf>,
     /// Generator threads. The default, 1, leaves the other cores to the server.
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
@@ -120,9 +184,20 @@ struct Args {
     json: bool,
 }
 
+/// A policy server the same workload runs on, for comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Peer {
+    /// postfwd2: rate counters in memory, nothing durable.
+    Postfwd,
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Some(Subcommand::Import(args)) => import::run(args),
+        None => run(cli.load),
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -146,10 +221,24 @@ enum Target {
 fn run(args: Args) -> anyhow::Result<bool> {
     ensure!(args.connections > 0, "--connections must be at least 1");
     ensure!(args.threads > 0, "--threads must be at least 1");
-    ensure!(args.accounts > 0, "--accounts must be at least 1");
+    let end_of_message = args.state == State::EndOfMessage;
+    let accounts = args
+        .accounts
+        .unwrap_or(if end_of_message { 100 } else { 1000 });
+    let exhausted_share = args
+        .exhausted_share
+        .unwrap_or(if end_of_message { 0.0 } else { 0.1 });
+    let retry_share = args
+        .retry_share
+        .unwrap_or(if end_of_message { 0.1 } else { 0.05 });
+    ensure!(accounts > 0, "--accounts must be at least 1");
+    ensure!(
+        args.peer.is_none() || args.http.is_none(),
+        "--peer speaks the Postfix policy protocol: leave out --http"
+    );
     for (name, share) in [
-        ("--exhausted-share", args.exhausted_share),
-        ("--retry-share", args.retry_share),
+        ("--exhausted-share", exhausted_share),
+        ("--retry-share", retry_share),
     ] {
         ensure!(
             (0.0..=1.0).contains(&share),
@@ -160,10 +249,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let mix = Mix {
+        state: args.state,
         prefix: args.account_prefix.clone(),
-        accounts: args.accounts,
-        small: (args.accounts as f64 * args.exhausted_share).round() as usize,
-        retry_share: args.retry_share,
+        accounts,
+        small: (accounts as f64 * exhausted_share).round() as usize,
+        retry_share,
         seed: args.seed,
         run_id,
     };
@@ -171,8 +261,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let spawned = if args.spawn {
         let creditgate = spawn::creditgate_binary(args.creditgate.clone());
         eprintln!(
-            "creditgate-load: seeding {} accounts and starting {} serve",
-            args.accounts,
+            "creditgate-load: seeding {accounts} accounts and starting {} serve",
             creditgate.display()
         );
         Some(spawn::Spawned::start(
@@ -193,7 +282,15 @@ fn run(args: Args) -> anyhow::Result<bool> {
         (None, None) => Target::Postfix(loopback(&args.postfix)?),
     };
 
-    let budget = match (args.requests, args.duration) {
+    let sync_dir = args
+        .sync_dir
+        .clone()
+        .or_else(|| spawned.as_ref().map(|s| s.dir().to_owned()));
+    let fdatasync = match sync_dir.filter(|_| args.sync_probes > 0) {
+        Some(dir) => Some(disk::fdatasync_cost(&dir, args.sync_probes)?),
+        None => None,
+    };
+    let budget = || match (args.requests, args.duration) {
         (Some(n), _) => Budget::Requests(AtomicU64::new(n)),
         (None, duration) => {
             Budget::Until(Instant::now() + duration.unwrap_or(Duration::from_secs(10)))
@@ -208,11 +305,15 @@ fn run(args: Args) -> anyhow::Result<bool> {
         let serve = spawned.as_ref().and_then(spawn::Spawned::cpu_time);
         (serve, spawn::cpu_time(std::process::id()))
     };
+    let commits = || spawned.as_ref().and_then(spawn::Spawned::commits);
+    let mix = Arc::new(mix);
+    let commits_before = commits();
     let cpu_before = cpu();
     let started = Instant::now();
-    let stats = runtime.block_on(load(target, &args, Arc::new(mix), Arc::new(budget)))?;
+    let stats = runtime.block_on(load(target, &args, mix.clone(), Arc::new(budget())))?;
     let elapsed = started.elapsed();
     let cpu_after = cpu();
+    let commits_after = commits();
     let used =
         |before: Option<Duration>, after: Option<Duration>| Some(after?.saturating_sub(before?));
     let generator_cpu = used(cpu_before.1, cpu_after.1);
@@ -226,19 +327,62 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 .map_err(|e| format!("{e:#}")),
             (_, None) => Err("the spawned serve has no HTTP API".to_owned()),
         },
+        commits: commits_before
+            .zip(commits_after)
+            .map(|(b, a)| spawn::CommitCounters {
+                commits: a.commits.saturating_sub(b.commits),
+                decisions: a.decisions.saturating_sub(b.decisions),
+            }),
+        commit_p50: None,
     });
-    drop(runtime);
 
     let serve_report = match spawned {
         Some(s) => Some(s.stop()?),
         None => None,
     };
+    let serve = serve.map(|figures| ServeFigures {
+        commit_p50: serve_report.as_deref().and_then(report::commit_p50),
+        ..figures
+    });
+    // After serve has stopped, so that the two never share the cores.
+    let peer = match args.peer {
+        Some(Peer::Postfwd) => {
+            let postfwd2 = peer::binary(args.postfwd.clone());
+            eprintln!(
+                "creditgate-load: starting {} for the same workload",
+                postfwd2.display()
+            );
+            let probe = postfix::rcpt_request(&mix.account(0));
+            let daemon = peer::Postfwd::start(&postfwd2, args.connections, &probe)?;
+            let target = Target::Postfix(daemon.addr);
+            // A new run id: instances the peer has not seen.
+            let mix = Arc::new(Mix {
+                run_id: run_id.wrapping_add(1),
+                ..(*mix).clone()
+            });
+            let cpu_before = daemon.cpu_time();
+            let started = Instant::now();
+            let stats = runtime.block_on(load(target, &args, mix, Arc::new(budget())))?;
+            let elapsed = started.elapsed();
+            let cpu = used(cpu_before, daemon.cpu_time());
+            daemon.stop()?;
+            Some(PeerRun {
+                name: "postfwd2",
+                elapsed,
+                stats,
+                cpu,
+            })
+        }
+        None => None,
+    };
+    drop(runtime);
     let reloads_failed = serve.as_ref().is_some_and(|s| s.reloads.is_err());
     let (protocol, addr) = match target {
         Target::Postfix(a) => ("the Postfix policy protocol", a),
         Target::Http(a) => ("HTTP POST /v1/decide/email", a),
     };
     let info = RunInfo {
+        state: args.state.name(),
         protocol,
         target: addr.to_string(),
         connections: args.connections,
@@ -246,6 +390,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
         elapsed,
         generator_cpu,
         serve,
+        fdatasync,
+        peer,
     };
     if args.json {
         println!("{}", report::json(&info, &stats));
@@ -255,7 +401,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(report) = serve_report.filter(|r| !r.is_empty()) {
         eprintln!("\nserve's own report:\n{report}");
     }
-    Ok(stats.errors == 0 && stats.decisions() > 0 && !reloads_failed)
+    let peer_failed = info
+        .peer
+        .as_ref()
+        .is_some_and(|p| p.stats.errors > 0 || p.stats.decisions() == 0);
+    Ok(stats.errors == 0 && stats.decisions() > 0 && !reloads_failed && !peer_failed)
 }
 
 /// Runs every connection to the end of the budget; their stats merged.
@@ -408,20 +558,35 @@ mod tests {
 
     #[test]
     fn the_arguments_parse() {
-        let args =
-            Args::try_parse_from(["creditgate-load", "--spawn", "--http", "--requests", "5"])
-                .expect("parses");
-        assert_eq!(args.http.as_deref(), Some(""));
+        let cli = Cli::try_parse_from(["creditgate-load", "--spawn", "--http", "--requests", "5"])
+            .expect("parses");
+        assert_eq!(cli.load.http.as_deref(), Some(""));
+        assert_eq!(cli.load.state, State::Mix);
         assert!(
-            Args::try_parse_from(["creditgate-load", "--requests", "5", "--duration", "1s"])
+            Cli::try_parse_from(["creditgate-load", "--requests", "5", "--duration", "1s"])
                 .is_err()
         );
+        let cli = Cli::try_parse_from([
+            "creditgate-load",
+            "--state",
+            "end-of-message",
+            "--peer",
+            "postfwd",
+        ])
+        .expect("parses");
+        assert_eq!(cli.load.state, State::EndOfMessage);
+        assert_eq!(cli.load.peer, Some(Peer::Postfwd));
+        let cli =
+            Cli::try_parse_from(["creditgate-load", "import", "--leads", "10"]).expect("parses");
+        assert!(matches!(cli.command, Some(Subcommand::Import(_))));
+        // The load's flags are not the import's.
+        assert!(Cli::try_parse_from(["creditgate-load", "--spawn", "import"]).is_err());
         // Reloads and a cold start are of the serve this tool spawns.
         for flag in [&["--reloads", "3"][..], &["--cold-start"]] {
             let without = [&["creditgate-load"][..], flag].concat();
-            assert!(Args::try_parse_from(&without).is_err(), "{flag:?}");
+            assert!(Cli::try_parse_from(&without).is_err(), "{flag:?}");
             let with = [&["creditgate-load", "--spawn"][..], flag].concat();
-            assert!(Args::try_parse_from(&with).is_ok(), "{flag:?}");
+            assert!(Cli::try_parse_from(&with).is_ok(), "{flag:?}");
         }
     }
 }

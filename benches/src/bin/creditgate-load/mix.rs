@@ -1,13 +1,40 @@
 //! The workload: which account sends next, to how many recipients, and whether
 //! Postfix retries the charge. Deterministic from a seed, so that two runs with
 //! the same flags ask the same questions in the same order per connection.
+//!
+//! Two shapes ([`State`]): Postfix's mix (a check per `RCPT`, then the charge at
+//! `END-OF-MESSAGE`), and pure charges (`END-OF-MESSAGE` only, one recipient),
+//! the traffic mail quota servers such as postfwd and policyd-rate-limit are
+//! compared on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use creditgate_benches::addresses::{Addresses, SplitMix64};
+
+/// Which requests a message makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum State {
+    /// A check per `RCPT` (1–3 recipients), then one charge at `END-OF-MESSAGE`.
+    Mix,
+    /// Only the charge at `END-OF-MESSAGE`, for one random recipient: every
+    /// request is a charge.
+    EndOfMessage,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Mix => "mix",
+            State::EndOfMessage => "end-of-message",
+        }
+    }
+}
+
 /// What the generated traffic looks like.
 #[derive(Debug, Clone)]
 pub struct Mix {
+    pub state: State,
     /// Accounts are `{prefix}0` .. `{prefix}{accounts - 1}`.
     pub prefix: String,
     pub accounts: usize,
@@ -38,9 +65,11 @@ impl Mix {
 
     /// The message stream of connection `connection`.
     pub fn messages(&self, connection: usize) -> Messages<'_> {
+        let seed = self.seed ^ (connection as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Messages {
             mix: self,
-            rng: SplitMix64(self.seed ^ (connection as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            rng: SplitMix64(seed),
+            addresses: (self.state == State::EndOfMessage).then(|| Addresses::new(seed)),
             connection,
             sequence: 0,
         }
@@ -51,6 +80,8 @@ impl Mix {
 /// retried) at END-OF-MESSAGE.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// Whether each recipient is checked at `RCPT` before the charge.
+    pub rcpt_checks: bool,
     pub account: String,
     pub recipients: Vec<String>,
     /// Postfix's `instance`: unique per message, shared by its retries.
@@ -72,6 +103,8 @@ impl Message {
 pub struct Messages<'a> {
     mix: &'a Mix,
     rng: SplitMix64,
+    /// Random recipients, for [`State::EndOfMessage`].
+    addresses: Option<Addresses>,
     connection: usize,
     sequence: u64,
 }
@@ -83,16 +116,21 @@ impl Iterator for Messages<'_> {
         let account = self
             .mix
             .account(self.rng.below(self.mix.accounts as u64) as usize);
-        let count = 1 + self.rng.below(3) as usize;
-        let recipients = (0..count)
-            .map(|_| {
-                format!(
-                    "lead{}@example{}.org",
-                    self.rng.below(1_000_000),
-                    self.rng.below(50)
-                )
-            })
-            .collect();
+        let recipients = match &mut self.addresses {
+            Some(addresses) => vec![addresses.any()],
+            None => {
+                let count = 1 + self.rng.below(3) as usize;
+                (0..count)
+                    .map(|_| {
+                        format!(
+                            "lead{}@example{}.org",
+                            self.rng.below(1_000_000),
+                            self.rng.below(50)
+                        )
+                    })
+                    .collect()
+            }
+        };
         // Postfix's instance looks like `1a2b.67e1f0a1.3c4d.0`: any unique text does.
         let instance = format!(
             "{:x}.{:x}.{:x}.0",
@@ -106,36 +144,13 @@ impl Iterator for Messages<'_> {
             "follow_up"
         };
         Some(Message {
+            rcpt_checks: self.mix.state == State::Mix,
             account,
             recipients,
             instance,
             retried,
             kind,
         })
-    }
-}
-
-/// splitmix64: tiny, fast and good enough to spread accounts; no dependency.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n` > 0), up to a bias of at most n / 2^64.
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n.max(1))) >> 64) as u64
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -173,6 +188,7 @@ mod tests {
 
     fn mix() -> Mix {
         Mix {
+            state: State::Mix,
             prefix: "load-".into(),
             accounts: 10,
             small: 2,
@@ -201,6 +217,22 @@ mod tests {
         // Instances differ across connections.
         let other = mix.messages(4).next().expect("a message");
         assert!(a.iter().all(|m| m.instance != other.instance));
+        assert!(a.iter().all(|m| m.rcpt_checks));
+    }
+
+    #[test]
+    fn end_of_message_traffic_is_one_random_recipient_per_charge() {
+        let mix = Mix {
+            state: State::EndOfMessage,
+            ..mix()
+        };
+        let a: Vec<Message> = mix.messages(3).take(200).collect();
+        assert!(a.iter().all(|m| !m.rcpt_checks && m.recipients.len() == 1));
+        let distinct: std::collections::HashSet<&str> =
+            a.iter().map(|m| m.recipients[0].as_str()).collect();
+        assert!(distinct.len() > 190, "{}", distinct.len());
+        let again: Vec<Message> = mix.messages(3).take(200).collect();
+        assert_eq!(a[199].recipients, again[199].recipients);
     }
 
     #[test]

@@ -72,7 +72,8 @@ impl PolicyClient {
     }
 
     /// Sends `message`'s requests as Postfix would, while `budget` allows: each
-    /// `RCPT`, then, if any recipient was accepted, the charge for those.
+    /// `RCPT` (unless the message has no checks), then, if any recipient was
+    /// accepted, the charge for those.
     pub async fn send(
         &mut self,
         message: &Message,
@@ -80,14 +81,18 @@ impl PolicyClient {
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         let mut accepted = 0;
-        for recipient in &message.recipients {
-            if !budget() {
-                return Ok(());
+        if message.rcpt_checks {
+            for recipient in &message.recipients {
+                if !budget() {
+                    return Ok(());
+                }
+                encode(&mut self.request, "RCPT", message, recipient, 0);
+                if self.decide(Stage::Rcpt, stats).await? {
+                    accepted += 1;
+                }
             }
-            encode(&mut self.request, "RCPT", message, recipient, 0);
-            if self.decide(Stage::Rcpt, stats).await? {
-                accepted += 1;
-            }
+        } else {
+            accepted = message.recipients.len();
         }
         if accepted == 0 {
             // Every recipient refused: Postfix never reaches DATA.
@@ -124,6 +129,7 @@ impl PolicyClient {
 /// waiting for a commit.
 pub fn rcpt_request(account: &str) -> String {
     let message = Message {
+        rcpt_checks: true,
         account: account.to_owned(),
         recipients: vec!["probe@example.org".to_owned()],
         instance: "start-up.probe.0".to_owned(),
@@ -187,6 +193,7 @@ mod tests {
     #[test]
     fn requests_carry_the_account_state_and_count() {
         let m = Message {
+            rcpt_checks: true,
             account: "load-7".into(),
             recipients: vec!["a@b.org".into(), "c@d.org".into()],
             instance: "1.2.3.0".into(),

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::spawn::Startup;
+use crate::disk::SyncCost;
+use crate::spawn::{CommitCounters, Startup};
 
 /// Which decision a request asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,6 +108,8 @@ impl Stats {
 /// How the run was set up, for the report's first line.
 #[derive(Debug)]
 pub struct RunInfo {
+    /// The workload (`mix` or `end-of-message`).
+    pub state: &'static str,
     pub protocol: &'static str,
     pub target: String,
     pub connections: usize,
@@ -116,6 +119,20 @@ pub struct RunInfo {
     pub generator_cpu: Option<Duration>,
     /// What `--spawn` measured of serve itself.
     pub serve: Option<ServeFigures>,
+    /// The disk's own cost of a durable write, measured before the load.
+    pub fdatasync: Option<SyncCost>,
+    /// The same workload on a peer, after serve's run (`--peer`).
+    pub peer: Option<PeerRun>,
+}
+
+/// The same workload on another policy server, in the same run.
+#[derive(Debug)]
+pub struct PeerRun {
+    pub name: &'static str,
+    pub elapsed: Duration,
+    pub stats: Stats,
+    /// CPU time the peer used during its run, all its processes.
+    pub cpu: Option<Duration>,
 }
 
 /// Serve's start-up and its reloads, as `--spawn` measured them.
@@ -126,6 +143,29 @@ pub struct ServeFigures {
     pub startup: Startup,
     /// Each `POST /v1/admin/reload`, in order, when they all succeeded.
     pub reloads: Result<Vec<Duration>, String>,
+    /// Durable commits during the load, and the decisions they covered (serve's
+    /// `/metrics` before and after).
+    pub commits: Option<CommitCounters>,
+    /// The median durable commit, from serve's own report when it stopped.
+    pub commit_p50: Option<Duration>,
+}
+
+/// The median of the `commit (per batch)` row of serve's report (`name count
+/// p50 p99 ...`, each time a number and a unit).
+pub fn commit_p50(report: &str) -> Option<Duration> {
+    let row = report
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("commit (per batch)"))?;
+    let mut words = row.split_whitespace().skip(1);
+    let (value, unit) = (words.next()?.parse::<f64>().ok()?, words.next()?);
+    let scale = match unit {
+        "ns" => 1e-9,
+        "µs" | "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(value * scale).ok()
 }
 
 impl ServeFigures {
@@ -165,7 +205,8 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "creditgate-load: {} connections over {} to {} for {:.2} s ({} generator thread{})",
+        "creditgate-load: {} traffic, {} connections over {} to {} for {:.2} s ({} generator thread{})",
+        info.state,
         info.connections,
         info.protocol,
         info.target,
@@ -219,6 +260,7 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
             cpu.as_secs_f64() / info.elapsed.as_secs_f64()
         );
     }
+    durability(&mut out, info, stats);
     if let Some(cpu) = info.generator_cpu {
         let _ = writeln!(
             out,
@@ -250,6 +292,9 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
             }
         }
     }
+    if let Some(peer) = &info.peer {
+        peer_text(&mut out, info, stats, peer);
+    }
     let _ = writeln!(out, "\nreplies");
     let width = stats
         .replies
@@ -263,6 +308,81 @@ pub fn text(info: &RunInfo, stats: &Stats) -> String {
         let _ = writeln!(out, "  {reply:<width$}{n:>10}  {share:5.1}%");
     }
     out
+}
+
+/// The disk's fdatasync beside serve's commit, and what each commit covered.
+fn durability(out: &mut String, info: &RunInfo, stats: &Stats) {
+    let disk = info.fdatasync.as_ref();
+    if let Some(d) = disk {
+        let _ = writeln!(
+            out,
+            "disk fdatasync {:>10}   p50 (p99 {}): 4 KiB pwrite + fdatasync beside the store, {} probes before the load",
+            human(nanos(d.p50)),
+            human(nanos(d.p99)),
+            d.probes
+        );
+    }
+    let Some(serve) = &info.serve else {
+        return;
+    };
+    if let Some(p50) = serve.commit_p50 {
+        let ratio = disk.map_or(String::new(), |d| {
+            format!(
+                ": {:.1}x the disk's fdatasync",
+                p50.as_secs_f64() / d.p50.as_secs_f64().max(1e-9)
+            )
+        });
+        let _ = writeln!(
+            out,
+            "serve commit   {:>10}   p50 (serve's report, `commit (per batch)`){ratio}",
+            human(nanos(p50))
+        );
+    }
+    if let Some(c) = serve.commits.filter(|c| c.commits > 0) {
+        let _ = writeln!(
+            out,
+            "commits        {:>10}   {:.0}/s, {:.1} decisions per commit ({} of the run's {} decisions)",
+            c.commits,
+            per_second(c.commits, info.elapsed),
+            c.decisions as f64 / c.commits as f64,
+            c.decisions,
+            stats.decisions()
+        );
+    }
+}
+
+/// The peer's throughput and latency beside serve's.
+fn peer_text(out: &mut String, info: &RunInfo, stats: &Stats, peer: &PeerRun) {
+    let ours = per_second(stats.decisions(), info.elapsed);
+    let theirs = per_second(peer.stats.decisions(), peer.elapsed);
+    let all = peer.stats.all();
+    let _ = writeln!(
+        out,
+        "\npeer {:<10}{:>10}   {theirs:.0}/s over {:.2} s, p50 {}, p99 {}, {} errors (same workload, after serve's run)",
+        peer.name,
+        peer.stats.decisions(),
+        peer.elapsed.as_secs_f64(),
+        human(all.value_at_quantile(0.5)),
+        human(all.value_at_quantile(0.99)),
+        peer.stats.errors,
+    );
+    if let Some(cpu) = peer.cpu {
+        let _ = writeln!(
+            out,
+            "peer CPU       {:>10}   a decision ({:.2} cores)",
+            human((cpu.as_nanos() as f64 / peer.stats.decisions().max(1) as f64) as u64),
+            cpu.as_secs_f64() / peer.elapsed.as_secs_f64().max(1e-9)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "creditgate / {} {:.2}x decisions per second",
+        peer.name,
+        ours / theirs.max(1e-9)
+    );
+    for (reply, n) in &peer.stats.replies {
+        let _ = writeln!(out, "  {reply:<24}{n:>10}");
+    }
 }
 
 /// The report as one JSON object; latencies in microseconds.
@@ -295,13 +415,37 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
             (Err(e), _) => serde_json::json!({"error": e}),
         };
         serde_json::json!({
+            "commit_p50_us": serve.commit_p50.map(|d| d.as_secs_f64() * 1e6),
+            "commits": serve.commits.map(|c| c.commits),
+            "committed_decisions": serve.commits.map(|c| c.decisions),
+            "commits_per_second": serve.commits.map(|c| per_second(c.commits, info.elapsed)),
             "cpu_seconds": serve.cpu.map(|c| c.as_secs_f64()),
             "startup_ms": ms(serve.startup.elapsed),
             "component_cache": serve.startup.cache.name(),
             "reloads": reloads,
         })
     });
+    let fdatasync = info.fdatasync.map(|d| {
+        serde_json::json!({
+            "probes": d.probes,
+            "p50_us": d.p50.as_secs_f64() * 1e6,
+            "p99_us": d.p99.as_secs_f64() * 1e6,
+        })
+    });
+    let peer = info.peer.as_ref().map(|p| {
+        serde_json::json!({
+            "name": p.name,
+            "seconds": p.elapsed.as_secs_f64(),
+            "decisions": p.stats.decisions(),
+            "decisions_per_second": per_second(p.stats.decisions(), p.elapsed),
+            "errors": p.stats.errors,
+            "latency": latency(&p.stats.all()),
+            "replies": p.stats.replies,
+            "cpu_seconds": p.cpu.map(|c| c.as_secs_f64()),
+        })
+    });
     serde_json::json!({
+        "state": info.state,
         "protocol": info.protocol,
         "target": info.target,
         "connections": info.connections,
@@ -317,6 +461,8 @@ pub fn json(info: &RunInfo, stats: &Stats) -> serde_json::Value {
         "replies": stats.replies,
         "generator_cpu_seconds": info.generator_cpu.map(|c| c.as_secs_f64()),
         "serve": serve,
+        "fdatasync": fdatasync,
+        "peer": peer,
     })
 }
 
@@ -337,6 +483,7 @@ mod tests {
         assert_eq!(a.replies["DUNNO"], 2);
         assert_eq!(a.errors, 1);
         let info = RunInfo {
+            state: "mix",
             protocol: "postfix",
             target: "127.0.0.1:1".into(),
             connections: 2,
@@ -344,6 +491,8 @@ mod tests {
             elapsed: Duration::from_secs(1),
             generator_cpu: None,
             serve: None,
+            fdatasync: None,
+            peer: None,
         };
         let json = json(&info, &a);
         assert_eq!(json["decisions"], 3);
@@ -358,6 +507,7 @@ mod tests {
         use crate::spawn::Cache;
         let ms = Duration::from_millis;
         let info = RunInfo {
+            state: "mix",
             protocol: "postfix",
             target: "127.0.0.1:1".into(),
             connections: 1,
@@ -371,7 +521,11 @@ mod tests {
                     cache: Cache::Warm,
                 },
                 reloads: Ok(vec![ms(9), ms(3), ms(5), ms(4)]),
+                commits: None,
+                commit_p50: None,
             }),
+            fdatasync: None,
+            peer: None,
         };
         let json = json(&info, &Stats::default());
         assert_eq!(json["serve"]["startup_ms"], 150.0);
@@ -393,6 +547,86 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("p50 4.00 ms, max 9.00 ms"), "{text}");
+    }
+
+    #[test]
+    fn the_commit_row_of_serves_report_is_read() {
+        let report = "\
+decision latency          count        p50        p99      p99.9        max
+where the time went       count        p50        p99      p99.9        max
+guest                     80000    12.3 µs    40.1 µs    90.0 µs     1.20 ms
+commit wait               80000    1.10 ms    3.20 ms    5.00 ms     9.00 ms
+commit (per batch)         4000    2.65 ms    6.00 ms    9.00 ms    12.00 ms
+";
+        assert_eq!(commit_p50(report), Some(Duration::from_micros(2650)));
+        assert_eq!(commit_p50("decision latency\n"), None);
+        let us = "commit (per batch)  10   310.5 µs   1.00 ms   1.00 ms   1.00 ms";
+        assert_eq!(commit_p50(us), Some(Duration::from_nanos(310_500)));
+    }
+
+    #[test]
+    fn durability_is_reported_beside_the_disk_and_the_peer_beside_serve() {
+        use crate::spawn::Cache;
+        let ms = Duration::from_millis;
+        let mut stats = Stats::default();
+        for _ in 0..400 {
+            stats.record(Stage::EndOfMessage, ms(2), "DUNNO");
+        }
+        let mut theirs = Stats::default();
+        for _ in 0..100 {
+            theirs.record(Stage::EndOfMessage, ms(8), "DUNNO");
+        }
+        let info = RunInfo {
+            state: "end-of-message",
+            protocol: "postfix",
+            target: "127.0.0.1:1".into(),
+            connections: 64,
+            threads: 1,
+            elapsed: Duration::from_secs(2),
+            generator_cpu: None,
+            serve: Some(ServeFigures {
+                cpu: Some(ms(40)),
+                startup: Startup {
+                    elapsed: ms(150),
+                    cache: Cache::Warm,
+                },
+                reloads: Ok(Vec::new()),
+                commits: Some(CommitCounters {
+                    commits: 20,
+                    decisions: 400,
+                }),
+                commit_p50: Some(Duration::from_micros(320)),
+            }),
+            fdatasync: Some(SyncCost {
+                probes: 1000,
+                p50: Duration::from_micros(160),
+                p99: ms(1),
+            }),
+            peer: Some(PeerRun {
+                name: "postfwd2",
+                elapsed: Duration::from_secs(2),
+                stats: theirs,
+                cpu: None,
+            }),
+        };
+        let text = text(&info, &stats);
+        for line in [
+            "end-of-message traffic, 64 connections",
+            "disk fdatasync   160.0 µs   p50 (p99 1.00 ms)",
+            "serve commit     320.0 µs   p50 (serve's report, `commit (per batch)`): 2.0x the disk's fdatasync",
+            "commits                20   10/s, 20.0 decisions per commit",
+            "serve CPU        100.0 µs   a decision",
+            "creditgate / postfwd2 4.00x decisions per second",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        let json = json(&info, &stats);
+        assert_eq!(json["state"], "end-of-message");
+        assert_eq!(json["fdatasync"]["p50_us"], 160.0);
+        assert_eq!(json["serve"]["commit_p50_us"], 320.0);
+        assert_eq!(json["serve"]["commits"], 20);
+        assert_eq!(json["peer"]["decisions"], 100);
+        assert_eq!(json["peer"]["decisions_per_second"], 50.0);
     }
 
     #[test]

@@ -49,6 +49,15 @@ pub struct Spawned {
     _dir: tempfile::TempDir,
 }
 
+/// Serve's `creditgate_commits_total` and `creditgate_committed_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitCounters {
+    /// Durable group commits (each one disk sync or more).
+    pub commits: u64,
+    /// Decisions those commits made durable.
+    pub decisions: u64,
+}
+
 /// How serve started.
 #[derive(Debug, Clone, Copy)]
 pub struct Startup {
@@ -263,13 +272,34 @@ impl Spawned {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGTERM, a bounded wait for the drain, and serve's own latency report (the
-    /// end of its log).
+    /// The directory of the spawned serve's store.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Serve's durable commits so far, from its `/metrics`; None without the
+    /// HTTP API or when the counters are missing.
+    pub fn commits(&self) -> Option<CommitCounters> {
+        let text = get(self.http?, "/metrics").ok()?;
+        let counter = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+        };
+        Some(CommitCounters {
+            commits: counter("creditgate_commits_total")?,
+            decisions: counter("creditgate_committed_decisions_total")?,
+        })
+    }
+
     /// CPU time `serve` has used so far, all its threads, user and system.
     pub fn cpu_time(&self) -> Option<Duration> {
         cpu_time(self.child.as_ref()?.id())
     }
 
+    /// SIGTERM, a bounded wait for the drain, and serve's own latency report (the
+    /// end of its log).
     pub fn stop(mut self) -> anyhow::Result<String> {
         let Some(mut child) = self.child.take() else {
             return Ok(String::new());
@@ -374,7 +404,7 @@ fn serves_http(creditgate: &Path) -> anyhow::Result<bool> {
 
 /// Sends one policy request to `addr` and returns the reply's action; `None`
 /// while nothing listens there yet.
-fn ask(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Option<String>> {
+pub fn ask(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Option<String>> {
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return Ok(None);
     };
@@ -401,8 +431,31 @@ fn ask(addr: SocketAddr, request: &[u8]) -> anyhow::Result<Option<String>> {
     Ok(Some(action.to_owned()))
 }
 
+/// The body of `GET path` on `addr`, in one short-lived HTTP/1.1 connection.
+fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .with_context(|| format!("reading GET {path}"))?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {path}: not an HTTP answer"))?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or_default()
+    );
+    Ok(body.to_owned())
+}
+
 /// A loopback port free a moment ago, for a server that must be told its port.
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?)
 }
