@@ -105,11 +105,11 @@ impl State for Host {
     }
 }
 
-struct Component;
+pub(crate) struct Component;
 
 crate::bindings::export!(Component with_types_in crate::bindings);
 
-fn with_engine<T>(f: impl FnOnce(&Engine) -> T) -> T {
+pub(crate) fn with_engine<T>(f: impl FnOnce(&Engine) -> T) -> T {
     ENGINE.with(|engine| f(&engine.borrow()))
 }
 

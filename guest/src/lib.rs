@@ -13,6 +13,7 @@
 pub mod address;
 pub mod cycle;
 pub mod engine;
+pub mod inspect;
 mod known;
 pub mod policy;
 
@@ -32,7 +33,12 @@ pub mod bindings {
         CounterAdded, GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome,
         MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
     };
+    pub use creditgate::policy::catalog::Membership;
     pub use creditgate::policy::types::Instant;
+    /// The `inspect` export's types (see [`crate::inspect`]).
+    pub mod inspect {
+        pub use super::exports::creditgate::policy::inspect::*;
+    }
     pub use exports::creditgate::policy::policy::{
         AccountUsage, Alert, Allowance, Credit, CycleUsage, Decision, Diagnostic, EmailKind,
         EmailUsage, Error, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanSummary,

@@ -251,7 +251,8 @@ impl Gateway {
     /// its last is dropped), and a few for validating reloads.
     pub fn instances_needed(workers: usize) -> u32 {
         let (writers, readers) = lanes(workers);
-        u32::try_from(2 * (writers + readers + BULK_WORKERS) + 4).unwrap_or(u32::MAX)
+        // + 2: the inspector's, and one it makes for a moment (`crate::inspect`).
+        u32::try_from(2 * (writers + readers + BULK_WORKERS) + 6).unwrap_or(u32::MAX)
     }
 
     /// Starts `workers` workers (at least one) for requests that may write, and
@@ -634,6 +635,13 @@ impl Gateway {
             .unwrap_or_else(PoisonError::into_inner)
             .plans
             .clone()
+    }
+
+    /// A worker of its own on the gateway's store with the version in force, and
+    /// that version's number: for questions asked outside the lanes
+    /// ([`crate::inspect::Inspector`]).
+    pub fn spare_worker(&self) -> Result<(Worker, u64), LoadError> {
+        worker_for(&self.version, &self.store)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

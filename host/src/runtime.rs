@@ -945,6 +945,56 @@ impl Worker {
     }
 }
 
+// ---- inspection (wit/inspect.wit; the host's side is `crate::inspect`) ----
+
+impl crate::bindings::creditgate::policy::catalog::Host for HostState {
+    fn scopes_after(
+        &mut self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, StateError> {
+        self.timed(|s| crate::inspect::scopes_after(s, after.as_deref(), limit))
+    }
+    fn members_after(
+        &mut self,
+        scope: String,
+        group: Option<String>,
+        after: Option<crate::inspect::Membership>,
+        limit: u32,
+    ) -> Result<Vec<crate::inspect::Membership>, StateError> {
+        self.timed(|s| {
+            crate::inspect::members_after(s, &scope, group.as_deref(), after.as_ref(), limit)
+        })
+    }
+    fn group_sizes(&mut self, scope: String) -> Result<Vec<crate::inspect::GroupSize>, StateError> {
+        self.timed(|s| crate::inspect::group_sizes(s, &scope))
+    }
+}
+
+impl Worker {
+    /// Asks the component an `inspect` question (see [`crate::inspect`]): under
+    /// the decision budget, not timed into the decision latencies.
+    pub fn inspect<T>(
+        &mut self,
+        f: impl FnOnce(
+            &crate::bindings::exports::creditgate::policy::inspect::Guest,
+            &mut wasmtime::Store<HostState>,
+        ) -> wasmtime::Result<Result<T, crate::inspect::InspectError>>,
+    ) -> Result<T, DecideError> {
+        use crate::inspect::InspectError;
+        let budget = self.config.decision_budget;
+        let (result, ..) = self.instance.call(budget, |b, s| {
+            f(b.creditgate_policy_inspect(), s).map(|answer| {
+                answer.map_err(|e| match e {
+                    InspectError::NoPolicy => GuestError::NoPolicy,
+                    InspectError::State(e) => GuestError::State(e),
+                })
+            })
+        });
+        self.settle(result, budget)
+    }
+}
+
 fn is_interrupt(e: &wasmtime::Error) -> bool {
     e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
 }
