@@ -590,62 +590,19 @@ async fn alerts_page(
     };
     let _slot = bulk.slot().await.map_err(busy)?;
     let limit = listing.limit;
-    let prefix = alerts::scope("");
     // (account, key, value) of one more alert than the page holds.
-    let mut found: Vec<(String, String, String)> = Vec::with_capacity(limit + 1);
-    // The log scopes to read: the one account's, or every account's in order,
-    // from the cursor's on.
-    let mut batch: Vec<String> = match (&account, &after) {
-        (Some(account), _) => vec![alerts::scope(account)],
-        (None, Some((account, _))) => vec![alerts::scope(account)],
-        (None, None) => Vec::new(),
-    };
-    // Just below every log scope: the prefix ends in '/', this in '.'.
-    let mut listed_after = format!("{}.", &prefix[..prefix.len() - 1]);
-    'scan: loop {
-        if batch.is_empty() {
-            if account.is_some() {
-                break;
-            }
-            let (start, log) = (listed_after.clone(), prefix.clone());
-            batch = bulk
-                .read(move |store| store.scopes_after(Some(&start), 64))
-                .await
-                .map_err(store_error)?
-                .into_iter()
-                .take_while(|s| s.starts_with(&log))
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-        }
-        for scope in std::mem::take(&mut batch) {
-            listed_after = scope.clone();
-            let Some(owner) = scope.strip_prefix(&prefix).map(str::to_owned) else {
-                continue;
-            };
-            let key_after = after
-                .as_ref()
-                .filter(|(a, _)| *a == owner)
-                .map(|(_, key)| key.clone());
-            let want = limit + 1 - found.len();
-            let records = bulk
-                .read(move |store| {
-                    let mut records = Vec::new();
-                    store.visit_records(&scope, key_after.as_deref(), &mut |key, value| {
-                        records.push((key.to_owned(), value.to_owned()));
-                        records.len() < want
-                    })?;
-                    Ok(records)
-                })
-                .await
-                .map_err(store_error)?;
-            found.extend(records.into_iter().map(|(k, v)| (owner.clone(), k, v)));
-            if found.len() > limit {
-                break 'scan;
-            }
-        }
-    }
+    let mut found: Vec<(String, String, String)> = bulk
+        .read(move |store| {
+            let mut found = Vec::with_capacity(limit.min(64) + 1);
+            let after = after.as_ref().map(|(a, k)| (a.as_str(), k.as_str()));
+            store.visit_alerts(account.as_deref(), after, &mut |owner, key, value| {
+                found.push((owner.to_owned(), key.to_owned(), value.to_owned()));
+                found.len() <= limit
+            })?;
+            Ok(found)
+        })
+        .await
+        .map_err(store_error)?;
     let next = if found.len() > limit {
         found.truncate(limit);
         found
@@ -657,9 +614,7 @@ async fn alerts_page(
     let alerts = found
         .into_iter()
         .map(|(account, key, value)| {
-            serde_json::from_str::<FiredAlert>(&value).map_err(|e| {
-                ApiError::internal(format!("alert {key:?} of {account:?} does not decode: {e}"))
-            })
+            alerts::decode(&account, &key, &value).map_err(|e| ApiError::internal(e.to_string()))
         })
         .collect::<ApiResult<Vec<_>>>()?;
     Ok(json(&Page {

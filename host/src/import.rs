@@ -636,6 +636,23 @@ impl Store for DryRunStore {
     fn import_scope(&self, _scope: &str, _dump: &ScopeDump) -> Result<(), StoreError> {
         Err(self.refused("import scopes"))
     }
+
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
+        self.scratch.alert_sequence(owner)
+    }
+
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        self.scratch.alert_insert(owner, key, value)
+    }
+
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        self.scratch.visit_alerts(owner, after, visit)
+    }
 }
 
 /// Imports the addresses of the CSV `input` into `options.campaign`, one batch at
