@@ -796,7 +796,7 @@ impl Store for RedisStore {
             let base = self.alert_base(&owner);
             let mut from = match after {
                 Some((o, k)) if o == owner => format!("({k}"),
-                Some((o, _)) if o.as_str() > owner.as_str() => continue,
+                Some((o, _)) if o > owner.as_str() => continue,
                 _ => "-".to_owned(),
             };
             loop {
