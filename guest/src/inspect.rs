@@ -33,7 +33,9 @@ pub fn accounts(
     limit: u32,
 ) -> Result<AccountPage, InspectError> {
     let limit = limit.max(1);
-    let scopes = catalog.scopes_after(after, limit).map_err(InspectError::State)?;
+    let scopes = catalog
+        .scopes_after(after, limit)
+        .map_err(InspectError::State)?;
     let next = (scopes.len() == limit as usize)
         .then(|| scopes.last().cloned())
         .flatten();
@@ -102,12 +104,10 @@ pub fn warning_levels(policy: Option<&Policy>) -> Result<Levels, InspectError> {
 #[cfg(target_arch = "wasm32")]
 mod component {
     use super::Catalog;
+    use crate::bindings::Membership;
     use crate::bindings::StateError;
     use crate::bindings::creditgate::policy::{catalog as imports, state};
-    use crate::bindings::inspect::{
-        AccountPage, Campaign, Guest, InspectError, Lead, Levels,
-    };
-    use crate::bindings::Membership;
+    use crate::bindings::inspect::{AccountPage, Campaign, Guest, InspectError, Lead, Levels};
     use crate::component::{Component, with_engine};
 
     struct Host;
@@ -153,7 +153,13 @@ mod component {
             after: Option<Lead>,
             limit: u32,
         ) -> Result<Vec<Lead>, InspectError> {
-            super::leads(&mut Host, &account, campaign.as_deref(), after.as_ref(), limit)
+            super::leads(
+                &mut Host,
+                &account,
+                campaign.as_deref(),
+                after.as_ref(),
+                limit,
+            )
         }
         fn history_cycles() -> u32 {
             super::history_cycles()
@@ -262,7 +268,9 @@ mod tests {
         let mut f = fake();
         let c = campaigns(&mut f, "acme").unwrap();
         assert_eq!(
-            c.iter().map(|c| (c.name.as_str(), c.leads)).collect::<Vec<_>>(),
+            c.iter()
+                .map(|c| (c.name.as_str(), c.leads))
+                .collect::<Vec<_>>(),
             [("q1", 2), ("q2", 1)]
         );
         assert!(campaigns(&mut f, "nobody").unwrap().is_empty());
@@ -286,9 +294,8 @@ mod tests {
             let l = warning_levels(Some(p)).expect("a policy is loaded");
             (l.lead_credits, l.email_credits)
         };
-        let (mut policy, _) =
-            Policy::parse("[plans.pro]\nlead_credits = 10\nemail_credits = 10\n")
-                .expect("a valid policy");
+        let (mut policy, _) = Policy::parse("[plans.pro]\nlead_credits = 10\nemail_credits = 10\n")
+            .expect("a valid policy");
         assert_eq!(levels(&policy), (Some(80), Some(80)));
         policy.alerts.lead_credits = vec![100];
         policy.alerts.email_credits = vec![50, 90, 100];

@@ -29,11 +29,11 @@ pub mod bindings {
         pub_export_macro: true,
     });
 
+    pub use creditgate::policy::catalog::Membership;
     pub use creditgate::policy::state::{
         CounterAdded, GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome,
         MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
     };
-    pub use creditgate::policy::catalog::Membership;
     pub use creditgate::policy::types::Instant;
     /// The `inspect` export's types (see [`crate::inspect`]).
     pub mod inspect {

@@ -125,9 +125,7 @@ pub fn list(store: &dyn Store, account: Option<&str>) -> Result<Vec<FiredAlert>,
 /// The alert logged as `value` under `key` in `owner`'s log.
 pub fn decode(owner: &str, key: &str, value: &str) -> Result<FiredAlert, StoreError> {
     serde_json::from_str(value).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "alert {key:?} of {owner:?} does not decode: {e}"
-        ))
+        StoreError::Corrupt(format!("alert {key:?} of {owner:?} does not decode: {e}"))
     })
 }
 

@@ -536,7 +536,8 @@ impl Params {
 
     /// Whether an account with this usage is listed: the state filter.
     fn shows(&self, usage: &AccountUsage) -> bool {
-        self.state.is_none_or(|s| Level::of_usage(usage, self.warn) == s)
+        self.state
+            .is_none_or(|s| Level::of_usage(usage, self.warn) == s)
     }
 
     /// The rows these parameters select, in their order; ties by name.

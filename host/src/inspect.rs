@@ -308,7 +308,10 @@ impl Inspector {
     ) -> Result<T, AskError> {
         let mut held = self.worker.lock().unwrap_or_else(PoisonError::into_inner);
         let latest = self.gateway.version();
-        if held.as_ref().is_none_or(|(_, made_for)| *made_for != latest) {
+        if held
+            .as_ref()
+            .is_none_or(|(_, made_for)| *made_for != latest)
+        {
             *held = None;
             *held = Some(self.gateway.spare_worker()?);
         }
@@ -382,6 +385,9 @@ mod tests {
         let page = members_after(&store, "s", None, None, 2).expect("reads");
         let rest = members_after(&store, "s", None, page.last(), 2).expect("reads");
         assert_eq!(rest.len(), 1);
-        assert_eq!((rest[0].group.as_str(), rest[0].member.as_str()), ("q2", "a"));
+        assert_eq!(
+            (rest[0].group.as_str(), rest[0].member.as_str()),
+            ("q2", "a")
+        );
     }
 }

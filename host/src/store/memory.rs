@@ -152,7 +152,10 @@ impl Store for MemoryStore {
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
         check_name("owner", owner)?;
         let mut log = self.alert_log();
-        let next = log.sequences.get(owner).map_or(Some(1), |n| n.checked_add(1));
+        let next = log
+            .sequences
+            .get(owner)
+            .map_or(Some(1), |n| n.checked_add(1));
         let next = next.ok_or_else(|| {
             StoreError::InvalidArgument(format!("the alert log of {owner:?} is full"))
         })?;

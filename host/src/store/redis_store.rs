@@ -436,9 +436,7 @@ impl RedisStore {
     /// `P:alerts:{O}:`, the start of every key of `owner`'s alert log.
     fn alert_base(&self, owner: &str) -> String {
         let scoped = self.base(owner);
-        let tagged = scoped
-            .strip_prefix(&self.config.prefix)
-            .unwrap_or(&scoped);
+        let tagged = scoped.strip_prefix(&self.config.prefix).unwrap_or(&scoped);
         format!("{}:alerts{tagged}", self.config.prefix)
     }
 
@@ -740,9 +738,11 @@ impl Store for RedisStore {
         check_name("owner", owner)?;
         let mut cmd = redis::cmd("INCR");
         cmd.arg(format!("{}seq", self.alert_base(owner)));
-        let next: i64 = self.call("alert-sequence", self.config.call_timeout, |mut c| {
-            async move { cmd.query_async(&mut c).await }
-        })?;
+        let next: i64 = self.call(
+            "alert-sequence",
+            self.config.call_timeout,
+            |mut c| async move { cmd.query_async(&mut c).await },
+        )?;
         u64::try_from(next).map_err(|_| {
             StoreError::Corrupt(format!("the alert sequence of {owner:?} reads {next}"))
         })

@@ -441,7 +441,11 @@ fn the_log_pages_by_owner_and_key_on_every_backend() {
         assert_eq!(store.alert_sequence("b").expect("seq"), 2);
         assert_eq!(store.alert_sequence("a").expect("seq"), 1);
         for (owner, key) in [("b", "2"), ("a", "1"), ("b", "1"), ("c", "1")] {
-            assert!(store.alert_insert(owner, key, &format!("{owner}{key}")).expect("adds"));
+            assert!(
+                store
+                    .alert_insert(owner, key, &format!("{owner}{key}"))
+                    .expect("adds")
+            );
         }
         assert!(!store.alert_insert("b", "1", "again").expect("refused"));
         let visit = |owner: Option<&str>, after: Option<(&str, &str)>| {
@@ -458,6 +462,9 @@ fn the_log_pages_by_owner_and_key_on_every_backend() {
         assert_eq!(visit(None, Some(("b", "1"))), ["b/2=b2", "c/1=c1"]);
         assert_eq!(visit(Some("b"), None), ["b/1=b1", "b/2=b2"]);
         assert_eq!(visit(Some("b"), Some(("b", "1"))), ["b/2=b2"]);
-        assert!(store.scopes().expect("scopes").is_empty(), "no scope holds the log");
+        assert!(
+            store.scopes().expect("scopes").is_empty(),
+            "no scope holds the log"
+        );
     }
 }

@@ -23,7 +23,10 @@ fn wasm() -> &'static OsStr {
 }
 
 fn cli(args: &[&OsStr]) -> Output {
-    let output = creditgate_command().args(args).output().expect("creditgate runs");
+    let output = creditgate_command()
+        .args(args)
+        .output()
+        .expect("creditgate runs");
     assert!(
         output.status.success(),
         "{args:?}: {}",
@@ -165,7 +168,11 @@ fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
     let listed = local(&["leads", "list", "--account", "acme"]);
     let mut lines: Vec<&str> = listed.lines().collect();
     lines.sort_unstable();
-    assert_eq!(lines, ["q1\ta@x.io", "q1\tb@x.io", "q1\tc@y.io"], "{listed}");
+    assert_eq!(
+        lines,
+        ["q1\ta@x.io", "q1\tb@x.io", "q1\tc@y.io"],
+        "{listed}"
+    );
     let shown = local(&["usage", "beta"]);
     assert!(shown.contains("lead credits at 50%: 1 left"), "{shown}");
 }

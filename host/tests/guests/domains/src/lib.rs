@@ -18,7 +18,9 @@ wit_bindgen::generate!({
 });
 
 use creditgate::policy::{catalog, state};
-use exports::creditgate::policy::inspect::{self, AccountPage, Campaign, InspectError, Lead, Levels};
+use exports::creditgate::policy::inspect::{
+    self, AccountPage, Campaign, InspectError, Lead, Levels,
+};
 use exports::creditgate::policy::policy::{
     AccountUsage, AddressProblem, CycleUsage, Decision, Diagnostic, EmailKind, EmailUsage, Error,
     Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
@@ -76,7 +78,16 @@ impl rules::Host for Host {
         };
         let limit = limit.unwrap_or(u64::MAX);
         Ok(
-            match state::counter_add_guarded(scope, &guard, name, amount, limit, &once, i64::MAX, now)? {
+            match state::counter_add_guarded(
+                scope,
+                &guard,
+                name,
+                amount,
+                limit,
+                &once,
+                i64::MAX,
+                now,
+            )? {
                 state::GuardedAdd::Applied(_) => Charged::Applied,
                 state::GuardedAdd::Repeated(_) => Charged::Repeated,
                 state::GuardedAdd::Refused(_) => Charged::Refused,
@@ -100,7 +111,12 @@ impl rules::Host for Host {
             Some(state::MemberAddOutcome::Refused) | None => Added::Refused,
         })
     }
-    fn member_remove(&mut self, scope: &str, group: &str, member: &str) -> Result<Removed, Self::Error> {
+    fn member_remove(
+        &mut self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<Removed, Self::Error> {
         Ok(match state::member_remove(scope, group, member)?.outcome {
             state::MemberRemoveOutcome::NotInGroup => Removed::NotInGroup,
             state::MemberRemoveOutcome::LeftGroup => Removed::LeftGroup,
@@ -228,13 +244,24 @@ impl Guest for Domains {
     }
 
     fn subscribe(account: String, plan: String, anchor: i64, now: i64) -> Result<Decision, Error> {
-        decision(with_rules(|r| r.subscribe(&mut Host, &account, &plan, anchor, now)))
+        decision(with_rules(|r| {
+            r.subscribe(&mut Host, &account, &plan, anchor, now)
+        }))
     }
     fn change_plan(account: String, plan: String, now: i64) -> Result<Decision, Error> {
-        decision(with_rules(|r| r.change_plan(&mut Host, &account, &plan, now)))
+        decision(with_rules(|r| {
+            r.change_plan(&mut Host, &account, &plan, now)
+        }))
     }
-    fn add_lead(account: String, campaign: String, email: String, now: i64) -> Result<Decision, Error> {
-        decision(with_rules(|r| r.add_lead(&mut Host, &account, &campaign, &email, now)))
+    fn add_lead(
+        account: String,
+        campaign: String,
+        email: String,
+        now: i64,
+    ) -> Result<Decision, Error> {
+        decision(with_rules(|r| {
+            r.add_lead(&mut Host, &account, &campaign, &email, now)
+        }))
     }
     fn add_leads(
         account: String,
@@ -243,7 +270,8 @@ impl Guest for Domains {
         now: i64,
     ) -> Result<LeadBatch, Error> {
         let (denied, results, used) =
-            with_rules(|r| r.add_leads(&mut Host, &account, &campaign, &emails, now)).map_err(error)?;
+            with_rules(|r| r.add_leads(&mut Host, &account, &campaign, &emails, now))
+                .map_err(error)?;
         Ok(LeadBatch {
             denied: denied.map(reason),
             results: results
@@ -264,11 +292,24 @@ impl Guest for Domains {
             alerts: Vec::new(),
         })
     }
-    fn delete_lead(account: String, campaign: String, email: String, now: i64) -> Result<Decision, Error> {
-        decision(with_rules(|r| r.delete_lead(&mut Host, &account, &campaign, &email, now)))
+    fn delete_lead(
+        account: String,
+        campaign: String,
+        email: String,
+        now: i64,
+    ) -> Result<Decision, Error> {
+        decision(with_rules(|r| {
+            r.delete_lead(&mut Host, &account, &campaign, &email, now)
+        }))
     }
-    fn delete_campaign_leads(account: String, campaign: String, now: i64) -> Result<Decision, Error> {
-        decision(with_rules(|r| r.delete_campaign_leads(&mut Host, &account, &campaign, now)))
+    fn delete_campaign_leads(
+        account: String,
+        campaign: String,
+        now: i64,
+    ) -> Result<Decision, Error> {
+        decision(with_rules(|r| {
+            r.delete_campaign_leads(&mut Host, &account, &campaign, now)
+        }))
     }
     fn send_email(
         account: String,
@@ -277,10 +318,19 @@ impl Guest for Domains {
         message_id: Option<String>,
         now: i64,
     ) -> Result<Decision, Error> {
-        decision(with_rules(|r| r.send(&mut Host, &account, &to, message_id.as_deref(), now)))
+        decision(with_rules(|r| {
+            r.send(&mut Host, &account, &to, message_id.as_deref(), now)
+        }))
     }
-    fn charge_email(account: String, cost: u64, message_id: Option<String>, now: i64) -> Result<Decision, Error> {
-        decision(with_rules(|r| r.charge(&mut Host, &account, cost, message_id.as_deref(), now)))
+    fn charge_email(
+        account: String,
+        cost: u64,
+        message_id: Option<String>,
+        now: i64,
+    ) -> Result<Decision, Error> {
+        decision(with_rules(|r| {
+            r.charge(&mut Host, &account, cost, message_id.as_deref(), now)
+        }))
     }
     fn check_email(account: String, cost: u64, now: i64) -> Result<Decision, Error> {
         decision(with_rules(|r| r.check(&mut Host, &account, cost, now)))
@@ -289,7 +339,8 @@ impl Guest for Domains {
         decision(with_rules(|r| r.usage(&mut Host, &account, now)))
     }
     fn email_history(account: String, cycles: u32, now: i64) -> Result<Vec<CycleUsage>, Error> {
-        let history = with_rules(|r| r.email_history(&mut Host, &account, cycles, now)).map_err(error)?;
+        let history =
+            with_rules(|r| r.email_history(&mut Host, &account, cycles, now)).map_err(error)?;
         Ok(history
             .into_iter()
             .map(|(start, end, used)| CycleUsage { start, end, used })
@@ -334,12 +385,16 @@ impl inspect::Guest for Domains {
         after: Option<Lead>,
         limit: u32,
     ) -> Result<Vec<Lead>, InspectError> {
-        let after = after.as_ref().map(|l| (l.campaign.as_str(), l.email.as_str()));
-        Ok(Rules::leads(&mut Host, &account, campaign.as_deref(), after, limit)
-            .map_err(inspect_error)?
-            .into_iter()
-            .map(|(campaign, email)| Lead { campaign, email })
-            .collect())
+        let after = after
+            .as_ref()
+            .map(|l| (l.campaign.as_str(), l.email.as_str()));
+        Ok(
+            Rules::leads(&mut Host, &account, campaign.as_deref(), after, limit)
+                .map_err(inspect_error)?
+                .into_iter()
+                .map(|(campaign, email)| Lead { campaign, email })
+                .collect(),
+        )
     }
     fn history_cycles() -> u32 {
         rules::HISTORY_CYCLES

@@ -29,10 +29,8 @@ pub const CYCLE: i64 = 30 * 86_400 * 1_000_000_000;
 pub trait Host {
     type Error;
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, Self::Error>;
-    fn record_insert(&mut self, scope: &str, key: &str, value: &str)
-    -> Result<bool, Self::Error>;
-    fn record_update(&mut self, scope: &str, key: &str, value: &str)
-    -> Result<bool, Self::Error>;
+    fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, Self::Error>;
+    fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, Self::Error>;
     fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Result<u64, Self::Error>;
     /// Adds `amount` to counter `name` unless it would pass `limit` or `once`
     /// was seen: as WIT `counter-add-guarded` with the record `plan` as guard.
@@ -56,8 +54,12 @@ pub trait Host {
         limit: Option<u64>,
     ) -> Result<Added, Self::Error>;
     /// Removes `member` from `group`.
-    fn member_remove(&mut self, scope: &str, group: &str, member: &str)
-    -> Result<Removed, Self::Error>;
+    fn member_remove(
+        &mut self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<Removed, Self::Error>;
     /// Empties `group`: (members removed, of those the ones that left the scope).
     fn group_clear(&mut self, scope: &str, group: &str) -> Result<(u64, u64), Self::Error>;
     fn member_count(&mut self, scope: &str) -> Result<u64, Self::Error>;
@@ -204,6 +206,10 @@ pub struct Outcome {
     pub freed: u64,
     pub usage: Option<Usage>,
 }
+
+/// What a batch of lead additions did: denied whole, or one result per address;
+/// and the usage after.
+pub type Batch = (Option<Denial>, Vec<LeadAdd>, Option<Usage>);
 
 /// How one lead addition fared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -513,7 +519,7 @@ impl<'p> Rules<'p> {
         campaign: &str,
         emails: &[String],
         now: i64,
-    ) -> Answer<(Option<Denial>, Vec<LeadAdd>, Option<Usage>), H::Error> {
+    ) -> Answer<Batch, H::Error> {
         let mut results = Vec::with_capacity(emails.len());
         let outcome = self.with_account(h, account, now, |h, _, plan| {
             for email in emails {
@@ -592,7 +598,15 @@ impl<'p> Rules<'p> {
             let once = key.as_deref().map(|k| (k, cost));
             let name = format!("mail/{n}");
             Ok(
-                match h.charge(&scope(account), &a.record, &name, cost, plan.emails, once, now)? {
+                match h.charge(
+                    &scope(account),
+                    &a.record,
+                    &name,
+                    cost,
+                    plan.emails,
+                    once,
+                    now,
+                )? {
                     Charged::Applied => Ok((cost, 0)),
                     Charged::Repeated => Ok((0, 0)),
                     Charged::Refused => Err(Denial::EmailCreditsExhausted),
@@ -619,9 +633,8 @@ impl<'p> Rules<'p> {
                 Some(a) if !seen.contains(&a) => seen.push(a),
                 Some(_) => {}
                 None => {
-                    return self.with_account(h, account, now, |_, _, _| {
-                        Ok(Err(Denial::InvalidEmail))
-                    });
+                    return self
+                        .with_account(h, account, now, |_, _, _| Ok(Err(Denial::InvalidEmail)));
                 }
             }
         }
@@ -637,7 +650,8 @@ impl<'p> Rules<'p> {
     ) -> Answer<Outcome, H::Error> {
         let mut outcome = self.usage(h, account, now)?;
         if let (None, Some(u)) = (outcome.denied, &outcome.usage)
-            && u.emails_limit.is_some_and(|l| u.emails_used.saturating_add(cost) > l)
+            && u.emails_limit
+                .is_some_and(|l| u.emails_used.saturating_add(cost) > l)
         {
             outcome.denied = Some(Denial::EmailCreditsExhausted);
         }
@@ -656,7 +670,9 @@ impl<'p> Rules<'p> {
             return Ok(Vec::new());
         };
         let (current, ..) = cycle(a.anchor, now);
-        let first = current.saturating_sub(i64::from(cycles.clamp(1, HISTORY_CYCLES) - 1)).max(0);
+        let first = current
+            .saturating_sub(i64::from(cycles.clamp(1, HISTORY_CYCLES) - 1))
+            .max(0);
         let mut history = Vec::new();
         for n in first..=current {
             let start = a.anchor.saturating_add(n.saturating_mul(CYCLE));
@@ -692,8 +708,7 @@ impl<'p> Rules<'p> {
 
     /// (campaign, leads) of `account`.
     pub fn campaigns<H: Host>(h: &mut H, account: &str) -> Result<Vec<(String, u64)>, H::Error> {
-        Ok(h
-            .group_sizes(&scope(account))?
+        Ok(h.group_sizes(&scope(account))?
             .into_iter()
             .filter_map(|(g, n)| Some((g.strip_prefix("c:")?.to_owned(), n)))
             .collect())
@@ -715,20 +730,14 @@ impl<'p> Rules<'p> {
             };
             (group(c), member)
         });
-        Ok(h
-            .members_after(
-                &scope(account),
-                g.as_deref(),
-                after.as_ref().map(|(g, m)| (g.as_str(), m.as_str())),
-                limit,
-            )?
-            .into_iter()
-            .map(|(g, m)| {
-                (
-                    g.strip_prefix("c:").unwrap_or(&g).to_owned(),
-                    email_of(&m),
-                )
-            })
-            .collect())
+        Ok(h.members_after(
+            &scope(account),
+            g.as_deref(),
+            after.as_ref().map(|(g, m)| (g.as_str(), m.as_str())),
+            limit,
+        )?
+        .into_iter()
+        .map(|(g, m)| (g.strip_prefix("c:").unwrap_or(&g).to_owned(), email_of(&m)))
+        .collect())
     }
 }
