@@ -1542,7 +1542,10 @@ mod tests {
         // Unknown values are ignored rather than refused.
         assert_eq!(
             params(&[("state", "bogus"), ("sort", "x"), ("dir", "up")]),
-            Params::default()
+            Params {
+                warn: WARN,
+                ..Params::default()
+            }
         );
     }
 
