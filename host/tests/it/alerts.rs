@@ -375,6 +375,27 @@ fn fired(threshold: u8, used: u64) -> FiredAlert {
     }
 }
 
+/// An alert log as the previous release kept it: records keyed
+/// `<at>/<sequence>/<credit>/<threshold>` and a counter `sequence`, in a scope
+/// of its own.
+fn previous_layout(first: &FiredAlert, second: &FiredAlert) -> creditgate::store::ScopeDump {
+    let at = "00000000000000000100";
+    creditgate::store::ScopeDump {
+        records: vec![
+            (
+                format!("{at}/00000000000000000001/email_credits/080"),
+                serde_json::to_string(first).expect("encodes"),
+            ),
+            (
+                format!("{at}/00000000000000000002/email_credits/100"),
+                serde_json::to_string(second).expect("encodes"),
+            ),
+        ],
+        counters: vec![("sequence".to_owned(), 2, None)],
+        ..Default::default()
+    }
+}
+
 /// A file written before the log had a namespace of its own kept it in a scope
 /// `"\u{1}alerts/<account>"` (records keyed `<at>/<sequence>/<credit>/<threshold>`
 /// and a counter `sequence`), written here through the store's API exactly as
@@ -385,21 +406,7 @@ fn a_log_in_the_previous_layout_is_migrated_when_the_file_opens() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("previous.redb");
     let (first, second) = (fired(80, 8), fired(100, 10));
-    let at = "00000000000000000100";
-    let old = creditgate::store::ScopeDump {
-        records: vec![
-            (
-                format!("{at}/00000000000000000001/email_credits/080"),
-                serde_json::to_string(&first).expect("encodes"),
-            ),
-            (
-                format!("{at}/00000000000000000002/email_credits/100"),
-                serde_json::to_string(&second).expect("encodes"),
-            ),
-        ],
-        counters: vec![("sequence".to_owned(), 2, None)],
-        ..Default::default()
-    };
+    let old = previous_layout(&first, &second);
     {
         let store = RedbStore::open(&path).expect("creates");
         store
@@ -431,40 +438,71 @@ fn a_log_in_the_previous_layout_is_migrated_when_the_file_opens() {
 
 /// Every backend answers the log's calls alike: sequences per owner, keys
 /// unique per owner, and visits in (owner, key) order from a cursor.
-#[test]
-fn the_log_pages_by_owner_and_key_on_every_backend() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let redb = RedbStore::open(&dir.path().join("log.redb")).expect("creates");
-    let memory = MemoryStore::new();
-    for store in [&redb as &dyn Store, &memory] {
-        assert_eq!(store.alert_sequence("b").expect("seq"), 1);
-        assert_eq!(store.alert_sequence("b").expect("seq"), 2);
-        assert_eq!(store.alert_sequence("a").expect("seq"), 1);
-        for (owner, key) in [("b", "2"), ("a", "1"), ("b", "1"), ("c", "1")] {
-            assert!(
-                store
-                    .alert_insert(owner, key, &format!("{owner}{key}"))
-                    .expect("adds")
-            );
-        }
-        assert!(!store.alert_insert("b", "1", "again").expect("refused"));
-        let visit = |owner: Option<&str>, after: Option<(&str, &str)>| {
-            let mut seen = Vec::new();
-            store
-                .visit_alerts(owner, after, &mut |o, k, v| {
-                    seen.push(format!("{o}/{k}={v}"));
-                    true
-                })
-                .expect("visits");
-            seen
-        };
-        assert_eq!(visit(None, None), ["a/1=a1", "b/1=b1", "b/2=b2", "c/1=c1"]);
-        assert_eq!(visit(None, Some(("b", "1"))), ["b/2=b2", "c/1=c1"]);
-        assert_eq!(visit(Some("b"), None), ["b/1=b1", "b/2=b2"]);
-        assert_eq!(visit(Some("b"), Some(("b", "1"))), ["b/2=b2"]);
+fn the_log_conforms(store: &dyn Store) {
+    assert_eq!(store.alert_sequence("b").expect("seq"), 1);
+    assert_eq!(store.alert_sequence("b").expect("seq"), 2);
+    assert_eq!(store.alert_sequence("a").expect("seq"), 1);
+    for (owner, key) in [("b", "2"), ("a", "1"), ("b", "1"), ("c", "1")] {
         assert!(
-            store.scopes().expect("scopes").is_empty(),
-            "no scope holds the log"
+            store
+                .alert_insert(owner, key, &format!("{owner}{key}"))
+                .expect("adds")
         );
     }
+    assert!(!store.alert_insert("b", "1", "again").expect("refused"));
+    let visit = |owner: Option<&str>, after: Option<(&str, &str)>| {
+        let mut seen = Vec::new();
+        store
+            .visit_alerts(owner, after, &mut |o, k, v| {
+                seen.push(format!("{o}/{k}={v}"));
+                true
+            })
+            .expect("visits");
+        seen
+    };
+    assert_eq!(visit(None, None), ["a/1=a1", "b/1=b1", "b/2=b2", "c/1=c1"]);
+    assert_eq!(visit(None, Some(("b", "1"))), ["b/2=b2", "c/1=c1"]);
+    assert_eq!(visit(Some("b"), None), ["b/1=b1", "b/2=b2"]);
+    assert_eq!(visit(Some("b"), Some(("b", "1"))), ["b/2=b2"]);
+    assert_eq!(visit(Some("b"), Some(("a", "9"))), ["b/1=b1", "b/2=b2"]);
+    assert!(visit(Some("a"), Some(("b", "0"))).is_empty());
+    assert!(
+        store.scopes().expect("scopes").is_empty(),
+        "no scope holds the log"
+    );
+}
+
+#[test]
+fn the_log_pages_by_owner_and_key_on_memory_and_redb() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    the_log_conforms(&RedbStore::open(&dir.path().join("log.redb")).expect("creates"));
+    the_log_conforms(&MemoryStore::new());
+}
+
+/// The same on Redis, and a log in the previous layout (an `"\u{1}alerts/"`
+/// scope, as the previous release wrote it) is moved when a store connects.
+#[test]
+fn on_redis_the_log_conforms_and_the_previous_layout_is_migrated_on_connect() {
+    let server = crate::redis::RedisServer::start();
+    the_log_conforms(&server.store("conform"));
+    let (first, second) = (fired(80, 8), fired(100, 10));
+    let old = previous_layout(&first, &second);
+    {
+        let store = server.store("old");
+        store
+            .record_insert("acme", "account", "0 ten")
+            .expect("an account");
+        store
+            .import_scope("\u{1}alerts/acme", &old)
+            .expect("the previous layout");
+    }
+    for _ in 0..2 {
+        let store = server.store("old");
+        assert_eq!(store.scopes().expect("scopes"), ["acme"]);
+        assert_eq!(
+            alerts::list(&store, Some("acme")).expect("lists"),
+            [first.clone(), second.clone()]
+        );
+    }
+    assert_eq!(server.store("old").alert_sequence("acme").expect("next"), 3);
 }
