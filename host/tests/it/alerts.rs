@@ -506,3 +506,41 @@ fn on_redis_the_log_conforms_and_the_previous_layout_is_migrated_on_connect() {
     }
     assert_eq!(server.store("old").alert_sequence("acme").expect("next"), 3);
 }
+
+/// `store copy` copies the alert log too, now that no scope holds it.
+#[test]
+fn a_store_copy_carries_the_alert_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (from, to) = (dir.path().join("from.redb"), dir.path().join("to.redb"));
+    {
+        let store = RedbStore::open(&from).expect("creates");
+        store
+            .import_scope(
+                "\u{1}alerts/acme",
+                &previous_layout(&fired(80, 8), &fired(100, 10)),
+            )
+            .expect("the previous layout");
+        store
+            .record_insert("acme", "account", "0 ten")
+            .expect("an account");
+        store.persist().expect("durable");
+    }
+    let output = crate::harness::creditgate_command()
+        .args(["store", "copy", "--from"])
+        .arg(&from)
+        .arg("--to")
+        .arg(&to)
+        .output()
+        .expect("creditgate runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let copy = RedbStore::open(&to).expect("opens");
+    assert_eq!(
+        alerts::list(&copy, None).expect("lists"),
+        [fired(80, 8), fired(100, 10)]
+    );
+    assert_eq!(copy.scopes().expect("scopes"), ["acme"]);
+}
