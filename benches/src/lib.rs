@@ -6,10 +6,37 @@ use std::sync::Arc;
 use creditgate::bindings as host;
 use creditgate::store::{CounterAdd, Guard, Store, StoreError};
 use creditgate_guest::bindings as guest;
-use creditgate_guest::engine::State;
+use creditgate_guest::engine::{Name, OnceKey, State};
 
-/// The guest's [`State`] answered by a host [`Store`], without WebAssembly.
-pub struct NativeState(pub Arc<dyn Store>);
+/// The guest's [`State`] answered by a host [`Store`], without WebAssembly: the
+/// names the engine interns are kept in a table, as the host does for an instance.
+pub struct NativeState {
+    store: Arc<dyn Store>,
+    names: Vec<String>,
+}
+
+impl NativeState {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            names: Vec::new(),
+        }
+    }
+
+    fn name(&self, name: Name) -> Result<&str, guest::StateError> {
+        self.names
+            .get(name as usize)
+            .map(String::as_str)
+            .ok_or_else(|| guest::StateError::InvalidArgument(format!("no name {name}")))
+    }
+
+    fn guard(&self, guard: guest::Guard) -> Result<Guard<'_>, guest::StateError> {
+        Ok(Guard {
+            key: self.name(guard.key)?,
+            value: self.name(guard.version)?,
+        })
+    }
+}
 
 fn state_error(e: StoreError) -> guest::StateError {
     match host::StateError::from(e) {
@@ -29,8 +56,12 @@ fn member_add_outcome(o: host::MemberAddOutcome) -> guest::MemberAddOutcome {
 }
 
 impl State for NativeState {
+    fn intern(&mut self, text: &str) -> Result<Name, guest::StateError> {
+        self.names.push(text.to_string());
+        Ok(Name::try_from(self.names.len() - 1).unwrap_or(Name::MAX))
+    }
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, guest::StateError> {
-        self.0.record_get(scope, key).map_err(state_error)
+        self.store.record_get(scope, key).map_err(state_error)
     }
     fn record_insert(
         &mut self,
@@ -38,7 +69,9 @@ impl State for NativeState {
         key: &str,
         value: &str,
     ) -> Result<bool, guest::StateError> {
-        self.0.record_insert(scope, key, value).map_err(state_error)
+        self.store
+            .record_insert(scope, key, value)
+            .map_err(state_error)
     }
     fn record_update(
         &mut self,
@@ -46,10 +79,14 @@ impl State for NativeState {
         key: &str,
         value: &str,
     ) -> Result<bool, guest::StateError> {
-        self.0.record_update(scope, key, value).map_err(state_error)
+        self.store
+            .record_update(scope, key, value)
+            .map_err(state_error)
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Result<u64, guest::StateError> {
-        self.0.counter_get(scope, name, now).map_err(state_error)
+        self.store
+            .counter_get(scope, name, now)
+            .map_err(state_error)
     }
     fn member_add_many(
         &mut self,
@@ -59,7 +96,7 @@ impl State for NativeState {
         limit: Option<u64>,
     ) -> Result<guest::MembersAdded, guest::StateError> {
         let added = self
-            .0
+            .store
             .member_add_many(scope, group, members, limit)
             .map_err(state_error)?;
         let outcomes = added.outcomes.into_iter().map(member_add_outcome).collect();
@@ -75,7 +112,7 @@ impl State for NativeState {
         member: &str,
     ) -> Result<guest::MemberRemoved, guest::StateError> {
         let removed = self
-            .0
+            .store
             .member_remove(scope, group, member)
             .map_err(state_error)?;
         let outcome = match removed.outcome {
@@ -93,7 +130,7 @@ impl State for NativeState {
         scope: &str,
         group: &str,
     ) -> Result<guest::GroupCleared, guest::StateError> {
-        let c = self.0.group_clear(scope, group).map_err(state_error)?;
+        let c = self.store.group_clear(scope, group).map_err(state_error)?;
         Ok(guest::GroupCleared {
             removed: c.removed,
             released: c.released,
@@ -101,24 +138,27 @@ impl State for NativeState {
         })
     }
     fn member_count(&mut self, scope: &str) -> Result<u64, guest::StateError> {
-        self.0.member_count(scope).map_err(state_error)
+        self.store.member_count(scope).map_err(state_error)
     }
     fn counter_add_guarded(
         &mut self,
-        scope: &str,
-        guard: &guest::Guard,
-        name: &str,
+        scope: Name,
+        guard: guest::Guard,
+        counter: Name,
         amount: u64,
         limit: Option<u64>,
-        once: Option<&guest::Once>,
+        once: Option<OnceKey<'_>>,
         expires_at: Option<i64>,
         now: i64,
     ) -> Result<guest::GuardedAdd, guest::StateError> {
-        let once = once.map(|o| host::Once {
-            key: o.key.clone(),
-            fingerprint: o.fingerprint,
-            expires_at: o.expires_at,
-        });
+        let once = match once {
+            Some(o) => Some(host::Once {
+                key: format!("{}{}", self.name(o.prefix)?, o.key),
+                fingerprint: o.fingerprint,
+                expires_at: o.expires_at,
+            }),
+            None => None,
+        };
         let add = CounterAdd {
             amount,
             limit,
@@ -126,18 +166,16 @@ impl State for NativeState {
             expires_at,
             now,
         };
-        let guard = Some(Guard {
-            key: &guard.key,
-            value: &guard.value,
-        });
+        let (scope, counter) = (self.name(scope)?, self.name(counter)?);
+        let guard = Some(self.guard(guard)?);
         let tally = |t: host::Tally| guest::Tally {
             counter: t.counter,
             members: t.members,
         };
         Ok(
             match self
-                .0
-                .counter_add_guarded(scope, guard, name, add)
+                .store
+                .counter_add_guarded(scope, guard, counter, add)
                 .map_err(state_error)?
             {
                 host::GuardedAdd::Applied(t) => guest::GuardedAdd::Applied(tally(t)),
@@ -150,21 +188,19 @@ impl State for NativeState {
     }
     fn member_add_guarded(
         &mut self,
-        scope: &str,
-        guard: &guest::Guard,
-        group: &str,
+        scope: Name,
+        guard: guest::Guard,
+        group: Name,
         member: &str,
         limit: Option<u64>,
-        name: &str,
+        counter: Name,
         now: i64,
     ) -> Result<Option<guest::GuardedMember>, guest::StateError> {
-        let guard = Some(Guard {
-            key: &guard.key,
-            value: &guard.value,
-        });
+        let (scope, group, counter) = (self.name(scope)?, self.name(group)?, self.name(counter)?);
+        let guard = Some(self.guard(guard)?);
         Ok(self
-            .0
-            .member_add_guarded(scope, guard, group, member, limit, name, now)
+            .store
+            .member_add_guarded(scope, guard, group, member, limit, counter, now)
             .map_err(state_error)?
             .map(|(outcome, t)| guest::GuardedMember {
                 outcome: member_add_outcome(outcome),
@@ -176,18 +212,16 @@ impl State for NativeState {
     }
     fn counter_tally(
         &mut self,
-        scope: &str,
-        guard: &guest::Guard,
-        name: &str,
+        scope: Name,
+        guard: guest::Guard,
+        counter: Name,
         now: i64,
     ) -> Result<Option<guest::Tally>, guest::StateError> {
-        let guard = Some(Guard {
-            key: &guard.key,
-            value: &guard.value,
-        });
+        let (scope, counter) = (self.name(scope)?, self.name(counter)?);
+        let guard = Some(self.guard(guard)?);
         Ok(self
-            .0
-            .counter_tally(scope, guard, name, now)
+            .store
+            .counter_tally(scope, guard, counter, now)
             .map_err(state_error)?
             .map(|t| guest::Tally {
                 counter: t.counter,

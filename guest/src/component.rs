@@ -5,35 +5,79 @@
 //! thread-local `RefCell` (wasm32 has one thread; the cell only satisfies Rust).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
-use crate::bindings::creditgate::policy::state as imports;
-use crate::bindings::exports::creditgate::policy::policy::Guest;
+use crate::bindings::creditgate::policy::state::{self as imports, Name};
+use crate::bindings::exports::creditgate::policy::policy::{Account, Campaign, Guest};
 use crate::bindings::{
-    CounterAdded, CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Guard,
-    GuardedAdd, GuardedMember, Instant, LeadBatch, MemberAdded, MemberRemoved, MembersAdded, Once,
-    PolicySummary, StateError, Tally,
+    CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Guard, GuardedAdd,
+    GuardedMember, Instant, LeadBatch, MemberRemoved, MembersAdded, Once, PolicySummary,
+    StateError, Tally,
 };
-use crate::engine::{Engine, State};
+use crate::engine::{Engine, OnceKey, State};
+use crate::known::Fnv;
 
 thread_local! {
     static ENGINE: RefCell<Engine> = RefCell::new(Engine::default());
+    static NAMES: RefCell<Names> = RefCell::new(Names::default());
+    /// Account names by handle (WIT `account-handle`).
+    static ACCOUNTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Campaign names by handle (WIT `campaign-handle`).
+    static CAMPAIGNS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Names this instance has interned through the host, so that each is interned
+/// once. Past [`MAX_NAMES`] (checked between calls, never during one, when the
+/// engine may hold handles) they are all forgotten, with what the engine kept.
+#[derive(Default)]
+struct Names {
+    handles: HashMap<String, Name, BuildHasherDefault<Fnv>>,
+}
+
+/// Names the instance keeps interned before it forgets them all: far below the
+/// host's limit (262,144), which a decision's few new names cannot then reach.
+const MAX_NAMES: usize = 65_536;
+
+/// Forgets every interned name if there are too many; at the start of each export.
+fn bound_names() {
+    let full = NAMES.with(|n| n.borrow().handles.len() >= MAX_NAMES);
+    if full {
+        ENGINE.with(|e| e.borrow().forget_known());
+        NAMES.with(|n| n.borrow_mut().handles.clear());
+        imports::forget_names();
+    }
 }
 
 /// The host's state, reached through the component's imports.
 struct Host;
 
+impl Host {
+    fn name(&mut self, text: &str) -> Result<Name, StateError> {
+        self.intern(text)
+    }
+}
+
 impl State for Host {
+    fn intern(&mut self, text: &str) -> Result<Name, StateError> {
+        if let Some(name) = NAMES.with(|n| n.borrow().handles.get(text).copied()) {
+            return Ok(name);
+        }
+        let name = imports::intern(text)?;
+        NAMES.with(|n| n.borrow_mut().handles.insert(text.to_string(), name));
+        Ok(name)
+    }
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
-        imports::record_get(scope, key)
+        imports::record_get(self.name(scope)?, self.name(key)?)
     }
     fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError> {
-        imports::record_insert(scope, key, value)
+        imports::record_insert(self.name(scope)?, self.name(key)?, value)
     }
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError> {
-        imports::record_update(scope, key, value)
+        imports::record_update(self.name(scope)?, self.name(key)?, value)
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
-        imports::counter_get(scope, name, now)
+        imports::counter_get(self.name(scope)?, self.name(name)?, now)
     }
     fn member_add_many(
         &mut self,
@@ -42,7 +86,7 @@ impl State for Host {
         members: &[String],
         limit: Option<u64>,
     ) -> Result<MembersAdded, StateError> {
-        imports::member_add_many(scope, group, members, limit)
+        imports::member_add_many(self.name(scope)?, self.name(group)?, members, limit)
     }
     fn member_remove(
         &mut self,
@@ -50,58 +94,62 @@ impl State for Host {
         group: &str,
         member: &str,
     ) -> Result<MemberRemoved, StateError> {
-        imports::member_remove(scope, group, member)
+        imports::member_remove(self.name(scope)?, self.name(group)?, member)
     }
     fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError> {
-        imports::group_clear(scope, group)
+        imports::group_clear(self.name(scope)?, self.name(group)?)
     }
     fn member_count(&mut self, scope: &str) -> Result<u64, StateError> {
-        imports::member_count(scope)
+        imports::member_count(self.name(scope)?)
     }
     fn counter_add_guarded(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        name: &str,
+        scope: Name,
+        guard: Guard,
+        counter: Name,
         amount: u64,
         limit: Option<u64>,
-        once: Option<&Once>,
+        once: Option<OnceKey<'_>>,
         expires_at: Option<Instant>,
         now: Instant,
     ) -> Result<GuardedAdd, StateError> {
-        // See the WIT: the ABI's flat form has room for plain values only (an
-        // empty key is no `once`; message ids are never empty).
-        let limit = limit.unwrap_or(u64::MAX);
-        let expires_at = expires_at.unwrap_or(Instant::MAX);
-        let none = Once {
-            key: String::new(),
-            fingerprint: 0,
-            expires_at: 0,
-        };
-        let once = once.unwrap_or(&none);
-        imports::counter_add_guarded(scope, guard, name, amount, limit, once, expires_at, now)
+        let once = once.map(|o| Once {
+            prefix: o.prefix,
+            key: o.key.to_string(),
+            fingerprint: o.fingerprint,
+            expires_at: o.expires_at,
+        });
+        imports::counter_add_guarded(
+            scope,
+            guard,
+            counter,
+            amount,
+            limit,
+            once.as_ref(),
+            expires_at,
+            now,
+        )
     }
     fn counter_tally(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        name: &str,
+        scope: Name,
+        guard: Guard,
+        counter: Name,
         now: Instant,
     ) -> Result<Option<Tally>, StateError> {
-        imports::counter_tally(scope, guard, name, now)
+        imports::counter_tally(scope, guard, counter, now)
     }
     fn member_add_guarded(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        group: &str,
+        scope: Name,
+        guard: Guard,
+        group: Name,
         member: &str,
         limit: Option<u64>,
-        name: &str,
+        counter: Name,
         now: Instant,
     ) -> Result<Option<GuardedMember>, StateError> {
-        let limit = limit.unwrap_or(u64::MAX);
-        imports::member_add_guarded(scope, guard, group, member, limit, name, now)
+        imports::member_add_guarded(scope, guard, group, member, limit, counter, now)
     }
 }
 
@@ -109,92 +157,191 @@ pub(crate) struct Component;
 
 crate::bindings::export!(Component with_types_in crate::bindings);
 
+/// Reads the record `key` of `scope` with names interned as the engine's are
+/// (for `inspect`, which walks scopes by their text); between exports' steps,
+/// so the interned names are kept within [`MAX_NAMES`] first.
+pub(crate) fn read_record(scope: &str, key: &str) -> Result<Option<String>, StateError> {
+    bound_names();
+    Host.record_get(scope, key)
+}
+
 pub(crate) fn with_engine<T>(f: impl FnOnce(&Engine) -> T) -> T {
     ENGINE.with(|engine| f(&engine.borrow()))
 }
 
+/// The name behind `handle` in `names`; a handle this instance did not give is
+/// an invalid request.
+fn named<'n>(names: &'n [String], handle: u32, what: &str) -> Result<&'n str, Error> {
+    usize::try_from(handle)
+        .ok()
+        .and_then(|i| names.get(i))
+        .map(String::as_str)
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "{what} handle {handle} was not given by this instance (or was forgotten)"
+            ))
+        })
+}
+
+/// Runs `f` on the engine with the name of `account`.
+fn with_account<T>(
+    account: Account,
+    f: impl FnOnce(&Engine, &str) -> Result<T, Error>,
+) -> Result<T, Error> {
+    bound_names();
+    ACCOUNTS.with(|accounts| {
+        let accounts = accounts.borrow();
+        let name = named(&accounts, account, "account")?;
+        ENGINE.with(|engine| f(&engine.borrow(), name))
+    })
+}
+
+/// Runs `f` on the engine with the names of `account` and `campaign`.
+fn with_campaign<T>(
+    account: Account,
+    campaign: Campaign,
+    f: impl FnOnce(&Engine, &str, &str) -> Result<T, Error>,
+) -> Result<T, Error> {
+    bound_names();
+    ACCOUNTS.with(|accounts| {
+        CAMPAIGNS.with(|campaigns| {
+            let accounts = accounts.borrow();
+            let campaigns = campaigns.borrow();
+            let account = named(&accounts, account, "account")?;
+            let campaign = named(&campaigns, campaign, "campaign")?;
+            ENGINE.with(|engine| f(&engine.borrow(), account, campaign))
+        })
+    })
+}
+
+/// Keeps `name` under a new handle in `names`.
+fn push_handle(names: &RefCell<Vec<String>>, name: String) -> u32 {
+    let mut names = names.borrow_mut();
+    names.push(name);
+    // The host forgets handles long before 2^32 of them (see the WIT).
+    u32::try_from(names.len() - 1).unwrap_or(u32::MAX)
+}
+
 impl Guest for Component {
+    fn account_handle(name: String) -> Account {
+        ACCOUNTS.with(|accounts| push_handle(accounts, name))
+    }
+
+    fn campaign_handle(name: String) -> Campaign {
+        CAMPAIGNS.with(|campaigns| push_handle(campaigns, name))
+    }
+
+    fn forget_handles() {
+        ACCOUNTS.with(|accounts| *accounts.borrow_mut() = Vec::new());
+        CAMPAIGNS.with(|campaigns| *campaigns.borrow_mut() = Vec::new());
+        ENGINE.with(|e| e.borrow().forget_known());
+    }
+
     fn load_policy(toml: String) -> Result<PolicySummary, Vec<Diagnostic>> {
         ENGINE.with(|engine| engine.borrow_mut().load_policy(&toml))
     }
 
     fn subscribe(
-        account: String,
+        account: Account,
         plan: String,
         anchor: Instant,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_engine(|e| e.subscribe(&mut Host, &account, &plan, anchor, now))
+        with_account(account, |e, account| {
+            e.subscribe(&mut Host, account, &plan, anchor, now)
+        })
     }
 
-    fn change_plan(account: String, plan: String, now: Instant) -> Result<Decision, Error> {
-        with_engine(|e| e.change_plan(&mut Host, &account, &plan, now))
+    fn change_plan(account: Account, plan: String, now: Instant) -> Result<Decision, Error> {
+        with_account(account, |e, account| {
+            e.change_plan(&mut Host, account, &plan, now)
+        })
     }
 
     fn add_lead(
-        account: String,
-        campaign: String,
+        account: Account,
+        campaign: Campaign,
         email: String,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_engine(|e| e.add_lead(&mut Host, &account, &campaign, &email, now))
+        with_campaign(account, campaign, |e, account, campaign| {
+            e.add_lead(&mut Host, account, campaign, &email, now)
+        })
     }
 
     fn add_leads(
-        account: String,
-        campaign: String,
+        account: Account,
+        campaign: Campaign,
         emails: Vec<String>,
         now: Instant,
     ) -> Result<LeadBatch, Error> {
-        with_engine(|e| e.add_leads(&mut Host, &account, &campaign, &emails, now))
+        with_campaign(account, campaign, |e, account, campaign| {
+            e.add_leads(&mut Host, account, campaign, &emails, now)
+        })
     }
 
     fn delete_lead(
-        account: String,
-        campaign: String,
+        account: Account,
+        campaign: Campaign,
         email: String,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_engine(|e| e.delete_lead(&mut Host, &account, &campaign, &email, now))
+        with_campaign(account, campaign, |e, account, campaign| {
+            e.delete_lead(&mut Host, account, campaign, &email, now)
+        })
     }
 
     fn delete_campaign_leads(
-        account: String,
-        campaign: String,
+        account: Account,
+        campaign: Campaign,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_engine(|e| e.delete_campaign_leads(&mut Host, &account, &campaign, now))
+        with_campaign(account, campaign, |e, account, campaign| {
+            e.delete_campaign_leads(&mut Host, account, campaign, now)
+        })
     }
 
     fn send_email(
-        account: String,
+        account: Account,
         to: Vec<String>,
         kind: EmailKind,
         message_id: Option<String>,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_engine(|e| e.send_email(&mut Host, &account, &to, kind, message_id.as_deref(), now))
+        with_account(account, |e, account| {
+            e.send_email(&mut Host, account, &to, kind, message_id.as_deref(), now)
+        })
     }
 
     fn charge_email(
-        account: String,
+        account: Account,
         cost: u64,
         message_id: Option<String>,
         now: Instant,
     ) -> Result<Decision, Error> {
-        with_engine(|e| e.charge_email(&mut Host, &account, cost, message_id.as_deref(), now))
+        with_account(account, |e, account| {
+            e.charge_email(&mut Host, account, cost, message_id.as_deref(), now)
+        })
     }
 
-    fn check_email(account: String, cost: u64, now: Instant) -> Result<Decision, Error> {
-        with_engine(|e| e.check_email(&mut Host, &account, cost, now))
+    fn check_email(account: Account, cost: u64, now: Instant) -> Result<Decision, Error> {
+        with_account(account, |e, account| {
+            e.check_email(&mut Host, account, cost, now)
+        })
     }
 
-    fn usage(account: String, now: Instant) -> Result<Decision, Error> {
-        with_engine(|e| e.usage(&mut Host, &account, now))
+    fn usage(account: Account, now: Instant) -> Result<Decision, Error> {
+        with_account(account, |e, account| e.usage(&mut Host, account, now))
     }
 
-    fn email_history(account: String, cycles: u32, now: Instant) -> Result<Vec<CycleUsage>, Error> {
-        with_engine(|e| e.email_history(&mut Host, &account, cycles, now))
+    fn email_history(
+        account: Account,
+        cycles: u32,
+        now: Instant,
+    ) -> Result<Vec<CycleUsage>, Error> {
+        with_account(account, |e, account| {
+            e.email_history(&mut Host, account, cycles, now)
+        })
     }
 
     fn find_invalid_email(

@@ -32,7 +32,7 @@ use crate::bindings::Diagnostic;
 use crate::bindings::{
     AccountUsage, Alert, Credit, CycleUsage, Decision, EmailKind, EmailUsage, Error, GroupCleared,
     Guard, GuardedAdd, GuardedMember, Instant, LeadBatch, LeadOutcome, LeadResult, LeadUsage,
-    MemberAddOutcome, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, PolicySummary,
+    MemberAddOutcome, MemberRemoveOutcome, MemberRemoved, MembersAdded, PlanRef, PolicySummary,
     Reason, StateError, Tally,
 };
 use crate::cycle::{self, Cycle};
@@ -42,9 +42,29 @@ use crate::policy::{Alerts, Plan, Policy};
 /// Billing cycles whose email counts are kept, the current one included.
 pub const HISTORY_CYCLES: u32 = 12;
 
+/// A name interned by [`State::intern`] (WIT `state.name`).
+pub type Name = u32;
+
+/// A once key for [`State::counter_add_guarded`] (WIT `state.once`), borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct OnceKey<'k> {
+    /// The interned part: `msg/<cycle>/`.
+    pub prefix: Name,
+    /// The part new to each call: the message id.
+    pub key: &'k str,
+    pub fingerprint: u64,
+    pub expires_at: Instant,
+}
+
 /// The host's atomic primitives (WIT interface `state`). The component implements
 /// it with its imports; native tests and benchmarks with an in-process store.
+///
+/// The calls a decision on a known account makes (`*_guarded`, `counter_tally`)
+/// take the [`Name`]s the engine keeps for that account; the others take strings,
+/// which the component interns on their way out (see `component.rs`).
 pub trait State {
+    /// The handle of `text` for the calls that take names.
+    fn intern(&mut self, text: &str) -> Result<Name, StateError>;
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError>;
     fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
@@ -67,31 +87,31 @@ pub trait State {
     #[allow(clippy::too_many_arguments)]
     fn counter_add_guarded(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        name: &str,
+        scope: Name,
+        guard: Guard,
+        counter: Name,
         amount: u64,
         limit: Option<u64>,
-        once: Option<&Once>,
+        once: Option<OnceKey<'_>>,
         expires_at: Option<Instant>,
         now: Instant,
     ) -> Result<GuardedAdd, StateError>;
     fn counter_tally(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        name: &str,
+        scope: Name,
+        guard: Guard,
+        counter: Name,
         now: Instant,
     ) -> Result<Option<Tally>, StateError>;
     #[allow(clippy::too_many_arguments)]
     fn member_add_guarded(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        group: &str,
+        scope: Name,
+        guard: Guard,
+        group: Name,
         member: &str,
         limit: Option<u64>,
-        name: &str,
+        counter: Name,
         now: Instant,
     ) -> Result<Option<GuardedMember>, StateError>;
 }
@@ -164,6 +184,12 @@ impl Engine {
         self.policy = Some(policy);
         self.known.get_mut().clear();
         Ok(summary)
+    }
+
+    /// Forgets what this instance knows of every account, with the [`Name`]s it
+    /// kept for them: for a component about to forget its interned names.
+    pub fn forget_known(&self) {
+        self.known.borrow_mut().clear();
     }
 
     pub fn policy(&self) -> Option<&Policy> {
@@ -477,13 +503,13 @@ impl Engine {
                         let usage = self.usage_of(st, account, &stranded, now)?;
                         return Ok(deny(Reason::UnknownPlan, Some(usage)));
                     }
-                    Some((record, Ok(found))) => known.insert(account, record, found),
+                    Some((record, Ok(found))) => known.insert(st, account, &record, found)?,
                 },
             };
             let step = step();
-            let (guard, acct, cycle) = entry.at(now)?;
+            let (scope, guard, acct, cycle) = entry.at(st, now)?;
             let limit = acct.plan.email_credits;
-            let tallied = |st: &mut S| st.counter_tally(account, guard, &cycle.counter, now);
+            let tallied = |st: &mut S| st.counter_tally(scope, guard, cycle.counter, now);
             let charged = |credit, charged| Effect {
                 charged,
                 freed: 0,
@@ -491,18 +517,19 @@ impl Engine {
             };
             let decided = match step {
                 Step::Charge { cost, message } => {
-                    let once = message.map(|m| Once {
-                        key: format!("msg/{}/{}", cycle.cycle.index, m.id),
+                    let once = message.map(|m| OnceKey {
+                        prefix: cycle.once_prefix,
+                        key: m.id,
                         fingerprint: m.fingerprint,
                         expires_at: cycle.cycle.end,
                     });
                     let added = st.counter_add_guarded(
-                        account,
+                        scope,
                         guard,
-                        &cycle.counter,
+                        cycle.counter,
                         cost,
                         limit,
-                        once.as_ref(),
+                        once,
                         Some(cycle.kept_until),
                         now,
                     )?;
@@ -514,14 +541,15 @@ impl Engine {
                         GuardedAdd::Stale => None,
                     }
                 }
-                Step::AddMember { group, member } => st
-                    .member_add_guarded(
-                        account,
+                Step::AddMember { group, member } => {
+                    let group = st.intern(group)?;
+                    st.member_add_guarded(
+                        scope,
                         guard,
                         group,
                         &member,
                         acct.plan.lead_credits,
-                        &cycle.counter,
+                        cycle.counter,
                         now,
                     )?
                     .map(|added| {
@@ -533,7 +561,8 @@ impl Engine {
                             MemberAddOutcome::Refused => Err(Reason::LeadCreditsExhausted),
                         };
                         (outcome, added.tally)
-                    }),
+                    })
+                }
                 Step::Check { cost } => tallied(st)?.map(|t| {
                     let fits = limit.is_none_or(|limit| {
                         t.counter
@@ -675,15 +704,23 @@ impl Engine {
                 "account record of {account:?} is malformed: {record:?}"
             )))
         })?;
-        let found = match policy.plans.get(plan_name) {
-            Some(plan) => Ok(Account {
+        // The plan's index in the policy summary, whose order is the map's.
+        let found = match policy
+            .plans
+            .iter()
+            .enumerate()
+            .find(|(_, (n, _))| *n == plan_name)
+        {
+            Some((index, (_, plan))) => Ok(Account {
                 anchor,
                 plan_name: plan_name.to_string(),
+                plan_index: u32::try_from(index).ok(),
                 plan: *plan,
             }),
             None => Err(Account {
                 anchor,
                 plan_name: plan_name.to_string(),
+                plan_index: None,
                 plan: STRANDED,
             }),
         };
@@ -709,7 +746,10 @@ impl Engine {
 /// An account's usage in `cycle`, from its email counter and member count.
 fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally) -> AccountUsage {
     AccountUsage {
-        plan: acct.plan_name.clone(),
+        plan: match acct.plan_index {
+            Some(index) => PlanRef::Loaded(index),
+            None => PlanRef::Missing(acct.plan_name.clone()),
+        },
         anchor: acct.anchor,
         lead_credits: LeadUsage {
             used: tally.members,
@@ -733,6 +773,9 @@ struct Remembering<'s, S> {
 }
 
 impl<S: State> State for Remembering<'_, S> {
+    fn intern(&mut self, text: &str) -> Result<Name, StateError> {
+        self.inner.intern(text)
+    }
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
         self.inner.record_get(scope, key)
     }
@@ -779,39 +822,39 @@ impl<S: State> State for Remembering<'_, S> {
     }
     fn counter_add_guarded(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        name: &str,
+        scope: Name,
+        guard: Guard,
+        counter: Name,
         amount: u64,
         limit: Option<u64>,
-        once: Option<&Once>,
+        once: Option<OnceKey<'_>>,
         expires_at: Option<Instant>,
         now: Instant,
     ) -> Result<GuardedAdd, StateError> {
         self.inner
-            .counter_add_guarded(scope, guard, name, amount, limit, once, expires_at, now)
+            .counter_add_guarded(scope, guard, counter, amount, limit, once, expires_at, now)
     }
     fn counter_tally(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        name: &str,
+        scope: Name,
+        guard: Guard,
+        counter: Name,
         now: Instant,
     ) -> Result<Option<Tally>, StateError> {
-        self.inner.counter_tally(scope, guard, name, now)
+        self.inner.counter_tally(scope, guard, counter, now)
     }
     fn member_add_guarded(
         &mut self,
-        scope: &str,
-        guard: &Guard,
-        group: &str,
+        scope: Name,
+        guard: Guard,
+        group: Name,
         member: &str,
         limit: Option<u64>,
-        name: &str,
+        counter: Name,
         now: Instant,
     ) -> Result<Option<GuardedMember>, StateError> {
         self.inner
-            .member_add_guarded(scope, guard, group, member, limit, name, now)
+            .member_add_guarded(scope, guard, group, member, limit, counter, now)
     }
 }
 
@@ -976,9 +1019,21 @@ mod tests {
 
     use std::collections::{BTreeMap, BTreeSet};
 
-    use crate::bindings::{CounterAdded, MemberAdded};
-
     use super::*;
+
+    /// What adding to a counter did, before the guard and the tally.
+    enum CounterAdded {
+        Applied(u64),
+        Repeated(u64),
+        Refused(u64),
+        Conflict(u64),
+    }
+
+    /// What adding a member did, with the member count after it.
+    struct MemberAdded {
+        outcome: MemberAddOutcome,
+        members: u64,
+    }
 
     /// The `state` primitives over maps, for one thread.
     #[derive(Default)]
@@ -988,6 +1043,8 @@ mod tests {
         /// (scope, once key) -> fingerprint.
         once: BTreeMap<(String, String), u64>,
         groups: BTreeMap<(String, String), BTreeSet<String>>,
+        /// Interned names, by handle.
+        names: Vec<String>,
     }
 
     impl MemState {
@@ -997,17 +1054,17 @@ mod tests {
             name: &str,
             amount: u64,
             limit: Option<u64>,
-            once: Option<&Once>,
+            once: Option<(String, u64)>,
         ) -> Result<CounterAdded, StateError> {
             let value = self
                 .counters
                 .get(&(scope.into(), name.into()))
                 .copied()
                 .unwrap_or(0);
-            if let Some(o) = once
-                && let Some(&fingerprint) = self.once.get(&(scope.into(), o.key.clone()))
+            if let Some((key, fp)) = &once
+                && let Some(&fingerprint) = self.once.get(&(scope.into(), key.clone()))
             {
-                return Ok(if fingerprint == o.fingerprint {
+                return Ok(if fingerprint == *fp {
                     CounterAdded::Repeated(value)
                 } else {
                     CounterAdded::Conflict(value)
@@ -1020,9 +1077,8 @@ mod tests {
                 None => Ok(CounterAdded::Refused(value)),
                 Some(new) => {
                     self.counters.insert((scope.into(), name.into()), new);
-                    if let Some(o) = once {
-                        self.once
-                            .insert((scope.into(), o.key.clone()), o.fingerprint);
+                    if let Some((key, fp)) = once {
+                        self.once.insert((scope.into(), key), fp);
                     }
                     Ok(CounterAdded::Applied(new))
                 }
@@ -1067,6 +1123,13 @@ mod tests {
                 members: self.members(scope),
             })
         }
+        fn name(&self, name: Name) -> String {
+            self.names[name as usize].clone()
+        }
+        fn guard_holds(&mut self, scope: &str, guard: Guard) -> bool {
+            let key = self.name(guard.key);
+            self.records.get(&(scope.into(), key)) == Some(&self.name(guard.version))
+        }
         fn members(&self, scope: &str) -> u64 {
             let all: BTreeSet<&String> = self
                 .groups
@@ -1079,6 +1142,10 @@ mod tests {
     }
 
     impl State for MemState {
+        fn intern(&mut self, text: &str) -> Result<Name, StateError> {
+            self.names.push(text.to_string());
+            Ok(Name::try_from(self.names.len() - 1).expect("few names in a test"))
+        }
         fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
             Ok(self.records.get(&(scope.into(), key.into())).cloned())
         }
@@ -1181,19 +1248,22 @@ mod tests {
         // One thread: composing the primitives is as atomic as a store's one step.
         fn counter_add_guarded(
             &mut self,
-            scope: &str,
-            guard: &Guard,
-            name: &str,
+            scope: Name,
+            guard: Guard,
+            counter: Name,
             amount: u64,
             limit: Option<u64>,
-            once: Option<&Once>,
+            once: Option<OnceKey<'_>>,
             _expires_at: Option<Instant>,
             _now: Instant,
         ) -> Result<GuardedAdd, StateError> {
-            if self.record_get(scope, &guard.key)?.as_ref() != Some(&guard.value) {
+            let scope = &self.name(scope);
+            if !self.guard_holds(scope, guard) {
                 return Ok(GuardedAdd::Stale);
             }
-            let added = self.counter_add(scope, name, amount, limit, once)?;
+            let once = once.map(|o| (format!("{}{}", self.name(o.prefix), o.key), o.fingerprint));
+            let counter = &self.name(counter);
+            let added = self.counter_add(scope, counter, amount, limit, once)?;
             let members = self.members(scope);
             let tally = |counter| Tally { counter, members };
             Ok(match added {
@@ -1205,37 +1275,42 @@ mod tests {
         }
         fn counter_tally(
             &mut self,
-            scope: &str,
-            guard: &Guard,
-            name: &str,
+            scope: Name,
+            guard: Guard,
+            counter: Name,
             now: Instant,
         ) -> Result<Option<Tally>, StateError> {
-            if self.record_get(scope, &guard.key)?.as_ref() != Some(&guard.value) {
+            let scope = &self.name(scope);
+            if !self.guard_holds(scope, guard) {
                 return Ok(None);
             }
+            let counter = &self.name(counter);
             Ok(Some(Tally {
-                counter: self.counter_get(scope, name, now)?,
+                counter: self.counter_get(scope, counter, now)?,
                 members: self.members(scope),
             }))
         }
         fn member_add_guarded(
             &mut self,
-            scope: &str,
-            guard: &Guard,
-            group: &str,
+            scope: Name,
+            guard: Guard,
+            group: Name,
             member: &str,
             limit: Option<u64>,
-            name: &str,
+            counter: Name,
             now: Instant,
         ) -> Result<Option<GuardedMember>, StateError> {
-            if self.record_get(scope, &guard.key)?.as_ref() != Some(&guard.value) {
+            let scope = &self.name(scope);
+            if !self.guard_holds(scope, guard) {
                 return Ok(None);
             }
+            let group = &self.name(group);
             let added = self.member_add(scope, group, member, limit)?;
+            let counter = &self.name(counter);
             Ok(Some(GuardedMember {
                 outcome: added.outcome,
                 tally: Tally {
-                    counter: self.counter_get(scope, name, now)?,
+                    counter: self.counter_get(scope, counter, now)?,
                     members: added.members,
                 },
             }))
@@ -1483,10 +1558,9 @@ mod tests {
         let d = send(st);
         assert_eq!(brief(&d), (None, 1, 0));
         let usage = d.usage.expect("usage");
-        assert_eq!(
-            (usage.plan.as_str(), usage.email_credits.limit),
-            ("big", Some(9))
-        );
+        // "big" is the first plan of the summary, which lists them by name.
+        assert!(matches!(usage.plan, PlanRef::Loaded(0)), "{:?}", usage.plan);
+        assert_eq!(usage.email_credits.limit, Some(9));
         assert_eq!(usage.email_credits.used, 3);
         // Lead credits too: tiny's one is taken by the first contact, and big's
         // limit, set elsewhere, is seen by the next addition on this engine.
@@ -1523,7 +1597,11 @@ mod tests {
         let d = e.usage(st, "a", T0).unwrap();
         assert_eq!(d.denied, Some(Reason::UnknownPlan));
         let usage = d.usage.expect("a stranded account's usage");
-        assert_eq!(usage.plan, "gone");
+        assert!(
+            matches!(&usage.plan, PlanRef::Missing(name) if name == "gone"),
+            "{:?}",
+            usage.plan
+        );
         assert_eq!(
             (usage.lead_credits.used, usage.lead_credits.limit),
             (2, Some(0))

@@ -106,9 +106,9 @@ mod component {
     use super::Catalog;
     use crate::bindings::Membership;
     use crate::bindings::StateError;
-    use crate::bindings::creditgate::policy::{catalog as imports, state};
+    use crate::bindings::creditgate::policy::catalog as imports;
     use crate::bindings::inspect::{AccountPage, Campaign, Guest, InspectError, Lead, Levels};
-    use crate::component::{Component, with_engine};
+    use crate::component::{Component, read_record, with_engine};
 
     struct Host;
 
@@ -136,7 +136,7 @@ mod component {
                 .collect())
         }
         fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
-            state::record_get(scope, key)
+            read_record(scope, key)
         }
     }
 

@@ -14,7 +14,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::bindings::{Error, Guard, Instant};
 use crate::cycle::{self, Cycle};
-use crate::engine::{ACCOUNT_RECORD, HISTORY_CYCLES};
+use crate::engine::{ACCOUNT_RECORD, HISTORY_CYCLES, Name, State};
 use crate::policy::Plan;
 
 /// Accounts an instance keeps; past this it forgets them all and starts again. An
@@ -27,14 +27,19 @@ const MAX_KNOWN: usize = 16_384;
 pub(crate) struct Account {
     pub anchor: Instant,
     pub plan_name: String,
+    /// The plan's index in the loaded policy's summary; none when stranded.
+    pub plan_index: Option<u32>,
     pub plan: Plan,
 }
 
 /// One known account.
 #[derive(Debug)]
 pub(crate) struct Known {
-    /// The record it was read from, as the guard of every call that relies on it.
-    pub guard: Guard,
+    /// The account's scope, interned.
+    scope: Name,
+    /// The record it was read from, interned, as the guard of every call that
+    /// relies on it.
+    guard: Guard,
     pub account: Account,
     cycle: Option<CycleNames>,
 }
@@ -43,17 +48,23 @@ pub(crate) struct Known {
 #[derive(Debug)]
 pub(crate) struct CycleNames {
     pub cycle: Cycle,
-    /// The cycle's email counter.
-    pub counter: String,
+    /// The cycle's email counter, interned.
+    pub counter: Name,
+    /// The prefix of the cycle's message ids as `once` keys, interned.
+    pub once_prefix: Name,
     /// When that counter may be forgotten.
     pub kept_until: Instant,
 }
 
 impl Known {
-    /// The guard, the account and the billing cycle `now` falls in. The cycle is
-    /// computed again only when `now` has left the one used last: calendar
-    /// arithmetic is most of a decision's own work.
-    pub fn at(&mut self, now: Instant) -> Result<(&Guard, &Account, &CycleNames), Error> {
+    /// The scope, the guard, the account and the billing cycle `now` falls in. The
+    /// cycle is computed (and its names interned) again only when `now` has left
+    /// the one used last: calendar arithmetic is most of a decision's own work.
+    pub fn at(
+        &mut self,
+        st: &mut impl State,
+        now: Instant,
+    ) -> Result<(Name, Guard, &Account, &CycleNames), Error> {
         let anchor = self.account.anchor;
         let fresh = match self.cycle.take() {
             // Instants before the anchor belong to cycle 0 (see `cycle::cycle_at`).
@@ -66,13 +77,19 @@ impl Known {
             _ => {
                 let cycle = cycle_of(anchor, now)?;
                 CycleNames {
-                    counter: email_counter(&cycle),
+                    counter: st.intern(&email_counter(&cycle))?,
+                    once_prefix: st.intern(&once_prefix(&cycle))?,
                     kept_until: kept_until(anchor, &cycle),
                     cycle,
                 }
             }
         };
-        Ok((&self.guard, &self.account, self.cycle.insert(fresh)))
+        Ok((
+            self.scope,
+            self.guard,
+            &self.account,
+            self.cycle.insert(fresh),
+        ))
     }
 }
 
@@ -95,23 +112,32 @@ impl KnownAccounts {
         self.accounts.get_mut(account)
     }
 
-    /// Remembers `account` as read from `record`.
-    pub fn insert(&mut self, account: &str, record: String, found: Account) -> &mut Known {
+    /// Remembers `account` as read from `record`, interning the names its
+    /// decisions will use.
+    pub fn insert(
+        &mut self,
+        st: &mut impl State,
+        account: &str,
+        record: &str,
+        found: Account,
+    ) -> Result<&mut Known, Error> {
         if self.accounts.len() >= MAX_KNOWN {
             self.accounts.clear();
         }
         let known = Known {
+            scope: st.intern(account)?,
             guard: Guard {
-                key: ACCOUNT_RECORD.to_string(),
-                value: record,
+                key: st.intern(ACCOUNT_RECORD)?,
+                version: st.intern(record)?,
             },
             account: found,
             cycle: None,
         };
-        self.accounts
+        Ok(self
+            .accounts
             .entry(account.to_string())
             .insert_entry(known)
-            .into_mut()
+            .into_mut())
     }
 
     pub fn forget(&mut self, account: &str) {
@@ -144,6 +170,11 @@ pub(crate) fn kept_until(anchor: Instant, cycle: &Cycle) -> Instant {
 
 pub(crate) fn email_counter(cycle: &Cycle) -> String {
     format!("email/{}", cycle.index)
+}
+
+/// The prefix of a message id as a `once` key of `cycle`: `msg/<cycle>/<id>`.
+pub(crate) fn once_prefix(cycle: &Cycle) -> String {
+    format!("msg/{}/", cycle.index)
 }
 
 /// FNV-1a: account names are short, and std's default hasher would ask the host

@@ -31,8 +31,8 @@ pub mod bindings {
 
     pub use creditgate::policy::catalog::Membership;
     pub use creditgate::policy::state::{
-        CounterAdded, GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome,
-        MemberAdded, MemberRemoveOutcome, MemberRemoved, MembersAdded, Once, StateError, Tally,
+        GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome, MemberRemoveOutcome,
+        MemberRemoved, MembersAdded, Once, StateError, Tally,
     };
     pub use creditgate::policy::types::Instant;
     /// The `inspect` export's types (see [`crate::inspect`]).
@@ -41,7 +41,7 @@ pub mod bindings {
     }
     pub use exports::creditgate::policy::policy::{
         AccountUsage, Alert, Allowance, Credit, CycleUsage, Decision, Diagnostic, EmailKind,
-        EmailUsage, Error, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanSummary,
+        EmailUsage, Error, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanRef, PlanSummary,
         PolicySummary, Reason,
     };
 }

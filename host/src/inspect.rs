@@ -19,8 +19,8 @@ use crate::gateway::Gateway;
 use crate::runtime::{DecideError, LoadError, Worker};
 use crate::store::{Store, StoreError};
 
-pub use crate::bindings::creditgate::policy::catalog::{GroupSize, Membership};
-pub use crate::bindings::exports::creditgate::policy::inspect::{
+pub use crate::bindings::wit::creditgate::policy::catalog::{GroupSize, Membership};
+pub use crate::bindings::wit::exports::creditgate::policy::inspect::{
     AccountPage, Campaign, InspectError, Lead, Levels,
 };
 

@@ -16,38 +16,51 @@ const MAX_TRACKED_NANOS: u64 = 60_000_000_000;
 
 /// One latency distribution: an HDR histogram of nanoseconds (3 significant
 /// digits) and the exact sum, which Prometheus histograms also expose.
-#[derive(Debug, Clone)]
+///
+/// The histogram is made on the first value: one spans 221 KiB, and a worker
+/// holds three per operation, most of which never see a value. Allocating them
+/// all (and unmapping them) was most of the cost of a fresh worker.
+#[derive(Debug, Clone, Default)]
 pub struct Timing {
-    histogram: Histogram<u64>,
+    histogram: Option<Box<Histogram<u64>>>,
     sum_nanos: u128,
 }
 
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            histogram: Histogram::new_with_bounds(1, MAX_TRACKED_NANOS, 3)
-                .expect("static bounds are valid"),
-            sum_nanos: 0,
-        }
-    }
+fn new_histogram() -> Box<Histogram<u64>> {
+    Box::new(Histogram::new_with_bounds(1, MAX_TRACKED_NANOS, 3).expect("static bounds are valid"))
 }
 
 impl Timing {
     pub fn record(&mut self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.histogram
+            .get_or_insert_with(new_histogram)
             .saturating_record(nanos.clamp(1, MAX_TRACKED_NANOS));
         self.sum_nanos += u128::from(nanos);
     }
 
     pub fn merge(&mut self, other: &Timing) {
-        // Same bounds on both sides: `add` cannot fail.
-        let _ = self.histogram.add(&other.histogram);
+        if let Some(theirs) = &other.histogram {
+            // Same bounds on both sides: `add` cannot fail.
+            let _ = self
+                .histogram
+                .get_or_insert_with(new_histogram)
+                .add(&**theirs);
+        }
         self.sum_nanos += other.sum_nanos;
     }
 
     pub fn summary(&self) -> Summary {
-        summarize(&self.histogram)
+        match &self.histogram {
+            Some(h) => summarize(h),
+            None => Summary {
+                count: 0,
+                p50: 0,
+                p99: 0,
+                p999: 0,
+                max: 0,
+            },
+        }
     }
 
     /// The lines of a Prometheus histogram named `name` with `labels` (already
@@ -56,7 +69,8 @@ impl Timing {
         // One pass over the recorded values, not one count per bucket: a scrape
         // must stay cheap however many values the histogram holds.
         let mut counts = [0u64; BUCKETS.len()];
-        for v in self.histogram.iter_recorded() {
+        let recorded = self.histogram.iter().flat_map(|h| h.iter_recorded());
+        for v in recorded {
             let seconds = v.value_iterated_to() as f64 / 1e9;
             let first = BUCKETS.partition_point(|bound| *bound < seconds);
             if let Some(c) = counts.get_mut(first) {
@@ -68,7 +82,7 @@ impl Timing {
             cumulative += count;
             let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
         }
-        let count = self.histogram.len();
+        let count = self.histogram.as_ref().map_or(0, |h| h.len());
         let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
         let labels = labels.trim_end_matches(',');
         let sum = self.sum_nanos as f64 / 1e9;
@@ -114,11 +128,16 @@ pub struct Summary {
 }
 
 impl Latencies {
-    /// Records one decision: `total` around the guest call, `store` inside host imports.
-    pub fn record(&mut self, op: Op, total: Duration, store: Duration) {
+    /// Records one decision: `total` around the guest call, and `store` inside host
+    /// imports when it was timed (one call in
+    /// [`SPLIT_EVERY`](crate::runtime::SPLIT_EVERY): the split is a sample, which
+    /// spares every other call two clock reads per store call).
+    pub fn record(&mut self, op: Op, total: Duration, store: Option<Duration>) {
         self.total[op.index()].record(total);
-        self.store[op.index()].record(store);
-        self.guest[op.index()].record(total.saturating_sub(store));
+        if let Some(store) = store {
+            self.store[op.index()].record(store);
+            self.guest[op.index()].record(total.saturating_sub(store));
+        }
     }
 
     pub fn merge(&mut self, other: &Latencies) {

@@ -12,10 +12,13 @@
 //! and [`Store::persist`] makes everything applied so far durable. The host calls
 //! `persist` before it answers any request whose decision changed state.
 
+mod group_commit;
+mod journal;
 mod memory;
 mod redb_store;
 mod redis_store;
 
+pub use journal::path_of as journal_path;
 pub use memory::MemoryStore;
 pub use redb_store::{Create, OpenOptions, RedbStore, WrapStorage};
 pub use redis_store::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};

@@ -2,11 +2,18 @@
 //!
 //! Every primitive is one redb write transaction committed with
 //! [`Durability::None`]: applied and visible to every reader when it returns, at the
-//! cost of a few microseconds and no disk sync. [`Store::persist`] commits an empty
-//! transaction with [`Durability::Immediate`], which makes every earlier commit
-//! durable. Concurrent callers share one such commit (group commit): one caller
-//! leads, first letting the primitives already under way finish so its sync covers
-//! them, and the others wait for it.
+//! cost of a few microseconds and no disk sync. Each one that changed anything is
+//! also appended to the store's journal (see [`super::journal`]), a file beside the
+//! database named as it is with `-journal` appended, and [`Store::persist`]
+//! writes the records appended since the last call and syncs them: one
+//! `fdatasync` of the bytes that changed, where a redb durable commit writes every
+//! dirty page and syncs twice. Concurrent callers share one sync (group commit,
+//! [`super::group_commit`]). A checkpoint (one redb durable commit, after
+//! [`OpenOptions::checkpoint_records`] records or `checkpoint_bytes` bytes) lets
+//! the journal start again from its head; opening the store replays what redb
+//! does not hold yet. Table `journal` keeps the store's id, its boot count (one
+//! per opening) and the number of the last record whose effects redb holds,
+//! updated in the same transaction as those effects.
 //!
 //! Tables (`&str` components compare bytewise, so scopes list in byte order):
 //!
@@ -38,13 +45,14 @@
 //! many members they carry; `visit_members` and `export_scope` read one read
 //! transaction, a snapshot.
 //!
-//! A failed commit (a full disk, an I/O error) closes the handle: what it had
+//! A failed commit or journal write (a full disk, an I/O error) closes the handle: what it had
 //! applied and not yet made durable is gone with it, so no later call, reads
 //! included, can decide on effects nobody acknowledged. Until the file reopens,
 //! every call is refused with [`StoreError::Unavailable`] and [`Store::health`]
 //! says why; the reopen is tried again at most once per
-//! [`OpenOptions::retry_after`], by whichever call comes, and redb rolls the
-//! file back to its last durable commit. [`Store::losses`] counts these losses
+//! [`OpenOptions::retry_after`], by whichever call comes: redb rolls the file
+//! back to its last durable commit, and the journal's synced records are
+//! replayed on it. [`Store::losses`] counts these losses
 //! for callers that must tell an effect applied before one from one applied after.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,8 +62,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{
-    Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
-    TryLockError,
+    Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
 };
 use std::time::Duration;
 
@@ -66,6 +73,8 @@ use redb::{
     TableDefinition, TableError, TransactionError, WriteTransaction,
 };
 
+use super::group_commit::GroupCommit;
+use super::journal::{self, Journal, OnceKey, Op, ReplayFrom};
 use super::{
     CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
     check_guarded_member, check_name, check_value, is_retry,
@@ -92,6 +101,14 @@ const MEMBER_GROUPS: TableDefinition<Pair, u64> = TableDefinition::new("member_g
 const SCOPE_MEMBERS: TableDefinition<&str, u64> = TableDefinition::new("scope_members");
 const ALERT_LOG: TableDefinition<Pair, &str> = TableDefinition::new("alert_log");
 const ALERT_SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("alert_sequences");
+/// The journal's bookkeeping: [`ID`], [`BOOT`], [`APPLIED`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("journal");
+/// A random number naming the store, which its journal's header repeats.
+const ID: &str = "id";
+/// How many times the store was opened: records carry the opening's number.
+const BOOT: &str = "boot";
+/// The last journal record whose effects the database holds.
+const APPLIED: &str = "applied";
 
 /// Expiry stored for "never".
 const NEVER: Instant = i64::MAX;
@@ -182,22 +199,6 @@ impl<T> Context<T> for Result<T, DatabaseError> {
     }
 }
 
-/// Sequence numbers of commits, for group commit.
-#[derive(Default)]
-struct Commits {
-    /// Non-durable commits applied so far.
-    applied: u64,
-    /// Every commit up to this one is durable.
-    durable: u64,
-    /// A leader is gathering or committing a durable commit.
-    in_flight: bool,
-    /// Primitives that have begun, and of those, that have ended (in any way).
-    started: u64,
-    ended: u64,
-    /// The leader waits until `ended` reaches this.
-    draining: Option<u64>,
-}
-
 /// What opening a store file may create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Create {
@@ -214,8 +215,10 @@ pub enum Create {
     IfMissingOrEmpty,
 }
 
-/// Wraps the storage under a database file (see [`OpenOptions::storage`]).
-pub type WrapStorage = dyn Fn(Box<dyn StorageBackend>) -> Box<dyn StorageBackend> + Send + Sync;
+/// Wraps the storage under a file of the store, the database or its journal,
+/// given with its path (see [`OpenOptions::storage`]).
+pub type WrapStorage =
+    dyn Fn(&Path, Box<dyn StorageBackend>) -> Box<dyn StorageBackend> + Send + Sync;
 
 /// How [`RedbStore::open_with`] opens a file.
 #[derive(Clone)]
@@ -225,10 +228,27 @@ pub struct OpenOptions {
     /// Each attempt reads the file to repair it, so a gateway refusing decisions
     /// on a full disk must not try at every request.
     pub retry_after: Duration,
-    /// Wraps the file's storage, at every open and reopen: tests make it fail on
-    /// command. None: the file as it is.
+    /// Wraps the storage of the database and of its journal, at every open and
+    /// reopen: tests make it fail on command, or keep only what was synced. None:
+    /// the files as they are.
     pub storage: Option<Arc<WrapStorage>>,
+    /// A checkpoint (one redb durable commit, after which the journal starts
+    /// again) is taken once the journal holds this many records, or
+    /// [`OpenOptions::checkpoint_bytes`] bytes. It bounds how much an opening
+    /// replays, and so the time to recover after a crash.
+    pub checkpoint_records: u64,
+    pub checkpoint_bytes: u64,
 }
+
+/// Records between checkpoints by default. Replay re-runs each primitive in
+/// transactions of REPLAY_BATCH, about a quarter of what applying it took the
+/// first time (`cargo bench --bench decide -- store/recover`), so a full
+/// journal replays in tens of milliseconds on a release build; a checkpoint
+/// costs one redb durable commit (a few ms), every quarter second at 40,000
+/// charges a second.
+const CHECKPOINT_RECORDS: u64 = 10_000;
+/// Bytes between checkpoints by default: bulk imports fill it before the count.
+const CHECKPOINT_BYTES: u64 = 8 << 20;
 
 impl Default for OpenOptions {
     fn default() -> Self {
@@ -236,6 +256,8 @@ impl Default for OpenOptions {
             create: Create::default(),
             retry_after: Duration::from_secs(1),
             storage: None,
+            checkpoint_records: CHECKPOINT_RECORDS,
+            checkpoint_bytes: CHECKPOINT_BYTES,
         }
     }
 }
@@ -246,18 +268,25 @@ impl std::fmt::Debug for OpenOptions {
             .field("create", &self.create)
             .field("retry_after", &self.retry_after)
             .field("storage", &self.storage.as_ref().map(|_| "wrapped"))
+            .field("checkpoint_records", &self.checkpoint_records)
+            .field("checkpoint_bytes", &self.checkpoint_bytes)
             .finish()
     }
 }
 
 /// The database, or why there is none.
 enum Handle {
-    Open {
-        db: Database,
-        fence: Arc<AtomicBool>,
-    },
+    Open(Open),
     /// A commit failed and the handle was closed.
     Failed(Failed),
+}
+
+/// The open database and its journal.
+struct Open {
+    db: Database,
+    journal: Journal,
+    /// Set when a commit fails: neither file is written any more.
+    fence: Arc<AtomicBool>,
 }
 
 struct Failed {
@@ -267,6 +296,9 @@ struct Failed {
     reopen: Option<String>,
     /// No reopen is tried before this.
     retry_at: std::time::Instant,
+    /// The journal's `(durable_end, written_end)` when it failed: the reopen
+    /// replays nothing past the first, and clears up to the second.
+    journal_ends: (u64, u64),
 }
 
 /// The file under a [`Database`], which writes nothing more once fenced.
@@ -351,8 +383,26 @@ impl StorageBackend for Fenced {
     }
 }
 
-/// Opens the database in the file at `path`, with every table in place.
-fn open_database(path: &Path, options: &OpenOptions) -> Result<Handle, StoreError> {
+/// The database and its journal's file, opened, before the journal is replayed.
+struct Opened {
+    db: Database,
+    fence: Arc<AtomicBool>,
+    journal: Box<dyn StorageBackend>,
+    meta: Meta,
+}
+
+/// What table `journal` holds.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    id: u64,
+    /// This opening's number.
+    boot: u64,
+    applied: u64,
+}
+
+/// Opens the database in the file at `path`, with every table in place, and its
+/// journal (created with the database, or if missing).
+fn open_database(path: &Path, options: &OpenOptions) -> Result<Opened, StoreError> {
     let shown = path.display().to_string();
     let what = format!("opening {shown}");
     let existing = || {
@@ -389,20 +439,51 @@ fn open_database(path: &Path, options: &OpenOptions) -> Result<Handle, StoreErro
     if len == 0 && !created && options.create != Create::IfMissingOrEmpty {
         return Err(StoreError::Empty { path: shown });
     }
-    let handle = database(file, &shown, options);
+    let opened = database(file, path, options).and_then(|(db, fence, meta)| {
+        // A journal left by a store that was deleted is not this one's.
+        let journal = open_journal(path, options, &fence, meta.id, created || len == 0)?;
+        Ok(Opened {
+            db,
+            fence,
+            journal,
+            meta,
+        })
+    });
     // A file made here and left empty would be refused at the next start.
-    if created && handle.is_err() {
+    if created && opened.is_err() {
         let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(journal::path_of(path));
     }
-    handle
+    opened
 }
 
-fn database(file: std::fs::File, shown: &str, options: &OpenOptions) -> Result<Handle, StoreError> {
+/// Opens the journal of the store at `path` (see [`journal::open_file`]),
+/// behind the store's fence.
+fn open_journal(
+    path: &Path,
+    options: &OpenOptions,
+    fence: &Arc<AtomicBool>,
+    id: u64,
+    fresh: bool,
+) -> Result<Box<dyn StorageBackend>, StoreError> {
+    let storage = journal::open_file(path, options.storage.as_deref(), id, fresh)?;
+    Ok(Box::new(Fenced {
+        storage,
+        fence: fence.clone(),
+    }))
+}
+
+fn database(
+    file: std::fs::File,
+    path: &Path,
+    options: &OpenOptions,
+) -> Result<(Database, Arc<AtomicBool>, Meta), StoreError> {
+    let shown = path.display().to_string();
     let what = format!("opening {shown}");
     let storage: Box<dyn StorageBackend> =
         Box::new(FileBackend::new(file).map_err(|e| unavailable(&what, e))?);
     let storage = match &options.storage {
-        Some(wrap) => wrap(storage),
+        Some(wrap) => wrap(path, storage),
         None => storage,
     };
     let fence = Arc::new(AtomicBool::new(false));
@@ -419,9 +500,7 @@ fn database(file: std::fs::File, shown: &str, options: &OpenOptions) -> Result<H
     {
         Ok(db) => db,
         Err(DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(StoreError::Locked {
-                path: shown.to_owned(),
-            });
+            return Err(StoreError::Locked { path: shown });
         }
         // redb's answer to bytes that do not start with its magic number.
         Err(DatabaseError::Storage(StorageError::Io(e)))
@@ -434,7 +513,8 @@ fn database(file: std::fs::File, shown: &str, options: &OpenOptions) -> Result<H
         Err(e) => return Err(e).ctx(&what),
     };
     // Creating every table up front lets read transactions open them without
-    // handling "table does not exist" on a fresh file.
+    // handling "table does not exist" on a fresh file. Durable (redb's default):
+    // the boot number must never be handed out twice.
     let txn = db.begin_write().ctx(&what)?;
     txn.open_table(RECORDS).ctx(&what)?;
     txn.open_table(COUNTERS).ctx(&what)?;
@@ -444,8 +524,70 @@ fn database(file: std::fs::File, shown: &str, options: &OpenOptions) -> Result<H
     txn.open_table(MEMBER_GROUPS).ctx(&what)?;
     txn.open_table(SCOPE_MEMBERS).ctx(&what)?;
     migrate_alert_log(&txn).ctx(&what)?;
+    let meta = {
+        let mut meta = txn.open_table(META).ctx(&what)?;
+        let get = |key| -> Result<Option<u64>, StoreError> {
+            Ok(meta.get(key).ctx(&what)?.map(|v| v.value()))
+        };
+        let id = match get(ID)? {
+            Some(id) => id,
+            None => journal::new_id(),
+        };
+        let boot = get(BOOT)?.unwrap_or(0).saturating_add(1);
+        let applied = get(APPLIED)?.unwrap_or(0);
+        meta.insert(ID, id).ctx(&what)?;
+        meta.insert(BOOT, boot).ctx(&what)?;
+        Meta { id, boot, applied }
+    };
     txn.commit().ctx(&what)?;
-    Ok(Handle::Open { db, fence })
+    Ok((db, fence, meta))
+}
+
+/// Makes everything applied so far durable in redb (one durable commit), then
+/// starts the journal again from its head. Called with the writer lock held.
+fn checkpoint(open: &Open) -> Result<(), StoreError> {
+    let what = "checkpoint";
+    let mut txn = open.db.begin_write().ctx(what)?;
+    txn.set_durability(Durability::Immediate).ctx(what)?;
+    txn.commit().ctx("checkpoint: durable commit")?;
+    open.journal
+        .restart()
+        .map_err(|e| unavailable("checkpoint: restarting the journal", e))
+}
+
+/// Records in `txn` that the database holds the effects of journal record `seq`.
+fn applied_through(txn: &WriteTransaction, seq: u64) -> Result<(), StoreError> {
+    let what = "recording the journal position";
+    txn.open_table(META)
+        .ctx(what)?
+        .insert(APPLIED, seq)
+        .ctx(what)?;
+    Ok(())
+}
+
+/// Journal records replayed per redb transaction.
+const REPLAY_BATCH: u64 = 4096;
+
+thread_local! {
+    /// Set while this thread replays the journal: [`RedbStore::write`] then runs
+    /// each primitive in [`RedbStore::replaying`]'s transaction.
+    static REPLAYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Clears [`REPLAYING`] however the replay of a record ends.
+struct Replaying;
+
+impl Replaying {
+    fn start() -> Self {
+        REPLAYING.set(true);
+        Replaying
+    }
+}
+
+impl Drop for Replaying {
+    fn drop(&mut self) {
+        REPLAYING.set(false);
+    }
 }
 
 /// A [`Store`] in a redb database file.
@@ -462,58 +604,18 @@ pub struct RedbStore {
     losses: AtomicU64,
     /// Held by the one call that is reopening the file.
     reopening: Mutex<()>,
-    commits: Mutex<Commits>,
-    /// Signalled whenever a durable commit ends, in success or failure.
-    durable_done: Condvar,
-    /// Signalled when the primitives a leader waits for have ended.
-    drained: Condvar,
-}
-
-/// Clears `in_flight` and wakes the followers when the leader's durable commit ends,
-/// even by a panic in redb, so that no follower waits forever.
-struct Leader<'a> {
-    store: &'a RedbStore,
-    covers: Option<u64>,
-}
-
-impl Drop for Leader<'_> {
-    fn drop(&mut self) {
-        let mut commits = self.store.commits();
-        commits.in_flight = false;
-        commits.draining = None;
-        if let Some(covers) = self.covers {
-            commits.durable = commits.durable.max(covers);
-        }
-        drop(commits);
-        self.store.durable_done.notify_all();
-    }
-}
-
-/// Counts a primitive as ended however it ends, so that a leader waiting for it
-/// never waits forever.
-struct Primitive<'a> {
-    store: &'a RedbStore,
-    committed: bool,
-}
-
-impl Drop for Primitive<'_> {
-    fn drop(&mut self) {
-        let mut commits = self.store.commits();
-        if self.committed {
-            commits.applied = commits.applied.saturating_add(1);
-        }
-        commits.ended = commits.ended.saturating_add(1);
-        let wake = commits.draining.is_some_and(|until| commits.ended >= until);
-        drop(commits);
-        if wake {
-            self.store.drained.notify_all();
-        }
-    }
+    /// Held from a primitive's transaction to its journal record, so that the
+    /// records are in the order of the commits (redb has one writer anyway).
+    writer: Mutex<()>,
+    group: GroupCommit,
+    /// The transaction journal records are replayed in, while one is.
+    replaying: Mutex<Option<WriteTransaction>>,
 }
 
 impl RedbStore {
     /// Opens the database at `path`, creating the file if it does not exist (an
-    /// existing empty file is refused: see [`Create::IfMissing`]).
+    /// existing empty file is refused: see [`Create::IfMissing`]), and replays
+    /// its journal.
     ///
     /// Fails at once with [`StoreError::Locked`] if another handle (in this process
     /// or another) has the file open.
@@ -523,17 +625,24 @@ impl RedbStore {
 
     /// Opens the database at `path` as `options` say.
     pub fn open_with(path: &Path, options: OpenOptions) -> Result<Self, StoreError> {
-        let handle = open_database(path, &options)?;
-        Ok(Self {
-            handle: RwLock::new(handle),
+        let store = Self {
+            handle: RwLock::new(Handle::Failed(Failed {
+                why: "not opened yet".into(),
+                reopen: None,
+                retry_at: std::time::Instant::now(),
+                journal_ends: (0, 0),
+            })),
             path: path.to_owned(),
             options,
             losses: AtomicU64::new(0),
             reopening: Mutex::new(()),
-            commits: Mutex::default(),
-            durable_done: Condvar::new(),
-            drained: Condvar::new(),
-        })
+            writer: Mutex::new(()),
+            group: GroupCommit::default(),
+            replaying: Mutex::new(None),
+        };
+        let open = store.open_and_replay(&store.options, None)?;
+        *store.handle_mut() = Handle::Open(open);
+        Ok(store)
     }
 
     /// The database file.
@@ -541,9 +650,124 @@ impl RedbStore {
         &self.path
     }
 
+    /// Opens the files and replays the journal; after a failure, `ends` are the
+    /// failed journal's (see [`Failed::journal_ends`]).
+    fn open_and_replay(
+        &self,
+        options: &OpenOptions,
+        ends: Option<(u64, u64)>,
+    ) -> Result<Open, StoreError> {
+        let Opened {
+            db,
+            fence,
+            journal: file,
+            meta,
+        } = open_database(&self.path, options)?;
+        let at = journal::path_of(&self.path);
+        let shown = at.display().to_string();
+        if let Some((durable, written)) = ends {
+            journal::clear(&*file, durable, written)
+                .map_err(|e| unavailable(&format!("clearing the journal {shown}"), e))?;
+        }
+        let from = ReplayFrom {
+            id: meta.id,
+            applied: meta.applied,
+            boot: meta.boot,
+            limit: ends.map(|(durable, _)| durable),
+        };
+        let replayed = self.replay(&db, &*file, &shown, &from)?;
+        let journal = Journal::new(file, meta.boot, replayed.last + 1)
+            .map_err(|e| unavailable(&format!("opening the journal {shown}"), e))?;
+        if replayed.applied > 0 {
+            // Records appended before the alert log had tables of its own may
+            // have written its old scopes again: move them as at opening (made
+            // durable by the checkpoint below).
+            let what = "moving the alert log out of its old scopes";
+            let mut txn = db.begin_write().ctx(what)?;
+            txn.set_durability(Durability::None).ctx(what)?;
+            migrate_alert_log(&txn).ctx(what)?;
+            txn.commit().ctx(what)?;
+        }
+        let open = Open { db, journal, fence };
+        if replayed.applied > 0 {
+            // The journal starts again empty, so that the next opening replays
+            // nothing of it.
+            checkpoint(&open)?;
+            tracing::info!(
+                store = %self.path.display(),
+                records = replayed.applied,
+                "replayed the journal"
+            );
+        }
+        Ok(open)
+    }
+
+    /// Replays the records of the journal in `file` that `db` does not hold, by
+    /// calling the primitives they record, in transactions of [`REPLAY_BATCH`].
+    fn replay(
+        &self,
+        db: &Database,
+        file: &dyn StorageBackend,
+        shown: &str,
+        from: &ReplayFrom,
+    ) -> Result<journal::Replayed, StoreError> {
+        let what = "replaying the journal";
+        let mut in_batch = 0;
+        let commit = |seq| -> Result<(), StoreError> {
+            let txn = self.replaying().take();
+            if let Some(txn) = txn {
+                applied_through(&txn, seq)?;
+                txn.commit().ctx(what)?;
+            }
+            Ok(())
+        };
+        let replayed = journal::replay(file, shown, from, &mut |seq: u64, payload: &[u8]| {
+            {
+                let mut slot = self.replaying();
+                if slot.is_none() {
+                    let mut txn = db.begin_write().ctx(what)?;
+                    txn.set_durability(Durability::None).ctx(what)?;
+                    *slot = Some(txn);
+                }
+            }
+            let op = Op::decode(payload)
+                .map_err(|e| corrupt(what, format!("{shown}, record {seq}: {e}")))?;
+            let replaying = Replaying::start();
+            op.apply(self).map_err(|e| {
+                corrupt(
+                    what,
+                    format!("{shown}, record {seq} does not apply as it did: {e}"),
+                )
+            })?;
+            drop(replaying);
+            in_batch += 1;
+            if in_batch == REPLAY_BATCH {
+                in_batch = 0;
+                commit(seq)?;
+            }
+            Ok(())
+        });
+        match replayed {
+            Ok(replayed) => {
+                commit(replayed.last)?;
+                Ok(replayed)
+            }
+            Err(e) => {
+                self.replaying().take();
+                Err(e)
+            }
+        }
+    }
+
+    fn replaying(&self) -> MutexGuard<'_, Option<WriteTransaction>> {
+        self.replaying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Verifies every page checksum of the file and repairs the allocator state.
     /// `Ok(true)`: the file is sound; `Ok(false)`: it was damaged and repaired.
-    /// Pending non-durable commits are made durable (or rolled back by a repair).
+    /// Everything applied is made durable first (a checkpoint).
     pub fn check_integrity(&mut self) -> Result<bool, StoreError> {
         let what = "checking integrity";
         let handle = self
@@ -551,22 +775,14 @@ impl RedbStore {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         let sound = match handle {
-            Handle::Open { db, .. } => db.check_integrity().ctx(what)?,
+            Handle::Open(open) => {
+                checkpoint(open)?;
+                open.db.check_integrity().ctx(what)?
+            }
             Handle::Failed(failed) => return Err(refusal(&self.path, failed, what)),
         };
-        // Nothing is pending any more either way: durable, or rolled back.
-        let commits = self
-            .commits
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        commits.durable = commits.applied;
+        self.group.all_durable();
         Ok(sound)
-    }
-
-    // The lock only guards counters updated in single statements, so a poisoned one
-    // still holds consistent numbers.
-    fn commits(&self) -> MutexGuard<'_, Commits> {
-        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     // The handle is only ever replaced whole, so a poisoned lock still holds one.
@@ -583,33 +799,33 @@ impl RedbStore {
     fn with_db<T>(
         &self,
         what: &str,
-        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+        f: impl FnOnce(&Open) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         {
             let handle = self.handle();
-            if let Handle::Open { db, .. } = &*handle {
-                return f(db);
+            if let Handle::Open(open) = &*handle {
+                return f(open);
             }
         }
         self.reopen(what)?;
         match &*self.handle() {
-            Handle::Open { db, .. } => f(db),
+            Handle::Open(open) => f(open),
             Handle::Failed(failed) => Err(refusal(&self.path, failed, what)),
         }
     }
 
     /// A read transaction on the open database.
     fn begin_read(&self, what: &str) -> Result<ReadTransaction, StoreError> {
-        self.with_db(what, |db| db.begin_read().ctx(what))
+        self.with_db(what, |open| open.db.begin_read().ctx(what))
     }
 
     /// Closes the handle after a failed commit: what it applied and had not made
-    /// durable is dropped with it, and nothing reaches the file any more.
+    /// durable is dropped with it, and nothing reaches the files any more.
     /// `generation` is [`RedbStore::losses`] as read while the handle that failed
     /// was in use: a later handle is not closed for an earlier one's failure.
     fn fail(&self, why: &StoreError, generation: u64) {
         let mut handle = self.handle_mut();
-        let Handle::Open { fence, .. } = &*handle else {
+        let Handle::Open(open) = &*handle else {
             return;
         };
         if self.losses.load(Ordering::Acquire) != generation {
@@ -617,7 +833,8 @@ impl RedbStore {
         }
         // Under the exclusive lock: no call is using the database, and every later
         // one finds it closed.
-        fence.store(true, Ordering::Release);
+        open.fence.store(true, Ordering::Release);
+        let journal_ends = open.journal.ends();
         self.losses.fetch_add(1, Ordering::AcqRel);
         let why = match why {
             StoreError::Unavailable(m) | StoreError::Corrupt(m) => m.clone(),
@@ -627,8 +844,9 @@ impl RedbStore {
             why: why.clone(),
             reopen: None,
             retry_at: std::time::Instant::now() + self.options.retry_after,
+            journal_ends,
         });
-        // Closing writes nothing (fenced), and releases the file for the reopen.
+        // Closing writes nothing (fenced), and releases the files for the reopen.
         drop(std::mem::replace(&mut *handle, failed));
         drop(handle);
         tracing::error!(
@@ -638,8 +856,9 @@ impl RedbStore {
         );
     }
 
-    /// Reopens the file after a failed commit, when the time to try again has come.
-    /// redb rolls it back to its last durable commit.
+    /// Reopens the files after a failed commit, when the time to try again has
+    /// come: redb rolls the database back to its last durable commit, and the
+    /// journal's synced records are replayed on it.
     fn reopen(&self, what: &str) -> Result<(), StoreError> {
         // One reopen at a time; the others are refused meanwhile.
         let _reopening = match self.reopening.try_lock() {
@@ -647,23 +866,23 @@ impl RedbStore {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return self.refused(what),
         };
-        match &*self.handle() {
-            Handle::Open { .. } => return Ok(()),
+        let ends = match &*self.handle() {
+            Handle::Open(_) => return Ok(()),
             Handle::Failed(failed) if std::time::Instant::now() < failed.retry_at => {
                 return Err(refusal(&self.path, failed, what));
             }
-            Handle::Failed(_) => {}
-        }
+            Handle::Failed(failed) => failed.journal_ends,
+        };
         // Never a fresh ledger in place of one that went missing meanwhile.
         let options = OpenOptions {
             create: Create::Never,
             ..self.options.clone()
         };
-        let opened = open_database(&self.path, &options);
+        let opened = self.open_and_replay(&options, Some(ends));
         let mut handle = self.handle_mut();
         match (opened, &mut *handle) {
             (Ok(open), _) => {
-                *handle = open;
+                *handle = Handle::Open(open);
                 drop(handle);
                 tracing::warn!(
                     store = %self.path.display(),
@@ -676,43 +895,60 @@ impl RedbStore {
                 failed.retry_at = std::time::Instant::now() + self.options.retry_after;
                 Err(refusal(&self.path, failed, what))
             }
-            (Err(e), Handle::Open { .. }) => Err(e),
+            (Err(e), Handle::Open(_)) => Err(e),
         }
     }
 
     fn refused<T>(&self, what: &str) -> Result<T, StoreError> {
         match &*self.handle() {
             Handle::Failed(failed) => Err(refusal(&self.path, failed, what)),
-            Handle::Open { .. } => Err(unavailable(what, "the store is reopening")),
+            Handle::Open(_) => Err(unavailable(what, "the store is reopening")),
         }
     }
 
-    /// Runs `f` in one write transaction committed without durability. `f` answers
-    /// the result and whether it changed anything: a transaction that changed
-    /// nothing is aborted, so that `persist` has nothing to sync for it.
-    fn write<T>(
+    /// Runs `f` in one write transaction committed without durability, and
+    /// journals `op` for it. `f` answers the result and whether it changed
+    /// anything: a transaction that changed nothing is aborted and not journaled,
+    /// so that `persist` has nothing to sync for it. While the journal is
+    /// replayed, `f` runs in the replay's transaction instead.
+    fn write<'a, T>(
         &self,
         what: &str,
+        op: impl FnOnce() -> Op<'a>,
         f: impl FnOnce(&WriteTransaction) -> Result<(T, bool), StoreError>,
     ) -> Result<T, StoreError> {
-        let mut primitive = Primitive {
-            store: self,
-            committed: false,
-        };
-        {
-            let mut commits = self.commits();
-            commits.started = commits.started.saturating_add(1);
+        if REPLAYING.get() {
+            let slot = self.replaying();
+            let txn = slot
+                .as_ref()
+                .ok_or_else(|| unavailable(what, "no replay transaction"))?;
+            return match f(txn)? {
+                (answer, true) => Ok(answer),
+                (_, false) => Err(corrupt(what, "the record changed nothing")),
+            };
         }
+        let mut primitive = self.group.begin();
         // redb's own steps failing (not `f`'s answer) is the file failing: what
         // the handle holds can no longer be made durable.
         let mut broken = None;
-        let answer = self.with_db(what, |db| {
+        let answer = self.with_db(what, |open| {
             let mut fails = |_: &StoreError| broken = Some(self.losses.load(Ordering::Acquire));
-            let mut txn = db.begin_write().ctx(what).inspect_err(&mut fails)?;
+            let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let options = &self.options;
+            if open
+                .journal
+                .checkpoint_due(options.checkpoint_records, options.checkpoint_bytes)
+            {
+                checkpoint(open).inspect_err(&mut fails)?;
+            }
+            let mut txn = open.db.begin_write().ctx(what).inspect_err(&mut fails)?;
             txn.set_durability(Durability::None).ctx(what)?;
             match f(&txn) {
                 Ok((answer, true)) => {
+                    let seq = open.journal.next_seq();
+                    applied_through(&txn, seq).inspect_err(&mut fails)?;
                     txn.commit().ctx(what).inspect_err(&mut fails)?;
+                    open.journal.append(seq, |out| op().encode(out));
                     primitive.committed = true;
                     Ok(answer)
                 }
@@ -733,23 +969,20 @@ impl RedbStore {
         answer
     }
 
-    fn durable_commit(&self) -> Result<(), StoreError> {
+    /// Writes and syncs the journal's records appended so far.
+    fn flush(&self) -> Result<(), StoreError> {
         let mut broken = None;
-        let committed = self.with_db("persist", |db| {
+        let flushed = self.with_db("persist", |open| {
             broken = Some(self.losses.load(Ordering::Acquire));
-            let mut txn = db.begin_write().ctx("persist")?;
-            // redb: a commit with `Durability::None` "will not be persisted to disk
-            // unless followed by a commit with `Durability::Immediate`" (docs of
-            // `Durability::None`); a durable commit writes the current root, which
-            // includes every earlier commit, then `durable_commit` marks "any pending
-            // non-durable commits as fully committed" (redb-4.6.0 src/transactions.rs).
-            txn.set_durability(Durability::Immediate).ctx("persist")?;
-            txn.commit().ctx("persist: durable commit")
+            open.journal.flush().map_err(|e| {
+                let at = journal::path_of(&self.path);
+                unavailable(&format!("persist: writing the journal {}", at.display()), e)
+            })
         });
-        if let (Some(generation), Err(e)) = (broken, &committed) {
+        if let (Some(generation), Err(e)) = (broken, &flushed) {
             self.fail(e, generation);
         }
-        committed
+        flushed
     }
 }
 
@@ -857,15 +1090,19 @@ impl Store for RedbStore {
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
         check_name("owner", owner)?;
         let what = "alert-sequence";
-        self.write(what, |txn| {
-            let mut sequences = txn.open_table(ALERT_SEQUENCES).ctx(what)?;
-            let last = sequences.get(owner).ctx(what)?.map_or(0, |v| v.value());
-            let next = last.checked_add(1).ok_or_else(|| {
-                StoreError::InvalidArgument(format!("the alert log of {owner:?} is full"))
-            })?;
-            sequences.insert(owner, next).ctx(what)?;
-            Ok((next, true))
-        })
+        self.write(
+            what,
+            || Op::AlertSequence { owner },
+            |txn| {
+                let mut sequences = txn.open_table(ALERT_SEQUENCES).ctx(what)?;
+                let last = sequences.get(owner).ctx(what)?.map_or(0, |v| v.value());
+                let next = last.checked_add(1).ok_or_else(|| {
+                    StoreError::InvalidArgument(format!("the alert log of {owner:?} is full"))
+                })?;
+                sequences.insert(owner, next).ctx(what)?;
+                Ok((next, true))
+            },
+        )
     }
 
     fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
@@ -873,14 +1110,18 @@ impl Store for RedbStore {
         check_name("key", key)?;
         check_value(value)?;
         let what = "alert-insert";
-        self.write(what, |txn| {
-            let mut log = txn.open_table(ALERT_LOG).ctx(what)?;
-            if log.get((owner, key)).ctx(what)?.is_some() {
-                return Ok((false, false));
-            }
-            log.insert((owner, key), value).ctx(what)?;
-            Ok((true, true))
-        })
+        self.write(
+            what,
+            || Op::AlertInsert { owner, key, value },
+            |txn| {
+                let mut log = txn.open_table(ALERT_LOG).ctx(what)?;
+                if log.get((owner, key)).ctx(what)?.is_some() {
+                    return Ok((false, false));
+                }
+                log.insert((owner, key), value).ctx(what)?;
+                Ok((true, true))
+            },
+        )
     }
 
     fn visit_alerts(
@@ -933,7 +1174,8 @@ impl Store for RedbStore {
         check_name("key", key)?;
         check_value(value)?;
         let what = "record-insert";
-        self.write(what, |txn| {
+        let op = || Op::RecordInsert { scope, key, value };
+        self.write(what, op, |txn| {
             let mut records = txn.open_table(RECORDS).ctx(what)?;
             if records.get((scope, key)).ctx(what)?.is_some() {
                 return Ok((false, false));
@@ -948,7 +1190,8 @@ impl Store for RedbStore {
         check_name("key", key)?;
         check_value(value)?;
         let what = "record-update";
-        self.write(what, |txn| {
+        let op = || Op::RecordUpdate { scope, key, value };
+        self.write(what, op, |txn| {
             let mut records = txn.open_table(RECORDS).ctx(what)?;
             if records.get((scope, key)).ctx(what)?.is_none() {
                 return Ok((false, false));
@@ -975,7 +1218,17 @@ impl Store for RedbStore {
     ) -> Result<GuardedAdd, StoreError> {
         check_counter(scope, guard, name, add.once)?;
         let what = "counter-add";
-        self.write(what, |txn| {
+        let op = || Op::CounterAdd {
+            scope,
+            guard,
+            name,
+            amount: add.amount,
+            limit: add.limit,
+            once: add.once.map(OnceKey::of),
+            expires_at: add.expires_at,
+            now: add.now,
+        };
+        self.write(what, op, |txn| {
             if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
                 return Ok((GuardedAdd::Stale, false));
             }
@@ -1047,7 +1300,13 @@ impl Store for RedbStore {
         check_name("scope", scope)?;
         check_name("group", group)?;
         check_name("member", member)?;
-        self.write("member-add", |txn| {
+        let op = || Op::MemberAdd {
+            scope,
+            group,
+            member,
+            limit,
+        };
+        self.write("member-add", op, |txn| {
             add_member(txn, scope, group, member, limit)
         })
     }
@@ -1064,7 +1323,16 @@ impl Store for RedbStore {
     ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
         check_guarded_member(scope, guard, group, member, name)?;
         let what = "member-add";
-        self.write(what, |txn| {
+        let op = || Op::MemberAddGuarded {
+            scope,
+            guard,
+            group,
+            member,
+            limit,
+            name,
+            now,
+        };
+        self.write(what, op, |txn| {
             if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
                 return Ok((None, false));
             }
@@ -1086,7 +1354,13 @@ impl Store for RedbStore {
     ) -> Result<MembersAdded, StoreError> {
         check_batch(scope, group, members)?;
         let what = "member-add-many";
-        self.write(what, |txn| {
+        let op = || Op::MemberAddMany {
+            scope,
+            group,
+            members: members.iter().map(String::as_str).collect(),
+            limit,
+        };
+        self.write(what, op, |txn| {
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
             let before = members_of(&counts, scope)?;
             if members.is_empty() {
@@ -1200,7 +1474,12 @@ impl Store for RedbStore {
         check_name("group", group)?;
         check_name("member", member)?;
         let what = "member-remove";
-        self.write(what, |txn| {
+        let op = || Op::MemberRemove {
+            scope,
+            group,
+            member,
+        };
+        self.write(what, op, |txn| {
             let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
             let members = members_of(&counts, scope)?;
@@ -1230,7 +1509,8 @@ impl Store for RedbStore {
         check_name("scope", scope)?;
         check_name("group", group)?;
         let what = "group-clear";
-        self.write(what, |txn| {
+        let op = || Op::GroupClear { scope, group };
+        self.write(what, op, |txn| {
             let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             let end = next(group);
             let cleared = group_members
@@ -1278,52 +1558,7 @@ impl Store for RedbStore {
     }
 
     fn persist(&self) -> Result<(), StoreError> {
-        let mut commits = self.commits();
-        // Everything this caller applied has returned, and so was counted, by now.
-        let target = commits.applied;
-        loop {
-            if commits.durable >= target {
-                return Ok(());
-            }
-            if !commits.in_flight {
-                break;
-            }
-            // A durable commit is running: if it covers `target` this waits for it;
-            // if it started before our effects, this waits to lead the next one.
-            commits = self
-                .durable_done
-                .wait(commits)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        commits.in_flight = true;
-        let mut leader = Leader {
-            store: self,
-            covers: None,
-        };
-        // Primitives already under way (most often queued for redb's single writer,
-        // behind the previous durable commit) will end within microseconds: waiting
-        // for them lets this one disk sync cover their callers too, where each would
-        // otherwise need a sync of its own. It waits for as many endings as had
-        // begun by now, so a steady stream of new primitives cannot hold it back.
-        let until = commits.started;
-        if commits.ended < until {
-            commits.draining = Some(until);
-            while commits.ended < until {
-                commits = self
-                    .drained
-                    .wait(commits)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            commits.draining = None;
-        }
-        // Every commit counted in `applied` ended before this point, so the durable
-        // transaction begun below comes after them and covers them all.
-        let covers = commits.applied;
-        drop(commits);
-        // On failure the followers wake, find nothing durable, and retry as leaders.
-        self.durable_commit()?;
-        leader.covers = Some(covers);
-        Ok(())
+        self.group.persist(|| self.flush())
     }
 
     fn losses(&self) -> u64 {
@@ -1331,7 +1566,7 @@ impl Store for RedbStore {
     }
 
     fn health(&self) -> Result<(), StoreError> {
-        if let Handle::Open { .. } = &*self.handle() {
+        if let Handle::Open(_) = &*self.handle() {
             return Ok(());
         }
         self.reopen("health check")
@@ -1526,7 +1761,11 @@ impl Store for RedbStore {
             check_name("member", member)?;
         }
         let what = "importing a scope";
-        self.write(what, |txn| {
+        let op = || Op::ImportScope {
+            scope,
+            dump: std::borrow::Cow::Borrowed(dump),
+        };
+        self.write(what, op, |txn| {
             let end = next(scope);
             let pairs = (scope, "")..(end.as_str(), "");
             let triples = (scope, "", "")..(end.as_str(), "", "");

@@ -57,8 +57,11 @@
 //! hosts), is still in the future by the real clock gets `PEXPIREAT` at that
 //! instant; one already past it, or one that never expires, gets no TTL (a trace
 //! replayed with instants of 1970 would otherwise vanish as it is written). The
-//! index sets (`ctrs`, `onces`) drop entries past their deadline whenever the
-//! scope is next written, and expire themselves with their last entry. Memberships
+//! index sets (`ctrs`, `onces`) expire themselves with their last entry, and drop
+//! entries past their deadline whenever a counter of the scope is created or
+//! given another expiry (a new billing cycle's counter, about once a cycle):
+//! not at every charge, where pruning would cost as much as the charge itself
+//! and, within a cycle, finds nothing to drop. Memberships
 //! and records never expire. Once Redis has dropped a counter it reads as 0 and is
 //! no longer exported: only a caller whose clock lags the real one by more than
 //! the margin could tell.
@@ -85,8 +88,9 @@
 //!   a crash of Redis, of its host, or a power cut (`redis::a_crash_loses_no_…`
 //!   kills redis-server with SIGKILL mid-stream and finds every acknowledged
 //!   charge). Each write waits for a disk sync, which Redis shares among all the
-//!   writes of one event-loop turn: about 8,000 charges/s here, against 20,000
-//!   with `everysec` (`redis_store_throughput`).
+//!   writes of one event-loop turn: throughput grows with the calls in flight
+//!   until the server's CPU is the limit (`redis_store_throughput`;
+//!   `benches/scripts/redis-gateways.sh` for whole gateways).
 //! - `appendonly yes` + `appendfsync everysec` (Redis's default once AOF is on):
 //!   a clean restart (`SHUTDOWN`, `systemctl restart`) loses nothing, but a crash
 //!   can lose the writes of the last second or two that were acknowledged and not
@@ -104,11 +108,17 @@
 //! # Connections
 //!
 //! One multiplexed connection per server ([`redis::aio::ConnectionManager`], or
-//! [`redis::cluster_async::ClusterConnection`] with one per node): concurrent calls
-//! from every worker thread are pipelined on it, and it reconnects with
-//! exponential backoff after a failure. It runs on a small tokio runtime owned by
-//! the store; the [`Store`] methods are synchronous and wait for their answer, at
-//! most [`RedisConfig::call_timeout`]. A failure or timeout is
+//! [`redis::cluster_async::ClusterConnection`] with one per node), which
+//! reconnects with exponential backoff after a failure. It runs on a small tokio
+//! runtime owned by the store; the [`Store`] methods are synchronous and wait for
+//! their answer, at most [`RedisConfig::call_timeout`]. The primitives go through
+//! a collector ([`collect`]) that sends the calls every worker thread has in
+//! flight as one pipeline per node, two at a time to each: one round trip per
+//! group, each call still one atomic script with an answer of its own. With
+//! `appendfsync always` a group then shares one fsync of the server, which is
+//! what bounds a gateway on Redis: the more calls in flight, the more share it
+//! (`serve` runs 32 workers a core on Redis for that). Bulk operations (listing,
+//! export, import, batches) go out directly. A failure or timeout is
 //! [`StoreError::Unavailable`] naming the server. A script is all or nothing, but
 //! a call whose connection broke after the request left cannot know whether it
 //! ran: a `counter_add` with a `once` key (every charge of the Postfix gateway)
@@ -329,6 +339,8 @@ pub struct RedisStore {
     registry: String,
     /// Cluster only: scopes this client added to the registry, and when.
     registered: Mutex<HashMap<String, std::time::Instant>>,
+    /// Where primitives wait to go out in pipelines (see [`collect`]).
+    calls: tokio::sync::mpsc::UnboundedSender<Call>,
 }
 
 impl Drop for RedisStore {
@@ -421,6 +433,8 @@ impl RedisStore {
                 )));
             }
         };
+        let (calls, queue) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(collect(queue, conn.clone(), config.call_timeout));
         let store = Self {
             conn,
             runtime: Some(runtime),
@@ -428,6 +442,7 @@ impl RedisStore {
             label,
             config,
             registered: Mutex::default(),
+            calls,
         };
         store.migrate_alert_log()?;
         Ok(store)
@@ -608,6 +623,76 @@ impl RedisStore {
         })
     }
 
+    /// Runs `script` on `scope` with `args` after the scope's name, as a
+    /// primitive: through the collector, in a pipeline with the other calls in
+    /// flight to the same node, within [`RedisConfig::call_timeout`].
+    fn primitive<T>(
+        &self,
+        what: &str,
+        script: &'static Script,
+        scope: &str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue,
+    {
+        let keys = self.keys(scope);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(keys.len());
+        for key in &keys {
+            cmd.arg(key);
+        }
+        cmd.arg(scope);
+        for arg in &args {
+            cmd.arg(arg.as_slice());
+        }
+        self.send(what, &keys[0], cmd, Some(script))
+    }
+
+    /// Sends `cmd` (on the keys of the scope whose base is `base`) through the
+    /// collector and waits for its answer, at most [`RedisConfig::call_timeout`].
+    fn send<T>(
+        &self,
+        what: &str,
+        base: &str,
+        cmd: Cmd,
+        script: Option<&'static Script>,
+    ) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(self.unavailable(what, "the store is shutting down"));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let call = Call {
+            slot: matches!(self.conn, Conn::Cluster(_)).then(|| slot_of(base.as_bytes())),
+            cmd,
+            script,
+            reply,
+        };
+        if self.calls.send(call).is_err() {
+            return Err(self.unavailable(what, "the store's collector stopped"));
+        }
+        let limit = self.config.call_timeout;
+        let answered = block(
+            runtime,
+            async move { tokio::time::timeout(limit, answer).await },
+        );
+        match answered {
+            Ok(Ok(Ok(Ok(value)))) => {
+                redis::from_redis_value(value).map_err(|e| self.failure(what, &RedisError::from(e)))
+            }
+            Ok(Ok(Ok(Err(e)))) => Err(self.failure(what, &e)),
+            Ok(Ok(Err(_))) => Err(self.unavailable(what, "the store's collector stopped")),
+            Ok(Err(_)) => Err(self.unavailable(
+                what,
+                format_args!("no answer within {} ms", limit.as_millis()),
+            )),
+            Err(e) => Err(self.unavailable(what, e)),
+        }
+    }
+
     /// Runs the member-add script: the outcome (None: the guard did not hold) and
     /// the tally (the counter only when one is named).
     fn add_member(
@@ -625,13 +710,8 @@ impl RedisStore {
         args.extend(guard_args(guard));
         let (name, now) = counter.unwrap_or(("", 0));
         args.extend([name.into(), now.to_string().into()]);
-        let (outcome, members, value): (u64, u64, String) = self.script(
-            what,
-            self.config.call_timeout,
-            &SCRIPTS.member_add,
-            scope,
-            args,
-        )?;
+        let (outcome, members, value): (u64, u64, String) =
+            self.primitive(what, &SCRIPTS.member_add, scope, args)?;
         let tally = Tally {
             counter: decimal(what, &value)?,
             members,
@@ -695,6 +775,289 @@ fn block<T: Send + 'static>(
         let _ = tx.send(fut.await);
     });
     rx.recv().map_err(|_| "the store's runtime stopped")
+}
+
+/// Most calls one pipeline carries.
+const PIPELINE_MAX: usize = 512;
+
+/// Pipelines in flight at once to one node: one being answered while the next
+/// is on its way, so that the server finds a group waiting whenever it ends a
+/// turn (and, with `appendfsync always`, the one fsync that turn shares).
+const PIPELINES_PER_NODE: usize = 2;
+
+/// How long the collector trusts its map of which cluster node serves which
+/// slot; it also reads the map again after any redirection.
+const SLOT_MAP_FOR: Duration = Duration::from_secs(30);
+
+/// A primitive waiting in the collector for the next pipeline to its node.
+struct Call {
+    /// The cluster slot of the call's keys; None on a single server.
+    slot: Option<u16>,
+    cmd: Cmd,
+    /// The script `cmd` runs by hash (EVALSHA): loaded, and the call retried
+    /// alone, when the server answers NOSCRIPT.
+    script: Option<&'static Script>,
+    reply: tokio::sync::oneshot::Sender<RedisResult<Value>>,
+}
+
+/// The collector: takes the primitives every worker thread has in flight and
+/// sends them as one pipeline per node, at most [`PIPELINES_PER_NODE`] at a
+/// time to each, so that while a node runs one group (and syncs its
+/// append-only file) the next gathers. One round trip and one write per group
+/// instead of per call, and the server reads a whole group in one turn. Each
+/// call is still one script, atomic on its own: a pipeline is not a
+/// transaction, and a call's answer (or error) is its own.
+///
+/// A pipeline that fails as a whole (a lost connection, a timeout) fails each
+/// call in it: each script either ran whole or not at all, and a caller that
+/// gets an error cannot know which, as with a single call (a charge carries a
+/// `once` key, so a retry answers `repeated`). A call whose caller gave up
+/// before its pipeline left is dropped, never sent.
+async fn collect(
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Call>,
+    conn: Conn,
+    limit: Duration,
+) {
+    let redirected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let Conn::Cluster(cluster) = &conn else {
+        return node(queue, conn, redirected, limit).await;
+    };
+    // A cluster: calls sorted by node, each node's in a queue of its own, so
+    // that a slow node holds back no other.
+    let mut cluster = cluster.clone();
+    let mut slots = SlotMap::default();
+    let mut nodes: HashMap<String, tokio::sync::mpsc::UnboundedSender<Call>> = HashMap::new();
+    let mut calls = Vec::new();
+    while queue.recv_many(&mut calls, PIPELINE_MAX).await > 0 {
+        if redirected.swap(false, std::sync::atomic::Ordering::Relaxed) || slots.stale() {
+            slots.read(&mut cluster).await;
+        }
+        for call in calls.drain(..) {
+            let name = call.slot.map_or_else(String::new, |slot| slots.node(slot));
+            let queue = nodes.entry(name).or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(node(rx, conn.clone(), redirected.clone(), limit));
+                tx
+            });
+            if let Err(unsent) = queue.send(call) {
+                let e = RedisError::from((redis::ErrorKind::Client, "the node's queue closed"));
+                let _ = unsent.0.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// One node's calls: a pipeline of whatever gathered, at most
+/// [`PIPELINES_PER_NODE`] in flight; while they are, the next calls gather.
+async fn node(
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Call>,
+    conn: Conn,
+    redirected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+) {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(PIPELINES_PER_NODE));
+    let mut calls = Vec::new();
+    loop {
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut calls, PIPELINE_MAX).await == 0 {
+            return;
+        }
+        calls.retain(|call| !call.reply.is_closed());
+        if calls.is_empty() {
+            continue;
+        }
+        let group = std::mem::take(&mut calls);
+        let (conn, redirected) = (conn.clone(), redirected.clone());
+        tokio::spawn(async move {
+            send_pipeline(conn, group, &redirected, limit).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Sends `calls` as one pipeline and answers each; calls the server refused to
+/// run in the pipeline (NOSCRIPT, a cluster redirection) are run again alone.
+async fn send_pipeline(
+    mut conn: Conn,
+    calls: Vec<Call>,
+    redirected: &std::sync::atomic::AtomicBool,
+    limit: Duration,
+) {
+    let mut pipeline = redis::pipe();
+    for call in &calls {
+        pipeline.add_command(call.cmd.clone());
+    }
+    let sent = async {
+        match (&mut conn, calls.first().and_then(|c| c.slot)) {
+            (Conn::Cluster(cluster), Some(slot)) => {
+                use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                cluster
+                    .route_pipeline(pipeline, 0, calls.len(), route)
+                    .await
+            }
+            (conn, _) => conn.req_packed_commands(&pipeline, 0, calls.len()).await,
+        }
+    };
+    // Every caller has given up by then (each waits `limit` from its own
+    // start): the node's permit goes to the next group.
+    let answers = tokio::time::timeout(2 * limit, sent)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer to the pipeline in time",
+            )))
+        });
+    let answers = match answers {
+        Ok(answers) if answers.len() == calls.len() => answers,
+        Ok(answers) => {
+            let e = RedisError::from((
+                redis::ErrorKind::Client,
+                "a pipeline answered with the wrong number of replies",
+                format!("{} for {} calls", answers.len(), calls.len()),
+            ));
+            for call in calls {
+                let _ = call.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        Err(e) => {
+            for call in calls {
+                let _ = call.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    for (call, answer) in calls.into_iter().zip(answers) {
+        let answer = answer.extract_error();
+        let alone = match &answer {
+            Err(e) => match e.kind() {
+                redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => call.script.is_some(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::Moved
+                    | redis::ServerErrorKind::Ask
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::ClusterDown,
+                ) => {
+                    redirected.store(true, std::sync::atomic::Ordering::Relaxed);
+                    true
+                }
+                _ => false,
+            },
+            Ok(_) => false,
+        };
+        if !alone {
+            let _ = call.reply.send(answer);
+            continue;
+        }
+        // Neither ran the script: running it again cannot apply it twice.
+        let mut conn = conn.clone();
+        tokio::spawn(async move {
+            let mut answer = call.cmd.query_async::<Value>(&mut conn).await;
+            if let (Err(e), Some(script)) = (&answer, call.script)
+                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            {
+                answer = match script.load_async(&mut conn).await {
+                    Ok(_) => call.cmd.query_async::<Value>(&mut conn).await,
+                    Err(e) => Err(e),
+                };
+            }
+            let _ = call.reply.send(answer);
+        });
+    }
+}
+
+/// Cluster only: which node serves each slot, as `CLUSTER SLOTS` last said, for
+/// grouping calls by node. Only an optimisation: a pipeline goes to the node the
+/// cluster client routes its first call's slot to, and a call another node
+/// serves is redirected and run again alone.
+#[derive(Default)]
+struct SlotMap {
+    /// `(first slot, last slot, node)`, in order.
+    ranges: Vec<(u16, u16, String)>,
+    read_at: Option<std::time::Instant>,
+}
+
+impl SlotMap {
+    fn stale(&self) -> bool {
+        self.read_at.is_none_or(|at| at.elapsed() > SLOT_MAP_FOR)
+    }
+
+    async fn read(&mut self, cluster: &mut ClusterConnection) {
+        self.read_at = Some(std::time::Instant::now());
+        let Ok(Value::Array(shards)) = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Value>(cluster)
+            .await
+        else {
+            // Without a map, calls are grouped by slot: still correct.
+            self.ranges.clear();
+            return;
+        };
+        let mut ranges = Vec::new();
+        for shard in shards {
+            let Value::Array(fields) = shard else {
+                continue;
+            };
+            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(primary))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                continue;
+            };
+            let host = match primary.first() {
+                Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+                Some(Value::SimpleString(host)) => host.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = primary.get(1) else {
+                continue;
+            };
+            let (Ok(first), Ok(last)) = (u16::try_from(*first), u16::try_from(*last)) else {
+                continue;
+            };
+            ranges.push((first, last, format!("{host}:{port}")));
+        }
+        ranges.sort();
+        self.ranges = ranges;
+    }
+
+    /// The node serving `slot`; the slot itself when the map does not say.
+    fn node(&self, slot: u16) -> String {
+        let i = self.ranges.partition_point(|&(_, last, _)| last < slot);
+        match self.ranges.get(i) {
+            Some((first, _, node)) if *first <= slot => node.clone(),
+            _ => format!("slot {slot}"),
+        }
+    }
+}
+
+/// The Redis Cluster slot of a key: CRC16 (XMODEM) of its hash tag, or of the
+/// whole key without one, modulo 16384.
+fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -844,11 +1207,10 @@ impl Store for RedisStore {
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
         check_name("scope", scope)?;
         check_name("key", key)?;
+        let base = self.base(scope);
         let mut cmd = redis::cmd("HGET");
-        cmd.arg(format!("{}rec", self.base(scope))).arg(key);
-        self.call("record-get", self.config.call_timeout, |mut c| async move {
-            cmd.query_async::<Option<String>>(&mut c).await
-        })
+        cmd.arg(format!("{base}rec")).arg(key);
+        self.send("record-get", &base, cmd, None)
     }
 
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
@@ -857,8 +1219,7 @@ impl Store for RedisStore {
         check_value(value)?;
         self.register(scope)?;
         let args = vec![key.into(), value.into()];
-        let limit = self.config.call_timeout;
-        self.script("record-insert", limit, &SCRIPTS.record_insert, scope, args)
+        self.primitive("record-insert", &SCRIPTS.record_insert, scope, args)
     }
 
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
@@ -866,22 +1227,18 @@ impl Store for RedisStore {
         check_name("key", key)?;
         check_value(value)?;
         let args = vec![key.into(), value.into()];
-        let limit = self.config.call_timeout;
-        self.script("record-update", limit, &SCRIPTS.record_update, scope, args)
+        self.primitive("record-update", &SCRIPTS.record_update, scope, args)
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
         check_name("scope", scope)?;
         check_name("counter name", name)?;
         let what = "counter-get";
+        let base = self.base(scope);
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(format!("{}ctr:{name}", self.base(scope)))
-            .arg("v")
-            .arg("x");
+        cmd.arg(format!("{base}ctr:{name}")).arg("v").arg("x");
         let (value, expires_at): (Option<String>, Option<String>) =
-            self.call(what, self.config.call_timeout, |mut c| async move {
-                cmd.query_async(&mut c).await
-            })?;
+            self.send(what, &base, cmd, None)?;
         let Some(value) = value else {
             return Ok(0);
         };
@@ -922,13 +1279,8 @@ impl Store for RedisStore {
                 .map_or(Vec::new(), |o| o.fingerprint.to_string().into_bytes()),
         ];
         args.extend(guard_args(guard));
-        let (outcome, value, members): (String, String, u64) = self.script(
-            what,
-            self.config.call_timeout,
-            &SCRIPTS.counter_add,
-            scope,
-            args,
-        )?;
+        let (outcome, value, members): (String, String, u64) =
+            self.primitive(what, &SCRIPTS.counter_add, scope, args)?;
         let tally = Tally {
             counter: decimal(what, &value)?,
             members,
@@ -954,13 +1306,8 @@ impl Store for RedisStore {
         let what = "counter-tally";
         let mut args: Vec<Vec<u8>> = vec![name.into(), now.to_string().into()];
         args.extend(guard_args(guard));
-        let (outcome, value, members): (String, String, u64) = self.script(
-            what,
-            self.config.call_timeout,
-            &SCRIPTS.counter_tally,
-            scope,
-            args,
-        )?;
+        let (outcome, value, members): (String, String, u64) =
+            self.primitive(what, &SCRIPTS.counter_tally, scope, args)?;
         Ok(match outcome.as_str() {
             "tally" => Some(Tally {
                 counter: decimal(what, &value)?,
@@ -1057,13 +1404,8 @@ impl Store for RedisStore {
         check_name("member", member)?;
         let what = "member-remove";
         let args = vec![group.into(), member.into()];
-        let (outcome, members): (u64, u64) = self.script(
-            what,
-            self.config.call_timeout,
-            &SCRIPTS.member_remove,
-            scope,
-            args,
-        )?;
+        let (outcome, members): (u64, u64) =
+            self.primitive(what, &SCRIPTS.member_remove, scope, args)?;
         let outcome = match outcome {
             0 => MemberRemoveOutcome::NotInGroup,
             1 => MemberRemoveOutcome::LeftGroup,
@@ -1094,13 +1436,10 @@ impl Store for RedisStore {
 
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
         check_name("scope", scope)?;
+        let base = self.base(scope);
         let mut cmd = redis::cmd("HLEN");
-        cmd.arg(format!("{}mem", self.base(scope)));
-        self.call(
-            "member-count",
-            self.config.call_timeout,
-            |mut c| async move { cmd.query_async::<u64>(&mut c).await },
-        )
+        cmd.arg(format!("{base}mem"));
+        self.send("member-count", &base, cmd, None)
     }
 
     fn persist(&self) -> Result<(), StoreError> {
@@ -1523,8 +1862,11 @@ end
 -- Whether something expiring at `x` is still there at `now`.
 local function live(x, now) return x == NEVER or icmp(x, now) > 0 end
 
--- a + b for u64 decimals; nil when the sum overflows a u64.
+-- a + b for u64 decimals; nil when the sum overflows a u64. Below 10^15 each,
+-- the sum is under 2^53 and a double holds it exactly: the common case, without
+-- the digit loop.
 local function uadd(a, b)
+  if #a < 16 and #b < 16 then return string.format('%.0f', tonumber(a) + tonumber(b)) end
   local digits, carry = {}, 0
   local i, j = #a, #b
   while i > 0 or j > 0 or carry > 0 do
@@ -1558,16 +1900,18 @@ local function marker(s, key)
   return signed(s, 'once marker ' .. key), nil
 end
 
--- A counter's value at `now`: '0' when it was never added to, or has expired.
+-- A counter's value at `now`: '0' when it was never added to, or has expired;
+-- and its stored expiry: nil when there is no counter, '' when it never expires.
 local function counter_at(name, now)
   local stored = redis.call('HMGET', base .. 'ctr:' .. name, 'v', 'x')
   if stored[1] then
     local x = stored[2]
     if not x or live(signed(x, 'expiry of counter ' .. name), now) then
-      return unsigned(stored[1], 'counter ' .. name)
+      return unsigned(stored[1], 'counter ' .. name), x or ''
     end
+    return '0', x
   end
-  return '0'
+  return '0', nil
 end
 
 -- Whether the guard in ARGV[i], ARGV[i + 1], ARGV[i + 2] (present: '1' or '0',
@@ -1582,10 +1926,16 @@ local function room(count, limit)
   return limit == '' or ucmp(string.format('%d', count), limit) < 0
 end
 
+-- Drops the entries of `index` past their deadline (by Redis's clock).
+local function prune(index)
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms))
+end
+
 -- Gives `key` its garbage-collection deadline `at` (ms; '' for never) and lists
--- it as `member` of `index`, which drops entries past their deadline and
--- expires with its last one.
-local function keep(key, at, index, member)
+-- it as `member` of `index`, which expires with its last entry.
+local function list(key, at, index, member)
   if at == '' then
     redis.call('PERSIST', key)
     redis.call('ZADD', index, 'inf', member)
@@ -1593,15 +1943,18 @@ local function keep(key, at, index, member)
     redis.call('PEXPIREAT', key, at)
     redis.call('ZADD', index, at, member)
   end
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms))
   local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
   if last[2] == nil or last[2] == 'inf' then
     redis.call('PERSIST', index)
   else
     redis.call('PEXPIREAT', index, last[2])
   end
+end
+
+-- `list`, after dropping the index's entries past their deadline.
+local function keep(key, at, index, member)
+  prune(index)
+  list(key, at, index, member)
 end
 "#;
 
@@ -1628,7 +1981,7 @@ if not guard_holds(13) then return {'stale', '0', 0} end
 local members = redis.call('HLEN', base .. 'mem')
 local ckey = base .. 'ctr:' .. name
 local okk = base .. 'once:' .. okey
-local current = counter_at(name, now)
+local current, stored_x = counter_at(name, now)
 if has_once then
   local seen = redis.call('GET', okk)
   if seen then
@@ -1641,20 +1994,28 @@ if has_once then
 end
 local new = uadd(current, amount)
 if not new or (limit ~= '' and ucmp(new, limit) > 0) then return {'refused', current, members} end
-if cexp == '' then
+if stored_x == cexp then
+  -- Most charges: the counter is there with this expiry, so its TTL, its index
+  -- entry and the scope's registration are those the write that set the expiry
+  -- made; the indexes are pruned at such writes (about once a cycle).
   redis.call('HSET', ckey, 'v', new)
-  redis.call('HDEL', ckey, 'x')
 else
-  redis.call('HSET', ckey, 'v', new, 'x', cexp)
+  if cexp == '' then
+    redis.call('HSET', ckey, 'v', new)
+    redis.call('HDEL', ckey, 'x')
+  else
+    redis.call('HSET', ckey, 'v', new, 'x', cexp)
+  end
+  keep(ckey, cgc, base .. 'ctrs', name)
+  prune(base .. 'onces')
+  register()
 end
-keep(ckey, cgc, base .. 'ctrs', name)
 if has_once then
   -- Kept even if already expired: a later call at an earlier `now` (a clock
   -- stepped back) must still see it, as in the other backends.
   redis.call('SET', okk, oexp .. ' ' .. ofp)
-  keep(okk, ogc, base .. 'onces', okey)
+  list(okk, ogc, base .. 'onces', okey)
 end
-register()
 return {'applied', new, members}
 "#;
 
@@ -1899,6 +2260,17 @@ mod tests {
             panic!("TLS refused");
         };
         assert!(tls.contains("no TLS"), "{tls}");
+    }
+
+    /// The slots `CLUSTER KEYSLOT` gives for these keys.
+    #[test]
+    fn slots_follow_the_hash_tag() {
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"somekey"), 11058);
+        assert_eq!(slot_of(b"{foo}:bar"), 12182);
+        assert_eq!(slot_of(b"x:{foo}:y{z}"), 12182);
+        // An empty tag is no tag: the whole key counts.
+        assert_ne!(slot_of(b"{}foo"), slot_of(b"foo"));
     }
 
     #[test]

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use creditgate::store::{RedbStore, Store};
+use creditgate::store::{RedbStore, Store, journal_path};
 
 /// Client threads, each with its own HTTP agent and Postfix connection.
 const CLIENTS: usize = 6;
@@ -1329,6 +1329,8 @@ struct Report {
     settled_not_applied: u64,
     restarts: Vec<Duration>,
     starts: Vec<Duration>,
+    /// Opening a crash image: redb's recovery and the journal's replay.
+    recoveries: Vec<Duration>,
 }
 
 /// The campaign's owner: campaigns are `c{client}a` and `c{client}b`.
@@ -1347,8 +1349,10 @@ fn check_image(
     report: &mut Report,
 ) -> BTreeMap<String, Held> {
     report.images += 1;
+    let opening = Instant::now();
     let mut store = RedbStore::open(path)
         .unwrap_or_else(|e| panic!("{label}: the store does not open after the crash: {e}"));
+    report.recoveries.push(opening.elapsed());
     match store.check_integrity() {
         Ok(true) => {}
         Ok(false) => shared.violation(format!("{label}: the file failed its integrity check")),
@@ -1748,6 +1752,8 @@ fn serve_killed_at_random_moments_loses_and_oversells_nothing() {
     restarts.sort();
     let mut starts = report.starts.clone();
     starts.sort();
+    let mut recoveries = report.recoveries.clone();
+    recoveries.sort();
     println!(
         "crash test: seed {seed}: {} kills ({} under load, {} during start-up, {} of those \
          before it listened), {} images checked, {:.1} s",
@@ -1783,6 +1789,14 @@ fn serve_killed_at_random_moments_loses_and_oversells_nothing() {
         percentile(&restarts, 90),
         percentile(&restarts, 100),
         percentile(&starts, 50),
+    );
+    println!(
+        "crash test: recovery (opening a crash image: redb's repair and the journal's \
+         replay), {} images: p50 {:?}, p99 {:?}, max {:?}",
+        recoveries.len(),
+        percentile(&recoveries, 50),
+        percentile(&recoveries, 99),
+        percentile(&recoveries, 100),
     );
     println!(
         "crash test: {} reached email alerts found logged once, summed over the images",
@@ -1945,9 +1959,14 @@ fn check_the_checker(files: &Files, held: &BTreeMap<String, Held>, shared: &Shar
     caught("a contact no request added", intruder);
 }
 
+/// Copies the store and its journal: the image a restart recovers from.
 fn copy_image(files: &Files, k: u64) -> PathBuf {
     let image = files.dir.join(format!("kill-{k}.redb"));
     std::fs::copy(&files.store, &image).expect("copies the crash image");
+    let journal = journal_path(&files.store);
+    if journal.exists() {
+        std::fs::copy(&journal, journal_path(&image)).expect("copies the crash image's journal");
+    }
     image
 }
 

@@ -484,6 +484,12 @@ impl Store for SlowAfterCharge {
         self.inner.persist()?;
         if self.charged.load(Ordering::SeqCst) && !self.imaged.swap(true, Ordering::SeqCst) {
             std::fs::copy(&self.path, &self.image).expect("copies the crash image");
+            // The store's journal goes with it: what persist made durable is there.
+            std::fs::copy(
+                creditgate::store::journal_path(&self.path),
+                creditgate::store::journal_path(&self.image),
+            )
+            .expect("copies the crash image's journal");
         }
         Ok(())
     }

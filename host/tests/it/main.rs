@@ -3,6 +3,7 @@
 mod alerts;
 mod check;
 mod cli_remote;
+mod contract;
 mod crash;
 mod dashboard;
 mod faults;
@@ -18,6 +19,7 @@ mod operator;
 mod other_rules;
 mod packaging;
 mod postfix_e2e;
+mod power;
 mod properties;
 mod redis;
 mod replay;

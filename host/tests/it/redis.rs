@@ -840,6 +840,16 @@ fn real_expiries_become_ttls_and_vanish() {
         add("c", Some(&once), Some(soon), now),
         CounterAdded::Applied(1)
     ));
+    // A second charge finds the counter with its expiry: only its marker is new,
+    // and gets its TTL and index entry all the same.
+    let again = Once {
+        key: "m2".to_owned(),
+        ..once.clone()
+    };
+    assert!(matches!(
+        add("c", Some(&again), Some(soon), now),
+        CounterAdded::Applied(2)
+    ));
     assert!(matches!(
         add("old", None, Some(1_000), 0),
         CounterAdded::Applied(1)
@@ -853,6 +863,9 @@ fn real_expiries_become_ttls_and_vanish() {
     let soon_ms = (soon / 1_000_000).to_string();
     assert_eq!(expire_time("gc:{s}:ctr:c"), soon_ms);
     assert_eq!(expire_time("gc:{s}:once:m"), soon_ms);
+    assert_eq!(expire_time("gc:{s}:once:m2"), soon_ms);
+    assert_eq!(expire_time("gc:{s}:onces"), soon_ms);
+    assert_eq!(server.cli(&["ZRANGE", "gc:{s}:onces", "0", "-1"]), "m\nm2");
     for key in [
         "gc:{s}:ctr:old",
         "gc:{s}:ctr:forever",
@@ -868,22 +881,28 @@ fn real_expiries_become_ttls_and_vanish() {
     let wait = soon + 300_000_000 - real_now_ns();
     std::thread::sleep(Duration::from_nanos(u64::try_from(wait).unwrap_or(0)));
     assert_eq!(
-        server.cli(&["EXISTS", "gc:{s}:ctr:c", "gc:{s}:once:m"]),
+        server.cli(&["EXISTS", "gc:{s}:ctr:c", "gc:{s}:once:m", "gc:{s}:once:m2"]),
         "0"
     );
     assert_eq!(store.counter_get("s", "c", now).expect("reads"), 0);
-    // The next write drops the index entries of what Redis collected.
+    // A charge to a counter that is there with its expiry leaves the indexes be;
+    // the next write that creates a counter (a new cycle's) drops the entries of
+    // what Redis collected.
     assert!(matches!(
         add("forever", None, None, now),
         CounterAdded::Applied(2)
     ));
+    assert!(matches!(
+        add("later", None, None, now),
+        CounterAdded::Applied(1)
+    ));
     let dump = store.export_scope("s").expect("exports");
     let names: Vec<&str> = dump.counters.iter().map(|c| c.0.as_str()).collect();
-    assert_eq!(names, ["forever", "old"]);
+    assert_eq!(names, ["forever", "later", "old"]);
     assert!(dump.once.is_empty(), "{dump:?}");
     assert_eq!(
         server.cli(&["ZRANGE", "gc:{s}:ctrs", "0", "-1"]),
-        "forever\nold"
+        "forever\nlater\nold"
     );
     assert_eq!(
         server.cli(&["EXISTS", "gc:{s}:onces"]),
@@ -1227,4 +1246,172 @@ fn visits_cross_pages_in_order() {
         })
         .expect("visits");
     assert_eq!(calls, 2_345);
+}
+
+/// One charge of `amount` on counter `c` of `scope`, idempotent on `key`.
+fn charge(
+    store: &dyn Store,
+    scope: &str,
+    key: &str,
+    limit: u64,
+) -> Result<creditgate::bindings::CounterAdded, creditgate::store::StoreError> {
+    use creditgate::bindings::Once;
+    use creditgate::store::CounterAdd;
+
+    let once = Once {
+        key: key.to_owned(),
+        fingerprint: 7,
+        expires_at: i64::MAX,
+    };
+    let add = CounterAdd {
+        amount: 1,
+        limit: Some(limit),
+        once: Some(&once),
+        expires_at: None,
+        now: 0,
+    };
+    store.counter_add(scope, "c", add)
+}
+
+/// Issue 15.5: the store's collector sends the calls every thread has in flight
+/// as one pipeline per node. 64 callers through one store, racing for the last
+/// credits of 8 accounts and sending each message twice (Postfix's retry):
+/// each account sells exactly its limit, a retry of a charged message answers
+/// `repeated`, and nothing else is charged. On one server and on a cluster,
+/// where the accounts spread over the nodes.
+#[test]
+fn many_callers_sharing_pipelines_sell_exactly_the_limit() {
+    let server = RedisServer::start();
+    callers_race(&server.store("race"));
+    let cluster = Cluster::start();
+    callers_race(&cluster.store("race"));
+}
+
+fn callers_race(store: &RedisStore) {
+    use creditgate::bindings::CounterAdded;
+
+    const CALLERS: usize = 64;
+    const MESSAGES: usize = 20;
+    const ACCOUNTS: usize = 8;
+    const LIMIT: u64 = 50;
+    let barrier = std::sync::Barrier::new(CALLERS);
+    let sold: Vec<[u64; ACCOUNTS]> = std::thread::scope(|t| {
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let barrier = &barrier;
+                t.spawn(move || {
+                    let mut sold = [0u64; ACCOUNTS];
+                    barrier.wait();
+                    for j in 0..MESSAGES {
+                        let account = (i + j) % ACCOUNTS;
+                        let (scope, key) = (format!("acct-{account}"), format!("m-{i}-{j}"));
+                        let first = charge(store, &scope, &key, LIMIT).expect("charges");
+                        let again = charge(store, &scope, &key, LIMIT).expect("charges");
+                        match (first, again) {
+                            (CounterAdded::Applied(_), CounterAdded::Repeated(_)) => {
+                                sold[account] += 1;
+                            }
+                            (CounterAdded::Refused(_), CounterAdded::Refused(_)) => {}
+                            other => panic!("{scope} {key}: {other:?}"),
+                        }
+                    }
+                    sold
+                })
+            })
+            .collect();
+        callers
+            .into_iter()
+            .map(|c| c.join().expect("caller"))
+            .collect()
+    });
+    for account in 0..ACCOUNTS {
+        let total: u64 = sold.iter().map(|s| s[account]).sum();
+        assert_eq!(total, LIMIT, "acct-{account} sold");
+        let scope = format!("acct-{account}");
+        assert_eq!(store.counter_get(&scope, "c", 0).expect("reads"), LIMIT);
+    }
+}
+
+/// Issue 15.5: a call that fails inside a pipeline fails alone. With the server
+/// stopped, 32 callers' charges gather in the collector; once it runs again they
+/// go out together. First with the server's scripts flushed (as after a
+/// restart): every call meets NOSCRIPT, is run again alone with its script
+/// loaded, and is applied once. Then with one account's counter holding
+/// garbage: that call answers corrupt, every other one in its pipeline is
+/// applied.
+#[test]
+fn a_call_failing_inside_a_pipeline_fails_alone() {
+    use creditgate::bindings::CounterAdded;
+    use creditgate::store::StoreError;
+
+    const CALLERS: usize = 32;
+    let server = RedisServer::start();
+    let store = RedisStore::open(&format!(
+        "{}?prefix=mid&call_timeout_ms=10000",
+        server.url()
+    ))
+    .expect("connects");
+    assert!(matches!(
+        charge(&store, "bad", "first", 1_000),
+        Ok(CounterAdded::Applied(1))
+    ));
+    let stopped_together = |round: &str| -> Vec<Result<CounterAdded, StoreError>> {
+        server.signal("STOP");
+        std::thread::scope(|t| {
+            let callers: Vec<_> = (0..CALLERS)
+                .map(|i| {
+                    let store = &store;
+                    t.spawn(move || {
+                        let scope = if i == 0 {
+                            "bad".to_owned()
+                        } else {
+                            format!("good-{}", i % 4)
+                        };
+                        charge(store, &scope, &format!("{round}-{i}"), 1_000)
+                    })
+                })
+                .collect();
+            // Long enough for every caller to be waiting in the collector.
+            std::thread::sleep(Duration::from_millis(500));
+            server.signal("CONT");
+            callers
+                .into_iter()
+                .map(|c| c.join().expect("caller"))
+                .collect::<Vec<_>>()
+        })
+    };
+
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    for (i, answer) in stopped_together("flushed").into_iter().enumerate() {
+        assert!(
+            matches!(answer, Ok(CounterAdded::Applied(_))),
+            "caller {i}: {answer:?}"
+        );
+    }
+    let good = |store: &RedisStore| -> u64 {
+        (0..4)
+            .map(|g| {
+                store
+                    .counter_get(&format!("good-{g}"), "c", 0)
+                    .expect("reads")
+            })
+            .sum()
+    };
+    assert_eq!(good(&store), CALLERS as u64 - 1);
+    assert_eq!(store.counter_get("bad", "c", 0).expect("reads"), 2);
+
+    server.cli(&["HSET", "mid:{bad}:ctr:c", "v", "garbage"]);
+    for (i, answer) in stopped_together("corrupt").into_iter().enumerate() {
+        match (i, answer) {
+            (0, Err(StoreError::Corrupt(m))) => assert!(m.contains("garbage"), "{m}"),
+            (0, other) => panic!("the corrupt account answered {other:?}"),
+            (i, answer) => {
+                assert!(
+                    matches!(answer, Ok(CounterAdded::Applied(_))),
+                    "caller {i}: {answer:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(good(&store), 2 * (CALLERS as u64 - 1));
 }

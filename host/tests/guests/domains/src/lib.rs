@@ -11,6 +11,7 @@
 pub mod rules;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 wit_bindgen::generate!({
     path: "../../../../wit",
@@ -22,13 +23,79 @@ use exports::creditgate::policy::inspect::{
     self, AccountPage, Campaign, InspectError, Lead, Levels,
 };
 use exports::creditgate::policy::policy::{
-    AccountUsage, AddressProblem, CycleUsage, Decision, Diagnostic, EmailKind, EmailUsage, Error,
-    Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
+    Account, AccountUsage, AddressProblem, Campaign as CampaignHandle, CycleUsage, Decision,
+    Diagnostic, EmailKind, EmailUsage, Error, Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage,
+    PlanRef, PlanSummary, PolicySummary, Reason,
 };
 use rules::{Added, Charged, Denial, Failure, LeadAdd, Outcome, Policy, Removed, Rules, Usage};
 
 thread_local! {
     static POLICY: RefCell<Option<Policy>> = const { RefCell::new(None) };
+    /// Names interned through the host, so that each is interned once (a
+    /// `BTreeMap`: `HashMap`'s random seed is an import the host does not give).
+    static NAMES: RefCell<BTreeMap<String, state::Name>> = const { RefCell::new(BTreeMap::new()) };
+    /// Account names by handle (WIT `account-handle`).
+    static ACCOUNTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Campaign names by handle (WIT `campaign-handle`).
+    static CAMPAIGNS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Names kept interned before all are forgotten: far below the host's limit.
+const MAX_NAMES: usize = 65_536;
+
+/// The handle of `text`, interned through the host once.
+fn name(text: &str) -> Result<state::Name, state::StateError> {
+    if let Some(name) = NAMES.with(|n| n.borrow().get(text).copied()) {
+        return Ok(name);
+    }
+    let name = state::intern(text)?;
+    NAMES.with(|n| n.borrow_mut().insert(text.to_owned(), name));
+    Ok(name)
+}
+
+/// Forgets every interned name if there are too many; at the start of each
+/// export, when no handle is held.
+fn bound_names() {
+    if NAMES.with(|n| n.borrow().len() >= MAX_NAMES) {
+        NAMES.with(|n| n.borrow_mut().clear());
+        state::forget_names();
+    }
+}
+
+/// Keeps `text` under a new handle in `names`.
+fn push_handle(names: &'static std::thread::LocalKey<RefCell<Vec<String>>>, text: String) -> u32 {
+    names.with(|names| {
+        let mut names = names.borrow_mut();
+        names.push(text);
+        u32::try_from(names.len() - 1).unwrap_or(u32::MAX)
+    })
+}
+
+/// The name behind `handle` in `names`.
+fn named(
+    names: &'static std::thread::LocalKey<RefCell<Vec<String>>>,
+    handle: u32,
+    what: &str,
+) -> Result<String, Error> {
+    bound_names();
+    names.with(|names| {
+        usize::try_from(handle)
+            .ok()
+            .and_then(|i| names.borrow().get(i).cloned())
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "{what} handle {handle} was not given by this instance (or was forgotten)"
+                ))
+            })
+    })
+}
+
+fn account_name(account: Account) -> Result<String, Error> {
+    named(&ACCOUNTS, account, "account")
+}
+
+fn campaign_name(campaign: CampaignHandle) -> Result<String, Error> {
+    named(&CAMPAIGNS, campaign, "campaign")
 }
 
 fn with_rules<T>(f: impl FnOnce(&Rules<'_>) -> T) -> T {
@@ -46,16 +113,16 @@ struct Host;
 impl rules::Host for Host {
     type Error = state::StateError;
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, Self::Error> {
-        state::record_get(scope, key)
+        state::record_get(name(scope)?, name(key)?)
     }
     fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, Self::Error> {
-        state::record_insert(scope, key, value)
+        state::record_insert(name(scope)?, name(key)?, value)
     }
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, Self::Error> {
-        state::record_update(scope, key, value)
+        state::record_update(name(scope)?, name(key)?, value)
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Result<u64, Self::Error> {
-        state::counter_get(scope, name, now)
+        state::counter_get(self::name(scope)?, self::name(name)?, now)
     }
     fn charge(
         &mut self,
@@ -68,24 +135,27 @@ impl rules::Host for Host {
         now: i64,
     ) -> Result<Charged, Self::Error> {
         let guard = state::Guard {
-            key: "plan".to_owned(),
-            value: guard.to_owned(),
+            key: self::name("plan")?,
+            version: self::name(guard)?,
         };
-        let once = state::Once {
-            key: once.map_or(String::new(), |(k, _)| k.to_owned()),
-            fingerprint: once.map_or(0, |(_, f)| f),
-            expires_at: i64::MAX,
+        let once = match once {
+            Some((key, fingerprint)) => Some(state::Once {
+                prefix: self::name("")?,
+                key: key.to_owned(),
+                fingerprint,
+                expires_at: i64::MAX,
+            }),
+            None => None,
         };
-        let limit = limit.unwrap_or(u64::MAX);
         Ok(
             match state::counter_add_guarded(
-                scope,
-                &guard,
-                name,
+                self::name(scope)?,
+                guard,
+                self::name(name)?,
                 amount,
                 limit,
-                &once,
-                i64::MAX,
+                once.as_ref(),
+                None,
                 now,
             )? {
                 state::GuardedAdd::Applied(_) => Charged::Applied,
@@ -103,7 +173,8 @@ impl rules::Host for Host {
         member: &str,
         limit: Option<u64>,
     ) -> Result<Added, Self::Error> {
-        let added = state::member_add_many(scope, group, &[member.to_owned()], limit)?;
+        let added =
+            state::member_add_many(name(scope)?, name(group)?, &[member.to_owned()], limit)?;
         Ok(match added.outcomes.first() {
             Some(state::MemberAddOutcome::AlreadyInGroup) => Added::AlreadyInGroup,
             Some(state::MemberAddOutcome::Joined) => Added::Joined,
@@ -117,18 +188,20 @@ impl rules::Host for Host {
         group: &str,
         member: &str,
     ) -> Result<Removed, Self::Error> {
-        Ok(match state::member_remove(scope, group, member)?.outcome {
-            state::MemberRemoveOutcome::NotInGroup => Removed::NotInGroup,
-            state::MemberRemoveOutcome::LeftGroup => Removed::LeftGroup,
-            state::MemberRemoveOutcome::Released => Removed::Released,
-        })
+        Ok(
+            match state::member_remove(name(scope)?, name(group)?, member)?.outcome {
+                state::MemberRemoveOutcome::NotInGroup => Removed::NotInGroup,
+                state::MemberRemoveOutcome::LeftGroup => Removed::LeftGroup,
+                state::MemberRemoveOutcome::Released => Removed::Released,
+            },
+        )
     }
     fn group_clear(&mut self, scope: &str, group: &str) -> Result<(u64, u64), Self::Error> {
-        let cleared = state::group_clear(scope, group)?;
+        let cleared = state::group_clear(name(scope)?, name(group)?)?;
         Ok((cleared.removed, cleared.released))
     }
     fn member_count(&mut self, scope: &str) -> Result<u64, Self::Error> {
-        state::member_count(scope)
+        state::member_count(name(scope)?)
     }
     fn scopes_after(&mut self, after: &str, limit: u32) -> Result<Vec<String>, Self::Error> {
         catalog::scopes_after(Some(after), limit)
@@ -171,8 +244,16 @@ fn reason(d: Denial) -> Reason {
 }
 
 fn usage(u: Usage) -> AccountUsage {
+    let loaded = POLICY.with(|p| {
+        p.borrow()
+            .as_ref()
+            .and_then(|p| p.plans.iter().position(|plan| plan.name == u.plan))
+    });
     AccountUsage {
-        plan: u.plan,
+        plan: match loaded.and_then(|i| u32::try_from(i).ok()) {
+            Some(index) => PlanRef::Loaded(index),
+            None => PlanRef::Missing(u.plan),
+        },
         anchor: u.anchor,
         lead_credits: LeadUsage {
             used: u.leads_used,
@@ -215,6 +296,16 @@ struct Domains;
 export!(Domains);
 
 impl Guest for Domains {
+    fn account_handle(name: String) -> Account {
+        push_handle(&ACCOUNTS, name)
+    }
+    fn campaign_handle(name: String) -> CampaignHandle {
+        push_handle(&CAMPAIGNS, name)
+    }
+    fn forget_handles() {
+        ACCOUNTS.with(|a| a.borrow_mut().clear());
+        CAMPAIGNS.with(|c| c.borrow_mut().clear());
+    }
     fn load_policy(text: String) -> Result<PolicySummary, Vec<Diagnostic>> {
         let policy = rules::parse(&text).map_err(|problems| {
             problems
@@ -243,32 +334,38 @@ impl Guest for Domains {
         Ok(summary)
     }
 
-    fn subscribe(account: String, plan: String, anchor: i64, now: i64) -> Result<Decision, Error> {
+    fn subscribe(account: Account, plan: String, anchor: i64, now: i64) -> Result<Decision, Error> {
+        let account = account_name(account)?;
         decision(with_rules(|r| {
             r.subscribe(&mut Host, &account, &plan, anchor, now)
         }))
     }
-    fn change_plan(account: String, plan: String, now: i64) -> Result<Decision, Error> {
+    fn change_plan(account: Account, plan: String, now: i64) -> Result<Decision, Error> {
+        let account = account_name(account)?;
         decision(with_rules(|r| {
             r.change_plan(&mut Host, &account, &plan, now)
         }))
     }
     fn add_lead(
-        account: String,
-        campaign: String,
+        account: Account,
+        campaign: CampaignHandle,
         email: String,
         now: i64,
     ) -> Result<Decision, Error> {
+        let account = account_name(account)?;
+        let campaign = campaign_name(campaign)?;
         decision(with_rules(|r| {
             r.add_lead(&mut Host, &account, &campaign, &email, now)
         }))
     }
     fn add_leads(
-        account: String,
-        campaign: String,
+        account: Account,
+        campaign: CampaignHandle,
         emails: Vec<String>,
         now: i64,
     ) -> Result<LeadBatch, Error> {
+        let account = account_name(account)?;
+        let campaign = campaign_name(campaign)?;
         let (denied, results, used) =
             with_rules(|r| r.add_leads(&mut Host, &account, &campaign, &emails, now))
                 .map_err(error)?;
@@ -293,52 +390,61 @@ impl Guest for Domains {
         })
     }
     fn delete_lead(
-        account: String,
-        campaign: String,
+        account: Account,
+        campaign: CampaignHandle,
         email: String,
         now: i64,
     ) -> Result<Decision, Error> {
+        let account = account_name(account)?;
+        let campaign = campaign_name(campaign)?;
         decision(with_rules(|r| {
             r.delete_lead(&mut Host, &account, &campaign, &email, now)
         }))
     }
     fn delete_campaign_leads(
-        account: String,
-        campaign: String,
+        account: Account,
+        campaign: CampaignHandle,
         now: i64,
     ) -> Result<Decision, Error> {
+        let account = account_name(account)?;
+        let campaign = campaign_name(campaign)?;
         decision(with_rules(|r| {
             r.delete_campaign_leads(&mut Host, &account, &campaign, now)
         }))
     }
     fn send_email(
-        account: String,
+        account: Account,
         to: Vec<String>,
         _kind: EmailKind,
         message_id: Option<String>,
         now: i64,
     ) -> Result<Decision, Error> {
+        let account = account_name(account)?;
         decision(with_rules(|r| {
             r.send(&mut Host, &account, &to, message_id.as_deref(), now)
         }))
     }
     fn charge_email(
-        account: String,
+        account: Account,
         cost: u64,
         message_id: Option<String>,
         now: i64,
     ) -> Result<Decision, Error> {
+        let account = account_name(account)?;
         decision(with_rules(|r| {
             r.charge(&mut Host, &account, cost, message_id.as_deref(), now)
         }))
     }
-    fn check_email(account: String, cost: u64, now: i64) -> Result<Decision, Error> {
+    fn check_email(account: Account, cost: u64, now: i64) -> Result<Decision, Error> {
+        let account = account_name(account)?;
         decision(with_rules(|r| r.check(&mut Host, &account, cost, now)))
     }
-    fn usage(account: String, now: i64) -> Result<Decision, Error> {
+    fn usage(account: Account, now: i64) -> Result<Decision, Error> {
+        let account = account_name(account)?;
         decision(with_rules(|r| r.usage(&mut Host, &account, now)))
     }
-    fn email_history(account: String, cycles: u32, now: i64) -> Result<Vec<CycleUsage>, Error> {
+    fn email_history(account: Account, cycles: u32, now: i64) -> Result<Vec<CycleUsage>, Error> {
+        let account = account_name(account)?;
         let history =
             with_rules(|r| r.email_history(&mut Host, &account, cycles, now)).map_err(error)?;
         Ok(history
@@ -368,11 +474,13 @@ fn fingerprint(local: &str, domain: &str) -> u64 {
 
 impl inspect::Guest for Domains {
     fn accounts(after: Option<String>, limit: u32) -> Result<AccountPage, InspectError> {
+        bound_names();
         let (accounts, next) =
             Rules::accounts(&mut Host, after.as_deref(), limit).map_err(inspect_error)?;
         Ok(AccountPage { accounts, next })
     }
     fn campaigns(account: String) -> Result<Vec<Campaign>, InspectError> {
+        bound_names();
         Ok(Rules::campaigns(&mut Host, &account)
             .map_err(inspect_error)?
             .into_iter()
@@ -385,6 +493,7 @@ impl inspect::Guest for Domains {
         after: Option<Lead>,
         limit: u32,
     ) -> Result<Vec<Lead>, InspectError> {
+        bound_names();
         let after = after
             .as_ref()
             .map(|l| (l.campaign.as_str(), l.email.as_str()));

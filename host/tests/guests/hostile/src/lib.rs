@@ -20,7 +20,7 @@
 
 #![allow(clippy::missing_safety_doc)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::hint::black_box;
 
 wit_bindgen::generate!({
@@ -30,8 +30,9 @@ wit_bindgen::generate!({
 
 use creditgate::policy::state;
 use exports::creditgate::policy::policy::{
-    AccountUsage, Alert, Credit, CycleUsage, Decision, Diagnostic, EmailKind, EmailUsage, Error,
-    Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PolicySummary, Reason,
+    Account, AccountUsage, Alert, Campaign, Credit, CycleUsage, Decision, Diagnostic, EmailKind,
+    EmailUsage, Error, Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanRef,
+    PolicySummary, Reason,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,15 @@ enum Mode {
 
 thread_local! {
     static MODE: Cell<Option<Mode>> = const { Cell::new(None) };
+    /// Account names by handle.
+    static ACCOUNTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The name of the account behind `handle`; an unknown handle is an invalid request.
+fn named(handle: Account) -> Result<String, Error> {
+    ACCOUNTS
+        .with(|a| a.borrow().get(handle as usize).cloned())
+        .ok_or_else(|| Error::InvalidRequest(format!("unknown account handle {handle}")))
 }
 
 struct Hostile;
@@ -74,7 +84,8 @@ fn grow() -> usize {
     }
 }
 
-fn decide(account: &str) -> Result<Decision, Error> {
+fn decide(handle: Account) -> Result<Decision, Error> {
+    let account: &str = &named(handle)?;
     let allowed = Decision {
         denied: None,
         charged: 0,
@@ -98,12 +109,16 @@ fn decide(account: &str) -> Result<Decision, Error> {
         }),
         Some(Mode::Trap) => panic!("hostile guest traps on purpose"),
         Some(Mode::ChargeThenTrap) => {
-            let _ = state::member_add(account, "hostile", "victim@example.com", None);
+            if let (Ok(scope), Ok(group)) = (state::intern(account), state::intern("hostile")) {
+                let _ = state::member_add_many(scope, group, &["victim@example.com".into()], None);
+            }
             panic!("hostile guest traps after charging");
         }
         Some(Mode::SlowStore) => {
-            for _ in 0..200 {
-                let _ = state::member_count(account);
+            if let Ok(scope) = state::intern(account) {
+                for _ in 0..200 {
+                    let _ = state::member_count(scope);
+                }
             }
             Ok(allowed)
         }
@@ -130,7 +145,7 @@ fn decide(account: &str) -> Result<Decision, Error> {
             },
             _ => Decision {
                 usage: Some(AccountUsage {
-                    plan: "p".into(),
+                    plan: PlanRef::Missing("p".into()),
                     anchor: 0,
                     lead_credits: LeadUsage {
                         used: 0,
@@ -154,6 +169,22 @@ fn lie_mode() -> bool {
 }
 
 impl Guest for Hostile {
+    fn account_handle(name: String) -> Account {
+        ACCOUNTS.with(|a| {
+            let mut a = a.borrow_mut();
+            a.push(name);
+            (a.len() - 1) as Account
+        })
+    }
+
+    fn campaign_handle(_name: String) -> Campaign {
+        0
+    }
+
+    fn forget_handles() {
+        ACCOUNTS.with(|a| a.borrow_mut().clear());
+    }
+
     fn load_policy(toml: String) -> Result<PolicySummary, Vec<Diagnostic>> {
         let mode = match toml.trim() {
             "loop" => Mode::Loop,
@@ -182,31 +213,31 @@ impl Guest for Hostile {
     }
 
     fn subscribe(
-        account: String,
+        account: Account,
         _plan: String,
         _anchor: i64,
         _now: i64,
     ) -> Result<Decision, Error> {
-        decide(&account)
+        decide(account)
     }
-    fn change_plan(account: String, _plan: String, _now: i64) -> Result<Decision, Error> {
-        decide(&account)
+    fn change_plan(account: Account, _plan: String, _now: i64) -> Result<Decision, Error> {
+        decide(account)
     }
     fn add_lead(
-        account: String,
-        _campaign: String,
+        account: Account,
+        _campaign: Campaign,
         _email: String,
         _now: i64,
     ) -> Result<Decision, Error> {
-        decide(&account)
+        decide(account)
     }
     fn add_leads(
-        account: String,
-        _campaign: String,
+        account: Account,
+        _campaign: Campaign,
         emails: Vec<String>,
         _now: i64,
     ) -> Result<LeadBatch, Error> {
-        decide(&account).map(|_| LeadBatch {
+        decide(account).map(|_| LeadBatch {
             denied: None,
             // One result per address is the contract; a liar answers one short.
             results: (0..emails.len().saturating_sub(usize::from(lie_mode())))
@@ -220,46 +251,46 @@ impl Guest for Hostile {
         })
     }
     fn delete_lead(
-        account: String,
-        _campaign: String,
+        account: Account,
+        _campaign: Campaign,
         _email: String,
         _now: i64,
     ) -> Result<Decision, Error> {
-        decide(&account)
+        decide(account)
     }
     fn delete_campaign_leads(
-        account: String,
-        _campaign: String,
+        account: Account,
+        _campaign: Campaign,
         _now: i64,
     ) -> Result<Decision, Error> {
-        decide(&account)
+        decide(account)
     }
     fn send_email(
-        account: String,
+        account: Account,
         _to: Vec<String>,
         _kind: EmailKind,
         _message_id: Option<String>,
         _now: i64,
     ) -> Result<Decision, Error> {
-        decide(&account)
+        decide(account)
     }
     fn charge_email(
-        account: String,
+        account: Account,
         _cost: u64,
         _message_id: Option<String>,
         _now: i64,
     ) -> Result<Decision, Error> {
-        decide(&account)
+        decide(account)
     }
-    fn check_email(account: String, _cost: u64, _now: i64) -> Result<Decision, Error> {
-        decide(&account)
+    fn check_email(account: Account, _cost: u64, _now: i64) -> Result<Decision, Error> {
+        decide(account)
     }
-    fn usage(account: String, _now: i64) -> Result<Decision, Error> {
-        decide(&account)
+    fn usage(account: Account, _now: i64) -> Result<Decision, Error> {
+        decide(account)
     }
 
-    fn email_history(account: String, _cycles: u32, _now: i64) -> Result<Vec<CycleUsage>, Error> {
-        decide(&account).map(|_| Vec::new())
+    fn email_history(account: Account, _cycles: u32, _now: i64) -> Result<Vec<CycleUsage>, Error> {
+        decide(account).map(|_| Vec::new())
     }
 
     fn find_invalid_email(
