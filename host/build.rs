@@ -1,7 +1,8 @@
 //! Builds the policy component from `guest/` for `wasm32-wasip2` and hands its path
 //! to the host as `CREDITGATE_GUEST_WASM`, so that `cargo build`, `cargo run` and
 //! `cargo test` need no separate step. Also builds the misbehaving test component
-//! (`tests/guests/hostile`, as `CREDITGATE_HOSTILE_WASM`) for the host's tests.
+//! (`tests/guests/hostile`, as `CREDITGATE_HOSTILE_WASM`) and the one with other
+//! rules (`tests/guests/domains`, as `CREDITGATE_DOMAINS_WASM`) for the host's tests.
 //!
 //! The nested cargo uses its own target directory (beside the outer one) because
 //! the outer build holds the lock on its own; and the `guest` profile (LTO, abort
@@ -34,6 +35,7 @@ fn main() {
     for (package, env_name) in [
         ("creditgate-guest", "CREDITGATE_GUEST_WASM"),
         ("creditgate-hostile-guest", "CREDITGATE_HOSTILE_WASM"),
+        ("creditgate-domains-guest", "CREDITGATE_DOMAINS_WASM"),
     ] {
         let wasm = build_component(&root, &target_dir, package);
         println!("cargo:rustc-env={env_name}={}", wasm.display());

@@ -153,9 +153,21 @@ impl State for Host {
     }
 }
 
-struct Component;
+pub(crate) struct Component;
 
 crate::bindings::export!(Component with_types_in crate::bindings);
+
+/// Reads the record `key` of `scope` with names interned as the engine's are
+/// (for `inspect`, which walks scopes by their text); between exports' steps,
+/// so the interned names are kept within [`MAX_NAMES`] first.
+pub(crate) fn read_record(scope: &str, key: &str) -> Result<Option<String>, StateError> {
+    bound_names();
+    Host.record_get(scope, key)
+}
+
+pub(crate) fn with_engine<T>(f: impl FnOnce(&Engine) -> T) -> T {
+    ENGINE.with(|engine| f(&engine.borrow()))
+}
 
 /// The name behind `handle` in `names`; a handle this instance did not give is
 /// an invalid request.

@@ -13,6 +13,7 @@
 pub mod address;
 pub mod cycle;
 pub mod engine;
+pub mod inspect;
 mod known;
 pub mod policy;
 
@@ -28,11 +29,16 @@ pub mod bindings {
         pub_export_macro: true,
     });
 
+    pub use creditgate::policy::catalog::Membership;
     pub use creditgate::policy::state::{
         GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome, MemberRemoveOutcome,
         MemberRemoved, MembersAdded, Once, StateError, Tally,
     };
     pub use creditgate::policy::types::Instant;
+    /// The `inspect` export's types (see [`crate::inspect`]).
+    pub mod inspect {
+        pub use super::exports::creditgate::policy::inspect::*;
+    }
     pub use exports::creditgate::policy::policy::{
         AccountUsage, Alert, Allowance, Credit, CycleUsage, Decision, Diagnostic, EmailKind,
         EmailUsage, Error, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanRef, PlanSummary,

@@ -11,10 +11,10 @@
 //! without having to remember to; delivery is the [`Notifier`]'s: `serve` logs and
 //! posts to webhooks, the command line prints on stderr, a dry run says nothing.
 //!
-//! The log lives in a scope of its own per account, `"\u{1}alerts/<account>"`,
-//! which no account name can collide with (the leading control character is not
-//! a character an account is created with through any front end) and which
-//! account listings skip, as they skip every scope without an account record.
+//! The log lives in the store's alert log ([`Store::alert_insert`]), a namespace
+//! of its own beside the component's scopes: no scope name reaches it and no
+//! listing of scopes shows it. (Stores written before kept it in scopes
+//! `"\u{1}alerts/<account>"`; each backend moves those when it opens a store.)
 //!
 //! Webhooks never hold up a decision: alerts go through a bounded queue to a
 //! task that posts them, retrying with exponential backoff; a full queue drops
@@ -29,16 +29,9 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::bindings::{Alert, CounterAdded, Credit, Decision};
-use crate::store::{CounterAdd, Store, StoreError};
+use crate::bindings::{Alert, Credit, Decision};
+use crate::store::{Store, StoreError};
 use crate::time::format_instant;
-
-/// The scope holding `account`'s alert log.
-pub fn scope(account: &str) -> String {
-    format!("{SCOPE_PREFIX}{account}")
-}
-
-const SCOPE_PREFIX: &str = "\u{1}alerts/";
 
 /// One alert that fired: the body of a webhook POST and of `alerts list --format json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,44 +100,33 @@ pub fn credit_name(credit: Credit) -> &'static str {
 pub fn record(store: &dyn Store, alert: &FiredAlert, at: i64) -> Result<(), StoreError> {
     let value = serde_json::to_string(alert)
         .map_err(|e| StoreError::InvalidArgument(format!("cannot encode an alert: {e}")))?;
-    let scope = scope(&alert.account);
-    let add = CounterAdd {
-        amount: 1,
-        limit: None,
-        once: None,
-        expires_at: None,
-        now: at,
-    };
-    let sequence = match store.counter_add(&scope, "sequence", add)? {
-        CounterAdded::Applied(n)
-        | CounterAdded::Repeated(n)
-        | CounterAdded::Refused(n)
-        | CounterAdded::Conflict(n) => n,
-    };
-    store.record_insert(&scope, &alert.key(at, sequence), &value)?;
+    let sequence = store.alert_sequence(&alert.account)?;
+    store.alert_insert(&alert.account, &alert.key(at, sequence), &value)?;
     Ok(())
 }
 
 /// Every alert logged, for one account or all, oldest first per account.
 pub fn list(store: &dyn Store, account: Option<&str>) -> Result<Vec<FiredAlert>, StoreError> {
-    let scopes = match account {
-        Some(account) => vec![scope(account)],
-        None => store
-            .scopes()?
-            .into_iter()
-            .filter(|s| s.starts_with(SCOPE_PREFIX))
-            .collect(),
-    };
     let mut alerts = Vec::new();
-    for scope in scopes {
-        for (key, value) in store.export_scope(&scope)?.records {
-            let alert = serde_json::from_str(&value).map_err(|e| {
-                StoreError::Corrupt(format!("alert {key:?} in {scope:?} does not decode: {e}"))
-            })?;
-            alerts.push(alert);
+    let mut failed = None;
+    store.visit_alerts(account, None, &mut |owner, key, value| {
+        match decode(owner, key, value) {
+            Ok(alert) => alerts.push(alert),
+            Err(e) => failed = Some(e),
         }
+        failed.is_none()
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(alerts),
     }
-    Ok(alerts)
+}
+
+/// The alert logged as `value` under `key` in `owner`'s log.
+pub fn decode(owner: &str, key: &str, value: &str) -> Result<FiredAlert, StoreError> {
+    serde_json::from_str(value).map_err(|e| {
+        StoreError::Corrupt(format!("alert {key:?} of {owner:?} does not decode: {e}"))
+    })
 }
 
 /// Where webhooks are posted, from the gateway config's `[[webhooks]]`.

@@ -8,9 +8,10 @@
 //! next page starts the store's ordered read just after it
 //! ([`Store::scopes_after`], [`Store::visit_members_after`],
 //! [`Store::visit_records`]): no page holds more than its own rows in memory or
-//! reads from the start again. Usage comes from the policy, through the
-//! gateway's bulk lane ([`Gateway::decide_bulk`]), exactly as
-//! `GET /v1/accounts/{account}/usage` computes it.
+//! reads from the start again. Which names are accounts, and what an account's
+//! campaigns and leads are, the component says ([`crate::inspect`]); usage comes
+//! from the policy, through the gateway's bulk lane ([`Gateway::decide_bulk`]),
+//! exactly as `GET /v1/accounts/{account}/usage` computes it.
 //!
 //! # Why a cap, and why this one
 //!
@@ -43,6 +44,7 @@ use crate::alerts::{self, FiredAlert};
 use crate::bindings::{AccountUsage, Decision, Reason};
 use crate::gateway::{Gateway, GatewayError};
 use crate::http::{AccountJson, ApiError, Path, json};
+use crate::inspect::{self, AskError, Inspector};
 use crate::names::NameRules;
 use crate::replay::LimitJson;
 use crate::request::Request;
@@ -63,6 +65,8 @@ pub const MAX_LIMIT: usize = 1_000;
 #[derive(Clone)]
 pub struct Bulk {
     gateway: Arc<Gateway>,
+    /// Asks the component about accounts and campaigns.
+    inspector: Arc<Inspector>,
     slots: Arc<Semaphore>,
     wait: Duration,
     /// The naming rule the API applies, so that a listing finds what a decision
@@ -101,6 +105,7 @@ impl Bulk {
     /// `slots` slots (at least one), each waited for at most `wait`.
     pub fn with_slots(gateway: Arc<Gateway>, slots: usize, wait: Duration) -> Bulk {
         Bulk {
+            inspector: Arc::new(Inspector::new(gateway.clone())),
             gateway,
             slots: Arc::new(Semaphore::new(slots.max(1))),
             wait,
@@ -129,6 +134,21 @@ impl Bulk {
         self.gateway.decide_bulk(request, at).await
     }
 
+    /// Runs `ask` on the component, off the async workers (see [`Inspector`]).
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        ask: impl FnOnce(&mut crate::runtime::Worker) -> Result<T, crate::runtime::DecideError>
+        + Send
+        + 'static,
+    ) -> Result<T, AskError> {
+        self.inspector.ask(ask).await
+    }
+
+    /// The warning levels of the policy in force (see [`Inspector`]).
+    pub async fn warning_levels(&self) -> Result<inspect::Warn, AskError> {
+        self.inspector.warning_levels().await
+    }
+
     /// Runs a store read off the async workers (a store may block on disk or on
     /// the network).
     pub async fn read<T: Send + 'static>(
@@ -140,12 +160,6 @@ impl Bulk {
             .await
             .map_err(|e| StoreError::Unavailable(format!("the read task failed: {e}")))?
     }
-}
-
-/// Whether `scope` is one the host keeps for itself (alert logs) rather than an
-/// account: those start with a control character no account name has.
-pub fn is_host_scope(scope: &str) -> bool {
-    scope.starts_with('\u{1}')
 }
 
 /// Every route of this module, with its handler.
@@ -308,6 +322,14 @@ fn busy(_: Busy) -> ApiError {
     )
 }
 
+/// A question the component could not answer: as a failed decision would be.
+fn ask_error(e: AskError) -> ApiError {
+    match e {
+        AskError::Decide(e) => ApiError::gateway("", GatewayError::from(e)),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Unavailable(m) => {
@@ -334,12 +356,16 @@ struct PlanJson {
 struct PlansJson {
     version: u64,
     plans: Vec<PlanJson>,
+    /// Where the policy flags a credit as close to its limit, in percent.
+    warning_levels: inspect::Warn,
 }
 
 async fn plans(State(bulk): State<Bulk>) -> ApiResult<Response> {
+    let warning_levels = bulk.warning_levels().await.map_err(ask_error)?;
     let (version, summary) = bulk.gateway.policy_summary();
     Ok(json(&PlansJson {
         version,
+        warning_levels,
         plans: summary
             .plans
             .iter()
@@ -367,21 +393,15 @@ async fn accounts(
     let mut from = listing.after.and_then(|a| a.into_iter().next());
     // Each with whether the policy in force lacks its plan (see `AccountJson`).
     let mut rows: Vec<(String, AccountUsage, bool)> = Vec::new();
-    let chunk = listing.limit.clamp(16, 256);
+    let chunk = u32::try_from(listing.limit.clamp(16, 256)).unwrap_or(256);
     'scan: loop {
         let after = from.clone();
-        let names = bulk
-            .read(move |store| store.scopes_after(after.as_deref(), chunk))
+        let page = bulk
+            .ask(move |w| inspect::accounts_page(w, after.as_deref(), chunk))
             .await
-            .map_err(store_error)?;
-        if names.is_empty() {
-            break;
-        }
-        for name in names {
+            .map_err(ask_error)?;
+        for name in page.accounts {
             from = Some(name.clone());
-            if is_host_scope(&name) {
-                continue;
-            }
             let decision = bulk
                 .usage(&name, at)
                 .await
@@ -390,7 +410,7 @@ async fn accounts(
                 (None, Some(usage)) => rows.push((name, usage, false)),
                 // Stranded by a forced reload: listed, and said.
                 (Some(Reason::UnknownPlan), Some(usage)) => rows.push((name, usage, true)),
-                // A scope without an account record is not an account.
+                // Closed since it was listed.
                 (Some(Reason::UnknownAccount), _) => {}
                 (denied, _) => {
                     warn!(account = %name, reason = ?denied, "account left out of the listing: no usage");
@@ -400,16 +420,20 @@ async fn accounts(
                 break 'scan;
             }
         }
+        match page.next {
+            Some(next) => from = Some(next),
+            None => break,
+        }
     }
-    // A full page has a next one only if some scope follows its last.
+    // A full page has a next one only if some account follows its last.
     let next = match (&from, rows.len() == listing.limit) {
         (Some(last), true) => {
             let after = last.clone();
             let more = bulk
-                .read(move |store| store.scopes_after(Some(&after), 1))
+                .ask(move |w| inspect::any_account_after(w, &after))
                 .await
-                .map_err(store_error)?;
-            (!more.is_empty()).then(|| encode_cursor("accounts", &[last]))
+                .map_err(ask_error)?;
+            more.then(|| encode_cursor("accounts", &[last]))
         }
         _ => None,
     };
@@ -454,36 +478,20 @@ async fn campaigns(State(bulk): State<Bulk>, Path(account): Path<String>) -> Api
     let _slot = bulk.slot().await.map_err(busy)?;
     known(&bulk, &account).await?;
     let name = account.clone();
-    let counts = bulk
-        .read(move |store| campaign_counts(store, &name))
+    let campaigns = bulk
+        .ask(move |w| inspect::campaigns(w, &name))
         .await
-        .map_err(store_error)?;
+        .map_err(ask_error)?;
     Ok(json(&Campaigns {
         account: &account,
-        campaigns: counts
+        campaigns: campaigns
             .into_iter()
-            .map(|(campaign, leads)| CampaignJson { campaign, leads })
+            .map(|c| CampaignJson {
+                campaign: c.name,
+                leads: c.leads,
+            })
             .collect(),
     }))
-}
-
-/// Leads per campaign of `account`, by campaign name: its memberships counted
-/// by group, from one snapshot (one entry per campaign in memory, not per lead).
-pub fn campaign_counts(
-    store: &dyn Store,
-    account: &str,
-) -> std::result::Result<BTreeMap<String, u64>, StoreError> {
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    store.visit_members(account, None, &mut |group, _| {
-        match counts.get_mut(group) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert(group.to_owned(), 1);
-            }
-        }
-        true
-    })?;
-    Ok(counts)
 }
 
 #[derive(Serialize)]
@@ -524,22 +532,19 @@ async fn leads(
     let _slot = bulk.slot().await.map_err(busy)?;
     known(&bulk, &account).await?;
     let (name, limit) = (account.clone(), listing.limit);
-    let mut found = bulk
-        .read(move |store| {
-            // One more than the page: whether there is a next page, for free.
-            let mut found = Vec::with_capacity(limit + 1);
-            let after = after.as_ref().map(|(g, m)| (g.as_str(), m.as_str()));
-            store.visit_members_after(&name, campaign.as_deref(), after, &mut |g, m| {
-                found.push(LeadJson {
-                    campaign: g.to_owned(),
-                    email: m.to_owned(),
-                });
-                found.len() <= limit
-            })?;
-            Ok(found)
-        })
+    let after = after.map(|(campaign, email)| inspect::Lead { campaign, email });
+    // One more than the page: whether there is a next page, for free.
+    let ask = u32::try_from(limit + 1).unwrap_or(u32::MAX);
+    let mut found: Vec<LeadJson> = bulk
+        .ask(move |w| inspect::leads(w, &name, campaign.as_deref(), after.as_ref(), ask))
         .await
-        .map_err(store_error)?;
+        .map_err(ask_error)?
+        .into_iter()
+        .map(|l| LeadJson {
+            campaign: l.campaign,
+            email: l.email,
+        })
+        .collect();
     let next = if found.len() > limit {
         found.truncate(limit);
         found
@@ -585,62 +590,19 @@ async fn alerts_page(
     };
     let _slot = bulk.slot().await.map_err(busy)?;
     let limit = listing.limit;
-    let prefix = alerts::scope("");
     // (account, key, value) of one more alert than the page holds.
-    let mut found: Vec<(String, String, String)> = Vec::with_capacity(limit + 1);
-    // The log scopes to read: the one account's, or every account's in order,
-    // from the cursor's on.
-    let mut batch: Vec<String> = match (&account, &after) {
-        (Some(account), _) => vec![alerts::scope(account)],
-        (None, Some((account, _))) => vec![alerts::scope(account)],
-        (None, None) => Vec::new(),
-    };
-    // Just below every log scope: the prefix ends in '/', this in '.'.
-    let mut listed_after = format!("{}.", &prefix[..prefix.len() - 1]);
-    'scan: loop {
-        if batch.is_empty() {
-            if account.is_some() {
-                break;
-            }
-            let (start, log) = (listed_after.clone(), prefix.clone());
-            batch = bulk
-                .read(move |store| store.scopes_after(Some(&start), 64))
-                .await
-                .map_err(store_error)?
-                .into_iter()
-                .take_while(|s| s.starts_with(&log))
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-        }
-        for scope in std::mem::take(&mut batch) {
-            listed_after = scope.clone();
-            let Some(owner) = scope.strip_prefix(&prefix).map(str::to_owned) else {
-                continue;
-            };
-            let key_after = after
-                .as_ref()
-                .filter(|(a, _)| *a == owner)
-                .map(|(_, key)| key.clone());
-            let want = limit + 1 - found.len();
-            let records = bulk
-                .read(move |store| {
-                    let mut records = Vec::new();
-                    store.visit_records(&scope, key_after.as_deref(), &mut |key, value| {
-                        records.push((key.to_owned(), value.to_owned()));
-                        records.len() < want
-                    })?;
-                    Ok(records)
-                })
-                .await
-                .map_err(store_error)?;
-            found.extend(records.into_iter().map(|(k, v)| (owner.clone(), k, v)));
-            if found.len() > limit {
-                break 'scan;
-            }
-        }
-    }
+    let mut found: Vec<(String, String, String)> = bulk
+        .read(move |store| {
+            let mut found = Vec::with_capacity(limit.min(64) + 1);
+            let after = after.as_ref().map(|(a, k)| (a.as_str(), k.as_str()));
+            store.visit_alerts(account.as_deref(), after, &mut |owner, key, value| {
+                found.push((owner.to_owned(), key.to_owned(), value.to_owned()));
+                found.len() <= limit
+            })?;
+            Ok(found)
+        })
+        .await
+        .map_err(store_error)?;
     let next = if found.len() > limit {
         found.truncate(limit);
         found
@@ -652,9 +614,7 @@ async fn alerts_page(
     let alerts = found
         .into_iter()
         .map(|(account, key, value)| {
-            serde_json::from_str::<FiredAlert>(&value).map_err(|e| {
-                ApiError::internal(format!("alert {key:?} of {account:?} does not decode: {e}"))
-            })
+            alerts::decode(&account, &key, &value).map_err(|e| ApiError::internal(e.to_string()))
         })
         .collect::<ApiResult<Vec<_>>>()?;
     Ok(json(&Page {

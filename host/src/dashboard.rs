@@ -1,6 +1,10 @@
 //! The web dashboard: every account's credits at a glance (`GET /`), and one page
 //! per account (`GET /accounts/{account}`), served by `serve` next to the HTTP API.
 //!
+//! What an account is, what its campaigns are, how many billing cycles its chart
+//! holds and where a credit turns to "warning" are the component's to say: the
+//! pages ask it ([`crate::inspect`]) and know no layout or rule of their own.
+//!
 //! Server-rendered HTML with its CSS inline: no JavaScript, no build step, nothing
 //! fetched from anywhere else, so it works in any browser, on a phone, and on a
 //! gateway with no way out to the internet. Sorting and filtering are plain links
@@ -38,14 +42,12 @@ use axum::routing::get;
 use chrono::{DateTime, Datelike, Timelike};
 
 use crate::alerts::{self, FiredAlert};
-use crate::api_read::{Bulk, campaign_counts, is_host_scope};
+use crate::api_read::Bulk;
 use crate::bindings::{AccountUsage, CycleUsage, Reason};
 use crate::gateway::Refusal;
+use crate::inspect::{self, Level, Warn};
 use crate::replay::reason_code;
 use crate::time::{format_instant, now, parse_instant};
-
-/// Billing cycles the account page charts: as many as the policy keeps.
-const HISTORY_CYCLES: u32 = 12;
 
 /// Rows of refusals, alerts and campaigns an account page shows at most.
 const RECENT_ROWS: usize = 20;
@@ -109,39 +111,14 @@ pub fn percent_encode(text: &str) -> String {
 
 // ---- figures ------------------------------------------------------------------
 
-/// How close an account is to a limit. Ordered from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Level {
-    Ok,
-    /// At or over [`WARN_PERCENT`] of a limit.
-    Warning,
-    /// Nothing more can be charged until usage falls, the cycle resets or the plan
-    /// grows.
-    Exhausted,
-}
-
-/// Share of a limit at which a credit is flagged, as `creditgate usage` flags it.
-const WARN_PERCENT: u64 = 80;
-
 impl Level {
-    /// The level of one credit; an unlimited credit is always fine.
-    fn of(used: u64, limit: Option<u64>) -> Level {
-        match limit {
-            None => Level::Ok,
-            Some(limit) if used >= limit => Level::Exhausted,
-            Some(limit)
-                if u128::from(used) * 100 >= u128::from(limit) * u128::from(WARN_PERCENT) =>
-            {
-                Level::Warning
-            }
-            Some(_) => Level::Ok,
-        }
-    }
-
-    /// The worse of an account's two credits.
-    fn of_usage(u: &AccountUsage) -> Level {
-        Level::of(u.lead_credits.used, u.lead_credits.limit)
-            .max(Level::of(u.email_credits.used, u.email_credits.limit))
+    /// The worse of an account's two credits, each at its warning level.
+    fn of_usage(u: &AccountUsage, warn: Warn) -> Level {
+        Level::of(u.lead_credits.used, u.lead_credits.limit, warn.lead_credits).max(Level::of(
+            u.email_credits.used,
+            u.email_credits.limit,
+            warn.email_credits,
+        ))
     }
 
     /// Its name in URLs and its CSS class.
@@ -159,12 +136,26 @@ impl Level {
             .find(|l| l.name() == text)
     }
 
-    fn badge(self) -> String {
-        let (text, title) = match self {
-            Level::Ok => ("ok", "every credit under 80% of its limit"),
-            Level::Warning => ("≥ 80%", "a credit is at 80% of its limit or more"),
-            Level::Exhausted => ("exhausted", "a credit has reached its limit"),
+    /// What the state filter and the badge call it: the warning level when both
+    /// credits share one.
+    fn label(self, warn: Warn) -> String {
+        match (self, warn.common()) {
+            (Level::Ok, _) => "ok".to_owned(),
+            (Level::Warning, Some(p)) => format!("≥ {p}%"),
+            (Level::Warning, None) => "warning".to_owned(),
+            (Level::Exhausted, _) => "exhausted".to_owned(),
+        }
+    }
+
+    fn badge(self, warn: Warn) -> String {
+        let title = match (self, warn.common()) {
+            (Level::Ok, Some(p)) => format!("every credit under {p}% of its limit"),
+            (Level::Ok, None) => "every credit under its warning level".to_owned(),
+            (Level::Warning, Some(p)) => format!("a credit is at {p}% of its limit or more"),
+            (Level::Warning, None) => "a credit is at its warning level or more".to_owned(),
+            (Level::Exhausted, _) => "a credit has reached its limit".to_owned(),
         };
+        let text = self.label(warn);
         format!(
             r#"<span class="badge {}" title="{title}">{text}</span>"#,
             self.name()
@@ -233,8 +224,14 @@ fn human_duration(nanos: i64) -> String {
 
 /// One credit as a labelled bar. The `data-` attributes carry the exact figures
 /// for machines (the browser test reads them); the text carries them for people.
-fn meter(credit: &str, label: Option<&str>, used: u64, limit: Option<u64>) -> String {
-    let level = Level::of(used, limit);
+fn meter(
+    credit: &str,
+    label: Option<&str>,
+    used: u64,
+    limit: Option<u64>,
+    warn: Option<u8>,
+) -> String {
+    let level = Level::of(used, limit, warn);
     let share = percent(used, limit);
     let width = share.map_or(0.0, |p| p.min(100.0));
     let pct = share.map_or_else(|| "no limit".to_owned(), |p| format!("{p:.1}%"));
@@ -418,7 +415,7 @@ impl Sort {
         }
     }
 
-    fn compare(self, a: &Row, b: &Row) -> Ordering {
+    fn compare(self, a: &Row, b: &Row, warn: Warn) -> Ordering {
         let (x, y) = (&a.usage, &b.usage);
         // Unlimited sorts as emptier than any limited credit.
         let share = |used, limit| percent(used, limit).unwrap_or(-1.0);
@@ -432,7 +429,7 @@ impl Sort {
                 .total_cmp(&share(y.email_credits.used, y.email_credits.limit))
                 .then(x.email_credits.used.cmp(&y.email_credits.used)),
             Sort::Reset => x.email_credits.resets_at.cmp(&y.email_credits.resets_at),
-            Sort::State => Level::of_usage(x).cmp(&Level::of_usage(y)),
+            Sort::State => Level::of_usage(x, warn).cmp(&Level::of_usage(y, warn)),
         }
     }
 }
@@ -470,6 +467,8 @@ struct Params {
     sort: Sort,
     dir: Option<Dir>,
     after: Option<String>,
+    /// The policy's warning levels: not a parameter, but what `state` means.
+    warn: Warn,
 }
 
 impl Params {
@@ -537,7 +536,8 @@ impl Params {
 
     /// Whether an account with this usage is listed: the state filter.
     fn shows(&self, usage: &AccountUsage) -> bool {
-        self.state.is_none_or(|s| Level::of_usage(usage) == s)
+        self.state
+            .is_none_or(|s| Level::of_usage(usage, self.warn) == s)
     }
 
     /// The rows these parameters select, in their order; ties by name.
@@ -554,7 +554,7 @@ impl Params {
             let by_name = a.account.cmp(&b.account);
             let by_key = match self.sort {
                 Sort::Name => by_name,
-                sort => sort.compare(a, b),
+                sort => sort.compare(a, b, self.warn),
             };
             // Ties in name order whichever way the key goes.
             match dir {
@@ -571,9 +571,13 @@ async fn index(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Page {
     let pairs = query.map(|Query(pairs)| pairs).unwrap_or_default();
-    let params = Params::parse(&pairs);
+    let mut params = Params::parse(&pairs);
     let Ok(_slot) = bulk.slot().await else {
         return Page::busy();
+    };
+    params.warn = match bulk.warning_levels().await {
+        Ok(warn) => warn,
+        Err(e) => return Page::unavailable(&format!("cannot read the warning levels: {e}")),
     };
     let at = now();
     match listed(&bulk, &params, at).await {
@@ -592,22 +596,22 @@ struct Listed {
     examined: usize,
 }
 
-/// The page of accounts `params` select at `at`: scopes of the store in name
-/// order from just after `params.after`, each whose `usage` decision is allowed
-/// and passes the filters, until the page is full or its budget spent.
+/// The page of accounts `params` select at `at`: accounts (as the component lists
+/// them) in name order from just after `params.after`, each whose `usage`
+/// decision is allowed and passes the filters, until the page is full or its
+/// budget spent.
 async fn listed(bulk: &Bulk, params: &Params, at: i64) -> Result<Listed, String> {
-    const CHUNK: usize = 256;
+    const CHUNK: u32 = 256;
     let mut listed = Listed::default();
     let mut from = params.after.clone();
     let mut names = 0;
     loop {
         let after = from.clone();
         let chunk = bulk
-            .read(move |store| store.scopes_after(after.as_deref(), CHUNK))
+            .ask(move |w| inspect::accounts_page(w, after.as_deref(), CHUNK))
             .await
             .map_err(|e| format!("cannot list accounts: {e}"))?;
-        let last_chunk = chunk.len() < CHUNK;
-        for scope in chunk {
+        for scope in chunk.accounts {
             if listed.rows.len() == PAGE_ROWS
                 || listed.examined == EXAMINE_AT_MOST
                 || names == NAMES_AT_MOST
@@ -618,15 +622,14 @@ async fn listed(bulk: &Bulk, params: &Params, at: i64) -> Result<Listed, String>
             }
             names += 1;
             from = Some(scope.clone());
-            if is_host_scope(&scope) || !params.names(&scope) {
+            if !params.names(&scope) {
                 continue;
             }
             listed.examined += 1;
             // One at a time, in the gateway's bulk lane: a page never has more
             // than one decision waiting, and never in a sender's lane.
             let decision = bulk.usage(&scope, at).await.map_err(|e| e.to_string())?;
-            // A scope without an account record is not an account; one on a plan
-            // the policy lacks is, and is shown with it.
+            // An account on a plan the policy lacks is shown with it.
             let plan_missing = decision.denied == Some(Reason::UnknownPlan);
             if let (None | Some(Reason::UnknownPlan), Some(usage)) =
                 (decision.denied, decision.usage)
@@ -639,8 +642,10 @@ async fn listed(bulk: &Bulk, params: &Params, at: i64) -> Result<Listed, String>
                 });
             }
         }
-        if last_chunk {
-            return Ok(listed);
+        match chunk.next {
+            // Past names the component did not count as accounts, too.
+            Some(next) => from = Some(next),
+            None => return Ok(listed),
         }
     }
 }
@@ -651,7 +656,7 @@ fn index_main(listed: &Listed, params: &Params, at: i64) -> String {
     // Counts over the page, each a link that filters every account to it.
     let count = |level: Level| {
         rows.iter()
-            .filter(|r| Level::of_usage(&r.usage) == level)
+            .filter(|r| Level::of_usage(&r.usage, params.warn) == level)
             .count()
     };
     let _ = write!(
@@ -685,7 +690,7 @@ fn index_main(listed: &Listed, params: &Params, at: i64) -> String {
             r#" · <a href="{}">{} {}</a>"#,
             escape(&href),
             count(level),
-            Level::badge(level)
+            level.badge(params.warn)
         );
     }
     out.push_str("</p>\n");
@@ -756,14 +761,26 @@ fn index_main(listed: &Listed, params: &Params, at: i64) -> String {
 <td data-label="State">{badge}</td>
 </tr>"#,
             name = escape(&row.account),
-            state = Level::of_usage(u).name(),
+            state = Level::of_usage(u, params.warn).name(),
             path = percent_encode(&row.account),
             plan = plan_cell(&u.plan, row.plan_missing),
-            lead = meter("lead", None, u.lead_credits.used, u.lead_credits.limit),
-            email = meter("email", None, u.email_credits.used, u.email_credits.limit),
+            lead = meter(
+                "lead",
+                None,
+                u.lead_credits.used,
+                u.lead_credits.limit,
+                params.warn.lead_credits
+            ),
+            email = meter(
+                "email",
+                None,
+                u.email_credits.used,
+                u.email_credits.limit,
+                params.warn.email_credits
+            ),
             reset = time_element(u.email_credits.resets_at),
             until = human_duration(u.email_credits.resets_at.saturating_sub(at)),
-            badge = Level::of_usage(u).badge(),
+            badge = Level::of_usage(u, params.warn).badge(params.warn),
         );
     }
     out.push_str("</tbody>\n</table>\n");
@@ -833,11 +850,7 @@ fn filter_form(params: &Params) -> String {
             } else {
                 ""
             },
-            match level {
-                Level::Ok => "ok",
-                Level::Warning => "≥ 80%",
-                Level::Exhausted => "exhausted",
-            }
+            level.label(params.warn)
         );
     }
     let mut sorts = String::new();
@@ -910,29 +923,46 @@ async fn account(State(bulk): State<Bulk>, path: Result<Path<String>, PathReject
             }
         },
     };
+    let name = account.clone();
+    let warn = match bulk.warning_levels().await {
+        Ok(warn) => warn,
+        Err(e) => return Page::unavailable(&format!("cannot read the warning levels: {e}")),
+    };
+    let asked = bulk
+        .ask(move |w| {
+            let cycles = inspect::history_cycles(w)?;
+            let campaigns = inspect::campaigns(w, &name).map(|found| {
+                found
+                    .into_iter()
+                    .map(|c| (c.name, c.leads))
+                    .collect::<BTreeMap<_, _>>()
+            });
+            Ok((cycles, campaigns))
+        })
+        .await;
+    let (cycles, campaigns) = match asked {
+        Ok((cycles, campaigns)) => (cycles, campaigns.map_err(|e| e.to_string())),
+        Err(e) => return Page::unavailable(&e.to_string()),
+    };
     let history = gateway
-        .email_history(account.clone(), HISTORY_CYCLES, at)
+        .email_history(account.clone(), cycles, at)
         .await
         .map_err(|e| e.to_string());
     let store = gateway.store().clone();
     let name = account.clone();
-    let (campaigns, fired) = match tokio::task::spawn_blocking(move || {
-        (
-            campaign_counts(store.as_ref(), &name).map_err(|e| e.to_string()),
-            alerts::list(store.as_ref(), Some(&name)).map_err(|e| e.to_string()),
-        )
+    let fired = tokio::task::spawn_blocking(move || {
+        alerts::list(store.as_ref(), Some(&name)).map_err(|e| e.to_string())
     })
     .await
-    {
-        Ok(read) => read,
-        Err(e) => (Err(e.to_string()), Err(e.to_string())),
-    };
+    .unwrap_or_else(|e| Err(e.to_string()));
     let refusals = gateway.recent_refusals(&account);
     let details = Details {
         history,
         campaigns,
         refusals,
         alerts: fired,
+        warn,
+        cycles,
     };
     let mut main = account_main(&account, &usage, &details, at);
     if plan_missing {
@@ -952,10 +982,15 @@ struct Details {
     campaigns: Result<BTreeMap<String, u64>, String>,
     refusals: Vec<Refusal>,
     alerts: Result<Vec<FiredAlert>, String>,
+    /// The policy's warning levels.
+    warn: Warn,
+    /// Billing cycles the chart has room for: as many as the component keeps.
+    cycles: u32,
 }
 
 fn account_main(account: &str, u: &AccountUsage, details: &Details, at: i64) -> String {
-    let level = Level::of_usage(u);
+    let warn = details.warn;
+    let level = Level::of_usage(u, warn);
     let mut out = format!(
         r#"<p class="crumb"><a href="/">← All accounts</a></p>
 <h1 data-account="{name}">{name} {badge}</h1>
@@ -971,7 +1006,7 @@ fn account_main(account: &str, u: &AccountUsage, details: &Details, at: i64) -> 
 </div>
 "#,
         name = escape(account),
-        badge = level.badge(),
+        badge = level.badge(warn),
         plan = escape(&u.plan),
         anchor = time_element(u.anchor),
         start = time_element(u.email_credits.cycle_start),
@@ -981,30 +1016,34 @@ fn account_main(account: &str, u: &AccountUsage, details: &Details, at: i64) -> 
             "lead",
             Some("Lead credits"),
             u.lead_credits.used,
-            u.lead_credits.limit
+            u.lead_credits.limit,
+            warn.lead_credits
         ),
         email = meter(
             "email",
             Some("Email credits this cycle"),
             u.email_credits.used,
-            u.email_credits.limit
+            u.email_credits.limit,
+            warn.email_credits
         ),
     );
-    for (what, used, limit, until) in [
+    for (what, used, limit, level, until) in [
         (
             "Lead credits",
             u.lead_credits.used,
             u.lead_credits.limit,
+            warn.lead_credits,
             "no new contact can be added until leads are deleted or the plan grows",
         ),
         (
             "Email credits",
             u.email_credits.used,
             u.email_credits.limit,
+            warn.email_credits,
             "nothing more is sent until the reset or an upgrade",
         ),
     ] {
-        match (Level::of(used, limit), limit) {
+        match (Level::of(used, limit, level), limit) {
             (Level::Exhausted, Some(limit)) => {
                 let _ = writeln!(
                     out,
@@ -1029,7 +1068,13 @@ fn account_main(account: &str, u: &AccountUsage, details: &Details, at: i64) -> 
     match &details.history {
         Ok(history) if history.is_empty() => out += &empty("No billing cycle yet."),
         Ok(history) => {
-            out += &history_chart(history, u.email_credits.limit, u.email_credits.cycle_start);
+            let chart = Chart {
+                limit: u.email_credits.limit,
+                current: u.email_credits.cycle_start,
+                cycles: details.cycles,
+                warn: warn.email_credits,
+            };
+            out += &history_chart(history, &chart);
             out += &history_table(history);
         }
         Err(e) => {
@@ -1044,17 +1089,38 @@ fn account_main(account: &str, u: &AccountUsage, details: &Details, at: i64) -> 
     out
 }
 
+/// What the history chart needs besides the history.
+#[derive(Debug, Clone, Copy)]
+struct Chart {
+    /// The current email-credit limit, drawn as a line.
+    limit: Option<u64>,
+    /// The start of the current cycle, whose bar is marked.
+    current: i64,
+    /// Slots on the chart: the cycles the component keeps.
+    cycles: u32,
+    /// The email-credit warning level, for the bars' colours.
+    warn: Option<u8>,
+}
+
 /// Email credits used per cycle as an SVG bar chart, oldest on the left, the
 /// current cycle last; the current limit as a dashed line. Every bar has a title
 /// with its exact figure, and the table under it says the same in text.
-fn history_chart(history: &[CycleUsage], limit: Option<u64>, current: i64) -> String {
+fn history_chart(history: &[CycleUsage], chart: &Chart) -> String {
+    let Chart {
+        limit,
+        current,
+        cycles,
+        warn,
+    } = *chart;
+    // At least one slot, and a slot for every cycle given.
+    let cycles = (cycles.max(1) as usize).max(history.len());
     const W: f64 = 880.0;
     const H: f64 = 220.0;
     const LEFT: f64 = 56.0;
     const RIGHT: f64 = 8.0;
     const TOP: f64 = 14.0;
     const BOTTOM: f64 = 40.0;
-    let slots = HISTORY_CYCLES as f64;
+    let slots = cycles as f64;
     let slot = (W - LEFT - RIGHT) / slots;
     let top_value = history
         .iter()
@@ -1081,11 +1147,11 @@ fn history_chart(history: &[CycleUsage], limit: Option<u64>, current: i64) -> St
         );
     }
     // Right-aligned: the current cycle always sits at the right edge.
-    let offset = HISTORY_CYCLES as usize - history.len().min(HISTORY_CYCLES as usize);
+    let offset = cycles - history.len();
     let mut previous_year = None;
-    for (i, cycle) in history.iter().take(HISTORY_CYCLES as usize).enumerate() {
+    for (i, cycle) in history.iter().enumerate() {
         let x = LEFT + slot * (offset + i) as f64;
-        let level = Level::of(cycle.used, limit);
+        let level = Level::of(cycle.used, limit, warn);
         let start = DateTime::from_timestamp_nanos(cycle.start);
         let is_current = cycle.start == current;
         let (bar_y, bar_h) = (y(cycle.used), (H - BOTTOM) - y(cycle.used));
@@ -1367,6 +1433,12 @@ mod tests {
         }
     }
 
+    /// The default policy's warning levels.
+    const WARN: Warn = Warn {
+        lead_credits: Some(80),
+        email_credits: Some(80),
+    };
+
     fn names(rows: &[&Row]) -> Vec<String> {
         rows.iter().map(|r| r.account.clone()).collect()
     }
@@ -1376,7 +1448,10 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Params::parse(&pairs)
+        Params {
+            warn: WARN,
+            ..Params::parse(&pairs)
+        }
     }
 
     #[test]
@@ -1401,18 +1476,18 @@ mod tests {
     }
 
     #[test]
-    fn levels_take_the_worse_credit_and_handle_unlimited_and_zero() {
-        assert_eq!(Level::of(79, Some(100)), Level::Ok);
-        assert_eq!(Level::of(80, Some(100)), Level::Warning);
-        assert_eq!(Level::of(100, Some(100)), Level::Exhausted);
-        assert_eq!(Level::of(120, Some(100)), Level::Exhausted);
-        assert_eq!(Level::of(0, Some(0)), Level::Exhausted);
-        assert_eq!(Level::of(u64::MAX, None), Level::Ok);
-        assert_eq!(Level::of(u64::MAX - 1, Some(u64::MAX)), Level::Warning);
+    fn levels_take_the_worse_credit_each_at_its_own_warning_level() {
         let r = row("a", (1, Some(10)), (10, Some(10)), 0);
-        assert_eq!(Level::of_usage(&r.usage), Level::Exhausted);
+        assert_eq!(Level::of_usage(&r.usage, WARN), Level::Exhausted);
         let r = row("a", (9, Some(10)), (1, None), 0);
-        assert_eq!(Level::of_usage(&r.usage), Level::Warning);
+        assert_eq!(Level::of_usage(&r.usage, WARN), Level::Warning);
+        let lead_at_95 = Warn {
+            lead_credits: Some(95),
+            email_credits: Some(50),
+        };
+        assert_eq!(Level::of_usage(&r.usage, lead_at_95), Level::Ok);
+        assert_eq!(Level::Warning.label(WARN), "≥ 80%");
+        assert_eq!(Level::Warning.label(lead_at_95), "warning");
     }
 
     #[test]
@@ -1425,17 +1500,17 @@ mod tests {
         assert_eq!(percent(3, Some(2000)), Some(0.15));
         assert_eq!(percent(0, Some(0)), Some(100.0));
         assert_eq!(percent(5, None), None);
-        let m = meter("email", None, 4800, Some(6000));
+        let m = meter("email", None, 4800, Some(6000), Some(80));
         assert!(m.contains(r#"data-used="4800" data-limit="6000""#), "{m}");
         assert!(m.contains("4,800 / 6,000") && m.contains("80.0%"), "{m}");
         assert!(m.contains(r#"class="meter warning""#), "{m}");
-        let m = meter("lead", None, 12, None);
+        let m = meter("lead", None, 12, None, Some(80));
         assert!(
             m.contains(r#"data-limit="unlimited""#) && m.contains("12 / unlimited"),
             "{m}"
         );
         assert!(m.contains("width:0.0%"), "{m}");
-        let m = meter("lead", None, 30, Some(10));
+        let m = meter("lead", None, 30, Some(10), Some(80));
         assert!(
             m.contains("300.0%") && m.contains("width:100.0%"),
             "a bar never overflows: {m}"
@@ -1467,7 +1542,10 @@ mod tests {
         // Unknown values are ignored rather than refused.
         assert_eq!(
             params(&[("state", "bogus"), ("sort", "x"), ("dir", "up")]),
-            Params::default()
+            Params {
+                warn: WARN,
+                ..Params::default()
+            }
         );
     }
 
@@ -1549,6 +1627,8 @@ mod tests {
             campaigns: Ok(BTreeMap::from([("<img src=x>".to_owned(), 2)])),
             refusals: Vec::new(),
             alerts: Err("<b>".to_owned()),
+            warn: WARN,
+            cycles: 12,
         };
         let html = account_main(&rows[0].account, &rows[0].usage, &details, 0);
         assert!(
@@ -1568,7 +1648,13 @@ mod tests {
             cycle(1_700_000_000_000_000_000, 50),
             cycle(1_702_600_000_000_000_000, 100),
         ];
-        let svg = history_chart(&history, Some(200), history[1].start);
+        let chart = |limit, current| Chart {
+            limit,
+            current,
+            cycles: 12,
+            warn: Some(80),
+        };
+        let svg = history_chart(&history, &chart(Some(200), history[1].start));
         assert_eq!(svg.matches("<rect").count(), 2);
         assert!(svg.contains("limit 200"), "{svg}");
         assert!(svg.contains(r#"class="bar ok current""#), "{svg}");
@@ -1580,9 +1666,20 @@ mod tests {
             "{svg}"
         );
         // Unlimited: no limit line, scaled to the highest bar; all zero still draws.
-        let svg = history_chart(&history, None, 0);
+        let svg = history_chart(&history, &chart(None, 0));
         assert!(!svg.contains("limit"), "{svg}");
-        let svg = history_chart(&[cycle(0, 0)], Some(0), 0);
+        let svg = history_chart(&[cycle(0, 0)], &chart(Some(0), 0));
         assert!(svg.contains("<rect") && !svg.contains("NaN"), "{svg}");
+        // A component that keeps six cycles gets six slots.
+        let six = Chart {
+            cycles: 6,
+            ..chart(Some(200), history[1].start)
+        };
+        let svg = history_chart(&history, &six);
+        let slot = (880.0 - 56.0 - 8.0) / 6.0;
+        assert!(
+            svg.contains(&format!(r#"x="{:.1}""#, 56.0 + slot * 5.0 + slot * 0.15)),
+            "{svg}"
+        );
     }
 }

@@ -86,8 +86,9 @@ fn describe_stranded(plans: &[StrandedPlan]) -> String {
 
 /// The plans accounts in `store` are on that `policy` lacks, with how many
 /// accounts are on each, in order of plan name: what loading `policy` would
-/// strand. The component decides what an account's plan is (a `usage` question
-/// for each scope of the store, answered under `policy`), so this knows no layout.
+/// strand. The component decides which accounts there are and what each one's
+/// plan is (a `usage` question for each, answered under `policy`), so this knows
+/// no layout.
 pub fn stranded_plans(
     runtime: &Runtime,
     store: Arc<dyn Store>,
@@ -96,12 +97,12 @@ pub fn stranded_plans(
 ) -> Result<Vec<StrandedPlan>, ReloadError> {
     let (mut worker, _) = runtime.worker(store.clone(), policy)?;
     let mut stranded = std::collections::BTreeMap::<String, u64>::new();
-    for scope in store
-        .scopes()
-        .map_err(|e| ReloadError::Check(e.to_string()))?
+    // Which names are accounts is the component's to say (crate::inspect).
+    for account in
+        crate::inspect::accounts(&mut worker).map_err(|e| ReloadError::Check(e.to_string()))?
     {
         let decision = worker
-            .decide(&Request::Usage { account: scope }, now)
+            .decide(&Request::Usage { account }, now)
             .map_err(|e| ReloadError::Check(e.to_string()))?;
         if let (Some(Reason::UnknownPlan), Some(usage)) = (decision.denied, decision.usage) {
             *stranded.entry(usage.plan).or_default() += 1;
@@ -251,7 +252,8 @@ impl Gateway {
     /// its last is dropped), and a few for validating reloads.
     pub fn instances_needed(workers: usize) -> u32 {
         let (writers, readers) = lanes(workers);
-        u32::try_from(2 * (writers + readers + BULK_WORKERS) + 4).unwrap_or(u32::MAX)
+        // + 2: the inspector's, and one it makes for a moment (`crate::inspect`).
+        u32::try_from(2 * (writers + readers + BULK_WORKERS) + 6).unwrap_or(u32::MAX)
     }
 
     /// Starts `workers` workers (at least one) for requests that may write, and
@@ -634,6 +636,13 @@ impl Gateway {
             .unwrap_or_else(PoisonError::into_inner)
             .plans
             .clone()
+    }
+
+    /// A worker of its own on the gateway's store with the version in force, and
+    /// that version's number: for questions asked outside the lanes
+    /// ([`crate::inspect::Inspector`]).
+    pub fn spare_worker(&self) -> Result<(Worker, u64), LoadError> {
+        worker_for(&self.version, &self.store)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

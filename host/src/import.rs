@@ -402,24 +402,27 @@ fn describe_denial(account: &str, reason: Reason) -> String {
 ///
 /// A dry run used to copy the whole account into memory, every contact of every
 /// campaign with its names, which on a large account took many times what the
-/// import itself takes. This reads the account in place and keeps, per contact,
-/// a 64-bit fingerprint (about 20 bytes in a hash set, as the import's own
-/// duplicate detection does): the account's contacts, the campaign's, and those
-/// the run adds. A fingerprint collision (about one chance in 10^7 for a million
-/// contacts) would show one contact as another's repeat in the report; nothing
-/// is stored either way.
+/// import itself takes. This reads in place and keeps, per member, a 64-bit
+/// fingerprint (about 20 bytes in a hash set, as the import's own duplicate
+/// detection does): the scope's members, the group's, and those the run adds. A
+/// fingerprint collision (about one chance in 10^7 for a million contacts) would
+/// show one contact as another's repeat in the report; nothing is stored either
+/// way.
 ///
-/// It answers only what an import asks of the account's scope (its records and
-/// counters, its member count, additions to the one campaign); anything else on
-/// that scope is refused, so a policy that wrote elsewhere would fail the dry run
-/// rather than let it change the store. Other scopes (the alert log) live in a
-/// throwaway in-memory store.
+/// Where an account's contacts live is the component's to say, so the store
+/// learns it from the component: the scope and group of the first
+/// `member-add-many` are the ones the run adds to (their members are read then,
+/// in one pass). Further additions must go to the same group; every other write
+/// is refused, so a policy that wrote elsewhere would fail the dry run rather
+/// than let it change the store. The alert log lives in a throwaway in-memory
+/// store.
 pub struct DryRunStore {
     base: Arc<dyn Store>,
+    /// The import's account and campaign, for messages.
     account: String,
     campaign: String,
     scratch: MemoryStore,
-    members: Mutex<Fingerprints>,
+    target: Mutex<Option<Target>>,
 }
 
 impl fmt::Debug for DryRunStore {
@@ -431,12 +434,13 @@ impl fmt::Debug for DryRunStore {
     }
 }
 
-/// The contacts of the account and of the campaign, as fingerprints.
-#[derive(Default)]
-struct Fingerprints {
-    in_account: HashSet<u64>,
-    in_campaign: HashSet<u64>,
-    /// The account's member count, as the real store counts it, plus additions.
+/// The scope and group a dry run adds to, and their members as fingerprints.
+struct Target {
+    scope: String,
+    group: String,
+    in_scope: HashSet<u64>,
+    in_group: HashSet<u64>,
+    /// The scope's member count, as the real store counts it, plus additions.
     count: u64,
 }
 
@@ -448,87 +452,84 @@ fn fingerprint(member: &str) -> u64 {
 }
 
 impl DryRunStore {
-    /// Reads `account`'s contacts from `base` (one pass, in one snapshot) for a
-    /// dry run of an import into `campaign`.
+    /// A dry run over `base` of an import into `campaign` of `account`.
     pub fn new(base: Arc<dyn Store>, account: &str, campaign: &str) -> Result<Self, StoreError> {
-        let count = base.member_count(account)?;
-        // Sized once: growing a set of millions doubles it, briefly holding both.
-        let mut members = Fingerprints {
-            in_account: HashSet::with_capacity(usize::try_from(count).unwrap_or(0)),
-            in_campaign: HashSet::new(),
-            count,
-        };
-        base.visit_members(account, None, &mut |group, member| {
-            let print = fingerprint(member);
-            members.in_account.insert(print);
-            if group == campaign {
-                members.in_campaign.insert(print);
-            }
-            true
-        })?;
         Ok(Self {
             base,
             account: account.to_owned(),
             campaign: campaign.to_owned(),
             scratch: MemoryStore::new(),
-            members: Mutex::new(members),
+            target: Mutex::new(None),
         })
     }
 
     fn refused(&self, what: &str) -> StoreError {
         StoreError::InvalidArgument(format!(
-            "a dry run does not {what} in account {:?}: only contacts are added to campaign {:?}",
-            self.account, self.campaign
+            "a dry run does not {what}: an import into campaign {:?} of account {:?} only adds contacts",
+            self.campaign, self.account
         ))
     }
 
-    fn fingerprints(&self) -> std::sync::MutexGuard<'_, Fingerprints> {
-        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    fn target(&self) -> std::sync::MutexGuard<'_, Option<Target>> {
+        self.target.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The member count of `scope` as the run sees it, if the run adds to it.
+    fn count_of(&self, scope: &str) -> Option<u64> {
+        self.target()
+            .as_ref()
+            .filter(|t| t.scope == scope)
+            .map(|t| t.count)
+    }
+
+    /// `scope`'s members read from the real store (one pass, in one snapshot).
+    fn read_target(&self, scope: &str, group: &str) -> Result<Target, StoreError> {
+        let count = self.base.member_count(scope)?;
+        // Sized once: growing a set of millions doubles it, briefly holding both.
+        let mut target = Target {
+            scope: scope.to_owned(),
+            group: group.to_owned(),
+            in_scope: HashSet::with_capacity(usize::try_from(count).unwrap_or(0)),
+            in_group: HashSet::new(),
+            count,
+        };
+        self.base.visit_members(scope, None, &mut |g, member| {
+            let print = fingerprint(member);
+            target.in_scope.insert(print);
+            if g == group {
+                target.in_group.insert(print);
+            }
+            true
+        })?;
+        Ok(target)
     }
 }
 
 impl Store for DryRunStore {
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
-        if scope == self.account {
-            self.base.record_get(scope, key)
-        } else {
-            self.scratch.record_get(scope, key)
-        }
+        self.base.record_get(scope, key)
     }
 
-    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        if scope == self.account {
-            return Err(self.refused("write records"));
-        }
-        self.scratch.record_insert(scope, key, value)
+    fn record_insert(&self, _scope: &str, _key: &str, _value: &str) -> Result<bool, StoreError> {
+        Err(self.refused("write records"))
     }
 
-    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        if scope == self.account {
-            return Err(self.refused("write records"));
-        }
-        self.scratch.record_update(scope, key, value)
+    fn record_update(&self, _scope: &str, _key: &str, _value: &str) -> Result<bool, StoreError> {
+        Err(self.refused("write records"))
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: i64) -> Result<u64, StoreError> {
-        if scope == self.account {
-            self.base.counter_get(scope, name, now)
-        } else {
-            self.scratch.counter_get(scope, name, now)
-        }
+        self.base.counter_get(scope, name, now)
     }
 
     fn counter_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        add: CounterAdd<'_>,
+        _scope: &str,
+        _guard: Option<Guard<'_>>,
+        _name: &str,
+        _add: CounterAdd<'_>,
     ) -> Result<GuardedAdd, StoreError> {
-        if scope == self.account {
-            return Err(self.refused("charge counters"));
-        }
-        self.scratch.counter_add_guarded(scope, guard, name, add)
+        Err(self.refused("charge counters"))
     }
 
     fn counter_tally(
@@ -538,44 +539,34 @@ impl Store for DryRunStore {
         name: &str,
         now: i64,
     ) -> Result<Option<Tally>, StoreError> {
-        if scope != self.account {
-            return self.scratch.counter_tally(scope, guard, name, now);
-        }
         let tally = self.base.counter_tally(scope, guard, name, now)?;
-        Ok(tally.map(|t| Tally {
-            members: self.fingerprints().count,
-            ..t
-        }))
+        Ok(match self.count_of(scope) {
+            Some(members) => tally.map(|t| Tally { members, ..t }),
+            None => tally,
+        })
     }
 
     fn member_add(
         &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
+        _scope: &str,
+        _group: &str,
+        _member: &str,
+        _limit: Option<u64>,
     ) -> Result<MemberAdded, StoreError> {
-        if scope == self.account {
-            return Err(self.refused("add contacts one by one"));
-        }
-        self.scratch.member_add(scope, group, member, limit)
+        Err(self.refused("add contacts one by one"))
     }
 
     fn member_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: i64,
+        _scope: &str,
+        _guard: Option<Guard<'_>>,
+        _group: &str,
+        _member: &str,
+        _limit: Option<u64>,
+        _name: &str,
+        _now: i64,
     ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
-        if scope == self.account {
-            return Err(self.refused("add contacts one by one"));
-        }
-        self.scratch
-            .member_add_guarded(scope, guard, group, member, limit, name, now)
+        Err(self.refused("add contacts one by one"))
     }
 
     fn member_add_many(
@@ -585,64 +576,56 @@ impl Store for DryRunStore {
         members: &[String],
         limit: Option<u64>,
     ) -> Result<MembersAdded, StoreError> {
-        if scope != self.account {
-            return self.scratch.member_add_many(scope, group, members, limit);
-        }
-        if group != self.campaign {
-            return Err(self.refused("add contacts to another campaign"));
-        }
         crate::store::check_batch(scope, group, members)?;
-        let mut f = self.fingerprints();
+        let mut target = self.target();
+        let t = match target.as_mut() {
+            Some(t) if t.scope == scope && t.group == group => t,
+            Some(_) => return Err(self.refused("add contacts to two campaigns")),
+            None => target.insert(self.read_target(scope, group)?),
+        };
         // As every store answers `member-add-many` (see MemoryStore).
         let outcomes = members
             .iter()
             .map(|member| {
                 let print = fingerprint(member);
-                if f.in_campaign.contains(&print) {
+                if t.in_group.contains(&print) {
                     MemberAddOutcome::AlreadyInGroup
-                } else if f.in_account.contains(&print) {
-                    f.in_campaign.insert(print);
+                } else if t.in_scope.contains(&print) {
+                    t.in_group.insert(print);
                     MemberAddOutcome::Joined
-                } else if limit.is_some_and(|l| f.count >= l) {
+                } else if limit.is_some_and(|l| t.count >= l) {
                     MemberAddOutcome::Refused
                 } else {
-                    f.in_account.insert(print);
-                    f.in_campaign.insert(print);
-                    f.count += 1;
+                    t.in_scope.insert(print);
+                    t.in_group.insert(print);
+                    t.count += 1;
                     MemberAddOutcome::Inserted
                 }
             })
             .collect();
         Ok(MembersAdded {
             outcomes,
-            members: f.count,
+            members: t.count,
         })
     }
 
     fn member_remove(
         &self,
-        scope: &str,
-        group: &str,
-        member: &str,
+        _scope: &str,
+        _group: &str,
+        _member: &str,
     ) -> Result<MemberRemoved, StoreError> {
-        if scope == self.account {
-            return Err(self.refused("remove contacts"));
-        }
-        self.scratch.member_remove(scope, group, member)
+        Err(self.refused("remove contacts"))
     }
 
-    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
-        if scope == self.account {
-            return Err(self.refused("remove contacts"));
-        }
-        self.scratch.group_clear(scope, group)
+    fn group_clear(&self, _scope: &str, _group: &str) -> Result<GroupCleared, StoreError> {
+        Err(self.refused("remove contacts"))
     }
 
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
-        if scope == self.account {
-            Ok(self.fingerprints().count)
-        } else {
-            self.scratch.member_count(scope)
+        match self.count_of(scope) {
+            Some(count) => Ok(count),
+            None => self.base.member_count(scope),
         }
     }
 
@@ -670,6 +653,23 @@ impl Store for DryRunStore {
 
     fn import_scope(&self, _scope: &str, _dump: &ScopeDump) -> Result<(), StoreError> {
         Err(self.refused("import scopes"))
+    }
+
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
+        self.scratch.alert_sequence(owner)
+    }
+
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        self.scratch.alert_insert(owner, key, value)
+    }
+
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        self.scratch.visit_alerts(owner, after, visit)
     }
 }
 

@@ -26,6 +26,8 @@
 //! - [`http`]: the HTTP JSON API over the same [`gateway`], with `/metrics`;
 //!   [`api_read`] adds its paged listings (accounts, plans, campaigns, leads,
 //!   alerts) and keeps bulk reads to a fixed share of the gateway.
+//! - [`inspect`]: what the views ask the component (accounts, campaigns, leads,
+//!   history length, warning levels), so that the host knows no layout or rule;
 //! - [`dashboard`]: the web dashboard `serve` adds to the API: HTML pages of every account's usage.
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin shell over these.
@@ -37,6 +39,7 @@ pub mod dashboard;
 pub mod gateway;
 pub mod http;
 pub mod import;
+pub mod inspect;
 pub mod metrics;
 pub mod names;
 pub mod policy_suite;

@@ -1261,6 +1261,61 @@ impl Worker {
     }
 }
 
+// ---- inspection (wit/inspect.wit; the host's side is `crate::inspect`) ----
+
+impl crate::bindings::wit::creditgate::policy::catalog::Host for HostState {
+    fn scopes_after(
+        &mut self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, StateError> {
+        let store = &*self.store;
+        self.clock
+            .timed(|| crate::inspect::scopes_after(store, after.as_deref(), limit))
+    }
+    fn members_after(
+        &mut self,
+        scope: String,
+        group: Option<String>,
+        after: Option<crate::inspect::Membership>,
+        limit: u32,
+    ) -> Result<Vec<crate::inspect::Membership>, StateError> {
+        let store = &*self.store;
+        self.clock.timed(|| {
+            crate::inspect::members_after(store, &scope, group.as_deref(), after.as_ref(), limit)
+        })
+    }
+    fn group_sizes(&mut self, scope: String) -> Result<Vec<crate::inspect::GroupSize>, StateError> {
+        let store = &*self.store;
+        self.clock
+            .timed(|| crate::inspect::group_sizes(store, &scope))
+    }
+}
+
+impl Worker {
+    /// Asks the component an `inspect` question (see [`crate::inspect`]): under
+    /// the decision budget, not timed into the decision latencies.
+    pub fn inspect<T>(
+        &mut self,
+        f: impl FnOnce(
+            &crate::bindings::wit::exports::creditgate::policy::inspect::Guest,
+            &mut wasmtime::Store<HostState>,
+        ) -> wasmtime::Result<Result<T, crate::inspect::InspectError>>,
+    ) -> Result<T, DecideError> {
+        use crate::inspect::InspectError;
+        let budget = self.config.decision_budget;
+        let (result, ..) = self.instance.call(budget, false, |b, s| {
+            f(b.creditgate_policy_inspect(), s).map(|answer| {
+                answer.map_err(|e| match e {
+                    InspectError::NoPolicy => GuestError::NoPolicy,
+                    InspectError::State(e) => GuestError::State(e),
+                })
+            })
+        });
+        self.settle(result, budget)
+    }
+}
+
 fn is_interrupt(e: &wasmtime::Error) -> bool {
     e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
 }

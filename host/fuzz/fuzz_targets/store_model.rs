@@ -135,6 +135,12 @@ enum Op {
     Reimport(u8),
     /// Exports one scope and imports it over another.
     Copy(u8, u8),
+    /// The alert log, apart from the scopes: owners and keys are drawn as scopes
+    /// and keys are.
+    AlertSequence(u8),
+    AlertInsert(u8, u8, u8),
+    /// Owner filter; after (owner, key).
+    VisitAlerts(Option<u8>, Option<(u8, u8)>),
 }
 
 // The bindgen types have no PartialEq: results are compared in this rendering.
@@ -151,6 +157,7 @@ enum Out {
     Scopes(Vec<String>),
     Visited(Vec<(String, String)>),
     Dump(ScopeDump),
+    Alerts(Vec<(String, String, String)>),
     Unit,
     InvalidArgument,
 }
@@ -165,6 +172,10 @@ struct Model {
     once: BTreeMap<(String, String), (i64, Option<u64>)>,
     /// (scope, member) -> groups; absent when it has none.
     groups: BTreeMap<(String, String), BTreeSet<String>>,
+    /// (owner, key) -> value
+    alerts: BTreeMap<(String, String), String>,
+    /// owner -> last sequence number taken
+    sequences: BTreeMap<String, u64>,
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -438,6 +449,38 @@ impl Model {
                 self.import(to, &dump);
                 Out::Unit
             }
+            Op::AlertSequence(o) => {
+                let o = scope(o);
+                if !valid(&[o]) {
+                    return Out::InvalidArgument;
+                }
+                let next = self.sequences.get(o).map_or(1, |n| n + 1);
+                self.sequences.insert(o.to_owned(), next);
+                Out::Count(next)
+            }
+            Op::AlertInsert(o, k, v) => {
+                let (o, k, v) = (scope(o), key(k), value(v));
+                if !valid(&[o, k]) || v.len() > MAX_VALUE_LEN {
+                    return Out::InvalidArgument;
+                }
+                if self.alerts.contains_key(&pair(o, k)) {
+                    return Out::Bool(false);
+                }
+                self.alerts.insert(pair(o, k), v.to_owned());
+                Out::Bool(true)
+            }
+            Op::VisitAlerts(owner, after) => {
+                let owner = owner.map(scope);
+                let after = after.map(|(o, k)| pair(scope(o), key(k)));
+                Out::Alerts(
+                    self.alerts
+                        .iter()
+                        .filter(|((o, _), _)| owner.is_none_or(|w| w == o))
+                        .filter(|(entry, _)| after.as_ref().is_none_or(|a| *entry > a))
+                        .map(|((o, k), v)| (o.clone(), k.clone(), v.clone()))
+                        .collect(),
+                )
+            }
         }
     }
 }
@@ -558,6 +601,22 @@ fn run(store: &dyn Store, op: &Op, now: i64) -> Out {
             Ok(dump) => out(store.import_scope(scope(to), &dump), |()| Out::Unit),
             Err(e) => out(Err::<(), _>(e), |()| Out::Unit),
         },
+        Op::AlertSequence(o) => out(store.alert_sequence(scope(o)), Out::Count),
+        Op::AlertInsert(o, k, v) => {
+            out(store.alert_insert(scope(o), key(k), value(v)), Out::Bool)
+        }
+        Op::VisitAlerts(owner, after) => {
+            let mut seen = Vec::new();
+            let visited = store.visit_alerts(
+                owner.map(scope),
+                after.map(|(o, k)| (scope(o), key(k))),
+                &mut |o, k, v| {
+                    seen.push((o.to_owned(), k.to_owned(), v.to_owned()));
+                    true
+                },
+            );
+            out(visited, |()| Out::Alerts(seen))
+        }
     }
 }
 

@@ -353,18 +353,18 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
         })?;
     } else {
         let store = common.store.open_existing()?;
-        let scopes = store.scopes().context("listing accounts")?;
         let mut worker = common.policy.worker(store)?;
+        // Which names are accounts is the component's to say.
+        let accounts = creditgate::inspect::accounts(&mut worker).context("listing accounts")?;
         let at = now();
-        for account in scopes {
+        for account in accounts {
             let decision = worker.decide(
                 &Request::Usage {
                     account: account.clone(),
                 },
                 at,
             )?;
-            // A scope without an account record (left by another policy component,
-            // say) is not an account.
+            // Without usage: closed since it was listed.
             if let Some(usage) = &decision.usage {
                 let mut view = stranded(&account, &decision)
                     .unwrap_or_else(|| AccountView::new(&account, usage));

@@ -483,11 +483,29 @@ fn run_list(args: ListArgs) -> anyhow::Result<Exit> {
             }
         }
     };
-    // The policy keeps an account in the scope of its name, a campaign's contacts
-    // in the group of the campaign's name.
-    store
-        .visit_members(&args.account, args.campaign.as_deref(), &mut visit)
+    // Where the leads are kept is the component's to say: asked page by page.
+    let mut after: Option<creditgate::inspect::Lead> = None;
+    'pages: loop {
+        const PAGE: u32 = 1_000;
+        let page = creditgate::inspect::leads(
+            &mut worker,
+            &args.account,
+            args.campaign.as_deref(),
+            after.as_ref(),
+            PAGE,
+        )
         .with_context(|| format!("listing the contacts of account {:?}", args.account))?;
+        let full = page.len() == PAGE as usize;
+        for lead in &page {
+            if !visit(&lead.campaign, &lead.email) {
+                break 'pages;
+            }
+        }
+        match page.into_iter().last() {
+            Some(last) if full => after = Some(last),
+            _ => break,
+        }
+    }
     let finished = match failed {
         Some(e) => Err(e),
         None if json && first => writeln!(out, "[]"),

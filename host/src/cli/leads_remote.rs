@@ -327,20 +327,14 @@ pub fn campaigns(args: CampaignsArgs) -> anyhow::Result<Exit> {
             if let Some(denied) = Denied::of(&args.account, &decision) {
                 return Err(denied.into());
             }
-            let mut campaigns: Vec<Campaign> = Vec::new();
-            // Memberships come ordered by campaign: count runs.
-            store
-                .visit_members(&args.account, None, &mut |campaign, _| {
-                    match campaigns.last_mut() {
-                        Some(last) if last.campaign == campaign => last.leads += 1,
-                        _ => campaigns.push(Campaign {
-                            campaign: campaign.to_owned(),
-                            leads: 1,
-                        }),
-                    }
-                    true
+            let campaigns = creditgate::inspect::campaigns(&mut worker, &args.account)
+                .with_context(|| format!("listing the campaigns of account {:?}", args.account))?
+                .into_iter()
+                .map(|c| Campaign {
+                    campaign: c.name,
+                    leads: c.leads,
                 })
-                .with_context(|| format!("listing the campaigns of account {:?}", args.account))?;
+                .collect();
             Campaigns {
                 account: args.account.clone(),
                 campaigns,

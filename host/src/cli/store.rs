@@ -101,6 +101,17 @@ fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
         copied.once_markers += dump.once.len();
         copied.memberships += dump.memberships.len();
     }
+    // The host's alert log, which lives apart from every scope.
+    let mut log = Vec::new();
+    from.visit_alerts(None, None, &mut |owner, key, value| {
+        log.push((owner.to_owned(), key.to_owned(), value.to_owned()));
+        true
+    })
+    .with_context(|| format!("reading the alert log of {from_name}"))?;
+    for (owner, key, value) in &log {
+        to.alert_insert(owner, key, value)
+            .with_context(|| format!("writing the alert log to {to_name}"))?;
+    }
     to.persist()
         .with_context(|| format!("making the copy durable in {to_name}"))?;
     match args.format {

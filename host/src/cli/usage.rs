@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use console::{Style, style};
 
+use creditgate::inspect::{self, Level, Warn};
 use creditgate::names::{NameRules, escape};
 use creditgate::time::{now, parse_instant};
 
@@ -27,37 +28,52 @@ pub struct Args {
     format: Format,
 }
 
-/// Share of a limit at which the dashboard warns.
-const WARN_AT: f64 = 0.8;
 const BAR_WIDTH: usize = 30;
 
 pub fn run(mut args: Args) -> anyhow::Result<Exit> {
     args.account = NameRules::from_env().account(&args.account)?;
-    let view = match args.server.client(args.store.store.is_some())? {
-        Some(server) => server.get(&account_path(&args.account, "usage"))?,
-        None => usage_of(
-            &mut args.policy.worker(args.store.open_existing()?)?,
-            &args.account,
-        )?,
+    // Where a credit turns yellow is the policy's to say (its `[alerts]`, for
+    // creditgate's own component): asked along with the usage.
+    let (view, warn) = match args.server.client(args.store.store.is_some())? {
+        Some(server) => {
+            let view = server.get(&account_path(&args.account, "usage"))?;
+            let plans: PlansWarn = server.get("/v1/plans")?;
+            (view, plans.warning_levels)
+        }
+        None => {
+            let mut worker = args.policy.worker(args.store.open_existing()?)?;
+            let view = usage_of(&mut worker, &args.account)?;
+            (view, inspect::warning_levels(&mut worker)?)
+        }
     };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&view)?),
-        Format::Text => print!("{}", dashboard(&view, now())),
+        Format::Text => print!("{}", dashboard(&view, warn, now())),
     }
     Ok(Exit::Success)
 }
 
 /// The terminal dashboard. Colour comes from `console`, which drops it when stdout
 /// is not a terminal (or `NO_COLOR` is set).
-fn dashboard(v: &AccountView, at: i64) -> String {
+fn dashboard(v: &AccountView, warn: Warn, at: i64) -> String {
     let mut out = format!(
         "{}  plan {}\n",
         style(escape(&v.account)).bold(),
         style(escape(&v.plan)).cyan()
     );
     let (lead, email) = (&v.lead_credits, &v.email_credits);
-    out += &meter("lead credits ", lead.used, lead.limit.count());
-    out += &meter("email credits", email.used, email.limit.count());
+    out += &meter(
+        "lead credits ",
+        lead.used,
+        lead.limit.count(),
+        warn.lead_credits,
+    );
+    out += &meter(
+        "email credits",
+        email.used,
+        email.limit.count(),
+        warn.email_credits,
+    );
     if let Some(resets_at) = &email.resets_at {
         let cycle = v
             .cycle_start
@@ -69,22 +85,25 @@ fn dashboard(v: &AccountView, at: i64) -> String {
         });
         out += &format!("               {cycle}resets {resets_at}{until}\n");
     }
-    for (what, used, limit, when) in [
+    for (what, used, limit, level, when) in [
         (
             "lead credits",
             lead.used,
             lead.limit.count(),
+            warn.lead_credits,
             "until leads are deleted or the plan upgraded",
         ),
         (
             "email credits",
             email.used,
             email.limit.count(),
+            warn.email_credits,
             "until the reset or an upgrade",
         ),
     ] {
         let Some(limit) = limit else { continue };
-        if used >= limit {
+        let level = Level::of(used, Some(limit), level);
+        if level == Level::Exhausted {
             out += &format!(
                 "{}\n",
                 style(format!(
@@ -93,7 +112,7 @@ fn dashboard(v: &AccountView, at: i64) -> String {
                 .red()
                 .bold()
             );
-        } else if limit > 0 && used as f64 >= WARN_AT * limit as f64 {
+        } else if level == Level::Warning {
             out += &format!(
                 "{}\n",
                 style(format!(
@@ -108,7 +127,7 @@ fn dashboard(v: &AccountView, at: i64) -> String {
     out
 }
 
-fn meter(label: &str, used: u64, limit: Option<u64>) -> String {
+fn meter(label: &str, used: u64, limit: Option<u64>, warn: Option<u8>) -> String {
     let Some(limit) = limit else {
         return format!("{label}  {:<w$}  {used} / unlimited\n", "", w = BAR_WIDTH);
     };
@@ -118,12 +137,10 @@ fn meter(label: &str, used: u64, limit: Option<u64>) -> String {
         (used as f64 / limit as f64).min(1.0)
     };
     let filled = ((share * BAR_WIDTH as f64).round() as usize).min(BAR_WIDTH);
-    let colour = if share >= 1.0 {
-        Style::new().red()
-    } else if share >= WARN_AT {
-        Style::new().yellow()
-    } else {
-        Style::new().green()
+    let colour = match Level::of(used, Some(limit), warn) {
+        Level::Exhausted => Style::new().red(),
+        Level::Warning => Style::new().yellow(),
+        Level::Ok => Style::new().green(),
     };
     let bar = format!(
         "{}{}",
@@ -146,4 +163,10 @@ fn human_duration(d: Duration) -> String {
         (0, _) => format!("{hours}h {minutes}m"),
         _ => format!("{days}d {hours}h"),
     }
+}
+
+/// The part of `GET /v1/plans` this command reads.
+#[derive(serde::Deserialize)]
+struct PlansWarn {
+    warning_levels: Warn,
 }

@@ -591,6 +591,14 @@ pub(super) enum Op<'a> {
         scope: &'a str,
         dump: Cow<'a, ScopeDump>,
     },
+    AlertSequence {
+        owner: &'a str,
+    },
+    AlertInsert {
+        owner: &'a str,
+        key: &'a str,
+        value: &'a str,
+    },
 }
 
 /// WIT `once`, borrowed.
@@ -629,6 +637,8 @@ mod tag {
     pub const MEMBER_REMOVE: u8 = 7;
     pub const GROUP_CLEAR: u8 = 8;
     pub const IMPORT_SCOPE: u8 = 9;
+    pub const ALERT_SEQUENCE: u8 = 10;
+    pub const ALERT_INSERT: u8 = 11;
 }
 
 /// Writes the fields of a payload.
@@ -787,6 +797,12 @@ impl Op<'_> {
                     e.str(group).str(member);
                 }
             }
+            Op::AlertSequence { owner } => {
+                e.tag(tag::ALERT_SEQUENCE).str(owner);
+            }
+            Op::AlertInsert { owner, key, value } => {
+                e.tag(tag::ALERT_INSERT).str(owner).str(key).str(value);
+            }
         }
     }
 
@@ -880,6 +896,12 @@ impl Op<'_> {
                     dump: Cow::Owned(dump),
                 }
             }
+            tag::ALERT_SEQUENCE => Op::AlertSequence { owner: d.str()? },
+            tag::ALERT_INSERT => Op::AlertInsert {
+                owner: d.str()?,
+                key: d.str()?,
+                value: d.str()?,
+            },
             other => return Err(format!("unknown operation {other}")),
         };
         if !d.0.is_empty() {
@@ -957,6 +979,10 @@ impl Op<'_> {
             } => store.member_remove(scope, group, member).map(drop),
             Op::GroupClear { scope, group } => store.group_clear(scope, group).map(drop),
             Op::ImportScope { scope, dump } => store.import_scope(scope, dump),
+            Op::AlertSequence { owner } => store.alert_sequence(owner).map(drop),
+            Op::AlertInsert { owner, key, value } => {
+                store.alert_insert(owner, key, value).map(drop)
+            }
         }
     }
 }
@@ -1181,6 +1207,12 @@ mod tests {
             Op::ImportScope {
                 scope: "acme",
                 dump: Cow::Borrowed(&dump),
+            },
+            Op::AlertSequence { owner: "acme" },
+            Op::AlertInsert {
+                owner: "acme",
+                key: "00000001",
+                value: "{}",
             },
         ];
         for op in ops {

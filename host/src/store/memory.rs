@@ -111,6 +111,15 @@ fn counter_of(scope: Option<&Scope>, name: &str, now: Instant) -> u64 {
 #[derive(Default)]
 pub struct MemoryStore {
     scopes: Mutex<BTreeMap<String, Scope>>,
+    alerts: Mutex<AlertLog>,
+}
+
+/// The alert log ([`Store::alert_insert`]), apart from the scopes.
+#[derive(Default)]
+struct AlertLog {
+    /// `(owner, key)` → value.
+    entries: BTreeMap<(String, String), String>,
+    sequences: BTreeMap<String, u64>,
 }
 
 impl MemoryStore {
@@ -130,7 +139,69 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    // Poisoning is recovered as for the scopes: each change is one map operation.
+    fn alert_log(&self) -> MutexGuard<'_, AlertLog> {
+        self.alerts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl Store for MemoryStore {
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
+        check_name("owner", owner)?;
+        let mut log = self.alert_log();
+        let next = log
+            .sequences
+            .get(owner)
+            .map_or(Some(1), |n| n.checked_add(1));
+        let next = next.ok_or_else(|| {
+            StoreError::InvalidArgument(format!("the alert log of {owner:?} is full"))
+        })?;
+        log.sequences.insert(owner.to_owned(), next);
+        Ok(next)
+    }
+
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_name("owner", owner)?;
+        check_name("key", key)?;
+        check_value(value)?;
+        let mut log = self.alert_log();
+        let entry = (owner.to_owned(), key.to_owned());
+        if log.entries.contains_key(&entry) {
+            return Ok(false);
+        }
+        log.entries.insert(entry, value.to_owned());
+        Ok(true)
+    }
+
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        let log = self.alert_log();
+        let start = match (owner, after) {
+            (_, Some((o, k))) => Bound::Excluded((o.to_owned(), k.to_owned())),
+            (Some(o), None) => Bound::Included((o.to_owned(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        for ((o, k), v) in log.entries.range((start, Bound::Unbounded)) {
+            if owner.is_some_and(|want| want != o) {
+                if owner.is_some_and(|want| o.as_str() > want) {
+                    break;
+                }
+                continue;
+            }
+            if !visit(o, k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
         check_name("scope", scope)?;
         check_name("key", key)?;

@@ -330,6 +330,42 @@ pub trait Store: Send + Sync {
     /// record key, counter name, once key or membership twice is refused: either way
     /// with [`StoreError::InvalidArgument`], and nothing is applied.
     fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError>;
+
+    // ---- the host's alert log ([`crate::alerts`]) ----
+    //
+    // A namespace of its own, beside the guest's scopes, which no scope name can
+    // reach and no scope listing shows. Logs are per owner (an account name, to
+    // the host an opaque string). Writes are applied, not yet durable, as the
+    // primitives' are: the caller's next [`Store::persist`] makes them so.
+
+    /// The next sequence number of `owner`'s log (1, 2, ...), taken atomically: no
+    /// two callers get the same one.
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError>;
+
+    /// Adds `value` under `key` to `owner`'s log if `key` is not there yet; true
+    /// if added.
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError>;
+
+    /// Calls `visit(owner, key, value)` for each entry of the log (of `owner`'s
+    /// log only, when given) in (owner, key) byte order, from just after `after`
+    /// = `(owner, key)` on; `visit` returns false to stop early. The same rules as
+    /// [`Store::visit_members`] hold for `visit`.
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError>;
+}
+
+/// The scopes the alert log lived in before it had a namespace of its own:
+/// `"\u{1}alerts/<owner>"`, with records `key → value` and the counter
+/// `sequence`. Backends move them into the log when they open a store.
+pub(crate) const LEGACY_ALERT_PREFIX: &str = "\u{1}alerts/";
+
+/// The owner of a legacy alert-log scope, if `scope` is one.
+pub(crate) fn legacy_alert_owner(scope: &str) -> Option<&str> {
+    scope.strip_prefix(LEGACY_ALERT_PREFIX)
 }
 
 /// The whole content of one scope, in a backend-neutral form.

@@ -25,6 +25,12 @@
 //! | `group_members`  | `(scope, group, member)`   | `()`                    |
 //! | `member_groups`  | `(scope, member)`          | `u64` groups holding it (never 0) |
 //! | `scope_members`  | `scope`                    | `u64` distinct members (never 0)  |
+//! | `alert_log`      | `(owner, key)`             | `&str` value (the host's alert log) |
+//! | `alert_sequences`| `owner`                    | `u64` last sequence number taken |
+//!
+//! Files written before the alert log had tables of its own kept it in scopes
+//! `"\u{1}alerts/<owner>"` (records, and a counter `sequence`); opening such a
+//! file moves them into `alert_log` and `alert_sequences` and drops the scopes.
 //!
 //! Files written before `once` markers carried a fingerprint keep them in a table
 //! `once` (`(scope, key)` → `i64 expires_at`); opening such a file moves each into
@@ -93,6 +99,8 @@ const MEMBERSHIPS: TableDefinition<Triple, ()> = TableDefinition::new("membershi
 const GROUP_MEMBERS: TableDefinition<Triple, ()> = TableDefinition::new("group_members");
 const MEMBER_GROUPS: TableDefinition<Pair, u64> = TableDefinition::new("member_groups");
 const SCOPE_MEMBERS: TableDefinition<&str, u64> = TableDefinition::new("scope_members");
+const ALERT_LOG: TableDefinition<Pair, &str> = TableDefinition::new("alert_log");
+const ALERT_SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("alert_sequences");
 /// The journal's bookkeeping: [`ID`], [`BOOT`], [`APPLIED`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("journal");
 /// A random number naming the store, which its journal's header repeats.
@@ -515,6 +523,7 @@ fn database(
     txn.open_table(GROUP_MEMBERS).ctx(&what)?;
     txn.open_table(MEMBER_GROUPS).ctx(&what)?;
     txn.open_table(SCOPE_MEMBERS).ctx(&what)?;
+    migrate_alert_log(&txn).ctx(&what)?;
     let meta = {
         let mut meta = txn.open_table(META).ctx(&what)?;
         let get = |key| -> Result<Option<u64>, StoreError> {
@@ -669,6 +678,16 @@ impl RedbStore {
         let replayed = self.replay(&db, &*file, &shown, &from)?;
         let journal = Journal::new(file, meta.boot, replayed.last + 1)
             .map_err(|e| unavailable(&format!("opening the journal {shown}"), e))?;
+        if replayed.applied > 0 {
+            // Records appended before the alert log had tables of its own may
+            // have written its old scopes again: move them as at opening (made
+            // durable by the checkpoint below).
+            let what = "moving the alert log out of its old scopes";
+            let mut txn = db.begin_write().ctx(what)?;
+            txn.set_durability(Durability::None).ctx(what)?;
+            migrate_alert_log(&txn).ctx(what)?;
+            txn.commit().ctx(what)?;
+        }
         let open = Open { db, journal, fence };
         if replayed.applied > 0 {
             // The journal starts again empty, so that the next opening replays
@@ -1068,6 +1087,78 @@ fn scopes_from<V: redb::Value + 'static>(
 }
 
 impl Store for RedbStore {
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
+        check_name("owner", owner)?;
+        let what = "alert-sequence";
+        self.write(
+            what,
+            || Op::AlertSequence { owner },
+            |txn| {
+                let mut sequences = txn.open_table(ALERT_SEQUENCES).ctx(what)?;
+                let last = sequences.get(owner).ctx(what)?.map_or(0, |v| v.value());
+                let next = last.checked_add(1).ok_or_else(|| {
+                    StoreError::InvalidArgument(format!("the alert log of {owner:?} is full"))
+                })?;
+                sequences.insert(owner, next).ctx(what)?;
+                Ok((next, true))
+            },
+        )
+    }
+
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_name("owner", owner)?;
+        check_name("key", key)?;
+        check_value(value)?;
+        let what = "alert-insert";
+        self.write(
+            what,
+            || Op::AlertInsert { owner, key, value },
+            |txn| {
+                let mut log = txn.open_table(ALERT_LOG).ctx(what)?;
+                if log.get((owner, key)).ctx(what)?.is_some() {
+                    return Ok((false, false));
+                }
+                log.insert((owner, key), value).ctx(what)?;
+                Ok((true, true))
+            },
+        )
+    }
+
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        let what = "visit-alerts";
+        let txn = self.begin_read(what)?;
+        let log = txn.open_table(ALERT_LOG).ctx(what)?;
+        let start = match (owner, after) {
+            (_, Some(after)) => Bound::Excluded(after),
+            (Some(owner), None) => Bound::Included((owner, "")),
+            (None, None) => Bound::Unbounded,
+        };
+        for entry in log
+            .range::<(&str, &str)>((start, Bound::Unbounded))
+            .ctx(what)?
+        {
+            let (key, value) = entry.ctx(what)?;
+            let (o, k) = key.value();
+            if let Some(want) = owner
+                && o != want
+            {
+                if o > want {
+                    break;
+                }
+                continue;
+            }
+            if !visit(o, k, value.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
         check_name("scope", scope)?;
         check_name("key", key)?;
@@ -1816,6 +1907,46 @@ fn migrate_once_markers(txn: &WriteTransaction) -> Result<(), TableError> {
         }
     }
     txn.delete_table(LEGACY_ONCE)?;
+    Ok(())
+}
+
+/// Creates the alert-log tables, and moves into them the log a file kept in
+/// `"\u{1}alerts/<owner>"` scopes before it had tables of its own.
+fn migrate_alert_log(txn: &WriteTransaction) -> Result<(), TableError> {
+    let mut log = txn.open_table(ALERT_LOG)?;
+    let mut sequences = txn.open_table(ALERT_SEQUENCES)?;
+    let mut records = txn.open_table(RECORDS)?;
+    let mut counters = txn.open_table(COUNTERS)?;
+    let start = (super::LEGACY_ALERT_PREFIX, "");
+    let mut moved: Vec<(String, String)> = Vec::new();
+    for entry in records.range(start..)? {
+        let (key, value) = entry?;
+        let (scope, name) = key.value();
+        let Some(owner) = super::legacy_alert_owner(scope) else {
+            break;
+        };
+        log.insert((owner, name), value.value())?;
+        moved.push((scope.to_owned(), name.to_owned()));
+    }
+    for (scope, name) in &moved {
+        records.remove((scope.as_str(), name.as_str()))?;
+    }
+    let mut counted: Vec<(String, String)> = Vec::new();
+    for entry in counters.range(start..)? {
+        let (key, value) = entry?;
+        let (scope, name) = key.value();
+        let Some(owner) = super::legacy_alert_owner(scope) else {
+            break;
+        };
+        if name == "sequence" {
+            let last = sequences.get(owner)?.map_or(0, |v| v.value());
+            sequences.insert(owner, last.max(value.value().0))?;
+        }
+        counted.push((scope.to_owned(), name.to_owned()));
+    }
+    for (scope, name) in &counted {
+        counters.remove((scope.as_str(), name.as_str()))?;
+    }
     Ok(())
 }
 

@@ -34,6 +34,20 @@
 //! | `P:{T}:grp:GROUP`          | zset   | the group's members (all scores 0: byte order) |
 //! | `P:scopes`                 | set    | every scope ever written (no hash tag: one slot of its own) |
 //!
+//! The host's alert log lives apart from every scope, under `P:alerts:{O}:`, `O`
+//! the owner written as `T` is:
+//!
+//! | key                        | type   | holds |
+//! |----------------------------|--------|-------|
+//! | `P:alerts:{O}:log`         | hash   | alert key → value |
+//! | `P:alerts:{O}:keys`        | zset   | the alert keys (all scores 0: byte order) |
+//! | `P:alerts:{O}:seq`         | string | the last sequence number taken |
+//! | `P:alert-owners`           | zset   | every owner with a log (scores 0), added before its first alert |
+//!
+//! A store written before the log had keys of its own kept it in scopes
+//! `"\u{1}alerts/<owner>"`; connecting moves them (idempotently, so two hosts
+//! connecting at once do no harm) and removes those scopes.
+//!
 //! # Expiry
 //!
 //! Semantics are judged against each call's `now`, exactly as in the other
@@ -421,7 +435,7 @@ impl RedisStore {
         };
         let (calls, queue) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(collect(queue, conn.clone(), config.call_timeout));
-        Ok(Self {
+        let store = Self {
             conn,
             runtime: Some(runtime),
             registry: format!("{}:scopes", config.prefix),
@@ -429,7 +443,51 @@ impl RedisStore {
             config,
             registered: Mutex::default(),
             calls,
-        })
+        };
+        store.migrate_alert_log()?;
+        Ok(store)
+    }
+
+    /// `P:alerts:{O}:`, the start of every key of `owner`'s alert log.
+    fn alert_base(&self, owner: &str) -> String {
+        let scoped = self.base(owner);
+        let tagged = scoped.strip_prefix(&self.config.prefix).unwrap_or(&scoped);
+        format!("{}:alerts{tagged}", self.config.prefix)
+    }
+
+    fn alert_owners(&self) -> String {
+        format!("{}:alert-owners", self.config.prefix)
+    }
+
+    /// Moves an alert log kept in `"\u{1}alerts/<owner>"` scopes (as stores were
+    /// written before it had keys of its own) into its own keys.
+    fn migrate_alert_log(&self) -> Result<(), StoreError> {
+        for scope in self.scopes()? {
+            let Some(owner) = super::legacy_alert_owner(&scope) else {
+                continue;
+            };
+            let dump = self.export_scope(&scope)?;
+            for (key, value) in &dump.records {
+                self.alert_insert(owner, key, value)?;
+            }
+            if let Some((_, last, _)) = dump.counters.iter().find(|(n, ..)| n == "sequence") {
+                let seq = format!("{}seq", self.alert_base(owner));
+                let last = last.to_string();
+                self.call(
+                    "migrating the alert log",
+                    self.config.call_timeout,
+                    |mut c| async move {
+                        ALERT_SEQUENCE_AT_LEAST
+                            .key(seq)
+                            .arg(last)
+                            .invoke_async::<()>(&mut c)
+                            .await
+                    },
+                )?;
+            }
+            self.import_scope(&scope, &ScopeDump::default())?;
+        }
+        Ok(())
     }
 
     /// The server (or cluster nodes) this store talks to, without credentials.
@@ -1039,6 +1097,113 @@ fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
 }
 
 impl Store for RedisStore {
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
+        check_name("owner", owner)?;
+        let mut cmd = redis::cmd("INCR");
+        cmd.arg(format!("{}seq", self.alert_base(owner)));
+        let next: i64 = self.call(
+            "alert-sequence",
+            self.config.call_timeout,
+            |mut c| async move { cmd.query_async(&mut c).await },
+        )?;
+        u64::try_from(next).map_err(|_| {
+            StoreError::Corrupt(format!("the alert sequence of {owner:?} reads {next}"))
+        })
+    }
+
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_name("owner", owner)?;
+        check_name("key", key)?;
+        check_value(value)?;
+        let what = "alert-insert";
+        // The index first, as scopes are registered first: a crash between the two
+        // leaves at worst an owner with no alert listed.
+        let mut index = redis::cmd("ZADD");
+        index.arg(self.alert_owners()).arg(0).arg(owner);
+        self.call(what, self.config.call_timeout, |mut c| async move {
+            index.query_async::<()>(&mut c).await
+        })?;
+        let base = self.alert_base(owner);
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.call(what, self.config.call_timeout, |mut c| async move {
+            ALERT_INSERT
+                .key(format!("{base}log"))
+                .key(format!("{base}keys"))
+                .arg(key)
+                .arg(value)
+                .invoke_async(&mut c)
+                .await
+        })
+    }
+
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        const PAGE: usize = 256;
+        let what = "visit-alerts";
+        let owners: Vec<String> = match owner {
+            Some(owner) => vec![owner.to_owned()],
+            None => {
+                let mut cmd = redis::cmd("ZRANGEBYLEX");
+                let from = after.map_or_else(|| "-".to_owned(), |(o, _)| format!("[{o}"));
+                cmd.arg(self.alert_owners()).arg(from).arg("+");
+                self.call(what, self.config.bulk_timeout, |mut c| async move {
+                    cmd.query_async(&mut c).await
+                })?
+            }
+        };
+        for owner in owners {
+            let base = self.alert_base(&owner);
+            let mut from = match after {
+                Some((o, k)) if o == owner => format!("({k}"),
+                Some((o, _)) if o > owner.as_str() => continue,
+                _ => "-".to_owned(),
+            };
+            loop {
+                let mut range = redis::cmd("ZRANGEBYLEX");
+                range
+                    .arg(format!("{base}keys"))
+                    .arg(&from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(PAGE);
+                let keys: Vec<String> =
+                    self.call(what, self.config.call_timeout, |mut c| async move {
+                        range.query_async(&mut c).await
+                    })?;
+                let Some(last) = keys.last().cloned() else {
+                    break;
+                };
+                let mut get = redis::cmd("HMGET");
+                get.arg(format!("{base}log")).arg(&keys);
+                let values: Vec<Option<String>> =
+                    self.call(what, self.config.call_timeout, |mut c| async move {
+                        get.query_async(&mut c).await
+                    })?;
+                for (key, value) in keys.iter().zip(values) {
+                    let value = value.ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "redis {}: alert {key:?} of {owner:?} is indexed but not logged",
+                            self.label
+                        ))
+                    })?;
+                    if !visit(&owner, key, &value) {
+                        return Ok(());
+                    }
+                }
+                if keys.len() < PAGE {
+                    break;
+                }
+                from = format!("({last}");
+            }
+        }
+        Ok(())
+    }
+
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
         check_name("scope", scope)?;
         check_name("key", key)?;
@@ -1610,6 +1775,24 @@ impl Store for RedisStore {
         self.script::<()>(what, self.config.bulk_timeout, &SCRIPTS.import, scope, args)
     }
 }
+
+/// Adds an alert (KEYS: log, keys; ARGV: key, value) unless its key is there.
+static ALERT_INSERT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then \
+           redis.call('ZADD', KEYS[2], 0, ARGV[1]) return 1 end return 0",
+    )
+});
+
+/// Raises a sequence (KEYS: seq) to at least ARGV[1], a decimal u64, compared
+/// digit-wise (see the module docs on numbers in Lua).
+static ALERT_SEQUENCE_AT_LEAST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local c = redis.call('GET', KEYS[1]) or '0' \
+         if #c < #ARGV[1] or (#c == #ARGV[1] and c < ARGV[1]) then \
+           redis.call('SET', KEYS[1], ARGV[1]) end",
+    )
+});
 
 /// The server-side scripts, compiled (hashed) once per process.
 struct Scripts {

@@ -346,3 +346,201 @@ fn a_webhook_that_never_answers_does_not_delay_decisions() {
     assert_eq!(decision.usage.map(|u| u.email_credits.used), Some(100));
     assert_eq!(logged(gateway.store().as_ref(), "acme").len(), 2);
 }
+
+// ---- the log's own namespace (issue 16.3) ---------------------------------------
+
+/// The log is kept apart from the component's scopes: a listing of scopes shows
+/// only the account, and the log still lists what fired.
+#[test]
+fn the_log_is_no_scope_of_the_component() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gateway = gateway(store.clone());
+    subscribe(&gateway, "acme", "ten");
+    charge(&gateway, "acme", 8, at("2026-01-20T10:00:00Z"));
+    gateway.shutdown();
+    assert_eq!(store.scopes().expect("scopes"), ["acme"]);
+    assert_eq!(logged(store.as_ref(), "acme"), [email(80, 8, 10)]);
+}
+
+fn fired(threshold: u8, used: u64) -> FiredAlert {
+    FiredAlert {
+        event: "credit_threshold_crossed".to_owned(),
+        account: "acme".to_owned(),
+        credit: "email_credits".to_owned(),
+        threshold,
+        used,
+        limit: 10,
+        at: "2026-01-20T10:00:00Z".to_owned(),
+        resets_at: Some("2026-02-15T10:00:00Z".to_owned()),
+    }
+}
+
+/// An alert log as the previous release kept it: records keyed
+/// `<at>/<sequence>/<credit>/<threshold>` and a counter `sequence`, in a scope
+/// of its own.
+fn previous_layout(first: &FiredAlert, second: &FiredAlert) -> creditgate::store::ScopeDump {
+    let at = "00000000000000000100";
+    creditgate::store::ScopeDump {
+        records: vec![
+            (
+                format!("{at}/00000000000000000001/email_credits/080"),
+                serde_json::to_string(first).expect("encodes"),
+            ),
+            (
+                format!("{at}/00000000000000000002/email_credits/100"),
+                serde_json::to_string(second).expect("encodes"),
+            ),
+        ],
+        counters: vec![("sequence".to_owned(), 2, None)],
+        ..Default::default()
+    }
+}
+
+/// A file written before the log had a namespace of its own kept it in a scope
+/// `"\u{1}alerts/<account>"` (records keyed `<at>/<sequence>/<credit>/<threshold>`
+/// and a counter `sequence`), written here through the store's API exactly as
+/// the previous release laid it out. Opening it moves the log, drops the old
+/// scope, and numbers the next alert after the old ones.
+#[test]
+fn a_log_in_the_previous_layout_is_migrated_when_the_file_opens() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("previous.redb");
+    let (first, second) = (fired(80, 8), fired(100, 10));
+    let old = previous_layout(&first, &second);
+    {
+        let store = RedbStore::open(&path).expect("creates");
+        store
+            .record_insert("acme", "account", "0 ten")
+            .expect("an account");
+        store
+            .import_scope("\u{1}alerts/acme", &old)
+            .expect("the previous layout");
+        store.persist().expect("durable");
+        assert_eq!(
+            store.scopes().expect("scopes"),
+            ["\u{1}alerts/acme", "acme"],
+            "the file is in the previous layout"
+        );
+    }
+    for _ in 0..2 {
+        // Opened twice: the second opening finds nothing left to move.
+        let store = RedbStore::open(&path).expect("reopens");
+        assert_eq!(store.scopes().expect("scopes"), ["acme"]);
+        assert_eq!(
+            alerts::list(&store, Some("acme")).expect("lists"),
+            [first.clone(), second.clone()]
+        );
+        assert_eq!(alerts::list(&store, None).expect("lists").len(), 2);
+    }
+    let store = RedbStore::open(&path).expect("reopens");
+    assert_eq!(store.alert_sequence("acme").expect("next"), 3);
+}
+
+/// Every backend answers the log's calls alike: sequences per owner, keys
+/// unique per owner, and visits in (owner, key) order from a cursor.
+fn the_log_conforms(store: &dyn Store) {
+    assert_eq!(store.alert_sequence("b").expect("seq"), 1);
+    assert_eq!(store.alert_sequence("b").expect("seq"), 2);
+    assert_eq!(store.alert_sequence("a").expect("seq"), 1);
+    for (owner, key) in [("b", "2"), ("a", "1"), ("b", "1"), ("c", "1")] {
+        assert!(
+            store
+                .alert_insert(owner, key, &format!("{owner}{key}"))
+                .expect("adds")
+        );
+    }
+    assert!(!store.alert_insert("b", "1", "again").expect("refused"));
+    let visit = |owner: Option<&str>, after: Option<(&str, &str)>| {
+        let mut seen = Vec::new();
+        store
+            .visit_alerts(owner, after, &mut |o, k, v| {
+                seen.push(format!("{o}/{k}={v}"));
+                true
+            })
+            .expect("visits");
+        seen
+    };
+    assert_eq!(visit(None, None), ["a/1=a1", "b/1=b1", "b/2=b2", "c/1=c1"]);
+    assert_eq!(visit(None, Some(("b", "1"))), ["b/2=b2", "c/1=c1"]);
+    assert_eq!(visit(Some("b"), None), ["b/1=b1", "b/2=b2"]);
+    assert_eq!(visit(Some("b"), Some(("b", "1"))), ["b/2=b2"]);
+    assert_eq!(visit(Some("b"), Some(("a", "9"))), ["b/1=b1", "b/2=b2"]);
+    assert!(visit(Some("a"), Some(("b", "0"))).is_empty());
+    assert!(
+        store.scopes().expect("scopes").is_empty(),
+        "no scope holds the log"
+    );
+}
+
+#[test]
+fn the_log_pages_by_owner_and_key_on_memory_and_redb() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    the_log_conforms(&RedbStore::open(&dir.path().join("log.redb")).expect("creates"));
+    the_log_conforms(&MemoryStore::new());
+}
+
+/// The same on Redis, and a log in the previous layout (an `"\u{1}alerts/"`
+/// scope, as the previous release wrote it) is moved when a store connects.
+#[test]
+fn on_redis_the_log_conforms_and_the_previous_layout_is_migrated_on_connect() {
+    let server = crate::redis::RedisServer::start();
+    the_log_conforms(&server.store("conform"));
+    let (first, second) = (fired(80, 8), fired(100, 10));
+    let old = previous_layout(&first, &second);
+    {
+        let store = server.store("old");
+        store
+            .record_insert("acme", "account", "0 ten")
+            .expect("an account");
+        store
+            .import_scope("\u{1}alerts/acme", &old)
+            .expect("the previous layout");
+    }
+    for _ in 0..2 {
+        let store = server.store("old");
+        assert_eq!(store.scopes().expect("scopes"), ["acme"]);
+        assert_eq!(
+            alerts::list(&store, Some("acme")).expect("lists"),
+            [first.clone(), second.clone()]
+        );
+    }
+    assert_eq!(server.store("old").alert_sequence("acme").expect("next"), 3);
+}
+
+/// `store copy` copies the alert log too, now that no scope holds it.
+#[test]
+fn a_store_copy_carries_the_alert_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (from, to) = (dir.path().join("from.redb"), dir.path().join("to.redb"));
+    {
+        let store = RedbStore::open(&from).expect("creates");
+        store
+            .import_scope(
+                "\u{1}alerts/acme",
+                &previous_layout(&fired(80, 8), &fired(100, 10)),
+            )
+            .expect("the previous layout");
+        store
+            .record_insert("acme", "account", "0 ten")
+            .expect("an account");
+        store.persist().expect("durable");
+    }
+    let output = crate::harness::creditgate_command()
+        .args(["store", "copy", "--from"])
+        .arg(&from)
+        .arg("--to")
+        .arg(&to)
+        .output()
+        .expect("creditgate runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let copy = RedbStore::open(&to).expect("opens");
+    assert_eq!(
+        alerts::list(&copy, None).expect("lists"),
+        [fired(80, 8), fired(100, 10)]
+    );
+    assert_eq!(copy.scopes().expect("scopes"), ["acme"]);
+}

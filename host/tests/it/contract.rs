@@ -10,11 +10,12 @@
 
 use creditgate::runtime::{CONTRACT, ComponentSource, LoadError, Runtime, RuntimeConfig};
 
-/// A component importing each interface world `policy-engine` of `wit` imports,
-/// under its versioned name, as an instance with nothing in it.
-fn stub_component(wit: &str) -> Vec<u8> {
+/// A component importing each interface world `policy-engine` of the WIT at
+/// `wit` (a file, or a directory of one package's files) imports, under its
+/// versioned name, as an instance with nothing in it.
+fn stub_component(wit: &std::path::Path) -> Vec<u8> {
     let mut resolve = wit_parser::Resolve::default();
-    let package = resolve.push_str("policy.wit", wit).expect("the WIT parses");
+    let (package, _) = resolve.push_path(wit).expect("the WIT parses");
     let world = resolve
         .select_world(&[package], Some("policy-engine"))
         .expect("the WIT has the world");
@@ -33,6 +34,10 @@ fn stub_component(wit: &str) -> Vec<u8> {
     component.finish()
 }
 
+fn manifest_path(relative: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
 fn load(wasm: &[u8]) -> Result<Runtime, LoadError> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("policy.wasm");
@@ -48,7 +53,7 @@ fn load(wasm: &[u8]) -> Result<Runtime, LoadError> {
 
 #[test]
 fn a_component_built_against_0_1_0_is_refused_naming_both_versions() {
-    let old = stub_component(include_str!("../fixtures/contract-0.1.0/policy.wit"));
+    let old = stub_component(&manifest_path("tests/fixtures/contract-0.1.0/policy.wit"));
     let err = load(&old).expect_err("a 0.1.0 component is refused");
     assert!(
         matches!(&err, LoadError::Version { found, .. } if found == "0.1.0"),
@@ -64,7 +69,7 @@ fn a_component_built_against_0_1_0_is_refused_naming_both_versions() {
 
 #[test]
 fn a_component_importing_this_contract_passes_the_version_check() {
-    let current = stub_component(include_str!("../../../wit/policy.wit"));
+    let current = stub_component(&manifest_path("../wit"));
     // It exports nothing, so it is refused, but as a component that lacks the
     // world's exports, not for its version.
     match load(&current) {

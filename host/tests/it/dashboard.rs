@@ -33,7 +33,7 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// `creditgate serve` with only the HTTP API, its log in a file (a full pipe
 /// would block it), stopped with SIGTERM.
-struct Serve {
+pub(crate) struct Serve {
     child: Option<Child>,
     base: String,
     log: PathBuf,
@@ -42,6 +42,16 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, store: &str, policy: &Path) -> Serve {
+        Serve::start_with(dir, store, policy, &[])
+    }
+
+    /// [`Serve::start`] with more flags (`--component FILE`, say).
+    pub(crate) fn start_with(
+        dir: &Path,
+        store: &str,
+        policy: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Serve {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
@@ -52,6 +62,7 @@ impl Serve {
             .arg(addr.to_string())
             .args(["--store", store, "--policy"])
             .arg(policy)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"));
@@ -93,12 +104,12 @@ impl Serve {
         serve
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A page: status, content type and body.
-    fn get(&self, path: &str) -> (u16, String, String) {
+    pub(crate) fn get(&self, path: &str) -> (u16, String, String) {
         let mut response = self
             .agent
             .get(format!("{}{path}", self.base))
@@ -115,7 +126,7 @@ impl Serve {
         (status, content_type, body)
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let mut response = self
             .agent
             .post(format!("{}{path}", self.base))
@@ -127,14 +138,14 @@ impl Serve {
         (status, serde_json::from_str(&text).expect("JSON"))
     }
 
-    fn subscribe(&self, account: &str, plan: &str) {
+    pub(crate) fn subscribe(&self, account: &str, plan: &str) {
         let path = format!("/v1/accounts/{}/subscription", percent_encode(account));
         let (status, body) = self.post(&path, &json!({ "plan": plan }));
         assert_eq!(status, 201, "{account}: {body}");
     }
 
     /// One send to `count` new recipients; the decision.
-    fn send(&self, account: &str, count: usize, tag: &str) -> Value {
+    pub(crate) fn send(&self, account: &str, count: usize, tag: &str) -> Value {
         let to: Vec<String> = (0..count)
             .map(|i| format!("{tag}{i}@example.com"))
             .collect();
@@ -146,7 +157,7 @@ impl Serve {
         body
     }
 
-    fn leads(&self, account: &str, campaign: &str, emails: &[String]) {
+    pub(crate) fn leads(&self, account: &str, campaign: &str, emails: &[String]) {
         let path = format!(
             "/v1/accounts/{}/campaigns/{}/leads",
             percent_encode(account),
@@ -156,7 +167,7 @@ impl Serve {
         assert_eq!(status, 200, "{body}");
     }
 
-    fn usage(&self, account: &str) -> Value {
+    pub(crate) fn usage(&self, account: &str) -> Value {
         let (status, _, body) =
             self.get(&format!("/v1/accounts/{}/usage", percent_encode(account)));
         assert_eq!(status, 200, "{body}");
@@ -164,7 +175,7 @@ impl Serve {
     }
 
     /// SIGTERM, then a clean exit within [`WAIT`]: the store is closed after it.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -243,7 +254,7 @@ fn text_of(html: &str, class: &str) -> Option<String> {
 }
 
 /// Each account row of the list, by account, in page order.
-fn rows(html: &str) -> Vec<(String, String)> {
+pub(crate) fn rows(html: &str) -> Vec<(String, String)> {
     html.split("<tr data-account=\"")
         .skip(1)
         .map(|piece| {

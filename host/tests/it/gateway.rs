@@ -514,6 +514,20 @@ impl Store for SlowAfterCharge {
     ) -> Result<(), StoreError> {
         self.inner.import_scope(scope, dump)
     }
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
+        self.inner.alert_sequence(owner)
+    }
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        self.inner.alert_insert(owner, key, value)
+    }
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        self.inner.visit_alerts(owner, after, visit)
+    }
 }
 
 #[test]

@@ -144,6 +144,9 @@ impl Store for SlowStore {
         visit_members(scope: &str, group: Option<&str>, visit: &mut dyn FnMut(&str, &str) -> bool) -> Result<(), creditgate::store::StoreError>;
         export_scope(scope: &str) -> Result<creditgate::store::ScopeDump, creditgate::store::StoreError>;
         import_scope(scope: &str, dump: &creditgate::store::ScopeDump) -> Result<(), creditgate::store::StoreError>;
+        alert_sequence(owner: &str) -> Result<u64, creditgate::store::StoreError>;
+        alert_insert(owner: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
+        visit_alerts(owner: Option<&str>, after: Option<(&str, &str)>, visit: &mut dyn FnMut(&str, &str, &str) -> bool) -> Result<(), creditgate::store::StoreError>;
     }
 }
 

@@ -571,6 +571,9 @@ impl Store for Gated {
         visit_members(scope: &str, group: Option<&str>, visit: &mut dyn FnMut(&str, &str) -> bool) -> Result<(), StoreError>;
         export_scope(scope: &str) -> Result<ScopeDump, StoreError>;
         import_scope(scope: &str, dump: &ScopeDump) -> Result<(), StoreError>;
+        alert_sequence(owner: &str) -> Result<u64, StoreError>;
+        alert_insert(owner: &str, key: &str, value: &str) -> Result<bool, StoreError>;
+        visit_alerts(owner: Option<&str>, after: Option<(&str, &str)>, visit: &mut dyn FnMut(&str, &str, &str) -> bool) -> Result<(), StoreError>;
     }
 }
 

@@ -16,6 +16,7 @@ mod import;
 mod listing;
 mod model;
 mod operator;
+mod other_rules;
 mod packaging;
 mod postfix_e2e;
 mod power;

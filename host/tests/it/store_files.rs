@@ -263,6 +263,53 @@ fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
     }
 }
 
+/// The alert log's writes (its own tables) are journaled like the scopes':
+/// what `persist` acknowledged comes back after a crash, once.
+#[test]
+fn the_alert_log_is_replayed_from_the_journal_after_a_crash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("live.redb");
+    let store = RedbStore::open(&path).expect("opens");
+    assert_eq!(store.alert_sequence("acme").expect("a number"), 1);
+    assert!(
+        store
+            .alert_insert("acme", "00000001", "{\"a\":1}")
+            .expect("inserts")
+    );
+    assert!(
+        !store
+            .alert_insert("acme", "00000001", "{}")
+            .expect("answers")
+    );
+    assert_eq!(store.alert_sequence("acme").expect("a number"), 2);
+    store.persist().expect("durable");
+    let image = dir.path().join("image.redb");
+    crash_copy(&path, &image);
+    drop(store);
+    let log = |store: &RedbStore| {
+        let mut log = Vec::new();
+        store
+            .visit_alerts(None, None, &mut |owner, key, value| {
+                log.push((owner.to_owned(), key.to_owned(), value.to_owned()));
+                true
+            })
+            .expect("visits");
+        log
+    };
+    let reopened = RedbStore::open(&image).expect("recovers");
+    let expected = vec![(
+        "acme".to_owned(),
+        "00000001".to_owned(),
+        "{\"a\":1}".to_owned(),
+    )];
+    assert_eq!(log(&reopened), expected);
+    drop(reopened);
+    // Opening twice replays nothing twice.
+    let again = RedbStore::open(&image).expect("opens again");
+    assert_eq!(log(&again), expected);
+    assert_eq!(again.alert_sequence("acme").expect("a number"), 3);
+}
+
 /// Every command that opens the store replays its journal: a read-only one
 /// sees the account a crash left only in the journal.
 #[test]

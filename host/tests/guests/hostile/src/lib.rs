@@ -299,3 +299,50 @@ impl Guest for Hostile {
         None
     }
 }
+
+/// Inspection knows nothing and no account: the tests here are about decisions.
+impl exports::creditgate::policy::inspect::Guest for Hostile {
+    fn accounts(
+        _after: Option<String>,
+        _limit: u32,
+    ) -> Result<
+        exports::creditgate::policy::inspect::AccountPage,
+        exports::creditgate::policy::inspect::InspectError,
+    > {
+        Ok(exports::creditgate::policy::inspect::AccountPage {
+            accounts: Vec::new(),
+            next: None,
+        })
+    }
+    fn campaigns(
+        _account: String,
+    ) -> Result<
+        Vec<exports::creditgate::policy::inspect::Campaign>,
+        exports::creditgate::policy::inspect::InspectError,
+    > {
+        Ok(Vec::new())
+    }
+    fn leads(
+        _account: String,
+        _campaign: Option<String>,
+        _after: Option<exports::creditgate::policy::inspect::Lead>,
+        _limit: u32,
+    ) -> Result<
+        Vec<exports::creditgate::policy::inspect::Lead>,
+        exports::creditgate::policy::inspect::InspectError,
+    > {
+        Ok(Vec::new())
+    }
+    fn history_cycles() -> u32 {
+        1
+    }
+    fn warning_levels() -> Result<
+        exports::creditgate::policy::inspect::Levels,
+        exports::creditgate::policy::inspect::InspectError,
+    > {
+        Ok(exports::creditgate::policy::inspect::Levels {
+            lead_credits: None,
+            email_credits: None,
+        })
+    }
+}
