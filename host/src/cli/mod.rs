@@ -35,7 +35,11 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  success
   1  a decision, check or test failed (for replay: some event line was invalid or got no decision)
-  2  usage or input error (bad arguments, unreadable or invalid policy, store unavailable)
+  2  usage or input error (bad arguments, unreadable or invalid policy, a store file that
+     is missing, empty or not a store)
+ 75  unavailable: the store, its backend or the gateway asked could not be reached or
+     could not commit, or another process holds the store; nothing was applied, and the
+     same command may succeed later (sysexits' EX_TEMPFAIL)
 
 Errors are one line on stderr, `creditgate: error: ...`; a denial reads
 `creditgate: error: account \"NAME\": denied: CODE (...)`. With --format json, stdout
@@ -83,6 +87,11 @@ pub enum Exit {
     Success = 0,
     Failed = 1,
     InputError = 2,
+    /// Nothing is wrong with what was asked, but what it needs could not be reached
+    /// or could not commit: retrying later may succeed. 75 is sysexits'
+    /// `EX_TEMPFAIL`, which mail software (Postfix's `pipe`, cron wrappers) already
+    /// reads as "try again later", and scripts can tell it from a usage error.
+    Unavailable = 75,
 }
 
 impl From<Exit> for ExitCode {
@@ -110,14 +119,61 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
 }
 
 /// The exit status of a command that failed with `err`: 1 when the policy denied
-/// what was asked (the command ran, the answer was no), else 2.
+/// what was asked (the command ran, the answer was no), 75 when the store, its
+/// backend or the gateway was unavailable, else 2.
 pub fn exit_of_error(err: &anyhow::Error) -> Exit {
     if err.chain().any(|e| e.is::<Denied>()) {
         Exit::Failed
+    } else if err.chain().any(is_unavailable) {
+        Exit::Unavailable
     } else {
         Exit::InputError
     }
 }
+
+/// Whether `e` says that something the command needs could not be reached or
+/// could not commit, as opposed to something wrong with what was asked.
+fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    use creditgate::bindings::{GuestError, StateError};
+    use creditgate::gateway::GatewayError;
+    use creditgate::runtime::DecideError;
+
+    let decide = |e: &DecideError| {
+        matches!(
+            e,
+            DecideError::Policy(GuestError::State(StateError::Unavailable(_)))
+        )
+    };
+    if let Some(e) = e.downcast_ref::<StoreError>() {
+        matches!(e, StoreError::Unavailable(_) | StoreError::Locked { .. })
+    } else if let Some(e) = e.downcast_ref::<DecideError>() {
+        decide(e)
+    } else if let Some(e) = e.downcast_ref::<GatewayError>() {
+        match e {
+            GatewayError::Decide(e) => decide(e),
+            GatewayError::Persist(_) => true,
+            _ => false,
+        }
+    } else if let Some(e) = e.downcast_ref::<ureq::Error>() {
+        // Reaching the gateway failed; a malformed URL or answer is not this.
+        matches!(
+            e,
+            ureq::Error::Io(_)
+                | ureq::Error::Timeout(_)
+                | ureq::Error::HostNotFound
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::BodyStalled
+        )
+    } else {
+        e.is::<Unavailable>()
+    }
+}
+
+/// Something a command needs is unavailable, said in the command's own words (the
+/// store held by a running gateway, a gateway answering 503): exit status 75.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(String);
 
 /// The policy denied what a command asked about one account: the same error,
 /// worded the same way, whether the store was opened here or a gateway was asked.
@@ -291,7 +347,7 @@ fn open_store(spec: Option<&Path>, create: Create) -> anyhow::Result<Arc<dyn Sto
     // The store's errors name the file and what is wrong with it.
     match RedbStore::open_with(spec, options) {
         Ok(store) => Ok(Arc::new(store)),
-        Err(StoreError::Locked { .. }) => Err(anyhow::anyhow!(locked::hint(spec))),
+        Err(StoreError::Locked { .. }) => Err(Unavailable(locked::hint(spec)).into()),
         Err(e) => Err(e).context("cannot open the store"),
     }
 }

@@ -242,10 +242,15 @@ impl Server {
             });
         }
         let Ok(Envelope { error }) = serde_json::from_str::<Envelope>(&text) else {
-            anyhow::bail!(
+            let message = format!(
                 "the gateway at {} answered {method} {route} with status {status}",
                 self.base
             );
+            return Err(if status == 503 {
+                super::Unavailable(message).into()
+            } else {
+                anyhow::anyhow!(message)
+            });
         };
         if let Some(account) = account_of(route)
             && DENIALS.contains(&error.code.as_str())
@@ -271,7 +276,13 @@ impl Server {
         for line in &error.diagnostics {
             message += &format!("\n{line}");
         }
-        Err(anyhow::anyhow!(message))
+        // 503: the gateway runs but cannot decide now (its store is unavailable, a
+        // commit failed, it is draining): the same request may succeed later.
+        Err(if status == 503 {
+            super::Unavailable(message).into()
+        } else {
+            anyhow::anyhow!(message)
+        })
     }
 }
 

@@ -284,7 +284,7 @@ fn a_store_in_use_is_reported_not_waited_on() {
     let store = dir.path().join("busy.redb");
     let _held = creditgate::store::RedbStore::open(&store).expect("opens");
     let o = run(&store, &["account", "list"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(75));
     assert!(
         stderr(&o).contains("in use by another process"),
         "{}",
@@ -301,6 +301,7 @@ fn help_documents_the_exit_codes() {
         "0  success",
         "1  a decision, check or test failed",
         "2  usage or input error",
+        "75  unavailable",
     ] {
         assert!(text.contains(line), "{text}");
     }
@@ -692,7 +693,7 @@ fn a_store_held_by_serve_names_it_and_the_server_flag() {
     let store = dir.path().join("cg.redb");
     let gateway = Gateway::start(dir.path(), &store, &[]);
     let o = run(&store, &["account", "list"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(75));
     let err = only_error(&o);
     assert!(
         err.contains("is in use by a running `creditgate serve` (pid "),
@@ -934,6 +935,60 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
     assert_eq!(v["lead_credits"]["used"], 2_497);
 }
 
+/// An unavailable store or gateway exits 75 (sysexits' EX_TEMPFAIL), not 2: a
+/// script retries the one and fixes its arguments for the other.
+#[test]
+fn an_unavailable_backend_or_gateway_has_its_own_exit_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("cg.redb");
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port")
+            .port()
+    };
+
+    // A Redis store nothing answers for.
+    let redis = format!("redis://127.0.0.1:{}", port());
+    let o = run(&store, &["account", "list", "--store", &redis]);
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(only_error(&o).contains("cannot connect"), "{}", stderr(&o));
+
+    // A gateway that answers, but cannot decide now (its store is down).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let server = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let (stream, _) = listener.accept().expect("a request");
+        let mut reader = BufReader::new(stream);
+        // The request's head, up to its blank line; a GET has no body.
+        let mut line = String::new();
+        while reader.read_line(&mut line).expect("reads") > 2 {
+            line.clear();
+        }
+        let body = r#"{"error":{"code":"store_unavailable","message":"redis down"}}"#;
+        write!(
+            reader.get_mut(),
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("answers");
+    });
+    let o = run(&store, &["usage", "acme", "--server", &url]);
+    server.join().expect("the fake gateway answered");
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(
+        only_error(&o).contains("redis down (store_unavailable)"),
+        "{}",
+        stderr(&o)
+    );
+
+    // What is wrong with the command itself stays 2, store or no store.
+    let o = run(&store, &["usage", "acme", "--server", "https://x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 #[test]
 fn a_server_that_is_not_there_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -947,7 +1002,7 @@ fn a_server_that_is_not_there_is_a_clear_error() {
         &dir.path().join("cg.redb"),
         &["usage", "acme", "--server", &url],
     );
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(75));
     assert!(
         only_error(&o).starts_with(&format!(
             "creditgate: error: cannot reach the gateway at {url}"

@@ -206,7 +206,7 @@ fn a_store_held_by_another_process_is_refused_at_once() {
         ],
         b"",
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(75));
     assert!(
         text(&out.stderr).contains("in use by another process"),
         "{}",
