@@ -215,6 +215,20 @@ fn describe_guest_error(e: &GuestError) -> String {
     }
 }
 
+/// `file:line:column: key.path: message`, the way compilers point at a problem.
+pub fn located(file: &Path, d: &Diagnostic) -> String {
+    let place = if d.line == 0 {
+        file.display().to_string()
+    } else {
+        format!("{}:{}:{}", file.display(), d.line, d.column)
+    };
+    if d.path.is_empty() {
+        format!("{place}: {}", d.message)
+    } else {
+        format!("{place}: {}: {}", d.path, d.message)
+    }
+}
+
 /// The compiled component and everything needed to make workers from it.
 pub struct Runtime {
     engine: Engine,

@@ -25,10 +25,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use creditgate::bindings::Diagnostic;
+pub(crate) use creditgate::runtime::located;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig, Worker};
+use creditgate::serve::PolicySource;
 use creditgate::store::{
     Create, MemoryStore, OpenOptions, RedbStore, RedisStore, Store, StoreError, is_redis_url,
+    names_a_file,
 };
 
 const EXIT_CODES: &str = "\
@@ -264,26 +266,19 @@ impl ComponentArgs {
     }
 }
 
-/// The default policy's path, and its text as built in.
-const DEFAULT_POLICY: &str = "policies/smartlead.toml";
-const BUILTIN_POLICY: &str = include_str!("../../../policies/smartlead.toml");
-
 impl PolicyArgs {
-    /// The policy's name for messages and its text.
-    fn load(&self) -> anyhow::Result<(PathBuf, String)> {
-        let path = self
-            .policy
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok((path, text)),
-            // Outside a checkout, the operator commands still work on Smartlead's plans.
-            Err(e) if self.policy.is_none() && e.kind() == std::io::ErrorKind::NotFound => Ok((
-                PathBuf::from("(built-in smartlead.toml)"),
-                BUILTIN_POLICY.to_string(),
-            )),
-            Err(e) => Err(e).with_context(|| format!("cannot read policy {}", path.display())),
+    /// Where the policy and component come from, as `serve` takes them.
+    fn source(&self) -> PolicySource {
+        PolicySource {
+            policy: self.policy.clone(),
+            component: self.component.component.clone(),
         }
+    }
+
+    /// The policy's name for messages and its text: the default policy's file
+    /// when it is here, else the copy of it built in.
+    fn load(&self) -> anyhow::Result<(PathBuf, String)> {
+        Ok(self.source().load()?)
     }
 
     /// Compiles the component and makes a worker over `store` with the policy loaded.
@@ -315,20 +310,6 @@ impl PolicyArgs {
     }
 }
 
-/// `file:line:column: key.path: message`, the way compilers point at a problem.
-fn located(file: &Path, d: &Diagnostic) -> String {
-    let place = if d.line == 0 {
-        file.display().to_string()
-    } else {
-        format!("{}:{}:{}", file.display(), d.line, d.column)
-    };
-    if d.path.is_empty() {
-        format!("{place}: {}", d.message)
-    } else {
-        format!("{place}: {}: {}", d.path, d.message)
-    }
-}
-
 /// Opens a store: a Redis server or cluster when `spec` is a Redis URL, else a
 /// redb file, created only as `create` allows; a fresh in-memory one without `spec`.
 fn open_store(spec: Option<&Path>, create: Create) -> anyhow::Result<Arc<dyn Store>> {
@@ -355,13 +336,6 @@ fn open_store(spec: Option<&Path>, create: Create) -> anyhow::Result<Arc<dyn Sto
 /// The Redis URL a `--store` value is, if it is one.
 fn redis_url(spec: &Path) -> Option<&str> {
     spec.to_str().filter(|s| is_redis_url(s))
-}
-
-/// Whether a `--store` value (from the command line or `serve`'s config file)
-/// names a file, as opposed to `memory` or a Redis URL: only a file's path is
-/// taken relative to the config file.
-pub(crate) fn names_a_file(spec: &Path) -> bool {
-    spec.as_os_str() != "memory" && redis_url(spec).is_none()
 }
 
 /// Output format of the operator commands.

@@ -1,37 +1,36 @@
 //! `creditgate serve --check`: everything `serve` would read at start-up,
 //! validated without serving and without changing anything: the config file
-//! (already read into [`Settings`]), the component, the policy (loaded by the
+//! (already read into a [`Config`]), the component, the policy (loaded by the
 //! component over a throwaway store), and the store, opened read-only and never
 //! created. For a deployment step (`ExecStartPre=`, a CI job on a config change).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use creditgate::runtime::{Runtime, RuntimeConfig};
+use creditgate::serve::{Config, Listen, ServeError};
 use creditgate::store::{MemoryStore, RedisStore, Store as _, default_path};
 
-use super::serve::{Listen, Settings, component_source, load_error};
 use super::{Exit, located, redis_url};
 
-pub fn check(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<Exit> {
-    match &config {
+pub fn check(settings: &Config) -> anyhow::Result<Exit> {
+    match &settings.file {
         Some(path) => println!("config     {}: ok", path.display()),
         None => println!("config     (none: flags and defaults): ok"),
     }
-    if let Listen::At(addr) = settings.http {
+    if let Listen::At(addr) = settings.http_listen {
         println!("http       http://{addr}");
     }
 
     let component = settings
         .policy
         .component
-        .component
         .as_ref()
         .map_or("built-in".to_owned(), |p| p.display().to_string());
     let runtime = Runtime::new(
-        &component_source(&settings.policy),
+        &settings.policy.component_source(),
         RuntimeConfig::default(),
     )
     .with_context(|| format!("component {component}"))?;
@@ -40,7 +39,7 @@ pub fn check(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<Exit
     let (path, text) = settings.policy.load()?;
     let summary = match runtime.worker(Arc::new(MemoryStore::new()), &text) {
         Ok((_, summary)) => summary,
-        Err(e) => return Err(load_error(&path, e)),
+        Err(e) => return Err(ServeError::load(&path, e).into()),
     };
     for warning in &summary.warnings {
         println!("warning: {}", located(&path, warning));
@@ -54,15 +53,12 @@ pub fn check(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<Exit
         summary.warnings.len()
     );
 
-    let spec = match &settings.store.store {
+    let spec = match &settings.store {
         Some(spec) => spec.clone(),
         None => default_path()
             .context("no default store path: set $CREDITGATE_STORE or $HOME, or pass --store")?,
     };
-    println!(
-        "store      {}",
-        store(&spec, settings.store.store.is_none())?
-    );
+    println!("store      {}", store(&spec, settings.store.is_none())?);
     println!("serve --check: valid");
     Ok(Exit::Success)
 }

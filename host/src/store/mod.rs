@@ -43,6 +43,13 @@ pub fn default_path() -> Option<std::path::PathBuf> {
         .or_else(|| env("HOME").map(|d| d.join(".local/share/creditgate/creditgate.redb")))
 }
 
+/// Whether a store spec (`--store`, `store =` in serve's config) names a file, as
+/// opposed to `memory` or a Redis URL: only a file's path is taken relative to the
+/// config file, and only a file's folder is created.
+pub fn names_a_file(spec: &std::path::Path) -> bool {
+    spec.as_os_str() != "memory" && !spec.to_str().is_some_and(is_redis_url)
+}
+
 /// A point in time: nanoseconds since the Unix epoch, UTC (WIT `instant`).
 pub type Instant = i64;
 
