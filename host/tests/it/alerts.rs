@@ -483,6 +483,7 @@ fn the_log_pages_by_owner_and_key_on_memory_and_redb() {
 /// scope, as the previous release wrote it) is moved when a store connects.
 #[test]
 fn on_redis_the_log_conforms_and_the_previous_layout_is_migrated_on_connect() {
+    use crate::redis::Stores as _;
     let server = crate::redis::RedisServer::start();
     the_log_conforms(&server.store("conform"));
     let (first, second) = (fired(80, 8), fired(100, 10));

@@ -149,6 +149,7 @@ fn paged_reads_resume_after_the_cursor_on_every_backend() {
     let dir = tempfile::tempdir().expect("temp dir");
     let redb = RedbStore::open(&dir.path().join("s.redb")).expect("opens");
     pages_resume_after_the_cursor(&redb);
+    use crate::redis::Stores as _;
     let server = crate::redis::RedisServer::start();
     pages_resume_after_the_cursor(&server.store("paging"));
 }

@@ -5,265 +5,33 @@
 //! The conformance suite itself runs against Redis from `store.rs` (`store::redis`);
 //! here are the cluster, faults, `store copy`, and the gateways sharing one Redis.
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use creditgate::store::{RedisStore, Store};
-use tempfile::TempDir;
 
 /// Every wait here is bounded by this: a hang is a failure, not a stall.
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A `redis-server` of this test's own, killed when dropped.
-pub struct RedisServer {
-    child: Option<Child>,
-    pub port: u16,
-    dir: TempDir,
-    args: Vec<String>,
+pub use creditgate_testkit::redis::{Cluster, RedisServer};
+use creditgate_testkit::serve::{ServeProcess, policy_request};
+
+/// A store on a test's own server or cluster, under its own key prefix.
+pub trait Stores {
+    fn store(&self, prefix: &str) -> RedisStore;
 }
 
-/// A port nobody listens on right now (another process may take it before we
-/// do: starting a server retries on another port).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// Sends one inline command and returns the first reply line, or None if no
-/// server answers.
-fn ask(port: u16, command: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        reply.extend_from_slice(&buf[..n]);
-        // A simple reply ends at its first CRLF; a bulk one ($N) after its body.
-        let text = String::from_utf8_lossy(&reply);
-        match text.strip_prefix('$') {
-            Some(rest) => {
-                if let Some((len, body)) = rest.split_once("\r\n")
-                    && let Ok(len) = len.parse::<usize>()
-                    && body.len() >= len + 2
-                {
-                    return Some(body[..len].to_owned());
-                }
-            }
-            None => {
-                if let Some((line, _)) = text.split_once("\r\n") {
-                    return Some(line.to_owned());
-                }
-            }
-        }
-    }
-    None
-}
-
-fn spawn_server(port: u16, dir: &Path, args: &[String]) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .args(["--logfile", "redis.log"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run redis-server ({e}): these tests need it installed \
-                 (Debian: apt-get install redis-server; .ci/run installs it)"
-            )
-        })
-}
-
-impl RedisServer {
-    /// A server without persistence.
-    pub fn start() -> Self {
-        Self::start_with(&["--appendonly", "no"])
-    }
-
-    /// A server with extra `redis-server` arguments.
-    pub fn start_with(args: &[&str]) -> Self {
-        let mut server = RedisServer {
-            child: None,
-            port: 0,
-            dir: tempfile::tempdir().expect("temp dir"),
-            args: args.iter().map(|&a| a.to_owned()).collect(),
-        };
-        for attempt in 0.. {
-            server.port = free_port();
-            server.child = Some(spawn_server(server.port, server.dir.path(), &server.args));
-            if server.wait_ready() {
-                return server;
-            }
-            // Most likely the port was taken in between: try another.
-            server.kill();
-            assert!(attempt < 5, "redis-server never started: {}", server.log());
-        }
-        unreachable!("the loop returns or panics")
-    }
-
-    /// The server's log, for failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-    }
-
-    /// Waits until the server answers PING; false if it exited or never answered.
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && child.try_wait().ok().flatten().is_some()
-            {
-                return false;
-            }
-            if ask(self.port, "PING").as_deref() == Some("+PONG") {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-
-    /// `redis://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// A store on this server under its own key prefix.
-    pub fn store(&self, prefix: &str) -> RedisStore {
+impl Stores for RedisServer {
+    fn store(&self, prefix: &str) -> RedisStore {
         RedisStore::open(&format!("{}?prefix={prefix}", self.url()))
             .unwrap_or_else(|e| panic!("connects to redis on {}: {e}", self.port))
     }
-
-    /// Sends `signal` (STOP, CONT, ...) to the server.
-    pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "kill -{signal} {pid}");
-    }
-
-    /// Kills the server at once (SIGKILL: a crash, no shutdown save).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port and directory (so with the same
-    /// append-only file), after a `kill`.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "kill it first");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.child = Some(spawn_server(self.port, self.dir.path(), &self.args));
-            if self.wait_ready() {
-                return;
-            }
-            self.kill();
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not restart on port {}: {}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs one command through redis-cli; its output.
-    pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Three masters on loopback ports, no replicas, made a cluster by
-/// `redis-cli --cluster create`.
-pub struct Cluster {
-    pub nodes: Vec<RedisServer>,
-}
-
-impl Cluster {
-    pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                // The bus port defaults to port + 10000, which a high free port
-                // would push past 65535.
-                let bus = free_port().to_string();
-                RedisServer::start_with(&[
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--cluster-port",
-                    &bus,
-                ])
-            })
-            .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let created = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            created.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&created.stdout),
-            String::from_utf8_lossy(&created.stderr)
-        );
-        let deadline = Instant::now() + WAIT;
-        for node in &nodes {
-            while !ask(node.port, "CLUSTER INFO").is_some_and(|i| i.contains("cluster_state:ok")) {
-                assert!(Instant::now() < deadline, "the cluster never became ok");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Cluster { nodes }
-    }
-
-    /// `redis+cluster://` with every node, under `prefix`.
-    pub fn store(&self, prefix: &str) -> RedisStore {
-        let hosts: Vec<String> = (self.nodes.iter())
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let url = format!("redis+cluster://{}?prefix={prefix}", hosts.join(","));
+impl Stores for Cluster {
+    fn store(&self, prefix: &str) -> RedisStore {
+        let url = self.url(prefix);
         RedisStore::open(&url).unwrap_or_else(|e| panic!("connects to {url}: {e}"))
     }
 }
@@ -570,90 +338,32 @@ fn store_copy_round_trip_redb_redis_redb() {
     }
 }
 
-/// `creditgate serve` on free ports, killed if the test ends without stopping it.
-struct Gateway {
-    child: Option<Child>,
-    port: u16,
-}
+/// `creditgate serve` with the Postfix listener only, killed if the test ends
+/// without stopping it.
+struct Gateway(ServeProcess);
 
 impl Gateway {
     fn start(store: &str, policy: &Path, log: &Path) -> Gateway {
-        let port = free_port();
-        let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
-            .arg("serve")
-            .args(["--store", store, "--workers", "4", "--http-listen", "off"])
-            .arg("--policy")
+        let serve = ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), log)
+            .args(["--store", store, "--workers", "4", "--policy"])
             .arg(policy)
-            .args(["--postfix-listen", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("serve starts");
-        let mut gateway = Gateway {
-            child: Some(child),
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(child) = gateway.child.as_mut()
-                && let Some(status) = child.try_wait().expect("waits")
-            {
-                panic!("serve exited before listening: {status}");
-            }
-            assert!(Instant::now() < deadline, "serve never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        gateway
+            .http(false)
+            .start();
+        Gateway(serve)
     }
 
     /// One policy request on a fresh connection; the reply's action.
     fn ask(&self, request: &str) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connects");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        stream.write_all(request.as_bytes()).expect("writes");
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 256];
-        while !reply.ends_with(b"\n\n") {
-            let n = stream.read(&mut buf).expect("a reply in time");
-            assert!(n > 0, "closed without a reply");
-            reply.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&reply).trim_end().to_owned()
+        policy_request(self.0.postfix_addr(), request)
     }
 
     /// SIGTERM, then a bounded wait for a clean exit.
-    fn stop(mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("waits") {
-                assert!(status.success(), "serve exited with {status}");
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("serve did not stop after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    fn stop(self) {
+        let (status, log) = self.0.terminate();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "serve exited with {status:?}\n{log}"
+        );
     }
 }
 
@@ -1013,7 +723,12 @@ fn a_stalled_or_absent_server_is_unavailable_within_the_timeouts() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let port = free_port();
+    // A port nothing listens on (free a moment ago: what is tested is a
+    // connection refused).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
     let started = Instant::now();
     match RedisStore::open(&format!("redis://127.0.0.1:{port}?connect_timeout_ms=300")) {
         Err(StoreError::Unavailable(m)) => {

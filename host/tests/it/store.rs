@@ -18,7 +18,7 @@ use creditgate::store::{
 use proptest::prelude::*;
 use tempfile::TempDir;
 
-use crate::redis::RedisServer;
+use crate::redis::{RedisServer, Stores as _};
 
 /// A backend under test, with whatever must outlive it (redb's directory, the
 /// Redis server). Fields drop in order: the store before what it runs on.
