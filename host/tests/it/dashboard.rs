@@ -1,4 +1,4 @@
-//! The web dashboard through the binary: the pages next to the API (filtering,
+//! The web dashboard through serve's server: the pages next to the API (filtering,
 //! sorting, hostile names, a 404), the page and `creditgate usage` agreeing to the
 //! credit on one store, and headless Chromium rendering the pages of a live
 //! `serve`, checked against the API, with screenshots kept as test artefacts.
@@ -6,11 +6,17 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use creditgate::dashboard::percent_encode;
+use creditgate::serve::Overrides;
+use creditgate::store::{MemoryStore, RedbStore, Store};
+use creditgate_testkit::http::Client;
+
+use crate::harness::InProcess;
 
 /// Small plans, so that a test reaches 80% and exhaustion in a few requests; one
 /// unlimited credit.
@@ -31,111 +37,50 @@ email_credits = 100
 /// How long a server or a browser gets to start or finish.
 const WAIT: Duration = Duration::from_secs(90);
 
-/// `creditgate serve` with only the HTTP API, its log in a file (a full pipe
-/// would block it), stopped with SIGTERM.
+/// `creditgate serve`'s server in this process ([`InProcess`]), with a client
+/// of its HTTP API.
 pub(crate) struct Serve {
-    child: Option<Child>,
+    server: InProcess,
     base: String,
-    log: PathBuf,
-    agent: ureq::Agent,
+    client: Client,
 }
 
 impl Serve {
-    fn start(dir: &Path, store: &str, policy: &Path) -> Serve {
-        Serve::start_with(dir, store, policy, &[])
+    fn start(store: &Path, policy: &Path) -> Serve {
+        Serve::start_with(store, policy, None)
     }
 
-    /// [`Serve::start`] with more flags (`--component FILE`, say).
-    pub(crate) fn start_with(
-        dir: &Path,
-        store: &str,
-        policy: &Path,
-        extra: &[&std::ffi::OsStr],
-    ) -> Serve {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let log = dir.join(format!("serve-{}.log", addr.port()));
-        let mut command = crate::harness::creditgate_command();
-        command
-            .args(["serve", "--postfix-listen", "off", "--http-listen"])
-            .arg(addr.to_string())
-            .args(["--store", store, "--policy"])
-            .arg(policy)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"));
-        let child = command.spawn().expect("serve starts");
-        let mut serve = Serve {
-            child: Some(child),
-            base: format!("http://{addr}"),
-            log,
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(30)))
-                .build()
-                .into(),
+    /// [`Serve::start`] on a redb file (`memory`: a fresh in-memory store), with
+    /// another component when given.
+    pub(crate) fn start_with(store: &Path, policy: &Path, component: Option<&Path>) -> Serve {
+        let store: Arc<dyn Store> = if store.as_os_str() == "memory" {
+            Arc::new(MemoryStore::new())
+        } else {
+            Arc::new(RedbStore::open(store).expect("the store opens"))
         };
-        let deadline = Instant::now() + WAIT;
-        while serve
-            .agent
-            .get(format!("{}/healthz", serve.base))
-            .call()
-            .is_err()
-        {
-            if let Some(status) = serve
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "serve exited before listening: {status}\n{}",
-                    serve.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve never listened\n{}",
-                serve.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let overrides = Overrides {
+            policy: Some(policy.to_owned()),
+            component: component.map(Path::to_owned),
+            ..Overrides::default()
+        };
+        let server = InProcess::start(overrides, store);
+        let base = server.http_url();
+        Serve {
+            server,
+            client: Client::new(&base),
+            base,
         }
-        serve
-    }
-
-    pub(crate) fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A page: status, content type and body.
     pub(crate) fn get(&self, path: &str) -> (u16, String, String) {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let body = response.body_mut().read_to_string().expect("a body");
-        (status, content_type, body)
+        let answer = self.client.get(path);
+        (answer.status, answer.content_type, answer.body)
     }
 
     pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let mut response = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().expect("a body");
-        (status, serde_json::from_str(&text).expect("JSON"))
+        let answer = self.client.post(path, &body.to_string());
+        (answer.status, answer.json())
     }
 
     pub(crate) fn subscribe(&self, account: &str, plan: &str) {
@@ -174,18 +119,9 @@ impl Serve {
         serde_json::from_str(&body).expect("JSON")
     }
 
-    /// SIGTERM, then a clean exit within [`WAIT`]: the store is closed after it.
-    pub(crate) fn stop(mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let status = wait_exit(&mut child, "serve after SIGTERM");
-        assert_eq!(status.code(), Some(0), "{}", self.log_text());
+    /// Stops the server: everything durable, the store closed after it.
+    pub(crate) fn stop(self) {
+        self.server.stop();
     }
 }
 
@@ -202,15 +138,6 @@ fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
             panic!("{what} did not finish within {WAIT:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -356,7 +283,7 @@ fn assert_shows(html: &str, usage: &Value) {
 #[test]
 fn the_list_filters_sorts_and_escapes_and_unknown_accounts_are_404() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let serve = Serve::start(dir.path(), "memory", &policy_file(dir.path()));
+    let serve = Serve::start(Path::new("memory"), &policy_file(dir.path()));
     serve.subscribe("acme", "small");
     serve.subscribe("globex", "small");
     serve.subscribe("initech", "large");
@@ -469,7 +396,7 @@ fn the_page_and_the_cli_agree_to_the_credit() {
     let policy = policy_file(dir.path());
     let store = dir.path().join("state.redb");
     let store_arg = store.to_str().expect("utf-8 path");
-    let serve = Serve::start(dir.path(), store_arg, &policy);
+    let serve = Serve::start(&store, &policy);
     serve.subscribe("acme", "large");
     serve.leads("acme", "q1", &emails("lead", 700));
     serve.leads("acme", "q2", &emails("other", 137));
@@ -608,11 +535,7 @@ fn screenshot(profile: &Path, url: &str, path: &Path, size: &str) {
 fn chromium_renders_the_dashboard_of_a_live_serve() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = dir.path().join("state.redb");
-    let serve = Serve::start(
-        dir.path(),
-        store.to_str().expect("utf-8 path"),
-        &policy_file(dir.path()),
-    );
+    let serve = Serve::start(&store, &policy_file(dir.path()));
     // One near its limit, one exhausted, one fresh, and one named to inject.
     serve.subscribe("northwind", "small");
     serve.leads("northwind", "spring", &emails("n", 4));
@@ -785,7 +708,7 @@ fn readme_screenshots() {
     );
     assert!(output.status.success(), "{output:?}");
 
-    let serve = Serve::start(dir.path(), store_arg, &policy);
+    let serve = Serve::start(&store, &policy);
     for (account, campaigns) in [
         (
             "acme-outbound",

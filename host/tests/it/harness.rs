@@ -134,3 +134,72 @@ macro_rules! delegate_locks {
         }
     };
 }
+
+/// The server of `creditgate serve` ([`creditgate::serve::Server`]) run in this
+/// process, both listeners on `127.0.0.1:0`: for the tests that need no process
+/// boundary (no signal, no crash, no lock held by another process). Shut down
+/// (everything durable, the store closed) when stopped or dropped.
+pub struct InProcess {
+    tokio: tokio::runtime::Runtime,
+    server: Option<creditgate::serve::Server>,
+}
+
+impl InProcess {
+    /// Starts a server on `store` with `overrides` (their listeners, when unset,
+    /// on `127.0.0.1:0`); panics with the reason if it does not start.
+    pub fn start(overrides: creditgate::serve::Overrides, store: Arc<dyn Store>) -> InProcess {
+        use creditgate::serve::{Config, Listen, Server};
+        let any_port = Listen::At(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let overrides = creditgate::serve::Overrides {
+            postfix_listen: overrides.postfix_listen.or(Some(any_port)),
+            http_listen: overrides.http_listen.or(Some(any_port)),
+            ..overrides
+        };
+        let config = Config::load(None, overrides).unwrap_or_else(|e| panic!("config: {e}"));
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let server = tokio
+            .block_on(Server::start(&config, store))
+            .unwrap_or_else(|e| panic!("serve starts: {e}"));
+        InProcess {
+            tokio,
+            server: Some(server),
+        }
+    }
+
+    fn server(&self) -> &creditgate::serve::Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// `http://127.0.0.1:PORT` of the HTTP API.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.server().http_addr().expect("http is on"))
+    }
+
+    /// The Postfix policy listener's address.
+    pub fn postfix_addr(&self) -> std::net::SocketAddr {
+        self.server()
+            .postfix_addr()
+            .expect("the postfix listener is on")
+    }
+
+    /// Stops the server: requests in flight answered, everything durable, the
+    /// store closed once the caller's handles to it are gone.
+    pub fn stop(mut self) -> creditgate::serve::Stopped {
+        let server = self.server.take().expect("running");
+        let stopped = self.tokio.block_on(server.shutdown());
+        assert!(stopped.failure.is_none(), "{:?}", stopped.failure);
+        stopped
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.tokio.block_on(server.shutdown());
+        }
+    }
+}

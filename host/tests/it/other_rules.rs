@@ -9,6 +9,7 @@
 //! flag at 80%.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Output;
 
 use serde_json::{Value, json};
@@ -41,13 +42,7 @@ fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
     let store = dir.path().join("store.redb");
     let policy = dir.path().join("domains.policy");
     std::fs::write(&policy, POLICY).expect("writes the policy");
-    let store_arg = store.to_str().expect("a UTF-8 path");
-    let serve = Serve::start_with(
-        dir.path(),
-        store_arg,
-        &policy,
-        &[OsStr::new("--component"), wasm()],
-    );
+    let serve = Serve::start_with(&store, &policy, Some(Path::new(wasm())));
 
     serve.subscribe("acme", "small");
     serve.subscribe("beta", "small");

@@ -3,8 +3,8 @@
 //! peer never costs another its answers.
 
 use std::future::Future;
-use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use creditgate::request::Request;
 use creditgate::serve::{ServeOptions, serve_postfix};
 use creditgate::store::MemoryStore;
 use creditgate::time::now;
+use creditgate_testkit::serve::{ServeProcess, policy_request};
 
 const POLICY: &str = "[plans.small]\nlead_credits = 20\nemail_credits = 5\n";
 
@@ -574,96 +575,33 @@ fn shutdown_stops_accepting_and_closes_idle_connections() {
     });
 }
 
-/// A port free a moment ago: the binary must be told its port in advance.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("address").port()
-}
-
-/// `creditgate serve ARGS` on a free port, once it listens.
-fn spawn_serve(args: &[&str]) -> (std::process::Child, u16) {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
-        .arg("serve")
+/// `creditgate serve ARGS` with the Postfix listener only, once it listens; its
+/// log in `dir`.
+fn spawn_serve(dir: &Path, args: &[&str]) -> ServeProcess {
+    ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), dir.join("serve.log"))
         .args(args)
-        .args(["--postfix-listen", &format!("127.0.0.1:{port}")])
-        .args(["--http-listen", "off"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().expect("waits") {
-            panic!("serve exited before listening: {status}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve never listened");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
+        .http(false)
+        .start()
 }
 
-/// One request on a fresh blocking connection; its reply's action.
-fn ask_blocking(port: u16, request: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    stream.write_all(request.as_bytes()).expect("writes");
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 256];
-    while !reply.ends_with(b"\n\n") {
-        let n = stream.read(&mut buf).expect("reply in time");
-        assert!(n > 0, "closed without a reply");
-        reply.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&reply).trim_end().to_string()
-}
-
-fn signal(child: &std::process::Child, name: &str) {
-    let sent = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-}
-
-/// Sends SIGTERM and waits (bounded) for the exit; returns the status and stderr.
-fn stop(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
-    signal(&child, "TERM");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waits") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve did not stop after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("reads stderr");
-    (status, stderr)
+/// Stops serve with SIGTERM; its exit code and log.
+fn stop(serve: ServeProcess) -> (Option<i32>, String) {
+    let (status, log) = serve.terminate();
+    (status.and_then(|s| s.code()), log)
 }
 
 #[test]
 fn the_binary_answers_then_exits_cleanly_on_sigterm() {
-    let (child, port) = spawn_serve(&["--store", "memory", "--workers", "2"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let serve = spawn_serve(dir.path(), &["--store", "memory", "--workers", "2"]);
+    let port = serve.postfix_addr();
     // An account the (empty) store does not know: refused, fail closed.
     assert_eq!(
-        ask_blocking(port, &request("RCPT", "nobody", &[])),
+        policy_request(port, &request("RCPT", "nobody", &[])),
         "action=451 4.3.5 Sending account unknown to the credit policy"
     );
-    let (status, stderr) = stop(child);
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (status, stderr) = stop(serve);
+    assert_eq!(status, Some(0), "{stderr}");
     assert!(stderr.contains("listening on 127.0.0.1:"), "{stderr}");
     assert!(stderr.contains("decision latency"), "{stderr}");
 }
@@ -702,12 +640,13 @@ fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
         String::from_utf8_lossy(&subscribed.stderr)
     );
 
-    let (child, port) = spawn_serve(&["--store", store_arg, "--policy", policy_arg]);
+    let serve = spawn_serve(dir.path(), &["--store", store_arg, "--policy", policy_arg]);
+    let port = serve.postfix_addr();
     assert_eq!(
-        ask_blocking(port, &end_of_message("acme", "1", "A1")),
+        policy_request(port, &end_of_message("acme", "1", "A1")),
         "action=DUNNO"
     );
-    let exhausted = ask_blocking(port, &request("RCPT", "acme", &[]));
+    let exhausted = policy_request(port, &request("RCPT", "acme", &[]));
     assert!(exhausted.starts_with("action=DEFER 4.7.1"), "{exhausted}");
 
     // A broken policy is refused: the old one keeps answering.
@@ -716,9 +655,9 @@ fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
         "[plans.small]\nlead_credits = 1\nemail_credits = -3\n",
     )
     .expect("writes");
-    signal(&child, "HUP");
+    serve.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(ask_blocking(port, &request("RCPT", "acme", &[])).starts_with("action=DEFER"));
+    assert!(policy_request(port, &request("RCPT", "acme", &[])).starts_with("action=DEFER"));
 
     // A valid one takes effect between requests.
     std::fs::write(
@@ -726,9 +665,9 @@ fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
         "[plans.small]\nlead_credits = 1\nemail_credits = 5\n",
     )
     .expect("writes");
-    signal(&child, "HUP");
+    serve.signal("HUP");
     let deadline = Instant::now() + WAIT;
-    while ask_blocking(port, &request("RCPT", "acme", &[])) != "action=DUNNO" {
+    while policy_request(port, &request("RCPT", "acme", &[])) != "action=DUNNO" {
         assert!(
             Instant::now() < deadline,
             "the new policy never took effect"
@@ -736,12 +675,12 @@ fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        ask_blocking(port, &end_of_message("acme", "2", "A2")),
+        policy_request(port, &end_of_message("acme", "2", "A2")),
         "action=DUNNO"
     );
 
-    let (status, stderr) = stop(child);
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (status, stderr) = stop(serve);
+    assert_eq!(status, Some(0), "{stderr}");
     assert!(
         stderr.contains("email_credits: expected a non-negative integer"),
         "the refusal is logged: {stderr}"
