@@ -4,9 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +13,7 @@ use serde_json::{Value, json};
 use creditgate::gateway::Gateway;
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
 use creditgate::store::{MemoryStore, RedbStore, Store};
+use creditgate_testkit::serve::ServeProcess;
 
 const POLICY: &str = "\
 [plans.small]
@@ -790,65 +789,22 @@ fn racing_clients_over_http_get_exactly_the_limit_on_the_embedded_store() {
 
 // ---- through the binary: the real reloader and listeners ----------------------
 
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("address")
-}
-
-/// `creditgate serve` with only the HTTP API, once it answers.
-fn spawn_http(args: &[&str]) -> (std::process::Child, String) {
-    let addr = free_addr();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
-        .arg("serve")
+/// `creditgate serve` with only the HTTP API (and the Postfix unix socket, when
+/// asked), once it listens; its log in `dir`.
+fn spawn_http(dir: &Path, args: &[&str]) -> (ServeProcess, String) {
+    let serve = ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), dir.join("serve.log"))
         .args(args)
-        .args([
-            "--postfix-listen",
-            "off",
-            "--http-listen",
-            &addr.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let base = format!("http://{addr}");
-    let agent = agent();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while agent.get(format!("{base}/healthz")).call().is_err() {
-        if let Some(status) = child.try_wait().expect("waits") {
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut stderr);
-            }
-            panic!("serve exited before listening: {status}\n{stderr}");
-        }
-        assert!(Instant::now() < deadline, "serve never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, base)
+        .postfix(false)
+        .start();
+    let base = serve.http_url();
+    (serve, base)
 }
 
-fn terminate(mut child: std::process::Child) -> String {
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waits") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    stderr
+/// SIGTERM, then a clean exit; serve's log.
+fn terminate(serve: ServeProcess) -> String {
+    let (status, log) = serve.terminate();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+    log
 }
 
 #[test]
@@ -857,7 +813,7 @@ fn hot_reload_under_load_fails_no_request() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).expect("writes");
     let policy_arg = policy.to_str().expect("utf-8");
-    let (child, base) = spawn_http(&["--store", "memory", "--policy", policy_arg]);
+    let (child, base) = spawn_http(dir.path(), &["--store", "memory", "--policy", policy_arg]);
     let agent = agent();
     let post = |path: &str, body: Value| send(&agent, &base, "post", path, Some(&body.to_string()));
     assert_eq!(
@@ -930,12 +886,15 @@ fn the_binary_serves_postfix_on_a_unix_socket() {
     let socket = dir.path().join("policy.sock");
     // A stale socket file from a crashed run is replaced.
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("binds"));
-    let (child, _base) = spawn_http(&[
-        "--store",
-        "memory",
-        "--postfix-unix",
-        socket.to_str().expect("utf-8"),
-    ]);
+    let (child, _base) = spawn_http(
+        dir.path(),
+        &[
+            "--store",
+            "memory",
+            "--postfix-unix",
+            socket.to_str().expect("utf-8"),
+        ],
+    );
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

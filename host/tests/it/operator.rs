@@ -2,8 +2,9 @@
 //! against a running `creditgate serve` that holds it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Instant;
+use std::process::{Command, Output};
+
+use creditgate_testkit::serve::ServeProcess;
 
 use chrono::{Duration, Utc};
 
@@ -594,93 +595,36 @@ fn serve_check_validates_without_creating_the_store() {
 
 // ---- --server: the commands against a running gateway (issue 13.8) --------------
 
-/// How long serve gets to start or stop.
-const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
-
 /// `creditgate serve` on a redb store with only the HTTP API, on a port it binds
-/// itself (`127.0.0.1:0`), read back from its log.
+/// itself, read back from its log. A process, not the in-process server: the
+/// store is held by another process, as the commands' hints say.
 pub(crate) struct Gateway {
-    child: Option<Child>,
+    serve: ServeProcess,
     pub url: String,
-    log: PathBuf,
 }
 
 impl Gateway {
     pub(crate) fn start(dir: &Path, store: &Path, env: &[(&str, &str)]) -> Gateway {
-        let log = dir.join("serve.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_creditgate"));
-        command
-            .args([
-                "serve",
-                "--postfix-listen",
-                "off",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--store")
-            .arg(store)
-            .current_dir(repo())
-            .env_remove("CREDITGATE_ADMIN_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
+        let mut builder =
+            ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), dir.join("serve.log"))
+                .arg("--store")
+                .arg(store)
+                .current_dir(repo())
+                .env("RUST_LOG", "info")
+                .postfix(false);
         for (name, value) in env {
-            command.env(name, value);
+            builder = builder.env(name, value);
         }
-        let mut child = command.spawn().expect("serve starts");
-        let deadline = Instant::now() + WAIT;
-        let url = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(at) = text.find("listening on http://") {
-                let rest = &text[at + "listening on ".len()..];
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .expect("an address")
-                    .to_owned();
-            }
-            if let Some(status) = child.try_wait().expect("waits") {
-                panic!("serve exited before listening: {status}\n{text}");
-            }
-            assert!(Instant::now() < deadline, "serve never listened\n{text}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        let serve = builder.start();
         Gateway {
-            child: Some(child),
-            url,
-            log,
+            url: serve.http_url(),
+            serve,
         }
     }
 
     /// Stops serve with SIGTERM; its log.
-    pub(crate) fn stop(mut self) -> String {
-        let mut child = self.child.take().expect("running");
-        terminate(&mut child);
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
-        }
+    pub(crate) fn stop(self) -> String {
+        self.serve.terminate().1
     }
 }
 

@@ -14,11 +14,13 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use creditgate_testkit::serve::ServeProcess;
 
 use super::harness::creditgate_command;
 
@@ -466,7 +468,8 @@ fn angle(command: &str) -> String {
     command[start..end].to_ascii_lowercase()
 }
 
-/// A port free a moment ago, for a server that must be told its port in advance.
+/// A port free a moment ago, for Postfix's smtpd, which binds the port its
+/// configuration names and cannot be handed a bound socket.
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
     listener.local_addr().expect("address").port()
@@ -493,25 +496,20 @@ fn wait_until_listening(
 }
 
 /// `creditgate serve` on the test's store, with the account table and the
-/// `reject` action in its config file; its log goes to a file so that it can never
-/// block on a full pipe.
+/// `reject` action in its config file, on ports it binds itself; its log goes to
+/// a file so that it can never block on a full pipe.
 struct Serve {
-    child: Option<Child>,
+    serve: ServeProcess,
     port: u16,
-    http_port: u16,
-    log: PathBuf,
 }
 
 impl Serve {
     fn start(root: &Path, store: &Path, policy: &Path) -> Serve {
-        let (port, http_port) = (free_port(), free_port());
         let config = root.join("serve.toml");
-        // Its own HTTP port too: the default 8080 may be another serve's.
         std::fs::write(
             &config,
             format!(
-                "postfix_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
-                 store = {store:?}\npolicy = {policy:?}\n\
+                "store = {store:?}\npolicy = {policy:?}\n\
                  workers = 2\n\n\
                  [postfix.actions]\nexhausted = \"reject\"\nunknown_account = \"dunno\"\n\n\
                  [postfix.account_from.table]\nkey = \"sender_domain\"\n\
@@ -519,90 +517,46 @@ impl Serve {
             ),
         )
         .expect("writes serve.toml");
-        let log = root.join("serve.log");
-        let child = creditgate_command()
-            .arg("serve")
+        let serve = ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), root.join("serve.log"))
             .arg("--config")
             .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("creates serve.log"))
-            .spawn()
-            .expect("creditgate serve starts");
-        let mut serve = Serve {
-            child: Some(child),
-            port,
-            http_port,
-            log,
-        };
-        for port in [port, http_port] {
-            wait_until_listening(port, "creditgate serve", || {
-                let exited = serve.child.as_mut()?.try_wait().ok()??;
-                Some(format!("exited with {exited}"))
-            })
-            .unwrap_or_else(|e| panic!("{e}\n{}", serve.read_log()));
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .start();
+        Serve {
+            port: serve.postfix_addr().port(),
+            serve,
         }
-        serve
     }
 
     fn read_log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.serve.log_text()
     }
 
     /// `GET /v1/accounts/{account}/usage` from the HTTP API.
     fn usage(&self, account: &str) -> serde_json::Value {
-        let url = format!(
-            "http://127.0.0.1:{}/v1/accounts/{account}/usage",
-            self.http_port
+        let answer = self
+            .serve
+            .client()
+            .get(&format!("/v1/accounts/{account}/usage"));
+        assert_eq!(
+            answer.status,
+            200,
+            "{}\nserve's log:\n{}",
+            answer.body,
+            self.read_log()
         );
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(WAIT))
-            .build()
-            .into();
-        let mut response = agent
-            .get(&url)
-            .call()
-            .unwrap_or_else(|e| panic!("GET {url}: {e}\nserve's log:\n{}", self.read_log()));
-        response
-            .body_mut()
-            .read_json()
-            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+        answer.json()
     }
 
     /// SIGTERM, then a bounded wait for a clean exit, which closes the store for
     /// the commands that read it next. Returns serve's log.
-    fn stop(mut self) -> String {
-        let Some(mut child) = self.child.take() else {
-            return self.read_log();
-        };
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waits for serve") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("serve did not stop after SIGTERM:\n{}", self.read_log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let log = self.read_log();
-        assert!(status.success(), "serve exited with {status}:\n{log}");
+    fn stop(self) -> String {
+        let (status, log) = self.serve.terminate();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "serve exited with {status:?}:\n{log}"
+        );
         log
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
