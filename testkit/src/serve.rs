@@ -26,6 +26,9 @@ pub struct ServeBuilder {
 pub struct ServeProcess {
     child: Option<Child>,
     log: PathBuf,
+    /// Which listeners it was started with.
+    expect_postfix: bool,
+    expect_http: bool,
     postfix: Option<SocketAddr>,
     http: Option<SocketAddr>,
 }
@@ -96,7 +99,16 @@ impl ServeBuilder {
     }
 
     /// [`ServeBuilder::start`], the failure returned with serve's log.
-    pub fn try_start(mut self) -> Result<ServeProcess, String> {
+    pub fn try_start(self) -> Result<ServeProcess, String> {
+        let wait = self.wait;
+        let mut serve = self.spawn()?;
+        serve.wait_listening(wait)?;
+        Ok(serve)
+    }
+
+    /// Starts serve without waiting for it: for a test that kills it while it
+    /// starts. [`ServeProcess::wait_listening`] waits.
+    pub fn spawn(mut self) -> Result<ServeProcess, String> {
         let listen = |on: bool| if on { "127.0.0.1:0" } else { "off" };
         self.command
             .args(["--postfix-listen", listen(self.postfix)])
@@ -108,30 +120,14 @@ impl ServeBuilder {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot run {:?}: {e}", self.command.get_program()))?;
-        let mut serve = ServeProcess {
+        Ok(ServeProcess {
             child: Some(child),
             log: self.log,
+            expect_postfix: self.postfix,
+            expect_http: self.http,
             postfix: None,
             http: None,
-        };
-        let deadline = Instant::now() + self.wait;
-        loop {
-            let text = serve.log_text();
-            // `listening on 127.0.0.1:PORT (postfix policy)`; the unix socket's
-            // and the HTTP API's lines do not parse as a socket address.
-            serve.postfix = listening(&text, word);
-            serve.http = listening(&text, |rest| word(rest)?.strip_prefix("http://"));
-            if serve.postfix.is_some() == self.postfix && serve.http.is_some() == self.http {
-                return Ok(serve);
-            }
-            if let Some(status) = serve.child.as_mut().and_then(|c| c.try_wait().ok()?) {
-                return Err(format!("serve exited before listening: {status}\n{text}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("serve never listened\n{text}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 }
 
@@ -154,6 +150,31 @@ impl ServeProcess {
     /// A builder for `program serve` logging to `log`.
     pub fn builder(program: impl AsRef<OsStr>, log: impl Into<PathBuf>) -> ServeBuilder {
         ServeBuilder::new(program, log)
+    }
+
+    /// Waits up to `wait` until every listener serve was started with is bound
+    /// (its `listening on` lines, polled every 5 ms); the error holds its log.
+    pub fn wait_listening(&mut self, wait: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let text = self.log_text();
+            // `listening on 127.0.0.1:PORT (postfix policy)`; the unix socket's
+            // and the HTTP API's lines do not parse as a socket address.
+            self.postfix = listening(&text, word);
+            self.http = listening(&text, |rest| word(rest)?.strip_prefix("http://"));
+            if self.postfix.is_some() == self.expect_postfix
+                && self.http.is_some() == self.expect_http
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.try_wait() {
+                return Err(format!("serve exited before listening: {status}\n{text}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("serve never listened within {wait:?}\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The Postfix policy listener's address; panics when it is off.

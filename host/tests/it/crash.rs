@@ -39,13 +39,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use creditgate::store::{RedbStore, Store, journal_path};
+use creditgate_testkit::serve::ServeProcess;
 
 /// Client threads, each with its own HTTP agent and Postfix connection.
 const CLIENTS: usize = 6;
@@ -1194,112 +1195,50 @@ impl Files {
 
 /// A running `serve`; killed if the test leaves it behind.
 struct Serve {
-    child: Child,
+    process: ServeProcess,
     http: SocketAddr,
     postfix: SocketAddr,
     spawned: Instant,
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two ports free a moment ago (held together, so that they differ).
-fn free_addrs() -> (SocketAddr, SocketAddr) {
-    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    let (a, b) = (bind(), bind());
-    (
-        a.local_addr().expect("address"),
-        b.local_addr().expect("address"),
-    )
-}
-
-fn spawn(files: &Files) -> Serve {
-    let (http, postfix) = free_addrs();
-    let log = std::fs::File::create(&files.log).expect("creates the log");
-    let child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
-        .arg("serve")
+/// `serve` on the test's files, on ports it binds itself, not waited for: a
+/// kill may land anywhere in its start-up.
+fn spawn(files: &Files) -> ServeProcess {
+    ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), &files.log)
         .arg("--config")
         .arg(&files.config)
         .arg("--store")
         .arg(&files.store)
         .arg("--policy")
         .arg(&files.policy)
-        .args(["--postfix-listen", &postfix.to_string()])
-        .args(["--http-listen", &http.to_string()])
         .args(["--workers", WORKERS])
         .env("CREDITGATE_CACHE_DIR", &files.cache)
-        // Every refusal is logged at info; the listeners' lines tell whether a
-        // start-up kill landed before the server listened.
-        .env("RUST_LOG", "warn,creditgate::cli::serve=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
+        // Every refusal is logged at info; the listeners' lines say where serve
+        // listens, and whether a start-up kill landed before it did.
+        .env("RUST_LOG", "warn,creditgate::serve=info")
         .spawn()
-        .expect("serve starts");
-    Serve {
-        child,
-        http,
-        postfix,
-        spawned: Instant::now(),
-    }
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Why a start failed.
-enum Unready {
-    /// A port picked free was taken meanwhile: try others.
-    PortTaken,
-}
-
-/// Waits (bounded) until `serve` answers `/healthz`.
-fn ready(serve: &mut Serve, files: &Files) -> Result<(), Unready> {
-    let probe = agent(Duration::from_secs(2));
-    let base = format!("http://{}", serve.http);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok((200, _)) = http(&probe, &base, "GET", "/healthz", None) {
-            return Ok(());
-        }
-        if let Some(status) = serve.child.try_wait().expect("waits") {
-            let log = files.log_text();
-            if log.contains("cannot listen") {
-                return Err(Unready::PortTaken);
-            }
-            panic!("serve exited at start-up ({status}):\n{log}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not answer within {WAIT:?}:\n{}",
-            files.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Starts `serve` and waits until it answers.
+/// Starts `serve` and waits until it listens.
 fn start(files: &Files) -> Serve {
-    for _ in 0..5 {
-        let mut serve = spawn(files);
-        match ready(&mut serve, files) {
-            Ok(()) => return serve,
-            Err(Unready::PortTaken) => continue,
-        }
+    let spawned = Instant::now();
+    let mut process = spawn(files);
+    process
+        .wait_listening(WAIT)
+        .unwrap_or_else(|e| panic!("serve did not start: {e}"));
+    Serve {
+        http: process.http_addr(),
+        postfix: process.postfix_addr(),
+        process,
+        spawned,
     }
-    panic!("serve could not find free ports in 5 tries");
 }
 
 /// SIGKILL, then the exit (bounded).
-fn kill(serve: &mut Serve) -> Instant {
-    serve.child.kill().expect("SIGKILL");
+fn kill(serve: ServeProcess) -> Instant {
     let killed = Instant::now();
-    let deadline = killed + WAIT;
-    while serve.child.try_wait().expect("waits").is_none() {
-        assert!(Instant::now() < deadline, "serve outlived SIGKILL");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    serve.kill();
     killed
 }
 
@@ -1782,7 +1721,7 @@ fn serve_killed_at_random_moments_loses_and_oversells_nothing() {
         stats.in_flight, stats.errors, report.settled_applied, report.settled_not_applied
     );
     println!(
-        "crash test: restart latency (SIGKILL to /healthz answering), {} restarts: p50 {:?}, \
+        "crash test: restart latency (SIGKILL to listening again), {} restarts: p50 {:?}, \
          p90 {:?}, max {:?}; spawn to ready p50 {:?}",
         restarts.len(),
         percentile(&restarts, 50),
@@ -1856,16 +1795,16 @@ fn run(files: &Files, shared: &Shared, rng: &mut Rng, kills: u64, report: &mut R
     let mut held = BTreeMap::new();
     for k in 1..=kills {
         let at_start = serve.is_none() && rng.chance(30);
-        let mut running = match serve.take() {
+        let running = match serve.take() {
             Some(running) => running,
             None if at_start => {
                 // Somewhere between the exec and the first answer: before the store
                 // opens, during its recovery, or while the workers load the policy.
-                let mut child = spawn(files);
+                let child = spawn(files);
                 let typical = percentile(&report.starts, 50).max(Duration::from_millis(20));
                 let after = Duration::from_micros(rng.below(typical.as_micros() as u64 + 1));
                 std::thread::sleep(after);
-                last_kill = Some(kill(&mut child));
+                last_kill = Some(kill(child));
                 report.kills_at_start += 1;
                 if !files.log_text().contains("listening on") {
                     report.kills_before_listening += 1;
@@ -1889,8 +1828,7 @@ fn run(files: &Files, shared: &Shared, rng: &mut Rng, kills: u64, report: &mut R
         };
         shared.release(running.http, running.postfix, false);
         std::thread::sleep(Duration::from_millis(rng.between(100, 1200)));
-        last_kill = Some(kill(&mut running));
-        drop(running);
+        last_kill = Some(kill(running.process));
         report.kills_under_load += 1;
         shared.park_all();
         images.push(copy_image(files, k));
@@ -1898,7 +1836,7 @@ fn run(files: &Files, shared: &Shared, rng: &mut Rng, kills: u64, report: &mut R
 
     // The end: back up once more, every client retries acknowledged messages, then a
     // clean stop, and the file itself checked in-process and through the CLI.
-    let mut running = start(files);
+    let running = start(files);
     report.starts.push(running.spawned.elapsed());
     if let Some(killed) = last_kill {
         report.restarts.push(killed.elapsed());
@@ -1910,8 +1848,7 @@ fn run(files: &Files, shared: &Shared, rng: &mut Rng, kills: u64, report: &mut R
     compare_usage(&running, &held, rng, shared);
     shared.release(running.http, running.postfix, true);
     shared.wait_parked();
-    terminate(&mut running);
-    drop(running);
+    terminate(running);
     let held = check_image(&files.store, "the final file", shared, report);
     check_through_the_cli(files, &held, rng, shared);
     check_the_checker(files, &held, shared);
@@ -1981,21 +1918,13 @@ fn image_label(image: &Path) -> String {
 }
 
 /// SIGTERM, and a clean exit (bounded).
-fn terminate(serve: &mut Serve) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &serve.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = serve.child.try_wait().expect("waits") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(status.code(), Some(0), "serve's exit after SIGTERM");
+fn terminate(serve: Serve) {
+    let (status, log) = serve.process.terminate();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "serve's exit after SIGTERM:\n{log}"
+    );
 }
 
 /// The operator's view of the final file agrees with the image check.
