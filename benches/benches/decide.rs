@@ -13,6 +13,9 @@
 //! [`RedisServer`]) and is skipped, with a line saying so, when there is none on
 //! `PATH`.
 
+// Benchmarks time decisions without a sync each (clippy.toml keeps commands off it).
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};

@@ -8,6 +8,9 @@
 //! the store, and are kept for comparison. The redb store is made durable as
 //! `leads import` makes it.
 
+// Benchmarks time decisions without a sync each (clippy.toml keeps commands off it).
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 use std::io::Write as _;
 use std::sync::Arc;

@@ -174,6 +174,19 @@ pub enum DecideError {
     Contract(String),
 }
 
+/// Why [`Worker::decide_durable`] gave no answer. Nothing it decided is
+/// acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurableError {
+    #[error(transparent)]
+    Decide(#[from] DecideError),
+    /// Decided, but not made durable: a crash could take it back, so it is not
+    /// an answer.
+    #[error("the decision could not be made durable")]
+    Persist(#[source] crate::store::StoreError),
+}
+
 /// Checks what the WIT promises about a decision and that the types cannot say.
 fn check_decision(d: &Decision) -> Result<(), String> {
     if d.denied.is_some() && (d.charged > 0 || d.freed > 0 || !d.alerts.is_empty()) {
@@ -1230,6 +1243,23 @@ impl Worker {
                 })
             }
         }
+    }
+
+    /// Decides `request` and, unless it was denied, makes everything decided so
+    /// far durable before returning (alerts delivered after): what a one-shot
+    /// caller (a CLI command) reports is then never taken back by a crash, and no
+    /// caller can forget the sync. A gateway, which shares one sync among many
+    /// decisions, calls [`Worker::decide`] and persists by group instead.
+    pub fn decide_durable(
+        &mut self,
+        request: &Request,
+        now: i64,
+    ) -> Result<Decision, DurableError> {
+        let decision = self.decide(request, now)?;
+        if decision.denied.is_none() {
+            self.persist().map_err(DurableError::Persist)?;
+        }
+        Ok(decision)
     }
 
     /// Makes the effects of every decision so far durable, then delivers the

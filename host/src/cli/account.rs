@@ -238,7 +238,7 @@ impl AccountView {
 
 /// An account's usage now, from the local store; a denial is an error.
 pub(super) fn usage_of(worker: &mut Worker, account: &str) -> anyhow::Result<AccountView> {
-    let decision = worker.decide(
+    let decision = worker.decide_durable(
         &Request::Usage {
             account: account.to_owned(),
         },
@@ -292,7 +292,7 @@ fn change(
     let (mut worker, plans) = common
         .policy
         .worker_and_plans(common.store.open_as(create)?)?;
-    let decision = worker.decide(request, at)?;
+    let decision = worker.decide_durable(request, at)?;
     if let Some(mut denied) = Denied::of(account, &decision) {
         if decision.denied == Some(Reason::UnknownPlan) {
             let plans: Vec<String> = plans.iter().map(|p| quote(p)).collect();
@@ -304,7 +304,6 @@ fn change(
         }
         return Err(denied.into());
     }
-    worker.persist().context("making the change durable")?;
     let usage = decision
         .usage
         .as_ref()
@@ -358,7 +357,7 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
         let accounts = creditgate::inspect::accounts(&mut worker).context("listing accounts")?;
         let at = now();
         for account in accounts {
-            let decision = worker.decide(
+            let decision = worker.decide_durable(
                 &Request::Usage {
                     account: account.clone(),
                 },

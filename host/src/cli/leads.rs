@@ -390,7 +390,7 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         },
     };
     let decision = worker
-        .decide(&request, creditgate::time::now())
+        .decide_durable(&request, creditgate::time::now())
         .with_context(|| format!("account {:?}: no decision", args.account))?;
     if let Some(mut denied) = Denied::of(&args.account, &decision) {
         // Say what is wrong with the address, in the policy's words.
@@ -405,7 +405,6 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         }
         return Err(denied.into());
     }
-    worker.persist().context("making the deletion durable")?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&Outcome::from(&decision))?),
         Format::Text => println!("{}", deletion_text(&decision)),
@@ -454,7 +453,7 @@ fn run_list(args: ListArgs) -> anyhow::Result<Exit> {
         account: args.account.clone(),
     };
     let decision = worker
-        .decide(&usage, creditgate::time::now())
+        .decide_durable(&usage, creditgate::time::now())
         .with_context(|| format!("account {:?}: no decision", args.account))?;
     if decision.denied == Some(creditgate::bindings::Reason::UnknownAccount) {
         return Err(Denied::new(&args.account, "unknown_account").into());

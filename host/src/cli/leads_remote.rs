@@ -323,7 +323,7 @@ pub fn campaigns(args: CampaignsArgs) -> anyhow::Result<Exit> {
             let usage = Request::Usage {
                 account: args.account.clone(),
             };
-            let decision = worker.decide(&usage, creditgate::time::now())?;
+            let decision = worker.decide_durable(&usage, creditgate::time::now())?;
             if let Some(denied) = Denied::of(&args.account, &decision) {
                 return Err(denied.into());
             }

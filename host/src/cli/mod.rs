@@ -138,7 +138,7 @@ pub fn exit_of_error(err: &anyhow::Error) -> Exit {
 fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
     use creditgate::bindings::{GuestError, StateError};
     use creditgate::gateway::GatewayError;
-    use creditgate::runtime::DecideError;
+    use creditgate::runtime::{DecideError, DurableError};
 
     let decide = |e: &DecideError| {
         matches!(
@@ -150,6 +150,12 @@ fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
         matches!(e, StoreError::Unavailable(_) | StoreError::Locked { .. })
     } else if let Some(e) = e.downcast_ref::<DecideError>() {
         decide(e)
+    } else if let Some(e) = e.downcast_ref::<DurableError>() {
+        match e {
+            DurableError::Decide(e) => decide(e),
+            // Its source, the store's error, is judged as the next link.
+            _ => false,
+        }
     } else if let Some(e) = e.downcast_ref::<GatewayError>() {
         match e {
             GatewayError::Decide(e) => decide(e),

@@ -441,3 +441,56 @@ fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_ack
     assert_eq!(status, 200, "{body}");
     assert_eq!(api.usage().1["lead_credits"]["used"], 4);
 }
+
+/// A command decides through `decide_durable` (issue 18 item 4): it returns an
+/// allow only once it is durable, an allow it could not make durable is an
+/// error (and is not kept), and a denial, which changes nothing, needs no sync.
+#[test]
+fn decide_durable_answers_only_what_it_made_durable() {
+    use creditgate::runtime::{DecideError, DurableError};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("full.redb");
+    let disk = Disk::default();
+    let store = Arc::new(RedbStore::open_with(&path, disk.options()).expect("opens"));
+    let mut worker = harness::worker_on(store.clone(), POLICY);
+    let t = at("2026-03-01T00:00:00Z");
+    let subscribe = Request::Subscribe {
+        account: "acme".into(),
+        plan: "small".into(),
+        anchor: None,
+    };
+    let subscribed = worker.decide_durable(&subscribe, t).expect("decides");
+    assert_eq!(subscribed.denied, None);
+    let charged = worker
+        .decide_durable(&charge("acme", "m1"), t)
+        .expect("decides");
+    assert_eq!(charged.charged, 1);
+
+    disk.fill();
+    match worker.decide_durable(&charge("acme", "m2"), t) {
+        Err(DurableError::Persist(StoreError::Unavailable(_)) | DurableError::Decide(_)) => {}
+        other => panic!("an allow answered without a sync: {other:?}"),
+    }
+    let unknown = Request::Usage {
+        account: "nobody".into(),
+    };
+    match worker.decide_durable(&unknown, t) {
+        Ok(d) => assert_eq!(d.denied, Some(Reason::UnknownAccount)),
+        // The store refused the read too (it reopens at the first call).
+        Err(DurableError::Decide(DecideError::Policy(_))) => {}
+        Err(e) => panic!("a denial needs no sync: {e}"),
+    }
+    disk.free();
+    drop(worker);
+    drop(store);
+
+    // What was answered is there; what was refused is not.
+    let reopened: Arc<dyn Store> = Arc::new(RedbStore::open(&path).expect("opens"));
+    let mut worker = harness::worker_on(reopened, POLICY);
+    let usage = Request::Usage {
+        account: "acme".into(),
+    };
+    let d = worker.decide_durable(&usage, t).expect("decides");
+    assert_eq!(d.usage.expect("usage").email_credits.used, 1);
+}

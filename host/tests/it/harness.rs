@@ -179,13 +179,6 @@ impl InProcess {
         format!("http://{}", self.server().http_addr().expect("http is on"))
     }
 
-    /// The Postfix policy listener's address.
-    pub fn postfix_addr(&self) -> std::net::SocketAddr {
-        self.server()
-            .postfix_addr()
-            .expect("the postfix listener is on")
-    }
-
     /// Stops the server: requests in flight answered, everything durable, the
     /// store closed once the caller's handles to it are gone.
     pub fn stop(mut self) -> creditgate::serve::Stopped {

@@ -1,5 +1,8 @@
 //! The host's integration tests: one binary, one module per area.
 
+// Tests decide without syncing where durability is not what they are about.
+#![allow(clippy::disallowed_methods)]
+
 mod alerts;
 mod check;
 mod cli_remote;
