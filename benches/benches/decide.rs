@@ -17,10 +17,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::hint::black_box;
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -34,6 +31,7 @@ use creditgate::store::{CounterAdd, MemoryStore, RedbStore, RedisStore, Store};
 use creditgate_benches::NativeState;
 use creditgate_guest::engine::Engine;
 use creditgate_guest::policy::Policy;
+use creditgate_testkit::redis::RedisServer;
 
 const SMARTLEAD: &str = include_str!("../../policies/smartlead.toml");
 
@@ -264,7 +262,11 @@ fn gateways(c: &mut Criterion) {
             let mut redis: Option<(Gateway, RedisServer)> = None;
             group.bench_function("redis", |b| {
                 let (gateway, _) = redis.get_or_insert_with(|| {
-                    let server = RedisServer::start(&program);
+                    // No snapshots; the append-only file on, synced as configured.
+                    let server = RedisServer::start_program(
+                        &program,
+                        &["--appendonly", "yes", "--appendfsync", REDIS_APPENDFSYNC],
+                    );
                     let store = RedisStore::open(&format!("{}?prefix=bench", server.url()))
                         .unwrap_or_else(|e| panic!("connects to {}: {e}", server.url()));
                     (
@@ -284,89 +286,6 @@ fn on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|path| path.is_file())
-}
-
-/// A `redis-server` of the benchmark's own on a free loopback port, its files
-/// in a temp dir: no snapshots (`--save ""`), the append-only file on with
-/// `appendfsync` [`REDIS_APPENDFSYNC`]. Killed when dropped; never a system Redis.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start(program: &std::path::Path) -> RedisServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // The free port may be taken before the server binds it: try another.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free loopback port")
-                .port();
-            let mut child = Command::new(program)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--daemonize", "no", "--save", ""])
-                .args(["--appendonly", "yes", "--appendfsync", REDIS_APPENDFSYNC])
-                .arg("--dir")
-                .arg(dir.path())
-                .args(["--logfile", "redis.log"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-            if ready(&mut child, port) {
-                return RedisServer {
-                    child,
-                    port,
-                    _dir: dir,
-                };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let log = std::fs::read_to_string(dir.path().join("redis.log")).unwrap_or_default();
-        panic!("redis-server never answered PING:\n{log}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether the server on `port` answers PING within 10 s (false if it exited).
-fn ready(child: &mut Child, port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return false;
-        }
-        if ping(port) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-/// One inline `PING`; true on `+PONG`.
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
 }
 
 fn loading(c: &mut Criterion) {

@@ -998,8 +998,21 @@ impl Worker {
         self.notifier = notifier;
     }
 
+    /// The guest time a call about `addresses` addresses may take: the decision
+    /// budget, and 20 µs more per address, for the per-address work the guest does
+    /// (normalising, fingerprinting), so that a send to thousands of recipients
+    /// or a large lead batch is not cut off as a runaway.
+    fn budget_for(&self, addresses: usize) -> Duration {
+        let per_address =
+            Duration::from_micros(20).saturating_mul(u32::try_from(addresses).unwrap_or(u32::MAX));
+        self.config.decision_budget.saturating_add(per_address)
+    }
+
     fn decide_unchecked(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
-        let budget = self.config.decision_budget;
+        let budget = match request {
+            Request::SendEmail { to, .. } => self.budget_for(to.len()),
+            _ => self.config.decision_budget,
+        };
         self.make_room_for_handles()?;
         let account = self.account_handle(request.account())?;
         let campaign = match request {
@@ -1125,11 +1138,7 @@ impl Worker {
         emails: &[String],
         now: i64,
     ) -> Result<LeadBatch, DecideError> {
-        // A batch does per-address work in the guest (normalising, fingerprinting):
-        // its budget grows with its size.
-        let per_address = Duration::from_micros(20)
-            .saturating_mul(u32::try_from(emails.len()).unwrap_or(u32::MAX));
-        let budget = self.config.decision_budget.saturating_add(per_address);
+        let budget = self.budget_for(emails.len());
         self.make_room_for_handles()?;
         let handle = self.account_handle(account)?;
         let group = self.campaign_handle(campaign)?;

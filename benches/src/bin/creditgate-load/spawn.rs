@@ -13,10 +13,11 @@ use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail, ensure};
+use creditgate_testkit::serve::ServeProcess;
 
 use crate::mix::Mix;
 
@@ -38,14 +39,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often start-up is polled: the resolution of the start-up figure.
 const POLL: Duration = Duration::from_millis(2);
 
-/// A `creditgate serve` this process started, on a store in a temp dir.
+/// A `creditgate serve` this process started, on a store in a temp dir, on ports
+/// it bound itself (`127.0.0.1:0`, read back from its log).
 #[derive(Debug)]
 pub struct Spawned {
-    child: Option<Child>,
+    serve: Option<ServeProcess>,
     pub postfix: SocketAddr,
     pub http: Option<SocketAddr>,
     pub startup: Startup,
-    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -170,106 +171,60 @@ impl Spawned {
         seed(creditgate, &store, &policy, mix)?;
         let before_serve = listing(cache_dir.as_deref());
 
-        let postfix = free_port()?;
-        let log = dir.path().join("serve.log");
-        let mut command = Command::new(creditgate);
-        command
-            .arg("serve")
+        // The HTTP API is always on when this serve has one (on a port of its own,
+        // so that a run never collides with another serve on the default 8080).
+        let serves_http = serves_http(creditgate)?;
+        ensure!(
+            serves_http || !http,
+            "{} serve has no --http-listen: no HTTP API to load",
+            creditgate.display()
+        );
+        let mut builder = ServeProcess::builder(creditgate, dir.path().join("serve.log"))
             .arg("--store")
             .arg(&store)
             .arg("--policy")
             .arg(&policy)
-            .arg("--postfix-listen")
-            .arg(postfix.to_string());
+            .http(serves_http)
+            .wait(START_TIMEOUT);
         if let Some(workers) = workers {
-            command.arg("--workers").arg(workers.to_string());
+            builder = builder.arg("--workers").arg(workers.to_string());
         }
         if let Some(cache_dir) = cache_dir.as_ref().filter(|_| cold_start) {
-            command.env("CREDITGATE_CACHE_DIR", cache_dir);
+            builder = builder.env("CREDITGATE_CACHE_DIR", cache_dir);
         }
-        // A private serve: no admin token, whatever this shell exports, so that
-        // the reloads are not refused (and a short token does not stop the start).
-        command.env_remove("CREDITGATE_ADMIN_TOKEN");
-        // Always give the HTTP API its own free port when this serve has one, so
-        // that a run never collides with another serve on the default 8080.
-        let http = if serves_http(creditgate)? {
-            let addr = free_port()?;
-            command.arg("--http-listen").arg(addr.to_string());
-            Some(addr)
-        } else if http {
-            bail!(
-                "{} serve has no --http-listen: no HTTP API to load",
-                creditgate.display()
-            );
-        } else {
-            None
-        };
-        let stderr = std::fs::File::create(&log).context("creating serve.log")?;
         let spawned_at = Instant::now();
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {} serve", creditgate.display()))?;
-        let mut spawned = Spawned {
-            child: Some(child),
-            postfix,
-            http,
-            startup: Startup {
-                elapsed: Duration::ZERO,
-                cache: Cache::Warm,
-            },
-            log,
-            _dir: dir,
-        };
+        let mut serve = builder.spawn().map_err(anyhow::Error::msg)?;
+        serve
+            .wait_listening(START_TIMEOUT)
+            .map_err(anyhow::Error::msg)?;
+        let postfix = serve.postfix_addr();
         let probe = crate::postfix::rcpt_request(&mix.account(0));
-        spawned.wait_until(postfix, "answer a policy request", || {
-            ask(postfix, probe.as_bytes())
-        })?;
-        spawned.startup = Startup {
-            elapsed: spawned_at.elapsed(),
-            cache: Cache::classify(&before_seed, &before_serve, &listing(cache_dir.as_deref())),
-        };
-        if let Some(http) = http {
-            spawned.wait_until(http, "listen", || {
-                Ok(TcpStream::connect(http).is_ok().then_some(()))
-            })?;
-        }
-        Ok(spawned)
-    }
-
-    /// Polls `ready` until it gives `Some`, serve exits, or [`START_TIMEOUT`].
-    fn wait_until<T>(
-        &mut self,
-        addr: SocketAddr,
-        what: &str,
-        mut ready: impl FnMut() -> anyhow::Result<Option<T>>,
-    ) -> anyhow::Result<T> {
         let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(done) = ready()? {
-                return Ok(done);
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
+        while ask(postfix, probe.as_bytes())?.is_none() {
+            if let Some(status) = serve.try_wait() {
                 bail!(
-                    "serve exited with {status} before it did {what}:\n{}",
-                    self.log()
+                    "serve exited with {status} before it answered a policy request:\n{}",
+                    serve.log_text()
                 );
             }
             ensure!(
                 Instant::now() < deadline,
-                "serve did not {what} on {addr} within {START_TIMEOUT:?}:\n{}",
-                self.log()
+                "serve did not answer a policy request on {postfix} within {START_TIMEOUT:?}:\n{}",
+                serve.log_text()
             );
             std::thread::sleep(POLL);
         }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let startup = Startup {
+            elapsed: spawned_at.elapsed(),
+            cache: Cache::classify(&before_seed, &before_serve, &listing(cache_dir.as_deref())),
+        };
+        Ok(Spawned {
+            postfix,
+            http: serves_http.then(|| serve.http_addr()),
+            serve: Some(serve),
+            startup,
+            _dir: dir,
+        })
     }
 
     /// The directory of the spawned serve's store.
@@ -295,46 +250,24 @@ impl Spawned {
 
     /// CPU time `serve` has used so far, all its threads, user and system.
     pub fn cpu_time(&self) -> Option<Duration> {
-        cpu_time(self.child.as_ref()?.id())
+        cpu_time(self.serve.as_ref()?.pid())
     }
 
     /// SIGTERM, a bounded wait for the drain, and serve's own latency report (the
     /// end of its log).
     pub fn stop(mut self) -> anyhow::Result<String> {
-        let Some(mut child) = self.child.take() else {
+        let Some(serve) = self.serve.take() else {
             return Ok(String::new());
         };
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .context("running kill")?;
-        ensure!(sent.success(), "kill -TERM {} failed", child.id());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("serve did not stop within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let log = self.log();
-        ensure!(status.success(), "serve exited with {status}:\n{log}");
+        let (status, log) = serve.terminate();
+        ensure!(
+            status.is_some_and(|s| s.success()),
+            "serve did not stop cleanly after SIGTERM ({status:?}):\n{log}"
+        );
         let report = log
             .find("decision latency")
             .map_or(String::new(), |at| log[at..].to_owned());
         Ok(report)
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
