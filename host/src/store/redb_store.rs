@@ -614,7 +614,7 @@ impl Drop for Batching<'_> {
     fn drop(&mut self) {
         BATCHING.set(0);
         if std::thread::panicking() {
-            drop(self.0.batch().take());
+            drop(self.0.batch_slot().take());
         }
     }
 }
@@ -875,7 +875,7 @@ impl RedbStore {
     /// A read transaction on the open database.
     fn begin_read(&self, what: &str) -> Result<ReadTransaction, StoreError> {
         if self.batching() {
-            let db = self.batch().as_ref().map(|batch| batch.db.clone());
+            let db = self.batch_slot().as_ref().map(|batch| batch.db.clone());
             if let Some(db) = db {
                 return db.begin_read().ctx(what);
             }
@@ -895,7 +895,7 @@ impl RedbStore {
 
     // Only the batch's thread uses it while it runs, so a poisoned lock can only
     // hold a batch that thread left, which it then drops.
-    fn batch(&self) -> MutexGuard<'_, Option<Batch>> {
+    fn batch_slot(&self) -> MutexGuard<'_, Option<Batch>> {
         self.batch.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -1008,7 +1008,7 @@ impl RedbStore {
             };
         }
         if self.batching() {
-            let mut slot = self.batch();
+            let mut slot = self.batch_slot();
             let batch = slot
                 .as_mut()
                 .ok_or_else(|| unavailable(what, "no batch transaction"))?;
@@ -1102,7 +1102,7 @@ impl RedbStore {
             }
             let mut txn = open.db.begin_write().ctx(what).inspect_err(&mut fails)?;
             txn.set_durability(Durability::None).ctx(what)?;
-            *self.batch() = Some(Batch {
+            *self.batch_slot() = Some(Batch {
                 txn,
                 db: open.db.clone(),
                 payloads: Vec::new(),
@@ -1115,7 +1115,7 @@ impl RedbStore {
             }
             drop(batching);
             let batch = self
-                .batch()
+                .batch_slot()
                 .take()
                 .ok_or_else(|| unavailable(what, "the batch's transaction went missing"))?;
             if let Some(why) = batch.failed {
@@ -1275,7 +1275,7 @@ fn scopes_from<V: redb::Value + 'static>(
 macro_rules! reading {
     ($store:ident, $what:expr, |$txn:ident| $body:expr) => {
         if $store.batching() {
-            let slot = $store.batch();
+            let slot = $store.batch_slot();
             let batch = slot
                 .as_ref()
                 .ok_or_else(|| unavailable($what, "no batch transaction"))?;
@@ -2354,5 +2354,105 @@ mod tests {
             .member_remove("acme", "q1", "ann@x.io")
             .expect("removes");
         assert_eq!(removed.outcome, MemberRemoveOutcome::Released);
+    }
+
+    fn add(store: &RedbStore, amount: u64, limit: u64) -> Result<CounterAdded, StoreError> {
+        let add = crate::store::CounterAdd {
+            amount,
+            limit: Some(limit),
+            once: None,
+            expires_at: None,
+            now: 0,
+        };
+        store.counter_add("acme", "email", add)
+    }
+
+    /// A batch's writes are seen by its own thread at once (a decision sees what
+    /// the ones before it in the batch applied), by no other thread until the
+    /// batch ends, and are durable after one `persist`, through the journal.
+    #[test]
+    fn a_batch_is_seen_by_its_thread_at_once_and_by_others_when_it_ends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("batch.redb");
+        let store = std::sync::Arc::new(RedbStore::open(&path).expect("opens"));
+        assert!(store.batches());
+        let mut seen = Vec::new();
+        store
+            .batch(&mut || {
+                store.record_insert("acme", "plan", "pro").expect("inserts");
+                assert!(matches!(add(&store, 2, 5), Ok(CounterAdded::Applied(2))));
+                assert!(matches!(add(&store, 2, 5), Ok(CounterAdded::Applied(4))));
+                assert!(matches!(add(&store, 2, 5), Ok(CounterAdded::Refused(4))));
+                seen.push(store.record_get("acme", "plan").expect("reads"));
+                seen.push(
+                    store
+                        .counter_get("acme", "email", 0)
+                        .ok()
+                        .map(|v| v.to_string()),
+                );
+                let other = store.clone();
+                let outside = std::thread::spawn(move || {
+                    (
+                        other.record_get("acme", "plan").expect("reads"),
+                        other.counter_get("acme", "email", 0).expect("reads"),
+                    )
+                })
+                .join()
+                .expect("joins");
+                assert_eq!(
+                    outside,
+                    (None, 0),
+                    "another thread sees nothing of the batch yet"
+                );
+            })
+            .expect("the batch commits");
+        // The third addition was refused by the limit, as one call after another.
+        assert_eq!(seen, [Some("pro".to_string()), Some("4".to_string())]);
+        store.persist().expect("durable");
+        drop(store);
+        let store = RedbStore::open(&path).expect("opens again, replaying the journal");
+        assert_eq!(
+            store.record_get("acme", "plan").expect("reads").as_deref(),
+            Some("pro")
+        );
+        assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 4);
+    }
+
+    /// A write that fails inside a batch drops the whole batch: nothing of it is
+    /// visible or journaled, the writes after it are refused, and the store
+    /// goes on as before it.
+    #[test]
+    fn a_failed_write_drops_its_whole_batch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("batch.redb");
+        let store = RedbStore::open(&path).expect("opens");
+        add(&store, 1, 10).expect("adds");
+        store.persist().expect("durable");
+        let sequences = "\u{1}full";
+        let mut answers = Vec::new();
+        let batched = store.batch(&mut || {
+            answers.push(add(&store, 2, 10).is_ok());
+            // The alert log's sequence refuses to wrap: a failure inside `f`.
+            let txn = store.batch_slot();
+            let batch = txn.as_ref().expect("a batch is under way");
+            batch
+                .txn
+                .open_table(ALERT_SEQUENCES)
+                .expect("opens")
+                .insert(sequences, u64::MAX)
+                .expect("inserts");
+            drop(txn);
+            answers.push(store.alert_sequence(sequences).is_ok());
+            answers.push(add(&store, 3, 10).is_ok());
+        });
+        assert!(batched.is_err(), "the batch is dropped");
+        assert_eq!(answers, [true, false, false]);
+        assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 1);
+        assert!(matches!(add(&store, 4, 10), Ok(CounterAdded::Applied(_))));
+        store.persist().expect("durable");
+        drop(store);
+        let store = RedbStore::open(&path).expect("opens again");
+        assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 5);
+        assert_eq!(store.alert_sequence(sequences).expect("takes one"), 1);
     }
 }
