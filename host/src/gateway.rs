@@ -224,8 +224,11 @@ pub struct Gateway {
     /// Held for a whole reload: two at once would each prepare an instance per
     /// worker, past what the instance pool holds.
     reloading: Mutex<()>,
-    /// Requests that may write, submitted and not yet handed to the committer.
+    /// Requests that may write, submitted (taken by a worker, on a store that
+    /// batches) and not yet handed to the committer.
     undecided: Arc<AtomicUsize>,
+    /// Whether the write lane decides in store batches ([`Store::batches`]).
+    batches: bool,
     version: Arc<RwLock<Version>>,
     store: Arc<dyn Store>,
     stats: Arc<Mutex<GatewayStats>>,
@@ -349,6 +352,7 @@ impl Gateway {
             workers: writers + readers + BULK_WORKERS,
             reloading: Mutex::new(()),
             undecided,
+            batches,
             version,
             store,
             stats,
@@ -478,6 +482,9 @@ impl Gateway {
         let job = Job { work, now, reply };
         let sent = if job.work.op().is_read_only() {
             lanes.reads.send(job)
+        } else if self.batches {
+            // Counted once a worker takes it (see `work`).
+            lanes.writes.send(job)
         } else {
             self.undecided.fetch_add(1, Ordering::AcqRel);
             lanes.writes.send(job).inspect_err(|_| {
@@ -766,8 +773,22 @@ fn work(
             let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
             let Ok(first) = queue.recv() else { break };
             let mut jobs = vec![first];
+            // A batch of leads holds the writer for milliseconds on its own: it
+            // ends a batch, so that a batch holds at most one.
+            let heavy = |job: &Job| matches!(job.work, Work::AddLeads { .. });
+            while batches && jobs.len() < MAX_BATCH && !jobs.last().is_some_and(heavy) {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
             if batches {
-                jobs.extend(queue.try_iter().take(MAX_BATCH - 1));
+                // Jobs waiting in the queue are not counted: the committer waits
+                // for the batch being decided, whose jobs waited during the last
+                // sync, and not for those arriving meanwhile, which the next
+                // batch takes while this one syncs.
+                let writes = jobs.iter().filter(|j| !j.work.op().is_read_only());
+                shared.undecided.fetch_add(writes.count(), Ordering::AcqRel);
             }
             jobs
         };
