@@ -9,6 +9,13 @@
 //! wait on the disk themselves: two workers keep two cores busy while the disk
 //! syncs.
 //!
+//! On a store that batches ([`Store::batches`]: redb), one write worker takes
+//! every request waiting and decides them all in one store batch (one redb write
+//! transaction, journaled as a whole when it ends), then hands the whole batch to
+//! the committer at once: one transaction and one hand-over for many decisions
+//! instead of one each, while the previous batch syncs. Read-only requests keep
+//! lanes of their own either way.
+//!
 //! Reloads are versioned: a new policy (or component) is validated on a scratch
 //! instance first and refused whole if it fails; workers pick up the new version
 //! between requests, so a request in flight finishes on the version it started with.

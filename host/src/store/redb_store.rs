@@ -11,9 +11,12 @@
 //! [`super::group_commit`]). A checkpoint (one redb durable commit, after
 //! [`OpenOptions::checkpoint_records`] records or `checkpoint_bytes` bytes) lets
 //! the journal start again from its head; opening the store replays what redb
-//! does not hold yet. Table `journal` keeps the store's id, its boot count (one
-//! per opening) and the number of the last record whose effects redb holds,
-//! updated in the same transaction as those effects.
+//! does not hold yet. A batch ([`Store::batch`]) runs many primitives, those its
+//! thread calls, in one write transaction, committed and journaled when the
+//! batch ends; the thread's reads meanwhile read that transaction. Table
+//! `journal` keeps the store's id, its boot count (one per opening) and the
+//! number of the last record whose effects redb holds, updated in the same
+//! transaction as those effects.
 //!
 //! Tables (`&str` components compare bytewise, so scopes list in byte order):
 //!
@@ -1041,15 +1044,7 @@ impl RedbStore {
         let answer = self.with_db(what, |open| {
             let mut fails = |_: &StoreError| broken = Some(self.losses.load(Ordering::Acquire));
             let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let options = &self.options;
-            if open
-                .journal
-                .checkpoint_due(options.checkpoint_records, options.checkpoint_bytes)
-            {
-                checkpoint(open).inspect_err(&mut fails)?;
-            }
-            let mut txn = open.db.begin_write().ctx(what).inspect_err(&mut fails)?;
-            txn.set_durability(Durability::None).ctx(what)?;
+            let txn = self.begin_write(open, what, &mut fails)?;
             match f(&txn) {
                 Ok((answer, true)) => {
                     let seq = open.journal.next_seq();
@@ -1093,15 +1088,7 @@ impl RedbStore {
             let generation = self.losses.load(Ordering::Acquire);
             let mut fails = |_: &StoreError| broken = Some(generation);
             let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let options = &self.options;
-            if open
-                .journal
-                .checkpoint_due(options.checkpoint_records, options.checkpoint_bytes)
-            {
-                checkpoint(open).inspect_err(&mut fails)?;
-            }
-            let mut txn = open.db.begin_write().ctx(what).inspect_err(&mut fails)?;
-            txn.set_durability(Durability::None).ctx(what)?;
+            let txn = self.begin_write(open, what, &mut fails)?;
             *self.batch_slot() = Some(Batch {
                 txn,
                 db: open.db.clone(),
@@ -1150,6 +1137,27 @@ impl RedbStore {
             }
             (ran, _) => ran,
         }
+    }
+
+    /// A write transaction without durability, after a checkpoint if one is
+    /// due. Called with the writer lock held; `fails` hears of redb's own steps
+    /// failing.
+    fn begin_write(
+        &self,
+        open: &Open,
+        what: &str,
+        fails: &mut impl FnMut(&StoreError),
+    ) -> Result<WriteTransaction, StoreError> {
+        let options = &self.options;
+        if open
+            .journal
+            .checkpoint_due(options.checkpoint_records, options.checkpoint_bytes)
+        {
+            checkpoint(open).inspect_err(&mut *fails)?;
+        }
+        let mut txn = open.db.begin_write().ctx(what).inspect_err(&mut *fails)?;
+        txn.set_durability(Durability::None).ctx(what)?;
+        Ok(txn)
     }
 
     /// Writes and syncs the journal's records appended so far.
