@@ -9,6 +9,13 @@
 //! wait on the disk themselves: two workers keep two cores busy while the disk
 //! syncs.
 //!
+//! On a store that batches ([`Store::batches`]: redb), one write worker takes
+//! every request waiting and decides them all in one store batch (one redb write
+//! transaction, journaled as a whole when it ends), then hands the whole batch to
+//! the committer at once: one transaction and one hand-over for many decisions
+//! instead of one each, while the previous batch syncs. Read-only requests keep
+//! lanes of their own either way.
+//!
 //! Reloads are versioned: a new policy (or component) is validated on a scratch
 //! instance first and refused whole if it fails; workers pick up the new version
 //! between requests, so a request in flight finishes on the version it started with.
@@ -206,6 +213,12 @@ struct Lanes {
     bulk: Sender<Job>,
 }
 
+/// Most jobs a worker decides in one store batch ([`Store::batches`]).
+const MAX_BATCH: usize = 512;
+
+/// Write-lane workers on a store that batches.
+const BATCH_WRITERS: usize = 1;
+
 /// Longest a commit waits for requests already asked for to be decided, so that
 /// one disk sync covers them too (see [`commit`]).
 const GATHER_AT_MOST: Duration = Duration::from_millis(1);
@@ -218,8 +231,11 @@ pub struct Gateway {
     /// Held for a whole reload: two at once would each prepare an instance per
     /// worker, past what the instance pool holds.
     reloading: Mutex<()>,
-    /// Requests that may write, submitted and not yet handed to the committer.
+    /// Requests that may write, submitted (taken by a worker, on a store that
+    /// batches) and not yet handed to the committer.
     undecided: Arc<AtomicUsize>,
+    /// Whether the write lane decides in store batches ([`Store::batches`]).
+    batches: bool,
     version: Arc<RwLock<Version>>,
     store: Arc<dyn Store>,
     stats: Arc<Mutex<GatewayStats>>,
@@ -283,13 +299,17 @@ impl Gateway {
             Arc::new(Mutex::new(bulk_queue)),
         ];
         let undecided = Arc::new(AtomicUsize::new(0));
-        let (done, committed) = mpsc::channel::<Done>();
+        let (done, committed) = mpsc::channel::<Vec<Done>>();
         let stats = Arc::new(Mutex::new(GatewayStats::default()));
         let refusals = Arc::new(Mutex::new(VecDeque::new()));
         let notifier = Arc::new(OnceLock::new());
         let gate = Arc::new(CommitGate::default());
         let mut threads = Vec::new();
         let (writers, readers) = lanes(workers);
+        let batches = store.batches();
+        // One batch at a time holds the store's writer: a second writer would
+        // only take the jobs the first one's next batch would have taken.
+        let writers = if batches { BATCH_WRITERS } else { writers };
         for i in 0..writers + readers + BULK_WORKERS {
             let shared = Shared {
                 version: version.clone(),
@@ -314,7 +334,10 @@ impl Gateway {
                 )
             };
             let worker = worker_for(&version, &store)?;
-            threads.push(spawn(&name, move || work(i, worker, &queue, &shared)));
+            let batches = batches && i < writers;
+            threads.push(spawn(&name, move || {
+                work(i, worker, &queue, &shared, batches)
+            }));
         }
         drop(done);
         let committer = Committer {
@@ -336,6 +359,7 @@ impl Gateway {
             workers: writers + readers + BULK_WORKERS,
             reloading: Mutex::new(()),
             undecided,
+            batches,
             version,
             store,
             stats,
@@ -465,6 +489,9 @@ impl Gateway {
         let job = Job { work, now, reply };
         let sent = if job.work.op().is_read_only() {
             lanes.reads.send(job)
+        } else if self.batches {
+            // Counted once a worker takes it (see `work`).
+            lanes.writes.send(job)
         } else {
             self.undecided.fetch_add(1, Ordering::AcqRel);
             lanes.writes.send(job).inspect_err(|_| {
@@ -730,121 +757,193 @@ struct Done {
 struct Shared {
     version: Arc<RwLock<Version>>,
     store: Arc<dyn Store>,
-    done: Sender<Done>,
+    done: Sender<Vec<Done>>,
     stats: Arc<Mutex<GatewayStats>>,
     refusals: Arc<Mutex<VecDeque<Refusal>>>,
     gate: Arc<CommitGate>,
     undecided: Arc<AtomicUsize>,
 }
 
-fn work(index: usize, mut current: (Worker, u64), queue: &Mutex<Receiver<Job>>, shared: &Shared) {
-    let Shared {
-        version,
-        store,
-        done,
-        stats,
-        refusals,
-        gate,
-        undecided,
-    } = shared;
+/// A worker's loop. One that `batches` (the write lane's, on a store that
+/// [`Store::batches`]) takes every job waiting, up to [`MAX_BATCH`], and decides
+/// them in one store batch.
+fn work(
+    index: usize,
+    mut current: (Worker, u64),
+    queue: &Mutex<Receiver<Job>>,
+    shared: &Shared,
+    batches: bool,
+) {
     loop {
-        // One worker waits on the queue at a time; the others wait on the lock.
-        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = job else { break };
-        let prepared = {
-            let latest = version.read().unwrap_or_else(PoisonError::into_inner);
-            (latest.number != current.1).then(|| latest.take_prepared(index))
-        };
-        match prepared {
-            None => {}
-            Some(Some(next)) => current = next,
-            // Validated before it was published, so this only fails if instantiating
-            // fails; then the old version keeps serving.
-            Some(None) => {
-                stats
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .unprepared_switches += 1;
-                if let Ok(next) = worker_for(version, store) {
-                    current = next;
+        let jobs = {
+            // One worker waits on the queue at a time; the others wait on the lock.
+            let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let Ok(first) = queue.recv() else { break };
+            let mut jobs = vec![first];
+            // A batch of leads holds the writer for milliseconds on its own: it
+            // ends a batch, so that a batch holds at most one.
+            let heavy = |job: &Job| matches!(job.work, Work::AddLeads { .. });
+            while batches && jobs.len() < MAX_BATCH && !jobs.last().is_some_and(heavy) {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
                 }
             }
-        }
-        let worker = &mut current.0;
-        let (op, account) = (job.work.op(), job.work.account());
-        // A read-only decision writes nothing a commit could split, so it runs while
-        // a commit is syncing: an RCPT check never waits behind the disk.
-        let decision =
-            (!op.is_read_only()).then(|| gate.read().unwrap_or_else(PoisonError::into_inner));
-        let losses = store.losses();
-        let answer = match &job.work {
-            Work::Decide(request) => worker.decide(request, job.now).map(Answer::Decision),
-            Work::AddLeads {
-                account,
-                campaign,
-                emails,
-            } => worker
-                .add_leads(account, campaign, emails, job.now)
-                .map(Answer::Leads),
-            Work::EmailHistory { account, cycles } => worker
-                .email_history(account, *cycles, job.now)
-                .map(Answer::History),
-        };
-        let denied = match &answer {
-            Ok(Answer::Decision(d)) => d.denied,
-            Ok(Answer::Leads(b)) => b.denied,
-            _ => None,
-        };
-        // The worker logged them in the store with the decision, so they go into
-        // the same commit; they are delivered once it is durable.
-        let fired = worker.take_fired();
-        if let Some(reason) = denied {
-            let mut kept = refusals.lock().unwrap_or_else(PoisonError::into_inner);
-            if kept.len() == RECENT_REFUSALS {
-                kept.pop_front();
+            if batches {
+                // Jobs waiting in the queue are not counted: the committer waits
+                // for the batch being decided, whose jobs waited during the last
+                // sync, and not for those arriving meanwhile, which the next
+                // batch takes while this one syncs.
+                let writes = jobs.iter().filter(|j| !j.work.op().is_read_only());
+                shared.undecided.fetch_add(writes.count(), Ordering::AcqRel);
             }
-            kept.push_back(Refusal {
-                account: account.to_owned(),
-                op,
-                reason,
-                at: job.now,
+            jobs
+        };
+        switch_version(index, &mut current, shared);
+        let worker = &mut current.0;
+        let mut done = Vec::with_capacity(jobs.len());
+        if batches {
+            // Every decision of the batch in one store transaction: nothing of it
+            // is visible to other threads, nor journaled, until it all is, so no
+            // commit can land inside a decision and the gate is not needed.
+            let losses = shared.store.losses();
+            let mut jobs = jobs.into_iter();
+            let batched = shared.store.batch(&mut || {
+                done.extend(
+                    jobs.by_ref()
+                        .filter_map(|job| decide(worker, job, shared, losses)),
+                );
             });
+            if let Err(e) = batched {
+                let why = format!("the batch of decisions it was in was dropped: {e}");
+                for d in &mut done {
+                    if d.answer.is_ok() {
+                        d.answer = Err(GatewayError::Persist(why.clone()));
+                        d.alerts.clear();
+                    }
+                }
+            }
+        } else {
+            for job in jobs {
+                // A read-only decision writes nothing a commit could split, so it
+                // runs while a commit is syncing: an RCPT check never waits behind
+                // the disk.
+                let gate = (!job.work.op().is_read_only())
+                    .then(|| shared.gate.read().unwrap_or_else(PoisonError::into_inner));
+                let losses = shared.store.losses();
+                done.extend(decide(worker, job, shared, losses));
+                drop(gate);
+            }
         }
-        drop(decision);
-        let mut counted = stats.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(t) = worker.last_call() {
-            counted.latencies.record(t.op, t.total, t.in_store);
-        }
-        match &answer {
-            Err(DecideError::Trap(_) | DecideError::Restart(_)) => counted.traps += 1,
-            Err(DecideError::Timeout { .. }) => counted.timeouts += 1,
-            _ => {}
-        }
-        let answer = answer.map_err(GatewayError::from);
-        if op.is_read_only() {
-            // Nothing to make durable: a check at RCPT or a usage query is answered
-            // at once instead of waiting behind the next disk sync.
-            counted.count(op, outcome(&answer));
-            drop(counted);
-            let _ = job.reply.send(answer);
+        if done.is_empty() {
             continue;
         }
-        drop(counted);
-        let handed = done.send(Done {
-            op,
-            answer,
-            reply: job.reply,
-            decided_at: Instant::now(),
-            alerts: fired,
-            losses,
-        });
+        let count = done.len();
+        let handed = shared.done.send(done);
         // After the hand-over, so that a committer that sees no undecided request
         // has every decision in its channel.
-        undecided.fetch_sub(1, Ordering::AcqRel);
+        shared.undecided.fetch_sub(count, Ordering::AcqRel);
         if handed.is_err() {
             break;
         }
     }
+}
+
+/// Moves worker `index` to the version in force, if it is not on it yet.
+fn switch_version(index: usize, current: &mut (Worker, u64), shared: &Shared) {
+    let prepared = {
+        let latest = shared
+            .version
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        (latest.number != current.1).then(|| latest.take_prepared(index))
+    };
+    match prepared {
+        None => {}
+        Some(Some(next)) => *current = next,
+        // Validated before it was published, so this only fails if instantiating
+        // fails; then the old version keeps serving.
+        Some(None) => {
+            shared
+                .stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unprepared_switches += 1;
+            if let Ok(next) = worker_for(&shared.version, &shared.store) {
+                *current = next;
+            }
+        }
+    }
+}
+
+/// Decides `job`; a read-only one is answered at once, anything else is
+/// returned to be answered once durable. `losses` is [`Store::losses`] as read
+/// before the decision applied anything.
+fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option<Done> {
+    let Shared {
+        stats, refusals, ..
+    } = shared;
+    let (op, account) = (job.work.op(), job.work.account());
+    let answer = match &job.work {
+        Work::Decide(request) => worker.decide(request, job.now).map(Answer::Decision),
+        Work::AddLeads {
+            account,
+            campaign,
+            emails,
+        } => worker
+            .add_leads(account, campaign, emails, job.now)
+            .map(Answer::Leads),
+        Work::EmailHistory { account, cycles } => worker
+            .email_history(account, *cycles, job.now)
+            .map(Answer::History),
+    };
+    let denied = match &answer {
+        Ok(Answer::Decision(d)) => d.denied,
+        Ok(Answer::Leads(b)) => b.denied,
+        _ => None,
+    };
+    // The worker logged them in the store with the decision, so they go into
+    // the same commit; they are delivered once it is durable.
+    let fired = worker.take_fired();
+    if let Some(reason) = denied {
+        let mut kept = refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() == RECENT_REFUSALS {
+            kept.pop_front();
+        }
+        kept.push_back(Refusal {
+            account: account.to_owned(),
+            op,
+            reason,
+            at: job.now,
+        });
+    }
+    let mut counted = stats.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(t) = worker.last_call() {
+        counted.latencies.record(t.op, t.total, t.in_store);
+    }
+    match &answer {
+        Err(DecideError::Trap(_) | DecideError::Restart(_)) => counted.traps += 1,
+        Err(DecideError::Timeout { .. }) => counted.timeouts += 1,
+        _ => {}
+    }
+    let answer = answer.map_err(GatewayError::from);
+    if op.is_read_only() {
+        // Nothing to make durable: a check at RCPT or a usage query is answered
+        // at once instead of waiting behind the next disk sync.
+        counted.count(op, outcome(&answer));
+        drop(counted);
+        let _ = job.reply.send(answer);
+        return None;
+    }
+    drop(counted);
+    Some(Done {
+        op,
+        answer,
+        reply: job.reply,
+        decided_at: Instant::now(),
+        alerts: fired,
+        losses,
+    })
 }
 
 /// What the committer thread holds.
@@ -864,18 +963,17 @@ impl Committer {
     /// queued up during the previous sync), it waits for them, up to
     /// [`GATHER_AT_MOST`]. One sync then covers a whole wave of charges instead of
     /// the first few, which is what keeps the disk from capping throughput.
-    fn run(&self, committed: &Receiver<Done>) {
-        while let Ok(first) = committed.recv() {
-            let mut batch = vec![first];
+    fn run(&self, committed: &Receiver<Vec<Done>>) {
+        while let Ok(mut batch) = committed.recv() {
             let deadline = Instant::now() + GATHER_AT_MOST;
             loop {
-                batch.extend(committed.try_iter());
+                committed.try_iter().for_each(|more| batch.extend(more));
                 if self.undecided.load(Ordering::Acquire) == 0 {
                     break;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 match committed.recv_timeout(left) {
-                    Ok(done) => batch.push(done),
+                    Ok(more) => batch.extend(more),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }

@@ -423,6 +423,10 @@ impl Journal {
     /// written by `encode`. In memory only, until the next [`Journal::flush`].
     pub fn append(&self, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         let mut appends = poisoned(&self.appends);
+        self.push(&mut appends, seq, encode);
+    }
+
+    fn push(&self, appends: &mut Appends, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         debug_assert_eq!(seq, appends.next_seq);
         appends.next_seq = seq + 1;
         let start = appends.pending.len();
@@ -438,6 +442,20 @@ impl Journal {
         appends.pending[start..start + RECORD_HEADER].copy_from_slice(&head);
         appends.records += 1;
         appends.bytes += (RECORD_HEADER + len) as u64;
+    }
+
+    /// Appends records `first`, `first + 1`, ... (`first` must be
+    /// [`Journal::next_seq`]) whose payloads are `payloads` cut at `ends`: a
+    /// batch's records (see `RedbStore::batch`), under one lock.
+    pub fn append_all(&self, first: u64, payloads: &[u8], ends: &[usize]) {
+        let mut appends = poisoned(&self.appends);
+        debug_assert_eq!(first, appends.next_seq);
+        let mut start = 0;
+        for (seq, &end) in (first..).zip(ends) {
+            let payload = &payloads[start..end];
+            start = end;
+            self.push(&mut appends, seq, |out| out.extend_from_slice(payload));
+        }
     }
 
     /// Whether the journal holds enough since the last checkpoint that one is

@@ -249,6 +249,23 @@ pub trait Store: Send + Sync {
     /// succeeds: see [`Store::losses`].
     fn persist(&self) -> Result<(), StoreError>;
 
+    /// Runs `f`; a backend that [`Store::batches`] applies the write primitives
+    /// this thread calls inside it as one atomic step, visible to other threads
+    /// (and made durable by a later `persist`) only once `f` returns, while the
+    /// thread's own reads inside `f` see them at once. One transaction for many
+    /// decisions instead of one each. An error means the backend dropped all of
+    /// it: nothing `f` applied is kept, whatever the primitives answered.
+    /// Others run `f` with every primitive atomic on its own, and answer Ok.
+    fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+        f();
+        Ok(())
+    }
+
+    /// Whether [`Store::batch`] applies a batch as one step.
+    fn batches(&self) -> bool {
+        false
+    }
+
     /// How many times the store has lost effects it had applied and not yet made
     /// durable (a failed commit on redb drops them all: see [`RedbStore`]). A
     /// caller that reads it before applying effects and finds it changed after its

@@ -11,9 +11,12 @@
 //! [`super::group_commit`]). A checkpoint (one redb durable commit, after
 //! [`OpenOptions::checkpoint_records`] records or `checkpoint_bytes` bytes) lets
 //! the journal start again from its head; opening the store replays what redb
-//! does not hold yet. Table `journal` keeps the store's id, its boot count (one
-//! per opening) and the number of the last record whose effects redb holds,
-//! updated in the same transaction as those effects.
+//! does not hold yet. A batch ([`Store::batch`]) runs many primitives, those its
+//! thread calls, in one write transaction, committed and journaled when the
+//! batch ends; the thread's reads meanwhile read that transaction. Table
+//! `journal` keeps the store's id, its boot count (one per opening) and the
+//! number of the last record whose effects redb holds, updated in the same
+//! transaction as those effects.
 //!
 //! Tables (`&str` components compare bytewise, so scopes list in byte order):
 //!
@@ -283,7 +286,8 @@ enum Handle {
 
 /// The open database and its journal.
 struct Open {
-    db: Database,
+    /// Shared with the batch under way, if any (see [`Batch::db`]).
+    db: Arc<Database>,
     journal: Journal,
     /// Set when a commit fails: neither file is written any more.
     fence: Arc<AtomicBool>,
@@ -590,6 +594,52 @@ impl Drop for Replaying {
     }
 }
 
+thread_local! {
+    /// The address of the store whose batch ([`Store::batch`]) this thread is
+    /// running, or 0: that store's primitives called on this thread then run in
+    /// the batch's transaction.
+    static BATCHING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Clears [`BATCHING`] however the batch's closure ends; if by a panic, drops
+/// the batch too (its transaction aborts), which would otherwise hold redb's
+/// writer for good.
+struct Batching<'a>(&'a RedbStore);
+
+impl<'a> Batching<'a> {
+    fn start(store: &'a RedbStore) -> Self {
+        BATCHING.set(store.address());
+        Batching(store)
+    }
+}
+
+impl Drop for Batching<'_> {
+    fn drop(&mut self) {
+        BATCHING.set(0);
+        if std::thread::panicking() {
+            drop(self.0.batch_slot().take());
+        }
+    }
+}
+
+/// Write primitives applied in one redb transaction, which commits, and whose
+/// journal records are appended, when the batch ends (see [`Store::batch`]).
+struct Batch {
+    txn: WriteTransaction,
+    /// The database, for read transactions the batch's thread begins meanwhile
+    /// without taking the handle's lock again (which it holds, shared, for the
+    /// whole batch: a second shared lock behind a waiting exclusive one would
+    /// never be granted).
+    db: Arc<Database>,
+    /// The journal payloads of the primitives that changed anything, one after
+    /// the other, and where each ends.
+    payloads: Vec<u8>,
+    ends: Vec<usize>,
+    /// Set once a primitive failed after it may have applied part of its
+    /// effects: the batch applies nothing more and is dropped whole.
+    failed: Option<String>,
+}
+
 /// A [`Store`] in a redb database file.
 pub struct RedbStore {
     /// Every call holds it shared for as long as it uses the database (an
@@ -610,6 +660,8 @@ pub struct RedbStore {
     group: GroupCommit,
     /// The transaction journal records are replayed in, while one is.
     replaying: Mutex<Option<WriteTransaction>>,
+    /// The batch under way, if any; only its thread uses it meanwhile.
+    batch: Mutex<Option<Batch>>,
 }
 
 impl RedbStore {
@@ -639,6 +691,7 @@ impl RedbStore {
             writer: Mutex::new(()),
             group: GroupCommit::default(),
             replaying: Mutex::new(None),
+            batch: Mutex::new(None),
         };
         let open = store.open_and_replay(&store.options, None)?;
         *store.handle_mut() = Handle::Open(open);
@@ -688,7 +741,11 @@ impl RedbStore {
             migrate_alert_log(&txn).ctx(what)?;
             txn.commit().ctx(what)?;
         }
-        let open = Open { db, journal, fence };
+        let open = Open {
+            db: Arc::new(db),
+            journal,
+            fence,
+        };
         if replayed.applied > 0 {
             // The journal starts again empty, so that the next opening replays
             // nothing of it.
@@ -777,7 +834,11 @@ impl RedbStore {
         let sound = match handle {
             Handle::Open(open) => {
                 checkpoint(open)?;
-                open.db.check_integrity().ctx(what)?
+                // No batch can be under way (`&mut self`), so no one shares it.
+                Arc::get_mut(&mut open.db)
+                    .ok_or_else(|| unavailable(what, "the database is in use"))?
+                    .check_integrity()
+                    .ctx(what)?
             }
             Handle::Failed(failed) => return Err(refusal(&self.path, failed, what)),
         };
@@ -816,7 +877,29 @@ impl RedbStore {
 
     /// A read transaction on the open database.
     fn begin_read(&self, what: &str) -> Result<ReadTransaction, StoreError> {
+        if self.batching() {
+            let db = self.batch_slot().as_ref().map(|batch| batch.db.clone());
+            if let Some(db) = db {
+                return db.begin_read().ctx(what);
+            }
+        }
         self.with_db(what, |open| open.db.begin_read().ctx(what))
+    }
+
+    /// What tells this store apart in [`BATCHING`].
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Whether this thread is running a batch of this store.
+    fn batching(&self) -> bool {
+        BATCHING.get() == self.address()
+    }
+
+    // Only the batch's thread uses it while it runs, so a poisoned lock can only
+    // hold a batch that thread left, which it then drops.
+    fn batch_slot(&self) -> MutexGuard<'_, Option<Batch>> {
+        self.batch.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Closes the handle after a failed commit: what it applied and had not made
@@ -927,6 +1010,33 @@ impl RedbStore {
                 (_, false) => Err(corrupt(what, "the record changed nothing")),
             };
         }
+        if self.batching() {
+            let mut slot = self.batch_slot();
+            let batch = slot
+                .as_mut()
+                .ok_or_else(|| unavailable(what, "no batch transaction"))?;
+            if let Some(why) = &batch.failed {
+                return Err(unavailable(
+                    what,
+                    format!("refused: an earlier write of the same batch failed ({why})"),
+                ));
+            }
+            return match f(&batch.txn) {
+                Ok((answer, changed)) => {
+                    if changed {
+                        op().encode(&mut batch.payloads);
+                        batch.ends.push(batch.payloads.len());
+                    }
+                    Ok(answer)
+                }
+                Err(e) => {
+                    // `f` may have applied part of its effects, which only
+                    // dropping the whole transaction takes back.
+                    batch.failed = Some(e.to_string());
+                    Err(e)
+                }
+            };
+        }
         let mut primitive = self.group.begin();
         // redb's own steps failing (not `f`'s answer) is the file failing: what
         // the handle holds can no longer be made durable.
@@ -934,15 +1044,7 @@ impl RedbStore {
         let answer = self.with_db(what, |open| {
             let mut fails = |_: &StoreError| broken = Some(self.losses.load(Ordering::Acquire));
             let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let options = &self.options;
-            if open
-                .journal
-                .checkpoint_due(options.checkpoint_records, options.checkpoint_bytes)
-            {
-                checkpoint(open).inspect_err(&mut fails)?;
-            }
-            let mut txn = open.db.begin_write().ctx(what).inspect_err(&mut fails)?;
-            txn.set_durability(Durability::None).ctx(what)?;
+            let txn = self.begin_write(open, what, &mut fails)?;
             match f(&txn) {
                 Ok((answer, true)) => {
                     let seq = open.journal.next_seq();
@@ -967,6 +1069,95 @@ impl RedbStore {
             self.fail(e, generation);
         }
         answer
+    }
+
+    /// [`Store::batch`]: `f` runs with this thread's write primitives applied in
+    /// one transaction, committed (without durability) when `f` returns, their
+    /// journal records appended at once after it. Until then nothing of it is
+    /// visible to other threads nor in the journal, so a `persist` meanwhile can
+    /// never sync part of it, and dropping it takes back all of it.
+    fn run_batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+        if REPLAYING.get() || BATCHING.get() != 0 {
+            f();
+            return Ok(());
+        }
+        let what = "batch";
+        let mut f = Some(f);
+        let mut broken = None;
+        let ran = self.with_db(what, |open| {
+            let generation = self.losses.load(Ordering::Acquire);
+            let mut fails = |_: &StoreError| broken = Some(generation);
+            let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let txn = self.begin_write(open, what, &mut fails)?;
+            *self.batch_slot() = Some(Batch {
+                txn,
+                db: open.db.clone(),
+                payloads: Vec::new(),
+                ends: Vec::new(),
+                failed: None,
+            });
+            let batching = Batching::start(self);
+            if let Some(f) = f.take() {
+                f();
+            }
+            drop(batching);
+            let batch = self
+                .batch_slot()
+                .take()
+                .ok_or_else(|| unavailable(what, "the batch's transaction went missing"))?;
+            if let Some(why) = batch.failed {
+                // Nothing of it was visible nor journaled: dropping it is all.
+                let _ = batch.txn.abort();
+                return Err(unavailable(
+                    what,
+                    format!("a write failed, and the batch it was part of was dropped: {why}"),
+                ));
+            }
+            let Some(count) = batch.ends.len().checked_sub(1) else {
+                batch.txn.abort().ctx(what).inspect_err(&mut fails)?;
+                return Ok(());
+            };
+            let mut primitive = self.group.begin();
+            let first = open.journal.next_seq();
+            applied_through(&batch.txn, first + count as u64).inspect_err(&mut fails)?;
+            batch.txn.commit().ctx(what).inspect_err(&mut fails)?;
+            open.journal.append_all(first, &batch.payloads, &batch.ends);
+            primitive.committed = true;
+            Ok(())
+        });
+        if let (Some(generation), Err(e)) = (broken, &ran) {
+            self.fail(e, generation);
+        }
+        match (ran, f) {
+            // The store could not begin a batch (closed, and not reopened): the
+            // primitives run one by one, and each is refused or applied alone.
+            (Err(_), Some(f)) => {
+                f();
+                Ok(())
+            }
+            (ran, _) => ran,
+        }
+    }
+
+    /// A write transaction without durability, after a checkpoint if one is
+    /// due. Called with the writer lock held; `fails` hears of redb's own steps
+    /// failing.
+    fn begin_write(
+        &self,
+        open: &Open,
+        what: &str,
+        fails: &mut impl FnMut(&StoreError),
+    ) -> Result<WriteTransaction, StoreError> {
+        let options = &self.options;
+        if open
+            .journal
+            .checkpoint_due(options.checkpoint_records, options.checkpoint_bytes)
+        {
+            checkpoint(open).inspect_err(&mut *fails)?;
+        }
+        let mut txn = open.db.begin_write().ctx(what).inspect_err(&mut *fails)?;
+        txn.set_durability(Durability::None).ctx(what)?;
+        Ok(txn)
     }
 
     /// Writes and syncs the journal's records appended so far.
@@ -1086,6 +1277,26 @@ fn scopes_from<V: redb::Value + 'static>(
     Ok(())
 }
 
+/// Runs `$body` with `$txn` bound to a transaction to read in: the batch's,
+/// when this thread runs a batch of `$store` (so that a decision sees what the
+/// decisions before it in the batch applied), else a new read transaction.
+macro_rules! reading {
+    ($store:ident, $what:expr, |$txn:ident| $body:expr) => {
+        if $store.batching() {
+            let slot = $store.batch_slot();
+            let batch = slot
+                .as_ref()
+                .ok_or_else(|| unavailable($what, "no batch transaction"))?;
+            let $txn = &batch.txn;
+            $body
+        } else {
+            let txn = $store.begin_read($what)?;
+            let $txn = &txn;
+            $body
+        }
+    };
+}
+
 impl Store for RedbStore {
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
         check_name("owner", owner)?;
@@ -1163,10 +1374,11 @@ impl Store for RedbStore {
         check_name("scope", scope)?;
         check_name("key", key)?;
         let what = "record-get";
-        let txn = self.begin_read(what)?;
-        let records = txn.open_table(RECORDS).ctx(what)?;
-        let value = records.get((scope, key)).ctx(what)?;
-        Ok(value.map(|v| v.value().to_owned()))
+        reading!(self, what, |txn| {
+            let records = txn.open_table(RECORDS).ctx(what)?;
+            let value = records.get((scope, key)).ctx(what)?;
+            Ok(value.map(|v| v.value().to_owned()))
+        })
     }
 
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
@@ -1205,8 +1417,12 @@ impl Store for RedbStore {
         check_name("scope", scope)?;
         check_name("counter name", name)?;
         let what = "counter-get";
-        let txn = self.begin_read(what)?;
-        counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)
+        reading!(self, what, |txn| counter_of(
+            &txn.open_table(COUNTERS).ctx(what)?,
+            scope,
+            name,
+            now
+        ))
     }
 
     fn counter_add_guarded(
@@ -1280,14 +1496,15 @@ impl Store for RedbStore {
     ) -> Result<Option<Tally>, StoreError> {
         check_counter(scope, guard, name, None)?;
         let what = "counter-tally";
-        let txn = self.begin_read(what)?;
-        if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
-            return Ok(None);
-        }
-        Ok(Some(Tally {
-            counter: counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)?,
-            members: members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?,
-        }))
+        reading!(self, what, |txn| {
+            if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+                return Ok(None);
+            }
+            Ok(Some(Tally {
+                counter: counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)?,
+                members: members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?,
+            }))
+        })
     }
 
     fn member_add(
@@ -1552,13 +1769,22 @@ impl Store for RedbStore {
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
         check_name("scope", scope)?;
         let what = "member-count";
-        let txn = self.begin_read(what)?;
-        let counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
-        members_of(&counts, scope)
+        reading!(self, what, |txn| members_of(
+            &txn.open_table(SCOPE_MEMBERS).ctx(what)?,
+            scope
+        ))
     }
 
     fn persist(&self) -> Result<(), StoreError> {
         self.group.persist(|| self.flush())
+    }
+
+    fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+        self.run_batch(f)
+    }
+
+    fn batches(&self) -> bool {
+        true
     }
 
     fn losses(&self) -> u64 {
@@ -2136,5 +2362,105 @@ mod tests {
             .member_remove("acme", "q1", "ann@x.io")
             .expect("removes");
         assert_eq!(removed.outcome, MemberRemoveOutcome::Released);
+    }
+
+    fn add(store: &RedbStore, amount: u64, limit: u64) -> Result<CounterAdded, StoreError> {
+        let add = crate::store::CounterAdd {
+            amount,
+            limit: Some(limit),
+            once: None,
+            expires_at: None,
+            now: 0,
+        };
+        store.counter_add("acme", "email", add)
+    }
+
+    /// A batch's writes are seen by its own thread at once (a decision sees what
+    /// the ones before it in the batch applied), by no other thread until the
+    /// batch ends, and are durable after one `persist`, through the journal.
+    #[test]
+    fn a_batch_is_seen_by_its_thread_at_once_and_by_others_when_it_ends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("batch.redb");
+        let store = std::sync::Arc::new(RedbStore::open(&path).expect("opens"));
+        assert!(store.batches());
+        let mut seen = Vec::new();
+        store
+            .batch(&mut || {
+                store.record_insert("acme", "plan", "pro").expect("inserts");
+                assert!(matches!(add(&store, 2, 5), Ok(CounterAdded::Applied(2))));
+                assert!(matches!(add(&store, 2, 5), Ok(CounterAdded::Applied(4))));
+                assert!(matches!(add(&store, 2, 5), Ok(CounterAdded::Refused(4))));
+                seen.push(store.record_get("acme", "plan").expect("reads"));
+                seen.push(
+                    store
+                        .counter_get("acme", "email", 0)
+                        .ok()
+                        .map(|v| v.to_string()),
+                );
+                let other = store.clone();
+                let outside = std::thread::spawn(move || {
+                    (
+                        other.record_get("acme", "plan").expect("reads"),
+                        other.counter_get("acme", "email", 0).expect("reads"),
+                    )
+                })
+                .join()
+                .expect("joins");
+                assert_eq!(
+                    outside,
+                    (None, 0),
+                    "another thread sees nothing of the batch yet"
+                );
+            })
+            .expect("the batch commits");
+        // The third addition was refused by the limit, as one call after another.
+        assert_eq!(seen, [Some("pro".to_string()), Some("4".to_string())]);
+        store.persist().expect("durable");
+        drop(store);
+        let store = RedbStore::open(&path).expect("opens again, replaying the journal");
+        assert_eq!(
+            store.record_get("acme", "plan").expect("reads").as_deref(),
+            Some("pro")
+        );
+        assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 4);
+    }
+
+    /// A write that fails inside a batch drops the whole batch: nothing of it is
+    /// visible or journaled, the writes after it are refused, and the store
+    /// goes on as before it.
+    #[test]
+    fn a_failed_write_drops_its_whole_batch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("batch.redb");
+        let store = RedbStore::open(&path).expect("opens");
+        add(&store, 1, 10).expect("adds");
+        store.persist().expect("durable");
+        let sequences = "\u{1}full";
+        let mut answers = Vec::new();
+        let batched = store.batch(&mut || {
+            answers.push(add(&store, 2, 10).is_ok());
+            // The alert log's sequence refuses to wrap: a failure inside `f`.
+            let txn = store.batch_slot();
+            let batch = txn.as_ref().expect("a batch is under way");
+            batch
+                .txn
+                .open_table(ALERT_SEQUENCES)
+                .expect("opens")
+                .insert(sequences, u64::MAX)
+                .expect("inserts");
+            drop(txn);
+            answers.push(store.alert_sequence(sequences).is_ok());
+            answers.push(add(&store, 3, 10).is_ok());
+        });
+        assert!(batched.is_err(), "the batch is dropped");
+        assert_eq!(answers, [true, false, false]);
+        assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 1);
+        assert!(matches!(add(&store, 4, 10), Ok(CounterAdded::Applied(_))));
+        store.persist().expect("durable");
+        drop(store);
+        let store = RedbStore::open(&path).expect("opens again");
+        assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 5);
+        assert_eq!(store.alert_sequence(sequences).expect("takes one"), 1);
     }
 }
