@@ -4,11 +4,19 @@
 //! another.
 //!
 //! Memory stays bounded whatever the size of the file: rows are read one at a
-//! time, each at most [`MAX_ROW_BYTES`]; addresses go to the guest in batches of at
-//! most [`ImportOptions::batch`] addresses and [`MAX_BATCH_BYTES`]; and what the
-//! import remembers across batches is one 64-bit fingerprint per distinct contact
+//! time, each at most [`MAX_ROW_BYTES`], into a chunk of at most [`CHUNK_BYTES`]
+//! (the addresses only); addresses go to the guest in batches of at most
+//! [`ImportOptions::batch`] addresses and [`MAX_BATCH_BYTES`]; and what the
+//! import remembers across chunks is one 64-bit fingerprint per distinct contact
 //! (to tell duplicates within the file from contacts already in the campaign),
 //! some 20 bytes each in a hash set.
+//!
+//! A chunk is sent in the store's key order when that cannot change an outcome
+//! (the lead credits left cover every address in it, and the store is the
+//! import's alone): a random list then extends the store's B-trees at a few
+//! places per batch instead of rewriting pages all over them at every batch.
+//! Otherwise, and for small files, rows go in file order. See
+//! [`ImportOptions::sort_from`].
 //!
 //! Rows are split here rather than by a `csv::Reader` over the whole input, for
 //! two reasons. A `csv::Reader` holds a record whole, so one stray quote would make
@@ -281,7 +289,7 @@ impl ImportReport {
 pub struct Progress<'a> {
     /// Bytes of input consumed.
     pub bytes: u64,
-    /// Counts so far (rows read may run ahead of the outcomes by one batch).
+    /// Counts so far (rows read may run ahead of the outcomes by one chunk).
     pub report: &'a ImportReport,
 }
 
@@ -696,7 +704,8 @@ pub fn import<R: BufRead>(
 }
 
 /// [`import`], also calling `rejected` with every row not imported, in line order
-/// batch by batch (each batch's rows once its outcome is known). An error from
+/// batch by batch (each batch's rows once its outcome is known; chunk by chunk
+/// for a chunk sent in key order). An error from
 /// `rejected` (writing the rejected-rows file failed, say) stops the import like
 /// a read error: the batches before it are imported and durable.
 pub fn import_with<R: BufRead>(
@@ -1511,7 +1520,42 @@ impl<R: BufRead> Rows<R> {
             }
             let mut used = 0;
             let mut ended = false;
-            for &byte in chunk {
+            let mut rest = chunk;
+            while let Some(&byte) = rest.first() {
+                // A run of bytes that are neither quotes nor line ends, in a field
+                // not quoted, is taken whole: its last byte alone says where the
+                // splitter is after it (at a field's start after a separator).
+                if let Some(current) = row.as_mut()
+                    && matches!(quoting, Quoting::FieldStart | Quoting::Unquoted)
+                {
+                    let run = rest
+                        .iter()
+                        .position(|b| matches!(b, b'"' | b'\r' | b'\n'))
+                        .unwrap_or(rest.len());
+                    if let Some(&last) = rest[..run].last() {
+                        let separator = self
+                            .delimiter
+                            .map_or(DELIMITERS.contains(&last), |d| d == last);
+                        quoting = if separator {
+                            Quoting::FieldStart
+                        } else {
+                            Quoting::Unquoted
+                        };
+                        self.after_cr = false;
+                        if current.fits {
+                            if buf.len() + run <= MAX_ROW_BYTES {
+                                buf.extend_from_slice(&rest[..run]);
+                            } else {
+                                current.fits = false;
+                                buf.clear();
+                            }
+                        }
+                        used += run;
+                        rest = &rest[run..];
+                        continue;
+                    }
+                }
+                rest = &rest[1..];
                 let current = match row.as_mut() {
                     Some(current) => current,
                     // Line ends before a row are blank lines.
@@ -1670,7 +1714,11 @@ mod tests {
     /// Splits `data` into (line, fits, fields) per row.
     fn split(data: &[u8]) -> Vec<(u64, bool, Vec<String>)> {
         // A tiny buffer makes rows and line ends straddle reads.
-        let mut rows = Rows::new(io::BufReader::with_capacity(3, data), Some(b','));
+        split_with(data, 3)
+    }
+
+    fn split_with(data: &[u8], capacity: usize) -> Vec<(u64, bool, Vec<String>)> {
+        let mut rows = Rows::new(io::BufReader::with_capacity(capacity, data), Some(b','));
         let mut fields = Fields::new(b',');
         let mut out = Vec::new();
         while let Some(row) = rows.next(fields.buffer()).unwrap() {
@@ -1718,6 +1766,22 @@ mod tests {
             split(b"a\"b,\"c\"d,e\n"),
             vec![row(1, &["a\"b", "cd", "e"])]
         );
+    }
+
+    /// Runs of plain bytes are taken whole from the buffer (issue 15): a large
+    /// buffer, where they are long, splits as a tiny one does.
+    #[test]
+    fn rows_split_the_same_whatever_the_buffer() {
+        let mut data =
+            b"name,email\n\"Doe, \"\"Jo\"\"\r\nJr\",jo@x.io\r\n\r\nx,y\rab\"c,\"d\"e,f\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_ROW_BYTES - 2));
+        data.extend_from_slice(b",y\n");
+        data.extend(std::iter::repeat_n(b'x', MAX_ROW_BYTES - 1));
+        data.extend_from_slice(b",y\nlast,\"\"");
+        let small = split_with(&data, 3);
+        assert_eq!(split_with(&data, 1 << 20), small);
+        assert_eq!(small.len(), 7);
+        assert_eq!((small[4].1, small[5].1), (true, false));
     }
 
     #[test]

@@ -923,11 +923,12 @@ fn the_file_never_sits_in_memory() {
     );
 }
 
-/// A million contacts, in bounded memory: the import holds one row and one batch at
-/// a time, and redb's page cache is capped (128 MiB), so the peak does not grow
-/// with the file or the database. The addresses are random, as in real lists:
-/// every batch then lands all over the store's tables, the costly case for the
-/// store (issue 15). Slow in a debug build; `.ci/run` runs it in release:
+/// A million contacts, in bounded memory: the import holds one chunk of
+/// addresses (at most 80 MiB) and one batch at a time, and redb's page cache is
+/// capped (32 MiB for an import), so the peak does not grow with the file or
+/// the database. The addresses are random, as in real lists (issue 15): in file
+/// order every batch would land all over the store's tables; the chunk that
+/// puts them in key order is what this bounds. Slow in a debug build; `.ci/run` runs it in release:
 /// `cargo test --release -p creditgate --test it -- --ignored import`.
 #[test]
 #[ignore = "slow in a debug build; .ci/run runs it with --release"]
