@@ -4,11 +4,19 @@
 //! another.
 //!
 //! Memory stays bounded whatever the size of the file: rows are read one at a
-//! time, each at most [`MAX_ROW_BYTES`]; addresses go to the guest in batches of at
-//! most [`ImportOptions::batch`] addresses and [`MAX_BATCH_BYTES`]; and what the
-//! import remembers across batches is one 64-bit fingerprint per distinct contact
+//! time, each at most [`MAX_ROW_BYTES`], into a chunk of at most [`CHUNK_BYTES`]
+//! (the addresses only); addresses go to the guest in batches of at most
+//! [`ImportOptions::batch`] addresses and [`MAX_BATCH_BYTES`]; and what the
+//! import remembers across chunks is one 64-bit fingerprint per distinct contact
 //! (to tell duplicates within the file from contacts already in the campaign),
 //! some 20 bytes each in a hash set.
+//!
+//! A chunk is sent in the store's key order when that cannot change an outcome
+//! (the lead credits left cover every address in it, and the store is the
+//! import's alone): a random list then extends the store's B-trees at a few
+//! places per batch instead of rewriting pages all over them at every batch.
+//! Otherwise, and for small files, rows go in file order. See
+//! [`ImportOptions::sort_from`].
 //!
 //! Rows are split here rather than by a `csv::Reader` over the whole input, for
 //! two reasons. A `csv::Reader` holds a record whole, so one stray quote would make
@@ -101,6 +109,13 @@ pub struct ImportOptions {
     /// The field separator; `None`: the one of `,`, `;` and tab the header row
     /// holds most of (`,` if none).
     pub delimiter: Option<u8>,
+    /// Rows are read ahead in chunks (at most [`CHUNK_BYTES`]); a chunk of at
+    /// least this many addresses is applied in the store's key order when the
+    /// lead credits left cover all of them, which changes no outcome (see
+    /// [`import_with`]). `None`: always in file order, for a store other
+    /// callers may use meanwhile (credits taken by one of them could then run
+    /// out part way through a chunk, refusing rows out of file order).
+    pub sort_from: Option<usize>,
 }
 
 impl ImportOptions {
@@ -113,6 +128,7 @@ impl ImportOptions {
             batch: DEFAULT_BATCH,
             now,
             delimiter: None,
+            sort_from: Some(SORT_FROM),
         }
     }
 }
@@ -273,7 +289,7 @@ impl ImportReport {
 pub struct Progress<'a> {
     /// Bytes of input consumed.
     pub bytes: u64,
-    /// Counts so far (rows read may run ahead of the outcomes by one batch).
+    /// Counts so far (rows read may run ahead of the outcomes by one chunk).
     pub report: &'a ImportReport,
 }
 
@@ -688,7 +704,8 @@ pub fn import<R: BufRead>(
 }
 
 /// [`import`], also calling `rejected` with every row not imported, in line order
-/// batch by batch (each batch's rows once its outcome is known). An error from
+/// batch by batch (each batch's rows once its outcome is known; chunk by chunk
+/// for a chunk sent in key order). An error from
 /// `rejected` (writing the rejected-rows file failed, say) stops the import like
 /// a read error: the batches before it are imported and durable.
 pub fn import_with<R: BufRead>(
@@ -725,16 +742,18 @@ pub fn import_with<R: BufRead>(
         lines: Vec::with_capacity(options.batch),
         refused: Vec::new(),
         bytes: 0,
+        since_flush: 0,
         last_persist: Instant::now(),
         persist_took: Duration::ZERO,
         rejected,
     };
-    let mut since_flush = 0;
+    let mut chunk = Chunk::default();
     loop {
         let row = match rows.next(fields.buffer()) {
             Ok(Some(row)) if row.unterminated => {
                 // What was read before the quote is good: import it first.
                 let line = rows.quote_line();
+                import.chunk(&mut chunk, progress)?;
                 import.flush()?;
                 import.persist()?;
                 return Err(ImportError::UnterminatedQuote {
@@ -746,6 +765,7 @@ pub fn import_with<R: BufRead>(
             Ok(None) => break,
             Err(source) => {
                 // What was read before the failure is good: import it first.
+                import.chunk(&mut chunk, progress)?;
                 import.flush()?;
                 import.persist()?;
                 return Err(ImportError::Read {
@@ -755,41 +775,25 @@ pub fn import_with<R: BufRead>(
                 });
             }
         };
-        import.report.rows += 1;
         let field = row.fits.then(|| fields.parse().get(column)).flatten();
         let email = if row.fits {
             address(field)
         } else {
             Err(InvalidReason::RowTooLong)
         };
+        let at = rows.bytes();
         match email {
-            Ok(email) => import.push(email, row.line),
+            Ok(email) => chunk.push(row.line, at, email.as_bytes(), Pending::Address),
             Err(reason) => {
-                import.report.invalid_row(row.line, reason);
                 let value = field.map_or_else(String::new, rejected_value);
-                import.bytes += value.len();
-                import.refused.push(RejectedRow {
-                    line: row.line,
-                    value,
-                    reason: Rejection::Invalid(reason),
-                });
+                chunk.push(row.line, at, value.as_bytes(), Pending::Invalid(reason));
             }
         }
-        since_flush += 1;
-        // Counting rows rather than addresses keeps progress (and durability)
-        // moving through a long stretch of invalid rows too.
-        if since_flush >= options.batch || import.bytes >= MAX_BATCH_BYTES {
-            since_flush = 0;
-            import.flush()?;
-            progress(Progress {
-                bytes: rows.bytes(),
-                report: &import.report,
-            });
-            if import.persist_due() {
-                import.persist()?;
-            }
+        if chunk.full() {
+            import.chunk(&mut chunk, progress)?;
         }
     }
+    import.chunk(&mut chunk, progress)?;
     import.flush()?;
     import.persist()?;
     progress(Progress {
@@ -797,6 +801,136 @@ pub fn import_with<R: BufRead>(
         report: &import.report,
     });
     Ok(import.report)
+}
+
+/// Bytes of memory a [`Chunk`] may take (its addresses, and per row its entry
+/// and what sorting it needs): a million addresses of a typical list (25 bytes
+/// each) fit in one.
+pub const CHUNK_BYTES: usize = 80 << 20;
+
+/// redb's page cache for an import, in bytes (a gateway's is 128 MiB): the
+/// writes of a chunk in key order touch each page about once, so a large cache
+/// would only hold pages not read again, in memory the chunk needs.
+pub const STORE_CACHE_BYTES: usize = 32 << 20;
+
+/// Addresses a chunk must hold for [`ImportOptions::sort_from`]'s default:
+/// below it, the store's tables are touched in few places anyway.
+pub const SORT_FROM: usize = 20_000;
+
+/// What a row of a [`Chunk`] holds, and once decided, how it fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// An address for the policy.
+    Address,
+    /// No usable address; the bytes are the value the rejected-rows output shows.
+    Invalid(InvalidReason),
+    /// The policy's outcome for the address.
+    Decided(LeadOutcome),
+}
+
+/// One row of a [`Chunk`]: where it is, and its bytes in [`Chunk::arena`].
+#[derive(Debug, Clone, Copy)]
+struct ChunkRow {
+    line: u64,
+    /// Bytes of input consumed once the row was read, for progress.
+    at: u64,
+    start: u32,
+    len: u16,
+    state: Pending,
+}
+
+/// Rows read ahead of the policy, in file order, so that a large run of them
+/// can be applied in the store's key order (see [`Batches::chunk`]).
+#[derive(Debug, Default)]
+struct Chunk {
+    rows: Vec<ChunkRow>,
+    /// The bytes of every row's address (or rejected value), one after another.
+    arena: Vec<u8>,
+    addresses: usize,
+}
+
+/// What a chunk keeps per row beside the bytes: its entry, a sort key and
+/// index, and the contact's fingerprint.
+const CHUNK_ROW_BYTES: usize =
+    std::mem::size_of::<ChunkRow>() + std::mem::size_of::<(u64, u32)>() + 8;
+
+impl Chunk {
+    fn push(&mut self, line: u64, at: u64, bytes: &[u8], state: Pending) {
+        // Row values are at most MAX_NAME_LEN bytes (`address`, `rejected_value`),
+        // and a chunk is far below 4 GiB: neither conversion can fail.
+        let start = u32::try_from(self.arena.len()).unwrap_or(u32::MAX);
+        let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+        self.arena.extend_from_slice(bytes);
+        if state == Pending::Address {
+            self.addresses += 1;
+        }
+        self.rows.push(ChunkRow {
+            line,
+            at,
+            start,
+            len,
+            state,
+        });
+    }
+
+    fn full(&self) -> bool {
+        self.arena.len() + self.rows.len() * CHUNK_ROW_BYTES >= CHUNK_BYTES
+    }
+
+    fn bytes(&self, row: &ChunkRow) -> &[u8] {
+        let start = row.start as usize;
+        &self.arena[start..start + usize::from(row.len)]
+    }
+
+    /// A row's value as text (addresses and rejected values are UTF-8).
+    fn text(&self, row: &ChunkRow) -> String {
+        String::from_utf8(self.bytes(row).to_vec())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.arena.clear();
+        self.addresses = 0;
+    }
+}
+
+/// The indexes of a chunk's addresses in key order, as far as the first 8
+/// bytes of each ([`order_prefix`]) tell; rows of equal prefixes in file order.
+///
+/// Locality is what counts, not an exact order: addresses of one prefix are
+/// neighbours in the store's tables anyway, and the store sorts each batch
+/// itself. Comparing whole addresses would reach into the rows at every tie of
+/// a common prefix (`james.sm`), and took longer than the prefixes alone.
+fn key_order(chunk: &Chunk) -> Vec<u32> {
+    let mut keys: Vec<(u64, u32)> = Vec::with_capacity(chunk.addresses);
+    for (i, row) in chunk.rows.iter().enumerate() {
+        if row.state == Pending::Address {
+            // A chunk holds far fewer than 4 billion rows (CHUNK_BYTES).
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            keys.push((order_prefix(chunk.bytes(row)), i));
+        }
+    }
+    keys.sort_unstable();
+    keys.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The part of an address its place in key order is decided by: the policy
+/// normalises `<a@x.io>` and `A@X.io` as `a@x.io`, and the store orders its
+/// tables by the normalised contact. Only the order depends on this, never an
+/// outcome: a contact the policy normalises otherwise lands elsewhere, that's all.
+fn order_key(address: &[u8]) -> &[u8] {
+    address.strip_prefix(b"<").unwrap_or(address)
+}
+
+/// The first 8 bytes of [`order_key`], lowercased, as a number that orders as
+/// they do (shorter keys padded with zeroes, which order first).
+fn order_prefix(address: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    for (to, from) in bytes.iter_mut().zip(order_key(address)) {
+        *to = from.to_ascii_lowercase();
+    }
+    u64::from_be_bytes(bytes)
 }
 
 /// A field as the rejected-rows output shows it: lossily decoded, cut at
@@ -947,6 +1081,8 @@ struct Batches<'w, 'o, 'r> {
     /// Rows of this batch refused before the policy saw them.
     refused: Vec<RejectedRow>,
     bytes: usize,
+    /// Rows since the last batch was sent, in file order.
+    since_flush: usize,
     /// When the last durable point ended, and how long it took.
     last_persist: Instant,
     persist_took: Duration,
@@ -960,12 +1096,211 @@ impl Batches<'_, '_, '_> {
         self.lines.push(line);
     }
 
-    /// Sends the batch to the guest (one call, one store transaction) and counts
-    /// its outcomes.
-    fn flush(&mut self) -> Result<(), ImportError> {
-        let (Some(&first_line), Some(&last_line)) = (self.lines.first(), self.lines.last()) else {
-            return self.reject(Vec::new());
+    /// Imports the rows of `chunk` and empties it: in the store's key order
+    /// when that cannot change an outcome (see [`Batches::sortable`]), else in
+    /// file order, batch by batch.
+    fn chunk(
+        &mut self,
+        chunk: &mut Chunk,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<(), ImportError> {
+        if chunk.rows.is_empty() {
+            return Ok(());
+        }
+        let sorted = self
+            .options
+            .sort_from
+            .is_some_and(|from| chunk.addresses >= from.max(1));
+        if sorted {
+            // The batch begun in file order goes first: the credits left are
+            // known once it is decided.
+            self.flush()?;
+        }
+        let result = if sorted && self.sortable(chunk.addresses) {
+            self.in_key_order(chunk, progress)
+        } else {
+            self.in_file_order(chunk, progress)
         };
+        chunk.clear();
+        result
+    }
+
+    /// Whether `addresses` new contacts fit in the lead credits left, so that
+    /// none of them can be refused for want of credits, whatever their order.
+    ///
+    /// Then the order in which the policy decides a chunk's addresses changes
+    /// no outcome: each is decided on what the store held before the chunk,
+    /// but for repeats of a contact within it, which [`Batches::in_key_order`]
+    /// counts in file order. The store is the import's alone meanwhile (the CLI
+    /// sorts only for a redb file, which one process holds at a time), so no
+    /// other caller takes credits between the check and the batches.
+    fn sortable(&self, addresses: usize) -> bool {
+        let Some(credits) = &self.report.lead_credits else {
+            return false;
+        };
+        match credits.limit {
+            crate::replay::LimitJson::Count(limit) => {
+                limit.saturating_sub(credits.used) >= addresses as u64
+            }
+            crate::replay::LimitJson::Unlimited(_) => true,
+        }
+    }
+
+    /// Imports a chunk's rows in file order, as they were read.
+    fn in_file_order(
+        &mut self,
+        chunk: &Chunk,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<(), ImportError> {
+        for row in &chunk.rows {
+            self.report.rows += 1;
+            match row.state {
+                Pending::Invalid(reason) => {
+                    self.report.invalid_row(row.line, reason);
+                    let value = chunk.text(row);
+                    self.bytes += value.len();
+                    self.refused.push(RejectedRow {
+                        line: row.line,
+                        value,
+                        reason: Rejection::Invalid(reason),
+                    });
+                }
+                Pending::Address | Pending::Decided(_) => self.push(chunk.text(row), row.line),
+            }
+            self.since_flush += 1;
+            // Counting rows rather than addresses keeps progress (and durability)
+            // moving through a long stretch of invalid rows too.
+            if self.since_flush >= self.options.batch || self.bytes >= MAX_BATCH_BYTES {
+                self.flush()?;
+                progress(Progress {
+                    bytes: row.at,
+                    report: &self.report,
+                });
+                if self.persist_due() {
+                    self.persist()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Imports a chunk's addresses in the store's key order, then counts every
+    /// row in file order.
+    ///
+    /// A random list sent in file order lands each batch all over the store's
+    /// tables, so that every batch rewrites most of their pages (a million
+    /// random addresses took 42 s, 41x `sort -u`, issue 15); in key order, each
+    /// batch extends a run of neighbouring keys, and the tables are written
+    /// about once. Only the order of the store's writes changes: every address
+    /// is decided on what the store held before the chunk (see
+    /// [`Batches::sortable`]), and the outcomes are counted in file order.
+    /// Which of two spellings of one contact comes first in key order may not
+    /// be the first in the file: the one decided first (added, or joined) is
+    /// counted for the first row of the file, and the other as its repeat.
+    ///
+    /// Should the policy fail on a batch, the batches of the chunk before it
+    /// are applied and durable, but not counted: the error says so.
+    fn in_key_order(
+        &mut self,
+        chunk: &mut Chunk,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<(), ImportError> {
+        let done = self.report.rows;
+        for row in &chunk.rows {
+            self.report.rows += 1;
+            if let Pending::Invalid(reason) = row.state {
+                self.report.invalid_row(row.line, reason);
+                self.refused.push(RejectedRow {
+                    line: row.line,
+                    value: chunk.text(row),
+                    reason: Rejection::Invalid(reason),
+                });
+            }
+        }
+        let order = key_order(chunk);
+        let at = chunk.rows.last().map_or(0, |r| r.at);
+        let mut contacts = vec![0u64; chunk.rows.len()];
+        let mut indexes: Vec<usize> = Vec::with_capacity(self.options.batch);
+        let mut next = order.iter().peekable();
+        while next.peek().is_some() {
+            indexes.clear();
+            let mut bytes = 0;
+            while let Some(&&i) = next.peek() {
+                let row = &chunk.rows[i as usize];
+                if indexes.len() >= self.options.batch
+                    || (!indexes.is_empty() && bytes + usize::from(row.len) > MAX_BATCH_BYTES)
+                {
+                    break;
+                }
+                next.next();
+                bytes += usize::from(row.len);
+                indexes.push(i as usize);
+                self.emails.push(chunk.text(row));
+                self.lines.push(row.line);
+            }
+            let batch = self.decide(done)?;
+            for (result, &i) in batch.results.iter().zip(&indexes) {
+                chunk.rows[i].state = Pending::Decided(result.outcome);
+                contacts[i] = result.contact;
+            }
+            self.emails.clear();
+            self.lines.clear();
+            progress(Progress {
+                bytes: at,
+                report: &self.report,
+            });
+            if self.persist_due() {
+                self.persist()?;
+            }
+        }
+        drop(order);
+
+        // Counted in file order. A contact added (or joined) by a row that is not
+        // its first in the file was decided before its first row, which the store
+        // then found in the campaign: that first row is the one added.
+        let mut first_rows_in_campaign = 0u64;
+        let mut refused = std::mem::take(&mut self.refused);
+        for (row, &contact) in chunk.rows.iter().zip(&contacts) {
+            let Pending::Decided(outcome) = row.state else {
+                continue;
+            };
+            let repeat_decided_first = matches!(outcome, LeadOutcome::Added | LeadOutcome::Joined)
+                && first_rows_in_campaign > 0
+                && self.seen.contains(&contact);
+            if repeat_decided_first {
+                first_rows_in_campaign -= 1;
+                self.report.already_in_campaign -= 1;
+                match outcome {
+                    LeadOutcome::Added => self.report.uploaded += 1,
+                    _ => self.report.in_other_campaign += 1,
+                }
+                self.report.duplicates_in_file += 1;
+                refused.push(RejectedRow {
+                    line: row.line,
+                    value: chunk.text(row),
+                    reason: Rejection::DuplicateInFile,
+                });
+                continue;
+            }
+            let result = LeadResult { outcome, contact };
+            let before = self.report.already_in_campaign;
+            if let Some(reason) = count(&mut self.report, &mut self.seen, &result, row.line) {
+                refused.push(RejectedRow {
+                    line: row.line,
+                    value: chunk.text(row),
+                    reason,
+                });
+            }
+            first_rows_in_campaign += self.report.already_in_campaign - before;
+        }
+        self.reject(refused)
+    }
+
+    /// Sends the batch to the guest (one call, one store transaction) and
+    /// checks its answer; `done` is what an error says was processed before.
+    fn decide(&mut self, done: u64) -> Result<LeadBatch, ImportError> {
+        let first_line = self.lines.iter().copied().min().unwrap_or(0);
+        let last_line = self.lines.iter().copied().max().unwrap_or(0);
         let options = self.options;
         let answer = self.worker.add_leads(
             &options.account,
@@ -976,7 +1311,6 @@ impl Batches<'_, '_, '_> {
         let batch: LeadBatch = match answer {
             Ok(batch) => batch,
             Err(source) => {
-                let done = self.report.rows - self.emails.len() as u64;
                 self.persist()?;
                 return Err(ImportError::Decide {
                     first_line,
@@ -1004,6 +1338,21 @@ impl Batches<'_, '_, '_> {
                 got: batch.results.len(),
             });
         }
+        if let Some(usage) = &batch.usage {
+            self.report.lead_credits = Some(UsageJson::from(usage).lead_credits);
+        }
+        Ok(batch)
+    }
+
+    /// Sends the batch to the guest (one call, one store transaction) and counts
+    /// its outcomes.
+    fn flush(&mut self) -> Result<(), ImportError> {
+        self.since_flush = 0;
+        if self.lines.is_empty() {
+            return self.reject(Vec::new());
+        }
+        let done = self.report.rows - self.emails.len() as u64;
+        let batch = self.decide(done)?;
         let mut refused = Vec::new();
         for ((result, &line), email) in batch.results.iter().zip(&self.lines).zip(&self.emails) {
             if let Some(reason) = count(&mut self.report, &mut self.seen, result, line) {
@@ -1013,9 +1362,6 @@ impl Batches<'_, '_, '_> {
                     reason,
                 });
             }
-        }
-        if let Some(usage) = &batch.usage {
-            self.report.lead_credits = Some(UsageJson::from(usage).lead_credits);
         }
         self.emails.clear();
         self.lines.clear();
@@ -1174,7 +1520,42 @@ impl<R: BufRead> Rows<R> {
             }
             let mut used = 0;
             let mut ended = false;
-            for &byte in chunk {
+            let mut rest = chunk;
+            while let Some(&byte) = rest.first() {
+                // A run of bytes that are neither quotes nor line ends, in a field
+                // not quoted, is taken whole: its last byte alone says where the
+                // splitter is after it (at a field's start after a separator).
+                if let Some(current) = row.as_mut()
+                    && matches!(quoting, Quoting::FieldStart | Quoting::Unquoted)
+                {
+                    let run = rest
+                        .iter()
+                        .position(|b| matches!(b, b'"' | b'\r' | b'\n'))
+                        .unwrap_or(rest.len());
+                    if let Some(&last) = rest[..run].last() {
+                        let separator = self
+                            .delimiter
+                            .map_or(DELIMITERS.contains(&last), |d| d == last);
+                        quoting = if separator {
+                            Quoting::FieldStart
+                        } else {
+                            Quoting::Unquoted
+                        };
+                        self.after_cr = false;
+                        if current.fits {
+                            if buf.len() + run <= MAX_ROW_BYTES {
+                                buf.extend_from_slice(&rest[..run]);
+                            } else {
+                                current.fits = false;
+                                buf.clear();
+                            }
+                        }
+                        used += run;
+                        rest = &rest[run..];
+                        continue;
+                    }
+                }
+                rest = &rest[1..];
                 let current = match row.as_mut() {
                     Some(current) => current,
                     // Line ends before a row are blank lines.
@@ -1333,7 +1714,11 @@ mod tests {
     /// Splits `data` into (line, fits, fields) per row.
     fn split(data: &[u8]) -> Vec<(u64, bool, Vec<String>)> {
         // A tiny buffer makes rows and line ends straddle reads.
-        let mut rows = Rows::new(io::BufReader::with_capacity(3, data), Some(b','));
+        split_with(data, 3)
+    }
+
+    fn split_with(data: &[u8], capacity: usize) -> Vec<(u64, bool, Vec<String>)> {
+        let mut rows = Rows::new(io::BufReader::with_capacity(capacity, data), Some(b','));
         let mut fields = Fields::new(b',');
         let mut out = Vec::new();
         while let Some(row) = rows.next(fields.buffer()).unwrap() {
@@ -1381,6 +1766,22 @@ mod tests {
             split(b"a\"b,\"c\"d,e\n"),
             vec![row(1, &["a\"b", "cd", "e"])]
         );
+    }
+
+    /// Runs of plain bytes are taken whole from the buffer (issue 15): a large
+    /// buffer, where they are long, splits as a tiny one does.
+    #[test]
+    fn rows_split_the_same_whatever_the_buffer() {
+        let mut data =
+            b"name,email\n\"Doe, \"\"Jo\"\"\r\nJr\",jo@x.io\r\n\r\nx,y\rab\"c,\"d\"e,f\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_ROW_BYTES - 2));
+        data.extend_from_slice(b",y\n");
+        data.extend(std::iter::repeat_n(b'x', MAX_ROW_BYTES - 1));
+        data.extend_from_slice(b",y\nlast,\"\"");
+        let small = split_with(&data, 3);
+        assert_eq!(split_with(&data, 1 << 20), small);
+        assert_eq!(small.len(), 7);
+        assert_eq!((small[4].1, small[5].1), (true, false));
     }
 
     #[test]

@@ -157,7 +157,9 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
         (Box::new(BufReader::with_capacity(64 * 1024, file)), size)
     };
 
-    let store = args.store.open_existing()?;
+    let (store, exclusive) = args
+        .store
+        .open_existing_for_import(import::STORE_CACHE_BYTES)?;
     let store: Arc<dyn creditgate::store::Store> = if args.dry_run {
         Arc::new(
             import::DryRunStore::new(store, &args.account, &args.campaign)
@@ -175,6 +177,9 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
         column: args.column.clone(),
         batch: args.batch,
         delimiter: args.delimiter,
+        // Only a store no one else decides on meanwhile may take rows out of
+        // file order (see `ImportOptions::sort_from`).
+        sort_from: exclusive.then_some(import::SORT_FROM),
         ..ImportOptions::new(&args.account, &args.campaign, creditgate::time::now())
     };
     let mut rejected = match &args.rejected {

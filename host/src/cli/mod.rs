@@ -319,6 +319,15 @@ impl PolicyArgs {
 /// Opens a store: a Redis server or cluster when `spec` is a Redis URL, else a
 /// redb file, created only as `create` allows; a fresh in-memory one without `spec`.
 fn open_store(spec: Option<&Path>, create: Create) -> anyhow::Result<Arc<dyn Store>> {
+    let options = OpenOptions {
+        create,
+        ..OpenOptions::default()
+    };
+    open_store_with(spec, options)
+}
+
+/// [`open_store`] with a redb file opened as `options` say.
+fn open_store_with(spec: Option<&Path>, options: OpenOptions) -> anyhow::Result<Arc<dyn Store>> {
     let Some(spec) = spec else {
         return Ok(Arc::new(MemoryStore::new()));
     };
@@ -327,10 +336,6 @@ fn open_store(spec: Option<&Path>, create: Create) -> anyhow::Result<Arc<dyn Sto
         let store = RedisStore::open(url).context("cannot open the Redis store")?;
         return Ok(Arc::new(store));
     }
-    let options = OpenOptions {
-        create,
-        ..OpenOptions::default()
-    };
     // The store's errors name the file and what is wrong with it.
     match RedbStore::open_with(spec, options) {
         Ok(store) => Ok(Arc::new(store)),
@@ -375,6 +380,30 @@ impl StoreArgs {
     /// error, so that a mistyped path is not answered as a ledger with no accounts.
     fn open_existing(&self) -> anyhow::Result<Arc<dyn Store>> {
         self.open_as(Create::Never)
+    }
+
+    /// [`StoreArgs::open_existing`] for a bulk import: a redb file opens with a
+    /// page cache of `cache_bytes`. Also says whether the store is a redb file,
+    /// which this process then holds alone (no other decides on it meanwhile).
+    fn open_existing_for_import(
+        &self,
+        cache_bytes: usize,
+    ) -> anyhow::Result<(Arc<dyn Store>, bool)> {
+        let spec = match &self.store {
+            Some(spec) => spec.clone(),
+            None => creditgate::store::default_path().context(
+                "no default store path: set $CREDITGATE_STORE or $HOME, or pass --store",
+            )?,
+        };
+        if !names_a_file(&spec) {
+            return Ok((self.open_existing()?, false));
+        }
+        let options = OpenOptions {
+            create: Create::Never,
+            cache_bytes,
+            ..OpenOptions::default()
+        };
+        Ok((open_store_with(Some(&spec), options)?, true))
     }
 
     /// Opens the store, creating the file only as `create` allows: commands that

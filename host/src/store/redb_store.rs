@@ -116,7 +116,7 @@ const APPLIED: &str = "applied";
 /// Expiry stored for "never".
 const NEVER: Instant = i64::MAX;
 
-/// redb's page cache, in bytes.
+/// redb's page cache by default, in bytes.
 const CACHE_BYTES: usize = 128 << 20;
 
 fn expired(expires_at: Instant, now: Instant) -> bool {
@@ -241,6 +241,10 @@ pub struct OpenOptions {
     /// replays, and so the time to recover after a crash.
     pub checkpoint_records: u64,
     pub checkpoint_bytes: u64,
+    /// redb's page cache, in bytes. A gateway keeps the default; a bulk import,
+    /// whose writes come in key order and are not read again, needs far less,
+    /// and holds its own working set beside it.
+    pub cache_bytes: usize,
 }
 
 /// Records between checkpoints by default. Replay re-runs each primitive in
@@ -261,6 +265,7 @@ impl Default for OpenOptions {
             storage: None,
             checkpoint_records: CHECKPOINT_RECORDS,
             checkpoint_bytes: CHECKPOINT_BYTES,
+            cache_bytes: CACHE_BYTES,
         }
     }
 }
@@ -273,6 +278,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("storage", &self.storage.as_ref().map(|_| "wrapped"))
             .field("checkpoint_records", &self.checkpoint_records)
             .field("checkpoint_bytes", &self.checkpoint_bytes)
+            .field("cache_bytes", &self.cache_bytes)
             .finish()
     }
 }
@@ -499,7 +505,7 @@ fn database(
     // would grow with its database. A bounded cache keeps it flat: the hot
     // part of a ledger (account records, this cycle's counters) is small.
     let db = match Database::builder()
-        .set_cache_size(CACHE_BYTES)
+        .set_cache_size(options.cache_bytes)
         .create_with_backend(fenced)
     {
         Ok(db) => db,
