@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use creditgate::alerts::{self, Notifier, Retry, Webhook};
+use creditgate::bindings::Mode;
 use creditgate::gateway::{Gateway, ReloadError};
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
 use creditgate::names::NameRules;
@@ -54,6 +55,26 @@ impl<'de> Deserialize<'de> for Listen {
         String::deserialize(d)?
             .parse()
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The gateway's mode in the config file: `mode = "enforce"` (the default) or
+/// `"shadow"`, the mode of every plan that sets none (see the policy's
+/// `[plans.NAME] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum GatewayMode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl From<GatewayMode> for Mode {
+    fn from(mode: GatewayMode) -> Mode {
+        match mode {
+            GatewayMode::Enforce => Mode::Enforce,
+            GatewayMode::Shadow => Mode::Shadow,
+        }
     }
 }
 
@@ -122,6 +143,10 @@ enum LogFormat {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    /// `"enforce"` (default) or `"shadow"`: observe only, for a safe rollout.
+    /// Read again at each reload.
+    #[serde(default)]
+    mode: GatewayMode,
     postfix_listen: Option<Listen>,
     postfix_unix: Option<PathBuf>,
     http_listen: Option<Listen>,
@@ -180,6 +205,9 @@ impl FileConfig {
 
 /// Everything `run` needs, flags and file merged.
 pub(super) struct Settings {
+    /// The config file, read again for `mode` at each reload.
+    config: Option<PathBuf>,
+    pub(super) mode: Mode,
     webhooks: Vec<Webhook>,
     /// Where the admin token came from, when there is one (for the log).
     admin_token_from: Option<String>,
@@ -278,6 +306,8 @@ impl Settings {
         let mut postfix = file.postfix;
         postfix.names = names;
         Ok(Settings {
+            config: args.config.clone(),
+            mode: file.mode.into(),
             webhooks: file.webhooks,
             admin_token_from,
             listen,
@@ -373,8 +403,14 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         &component_source(&settings.policy),
         runtime_config.clone(),
     )?);
-    let gateway = match Gateway::start(runtime, store, &policy, settings.workers) {
+    let gateway = match Gateway::start_in(runtime, store, &policy, settings.mode, settings.workers)
+    {
         Ok((gateway, summary)) => {
+            if settings.mode == Mode::Shadow {
+                warn!(
+                    "mode = \"shadow\": requests past a limit are allowed and counted, not refused"
+                );
+            }
             for warning in &summary.warnings {
                 warn!("{}", located(&policy_path, warning));
             }
@@ -422,7 +458,12 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let reloader = reloader(gateway.clone(), &settings.policy, runtime_config);
+    let reloader = reloader(
+        gateway.clone(),
+        &settings.policy,
+        settings.config.clone(),
+        runtime_config,
+    );
     // Every listener is bound before any serves: a bad address fails the start,
     // not the first request.
     let mut listeners: Vec<(String, PolicyListener)> = Vec::new();
@@ -554,7 +595,12 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 /// file and the component file (when one is configured), validate them on a
 /// scratch instance, and switch; a refusal is logged and the current version keeps
 /// serving.
-fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -> Reloader {
+fn reloader(
+    gateway: Arc<Gateway>,
+    policy: &PolicyArgs,
+    config_file: Option<PathBuf>,
+    config: RuntimeConfig,
+) -> Reloader {
     let policy = PolicyArgs {
         policy: policy.policy.clone(),
         component: ComponentArgs {
@@ -581,6 +627,18 @@ fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -
         let (path, text) = policy
             .load()
             .map_err(|e| refused(format!("{e:#}"), vec![]))?;
+        // The gateway's mode, from the config file as it is now: a switch from
+        // shadow to enforce applies with this reload. A config that no longer
+        // reads refuses the reload; the mode in force stays.
+        let mode = match &config_file {
+            Some(file) => Some(
+                FileConfig::read(file)
+                    .map_err(|e| refused_early(format!("{e:#}")))?
+                    .mode
+                    .into(),
+            ),
+            None => None,
+        };
         let runtime = match &policy.component.component {
             None => None,
             Some(_) => Some(Arc::new(
@@ -588,7 +646,8 @@ fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -
                     .map_err(|e| refused_early(e.to_string()))?,
             )),
         };
-        match gateway.reload(&text, runtime, force) {
+        let before = gateway.mode();
+        match gateway.reload_in(&text, runtime, force, mode) {
             Ok(summary) => {
                 let mut warnings: Vec<String> =
                     summary.warnings.iter().map(|w| located(&path, w)).collect();
@@ -599,7 +658,16 @@ fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -
                     warn!("{warning}");
                 }
                 let version = gateway.version();
-                info!(version, policy = %path.display(), "policy reloaded");
+                let after = gateway.mode();
+                if after != before {
+                    warn!(
+                        version,
+                        from = mode_name(before),
+                        to = mode_name(after),
+                        "the gateway's mode changed"
+                    );
+                }
+                info!(version, policy = %path.display(), mode = mode_name(after), "policy reloaded");
                 Ok(Reloaded { version, warnings })
             }
             Err(ReloadError::Load(LoadError::Policy(diagnostics))) => Err(refused(
@@ -609,6 +677,13 @@ fn reloader(gateway: Arc<Gateway>, policy: &PolicyArgs, config: RuntimeConfig) -
             Err(e) => Err(refused(e.to_string(), vec![])),
         }
     })
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Shadow => "shadow",
+    }
 }
 
 /// One line per plan accounts are on that the policy in force lacks.
