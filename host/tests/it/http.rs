@@ -796,7 +796,7 @@ fn free_addr() -> SocketAddr {
 }
 
 /// `creditgate serve` with only the HTTP API, once it answers.
-fn spawn_http(args: &[&str]) -> (std::process::Child, String) {
+pub(crate) fn spawn_http(args: &[&str]) -> (std::process::Child, String) {
     let addr = free_addr();
     let mut child = Command::new(env!("CARGO_BIN_EXE_creditgate"))
         .arg("serve")
@@ -829,7 +829,7 @@ fn spawn_http(args: &[&str]) -> (std::process::Child, String) {
     (child, base)
 }
 
-fn terminate(mut child: std::process::Child) -> String {
+pub(crate) fn terminate(mut child: std::process::Child) -> String {
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -201,6 +201,9 @@ struct Verdict {
     denied: Option<&'static str>,
     charged: u64,
     freed: u64,
+    /// For a denial for want of credits: which credit (lead: true) and how many
+    /// of it the request needed in all.
+    needed: Option<(bool, u64)>,
 }
 
 fn allow(charged: u64, freed: u64) -> Verdict {
@@ -208,6 +211,7 @@ fn allow(charged: u64, freed: u64) -> Verdict {
         denied: None,
         charged,
         freed,
+        needed: None,
     }
 }
 
@@ -216,6 +220,19 @@ fn deny(reason: &'static str) -> Verdict {
         denied: Some(reason),
         charged: 0,
         freed: 0,
+        needed: None,
+    }
+}
+
+/// A denial for want of `needed` credits in all (leads when `lead`).
+fn exhausted(lead: bool, needed: u64) -> Verdict {
+    Verdict {
+        needed: Some((lead, needed)),
+        ..deny(if lead {
+            LEAD_CREDITS_EXHAUSTED
+        } else {
+            EMAIL_CREDITS_EXHAUSTED
+        })
     }
 }
 
@@ -241,7 +258,7 @@ fn charge(
     }
     let used = acc.emails_used_in(cycle);
     if limit.is_some_and(|limit| used + cost > limit) {
-        return deny(EMAIL_CREDITS_EXHAUSTED);
+        return exhausted(false, used.saturating_add(cost));
     }
     acc.emails_used.insert(cycle, used + cost);
     if let Some((id, charged)) = message {
@@ -265,6 +282,10 @@ impl Model {
     pub fn apply(&mut self, event: &Event) -> Outcome {
         let now = event.at;
         let verdict = self.decide(&event.request, now);
+        let current = self
+            .accounts
+            .get(event.request.account())
+            .map(|a| a.plan.clone());
         Outcome {
             decision: if verdict.denied.is_some() {
                 "deny"
@@ -272,10 +293,42 @@ impl Model {
                 "allow"
             },
             reason: verdict.denied,
+            upgrade_to: verdict.denied.map(|_| {
+                let (lead, needed) = verdict.needed?;
+                self.upgrade_to(current.as_deref()?, lead, needed)
+            }),
+            shadow: None,
             charged: verdict.charged,
             freed: verdict.freed,
             usage: self.usage(event.request.account(), now),
         }
+    }
+
+    /// The plan a request needing `needed` credits (leads when `lead`) would
+    /// have been allowed on, for an account on `current`: as the issue words
+    /// it, the plan other than the account's with the smallest limit for that
+    /// credit that fits, ties broken by the smaller limit of the other credit,
+    /// then by name; unlimited is larger than any limit.
+    fn upgrade_to(&self, current: &str, lead: bool, needed: u64) -> Option<String> {
+        let rank = |a: Allowance| a.map_or(u128::MAX, u128::from);
+        let mut fitting: Vec<(u128, u128, &String)> = self
+            .policy
+            .plans
+            .iter()
+            .filter(|(name, _)| name.as_str() != current)
+            .map(|(name, plan)| {
+                let (this, other) = if lead {
+                    (plan.lead_credits, plan.email_credits)
+                } else {
+                    (plan.email_credits, plan.lead_credits)
+                };
+                (this, other, name)
+            })
+            .filter(|(this, _, _)| this.is_none_or(|limit| limit >= needed))
+            .map(|(this, other, name)| (rank(this), rank(other), name))
+            .collect();
+        fitting.sort();
+        fitting.first().map(|(_, _, name)| (*name).clone())
     }
 
     /// An account's usage at `now`, as replay shows it; `None` when the account does
@@ -385,7 +438,7 @@ impl Model {
                         .lead_credits
                         .is_some_and(|limit| acc.lead_used() >= limit)
                 {
-                    return deny(LEAD_CREDITS_EXHAUSTED);
+                    return exhausted(true, acc.lead_used() + 1);
                 }
                 acc.campaigns
                     .entry(campaign.clone())
