@@ -768,7 +768,11 @@ fn index_main(listed: &Listed, params: &Params, at: i64) -> String {
             state = Level::of_usage(u, params.warn).name(),
             path = percent_encode(&row.account),
             plan = plan_cell(&u.plan, row.plan_missing)
-                + &row.shadow.then(|| shadow_badge(u)).unwrap_or_default(),
+                + &if row.shadow {
+                    shadow_badge(u)
+                } else {
+                    String::new()
+                },
             lead = meter(
                 "lead",
                 None,

@@ -1637,7 +1637,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.actions
-                .reply_for_exhausted("2025-03-31T09:00:00Z")
+                .reply_for_exhausted("2025-03-31T09:00:00Z", None)
                 .action(),
             "450 4.7.1 Over quota until 2025-03-31T09:00:00Z"
         );

@@ -762,8 +762,7 @@ impl Client<'_> {
             }
             Charge::Denied(reason) => {
                 log.stats.decisions += 1;
-                if reason == "email_credits_exhausted" && in_shadow(&self.shared, &message.account)
-                {
+                if reason == "email_credits_exhausted" && in_shadow(self.shared, &message.account) {
                     problems.push(format!(
                         "{key} of {}, whose plan is in shadow, was refused for credits",
                         message.account
