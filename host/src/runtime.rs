@@ -1107,10 +1107,13 @@ impl Worker {
     /// Whether `plan` is decided in shadow mode, as the component said when it
     /// loaded the policy.
     fn in_shadow(&self, plan: &str) -> bool {
-        self.plans
-            .iter()
-            .zip(&self.modes)
-            .any(|(name, mode)| name == plan && *mode == Mode::Shadow)
+        // Most policies have no plan in shadow: then no name is compared.
+        self.modes.contains(&Mode::Shadow)
+            && self
+                .plans
+                .iter()
+                .zip(&self.modes)
+                .any(|(name, mode)| name == plan && *mode == Mode::Shadow)
     }
 
     /// Shadow never leaks into enforcement: a decision that says it was let
