@@ -559,25 +559,34 @@ impl Checker<'_> {
         match value.get_ref() {
             DeValue::String(s) if s == "unlimited" => Some(None),
             DeValue::Integer(_) => self.bounded(path, value, EXPECTED, MAX_CREDITS).map(Some),
-            DeValue::String(s) if closest(s, &["unlimited"]).is_some() => {
-                self.error(
-                    path,
-                    value.span(),
-                    format!(
-                        "expected {EXPECTED}, found the string {s:?} (did you mean \"unlimited\"?)"
-                    ),
-                );
-                None
-            }
-            other => {
-                self.error(
-                    path,
-                    value.span(),
-                    format!("expected {EXPECTED}, found {}", describe(other)),
-                );
-                None
-            }
+            _ => self.wrong_value(path, value, EXPECTED, &["unlimited"]),
         }
+    }
+
+    /// Reports a value that is none of `expected`; a string close to one of
+    /// the `words` allowed is answered with it. Always `None`.
+    fn wrong_value<T>(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        expected: &str,
+        words: &[&str],
+    ) -> Option<T> {
+        let hint = match value.get_ref() {
+            DeValue::String(s) => closest(s, words)
+                .map(|near| format!(" (did you mean {near:?}?)"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        self.error(
+            path,
+            value.span(),
+            format!(
+                "expected {expected}, found {}{hint}",
+                describe(value.get_ref())
+            ),
+        );
+        None
     }
 
     /// A plan's `mode`: `"enforce"` or `"shadow"`. `None` on error (and the
@@ -587,26 +596,7 @@ impl Checker<'_> {
         match value.get_ref() {
             DeValue::String(s) if s == "enforce" => Some(Mode::Enforce),
             DeValue::String(s) if s == "shadow" => Some(Mode::Shadow),
-            DeValue::String(s) => {
-                let hint = match closest(s, &["enforce", "shadow"]) {
-                    Some(near) => format!(" (did you mean {near:?}?)"),
-                    None => String::new(),
-                };
-                self.error(
-                    path,
-                    value.span(),
-                    format!("expected {EXPECTED}, found the string {s:?}{hint}"),
-                );
-                None
-            }
-            other => {
-                self.error(
-                    path,
-                    value.span(),
-                    format!("expected {EXPECTED}, found {}", describe(other)),
-                );
-                None
-            }
+            _ => self.wrong_value(path, value, EXPECTED, &["enforce", "shadow"]),
         }
     }
 
