@@ -413,6 +413,11 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
         page.contains("shadow, 1 email credits over"),
         "and says how far over"
     );
+    let page = get("/accounts/acme");
+    assert!(
+        page.contains(r#"data-email-over="1""#),
+        "the account page too: {page}"
+    );
 
     // From shadow to enforce by reload: refused at once, naming the plan.
     write_config("enforce");
@@ -423,6 +428,14 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
     assert_eq!(answer["reason"], "email_credits_exhausted");
     assert_eq!(answer["upgrade_to"], "large");
     assert!(answer.get("shadow").is_none());
+    // A lead batch refused in part names the plan that takes them all.
+    let emails: Vec<String> = (0..5).map(|i| format!("l{i}@x.io")).collect();
+    let batch = post(
+        "/v1/accounts/acme/campaigns/c/leads",
+        json!({ "emails": emails }),
+    );
+    assert_eq!(batch["credits_exhausted"], 2, "{batch}");
+    assert_eq!(batch["upgrade_to"], "large");
 
     let stderr = crate::http::terminate(child);
     assert!(
