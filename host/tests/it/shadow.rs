@@ -446,6 +446,25 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
     );
     assert!(stderr.contains("the gateway's mode changed"), "{stderr}");
 
+    // `serve --check` says what a rollout in shadow will let through.
+    write_config("shadow");
+    let out = harness::creditgate_command()
+        .args([
+            "serve",
+            "--check",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "mode       gateway shadow; plans in shadow (allowed past their limits): large, small"
+        ),
+        "{stdout}"
+    );
+
     // A mode the config cannot mean is refused at start, naming where.
     std::fs::write(
         &config,
