@@ -12,7 +12,7 @@ use crate::bindings::creditgate::policy::state::{self as imports, Name};
 use crate::bindings::exports::creditgate::policy::policy::{Account, Campaign, Guest};
 use crate::bindings::{
     CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Guard, GuardedAdd,
-    GuardedMember, Instant, LeadBatch, MemberRemoved, MembersAdded, Once, PolicySummary,
+    GuardedMember, Instant, LeadBatch, MemberRemoved, MembersAdded, Mode, Once, PolicySummary,
     StateError, Tally,
 };
 use crate::engine::{Engine, OnceKey, State};
@@ -237,8 +237,8 @@ impl Guest for Component {
         ENGINE.with(|e| e.borrow().forget_known());
     }
 
-    fn load_policy(toml: String) -> Result<PolicySummary, Vec<Diagnostic>> {
-        ENGINE.with(|engine| engine.borrow_mut().load_policy(&toml))
+    fn load_policy(toml: String, gateway_mode: Mode) -> Result<PolicySummary, Vec<Diagnostic>> {
+        ENGINE.with(|engine| engine.borrow_mut().load_policy_in(&toml, gateway_mode))
     }
 
     fn subscribe(

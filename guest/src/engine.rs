@@ -32,8 +32,8 @@ use crate::bindings::Diagnostic;
 use crate::bindings::{
     AccountUsage, Alert, Credit, CycleUsage, Decision, EmailKind, EmailUsage, Error, GroupCleared,
     Guard, GuardedAdd, GuardedMember, Instant, LeadBatch, LeadOutcome, LeadResult, LeadUsage,
-    MemberAddOutcome, MemberRemoveOutcome, MemberRemoved, MembersAdded, PlanRef, PolicySummary,
-    Reason, StateError, Tally,
+    MemberAddOutcome, MemberRemoveOutcome, MemberRemoved, MembersAdded, Mode, PlanRef,
+    PolicySummary, Reason, ShadowRefusal, StateError, Tally,
 };
 use crate::cycle::{self, Cycle};
 use crate::known::{Account, Fnv, KnownAccounts, cycle_of, email_counter, out_of_range};
@@ -124,14 +124,27 @@ pub(crate) const ACCOUNT_RECORD: &str = "account";
 const STRANDED: Plan = Plan {
     lead_credits: Some(0),
     email_credits: Some(0),
+    mode: Some(Mode::Enforce),
 };
 
 /// The policy engine of one instance: the loaded policy, if any, and what it knows
 /// of the accounts it has decided for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Engine {
     policy: Option<Policy>,
+    /// The mode of plans that set none, given with the policy.
+    gateway: Mode,
     known: RefCell<KnownAccounts>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            policy: None,
+            gateway: Mode::Enforce,
+            known: RefCell::default(),
+        }
+    }
 }
 
 /// A message id, and the fingerprint of the message it names.
@@ -174,16 +187,83 @@ struct Effect {
     freed: u64,
     /// The credit `charged` counts, when it counts one.
     credit: Option<Credit>,
+    /// What enforcement would have said, for a plan in shadow mode.
+    shadow: Option<ShadowRefusal>,
 }
 
+/// A denial and, for a credit denial, the plan that would have allowed it.
+type Denial = (Reason, Option<u32>);
+
 impl Engine {
-    /// Replaces the policy in force if `text` is valid; otherwise keeps the old one.
+    /// Replaces the policy in force if `text` is valid, under a gateway enforcing
+    /// its limits; otherwise keeps the old one.
     pub fn load_policy(&mut self, text: &str) -> Result<PolicySummary, Vec<Diagnostic>> {
+        self.load_policy_in(text, Mode::Enforce)
+    }
+
+    /// [`Engine::load_policy`] under a gateway in `gateway` mode, the mode of the
+    /// plans that set none. The mode changes only with a valid policy: a refused
+    /// reload leaves both as they were.
+    pub fn load_policy_in(
+        &mut self,
+        text: &str,
+        gateway: Mode,
+    ) -> Result<PolicySummary, Vec<Diagnostic>> {
         let (policy, warnings) = Policy::parse(text)?;
-        let summary = policy.summary(warnings);
+        let summary = policy.summary(warnings, gateway);
         self.policy = Some(policy);
+        self.gateway = gateway;
         self.known.get_mut().clear();
         Ok(summary)
+    }
+
+    /// Whether `plan` is decided in shadow mode.
+    fn shadowed(&self, plan: &Plan) -> bool {
+        plan.mode_under(self.gateway) == Mode::Shadow
+    }
+
+    /// The plan that would have allowed a request needing `need` of `credit`
+    /// on an account on `current` (see the WIT's `decision.upgrade-to`): its
+    /// index in the policy summary.
+    fn upgrade_to(&self, current: &str, credit: Credit, need: u64) -> Option<u32> {
+        // Unlimited sorts after every count.
+        let key = |limit: Option<u64>| limit.map_or((1, 0), |n| (0, n));
+        let policy = self.policy.as_ref()?;
+        policy
+            .plans
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _))| *name != current)
+            .filter_map(|(index, (name, plan))| {
+                let (this, other) = match credit {
+                    Credit::Lead => (plan.lead_credits, plan.email_credits),
+                    Credit::Email => (plan.email_credits, plan.lead_credits),
+                };
+                this.is_none_or(|limit| limit >= need)
+                    .then_some(((key(this), key(other), name), index))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0))
+            .and_then(|(_, index)| u32::try_from(index).ok())
+    }
+
+    /// The shadow refusal of a request that took usage of `credit` to `used`,
+    /// past `limit`: none when it stayed within.
+    fn over(
+        &self,
+        acct: &Account,
+        credit: Credit,
+        used: u64,
+        limit: Option<u64>,
+    ) -> Option<ShadowRefusal> {
+        limit
+            .is_some_and(|limit| used > limit)
+            .then(|| ShadowRefusal {
+                reason: match credit {
+                    Credit::Lead => Reason::LeadCreditsExhausted,
+                    Credit::Email => Reason::EmailCreditsExhausted,
+                },
+                upgrade_to: self.upgrade_to(&acct.plan_name, credit, used),
+            })
     }
 
     /// Forgets what this instance knows of every account, with the [`Name`]s it
@@ -290,6 +370,8 @@ impl Engine {
                     results: Vec::new(),
                     usage: None,
                     alerts: Vec::new(),
+                    upgrade_to: None,
+                    shadow: None,
                 });
             }
             Some(Err(stranded)) => {
@@ -298,16 +380,20 @@ impl Engine {
                     results: Vec::new(),
                     usage: Some(self.usage_of(st, account, &stranded, now)?),
                     alerts: Vec::new(),
+                    upgrade_to: None,
+                    shadow: None,
                 });
             }
             Some(Ok(acct)) => acct,
         };
         let contacts: Vec<Option<String>> = emails.iter().map(|e| address::normalize(e)).collect();
         let valid: Vec<String> = contacts.iter().flatten().cloned().collect();
+        let limit = acct.plan.lead_credits;
+        let shadow = self.shadowed(&acct.plan);
         let added = if valid.is_empty() {
             Vec::new()
         } else {
-            st.member_add_many(account, campaign, &valid, acct.plan.lead_credits)?
+            st.member_add_many(account, campaign, &valid, if shadow { None } else { limit })?
                 .outcomes
         };
         let mut outcomes = added.into_iter();
@@ -348,11 +434,30 @@ impl Engine {
             usage.lead_credits.used,
             usage.lead_credits.limit,
         );
+        // Every refused contact is new to the account: the plan that takes them
+        // all holds the usage after the batch and one credit for each.
+        let refused: BTreeSet<&String> = contacts
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.outcome == LeadOutcome::LeadCreditsExhausted)
+            .filter_map(|(contact, _)| contact.as_ref())
+            .collect();
+        let upgrade_to = (!refused.is_empty()).then(|| {
+            let need = usage.lead_credits.used.saturating_add(refused.len() as u64);
+            self.upgrade_to(&acct.plan_name, Credit::Lead, need)
+        });
+        let shadow = if added > 0 {
+            self.over(&acct, Credit::Lead, usage.lead_credits.used, limit)
+        } else {
+            None
+        };
         Ok(LeadBatch {
             denied: None,
             results,
             usage: Some(usage),
             alerts,
+            upgrade_to: upgrade_to.flatten(),
+            shadow,
         })
     }
 
@@ -509,12 +614,25 @@ impl Engine {
             let step = step();
             let (scope, guard, acct, cycle) = entry.at(st, now)?;
             let limit = acct.plan.email_credits;
+            // A plan in shadow takes its credits past its limits, and says what
+            // enforcement would have answered.
+            let shadow = self.shadowed(&acct.plan);
+            let enforced = |limit: Option<u64>| if shadow { None } else { limit };
             let tallied = |st: &mut S| st.counter_tally(scope, guard, cycle.counter, now);
-            let charged = |credit, charged| Effect {
+            let charged = |credit, charged, shadow| Effect {
                 charged,
                 freed: 0,
                 credit: Some(credit),
+                shadow,
             };
+            let exhausted = |credit, need| -> Denial {
+                let reason = match credit {
+                    Credit::Lead => Reason::LeadCreditsExhausted,
+                    Credit::Email => Reason::EmailCreditsExhausted,
+                };
+                (reason, self.upgrade_to(&acct.plan_name, credit, need))
+            };
+            let plain = |reason| -> Denial { (reason, None) };
             let decided = match step {
                 Step::Charge { cost, message } => {
                     let once = message.map(|m| OnceKey {
@@ -528,42 +646,58 @@ impl Engine {
                         guard,
                         cycle.counter,
                         cost,
-                        limit,
+                        enforced(limit),
                         once,
                         Some(cycle.kept_until),
                         now,
                     )?;
                     match added {
-                        GuardedAdd::Applied(t) => Some((Ok(charged(Credit::Email, cost)), t)),
+                        GuardedAdd::Applied(t) => {
+                            let over = self.over(acct, Credit::Email, t.counter, limit);
+                            Some((Ok(charged(Credit::Email, cost, over)), t))
+                        }
                         GuardedAdd::Repeated(t) => Some((Ok(Effect::default()), t)),
-                        GuardedAdd::Refused(t) => Some((Err(Reason::EmailCreditsExhausted), t)),
-                        GuardedAdd::Conflict(t) => Some((Err(Reason::IdempotencyKeyReused), t)),
+                        GuardedAdd::Refused(t) => Some((
+                            Err(exhausted(Credit::Email, t.counter.saturating_add(cost))),
+                            t,
+                        )),
+                        GuardedAdd::Conflict(t) => {
+                            Some((Err(plain(Reason::IdempotencyKeyReused)), t))
+                        }
                         GuardedAdd::Stale => None,
                     }
                 }
                 Step::AddMember { group, member } => {
                     let group = st.intern(group)?;
+                    let limit = acct.plan.lead_credits;
                     st.member_add_guarded(
                         scope,
                         guard,
                         group,
                         &member,
-                        acct.plan.lead_credits,
+                        enforced(limit),
                         cycle.counter,
                         now,
                     )?
                     .map(|added| {
+                        let members = added.tally.members;
                         let outcome = match added.outcome {
                             MemberAddOutcome::AlreadyInGroup | MemberAddOutcome::Joined => {
                                 Ok(Effect::default())
                             }
-                            MemberAddOutcome::Inserted => Ok(charged(Credit::Lead, 1)),
-                            MemberAddOutcome::Refused => Err(Reason::LeadCreditsExhausted),
+                            MemberAddOutcome::Inserted => {
+                                let over = self.over(acct, Credit::Lead, members, limit);
+                                Ok(charged(Credit::Lead, 1, over))
+                            }
+                            MemberAddOutcome::Refused => {
+                                Err(exhausted(Credit::Lead, members.saturating_add(1)))
+                            }
                         };
                         (outcome, added.tally)
                     })
                 }
                 Step::Check { cost } => tallied(st)?.map(|t| {
+                    let need = t.counter.saturating_add(cost);
                     let fits = limit.is_none_or(|limit| {
                         t.counter
                             .checked_add(cost)
@@ -571,13 +705,18 @@ impl Engine {
                     });
                     let outcome = if fits {
                         Ok(Effect::default())
+                    } else if shadow {
+                        Ok(Effect {
+                            shadow: self.over(acct, Credit::Email, need, limit),
+                            ..Effect::default()
+                        })
                     } else {
-                        Err(Reason::EmailCreditsExhausted)
+                        Err(exhausted(Credit::Email, need))
                     };
                     (outcome, t)
                 }),
                 Step::Report => tallied(st)?.map(|t| (Ok(Effect::default()), t)),
-                Step::Deny(reason) => tallied(st)?.map(|t| (Err(reason), t)),
+                Step::Deny(reason) => tallied(st)?.map(|t| (Err(plain(reason)), t)),
             };
             let Some((outcome, tally)) = decided else {
                 // Another worker or host changed the account: read it again.
@@ -587,7 +726,10 @@ impl Engine {
             let usage = usage_from(acct, &cycle.cycle, tally);
             return Ok(match outcome {
                 Ok(effect) => self.allowed(effect, usage)?,
-                Err(reason) => deny(reason, Some(usage)),
+                Err((reason, upgrade_to)) => Decision {
+                    upgrade_to,
+                    ..deny(reason, Some(usage))
+                },
             });
         }
         Err(Error::State(StateError::Unavailable(format!(
@@ -610,6 +752,8 @@ impl Engine {
                 None => Vec::new(),
             },
             usage: Some(usage),
+            upgrade_to: None,
+            shadow: effect.shadow,
         })
     }
 
@@ -865,6 +1009,8 @@ fn deny(reason: Reason, usage: Option<AccountUsage>) -> Decision {
         freed: 0,
         usage,
         alerts: Vec::new(),
+        upgrade_to: None,
+        shadow: None,
     }
 }
 
@@ -1801,5 +1947,169 @@ mod tests {
         let last_two = e.email_history(st, "a", 2, now).unwrap();
         assert_eq!(last_two.iter().map(|c| c.used).collect::<Vec<_>>(), [2, 3]);
         assert!(e.email_history(st, "ghost", 12, now).unwrap().is_empty());
+    }
+
+    /// Plans for the upgrade rule: `small` is where accounts start; `mid_a` and
+    /// `mid_b` tie on email credits and differ in lead credits; `wide` has the
+    /// most leads; `open` is unlimited in both.
+    const UPGRADES: &str = "[plans.small]\nlead_credits = 1\nemail_credits = 2\n\
+        [plans.mid_b]\nlead_credits = 5\nemail_credits = 10\n\
+        [plans.mid_a]\nlead_credits = 7\nemail_credits = 10\n\
+        [plans.mid_c]\nlead_credits = 5\nemail_credits = 10\nmode = \"enforce\"\n\
+        [plans.wide]\nlead_credits = 100\nemail_credits = 3\n\
+        [plans.open]\nlead_credits = \"unlimited\"\nemail_credits = \"unlimited\"\n";
+
+    fn plan_at(e: &Engine, index: Option<u32>) -> Option<&str> {
+        let index = usize::try_from(index?).ok()?;
+        e.policy()?.plans.keys().nth(index).map(String::as_str)
+    }
+
+    #[test]
+    fn a_credit_denial_names_the_smallest_plan_that_would_allow_it() {
+        let mut e = Engine::default();
+        e.load_policy(UPGRADES).expect("valid");
+        let st = &mut MemState::default();
+        e.subscribe(st, "a", "small", T0, T0).unwrap();
+        // 2 used of 2; a message of 2 needs 4: mid_b and mid_c (10, 5 leads)
+        // tie with each other before mid_a (10, 7 leads); by name, mid_b.
+        e.charge_email(st, "a", 2, None, T0).unwrap();
+        let d = e.charge_email(st, "a", 2, None, T0).unwrap();
+        assert_eq!(d.denied, Some(Reason::EmailCreditsExhausted));
+        assert_eq!(plan_at(&e, d.upgrade_to), Some("mid_b"));
+        // The check at RCPT names the same plan; wide (3 emails) would allow one.
+        let check = e.check_email(st, "a", 1, T0).unwrap();
+        assert_eq!(plan_at(&e, check.upgrade_to), Some("wide"));
+        // Past every counted limit: only the unlimited plan.
+        let d = e.charge_email(st, "a", 50, None, T0).unwrap();
+        assert_eq!(plan_at(&e, d.upgrade_to), Some("open"));
+        // Leads: 1 of 1 held; a second needs 2: mid_b (5) before mid_a (7).
+        e.add_lead(st, "a", "c", "one@x.io", T0).unwrap();
+        let d = e.add_lead(st, "a", "c", "two@x.io", T0).unwrap();
+        assert_eq!(d.denied, Some(Reason::LeadCreditsExhausted));
+        assert_eq!(plan_at(&e, d.upgrade_to), Some("mid_b"));
+        // Other denials name none.
+        let d = e.add_lead(st, "a", "c", "not an address", T0).unwrap();
+        assert_eq!((d.denied, d.upgrade_to), (Some(Reason::InvalidEmail), None));
+        // A batch names the plan that takes every refused contact: 1 held + 6.
+        let emails: Vec<String> = (0..6).map(|i| format!("b{i}@x.io")).collect();
+        let batch = e.add_leads(st, "a", "c", &emails, T0).unwrap();
+        assert_eq!(plan_at(&e, batch.upgrade_to), Some("mid_a"));
+    }
+
+    #[test]
+    fn no_plan_is_named_when_none_would_allow_it() {
+        let mut e = Engine::default();
+        e.load_policy("[plans.a]\nlead_credits = 1\nemail_credits = 1\n[plans.b]\nlead_credits = 2\nemail_credits = 2\n")
+            .expect("valid");
+        let st = &mut MemState::default();
+        e.subscribe(st, "x", "a", T0, T0).unwrap();
+        let d = e.charge_email(st, "x", 3, None, T0).unwrap();
+        assert_eq!(
+            (d.denied, d.upgrade_to),
+            (Some(Reason::EmailCreditsExhausted), None)
+        );
+        // The account's own plan is never the answer, even when it would fit.
+        let d = e.charge_email(st, "x", 2, None, T0).unwrap();
+        assert_eq!(plan_at(&e, d.upgrade_to), Some("b"));
+    }
+
+    #[test]
+    fn a_plan_in_shadow_takes_credits_past_its_limits_and_says_so() {
+        let mut e = Engine::default();
+        let policy = "[plans.trial]\nlead_credits = 1\nemail_credits = 2\nmode = \"shadow\"\n\
+            [plans.paid]\nlead_credits = 1\nemail_credits = 2\n[plans.big]\nlead_credits = 9\nemail_credits = 9\n";
+        let summary = e.load_policy(policy).expect("valid");
+        let modes: Vec<Mode> = summary.plans.iter().map(|p| p.mode).collect();
+        assert_eq!(modes, [Mode::Enforce, Mode::Enforce, Mode::Shadow]);
+        let st = &mut MemState::default();
+        e.subscribe(st, "s", "trial", T0, T0).unwrap();
+        e.subscribe(st, "p", "paid", T0, T0).unwrap();
+        for account in ["s", "p"] {
+            let d = e.charge_email(st, account, 2, Some("m1"), T0).unwrap();
+            assert_eq!(
+                (d.denied, d.shadow.is_some()),
+                (None, false),
+                "within the limit"
+            );
+        }
+        // Past the limit: the shadow plan is charged and told what enforcement says.
+        let d = e.charge_email(st, "s", 3, Some("m2"), T0).unwrap();
+        assert_eq!((d.denied, d.charged), (None, 3));
+        let shadow = d.shadow.expect("a shadow refusal");
+        assert_eq!(shadow.reason, Reason::EmailCreditsExhausted);
+        assert_eq!(plan_at(&e, shadow.upgrade_to), Some("big"));
+        assert_eq!(d.usage.as_ref().map(|u| u.email_credits.used), Some(5));
+        // A retry of that message is charged once.
+        let again = e.charge_email(st, "s", 3, Some("m2"), T0).unwrap();
+        assert_eq!(
+            (again.denied, again.charged, again.shadow.is_some()),
+            (None, 0, false)
+        );
+        assert_eq!(again.usage.map(|u| u.email_credits.used), Some(5));
+        // The enforced plan beside it is refused as always.
+        let d = e.charge_email(st, "p", 3, Some("m2"), T0).unwrap();
+        assert_eq!(
+            (d.denied, d.charged, d.shadow.is_some()),
+            (Some(Reason::EmailCreditsExhausted), 0, false)
+        );
+        // Leads past the limit, one and in a batch; the check at RCPT too.
+        e.add_lead(st, "s", "c", "one@x.io", T0).unwrap();
+        let d = e.add_lead(st, "s", "c", "two@x.io", T0).unwrap();
+        assert_eq!((d.denied, d.charged), (None, 1));
+        assert_eq!(
+            d.shadow.map(|s| s.reason),
+            Some(Reason::LeadCreditsExhausted)
+        );
+        let batch = e
+            .add_leads(st, "s", "c", &["three@x.io".to_string()], T0)
+            .unwrap();
+        assert_eq!(batch.results[0].outcome, LeadOutcome::Added);
+        assert_eq!(
+            batch.shadow.map(|s| s.reason),
+            Some(Reason::LeadCreditsExhausted)
+        );
+        assert_eq!(batch.usage.map(|u| u.lead_credits.used), Some(3));
+        let check = e.check_email(st, "s", 1, T0).unwrap();
+        assert_eq!((check.denied, check.charged), (None, 0));
+        assert!(check.shadow.is_some());
+    }
+
+    #[test]
+    fn the_gateway_mode_applies_to_plans_that_set_none_and_changes_only_with_a_valid_policy() {
+        let mut e = Engine::default();
+        let policy = "[plans.free]\nlead_credits = 1\nemail_credits = 1\n\
+            [plans.strict]\nlead_credits = 1\nemail_credits = 1\nmode = \"enforce\"\n";
+        e.load_policy_in(policy, Mode::Shadow).expect("valid");
+        let st = &mut MemState::default();
+        e.subscribe(st, "f", "free", T0, T0).unwrap();
+        e.subscribe(st, "s", "strict", T0, T0).unwrap();
+        let d = e.charge_email(st, "f", 2, None, T0).unwrap();
+        assert_eq!(
+            (d.denied, d.charged),
+            (None, 2),
+            "shadow under a gateway in shadow"
+        );
+        // A plan that says enforce is enforced under a gateway in shadow.
+        let d = e.charge_email(st, "s", 2, None, T0).unwrap();
+        assert_eq!(d.denied, Some(Reason::EmailCreditsExhausted));
+        // A refused reload keeps the mode with the policy.
+        assert!(
+            e.load_policy_in("[plans.x]\nlead_credits = -1\n", Mode::Enforce)
+                .is_err()
+        );
+        let d = e.charge_email(st, "f", 1, None, T0).unwrap();
+        assert_eq!(d.denied, None);
+        // Back to enforce: the account over its limit is refused at once.
+        e.load_policy_in(policy, Mode::Enforce).expect("valid");
+        let d = e.charge_email(st, "f", 1, None, T0).unwrap();
+        assert_eq!(
+            (d.denied, d.shadow.is_some()),
+            (Some(Reason::EmailCreditsExhausted), false)
+        );
+        assert_eq!(
+            d.usage.map(|u| u.email_credits.used),
+            Some(3),
+            "over its limit, kept"
+        );
     }
 }

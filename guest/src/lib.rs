@@ -41,7 +41,7 @@ pub mod bindings {
     }
     pub use exports::creditgate::policy::policy::{
         AccountUsage, Alert, Allowance, Credit, CycleUsage, Decision, Diagnostic, EmailKind,
-        EmailUsage, Error, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanRef, PlanSummary,
-        PolicySummary, Reason,
+        EmailUsage, Error, LeadBatch, LeadOutcome, LeadResult, LeadUsage, Mode, PlanRef,
+        PlanSummary, PolicySummary, Reason, ShadowRefusal,
     };
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::bindings::{Allowance, Diagnostic, EmailKind, PlanSummary, PolicySummary};
+use crate::bindings::{Allowance, Diagnostic, EmailKind, Mode, PlanSummary, PolicySummary};
 
 /// The one `version` this engine reads.
 pub const VERSION: u64 = 1;
@@ -72,6 +72,18 @@ pub struct Plan {
     pub lead_credits: Allowance,
     /// Email credits per billing cycle; `None`: unlimited.
     pub email_credits: Allowance,
+    /// The plan's own `mode`; `None`: the gateway's (see [`Plan::mode_under`]).
+    pub mode: Option<Mode>,
+}
+
+impl Plan {
+    /// The mode this plan's accounts are decided in under a gateway in `gateway`:
+    /// its own when it sets one. A plan that says `enforce` is enforced under a
+    /// gateway in shadow too, so that an operator rolling out a gateway in shadow
+    /// can keep the plans that must never send past their limits enforced.
+    pub fn mode_under(&self, gateway: Mode) -> Mode {
+        self.mode.unwrap_or(gateway)
+    }
 }
 
 /// Email credits charged per distinct recipient of one message, by kind.
@@ -156,8 +168,9 @@ impl Policy {
         }
     }
 
-    /// The plans as the WIT reports them.
-    pub fn summary(&self, warnings: Vec<Diagnostic>) -> PolicySummary {
+    /// The plans as the WIT reports them, each with the mode it is decided in
+    /// under a gateway in `gateway`.
+    pub fn summary(&self, warnings: Vec<Diagnostic>, gateway: Mode) -> PolicySummary {
         PolicySummary {
             plans: self
                 .plans
@@ -166,6 +179,7 @@ impl Policy {
                     name: name.clone(),
                     lead_credits: plan.lead_credits,
                     email_credits: plan.email_credits,
+                    mode: plan.mode_under(gateway),
                 })
                 .collect(),
             warnings,
@@ -380,9 +394,10 @@ impl Checker<'_> {
 
     fn plan(&mut self, path: &str, value: &Value<'_>) -> Option<Plan> {
         let table = self.table(path, value)?;
-        const KEYS: [&str; 3] = ["lead_credits", "email_credits", "description"];
+        const KEYS: [&str; 4] = ["lead_credits", "email_credits", "description", "mode"];
         let mut lead_credits = None;
         let mut email_credits = None;
+        let mut mode = None;
         // Keys a misspelt key was probably meant to be: their absence is that
         // misspelling, already reported.
         let mut misspelt = Vec::new();
@@ -392,6 +407,7 @@ impl Checker<'_> {
                 "lead_credits" => lead_credits = Some(self.allowance(&key_path, v)),
                 "email_credits" => email_credits = Some(self.allowance(&key_path, v)),
                 "description" => self.string(&key_path, v),
+                "mode" => mode = self.mode(&key_path, v),
                 other => {
                     misspelt.extend(closest(other, &KEYS));
                     self.unknown_key(path, other, key.span(), &KEYS);
@@ -413,6 +429,7 @@ impl Checker<'_> {
         let plan = Plan {
             lead_credits: lead_credits??,
             email_credits: email_credits??,
+            mode,
         };
         for (name, allowance, what) in [
             (
@@ -542,24 +559,44 @@ impl Checker<'_> {
         match value.get_ref() {
             DeValue::String(s) if s == "unlimited" => Some(None),
             DeValue::Integer(_) => self.bounded(path, value, EXPECTED, MAX_CREDITS).map(Some),
-            DeValue::String(s) if closest(s, &["unlimited"]).is_some() => {
-                self.error(
-                    path,
-                    value.span(),
-                    format!(
-                        "expected {EXPECTED}, found the string {s:?} (did you mean \"unlimited\"?)"
-                    ),
-                );
-                None
-            }
-            other => {
-                self.error(
-                    path,
-                    value.span(),
-                    format!("expected {EXPECTED}, found {}", describe(other)),
-                );
-                None
-            }
+            _ => self.wrong_value(path, value, EXPECTED, &["unlimited"]),
+        }
+    }
+
+    /// Reports a value that is none of `expected`; a string close to one of
+    /// the `words` allowed is answered with it. Always `None`.
+    fn wrong_value<T>(
+        &mut self,
+        path: &str,
+        value: &Value<'_>,
+        expected: &str,
+        words: &[&str],
+    ) -> Option<T> {
+        let hint = match value.get_ref() {
+            DeValue::String(s) => closest(s, words)
+                .map(|near| format!(" (did you mean {near:?}?)"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        self.error(
+            path,
+            value.span(),
+            format!(
+                "expected {expected}, found {}{hint}",
+                describe(value.get_ref())
+            ),
+        );
+        None
+    }
+
+    /// A plan's `mode`: `"enforce"` or `"shadow"`. `None` on error (and the
+    /// policy is refused, so an unreadable mode never falls back to either).
+    fn mode(&mut self, path: &str, value: &Value<'_>) -> Option<Mode> {
+        const EXPECTED: &str = "\"enforce\" or \"shadow\"";
+        match value.get_ref() {
+            DeValue::String(s) if s == "enforce" => Some(Mode::Enforce),
+            DeValue::String(s) if s == "shadow" => Some(Mode::Shadow),
+            _ => self.wrong_value(path, value, EXPECTED, &["enforce", "shadow"]),
         }
     }
 
@@ -845,14 +882,16 @@ mod tests {
             policy.plans["base"],
             Plan {
                 lead_credits: Some(2000),
-                email_credits: Some(6000)
+                email_credits: Some(6000),
+                mode: None,
             }
         );
         assert_eq!(
             policy.plans["unlimited"],
             Plan {
                 lead_credits: None,
-                email_credits: Some(150_000)
+                email_credits: Some(150_000),
+                mode: None,
             }
         );
         assert_eq!(policy.email_costs, EmailCosts::default());
@@ -878,7 +917,7 @@ mod tests {
                 "1:1: versoin: unknown key \"versoin\" (did you mean \"version\"?); expected one of: version, description, plans, email_costs, alerts",
                 "3:16: plans.a.lead_credits: expected a non-negative integer or \"unlimited\", found the float 1.5",
                 "4:17: plans.a.email_credits: expected a non-negative integer or \"unlimited\", found the string \"lots\"",
-                "5:1: plans.a.colour: unknown key \"colour\"; expected one of: lead_credits, email_credits, description",
+                "5:1: plans.a.colour: unknown key \"colour\"; expected one of: lead_credits, email_credits, description, mode",
                 "6:1: plans.b.email_credits: missing: expected email_credits = a non-negative integer or \"unlimited\"",
             ]
         );
@@ -1064,7 +1103,7 @@ mod tests {
         );
         assert_eq!(
             e[1],
-            "3:1: plans.a.emial_credits: unknown key \"emial_credits\" (did you mean \"email_credits\"?); expected one of: lead_credits, email_credits, description"
+            "3:1: plans.a.emial_credits: unknown key \"emial_credits\" (did you mean \"email_credits\"?); expected one of: lead_credits, email_credits, description, mode"
         );
         // Nothing close: no guess.
         let e = errors("colour = 1\n[plans.a]\nlead_credits = 1\nemail_credits = 1\n");

@@ -27,7 +27,7 @@ pub use wit::creditgate::policy::state::{
 pub use wit::exports::creditgate::policy::policy::AddressProblem;
 pub use wit::exports::creditgate::policy::policy::{
     Alert, Credit, CycleUsage, Diagnostic, EmailKind, EmailUsage, Error as GuestError, LeadOutcome,
-    LeadResult, LeadUsage, PlanSummary, PolicySummary, Reason,
+    LeadResult, LeadUsage, Mode, PlanSummary, PolicySummary, Reason,
 };
 
 /// An account's plan and usage at one instant (WIT `account-usage`, with the
@@ -50,6 +50,19 @@ pub struct Decision {
     pub freed: u64,
     pub usage: Option<AccountUsage>,
     pub alerts: Vec<Alert>,
+    /// For a credit denial, the plan that would have allowed the request.
+    pub upgrade_to: Option<String>,
+    /// For a request a plan in shadow mode allowed, what enforcement would
+    /// have answered.
+    pub shadow: Option<Shadow>,
+}
+
+/// What enforcement would have answered a request a plan in shadow mode
+/// allowed (WIT `shadow-refusal`, with the plan by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow {
+    pub reason: Reason,
+    pub upgrade_to: Option<String>,
 }
 
 /// What `add-leads` did (WIT `lead-batch`, with the plan by name).
@@ -59,6 +72,11 @@ pub struct LeadBatch {
     pub results: Vec<LeadResult>,
     pub usage: Option<AccountUsage>,
     pub alerts: Vec<Alert>,
+    /// When contacts were refused for lead credits, the plan that would have
+    /// taken them all.
+    pub upgrade_to: Option<String>,
+    /// When a plan in shadow mode took contacts past its limit.
+    pub shadow: Option<Shadow>,
 }
 
 /// A once key as the store keeps it: the whole key, its fingerprint and expiry

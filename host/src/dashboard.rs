@@ -358,6 +358,9 @@ struct Row {
     /// The policy in force lacks the account's plan (a reload was forced): it is
     /// denied every request, its limits 0, until moved. Listed, and said.
     plan_missing: bool,
+    /// The account's plan is in shadow mode: it is let through past its
+    /// limits. Marked, with how far over.
+    shadow: bool,
 }
 
 /// What the list is sorted by.
@@ -637,6 +640,7 @@ async fn listed(bulk: &Bulk, params: &Params, at: i64) -> Result<Listed, String>
             {
                 listed.rows.push(Row {
                     account: scope,
+                    shadow: !plan_missing && bulk.gateway().plan_in_shadow(&usage.plan),
                     usage,
                     plan_missing,
                 });
@@ -763,7 +767,12 @@ fn index_main(listed: &Listed, params: &Params, at: i64) -> String {
             name = escape(&row.account),
             state = Level::of_usage(u, params.warn).name(),
             path = percent_encode(&row.account),
-            plan = plan_cell(&u.plan, row.plan_missing),
+            plan = plan_cell(&u.plan, row.plan_missing)
+                + &if row.shadow {
+                    shadow_badge(u)
+                } else {
+                    String::new()
+                },
             lead = meter(
                 "lead",
                 None,
@@ -798,6 +807,30 @@ fn plan_cell(plan: &str, missing: bool) -> String {
     } else {
         escape(plan).into_owned()
     }
+}
+
+/// The mark of an account in shadow mode, with how far past its limits the
+/// requests let through took it.
+fn shadow_badge(u: &AccountUsage) -> String {
+    let over = |used: u64, limit: Option<u64>, what: &str| {
+        limit
+            .filter(|&limit| used > limit)
+            .map(|limit| format!(", {} {what} over", grouped(used - limit)))
+            .unwrap_or_default()
+    };
+    let lead = over(u.lead_credits.used, u.lead_credits.limit, "lead credits");
+    let email = over(u.email_credits.used, u.email_credits.limit, "email credits");
+    format!(
+        r#" <span class="badge shadow" data-lead-over="{lo}" data-email-over="{eo}" title="shadow mode: requests past the limits are let through and counted, not refused">shadow{lead}{email}</span>"#,
+        lo = u
+            .lead_credits
+            .limit
+            .map_or(0, |l| u.lead_credits.used.saturating_sub(l)),
+        eo = u
+            .email_credits
+            .limit
+            .map_or(0, |l| u.email_credits.used.saturating_sub(l)),
+    )
 }
 
 /// The links to the first and the next page, and what paging means for sorting.
@@ -965,6 +998,10 @@ async fn account(State(bulk): State<Bulk>, path: Result<Path<String>, PathReject
         cycles,
     };
     let mut main = account_main(&account, &usage, &details, at);
+    if !plan_missing && gateway.plan_in_shadow(&usage.plan) {
+        let plan = format!(r#"<dd class="plan">{}"#, escape(&usage.plan));
+        main = main.replacen(&plan, &(plan.clone() + &shadow_badge(&usage)), 1);
+    }
     if plan_missing {
         // Said at the top, and in the plan's own place.
         main = main.replacen(
@@ -1369,6 +1406,7 @@ td.reset{white-space:nowrap;font-size:.9rem}
 .badge{display:inline-block;vertical-align:middle;padding:.1rem .6rem;border-radius:1rem;font-size:.78rem;font-weight:600;color:#fff;background:var(--ok);white-space:nowrap}
 .badge.warning{background:var(--warning)}
 .badge.exhausted{background:var(--exhausted)}
+.badge.shadow{background:#6b4fa0}
 .callout{border-left:4px solid;padding:.6rem .9rem;background:#fff;border-radius:4px;margin:.8rem 0}
 .callout.warning{border-color:var(--warning)}
 .callout.exhausted{border-color:var(--exhausted)}
@@ -1430,6 +1468,7 @@ mod tests {
                 },
             },
             plan_missing: false,
+            shadow: false,
         }
     }
 

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::alerts::{FiredAlert, Notifier};
-use crate::bindings::{AddressProblem, CycleUsage, Decision, LeadBatch, PolicySummary, Reason};
+use crate::bindings::{
+    AddressProblem, CycleUsage, Decision, LeadBatch, Mode, PolicySummary, Reason, Shadow,
+};
 use crate::metrics::{GatewayStats, Outcome};
 use crate::request::{Op, Request};
 use crate::runtime::{DecideError, LoadError, Runtime, Worker};
@@ -182,6 +184,8 @@ struct Version {
     number: u64,
     runtime: Arc<Runtime>,
     policy: Arc<str>,
+    /// The gateway's mode, loaded with the policy into every instance.
+    mode: Mode,
     /// An instance for each worker with this version's policy already loaded,
     /// made by the reload before it published the version, so that no worker's
     /// first decision under a new policy waits for an instance or a parse. Empty
@@ -274,18 +278,30 @@ impl Gateway {
 
     /// Starts `workers` workers (at least one) for requests that may write, and
     /// half as many (at least one) for read-only requests, over `store` with
-    /// `policy` loaded.
+    /// `policy` loaded, enforcing its limits.
     pub fn start(
         runtime: Arc<Runtime>,
         store: Arc<dyn Store>,
         policy: &str,
         workers: usize,
     ) -> Result<(Self, PolicySummary), LoadError> {
-        let summary = validate(&runtime, policy)?;
+        Self::start_in(runtime, store, policy, Mode::Enforce, workers)
+    }
+
+    /// [`Gateway::start`] in `mode`, the mode of the plans that set none.
+    pub fn start_in(
+        runtime: Arc<Runtime>,
+        store: Arc<dyn Store>,
+        policy: &str,
+        mode: Mode,
+        workers: usize,
+    ) -> Result<(Self, PolicySummary), LoadError> {
+        let summary = validate(&runtime, policy, mode)?;
         let version = Arc::new(RwLock::new(Version {
             number: 0,
             runtime,
             policy: Arc::from(policy),
+            mode,
             prepared: Vec::new(),
             plans: plan_names(&summary),
             summary: Arc::new(summary.clone()),
@@ -512,10 +528,25 @@ impl Gateway {
         runtime: Option<Arc<Runtime>>,
         force: bool,
     ) -> Result<PolicySummary, ReloadError> {
+        self.reload_in(policy, runtime, force, None)
+    }
+
+    /// [`Gateway::reload`], switching the gateway to `mode` when given. The
+    /// mode is part of the version: every decision after the switch is made by
+    /// an instance loaded with the new policy in the new mode, none by one with
+    /// either half of the old.
+    pub fn reload_in(
+        &self,
+        policy: &str,
+        runtime: Option<Arc<Runtime>>,
+        force: bool,
+        mode: Option<Mode>,
+    ) -> Result<PolicySummary, ReloadError> {
         let _one_at_a_time = self
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let mode = mode.unwrap_or_else(|| self.mode());
         let runtime = match runtime {
             Some(runtime) => runtime,
             None => self
@@ -525,7 +556,7 @@ impl Gateway {
                 .runtime
                 .clone(),
         };
-        let checked = validate(&runtime, policy)
+        let checked = validate(&runtime, policy, mode)
             .map_err(ReloadError::from)
             .and_then(|summary| {
                 // Only the plans this reload takes away can strand an account: with
@@ -557,12 +588,13 @@ impl Gateway {
                 return Err(e);
             }
         };
-        let prepared = self.prepare(&runtime, policy);
+        let prepared = self.prepare(&runtime, policy, mode);
         let mut version = self.version.write().unwrap_or_else(PoisonError::into_inner);
         *version = Version {
             number: version.number + 1,
             runtime,
             policy: Arc::from(policy),
+            mode,
             prepared,
             plans: plan_names(&summary),
             summary: Arc::new(summary.clone()),
@@ -578,7 +610,7 @@ impl Gateway {
     /// instances that no worker took yet are dropped first: with them, an idle
     /// gateway reloaded twice would hold three instances per worker, more than
     /// the pool has room for.
-    fn prepare(&self, runtime: &Runtime, policy: &str) -> Vec<Mutex<Option<Worker>>> {
+    fn prepare(&self, runtime: &Runtime, policy: &str, mode: Mode) -> Vec<Mutex<Option<Worker>>> {
         for slot in &self
             .version
             .read()
@@ -589,7 +621,7 @@ impl Gateway {
         }
         let mut prepared = Vec::with_capacity(self.workers);
         for _ in 0..self.workers {
-            match runtime.worker(self.store.clone(), policy) {
+            match runtime.worker_in(self.store.clone(), policy, mode) {
                 Ok((worker, _)) => prepared.push(Mutex::new(Some(worker))),
                 Err(e) => {
                     tracing::warn!(
@@ -624,6 +656,26 @@ impl Gateway {
     pub fn policy_summary(&self) -> (u64, Arc<PolicySummary>) {
         let version = self.version.read().unwrap_or_else(PoisonError::into_inner);
         (version.number, version.summary.clone())
+    }
+
+    /// Whether accounts on `plan` are decided in shadow mode under the policy
+    /// and mode in force, as the component said when it loaded them.
+    pub fn plan_in_shadow(&self, plan: &str) -> bool {
+        self.version
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .summary
+            .plans
+            .iter()
+            .any(|p| p.name == plan && p.mode == Mode::Shadow)
+    }
+
+    /// The gateway's mode in force: that of the plans that set none.
+    pub fn mode(&self) -> Mode {
+        self.version
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mode
     }
 
     /// The version number in force; it grows by one at each successful reload.
@@ -709,9 +761,9 @@ impl Drop for Gateway {
 
 /// Loads `policy` on a scratch instance over a throwaway store: the check a reload
 /// must pass before any worker sees it.
-fn validate(runtime: &Runtime, policy: &str) -> Result<PolicySummary, LoadError> {
+fn validate(runtime: &Runtime, policy: &str, mode: Mode) -> Result<PolicySummary, LoadError> {
     runtime
-        .worker(Arc::new(MemoryStore::new()), policy)
+        .worker_in(Arc::new(MemoryStore::new()), policy, mode)
         .map(|(_, summary)| summary)
 }
 
@@ -720,7 +772,9 @@ fn worker_for(
     store: &Arc<dyn Store>,
 ) -> Result<(Worker, u64), LoadError> {
     let version = version.read().unwrap_or_else(PoisonError::into_inner);
-    let (worker, _) = version.runtime.worker(store.clone(), &version.policy)?;
+    let (worker, _) = version
+        .runtime
+        .worker_in(store.clone(), &version.policy, version.mode)?;
     Ok((worker, version.number))
 }
 
@@ -902,6 +956,12 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
         Ok(Answer::Leads(b)) => b.denied,
         _ => None,
     };
+    if let Some(shadow) = shadow_of(&answer) {
+        tracing::info!(account = %crate::names::Escaped(account), op = op.name(),
+            reason = crate::replay::reason_code(shadow.reason),
+            upgrade_to = shadow.upgrade_to.as_deref().unwrap_or(""),
+            "shadow: allowed what enforcement would have refused");
+    }
     // The worker logged them in the store with the decision, so they go into
     // the same commit; they are delivered once it is durable.
     let fired = worker.take_fired();
@@ -931,6 +991,9 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
         // Nothing to make durable: a check at RCPT or a usage query is answered
         // at once instead of waiting behind the next disk sync.
         counted.count(op, outcome(&answer));
+        if let Some(shadow) = shadow_of(&answer) {
+            counted.count_shadow(shadow.reason);
+        }
         drop(counted);
         let _ = job.reply.send(answer);
         return None;
@@ -1016,6 +1079,9 @@ impl Committer {
                 };
                 stats.commit_wait.record(durable - done.decided_at);
                 stats.count(done.op, outcome(&answer));
+                if let Some(shadow) = shadow_of(&answer) {
+                    stats.count_shadow(shadow.reason);
+                }
                 let alerts = if answer.is_ok() {
                     done.alerts
                 } else {
@@ -1044,6 +1110,15 @@ fn outcome(answer: &Result<Answer, GatewayError>) -> Outcome {
         Ok(Answer::Leads(b)) if b.denied.is_some() => Outcome::Deny,
         Ok(_) => Outcome::Allow,
         Err(_) => Outcome::Error,
+    }
+}
+
+/// What enforcement would have answered a request let through in shadow.
+fn shadow_of<E>(answer: &Result<Answer, E>) -> Option<&Shadow> {
+    match answer {
+        Ok(Answer::Decision(d)) => d.shadow.as_ref(),
+        Ok(Answer::Leads(b)) => b.shadow.as_ref(),
+        _ => None,
     }
 }
 

@@ -45,7 +45,7 @@ use crate::bindings::{
 };
 use crate::gateway::{Gateway, GatewayError};
 use crate::names::{Escaped, NameError, NameRules, escape, quote};
-use crate::replay::{CreditsJson, Outcome, UsageJson, reason_code};
+use crate::replay::{CreditsJson, Outcome, ShadowJson, UsageJson, reason_code};
 use crate::request::{Origin, Request};
 use crate::runtime::DecideError;
 use crate::serve::{DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT};
@@ -890,6 +890,14 @@ struct LeadsReport<'a> {
     /// One per address, in the order given.
     results: Vec<LeadJson<'a>>,
     lead_credits: Option<CreditsJson>,
+    /// When addresses were refused for lead credits: the plan that would have
+    /// taken them all, or null when none would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upgrade_to: Option<Option<String>>,
+    /// When the account's plan is in shadow mode and enforcement would have
+    /// refused addresses that were taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<ShadowJson>,
 }
 
 #[derive(Debug, Serialize)]
@@ -908,6 +916,7 @@ impl<'a> LeadsReport<'a> {
                 .usage
                 .as_ref()
                 .map(|u| UsageJson::from(u).lead_credits),
+            shadow: batch.shadow.as_ref().map(ShadowJson::from),
             ..LeadsReport::default()
         };
         let mut seen = HashSet::new();
@@ -929,6 +938,9 @@ impl<'a> LeadsReport<'a> {
             };
             *counter += 1;
             report.results.push(LeadJson { email, outcome });
+        }
+        if report.credits_exhausted > 0 {
+            report.upgrade_to = Some(batch.upgrade_to.clone());
         }
         report
     }

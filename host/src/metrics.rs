@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::bindings::Reason;
 use crate::request::Op;
 
 /// Longest latency a histogram tracks; longer ones are clamped to it.
@@ -252,6 +253,9 @@ pub struct GatewayStats {
     /// because the reload could not prepare one for it.
     pub unprepared_switches: u64,
     pub version: u64,
+    /// Requests let through in shadow mode that enforcement would have refused:
+    /// lead credits, then email credits.
+    shadow_refusals: [u64; 2],
 }
 
 impl GatewayStats {
@@ -260,6 +264,26 @@ impl GatewayStats {
             self.outcomes = vec![[0; 3]; Op::ALL.len()];
         }
         self.outcomes[op.index()][outcome as usize] += 1;
+    }
+
+    /// Counts a request let through in shadow mode that enforcement would have
+    /// refused for `reason` (a lack of lead or email credits).
+    pub fn count_shadow(&mut self, reason: Reason) {
+        match reason {
+            Reason::LeadCreditsExhausted => self.shadow_refusals[0] += 1,
+            Reason::EmailCreditsExhausted => self.shadow_refusals[1] += 1,
+            _ => {}
+        }
+    }
+
+    /// Requests let through in shadow that enforcement would have refused for
+    /// `reason`.
+    pub fn shadow_refusals(&self, reason: Reason) -> u64 {
+        match reason {
+            Reason::LeadCreditsExhausted => self.shadow_refusals[0],
+            Reason::EmailCreditsExhausted => self.shadow_refusals[1],
+            _ => 0,
+        }
     }
 
     pub fn outcomes(&self, op: Op, outcome: Outcome) -> u64 {
@@ -412,6 +436,16 @@ impl GatewayStats {
             "creditgate_unprepared_switches_total {}",
             self.unprepared_switches
         );
+        out.push_str("# HELP creditgate_shadow_refusals_total Requests allowed in shadow mode that enforcement would have refused, by reason.\n");
+        out.push_str("# TYPE creditgate_shadow_refusals_total counter\n");
+        for reason in [Reason::LeadCreditsExhausted, Reason::EmailCreditsExhausted] {
+            let _ = writeln!(
+                out,
+                "creditgate_shadow_refusals_total{{reason=\"{}\"}} {}",
+                crate::replay::reason_code(reason),
+                self.shadow_refusals(reason)
+            );
+        }
         out.push_str("# HELP creditgate_policy_version Version of the policy in force; grows by one per reload.\n");
         out.push_str("# TYPE creditgate_policy_version gauge\n");
         let _ = writeln!(out, "creditgate_policy_version {}", self.version);

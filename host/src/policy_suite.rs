@@ -943,6 +943,8 @@ mod tests {
         let outcome = Outcome {
             decision: "deny",
             reason: Some("email_credits_exhausted"),
+            upgrade_to: Some(None),
+            shadow: None,
             charged: 0,
             freed: 0,
             usage: None,

@@ -807,25 +807,34 @@ impl Default for Actions {
 
 impl Actions {
     /// The reply to an exhausted account, saying when its credits reset
-    /// (`resets_at`, say `2025-03-31T09:00:00Z`). A `resets_at` that would make the
-    /// reply invalid (a control character, too long) is left out.
-    pub fn reply_for_exhausted(&self, resets_at: &str) -> Reply {
+    /// (`resets_at`, say `2025-03-31T09:00:00Z`) and, when the policy names
+    /// one, the plan that would have let the message through (`upgrade_to`).
+    /// A `resets_at` or plan that would make the reply invalid (a control
+    /// character, too long) is left out. A custom reply may say them with
+    /// `{resets_at}` and `{upgrade_to}` (empty when there is none).
+    pub fn reply_for_exhausted(&self, resets_at: &str, upgrade_to: Option<&str>) -> Reply {
         const TEXT: &str = "Email credits exhausted";
+        let upgrade = upgrade_to
+            .map(|plan| format!(", or upgrade to {plan}"))
+            .unwrap_or_default();
         let (with, without) = match &self.exhausted {
             ExhaustedAction::Defer => (
-                format!("DEFER 4.7.1 {TEXT}; they reset at {resets_at}"),
+                format!("DEFER 4.7.1 {TEXT}; they reset at {resets_at}{upgrade}"),
                 format!("DEFER 4.7.1 {TEXT}"),
             ),
             ExhaustedAction::Hold => (
-                format!("HOLD {TEXT}; they reset at {resets_at}"),
+                format!("HOLD {TEXT}; they reset at {resets_at}{upgrade}"),
                 format!("HOLD {TEXT}"),
             ),
             ExhaustedAction::Reject => (
-                format!("REJECT 5.7.1 {TEXT}; they reset at {resets_at}"),
+                format!("REJECT 5.7.1 {TEXT}; they reset at {resets_at}{upgrade}"),
                 format!("REJECT 5.7.1 {TEXT}"),
             ),
             ExhaustedAction::Custom(reply) => (
-                reply.action().replace("{resets_at}", resets_at),
+                reply
+                    .action()
+                    .replace("{resets_at}", resets_at)
+                    .replace("{upgrade_to}", upgrade_to.unwrap_or("")),
                 reply.action().to_owned(),
             ),
         };
@@ -1628,7 +1637,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.actions
-                .reply_for_exhausted("2025-03-31T09:00:00Z")
+                .reply_for_exhausted("2025-03-31T09:00:00Z", None)
                 .action(),
             "450 4.7.1 Over quota until 2025-03-31T09:00:00Z"
         );
@@ -1670,7 +1679,7 @@ mod tests {
                 exhausted,
                 ..Actions::default()
             }
-            .reply_for_exhausted(at)
+            .reply_for_exhausted(at, None)
             .action()
             .to_owned()
         };
@@ -1695,11 +1704,41 @@ mod tests {
         // A reset text that would break the reply is left out.
         let actions = Actions::default();
         assert_eq!(
-            actions.reply_for_exhausted("soon\naction=OK").action(),
+            actions
+                .reply_for_exhausted("soon\naction=OK", None)
+                .action(),
             "DEFER 4.7.1 Email credits exhausted"
         );
         assert_eq!(
-            actions.reply_for_exhausted(&"9".repeat(600)).action(),
+            actions.reply_for_exhausted(&"9".repeat(600), None).action(),
+            "DEFER 4.7.1 Email credits exhausted"
+        );
+    }
+
+    #[test]
+    fn replies_for_exhausted_name_the_plan_that_would_do() {
+        let at = "2025-03-31T09:00:00Z";
+        assert_eq!(
+            Actions::default()
+                .reply_for_exhausted(at, Some("pro"))
+                .action(),
+            "DEFER 4.7.1 Email credits exhausted; they reset at 2025-03-31T09:00:00Z, or upgrade to pro"
+        );
+        let custom = Actions {
+            exhausted: ExhaustedAction::Custom(
+                Reply::new("DEFER 4.7.1 over; try {upgrade_to} after {resets_at}").unwrap(),
+            ),
+            ..Actions::default()
+        };
+        assert_eq!(
+            custom.reply_for_exhausted(at, Some("pro")).action(),
+            "DEFER 4.7.1 over; try pro after 2025-03-31T09:00:00Z"
+        );
+        // A plan name that would break the reply is left out with the rest.
+        assert_eq!(
+            Actions::default()
+                .reply_for_exhausted(at, Some("pro\naction=OK"))
+                .action(),
             "DEFER 4.7.1 Email credits exhausted"
         );
     }

@@ -15,7 +15,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::bindings::{AccountUsage, Decision, EmailKind, Reason};
+use crate::bindings::{AccountUsage, Decision, EmailKind, Reason, Shadow};
 use crate::names::{NameError, NameRules};
 use crate::request::{Origin, Request};
 use crate::runtime::Worker;
@@ -232,6 +232,13 @@ pub fn reason_code(reason: Reason) -> &'static str {
 pub struct Outcome {
     pub decision: &'static str,
     pub reason: Option<&'static str>,
+    /// On every denial: the plan that would have allowed it (for a lack of
+    /// credits), else null. Absent when allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_to: Option<Option<String>>,
+    /// When a plan in shadow mode allowed what enforcement would have refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowJson>,
     pub charged: u64,
     pub freed: u64,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -284,11 +291,32 @@ impl From<&AccountUsage> for UsageJson {
     }
 }
 
+/// What enforcement would have answered a request let through in shadow:
+/// `{"decision": "deny", "reason": R, "upgrade_to": P}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowJson {
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub upgrade_to: Option<String>,
+}
+
+impl From<&Shadow> for ShadowJson {
+    fn from(s: &Shadow) -> Self {
+        ShadowJson {
+            decision: "deny",
+            reason: reason_code(s.reason),
+            upgrade_to: s.upgrade_to.clone(),
+        }
+    }
+}
+
 impl From<&Decision> for Outcome {
     fn from(d: &Decision) -> Self {
         Outcome {
             decision: if d.denied.is_some() { "deny" } else { "allow" },
             reason: d.denied.map(reason_code),
+            upgrade_to: d.denied.map(|_| d.upgrade_to.clone()),
+            shadow: d.shadow.as_ref().map(ShadowJson::from),
             charged: d.charged,
             freed: d.freed,
             usage: d.usage.as_ref().map(UsageJson::from),

@@ -37,8 +37,8 @@ use crate::bindings::wit::exports::creditgate::policy::policy::{self as contract
 use crate::bindings::wit::{PolicyEngine, PolicyEnginePre};
 use crate::bindings::{
     AccountUsage, AddressProblem, CycleUsage, Decision, Diagnostic, GroupCleared, GuardedAdd,
-    GuardedMember, GuestError, LeadBatch, MemberRemoved, MembersAdded, Once, PolicySummary,
-    StateError, Tally,
+    GuardedMember, GuestError, LeadBatch, MemberRemoved, MembersAdded, Mode, Once, PolicySummary,
+    Reason, Shadow, StateError, Tally,
 };
 use crate::metrics::Latencies;
 use crate::request::{Op, Request};
@@ -189,6 +189,16 @@ pub enum DurableError {
 
 /// Checks what the WIT promises about a decision and that the types cannot say.
 fn check_decision(d: &Decision) -> Result<(), String> {
+    let credit_denial = matches!(
+        d.denied,
+        Some(Reason::EmailCreditsExhausted | Reason::LeadCreditsExhausted)
+    );
+    if d.upgrade_to.is_some() && !credit_denial {
+        return Err("a plan to upgrade to, for no denial of credits".into());
+    }
+    if d.denied.is_some() && d.shadow.is_some() {
+        return Err("denied, yet allowed in shadow".into());
+    }
     if d.denied.is_some() && (d.charged > 0 || d.freed > 0 || !d.alerts.is_empty()) {
         return Err(format!(
             "denied, yet charged {}, freed {} and fired {} alert(s)",
@@ -305,11 +315,23 @@ impl Runtime {
         })
     }
 
-    /// A worker over `store`, with `policy` loaded. One worker serves one thread.
+    /// A worker over `store`, with `policy` loaded under a gateway that enforces
+    /// its limits. One worker serves one thread.
     pub fn worker(
         &self,
         store: Arc<dyn Store>,
         policy: &str,
+    ) -> Result<(Worker, PolicySummary), LoadError> {
+        self.worker_in(store, policy, Mode::Enforce)
+    }
+
+    /// [`Runtime::worker`] under a gateway in `mode`: the mode of the plans
+    /// that set none (see the WIT's `load-policy`).
+    pub fn worker_in(
+        &self,
+        store: Arc<dyn Store>,
+        policy: &str,
+        mode: Mode,
     ) -> Result<(Worker, PolicySummary), LoadError> {
         let mut worker = Worker {
             pre: self.pre.clone(),
@@ -323,7 +345,9 @@ impl Runtime {
                 store,
             )?,
             policy: Arc::from(policy),
+            mode,
             plans: Vec::new(),
+            modes: Vec::new(),
             accounts: HashMap::default(),
             campaigns: HashMap::default(),
             calls: 0,
@@ -333,7 +357,7 @@ impl Runtime {
             notifier: Notifier::log_only(),
             _ticker: self.ticker.clone(),
         };
-        let summary = worker.load_policy(policy)?;
+        let summary = worker.load_policy_in(policy, mode)?;
         Ok((worker, summary))
     }
 
@@ -832,8 +856,14 @@ impl Instance {
         (result, total, split.then_some(clock.in_store))
     }
 
-    /// Loads `policy` into this instance; a trap or timeout is `LoadError::Trap`.
-    fn load_policy(&mut self, policy: &str, budget: Duration) -> Result<PolicySummary, LoadError> {
+    /// Loads `policy` into this instance, under a gateway in `mode`; a trap or
+    /// timeout is `LoadError::Trap`.
+    fn load_policy(
+        &mut self,
+        policy: &str,
+        mode: Mode,
+        budget: Duration,
+    ) -> Result<PolicySummary, LoadError> {
         if policy.len() > MAX_POLICY_BYTES {
             // Refused before it is copied into the guest: a policy is a few KiB,
             // and a huge one would only cost guest memory and load time.
@@ -848,7 +878,8 @@ impl Instance {
             }]));
         }
         let (result, ..) = self.call(budget, false, |b, s| {
-            b.creditgate_policy_policy().call_load_policy(s, policy)
+            b.creditgate_policy_policy()
+                .call_load_policy(s, policy, mode)
         });
         match result {
             Ok(Ok(summary)) => Ok(summary),
@@ -906,8 +937,12 @@ pub struct Worker {
     instance: Instance,
     /// Reloaded into a replacement instance after a trap.
     policy: Arc<str>,
+    /// The gateway's mode, loaded with the policy.
+    mode: Mode,
     /// The plans of the loaded policy, by the index the component answers.
     plans: Vec<String>,
+    /// The mode each of those plans is decided in, as the component said.
+    modes: Vec<Mode>,
     /// Handles of the accounts the instance has resolved (WIT `account-handle`).
     accounts: HashMap<String, u32, BuildHasherDefault<Fnv>>,
     /// Handles of the campaigns the instance has resolved (WIT `campaign-handle`).
@@ -940,12 +975,24 @@ impl fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Loads a new policy into this worker's instance. On error the old one stays.
+    /// Loads a new policy into this worker's instance, in the gateway mode it
+    /// has. On error the old one stays.
     pub fn load_policy(&mut self, policy: &str) -> Result<PolicySummary, LoadError> {
-        match self.instance.load_policy(policy, self.config.load_budget) {
+        self.load_policy_in(policy, self.mode)
+    }
+
+    /// Loads a new policy under a gateway in `mode`; on error the old policy
+    /// and mode stay, together.
+    pub fn load_policy_in(&mut self, policy: &str, mode: Mode) -> Result<PolicySummary, LoadError> {
+        match self
+            .instance
+            .load_policy(policy, mode, self.config.load_budget)
+        {
             Ok(summary) => {
                 self.policy = Arc::from(policy);
+                self.mode = mode;
                 self.plans = summary.plans.iter().map(|p| p.name.clone()).collect();
+                self.modes = summary.plans.iter().map(|p| p.mode).collect();
                 Ok(summary)
             }
             Err(trapped @ LoadError::Trap(_)) => {
@@ -969,6 +1016,8 @@ impl Worker {
     pub fn decide(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let decision = self.decide_unchecked(request, now)?;
         check_decision(&decision).map_err(DecideError::Contract)?;
+        self.check_mode(request, &decision)
+            .map_err(DecideError::Contract)?;
         let fired = FiredAlert::of_decision(request.account(), &decision, now);
         self.log_alerts(fired, now);
         Ok(decision)
@@ -1051,7 +1100,98 @@ impl Worker {
             freed: decision.freed,
             usage: self.usage(decision.usage)?,
             alerts: decision.alerts,
+            upgrade_to: self.plan_name(decision.upgrade_to)?,
+            shadow: self.shadow(decision.shadow)?,
         })
+    }
+
+    /// The plan at `index` of the loaded policy, by name.
+    fn plan_name(&self, index: Option<u32>) -> Result<Option<String>, DecideError> {
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.plans.get(i))
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| {
+                DecideError::Contract(format!(
+                    "plan {index} of a policy with {} plan(s)",
+                    self.plans.len()
+                ))
+            })
+    }
+
+    fn shadow(
+        &self,
+        shadow: Option<contract::ShadowRefusal>,
+    ) -> Result<Option<Shadow>, DecideError> {
+        let Some(s) = shadow else {
+            return Ok(None);
+        };
+        if !matches!(
+            s.reason,
+            Reason::EmailCreditsExhausted | Reason::LeadCreditsExhausted
+        ) {
+            return Err(DecideError::Contract(
+                "a shadow refusal for no lack of credits".into(),
+            ));
+        }
+        Ok(Some(Shadow {
+            reason: s.reason,
+            upgrade_to: self.plan_name(s.upgrade_to)?,
+        }))
+    }
+
+    /// Whether `plan` is decided in shadow mode, as the component said when it
+    /// loaded the policy.
+    fn in_shadow(&self, plan: &str) -> bool {
+        // Most policies have no plan in shadow: then no name is compared.
+        self.modes.contains(&Mode::Shadow)
+            && self
+                .plans
+                .iter()
+                .zip(&self.modes)
+                .any(|(name, mode)| name == plan && *mode == Mode::Shadow)
+    }
+
+    /// Shadow never leaks into enforcement: a decision that says it was let
+    /// through in shadow must be about an account whose plan the component put
+    /// in shadow, and a charge allowed on a plan it enforces must leave the
+    /// charged credit within its limit. A component that answers otherwise is
+    /// broken, and its answer is not used (the request fails closed).
+    fn check_mode(&self, request: &Request, d: &Decision) -> Result<(), String> {
+        let Some(usage) = &d.usage else {
+            return match d.shadow {
+                Some(_) => Err("a shadow refusal without usage".into()),
+                None => Ok(()),
+            };
+        };
+        let shadow = self.in_shadow(&usage.plan);
+        if d.shadow.is_some() && !shadow {
+            return Err(format!(
+                "a shadow refusal on plan {:?}, which is enforced",
+                usage.plan
+            ));
+        }
+        if shadow || d.denied.is_some() || d.charged == 0 {
+            return Ok(());
+        }
+        let (used, limit) = match request {
+            Request::SendEmail { .. } | Request::ChargeEmail { .. } => {
+                (usage.email_credits.used, usage.email_credits.limit)
+            }
+            Request::AddLead { .. } => (usage.lead_credits.used, usage.lead_credits.limit),
+            _ => return Ok(()),
+        };
+        match limit {
+            Some(limit) if used > limit => Err(format!(
+                "a charge allowed past the limit ({used} of {limit}) of plan {:?}, which is enforced",
+                usage.plan
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Makes the instance forget every handle when there may not be room for
@@ -1166,11 +1306,20 @@ impl Worker {
         let resets_at = batch.usage.as_ref().map(|u| u.email_credits.resets_at);
         let fired = FiredAlert::of(account, &batch.alerts, now, resets_at);
         self.log_alerts(fired, now);
+        let usage = self.usage(batch.usage)?;
+        let shadow = self.shadow(batch.shadow)?;
+        if shadow.is_some() && !usage.as_ref().is_some_and(|u| self.in_shadow(&u.plan)) {
+            return Err(DecideError::Contract(
+                "a batch let through in shadow on a plan that is enforced".into(),
+            ));
+        }
         Ok(LeadBatch {
             denied: batch.denied,
             results: batch.results,
-            usage: self.usage(batch.usage)?,
+            usage,
             alerts: batch.alerts,
+            upgrade_to: self.plan_name(batch.upgrade_to)?,
+            shadow,
         })
     }
 
@@ -1309,7 +1458,7 @@ impl Worker {
         )?;
         let policy = self.policy.clone();
         self.instance
-            .load_policy(&policy, self.config.load_budget)
+            .load_policy(&policy, self.mode, self.config.load_budget)
             .map(drop)
     }
 }

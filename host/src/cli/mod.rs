@@ -212,11 +212,16 @@ impl Denied {
         }
     }
 
-    /// The denial of a decision, if it is one.
+    /// The denial of a decision, if it is one, naming the plan that would have
+    /// allowed it when the policy names one.
     fn of(account: &str, decision: &creditgate::bindings::Decision) -> Option<Self> {
-        decision
+        let denied = decision
             .denied
-            .map(|reason| Denied::new(account, creditgate::replay::reason_code(reason)))
+            .map(|reason| Denied::new(account, creditgate::replay::reason_code(reason)))?;
+        Some(match &decision.upgrade_to {
+            Some(plan) => denied.with_detail(format!("upgrade to plan {plan:?} to allow it")),
+            None => denied,
+        })
     }
 }
 

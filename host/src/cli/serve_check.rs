@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use creditgate::bindings::Mode;
 use creditgate::runtime::{Runtime, RuntimeConfig};
 use creditgate::serve::{Config, Listen, ServeError};
 use creditgate::store::{MemoryStore, RedisStore, Store as _, default_path};
@@ -37,7 +38,7 @@ pub fn check(settings: &Config) -> anyhow::Result<Exit> {
     println!("component  {component}: ok");
 
     let (path, text) = settings.policy.load()?;
-    let summary = match runtime.worker(Arc::new(MemoryStore::new()), &text) {
+    let summary = match runtime.worker_in(Arc::new(MemoryStore::new()), &text, settings.mode) {
         Ok((_, summary)) => summary,
         Err(e) => return Err(ServeError::load(&path, e).into()),
     };
@@ -52,6 +53,27 @@ pub fn check(settings: &Config) -> anyhow::Result<Exit> {
         names.join(", "),
         summary.warnings.len()
     );
+    // Said only when something is observed rather than enforced: an operator
+    // checking a rollout sees which plans will let requests past their limits.
+    let shadow: Vec<&str> = (summary.plans.iter())
+        .filter(|p| p.mode == Mode::Shadow)
+        .map(|p| p.name.as_str())
+        .collect();
+    if settings.mode == Mode::Shadow || !shadow.is_empty() {
+        println!(
+            "mode       gateway {}; plans in shadow (allowed past their limits): {}",
+            if settings.mode == Mode::Shadow {
+                "shadow"
+            } else {
+                "enforce"
+            },
+            if shadow.is_empty() {
+                "none".to_owned()
+            } else {
+                shadow.join(", ")
+            }
+        );
+    }
 
     let spec = match &settings.store {
         Some(spec) => spec.clone(),

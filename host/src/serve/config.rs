@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT, ServeOptions};
 use crate::alerts::{self, Webhook};
+use crate::bindings::Mode;
 use crate::http::{self, HttpOptions};
 use crate::names::NameRules;
 use crate::postfix::PostfixConfig;
@@ -118,6 +119,26 @@ impl PolicySource {
     }
 }
 
+/// The gateway's mode in the config file: `mode = "enforce"` (the default) or
+/// `"shadow"`, the mode of every plan that sets none (see the policy's
+/// `[plans.NAME] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum GatewayMode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl From<GatewayMode> for Mode {
+    fn from(mode: GatewayMode) -> Mode {
+        match mode {
+            GatewayMode::Enforce => Mode::Enforce,
+            GatewayMode::Shadow => Mode::Shadow,
+        }
+    }
+}
+
 /// What a caller sets over the file (the binary: its flags). `None` leaves the
 /// file's value, or the default.
 #[derive(Debug, Clone, Default)]
@@ -140,6 +161,10 @@ pub struct Overrides {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// `"enforce"` (default) or `"shadow"`: observe only, for a safe rollout.
+    /// Read again at each reload.
+    #[serde(default)]
+    mode: GatewayMode,
     postfix_listen: Option<Listen>,
     postfix_unix: Option<PathBuf>,
     http_listen: Option<Listen>,
@@ -202,8 +227,10 @@ impl File {
 /// Everything a [`super::Server`] needs, file and overrides merged and validated.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The file read, if any (for messages).
+    /// The file read, if any (for messages, and for `mode` at each reload).
     pub file: Option<PathBuf>,
+    /// The gateway's mode: every plan's that sets none.
+    pub mode: Mode,
     pub postfix_listen: Listen,
     /// Also listen for Postfix on this unix socket.
     pub postfix_unix: Option<PathBuf>,
@@ -298,6 +325,7 @@ impl Config {
         let idle_timeout = Duration::from_secs(idle);
         Ok(Config {
             file: file.map(Path::to_owned),
+            mode: from.mode.into(),
             postfix_listen,
             postfix_unix: overrides.postfix_unix.or(from.postfix_unix),
             http_listen,
@@ -329,6 +357,12 @@ impl Config {
             webhooks: from.webhooks,
         })
     }
+}
+
+/// The gateway's mode as `file` says now: a reload reads it again, so that a
+/// switch from shadow to enforce applies with the reload.
+pub(super) fn mode_in(file: &Path) -> Result<Mode, ConfigError> {
+    Ok(File::read(file)?.mode.into())
 }
 
 fn at_least_1(value: usize, field: &str) -> Result<(), ConfigError> {

@@ -40,6 +40,7 @@ pub use postfix::{
 };
 
 use crate::alerts::{Notifier, Retry};
+use crate::bindings::Mode;
 use crate::gateway::{Gateway, ReloadError};
 use crate::http::{self, ReloadRefused, Reloaded, Reloader};
 use crate::metrics::GatewayStats;
@@ -172,9 +173,18 @@ impl Server {
         };
         let runtime = Runtime::new(&config.policy.component_source(), runtime_config.clone())
             .map_err(ServeError::Load)?;
-        let (gateway, summary) = Gateway::start(Arc::new(runtime), store, &policy, config.workers)
-            .map_err(|e| ServeError::load(&policy_path, e))?;
+        let (gateway, summary) = Gateway::start_in(
+            Arc::new(runtime),
+            store,
+            &policy,
+            config.mode,
+            config.workers,
+        )
+        .map_err(|e| ServeError::load(&policy_path, e))?;
         let gateway = Arc::new(gateway);
+        if config.mode == Mode::Shadow {
+            warn!("mode = \"shadow\": requests past a limit are allowed and counted, not refused");
+        }
         for warning in &summary.warnings {
             warn!("{}", located(&policy_path, warning));
         }
@@ -184,7 +194,12 @@ impl Server {
             error!("{line}");
         }
 
-        let reloader = reloader(gateway.clone(), config.policy.clone(), runtime_config);
+        let reloader = reloader(
+            gateway.clone(),
+            config.policy.clone(),
+            config.file.clone(),
+            runtime_config,
+        );
         let (stop, stopped) = watch::channel(false);
         let until_stopped = move || {
             let mut stopped = stopped.clone();
@@ -359,7 +374,12 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
 /// file and the component file (when one is configured), validate them on a
 /// scratch instance, and switch; a refusal is logged and the current version keeps
 /// serving.
-fn reloader(gateway: Arc<Gateway>, policy: PolicySource, config: RuntimeConfig) -> Reloader {
+fn reloader(
+    gateway: Arc<Gateway>,
+    policy: PolicySource,
+    config_file: Option<PathBuf>,
+    config: RuntimeConfig,
+) -> Reloader {
     Arc::new(move |force| {
         let refused = |message: String, diagnostics: Vec<String>| {
             warn!("reload refused, the current policy keeps serving: {message}");
@@ -378,6 +398,13 @@ fn reloader(gateway: Arc<Gateway>, policy: PolicySource, config: RuntimeConfig) 
             refused(message, vec![])
         };
         let (path, text) = policy.load().map_err(|e| refused(e.to_string(), vec![]))?;
+        // The gateway's mode, from the config file as it is now: a switch from
+        // shadow to enforce applies with this reload. A config that no longer
+        // reads refuses the reload; the mode in force stays.
+        let mode = match &config_file {
+            Some(file) => Some(config::mode_in(file).map_err(|e| refused_early(e.to_string()))?),
+            None => None,
+        };
         let runtime = match &policy.component {
             None => None,
             Some(_) => Some(Arc::new(
@@ -385,7 +412,8 @@ fn reloader(gateway: Arc<Gateway>, policy: PolicySource, config: RuntimeConfig) 
                     .map_err(|e| refused_early(e.to_string()))?,
             )),
         };
-        match gateway.reload(&text, runtime, force) {
+        let before = gateway.mode();
+        match gateway.reload_in(&text, runtime, force, mode) {
             Ok(summary) => {
                 let mut warnings: Vec<String> =
                     summary.warnings.iter().map(|w| located(&path, w)).collect();
@@ -396,7 +424,16 @@ fn reloader(gateway: Arc<Gateway>, policy: PolicySource, config: RuntimeConfig) 
                     warn!("{warning}");
                 }
                 let version = gateway.version();
-                info!(version, policy = %path.display(), "policy reloaded");
+                let after = gateway.mode();
+                if after != before {
+                    warn!(
+                        version,
+                        from = mode_name(before),
+                        to = mode_name(after),
+                        "the gateway's mode changed"
+                    );
+                }
+                info!(version, policy = %path.display(), mode = mode_name(after), "policy reloaded");
                 Ok(Reloaded { version, warnings })
             }
             Err(ReloadError::Load(LoadError::Policy(diagnostics))) => Err(refused(
@@ -406,6 +443,13 @@ fn reloader(gateway: Arc<Gateway>, policy: PolicySource, config: RuntimeConfig) 
             Err(e) => Err(refused(e.to_string(), vec![])),
         }
     })
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Shadow => "shadow",
+    }
 }
 
 /// One line per plan accounts are on that the policy in force lacks.

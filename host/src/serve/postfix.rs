@@ -373,6 +373,8 @@ async fn answer(
         }
     };
     let Some(reason) = decision.denied else {
+        // Shadow refusals are logged and counted by the gateway; the answer is
+        // the allowed one.
         return Reply::dunno();
     };
     let reply = match reason {
@@ -381,7 +383,10 @@ async fn answer(
                 .usage
                 .as_ref()
                 .map(|u| format_instant(u.email_credits.resets_at));
-            actions.reply_for_exhausted(resets_at.as_deref().unwrap_or(NO_RESET_TIME))
+            actions.reply_for_exhausted(
+                resets_at.as_deref().unwrap_or(NO_RESET_TIME),
+                decision.upgrade_to.as_deref(),
+            )
         }
         Reason::UnknownAccount => actions.reply_for_unknown_account(),
         Reason::NoRecipients => actions.reply_for_no_recipients(),

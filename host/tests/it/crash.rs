@@ -16,7 +16,9 @@
 //!   ids it remembers, and lies between the acknowledged charges and those plus
 //!   the charges in flight; its lead count is exactly the number of distinct
 //!   contacts its campaigns hold;
-//! - no account ever has more credits used than its plan allows;
+//! - no account ever has more credits used than its plan allows, except on the
+//!   plan in shadow mode (issue 17.4), which is let through past its limits and
+//!   never refused for credits, and whose charges are as exact as the others';
 //! - an email alert is logged once per threshold reached, never for one not
 //!   reached: a charge that crossed it is never kept without its alert.
 //!
@@ -72,19 +74,41 @@ struct Plan {
     name: &'static str,
     leads: u64,
     emails: u64,
+    /// In shadow mode: let through past its limits, and counted.
+    shadow: bool,
+}
+
+impl Plan {
+    /// The most email credits an account on this plan may have used.
+    fn email_cap(&self) -> u64 {
+        if self.shadow { u64::MAX } else { self.emails }
+    }
+
+    /// The most lead credits an account on this plan may have used.
+    fn lead_cap(&self) -> u64 {
+        if self.shadow { u64::MAX } else { self.leads }
+    }
 }
 
 /// Small limits, so that accounts run out while the load goes on.
-const PLANS: [Plan; 2] = [
+const PLANS: [Plan; 3] = [
     Plan {
         name: "small",
         leads: 8,
         emails: 25,
+        shadow: false,
     },
     Plan {
         name: "roomy",
         leads: 40,
         emails: 150,
+        shadow: false,
+    },
+    Plan {
+        name: "trial",
+        leads: 8,
+        emails: 25,
+        shadow: true,
     },
 ];
 
@@ -93,12 +117,23 @@ fn policy_toml() -> String {
         .iter()
         .map(|p| {
             format!(
-                "[plans.{}]\nlead_credits = {}\nemail_credits = {}\n",
-                p.name, p.leads, p.emails
+                "[plans.{}]\nlead_credits = {}\nemail_credits = {}\n{}",
+                p.name,
+                p.leads,
+                p.emails,
+                if p.shadow { "mode = \"shadow\"\n" } else { "" }
             )
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Whether `account` is on the plan in shadow mode, as far as the oracle knows.
+fn in_shadow(shared: &Shared, account: &str) -> bool {
+    lock(&shared.accounts)
+        .entries
+        .get(account)
+        .is_some_and(|e| PLANS[e.plan].shadow)
 }
 
 /// Without this, Postfix would hear `DUNNO` for an unknown account too, and an
@@ -689,7 +724,7 @@ impl Client<'_> {
             accounts
                 .entries
                 .get(account)
-                .map_or(0, |e| PLANS[e.plan].emails)
+                .map_or(0, |e| PLANS[e.plan].email_cap())
         };
         let mut problems = Vec::new();
         let mut guard = self.log();
@@ -728,7 +763,12 @@ impl Client<'_> {
             }
             Charge::Denied(reason) => {
                 log.stats.decisions += 1;
-                if reason == "email_credits_exhausted" {
+                if reason == "email_credits_exhausted" && in_shadow(self.shared, &message.account) {
+                    problems.push(format!(
+                        "{key} of {}, whose plan is in shadow, was refused for credits",
+                        message.account
+                    ));
+                } else if reason == "email_credits_exhausted" {
                     log.stats.emails_exhausted += 1;
                 } else {
                     problems.push(format!("{key} was denied {reason}"));
@@ -811,6 +851,9 @@ impl Client<'_> {
                             "{email} in {account}/{campaign} was refused re-adding"
                         )),
                         "uploaded" | "in_other_campaign" | "already_in_campaign" => {}
+                        "lead_credits_exhausted" if PLANS[plan].shadow => problems.push(format!(
+                            "{email} was refused for credits in {account}, whose plan is in shadow"
+                        )),
                         "lead_credits_exhausted" => log.stats.leads_exhausted += 1,
                         other => problems.push(format!("{email}: unexpected outcome {other}")),
                     }
@@ -821,7 +864,7 @@ impl Client<'_> {
                     };
                 }
                 let used = v["lead_credits"]["used"].as_u64().unwrap_or(0);
-                if used > PLANS[plan].leads {
+                if used > PLANS[plan].lead_cap() {
                     problems.push(format!(
                         "{account} reported {used} lead credits used, past {}",
                         PLANS[plan].leads
@@ -935,7 +978,11 @@ impl Client<'_> {
     }
 
     fn subscribe(&mut self, rng: &mut Rng) -> Flow {
-        let plan = usize::from(rng.chance(25));
+        let plan = match rng.below(100) {
+            0..25 => 1,
+            25..40 => 2,
+            _ => 0,
+        };
         let name = format!("a{}-{}", self.id, self.log().next_seq());
         lock(&self.shared.accounts).entries.insert(
             name.clone(),
@@ -1026,14 +1073,14 @@ impl Client<'_> {
                     (emails, leads.len() as u64)
                 };
                 let plan = &PLANS[plan];
-                if emails > plan.emails || emails < mine_emails {
+                if emails > plan.email_cap() || emails < mine_emails {
                     self.violation(format!(
                         "{account}: {emails} email credits used; limit {}, this client's \
                          acknowledged charges alone {mine_emails}",
                         plan.emails
                     ));
                 }
-                if leads > plan.leads || leads < mine_leads {
+                if leads > plan.lead_cap() || leads < mine_leads {
                     self.violation(format!(
                         "{account}: {leads} lead credits used; limit {}, this client's \
                          acknowledged contacts alone {mine_leads}",
@@ -1263,6 +1310,9 @@ struct Report {
     kills_before_listening: u64,
     /// Email alerts reached and found logged, summed over the images.
     alerts_logged: u64,
+    /// Cycles of accounts on the plan in shadow found past its email limit,
+    /// summed over the images.
+    shadow_over: u64,
     images: u64,
     settled_applied: u64,
     settled_not_applied: u64,
@@ -1411,7 +1461,10 @@ fn check_image(
                      remembers cost {charged}"
                 ));
             }
-            if used > plan.emails {
+            if used > plan.emails && plan.shadow {
+                report.shadow_over += 1;
+            }
+            if used > plan.email_cap() {
                 violation(format!(
                     "{name}: {used} email credits used, past {}",
                     plan.emails
@@ -1471,7 +1524,7 @@ fn check_image(
                 distinct.len()
             ));
         }
-        if count > plan.leads {
+        if count > plan.lead_cap() {
             violation(format!(
                 "{name}: {count} lead credits used, past {}",
                 plan.leads
@@ -1741,7 +1794,15 @@ fn serve_killed_at_random_moments_loses_and_oversells_nothing() {
         "crash test: {} reached email alerts found logged once, summed over the images",
         report.alerts_logged
     );
+    println!(
+        "crash test: {} cycles of shadow accounts past their email limit, summed over the images",
+        report.shadow_over
+    );
     println!("crash test: {} violations", violations.len());
+    assert!(
+        report.shadow_over > 0,
+        "no account on the plan in shadow went past its limit: the run tested nothing of it"
+    );
     assert!(
         violations.is_empty(),
         "{} violations (seed {seed}):\n{}",
@@ -1770,7 +1831,7 @@ fn run(files: &Files, shared: &Shared, rng: &mut Rng, kills: u64, report: &mut R
         let probe = agent(REQUEST_TIMEOUT);
         let base = format!("http://{}", first.http);
         let mut accounts = lock(&shared.accounts);
-        for (i, plan) in [0, 0, 0, 1].into_iter().enumerate() {
+        for (i, plan) in [0, 0, 2, 1].into_iter().enumerate() {
             let name = format!("seed{i}");
             let path = format!("/v1/accounts/{name}/subscription");
             let body = json!({ "plan": PLANS[plan].name });

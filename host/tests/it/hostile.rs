@@ -222,6 +222,26 @@ fn impossible_answers_are_errors_not_decisions() {
         assert!(matches!(err, DecideError::Contract(_)), "{account}: {err}");
         still_serves(&mut worker);
     }
+    // Issue 17.4: shadow never leaks into enforcement. A component that says it
+    // let a request through in shadow on a plan it loaded as enforced, or
+    // allowed a charge past an enforced limit, or names a plan to upgrade to for
+    // a denial that is no lack of credits, gets no decision.
+    for account in [
+        "boom-shadow-enforced",
+        "boom-past-limit",
+        "boom-upgrade-elsewhere",
+    ] {
+        let charge = Request::ChargeEmail {
+            account: account.into(),
+            cost: 1,
+            message_id: None,
+        };
+        let err = worker
+            .decide(&charge, 0)
+            .expect_err("shadow leaking into enforcement is not a decision");
+        assert!(matches!(err, DecideError::Contract(_)), "{account}: {err}");
+        still_serves(&mut worker);
+    }
     let emails: Vec<String> = ["a@x.io", "b@x.io", "c@x.io"].map(String::from).into();
     let err = worker
         .add_leads("innocent", "c", &emails, 0)

@@ -791,7 +791,7 @@ fn racing_clients_over_http_get_exactly_the_limit_on_the_embedded_store() {
 
 /// `creditgate serve` with only the HTTP API (and the Postfix unix socket, when
 /// asked), once it listens; its log in `dir`.
-fn spawn_http(dir: &Path, args: &[&str]) -> (ServeProcess, String) {
+pub(crate) fn spawn_http(dir: &Path, args: &[&str]) -> (ServeProcess, String) {
     let serve = ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), dir.join("serve.log"))
         .args(args)
         .postfix(false)
@@ -801,7 +801,7 @@ fn spawn_http(dir: &Path, args: &[&str]) -> (ServeProcess, String) {
 }
 
 /// SIGTERM, then a clean exit; serve's log.
-fn terminate(serve: ServeProcess) -> String {
+pub(crate) fn terminate(serve: ServeProcess) -> String {
     let (status, log) = serve.terminate();
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
     log

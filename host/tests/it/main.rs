@@ -28,6 +28,7 @@ mod redis;
 mod replay;
 mod rules;
 mod serve;
+mod shadow;
 mod store;
 mod store_files;
 mod suites;

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Months};
 use creditgate::bindings::EmailKind;
-use creditgate::replay::{CreditsJson, Event, LimitJson, Outcome, UsageJson, format_instant};
+use creditgate::replay::{
+    CreditsJson, Event, LimitJson, Outcome, ShadowJson, UsageJson, format_instant,
+};
 use creditgate::request::Request;
 
 /// An allowance: `None` is unlimited.
@@ -32,6 +34,8 @@ pub struct Policy {
     pub first: u64,
     pub follow_up: u64,
     pub reply: u64,
+    /// Plans in shadow mode: let past their limits, and said so.
+    pub shadow: BTreeSet<String>,
 }
 
 impl Policy {
@@ -53,7 +57,14 @@ impl Policy {
             first: 1,
             follow_up: 1,
             reply: 1,
+            shadow: BTreeSet::new(),
         }
+    }
+
+    /// The same policy with `plan` in shadow mode.
+    pub fn with_shadow(mut self, plan: &str) -> Self {
+        self.shadow.insert(plan.to_string());
+        self
     }
 
     /// The same policy with other email costs.
@@ -79,6 +90,9 @@ impl Policy {
                 allowance(plan.lead_credits),
                 allowance(plan.email_credits)
             );
+            if self.shadow.contains(name) {
+                out += "mode = \"shadow\"\n";
+            }
         }
         out
     }
@@ -201,6 +215,12 @@ struct Verdict {
     denied: Option<&'static str>,
     charged: u64,
     freed: u64,
+    /// For a denial for want of credits: which credit (lead: true) and how many
+    /// of it the request needed in all.
+    needed: Option<(bool, u64)>,
+    /// For a request let past a limit in shadow: the same, for what
+    /// enforcement would have refused.
+    shadow: Option<(bool, u64)>,
 }
 
 fn allow(charged: u64, freed: u64) -> Verdict {
@@ -208,6 +228,8 @@ fn allow(charged: u64, freed: u64) -> Verdict {
         denied: None,
         charged,
         freed,
+        needed: None,
+        shadow: None,
     }
 }
 
@@ -216,6 +238,29 @@ fn deny(reason: &'static str) -> Verdict {
         denied: Some(reason),
         charged: 0,
         freed: 0,
+        needed: None,
+        shadow: None,
+    }
+}
+
+/// Allowed in shadow past a limit: `charged` taken, `needed` credits in all
+/// (leads when `lead`).
+fn past_limit(lead: bool, charged: u64, needed: u64) -> Verdict {
+    Verdict {
+        shadow: Some((lead, needed)),
+        ..allow(charged, 0)
+    }
+}
+
+/// A denial for want of `needed` credits in all (leads when `lead`).
+fn exhausted(lead: bool, needed: u64) -> Verdict {
+    Verdict {
+        needed: Some((lead, needed)),
+        ..deny(if lead {
+            LEAD_CREDITS_EXHAUSTED
+        } else {
+            EMAIL_CREDITS_EXHAUSTED
+        })
     }
 }
 
@@ -225,6 +270,7 @@ fn deny(reason: &'static str) -> Verdict {
 fn charge(
     acc: &mut Account,
     limit: Allowance,
+    shadow: bool,
     now: i64,
     cost: u64,
     message: Option<(&str, Charged)>,
@@ -240,8 +286,9 @@ fn charge(
         };
     }
     let used = acc.emails_used_in(cycle);
-    if limit.is_some_and(|limit| used + cost > limit) {
-        return deny(EMAIL_CREDITS_EXHAUSTED);
+    let over = limit.is_some_and(|limit| used + cost > limit);
+    if over && !shadow {
+        return exhausted(false, used.saturating_add(cost));
     }
     acc.emails_used.insert(cycle, used + cost);
     if let Some((id, charged)) = message {
@@ -250,7 +297,11 @@ fn charge(
             .or_default()
             .insert(id.to_string(), charged);
     }
-    allow(cost, 0)
+    if over {
+        past_limit(false, cost, used + cost)
+    } else {
+        allow(cost, 0)
+    }
 }
 
 impl Model {
@@ -265,6 +316,10 @@ impl Model {
     pub fn apply(&mut self, event: &Event) -> Outcome {
         let now = event.at;
         let verdict = self.decide(&event.request, now);
+        let current = self
+            .accounts
+            .get(event.request.account())
+            .map(|a| a.plan.clone());
         Outcome {
             decision: if verdict.denied.is_some() {
                 "deny"
@@ -272,10 +327,52 @@ impl Model {
                 "allow"
             },
             reason: verdict.denied,
+            upgrade_to: verdict.denied.map(|_| {
+                let (lead, needed) = verdict.needed?;
+                self.upgrade_to(current.as_deref()?, lead, needed)
+            }),
+            shadow: verdict.shadow.map(|(lead, needed)| ShadowJson {
+                decision: "deny",
+                reason: if lead {
+                    LEAD_CREDITS_EXHAUSTED
+                } else {
+                    EMAIL_CREDITS_EXHAUSTED
+                },
+                upgrade_to: current
+                    .as_deref()
+                    .and_then(|plan| self.upgrade_to(plan, lead, needed)),
+            }),
             charged: verdict.charged,
             freed: verdict.freed,
             usage: self.usage(event.request.account(), now),
         }
+    }
+
+    /// The plan a request needing `needed` credits (leads when `lead`) would
+    /// have been allowed on, for an account on `current`: as the issue words
+    /// it, the plan other than the account's with the smallest limit for that
+    /// credit that fits, ties broken by the smaller limit of the other credit,
+    /// then by name; unlimited is larger than any limit.
+    fn upgrade_to(&self, current: &str, lead: bool, needed: u64) -> Option<String> {
+        let rank = |a: Allowance| a.map_or(u128::MAX, u128::from);
+        let mut fitting: Vec<(u128, u128, &String)> = self
+            .policy
+            .plans
+            .iter()
+            .filter(|(name, _)| name.as_str() != current)
+            .map(|(name, plan)| {
+                let (this, other) = if lead {
+                    (plan.lead_credits, plan.email_credits)
+                } else {
+                    (plan.email_credits, plan.lead_credits)
+                };
+                (this, other, name)
+            })
+            .filter(|(this, _, _)| this.is_none_or(|limit| limit >= needed))
+            .map(|(this, other, name)| (rank(this), rank(other), name))
+            .collect();
+        fitting.sort();
+        fitting.first().map(|(_, _, name)| (*name).clone())
     }
 
     /// An account's usage at `now`, as replay shows it; `None` when the account does
@@ -341,6 +438,7 @@ impl Model {
             .accounts
             .get_mut(request.account())
             .expect("checked above");
+        let shadow = policy.shadow.contains(&acc.plan);
 
         match request {
             Request::Subscribe { .. } => unreachable!("handled above"),
@@ -355,7 +453,7 @@ impl Model {
                     return deny(NO_RECIPIENTS);
                 }
                 let message = message_id.as_deref().map(|id| (id, Charged::Cost(*cost)));
-                charge(acc, plan.email_credits, now, *cost, message)
+                charge(acc, plan.email_credits, shadow, now, *cost, message)
             }
 
             Request::ChangePlan { plan: new_plan, .. } => {
@@ -380,18 +478,20 @@ impl Model {
                     return allow(0, 0);
                 }
                 let held = acc.contacts().contains(&contact);
-                if !held
-                    && plan
-                        .lead_credits
-                        .is_some_and(|limit| acc.lead_used() >= limit)
-                {
-                    return deny(LEAD_CREDITS_EXHAUSTED);
+                let needed = acc.lead_used() + 1;
+                let over = !held && plan.lead_credits.is_some_and(|limit| needed > limit);
+                if over && !shadow {
+                    return exhausted(true, needed);
                 }
                 acc.campaigns
                     .entry(campaign.clone())
                     .or_default()
                     .insert(contact);
-                allow(if held { 0 } else { 1 }, 0)
+                if over {
+                    past_limit(true, 1, needed)
+                } else {
+                    allow(if held { 0 } else { 1 }, 0)
+                }
             }
 
             Request::DeleteLead {
@@ -436,7 +536,7 @@ impl Model {
                 let cost = recipients.len() as u64 * policy.cost(*kind);
                 let message =
                     (message_id.as_deref()).map(|id| (id, Charged::Recipients(recipients)));
-                charge(acc, plan.email_credits, now, cost, message)
+                charge(acc, plan.email_credits, shadow, now, cost, message)
             }
         }
     }

@@ -39,6 +39,12 @@ fn small_policy() -> Policy {
     ])
 }
 
+/// The same plans, with `small` in shadow mode (issue 17.4): let past its
+/// limits, charged exactly, and said so.
+fn shadow_policy() -> Policy {
+    small_policy().with_shadow("small")
+}
+
 /// The same plans, with replies free and follow-ups at two credits.
 fn priced_policy() -> Policy {
     small_policy().with_costs(1, 2, 0)
@@ -354,7 +360,8 @@ fn trace(max: usize) -> impl Strategy<Value = Trace> {
 /// Invariants checked on a stream of (event, output) pairs.
 #[derive(Debug, Default)]
 struct Invariants {
-    /// Accounts that have had an allowed `change_plan`: they may be over a limit.
+    /// Accounts that have had an allowed `change_plan`, or were let past a
+    /// limit in shadow mode: they may be over a limit.
     changed_plan: BTreeSet<String>,
     /// (account, message id, cycle's `resets_at`) of every send charged with an
     /// id, with what it was charged for.
@@ -410,6 +417,13 @@ impl Invariants {
         if allowed && matches!(event.request, R::ChangePlan { .. }) {
             self.changed_plan.insert(account.clone());
         }
+        let shadow = o.get("shadow").is_some();
+        if shadow {
+            if !allowed {
+                return fail("a denial with a shadow refusal");
+            }
+            self.changed_plan.insert(account.clone());
+        }
 
         if o.get("lead_credits").is_none() {
             if charged > 0 || freed > 0 {
@@ -432,7 +446,11 @@ impl Invariants {
         // Within the limits in force, except after a plan change (a downgrade).
         let downgraded = self.changed_plan.contains(&account);
         if let Some(limit) = lead_limit {
-            if charged > 0 && matches!(event.request, R::AddLead { .. }) && lead_used > limit {
+            if charged > 0
+                && !shadow
+                && matches!(event.request, R::AddLead { .. })
+                && lead_used > limit
+            {
                 return fail("a new contact was charged while lead credits were all used");
             }
             if lead_used > limit && !downgraded {
@@ -441,6 +459,7 @@ impl Invariants {
         }
         if let Some(limit) = email_limit {
             if charged > 0
+                && !shadow
                 && matches!(event.request, R::SendEmail { .. } | R::ChargeEmail { .. })
                 && email_used > limit
             {
@@ -647,6 +666,14 @@ proptest! {
     #[test]
     fn component_matches_model_with_email_costs(trace in trace(60)) {
         compare(&priced_policy(), &trace.lines())?;
+    }
+
+    /// The same with a plan in shadow mode: its accounts go past their limits,
+    /// charged exactly and told what enforcement would have said, while the
+    /// plans beside it (and its accounts after a move to one) are enforced.
+    #[test]
+    fn component_matches_model_with_a_plan_in_shadow(trace in trace(60)) {
+        compare(&shadow_policy(), &trace.lines())?;
     }
 
     /// A lead credit freed by a deletion is taken by a new contact right after.

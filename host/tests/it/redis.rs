@@ -379,8 +379,13 @@ fn end_of_message(account: &str, recipients: u32, instance: &str) -> String {
 /// Account `acme` on a plan of `emails` email credits, in `store`, through the
 /// CLI; the policy file it used.
 fn acme_on_small_plan(dir: &Path, store: &str, emails: u64) -> std::path::PathBuf {
+    acme_on_plan(dir, store, emails, "")
+}
+
+/// [`acme_on_small_plan`], with `extra` lines in the plan's table.
+fn acme_on_plan(dir: &Path, store: &str, emails: u64, extra: &str) -> std::path::PathBuf {
     let policy = dir.join("policy.toml");
-    let text = format!("[plans.small]\nlead_credits = 10\nemail_credits = {emails}\n");
+    let text = format!("[plans.small]\nlead_credits = 10\nemail_credits = {emails}\n{extra}");
     std::fs::write(&policy, text).expect("writes the policy");
     let policy_arg = policy.to_str().expect("utf-8");
     creditgate_ok(&[
@@ -431,6 +436,33 @@ fn two_gateways_on_one_redis_cluster_sell_exactly_the_limit() {
     sell_exactly_the_limit(&format!("redis+cluster://{}?prefix=hosts", hosts.join(",")));
 }
 
+/// `clients` messages of one recipient to `acme` (`race-0`, `race-1`, ...),
+/// all at once, each asked of both gateways at once (as Postfix's retry on
+/// another connection would); each message's two replies.
+fn race(gateways: &[Gateway; 2], clients: usize) -> Vec<(String, String)> {
+    let barrier = std::sync::Barrier::new(clients);
+    std::thread::scope(|t| {
+        let clients: Vec<_> = (0..clients)
+            .map(|i| {
+                let barrier = &barrier;
+                t.spawn(move || {
+                    let request = end_of_message("acme", 1, &format!("race-{i}"));
+                    barrier.wait();
+                    std::thread::scope(|t| {
+                        let first = t.spawn(|| gateways[i % 2].ask(&request));
+                        let again = gateways[(i + 1) % 2].ask(&request);
+                        (first.join().expect("client"), again)
+                    })
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("client"))
+            .collect()
+    })
+}
+
 fn sell_exactly_the_limit(store: &str) {
     const LIMIT: u64 = 40;
     const CLIENTS: usize = 64;
@@ -445,28 +477,7 @@ fn sell_exactly_the_limit(store: &str) {
         "action=DUNNO"
     );
 
-    let barrier = std::sync::Barrier::new(CLIENTS);
-    let replies: Vec<(String, String)> = std::thread::scope(|t| {
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|i| {
-                let (gateways, barrier) = (&gateways, &barrier);
-                t.spawn(move || {
-                    let request = end_of_message("acme", 1, &format!("race-{i}"));
-                    barrier.wait();
-                    // The same request to both gateways at once.
-                    std::thread::scope(|t| {
-                        let first = t.spawn(|| gateways[i % 2].ask(&request));
-                        let again = gateways[(i + 1) % 2].ask(&request);
-                        (first.join().expect("client"), again)
-                    })
-                })
-            })
-            .collect();
-        clients
-            .into_iter()
-            .map(|c| c.join().expect("client"))
-            .collect()
-    });
+    let replies = race(&gateways, CLIENTS);
     let mut allowed = 0;
     for (first, again) in &replies {
         assert_eq!(first, again, "one message, two answers");
@@ -498,6 +509,46 @@ fn sell_exactly_the_limit(store: &str) {
         );
     }
     assert_eq!(acme_emails_used(store, &policy), LIMIT);
+    for gateway in gateways {
+        gateway.stop();
+    }
+}
+
+/// Issue 17.4's exactness in shadow, across hosts: the same race on a plan in
+/// shadow mode lets every message through, charges each exactly once though
+/// both gateways were asked, and leaves usage past the limit by what it let
+/// through.
+#[test]
+fn two_gateways_on_one_redis_charge_a_shadow_plan_exactly_once() {
+    const LIMIT: u64 = 40;
+    const CLIENTS: usize = 32;
+    let server = RedisServer::start();
+    let store = format!("{}?prefix=shadow", server.url());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = acme_on_plan(dir.path(), &store, LIMIT, "mode = \"shadow\"\n");
+    let gateways = [
+        Gateway::start(&store, &policy, &dir.path().join("serve-a.log")),
+        Gateway::start(&store, &policy, &dir.path().join("serve-b.log")),
+    ];
+    assert_eq!(
+        gateways[0].ask(&end_of_message("acme", 24, "before")),
+        "action=DUNNO"
+    );
+    for (first, again) in race(&gateways, CLIENTS) {
+        assert_eq!(
+            (first.as_str(), again.as_str()),
+            ("action=DUNNO", "action=DUNNO")
+        );
+    }
+    assert_eq!(acme_emails_used(&store, &policy), 24 + CLIENTS as u64);
+    // Retried later, on either gateway: still charged once.
+    for gateway in &gateways {
+        assert_eq!(
+            gateway.ask(&end_of_message("acme", 1, "race-0")),
+            "action=DUNNO"
+        );
+    }
+    assert_eq!(acme_emails_used(&store, &policy), 24 + CLIENTS as u64);
     for gateway in gateways {
         gateway.stop();
     }

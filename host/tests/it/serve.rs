@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
+use creditgate::bindings::{Mode, Reason};
 use creditgate::gateway::Gateway;
 use creditgate::postfix::PostfixConfig;
 use creditgate::request::Request;
@@ -22,7 +23,8 @@ use creditgate::store::MemoryStore;
 use creditgate::time::now;
 use creditgate_testkit::serve::{ServeProcess, policy_request};
 
-const POLICY: &str = "[plans.small]\nlead_credits = 20\nemail_credits = 5\n";
+const POLICY: &str = "[plans.small]\nlead_credits = 20\nemail_credits = 5\n\
+    [plans.large]\nlead_credits = 20\nemail_credits = 50\n";
 
 /// Every wait in these tests is bounded by this: a hang is a failure, not a stall.
 const WAIT: Duration = Duration::from_secs(10);
@@ -51,8 +53,19 @@ struct Server {
 
 impl Server {
     async fn start(config: PostfixConfig, options: ServeOptions) -> Server {
+        Server::start_in(POLICY, Mode::Enforce, config, options).await
+    }
+
+    /// A server with `policy` under a gateway in `mode`.
+    async fn start_in(
+        policy: &str,
+        mode: Mode,
+        config: PostfixConfig,
+        options: ServeOptions,
+    ) -> Server {
         let (gateway, _) =
-            Gateway::start(component(), Arc::new(MemoryStore::new()), POLICY, 2).expect("starts");
+            Gateway::start_in(component(), Arc::new(MemoryStore::new()), policy, mode, 2)
+                .expect("starts");
         let gateway = Arc::new(gateway);
         let subscribe = Request::Subscribe {
             account: "acme".into(),
@@ -410,11 +423,75 @@ fn an_exhausted_account_is_deferred_until_its_credits_reset() {
             rcpt.starts_with("DEFER 4.7.1 Email credits exhausted; they reset at 20"),
             "{rcpt}"
         );
-        assert!(rcpt.ends_with('Z'), "{rcpt}");
+        // Issue 17.3: the default text names the plan that would let it through.
+        assert!(rcpt.ends_with("Z, or upgrade to large"), "{rcpt}");
         // A charge past the limit is refused whole and takes nothing.
         let over = ask(&mut c, &end_of_message("acme", "1", "full.1")).await;
         assert!(over.starts_with("DEFER 4.7.1 "), "{over}");
         assert_eq!(server.emails_used().await, 5);
+        server.stop().await;
+    });
+}
+
+/// Issue 17.4: a gateway in shadow answers `DUNNO` past the limit, charges
+/// what it let through (once per instance), and counts what it would have
+/// refused; a plan that says `enforce` is deferred beside it.
+#[test]
+fn a_gateway_in_shadow_lets_mail_through_and_counts_it() {
+    run(|| async {
+        let policy = "[plans.small]\nlead_credits = 20\nemail_credits = 5\n\
+            [plans.strict]\nlead_credits = 20\nemail_credits = 5\nmode = \"enforce\"\n";
+        let server = Server::start_in(
+            policy,
+            Mode::Shadow,
+            PostfixConfig::default(),
+            ServeOptions::default(),
+        )
+        .await;
+        let subscribe = Request::Subscribe {
+            account: "strict".into(),
+            plan: "strict".into(),
+            anchor: None,
+        };
+        server
+            .gateway
+            .decide(subscribe, now())
+            .await
+            .expect("subscribes");
+        let mut c = server.connect().await;
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "5", "s.0")).await,
+            "DUNNO"
+        );
+        assert_eq!(ask(&mut c, &request("RCPT", "acme", &[])).await, "DUNNO");
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "3", "s.1")).await,
+            "DUNNO"
+        );
+        // Postfix's retry of the same message is not charged again.
+        assert_eq!(
+            ask(&mut c, &end_of_message("acme", "3", "s.1")).await,
+            "DUNNO"
+        );
+        assert_eq!(server.emails_used().await, 8, "counted past the limit of 5");
+        let stats = server.gateway.snapshot();
+        assert_eq!(stats.shadow_refusals(Reason::EmailCreditsExhausted), 2);
+        assert!(
+            stats
+                .prometheus()
+                .contains("creditgate_shadow_refusals_total{reason=\"email_credits_exhausted\"} 2"),
+            "{}",
+            stats.prometheus()
+        );
+        assert_eq!(
+            ask(&mut c, &end_of_message("strict", "5", "t.0")).await,
+            "DUNNO"
+        );
+        let refused = ask(&mut c, &end_of_message("strict", "1", "t.1")).await;
+        assert!(
+            refused.starts_with("DEFER 4.7.1 Email credits exhausted"),
+            "{refused}"
+        );
         server.stop().await;
     });
 }

@@ -25,7 +25,7 @@ use exports::creditgate::policy::inspect::{
 use exports::creditgate::policy::policy::{
     Account, AccountUsage, AddressProblem, Campaign as CampaignHandle, CycleUsage, Decision,
     Diagnostic, EmailKind, EmailUsage, Error, Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage,
-    PlanRef, PlanSummary, PolicySummary, Reason,
+    Mode, PlanRef, PlanSummary, PolicySummary, Reason,
 };
 use rules::{Added, Charged, Denial, Failure, LeadAdd, Outcome, Policy, Removed, Rules, Usage};
 
@@ -284,6 +284,8 @@ fn decision(outcome: Result<Outcome, Failure<state::StateError>>) -> Result<Deci
         freed: o.freed,
         usage: o.usage.map(usage),
         alerts: Vec::new(),
+        upgrade_to: None,
+        shadow: None,
     })
 }
 
@@ -306,7 +308,9 @@ impl Guest for Domains {
         ACCOUNTS.with(|a| a.borrow_mut().clear());
         CAMPAIGNS.with(|c| c.borrow_mut().clear());
     }
-    fn load_policy(text: String) -> Result<PolicySummary, Vec<Diagnostic>> {
+    /// This component has no shadow mode: its plans are enforced whatever the
+    /// gateway's mode, and it says so in the summary.
+    fn load_policy(text: String, _gateway_mode: Mode) -> Result<PolicySummary, Vec<Diagnostic>> {
         let policy = rules::parse(&text).map_err(|problems| {
             problems
                 .into_iter()
@@ -326,6 +330,7 @@ impl Guest for Domains {
                     name: p.name.clone(),
                     lead_credits: p.leads,
                     email_credits: p.emails,
+                    mode: Mode::Enforce,
                 })
                 .collect(),
             warnings: Vec::new(),
@@ -387,6 +392,8 @@ impl Guest for Domains {
                 .collect(),
             usage: used.map(usage),
             alerts: Vec::new(),
+            upgrade_to: None,
+            shadow: None,
         })
     }
     fn delete_lead(

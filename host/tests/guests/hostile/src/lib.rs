@@ -13,7 +13,7 @@
 //! | `trap`            | a decision traps (a panic, which aborts)                  |
 //! | `charge-then-trap`| a decision takes a lead credit through the host, then traps |
 //! | `slow-store`      | a decision makes many store calls (host time, not guest)  |
-//! | `lie`             | answers contradict themselves (denied yet charged, a 250% alert, a batch with the wrong number of results, a cycle ending before it starts) |
+//! | `lie`             | answers contradict themselves (denied yet charged, a 250% alert, a batch with the wrong number of results, a cycle ending before it starts, shadow on an enforced plan, a charge past an enforced limit) |
 //! | `loop-on-load`    | `load-policy` spins forever                               |
 //! | `trap-on-load`    | `load-policy` traps                                       |
 //! | anything else     | `load-policy` fails with one diagnostic                   |
@@ -31,8 +31,8 @@ wit_bindgen::generate!({
 use creditgate::policy::state;
 use exports::creditgate::policy::policy::{
     Account, AccountUsage, Alert, Campaign, Credit, CycleUsage, Decision, Diagnostic, EmailKind,
-    EmailUsage, Error, Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, PlanRef,
-    PolicySummary, Reason,
+    EmailUsage, Error, Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage, Mode as PlanMode,
+    PlanRef, PlanSummary, PolicySummary, Reason, ShadowRefusal,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,8 @@ fn decide(handle: Account) -> Result<Decision, Error> {
         freed: 0,
         alerts: Vec::new(),
         usage: None,
+        upgrade_to: None,
+        shadow: None,
     };
     if !account.starts_with("boom") {
         return Ok(allowed);
@@ -134,6 +136,25 @@ fn decide(handle: Account) -> Result<Decision, Error> {
                 charged: 2,
                 ..allowed
             },
+            // Plan 0 ("enforced") is in enforce mode: neither may pass.
+            "boom-shadow-enforced" => Decision {
+                usage: Some(usage_on_enforced(0)),
+                shadow: Some(ShadowRefusal {
+                    reason: Reason::EmailCreditsExhausted,
+                    upgrade_to: None,
+                }),
+                ..allowed
+            },
+            "boom-past-limit" => Decision {
+                charged: 1,
+                usage: Some(usage_on_enforced(11)),
+                ..allowed
+            },
+            "boom-upgrade-elsewhere" => Decision {
+                denied: Some(Reason::UnknownAccount),
+                upgrade_to: Some(0),
+                ..allowed
+            },
             "boom-alert" => Decision {
                 alerts: vec![Alert {
                     credit: Credit::Email,
@@ -164,6 +185,24 @@ fn decide(handle: Account) -> Result<Decision, Error> {
     }
 }
 
+/// Usage on plan 0, whose email limit is 10, with `used` email credits used.
+fn usage_on_enforced(used: u64) -> AccountUsage {
+    AccountUsage {
+        plan: PlanRef::Loaded(0),
+        anchor: 0,
+        lead_credits: LeadUsage {
+            used: 0,
+            limit: None,
+        },
+        email_credits: EmailUsage {
+            used,
+            limit: Some(10),
+            cycle_start: 0,
+            resets_at: 5,
+        },
+    }
+}
+
 fn lie_mode() -> bool {
     matches!(MODE.with(Cell::get), Some(Mode::Lie))
 }
@@ -185,7 +224,10 @@ impl Guest for Hostile {
         ACCOUNTS.with(|a| a.borrow_mut().clear());
     }
 
-    fn load_policy(toml: String) -> Result<PolicySummary, Vec<Diagnostic>> {
+    fn load_policy(
+        toml: String,
+        _gateway_mode: PlanMode,
+    ) -> Result<PolicySummary, Vec<Diagnostic>> {
         let mode = match toml.trim() {
             "loop" => Mode::Loop,
             "recurse" => Mode::Recurse,
@@ -206,8 +248,17 @@ impl Guest for Hostile {
             }
         };
         MODE.with(|m| m.set(Some(mode)));
+        let plans = match mode {
+            Mode::Lie => vec![PlanSummary {
+                name: "enforced".into(),
+                lead_credits: None,
+                email_credits: Some(10),
+                mode: PlanMode::Enforce,
+            }],
+            _ => Vec::new(),
+        };
         Ok(PolicySummary {
-            plans: Vec::new(),
+            plans,
             warnings: Vec::new(),
         })
     }
@@ -248,6 +299,8 @@ impl Guest for Hostile {
                 .collect(),
             usage: None,
             alerts: Vec::new(),
+            upgrade_to: None,
+            shadow: None,
         })
     }
     fn delete_lead(
