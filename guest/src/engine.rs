@@ -584,7 +584,7 @@ impl Engine {
                 known.forget(account);
                 continue;
             };
-            let usage = usage_from(acct, &cycle.cycle, tally);
+            let usage = usage_from(acct, &cycle.cycle, tally, now);
             return Ok(match outcome {
                 Ok(effect) => self.allowed(effect, usage)?,
                 Err(reason) => deny(reason, Some(usage)),
@@ -739,12 +739,12 @@ impl Engine {
             counter: st.counter_get(account, &email_counter(&cycle), now)?,
             members: st.member_count(account)?,
         };
-        Ok(usage_from(acct, &cycle, tally))
+        Ok(usage_from(acct, &cycle, tally, now))
     }
 }
 
-/// An account's usage in `cycle`, from its email counter and member count.
-fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally) -> AccountUsage {
+/// An account's usage in `cycle` at `now`, from its email counter and member count.
+fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally, now: Instant) -> AccountUsage {
     AccountUsage {
         plan: match acct.plan_index {
             Some(index) => PlanRef::Loaded(index),
@@ -760,9 +760,16 @@ fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally) -> AccountUsage {
             limit: acct.plan.email_credits,
             cycle_start: cycle.start,
             resets_at: cycle.end,
+            projected_exhaustion: crate::projection::projected_exhaustion(
+                tally.counter,
+                acct.plan.email_credits,
+                cycle,
+                now,
+            ),
         },
     }
 }
+
 
 /// The state seen through one lead decision: it remembers the member count its
 /// primitive just answered, so that reporting the usage after the decision does

@@ -1427,6 +1427,7 @@ mod tests {
                     limit: email.1,
                     cycle_start: 0,
                     resets_at,
+                    projected_exhaustion: None,
                 },
             },
             plan_missing: false,

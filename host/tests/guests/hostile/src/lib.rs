@@ -156,6 +156,7 @@ fn decide(handle: Account) -> Result<Decision, Error> {
                         limit: None,
                         cycle_start: 10,
                         resets_at: 5,
+                        projected_exhaustion: None,
                     },
                 }),
                 ..allowed
