@@ -1,6 +1,7 @@
 //! The host's integration tests: one binary, one module per area.
 
 mod alerts;
+mod campaigns;
 mod check;
 mod cli_remote;
 mod contract;
