@@ -2359,4 +2359,45 @@ mod tests {
             .expect("removes");
         assert_eq!(removed.outcome, MemberRemoveOutcome::Released);
     }
+
+    /// Issue 17.1's migration: a file written before `group_counts` existed opens
+    /// with the counts computed from its memberships, and they are kept from
+    /// then on.
+    #[test]
+    fn a_file_without_group_counts_opens_with_them_computed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.redb");
+        let memberships = [("q1", "a"), ("q1", "b"), ("q2", "b"), ("q2", "c"), ("q3", "d")];
+        {
+            let mut store = RedbStore::open(&path).expect("opens");
+            for (g, m) in memberships {
+                store.member_add("acme", g, m, None).expect("adds");
+            }
+            // Everything in redb itself, nothing left for the journal to replay.
+            assert!(store.check_integrity().expect("checkpoints"));
+            drop(store);
+            let db = Database::create(&path).expect("reopens");
+            let txn = db.begin_write().expect("writes");
+            assert!(txn.delete_table(GROUP_COUNTS).expect("deletes"));
+            txn.commit().expect("commits");
+        }
+        let store = RedbStore::open(&path).expect("opens the old file");
+        let counts = |store: &RedbStore| -> Vec<(String, u64, u64)> {
+            (store.group_counts("acme").expect("reads").into_iter())
+                .map(|c| (c.group, c.members, c.exclusive))
+                .collect()
+        };
+        let expected = |list: &[(&str, u64, u64)]| -> Vec<(String, u64, u64)> {
+            list.iter().map(|&(g, m, e)| (g.to_owned(), m, e)).collect()
+        };
+        assert_eq!(
+            counts(&store),
+            expected(&[("q1", 2, 1), ("q2", 2, 1), ("q3", 1, 1)])
+        );
+        store.member_remove("acme", "q2", "b").expect("removes");
+        assert_eq!(
+            counts(&store),
+            expected(&[("q1", 2, 2), ("q2", 1, 1), ("q3", 1, 1)])
+        );
+    }
 }
