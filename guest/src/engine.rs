@@ -770,7 +770,6 @@ fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally, now: Instant) -> Acco
     }
 }
 
-
 /// The state seen through one lead decision: it remembers the member count its
 /// primitive just answered, so that reporting the usage after the decision does
 /// not cross the boundary again to read it back.

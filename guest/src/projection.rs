@@ -75,9 +75,15 @@ mod tests {
     #[test]
     fn a_projection_at_or_after_the_reset_is_none() {
         // 100 of 1,000 in 3 days: 1,000 after 30 days, exactly at the reset.
-        assert_eq!(projected_exhaustion(100, Some(1_000), &cycle(), at(3)), None);
+        assert_eq!(
+            projected_exhaustion(100, Some(1_000), &cycle(), at(3)),
+            None
+        );
         // Slower still: after it.
-        assert_eq!(projected_exhaustion(100, Some(1_000), &cycle(), at(4)), None);
+        assert_eq!(
+            projected_exhaustion(100, Some(1_000), &cycle(), at(4)),
+            None
+        );
         // A nanosecond before the reset still counts; exactly at it does not.
         let c = cycle();
         assert_eq!(
@@ -101,7 +107,10 @@ mod tests {
             Some(at(4))
         );
         // A limit of 0 with sends: exhausted from the cycle's start.
-        assert_eq!(projected_exhaustion(5, Some(0), &cycle(), at(1)), Some(at(0)));
+        assert_eq!(
+            projected_exhaustion(5, Some(0), &cycle(), at(1)),
+            Some(at(0))
+        );
         // Sent at the cycle's very start: reached then.
         assert_eq!(
             projected_exhaustion(5, Some(10), &cycle(), at(0)),
@@ -111,7 +120,10 @@ mod tests {
 
     #[test]
     fn huge_limits_do_not_overflow() {
-        assert_eq!(projected_exhaustion(1, Some(u64::MAX), &cycle(), at(29)), None);
+        assert_eq!(
+            projected_exhaustion(1, Some(u64::MAX), &cycle(), at(29)),
+            None
+        );
         assert_eq!(
             projected_exhaustion(u64::MAX, Some(u64::MAX), &cycle(), at(29)),
             Some(at(29))

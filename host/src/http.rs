@@ -1104,7 +1104,9 @@ struct DeleteQuery {
 }
 
 impl DeleteQuery {
-    fn of(query: std::result::Result<axum::extract::Query<DeleteQuery>, QueryRejection>) -> Result<Self> {
+    fn of(
+        query: std::result::Result<axum::extract::Query<DeleteQuery>, QueryRejection>,
+    ) -> Result<Self> {
         query.map(|axum::extract::Query(q)| q).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

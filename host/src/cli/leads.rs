@@ -428,20 +428,24 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
     worker.persist().context("making the deletion durable")?;
     match args.format {
         Format::Json => {
-            let mut outcome = serde_json::to_value(Outcome::from(&decision))?;
-            if args.dry_run
-                && let Some(fields) = outcome.as_object_mut()
-            {
-                fields.insert("dry_run".into(), true.into());
-            }
-            println!("{outcome}");
+            let deleted = Deleted {
+                outcome: Outcome::from(&decision),
+                dry_run: args.dry_run,
+            };
+            println!("{}", serde_json::to_string(&deleted)?);
         }
-        Format::Text => println!(
-            "{}",
-            dry_run_text(args.dry_run, deletion_text(&decision))
-        ),
+        Format::Text => println!("{}", dry_run_text(args.dry_run, deletion_text(&decision))),
     }
     Ok(Exit::Success)
+}
+
+/// A deletion's decision as `DELETE .../leads` answers it: a dry run's says so.
+#[derive(serde::Serialize)]
+struct Deleted {
+    #[serde(flatten)]
+    outcome: Outcome,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
 }
 
 /// A deletion's line, said as what would happen in a dry run.

@@ -8,8 +8,8 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_guarded_member, check_name, check_value, is_retry,
+    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
+    check_counter, check_guarded_member, check_name, check_value, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -556,9 +556,7 @@ impl Store for MemoryStore {
         check_name("member", member)?;
         let scopes = self.lock();
         let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
-        Ok(groups
-            .filter(|g| g.contains(group))
-            .map(|g| g.len() as u64))
+        Ok(groups.filter(|g| g.contains(group)).map(|g| g.len() as u64))
     }
 
     fn persist(&self) -> Result<(), StoreError> {

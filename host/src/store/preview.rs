@@ -16,9 +16,7 @@
 
 use std::sync::Arc;
 
-use super::{
-    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_name,
-};
+use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_name};
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
     MembersAdded, Tally,

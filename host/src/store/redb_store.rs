@@ -82,8 +82,8 @@ use redb::{
 use super::group_commit::GroupCommit;
 use super::journal::{self, Journal, OnceKey, Op, ReplayFrom};
 use super::{
-    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_guarded_member, check_name, check_value, is_retry,
+    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
+    check_counter, check_guarded_member, check_name, check_value, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -1887,7 +1887,9 @@ impl Store for RedbStore {
             counters.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
             markers.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
             group_members.retain_in(triples, |_, _| any()).ctx(what)?;
-            member_groups.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
+            member_groups
+                .retain_in(pairs.clone(), |_, _| any())
+                .ctx(what)?;
             sizes.retain_in(pairs, |_, _| any()).ctx(what)?;
             changed |= counts.remove(scope).ctx(what)?.is_some();
 
@@ -1940,7 +1942,9 @@ impl Store for RedbStore {
             }
             for count in super::group_counts_of(&dump.memberships) {
                 let kept = (count.members, count.exclusive);
-                sizes.insert((scope, count.group.as_str()), kept).ctx(what)?;
+                sizes
+                    .insert((scope, count.group.as_str()), kept)
+                    .ctx(what)?;
             }
             let wrote = !(dump.records.is_empty()
                 && dump.counters.is_empty()
@@ -2367,7 +2371,13 @@ mod tests {
     fn a_file_without_group_counts_opens_with_them_computed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("old.redb");
-        let memberships = [("q1", "a"), ("q1", "b"), ("q2", "b"), ("q2", "c"), ("q3", "d")];
+        let memberships = [
+            ("q1", "a"),
+            ("q1", "b"),
+            ("q2", "b"),
+            ("q2", "c"),
+            ("q3", "d"),
+        ];
         {
             let mut store = RedbStore::open(&path).expect("opens");
             for (g, m) in memberships {

@@ -138,8 +138,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_guarded_member, check_name, check_value,
+    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
+    check_counter, check_guarded_member, check_name, check_value,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,

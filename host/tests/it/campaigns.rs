@@ -68,7 +68,10 @@ fn exclusive_counts_and_dry_runs(store: Arc<dyn Store>) {
     let api = Api::start(store, HttpOptions::default());
     assert_eq!(api.subscribe("acme", "large").0, 201);
     // a only in q1; b in q1 and q2; c in q1 and q3; d only in q2.
-    assert_eq!(api.leads("acme", "q1", &["a@x.io", "b@x.io", "c@x.io"]).0, 200);
+    assert_eq!(
+        api.leads("acme", "q1", &["a@x.io", "b@x.io", "c@x.io"]).0,
+        200
+    );
     assert_eq!(api.leads("acme", "q2", &["b@x.io", "d@x.io"]).0, 200);
     assert_eq!(api.leads("acme", "q3", &["c@x.io"]).0, 200);
     assert_eq!(
@@ -157,5 +160,8 @@ fn usage_projects_when_email_credits_run_out() {
     let at = |t: &str| creditgate::time::parse_instant(t).expect("an instant");
     assert!(at(projected) < at(resets), "{usage}");
     // The cycle started at the subscription (the anchor): the pace is counted from it.
-    assert!(at(projected) >= at(usage["anchor"].as_str().expect("anchor")), "{usage}");
+    assert!(
+        at(projected) >= at(usage["anchor"].as_str().expect("anchor")),
+        "{usage}"
+    );
 }
