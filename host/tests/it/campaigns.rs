@@ -165,3 +165,92 @@ fn usage_projects_when_email_credits_run_out() {
         "{usage}"
     );
 }
+
+/// The command line, on a store file: `leads campaigns` with `exclusive`, a
+/// `--dry-run` deletion that reports what the deletion then does (JSON and
+/// text), and `usage` with the projection.
+#[test]
+fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("s.redb");
+    let store = store.to_str().expect("utf-8 path");
+    let run = |args: &[&str], stdin: &str| {
+        let mut command = crate::harness::creditgate_command();
+        command.args(args).args(["--store", store]);
+        let out = crate::harness::run_with_stdin(command, stdin.as_bytes());
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        stdout
+    };
+    run(&["account", "subscribe", "acme", "--plan", "base"], "");
+    let import = |campaign: &str, csv: &str| {
+        run(
+            &[
+                "leads",
+                "import",
+                "--account",
+                "acme",
+                "--campaign",
+                campaign,
+                "-",
+            ],
+            csv,
+        )
+    };
+    import("q1", "email\na@x.io\nb@x.io\nc@x.io\n");
+    import("q2", "email\nc@x.io\nd@x.io\n");
+    let listed = run(
+        &[
+            "leads",
+            "campaigns",
+            "--account",
+            "acme",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&listed).expect("JSON"),
+        json!({"account": "acme", "campaigns": [
+            {"campaign": "q1", "leads": 3, "exclusive": 2},
+            {"campaign": "q2", "leads": 2, "exclusive": 1}]})
+    );
+    let table = run(&["leads", "campaigns", "--account", "acme"], "");
+    assert!(table.starts_with("CAMPAIGN"), "{table}");
+    assert!(table.contains("EXCLUSIVE"), "{table}");
+
+    let delete = [
+        "leads",
+        "delete",
+        "--account",
+        "acme",
+        "--campaign",
+        "q1",
+        "--all",
+    ];
+    let dry_text = run(&[&delete[..], &["--dry-run"]].concat(), "");
+    assert_eq!(
+        dry_text,
+        "dry run, nothing changed: would free 2 lead credits; lead credits used: 2 of 2000\n"
+    );
+    let dry = run(
+        &[&delete[..], &["--dry-run", "--format", "json"]].concat(),
+        "",
+    );
+    assert_eq!(run(&["leads", "campaigns", "--account", "acme"], ""), table);
+    let real = run(&[&delete[..], &["--format", "json"]].concat(), "");
+    let dry: Value = serde_json::from_str(&dry).expect("JSON");
+    let real: Value = serde_json::from_str(&real).expect("JSON");
+    assert_eq!(without_flag(dry), real);
+    assert_eq!(real["freed"], 2, "{real}");
+
+    let usage: Value =
+        serde_json::from_str(&run(&["usage", "acme", "--format", "json"], "")).expect("JSON");
+    assert_eq!(
+        usage["email_credits"]["projected_exhaustion"],
+        Value::Null,
+        "nothing sent: {usage}"
+    );
+}

@@ -517,9 +517,8 @@ fn the_page_and_the_cli_agree_to_the_credit() {
     assert_shows(&row, &cli);
     // Each campaign's exclusive leads (the two share none), and the projection.
     for (campaign, leads) in [("q1", 700), ("q2", 137)] {
-        let cells = format!(
-            r#"data-campaign="{campaign}" data-leads="{leads}" data-exclusive="{leads}""#
-        );
+        let cells =
+            format!(r#"data-campaign="{campaign}" data-leads="{leads}" data-exclusive="{leads}""#);
         assert!(page.contains(&cells), "{cells} in {page}");
     }
     assert!(page.contains(r#"<dd class="projected"><time"#), "{page}");
