@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
-    check_counter, check_guarded_member, check_name, check_value, is_retry,
+    check_counter, check_guarded_member, check_member, check_name, check_value, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -551,9 +551,7 @@ impl Store for MemoryStore {
         group: &str,
         member: &str,
     ) -> Result<Option<u64>, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
+        check_member(scope, group, member)?;
         let scopes = self.lock();
         let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
         Ok(groups.filter(|g| g.contains(group)).map(|g| g.len() as u64))

@@ -480,6 +480,13 @@ pub(crate) fn check_batch(scope: &str, group: &str, members: &[String]) -> Resul
         .try_for_each(|member| check_name("member", member))
 }
 
+/// Checks the names a primitive on one member of one group takes.
+pub(crate) fn check_member(scope: &str, group: &str, member: &str) -> Result<(), StoreError> {
+    check_name("scope", scope)?;
+    check_name("group", group)?;
+    check_name("member", member)
+}
+
 /// Checks the arguments every counter primitive takes.
 pub(crate) fn check_counter(
     scope: &str,

@@ -83,7 +83,7 @@ use super::group_commit::GroupCommit;
 use super::journal::{self, Journal, OnceKey, Op, ReplayFrom};
 use super::{
     CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
-    check_counter, check_guarded_member, check_name, check_value, is_retry,
+    check_counter, check_guarded_member, check_member, check_name, check_value, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -1638,9 +1638,7 @@ impl Store for RedbStore {
         group: &str,
         member: &str,
     ) -> Result<Option<u64>, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
+        check_member(scope, group, member)?;
         let what = "membership";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;

@@ -139,7 +139,7 @@ use redis::{Cmd, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
     CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
-    check_counter, check_guarded_member, check_name, check_value,
+    check_counter, check_guarded_member, check_member, check_name, check_value,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -1463,9 +1463,7 @@ impl Store for RedisStore {
         group: &str,
         member: &str,
     ) -> Result<Option<u64>, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
+        check_member(scope, group, member)?;
         let args = vec![group.into(), member.into()];
         let n: i64 = self.primitive("membership", &SCRIPTS.membership, scope, args)?;
         Ok(u64::try_from(n).ok())
