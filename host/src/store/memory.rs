@@ -59,7 +59,7 @@ impl Scope {
         self.member_groups.len() as u64
     }
 
-    /// Adds `delta` (+1 or -1) to `group`'s exclusive count.
+    /// Adds one to `group`'s exclusive count (`gain`), or takes one away.
     fn exclusive_add(&mut self, group: &str, gain: bool) {
         let n = self.exclusive.entry(group.to_owned()).or_default();
         if gain {
