@@ -723,7 +723,7 @@ impl Engine {
                 known.forget(account);
                 continue;
             };
-            let usage = usage_from(acct, &cycle.cycle, tally);
+            let usage = usage_from(acct, &cycle.cycle, tally, now);
             return Ok(match outcome {
                 Ok(effect) => self.allowed(effect, usage)?,
                 Err((reason, upgrade_to)) => Decision {
@@ -883,12 +883,12 @@ impl Engine {
             counter: st.counter_get(account, &email_counter(&cycle), now)?,
             members: st.member_count(account)?,
         };
-        Ok(usage_from(acct, &cycle, tally))
+        Ok(usage_from(acct, &cycle, tally, now))
     }
 }
 
-/// An account's usage in `cycle`, from its email counter and member count.
-fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally) -> AccountUsage {
+/// An account's usage in `cycle` at `now`, from its email counter and member count.
+fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally, now: Instant) -> AccountUsage {
     AccountUsage {
         plan: match acct.plan_index {
             Some(index) => PlanRef::Loaded(index),
@@ -904,6 +904,12 @@ fn usage_from(acct: &Account, cycle: &Cycle, tally: Tally) -> AccountUsage {
             limit: acct.plan.email_credits,
             cycle_start: cycle.start,
             resets_at: cycle.end,
+            projected_exhaustion: crate::projection::projected_exhaustion(
+                tally.counter,
+                acct.plan.email_credits,
+                cycle,
+                now,
+            ),
         },
     }
 }

@@ -21,7 +21,8 @@ pub trait Catalog {
         after: Option<&Membership>,
         limit: u32,
     ) -> Result<Vec<Membership>, StateError>;
-    fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64)>, StateError>;
+    /// `(group, members, exclusive)` of each group of `scope`.
+    fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, StateError>;
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError>;
 }
 
@@ -52,13 +53,19 @@ pub fn accounts(
     Ok(AccountPage { accounts, next })
 }
 
-/// The campaigns of `account`: the groups of its scope, each with its members.
+/// The campaigns of `account`: the groups of its scope, each with its members and
+/// those no other group holds (the lead credits deleting the campaign frees: a
+/// contact costs one credit while any campaign holds it).
 pub fn campaigns(catalog: &mut impl Catalog, account: &str) -> Result<Vec<Campaign>, InspectError> {
     Ok(catalog
         .group_sizes(account)
         .map_err(InspectError::State)?
         .into_iter()
-        .map(|(name, leads)| Campaign { name, leads })
+        .map(|(name, leads, exclusive)| Campaign {
+            name,
+            leads,
+            exclusive,
+        })
         .collect())
 }
 
@@ -129,10 +136,10 @@ mod component {
         ) -> Result<Vec<Membership>, StateError> {
             imports::members_after(scope, group, after, limit)
         }
-        fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64)>, StateError> {
+        fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, StateError> {
             Ok(imports::group_sizes(scope)?
                 .into_iter()
-                .map(|g| (g.group, g.members))
+                .map(|g| (g.group, g.members, g.exclusive))
                 .collect())
         }
         fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
@@ -218,12 +225,19 @@ mod tests {
                 .map(|(group, member)| Membership { group, member })
                 .collect())
         }
-        fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64)>, StateError> {
-            let mut sizes = BTreeMap::<String, u64>::new();
-            for (g, _) in self.members.get(scope).into_iter().flatten() {
-                *sizes.entry(g.clone()).or_default() += 1;
+        fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, StateError> {
+            let all = self.members.get(scope).cloned().unwrap_or_default();
+            let mut groups_of = BTreeMap::<&str, u64>::new();
+            for (_, m) in &all {
+                *groups_of.entry(m).or_default() += 1;
             }
-            Ok(sizes.into_iter().collect())
+            let mut sizes = BTreeMap::<String, (u64, u64)>::new();
+            for (g, m) in &all {
+                let (n, e) = sizes.entry(g.clone()).or_default();
+                *n += 1;
+                *e += u64::from(groups_of[m.as_str()] == 1);
+            }
+            Ok(sizes.into_iter().map(|(g, (n, e))| (g, n, e)).collect())
         }
         fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
             Ok(self.records.get(&(scope.into(), key.into())).cloned())
@@ -267,11 +281,12 @@ mod tests {
     fn campaigns_count_memberships_and_leads_page_in_order() {
         let mut f = fake();
         let c = campaigns(&mut f, "acme").unwrap();
+        // b@x.io is in both campaigns: only a@x.io is q1's alone.
         assert_eq!(
             c.iter()
-                .map(|c| (c.name.as_str(), c.leads))
+                .map(|c| (c.name.as_str(), c.leads, c.exclusive))
                 .collect::<Vec<_>>(),
-            [("q1", 2), ("q2", 1)]
+            [("q1", 2, 1), ("q2", 1, 0)]
         );
         assert!(campaigns(&mut f, "nobody").unwrap().is_empty());
         let page = leads(&mut f, "acme", None, None, 2).unwrap();

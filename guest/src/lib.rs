@@ -16,6 +16,7 @@ pub mod engine;
 pub mod inspect;
 mod known;
 pub mod policy;
+mod projection;
 
 #[cfg(target_arch = "wasm32")]
 mod component;

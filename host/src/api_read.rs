@@ -465,6 +465,8 @@ async fn known(bulk: &Bulk, account: &str) -> ApiResult<()> {
 struct CampaignJson {
     campaign: String,
     leads: u64,
+    /// Leads no other campaign holds: the lead credits deleting them all frees.
+    exclusive: u64,
 }
 
 #[derive(Serialize)]
@@ -489,6 +491,7 @@ async fn campaigns(State(bulk): State<Bulk>, Path(account): Path<String>) -> Api
             .map(|c| CampaignJson {
                 campaign: c.name,
                 leads: c.leads,
+                exclusive: c.exclusive,
             })
             .collect(),
     }))

@@ -967,7 +967,7 @@ async fn account(State(bulk): State<Bulk>, path: Result<Path<String>, PathReject
             let campaigns = inspect::campaigns(w, &name).map(|found| {
                 found
                     .into_iter()
-                    .map(|c| (c.name, c.leads))
+                    .map(|c| (c.name, (c.leads, c.exclusive)))
                     .collect::<BTreeMap<_, _>>()
             });
             Ok((cycles, campaigns))
@@ -1016,7 +1016,8 @@ async fn account(State(bulk): State<Bulk>, path: Result<Path<String>, PathReject
 /// What an account page shows besides usage; each part may fail alone.
 struct Details {
     history: Result<Vec<CycleUsage>, String>,
-    campaigns: Result<BTreeMap<String, u64>, String>,
+    /// Campaign → (leads, leads no other campaign holds).
+    campaigns: Result<BTreeMap<String, (u64, u64)>, String>,
     refusals: Vec<Refusal>,
     alerts: Result<Vec<FiredAlert>, String>,
     /// The policy's warning levels.
@@ -1036,6 +1037,7 @@ fn account_main(account: &str, u: &AccountUsage, details: &Details, at: i64) -> 
 <div><dt>Subscribed</dt><dd class="anchor">{anchor}</dd></div>
 <div><dt>Current cycle</dt><dd>{start} →</dd></div>
 <div><dt>Email credits reset</dt><dd class="reset">{reset} <span class="in">in {until}</span></dd></div>
+<div><dt>At this cycle's pace, they run out</dt><dd class="projected">{projected}</dd></div>
 </dl>
 <div class="card meters">
 {lead}
@@ -1049,6 +1051,14 @@ fn account_main(account: &str, u: &AccountUsage, details: &Details, at: i64) -> 
         start = time_element(u.email_credits.cycle_start),
         reset = time_element(u.email_credits.resets_at),
         until = human_duration(u.email_credits.resets_at.saturating_sub(at)),
+        projected = match u.email_credits.projected_exhaustion {
+            Some(when) => format!(
+                r#"{} <span class="in">in {}</span>"#,
+                time_element(when),
+                human_duration(when.saturating_sub(at))
+            ),
+            None => "not before the reset".to_owned(),
+        },
         lead = meter(
             "lead",
             Some("Lead credits"),
@@ -1265,7 +1275,10 @@ fn empty(text: &str) -> String {
     format!(r#"<p class="empty">{}</p>"#, escape(text))
 }
 
-fn campaigns_section(campaigns: &Result<BTreeMap<String, u64>, String>, distinct: u64) -> String {
+fn campaigns_section(
+    campaigns: &Result<BTreeMap<String, (u64, u64)>, String>,
+    distinct: u64,
+) -> String {
     let mut out = String::from("<section>\n<h2>Campaigns</h2>\n");
     match campaigns {
         Err(e) => {
@@ -1276,13 +1289,14 @@ fn campaigns_section(campaigns: &Result<BTreeMap<String, u64>, String>, distinct
         }
         Ok(campaigns) => {
             out.push_str(
-                "<table class=\"campaigns\"><thead><tr><th>Campaign</th><th class=\"num\">Leads</th></tr></thead><tbody>\n",
+                "<table class=\"campaigns\"><thead><tr><th>Campaign</th><th class=\"num\">Leads</th><th class=\"num\" title=\"Leads no other campaign holds: the lead credits deleting this campaign's leads frees\">Exclusive</th></tr></thead><tbody>\n",
             );
-            for (name, count) in campaigns.iter().take(MAX_CAMPAIGN_ROWS) {
+            for (name, (count, exclusive)) in campaigns.iter().take(MAX_CAMPAIGN_ROWS) {
                 let _ = writeln!(
                     out,
-                    r#"<tr data-campaign="{name}" data-leads="{count}"><td>{name}</td><td class="num">{}</td></tr>"#,
+                    r#"<tr data-campaign="{name}" data-leads="{count}" data-exclusive="{exclusive}"><td>{name}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
                     grouped(*count),
+                    grouped(*exclusive),
                     name = escape(name),
                 );
             }
@@ -1296,7 +1310,7 @@ fn campaigns_section(campaigns: &Result<BTreeMap<String, u64>, String>, distinct
             }
             let _ = writeln!(
                 out,
-                r#"<p class="note">{} distinct contacts hold the lead credits: a contact in two campaigns counts in both here, once against the limit.</p>"#,
+                r#"<p class="note">{} distinct contacts hold the lead credits: a contact in two campaigns counts in both here, once against the limit. Deleting a campaign's leads frees its exclusive ones.</p>"#,
                 grouped(distinct)
             );
         }
@@ -1465,6 +1479,7 @@ mod tests {
                     limit: email.1,
                     cycle_start: 0,
                     resets_at,
+                    projected_exhaustion: None,
                 },
             },
             plan_missing: false,
@@ -1663,7 +1678,7 @@ mod tests {
         );
         let details = Details {
             history: Ok(Vec::new()),
-            campaigns: Ok(BTreeMap::from([("<img src=x>".to_owned(), 2)])),
+            campaigns: Ok(BTreeMap::from([("<img src=x>".to_owned(), (2, 1))])),
             refusals: Vec::new(),
             alerts: Err("<b>".to_owned()),
             warn: WARN,

@@ -724,6 +724,12 @@ impl Gateway {
         worker_for(&self.version, &self.store)
     }
 
+    /// A worker of its own over `store` with the version in force: for a dry
+    /// run on a [`crate::store::Preview`] of the gateway's store.
+    pub fn worker_over(&self, store: &Arc<dyn Store>) -> Result<(Worker, u64), LoadError> {
+        worker_for(&self.version, store)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

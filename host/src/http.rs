@@ -50,6 +50,7 @@ use crate::request::{Origin, Request};
 use crate::runtime::DecideError;
 use crate::serve::{DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT};
 use crate::slots::{Conn, Slot, SlotLimits, Slots};
+use crate::store::{Preview, Store};
 use crate::time::{format_instant, now, parse_instant, whole_second};
 
 /// Most addresses one `POST .../leads` takes: Smartlead's own limit per request,
@@ -835,18 +836,34 @@ pub(crate) struct AccountJson<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     plan_missing: bool,
     anchor: String,
+    lead_credits: CreditsJson,
+    email_credits: EmailCreditsJson,
+}
+
+/// Email credits as an account's views show them: as decisions report them,
+/// and when they run out at this cycle's pace (`null`: not before the reset,
+/// nothing sent, or unlimited; the component computes it).
+#[derive(Debug, Serialize)]
+struct EmailCreditsJson {
     #[serde(flatten)]
-    usage: UsageJson,
+    credits: CreditsJson,
+    projected_exhaustion: Option<String>,
 }
 
 impl<'a> AccountJson<'a> {
     pub(crate) fn new(account: &'a str, usage: &'a AccountUsage) -> Self {
+        let credits = UsageJson::from(usage);
         AccountJson {
             account,
             plan: &usage.plan,
             plan_missing: false,
             anchor: format_instant(usage.anchor),
-            usage: UsageJson::from(usage),
+            lead_credits: credits.lead_credits,
+            email_credits: EmailCreditsJson {
+                credits: credits.email_credits,
+                projected_exhaustion: (usage.email_credits.projected_exhaustion)
+                    .map(format_instant),
+            },
         }
     }
 
@@ -1051,14 +1068,16 @@ async fn delete_lead(
     State(app): State<App>,
     _: Admin,
     Path((account, campaign, email)): Path<(String, String, String)>,
+    query: std::result::Result<axum::extract::Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Response> {
+    let query = DeleteQuery::of(query)?;
     let account = app.account(&account)?;
     let request = Request::DeleteLead {
         account: account.clone(),
         campaign: app.campaign(&campaign)?,
         email: email.clone(),
     };
-    let decision = decide(&app, request, now()).await?;
+    let decision = query.decide(&app, request).await?;
     if decision.denied == Some(Reason::InvalidEmail) {
         let why = invalid_email(&app, std::slice::from_ref(&email)).await;
         return Err(ApiError::unprocessable(
@@ -1067,22 +1086,94 @@ async fn delete_lead(
         ));
     }
     allowed(&app, &account, None, &decision)?;
-    Ok(json(&Outcome::from(&decision)))
+    Ok(json(&Deleted::of(&decision, query.dry_run)))
 }
 
 async fn delete_campaign_leads(
     State(app): State<App>,
     _: Admin,
     Path((account, campaign)): Path<(String, String)>,
+    query: std::result::Result<axum::extract::Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Response> {
+    let query = DeleteQuery::of(query)?;
     let account = app.account(&account)?;
     let request = Request::DeleteCampaignLeads {
         account: account.clone(),
         campaign: app.campaign(&campaign)?,
     };
-    let decision = decide(&app, request, now()).await?;
+    let decision = query.decide(&app, request).await?;
     allowed(&app, &account, None, &decision)?;
-    Ok(json(&Outcome::from(&decision)))
+    Ok(json(&Deleted::of(&decision, query.dry_run)))
+}
+
+/// The query the deletion routes take: `?dry_run=true` answers what the
+/// deletion would do, `freed` included, and changes nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl DeleteQuery {
+    fn of(
+        query: std::result::Result<axum::extract::Query<DeleteQuery>, QueryRejection>,
+    ) -> Result<Self> {
+        query.map(|axum::extract::Query(q)| q).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!(
+                    "{}; a deletion takes `dry_run=true` or `dry_run=false`",
+                    e.body_text()
+                ),
+            )
+        })
+    }
+
+    /// Decides `request` for real, or as a dry run: the component decides it
+    /// as usual, on a [`Preview`] of the store that answers removals without
+    /// applying them, so that it reports exactly what the deletion would.
+    async fn decide(&self, app: &App, request: Request) -> Result<Decision> {
+        if !self.dry_run {
+            return decide(app, request, now()).await;
+        }
+        let gateway = app.gateway.clone();
+        let account = request.account().to_owned();
+        let at = now();
+        let decided = tokio::task::spawn_blocking(move || {
+            let preview: Arc<dyn Store> = Arc::new(Preview::new(gateway.store().clone()));
+            let (mut worker, _) = gateway.worker_over(&preview).map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("cannot start a dry run: {e}"),
+                )
+            })?;
+            (worker.decide(&request, at))
+                .map_err(|e| ApiError::gateway(&account, GatewayError::Decide(e)))
+        })
+        .await;
+        decided.map_err(|e| ApiError::internal(format!("the dry run failed: {e}")))?
+    }
+}
+
+/// A deletion's answer; a dry run's says so.
+#[derive(Debug, Serialize)]
+struct Deleted {
+    #[serde(flatten)]
+    outcome: Outcome,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
+}
+
+impl Deleted {
+    fn of(decision: &Decision, dry_run: bool) -> Self {
+        Deleted {
+            outcome: Outcome::from(decision),
+            dry_run,
+        }
+    }
 }
 
 /// A decision, allowed or denied, is a 200: the denial is the answer asked for.

@@ -63,22 +63,18 @@ pub fn members_after(
     Ok(found)
 }
 
-/// `catalog.group-sizes`: memberships counted by group from one snapshot (one
-/// entry per group in memory, not per member).
+/// `catalog.group-sizes`: the counts the store keeps per group
+/// ([`Store::group_counts`]), read without visiting a member.
 pub fn group_sizes(store: &dyn Store, scope: &str) -> Result<Vec<GroupSize>, StoreError> {
-    let mut sizes: Vec<GroupSize> = Vec::new();
-    // Memberships come in group order: a group's count is the last entry's.
-    store.visit_members(scope, None, &mut |group, _| {
-        match sizes.last_mut() {
-            Some(last) if last.group == group => last.members += 1,
-            _ => sizes.push(GroupSize {
-                group: group.to_owned(),
-                members: 1,
-            }),
-        }
-        true
-    })?;
-    Ok(sizes)
+    Ok(store
+        .group_counts(scope)?
+        .into_iter()
+        .map(|c| GroupSize {
+            group: c.group,
+            members: c.members,
+            exclusive: c.exclusive,
+        })
+        .collect())
 }
 
 // ---- the questions, asked of a worker -----------------------------------------------
@@ -378,9 +374,9 @@ mod tests {
         assert_eq!(
             sizes
                 .iter()
-                .map(|g| (g.group.as_str(), g.members))
+                .map(|g| (g.group.as_str(), g.members, g.exclusive))
                 .collect::<Vec<_>>(),
-            [("q1", 2), ("q2", 1)]
+            [("q1", 2, 1), ("q2", 1, 0)]
         );
         let page = members_after(&store, "s", None, None, 2).expect("reads");
         let rest = members_after(&store, "s", None, page.last(), 2).expect("reads");

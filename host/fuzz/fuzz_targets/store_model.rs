@@ -141,6 +141,10 @@ enum Op {
     AlertInsert(u8, u8, u8),
     /// Owner filter; after (owner, key).
     VisitAlerts(Option<u8>, Option<(u8, u8)>),
+    /// Each group's size and exclusive members, as the store keeps them.
+    GroupCounts(u8),
+    /// Whether a member is in a group, and its group count.
+    Membership(u8, u8, u8),
 }
 
 // The bindgen types have no PartialEq: results are compared in this rendering.
@@ -158,6 +162,9 @@ enum Out {
     Visited(Vec<(String, String)>),
     Dump(ScopeDump),
     Alerts(Vec<(String, String, String)>),
+    /// `(group, members, exclusive)` of each group.
+    Groups(Vec<(String, u64, u64)>),
+    Membership(Option<u64>),
     Unit,
     InvalidArgument,
 }
@@ -183,6 +190,23 @@ fn pair(a: &str, b: &str) -> (String, String) {
 }
 
 impl Model {
+    /// `(group, members, exclusive)` of each group of `scope`: exclusive members
+    /// are held by that group alone.
+    fn group_counts(&self, scope: &str) -> Vec<(String, u64, u64)> {
+        let mut counts = BTreeMap::<String, (u64, u64)>::new();
+        for ((s, _), gs) in &self.groups {
+            if s != scope {
+                continue;
+            }
+            for g in gs {
+                let (members, exclusive) = counts.entry(g.clone()).or_default();
+                *members += 1;
+                *exclusive += u64::from(gs.len() == 1);
+            }
+        }
+        counts.into_iter().map(|(g, (m, e))| (g, m, e)).collect()
+    }
+
     fn members(&self, scope: &str) -> u64 {
         self.groups.keys().filter(|(s, _)| s == scope).count() as u64
     }
@@ -419,6 +443,22 @@ impl Model {
                 }
                 Out::Count(self.members(scope(s)))
             }
+            Op::GroupCounts(s) => {
+                if !valid(&[scope(s)]) {
+                    return Out::InvalidArgument;
+                }
+                Out::Groups(self.group_counts(scope(s)))
+            }
+            Op::Membership(s, g, m) => {
+                if !valid(&[scope(s), group(g), member(m)]) {
+                    return Out::InvalidArgument;
+                }
+                Out::Membership(
+                    (self.groups.get(&pair(scope(s), member(m))))
+                        .filter(|gs| gs.contains(group(g)))
+                        .map(|gs| gs.len() as u64),
+                )
+            }
             Op::Scopes => Out::Scopes(self.scopes()),
             Op::Persist => Out::Unit,
             Op::Visit(s, g) => {
@@ -582,6 +622,18 @@ fn run(store: &dyn Store, op: &Op, now: i64) -> Out {
         }
         Op::GroupClear(s, g) => out(store.group_clear(scope(s), group(g)), cleared),
         Op::MemberCount(s) => out(store.member_count(scope(s)), Out::Count),
+        Op::GroupCounts(s) => out(store.group_counts(scope(s)), |counts| {
+            Out::Groups(
+                counts
+                    .into_iter()
+                    .map(|c| (c.group, c.members, c.exclusive))
+                    .collect(),
+            )
+        }),
+        Op::Membership(s, g, m) => out(
+            store.membership(scope(s), group(g), member(m)),
+            Out::Membership,
+        ),
         Op::Scopes => out(store.scopes(), Out::Scopes),
         Op::Persist => out(store.persist(), |()| Out::Unit),
         Op::Visit(s, g) => {
@@ -602,9 +654,7 @@ fn run(store: &dyn Store, op: &Op, now: i64) -> Out {
             Err(e) => out(Err::<(), _>(e), |()| Out::Unit),
         },
         Op::AlertSequence(o) => out(store.alert_sequence(scope(o)), Out::Count),
-        Op::AlertInsert(o, k, v) => {
-            out(store.alert_insert(scope(o), key(k), value(v)), Out::Bool)
-        }
+        Op::AlertInsert(o, k, v) => out(store.alert_insert(scope(o), key(k), value(v)), Out::Bool),
         Op::VisitAlerts(owner, after) => {
             let mut seen = Vec::new();
             let visited = store.visit_alerts(

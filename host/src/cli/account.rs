@@ -180,6 +180,19 @@ pub(super) struct CreditsView {
     pub limit: LimitView,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resets_at: Option<String>,
+    /// Email credits: when they run out at this cycle's pace, `null` when not
+    /// before the reset (the outer None: not said, as for lead credits).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "said"
+    )]
+    pub projected_exhaustion: Option<Option<String>>,
+}
+
+/// A field that may be `null`, told apart from one left out.
+fn said<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// A count, or `"unlimited"`.
@@ -226,11 +239,15 @@ impl AccountView {
                 used: u.lead_credits.used,
                 limit: u.lead_credits.limit.into(),
                 resets_at: None,
+                projected_exhaustion: None,
             },
             email_credits: CreditsView {
                 used: u.email_credits.used,
                 limit: u.email_credits.limit.into(),
                 resets_at: Some(format_instant(u.email_credits.resets_at)),
+                projected_exhaustion: Some(
+                    u.email_credits.projected_exhaustion.map(format_instant),
+                ),
             },
         }
     }

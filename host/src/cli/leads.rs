@@ -32,11 +32,14 @@ pub enum Command {
     Import(ImportArgs),
     /// Removes one contact, or all of them, from a campaign and reports the lead
     /// credits freed (a credit is freed when no other campaign holds the contact).
+    /// With `--dry-run`, reports what the deletion would do and changes nothing.
     Delete(DeleteArgs),
     /// Lists an account's contacts: `campaign<TAB>address` per line, or only the
     /// addresses with `--campaign`.
     List(ListArgs),
-    /// Lists an account's campaigns with the number of contacts each holds.
+    /// Lists an account's campaigns with the number of contacts each holds, and
+    /// how many of those no other campaign holds: the lead credits deleting the
+    /// campaign's contacts would free.
     Campaigns(super::leads_remote::CampaignsArgs),
 }
 
@@ -361,6 +364,9 @@ pub struct DeleteArgs {
     /// Remove every contact of the campaign.
     #[arg(long)]
     all: bool,
+    /// Report what the deletion would do (`freed` included) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Output format: a line, or the decision's JSON object.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -375,14 +381,28 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         if let Some(email) = &args.email {
             path = format!("{path}/{}", super::remote::escape(email));
         }
+        if args.dry_run {
+            path += "?dry_run=true";
+        }
         let outcome: serde_json::Value = server.delete(&path)?;
         match args.format {
             Format::Json => println!("{outcome}"),
-            Format::Text => println!("{}", super::leads_remote::deletion_text(&outcome)),
+            Format::Text => println!(
+                "{}",
+                dry_run_text(args.dry_run, super::leads_remote::deletion_text(&outcome))
+            ),
         }
         return Ok(Exit::Success);
     }
-    let mut worker = args.policy.worker(args.store.open_existing()?)?;
+    let store = args.store.open_existing()?;
+    // A dry run: the policy decides the deletion as usual, on a view of the store
+    // that answers removals without applying them.
+    let store: Arc<dyn creditgate::store::Store> = if args.dry_run {
+        Arc::new(creditgate::store::Preview::new(store))
+    } else {
+        store
+    };
+    let mut worker = args.policy.worker(store)?;
     let request = match &args.email {
         Some(email) => Request::DeleteLead {
             account: args.account.clone(),
@@ -411,10 +431,33 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         return Err(denied.into());
     }
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string(&Outcome::from(&decision))?),
-        Format::Text => println!("{}", deletion_text(&decision)),
+        Format::Json => {
+            let deleted = Deleted {
+                outcome: Outcome::from(&decision),
+                dry_run: args.dry_run,
+            };
+            println!("{}", serde_json::to_string(&deleted)?);
+        }
+        Format::Text => println!("{}", dry_run_text(args.dry_run, deletion_text(&decision))),
     }
     Ok(Exit::Success)
+}
+
+/// A deletion's decision as `DELETE .../leads` answers it: a dry run's says so.
+#[derive(serde::Serialize)]
+struct Deleted {
+    #[serde(flatten)]
+    outcome: Outcome,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
+}
+
+/// A deletion's line, said as what would happen in a dry run.
+fn dry_run_text(dry_run: bool, text: String) -> String {
+    match text.strip_prefix("freed ") {
+        Some(rest) if dry_run => format!("dry run, nothing changed: would free {rest}"),
+        _ => text,
+    }
 }
 
 fn deletion_text(d: &Decision) -> String {

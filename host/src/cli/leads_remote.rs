@@ -297,7 +297,9 @@ pub struct CampaignsArgs {
     /// The account whose campaigns to list.
     #[arg(long)]
     pub(super) account: String,
-    /// Output format: a table, or `{"account", "campaigns": [{"campaign", "leads"}]}`.
+    /// Output format: a table, or `{"account", "campaigns": [{"campaign", "leads",
+    /// "exclusive"}]}` (`exclusive`: leads no other campaign holds, the lead
+    /// credits deleting the campaign's leads frees).
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -312,6 +314,7 @@ struct Campaigns {
 struct Campaign {
     campaign: String,
     leads: u64,
+    exclusive: u64,
 }
 
 pub fn campaigns(args: CampaignsArgs) -> anyhow::Result<Exit> {
@@ -333,6 +336,7 @@ pub fn campaigns(args: CampaignsArgs) -> anyhow::Result<Exit> {
                 .map(|c| Campaign {
                     campaign: c.name,
                     leads: c.leads,
+                    exclusive: c.exclusive,
                 })
                 .collect();
             Campaigns {
@@ -344,9 +348,9 @@ pub fn campaigns(args: CampaignsArgs) -> anyhow::Result<Exit> {
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&answer)?),
         Format::Text => {
-            println!("{:<40} {:>10}", "CAMPAIGN", "LEADS");
+            println!("{:<40} {:>10} {:>10}", "CAMPAIGN", "LEADS", "EXCLUSIVE");
             for c in &answer.campaigns {
-                println!("{:<40} {:>10}", c.campaign, c.leads);
+                println!("{:<40} {:>10} {:>10}", c.campaign, c.leads, c.exclusive);
             }
         }
     }

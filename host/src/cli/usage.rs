@@ -85,6 +85,13 @@ fn dashboard(v: &AccountView, warn: Warn, at: i64) -> String {
         });
         out += &format!("               {cycle}resets {resets_at}{until}\n");
     }
+    if let Some(Some(projected)) = &email.projected_exhaustion {
+        let until = parse_instant(projected).map_or(String::new(), |at_pace| {
+            let left = Duration::from_nanos(u64::try_from(at_pace.saturating_sub(at)).unwrap_or(0));
+            format!(" (in {})", human_duration(left))
+        });
+        out += &format!("               at this cycle's pace, runs out {projected}{until}\n");
+    }
     for (what, used, limit, level, when) in [
         (
             "lead credits",

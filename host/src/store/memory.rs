@@ -8,8 +8,8 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_guarded_member, check_name, check_value, is_retry,
+    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
+    check_counter, check_guarded_member, check_member, check_name, check_value, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -38,6 +38,9 @@ struct Scope {
     member_groups: BTreeMap<String, BTreeSet<String>>,
     /// group -> its members; the inverse of `member_groups`, for `group_clear`.
     groups: BTreeMap<String, BTreeSet<String>>,
+    /// group -> members no other group holds (never 0: absent instead), kept as
+    /// members join and leave ([`Store::group_counts`]).
+    exclusive: BTreeMap<String, u64>,
 }
 
 impl Scope {
@@ -54,6 +57,46 @@ impl Scope {
 
     fn members(&self) -> u64 {
         self.member_groups.len() as u64
+    }
+
+    /// Adds one to `group`'s exclusive count (`gain`), or takes one away.
+    fn exclusive_add(&mut self, group: &str, gain: bool) {
+        let n = self.exclusive.entry(group.to_owned()).or_default();
+        if gain {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.exclusive.remove(group);
+            }
+        }
+    }
+
+    /// Keeps the exclusive counts as `member` joins `group`; call it before the
+    /// member's groups change.
+    fn joining(&mut self, group: &str, member: &str) {
+        let before: Option<Vec<String>> = self
+            .member_groups
+            .get(member)
+            .map(|g| g.iter().take(2).cloned().collect());
+        match before.as_deref() {
+            None | Some([]) => self.exclusive_add(group, true),
+            Some([only]) if only != group => self.exclusive_add(only, false),
+            Some(_) => {}
+        }
+    }
+
+    /// Keeps the exclusive counts after `member` left `group`; call it after the
+    /// member's groups changed (`left`: the groups still holding it).
+    fn left(&mut self, group: &str, left: &[&String]) {
+        match left {
+            [] => self.exclusive_add(group, false),
+            [only] => {
+                let only = (*only).clone();
+                self.exclusive_add(&only, true);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -80,6 +123,7 @@ fn add_member(
         return MemberAdded { outcome, members };
     }
     let s = scopes.entry(scope.to_owned()).or_default();
+    s.joining(group, member);
     s.member_groups
         .entry(member.to_owned())
         .or_default()
@@ -365,28 +409,29 @@ impl Store for MemoryStore {
         let mut outcomes = Vec::with_capacity(members.len());
         let s = scopes.entry(scope.to_owned()).or_default();
         let mut count = s.members();
-        let in_group = s.groups.entry(group.to_owned()).or_default();
+        let mut in_group = s.groups.remove(group).unwrap_or_default();
         for member in members {
-            let outcome = match s.member_groups.get_mut(member.as_str()) {
+            let outcome = match s.member_groups.get(member.as_str()) {
                 Some(groups) if groups.contains(group) => MemberAddOutcome::AlreadyInGroup,
-                Some(groups) => {
-                    groups.insert(group.to_owned());
-                    in_group.insert(member.clone());
-                    MemberAddOutcome::Joined
-                }
+                Some(_) => MemberAddOutcome::Joined,
                 None if limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
                 None => {
-                    let groups = BTreeSet::from([group.to_owned()]);
-                    s.member_groups.insert(member.clone(), groups);
-                    in_group.insert(member.clone());
                     count += 1;
                     MemberAddOutcome::Inserted
                 }
             };
+            if matches!(
+                outcome,
+                MemberAddOutcome::Joined | MemberAddOutcome::Inserted
+            ) {
+                s.joining(group, member);
+                (s.member_groups.entry(member.clone()).or_default()).insert(group.to_owned());
+                in_group.insert(member.clone());
+            }
             outcomes.push(outcome);
         }
-        if in_group.is_empty() {
-            s.groups.remove(group);
+        if !in_group.is_empty() {
+            s.groups.insert(group.to_owned(), in_group);
         }
         let members = s.members();
         if s.is_vacant() {
@@ -423,7 +468,9 @@ impl Store for MemoryStore {
                 members: s.members(),
             });
         }
-        let outcome = if groups.is_empty() {
+        let left: Vec<String> = groups.iter().take(2).cloned().collect();
+        s.left(group, &left.iter().collect::<Vec<_>>());
+        let outcome = if left.is_empty() {
             s.member_groups.remove(member);
             MemberRemoveOutcome::Released
         } else {
@@ -458,7 +505,9 @@ impl Store for MemoryStore {
         for member in &cleared {
             if let Some(groups) = s.member_groups.get_mut(member) {
                 groups.remove(group);
-                if groups.is_empty() {
+                let left: Vec<String> = groups.iter().take(2).cloned().collect();
+                s.left(group, &left.iter().collect::<Vec<_>>());
+                if left.is_empty() {
                     s.member_groups.remove(member);
                     released += 1;
                 }
@@ -478,6 +527,34 @@ impl Store for MemoryStore {
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
         check_name("scope", scope)?;
         Ok(self.lock().get(scope).map_or(0, Scope::members))
+    }
+
+    fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
+        check_name("scope", scope)?;
+        let scopes = self.lock();
+        let Some(s) = scopes.get(scope) else {
+            return Ok(Vec::new());
+        };
+        Ok(s.groups
+            .iter()
+            .map(|(group, members)| GroupCount {
+                group: group.clone(),
+                members: members.len() as u64,
+                exclusive: s.exclusive.get(group).copied().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    fn membership(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        check_member(scope, group, member)?;
+        let scopes = self.lock();
+        let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
+        Ok(groups.filter(|g| g.contains(group)).map(|g| g.len() as u64))
     }
 
     fn persist(&self) -> Result<(), StoreError> {
@@ -670,6 +747,11 @@ impl Store for MemoryStore {
                 .entry(member.clone())
                 .or_default()
                 .insert(group.clone());
+        }
+        for count in super::group_counts_of(&dump.memberships) {
+            if count.exclusive > 0 {
+                new.exclusive.insert(count.group, count.exclusive);
+            }
         }
         let mut scopes = self.lock();
         if new.is_vacant() {

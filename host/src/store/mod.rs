@@ -15,11 +15,13 @@
 mod group_commit;
 mod journal;
 mod memory;
+mod preview;
 mod redb_store;
 mod redis_store;
 
 pub use journal::path_of as journal_path;
 pub use memory::MemoryStore;
+pub use preview::Preview;
 pub use redb_store::{Create, OpenOptions, RedbStore, WrapStorage};
 pub use redis_store::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
 
@@ -242,6 +244,33 @@ pub trait Store: Send + Sync {
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError>;
     fn member_count(&self, scope: &str) -> Result<u64, StoreError>;
 
+    /// Every group of `scope` with its size and how many of its members no other
+    /// group of the scope holds (`exclusive`: the members `group_clear` would
+    /// release), in group order, from one snapshot. The three backends keep both
+    /// counts as members come and go, so the answer costs one read per group, not
+    /// one per member; the default, for wrappers and test stores, computes them
+    /// from an export of the scope.
+    fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
+        Ok(group_counts_of(&self.export_scope(scope)?.memberships))
+    }
+
+    /// Whether `member` is in `group` of `scope`, and if so how many groups of the
+    /// scope hold it (1: this one only), from one snapshot: what `member_remove`
+    /// would find, read without removing anything. The backends read two keys;
+    /// the default exports the scope.
+    fn membership(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let memberships = self.export_scope(scope)?.memberships;
+        let holding = || memberships.iter().filter(|(_, m)| m == member);
+        Ok(holding()
+            .any(|(g, _)| g == group)
+            .then(|| holding().count() as u64))
+    }
+
     /// Makes every effect applied before this call durable; returns once it is.
     /// Concurrent callers may share one disk sync (group commit).
     ///
@@ -392,6 +421,37 @@ pub(crate) fn legacy_alert_owner(scope: &str) -> Option<&str> {
     scope.strip_prefix(LEGACY_ALERT_PREFIX)
 }
 
+/// One group's counts (see [`Store::group_counts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupCount {
+    pub group: String,
+    /// Members the group holds.
+    pub members: u64,
+    /// Of those, members no other group of the scope holds.
+    pub exclusive: u64,
+}
+
+/// [`Store::group_counts`] computed from a scope's memberships, as the backends'
+/// kept counts must answer: for dumps (imports, migrations) and tests.
+pub fn group_counts_of(memberships: &[(String, String)]) -> Vec<GroupCount> {
+    let mut groups_of = std::collections::BTreeMap::<&str, u64>::new();
+    for (_, member) in memberships {
+        *groups_of.entry(member).or_default() += 1;
+    }
+    let mut counts = std::collections::BTreeMap::<&str, GroupCount>::new();
+    for (group, member) in memberships {
+        let count = counts.entry(group).or_insert_with(|| GroupCount {
+            group: group.clone(),
+            ..GroupCount::default()
+        });
+        count.members += 1;
+        if groups_of.get(member.as_str()) == Some(&1) {
+            count.exclusive += 1;
+        }
+    }
+    counts.into_values().collect()
+}
+
 /// The whole content of one scope, in a backend-neutral form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScopeDump {
@@ -442,6 +502,13 @@ pub(crate) fn check_batch(scope: &str, group: &str, members: &[String]) -> Resul
     members
         .iter()
         .try_for_each(|member| check_name("member", member))
+}
+
+/// Checks the names a primitive on one member of one group takes.
+pub(crate) fn check_member(scope: &str, group: &str, member: &str) -> Result<(), StoreError> {
+    check_name("scope", scope)?;
+    check_name("group", group)?;
+    check_name("member", member)
 }
 
 /// Checks the arguments every counter primitive takes.

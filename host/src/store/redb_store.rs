@@ -28,12 +28,18 @@
 //! | `group_members`  | `(scope, group, member)`   | `()`                    |
 //! | `member_groups`  | `(scope, member)`          | `u64` groups holding it (never 0) |
 //! | `scope_members`  | `scope`                    | `u64` distinct members (never 0)  |
+//! | `group_counts`   | `(scope, group)`           | `(u64 members, u64 exclusive)`: the group's size, and its members no other group holds (members never 0) |
 //! | `alert_log`      | `(owner, key)`             | `&str` value (the host's alert log) |
 //! | `alert_sequences`| `owner`                    | `u64` last sequence number taken |
 //!
 //! Files written before the alert log had tables of its own kept it in scopes
 //! `"\u{1}alerts/<owner>"` (records, and a counter `sequence`); opening such a
 //! file moves them into `alert_log` and `alert_sequences` and drops the scopes.
+//!
+//! Files written before `group_counts` existed get it at opening, computed
+//! once from `group_members` and `member_groups` in the opening's transaction;
+//! from then on every primitive that adds or removes members keeps it in the
+//! same transaction, so the journal needs no record of its own for it.
 //!
 //! Files written before `once` markers carried a fingerprint keep them in a table
 //! `once` (`(scope, key)` → `i64 expires_at`); opening such a file moves each into
@@ -73,14 +79,14 @@ use redb::backends::FileBackend;
 use redb::{
     BackendError, CommitError, Database, DatabaseError, Durability, ReadOnlyTable, ReadTransaction,
     ReadableDatabase, ReadableTable, SetDurabilityError, StorageBackend, StorageError,
-    TableDefinition, TableError, TransactionError, WriteTransaction,
+    TableDefinition, TableError, TableHandle, TransactionError, WriteTransaction,
 };
 
 use super::group_commit::GroupCommit;
 use super::journal::{self, Journal, OnceKey, Op, ReplayFrom};
 use super::{
-    CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_guarded_member, check_name, check_value, is_retry,
+    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
+    check_counter, check_guarded_member, check_member, check_name, check_value, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -102,6 +108,7 @@ const MEMBERSHIPS: TableDefinition<Triple, ()> = TableDefinition::new("membershi
 const GROUP_MEMBERS: TableDefinition<Triple, ()> = TableDefinition::new("group_members");
 const MEMBER_GROUPS: TableDefinition<Pair, u64> = TableDefinition::new("member_groups");
 const SCOPE_MEMBERS: TableDefinition<&str, u64> = TableDefinition::new("scope_members");
+const GROUP_COUNTS: TableDefinition<Pair, (u64, u64)> = TableDefinition::new("group_counts");
 const ALERT_LOG: TableDefinition<Pair, &str> = TableDefinition::new("alert_log");
 const ALERT_SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("alert_sequences");
 /// The journal's bookkeeping: [`ID`], [`BOOT`], [`APPLIED`].
@@ -533,6 +540,7 @@ fn database(
     txn.open_table(GROUP_MEMBERS).ctx(&what)?;
     txn.open_table(MEMBER_GROUPS).ctx(&what)?;
     txn.open_table(SCOPE_MEMBERS).ctx(&what)?;
+    migrate_group_counts(&txn).ctx(&what)?;
     migrate_alert_log(&txn).ctx(&what)?;
     let meta = {
         let mut meta = txn.open_table(META).ctx(&what)?;
@@ -1676,6 +1684,34 @@ impl Store for RedbStore {
             for (member, _) in joins() {
                 group_members.insert((scope, group, member), ()).ctx(what)?;
             }
+            // The kept counts: the group grows by every join; a member new to
+            // the scope is the group's alone, and one that was another group's
+            // alone is that group's no more.
+            let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
+            let (mut grown, mut alone) = (0i64, 0i64);
+            let mut shared = BTreeMap::<String, i64>::new();
+            let mut others: Option<Vec<String>> = None;
+            for (member, groups) in joins() {
+                grown += 1;
+                match groups {
+                    1 => alone += 1,
+                    2 => {
+                        if others.is_none() {
+                            others = Some(groups_of(&sizes, scope, group)?);
+                        }
+                        let candidates = others.as_deref().unwrap_or_default();
+                        let only = only_group(&group_members, scope, member, candidates)?;
+                        *shared.entry(only).or_default() -= 1;
+                    }
+                    _ => {}
+                }
+            }
+            if grown > 0 {
+                bump(&mut sizes, scope, group, grown, alone)?;
+            }
+            for (other, lost) in &shared {
+                bump(&mut sizes, scope, other, 0, *lost)?;
+            }
             if count != before {
                 counts.insert(scope, count).ctx(what)?;
             }
@@ -1715,7 +1751,15 @@ impl Store for RedbStore {
                 return Ok((MemberRemoved { outcome, members }, false));
             }
             let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
-            let released = leave(&mut member_groups, scope, member)?;
+            let left = leave(&mut member_groups, scope, member)?;
+            let released = left == 0;
+            let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
+            bump(&mut sizes, scope, group, -1, -i64::from(released))?;
+            if left == 1 {
+                let others = groups_of(&sizes, scope, group)?;
+                let only = only_group(&group_members, scope, member, &others)?;
+                bump(&mut sizes, scope, &only, 0, 1)?;
+            }
             let (outcome, members) = if released {
                 (
                     MemberRemoveOutcome::Released,
@@ -1753,13 +1797,25 @@ impl Store for RedbStore {
                 return Ok((none, false));
             }
             let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
+            let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
+            let others = groups_of(&sizes, scope, group)?;
             let mut released = 0u64;
+            let mut alone = BTreeMap::<String, i64>::new();
             for member in &cleared {
                 let member = member.as_str();
                 group_members.remove((scope, group, member)).ctx(what)?;
-                if leave(&mut member_groups, scope, member)? {
-                    released += 1;
+                match leave(&mut member_groups, scope, member)? {
+                    0 => released += 1,
+                    1 => {
+                        let only = only_group(&group_members, scope, member, &others)?;
+                        *alone.entry(only).or_default() += 1;
+                    }
+                    _ => {}
                 }
+            }
+            sizes.remove((scope, group)).ctx(what)?;
+            for (other, gained) in &alone {
+                bump(&mut sizes, scope, other, 0, *gained)?;
             }
             let members = release(&mut counts, scope, released)?;
             let removed = cleared.len() as u64;
@@ -1779,6 +1835,47 @@ impl Store for RedbStore {
             &txn.open_table(SCOPE_MEMBERS).ctx(what)?,
             scope
         ))
+    }
+
+    fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
+        check_name("scope", scope)?;
+        let what = "group-counts";
+        let txn = self.begin_read(what)?;
+        let sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
+        let end = next(scope);
+        let mut counts = Vec::new();
+        for entry in sizes.range((scope, "")..(end.as_str(), "")).ctx(what)? {
+            let (key, value) = entry.ctx(what)?;
+            let (members, exclusive) = value.value();
+            counts.push(GroupCount {
+                group: key.value().1.to_owned(),
+                members,
+                exclusive,
+            });
+        }
+        Ok(counts)
+    }
+
+    fn membership(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        check_member(scope, group, member)?;
+        let what = "membership";
+        let txn = self.begin_read(what)?;
+        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+        if group_members
+            .get((scope, group, member))
+            .ctx(what)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
+        let groups = member_groups.get((scope, member)).ctx(what)?;
+        Ok(Some(groups.map_or(0, |g| g.value())))
     }
 
     fn persist(&self) -> Result<(), StoreError> {
@@ -2010,6 +2107,7 @@ impl Store for RedbStore {
             let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
+            let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
             let mut changed = false;
             let mut any = || {
                 changed = true;
@@ -2019,7 +2117,10 @@ impl Store for RedbStore {
             counters.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
             markers.retain_in(pairs.clone(), |_, _| any()).ctx(what)?;
             group_members.retain_in(triples, |_, _| any()).ctx(what)?;
-            member_groups.retain_in(pairs, |_, _| any()).ctx(what)?;
+            member_groups
+                .retain_in(pairs.clone(), |_, _| any())
+                .ctx(what)?;
+            sizes.retain_in(pairs, |_, _| any()).ctx(what)?;
             changed |= counts.remove(scope).ctx(what)?.is_some();
 
             for (key, value) in &dump.records {
@@ -2069,6 +2170,12 @@ impl Store for RedbStore {
             if !groups_of.is_empty() {
                 counts.insert(scope, groups_of.len() as u64).ctx(what)?;
             }
+            for count in super::group_counts_of(&dump.memberships) {
+                let kept = (count.members, count.exclusive);
+                sizes
+                    .insert((scope, count.group.as_str()), kept)
+                    .ctx(what)?;
+            }
             let wrote = !(dump.records.is_empty()
                 && dump.counters.is_empty()
                 && dump.once.is_empty()
@@ -2103,8 +2210,14 @@ fn add_member(
         .get((scope, member))
         .ctx(what)?
         .map(|g| g.value());
+    let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
     let (outcome, groups, members) = match groups {
         Some(n) => {
+            if n == 1 {
+                let others = groups_of(&sizes, scope, group)?;
+                let only = only_group(&group_members, scope, member, &others)?;
+                bump(&mut sizes, scope, &only, 0, -1)?;
+            }
             let n = n
                 .checked_add(1)
                 .ok_or_else(|| corrupt(what, "group count overflows"))?;
@@ -2124,6 +2237,7 @@ fn add_member(
     };
     member_groups.insert((scope, member), groups).ctx(what)?;
     group_members.insert((scope, group, member), ()).ctx(what)?;
+    bump(&mut sizes, scope, group, 1, i64::from(groups == 1))?;
     Ok((MemberAdded { outcome, members }, true))
 }
 
@@ -2182,12 +2296,13 @@ fn migrate_alert_log(txn: &WriteTransaction) -> Result<(), TableError> {
     Ok(())
 }
 
-/// Takes `member` out of one of its groups; true if that was its last one.
+/// Takes `member` out of one of its groups; answers how many still hold it (0:
+/// that was its last one).
 fn leave(
     member_groups: &mut redb::Table<'_, Pair, u64>,
     scope: &str,
     member: &str,
-) -> Result<bool, StoreError> {
+) -> Result<u64, StoreError> {
     let what = "updating a member's groups";
     let groups = member_groups
         .get((scope, member))
@@ -2196,17 +2311,131 @@ fn leave(
     match groups {
         Some(n) if n > 1 => {
             member_groups.insert((scope, member), n - 1).ctx(what)?;
-            Ok(false)
+            Ok(n - 1)
         }
         Some(_) => {
             member_groups.remove((scope, member)).ctx(what)?;
-            Ok(true)
+            Ok(0)
         }
         None => Err(corrupt(
             what,
             format!("member {member:?} of scope {scope:?} is in a group but has no group count"),
         )),
     }
+}
+
+/// Adds `members` and `exclusive` (either may be negative) to the kept counts of
+/// `group`; the entry goes when the group empties.
+fn bump(
+    sizes: &mut redb::Table<'_, Pair, (u64, u64)>,
+    scope: &str,
+    group: &str,
+    members: i64,
+    exclusive: i64,
+) -> Result<(), StoreError> {
+    let what = "updating a group's counts";
+    let (m, e) = sizes
+        .get((scope, group))
+        .ctx(what)?
+        .map_or((0, 0), |v| v.value());
+    let shifted = |n: u64, by: i64| n.checked_add_signed(by);
+    let (Some(m), Some(e)) = (shifted(m, members), shifted(e, exclusive)) else {
+        return Err(corrupt(
+            what,
+            format!("group {group:?} of scope {scope:?} counts {m} members, {e} exclusive"),
+        ));
+    };
+    if m == 0 {
+        sizes.remove((scope, group)).ctx(what)?;
+    } else {
+        sizes.insert((scope, group), (m, e)).ctx(what)?;
+    }
+    Ok(())
+}
+
+/// The groups of `scope` with members, `except` left out.
+fn groups_of(
+    sizes: &impl ReadableTable<Pair, (u64, u64)>,
+    scope: &str,
+    except: &str,
+) -> Result<Vec<String>, StoreError> {
+    let what = "listing a scope's groups";
+    let end = next(scope);
+    let mut groups = Vec::new();
+    for entry in sizes.range((scope, "")..(end.as_str(), "")).ctx(what)? {
+        let (key, _) = entry.ctx(what)?;
+        let group = key.value().1;
+        if group != except {
+            groups.push(group.to_owned());
+        }
+    }
+    Ok(groups)
+}
+
+/// Which of `candidates` holds `member`, known to be in exactly one of them.
+///
+/// Probes each group: the store keeps no index from a member to its groups
+/// (one more B-tree entry per membership, written by every import), and only a
+/// member joining its second group or left with one needs this, at one lookup
+/// per group of its scope past the first.
+fn only_group(
+    group_members: &impl ReadableTable<Triple, ()>,
+    scope: &str,
+    member: &str,
+    candidates: &[String],
+) -> Result<String, StoreError> {
+    let what = "finding a member's group";
+    // The member is in exactly one other group: with one candidate (an account
+    // with two campaigns, the common case), it is that one, without a lookup.
+    if let [only] = candidates {
+        return Ok(only.clone());
+    }
+    for group in candidates {
+        if group_members
+            .get((scope, group.as_str(), member))
+            .ctx(what)?
+            .is_some()
+        {
+            return Ok(group.clone());
+        }
+    }
+    Err(corrupt(
+        what,
+        format!("member {member:?} of scope {scope:?} counts a group that holds it nowhere"),
+    ))
+}
+
+/// Creates `group_counts`, computed from the memberships, in a file written
+/// before it existed.
+fn migrate_group_counts(txn: &WriteTransaction) -> Result<(), TableError> {
+    if txn.list_tables()?.any(|t| t.name() == GROUP_COUNTS.name()) {
+        return Ok(());
+    }
+    let mut sizes = txn.open_table(GROUP_COUNTS)?;
+    let group_members = txn.open_table(GROUP_MEMBERS)?;
+    let member_groups = txn.open_table(MEMBER_GROUPS)?;
+    let mut current: Option<(String, String, u64, u64)> = None;
+    for entry in group_members.iter()? {
+        let (key, _) = entry?;
+        let (scope, group, member) = key.value();
+        let alone = member_groups.get((scope, member))?.map(|g| g.value()) == Some(1);
+        match &mut current {
+            Some((s, g, m, e)) if s.as_str() == scope && g.as_str() == group => {
+                *m += 1;
+                *e += u64::from(alone);
+            }
+            _ => {
+                if let Some((s, g, m, e)) = current.take() {
+                    sizes.insert((s.as_str(), g.as_str()), (m, e))?;
+                }
+                current = Some((scope.to_owned(), group.to_owned(), 1, u64::from(alone)));
+            }
+        }
+    }
+    if let Some((s, g, m, e)) = current {
+        sizes.insert((s.as_str(), g.as_str()), (m, e))?;
+    }
+    Ok(())
 }
 
 /// Subtracts `released` from the scope's member count; answers the new count.
@@ -2468,5 +2697,78 @@ mod tests {
         let store = RedbStore::open(&path).expect("opens again");
         assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 5);
         assert_eq!(store.alert_sequence(sequences).expect("takes one"), 1);
+    }
+
+    /// The kept counts need no journal record of their own: replaying the
+    /// primitives' records at opening keeps them as the primitives did.
+    #[test]
+    fn group_counts_come_back_with_the_journal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j.redb");
+        let expected = {
+            let store = RedbStore::open(&path).expect("opens");
+            let many = |g: &str, ms: &[&str]| {
+                let ms: Vec<String> = ms.iter().map(|m| (*m).to_owned()).collect();
+                store.member_add_many("acme", g, &ms, None).expect("adds");
+            };
+            many("q1", &["a", "b", "c"]);
+            many("q2", &["b", "d"]);
+            store.member_add("acme", "q3", "c", None).expect("adds");
+            store.member_remove("acme", "q1", "b").expect("removes");
+            store.group_clear("acme", "q3").expect("clears");
+            store.persist().expect("durable");
+            store.group_counts("acme").expect("reads")
+        };
+        let store = RedbStore::open(&path).expect("reopens, replaying the journal");
+        assert_eq!(store.group_counts("acme").expect("reads"), expected);
+        let dump = store.export_scope("acme").expect("exports");
+        assert_eq!(expected, crate::store::group_counts_of(&dump.memberships));
+    }
+
+    /// Issue 17.1's migration: a file written before `group_counts` existed opens
+    /// with the counts computed from its memberships, and they are kept from
+    /// then on.
+    #[test]
+    fn a_file_without_group_counts_opens_with_them_computed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.redb");
+        let memberships = [
+            ("q1", "a"),
+            ("q1", "b"),
+            ("q2", "b"),
+            ("q2", "c"),
+            ("q3", "d"),
+        ];
+        {
+            let mut store = RedbStore::open(&path).expect("opens");
+            for (g, m) in memberships {
+                store.member_add("acme", g, m, None).expect("adds");
+            }
+            // Everything in redb itself, nothing left for the journal to replay.
+            assert!(store.check_integrity().expect("checkpoints"));
+            drop(store);
+            let db = Database::create(&path).expect("reopens");
+            let txn = db.begin_write().expect("writes");
+            assert!(txn.delete_table(GROUP_COUNTS).expect("deletes"));
+            txn.commit().expect("commits");
+        }
+        let store = RedbStore::open(&path).expect("opens the old file");
+        let counts = |store: &RedbStore| -> Vec<(String, u64, u64)> {
+            (store.group_counts("acme").expect("reads").into_iter())
+                .map(|c| (c.group, c.members, c.exclusive))
+                .collect()
+        };
+        let expected = |list: &[(&str, u64, u64)]| -> Vec<(String, u64, u64)> {
+            list.iter().map(|&(g, m, e)| (g.to_owned(), m, e)).collect()
+        };
+        assert_eq!(
+            counts(&store),
+            expected(&[("q1", 2, 1), ("q2", 2, 1), ("q3", 1, 1)])
+        );
+        store.member_remove("acme", "q2", "b").expect("removes");
+        assert_eq!(
+            counts(&store),
+            expected(&[("q1", 2, 2), ("q2", 1, 1), ("q3", 1, 1)])
+        );
     }
 }

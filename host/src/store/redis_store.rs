@@ -32,6 +32,8 @@
 //! | `P:{T}:mem`                | hash   | member → number of groups holding it; `HLEN` is the member count |
 //! | `P:{T}:groups`             | zset   | group names with at least one member (all scores 0: byte order) |
 //! | `P:{T}:grp:GROUP`          | zset   | the group's members (all scores 0: byte order) |
+//! | `P:{T}:excl`               | hash   | group → its members no other group holds (absent: 0) |
+//! | `P:{T}:exclv`              | string | `1` while `excl` is kept; absent in a scope written before it was, whose first membership change computes it once |
 //! | `P:scopes`                 | set    | every scope ever written (no hash tag: one slot of its own) |
 //!
 //! The host's alert log lives apart from every scope, under `P:alerts:{O}:`, `O`
@@ -136,8 +138,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, check_batch, check_counter,
-    check_guarded_member, check_name, check_value,
+    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
+    check_counter, check_guarded_member, check_member, check_name, check_value,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -1434,6 +1436,39 @@ impl Store for RedisStore {
         })
     }
 
+    fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
+        check_name("scope", scope)?;
+        let what = "group-counts";
+        let flat: Vec<String> = self.script(
+            what,
+            self.config.bulk_timeout,
+            &SCRIPTS.group_counts,
+            scope,
+            Vec::new(),
+        )?;
+        flat.chunks_exact(3)
+            .map(|c| {
+                Ok(GroupCount {
+                    group: c[0].clone(),
+                    members: decimal(what, &c[1])?,
+                    exclusive: decimal(what, &c[2])?,
+                })
+            })
+            .collect()
+    }
+
+    fn membership(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        check_member(scope, group, member)?;
+        let args = vec![group.into(), member.into()];
+        let n: i64 = self.primitive("membership", &SCRIPTS.membership, scope, args)?;
+        Ok(u64::try_from(n).ok())
+    }
+
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
         check_name("scope", scope)?;
         let base = self.base(scope);
@@ -1804,6 +1839,8 @@ struct Scripts {
     member_add_many: Script,
     member_remove: Script,
     group_clear: Script,
+    group_counts: Script,
+    membership: Script,
     scope_listed: Script,
     export: Script,
     import: Script,
@@ -1820,6 +1857,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         member_add_many: script(MEMBER_ADD_MANY),
         member_remove: script(MEMBER_REMOVE),
         group_clear: script(GROUP_CLEAR),
+        group_counts: script(GROUP_COUNTS),
+        membership: script(MEMBERSHIP),
         scope_listed: script(SCOPE_LISTED),
         export: script(EXPORT),
         import: script(IMPORT),
@@ -1951,6 +1990,45 @@ local function list(key, at, index, member)
   end
 end
 
+-- Exclusive counts: `excl` holds, per group, its members no other group holds;
+-- `exclv` says they are kept. A scope written before they were has them
+-- computed here, once, by the first script that changes its memberships.
+local function excl_computed()
+  local counts = {}
+  for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
+    local n = 0
+    for _, m in ipairs(redis.call('ZRANGE', base .. 'grp:' .. g, 0, -1)) do
+      if redis.call('HGET', base .. 'mem', m) == '1' then n = n + 1 end
+    end
+    if n > 0 then counts[g] = n end
+  end
+  return counts
+end
+local function excl_ready()
+  if redis.call('EXISTS', base .. 'exclv') == 1 then return end
+  redis.call('DEL', base .. 'excl')
+  for g, n in pairs(excl_computed()) do redis.call('HSET', base .. 'excl', g, n) end
+  redis.call('SET', base .. 'exclv', '1')
+end
+local function excl_add(g, by)
+  if by ~= 0 and redis.call('HINCRBY', base .. 'excl', g, by) <= 0 then
+    redis.call('HDEL', base .. 'excl', g)
+  end
+end
+-- An empty scope leaves no trace.
+local function excl_done()
+  if redis.call('HLEN', base .. 'mem') == 0 then redis.call('DEL', base .. 'exclv', base .. 'excl') end
+end
+-- Which of `groups` other than `except` holds `m`, known to be in exactly one:
+-- one lookup per group (no index maps a member to its groups).
+local function only_group(m, except, groups)
+  for _, g in ipairs(groups) do
+    if g ~= except and redis.call('ZSCORE', base .. 'grp:' .. g, m) then return g end
+  end
+  corrupt('member ' .. m .. ' counts a group that holds it nowhere')
+end
+local function groups_now() return redis.call('ZRANGE', base .. 'groups', 0, -1) end
+
 -- `list`, after dropping the index's entries past their deadline.
 local function keep(key, at, index, member)
   prune(index)
@@ -2038,13 +2116,18 @@ local function add()
   local count = redis.call('HLEN', mem)
   if redis.call('ZSCORE', gkey, member) then return 0, count end
   local outcome
-  if redis.call('HEXISTS', mem, member) == 1 then
+  local n = redis.call('HGET', mem, member)
+  if n then
+    excl_ready()
+    if n == '1' then excl_add(only_group(member, group, groups_now()), -1) end
     redis.call('HINCRBY', mem, member, 1)
     outcome = 1
   elseif not room(count, limit) then
     return 3, count
   else
+    excl_ready()
     redis.call('HSET', mem, member, 1)
+    excl_add(group, 1)
     count = count + 1
     outcome = 2
   end
@@ -2067,12 +2150,19 @@ local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
 local count = redis.call('HLEN', mem)
 local out = {0}
 local changed = false
+local alone, groups = 0, nil
+excl_ready()
 for i = 4, #ARGV do
   local m = ARGV[i]
   local o
+  local n = redis.call('HGET', mem, m)
   if redis.call('ZSCORE', gkey, m) then
     o = 0
-  elseif redis.call('HEXISTS', mem, m) == 1 then
+  elseif n then
+    if n == '1' then
+      groups = groups or groups_now()
+      excl_add(only_group(m, group, groups), -1)
+    end
     redis.call('HINCRBY', mem, m, 1)
     redis.call('ZADD', gkey, 0, m)
     o = 1
@@ -2081,16 +2171,19 @@ for i = 4, #ARGV do
   else
     redis.call('HSET', mem, m, 1)
     redis.call('ZADD', gkey, 0, m)
+    alone = alone + 1
     count = count + 1
     o = 2
   end
   if o == 1 or o == 2 then changed = true end
   out[#out + 1] = o
 end
+excl_add(group, alone)
 if changed then
   redis.call('ZADD', base .. 'groups', 0, group)
   register()
 end
+excl_done()
 out[1] = count
 return out
 "#;
@@ -2102,15 +2195,19 @@ local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
 if not redis.call('ZSCORE', gkey, member) then return {0, redis.call('HLEN', mem)} end
 local n = tonumber(redis.call('HGET', mem, member))
 if not n or n < 1 then corrupt('member ' .. member .. ' is in a group but has no group count') end
+excl_ready()
 redis.call('ZREM', gkey, member)
 if redis.call('EXISTS', gkey) == 0 then redis.call('ZREM', base .. 'groups', group) end
 local outcome = 1
 if n == 1 then
   redis.call('HDEL', mem, member)
+  excl_add(group, -1)
   outcome = 2
 else
   redis.call('HINCRBY', mem, member, -1)
+  if n == 2 then excl_add(only_group(member, group, groups_now()), 1) end
 end
+excl_done()
 return {outcome, redis.call('HLEN', mem)}
 "#;
 
@@ -2125,18 +2222,52 @@ for i, m in ipairs(members) do
   if not n or n < 1 then corrupt('member ' .. m .. ' is in a group but has no group count') end
   counts[i] = n
 end
+excl_ready()
+local groups = groups_now()
 local released = 0
+local gained = {}
 for i, m in ipairs(members) do
   if counts[i] == 1 then
     redis.call('HDEL', mem, m)
     released = released + 1
   else
     redis.call('HINCRBY', mem, m, -1)
+    if counts[i] == 2 then
+      local g = only_group(m, group, groups)
+      gained[g] = (gained[g] or 0) + 1
+    end
   end
 end
 redis.call('DEL', gkey)
 redis.call('ZREM', base .. 'groups', group)
+redis.call('HDEL', base .. 'excl', group)
+for g, n in pairs(gained) do excl_add(g, n) end
+excl_done()
 return {#members, released, redis.call('HLEN', mem)}
+"#;
+
+// Read-only: each group with its size and exclusive count, as strings, three
+// per group. A scope whose counts are not kept yet has them computed here,
+// without writing them.
+const GROUP_COUNTS: &str = r#"
+local kept = redis.call('EXISTS', base .. 'exclv') == 1
+local computed = nil
+if not kept then computed = excl_computed() end
+local out = {}
+for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
+  local e
+  if kept then e = redis.call('HGET', base .. 'excl', g) or '0' else e = tostring(computed[g] or 0) end
+  out[#out + 1] = g
+  out[#out + 1] = tostring(redis.call('ZCARD', base .. 'grp:' .. g))
+  out[#out + 1] = e
+end
+return out
+"#;
+
+// Read-only: the member's group count if it is in the group, else -1.
+const MEMBERSHIP: &str = r#"
+if not redis.call('ZSCORE', base .. 'grp:' .. ARGV[2], ARGV[3]) then return -1 end
+return tonumber(redis.call('HGET', base .. 'mem', ARGV[3]) or '0')
 "#;
 
 // Read-only: whether the scope holds records, members or live counters.
@@ -2188,7 +2319,8 @@ end
 for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
   redis.call('DEL', base .. 'grp:' .. g)
 end
-redis.call('DEL', base .. 'rec', base .. 'ctrs', base .. 'onces', base .. 'groups', base .. 'mem')
+redis.call('DEL', base .. 'rec', base .. 'ctrs', base .. 'onces', base .. 'groups', base .. 'mem',
+  base .. 'excl', base .. 'exclv')
 local nrec, nctr, nonce, nmem = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local i = 6
 for _ = 1, nrec do
@@ -2217,6 +2349,7 @@ for _ = 1, nmem do
   redis.call('HINCRBY', base .. 'mem', ARGV[i + 1], 1)
   i = i + 2
 end
+if nmem > 0 then excl_ready() end
 if nrec + nctr + nonce + nmem > 0 then register() end
 return 'OK'
 "#;

@@ -422,14 +422,33 @@ fn the_page_and_the_cli_agree_to_the_credit() {
         .output()
         .expect("creditgate usage runs");
     assert!(output.status.success(), "{output:?}");
-    let cli: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let mut cli: Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(cli["lead_credits"], json!({"used": 837, "limit": 1000}));
     assert_eq!(cli["email_credits"]["used"], 63);
+    // 63 of 5,000 in the seconds since the subscription: at that pace, long
+    // before the reset. Asked at two instants, the two projections differ.
+    let mut api = api;
+    for (who, view) in [("the CLI", &mut cli), ("the API", &mut api)] {
+        let projected = view["email_credits"]
+            .as_object_mut()
+            .and_then(|e| e.remove("projected_exhaustion"));
+        assert!(
+            projected.as_ref().is_some_and(Value::is_string),
+            "{who}: {projected:?}"
+        );
+    }
     for key in ["account", "plan", "anchor", "lead_credits", "email_credits"] {
         assert_eq!(cli[key], api[key], "{key}: the CLI and the API");
     }
     assert_shows(&page, &cli);
     assert_shows(&row, &cli);
+    // Each campaign's exclusive leads (the two share none), and the projection.
+    for (campaign, leads) in [("q1", 700), ("q2", 137)] {
+        let cells =
+            format!(r#"data-campaign="{campaign}" data-leads="{leads}" data-exclusive="{leads}""#);
+        assert!(page.contains(&cells), "{cells} in {page}");
+    }
+    assert!(page.contains(r#"<dd class="projected"><time"#), "{page}");
     assert!(
         page.contains(&format!(
             "<time datetime=\"{}\"",

@@ -409,7 +409,15 @@ fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_ack
         code == "not_durable" || code == "store_unavailable",
         "{body}"
     );
-    // Live usage does not count the leads nobody acknowledged: it is refused.
+    if api.call("get", "/healthz", None).0 == 200 {
+        // The full disk was met inside the primitive (the file could not grow)
+        // rather than at its commit: nothing was applied and the store stays
+        // open. A charge, which needs no new page, then meets it at its commit.
+        let send = json!({"account": "acme", "to": "x@y.io"});
+        let (status, body) = api.call("post", "/v1/decide/email", Some(send));
+        assert_eq!(status, 503, "{body}");
+    }
+    // Live usage does not count what nobody acknowledged: it is refused.
     let (status, body) = api.usage();
     assert_eq!(status, 503, "{body}");
     // Nor does an RCPT-time check (read-only) decide on them.

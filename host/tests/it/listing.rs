@@ -219,7 +219,8 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
     assert_eq!(
         body,
         json!({"account": "acme", "campaigns": [
-            {"campaign": "q1", "leads": 1}, {"campaign": "q2", "leads": 2}]})
+            {"campaign": "q1", "leads": 1, "exclusive": 1},
+            {"campaign": "q2", "leads": 2, "exclusive": 2}]})
     );
     let (leads, pages) = all_pages(
         api,

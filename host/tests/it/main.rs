@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod alerts;
+mod campaigns;
 mod check;
 mod cli_remote;
 mod contract;

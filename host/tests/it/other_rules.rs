@@ -73,7 +73,7 @@ fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
     let campaigns: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(
         campaigns["campaigns"],
-        json!([{"campaign": "q1", "leads": 3}]),
+        json!([{"campaign": "q1", "leads": 3, "exclusive": 3}]),
         "{body}"
     );
     let (_, _, body) = serve.get("/v1/accounts/acme/leads?limit=2");

@@ -72,8 +72,22 @@ enum Out {
     Scopes(Vec<String>),
     Visited(Vec<(String, String)>),
     Dump(ScopeDump),
+    /// `(group, members, exclusive)` of each group.
+    Groups(Vec<(String, u64, u64)>),
+    Membership(Option<u64>),
     Unit,
     Err(&'static str),
+}
+
+fn groups(s: &dyn Store, scope: &str) -> Out {
+    out(s.group_counts(scope), |counts| {
+        Out::Groups(
+            counts
+                .into_iter()
+                .map(|c| (c.group, c.members, c.exclusive))
+                .collect(),
+        )
+    })
 }
 
 fn counter(c: CounterAdded) -> Out {
@@ -1872,6 +1886,9 @@ enum Op {
     Export(usize),
     /// Exports a scope and imports it back: changes nothing observable.
     Reimport(usize),
+    /// Issue 17: each group's size and exclusive members, as the store keeps them.
+    GroupCounts(usize),
+    Membership(usize, usize, usize),
 }
 
 // Tiny alphabets make collisions common; "s\0" and "g\0" probe the range bounds.
@@ -1919,14 +1936,16 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (s.clone(), g.clone(), m.clone(), limit()).prop_map(|(s, g, m, l)| Op::MemberAdd(s, g, m, l)),
         2 => (s.clone(), g.clone(), proptest::collection::vec(m.clone(), 0..8), limit())
             .prop_map(|(s, g, ms, l)| Op::MemberAddMany(s, g, ms, l)),
-        2 => (s.clone(), g.clone(), m).prop_map(|(s, g, m)| Op::MemberRemove(s, g, m)),
+        2 => (s.clone(), g.clone(), m.clone()).prop_map(|(s, g, m)| Op::MemberRemove(s, g, m)),
         1 => (s.clone(), g.clone()).prop_map(|(s, g)| Op::GroupClear(s, g)),
         1 => s.clone().prop_map(Op::MemberCount),
         1 => Just(Op::Scopes),
         1 => Just(Op::Persist),
-        1 => (s.clone(), proptest::option::of(g)).prop_map(|(s, g)| Op::Visit(s, g)),
+        1 => (s.clone(), proptest::option::of(g.clone())).prop_map(|(s, g)| Op::Visit(s, g)),
         1 => s.clone().prop_map(Op::Export),
-        1 => s.prop_map(Op::Reimport),
+        1 => s.clone().prop_map(Op::Reimport),
+        2 => s.clone().prop_map(Op::GroupCounts),
+        1 => (s, g, m).prop_map(|(s, g, m)| Op::Membership(s, g, m)),
     ]
 }
 
@@ -1970,6 +1989,23 @@ impl Model {
             self.groups.entry(k).or_default().insert(group.to_owned());
         }
         outcome
+    }
+
+    /// `(group, members, exclusive)` of each group of `scope` holding members:
+    /// exclusive ones are held by that group alone.
+    fn group_counts(&self, scope: &str) -> Vec<(String, u64, u64)> {
+        let mut counts = BTreeMap::<String, (u64, u64)>::new();
+        for ((s, _), gs) in &self.groups {
+            if s != scope {
+                continue;
+            }
+            for g in gs {
+                let (members, exclusive) = counts.entry(g.clone()).or_default();
+                *members += 1;
+                *exclusive += u64::from(gs.len() == 1);
+            }
+        }
+        counts.into_iter().map(|(g, (m, e))| (g, m, e)).collect()
     }
 
     /// `(group, member)` of `scope`, ordered by group then member.
@@ -2107,6 +2143,12 @@ impl Model {
                 Out::Cleared(removed, released, self.members(scope))
             }
             Op::MemberCount(s) => Out::Count(self.members(SCOPES[s])),
+            Op::GroupCounts(s) => Out::Groups(self.group_counts(SCOPES[s])),
+            Op::Membership(s, g, m) => Out::Membership(
+                (self.groups.get(&key(SCOPES[s], MEMBERS[m])))
+                    .filter(|gs| gs.contains(GROUPS[g]))
+                    .map(|gs| gs.len() as u64),
+            ),
             Op::Scopes => {
                 let all: BTreeSet<String> = (self.records.keys())
                     .chain(self.counters.keys())
@@ -2166,6 +2208,11 @@ fn run(s: &dyn Store, steps: &[(i64, Op)]) -> Result<(), TestCaseError> {
             Op::MemberRemove(s_, g, m) => leave(s, SCOPES[s_], GROUPS[g], MEMBERS[m]),
             Op::GroupClear(s_, g) => clear(s, SCOPES[s_], GROUPS[g]),
             Op::MemberCount(s_) => out(s.member_count(SCOPES[s_]), Out::Count),
+            Op::GroupCounts(s_) => groups(s, SCOPES[s_]),
+            Op::Membership(s_, g, m) => out(
+                s.membership(SCOPES[s_], GROUPS[g], MEMBERS[m]),
+                Out::Membership,
+            ),
             Op::Scopes => out(s.scopes(), Out::Scopes),
             Op::Persist => out(s.persist(), |()| Out::Unit),
         };
@@ -2173,6 +2220,11 @@ fn run(s: &dyn Store, steps: &[(i64, Op)]) -> Result<(), TestCaseError> {
     }
     let expected = model.apply(&Op::Scopes, now);
     prop_assert_eq!(out(s.scopes(), Out::Scopes), expected);
+    // The kept counts never drift from the memberships, whatever came before.
+    for scope in SCOPES {
+        let expected = Out::Groups(model.group_counts(scope));
+        prop_assert_eq!(groups(s, scope), expected, "scope {:?} at the end", scope);
+    }
     Ok(())
 }
 

@@ -222,10 +222,10 @@ impl rules::Host for Host {
             .map(|m| (m.group, m.member))
             .collect())
     }
-    fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64)>, Self::Error> {
+    fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, Self::Error> {
         Ok(catalog::group_sizes(scope)?
             .into_iter()
-            .map(|g| (g.group, g.members))
+            .map(|g| (g.group, g.members, g.exclusive))
             .collect())
     }
 }
@@ -264,6 +264,7 @@ fn usage(u: Usage) -> AccountUsage {
             limit: u.emails_limit,
             cycle_start: u.cycle_start,
             resets_at: u.resets_at,
+            projected_exhaustion: None,
         },
     }
 }
@@ -491,7 +492,11 @@ impl inspect::Guest for Domains {
         Ok(Rules::campaigns(&mut Host, &account)
             .map_err(inspect_error)?
             .into_iter()
-            .map(|(name, leads)| Campaign { name, leads })
+            .map(|(name, leads, exclusive)| Campaign {
+                name,
+                leads,
+                exclusive,
+            })
             .collect())
     }
     fn leads(

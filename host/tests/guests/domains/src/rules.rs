@@ -71,7 +71,8 @@ pub trait Host {
         after: Option<(&str, &str)>,
         limit: u32,
     ) -> Result<Vec<(String, String)>, Self::Error>;
-    fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64)>, Self::Error>;
+    /// `(group, members, exclusive)` of each group of `scope`.
+    fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, Self::Error>;
 }
 
 /// What a guarded charge did.
@@ -706,11 +707,14 @@ impl<'p> Rules<'p> {
         Ok((accounts, next))
     }
 
-    /// (campaign, leads) of `account`.
-    pub fn campaigns<H: Host>(h: &mut H, account: &str) -> Result<Vec<(String, u64)>, H::Error> {
+    /// (campaign, leads, exclusive leads) of `account`.
+    pub fn campaigns<H: Host>(
+        h: &mut H,
+        account: &str,
+    ) -> Result<Vec<(String, u64, u64)>, H::Error> {
         Ok(h.group_sizes(&scope(account))?
             .into_iter()
-            .filter_map(|(g, n)| Some((g.strip_prefix("c:")?.to_owned(), n)))
+            .filter_map(|(g, n, e)| Some((g.strip_prefix("c:")?.to_owned(), n, e)))
             .collect())
     }
 

@@ -177,6 +177,7 @@ fn decide(handle: Account) -> Result<Decision, Error> {
                         limit: None,
                         cycle_start: 10,
                         resets_at: 5,
+                        projected_exhaustion: None,
                     },
                 }),
                 ..allowed
@@ -199,6 +200,7 @@ fn usage_on_enforced(used: u64) -> AccountUsage {
             limit: Some(10),
             cycle_start: 0,
             resets_at: 5,
+            projected_exhaustion: None,
         },
     }
 }

@@ -1,0 +1,256 @@
+//! Issue 17, items 1 and 2, through the component: the credits each campaign
+//! would free (`exclusive`), dry runs of deletions that report exactly what the
+//! deletion then does, and when email credits run out at the current pace.
+
+use std::sync::Arc;
+
+use creditgate::http::HttpOptions;
+use creditgate::store::{MemoryStore, RedbStore, Store};
+use serde_json::{Value, json};
+
+use crate::http::{Api, code};
+
+fn campaigns(api: &Api, account: &str) -> Value {
+    let (status, body) = api.call(
+        "get",
+        "/v1/accounts/{account}/campaigns",
+        &format!("/v1/accounts/{account}/campaigns"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn delete_all(api: &Api, account: &str, campaign: &str, query: &str) -> (u16, Value) {
+    api.call(
+        "delete",
+        "/v1/accounts/{account}/campaigns/{campaign}/leads",
+        &format!("/v1/accounts/{account}/campaigns/{campaign}/leads{query}"),
+        None,
+    )
+}
+
+fn delete_one(api: &Api, account: &str, campaign: &str, email: &str, query: &str) -> (u16, Value) {
+    api.call(
+        "delete",
+        "/v1/accounts/{account}/campaigns/{campaign}/leads/{email}",
+        &format!("/v1/accounts/{account}/campaigns/{campaign}/leads/{email}{query}"),
+        None,
+    )
+}
+
+/// A dry run's answer, without its `dry_run` flag, which the real one lacks.
+fn without_flag(mut dry: Value) -> Value {
+    let flag = dry.as_object_mut().and_then(|o| o.remove("dry_run"));
+    assert_eq!(flag, Some(json!(true)), "a dry run says so: {dry}");
+    dry
+}
+
+/// A dry run, then the real deletion: the same answer, and the dry run changed
+/// nothing (campaigns and usage as before it).
+fn dry_then_real(api: &Api, delete: impl Fn(&str) -> (u16, Value)) -> Value {
+    let before = (campaigns(api, "acme"), api.usage("acme").1);
+    let (status, dry) = delete("?dry_run=true");
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(
+        (campaigns(api, "acme"), api.usage("acme").1),
+        before,
+        "the dry run changed nothing"
+    );
+    let (status, real) = delete("");
+    assert_eq!(status, 200, "{real}");
+    assert_eq!(real.get("dry_run"), None, "{real}");
+    assert_eq!(without_flag(dry), real, "the dry run reported the deletion");
+    real
+}
+
+fn exclusive_counts_and_dry_runs(store: Arc<dyn Store>) {
+    let api = Api::start(store, HttpOptions::default());
+    assert_eq!(api.subscribe("acme", "large").0, 201);
+    // a only in q1; b in q1 and q2; c in q1 and q3; d only in q2.
+    assert_eq!(
+        api.leads("acme", "q1", &["a@x.io", "b@x.io", "c@x.io"]).0,
+        200
+    );
+    assert_eq!(api.leads("acme", "q2", &["b@x.io", "d@x.io"]).0, 200);
+    assert_eq!(api.leads("acme", "q3", &["c@x.io"]).0, 200);
+    assert_eq!(
+        campaigns(&api, "acme"),
+        json!({"account": "acme", "campaigns": [
+            {"campaign": "q1", "leads": 3, "exclusive": 1},
+            {"campaign": "q2", "leads": 2, "exclusive": 1},
+            {"campaign": "q3", "leads": 1, "exclusive": 0}]})
+    );
+
+    // q1's exclusive count is what deleting its leads frees.
+    let real = dry_then_real(&api, |q| delete_all(&api, "acme", "q1", q));
+    assert_eq!(real["freed"], 1, "{real}");
+    assert_eq!(real["lead_credits"]["used"], 3, "{real}");
+    // b and c are now q2's and q3's alone.
+    assert_eq!(
+        campaigns(&api, "acme")["campaigns"],
+        json!([
+            {"campaign": "q2", "leads": 2, "exclusive": 2},
+            {"campaign": "q3", "leads": 1, "exclusive": 1}])
+    );
+
+    // One lead: held elsewhere frees nothing; alone frees its credit; absent
+    // frees nothing. Each dry run reports what the deletion then does.
+    assert_eq!(api.leads("acme", "q3", &["d@x.io"]).0, 200);
+    for (campaign, email, freed) in [
+        ("q2", "d@x.io", 0),
+        ("q2", "b@x.io", 1),
+        ("q2", "nobody@x.io", 0),
+        ("q3", "d@x.io", 1),
+    ] {
+        let real = dry_then_real(&api, |q| delete_one(&api, "acme", campaign, email, q));
+        assert_eq!(real["freed"], freed, "{campaign}/{email}: {real}");
+    }
+    assert_eq!(
+        campaigns(&api, "acme")["campaigns"],
+        json!([{"campaign": "q3", "leads": 1, "exclusive": 1}])
+    );
+
+    // A dry run of an unknown account is refused as the deletion is.
+    let (status, body) = delete_all(&api, "nobody", "q1", "?dry_run=true");
+    assert_eq!((status, code(&body)), (404, "unknown_account"), "{body}");
+    let (status, body) = delete_all(&api, "acme", "q3", "?dry_run=maybe");
+    assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
+    assert_eq!(campaigns(&api, "acme")["campaigns"][0]["leads"], 1);
+}
+
+#[test]
+fn exclusive_counts_and_dry_runs_on_memory() {
+    exclusive_counts_and_dry_runs(Arc::new(MemoryStore::new()));
+}
+
+#[test]
+fn exclusive_counts_and_dry_runs_on_redb() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = RedbStore::open(&dir.path().join("s.redb")).expect("opens");
+    exclusive_counts_and_dry_runs(Arc::new(store));
+}
+
+/// The usage route's projection, from the component: none before anything is
+/// sent, an instant before the reset once the pace would use the credits up.
+#[test]
+fn usage_projects_when_email_credits_run_out() {
+    let api = Api::memory();
+    assert_eq!(api.subscribe("acme", "large").0, 201);
+    let (_, usage) = api.usage("acme");
+    assert_eq!(
+        usage["email_credits"]["projected_exhaustion"],
+        Value::Null,
+        "nothing sent: {usage}"
+    );
+    assert_eq!(usage["lead_credits"].get("projected_exhaustion"), None);
+    let (status, sent) = api.email(json!({"account": "acme", "to": ["a@x.io", "b@x.io"]}));
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(
+        sent["email_credits"].get("projected_exhaustion"),
+        None,
+        "decisions are unchanged: {sent}"
+    );
+    let (_, usage) = api.usage("acme");
+    let email = &usage["email_credits"];
+    let projected = email["projected_exhaustion"]
+        .as_str()
+        .unwrap_or_else(|| panic!("2 of 20 within seconds runs out before the reset: {usage}"));
+    let resets = email["resets_at"].as_str().expect("resets_at");
+    let at = |t: &str| creditgate::time::parse_instant(t).expect("an instant");
+    assert!(at(projected) < at(resets), "{usage}");
+    // The cycle started at the subscription (the anchor): the pace is counted from it.
+    assert!(
+        at(projected) >= at(usage["anchor"].as_str().expect("anchor")),
+        "{usage}"
+    );
+}
+
+/// The command line, on a store file: `leads campaigns` with `exclusive`, a
+/// `--dry-run` deletion that reports what the deletion then does (JSON and
+/// text), and `usage` with the projection.
+#[test]
+fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("s.redb");
+    let store = store.to_str().expect("utf-8 path");
+    let run = |args: &[&str], stdin: &str| {
+        let mut command = crate::harness::creditgate_command();
+        command.args(args).args(["--store", store]);
+        let out = crate::harness::run_with_stdin(command, stdin.as_bytes());
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        stdout
+    };
+    run(&["account", "subscribe", "acme", "--plan", "base"], "");
+    let import = |campaign: &str, csv: &str| {
+        run(
+            &[
+                "leads",
+                "import",
+                "--account",
+                "acme",
+                "--campaign",
+                campaign,
+                "-",
+            ],
+            csv,
+        )
+    };
+    import("q1", "email\na@x.io\nb@x.io\nc@x.io\n");
+    import("q2", "email\nc@x.io\nd@x.io\n");
+    let listed = run(
+        &[
+            "leads",
+            "campaigns",
+            "--account",
+            "acme",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&listed).expect("JSON"),
+        json!({"account": "acme", "campaigns": [
+            {"campaign": "q1", "leads": 3, "exclusive": 2},
+            {"campaign": "q2", "leads": 2, "exclusive": 1}]})
+    );
+    let table = run(&["leads", "campaigns", "--account", "acme"], "");
+    assert!(table.starts_with("CAMPAIGN"), "{table}");
+    assert!(table.contains("EXCLUSIVE"), "{table}");
+
+    let delete = [
+        "leads",
+        "delete",
+        "--account",
+        "acme",
+        "--campaign",
+        "q1",
+        "--all",
+    ];
+    let dry_text = run(&[&delete[..], &["--dry-run"]].concat(), "");
+    assert_eq!(
+        dry_text,
+        "dry run, nothing changed: would free 2 lead credits; lead credits used: 2 of 2000\n"
+    );
+    let dry = run(
+        &[&delete[..], &["--dry-run", "--format", "json"]].concat(),
+        "",
+    );
+    assert_eq!(run(&["leads", "campaigns", "--account", "acme"], ""), table);
+    let real = run(&[&delete[..], &["--format", "json"]].concat(), "");
+    let dry: Value = serde_json::from_str(&dry).expect("JSON");
+    let real: Value = serde_json::from_str(&real).expect("JSON");
+    assert_eq!(without_flag(dry), real);
+    assert_eq!(real["freed"], 2, "{real}");
+
+    let usage: Value =
+        serde_json::from_str(&run(&["usage", "acme", "--format", "json"], "")).expect("JSON");
+    assert_eq!(
+        usage["email_credits"]["projected_exhaustion"],
+        Value::Null,
+        "nothing sent: {usage}"
+    );
+}
