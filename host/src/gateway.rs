@@ -957,6 +957,10 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
             .email_history(account, *cycles, job.now)
             .map(Answer::History),
     };
+    let mut answer = answer;
+    if let (Ok(Answer::Decision(decision)), Work::Decide(request)) = (&mut answer, &job.work) {
+        shadow_mail_refusal(decision, request, shared);
+    }
     let denied = match &answer {
         Ok(Answer::Decision(d)) => d.denied,
         Ok(Answer::Leads(b)) => b.denied,
@@ -1116,6 +1120,55 @@ fn outcome(answer: &Result<Answer, GatewayError>) -> Outcome {
         Ok(Answer::Leads(b)) if b.denied.is_some() => Outcome::Deny,
         Ok(_) => Outcome::Allow,
         Err(_) => Outcome::Error,
+    }
+}
+
+/// In shadow, every mail decision is answered as allowed: the component lets
+/// credit refusals through itself (charging past the limit), and the gateway does
+/// the same for the refusals that are not about credits (an account not yet
+/// subscribed, a stranded plan, an address the policy refuses, a message id
+/// reused), so that putting creditgate in front of live mail in shadow defers
+/// none of it. Nothing is charged for those: there is no account to charge, or
+/// nothing the component would count. Whose mode decides: the account's plan's,
+/// when the decision names the plan; the gateway's, for an account it does not
+/// know. A plan enforced under a gateway in shadow stays enforced.
+fn shadow_mail_refusal(decision: &mut Decision, request: &Request, shared: &Shared) {
+    let mail = matches!(
+        request,
+        Request::SendEmail { .. } | Request::ChargeEmail { .. } | Request::CheckEmail { .. }
+    );
+    let Some(reason) = decision.denied.filter(|_| mail) else {
+        return;
+    };
+    if matches!(
+        reason,
+        Reason::EmailCreditsExhausted | Reason::LeadCreditsExhausted
+    ) {
+        // The component's own call: such a denial is from an enforced plan.
+        return;
+    }
+    let in_shadow = {
+        let version = shared
+            .version
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &decision.usage {
+            // A plan the policy in force defines: its mode, as the component
+            // loaded it; a plan it lacks (stranded) takes the gateway's.
+            Some(usage) => match version.summary.plans.iter().find(|p| p.name == usage.plan) {
+                Some(plan) => plan.mode == Mode::Shadow,
+                None => version.mode == Mode::Shadow,
+            },
+            None => version.mode == Mode::Shadow,
+        }
+    };
+    if in_shadow {
+        decision.denied = None;
+        decision.upgrade_to = None;
+        decision.shadow = Some(Shadow {
+            reason,
+            upgrade_to: None,
+        });
     }
 }
 

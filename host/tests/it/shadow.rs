@@ -488,3 +488,82 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
         "{stderr}"
     );
 }
+
+/// In shadow every mail decision is answered as allowed, not only those past a
+/// limit: an account not yet subscribed, an address the policy refuses and a
+/// message id reused are let through (with what enforcement would have said,
+/// nothing charged), so that a rollout in shadow defers no mail. A plan that
+/// says `enforce` keeps refusing them under a gateway in shadow, and a gateway
+/// in enforce refuses them all.
+#[test]
+fn a_gateway_in_shadow_lets_every_mail_refusal_through_and_charges_none_of_them() {
+    let send = |account: &str, to: &str, id: Option<&str>| Request::SendEmail {
+        account: account.into(),
+        to: vec![to.into()],
+        kind: creditgate::bindings::EmailKind::First,
+        message_id: id.map(Into::into),
+    };
+    let check = |account: &str| Request::CheckEmail {
+        account: account.into(),
+        cost: 1,
+    };
+    for mode in [Mode::Shadow, Mode::Enforce] {
+        let store = Arc::new(MemoryStore::new());
+        let (gateway, _) =
+            Gateway::start_in(harness::shared_runtime(), store, MODES, mode, 2).expect("starts");
+        let now = creditgate::time::now();
+        subscribe(&gateway, "p", "paid");
+        subscribe(&gateway, "s", "strict");
+        let decide = |request: Request| gateway.decide_blocking(request, now).expect("decides");
+        let first = decide(send("p", "a@x.io", Some("m1")));
+        assert_eq!((first.denied, first.charged), (None, 1));
+        let cases = [
+            (
+                "unknown account",
+                decide(send("nobody", "a@x.io", None)),
+                Reason::UnknownAccount,
+            ),
+            (
+                "unknown account at RCPT",
+                decide(check("nobody")),
+                Reason::UnknownAccount,
+            ),
+            (
+                "invalid address",
+                decide(send("p", "not an address", None)),
+                Reason::InvalidEmail,
+            ),
+            (
+                "message id reused",
+                decide(send("p", "other@x.io", Some("m1"))),
+                Reason::IdempotencyKeyReused,
+            ),
+        ];
+        for (what, d, reason) in cases {
+            assert_eq!(d.charged, 0, "{what}: {d:?}");
+            match mode {
+                Mode::Shadow => {
+                    assert_eq!(d.denied, None, "{what}: {d:?}");
+                    assert_eq!(d.shadow.map(|s| s.reason), Some(reason), "{what}");
+                }
+                Mode::Enforce => {
+                    assert_eq!(d.denied, Some(reason), "{what}: {d:?}");
+                    assert!(d.shadow.is_none(), "{what}: {d:?}");
+                }
+            }
+        }
+        // strict says enforce: refused under either gateway mode.
+        let d = decide(send("s", "not an address", None));
+        assert_eq!(d.denied, Some(Reason::InvalidEmail), "{mode:?}: {d:?}");
+        assert!(d.shadow.is_none(), "{mode:?}: {d:?}");
+        let usage = decide(Request::Usage {
+            account: "p".into(),
+        });
+        assert_eq!(
+            usage.usage.expect("usage").email_credits.used,
+            1,
+            "nothing let through for another reason was charged"
+        );
+        gateway.shutdown();
+    }
+}
