@@ -10,7 +10,7 @@
 
 #![no_main]
 
-use creditgate_guest::bindings::Diagnostic;
+use creditgate_guest::bindings::{Diagnostic, Mode};
 use creditgate_guest::policy::{MAX_CREDITS, MAX_PLAN_NAME, Policy};
 use libfuzzer_sys::fuzz_target;
 
@@ -38,12 +38,23 @@ fuzz_target!(|data: &[u8]| {
                     );
                 }
             }
-            let summary = policy.summary(warnings);
-            assert_eq!(
-                summary.plans.len(),
-                policy.plans.len(),
-                "the summary lists every plan once"
-            );
+            for gateway in [Mode::Enforce, Mode::Shadow] {
+                let summary = policy.summary(warnings.clone(), gateway);
+                assert_eq!(
+                    summary.plans.len(),
+                    policy.plans.len(),
+                    "the summary lists every plan once"
+                );
+                // A plan without a mode of its own takes the gateway's.
+                for (plan, (_, defined)) in summary.plans.iter().zip(&policy.plans) {
+                    assert!(
+                        plan.mode == gateway || defined.mode.is_some(),
+                        "plans.{} is in {:?} under a gateway in {gateway:?} without a mode of its own",
+                        plan.name,
+                        plan.mode
+                    );
+                }
+            }
         }
         Err(errors) => {
             assert!(
