@@ -17,13 +17,13 @@ mod journal;
 mod memory;
 mod preview;
 mod redb_store;
-mod redis_store;
+mod redis;
 
 pub use journal::path_of as journal_path;
 pub use memory::MemoryStore;
 pub use preview::Preview;
 pub use redb_store::{Create, OpenOptions, RedbStore, WrapStorage};
-pub use redis_store::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
+pub use redis::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
 
 use crate::bindings::{
     CounterAdded, GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoved,

@@ -14,6 +14,9 @@
 //! to 2^53, while counters are u64 and instants i64 nanoseconds (about 1.8e18
 //! today). The scripts add and compare those strings digit-wise.
 //!
+//! The scripts are Lua files in `lua/`, one per primitive and a prelude every
+//! one starts with, included at build time.
+//!
 //! # Key layout
 //!
 //! Every key of a scope starts with `PREFIX:{TAG}:`, where `PREFIX` is
@@ -1867,492 +1870,50 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
 
 /// Shared by every script. KEYS[1] is the scope's key base, KEYS[2] (single
 /// server only) the registry; ARGV[1] is the scope's name.
-const PRELUDE: &str = r#"
-local base = KEYS[1]
-local scope = ARGV[1]
-local NEVER = '9223372036854775807'
-local U64MAX = '18446744073709551615'
+const PRELUDE: &str = include_str!("lua/prelude.lua");
 
--- Refuses, before anything is written, to go on with data this code did not write.
-local function corrupt(what) error({err = 'CGCORRUPT ' .. what}) end
+const RECORD_INSERT: &str = include_str!("lua/record_insert.lua");
 
--- Adds the scope to the registry (single server: same node, same atomic step).
-local function register() if KEYS[2] then redis.call('SADD', KEYS[2], scope) end end
-
--- Compares decimal strings without leading zeros, exactly: Lua's numbers are
--- doubles, so they are compared 15 digits at a time.
-local function ucmp(a, b)
-  if #a ~= #b then return #a < #b and -1 or 1 end
-  for i = 1, #a, 15 do
-    local x, y = tonumber(string.sub(a, i, i + 14)), tonumber(string.sub(b, i, i + 14))
-    if x ~= y then return x < y and -1 or 1 end
-  end
-  return 0
-end
-
--- The same for signed decimals (instants).
-local function icmp(a, b)
-  local na, nb = string.byte(a, 1) == 45, string.byte(b, 1) == 45
-  if na ~= nb then return na and -1 or 1 end
-  if na then return ucmp(string.sub(b, 2), string.sub(a, 2)) end
-  return ucmp(a, b)
-end
-
--- Whether something expiring at `x` is still there at `now`.
-local function live(x, now) return x == NEVER or icmp(x, now) > 0 end
-
--- a + b for u64 decimals; nil when the sum overflows a u64. Below 10^15 each,
--- the sum is under 2^53 and a double holds it exactly: the common case, without
--- the digit loop.
-local function uadd(a, b)
-  if #a < 16 and #b < 16 then return string.format('%.0f', tonumber(a) + tonumber(b)) end
-  local digits, carry = {}, 0
-  local i, j = #a, #b
-  while i > 0 or j > 0 or carry > 0 do
-    local d = carry
-    if i > 0 then d = d + string.byte(a, i) - 48; i = i - 1 end
-    if j > 0 then d = d + string.byte(b, j) - 48; j = j - 1 end
-    if d >= 10 then carry = 1; d = d - 10 else carry = 0 end
-    digits[#digits + 1] = string.char(48 + d)
-  end
-  local sum = string.reverse(table.concat(digits))
-  if ucmp(sum, U64MAX) > 0 then return nil end
-  return sum
-end
-
-local function unsigned(s, what)
-  if not string.find(s, '^%d+$') then corrupt(what .. ' is not a number: ' .. s) end
-  return s
-end
-
-local function signed(s, what)
-  if not string.find(s, '^%-?%d+$') then corrupt(what .. ' is not a number: ' .. s) end
-  return s
-end
-
--- A once marker's expires_at and fingerprint: 'EXPIRES_AT FINGERPRINT', or
--- 'EXPIRES_AT' alone as written before markers carried a fingerprint, whose
--- fingerprint is nil and matches none.
-local function marker(s, key)
-  local x, f = string.match(s, '^(%-?%d+) (%d+)$')
-  if x then return x, f end
-  return signed(s, 'once marker ' .. key), nil
-end
-
--- A counter's value at `now`: '0' when it was never added to, or has expired;
--- and its stored expiry: nil when there is no counter, '' when it never expires.
-local function counter_at(name, now)
-  local stored = redis.call('HMGET', base .. 'ctr:' .. name, 'v', 'x')
-  if stored[1] then
-    local x = stored[2]
-    if not x or live(signed(x, 'expiry of counter ' .. name), now) then
-      return unsigned(stored[1], 'counter ' .. name), x or ''
-    end
-    return '0', x
-  end
-  return '0', nil
-end
-
--- Whether the guard in ARGV[i], ARGV[i + 1], ARGV[i + 2] (present: '1' or '0',
--- record key, expected value) holds.
-local function guard_holds(i)
-  if ARGV[i] ~= '1' then return true end
-  return redis.call('HGET', base .. 'rec', ARGV[i + 1]) == ARGV[i + 2]
-end
-
--- Whether a scope holding `count` members may take one more under `limit`.
-local function room(count, limit)
-  return limit == '' or ucmp(string.format('%d', count), limit) < 0
-end
-
--- Drops the entries of `index` past their deadline (by Redis's clock).
-local function prune(index)
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms))
-end
-
--- Gives `key` its garbage-collection deadline `at` (ms; '' for never) and lists
--- it as `member` of `index`, which expires with its last entry.
-local function list(key, at, index, member)
-  if at == '' then
-    redis.call('PERSIST', key)
-    redis.call('ZADD', index, 'inf', member)
-  else
-    redis.call('PEXPIREAT', key, at)
-    redis.call('ZADD', index, at, member)
-  end
-  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
-  if last[2] == nil or last[2] == 'inf' then
-    redis.call('PERSIST', index)
-  else
-    redis.call('PEXPIREAT', index, last[2])
-  end
-end
-
--- Exclusive counts: `excl` holds, per group, its members no other group holds;
--- `exclv` says they are kept. A scope written before they were has them
--- computed here, once, by the first script that changes its memberships.
-local function excl_computed()
-  local counts = {}
-  for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
-    local n = 0
-    for _, m in ipairs(redis.call('ZRANGE', base .. 'grp:' .. g, 0, -1)) do
-      if redis.call('HGET', base .. 'mem', m) == '1' then n = n + 1 end
-    end
-    if n > 0 then counts[g] = n end
-  end
-  return counts
-end
-local function excl_ready()
-  if redis.call('EXISTS', base .. 'exclv') == 1 then return end
-  redis.call('DEL', base .. 'excl')
-  for g, n in pairs(excl_computed()) do redis.call('HSET', base .. 'excl', g, n) end
-  redis.call('SET', base .. 'exclv', '1')
-end
-local function excl_add(g, by)
-  if by ~= 0 and redis.call('HINCRBY', base .. 'excl', g, by) <= 0 then
-    redis.call('HDEL', base .. 'excl', g)
-  end
-end
--- An empty scope leaves no trace.
-local function excl_done()
-  if redis.call('HLEN', base .. 'mem') == 0 then redis.call('DEL', base .. 'exclv', base .. 'excl') end
-end
--- Which of `groups` other than `except` holds `m`, known to be in exactly one:
--- one lookup per group (no index maps a member to its groups).
-local function only_group(m, except, groups)
-  for _, g in ipairs(groups) do
-    if g ~= except and redis.call('ZSCORE', base .. 'grp:' .. g, m) then return g end
-  end
-  corrupt('member ' .. m .. ' counts a group that holds it nowhere')
-end
-local function groups_now() return redis.call('ZRANGE', base .. 'groups', 0, -1) end
-
--- `list`, after dropping the index's entries past their deadline.
-local function keep(key, at, index, member)
-  prune(index)
-  list(key, at, index, member)
-end
-"#;
-
-const RECORD_INSERT: &str = r#"
-if redis.call('HSETNX', base .. 'rec', ARGV[2], ARGV[3]) == 0 then return 0 end
-register()
-return 1
-"#;
-
-const RECORD_UPDATE: &str = r#"
-if redis.call('HEXISTS', base .. 'rec', ARGV[2]) == 0 then return 0 end
-redis.call('HSET', base .. 'rec', ARGV[2], ARGV[3])
-return 1
-"#;
+const RECORD_UPDATE: &str = include_str!("lua/record_update.lua");
 
 // ARGV[12]: the once key's fingerprint; ARGV[13..15]: the guard (see
 // `guard_holds`). Answers the outcome, the counter's value and the scope's member
 // count.
-const COUNTER_ADD: &str = r#"
-local name, amount, limit = ARGV[2], ARGV[3], ARGV[4]
-local has_once, okey, oexp = ARGV[5] == '1', ARGV[6], ARGV[7]
-local cexp, now, cgc, ogc, ofp = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-if not guard_holds(13) then return {'stale', '0', 0} end
-local members = redis.call('HLEN', base .. 'mem')
-local ckey = base .. 'ctr:' .. name
-local okk = base .. 'once:' .. okey
-local current, stored_x = counter_at(name, now)
-if has_once then
-  local seen = redis.call('GET', okk)
-  if seen then
-    local x, fp = marker(seen, okey)
-    if live(x, now) then
-      if fp == ofp then return {'repeated', current, members} end
-      return {'conflict', current, members}
-    end
-  end
-end
-local new = uadd(current, amount)
-if not new or (limit ~= '' and ucmp(new, limit) > 0) then return {'refused', current, members} end
-if stored_x == cexp then
-  -- Most charges: the counter is there with this expiry, so its TTL, its index
-  -- entry and the scope's registration are those the write that set the expiry
-  -- made; the indexes are pruned at such writes (about once a cycle).
-  redis.call('HSET', ckey, 'v', new)
-else
-  if cexp == '' then
-    redis.call('HSET', ckey, 'v', new)
-    redis.call('HDEL', ckey, 'x')
-  else
-    redis.call('HSET', ckey, 'v', new, 'x', cexp)
-  end
-  keep(ckey, cgc, base .. 'ctrs', name)
-  prune(base .. 'onces')
-  register()
-end
-if has_once then
-  -- Kept even if already expired: a later call at an earlier `now` (a clock
-  -- stepped back) must still see it, as in the other backends.
-  redis.call('SET', okk, oexp .. ' ' .. ofp)
-  list(okk, ogc, base .. 'onces', okey)
-end
-return {'applied', new, members}
-"#;
+const COUNTER_ADD: &str = include_str!("lua/counter_add.lua");
 
 // ARGV[2] the counter, ARGV[3] now, ARGV[4..6] the guard. Reads only.
-const COUNTER_TALLY: &str = r#"
-if not guard_holds(4) then return {'stale', '0', 0} end
-return {'tally', counter_at(ARGV[2], ARGV[3]), redis.call('HLEN', base .. 'mem')}
-"#;
+const COUNTER_TALLY: &str = include_str!("lua/counter_tally.lua");
 
 // Outcomes: 0 already-in-group, 1 joined, 2 inserted, 3 refused.
 // ARGV[5..7]: the guard (see `guard_holds`); ARGV[8], ARGV[9]: a counter to
 // read after the addition ('' for none) and `now`. Outcome 4: the guard did not
 // hold.
-const MEMBER_ADD: &str = r#"
-local group, member, limit = ARGV[2], ARGV[3], ARGV[4]
-local name, now = ARGV[8], ARGV[9]
-if not guard_holds(5) then return {4, 0, '0'} end
-local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
-local function add()
-  local count = redis.call('HLEN', mem)
-  if redis.call('ZSCORE', gkey, member) then return 0, count end
-  local outcome
-  local n = redis.call('HGET', mem, member)
-  if n then
-    excl_ready()
-    if n == '1' then excl_add(only_group(member, group, groups_now()), -1) end
-    redis.call('HINCRBY', mem, member, 1)
-    outcome = 1
-  elseif not room(count, limit) then
-    return 3, count
-  else
-    excl_ready()
-    redis.call('HSET', mem, member, 1)
-    excl_add(group, 1)
-    count = count + 1
-    outcome = 2
-  end
-  redis.call('ZADD', gkey, 0, member)
-  redis.call('ZADD', base .. 'groups', 0, group)
-  register()
-  return outcome, count
-end
-local outcome, count = add()
-local counter = '0'
-if name ~= '' then counter = counter_at(name, now) end
-return {outcome, count, counter}
-"#;
+const MEMBER_ADD: &str = include_str!("lua/member_add.lua");
 
 // One member after another, as member-add would: a member given twice finds
 // itself in the group (or still refused) the second time.
-const MEMBER_ADD_MANY: &str = r#"
-local group, limit = ARGV[2], ARGV[3]
-local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
-local count = redis.call('HLEN', mem)
-local out = {0}
-local changed = false
-local alone, groups = 0, nil
-excl_ready()
-for i = 4, #ARGV do
-  local m = ARGV[i]
-  local o
-  local n = redis.call('HGET', mem, m)
-  if redis.call('ZSCORE', gkey, m) then
-    o = 0
-  elseif n then
-    if n == '1' then
-      groups = groups or groups_now()
-      excl_add(only_group(m, group, groups), -1)
-    end
-    redis.call('HINCRBY', mem, m, 1)
-    redis.call('ZADD', gkey, 0, m)
-    o = 1
-  elseif not room(count, limit) then
-    o = 3
-  else
-    redis.call('HSET', mem, m, 1)
-    redis.call('ZADD', gkey, 0, m)
-    alone = alone + 1
-    count = count + 1
-    o = 2
-  end
-  if o == 1 or o == 2 then changed = true end
-  out[#out + 1] = o
-end
-excl_add(group, alone)
-if changed then
-  redis.call('ZADD', base .. 'groups', 0, group)
-  register()
-end
-excl_done()
-out[1] = count
-return out
-"#;
+const MEMBER_ADD_MANY: &str = include_str!("lua/member_add_many.lua");
 
 // Outcomes: 0 not-in-group, 1 left-group, 2 released.
-const MEMBER_REMOVE: &str = r#"
-local group, member = ARGV[2], ARGV[3]
-local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
-if not redis.call('ZSCORE', gkey, member) then return {0, redis.call('HLEN', mem)} end
-local n = tonumber(redis.call('HGET', mem, member))
-if not n or n < 1 then corrupt('member ' .. member .. ' is in a group but has no group count') end
-excl_ready()
-redis.call('ZREM', gkey, member)
-if redis.call('EXISTS', gkey) == 0 then redis.call('ZREM', base .. 'groups', group) end
-local outcome = 1
-if n == 1 then
-  redis.call('HDEL', mem, member)
-  excl_add(group, -1)
-  outcome = 2
-else
-  redis.call('HINCRBY', mem, member, -1)
-  if n == 2 then excl_add(only_group(member, group, groups_now()), 1) end
-end
-excl_done()
-return {outcome, redis.call('HLEN', mem)}
-"#;
+const MEMBER_REMOVE: &str = include_str!("lua/member_remove.lua");
 
-const GROUP_CLEAR: &str = r#"
-local group = ARGV[2]
-local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
-local members = redis.call('ZRANGE', gkey, 0, -1)
-if #members == 0 then return {0, 0, redis.call('HLEN', mem)} end
-local counts = {}
-for i, m in ipairs(members) do
-  local n = tonumber(redis.call('HGET', mem, m))
-  if not n or n < 1 then corrupt('member ' .. m .. ' is in a group but has no group count') end
-  counts[i] = n
-end
-excl_ready()
-local groups = groups_now()
-local released = 0
-local gained = {}
-for i, m in ipairs(members) do
-  if counts[i] == 1 then
-    redis.call('HDEL', mem, m)
-    released = released + 1
-  else
-    redis.call('HINCRBY', mem, m, -1)
-    if counts[i] == 2 then
-      local g = only_group(m, group, groups)
-      gained[g] = (gained[g] or 0) + 1
-    end
-  end
-end
-redis.call('DEL', gkey)
-redis.call('ZREM', base .. 'groups', group)
-redis.call('HDEL', base .. 'excl', group)
-for g, n in pairs(gained) do excl_add(g, n) end
-excl_done()
-return {#members, released, redis.call('HLEN', mem)}
-"#;
+const GROUP_CLEAR: &str = include_str!("lua/group_clear.lua");
 
 // Read-only: each group with its size and exclusive count, as strings, three
 // per group. A scope whose counts are not kept yet has them computed here,
 // without writing them.
-const GROUP_COUNTS: &str = r#"
-local kept = redis.call('EXISTS', base .. 'exclv') == 1
-local computed = nil
-if not kept then computed = excl_computed() end
-local out = {}
-for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
-  local e
-  if kept then e = redis.call('HGET', base .. 'excl', g) or '0' else e = tostring(computed[g] or 0) end
-  out[#out + 1] = g
-  out[#out + 1] = tostring(redis.call('ZCARD', base .. 'grp:' .. g))
-  out[#out + 1] = e
-end
-return out
-"#;
+const GROUP_COUNTS: &str = include_str!("lua/group_counts.lua");
 
 // Read-only: the member's group count if it is in the group, else -1.
-const MEMBERSHIP: &str = r#"
-if not redis.call('ZSCORE', base .. 'grp:' .. ARGV[2], ARGV[3]) then return -1 end
-return tonumber(redis.call('HGET', base .. 'mem', ARGV[3]) or '0')
-"#;
+const MEMBERSHIP: &str = include_str!("lua/membership.lua");
 
 // Read-only: whether the scope holds records, members or live counters.
-const SCOPE_LISTED: &str = r#"
-if redis.call('EXISTS', base .. 'rec', base .. 'mem') > 0 then return 1 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('ZCOUNT', base .. 'ctrs', string.format('%d', now_ms), '+inf') > 0 then return 1 end
-return 0
-"#;
+const SCOPE_LISTED: &str = include_str!("lua/scope_listed.lua");
 
-const EXPORT: &str = r#"
-local records = redis.call('HGETALL', base .. 'rec')
-local counters = {}
-for _, name in ipairs(redis.call('ZRANGE', base .. 'ctrs', 0, -1)) do
-  local c = redis.call('HMGET', base .. 'ctr:' .. name, 'v', 'x')
-  if c[1] then
-    counters[#counters + 1] = name
-    counters[#counters + 1] = c[1]
-    counters[#counters + 1] = c[2] or ''
-  end
-end
-local onces = {}
-for _, key in ipairs(redis.call('ZRANGE', base .. 'onces', 0, -1)) do
-  local x = redis.call('GET', base .. 'once:' .. key)
-  if x then
-    onces[#onces + 1] = key
-    onces[#onces + 1] = x
-  end
-end
-local memberships = {}
-for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
-  for _, m in ipairs(redis.call('ZRANGE', base .. 'grp:' .. g, 0, -1)) do
-    memberships[#memberships + 1] = g
-    memberships[#memberships + 1] = m
-  end
-end
-return {records, counters, onces, memberships}
-"#;
+const EXPORT: &str = include_str!("lua/export.lua");
 
 // ARGV[2..5]: how many records, counters, once markers and memberships follow.
-const IMPORT: &str = r#"
-for _, name in ipairs(redis.call('ZRANGE', base .. 'ctrs', 0, -1)) do
-  redis.call('DEL', base .. 'ctr:' .. name)
-end
-for _, key in ipairs(redis.call('ZRANGE', base .. 'onces', 0, -1)) do
-  redis.call('DEL', base .. 'once:' .. key)
-end
-for _, g in ipairs(redis.call('ZRANGE', base .. 'groups', 0, -1)) do
-  redis.call('DEL', base .. 'grp:' .. g)
-end
-redis.call('DEL', base .. 'rec', base .. 'ctrs', base .. 'onces', base .. 'groups', base .. 'mem',
-  base .. 'excl', base .. 'exclv')
-local nrec, nctr, nonce, nmem = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local i = 6
-for _ = 1, nrec do
-  redis.call('HSET', base .. 'rec', ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-for _ = 1, nctr do
-  local key = base .. 'ctr:' .. ARGV[i]
-  if ARGV[i + 2] == '' then
-    redis.call('HSET', key, 'v', ARGV[i + 1])
-  else
-    redis.call('HSET', key, 'v', ARGV[i + 1], 'x', ARGV[i + 2])
-  end
-  keep(key, ARGV[i + 3], base .. 'ctrs', ARGV[i])
-  i = i + 4
-end
-for _ = 1, nonce do
-  local key = base .. 'once:' .. ARGV[i]
-  redis.call('SET', key, ARGV[i + 1])
-  keep(key, ARGV[i + 2], base .. 'onces', ARGV[i])
-  i = i + 3
-end
-for _ = 1, nmem do
-  redis.call('ZADD', base .. 'grp:' .. ARGV[i], 0, ARGV[i + 1])
-  redis.call('ZADD', base .. 'groups', 0, ARGV[i])
-  redis.call('HINCRBY', base .. 'mem', ARGV[i + 1], 1)
-  i = i + 2
-end
-if nmem > 0 then excl_ready() end
-if nrec + nctr + nonce + nmem > 0 then register() end
-return 'OK'
-"#;
+const IMPORT: &str = include_str!("lua/import.lua");
 
 #[cfg(test)]
 mod tests {
