@@ -945,7 +945,10 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
     } = shared;
     let (op, account) = (job.work.op(), job.work.account());
     let answer = match &job.work {
-        Work::Decide(request) => worker.decide(request, job.now).map(Answer::Decision),
+        Work::Decide(request) => worker.decide(request, job.now).map(|mut decision| {
+            shadow_mail_refusal(&mut decision, request, worker);
+            Answer::Decision(decision)
+        }),
         Work::AddLeads {
             account,
             campaign,
@@ -957,10 +960,6 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
             .email_history(account, *cycles, job.now)
             .map(Answer::History),
     };
-    let mut answer = answer;
-    if let (Ok(Answer::Decision(decision)), Work::Decide(request)) = (&mut answer, &job.work) {
-        shadow_mail_refusal(decision, request, shared);
-    }
     let denied = match &answer {
         Ok(Answer::Decision(d)) => d.denied,
         Ok(Answer::Leads(b)) => b.denied,
@@ -1132,7 +1131,7 @@ fn outcome(answer: &Result<Answer, GatewayError>) -> Outcome {
 /// nothing the component would count. Whose mode decides: the account's plan's,
 /// when the decision names the plan; the gateway's, for an account it does not
 /// know. A plan enforced under a gateway in shadow stays enforced.
-fn shadow_mail_refusal(decision: &mut Decision, request: &Request, shared: &Shared) {
+fn shadow_mail_refusal(decision: &mut Decision, request: &Request, worker: &Worker) {
     let mail = matches!(
         request,
         Request::SendEmail { .. } | Request::ChargeEmail { .. } | Request::CheckEmail { .. }
@@ -1147,22 +1146,10 @@ fn shadow_mail_refusal(decision: &mut Decision, request: &Request, shared: &Shar
         // The component's own call: such a denial is from an enforced plan.
         return;
     }
-    let in_shadow = {
-        let version = shared
-            .version
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        match &decision.usage {
-            // A plan the policy in force defines: its mode, as the component
-            // loaded it; a plan it lacks (stranded) takes the gateway's.
-            Some(usage) => match version.summary.plans.iter().find(|p| p.name == usage.plan) {
-                Some(plan) => plan.mode == Mode::Shadow,
-                None => version.mode == Mode::Shadow,
-            },
-            None => version.mode == Mode::Shadow,
-        }
-    };
-    if in_shadow {
+    // The mode of the policy this decision was made under, not of a version a
+    // reload may have published since.
+    let plan = decision.usage.as_ref().map(|u| u.plan.as_str());
+    if worker.decides_in_shadow(plan) {
         decision.denied = None;
         decision.upgrade_to = None;
         decision.shadow = Some(Shadow {

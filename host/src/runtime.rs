@@ -1156,6 +1156,16 @@ impl Worker {
                 .any(|(name, mode)| name == plan && *mode == Mode::Shadow)
     }
 
+    /// Whether this worker's policy decides an account on `plan` in shadow
+    /// mode: the plan's mode as the component loaded it, or the gateway's for
+    /// an account the policy does not know (None) or a plan it lacks.
+    pub fn decides_in_shadow(&self, plan: Option<&str>) -> bool {
+        match plan.and_then(|p| self.plans.iter().position(|name| name == p)) {
+            Some(i) => self.modes.get(i) == Some(&Mode::Shadow),
+            None => self.mode == Mode::Shadow,
+        }
+    }
+
     /// Shadow never leaks into enforcement: a decision that says it was let
     /// through in shadow must be about an account whose plan the component put
     /// in shadow, and a charge allowed on a plan it enforces must leave the
