@@ -24,6 +24,7 @@ use creditgate::gateway::{Gateway, GatewayError};
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloader};
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
+use creditgate::runtime::Worker;
 use creditgate::store::{CounterAdd, OpenOptions, RedbStore, Store, StoreError};
 
 use crate::harness;
@@ -234,22 +235,32 @@ fn charge(account: &str, id: &str) -> Request {
     }
 }
 
+/// A redb store on a fresh [`Disk`] in `dir`, and a worker with [`POLICY`] over it.
+fn worker_on_a_disk(dir: &Path) -> (Disk, std::path::PathBuf, Arc<RedbStore>, Worker) {
+    let path = dir.join("full.redb");
+    let disk = Disk::default();
+    let store = Arc::new(RedbStore::open_with(&path, disk.options()).expect("opens"));
+    let worker = harness::worker_on(store.clone(), POLICY);
+    (disk, path, store, worker)
+}
+
+fn subscribe_small(account: &str) -> Request {
+    Request::Subscribe {
+        account: account.into(),
+        plan: "small".into(),
+        anchor: None,
+    }
+}
+
 /// A worker caches each account's record and guards every call with it; a
 /// rollback that takes a plan change away must not leave it deciding on the
 /// plan it cached.
 #[test]
 fn a_worker_that_cached_a_rolled_back_plan_decides_on_the_plan_kept() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("full.redb");
-    let disk = Disk::default();
-    let store = Arc::new(RedbStore::open_with(&path, disk.options()).expect("opens"));
-    let mut worker = harness::worker_on(store.clone(), POLICY);
+    let (disk, _, store, mut worker) = worker_on_a_disk(dir.path());
     let t = at("2026-03-01T00:00:00Z");
-    let subscribe = Request::Subscribe {
-        account: "acme".into(),
-        plan: "small".into(),
-        anchor: None,
-    };
+    let subscribe = subscribe_small("acme");
     assert_eq!(worker.decide(&subscribe, t).expect("decides").denied, None);
     store.persist().expect("durable");
 
@@ -458,16 +469,9 @@ fn decide_durable_answers_only_what_it_made_durable() {
     use creditgate::runtime::{DecideError, DurableError};
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("full.redb");
-    let disk = Disk::default();
-    let store = Arc::new(RedbStore::open_with(&path, disk.options()).expect("opens"));
-    let mut worker = harness::worker_on(store.clone(), POLICY);
+    let (disk, path, store, mut worker) = worker_on_a_disk(dir.path());
     let t = at("2026-03-01T00:00:00Z");
-    let subscribe = Request::Subscribe {
-        account: "acme".into(),
-        plan: "small".into(),
-        anchor: None,
-    };
+    let subscribe = subscribe_small("acme");
     let subscribed = worker.decide_durable(&subscribe, t).expect("decides");
     assert_eq!(subscribed.denied, None);
     let charged = worker
