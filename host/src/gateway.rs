@@ -991,7 +991,9 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
         counted.latencies.record(t.op, t.total, t.in_store);
     }
     match &answer {
-        Err(DecideError::Trap(_) | DecideError::Restart(_)) => counted.traps += 1,
+        Err(DecideError::Trap(_) | DecideError::MemoryCap { .. } | DecideError::Restart(_)) => {
+            counted.traps += 1
+        }
         Err(DecideError::Timeout { .. }) => counted.timeouts += 1,
         _ => {}
     }

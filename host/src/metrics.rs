@@ -310,6 +310,19 @@ impl GatewayStats {
             "store",
             self.latencies.all(&self.latencies.store).summary(),
         );
+        // The same split per operation: an RCPT check and an END-OF-MESSAGE
+        // charge cost the guest and the store very differently.
+        for (part, family) in [
+            ("guest", &self.latencies.guest),
+            ("store", &self.latencies.store),
+        ] {
+            for (op, timing) in Op::ALL.iter().zip(family) {
+                let s = timing.summary();
+                if s.count > 0 {
+                    row(&mut out, &format!("  {part} {}", op.name()), s);
+                }
+            }
+        }
         row(&mut out, "commit wait", self.commit_wait.summary());
         row(&mut out, "commit (per batch)", self.commit.summary());
         out
@@ -333,7 +346,7 @@ impl GatewayStats {
                 );
             }
         }
-        let families: [(&str, &str, &Vec<Timing>); 2] = [
+        let families: [(&str, &str, &Vec<Timing>); 3] = [
             (
                 "creditgate_decision_duration_seconds",
                 "Time of one decision in the guest and the store, before its commit.",
@@ -343,6 +356,11 @@ impl GatewayStats {
                 "creditgate_decision_store_seconds",
                 "Time one decision spent in store primitives.",
                 &self.latencies.store,
+            ),
+            (
+                "creditgate_decision_guest_seconds",
+                "Time one decision spent in the guest's own code (sampled).",
+                &self.latencies.guest,
             ),
         ];
         for (name, help, timings) in families {
@@ -470,5 +488,49 @@ pub fn human(nanos: u64) -> String {
         n if n < 1_000_000 => format!("{:.1} µs", n as f64 / 1e3),
         n if n < 1_000_000_000 => format!("{:.2} ms", n as f64 / 1e6),
         n => format!("{:.2} s", n as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_and_store_split_is_reported_per_operation() {
+        let mut stats = GatewayStats::default();
+        let us = Duration::from_micros;
+        stats.latencies.record(Op::CheckEmail, us(10), Some(us(4)));
+        stats
+            .latencies
+            .record(Op::ChargeEmail, us(50), Some(us(30)));
+        // Not sampled for the split: counted in the totals only.
+        stats.latencies.record(Op::ChargeEmail, us(60), None);
+
+        let report = stats.report();
+        let line = |name: &str| {
+            report
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name:?} row in\n{report}"))
+                .split_whitespace()
+                .skip(name.split_whitespace().count())
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("  guest check_email"), "1 6.0 µs");
+        assert_eq!(line("  store check_email"), "1 4.0 µs");
+        assert_eq!(line("  guest charge_email"), "1 20.0 µs");
+        assert!(!report.contains("guest usage"), "{report}");
+
+        let exposition = stats.prometheus();
+        assert!(
+            exposition.contains("creditgate_decision_guest_seconds_count{op=\"check_email\"} 1\n"),
+            "{exposition}"
+        );
+        assert!(
+            exposition.contains("creditgate_decision_guest_seconds_count{op=\"charge_email\"} 1\n"),
+            "{exposition}"
+        );
     }
 }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, StoreLimits,
-    StoreLimitsBuilder, Trap, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ResourceLimiter,
+    StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 
 use crate::alerts::{self, FiredAlert, Notifier};
@@ -164,6 +164,10 @@ pub enum DecideError {
     /// The component trapped; its instance has been replaced.
     #[error("the policy component trapped: {0}")]
     Trap(String),
+    /// The component asked for more memory than its cap and trapped once
+    /// refused; its instance has been replaced.
+    #[error("the policy component reached its memory cap of {limit} bytes and trapped")]
+    MemoryCap { limit: usize },
     /// The component trapped and a fresh instance could not be made either.
     #[error("the policy component trapped and could not be restarted: {0}")]
     Restart(LoadError),
@@ -508,11 +512,62 @@ impl Drop for Ticker {
 /// What the host keeps in each wasmtime store.
 pub struct HostState {
     store: Arc<dyn Store>,
-    limits: StoreLimits,
+    limits: Limits,
     /// The names the instance interned (WIT `state.intern`), by handle.
     names: Names,
     /// The call in progress, for the epoch callback and the latency split.
     clock: CallClock,
+}
+
+/// The instance's resource caps ([`StoreLimits`]), remembering whether a memory
+/// growth was refused: the trap a guest's allocator raises next is then reported
+/// as the cap it is, not as whatever instruction it stopped on.
+struct Limits {
+    caps: StoreLimits,
+    memory_limit: usize,
+    memory_refused: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.caps.memory_growing(current, desired, maximum)?;
+        self.memory_refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.caps.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.caps.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.caps.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.caps.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.caps.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.caps.memories()
+    }
 }
 
 /// The strings an instance interned, by handle, and their total length.
@@ -785,12 +840,16 @@ impl Instance {
         ticks: &Arc<AtomicU64>,
         store: Arc<dyn Store>,
     ) -> Result<Self, LoadError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(config.memory_limit)
-            .instances(4)
-            .memories(4)
-            .tables(8)
-            .build();
+        let limits = Limits {
+            caps: StoreLimitsBuilder::new()
+                .memory_size(config.memory_limit)
+                .instances(4)
+                .memories(4)
+                .tables(8)
+                .build(),
+            memory_limit: config.memory_limit,
+            memory_refused: false,
+        };
         let mut wasm_store = wasmtime::Store::new(
             engine,
             HostState {
@@ -1403,11 +1462,13 @@ impl Worker {
             Err(trap) => {
                 let timed_out = is_interrupt(&trap);
                 let message = trap_message(&trap, budget);
+                let limits = &self.instance.store.data().limits;
+                let capped = limits.memory_refused.then_some(limits.memory_limit);
                 self.replace_instance().map_err(DecideError::Restart)?;
-                Err(if timed_out {
-                    DecideError::Timeout { budget }
-                } else {
-                    DecideError::Trap(message)
+                Err(match (timed_out, capped) {
+                    (true, _) => DecideError::Timeout { budget },
+                    (false, Some(limit)) => DecideError::MemoryCap { limit },
+                    (false, None) => DecideError::Trap(message),
                 })
             }
         }

@@ -76,9 +76,20 @@ fn unbounded_recursion_traps_and_the_instance_is_replaced() {
 
 #[test]
 fn memory_growth_stops_at_the_cap() {
-    let (mut worker, _) = hostile_worker("grow");
+    // A budget no machine's load can exhaust first: the cap, and only the cap,
+    // must be what stops the guest (the host says which limit it was).
+    let runtime = hostile_runtime(RuntimeConfig {
+        decision_budget: Duration::from_secs(60),
+        ..config()
+    });
+    let (mut worker, _) = runtime
+        .worker(Arc::new(MemoryStore::new()), "grow")
+        .expect("mode loads");
     let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
-    assert!(matches!(err, DecideError::Trap(_)), "{err}");
+    assert!(
+        matches!(err, DecideError::MemoryCap { limit } if limit == config().memory_limit),
+        "{err}"
+    );
     still_serves(&mut worker);
 }
 
