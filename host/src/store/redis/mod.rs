@@ -504,8 +504,10 @@ impl RedisStore {
         self.register(scope)?;
         let mut args = vec![group.into(), member.into(), limit_arg(limit)];
         args.extend(guard_args(guard));
-        let (name, now) = counter.unwrap_or(("", 0));
-        args.extend([name.into(), now.to_string().into()]);
+        // No counter: an empty `now` (a counter may be named "", an instant
+        // is never empty).
+        let (name, now) = counter.map_or(("", String::new()), |(n, now)| (n, now.to_string()));
+        args.extend([name.into(), now.into()]);
         let (outcome, members, value): (u64, u64, String) =
             self.primitive(what, &SCRIPTS.member_add, scope, args)?;
         let tally = Tally {
@@ -1301,7 +1303,7 @@ const COUNTER_TALLY: &str = include_str!("lua/counter_tally.lua");
 
 // Outcomes: 0 already-in-group, 1 joined, 2 inserted, 3 refused.
 // ARGV[5..7]: the guard (see `guard_holds`); ARGV[8], ARGV[9]: a counter to
-// read after the addition ('' for none) and `now`. Outcome 4: the guard did not
+// read after the addition and `now` ('' for none). Outcome 4: the guard did not
 // hold.
 const MEMBER_ADD: &str = include_str!("lua/member_add.lua");
 

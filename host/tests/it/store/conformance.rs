@@ -380,6 +380,13 @@ fn guarded_members(s: &dyn Store) {
         join_guarded(s, "t", None, "g", "ann", None, "c", 0),
         t("inserted", 0, 1)
     );
+    // A counter named "" is a counter like any other (Redis once read it as
+    // "no counter": found by the property test against the model).
+    assert_eq!(add(s, "t", "", 3, None), applied(3));
+    assert_eq!(
+        join_guarded(s, "t", None, "g", "bob", None, "", 0),
+        t("inserted", 3, 2)
+    );
     let long = "m".repeat(MAX_NAME_LEN + 1);
     assert_eq!(
         join_guarded(s, "s", pro, "g", &long, None, "c", 0),
