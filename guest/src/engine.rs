@@ -1169,128 +1169,42 @@ mod tests {
     //! mapping from rules to primitives. The host's tests run every rule through
     //! the component against the real stores.
 
-    use std::collections::{BTreeMap, BTreeSet};
+    use creditgate_storemodel::{self as model, Model};
 
     use super::*;
 
-    /// What adding to a counter did, before the guard and the tally.
-    enum CounterAdded {
-        Applied(u64),
-        Repeated(u64),
-        Refused(u64),
-        Conflict(u64),
-    }
-
-    /// What adding a member did, with the member count after it.
-    struct MemberAdded {
-        outcome: MemberAddOutcome,
-        members: u64,
-    }
-
-    /// The `state` primitives over maps, for one thread.
+    /// The `state` primitives on the store contract's one model (`storemodel/`,
+    /// which the host's stores are checked against too), with the names the
+    /// engine interned.
     #[derive(Default)]
     struct MemState {
-        records: BTreeMap<(String, String), String>,
-        counters: BTreeMap<(String, String), u64>,
-        /// (scope, once key) -> fingerprint.
-        once: BTreeMap<(String, String), u64>,
-        groups: BTreeMap<(String, String), BTreeSet<String>>,
+        store: Model,
         /// Interned names, by handle.
         names: Vec<String>,
     }
 
-    impl MemState {
-        fn counter_add(
-            &mut self,
-            scope: &str,
-            name: &str,
-            amount: u64,
-            limit: Option<u64>,
-            once: Option<(String, u64)>,
-        ) -> Result<CounterAdded, StateError> {
-            let value = self
-                .counters
-                .get(&(scope.into(), name.into()))
-                .copied()
-                .unwrap_or(0);
-            if let Some((key, fp)) = &once
-                && let Some(&fingerprint) = self.once.get(&(scope.into(), key.clone()))
-            {
-                return Ok(if fingerprint == *fp {
-                    CounterAdded::Repeated(value)
-                } else {
-                    CounterAdded::Conflict(value)
-                });
-            }
-            match value
-                .checked_add(amount)
-                .filter(|v| limit.is_none_or(|l| *v <= l))
-            {
-                None => Ok(CounterAdded::Refused(value)),
-                Some(new) => {
-                    self.counters.insert((scope.into(), name.into()), new);
-                    if let Some((key, fp)) = once {
-                        self.once.insert((scope.into(), key), fp);
-                    }
-                    Ok(CounterAdded::Applied(new))
-                }
-            }
+    fn tally(t: model::Tally) -> Tally {
+        Tally {
+            counter: t.counter,
+            members: t.members,
         }
-        fn member_add(
-            &mut self,
-            scope: &str,
-            group: &str,
-            member: &str,
-            limit: Option<u64>,
-        ) -> Result<MemberAdded, StateError> {
-            let members = self.members(scope);
-            let known = self
-                .groups
-                .iter()
-                .any(|((s, _), m)| s == scope && m.contains(member));
-            let in_group = self
-                .groups
-                .get(&(scope.into(), group.into()))
-                .is_some_and(|m| m.contains(member));
-            let outcome = if in_group {
-                MemberAddOutcome::AlreadyInGroup
-            } else if known {
-                MemberAddOutcome::Joined
-            } else if limit.is_some_and(|l| members >= l) {
-                MemberAddOutcome::Refused
-            } else {
-                MemberAddOutcome::Inserted
-            };
-            if matches!(
-                outcome,
-                MemberAddOutcome::Joined | MemberAddOutcome::Inserted
-            ) {
-                self.groups
-                    .entry((scope.into(), group.into()))
-                    .or_default()
-                    .insert(member.into());
-            }
-            Ok(MemberAdded {
-                outcome,
-                members: self.members(scope),
-            })
+    }
+
+    fn joined(j: model::Joined) -> MemberAddOutcome {
+        match j {
+            model::Joined::AlreadyInGroup => MemberAddOutcome::AlreadyInGroup,
+            model::Joined::Joined => MemberAddOutcome::Joined,
+            model::Joined::Inserted => MemberAddOutcome::Inserted,
+            model::Joined::Refused => MemberAddOutcome::Refused,
         }
-        fn name(&self, name: Name) -> String {
-            self.names[name as usize].clone()
-        }
-        fn guard_holds(&mut self, scope: &str, guard: Guard) -> bool {
-            let key = self.name(guard.key);
-            self.records.get(&(scope.into(), key)) == Some(&self.name(guard.version))
-        }
-        fn members(&self, scope: &str) -> u64 {
-            let all: BTreeSet<&String> = self
-                .groups
-                .iter()
-                .filter(|((s, _), _)| s == scope)
-                .flat_map(|(_, m)| m)
-                .collect();
-            all.len() as u64
-        }
+    }
+
+    /// The guard's record and version token, by their interned names.
+    fn guard_of(names: &[String], guard: Guard) -> Option<model::Guard<'_>> {
+        Some(model::Guard {
+            key: &names[guard.key as usize],
+            value: &names[guard.version as usize],
+        })
     }
 
     impl State for MemState {
@@ -1299,7 +1213,7 @@ mod tests {
             Ok(Name::try_from(self.names.len() - 1).expect("few names in a test"))
         }
         fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
-            Ok(self.records.get(&(scope.into(), key.into())).cloned())
+            Ok(self.store.record_get(scope, key))
         }
         fn record_insert(
             &mut self,
@@ -1307,12 +1221,7 @@ mod tests {
             key: &str,
             value: &str,
         ) -> Result<bool, StateError> {
-            let key = (scope.to_string(), key.to_string());
-            if self.records.contains_key(&key) {
-                return Ok(false);
-            }
-            self.records.insert(key, value.into());
-            Ok(true)
+            Ok(self.store.record_insert(scope, key, value))
         }
         fn record_update(
             &mut self,
@@ -1320,25 +1229,15 @@ mod tests {
             key: &str,
             value: &str,
         ) -> Result<bool, StateError> {
-            match self.records.get_mut(&(scope.into(), key.into())) {
-                Some(v) => {
-                    *v = value.into();
-                    Ok(true)
-                }
-                None => Ok(false),
-            }
+            Ok(self.store.record_update(scope, key, value))
         }
         fn counter_get(
             &mut self,
             scope: &str,
             name: &str,
-            _now: Instant,
+            now: Instant,
         ) -> Result<u64, StateError> {
-            Ok(self
-                .counters
-                .get(&(scope.into(), name.into()))
-                .copied()
-                .unwrap_or(0))
+            Ok(self.store.counter_get(scope, name, now))
         }
         fn member_add_many(
             &mut self,
@@ -1347,13 +1246,10 @@ mod tests {
             members: &[String],
             limit: Option<u64>,
         ) -> Result<MembersAdded, StateError> {
-            let mut outcomes = Vec::new();
-            for m in members {
-                outcomes.push(self.member_add(scope, group, m, limit)?.outcome);
-            }
+            let (outcomes, members) = self.store.member_add_many(scope, group, members, limit);
             Ok(MembersAdded {
-                outcomes,
-                members: self.members(scope),
+                outcomes: outcomes.into_iter().map(joined).collect(),
+                members,
             })
         }
         fn member_remove(
@@ -1362,42 +1258,25 @@ mod tests {
             group: &str,
             member: &str,
         ) -> Result<MemberRemoved, StateError> {
-            let removed = self
-                .groups
-                .get_mut(&(scope.into(), group.into()))
-                .is_some_and(|m| m.remove(member));
-            let still_held = self
-                .groups
-                .iter()
-                .any(|((s, _), m)| s == scope && m.contains(member));
-            let outcome = match (removed, still_held) {
-                (false, _) => MemberRemoveOutcome::NotInGroup,
-                (true, true) => MemberRemoveOutcome::LeftGroup,
-                (true, false) => MemberRemoveOutcome::Released,
+            let (outcome, members) = self.store.member_remove(scope, group, member);
+            let outcome = match outcome {
+                model::Left::NotInGroup => MemberRemoveOutcome::NotInGroup,
+                model::Left::LeftGroup => MemberRemoveOutcome::LeftGroup,
+                model::Left::Released => MemberRemoveOutcome::Released,
             };
-            Ok(MemberRemoved {
-                outcome,
-                members: self.members(scope),
-            })
+            Ok(MemberRemoved { outcome, members })
         }
         fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError> {
-            let before = self.members(scope);
-            let removed = self
-                .groups
-                .remove(&(scope.into(), group.into()))
-                .unwrap_or_default()
-                .len() as u64;
-            let members = self.members(scope);
+            let c = self.store.group_clear(scope, group);
             Ok(GroupCleared {
-                removed,
-                released: before - members,
-                members,
+                removed: c.removed,
+                released: c.released,
+                members: c.members,
             })
         }
         fn member_count(&mut self, scope: &str) -> Result<u64, StateError> {
-            Ok(self.members(scope))
+            Ok(self.store.member_count(scope))
         }
-        // One thread: composing the primitives is as atomic as a store's one step.
         fn counter_add_guarded(
             &mut self,
             scope: Name,
@@ -1406,23 +1285,33 @@ mod tests {
             amount: u64,
             limit: Option<u64>,
             once: Option<OnceKey<'_>>,
-            _expires_at: Option<Instant>,
-            _now: Instant,
+            expires_at: Option<Instant>,
+            now: Instant,
         ) -> Result<GuardedAdd, StateError> {
-            let scope = &self.name(scope);
-            if !self.guard_holds(scope, guard) {
-                return Ok(GuardedAdd::Stale);
-            }
-            let once = once.map(|o| (format!("{}{}", self.name(o.prefix), o.key), o.fingerprint));
-            let counter = &self.name(counter);
-            let added = self.counter_add(scope, counter, amount, limit, once)?;
-            let members = self.members(scope);
-            let tally = |counter| Tally { counter, members };
+            let names = &self.names;
+            let key = once.map(|o| format!("{}{}", names[o.prefix as usize], o.key));
+            let once = once.zip(key.as_deref()).map(|(o, key)| model::Once {
+                key,
+                fingerprint: o.fingerprint,
+                expires_at: o.expires_at,
+            });
+            let add = model::Add {
+                amount,
+                limit,
+                once,
+                expires_at,
+                now,
+            };
+            let (scope, counter) = (&names[scope as usize], &names[counter as usize]);
+            let added = self
+                .store
+                .counter_add(scope, guard_of(names, guard), counter, add);
             Ok(match added {
-                CounterAdded::Applied(v) => GuardedAdd::Applied(tally(v)),
-                CounterAdded::Repeated(v) => GuardedAdd::Repeated(tally(v)),
-                CounterAdded::Refused(v) => GuardedAdd::Refused(tally(v)),
-                CounterAdded::Conflict(v) => GuardedAdd::Conflict(tally(v)),
+                None => GuardedAdd::Stale,
+                Some((model::Added::Applied, t)) => GuardedAdd::Applied(tally(t)),
+                Some((model::Added::Repeated, t)) => GuardedAdd::Repeated(tally(t)),
+                Some((model::Added::Refused, t)) => GuardedAdd::Refused(tally(t)),
+                Some((model::Added::Conflict, t)) => GuardedAdd::Conflict(tally(t)),
             })
         }
         fn counter_tally(
@@ -1432,15 +1321,10 @@ mod tests {
             counter: Name,
             now: Instant,
         ) -> Result<Option<Tally>, StateError> {
-            let scope = &self.name(scope);
-            if !self.guard_holds(scope, guard) {
-                return Ok(None);
-            }
-            let counter = &self.name(counter);
-            Ok(Some(Tally {
-                counter: self.counter_get(scope, counter, now)?,
-                members: self.members(scope),
-            }))
+            let names = &self.names;
+            let (scope, counter) = (&names[scope as usize], &names[counter as usize]);
+            let found = (self.store).counter_tally(scope, guard_of(names, guard), counter, now);
+            Ok(found.map(tally))
         }
         fn member_add_guarded(
             &mut self,
@@ -1452,19 +1336,17 @@ mod tests {
             counter: Name,
             now: Instant,
         ) -> Result<Option<GuardedMember>, StateError> {
-            let scope = &self.name(scope);
-            if !self.guard_holds(scope, guard) {
+            let names = &self.names;
+            let (scope, group) = (&names[scope as usize], &names[group as usize]);
+            if !self.store.guard_holds(scope, guard_of(names, guard)) {
                 return Ok(None);
             }
-            let group = &self.name(group);
-            let added = self.member_add(scope, group, member, limit)?;
-            let counter = &self.name(counter);
-            Ok(Some(GuardedMember {
-                outcome: added.outcome,
-                tally: Tally {
-                    counter: self.counter_get(scope, counter, now)?,
-                    members: added.members,
-                },
+            let (outcome, members) = self.store.member_add(scope, group, member, limit);
+            let counter = self.store.counter_get(scope, &names[counter as usize], now);
+            let added = Some((outcome, model::Tally { counter, members }));
+            Ok(added.map(|(outcome, t)| GuardedMember {
+                outcome: joined(outcome),
+                tally: tally(t),
             }))
         }
     }
@@ -1610,14 +1492,10 @@ mod tests {
             brief(&e.check_email(st, "a", 2, T0).unwrap()),
             (Some(Reason::EmailCreditsExhausted), 0, 0)
         );
-        assert_eq!(
-            st.counters
-                .keys()
-                .map(|(_, n)| n.as_str())
-                .collect::<Vec<_>>(),
-            ["email/0"]
-        );
-        assert!(st.once.contains_key(&("a".into(), "msg/0/m1".into())));
+        let held = st.store.export("a");
+        let counters: Vec<&str> = held.counters.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(counters, ["email/0"]);
+        assert!(held.once.iter().any(|o| o.0 == "msg/0/m1"));
     }
 
     /// Issue 13.2: a message id is an idempotency key over what it charged. A

@@ -37,14 +37,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bindings::{
-    GroupCleared, GuardedAdd, LeadBatch, LeadOutcome, LeadResult, MemberAddOutcome, MemberAdded,
-    MemberRemoved, MembersAdded, Reason, Tally,
-};
+use crate::bindings::{LeadBatch, LeadOutcome, LeadResult, MemberAddOutcome, MembersAdded, Reason};
 use crate::replay::{CreditsJson, UsageJson, reason_code};
 use crate::request::Request;
 use crate::runtime::{DecideError, Worker};
-use crate::store::{CounterAdd, Guard, MAX_NAME_LEN, MemoryStore, ScopeDump, Store, StoreError};
+use crate::store::{DryRun, MAX_NAME_LEN, MemoryStore, Predict, Store, StoreError};
 
 /// Longest row accepted, in bytes (line ending excluded); a longer one is reported
 /// as invalid by line number and skipped without being held in memory.
@@ -432,8 +429,11 @@ fn describe_denial(account: &str, reason: Reason) -> String {
 /// is refused, so a policy that wrote elsewhere would fail the dry run rather
 /// than let it change the store. The alert log lives in a throwaway in-memory
 /// store.
-pub struct DryRunStore {
-    base: Arc<dyn Store>,
+pub type DryRunStore = DryRun<Additions>;
+
+/// The predictions of an import's dry run ([`DryRunStore`]): the contacts it
+/// would add, as fingerprints.
+pub struct Additions {
     /// The import's account and campaign, for messages.
     account: String,
     campaign: String,
@@ -441,9 +441,9 @@ pub struct DryRunStore {
     target: Mutex<Option<Target>>,
 }
 
-impl fmt::Debug for DryRunStore {
+impl fmt::Debug for Additions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DryRunStore")
+        f.debug_struct("Additions")
             .field("account", &self.account)
             .field("campaign", &self.campaign)
             .finish_non_exhaustive()
@@ -470,37 +470,24 @@ fn fingerprint(member: &str) -> u64 {
 impl DryRunStore {
     /// A dry run over `base` of an import into `campaign` of `account`.
     pub fn new(base: Arc<dyn Store>, account: &str, campaign: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            base,
+        let additions = Additions {
             account: account.to_owned(),
             campaign: campaign.to_owned(),
             scratch: MemoryStore::new(),
             target: Mutex::new(None),
-        })
+        };
+        Ok(DryRun::with(base, additions))
     }
+}
 
-    fn refused(&self, what: &str) -> StoreError {
-        StoreError::InvalidArgument(format!(
-            "a dry run does not {what}: an import into campaign {:?} of account {:?} only adds contacts",
-            self.campaign, self.account
-        ))
-    }
-
+impl Additions {
     fn target(&self) -> std::sync::MutexGuard<'_, Option<Target>> {
         self.target.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The member count of `scope` as the run sees it, if the run adds to it.
-    fn count_of(&self, scope: &str) -> Option<u64> {
-        self.target()
-            .as_ref()
-            .filter(|t| t.scope == scope)
-            .map(|t| t.count)
-    }
-
     /// `scope`'s members read from the real store (one pass, in one snapshot).
-    fn read_target(&self, scope: &str, group: &str) -> Result<Target, StoreError> {
-        let count = self.base.member_count(scope)?;
+    fn read_target(real: &dyn Store, scope: &str, group: &str) -> Result<Target, StoreError> {
+        let count = real.member_count(scope)?;
         // Sized once: growing a set of millions doubles it, briefly holding both.
         let mut target = Target {
             scope: scope.to_owned(),
@@ -509,7 +496,7 @@ impl DryRunStore {
             in_group: HashSet::new(),
             count,
         };
-        self.base.visit_members(scope, None, &mut |g, member| {
+        real.visit_members(scope, None, &mut |g, member| {
             let print = fingerprint(member);
             target.in_scope.insert(print);
             if g == group {
@@ -521,72 +508,27 @@ impl DryRunStore {
     }
 }
 
-impl Store for DryRunStore {
-    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.base.record_get(scope, key)
-    }
-
-    fn record_insert(&self, _scope: &str, _key: &str, _value: &str) -> Result<bool, StoreError> {
-        Err(self.refused("write records"))
-    }
-
-    fn record_update(&self, _scope: &str, _key: &str, _value: &str) -> Result<bool, StoreError> {
-        Err(self.refused("write records"))
-    }
-
-    fn counter_get(&self, scope: &str, name: &str, now: i64) -> Result<u64, StoreError> {
-        self.base.counter_get(scope, name, now)
-    }
-
-    fn counter_add_guarded(
-        &self,
-        _scope: &str,
-        _guard: Option<Guard<'_>>,
-        _name: &str,
-        _add: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
-        Err(self.refused("charge counters"))
-    }
-
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: i64,
-    ) -> Result<Option<Tally>, StoreError> {
-        let tally = self.base.counter_tally(scope, guard, name, now)?;
-        Ok(match self.count_of(scope) {
-            Some(members) => tally.map(|t| Tally { members, ..t }),
-            None => tally,
-        })
-    }
-
-    fn member_add(
-        &self,
-        _scope: &str,
-        _group: &str,
-        _member: &str,
-        _limit: Option<u64>,
-    ) -> Result<MemberAdded, StoreError> {
-        Err(self.refused("add contacts one by one"))
-    }
-
-    fn member_add_guarded(
-        &self,
-        _scope: &str,
-        _guard: Option<Guard<'_>>,
-        _group: &str,
-        _member: &str,
-        _limit: Option<u64>,
-        _name: &str,
-        _now: i64,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
-        Err(self.refused("add contacts one by one"))
+impl Predict for Additions {
+    fn refused(&self, what: &str) -> StoreError {
+        let what = match what {
+            "record-insert" | "record-update" => "write records",
+            "counter-add" => "charge counters",
+            "member-add" => "add contacts one by one",
+            "member-remove" | "group-clear" => "remove contacts",
+            "visit-members" => "list contacts",
+            "export-scope" => "export",
+            "import-scope" => "import scopes",
+            other => other,
+        };
+        StoreError::InvalidArgument(format!(
+            "a dry run does not {what}: an import into campaign {:?} of account {:?} only adds contacts",
+            self.campaign, self.account
+        ))
     }
 
     fn member_add_many(
         &self,
+        real: &dyn Store,
         scope: &str,
         group: &str,
         members: &[String],
@@ -597,7 +539,7 @@ impl Store for DryRunStore {
         let t = match target.as_mut() {
             Some(t) if t.scope == scope && t.group == group => t,
             Some(_) => return Err(self.refused("add contacts to two campaigns")),
-            None => target.insert(self.read_target(scope, group)?),
+            None => target.insert(Self::read_target(real, scope, group)?),
         };
         // As every store answers `member-add-many` (see MemoryStore).
         let outcomes = members
@@ -625,67 +567,21 @@ impl Store for DryRunStore {
         })
     }
 
-    fn member_remove(
-        &self,
-        _scope: &str,
-        _group: &str,
-        _member: &str,
-    ) -> Result<MemberRemoved, StoreError> {
-        Err(self.refused("remove contacts"))
+    /// The member count of `scope` as the run sees it, if the run adds to it.
+    fn member_count(&self, scope: &str) -> Option<u64> {
+        self.target()
+            .as_ref()
+            .filter(|t| t.scope == scope)
+            .map(|t| t.count)
     }
 
-    fn group_clear(&self, _scope: &str, _group: &str) -> Result<GroupCleared, StoreError> {
-        Err(self.refused("remove contacts"))
+    // A listing would not show the contacts the run adds.
+    fn lists(&self) -> bool {
+        false
     }
 
-    fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
-        match self.count_of(scope) {
-            Some(count) => Ok(count),
-            None => self.base.member_count(scope),
-        }
-    }
-
-    fn persist(&self) -> Result<(), StoreError> {
-        // Nothing of a dry run is kept.
-        Ok(())
-    }
-
-    fn scopes(&self) -> Result<Vec<String>, StoreError> {
-        self.base.scopes()
-    }
-
-    fn visit_members(
-        &self,
-        _scope: &str,
-        _group: Option<&str>,
-        _visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        Err(self.refused("list contacts"))
-    }
-
-    fn export_scope(&self, _scope: &str) -> Result<ScopeDump, StoreError> {
-        Err(self.refused("export"))
-    }
-
-    fn import_scope(&self, _scope: &str, _dump: &ScopeDump) -> Result<(), StoreError> {
-        Err(self.refused("import scopes"))
-    }
-
-    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
-        self.scratch.alert_sequence(owner)
-    }
-
-    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        self.scratch.alert_insert(owner, key, value)
-    }
-
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.scratch.visit_alerts(owner, after, visit)
+    fn alert_log(&self) -> Option<&dyn Store> {
+        Some(&self.scratch)
     }
 }
 

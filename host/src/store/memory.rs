@@ -1,5 +1,8 @@
-//! An in-memory [`Store`]: the reference backend for tests and for runs that need no
-//! durability (`persist` does nothing). Every primitive takes one process-wide lock
+//! An in-memory [`Store`]: the backend of runs that need no durability (`persist`
+//! does nothing) and of the native benchmarks. Not the contract's model
+//! ([`super::model`] is): it keeps each member's groups, each group's members and
+//! its exclusive count, so that a primitive costs a lookup or two where the model
+//! recounts. Every primitive takes one process-wide lock
 //! once, which is what makes it atomic; [`Store::visit_members`] calls its visitor
 //! with that lock held, so the visitor must not call back into the store.
 
@@ -7,10 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{
-    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
-    check_counter, check_guarded_member, check_member, check_name, check_value, is_retry,
-};
+#[cfg(doc)]
+use super::Store;
+use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, StoreError, is_retry};
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
     MembersAdded, Tally,
@@ -192,9 +194,9 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
+// The mechanism only: `Store` checks the arguments first (see `Backend`).
+impl super::Backend for MemoryStore {
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
-        check_name("owner", owner)?;
         let mut log = self.alert_log();
         let next = log
             .sequences
@@ -208,9 +210,6 @@ impl Store for MemoryStore {
     }
 
     fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("owner", owner)?;
-        check_name("key", key)?;
-        check_value(value)?;
         let mut log = self.alert_log();
         let entry = (owner.to_owned(), key.to_owned());
         if log.entries.contains_key(&entry) {
@@ -247,16 +246,11 @@ impl Store for MemoryStore {
     }
 
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
         let scopes = self.lock();
         Ok(scopes.get(scope).and_then(|s| s.records.get(key)).cloned())
     }
 
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
-        check_value(value)?;
         let mut scopes = self.lock();
         let s = scopes.entry(scope.to_owned()).or_default();
         if s.records.contains_key(key) {
@@ -267,9 +261,6 @@ impl Store for MemoryStore {
     }
 
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
-        check_value(value)?;
         let mut scopes = self.lock();
         match scopes.get_mut(scope).and_then(|s| s.records.get_mut(key)) {
             Some(v) => {
@@ -281,8 +272,6 @@ impl Store for MemoryStore {
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
-        check_name("scope", scope)?;
-        check_name("counter name", name)?;
         Ok(counter_of(self.lock().get(scope), name, now))
     }
 
@@ -293,7 +282,6 @@ impl Store for MemoryStore {
         name: &str,
         add: CounterAdd<'_>,
     ) -> Result<GuardedAdd, StoreError> {
-        check_counter(scope, guard, name, add.once)?;
         let mut scopes = self.lock();
         let found = scopes.get(scope);
         if !guard_holds(found, guard) {
@@ -342,7 +330,6 @@ impl Store for MemoryStore {
         name: &str,
         now: Instant,
     ) -> Result<Option<Tally>, StoreError> {
-        check_counter(scope, guard, name, None)?;
         let scopes = self.lock();
         let found = scopes.get(scope);
         if !guard_holds(found, guard) {
@@ -361,9 +348,6 @@ impl Store for MemoryStore {
         member: &str,
         limit: Option<u64>,
     ) -> Result<MemberAdded, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
         Ok(add_member(&mut self.lock(), scope, group, member, limit))
     }
 
@@ -377,7 +361,6 @@ impl Store for MemoryStore {
         name: &str,
         now: Instant,
     ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
-        check_guarded_member(scope, guard, group, member, name)?;
         let mut scopes = self.lock();
         if !guard_holds(scopes.get(scope), guard) {
             return Ok(None);
@@ -397,7 +380,6 @@ impl Store for MemoryStore {
         members: &[String],
         limit: Option<u64>,
     ) -> Result<MembersAdded, StoreError> {
-        check_batch(scope, group, members)?;
         let mut scopes = self.lock();
         if members.is_empty() {
             let members = scopes.get(scope).map_or(0, Scope::members);
@@ -446,9 +428,6 @@ impl Store for MemoryStore {
         group: &str,
         member: &str,
     ) -> Result<MemberRemoved, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
         let mut scopes = self.lock();
         let Some(s) = scopes.get_mut(scope) else {
             return Ok(MemberRemoved {
@@ -490,8 +469,6 @@ impl Store for MemoryStore {
     }
 
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
         let mut scopes = self.lock();
         let Some(s) = scopes.get_mut(scope) else {
             return Ok(GroupCleared {
@@ -525,12 +502,10 @@ impl Store for MemoryStore {
     }
 
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
-        check_name("scope", scope)?;
         Ok(self.lock().get(scope).map_or(0, Scope::members))
     }
 
     fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
-        check_name("scope", scope)?;
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(Vec::new());
@@ -551,7 +526,6 @@ impl Store for MemoryStore {
         group: &str,
         member: &str,
     ) -> Result<Option<u64>, StoreError> {
-        check_member(scope, group, member)?;
         let scopes = self.lock();
         let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
         Ok(groups.filter(|g| g.contains(group)).map(|g| g.len() as u64))
@@ -577,10 +551,6 @@ impl Store for MemoryStore {
         group: Option<&str>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        if let Some(group) = group {
-            check_name("group", group)?;
-        }
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(());
@@ -623,10 +593,6 @@ impl Store for MemoryStore {
         after: Option<(&str, &str)>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        if let Some(group) = group {
-            check_name("group", group)?;
-        }
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(());
@@ -658,7 +624,6 @@ impl Store for MemoryStore {
         after: Option<&str>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(());
@@ -673,7 +638,6 @@ impl Store for MemoryStore {
     }
 
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
-        check_name("scope", scope)?;
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(ScopeDump::default());
@@ -707,42 +671,21 @@ impl Store for MemoryStore {
     }
 
     fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        // Built whole before the lock is taken: an invalid dump changes nothing.
+        // Built whole before the lock is taken; `Store` refused a dump with repeats.
         let mut new = Scope::default();
         for (key, value) in &dump.records {
-            check_name("key", key)?;
-            check_value(value)?;
-            if new.records.insert(key.clone(), value.clone()).is_some() {
-                return Err(repeated(format_args!("record {key:?}")));
-            }
+            new.records.insert(key.clone(), value.clone());
         }
         for (name, value, expires_at) in &dump.counters {
-            check_name("counter name", name)?;
             let stored = (*value, expires_at.unwrap_or(NEVER));
-            if new.counters.insert(name.clone(), stored).is_some() {
-                return Err(repeated(format_args!("counter {name:?}")));
-            }
+            new.counters.insert(name.clone(), stored);
         }
         for (key, expires_at, fingerprint) in &dump.once {
-            check_name("once key", key)?;
-            if new
-                .once
-                .insert(key.clone(), (*expires_at, *fingerprint))
-                .is_some()
-            {
-                return Err(repeated(format_args!("once key {key:?}")));
-            }
+            new.once.insert(key.clone(), (*expires_at, *fingerprint));
         }
         for (group, member) in &dump.memberships {
-            check_name("group", group)?;
-            check_name("member", member)?;
             let members = new.groups.entry(group.clone()).or_default();
-            if !members.insert(member.clone()) {
-                return Err(repeated(format_args!(
-                    "member {member:?} of group {group:?}"
-                )));
-            }
+            members.insert(member.clone());
             new.member_groups
                 .entry(member.clone())
                 .or_default()
@@ -761,9 +704,4 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
-}
-
-/// The error for a dump that gives the same key twice.
-fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
-    StoreError::InvalidArgument(format!("the dump holds {what} more than once"))
 }

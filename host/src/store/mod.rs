@@ -1,11 +1,18 @@
 //! Durable state the host keeps for the guest: the mechanisms behind the WIT
 //! `state` interface.
 //!
-//! A backend implements [`Store`]; every method is one atomic step on every backend
-//! (one write transaction in redb, one server-side script in Redis), so no two
-//! workers or gateway hosts sharing a store can both take the last unit of a
-//! counter or of a scope's member limit. Nothing here knows what a scope, a counter
-//! or a member *means*: that is the guest's business.
+//! Callers use [`Store`]; every method is one atomic step on every backend (one
+//! write transaction in redb, one server-side script in Redis), so no two workers
+//! or gateway hosts sharing a store can both take the last unit of a counter or of
+//! a scope's member limit. Nothing here knows what a scope, a counter or a member
+//! *means*: that is the guest's business.
+//!
+//! A backend (`memory`, `redb_store`, `redis/`) implements only its mechanism,
+//! [`Backend`]; the arguments and dumps are checked once, here, by the one
+//! [`Store`] implementation every backend gets. Wrappers ([`Preview`] and the
+//! import's dry run, both a [`DryRun`]) implement [`Store`] over another store.
+//! [`model`] holds the contract's plain model, which the backends are tested
+//! against.
 //!
 //! Durability is split from atomicity so that many decisions can share one disk
 //! sync: each primitive is applied (and visible to every reader) when it returns,
@@ -15,13 +22,14 @@
 mod group_commit;
 mod journal;
 mod memory;
+pub mod model;
 mod preview;
 mod redb_store;
 mod redis;
 
 pub use journal::path_of as journal_path;
 pub use memory::MemoryStore;
-pub use preview::Preview;
+pub use preview::{DryRun, Predict, Preview, Removals};
 pub use redb_store::{Create, OpenOptions, RedbStore, WrapStorage};
 pub use redis::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
 
@@ -365,11 +373,7 @@ pub trait Store: Send + Sync {
         after: Option<&str>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        for (key, value) in self.export_scope(scope)?.records {
-            if after.is_none_or(|a| key.as_str() > a) && !visit(&key, &value) {
-                break;
-            }
-        }
+        visit_exported_records(self.export_scope(scope)?, after, visit);
         Ok(())
     }
 
@@ -409,6 +413,348 @@ pub trait Store: Send + Sync {
         after: Option<(&str, &str)>,
         visit: &mut dyn FnMut(&str, &str, &str) -> bool,
     ) -> Result<(), StoreError>;
+}
+
+/// [`Store::visit_records`] over an exported scope: for stores that keep no
+/// records in order.
+fn visit_exported_records(
+    dump: ScopeDump,
+    after: Option<&str>,
+    visit: &mut dyn FnMut(&str, &str) -> bool,
+) {
+    for (key, value) in dump.records {
+        if after.is_none_or(|a| key.as_str() > a) && !visit(&key, &value) {
+            break;
+        }
+    }
+}
+
+/// A backend's mechanism: the [`Store`] primitives, called only with arguments
+/// that passed the checks every backend makes alike (names against
+/// [`MAX_NAME_LEN`], values against [`MAX_VALUE_LEN`], batches against
+/// [`MAX_BATCH`], dumps without repeats). Every `Backend` is a [`Store`] through
+/// the one implementation below, which checks and then calls it; so the
+/// backends cannot drift apart in what they refuse, nor in the message. Each
+/// method's contract is its [`Store`] namesake's.
+///
+/// Backends implement it as `impl super::Backend for ...` without importing it,
+/// so that in their modules (and their tests) a call such as `store.record_get`
+/// means the checked [`Store`] method, never this one. Wrappers that delegate
+/// to another store ([`Preview`], the dry-run import, test stores) implement
+/// [`Store`] itself: the store they wrap checks.
+pub(crate) trait Backend: Send + Sync {
+    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError>;
+    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
+    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
+    fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError>;
+    fn counter_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        add: CounterAdd<'_>,
+    ) -> Result<GuardedAdd, StoreError>;
+    fn counter_tally(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StoreError>;
+    fn member_add(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> Result<MemberAdded, StoreError>;
+    #[allow(clippy::too_many_arguments)]
+    fn member_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError>;
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StoreError>;
+    fn member_remove(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<MemberRemoved, StoreError>;
+    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError>;
+    fn member_count(&self, scope: &str) -> Result<u64, StoreError>;
+    fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError>;
+    fn membership(&self, scope: &str, group: &str, member: &str)
+    -> Result<Option<u64>, StoreError>;
+    fn persist(&self) -> Result<(), StoreError>;
+    fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+        f();
+        Ok(())
+    }
+    fn batches(&self) -> bool {
+        false
+    }
+    fn losses(&self) -> u64 {
+        0
+    }
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn scopes(&self) -> Result<Vec<String>, StoreError>;
+    fn visit_members(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError>;
+    fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
+    fn visit_members_after(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError>;
+    fn visit_records(
+        &self,
+        scope: &str,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        visit_exported_records(Backend::export_scope(self, scope)?, after, visit);
+        Ok(())
+    }
+    fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError>;
+    /// Called with a dump [`check_dump`] accepted.
+    fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError>;
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError>;
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError>;
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError>;
+}
+
+// The checks, once for every backend. Each is a few length comparisons, inlined
+// into the backend's method: the hot path costs what it did when every backend
+// made them itself.
+impl<B: Backend> Store for B {
+    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        check_record(scope, key, None)?;
+        Backend::record_get(self, scope, key)
+    }
+
+    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_record(scope, key, Some(value))?;
+        Backend::record_insert(self, scope, key, value)
+    }
+
+    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_record(scope, key, Some(value))?;
+        Backend::record_update(self, scope, key, value)
+    }
+
+    fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
+        check_counter(scope, None, name, None)?;
+        Backend::counter_get(self, scope, name, now)
+    }
+
+    fn counter_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        add: CounterAdd<'_>,
+    ) -> Result<GuardedAdd, StoreError> {
+        check_counter(scope, guard, name, add.once)?;
+        Backend::counter_add_guarded(self, scope, guard, name, add)
+    }
+
+    fn counter_tally(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StoreError> {
+        check_counter(scope, guard, name, None)?;
+        Backend::counter_tally(self, scope, guard, name, now)
+    }
+
+    fn member_add(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+    ) -> Result<MemberAdded, StoreError> {
+        check_member(scope, group, member)?;
+        Backend::member_add(self, scope, group, member, limit)
+    }
+
+    fn member_add_guarded(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        group: &str,
+        member: &str,
+        limit: Option<u64>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        check_guarded_member(scope, guard, group, member, name)?;
+        Backend::member_add_guarded(self, scope, guard, group, member, limit, name, now)
+    }
+
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StoreError> {
+        check_batch(scope, group, members)?;
+        Backend::member_add_many(self, scope, group, members, limit)
+    }
+
+    fn member_remove(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<MemberRemoved, StoreError> {
+        check_member(scope, group, member)?;
+        Backend::member_remove(self, scope, group, member)
+    }
+
+    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
+        check_group(scope, Some(group))?;
+        Backend::group_clear(self, scope, group)
+    }
+
+    fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
+        check_name("scope", scope)?;
+        Backend::member_count(self, scope)
+    }
+
+    fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
+        check_name("scope", scope)?;
+        Backend::group_counts(self, scope)
+    }
+
+    fn membership(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        check_member(scope, group, member)?;
+        Backend::membership(self, scope, group, member)
+    }
+
+    fn persist(&self) -> Result<(), StoreError> {
+        Backend::persist(self)
+    }
+
+    fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+        Backend::batch(self, f)
+    }
+
+    fn batches(&self) -> bool {
+        Backend::batches(self)
+    }
+
+    fn losses(&self) -> u64 {
+        Backend::losses(self)
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        Backend::health(self)
+    }
+
+    fn scopes(&self) -> Result<Vec<String>, StoreError> {
+        Backend::scopes(self)
+    }
+
+    fn visit_members(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_group(scope, group)?;
+        Backend::visit_members(self, scope, group, visit)
+    }
+
+    fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        Backend::scopes_after(self, after, limit)
+    }
+
+    fn visit_members_after(
+        &self,
+        scope: &str,
+        group: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_group(scope, group)?;
+        Backend::visit_members_after(self, scope, group, after, visit)
+    }
+
+    fn visit_records(
+        &self,
+        scope: &str,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        Backend::visit_records(self, scope, after, visit)
+    }
+
+    fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
+        check_name("scope", scope)?;
+        Backend::export_scope(self, scope)
+    }
+
+    fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError> {
+        check_name("scope", scope)?;
+        check_dump(dump)?;
+        Backend::import_scope(self, scope, dump)
+    }
+
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
+        check_name("owner", owner)?;
+        Backend::alert_sequence(self, owner)
+    }
+
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        check_name("owner", owner)?;
+        check_name("key", key)?;
+        check_value(value)?;
+        Backend::alert_insert(self, owner, key, value)
+    }
+
+    fn visit_alerts(
+        &self,
+        owner: Option<&str>,
+        after: Option<(&str, &str)>,
+        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        Backend::visit_alerts(self, owner, after, visit)
+    }
 }
 
 /// The scopes the alert log lived in before it had a namespace of its own:
@@ -452,21 +798,9 @@ pub fn group_counts_of(memberships: &[(String, String)]) -> Vec<GroupCount> {
     counts.into_values().collect()
 }
 
-/// The whole content of one scope, in a backend-neutral form.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScopeDump {
-    /// `(key, value)`, ordered by key.
-    pub records: Vec<(String, String)>,
-    /// `(name, value, expires_at)`, ordered by name; as stored, expired or not
-    /// (expiry is judged against each call's `now`).
-    pub counters: Vec<(String, u64, Option<Instant>)>,
-    /// `(key, expires_at, fingerprint)` of `once` markers, ordered by key. A
-    /// fingerprint of None is a marker stored before markers carried one: it
-    /// matches no call's fingerprint (WIT `once`).
-    pub once: Vec<(String, Instant, Option<u64>)>,
-    /// `(group, member)`, ordered by group then member.
-    pub memberships: Vec<(String, String)>,
-}
+/// The whole content of one scope, in a backend-neutral form: the contract's
+/// own shape, from its model.
+pub use creditgate_storemodel::Dump as ScopeDump;
 
 /// Whether a live `once` marker holding `stored` makes a call carrying `once` a
 /// retry (`true`: answer `repeated`) or a reuse of the key for something else
@@ -476,8 +810,7 @@ pub(crate) fn is_retry(stored: Option<u64>, once: &Once) -> bool {
     stored == Some(once.fingerprint)
 }
 
-/// Checks a name argument against [`MAX_NAME_LEN`]; shared by every backend so
-/// they refuse the same inputs.
+/// Checks a name argument against [`MAX_NAME_LEN`].
 pub(crate) fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
     if name.len() > MAX_NAME_LEN {
         return Err(StoreError::InvalidArgument(format!(
@@ -541,6 +874,62 @@ pub(crate) fn check_guarded_member(
     check_counter(scope, guard, name, None)?;
     check_name("group", group)?;
     check_name("member", member)
+}
+
+/// Checks the arguments of the record primitives (`value`: of a write).
+fn check_record(scope: &str, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+    check_name("scope", scope)?;
+    check_name("key", key)?;
+    value.map_or(Ok(()), check_value)
+}
+
+/// Checks a scope and, when given, a group.
+fn check_group(scope: &str, group: Option<&str>) -> Result<(), StoreError> {
+    check_name("scope", scope)?;
+    group.map_or(Ok(()), |group| check_name("group", group))
+}
+
+/// Checks a dump before anything of it is applied: its names and values as the
+/// primitives check them, and that it gives no record key, counter name, once
+/// key or membership twice.
+pub(crate) fn check_dump(dump: &ScopeDump) -> Result<(), StoreError> {
+    use std::collections::BTreeSet;
+    let repeated = |what: std::fmt::Arguments<'_>| {
+        StoreError::InvalidArgument(format!("the dump holds {what} more than once"))
+    };
+    let mut seen = BTreeSet::new();
+    for (key, value) in &dump.records {
+        check_name("key", key)?;
+        check_value(value)?;
+        if !seen.insert(key.as_str()) {
+            return Err(repeated(format_args!("record {key:?}")));
+        }
+    }
+    seen.clear();
+    for (name, _, _) in &dump.counters {
+        check_name("counter name", name)?;
+        if !seen.insert(name.as_str()) {
+            return Err(repeated(format_args!("counter {name:?}")));
+        }
+    }
+    seen.clear();
+    for (key, _, _) in &dump.once {
+        check_name("once key", key)?;
+        if !seen.insert(key.as_str()) {
+            return Err(repeated(format_args!("once key {key:?}")));
+        }
+    }
+    let mut pairs = BTreeSet::new();
+    for (group, member) in &dump.memberships {
+        check_name("group", group)?;
+        check_name("member", member)?;
+        if !pairs.insert((group.as_str(), member.as_str())) {
+            return Err(repeated(format_args!(
+                "member {member:?} of group {group:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a record value against [`MAX_VALUE_LEN`].

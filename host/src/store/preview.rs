@@ -1,18 +1,21 @@
-//! A [`Store`] that answers removals without applying them: what a dry run of a
-//! deletion runs the component on.
+//! Dry runs: stores that read through to the real one and apply nothing.
 //!
-//! A dry run must report exactly what the real deletion would (what it removes,
-//! what it frees, the usage after it) and change nothing. Rather than a second
-//! copy of the component's rules in the host, the component decides the deletion
-//! as usual, on this wrapper: reads go to the real store, and `member_remove` and
-//! `group_clear` are answered from the real store's kept counts
-//! ([`Store::membership`], [`Store::group_counts`]) as if applied, without
-//! changing it. Every other write is refused with nothing applied (a deletion
-//! makes none; a component that tried one gets an error, never a silent effect).
+//! A dry run must report exactly what the real operation would and change
+//! nothing. Rather than a second copy of the component's rules in the host, the
+//! component decides as usual, on a [`DryRun`] of the real store: reads go to
+//! the real store, the writes the operation makes are answered by a [`Predict`]
+//! as if applied, and every other write is refused with nothing applied (a
+//! component that tried one gets an error, never a silent effect). Two
+//! predictions exist:
 //!
-//! Reads after a predicted removal see the store as it is, not as it would be:
-//! the component reports the member count the removal answered (it does not read
-//! it back), so a deletion's usage comes out as the real one's.
+//! - [`Preview`], for deletions: `member_remove` and `group_clear` are answered
+//!   from the real store's kept counts ([`Store::membership`],
+//!   [`Store::group_counts`]). Reads after a predicted removal see the store as it
+//!   is, not as it would be: the component reports the member count the removal
+//!   answered (it does not read it back), so a deletion's usage comes out as the
+//!   real one's.
+//! - the import's (`import::DryRunStore`): `member_add_many` answered from the
+//!   members read once, with the member count it predicts.
 
 use std::sync::Arc;
 
@@ -22,93 +25,133 @@ use crate::bindings::{
     MembersAdded, Tally,
 };
 
-/// Reads from `inner`; removals predicted, other writes refused.
-pub struct Preview {
-    inner: Arc<dyn Store>,
-}
+/// What a [`DryRun`] answers in place of the real store: the writes it predicts,
+/// and how it refuses the others. A write not predicted here is refused.
+pub trait Predict: Send + Sync {
+    /// The error for `what`, a primitive (by its WIT name: `record-insert`,
+    /// `counter-add`, `visit-members`, `export-scope`, ...) this dry run neither
+    /// applies nor answers.
+    fn refused(&self, what: &str) -> StoreError;
 
-impl Preview {
-    pub fn new(inner: Arc<dyn Store>) -> Preview {
-        Preview { inner }
-    }
-}
-
-fn refused<T>(what: &str) -> Result<T, StoreError> {
-    Err(StoreError::InvalidArgument(format!(
-        "a dry run changes nothing, and {what} would have"
-    )))
-}
-
-impl Store for Preview {
-    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.inner.record_get(scope, key)
-    }
-    fn record_insert(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
-        refused("record-insert")
-    }
-    fn record_update(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
-        refused("record-update")
-    }
-    fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
-        self.inner.counter_get(scope, name, now)
-    }
-    fn counter_add_guarded(
-        &self,
-        _: &str,
-        _: Option<Guard<'_>>,
-        _: &str,
-        _: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
-        refused("counter-add")
-    }
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError> {
-        self.inner.counter_tally(scope, guard, name, now)
-    }
-    fn member_add(
-        &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: Option<u64>,
-    ) -> Result<MemberAdded, StoreError> {
-        refused("member-add")
-    }
-    fn member_add_guarded(
-        &self,
-        _: &str,
-        _: Option<Guard<'_>>,
-        _: &str,
-        _: &str,
-        _: Option<u64>,
-        _: &str,
-        _: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
-        refused("member-add")
-    }
+    /// `member-add-many` as if applied; refused unless predicted.
     fn member_add_many(
         &self,
-        _: &str,
-        _: &str,
-        _: &[String],
-        _: Option<u64>,
+        _real: &dyn Store,
+        _scope: &str,
+        _group: &str,
+        _members: &[String],
+        _limit: Option<u64>,
     ) -> Result<MembersAdded, StoreError> {
-        refused("member-add-many")
+        Err(self.refused("member-add-many"))
+    }
+
+    /// `member-remove` as if applied; refused unless predicted.
+    fn member_remove(
+        &self,
+        _real: &dyn Store,
+        _scope: &str,
+        _group: &str,
+        _member: &str,
+    ) -> Result<MemberRemoved, StoreError> {
+        Err(self.refused("member-remove"))
+    }
+
+    /// `group-clear` as if applied; refused unless predicted.
+    fn group_clear(
+        &self,
+        _real: &dyn Store,
+        _scope: &str,
+        _group: &str,
+    ) -> Result<GroupCleared, StoreError> {
+        Err(self.refused("group-clear"))
+    }
+
+    /// The member count of `scope` after the predictions, where they changed it:
+    /// `member_count` and tallies answer it.
+    fn member_count(&self, _scope: &str) -> Option<u64> {
+        None
+    }
+
+    /// Whether listings of a scope's content (members, records, exports, group
+    /// counts) are answered from the real store, which does not show the
+    /// predictions; else they are refused.
+    fn lists(&self) -> bool {
+        true
+    }
+
+    /// Where the alert log goes (a throwaway store); None: its writes are
+    /// refused and it is read from the real store.
+    fn alert_log(&self) -> Option<&dyn Store> {
+        None
+    }
+}
+
+/// Reads from the real store; writes predicted by `P`, or refused.
+pub struct DryRun<P> {
+    real: Arc<dyn Store>,
+    predict: P,
+}
+
+impl<P: Predict> DryRun<P> {
+    /// A dry run over `real`, answering writes with `predict`.
+    pub fn with(real: Arc<dyn Store>, predict: P) -> Self {
+        DryRun { real, predict }
+    }
+
+    /// The predictions.
+    pub fn predict(&self) -> &P {
+        &self.predict
+    }
+
+    fn listing(&self, what: &str) -> Result<&dyn Store, StoreError> {
+        if self.predict.lists() {
+            Ok(&*self.real)
+        } else {
+            Err(self.predict.refused(what))
+        }
+    }
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for DryRun<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DryRun")
+            .field("predict", &self.predict)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A deletion's dry run: removals predicted from the real store's kept counts.
+pub type Preview = DryRun<Removals>;
+
+impl Preview {
+    pub fn new(real: Arc<dyn Store>) -> Preview {
+        DryRun::with(real, Removals)
+    }
+}
+
+/// The predictions of a deletion's dry run ([`Preview`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Removals;
+
+impl Predict for Removals {
+    fn refused(&self, what: &str) -> StoreError {
+        let what = match what {
+            "alert-sequence" => "taking an alert sequence number",
+            "alert-insert" => "logging an alert",
+            what => what,
+        };
+        StoreError::InvalidArgument(format!("a dry run changes nothing, and {what} would have"))
     }
 
     fn member_remove(
         &self,
+        real: &dyn Store,
         scope: &str,
         group: &str,
         member: &str,
     ) -> Result<MemberRemoved, StoreError> {
-        let found = self.inner.membership(scope, group, member)?;
-        let members = self.inner.member_count(scope)?;
+        let found = real.membership(scope, group, member)?;
+        let members = real.member_count(scope)?;
         Ok(match found {
             None => MemberRemoved {
                 outcome: MemberRemoveOutcome::NotInGroup,
@@ -125,10 +168,15 @@ impl Store for Preview {
         })
     }
 
-    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
+    fn group_clear(
+        &self,
+        real: &dyn Store,
+        scope: &str,
+        group: &str,
+    ) -> Result<GroupCleared, StoreError> {
         check_name("group", group)?;
-        let counts = self.inner.group_counts(scope)?;
-        let members = self.inner.member_count(scope)?;
+        let counts = real.group_counts(scope)?;
+        let members = real.member_count(scope)?;
         let found = counts.iter().find(|c| c.group == group);
         let (removed, released) = found.map_or((0, 0), |c| (c.members, c.exclusive));
         Ok(GroupCleared {
@@ -137,12 +185,93 @@ impl Store for Preview {
             members: members.saturating_sub(released),
         })
     }
+}
 
+impl<P: Predict> Store for DryRun<P> {
+    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.real.record_get(scope, key)
+    }
+    fn record_insert(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
+        Err(self.predict.refused("record-insert"))
+    }
+    fn record_update(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
+        Err(self.predict.refused("record-update"))
+    }
+    fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
+        self.real.counter_get(scope, name, now)
+    }
+    fn counter_add_guarded(
+        &self,
+        _: &str,
+        _: Option<Guard<'_>>,
+        _: &str,
+        _: CounterAdd<'_>,
+    ) -> Result<GuardedAdd, StoreError> {
+        Err(self.predict.refused("counter-add"))
+    }
+    fn counter_tally(
+        &self,
+        scope: &str,
+        guard: Option<Guard<'_>>,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<Tally>, StoreError> {
+        let tally = self.real.counter_tally(scope, guard, name, now)?;
+        Ok(match self.predict.member_count(scope) {
+            Some(members) => tally.map(|t| Tally { members, ..t }),
+            None => tally,
+        })
+    }
+    fn member_add(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: Option<u64>,
+    ) -> Result<MemberAdded, StoreError> {
+        Err(self.predict.refused("member-add"))
+    }
+    fn member_add_guarded(
+        &self,
+        _: &str,
+        _: Option<Guard<'_>>,
+        _: &str,
+        _: &str,
+        _: Option<u64>,
+        _: &str,
+        _: Instant,
+    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        Err(self.predict.refused("member-add"))
+    }
+    fn member_add_many(
+        &self,
+        scope: &str,
+        group: &str,
+        members: &[String],
+        limit: Option<u64>,
+    ) -> Result<MembersAdded, StoreError> {
+        (self.predict).member_add_many(&*self.real, scope, group, members, limit)
+    }
+    fn member_remove(
+        &self,
+        scope: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<MemberRemoved, StoreError> {
+        self.predict
+            .member_remove(&*self.real, scope, group, member)
+    }
+    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
+        self.predict.group_clear(&*self.real, scope, group)
+    }
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
-        self.inner.member_count(scope)
+        match self.predict.member_count(scope) {
+            Some(count) => Ok(count),
+            None => self.real.member_count(scope),
+        }
     }
     fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
-        self.inner.group_counts(scope)
+        self.listing("export-scope")?.group_counts(scope)
     }
     fn membership(
         &self,
@@ -150,16 +279,18 @@ impl Store for Preview {
         group: &str,
         member: &str,
     ) -> Result<Option<u64>, StoreError> {
-        self.inner.membership(scope, group, member)
+        self.listing("export-scope")?
+            .membership(scope, group, member)
     }
     fn persist(&self) -> Result<(), StoreError> {
+        // Nothing of a dry run is kept.
         Ok(())
     }
     fn health(&self) -> Result<(), StoreError> {
-        self.inner.health()
+        self.real.health()
     }
     fn scopes(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.scopes()
+        self.real.scopes()
     }
     fn visit_members(
         &self,
@@ -167,10 +298,11 @@ impl Store for Preview {
         group: Option<&str>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        self.inner.visit_members(scope, group, visit)
+        self.listing("visit-members")?
+            .visit_members(scope, group, visit)
     }
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.inner.scopes_after(after, limit)
+        self.real.scopes_after(after, limit)
     }
     fn visit_members_after(
         &self,
@@ -179,7 +311,8 @@ impl Store for Preview {
         after: Option<(&str, &str)>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        self.inner.visit_members_after(scope, group, after, visit)
+        self.listing("visit-members")?
+            .visit_members_after(scope, group, after, visit)
     }
     fn visit_records(
         &self,
@@ -187,19 +320,26 @@ impl Store for Preview {
         after: Option<&str>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        self.inner.visit_records(scope, after, visit)
+        self.listing("export-scope")?
+            .visit_records(scope, after, visit)
     }
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
-        self.inner.export_scope(scope)
+        self.listing("export-scope")?.export_scope(scope)
     }
     fn import_scope(&self, _: &str, _: &ScopeDump) -> Result<(), StoreError> {
-        refused("import-scope")
+        Err(self.predict.refused("import-scope"))
     }
-    fn alert_sequence(&self, _: &str) -> Result<u64, StoreError> {
-        refused("taking an alert sequence number")
+    fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
+        match self.predict.alert_log() {
+            Some(log) => log.alert_sequence(owner),
+            None => Err(self.predict.refused("alert-sequence")),
+        }
     }
-    fn alert_insert(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
-        refused("logging an alert")
+    fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        match self.predict.alert_log() {
+            Some(log) => log.alert_insert(owner, key, value),
+            None => Err(self.predict.refused("alert-insert")),
+        }
     }
     fn visit_alerts(
         &self,
@@ -207,7 +347,10 @@ impl Store for Preview {
         after: Option<(&str, &str)>,
         visit: &mut dyn FnMut(&str, &str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        self.inner.visit_alerts(owner, after, visit)
+        match self.predict.alert_log() {
+            Some(log) => log.visit_alerts(owner, after, visit),
+            None => self.real.visit_alerts(owner, after, visit),
+        }
     }
 }
 

@@ -82,12 +82,11 @@ use redb::{
     TableDefinition, TableError, TableHandle, TransactionError, WriteTransaction,
 };
 
+#[cfg(any(doc, test))]
+use super::Store;
 use super::group_commit::GroupCommit;
 use super::journal::{self, Journal, OnceKey, Op, ReplayFrom};
-use super::{
-    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
-    check_counter, check_guarded_member, check_member, check_name, check_value, is_retry,
-};
+use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, StoreError, is_retry};
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
     MembersAdded, Tally,
@@ -1311,9 +1310,9 @@ macro_rules! reading {
     };
 }
 
-impl Store for RedbStore {
+// The mechanism only: `Store` checks the arguments first (see `Backend`).
+impl super::Backend for RedbStore {
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
-        check_name("owner", owner)?;
         let what = "alert-sequence";
         self.write(
             what,
@@ -1331,9 +1330,6 @@ impl Store for RedbStore {
     }
 
     fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("owner", owner)?;
-        check_name("key", key)?;
-        check_value(value)?;
         let what = "alert-insert";
         self.write(
             what,
@@ -1385,8 +1381,6 @@ impl Store for RedbStore {
     }
 
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
         let what = "record-get";
         reading!(self, what, |txn| {
             let records = txn.open_table(RECORDS).ctx(what)?;
@@ -1396,9 +1390,6 @@ impl Store for RedbStore {
     }
 
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
-        check_value(value)?;
         let what = "record-insert";
         let op = || Op::RecordInsert { scope, key, value };
         self.write(what, op, |txn| {
@@ -1412,9 +1403,6 @@ impl Store for RedbStore {
     }
 
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
-        check_value(value)?;
         let what = "record-update";
         let op = || Op::RecordUpdate { scope, key, value };
         self.write(what, op, |txn| {
@@ -1428,8 +1416,6 @@ impl Store for RedbStore {
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
-        check_name("scope", scope)?;
-        check_name("counter name", name)?;
         let what = "counter-get";
         reading!(self, what, |txn| counter_of(
             &txn.open_table(COUNTERS).ctx(what)?,
@@ -1446,7 +1432,6 @@ impl Store for RedbStore {
         name: &str,
         add: CounterAdd<'_>,
     ) -> Result<GuardedAdd, StoreError> {
-        check_counter(scope, guard, name, add.once)?;
         let what = "counter-add";
         let op = || Op::CounterAdd {
             scope,
@@ -1508,7 +1493,6 @@ impl Store for RedbStore {
         name: &str,
         now: Instant,
     ) -> Result<Option<Tally>, StoreError> {
-        check_counter(scope, guard, name, None)?;
         let what = "counter-tally";
         reading!(self, what, |txn| {
             if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
@@ -1528,9 +1512,6 @@ impl Store for RedbStore {
         member: &str,
         limit: Option<u64>,
     ) -> Result<MemberAdded, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
         let op = || Op::MemberAdd {
             scope,
             group,
@@ -1552,7 +1533,6 @@ impl Store for RedbStore {
         name: &str,
         now: Instant,
     ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
-        check_guarded_member(scope, guard, group, member, name)?;
         let what = "member-add";
         let op = || Op::MemberAddGuarded {
             scope,
@@ -1583,7 +1563,6 @@ impl Store for RedbStore {
         members: &[String],
         limit: Option<u64>,
     ) -> Result<MembersAdded, StoreError> {
-        check_batch(scope, group, members)?;
         let what = "member-add-many";
         let op = || Op::MemberAddMany {
             scope,
@@ -1729,9 +1708,6 @@ impl Store for RedbStore {
         group: &str,
         member: &str,
     ) -> Result<MemberRemoved, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
         let what = "member-remove";
         let op = || Op::MemberRemove {
             scope,
@@ -1773,8 +1749,6 @@ impl Store for RedbStore {
     }
 
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
         let what = "group-clear";
         let op = || Op::GroupClear { scope, group };
         self.write(what, op, |txn| {
@@ -1829,7 +1803,6 @@ impl Store for RedbStore {
     }
 
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
-        check_name("scope", scope)?;
         let what = "member-count";
         reading!(self, what, |txn| members_of(
             &txn.open_table(SCOPE_MEMBERS).ctx(what)?,
@@ -1838,7 +1811,6 @@ impl Store for RedbStore {
     }
 
     fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
-        check_name("scope", scope)?;
         let what = "group-counts";
         let txn = self.begin_read(what)?;
         let sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
@@ -1862,7 +1834,6 @@ impl Store for RedbStore {
         group: &str,
         member: &str,
     ) -> Result<Option<u64>, StoreError> {
-        check_member(scope, group, member)?;
         let what = "membership";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
@@ -1923,10 +1894,6 @@ impl Store for RedbStore {
         group: Option<&str>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        if let Some(group) = group {
-            check_name("group", group)?;
-        }
         let what = "visiting members";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
@@ -1973,10 +1940,6 @@ impl Store for RedbStore {
         after: Option<(&str, &str)>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        if let Some(group) = group {
-            check_name("group", group)?;
-        }
         let what = "visiting members";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
@@ -2015,7 +1978,6 @@ impl Store for RedbStore {
         after: Option<&str>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
         let what = "visiting records";
         let txn = self.begin_read(what)?;
         let records = txn.open_table(RECORDS).ctx(what)?;
@@ -2034,7 +1996,6 @@ impl Store for RedbStore {
     }
 
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
-        check_name("scope", scope)?;
         let what = "exporting a scope";
         let txn = self.begin_read(what)?;
         let end = next(scope);
@@ -2074,21 +2035,6 @@ impl Store for RedbStore {
     }
 
     fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        for (key, value) in &dump.records {
-            check_name("key", key)?;
-            check_value(value)?;
-        }
-        for (name, _, _) in &dump.counters {
-            check_name("counter name", name)?;
-        }
-        for (key, _, _) in &dump.once {
-            check_name("once key", key)?;
-        }
-        for (group, member) in &dump.memberships {
-            check_name("group", group)?;
-            check_name("member", member)?;
-        }
         let what = "importing a scope";
         let op = || Op::ImportScope {
             scope,

@@ -15,7 +15,9 @@
 //! today). The scripts add and compare those strings digit-wise.
 //!
 //! The scripts are Lua files in `lua/`, one per primitive and a prelude every
-//! one starts with, included at build time.
+//! one starts with, included at build time. What a `--store` URL names is parsed
+//! in `url.rs`; the connections and the collector that pipelines the calls are
+//! in `conn.rs`.
 //!
 //! # Key layout
 //!
@@ -130,20 +132,20 @@
 //! is safe to retry, it answers `repeated` if it had been applied. The cluster
 //! client itself retries a request after a lost connection or a redirection.
 
-use std::collections::{BTreeSet, HashMap};
+mod conn;
+mod url;
+
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, RedisError, RedisFuture, RedisResult, Script, Value};
+use redis::{Cmd, RedisError, RedisResult, Script};
 
-use super::{
-    CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_batch,
-    check_counter, check_guarded_member, check_member, check_name, check_value,
-};
+use conn::{Call, Conn, block, collect, slot_of};
+pub use url::{RedisConfig, RedisTarget, is_redis_url, parse_url};
+
+use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError};
 use crate::bindings::{
     GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
     MembersAdded, Tally,
@@ -157,181 +159,6 @@ const PAGE: usize = 1_000;
 
 /// How long a cluster client trusts its memory that a scope is in `P:scopes`.
 const REGISTERED_FOR: Duration = Duration::from_secs(300);
-
-/// Settings of a [`RedisStore`] beyond the server's address.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// The start of every key; several deployments can share one Redis
-    /// under different prefixes. No braces.
-    pub prefix: String,
-    /// Limit on establishing the first connection (and each reconnection attempt).
-    pub connect_timeout: Duration,
-    /// Limit on each primitive, round trip included.
-    pub call_timeout: Duration,
-    /// Limit on the bulk operations: listing scopes, exporting or importing one,
-    /// one page of a visit.
-    pub bulk_timeout: Duration,
-    /// How long after its expiry Redis keeps a counter or `once` marker.
-    pub gc_margin: Duration,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            prefix: "creditgate".to_owned(),
-            connect_timeout: Duration::from_secs(1),
-            call_timeout: Duration::from_millis(500),
-            bulk_timeout: Duration::from_secs(30),
-            gc_margin: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
-/// What a `--store` URL names: one server, or the seed nodes of a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisTarget {
-    /// `redis://` URLs, credentials and database included; several for a cluster.
-    pub urls: Vec<String>,
-    pub cluster: bool,
-    /// The servers without credentials, for messages.
-    pub label: String,
-}
-
-/// True when `s` names a Redis store rather than a file: `redis://`,
-/// `redis+cluster://`, and the TLS schemes this build refuses.
-pub fn is_redis_url(s: &str) -> bool {
-    [
-        "redis://",
-        "rediss://",
-        "redis+cluster://",
-        "rediss+cluster://",
-    ]
-    .iter()
-    .any(|scheme| s.starts_with(scheme))
-}
-
-/// Parses `redis://[USER:PASS@]HOST:PORT[/DB][?OPTIONS]` or
-/// `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT,...[?OPTIONS]`. Options:
-/// `prefix=NAME`, `connect_timeout_ms=N`, `call_timeout_ms=N`.
-pub fn parse_url(url: &str) -> Result<(RedisTarget, RedisConfig), StoreError> {
-    let bad = |why: &str| StoreError::InvalidArgument(format!("redis URL {url:?}: {why}"));
-    if url.starts_with("rediss://") || url.starts_with("rediss+cluster://") {
-        return Err(bad(
-            "this build of creditgate has no TLS support (the redis crate's TLS features are \
-             off); use redis:// on a trusted network, or a TLS tunnel such as stunnel",
-        ));
-    }
-    let (cluster, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("redis://") {
-        (false, rest)
-    } else {
-        return Err(bad("expected redis:// or redis+cluster://"));
-    };
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let mut config = RedisConfig::default();
-    for option in query.split('&').filter(|o| !o.is_empty()) {
-        let (name, value) = option.split_once('=').unwrap_or((option, ""));
-        let millis = || {
-            value
-                .parse::<u64>()
-                .ok()
-                .filter(|&ms| ms > 0)
-                .map(Duration::from_millis)
-                .ok_or_else(|| bad(&format!("{name} must be a positive number of ms")))
-        };
-        match name {
-            "prefix" => {
-                if value.is_empty() || value.contains(['{', '}']) {
-                    return Err(bad("prefix must be non-empty and hold no braces"));
-                }
-                config.prefix = value.to_owned();
-            }
-            "connect_timeout_ms" => config.connect_timeout = millis()?,
-            "call_timeout_ms" => config.call_timeout = millis()?,
-            _ => {
-                return Err(bad(&format!(
-                    "unknown option {name:?} (known: prefix, connect_timeout_ms, call_timeout_ms)"
-                )));
-            }
-        }
-    }
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
-    };
-    if hosts.is_empty() || hosts.split(',').any(str::is_empty) {
-        return Err(bad("no host"));
-    }
-    if !path.is_empty() && path.parse::<u16>().is_err() {
-        return Err(bad("the database must be a number"));
-    }
-    if cluster && !path.is_empty() && path != "0" {
-        return Err(bad("Redis Cluster has only database 0"));
-    }
-    if !cluster && hosts.contains(',') {
-        return Err(bad("several hosts: use redis+cluster:// for a cluster"));
-    }
-    let user = userinfo.map_or(String::new(), |u| format!("{u}@"));
-    let db = if path.is_empty() {
-        String::new()
-    } else {
-        format!("/{path}")
-    };
-    let urls = hosts
-        .split(',')
-        .map(|host| format!("redis://{user}{host}{db}"))
-        .collect();
-    let label = if cluster {
-        format!("cluster {hosts}")
-    } else {
-        format!("{hosts}{db}")
-    };
-    Ok((
-        RedisTarget {
-            urls,
-            cluster,
-            label,
-        },
-        config,
-    ))
-}
-
-/// The connection, one server or a cluster; both pipeline concurrent requests.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
 
 /// A [`Store`] on a Redis server or cluster shared by any number of gateways.
 pub struct RedisStore {
@@ -384,43 +211,7 @@ impl RedisStore {
             .enable_all()
             .build()
             .map_err(|e| unavailable(&e))?;
-        let connect = {
-            let target = target.clone();
-            let config = config.clone();
-            async move {
-                if target.cluster {
-                    let client = ClusterClient::builder(target.urls.clone())
-                        .connection_timeout(config.connect_timeout)
-                        .response_timeout(config.bulk_timeout)
-                        .build()?;
-                    Ok::<_, RedisError>(Conn::Cluster(client.get_async_connection().await?))
-                } else {
-                    let url = target.urls.first().map(String::as_str).unwrap_or_default();
-                    let client = redis::Client::open(url)?;
-                    let manager = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(config.connect_timeout))
-                        .set_response_timeout(Some(config.bulk_timeout))
-                        .set_min_delay(Duration::from_millis(20))
-                        .set_max_delay(Duration::from_secs(1))
-                        .set_number_of_retries(5);
-                    let mut conn = ConnectionManager::new_with_config(client, manager).await?;
-                    // A cluster node answers a single-server client until the first
-                    // script whose keys span two slots: say so at once instead.
-                    let info: String = redis::cmd("INFO")
-                        .arg("cluster")
-                        .query_async(&mut conn)
-                        .await?;
-                    if info.contains("cluster_enabled:1") {
-                        return Err(RedisError::from((
-                            redis::ErrorKind::InvalidClientConfig,
-                            "this server is a Redis Cluster node",
-                            "use redis+cluster://HOST:PORT,... for a cluster".to_owned(),
-                        )));
-                    }
-                    Ok(Conn::Single(conn))
-                }
-            }
-        };
+        let connect = conn::connect(target.clone(), config.clone());
         let connected = block(&runtime, async move {
             tokio::time::timeout(config.connect_timeout, connect).await
         })
@@ -713,8 +504,10 @@ impl RedisStore {
         self.register(scope)?;
         let mut args = vec![group.into(), member.into(), limit_arg(limit)];
         args.extend(guard_args(guard));
-        let (name, now) = counter.unwrap_or(("", 0));
-        args.extend([name.into(), now.to_string().into()]);
+        // No counter: an empty `now` (a counter may be named "", an instant
+        // is never empty).
+        let (name, now) = counter.map_or(("", String::new()), |(n, now)| (n, now.to_string()));
+        args.extend([name.into(), now.into()]);
         let (outcome, members, value): (u64, u64, String) =
             self.primitive(what, &SCRIPTS.member_add, scope, args)?;
         let tally = Tally {
@@ -765,306 +558,6 @@ impl RedisStore {
     }
 }
 
-/// Runs `fut` on `runtime` from a synchronous caller. From a plain thread the
-/// caller polls it itself; from inside some async runtime (where `block_on` would
-/// panic) it runs as a task and the caller waits on a channel.
-fn block<T: Send + 'static>(
-    runtime: &tokio::runtime::Runtime,
-    fut: impl Future<Output = T> + Send + 'static,
-) -> Result<T, &'static str> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Ok(runtime.block_on(fut));
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime.spawn(async move {
-        let _ = tx.send(fut.await);
-    });
-    rx.recv().map_err(|_| "the store's runtime stopped")
-}
-
-/// Most calls one pipeline carries.
-const PIPELINE_MAX: usize = 512;
-
-/// Pipelines in flight at once to one node: one being answered while the next
-/// is on its way, so that the server finds a group waiting whenever it ends a
-/// turn (and, with `appendfsync always`, the one fsync that turn shares).
-const PIPELINES_PER_NODE: usize = 2;
-
-/// How long the collector trusts its map of which cluster node serves which
-/// slot; it also reads the map again after any redirection.
-const SLOT_MAP_FOR: Duration = Duration::from_secs(30);
-
-/// A primitive waiting in the collector for the next pipeline to its node.
-struct Call {
-    /// The cluster slot of the call's keys; None on a single server.
-    slot: Option<u16>,
-    cmd: Cmd,
-    /// The script `cmd` runs by hash (EVALSHA): loaded, and the call retried
-    /// alone, when the server answers NOSCRIPT.
-    script: Option<&'static Script>,
-    reply: tokio::sync::oneshot::Sender<RedisResult<Value>>,
-}
-
-/// The collector: takes the primitives every worker thread has in flight and
-/// sends them as one pipeline per node, at most [`PIPELINES_PER_NODE`] at a
-/// time to each, so that while a node runs one group (and syncs its
-/// append-only file) the next gathers. One round trip and one write per group
-/// instead of per call, and the server reads a whole group in one turn. Each
-/// call is still one script, atomic on its own: a pipeline is not a
-/// transaction, and a call's answer (or error) is its own.
-///
-/// A pipeline that fails as a whole (a lost connection, a timeout) fails each
-/// call in it: each script either ran whole or not at all, and a caller that
-/// gets an error cannot know which, as with a single call (a charge carries a
-/// `once` key, so a retry answers `repeated`). A call whose caller gave up
-/// before its pipeline left is dropped, never sent.
-async fn collect(
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Call>,
-    conn: Conn,
-    limit: Duration,
-) {
-    let redirected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let Conn::Cluster(cluster) = &conn else {
-        return node(queue, conn, redirected, limit).await;
-    };
-    // A cluster: calls sorted by node, each node's in a queue of its own, so
-    // that a slow node holds back no other.
-    let mut cluster = cluster.clone();
-    let mut slots = SlotMap::default();
-    let mut nodes: HashMap<String, tokio::sync::mpsc::UnboundedSender<Call>> = HashMap::new();
-    let mut calls = Vec::new();
-    while queue.recv_many(&mut calls, PIPELINE_MAX).await > 0 {
-        if redirected.swap(false, std::sync::atomic::Ordering::Relaxed) || slots.stale() {
-            slots.read(&mut cluster).await;
-        }
-        for call in calls.drain(..) {
-            let name = call.slot.map_or_else(String::new, |slot| slots.node(slot));
-            let queue = nodes.entry(name).or_insert_with(|| {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                tokio::spawn(node(rx, conn.clone(), redirected.clone(), limit));
-                tx
-            });
-            if let Err(unsent) = queue.send(call) {
-                let e = RedisError::from((redis::ErrorKind::Client, "the node's queue closed"));
-                let _ = unsent.0.reply.send(Err(e));
-            }
-        }
-    }
-}
-
-/// One node's calls: a pipeline of whatever gathered, at most
-/// [`PIPELINES_PER_NODE`] in flight; while they are, the next calls gather.
-async fn node(
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Call>,
-    conn: Conn,
-    redirected: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    limit: Duration,
-) {
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(PIPELINES_PER_NODE));
-    let mut calls = Vec::new();
-    loop {
-        let Ok(permit) = gate.clone().acquire_owned().await else {
-            return;
-        };
-        if queue.recv_many(&mut calls, PIPELINE_MAX).await == 0 {
-            return;
-        }
-        calls.retain(|call| !call.reply.is_closed());
-        if calls.is_empty() {
-            continue;
-        }
-        let group = std::mem::take(&mut calls);
-        let (conn, redirected) = (conn.clone(), redirected.clone());
-        tokio::spawn(async move {
-            send_pipeline(conn, group, &redirected, limit).await;
-            drop(permit);
-        });
-    }
-}
-
-/// Sends `calls` as one pipeline and answers each; calls the server refused to
-/// run in the pipeline (NOSCRIPT, a cluster redirection) are run again alone.
-async fn send_pipeline(
-    mut conn: Conn,
-    calls: Vec<Call>,
-    redirected: &std::sync::atomic::AtomicBool,
-    limit: Duration,
-) {
-    let mut pipeline = redis::pipe();
-    for call in &calls {
-        pipeline.add_command(call.cmd.clone());
-    }
-    let sent = async {
-        match (&mut conn, calls.first().and_then(|c| c.slot)) {
-            (Conn::Cluster(cluster), Some(slot)) => {
-                use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
-                cluster
-                    .route_pipeline(pipeline, 0, calls.len(), route)
-                    .await
-            }
-            (conn, _) => conn.req_packed_commands(&pipeline, 0, calls.len()).await,
-        }
-    };
-    // Every caller has given up by then (each waits `limit` from its own
-    // start): the node's permit goes to the next group.
-    let answers = tokio::time::timeout(2 * limit, sent)
-        .await
-        .unwrap_or_else(|_| {
-            Err(RedisError::from((
-                redis::ErrorKind::Io,
-                "no answer to the pipeline in time",
-            )))
-        });
-    let answers = match answers {
-        Ok(answers) if answers.len() == calls.len() => answers,
-        Ok(answers) => {
-            let e = RedisError::from((
-                redis::ErrorKind::Client,
-                "a pipeline answered with the wrong number of replies",
-                format!("{} for {} calls", answers.len(), calls.len()),
-            ));
-            for call in calls {
-                let _ = call.reply.send(Err(e.clone()));
-            }
-            return;
-        }
-        Err(e) => {
-            for call in calls {
-                let _ = call.reply.send(Err(e.clone()));
-            }
-            return;
-        }
-    };
-    for (call, answer) in calls.into_iter().zip(answers) {
-        let answer = answer.extract_error();
-        let alone = match &answer {
-            Err(e) => match e.kind() {
-                redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => call.script.is_some(),
-                redis::ErrorKind::Server(
-                    redis::ServerErrorKind::Moved
-                    | redis::ServerErrorKind::Ask
-                    | redis::ServerErrorKind::TryAgain
-                    | redis::ServerErrorKind::ClusterDown,
-                ) => {
-                    redirected.store(true, std::sync::atomic::Ordering::Relaxed);
-                    true
-                }
-                _ => false,
-            },
-            Ok(_) => false,
-        };
-        if !alone {
-            let _ = call.reply.send(answer);
-            continue;
-        }
-        // Neither ran the script: running it again cannot apply it twice.
-        let mut conn = conn.clone();
-        tokio::spawn(async move {
-            let mut answer = call.cmd.query_async::<Value>(&mut conn).await;
-            if let (Err(e), Some(script)) = (&answer, call.script)
-                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-            {
-                answer = match script.load_async(&mut conn).await {
-                    Ok(_) => call.cmd.query_async::<Value>(&mut conn).await,
-                    Err(e) => Err(e),
-                };
-            }
-            let _ = call.reply.send(answer);
-        });
-    }
-}
-
-/// Cluster only: which node serves each slot, as `CLUSTER SLOTS` last said, for
-/// grouping calls by node. Only an optimisation: a pipeline goes to the node the
-/// cluster client routes its first call's slot to, and a call another node
-/// serves is redirected and run again alone.
-#[derive(Default)]
-struct SlotMap {
-    /// `(first slot, last slot, node)`, in order.
-    ranges: Vec<(u16, u16, String)>,
-    read_at: Option<std::time::Instant>,
-}
-
-impl SlotMap {
-    fn stale(&self) -> bool {
-        self.read_at.is_none_or(|at| at.elapsed() > SLOT_MAP_FOR)
-    }
-
-    async fn read(&mut self, cluster: &mut ClusterConnection) {
-        self.read_at = Some(std::time::Instant::now());
-        let Ok(Value::Array(shards)) = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async::<Value>(cluster)
-            .await
-        else {
-            // Without a map, calls are grouped by slot: still correct.
-            self.ranges.clear();
-            return;
-        };
-        let mut ranges = Vec::new();
-        for shard in shards {
-            let Value::Array(fields) = shard else {
-                continue;
-            };
-            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(primary))) =
-                (fields.first(), fields.get(1), fields.get(2))
-            else {
-                continue;
-            };
-            let host = match primary.first() {
-                Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
-                Some(Value::SimpleString(host)) => host.clone(),
-                _ => continue,
-            };
-            let Some(Value::Int(port)) = primary.get(1) else {
-                continue;
-            };
-            let (Ok(first), Ok(last)) = (u16::try_from(*first), u16::try_from(*last)) else {
-                continue;
-            };
-            ranges.push((first, last, format!("{host}:{port}")));
-        }
-        ranges.sort();
-        self.ranges = ranges;
-    }
-
-    /// The node serving `slot`; the slot itself when the map does not say.
-    fn node(&self, slot: u16) -> String {
-        let i = self.ranges.partition_point(|&(_, last, _)| last < slot);
-        match self.ranges.get(i) {
-            Some((first, _, node)) if *first <= slot => node.clone(),
-            _ => format!("slot {slot}"),
-        }
-    }
-}
-
-/// The Redis Cluster slot of a key: CRC16 (XMODEM) of its hash tag, or of the
-/// whole key without one, modulo 16384.
-fn slot_of(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("redis: {what}: {e}"))
 }
@@ -1096,14 +589,9 @@ fn limit_arg(limit: Option<u64>) -> Vec<u8> {
     limit.map_or(Vec::new(), |l| l.to_string().into_bytes())
 }
 
-/// The error for a dump that gives the same key twice.
-fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
-    StoreError::InvalidArgument(format!("the dump holds {what} more than once"))
-}
-
-impl Store for RedisStore {
+// The mechanism only: `Store` checks the arguments first (see `Backend`).
+impl super::Backend for RedisStore {
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
-        check_name("owner", owner)?;
         let mut cmd = redis::cmd("INCR");
         cmd.arg(format!("{}seq", self.alert_base(owner)));
         let next: i64 = self.call(
@@ -1117,9 +605,6 @@ impl Store for RedisStore {
     }
 
     fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("owner", owner)?;
-        check_name("key", key)?;
-        check_value(value)?;
         let what = "alert-insert";
         // The index first, as scopes are registered first: a crash between the two
         // leaves at worst an owner with no alert listed.
@@ -1210,8 +695,6 @@ impl Store for RedisStore {
     }
 
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
         let base = self.base(scope);
         let mut cmd = redis::cmd("HGET");
         cmd.arg(format!("{base}rec")).arg(key);
@@ -1219,25 +702,17 @@ impl Store for RedisStore {
     }
 
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
-        check_value(value)?;
         self.register(scope)?;
         let args = vec![key.into(), value.into()];
         self.primitive("record-insert", &SCRIPTS.record_insert, scope, args)
     }
 
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        check_name("scope", scope)?;
-        check_name("key", key)?;
-        check_value(value)?;
         let args = vec![key.into(), value.into()];
         self.primitive("record-update", &SCRIPTS.record_update, scope, args)
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
-        check_name("scope", scope)?;
-        check_name("counter name", name)?;
         let what = "counter-get";
         let base = self.base(scope);
         let mut cmd = redis::cmd("HMGET");
@@ -1263,7 +738,6 @@ impl Store for RedisStore {
         name: &str,
         add: CounterAdd<'_>,
     ) -> Result<GuardedAdd, StoreError> {
-        check_counter(scope, guard, name, add.once)?;
         self.register(scope)?;
         let what = "counter-add";
         // Some(NEVER) and None both mean never, as in the other backends.
@@ -1307,7 +781,6 @@ impl Store for RedisStore {
         name: &str,
         now: Instant,
     ) -> Result<Option<Tally>, StoreError> {
-        check_counter(scope, guard, name, None)?;
         let what = "counter-tally";
         let mut args: Vec<Vec<u8>> = vec![name.into(), now.to_string().into()];
         args.extend(guard_args(guard));
@@ -1330,9 +803,6 @@ impl Store for RedisStore {
         member: &str,
         limit: Option<u64>,
     ) -> Result<MemberAdded, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
         let (outcome, tally) = self.add_member(scope, None, group, member, limit, None)?;
         Ok(MemberAdded {
             outcome: outcome.ok_or_else(|| corrupt("member-add", "stale without a guard"))?,
@@ -1350,7 +820,6 @@ impl Store for RedisStore {
         name: &str,
         now: Instant,
     ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
-        check_guarded_member(scope, guard, group, member, name)?;
         let (outcome, tally) =
             self.add_member(scope, guard, group, member, limit, Some((name, now)))?;
         Ok(outcome.map(|outcome| (outcome, tally)))
@@ -1363,7 +832,6 @@ impl Store for RedisStore {
         members: &[String],
         limit: Option<u64>,
     ) -> Result<MembersAdded, StoreError> {
-        check_batch(scope, group, members)?;
         if !members.is_empty() {
             self.register(scope)?;
         }
@@ -1404,9 +872,6 @@ impl Store for RedisStore {
         group: &str,
         member: &str,
     ) -> Result<MemberRemoved, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
-        check_name("member", member)?;
         let what = "member-remove";
         let args = vec![group.into(), member.into()];
         let (outcome, members): (u64, u64) =
@@ -1421,8 +886,6 @@ impl Store for RedisStore {
     }
 
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
-        check_name("scope", scope)?;
-        check_name("group", group)?;
         // A large group is a long script.
         let limit = self.config.bulk_timeout;
         let (removed, released, members): (u64, u64, u64) = self.script(
@@ -1440,7 +903,6 @@ impl Store for RedisStore {
     }
 
     fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
-        check_name("scope", scope)?;
         let what = "group-counts";
         let flat: Vec<String> = self.script(
             what,
@@ -1466,14 +928,12 @@ impl Store for RedisStore {
         group: &str,
         member: &str,
     ) -> Result<Option<u64>, StoreError> {
-        check_member(scope, group, member)?;
         let args = vec![group.into(), member.into()];
         let n: i64 = self.primitive("membership", &SCRIPTS.membership, scope, args)?;
         Ok(u64::try_from(n).ok())
     }
 
     fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
-        check_name("scope", scope)?;
         let base = self.base(scope);
         let mut cmd = redis::cmd("HLEN");
         cmd.arg(format!("{base}mem"));
@@ -1543,10 +1003,6 @@ impl Store for RedisStore {
         group: Option<&str>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        if let Some(group) = group {
-            check_name("group", group)?;
-        }
         // Page by page, each page one atomic read: unlike redb, not one snapshot
         // of the whole scope (a visit concurrent with writes sees each page as of
         // its own read), but bounded in memory whatever the scope's size.
@@ -1639,10 +1095,6 @@ impl Store for RedisStore {
         after: Option<(&str, &str)>,
         visit: &mut dyn FnMut(&str, &str) -> bool,
     ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        if let Some(group) = group {
-            check_name("group", group)?;
-        }
         // As `visit_members`, page by page, starting in the group of `after`.
         let base = self.base(scope);
         let mut visit_group =
@@ -1693,7 +1145,6 @@ impl Store for RedisStore {
     }
 
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
-        check_name("scope", scope)?;
         let what = "exporting a scope";
         let (records, counters, once, memberships): (
             Vec<String>,
@@ -1739,40 +1190,6 @@ impl Store for RedisStore {
     }
 
     fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        // Everything is checked here, before the script: it must not fail half way.
-        let mut seen = BTreeSet::new();
-        for (key, value) in &dump.records {
-            check_name("key", key)?;
-            check_value(value)?;
-            if !seen.insert(key.as_str()) {
-                return Err(repeated(format_args!("record {key:?}")));
-            }
-        }
-        seen.clear();
-        for (name, _, _) in &dump.counters {
-            check_name("counter name", name)?;
-            if !seen.insert(name.as_str()) {
-                return Err(repeated(format_args!("counter {name:?}")));
-            }
-        }
-        seen.clear();
-        for (key, _, _) in &dump.once {
-            check_name("once key", key)?;
-            if !seen.insert(key.as_str()) {
-                return Err(repeated(format_args!("once key {key:?}")));
-            }
-        }
-        let mut pairs = BTreeSet::new();
-        for (group, member) in &dump.memberships {
-            check_name("group", group)?;
-            check_name("member", member)?;
-            if !pairs.insert((group.as_str(), member.as_str())) {
-                return Err(repeated(format_args!(
-                    "member {member:?} of group {group:?}"
-                )));
-            }
-        }
         let empty = dump.records.is_empty()
             && dump.counters.is_empty()
             && dump.once.is_empty()
@@ -1886,7 +1303,7 @@ const COUNTER_TALLY: &str = include_str!("lua/counter_tally.lua");
 
 // Outcomes: 0 already-in-group, 1 joined, 2 inserted, 3 refused.
 // ARGV[5..7]: the guard (see `guard_holds`); ARGV[8], ARGV[9]: a counter to
-// read after the addition ('' for none) and `now`. Outcome 4: the guard did not
+// read after the addition and `now` ('' for none). Outcome 4: the guard did not
 // hold.
 const MEMBER_ADD: &str = include_str!("lua/member_add.lua");
 
@@ -1914,65 +1331,3 @@ const EXPORT: &str = include_str!("lua/export.lua");
 
 // ARGV[2..5]: how many records, counters, once markers and memberships follow.
 const IMPORT: &str = include_str!("lua/import.lua");
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let (t, c) = parse_url("redis://127.0.0.1:6379/2?prefix=cg&call_timeout_ms=50").unwrap();
-        assert_eq!(t.urls, ["redis://127.0.0.1:6379/2"]);
-        assert!(!t.cluster);
-        assert_eq!(t.label, "127.0.0.1:6379/2");
-        assert_eq!(c.prefix, "cg");
-        assert_eq!(c.call_timeout, Duration::from_millis(50));
-
-        let (t, _) = parse_url("redis+cluster://u:p@a:1,b:2").unwrap();
-        assert_eq!(t.urls, ["redis://u:p@a:1", "redis://u:p@b:2"]);
-        assert!(t.cluster);
-        assert_eq!(t.label, "cluster a:1,b:2");
-
-        for bad in [
-            "rediss://h:1",
-            "rediss+cluster://h:1",
-            "redis://",
-            "redis://a:1,b:2",
-            "redis+cluster://a:1/3",
-            "redis://h:1/x",
-            "redis://h:1?prefix=a{b}",
-            "redis://h:1?nope=1",
-            "redis://h:1?call_timeout_ms=0",
-            "http://h:1",
-        ] {
-            assert!(
-                matches!(parse_url(bad), Err(StoreError::InvalidArgument(_))),
-                "{bad}"
-            );
-        }
-        let Err(StoreError::InvalidArgument(tls)) = parse_url("rediss://h:1") else {
-            panic!("TLS refused");
-        };
-        assert!(tls.contains("no TLS"), "{tls}");
-    }
-
-    /// The slots `CLUSTER KEYSLOT` gives for these keys.
-    #[test]
-    fn slots_follow_the_hash_tag() {
-        assert_eq!(slot_of(b"foo"), 12182);
-        assert_eq!(slot_of(b"somekey"), 11058);
-        assert_eq!(slot_of(b"{foo}:bar"), 12182);
-        assert_eq!(slot_of(b"x:{foo}:y{z}"), 12182);
-        // An empty tag is no tag: the whole key counts.
-        assert_ne!(slot_of(b"{}foo"), slot_of(b"foo"));
-    }
-
-    #[test]
-    fn urls_are_recognised() {
-        assert!(is_redis_url("redis://h:1"));
-        assert!(is_redis_url("redis+cluster://h:1"));
-        assert!(is_redis_url("rediss://h:1"));
-        assert!(!is_redis_url("state.redb"));
-        assert!(!is_redis_url("memory"));
-    }
-}

@@ -29,5 +29,5 @@ local function add()
 end
 local outcome, count = add()
 local counter = '0'
-if name ~= '' then counter = counter_at(name, now) end
+if now ~= '' then counter = counter_at(name, now) end
 return {outcome, count, counter}
