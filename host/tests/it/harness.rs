@@ -5,9 +5,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use creditgate::bindings::Decision;
-use creditgate::replay::{Outcome, parse_event};
+use creditgate::replay::parse_event;
 use creditgate::runtime::{ComponentSource, Runtime, RuntimeConfig, Worker};
 use creditgate::store::{MemoryStore, Store};
+use creditgate::wire::Outcome;
 
 /// The shipped Smartlead policy.
 pub const SMARTLEAD: &str = include_str!("../../../policies/smartlead.toml");
