@@ -180,6 +180,23 @@ impl InProcess {
         format!("http://{}", self.server().http_addr().expect("http is on"))
     }
 
+    /// The HTTP API's address; panics when it is off.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.server().http_addr().expect("http is on")
+    }
+
+    /// The Postfix policy listener's address; panics when it is off.
+    pub fn postfix_addr(&self) -> std::net::SocketAddr {
+        self.server()
+            .postfix_addr()
+            .expect("the postfix listener is on")
+    }
+
+    /// The gateway the listeners decide through.
+    pub fn gateway(&self) -> &Arc<creditgate::gateway::Gateway> {
+        self.server().gateway()
+    }
+
     /// Stops the server: requests in flight answered, everything durable, the
     /// store closed once the caller's handles to it are gone.
     pub fn stop(mut self) -> creditgate::serve::Stopped {
