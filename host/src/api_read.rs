@@ -46,10 +46,10 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::http::{AccountJson, ApiError, Path, json};
 use crate::inspect::{self, AskError, Inspector};
 use crate::names::NameRules;
-use crate::replay::LimitJson;
 use crate::request::Request;
 use crate::store::{Store, StoreError};
 use crate::time::now;
+use crate::wire::LimitJson;
 
 /// Bulk requests (a dashboard page, a listing) that run at once; more wait.
 pub const BULK_SLOTS: usize = 1;

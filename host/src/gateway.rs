@@ -34,7 +34,7 @@ use crate::bindings::{
     AddressProblem, CycleUsage, Decision, LeadBatch, Mode, PolicySummary, Reason, Shadow,
 };
 use crate::metrics::{GatewayStats, Outcome};
-use crate::request::{Op, Request};
+use crate::request::{Answer, Op, Request};
 use crate::runtime::{DecideError, LoadError, Runtime, Worker};
 use crate::store::{MemoryStore, Store, StoreError};
 
@@ -123,43 +123,6 @@ pub fn stranded_plans(
         .collect())
 }
 
-/// What a job asks of a worker.
-enum Work {
-    Decide(Request),
-    AddLeads {
-        account: String,
-        campaign: String,
-        emails: Vec<String>,
-    },
-    EmailHistory {
-        account: String,
-        cycles: u32,
-    },
-}
-
-impl Work {
-    fn op(&self) -> Op {
-        match self {
-            Work::Decide(request) => request.op(),
-            Work::AddLeads { .. } => Op::AddLeads,
-            Work::EmailHistory { .. } => Op::EmailHistory,
-        }
-    }
-
-    fn account(&self) -> &str {
-        match self {
-            Work::Decide(request) => request.account(),
-            Work::AddLeads { account, .. } | Work::EmailHistory { account, .. } => account,
-        }
-    }
-}
-
-enum Answer {
-    Decision(Decision),
-    Leads(LeadBatch),
-    History(Vec<CycleUsage>),
-}
-
 /// A request the policy denied, kept for the dashboard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -174,9 +137,25 @@ pub struct Refusal {
 pub const RECENT_REFUSALS: usize = 1_000;
 
 struct Job {
-    work: Work,
+    request: Request,
     now: i64,
     reply: oneshot::Sender<Result<Answer, GatewayError>>,
+}
+
+/// Where a job's answer comes.
+type Reply = oneshot::Receiver<Result<Answer, GatewayError>>;
+
+impl Job {
+    /// A job for `request` at `now`, and where its answer will come.
+    fn new(request: Request, now: i64) -> (Job, Reply) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            request,
+            now,
+            reply,
+        };
+        (job, answer)
+    }
 }
 
 /// The policy and component in force, with a version number workers compare.
@@ -387,13 +366,18 @@ impl Gateway {
         Ok((gateway, summary))
     }
 
-    /// Decides `request` as of `now`; the answer is durable when it arrives.
+    /// Answers `request` as of `now` (see [`Worker::answer`]); the answer is
+    /// durable when it arrives.
+    pub async fn answer(&self, request: Request, now: i64) -> Result<Answer, GatewayError> {
+        received(self.submit(request, now)?.await)
+    }
+
+    /// Decides `request` as of `now`; the decision is durable when it arrives.
+    /// A request answered otherwise (a lead batch, a history) is refused before
+    /// anything runs: see [`Gateway::answer`].
     pub async fn decide(&self, request: Request, now: i64) -> Result<Decision, GatewayError> {
-        match self.submit(Work::Decide(request), now)?.await {
-            Ok(Ok(Answer::Decision(d))) => Ok(d),
-            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
-            Ok(Err(e)) => Err(e),
-        }
+        let op = one_decision(&request)?;
+        decision_of(self.answer(request, now).await?, op)
     }
 
     /// [`Gateway::decide`] for a read-only request made on behalf of a page or a
@@ -406,22 +390,14 @@ impl Gateway {
         if !request.op().is_read_only() {
             return self.decide(request, now).await;
         }
-        let (reply, answer) = oneshot::channel();
+        let op = one_decision(&request)?;
+        let (job, answer) = Job::new(request, now);
         {
             let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
             let lanes = jobs.as_ref().ok_or(GatewayError::Stopped)?;
-            let job = Job {
-                work: Work::Decide(request),
-                now,
-                reply,
-            };
             lanes.bulk.send(job).map_err(|_| GatewayError::Stopped)?;
         }
-        match answer.await {
-            Ok(Ok(Answer::Decision(d))) => Ok(d),
-            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
-            Ok(Err(e)) => Err(e),
-        }
+        decision_of(received(answer.await)?, op)
     }
 
     /// Email credits used in each of the last `cycles` billing cycles of
@@ -433,12 +409,11 @@ impl Gateway {
         now: i64,
     ) -> Result<Vec<CycleUsage>, GatewayError> {
         match self
-            .submit(Work::EmailHistory { account, cycles }, now)?
-            .await
+            .answer(Request::EmailHistory { account, cycles }, now)
+            .await?
         {
-            Ok(Ok(Answer::History(h))) => Ok(h),
-            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
-            Ok(Err(e)) => Err(e),
+            Answer::History(history) => Ok(history),
+            _ => Err(GatewayError::Stopped),
         }
     }
 
@@ -462,11 +437,8 @@ impl Gateway {
 
     /// [`Gateway::decide`] for callers on plain threads.
     pub fn decide_blocking(&self, request: Request, now: i64) -> Result<Decision, GatewayError> {
-        match self.submit(Work::Decide(request), now)?.blocking_recv() {
-            Ok(Ok(Answer::Decision(d))) => Ok(d),
-            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
-            Ok(Err(e)) => Err(e),
-        }
+        let op = one_decision(&request)?;
+        decision_of(received(self.submit(request, now)?.blocking_recv())?, op)
     }
 
     /// Adds a batch of leads (see [`Worker::add_leads`]); durable when it returns.
@@ -477,33 +449,22 @@ impl Gateway {
         emails: Vec<String>,
         now: i64,
     ) -> Result<LeadBatch, GatewayError> {
-        match self
-            .submit(
-                Work::AddLeads {
-                    account,
-                    campaign,
-                    emails,
-                },
-                now,
-            )?
-            .await
-        {
-            Ok(Ok(Answer::Leads(batch))) => Ok(batch),
-            Ok(Ok(_)) | Err(_) => Err(GatewayError::Stopped),
-            Ok(Err(e)) => Err(e),
+        let request = Request::AddLeads {
+            account,
+            campaign,
+            emails,
+        };
+        match self.answer(request, now).await? {
+            Answer::Leads(batch) => Ok(batch),
+            _ => Err(GatewayError::Stopped),
         }
     }
 
-    fn submit(
-        &self,
-        work: Work,
-        now: i64,
-    ) -> Result<oneshot::Receiver<Result<Answer, GatewayError>>, GatewayError> {
-        let (reply, answer) = oneshot::channel();
+    fn submit(&self, request: Request, now: i64) -> Result<Reply, GatewayError> {
+        let (job, answer) = Job::new(request, now);
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let lanes = jobs.as_ref().ok_or(GatewayError::Stopped)?;
-        let job = Job { work, now, reply };
-        let sent = if job.work.op().is_read_only() {
+        let sent = if job.request.op().is_read_only() {
             lanes.reads.send(job)
         } else if self.batches {
             // Counted once a worker takes it (see `work`).
@@ -842,7 +803,7 @@ fn work(
             let mut jobs = vec![first];
             // A batch of leads holds the writer for milliseconds on its own: it
             // ends a batch, so that a batch holds at most one.
-            let heavy = |job: &Job| matches!(job.work, Work::AddLeads { .. });
+            let heavy = |job: &Job| matches!(job.request, Request::AddLeads { .. });
             while batches && jobs.len() < MAX_BATCH && !jobs.last().is_some_and(heavy) {
                 match queue.try_recv() {
                     Ok(job) => jobs.push(job),
@@ -854,7 +815,7 @@ fn work(
                 // for the batch being decided, whose jobs waited during the last
                 // sync, and not for those arriving meanwhile, which the next
                 // batch takes while this one syncs.
-                let writes = jobs.iter().filter(|j| !j.work.op().is_read_only());
+                let writes = jobs.iter().filter(|j| !j.request.op().is_read_only());
                 shared.undecided.fetch_add(writes.count(), Ordering::AcqRel);
             }
             jobs
@@ -888,7 +849,7 @@ fn work(
                 // A read-only decision writes nothing a commit could split, so it
                 // runs while a commit is syncing: an RCPT check never waits behind
                 // the disk.
-                let gate = (!job.work.op().is_read_only())
+                let gate = (!job.request.op().is_read_only())
                     .then(|| shared.gate.read().unwrap_or_else(PoisonError::into_inner));
                 let losses = shared.store.losses();
                 done.extend(decide(worker, job, shared, losses));
@@ -943,23 +904,13 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
     let Shared {
         stats, refusals, ..
     } = shared;
-    let (op, account) = (job.work.op(), job.work.account());
-    let answer = match &job.work {
-        Work::Decide(request) => worker.decide(request, job.now).map(|mut decision| {
-            shadow_mail_refusal(&mut decision, request, worker);
-            Answer::Decision(decision)
-        }),
-        Work::AddLeads {
-            account,
-            campaign,
-            emails,
-        } => worker
-            .add_leads(account, campaign, emails, job.now)
-            .map(Answer::Leads),
-        Work::EmailHistory { account, cycles } => worker
-            .email_history(account, *cycles, job.now)
-            .map(Answer::History),
-    };
+    let (op, account) = (job.request.op(), job.request.account());
+    let answer = worker.answer(&job.request, job.now).map(|mut answer| {
+        if let Answer::Decision(decision) = &mut answer {
+            shadow_mail_refusal(decision, &job.request, worker);
+        }
+        answer
+    });
     let denied = match &answer {
         Ok(Answer::Decision(d)) => d.denied,
         Ok(Answer::Leads(b)) => b.denied,
@@ -967,7 +918,7 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
     };
     if let Some(shadow) = shadow_of(&answer) {
         tracing::info!(account = %crate::names::Escaped(account), op = op.name(),
-            reason = crate::replay::reason_code(shadow.reason),
+            reason = crate::wire::reason_code(shadow.reason),
             upgrade_to = shadow.upgrade_to.as_deref().unwrap_or(""),
             "shadow: allowed what enforcement would have refused");
     }
@@ -1121,6 +1072,31 @@ fn outcome(answer: &Result<Answer, GatewayError>) -> Outcome {
         Ok(Answer::Leads(b)) if b.denied.is_some() => Outcome::Deny,
         Ok(_) => Outcome::Allow,
         Err(_) => Outcome::Error,
+    }
+}
+
+/// What a job's reply channel brought: the answer, or [`GatewayError::Stopped`]
+/// when the gateway dropped the job (it is shutting down).
+fn received<E>(reply: Result<Result<Answer, GatewayError>, E>) -> Result<Answer, GatewayError> {
+    reply.unwrap_or(Err(GatewayError::Stopped))
+}
+
+/// The op of `request` when it is answered with one decision; else the error
+/// [`Gateway::decide`] gives before anything runs.
+fn one_decision(request: &Request) -> Result<Op, GatewayError> {
+    match request {
+        Request::AddLeads { .. } | Request::EmailHistory { .. } => Err(GatewayError::Decide(
+            DecideError::NotADecision(request.op()),
+        )),
+        _ => Ok(request.op()),
+    }
+}
+
+/// The decision `answer` carries, for a request of `op`.
+fn decision_of(answer: Answer, op: Op) -> Result<Decision, GatewayError> {
+    match answer {
+        Answer::Decision(decision) => Ok(decision),
+        _ => Err(GatewayError::Decide(DecideError::NotADecision(op))),
     }
 }
 

@@ -41,17 +41,19 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::bindings::{
-    AccountUsage, Decision, EmailKind, GuestError, LeadBatch, LeadOutcome, Reason, StateError,
+    AccountUsage, Decision, EmailKind, GuestError, LeadBatch, Reason, StateError,
 };
 use crate::gateway::{Gateway, GatewayError};
 use crate::names::{Escaped, NameError, NameRules, escape, quote};
-use crate::replay::{CreditsJson, Outcome, ShadowJson, UsageJson, reason_code};
 use crate::request::{Origin, Request};
 use crate::runtime::DecideError;
 use crate::serve::{DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT};
 use crate::slots::{Conn, Slot, SlotLimits, Slots};
 use crate::store::{Preview, Store};
 use crate::time::{format_instant, now, parse_instant, whole_second};
+use crate::wire::{
+    CreditsJson, LeadClass, LeadClassifier, Outcome, ShadowJson, UsageJson, reason_code,
+};
 
 /// Most addresses one `POST .../leads` takes: Smartlead's own limit per request,
 /// and small enough that one batch holds the store's writer for milliseconds.
@@ -936,20 +938,17 @@ impl<'a> LeadsReport<'a> {
             shadow: batch.shadow.as_ref().map(ShadowJson::from),
             ..LeadsReport::default()
         };
-        let mut seen = HashSet::new();
+        let mut classifier = LeadClassifier::default();
         for (email, result) in emails.iter().zip(&batch.results) {
-            let first = result.outcome == LeadOutcome::InvalidEmail || seen.insert(result.contact);
-            let (counter, outcome) = match result.outcome {
-                // Charged, whatever came before: a repeat of a contact refused for
-                // want of credits may be added once credits are freed.
-                LeadOutcome::Added => (&mut report.uploaded, "uploaded"),
-                LeadOutcome::InvalidEmail => (&mut report.invalid, "invalid_email"),
-                _ if !first => (&mut report.duplicates_in_request, "duplicate_in_request"),
-                LeadOutcome::AlreadyInCampaign => {
+            let (counter, outcome) = match classifier.classify(result) {
+                LeadClass::Uploaded => (&mut report.uploaded, "uploaded"),
+                LeadClass::InvalidEmail => (&mut report.invalid, "invalid_email"),
+                LeadClass::Repeat => (&mut report.duplicates_in_request, "duplicate_in_request"),
+                LeadClass::AlreadyInCampaign => {
                     (&mut report.already_in_campaign, "already_in_campaign")
                 }
-                LeadOutcome::Joined => (&mut report.in_other_campaign, "in_other_campaign"),
-                LeadOutcome::LeadCreditsExhausted => {
+                LeadClass::InOtherCampaign => (&mut report.in_other_campaign, "in_other_campaign"),
+                LeadClass::CreditsExhausted => {
                     (&mut report.credits_exhausted, "lead_credits_exhausted")
                 }
             };

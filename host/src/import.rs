@@ -38,10 +38,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::bindings::{LeadBatch, LeadOutcome, LeadResult, MemberAddOutcome, MembersAdded, Reason};
-use crate::replay::{CreditsJson, UsageJson, reason_code};
 use crate::request::Request;
 use crate::runtime::{DecideError, Worker};
 use crate::store::{DryRun, MAX_NAME_LEN, MemoryStore, Predict, Store, StoreError};
+use crate::wire::{CreditsJson, LeadClass, LeadClassifier, UsageJson, reason_code};
 
 /// Longest row accepted, in bytes (line ending excluded); a longer one is reported
 /// as invalid by line number and skipped without being held in memory.
@@ -633,7 +633,7 @@ pub fn import_with<R: BufRead>(
         worker,
         options,
         report,
-        seen: HashSet::new(),
+        classifier: LeadClassifier::default(),
         emails: Vec::with_capacity(options.batch),
         lines: Vec::with_capacity(options.batch),
         refused: Vec::new(),
@@ -969,8 +969,8 @@ struct Batches<'w, 'o, 'r> {
     worker: &'w mut Worker,
     options: &'o ImportOptions,
     report: ImportReport,
-    /// Fingerprints of the contacts named so far in this file.
-    seen: HashSet<u64>,
+    /// What each address came to, with the contacts named so far in this file.
+    classifier: LeadClassifier,
     emails: Vec<String>,
     /// The line of each address in `emails`.
     lines: Vec<u64>,
@@ -1035,10 +1035,10 @@ impl Batches<'_, '_, '_> {
             return false;
         };
         match credits.limit {
-            crate::replay::LimitJson::Count(limit) => {
+            crate::wire::LimitJson::Count(limit) => {
                 limit.saturating_sub(credits.used) >= addresses as u64
             }
-            crate::replay::LimitJson::Unlimited(_) => true,
+            crate::wire::LimitJson::Unlimited(_) => true,
         }
     }
 
@@ -1162,7 +1162,7 @@ impl Batches<'_, '_, '_> {
             };
             let repeat_decided_first = matches!(outcome, LeadOutcome::Added | LeadOutcome::Joined)
                 && first_rows_in_campaign > 0
-                && self.seen.contains(&contact);
+                && self.classifier.named(contact);
             if repeat_decided_first {
                 first_rows_in_campaign -= 1;
                 self.report.already_in_campaign -= 1;
@@ -1180,7 +1180,7 @@ impl Batches<'_, '_, '_> {
             }
             let result = LeadResult { outcome, contact };
             let before = self.report.already_in_campaign;
-            if let Some(reason) = count(&mut self.report, &mut self.seen, &result, row.line) {
+            if let Some(reason) = count(&mut self.report, &mut self.classifier, &result, row.line) {
                 refused.push(RejectedRow {
                     line: row.line,
                     value: chunk.text(row),
@@ -1251,7 +1251,7 @@ impl Batches<'_, '_, '_> {
         let batch = self.decide(done)?;
         let mut refused = Vec::new();
         for ((result, &line), email) in batch.results.iter().zip(&self.lines).zip(&self.emails) {
-            if let Some(reason) = count(&mut self.report, &mut self.seen, result, line) {
+            if let Some(reason) = count(&mut self.report, &mut self.classifier, result, line) {
                 refused.push(RejectedRow {
                     line,
                     value: email.clone(),
@@ -1297,35 +1297,27 @@ impl Batches<'_, '_, '_> {
     }
 }
 
-/// Counts one address's outcome; `seen` holds the contacts named earlier in the
-/// file. Returns why the row was not imported, if it was not.
+/// Counts one address's outcome; `classifier` knows the contacts named earlier
+/// in the file. Returns why the row was not imported, if it was not.
 fn count(
     report: &mut ImportReport,
-    seen: &mut HashSet<u64>,
+    classifier: &mut LeadClassifier,
     result: &LeadResult,
     line: u64,
 ) -> Option<Rejection> {
-    if result.outcome == LeadOutcome::InvalidEmail {
-        report.invalid_row(line, InvalidReason::InvalidEmail);
-        return Some(Rejection::Invalid(InvalidReason::InvalidEmail));
-    }
-    let first_in_file = seen.insert(result.contact);
-    match result.outcome {
-        // A credit was charged, whatever came before in the file: count it as
-        // such (a repeat of a contact refused for want of credits can be added
-        // if credits were freed meanwhile).
-        LeadOutcome::Added => report.uploaded += 1,
-        _ if !first_in_file => {
+    match classifier.classify(result) {
+        LeadClass::Uploaded => report.uploaded += 1,
+        LeadClass::AlreadyInCampaign => report.already_in_campaign += 1,
+        LeadClass::InOtherCampaign => report.in_other_campaign += 1,
+        LeadClass::Repeat => {
             report.duplicates_in_file += 1;
             return Some(Rejection::DuplicateInFile);
         }
-        LeadOutcome::AlreadyInCampaign => report.already_in_campaign += 1,
-        LeadOutcome::Joined => report.in_other_campaign += 1,
-        LeadOutcome::LeadCreditsExhausted => {
+        LeadClass::CreditsExhausted => {
             report.credits_exhausted += 1;
             return Some(Rejection::LeadCreditsExhausted);
         }
-        LeadOutcome::InvalidEmail => {
+        LeadClass::InvalidEmail => {
             report.invalid_row(line, InvalidReason::InvalidEmail);
             return Some(Rejection::Invalid(InvalidReason::InvalidEmail));
         }

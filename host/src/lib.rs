@@ -2,7 +2,8 @@
 //!
 //! A tour, in the order a decision travels:
 //!
-//! - [`request`]: what a front end asks (one variant per WIT decision function);
+//! - [`request`]: what a front end asks (one variant per WIT function it calls),
+//!   the one type a request travels in to the worker that answers it;
 //! - [`runtime`]: the wasmtime engine, the compiled (and cached) component, and
 //!   [`runtime::Worker`]s that each own a sandboxed instance and time every call;
 //! - [`bindings`]: the only place bindings are generated from `wit/`;
@@ -18,6 +19,8 @@
 //!   versioned reloads, for long-running front ends;
 //! - [`alerts`]: the credit alerts the policy reports, logged in the store and
 //!   delivered to webhooks once their decision is durable;
+//! - [`wire`]: what every front end tells its clients: reason codes, decisions
+//!   and credits as JSON, what each address of a lead batch came to;
 //! - front ends: [`replay`] (event traces), [`import`] (CSV lead uploads),
 //!   [`postfix`] (the sans-I/O core of Postfix policy delegation);
 //! - [`serve`]: the Postfix policy server, sockets around [`postfix`] and a [`gateway`];
@@ -55,3 +58,4 @@ pub mod serve;
 pub mod slots;
 pub mod store;
 pub mod time;
+pub mod wire;

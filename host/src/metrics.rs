@@ -460,7 +460,7 @@ impl GatewayStats {
             let _ = writeln!(
                 out,
                 "creditgate_shadow_refusals_total{{reason=\"{}\"}} {}",
-                crate::replay::reason_code(reason),
+                crate::wire::reason_code(reason),
                 self.shadow_refusals(reason)
             );
         }

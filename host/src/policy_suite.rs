@@ -37,9 +37,10 @@ use serde_json::{Map, Value as Json};
 use toml::Spanned;
 
 use crate::bindings::{Diagnostic, Reason};
-use crate::replay::{Event, Outcome, format_instant, parse_event, reason_code};
+use crate::replay::{Event, format_instant, parse_event};
 use crate::runtime::{LoadError, Runtime, Worker};
 use crate::store::MemoryStore;
+use crate::wire::{Outcome, reason_code};
 
 /// A loaded suite, every event already parsed.
 #[derive(Debug, Clone)]
@@ -909,7 +910,7 @@ impl<'de> Deserialize<'de> for ExpectedInstant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::LimitJson;
+    use crate::wire::LimitJson;
 
     #[test]
     fn paths_normalise_lexically() {
@@ -970,13 +971,13 @@ mod tests {
         );
 
         let with_usage = Outcome {
-            usage: Some(crate::replay::UsageJson {
-                lead_credits: crate::replay::CreditsJson {
+            usage: Some(crate::wire::UsageJson {
+                lead_credits: crate::wire::CreditsJson {
                     used: 1,
                     limit: LimitJson::Unlimited("unlimited"),
                     resets_at: None,
                 },
-                email_credits: crate::replay::CreditsJson {
+                email_credits: crate::wire::CreditsJson {
                     used: 0,
                     limit: LimitJson::Count(6000),
                     resets_at: Some("2025-02-28T09:00:00Z".into()),

@@ -12,15 +12,15 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::bindings::{AccountUsage, Decision, EmailKind, Reason, Shadow};
+use crate::bindings::EmailKind;
 use crate::names::{NameError, NameRules};
 use crate::request::{Origin, Request};
 use crate::runtime::Worker;
 use crate::store::StoreError;
 pub use crate::time::{format_instant, parse_instant};
+use crate::wire::Outcome;
 
 /// Longest event line accepted, in bytes (newline excluded).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -210,117 +210,6 @@ fn take_kind(fields: &mut Map<String, Value>) -> Result<EmailKind, String> {
         Some(other) => Err(format!(
             "field \"kind\": expected \"first\", \"follow_up\" or \"reply\", found {other:?}"
         )),
-    }
-}
-
-/// The stable code of a denial reason.
-pub fn reason_code(reason: Reason) -> &'static str {
-    match reason {
-        Reason::AlreadySubscribed => "already_subscribed",
-        Reason::UnknownAccount => "unknown_account",
-        Reason::UnknownPlan => "unknown_plan",
-        Reason::InvalidEmail => "invalid_email",
-        Reason::NoRecipients => "no_recipients",
-        Reason::LeadCreditsExhausted => "lead_credits_exhausted",
-        Reason::EmailCreditsExhausted => "email_credits_exhausted",
-        Reason::IdempotencyKeyReused => "idempotency_key_reused",
-    }
-}
-
-/// A decision as one JSON output line. Field order is part of the format.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Outcome {
-    pub decision: &'static str,
-    pub reason: Option<&'static str>,
-    /// On every denial: the plan that would have allowed it (for a lack of
-    /// credits), else null. Absent when allowed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upgrade_to: Option<Option<String>>,
-    /// When a plan in shadow mode allowed what enforcement would have refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<ShadowJson>,
-    pub charged: u64,
-    pub freed: u64,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageJson>,
-}
-
-/// `lead_credits` and `email_credits`, as replay, the CLI and the HTTP API show them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UsageJson {
-    pub lead_credits: CreditsJson,
-    pub email_credits: CreditsJson,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CreditsJson {
-    pub used: u64,
-    pub limit: LimitJson,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resets_at: Option<String>,
-}
-
-/// A count, or the string `"unlimited"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum LimitJson {
-    Count(u64),
-    Unlimited(&'static str),
-}
-
-impl From<Option<u64>> for LimitJson {
-    fn from(limit: Option<u64>) -> Self {
-        limit.map_or(LimitJson::Unlimited("unlimited"), LimitJson::Count)
-    }
-}
-
-impl From<&AccountUsage> for UsageJson {
-    fn from(u: &AccountUsage) -> Self {
-        UsageJson {
-            lead_credits: CreditsJson {
-                used: u.lead_credits.used,
-                limit: u.lead_credits.limit.into(),
-                resets_at: None,
-            },
-            email_credits: CreditsJson {
-                used: u.email_credits.used,
-                limit: u.email_credits.limit.into(),
-                resets_at: Some(format_instant(u.email_credits.resets_at)),
-            },
-        }
-    }
-}
-
-/// What enforcement would have answered a request let through in shadow:
-/// `{"decision": "deny", "reason": R, "upgrade_to": P}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ShadowJson {
-    pub decision: &'static str,
-    pub reason: &'static str,
-    pub upgrade_to: Option<String>,
-}
-
-impl From<&Shadow> for ShadowJson {
-    fn from(s: &Shadow) -> Self {
-        ShadowJson {
-            decision: "deny",
-            reason: reason_code(s.reason),
-            upgrade_to: s.upgrade_to.clone(),
-        }
-    }
-}
-
-impl From<&Decision> for Outcome {
-    fn from(d: &Decision) -> Self {
-        Outcome {
-            decision: if d.denied.is_some() { "deny" } else { "allow" },
-            reason: d.denied.map(reason_code),
-            upgrade_to: d.denied.map(|_| d.upgrade_to.clone()),
-            shadow: d.shadow.as_ref().map(ShadowJson::from),
-            charged: d.charged,
-            freed: d.freed,
-            usage: d.usage.as_ref().map(UsageJson::from),
-        }
     }
 }
 

@@ -1,9 +1,13 @@
 //! What a front end (replay, the CLI, a protocol adapter) asks the policy: one
-//! request per WIT decision function, independent of how it arrived.
+//! request per WIT function a front end calls, independent of how it arrived.
+//! The one type a request travels in from the front end to the worker that
+//! answers it ([`crate::gateway`]'s lanes carry it as it is), with its [`Op`]
+//! for metrics and lanes, and the [`Answer`] it gets.
 
-use crate::bindings::EmailKind;
+use crate::bindings::{CycleUsage, Decision, EmailKind, LeadBatch};
 
-/// A request for a decision about one account.
+/// A request about one account. Most are answered with one [`Decision`]; a
+/// batch of leads and a history are answered otherwise (see [`Answer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Subscribe {
@@ -48,6 +52,30 @@ pub enum Request {
     Usage {
         account: String,
     },
+    /// Many contacts added to a campaign in one guest call and one store
+    /// transaction: answered with the batch's results ([`Answer::Leads`]).
+    AddLeads {
+        account: String,
+        campaign: String,
+        emails: Vec<String>,
+    },
+    /// Email credits used in each of the last `cycles` billing cycles: answered
+    /// with them ([`Answer::History`]). Reads only.
+    EmailHistory {
+        account: String,
+        cycles: u32,
+    },
+}
+
+/// What a worker answers a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Every request but the two below.
+    Decision(Decision),
+    /// [`Request::AddLeads`].
+    Leads(LeadBatch),
+    /// [`Request::EmailHistory`].
+    History(Vec<CycleUsage>),
 }
 
 /// The kind of a request, for metrics and reports.
@@ -62,9 +90,9 @@ pub enum Op {
     ChargeEmail,
     CheckEmail,
     Usage,
-    /// A batch of lead additions (`Worker::add_leads`).
+    /// A batch of lead additions ([`Request::AddLeads`]).
     AddLeads,
-    /// Email credits used per billing cycle (`Worker::email_history`).
+    /// Email credits used per billing cycle ([`Request::EmailHistory`]).
     EmailHistory,
 }
 
@@ -122,6 +150,8 @@ impl Request {
             Request::ChargeEmail { .. } => Op::ChargeEmail,
             Request::CheckEmail { .. } => Op::CheckEmail,
             Request::Usage { .. } => Op::Usage,
+            Request::AddLeads { .. } => Op::AddLeads,
+            Request::EmailHistory { .. } => Op::EmailHistory,
         }
     }
 
@@ -135,7 +165,9 @@ impl Request {
             | Request::SendEmail { account, .. }
             | Request::ChargeEmail { account, .. }
             | Request::CheckEmail { account, .. }
-            | Request::Usage { account } => account,
+            | Request::Usage { account }
+            | Request::AddLeads { account, .. }
+            | Request::EmailHistory { account, .. } => account,
         }
     }
 }

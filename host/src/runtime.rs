@@ -41,7 +41,7 @@ use crate::bindings::{
     Reason, Shadow, StateError, Tally,
 };
 use crate::metrics::Latencies;
-use crate::request::{Op, Request};
+use crate::request::{Answer, Op, Request};
 use crate::store::{self, CounterAdd, Store};
 
 /// The policy component built from `guest/`, embedded in the binary.
@@ -176,6 +176,11 @@ pub enum DecideError {
     /// hostile component. The answer is not used; what it did to the store stands.
     #[error("the policy component answered an impossible result: {0}")]
     Contract(String),
+    /// [`Worker::decide`] was asked a request that is answered with something
+    /// other than one decision (a lead batch, a history): [`Worker::answer`]
+    /// answers every request. Nothing was called.
+    #[error("{} is not answered with one decision", .0.name())]
+    NotADecision(Op),
 }
 
 /// Why [`Worker::decide_durable`] gave no answer. Nothing it decided is
@@ -1072,6 +1077,9 @@ impl Worker {
     /// Every alert the decision fires is logged in the store here, with the
     /// decision's own effects, so that every front end keeps the same log; it is
     /// delivered by [`Worker::persist`] (or handed over by [`Worker::take_fired`]).
+    ///
+    /// A lead batch or a history is no decision: refused with
+    /// [`DecideError::NotADecision`] (see [`Worker::answer`]).
     pub fn decide(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let decision = self.decide_unchecked(request, now)?;
         check_decision(&decision).map_err(DecideError::Contract)?;
@@ -1116,9 +1124,31 @@ impl Worker {
         self.config.decision_budget.saturating_add(per_address)
     }
 
+    /// Answers `request` as of `now`: [`Worker::decide`] for a decision,
+    /// [`Worker::add_leads`] for a batch of leads, [`Worker::email_history`]
+    /// for a history. Not yet durable, like [`Worker::decide`].
+    pub fn answer(&mut self, request: &Request, now: i64) -> Result<Answer, DecideError> {
+        match request {
+            Request::AddLeads {
+                account,
+                campaign,
+                emails,
+            } => self
+                .add_leads(account, campaign, emails, now)
+                .map(Answer::Leads),
+            Request::EmailHistory { account, cycles } => self
+                .email_history(account, *cycles, now)
+                .map(Answer::History),
+            request => self.decide(request, now).map(Answer::Decision),
+        }
+    }
+
     fn decide_unchecked(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let budget = match request {
             Request::SendEmail { to, .. } => self.budget_for(to.len()),
+            Request::AddLeads { .. } | Request::EmailHistory { .. } => {
+                return Err(DecideError::NotADecision(request.op()));
+            }
             _ => self.config.decision_budget,
         };
         self.make_room_for_handles()?;
@@ -1152,6 +1182,9 @@ impl Worker {
             } => p.call_charge_email(s, account, *cost, message_id.as_deref(), now),
             Request::CheckEmail { cost, .. } => p.call_check_email(s, account, *cost, now),
             Request::Usage { .. } => p.call_usage(s, account, now),
+            Request::AddLeads { .. } | Request::EmailHistory { .. } => {
+                unreachable!("refused above: not one decision")
+            }
         })?;
         Ok(Decision {
             denied: decision.denied,

@@ -23,7 +23,8 @@
 use std::sync::{Arc, LazyLock};
 
 use creditgate::import::{INVALID_ROWS_SHOWN, ImportError, ImportOptions, ImportReport, import};
-use creditgate::replay::{LimitJson, parse_instant};
+use creditgate::replay::parse_instant;
+use creditgate::wire::LimitJson;
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
 use creditgate::store::MemoryStore;

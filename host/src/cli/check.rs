@@ -15,10 +15,10 @@ use serde::Serialize;
 
 use creditgate::bindings::{Diagnostic, PlanSummary};
 use creditgate::gateway::stranded_plans;
-use creditgate::replay::LimitJson;
 use creditgate::runtime::{LoadError, Runtime};
 use creditgate::store::{Create, MemoryStore, Store};
 use creditgate::time::now;
+use creditgate::wire::LimitJson;
 
 use super::{ComponentArgs, Exit, located};
 

@@ -14,8 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use creditgate::bindings::{Decision, Reason};
 use creditgate::import::{self, DEFAULT_BATCH, ImportOptions, ImportReport, MAX_BATCH};
 use creditgate::names::{NameRules, escape, quote};
-use creditgate::replay::{CreditsJson, LimitJson, Outcome, reason_code};
 use creditgate::request::Request;
+use creditgate::wire::{CreditsJson, LimitJson, Outcome, reason_code};
 
 use super::remote::ServerArgs;
 use super::{Denied, Exit, Format, PolicyArgs, StoreArgs};
@@ -464,7 +464,7 @@ fn deletion_text(d: &Decision) -> String {
     let credits = if d.freed == 1 { "credit" } else { "credits" };
     let mut text = format!("freed {} lead {credits}", d.freed);
     if let Some(usage) = &d.usage {
-        let used = creditgate::replay::UsageJson::from(usage).lead_credits;
+        let used = creditgate::wire::UsageJson::from(usage).lead_credits;
         text += &format!("; lead credits used: {}", credits_text(&used));
     }
     text

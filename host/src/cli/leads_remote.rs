@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use creditgate::http::MAX_LEADS_PER_REQUEST;
 use creditgate::import::{self, INVALID_ROWS_SHOWN, ImportReport, InvalidReason, InvalidRow};
-use creditgate::replay::CreditsJson;
 use creditgate::request::Request;
+use creditgate::wire::CreditsJson;
 
 use super::account::{AccountView, account_path};
 use super::leads::{ImportArgs, ListArgs, text_report};

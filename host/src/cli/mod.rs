@@ -217,7 +217,7 @@ impl Denied {
     fn of(account: &str, decision: &creditgate::bindings::Decision) -> Option<Self> {
         let denied = decision
             .denied
-            .map(|reason| Denied::new(account, creditgate::replay::reason_code(reason)))?;
+            .map(|reason| Denied::new(account, creditgate::wire::reason_code(reason)))?;
         Some(match &decision.upgrade_to {
             Some(plan) => denied.with_detail(format!("upgrade to plan {plan:?} to allow it")),
             None => denied,

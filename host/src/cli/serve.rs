@@ -89,6 +89,9 @@ impl Args {
             init_store: self.init_store,
             policy: self.policy.policy.clone(),
             component: self.policy.component.component.clone(),
+            // The rest has no flag: set in the file (or by a gateway that embeds
+            // the server).
+            ..Overrides::default()
         }
     }
 }

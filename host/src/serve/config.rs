@@ -155,6 +155,15 @@ pub struct Overrides {
     pub init_store: bool,
     pub policy: Option<PathBuf>,
     pub component: Option<PathBuf>,
+    /// How long one request may take from its first byte to its last, on both
+    /// listeners: the file's `request_timeout_secs`, to any precision.
+    pub request_timeout: Option<Duration>,
+    /// As the file's `allowed_hosts`, in its place.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// The admin token, over the file's and `$CREDITGATE_ADMIN_TOKEN`: for a
+    /// gateway that embeds the server. The binary never sets it (a flag would
+    /// show in `ps`).
+    pub admin_token: Option<String>,
 }
 
 /// The config file: the overrides' keys, and the front ends' settings.
@@ -279,18 +288,23 @@ impl Config {
             || "the config".to_owned(),
             |path| path.display().to_string(),
         );
-        let (admin_token, admin_token_from) = admin_token(from.admin_token, &file_name)?;
+        let (admin_token, admin_token_from) =
+            admin_token(overrides.admin_token, from.admin_token, &file_name)?;
         let per_client = from
             .max_connections_per_client
             .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT);
         at_least_1(per_client, "max_connections_per_client")?;
-        let request_timeout = from
-            .request_timeout_secs
-            .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_secs);
+        let request_timeout = overrides
+            .request_timeout
+            .or(from.request_timeout_secs.map(Duration::from_secs))
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         if request_timeout.is_zero() {
             return Err(invalid("request_timeout_secs must be at least 1".into()));
         }
-        let allowed_hosts = from.allowed_hosts.unwrap_or_default();
+        let allowed_hosts = overrides
+            .allowed_hosts
+            .or(from.allowed_hosts)
+            .unwrap_or_default();
         for host in &allowed_hosts {
             let name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
             if host.is_empty() || !host.chars().all(name) {
@@ -390,17 +404,24 @@ fn default_workers(store: Option<&Path>) -> usize {
     (per_core * cores).max(2)
 }
 
-/// The admin token from $CREDITGATE_ADMIN_TOKEN (which wins) or the config
-/// file, and where it came from. An empty or short token is an error wherever it
-/// comes from: left to pass, it would turn admin auth off without a word.
+/// The admin token from the caller's overrides, $CREDITGATE_ADMIN_TOKEN or the
+/// config file (the first there is), and where it came from. An empty or short
+/// token is an error wherever it comes from: left to pass, it would turn admin
+/// auth off without a word.
 fn admin_token(
+    overridden: Option<String>,
     from_file: Option<String>,
     config: &str,
 ) -> Result<(Option<String>, Option<String>), ConfigError> {
     const MIN_LEN: usize = 16;
     let invalid = |message: String| Err(ConfigError::Invalid(message));
-    let (token, from) = match std::env::var("CREDITGATE_ADMIN_TOKEN") {
-        Ok(token) => (token, "$CREDITGATE_ADMIN_TOKEN".to_owned()),
+    let given = match overridden {
+        Some(token) => Ok((token, "the admin token given".to_owned())),
+        None => std::env::var("CREDITGATE_ADMIN_TOKEN")
+            .map(|token| (token, "$CREDITGATE_ADMIN_TOKEN".to_owned())),
+    };
+    let (token, from) = match given {
+        Ok(given) => given,
         Err(std::env::VarError::NotUnicode(_)) => {
             return invalid("$CREDITGATE_ADMIN_TOKEN is not valid UTF-8".into());
         }

@@ -26,10 +26,10 @@ use crate::bindings::Reason;
 use crate::gateway::Gateway;
 use crate::names::Escaped;
 use crate::postfix::{Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader};
-use crate::replay::reason_code;
 use crate::request::{Origin, Request};
 use crate::slots::{SlotLimits, Slots};
 use crate::time::{format_instant, now};
+use crate::wire::reason_code;
 
 /// Settings of the server itself (the protocol's are in [`PostfixConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -13,13 +12,14 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
-use creditgate::gateway::Gateway;
-use creditgate::http::{self, HttpOptions, Reloaded, Reloader};
-use creditgate::postfix::PostfixConfig;
+use creditgate::http;
 use creditgate::request::Request;
-use creditgate::serve::{ServeOptions, serve_postfix};
+use creditgate::serve::{Listen, Overrides};
 use creditgate::store::MemoryStore;
 use creditgate::time::now;
+use creditgate_testkit::serve::ServeProcess;
+
+use crate::harness::InProcess;
 
 const POLICY: &str = "[plans.small]\nlead_credits = 20\nemail_credits = 50\n";
 
@@ -33,115 +33,62 @@ const ANSWERED_WITHIN: Duration = Duration::from_millis(100);
 /// Slow clients per flood.
 const FLOOD: usize = 2_000;
 
-/// A gateway over a fresh store with `acme` subscribed.
-fn gateway() -> Arc<Gateway> {
-    let (gateway, _) = Gateway::start(
-        crate::harness::shared_runtime(),
-        Arc::new(MemoryStore::new()),
-        POLICY,
-        2,
-    )
-    .expect("gateway starts");
-    let gateway = Arc::new(gateway);
-    let subscribe = Request::Subscribe {
-        account: "acme".into(),
-        plan: "small".into(),
-        anchor: None,
-    };
-    let decision = gateway
-        .decide_blocking(subscribe, now())
-        .expect("subscribes");
-    assert_eq!(decision.denied, None);
-    gateway
-}
-
-/// A server on its own runtime (two workers, as small as a gateway host gets),
-/// so that the clients of a test compete with it as they would from outside.
+/// `serve`'s server in this process ([`InProcess`]: a runtime of its own with
+/// two threads, as small as a gateway host gets, so that the clients of a test
+/// compete with it as they would from outside), two decision workers, a fresh
+/// in-memory store with `acme` subscribed, and one listener.
 struct Server {
+    _server: InProcess,
+    /// The listener's address.
     addr: SocketAddr,
-    gateway: Arc<Gateway>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Holds the policy file, for the server's reloads.
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn postfix(options: ServeOptions) -> Server {
-        Server::start(move |listener, gateway, stopped| {
-            Box::pin(serve_postfix(
-                listener,
-                gateway,
-                Arc::new(PostfixConfig::default()),
-                options,
-                stopped,
-            ))
-        })
+    /// The Postfix policy listener alone, with `overrides`.
+    fn postfix(overrides: Overrides) -> Server {
+        let overrides = Overrides {
+            http_listen: Some(Listen::Off),
+            ..overrides
+        };
+        Server::start(overrides, InProcess::postfix_addr)
     }
 
-    fn http(options: HttpOptions) -> Server {
-        Server::start(move |listener, gateway, stopped| {
-            let reload: Reloader = Arc::new(|_force| {
-                Ok(Reloaded {
-                    version: 0,
-                    warnings: Vec::new(),
-                })
-            });
-            let router = http::router(gateway, reload, &options);
-            Box::pin(async move {
-                http::serve_http(listener, router, &options, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("serves");
-            })
-        })
+    /// The HTTP API alone, with `overrides`.
+    fn http(overrides: Overrides) -> Server {
+        let overrides = Overrides {
+            postfix_listen: Some(Listen::Off),
+            ..overrides
+        };
+        Server::start(overrides, InProcess::http_addr)
     }
 
-    fn start(
-        serve: impl FnOnce(
-            tokio::net::TcpListener,
-            Arc<Gateway>,
-            tokio::sync::oneshot::Receiver<()>,
-        ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
-        + Send
-        + 'static,
-    ) -> Server {
-        let gateway = gateway();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound, addr) = std::sync::mpsc::channel();
-        let served = gateway.clone();
-        let thread = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(async move {
-                    // Bound as `serve` binds, with its backlog.
-                    let listener = creditgate::serve::bind_tcp(SocketAddr::from((LOCALHOST, 0)))
-                        .expect("binds");
-                    let _ = bound.send(listener.local_addr().expect("address"));
-                    serve(listener, served, stopped).await;
-                });
-        });
-        let addr = addr.recv_timeout(WAIT).expect("the server listens");
+    fn start(overrides: Overrides, addr: fn(&InProcess) -> SocketAddr) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, POLICY).expect("writes the policy");
+        let overrides = Overrides {
+            policy: Some(policy),
+            workers: Some(2),
+            ..overrides
+        };
+        let server = InProcess::start(overrides, Arc::new(MemoryStore::new()));
+        let subscribe = Request::Subscribe {
+            account: "acme".into(),
+            plan: "small".into(),
+            anchor: None,
+        };
+        let decision = server
+            .gateway()
+            .decide_blocking(subscribe, now())
+            .expect("subscribes");
+        assert_eq!(decision.denied, None);
         Server {
-            addr,
-            gateway,
-            stop: Some(stop),
-            thread: Some(thread),
+            addr: addr(&server),
+            _server: server,
+            _dir: dir,
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.gateway.shutdown();
     }
 }
 
@@ -321,69 +268,63 @@ const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 /// An HTTP head that never ends: one header whose value grows a byte a second.
 const HTTP_TRICKLE: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
 
-#[test]
-fn postfix_answers_while_slow_clients_from_one_address_flood_it() {
-    let server = Server::postfix(ServeOptions::default());
-    run(|| async {
-        // Postfix and the attacker share the address, as on one machine.
+/// A listener under a flood: how its server starts, what a slow client sends,
+/// and the normal request that must still be answered.
+struct Flooded {
+    server: fn(Overrides) -> Server,
+    trickle: &'static [u8],
+    request: &'static [u8],
+    answered: &'static [u8],
+}
+
+const POSTFIX: Flooded = Flooded {
+    server: Server::postfix,
+    trickle: POSTFIX_TRICKLE,
+    request: RCPT,
+    answered: b"action=DUNNO\n\n",
+};
+
+const HTTP: Flooded = Flooded {
+    server: Server::http,
+    trickle: HTTP_TRICKLE,
+    request: HEALTHZ,
+    answered: b"\"status\":\"ok\"",
+};
+
+/// Floods `listener` from `sources` while normal requests come from 127.0.0.1.
+fn flood(listener: &Flooded, sources: &[Ipv4Addr]) {
+    let server = (listener.server)(Overrides::default());
+    run(|| {
         flood_then_probe(
             server.addr,
-            &[LOCALHOST],
-            POSTFIX_TRICKLE,
+            sources,
+            listener.trickle,
             LOCALHOST,
-            RCPT,
-            b"action=DUNNO\n\n",
+            listener.request,
+            listener.answered,
         )
-        .await;
     });
+}
+
+#[test]
+fn postfix_answers_while_slow_clients_from_one_address_flood_it() {
+    // Postfix and the attacker share the address, as on one machine.
+    flood(&POSTFIX, &[LOCALHOST]);
 }
 
 #[test]
 fn postfix_answers_while_slow_clients_from_many_addresses_flood_it() {
-    let server = Server::postfix(ServeOptions::default());
-    run(|| async {
-        flood_then_probe(
-            server.addr,
-            &many_addresses(),
-            POSTFIX_TRICKLE,
-            LOCALHOST,
-            RCPT,
-            b"action=DUNNO\n\n",
-        )
-        .await;
-    });
+    flood(&POSTFIX, &many_addresses());
 }
 
 #[test]
 fn healthz_answers_while_slow_header_clients_from_one_address_flood_it() {
-    let server = Server::http(HttpOptions::default());
-    run(|| async {
-        flood_then_probe(
-            server.addr,
-            &[LOCALHOST],
-            HTTP_TRICKLE,
-            LOCALHOST,
-            HEALTHZ,
-            b"\"status\":\"ok\"",
-        )
-        .await;
-    });
+    flood(&HTTP, &[LOCALHOST]);
 }
 
 #[test]
 fn healthz_answers_while_slow_header_clients_from_many_addresses_flood_it() {
-    let server = Server::http(HttpOptions::default());
-    run(|| async {
-        flood_then_probe(
-            server.addr,
-            &many_addresses(),
-            HTTP_TRICKLE,
-            LOCALHOST,
-            HEALTHZ,
-            b"\"status\":\"ok\"",
-        )
-        .await;
-    });
+    flood(&HTTP, &many_addresses());
 }
 
 /// Sends `opening`, then one more byte every 50 ms, never finishing; returns how
@@ -409,9 +350,9 @@ async fn trickle_until_closed(addr: SocketAddr, opening: &[u8]) -> Option<Durati
 
 #[test]
 fn a_postfix_request_that_trickles_in_is_cut_off_at_the_request_timeout() {
-    let server = Server::postfix(ServeOptions {
-        request_timeout: Duration::from_millis(300),
-        ..ServeOptions::default()
+    let server = Server::postfix(Overrides {
+        request_timeout: Some(Duration::from_millis(300)),
+        ..Overrides::default()
     });
     run(|| async {
         let took = trickle_until_closed(server.addr, POSTFIX_TRICKLE).await;
@@ -427,9 +368,9 @@ fn a_postfix_request_that_trickles_in_is_cut_off_at_the_request_timeout() {
 
 #[test]
 fn an_http_head_or_body_that_trickles_in_is_cut_off_at_the_request_timeout() {
-    let server = Server::http(HttpOptions {
-        request_timeout: Duration::from_millis(300),
-        ..HttpOptions::default()
+    let server = Server::http(Overrides {
+        request_timeout: Some(Duration::from_millis(300)),
+        ..Overrides::default()
     });
     run(|| async {
         let head = trickle_until_closed(server.addr, HTTP_TRICKLE).await;
@@ -542,7 +483,7 @@ fn every_route() -> Vec<(&'static str, &'static str, String, &'static str)> {
 
 #[test]
 fn the_probe_of_issue_14_a_cross_site_reload_is_refused() {
-    let server = Server::http(HttpOptions::default());
+    let server = Server::http(Overrides::default());
     let (status, body) = raw(
         server.addr,
         "POST",
@@ -611,9 +552,9 @@ fn the_probe_of_issue_14_a_cross_site_reload_is_refused() {
 
 #[test]
 fn every_route_checks_host_and_every_state_change_its_origin_and_body() {
-    let server = Server::http(HttpOptions {
-        allowed_hosts: vec!["gw.example.com".into()],
-        ..HttpOptions::default()
+    let server = Server::http(Overrides {
+        allowed_hosts: Some(vec!["gw.example.com".into()]),
+        ..Overrides::default()
     });
     let spec = openapi();
     let addr = server.addr;
@@ -694,9 +635,9 @@ fn every_route_checks_host_and_every_state_change_its_origin_and_body() {
 
 #[test]
 fn admin_routes_are_exactly_those_listed() {
-    let server = Server::http(HttpOptions {
-        admin_token: Some(Arc::from("0123456789abcdef-admin")),
-        ..HttpOptions::default()
+    let server = Server::http(Overrides {
+        admin_token: Some("0123456789abcdef-admin".into()),
+        ..Overrides::default()
     });
     let mut needs_token = Vec::new();
     for (method, template, path, body) in every_route() {
@@ -713,53 +654,29 @@ fn admin_routes_are_exactly_those_listed() {
 
 // ---- admin auth through the binary ---------------------------------------------
 
-/// `creditgate serve` on free ports with `config` and `token` as
-/// $CREDITGATE_ADMIN_TOKEN (unset when `None`); its exit status and stderr if it
-/// exits within 10 s, else its stderr once it answers (then it is stopped).
+/// `creditgate serve` with `config` and `token` as $CREDITGATE_ADMIN_TOKEN
+/// (unset when `None`), its HTTP API on a port it binds itself: its exit status
+/// and log if it exits before it listens, else its log once it listens (then it
+/// is stopped).
 fn serve_with(config: &str, token: Option<&str>) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("serve.toml");
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binds")
-        .local_addr()
-        .expect("address");
-    std::fs::write(
-        &path,
-        format!("store = \"memory\"\npostfix_listen = \"off\"\nhttp_listen = \"{http}\"\n{config}"),
+    std::fs::write(&path, format!("store = \"memory\"\n{config}")).expect("writes");
+    let mut builder = ServeProcess::builder(
+        env!("CARGO_BIN_EXE_creditgate"),
+        dir.path().join("serve.log"),
     )
-    .expect("writes");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_creditgate"));
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    match token {
-        Some(token) => command.env("CREDITGATE_ADMIN_TOKEN", token),
-        None => command.env_remove("CREDITGATE_ADMIN_TOKEN"),
-    };
-    let mut child = command.spawn().expect("starts");
-    let deadline = Instant::now() + WAIT;
-    let exited = loop {
-        if let Some(status) = child.try_wait().expect("waits") {
-            break status.code();
-        }
-        if std::net::TcpStream::connect(http).is_ok() || Instant::now() > deadline {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
+    .postfix(false)
+    .arg("--config")
+    .arg(&path);
+    if let Some(token) = token {
+        builder = builder.env("CREDITGATE_ADMIN_TOKEN", token);
     }
-    (exited, stderr)
+    let mut serve = builder.spawn().unwrap_or_else(|e| panic!("{e}"));
+    match serve.wait_listening(WAIT) {
+        Ok(()) => (None, serve.terminate().1),
+        Err(log) => (serve.try_wait().and_then(|s| s.code()), log),
+    }
 }
 
 #[test]

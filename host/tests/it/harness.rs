@@ -5,9 +5,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use creditgate::bindings::Decision;
-use creditgate::replay::{Outcome, parse_event};
+use creditgate::replay::parse_event;
 use creditgate::runtime::{ComponentSource, Runtime, RuntimeConfig, Worker};
 use creditgate::store::{MemoryStore, Store};
+use creditgate::wire::Outcome;
 
 /// The shipped Smartlead policy.
 pub const SMARTLEAD: &str = include_str!("../../../policies/smartlead.toml");
@@ -177,6 +178,23 @@ impl InProcess {
     /// `http://127.0.0.1:PORT` of the HTTP API.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.server().http_addr().expect("http is on"))
+    }
+
+    /// The HTTP API's address; panics when it is off.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.server().http_addr().expect("http is on")
+    }
+
+    /// The Postfix policy listener's address; panics when it is off.
+    pub fn postfix_addr(&self) -> std::net::SocketAddr {
+        self.server()
+            .postfix_addr()
+            .expect("the postfix listener is on")
+    }
+
+    /// The gateway the listeners decide through.
+    pub fn gateway(&self) -> &Arc<creditgate::gateway::Gateway> {
+        self.server().gateway()
     }
 
     /// Stops the server: requests in flight answered, everything durable, the

@@ -11,10 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Months};
 use creditgate::bindings::EmailKind;
-use creditgate::replay::{
-    CreditsJson, Event, LimitJson, Outcome, ShadowJson, UsageJson, format_instant,
-};
+use creditgate::replay::{Event, format_instant};
 use creditgate::request::Request;
+use creditgate::wire::{CreditsJson, LimitJson, Outcome, ShadowJson, UsageJson};
 
 /// An allowance: `None` is unlimited.
 pub type Allowance = Option<u64>;
@@ -444,6 +443,9 @@ impl Model {
             Request::Subscribe { .. } => unreachable!("handled above"),
             Request::CheckEmail { .. } => {
                 unreachable!("check_email is not a replay op; the model does not cover it")
+            }
+            Request::AddLeads { .. } | Request::EmailHistory { .. } => {
+                unreachable!("not replay ops, nor one decision; the model does not cover them")
             }
             Request::Usage { .. } => allow(0, 0),
             Request::ChargeEmail {

@@ -4,8 +4,9 @@ use serde_json::{Value, json};
 
 use crate::harness;
 use creditgate::bindings::Decision;
-use creditgate::replay::{format_instant, reason_code};
+use creditgate::replay::format_instant;
 use creditgate::runtime::Worker;
+use creditgate::wire::reason_code;
 
 /// Small limits, so that exhaustion is a few events away.
 const POLICY: &str = r#"
