@@ -33,10 +33,15 @@ const ANSWERED_WITHIN: Duration = Duration::from_millis(100);
 /// Slow clients per flood.
 const FLOOD: usize = 2_000;
 
-/// `serve`'s server in this process ([`InProcess`]: a runtime of its own with
-/// two threads, as small as a gateway host gets, so that the clients of a test
-/// compete with it as they would from outside), two decision workers, a fresh
-/// in-memory store with `acme` subscribed, and one listener.
+/// The server's threads: two, as small as a gateway host gets, and one for what
+/// ran on a thread of its own when these tests built their own server (its
+/// accept loop), so that a flood meets the server it met then.
+const SERVER_THREADS: usize = 3;
+
+/// `serve`'s server in this process ([`InProcess`], on a runtime of its own,
+/// so that the clients of a test compete with it as they would from outside),
+/// two decision workers, a fresh in-memory store with `acme` subscribed, and
+/// one listener.
 struct Server {
     _server: InProcess,
     /// The listener's address.
@@ -73,7 +78,7 @@ impl Server {
             workers: Some(2),
             ..overrides
         };
-        let server = InProcess::start(overrides, Arc::new(MemoryStore::new()));
+        let server = InProcess::start_on(SERVER_THREADS, overrides, Arc::new(MemoryStore::new()));
         let subscribe = Request::Subscribe {
             account: "acme".into(),
             plan: "small".into(),

@@ -149,6 +149,15 @@ impl InProcess {
     /// Starts a server on `store` with `overrides` (their listeners, when unset,
     /// on `127.0.0.1:0`); panics with the reason if it does not start.
     pub fn start(overrides: creditgate::serve::Overrides, store: Arc<dyn Store>) -> InProcess {
+        InProcess::start_on(2, overrides, store)
+    }
+
+    /// [`InProcess::start`] on a runtime of `threads` worker threads.
+    pub fn start_on(
+        threads: usize,
+        overrides: creditgate::serve::Overrides,
+        store: Arc<dyn Store>,
+    ) -> InProcess {
         use creditgate::serve::{Config, Listen, Server};
         let any_port = Listen::At(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         let overrides = creditgate::serve::Overrides {
@@ -158,7 +167,7 @@ impl InProcess {
         };
         let config = Config::load(None, overrides).unwrap_or_else(|e| panic!("config: {e}"));
         let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(threads)
             .enable_all()
             .build()
             .expect("a tokio runtime");
