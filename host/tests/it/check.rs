@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+use crate::harness::{self, words};
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -147,14 +149,9 @@ fn the_shipped_policies_check_clean() {
 
 #[test]
 fn the_json_report_is_an_array_of_files() {
-    let out = creditgate(&[
-        "check",
-        "--format",
-        "json",
-        "policies/smartlead.toml",
-        "policies/invalid/negative-credits.toml",
-        "host/tests/fixtures/check/warnings.toml",
-    ]);
+    let out = creditgate(&words(
+        "check --format json policies/smartlead.toml policies/invalid/negative-credits.toml host/tests/fixtures/check/warnings.toml",
+    ));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let files = report.as_array().expect("an array of files");
@@ -268,8 +265,7 @@ fn a_policy_over_the_size_limit_is_refused_before_it_reaches_the_guest() {
 /// accounts are on, naming the plan and how many, as a reload would.
 #[test]
 fn check_with_a_store_refuses_a_policy_that_strands_accounts() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("state.redb");
+    let (dir, store) = harness::temp_path("state.redb");
     let store = store.to_str().expect("utf-8 path");
     for (account, plan) in [("acme", "base"), ("globex", "pro"), ("initech", "pro")] {
         let out = creditgate(&[

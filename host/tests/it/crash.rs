@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use creditgate::store::{RedbStore, Store, journal_path};
-use creditgate_testkit::serve::ServeProcess;
+use creditgate_testkit::serve::{ServeProcess, postfix_request};
 
 /// Client threads, each with its own HTTP agent and Postfix connection.
 const CLIENTS: usize = 6;
@@ -402,20 +402,6 @@ fn http(
     Ok((status, value))
 }
 
-/// A Postfix policy request, with every attribute Postfix sends.
-fn policy_request(state: &str, account: &str, extra: &[(&str, String)]) -> String {
-    let mut text = format!(
-        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
-         client_address=127.0.0.1\nsasl_username={account}\nsender=al@example.com\n\
-         recipient=bo@example.org\n"
-    );
-    for (name, value) in extra {
-        text.push_str(&format!("{name}={value}\n"));
-    }
-    text.push('\n');
-    text
-}
-
 fn contact(j: u64) -> String {
     format!("lead{j}@d{}.example.com", j % 3)
 }
@@ -692,13 +678,11 @@ impl Client<'_> {
         instance: &str,
         fresh: bool,
     ) -> Flow {
-        let request = policy_request(
+        let count = cost.to_string();
+        let request = postfix_request(
             "END-OF-MESSAGE",
             account,
-            &[
-                ("recipient_count", cost.to_string()),
-                ("instance", instance.to_owned()),
-            ],
+            &[("recipient_count", &count), ("instance", instance)],
         );
         let answer = match self.ask_postfix(&request, fresh) {
             Ok(action) if action == "DUNNO" => Charge::Allowed {
@@ -1026,7 +1010,7 @@ impl Client<'_> {
     }
 
     fn rcpt(&mut self, account: &str) -> Flow {
-        let request = policy_request("RCPT", account, &[]);
+        let request = postfix_request("RCPT", account, &[]);
         match self.ask_postfix(&request, false) {
             Ok(action) if action == "DUNNO" || action.starts_with("DEFER 4.7.1") => {
                 self.log().stats.checks += 1;
@@ -1216,20 +1200,15 @@ impl Files {
 
     /// The CLI on the store, with the test's policy and component cache.
     fn cli(&self, args: &[&str]) -> Value {
-        let output = Command::new(env!("CARGO_BIN_EXE_creditgate"))
-            .args(args)
-            .arg("--store")
-            .arg(&self.store)
-            .arg("--policy")
-            .arg(&self.policy)
-            .env("CREDITGATE_CACHE_DIR", &self.cache)
-            .stdin(Stdio::null())
-            .output()
-            .expect("creditgate runs");
-        assert!(
-            output.status.success(),
-            "creditgate {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = crate::harness::succeeds(
+            Command::new(env!("CARGO_BIN_EXE_creditgate"))
+                .args(args)
+                .arg("--store")
+                .arg(&self.store)
+                .arg("--policy")
+                .arg(&self.policy)
+                .env("CREDITGATE_CACHE_DIR", &self.cache)
+                .stdin(Stdio::null()),
         );
         serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
             panic!(

@@ -15,7 +15,7 @@ use creditgate::import::{
 use creditgate::runtime::Worker;
 use serde_json::{Value, json};
 
-use crate::harness;
+use crate::harness::{self, words};
 
 const T0: &str = "2025-01-31T09:00:00Z";
 /// Any instant: lead credits do not depend on time.
@@ -585,16 +585,7 @@ fn credits_run_out_part_way_through_the_binary() {
         .chain((0..9).map(|i| format!("x{i}@example.com\n")))
         .collect();
     let out = s.leads(
-        &[
-            "import",
-            "--campaign",
-            "q1",
-            "-",
-            "--batch",
-            "2",
-            "--format",
-            "json",
-        ],
+        &words("import --campaign q1 - --batch 2 --format json"),
         csv.as_bytes(),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -639,17 +630,7 @@ fn an_unknown_account_exits_1_and_a_memory_store_knows_no_account() {
     let s = Setup::new(None, "base");
     // A fresh in-memory store holds no account at all.
     let out = s.run(
-        &[
-            "leads",
-            "import",
-            "--account",
-            "acme",
-            "--campaign",
-            "q1",
-            "--store",
-            "memory",
-            "-",
-        ],
+        &words("leads import --account acme --campaign q1 --store memory -"),
         SAMPLE.as_bytes(),
     );
     assert_eq!(out.status.code(), Some(1));
@@ -695,15 +676,7 @@ fn delete_frees_the_credits_no_other_campaign_holds() {
 
     // Not in the campaign any more: nothing to free.
     let out = s.leads(
-        &[
-            "delete",
-            "--campaign",
-            "q1",
-            "--email",
-            "a@x.io",
-            "--format",
-            "json",
-        ],
+        &words("delete --campaign q1 --email a@x.io --format json"),
         b"",
     );
     assert_eq!(out.status.code(), Some(0));
@@ -1108,16 +1081,7 @@ fn the_delimiter_is_detected_from_the_header_or_given() {
 
     let s = Setup::new(None, "base");
     let out = s.leads(
-        &[
-            "import",
-            "--campaign",
-            "q1",
-            "-",
-            "--delimiter",
-            "tab",
-            "--format",
-            "json",
-        ],
+        &words("import --campaign q1 - --delimiter tab --format json"),
         b"email\tname,x\nev@example.com\tEv,1\n",
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

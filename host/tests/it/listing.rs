@@ -17,6 +17,7 @@ use creditgate::http::HttpOptions;
 use creditgate::request::Request;
 use creditgate::store::{CounterAdd, Guard, MemoryStore, RedbStore, ScopeDump, Store, StoreError};
 
+use crate::harness::{self, unescape};
 use crate::http::{Api, code, send};
 
 // ---- the store's paged reads ------------------------------------------------------
@@ -389,14 +390,6 @@ fn plans_are_the_policy_in_force_at_the_version_healthz_reports() {
 
 // ---- the dashboard over many accounts ---------------------------------------------
 
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
-}
-
 /// The accounts a list page shows, with their states, and its next page's path.
 fn list_page(api: &Api, path: &str) -> (Vec<(String, String)>, Option<String>) {
     let (status, html) = send(&api.agent, &api.base, "get", path, None);
@@ -442,11 +435,7 @@ fn the_dashboard_pages_through_many_accounts_with_its_filters() {
     let mut names: Vec<String> = (0..123).map(|i| format!("acct-{i:03}")).collect();
     names.push("Zed".to_owned());
     for name in &names {
-        let subscribe = Request::Subscribe {
-            account: name.clone(),
-            plan: "small".into(),
-            anchor: None,
-        };
+        let subscribe = harness::subscription(name, "small");
         let d = api
             .gateway
             .decide_blocking(subscribe, at)

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::check::{creditgate, golden, repo, text};
+use crate::harness::words;
 
 /// Suite files under `dir`, recursively: the `.toml` files with a `[[case]]`.
 fn suite_files(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
@@ -86,12 +87,9 @@ fn a_failing_suite_prints_its_golden_report_and_exits_1() {
 
 #[test]
 fn a_filter_runs_only_the_cases_whose_name_contains_it() {
-    let out = creditgate(&[
-        "test",
-        "--filter",
-        "mixed::pass",
-        "host/tests/fixtures/suites",
-    ]);
+    let out = creditgate(&words(
+        "test --filter mixed::pass host/tests/fixtures/suites",
+    ));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(
         text(&out.stdout),
@@ -100,12 +98,9 @@ fn a_filter_runs_only_the_cases_whose_name_contains_it() {
          1 passed, 0 failed\n"
     );
 
-    let out = creditgate(&[
-        "test",
-        "--filter",
-        "expects_usage",
-        "host/tests/fixtures/suites",
-    ]);
+    let out = creditgate(&words(
+        "test --filter expects_usage host/tests/fixtures/suites",
+    ));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stdout).lines().last(), Some("0 passed, 1 failed"));
 }
