@@ -475,7 +475,10 @@ impl Checker<'_> {
             lead_credits,
             email_credits,
         } = &mut alerts;
-        let mut slots = [("lead_credits", lead_credits), ("email_credits", email_credits)];
+        let mut slots = [
+            ("lead_credits", lead_credits),
+            ("email_credits", email_credits),
+        ];
         self.slots("alerts", value, &mut slots, Self::thresholds);
         alerts
     }
