@@ -364,9 +364,20 @@ fn fired(threshold: u8, used: u64) -> FiredAlert {
     }
 }
 
-/// An alert log as the previous release kept it: records keyed
-/// `<at>/<sequence>/<credit>/<threshold>` and a counter `sequence`, in a scope
-/// of its own.
+/// Account `acme` in `store`, with an alert log of two alerts as the previous
+/// release kept it: records keyed `<at>/<sequence>/<credit>/<threshold>` and a
+/// counter `sequence`, in a scope of its own. The two alerts.
+fn acme_in_previous_layout(store: &dyn Store) -> (FiredAlert, FiredAlert) {
+    let (first, second) = (fired(80, 8), fired(100, 10));
+    store
+        .record_insert("acme", "account", "0 ten")
+        .expect("an account");
+    store
+        .import_scope("\u{1}alerts/acme", &previous_layout(&first, &second))
+        .expect("the previous layout");
+    (first, second)
+}
+
 fn previous_layout(first: &FiredAlert, second: &FiredAlert) -> creditgate::store::ScopeDump {
     let at = "00000000000000000100";
     creditgate::store::ScopeDump {
@@ -393,23 +404,17 @@ fn previous_layout(first: &FiredAlert, second: &FiredAlert) -> creditgate::store
 #[test]
 fn a_log_in_the_previous_layout_is_migrated_when_the_file_opens() {
     let (_dir, path) = harness::temp_path("previous.redb");
-    let (first, second) = (fired(80, 8), fired(100, 10));
-    let old = previous_layout(&first, &second);
-    {
+    let (first, second) = {
         let store = RedbStore::open(&path).expect("creates");
-        store
-            .record_insert("acme", "account", "0 ten")
-            .expect("an account");
-        store
-            .import_scope("\u{1}alerts/acme", &old)
-            .expect("the previous layout");
+        let alerts = acme_in_previous_layout(&store);
         store.persist().expect("durable");
         assert_eq!(
             store.scopes().expect("scopes"),
             ["\u{1}alerts/acme", "acme"],
             "the file is in the previous layout"
         );
-    }
+        alerts
+    };
     for _ in 0..2 {
         // Opened twice: the second opening finds nothing left to move.
         let store = RedbStore::open(&path).expect("reopens");
@@ -474,17 +479,7 @@ fn on_redis_the_log_conforms_and_the_previous_layout_is_migrated_on_connect() {
     use crate::redis::Stores as _;
     let server = crate::redis::RedisServer::start();
     the_log_conforms(&server.store("conform"));
-    let (first, second) = (fired(80, 8), fired(100, 10));
-    let old = previous_layout(&first, &second);
-    {
-        let store = server.store("old");
-        store
-            .record_insert("acme", "account", "0 ten")
-            .expect("an account");
-        store
-            .import_scope("\u{1}alerts/acme", &old)
-            .expect("the previous layout");
-    }
+    let (first, second) = acme_in_previous_layout(&server.store("old"));
     for _ in 0..2 {
         let store = server.store("old");
         assert_eq!(store.scopes().expect("scopes"), ["acme"]);

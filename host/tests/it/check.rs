@@ -48,6 +48,13 @@ pub fn golden(golden: &str, actual: &str) -> Option<String> {
     })
 }
 
+/// Panics with the difference unless `actual` is the golden file's text.
+pub fn assert_golden(golden_path: &str, actual: &str) {
+    if let Some(difference) = golden(golden_path, actual) {
+        panic!("{difference}");
+    }
+}
+
 #[test]
 fn every_invalid_policy_prints_its_golden_report_and_exits_1() {
     let mut names: Vec<String> = std::fs::read_dir(repo().join("policies/invalid"))
@@ -128,12 +135,10 @@ fn warnings_are_reported_and_the_check_passes() {
     let out = creditgate(&["check", file]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(text(&out.stderr), "");
-    if let Some(difference) = golden(
+    assert_golden(
         "host/tests/fixtures/check/warnings.expected",
         &text(&out.stdout),
-    ) {
-        panic!("{difference}");
-    }
+    );
 }
 
 #[test]

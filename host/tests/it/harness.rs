@@ -351,3 +351,15 @@ pub fn charge(account: &str, cost: u64) -> creditgate::request::Request {
         message_id: None,
     }
 }
+
+/// Every (group, member) of `scope`, in the store's order.
+pub fn memberships(store: &dyn Store, scope: &str) -> Vec<(String, String)> {
+    let mut every = Vec::new();
+    store
+        .visit_members(scope, None, &mut |g, m| {
+            every.push((g.to_owned(), m.to_owned()));
+            true
+        })
+        .expect("visits the members");
+    every
+}

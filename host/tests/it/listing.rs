@@ -66,13 +66,7 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
         assert_eq!(paged, all, "scopes, {limit} a page");
     }
 
-    let mut every = Vec::new();
-    store
-        .visit_members("s05", None, &mut |g, m| {
-            every.push((g.to_owned(), m.to_owned()));
-            true
-        })
-        .expect("visit");
+    let every = harness::memberships(store, "s05");
     assert_eq!(every.len(), 16);
     for group in [None, Some("g2"), Some("g1"), Some("nope")] {
         let whole: Vec<_> = every
