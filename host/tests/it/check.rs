@@ -284,12 +284,11 @@ fn check_with_a_store_refuses_a_policy_that_strands_accounts() {
         ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    let policy = dir.path().join("base-only.toml");
-    std::fs::write(
-        &policy,
+    let policy = harness::write_file(
+        dir.path(),
+        "base-only.toml",
         "[plans.base]\nlead_credits = 2000\nemail_credits = 6000\n",
-    )
-    .expect("writes");
+    );
     let policy = policy.to_str().expect("utf-8 path");
 
     let out = creditgate(&["check", policy]);

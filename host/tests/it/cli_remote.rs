@@ -32,8 +32,7 @@ fn gateway(dir: &Path) -> (Gateway, std::path::PathBuf) {
         ("spring", "a@x.io\nb@x.io\n"),
         ("summer", "b@x.io\nc@x.io\nd@x.io\n"),
     ] {
-        let csv = dir.join(format!("{campaign}.csv"));
-        std::fs::write(&csv, format!("email\n{emails}")).expect("csv");
+        let csv = harness::write_file(dir, format!("{campaign}.csv"), format!("email\n{emails}"));
         let line = format!("leads import --account acme --campaign {campaign}");
         let mut args = words(&line);
         args.push(csv.to_str().expect("utf-8"));

@@ -136,8 +136,7 @@ fn unavailable(result: Result<impl std::fmt::Debug, StoreError>, path: &Path) ->
 #[test]
 fn after_a_failed_commit_nothing_it_held_is_seen_and_the_store_reopens_by_itself() {
     let (_dir, path) = harness::temp_path("full.redb");
-    let disk = Disk::default();
-    let store = RedbStore::open_with(&path, disk.options()).expect("opens");
+    let (disk, store) = store_on_a_disk(&path);
     assert_eq!(add(&store, 5).expect("adds"), 5);
     store.persist().expect("durable");
     assert_eq!(store.losses(), 0);
@@ -177,8 +176,7 @@ fn after_a_failed_commit_nothing_it_held_is_seen_and_the_store_reopens_by_itself
 #[test]
 fn a_call_reopens_the_store_without_a_health_check() {
     let (_dir, path) = harness::temp_path("full.redb");
-    let disk = Disk::default();
-    let store = RedbStore::open_with(&path, disk.options()).expect("opens");
+    let (disk, store) = store_on_a_disk(&path);
     assert_eq!(add(&store, 2).expect("adds"), 2);
     store.persist().expect("durable");
     disk.fill();
@@ -193,8 +191,7 @@ fn a_call_reopens_the_store_without_a_health_check() {
 #[test]
 fn closing_after_a_failed_commit_writes_none_of_it() {
     let (_dir, path) = harness::temp_path("full.redb");
-    let disk = Disk::default();
-    let store = RedbStore::open_with(&path, disk.options()).expect("opens");
+    let (disk, store) = store_on_a_disk(&path);
     add(&store, 5).expect("adds");
     store.persist().expect("durable");
     disk.fill();
@@ -223,11 +220,18 @@ fn charge(account: &str, id: &str) -> Request {
     }
 }
 
+/// A redb store at `path` on a fresh [`Disk`].
+fn store_on_a_disk(path: &Path) -> (Disk, RedbStore) {
+    let disk = Disk::default();
+    let store = RedbStore::open_with(path, disk.options()).expect("opens");
+    (disk, store)
+}
+
 /// A redb store on a fresh [`Disk`] in `dir`, and a worker with [`POLICY`] over it.
 fn worker_on_a_disk(dir: &Path) -> (Disk, std::path::PathBuf, Arc<RedbStore>, Worker) {
     let path = dir.join("full.redb");
-    let disk = Disk::default();
-    let store = Arc::new(RedbStore::open_with(&path, disk.options()).expect("opens"));
+    let (disk, store) = store_on_a_disk(&path);
+    let store = Arc::new(store);
     let worker = harness::worker_on(store.clone(), POLICY);
     (disk, path, store, worker)
 }
@@ -338,8 +342,8 @@ impl Api {
 #[test]
 fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_acknowledged() {
     let (_dir, path) = harness::temp_path("full.redb");
-    let disk = Disk::default();
-    let store = Arc::new(RedbStore::open_with(&path, disk.options()).expect("opens"));
+    let (disk, store) = store_on_a_disk(&path);
+    let store = Arc::new(store);
     let api = Api::start(store);
     let (status, body) = api.call(
         "post",

@@ -363,3 +363,14 @@ pub fn memberships(store: &dyn Store, scope: &str) -> Vec<(String, String)> {
         .expect("visits the members");
     every
 }
+
+/// Writes `text` to the file `name` in `dir`; its path.
+pub fn write_file(
+    dir: &std::path::Path,
+    name: impl AsRef<std::path::Path>,
+    text: impl AsRef<[u8]>,
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writes {}: {e}", path.display()));
+    path
+}

@@ -384,8 +384,7 @@ impl Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let policy = match policy_text {
             Some(text) => {
-                let path = dir.path().join("policy.toml");
-                std::fs::write(&path, text).expect("policy written");
+                let path = harness::write_file(dir.path(), "policy.toml", text);
                 path
             }
             None => repo().join("policies/smartlead.toml"),

@@ -290,8 +290,7 @@ fn only_error(o: &Output) -> String {
 #[test]
 fn an_unknown_account_is_the_same_error_from_every_command() {
     let (dir, store) = harness::temp_path("cg.redb");
-    let csv = dir.path().join("leads.csv");
-    std::fs::write(&csv, "email\na@x.io\n").expect("csv");
+    let csv = harness::write_file(dir.path(), "leads.csv", "email\na@x.io\n");
     let csv = csv.to_str().expect("utf-8");
     // A ledger with another account: only a store that exists is asked about ghost.
     let o = run(&store, &["account", "subscribe", "acme", "--plan", "base"]);
@@ -500,8 +499,11 @@ fn serve_check_validates_without_creating_the_store() {
     assert!(stdout(&o).contains("opened read-only"), "{}", stdout(&o));
 
     // A broken policy: the error with its place, non-zero.
-    let policy = dir.path().join("broken.toml");
-    std::fs::write(&policy, "[plans.base]\nlead_credits = \"lots\"\n").expect("policy");
+    let policy = harness::write_file(
+        dir.path(),
+        "broken.toml",
+        "[plans.base]\nlead_credits = \"lots\"\n",
+    );
     let o = run(
         &store,
         &[
@@ -517,8 +519,7 @@ fn serve_check_validates_without_creating_the_store() {
     assert!(stderr(&o).contains("broken.toml:"), "{}", stderr(&o));
 
     // A config with an unknown key.
-    let config = dir.path().join("serve.toml");
-    std::fs::write(&config, "http_listn = \"127.0.0.1:1\"\n").expect("config");
+    let config = harness::write_file(dir.path(), "serve.toml", "http_listn = \"127.0.0.1:1\"\n");
     let o = run(
         &store,
         &[
@@ -696,8 +697,7 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
             _ => csv += &format!("n{i},lead{i}@example.com\n"),
         }
     }
-    let file = dir.path().join("leads.csv");
-    std::fs::write(&file, &csv).expect("csv");
+    let file = harness::write_file(dir.path(), "leads.csv", &csv);
     let file = file.to_str().expect("utf-8");
     let o = remote(&[
         "leads",

@@ -30,8 +30,7 @@ fn cli(args: &[&OsStr]) -> Output {
 #[test]
 fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
     let (dir, store) = harness::temp_path("store.redb");
-    let policy = dir.path().join("domains.policy");
-    std::fs::write(&policy, POLICY).expect("writes the policy");
+    let policy = harness::write_file(dir.path(), "domains.policy", POLICY);
     let serve = Serve::start_with(&store, &policy, Some(Path::new(wasm())));
 
     serve.subscribe("acme", "small");

@@ -85,8 +85,7 @@ fn a_subscription_creates_a_missing_store() {
 }
 
 fn empty_file(dir: &Path) -> PathBuf {
-    let store = dir.join("truncated.redb");
-    std::fs::write(&store, b"").expect("an empty file");
+    let store = harness::write_file(dir, "truncated.redb", b"");
     store
 }
 
@@ -145,14 +144,12 @@ fn serve_init_store_starts_a_ledger_in_an_empty_file() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
     // The same from the config file.
-    let store = dir.path().join("second.redb");
-    std::fs::write(&store, b"").expect("an empty file");
-    let config = dir.path().join("serve.toml");
-    std::fs::write(
-        &config,
+    let store = harness::write_file(dir.path(), "second.redb", b"");
+    let config = harness::write_file(
+        dir.path(),
+        "serve.toml",
         "init_store = true\npostfix_listen = \"off\"\nhttp_listen = \"off\"\n",
-    )
-    .expect("written");
+    );
     let o = run(
         &store,
         &["serve", "--config", config.to_str().expect("utf-8")],
