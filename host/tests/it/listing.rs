@@ -261,6 +261,10 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
         None,
     );
     assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "after: this cursor belongs to another campaign's listing"
+    );
     for path in ["/v1/accounts/nobody/campaigns", "/v1/accounts/nobody/leads"] {
         let template = if path.ends_with("campaigns") {
             "/v1/accounts/{account}/campaigns"
@@ -302,6 +306,10 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
         None,
     );
     assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "after: this cursor belongs to another account's listing"
+    );
     // Without the account filter, a cursor resumes the listing of all.
     let (_, body) = api.call(
         "get",
