@@ -231,9 +231,7 @@ fn an_unknown_account_is_refused_before_the_file_is_read() {
 #[test]
 fn progress_is_reported_after_each_batch() {
     let mut worker = subscribed(harness::SMARTLEAD, "base");
-    let csv: String = std::iter::once("email\n".to_string())
-        .chain((0..10).map(|i| format!("p{i}@example.com\n")))
-        .collect();
+    let csv = numbered_csv("p", 10);
     let mut opts = options("q1");
     opts.batch = 4;
     let mut seen = Vec::new();
@@ -443,6 +441,13 @@ impl Setup {
     }
 }
 
+/// A CSV of an `email` column: `{prefix}0@example.com` to `{prefix}{n-1}@…`.
+fn numbered_csv(prefix: &str, n: usize) -> String {
+    std::iter::once("email\n".to_string())
+        .chain((0..n).map(|i| format!("{prefix}{i}@example.com\n")))
+        .collect()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -530,9 +535,7 @@ fn import_reads_stdin_and_reports_json() {
 #[test]
 fn a_dry_run_reports_the_same_and_changes_nothing() {
     let s = Setup::new(Some(TINY), "tiny");
-    let csv: String = std::iter::once("email\n".to_string())
-        .chain((0..8).map(|i| format!("d{i}@example.com\n")))
-        .collect();
+    let csv = numbered_csv("d", 8);
     let file = s.write("leads.csv", csv.as_bytes());
     // One contact already held, in another campaign.
     let out = s.leads(
@@ -580,9 +583,7 @@ fn a_dry_run_reports_the_same_and_changes_nothing() {
 #[test]
 fn credits_run_out_part_way_through_the_binary() {
     let s = Setup::new(Some(TINY), "tiny");
-    let csv: String = std::iter::once("email\n".to_string())
-        .chain((0..9).map(|i| format!("x{i}@example.com\n")))
-        .collect();
+    let csv = numbered_csv("x", 9);
     let out = s.leads(
         &words("import --campaign q1 - --batch 2 --format json"),
         csv.as_bytes(),
@@ -946,9 +947,7 @@ fn alerts_listed(s: &Setup) -> Vec<(String, u64, u64, u64)> {
 #[test]
 fn a_cli_import_that_crosses_thresholds_logs_and_prints_its_alerts() {
     let s = Setup::new(None, "base");
-    let csv: String = std::iter::once("email\n".to_string())
-        .chain((0..2000).map(|i| format!("p{i}@example.com\n")))
-        .collect();
+    let csv = numbered_csv("p", 2000);
     let out = s.leads(
         &["import", "--campaign", "q1", "-", "--batch", "700"],
         csv.as_bytes(),
