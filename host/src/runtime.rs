@@ -515,14 +515,6 @@ pub struct HostState {
     clock: CallClock,
 }
 
-impl HostState {
-    /// The store, the interned names and the clock, borrowed apart: a store
-    /// call is timed while it reads names.
-    fn parts(&mut self) -> (&dyn Store, &Names, &mut CallClock) {
-        (self.store.as_ref(), &self.names, &mut self.clock)
-    }
-}
-
 /// The strings an instance interned, by handle, and their total length.
 #[derive(Default)]
 struct Names {
@@ -752,6 +744,14 @@ impl state::Host for HostState {
         let (scope, counter) = (names.get(scope)?, names.get(counter)?);
         let guard = guard_of(names, guard)?;
         clock.timed(|| store.counter_tally(scope, Some(guard), counter, now))
+    }
+}
+
+impl HostState {
+    /// The store, the interned names and the clock, borrowed apart: a store
+    /// call is timed while it reads names.
+    fn parts(&mut self) -> (&dyn Store, &Names, &mut CallClock) {
+        (self.store.as_ref(), &self.names, &mut self.clock)
     }
 }
 

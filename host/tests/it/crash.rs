@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use creditgate::store::{RedbStore, Store, journal_path};
-use creditgate_testkit::serve::{ServeProcess, postfix_request};
+use creditgate_testkit::serve::ServeProcess;
 
 /// Client threads, each with its own HTTP agent and Postfix connection.
 const CLIENTS: usize = 6;
@@ -402,6 +402,20 @@ fn http(
     Ok((status, value))
 }
 
+/// A Postfix policy request, with every attribute Postfix sends.
+fn policy_request(state: &str, account: &str, extra: &[(&str, String)]) -> String {
+    let mut text = format!(
+        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
+         client_address=127.0.0.1\nsasl_username={account}\nsender=al@example.com\n\
+         recipient=bo@example.org\n"
+    );
+    for (name, value) in extra {
+        text.push_str(&format!("{name}={value}\n"));
+    }
+    text.push('\n');
+    text
+}
+
 fn contact(j: u64) -> String {
     format!("lead{j}@d{}.example.com", j % 3)
 }
@@ -678,11 +692,13 @@ impl Client<'_> {
         instance: &str,
         fresh: bool,
     ) -> Flow {
-        let count = cost.to_string();
-        let request = postfix_request(
+        let request = policy_request(
             "END-OF-MESSAGE",
             account,
-            &[("recipient_count", &count), ("instance", instance)],
+            &[
+                ("recipient_count", cost.to_string()),
+                ("instance", instance.to_owned()),
+            ],
         );
         let answer = match self.ask_postfix(&request, fresh) {
             Ok(action) if action == "DUNNO" => Charge::Allowed {
@@ -1010,7 +1026,7 @@ impl Client<'_> {
     }
 
     fn rcpt(&mut self, account: &str) -> Flow {
-        let request = postfix_request("RCPT", account, &[]);
+        let request = policy_request("RCPT", account, &[]);
         match self.ask_postfix(&request, false) {
             Ok(action) if action == "DUNNO" || action.starts_with("DEFER 4.7.1") => {
                 self.log().stats.checks += 1;
@@ -1200,15 +1216,20 @@ impl Files {
 
     /// The CLI on the store, with the test's policy and component cache.
     fn cli(&self, args: &[&str]) -> Value {
-        let output = crate::harness::succeeds(
-            Command::new(env!("CARGO_BIN_EXE_creditgate"))
-                .args(args)
-                .arg("--store")
-                .arg(&self.store)
-                .arg("--policy")
-                .arg(&self.policy)
-                .env("CREDITGATE_CACHE_DIR", &self.cache)
-                .stdin(Stdio::null()),
+        let output = Command::new(env!("CARGO_BIN_EXE_creditgate"))
+            .args(args)
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--policy")
+            .arg(&self.policy)
+            .env("CREDITGATE_CACHE_DIR", &self.cache)
+            .stdin(Stdio::null())
+            .output()
+            .expect("creditgate runs");
+        assert!(
+            output.status.success(),
+            "creditgate {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
             panic!(

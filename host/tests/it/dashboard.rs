@@ -142,8 +142,7 @@ fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
 }
 
 fn policy_file(dir: &Path) -> PathBuf {
-    let path = harness::write_file(dir, "policy.toml", POLICY);
-    path
+    harness::write_file(dir, "policy.toml", POLICY)
 }
 
 fn emails(tag: &str, count: usize) -> Vec<String> {

@@ -16,11 +16,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use creditgate::gateway::Gateway;
 use creditgate::http::{self, HttpOptions, Reloaded, Reloader};
 use creditgate::postfix::PostfixConfig;
+use creditgate::request::Request;
 use creditgate::serve::{ServeOptions, serve_postfix};
 use creditgate::store::MemoryStore;
 use creditgate::time::now;
-
-use crate::harness::{self, Serving, on_tokio as run};
 
 const POLICY: &str = "[plans.small]\nlead_credits = 20\nemail_credits = 50\n";
 
@@ -44,7 +43,11 @@ fn gateway() -> Arc<Gateway> {
     )
     .expect("gateway starts");
     let gateway = Arc::new(gateway);
-    let subscribe = harness::subscription("acme", "small");
+    let subscribe = Request::Subscribe {
+        account: "acme".into(),
+        plan: "small".into(),
+        anchor: None,
+    };
     let decision = gateway
         .decide_blocking(subscribe, now())
         .expect("subscribes");
@@ -56,41 +59,100 @@ fn gateway() -> Arc<Gateway> {
 /// so that the clients of a test compete with it as they would from outside.
 struct Server {
     addr: SocketAddr,
-    _serving: Serving,
+    gateway: Arc<Gateway>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
     fn postfix(options: ServeOptions) -> Server {
-        let serve = move |listener, gateway, stopped| {
+        Server::start(move |listener, gateway, stopped| {
             Box::pin(serve_postfix(
                 listener,
                 gateway,
                 Arc::new(PostfixConfig::default()),
                 options,
                 stopped,
-            )) as _
-        };
-        Server::from(Serving::start(gateway(), Box::new(serve)))
+            ))
+        })
     }
 
     fn http(options: HttpOptions) -> Server {
-        let reload: Reloader = Arc::new(|_force| {
-            Ok(Reloaded {
-                version: 0,
-                warnings: Vec::new(),
+        Server::start(move |listener, gateway, stopped| {
+            let reload: Reloader = Arc::new(|_force| {
+                Ok(Reloaded {
+                    version: 0,
+                    warnings: Vec::new(),
+                })
+            });
+            let router = http::router(gateway, reload, &options);
+            Box::pin(async move {
+                http::serve_http(listener, router, &options, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("serves");
             })
+        })
+    }
+
+    fn start(
+        serve: impl FnOnce(
+            tokio::net::TcpListener,
+            Arc<Gateway>,
+            tokio::sync::oneshot::Receiver<()>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + 'static,
+    ) -> Server {
+        let gateway = gateway();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound, addr) = std::sync::mpsc::channel();
+        let served = gateway.clone();
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(async move {
+                    // Bound as `serve` binds, with its backlog.
+                    let listener = creditgate::serve::bind_tcp(SocketAddr::from((LOCALHOST, 0)))
+                        .expect("binds");
+                    let _ = bound.send(listener.local_addr().expect("address"));
+                    serve(listener, served, stopped).await;
+                });
         });
-        Server::from(Serving::http(gateway(), reload, options))
+        let addr = addr.recv_timeout(WAIT).expect("the server listens");
+        Server {
+            addr,
+            gateway,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 }
 
-impl From<Serving> for Server {
-    fn from(serving: Serving) -> Server {
-        Server {
-            addr: serving.addr,
-            _serving: serving,
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.gateway.shutdown();
     }
+}
+
+/// Runs `test` on a small multi-thread runtime of its own.
+fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(test());
 }
 
 async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {

@@ -86,7 +86,10 @@ fn unbounded_recursion_traps_and_the_instance_is_replaced() {
 
 #[test]
 fn memory_growth_stops_at_the_cap() {
-    traps_then_serves("grow", 1);
+    let (mut worker, _) = hostile_worker("grow");
+    let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
+    assert!(matches!(err, DecideError::Trap(_)), "{err}");
+    still_serves(&mut worker);
 }
 
 #[test]

@@ -381,10 +381,7 @@ impl Setup {
     fn new(policy_text: Option<&str>, plan: &str) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let policy = match policy_text {
-            Some(text) => {
-                let path = harness::write_file(dir.path(), "policy.toml", text);
-                path
-            }
+            Some(text) => harness::write_file(dir.path(), "policy.toml", text),
             None => repo().join("policies/smartlead.toml"),
         };
         let setup = Setup { dir, policy };

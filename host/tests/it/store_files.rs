@@ -85,8 +85,7 @@ fn a_subscription_creates_a_missing_store() {
 }
 
 fn empty_file(dir: &Path) -> PathBuf {
-    let store = harness::write_file(dir, "truncated.redb", b"");
-    store
+    harness::write_file(dir, "truncated.redb", b"")
 }
 
 #[test]
