@@ -73,15 +73,7 @@ store="redis://127.0.0.1:$redis_port?prefix=load"
 
 # creditgate-load's accounts and plans (see its --spawn): load-0 .. load-N-1,
 # the first tenth on a plan that runs out.
-cat >"$dir/policy.toml" <<'EOF'
-[plans.load]
-lead_credits = 1000
-email_credits = 1000000000000
-
-[plans.small]
-lead_credits = 10
-email_credits = 20
-EOF
+cp benches/load-policy.toml "$dir/policy.toml"
 small=$(((ACCOUNTS + 5) / 10))
 at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 for ((i = 0; i < ACCOUNTS; i++)); do

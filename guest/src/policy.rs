@@ -457,57 +457,59 @@ impl Checker<'_> {
 
     fn email_costs(&mut self, value: &Value<'_>) -> EmailCosts {
         let mut costs = EmailCosts::default();
-        let Some(table) = self.table("email_costs", value) else {
-            return costs;
-        };
-        for (key, v) in table {
-            let path = format!("email_costs.{}", key.get_ref());
-            let slot = match key.get_ref().as_ref() {
-                "first" => &mut costs.first,
-                "follow_up" => &mut costs.follow_up,
-                "reply" => &mut costs.reply,
-                other => {
-                    self.unknown_key(
-                        "email_costs",
-                        other,
-                        key.span(),
-                        &["first", "follow_up", "reply"],
-                    );
-                    continue;
-                }
-            };
-            if let Some(cost) = self.integer(&path, v, MAX_EMAIL_COST) {
-                *slot = cost;
-            }
-        }
+        let EmailCosts {
+            first,
+            follow_up,
+            reply,
+        } = &mut costs;
+        let mut slots = [("first", first), ("follow_up", follow_up), ("reply", reply)];
+        self.slots("email_costs", value, &mut slots, |p, path, v| {
+            p.integer(path, v, MAX_EMAIL_COST)
+        });
         costs
     }
 
     fn alerts(&mut self, value: &Value<'_>) -> Alerts {
         let mut alerts = Alerts::default();
-        let Some(table) = self.table("alerts", value) else {
-            return alerts;
+        let Alerts {
+            lead_credits,
+            email_credits,
+        } = &mut alerts;
+        let mut slots = [
+            ("lead_credits", lead_credits),
+            ("email_credits", email_credits),
+        ];
+        self.slots("alerts", value, &mut slots, Self::thresholds);
+        alerts
+    }
+
+    /// The table `section`: each key names one of `slots`, set to its value as
+    /// `read` reads it (an invalid value reported, its slot left alone); any
+    /// other key is reported unknown.
+    fn slots<T>(
+        &mut self,
+        section: &str,
+        value: &Value<'_>,
+        slots: &mut [(&str, &mut T)],
+        read: impl Fn(&mut Self, &str, &Value<'_>) -> Option<T>,
+    ) {
+        let Some(table) = self.table(section, value) else {
+            return;
         };
         for (key, v) in table {
-            let path = format!("alerts.{}", key.get_ref());
-            let slot = match key.get_ref().as_ref() {
-                "lead_credits" => &mut alerts.lead_credits,
-                "email_credits" => &mut alerts.email_credits,
-                other => {
-                    self.unknown_key(
-                        "alerts",
-                        other,
-                        key.span(),
-                        &["lead_credits", "email_credits"],
-                    );
-                    continue;
+            let name = key.get_ref().as_ref();
+            match slots.iter_mut().find(|(slot, _)| *slot == name) {
+                Some((_, slot)) => {
+                    if let Some(read) = read(self, &format!("{section}.{name}"), v) {
+                        **slot = read;
+                    }
                 }
-            };
-            if let Some(thresholds) = self.thresholds(&path, v) {
-                *slot = thresholds;
+                None => {
+                    let known: Vec<&str> = slots.iter().map(|(slot, _)| *slot).collect();
+                    self.unknown_key(section, name, key.span(), &known);
+                }
             }
         }
-        alerts
     }
 
     /// A list of percentages, strictly ascending, each 1 to 100 (`[]`: no alerts).

@@ -257,6 +257,21 @@ impl Listing {
     fn filter(&self, name: &str) -> Option<&str> {
         self.filters.get(name).map(String::as_str)
     }
+
+    /// The two parts of the cursor, if any; refused when the listing is
+    /// filtered on one `what` (`filter`) and the cursor is of another's.
+    fn pair_after(&self, filter: Option<&str>, what: &str) -> ApiResult<Option<(String, String)>> {
+        let Some(parts) = &self.after else {
+            return Ok(None);
+        };
+        match (&parts[..], filter) {
+            ([first, _], Some(filter)) if first != filter => Err(invalid_query(format!(
+                "after: this cursor belongs to another {what}'s listing"
+            ))),
+            ([first, second], _) => Ok(Some((first.clone(), second.clone()))),
+            _ => Ok(None),
+        }
+    }
 }
 
 fn invalid_query(message: String) -> ApiError {
@@ -520,18 +535,7 @@ async fn leads(
         .map(|c| bulk.names.campaign(c))
         .transpose()
         .map_err(ApiError::name)?;
-    let after = match listing.after {
-        Some(parts) => match (&parts[..], &campaign) {
-            ([group, _], Some(campaign)) if group != campaign => {
-                return Err(invalid_query(
-                    "after: this cursor belongs to another campaign's listing".to_owned(),
-                ));
-            }
-            ([group, member], _) => Some((group.clone(), member.clone())),
-            _ => None,
-        },
-        None => None,
-    };
+    let after = listing.pair_after(campaign.as_deref(), "campaign")?;
     let _slot = bulk.slot().await.map_err(busy)?;
     known(&bulk, &account).await?;
     let (name, limit) = (account.clone(), listing.limit);
@@ -579,18 +583,7 @@ async fn alerts_page(
         .map(|a| bulk.names.account(a))
         .transpose()
         .map_err(ApiError::name)?;
-    let after = match listing.after {
-        Some(parts) => match (&parts[..], &account) {
-            ([a, _], Some(account)) if a != account => {
-                return Err(invalid_query(
-                    "after: this cursor belongs to another account's listing".to_owned(),
-                ));
-            }
-            ([a, key], _) => Some((a.clone(), key.clone())),
-            _ => None,
-        },
-        None => None,
-    };
+    let after = listing.pair_after(account.as_deref(), "account")?;
     let _slot = bulk.slot().await.map_err(busy)?;
     let limit = listing.limit;
     // (account, key, value) of one more alert than the page holds.

@@ -952,6 +952,14 @@ mod tests {
         }
     }
 
+    /// What an RCPT request from `account` maps to: a check of one credit.
+    fn checked(account: &str) -> Result<Mapped, MappingError> {
+        Ok(Mapped::Check {
+            account: account.into(),
+            cost: 1,
+        })
+    }
+
     fn rcpt(sasl: &str, sender: &str) -> PolicyRequest {
         request(&[
             ("request", "smtpd_access_policy"),
@@ -1324,13 +1332,7 @@ mod tests {
     #[test]
     fn rcpt_maps_to_a_check_of_one_credit() {
         let got = PostfixConfig::default().map(&rcpt("acme", "al@example.com"));
-        assert_eq!(
-            got,
-            Ok(Mapped::Check {
-                account: "acme".into(),
-                cost: 1
-            })
-        );
+        assert_eq!(got, checked("acme"));
     }
 
     #[test]
@@ -1399,13 +1401,7 @@ mod tests {
     #[test]
     fn account_from_sasl_username() {
         let c = config(AccountFrom::SaslUsername);
-        assert_eq!(
-            c.map(&rcpt("acme", "al@example.com")),
-            Ok(Mapped::Check {
-                account: "acme".into(),
-                cost: 1
-            })
-        );
+        assert_eq!(c.map(&rcpt("acme", "al@example.com")), checked("acme"));
         assert_eq!(
             c.map(&rcpt("", "al@example.com")),
             Err(MappingError::NoAccount {
@@ -1432,14 +1428,7 @@ mod tests {
             "race2\t",
             "Race2\u{a0}",
         ] {
-            assert_eq!(
-                c.map(&rcpt(user, "")),
-                Ok(Mapped::Check {
-                    account: "race2".into(),
-                    cost: 1
-                }),
-                "{user:?}"
-            );
+            assert_eq!(c.map(&rcpt(user, "")), checked("race2"), "{user:?}");
         }
         let mut keep = config(AccountFrom::SaslUsername);
         keep.names.case_sensitive = true;
@@ -1469,10 +1458,7 @@ mod tests {
         let c = config(AccountFrom::Sender);
         assert_eq!(
             c.map(&rcpt("", "Al@Example.COM")),
-            Ok(Mapped::Check {
-                account: "al@example.com".into(),
-                cost: 1
-            })
+            checked("al@example.com")
         );
         // The null sender (a bounce) names no account.
         assert_eq!(
@@ -1486,10 +1472,7 @@ mod tests {
         let c = config(AccountFrom::SenderDomain);
         assert_eq!(
             c.map(&rcpt("", "\"a@b\"@Mail.Example.COM")),
-            Ok(Mapped::Check {
-                account: "mail.example.com".into(),
-                cost: 1
-            })
+            checked("mail.example.com")
         );
         for sender in ["", "postmaster", "al@"] {
             assert!(
@@ -1514,13 +1497,7 @@ mod tests {
             key: AccountKey::SenderDomain,
             map: map.clone(),
         });
-        assert_eq!(
-            c.map(&rcpt("", "al@EXAMPLE.com")),
-            Ok(Mapped::Check {
-                account: "acme".into(),
-                cost: 1
-            })
-        );
+        assert_eq!(c.map(&rcpt("", "al@EXAMPLE.com")), checked("acme"));
         for sender in ["al@example.org", "al@empty.example"] {
             assert!(matches!(
                 c.map(&rcpt("", sender)),
@@ -1602,7 +1579,7 @@ mod tests {
         assert_eq!(c.actions.unknown_account, FailureAction::FailClosed);
         assert_eq!(c.actions.internal_error, FailureAction::FailOpen);
 
-        let c: PostfixConfig = toml::from_str(
+        let table: PostfixConfig = toml::from_str(
             r#"
             [account_from.table]
             key = "sasl_username"
@@ -1613,30 +1590,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.account_from,
+            table.account_from,
             AccountFrom::Table {
                 key: AccountKey::SaslUsername,
                 map: [("u1".to_owned(), "acme".to_owned())].into()
             }
         );
         // Defaults: an unknown account fails closed, no account at all fails open.
-        assert_eq!(c.actions.unknown_account, FailureAction::FailClosed);
-        assert_eq!(c.actions.no_account, FailureAction::FailOpen);
+        assert_eq!(table.actions.unknown_account, FailureAction::FailClosed);
+        assert_eq!(table.actions.no_account, FailureAction::FailOpen);
         let c: PostfixConfig =
             toml::from_str("[actions]\nunknown_account = \"dunno\"").expect("dunno is fail_open");
         assert_eq!(c.actions.unknown_account, FailureAction::FailOpen);
-        let c: PostfixConfig = toml::from_str(
-            r#"
-            [account_from.table]
-            key = "sasl_username"
-            map = { "u1" = "acme" }
-            [actions]
-            exhausted = { custom = "450 4.7.1 Over quota until {resets_at}" }
-            "#,
-        )
-        .unwrap();
         assert_eq!(
-            c.actions
+            table
+                .actions
                 .reply_for_exhausted("2025-03-31T09:00:00Z", None)
                 .action(),
             "450 4.7.1 Over quota until 2025-03-31T09:00:00Z"

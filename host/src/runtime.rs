@@ -748,12 +748,7 @@ impl state::Host for HostState {
         expires_at: Option<i64>,
         now: i64,
     ) -> Result<GuardedAdd, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
+        let (store, names, clock) = self.parts();
         let (scope, counter) = (names.get(scope)?, names.get(counter)?);
         let guard = guard_of(names, guard)?;
         // The store keeps a once key whole, as 0.1.0 wrote it.
@@ -790,12 +785,7 @@ impl state::Host for HostState {
         counter: u32,
         now: i64,
     ) -> Result<Option<GuardedMember>, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
+        let (store, names, clock) = self.parts();
         let (scope, group, counter) = (names.get(scope)?, names.get(group)?, names.get(counter)?);
         let guard = Some(guard_of(names, guard)?);
         let added = clock.timed(|| {
@@ -810,15 +800,18 @@ impl state::Host for HostState {
         counter: u32,
         now: i64,
     ) -> Result<Option<Tally>, StateError> {
-        let Self {
-            store,
-            names,
-            clock,
-            ..
-        } = self;
+        let (store, names, clock) = self.parts();
         let (scope, counter) = (names.get(scope)?, names.get(counter)?);
         let guard = guard_of(names, guard)?;
         clock.timed(|| store.counter_tally(scope, Some(guard), counter, now))
+    }
+}
+
+impl HostState {
+    /// The store, the interned names and the clock, borrowed apart: a store
+    /// call is timed while it reads names.
+    fn parts(&mut self) -> (&dyn Store, &Names, &mut CallClock) {
+        (self.store.as_ref(), &self.names, &mut self.clock)
     }
 }
 

@@ -114,13 +114,7 @@ impl RedisServer {
         };
         for attempt in 0.. {
             server.port = free_port();
-            server.child = Some(spawn_server(
-                &server.program,
-                server.port,
-                server.dir.path(),
-                &server.args,
-            ));
-            if server.wait_ready() {
+            if server.spawn() {
                 return server;
             }
             // Most likely the port was taken in between: try another.
@@ -133,6 +127,17 @@ impl RedisServer {
     /// The server's log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// Starts the server on its port and directory; waits as [`Self::wait_ready`].
+    fn spawn(&mut self) -> bool {
+        self.child = Some(spawn_server(
+            &self.program,
+            self.port,
+            self.dir.path(),
+            &self.args,
+        ));
+        self.wait_ready()
     }
 
     /// Waits until the server answers PING; false if it exited or never answered.
@@ -181,13 +186,7 @@ impl RedisServer {
         assert!(self.child.is_none(), "kill it first");
         let deadline = Instant::now() + WAIT;
         loop {
-            self.child = Some(spawn_server(
-                &self.program,
-                self.port,
-                self.dir.path(),
-                &self.args,
-            ));
-            if self.wait_ready() {
+            if self.spawn() {
                 return;
             }
             self.kill();

@@ -257,14 +257,34 @@ impl Drop for ServeProcess {
     }
 }
 
+/// A Postfix policy request at `state` from `account` (SASL), with every
+/// attribute Postfix sends and then `extra`, ending in the blank line.
+pub fn postfix_request(state: &str, account: &str, extra: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
+         client_address=127.0.0.1\nsasl_username={account}\nsender=al@example.com\n\
+         recipient=bo@example.org\n"
+    );
+    for (name, value) in extra {
+        text.push_str(&format!("{name}={value}\n"));
+    }
+    text.push('\n');
+    text
+}
+
 /// One Postfix policy request (`name=value` lines and the blank line that ends
 /// them) on a fresh connection to `addr`; the reply's attributes, trimmed
 /// (`action=DUNNO`). Panics when no whole reply comes within [`WAIT`].
 pub fn policy_request(addr: SocketAddr, request: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr)
+    let stream = std::net::TcpStream::connect(addr)
         .unwrap_or_else(|e| panic!("connects to the policy listener {addr}: {e}"));
     stream.set_read_timeout(Some(WAIT)).expect("sets a timeout");
+    policy_exchange(stream, request)
+}
+
+/// One Postfix policy request on `stream`, a connection to a policy listener
+/// (TCP or unix, its read timeout set); the reply's attributes, trimmed.
+pub fn policy_exchange(mut stream: impl std::io::Read + std::io::Write, request: &str) -> String {
     stream
         .write_all(request.as_bytes())
         .expect("writes the request");

@@ -267,6 +267,11 @@ pub(super) fn usage_of(worker: &mut Worker, account: &str) -> anyhow::Result<Acc
     if let Some(denied) = Denied::of(account, &decision) {
         return Err(denied.into());
     }
+    allowed_view(account, &decision)
+}
+
+/// The account as an allowed decision leaves it.
+fn allowed_view(account: &str, decision: &Decision) -> anyhow::Result<AccountView> {
     let usage = decision
         .usage
         .as_ref()
@@ -321,11 +326,7 @@ fn change(
         }
         return Err(denied.into());
     }
-    let usage = decision
-        .usage
-        .as_ref()
-        .with_context(|| format!("the policy allowed {account:?} but gave no usage"))?;
-    Ok(AccountView::new(account, usage))
+    allowed_view(account, &decision)
 }
 
 fn print_account(format: Format, view: &AccountView, verb: Option<&str>) -> anyhow::Result<Exit> {

@@ -14,6 +14,8 @@ use creditgate::request::Request;
 use creditgate::store::{MemoryStore, RedbStore, Store};
 use creditgate::time::parse_instant;
 
+use crate::harness;
+
 const POLICY: &str = "\
 [plans.ten]
 lead_credits = 10
@@ -40,24 +42,24 @@ fn decide(gateway: &Gateway, request: Request, now: i64) {
 }
 
 fn subscribe(gateway: &Gateway, account: &str, plan: &str) {
-    let request = Request::Subscribe {
-        account: account.into(),
-        plan: plan.into(),
-        anchor: None,
-    };
+    let request = harness::subscription(account, plan);
     decide(gateway, request, at("2026-01-15T10:00:00Z"));
 }
 
 fn charge(gateway: &Gateway, account: &str, cost: u64, now: i64) {
-    let request = Request::ChargeEmail {
-        account: account.into(),
-        cost,
-        message_id: None,
-    };
+    let request = harness::charge(account, cost);
     decide(gateway, request, now);
 }
 
 /// `(credit, threshold, used, limit)` of every alert logged for `account`.
+/// A gateway over a fresh memory store, with `acme` on `plan`.
+fn acme_on(plan: &str) -> (Arc<dyn Store>, Gateway) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gateway = gateway(store.clone());
+    subscribe(&gateway, "acme", plan);
+    (store, gateway)
+}
+
 fn logged(store: &dyn Store, account: &str) -> Vec<(String, u8, u64, u64)> {
     alerts::list(store, Some(account))
         .expect("the log reads")
@@ -72,9 +74,7 @@ fn email(threshold: u8, used: u64, limit: u64) -> (String, u8, u64, u64) {
 
 #[test]
 fn crossing_80_percent_fires_once_and_the_reset_rearms_it() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gateway = gateway(store.clone());
-    subscribe(&gateway, "acme", "ten");
+    let (store, gateway) = acme_on("ten");
     let january = at("2026-01-20T00:00:00Z");
     for _ in 0..7 {
         charge(&gateway, "acme", 1, january);
@@ -103,9 +103,7 @@ fn crossing_80_percent_fires_once_and_the_reset_rearms_it() {
 
 #[test]
 fn an_upgrade_that_moves_usage_under_a_threshold_rearms_it() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gateway = gateway(store.clone());
-    subscribe(&gateway, "acme", "ten");
+    let (store, gateway) = acme_on("ten");
     let now = at("2026-01-20T00:00:00Z");
     charge(&gateway, "acme", 9, now);
     assert_eq!(logged(store.as_ref(), "acme"), [email(80, 9, 10)]);
@@ -136,9 +134,7 @@ fn an_upgrade_that_moves_usage_under_a_threshold_rearms_it() {
 
 #[test]
 fn lead_alerts_fire_again_after_deletions_took_usage_back_under() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gateway = gateway(store.clone());
-    subscribe(&gateway, "acme", "ten");
+    let (store, gateway) = acme_on("ten");
     let now = at("2026-01-20T00:00:00Z");
     let add = |email: &str| Request::AddLead {
         account: "acme".into(),
@@ -162,8 +158,7 @@ fn lead_alerts_fire_again_after_deletions_took_usage_back_under() {
 
 #[test]
 fn the_cli_lists_what_fired() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("state.redb");
+    let (_dir, path) = harness::temp_path("state.redb");
     {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).expect("opens"));
         let gateway = gateway(store);
@@ -241,17 +236,15 @@ fn endpoint(statuses: Vec<u16>, answer: bool) -> (String, mpsc::Receiver<(String
 
 const SECRET: &str = "a-webhook-secret-0123456789";
 
-fn with_webhook(
-    store: Arc<dyn Store>,
-    url: String,
-    retry: Retry,
-) -> (Gateway, tokio::runtime::Runtime) {
+/// A gateway over a fresh store with `acme` on `plan`, its alerts delivered to
+/// `url` with `retry`, on the runtime returned with it.
+fn acme_with_webhook(url: String, retry: Retry, plan: &str) -> (Gateway, tokio::runtime::Runtime) {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("tokio");
-    let gateway = gateway(store);
+    let (_, gateway) = acme_on(plan);
     let webhook = Webhook {
         url,
         secret: SECRET.into(),
@@ -271,8 +264,7 @@ fn a_failing_webhook_is_retried_and_every_attempt_is_signed() {
         first_backoff: Duration::from_millis(20),
         timeout: Duration::from_secs(5),
     };
-    let (gateway, _tokio) = with_webhook(Arc::new(MemoryStore::new()), url, retry);
-    subscribe(&gateway, "acme", "ten");
+    let (gateway, _tokio) = acme_with_webhook(url, retry, "ten");
     charge(&gateway, "acme", 8, at("2026-01-20T00:00:00Z"));
     let mut attempts = Vec::new();
     for _ in 0..3 {
@@ -314,8 +306,7 @@ fn a_webhook_that_never_answers_does_not_delay_decisions() {
         first_backoff: Duration::from_secs(60),
         timeout: Duration::from_secs(60),
     };
-    let (gateway, _tokio) = with_webhook(Arc::new(MemoryStore::new()), url, retry);
-    subscribe(&gateway, "acme", "hundred");
+    let (gateway, _tokio) = acme_with_webhook(url, retry, "hundred");
     let now = at("2026-01-20T00:00:00Z");
     // Every decision is answered while the endpoint holds the first delivery
     // open for a minute: each crossing queues its alert and moves on.
@@ -353,9 +344,7 @@ fn a_webhook_that_never_answers_does_not_delay_decisions() {
 /// only the account, and the log still lists what fired.
 #[test]
 fn the_log_is_no_scope_of_the_component() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gateway = gateway(store.clone());
-    subscribe(&gateway, "acme", "ten");
+    let (store, gateway) = acme_on("ten");
     charge(&gateway, "acme", 8, at("2026-01-20T10:00:00Z"));
     gateway.shutdown();
     assert_eq!(store.scopes().expect("scopes"), ["acme"]);
@@ -375,9 +364,20 @@ fn fired(threshold: u8, used: u64) -> FiredAlert {
     }
 }
 
-/// An alert log as the previous release kept it: records keyed
-/// `<at>/<sequence>/<credit>/<threshold>` and a counter `sequence`, in a scope
-/// of its own.
+/// Account `acme` in `store`, with an alert log of two alerts as the previous
+/// release kept it: records keyed `<at>/<sequence>/<credit>/<threshold>` and a
+/// counter `sequence`, in a scope of its own. The two alerts.
+fn acme_in_previous_layout(store: &dyn Store) -> (FiredAlert, FiredAlert) {
+    let (first, second) = (fired(80, 8), fired(100, 10));
+    store
+        .record_insert("acme", "account", "0 ten")
+        .expect("an account");
+    store
+        .import_scope("\u{1}alerts/acme", &previous_layout(&first, &second))
+        .expect("the previous layout");
+    (first, second)
+}
+
 fn previous_layout(first: &FiredAlert, second: &FiredAlert) -> creditgate::store::ScopeDump {
     let at = "00000000000000000100";
     creditgate::store::ScopeDump {
@@ -403,25 +403,18 @@ fn previous_layout(first: &FiredAlert, second: &FiredAlert) -> creditgate::store
 /// scope, and numbers the next alert after the old ones.
 #[test]
 fn a_log_in_the_previous_layout_is_migrated_when_the_file_opens() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("previous.redb");
-    let (first, second) = (fired(80, 8), fired(100, 10));
-    let old = previous_layout(&first, &second);
-    {
+    let (_dir, path) = harness::temp_path("previous.redb");
+    let (first, second) = {
         let store = RedbStore::open(&path).expect("creates");
-        store
-            .record_insert("acme", "account", "0 ten")
-            .expect("an account");
-        store
-            .import_scope("\u{1}alerts/acme", &old)
-            .expect("the previous layout");
+        let alerts = acme_in_previous_layout(&store);
         store.persist().expect("durable");
         assert_eq!(
             store.scopes().expect("scopes"),
             ["\u{1}alerts/acme", "acme"],
             "the file is in the previous layout"
         );
-    }
+        alerts
+    };
     for _ in 0..2 {
         // Opened twice: the second opening finds nothing left to move.
         let store = RedbStore::open(&path).expect("reopens");
@@ -486,17 +479,7 @@ fn on_redis_the_log_conforms_and_the_previous_layout_is_migrated_on_connect() {
     use crate::redis::Stores as _;
     let server = crate::redis::RedisServer::start();
     the_log_conforms(&server.store("conform"));
-    let (first, second) = (fired(80, 8), fired(100, 10));
-    let old = previous_layout(&first, &second);
-    {
-        let store = server.store("old");
-        store
-            .record_insert("acme", "account", "0 ten")
-            .expect("an account");
-        store
-            .import_scope("\u{1}alerts/acme", &old)
-            .expect("the previous layout");
-    }
+    let (first, second) = acme_in_previous_layout(&server.store("old"));
     for _ in 0..2 {
         let store = server.store("old");
         assert_eq!(store.scopes().expect("scopes"), ["acme"]);
@@ -526,17 +509,12 @@ fn a_store_copy_carries_the_alert_log() {
             .expect("an account");
         store.persist().expect("durable");
     }
-    let output = crate::harness::creditgate_command()
-        .args(["store", "copy", "--from"])
-        .arg(&from)
-        .arg("--to")
-        .arg(&to)
-        .output()
-        .expect("creditgate runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    harness::succeeds(
+        harness::creditgate_command()
+            .args(["store", "copy", "--from"])
+            .arg(&from)
+            .arg("--to")
+            .arg(&to),
     );
     let copy = RedbStore::open(&to).expect("opens");
     assert_eq!(

@@ -8,6 +8,7 @@ use creditgate::http::HttpOptions;
 use creditgate::store::{MemoryStore, RedbStore, Store};
 use serde_json::{Value, json};
 
+use crate::harness::{self, words};
 use crate::http::{Api, code};
 
 fn campaigns(api: &Api, account: &str) -> Value {
@@ -171,8 +172,7 @@ fn usage_projects_when_email_credits_run_out() {
 /// text), and `usage` with the projection.
 #[test]
 fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("s.redb");
+    let (_dir, store) = harness::temp_path("s.redb");
     let store = store.to_str().expect("utf-8 path");
     let run = |args: &[&str], stdin: &str| {
         let mut command = crate::harness::creditgate_command();
@@ -185,32 +185,12 @@ fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
     };
     run(&["account", "subscribe", "acme", "--plan", "base"], "");
     let import = |campaign: &str, csv: &str| {
-        run(
-            &[
-                "leads",
-                "import",
-                "--account",
-                "acme",
-                "--campaign",
-                campaign,
-                "-",
-            ],
-            csv,
-        )
+        let line = format!("leads import --account acme --campaign {campaign} -");
+        run(&words(&line), csv)
     };
     import("q1", "email\na@x.io\nb@x.io\nc@x.io\n");
     import("q2", "email\nc@x.io\nd@x.io\n");
-    let listed = run(
-        &[
-            "leads",
-            "campaigns",
-            "--account",
-            "acme",
-            "--format",
-            "json",
-        ],
-        "",
-    );
+    let listed = run(&words("leads campaigns --account acme --format json"), "");
     assert_eq!(
         serde_json::from_str::<Value>(&listed).expect("JSON"),
         json!({"account": "acme", "campaigns": [
@@ -221,15 +201,7 @@ fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
     assert!(table.starts_with("CAMPAIGN"), "{table}");
     assert!(table.contains("EXCLUSIVE"), "{table}");
 
-    let delete = [
-        "leads",
-        "delete",
-        "--account",
-        "acme",
-        "--campaign",
-        "q1",
-        "--all",
-    ];
+    let delete = words("leads delete --account acme --campaign q1 --all");
     let dry_text = run(&[&delete[..], &["--dry-run"]].concat(), "");
     assert_eq!(
         dry_text,

@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+use crate::harness::{self, words};
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -44,6 +46,13 @@ pub fn golden(golden: &str, actual: &str) -> Option<String> {
             "{golden} differs (UPDATE_GOLDEN=1 rewrites it)\n--- expected\n{expected}--- actual\n{actual}---"
         )
     })
+}
+
+/// Panics with the difference unless `actual` is the golden file's text.
+pub fn assert_golden(golden_path: &str, actual: &str) {
+    if let Some(difference) = golden(golden_path, actual) {
+        panic!("{difference}");
+    }
 }
 
 #[test]
@@ -126,12 +135,10 @@ fn warnings_are_reported_and_the_check_passes() {
     let out = creditgate(&["check", file]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(text(&out.stderr), "");
-    if let Some(difference) = golden(
+    assert_golden(
         "host/tests/fixtures/check/warnings.expected",
         &text(&out.stdout),
-    ) {
-        panic!("{difference}");
-    }
+    );
 }
 
 #[test]
@@ -147,14 +154,9 @@ fn the_shipped_policies_check_clean() {
 
 #[test]
 fn the_json_report_is_an_array_of_files() {
-    let out = creditgate(&[
-        "check",
-        "--format",
-        "json",
-        "policies/smartlead.toml",
-        "policies/invalid/negative-credits.toml",
-        "host/tests/fixtures/check/warnings.toml",
-    ]);
+    let out = creditgate(&words(
+        "check --format json policies/smartlead.toml policies/invalid/negative-credits.toml host/tests/fixtures/check/warnings.toml",
+    ));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let files = report.as_array().expect("an array of files");
@@ -268,8 +270,7 @@ fn a_policy_over_the_size_limit_is_refused_before_it_reaches_the_guest() {
 /// accounts are on, naming the plan and how many, as a reload would.
 #[test]
 fn check_with_a_store_refuses_a_policy_that_strands_accounts() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("state.redb");
+    let (dir, store) = harness::temp_path("state.redb");
     let store = store.to_str().expect("utf-8 path");
     for (account, plan) in [("acme", "base"), ("globex", "pro"), ("initech", "pro")] {
         let out = creditgate(&[
@@ -283,12 +284,11 @@ fn check_with_a_store_refuses_a_policy_that_strands_accounts() {
         ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    let policy = dir.path().join("base-only.toml");
-    std::fs::write(
-        &policy,
+    let policy = harness::write_file(
+        dir.path(),
+        "base-only.toml",
         "[plans.base]\nlead_credits = 2000\nemail_credits = 6000\n",
-    )
-    .expect("writes");
+    );
     let policy = policy.to_str().expect("utf-8 path");
 
     let out = creditgate(&["check", policy]);

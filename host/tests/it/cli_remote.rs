@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use super::operator::{Gateway, TOKEN, json, run, run_with, send_emails, stderr, stdout};
+use crate::harness::{self, words};
 
 /// Runs `args --server URL` with the admin token.
 fn remote(store: &Path, url: &str, args: &[&str]) -> std::process::Output {
@@ -31,20 +32,11 @@ fn gateway(dir: &Path) -> (Gateway, std::path::PathBuf) {
         ("spring", "a@x.io\nb@x.io\n"),
         ("summer", "b@x.io\nc@x.io\nd@x.io\n"),
     ] {
-        let csv = dir.join(format!("{campaign}.csv"));
-        std::fs::write(&csv, format!("email\n{emails}")).expect("csv");
-        let o = run(
-            &store,
-            &[
-                "leads",
-                "import",
-                "--account",
-                "acme",
-                "--campaign",
-                campaign,
-                csv.to_str().expect("utf-8"),
-            ],
-        );
+        let csv = harness::write_file(dir, format!("{campaign}.csv"), format!("email\n{emails}"));
+        let line = format!("leads import --account acme --campaign {campaign}");
+        let mut args = words(&line);
+        args.push(csv.to_str().expect("utf-8"));
+        let o = run(&store, &args);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
     let gateway = Gateway::start(dir, &store, &[("CREDITGATE_ADMIN_TOKEN", TOKEN)]);
@@ -75,12 +67,7 @@ fn listings_through_the_server_match_the_local_ones() {
     let o = remote(&store, &url, &["account", "list", "--format", "json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let accounts = unprojected(json(&o));
-    let names: Vec<&str> = accounts
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|a| a["account"].as_str())
-        .collect();
+    let names = harness::account_names(&accounts);
     assert_eq!(names, ["acme", "zeta"]);
     assert_eq!(accounts[0]["plan"], "base");
     assert_eq!(accounts[1]["lead_credits"]["limit"], "unlimited");
@@ -94,30 +81,14 @@ fn listings_through_the_server_match_the_local_ones() {
     let o = remote(
         &store,
         &url,
-        &[
-            "leads",
-            "list",
-            "--account",
-            "acme",
-            "--campaign",
-            "summer",
-            "--format",
-            "json",
-        ],
+        &words("leads list --account acme --campaign summer --format json"),
     );
     assert_eq!(json(&o).as_array().map(Vec::len), Some(3), "{}", stdout(&o));
 
     let o = remote(
         &store,
         &url,
-        &[
-            "leads",
-            "campaigns",
-            "--account",
-            "acme",
-            "--format",
-            "json",
-        ],
+        &words("leads campaigns --account acme --format json"),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
@@ -161,14 +132,7 @@ fn listings_through_the_server_match_the_local_ones() {
     gateway.stop();
     let o = run(
         &store,
-        &[
-            "leads",
-            "campaigns",
-            "--account",
-            "acme",
-            "--format",
-            "json",
-        ],
+        &words("leads campaigns --account acme --format json"),
     );
     assert_eq!(json(&o)["campaigns"][1]["leads"], 3);
     let o = run(&store, &["account", "list", "--format", "json"]);

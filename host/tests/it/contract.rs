@@ -39,8 +39,7 @@ fn manifest_path(relative: &str) -> std::path::PathBuf {
 }
 
 fn load(wasm: &[u8]) -> Result<Runtime, LoadError> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("policy.wasm");
+    let (_dir, path) = crate::harness::temp_path("policy.wasm");
     std::fs::write(&path, wasm).expect("writes the component");
     Runtime::new(
         &ComponentSource::File(path),

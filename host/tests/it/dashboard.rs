@@ -16,7 +16,7 @@ use creditgate::serve::Overrides;
 use creditgate::store::{MemoryStore, RedbStore, Store};
 use creditgate_testkit::http::Client;
 
-use crate::harness::InProcess;
+use crate::harness::{self, InProcess, unescape};
 
 /// Small plans, so that a test reaches 80% and exhaustion in a few requests; one
 /// unlimited credit.
@@ -142,9 +142,7 @@ fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
 }
 
 fn policy_file(dir: &Path) -> PathBuf {
-    let path = dir.join("policy.toml");
-    std::fs::write(&path, POLICY).expect("writes the policy");
-    path
+    harness::write_file(dir, "policy.toml", POLICY)
 }
 
 fn emails(tag: &str, count: usize) -> Vec<String> {
@@ -154,14 +152,6 @@ fn emails(tag: &str, count: usize) -> Vec<String> {
 }
 
 // ---- reading the pages ----------------------------------------------------------
-
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
-}
 
 /// The value of the first `name="..."` attribute in `html`.
 fn attr(html: &str, name: &str) -> Option<String> {
@@ -552,8 +542,7 @@ fn screenshot(profile: &Path, url: &str, path: &Path, size: &str) {
 
 #[test]
 fn chromium_renders_the_dashboard_of_a_live_serve() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("state.redb");
+    let (dir, store) = harness::temp_path("state.redb");
     let serve = Serve::start(&store, &policy_file(dir.path()));
     // One near its limit, one exhausted, one fresh, and one named to inject.
     serve.subscribe("northwind", "small");
@@ -646,8 +635,7 @@ fn chromium_renders_the_dashboard_of_a_live_serve() {
 #[ignore = "writes host/assets/; run by hand when the pages change"]
 fn readme_screenshots() {
     use chrono::{DateTime, Months, Utc};
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("state.redb");
+    let (dir, store) = harness::temp_path("state.redb");
     let store_arg = store.to_str().expect("utf-8 path");
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/smartlead.toml");
     let now = Utc::now();

@@ -10,7 +10,6 @@
 //! rollback took away decides on the record as it is now.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,23 +20,15 @@ use serde_json::{Value, json};
 
 use creditgate::bindings::Reason;
 use creditgate::gateway::{Gateway, GatewayError};
-use creditgate::http::{self, HttpOptions, ReloadRefused, Reloader};
+use creditgate::http::{HttpOptions, ReloadRefused, Reloader};
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
 use creditgate::store::{CounterAdd, OpenOptions, RedbStore, Store, StoreError};
 
-use crate::harness;
-
-const POLICY: &str = "\
-[plans.small]
-lead_credits = 3
-email_credits = 4
-
-[plans.large]
-lead_credits = 10
-email_credits = 20
-";
+use crate::harness::{self, Serving};
+// The HTTP tests' two plans: small (3 leads, 4 emails) and large.
+use crate::http::POLICY;
 
 /// A disk that can be filled and emptied again, for every file opened through
 /// [`Disk::options`].
@@ -144,10 +135,8 @@ fn unavailable(result: Result<impl std::fmt::Debug, StoreError>, path: &Path) ->
 
 #[test]
 fn after_a_failed_commit_nothing_it_held_is_seen_and_the_store_reopens_by_itself() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("full.redb");
-    let disk = Disk::default();
-    let store = RedbStore::open_with(&path, disk.options()).expect("opens");
+    let (_dir, path) = harness::temp_path("full.redb");
+    let (disk, store) = store_on_a_disk(&path);
     assert_eq!(add(&store, 5).expect("adds"), 5);
     store.persist().expect("durable");
     assert_eq!(store.losses(), 0);
@@ -186,10 +175,8 @@ fn after_a_failed_commit_nothing_it_held_is_seen_and_the_store_reopens_by_itself
 
 #[test]
 fn a_call_reopens_the_store_without_a_health_check() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("full.redb");
-    let disk = Disk::default();
-    let store = RedbStore::open_with(&path, disk.options()).expect("opens");
+    let (_dir, path) = harness::temp_path("full.redb");
+    let (disk, store) = store_on_a_disk(&path);
     assert_eq!(add(&store, 2).expect("adds"), 2);
     store.persist().expect("durable");
     disk.fill();
@@ -203,10 +190,8 @@ fn a_call_reopens_the_store_without_a_health_check() {
 
 #[test]
 fn closing_after_a_failed_commit_writes_none_of_it() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("full.redb");
-    let disk = Disk::default();
-    let store = RedbStore::open_with(&path, disk.options()).expect("opens");
+    let (_dir, path) = harness::temp_path("full.redb");
+    let (disk, store) = store_on_a_disk(&path);
     add(&store, 5).expect("adds");
     store.persist().expect("durable");
     disk.fill();
@@ -235,21 +220,20 @@ fn charge(account: &str, id: &str) -> Request {
     }
 }
 
+/// A redb store at `path` on a fresh [`Disk`].
+fn store_on_a_disk(path: &Path) -> (Disk, RedbStore) {
+    let disk = Disk::default();
+    let store = RedbStore::open_with(path, disk.options()).expect("opens");
+    (disk, store)
+}
+
 /// A redb store on a fresh [`Disk`] in `dir`, and a worker with [`POLICY`] over it.
 fn worker_on_a_disk(dir: &Path) -> (Disk, std::path::PathBuf, Arc<RedbStore>, Worker) {
     let path = dir.join("full.redb");
-    let disk = Disk::default();
-    let store = Arc::new(RedbStore::open_with(&path, disk.options()).expect("opens"));
+    let (disk, store) = store_on_a_disk(&path);
+    let store = Arc::new(store);
     let worker = harness::worker_on(store.clone(), POLICY);
     (disk, path, store, worker)
-}
-
-fn subscribe_small(account: &str) -> Request {
-    Request::Subscribe {
-        account: account.into(),
-        plan: "small".into(),
-        anchor: None,
-    }
 }
 
 /// A worker caches each account's record and guards every call with it; a
@@ -260,7 +244,7 @@ fn a_worker_that_cached_a_rolled_back_plan_decides_on_the_plan_kept() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (disk, _, store, mut worker) = worker_on_a_disk(dir.path());
     let t = at("2026-03-01T00:00:00Z");
-    let subscribe = subscribe_small("acme");
+    let subscribe = harness::subscription("acme", "small");
     assert_eq!(worker.decide(&subscribe, t).expect("decides").denied, None);
     store.persist().expect("durable");
 
@@ -295,9 +279,7 @@ fn a_worker_that_cached_a_rolled_back_plan_decides_on_the_plan_kept() {
 struct Api {
     base: String,
     agent: ureq::Agent,
-    gateway: Arc<Gateway>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl Api {
@@ -311,38 +293,16 @@ impl Api {
                 diagnostics: vec![],
             })
         });
-        let options = HttpOptions::default();
-        let router = http::router(gateway.clone(), reload, &options);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        let addr: SocketAddr = listener.local_addr().expect("address");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                    http::serve_http(listener, router, &options, async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serves");
-                });
-        });
+        let serving = Serving::http(gateway, reload, HttpOptions::default());
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
             .build()
             .into();
         Api {
-            base: format!("http://{addr}"),
+            base: serving.base(),
             agent,
-            gateway,
-            stop: Some(stop),
-            thread: Some(thread),
+            serving,
         }
     }
 
@@ -379,24 +339,11 @@ impl Api {
     }
 }
 
-impl Drop for Api {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.gateway.shutdown();
-    }
-}
-
 #[test]
 fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_acknowledged() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("full.redb");
-    let disk = Disk::default();
-    let store = Arc::new(RedbStore::open_with(&path, disk.options()).expect("opens"));
+    let (_dir, path) = harness::temp_path("full.redb");
+    let (disk, store) = store_on_a_disk(&path);
+    let store = Arc::new(store);
     let api = Api::start(store);
     let (status, body) = api.call(
         "post",
@@ -437,6 +384,7 @@ fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_ack
         cost: 1,
     };
     match api
+        .serving
         .gateway
         .decide_blocking(check, at("2026-03-01T00:00:00Z"))
     {
@@ -471,7 +419,7 @@ fn decide_durable_answers_only_what_it_made_durable() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (disk, path, store, mut worker) = worker_on_a_disk(dir.path());
     let t = at("2026-03-01T00:00:00Z");
-    let subscribe = subscribe_small("acme");
+    let subscribe = harness::subscription("acme", "small");
     let subscribed = worker.decide_durable(&subscribe, t).expect("decides");
     assert_eq!(subscribed.denied, None);
     let charged = worker

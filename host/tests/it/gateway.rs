@@ -20,17 +20,33 @@ fn at(s: &str) -> i64 {
 }
 
 fn gateway(store: Arc<dyn Store>, workers: usize) -> Gateway {
+    gateway_with(
+        store,
+        POLICY,
+        workers,
+        &["acme"],
+        "small",
+        at("2025-01-31T09:00:00Z"),
+    )
+}
+
+/// A gateway of `workers` over `store` with `policy`, each of `accounts`
+/// subscribed to `plan` at `now`.
+fn gateway_with(
+    store: Arc<dyn Store>,
+    policy: &str,
+    workers: usize,
+    accounts: &[&str],
+    plan: &str,
+    now: i64,
+) -> Gateway {
     let runtime = crate::harness::shared_runtime();
-    let (gateway, _) = Gateway::start(runtime, store, POLICY, workers).expect("starts");
-    let subscribe = Request::Subscribe {
-        account: "acme".into(),
-        plan: "small".into(),
-        anchor: None,
-    };
-    let d = gateway
-        .decide_blocking(subscribe, at("2025-01-31T09:00:00Z"))
-        .expect("subscribes");
-    assert_eq!(d.denied, None);
+    let (gateway, _) = Gateway::start(runtime, store, policy, workers).expect("starts");
+    for account in accounts {
+        let subscribe = harness::subscription(account, plan);
+        let d = gateway.decide_blocking(subscribe, now).expect("subscribes");
+        assert_eq!(d.denied, None);
+    }
     gateway
 }
 
@@ -66,8 +82,7 @@ fn race_for_email(gateway: &Gateway, threads: usize, each: usize) -> usize {
 
 #[test]
 fn racing_clients_get_exactly_the_limit_and_it_is_durable() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("race.redb");
+    let (_dir, path) = harness::temp_path("race.redb");
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).expect("opens"));
     let gateway = gateway(store, 4);
     assert_eq!(race_for_email(&gateway, 16, 10), 50);
@@ -208,14 +223,7 @@ fn a_reload_that_drops_a_plan_in_use_is_refused_unless_forced() {
     let now = at("2025-02-01T00:00:00Z");
     for account in ["globex", "initech"] {
         let d = gateway
-            .decide_blocking(
-                Request::Subscribe {
-                    account: account.into(),
-                    plan: "large".into(),
-                    anchor: None,
-                },
-                now,
-            )
+            .decide_blocking(harness::subscription(account, "large"), now)
             .expect("subscribes");
         assert_eq!(d.denied, None);
     }
@@ -259,14 +267,7 @@ fn a_reload_that_drops_a_plan_in_use_is_refused_unless_forced() {
     assert_eq!(usage.plan, "large");
     assert_eq!(usage.email_credits.limit, Some(0));
     let send = gateway
-        .decide_blocking(
-            Request::ChargeEmail {
-                account: "globex".into(),
-                cost: 1,
-                message_id: None,
-            },
-            now,
-        )
+        .decide_blocking(harness::charge("globex", 1), now)
         .expect("answers");
     assert_eq!((send.denied, send.charged), (Some(Reason::UnknownPlan), 0));
 
@@ -532,8 +533,7 @@ impl Store for SlowAfterCharge {
 
 #[test]
 fn no_commit_lands_between_a_charge_and_the_alert_it_fired() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("live.redb");
+    let (dir, path) = harness::temp_path("live.redb");
     let image = dir.path().join("image.redb");
     let (signal, charged) = std::sync::mpsc::channel();
     let store = Arc::new(SlowAfterCharge {
@@ -546,32 +546,14 @@ fn no_commit_lands_between_a_charge_and_the_alert_it_fired() {
         hold: Mutex::new(None),
     });
     let policy = "[plans.one]\nlead_credits = 1\nemail_credits = 1\n";
-    let (gateway, _) =
-        Gateway::start(crate::harness::shared_runtime(), store, policy, 2).expect("starts");
-    let gateway = Arc::new(gateway);
-    for account in ["acme", "zeta"] {
-        let subscribe = Request::Subscribe {
-            account: account.into(),
-            plan: "one".into(),
-            anchor: None,
-        };
-        assert_eq!(
-            gateway
-                .decide_blocking(subscribe, at("2026-01-01T00:00:00Z"))
-                .expect("decides")
-                .denied,
-            None
-        );
-    }
+    let accounts = ["acme", "zeta"];
+    let subscribed = at("2026-01-01T00:00:00Z");
+    let gateway = Arc::new(gateway_with(store, policy, 2, &accounts, "one", subscribed));
     // acme's one send crosses 80% and 100%; while it sits between its charge and
     // its alerts, zeta's send asks for a commit.
     let sender = gateway.clone();
     let crossing = std::thread::spawn(move || {
-        let charge = Request::ChargeEmail {
-            account: "acme".into(),
-            cost: 1,
-            message_id: None,
-        };
+        let charge = harness::charge("acme", 1);
         sender
             .decide_blocking(charge, at("2026-01-02T00:00:00Z"))
             .expect("decides")
@@ -579,11 +561,7 @@ fn no_commit_lands_between_a_charge_and_the_alert_it_fired() {
     charged
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("acme's charge is applied");
-    let other = Request::ChargeEmail {
-        account: "zeta".into(),
-        cost: 1,
-        message_id: None,
-    };
+    let other = harness::charge("zeta", 1);
     gateway
         .decide_blocking(other, at("2026-01-02T00:00:00Z"))
         .expect("decides");
@@ -609,8 +587,7 @@ fn no_commit_lands_between_a_charge_and_the_alert_it_fired() {
 /// read-only lane, before the charge is let go.
 #[test]
 fn a_read_only_request_never_waits_behind_a_charge() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("gateway.redb");
+    let (dir, path) = harness::temp_path("gateway.redb");
     let (signal, charged) = std::sync::mpsc::channel();
     let (go, hold) = std::sync::mpsc::channel();
     let store = Arc::new(SlowAfterCharge {
@@ -623,31 +600,18 @@ fn a_read_only_request_never_waits_behind_a_charge() {
         hold: Mutex::new(Some(hold)),
     });
     let policy = "[plans.big]\nlead_credits = 10\nemail_credits = 10\n";
-    let (gateway, _) =
-        Gateway::start(crate::harness::shared_runtime(), store, policy, 1).expect("starts");
-    let gateway = Arc::new(gateway);
     let now = at("2026-01-02T00:00:00Z");
-    for account in ["acme", "zeta"] {
-        let subscribe = Request::Subscribe {
-            account: account.into(),
-            plan: "big".into(),
-            anchor: None,
-        };
-        assert_eq!(
-            gateway
-                .decide_blocking(subscribe, now)
-                .expect("decides")
-                .denied,
-            None
-        );
-    }
+    let gateway = Arc::new(gateway_with(
+        store,
+        policy,
+        1,
+        &["acme", "zeta"],
+        "big",
+        now,
+    ));
     let sender = gateway.clone();
     let charging = std::thread::spawn(move || {
-        let charge = Request::ChargeEmail {
-            account: "acme".into(),
-            cost: 1,
-            message_id: None,
-        };
+        let charge = harness::charge("acme", 1);
         sender.decide_blocking(charge, now)
     });
     charged

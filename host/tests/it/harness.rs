@@ -166,11 +166,7 @@ impl InProcess {
             ..overrides
         };
         let config = Config::load(None, overrides).unwrap_or_else(|e| panic!("config: {e}"));
-        let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
+        let tokio = tokio_runtime_on(threads);
         let server = tokio
             .block_on(Server::start(&config, store))
             .unwrap_or_else(|e| panic!("serve starts: {e}"));
@@ -222,4 +218,191 @@ impl Drop for InProcess {
             self.tokio.block_on(server.shutdown());
         }
     }
+}
+
+/// A tokio runtime of two workers (as small as a gateway host gets): what every
+/// server or async test in this binary runs on.
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio_runtime_on(2)
+}
+
+/// A multi-threaded tokio runtime of `threads` workers, with I/O and timers.
+pub fn tokio_runtime_on(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Runs the async `test` on a [`tokio_runtime`] of its own.
+pub fn on_tokio<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) {
+    tokio_runtime().block_on(test());
+}
+
+/// What [`Serving::start`] serves: handed the listener, the gateway and the
+/// signal to stop, it returns the serving future.
+pub type Serve = Box<
+    dyn FnOnce(
+            tokio::net::TcpListener,
+            Arc<creditgate::gateway::Gateway>,
+            tokio::sync::oneshot::Receiver<()>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
+/// A gateway served by one front end on a thread of its own (its own
+/// [`tokio_runtime`]), on `127.0.0.1:0` bound as `serve` binds (with its
+/// backlog). Dropped: the front end told to stop, its thread joined, the
+/// gateway shut down.
+pub struct Serving {
+    pub addr: std::net::SocketAddr,
+    pub gateway: Arc<creditgate::gateway::Gateway>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Serves `gateway` with `serve`; returns once it listens.
+    pub fn start(gateway: Arc<creditgate::gateway::Gateway>, serve: Serve) -> Serving {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound, addr) = std::sync::mpsc::channel();
+        let served = gateway.clone();
+        let thread = std::thread::spawn(move || {
+            tokio_runtime().block_on(async move {
+                let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                let listener = creditgate::serve::bind_tcp(any_port).expect("binds");
+                let _ = bound.send(listener.local_addr().expect("address"));
+                serve(listener, served, stopped).await;
+            });
+        });
+        let addr = (addr.recv_timeout(Duration::from_secs(10))).expect("the server listens");
+        Serving {
+            addr,
+            gateway,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Serves the HTTP API of `gateway`, reloading with `reload`.
+    pub fn http(
+        gateway: Arc<creditgate::gateway::Gateway>,
+        reload: creditgate::http::Reloader,
+        options: creditgate::http::HttpOptions,
+    ) -> Serving {
+        Serving::start(
+            gateway,
+            Box::new(move |listener, gateway, stopped| {
+                let router = creditgate::http::router(gateway, reload, &options);
+                Box::pin(async move {
+                    creditgate::http::serve_http(listener, router, &options, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("serves");
+                })
+            }),
+        )
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.gateway.shutdown();
+    }
+}
+
+/// HTML text back to what it escapes (the dashboard's five entities).
+pub fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// A subscription of `account` to `plan`, its cycle anchored at the decision.
+pub fn subscription(account: &str, plan: &str) -> creditgate::request::Request {
+    creditgate::request::Request::Subscribe {
+        account: account.into(),
+        plan: plan.into(),
+        anchor: None,
+    }
+}
+
+/// The words of a command line as a test would type it (no quoting: for
+/// arguments without spaces).
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// Runs `command` to its end; panics, naming the command and with its stderr,
+/// unless it succeeds.
+pub fn succeeds(command: &mut std::process::Command) -> std::process::Output {
+    let output = command.output().expect("creditgate runs");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A fresh temporary directory and the path of `name` in it (not created): the
+/// directory goes when the first is dropped.
+pub fn temp_path(name: impl AsRef<std::path::Path>) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    (dir, path)
+}
+
+/// The `account` of each object in `list`, a JSON array of accounts (panics
+/// when it is not an array).
+pub fn account_names(list: &serde_json::Value) -> Vec<&str> {
+    let list = list.as_array().expect("an array of accounts");
+    list.iter().filter_map(|a| a["account"].as_str()).collect()
+}
+
+/// A charge of `cost` email credits to `account`, with no message id.
+pub fn charge(account: &str, cost: u64) -> creditgate::request::Request {
+    creditgate::request::Request::ChargeEmail {
+        account: account.into(),
+        cost,
+        message_id: None,
+    }
+}
+
+/// Every (group, member) of `scope`, in the store's order.
+pub fn memberships(store: &dyn Store, scope: &str) -> Vec<(String, String)> {
+    let mut every = Vec::new();
+    store
+        .visit_members(scope, None, &mut |g, m| {
+            every.push((g.to_owned(), m.to_owned()));
+            true
+        })
+        .expect("visits the members");
+    every
+}
+
+/// Writes `text` to the file `name` in `dir`; its path.
+pub fn write_file(
+    dir: &std::path::Path,
+    name: impl AsRef<std::path::Path>,
+    text: impl AsRef<[u8]>,
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writes {}: {e}", path.display()));
+    path
 }

@@ -11,6 +11,8 @@ use creditgate::runtime::{
 };
 use creditgate::store::{MemoryStore, Store};
 
+use crate::harness;
+
 fn hostile_runtime(config: RuntimeConfig) -> Runtime {
     let source = ComponentSource::File(env!("CREDITGATE_HOSTILE_WASM").into());
     Runtime::new(&source, config).expect("the hostile component compiles")
@@ -47,6 +49,17 @@ fn hostile_worker(mode: &str) -> (Worker, Arc<MemoryStore>) {
     (worker, store)
 }
 
+/// `times` decisions of the guest in `mode` trap, each followed by one that
+/// is answered: the trapped instance is replaced.
+fn traps_then_serves(mode: &str, times: usize) {
+    let (mut worker, _) = hostile_worker(mode);
+    for _ in 0..times {
+        let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
+        assert!(matches!(err, DecideError::Trap(_)), "{err}");
+        still_serves(&mut worker);
+    }
+}
+
 #[test]
 fn a_looping_guest_is_interrupted_within_its_budget() {
     let (mut worker, _) = hostile_worker("loop");
@@ -68,10 +81,7 @@ fn a_looping_guest_is_interrupted_within_its_budget() {
 
 #[test]
 fn unbounded_recursion_traps_and_the_instance_is_replaced() {
-    let (mut worker, _) = hostile_worker("recurse");
-    let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
-    assert!(matches!(err, DecideError::Trap(_)), "{err}");
-    still_serves(&mut worker);
+    traps_then_serves("recurse", 1);
 }
 
 #[test]
@@ -95,12 +105,7 @@ fn memory_growth_stops_at_the_cap() {
 
 #[test]
 fn a_trap_fails_only_its_request() {
-    let (mut worker, _) = hostile_worker("trap");
-    for _ in 0..3 {
-        let err = worker.decide(&usage("boom"), 0).expect_err("no decision");
-        assert!(matches!(err, DecideError::Trap(_)), "{err}");
-        still_serves(&mut worker);
-    }
+    traps_then_serves("trap", 3);
 }
 
 #[test]
@@ -210,8 +215,7 @@ fn a_failed_reload_keeps_the_old_policy() {
 
 #[test]
 fn bytes_that_are_not_a_component_are_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("junk.wasm");
+    let (_dir, path) = harness::temp_path("junk.wasm");
     std::fs::write(&path, b"\0asm definitely not a component").expect("written");
     let err =
         Runtime::new(&ComponentSource::File(path), RuntimeConfig::default()).expect_err("refused");
@@ -242,11 +246,7 @@ fn impossible_answers_are_errors_not_decisions() {
         "boom-past-limit",
         "boom-upgrade-elsewhere",
     ] {
-        let charge = Request::ChargeEmail {
-            account: account.into(),
-            cost: 1,
-            message_id: None,
-        };
+        let charge = harness::charge(account, 1);
         let err = worker
             .decide(&charge, 0)
             .expect_err("shadow leaking into enforcement is not a decision");
@@ -268,11 +268,7 @@ fn impossible_answers_are_errors_not_decisions() {
     let (gateway, _) =
         creditgate::gateway::Gateway::start(runtime, Arc::new(MemoryStore::new()), "lie", 1)
             .expect("starts");
-    let charge = Request::ChargeEmail {
-        account: "boom-denied-charged".into(),
-        cost: 1,
-        message_id: None,
-    };
+    let charge = harness::charge("boom-denied-charged", 1);
     let err = gateway.decide_blocking(charge, 0).expect_err("no decision");
     assert!(err.to_string().contains("impossible result"), "{err}");
     let fine = gateway

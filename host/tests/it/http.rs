@@ -13,9 +13,12 @@ use serde_json::{Value, json};
 use creditgate::gateway::Gateway;
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
 use creditgate::store::{MemoryStore, RedbStore, Store};
-use creditgate_testkit::serve::ServeProcess;
+use creditgate_testkit::serve::{ServeProcess, policy_exchange};
 
-const POLICY: &str = "\
+use crate::harness::{self, Serving};
+
+/// Two plans: small (3 leads, 4 emails) and large (10, 20).
+pub(crate) const POLICY: &str = "\
 [plans.small]
 lead_credits = 3
 email_credits = 4
@@ -60,8 +63,7 @@ pub(crate) struct Api {
     spec: Value,
     pub(crate) policy_file: tempfile::NamedTempFile,
     pub(crate) gateway: Arc<Gateway>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _serving: Serving,
 }
 
 impl Api {
@@ -90,34 +92,14 @@ impl Api {
                 }
             })
         };
-        let router = http::router(gateway.clone(), reload, &options);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        let addr = listener.local_addr().expect("address");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                    http::serve_http(listener, router, &options, async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serves");
-                });
-        });
+        let serving = Serving::http(gateway.clone(), reload, options);
         Api {
-            base: format!("http://{addr}"),
+            base: serving.base(),
             agent: agent(),
             spec: openapi(),
             policy_file,
             gateway,
-            stop: Some(stop),
-            thread: Some(thread),
+            _serving: serving,
         }
     }
 
@@ -179,18 +161,6 @@ impl Api {
             &format!("/v1/accounts/{account}/campaigns/{campaign}/leads"),
             Some(&json!({ "emails": emails }).to_string()),
         )
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.gateway.shutdown();
     }
 }
 
@@ -809,8 +779,7 @@ pub(crate) fn terminate(serve: ServeProcess) -> String {
 
 #[test]
 fn hot_reload_under_load_fails_no_request() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.toml");
+    let (dir, policy) = harness::temp_path("policy.toml");
     std::fs::write(&policy, POLICY).expect("writes");
     let policy_arg = policy.to_str().expect("utf-8");
     let (child, base) = spawn_http(dir.path(), &["--store", "memory", "--policy", policy_arg]);
@@ -881,9 +850,7 @@ fn hot_reload_under_load_fails_no_request() {
 
 #[test]
 fn the_binary_serves_postfix_on_a_unix_socket() {
-    use std::io::Write as _;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let socket = dir.path().join("policy.sock");
+    let (dir, socket) = harness::temp_path("policy.sock");
     // A stale socket file from a crashed run is replaced.
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("binds"));
     let (child, _base) = spawn_http(
@@ -895,25 +862,15 @@ fn the_binary_serves_postfix_on_a_unix_socket() {
             socket.to_str().expect("utf-8"),
         ],
     );
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connects");
+    let stream = std::os::unix::net::UnixStream::connect(&socket).expect("connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    stream
-        .write_all(b"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=nobody\n\n")
-        .expect("writes");
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 128];
-    while !reply.ends_with(b"\n\n") {
-        let n = stream.read(&mut buf).expect("a reply");
-        assert!(n > 0, "closed without a reply");
-        reply.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        String::from_utf8_lossy(&reply).starts_with("action="),
-        "{reply:?}"
+    let reply = policy_exchange(
+        stream,
+        "request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=nobody\n\n",
     );
-    drop(stream);
+    assert!(reply.starts_with("action="), "{reply:?}");
     terminate(child);
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }

@@ -15,7 +15,7 @@ use creditgate::import::{
 use creditgate::runtime::Worker;
 use serde_json::{Value, json};
 
-use crate::harness;
+use crate::harness::{self, words};
 
 const T0: &str = "2025-01-31T09:00:00Z";
 /// Any instant: lead credits do not depend on time.
@@ -231,9 +231,7 @@ fn an_unknown_account_is_refused_before_the_file_is_read() {
 #[test]
 fn progress_is_reported_after_each_batch() {
     let mut worker = subscribed(harness::SMARTLEAD, "base");
-    let csv: String = std::iter::once("email\n".to_string())
-        .chain((0..10).map(|i| format!("p{i}@example.com\n")))
-        .collect();
+    let csv = numbered_csv("p", 10);
     let mut opts = options("q1");
     opts.batch = 4;
     let mut seen = Vec::new();
@@ -383,11 +381,7 @@ impl Setup {
     fn new(policy_text: Option<&str>, plan: &str) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let policy = match policy_text {
-            Some(text) => {
-                let path = dir.path().join("policy.toml");
-                std::fs::write(&path, text).expect("policy written");
-                path
-            }
+            Some(text) => harness::write_file(dir.path(), "policy.toml", text),
             None => repo().join("policies/smartlead.toml"),
         };
         let setup = Setup { dir, policy };
@@ -442,6 +436,13 @@ impl Setup {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         text(&out.stdout)
     }
+}
+
+/// A CSV of an `email` column: `{prefix}0@example.com` to `{prefix}{n-1}@…`.
+fn numbered_csv(prefix: &str, n: usize) -> String {
+    std::iter::once("email\n".to_string())
+        .chain((0..n).map(|i| format!("{prefix}{i}@example.com\n")))
+        .collect()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -531,9 +532,7 @@ fn import_reads_stdin_and_reports_json() {
 #[test]
 fn a_dry_run_reports_the_same_and_changes_nothing() {
     let s = Setup::new(Some(TINY), "tiny");
-    let csv: String = std::iter::once("email\n".to_string())
-        .chain((0..8).map(|i| format!("d{i}@example.com\n")))
-        .collect();
+    let csv = numbered_csv("d", 8);
     let file = s.write("leads.csv", csv.as_bytes());
     // One contact already held, in another campaign.
     let out = s.leads(
@@ -581,20 +580,9 @@ fn a_dry_run_reports_the_same_and_changes_nothing() {
 #[test]
 fn credits_run_out_part_way_through_the_binary() {
     let s = Setup::new(Some(TINY), "tiny");
-    let csv: String = std::iter::once("email\n".to_string())
-        .chain((0..9).map(|i| format!("x{i}@example.com\n")))
-        .collect();
+    let csv = numbered_csv("x", 9);
     let out = s.leads(
-        &[
-            "import",
-            "--campaign",
-            "q1",
-            "-",
-            "--batch",
-            "2",
-            "--format",
-            "json",
-        ],
+        &words("import --campaign q1 - --batch 2 --format json"),
         csv.as_bytes(),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -639,17 +627,7 @@ fn an_unknown_account_exits_1_and_a_memory_store_knows_no_account() {
     let s = Setup::new(None, "base");
     // A fresh in-memory store holds no account at all.
     let out = s.run(
-        &[
-            "leads",
-            "import",
-            "--account",
-            "acme",
-            "--campaign",
-            "q1",
-            "--store",
-            "memory",
-            "-",
-        ],
+        &words("leads import --account acme --campaign q1 --store memory -"),
         SAMPLE.as_bytes(),
     );
     assert_eq!(out.status.code(), Some(1));
@@ -695,15 +673,7 @@ fn delete_frees_the_credits_no_other_campaign_holds() {
 
     // Not in the campaign any more: nothing to free.
     let out = s.leads(
-        &[
-            "delete",
-            "--campaign",
-            "q1",
-            "--email",
-            "a@x.io",
-            "--format",
-            "json",
-        ],
+        &words("delete --campaign q1 --email a@x.io --format json"),
         b"",
     );
     assert_eq!(out.status.code(), Some(0));
@@ -974,9 +944,7 @@ fn alerts_listed(s: &Setup) -> Vec<(String, u64, u64, u64)> {
 #[test]
 fn a_cli_import_that_crosses_thresholds_logs_and_prints_its_alerts() {
     let s = Setup::new(None, "base");
-    let csv: String = std::iter::once("email\n".to_string())
-        .chain((0..2000).map(|i| format!("p{i}@example.com\n")))
-        .collect();
+    let csv = numbered_csv("p", 2000);
     let out = s.leads(
         &["import", "--campaign", "q1", "-", "--batch", "700"],
         csv.as_bytes(),
@@ -1108,16 +1076,7 @@ fn the_delimiter_is_detected_from_the_header_or_given() {
 
     let s = Setup::new(None, "base");
     let out = s.leads(
-        &[
-            "import",
-            "--campaign",
-            "q1",
-            "-",
-            "--delimiter",
-            "tab",
-            "--format",
-            "json",
-        ],
+        &words("import --campaign q1 - --delimiter tab --format json"),
         b"email\tname,x\nev@example.com\tEv,1\n",
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

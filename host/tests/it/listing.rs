@@ -17,6 +17,7 @@ use creditgate::http::HttpOptions;
 use creditgate::request::Request;
 use creditgate::store::{CounterAdd, Guard, MemoryStore, RedbStore, ScopeDump, Store, StoreError};
 
+use crate::harness::{self, unescape};
 use crate::http::{Api, code, send};
 
 // ---- the store's paged reads ------------------------------------------------------
@@ -65,13 +66,7 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
         assert_eq!(paged, all, "scopes, {limit} a page");
     }
 
-    let mut every = Vec::new();
-    store
-        .visit_members("s05", None, &mut |g, m| {
-            every.push((g.to_owned(), m.to_owned()));
-            true
-        })
-        .expect("visit");
+    let every = harness::memberships(store, "s05");
     assert_eq!(every.len(), 16);
     for group in [None, Some("g2"), Some("g1"), Some("nope")] {
         let whole: Vec<_> = every
@@ -266,6 +261,10 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
         None,
     );
     assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "after: this cursor belongs to another campaign's listing"
+    );
     for path in ["/v1/accounts/nobody/campaigns", "/v1/accounts/nobody/leads"] {
         let template = if path.ends_with("campaigns") {
             "/v1/accounts/{account}/campaigns"
@@ -307,6 +306,10 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
         None,
     );
     assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "after: this cursor belongs to another account's listing"
+    );
     // Without the account filter, a cursor resumes the listing of all.
     let (_, body) = api.call(
         "get",
@@ -389,14 +392,6 @@ fn plans_are_the_policy_in_force_at_the_version_healthz_reports() {
 
 // ---- the dashboard over many accounts ---------------------------------------------
 
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
-}
-
 /// The accounts a list page shows, with their states, and its next page's path.
 fn list_page(api: &Api, path: &str) -> (Vec<(String, String)>, Option<String>) {
     let (status, html) = send(&api.agent, &api.base, "get", path, None);
@@ -442,11 +437,7 @@ fn the_dashboard_pages_through_many_accounts_with_its_filters() {
     let mut names: Vec<String> = (0..123).map(|i| format!("acct-{i:03}")).collect();
     names.push("Zed".to_owned());
     for name in &names {
-        let subscribe = Request::Subscribe {
-            account: name.clone(),
-            plan: "small".into(),
-            anchor: None,
-        };
+        let subscribe = harness::subscription(name, "small");
         let d = api
             .gateway
             .decide_blocking(subscribe, at)

@@ -8,6 +8,8 @@ use creditgate_testkit::serve::ServeProcess;
 
 use chrono::{Duration, Utc};
 
+use crate::harness::{self, words};
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -52,19 +54,10 @@ fn rfc3339(t: chrono::DateTime<Utc>) -> String {
 
 #[test]
 fn subscribe_change_plan_show_and_list() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (_dir, store) = harness::temp_path("cg.redb");
     let o = run(
         &store,
-        &[
-            "account",
-            "subscribe",
-            "acme",
-            "--plan",
-            "base",
-            "--anchor",
-            "2026-01-31T09:00:00Z",
-        ],
+        &words("account subscribe acme --plan base --anchor 2026-01-31T09:00:00Z"),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
@@ -94,15 +87,7 @@ fn subscribe_change_plan_show_and_list() {
 
     let o = run(
         &store,
-        &[
-            "account",
-            "change-plan",
-            "acme",
-            "--plan",
-            "pro",
-            "--format",
-            "json",
-        ],
+        &words("account change-plan acme --plan pro --format json"),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
@@ -118,12 +103,7 @@ fn subscribe_change_plan_show_and_list() {
     );
     let o = run(&store, &["account", "list", "--format", "json"]);
     let v = json(&o);
-    let names: Vec<&str> = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|r| r["account"].as_str())
-        .collect();
+    let names = harness::account_names(&v);
     assert_eq!(names, ["acme", "zeta"]);
     assert_eq!(v[0]["anchor"].as_str(), Some("2026-01-31T09:00:00Z"));
     assert_eq!(v[1]["lead_credits"]["limit"].as_str(), Some("unlimited"));
@@ -136,8 +116,7 @@ fn subscribe_change_plan_show_and_list() {
 /// cycle containing now; a future anchor is refused and creates nothing.
 #[test]
 fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (_dir, store) = harness::temp_path("cg.redb");
     let anchor = rfc3339(Utc::now() - Duration::days(400));
     let o = run(
         &store,
@@ -186,15 +165,7 @@ fn an_unreadable_anchor_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let o = run(
         &dir.path().join("cg.redb"),
-        &[
-            "account",
-            "subscribe",
-            "a",
-            "--plan",
-            "base",
-            "--anchor",
-            "yesterday",
-        ],
+        &words("account subscribe a --plan base --anchor yesterday"),
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -238,8 +209,7 @@ fn with_sends(store: &Path, recipients: usize) -> Output {
 
 #[test]
 fn usage_json_has_the_replay_objects() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (_dir, store) = harness::temp_path("cg.redb");
     with_sends(&store, 3);
     let o = run(&store, &["usage", "acme", "--format", "json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -281,8 +251,7 @@ fn the_dashboard_shows_bars_and_warns_at_80_and_100_percent() {
 
 #[test]
 fn a_store_in_use_is_reported_not_waited_on() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("busy.redb");
+    let (_dir, store) = harness::temp_path("busy.redb");
     let _held = creditgate::store::RedbStore::open(&store).expect("opens");
     let o = run(&store, &["account", "list"]);
     assert_eq!(o.status.code(), Some(75));
@@ -320,10 +289,8 @@ fn only_error(o: &Output) -> String {
 
 #[test]
 fn an_unknown_account_is_the_same_error_from_every_command() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
-    let csv = dir.path().join("leads.csv");
-    std::fs::write(&csv, "email\na@x.io\n").expect("csv");
+    let (dir, store) = harness::temp_path("cg.redb");
+    let csv = harness::write_file(dir.path(), "leads.csv", "email\na@x.io\n");
     let csv = csv.to_str().expect("utf-8");
     // A ledger with another account: only a store that exists is asked about ghost.
     let o = run(&store, &["account", "subscribe", "acme", "--plan", "base"]);
@@ -337,25 +304,8 @@ fn an_unknown_account_is_the_same_error_from_every_command() {
         &["usage", "ghost", "--format", "json"],
         &["leads", "list", "--account", "ghost"],
         &["leads", "campaigns", "--account", "ghost"],
-        &[
-            "leads",
-            "delete",
-            "--account",
-            "ghost",
-            "--campaign",
-            "c",
-            "--all",
-        ],
-        &[
-            "leads",
-            "delete",
-            "--account",
-            "ghost",
-            "--campaign",
-            "c",
-            "--email",
-            "a@x.io",
-        ],
+        &words("leads delete --account ghost --campaign c --all"),
+        &words("leads delete --account ghost --campaign c --email a@x.io"),
         &[
             "leads",
             "import",
@@ -397,8 +347,7 @@ fn a_usage_error_has_the_same_prefix() {
 
 #[test]
 fn alerts_list_json_is_one_array_even_when_empty() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (dir, store) = harness::temp_path("cg.redb");
     let o = run(&store, &["account", "subscribe", "seed", "--plan", "base"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = run(&store, &["alerts", "list", "--format", "json"]);
@@ -450,8 +399,7 @@ pub(crate) fn send_emails(url: &str, account: &str, count: usize) {
 
 #[test]
 fn account_show_json_is_the_account_object_with_plan_and_anchor() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (_dir, store) = harness::temp_path("cg.redb");
     let anchor = "2026-01-31T09:00:00Z";
     let o = run(
         &store,
@@ -481,19 +429,10 @@ fn account_show_json_is_the_account_object_with_plan_and_anchor() {
 
 #[test]
 fn a_default_anchor_is_a_whole_second() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (_dir, store) = harness::temp_path("cg.redb");
     let o = run(
         &store,
-        &[
-            "account",
-            "subscribe",
-            "acme",
-            "--plan",
-            "base",
-            "--format",
-            "json",
-        ],
+        &words("account subscribe acme --plan base --format json"),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let anchor = json(&o)["anchor"].as_str().expect("anchor").to_owned();
@@ -535,8 +474,7 @@ fn plans_lists_the_policy_in_force() {
 
 #[test]
 fn serve_check_validates_without_creating_the_store() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("new.redb");
+    let (dir, store) = harness::temp_path("new.redb");
     let store_arg = store.to_str().expect("utf-8");
     let o = run(&store, &["serve", "--check", "--store", store_arg]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -561,8 +499,11 @@ fn serve_check_validates_without_creating_the_store() {
     assert!(stdout(&o).contains("opened read-only"), "{}", stdout(&o));
 
     // A broken policy: the error with its place, non-zero.
-    let policy = dir.path().join("broken.toml");
-    std::fs::write(&policy, "[plans.base]\nlead_credits = \"lots\"\n").expect("policy");
+    let policy = harness::write_file(
+        dir.path(),
+        "broken.toml",
+        "[plans.base]\nlead_credits = \"lots\"\n",
+    );
     let o = run(
         &store,
         &[
@@ -578,8 +519,7 @@ fn serve_check_validates_without_creating_the_store() {
     assert!(stderr(&o).contains("broken.toml:"), "{}", stderr(&o));
 
     // A config with an unknown key.
-    let config = dir.path().join("serve.toml");
-    std::fs::write(&config, "http_listn = \"127.0.0.1:1\"\n").expect("config");
+    let config = harness::write_file(dir.path(), "serve.toml", "http_listn = \"127.0.0.1:1\"\n");
     let o = run(
         &store,
         &[
@@ -633,8 +573,7 @@ pub(crate) const TOKEN: &str = "operator-test-token-0123456789";
 
 #[test]
 fn a_store_held_by_serve_names_it_and_the_server_flag() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (dir, store) = harness::temp_path("cg.redb");
     let gateway = Gateway::start(dir.path(), &store, &[]);
     let o = run(&store, &["account", "list"]);
     assert_eq!(o.status.code(), Some(75));
@@ -668,8 +607,7 @@ fn a_store_held_by_serve_names_it_and_the_server_flag() {
 
 #[test]
 fn account_and_lead_commands_work_against_a_running_gateway() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (dir, store) = harness::temp_path("cg.redb");
     let gateway = Gateway::start(dir.path(), &store, &[("CREDITGATE_ADMIN_TOKEN", TOKEN)]);
     let url = gateway.url.clone();
     let token = [("CREDITGATE_ADMIN_TOKEN", TOKEN)];
@@ -699,15 +637,9 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
         stderr(&o)
     );
 
-    let o = remote(&[
-        "account",
-        "subscribe",
-        "acme",
-        "--plan",
-        "base",
-        "--anchor",
-        "2026-01-31T09:00:00Z",
-    ]);
+    let o = remote(&words(
+        "account subscribe acme --plan base --anchor 2026-01-31T09:00:00Z",
+    ));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stdout(&o).starts_with("acme: subscribed to plan base\n"),
@@ -729,15 +661,7 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
         stderr(&o)
     );
 
-    let o = remote(&[
-        "account",
-        "change-plan",
-        "acme",
-        "--plan",
-        "pro",
-        "--format",
-        "json",
-    ]);
+    let o = remote(&words("account change-plan acme --plan pro --format json"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(
@@ -773,8 +697,7 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
             _ => csv += &format!("n{i},lead{i}@example.com\n"),
         }
     }
-    let file = dir.path().join("leads.csv");
-    std::fs::write(&file, &csv).expect("csv");
+    let file = harness::write_file(dir.path(), "leads.csv", &csv);
     let file = file.to_str().expect("utf-8");
     let o = remote(&[
         "leads",
@@ -835,16 +758,9 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
         stdout(&o)
     );
 
-    let o = remote(&[
-        "leads",
-        "delete",
-        "--account",
-        "acme",
-        "--campaign",
-        "spring",
-        "--email",
-        "lead1@example.com",
-    ]);
+    let o = remote(&words(
+        "leads delete --account acme --campaign spring --email lead1@example.com",
+    ));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stdout(&o).starts_with("freed 1 lead credit; lead credits used: 2497 of 30000"),
@@ -883,8 +799,7 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
 /// script retries the one and fixes its arguments for the other.
 #[test]
 fn an_unavailable_backend_or_gateway_has_its_own_exit_status() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (_dir, store) = harness::temp_path("cg.redb");
     let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -989,8 +904,7 @@ fn a_server_that_is_not_there_is_a_clear_error() {
 /// line too; a refused one is a usage error that quotes it escaped.
 #[test]
 fn account_names_follow_the_one_rule() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("cg.redb");
+    let (_dir, store) = harness::temp_path("cg.redb");
     let o = run(
         &store,
         &["account", "subscribe", " ACME ", "--plan", "base"],
@@ -1032,8 +946,7 @@ fn account_names_follow_the_one_rule() {
 /// escaped, one row per account, whatever they hold.
 #[test]
 fn account_list_escapes_every_name() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("cg.redb");
+    let (_dir, path) = harness::temp_path("cg.redb");
     {
         let store = std::sync::Arc::new(creditgate::store::RedbStore::open(&path).expect("opens"));
         let mut worker =
@@ -1045,11 +958,7 @@ fn account_list_escapes_every_name() {
             "rtl\u{202e}lagel",
             "plain",
         ] {
-            let request = creditgate::request::Request::Subscribe {
-                account: account.into(),
-                plan: "base".into(),
-                anchor: None,
-            };
+            let request = harness::subscription(account, "base");
             let d = worker
                 .decide(&request, 1_700_000_000_000_000_000)
                 .expect("decides");

@@ -15,7 +15,7 @@ use std::process::Output;
 use serde_json::{Value, json};
 
 use crate::dashboard::{Serve, rows};
-use crate::harness::creditgate_command;
+use crate::harness::{self, creditgate_command, succeeds};
 
 const POLICY: &str = "plan small 2 10\nwarn 50\n";
 
@@ -24,24 +24,13 @@ fn wasm() -> &'static OsStr {
 }
 
 fn cli(args: &[&OsStr]) -> Output {
-    let output = creditgate_command()
-        .args(args)
-        .output()
-        .expect("creditgate runs");
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    succeeds(creditgate_command().args(args))
 }
 
 #[test]
 fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("store.redb");
-    let policy = dir.path().join("domains.policy");
-    std::fs::write(&policy, POLICY).expect("writes the policy");
+    let (dir, store) = harness::temp_path("store.redb");
+    let policy = harness::write_file(dir.path(), "domains.policy", POLICY);
     let serve = Serve::start_with(&store, &policy, Some(Path::new(wasm())));
 
     serve.subscribe("acme", "small");
@@ -60,12 +49,7 @@ fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
     let (status, _, body) = serve.get("/v1/accounts");
     assert_eq!(status, 200, "{body}");
     let listed: Value = serde_json::from_str(&body).expect("JSON");
-    let names: Vec<&str> = listed["accounts"]
-        .as_array()
-        .expect("accounts")
-        .iter()
-        .filter_map(|a| a["account"].as_str())
-        .collect();
+    let names = harness::account_names(&listed["accounts"]);
     assert_eq!(names, ["acme", "beta"], "{body}");
 
     // Its campaigns and leads, in its terms.
@@ -153,12 +137,7 @@ fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
     };
     let accounts: Value =
         serde_json::from_str(&local(&["account", "list", "--format", "json"])).expect("JSON");
-    let names: Vec<&str> = accounts
-        .as_array()
-        .expect("an array")
-        .iter()
-        .filter_map(|a| a["account"].as_str())
-        .collect();
+    let names = harness::account_names(&accounts);
     assert_eq!(names, ["acme", "beta"]);
     let listed = local(&["leads", "list", "--account", "acme"]);
     let mut lines: Vec<&str> = listed.lines().collect();

@@ -39,8 +39,7 @@ fn the_systemd_unit_verifies() {
     assert!(unit.contains("CREDITGATE_STORE=/var/lib/creditgate/"));
 
     // systemd-analyze checks that the binary exists: point it at the one built.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("creditgate.service");
+    let (_dir, path) = crate::harness::temp_path("creditgate.service");
     std::fs::write(
         &path,
         unit.replace("/usr/bin/creditgate", env!("CARGO_BIN_EXE_creditgate")),

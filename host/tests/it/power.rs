@@ -336,11 +336,7 @@ fn clients(gateway: &Gateway, oracle: &Mutex<Oracle>, stop: &AtomicBool, seed: u
 
 fn subscribe(gateway: &Gateway, oracle: &Mutex<Oracle>, account: &str) {
     lock(oracle).asked.insert(account.to_owned());
-    let request = Request::Subscribe {
-        account: account.to_owned(),
-        plan: "small".into(),
-        anchor: None,
-    };
+    let request = harness::subscription(account, "small");
     if let Ok(d) = gateway.decide_blocking(request, NOW)
         && d.denied.is_none()
     {
@@ -419,8 +415,7 @@ fn run_cuts(cuts: u64) {
         "power test: seed {seed} (CREDITGATE_POWER_SEED={seed} repeats its choices), {cuts} cuts"
     );
     let mut rng = Rng(seed);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("power.redb");
+    let (_dir, path) = harness::temp_path("power.redb");
     let oracle = Mutex::new(Oracle::default());
     for cut in 0..cuts {
         let disk = Arc::new(Disk::default());

@@ -906,6 +906,19 @@ fn downgrade_and_unknown_plans() {
     assert_eq!(outs[16]["charged"], 1, "the reset lifts the email denial");
 }
 
+/// Each output's reason, credits charged and email credits used after it.
+fn emails_charged(outs: &[Value]) -> Vec<(Value, u64, u64)> {
+    outs.iter()
+        .map(|o| {
+            (
+                o["reason"].clone(),
+                o["charged"].as_u64().unwrap(),
+                o["email_credits"]["used"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn repeats_and_free_kinds() {
     let outs = fixed(
@@ -933,16 +946,7 @@ fn repeats_and_free_kinds() {
             r#"{"at":"2025-02-01T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","message_id":"m"}"#,
         ],
     );
-    let got: Vec<(Value, u64, u64)> = outs
-        .iter()
-        .map(|o| {
-            (
-                o["reason"].clone(),
-                o["charged"].as_u64().unwrap(),
-                o["email_credits"]["used"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let got = emails_charged(&outs);
     let e = |r: &str| json!(r);
     let expected = vec![
         (Value::Null, 0, 0),
@@ -985,16 +989,7 @@ fn a_reused_message_id_is_denied_not_free() {
             r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":["a@x.io","b@x.io"],"message_id":"<m1@acme>"}"#,
         ],
     );
-    let got: Vec<(Value, u64, u64)> = outs
-        .iter()
-        .map(|o| {
-            (
-                o["reason"].clone(),
-                o["charged"].as_u64().unwrap(),
-                o["email_credits"]["used"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let got = emails_charged(&outs);
     let reused = json!("idempotency_key_reused");
     assert_eq!(
         got,
@@ -1035,14 +1030,9 @@ fn going_back_finds_the_earlier_cycle() {
             r#"{"at":"2025-02-03T00:00:00Z","op":"usage","account":"a"}"#,
         ],
     );
-    let got: Vec<(u64, u64)> = outs
-        .iter()
-        .map(|o| {
-            (
-                o["charged"].as_u64().unwrap(),
-                o["email_credits"]["used"].as_u64().unwrap(),
-            )
-        })
+    let got: Vec<(u64, u64)> = emails_charged(&outs)
+        .into_iter()
+        .map(|(_, charged, used)| (charged, used))
         .collect();
     assert_eq!(
         got,

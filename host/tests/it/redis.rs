@@ -252,12 +252,11 @@ fn store_copy_round_trip_redb_redis_redb() {
         "--store",
         &a,
     ]);
-    let csv = dir.path().join("leads.csv");
-    std::fs::write(
-        &csv,
+    let csv = crate::harness::write_file(
+        dir.path(),
+        "leads.csv",
         "email\nann@example.com\nbo@example.org\ncy@example.net\n",
-    )
-    .expect("writes");
+    );
     let csv = csv.to_str().expect("utf-8");
     for (account, campaign) in [("acme", "q1"), ("acme", "q2"), ("bolt", "launch")] {
         creditgate_ok(&[
@@ -285,8 +284,7 @@ fn store_copy_round_trip_redb_redis_redb() {
         )
     })
     .collect();
-    let events_file = dir.path().join("events.jsonl");
-    std::fs::write(&events_file, events).expect("writes");
+    let events_file = crate::harness::write_file(dir.path(), "events.jsonl", events);
     creditgate_ok(&[
         "replay",
         "--events",
@@ -1003,14 +1001,7 @@ fn visits_cross_pages_in_order() {
         ..ScopeDump::default()
     };
     store.import_scope("s", &dump).expect("imports");
-    let mut seen = Vec::new();
-    store
-        .visit_members("s", None, &mut |g, m| {
-            seen.push((g.to_owned(), m.to_owned()));
-            true
-        })
-        .expect("visits");
-    assert_eq!(seen, memberships);
+    assert_eq!(crate::harness::memberships(&store, "s"), memberships);
     let mut group = Vec::new();
     store
         .visit_members("s", Some("g0007"), &mut |_, m| {

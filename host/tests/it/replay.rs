@@ -68,8 +68,7 @@ fn the_binary_prints_decisions_on_stdout_and_latencies_on_stderr() {
 
 #[test]
 fn state_in_a_redb_store_survives_across_runs() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("state.redb");
+    let (_dir, store) = harness::temp_path("state.redb");
     let store = store.to_str().expect("utf-8 path");
     let lines = std::fs::read_to_string(trace()).expect("trace");
     let lines: Vec<&str> = lines.lines().collect();
@@ -141,8 +140,7 @@ fn malformed_lines_get_an_error_line_in_place_and_change_nothing() {
 /// Replays nothing against a policy with `contents`: exit status, stderr, and the
 /// policy's path as the messages print it.
 fn replay_with_policy(contents: &str) -> (Option<i32>, String, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.toml");
+    let (_dir, policy) = harness::temp_path("policy.toml");
     std::fs::write(&policy, contents).expect("written");
     let path = policy.to_str().expect("utf-8 path");
     let out = creditgate(&["replay", "--policy", path, "--events", "-"], b"");
@@ -193,8 +191,7 @@ fn missing_inputs_are_usage_errors() {
 
 #[test]
 fn a_store_held_by_another_process_is_refused_at_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("busy.redb");
+    let (_dir, path) = harness::temp_path("busy.redb");
     let _held = creditgate::store::RedbStore::open(&path).expect("opens");
     let out = creditgate(
         &[

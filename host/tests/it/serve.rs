@@ -2,7 +2,6 @@
 //! order, charges once per message, refusals as configured, and one bad or slow
 //! peer never costs another its answers.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,7 +20,9 @@ use creditgate::request::Request;
 use creditgate::serve::{ServeOptions, serve_postfix};
 use creditgate::store::MemoryStore;
 use creditgate::time::now;
-use creditgate_testkit::serve::{ServeProcess, policy_request};
+use creditgate_testkit::serve::{ServeProcess, policy_request, postfix_request as request};
+
+use crate::harness::{self, on_tokio as run};
 
 const POLICY: &str = "[plans.small]\nlead_credits = 20\nemail_credits = 5\n\
     [plans.large]\nlead_credits = 20\nemail_credits = 50\n";
@@ -31,16 +32,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn component() -> Arc<creditgate::runtime::Runtime> {
     crate::harness::shared_runtime()
-}
-
-/// Runs `test` on a small multi-thread runtime.
-fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(test());
 }
 
 /// A server on a free port over a fresh store, with account `acme` on `small`.
@@ -67,11 +58,7 @@ impl Server {
             Gateway::start_in(component(), Arc::new(MemoryStore::new()), policy, mode, 2)
                 .expect("starts");
         let gateway = Arc::new(gateway);
-        let subscribe = Request::Subscribe {
-            account: "acme".into(),
-            plan: "small".into(),
-            anchor: None,
-        };
+        let subscribe = harness::subscription("acme", "small");
         let d = gateway.decide(subscribe, now()).await.expect("subscribes");
         assert_eq!(d.denied, None);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
@@ -121,20 +108,6 @@ impl Server {
             .expect("stops in time")
             .expect("server task");
     }
-}
-
-/// A request as Postfix sends it: every attribute, `name=value` lines, an empty line.
-fn request(state: &str, user: &str, extra: &[(&str, &str)]) -> String {
-    let mut text = format!(
-        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
-         client_address=127.0.0.1\nsasl_username={user}\nsender=al@example.com\n\
-         recipient=bo@example.org\n"
-    );
-    for (name, value) in extra {
-        text.push_str(&format!("{name}={value}\n"));
-    }
-    text.push('\n');
-    text
 }
 
 fn end_of_message(user: &str, recipients: &str, instance: &str) -> String {
@@ -448,11 +421,7 @@ fn a_gateway_in_shadow_lets_mail_through_and_counts_it() {
             ServeOptions::default(),
         )
         .await;
-        let subscribe = Request::Subscribe {
-            account: "strict".into(),
-            plan: "strict".into(),
-            anchor: None,
-        };
+        let subscribe = harness::subscription("strict", "strict");
         server
             .gateway
             .decide(subscribe, now())
@@ -685,8 +654,7 @@ fn the_binary_answers_then_exits_cleanly_on_sigterm() {
 
 #[test]
 fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.toml");
+    let (dir, policy) = harness::temp_path("policy.toml");
     let store = dir.path().join("gateway.redb");
     let (policy_arg, store_arg) = (
         policy.to_str().expect("utf-8"),
@@ -697,24 +665,10 @@ fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
         "[plans.small]\nlead_credits = 1\nemail_credits = 1\n",
     )
     .expect("writes");
-    let subscribed = Command::new(env!("CARGO_BIN_EXE_creditgate"))
-        .args([
-            "account",
-            "subscribe",
-            "acme",
-            "--plan",
-            "small",
-            "--store",
-            store_arg,
-            "--policy",
-            policy_arg,
-        ])
-        .output()
-        .expect("runs");
-    assert!(
-        subscribed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&subscribed.stderr)
+    harness::succeeds(
+        Command::new(env!("CARGO_BIN_EXE_creditgate"))
+            .args(harness::words("account subscribe acme --plan small"))
+            .args(["--store", store_arg, "--policy", policy_arg]),
     );
 
     let serve = spawn_serve(dir.path(), &["--store", store_arg, "--policy", policy_arg]);
@@ -766,8 +720,7 @@ fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
 
 #[test]
 fn the_binary_refuses_a_config_with_an_unknown_key() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("serve.toml");
+    let (_dir, config) = harness::temp_path("serve.toml");
     std::fs::write(&config, "store = \"memory\"\nlisten = \"127.0.0.1:1\"\n").expect("writes");
     let output = Command::new(env!("CARGO_BIN_EXE_creditgate"))
         .arg("serve")

@@ -13,7 +13,7 @@ use creditgate::gateway::Gateway;
 use creditgate::request::Request;
 use creditgate::store::MemoryStore;
 
-use crate::harness;
+use crate::harness::{self, charge};
 
 /// `mid_b` and `mid_c` tie on email credits and lead credits: the name
 /// decides. `mid_a` ties on email credits with more leads. `wide` holds many
@@ -187,22 +187,10 @@ fn a_plan_in_shadow_is_charged_past_its_limit_and_says_what_enforcement_would() 
     assert_eq!(batch.usage.map(|u| u.lead_credits.used), Some(3));
 }
 
-fn charge(account: &str, cost: u64) -> Request {
-    Request::ChargeEmail {
-        account: account.into(),
-        cost,
-        message_id: None,
-    }
-}
-
 fn subscribe(gateway: &Gateway, account: &str, plan: &str) {
     let d = gateway
         .decide_blocking(
-            Request::Subscribe {
-                account: account.into(),
-                plan: plan.into(),
-                anchor: None,
-            },
+            harness::subscription(account, plan),
             creditgate::time::now(),
         )
         .expect("subscribes");
@@ -343,8 +331,7 @@ fn shadow_never_leaks_into_enforcement_across_reloads() {
 
 #[test]
 fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.toml");
+    let (dir, policy) = harness::temp_path("policy.toml");
     let config = dir.path().join("serve.toml");
     std::fs::write(
         &policy,
@@ -447,17 +434,16 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
     );
     assert!(stderr.contains("the gateway's mode changed"), "{stderr}");
 
+    let serve_check = |config: &std::path::Path| {
+        harness::creditgate_command()
+            .args(["serve", "--check", "--config"])
+            .arg(config)
+            .output()
+            .expect("runs")
+    };
     // `serve --check` says what a rollout in shadow will let through.
     write_config("shadow");
-    let out = harness::creditgate_command()
-        .args([
-            "serve",
-            "--check",
-            "--config",
-            config.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("runs");
+    let out = serve_check(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(
@@ -472,15 +458,7 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
         "store = \"memory\"\npolicy = \"policy.toml\"\nmode = \"shadw\"\n",
     )
     .expect("writes");
-    let out = harness::creditgate_command()
-        .args([
-            "serve",
-            "--check",
-            "--config",
-            config.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("runs");
+    let out = serve_check(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(

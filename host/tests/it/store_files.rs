@@ -14,7 +14,7 @@ use std::sync::Arc;
 use creditgate::request::Request;
 use creditgate::store::{OpenOptions, RedbStore, Store, StoreError, journal_path};
 
-use crate::harness;
+use crate::harness::{self, words};
 
 /// Runs creditgate with `--store STORE` appended and `stdin` as its input (empty
 /// in every refusal here: the store is opened before any input is read, and a
@@ -35,50 +35,24 @@ fn stderr(o: &Output) -> String {
 }
 
 /// Every command that has nothing to do on an empty ledger, with its arguments
-/// (`--store` is appended).
-const READERS: &[&[&str]] = &[
-    &["account", "list"],
-    &["account", "show", "acme"],
-    &["account", "change-plan", "acme", "--plan", "pro"],
-    &["usage", "acme"],
-    &["alerts", "list"],
-    &["leads", "list", "--account", "acme"],
-    &[
-        "leads",
-        "delete",
-        "--account",
-        "acme",
-        "--campaign",
-        "q1",
-        "--all",
-    ],
-    &[
-        "leads",
-        "import",
-        "--account",
-        "acme",
-        "--campaign",
-        "q1",
-        "-",
-    ],
-    &[
-        "leads",
-        "import",
-        "--account",
-        "acme",
-        "--campaign",
-        "q1",
-        "--dry-run",
-        "-",
-    ],
+/// (`--store` is appended), as command lines.
+const READERS: &[&str] = &[
+    "account list",
+    "account show acme",
+    "account change-plan acme --plan pro",
+    "usage acme",
+    "alerts list",
+    "leads list --account acme",
+    "leads delete --account acme --campaign q1 --all",
+    "leads import --account acme --campaign q1 -",
+    "leads import --account acme --campaign q1 --dry-run -",
 ];
 
 #[test]
 fn a_command_that_only_reads_does_not_create_a_missing_store() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let typo = dir.path().join("creditgat.redb");
-    for args in READERS {
-        let o = run(&typo, args, b"");
+    let (dir, typo) = harness::temp_path("creditgat.redb");
+    for args in READERS.iter().map(|line| words(line)) {
+        let o = run(&typo, &args, b"");
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let expected = format!("no store at {}", typo.display());
         assert!(stderr(&o).contains(&expected), "{args:?}: {}", stderr(&o));
@@ -98,8 +72,7 @@ fn a_command_that_only_reads_does_not_create_a_missing_store() {
 
 #[test]
 fn a_subscription_creates_a_missing_store() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("new.redb");
+    let (_dir, store) = harness::temp_path("new.redb");
     let o = run(
         &store,
         &["account", "subscribe", "acme", "--plan", "base"],
@@ -112,18 +85,16 @@ fn a_subscription_creates_a_missing_store() {
 }
 
 fn empty_file(dir: &Path) -> PathBuf {
-    let store = dir.join("truncated.redb");
-    std::fs::write(&store, b"").expect("an empty file");
-    store
+    harness::write_file(dir, "truncated.redb", b"")
 }
 
 #[test]
 fn an_empty_store_file_is_refused_by_every_command() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = empty_file(dir.path());
-    let subscribe: &[&str] = &["account", "subscribe", "acme", "--plan", "base"];
-    for args in READERS.iter().chain([&subscribe]) {
-        let o = run(&store, args, b"");
+    let subscribe = "account subscribe acme --plan base";
+    for args in READERS.iter().chain([&subscribe]).map(|line| words(line)) {
+        let o = run(&store, &args, b"");
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let expected = format!("the store {} is an empty file", store.display());
         assert!(stderr(&o).contains(&expected), "{args:?}: {}", stderr(&o));
@@ -137,8 +108,7 @@ fn an_empty_store_file_is_refused_by_every_command() {
 
 #[test]
 fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = dir.path().join("notes.redb");
+    let (_dir, store) = harness::temp_path("notes.redb");
     std::fs::write(&store, b"not a ledger\n").expect("written");
     for args in [
         &["account", "list"][..],
@@ -161,14 +131,7 @@ fn serve_init_store_starts_a_ledger_in_an_empty_file() {
     let store = empty_file(dir.path());
     let o = run(
         &store,
-        &[
-            "serve",
-            "--postfix-listen",
-            "off",
-            "--http-listen",
-            "off",
-            "--init-store",
-        ],
+        &words("serve --postfix-listen off --http-listen off --init-store"),
         b"",
     );
     assert!(
@@ -180,14 +143,12 @@ fn serve_init_store_starts_a_ledger_in_an_empty_file() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
     // The same from the config file.
-    let store = dir.path().join("second.redb");
-    std::fs::write(&store, b"").expect("an empty file");
-    let config = dir.path().join("serve.toml");
-    std::fs::write(
-        &config,
+    let store = harness::write_file(dir.path(), "second.redb", b"");
+    let config = harness::write_file(
+        dir.path(),
+        "serve.toml",
         "init_store = true\npostfix_listen = \"off\"\nhttp_listen = \"off\"\n",
-    )
-    .expect("written");
+    );
     let o = run(
         &store,
         &["serve", "--config", config.to_str().expect("utf-8")],
@@ -217,11 +178,7 @@ const NOW: i64 = 1_772_323_200_000_000_000;
 /// A worker on `store` after subscribing acme to `base`, durably.
 fn subscribed(store: &Arc<RedbStore>) -> creditgate::runtime::Worker {
     let mut worker = harness::worker_on(store.clone(), POLICY);
-    let subscribe = Request::Subscribe {
-        account: "acme".into(),
-        plan: "base".into(),
-        anchor: None,
-    };
+    let subscribe = harness::subscription("acme", "base");
     assert_eq!(
         worker.decide(&subscribe, NOW).expect("decides").denied,
         None
@@ -232,8 +189,7 @@ fn subscribed(store: &Arc<RedbStore>) -> creditgate::runtime::Worker {
 
 #[test]
 fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("live.redb");
+    let (dir, path) = harness::temp_path("live.redb");
     // A checkpoint every 7 records: the copies cross several.
     let options = OpenOptions {
         checkpoint_records: 7,
@@ -267,8 +223,7 @@ fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
 /// what `persist` acknowledged comes back after a crash, once.
 #[test]
 fn the_alert_log_is_replayed_from_the_journal_after_a_crash() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("live.redb");
+    let (dir, path) = harness::temp_path("live.redb");
     let store = RedbStore::open(&path).expect("opens");
     assert_eq!(store.alert_sequence("acme").expect("a number"), 1);
     assert!(
@@ -314,8 +269,7 @@ fn the_alert_log_is_replayed_from_the_journal_after_a_crash() {
 /// sees the account a crash left only in the journal.
 #[test]
 fn a_command_that_only_reads_replays_the_journal() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("live.redb");
+    let (dir, path) = harness::temp_path("live.redb");
     let image = dir.path().join("image.redb");
     {
         let store = Arc::new(RedbStore::open(&path).expect("opens"));
@@ -355,8 +309,7 @@ fn a_journal_that_is_not_the_stores_is_refused_and_named() {
 
 #[test]
 fn the_journal_is_locked_with_the_store() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("locked.redb");
+    let (_dir, path) = harness::temp_path("locked.redb");
     let store = RedbStore::open(&path).expect("opens");
     let journal = std::fs::File::open(journal_path(&path)).expect("the journal is there");
     assert!(matches!(

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use crate::check::{creditgate, golden, repo, text};
+use crate::check::{assert_golden, creditgate, repo, text};
+use crate::harness::words;
 
 /// Suite files under `dir`, recursively: the `.toml` files with a `[[case]]`.
 fn suite_files(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
@@ -79,19 +80,14 @@ fn a_failing_suite_prints_its_golden_report_and_exits_1() {
     assert_eq!(text(&out.stderr), "");
     let stdout = text(&out.stdout);
     assert_eq!(stdout.lines().last(), Some("1 passed, 2 failed"));
-    if let Some(difference) = golden("host/tests/fixtures/suites/mixed.expected", &stdout) {
-        panic!("{difference}");
-    }
+    assert_golden("host/tests/fixtures/suites/mixed.expected", &stdout);
 }
 
 #[test]
 fn a_filter_runs_only_the_cases_whose_name_contains_it() {
-    let out = creditgate(&[
-        "test",
-        "--filter",
-        "mixed::pass",
-        "host/tests/fixtures/suites",
-    ]);
+    let out = creditgate(&words(
+        "test --filter mixed::pass host/tests/fixtures/suites",
+    ));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(
         text(&out.stdout),
@@ -100,12 +96,9 @@ fn a_filter_runs_only_the_cases_whose_name_contains_it() {
          1 passed, 0 failed\n"
     );
 
-    let out = creditgate(&[
-        "test",
-        "--filter",
-        "expects_usage",
-        "host/tests/fixtures/suites",
-    ]);
+    let out = creditgate(&words(
+        "test --filter expects_usage host/tests/fixtures/suites",
+    ));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stdout).lines().last(), Some("0 passed, 1 failed"));
 }
@@ -115,12 +108,10 @@ fn invalid_suites_are_input_errors_and_nothing_runs() {
     let out = creditgate(&["test", "host/tests/fixtures/invalid-suites"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(text(&out.stdout), "");
-    if let Some(difference) = golden(
+    assert_golden(
         "host/tests/fixtures/invalid-suites/errors.expected",
         &text(&out.stderr),
-    ) {
-        panic!("{difference}");
-    }
+    );
 }
 
 #[test]

@@ -23,15 +23,7 @@ use crate::mix::Mix;
 
 /// The plans `--spawn` seeds: `load` never runs out during a run, `small` does
 /// within its first few messages, so that part of the traffic meets exhaustion.
-pub const POLICY: &str = "\
-[plans.load]
-lead_credits = 1000
-email_credits = 1000000000000
-
-[plans.small]
-lead_credits = 10
-email_credits = 20
-";
+pub const POLICY: &str = include_str!("../../../load-policy.toml");
 
 /// How long `serve` may take to answer: a cold start compiles the component.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
