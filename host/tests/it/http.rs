@@ -779,10 +779,17 @@ pub(crate) fn terminate(serve: ServeProcess) -> String {
 
 #[test]
 fn hot_reload_under_load_fails_no_request() {
-    let (dir, policy) = harness::temp_path("policy.toml");
+    let (_dir, policy) = harness::temp_path("policy.toml");
     std::fs::write(&policy, POLICY).expect("writes");
-    let policy_arg = policy.to_str().expect("utf-8");
-    let (child, base) = spawn_http(dir.path(), &["--store", "memory", "--policy", policy_arg]);
+    // The library's server, as `serve` runs it: its reloader re-reads the file.
+    let server = harness::InProcess::start(
+        creditgate::serve::Overrides {
+            policy: Some(policy.clone()),
+            ..creditgate::serve::Overrides::default()
+        },
+        Arc::new(MemoryStore::new()),
+    );
+    let base = server.http_url();
     let agent = agent();
     let post = |path: &str, body: Value| send(&agent, &base, "post", path, Some(&body.to_string()));
     assert_eq!(
@@ -843,9 +850,19 @@ fn hot_reload_under_load_fails_no_request() {
     let (_, usage) = send(&agent, &base, "get", "/v1/accounts/acme/usage", None);
     let usage: Value = serde_json::from_str(&usage).expect("JSON");
     assert_eq!(usage["email_credits"]["limit"], 100_000, "{usage}");
-    let stderr = terminate(child);
-    assert!(stderr.contains("reload refused"), "{stderr}");
-    assert!(stderr.contains("policy reloaded"), "{stderr}");
+    // Counted as what they were: one reload refused, one done.
+    let (_, metrics) = send(&agent, &base, "get", "/metrics", None);
+    for line in [
+        "creditgate_reloads_total{result=\"refused\"} 1",
+        "creditgate_reloads_total{result=\"ok\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let stopped = server.stop();
+    assert_eq!(
+        (stopped.stats.reloads, stopped.stats.reloads_refused),
+        (1, 1)
+    );
 }
 
 #[test]
