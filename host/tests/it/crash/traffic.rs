@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use creditgate_testkit::serve::postfix_request;
+
 use super::oracle::{
     AccountEntry, ClientLog, Known, Message, PLANS, Rng, Shared, Stats, Via, in_shadow, lock,
 };
@@ -49,20 +51,6 @@ pub(super) fn http(
         .map_err(|e| format!("{method} {path}: {e}"))?;
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Ok((status, value))
-}
-
-/// A Postfix policy request, with every attribute Postfix sends.
-pub(super) fn policy_request(state: &str, account: &str, extra: &[(&str, String)]) -> String {
-    let mut text = format!(
-        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
-         client_address=127.0.0.1\nsasl_username={account}\nsender=al@example.com\n\
-         recipient=bo@example.org\n"
-    );
-    for (name, value) in extra {
-        text.push_str(&format!("{name}={value}\n"));
-    }
-    text.push('\n');
-    text
 }
 
 pub(super) fn contact(j: u64) -> String {
@@ -354,13 +342,11 @@ impl Client<'_> {
         instance: &str,
         fresh: bool,
     ) -> Flow {
-        let request = policy_request(
+        let cost = cost.to_string();
+        let request = postfix_request(
             "END-OF-MESSAGE",
             account,
-            &[
-                ("recipient_count", cost.to_string()),
-                ("instance", instance.to_owned()),
-            ],
+            &[("recipient_count", &cost), ("instance", instance)],
         );
         let answer = match self.ask_postfix(&request, fresh) {
             Ok(action) if action == "DUNNO" => Charge::Allowed {
@@ -694,7 +680,7 @@ impl Client<'_> {
     }
 
     pub(super) fn rcpt(&mut self, account: &str) -> Flow {
-        let request = policy_request("RCPT", account, &[]);
+        let request = postfix_request("RCPT", account, &[]);
         match self.ask_postfix(&request, false) {
             Ok(action) if action == "DUNNO" || action.starts_with("DEFER 4.7.1") => {
                 self.log().stats.checks += 1;
