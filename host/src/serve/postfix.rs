@@ -227,14 +227,28 @@ impl Connection {
             gateway,
             config,
             options,
-            mut stopped,
+            stopped,
             slot,
         } = self;
         let conn = slot.conn();
         let mut reader = RequestReader::new(config.limits);
         let mut buf = vec![0u8; READ_CHUNK];
+        let mut reply_bytes = Vec::with_capacity(64);
         // When the request being read must be whole; none between requests.
         let mut deadline: Option<Instant> = None;
+        // One timer and one waiter on each of the two notifiers for the
+        // connection's whole life, rather than new ones at every request: each
+        // of those is a lock taken twice on a structure every connection shares
+        // (the timer wheel's shard, the stop and eviction notifiers' lists).
+        // Pushing a registered timer later takes no lock: the wheel sees the
+        // new deadline when the old one comes.
+        let timer = tokio::time::sleep_until(Instant::now() + options.idle_timeout);
+        let mut watching = stopped.clone();
+        let stop = async move {
+            let _ = watching.wait_for(|s| *s).await;
+        };
+        let evicted = conn.evicted();
+        tokio::pin!(timer, stop, evicted);
         loop {
             // Stop only between requests; a request begun is read to its end (or
             // until a timeout), then answered.
@@ -244,10 +258,15 @@ impl Connection {
             }
             let idle_until = Instant::now() + options.idle_timeout;
             let until = deadline.map_or(idle_until, |d| d.min(idle_until));
+            timer.as_mut().reset(until);
+            // Biased: the read first, as the select without timers polled it,
+            // and no random draw per request.
             let read = tokio::select! {
-                read = tokio::time::timeout_at(until, stream.read(&mut buf)) => read,
-                _ = async { let _ = stopped.wait_for(|s| *s).await; }, if idle => return,
-                () = conn.evicted() => {
+                biased;
+                read = stream.read(&mut buf) => Ok(read),
+                () = &mut timer => Err(()),
+                () = &mut stop, if idle => return,
+                () = &mut evicted => {
                     debug!(%peer, "closed to make room for a new connection");
                     return;
                 }
@@ -264,12 +283,12 @@ impl Connection {
                     debug!(%peer, error = %e, "read failed; closing");
                     return;
                 }
-                Err(_) if deadline.is_some_and(|d| d <= until) => {
+                Err(()) if deadline.is_some_and(|d| d <= until) => {
                     debug!(%peer, timeout = ?options.request_timeout,
                         "request not whole within the request timeout; closing");
                     return;
                 }
-                Err(_) => {
+                Err(()) => {
                     debug!(%peer, timeout = ?options.idle_timeout, "idle timeout; closing");
                     return;
                 }
@@ -281,9 +300,11 @@ impl Connection {
                         conn.answering();
                         deadline = None;
                         let reply = answer(&gateway, &config, &request, &peer).await;
+                        reply_bytes.clear();
+                        reply.encode_into(&mut reply_bytes);
                         let written = tokio::time::timeout(
                             options.idle_timeout,
-                            stream.write_all(&reply.encode()),
+                            stream.write_all(&reply_bytes),
                         )
                         .await;
                         if !matches!(written, Ok(Ok(()))) {
