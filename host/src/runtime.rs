@@ -525,8 +525,9 @@ pub struct HostState {
 }
 
 /// The instance's resource caps ([`StoreLimits`]), remembering whether a memory
-/// growth was refused: the trap a guest's allocator raises next is then reported
-/// as the cap it is, not as whatever instruction it stopped on.
+/// growth was refused during the call in progress: the trap a guest's allocator
+/// raises next is then reported as the cap it is, not as whatever instruction it
+/// stopped on.
 struct Limits {
     caps: StoreLimits,
     memory_limit: usize,
@@ -899,7 +900,11 @@ impl Instance {
         f: impl FnOnce(&PolicyEngine, &mut wasmtime::Store<HostState>) -> wasmtime::Result<T>,
     ) -> (wasmtime::Result<T>, Duration, Option<Duration>) {
         let started = Instant::now();
-        let clock = &mut self.store.data_mut().clock;
+        let state = self.store.data_mut();
+        // A refusal belongs to the call it happened in: a guest that survived
+        // one earlier must not have a later, unrelated trap called the cap.
+        state.limits.memory_refused = false;
+        let clock = &mut state.clock;
         clock.started_tick = Some(clock.ticks.load(Ordering::Relaxed));
         clock.budget_ticks = ticks(budget);
         clock.store_ticks = 0;
