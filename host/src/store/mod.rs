@@ -838,14 +838,14 @@ pub(crate) fn check_batch(scope: &str, group: &str, members: &[String]) -> Resul
 }
 
 /// Checks the names a primitive on one member of one group takes.
-pub(crate) fn check_member(scope: &str, group: &str, member: &str) -> Result<(), StoreError> {
+fn check_member(scope: &str, group: &str, member: &str) -> Result<(), StoreError> {
     check_name("scope", scope)?;
     check_name("group", group)?;
     check_name("member", member)
 }
 
 /// Checks the arguments every counter primitive takes.
-pub(crate) fn check_counter(
+fn check_counter(
     scope: &str,
     guard: Option<Guard<'_>>,
     name: &str,
@@ -864,7 +864,7 @@ pub(crate) fn check_counter(
 }
 
 /// Checks the arguments of `member_add_guarded`.
-pub(crate) fn check_guarded_member(
+fn check_guarded_member(
     scope: &str,
     guard: Option<Guard<'_>>,
     group: &str,

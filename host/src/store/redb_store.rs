@@ -2045,8 +2045,8 @@ impl super::Backend for RedbStore {
             let pairs = (scope, "")..(end.as_str(), "");
             let triples = (scope, "", "")..(end.as_str(), "", "");
 
-            // Everything the scope held goes first, derived counts included; after
-            // that, an insert that finds a key in place found a repeat in the dump.
+            // Everything the scope held goes first, derived counts included (the
+            // dump itself was checked for repeats by `Store::import_scope`).
             let mut records = txn.open_table(RECORDS).ctx(what)?;
             let mut counters = txn.open_table(COUNTERS).ctx(what)?;
             let mut markers = txn.open_table(ONCE).ctx(what)?;
@@ -2070,44 +2070,23 @@ impl super::Backend for RedbStore {
             changed |= counts.remove(scope).ctx(what)?.is_some();
 
             for (key, value) in &dump.records {
-                let key = key.as_str();
-                if records
-                    .insert((scope, key), value.as_str())
-                    .ctx(what)?
-                    .is_some()
-                {
-                    return Err(repeated(format_args!("record {key:?}")));
-                }
+                records
+                    .insert((scope, key.as_str()), value.as_str())
+                    .ctx(what)?;
             }
             for (name, value, expires_at) in &dump.counters {
-                let name = name.as_str();
                 let stored = (*value, expires_at.unwrap_or(NEVER));
-                if counters.insert((scope, name), stored).ctx(what)?.is_some() {
-                    return Err(repeated(format_args!("counter {name:?}")));
-                }
+                counters.insert((scope, name.as_str()), stored).ctx(what)?;
             }
             for (key, expires_at, fingerprint) in &dump.once {
-                let key = key.as_str();
-                if markers
-                    .insert((scope, key), (*expires_at, *fingerprint))
-                    .ctx(what)?
-                    .is_some()
-                {
-                    return Err(repeated(format_args!("once key {key:?}")));
-                }
+                markers
+                    .insert((scope, key.as_str()), (*expires_at, *fingerprint))
+                    .ctx(what)?;
             }
             let mut groups_of = BTreeMap::<&str, u64>::new();
             for (group, member) in &dump.memberships {
                 let (group, member) = (group.as_str(), member.as_str());
-                if group_members
-                    .insert((scope, group, member), ())
-                    .ctx(what)?
-                    .is_some()
-                {
-                    return Err(repeated(format_args!(
-                        "member {member:?} of group {group:?}"
-                    )));
-                }
+                group_members.insert((scope, group, member), ()).ctx(what)?;
                 *groups_of.entry(member).or_default() += 1;
             }
             for (&member, &groups) in &groups_of {
@@ -2417,11 +2396,6 @@ enum Found {
     Elsewhere(u64),
     /// Given earlier in the same call, at this index.
     Again(usize),
-}
-
-/// The error for a dump that gives the same key twice.
-fn repeated(what: std::fmt::Arguments<'_>) -> StoreError {
-    StoreError::InvalidArgument(format!("the dump holds {what} more than once"))
 }
 
 #[cfg(test)]
