@@ -814,15 +814,16 @@ fn work(
                 // Jobs waiting in the queue are not counted: the committer waits
                 // for the batch being decided, whose jobs waited during the last
                 // sync, and not for those arriving meanwhile, which the next
-                // batch takes while this one syncs.
-                let writes = jobs.iter().filter(|j| !j.request.op().is_read_only());
-                shared.undecided.fetch_add(writes.count(), Ordering::AcqRel);
+                // batch takes while this one syncs. This lane's jobs all write
+                // (`Gateway::submit` sends read-only ones to lanes of their own).
+                shared.undecided.fetch_add(jobs.len(), Ordering::AcqRel);
             }
             jobs
         };
         switch_version(index, &mut current, shared);
         let worker = &mut current.0;
-        let mut done = Vec::with_capacity(jobs.len());
+        // Empty, and so no allocation, for read-only jobs: answered at once.
+        let mut done = Vec::new();
         if batches {
             // Every decision of the batch in one store transaction: nothing of it
             // is visible to other threads, nor journaled, until it all is, so no

@@ -530,7 +530,6 @@ pub struct HostState {
 /// stopped on.
 struct Limits {
     caps: StoreLimits,
-    memory_limit: usize,
     memory_refused: bool,
 }
 
@@ -846,7 +845,6 @@ impl Instance {
                 .memories(4)
                 .tables(8)
                 .build(),
-            memory_limit: config.memory_limit,
             memory_refused: false,
         };
         let mut wasm_store = wasmtime::Store::new(
@@ -1238,22 +1236,21 @@ impl Worker {
     /// loaded the policy.
     fn in_shadow(&self, plan: &str) -> bool {
         // Most policies have no plan in shadow: then no name is compared.
-        self.modes.contains(&Mode::Shadow)
-            && self
-                .plans
-                .iter()
-                .zip(&self.modes)
-                .any(|(name, mode)| name == plan && *mode == Mode::Shadow)
+        self.modes.contains(&Mode::Shadow) && self.plan_mode(plan) == Some(Mode::Shadow)
+    }
+
+    /// The mode `plan` is decided in, as the component said when it loaded the
+    /// policy; None for a plan the policy lacks.
+    fn plan_mode(&self, plan: &str) -> Option<Mode> {
+        let i = self.plans.iter().position(|name| name == plan)?;
+        self.modes.get(i).copied()
     }
 
     /// Whether this worker's policy decides an account on `plan` in shadow
     /// mode: the plan's mode as the component loaded it, or the gateway's for
     /// an account the policy does not know (None) or a plan it lacks.
     pub fn decides_in_shadow(&self, plan: Option<&str>) -> bool {
-        match plan.and_then(|p| self.plans.iter().position(|name| name == p)) {
-            Some(i) => self.modes.get(i) == Some(&Mode::Shadow),
-            None => self.mode == Mode::Shadow,
-        }
+        plan.and_then(|p| self.plan_mode(p)).unwrap_or(self.mode) == Mode::Shadow
     }
 
     /// Shadow never leaks into enforcement: a decision that says it was let
@@ -1493,8 +1490,8 @@ impl Worker {
             Err(trap) => {
                 let timed_out = is_interrupt(&trap);
                 let message = trap_message(&trap, budget);
-                let limits = &self.instance.store.data().limits;
-                let capped = limits.memory_refused.then_some(limits.memory_limit);
+                let refused = self.instance.store.data().limits.memory_refused;
+                let capped = refused.then_some(self.config.memory_limit);
                 self.replace_instance().map_err(DecideError::Restart)?;
                 Err(match (timed_out, capped) {
                     (true, _) => DecideError::Timeout { budget },
