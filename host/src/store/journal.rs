@@ -681,18 +681,6 @@ impl Encoder<'_> {
         self.0.extend_from_slice(s.as_bytes());
         self
     }
-    pub fn opt_u64(&mut self, v: Option<u64>) -> &mut Self {
-        match v {
-            Some(v) => self.tag(1).u64(v),
-            None => self.tag(0),
-        }
-    }
-    pub fn opt_i64(&mut self, v: Option<i64>) -> &mut Self {
-        match v {
-            Some(v) => self.tag(1).i64(v),
-            None => self.tag(0),
-        }
-    }
     pub fn len(&mut self, n: usize) -> &mut Self {
         self.u64(n as u64)
     }
@@ -799,11 +787,13 @@ impl<'a> Field<'a> for Cow<'a, ScopeDump> {
         }
         e.len(self.counters.len());
         for (name, value, expires_at) in &self.counters {
-            e.str(name).u64(*value).opt_i64(*expires_at);
+            e.str(name).u64(*value);
+            expires_at.put(e);
         }
         e.len(self.once.len());
         for (key, expires_at, fingerprint) in &self.once {
-            e.str(key).i64(*expires_at).opt_u64(*fingerprint);
+            e.str(key).i64(*expires_at);
+            fingerprint.put(e);
         }
         e.len(self.memberships.len());
         for (group, member) in &self.memberships {
