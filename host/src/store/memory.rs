@@ -61,44 +61,48 @@ impl Scope {
         self.member_groups.len() as u64
     }
 
-    /// Adds one to `group`'s exclusive count (`gain`), or takes one away.
-    fn exclusive_add(&mut self, group: &str, gain: bool) {
-        let n = self.exclusive.entry(group.to_owned()).or_default();
-        if gain {
-            *n += 1;
-        } else {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.exclusive.remove(group);
-            }
-        }
-    }
-
     /// Keeps the exclusive counts as `member` joins `group`; call it before the
     /// member's groups change.
     fn joining(&mut self, group: &str, member: &str) {
-        let before: Option<Vec<String>> = self
-            .member_groups
-            .get(member)
-            .map(|g| g.iter().take(2).cloned().collect());
-        match before.as_deref() {
-            None | Some([]) => self.exclusive_add(group, true),
-            Some([only]) if only != group => self.exclusive_add(only, false),
-            Some(_) => {}
+        let mut held = self.member_groups.get(member).into_iter().flatten();
+        match (held.next(), held.next()) {
+            (None, _) => exclusive_add(&mut self.exclusive, group, true),
+            (Some(only), None) if only != group => exclusive_add(&mut self.exclusive, only, false),
+            _ => {}
         }
     }
 
     /// Keeps the exclusive counts after `member` left `group`; call it after the
-    /// member's groups changed (`left`: the groups still holding it).
-    fn left(&mut self, group: &str, left: &[&String]) {
-        match left {
-            [] => self.exclusive_add(group, false),
-            [only] => {
-                let only = (*only).clone();
-                self.exclusive_add(&only, true);
+    /// member's groups changed. Whether any group still holds the member.
+    fn left(&mut self, group: &str, member: &str) -> bool {
+        let mut still = self.member_groups.get(member).into_iter().flatten();
+        match (still.next(), still.next()) {
+            (None, _) => {
+                exclusive_add(&mut self.exclusive, group, false);
+                false
             }
-            _ => {}
+            (Some(only), None) => {
+                exclusive_add(&mut self.exclusive, only, true);
+                true
+            }
+            _ => true,
         }
+    }
+}
+
+/// Adds one to `group`'s count in `exclusive` (`gain`), or takes one away; a
+/// count that reaches 0 goes. Allocates only for a group counted anew.
+fn exclusive_add(exclusive: &mut BTreeMap<String, u64>, group: &str, gain: bool) {
+    match exclusive.get_mut(group) {
+        Some(n) if gain => *n += 1,
+        Some(n) if *n > 1 => *n -= 1,
+        Some(_) => {
+            exclusive.remove(group);
+        }
+        None if gain => {
+            exclusive.insert(group.to_owned(), 1);
+        }
+        None => {}
     }
 }
 
@@ -447,13 +451,11 @@ impl super::Backend for MemoryStore {
                 members: s.members(),
             });
         }
-        let left: Vec<String> = groups.iter().take(2).cloned().collect();
-        s.left(group, &left.iter().collect::<Vec<_>>());
-        let outcome = if left.is_empty() {
+        let outcome = if s.left(group, member) {
+            MemberRemoveOutcome::LeftGroup
+        } else {
             s.member_groups.remove(member);
             MemberRemoveOutcome::Released
-        } else {
-            MemberRemoveOutcome::LeftGroup
         };
         if let Some(members) = s.groups.get_mut(group) {
             members.remove(member);
@@ -482,9 +484,7 @@ impl super::Backend for MemoryStore {
         for member in &cleared {
             if let Some(groups) = s.member_groups.get_mut(member) {
                 groups.remove(group);
-                let left: Vec<String> = groups.iter().take(2).cloned().collect();
-                s.left(group, &left.iter().collect::<Vec<_>>());
-                if left.is_empty() {
+                if !s.left(group, member) {
                     s.member_groups.remove(member);
                     released += 1;
                 }

@@ -1680,7 +1680,7 @@ impl super::Backend for RedbStore {
                         }
                         let candidates = others.as_deref().unwrap_or_default();
                         let only = only_group(&group_members, scope, member, candidates)?;
-                        *shared.entry(only).or_default() -= 1;
+                        *shared.entry(only.to_owned()).or_default() -= 1;
                     }
                     _ => {}
                 }
@@ -1734,7 +1734,7 @@ impl super::Backend for RedbStore {
             if left == 1 {
                 let others = groups_of(&sizes, scope, group)?;
                 let only = only_group(&group_members, scope, member, &others)?;
-                bump(&mut sizes, scope, &only, 0, 1)?;
+                bump(&mut sizes, scope, only, 0, 1)?;
             }
             let (outcome, members) = if released {
                 (
@@ -1782,7 +1782,7 @@ impl super::Backend for RedbStore {
                     0 => released += 1,
                     1 => {
                         let only = only_group(&group_members, scope, member, &others)?;
-                        *alone.entry(only).or_default() += 1;
+                        *alone.entry(only.to_owned()).or_default() += 1;
                     }
                     _ => {}
                 }
@@ -2141,7 +2141,7 @@ fn add_member(
             if n == 1 {
                 let others = groups_of(&sizes, scope, group)?;
                 let only = only_group(&group_members, scope, member, &others)?;
-                bump(&mut sizes, scope, &only, 0, -1)?;
+                bump(&mut sizes, scope, only, 0, -1)?;
             }
             let n = n
                 .checked_add(1)
@@ -2303,17 +2303,17 @@ fn groups_of(
 /// (one more B-tree entry per membership, written by every import), and only a
 /// member joining its second group or left with one needs this, at one lookup
 /// per group of its scope past the first.
-fn only_group(
+fn only_group<'a>(
     group_members: &impl ReadableTable<Triple, ()>,
     scope: &str,
     member: &str,
-    candidates: &[String],
-) -> Result<String, StoreError> {
+    candidates: &'a [String],
+) -> Result<&'a str, StoreError> {
     let what = "finding a member's group";
     // The member is in exactly one other group: with one candidate (an account
     // with two campaigns, the common case), it is that one, without a lookup.
     if let [only] = candidates {
-        return Ok(only.clone());
+        return Ok(only);
     }
     for group in candidates {
         if group_members
@@ -2321,7 +2321,7 @@ fn only_group(
             .ctx(what)?
             .is_some()
         {
-            return Ok(group.clone());
+            return Ok(group);
         }
     }
     Err(corrupt(
