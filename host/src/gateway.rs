@@ -228,6 +228,10 @@ pub struct Gateway {
     /// Answers [`Gateway::find_invalid_email`], off the lanes: made when first
     /// needed, again after a reload, with the version it was made for.
     explainer: Mutex<Option<(Worker, u64)>>,
+    /// Held while a worker of the moment lives ([`Gateway::with_worker_over`]):
+    /// [`Gateway::instances_needed`] counts one, so that dry runs and questions,
+    /// however many come at once, never take an instance a lane needs.
+    moment: Mutex<()>,
 }
 
 /// Keeps a commit from landing inside a decision. A decision is several store
@@ -248,10 +252,12 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Instances a gateway of `workers` workers may hold at once: each writer and
     /// reader, twice (a reload or a trap builds a worker's next instance before
-    /// its last is dropped), and a few for validating reloads.
+    /// its last is dropped), and those made outside the lanes.
     pub fn instances_needed(workers: usize) -> u32 {
         let (writers, readers) = lanes(workers);
-        // + 2: the inspector's, and one it makes for a moment (`crate::inspect`).
+        // Outside the lanes: the inspector's (`crate::inspect`), the explainer's,
+        // the worker of the moment (one at a time), the reload's validation (one
+        // reload at a time), and two to spare.
         u32::try_from(2 * (writers + readers + BULK_WORKERS) + 6).unwrap_or(u32::MAX)
     }
 
@@ -362,6 +368,7 @@ impl Gateway {
             notifier,
             threads: Mutex::new(threads),
             explainer: Mutex::new(None),
+            moment: Mutex::new(()),
         };
         Ok((gateway, summary))
     }
@@ -679,16 +686,27 @@ impl Gateway {
     }
 
     /// A worker of its own on the gateway's store with the version in force, and
-    /// that version's number: for questions asked outside the lanes
-    /// ([`crate::inspect::Inspector`]).
+    /// that version's number: for questions asked outside the lanes by the
+    /// [`crate::inspect::Inspector`], which keeps it. [`Gateway::instances_needed`]
+    /// counts one: a gateway has one inspector.
     pub fn spare_worker(&self) -> Result<(Worker, u64), LoadError> {
         worker_for(&self.version, &self.store)
     }
 
-    /// A worker of its own over `store` with the version in force: for a dry
-    /// run on a [`crate::store::Preview`] of the gateway's store.
-    pub fn worker_over(&self, store: &Arc<dyn Store>) -> Result<(Worker, u64), LoadError> {
-        worker_for(&self.version, store)
+    /// Runs `f` on a worker of the moment over `store` (the gateway's own when
+    /// `None`) with the version in force, and that version's number: for a dry
+    /// run on a [`crate::store::Preview`] of the gateway's store, or a question
+    /// asked once per version. One at a time: more wait (block; call it from a
+    /// blocking thread), so that their instances stay inside the pool's budget.
+    pub fn with_worker_over<T>(
+        &self,
+        store: Option<&Arc<dyn Store>>,
+        f: impl FnOnce(&mut Worker, u64) -> T,
+    ) -> Result<T, LoadError> {
+        let _turn = self.moment.lock().unwrap_or_else(PoisonError::into_inner);
+        // Dropped, and its instance back in the pool, before the turn passes on.
+        let (mut worker, version) = worker_for(&self.version, store.unwrap_or(&self.store))?;
+        Ok(f(&mut worker, version))
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

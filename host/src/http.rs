@@ -1142,15 +1142,16 @@ impl DeleteQuery {
         let at = now();
         let decided = tokio::task::spawn_blocking(move || {
             let preview: Arc<dyn Store> = Arc::new(Preview::new(gateway.store().clone()));
-            let (mut worker, _) = gateway.worker_over(&preview).map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    format!("cannot start a dry run: {e}"),
-                )
-            })?;
-            (worker.decide(&request, at))
-                .map_err(|e| ApiError::gateway(&account, GatewayError::Decide(e)))
+            let decided = gateway
+                .with_worker_over(Some(&preview), |worker, _| worker.decide(&request, at))
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("cannot start a dry run: {e}"),
+                    )
+                })?;
+            decided.map_err(|e| ApiError::gateway(&account, GatewayError::Decide(e)))
         })
         .await;
         decided.map_err(|e| ApiError::internal(format!("the dry run failed: {e}")))?

@@ -282,8 +282,10 @@ impl Inspector {
             return Ok(warn);
         }
         // A worker of the moment: the inspector's may be busy with a listing.
-        let (mut worker, version) = self.gateway.spare_worker()?;
-        let warn = warning_levels(&mut worker)?;
+        let (version, warn) = self
+            .gateway
+            .with_worker_over(None, |worker, version| (version, warning_levels(worker)))?;
+        let warn = warn?;
         *self.warn.write().unwrap_or_else(PoisonError::into_inner) = Some((version, warn));
         Ok(warn)
     }

@@ -226,3 +226,97 @@ fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
         "nothing sent: {usage}"
     );
 }
+
+/// Dry runs make instances outside the gateway's lanes, on `serve`'s bounded
+/// pool. Many at once, while mail is decided and a reload comes, must neither
+/// fail for want of an instance nor take one the lanes need: every dry run
+/// answers what the real deletion would, and no mail decision fails.
+#[test]
+fn concurrent_dry_runs_stay_inside_the_instance_pool() {
+    use creditgate_testkit::http::Client;
+
+    const DRY_RUNS: usize = 48;
+    let (_dir, policy) = harness::temp_path("policy.toml");
+    std::fs::write(&policy, crate::http::POLICY).expect("writes");
+    let server = harness::InProcess::start(
+        creditgate::serve::Overrides {
+            policy: Some(policy),
+            ..creditgate::serve::Overrides::default()
+        },
+        Arc::new(MemoryStore::new()),
+    );
+    let client = Client::new(server.http_url());
+    let subscribed = client.post("/v1/accounts/acme/subscription", r#"{"plan":"large"}"#);
+    assert_eq!(subscribed.status, 201, "{}", subscribed.body);
+    let leads = client.post(
+        "/v1/accounts/acme/campaigns/q1/leads",
+        r#"{"emails":["a@x.io","b@x.io","c@x.io"]}"#,
+    );
+    assert_eq!(leads.status, 200, "{}", leads.body);
+    let path = "/v1/accounts/acme/campaigns/q1/leads";
+    let expected = {
+        let dry = client.delete(&format!("{path}?dry_run=true"));
+        assert_eq!(dry.status, 200, "{}", dry.body);
+        dry.json()
+    };
+    assert_eq!(expected["freed"], json!(3), "{expected}");
+
+    let start = std::sync::Barrier::new(DRY_RUNS + 2);
+    std::thread::scope(|s| {
+        let dry_runs: Vec<_> = (0..DRY_RUNS)
+            .map(|i| {
+                let (client, start) = (Client::new(server.http_url()), &start);
+                s.spawn(move || {
+                    start.wait();
+                    let dry = client.delete(&format!("{path}?dry_run=true"));
+                    (i, dry.status, dry.body.clone(), dry.json())
+                })
+            })
+            .collect();
+        let mail = {
+            let (client, start) = (Client::new(server.http_url()), &start);
+            s.spawn(move || {
+                start.wait();
+                (0..40)
+                    .map(|i| {
+                        let body = json!({"account": "acme", "to": [format!("r{i}@y.io")]});
+                        let sent = client.post("/v1/decide/email", &body.to_string());
+                        (sent.status, sent.body)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        start.wait();
+        let reloaded = client.post("/v1/admin/reload", "");
+        assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+        for dry in dry_runs {
+            let (i, status, body, answer) = dry.join().expect("the dry run's thread");
+            assert_eq!(status, 200, "dry run {i}: {body}");
+            // Email usage moves with the mail sent meanwhile; the rest may not.
+            let without_email = |mut v: Value| {
+                v.as_object_mut().map(|o| o.remove("email_credits"));
+                v
+            };
+            assert_eq!(
+                without_email(answer),
+                without_email(expected.clone()),
+                "dry run {i}"
+            );
+        }
+        for (i, (status, body)) in mail
+            .join()
+            .expect("the mail thread")
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(status, 200, "send {i}: {body}");
+        }
+    });
+    let listed = client.get("/v1/accounts/acme/campaigns");
+    assert_eq!(
+        listed.json()["campaigns"][0]["leads"],
+        3,
+        "no dry run deleted: {}",
+        listed.body
+    );
+}
