@@ -48,7 +48,7 @@ use crate::names::{Escaped, NameError, NameRules, escape, quote};
 use crate::request::{Origin, Request};
 use crate::runtime::DecideError;
 use crate::serve::{DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT};
-use crate::slots::{Conn, Slot, SlotLimits, Slots};
+use crate::slots::{Conn, Slot, SlotLimits, Slots, accept_retrying};
 use crate::store::{Preview, Store};
 use crate::time::{format_instant, now, parse_instant, whole_second};
 use crate::wire::{
@@ -303,15 +303,7 @@ pub async fn serve_http(
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Typically out of descriptors: retrying at once would spin.
-                    warn!(error = %e, "cannot accept an http connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = accept_retrying(|| listener.accept(), "an http connection") => accepted,
             // Reap finished connections so that the set does not grow forever.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };

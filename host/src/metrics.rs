@@ -405,65 +405,61 @@ impl GatewayStats {
                 );
             }
         }
-        let counters = [
-            (
-                "creditgate_commits_total",
-                "Durable group commits.",
-                self.commit.summary().count,
-            ),
-            (
-                "creditgate_committed_decisions_total",
-                "Decisions made durable by the group commits.",
-                self.committed,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        out.push_str("# HELP creditgate_guest_traps_total Guest calls that trapped or ran out of time; each replaced its instance.\n");
-        out.push_str("# TYPE creditgate_guest_traps_total counter\n");
-        let _ = writeln!(
-            out,
-            "creditgate_guest_traps_total{{kind=\"trap\"}} {}",
-            self.traps
+        let commits = self.commit.summary().count;
+        family(
+            &mut out,
+            "creditgate_commits_total",
+            "Durable group commits.",
+            "counter",
+            [("", commits)],
         );
-        let _ = writeln!(
-            out,
-            "creditgate_guest_traps_total{{kind=\"timeout\"}} {}",
-            self.timeouts
+        family(
+            &mut out,
+            "creditgate_committed_decisions_total",
+            "Decisions made durable by the group commits.",
+            "counter",
+            [("", self.committed)],
         );
-        out.push_str("# HELP creditgate_reloads_total Policy or component reloads, by result.\n");
-        out.push_str("# TYPE creditgate_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "creditgate_reloads_total{{result=\"ok\"}} {}",
-            self.reloads
+        family(
+            &mut out,
+            "creditgate_guest_traps_total",
+            "Guest calls that trapped or ran out of time; each replaced its instance.",
+            "counter",
+            [
+                ("kind=\"trap\"", self.traps),
+                ("kind=\"timeout\"", self.timeouts),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "creditgate_reloads_total{{result=\"refused\"}} {}",
-            self.reloads_refused
+        family(
+            &mut out,
+            "creditgate_reloads_total",
+            "Policy or component reloads, by result.",
+            "counter",
+            [
+                ("result=\"ok\"", self.reloads),
+                ("result=\"refused\"", self.reloads_refused),
+            ],
         );
-        out.push_str("# HELP creditgate_unprepared_switches_total Workers that made their own instance of a new policy version while a request waited.\n");
-        out.push_str("# TYPE creditgate_unprepared_switches_total counter\n");
-        let _ = writeln!(
-            out,
-            "creditgate_unprepared_switches_total {}",
-            self.unprepared_switches
+        family(
+            &mut out,
+            "creditgate_unprepared_switches_total",
+            "Workers that made their own instance of a new policy version while a request waited.",
+            "counter",
+            [("", self.unprepared_switches)],
         );
-        out.push_str("# HELP creditgate_shadow_refusals_total Requests allowed in shadow mode that enforcement would have refused, by reason.\n");
-        out.push_str("# TYPE creditgate_shadow_refusals_total counter\n");
-        for reason in [Reason::LeadCreditsExhausted, Reason::EmailCreditsExhausted] {
-            let _ = writeln!(
-                out,
-                "creditgate_shadow_refusals_total{{reason=\"{}\"}} {}",
-                crate::wire::reason_code(reason),
-                self.shadow_refusals(reason)
-            );
-        }
+        let shadow = [Reason::LeadCreditsExhausted, Reason::EmailCreditsExhausted].map(|reason| {
+            let code = crate::wire::reason_code(reason);
+            (format!("reason=\"{code}\""), self.shadow_refusals(reason))
+        });
+        family(
+            &mut out,
+            "creditgate_shadow_refusals_total",
+            "Requests allowed in shadow mode that enforcement would have refused, by reason.",
+            "counter",
+            shadow
+                .iter()
+                .map(|(labels, value)| (labels.as_str(), *value)),
+        );
         out.push_str("# HELP creditgate_policy_version Version of the policy in force; grows by one per reload.\n");
         out.push_str("# TYPE creditgate_policy_version gauge\n");
         let _ = writeln!(out, "creditgate_policy_version {}", self.version);
@@ -488,6 +484,26 @@ pub fn human(nanos: u64) -> String {
         n if n < 1_000_000 => format!("{:.1} µs", n as f64 / 1e3),
         n if n < 1_000_000_000 => format!("{:.2} ms", n as f64 / 1e6),
         n => format!("{:.2} s", n as f64 / 1e9),
+    }
+}
+
+/// One metric family in Prometheus' text format: its `# HELP` and `# TYPE`
+/// lines, then a sample per `(labels, value)` (`labels` as written between the
+/// braces; empty for none).
+fn family<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = if labels.is_empty() {
+            writeln!(out, "{name} {value}")
+        } else {
+            writeln!(out, "{name}{{{labels}}} {value}")
+        };
     }
 }
 

@@ -42,6 +42,7 @@
 //! Each listener says at most once every ten seconds how many it closed.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -373,6 +374,24 @@ impl Slots {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.lock().open.len()
+    }
+}
+
+/// The next connection `accept` gives. An error (typically out of descriptors)
+/// is logged as `cannot accept {what}` and retried after a pause: retrying at
+/// once would spin. Cancel-safe when `accept` is (a listener's accept is).
+pub async fn accept_retrying<T, F: Future<Output = std::io::Result<T>>>(
+    mut accept: impl FnMut() -> F,
+    what: &str,
+) -> T {
+    loop {
+        match accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                warn!(error = %e, "cannot accept {what}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use creditgate::runtime::Worker;
 use creditgate::store::Create;
 use creditgate::time::{format_instant, now, parse_instant, whole_second};
 
-use super::remote::{Server, ServerArgs};
-use super::{Denied, Exit, Format, PolicyArgs, StoreArgs};
+use super::remote::Server;
+use super::{Denied, Exit, Format, Place};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -56,11 +56,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct Common {
     #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    server: ServerArgs,
-    #[command(flatten)]
-    policy: PolicyArgs,
+    pub(super) place: Place,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -69,11 +65,11 @@ pub struct Common {
 impl Common {
     /// A worker over the store; only a subscription may create it.
     fn worker(&self, create: Create) -> anyhow::Result<Worker> {
-        self.policy.worker(self.store.open_as(create)?)
+        self.place.policy.worker(self.place.store.open_as(create)?)
     }
 
     fn server(&self) -> anyhow::Result<Option<Server>> {
-        self.server.client(self.store.store.is_some())
+        self.place.server()
     }
 }
 
@@ -312,8 +308,9 @@ fn change(
     at: i64,
 ) -> anyhow::Result<AccountView> {
     let (mut worker, plans) = common
+        .place
         .policy
-        .worker_and_plans(common.store.open_as(create)?)?;
+        .worker_and_plans(common.place.store.open_as(create)?)?;
     let decision = worker.decide_durable(request, at)?;
     if let Some(mut denied) = Denied::of(account, &decision) {
         if decision.denied == Some(Reason::UnknownPlan) {
@@ -369,8 +366,8 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
             Ok(())
         })?;
     } else {
-        let store = common.store.open_existing()?;
-        let mut worker = common.policy.worker(store)?;
+        let store = common.place.store.open_existing()?;
+        let mut worker = common.place.policy.worker(store)?;
         // Which names are accounts is the component's to say.
         let accounts = creditgate::inspect::accounts(&mut worker).context("listing accounts")?;
         let at = now();

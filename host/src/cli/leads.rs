@@ -17,8 +17,7 @@ use creditgate::names::{NameRules, escape, quote};
 use creditgate::request::Request;
 use creditgate::wire::{CreditsJson, LimitJson, Outcome, reason_code};
 
-use super::remote::ServerArgs;
-use super::{Denied, Exit, Format, PolicyArgs, StoreArgs};
+use super::{Denied, Exit, Format, Place};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -27,8 +26,8 @@ pub enum Command {
     ///
     /// Exit status 0 when the file was read through, even if some rows were invalid
     /// or credits ran out (the report says so); 1 when the policy refused the import
-    /// (unknown account or plan) or could not decide; 2 for a bad file, a missing
-    /// column or an unavailable store.
+    /// (unknown account or plan) or could not decide; 2 for a bad file or a missing
+    /// column; 75 when the store or the gateway is unavailable.
     Import(ImportArgs),
     /// Removes one contact, or all of them, from a campaign and reports the lead
     /// credits freed (a credit is freed when no other campaign holds the contact).
@@ -72,11 +71,7 @@ pub fn run(command: Command) -> anyhow::Result<Exit> {
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
     #[command(flatten)]
-    policy: PolicyArgs,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    pub(super) server: ServerArgs,
+    pub(super) place: Place,
     /// The account the contacts are charged to.
     #[arg(long)]
     pub(super) account: String,
@@ -129,7 +124,7 @@ fn batch_size(text: &str) -> Result<usize, String> {
 }
 
 fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
-    if let Some(server) = args.server.client(args.store.store.is_some())? {
+    if let Some(server) = args.place.server()? {
         anyhow::ensure!(
             !args.dry_run,
             "--dry-run needs the store itself: a gateway has no dry run (drop --server, or \
@@ -161,6 +156,7 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
     };
 
     let (store, exclusive) = args
+        .place
         .store
         .open_existing_for_import(import::STORE_CACHE_BYTES)?;
     let store: Arc<dyn creditgate::store::Store> = if args.dry_run {
@@ -171,7 +167,7 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
     } else {
         store
     };
-    let mut worker = args.policy.worker(store)?;
+    let mut worker = args.place.policy.worker(store)?;
     if args.dry_run {
         // What would fire is not news: nothing is charged.
         worker.set_notifier(creditgate::alerts::Notifier::none());
@@ -347,11 +343,7 @@ fn credits_text(c: &CreditsJson) -> String {
 #[command(group(ArgGroup::new("which").required(true).args(["email", "all"])))]
 pub struct DeleteArgs {
     #[command(flatten)]
-    policy: PolicyArgs,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    pub(super) place: Place,
     /// The account holding the campaign.
     #[arg(long)]
     account: String,
@@ -373,7 +365,7 @@ pub struct DeleteArgs {
 }
 
 fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
-    if let Some(server) = args.server.client(args.store.store.is_some())? {
+    if let Some(server) = args.place.server()? {
         let mut path = super::account::account_path(
             &args.account,
             &format!("campaigns/{}/leads", super::remote::escape(&args.campaign)),
@@ -394,7 +386,7 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         }
         return Ok(Exit::Success);
     }
-    let store = args.store.open_existing()?;
+    let store = args.place.store.open_existing()?;
     // A dry run: the policy decides the deletion as usual, on a view of the store
     // that answers removals without applying them.
     let store: Arc<dyn creditgate::store::Store> = if args.dry_run {
@@ -402,7 +394,7 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
     } else {
         store
     };
-    let mut worker = args.policy.worker(store)?;
+    let mut worker = args.place.policy.worker(store)?;
     let request = match &args.email {
         Some(email) => Request::DeleteLead {
             account: args.account.clone(),
@@ -473,11 +465,7 @@ fn deletion_text(d: &Decision) -> String {
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    policy: PolicyArgs,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    pub(super) server: ServerArgs,
+    pub(super) place: Place,
     /// The account whose contacts to list.
     #[arg(long)]
     pub(super) account: String,
@@ -490,13 +478,13 @@ pub struct ListArgs {
 }
 
 fn run_list(args: ListArgs) -> anyhow::Result<Exit> {
-    if let Some(server) = args.server.client(args.store.store.is_some())? {
+    if let Some(server) = args.place.server()? {
         return super::leads_remote::list(&server, &args);
     }
-    let store = args.store.open_existing()?;
+    let store = args.place.store.open_existing()?;
     // Whether an account exists is the policy's to say: an unknown one is an error,
     // not an empty list.
-    let mut worker = args.policy.worker(Arc::clone(&store))?;
+    let mut worker = args.place.policy.worker(Arc::clone(&store))?;
     let usage = Request::Usage {
         account: args.account.clone(),
     };

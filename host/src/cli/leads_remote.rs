@@ -22,8 +22,8 @@ use creditgate::wire::CreditsJson;
 
 use super::account::{AccountView, account_path};
 use super::leads::{ImportArgs, ListArgs, text_report};
-use super::remote::{Server, ServerArgs, escape};
-use super::{Denied, Exit, Format, PolicyArgs, StoreArgs};
+use super::remote::{Server, escape};
+use super::{Denied, Exit, Format, Place};
 
 /// Most bytes of addresses per request: half the gateway's default body limit,
 /// so that a batch of long addresses is cut short rather than refused.
@@ -289,11 +289,7 @@ pub fn deletion_text(outcome: &serde_json::Value) -> String {
 #[derive(Debug, clap::Args)]
 pub struct CampaignsArgs {
     #[command(flatten)]
-    policy: PolicyArgs,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    pub(super) place: Place,
     /// The account whose campaigns to list.
     #[arg(long)]
     pub(super) account: String,
@@ -318,11 +314,11 @@ struct Campaign {
 }
 
 pub fn campaigns(args: CampaignsArgs) -> anyhow::Result<Exit> {
-    let answer: Campaigns = match args.server.client(args.store.store.is_some())? {
+    let answer: Campaigns = match args.place.server()? {
         Some(server) => server.get(&account_path(&args.account, "campaigns"))?,
         None => {
-            let store = args.store.open_existing()?;
-            let mut worker = args.policy.worker(std::sync::Arc::clone(&store))?;
+            let store = args.place.store.open_existing()?;
+            let mut worker = args.place.policy.worker(std::sync::Arc::clone(&store))?;
             let usage = Request::Usage {
                 account: args.account.clone(),
             };

@@ -32,6 +32,7 @@ use creditgate::store::{
     Create, MemoryStore, OpenOptions, RedbStore, RedisStore, Store, StoreError, is_redis_url,
     names_a_file,
 };
+use remote::{Server, ServerArgs};
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -236,6 +237,26 @@ fn explain(code: &str) -> &'static str {
         "no_recipients" => "no recipients",
         "idempotency_key_reused" => "the message id was charged for another message",
         _ => "refused by the policy",
+    }
+}
+
+/// Where a command that reads or changes accounts works: a running gateway
+/// (`--server`), else a store (`--store`) under a policy (`--policy`,
+/// `--component`).
+#[derive(Debug, clap::Args)]
+struct Place {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+impl Place {
+    /// The gateway to ask, if any (see [`ServerArgs::client`]).
+    fn server(&self) -> anyhow::Result<Option<Server>> {
+        self.server.client(self.store.store.is_some())
     }
 }
 

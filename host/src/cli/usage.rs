@@ -9,8 +9,8 @@ use creditgate::names::{NameRules, escape};
 use creditgate::time::{now, parse_instant};
 
 use super::account::{AccountView, account_path, usage_of};
-use super::remote::ServerArgs;
-use super::{Exit, Format, PolicyArgs, StoreArgs};
+
+use super::{Exit, Format, Place};
 
 /// Show an account's plan and credit usage.
 #[derive(Debug, clap::Args)]
@@ -18,11 +18,7 @@ pub struct Args {
     /// The account's name.
     account: String,
     #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    server: ServerArgs,
-    #[command(flatten)]
-    policy: PolicyArgs,
+    pub(super) place: Place,
     /// Output format: a dashboard, or the account's JSON object.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -34,14 +30,17 @@ pub fn run(mut args: Args) -> anyhow::Result<Exit> {
     args.account = NameRules::from_env().account(&args.account)?;
     // Where a credit turns yellow is the policy's to say (its `[alerts]`, for
     // creditgate's own component): asked along with the usage.
-    let (view, warn) = match args.server.client(args.store.store.is_some())? {
+    let (view, warn) = match args.place.server()? {
         Some(server) => {
             let view = server.get(&account_path(&args.account, "usage"))?;
             let plans: PlansWarn = server.get("/v1/plans")?;
             (view, plans.warning_levels)
         }
         None => {
-            let mut worker = args.policy.worker(args.store.open_existing()?)?;
+            let mut worker = args
+                .place
+                .policy
+                .worker(args.place.store.open_existing()?)?;
             let view = usage_of(&mut worker, &args.account)?;
             (view, inspect::warning_levels(&mut worker)?)
         }

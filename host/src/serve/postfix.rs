@@ -27,7 +27,7 @@ use crate::gateway::Gateway;
 use crate::names::Escaped;
 use crate::postfix::{Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader};
 use crate::request::{Origin, Request};
-use crate::slots::{SlotLimits, Slots};
+use crate::slots::{SlotLimits, Slots, accept_retrying};
 use crate::time::{format_instant, now};
 use crate::wire::reason_code;
 
@@ -167,15 +167,7 @@ pub async fn serve_postfix(
         // newcomer rather than leaving it in the backlog behind slow clients.
         let (stream, peer, client) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Typically out of descriptors: retrying at once would spin.
-                    warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = accept_retrying(|| listener.accept(), "a connection") => accepted,
             // Reap finished connections so that the set does not grow forever.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
