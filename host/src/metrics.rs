@@ -405,61 +405,54 @@ impl GatewayStats {
                 );
             }
         }
-        let commits = self.commit.summary().count;
-        family(
-            &mut out,
-            "creditgate_commits_total",
-            "Durable group commits.",
-            "counter",
-            [("", commits)],
-        );
-        family(
-            &mut out,
-            "creditgate_committed_decisions_total",
-            "Decisions made durable by the group commits.",
-            "counter",
-            [("", self.committed)],
-        );
-        family(
-            &mut out,
-            "creditgate_guest_traps_total",
-            "Guest calls that trapped or ran out of time; each replaced its instance.",
-            "counter",
-            [
-                ("kind=\"trap\"", self.traps),
-                ("kind=\"timeout\"", self.timeouts),
-            ],
-        );
-        family(
-            &mut out,
-            "creditgate_reloads_total",
-            "Policy or component reloads, by result.",
-            "counter",
-            [
-                ("result=\"ok\"", self.reloads),
-                ("result=\"refused\"", self.reloads_refused),
-            ],
-        );
-        family(
-            &mut out,
-            "creditgate_unprepared_switches_total",
-            "Workers that made their own instance of a new policy version while a request waited.",
-            "counter",
-            [("", self.unprepared_switches)],
-        );
         let shadow = [Reason::LeadCreditsExhausted, Reason::EmailCreditsExhausted].map(|reason| {
             let code = crate::wire::reason_code(reason);
             (format!("reason=\"{code}\""), self.shadow_refusals(reason))
         });
-        family(
-            &mut out,
-            "creditgate_shadow_refusals_total",
-            "Requests allowed in shadow mode that enforcement would have refused, by reason.",
-            "counter",
-            shadow
-                .iter()
-                .map(|(labels, value)| (labels.as_str(), *value)),
-        );
+        let counters: [(&str, &str, Samples); 6] = [
+            (
+                "creditgate_commits_total",
+                "Durable group commits.",
+                vec![("", self.commit.summary().count)],
+            ),
+            (
+                "creditgate_committed_decisions_total",
+                "Decisions made durable by the group commits.",
+                vec![("", self.committed)],
+            ),
+            (
+                "creditgate_guest_traps_total",
+                "Guest calls that trapped or ran out of time; each replaced its instance.",
+                vec![
+                    ("kind=\"trap\"", self.traps),
+                    ("kind=\"timeout\"", self.timeouts),
+                ],
+            ),
+            (
+                "creditgate_reloads_total",
+                "Policy or component reloads, by result.",
+                vec![
+                    ("result=\"ok\"", self.reloads),
+                    ("result=\"refused\"", self.reloads_refused),
+                ],
+            ),
+            (
+                "creditgate_unprepared_switches_total",
+                "Workers that made their own instance of a new policy version while a request waited.",
+                vec![("", self.unprepared_switches)],
+            ),
+            (
+                "creditgate_shadow_refusals_total",
+                "Requests allowed in shadow mode that enforcement would have refused, by reason.",
+                shadow
+                    .iter()
+                    .map(|(labels, value)| (labels.as_str(), *value))
+                    .collect(),
+            ),
+        ];
+        for (name, help, samples) in counters {
+            family(&mut out, name, help, "counter", samples);
+        }
         out.push_str("# HELP creditgate_policy_version Version of the policy in force; grows by one per reload.\n");
         out.push_str("# TYPE creditgate_policy_version gauge\n");
         let _ = writeln!(out, "creditgate_policy_version {}", self.version);
@@ -486,6 +479,9 @@ pub fn human(nanos: u64) -> String {
         n => format!("{:.2} s", n as f64 / 1e9),
     }
 }
+
+/// A family's samples: `(labels, value)`, as [`family`] writes them.
+type Samples<'a> = Vec<(&'a str, u64)>;
 
 /// One metric family in Prometheus' text format: its `# HELP` and `# TYPE`
 /// lines, then a sample per `(labels, value)` (`labels` as written between the
