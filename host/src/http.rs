@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -323,6 +323,7 @@ pub async fn serve_http(
             service.clone(),
             stopped.clone(),
             timeouts,
+            options.max_body_bytes,
         ));
     }
     drop(listener);
@@ -346,6 +347,7 @@ async fn connection(
     service: TowerToHyperService<Router>,
     mut stopped: watch::Receiver<bool>,
     timeouts: Timeouts,
+    body_limit: usize,
 ) {
     let conn = slot.conn().clone();
     let io = TokioIo::new(Watched::new(stream, timeouts, conn.clone()));
@@ -354,6 +356,7 @@ async fn connection(
         Tracked {
             service,
             conn: conn.clone(),
+            body_limit,
         },
     );
     tokio::pin!(served);
@@ -387,10 +390,21 @@ async fn connection(
 
 /// The router as hyper calls it, telling the connection's slot when a request
 /// has been read whole and when it has been answered.
+///
+/// It also reads what the handler left of the request's body (up to the body
+/// limit) before the answer goes out. A refusal decided from the head alone (no
+/// admin token, a cross-site write, a path naming nothing valid) would
+/// otherwise be sent while the client is still sending the body, and hyper,
+/// finding the body unread, closes the connection: the rest of the body then
+/// meets a closed socket, the kernel resets the connection, and the client
+/// loses the answer (and the connection it would have reused). Reading it costs
+/// no more than accepting the body would have; a client that sends more than
+/// the limit, or too slowly (the request timeout), is still cut off.
 #[derive(Clone)]
 struct Tracked {
     service: TowerToHyperService<Router>,
     conn: Arc<Conn>,
+    body_limit: usize,
 }
 
 impl hyper::service::Service<axum::http::Request<Incoming>> for Tracked {
@@ -399,28 +413,58 @@ impl hyper::service::Service<axum::http::Request<Incoming>> for Tracked {
     type Future = Pin<Box<dyn Future<Output = std::result::Result<Response, Self::Error>> + Send>>;
 
     fn call(&self, request: axum::http::Request<Incoming>) -> Self::Future {
-        let conn = self.conn.clone();
-        let request = request.map(|body| {
-            if body.is_end_stream() {
-                conn.answering();
-            }
+        let (conn, body_limit) = (self.conn.clone(), self.body_limit);
+        let (parts, body) = request.into_parts();
+        if body.is_end_stream() {
+            conn.answering();
+        }
+        let body = Arc::new(Mutex::new(body));
+        let request = axum::http::Request::from_parts(
+            parts,
             axum::body::Body::new(BodyEnd {
-                body,
+                body: body.clone(),
                 conn: conn.clone(),
-            })
-        });
+            }),
+        );
         let answer = self.service.call(request);
         Box::pin(async move {
             let response = answer.await;
+            read_rest(&body, body_limit).await;
             conn.answered();
             response
         })
     }
 }
 
+/// Reads and drops what is left of `body`, until its end or `limit` bytes.
+async fn read_rest(body: &Mutex<Incoming>, limit: usize) {
+    let mut left = limit;
+    std::future::poll_fn(|cx| {
+        let mut body = body.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if body.is_end_stream() {
+                return Poll::Ready(());
+            }
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let read = frame.data_ref().map_or(0, Bytes::len);
+                    if read >= left {
+                        return Poll::Ready(());
+                    }
+                    left -= read;
+                }
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+}
+
 /// A request body that marks its connection as answering once read to its end.
+/// The body itself is shared with [`Tracked`], which reads what the handler left.
 struct BodyEnd {
-    body: Incoming,
+    body: Arc<Mutex<Incoming>>,
     conn: Arc<Conn>,
 }
 
@@ -429,22 +473,29 @@ impl hyper::body::Body for BodyEnd {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+        let mut body = self.body.lock().unwrap_or_else(PoisonError::into_inner);
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || body.is_end_stream() {
             self.conn.answering();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .size_hint()
     }
 }
 
