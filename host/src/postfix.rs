@@ -473,6 +473,11 @@ pub enum AccountKey {
 impl AccountKey {
     /// The key's value in `req`, trimmed and lowercased (a `sasl_username` only
     /// unless names are case-sensitive); `Ok(None)` when the request has none.
+    ///
+    /// Only an empty attribute names no account. A sender with no domain (`ann`,
+    /// `ann@`) names one badly, as far as `sender_domain` goes: taking it for the
+    /// null sender would let anyone who can pick the envelope sender out under
+    /// `no_account`'s action (fail-open by default), uncharged.
     fn value(self, req: &PolicyRequest, names: NameRules) -> Result<Option<String>, MappingError> {
         let name = match self {
             AccountKey::SaslUsername => "sasl_username",
@@ -482,15 +487,24 @@ impl AccountKey {
             return Err(MappingError::NotUtf8 { name });
         }
         let raw = req.get(name).unwrap_or("").trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
         let value = match self {
             AccountKey::SaslUsername if names.case_sensitive => raw.to_owned(),
             AccountKey::SaslUsername | AccountKey::Sender => raw.to_lowercase(),
             AccountKey::SenderDomain => match raw.rsplit_once('@') {
-                Some((_, domain)) => domain.to_lowercase(),
-                None => String::new(),
+                Some((_, domain)) if !domain.is_empty() => domain.to_lowercase(),
+                _ => {
+                    return Err(MappingError::UnknownName {
+                        from: self.name(),
+                        value: raw.to_owned(),
+                        why: "the sender has no domain".to_owned(),
+                    });
+                }
             },
         };
-        Ok(Some(value).filter(|v| !v.is_empty()))
+        Ok(Some(value))
     }
 
     fn name(self) -> &'static str {
@@ -1474,14 +1488,23 @@ mod tests {
             c.map(&rcpt("", "\"a@b\"@Mail.Example.COM")),
             checked("mail.example.com")
         );
-        for sender in ["", "postmaster", "al@"] {
-            assert!(
-                matches!(
-                    c.map(&rcpt("acme", sender)),
-                    Err(MappingError::NoAccount {
-                        from: "sender_domain",
-                    })
-                ),
+        // Only the null sender names no account (no_account's action, fail-open
+        // by default, for bounces); a sender without a domain names one badly,
+        // and fails closed: it is not a way out uncharged.
+        assert_eq!(
+            c.map(&rcpt("acme", "")),
+            Err(MappingError::NoAccount {
+                from: "sender_domain"
+            })
+        );
+        for sender in ["postmaster", "al@", " al@ "] {
+            assert_eq!(
+                c.map(&rcpt("acme", sender)),
+                Err(MappingError::UnknownName {
+                    from: "sender_domain",
+                    value: sender.trim().to_owned(),
+                    why: "the sender has no domain".to_owned(),
+                }),
                 "{sender:?}"
             );
         }
