@@ -877,6 +877,16 @@ impl Actions {
         failure_reply(self.internal_error, "Policy service unavailable")
     }
 
+    /// The reply to a refusal that has no action of its own (`reason` is its
+    /// code, e.g. `unknown_plan`: an account stranded on a plan the policy no
+    /// longer has). Always `DEFER 4.7.1`: a refusal must not turn into `DUNNO`,
+    /// and the mail goes once the operator has mended the account.
+    pub fn reply_for_refusal(&self, reason: &str) -> Reply {
+        Reply(format!(
+            "DEFER 4.7.1 Refused by the credit policy: {reason}"
+        ))
+    }
+
     /// The reply to a message counted with no recipients.
     pub fn reply_for_no_recipients(&self) -> Reply {
         refusal_reply(

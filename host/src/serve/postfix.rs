@@ -22,10 +22,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::bindings::Reason;
+use crate::bindings::{Decision, Reason};
 use crate::gateway::Gateway;
 use crate::names::Escaped;
-use crate::postfix::{Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader};
+use crate::postfix::{
+    Actions, Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader,
+};
 use crate::request::{Origin, Request};
 use crate::slots::{SlotLimits, Slots, accept_retrying};
 use crate::time::{format_instant, now};
@@ -390,7 +392,31 @@ async fn answer(
         // the allowed one.
         return Reply::dunno();
     };
-    let reply = match reason {
+    let reply = refusal(actions, &decision, reason);
+    match reason {
+        Reason::IdempotencyKeyReused => {
+            warn!(%peer, %account, state, reason = reason_code(reason), action = reply.action(),
+                "an instance already charged came with another recipient count");
+        }
+        Reason::EmailCreditsExhausted | Reason::UnknownAccount | Reason::NoRecipients => {}
+        other => {
+            warn!(%peer, %account, state, reason = reason_code(other), action = reply.action(),
+                "refused for a reason with no action of its own");
+        }
+    }
+    info!(%peer, %account, state, reason = reason_code(reason),
+        action = reply.action(), "refused");
+    reply
+}
+
+/// The reply to the policy's refusal of `decision` for `reason`.
+///
+/// A refusal is a decision, not an outage: one without an action of its own
+/// (an account on a plan the policy no longer has, after a forced reload) is
+/// deferred, never given `internal_error`'s action, which an operator may set
+/// to let mail through when the policy cannot decide.
+fn refusal(actions: &Actions, decision: &Decision, reason: Reason) -> Reply {
+    match reason {
         Reason::EmailCreditsExhausted => {
             let resets_at = decision
                 .usage
@@ -403,19 +429,46 @@ async fn answer(
         }
         Reason::UnknownAccount => actions.reply_for_unknown_account(),
         Reason::NoRecipients => actions.reply_for_no_recipients(),
-        Reason::IdempotencyKeyReused => {
-            let reply = actions.reply_for_idempotency_key_reused();
-            warn!(%peer, %account, state, reason = reason_code(reason), action = reply.action(),
-                "an instance already charged came with another recipient count");
-            reply
+        Reason::IdempotencyKeyReused => actions.reply_for_idempotency_key_reused(),
+        other => actions.reply_for_refusal(reason_code(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postfix::FailureAction;
+
+    /// Trust audit: an account stranded on a plan the policy no longer has was
+    /// answered with `internal_error`'s action, `DUNNO` where an operator lets
+    /// mail through during outages, and sent uncharged. A refusal is deferred
+    /// whatever the failure actions say.
+    #[test]
+    fn a_refusal_without_an_action_of_its_own_defers_even_when_failures_fail_open() {
+        let open = Actions {
+            unknown_account: FailureAction::FailOpen,
+            no_account: FailureAction::FailOpen,
+            internal_error: FailureAction::FailOpen,
+            ..Actions::default()
+        };
+        let stranded = Decision {
+            denied: Some(Reason::UnknownPlan),
+            charged: 0,
+            freed: 0,
+            usage: None,
+            alerts: Vec::new(),
+            upgrade_to: None,
+            shadow: None,
+        };
+        for actions in [Actions::default(), open] {
+            assert_eq!(
+                refusal(&actions, &stranded, Reason::UnknownPlan).action(),
+                "DEFER 4.7.1 Refused by the credit policy: unknown_plan"
+            );
+            assert_eq!(
+                refusal(&actions, &stranded, Reason::InvalidEmail).action(),
+                "DEFER 4.7.1 Refused by the credit policy: invalid_email"
+            );
         }
-        other => {
-            warn!(%peer, %account, state, reason = reason_code(other),
-                "unexpected denial; answering as an internal error");
-            actions.reply_for_internal_error()
-        }
-    };
-    info!(%peer, %account, state, reason = reason_code(reason),
-        action = reply.action(), "refused");
-    reply
+    }
 }
