@@ -21,7 +21,7 @@
 //! between requests, so a request in flight finishes on the version it started with.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -232,6 +232,7 @@ pub struct Gateway {
     /// [`Gateway::instances_needed`] counts one, so that dry runs and questions,
     /// however many come at once, never take an instance a lane needs.
     moment: Mutex<()>,
+    plan_gate: Arc<PlanGate>,
 }
 
 /// Keeps a commit from landing inside a decision. A decision is several store
@@ -242,6 +243,20 @@ pub struct Gateway {
 /// Store writes wait for a durable commit in redb anyway (one writer), so holding
 /// workers off during it costs next to nothing.
 type CommitGate = RwLock<()>;
+
+/// Keeps a reload's check for stranded accounts and its switch to the new
+/// version together. Between them, the old version would still put an account
+/// on a plan the new policy lacks (a subscription, a plan change), and the
+/// reload, not forced, would strand it all the same. Workers hold it shared
+/// while they decide a batch that changes a plan, and count the batch once its
+/// effects are visible; a reload holds it exclusively from its last check to
+/// the switch, checking again under it if a plan changed since the first.
+#[derive(Default)]
+struct PlanGate {
+    lock: RwLock<()>,
+    /// Batches that changed a plan, counted once their effects are visible.
+    changes: AtomicU64,
+}
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -305,6 +320,7 @@ impl Gateway {
         let refusals = Arc::new(Mutex::new(VecDeque::new()));
         let notifier = Arc::new(OnceLock::new());
         let gate = Arc::new(CommitGate::default());
+        let plan_gate = Arc::new(PlanGate::default());
         let mut threads = Vec::new();
         let (writers, readers) = lanes(workers);
         let batches = store.batches();
@@ -319,6 +335,7 @@ impl Gateway {
                 stats: stats.clone(),
                 refusals: refusals.clone(),
                 gate: gate.clone(),
+                plan_gate: plan_gate.clone(),
                 undecided: undecided.clone(),
             };
             let (queue, name) = if i < writers {
@@ -369,6 +386,7 @@ impl Gateway {
             threads: Mutex::new(threads),
             explainer: Mutex::new(None),
             moment: Mutex::new(()),
+            plan_gate,
         };
         Ok((gateway, summary))
     }
@@ -524,30 +542,13 @@ impl Gateway {
                 .runtime
                 .clone(),
         };
+        let in_force = self.plans();
+        let changes = self.plan_gate.changes.load(Ordering::Acquire);
         let checked = validate(&runtime, policy, mode)
             .map_err(ReloadError::from)
             .and_then(|summary| {
-                // Only the plans this reload takes away can strand an account: with
-                // none, nothing is scanned, and accounts a forced reload stranded
-                // before do not block every reload after it.
-                let in_force = self.plans();
-                let removed: Vec<&String> = in_force
-                    .iter()
-                    .filter(|p| !summary.plans.iter().any(|n| &n.name == *p))
-                    .collect();
-                if force || removed.is_empty() {
-                    return Ok(summary);
-                }
-                let stranded: Vec<StrandedPlan> =
-                    stranded_plans(&runtime, self.store.clone(), policy, crate::time::now())?
-                        .into_iter()
-                        .filter(|p| removed.contains(&&p.plan))
-                        .collect();
-                if stranded.is_empty() {
-                    Ok(summary)
-                } else {
-                    Err(ReloadError::StrandsAccounts(stranded))
-                }
+                self.check_strands(&runtime, policy, &summary, &in_force, force)?;
+                Ok(summary)
             });
         let summary = match checked {
             Ok(summary) => summary,
@@ -557,6 +558,14 @@ impl Gateway {
             }
         };
         let prepared = self.prepare(&runtime, policy, mode);
+        // From the last check to the switch, no plan changes.
+        let _plans_still = (self.plan_gate.lock.write()).unwrap_or_else(PoisonError::into_inner);
+        if self.plan_gate.changes.load(Ordering::Acquire) != changes
+            && let Err(e) = self.check_strands(&runtime, policy, &summary, &in_force, force)
+        {
+            self.refused_reload();
+            return Err(e);
+        }
         let mut version = self.version.write().unwrap_or_else(PoisonError::into_inner);
         *version = Version {
             number: version.number + 1,
@@ -571,6 +580,38 @@ impl Gateway {
         stats.reloads += 1;
         stats.version = version.number;
         Ok(summary)
+    }
+
+    /// Refuses `policy` (its `summary`) when, not `force`d, it lacks plans of
+    /// `in_force` that accounts are on ([`ReloadError::StrandsAccounts`]).
+    /// Only the plans it takes away can strand an account: with none, nothing
+    /// is scanned, and accounts a forced reload stranded before do not block
+    /// every reload after it.
+    fn check_strands(
+        &self,
+        runtime: &Runtime,
+        policy: &str,
+        summary: &PolicySummary,
+        in_force: &[String],
+        force: bool,
+    ) -> Result<(), ReloadError> {
+        let removed: Vec<&String> = in_force
+            .iter()
+            .filter(|p| !summary.plans.iter().any(|n| &n.name == *p))
+            .collect();
+        if force || removed.is_empty() {
+            return Ok(());
+        }
+        let stranded: Vec<StrandedPlan> =
+            stranded_plans(runtime, self.store.clone(), policy, crate::time::now())?
+                .into_iter()
+                .filter(|p| removed.contains(&&p.plan))
+                .collect();
+        if stranded.is_empty() {
+            Ok(())
+        } else {
+            Err(ReloadError::StrandsAccounts(stranded))
+        }
     }
 
     /// An instance per worker with `policy` loaded, for the version a reload is
@@ -800,6 +841,7 @@ struct Shared {
     stats: Arc<Mutex<GatewayStats>>,
     refusals: Arc<Mutex<VecDeque<Refusal>>>,
     gate: Arc<CommitGate>,
+    plan_gate: Arc<PlanGate>,
     undecided: Arc<AtomicUsize>,
 }
 
@@ -838,6 +880,11 @@ fn work(
             }
             jobs
         };
+        // Taken before the version is read: a reload holding it is about to
+        // switch, and the plan change is then decided under the new policy.
+        let changes_plan = jobs.iter().any(|job| job.request.op().changes_plan());
+        let plan_gate = changes_plan
+            .then(|| (shared.plan_gate.lock.read()).unwrap_or_else(PoisonError::into_inner));
         switch_version(index, &mut current, shared);
         let worker = &mut current.0;
         // Empty, and so no allocation, for read-only jobs: answered at once.
@@ -874,6 +921,11 @@ fn work(
                 done.extend(decide(worker, job, shared, losses));
                 drop(gate);
             }
+        }
+        if let Some(gate) = plan_gate {
+            // The batch's effects are visible now (its transaction ended).
+            shared.plan_gate.changes.fetch_add(1, Ordering::AcqRel);
+            drop(gate);
         }
         if done.is_empty() {
             continue;

@@ -136,6 +136,12 @@ impl Op {
     pub fn is_read_only(self) -> bool {
         matches!(self, Op::CheckEmail | Op::Usage | Op::EmailHistory)
     }
+
+    /// Whether the operation may put an account on a plan (which a reload must
+    /// not race: see `gateway::PlanGate`).
+    pub fn changes_plan(self) -> bool {
+        matches!(self, Op::Subscribe | Op::ChangePlan)
+    }
 }
 
 impl Request {

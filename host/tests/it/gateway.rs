@@ -633,3 +633,54 @@ fn a_read_only_request_never_waits_behind_a_charge() {
     go.send(()).expect("lets the charge go");
     assert_eq!(charging.join().expect("joins").expect("decides").charged, 1);
 }
+
+/// Trust audit: a reload checked for stranded accounts, then switched to the new
+/// version; a plan change decided under the old version in between put an
+/// account on a plan the new policy lacks, and a reload that was not forced
+/// stranded it all the same (12 of 173 accepted reloads in the audit's run).
+/// Here acme's plan flips all along: every reload accepted without force
+/// leaves nobody stranded.
+#[test]
+fn a_plan_change_racing_a_reload_never_strands_an_account() {
+    let gateway = gateway(Arc::new(creditgate::store::MemoryStore::new()), 2);
+    let without_large = "[plans.small]\nlead_credits = 20\nemail_credits = 50\n";
+    let now = at("2025-02-01T00:00:00Z");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Set when the rounds end, failed or not, so that the scope can end.
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    thread::scope(|s| {
+        s.spawn(|| {
+            for plan in ["large", "small"].iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let change = Request::ChangePlan {
+                    account: "acme".into(),
+                    plan: (*plan).into(),
+                };
+                gateway.decide_blocking(change, now).expect("decides");
+            }
+        });
+        let _stop = Stop(&stop);
+        let mut accepted = 0;
+        for round in 0..150 {
+            if gateway.reload(without_large, None, false).is_ok() {
+                accepted += 1;
+                let stranded = gateway.stranded_plans().expect("checks");
+                assert!(stranded.is_empty(), "round {round}: {stranded:?}");
+            }
+            gateway
+                .reload(POLICY, None, false)
+                .expect("adds large back");
+        }
+        assert!(
+            accepted > 0,
+            "no reload was ever accepted: the race was not run"
+        );
+    });
+}
