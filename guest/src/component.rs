@@ -28,23 +28,40 @@ thread_local! {
 }
 
 /// Names this instance has interned through the host, so that each is interned
-/// once. Past [`MAX_NAMES`] (checked between calls, never during one, when the
-/// engine may hold handles) they are all forgotten, with what the engine kept.
+/// once. Past [`MAX_NAMES`] or [`MAX_NAME_BYTES`] (checked between calls, never
+/// during one, when the engine may hold handles) they are all forgotten, with
+/// what the engine kept.
 #[derive(Default)]
 struct Names {
     handles: HashMap<String, Name, BuildHasherDefault<Fnv>>,
+    /// Their total length, as the host counts it.
+    bytes: usize,
 }
 
 /// Names the instance keeps interned before it forgets them all: far below the
 /// host's limit (262,144), which a decision's few new names cannot then reach.
 const MAX_NAMES: usize = 65_536;
 
+/// Bytes of names the instance keeps interned before it forgets them all: half
+/// the host's limit (16 MiB), which a decision's few new names (each at most a
+/// few hundred bytes) cannot then reach. Counting names alone was not enough:
+/// 16,384 unknown accounts of 254 four-byte characters fill the host's bytes
+/// long before 65,536 names, and every decision needing a new name then failed.
+const MAX_NAME_BYTES: usize = 8 << 20;
+
 /// Forgets every interned name if there are too many; at the start of each export.
 fn bound_names() {
-    let full = NAMES.with(|n| n.borrow().handles.len() >= MAX_NAMES);
+    let full = NAMES.with(|n| {
+        let n = n.borrow();
+        n.handles.len() >= MAX_NAMES || n.bytes >= MAX_NAME_BYTES
+    });
     if full {
         ENGINE.with(|e| e.borrow().forget_known());
-        NAMES.with(|n| n.borrow_mut().handles.clear());
+        NAMES.with(|n| {
+            let mut n = n.borrow_mut();
+            n.handles.clear();
+            n.bytes = 0;
+        });
         imports::forget_names();
     }
 }
@@ -64,7 +81,11 @@ impl State for Host {
             return Ok(name);
         }
         let name = imports::intern(text)?;
-        NAMES.with(|n| n.borrow_mut().handles.insert(text.to_string(), name));
+        NAMES.with(|n| {
+            let mut n = n.borrow_mut();
+            n.bytes += text.len();
+            n.handles.insert(text.to_string(), name);
+        });
         Ok(name)
     }
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {

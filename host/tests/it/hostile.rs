@@ -273,3 +273,30 @@ fn impossible_answers_are_errors_not_decisions() {
         .expect("the gateway keeps serving");
     assert_eq!(fine.denied, None);
 }
+
+/// Trust audit: the real component forgot its interned names by count only
+/// (65,536), while the host also caps their bytes (16 MiB). Unknown accounts
+/// with long names (anyone may ask `usage` or `decide/email` for any name)
+/// filled the bytes first, and every decision needing a new name failed from
+/// then on: no new account could be charged until a reload. 17,000 such names,
+/// then a new account is served as usual.
+#[test]
+fn long_unknown_names_do_not_exhaust_the_instances_names() {
+    let mut worker = harness::worker("[plans.small]\nlead_credits = 5\nemail_credits = 5\n");
+    // 248 four-byte characters and a number: about 1,000 bytes a name.
+    let stem = "\u{20000}".repeat(248);
+    for i in 0..17_000 {
+        let d = worker
+            .decide(&usage(&format!("{stem}{i}")), 0)
+            .unwrap_or_else(|e| panic!("name {i}: {e}"));
+        assert_eq!(d.denied, Some(creditgate::bindings::Reason::UnknownAccount));
+    }
+    let subscribed = worker
+        .decide(&harness::subscription("newcomer", "small"), 0)
+        .expect("subscribes");
+    assert_eq!(subscribed.denied, None);
+    let sent = worker
+        .decide(&harness::charge("newcomer", 1), 0)
+        .expect("charges");
+    assert_eq!((sent.denied, sent.charged), (None, 1));
+}
