@@ -510,13 +510,15 @@ impl Engine {
         now: Instant,
     ) -> Result<Decision, Error> {
         let costs = self.loaded()?.email_costs;
+        let unit = costs.of(kind);
         let message_id = checked_message_id(message_id)?;
         self.known_decision(st, account, now, || {
             let (count, fingerprint) = match to {
                 // The common case, without a set to count distinct recipients.
                 [one] => match address::normalize(one) {
                     Some(contact) => {
-                        let fingerprint = message_id.map(|_| recipients_fingerprint([&contact]));
+                        let fingerprint =
+                            message_id.map(|_| recipients_fingerprint([&contact], unit));
                         (1, fingerprint)
                     }
                     None => return Step::Deny(Reason::InvalidEmail),
@@ -532,13 +534,13 @@ impl Engine {
                     if recipients.is_empty() {
                         return Step::Deny(Reason::NoRecipients);
                     }
-                    let fingerprint = message_id.map(|_| recipients_fingerprint(&recipients));
+                    let fingerprint = message_id.map(|_| recipients_fingerprint(&recipients, unit));
                     let count = u64::try_from(recipients.len()).unwrap_or(u64::MAX);
                     (count, fingerprint)
                 }
             };
             Step::Charge {
-                cost: count.saturating_mul(costs.of(kind)),
+                cost: count.saturating_mul(unit),
                 message: message_id
                     .zip(fingerprint)
                     .map(|(id, fingerprint)| MessageKey { id, fingerprint }),
@@ -1098,8 +1100,12 @@ fn limit_change_alerts(alerts: &Alerts, old: Option<Plan>, usage: &AccountUsage)
 }
 
 /// The fingerprint a message id is remembered with by `send-email`: of the
-/// distinct normalised recipients, given in byte order (a set's order).
-fn recipients_fingerprint<'a>(recipients: impl IntoIterator<Item = &'a String>) -> u64 {
+/// distinct normalised recipients, given in byte order (a set's order), and of
+/// what one recipient costs (`unit`, by the email's kind). Without the cost, a
+/// retry of a message under a dearer kind was taken for the same message and
+/// let through free. A unit cost of 1 (every kind's by default) adds nothing,
+/// so that the messages remembered before it was covered keep their digest.
+fn recipients_fingerprint<'a>(recipients: impl IntoIterator<Item = &'a String>, unit: u64) -> u64 {
     let mut digest = Sha256::new();
     digest.update(b"send-email\0");
     for recipient in recipients {
@@ -1107,6 +1113,11 @@ fn recipients_fingerprint<'a>(recipients: impl IntoIterator<Item = &'a String>) 
         // unambiguously.
         digest.update(recipient.as_bytes());
         digest.update(b"\n");
+    }
+    if unit != 1 {
+        // After the last `\n`, where no address can put a NUL.
+        digest.update(b"\0cost\0");
+        digest.update(unit.to_be_bytes());
     }
     first_u64(digest)
 }
@@ -1556,12 +1567,18 @@ mod tests {
     #[test]
     fn fingerprints_cover_the_set_of_recipients_and_the_cost() {
         let set = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-        let ab = recipients_fingerprint(&set(&["a@x.io", "b@x.io"]));
-        assert_eq!(ab, recipients_fingerprint(&set(&["b@x.io", "a@x.io"])));
-        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.io"])));
-        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.iob@x.io"])));
+        let ab = recipients_fingerprint(&set(&["a@x.io", "b@x.io"]), 1);
+        assert_eq!(ab, recipients_fingerprint(&set(&["b@x.io", "a@x.io"]), 1));
+        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.io"]), 1));
+        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.iob@x.io"]), 1));
+        // One message sent as a dearer kind is not the same message.
+        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.io", "b@x.io"]), 2));
+        assert_ne!(
+            recipients_fingerprint(&set(&["a@x.io"]), 2),
+            recipients_fingerprint(&set(&["a@x.io"]), 3)
+        );
         assert_ne!(cost_fingerprint(1), cost_fingerprint(2));
-        assert_ne!(cost_fingerprint(0), recipients_fingerprint(&set(&[])));
+        assert_ne!(cost_fingerprint(0), recipients_fingerprint(&set(&[]), 1));
     }
 
     /// What one instance knows of an account goes stale when another changes the

@@ -96,7 +96,8 @@ impl Policy {
         out
     }
 
-    fn cost(&self, kind: EmailKind) -> u64 {
+    /// What one recipient of an email of `kind` costs.
+    pub fn cost(&self, kind: EmailKind) -> u64 {
         match kind {
             EmailKind::First => self.first,
             EmailKind::FollowUp => self.follow_up,
@@ -186,8 +187,10 @@ pub fn normalise(address: &str) -> Option<String> {
 /// What a message id was charged for: a retry must ask for the same again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Charged {
-    /// `send_email`: the set of distinct normalised recipients.
-    Recipients(BTreeSet<String>),
+    /// `send_email`: the set of distinct normalised recipients, and what one
+    /// costs (by the email's kind): sent again as a dearer kind, it is another
+    /// message.
+    Recipients(BTreeSet<String>, u64),
     /// `charge_email`: the cost.
     Cost(u64),
 }
@@ -535,9 +538,10 @@ impl Model {
                 if recipients.is_empty() {
                     return deny(NO_RECIPIENTS);
                 }
-                let cost = recipients.len() as u64 * policy.cost(*kind);
+                let unit = policy.cost(*kind);
+                let cost = recipients.len() as u64 * unit;
                 let message =
-                    (message_id.as_deref()).map(|id| (id, Charged::Recipients(recipients)));
+                    (message_id.as_deref()).map(|id| (id, Charged::Recipients(recipients, unit)));
                 charge(acc, plan.email_credits, shadow, now, cost, message)
             }
         }

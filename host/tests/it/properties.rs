@@ -358,7 +358,7 @@ fn trace(max: usize) -> impl Strategy<Value = Trace> {
 // ---------------------------------------------------------------------------
 
 /// Invariants checked on a stream of (event, output) pairs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Invariants {
     /// Accounts that have had an allowed `change_plan`, or were let past a
     /// limit in shadow mode: they may be over a limit.
@@ -370,6 +370,8 @@ struct Invariants {
     lead_used: BTreeMap<String, u64>,
     /// Email credits used last seen per (account, cycle's `resets_at`).
     email_used: BTreeMap<(String, String), u64>,
+    /// The policy decided under: what one recipient costs by kind.
+    policy: Policy,
 }
 
 fn credits(usage: &Value, kind: &str) -> (u64, Option<u64>) {
@@ -378,6 +380,16 @@ fn credits(usage: &Value, kind: &str) -> (u64, Option<u64>) {
 }
 
 impl Invariants {
+    fn new(policy: &Policy) -> Invariants {
+        Invariants {
+            changed_plan: BTreeSet::new(),
+            charged_ids: BTreeMap::new(),
+            lead_used: BTreeMap::new(),
+            email_used: BTreeMap::new(),
+            policy: policy.clone(),
+        }
+    }
+
     /// Checks one output (a JSON line) of `event`, and records what later checks need.
     fn check(&mut self, event: &Event, output: &str) -> Result<(), String> {
         use creditgate::request::Request as R;
@@ -507,13 +519,14 @@ impl Invariants {
             R::SendEmail {
                 message_id: Some(id),
                 to,
+                kind,
                 ..
             } => to
                 .iter()
                 .map(|a| normalise(a))
                 .collect::<Option<BTreeSet<String>>>()
                 .filter(|set| !set.is_empty())
-                .map(|set| (id, Charged::Recipients(set))),
+                .map(|set| (id, Charged::Recipients(set, self.policy.cost(*kind)))),
             R::ChargeEmail {
                 message_id: Some(id),
                 cost,
@@ -586,8 +599,8 @@ fn check_model_state(
 fn compare(policy: &Policy, lines: &[String]) -> Result<Vec<String>, TestCaseError> {
     let mut worker = harness::worker(&policy.toml());
     let mut model = Model::new(policy.clone());
-    let mut on_component = Invariants::default();
-    let mut on_model = Invariants::default();
+    let mut on_component = Invariants::new(policy);
+    let mut on_model = Invariants::new(policy);
     let mut outputs = Vec::with_capacity(lines.len());
     let context = |i: usize| {
         lines[..=i]
@@ -927,6 +940,9 @@ fn repeats_and_free_kinds() {
             r#"{"at":"2025-01-01T00:00:00Z","op":"subscribe","account":"a","plan":"small"}"#,
             // A free reply is allowed and remembers its id: a later send with it is a repeat.
             r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":"x@y.io","kind":"reply","message_id":"r"}"#,
+            r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":"x@y.io","kind":"reply","message_id":"r"}"#,
+            // Sent again as a dearer kind, it is another message under the id (the
+            // trust audit: it went out free as a "repeat").
             r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":"x@y.io","message_id":"r"}"#,
             // Follow-ups cost 2 per distinct recipient.
             r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":["x@y.io","X@Y.IO","z@y.io"],"kind":"follow_up","message_id":"m"}"#,
@@ -938,10 +954,10 @@ fn repeats_and_free_kinds() {
             r#"{"at":"2025-01-01T00:00:00Z","op":"send_email","account":"a","to":["a@y.io","b@y.io"],"kind":"follow_up","message_id":"d"}"#,
             // Downgraded below usage (8 of 5): a repeat is still allowed, a free reply is not.
             r#"{"at":"2025-01-02T00:00:00Z","op":"change_plan","account":"a","plan":"tiny"}"#,
-            r#"{"at":"2025-01-02T00:00:00Z","op":"send_email","account":"a","to":["z@y.io","x@y.io"],"message_id":"m"}"#,
+            r#"{"at":"2025-01-02T00:00:00Z","op":"send_email","account":"a","to":["z@y.io","x@y.io"],"kind":"follow_up","message_id":"m"}"#,
             r#"{"at":"2025-01-02T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","kind":"reply"}"#,
             // Back in time before the anchor: cycle 0 still, the id is still charged.
-            r#"{"at":"2024-12-01T00:00:00Z","op":"send_email","account":"a","to":["x@y.io","z@y.io"],"message_id":"m"}"#,
+            r#"{"at":"2024-12-01T00:00:00Z","op":"send_email","account":"a","to":["x@y.io","z@y.io"],"kind":"follow_up","message_id":"m"}"#,
             // Next cycle: the id may be charged again.
             r#"{"at":"2025-02-01T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","message_id":"m"}"#,
         ],
@@ -952,6 +968,7 @@ fn repeats_and_free_kinds() {
         (Value::Null, 0, 0),
         (Value::Null, 0, 0),
         (Value::Null, 0, 0),
+        (e("idempotency_key_reused"), 0, 0),
         (Value::Null, 4, 4),
         (e("invalid_email"), 0, 4),
         (e("no_recipients"), 0, 4),
