@@ -352,6 +352,23 @@ fn open_store(spec: Option<&Path>, create: Create) -> anyhow::Result<Arc<dyn Sto
     open_store_with(spec, options)
 }
 
+/// Logs (for `serve`, whose log is on by now) when the Redis server could lose
+/// what gateways acknowledged in a crash, or when it would not say.
+fn warn_unless_durable(store: &RedisStore) {
+    match store.durability() {
+        Ok(durability) => {
+            if let Some(risk) = durability.risk() {
+                tracing::warn!(redis = store.label(), %durability,
+                    "a crash of Redis can lose {risk} that gateways answered as allowed: \
+                     run it with appendonly yes and appendfsync always");
+            }
+        }
+        Err(e) => tracing::info!(error = %e,
+            "cannot read Redis's durability settings: make sure it runs with appendonly yes \
+             and appendfsync always"),
+    }
+}
+
 /// [`open_store`] with a redb file opened as `options` say.
 fn open_store_with(spec: Option<&Path>, options: OpenOptions) -> anyhow::Result<Arc<dyn Store>> {
     let Some(spec) = spec else {
@@ -360,6 +377,7 @@ fn open_store_with(spec: Option<&Path>, options: OpenOptions) -> anyhow::Result<
     if let Some(url) = redis_url(spec) {
         // The URL may carry a password: the error names the server without it.
         let store = RedisStore::open(url).context("cannot open the Redis store")?;
+        warn_unless_durable(&store);
         return Ok(Arc::new(store));
     }
     // The store's errors name the file and what is wrong with it.

@@ -95,8 +95,18 @@ fn store(spec: &Path, default: bool) -> anyhow::Result<String> {
         let scopes = store
             .scopes()
             .context("store: cannot list the Redis store's scopes")?;
+        let durability = match store.durability() {
+            Ok(d) => match d.risk() {
+                None => format!("; {d}"),
+                Some(risk) => format!(
+                    "; {d}: WARNING, a crash can lose {risk} that gateways answered as \
+                     allowed (use appendonly yes, appendfsync always)"
+                ),
+            },
+            Err(e) => format!("; durability not known ({e})"),
+        };
         return Ok(format!(
-            "redis {}: ok, reachable, {} scope(s)",
+            "redis {}: ok, reachable, {} scope(s){durability}",
             store.label(),
             scopes.len()
         ));

@@ -31,7 +31,7 @@ pub use journal::path_of as journal_path;
 pub use memory::MemoryStore;
 pub use preview::{DryRun, Predict, Preview, Removals};
 pub use redb_store::{Create, OpenOptions, RedbStore, WrapStorage};
-pub use redis::{RedisConfig, RedisStore, RedisTarget, is_redis_url, parse_url};
+pub use redis::{RedisConfig, RedisDurability, RedisStore, RedisTarget, is_redis_url, parse_url};
 
 use crate::bindings::{
     CounterAdded, GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoved,

@@ -1187,3 +1187,47 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
     }
     assert_eq!(good(&store), 2 * (CALLERS as u64 - 1));
 }
+
+/// An allow is as durable as Redis keeps it, and Redis's defaults keep less
+/// than a gateway promises. `serve --check` (and `serve`'s log at start, from
+/// the same reading) says what the server's settings can lose in a crash.
+#[test]
+fn serve_check_says_what_redis_could_lose_in_a_crash() {
+    for (args, expected) in [
+        (
+            &["--appendonly", "no"][..],
+            "appendonly no, appendfsync everysec: WARNING, a crash can lose every charge \
+             since the last snapshot",
+        ),
+        (
+            &["--appendonly", "yes", "--appendfsync", "everysec"][..],
+            "appendonly yes, appendfsync everysec: WARNING, a crash can lose about the last \
+             second of charges",
+        ),
+        (
+            &["--appendonly", "yes", "--appendfsync", "always"][..],
+            "appendonly yes, appendfsync always",
+        ),
+    ] {
+        let server = RedisServer::start_with(args);
+        let out = crate::harness::creditgate_command()
+            .args(["serve", "--check", "--store", &server.url()])
+            .output()
+            .expect("runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {stdout}");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("store"))
+            .unwrap_or_else(|| panic!("{args:?}: no store line in {stdout}"));
+        assert!(
+            line.contains(&format!("scope(s); {expected}")),
+            "{args:?}: {line}"
+        );
+        assert_eq!(
+            line.contains("WARNING"),
+            expected.contains("WARNING"),
+            "{args:?}: {line}"
+        );
+    }
+}

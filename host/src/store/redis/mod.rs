@@ -133,6 +133,7 @@
 //! client itself retries a request after a lost connection or a redirection.
 
 mod conn;
+mod durability;
 mod url;
 
 use std::collections::HashMap;
@@ -143,6 +144,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::{Cmd, RedisError, RedisResult, Script};
 
 use conn::{Call, Conn, block, collect, slot_of};
+pub use durability::RedisDurability;
 pub use url::{RedisConfig, RedisTarget, is_redis_url, parse_url};
 
 use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError};
