@@ -16,15 +16,7 @@ use creditgate::time::parse_instant;
 
 use crate::harness;
 
-const POLICY: &str = "\
-[plans.ten]
-lead_credits = 10
-email_credits = 10
-
-[plans.hundred]
-lead_credits = 100
-email_credits = 100
-";
+const POLICY: &str = include_str!("../fixtures/policies/alerts.toml");
 
 fn at(text: &str) -> i64 {
     parse_instant(text).expect("instant")

@@ -91,48 +91,25 @@ pub fn run_with_stdin(mut command: std::process::Command, stdin: &[u8]) -> std::
 #[macro_export]
 macro_rules! delegate_locks {
     ($file:ident) => {
-        fn try_lock_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<bool, redb::BackendError> {
-            self.$file.try_lock_range(start, end)
-        }
-        fn try_lock_shared_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<bool, redb::BackendError> {
-            self.$file.try_lock_shared_range(start, end)
-        }
-        fn lock_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<(), redb::BackendError> {
-            self.$file.lock_range(start, end)
-        }
-        fn lock_shared_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<(), redb::BackendError> {
-            self.$file.lock_shared_range(start, end)
-        }
-        fn unlock_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<(), redb::BackendError> {
-            self.$file.unlock_range(start, end)
-        }
-        fn query_lock_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<bool, redb::BackendError> {
-            self.$file.query_lock_range(start, end)
-        }
+        $crate::delegate_locks!(@each $file:
+            try_lock_range -> bool,
+            try_lock_shared_range -> bool,
+            lock_range -> (),
+            lock_shared_range -> (),
+            unlock_range -> (),
+            query_lock_range -> bool,
+        );
+    };
+    (@each $file:ident: $($method:ident -> $answer:ty,)*) => {
+        $(
+            fn $method(
+                &self,
+                start: std::ops::Bound<u64>,
+                end: std::ops::Bound<u64>,
+            ) -> Result<$answer, redb::BackendError> {
+                self.$file.$method(start, end)
+            }
+        )*
     };
 }
 
@@ -405,4 +382,42 @@ pub fn write_file(
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("writes {}: {e}", path.display()));
     path
+}
+
+/// The text a command printed on one of its streams (lossy UTF-8).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts that the command of `o` exited with `code`; the message shows its
+/// stderr.
+#[track_caller]
+pub fn assert_exit(o: &std::process::Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "{}", text(&o.stderr));
+}
+
+/// Asserts that the command of `o` printed `needle` on stdout; the message
+/// shows its stdout.
+#[track_caller]
+pub fn assert_stdout_has(o: &std::process::Output, needle: &str) {
+    let stdout = text(&o.stdout);
+    assert!(stdout.contains(needle), "{stdout}");
+}
+
+/// Asserts that the command of `o` printed `needle` on stderr; the message
+/// shows its stderr.
+#[track_caller]
+pub fn assert_stderr_has(o: &std::process::Output, needle: &str) {
+    let stderr = text(&o.stderr);
+    assert!(stderr.contains(needle), "{stderr}");
+}
+
+/// The repository's root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The text of the file at `path` in the repository; panics naming it.
+pub fn repo_text(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reads {path}: {e}"))
 }

@@ -17,6 +17,8 @@ const WAIT: Duration = Duration::from_secs(15);
 pub use creditgate_testkit::redis::{Cluster, RedisServer};
 use creditgate_testkit::serve::{ServeProcess, policy_request};
 
+use crate::harness::words;
+
 /// A store on a test's own server or cluster, under its own key prefix.
 pub trait Stores {
     fn store(&self, prefix: &str) -> RedisStore;
@@ -60,7 +62,7 @@ fn cluster_passes_the_conformance_suite() {
     };
     assert_eq!(store.scopes().expect("scopes"), expected);
     for node in &cluster.nodes {
-        let keys: u64 = node.cli(&["DBSIZE"]).parse().expect("a number");
+        let keys: u64 = node.cli(&words("DBSIZE")).parse().expect("a number");
         assert!(keys > 10, "node {} holds only {keys} keys", node.port);
     }
     tricky_scope_names(&cluster.store("tricky"));
@@ -639,7 +641,7 @@ fn real_expiries_become_ttls_and_vanish() {
     assert_eq!(expire_time("gc:{s}:once:m"), soon_ms);
     assert_eq!(expire_time("gc:{s}:once:m2"), soon_ms);
     assert_eq!(expire_time("gc:{s}:onces"), soon_ms);
-    assert_eq!(server.cli(&["ZRANGE", "gc:{s}:onces", "0", "-1"]), "m\nm2");
+    assert_eq!(server.cli(&words("ZRANGE gc:{s}:onces 0 -1")), "m\nm2");
     for key in [
         "gc:{s}:ctr:old",
         "gc:{s}:ctr:forever",
@@ -655,7 +657,7 @@ fn real_expiries_become_ttls_and_vanish() {
     let wait = soon + 300_000_000 - real_now_ns();
     std::thread::sleep(Duration::from_nanos(u64::try_from(wait).unwrap_or(0)));
     assert_eq!(
-        server.cli(&["EXISTS", "gc:{s}:ctr:c", "gc:{s}:once:m", "gc:{s}:once:m2"]),
+        server.cli(&words("EXISTS gc:{s}:ctr:c gc:{s}:once:m gc:{s}:once:m2")),
         "0"
     );
     assert_eq!(store.counter_get("s", "c", now).expect("reads"), 0);
@@ -675,11 +677,11 @@ fn real_expiries_become_ttls_and_vanish() {
     assert_eq!(names, ["forever", "later", "old"]);
     assert!(dump.once.is_empty(), "{dump:?}");
     assert_eq!(
-        server.cli(&["ZRANGE", "gc:{s}:ctrs", "0", "-1"]),
+        server.cli(&words("ZRANGE gc:{s}:ctrs 0 -1")),
         "forever\nlater\nold"
     );
     assert_eq!(
-        server.cli(&["EXISTS", "gc:{s}:onces"]),
+        server.cli(&words("EXISTS gc:{s}:onces")),
         "0",
         "the empty index is gone"
     );
@@ -716,15 +718,15 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
     assert_eq!(add("msg/0/new", 1, 0), CounterAdded::Applied(2));
     // As the previous version wrote it: the expiry alone, listed in the index.
     assert_eq!(
-        server.cli(&["SET", "old:{acme}:once:msg/0/postfix/PFX1", "1000"]),
+        server.cli(&words("SET old:{acme}:once:msg/0/postfix/PFX1 1000")),
         "OK"
     );
     assert_eq!(
-        server.cli(&["ZADD", "old:{acme}:onces", "inf", "msg/0/postfix/PFX1"]),
+        server.cli(&words("ZADD old:{acme}:onces inf msg/0/postfix/PFX1")),
         "1"
     );
     assert_eq!(
-        server.cli(&["GET", "old:{acme}:once:msg/0/new"]),
+        server.cli(&words("GET old:{acme}:once:msg/0/new")),
         "5000 1",
         "written with its fingerprint"
     );
@@ -745,7 +747,7 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
     store.import_scope("copy", &dump).expect("imports");
     assert_eq!(store.export_scope("copy").expect("exports").once, dump.once);
     assert_eq!(
-        server.cli(&["GET", "old:{copy}:once:msg/0/postfix/PFX1"]),
+        server.cli(&words("GET old:{copy}:once:msg/0/postfix/PFX1")),
         "1000",
         "a copy keeps the old form"
     );
@@ -812,7 +814,7 @@ fn scripts_are_loaded_again_after_a_flush() {
     let server = RedisServer::start();
     let store = server.store("flush");
     assert!(store.record_insert("s", "a", "v").expect("inserts"));
-    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(server.cli(&words("SCRIPT FLUSH")), "OK");
     assert!(store.record_insert("s", "b", "v").expect("inserts again"));
     assert_eq!(store.scopes().expect("scopes"), ["s"]);
 }
@@ -1153,7 +1155,7 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
         })
     };
 
-    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(server.cli(&words("SCRIPT FLUSH")), "OK");
     for (i, answer) in stopped_together("flushed").into_iter().enumerate() {
         assert!(
             matches!(answer, Ok(CounterAdded::Applied(_))),
@@ -1172,7 +1174,7 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
     assert_eq!(good(&store), CALLERS as u64 - 1);
     assert_eq!(store.counter_get("bad", "c", 0).expect("reads"), 2);
 
-    server.cli(&["HSET", "mid:{bad}:ctr:c", "v", "garbage"]);
+    server.cli(&words("HSET mid:{bad}:ctr:c v garbage"));
     for (i, answer) in stopped_together("corrupt").into_iter().enumerate() {
         match (i, answer) {
             (0, Err(StoreError::Corrupt(m))) => assert!(m.contains("garbage"), "{m}"),

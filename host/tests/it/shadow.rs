@@ -18,31 +18,7 @@ use crate::harness::{self, charge};
 /// `mid_b` and `mid_c` tie on email credits and lead credits: the name
 /// decides. `mid_a` ties on email credits with more leads. `wide` holds many
 /// leads and few emails; `open` is unlimited.
-const UPGRADES: &str = "\
-[plans.small]
-lead_credits = 1
-email_credits = 2
-
-[plans.mid_c]
-lead_credits = 5
-email_credits = 10
-
-[plans.mid_a]
-lead_credits = 7
-email_credits = 10
-
-[plans.mid_b]
-lead_credits = 5
-email_credits = 10
-
-[plans.wide]
-lead_credits = 100
-email_credits = 3
-
-[plans.open]
-lead_credits = \"unlimited\"
-email_credits = \"unlimited\"
-";
+const UPGRADES: &str = include_str!("../fixtures/policies/upgrades.toml");
 
 fn line(worker: &mut creditgate::runtime::Worker, event: Value) -> Value {
     let text = harness::outcome(worker, &event.to_string());
@@ -114,25 +90,7 @@ fn no_plan_is_named_when_none_would_allow_it() {
     assert_eq!(denied["upgrade_to"], Value::Null);
 }
 
-const MODES: &str = "\
-[plans.trial]
-lead_credits = 1
-email_credits = 2
-mode = \"shadow\"
-
-[plans.paid]
-lead_credits = 1
-email_credits = 2
-
-[plans.strict]
-lead_credits = 1
-email_credits = 2
-mode = \"enforce\"
-
-[plans.big]
-lead_credits = 10
-email_credits = 10
-";
+const MODES: &str = include_str!("../fixtures/policies/modes.toml");
 
 #[test]
 fn a_plan_in_shadow_is_charged_past_its_limit_and_says_what_enforcement_would() {
