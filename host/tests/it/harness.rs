@@ -198,7 +198,8 @@ impl Drop for InProcess {
 }
 
 /// A tokio runtime of two workers (as small as a gateway host gets): what every
-/// server or async test in this binary runs on.
+/// server in this binary runs on. An async test asks for the same runtime with
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
 pub fn tokio_runtime() -> tokio::runtime::Runtime {
     tokio_runtime_on(2)
 }
@@ -210,11 +211,6 @@ pub fn tokio_runtime_on(threads: usize) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
-}
-
-/// Runs the async `test` on a [`tokio_runtime`] of its own.
-pub fn on_tokio<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) {
-    tokio_runtime().block_on(test());
 }
 
 /// What [`Serving::start`] serves: handed the listener, the gateway and the
