@@ -188,7 +188,7 @@ fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
     );
     let table = run(&["leads", "campaigns", "--account", "acme"], "");
     assert!(table.starts_with("CAMPAIGN"), "{table}");
-    assert!(table.contains("EXCLUSIVE"), "{table}");
+    harness::assert_has(&table, "EXCLUSIVE");
 
     let delete = words("leads delete --account acme --campaign q1 --all");
     let dry_text = run(&[&delete[..], &["--dry-run"]].concat(), "");

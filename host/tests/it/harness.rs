@@ -417,3 +417,9 @@ pub fn repo() -> std::path::PathBuf {
 pub fn repo_text(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reads {path}: {e}"))
 }
+
+/// Asserts that `text` holds `needle`; the message shows `text`.
+#[track_caller]
+pub fn assert_has(text: &str, needle: &str) {
+    assert!(text.contains(needle), "{text}");
+}

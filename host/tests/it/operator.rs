@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use creditgate_testkit::http::Client;
 use creditgate_testkit::serve::ServeProcess;
 
 use chrono::{Duration, Utc};
@@ -203,20 +204,17 @@ fn the_dashboard_shows_bars_and_warns_at_80_and_100_percent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let calm = with_sends(&dir.path().join("calm.redb"), 100);
     let text = stdout(&calm);
-    assert!(text.contains("100 / 6000  (1.7%)"), "{text}");
-    assert!(text.contains("resets "), "{text}");
+    harness::assert_has(&text, "100 / 6000  (1.7%)");
+    harness::assert_has(&text, "resets ");
     assert!(!text.contains('⚠'), "{text}");
     assert!(!text.contains('\u{1b}'), "no colour when piped: {text:?}");
 
     let warm = stdout(&with_sends(&dir.path().join("warm.redb"), 4_800));
-    assert!(warm.contains("⚠ email credits at 80%: 1200 left"), "{warm}");
+    harness::assert_has(&warm, "⚠ email credits at 80%: 1200 left");
 
     let spent = stdout(&with_sends(&dir.path().join("spent.redb"), 6_000));
-    assert!(spent.contains("6000 / 6000  (100.0%)"), "{spent}");
-    assert!(
-        spent.contains("⚠ email credits exhausted: 6000 of 6000 used"),
-        "{spent}"
-    );
+    harness::assert_has(&spent, "6000 / 6000  (100.0%)");
+    harness::assert_has(&spent, "⚠ email credits exhausted: 6000 of 6000 used");
 }
 
 #[test]
@@ -239,7 +237,7 @@ fn help_documents_the_exit_codes() {
         "2  usage or input error",
         "75  unavailable",
     ] {
-        assert!(text.contains(line), "{text}");
+        harness::assert_has(&text, line);
     }
 }
 
@@ -335,15 +333,9 @@ fn alerts_list_json_is_one_array_even_when_empty() {
 pub(crate) fn send_emails(url: &str, account: &str, count: usize) {
     let to: Vec<String> = (0..count).map(|i| format!("r{i}@example.com")).collect();
     let body = serde_json::json!({ "account": account, "to": to });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
-        .build()
-        .into();
-    let mut answer = agent
-        .post(format!("{url}/v1/decide/email"))
-        .send_json(&body)
-        .expect("the gateway decides");
-    let v: serde_json::Value = answer.body_mut().read_json().expect("JSON");
+    let api = Client::with_timeout(url, std::time::Duration::from_secs(60));
+    let answer = api.post("/v1/decide/email", &body.to_string());
+    let v = answer.json();
     assert_eq!(v["decision"], "allow", "{v}");
 }
 
@@ -384,10 +376,7 @@ fn a_default_anchor_is_a_whole_second() {
     assert_eq!(anchor.len(), 20, "{anchor}");
     assert!(!anchor.contains('.'), "{anchor}");
     let text = stdout(&run(&store, &["account", "show", "acme"]));
-    assert!(
-        text.contains(&format!("anchor         {anchor}\n")),
-        "{text}"
-    );
+    harness::assert_has(&text, &format!("anchor         {anchor}\n"));
 }
 
 // ---- plans and serve --check (issue 13.9) -------------------------------------
@@ -413,7 +402,7 @@ fn plans_lists_the_policy_in_force() {
     );
     let text = stdout(&run(&dir.path().join("cg.redb"), &["plans"]));
     assert!(text.starts_with("PLAN"), "{text}");
-    assert!(text.contains("base"), "{text}");
+    harness::assert_has(&text, "base");
 }
 
 #[test]
@@ -432,7 +421,7 @@ fn serve_check_validates_without_creating_the_store() {
     ] {
         assert!(text.contains(line), "{line:?} in {text}");
     }
-    assert!(text.contains("does not exist yet"), "{text}");
+    harness::assert_has(&text, "does not exist yet");
     assert!(!store.exists(), "--check created the store");
 
     // An existing store is opened read-only.
@@ -511,14 +500,8 @@ fn a_store_held_by_serve_names_it_and_the_server_flag() {
     let o = run(&store, &["account", "list"]);
     harness::assert_exit(&o, 75);
     let err = only_error(&o);
-    assert!(
-        err.contains("is in use by a running `creditgate serve` (pid "),
-        "{err}"
-    );
-    assert!(
-        err.contains(&format!("pass --server {} ", gateway.url)),
-        "{err}"
-    );
+    harness::assert_has(&err, "is in use by a running `creditgate serve` (pid ");
+    harness::assert_has(&err, &format!("pass --server {} ", gateway.url));
     // serve --check on the store in use says so, and does not fail.
     let store_arg = store.to_str().expect("utf-8");
     let o = run(&store, &["serve", "--check", "--store", store_arg]);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use creditgate_testkit::serve::ServeProcess;
 
-use super::harness::creditgate_command;
+use super::harness::{self, creditgate_command};
 
 /// Every wait is bounded by this: a hang is a failure, not a stall. Generous,
 /// because the first message makes master spawn smtpd, cleanup and smtp processes
@@ -185,10 +185,7 @@ fn assert_refused(outcome: &Sent, stage: Stage, postfix: &Postfix) {
     };
     assert_eq!((*at, *code), (stage, 554), "{text}");
     assert!(text.starts_with("5.7.1 "), "{text}");
-    assert!(
-        text.contains("Email credits exhausted; they reset at 20"),
-        "{text}"
-    );
+    harness::assert_has(&text, "Email credits exhausted; they reset at 20");
 }
 
 /// Sends message `n` from `from` to `to` over one SMTP session with Postfix.

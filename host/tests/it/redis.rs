@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(15);
 pub use creditgate_testkit::redis::{Cluster, RedisServer};
 use creditgate_testkit::serve::{ServeProcess, policy_request};
 
-use crate::harness::words;
+use crate::harness::{self, words};
 
 /// A store on a test's own server or cluster, under its own key prefix.
 pub trait Stores {
@@ -296,13 +296,13 @@ fn store_copy_round_trip_redb_redis_redb() {
     ]);
 
     let copied = creditgate_ok(&["store", "copy", "--from", &a, "--to", &redis]);
-    assert!(copied.contains("copied 2 account(s)"), "{copied}");
+    harness::assert_has(&copied, "copied 2 account(s)");
     assert!(!copied.contains("127.0.0.1:0"), "{copied}");
 
     // Into a non-empty store: refused, unless forced.
     let (code, _, stderr) = creditgate(&["store", "copy", "--from", &a, "--to", &redis]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("--force"), "{stderr}");
+    harness::assert_has(&stderr, "--force");
     creditgate_ok(&["store", "copy", "--from", &a, "--to", &redis, "--force"]);
 
     creditgate_ok(&["store", "copy", "--from", &redis, "--to", &b]);
@@ -318,7 +318,7 @@ fn store_copy_round_trip_redb_redis_redb() {
             view.to_string()
         };
         let original = usage(&a);
-        assert!(original.contains("\"used\":3"), "{original}");
+        harness::assert_has(&original, "\"used\":3");
         assert_eq!(usage(&redis), original, "{account} on Redis");
         assert_eq!(usage(&b), original, "{account} back on redb");
     }
@@ -775,8 +775,8 @@ fn a_stalled_or_absent_server_is_unavailable_within_the_timeouts() {
     server.signal("CONT");
     match stalled {
         Err(StoreError::Unavailable(m)) => {
-            assert!(m.contains(&format!("127.0.0.1:{}", server.port)), "{m}");
-            assert!(m.contains("no answer within 200 ms"), "{m}");
+            harness::assert_has(&m, &format!("127.0.0.1:{}", server.port));
+            harness::assert_has(&m, "no answer within 200 ms");
         }
         other => panic!("expected unavailable, got {other:?}"),
     }
@@ -798,8 +798,8 @@ fn a_stalled_or_absent_server_is_unavailable_within_the_timeouts() {
     let started = Instant::now();
     match RedisStore::open(&format!("redis://127.0.0.1:{port}?connect_timeout_ms=300")) {
         Err(StoreError::Unavailable(m)) => {
-            assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
-            assert!(m.contains("cannot connect"), "{m}");
+            harness::assert_has(&m, &format!("127.0.0.1:{port}"));
+            harness::assert_has(&m, "cannot connect");
         }
         Err(e) => panic!("expected unavailable, got {e}"),
         Ok(_) => panic!("connected to nothing"),
@@ -824,7 +824,7 @@ fn scripts_are_loaded_again_after_a_flush() {
 fn tls_urls_are_refused_clearly() {
     let (code, _, stderr) = creditgate(&["usage", "acme", "--store", "rediss://127.0.0.1:1"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("no TLS support"), "{stderr}");
+    harness::assert_has(&stderr, "no TLS support");
 }
 
 /// Charges per second and their latency through [`RedisStore`] against a local

@@ -619,8 +619,8 @@ fn the_binary_answers_then_exits_cleanly_on_sigterm() {
     );
     let (status, stderr) = stop(serve);
     assert_eq!(status, Some(0), "{stderr}");
-    assert!(stderr.contains("listening on 127.0.0.1:"), "{stderr}");
-    assert!(stderr.contains("decision latency"), "{stderr}");
+    harness::assert_has(&stderr, "listening on 127.0.0.1:");
+    harness::assert_has(&stderr, "decision latency");
 }
 
 #[test]
@@ -702,5 +702,5 @@ fn the_binary_refuses_a_config_with_an_unknown_key() {
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("unknown field `listen`"), "{stderr}");
+    harness::assert_has(&stderr, "unknown field `listen`");
 }
