@@ -271,9 +271,9 @@ fn a_failing_webhook_is_retried_and_every_attempt_is_signed() {
         "no attempt after the 200"
     );
     for (head, body) in &attempts {
-        assert!(head.starts_with("POST /hooks/credits HTTP/1.1"), "{head}");
+        harness::assert_starts(head, "POST /hooks/credits HTTP/1.1");
         let signature = alerts::signature(SECRET, body);
-        harness::assert_has(&head, &format!("X-Creditgate-Signature: {signature}"));
+        harness::assert_has(head, &format!("X-Creditgate-Signature: {signature}"));
         let alert: FiredAlert = serde_json::from_slice(body).expect("a JSON alert");
         assert_eq!(
             (

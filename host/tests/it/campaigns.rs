@@ -187,7 +187,7 @@ fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
             {"campaign": "q2", "leads": 2, "exclusive": 1}]})
     );
     let table = run(&["leads", "campaigns", "--account", "acme"], "");
-    assert!(table.starts_with("CAMPAIGN"), "{table}");
+    harness::assert_starts(&table, "CAMPAIGN");
     harness::assert_has(&table, "EXCLUSIVE");
 
     let delete = words("leads delete --account acme --campaign q1 --all");

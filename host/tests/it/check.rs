@@ -209,9 +209,9 @@ fn an_unreadable_file_exits_2_and_the_others_are_still_checked() {
     ]);
     harness::assert_exit(&out, 2);
     let stdout = text(&out.stdout);
-    assert!(
-        stdout.starts_with("error: policies/no-such-policy.toml: cannot read: "),
-        "{stdout}"
+    harness::assert_starts(
+        &stdout,
+        "error: policies/no-such-policy.toml: cannot read: ",
     );
     harness::assert_has(&stdout, "error: policies/invalid/float.toml:5:17: ");
     assert!(

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::operator::{Gateway, TOKEN, json, run, run_with, send_emails, stderr, stdout};
+use super::operator::{Gateway, TOKEN, cli, json, run, run_with, send_emails, stderr, stdout};
 use crate::harness::{self, words};
 
 /// Runs `args --server URL` with the admin token.
@@ -122,18 +122,14 @@ fn listings_through_the_server_match_the_local_ones() {
 
     let o = remote(&store, &url, &["leads", "list", "--account", "ghost"]);
     harness::assert_exit(&o, 1);
-    assert!(
-        stderr(&o).starts_with("creditgate: error: account \"ghost\": denied: unknown_account"),
-        "{}",
-        stderr(&o)
+    harness::assert_starts(
+        &stderr(&o),
+        "creditgate: error: account \"ghost\": denied: unknown_account",
     );
 
     // The same answers from the store itself once the gateway has stopped.
     gateway.stop();
-    let o = run(
-        &store,
-        &words("leads campaigns --account acme --format json"),
-    );
+    let o = cli(&store, "leads campaigns --account acme --format json");
     assert_eq!(json(&o)["campaigns"][1]["leads"], 3);
     let o = run(&store, &["account", "list", "--format", "json"]);
     assert_eq!(unprojected(json(&o)), accounts);

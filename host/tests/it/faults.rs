@@ -388,7 +388,7 @@ fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_ack
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unhealthy");
     let reason = body["reason"].as_str().expect("a reason");
-    harness::assert_has(&reason, "No space left on device");
+    harness::assert_has(reason, "No space left on device");
     assert!(reason.contains(&path.display().to_string()), "{reason}");
 
     disk.free();

@@ -62,7 +62,7 @@ pub fn outcome(worker: &mut Worker, line: &str) -> String {
 /// The `creditgate` binary, run from the repository's root.
 pub fn creditgate_command() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_creditgate"));
-    command.current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    command.current_dir(repo());
     command
 }
 
@@ -396,16 +396,14 @@ pub fn assert_exit(o: &std::process::Output, code: i32) {
 /// shows its stdout.
 #[track_caller]
 pub fn assert_stdout_has(o: &std::process::Output, needle: &str) {
-    let stdout = text(&o.stdout);
-    assert!(stdout.contains(needle), "{stdout}");
+    assert_has(&text(&o.stdout), needle);
 }
 
 /// Asserts that the command of `o` printed `needle` on stderr; the message
 /// shows its stderr.
 #[track_caller]
 pub fn assert_stderr_has(o: &std::process::Output, needle: &str) {
-    let stderr = text(&o.stderr);
-    assert!(stderr.contains(needle), "{stderr}");
+    assert_has(&text(&o.stderr), needle);
 }
 
 /// The repository's root.
@@ -422,4 +420,10 @@ pub fn repo_text(path: &str) -> String {
 #[track_caller]
 pub fn assert_has(text: &str, needle: &str) {
     assert!(text.contains(needle), "{text}");
+}
+
+/// Asserts that `text` starts with `prefix`; the message shows `text`.
+#[track_caller]
+pub fn assert_starts(text: &str, prefix: &str) {
+    assert!(text.starts_with(prefix), "{text}");
 }

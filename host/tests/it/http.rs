@@ -570,8 +570,8 @@ fn reload_takes_a_valid_policy_and_refuses_a_broken_one() {
     assert_eq!(api.usage("acme").1["email_credits"]["limit"], 40);
     let (_, metrics) = api.get("/metrics");
     let metrics = metrics.as_str().expect("text");
-    harness::assert_has(&metrics, "creditgate_reloads_total{result=\"ok\"} 1");
-    harness::assert_has(&metrics, "creditgate_reloads_total{result=\"refused\"} 1");
+    harness::assert_has(metrics, "creditgate_reloads_total{result=\"ok\"} 1");
+    harness::assert_has(metrics, "creditgate_reloads_total{result=\"refused\"} 1");
 }
 
 /// Issue 13, item 1: a reload that drops a plan accounts are on is refused,
@@ -591,7 +591,7 @@ fn a_reload_that_strands_accounts_is_refused_unless_forced() {
     let (status, body) = reload("");
     assert_eq!((status, code(&body)), (422, "reload_refused"), "{body}");
     let message = body["error"]["message"].as_str().expect("a message");
-    harness::assert_has(&message, "\"large\" (1 account)");
+    harness::assert_has(message, "\"large\" (1 account)");
     assert_eq!(
         api.usage("globex").0,
         200,
@@ -662,7 +662,7 @@ fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
     let (status, body) = api.subscribe_anchored("globex", "small", "2099-01-01T00:00:00Z");
     assert_eq!((status, code(&body)), (422, "invalid_request"), "{body}");
     let message = body["error"]["message"].as_str().expect("a message");
-    harness::assert_has(&message, "2099-01-01T00:00:00Z is in the future");
+    harness::assert_has(message, "2099-01-01T00:00:00Z is in the future");
     assert_eq!(api.usage("globex").0, 404, "nothing was created");
 
     // Without an anchor, now to the second: no nanoseconds nobody chose.
@@ -968,7 +968,7 @@ fn names_that_would_poison_the_store_are_refused() {
             "{path_name}: {body}"
         );
         let message = body["error"]["message"].as_str().expect("a message");
-        assert!(message.starts_with("account name \""), "{message}");
+        harness::assert_starts(message, "account name \"");
         assert!(message.contains(needle), "{path_name}: {message}");
         assert!(
             !message.contains(['\u{1}', '\n', '\0', '\u{202e}']),
@@ -1078,13 +1078,13 @@ fn errors_name_the_value_and_what_is_accepted() {
     assert_eq!((status, code(&body)), (422, "invalid_body"), "{body}");
     let message = body["error"]["message"].as_str().expect("a message");
     harness::assert_has(
-        &message,
+        message,
         "to: invalid type: integer `5`, expected an email address (a string) or a list of email addresses",
     );
     let (_, body) = api.email(json!({"account": "acme", "to": ["a@example.com", 7]}));
     let message = body["error"]["message"].as_str().expect("a message");
     harness::assert_has(
-        &message,
+        message,
         "invalid type: integer `7`, expected an email address (a string)",
     );
 }

@@ -551,10 +551,9 @@ fn a_dry_run_reports_the_same_and_changes_nothing() {
     );
     assert_eq!(s.list(None), before, "the dry run changed the store");
     let text_dry = s.leads(&["import", "--campaign", "q1", &file, "--dry-run"], b"");
-    assert!(
-        text(&text_dry.stdout).starts_with("dry run, nothing changed: importing"),
-        "{}",
-        text(&text_dry.stdout)
+    harness::assert_starts(
+        &text(&text_dry.stdout),
+        "dry run, nothing changed: importing",
     );
     assert_eq!(s.list(None), before);
 

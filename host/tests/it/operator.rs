@@ -17,6 +17,12 @@ pub(crate) fn run(store: &Path, args: &[&str]) -> Output {
     run_with(store, args, &[])
 }
 
+/// [`run`] with the words of `line` as arguments (no quoting: for arguments
+/// without spaces).
+pub(crate) fn cli(store: &Path, line: &str) -> Output {
+    run(store, &words(line))
+}
+
 /// [`run`] with more environment variables.
 pub(crate) fn run_with(store: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_creditgate"));
@@ -52,19 +58,18 @@ fn rfc3339(t: chrono::DateTime<Utc>) -> String {
 #[test]
 fn subscribe_change_plan_show_and_list() {
     let (_dir, store) = harness::temp_path("cg.redb");
-    let o = run(
+    let o = cli(
         &store,
-        &words("account subscribe acme --plan base --anchor 2026-01-31T09:00:00Z"),
+        "account subscribe acme --plan base --anchor 2026-01-31T09:00:00Z",
     );
     harness::assert_exit(&o, 0);
     harness::assert_stdout_has(&o, "acme: subscribed to plan base");
 
     let o = run(&store, &["account", "subscribe", "acme", "--plan", "pro"]);
     harness::assert_exit(&o, 1);
-    assert!(
-        stderr(&o).starts_with("creditgate: error: account \"acme\": denied: already_subscribed"),
-        "{}",
-        stderr(&o)
+    harness::assert_starts(
+        &stderr(&o),
+        "creditgate: error: account \"acme\": denied: already_subscribed",
     );
 
     let o = run(
@@ -74,10 +79,7 @@ fn subscribe_change_plan_show_and_list() {
     harness::assert_exit(&o, 1);
     harness::assert_stderr_has(&o, "denied: unknown_plan");
 
-    let o = run(
-        &store,
-        &words("account change-plan acme --plan pro --format json"),
-    );
+    let o = cli(&store, "account change-plan acme --plan pro --format json");
     harness::assert_exit(&o, 0);
     let v = json(&o);
     assert_eq!(
@@ -138,9 +140,9 @@ fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
 #[test]
 fn an_unreadable_anchor_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let o = run(
+    let o = cli(
         &dir.path().join("cg.redb"),
-        &words("account subscribe a --plan base --anchor yesterday"),
+        "account subscribe a --plan base --anchor yesterday",
     );
     harness::assert_exit(&o, 2);
     harness::assert_stderr_has(&o, "--anchor: expected an RFC 3339 timestamp");
@@ -286,11 +288,7 @@ fn a_usage_error_has_the_same_prefix() {
     let dir = tempfile::tempdir().expect("temp dir");
     let o = run(&dir.path().join("cg.redb"), &["account", "show"]);
     harness::assert_exit(&o, 2);
-    assert!(
-        stderr(&o).starts_with("creditgate: error: "),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_starts(&stderr(&o), "creditgate: error: ");
 }
 
 #[test]
@@ -366,10 +364,7 @@ fn account_show_json_is_the_account_object_with_plan_and_anchor() {
 #[test]
 fn a_default_anchor_is_a_whole_second() {
     let (_dir, store) = harness::temp_path("cg.redb");
-    let o = run(
-        &store,
-        &words("account subscribe acme --plan base --format json"),
-    );
+    let o = cli(&store, "account subscribe acme --plan base --format json");
     harness::assert_exit(&o, 0);
     let anchor = json(&o)["anchor"].as_str().expect("anchor").to_owned();
     // 2026-12-06T17:00:00Z: 20 characters, no fraction.
@@ -401,7 +396,7 @@ fn plans_lists_the_policy_in_force() {
         "{v}"
     );
     let text = stdout(&run(&dir.path().join("cg.redb"), &["plans"]));
-    assert!(text.starts_with("PLAN"), "{text}");
+    harness::assert_starts(&text, "PLAN");
     harness::assert_has(&text, "base");
 }
 
@@ -530,21 +525,13 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
         )),
     );
     harness::assert_exit(&o, 2);
-    assert!(
-        only_error(&o).contains("$CREDITGATE_ADMIN_TOKEN"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_has(&only_error(&o), "$CREDITGATE_ADMIN_TOKEN");
 
     let o = remote(&words(
         "account subscribe acme --plan base --anchor 2026-01-31T09:00:00Z",
     ));
     harness::assert_exit(&o, 0);
-    assert!(
-        stdout(&o).starts_with("acme: subscribed to plan base\n"),
-        "{}",
-        stdout(&o)
-    );
+    harness::assert_starts(&stdout(&o), "acme: subscribed to plan base\n");
     harness::assert_stdout_has(&o, "anchor         2026-01-31T09:00:00Z");
 
     let o = remote(&["account", "subscribe", "acme", "--plan", "pro"]);
@@ -631,17 +618,16 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
         "leads delete --account acme --campaign spring --email lead1@example.com",
     ));
     harness::assert_exit(&o, 0);
-    assert!(
-        stdout(&o).starts_with("freed 1 lead credit; lead credits used: 2497 of 30000"),
-        "{}",
-        stdout(&o)
+    harness::assert_starts(
+        &stdout(&o),
+        "freed 1 lead credit; lead credits used: 2497 of 30000",
     );
 
     let o = remote(&words(&format!(
         "leads import --account acme --campaign spring {file} --dry-run"
     )));
     harness::assert_exit(&o, 2);
-    assert!(only_error(&o).contains("--dry-run"), "{}", stderr(&o));
+    harness::assert_has(&only_error(&o), "--dry-run");
 
     let o = remote(&["reload"]);
     harness::assert_exit(&o, 0);
@@ -669,7 +655,7 @@ fn an_unavailable_backend_or_gateway_has_its_own_exit_status() {
     let redis = format!("redis://127.0.0.1:{}", port());
     let o = run(&store, &["account", "list", "--store", &redis]);
     harness::assert_exit(&o, 75);
-    assert!(only_error(&o).contains("cannot connect"), "{}", stderr(&o));
+    harness::assert_has(&only_error(&o), "cannot connect");
 
     // A gateway that answers, but cannot decide now (its store is down).
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
@@ -695,11 +681,7 @@ fn an_unavailable_backend_or_gateway_has_its_own_exit_status() {
     let o = run(&store, &["usage", "acme", "--server", &url]);
     server.join().expect("the fake gateway answered");
     harness::assert_exit(&o, 75);
-    assert!(
-        only_error(&o).contains("redis down (store_unavailable)"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_has(&only_error(&o), "redis down (store_unavailable)");
 
     // What is wrong with the command itself stays 2, store or no store.
     let o = run(&store, &["usage", "acme", "--server", "https://x"]);
@@ -733,11 +715,7 @@ fn a_server_that_is_not_there_is_a_clear_error() {
         &["usage", "acme", "--server", &url, "--store", "memory"],
     );
     harness::assert_exit(&o, 2);
-    assert!(
-        only_error(&o).contains("--server and --store"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_has(&only_error(&o), "--server and --store");
     // An explicit --store wins over $CREDITGATE_SERVER.
     let o = run_with(
         &dir.path().join("cg.redb"),
@@ -764,7 +742,7 @@ fn account_names_follow_the_one_rule() {
         &["account", "subscribe", " ACME ", "--plan", "base"],
     );
     harness::assert_exit(&o, 0);
-    assert!(stdout(&o).starts_with("acme: subscribed"), "{}", stdout(&o));
+    harness::assert_starts(&stdout(&o), "acme: subscribed");
     let o = run(&store, &["usage", "Acme", "--format", "json"]);
     assert_eq!(json(&o)["account"], "acme");
 

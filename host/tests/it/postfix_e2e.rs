@@ -184,8 +184,8 @@ fn assert_refused(outcome: &Sent, stage: Stage, postfix: &Postfix) {
         );
     };
     assert_eq!((*at, *code), (stage, 554), "{text}");
-    assert!(text.starts_with("5.7.1 "), "{text}");
-    harness::assert_has(&text, "Email credits exhausted; they reset at 20");
+    harness::assert_starts(text, "5.7.1 ");
+    harness::assert_has(text, "Email credits exhausted; they reset at 20");
 }
 
 /// Sends message `n` from `from` to `to` over one SMTP session with Postfix.
