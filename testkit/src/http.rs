@@ -9,15 +9,23 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
-/// An answer: status, content type and body.
+/// An answer: status, content type, headers and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
     pub content_type: String,
+    /// Every header, its name in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl Answer {
+    /// The first value of the header `name` (lower case), if any is valid text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.iter().filter(|(n, _)| n == name);
+        values.next().map(|(_, v)| v.as_str())
+    }
+
     /// The body as JSON; panics with the body when it is not.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
@@ -29,11 +37,16 @@ impl Client {
     /// A client of `base` (`http://127.0.0.1:8080`, no trailing slash), with a
     /// 30 s bound on every request.
     pub fn new(base: impl Into<String>) -> Client {
+        Client::with_timeout(base, Duration::from_secs(30))
+    }
+
+    /// A client of `base` with a bound of `timeout` on every request.
+    pub fn with_timeout(base: impl Into<String>, timeout: Duration) -> Client {
         Client {
             base: base.into(),
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(30)))
+                .timeout_global(Some(timeout))
                 .build()
                 .into(),
         }
@@ -65,16 +78,25 @@ impl Client {
                     .header("content-type", "application/json")
                     .body(body.to_owned())?,
             ),
+            // As ureq's `send_empty`: an empty body (`content-length: 0`) where
+            // the method takes one, none where it does not.
+            None if matches!(method, "POST" | "PUT" | "PATCH") => {
+                self.agent.run(request.body(&[][..])?)
+            }
             None => self.agent.run(request.body(())?),
         };
         let mut response = sent?;
         let status = response.status().as_u16();
-        let content_type = response
+        let headers: Vec<(String, String)> = response
             .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let content_type = headers
+            .iter()
+            .find(|(n, _)| n == "content-type")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         let body = response
             .body_mut()
             .with_config()
@@ -83,31 +105,26 @@ impl Client {
         Ok(Answer {
             status,
             content_type,
+            headers,
             body,
         })
     }
 
-    /// [`Client::try_send`]; panics when no answer comes.
-    pub fn send(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&str>,
-    ) -> Answer {
-        self.try_send(method, path, headers, body)
+    /// [`Client::try_send`] without headers; panics when no answer comes.
+    pub fn send(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        self.try_send(method, path, &[], body)
             .unwrap_or_else(|e| panic!("{method} {}{path}: no answer: {e}", self.base))
     }
 
     pub fn get(&self, path: &str) -> Answer {
-        self.send("GET", path, &[], None)
+        self.send("GET", path, None)
     }
 
     pub fn post(&self, path: &str, body: &str) -> Answer {
-        self.send("POST", path, &[], Some(body))
+        self.send("POST", path, Some(body))
     }
 
     pub fn delete(&self, path: &str) -> Answer {
-        self.send("DELETE", path, &[], None)
+        self.send("DELETE", path, None)
     }
 }

@@ -51,18 +51,21 @@ fn canonical_line(at: i64, request: &Request) -> String {
             account,
             campaign,
             email,
-        } => json!({
-            "op": "add_lead", "account": name("account", account),
-            "campaign": name("campaign", campaign), "email": email,
-        }),
-        Request::DeleteLead {
+        }
+        | Request::DeleteLead {
             account,
             campaign,
             email,
-        } => json!({
-            "op": "delete_lead", "account": name("account", account),
-            "campaign": name("campaign", campaign), "email": email,
-        }),
+        } => {
+            let op = match request {
+                Request::AddLead { .. } => "add_lead",
+                _ => "delete_lead",
+            };
+            json!({
+                "op": op, "account": name("account", account),
+                "campaign": name("campaign", campaign), "email": email,
+            })
+        }
         Request::DeleteCampaignLeads { account, campaign } => json!({
             "op": "delete_campaign_leads", "account": name("account", account),
             "campaign": name("campaign", campaign),

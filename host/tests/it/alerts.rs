@@ -16,15 +16,7 @@ use creditgate::time::parse_instant;
 
 use crate::harness;
 
-const POLICY: &str = "\
-[plans.ten]
-lead_credits = 10
-email_credits = 10
-
-[plans.hundred]
-lead_credits = 100
-email_credits = 100
-";
+const POLICY: &str = include_str!("../fixtures/policies/alerts.toml");
 
 fn at(text: &str) -> i64 {
     parse_instant(text).expect("instant")
@@ -186,7 +178,7 @@ fn the_cli_lists_what_fired() {
         .expect("runs");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("zeta") && !text.contains("acme"), "{text}");
-    assert!(text.contains("8 / 10"), "{text}");
+    harness::assert_has(&text, "8 / 10");
 }
 
 /// A webhook endpoint on loopback: answers each request with the next status of
@@ -279,12 +271,9 @@ fn a_failing_webhook_is_retried_and_every_attempt_is_signed() {
         "no attempt after the 200"
     );
     for (head, body) in &attempts {
-        assert!(head.starts_with("POST /hooks/credits HTTP/1.1"), "{head}");
+        harness::assert_starts(head, "POST /hooks/credits HTTP/1.1");
         let signature = alerts::signature(SECRET, body);
-        assert!(
-            head.contains(&format!("X-Creditgate-Signature: {signature}")),
-            "{head}"
-        );
+        harness::assert_has(head, &format!("X-Creditgate-Signature: {signature}"));
         let alert: FiredAlert = serde_json::from_slice(body).expect("a JSON alert");
         assert_eq!(
             (

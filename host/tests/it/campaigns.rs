@@ -12,32 +12,21 @@ use crate::harness::{self, words};
 use crate::http::{Api, code};
 
 fn campaigns(api: &Api, account: &str) -> Value {
-    let (status, body) = api.call(
-        "get",
-        "/v1/accounts/{account}/campaigns",
-        &format!("/v1/accounts/{account}/campaigns"),
-        None,
-    );
+    let (status, body) = api.get(&format!("/v1/accounts/{account}/campaigns"));
     assert_eq!(status, 200, "{body}");
     body
 }
 
 fn delete_all(api: &Api, account: &str, campaign: &str, query: &str) -> (u16, Value) {
-    api.call(
-        "delete",
-        "/v1/accounts/{account}/campaigns/{campaign}/leads",
-        &format!("/v1/accounts/{account}/campaigns/{campaign}/leads{query}"),
-        None,
-    )
+    api.delete(&format!(
+        "/v1/accounts/{account}/campaigns/{campaign}/leads{query}"
+    ))
 }
 
 fn delete_one(api: &Api, account: &str, campaign: &str, email: &str, query: &str) -> (u16, Value) {
-    api.call(
-        "delete",
-        "/v1/accounts/{account}/campaigns/{campaign}/leads/{email}",
-        &format!("/v1/accounts/{account}/campaigns/{campaign}/leads/{email}{query}"),
-        None,
-    )
+    api.delete(&format!(
+        "/v1/accounts/{account}/campaigns/{campaign}/leads/{email}{query}"
+    ))
 }
 
 /// A dry run's answer, without its `dry_run` flag, which the real one lacks.
@@ -198,8 +187,8 @@ fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
             {"campaign": "q2", "leads": 2, "exclusive": 1}]})
     );
     let table = run(&["leads", "campaigns", "--account", "acme"], "");
-    assert!(table.starts_with("CAMPAIGN"), "{table}");
-    assert!(table.contains("EXCLUSIVE"), "{table}");
+    harness::assert_starts(&table, "CAMPAIGN");
+    harness::assert_has(&table, "EXCLUSIVE");
 
     let delete = words("leads delete --account acme --campaign q1 --all");
     let dry_text = run(&[&delete[..], &["--dry-run"]].concat(), "");

@@ -6,36 +6,27 @@
 //! them with `UPDATE_GOLDEN=1 cargo test -p creditgate --test it -- check suites`
 //! and review the diff.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::harness::{self, words};
-
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use crate::harness::{self, text, words};
 
 /// Runs the binary from the repository root, so that paths in its output are the
 /// relative ones given here.
 pub fn creditgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_creditgate"))
         .args(args)
-        .current_dir(repo())
+        .current_dir(harness::repo())
         .output()
         .expect("creditgate runs")
-}
-
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Compares `actual` with the golden file `golden` (relative to the repository
 /// root), or rewrites the file when `UPDATE_GOLDEN` is set. Returns a description
 /// of the difference, if any.
 pub fn golden(golden: &str, actual: &str) -> Option<String> {
-    let path = repo().join(golden);
+    let path = harness::repo().join(golden);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).expect("golden file written");
         return None;
@@ -55,9 +46,21 @@ pub fn assert_golden(golden_path: &str, actual: &str) {
     }
 }
 
+/// Asserts that `out` has nothing on stderr and the golden file's text on stdout.
+pub fn assert_golden_stdout(out: &Output, golden_path: &str) {
+    assert_eq!(text(&out.stderr), "");
+    assert_golden(golden_path, &text(&out.stdout));
+}
+
+/// Asserts that `out` has nothing on stdout and the golden file's text on stderr.
+pub fn assert_golden_stderr(out: &Output, golden_path: &str) {
+    assert_eq!(text(&out.stdout), "");
+    assert_golden(golden_path, &text(&out.stderr));
+}
+
 #[test]
 fn every_invalid_policy_prints_its_golden_report_and_exits_1() {
-    let mut names: Vec<String> = std::fs::read_dir(repo().join("policies/invalid"))
+    let mut names: Vec<String> = std::fs::read_dir(harness::repo().join("policies/invalid"))
         .expect("policies/invalid")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .filter_map(|n| n.strip_suffix(".toml").map(str::to_string))
@@ -107,7 +110,9 @@ fn every_invalid_policy_prints_its_golden_report_and_exits_1() {
         ));
     }
     // Every golden file belongs to a policy.
-    for entry in std::fs::read_dir(repo().join("policies/invalid")).expect("policies/invalid") {
+    for entry in
+        std::fs::read_dir(harness::repo().join("policies/invalid")).expect("policies/invalid")
+    {
         let file = entry
             .expect("entry")
             .file_name()
@@ -134,11 +139,7 @@ fn warnings_are_reported_and_the_check_passes() {
     let file = "host/tests/fixtures/check/warnings.toml";
     let out = creditgate(&["check", file]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert_eq!(text(&out.stderr), "");
-    assert_golden(
-        "host/tests/fixtures/check/warnings.expected",
-        &text(&out.stdout),
-    );
+    assert_golden_stdout(&out, "host/tests/fixtures/check/warnings.expected");
 }
 
 #[test]
@@ -157,7 +158,7 @@ fn the_json_report_is_an_array_of_files() {
     let out = creditgate(&words(
         "check --format json policies/smartlead.toml policies/invalid/negative-credits.toml host/tests/fixtures/check/warnings.toml",
     ));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 1);
     let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let files = report.as_array().expect("an array of files");
     assert_eq!(files.len(), 3);
@@ -206,23 +207,20 @@ fn an_unreadable_file_exits_2_and_the_others_are_still_checked() {
         "policies/no-such-policy.toml",
         "policies/invalid/float.toml",
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    harness::assert_exit(&out, 2);
     let stdout = text(&out.stdout);
-    assert!(
-        stdout.starts_with("error: policies/no-such-policy.toml: cannot read: "),
-        "{stdout}"
+    harness::assert_starts(
+        &stdout,
+        "error: policies/no-such-policy.toml: cannot read: ",
     );
-    assert!(
-        stdout.contains("error: policies/invalid/float.toml:5:17: "),
-        "{stdout}"
-    );
+    harness::assert_has(&stdout, "error: policies/invalid/float.toml:5:17: ");
     assert!(
         stdout.ends_with("checked 2 policy files: 2 errors in 2 files, 0 warnings\n"),
         "{stdout}"
     );
 
     let out = creditgate(&["check", "--format", "json", "policies/no-such-policy.toml"]);
-    assert_eq!(out.status.code(), Some(2));
+    harness::assert_exit(&out, 2);
     let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(report[0]["status"], "unreadable");
     assert_eq!(report[0]["errors"][0]["line"], Value::Null);
@@ -231,7 +229,7 @@ fn an_unreadable_file_exits_2_and_the_others_are_still_checked() {
 #[test]
 fn no_file_is_a_usage_error() {
     let out = creditgate(&["check"]);
-    assert_eq!(out.status.code(), Some(2));
+    harness::assert_exit(&out, 2);
 }
 
 #[test]
@@ -296,9 +294,9 @@ fn check_with_a_store_refuses_a_policy_that_strands_accounts() {
     let out = creditgate(&["check", policy, "--store", store]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("plan \"pro\" is not in this policy, and 2 account(s)"),
-        "{stdout}"
+    harness::assert_has(
+        &stdout,
+        "plan \"pro\" is not in this policy, and 2 account(s)",
     );
     assert!(
         creditgate(&["check", "policies/smartlead.toml", "--store", store])
@@ -307,6 +305,6 @@ fn check_with_a_store_refuses_a_policy_that_strands_accounts() {
     );
     let missing = dir.path().join("typo.redb");
     let out = creditgate(&["check", policy, "--store", missing.to_str().expect("utf-8")]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 2);
     assert!(!missing.exists(), "check created a store");
 }

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::operator::{Gateway, TOKEN, json, run, run_with, send_emails, stderr, stdout};
+use super::operator::{Gateway, TOKEN, cli, json, run, run_with, send_emails, stderr, stdout};
 use crate::harness::{self, words};
 
 /// Runs `args --server URL` with the admin token.
@@ -26,7 +26,7 @@ fn gateway(dir: &Path) -> (Gateway, std::path::PathBuf) {
     let store = dir.join("cg.redb");
     for (account, plan) in [("acme", "base"), ("zeta", "unlimited_prime")] {
         let o = run(&store, &["account", "subscribe", account, "--plan", plan]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        harness::assert_exit(&o, 0);
     }
     for (campaign, emails) in [
         ("spring", "a@x.io\nb@x.io\n"),
@@ -37,7 +37,7 @@ fn gateway(dir: &Path) -> (Gateway, std::path::PathBuf) {
         let mut args = words(&line);
         args.push(csv.to_str().expect("utf-8"));
         let o = run(&store, &args);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        harness::assert_exit(&o, 0);
     }
     let gateway = Gateway::start(dir, &store, &[("CREDITGATE_ADMIN_TOKEN", TOKEN)]);
     // The gateway records the alerts it fires.
@@ -52,7 +52,7 @@ fn listings_through_the_server_match_the_local_ones() {
     let url = gateway.url.clone();
 
     let o = remote(&store, &url, &["plans", "--format", "json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let v = json(&o);
     assert!(v["version"].as_u64().is_some(), "{v}");
     assert!(
@@ -65,7 +65,7 @@ fn listings_through_the_server_match_the_local_ones() {
     );
 
     let o = remote(&store, &url, &["account", "list", "--format", "json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let accounts = unprojected(json(&o));
     let names = harness::account_names(&accounts);
     assert_eq!(names, ["acme", "zeta"]);
@@ -73,7 +73,7 @@ fn listings_through_the_server_match_the_local_ones() {
     assert_eq!(accounts[1]["lead_credits"]["limit"], "unlimited");
 
     let o = remote(&store, &url, &["leads", "list", "--account", "acme"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     assert_eq!(
         stdout(&o),
         "spring\ta@x.io\nspring\tb@x.io\nsummer\tb@x.io\nsummer\tc@x.io\nsummer\td@x.io\n"
@@ -90,7 +90,7 @@ fn listings_through_the_server_match_the_local_ones() {
         &url,
         &words("leads campaigns --account acme --format json"),
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     assert_eq!(
         json(&o),
         serde_json::json!({"account": "acme", "campaigns": [
@@ -103,7 +103,7 @@ fn listings_through_the_server_match_the_local_ones() {
         &url,
         &["alerts", "list", "--account", "acme", "--format", "json"],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let alerts = json(&o);
     assert!(
         alerts
@@ -121,19 +121,15 @@ fn listings_through_the_server_match_the_local_ones() {
     assert_eq!(json(&o), serde_json::json!([]));
 
     let o = remote(&store, &url, &["leads", "list", "--account", "ghost"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).starts_with("creditgate: error: account \"ghost\": denied: unknown_account"),
-        "{}",
-        stderr(&o)
+    harness::assert_exit(&o, 1);
+    harness::assert_starts(
+        &stderr(&o),
+        "creditgate: error: account \"ghost\": denied: unknown_account",
     );
 
     // The same answers from the store itself once the gateway has stopped.
     gateway.stop();
-    let o = run(
-        &store,
-        &words("leads campaigns --account acme --format json"),
-    );
+    let o = cli(&store, "leads campaigns --account acme --format json");
     assert_eq!(json(&o)["campaigns"][1]["leads"], 3);
     let o = run(&store, &["account", "list", "--format", "json"]);
     assert_eq!(unprojected(json(&o)), accounts);

@@ -20,19 +20,7 @@ use crate::harness::{self, InProcess, unescape};
 
 /// Small plans, so that a test reaches 80% and exhaustion in a few requests; one
 /// unlimited credit.
-const POLICY: &str = r#"
-[plans.small]
-lead_credits = 10
-email_credits = 10
-
-[plans.large]
-lead_credits = 1000
-email_credits = 5000
-
-[plans.scale]
-lead_credits = "unlimited"
-email_credits = 100
-"#;
+const POLICY: &str = include_str!("../fixtures/policies/dashboard.toml");
 
 /// How long a server or a browser gets to start or finish.
 const WAIT: Duration = Duration::from_secs(90);
@@ -521,7 +509,14 @@ fn chromium(profile: &Path, args: &[&str]) -> String {
     std::fs::read_to_string(&out).expect("chromium's output")
 }
 
-/// Saves a screenshot of `url` to `path` and checks it is a PNG of some size.
+/// Saves a screenshot of each `(url, file, window size)` of `shots` to `file` in
+/// `dir`, and checks it is a PNG of some size.
+fn screenshots(profile: &Path, dir: &Path, shots: &[(&str, &str, &str)]) {
+    for (url, file, size) in shots {
+        screenshot(profile, url, &dir.join(file), size);
+    }
+}
+
 fn screenshot(profile: &Path, url: &str, path: &Path, size: &str) {
     let _ = std::fs::remove_file(path);
     chromium(
@@ -603,25 +598,16 @@ fn chromium_renders_the_dashboard_of_a_live_serve() {
     assert_contains(&dom, "data-campaign=\"follow-ups\" data-leads=\"9\"");
     assert_contains(&dom, "<svg class=\"chart\"");
 
-    let artefacts = artefacts();
-    screenshot(
+    let home = format!("{}/", serve.base);
+    screenshots(
         &profile,
-        &account,
-        &artefacts.join("dashboard-account.png"),
-        "1280,900",
-    );
-    screenshot(
-        &profile,
-        &format!("{}/", serve.base),
-        &artefacts.join("dashboard.png"),
-        "1280,900",
-    );
-    // A phone's width: the list turns into cards rather than overflowing.
-    screenshot(
-        &profile,
-        &format!("{}/", serve.base),
-        &artefacts.join("dashboard-phone.png"),
-        "390,844",
+        &artefacts(),
+        &[
+            (&account, "dashboard-account.png", "1280,900"),
+            (&home, "dashboard.png", "1280,900"),
+            // A phone's width: the list turns into cards rather than overflowing.
+            (&home, "dashboard-phone.png", "390,844"),
+        ],
     );
     serve.stop();
 }
@@ -746,17 +732,15 @@ fn readme_screenshots() {
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
     std::fs::create_dir_all(&assets).expect("creates host/assets");
     let profile = dir.path().join("chromium-profile");
-    screenshot(
+    let home = format!("{}/", serve.base);
+    let account = format!("{}/accounts/globex-sales", serve.base);
+    screenshots(
         &profile,
-        &format!("{}/", serve.base),
-        &assets.join("dashboard.png"),
-        "1280,720",
-    );
-    screenshot(
-        &profile,
-        &format!("{}/accounts/globex-sales", serve.base),
-        &assets.join("dashboard-account.png"),
-        "1280,1280",
+        &assets,
+        &[
+            (&home, "dashboard.png", "1280,720"),
+            (&account, "dashboard-account.png", "1280,1280"),
+        ],
     );
     serve.stop();
 }

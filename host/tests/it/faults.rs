@@ -26,6 +26,8 @@ use creditgate::request::Request;
 use creditgate::runtime::Worker;
 use creditgate::store::{CounterAdd, OpenOptions, RedbStore, Store, StoreError};
 
+use creditgate_testkit::http::Client;
+
 use crate::harness::{self, Serving};
 // The HTTP tests' two plans: small (3 leads, 4 emails) and large.
 use crate::http::POLICY;
@@ -135,8 +137,7 @@ fn unavailable(result: Result<impl std::fmt::Debug, StoreError>, path: &Path) ->
 
 #[test]
 fn after_a_failed_commit_nothing_it_held_is_seen_and_the_store_reopens_by_itself() {
-    let (_dir, path) = harness::temp_path("full.redb");
-    let (disk, store) = store_on_a_disk(&path);
+    let (_dir, path, disk, store) = fresh_store_on_a_disk();
     assert_eq!(add(&store, 5).expect("adds"), 5);
     store.persist().expect("durable");
     assert_eq!(store.losses(), 0);
@@ -158,7 +159,7 @@ fn after_a_failed_commit_nothing_it_held_is_seen_and_the_store_reopens_by_itself
     unavailable(store.scopes(), &path);
     unavailable(add(&store, 1), &path);
     let why = unavailable(store.health(), &path);
-    assert!(why.contains("No space left on device"), "{why}");
+    harness::assert_has(&why, "No space left on device");
 
     disk.free();
     store.health().expect("reopens once the disk takes writes");
@@ -175,8 +176,7 @@ fn after_a_failed_commit_nothing_it_held_is_seen_and_the_store_reopens_by_itself
 
 #[test]
 fn a_call_reopens_the_store_without_a_health_check() {
-    let (_dir, path) = harness::temp_path("full.redb");
-    let (disk, store) = store_on_a_disk(&path);
+    let (_dir, path, disk, store) = fresh_store_on_a_disk();
     assert_eq!(add(&store, 2).expect("adds"), 2);
     store.persist().expect("durable");
     disk.fill();
@@ -190,8 +190,7 @@ fn a_call_reopens_the_store_without_a_health_check() {
 
 #[test]
 fn closing_after_a_failed_commit_writes_none_of_it() {
-    let (_dir, path) = harness::temp_path("full.redb");
-    let (disk, store) = store_on_a_disk(&path);
+    let (_dir, path, disk, store) = fresh_store_on_a_disk();
     add(&store, 5).expect("adds");
     store.persist().expect("durable");
     disk.fill();
@@ -227,13 +226,26 @@ fn store_on_a_disk(path: &Path) -> (Disk, RedbStore) {
     (disk, store)
 }
 
-/// A redb store on a fresh [`Disk`] in `dir`, and a worker with [`POLICY`] over it.
-fn worker_on_a_disk(dir: &Path) -> (Disk, std::path::PathBuf, Arc<RedbStore>, Worker) {
-    let path = dir.join("full.redb");
+/// [`store_on_a_disk`] in a fresh directory: the directory (removed when
+/// dropped), the store's path, the disk and the store.
+fn fresh_store_on_a_disk() -> (tempfile::TempDir, std::path::PathBuf, Disk, RedbStore) {
+    let (dir, path) = harness::temp_path("full.redb");
     let (disk, store) = store_on_a_disk(&path);
+    (dir, path, disk, store)
+}
+
+/// [`fresh_store_on_a_disk`], shared with a worker with [`POLICY`] over it.
+fn worker_on_a_disk() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Disk,
+    Arc<RedbStore>,
+    Worker,
+) {
+    let (dir, path, disk, store) = fresh_store_on_a_disk();
     let store = Arc::new(store);
     let worker = harness::worker_on(store.clone(), POLICY);
-    (disk, path, store, worker)
+    (dir, path, disk, store, worker)
 }
 
 /// A worker caches each account's record and guards every call with it; a
@@ -241,8 +253,7 @@ fn worker_on_a_disk(dir: &Path) -> (Disk, std::path::PathBuf, Arc<RedbStore>, Wo
 /// plan it cached.
 #[test]
 fn a_worker_that_cached_a_rolled_back_plan_decides_on_the_plan_kept() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (disk, _, store, mut worker) = worker_on_a_disk(dir.path());
+    let (_dir, _, disk, store, mut worker) = worker_on_a_disk();
     let t = at("2026-03-01T00:00:00Z");
     let subscribe = harness::subscription("acme", "small");
     assert_eq!(worker.decide(&subscribe, t).expect("decides").denied, None);
@@ -277,8 +288,7 @@ fn a_worker_that_cached_a_rolled_back_plan_decides_on_the_plan_kept() {
 
 /// The HTTP API over a gateway of one writer (and one reader) on `store`.
 struct Api {
-    base: String,
-    agent: ureq::Agent,
+    client: Client,
     serving: Serving,
 }
 
@@ -294,32 +304,16 @@ impl Api {
             })
         });
         let serving = Serving::http(gateway, reload, HttpOptions::default());
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .into();
         Api {
-            base: serving.base(),
-            agent,
+            client: Client::with_timeout(serving.base(), Duration::from_secs(20)),
             serving,
         }
     }
 
+    /// `method` in lower case: `get`, or `post` with or without a JSON body.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
-        let response = match (method, body) {
-            ("get", _) => self.agent.get(&url).call(),
-            (_, Some(body)) => self
-                .agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(body.to_string()),
-            (_, None) => self.agent.post(&url).send_empty(),
-        };
-        let mut response = response.expect("answers");
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().expect("body");
+        let body = body.map(|b| b.to_string());
+        let (status, text) = crate::http::send(&self.client, method, path, body.as_deref());
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
@@ -341,8 +335,7 @@ impl Api {
 
 #[test]
 fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_acknowledged() {
-    let (_dir, path) = harness::temp_path("full.redb");
-    let (disk, store) = store_on_a_disk(&path);
+    let (_dir, path, disk, store) = fresh_store_on_a_disk();
     let store = Arc::new(store);
     let api = Api::start(store);
     let (status, body) = api.call(
@@ -395,7 +388,7 @@ fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_ack
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unhealthy");
     let reason = body["reason"].as_str().expect("a reason");
-    assert!(reason.contains("No space left on device"), "{reason}");
+    harness::assert_has(reason, "No space left on device");
     assert!(reason.contains(&path.display().to_string()), "{reason}");
 
     disk.free();
@@ -416,8 +409,7 @@ fn the_gateway_on_a_full_disk_is_unhealthy_refuses_and_recovers_with_what_it_ack
 fn decide_durable_answers_only_what_it_made_durable() {
     use creditgate::runtime::{DecideError, DurableError};
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (disk, path, store, mut worker) = worker_on_a_disk(dir.path());
+    let (_dir, path, disk, store, mut worker) = worker_on_a_disk();
     let t = at("2026-03-01T00:00:00Z");
     let subscribe = harness::subscription("acme", "small");
     let subscribed = worker.decide_durable(&subscribe, t).expect("decides");

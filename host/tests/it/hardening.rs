@@ -19,7 +19,7 @@ use creditgate::store::MemoryStore;
 use creditgate::time::now;
 use creditgate_testkit::serve::ServeProcess;
 
-use crate::harness::InProcess;
+use crate::harness::{self, InProcess};
 
 const POLICY: &str = "[plans.small]\nlead_credits = 20\nemail_credits = 50\n";
 
@@ -690,10 +690,7 @@ fn an_empty_admin_token_is_an_error_wherever_it_comes_from() {
     // The empty variable used to override the file's token and open the routes.
     let (exited, stderr) = serve_with(from_file, Some(""));
     assert_eq!(exited, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("$CREDITGATE_ADMIN_TOKEN is empty"),
-        "{stderr}"
-    );
+    harness::assert_has(&stderr, "$CREDITGATE_ADMIN_TOKEN is empty");
     let (exited, stderr) = serve_with("admin_token = \"\"\n", None);
     assert_eq!(exited, Some(2), "{stderr}");
     assert!(
@@ -702,7 +699,7 @@ fn an_empty_admin_token_is_an_error_wherever_it_comes_from() {
     );
     let (exited, stderr) = serve_with("", Some("short"));
     assert_eq!(exited, Some(2), "{stderr}");
-    assert!(stderr.contains("at least 16"), "{stderr}");
+    harness::assert_has(&stderr, "at least 16");
 }
 
 #[test]
@@ -721,10 +718,7 @@ fn start_up_says_whether_admin_auth_is_on_and_for_which_routes() {
     );
     let (exited, stderr) = serve_with("", Some("another-long-admin-token"));
     assert_eq!(exited, None, "{stderr}");
-    assert!(
-        stderr.contains("token from $CREDITGATE_ADMIN_TOKEN"),
-        "{stderr}"
-    );
+    harness::assert_has(&stderr, "token from $CREDITGATE_ADMIN_TOKEN");
     let (exited, stderr) = serve_with("", None);
     assert_eq!(exited, None, "{stderr}");
     assert!(

@@ -62,7 +62,7 @@ pub fn outcome(worker: &mut Worker, line: &str) -> String {
 /// The `creditgate` binary, run from the repository's root.
 pub fn creditgate_command() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_creditgate"));
-    command.current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    command.current_dir(repo());
     command
 }
 
@@ -91,48 +91,25 @@ pub fn run_with_stdin(mut command: std::process::Command, stdin: &[u8]) -> std::
 #[macro_export]
 macro_rules! delegate_locks {
     ($file:ident) => {
-        fn try_lock_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<bool, redb::BackendError> {
-            self.$file.try_lock_range(start, end)
-        }
-        fn try_lock_shared_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<bool, redb::BackendError> {
-            self.$file.try_lock_shared_range(start, end)
-        }
-        fn lock_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<(), redb::BackendError> {
-            self.$file.lock_range(start, end)
-        }
-        fn lock_shared_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<(), redb::BackendError> {
-            self.$file.lock_shared_range(start, end)
-        }
-        fn unlock_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<(), redb::BackendError> {
-            self.$file.unlock_range(start, end)
-        }
-        fn query_lock_range(
-            &self,
-            start: std::ops::Bound<u64>,
-            end: std::ops::Bound<u64>,
-        ) -> Result<bool, redb::BackendError> {
-            self.$file.query_lock_range(start, end)
-        }
+        $crate::delegate_locks!(@each $file:
+            try_lock_range -> bool,
+            try_lock_shared_range -> bool,
+            lock_range -> (),
+            lock_shared_range -> (),
+            unlock_range -> (),
+            query_lock_range -> bool,
+        );
+    };
+    (@each $file:ident: $($method:ident -> $answer:ty,)*) => {
+        $(
+            fn $method(
+                &self,
+                start: std::ops::Bound<u64>,
+                end: std::ops::Bound<u64>,
+            ) -> Result<$answer, redb::BackendError> {
+                self.$file.$method(start, end)
+            }
+        )*
     };
 }
 
@@ -221,7 +198,8 @@ impl Drop for InProcess {
 }
 
 /// A tokio runtime of two workers (as small as a gateway host gets): what every
-/// server or async test in this binary runs on.
+/// server in this binary runs on. An async test asks for the same runtime with
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`.
 pub fn tokio_runtime() -> tokio::runtime::Runtime {
     tokio_runtime_on(2)
 }
@@ -233,11 +211,6 @@ pub fn tokio_runtime_on(threads: usize) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
-}
-
-/// Runs the async `test` on a [`tokio_runtime`] of its own.
-pub fn on_tokio<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) {
-    tokio_runtime().block_on(test());
 }
 
 /// What [`Serving::start`] serves: handed the listener, the gateway and the
@@ -405,4 +378,52 @@ pub fn write_file(
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("writes {}: {e}", path.display()));
     path
+}
+
+/// The text a command printed on one of its streams (lossy UTF-8).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts that the command of `o` exited with `code`; the message shows its
+/// stderr.
+#[track_caller]
+pub fn assert_exit(o: &std::process::Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "{}", text(&o.stderr));
+}
+
+/// Asserts that the command of `o` printed `needle` on stdout; the message
+/// shows its stdout.
+#[track_caller]
+pub fn assert_stdout_has(o: &std::process::Output, needle: &str) {
+    assert_has(&text(&o.stdout), needle);
+}
+
+/// Asserts that the command of `o` printed `needle` on stderr; the message
+/// shows its stderr.
+#[track_caller]
+pub fn assert_stderr_has(o: &std::process::Output, needle: &str) {
+    assert_has(&text(&o.stderr), needle);
+}
+
+/// The repository's root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The text of the file at `path` in the repository; panics naming it.
+pub fn repo_text(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reads {path}: {e}"))
+}
+
+/// Asserts that `text` holds `needle`; the message shows `text`.
+#[track_caller]
+pub fn assert_has(text: &str, needle: &str) {
+    assert!(text.contains(needle), "{text}");
+}
+
+/// Asserts that `text` starts with `prefix`; the message shows `text`.
+#[track_caller]
+pub fn assert_starts(text: &str, prefix: &str) {
+    assert!(text.starts_with(prefix), "{text}");
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use creditgate::gateway::Gateway;
 use creditgate::http::{self, HttpOptions, ReloadRefused, Reloaded, Reloader};
 use creditgate::store::{MemoryStore, RedbStore, Store};
+use creditgate_testkit::http::Client;
 use creditgate_testkit::serve::{ServeProcess, policy_exchange};
 
 use crate::harness::{self, Serving};
@@ -59,7 +60,7 @@ fn openapi_documents_exactly_the_routes() {
 /// policy back from a file the test can rewrite.
 pub(crate) struct Api {
     pub(crate) base: String,
-    pub(crate) agent: ureq::Agent,
+    pub(crate) client: Client,
     spec: Value,
     pub(crate) policy_file: tempfile::NamedTempFile,
     pub(crate) gateway: Arc<Gateway>,
@@ -95,7 +96,7 @@ impl Api {
         let serving = Serving::http(gateway.clone(), reload, options);
         Api {
             base: serving.base(),
-            agent: agent(),
+            client: client(serving.base()),
             spec: openapi(),
             policy_file,
             gateway,
@@ -104,20 +105,20 @@ impl Api {
     }
 
     pub(crate) fn memory() -> Api {
-        Api::start(Arc::new(MemoryStore::new()), HttpOptions::default())
+        Api::memory_with(HttpOptions::default())
     }
 
-    /// Sends a request to the route `template` (as the OpenAPI file names it) at
-    /// the concrete `path`; checks the status is documented for that operation.
-    pub(crate) fn call(
-        &self,
-        method: &str,
-        template: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> (u16, Value) {
-        let (status, text) = send(&self.agent, &self.base, method, path, body);
-        let documented = &self.spec["paths"][template][method]["responses"];
+    /// [`Api::start`] over a fresh memory store.
+    pub(crate) fn memory_with(options: HttpOptions) -> Api {
+        Api::start(Arc::new(MemoryStore::new()), options)
+    }
+
+    /// Sends a request to the concrete `path`; checks the status is documented
+    /// for that operation of its route ([`Api::route`]).
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let template = self.route(path);
+        let (status, text) = send(&self.client, method, path, body);
+        let documented = &self.spec["paths"][&template][method]["responses"];
         assert!(
             documented.get(status.to_string()).is_some(),
             "{method} {path} answered {status}, which the OpenAPI file does not document for \
@@ -127,93 +128,110 @@ impl Api {
         (status, value)
     }
 
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
+        self.call("get", path, None)
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> (u16, Value) {
+        self.call("delete", path, None)
+    }
+
+    /// `POST` of the JSON `body`.
+    pub(crate) fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.call("post", path, Some(body))
+    }
+
+    /// `PUT` of the JSON `body`.
+    pub(crate) fn put(&self, path: &str, body: &str) -> (u16, Value) {
+        self.call("put", path, Some(body))
+    }
+
+    /// The route of the concrete `path` (its query left out), as the OpenAPI file
+    /// names it: the one whose segments all match, a `{parameter}` matching any
+    /// one; of several, the one with the most fixed segments.
+    pub(crate) fn route(&self, path: &str) -> String {
+        let path = path.split('?').next().unwrap_or(path);
+        let segments: Vec<&str> = path.split('/').collect();
+        let fixed = |route: &str| route.split('/').filter(|s| !s.starts_with('{')).count();
+        let routes = self.spec["paths"]
+            .as_object()
+            .expect("the OpenAPI file's paths");
+        let matching = routes.keys().filter(|route| {
+            let parts: Vec<&str> = route.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(p, s)| p.starts_with('{') || p == s)
+        });
+        let route = matching.max_by_key(|route| fixed(route));
+        route
+            .unwrap_or_else(|| panic!("the OpenAPI file has no route for {path}"))
+            .clone()
+    }
+
     pub(crate) fn subscribe(&self, account: &str, plan: &str) -> (u16, Value) {
-        self.call(
-            "post",
-            "/v1/accounts/{account}/subscription",
+        self.post(
             &format!("/v1/accounts/{account}/subscription"),
-            Some(&json!({ "plan": plan }).to_string()),
+            &json!({ "plan": plan }).to_string(),
+        )
+    }
+
+    /// A subscription of `account` to `plan` with `anchor` (as sent: checked by
+    /// the server).
+    pub(crate) fn subscribe_anchored(
+        &self,
+        account: &str,
+        plan: &str,
+        anchor: &str,
+    ) -> (u16, Value) {
+        self.post(
+            &format!("/v1/accounts/{account}/subscription"),
+            &json!({ "plan": plan, "anchor": anchor }).to_string(),
         )
     }
 
     pub(crate) fn usage(&self, account: &str) -> (u16, Value) {
-        self.call(
-            "get",
-            "/v1/accounts/{account}/usage",
-            &format!("/v1/accounts/{account}/usage"),
-            None,
-        )
+        self.get(&format!("/v1/accounts/{account}/usage"))
     }
 
     pub(crate) fn email(&self, body: Value) -> (u16, Value) {
-        self.call(
-            "post",
-            "/v1/decide/email",
-            "/v1/decide/email",
-            Some(&body.to_string()),
-        )
+        self.post("/v1/decide/email", &body.to_string())
     }
 
     pub(crate) fn leads(&self, account: &str, campaign: &str, emails: &[&str]) -> (u16, Value) {
-        self.call(
-            "post",
-            "/v1/accounts/{account}/campaigns/{campaign}/leads",
+        self.post(
             &format!("/v1/accounts/{account}/campaigns/{campaign}/leads"),
-            Some(&json!({ "emails": emails }).to_string()),
+            &json!({ "emails": emails }).to_string(),
         )
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
+/// A client of `base` with the bound these tests give a request.
+fn client(base: impl Into<String>) -> Client {
+    Client::with_timeout(base, Duration::from_secs(20))
 }
 
-/// One request; its status and body text. A body is sent as JSON.
-pub(crate) fn send(
-    agent: &ureq::Agent,
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> (u16, String) {
-    let url = format!("{base}{path}");
-    let response = match (method, body) {
-        ("get", _) => agent.get(&url).call(),
-        ("delete", _) => agent.delete(&url).call(),
-        ("post", Some(body)) => agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(body),
-        ("post", None) => agent.post(&url).send_empty(),
-        ("put", Some(body)) => agent
-            .put(&url)
-            .header("content-type", "application/json")
-            .send(body),
-        other => panic!("no such request in these tests: {other:?}"),
-    };
-    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().expect("a body");
-    (status, text)
+/// One request (`method` as the OpenAPI file spells it, in lower case); its
+/// status and body text. A body is sent as JSON.
+pub(crate) fn send(client: &Client, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let answer = client.send(&method.to_ascii_uppercase(), path, body);
+    (answer.status, answer.body)
 }
 
 pub(crate) fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("(no error code)")
 }
 
+/// The message of an error answer; empty when there is none.
+pub(crate) fn error_message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or("")
+}
+
 #[test]
 fn subscription_and_plan_changes() {
     let api = Api::memory();
-    let (status, body) = api.call(
-        "post",
-        "/v1/accounts/{account}/subscription",
-        "/v1/accounts/acme/subscription",
-        Some(r#"{"plan": "small", "anchor": "2026-01-31T09:00:00Z"}"#),
-    );
+    let (status, body) = api.subscribe_anchored("acme", "small", "2026-01-31T09:00:00Z");
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["account"], "acme");
     assert_eq!(body["plan"], "small");
@@ -225,27 +243,15 @@ fn subscription_and_plan_changes() {
     assert_eq!((status, code(&body)), (409, "already_subscribed"), "{body}");
     let (status, body) = api.subscribe("other", "platinum");
     assert_eq!((status, code(&body)), (422, "unknown_plan"), "{body}");
-    let (status, body) = api.call(
-        "post",
-        "/v1/accounts/{account}/subscription",
-        "/v1/accounts/other/subscription",
-        Some(r#"{"plan": "small", "anchor": "yesterday"}"#),
-    );
+    let (status, body) = api.subscribe_anchored("other", "small", "yesterday");
     assert_eq!((status, code(&body)), (422, "invalid_anchor"), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("anchor")),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("anchor"), "{body}");
 
     // An upgrade raises the limits at once; usage and anchor stay.
     let plan = |account: &str, plan: &str| {
-        api.call(
-            "put",
-            "/v1/accounts/{account}/plan",
+        api.put(
             &format!("/v1/accounts/{account}/plan"),
-            Some(&json!({ "plan": plan }).to_string()),
+            &json!({ "plan": plan }).to_string(),
         )
     };
     let (status, body) = plan("acme", "large");
@@ -311,9 +317,7 @@ fn email_decisions_charge_once_and_stop_at_the_limit() {
     let (status, body) = api.email(json!({"account": "acme", "to": "a@x.io", "kind": "bulk"}));
     assert_eq!((status, code(&body)), (422, "invalid_body"), "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("kind")),
+        error_message(&body).contains("kind"),
         "the message names the field: {body}"
     );
     let (status, body) = api.email(json!({"account": "acme", "to": "a@x.io", "cc": "b@x.io"}));
@@ -338,9 +342,7 @@ fn a_message_id_is_an_idempotency_key_never_a_free_pass() {
             "{blank:?}: {body}"
         );
         assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("message_id")),
+            error_message(&body).contains("message_id"),
             "the message names the field: {body}"
         );
     }
@@ -392,19 +394,20 @@ fn lead_batches_report_every_address() {
         ],
     );
     assert_eq!(status, 200, "{body}");
-    let counts: Vec<u64> = [
-        "total",
-        "uploaded",
-        "already_in_campaign",
-        "in_other_campaign",
-        "duplicates_in_request",
-        "invalid",
-        "credits_exhausted",
-    ]
-    .iter()
-    .map(|k| body[*k].as_u64().unwrap_or(u64::MAX))
-    .collect();
-    assert_eq!(counts, [6, 1, 1, 1, 1, 1, 1], "{body}");
+    let expected = [
+        ("total", 6),
+        ("uploaded", 1),
+        ("already_in_campaign", 1),
+        ("in_other_campaign", 1),
+        ("duplicates_in_request", 1),
+        ("invalid", 1),
+        ("credits_exhausted", 1),
+    ];
+    let counts: Vec<(&str, u64)> = expected
+        .iter()
+        .map(|&(k, _)| (k, body[k].as_u64().unwrap_or(u64::MAX)))
+        .collect();
+    assert_eq!(counts, expected, "{body}");
     let outcomes: Vec<&str> = body["results"]
         .as_array()
         .expect("results")
@@ -439,12 +442,9 @@ fn deleting_leads_frees_credits_that_can_be_used_again() {
     api.leads("acme", "c1", &["a@x.io", "b@x.io", "c@x.io"]);
     api.leads("acme", "c2", &["a@x.io"]);
     let delete_one = |campaign: &str, email: &str| {
-        api.call(
-            "delete",
-            "/v1/accounts/{account}/campaigns/{campaign}/leads/{email}",
-            &format!("/v1/accounts/acme/campaigns/{campaign}/leads/{email}"),
-            None,
-        )
+        api.delete(&format!(
+            "/v1/accounts/acme/campaigns/{campaign}/leads/{email}"
+        ))
     };
     // Held by c2 too: leaving c1 frees nothing.
     let (status, body) = delete_one("c1", "a@x.io");
@@ -454,12 +454,7 @@ fn deleting_leads_frees_credits_that_can_be_used_again() {
     let (status, body) = delete_one("c1", "not-an-address");
     assert_eq!((status, code(&body)), (422, "invalid_email"), "{body}");
 
-    let (status, body) = api.call(
-        "delete",
-        "/v1/accounts/{account}/campaigns/{campaign}/leads",
-        "/v1/accounts/acme/campaigns/c2/leads",
-        None,
-    );
+    let (status, body) = api.delete("/v1/accounts/acme/campaigns/c2/leads");
     assert_eq!((status, &body["freed"]), (200, &json!(1)), "{body}");
     assert_eq!(
         body["lead_credits"]["used"], 1,
@@ -472,56 +467,33 @@ fn deleting_leads_frees_credits_that_can_be_used_again() {
         (&json!(2), &json!(1))
     );
 
-    let (status, body) = api.call(
-        "delete",
-        "/v1/accounts/{account}/campaigns/{campaign}/leads",
-        "/v1/accounts/ghost/campaigns/c2/leads",
-        None,
-    );
+    let (status, body) = api.delete("/v1/accounts/ghost/campaigns/c2/leads");
     assert_eq!((status, code(&body)), (404, "unknown_account"), "{body}");
 }
 
 #[test]
 fn malformed_requests_get_json_errors() {
-    let api = Api::start(
-        Arc::new(MemoryStore::new()),
-        HttpOptions {
-            max_body_bytes: 1024,
-            ..HttpOptions::default()
-        },
-    );
-    let (status, body) = api.call(
-        "post",
-        "/v1/decide/email",
-        "/v1/decide/email",
-        Some("{\"account\": \"acme\",\n \"to\": }"),
-    );
+    let api = Api::memory_with(HttpOptions {
+        max_body_bytes: 1024,
+        ..HttpOptions::default()
+    });
+    let (status, body) = api.post("/v1/decide/email", "{\"account\": \"acme\",\n \"to\": }");
     assert_eq!((status, code(&body)), (400, "invalid_json"), "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("line 2")),
+        error_message(&body).contains("line 2"),
         "the message says where: {body}"
     );
-    let (status, body) = api.call(
-        "post",
+    let (status, body) = api.post(
         "/v1/decide/email",
-        "/v1/decide/email",
-        Some(&json!({"account": "acme", "to": "x".repeat(2000)}).to_string()),
+        &json!({"account": "acme", "to": "x".repeat(2000)}).to_string(),
     );
     assert_eq!((status, code(&body)), (413, "body_too_large"), "{body}");
-    let (status, body) = send(
-        &api.agent,
-        &api.base,
-        "post",
-        "/v1/accounts/acme/subscription",
-        None,
-    );
+    let (status, body) = send(&api.client, "post", "/v1/accounts/acme/subscription", None);
     assert_eq!(status, 415, "{body}");
-    let (status, body) = send(&api.agent, &api.base, "get", "/v2/nothing", None);
+    let (status, body) = send(&api.client, "get", "/v2/nothing", None);
     let body: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!((status, code(&body)), (404, "not_found"));
-    let (status, body) = send(&api.agent, &api.base, "get", "/v1/decide/email", None);
+    let (status, body) = send(&api.client, "get", "/v1/decide/email", None);
     let body: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!((status, code(&body)), (405, "method_not_allowed"));
 }
@@ -529,14 +501,14 @@ fn malformed_requests_get_json_errors() {
 #[test]
 fn health_and_metrics() {
     let api = Api::memory();
-    let (status, body) = api.call("get", "/healthz", "/healthz", None);
+    let (status, body) = api.get("/healthz");
     assert_eq!(status, 200);
     assert_eq!(body, json!({"status": "ok", "policy_version": 0}));
     assert_eq!(api.subscribe("acme", "small").0, 201);
     for _ in 0..5 {
         api.email(json!({"account": "acme", "to": "a@x.io"}));
     }
-    let (status, body) = api.call("get", "/metrics", "/metrics", None);
+    let (status, body) = api.get("/metrics");
     assert_eq!(status, 200);
     let text = body.as_str().expect("text");
     let value = |line: &str| -> f64 {
@@ -578,7 +550,7 @@ fn health_and_metrics() {
 fn reload_takes_a_valid_policy_and_refuses_a_broken_one() {
     let api = Api::memory();
     assert_eq!(api.subscribe("acme", "small").0, 201);
-    let reload = || api.call("post", "/v1/admin/reload", "/v1/admin/reload", None);
+    let reload = || api.call("post", "/v1/admin/reload", None);
     std::fs::write(
         api.policy_file.path(),
         "[plans.small]\nemail_credits = -1\n",
@@ -596,16 +568,10 @@ fn reload_takes_a_valid_policy_and_refuses_a_broken_one() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["version"], 1);
     assert_eq!(api.usage("acme").1["email_credits"]["limit"], 40);
-    let (_, metrics) = api.call("get", "/metrics", "/metrics", None);
+    let (_, metrics) = api.get("/metrics");
     let metrics = metrics.as_str().expect("text");
-    assert!(
-        metrics.contains("creditgate_reloads_total{result=\"ok\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("creditgate_reloads_total{result=\"refused\"} 1"),
-        "{metrics}"
-    );
+    harness::assert_has(metrics, "creditgate_reloads_total{result=\"ok\"} 1");
+    harness::assert_has(metrics, "creditgate_reloads_total{result=\"refused\"} 1");
 }
 
 /// Issue 13, item 1: a reload that drops a plan accounts are on is refused,
@@ -616,14 +582,7 @@ fn a_reload_that_strands_accounts_is_refused_unless_forced() {
     let api = Api::memory();
     assert_eq!(api.subscribe("acme", "small").0, 201);
     assert_eq!(api.subscribe("globex", "large").0, 201);
-    let reload = |query: &str| {
-        api.call(
-            "post",
-            "/v1/admin/reload",
-            &format!("/v1/admin/reload{query}"),
-            None,
-        )
-    };
+    let reload = |query: &str| api.call("post", &format!("/v1/admin/reload{query}"), None);
     std::fs::write(
         api.policy_file.path(),
         "[plans.small]\nlead_credits = 3\nemail_credits = 4\n",
@@ -632,7 +591,7 @@ fn a_reload_that_strands_accounts_is_refused_unless_forced() {
     let (status, body) = reload("");
     assert_eq!((status, code(&body)), (422, "reload_refused"), "{body}");
     let message = body["error"]["message"].as_str().expect("a message");
-    assert!(message.contains("\"large\" (1 account)"), "{message}");
+    harness::assert_has(message, "\"large\" (1 account)");
     assert_eq!(
         api.usage("globex").0,
         200,
@@ -661,7 +620,7 @@ fn a_reload_that_strands_accounts_is_refused_unless_forced() {
     assert!(body.get("plan_missing").is_none(), "{body}");
 
     // Every window keeps it: the listing, the dashboard's list and its page.
-    let (status, body) = api.call("get", "/v1/accounts", "/v1/accounts", None);
+    let (status, body) = api.get("/v1/accounts");
     assert_eq!(status, 200, "{body}");
     let listed: Vec<(&str, bool)> = body["accounts"]
         .as_array()
@@ -676,7 +635,7 @@ fn a_reload_that_strands_accounts_is_refused_unless_forced() {
         .collect();
     assert_eq!(listed, [("acme", false), ("globex", true)], "{body}");
     for page in ["/", "/accounts/globex"] {
-        let (status, html) = send(&api.agent, &api.base, "get", page, None);
+        let (status, html) = send(&api.client, "get", page, None);
         assert_eq!(status, 200, "{page}: {html}");
         assert!(html.contains("globex"), "{page}: {html}");
         assert!(html.contains("not in the policy"), "{page}: {html}");
@@ -688,12 +647,7 @@ fn a_reload_that_strands_accounts_is_refused_unless_forced() {
 #[test]
 fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
     let api = Api::memory();
-    let (status, body) = api.call(
-        "post",
-        "/v1/accounts/{account}/subscription",
-        "/v1/accounts/acme/subscription",
-        Some(r#"{"plan": "small", "anchor": "2021-01-31T09:00:00Z"}"#),
-    );
+    let (status, body) = api.subscribe_anchored("acme", "small", "2021-01-31T09:00:00Z");
     assert_eq!(status, 201, "{body}");
     let resets_at = body["email_credits"]["resets_at"]
         .as_str()
@@ -705,18 +659,10 @@ fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
         body["email_credits"]["resets_at"]
     );
 
-    let (status, body) = api.call(
-        "post",
-        "/v1/accounts/{account}/subscription",
-        "/v1/accounts/globex/subscription",
-        Some(r#"{"plan": "small", "anchor": "2099-01-01T00:00:00Z"}"#),
-    );
+    let (status, body) = api.subscribe_anchored("globex", "small", "2099-01-01T00:00:00Z");
     assert_eq!((status, code(&body)), (422, "invalid_request"), "{body}");
     let message = body["error"]["message"].as_str().expect("a message");
-    assert!(
-        message.contains("2099-01-01T00:00:00Z is in the future"),
-        "{message}"
-    );
+    harness::assert_has(message, "2099-01-01T00:00:00Z is in the future");
     assert_eq!(api.usage("globex").0, 404, "nothing was created");
 
     // Without an anchor, now to the second: no nanoseconds nobody chose.
@@ -790,8 +736,8 @@ fn hot_reload_under_load_fails_no_request() {
         Arc::new(MemoryStore::new()),
     );
     let base = server.http_url();
-    let agent = agent();
-    let post = |path: &str, body: Value| send(&agent, &base, "post", path, Some(&body.to_string()));
+    let api = client(base.clone());
+    let post = |path: &str, body: Value| send(&api, "post", path, Some(&body.to_string()));
     assert_eq!(
         post("/v1/accounts/acme/subscription", json!({"plan": "large"})).0,
         201
@@ -802,25 +748,20 @@ fn hot_reload_under_load_fails_no_request() {
         for client in 0..4 {
             let (stop, answered, base) = (&stop, &answered, &base);
             scope.spawn(move || {
-                let client_agent = self::agent();
+                let own = self::client(base.clone());
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     i += 1;
                     let body = json!({"account": "acme", "to": format!("c{client}-{i}@x.io")});
-                    let (status, text) = send(
-                        &client_agent,
-                        base,
-                        "post",
-                        "/v1/decide/email",
-                        Some(&body.to_string()),
-                    );
+                    let (status, text) =
+                        send(&own, "post", "/v1/decide/email", Some(&body.to_string()));
                     assert_eq!(status, 200, "a request failed during a reload: {text}");
                     answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             });
         }
         let reload = || {
-            let (status, text) = send(&agent, &base, "post", "/v1/admin/reload", None);
+            let (status, text) = send(&api, "post", "/v1/admin/reload", None);
             (status, serde_json::from_str::<Value>(&text).expect("JSON"))
         };
         std::fs::write(
@@ -847,11 +788,11 @@ fn hot_reload_under_load_fails_no_request() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     assert!(answered.into_inner() > 0);
-    let (_, usage) = send(&agent, &base, "get", "/v1/accounts/acme/usage", None);
+    let (_, usage) = send(&api, "get", "/v1/accounts/acme/usage", None);
     let usage: Value = serde_json::from_str(&usage).expect("JSON");
     assert_eq!(usage["email_credits"]["limit"], 100_000, "{usage}");
     // Counted as what they were: one reload refused, one done.
-    let (_, metrics) = send(&agent, &base, "get", "/metrics", None);
+    let (_, metrics) = send(&api, "get", "/metrics", None);
     for line in [
         "creditgate_reloads_total{result=\"refused\"} 1",
         "creditgate_reloads_total{result=\"ok\"} 1",
@@ -895,32 +836,22 @@ fn the_binary_serves_postfix_on_a_unix_socket() {
 #[test]
 fn admin_routes_need_the_token_when_one_is_set() {
     let token = "s3cret-admin-token-0123";
-    let api = Api::start(
-        Arc::new(MemoryStore::new()),
-        HttpOptions {
-            admin_token: Some(Arc::from(token)),
-            ..HttpOptions::default()
-        },
-    );
-    let url = format!("{}/v1/accounts/acme/subscription", api.base);
+    let api = Api::memory_with(HttpOptions {
+        admin_token: Some(Arc::from(token)),
+        ..HttpOptions::default()
+    });
     let subscribe = |authorization: Option<&str>| {
-        let mut request = api
-            .agent
-            .post(&url)
-            .header("content-type", "application/json");
-        if let Some(value) = authorization {
-            request = request.header("authorization", value);
-        }
-        let mut response = request.send(r#"{"plan": "small"}"#).expect("answers");
-        let status = response.status().as_u16();
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap_or("").to_owned());
-        let body: Value =
-            serde_json::from_str(&response.body_mut().read_to_string().expect("body"))
-                .expect("JSON");
-        (status, challenge, body)
+        let headers: Vec<_> = authorization
+            .map(|v| ("authorization", v))
+            .into_iter()
+            .collect();
+        let path = "/v1/accounts/acme/subscription";
+        let answer = (api
+            .client
+            .try_send("POST", path, &headers, Some(r#"{"plan": "small"}"#)))
+        .expect("answers");
+        let challenge = answer.header("www-authenticate").map(str::to_owned);
+        (answer.status, challenge, answer.json())
     };
     let (status, challenge, body) = subscribe(None);
     assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
@@ -934,27 +865,19 @@ fn admin_routes_need_the_token_when_one_is_set() {
     let (status, body) = api.email(json!({"account": "acme", "to": "a@x.io"}));
     assert_eq!((status, &body["charged"]), (200, &json!(1)), "{body}");
     assert_eq!(api.usage("acme").0, 200);
-    let (status, body) = api.call("post", "/v1/admin/reload", "/v1/admin/reload", None);
+    let (status, body) = api.call("post", "/v1/admin/reload", None);
     assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
-    let (status, body) = api.call(
-        "delete",
-        "/v1/accounts/{account}/campaigns/{campaign}/leads",
-        "/v1/accounts/acme/campaigns/c1/leads",
-        None,
-    );
+    let (status, body) = api.delete("/v1/accounts/acme/campaigns/c1/leads");
     assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
 }
 
 #[test]
 fn an_idle_http_connection_is_closed() {
     use std::io::Write as _;
-    let api = Api::start(
-        Arc::new(MemoryStore::new()),
-        HttpOptions {
-            idle_timeout: Duration::from_millis(300),
-            ..HttpOptions::default()
-        },
-    );
+    let api = Api::memory_with(HttpOptions {
+        idle_timeout: Duration::from_millis(300),
+        ..HttpOptions::default()
+    });
     let addr = api.base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).expect("connects");
     stream
@@ -973,20 +896,17 @@ fn an_idle_http_connection_is_closed() {
         started.elapsed()
     );
     // Other clients are served meanwhile and after.
-    assert_eq!(api.call("get", "/healthz", "/healthz", None).0, 200);
+    assert_eq!(api.get("/healthz").0, 200);
 }
 
 #[test]
 fn a_full_listener_closes_an_idle_connection_to_serve_a_new_one() {
     use std::io::Write as _;
-    let api = Api::start(
-        Arc::new(MemoryStore::new()),
-        HttpOptions {
-            max_connections: 1,
-            idle_timeout: Duration::from_secs(30),
-            ..HttpOptions::default()
-        },
-    );
+    let api = Api::memory_with(HttpOptions {
+        max_connections: 1,
+        idle_timeout: Duration::from_secs(30),
+        ..HttpOptions::default()
+    });
     let addr = api.base.trim_start_matches("http://").to_owned();
     // The one slot, held by a keep-alive connection that has been answered.
     let mut first = std::net::TcpStream::connect(&addr).expect("connects");
@@ -1001,7 +921,7 @@ fn a_full_listener_closes_an_idle_connection_to_serve_a_new_one() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     // A second client is served at once rather than left in the backlog, and the
     // idle connection is closed to make room.
-    let (status, _) = send(&agent(), &format!("http://{addr}"), "get", "/healthz", None);
+    let (status, _) = send(&client(format!("http://{addr}")), "get", "/healthz", None);
     assert_eq!(status, 200);
     let mut rest = Vec::new();
     let closed = first.read_to_end(&mut rest);
@@ -1048,7 +968,7 @@ fn names_that_would_poison_the_store_are_refused() {
             "{path_name}: {body}"
         );
         let message = body["error"]["message"].as_str().expect("a message");
-        assert!(message.starts_with("account name \""), "{message}");
+        harness::assert_starts(message, "account name \"");
         assert!(message.contains(needle), "{path_name}: {message}");
         assert!(
             !message.contains(['\u{1}', '\n', '\0', '\u{202e}']),
@@ -1118,12 +1038,7 @@ fn errors_name_the_value_and_what_is_accepted() {
         "{body}"
     );
     assert_eq!(api.subscribe("acme", "small").0, 201);
-    let (status, body) = api.call(
-        "put",
-        "/v1/accounts/{account}/plan",
-        "/v1/accounts/acme/plan",
-        Some(r#"{"plan": "gold"}"#),
-    );
+    let (status, body) = api.put("/v1/accounts/acme/plan", r#"{"plan": "gold"}"#);
     assert_eq!((status, code(&body)), (422, "unknown_plan"), "{body}");
     assert!(
         body["error"]["message"]
@@ -1151,12 +1066,7 @@ fn errors_name_the_value_and_what_is_accepted() {
     );
     let (_, body) = api.email(json!({"account": "acme", "to": "cy@example.com"}));
     assert!(body.get("message").is_none(), "{body}");
-    let (status, body) = api.call(
-        "delete",
-        "/v1/accounts/{account}/campaigns/{campaign}/leads/{email}",
-        "/v1/accounts/acme/campaigns/q1/leads/nobody",
-        None,
-    );
+    let (status, body) = api.delete("/v1/accounts/acme/campaigns/q1/leads/nobody");
     assert_eq!((status, code(&body)), (422, "invalid_email"), "{body}");
     assert_eq!(
         body["error"]["message"], "email \"nobody\" is not a valid email address: it has no '@'",
@@ -1167,15 +1077,15 @@ fn errors_name_the_value_and_what_is_accepted() {
     let (status, body) = api.email(json!({"account": "acme", "to": 5}));
     assert_eq!((status, code(&body)), (422, "invalid_body"), "{body}");
     let message = body["error"]["message"].as_str().expect("a message");
-    assert!(
-        message.contains("to: invalid type: integer `5`, expected an email address (a string) or a list of email addresses"),
-        "{message}"
+    harness::assert_has(
+        message,
+        "to: invalid type: integer `5`, expected an email address (a string) or a list of email addresses",
     );
     let (_, body) = api.email(json!({"account": "acme", "to": ["a@example.com", 7]}));
     let message = body["error"]["message"].as_str().expect("a message");
-    assert!(
-        message.contains("invalid type: integer `7`, expected an email address (a string)"),
-        "{message}"
+    harness::assert_has(
+        message,
+        "invalid type: integer `7`, expected an email address (a string)",
     );
 }
 

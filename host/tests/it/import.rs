@@ -15,7 +15,7 @@ use creditgate::import::{
 use creditgate::runtime::Worker;
 use serde_json::{Value, json};
 
-use crate::harness::{self, words};
+use crate::harness::{self, text, words};
 
 const T0: &str = "2025-01-31T09:00:00Z";
 /// Any instant: lead credits do not depend on time.
@@ -366,10 +366,6 @@ fn key_order_changes_no_outcome_and_no_rejected_row() {
 // ---------------------------------------------------------------------------
 // Through the binary
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// A temp dir with a redb store in which `acme` subscribed to `plan` of the policy
 /// file `policy`.
 struct Setup {
@@ -382,7 +378,7 @@ impl Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let policy = match policy_text {
             Some(text) => harness::write_file(dir.path(), "policy.toml", text),
-            None => repo().join("policies/smartlead.toml"),
+            None => harness::repo().join("policies/smartlead.toml"),
         };
         let setup = Setup { dir, policy };
         let event = format!(r#"{{"at":"{T0}","op":"subscribe","account":"acme","plan":"{plan}"}}"#);
@@ -390,7 +386,7 @@ impl Setup {
             &["replay", "--events", "-", "--store", &setup.store()],
             event.as_bytes(),
         );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        harness::assert_exit(&out, 0);
         setup
     }
 
@@ -433,7 +429,7 @@ impl Setup {
         let mut args = vec!["list"];
         args.extend(campaign.map(|c| ["--campaign", c]).into_iter().flatten());
         let out = self.leads(&args, b"");
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        harness::assert_exit(&out, 0);
         text(&out.stdout)
     }
 }
@@ -443,10 +439,6 @@ fn numbered_csv(prefix: &str, n: usize) -> String {
     std::iter::once("email\n".to_string())
         .chain((0..n).map(|i| format!("{prefix}{i}@example.com\n")))
         .collect()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn json_of(out: &Output) -> Value {
@@ -469,7 +461,7 @@ fn import_prints_a_report_and_the_contacts_are_listed() {
     let s = Setup::new(None, "base");
     let file = s.write("leads.csv", SAMPLE.as_bytes());
     let out = s.leads(&["import", "--campaign", "q1", &file], b"");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     let report = text(&out.stdout);
     assert!(report.starts_with(&format!(
         "imported {file} into campaign \"q1\" of account \"acme\"\n"
@@ -507,7 +499,7 @@ fn import_reads_stdin_and_reports_json() {
         &["import", "--campaign", "q1", "-", "--format", "json"],
         SAMPLE.as_bytes(),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     assert_eq!(
         json_of(&out),
         json!({
@@ -539,14 +531,14 @@ fn a_dry_run_reports_the_same_and_changes_nothing() {
         &["import", "--campaign", "q0", "-"],
         b"email\nd7@example.com\n",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     let before = s.list(None);
 
     let args = ["import", "--campaign", "q1", &file, "--format", "json"];
     let mut dry_args = args.to_vec();
     dry_args.push("--dry-run");
     let dry = s.leads(&dry_args, b"");
-    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry.stderr));
+    harness::assert_exit(&dry, 0);
     let mut dry = json_of(&dry);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(
@@ -559,15 +551,14 @@ fn a_dry_run_reports_the_same_and_changes_nothing() {
     );
     assert_eq!(s.list(None), before, "the dry run changed the store");
     let text_dry = s.leads(&["import", "--campaign", "q1", &file, "--dry-run"], b"");
-    assert!(
-        text(&text_dry.stdout).starts_with("dry run, nothing changed: importing"),
-        "{}",
-        text(&text_dry.stdout)
+    harness::assert_starts(
+        &text(&text_dry.stdout),
+        "dry run, nothing changed: importing",
     );
     assert_eq!(s.list(None), before);
 
     let real = s.leads(&args, b"");
-    assert_eq!(real.status.code(), Some(0), "{}", text(&real.stderr));
+    harness::assert_exit(&real, 0);
     dry["dry_run"] = json!(false);
     assert_eq!(
         json_of(&real),
@@ -585,7 +576,7 @@ fn credits_run_out_part_way_through_the_binary() {
         &words("import --campaign q1 - --batch 2 --format json"),
         csv.as_bytes(),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     let report = json_of(&out);
     assert_eq!(
         (&report["uploaded"], &report["credits_exhausted"]),
@@ -600,7 +591,7 @@ fn input_errors_name_the_file_and_line_and_exit_2() {
     let s = Setup::new(None, "base");
     let file = s.write("no-email.csv", b"name,mail\nAnn,a@x.io\n");
     let out = s.leads(&["import", "--campaign", "q1", &file], b"");
-    assert_eq!(out.status.code(), Some(2));
+    harness::assert_exit(&out, 2);
     assert_eq!(
         text(&out.stderr),
         format!(
@@ -610,15 +601,11 @@ fn input_errors_name_the_file_and_line_and_exit_2() {
 
     let missing = s.path("nowhere.csv");
     let out = s.leads(&["import", "--campaign", "q1", &missing], b"");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains(&format!("cannot read {missing}")),
-        "{}",
-        text(&out.stderr)
-    );
+    harness::assert_exit(&out, 2);
+    harness::assert_stderr_has(&out, &format!("cannot read {missing}"));
 
     let out = s.leads(&["import", "--campaign", "q1", "-", "--batch", "0"], b"");
-    assert_eq!(out.status.code(), Some(2));
+    harness::assert_exit(&out, 2);
     assert!(text(&out.stderr).contains("expected a number from 1 to 10000"));
 }
 
@@ -630,7 +617,7 @@ fn an_unknown_account_exits_1_and_a_memory_store_knows_no_account() {
         &words("leads import --account acme --campaign q1 --store memory -"),
         SAMPLE.as_bytes(),
     );
-    assert_eq!(out.status.code(), Some(1));
+    harness::assert_exit(&out, 1);
     assert_eq!(
         text(&out.stderr),
         "creditgate: error: account \"acme\": denied: unknown_account (no such account: subscribe it to a plan first)\n"
@@ -650,7 +637,7 @@ fn an_unknown_account_exits_1_and_a_memory_store_knows_no_account() {
         ],
         b"",
     );
-    assert_eq!(out.status.code(), Some(1));
+    harness::assert_exit(&out, 1);
     assert!(text(&out.stderr).contains("\"nobody\": denied: unknown_account"));
 }
 
@@ -659,13 +646,13 @@ fn delete_frees_the_credits_no_other_campaign_holds() {
     let s = Setup::new(None, "base");
     let import = |campaign: &str, csv: &str| {
         let out = s.leads(&["import", "--campaign", campaign, "-"], csv.as_bytes());
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        harness::assert_exit(&out, 0);
     };
     import("q1", "email\na@x.io\nb@x.io\nc@x.io\nd@x.io\n");
     import("q2", "email\nc@x.io\n");
 
     let out = s.leads(&["delete", "--campaign", "q1", "--email", "A@X.io"], b"");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     assert_eq!(
         text(&out.stdout),
         "freed 1 lead credit; lead credits used: 3 of 2000\n"
@@ -676,7 +663,7 @@ fn delete_frees_the_credits_no_other_campaign_holds() {
         &words("delete --campaign q1 --email a@x.io --format json"),
         b"",
     );
-    assert_eq!(out.status.code(), Some(0));
+    harness::assert_exit(&out, 0);
     let outcome = json_of(&out);
     assert_eq!(
         (&outcome["decision"], &outcome["freed"]),
@@ -685,7 +672,7 @@ fn delete_frees_the_credits_no_other_campaign_holds() {
 
     // b and d leave the account; c stays, held by q2.
     let out = s.leads(&["delete", "--campaign", "q1", "--all"], b"");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     assert_eq!(
         text(&out.stdout),
         "freed 2 lead credits; lead credits used: 1 of 2000\n"
@@ -693,12 +680,8 @@ fn delete_frees_the_credits_no_other_campaign_holds() {
     assert_eq!(s.list(None), "q2\tc@x.io\n");
 
     let out = s.leads(&["delete", "--campaign", "q1", "--email", "nope"], b"");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("denied: invalid_email"),
-        "{}",
-        text(&out.stderr)
-    );
+    harness::assert_exit(&out, 1);
+    harness::assert_stderr_has(&out, "denied: invalid_email");
 
     let out = s.leads(&["delete", "--campaign", "q1"], b"");
     assert_eq!(out.status.code(), Some(2), "--email or --all is required");
@@ -710,12 +693,12 @@ fn list_prints_json_too() {
     let out = s.leads(&["list", "--format", "json"], b"");
     assert_eq!(json_of(&out), json!([]));
     let out = s.leads(&["import", "--campaign", "q2", "-"], b"email\nz@x.io\n");
-    assert_eq!(out.status.code(), Some(0));
+    harness::assert_exit(&out, 0);
     let out = s.leads(
         &["import", "--campaign", "q1", "-"],
         b"email\nz@x.io\ny@x.io\n",
     );
-    assert_eq!(out.status.code(), Some(0));
+    harness::assert_exit(&out, 0);
     let out = s.leads(&["list", "--format", "json"], b"");
     assert_eq!(
         json_of(&out),
@@ -819,7 +802,7 @@ fn import_measured(s: &Setup, args: &[&std::ffi::OsStr]) -> (Output, u64) {
         .args(["--format", "json", "--store", &s.store(), "--policy"])
         .arg(&s.policy)
         .args(args)
-        .current_dir(repo())
+        .current_dir(harness::repo())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -848,7 +831,7 @@ fn import_big(rows: u64, distinct: u64, padding: usize, addresses: Addresses) ->
     let started = Instant::now();
     let (out, peak) = import_measured(&s, &["--campaign".as_ref(), "big".as_ref(), csv.as_ref()]);
     let elapsed = started.elapsed();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     let report = json_of(&out);
     assert_eq!(report["rows"], json!(rows));
     assert_eq!(report["uploaded"], json!(distinct));
@@ -922,7 +905,7 @@ fn alerts_listed(s: &Setup) -> Vec<(String, u64, u64, u64)> {
         .args(["--store", &s.store()])
         .output()
         .expect("runs");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     let listed: Value = serde_json::from_str(&text(&out.stdout)).expect("one JSON document");
     listed
         .as_array()
@@ -949,7 +932,7 @@ fn a_cli_import_that_crosses_thresholds_logs_and_prints_its_alerts() {
         &["import", "--campaign", "q1", "-", "--batch", "700"],
         csv.as_bytes(),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     let lead = |t: u64, used: u64| ("lead_credits".to_string(), t, used, 2000);
     // The batch that crosses 80% reports its usage after the whole batch.
     assert_eq!(alerts_listed(&s), [lead(80, 2000), lead(100, 2000)]);
@@ -966,7 +949,7 @@ fn a_cli_import_that_crosses_thresholds_logs_and_prints_its_alerts() {
         &["import", "--campaign", "q1", "-", "--dry-run"],
         csv.as_bytes(),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     assert!(
         !text(&out.stderr).contains("alert"),
         "{}",
@@ -987,7 +970,7 @@ fn a_cli_plan_change_logs_its_alerts() {
     );
     let csv = "email\na@x.io\nb@x.io\nc@x.io\nd@x.io\n";
     let out = s.leads(&["import", "--campaign", "q1", "-"], csv.as_bytes());
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     assert_eq!(alerts_listed(&s), []);
     let out = s.run(
         &[
@@ -1001,7 +984,7 @@ fn a_cli_plan_change_logs_its_alerts() {
         ],
         b"",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     assert_eq!(alerts_listed(&s), [("lead_credits".to_string(), 80, 4, 5)]);
 }
 
@@ -1038,7 +1021,7 @@ fn rejected_rows_are_written_with_line_value_and_reason() {
         ],
         csv.as_bytes(),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     let report = json_of(&out);
     assert_eq!(report["uploaded"], json!(5));
     let written = std::fs::read_to_string(&rejected).expect("rejected file");
@@ -1079,11 +1062,11 @@ fn the_delimiter_is_detected_from_the_header_or_given() {
         &words("import --campaign q1 - --delimiter tab --format json"),
         b"email\tname,x\nev@example.com\tEv,1\n",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 0);
     assert_eq!(json_of(&out)["uploaded"], json!(1));
     // Detected, a comma would win the tie, and there would be no `email` column.
     let out = s.leads(&["import", "--campaign", "q1", "-"], b"email\tname,x\n");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 2);
 }
 
 /// Issue 13.11: a quote that never closes used to swallow the rest of the file
@@ -1111,12 +1094,8 @@ fn an_unterminated_quote_is_reported_at_its_line() {
     let s = Setup::new(None, "base");
     let file = s.write("quote.csv", csv.as_bytes());
     let out = s.leads(&["import", "--campaign", "q1", &file], b"");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains(&format!("{file}: line 3: a quoted field opens here")),
-        "{}",
-        text(&out.stderr)
-    );
+    harness::assert_exit(&out, 2);
+    harness::assert_stderr_has(&out, &format!("{file}: line 3: a quoted field opens here"));
 }
 
 /// Issue 13.11: a dry run copied the whole account into memory (every contact of
@@ -1168,7 +1147,7 @@ fn a_dry_run_on_a_large_account_stays_in_bounded_memory() {
     ];
     let (dry, peak) = import_measured(&s, &args);
     let elapsed = started.elapsed();
-    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry.stderr));
+    harness::assert_exit(&dry, 0);
     let report = json_of(&dry);
     assert_eq!(report["dry_run"], json!(true));
     assert_eq!(

@@ -44,6 +44,26 @@ fn fill(store: &dyn Store) {
     }
 }
 
+/// Every pair of a paged read, `limit` a page: `read(after, visit)` visits the
+/// pairs after `after` (the last pair read so far) until `visit` says stop.
+fn page_through(
+    limit: usize,
+    mut read: impl FnMut(Option<&(String, String)>, &mut dyn FnMut(&str, &str) -> bool),
+) -> Vec<(String, String)> {
+    let mut paged: Vec<(String, String)> = Vec::new();
+    loop {
+        let mut page = Vec::new();
+        read(paged.last(), &mut |a, b| {
+            page.push((a.to_owned(), b.to_owned()));
+            page.len() < limit
+        });
+        if page.is_empty() {
+            return paged;
+        }
+        paged.extend(page);
+    }
+}
+
 /// Checks that each paged read, page by page from the cursor, gives exactly
 /// what the whole read gives.
 fn pages_resume_after_the_cursor(store: &dyn Store) {
@@ -75,26 +95,16 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
             .cloned()
             .collect();
         for limit in [1, 3, 50] {
-            let mut paged: Vec<(String, String)> = Vec::new();
-            loop {
-                let after = paged.last().cloned();
-                let mut page = Vec::new();
+            let paged = page_through(limit, |after, visit| {
                 store
                     .visit_members_after(
                         "s05",
                         group,
-                        after.as_ref().map(|(g, m)| (g.as_str(), m.as_str())),
-                        &mut |g, m| {
-                            page.push((g.to_owned(), m.to_owned()));
-                            page.len() < limit
-                        },
+                        after.map(|(g, m)| (g.as_str(), m.as_str())),
+                        visit,
                     )
                     .expect("visit after");
-                if page.is_empty() {
-                    break;
-                }
-                paged.extend(page);
-            }
+            });
             assert_eq!(paged, whole, "members of {group:?}, {limit} a page");
         }
     }
@@ -119,21 +129,11 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
 
     let records = store.export_scope("s07").expect("export").records;
     for limit in [1, 5, 50] {
-        let mut paged: Vec<(String, String)> = Vec::new();
-        loop {
-            let after = paged.last().map(|(k, _)| k.clone());
-            let mut page = Vec::new();
+        let paged = page_through(limit, |after, visit| {
             store
-                .visit_records("s07", after.as_deref(), &mut |k, v| {
-                    page.push((k.to_owned(), v.to_owned()));
-                    page.len() < limit
-                })
+                .visit_records("s07", after.map(|(k, _)| k.as_str()), visit)
                 .expect("records");
-            if page.is_empty() {
-                break;
-            }
-            paged.extend(page);
-        }
+        });
         assert_eq!(paged, records, "records, {limit} a page");
     }
 }
@@ -153,12 +153,12 @@ fn paged_reads_resume_after_the_cursor_on_every_backend() {
 
 /// Every page of `path` (which takes `limit` and `after`), each checked
 /// against the OpenAPI file; the items under `key`, and the number of pages.
-fn all_pages(api: &Api, template: &str, path: &str, key: &str) -> (Vec<Value>, usize) {
+fn all_pages(api: &Api, path: &str, key: &str) -> (Vec<Value>, usize) {
     let mut items = Vec::new();
     let mut after = String::new();
     for pages in 1.. {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let (status, body) = api.call("get", template, &format!("{path}{sep}after={after}"), None);
+        let (status, body) = api.get(&format!("{path}{sep}after={after}"));
         assert_eq!(status, 200, "{path}: {body}");
         items.extend(body[key].as_array().expect("a list").iter().cloned());
         match &body["next"] {
@@ -182,7 +182,7 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
     names.sort_unstable();
 
     // Accounts: every one once, in byte order, each exactly its usage answer.
-    let (accounts, pages) = all_pages(api, "/v1/accounts", "/v1/accounts?limit=3", "accounts");
+    let (accounts, pages) = all_pages(api, "/v1/accounts?limit=3", "accounts");
     assert_eq!(pages, 3);
     let listed: Vec<&str> = accounts
         .iter()
@@ -193,7 +193,7 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
         let (_, usage) = api.usage(account["account"].as_str().expect("name"));
         assert_eq!(*account, usage);
     }
-    let (_, body) = api.call("get", "/v1/accounts", "/v1/accounts", None);
+    let (_, body) = api.get("/v1/accounts");
     assert_eq!(body["accounts"].as_array().map(Vec::len), Some(names.len()));
     assert_eq!(body["next"], Value::Null);
 
@@ -204,12 +204,7 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
         "leads"
     );
     assert_eq!(api.leads("acme", "q1", &["c@x.io"]).0, 200);
-    let (status, body) = api.call(
-        "get",
-        "/v1/accounts/{account}/campaigns",
-        "/v1/accounts/acme/campaigns",
-        None,
-    );
+    let (status, body) = api.get("/v1/accounts/acme/campaigns");
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
@@ -217,12 +212,7 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
             {"campaign": "q1", "leads": 1, "exclusive": 1},
             {"campaign": "q2", "leads": 2, "exclusive": 2}]})
     );
-    let (leads, pages) = all_pages(
-        api,
-        "/v1/accounts/{account}/leads",
-        "/v1/accounts/acme/leads?limit=2",
-        "leads",
-    );
+    let (leads, pages) = all_pages(api, "/v1/accounts/acme/leads?limit=2", "leads");
     assert_eq!(pages, 2);
     assert_eq!(
         Value::from(leads),
@@ -230,12 +220,7 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
                {"campaign": "q2", "email": "a@x.io"},
                {"campaign": "q2", "email": "b@x.io"}])
     );
-    let (status, first) = api.call(
-        "get",
-        "/v1/accounts/{account}/leads",
-        "/v1/accounts/acme/leads?campaign=q2&limit=1",
-        None,
-    );
+    let (status, first) = api.get("/v1/accounts/acme/leads?campaign=q2&limit=1");
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["account"], "acme");
     assert_eq!(
@@ -243,35 +228,24 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
         json!([{"campaign": "q2", "email": "a@x.io"}])
     );
     let cursor = first["next"].as_str().expect("a next page");
-    let (_, second) = api.call(
-        "get",
-        "/v1/accounts/{account}/leads",
-        &format!("/v1/accounts/acme/leads?campaign=q2&limit=1&after={cursor}"),
-        None,
-    );
+    let (_, second) = api.get(&format!(
+        "/v1/accounts/acme/leads?campaign=q2&limit=1&after={cursor}"
+    ));
     assert_eq!(
         second["leads"],
         json!([{"campaign": "q2", "email": "b@x.io"}])
     );
     assert_eq!(second["next"], Value::Null);
-    let (status, body) = api.call(
-        "get",
-        "/v1/accounts/{account}/leads",
-        &format!("/v1/accounts/acme/leads?campaign=q1&after={cursor}"),
-        None,
-    );
+    let (status, body) = api.get(&format!(
+        "/v1/accounts/acme/leads?campaign=q1&after={cursor}"
+    ));
     assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
     assert_eq!(
         body["error"]["message"],
         "after: this cursor belongs to another campaign's listing"
     );
     for path in ["/v1/accounts/nobody/campaigns", "/v1/accounts/nobody/leads"] {
-        let template = if path.ends_with("campaigns") {
-            "/v1/accounts/{account}/campaigns"
-        } else {
-            "/v1/accounts/{account}/leads"
-        };
-        let (status, body) = api.call("get", template, path, None);
+        let (status, body) = api.get(path);
         assert_eq!(
             (status, code(&body)),
             (404, "unknown_account"),
@@ -286,37 +260,27 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
     assert_eq!(status, 200, "{body}");
     let logged = creditgate::alerts::list(store, None).expect("the log");
     assert_eq!(logged.len(), 3, "{logged:?}");
-    let (alerts, pages) = all_pages(api, "/v1/alerts", "/v1/alerts?limit=1", "alerts");
+    let (alerts, pages) = all_pages(api, "/v1/alerts?limit=1", "alerts");
     assert_eq!(pages, 3);
     assert_eq!(
         Value::from(alerts),
         serde_json::to_value(&logged).expect("JSON")
     );
-    let (status, body) = api.call("get", "/v1/alerts", "/v1/alerts?account=globex", None);
+    let (status, body) = api.get("/v1/alerts?account=globex");
     assert_eq!(status, 200, "{body}");
     let globex = creditgate::alerts::list(store, Some("globex")).expect("the log");
     assert_eq!(body["alerts"], serde_json::to_value(&globex).expect("JSON"));
     assert_eq!(body["next"], Value::Null);
-    let (_, body) = api.call("get", "/v1/alerts", "/v1/alerts?account=acme&limit=1", None);
+    let (_, body) = api.get("/v1/alerts?account=acme&limit=1");
     let acme_cursor = body["next"].as_str().expect("a next page").to_owned();
-    let (status, body) = api.call(
-        "get",
-        "/v1/alerts",
-        &format!("/v1/alerts?account=globex&after={acme_cursor}"),
-        None,
-    );
+    let (status, body) = api.get(&format!("/v1/alerts?account=globex&after={acme_cursor}"));
     assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
     assert_eq!(
         body["error"]["message"],
         "after: this cursor belongs to another account's listing"
     );
     // Without the account filter, a cursor resumes the listing of all.
-    let (_, body) = api.call(
-        "get",
-        "/v1/alerts",
-        &format!("/v1/alerts?after={acme_cursor}"),
-        None,
-    );
+    let (_, body) = api.get(&format!("/v1/alerts?after={acme_cursor}"));
     assert_eq!(
         body["alerts"],
         serde_json::to_value(&logged[1..]).expect("JSON")
@@ -332,12 +296,7 @@ fn listings_page_through_everything(api: &Api, store: &dyn Store) {
         (&format!("after={cursor}") as &str, "after"),
         ("colour=red", "colour"),
     ] {
-        let (status, body) = api.call(
-            "get",
-            "/v1/accounts",
-            &format!("/v1/accounts?{query}"),
-            None,
-        );
+        let (status, body) = api.get(&format!("/v1/accounts?{query}"));
         assert_eq!(
             (status, code(&body)),
             (400, "invalid_query"),
@@ -363,7 +322,7 @@ fn listings_page_through_accounts_campaigns_leads_and_alerts() {
 #[test]
 fn plans_are_the_policy_in_force_at_the_version_healthz_reports() {
     let api = Api::memory();
-    let (status, body) = api.call("get", "/v1/plans", "/v1/plans", None);
+    let (status, body) = api.get("/v1/plans");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["version"], 0);
     let mut plans = body["plans"].as_array().expect("plans").clone();
@@ -378,10 +337,10 @@ fn plans_are_the_policy_in_force_at_the_version_healthz_reports() {
         "[plans.scale]\nlead_credits = \"unlimited\"\nemail_credits = 7\n",
     )
     .expect("rewrites the policy");
-    let (status, body) = api.call("post", "/v1/admin/reload", "/v1/admin/reload", None);
+    let (status, body) = api.call("post", "/v1/admin/reload", None);
     assert_eq!(status, 200, "{body}");
-    let (_, health) = api.call("get", "/healthz", "/healthz", None);
-    let (_, body) = api.call("get", "/v1/plans", "/v1/plans", None);
+    let (_, health) = api.get("/healthz");
+    let (_, body) = api.get("/v1/plans");
     assert_eq!(body["version"], health["policy_version"]);
     assert_eq!(body["version"], 1);
     assert_eq!(
@@ -394,7 +353,7 @@ fn plans_are_the_policy_in_force_at_the_version_healthz_reports() {
 
 /// The accounts a list page shows, with their states, and its next page's path.
 fn list_page(api: &Api, path: &str) -> (Vec<(String, String)>, Option<String>) {
-    let (status, html) = send(&api.agent, &api.base, "get", path, None);
+    let (status, html) = send(&api.client, "get", path, None);
     assert_eq!(status, 200, "{path}: {html}");
     let rows = html
         .split("<tr data-account=\"")
@@ -597,13 +556,13 @@ fn with_the_bulk_cap_full_senders_are_still_answered() {
     let _open = Opens(store.clone());
     let viewers: Vec<_> = (0..3)
         .map(|_| {
-            let (agent, base) = (api.agent.clone(), api.base.clone());
-            std::thread::spawn(move || send(&agent, &base, "get", "/", None))
+            let client = api.client.clone();
+            std::thread::spawn(move || send(&client, "get", "/", None))
         })
         .collect();
     let lister = {
-        let (agent, base) = (api.agent.clone(), api.base.clone());
-        std::thread::spawn(move || send(&agent, &base, "get", "/v1/accounts", None))
+        let client = api.client.clone();
+        std::thread::spawn(move || send(&client, "get", "/v1/accounts", None))
     };
     store.wait_inside(1);
 
@@ -615,7 +574,7 @@ fn with_the_bulk_cap_full_senders_are_still_answered() {
         (200, &json!("allow")),
         "{body}"
     );
-    let (status, body) = api.call("get", "/v1/plans", "/v1/plans", None);
+    let (status, body) = api.get("/v1/plans");
     assert_eq!(status, 200, "{body}");
 
     store.set(false);

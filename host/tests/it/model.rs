@@ -131,6 +131,18 @@ impl Account {
         self.contacts().len() as u64
     }
 
+    /// Whether `campaign` holds `contact`.
+    fn holds(&self, campaign: &str, contact: &str) -> bool {
+        self.campaigns
+            .get(campaign)
+            .is_some_and(|s| s.contains(contact))
+    }
+
+    /// Takes `contact` out of `campaign`; whether it was there.
+    fn take_out(&mut self, campaign: &str, contact: &str) -> bool {
+        (self.campaigns.get_mut(campaign)).is_some_and(|s| s.remove(contact))
+    }
+
     /// Whether some campaign other than `except` holds `contact`.
     fn held_elsewhere(&self, contact: &str, except: &str) -> bool {
         self.campaigns
@@ -475,11 +487,7 @@ impl Model {
                 let Some(contact) = normalise(email) else {
                     return deny(INVALID_EMAIL);
                 };
-                let in_campaign = acc
-                    .campaigns
-                    .get(campaign)
-                    .is_some_and(|s| s.contains(&contact));
-                if in_campaign {
+                if acc.holds(campaign, &contact) {
                     return allow(0, 0);
                 }
                 let held = acc.contacts().contains(&contact);
@@ -505,11 +513,7 @@ impl Model {
                 let Some(contact) = normalise(email) else {
                     return deny(INVALID_EMAIL);
                 };
-                let removed = acc
-                    .campaigns
-                    .get_mut(campaign)
-                    .is_some_and(|s| s.remove(&contact));
-                let freed = removed && !acc.contacts().contains(&contact);
+                let freed = acc.take_out(campaign, &contact) && !acc.contacts().contains(&contact);
                 allow(0, u64::from(freed))
             }
 

@@ -1,23 +1,26 @@
 //! The operator commands against a real redb store, and through `--server`
 //! against a running `creditgate serve` that holds it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use creditgate_testkit::http::Client;
 use creditgate_testkit::serve::ServeProcess;
 
 use chrono::{Duration, Utc};
 
 use crate::harness::{self, words};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Runs creditgate with `$CREDITGATE_STORE` set to `store` (and no gateway or
 /// token from the environment running the tests).
 pub(crate) fn run(store: &Path, args: &[&str]) -> Output {
     run_with(store, args, &[])
+}
+
+/// [`run`] with the words of `line` as arguments (no quoting: for arguments
+/// without spaces).
+pub(crate) fn cli(store: &Path, line: &str) -> Output {
+    run(store, &words(line))
 }
 
 /// [`run`] with more environment variables.
@@ -29,7 +32,7 @@ pub(crate) fn run_with(store: &Path, args: &[&str], env: &[(&str, &str)]) -> Out
         .env_remove("CLICOLOR_FORCE")
         .env_remove("CREDITGATE_SERVER")
         .env_remove("CREDITGATE_ADMIN_TOKEN")
-        .current_dir(repo());
+        .current_dir(harness::repo());
     for (name, value) in env {
         command.env(name, value);
     }
@@ -55,41 +58,29 @@ fn rfc3339(t: chrono::DateTime<Utc>) -> String {
 #[test]
 fn subscribe_change_plan_show_and_list() {
     let (_dir, store) = harness::temp_path("cg.redb");
-    let o = run(
+    let o = cli(
         &store,
-        &words("account subscribe acme --plan base --anchor 2026-01-31T09:00:00Z"),
+        "account subscribe acme --plan base --anchor 2026-01-31T09:00:00Z",
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("acme: subscribed to plan base"),
-        "{}",
-        stdout(&o)
-    );
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, "acme: subscribed to plan base");
 
     let o = run(&store, &["account", "subscribe", "acme", "--plan", "pro"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).starts_with("creditgate: error: account \"acme\": denied: already_subscribed"),
-        "{}",
-        stderr(&o)
+    harness::assert_exit(&o, 1);
+    harness::assert_starts(
+        &stderr(&o),
+        "creditgate: error: account \"acme\": denied: already_subscribed",
     );
 
     let o = run(
         &store,
         &["account", "change-plan", "acme", "--plan", "platinum"],
     );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("denied: unknown_plan"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_exit(&o, 1);
+    harness::assert_stderr_has(&o, "denied: unknown_plan");
 
-    let o = run(
-        &store,
-        &words("account change-plan acme --plan pro --format json"),
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = cli(&store, "account change-plan acme --plan pro --format json");
+    harness::assert_exit(&o, 0);
     let v = json(&o);
     assert_eq!(
         (v["plan"].as_str(), v["lead_credits"]["limit"].as_u64()),
@@ -109,7 +100,7 @@ fn subscribe_change_plan_show_and_list() {
     assert_eq!(v[1]["lead_credits"]["limit"].as_str(), Some("unlimited"));
 
     let o = run(&store, &["account", "show", "ghost"]);
-    assert_eq!(o.status.code(), Some(1));
+    harness::assert_exit(&o, 1);
 }
 
 /// Issue 13, item 4: `account subscribe` with a back-dated anchor reports the
@@ -120,19 +111,11 @@ fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
     let anchor = rfc3339(Utc::now() - Duration::days(400));
     let o = run(
         &store,
-        &[
-            "account",
-            "subscribe",
-            "acme",
-            "--plan",
-            "base",
-            "--anchor",
-            &anchor,
-            "--format",
-            "json",
-        ],
+        &words(&format!(
+            "account subscribe acme --plan base --anchor {anchor} --format json"
+        )),
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let resets_at = json(&o)["email_credits"]["resets_at"]
         .as_str()
         .expect("resets_at")
@@ -144,18 +127,12 @@ fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
     let future = rfc3339(Utc::now() + Duration::days(30));
     let o = run(
         &store,
-        &[
-            "account",
-            "subscribe",
-            "globex",
-            "--plan",
-            "base",
-            "--anchor",
-            &future,
-        ],
+        &words(&format!(
+            "account subscribe globex --plan base --anchor {future}"
+        )),
     );
     assert_ne!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("is in the future"), "{}", stderr(&o));
+    harness::assert_stderr_has(&o, "is in the future");
     let o = run(&store, &["account", "show", "globex"]);
     assert_eq!(o.status.code(), Some(1), "nothing was created");
 }
@@ -163,16 +140,12 @@ fn a_back_dated_anchor_reports_the_current_cycle_and_a_future_one_is_refused() {
 #[test]
 fn an_unreadable_anchor_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let o = run(
+    let o = cli(
         &dir.path().join("cg.redb"),
-        &words("account subscribe a --plan base --anchor yesterday"),
+        "account subscribe a --plan base --anchor yesterday",
     );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("--anchor: expected an RFC 3339 timestamp"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_exit(&o, 2);
+    harness::assert_stderr_has(&o, "--anchor: expected an RFC 3339 timestamp");
 }
 
 /// Replays `events` into the store (state at the given instants), then asks for usage now.
@@ -203,7 +176,7 @@ fn with_sends(store: &Path, recipients: usize) -> Output {
             store_arg,
         ],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     run(store, &["usage", "acme"])
 }
 
@@ -212,7 +185,7 @@ fn usage_json_has_the_replay_objects() {
     let (_dir, store) = harness::temp_path("cg.redb");
     with_sends(&store, 3);
     let o = run(&store, &["usage", "acme", "--format", "json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let v = json(&o);
     assert_eq!(v["plan"], "base");
     assert_eq!(
@@ -233,20 +206,17 @@ fn the_dashboard_shows_bars_and_warns_at_80_and_100_percent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let calm = with_sends(&dir.path().join("calm.redb"), 100);
     let text = stdout(&calm);
-    assert!(text.contains("100 / 6000  (1.7%)"), "{text}");
-    assert!(text.contains("resets "), "{text}");
+    harness::assert_has(&text, "100 / 6000  (1.7%)");
+    harness::assert_has(&text, "resets ");
     assert!(!text.contains('⚠'), "{text}");
     assert!(!text.contains('\u{1b}'), "no colour when piped: {text:?}");
 
     let warm = stdout(&with_sends(&dir.path().join("warm.redb"), 4_800));
-    assert!(warm.contains("⚠ email credits at 80%: 1200 left"), "{warm}");
+    harness::assert_has(&warm, "⚠ email credits at 80%: 1200 left");
 
     let spent = stdout(&with_sends(&dir.path().join("spent.redb"), 6_000));
-    assert!(spent.contains("6000 / 6000  (100.0%)"), "{spent}");
-    assert!(
-        spent.contains("⚠ email credits exhausted: 6000 of 6000 used"),
-        "{spent}"
-    );
+    harness::assert_has(&spent, "6000 / 6000  (100.0%)");
+    harness::assert_has(&spent, "⚠ email credits exhausted: 6000 of 6000 used");
 }
 
 #[test]
@@ -254,12 +224,8 @@ fn a_store_in_use_is_reported_not_waited_on() {
     let (_dir, store) = harness::temp_path("busy.redb");
     let _held = creditgate::store::RedbStore::open(&store).expect("opens");
     let o = run(&store, &["account", "list"]);
-    assert_eq!(o.status.code(), Some(75));
-    assert!(
-        stderr(&o).contains("in use by another process"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_exit(&o, 75);
+    harness::assert_stderr_has(&o, "in use by another process");
 }
 
 #[test]
@@ -273,7 +239,7 @@ fn help_documents_the_exit_codes() {
         "2  usage or input error",
         "75  unavailable",
     ] {
-        assert!(text.contains(line), "{text}");
+        harness::assert_has(&text, line);
     }
 }
 
@@ -294,7 +260,7 @@ fn an_unknown_account_is_the_same_error_from_every_command() {
     let csv = csv.to_str().expect("utf-8");
     // A ledger with another account: only a store that exists is asked about ghost.
     let o = run(&store, &["account", "subscribe", "acme", "--plan", "base"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let expected = "creditgate: error: account \"ghost\": denied: unknown_account \
                     (no such account: subscribe it to a plan first)\n";
     for args in [
@@ -306,26 +272,10 @@ fn an_unknown_account_is_the_same_error_from_every_command() {
         &["leads", "campaigns", "--account", "ghost"],
         &words("leads delete --account ghost --campaign c --all"),
         &words("leads delete --account ghost --campaign c --email a@x.io"),
-        &[
-            "leads",
-            "import",
-            "--account",
-            "ghost",
-            "--campaign",
-            "c",
-            csv,
-        ],
-        &[
-            "leads",
-            "import",
-            "--account",
-            "ghost",
-            "--campaign",
-            "c",
-            "--format",
-            "json",
-            csv,
-        ],
+        &words(&format!("leads import --account ghost --campaign c {csv}")),
+        &words(&format!(
+            "leads import --account ghost --campaign c --format json {csv}"
+        )),
     ] {
         let o = run(&store, args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
@@ -337,21 +287,17 @@ fn an_unknown_account_is_the_same_error_from_every_command() {
 fn a_usage_error_has_the_same_prefix() {
     let dir = tempfile::tempdir().expect("temp dir");
     let o = run(&dir.path().join("cg.redb"), &["account", "show"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).starts_with("creditgate: error: "),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_exit(&o, 2);
+    harness::assert_starts(&stderr(&o), "creditgate: error: ");
 }
 
 #[test]
 fn alerts_list_json_is_one_array_even_when_empty() {
     let (dir, store) = harness::temp_path("cg.redb");
     let o = run(&store, &["account", "subscribe", "seed", "--plan", "base"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let o = run(&store, &["alerts", "list", "--format", "json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     assert_eq!(json(&o), serde_json::json!([]));
 
     // Alerts are recorded by the gateway: base has 6000 email credits, and
@@ -369,7 +315,7 @@ fn alerts_list_json_is_one_array_even_when_empty() {
             &gateway.url,
         ],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     send_emails(&gateway.url, "acme", 4_800);
     gateway.stop();
     let o = run(&store, &["alerts", "list", "--format", "json"]);
@@ -385,15 +331,9 @@ fn alerts_list_json_is_one_array_even_when_empty() {
 pub(crate) fn send_emails(url: &str, account: &str, count: usize) {
     let to: Vec<String> = (0..count).map(|i| format!("r{i}@example.com")).collect();
     let body = serde_json::json!({ "account": account, "to": to });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
-        .build()
-        .into();
-    let mut answer = agent
-        .post(format!("{url}/v1/decide/email"))
-        .send_json(&body)
-        .expect("the gateway decides");
-    let v: serde_json::Value = answer.body_mut().read_json().expect("JSON");
+    let api = Client::with_timeout(url, std::time::Duration::from_secs(60));
+    let answer = api.post("/v1/decide/email", &body.to_string());
+    let v = answer.json();
     assert_eq!(v["decision"], "allow", "{v}");
 }
 
@@ -403,17 +343,11 @@ fn account_show_json_is_the_account_object_with_plan_and_anchor() {
     let anchor = "2026-01-31T09:00:00Z";
     let o = run(
         &store,
-        &[
-            "account",
-            "subscribe",
-            "acme",
-            "--plan",
-            "base",
-            "--anchor",
-            anchor,
-        ],
+        &words(&format!(
+            "account subscribe acme --plan base --anchor {anchor}"
+        )),
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let show = json(&run(
         &store,
         &["account", "show", "acme", "--format", "json"],
@@ -430,20 +364,14 @@ fn account_show_json_is_the_account_object_with_plan_and_anchor() {
 #[test]
 fn a_default_anchor_is_a_whole_second() {
     let (_dir, store) = harness::temp_path("cg.redb");
-    let o = run(
-        &store,
-        &words("account subscribe acme --plan base --format json"),
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = cli(&store, "account subscribe acme --plan base --format json");
+    harness::assert_exit(&o, 0);
     let anchor = json(&o)["anchor"].as_str().expect("anchor").to_owned();
     // 2026-12-06T17:00:00Z: 20 characters, no fraction.
     assert_eq!(anchor.len(), 20, "{anchor}");
     assert!(!anchor.contains('.'), "{anchor}");
     let text = stdout(&run(&store, &["account", "show", "acme"]));
-    assert!(
-        text.contains(&format!("anchor         {anchor}\n")),
-        "{text}"
-    );
+    harness::assert_has(&text, &format!("anchor         {anchor}\n"));
 }
 
 // ---- plans and serve --check (issue 13.9) -------------------------------------
@@ -452,7 +380,7 @@ fn a_default_anchor_is_a_whole_second() {
 fn plans_lists_the_policy_in_force() {
     let dir = tempfile::tempdir().expect("temp dir");
     let o = run(&dir.path().join("cg.redb"), &["plans", "--format", "json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let v = json(&o);
     let plans = v["plans"].as_array().expect("plans");
     let base = plans
@@ -468,8 +396,8 @@ fn plans_lists_the_policy_in_force() {
         "{v}"
     );
     let text = stdout(&run(&dir.path().join("cg.redb"), &["plans"]));
-    assert!(text.starts_with("PLAN"), "{text}");
-    assert!(text.contains("base"), "{text}");
+    harness::assert_starts(&text, "PLAN");
+    harness::assert_has(&text, "base");
 }
 
 #[test]
@@ -477,7 +405,7 @@ fn serve_check_validates_without_creating_the_store() {
     let (dir, store) = harness::temp_path("new.redb");
     let store_arg = store.to_str().expect("utf-8");
     let o = run(&store, &["serve", "--check", "--store", store_arg]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let text = stdout(&o);
     for line in [
         "config ",
@@ -488,15 +416,15 @@ fn serve_check_validates_without_creating_the_store() {
     ] {
         assert!(text.contains(line), "{line:?} in {text}");
     }
-    assert!(text.contains("does not exist yet"), "{text}");
+    harness::assert_has(&text, "does not exist yet");
     assert!(!store.exists(), "--check created the store");
 
     // An existing store is opened read-only.
     let o = run(&store, &["account", "subscribe", "acme", "--plan", "base"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let o = run(&store, &["serve", "--check", "--store", store_arg]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).contains("opened read-only"), "{}", stdout(&o));
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, "opened read-only");
 
     // A broken policy: the error with its place, non-zero.
     let policy = harness::write_file(
@@ -504,33 +432,22 @@ fn serve_check_validates_without_creating_the_store() {
         "broken.toml",
         "[plans.base]\nlead_credits = \"lots\"\n",
     );
+    let policy = policy.to_str().expect("utf-8");
     let o = run(
         &store,
-        &[
-            "serve",
-            "--check",
-            "--store",
-            store_arg,
-            "--policy",
-            policy.to_str().expect("utf-8"),
-        ],
+        &words(&format!(
+            "serve --check --store {store_arg} --policy {policy}"
+        )),
     );
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
-    assert!(stderr(&o).contains("broken.toml:"), "{}", stderr(&o));
+    harness::assert_stderr_has(&o, "broken.toml:");
 
     // A config with an unknown key.
     let config = harness::write_file(dir.path(), "serve.toml", "http_listn = \"127.0.0.1:1\"\n");
-    let o = run(
-        &store,
-        &[
-            "serve",
-            "--check",
-            "--config",
-            config.to_str().expect("utf-8"),
-        ],
-    );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("http_listn"), "{}", stderr(&o));
+    let config = config.to_str().expect("utf-8");
+    let o = run(&store, &["serve", "--check", "--config", config]);
+    harness::assert_exit(&o, 2);
+    harness::assert_stderr_has(&o, "http_listn");
 }
 
 // ---- --server: the commands against a running gateway (issue 13.8) --------------
@@ -549,7 +466,7 @@ impl Gateway {
             ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), dir.join("serve.log"))
                 .arg("--store")
                 .arg(store)
-                .current_dir(repo())
+                .current_dir(harness::repo())
                 .env("RUST_LOG", "info")
                 .postfix(false);
         for (name, value) in env {
@@ -576,32 +493,15 @@ fn a_store_held_by_serve_names_it_and_the_server_flag() {
     let (dir, store) = harness::temp_path("cg.redb");
     let gateway = Gateway::start(dir.path(), &store, &[]);
     let o = run(&store, &["account", "list"]);
-    assert_eq!(o.status.code(), Some(75));
+    harness::assert_exit(&o, 75);
     let err = only_error(&o);
-    assert!(
-        err.contains("is in use by a running `creditgate serve` (pid "),
-        "{err}"
-    );
-    assert!(
-        err.contains(&format!("pass --server {} ", gateway.url)),
-        "{err}"
-    );
+    harness::assert_has(&err, "is in use by a running `creditgate serve` (pid ");
+    harness::assert_has(&err, &format!("pass --server {} ", gateway.url));
     // serve --check on the store in use says so, and does not fail.
-    let o = run(
-        &store,
-        &[
-            "serve",
-            "--check",
-            "--store",
-            store.to_str().expect("utf-8"),
-        ],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("in use by another process"),
-        "{}",
-        stdout(&o)
-    );
+    let store_arg = store.to_str().expect("utf-8");
+    let o = run(&store, &["serve", "--check", "--store", store_arg]);
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, "in use by another process");
     gateway.stop();
 }
 
@@ -620,40 +520,22 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
     // Without the token, the admin routes are refused with the way out.
     let o = run(
         &store,
-        &[
-            "account",
-            "subscribe",
-            "acme",
-            "--plan",
-            "base",
-            "--server",
-            &url,
-        ],
+        &words(&format!(
+            "account subscribe acme --plan base --server {url}"
+        )),
     );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        only_error(&o).contains("$CREDITGATE_ADMIN_TOKEN"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_exit(&o, 2);
+    harness::assert_has(&only_error(&o), "$CREDITGATE_ADMIN_TOKEN");
 
     let o = remote(&words(
         "account subscribe acme --plan base --anchor 2026-01-31T09:00:00Z",
     ));
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stdout(&o).starts_with("acme: subscribed to plan base\n"),
-        "{}",
-        stdout(&o)
-    );
-    assert!(
-        stdout(&o).contains("anchor         2026-01-31T09:00:00Z"),
-        "{}",
-        stdout(&o)
-    );
+    harness::assert_exit(&o, 0);
+    harness::assert_starts(&stdout(&o), "acme: subscribed to plan base\n");
+    harness::assert_stdout_has(&o, "anchor         2026-01-31T09:00:00Z");
 
     let o = remote(&["account", "subscribe", "acme", "--plan", "pro"]);
-    assert_eq!(o.status.code(), Some(1));
+    harness::assert_exit(&o, 1);
     assert!(
         only_error(&o)
             .starts_with("creditgate: error: account \"acme\": denied: already_subscribed"),
@@ -662,7 +544,7 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
     );
 
     let o = remote(&words("account change-plan acme --plan pro --format json"));
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let v = json(&o);
     assert_eq!(
         (v["plan"].as_str(), v["anchor"].as_str()),
@@ -674,7 +556,7 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
 
     // The same unknown-account error as without --server.
     let o = remote(&["usage", "ghost"]);
-    assert_eq!(o.status.code(), Some(1));
+    harness::assert_exit(&o, 1);
     assert_eq!(
         only_error(&o),
         "creditgate: error: account \"ghost\": denied: unknown_account \
@@ -683,8 +565,8 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
 
     // $CREDITGATE_SERVER stands for --server.
     let o = run_with(&store, &["usage", "acme"], &[("CREDITGATE_SERVER", &url)]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).contains("plan pro"), "{}", stdout(&o));
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, "plan pro");
 
     // An import of 2,500 rows goes in batches of at most 1,000 addresses, and
     // reports as a local import of the same file does.
@@ -699,18 +581,10 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
     }
     let file = harness::write_file(dir.path(), "leads.csv", &csv);
     let file = file.to_str().expect("utf-8");
-    let o = remote(&[
-        "leads",
-        "import",
-        "--account",
-        "acme",
-        "--campaign",
-        "spring",
-        file,
-        "--format",
-        "json",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = remote(&words(&format!(
+        "leads import --account acme --campaign spring {file} --format json"
+    )));
+    harness::assert_exit(&o, 0);
     let remote_report = json(&o);
     assert_eq!(remote_report["rows"], 2_500);
     assert_eq!(remote_report["uploaded"], 2_498);
@@ -726,68 +600,38 @@ fn account_and_lead_commands_work_against_a_running_gateway() {
     );
     let o = run(
         &local_store,
-        &[
-            "leads",
-            "import",
-            "--account",
-            "acme",
-            "--campaign",
-            "spring",
-            file,
-            "--format",
-            "json",
-        ],
+        &words(&format!(
+            "leads import --account acme --campaign spring {file} --format json"
+        )),
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     assert_eq!(remote_report, json(&o), "the same report as a local import");
 
     // Again: every address already there.
-    let o = remote(&[
-        "leads",
-        "import",
-        "--account",
-        "acme",
-        "--campaign",
-        "spring",
-        file,
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("already in this campaign"),
-        "{}",
-        stdout(&o)
-    );
+    let o = remote(&words(&format!(
+        "leads import --account acme --campaign spring {file}"
+    )));
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, "already in this campaign");
 
     let o = remote(&words(
         "leads delete --account acme --campaign spring --email lead1@example.com",
     ));
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stdout(&o).starts_with("freed 1 lead credit; lead credits used: 2497 of 30000"),
-        "{}",
-        stdout(&o)
+    harness::assert_exit(&o, 0);
+    harness::assert_starts(
+        &stdout(&o),
+        "freed 1 lead credit; lead credits used: 2497 of 30000",
     );
 
-    let o = remote(&[
-        "leads",
-        "import",
-        "--account",
-        "acme",
-        "--campaign",
-        "spring",
-        file,
-        "--dry-run",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(only_error(&o).contains("--dry-run"), "{}", stderr(&o));
+    let o = remote(&words(&format!(
+        "leads import --account acme --campaign spring {file} --dry-run"
+    )));
+    harness::assert_exit(&o, 2);
+    harness::assert_has(&only_error(&o), "--dry-run");
 
     let o = remote(&["reload"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("reloaded: policy version"),
-        "{}",
-        stdout(&o)
-    );
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, "reloaded: policy version");
 
     // What the gateway did is in the store it holds.
     gateway.stop();
@@ -810,8 +654,8 @@ fn an_unavailable_backend_or_gateway_has_its_own_exit_status() {
     // A Redis store nothing answers for.
     let redis = format!("redis://127.0.0.1:{}", port());
     let o = run(&store, &["account", "list", "--store", &redis]);
-    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
-    assert!(only_error(&o).contains("cannot connect"), "{}", stderr(&o));
+    harness::assert_exit(&o, 75);
+    harness::assert_has(&only_error(&o), "cannot connect");
 
     // A gateway that answers, but cannot decide now (its store is down).
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
@@ -836,16 +680,12 @@ fn an_unavailable_backend_or_gateway_has_its_own_exit_status() {
     });
     let o = run(&store, &["usage", "acme", "--server", &url]);
     server.join().expect("the fake gateway answered");
-    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
-    assert!(
-        only_error(&o).contains("redis down (store_unavailable)"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_exit(&o, 75);
+    harness::assert_has(&only_error(&o), "redis down (store_unavailable)");
 
     // What is wrong with the command itself stays 2, store or no store.
     let o = run(&store, &["usage", "acme", "--server", "https://x"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    harness::assert_exit(&o, 2);
 }
 
 #[test]
@@ -861,7 +701,7 @@ fn a_server_that_is_not_there_is_a_clear_error() {
         &dir.path().join("cg.redb"),
         &["usage", "acme", "--server", &url],
     );
-    assert_eq!(o.status.code(), Some(75));
+    harness::assert_exit(&o, 75);
     assert!(
         only_error(&o).starts_with(&format!(
             "creditgate: error: cannot reach the gateway at {url}"
@@ -874,30 +714,22 @@ fn a_server_that_is_not_there_is_a_clear_error() {
         &dir.path().join("cg.redb"),
         &["usage", "acme", "--server", &url, "--store", "memory"],
     );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        only_error(&o).contains("--server and --store"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_exit(&o, 2);
+    harness::assert_has(&only_error(&o), "--server and --store");
     // An explicit --store wins over $CREDITGATE_SERVER.
     let o = run_with(
         &dir.path().join("cg.redb"),
         &["account", "list", "--store", "memory", "--format", "json"],
         &[("CREDITGATE_SERVER", &url)],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     assert_eq!(json(&o), serde_json::json!([]));
     let o = run(
         &dir.path().join("cg.redb"),
         &["usage", "acme", "--server", "https://x"],
     );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("expected http://HOST:PORT"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_exit(&o, 2);
+    harness::assert_stderr_has(&o, "expected http://HOST:PORT");
 }
 
 /// Issue 14.6: names are checked and normalised by the one rule on the command
@@ -909,8 +741,8 @@ fn account_names_follow_the_one_rule() {
         &store,
         &["account", "subscribe", " ACME ", "--plan", "base"],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("acme: subscribed"), "{}", stdout(&o));
+    harness::assert_exit(&o, 0);
+    harness::assert_starts(&stdout(&o), "acme: subscribed");
     let o = run(&store, &["usage", "Acme", "--format", "json"]);
     assert_eq!(json(&o)["account"], "acme");
 
@@ -934,11 +766,10 @@ fn account_names_follow_the_one_rule() {
         &store,
         &["account", "subscribe", "acme2", "--plan", "platinum"],
     );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("no plan \"platinum\" in the policy; its plans are: \"base\", "),
-        "{}",
-        stderr(&o)
+    harness::assert_exit(&o, 1);
+    harness::assert_stderr_has(
+        &o,
+        "no plan \"platinum\" in the policy; its plans are: \"base\", ",
     );
 }
 
@@ -967,7 +798,7 @@ fn account_list_escapes_every_name() {
         worker.persist().expect("durable");
     }
     let o = run(&path, &["account", "list"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let out = stdout(&o);
     assert_eq!(
         out.lines().count(),

@@ -108,7 +108,7 @@ fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
         ],
         "{html}"
     );
-    assert!(html.contains("≥ 50%"), "{html}");
+    harness::assert_has(&html, "≥ 50%");
 
     // Its history: six slots, the current cycle in the last.
     let (status, _, page) = serve.get("/accounts/acme");
@@ -148,5 +148,5 @@ fn a_component_with_other_rules_runs_under_serve_the_dashboard_and_the_cli() {
         "{listed}"
     );
     let shown = local(&["usage", "beta"]);
-    assert!(shown.contains("lead credits at 50%: 1 left"), "{shown}");
+    harness::assert_has(&shown, "lead credits at 50%: 1 left");
 }

@@ -1,12 +1,9 @@
 //! What ships besides the binary: the systemd unit, the container image
 //! definition, and the completions and manual page the binary generates.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use crate::harness;
 
 fn creditgate(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_creditgate"))
@@ -17,7 +14,7 @@ fn creditgate(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(repo().join("packaging/creditgate.service")).expect("unit");
+    let unit = harness::repo_text("packaging/creditgate.service");
     for line in [
         "Type=exec",
         "NoNewPrivileges=yes",
@@ -39,7 +36,7 @@ fn the_systemd_unit_verifies() {
     assert!(unit.contains("CREDITGATE_STORE=/var/lib/creditgate/"));
 
     // systemd-analyze checks that the binary exists: point it at the one built.
-    let (_dir, path) = crate::harness::temp_path("creditgate.service");
+    let (_dir, path) = harness::temp_path("creditgate.service");
     std::fs::write(
         &path,
         unit.replace("/usr/bin/creditgate", env!("CARGO_BIN_EXE_creditgate")),
@@ -65,7 +62,7 @@ fn the_example_config_passes_serve_check() {
     let dir = tempfile::tempdir().expect("temp dir");
     let o = Command::new(env!("CARGO_BIN_EXE_creditgate"))
         .args(["serve", "--check", "--config"])
-        .arg(repo().join("packaging/creditgate.toml"))
+        .arg(harness::repo().join("packaging/creditgate.toml"))
         .env("CREDITGATE_STORE", dir.path().join("cg.redb"))
         .current_dir(dir.path())
         .output()
@@ -83,7 +80,7 @@ fn the_example_config_passes_serve_check() {
 /// registry reachable), so its definition is checked for what would break it.
 #[test]
 fn the_containerfile_is_consistent_with_the_repository() {
-    let text = std::fs::read_to_string(repo().join("packaging/Containerfile")).expect("file");
+    let text = harness::repo_text("packaging/Containerfile");
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -109,7 +106,7 @@ fn the_containerfile_is_consistent_with_the_repository() {
         );
     }
     // The build stage's Rust is the workspace's.
-    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).expect("manifest");
+    let manifest = harness::repo_text("Cargo.toml");
     let rust = manifest
         .lines()
         .find_map(|l| l.strip_prefix("rust-version = \""))
@@ -131,7 +128,7 @@ fn the_containerfile_is_consistent_with_the_repository() {
         }
         for source in &words[..words.len() - 1] {
             assert!(
-                repo().join(source).exists(),
+                harness::repo().join(source).exists(),
                 "COPY {source}: not in the repository"
             );
             copied.push(*source);
@@ -161,7 +158,7 @@ fn the_containerfile_is_consistent_with_the_repository() {
 #[test]
 fn the_bash_completion_names_every_subcommand() {
     let o = creditgate(&["completions", "bash"]);
-    assert_eq!(o.status.code(), Some(0));
+    harness::assert_exit(&o, 0);
     let script = String::from_utf8_lossy(&o.stdout);
     let help = String::from_utf8_lossy(&creditgate(&["--help"]).stdout).into_owned();
     let commands: Vec<&str> = help
@@ -183,7 +180,7 @@ fn the_bash_completion_names_every_subcommand() {
     }
     for shell in ["zsh", "fish"] {
         let o = creditgate(&["completions", shell]);
-        assert_eq!(o.status.code(), Some(0));
+        harness::assert_exit(&o, 0);
         assert!(String::from_utf8_lossy(&o.stdout).contains("creditgate"));
     }
 }
@@ -191,13 +188,13 @@ fn the_bash_completion_names_every_subcommand() {
 #[test]
 fn the_manual_page_renders() {
     let o = creditgate(&["man"]);
-    assert_eq!(o.status.code(), Some(0));
+    harness::assert_exit(&o, 0);
     let roff = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         roff.starts_with(".ie \\n(.g .ds Aq") || roff.contains(".TH creditgate 1"),
         "{roff}"
     );
-    assert!(roff.contains(".TH creditgate"), "{roff}");
+    harness::assert_has(&roff, ".TH creditgate");
     for section in [".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS", ".SH SUBCOMMANDS"] {
         assert!(roff.contains(section), "{section} in the page");
     }
@@ -246,7 +243,7 @@ fn the_manual_page_renders() {
             "{}",
             String::from_utf8_lossy(&shown.stderr)
         );
-        assert!(text.contains("creditgate"), "{text}");
-        assert!(text.contains("SUBCOMMANDS"), "{text}");
+        harness::assert_has(&text, "creditgate");
+        harness::assert_has(&text, "SUBCOMMANDS");
     }
 }

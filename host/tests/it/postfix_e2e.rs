@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use creditgate_testkit::serve::ServeProcess;
 
-use super::harness::creditgate_command;
+use super::harness::{self, creditgate_command};
 
 /// Every wait is bounded by this: a hang is a failure, not a stall. Generous,
 /// because the first message makes master spawn smtpd, cleanup and smtp processes
@@ -184,11 +184,8 @@ fn assert_refused(outcome: &Sent, stage: Stage, postfix: &Postfix) {
         );
     };
     assert_eq!((*at, *code), (stage, 554), "{text}");
-    assert!(text.starts_with("5.7.1 "), "{text}");
-    assert!(
-        text.contains("Email credits exhausted; they reset at 20"),
-        "{text}"
-    );
+    harness::assert_starts(text, "5.7.1 ");
+    harness::assert_has(text, "Email credits exhausted; they reset at 20");
 }
 
 /// Sends message `n` from `from` to `to` over one SMTP session with Postfix.
@@ -573,7 +570,8 @@ struct Postfix {
 
 impl Postfix {
     fn start(root: &Path, policy_port: u16, sink_port: u16) -> Postfix {
-        let postfix = sbin("postfix");
+        // Postfix missing: fail at once, saying how to install it.
+        sbin("postfix");
         let base = root.join("postfix");
         let config_dir = base.join("etc");
         let queue_dir = base.join("queue");
@@ -647,18 +645,12 @@ impl Postfix {
             smtp_port,
             started: false,
         };
-        let check = Command::new(&postfix)
-            .arg("-c")
-            .arg(&instance.config_dir)
-            .arg("check")
+        let check = tool("postfix", &instance.config_dir, &["check"])
             .output()
             .expect("postfix check runs");
         assert!(check.status.success(), "postfix check: {}", show(&check));
         instance.started = true;
-        let start = Command::new(&postfix)
-            .arg("-c")
-            .arg(&instance.config_dir)
-            .arg("start")
+        let start = tool("postfix", &instance.config_dir, &["start"])
             .output()
             .expect("postfix start runs");
         assert!(
@@ -679,10 +671,7 @@ impl Postfix {
     /// The instance's queue holds nothing: every accepted message was relayed, and
     /// nothing refused was kept (a `HOLD` or a deferral would show here).
     fn assert_queue_empty(&self) {
-        let listed = Command::new(sbin("postqueue"))
-            .arg("-c")
-            .arg(&self.config_dir)
-            .arg("-j")
+        let listed = tool("postqueue", &self.config_dir, &["-j"])
             .output()
             .expect("postqueue runs");
         assert!(listed.status.success(), "postqueue: {}", show(&listed));
@@ -702,10 +691,7 @@ impl Drop for Postfix {
         }
         // `postfix stop` signals master, waits up to 5 s, then kills its process
         // group; it fails only when no master runs.
-        let stopped = Command::new(sbin("postfix"))
-            .arg("-c")
-            .arg(&self.config_dir)
-            .arg("stop")
+        let stopped = tool("postfix", &self.config_dir, &["stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -726,12 +712,17 @@ impl Drop for Postfix {
     }
 }
 
+/// `PROGRAM -c DIR ARGS`: a Postfix program on the instance configured in
+/// `config_dir`.
+fn tool(program: &str, config_dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(sbin(program));
+    command.arg("-c").arg(config_dir).args(args);
+    command
+}
+
 /// Runs `postconf -c DIR ARGS` and insists that it succeeds.
 fn postconf(config_dir: &Path, args: &[&str]) {
-    let out = Command::new(sbin("postconf"))
-        .arg("-c")
-        .arg(config_dir)
-        .args(args)
+    let out = tool("postconf", config_dir, args)
         .output()
         .expect("postconf runs");
     assert!(

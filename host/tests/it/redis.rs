@@ -17,6 +17,8 @@ const WAIT: Duration = Duration::from_secs(15);
 pub use creditgate_testkit::redis::{Cluster, RedisServer};
 use creditgate_testkit::serve::{ServeProcess, policy_request};
 
+use crate::harness::{self, words};
+
 /// A store on a test's own server or cluster, under its own key prefix.
 pub trait Stores {
     fn store(&self, prefix: &str) -> RedisStore;
@@ -60,7 +62,7 @@ fn cluster_passes_the_conformance_suite() {
     };
     assert_eq!(store.scopes().expect("scopes"), expected);
     for node in &cluster.nodes {
-        let keys: u64 = node.cli(&["DBSIZE"]).parse().expect("a number");
+        let keys: u64 = node.cli(&words("DBSIZE")).parse().expect("a number");
         assert!(keys > 10, "node {} holds only {keys} keys", node.port);
     }
     tricky_scope_names(&cluster.store("tricky"));
@@ -294,13 +296,13 @@ fn store_copy_round_trip_redb_redis_redb() {
     ]);
 
     let copied = creditgate_ok(&["store", "copy", "--from", &a, "--to", &redis]);
-    assert!(copied.contains("copied 2 account(s)"), "{copied}");
+    harness::assert_has(&copied, "copied 2 account(s)");
     assert!(!copied.contains("127.0.0.1:0"), "{copied}");
 
     // Into a non-empty store: refused, unless forced.
     let (code, _, stderr) = creditgate(&["store", "copy", "--from", &a, "--to", &redis]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("--force"), "{stderr}");
+    harness::assert_has(&stderr, "--force");
     creditgate_ok(&["store", "copy", "--from", &a, "--to", &redis, "--force"]);
 
     creditgate_ok(&["store", "copy", "--from", &redis, "--to", &b]);
@@ -316,7 +318,7 @@ fn store_copy_round_trip_redb_redis_redb() {
             view.to_string()
         };
         let original = usage(&a);
-        assert!(original.contains("\"used\":3"), "{original}");
+        harness::assert_has(&original, "\"used\":3");
         assert_eq!(usage(&redis), original, "{account} on Redis");
         assert_eq!(usage(&b), original, "{account} back on redb");
     }
@@ -516,10 +518,7 @@ fn sell_exactly_the_limit(store: &str) {
         .expect("some were allowed");
     for gateway in &gateways {
         let reused = gateway.ask(&end_of_message("acme", 2, &format!("race-{charged}")));
-        assert!(
-            reused.starts_with("action=DEFER 4.7.1 Message already charged"),
-            "{reused}"
-        );
+        harness::assert_starts(&reused, "action=DEFER 4.7.1 Message already charged");
     }
     assert_eq!(acme_emails_used(store, &policy), LIMIT);
     for gateway in gateways {
@@ -639,7 +638,7 @@ fn real_expiries_become_ttls_and_vanish() {
     assert_eq!(expire_time("gc:{s}:once:m"), soon_ms);
     assert_eq!(expire_time("gc:{s}:once:m2"), soon_ms);
     assert_eq!(expire_time("gc:{s}:onces"), soon_ms);
-    assert_eq!(server.cli(&["ZRANGE", "gc:{s}:onces", "0", "-1"]), "m\nm2");
+    assert_eq!(server.cli(&words("ZRANGE gc:{s}:onces 0 -1")), "m\nm2");
     for key in [
         "gc:{s}:ctr:old",
         "gc:{s}:ctr:forever",
@@ -655,7 +654,7 @@ fn real_expiries_become_ttls_and_vanish() {
     let wait = soon + 300_000_000 - real_now_ns();
     std::thread::sleep(Duration::from_nanos(u64::try_from(wait).unwrap_or(0)));
     assert_eq!(
-        server.cli(&["EXISTS", "gc:{s}:ctr:c", "gc:{s}:once:m", "gc:{s}:once:m2"]),
+        server.cli(&words("EXISTS gc:{s}:ctr:c gc:{s}:once:m gc:{s}:once:m2")),
         "0"
     );
     assert_eq!(store.counter_get("s", "c", now).expect("reads"), 0);
@@ -675,11 +674,11 @@ fn real_expiries_become_ttls_and_vanish() {
     assert_eq!(names, ["forever", "later", "old"]);
     assert!(dump.once.is_empty(), "{dump:?}");
     assert_eq!(
-        server.cli(&["ZRANGE", "gc:{s}:ctrs", "0", "-1"]),
+        server.cli(&words("ZRANGE gc:{s}:ctrs 0 -1")),
         "forever\nlater\nold"
     );
     assert_eq!(
-        server.cli(&["EXISTS", "gc:{s}:onces"]),
+        server.cli(&words("EXISTS gc:{s}:onces")),
         "0",
         "the empty index is gone"
     );
@@ -716,15 +715,15 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
     assert_eq!(add("msg/0/new", 1, 0), CounterAdded::Applied(2));
     // As the previous version wrote it: the expiry alone, listed in the index.
     assert_eq!(
-        server.cli(&["SET", "old:{acme}:once:msg/0/postfix/PFX1", "1000"]),
+        server.cli(&words("SET old:{acme}:once:msg/0/postfix/PFX1 1000")),
         "OK"
     );
     assert_eq!(
-        server.cli(&["ZADD", "old:{acme}:onces", "inf", "msg/0/postfix/PFX1"]),
+        server.cli(&words("ZADD old:{acme}:onces inf msg/0/postfix/PFX1")),
         "1"
     );
     assert_eq!(
-        server.cli(&["GET", "old:{acme}:once:msg/0/new"]),
+        server.cli(&words("GET old:{acme}:once:msg/0/new")),
         "5000 1",
         "written with its fingerprint"
     );
@@ -745,7 +744,7 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
     store.import_scope("copy", &dump).expect("imports");
     assert_eq!(store.export_scope("copy").expect("exports").once, dump.once);
     assert_eq!(
-        server.cli(&["GET", "old:{copy}:once:msg/0/postfix/PFX1"]),
+        server.cli(&words("GET old:{copy}:once:msg/0/postfix/PFX1")),
         "1000",
         "a copy keeps the old form"
     );
@@ -773,8 +772,8 @@ fn a_stalled_or_absent_server_is_unavailable_within_the_timeouts() {
     server.signal("CONT");
     match stalled {
         Err(StoreError::Unavailable(m)) => {
-            assert!(m.contains(&format!("127.0.0.1:{}", server.port)), "{m}");
-            assert!(m.contains("no answer within 200 ms"), "{m}");
+            harness::assert_has(&m, &format!("127.0.0.1:{}", server.port));
+            harness::assert_has(&m, "no answer within 200 ms");
         }
         other => panic!("expected unavailable, got {other:?}"),
     }
@@ -796,8 +795,8 @@ fn a_stalled_or_absent_server_is_unavailable_within_the_timeouts() {
     let started = Instant::now();
     match RedisStore::open(&format!("redis://127.0.0.1:{port}?connect_timeout_ms=300")) {
         Err(StoreError::Unavailable(m)) => {
-            assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
-            assert!(m.contains("cannot connect"), "{m}");
+            harness::assert_has(&m, &format!("127.0.0.1:{port}"));
+            harness::assert_has(&m, "cannot connect");
         }
         Err(e) => panic!("expected unavailable, got {e}"),
         Ok(_) => panic!("connected to nothing"),
@@ -812,7 +811,7 @@ fn scripts_are_loaded_again_after_a_flush() {
     let server = RedisServer::start();
     let store = server.store("flush");
     assert!(store.record_insert("s", "a", "v").expect("inserts"));
-    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(server.cli(&words("SCRIPT FLUSH")), "OK");
     assert!(store.record_insert("s", "b", "v").expect("inserts again"));
     assert_eq!(store.scopes().expect("scopes"), ["s"]);
 }
@@ -822,7 +821,7 @@ fn scripts_are_loaded_again_after_a_flush() {
 fn tls_urls_are_refused_clearly() {
     let (code, _, stderr) = creditgate(&["usage", "acme", "--store", "rediss://127.0.0.1:1"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("no TLS support"), "{stderr}");
+    harness::assert_has(&stderr, "no TLS support");
 }
 
 /// Charges per second and their latency through [`RedisStore`] against a local
@@ -913,7 +912,7 @@ fn a_gateway_fails_closed_while_redis_is_down_and_recovers() {
 
     server.kill();
     let down = gateway.ask(&end_of_message("acme", 1, "down"));
-    assert!(down.starts_with("action=451 4.3.5"), "{down}");
+    harness::assert_starts(&down, "action=451 4.3.5");
     let logged = std::fs::read_to_string(&log).expect("reads the log");
     assert!(
         logged.contains(&format!("redis 127.0.0.1:{}", server.port)),
@@ -925,7 +924,7 @@ fn a_gateway_fails_closed_while_redis_is_down_and_recovers() {
     let outage = Instant::now();
     while outage.elapsed() < Duration::from_secs(3) {
         let reply = gateway.ask(&end_of_message("acme", 1, "down"));
-        assert!(reply.starts_with("action=451 4.3.5"), "{reply}");
+        harness::assert_starts(&reply, "action=451 4.3.5");
         std::thread::sleep(Duration::from_millis(250));
     }
     server.restart();
@@ -1153,7 +1152,7 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
         })
     };
 
-    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(server.cli(&words("SCRIPT FLUSH")), "OK");
     for (i, answer) in stopped_together("flushed").into_iter().enumerate() {
         assert!(
             matches!(answer, Ok(CounterAdded::Applied(_))),
@@ -1172,7 +1171,7 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
     assert_eq!(good(&store), CALLERS as u64 - 1);
     assert_eq!(store.counter_get("bad", "c", 0).expect("reads"), 2);
 
-    server.cli(&["HSET", "mid:{bad}:ctr:c", "v", "garbage"]);
+    server.cli(&words("HSET mid:{bad}:ctr:c v garbage"));
     for (i, answer) in stopped_together("corrupt").into_iter().enumerate() {
         match (i, answer) {
             (0, Err(StoreError::Corrupt(m))) => assert!(m.contains("garbage"), "{m}"),

@@ -1,33 +1,24 @@
 //! `creditgate replay` end to end: the golden trace, persistence across runs,
 //! malformed events and policies, through the library and through the binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
-use crate::harness;
+use crate::harness::{self, text, words};
 use creditgate::replay::replay;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn trace() -> PathBuf {
-    repo().join("policies/traces/example.jsonl")
+    harness::repo().join("policies/traces/example.jsonl")
 }
 
 fn golden() -> String {
-    std::fs::read_to_string(repo().join("policies/traces/example.out.jsonl"))
-        .expect("golden output")
+    harness::repo_text("policies/traces/example.out.jsonl")
 }
 
 fn creditgate(args: &[&str], stdin: &[u8]) -> Output {
     let mut command = harness::creditgate_command();
     command.args(args);
     harness::run_with_stdin(command, stdin)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
@@ -43,16 +34,9 @@ fn the_example_trace_matches_its_golden_output() {
 #[test]
 fn the_binary_prints_decisions_on_stdout_and_latencies_on_stderr() {
     let trace = trace();
-    let out = creditgate(
-        &[
-            "replay",
-            "--policy",
-            "policies/smartlead.toml",
-            "--events",
-            trace.to_str().expect("utf-8 path"),
-        ],
-        b"",
-    );
+    let trace = trace.to_str().expect("utf-8 path");
+    let args = format!("replay --policy policies/smartlead.toml --events {trace}");
+    let out = creditgate(&words(&args), b"");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), golden());
     let stderr = text(&out.stderr);
@@ -75,18 +59,8 @@ fn state_in_a_redb_store_survives_across_runs() {
     let mut combined = String::new();
     for half in [&lines[..11], &lines[11..]] {
         let input = half.iter().map(|l| format!("{l}\n")).collect::<String>();
-        let out = creditgate(
-            &[
-                "replay",
-                "--policy",
-                "policies/smartlead.toml",
-                "--events",
-                "-",
-                "--store",
-                store,
-            ],
-            input.as_bytes(),
-        );
+        let args = format!("replay --policy policies/smartlead.toml --events - --store {store}");
+        let out = creditgate(&words(&args), input.as_bytes());
         assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
         combined += &text(&out.stdout);
     }
@@ -108,7 +82,7 @@ fn malformed_lines_get_an_error_line_in_place_and_change_nothing() {
         "\n",
     );
     let out = creditgate(&["replay", "--events", "-"], input.as_bytes());
-    assert_eq!(out.status.code(), Some(1));
+    harness::assert_exit(&out, 1);
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 6, "{stdout}");
@@ -130,11 +104,7 @@ fn malformed_lines_get_an_error_line_in_place_and_change_nothing() {
         "{}",
         lines[5]
     );
-    assert!(
-        text(&out.stderr).contains("4 of 6 line(s) had errors"),
-        "{}",
-        text(&out.stderr)
-    );
+    harness::assert_stderr_has(&out, "4 of 6 line(s) had errors");
 }
 
 /// Replays nothing against a policy with `contents`: exit status, stderr, and the
@@ -157,7 +127,7 @@ fn an_invalid_policy_is_reported_with_file_line_and_column() {
         "{p}:3:17: plans.pro.email_credits: expected a non-negative integer or \"unlimited\", found -5\n\
          {p}:4:1: plans.pro.colour: unknown key \"colour\""
     );
-    assert!(stderr.contains(&expected), "{stderr}");
+    harness::assert_has(&stderr, &expected);
 }
 
 #[test]
@@ -165,48 +135,28 @@ fn a_toml_syntax_error_is_reported_with_its_position() {
     let (code, stderr, p) =
         replay_with_policy("[plans.pro]\nlead_credits = 30000\nemail_credits = = 5\n");
     assert_eq!(code, Some(2));
-    assert!(stderr.contains(&format!("{p}:3:17: ")), "{stderr}");
+    harness::assert_has(&stderr, &format!("{p}:3:17: "));
 }
 
 #[test]
 fn missing_inputs_are_usage_errors() {
     let out = creditgate(&["replay", "--events", "/nonexistent/events.jsonl"], b"");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("cannot read events /nonexistent/events.jsonl"),
-        "{}",
-        text(&out.stderr)
-    );
+    harness::assert_exit(&out, 2);
+    harness::assert_stderr_has(&out, "cannot read events /nonexistent/events.jsonl");
     let out = creditgate(
         &["replay", "--policy", "/nonexistent/p.toml", "--events", "-"],
         b"",
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("cannot read policy /nonexistent/p.toml"),
-        "{}",
-        text(&out.stderr)
-    );
+    harness::assert_exit(&out, 2);
+    harness::assert_stderr_has(&out, "cannot read policy /nonexistent/p.toml");
 }
 
 #[test]
 fn a_store_held_by_another_process_is_refused_at_once() {
     let (_dir, path) = harness::temp_path("busy.redb");
     let _held = creditgate::store::RedbStore::open(&path).expect("opens");
-    let out = creditgate(
-        &[
-            "replay",
-            "--events",
-            "-",
-            "--store",
-            path.to_str().expect("utf-8"),
-        ],
-        b"",
-    );
-    assert_eq!(out.status.code(), Some(75));
-    assert!(
-        text(&out.stderr).contains("in use by another process"),
-        "{}",
-        text(&out.stderr)
-    );
+    let path = path.to_str().expect("utf-8");
+    let out = creditgate(&["replay", "--events", "-", "--store", path], b"");
+    harness::assert_exit(&out, 75);
+    harness::assert_stderr_has(&out, "in use by another process");
 }

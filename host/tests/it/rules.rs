@@ -9,19 +9,11 @@ use creditgate::runtime::Worker;
 use creditgate::wire::reason_code;
 
 /// Small limits, so that exhaustion is a few events away.
-const POLICY: &str = r#"
-[plans.tiny]
-lead_credits = 2
-email_credits = 3
+const POLICY: &str = include_str!("../fixtures/policies/rules.toml");
 
-[plans.roomy]
-lead_credits = 5
-email_credits = 10
-
-[plans.boundless]
-lead_credits = "unlimited"
-email_credits = "unlimited"
-"#;
+/// When the scripts' lead and email events happen, a day after the
+/// subscription.
+const NOW: &str = "2025-02-01T00:00:00Z";
 
 struct Script {
     worker: Worker,
@@ -41,6 +33,16 @@ impl Script {
             json!({"at": "2025-01-31T09:00:00Z", "op": "subscribe", "account": "a", "plan": plan}),
             "allow",
         );
+        s
+    }
+
+    /// A script [`Script::subscribed`] to `tiny`, both its lead credits used by
+    /// `a@x.io` and `b@x.io` in `c1`, and `c@x.io` refused there.
+    fn at_the_lead_limit() -> Self {
+        let mut s = Self::subscribed("tiny");
+        s.expect(add("a@x.io", "c1"), "allow +1");
+        s.expect(add("b@x.io", "c1"), "allow +1");
+        s.expect(add("c@x.io", "c1"), "deny lead_credits_exhausted");
         s
     }
 
@@ -80,11 +82,16 @@ fn brief(d: &Decision) -> String {
 }
 
 fn add(email: &str, campaign: &str) -> Value {
-    json!({"at": "2025-02-01T00:00:00Z", "op": "add_lead", "account": "a", "campaign": campaign, "email": email})
+    json!({"at": NOW, "op": "add_lead", "account": "a", "campaign": campaign, "email": email})
 }
 
 fn delete(email: &str, campaign: &str) -> Value {
-    json!({"at": "2025-02-01T00:00:00Z", "op": "delete_lead", "account": "a", "campaign": campaign, "email": email})
+    json!({"at": NOW, "op": "delete_lead", "account": "a", "campaign": campaign, "email": email})
+}
+
+/// A send at [`NOW`] with no message id.
+fn mail(to: Value) -> Value {
+    send(NOW, to, None)
 }
 
 fn send(at: &str, to: Value, message_id: Option<&str>) -> Value {
@@ -100,7 +107,7 @@ fn one_contact_is_one_credit_whatever_its_spelling() {
     let mut s = Script::subscribed("tiny");
     s.expect(add("Ann@Example.com", "c1"), "allow +1");
     s.expect(add("  ann@example.COM ", "c1"), "allow");
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (1, 0));
+    assert_eq!(s.usage(NOW), (1, 0));
 }
 
 #[test]
@@ -111,25 +118,19 @@ fn a_contact_held_by_another_campaign_costs_nothing_and_joins_it() {
     // Now in both: leaving one campaign frees nothing, leaving the second frees it.
     s.expect(delete("ann@example.com", "c1"), "allow");
     s.expect(delete("ann@example.com", "c2"), "allow -1");
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (0, 0));
+    assert_eq!(s.usage(NOW), (0, 0));
 }
 
 #[test]
 fn new_contacts_stop_at_the_lead_limit_but_known_ones_still_join() {
-    let mut s = Script::subscribed("tiny");
-    s.expect(add("a@x.io", "c1"), "allow +1");
-    s.expect(add("b@x.io", "c1"), "allow +1");
-    s.expect(add("c@x.io", "c1"), "deny lead_credits_exhausted");
+    let mut s = Script::at_the_lead_limit();
     s.expect(add("a@x.io", "c2"), "allow");
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (2, 0));
+    assert_eq!(s.usage(NOW), (2, 0));
 }
 
 #[test]
 fn a_freed_credit_is_really_reusable() {
-    let mut s = Script::subscribed("tiny");
-    s.expect(add("a@x.io", "c1"), "allow +1");
-    s.expect(add("b@x.io", "c1"), "allow +1");
-    s.expect(add("c@x.io", "c1"), "deny lead_credits_exhausted");
+    let mut s = Script::at_the_lead_limit();
     s.expect(delete("a@x.io", "c1"), "allow -1");
     s.expect(add("c@x.io", "c1"), "allow +1");
     s.expect(add("a@x.io", "c1"), "deny lead_credits_exhausted");
@@ -141,7 +142,7 @@ fn deleting_a_lead_not_in_the_campaign_frees_nothing() {
     s.expect(add("a@x.io", "c1"), "allow +1");
     s.expect(delete("a@x.io", "c2"), "allow");
     s.expect(delete("zed@x.io", "c1"), "allow");
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (1, 0));
+    assert_eq!(s.usage(NOW), (1, 0));
 }
 
 #[test]
@@ -151,13 +152,13 @@ fn deleting_all_leads_of_a_campaign_frees_only_contacts_no_other_campaign_holds(
         s.expect(add(email, "c1"), "allow +1");
     }
     s.expect(add("b@x.io", "c2"), "allow");
-    let clear = |campaign| json!({"at": "2025-02-01T00:00:00Z", "op": "delete_campaign_leads", "account": "a", "campaign": campaign});
+    let clear = |campaign| json!({"at": NOW, "op": "delete_campaign_leads", "account": "a", "campaign": campaign});
     s.expect(clear("c1"), "allow -2");
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (1, 0));
+    assert_eq!(s.usage(NOW), (1, 0));
     s.expect(clear("c1"), "allow");
     s.expect(clear("c2"), "allow -1");
     s.expect(clear("never-existed"), "allow");
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (0, 0));
+    assert_eq!(s.usage(NOW), (0, 0));
 }
 
 #[test]
@@ -176,58 +177,36 @@ fn invalid_addresses_are_denied_and_change_nothing() {
         s.expect(add(bad, "c1"), "deny invalid_email");
         s.expect(delete(bad, "c1"), "deny invalid_email");
     }
-    s.expect(
-        send("2025-02-01T00:00:00Z", json!(["a@x.io", "broken"]), None),
-        "deny invalid_email",
-    );
+    s.expect(mail(json!(["a@x.io", "broken"])), "deny invalid_email");
     let long = format!("{}@x.io", "a".repeat(250));
     s.expect(add(&long, "c1"), "deny invalid_email");
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (1, 0));
+    assert_eq!(s.usage(NOW), (1, 0));
 }
 
 #[test]
 fn every_email_costs_one_credit_per_distinct_recipient_whatever_its_kind() {
     let mut s = Script::subscribed("roomy");
     for kind in ["first", "follow_up", "reply"] {
-        let mut e = send("2025-02-01T00:00:00Z", json!("b@x.io"), None);
+        let mut e = mail(json!("b@x.io"));
         e["kind"] = json!(kind);
         s.expect(e, "allow +1");
     }
-    s.expect(
-        send(
-            "2025-02-01T00:00:00Z",
-            json!(["c@x.io", "C@X.io ", "d@x.io"]),
-            None,
-        ),
-        "allow +2",
-    );
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (0, 5));
-    s.expect(
-        send("2025-02-01T00:00:00Z", json!([]), None),
-        "deny no_recipients",
-    );
+    s.expect(mail(json!(["c@x.io", "C@X.io ", "d@x.io"])), "allow +2");
+    assert_eq!(s.usage(NOW), (0, 5));
+    s.expect(mail(json!([])), "deny no_recipients");
 }
 
 #[test]
 fn sends_are_all_or_nothing() {
     let mut s = Script::subscribed("tiny");
+    s.expect(mail(json!(["a@x.io", "b@x.io"])), "allow +2");
     s.expect(
-        send("2025-02-01T00:00:00Z", json!(["a@x.io", "b@x.io"]), None),
-        "allow +2",
-    );
-    s.expect(
-        send("2025-02-01T00:00:00Z", json!(["c@x.io", "d@x.io"]), None),
+        mail(json!(["c@x.io", "d@x.io"])),
         "deny email_credits_exhausted",
     );
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (0, 2));
-    s.expect(
-        send("2025-02-01T00:00:00Z", json!("c@x.io"), None),
-        "allow +1",
-    );
-    s.expect(
-        send("2025-02-01T00:00:00Z", json!("c@x.io"), None),
-        "deny email_credits_exhausted",
-    );
+    assert_eq!(s.usage(NOW), (0, 2));
+    s.expect(mail(json!("c@x.io")), "allow +1");
+    s.expect(mail(json!("c@x.io")), "deny email_credits_exhausted");
 }
 
 #[test]
@@ -347,14 +326,7 @@ fn an_upgrade_raises_limits_at_once_and_keeps_usage_and_anchor() {
     let mut s = Script::subscribed("tiny");
     s.expect(add("a@x.io", "c1"), "allow +1");
     s.expect(add("b@x.io", "c1"), "allow +1");
-    s.expect(
-        send(
-            "2025-02-01T00:00:00Z",
-            json!(["a@x.io", "b@x.io", "c@x.io"]),
-            None,
-        ),
-        "allow +3",
-    );
+    s.expect(mail(json!(["a@x.io", "b@x.io", "c@x.io"])), "allow +3");
     s.expect(add("c@x.io", "c1"), "deny lead_credits_exhausted");
     let d = s.expect(
         json!({"at": "2025-02-02T00:00:00Z", "op": "change_plan", "account": "a", "plan": "roomy"}),
@@ -384,11 +356,7 @@ fn a_downgrade_below_usage_is_allowed_and_blocks_until_usage_falls() {
         s.expect(add(email, "c1"), "allow +1");
     }
     s.expect(
-        send(
-            "2025-02-01T00:00:00Z",
-            json!(["a@x.io", "b@x.io", "c@x.io", "d@x.io"]),
-            None,
-        ),
+        mail(json!(["a@x.io", "b@x.io", "c@x.io", "d@x.io"])),
         "allow +4",
     );
     s.expect(
@@ -419,10 +387,7 @@ fn unlimited_plans_have_no_ceiling() {
         s.expect(add(&format!("p{i}@x.io"), "c1"), "allow +1");
     }
     let many: Vec<String> = (0..200).map(|i| format!("r{i}@x.io")).collect();
-    let d = s.expect(
-        send("2025-02-01T00:00:00Z", json!(many), None),
-        "allow +200",
-    );
+    let d = s.expect(mail(json!(many)), "allow +200");
     let u = d.usage.expect("usage");
     assert_eq!((u.lead_credits.limit, u.email_credits.limit), (None, None));
 }
@@ -494,7 +459,10 @@ fn accounts_are_independent() {
     );
     s.expect(add("a@x.io", "c1"), "allow +1");
     s.expect(add("b@x.io", "c1"), "allow +1");
-    s.expect(json!({"at": "2025-02-01T00:00:00Z", "op": "add_lead", "account": "b", "campaign": "c1", "email": "a@x.io"}), "allow +1");
+    s.expect(
+        json!({"at": NOW, "op": "add_lead", "account": "b", "campaign": "c1", "email": "a@x.io"}),
+        "allow +1",
+    );
 }
 
 #[test]
@@ -507,7 +475,7 @@ fn a_counted_charge_is_all_or_nothing_and_once_per_message_id() {
     s.expect(charge(2, "postfix/77B1"), "deny email_credits_exhausted");
     s.expect(charge(1, "postfix/77B1"), "allow +1");
     s.expect(charge(0, "postfix/0000"), "deny no_recipients");
-    assert_eq!(s.usage("2025-02-01T00:00:00Z"), (0, 3));
+    assert_eq!(s.usage(NOW), (0, 3));
     let unknown =
         json!({"at": "2025-02-01T00:00:00Z", "op": "charge_email", "account": "ghost", "cost": 1});
     s.expect(unknown, "deny unknown_account");

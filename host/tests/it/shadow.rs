@@ -13,36 +13,14 @@ use creditgate::gateway::Gateway;
 use creditgate::request::Request;
 use creditgate::store::MemoryStore;
 
+use creditgate_testkit::http::Client;
+
 use crate::harness::{self, charge};
 
 /// `mid_b` and `mid_c` tie on email credits and lead credits: the name
 /// decides. `mid_a` ties on email credits with more leads. `wide` holds many
 /// leads and few emails; `open` is unlimited.
-const UPGRADES: &str = "\
-[plans.small]
-lead_credits = 1
-email_credits = 2
-
-[plans.mid_c]
-lead_credits = 5
-email_credits = 10
-
-[plans.mid_a]
-lead_credits = 7
-email_credits = 10
-
-[plans.mid_b]
-lead_credits = 5
-email_credits = 10
-
-[plans.wide]
-lead_credits = 100
-email_credits = 3
-
-[plans.open]
-lead_credits = \"unlimited\"
-email_credits = \"unlimited\"
-";
+const UPGRADES: &str = include_str!("../fixtures/policies/upgrades.toml");
 
 fn line(worker: &mut creditgate::runtime::Worker, event: Value) -> Value {
     let text = harness::outcome(worker, &event.to_string());
@@ -114,25 +92,7 @@ fn no_plan_is_named_when_none_would_allow_it() {
     assert_eq!(denied["upgrade_to"], Value::Null);
 }
 
-const MODES: &str = "\
-[plans.trial]
-lead_credits = 1
-email_credits = 2
-mode = \"shadow\"
-
-[plans.paid]
-lead_credits = 1
-email_credits = 2
-
-[plans.strict]
-lead_credits = 1
-email_credits = 2
-mode = \"enforce\"
-
-[plans.big]
-lead_credits = 10
-email_credits = 10
-";
+const MODES: &str = include_str!("../fixtures/policies/modes.toml");
 
 #[test]
 fn a_plan_in_shadow_is_charged_past_its_limit_and_says_what_enforcement_would() {
@@ -349,27 +309,9 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
     write_config("shadow");
     let (child, base) =
         crate::http::spawn_http(dir.path(), &["--config", config.to_str().expect("utf-8")]);
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let post = |path: &str, body: Value| -> Value {
-        let mut response = agent
-            .post(format!("{base}{path}"))
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .expect("answers");
-        serde_json::from_str(&response.body_mut().read_to_string().expect("a body")).expect("JSON")
-    };
-    let get = |path: &str| -> String {
-        agent
-            .get(format!("{base}{path}"))
-            .call()
-            .expect("answers")
-            .body_mut()
-            .read_to_string()
-            .expect("a body")
-    };
+    let api = Client::new(base.as_str());
+    let post = |path: &str, body: Value| -> Value { api.post(path, &body.to_string()).json() };
+    let get = |path: &str| -> String { api.get(path).body };
     post("/v1/accounts/acme/subscription", json!({"plan": "small"}));
     let email = json!({"account": "acme", "to": ["a@x.io", "b@x.io", "c@x.io"]});
     let answer = post("/v1/decide/email", email.clone());
@@ -388,9 +330,9 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
         (&json!(3), &json!(2))
     );
     let metrics = get("/metrics");
-    assert!(
-        metrics.contains("creditgate_shadow_refusals_total{reason=\"email_credits_exhausted\"} 1"),
-        "{metrics}"
+    harness::assert_has(
+        &metrics,
+        "creditgate_shadow_refusals_total{reason=\"email_credits_exhausted\"} 1",
     );
     let page = get("/");
     assert!(
@@ -432,7 +374,7 @@ fn serve_in_shadow_over_http_then_enforce_after_a_reload() {
             && stderr.contains("email_credits_exhausted"),
         "the log names the account and the reason: {stderr}"
     );
-    assert!(stderr.contains("the gateway's mode changed"), "{stderr}");
+    harness::assert_has(&stderr, "the gateway's mode changed");
 
     let serve_check = |config: &std::path::Path| {
         harness::creditgate_command()

@@ -66,7 +66,7 @@ fn a_command_that_only_reads_does_not_create_a_missing_store() {
         .arg(dir.path().join("copy.redb"))
         .output()
         .expect("runs");
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    harness::assert_exit(&o, 2);
     assert!(!typo.exists());
 }
 
@@ -78,9 +78,9 @@ fn a_subscription_creates_a_missing_store() {
         &["account", "subscribe", "acme", "--plan", "base"],
         b"",
     );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     let o = run(&store, &["account", "list"], b"");
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("acme"));
 }
 
@@ -98,11 +98,11 @@ fn an_empty_store_file_is_refused_by_every_command() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let expected = format!("the store {} is an empty file", store.display());
         assert!(stderr(&o).contains(&expected), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("--init-store"), "{}", stderr(&o));
+        harness::assert_stderr_has(&o, "--init-store");
     }
     let o = run(&store, &["serve", "--postfix-listen", "off"], b"");
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("is an empty file"), "{}", stderr(&o));
+    harness::assert_exit(&o, 2);
+    harness::assert_stderr_has(&o, "is an empty file");
     assert_eq!(std::fs::metadata(&store).expect("still there").len(), 0);
 }
 
@@ -134,13 +134,9 @@ fn serve_init_store_starts_a_ledger_in_an_empty_file() {
         &words("serve --postfix-listen off --http-listen off --init-store"),
         b"",
     );
-    assert!(
-        stderr(&o).contains("every listener is off"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_stderr_has(&o, "every listener is off");
     let o = run(&store, &["account", "list"], b"");
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
 
     // The same from the config file.
     let store = harness::write_file(dir.path(), "second.redb", b"");
@@ -154,11 +150,7 @@ fn serve_init_store_starts_a_ledger_in_an_empty_file() {
         &["serve", "--config", config.to_str().expect("utf-8")],
         b"",
     );
-    assert!(
-        stderr(&o).contains("every listener is off"),
-        "{}",
-        stderr(&o)
-    );
+    harness::assert_stderr_has(&o, "every listener is off");
     assert!(std::fs::metadata(&store).expect("there").len() > 0);
 }
 
@@ -277,7 +269,7 @@ fn a_command_that_only_reads_replays_the_journal() {
         crash_copy(&path, &image);
     }
     let o = run(&image, &["account", "list"], b"");
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    harness::assert_exit(&o, 0);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("acme"),
         "{}",
@@ -297,14 +289,14 @@ fn a_journal_that_is_not_the_stores_is_refused_and_named() {
     std::fs::copy(journal_path(&a), journal_path(&b)).expect("copies a's journal");
     match RedbStore::open(&b) {
         Err(StoreError::Corrupt(m)) => {
-            assert!(m.contains("belongs to another store"), "{m}");
+            harness::assert_has(&m, "belongs to another store");
             assert!(m.contains(&journal_path(&b).display().to_string()), "{m}");
         }
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
     let o = run(&b, &["account", "list"], b"");
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("another store"), "{}", stderr(&o));
+    harness::assert_exit(&o, 2);
+    harness::assert_stderr_has(&o, "another store");
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use crate::check::{assert_golden, creditgate, repo, text};
-use crate::harness::words;
+use crate::check::{assert_golden, assert_golden_stderr, creditgate};
+use crate::harness::{self, text, words};
 
 /// Suite files under `dir`, recursively: the `.toml` files with a `[[case]]`.
 fn suite_files(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
@@ -28,7 +28,7 @@ fn suite_files(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
 fn the_shipped_suites_all_pass() {
     // Counted here independently of the runner, so that a suite it failed to find
     // or a case it skipped shows up as a wrong total.
-    let cases: usize = suite_files(&repo().join("policies/tests"))
+    let cases: usize = suite_files(&harness::repo().join("policies/tests"))
         .iter()
         .map(|(_, content)| content.lines().filter(|l| l.trim() == "[[case]]").count())
         .sum();
@@ -51,7 +51,7 @@ fn the_shipped_suites_all_pass() {
 
 #[test]
 fn every_shipped_policy_is_documented_by_a_suite() {
-    let named: Vec<std::path::PathBuf> = suite_files(&repo().join("policies/tests"))
+    let named: Vec<std::path::PathBuf> = suite_files(&harness::repo().join("policies/tests"))
         .iter()
         .map(|(path, content)| {
             let suite: toml::Table = toml::from_str(content).expect("suite parses");
@@ -64,7 +64,10 @@ fn every_shipped_policy_is_documented_by_a_suite() {
         })
         .collect();
     for policy in ["policies/smartlead.toml", "policies/example.toml"] {
-        let policy = repo().join(policy).canonicalize().expect("policy exists");
+        let policy = harness::repo()
+            .join(policy)
+            .canonicalize()
+            .expect("policy exists");
         assert!(
             named.contains(&policy),
             "no suite tests {}",
@@ -76,7 +79,7 @@ fn every_shipped_policy_is_documented_by_a_suite() {
 #[test]
 fn a_failing_suite_prints_its_golden_report_and_exits_1() {
     let out = creditgate(&["test", "host/tests/fixtures/suites"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 1);
     assert_eq!(text(&out.stderr), "");
     let stdout = text(&out.stdout);
     assert_eq!(stdout.lines().last(), Some("1 passed, 2 failed"));
@@ -99,29 +102,24 @@ fn a_filter_runs_only_the_cases_whose_name_contains_it() {
     let out = creditgate(&words(
         "test --filter expects_usage host/tests/fixtures/suites",
     ));
-    assert_eq!(out.status.code(), Some(1));
+    harness::assert_exit(&out, 1);
     assert_eq!(text(&out.stdout).lines().last(), Some("0 passed, 1 failed"));
 }
 
 #[test]
 fn invalid_suites_are_input_errors_and_nothing_runs() {
     let out = creditgate(&["test", "host/tests/fixtures/invalid-suites"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(text(&out.stdout), "");
-    assert_golden(
-        "host/tests/fixtures/invalid-suites/errors.expected",
-        &text(&out.stderr),
-    );
+    harness::assert_exit(&out, 2);
+    assert_golden_stderr(&out, "host/tests/fixtures/invalid-suites/errors.expected");
 }
 
 #[test]
 fn a_missing_path_is_an_input_error() {
     let out = creditgate(&["test", "policies/no-such-suites"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).starts_with("error: cannot read policies/no-such-suites: "),
-        "{}",
-        text(&out.stderr)
+    harness::assert_exit(&out, 2);
+    harness::assert_starts(
+        &text(&out.stderr),
+        "error: cannot read policies/no-such-suites: ",
     );
 }
 
@@ -173,7 +171,7 @@ fn every_invalid_case_of_a_suite_is_reported() {
         .arg(&suite)
         .output()
         .expect("runs");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    harness::assert_exit(&out, 2);
     assert_eq!(text(&out.stdout), "");
     let stderr = text(&out.stderr);
     let errors: Vec<&str> = stderr
@@ -242,12 +240,12 @@ fn a_suite_runs_from_any_directory_and_reports_every_failing_case() {
 
 #[test]
 fn the_suite_format_is_documented_and_linked_from_the_readme() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let readme = harness::repo_text("README.md");
     assert!(
         readme.contains("(policies/tests/README.md)"),
         "the README does not link the suite format"
     );
-    let format = std::fs::read_to_string(repo().join("policies/tests/README.md")).expect("format");
+    let format = harness::repo_text("policies/tests/README.md");
     for key in [
         "policy",
         "[[case]]",

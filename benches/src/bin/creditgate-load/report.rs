@@ -631,9 +631,13 @@ commit (per batch)         4000    2.65 ms    6.00 ms    9.00 ms    12.00 ms
 
     #[test]
     fn human_units() {
-        assert_eq!(human(789), "789 ns");
-        assert_eq!(human(45_600), "45.6 µs");
-        assert_eq!(human(1_234_000), "1.23 ms");
-        assert_eq!(human(2_500_000_000), "2.50 s");
+        for (nanos, text) in [
+            (789, "789 ns"),
+            (45_600, "45.6 µs"),
+            (1_234_000, "1.23 ms"),
+            (2_500_000_000, "2.50 s"),
+        ] {
+            assert_eq!(human(nanos), text, "{nanos} ns");
+        }
     }
 }

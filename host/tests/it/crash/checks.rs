@@ -11,8 +11,8 @@ use creditgate::store::{RedbStore, Store};
 
 use super::oracle::{ClientLog, Known, PLANS, Rng, Shared, lock};
 use super::server::{Files, Serve};
-use super::traffic::{agent, http};
-use super::{CLIENTS, REQUEST_TIMEOUT, Report};
+use super::traffic::{api, http};
+use super::{CLIENTS, Report};
 
 /// What an image holds per account: the email credits used in the newest cycle,
 /// the lead credits used, and the memberships `(campaign, contact)`.
@@ -371,8 +371,7 @@ pub(super) fn compare_usage(
     rng: &mut Rng,
     shared: &Shared,
 ) {
-    let probe = agent(REQUEST_TIMEOUT);
-    let base = format!("http://{}", serve.http);
+    let probe = api(format!("http://{}", serve.http));
     let names: Vec<&String> = held.keys().collect();
     let mut sample: BTreeSet<&String> = names.iter().rev().take(8).copied().collect();
     for _ in 0..4.min(names.len()) {
@@ -381,7 +380,7 @@ pub(super) fn compare_usage(
     for name in sample {
         let h = &held[name];
         let path = format!("/v1/accounts/{name}/usage");
-        match http(&probe, &base, "GET", &path, None) {
+        match http(&probe, "GET", &path, None) {
             Ok((200, v)) => {
                 let (emails, leads) = (
                     v["email_credits"]["used"].as_u64(),

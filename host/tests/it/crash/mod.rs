@@ -57,9 +57,9 @@ use serde_json::json;
 use checks::{Held, check_image, check_the_checker, check_through_the_cli, compare_usage};
 use oracle::{AccountEntry, EndClients, Known, PLANS, Rng, Shared, Stats, lock};
 use server::{Files, Serve, copy_image, image_label, kill, spawn, start, terminate};
-use traffic::{agent, client_loop, http};
+use traffic::{api, client_loop, http};
 
-/// Client threads, each with its own HTTP agent and Postfix connection.
+/// Client threads, each with its own HTTP client and Postfix connection.
 const CLIENTS: usize = 6;
 
 /// Decision workers of the server: more than the cores, as in production.
@@ -235,14 +235,13 @@ fn run(files: &Files, shared: &Shared, rng: &mut Rng, kills: u64, report: &mut R
     report.starts.push(first.spawned.elapsed());
     // A few accounts to begin with; clients subscribe more as they go.
     {
-        let probe = agent(REQUEST_TIMEOUT);
-        let base = format!("http://{}", first.http);
+        let probe = api(format!("http://{}", first.http));
         let mut accounts = lock(&shared.accounts);
         for (i, plan) in [0, 0, 2, 1].into_iter().enumerate() {
             let name = format!("seed{i}");
             let path = format!("/v1/accounts/{name}/subscription");
             let body = json!({ "plan": PLANS[plan].name });
-            let answer = http(&probe, &base, "POST", &path, Some(&body));
+            let answer = http(&probe, "POST", &path, Some(&body));
             assert!(
                 matches!(answer, Ok((201, _))),
                 "subscribing {name}: {answer:?}"

@@ -184,6 +184,16 @@ impl ClientLog {
         self.seq += 1;
         self.seq
     }
+
+    /// What this client knows of `account`'s `campaign`, and its counts.
+    pub(super) fn campaign(
+        &mut self,
+        account: &str,
+        campaign: &str,
+    ) -> (&mut BTreeMap<String, Known>, &mut Stats) {
+        let key = (account.to_owned(), campaign.to_owned());
+        (self.leads.entry(key).or_default(), &mut self.stats)
+    }
 }
 
 pub(super) struct AccountEntry {

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{MutexGuard, PoisonError};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use creditgate_testkit::http::Client as HttpClient;
 use creditgate_testkit::serve::postfix_request;
 
 use super::oracle::{
@@ -17,40 +17,23 @@ use super::oracle::{
 };
 use super::{POOL, REQUEST_TIMEOUT, SWEEP};
 
-pub(super) fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
+/// A client of the HTTP API at `base`, each request bounded by [`REQUEST_TIMEOUT`].
+pub(super) fn api(base: String) -> HttpClient {
+    HttpClient::with_timeout(base, REQUEST_TIMEOUT)
 }
 
 /// One HTTP request: its status and JSON body, or why no answer came.
 pub(super) fn http(
-    agent: &ureq::Agent,
-    base: &str,
+    api: &HttpClient,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, Value), String> {
-    let url = format!("{base}{path}");
-    let sent = match (method, body) {
-        ("GET", _) => agent.get(&url).call(),
-        ("DELETE", _) => agent.delete(&url).call(),
-        ("POST", Some(body)) => agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(body.to_string()),
-        _ => return Err(format!("no such request in this test: {method} {path}")),
-    };
-    let mut response = sent.map_err(|e| format!("{method} {path}: {e}"))?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .read_to_string()
+    let body = body.map(Value::to_string);
+    let answer = (api.try_send(method, path, &[], body.as_deref()))
         .map_err(|e| format!("{method} {path}: {e}"))?;
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok((status, value))
+    let value = serde_json::from_str(&answer.body).unwrap_or(Value::String(answer.body));
+    Ok((answer.status, value))
 }
 
 pub(super) fn contact(j: u64) -> String {
@@ -108,8 +91,7 @@ pub(super) enum Charge {
 pub(super) struct Client<'s> {
     pub(super) id: usize,
     pub(super) shared: &'s Shared,
-    pub(super) agent: ureq::Agent,
-    pub(super) base: String,
+    pub(super) api: HttpClient,
     pub(super) postfix: SocketAddr,
     pub(super) stream: Option<TcpStream>,
 }
@@ -138,12 +120,11 @@ pub(super) fn client_loop(id: usize, shared: &Shared, seed: u64) {
             };
             (control.http.clone(), postfix, control.sweep)
         };
-        // A fresh agent each phase: connections pooled before a kill are dead.
+        // A fresh client each phase: connections pooled before a kill are dead.
         let mut client = Client {
             id,
             shared,
-            agent: agent(REQUEST_TIMEOUT),
-            base,
+            api: api(base),
             postfix,
             stream: None,
         };
@@ -314,13 +295,7 @@ impl Client<'_> {
         // The API keeps its ids under `http/` (issue 14.3).
         let id = key.strip_prefix("http/").unwrap_or(key);
         let body = json!({"account": account, "to": to, "kind": kind, "message_id": id});
-        let answer = match http(
-            &self.agent,
-            &self.base,
-            "POST",
-            "/v1/decide/email",
-            Some(&body),
-        ) {
+        let answer = match http(&self.api, "POST", "/v1/decide/email", Some(&body)) {
             Ok((200, v)) if v["decision"] == "allow" => Charge::Allowed {
                 charged: v["charged"].as_u64(),
                 used: v["email_credits"]["used"].as_u64(),
@@ -459,24 +434,14 @@ impl Client<'_> {
         }
         let emails: Vec<String> = picked.into_iter().map(contact).collect();
         let path = format!("/v1/accounts/{account}/campaigns/{campaign}/leads");
-        let answer = http(
-            &self.agent,
-            &self.base,
-            "POST",
-            &path,
-            Some(&json!({ "emails": emails })),
-        );
+        let answer = http(&self.api, "POST", &path, Some(&json!({ "emails": emails })));
         let mut problems = Vec::new();
-        let mut guard = self.log();
-        let log = &mut *guard;
-        let held = log
-            .leads
-            .entry((account.to_owned(), campaign.clone()))
-            .or_default();
+        let mut log = self.log();
+        let (held, stats) = log.campaign(account, &campaign);
         let flow = match answer {
             Ok((200, v)) => {
-                log.stats.decisions += 1;
-                log.stats.allowed += 1;
+                stats.decisions += 1;
+                stats.allowed += 1;
                 let results = v["results"].as_array().cloned().unwrap_or_default();
                 if results.len() != emails.len() {
                     problems.push(format!("a batch of {} answered {v}", emails.len()));
@@ -502,7 +467,7 @@ impl Client<'_> {
                         "lead_credits_exhausted" if PLANS[plan].shadow => problems.push(format!(
                             "{email} was refused for credits in {account}, whose plan is in shadow"
                         )),
-                        "lead_credits_exhausted" => log.stats.leads_exhausted += 1,
+                        "lead_credits_exhausted" => stats.leads_exhausted += 1,
                         other => problems.push(format!("{email}: unexpected outcome {other}")),
                     }
                     *state = if outcome == "lead_credits_exhausted" {
@@ -528,10 +493,10 @@ impl Client<'_> {
                         *state = Known::Maybe;
                     }
                 }
-                undecided(&mut log.stats, &other, account, &mut problems)
+                undecided(stats, &other, account, &mut problems)
             }
         };
-        drop(guard);
+        drop(log);
         self.finish(problems, flow)
     }
 
@@ -607,27 +572,23 @@ impl Client<'_> {
         allowed: impl FnOnce(&mut BTreeMap<String, Known>, u64, &mut Vec<String>),
         unsure: impl FnOnce(&mut BTreeMap<String, Known>),
     ) -> Flow {
-        let answer = http(&self.agent, &self.base, "DELETE", path, None);
+        let answer = http(&self.api, "DELETE", path, None);
         let mut problems = Vec::new();
-        let mut guard = self.log();
-        let log = &mut *guard;
-        let held = log
-            .leads
-            .entry((account.to_owned(), campaign.to_owned()))
-            .or_default();
+        let mut log = self.log();
+        let (held, stats) = log.campaign(account, campaign);
         let flow = match answer {
             Ok((200, v)) if v["decision"] == "allow" => {
-                log.stats.decisions += 1;
-                log.stats.allowed += 1;
+                stats.decisions += 1;
+                stats.allowed += 1;
                 allowed(held, v["freed"].as_u64().unwrap_or(u64::MAX), &mut problems);
                 Flow::Go
             }
             other => {
                 unsure(held);
-                undecided(&mut log.stats, &other, account, &mut problems)
+                undecided(stats, &other, account, &mut problems)
             }
         };
-        drop(guard);
+        drop(log);
         self.finish(problems, flow)
     }
 
@@ -647,7 +608,7 @@ impl Client<'_> {
         );
         let body = json!({ "plan": PLANS[plan].name });
         let path = format!("/v1/accounts/{name}/subscription");
-        let answer = http(&self.agent, &self.base, "POST", &path, Some(&body));
+        let answer = http(&self.api, "POST", &path, Some(&body));
         let (known, flow) = match &answer {
             Ok((201, _)) => (Known::Yes, Flow::Go),
             Ok((status, v)) => {
@@ -703,7 +664,7 @@ impl Client<'_> {
     /// Usage is at least what this client alone knows to be held, and within limits.
     pub(super) fn usage(&mut self, account: &str, plan: usize) -> Flow {
         let path = format!("/v1/accounts/{account}/usage");
-        match http(&self.agent, &self.base, "GET", &path, None) {
+        match http(&self.api, "GET", &path, None) {
             Ok((200, v)) => {
                 let emails = v["email_credits"]["used"].as_u64().unwrap_or(u64::MAX);
                 let leads = v["lead_credits"]["used"].as_u64().unwrap_or(u64::MAX);
