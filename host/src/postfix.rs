@@ -1477,36 +1477,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn account_from_sender() {
-        let c = config(AccountFrom::Sender);
-        assert_eq!(
-            c.map(&rcpt("", "Al@Example.COM")),
-            checked("al@example.com")
-        );
-        // The null sender (a bounce) names no account.
+    /// Under `from` (which a `NoAccount` names `name`), `sender` maps to
+    /// `account`, and the null sender (a bounce) names no account:
+    /// `no_account`'s action, fail-open by default.
+    fn maps_the_sender(
+        from: AccountFrom,
+        name: &'static str,
+        sender: &str,
+        account: &str,
+    ) -> PostfixConfig {
+        let c = config(from);
+        assert_eq!(c.map(&rcpt("", sender)), checked(account));
         assert_eq!(
             c.map(&rcpt("acme", "")),
-            Err(MappingError::NoAccount { from: "sender" })
+            Err(MappingError::NoAccount { from: name })
+        );
+        c
+    }
+
+    #[test]
+    fn account_from_sender() {
+        maps_the_sender(
+            AccountFrom::Sender,
+            "sender",
+            "Al@Example.COM",
+            "al@example.com",
         );
     }
 
     #[test]
     fn account_from_sender_domain() {
-        let c = config(AccountFrom::SenderDomain);
-        assert_eq!(
-            c.map(&rcpt("", "\"a@b\"@Mail.Example.COM")),
-            checked("mail.example.com")
+        let c = maps_the_sender(
+            AccountFrom::SenderDomain,
+            "sender_domain",
+            "\"a@b\"@Mail.Example.COM",
+            "mail.example.com",
         );
-        // Only the null sender names no account (no_account's action, fail-open
-        // by default, for bounces); a sender without a domain names one badly,
-        // and fails closed: it is not a way out uncharged.
-        assert_eq!(
-            c.map(&rcpt("acme", "")),
-            Err(MappingError::NoAccount {
-                from: "sender_domain"
-            })
-        );
+        // Only the null sender names no account; a sender without a domain
+        // names one badly, and fails closed: it is not a way out uncharged.
         for sender in ["postmaster", "al@", " al@ "] {
             assert_eq!(
                 c.map(&rcpt("acme", sender)),
