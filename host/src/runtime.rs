@@ -1090,6 +1090,10 @@ impl Worker {
     /// fired them. A failure to log is reported, not returned: the decision itself
     /// stands, and failing it now would hide a charge already applied.
     fn log_alerts(&mut self, fired: Vec<FiredAlert>, now: i64) {
+        // Most decisions fire none: then the store is not even borrowed.
+        if fired.is_empty() {
+            return;
+        }
         let store = self.instance.shared_store();
         for alert in fired {
             if let Err(e) = alerts::record(store.as_ref(), &alert, now) {
