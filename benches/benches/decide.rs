@@ -60,6 +60,14 @@ fn send(account: &str) -> Request {
     }
 }
 
+/// What serve asks at SMTP RCPT time: may one more email credit be spent?
+fn check(account: &str) -> Request {
+    Request::CheckEmail {
+        account: account.into(),
+        cost: 1,
+    }
+}
+
 fn lead(account: &str) -> Request {
     Request::AddLead {
         account: account.into(),
@@ -118,7 +126,7 @@ fn decisions(c: &mut Criterion) {
     let engine = native_engine(&mut st);
     if let Some((line, n)) = counted() {
         let mut worker = wasm_worker(&runtime, Arc::new(MemoryStore::new()));
-        let (email, add) = (send("acme"), lead("acme"));
+        let (email, add, rcpt) = (send("acme"), lead("acme"), check("acme"));
         match line.as_str() {
             "decide/email/native/memory" => count_and_exit(n, || {
                 let kind = creditgate_guest::bindings::EmailKind::First;
@@ -131,6 +139,10 @@ fn decisions(c: &mut Criterion) {
                 count_and_exit(n, || worker.decide(black_box(&email), T0))
             }
             "decide/lead/wasm/memory" => count_and_exit(n, || worker.decide(black_box(&add), T0)),
+            "decide/check/native/memory" => {
+                count_and_exit(n, || engine.check_email(&mut st, black_box("acme"), 1, T0))
+            }
+            "decide/check/wasm/memory" => count_and_exit(n, || worker.decide(black_box(&rcpt), T0)),
             other => panic!("CREDITGATE_BENCH_COUNT: no line {other:?} to count"),
         }
     }
@@ -155,6 +167,13 @@ fn decisions(c: &mut Criterion) {
                 .expect("decides")
         })
     });
+    c.bench_function("decide/check/native/memory", |b| {
+        b.iter(|| {
+            engine
+                .check_email(&mut st, black_box("acme"), 1, T0)
+                .expect("decides")
+        })
+    });
 
     let mut worker = wasm_worker(&runtime, Arc::new(MemoryStore::new()));
     let (email, add) = (send("acme"), lead("acme"));
@@ -163,6 +182,11 @@ fn decisions(c: &mut Criterion) {
     });
     c.bench_function("decide/lead/wasm/memory", |b| {
         b.iter(|| worker.decide(black_box(&add), T0).expect("decides"))
+    });
+    // The call serve makes at SMTP RCPT time: no address crosses, a tally is read.
+    let rcpt = check("acme");
+    c.bench_function("decide/check/wasm/memory", |b| {
+        b.iter(|| worker.decide(black_box(&rcpt), T0).expect("decides"))
     });
 
     let dir = tempfile::tempdir().expect("temp dir");

@@ -984,6 +984,9 @@ impl Hasher for Fnv {
     }
 }
 
+/// Handles an instance gave, by the name they stand for.
+type Handles = HashMap<String, u32, BuildHasherDefault<Fnv>>;
+
 /// Account and campaign handles a worker keeps before it asks its instance to
 /// forget them all (see the WIT's `forget-handles`).
 const MAX_HANDLES: usize = 16_384;
@@ -1004,9 +1007,9 @@ pub struct Worker {
     /// The mode each of those plans is decided in, as the component said.
     modes: Vec<Mode>,
     /// Handles of the accounts the instance has resolved (WIT `account-handle`).
-    accounts: HashMap<String, u32, BuildHasherDefault<Fnv>>,
+    accounts: Handles,
     /// Handles of the campaigns the instance has resolved (WIT `campaign-handle`).
-    campaigns: HashMap<String, u32, BuildHasherDefault<Fnv>>,
+    campaigns: Handles,
     /// Calls so far, to pick the ones whose guest/store split is timed.
     calls: u32,
     latencies: Latencies,
@@ -1309,21 +1312,35 @@ impl Worker {
 
     /// The handle of `account` in this instance, resolved on first use.
     fn account_handle(&mut self, account: &str) -> Result<u32, DecideError> {
-        if let Some(&handle) = self.accounts.get(account) {
-            return Ok(handle);
-        }
-        let handle = self.plain_call(|p, s| p.call_account_handle(s, account))?;
-        self.accounts.insert(account.to_string(), handle);
-        Ok(handle)
+        self.handle(
+            account,
+            |w| &mut w.accounts,
+            |p, s, name| p.call_account_handle(s, name),
+        )
     }
 
     /// The handle of `campaign` in this instance, resolved on first use.
     fn campaign_handle(&mut self, campaign: &str) -> Result<u32, DecideError> {
-        if let Some(&handle) = self.campaigns.get(campaign) {
+        self.handle(
+            campaign,
+            |w| &mut w.campaigns,
+            |p, s, name| p.call_campaign_handle(s, name),
+        )
+    }
+
+    /// The handle of `name` in the map `handles` picks, asked of the instance
+    /// by `resolve` on first use.
+    fn handle(
+        &mut self,
+        name: &str,
+        handles: fn(&mut Self) -> &mut Handles,
+        resolve: fn(&Guest, &mut wasmtime::Store<HostState>, &str) -> wasmtime::Result<u32>,
+    ) -> Result<u32, DecideError> {
+        if let Some(&handle) = handles(self).get(name) {
             return Ok(handle);
         }
-        let handle = self.plain_call(|p, s| p.call_campaign_handle(s, campaign))?;
-        self.campaigns.insert(campaign.to_string(), handle);
+        let handle = self.plain_call(|p, s| resolve(p, s, name))?;
+        handles(self).insert(name.to_string(), handle);
         Ok(handle)
     }
 
