@@ -1179,7 +1179,15 @@ impl Worker {
                 kind,
                 message_id,
                 ..
-            } => p.call_send_email(s, account, to, *kind, message_id.as_deref(), now),
+            } => {
+                // One recipient travels alone (see the WIT's `send-email`).
+                let (first, more) = match to.split_first() {
+                    Some((first, [])) => (Some(first.as_str()), None),
+                    Some((first, more)) => (Some(first.as_str()), Some(more)),
+                    None => (None, None),
+                };
+                p.call_send_email(s, account, first, more, *kind, message_id.as_deref(), now)
+            }
             Request::ChargeEmail {
                 cost, message_id, ..
             } => p.call_charge_email(s, account, *cost, message_id.as_deref(), now),
