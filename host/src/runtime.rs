@@ -751,19 +751,13 @@ impl state::Host for HostState {
         let (store, names, clock) = self.parts();
         let (scope, counter) = (names.get(scope)?, names.get(counter)?);
         let guard = guard_of(names, guard)?;
-        // The store keeps a once key whole, as 0.1.0 wrote it.
         let once = match once {
-            Some(o) => {
-                let prefix = names.get(o.prefix)?;
-                let mut key = String::with_capacity(prefix.len() + o.key.len());
-                key.push_str(prefix);
-                key.push_str(&o.key);
-                Some(Once {
-                    key,
-                    fingerprint: o.fingerprint,
-                    expires_at: o.expires_at,
-                })
-            }
+            Some(o) => Some(Once::joined(
+                names.get(o.prefix)?,
+                &o.key,
+                o.fingerprint,
+                o.expires_at,
+            )),
             None => None,
         };
         let add = CounterAdd {
