@@ -60,6 +60,14 @@ fn send(account: &str) -> Request {
     }
 }
 
+/// What serve asks at SMTP RCPT time: may one more email credit be spent?
+fn check(account: &str) -> Request {
+    Request::CheckEmail {
+        account: account.into(),
+        cost: 1,
+    }
+}
+
 fn lead(account: &str) -> Request {
     Request::AddLead {
         account: account.into(),
@@ -90,6 +98,25 @@ fn native_engine(st: &mut NativeState) -> Engine {
     engine
 }
 
+/// `CREDITGATE_BENCH_COUNT=<line>:<n>` (a line of [`decisions`] on the memory
+/// store, say `decide/email/wasm/memory:100000`): that line's decision `n` times,
+/// then the process exits. For `perf stat -e instructions:u`: two counts of
+/// different `n` give instructions per decision, which hold on a machine whose
+/// other load makes wall times noise.
+fn counted() -> Option<(String, u64)> {
+    let spec = std::env::var("CREDITGATE_BENCH_COUNT").ok()?;
+    let (line, n) = spec.rsplit_once(':')?;
+    Some((line.to_string(), n.parse().ok()?))
+}
+
+/// Runs `decide` `n` times and exits, for [`counted`].
+fn count_and_exit<T>(n: u64, mut decide: impl FnMut() -> T) -> ! {
+    for _ in 0..n {
+        black_box(decide());
+    }
+    std::process::exit(0)
+}
+
 fn decisions(c: &mut Criterion) {
     let runtime =
         Runtime::new(&ComponentSource::Builtin, RuntimeConfig::default()).expect("component loads");
@@ -97,6 +124,28 @@ fn decisions(c: &mut Criterion) {
 
     let mut st = NativeState::new(Arc::new(MemoryStore::new()));
     let engine = native_engine(&mut st);
+    if let Some((line, n)) = counted() {
+        let mut worker = wasm_worker(&runtime, Arc::new(MemoryStore::new()));
+        let (email, add, rcpt) = (send("acme"), lead("acme"), check("acme"));
+        match line.as_str() {
+            "decide/email/native/memory" => count_and_exit(n, || {
+                let kind = creditgate_guest::bindings::EmailKind::First;
+                engine.send_email(&mut st, black_box("acme"), &to, kind, None, T0)
+            }),
+            "decide/lead/native/memory" => count_and_exit(n, || {
+                engine.add_lead(&mut st, black_box("acme"), "q1", "ann@example.com", T0)
+            }),
+            "decide/email/wasm/memory" => {
+                count_and_exit(n, || worker.decide(black_box(&email), T0))
+            }
+            "decide/lead/wasm/memory" => count_and_exit(n, || worker.decide(black_box(&add), T0)),
+            "decide/check/native/memory" => {
+                count_and_exit(n, || engine.check_email(&mut st, black_box("acme"), 1, T0))
+            }
+            "decide/check/wasm/memory" => count_and_exit(n, || worker.decide(black_box(&rcpt), T0)),
+            other => panic!("CREDITGATE_BENCH_COUNT: no line {other:?} to count"),
+        }
+    }
     c.bench_function("decide/email/native/memory", |b| {
         b.iter(|| {
             engine
@@ -118,6 +167,13 @@ fn decisions(c: &mut Criterion) {
                 .expect("decides")
         })
     });
+    c.bench_function("decide/check/native/memory", |b| {
+        b.iter(|| {
+            engine
+                .check_email(&mut st, black_box("acme"), 1, T0)
+                .expect("decides")
+        })
+    });
 
     let mut worker = wasm_worker(&runtime, Arc::new(MemoryStore::new()));
     let (email, add) = (send("acme"), lead("acme"));
@@ -126,6 +182,11 @@ fn decisions(c: &mut Criterion) {
     });
     c.bench_function("decide/lead/wasm/memory", |b| {
         b.iter(|| worker.decide(black_box(&add), T0).expect("decides"))
+    });
+    // The call serve makes at SMTP RCPT time: no address crosses, a tally is read.
+    let rcpt = check("acme");
+    c.bench_function("decide/check/wasm/memory", |b| {
+        b.iter(|| worker.decide(black_box(&rcpt), T0).expect("decides"))
     });
 
     let dir = tempfile::tempdir().expect("temp dir");

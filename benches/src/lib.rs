@@ -155,11 +155,12 @@ impl State for NativeState {
         now: i64,
     ) -> Result<guest::GuardedAdd, guest::StateError> {
         let once = match once {
-            Some(o) => Some(host::Once {
-                key: format!("{}{}", self.name(o.prefix)?, o.key),
-                fingerprint: o.fingerprint,
-                expires_at: o.expires_at,
-            }),
+            Some(o) => Some(host::Once::joined(
+                self.name(o.prefix)?,
+                o.key,
+                o.fingerprint,
+                o.expires_at,
+            )),
             None => None,
         };
         let add = CounterAdd {

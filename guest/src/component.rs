@@ -324,13 +324,29 @@ impl Guest for Component {
 
     fn send_email(
         account: Account,
-        to: Vec<String>,
+        to: Option<String>,
+        more_to: Option<Vec<String>>,
         kind: EmailKind,
         message_id: Option<String>,
         now: Instant,
     ) -> Result<Decision, Error> {
+        // One recipient is decided from where the host put it, with no list built.
+        let (first, all): (String, Vec<String>);
+        let to: &[String] = match (to, more_to) {
+            (Some(to), None) => {
+                first = to;
+                std::slice::from_ref(&first)
+            }
+            (to, more) => {
+                all = to
+                    .into_iter()
+                    .chain(more.into_iter().flatten())
+                    .collect::<Vec<_>>();
+                &all
+            }
+        };
         with_account(account, |e, account| {
-            e.send_email(&mut Host, account, &to, kind, message_id.as_deref(), now)
+            e.send_email(&mut Host, account, to, kind, message_id.as_deref(), now)
         })
     }
 

@@ -514,14 +514,15 @@ impl Engine {
         let message_id = checked_message_id(message_id)?;
         self.known_decision(st, account, now, || {
             let (count, fingerprint) = match to {
-                // The common case, without a set to count distinct recipients.
-                [one] => match address::normalize(one) {
-                    Some(contact) => {
-                        let fingerprint =
-                            message_id.map(|_| recipients_fingerprint([&contact], unit));
-                        (1, fingerprint)
-                    }
+                // The common case, without a set to count distinct recipients, and
+                // with no normal form built when no message id needs it.
+                [one] => match message_id {
+                    None if address::is_valid(one) => (1, None),
                     None => return Step::Deny(Reason::InvalidEmail),
+                    Some(_) => match address::normalize(one) {
+                        Some(contact) => (1, Some(recipients_fingerprint([&contact], unit))),
+                        None => return Step::Deny(Reason::InvalidEmail),
+                    },
                 },
                 _ => {
                     let mut recipients = BTreeSet::new();

@@ -88,6 +88,21 @@ pub struct Once {
     pub expires_at: i64,
 }
 
+impl Once {
+    /// The store's key for the contract's `once`: its interned `prefix`
+    /// followed by its `key`, whole, as 0.1.0 wrote keys.
+    pub fn joined(prefix: &str, key: &str, fingerprint: u64, expires_at: i64) -> Self {
+        let mut whole = String::with_capacity(prefix.len() + key.len());
+        whole.push_str(prefix);
+        whole.push_str(key);
+        Self {
+            key: whole,
+            fingerprint,
+            expires_at,
+        }
+    }
+}
+
 /// A guard as the store compares it: the record's key and the value it must
 /// hold (WIT `guard` names both by interned handles).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -751,19 +751,13 @@ impl state::Host for HostState {
         let (store, names, clock) = self.parts();
         let (scope, counter) = (names.get(scope)?, names.get(counter)?);
         let guard = guard_of(names, guard)?;
-        // The store keeps a once key whole, as 0.1.0 wrote it.
         let once = match once {
-            Some(o) => {
-                let prefix = names.get(o.prefix)?;
-                let mut key = String::with_capacity(prefix.len() + o.key.len());
-                key.push_str(prefix);
-                key.push_str(&o.key);
-                Some(Once {
-                    key,
-                    fingerprint: o.fingerprint,
-                    expires_at: o.expires_at,
-                })
-            }
+            Some(o) => Some(Once::joined(
+                names.get(o.prefix)?,
+                &o.key,
+                o.fingerprint,
+                o.expires_at,
+            )),
             None => None,
         };
         let add = CounterAdd {
@@ -984,6 +978,9 @@ impl Hasher for Fnv {
     }
 }
 
+/// Handles an instance gave, by the name they stand for.
+type Handles = HashMap<String, u32, BuildHasherDefault<Fnv>>;
+
 /// Account and campaign handles a worker keeps before it asks its instance to
 /// forget them all (see the WIT's `forget-handles`).
 const MAX_HANDLES: usize = 16_384;
@@ -1004,9 +1001,9 @@ pub struct Worker {
     /// The mode each of those plans is decided in, as the component said.
     modes: Vec<Mode>,
     /// Handles of the accounts the instance has resolved (WIT `account-handle`).
-    accounts: HashMap<String, u32, BuildHasherDefault<Fnv>>,
+    accounts: Handles,
     /// Handles of the campaigns the instance has resolved (WIT `campaign-handle`).
-    campaigns: HashMap<String, u32, BuildHasherDefault<Fnv>>,
+    campaigns: Handles,
     /// Calls so far, to pick the ones whose guest/store split is timed.
     calls: u32,
     latencies: Latencies,
@@ -1090,6 +1087,10 @@ impl Worker {
     /// fired them. A failure to log is reported, not returned: the decision itself
     /// stands, and failing it now would hide a charge already applied.
     fn log_alerts(&mut self, fired: Vec<FiredAlert>, now: i64) {
+        // Most decisions fire none: then the store is not even borrowed.
+        if fired.is_empty() {
+            return;
+        }
         let store = self.instance.shared_store();
         for alert in fired {
             if let Err(e) = alerts::record(store.as_ref(), &alert, now) {
@@ -1172,7 +1173,15 @@ impl Worker {
                 kind,
                 message_id,
                 ..
-            } => p.call_send_email(s, account, to, *kind, message_id.as_deref(), now),
+            } => {
+                // One recipient travels alone (see the WIT's `send-email`).
+                let (first, more) = match to.split_first() {
+                    Some((first, [])) => (Some(first.as_str()), None),
+                    Some((first, more)) => (Some(first.as_str()), Some(more)),
+                    None => (None, None),
+                };
+                p.call_send_email(s, account, first, more, *kind, message_id.as_deref(), now)
+            }
             Request::ChargeEmail {
                 cost, message_id, ..
             } => p.call_charge_email(s, account, *cost, message_id.as_deref(), now),
@@ -1305,21 +1314,35 @@ impl Worker {
 
     /// The handle of `account` in this instance, resolved on first use.
     fn account_handle(&mut self, account: &str) -> Result<u32, DecideError> {
-        if let Some(&handle) = self.accounts.get(account) {
-            return Ok(handle);
-        }
-        let handle = self.plain_call(|p, s| p.call_account_handle(s, account))?;
-        self.accounts.insert(account.to_string(), handle);
-        Ok(handle)
+        self.handle(
+            account,
+            |w| &mut w.accounts,
+            |p, s, name| p.call_account_handle(s, name),
+        )
     }
 
     /// The handle of `campaign` in this instance, resolved on first use.
     fn campaign_handle(&mut self, campaign: &str) -> Result<u32, DecideError> {
-        if let Some(&handle) = self.campaigns.get(campaign) {
+        self.handle(
+            campaign,
+            |w| &mut w.campaigns,
+            |p, s, name| p.call_campaign_handle(s, name),
+        )
+    }
+
+    /// The handle of `name` in the map `handles` picks, asked of the instance
+    /// by `resolve` on first use.
+    fn handle(
+        &mut self,
+        name: &str,
+        handles: fn(&mut Self) -> &mut Handles,
+        resolve: fn(&Guest, &mut wasmtime::Store<HostState>, &str) -> wasmtime::Result<u32>,
+    ) -> Result<u32, DecideError> {
+        if let Some(&handle) = handles(self).get(name) {
             return Ok(handle);
         }
-        let handle = self.plain_call(|p, s| p.call_campaign_handle(s, campaign))?;
-        self.campaigns.insert(campaign.to_string(), handle);
+        let handle = self.plain_call(|p, s| resolve(p, s, name))?;
+        handles(self).insert(name.to_string(), handle);
         Ok(handle)
     }
 

@@ -422,11 +422,16 @@ impl Guest for Domains {
     }
     fn send_email(
         account: Account,
-        to: Vec<String>,
+        to: Option<String>,
+        more_to: Option<Vec<String>>,
         _kind: EmailKind,
         message_id: Option<String>,
         now: i64,
     ) -> Result<Decision, Error> {
+        let to: Vec<String> = to
+            .into_iter()
+            .chain(more_to.into_iter().flatten())
+            .collect();
         let account = account_name(account)?;
         decision(with_rules(|r| {
             r.send(&mut Host, &account, &to, message_id.as_deref(), now)

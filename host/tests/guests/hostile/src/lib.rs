@@ -322,7 +322,8 @@ impl Guest for Hostile {
     }
     fn send_email(
         account: Account,
-        _to: Vec<String>,
+        _to: Option<String>,
+        _more_to: Option<Vec<String>>,
         _kind: EmailKind,
         _message_id: Option<String>,
         _now: i64,
