@@ -85,11 +85,14 @@ use redb::{
 #[cfg(any(doc, test))]
 use super::Store;
 use super::group_commit::GroupCommit;
-use super::journal::{self, Journal, OnceKey, Op, ReplayFrom};
-use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, StoreError, is_retry};
+use super::journal::{self, Journal, Op, ReplayFrom};
+use super::{
+    CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Membership, ScopeDump, StoreError, is_retry,
+};
 use crate::bindings::{
-    GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded, Tally,
+    GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
+    MemberRemoved, MembersAdded, Tally,
 };
 
 type Pair = (&'static str, &'static str);
@@ -1425,75 +1428,62 @@ impl super::Backend for RedbStore {
         ))
     }
 
-    fn counter_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        add: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
+    fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError> {
         let what = "counter-add";
-        let op = || Op::CounterAdd {
+        let CounterAdd { scope, name, .. } = add;
+        self.write(
+            what,
+            || Op::CounterAdd(add),
+            |txn| {
+                if !guard_holds(add.guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+                    return Ok((GuardedAdd::Stale, false));
+                }
+                let members = members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?;
+                let tally = |counter| Tally { counter, members };
+                let mut counters = txn.open_table(COUNTERS).ctx(what)?;
+                let current = counter_of(&counters, scope, name, add.now)?;
+                let mut markers = txn.open_table(ONCE).ctx(what)?;
+                if let Some(once) = add.once {
+                    let seen = markers
+                        .get((scope, once.key))
+                        .ctx(what)?
+                        .map(|g| g.value())
+                        .filter(|&(exp, _)| !expired(exp, add.now));
+                    if let Some((_, fingerprint)) = seen {
+                        let answer = if is_retry(fingerprint, once) {
+                            GuardedAdd::Repeated(tally(current))
+                        } else {
+                            GuardedAdd::Conflict(tally(current))
+                        };
+                        return Ok((answer, false));
+                    }
+                }
+                let new = match current.checked_add(add.amount) {
+                    Some(new) if add.limit.is_none_or(|limit| new <= limit) => new,
+                    _ => return Ok((GuardedAdd::Refused(tally(current)), false)),
+                };
+                counters
+                    .insert((scope, name), (new, add.expires_at.unwrap_or(NEVER)))
+                    .ctx(what)?;
+                if let Some(once) = add.once {
+                    // Kept even if already expired: a later call at an earlier `now` (a
+                    // clock stepped back) must still see it, as the contract says.
+                    let marker = (once.expires_at, Some(once.fingerprint));
+                    markers.insert((scope, once.key), marker).ctx(what)?;
+                }
+                Ok((GuardedAdd::Applied(tally(new)), true))
+            },
+        )
+    }
+
+    fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError> {
+        let what = "counter-tally";
+        let CounterTally {
             scope,
             guard,
             name,
-            amount: add.amount,
-            limit: add.limit,
-            once: add.once.map(OnceKey::of),
-            expires_at: add.expires_at,
-            now: add.now,
-        };
-        self.write(what, op, |txn| {
-            if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
-                return Ok((GuardedAdd::Stale, false));
-            }
-            let members = members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?;
-            let tally = |counter| Tally { counter, members };
-            let mut counters = txn.open_table(COUNTERS).ctx(what)?;
-            let current = counter_of(&counters, scope, name, add.now)?;
-            let mut markers = txn.open_table(ONCE).ctx(what)?;
-            if let Some(once) = add.once {
-                let seen = markers
-                    .get((scope, once.key.as_str()))
-                    .ctx(what)?
-                    .map(|g| g.value())
-                    .filter(|&(exp, _)| !expired(exp, add.now));
-                if let Some((_, fingerprint)) = seen {
-                    let answer = if is_retry(fingerprint, once) {
-                        GuardedAdd::Repeated(tally(current))
-                    } else {
-                        GuardedAdd::Conflict(tally(current))
-                    };
-                    return Ok((answer, false));
-                }
-            }
-            let new = match current.checked_add(add.amount) {
-                Some(new) if add.limit.is_none_or(|limit| new <= limit) => new,
-                _ => return Ok((GuardedAdd::Refused(tally(current)), false)),
-            };
-            counters
-                .insert((scope, name), (new, add.expires_at.unwrap_or(NEVER)))
-                .ctx(what)?;
-            if let Some(once) = add.once {
-                // Kept even if already expired: a later call at an earlier `now` (a
-                // clock stepped back) must still see it, as the contract says.
-                let marker = (once.expires_at, Some(once.fingerprint));
-                markers
-                    .insert((scope, once.key.as_str()), marker)
-                    .ctx(what)?;
-            }
-            Ok((GuardedAdd::Applied(tally(new)), true))
-        })
-    }
-
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError> {
-        let what = "counter-tally";
+            now,
+        } = tally;
         reading!(self, what, |txn| {
             if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
                 return Ok(None);
@@ -1505,65 +1495,61 @@ impl super::Backend for RedbStore {
         })
     }
 
-    fn member_add(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StoreError> {
-        let op = || Op::MemberAdd {
-            scope,
-            group,
-            member,
-            limit,
-        };
-        self.write("member-add", op, |txn| {
-            add_member(txn, scope, group, member, limit)
-        })
+    fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
+        self.write(
+            "member-add",
+            || Op::MemberAdd(add),
+            |txn| add_member(txn, add),
+        )
     }
 
     fn member_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        add: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError> {
         let what = "member-add";
-        let op = || Op::MemberAddGuarded {
+        let MemberAddGuarded {
             scope,
-            guard,
             group,
             member,
             limit,
-            name,
-            now,
-        };
-        self.write(what, op, |txn| {
-            if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
-                return Ok((None, false));
-            }
-            let (added, changed) = add_member(txn, scope, group, member, limit)?;
-            let tally = Tally {
-                counter: counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)?,
-                members: added.members,
-            };
-            Ok((Some((added.outcome, tally)), changed))
-        })
+            ..
+        } = add;
+        self.write(
+            what,
+            || Op::MemberAddGuarded(add),
+            |txn| {
+                if !guard_holds(add.guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+                    return Ok((None, false));
+                }
+                let (added, changed) = add_member(
+                    txn,
+                    MemberAdd {
+                        scope,
+                        group,
+                        member,
+                        limit,
+                    },
+                )?;
+                let counters = txn.open_table(COUNTERS).ctx(what)?;
+                let tally = Tally {
+                    counter: counter_of(&counters, scope, add.name, add.now)?,
+                    members: added.members,
+                };
+                let outcome = added.outcome;
+                Ok((Some(GuardedMember { outcome, tally }), changed))
+            },
+        )
     }
 
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StoreError> {
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
         let what = "member-add-many";
+        let MemberAddMany {
+            scope,
+            group,
+            members,
+            limit,
+        } = add;
         let op = || Op::MemberAddMany {
             scope,
             group,
@@ -1702,50 +1688,49 @@ impl super::Backend for RedbStore {
         })
     }
 
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StoreError> {
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
         let what = "member-remove";
-        let op = || Op::MemberRemove {
+        let Membership {
             scope,
             group,
             member,
-        };
-        self.write(what, op, |txn| {
-            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
-            let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
-            let members = members_of(&counts, scope)?;
-            if group_members
-                .remove((scope, group, member))
-                .ctx(what)?
-                .is_none()
-            {
-                let outcome = MemberRemoveOutcome::NotInGroup;
-                return Ok((MemberRemoved { outcome, members }, false));
-            }
-            let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
-            let left = leave(&mut member_groups, scope, member)?;
-            let released = left == 0;
-            let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
-            bump(&mut sizes, scope, group, -1, -i64::from(released))?;
-            if left == 1 {
-                let others = groups_of(&sizes, scope, group)?;
-                let only = only_group(&group_members, scope, member, &others)?;
-                bump(&mut sizes, scope, only, 0, 1)?;
-            }
-            let (outcome, members) = if released {
-                (
-                    MemberRemoveOutcome::Released,
-                    release(&mut counts, scope, 1)?,
-                )
-            } else {
-                (MemberRemoveOutcome::LeftGroup, members)
-            };
-            Ok((MemberRemoved { outcome, members }, true))
-        })
+        } = at;
+        self.write(
+            what,
+            || Op::MemberRemove(at),
+            |txn| {
+                let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+                let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
+                let members = members_of(&counts, scope)?;
+                if group_members
+                    .remove((scope, group, member))
+                    .ctx(what)?
+                    .is_none()
+                {
+                    let outcome = MemberRemoveOutcome::NotInGroup;
+                    return Ok((MemberRemoved { outcome, members }, false));
+                }
+                let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
+                let left = leave(&mut member_groups, scope, member)?;
+                let released = left == 0;
+                let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
+                bump(&mut sizes, scope, group, -1, -i64::from(released))?;
+                if left == 1 {
+                    let others = groups_of(&sizes, scope, group)?;
+                    let only = only_group(&group_members, scope, member, &others)?;
+                    bump(&mut sizes, scope, only, 0, 1)?;
+                }
+                let (outcome, members) = if released {
+                    (
+                        MemberRemoveOutcome::Released,
+                        release(&mut counts, scope, 1)?,
+                    )
+                } else {
+                    (MemberRemoveOutcome::LeftGroup, members)
+                };
+                Ok((MemberRemoved { outcome, members }, true))
+            },
+        )
     }
 
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
@@ -1828,24 +1813,16 @@ impl super::Backend for RedbStore {
         Ok(counts)
     }
 
-    fn membership(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Option<u64>, StoreError> {
+    fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
         let what = "membership";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
-        if group_members
-            .get((scope, group, member))
-            .ctx(what)?
-            .is_none()
-        {
+        let key = (at.scope, at.group, at.member);
+        if group_members.get(key).ctx(what)?.is_none() {
             return Ok(None);
         }
         let member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
-        let groups = member_groups.get((scope, member)).ctx(what)?;
+        let groups = member_groups.get((at.scope, at.member)).ctx(what)?;
         Ok(Some(groups.map_or(0, |g| g.value())))
     }
 
@@ -1886,35 +1863,6 @@ impl super::Backend for RedbStore {
             out.insert(scope.value().to_owned());
         }
         Ok(out.into_iter().collect())
-    }
-
-    fn visit_members(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        let what = "visiting members";
-        let txn = self.begin_read(what)?;
-        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
-        let range = match group {
-            Some(group) => {
-                let end = next(group);
-                group_members.range((scope, group, "")..(scope, end.as_str(), ""))
-            }
-            None => {
-                let end = next(scope);
-                group_members.range((scope, "", "")..(end.as_str(), "", ""))
-            }
-        };
-        for entry in range.ctx(what)? {
-            let (key, _) = entry.ctx(what)?;
-            let (_, group, member) = key.value();
-            if !visit(group, member) {
-                break;
-            }
-        }
-        Ok(())
     }
 
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
@@ -2113,12 +2061,15 @@ impl super::Backend for RedbStore {
 /// `member_add` in `txn`; answers whether it changed anything.
 fn add_member(
     txn: &WriteTransaction,
-    scope: &str,
-    group: &str,
-    member: &str,
-    limit: Option<u64>,
+    add: MemberAdd<'_>,
 ) -> Result<(MemberAdded, bool), StoreError> {
     let what = "member-add";
+    let MemberAdd {
+        scope,
+        group,
+        member,
+        limit,
+    } = add;
     let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
     let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
     let members = members_of(&counts, scope)?;
@@ -2410,8 +2361,7 @@ mod tests {
     /// table is gone, and opening again changes nothing.
     #[test]
     fn a_file_with_markers_without_fingerprints_opens_with_them_as_conflicts() {
-        use crate::bindings::Once;
-        use crate::store::CounterAdd;
+        use crate::store::OnceKey;
 
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("old.redb");
@@ -2456,19 +2406,22 @@ mod tests {
         }
         let store = RedbStore::open(&path).expect("opens");
         let add = |key: &str, fingerprint, now| {
-            let once = Once {
-                key: key.to_owned(),
+            let once = OnceKey {
+                key,
                 fingerprint,
                 expires_at: 5_000,
             };
             let add = CounterAdd {
+                scope: "acme",
+                guard: None,
+                name: "email/0",
                 amount: 2,
                 limit: None,
-                once: Some(&once),
+                once: Some(once),
                 expires_at: None,
                 now,
             };
-            store.counter_add("acme", "email/0", add).expect("adds")
+            store.counter_add(add).expect("adds")
         };
         for fingerprint in [0, 1, u64::MAX] {
             assert_eq!(
@@ -2493,9 +2446,7 @@ mod tests {
         let path = dir.path().join("old.redb");
         {
             let store = RedbStore::open(&path).expect("opens");
-            store
-                .member_add("acme", "q1", "ann@x.io", None)
-                .expect("adds");
+            store.member_add(ANN_IN_Q1).expect("adds");
             store.persist().expect("durable");
             drop(store);
             let db = Database::create(&path).expect("reopens");
@@ -2513,21 +2464,47 @@ mod tests {
             Err(TableError::TableDoesNotExist(_))
         ));
         assert_eq!(store.member_count("acme").expect("counts"), 1);
-        let removed = store
-            .member_remove("acme", "q1", "ann@x.io")
-            .expect("removes");
+        let removed = store.member_remove(at("q1", "ann@x.io")).expect("removes");
         assert_eq!(removed.outcome, MemberRemoveOutcome::Released);
     }
 
     fn add(store: &RedbStore, amount: u64, limit: u64) -> Result<CounterAdded, StoreError> {
-        let add = crate::store::CounterAdd {
+        let add = CounterAdd {
+            scope: "acme",
+            guard: None,
+            name: "email",
             amount,
             limit: Some(limit),
             once: None,
             expires_at: None,
             now: 0,
         };
-        store.counter_add("acme", "email", add)
+        store.counter_add(add)
+    }
+
+    const ANN_IN_Q1: MemberAdd<'static> = MemberAdd {
+        scope: "acme",
+        group: "q1",
+        member: "ann@x.io",
+        limit: None,
+    };
+
+    /// `member` of `group` of scope `acme`.
+    fn at<'a>(group: &'a str, member: &'a str) -> Membership<'a> {
+        Membership {
+            scope: "acme",
+            group,
+            member,
+        }
+    }
+
+    fn add_member(store: &RedbStore, group: &str, member: &str) {
+        let add = MemberAdd {
+            group,
+            member,
+            ..ANN_IN_Q1
+        };
+        store.member_add(add).expect("adds");
     }
 
     /// A batch's writes are seen by its own thread at once (a decision sees what
@@ -2629,12 +2606,18 @@ mod tests {
             let store = RedbStore::open(&path).expect("opens");
             let many = |g: &str, ms: &[&str]| {
                 let ms: Vec<String> = ms.iter().map(|m| (*m).to_owned()).collect();
-                store.member_add_many("acme", g, &ms, None).expect("adds");
+                let add = MemberAddMany {
+                    scope: "acme",
+                    group: g,
+                    members: &ms,
+                    limit: None,
+                };
+                store.member_add_many(add).expect("adds");
             };
             many("q1", &["a", "b", "c"]);
             many("q2", &["b", "d"]);
-            store.member_add("acme", "q3", "c", None).expect("adds");
-            store.member_remove("acme", "q1", "b").expect("removes");
+            add_member(&store, "q3", "c");
+            store.member_remove(at("q1", "b")).expect("removes");
             store.group_clear("acme", "q3").expect("clears");
             store.persist().expect("durable");
             store.group_counts("acme").expect("reads")
@@ -2662,7 +2645,7 @@ mod tests {
         {
             let mut store = RedbStore::open(&path).expect("opens");
             for (g, m) in memberships {
-                store.member_add("acme", g, m, None).expect("adds");
+                add_member(&store, g, m);
             }
             // Everything in redb itself, nothing left for the journal to replay.
             assert!(store.check_integrity().expect("checkpoints"));
@@ -2685,7 +2668,7 @@ mod tests {
             counts(&store),
             expected(&[("q1", 2, 1), ("q2", 2, 1), ("q3", 1, 1)])
         );
-        store.member_remove("acme", "q2", "b").expect("removes");
+        store.member_remove(at("q2", "b")).expect("removes");
         assert_eq!(
             counts(&store),
             expected(&[("q1", 2, 2), ("q2", 1, 1), ("q3", 1, 1)])
