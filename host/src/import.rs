@@ -531,12 +531,7 @@ impl Predict for Additions {
         real: &dyn Store,
         add: MemberAddMany<'_>,
     ) -> Result<MembersAdded, StoreError> {
-        let MemberAddMany {
-            scope,
-            group,
-            members,
-            limit,
-        } = add;
+        let (scope, group, members) = (add.scope, add.group, add.members);
         crate::store::check_batch(scope, group, members)?;
         let mut target = self.target();
         let t = match target.as_mut() {
@@ -554,7 +549,7 @@ impl Predict for Additions {
                 } else if t.in_scope.contains(&print) {
                     t.in_group.insert(print);
                     MemberAddOutcome::Joined
-                } else if limit.is_some_and(|l| t.count >= l) {
+                } else if add.limit.is_some_and(|l| t.count >= l) {
                     MemberAddOutcome::Refused
                 } else {
                     t.in_scope.insert(print);

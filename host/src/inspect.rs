@@ -52,8 +52,12 @@ pub fn members_after(
     if limit == 0 {
         return Ok(found);
     }
-    let after = after.map(|a| (a.group.as_str(), a.member.as_str()));
-    store.visit_members_after(scope, group, after, &mut |g, m| {
+    let list = crate::store::Members {
+        scope,
+        group,
+        after: after.map(|a| (a.group.as_str(), a.member.as_str())),
+    };
+    store.visit_members_after(list, &mut |g, m| {
         found.push(Membership {
             group: g.to_owned(),
             member: m.to_owned(),

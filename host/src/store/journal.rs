@@ -571,14 +571,7 @@ pub(super) enum Op<'a> {
     CounterAdd(CounterAdd<'a>),
     MemberAdd(MemberAdd<'a>),
     MemberAddGuarded(MemberAddGuarded<'a>),
-    /// [`MemberAddMany`] with the members borrowed one by one, as a payload
-    /// holds them.
-    MemberAddMany {
-        scope: &'a str,
-        group: &'a str,
-        members: Vec<&'a str>,
-        limit: Option<u64>,
-    },
+    MemberAddMany(Many<'a>),
     MemberRemove(Membership<'a>),
     GroupClear {
         scope: &'a str,
@@ -596,6 +589,16 @@ pub(super) enum Op<'a> {
         key: &'a str,
         value: &'a str,
     },
+}
+
+/// [`MemberAddMany`] with the members borrowed one by one, as a payload holds
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Many<'a> {
+    pub scope: &'a str,
+    pub group: &'a str,
+    pub limit: Option<u64>,
+    pub members: Vec<&'a str>,
 }
 
 mod tag {
@@ -824,7 +827,6 @@ macro_rules! codec {
 codec! {
     RecordInsert = RECORD_INSERT { scope, key, value },
     RecordUpdate = RECORD_UPDATE { scope, key, value },
-    MemberAddMany = MEMBER_ADD_MANY { scope, group, limit, members },
     GroupClear = GROUP_CLEAR { scope, group },
     ImportScope = IMPORT_SCOPE { scope, dump },
     AlertSequence = ALERT_SEQUENCE { owner },
@@ -834,6 +836,7 @@ codec! {
         scope, guard, name, amount, limit, once, expires_at, now
     },
     MemberAdd(MemberAdd) = MEMBER_ADD { scope, group, member, limit },
+    MemberAddMany(Many) = MEMBER_ADD_MANY { scope, group, limit, members },
     MemberAddGuarded(MemberAddGuarded) = MEMBER_ADD_GUARDED {
         scope, guard, group, member, limit, name, now
     },
@@ -854,18 +857,13 @@ impl Op<'_> {
             Op::CounterAdd(add) => store.counter_add_guarded(*add).map(drop),
             Op::MemberAdd(add) => store.member_add(*add).map(drop),
             Op::MemberAddGuarded(add) => store.member_add_guarded(*add).map(drop),
-            Op::MemberAddMany {
-                scope,
-                group,
-                members,
-                limit,
-            } => {
-                let members: Vec<String> = members.iter().map(|&m| m.to_owned()).collect();
+            Op::MemberAddMany(many) => {
+                let members: Vec<String> = many.members.iter().map(|&m| m.to_owned()).collect();
                 let add = MemberAddMany {
-                    scope,
-                    group,
+                    scope: many.scope,
+                    group: many.group,
                     members: &members,
-                    limit: *limit,
+                    limit: many.limit,
                 };
                 store.member_add_many(add).map(drop)
             }
@@ -1061,12 +1059,12 @@ mod tests {
                 name: "email/0",
                 now: 1,
             }),
-            Op::MemberAddMany {
+            Op::MemberAddMany(Many {
                 scope: "acme",
                 group: "q2",
-                members: vec!["a", "b", "a"],
                 limit: Some(1),
-            },
+                members: vec!["a", "b", "a"],
+            }),
             Op::MemberRemove(Membership {
                 scope: "acme",
                 group: "q1",

@@ -13,8 +13,9 @@ use std::sync::{Mutex, MutexGuard};
 #[cfg(doc)]
 use super::Store;
 use super::{
-    CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
-    MemberAddMany, Membership, ScopeDump, StoreError, is_retry,
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit, VisitAlert,
+    is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -111,12 +112,7 @@ fn exclusive_add(exclusive: &mut BTreeMap<String, u64>, group: &str, gain: bool)
 
 /// `member_add` on the locked state.
 fn add_member(scopes: &mut BTreeMap<String, Scope>, add: MemberAdd<'_>) -> MemberAdded {
-    let MemberAdd {
-        scope,
-        group,
-        member,
-        limit,
-    } = add;
+    let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
     let members = scopes.get(scope).map_or(0, Scope::members);
     let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
     let outcome = match groups {
@@ -226,12 +222,8 @@ impl super::Backend for MemoryStore {
         Ok(true)
     }
 
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        let Alerts { owner, after } = list;
         let log = self.alert_log();
         let start = match (owner, after) {
             (_, Some((o, k))) => Bound::Excluded((o.to_owned(), k.to_owned())),
@@ -347,28 +339,13 @@ impl super::Backend for MemoryStore {
         &self,
         add: MemberAddGuarded<'_>,
     ) -> Result<Option<GuardedMember>, StoreError> {
-        let MemberAddGuarded {
-            scope,
-            group,
-            member,
-            limit,
-            ..
-        } = add;
         let mut scopes = self.lock();
-        if !guard_holds(scopes.get(scope), add.guard) {
+        if !guard_holds(scopes.get(add.scope), add.guard) {
             return Ok(None);
         }
-        let added = add_member(
-            &mut scopes,
-            MemberAdd {
-                scope,
-                group,
-                member,
-                limit,
-            },
-        );
+        let added = add_member(&mut scopes, add.member_add());
         let tally = Tally {
-            counter: counter_of(scopes.get(scope), add.name, add.now),
+            counter: counter_of(scopes.get(add.scope), add.name, add.now),
             members: added.members,
         };
         Ok(Some(GuardedMember {
@@ -378,12 +355,7 @@ impl super::Backend for MemoryStore {
     }
 
     fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
-        let MemberAddMany {
-            scope,
-            group,
-            members,
-            limit,
-        } = add;
+        let (scope, group, members) = (add.scope, add.group, add.members);
         let mut scopes = self.lock();
         if members.is_empty() {
             let members = scopes.get(scope).map_or(0, Scope::members);
@@ -400,7 +372,7 @@ impl super::Backend for MemoryStore {
             let outcome = match s.member_groups.get(member.as_str()) {
                 Some(groups) if groups.contains(group) => MemberAddOutcome::AlreadyInGroup,
                 Some(_) => MemberAddOutcome::Joined,
-                None if limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
+                None if add.limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
                 None => {
                     count += 1;
                     MemberAddOutcome::Inserted
@@ -427,11 +399,7 @@ impl super::Backend for MemoryStore {
     }
 
     fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
-        let Membership {
-            scope,
-            group,
-            member,
-        } = at;
+        let (scope, group, member) = (at.scope, at.group, at.member);
         let mut scopes = self.lock();
         let Some(s) = scopes.get_mut(scope) else {
             return Ok(MemberRemoved {
@@ -553,13 +521,12 @@ impl super::Backend for MemoryStore {
             .collect())
     }
 
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let Members {
+            scope,
+            group,
+            after,
+        } = list;
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(());
@@ -587,12 +554,8 @@ impl super::Backend for MemoryStore {
         Ok(())
     }
 
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let Records { scope, after } = list;
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(());

@@ -180,6 +180,18 @@ pub struct MemberAddGuarded<'a> {
     pub now: Instant,
 }
 
+impl<'a> MemberAddGuarded<'a> {
+    /// The addition alone, as applied once the guard holds.
+    pub fn member_add(&self) -> MemberAdd<'a> {
+        MemberAdd {
+            scope: self.scope,
+            group: self.group,
+            member: self.member,
+            limit: self.limit,
+        }
+    }
+}
+
 /// WIT `member-add-many`: each of `members`, in order, as a [`MemberAdd`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberAddMany<'a> {
@@ -196,6 +208,40 @@ pub struct Membership<'a> {
     pub scope: &'a str,
     pub group: &'a str,
     pub member: &'a str,
+}
+
+/// A listing's visitor: called with each pair in order (a membership's group
+/// and member, a record's key and value), it answers false to stop the listing.
+/// The rules of [`Store::visit_members`] hold for it.
+pub type Visit<'v> = &'v mut dyn FnMut(&str, &str) -> bool;
+
+/// The alert log's visitor: [`Visit`] with each entry's owner, key and value.
+pub type VisitAlert<'v> = &'v mut dyn FnMut(&str, &str, &str) -> bool;
+
+/// Which memberships [`Store::visit_members_after`] visits: those of `scope`
+/// (of `group` only, when given) after `after` = `(group, member)`, exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Members<'a> {
+    pub scope: &'a str,
+    pub group: Option<&'a str>,
+    pub after: Option<(&'a str, &'a str)>,
+}
+
+/// Which records [`Store::visit_records`] visits: those of `scope` whose key
+/// is after `after`, exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Records<'a> {
+    pub scope: &'a str,
+    pub after: Option<&'a str>,
+}
+
+/// Which entries of the alert log [`Store::visit_alerts`] visits: those of
+/// `owner`'s log (of every log, when None) after `after` = `(owner, key)`,
+/// exclusive. The default visits every entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Alerts<'a> {
+    pub owner: Option<&'a str>,
+    pub after: Option<(&'a str, &'a str)>,
 }
 
 /// WIT `once`, borrowed.
@@ -372,9 +418,16 @@ pub trait Store: Send + Sync {
         &self,
         scope: &str,
         group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
+        visit: Visit<'_>,
     ) -> Result<(), StoreError> {
-        self.visit_members_after(scope, group, None, visit)
+        self.visit_members_after(
+            Members {
+                scope,
+                group,
+                after: None,
+            },
+            visit,
+        )
     }
 
     /// Up to `limit` of the scopes [`Store::scopes`] lists, those after `after`
@@ -392,25 +445,14 @@ pub trait Store: Send + Sync {
     /// member)` (exclusive) on, so that a listing resumes where it stopped without
     /// reading what came before: the one listing of memberships a store
     /// implements.
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError>;
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;
 
     /// Calls `visit(key, value)` for each record of `scope` whose key is after
     /// `after` (exclusive), in key order; `visit` returns false to stop early. The
     /// same rules as [`Store::visit_members`] hold for `visit`. The default exports
     /// the scope; backends that keep records in order read only what is visited.
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        visit_exported_records(self.export_scope(scope)?, after, visit);
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        visit_exported_records(self.export_scope(list.scope)?, list.after, visit);
         Ok(())
     }
 
@@ -444,21 +486,12 @@ pub trait Store: Send + Sync {
     /// log only, when given) in (owner, key) byte order, from just after `after`
     /// = `(owner, key)` on; `visit` returns false to stop early. The same rules as
     /// [`Store::visit_members`] hold for `visit`.
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError>;
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError>;
 }
 
 /// [`Store::visit_records`] over an exported scope: for stores that keep no
 /// records in order.
-fn visit_exported_records(
-    dump: ScopeDump,
-    after: Option<&str>,
-    visit: &mut dyn FnMut(&str, &str) -> bool,
-) {
+fn visit_exported_records(dump: ScopeDump, after: Option<&str>, visit: Visit<'_>) {
     for (key, value) in dump.records {
         if after.is_none_or(|a| key.as_str() > a) && !visit(&key, &value) {
             break;
@@ -513,20 +546,9 @@ pub(crate) trait Backend: Send + Sync {
     }
     fn scopes(&self) -> Result<Vec<String>, StoreError>;
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError>;
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        visit_exported_records(Backend::export_scope(self, scope)?, after, visit);
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        visit_exported_records(Backend::export_scope(self, list.scope)?, list.after, visit);
         Ok(())
     }
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError>;
@@ -534,12 +556,7 @@ pub(crate) trait Backend: Send + Sync {
     fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError>;
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError>;
     fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError>;
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError>;
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError>;
 }
 
 // The checks, once for every backend. Each is a few length comparisons, inlined
@@ -650,25 +667,14 @@ impl<B: Backend> Store for B {
         Backend::scopes_after(self, after, limit)
     }
 
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        check_group(scope, group)?;
-        Backend::visit_members_after(self, scope, group, after, visit)
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        check_group(list.scope, list.group)?;
+        Backend::visit_members_after(self, list, visit)
     }
 
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        Backend::visit_records(self, scope, after, visit)
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        check_name("scope", list.scope)?;
+        Backend::visit_records(self, list, visit)
     }
 
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
@@ -694,13 +700,8 @@ impl<B: Backend> Store for B {
         Backend::alert_insert(self, owner, key, value)
     }
 
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        Backend::visit_alerts(self, owner, after, visit)
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        Backend::visit_alerts(self, list, visit)
     }
 }
 

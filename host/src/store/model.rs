@@ -247,8 +247,11 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
         }
         Op::VisitAlerts { owner, after } => {
             let mut seen = Vec::new();
-            let after = after.as_ref().map(|(o, k)| (o.as_str(), k.as_str()));
-            store.visit_alerts(owner.as_deref(), after, &mut |o, k, v| {
+            let list = super::Alerts {
+                owner: owner.as_deref(),
+                after: after.as_ref().map(|(o, k)| (o.as_str(), k.as_str())),
+            };
+            store.visit_alerts(list, &mut |o, k, v| {
                 seen.push((o.to_owned(), k.to_owned(), v.to_owned()));
                 true
             })?;

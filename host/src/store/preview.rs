@@ -20,8 +20,9 @@
 use std::sync::Arc;
 
 use super::{
-    CounterAdd, CounterTally, GroupCount, Instant, MemberAdd, MemberAddGuarded, MemberAddMany,
-    Membership, ScopeDump, Store, StoreError, check_name,
+    Alerts, CounterAdd, CounterTally, GroupCount, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Members, Membership, Records, ScopeDump, Store, StoreError, Visit, VisitAlert,
+    check_name,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -245,24 +246,12 @@ impl<P: Predict> Store for DryRun<P> {
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
         self.real.scopes_after(after, limit)
     }
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
         self.listing("visit-members")?
-            .visit_members_after(scope, group, after, visit)
+            .visit_members_after(list, visit)
     }
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.listing("export-scope")?
-            .visit_records(scope, after, visit)
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        self.listing("export-scope")?.visit_records(list, visit)
     }
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
         self.listing("export-scope")?.export_scope(scope)
@@ -282,16 +271,11 @@ impl<P: Predict> Store for DryRun<P> {
             None => Err(self.predict.refused("alert-insert")),
         }
     }
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        match self.predict.alert_log() {
-            Some(log) => log.visit_alerts(owner, after, visit),
-            None => self.real.visit_alerts(owner, after, visit),
-        }
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        self.predict
+            .alert_log()
+            .unwrap_or(&*self.real)
+            .visit_alerts(list, visit)
     }
 }
 

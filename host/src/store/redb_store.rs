@@ -85,10 +85,11 @@ use redb::{
 #[cfg(any(doc, test))]
 use super::Store;
 use super::group_commit::GroupCommit;
-use super::journal::{self, Journal, Op, ReplayFrom};
+use super::journal::{self, Journal, Many, Op, ReplayFrom};
 use super::{
-    CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
-    MemberAddMany, Membership, ScopeDump, StoreError, is_retry,
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit, VisitAlert,
+    is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -143,6 +144,12 @@ trait Context<T> {
     fn ctx(self, what: &str) -> Result<T, StoreError>;
 }
 
+impl<T, E: RedbError> Context<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T, StoreError> {
+        self.map_err(|e| e.classify(what))
+    }
+}
+
 fn unavailable(what: &str, e: impl Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }
@@ -151,65 +158,57 @@ fn corrupt(what: &str, e: impl Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn storage_error(what: &str, e: StorageError) -> StoreError {
-    match e {
-        StorageError::Corrupted(_) => corrupt(what, e),
-        e => unavailable(what, e),
+/// One of redb's errors: whether it means the file is corrupt or the store is
+/// unavailable for now.
+trait RedbError: Display + Sized {
+    fn classify(self, what: &str) -> StoreError;
+}
+
+impl RedbError for StorageError {
+    fn classify(self, what: &str) -> StoreError {
+        match self {
+            StorageError::Corrupted(_) => corrupt(what, self),
+            e => unavailable(what, e),
+        }
     }
 }
 
-impl<T> Context<T> for Result<T, StorageError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| storage_error(what, e))
-    }
-}
-
-impl<T> Context<T> for Result<T, TableError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| match e {
-            TableError::Storage(e) => storage_error(what, e),
+impl RedbError for TableError {
+    fn classify(self, what: &str) -> StoreError {
+        match self {
+            TableError::Storage(e) => e.classify(what),
             // The file holds tables of other types than this code writes.
             TableError::TableTypeMismatch { .. }
             | TableError::TypeDefinitionChanged { .. }
             | TableError::TableIsMultimap(_)
-            | TableError::TableDoesNotExist(_) => corrupt(what, e),
+            | TableError::TableDoesNotExist(_) => corrupt(what, self),
             e => unavailable(what, e),
-        })
+        }
     }
 }
 
-impl<T> Context<T> for Result<T, TransactionError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| match e {
-            TransactionError::Storage(e) => storage_error(what, e),
-            e => unavailable(what, e),
-        })
+impl RedbError for SetDurabilityError {
+    fn classify(self, what: &str) -> StoreError {
+        unavailable(what, self)
     }
 }
 
-impl<T> Context<T> for Result<T, CommitError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| match e {
-            CommitError::Storage(e) => storage_error(what, e),
-            e => unavailable(what, e),
-        })
-    }
+/// The errors that are a [`StorageError`] (classified as such) or else
+/// unavailability.
+macro_rules! storage_or_unavailable {
+    ($($error:ident),*) => {$(
+        impl RedbError for $error {
+            fn classify(self, what: &str) -> StoreError {
+                match self {
+                    $error::Storage(e) => e.classify(what),
+                    e => unavailable(what, e),
+                }
+            }
+        }
+    )*};
 }
 
-impl<T> Context<T> for Result<T, SetDurabilityError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| unavailable(what, e))
-    }
-}
-
-impl<T> Context<T> for Result<T, DatabaseError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| match e {
-            DatabaseError::Storage(e) => storage_error(what, e),
-            e => unavailable(what, e),
-        })
-    }
-}
+storage_or_unavailable!(TransactionError, CommitError, DatabaseError);
 
 /// What opening a store file may create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1348,12 +1347,8 @@ impl super::Backend for RedbStore {
         )
     }
 
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        let Alerts { owner, after } = list;
         let what = "visit-alerts";
         let txn = self.begin_read(what)?;
         let log = txn.open_table(ALERT_LOG).ctx(what)?;
@@ -1431,49 +1426,46 @@ impl super::Backend for RedbStore {
     fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError> {
         let what = "counter-add";
         let CounterAdd { scope, name, .. } = add;
-        self.write(
-            what,
-            || Op::CounterAdd(add),
-            |txn| {
-                if !guard_holds(add.guard, scope, || txn.open_table(RECORDS).ctx(what))? {
-                    return Ok((GuardedAdd::Stale, false));
+        let op = || Op::CounterAdd(add);
+        self.write(what, op, |txn| {
+            if !guard_holds(add.guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+                return Ok((GuardedAdd::Stale, false));
+            }
+            let members = members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?;
+            let tally = |counter| Tally { counter, members };
+            let mut counters = txn.open_table(COUNTERS).ctx(what)?;
+            let current = counter_of(&counters, scope, name, add.now)?;
+            let mut markers = txn.open_table(ONCE).ctx(what)?;
+            if let Some(once) = add.once {
+                let seen = markers
+                    .get((scope, once.key))
+                    .ctx(what)?
+                    .map(|g| g.value())
+                    .filter(|&(exp, _)| !expired(exp, add.now));
+                if let Some((_, fingerprint)) = seen {
+                    let answer = if is_retry(fingerprint, once) {
+                        GuardedAdd::Repeated(tally(current))
+                    } else {
+                        GuardedAdd::Conflict(tally(current))
+                    };
+                    return Ok((answer, false));
                 }
-                let members = members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?;
-                let tally = |counter| Tally { counter, members };
-                let mut counters = txn.open_table(COUNTERS).ctx(what)?;
-                let current = counter_of(&counters, scope, name, add.now)?;
-                let mut markers = txn.open_table(ONCE).ctx(what)?;
-                if let Some(once) = add.once {
-                    let seen = markers
-                        .get((scope, once.key))
-                        .ctx(what)?
-                        .map(|g| g.value())
-                        .filter(|&(exp, _)| !expired(exp, add.now));
-                    if let Some((_, fingerprint)) = seen {
-                        let answer = if is_retry(fingerprint, once) {
-                            GuardedAdd::Repeated(tally(current))
-                        } else {
-                            GuardedAdd::Conflict(tally(current))
-                        };
-                        return Ok((answer, false));
-                    }
-                }
-                let new = match current.checked_add(add.amount) {
-                    Some(new) if add.limit.is_none_or(|limit| new <= limit) => new,
-                    _ => return Ok((GuardedAdd::Refused(tally(current)), false)),
-                };
-                counters
-                    .insert((scope, name), (new, add.expires_at.unwrap_or(NEVER)))
-                    .ctx(what)?;
-                if let Some(once) = add.once {
-                    // Kept even if already expired: a later call at an earlier `now` (a
-                    // clock stepped back) must still see it, as the contract says.
-                    let marker = (once.expires_at, Some(once.fingerprint));
-                    markers.insert((scope, once.key), marker).ctx(what)?;
-                }
-                Ok((GuardedAdd::Applied(tally(new)), true))
-            },
-        )
+            }
+            let new = match current.checked_add(add.amount) {
+                Some(new) if add.limit.is_none_or(|limit| new <= limit) => new,
+                _ => return Ok((GuardedAdd::Refused(tally(current)), false)),
+            };
+            counters
+                .insert((scope, name), (new, add.expires_at.unwrap_or(NEVER)))
+                .ctx(what)?;
+            if let Some(once) = add.once {
+                // Kept even if already expired: a later call at an earlier `now` (a
+                // clock stepped back) must still see it, as the contract says.
+                let marker = (once.expires_at, Some(once.fingerprint));
+                markers.insert((scope, once.key), marker).ctx(what)?;
+            }
+            Ok((GuardedAdd::Applied(tally(new)), true))
+        })
     }
 
     fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError> {
@@ -1496,11 +1488,8 @@ impl super::Backend for RedbStore {
     }
 
     fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
-        self.write(
-            "member-add",
-            || Op::MemberAdd(add),
-            |txn| add_member(txn, add),
-        )
+        let op = || Op::MemberAdd(add);
+        self.write("member-add", op, |txn| add_member(txn, add))
     }
 
     fn member_add_guarded(
@@ -1508,53 +1497,33 @@ impl super::Backend for RedbStore {
         add: MemberAddGuarded<'_>,
     ) -> Result<Option<GuardedMember>, StoreError> {
         let what = "member-add";
-        let MemberAddGuarded {
-            scope,
-            group,
-            member,
-            limit,
-            ..
-        } = add;
-        self.write(
-            what,
-            || Op::MemberAddGuarded(add),
-            |txn| {
-                if !guard_holds(add.guard, scope, || txn.open_table(RECORDS).ctx(what))? {
-                    return Ok((None, false));
-                }
-                let (added, changed) = add_member(
-                    txn,
-                    MemberAdd {
-                        scope,
-                        group,
-                        member,
-                        limit,
-                    },
-                )?;
-                let counters = txn.open_table(COUNTERS).ctx(what)?;
-                let tally = Tally {
-                    counter: counter_of(&counters, scope, add.name, add.now)?,
-                    members: added.members,
-                };
-                let outcome = added.outcome;
-                Ok((Some(GuardedMember { outcome, tally }), changed))
-            },
-        )
+        let scope = add.scope;
+        let op = || Op::MemberAddGuarded(add);
+        self.write(what, op, |txn| {
+            if !guard_holds(add.guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+                return Ok((None, false));
+            }
+            let (added, changed) = add_member(txn, add.member_add())?;
+            let counters = txn.open_table(COUNTERS).ctx(what)?;
+            let tally = Tally {
+                counter: counter_of(&counters, scope, add.name, add.now)?,
+                members: added.members,
+            };
+            let outcome = added.outcome;
+            Ok((Some(GuardedMember { outcome, tally }), changed))
+        })
     }
 
     fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
         let what = "member-add-many";
-        let MemberAddMany {
-            scope,
-            group,
-            members,
-            limit,
-        } = add;
-        let op = || Op::MemberAddMany {
-            scope,
-            group,
-            members: members.iter().map(String::as_str).collect(),
-            limit,
+        let (scope, group, members) = (add.scope, add.group, add.members);
+        let op = || {
+            Op::MemberAddMany(Many {
+                scope,
+                group,
+                limit: add.limit,
+                members: members.iter().map(String::as_str).collect(),
+            })
         };
         self.write(what, op, |txn| {
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
@@ -1618,7 +1587,9 @@ impl super::Backend for RedbStore {
                 let outcome = match *f {
                     Found::InGroup => MemberAddOutcome::AlreadyInGroup,
                     Found::Elsewhere(_) => MemberAddOutcome::Joined,
-                    Found::New if limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
+                    Found::New if add.limit.is_some_and(|l| count >= l) => {
+                        MemberAddOutcome::Refused
+                    }
                     Found::New => {
                         count = count
                             .checked_add(1)
@@ -1690,47 +1661,40 @@ impl super::Backend for RedbStore {
 
     fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
         let what = "member-remove";
-        let Membership {
-            scope,
-            group,
-            member,
-        } = at;
-        self.write(
-            what,
-            || Op::MemberRemove(at),
-            |txn| {
-                let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
-                let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
-                let members = members_of(&counts, scope)?;
-                if group_members
-                    .remove((scope, group, member))
-                    .ctx(what)?
-                    .is_none()
-                {
-                    let outcome = MemberRemoveOutcome::NotInGroup;
-                    return Ok((MemberRemoved { outcome, members }, false));
-                }
-                let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
-                let left = leave(&mut member_groups, scope, member)?;
-                let released = left == 0;
-                let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
-                bump(&mut sizes, scope, group, -1, -i64::from(released))?;
-                if left == 1 {
-                    let others = groups_of(&sizes, scope, group)?;
-                    let only = only_group(&group_members, scope, member, &others)?;
-                    bump(&mut sizes, scope, only, 0, 1)?;
-                }
-                let (outcome, members) = if released {
-                    (
-                        MemberRemoveOutcome::Released,
-                        release(&mut counts, scope, 1)?,
-                    )
-                } else {
-                    (MemberRemoveOutcome::LeftGroup, members)
-                };
-                Ok((MemberRemoved { outcome, members }, true))
-            },
-        )
+        let (scope, group, member) = (at.scope, at.group, at.member);
+        let op = || Op::MemberRemove(at);
+        self.write(what, op, |txn| {
+            let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
+            let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
+            let members = members_of(&counts, scope)?;
+            if group_members
+                .remove((scope, group, member))
+                .ctx(what)?
+                .is_none()
+            {
+                let outcome = MemberRemoveOutcome::NotInGroup;
+                return Ok((MemberRemoved { outcome, members }, false));
+            }
+            let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
+            let left = leave(&mut member_groups, scope, member)?;
+            let released = left == 0;
+            let mut sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
+            bump(&mut sizes, scope, group, -1, -i64::from(released))?;
+            if left == 1 {
+                let others = groups_of(&sizes, scope, group)?;
+                let only = only_group(&group_members, scope, member, &others)?;
+                bump(&mut sizes, scope, only, 0, 1)?;
+            }
+            let (outcome, members) = if released {
+                (
+                    MemberRemoveOutcome::Released,
+                    release(&mut counts, scope, 1)?,
+                )
+            } else {
+                (MemberRemoveOutcome::LeftGroup, members)
+            };
+            Ok((MemberRemoved { outcome, members }, true))
+        })
     }
 
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
@@ -1881,13 +1845,12 @@ impl super::Backend for RedbStore {
         Ok(out.into_iter().take(limit).collect())
     }
 
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let Members {
+            scope,
+            group,
+            after,
+        } = list;
         let what = "visiting members";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
@@ -1920,12 +1883,8 @@ impl super::Backend for RedbStore {
         Ok(())
     }
 
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let Records { scope, after } = list;
         let what = "visiting records";
         let txn = self.begin_read(what)?;
         let records = txn.open_table(RECORDS).ctx(what)?;
@@ -2064,12 +2023,7 @@ fn add_member(
     add: MemberAdd<'_>,
 ) -> Result<(MemberAdded, bool), StoreError> {
     let what = "member-add";
-    let MemberAdd {
-        scope,
-        group,
-        member,
-        limit,
-    } = add;
+    let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
     let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
     let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
     let members = members_of(&counts, scope)?;

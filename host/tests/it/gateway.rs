@@ -13,8 +13,8 @@ use creditgate::gateway::{Gateway, ReloadError};
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
 use creditgate::store::{
-    CounterAdd, CounterTally, MemberAdd, MemberAddGuarded, MemberAddMany, Membership, RedbStore,
-    ScopeDump, Store, StoreError,
+    Alerts, CounterAdd, CounterTally, MemberAdd, MemberAddGuarded, MemberAddMany, Members,
+    Membership, RedbStore, ScopeDump, Store, StoreError, Visit, VisitAlert,
 };
 
 use crate::harness;
@@ -458,14 +458,8 @@ impl Store for SlowAfterCharge {
     fn scopes(&self) -> Result<Vec<String>, StoreError> {
         self.inner.scopes()
     }
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.visit_members_after(scope, group, after, visit)
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        self.inner.visit_members_after(list, visit)
     }
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
         self.inner.export_scope(scope)
@@ -479,13 +473,8 @@ impl Store for SlowAfterCharge {
     fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         self.inner.alert_insert(owner, key, value)
     }
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.visit_alerts(owner, after, visit)
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        self.inner.visit_alerts(list, visit)
     }
 }
 

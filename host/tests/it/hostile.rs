@@ -157,12 +157,12 @@ impl Store for SlowStore {
         persist() -> Result<(), creditgate::store::StoreError>;
         scopes() -> Result<Vec<String>, creditgate::store::StoreError>;
         member_add_many(add: creditgate::store::MemberAddMany<'_>) -> Result<creditgate::bindings::MembersAdded, creditgate::store::StoreError>;
-        visit_members_after(scope: &str, group: Option<&str>, after: Option<(&str, &str)>, visit: &mut dyn FnMut(&str, &str) -> bool) -> Result<(), creditgate::store::StoreError>;
+        visit_members_after(list: creditgate::store::Members<'_>, visit: creditgate::store::Visit<'_>) -> Result<(), creditgate::store::StoreError>;
         export_scope(scope: &str) -> Result<creditgate::store::ScopeDump, creditgate::store::StoreError>;
         import_scope(scope: &str, dump: &creditgate::store::ScopeDump) -> Result<(), creditgate::store::StoreError>;
         alert_sequence(owner: &str) -> Result<u64, creditgate::store::StoreError>;
         alert_insert(owner: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
-        visit_alerts(owner: Option<&str>, after: Option<(&str, &str)>, visit: &mut dyn FnMut(&str, &str, &str) -> bool) -> Result<(), creditgate::store::StoreError>;
+        visit_alerts(list: creditgate::store::Alerts<'_>, visit: creditgate::store::VisitAlert<'_>) -> Result<(), creditgate::store::StoreError>;
     }
 }
 

@@ -16,8 +16,8 @@ use creditgate::bindings::{
 use creditgate::http::HttpOptions;
 use creditgate::request::Request;
 use creditgate::store::{
-    CounterAdd, CounterTally, MemberAdd, MemberAddGuarded, MemberAddMany, Membership, MemoryStore,
-    RedbStore, ScopeDump, Store, StoreError,
+    Alerts, CounterAdd, CounterTally, MemberAdd, MemberAddGuarded, MemberAddMany, Members,
+    Membership, MemoryStore, Records, RedbStore, ScopeDump, Store, StoreError, Visit, VisitAlert,
 };
 
 use crate::harness::{self, unescape};
@@ -86,16 +86,16 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
             loop {
                 let after = paged.last().cloned();
                 let mut page = Vec::new();
+                let list = Members {
+                    scope: "s05",
+                    group,
+                    after: after.as_ref().map(|(g, m)| (g.as_str(), m.as_str())),
+                };
                 store
-                    .visit_members_after(
-                        "s05",
-                        group,
-                        after.as_ref().map(|(g, m)| (g.as_str(), m.as_str())),
-                        &mut |g, m| {
-                            page.push((g.to_owned(), m.to_owned()));
-                            page.len() < limit
-                        },
-                    )
+                    .visit_members_after(list, &mut |g, m| {
+                        page.push((g.to_owned(), m.to_owned()));
+                        page.len() < limit
+                    })
                     .expect("visit after");
                 if page.is_empty() {
                     break;
@@ -108,21 +108,23 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
     // A cursor in another group than the one asked for: before it, from its
     // start; after it, nothing.
     let mut seen = Vec::new();
+    let mut list = Members {
+        scope: "s05",
+        group: Some("g2"),
+        after: Some(("g1", "zz")),
+    };
+    let mut collect = |_: &str, m: &str| {
+        seen.push(m.to_owned());
+        true
+    };
     store
-        .visit_members_after("s05", Some("g2"), Some(("g1", "zz")), &mut |_, m| {
-            seen.push(m.to_owned());
-            true
-        })
+        .visit_members_after(list, &mut collect)
         .expect("visit after");
-    assert_eq!(seen.len(), 7);
-    seen.clear();
+    list.after = Some(("g3", ""));
     store
-        .visit_members_after("s05", Some("g2"), Some(("g3", "")), &mut |_, m| {
-            seen.push(m.to_owned());
-            true
-        })
+        .visit_members_after(list, &mut collect)
         .expect("visit after");
-    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(seen.len(), 7, "{seen:?}");
 
     let records = store.export_scope("s07").expect("export").records;
     for limit in [1, 5, 50] {
@@ -130,8 +132,12 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
         loop {
             let after = paged.last().map(|(k, _)| k.clone());
             let mut page = Vec::new();
+            let list = Records {
+                scope: "s07",
+                after: after.as_deref(),
+            };
             store
-                .visit_records("s07", after.as_deref(), &mut |k, v| {
+                .visit_records(list, &mut |k, v| {
                     page.push((k.to_owned(), v.to_owned()));
                     page.len() < limit
                 })
@@ -568,12 +574,12 @@ impl Store for Gated {
         persist() -> Result<(), StoreError>;
         scopes() -> Result<Vec<String>, StoreError>;
         scopes_after(after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
-        visit_members_after(scope: &str, group: Option<&str>, after: Option<(&str, &str)>, visit: &mut dyn FnMut(&str, &str) -> bool) -> Result<(), StoreError>;
+        visit_members_after(list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;
         export_scope(scope: &str) -> Result<ScopeDump, StoreError>;
         import_scope(scope: &str, dump: &ScopeDump) -> Result<(), StoreError>;
         alert_sequence(owner: &str) -> Result<u64, StoreError>;
         alert_insert(owner: &str, key: &str, value: &str) -> Result<bool, StoreError>;
-        visit_alerts(owner: Option<&str>, after: Option<(&str, &str)>, visit: &mut dyn FnMut(&str, &str, &str) -> bool) -> Result<(), StoreError>;
+        visit_alerts(list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError>;
     }
 }
 

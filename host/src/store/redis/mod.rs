@@ -146,8 +146,8 @@ use conn::{Call, Conn, block, collect, slot_of};
 pub use url::{RedisConfig, RedisTarget, is_redis_url, parse_url};
 
 use super::{
-    CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
-    MemberAddMany, Membership, ScopeDump, Store, StoreError,
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Members, Membership, ScopeDump, Store, StoreError, Visit, VisitAlert,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -501,12 +501,7 @@ impl RedisStore {
         counter: Option<(&str, Instant)>,
     ) -> Result<(Option<MemberAddOutcome>, Tally), StoreError> {
         let what = "member-add";
-        let MemberAdd {
-            scope,
-            group,
-            member,
-            limit,
-        } = add;
+        let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
         self.register(scope)?;
         let mut args = vec![group.into(), member.into(), limit_arg(limit)];
         args.extend(guard_args(guard));
@@ -632,12 +627,8 @@ impl super::Backend for RedisStore {
         })
     }
 
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        let Alerts { owner, after } = list;
         const PAGE: usize = 256;
         let what = "visit-alerts";
         let owners: Vec<String> = match owner {
@@ -805,39 +796,19 @@ impl super::Backend for RedisStore {
         &self,
         add: MemberAddGuarded<'_>,
     ) -> Result<Option<GuardedMember>, StoreError> {
-        let MemberAddGuarded {
-            scope,
-            group,
-            member,
-            limit,
-            ..
-        } = add;
-        let (outcome, tally) = self.add_member(
-            MemberAdd {
-                scope,
-                group,
-                member,
-                limit,
-            },
-            add.guard,
-            Some((add.name, add.now)),
-        )?;
+        let counter = Some((add.name, add.now));
+        let (outcome, tally) = self.add_member(add.member_add(), add.guard, counter)?;
         Ok(outcome.map(|outcome| GuardedMember { outcome, tally }))
     }
 
     fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
-        let MemberAddMany {
-            scope,
-            group,
-            members,
-            limit,
-        } = add;
+        let (scope, members) = (add.scope, add.members);
         if !members.is_empty() {
             self.register(scope)?;
         }
         let mut args = Vec::with_capacity(members.len() + 2);
-        args.push(group.into());
-        args.push(limit_arg(limit));
+        args.push(add.group.into());
+        args.push(limit_arg(add.limit));
         args.extend(members.iter().map(|m| m.clone().into_bytes()));
         // A full batch is tens of thousands of commands inside one script.
         let limit = self.config.bulk_timeout;
@@ -1034,13 +1005,12 @@ impl super::Backend for RedisStore {
         Ok(listed)
     }
 
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let Members {
+            scope,
+            group,
+            after,
+        } = list;
         // Page by page, each page one atomic read: unlike redb, not one snapshot
         // of the whole scope (a visit concurrent with writes sees each page as of
         // its own read), but bounded in memory whatever the scope's size. The
