@@ -522,11 +522,7 @@ impl super::Backend for MemoryStore {
     }
 
     fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
-        let Members {
-            scope,
-            group,
-            after,
-        } = list;
+        let (scope, group, after) = (list.scope, list.group, list.after);
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(());

@@ -1846,11 +1846,7 @@ impl super::Backend for RedbStore {
     }
 
     fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
-        let Members {
-            scope,
-            group,
-            after,
-        } = list;
+        let (scope, group, after) = (list.scope, list.group, list.after);
         let what = "visiting members";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;

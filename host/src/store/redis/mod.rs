@@ -1006,11 +1006,7 @@ impl super::Backend for RedisStore {
     }
 
     fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
-        let Members {
-            scope,
-            group,
-            after,
-        } = list;
+        let (scope, group, after) = (list.scope, list.group, list.after);
         // Page by page, each page one atomic read: unlike redb, not one snapshot
         // of the whole scope (a visit concurrent with writes sees each page as of
         // its own read), but bounded in memory whatever the scope's size. The
