@@ -27,7 +27,7 @@ use creditgate::bindings::EmailKind;
 use creditgate::gateway::Gateway;
 use creditgate::request::Request;
 use creditgate::runtime::{ComponentSource, Runtime, RuntimeConfig, Worker};
-use creditgate::store::{CounterAdd, MemoryStore, RedbStore, RedisStore, Store};
+use creditgate::store::{CounterAdd, MemoryStore, OnceKey, RedbStore, RedisStore, Store};
 use creditgate_benches::NativeState;
 use creditgate_guest::engine::Engine;
 use creditgate_guest::policy::Policy;
@@ -411,19 +411,23 @@ fn loading(c: &mut Criterion) {
 /// One email charged to `account` on `store`, message `i` (an idempotency key
 /// each), as the policy charges it.
 fn charge(store: &RedbStore, account: &str, i: u64) {
-    let once = creditgate::bindings::Once {
-        key: format!("msg/0/{i}"),
+    let key = format!("msg/0/{i}");
+    let once = OnceKey {
+        key: &key,
         fingerprint: i,
         expires_at: i64::MAX,
     };
     let add = CounterAdd {
+        scope: account,
+        guard: None,
+        name: "email/0",
         amount: 1,
         limit: None,
-        once: Some(&once),
+        once: Some(once),
         expires_at: None,
         now: T0,
     };
-    store.counter_add(account, "email/0", add).expect("adds");
+    store.counter_add(add).expect("adds");
 }
 
 /// The disk under the store against the store's commit, side by side:

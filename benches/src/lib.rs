@@ -7,7 +7,9 @@ pub mod addresses;
 use std::sync::Arc;
 
 use creditgate::bindings as host;
-use creditgate::store::{CounterAdd, Guard, Store, StoreError};
+use creditgate::store::{
+    CounterAdd, CounterTally, Guard, MemberAddGuarded, MemberAddMany, Membership, Store, StoreError,
+};
 use creditgate_guest::bindings as guest;
 use creditgate_guest::engine::{Name, OnceKey, State};
 
@@ -100,7 +102,12 @@ impl State for NativeState {
     ) -> Result<guest::MembersAdded, guest::StateError> {
         let added = self
             .store
-            .member_add_many(scope, group, members, limit)
+            .member_add_many(MemberAddMany {
+                scope,
+                group,
+                members,
+                limit,
+            })
             .map_err(state_error)?;
         let outcomes = added.outcomes.into_iter().map(member_add_outcome).collect();
         Ok(guest::MembersAdded {
@@ -116,7 +123,11 @@ impl State for NativeState {
     ) -> Result<guest::MemberRemoved, guest::StateError> {
         let removed = self
             .store
-            .member_remove(scope, group, member)
+            .member_remove(Membership {
+                scope,
+                group,
+                member,
+            })
             .map_err(state_error)?;
         let outcome = match removed.outcome {
             host::MemberRemoveOutcome::NotInGroup => guest::MemberRemoveOutcome::NotInGroup,
@@ -164,24 +175,21 @@ impl State for NativeState {
             None => None,
         };
         let add = CounterAdd {
+            scope: self.name(scope)?,
+            guard: Some(self.guard(guard)?),
+            name: self.name(counter)?,
             amount,
             limit,
-            once: once.as_ref(),
+            once: once.as_ref().map(creditgate::store::OnceKey::of),
             expires_at,
             now,
         };
-        let (scope, counter) = (self.name(scope)?, self.name(counter)?);
-        let guard = Some(self.guard(guard)?);
         let tally = |t: host::Tally| guest::Tally {
             counter: t.counter,
             members: t.members,
         };
         Ok(
-            match self
-                .store
-                .counter_add_guarded(scope, guard, counter, add)
-                .map_err(state_error)?
-            {
+            match self.store.counter_add_guarded(add).map_err(state_error)? {
                 host::GuardedAdd::Applied(t) => guest::GuardedAdd::Applied(tally(t)),
                 host::GuardedAdd::Repeated(t) => guest::GuardedAdd::Repeated(tally(t)),
                 host::GuardedAdd::Refused(t) => guest::GuardedAdd::Refused(tally(t)),
@@ -200,17 +208,24 @@ impl State for NativeState {
         counter: Name,
         now: i64,
     ) -> Result<Option<guest::GuardedMember>, guest::StateError> {
-        let (scope, group, counter) = (self.name(scope)?, self.name(group)?, self.name(counter)?);
-        let guard = Some(self.guard(guard)?);
+        let add = MemberAddGuarded {
+            scope: self.name(scope)?,
+            guard: Some(self.guard(guard)?),
+            group: self.name(group)?,
+            member,
+            limit,
+            name: self.name(counter)?,
+            now,
+        };
         Ok(self
             .store
-            .member_add_guarded(scope, guard, group, member, limit, counter, now)
+            .member_add_guarded(add)
             .map_err(state_error)?
-            .map(|(outcome, t)| guest::GuardedMember {
-                outcome: member_add_outcome(outcome),
+            .map(|added| guest::GuardedMember {
+                outcome: member_add_outcome(added.outcome),
                 tally: guest::Tally {
-                    counter: t.counter,
-                    members: t.members,
+                    counter: added.tally.counter,
+                    members: added.tally.members,
                 },
             }))
     }
@@ -221,11 +236,15 @@ impl State for NativeState {
         counter: Name,
         now: i64,
     ) -> Result<Option<guest::Tally>, guest::StateError> {
-        let (scope, counter) = (self.name(scope)?, self.name(counter)?);
-        let guard = Some(self.guard(guard)?);
+        let tally = CounterTally {
+            scope: self.name(scope)?,
+            guard: Some(self.guard(guard)?),
+            name: self.name(counter)?,
+            now,
+        };
         Ok(self
             .store
-            .counter_tally(scope, guard, counter, now)
+            .counter_tally(tally)
             .map_err(state_error)?
             .map(|t| guest::Tally {
                 counter: t.counter,

@@ -109,7 +109,11 @@ pub fn record(store: &dyn Store, alert: &FiredAlert, at: i64) -> Result<(), Stor
 pub fn list(store: &dyn Store, account: Option<&str>) -> Result<Vec<FiredAlert>, StoreError> {
     let mut alerts = Vec::new();
     let mut failed = None;
-    store.visit_alerts(account, None, &mut |owner, key, value| {
+    let list = crate::store::Alerts {
+        owner: account,
+        after: None,
+    };
+    store.visit_alerts(list, &mut |owner, key, value| {
         match decode(owner, key, value) {
             Ok(alert) => alerts.push(alert),
             Err(e) => failed = Some(e),

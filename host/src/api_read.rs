@@ -590,8 +590,11 @@ async fn alerts_page(
     let mut found: Vec<(String, String, String)> = bulk
         .read(move |store| {
             let mut found = Vec::with_capacity(limit.min(64) + 1);
-            let after = after.as_ref().map(|(a, k)| (a.as_str(), k.as_str()));
-            store.visit_alerts(account.as_deref(), after, &mut |owner, key, value| {
+            let list = crate::store::Alerts {
+                owner: account.as_deref(),
+                after: after.as_ref().map(|(a, k)| (a.as_str(), k.as_str())),
+            };
+            store.visit_alerts(list, &mut |owner, key, value| {
                 found.push((owner.to_owned(), key.to_owned(), value.to_owned()));
                 found.len() <= limit
             })?;

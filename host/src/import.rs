@@ -40,7 +40,7 @@ use serde::Serialize;
 use crate::bindings::{LeadBatch, LeadOutcome, LeadResult, MemberAddOutcome, MembersAdded, Reason};
 use crate::request::Request;
 use crate::runtime::{DecideError, Worker};
-use crate::store::{DryRun, MAX_NAME_LEN, MemoryStore, Predict, Store, StoreError};
+use crate::store::{DryRun, MAX_NAME_LEN, MemberAddMany, MemoryStore, Predict, Store, StoreError};
 use crate::wire::{CreditsJson, LeadClass, LeadClassifier, UsageJson, reason_code};
 
 /// Longest row accepted, in bytes (line ending excluded); a longer one is reported
@@ -529,11 +529,9 @@ impl Predict for Additions {
     fn member_add_many(
         &self,
         real: &dyn Store,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
+        add: MemberAddMany<'_>,
     ) -> Result<MembersAdded, StoreError> {
+        let (scope, group, members) = (add.scope, add.group, add.members);
         crate::store::check_batch(scope, group, members)?;
         let mut target = self.target();
         let t = match target.as_mut() {
@@ -551,7 +549,7 @@ impl Predict for Additions {
                 } else if t.in_scope.contains(&print) {
                     t.in_group.insert(print);
                     MemberAddOutcome::Joined
-                } else if limit.is_some_and(|l| t.count >= l) {
+                } else if add.limit.is_some_and(|l| t.count >= l) {
                     MemberAddOutcome::Refused
                 } else {
                     t.in_scope.insert(print);

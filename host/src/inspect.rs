@@ -52,8 +52,12 @@ pub fn members_after(
     if limit == 0 {
         return Ok(found);
     }
-    let after = after.map(|a| (a.group.as_str(), a.member.as_str()));
-    store.visit_members_after(scope, group, after, &mut |g, m| {
+    let list = crate::store::Members {
+        scope,
+        group,
+        after: after.map(|a| (a.group.as_str(), a.member.as_str())),
+    };
+    store.visit_members_after(list, &mut |g, m| {
         found.push(Membership {
             group: g.to_owned(),
             member: m.to_owned(),
@@ -367,10 +371,14 @@ mod tests {
     #[test]
     fn group_sizes_count_memberships_per_group() {
         let store = crate::store::MemoryStore::new();
-        for (g, m) in [("q1", "a"), ("q1", "b"), ("q2", "a")] {
-            store
-                .member_add_many("s", g, &[m.to_owned()], None)
-                .expect("the memory store adds");
+        for (group, m) in [("q1", "a"), ("q1", "b"), ("q2", "a")] {
+            let add = crate::store::MemberAddMany {
+                scope: "s",
+                group,
+                members: &[m.to_owned()],
+                limit: None,
+            };
+            store.member_add_many(add).expect("the memory store adds");
         }
         let sizes = group_sizes(&store, "s").expect("reads");
         assert_eq!(

@@ -42,7 +42,9 @@ use crate::bindings::{
 };
 use crate::metrics::Latencies;
 use crate::request::{Answer, Op, Request};
-use crate::store::{self, CounterAdd, Store};
+use crate::store::{
+    self, CounterAdd, CounterTally, MemberAddGuarded, MemberAddMany, Membership, OnceKey, Store,
+};
 
 /// The policy component built from `guest/`, embedded in the binary.
 pub static BUILTIN_COMPONENT: &[u8] = include_bytes!(env!("CREDITGATE_GUEST_WASM"));
@@ -716,7 +718,12 @@ impl state::Host for HostState {
         limit: Option<u64>,
     ) -> Result<MembersAdded, StateError> {
         self.on([scope, group], |store, [scope, group]| {
-            store.member_add_many(scope, group, &members, limit)
+            store.member_add_many(MemberAddMany {
+                scope,
+                group,
+                members: &members,
+                limit,
+            })
         })
     }
     fn member_remove(
@@ -726,7 +733,12 @@ impl state::Host for HostState {
         member: String,
     ) -> Result<MemberRemoved, StateError> {
         self.on([scope, group], |store, [scope, group]| {
-            store.member_remove(scope, group, &member)
+            let member = &member;
+            store.member_remove(Membership {
+                scope,
+                group,
+                member,
+            })
         })
     }
     fn group_clear(&mut self, scope: u32, group: u32) -> Result<GroupCleared, StateError> {
@@ -761,13 +773,16 @@ impl state::Host for HostState {
             None => None,
         };
         let add = CounterAdd {
+            scope,
+            guard: Some(guard),
+            name: counter,
             amount,
             limit,
-            once: once.as_ref(),
+            once: once.as_ref().map(OnceKey::of),
             expires_at,
             now,
         };
-        clock.timed(|| store.counter_add_guarded(scope, Some(guard), counter, add))
+        clock.timed(|| store.counter_add_guarded(add))
     }
     fn member_add_guarded(
         &mut self,
@@ -781,11 +796,16 @@ impl state::Host for HostState {
     ) -> Result<Option<GuardedMember>, StateError> {
         let (store, names, clock) = self.parts();
         let (scope, group, counter) = (names.get(scope)?, names.get(group)?, names.get(counter)?);
-        let guard = Some(guard_of(names, guard)?);
-        let added = clock.timed(|| {
-            store.member_add_guarded(scope, guard, group, &member, limit, counter, now)
-        })?;
-        Ok(added.map(|(outcome, tally)| GuardedMember { outcome, tally }))
+        let add = MemberAddGuarded {
+            scope,
+            guard: Some(guard_of(names, guard)?),
+            group,
+            member: &member,
+            limit,
+            name: counter,
+            now,
+        };
+        clock.timed(|| store.member_add_guarded(add))
     }
     fn counter_tally(
         &mut self,
@@ -796,8 +816,13 @@ impl state::Host for HostState {
     ) -> Result<Option<Tally>, StateError> {
         let (store, names, clock) = self.parts();
         let (scope, counter) = (names.get(scope)?, names.get(counter)?);
-        let guard = guard_of(names, guard)?;
-        clock.timed(|| store.counter_tally(scope, Some(guard), counter, now))
+        let tally = CounterTally {
+            scope,
+            guard: Some(guard_of(names, guard)?),
+            name: counter,
+            now,
+        };
+        clock.timed(|| store.counter_tally(tally))
     }
 }
 

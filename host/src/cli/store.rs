@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use creditgate::store::{Create, Store, parse_url};
+use creditgate::store::{Alerts, Create, Store, parse_url};
 
 use super::{Exit, Format, StoreArgs, redis_url};
 
@@ -103,7 +103,7 @@ fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
     }
     // The host's alert log, which lives apart from every scope.
     let mut log = Vec::new();
-    from.visit_alerts(None, None, &mut |owner, key, value| {
+    from.visit_alerts(Alerts::default(), &mut |owner, key, value| {
         log.push((owner.to_owned(), key.to_owned(), value.to_owned()));
         true
     })

@@ -53,8 +53,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use redb::StorageBackend;
 use redb::backends::FileBackend;
 
-use super::{CounterAdd, Guard, Instant, ScopeDump, Store, StoreError, WrapStorage};
-use crate::bindings::Once;
+use super::{
+    CounterAdd, Guard, MemberAdd, MemberAddGuarded, MemberAddMany, Membership, OnceKey, ScopeDump,
+    Store, StoreError, WrapStorage,
+};
 
 /// Bytes before the first record.
 pub(super) const HEADER_LEN: u64 = 4096;
@@ -552,7 +554,8 @@ pub(super) fn clear(file: &dyn StorageBackend, from: u64, to: u64) -> io::Result
 
 /// A write primitive as the journal records it: the call, with every argument,
 /// so that calling it again on the state it was first applied to applies the
-/// same effects.
+/// same effects. A primitive that takes its arguments as one struct is recorded
+/// as that struct, as it was called.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Op<'a> {
     RecordInsert {
@@ -565,42 +568,11 @@ pub(super) enum Op<'a> {
         key: &'a str,
         value: &'a str,
     },
-    CounterAdd {
-        scope: &'a str,
-        guard: Option<Guard<'a>>,
-        name: &'a str,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<OnceKey<'a>>,
-        expires_at: Option<Instant>,
-        now: Instant,
-    },
-    MemberAdd {
-        scope: &'a str,
-        group: &'a str,
-        member: &'a str,
-        limit: Option<u64>,
-    },
-    MemberAddGuarded {
-        scope: &'a str,
-        guard: Option<Guard<'a>>,
-        group: &'a str,
-        member: &'a str,
-        limit: Option<u64>,
-        name: &'a str,
-        now: Instant,
-    },
-    MemberAddMany {
-        scope: &'a str,
-        group: &'a str,
-        members: Vec<&'a str>,
-        limit: Option<u64>,
-    },
-    MemberRemove {
-        scope: &'a str,
-        group: &'a str,
-        member: &'a str,
-    },
+    CounterAdd(CounterAdd<'a>),
+    MemberAdd(MemberAdd<'a>),
+    MemberAddGuarded(MemberAddGuarded<'a>),
+    MemberAddMany(Many<'a>),
+    MemberRemove(Membership<'a>),
     GroupClear {
         scope: &'a str,
         group: &'a str,
@@ -619,30 +591,14 @@ pub(super) enum Op<'a> {
     },
 }
 
-/// WIT `once`, borrowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct OnceKey<'a> {
-    pub key: &'a str,
-    pub fingerprint: u64,
-    pub expires_at: Instant,
-}
-
-impl<'a> OnceKey<'a> {
-    pub fn of(once: &'a Once) -> Self {
-        OnceKey {
-            key: &once.key,
-            fingerprint: once.fingerprint,
-            expires_at: once.expires_at,
-        }
-    }
-
-    pub fn to_owned(self) -> Once {
-        Once {
-            key: self.key.to_owned(),
-            fingerprint: self.fingerprint,
-            expires_at: self.expires_at,
-        }
-    }
+/// [`MemberAddMany`] with the members borrowed one by one, as a payload holds
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Many<'a> {
+    pub scope: &'a str,
+    pub group: &'a str,
+    pub limit: Option<u64>,
+    pub members: Vec<&'a str>,
 }
 
 mod tag {
@@ -824,9 +780,15 @@ impl<'a> Field<'a> for Cow<'a, ScopeDump> {
 
 /// The codec of [`Op`], from one table: each operation's tag and its fields in
 /// the order they are written (the order is the format; a new field goes last
-/// in a new tag, never into an existing one).
+/// in a new tag, never into an existing one). `Op::X { .. }` are the variants
+/// with fields of their own, `Op::X(Args)` those that hold the primitive's
+/// argument struct.
 macro_rules! codec {
-    ($($op:ident = $tag:ident { $($field:ident),* },)*) => {
+    (
+        $($op:ident = $tag:ident { $($field:ident),* },)*
+        ;
+        $($arg_op:ident($arg:ident) = $arg_tag:ident { $($arg_field:ident),* },)*
+    ) => {
         impl<'a> Op<'a> {
             /// Appends the payload to `out`.
             pub fn encode(&self, out: &mut Vec<u8>) {
@@ -836,6 +798,10 @@ macro_rules! codec {
                         e.tag(tag::$tag);
                         $(Field::put($field, &mut e);)*
                     })*
+                    $(Op::$arg_op($arg { $($arg_field),* }) => {
+                        e.tag(tag::$arg_tag);
+                        $(Field::put($arg_field, &mut e);)*
+                    })*
                 }
             }
 
@@ -844,6 +810,9 @@ macro_rules! codec {
                 let mut d = Decoder(payload);
                 let op = match d.u8()? {
                     $(tag::$tag => Op::$op { $($field: Field::take(&mut d)?),* },)*
+                    $(tag::$arg_tag => Op::$arg_op($arg {
+                        $($arg_field: Field::take(&mut d)?),*
+                    }),)*
                     other => return Err(format!("unknown operation {other}")),
                 };
                 if !d.0.is_empty() {
@@ -858,15 +827,20 @@ macro_rules! codec {
 codec! {
     RecordInsert = RECORD_INSERT { scope, key, value },
     RecordUpdate = RECORD_UPDATE { scope, key, value },
-    CounterAdd = COUNTER_ADD { scope, guard, name, amount, limit, once, expires_at, now },
-    MemberAdd = MEMBER_ADD { scope, group, member, limit },
-    MemberAddGuarded = MEMBER_ADD_GUARDED { scope, guard, group, member, limit, name, now },
-    MemberAddMany = MEMBER_ADD_MANY { scope, group, limit, members },
-    MemberRemove = MEMBER_REMOVE { scope, group, member },
     GroupClear = GROUP_CLEAR { scope, group },
     ImportScope = IMPORT_SCOPE { scope, dump },
     AlertSequence = ALERT_SEQUENCE { owner },
     AlertInsert = ALERT_INSERT { owner, key, value },
+    ;
+    CounterAdd(CounterAdd) = COUNTER_ADD {
+        scope, guard, name, amount, limit, once, expires_at, now
+    },
+    MemberAdd(MemberAdd) = MEMBER_ADD { scope, group, member, limit },
+    MemberAddMany(Many) = MEMBER_ADD_MANY { scope, group, limit, members },
+    MemberAddGuarded(MemberAddGuarded) = MEMBER_ADD_GUARDED {
+        scope, guard, group, member, limit, name, now
+    },
+    MemberRemove(Membership) = MEMBER_REMOVE { scope, group, member },
 }
 
 impl Op<'_> {
@@ -880,61 +854,20 @@ impl Op<'_> {
             Op::RecordUpdate { scope, key, value } => {
                 store.record_update(scope, key, value).map(drop)
             }
-            Op::CounterAdd {
-                scope,
-                guard,
-                name,
-                amount,
-                limit,
-                once,
-                expires_at,
-                now,
-            } => {
-                let once = once.map(OnceKey::to_owned);
-                let add = CounterAdd {
-                    amount: *amount,
-                    limit: *limit,
-                    once: once.as_ref(),
-                    expires_at: *expires_at,
-                    now: *now,
+            Op::CounterAdd(add) => store.counter_add_guarded(*add).map(drop),
+            Op::MemberAdd(add) => store.member_add(*add).map(drop),
+            Op::MemberAddGuarded(add) => store.member_add_guarded(*add).map(drop),
+            Op::MemberAddMany(many) => {
+                let members: Vec<String> = many.members.iter().map(|&m| m.to_owned()).collect();
+                let add = MemberAddMany {
+                    scope: many.scope,
+                    group: many.group,
+                    members: &members,
+                    limit: many.limit,
                 };
-                store
-                    .counter_add_guarded(scope, *guard, name, add)
-                    .map(drop)
+                store.member_add_many(add).map(drop)
             }
-            Op::MemberAdd {
-                scope,
-                group,
-                member,
-                limit,
-            } => store.member_add(scope, group, member, *limit).map(drop),
-            Op::MemberAddGuarded {
-                scope,
-                guard,
-                group,
-                member,
-                limit,
-                name,
-                now,
-            } => store
-                .member_add_guarded(scope, *guard, group, member, *limit, name, *now)
-                .map(drop),
-            Op::MemberAddMany {
-                scope,
-                group,
-                members,
-                limit,
-            } => {
-                let members: Vec<String> = members.iter().map(|&m| m.to_owned()).collect();
-                store
-                    .member_add_many(scope, group, &members, *limit)
-                    .map(drop)
-            }
-            Op::MemberRemove {
-                scope,
-                group,
-                member,
-            } => store.member_remove(scope, group, member).map(drop),
+            Op::MemberRemove(at) => store.member_remove(*at).map(drop),
             Op::GroupClear { scope, group } => store.group_clear(scope, group).map(drop),
             Op::ImportScope { scope, dump } => store.import_scope(scope, dump),
             Op::AlertSequence { owner } => store.alert_sequence(owner).map(drop),
@@ -1069,8 +1002,8 @@ mod tests {
 
     #[test]
     fn every_operation_decodes_as_it_was_encoded() {
-        let once = Once {
-            key: "msg/0/a".into(),
+        let once = OnceKey {
+            key: "msg/0/a",
             fingerprint: 7,
             expires_at: -3,
         };
@@ -1091,17 +1024,17 @@ mod tests {
                 key: "",
                 value: "é",
             },
-            Op::CounterAdd {
+            Op::CounterAdd(CounterAdd {
                 scope: "acme",
                 guard,
                 name: "email/0",
                 amount: 3,
                 limit: Some(10),
-                once: Some(OnceKey::of(&once)),
+                once: Some(once),
                 expires_at: Some(i64::MAX),
                 now: 42,
-            },
-            Op::CounterAdd {
+            }),
+            Op::CounterAdd(CounterAdd {
                 scope: "acme",
                 guard: None,
                 name: "n",
@@ -1110,14 +1043,14 @@ mod tests {
                 once: None,
                 expires_at: None,
                 now: i64::MIN,
-            },
-            Op::MemberAdd {
+            }),
+            Op::MemberAdd(MemberAdd {
                 scope: "acme",
                 group: "q1",
                 member: "ann@x.io",
                 limit: None,
-            },
-            Op::MemberAddGuarded {
+            }),
+            Op::MemberAddGuarded(MemberAddGuarded {
                 scope: "acme",
                 guard,
                 group: "q1",
@@ -1125,18 +1058,18 @@ mod tests {
                 limit: Some(2),
                 name: "email/0",
                 now: 1,
-            },
-            Op::MemberAddMany {
+            }),
+            Op::MemberAddMany(Many {
                 scope: "acme",
                 group: "q2",
-                members: vec!["a", "b", "a"],
                 limit: Some(1),
-            },
-            Op::MemberRemove {
+                members: vec!["a", "b", "a"],
+            }),
+            Op::MemberRemove(Membership {
                 scope: "acme",
                 group: "q1",
                 member: "ann@x.io",
-            },
+            }),
             Op::GroupClear {
                 scope: "acme",
                 group: "q2",

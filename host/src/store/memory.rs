@@ -12,10 +12,14 @@ use std::sync::{Mutex, MutexGuard};
 
 #[cfg(doc)]
 use super::Store;
-use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, StoreError, is_retry};
+use super::{
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit, VisitAlert,
+    is_retry,
+};
 use crate::bindings::{
-    GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded, Tally,
+    GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
+    MemberRemoved, MembersAdded, Tally,
 };
 
 /// Expiry stored for "never"; the redb backend uses the same sentinel, so the two
@@ -107,13 +111,8 @@ fn exclusive_add(exclusive: &mut BTreeMap<String, u64>, group: &str, gain: bool)
 }
 
 /// `member_add` on the locked state.
-fn add_member(
-    scopes: &mut BTreeMap<String, Scope>,
-    scope: &str,
-    group: &str,
-    member: &str,
-    limit: Option<u64>,
-) -> MemberAdded {
+fn add_member(scopes: &mut BTreeMap<String, Scope>, add: MemberAdd<'_>) -> MemberAdded {
+    let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
     let members = scopes.get(scope).map_or(0, Scope::members);
     let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
     let outcome = match groups {
@@ -223,12 +222,8 @@ impl super::Backend for MemoryStore {
         Ok(true)
     }
 
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        let Alerts { owner, after } = list;
         let log = self.alert_log();
         let start = match (owner, after) {
             (_, Some((o, k))) => Bound::Excluded((o.to_owned(), k.to_owned())),
@@ -279,16 +274,11 @@ impl super::Backend for MemoryStore {
         Ok(counter_of(self.lock().get(scope), name, now))
     }
 
-    fn counter_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        add: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
+    fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError> {
+        let CounterAdd { scope, name, .. } = add;
         let mut scopes = self.lock();
         let found = scopes.get(scope);
-        if !guard_holds(found, guard) {
+        if !guard_holds(found, add.guard) {
             return Ok(GuardedAdd::Stale);
         }
         let current = counter_of(found, name, add.now);
@@ -298,7 +288,7 @@ impl super::Backend for MemoryStore {
         };
         if let Some(once) = add.once {
             let seen = found
-                .and_then(|s| s.once.get(&once.key))
+                .and_then(|s| s.once.get(once.key))
                 .filter(|&&(exp, _)| !expired(exp, add.now));
             if let Some(&(_, fingerprint)) = seen {
                 return Ok(if is_retry(fingerprint, once) {
@@ -318,8 +308,10 @@ impl super::Backend for MemoryStore {
         if let Some(once) = add.once {
             // Kept even if already expired: a later call at an earlier `now` (a clock
             // stepped back) must still see it, as the contract says.
-            s.once
-                .insert(once.key.clone(), (once.expires_at, Some(once.fingerprint)));
+            s.once.insert(
+                once.key.to_owned(),
+                (once.expires_at, Some(once.fingerprint)),
+            );
         }
         Ok(GuardedAdd::Applied(Tally {
             counter: new,
@@ -327,63 +319,43 @@ impl super::Backend for MemoryStore {
         }))
     }
 
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError> {
+    fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError> {
         let scopes = self.lock();
-        let found = scopes.get(scope);
-        if !guard_holds(found, guard) {
+        let found = scopes.get(tally.scope);
+        if !guard_holds(found, tally.guard) {
             return Ok(None);
         }
         Ok(Some(Tally {
-            counter: counter_of(found, name, now),
+            counter: counter_of(found, tally.name, tally.now),
             members: found.map_or(0, Scope::members),
         }))
     }
 
-    fn member_add(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StoreError> {
-        Ok(add_member(&mut self.lock(), scope, group, member, limit))
+    fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
+        Ok(add_member(&mut self.lock(), add))
     }
 
     fn member_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        add: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError> {
         let mut scopes = self.lock();
-        if !guard_holds(scopes.get(scope), guard) {
+        if !guard_holds(scopes.get(add.scope), add.guard) {
             return Ok(None);
         }
-        let added = add_member(&mut scopes, scope, group, member, limit);
+        let added = add_member(&mut scopes, add.member_add());
         let tally = Tally {
-            counter: counter_of(scopes.get(scope), name, now),
+            counter: counter_of(scopes.get(add.scope), add.name, add.now),
             members: added.members,
         };
-        Ok(Some((added.outcome, tally)))
+        Ok(Some(GuardedMember {
+            outcome: added.outcome,
+            tally,
+        }))
     }
 
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StoreError> {
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
+        let (scope, group, members) = (add.scope, add.group, add.members);
         let mut scopes = self.lock();
         if members.is_empty() {
             let members = scopes.get(scope).map_or(0, Scope::members);
@@ -400,7 +372,7 @@ impl super::Backend for MemoryStore {
             let outcome = match s.member_groups.get(member.as_str()) {
                 Some(groups) if groups.contains(group) => MemberAddOutcome::AlreadyInGroup,
                 Some(_) => MemberAddOutcome::Joined,
-                None if limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
+                None if add.limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
                 None => {
                     count += 1;
                     MemberAddOutcome::Inserted
@@ -426,12 +398,8 @@ impl super::Backend for MemoryStore {
         Ok(MembersAdded { outcomes, members })
     }
 
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StoreError> {
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
+        let (scope, group, member) = (at.scope, at.group, at.member);
         let mut scopes = self.lock();
         let Some(s) = scopes.get_mut(scope) else {
             return Ok(MemberRemoved {
@@ -520,15 +488,12 @@ impl super::Backend for MemoryStore {
             .collect())
     }
 
-    fn membership(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Option<u64>, StoreError> {
+    fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
         let scopes = self.lock();
-        let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
-        Ok(groups.filter(|g| g.contains(group)).map(|g| g.len() as u64))
+        let groups = (scopes.get(at.scope)).and_then(|s| s.member_groups.get(at.member));
+        Ok(groups
+            .filter(|g| g.contains(at.group))
+            .map(|g| g.len() as u64))
     }
 
     fn persist(&self) -> Result<(), StoreError> {
@@ -545,36 +510,6 @@ impl super::Backend for MemoryStore {
             .collect())
     }
 
-    fn visit_members(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        let scopes = self.lock();
-        let Some(s) = scopes.get(scope) else {
-            return Ok(());
-        };
-        let mut visit_group = |group: &str, members: &BTreeSet<String>| {
-            members.iter().all(|member| visit(group, member))
-        };
-        match group {
-            Some(group) => {
-                if let Some(members) = s.groups.get(group) {
-                    visit_group(group, members);
-                }
-            }
-            None => {
-                for (group, members) in &s.groups {
-                    if !visit_group(group, members) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(self
@@ -586,18 +521,15 @@ impl super::Backend for MemoryStore {
             .collect())
     }
 
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let (scope, group, after) = (list.scope, list.group, list.after);
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(());
         };
-        let first = after.map_or(Bound::Unbounded, |(g, _)| Bound::Included(g));
+        // From the later of `after`'s group and `group`: None sorts first.
+        let first = after.map(|(g, _)| g).max(group);
+        let first = first.map_or(Bound::Unbounded, Bound::Included);
         for (g, members) in s.groups.range::<str, _>((first, Bound::Unbounded)) {
             if group.is_some_and(|only| only != g) {
                 if group.is_some_and(|only| only < g.as_str()) {
@@ -618,12 +550,8 @@ impl super::Backend for MemoryStore {
         Ok(())
     }
 
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let Records { scope, after } = list;
         let scopes = self.lock();
         let Some(s) = scopes.get(scope) else {
             return Ok(());

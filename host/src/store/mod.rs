@@ -34,7 +34,7 @@ pub use redb_store::{Create, OpenOptions, RedbStore, WrapStorage};
 pub use redis::{RedisConfig, RedisDurability, RedisStore, RedisTarget, is_redis_url, parse_url};
 
 use crate::bindings::{
-    CounterAdded, GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoved,
+    CounterAdded, GroupCleared, GuardedAdd, GuardedMember, MemberAdded, MemberRemoved,
     MembersAdded, Once, StateError, Tally,
 };
 
@@ -121,18 +121,146 @@ impl From<StoreError> for StateError {
     }
 }
 
-/// The arguments of [`Store::counter_add`] besides the counter's name.
-#[derive(Debug, Clone)]
+// The write primitives and the reads with a guard take their arguments as one
+// struct each, named after the primitive: a signature is one line in the trait,
+// in each backend and in each wrapper, a call names what it passes, and the
+// journal records a redb write as the very struct it was called with (see
+// `journal::Op`). Every field borrows, so building one costs nothing on the hot
+// path.
+
+/// WIT `counter-add-guarded` (and `counter-add`, without a guard): add `amount`
+/// to counter `name` of `scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterAdd<'a> {
+    pub scope: &'a str,
+    /// The record the addition depends on; None: none.
+    pub guard: Option<Guard<'a>>,
+    pub name: &'a str,
     pub amount: u64,
     /// None: no bound.
     pub limit: Option<u64>,
     /// Makes the addition idempotent on a key (see WIT `once`).
-    pub once: Option<&'a Once>,
+    pub once: Option<OnceKey<'a>>,
     /// When the counter may be forgotten; None: never.
     pub expires_at: Option<Instant>,
     /// The instant the call is made at; expiries are judged against it.
     pub now: Instant,
+}
+
+/// WIT `counter-tally`: counter `name` of `scope` at `now` and the scope's
+/// member count, while `guard` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterTally<'a> {
+    pub scope: &'a str,
+    pub guard: Option<Guard<'a>>,
+    pub name: &'a str,
+    pub now: Instant,
+}
+
+/// WIT `member-add`: `member` into `group` of `scope`, a new member of the
+/// scope only while it holds fewer than `limit` (None: no bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberAdd<'a> {
+    pub scope: &'a str,
+    pub group: &'a str,
+    pub member: &'a str,
+    pub limit: Option<u64>,
+}
+
+/// WIT `member-add-guarded`: a [`MemberAdd`] applied only while `guard` holds,
+/// answering counter `name` at `now` beside the member count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberAddGuarded<'a> {
+    pub scope: &'a str,
+    pub guard: Option<Guard<'a>>,
+    pub group: &'a str,
+    pub member: &'a str,
+    pub limit: Option<u64>,
+    pub name: &'a str,
+    pub now: Instant,
+}
+
+impl<'a> MemberAddGuarded<'a> {
+    /// The addition alone, as applied once the guard holds.
+    pub fn member_add(&self) -> MemberAdd<'a> {
+        MemberAdd {
+            scope: self.scope,
+            group: self.group,
+            member: self.member,
+            limit: self.limit,
+        }
+    }
+}
+
+/// WIT `member-add-many`: each of `members`, in order, as a [`MemberAdd`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberAddMany<'a> {
+    pub scope: &'a str,
+    pub group: &'a str,
+    pub members: &'a [String],
+    pub limit: Option<u64>,
+}
+
+/// One member of one group of a scope: what `member-remove` removes and
+/// [`Store::membership`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership<'a> {
+    pub scope: &'a str,
+    pub group: &'a str,
+    pub member: &'a str,
+}
+
+/// A listing's visitor: called with each pair in order (a membership's group
+/// and member, a record's key and value), it answers false to stop the listing.
+/// The rules of [`Store::visit_members`] hold for it.
+pub type Visit<'v> = &'v mut dyn FnMut(&str, &str) -> bool;
+
+/// The alert log's visitor: [`Visit`] with each entry's owner, key and value.
+pub type VisitAlert<'v> = &'v mut dyn FnMut(&str, &str, &str) -> bool;
+
+/// Which memberships [`Store::visit_members_after`] visits: those of `scope`
+/// (of `group` only, when given) after `after` = `(group, member)`, exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Members<'a> {
+    pub scope: &'a str,
+    pub group: Option<&'a str>,
+    pub after: Option<(&'a str, &'a str)>,
+}
+
+/// Which records [`Store::visit_records`] visits: those of `scope` whose key
+/// is after `after`, exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Records<'a> {
+    pub scope: &'a str,
+    pub after: Option<&'a str>,
+}
+
+/// Which entries of the alert log [`Store::visit_alerts`] visits: those of
+/// `owner`'s log (of every log, when None) after `after` = `(owner, key)`,
+/// exclusive. The default visits every entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Alerts<'a> {
+    pub owner: Option<&'a str>,
+    pub after: Option<(&'a str, &'a str)>,
+}
+
+/// WIT `once`, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnceKey<'a> {
+    pub key: &'a str,
+    pub fingerprint: u64,
+    pub expires_at: Instant,
+}
+
+impl<'a> OnceKey<'a> {
+    /// Borrows the WIT record.
+    pub fn of(once: &'a Once) -> Self {
+        OnceKey {
+            key: &once.key,
+            fingerprint: once.fingerprint,
+            expires_at: once.expires_at,
+        }
+    }
 }
 
 /// A record a call depends on (WIT `guard`): the call does anything only while
@@ -173,82 +301,44 @@ pub trait Store: Send + Sync {
     /// WIT `counter-add-guarded`, and without a guard `counter-add` with the
     /// scope's member count: the one primitive behind both, so that they cannot
     /// drift apart. Without a guard the answer is never [`GuardedAdd::Stale`].
-    fn counter_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        add: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError>;
+    fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError>;
 
     /// WIT `counter-tally`: the counter and the member count from one snapshot, or
     /// None when `guard` does not hold.
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError>;
+    fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError>;
 
-    /// WIT `counter-add`: [`Store::counter_add_guarded`] without a guard.
-    fn counter_add(
-        &self,
-        scope: &str,
-        name: &str,
-        add: CounterAdd<'_>,
-    ) -> Result<CounterAdded, StoreError> {
-        Ok(match self.counter_add_guarded(scope, None, name, add)? {
-            GuardedAdd::Applied(t) => CounterAdded::Applied(t.counter),
-            GuardedAdd::Repeated(t) => CounterAdded::Repeated(t.counter),
-            GuardedAdd::Refused(t) => CounterAdded::Refused(t.counter),
-            GuardedAdd::Conflict(t) => CounterAdded::Conflict(t.counter),
-            GuardedAdd::Stale => {
-                return Err(StoreError::Corrupt(
-                    "the store answered `stale` to a counter-add without a guard".into(),
-                ));
-            }
-        })
+    /// WIT `counter-add`: [`Store::counter_add_guarded`] without a guard (a
+    /// guard in `add` is not looked at).
+    fn counter_add(&self, add: CounterAdd<'_>) -> Result<CounterAdded, StoreError> {
+        Ok(
+            match self.counter_add_guarded(CounterAdd { guard: None, ..add })? {
+                GuardedAdd::Applied(t) => CounterAdded::Applied(t.counter),
+                GuardedAdd::Repeated(t) => CounterAdded::Repeated(t.counter),
+                GuardedAdd::Refused(t) => CounterAdded::Refused(t.counter),
+                GuardedAdd::Conflict(t) => CounterAdded::Conflict(t.counter),
+                GuardedAdd::Stale => {
+                    return Err(StoreError::Corrupt(
+                        "the store answered `stale` to a counter-add without a guard".into(),
+                    ));
+                }
+            },
+        )
     }
 
-    fn member_add(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StoreError>;
+    fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError>;
     /// WIT `member-add-guarded`: `member_add` applied only while `guard` holds,
     /// answering counter `name` at `now` and the member count; None when the
     /// guard does not hold.
-    #[allow(clippy::too_many_arguments)]
     fn member_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError>;
+        add: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError>;
     /// Adds each of `members` in order, as many `member_add` calls would, in one
     /// atomic step (one write transaction). An empty list changes nothing.
     /// Every name is checked first: one too long refuses the whole call with
     /// [`StoreError::InvalidArgument`], and nothing is applied.
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StoreError>;
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StoreError>;
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError>;
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError>;
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError>;
     fn member_count(&self, scope: &str) -> Result<u64, StoreError>;
 
@@ -266,16 +356,11 @@ pub trait Store: Send + Sync {
     /// scope hold it (1: this one only), from one snapshot: what `member_remove`
     /// would find, read without removing anything. The backends read two keys;
     /// the default exports the scope.
-    fn membership(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Option<u64>, StoreError> {
-        let memberships = self.export_scope(scope)?.memberships;
-        let holding = || memberships.iter().filter(|(_, m)| m == member);
+    fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
+        let memberships = self.export_scope(at.scope)?.memberships;
+        let holding = || memberships.iter().filter(|(_, m)| m == at.member);
         Ok(holding()
-            .any(|(g, _)| g == group)
+            .any(|(g, _)| g == at.group)
             .then(|| holding().count() as u64))
     }
 
@@ -333,8 +418,17 @@ pub trait Store: Send + Sync {
         &self,
         scope: &str,
         group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError>;
+        visit: Visit<'_>,
+    ) -> Result<(), StoreError> {
+        self.visit_members_after(
+            Members {
+                scope,
+                group,
+                after: None,
+            },
+            visit,
+        )
+    }
 
     /// Up to `limit` of the scopes [`Store::scopes`] lists, those after `after`
     /// (exclusive), in byte order: one page of a listing that resumes where the
@@ -349,31 +443,16 @@ pub trait Store: Send + Sync {
 
     /// [`Store::visit_members`] from the membership after `after` = `(group,
     /// member)` (exclusive) on, so that a listing resumes where it stopped without
-    /// reading what came before. The default skips what comes before; backends
-    /// that keep memberships in order start there.
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.visit_members(scope, group, &mut |g, m| {
-            after.is_some_and(|a| (g, m) <= a) || visit(g, m)
-        })
-    }
+    /// reading what came before: the one listing of memberships a store
+    /// implements.
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;
 
     /// Calls `visit(key, value)` for each record of `scope` whose key is after
     /// `after` (exclusive), in key order; `visit` returns false to stop early. The
     /// same rules as [`Store::visit_members`] hold for `visit`. The default exports
     /// the scope; backends that keep records in order read only what is visited.
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        visit_exported_records(self.export_scope(scope)?, after, visit);
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        visit_exported_records(self.export_scope(list.scope)?, list.after, visit);
         Ok(())
     }
 
@@ -407,21 +486,12 @@ pub trait Store: Send + Sync {
     /// log only, when given) in (owner, key) byte order, from just after `after`
     /// = `(owner, key)` on; `visit` returns false to stop early. The same rules as
     /// [`Store::visit_members`] hold for `visit`.
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError>;
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError>;
 }
 
 /// [`Store::visit_records`] over an exported scope: for stores that keep no
 /// records in order.
-fn visit_exported_records(
-    dump: ScopeDump,
-    after: Option<&str>,
-    visit: &mut dyn FnMut(&str, &str) -> bool,
-) {
+fn visit_exported_records(dump: ScopeDump, after: Option<&str>, visit: Visit<'_>) {
     for (key, value) in dump.records {
         if after.is_none_or(|a| key.as_str() > a) && !visit(&key, &value) {
             break;
@@ -447,56 +517,19 @@ pub(crate) trait Backend: Send + Sync {
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError>;
-    fn counter_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        add: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError>;
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError>;
-    fn member_add(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StoreError>;
-    #[allow(clippy::too_many_arguments)]
+    fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError>;
+    fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError>;
+    fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError>;
     fn member_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError>;
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StoreError>;
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StoreError>;
+        add: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError>;
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError>;
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError>;
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError>;
     fn member_count(&self, scope: &str) -> Result<u64, StoreError>;
     fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError>;
-    fn membership(&self, scope: &str, group: &str, member: &str)
-    -> Result<Option<u64>, StoreError>;
+    fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError>;
     fn persist(&self) -> Result<(), StoreError>;
     fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
         f();
@@ -512,27 +545,10 @@ pub(crate) trait Backend: Send + Sync {
         Ok(())
     }
     fn scopes(&self) -> Result<Vec<String>, StoreError>;
-    fn visit_members(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError>;
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError>;
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        visit_exported_records(Backend::export_scope(self, scope)?, after, visit);
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        visit_exported_records(Backend::export_scope(self, list.scope)?, list.after, visit);
         Ok(())
     }
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError>;
@@ -540,12 +556,7 @@ pub(crate) trait Backend: Send + Sync {
     fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError>;
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError>;
     fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError>;
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError>;
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError>;
 }
 
 // The checks, once for every backend. Each is a few length comparisons, inlined
@@ -568,76 +579,44 @@ impl<B: Backend> Store for B {
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
-        check_counter(scope, None, name, None)?;
+        check_counter(scope, None, name)?;
         Backend::counter_get(self, scope, name, now)
     }
 
-    fn counter_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        add: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
-        check_counter(scope, guard, name, add.once)?;
-        Backend::counter_add_guarded(self, scope, guard, name, add)
+    fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError> {
+        check_counter(add.scope, add.guard, add.name)?;
+        add.once
+            .map_or(Ok(()), |once| check_name("once key", once.key))?;
+        Backend::counter_add_guarded(self, add)
     }
 
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError> {
-        check_counter(scope, guard, name, None)?;
-        Backend::counter_tally(self, scope, guard, name, now)
+    fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError> {
+        check_counter(tally.scope, tally.guard, tally.name)?;
+        Backend::counter_tally(self, tally)
     }
 
-    fn member_add(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StoreError> {
-        check_member(scope, group, member)?;
-        Backend::member_add(self, scope, group, member, limit)
+    fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
+        check_member(add.scope, add.group, add.member)?;
+        Backend::member_add(self, add)
     }
 
     fn member_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
-        check_guarded_member(scope, guard, group, member, name)?;
-        Backend::member_add_guarded(self, scope, guard, group, member, limit, name, now)
+        add: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError> {
+        check_counter(add.scope, add.guard, add.name)?;
+        check_member(add.scope, add.group, add.member)?;
+        Backend::member_add_guarded(self, add)
     }
 
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StoreError> {
-        check_batch(scope, group, members)?;
-        Backend::member_add_many(self, scope, group, members, limit)
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
+        check_batch(add.scope, add.group, add.members)?;
+        Backend::member_add_many(self, add)
     }
 
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StoreError> {
-        check_member(scope, group, member)?;
-        Backend::member_remove(self, scope, group, member)
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
+        check_member(at.scope, at.group, at.member)?;
+        Backend::member_remove(self, at)
     }
 
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
@@ -655,14 +634,9 @@ impl<B: Backend> Store for B {
         Backend::group_counts(self, scope)
     }
 
-    fn membership(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Option<u64>, StoreError> {
-        check_member(scope, group, member)?;
-        Backend::membership(self, scope, group, member)
+    fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
+        check_member(at.scope, at.group, at.member)?;
+        Backend::membership(self, at)
     }
 
     fn persist(&self) -> Result<(), StoreError> {
@@ -689,39 +663,18 @@ impl<B: Backend> Store for B {
         Backend::scopes(self)
     }
 
-    fn visit_members(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        check_group(scope, group)?;
-        Backend::visit_members(self, scope, group, visit)
-    }
-
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
         Backend::scopes_after(self, after, limit)
     }
 
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        check_group(scope, group)?;
-        Backend::visit_members_after(self, scope, group, after, visit)
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        check_group(list.scope, list.group)?;
+        Backend::visit_members_after(self, list, visit)
     }
 
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        check_name("scope", scope)?;
-        Backend::visit_records(self, scope, after, visit)
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        check_name("scope", list.scope)?;
+        Backend::visit_records(self, list, visit)
     }
 
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
@@ -747,13 +700,8 @@ impl<B: Backend> Store for B {
         Backend::alert_insert(self, owner, key, value)
     }
 
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        Backend::visit_alerts(self, owner, after, visit)
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        Backend::visit_alerts(self, list, visit)
     }
 }
 
@@ -806,7 +754,7 @@ pub use creditgate_storemodel::Dump as ScopeDump;
 /// retry (`true`: answer `repeated`) or a reuse of the key for something else
 /// (`false`: answer `conflict`). A marker without a fingerprint (stored before
 /// markers had one) is never a retry: failing closed, it is a conflict.
-pub(crate) fn is_retry(stored: Option<u64>, once: &Once) -> bool {
+pub(crate) fn is_retry(stored: Option<u64>, once: OnceKey<'_>) -> bool {
     stored == Some(once.fingerprint)
 }
 
@@ -844,36 +792,17 @@ fn check_member(scope: &str, group: &str, member: &str) -> Result<(), StoreError
     check_name("member", member)
 }
 
-/// Checks the arguments every counter primitive takes.
-fn check_counter(
-    scope: &str,
-    guard: Option<Guard<'_>>,
-    name: &str,
-    once: Option<&Once>,
-) -> Result<(), StoreError> {
+/// Checks the names every counter primitive takes.
+fn check_counter(scope: &str, guard: Option<Guard<'_>>, name: &str) -> Result<(), StoreError> {
     check_name("scope", scope)?;
     check_name("counter name", name)?;
-    if let Some(guard) = guard {
-        check_name("guard key", guard.key)?;
-        check_value(guard.value)?;
-    }
-    match once {
-        Some(once) => check_name("once key", &once.key),
+    match guard {
+        Some(guard) => {
+            check_name("guard key", guard.key)?;
+            check_value(guard.value)
+        }
         None => Ok(()),
     }
-}
-
-/// Checks the arguments of `member_add_guarded`.
-fn check_guarded_member(
-    scope: &str,
-    guard: Option<Guard<'_>>,
-    group: &str,
-    member: &str,
-    name: &str,
-) -> Result<(), StoreError> {
-    check_counter(scope, guard, name, None)?;
-    check_name("group", group)?;
-    check_name("member", member)
 }
 
 /// Checks the arguments of the record primitives (`value`: of a write).

@@ -9,10 +9,11 @@ pub use creditgate_storemodel::{
     AddCall, Added, Answer, Cleared, Dump, Invalid, Joined, Left, Limits, Model, Op, Tally,
 };
 
-use super::{CounterAdd, Guard, MAX_BATCH, MAX_NAME_LEN, MAX_VALUE_LEN, Store, StoreError};
-use crate::bindings::{
-    self, CounterAdded, GuardedAdd, MemberAddOutcome, MemberRemoveOutcome, Once,
+use super::{
+    CounterAdd, CounterTally, Guard, MAX_BATCH, MAX_NAME_LEN, MAX_VALUE_LEN, MemberAdd,
+    MemberAddGuarded, MemberAddMany, Membership, OnceKey, Store, StoreError,
 };
+use crate::bindings::{self, CounterAdded, GuardedAdd, MemberAddOutcome, MemberRemoveOutcome};
 
 /// The limits every backend holds arguments to.
 pub const LIMITS: Limits = Limits {
@@ -89,29 +90,28 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
             name,
             add,
         } => {
-            let once = add
-                .once
-                .as_ref()
-                .map(|(key, fingerprint, expires_at)| Once {
-                    key: key.clone(),
+            let args = CounterAdd {
+                scope,
+                guard: guard(g),
+                name,
+                amount: add.amount,
+                limit: add.limit,
+                once: (add.once.as_ref()).map(|(key, fingerprint, expires_at)| OnceKey {
+                    key,
                     fingerprint: *fingerprint,
                     expires_at: *expires_at,
-                });
-            let args = CounterAdd {
-                once: once.as_ref(),
-                ..counter_add(add)
+                }),
+                expires_at: add.expires_at,
+                now: add.now,
             };
-            match guard(g) {
-                None => match store.counter_add(scope, name, args)? {
+            match args.guard {
+                None => match store.counter_add(args)? {
                     CounterAdded::Applied(v) => Answer::Counter(Added::Applied, v),
                     CounterAdded::Repeated(v) => Answer::Counter(Added::Repeated, v),
                     CounterAdded::Refused(v) => Answer::Counter(Added::Refused, v),
                     CounterAdded::Conflict(v) => Answer::Counter(Added::Conflict, v),
                 },
-                Some(g) => {
-                    let added = store.counter_add_guarded(scope, Some(g), name, args)?;
-                    Answer::Guarded(guarded(added))
-                }
+                Some(_) => Answer::Guarded(guarded(store.counter_add_guarded(args)?)),
             }
         }
         Op::CounterTally {
@@ -119,14 +119,28 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
             guard: g,
             name,
             now,
-        } => Answer::Tally(store.counter_tally(scope, guard(g), name, *now)?.map(tally)),
+        } => {
+            let at = CounterTally {
+                scope,
+                guard: guard(g),
+                name,
+                now: *now,
+            };
+            Answer::Tally(store.counter_tally(at)?.map(tally))
+        }
         Op::MemberAdd {
             scope,
             group,
             member,
             limit,
         } => {
-            let added = store.member_add(scope, group, member, *limit)?;
+            let add = MemberAdd {
+                scope,
+                group,
+                member,
+                limit: *limit,
+            };
+            let added = store.member_add(add)?;
             Answer::Member(joined(added.outcome), added.members)
         }
         Op::MemberAddGuarded {
@@ -137,18 +151,32 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
             limit,
             name,
             now,
-        } => Answer::GuardedMember(
-            store
-                .member_add_guarded(scope, guard(g), group, member, *limit, name, *now)?
-                .map(|(outcome, t)| (joined(outcome), tally(t))),
-        ),
+        } => {
+            let add = MemberAddGuarded {
+                scope,
+                guard: guard(g),
+                group,
+                member,
+                limit: *limit,
+                name,
+                now: *now,
+            };
+            let added = store.member_add_guarded(add)?;
+            Answer::GuardedMember(added.map(|a| (joined(a.outcome), tally(a.tally))))
+        }
         Op::MemberAddMany {
             scope,
             group,
             members,
             limit,
         } => {
-            let added = store.member_add_many(scope, group, members, *limit)?;
+            let add = MemberAddMany {
+                scope,
+                group,
+                members,
+                limit: *limit,
+            };
+            let added = store.member_add_many(add)?;
             Answer::Members(
                 added.outcomes.into_iter().map(joined).collect(),
                 added.members,
@@ -159,7 +187,11 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
             group,
             member,
         } => {
-            let removed = store.member_remove(scope, group, member)?;
+            let removed = store.member_remove(Membership {
+                scope,
+                group,
+                member,
+            })?;
             let left = match removed.outcome {
                 MemberRemoveOutcome::NotInGroup => Left::NotInGroup,
                 MemberRemoveOutcome::LeftGroup => Left::LeftGroup,
@@ -185,7 +217,11 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
             scope,
             group,
             member,
-        } => Answer::Membership(store.membership(scope, group, member)?),
+        } => Answer::Membership(store.membership(Membership {
+            scope,
+            group,
+            member,
+        })?),
         Op::Scopes => Answer::Scopes(store.scopes()?),
         Op::Persist => {
             store.persist()?;
@@ -211,25 +247,17 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
         }
         Op::VisitAlerts { owner, after } => {
             let mut seen = Vec::new();
-            let after = after.as_ref().map(|(o, k)| (o.as_str(), k.as_str()));
-            store.visit_alerts(owner.as_deref(), after, &mut |o, k, v| {
+            let list = super::Alerts {
+                owner: owner.as_deref(),
+                after: after.as_ref().map(|(o, k)| (o.as_str(), k.as_str())),
+            };
+            store.visit_alerts(list, &mut |o, k, v| {
                 seen.push((o.to_owned(), k.to_owned(), v.to_owned()));
                 true
             })?;
             Answer::Alerts(seen)
         }
     })
-}
-
-/// An addition's arguments but its `once` key.
-fn counter_add(add: &AddCall) -> CounterAdd<'static> {
-    CounterAdd {
-        amount: add.amount,
-        limit: add.limit,
-        once: None,
-        expires_at: add.expires_at,
-        now: add.now,
-    }
 }
 
 fn tally(t: bindings::Tally) -> Tally {

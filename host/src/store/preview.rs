@@ -19,9 +19,13 @@
 
 use std::sync::Arc;
 
-use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError, check_name};
+use super::{
+    Alerts, CounterAdd, CounterTally, GroupCount, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Members, Membership, Records, ScopeDump, Store, StoreError, Visit, VisitAlert,
+    check_name,
+};
 use crate::bindings::{
-    GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
+    GroupCleared, GuardedAdd, GuardedMember, MemberAdded, MemberRemoveOutcome, MemberRemoved,
     MembersAdded, Tally,
 };
 
@@ -36,23 +40,14 @@ pub trait Predict: Send + Sync {
     /// `member-add-many` as if applied; refused unless predicted.
     fn member_add_many(
         &self,
-        _real: &dyn Store,
-        _scope: &str,
-        _group: &str,
-        _members: &[String],
-        _limit: Option<u64>,
+        _: &dyn Store,
+        _: MemberAddMany<'_>,
     ) -> Result<MembersAdded, StoreError> {
         Err(self.refused("member-add-many"))
     }
 
     /// `member-remove` as if applied; refused unless predicted.
-    fn member_remove(
-        &self,
-        _real: &dyn Store,
-        _scope: &str,
-        _group: &str,
-        _member: &str,
-    ) -> Result<MemberRemoved, StoreError> {
+    fn member_remove(&self, _: &dyn Store, _: Membership<'_>) -> Result<MemberRemoved, StoreError> {
         Err(self.refused("member-remove"))
     }
 
@@ -146,12 +141,10 @@ impl Predict for Removals {
     fn member_remove(
         &self,
         real: &dyn Store,
-        scope: &str,
-        group: &str,
-        member: &str,
+        at: Membership<'_>,
     ) -> Result<MemberRemoved, StoreError> {
-        let found = real.membership(scope, group, member)?;
-        let members = real.member_count(scope)?;
+        let found = real.membership(at)?;
+        let members = real.member_count(at.scope)?;
         Ok(match found {
             None => MemberRemoved {
                 outcome: MemberRemoveOutcome::NotInGroup,
@@ -200,66 +193,30 @@ impl<P: Predict> Store for DryRun<P> {
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
         self.real.counter_get(scope, name, now)
     }
-    fn counter_add_guarded(
-        &self,
-        _: &str,
-        _: Option<Guard<'_>>,
-        _: &str,
-        _: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
+    fn counter_add_guarded(&self, _: CounterAdd<'_>) -> Result<GuardedAdd, StoreError> {
         Err(self.predict.refused("counter-add"))
     }
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError> {
-        let tally = self.real.counter_tally(scope, guard, name, now)?;
-        Ok(match self.predict.member_count(scope) {
+    fn counter_tally(&self, at: CounterTally<'_>) -> Result<Option<Tally>, StoreError> {
+        let tally = self.real.counter_tally(at)?;
+        Ok(match self.predict.member_count(at.scope) {
             Some(members) => tally.map(|t| Tally { members, ..t }),
             None => tally,
         })
     }
-    fn member_add(
-        &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: Option<u64>,
-    ) -> Result<MemberAdded, StoreError> {
+    fn member_add(&self, _: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
         Err(self.predict.refused("member-add"))
     }
     fn member_add_guarded(
         &self,
-        _: &str,
-        _: Option<Guard<'_>>,
-        _: &str,
-        _: &str,
-        _: Option<u64>,
-        _: &str,
-        _: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        _: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError> {
         Err(self.predict.refused("member-add"))
     }
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StoreError> {
-        (self.predict).member_add_many(&*self.real, scope, group, members, limit)
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
+        self.predict.member_add_many(&*self.real, add)
     }
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StoreError> {
-        self.predict
-            .member_remove(&*self.real, scope, group, member)
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
+        self.predict.member_remove(&*self.real, at)
     }
     fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
         self.predict.group_clear(&*self.real, scope, group)
@@ -273,14 +230,8 @@ impl<P: Predict> Store for DryRun<P> {
     fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
         self.listing("export-scope")?.group_counts(scope)
     }
-    fn membership(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Option<u64>, StoreError> {
-        self.listing("export-scope")?
-            .membership(scope, group, member)
+    fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
+        self.listing("export-scope")?.membership(at)
     }
     fn persist(&self) -> Result<(), StoreError> {
         // Nothing of a dry run is kept.
@@ -292,36 +243,15 @@ impl<P: Predict> Store for DryRun<P> {
     fn scopes(&self) -> Result<Vec<String>, StoreError> {
         self.real.scopes()
     }
-    fn visit_members(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.listing("visit-members")?
-            .visit_members(scope, group, visit)
-    }
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
         self.real.scopes_after(after, limit)
     }
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
         self.listing("visit-members")?
-            .visit_members_after(scope, group, after, visit)
+            .visit_members_after(list, visit)
     }
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.listing("export-scope")?
-            .visit_records(scope, after, visit)
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        self.listing("export-scope")?.visit_records(list, visit)
     }
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
         self.listing("export-scope")?.export_scope(scope)
@@ -341,16 +271,11 @@ impl<P: Predict> Store for DryRun<P> {
             None => Err(self.predict.refused("alert-insert")),
         }
     }
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        match self.predict.alert_log() {
-            Some(log) => log.visit_alerts(owner, after, visit),
-            None => self.real.visit_alerts(owner, after, visit),
-        }
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        self.predict
+            .alert_log()
+            .unwrap_or(&*self.real)
+            .visit_alerts(list, visit)
     }
 }
 
@@ -366,22 +291,33 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let add = |g: &str, ms: &[&str]| {
             let ms: Vec<String> = ms.iter().map(|m| (*m).to_owned()).collect();
-            store.member_add_many("s", g, &ms, None).expect("adds");
+            let add = MemberAddMany {
+                scope: "s",
+                group: g,
+                members: &ms,
+                limit: None,
+            };
+            store.member_add_many(add).expect("adds");
         };
         add("a", &["x", "y", "z"]);
         add("b", &["y", "w"]);
         let preview = Preview::new(store.clone());
         let before = store.export_scope("s").expect("reads");
-        for (g, m) in [("a", "x"), ("a", "y"), ("b", "x"), ("c", "q")] {
-            let predicted = preview.member_remove("s", g, m).expect("predicts");
+        for (group, member) in [("a", "x"), ("a", "y"), ("b", "x"), ("c", "q")] {
+            let at = Membership {
+                scope: "s",
+                group,
+                member,
+            };
+            let predicted = preview.member_remove(at).expect("predicts");
             assert_eq!(store.export_scope("s").expect("reads"), before);
             let copy = MemoryStore::new();
             copy.import_scope("s", &before).expect("copies");
-            let real = copy.member_remove("s", g, m).expect("removes");
+            let real = copy.member_remove(at).expect("removes");
             assert_eq!(
                 (predicted.outcome, predicted.members),
                 (real.outcome, real.members),
-                "{g}/{m}"
+                "{at:?}"
             );
         }
         for g in ["a", "b", "c"] {
@@ -395,7 +331,13 @@ mod tests {
                 "{g}"
             );
         }
-        assert!(preview.member_add("s", "a", "n", None).is_err());
+        let add = MemberAdd {
+            scope: "s",
+            group: "a",
+            member: "n",
+            limit: None,
+        };
+        assert!(preview.member_add(add).is_err());
         assert_eq!(store.export_scope("s").expect("reads"), before);
     }
 }

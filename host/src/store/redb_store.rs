@@ -85,11 +85,15 @@ use redb::{
 #[cfg(any(doc, test))]
 use super::Store;
 use super::group_commit::GroupCommit;
-use super::journal::{self, Journal, OnceKey, Op, ReplayFrom};
-use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, StoreError, is_retry};
+use super::journal::{self, Journal, Many, Op, ReplayFrom};
+use super::{
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit, VisitAlert,
+    is_retry,
+};
 use crate::bindings::{
-    GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded, Tally,
+    GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
+    MemberRemoved, MembersAdded, Tally,
 };
 
 type Pair = (&'static str, &'static str);
@@ -140,6 +144,12 @@ trait Context<T> {
     fn ctx(self, what: &str) -> Result<T, StoreError>;
 }
 
+impl<T, E: RedbError> Context<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T, StoreError> {
+        self.map_err(|e| e.classify(what))
+    }
+}
+
 fn unavailable(what: &str, e: impl Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }
@@ -148,65 +158,57 @@ fn corrupt(what: &str, e: impl Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn storage_error(what: &str, e: StorageError) -> StoreError {
-    match e {
-        StorageError::Corrupted(_) => corrupt(what, e),
-        e => unavailable(what, e),
+/// One of redb's errors: whether it means the file is corrupt or the store is
+/// unavailable for now.
+trait RedbError: Display + Sized {
+    fn classify(self, what: &str) -> StoreError;
+}
+
+impl RedbError for StorageError {
+    fn classify(self, what: &str) -> StoreError {
+        match self {
+            StorageError::Corrupted(_) => corrupt(what, self),
+            e => unavailable(what, e),
+        }
     }
 }
 
-impl<T> Context<T> for Result<T, StorageError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| storage_error(what, e))
-    }
-}
-
-impl<T> Context<T> for Result<T, TableError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| match e {
-            TableError::Storage(e) => storage_error(what, e),
+impl RedbError for TableError {
+    fn classify(self, what: &str) -> StoreError {
+        match self {
+            TableError::Storage(e) => e.classify(what),
             // The file holds tables of other types than this code writes.
             TableError::TableTypeMismatch { .. }
             | TableError::TypeDefinitionChanged { .. }
             | TableError::TableIsMultimap(_)
-            | TableError::TableDoesNotExist(_) => corrupt(what, e),
+            | TableError::TableDoesNotExist(_) => corrupt(what, self),
             e => unavailable(what, e),
-        })
+        }
     }
 }
 
-impl<T> Context<T> for Result<T, TransactionError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| match e {
-            TransactionError::Storage(e) => storage_error(what, e),
-            e => unavailable(what, e),
-        })
+impl RedbError for SetDurabilityError {
+    fn classify(self, what: &str) -> StoreError {
+        unavailable(what, self)
     }
 }
 
-impl<T> Context<T> for Result<T, CommitError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| match e {
-            CommitError::Storage(e) => storage_error(what, e),
-            e => unavailable(what, e),
-        })
-    }
+/// The errors that are a [`StorageError`] (classified as such) or else
+/// unavailability.
+macro_rules! storage_or_unavailable {
+    ($($error:ident),*) => {$(
+        impl RedbError for $error {
+            fn classify(self, what: &str) -> StoreError {
+                match self {
+                    $error::Storage(e) => e.classify(what),
+                    e => unavailable(what, e),
+                }
+            }
+        }
+    )*};
 }
 
-impl<T> Context<T> for Result<T, SetDurabilityError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| unavailable(what, e))
-    }
-}
-
-impl<T> Context<T> for Result<T, DatabaseError> {
-    fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| match e {
-            DatabaseError::Storage(e) => storage_error(what, e),
-            e => unavailable(what, e),
-        })
-    }
-}
+storage_or_unavailable!(TransactionError, CommitError, DatabaseError);
 
 /// What opening a store file may create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1345,12 +1347,8 @@ impl super::Backend for RedbStore {
         )
     }
 
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        let Alerts { owner, after } = list;
         let what = "visit-alerts";
         let txn = self.begin_read(what)?;
         let log = txn.open_table(ALERT_LOG).ctx(what)?;
@@ -1425,26 +1423,12 @@ impl super::Backend for RedbStore {
         ))
     }
 
-    fn counter_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        add: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
+    fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError> {
         let what = "counter-add";
-        let op = || Op::CounterAdd {
-            scope,
-            guard,
-            name,
-            amount: add.amount,
-            limit: add.limit,
-            once: add.once.map(OnceKey::of),
-            expires_at: add.expires_at,
-            now: add.now,
-        };
+        let CounterAdd { scope, name, .. } = add;
+        let op = || Op::CounterAdd(add);
         self.write(what, op, |txn| {
-            if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+            if !guard_holds(add.guard, scope, || txn.open_table(RECORDS).ctx(what))? {
                 return Ok((GuardedAdd::Stale, false));
             }
             let members = members_of(&txn.open_table(SCOPE_MEMBERS).ctx(what)?, scope)?;
@@ -1454,7 +1438,7 @@ impl super::Backend for RedbStore {
             let mut markers = txn.open_table(ONCE).ctx(what)?;
             if let Some(once) = add.once {
                 let seen = markers
-                    .get((scope, once.key.as_str()))
+                    .get((scope, once.key))
                     .ctx(what)?
                     .map(|g| g.value())
                     .filter(|&(exp, _)| !expired(exp, add.now));
@@ -1478,22 +1462,20 @@ impl super::Backend for RedbStore {
                 // Kept even if already expired: a later call at an earlier `now` (a
                 // clock stepped back) must still see it, as the contract says.
                 let marker = (once.expires_at, Some(once.fingerprint));
-                markers
-                    .insert((scope, once.key.as_str()), marker)
-                    .ctx(what)?;
+                markers.insert((scope, once.key), marker).ctx(what)?;
             }
             Ok((GuardedAdd::Applied(tally(new)), true))
         })
     }
 
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError> {
+    fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError> {
         let what = "counter-tally";
+        let CounterTally {
+            scope,
+            guard,
+            name,
+            now,
+        } = tally;
         reading!(self, what, |txn| {
             if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
                 return Ok(None);
@@ -1505,70 +1487,43 @@ impl super::Backend for RedbStore {
         })
     }
 
-    fn member_add(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StoreError> {
-        let op = || Op::MemberAdd {
-            scope,
-            group,
-            member,
-            limit,
-        };
-        self.write("member-add", op, |txn| {
-            add_member(txn, scope, group, member, limit)
-        })
+    fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
+        let op = || Op::MemberAdd(add);
+        self.write("member-add", op, |txn| add_member(txn, add))
     }
 
     fn member_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
+        add: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError> {
         let what = "member-add";
-        let op = || Op::MemberAddGuarded {
-            scope,
-            guard,
-            group,
-            member,
-            limit,
-            name,
-            now,
-        };
+        let scope = add.scope;
+        let op = || Op::MemberAddGuarded(add);
         self.write(what, op, |txn| {
-            if !guard_holds(guard, scope, || txn.open_table(RECORDS).ctx(what))? {
+            if !guard_holds(add.guard, scope, || txn.open_table(RECORDS).ctx(what))? {
                 return Ok((None, false));
             }
-            let (added, changed) = add_member(txn, scope, group, member, limit)?;
+            let (added, changed) = add_member(txn, add.member_add())?;
+            let counters = txn.open_table(COUNTERS).ctx(what)?;
             let tally = Tally {
-                counter: counter_of(&txn.open_table(COUNTERS).ctx(what)?, scope, name, now)?,
+                counter: counter_of(&counters, scope, add.name, add.now)?,
                 members: added.members,
             };
-            Ok((Some((added.outcome, tally)), changed))
+            let outcome = added.outcome;
+            Ok((Some(GuardedMember { outcome, tally }), changed))
         })
     }
 
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StoreError> {
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
         let what = "member-add-many";
-        let op = || Op::MemberAddMany {
-            scope,
-            group,
-            members: members.iter().map(String::as_str).collect(),
-            limit,
+        let (scope, group, members) = (add.scope, add.group, add.members);
+        let op = || {
+            Op::MemberAddMany(Many {
+                scope,
+                group,
+                limit: add.limit,
+                members: members.iter().map(String::as_str).collect(),
+            })
         };
         self.write(what, op, |txn| {
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
@@ -1632,7 +1587,9 @@ impl super::Backend for RedbStore {
                 let outcome = match *f {
                     Found::InGroup => MemberAddOutcome::AlreadyInGroup,
                     Found::Elsewhere(_) => MemberAddOutcome::Joined,
-                    Found::New if limit.is_some_and(|l| count >= l) => MemberAddOutcome::Refused,
+                    Found::New if add.limit.is_some_and(|l| count >= l) => {
+                        MemberAddOutcome::Refused
+                    }
                     Found::New => {
                         count = count
                             .checked_add(1)
@@ -1702,18 +1659,10 @@ impl super::Backend for RedbStore {
         })
     }
 
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StoreError> {
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
         let what = "member-remove";
-        let op = || Op::MemberRemove {
-            scope,
-            group,
-            member,
-        };
+        let (scope, group, member) = (at.scope, at.group, at.member);
+        let op = || Op::MemberRemove(at);
         self.write(what, op, |txn| {
             let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
             let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
@@ -1828,24 +1777,16 @@ impl super::Backend for RedbStore {
         Ok(counts)
     }
 
-    fn membership(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Option<u64>, StoreError> {
+    fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
         let what = "membership";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
-        if group_members
-            .get((scope, group, member))
-            .ctx(what)?
-            .is_none()
-        {
+        let key = (at.scope, at.group, at.member);
+        if group_members.get(key).ctx(what)?.is_none() {
             return Ok(None);
         }
         let member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
-        let groups = member_groups.get((scope, member)).ctx(what)?;
+        let groups = member_groups.get((at.scope, at.member)).ctx(what)?;
         Ok(Some(groups.map_or(0, |g| g.value())))
     }
 
@@ -1888,35 +1829,6 @@ impl super::Backend for RedbStore {
         Ok(out.into_iter().collect())
     }
 
-    fn visit_members(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        let what = "visiting members";
-        let txn = self.begin_read(what)?;
-        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
-        let range = match group {
-            Some(group) => {
-                let end = next(group);
-                group_members.range((scope, group, "")..(scope, end.as_str(), ""))
-            }
-            None => {
-                let end = next(scope);
-                group_members.range((scope, "", "")..(end.as_str(), "", ""))
-            }
-        };
-        for entry in range.ctx(what)? {
-            let (key, _) = entry.ctx(what)?;
-            let (_, group, member) = key.value();
-            if !visit(group, member) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
         let what = "listing scopes";
         let txn = self.begin_read(what)?;
@@ -1933,13 +1845,8 @@ impl super::Backend for RedbStore {
         Ok(out.into_iter().take(limit).collect())
     }
 
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let (scope, group, after) = (list.scope, list.group, list.after);
         let what = "visiting members";
         let txn = self.begin_read(what)?;
         let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
@@ -1972,12 +1879,8 @@ impl super::Backend for RedbStore {
         Ok(())
     }
 
-    fn visit_records(
-        &self,
-        scope: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_records(&self, list: Records<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let Records { scope, after } = list;
         let what = "visiting records";
         let txn = self.begin_read(what)?;
         let records = txn.open_table(RECORDS).ctx(what)?;
@@ -2113,12 +2016,10 @@ impl super::Backend for RedbStore {
 /// `member_add` in `txn`; answers whether it changed anything.
 fn add_member(
     txn: &WriteTransaction,
-    scope: &str,
-    group: &str,
-    member: &str,
-    limit: Option<u64>,
+    add: MemberAdd<'_>,
 ) -> Result<(MemberAdded, bool), StoreError> {
     let what = "member-add";
+    let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
     let mut group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
     let mut counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
     let members = members_of(&counts, scope)?;
@@ -2410,8 +2311,7 @@ mod tests {
     /// table is gone, and opening again changes nothing.
     #[test]
     fn a_file_with_markers_without_fingerprints_opens_with_them_as_conflicts() {
-        use crate::bindings::Once;
-        use crate::store::CounterAdd;
+        use crate::store::OnceKey;
 
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("old.redb");
@@ -2456,19 +2356,22 @@ mod tests {
         }
         let store = RedbStore::open(&path).expect("opens");
         let add = |key: &str, fingerprint, now| {
-            let once = Once {
-                key: key.to_owned(),
+            let once = OnceKey {
+                key,
                 fingerprint,
                 expires_at: 5_000,
             };
             let add = CounterAdd {
+                scope: "acme",
+                guard: None,
+                name: "email/0",
                 amount: 2,
                 limit: None,
-                once: Some(&once),
+                once: Some(once),
                 expires_at: None,
                 now,
             };
-            store.counter_add("acme", "email/0", add).expect("adds")
+            store.counter_add(add).expect("adds")
         };
         for fingerprint in [0, 1, u64::MAX] {
             assert_eq!(
@@ -2493,9 +2396,7 @@ mod tests {
         let path = dir.path().join("old.redb");
         {
             let store = RedbStore::open(&path).expect("opens");
-            store
-                .member_add("acme", "q1", "ann@x.io", None)
-                .expect("adds");
+            store.member_add(ANN_IN_Q1).expect("adds");
             store.persist().expect("durable");
             drop(store);
             let db = Database::create(&path).expect("reopens");
@@ -2513,21 +2414,47 @@ mod tests {
             Err(TableError::TableDoesNotExist(_))
         ));
         assert_eq!(store.member_count("acme").expect("counts"), 1);
-        let removed = store
-            .member_remove("acme", "q1", "ann@x.io")
-            .expect("removes");
+        let removed = store.member_remove(at("q1", "ann@x.io")).expect("removes");
         assert_eq!(removed.outcome, MemberRemoveOutcome::Released);
     }
 
     fn add(store: &RedbStore, amount: u64, limit: u64) -> Result<CounterAdded, StoreError> {
-        let add = crate::store::CounterAdd {
+        let add = CounterAdd {
+            scope: "acme",
+            guard: None,
+            name: "email",
             amount,
             limit: Some(limit),
             once: None,
             expires_at: None,
             now: 0,
         };
-        store.counter_add("acme", "email", add)
+        store.counter_add(add)
+    }
+
+    const ANN_IN_Q1: MemberAdd<'static> = MemberAdd {
+        scope: "acme",
+        group: "q1",
+        member: "ann@x.io",
+        limit: None,
+    };
+
+    /// `member` of `group` of scope `acme`.
+    fn at<'a>(group: &'a str, member: &'a str) -> Membership<'a> {
+        Membership {
+            scope: "acme",
+            group,
+            member,
+        }
+    }
+
+    fn add_member(store: &RedbStore, group: &str, member: &str) {
+        let add = MemberAdd {
+            group,
+            member,
+            ..ANN_IN_Q1
+        };
+        store.member_add(add).expect("adds");
     }
 
     /// A batch's writes are seen by its own thread at once (a decision sees what
@@ -2629,12 +2556,18 @@ mod tests {
             let store = RedbStore::open(&path).expect("opens");
             let many = |g: &str, ms: &[&str]| {
                 let ms: Vec<String> = ms.iter().map(|m| (*m).to_owned()).collect();
-                store.member_add_many("acme", g, &ms, None).expect("adds");
+                let add = MemberAddMany {
+                    scope: "acme",
+                    group: g,
+                    members: &ms,
+                    limit: None,
+                };
+                store.member_add_many(add).expect("adds");
             };
             many("q1", &["a", "b", "c"]);
             many("q2", &["b", "d"]);
-            store.member_add("acme", "q3", "c", None).expect("adds");
-            store.member_remove("acme", "q1", "b").expect("removes");
+            add_member(&store, "q3", "c");
+            store.member_remove(at("q1", "b")).expect("removes");
             store.group_clear("acme", "q3").expect("clears");
             store.persist().expect("durable");
             store.group_counts("acme").expect("reads")
@@ -2662,7 +2595,7 @@ mod tests {
         {
             let mut store = RedbStore::open(&path).expect("opens");
             for (g, m) in memberships {
-                store.member_add("acme", g, m, None).expect("adds");
+                add_member(&store, g, m);
             }
             // Everything in redb itself, nothing left for the journal to replay.
             assert!(store.check_integrity().expect("checkpoints"));
@@ -2685,7 +2618,7 @@ mod tests {
             counts(&store),
             expected(&[("q1", 2, 1), ("q2", 2, 1), ("q3", 1, 1)])
         );
-        store.member_remove("acme", "q2", "b").expect("removes");
+        store.member_remove(at("q2", "b")).expect("removes");
         assert_eq!(
             counts(&store),
             expected(&[("q1", 2, 2), ("q2", 1, 1), ("q3", 1, 1)])

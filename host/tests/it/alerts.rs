@@ -435,10 +435,13 @@ fn the_log_conforms(store: &dyn Store) {
     let visit = |owner: Option<&str>, after: Option<(&str, &str)>| {
         let mut seen = Vec::new();
         store
-            .visit_alerts(owner, after, &mut |o, k, v| {
-                seen.push(format!("{o}/{k}={v}"));
-                true
-            })
+            .visit_alerts(
+                creditgate::store::Alerts { owner, after },
+                &mut |o, k, v| {
+                    seen.push(format!("{o}/{k}={v}"));
+                    true
+                },
+            )
             .expect("visits");
         seen
     };

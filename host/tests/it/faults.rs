@@ -24,7 +24,7 @@ use creditgate::http::{HttpOptions, ReloadRefused, Reloader};
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
-use creditgate::store::{CounterAdd, OpenOptions, RedbStore, Store, StoreError};
+use creditgate::store::{CounterAdd, CounterTally, OpenOptions, RedbStore, Store, StoreError};
 
 use creditgate_testkit::http::Client;
 
@@ -110,13 +110,16 @@ const NOW: i64 = 1_800_000_000_000_000_000;
 
 fn add(store: &RedbStore, amount: u64) -> Result<u64, StoreError> {
     let add = CounterAdd {
+        scope: "acme",
+        guard: None,
+        name: "email",
         amount,
         limit: None,
         once: None,
         expires_at: None,
         now: NOW,
     };
-    match store.counter_add("acme", "email", add)? {
+    match store.counter_add(add)? {
         creditgate::bindings::CounterAdded::Applied(n) => Ok(n),
         other => panic!("not applied: {other:?}"),
     }
@@ -154,7 +157,13 @@ fn after_a_failed_commit_nothing_it_held_is_seen_and_the_store_reopens_by_itself
 
     // No later call sees the 3 nobody acknowledged: reads are refused too.
     unavailable(store.counter_get("acme", "email", NOW), &path);
-    unavailable(store.counter_tally("acme", None, "email", NOW), &path);
+    let tally = CounterTally {
+        scope: "acme",
+        guard: None,
+        name: "email",
+        now: NOW,
+    };
+    unavailable(store.counter_tally(tally), &path);
     unavailable(store.record_get("acme", "account"), &path);
     unavailable(store.scopes(), &path);
     unavailable(add(&store, 1), &path);

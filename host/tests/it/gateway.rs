@@ -5,11 +5,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use creditgate::bindings::{GuardedAdd, Reason};
+use creditgate::bindings::{
+    GroupCleared, GuardedAdd, GuardedMember, MemberAdded, MemberRemoved, MembersAdded, Reason,
+    Tally,
+};
 use creditgate::gateway::{Gateway, ReloadError};
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
-use creditgate::store::{RedbStore, Store, StoreError};
+use creditgate::store::{
+    Alerts, CounterAdd, CounterTally, MemberAdd, MemberAddGuarded, MemberAddMany, Members,
+    Membership, RedbStore, ScopeDump, Store, StoreError, Visit, VisitAlert,
+};
 
 use crate::harness;
 
@@ -382,36 +388,9 @@ struct SlowAfterCharge {
 }
 
 impl Store for SlowAfterCharge {
-    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.inner.record_get(scope, key)
-    }
-    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        self.inner.record_insert(scope, key, value)
-    }
-    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        self.inner.record_update(scope, key, value)
-    }
-    fn counter_get(&self, scope: &str, name: &str, now: i64) -> Result<u64, StoreError> {
-        self.inner.counter_get(scope, name, now)
-    }
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<creditgate::store::Guard<'_>>,
-        name: &str,
-        now: i64,
-    ) -> Result<Option<creditgate::bindings::Tally>, StoreError> {
-        self.inner.counter_tally(scope, guard, name, now)
-    }
-    fn counter_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<creditgate::store::Guard<'_>>,
-        name: &str,
-        add: creditgate::store::CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
-        let added = self.inner.counter_add_guarded(scope, guard, name, add)?;
-        let charge = !scope.starts_with('\u{1}') && matches!(added, GuardedAdd::Applied(_));
+    fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError> {
+        let added = self.inner.counter_add_guarded(add)?;
+        let charge = !add.scope.starts_with('\u{1}') && matches!(added, GuardedAdd::Applied(_));
         if charge && !self.charged.swap(true, Ordering::SeqCst) {
             if let Some(signal) = self.signal.lock().expect("lock").take() {
                 let _ = signal.send(());
@@ -424,62 +403,6 @@ impl Store for SlowAfterCharge {
             }
         }
         Ok(added)
-    }
-    fn member_add(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<creditgate::bindings::MemberAdded, StoreError> {
-        self.inner.member_add(scope, group, member, limit)
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn member_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<creditgate::store::Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: i64,
-    ) -> Result<
-        Option<(
-            creditgate::bindings::MemberAddOutcome,
-            creditgate::bindings::Tally,
-        )>,
-        StoreError,
-    > {
-        self.inner
-            .member_add_guarded(scope, guard, group, member, limit, name, now)
-    }
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<creditgate::bindings::MembersAdded, StoreError> {
-        self.inner.member_add_many(scope, group, members, limit)
-    }
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<creditgate::bindings::MemberRemoved, StoreError> {
-        self.inner.member_remove(scope, group, member)
-    }
-    fn group_clear(
-        &self,
-        scope: &str,
-        group: &str,
-    ) -> Result<creditgate::bindings::GroupCleared, StoreError> {
-        self.inner.group_clear(scope, group)
-    }
-    fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
-        self.inner.member_count(scope)
     }
     fn persist(&self) -> Result<(), StoreError> {
         self.inner.persist()?;
@@ -494,25 +417,54 @@ impl Store for SlowAfterCharge {
         }
         Ok(())
     }
+
+    // The rest passes through.
+    fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.record_get(scope, key)
+    }
+    fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        self.inner.record_insert(scope, key, value)
+    }
+    fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        self.inner.record_update(scope, key, value)
+    }
+    fn counter_get(&self, scope: &str, name: &str, now: i64) -> Result<u64, StoreError> {
+        self.inner.counter_get(scope, name, now)
+    }
+    fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError> {
+        self.inner.counter_tally(tally)
+    }
+    fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
+        self.inner.member_add(add)
+    }
+    fn member_add_guarded(
+        &self,
+        add: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError> {
+        self.inner.member_add_guarded(add)
+    }
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
+        self.inner.member_add_many(add)
+    }
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
+        self.inner.member_remove(at)
+    }
+    fn group_clear(&self, scope: &str, group: &str) -> Result<GroupCleared, StoreError> {
+        self.inner.group_clear(scope, group)
+    }
+    fn member_count(&self, scope: &str) -> Result<u64, StoreError> {
+        self.inner.member_count(scope)
+    }
     fn scopes(&self) -> Result<Vec<String>, StoreError> {
         self.inner.scopes()
     }
-    fn visit_members(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.visit_members(scope, group, visit)
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        self.inner.visit_members_after(list, visit)
     }
-    fn export_scope(&self, scope: &str) -> Result<creditgate::store::ScopeDump, StoreError> {
+    fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
         self.inner.export_scope(scope)
     }
-    fn import_scope(
-        &self,
-        scope: &str,
-        dump: &creditgate::store::ScopeDump,
-    ) -> Result<(), StoreError> {
+    fn import_scope(&self, scope: &str, dump: &ScopeDump) -> Result<(), StoreError> {
         self.inner.import_scope(scope, dump)
     }
     fn alert_sequence(&self, owner: &str) -> Result<u64, StoreError> {
@@ -521,13 +473,8 @@ impl Store for SlowAfterCharge {
     fn alert_insert(&self, owner: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         self.inner.alert_insert(owner, key, value)
     }
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.visit_alerts(owner, after, visit)
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        self.inner.visit_alerts(list, visit)
     }
 }
 

@@ -146,22 +146,22 @@ impl Store for SlowStore {
         record_insert(scope: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
         record_update(scope: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
         counter_get(scope: &str, name: &str, now: i64) -> Result<u64, creditgate::store::StoreError>;
-        counter_add_guarded(scope: &str, guard: Option<creditgate::store::Guard<'_>>, name: &str, add: creditgate::store::CounterAdd<'_>) -> Result<creditgate::bindings::GuardedAdd, creditgate::store::StoreError>;
-        counter_tally(scope: &str, guard: Option<creditgate::store::Guard<'_>>, name: &str, now: i64) -> Result<Option<creditgate::bindings::Tally>, creditgate::store::StoreError>;
-        member_add(scope: &str, group: &str, member: &str, limit: Option<u64>) -> Result<creditgate::bindings::MemberAdded, creditgate::store::StoreError>;
-        member_add_guarded(scope: &str, guard: Option<creditgate::store::Guard<'_>>, group: &str, member: &str, limit: Option<u64>, name: &str, now: i64) -> Result<Option<(creditgate::bindings::MemberAddOutcome, creditgate::bindings::Tally)>, creditgate::store::StoreError>;
-        member_remove(scope: &str, group: &str, member: &str) -> Result<creditgate::bindings::MemberRemoved, creditgate::store::StoreError>;
+        counter_add_guarded(add: creditgate::store::CounterAdd<'_>) -> Result<creditgate::bindings::GuardedAdd, creditgate::store::StoreError>;
+        counter_tally(tally: creditgate::store::CounterTally<'_>) -> Result<Option<creditgate::bindings::Tally>, creditgate::store::StoreError>;
+        member_add(add: creditgate::store::MemberAdd<'_>) -> Result<creditgate::bindings::MemberAdded, creditgate::store::StoreError>;
+        member_add_guarded(add: creditgate::store::MemberAddGuarded<'_>) -> Result<Option<creditgate::bindings::GuardedMember>, creditgate::store::StoreError>;
+        member_remove(at: creditgate::store::Membership<'_>) -> Result<creditgate::bindings::MemberRemoved, creditgate::store::StoreError>;
         group_clear(scope: &str, group: &str) -> Result<creditgate::bindings::GroupCleared, creditgate::store::StoreError>;
         member_count(scope: &str) -> Result<u64, creditgate::store::StoreError>;
         persist() -> Result<(), creditgate::store::StoreError>;
         scopes() -> Result<Vec<String>, creditgate::store::StoreError>;
-        member_add_many(scope: &str, group: &str, members: &[String], limit: Option<u64>) -> Result<creditgate::bindings::MembersAdded, creditgate::store::StoreError>;
-        visit_members(scope: &str, group: Option<&str>, visit: &mut dyn FnMut(&str, &str) -> bool) -> Result<(), creditgate::store::StoreError>;
+        member_add_many(add: creditgate::store::MemberAddMany<'_>) -> Result<creditgate::bindings::MembersAdded, creditgate::store::StoreError>;
+        visit_members_after(list: creditgate::store::Members<'_>, visit: creditgate::store::Visit<'_>) -> Result<(), creditgate::store::StoreError>;
         export_scope(scope: &str) -> Result<creditgate::store::ScopeDump, creditgate::store::StoreError>;
         import_scope(scope: &str, dump: &creditgate::store::ScopeDump) -> Result<(), creditgate::store::StoreError>;
         alert_sequence(owner: &str) -> Result<u64, creditgate::store::StoreError>;
         alert_insert(owner: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
-        visit_alerts(owner: Option<&str>, after: Option<(&str, &str)>, visit: &mut dyn FnMut(&str, &str, &str) -> bool) -> Result<(), creditgate::store::StoreError>;
+        visit_alerts(list: creditgate::store::Alerts<'_>, visit: creditgate::store::VisitAlert<'_>) -> Result<(), creditgate::store::StoreError>;
     }
 }
 

@@ -1119,9 +1119,13 @@ fn a_dry_run_on_a_large_account_stays_in_bounded_memory() {
                     format!("held{n}@example{}.com", n % 997)
                 })
                 .collect();
-            store
-                .member_add_many("acme", "old", &members, None)
-                .expect("members added");
+            let add = creditgate::store::MemberAddMany {
+                scope: "acme",
+                group: "old",
+                members: &members,
+                limit: None,
+            };
+            store.member_add_many(add).expect("members added");
         }
         store.persist().expect("durable");
     }

@@ -10,12 +10,15 @@ use serde_json::{Value, json};
 
 use creditgate::api_read::{Bulk, Busy};
 use creditgate::bindings::{
-    CounterAdded, GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoved,
+    CounterAdded, GroupCleared, GuardedAdd, GuardedMember, MemberAdded, MemberRemoved,
     MembersAdded, Tally,
 };
 use creditgate::http::HttpOptions;
 use creditgate::request::Request;
-use creditgate::store::{CounterAdd, Guard, MemoryStore, RedbStore, ScopeDump, Store, StoreError};
+use creditgate::store::{
+    Alerts, CounterAdd, CounterTally, MemberAdd, MemberAddGuarded, MemberAddMany, Members,
+    Membership, MemoryStore, Records, RedbStore, ScopeDump, Store, StoreError, Visit, VisitAlert,
+};
 
 use crate::harness::{self, unescape};
 use crate::http::{Api, code, send};
@@ -33,9 +36,13 @@ fn fill(store: &dyn Store) {
         .expect("insert");
     for (group, count) in [("g0", 5), ("g1", 1), ("g2", 7), ("g3", 3)] {
         let members: Vec<String> = (0..count).map(|i| format!("m{i}@x.io")).collect();
-        store
-            .member_add_many("s05", group, &members, None)
-            .expect("members");
+        let add = MemberAddMany {
+            scope: "s05",
+            group,
+            members: &members,
+            limit: None,
+        };
+        store.member_add_many(add).expect("members");
     }
     for i in 0..11 {
         store
@@ -96,14 +103,12 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
             .collect();
         for limit in [1, 3, 50] {
             let paged = page_through(limit, |after, visit| {
-                store
-                    .visit_members_after(
-                        "s05",
-                        group,
-                        after.map(|(g, m)| (g.as_str(), m.as_str())),
-                        visit,
-                    )
-                    .expect("visit after");
+                let list = Members {
+                    scope: "s05",
+                    group,
+                    after: after.map(|(g, m)| (g.as_str(), m.as_str())),
+                };
+                store.visit_members_after(list, visit).expect("visit after");
             });
             assert_eq!(paged, whole, "members of {group:?}, {limit} a page");
         }
@@ -111,28 +116,32 @@ fn pages_resume_after_the_cursor(store: &dyn Store) {
     // A cursor in another group than the one asked for: before it, from its
     // start; after it, nothing.
     let mut seen = Vec::new();
+    let mut list = Members {
+        scope: "s05",
+        group: Some("g2"),
+        after: Some(("g1", "zz")),
+    };
+    let mut collect = |_: &str, m: &str| {
+        seen.push(m.to_owned());
+        true
+    };
     store
-        .visit_members_after("s05", Some("g2"), Some(("g1", "zz")), &mut |_, m| {
-            seen.push(m.to_owned());
-            true
-        })
+        .visit_members_after(list, &mut collect)
         .expect("visit after");
-    assert_eq!(seen.len(), 7);
-    seen.clear();
+    list.after = Some(("g3", ""));
     store
-        .visit_members_after("s05", Some("g2"), Some(("g3", "")), &mut |_, m| {
-            seen.push(m.to_owned());
-            true
-        })
+        .visit_members_after(list, &mut collect)
         .expect("visit after");
-    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(seen.len(), 7, "{seen:?}");
 
     let records = store.export_scope("s07").expect("export").records;
     for limit in [1, 5, 50] {
         let paged = page_through(limit, |after, visit| {
-            store
-                .visit_records("s07", after.map(|(k, _)| k.as_str()), visit)
-                .expect("records");
+            let list = Records {
+                scope: "s07",
+                after: after.map(|(k, _)| k.as_str()),
+            };
+            store.visit_records(list, visit).expect("records");
         });
         assert_eq!(paged, records, "records, {limit} a page");
     }
@@ -508,24 +517,24 @@ impl Store for Gated {
         record_insert(scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
         record_update(scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
         counter_get(scope: &str, name: &str, now: i64) -> Result<u64, StoreError>;
-        counter_add_guarded(scope: &str, guard: Option<Guard<'_>>, name: &str, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError>;
-        counter_tally(scope: &str, guard: Option<Guard<'_>>, name: &str, now: i64) -> Result<Option<Tally>, StoreError>;
-        counter_add(scope: &str, name: &str, add: CounterAdd<'_>) -> Result<CounterAdded, StoreError>;
-        member_add(scope: &str, group: &str, member: &str, limit: Option<u64>) -> Result<MemberAdded, StoreError>;
-        member_add_guarded(scope: &str, guard: Option<Guard<'_>>, group: &str, member: &str, limit: Option<u64>, name: &str, now: i64) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError>;
-        member_add_many(scope: &str, group: &str, members: &[String], limit: Option<u64>) -> Result<MembersAdded, StoreError>;
-        member_remove(scope: &str, group: &str, member: &str) -> Result<MemberRemoved, StoreError>;
+        counter_add_guarded(add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError>;
+        counter_tally(tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError>;
+        counter_add(add: CounterAdd<'_>) -> Result<CounterAdded, StoreError>;
+        member_add(add: MemberAdd<'_>) -> Result<MemberAdded, StoreError>;
+        member_add_guarded(add: MemberAddGuarded<'_>) -> Result<Option<GuardedMember>, StoreError>;
+        member_add_many(add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError>;
+        member_remove(at: Membership<'_>) -> Result<MemberRemoved, StoreError>;
         group_clear(scope: &str, group: &str) -> Result<GroupCleared, StoreError>;
         member_count(scope: &str) -> Result<u64, StoreError>;
         persist() -> Result<(), StoreError>;
         scopes() -> Result<Vec<String>, StoreError>;
         scopes_after(after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
-        visit_members(scope: &str, group: Option<&str>, visit: &mut dyn FnMut(&str, &str) -> bool) -> Result<(), StoreError>;
+        visit_members_after(list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;
         export_scope(scope: &str) -> Result<ScopeDump, StoreError>;
         import_scope(scope: &str, dump: &ScopeDump) -> Result<(), StoreError>;
         alert_sequence(owner: &str) -> Result<u64, StoreError>;
         alert_insert(owner: &str, key: &str, value: &str) -> Result<bool, StoreError>;
-        visit_alerts(owner: Option<&str>, after: Option<(&str, &str)>, visit: &mut dyn FnMut(&str, &str, &str) -> bool) -> Result<(), StoreError>;
+        visit_alerts(list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError>;
     }
 }
 

@@ -653,8 +653,9 @@ fn component_outputs(policy: &Policy, lines: &[String]) -> Vec<String> {
 // ---------------------------------------------------------------------------
 
 /// `cases` cases; failures are not persisted (no `proptest-regressions/` file in
-/// the source tree): the failure message holds the whole failing sequence.
-fn config(cases: u32) -> ProptestConfig {
+/// the source tree): the failure message holds the whole failing sequence. The
+/// store's model test uses it too.
+pub(crate) fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
         failure_persistence: None,

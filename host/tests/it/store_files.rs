@@ -236,7 +236,7 @@ fn the_alert_log_is_replayed_from_the_journal_after_a_crash() {
     let log = |store: &RedbStore| {
         let mut log = Vec::new();
         store
-            .visit_alerts(None, None, &mut |owner, key, value| {
+            .visit_alerts(Default::default(), &mut |owner, key, value| {
                 log.push((owner.to_owned(), key.to_owned(), value.to_owned()));
                 true
             })

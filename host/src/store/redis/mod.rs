@@ -147,10 +147,13 @@ use conn::{Call, Conn, block, collect, slot_of};
 pub use durability::RedisDurability;
 pub use url::{RedisConfig, RedisTarget, is_redis_url, parse_url};
 
-use super::{CounterAdd, GroupCount, Guard, Instant, ScopeDump, Store, StoreError};
+use super::{
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Members, Membership, ScopeDump, Store, StoreError, Visit, VisitAlert,
+};
 use crate::bindings::{
-    GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome, MemberRemoved,
-    MembersAdded, Tally,
+    GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
+    MemberRemoved, MembersAdded, Tally,
 };
 
 /// Expiry stored for "never", as in the other backends.
@@ -495,14 +498,12 @@ impl RedisStore {
     /// the tally (the counter only when one is named).
     fn add_member(
         &self,
-        scope: &str,
+        add: MemberAdd<'_>,
         guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
         counter: Option<(&str, Instant)>,
     ) -> Result<(Option<MemberAddOutcome>, Tally), StoreError> {
         let what = "member-add";
+        let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
         self.register(scope)?;
         let mut args = vec![group.into(), member.into(), limit_arg(limit)];
         args.extend(guard_args(guard));
@@ -628,12 +629,8 @@ impl super::Backend for RedisStore {
         })
     }
 
-    fn visit_alerts(
-        &self,
-        owner: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str, &str) -> bool,
-    ) -> Result<(), StoreError> {
+    fn visit_alerts(&self, list: Alerts<'_>, visit: VisitAlert<'_>) -> Result<(), StoreError> {
+        let Alerts { owner, after } = list;
         const PAGE: usize = 256;
         let what = "visit-alerts";
         let owners: Vec<String> = match owner {
@@ -733,13 +730,10 @@ impl super::Backend for RedisStore {
         decimal(what, &value)
     }
 
-    fn counter_add_guarded(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        add: CounterAdd<'_>,
-    ) -> Result<GuardedAdd, StoreError> {
+    fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError> {
+        let CounterAdd {
+            scope, guard, name, ..
+        } = add;
         self.register(scope)?;
         let what = "counter-add";
         // Some(NEVER) and None both mean never, as in the other backends.
@@ -749,7 +743,7 @@ impl super::Backend for RedisStore {
             add.amount.to_string().into(),
             limit_arg(add.limit),
             if add.once.is_some() { "1" } else { "0" }.into(),
-            add.once.map_or(Vec::new(), |o| o.key.clone().into_bytes()),
+            add.once.map_or(Vec::new(), |o| o.key.as_bytes().to_vec()),
             add.once
                 .map_or(Vec::new(), |o| o.expires_at.to_string().into_bytes()),
             expires_at.map_or(Vec::new(), |at| at.to_string().into_bytes()),
@@ -776,18 +770,12 @@ impl super::Backend for RedisStore {
         })
     }
 
-    fn counter_tally(
-        &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<Tally>, StoreError> {
+    fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError> {
         let what = "counter-tally";
-        let mut args: Vec<Vec<u8>> = vec![name.into(), now.to_string().into()];
-        args.extend(guard_args(guard));
+        let mut args: Vec<Vec<u8>> = vec![tally.name.into(), tally.now.to_string().into()];
+        args.extend(guard_args(tally.guard));
         let (outcome, value, members): (String, String, u64) =
-            self.primitive(what, &SCRIPTS.counter_tally, scope, args)?;
+            self.primitive(what, &SCRIPTS.counter_tally, tally.scope, args)?;
         Ok(match outcome.as_str() {
             "tally" => Some(Tally {
                 counter: decimal(what, &value)?,
@@ -798,14 +786,8 @@ impl super::Backend for RedisStore {
         })
     }
 
-    fn member_add(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<MemberAdded, StoreError> {
-        let (outcome, tally) = self.add_member(scope, None, group, member, limit, None)?;
+    fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
+        let (outcome, tally) = self.add_member(add, None, None)?;
         Ok(MemberAdded {
             outcome: outcome.ok_or_else(|| corrupt("member-add", "stale without a guard"))?,
             members: tally.members,
@@ -814,32 +796,21 @@ impl super::Backend for RedisStore {
 
     fn member_add_guarded(
         &self,
-        scope: &str,
-        guard: Option<Guard<'_>>,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-        name: &str,
-        now: Instant,
-    ) -> Result<Option<(MemberAddOutcome, Tally)>, StoreError> {
-        let (outcome, tally) =
-            self.add_member(scope, guard, group, member, limit, Some((name, now)))?;
-        Ok(outcome.map(|outcome| (outcome, tally)))
+        add: MemberAddGuarded<'_>,
+    ) -> Result<Option<GuardedMember>, StoreError> {
+        let counter = Some((add.name, add.now));
+        let (outcome, tally) = self.add_member(add.member_add(), add.guard, counter)?;
+        Ok(outcome.map(|outcome| GuardedMember { outcome, tally }))
     }
 
-    fn member_add_many(
-        &self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StoreError> {
+    fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
+        let (scope, members) = (add.scope, add.members);
         if !members.is_empty() {
             self.register(scope)?;
         }
         let mut args = Vec::with_capacity(members.len() + 2);
-        args.push(group.into());
-        args.push(limit_arg(limit));
+        args.push(add.group.into());
+        args.push(limit_arg(add.limit));
         args.extend(members.iter().map(|m| m.clone().into_bytes()));
         // A full batch is tens of thousands of commands inside one script.
         let limit = self.config.bulk_timeout;
@@ -868,16 +839,11 @@ impl super::Backend for RedisStore {
         })
     }
 
-    fn member_remove(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StoreError> {
+    fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
         let what = "member-remove";
-        let args = vec![group.into(), member.into()];
+        let args = vec![at.group.into(), at.member.into()];
         let (outcome, members): (u64, u64) =
-            self.primitive(what, &SCRIPTS.member_remove, scope, args)?;
+            self.primitive(what, &SCRIPTS.member_remove, at.scope, args)?;
         let outcome = match outcome {
             0 => MemberRemoveOutcome::NotInGroup,
             1 => MemberRemoveOutcome::LeftGroup,
@@ -924,14 +890,9 @@ impl super::Backend for RedisStore {
             .collect()
     }
 
-    fn membership(
-        &self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Option<u64>, StoreError> {
-        let args = vec![group.into(), member.into()];
-        let n: i64 = self.primitive("membership", &SCRIPTS.membership, scope, args)?;
+    fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
+        let args = vec![at.group.into(), at.member.into()];
+        let n: i64 = self.primitive("membership", &SCRIPTS.membership, at.scope, args)?;
         Ok(u64::try_from(n).ok())
     }
 
@@ -999,50 +960,6 @@ impl super::Backend for RedisStore {
         Ok(listed)
     }
 
-    fn visit_members(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        // Page by page, each page one atomic read: unlike redb, not one snapshot
-        // of the whole scope (a visit concurrent with writes sees each page as of
-        // its own read), but bounded in memory whatever the scope's size.
-        let base = self.base(scope);
-        let mut visit_group = |group: &str| -> Result<bool, StoreError> {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self.page(format!("{base}grp:{group}"), after.as_deref())?;
-                for member in &page {
-                    if !visit(group, member) {
-                        return Ok(false);
-                    }
-                }
-                if page.len() < PAGE {
-                    return Ok(true);
-                }
-                after = page.last().cloned();
-            }
-        };
-        if let Some(group) = group {
-            visit_group(group)?;
-            return Ok(());
-        }
-        let mut after: Option<String> = None;
-        loop {
-            let groups = self.page(format!("{base}groups"), after.as_deref())?;
-            for group in &groups {
-                if !visit_group(group)? {
-                    return Ok(());
-                }
-            }
-            if groups.len() < PAGE {
-                return Ok(());
-            }
-            after = groups.last().cloned();
-        }
-    }
-
     // The registry is a set, in no order: a page reads every name (names only)
     // and sorts them, but checks only as many scopes as the page needs.
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
@@ -1090,14 +1007,12 @@ impl super::Backend for RedisStore {
         Ok(listed)
     }
 
-    fn visit_members_after(
-        &self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
-        visit: &mut dyn FnMut(&str, &str) -> bool,
-    ) -> Result<(), StoreError> {
-        // As `visit_members`, page by page, starting in the group of `after`.
+    fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError> {
+        let (scope, group, after) = (list.scope, list.group, list.after);
+        // Page by page, each page one atomic read: unlike redb, not one snapshot
+        // of the whole scope (a visit concurrent with writes sees each page as of
+        // its own read), but bounded in memory whatever the scope's size. The
+        // first page is in the group of `after`.
         let base = self.base(scope);
         let mut visit_group =
             |group: &str, mut after: Option<String>| -> Result<bool, StoreError> {

@@ -185,20 +185,23 @@ fn counter_once_fingerprints(s: &dyn Store) {
         key: "plan",
         value: "pro",
     });
-    let once = Once {
-        key: "msg-1".to_owned(),
+    let once = OnceKey {
+        key: "msg-1",
         fingerprint: 5,
         expires_at: 3_000,
     };
     let add = CounterAdd {
+        scope: "s",
+        guard,
+        name: "c",
         amount: 1,
         limit: None,
-        once: Some(&once),
+        once: Some(once),
         expires_at: None,
         now: 2_002,
     };
     assert!(matches!(
-        s.counter_add_guarded("s", guard, "c", add.clone()),
+        s.counter_add_guarded(add),
         Ok(GuardedAdd::Conflict(Tally { counter: 4, .. }))
     ));
     let stale = Some(Guard {
@@ -206,7 +209,10 @@ fn counter_once_fingerprints(s: &dyn Store) {
         value: "max",
     });
     assert!(matches!(
-        s.counter_add_guarded("s", stale, "c", add),
+        s.counter_add_guarded(CounterAdd {
+            guard: stale,
+            ..add
+        }),
         Ok(GuardedAdd::Stale)
     ));
     // Fingerprints at the edges of a u64 round-trip exactly (Redis keeps them
@@ -551,7 +557,7 @@ fn names_too_long(s: &dyn Store) {
     );
     for (scope, group, member) in [(l, "g", "m"), ("s", l, "m"), ("s", "g", l)] {
         assert_eq!(join(s, scope, group, member, None), invalid);
-        assert_eq!(out(s.member_remove(scope, group, member), removed), invalid);
+        assert_eq!(leave(s, scope, group, member), invalid);
     }
     assert_eq!(out(s.group_clear(l, "g"), cleared), invalid);
     assert_eq!(out(s.group_clear("s", l), cleared), invalid);
@@ -603,24 +609,15 @@ fn concurrent_limits(s: &dyn Store) {
                     let mut applied_adds = 0;
                     for j in 0..TRIES {
                         let member = format!("m{i}-{j}");
-                        match s.member_add("s", "g", &member, Some(100)).unwrap().outcome {
-                            MemberAddOutcome::Inserted => inserted += 1,
-                            MemberAddOutcome::Refused => {}
+                        match join(s, "s", "g", &member, Some(100)) {
+                            Out::Added("inserted", _) => inserted += 1,
+                            Out::Added("refused", _) => {}
                             _ => panic!("distinct members can only be inserted or refused"),
                         }
-                        let args = CounterAdd {
-                            amount: 1,
-                            limit: Some(100),
-                            once: None,
-                            expires_at: None,
-                            now: 0,
-                        };
-                        match s.counter_add("s", "c", args).unwrap() {
-                            CounterAdded::Applied(_) => applied_adds += 1,
-                            CounterAdded::Refused(v) => assert_eq!(v, 100),
-                            CounterAdded::Repeated(_) | CounterAdded::Conflict(_) => {
-                                panic!("no once key was given")
-                            }
+                        match add(s, "s", "c", 1, Some(100)) {
+                            Out::Counter("applied", _) => applied_adds += 1,
+                            Out::Counter("refused", v) => assert_eq!(v, 100),
+                            _ => panic!("no once key was given"),
                         }
                     }
                     (inserted, applied_adds)
@@ -855,7 +852,13 @@ fn member_add_many_atomic(s: &dyn Store) {
             seen.insert(count(s, "s"));
             seen
         });
-        let added = s.member_add_many("s", "g", &members, None).unwrap();
+        let add = MemberAddMany {
+            scope: "s",
+            group: "g",
+            members: &members,
+            limit: None,
+        };
+        let added = s.member_add_many(add).unwrap();
         done.store(true, std::sync::atomic::Ordering::Release);
         assert_eq!(added.members, N as u64);
         assert!(

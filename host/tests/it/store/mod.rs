@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use creditgate::bindings::{
     CounterAdded, GroupCleared, GuardedAdd, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
-    MemberRemoved, MembersAdded, Once, Tally,
+    MemberRemoved, MembersAdded, Tally,
 };
 use creditgate::store::{
-    CounterAdd, Guard, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, RedbStore, ScopeDump, Store,
-    StoreError,
+    CounterAdd, CounterTally, Guard, MAX_NAME_LEN, MAX_VALUE_LEN, MemberAdd, MemberAddGuarded,
+    MemberAddMany, Membership, MemoryStore, OnceKey, RedbStore, ScopeDump, Store, StoreError,
 };
 use tempfile::TempDir;
 
@@ -183,19 +183,22 @@ fn add_fp(
     expires_at: Option<i64>,
     now: i64,
 ) -> Out {
-    let once = once.map(|(key, fingerprint, expires_at)| Once {
-        key: key.to_owned(),
+    let once = once.map(|(key, fingerprint, expires_at)| OnceKey {
+        key,
         fingerprint,
         expires_at,
     });
     let args = CounterAdd {
+        scope,
+        guard: None,
+        name,
         amount,
         limit,
-        once: once.as_ref(),
+        once,
         expires_at,
         now,
     };
-    out(s.counter_add(scope, name, args), counter)
+    out(s.counter_add(args), counter)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -209,34 +212,38 @@ fn add_guarded(
     once: Option<(&str, i64)>,
     now: i64,
 ) -> Out {
-    let once = once.map(|(key, expires_at)| Once {
-        key: key.to_owned(),
+    let once = once.map(|(key, expires_at)| OnceKey {
+        key,
         fingerprint: FP,
         expires_at,
     });
     let args = CounterAdd {
+        scope,
+        guard: guard.map(|(key, value)| Guard { key, value }),
+        name,
         amount,
         limit,
-        once: once.as_ref(),
+        once,
         expires_at: Some(now + 100),
         now,
     };
-    let guard = guard.map(|(key, value)| Guard { key, value });
-    out(
-        s.counter_add_guarded(scope, guard, name, args),
-        |a| match a {
-            GuardedAdd::Applied(t) => Out::Tally("applied", t.counter, t.members),
-            GuardedAdd::Repeated(t) => Out::Tally("repeated", t.counter, t.members),
-            GuardedAdd::Refused(t) => Out::Tally("refused", t.counter, t.members),
-            GuardedAdd::Conflict(t) => Out::Tally("conflict", t.counter, t.members),
-            GuardedAdd::Stale => Out::Tally("stale", 0, 0),
-        },
-    )
+    out(s.counter_add_guarded(args), |a| match a {
+        GuardedAdd::Applied(t) => Out::Tally("applied", t.counter, t.members),
+        GuardedAdd::Repeated(t) => Out::Tally("repeated", t.counter, t.members),
+        GuardedAdd::Refused(t) => Out::Tally("refused", t.counter, t.members),
+        GuardedAdd::Conflict(t) => Out::Tally("conflict", t.counter, t.members),
+        GuardedAdd::Stale => Out::Tally("stale", 0, 0),
+    })
 }
 
 fn tally(s: &dyn Store, scope: &str, guard: Option<(&str, &str)>, name: &str, now: i64) -> Out {
-    let guard = guard.map(|(key, value)| Guard { key, value });
-    out(s.counter_tally(scope, guard, name, now), |t| match t {
+    let at = CounterTally {
+        scope,
+        guard: guard.map(|(key, value)| Guard { key, value }),
+        name,
+        now,
+    };
+    out(s.counter_tally(at), |t| match t {
         Some(Tally { counter, members }) => Out::Tally("tally", counter, members),
         None => Out::Tally("stale", 0, 0),
     })
@@ -253,14 +260,19 @@ fn join_guarded(
     name: &str,
     now: i64,
 ) -> Out {
-    let guard = guard.map(|(key, value)| Guard { key, value });
-    out(
-        s.member_add_guarded(scope, guard, group, member, limit, name, now),
-        |added| match added {
-            Some((o, t)) => Out::Tally(outcome(o), t.counter, t.members),
-            None => Out::Tally("stale", 0, 0),
-        },
-    )
+    let add = MemberAddGuarded {
+        scope,
+        guard: guard.map(|(key, value)| Guard { key, value }),
+        group,
+        member,
+        limit,
+        name,
+        now,
+    };
+    out(s.member_add_guarded(add), |added| match added {
+        Some(a) => Out::Tally(outcome(a.outcome), a.tally.counter, a.tally.members),
+        None => Out::Tally("stale", 0, 0),
+    })
 }
 
 fn get(s: &dyn Store, scope: &str, name: &str, now: i64) -> u64 {
@@ -268,12 +280,24 @@ fn get(s: &dyn Store, scope: &str, name: &str, now: i64) -> u64 {
 }
 
 fn join(s: &dyn Store, scope: &str, group: &str, member: &str, limit: Option<u64>) -> Out {
-    out(s.member_add(scope, group, member, limit), added)
+    let add = MemberAdd {
+        scope,
+        group,
+        member,
+        limit,
+    };
+    out(s.member_add(add), added)
 }
 
 fn join_many(s: &dyn Store, scope: &str, group: &str, members: &[&str], limit: Option<u64>) -> Out {
     let members: Vec<String> = members.iter().map(|&m| m.to_owned()).collect();
-    out(s.member_add_many(scope, group, &members, limit), added_many)
+    let add = MemberAddMany {
+        scope,
+        group,
+        members: &members,
+        limit,
+    };
+    out(s.member_add_many(add), added_many)
 }
 
 fn many(outcomes: &[&'static str], members: u64) -> Out {
@@ -303,7 +327,12 @@ fn export(s: &dyn Store, scope: &str) -> ScopeDump {
 }
 
 fn leave(s: &dyn Store, scope: &str, group: &str, member: &str) -> Out {
-    out(s.member_remove(scope, group, member), removed)
+    let at = Membership {
+        scope,
+        group,
+        member,
+    };
+    out(s.member_remove(at), removed)
 }
 
 fn clear(s: &dyn Store, scope: &str, group: &str) -> Out {

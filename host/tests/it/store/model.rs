@@ -5,6 +5,8 @@
 use creditgate::store::model::{self, AddCall, Op};
 use proptest::prelude::*;
 
+use crate::properties::config;
+
 use super::*;
 
 // Tiny alphabets make collisions common; "s\0" and "g\0" probe the range bounds.
@@ -93,15 +95,6 @@ fn run(s: &dyn Store, steps: &[(i64, Op)]) -> Result<(), TestCaseError> {
 fn steps() -> impl Strategy<Value = Vec<(i64, Op)>> {
     // Time mostly moves forward, sometimes stands still or steps back a little.
     proptest::collection::vec((prop_oneof![1 => -2..0i64, 4 => 0..4i64], op()), 1..120)
-}
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        // Keeps the source tree clean; a failure prints its minimal case.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
 }
 
 proptest! {

@@ -3,6 +3,23 @@
 
 use super::*;
 
+/// `member_add_many`, unwrapped.
+fn add_many(
+    s: &RedbStore,
+    scope: &str,
+    group: &str,
+    members: &[String],
+    limit: Option<u64>,
+) -> MembersAdded {
+    let add = MemberAddMany {
+        scope,
+        group,
+        members,
+        limit,
+    };
+    s.member_add_many(add).unwrap()
+}
+
 #[test]
 fn survives_reopen_after_persist() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,14 +85,12 @@ fn member_add_many_survives_reopen() {
     let members: Vec<String> = (0..1_000).map(|i| format!("m{i}")).collect();
     {
         let s = RedbStore::open(&path).unwrap();
-        s.member_add_many("s", "g", &members, None).unwrap();
+        add_many(&s, "s", "g", &members, None);
         s.persist().unwrap();
     }
     let s = RedbStore::open(&path).unwrap();
     assert_eq!(count(&s, "s"), 1_000);
-    let added = s
-        .member_add_many("s", "h", &members[..10], Some(0))
-        .unwrap();
+    let added = add_many(&s, "s", "h", &members[..10], Some(0));
     assert_eq!(added_many(added), many(&["joined"; 10], 1_000));
     assert_eq!(clear(&s, "s", "g"), Out::Cleared(1_000, 990, 10));
 }
@@ -114,9 +129,7 @@ fn member_add_many_throughput() {
     let mut window = Duration::ZERO;
     for (b, batch) in batches.iter().enumerate() {
         let started = Instant::now();
-        let added = s
-            .member_add_many("account", "campaign", batch, None)
-            .unwrap();
+        let added = add_many(&s, "account", "campaign", batch, None);
         let call = started.elapsed();
         s.persist().unwrap();
         let with_persist = started.elapsed();
@@ -147,8 +160,7 @@ fn member_add_many_throughput() {
     // The same batches again into the same group: every one already-in-group.
     let started = Instant::now();
     for batch in &batches[..40] {
-        s.member_add_many("account", "campaign", batch, None)
-            .unwrap();
+        add_many(&s, "account", "campaign", batch, None);
     }
     println!(
         "already in group:   {}",
@@ -158,7 +170,7 @@ fn member_add_many_throughput() {
     // The same members into another group: every one joins.
     let started = Instant::now();
     for batch in &batches[..40] {
-        s.member_add_many("account", "other", batch, None).unwrap();
+        add_many(&s, "account", "other", batch, None);
     }
     println!(
         "joining a group:    {}",
@@ -168,8 +180,13 @@ fn member_add_many_throughput() {
     // For scale: one member_add (one transaction) per member.
     let started = Instant::now();
     for i in 0..BATCH {
-        s.member_add("account", "single", &contact((n + i) as u64), None)
-            .unwrap();
+        let add = MemberAdd {
+            scope: "account",
+            group: "single",
+            member: &contact((n + i) as u64),
+            limit: None,
+        };
+        s.member_add(add).unwrap();
     }
     println!("member_add one by one: {}", rate(BATCH, started.elapsed()));
 }
