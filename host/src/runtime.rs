@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -980,31 +979,12 @@ fn ticks(d: Duration) -> u64 {
         .max(1)
 }
 
-/// FNV-1a, for the account handles: account names are short, and the map is
-/// read on every decision.
-#[derive(Debug)]
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
 /// Handles an instance gave, by the name they stand for.
-type Handles = HashMap<String, u32, BuildHasherDefault<Fnv>>;
+///
+/// Names come from the network, so the hash is seeded per process (foldhash's
+/// `RandomState`): crafted colliding names cannot turn the look-up that every
+/// decision makes into a scan of the map; and it is fast on short keys.
+type Handles = HashMap<String, u32, foldhash::fast::RandomState>;
 
 /// Account and campaign handles a worker keeps before it asks its instance to
 /// forget them all (see the WIT's `forget-handles`).
