@@ -112,15 +112,26 @@ pub(super) fn open_file(
         .open(&at)
         .map_err(|e| unavailable(&what, e))?;
     // Locked like the database, though only a process holding the database
-    // opens it; released when the file closes, with the store.
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(StoreError::Locked {
-                path: at.display().to_string(),
-            });
+    // opens it; released when the file closes, with the store. A lock found
+    // held is tried again for a moment: a child this process is starting holds
+    // a copy of every descriptor, and with it the lock of a store just closed,
+    // from its fork until its exec closes them. A store another process holds
+    // is refused all the same, a quarter of a second later.
+    let mut tries = 0;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if tries < LOCK_TRIES => {
+                tries += 1;
+                std::thread::sleep(LOCK_PAUSE);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: at.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(unavailable(&what, e)),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(unavailable(&what, e)),
     }
     let storage: Box<dyn StorageBackend> =
         Box::new(FileBackend::new(file).map_err(|e| unavailable(&what, e))?);
@@ -129,6 +140,10 @@ pub(super) fn open_file(
         None => storage,
     })
 }
+
+/// How often, and how far apart, a journal found locked is tried again.
+const LOCK_TRIES: u32 = 25;
+const LOCK_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A number for a new store's id: random enough that two stores' differ.
 pub(super) fn new_id() -> u64 {
