@@ -225,6 +225,41 @@ fn check_decision(d: &Decision) -> Result<(), String> {
     check_alerts(&d.alerts)
 }
 
+/// Checks an email decision's charge against what the store applied during its
+/// call. A charge the store did not apply is a send let through uncharged, so
+/// the component's word is not taken for it: the email credits `charged` says
+/// were added must have been added to a counter, and an allowed `charge-email`
+/// (whose cost the gateway counted, not the component) is charged in full, or
+/// is a repeat of a message already charged. What else a component charges,
+/// and for what, is its rule.
+fn check_charged(request: &Request, d: &Decision, charges: Charges) -> Result<(), String> {
+    // Email credits are counters; lead credits are memberships, whose adds
+    // the component answers from the store's own counts.
+    if !matches!(
+        request,
+        Request::SendEmail { .. } | Request::ChargeEmail { .. }
+    ) {
+        return Ok(());
+    }
+    if d.charged > charges.applied {
+        return Err(format!(
+            "charged {}, but the store added {}",
+            d.charged, charges.applied
+        ));
+    }
+    if let Request::ChargeEmail { cost, .. } = request
+        && d.denied.is_none()
+        && d.charged != *cost
+        && !(d.charged == 0 && charges.repeated)
+    {
+        return Err(format!(
+            "charge-email of {cost} allowed with {} charged, and no repeat of a charged message",
+            d.charged
+        ));
+    }
+    Ok(())
+}
+
 fn check_alerts(alerts: &[crate::bindings::Alert]) -> Result<(), String> {
     match alerts
         .iter()
@@ -523,6 +558,18 @@ pub struct HostState {
     names: Names,
     /// The call in progress, for the epoch callback and the latency split.
     clock: CallClock,
+    /// What the call in progress had the store add to counters.
+    charges: Charges,
+}
+
+/// What one call had the store add to counters (`counter-add-guarded`): the
+/// host's own account of a charge, beside what the component says it charged.
+#[derive(Debug, Clone, Copy, Default)]
+struct Charges {
+    /// The amounts the store applied.
+    applied: u64,
+    /// Whether an addition found its `once` key already charged (a repeat).
+    repeated: bool,
 }
 
 /// The instance's resource caps ([`StoreLimits`]), remembering whether a memory
@@ -781,7 +828,15 @@ impl state::Host for HostState {
             expires_at,
             now,
         };
-        clock.timed(|| store.counter_add_guarded(add))
+        let added = clock.timed(|| store.counter_add_guarded(add))?;
+        match added {
+            GuardedAdd::Applied(_) => {
+                self.charges.applied = self.charges.applied.saturating_add(amount);
+            }
+            GuardedAdd::Repeated(_) => self.charges.repeated = true,
+            GuardedAdd::Refused(_) | GuardedAdd::Conflict(_) | GuardedAdd::Stale => {}
+        }
+        Ok(added)
     }
     fn member_add_guarded(
         &mut self,
@@ -879,6 +934,7 @@ impl Instance {
                     split: false,
                     in_store: Duration::ZERO,
                 },
+                charges: Charges::default(),
             },
         );
         wasm_store.limiter(|s| &mut s.limits);
@@ -920,6 +976,7 @@ impl Instance {
         // A refusal belongs to the call it happened in: a guest that survived
         // one earlier must not have a later, unrelated trap called the cap.
         state.limits.memory_refused = false;
+        state.charges = Charges::default();
         let clock = &mut state.clock;
         clock.started_tick = Some(clock.ticks.load(Ordering::Relaxed));
         clock.budget_ticks = ticks(budget);
@@ -1081,6 +1138,8 @@ impl Worker {
     pub fn decide(&mut self, request: &Request, now: i64) -> Result<Decision, DecideError> {
         let decision = self.decide_unchecked(request, now)?;
         check_decision(&decision).map_err(DecideError::Contract)?;
+        check_charged(request, &decision, self.instance.store.data().charges)
+            .map_err(DecideError::Contract)?;
         self.check_mode(request, &decision)
             .map_err(DecideError::Contract)?;
         let fired = FiredAlert::of_decision(request.account(), &decision, now);

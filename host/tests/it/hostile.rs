@@ -250,6 +250,17 @@ fn impossible_answers_are_errors_not_decisions() {
         assert!(matches!(err, DecideError::Contract(_)), "{account}: {err}");
         still_serves(&mut worker);
     }
+    // Trust audit: the host checks a charge against what the store applied. A
+    // component that allows a counted message without charging it (no store
+    // call, no repeat of a charged message), or claims a charge the store never
+    // added, gets no decision: the gateway fails closed instead of sending free.
+    for account in ["boom-free-charge", "boom-overstated"] {
+        let err = worker
+            .decide(&harness::charge(account, 1), 0)
+            .expect_err("a charge the store did not apply is not a decision");
+        assert!(matches!(err, DecideError::Contract(_)), "{account}: {err}");
+        still_serves(&mut worker);
+    }
     let emails: Vec<String> = ["a@x.io", "b@x.io", "c@x.io"].map(String::from).into();
     let err = worker
         .add_leads("innocent", "c", &emails, 0)

@@ -150,6 +150,13 @@ fn decide(handle: Account) -> Result<Decision, Error> {
                 usage: Some(usage_on_enforced(11)),
                 ..allowed
             },
+            // Allowed, with nothing charged and no store call: mail let out free.
+            "boom-free-charge" => allowed,
+            // Says it charged what the store never added.
+            "boom-overstated" => Decision {
+                charged: 1,
+                ..allowed
+            },
             "boom-upgrade-elsewhere" => Decision {
                 denied: Some(Reason::UnknownAccount),
                 upgrade_to: Some(0),
