@@ -19,12 +19,8 @@ pub struct RedisDurability {
 }
 
 impl RedisDurability {
-    /// Whether every acknowledged write survives a crash of Redis or its host.
-    pub fn syncs_every_write(&self) -> bool {
-        self.appendonly == "yes" && self.appendfsync == "always"
-    }
-
-    /// What a crash could take back, when it could take anything.
+    /// What a crash could take back, when it could take anything; None when
+    /// every acknowledged write survives a crash of Redis or its host.
     pub fn risk(&self) -> Option<&'static str> {
         if self.appendonly != "yes" {
             Some("every charge since the last snapshot")
