@@ -623,7 +623,7 @@ fn readme_screenshots() {
     use chrono::{DateTime, Months, Utc};
     let (dir, store) = harness::temp_path("state.redb");
     let store_arg = store.to_str().expect("utf-8 path");
-    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/smartlead.toml");
+    let policy = harness::repo().join("policies/smartlead.toml");
     let now = Utc::now();
     let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     // (account, plan, days since it subscribed, email credits used per month as a

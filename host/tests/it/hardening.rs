@@ -398,11 +398,6 @@ fn an_http_head_or_body_that_trickles_in_is_cut_off_at_the_request_timeout() {
 
 // ---- the HTTP guard: Host, Origin, Content-Type --------------------------------
 
-fn openapi() -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("openapi.json")).expect("JSON")
-}
-
 /// One request over a raw connection (so that `Host` and the rest are exactly as
 /// given); its status and body.
 fn raw(
@@ -503,7 +498,7 @@ fn the_probe_of_issue_14_a_cross_site_reload_is_refused() {
     assert_eq!(status, 403, "{body}");
     // Each of the three marks alone is enough.
     let host = server.addr.to_string();
-    let spec = openapi();
+    let spec = crate::http::openapi();
     let reload = |headers: &[(&str, &str)], body: &str| {
         call(
             &spec,
@@ -561,7 +556,7 @@ fn every_route_checks_host_and_every_state_change_its_origin_and_body() {
         allowed_hosts: Some(vec!["gw.example.com".into()]),
         ..Overrides::default()
     });
-    let spec = openapi();
+    let spec = crate::http::openapi();
     let addr = server.addr;
     for (method, template, path, body) in every_route() {
         let json = [("Content-Type", "application/json")];

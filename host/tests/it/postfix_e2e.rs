@@ -517,7 +517,7 @@ impl Serve {
         let serve = ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), root.join("serve.log"))
             .arg("--config")
             .arg(&config)
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .current_dir(crate::harness::repo())
             .start();
         Serve {
             port: serve.postfix_addr().port(),
