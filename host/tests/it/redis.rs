@@ -143,7 +143,10 @@ fn a_crash_loses_no_acknowledged_charge_and_service_resumes() {
                         }
                         let key = format!("{i}-{n}");
                         match charge(&key) {
-                            Ok(CounterAdded::Applied(_)) => {
+                            // Repeated: a first call applied whose answer was
+                            // lost in the crash, settled by the store's second
+                            // asking. Either way the charge stands.
+                            Ok(CounterAdded::Applied(_) | CounterAdded::Repeated(_)) => {
                                 applied.push(key);
                                 if restarted.load(Ordering::Acquire) {
                                     after_restart.fetch_add(1, Ordering::AcqRel);
@@ -767,6 +770,52 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
         add("msg/0/postfix/PFX1", 3, 1_000),
         CounterAdded::Applied(4)
     );
+}
+
+/// A charge whose reply is late (Redis stalled past the call's timeout, the
+/// script run all the same) is not a failure: the store asks once more under the
+/// same once key and gets `repeated`, so the request stands on the charge it
+/// made. Failing it instead left the credits taken and charged the client's
+/// retry, a new Postfix `instance`, again.
+#[test]
+fn a_charge_answered_late_stands_and_is_counted_once() {
+    use creditgate::bindings::CounterAdded;
+
+    let server = RedisServer::start();
+    let store = RedisStore::open(&format!(
+        "{}?prefix=late&call_timeout_ms=2000",
+        server.url()
+    ))
+    .expect("connects");
+    let charge = |key| {
+        store.counter_add(CounterAdd {
+            scope: "acct",
+            guard: None,
+            name: "sent",
+            amount: 3,
+            limit: Some(10),
+            once: Some(OnceKey {
+                key,
+                fingerprint: 7,
+                expires_at: 2_000,
+            }),
+            expires_at: None,
+            now: 1_000,
+        })
+    };
+    assert_eq!(charge("m0").expect("charges"), CounterAdded::Applied(3));
+    server.signal("STOP");
+    let late = std::thread::scope(|t| {
+        let late = t.spawn(|| charge("m1"));
+        // Running again between the first call's timeout (2 s) and the
+        // second's (4 s): both run then, the first applied, the second a repeat.
+        std::thread::sleep(Duration::from_secs(3));
+        server.signal("CONT");
+        late.join().expect("charges")
+    });
+    assert_eq!(late.expect("stands"), CounterAdded::Repeated(6));
+    assert_eq!(store.counter_get("acct", "sent", 1_000).expect("reads"), 6);
+    assert_eq!(charge("m1").expect("repeats"), CounterAdded::Repeated(6));
 }
 
 /// A server that stops answering costs a call its timeout, not a hang, and the
