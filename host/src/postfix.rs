@@ -258,9 +258,13 @@ impl PolicyRequest {
         if !value.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid_number("recipient_count", value));
         }
-        value
+        let count = value
             .parse()
-            .map_err(|_| invalid_number("recipient_count", value))
+            .map_err(|_| invalid_number("recipient_count", value))?;
+        if count > MAX_RECIPIENT_COUNT {
+            return Err(MappingError::TooManyRecipients { count });
+        }
+        Ok(count)
     }
 
     /// The value of `name`, which must be present, non-empty and UTF-8.
@@ -272,6 +276,12 @@ impl PolicyRequest {
         }
     }
 }
+
+/// The most recipients one `END-OF-MESSAGE` may charge. Postfix accepts at most
+/// `smtpd_recipient_limit` (1,000 by default) per message; a count past this
+/// one is no message but a request that would push an unlimited plan's counter
+/// toward overflow, after which every charge of the cycle is refused.
+pub const MAX_RECIPIENT_COUNT: u64 = 1_000_000;
 
 fn invalid_number(name: &'static str, value: &str) -> MappingError {
     MappingError::InvalidNumber {
@@ -609,6 +619,11 @@ pub enum MappingError {
     /// A numeric attribute is not a decimal number.
     #[error("attribute {name} is not a number: {value:?}")]
     InvalidNumber { name: &'static str, value: String },
+    /// `recipient_count` is past [`MAX_RECIPIENT_COUNT`].
+    #[error(
+        "recipient_count {count} is more than {MAX_RECIPIENT_COUNT}, the most one message may charge"
+    )]
+    TooManyRecipients { count: u64 },
     /// An attribute that names something is not UTF-8.
     #[error("attribute {name} is not UTF-8")]
     NotUtf8 { name: &'static str },
@@ -1540,6 +1555,23 @@ mod tests {
             PostfixConfig::default().map(&with(&eom, "instance", "")),
             Err(MappingError::Missing { name: "instance" })
         );
+        // No message has more recipients than Postfix's limit allows; a count
+        // near 2^64 would push an unlimited plan's counter to overflow.
+        let count = (MAX_RECIPIENT_COUNT + 1).to_string();
+        assert_eq!(
+            PostfixConfig::default().map(&with(&eom, "recipient_count", &count)),
+            Err(MappingError::TooManyRecipients {
+                count: MAX_RECIPIENT_COUNT + 1
+            })
+        );
+        let most = MAX_RECIPIENT_COUNT.to_string();
+        assert!(matches!(
+            PostfixConfig::default().map(&with(&eom, "recipient_count", &most)),
+            Ok(Mapped::Charge {
+                recipients: MAX_RECIPIENT_COUNT,
+                ..
+            })
+        ));
     }
 
     #[test]
