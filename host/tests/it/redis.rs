@@ -578,6 +578,54 @@ fn two_gateways_on_one_redis_charge_a_shadow_plan_exactly_once() {
     }
 }
 
+/// The trust audit: two gateways on one Redis whose clocks disagree by a
+/// fraction of a second across the end of a billing cycle charge a message once,
+/// whichever sees it first (Postfix's try-limit retry of one `instance` reaching
+/// the other): the one whose clock is ahead decides in the new cycle, the one
+/// behind in the old, and the message id is one key for the account.
+#[test]
+fn two_gateways_whose_clocks_straddle_a_cycle_boundary_charge_a_message_once() {
+    use creditgate::bindings::Reason;
+    use creditgate::request::{Origin, Request};
+    use std::sync::Arc;
+
+    let server = RedisServer::start();
+    let gateway = || harness::worker_on(Arc::new(server.store("skew")), harness::SMARTLEAD);
+    // The first gateway's clock is ahead; the second's behind.
+    let (ahead, behind) = (0, 1);
+    let mut gateways = [gateway(), gateway()];
+    let at = |s: &str| creditgate::replay::parse_instant(s).expect("an instant");
+    let subscribe = harness::subscription("acme", "base");
+    let d = gateways[ahead].decide(&subscribe, at("2025-01-31T09:00:00Z"));
+    assert_eq!(d.expect("subscribes").denied, None);
+    let charge = |instance: &str, cost| Request::ChargeEmail {
+        account: "acme".into(),
+        cost,
+        message_id: Some(Origin::Postfix.message_id(instance).expect("an id")),
+    };
+    let reused = Some(Reason::IdempotencyKeyReused);
+    // (gateway, Postfix instance, recipients, its clock) and what it answers:
+    // (denied, charged, email credits used in the deciding gateway's cycle).
+    let steps = [
+        // Charged by the gateway ahead (cycle 1), retried on the one behind
+        // (cycle 0): free, with cycle 0's usage.
+        (ahead, "A1", 3, "2025-02-28T09:00:00.1Z", (None, 3, 3)),
+        (behind, "A1", 3, "2025-02-28T08:59:59.9Z", (None, 0, 0)),
+        // The other way round.
+        (behind, "B2", 2, "2025-02-28T08:59:59.95Z", (None, 2, 2)),
+        (ahead, "B2", 2, "2025-02-28T09:00:00.2Z", (None, 0, 3)),
+        // Another count under an instance is refused on either.
+        (ahead, "B2", 4, "2025-02-28T09:00:00.3Z", (reused, 0, 3)),
+        (behind, "A1", 1, "2025-02-28T08:59:59.99Z", (reused, 0, 2)),
+    ];
+    for (i, (on, instance, cost, when, expected)) in steps.into_iter().enumerate() {
+        let d = gateways[on].decide(&charge(instance, cost), at(when));
+        let d = d.expect("decides");
+        let used = d.usage.expect("usage").email_credits.used;
+        assert_eq!((d.denied, d.charged, used), expected, "step {i}");
+    }
+}
+
 fn real_now_ns() -> i64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
