@@ -24,10 +24,10 @@ use std::sync::{Arc, LazyLock};
 
 use creditgate::import::{INVALID_ROWS_SHOWN, ImportError, ImportOptions, ImportReport, import};
 use creditgate::replay::parse_instant;
-use creditgate::wire::LimitJson;
 use creditgate::request::Request;
 use creditgate::runtime::Worker;
 use creditgate::store::MemoryStore;
+use creditgate::wire::LimitJson;
 use creditgate_fuzz::{POLICY, runtime};
 use libfuzzer_sys::fuzz_target;
 
@@ -128,11 +128,29 @@ fn decide(worker: &mut Worker, request: Request) {
 }
 
 /// The report of importing `csv`, or `None` when the file is refused for a reason
-/// of its own (no header, no such column, a header too long, a quote never closed).
+/// of its own (no header, no such column or one named twice, a header too long, a
+/// quote never closed).
 fn run(worker: &mut Worker, csv: &[u8], options: &ImportOptions) -> Option<ImportReport> {
     match import(worker, csv, options, &mut |_| {}) {
         Ok(report) => Some(report),
         Err(ImportError::NoHeader { .. } | ImportError::MissingColumn { .. }) => None,
+        Err(ImportError::AmbiguousColumn {
+            line,
+            count,
+            positions,
+            ..
+        }) => {
+            assert_eq!(line, 1, "an ambiguous header on line {line}");
+            assert!(
+                count >= 2 && positions.len() == count,
+                "{count} columns at {positions:?}"
+            );
+            assert!(
+                positions.windows(2).all(|p| p[0] < p[1]),
+                "positions out of order: {positions:?}"
+            );
+            None
+        }
         Err(ImportError::HeaderTooLong { line }) => {
             assert!(line >= 1, "a header on line {line}");
             None
