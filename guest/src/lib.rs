@@ -15,6 +15,8 @@ pub mod cycle;
 pub mod engine;
 pub mod inspect;
 mod known;
+#[cfg(test)]
+mod mem_state;
 pub mod policy;
 mod projection;
 
