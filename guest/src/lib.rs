@@ -32,7 +32,7 @@ pub mod bindings {
         pub_export_macro: true,
     });
 
-    pub use creditgate::policy::catalog::Membership;
+    pub use creditgate::policy::catalog::{GroupSize, Membership};
     pub use creditgate::policy::state::{
         GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome, MemberRemoveOutcome,
         MemberRemoved, MembersAdded, Once, StateError, Tally,
