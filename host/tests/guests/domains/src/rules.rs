@@ -42,6 +42,45 @@ pub struct Members<'a> {
     pub after: Option<(&'a str, &'a str)>,
 }
 
+/// Where one lead `local@domain` of a campaign is kept: its contact
+/// (`domain/local`) in the account's scope and its domain in the domains scope,
+/// both in the campaign's group.
+struct Placed {
+    contacts: String,
+    domains: String,
+    group: String,
+    contact: String,
+    domain: String,
+}
+
+impl Placed {
+    fn new(account: &str, campaign: &str, local: &str, domain: &str) -> Self {
+        Placed {
+            contacts: scope(account),
+            domains: domains(account),
+            group: group(campaign),
+            contact: contact(local, domain),
+            domain: domain.to_owned(),
+        }
+    }
+
+    fn contact(&self) -> Member<'_> {
+        Member {
+            scope: &self.contacts,
+            group: &self.group,
+            member: &self.contact,
+        }
+    }
+
+    fn domain(&self) -> Member<'_> {
+        Member {
+            scope: &self.domains,
+            group: &self.group,
+            member: &self.domain,
+        }
+    }
+}
+
 /// [`Host::charge`]'s arguments: add `amount` to counter `name` of `scope`
 /// unless it would pass `limit` or `once` (a key and its fingerprint) was
 /// seen, while the record `plan` holds `guard`.
@@ -483,25 +522,14 @@ impl<'p> Rules<'p> {
         let Some((local, domain)) = address(email) else {
             return Ok(LeadAdd::InvalidEmail);
         };
-        let (g, member) = (group(campaign), contact(&local, &domain));
-        let (contacts, domains) = (scope(account), domains(account));
-        let contact = Member {
-            scope: &contacts,
-            group: &g,
-            member: &member,
-        };
+        let lead = Placed::new(account, campaign, &local, &domain);
         // Already here: nothing to take, whatever the credits left.
-        if h.member_add(contact, None)? == Added::AlreadyInGroup {
+        if h.member_add(lead.contact(), None)? == Added::AlreadyInGroup {
             return Ok(LeadAdd::AlreadyInCampaign);
         }
-        let domain = Member {
-            scope: &domains,
-            group: &g,
-            member: &domain,
-        };
-        let took = h.member_add(domain, plan.leads)?;
+        let took = h.member_add(lead.domain(), plan.leads)?;
         if took == Added::Refused {
-            h.member_remove(contact)?;
+            h.member_remove(lead.contact())?;
             return Ok(LeadAdd::Exhausted);
         }
         Ok(if took == Added::Inserted {
@@ -563,33 +591,22 @@ impl<'p> Rules<'p> {
             let Some((local, domain)) = address(email) else {
                 return Ok(Err(Denial::InvalidEmail));
             };
-            let (g, member) = (group(campaign), contact(&local, &domain));
-            let (contacts, domains) = (scope(account), domains(account));
-            let contact = Member {
-                scope: &contacts,
-                group: &g,
-                member: &member,
-            };
-            if h.member_remove(contact)? == Removed::NotInGroup {
+            let lead = Placed::new(account, campaign, &local, &domain);
+            if h.member_remove(lead.contact())? == Removed::NotInGroup {
                 return Ok(Ok((0, 0)));
             }
             // The domain stays taken while another of its contacts is in the group.
             let prefix = format!("{domain}/");
             let list = Members {
-                scope: &contacts,
-                group: Some(&g),
-                after: Some((&g, &prefix)),
+                scope: &lead.contacts,
+                group: Some(&lead.group),
+                after: Some((&lead.group, &prefix)),
             };
             let next = h.members_after(list, 1)?;
             if next.iter().any(|(_, m)| m.starts_with(&prefix)) {
                 return Ok(Ok((0, 0)));
             }
-            let domain = Member {
-                scope: &domains,
-                group: &g,
-                member: &domain,
-            };
-            let released = h.member_remove(domain)? == Removed::Released;
+            let released = h.member_remove(lead.domain())? == Removed::Released;
             Ok(Ok((0, u64::from(released))))
         })
     }
