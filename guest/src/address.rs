@@ -26,6 +26,9 @@ use unicode_normalization::UnicodeNormalization as _;
 /// of 256 less the angle brackets).
 pub const MAX_LEN: usize = 254;
 
+/// Longest label of a domain, in its ASCII form (RFC 1035).
+pub const MAX_LABEL: usize = 63;
+
 /// Normalises `raw` into the contact's identity, or `None` if it is not a valid
 /// address (see [`check`]).
 pub fn normalize(raw: &str) -> Option<String> {
@@ -44,7 +47,9 @@ pub fn is_valid(raw: &str) -> bool {
 
 /// Normalises `raw` into the contact's identity, or says why it is not a valid
 /// address: exactly one `@`; a non-empty local part; a domain with at least one
-/// dot and no empty label, valid as an internationalised domain name; no
+/// dot and no empty label, valid as an internationalised domain name and, in
+/// its ASCII form, a host name (labels of letters, digits and `-`, neither
+/// starting nor ending with `-`, at most [`MAX_LABEL`] characters each); no
 /// whitespace, control, invisible or bidirectional formatting characters, and
 /// no `<` or `>` but the one pair around it; at most [`MAX_LEN`] characters.
 pub fn check(raw: &str) -> Result<String, Problem> {
@@ -80,6 +85,10 @@ const ORDINARY: u8 = 0;
 const FORBIDDEN: u8 = 1;
 const AT: u8 = 2;
 const DOT: u8 = 3;
+/// `-`: in a domain, not at either end of a label.
+const HYPHEN: u8 = 4;
+/// Printable characters a local part may hold and a host name may not.
+const LOCAL_ONLY: u8 = 5;
 
 /// The kind of each ASCII byte.
 static ASCII_CLASS: [u8; 128] = {
@@ -90,7 +99,9 @@ static ASCII_CLASS: [u8; 128] = {
             b' ' | b'<' | b'>' | 0x7f | 0..0x20 => FORBIDDEN,
             b'@' => AT,
             b'.' => DOT,
-            _ => ORDINARY,
+            b'-' => HYPHEN,
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => ORDINARY,
+            _ => LOCAL_ONLY,
         };
         b += 1;
     }
@@ -108,6 +119,11 @@ fn check_ascii(address: &[u8]) -> Result<(), Problem> {
     let mut many_at = false;
     let mut dot = false;
     let mut empty_label = false;
+    let mut not_host = None;
+    let mut hyphen_at_end = false;
+    let mut long_label = false;
+    // Where the domain's current label starts.
+    let mut label = 0;
     let mut prev = 0;
     for (i, &b) in address.iter().enumerate() {
         let class = ASCII_CLASS[usize::from(b & 0x7f)];
@@ -123,15 +139,31 @@ fn check_ascii(address: &[u8]) -> Result<(), Problem> {
                     many_at = true;
                 } else {
                     first_at = Some(i);
+                    label = i + 1;
                 }
             } else if first_at.is_some() {
-                dot = true;
-                // A label is empty when a dot follows the '@' or another dot.
-                empty_label |= prev == b'@' || prev == b'.';
+                match class {
+                    DOT => {
+                        dot = true;
+                        // A label is empty when a dot follows the '@' or another dot.
+                        empty_label |= prev == b'@' || prev == b'.';
+                        hyphen_at_end |= prev == b'-';
+                        long_label |= i - label > MAX_LABEL;
+                        label = i + 1;
+                    }
+                    HYPHEN => hyphen_at_end |= i == label,
+                    _ => {
+                        if not_host.is_none() {
+                            not_host = Some(b);
+                        }
+                    }
+                }
             }
         }
         prev = b;
     }
+    hyphen_at_end |= prev == b'-';
+    long_label |= address.len() - label > MAX_LABEL;
     let at = first_at.ok_or(Problem::NoAt)?;
     if many_at {
         return Err(Problem::ManyAt);
@@ -139,11 +171,20 @@ fn check_ascii(address: &[u8]) -> Result<(), Problem> {
     if at == 0 {
         return Err(Problem::EmptyLocal);
     }
+    if let Some(b) = not_host {
+        return Err(Problem::NotHostName { c: char::from(b) });
+    }
     if !dot {
         return Err(Problem::NoDot);
     }
     if empty_label || prev == b'.' {
         return Err(Problem::EmptyLabel);
+    }
+    if hyphen_at_end {
+        return Err(Problem::Hyphen);
+    }
+    if long_label {
+        return Err(Problem::LongLabel);
     }
     if address.len() > MAX_LEN {
         return Err(Problem::TooLong {
@@ -179,11 +220,24 @@ fn check_general(trimmed: &str) -> Result<String, Problem> {
         Some(idna::domain_to_ascii(domain).map_err(|_| Problem::InvalidDomain)?)
     };
     let ascii = punycode.as_deref().unwrap_or(domain);
+    let host = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+    if let Some(c) = ascii.chars().find(|&c| !host(c)) {
+        return Err(Problem::NotHostName { c });
+    }
     if !ascii.contains('.') {
         return Err(Problem::NoDot);
     }
     if ascii.split('.').any(str::is_empty) {
         return Err(Problem::EmptyLabel);
+    }
+    if ascii
+        .split('.')
+        .any(|l| l.starts_with('-') || l.ends_with('-'))
+    {
+        return Err(Problem::Hyphen);
+    }
+    if ascii.split('.').any(|l| l.len() > MAX_LABEL) {
+        return Err(Problem::LongLabel);
     }
     let chars = local.chars().count() + 1 + ascii.len();
     if chars > MAX_LEN {
@@ -233,8 +287,16 @@ pub enum Problem {
     ManyAt,
     EmptyLocal,
     InvalidDomain,
+    /// The domain, in its ASCII form, has `c`, which no host name has.
+    NotHostName {
+        c: char,
+    },
     NoDot,
     EmptyLabel,
+    /// A label of the domain starts or ends with `-`.
+    Hyphen,
+    /// A label of the domain is longer than [`MAX_LABEL`].
+    LongLabel,
     TooLong {
         chars: usize,
     },
@@ -261,9 +323,22 @@ impl fmt::Display for Problem {
             Problem::InvalidDomain => {
                 f.write_str("its domain is not a valid internationalised domain name")
             }
+            Problem::NotHostName { c } => write!(
+                f,
+                "its domain has {}, which no host name has (letters, digits, '-' and '.' only)",
+                match c {
+                    ' '..='~' => format!("'{c}'"),
+                    _ => format!("U+{:04X}", u32::from(*c)),
+                }
+            ),
             Problem::NoDot => f.write_str("its domain has no dot"),
             Problem::EmptyLabel => f.write_str(
                 "its domain has an empty label (two dots in a row, or a dot at either end)",
+            ),
+            Problem::Hyphen => f.write_str("a label of its domain starts or ends with '-'"),
+            Problem::LongLabel => write!(
+                f,
+                "a label of its domain is longer than {MAX_LABEL} characters"
             ),
             Problem::TooLong { chars } => write!(
                 f,
@@ -284,7 +359,7 @@ mod tests {
         /// the rules look at.
         #[test]
         fn the_ascii_path_agrees_with_the_general_one(
-            address in "[aB.@<> \\t\\x00\\x7fz-]{1,12}|[a-z]{0,250}@[a-z.]{0,10}",
+            address in "[aB.@<> \\t\\x00\\x7fz_\"-]{1,12}|[a-z]{0,150}@[a-z.-]{0,80}",
         ) {
             prop_assume!(!address.is_empty());
             let general = check_general(&address);
@@ -327,6 +402,11 @@ mod tests {
             "an\u{200b}n@example.com",
             "\u{feff}ann@example.com",
             "ann@exa\u{200d}mple.com",
+            "c@x.io\"",
+            "ann@ex_ample.com",
+            "ann@[192.0.2.1]",
+            "ann@-example.com",
+            "ann@example-.com",
         ] {
             assert_eq!(normalize(bad), None, "{bad:?} should be invalid");
         }
@@ -341,12 +421,25 @@ mod tests {
             ("@example.com", "nothing comes before the '@'"),
             ("ann@example", "its domain has no dot"),
             ("ann@example..com", "its domain has an empty label"),
+            ("c@x.io\"", "its domain has '\"', which no host name has"),
+            (
+                "ann@b\u{fc}cher_.de",
+                "its domain has '_', which no host name has",
+            ),
+            (
+                "ann@example.-com",
+                "a label of its domain starts or ends with '-'",
+            ),
             ("ann\u{202e}@x.co", "it has U+202E at character 4"),
             ("Ann <a@x.co>", "it has U+0020 at character 4"),
         ] {
             let problem = check(bad).unwrap_err().to_string();
             assert!(problem.starts_with(expected), "{bad:?}: {problem}");
         }
+        let long = format!("ann@{}.com", "a".repeat(MAX_LABEL + 1));
+        assert_eq!(check(&long), Err(Problem::LongLabel));
+        let longest = format!("ann@{}.com", "a".repeat(MAX_LABEL));
+        assert!(check(&longest).is_ok());
     }
 
     #[test]

@@ -7,9 +7,14 @@
 //!   `member-add`'s limit is the plan's lead credits, so taking a credit and adding
 //!   the contact are one atomic step;
 //! - counter `email/<cycle>`: email credits used in billing cycle `<cycle>`, kept
-//!   for [`HISTORY_CYCLES`] cycles for `email-history`; its `once` keys
-//!   `msg/<cycle>/<message-id>`, expiring when the cycle ends, make a retried
-//!   message free. Each key carries a fingerprint of what it was charged for
+//!   for [`HISTORY_CYCLES`] cycles for `email-history`;
+//! - `once` keys `msg/<message-id>`, one per message id and account (not per
+//!   cycle), make a retried message free: nothing is charged twice for one
+//!   message, even when its retry falls in the next cycle (or a clock steps
+//!   back). A key expires at the end of the cycle that charged it plus
+//!   [`ONCE_GRACE`](crate::known::ONCE_GRACE) (past Postfix's 5-day queue
+//!   lifetime); a repeat in a later cycle charges nothing and reports that
+//!   cycle's usage. Each key carries a fingerprint of what it was charged for
 //!   ([`recipients_fingerprint`], [`cost_fingerprint`]): the same id for
 //!   another message is a conflict, denied `idempotency-key-reused`, never a
 //!   free send.
@@ -48,7 +53,7 @@ pub type Name = u32;
 /// A once key for [`State::counter_add_guarded`] (WIT `state.once`), borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct OnceKey<'k> {
-    /// The interned part: `msg/<cycle>/`.
+    /// The interned part: `msg/`.
     pub prefix: Name,
     /// The part new to each call: the message id.
     pub key: &'k str,
@@ -177,7 +182,7 @@ struct MessageKey<'m> {
 
 /// What a decision on a known account does once the account is found.
 enum Step<'m> {
-    /// Take `cost` credits, at most once per message id and cycle.
+    /// Take `cost` credits, at most once per message id while its key lives.
     Charge {
         cost: u64,
         message: Option<MessageKey<'m>>,
@@ -680,7 +685,7 @@ impl Engine {
                         prefix: cycle.once_prefix,
                         key: m.id,
                         fingerprint: m.fingerprint,
-                        expires_at: cycle.cycle.end,
+                        expires_at: cycle.once_expires_at,
                     });
                     let added = st.counter_add_guarded(CounterAdd {
                         scope,
@@ -1331,7 +1336,68 @@ mod tests {
         let held = st.store.export("a");
         let counters: Vec<&str> = held.counters.iter().map(|c| c.0.as_str()).collect();
         assert_eq!(counters, ["email/0"]);
-        assert!(held.once.iter().any(|o| o.0 == "msg/0/m1"));
+        assert!(held.once.iter().any(|o| o.0 == "msg/m1"));
+    }
+
+    /// A message id is one key for the account, not one per cycle: a retry just
+    /// after the cycle ends, or after the clock steps back, is free, and reports
+    /// the usage of the cycle it falls in; the key lives until the charging
+    /// cycle's end plus the grace, after which the id is a new message's.
+    #[test]
+    fn a_message_id_is_charged_once_across_a_cycle_boundary() {
+        let (e, st) = (engine(), &mut MemState::default());
+        e.subscribe(st, "a", "tiny", T0, T0).unwrap();
+        let end = cycle::cycle_number(T0, 1).unwrap().start; // 2025-02-28T09:00Z
+        let to = vec!["x@y.io".to_string()];
+        let used = |d: &Decision| d.usage.as_ref().map(|u| u.email_credits.used);
+        let send = |st: &mut MemState, id, at| {
+            e.send_email(st, "a", &to, EmailKind::First, Some(id), at)
+                .unwrap()
+        };
+        let d = send(st, "m1", end - 100_000_000);
+        assert_eq!((brief(&d), used(&d)), ((None, 1, 0), Some(1)));
+        // The retry 0.2 s later, in the next cycle: free, that cycle's usage.
+        let d = send(st, "m1", end + 100_000_000);
+        assert_eq!((brief(&d), used(&d)), ((None, 0, 0), Some(0)));
+        // A charge just before the end, retried after it and after a step back.
+        let charge = |st: &mut MemState, cost, at| {
+            brief(&e.charge_email(st, "a", cost, Some("p1"), at).unwrap())
+        };
+        assert_eq!(charge(st, 1, end - 1), (None, 1, 0));
+        assert_eq!(charge(st, 1, end + 5), (None, 0, 0));
+        assert_eq!(charge(st, 1, end - 2), (None, 0, 0));
+        // The id for another message after the boundary: a conflict.
+        assert_eq!(
+            charge(st, 2, end + 10),
+            (Some(Reason::IdempotencyKeyReused), 0, 0)
+        );
+        assert_eq!(
+            brief(&send(st, "p1", end + 10)),
+            (Some(Reason::IdempotencyKeyReused), 0, 0)
+        );
+        // Each key expires at the charging cycle's end plus the grace.
+        let held = st.store.export("a");
+        let expiries: Vec<(&str, Instant)> =
+            held.once.iter().map(|o| (o.0.as_str(), o.1)).collect();
+        let until = end + crate::known::ONCE_GRACE;
+        assert_eq!(expiries, [("msg/m1", until), ("msg/p1", until)]);
+        // At its last instant it is still a repeat; then a new message's id.
+        assert_eq!(brief(&send(st, "m1", until - 1)), (None, 0, 0));
+        let d = send(st, "m1", until);
+        assert_eq!((brief(&d), used(&d)), ((None, 1, 0), Some(1)));
+        // Charged in cycle 1, it is kept until cycle 1's end plus the grace.
+        let end1 = cycle::cycle_number(T0, 2).unwrap().start;
+        let held = st.store.export("a");
+        let m1 = held.once.iter().find(|o| o.0 == "msg/m1").map(|o| o.1);
+        assert_eq!(m1, Some(end1 + crate::known::ONCE_GRACE));
+        // The history: one credit in cycle 0 for m1 and p1 each, one in cycle 1.
+        let history: Vec<u64> = e
+            .email_history(st, "a", 2, until)
+            .unwrap()
+            .iter()
+            .map(|c| c.used)
+            .collect();
+        assert_eq!(history, [2, 1]);
     }
 
     /// Issue 13.2: a message id is an idempotency key over what it charged. A

@@ -50,8 +50,13 @@ pub(crate) struct CycleNames {
     pub cycle: Cycle,
     /// The cycle's email counter, interned.
     pub counter: Name,
-    /// The prefix of the cycle's message ids as `once` keys, interned.
+    /// The prefix of message ids as `once` keys ([`ONCE_PREFIX`]), interned. The
+    /// same in every cycle: a message id is one key for the account, whichever
+    /// cycle a retry of its message falls in.
     pub once_prefix: Name,
+    /// When a message id charged in this cycle may be forgotten
+    /// ([`once_expires_at`]).
+    pub once_expires_at: Instant,
     /// When that counter may be forgotten.
     pub kept_until: Instant,
 }
@@ -78,7 +83,8 @@ impl Known {
                 let cycle = cycle_of(anchor, now)?;
                 CycleNames {
                     counter: st.intern(&email_counter(&cycle))?,
-                    once_prefix: st.intern(&once_prefix(&cycle))?,
+                    once_prefix: st.intern(ONCE_PREFIX)?,
+                    once_expires_at: once_expires_at(&cycle),
                     kept_until: kept_until(anchor, &cycle),
                     cycle,
                 }
@@ -172,9 +178,31 @@ pub(crate) fn email_counter(cycle: &Cycle) -> String {
     format!("email/{}", cycle.index)
 }
 
-/// The prefix of a message id as a `once` key of `cycle`: `msg/<cycle>/<id>`.
-pub(crate) fn once_prefix(cycle: &Cycle) -> String {
-    format!("msg/{}/", cycle.index)
+/// The prefix of a message id as a `once` key: `msg/<id>`, one key per message
+/// id and account, not per cycle. A retry is free whichever cycle it falls in
+/// (its first attempt just before a cycle ends, the retry just after; a clock
+/// stepped back; two gateways whose clocks disagree), while the email counter it
+/// was charged to stays the cycle's.
+///
+/// Stores written before kept `msg/<cycle>/<id>`: those keys are never asked
+/// again and expire with their cycle. They cannot be mistaken for new ones: the
+/// host gives every message id a front end's prefix (`http/`, `postfix/`,
+/// `replay/`), never digits.
+pub(crate) const ONCE_PREFIX: &str = "msg/";
+
+/// How long a message id is remembered past the end of the cycle that charged
+/// it: 7 days. A message may be retried for as long as its sender keeps it
+/// queued: Postfix gives up after `maximal_queue_lifetime`, 5 days by default,
+/// so a message charged in the last instant of a cycle can come again up to 5
+/// days into the next. Two days more cover a queue lifetime raised a little and
+/// clocks that disagree. Within its cycle an id is remembered however old, as
+/// before; past the grace, the id is free for a new message and charged again.
+pub(crate) const ONCE_GRACE: Instant = 7 * 24 * 3600 * 1_000_000_000;
+
+/// When a message id charged in `cycle` may be forgotten: the cycle's end plus
+/// [`ONCE_GRACE`]. Past the end of time, never.
+pub(crate) fn once_expires_at(cycle: &Cycle) -> Instant {
+    cycle.end.saturating_add(ONCE_GRACE)
 }
 
 /// FNV-1a: account names are short, and std's default hasher would ask the host

@@ -34,6 +34,7 @@ use crate::bindings::{
     AddressProblem, CycleUsage, Decision, LeadBatch, Mode, PolicySummary, Reason, Shadow,
 };
 use crate::metrics::{GatewayStats, Outcome};
+use crate::postfix::StateCounts;
 use crate::request::{Answer, Op, Request};
 use crate::runtime::{DecideError, LoadError, Runtime, Worker};
 use crate::store::{MemoryStore, Store, StoreError};
@@ -233,6 +234,8 @@ pub struct Gateway {
     /// however many come at once, never take an instance a lane needs.
     moment: Mutex<()>,
     plan_gate: Arc<PlanGate>,
+    /// What the Postfix listeners were asked, by protocol state.
+    postfix_states: StateCounts,
 }
 
 /// Keeps a commit from landing inside a decision. A decision is several store
@@ -387,6 +390,7 @@ impl Gateway {
             explainer: Mutex::new(None),
             moment: Mutex::new(()),
             plan_gate,
+            postfix_states: StateCounts::default(),
         };
         Ok((gateway, summary))
     }
@@ -758,6 +762,12 @@ impl Gateway {
     /// every decision also takes, so render it after this returns.
     pub fn snapshot(&self) -> GatewayStats {
         self.stats().clone()
+    }
+
+    /// The Postfix requests the server's listeners were asked, by protocol
+    /// state (their counts are the listeners' to make).
+    pub fn postfix_states(&self) -> &StateCounts {
+        &self.postfix_states
     }
 
     fn stats(&self) -> std::sync::MutexGuard<'_, GatewayStats> {

@@ -1347,7 +1347,8 @@ async fn reload(
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    let text = app.gateway.snapshot().prometheus();
+    let mut text = app.gateway.snapshot().prometheus();
+    app.gateway.postfix_states().prometheus(&mut text);
     (
         [(
             header::CONTENT_TYPE,

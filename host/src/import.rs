@@ -307,6 +307,19 @@ pub enum ImportError {
         column: String,
         found: Vec<String>,
     },
+    /// The header row names the column more than once: which of them holds the
+    /// addresses is not for the import to guess.
+    #[error(
+        "line {line}: the header has {count} {column:?} columns (matched regardless of case), \
+         at positions {}; rename all but one, or choose another with --column",
+        .positions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousColumn {
+        line: u64,
+        column: String,
+        count: usize,
+        positions: Vec<usize>,
+    },
     /// The header row is longer than [`MAX_ROW_BYTES`].
     #[error("line {line}: the header row is longer than {MAX_ROW_BYTES} bytes")]
     HeaderTooLong { line: u64 },
@@ -912,12 +925,22 @@ fn read_header<R: BufRead>(
         .iter()
         .map(|f| String::from_utf8_lossy(f).trim().to_string())
         .collect();
-    match found.iter().position(|f| f.to_lowercase() == wanted) {
-        Some(index) => Ok((index, fields)),
-        None => Err(ImportError::MissingColumn {
+    let matching: Vec<usize> = (found.iter().enumerate())
+        .filter(|(_, f)| f.to_lowercase() == wanted)
+        .map(|(index, _)| index)
+        .collect();
+    match matching[..] {
+        [index] => Ok((index, fields)),
+        [] => Err(ImportError::MissingColumn {
             line: row.line,
             column: column.into(),
             found,
+        }),
+        _ => Err(ImportError::AmbiguousColumn {
+            line: row.line,
+            column: column.into(),
+            count: matching.len(),
+            positions: matching.iter().map(|i| i + 1).collect(),
         }),
     }
 }

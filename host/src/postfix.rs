@@ -23,7 +23,13 @@
 //!   message's `instance`, because Postfix may send a request twice
 //!   (`smtpd_policy_service_try_limit` defaults to 2).
 //!
-//! Every other state is answered `DUNNO` ([`Mapped::Ignore`]).
+//! Every other state Postfix documents is answered `DUNNO` ([`Mapped::Ignore`]);
+//! a state it does not is an error ([`MappingError::UnknownState`]), answered
+//! as the server answers failures, never taken for one to ignore. Since only
+//! `END-OF-MESSAGE` charges, a Postfix that never asks there (the policy
+//! service in `smtpd_recipient_restrictions` alone) sends every message
+//! uncharged: [`states::StateCounts`] counts requests by state so that the
+//! server can say so.
 //!
 //! # The charge at END-OF-MESSAGE
 //!
@@ -55,6 +61,10 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::names::NameRules;
+
+pub mod states;
+
+pub use states::{ProtocolState, StateCounts};
 
 /// Bounds on what [`RequestReader`] accepts from one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -203,7 +213,7 @@ impl PolicyRequest {
     }
 
     /// `protocol_state`: `CONNECT`, `EHLO`, `HELO`, `MAIL`, `RCPT`, `DATA`,
-    /// `END-OF-MESSAGE`, `VRFY` or `ETRN`.
+    /// `BDAT`, `END-OF-MESSAGE`, `VRFY` or `ETRN` ([`ProtocolState`]).
     pub fn protocol_state(&self) -> Option<&str> {
         self.get("protocol_state")
     }
@@ -248,9 +258,13 @@ impl PolicyRequest {
         if !value.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid_number("recipient_count", value));
         }
-        value
+        let count = value
             .parse()
-            .map_err(|_| invalid_number("recipient_count", value))
+            .map_err(|_| invalid_number("recipient_count", value))?;
+        if count > MAX_RECIPIENT_COUNT {
+            return Err(MappingError::TooManyRecipients { count });
+        }
+        Ok(count)
     }
 
     /// The value of `name`, which must be present, non-empty and UTF-8.
@@ -262,6 +276,12 @@ impl PolicyRequest {
         }
     }
 }
+
+/// The most recipients one `END-OF-MESSAGE` may charge. Postfix accepts at most
+/// `smtpd_recipient_limit` (1,000 by default) per message; a count past this
+/// one is no message but a request that would push an unlimited plan's counter
+/// toward overflow, after which every charge of the cycle is refused.
+pub const MAX_RECIPIENT_COUNT: u64 = 1_000_000;
 
 fn invalid_number(name: &'static str, value: &str) -> MappingError {
     MappingError::InvalidNumber {
@@ -474,34 +494,46 @@ impl AccountKey {
     /// The key's value in `req`, trimmed and lowercased (a `sasl_username` only
     /// unless names are case-sensitive); `Ok(None)` when the request has none.
     ///
-    /// Only an empty attribute names no account. A sender with no domain (`ann`,
-    /// `ann@`) names one badly, as far as `sender_domain` goes: taking it for the
-    /// null sender would let anyone who can pick the envelope sender out under
-    /// `no_account`'s action (fail-open by default), uncharged.
+    /// Only an empty attribute names no account, and the null sender only from
+    /// a client that did not authenticate. Everything else that names no
+    /// account well is an unknown name, refused as `unknown_account` says
+    /// (fail-closed by default), never taken for no account at all, whose
+    /// action (`no_account`) is fail-open by default, uncharged:
+    /// - a sender with no domain (`ann`, `ann@`), as far as `sender_domain` goes;
+    /// - the null sender from an authenticated client: under a sender-based
+    ///   mapping the client picks the envelope sender, and `MAIL FROM:<>` would
+    ///   otherwise send its mail unmetered;
+    /// - a value that is not UTF-8.
     fn value(self, req: &PolicyRequest, names: NameRules) -> Result<Option<String>, MappingError> {
         let name = match self {
             AccountKey::SaslUsername => "sasl_username",
             AccountKey::Sender | AccountKey::SenderDomain => "sender",
         };
-        if req.non_utf8().contains(name) {
-            return Err(MappingError::NotUtf8 { name });
-        }
+        let unknown = |value: &str, why: &str| MappingError::UnknownName {
+            from: self.name(),
+            value: value.to_owned(),
+            why: why.to_owned(),
+        };
         let raw = req.get(name).unwrap_or("").trim();
+        if req.non_utf8().contains(name) {
+            return Err(unknown(raw, "it is not UTF-8"));
+        }
         if raw.is_empty() {
-            return Ok(None);
+            let authenticated = req.sasl_username().is_some_and(|u| !u.trim().is_empty());
+            return match self {
+                AccountKey::Sender | AccountKey::SenderDomain if authenticated => Err(unknown(
+                    "<>",
+                    "the null sender from an authenticated client (sasl_username) names no account",
+                )),
+                _ => Ok(None),
+            };
         }
         let value = match self {
             AccountKey::SaslUsername if names.case_sensitive => raw.to_owned(),
             AccountKey::SaslUsername | AccountKey::Sender => raw.to_lowercase(),
             AccountKey::SenderDomain => match raw.rsplit_once('@') {
                 Some((_, domain)) if !domain.is_empty() => domain.to_lowercase(),
-                _ => {
-                    return Err(MappingError::UnknownName {
-                        from: self.name(),
-                        value: raw.to_owned(),
-                        why: "the sender has no domain".to_owned(),
-                    });
-                }
+                _ => return Err(unknown(raw, "the sender has no domain")),
             },
         };
         Ok(Some(value))
@@ -560,7 +592,7 @@ pub enum Mapped {
         recipients: u64,
         instance: String,
     },
-    /// Any other protocol state: no opinion (`DUNNO`).
+    /// Any other protocol state Postfix documents: no opinion (`DUNNO`).
     Ignore,
 }
 
@@ -587,12 +619,22 @@ pub enum MappingError {
     /// A numeric attribute is not a decimal number.
     #[error("attribute {name} is not a number: {value:?}")]
     InvalidNumber { name: &'static str, value: String },
+    /// `recipient_count` is past [`MAX_RECIPIENT_COUNT`].
+    #[error(
+        "recipient_count {count} is more than {MAX_RECIPIENT_COUNT}, the most one message may charge"
+    )]
+    TooManyRecipients { count: u64 },
     /// An attribute that names something is not UTF-8.
     #[error("attribute {name} is not UTF-8")]
     NotUtf8 { name: &'static str },
     /// `request` is not `smtpd_access_policy`.
     #[error("request is {found:?}, expected \"smtpd_access_policy\"")]
     NotAccessPolicy { found: String },
+    /// `protocol_state` is none Postfix documents ([`ProtocolState`]): answered
+    /// as a failure to decide, not as a state to ignore, which would let the
+    /// message through unchecked.
+    #[error("protocol_state {found:?} is not a state Postfix documents")]
+    UnknownState { found: String },
 }
 
 /// The Postfix front end's settings, as the gateway config embeds them.
@@ -622,23 +664,60 @@ impl PostfixConfig {
             None => return Err(MappingError::Missing { name: "request" }),
         }
         let state = req.required("protocol_state")?;
-        if state.eq_ignore_ascii_case("RCPT") {
-            Ok(Mapped::Check {
+        match ProtocolState::parse(state) {
+            Some(ProtocolState::Rcpt) => Ok(Mapped::Check {
                 account: self.account_from.account(req, self.names)?,
                 cost: 1,
-            })
-        } else if state.eq_ignore_ascii_case("END-OF-MESSAGE") {
+            }),
             // A count of 0 should not reach END-OF-MESSAGE in Postfix (DATA needs
             // a recipient); it is passed on as is, charges nothing, and is
             // answered as [`Actions::no_recipients`] says.
-            Ok(Mapped::Charge {
+            Some(ProtocolState::EndOfMessage) => Ok(Mapped::Charge {
                 account: self.account_from.account(req, self.names)?,
                 recipients: req.recipient_count()?,
                 instance: req.required("instance")?.to_owned(),
-            })
-        } else {
-            Ok(Mapped::Ignore)
+            }),
+            Some(_) => Ok(Mapped::Ignore),
+            None => Err(MappingError::UnknownState {
+                found: state.to_owned(),
+            }),
         }
+    }
+
+    /// What the server should tell the operator at start about these settings:
+    /// the ways they let mail out uncharged, each chosen but easy to choose
+    /// without seeing it.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let sender_based = match &self.account_from {
+            AccountFrom::Sender | AccountFrom::SenderDomain => true,
+            AccountFrom::Table { key, .. } => *key != AccountKey::SaslUsername,
+            AccountFrom::SaslUsername => false,
+        };
+        if sender_based && self.actions.no_account == FailureAction::FailOpen {
+            out.push(
+                "[postfix] account_from names the account by the envelope sender and \
+                 [postfix.actions] no_account = \"fail_open\": a client that did not \
+                 authenticate may send with the null sender (MAIL FROM:<>) uncharged; set \
+                 no_account = \"fail_closed\" unless bounces must pass"
+                    .to_owned(),
+            );
+        }
+        for (field, action) in [
+            ("unknown_account", self.actions.unknown_account),
+            ("internal_error", self.actions.internal_error),
+        ] {
+            if action == FailureAction::FailOpen {
+                let what = match field {
+                    "unknown_account" => "an account the ledger does not know",
+                    _ => "any request while the policy cannot decide (store down, timeout)",
+                };
+                out.push(format!(
+                    "[postfix.actions] {field} = \"fail_open\": Postfix lets {what} send uncharged"
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -667,6 +746,13 @@ pub enum ReplyError {
     ControlCharacter { at: usize, text: String },
     #[error("action text is {len} bytes, more than {limit}")]
     TooLong { len: usize, limit: usize },
+    /// A reply to a refusal whose action would not keep the message from going
+    /// out ([`Refusing`]).
+    #[error(
+        "action {verb:?} would let the message out uncharged{why}; a refusal must be \
+         REJECT, DEFER, DEFER_IF_PERMIT, DISCARD or a 4xx or 5xx code"
+    )]
+    LetsThrough { verb: String, why: &'static str },
 }
 
 impl Reply {
@@ -731,21 +817,107 @@ impl fmt::Display for Reply {
     }
 }
 
+/// The reply to a refusal, written by the operator: an action that keeps the
+/// message from going out, `REJECT`, `DEFER`, `DEFER_IF_PERMIT`, `DISCARD`, or a
+/// `4xx` or `5xx` code, each with a text of its own. Any other action would undo
+/// the refusal it answers: `OK` and `DUNNO` let the message through, and so, in
+/// the end, does `HOLD`: a message released from the hold queue (`postsuper -H`)
+/// is delivered without asking the policy again, uncharged. Such a text is
+/// refused with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Refusing(Reply);
+
+impl Refusing {
+    pub fn new(text: impl Into<String>) -> Result<Self, ReplyError> {
+        let reply = Reply::new(text)?;
+        let verb = reply
+            .action()
+            .split(|c: char| c.is_ascii_whitespace())
+            .next()
+            .unwrap_or("");
+        let code = |first: u8| {
+            verb.len() == 3
+                && verb.starts_with(first as char)
+                && verb.bytes().all(|b| b.is_ascii_digit())
+        };
+        let refuses = ["REJECT", "DEFER", "DEFER_IF_PERMIT", "DISCARD"]
+            .iter()
+            .any(|v| verb.eq_ignore_ascii_case(v))
+            || code(b'4')
+            || code(b'5');
+        if refuses {
+            return Ok(Refusing(reply));
+        }
+        let why = if verb.eq_ignore_ascii_case("HOLD") {
+            " once released from the hold queue (postsuper -H), since Postfix delivers it \
+             without asking the policy again"
+        } else {
+            ""
+        };
+        Err(ReplyError::LetsThrough {
+            verb: verb.to_owned(),
+            why,
+        })
+    }
+
+    pub fn reply(&self) -> &Reply {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Refusing {
+    type Error = ReplyError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Refusing::new(text)
+    }
+}
+
 /// What to answer when an account's email credits are exhausted.
 ///
-/// In TOML: `"defer"`, `"hold"`, `"reject"`, or `{ custom = "..." }`.
+/// In TOML: `"defer"`, `"reject"`, or `{ custom = "..." }` (a [`Refusing`]
+/// text). `"hold"` is refused with the configuration: a held message released
+/// later is delivered uncharged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "ExhaustedSpelling")]
 pub enum ExhaustedAction {
     /// `DEFER 4.7.1`: the client retries later (450), and succeeds after the reset.
     #[default]
     Defer,
-    /// `HOLD`: accept, and keep the message in Postfix's hold queue for an operator.
-    Hold,
     /// `REJECT 5.7.1`: a permanent failure (554); the message bounces.
     Reject,
-    /// Any action text; `{resets_at}` in it is replaced by the reset instant.
-    Custom(Reply),
+    /// An action text of the operator's; `{resets_at}` in it is replaced by the
+    /// reset instant and `{upgrade_to}` by the plan that would do.
+    Custom(Refusing),
+}
+
+/// [`ExhaustedAction`] as written, `hold` included so that it is refused with
+/// its reason rather than as an unknown word.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum ExhaustedSpelling {
+    Defer,
+    Hold,
+    Reject,
+    Custom(Refusing),
+}
+
+impl TryFrom<ExhaustedSpelling> for ExhaustedAction {
+    type Error = &'static str;
+
+    fn try_from(spelling: ExhaustedSpelling) -> Result<Self, Self::Error> {
+        match spelling {
+            ExhaustedSpelling::Defer => Ok(ExhaustedAction::Defer),
+            ExhaustedSpelling::Reject => Ok(ExhaustedAction::Reject),
+            ExhaustedSpelling::Custom(refusing) => Ok(ExhaustedAction::Custom(refusing)),
+            ExhaustedSpelling::Hold => Err(
+                "\"hold\" would let the message out uncharged: Postfix delivers a message \
+                 released from the hold queue (postsuper -H) without asking the policy again; \
+                 use \"defer\" (the client retries after the reset) or \"reject\"",
+            ),
+        }
+    }
 }
 
 /// What to answer for a refusal that is neither exhausted credits nor a failure to
@@ -761,8 +933,9 @@ pub enum RefusalAction {
     Defer,
     /// `REJECT 5.x.x <text>`: a permanent failure (554); the message bounces.
     Reject,
-    /// Any action text.
-    Custom(Reply),
+    /// An action text of the operator's that refuses the message ([`Refusing`]);
+    /// `dunno` is the one way to let it through.
+    Custom(Refusing),
 }
 
 /// What to answer when the policy cannot decide: no opinion, or a temporary failure.
@@ -836,15 +1009,11 @@ impl Actions {
                 format!("DEFER 4.7.1 {TEXT}; they reset at {resets_at}{upgrade}"),
                 format!("DEFER 4.7.1 {TEXT}"),
             ),
-            ExhaustedAction::Hold => (
-                format!("HOLD {TEXT}; they reset at {resets_at}{upgrade}"),
-                format!("HOLD {TEXT}"),
-            ),
             ExhaustedAction::Reject => (
                 format!("REJECT 5.7.1 {TEXT}; they reset at {resets_at}{upgrade}"),
                 format!("REJECT 5.7.1 {TEXT}"),
             ),
-            ExhaustedAction::Custom(reply) => (
+            ExhaustedAction::Custom(Refusing(reply)) => (
                 reply
                     .action()
                     .replace("{resets_at}", resets_at)
@@ -853,10 +1022,11 @@ impl Actions {
             ),
         };
         // `without` is built from validated parts, so the last fallback is
-        // unreachable; it keeps this function total without an unwrap.
+        // unreachable; it keeps this function total without an unwrap, and
+        // refusing.
         Reply::new(with)
             .or_else(|_| Reply::new(without))
-            .unwrap_or_else(|_| Reply::dunno())
+            .unwrap_or_else(|_| Reply(format!("DEFER 4.7.1 {TEXT}")))
     }
 
     /// The reply when the request names an account the ledger does not know.
@@ -912,7 +1082,7 @@ fn refusal_reply(action: &RefusalAction, statuses: (&str, &str), text: &str) -> 
         RefusalAction::Dunno => Reply::dunno(),
         RefusalAction::Defer => Reply(format!("DEFER {} {text}", statuses.0)),
         RefusalAction::Reject => Reply(format!("REJECT {} {text}", statuses.1)),
-        RefusalAction::Custom(reply) => reply.clone(),
+        RefusalAction::Custom(Refusing(reply)) => reply.clone(),
     }
 }
 
@@ -1385,16 +1555,48 @@ mod tests {
             PostfixConfig::default().map(&with(&eom, "instance", "")),
             Err(MappingError::Missing { name: "instance" })
         );
+        // No message has more recipients than Postfix's limit allows; a count
+        // near 2^64 would push an unlimited plan's counter to overflow.
+        let count = (MAX_RECIPIENT_COUNT + 1).to_string();
+        assert_eq!(
+            PostfixConfig::default().map(&with(&eom, "recipient_count", &count)),
+            Err(MappingError::TooManyRecipients {
+                count: MAX_RECIPIENT_COUNT + 1
+            })
+        );
+        let most = MAX_RECIPIENT_COUNT.to_string();
+        assert!(matches!(
+            PostfixConfig::default().map(&with(&eom, "recipient_count", &most)),
+            Ok(Mapped::Charge {
+                recipients: MAX_RECIPIENT_COUNT,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn other_states_are_ignored_even_without_an_account() {
-        for state in ["CONNECT", "EHLO", "HELO", "MAIL", "DATA", "VRFY", "ETRN"] {
+        for state in [
+            "CONNECT", "EHLO", "HELO", "MAIL", "DATA", "BDAT", "VRFY", "ETRN",
+        ] {
             let req = with(&rcpt("", ""), "protocol_state", state);
             assert_eq!(
                 PostfixConfig::default().map(&req),
                 Ok(Mapped::Ignore),
                 "{state}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_postfix_does_not_document_is_an_error_not_one_to_ignore() {
+        for state in ["XYZZY", "END_OF_MESSAGE", "RCPT TO"] {
+            let req = with(&rcpt("acme", ""), "protocol_state", state);
+            assert_eq!(
+                PostfixConfig::default().map(&req),
+                Err(MappingError::UnknownState {
+                    found: state.to_owned()
+                }),
             );
         }
     }
@@ -1489,9 +1691,24 @@ mod tests {
         let c = config(from);
         assert_eq!(c.map(&rcpt("", sender)), checked(account));
         assert_eq!(
-            c.map(&rcpt("acme", "")),
+            c.map(&rcpt("", "")),
             Err(MappingError::NoAccount { from: name })
         );
+        // The null sender from a client that authenticated is no bounce it
+        // relays but a way out uncharged that the client chose: it fails closed.
+        for sasl in ["acme", " acme "] {
+            assert_eq!(
+                c.map(&rcpt(sasl, "")),
+                Err(MappingError::UnknownName {
+                    from: name,
+                    value: "<>".to_owned(),
+                    why: "the null sender from an authenticated client (sasl_username) names \
+                          no account"
+                        .to_owned(),
+                }),
+                "{sasl:?}"
+            );
+        }
         c
     }
 
@@ -1586,10 +1803,14 @@ mod tests {
         let (requests, _) = read_all(
             b"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=\xff\xfe\nsender=a@b.c\n\n",
         );
+        // Refused as an unknown name (`unknown_account`, fail-closed by
+        // default), not as a failure to decide, which may be set to fail open.
         assert_eq!(
             PostfixConfig::default().map(&requests[0]),
-            Err(MappingError::NotUtf8 {
-                name: "sasl_username"
+            Err(MappingError::UnknownName {
+                from: "sasl_username",
+                value: "\u{fffd}\u{fffd}".to_owned(),
+                why: "it is not UTF-8".to_owned(),
             })
         );
         assert!(config(AccountFrom::Sender).map(&requests[0]).is_ok());
@@ -1607,7 +1828,7 @@ mod tests {
             [limits]
             max_line_bytes = 2048
             [actions]
-            exhausted = "hold"
+            exhausted = "reject"
             unknown_account = "fail_closed"
             internal_error = "fail_open"
             "#,
@@ -1616,7 +1837,7 @@ mod tests {
         assert_eq!(c.account_from, AccountFrom::SenderDomain);
         assert_eq!(c.limits.max_line_bytes, 2048);
         assert_eq!(c.limits.max_attributes, 128);
-        assert_eq!(c.actions.exhausted, ExhaustedAction::Hold);
+        assert_eq!(c.actions.exhausted, ExhaustedAction::Reject);
         assert_eq!(c.actions.unknown_account, FailureAction::FailClosed);
         assert_eq!(c.actions.internal_error, FailureAction::FailOpen);
 
@@ -1669,6 +1890,16 @@ mod tests {
                 "[actions]\nexhausted = { custom = \"DEFER\\nx=y\" }",
                 "control character",
             ),
+            // A held message released later goes out uncharged.
+            ("[actions]\nexhausted = \"hold\"", "postsuper -H"),
+            (
+                "[actions]\nexhausted = { custom = \"HOLD over quota\" }",
+                "postsuper -H",
+            ),
+            (
+                "[actions]\nidempotency_key_reused = { custom = \"OK\" }",
+                "would let the message out uncharged",
+            ),
         ];
         for (text, needle) in cases {
             let e = toml::from_str::<PostfixConfig>(text)
@@ -1676,6 +1907,60 @@ mod tests {
                 .to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn only_actions_that_refuse_answer_a_refusal() {
+        for text in [
+            "REJECT",
+            "reject 5.7.1 over quota",
+            "DEFER 4.7.1 later",
+            "DEFER_IF_PERMIT",
+            "DISCARD quietly",
+            "450 4.7.1 Over quota until {resets_at}",
+            "554 5.7.1 no",
+        ] {
+            assert!(Refusing::new(text).is_ok(), "{text:?}");
+        }
+        for (text, verb) in [
+            ("OK", "OK"),
+            ("DUNNO", "DUNNO"),
+            ("HOLD over quota", "HOLD"),
+            ("PREPEND X-Over: yes", "PREPEND"),
+            ("REDIRECT billing@example.com", "REDIRECT"),
+            ("FILTER smtp:[127.0.0.1]:10025", "FILTER"),
+            ("DEFER_IF_REJECT", "DEFER_IF_REJECT"),
+            ("250 2.0.0 fine", "250"),
+            ("4501 too long", "4501"),
+            ("{upgrade_to}", "{upgrade_to}"),
+        ] {
+            match Refusing::new(text) {
+                Err(ReplyError::LetsThrough { verb: got, .. }) => assert_eq!(got, verb),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn settings_that_let_mail_out_uncharged_are_said_at_start() {
+        assert!(PostfixConfig::default().warnings().is_empty());
+        let warned = |text: &str| {
+            toml::from_str::<PostfixConfig>(text)
+                .expect("valid")
+                .warnings()
+                .join("\n")
+        };
+        let sender = warned("account_from = \"sender\"");
+        assert!(sender.contains("MAIL FROM:<>"), "{sender}");
+        let table = warned("[account_from.table]\nkey = \"sender_domain\"\nmap = {}");
+        assert!(table.contains("MAIL FROM:<>"), "{table}");
+        assert_eq!(
+            warned("account_from = \"sender\"\n[actions]\nno_account = \"fail_closed\""),
+            ""
+        );
+        let open = warned("[actions]\nunknown_account = \"dunno\"\ninternal_error = \"fail_open\"");
+        assert!(open.contains("unknown_account = \"fail_open\""), "{open}");
+        assert!(open.contains("internal_error = \"fail_open\""), "{open}");
     }
 
     // --- replies ---
@@ -1697,16 +1982,12 @@ mod tests {
             "DEFER 4.7.1 Email credits exhausted; they reset at 2025-03-31T09:00:00Z"
         );
         assert_eq!(
-            reply(ExhaustedAction::Hold),
-            "HOLD Email credits exhausted; they reset at 2025-03-31T09:00:00Z"
-        );
-        assert_eq!(
             reply(ExhaustedAction::Reject),
             "REJECT 5.7.1 Email credits exhausted; they reset at 2025-03-31T09:00:00Z"
         );
         assert_eq!(
             reply(ExhaustedAction::Custom(
-                Reply::new("DEFER_IF_PERMIT").unwrap()
+                Refusing::new("DEFER_IF_PERMIT").unwrap()
             )),
             "DEFER_IF_PERMIT"
         );
@@ -1735,7 +2016,7 @@ mod tests {
         );
         let custom = Actions {
             exhausted: ExhaustedAction::Custom(
-                Reply::new("DEFER 4.7.1 over; try {upgrade_to} after {resets_at}").unwrap(),
+                Refusing::new("DEFER 4.7.1 over; try {upgrade_to} after {resets_at}").unwrap(),
             ),
             ..Actions::default()
         };
@@ -1796,13 +2077,13 @@ mod tests {
             "DEFER 4.7.1 Message already charged with another recipient count"
         );
         let config: PostfixConfig = toml::from_str(
-            "[actions]\nno_recipients = \"dunno\"\nidempotency_key_reused = { custom = \"HOLD reused\" }",
+            "[actions]\nno_recipients = \"dunno\"\nidempotency_key_reused = { custom = \"DISCARD reused\" }",
         )
         .expect("valid");
         assert_eq!(config.actions.reply_for_no_recipients(), Reply::dunno());
         assert_eq!(
             config.actions.reply_for_idempotency_key_reused().action(),
-            "HOLD reused"
+            "DISCARD reused"
         );
         let config: PostfixConfig = toml::from_str(
             "[actions]\nno_recipients = \"defer\"\nidempotency_key_reused = \"reject\"",

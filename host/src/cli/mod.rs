@@ -41,8 +41,9 @@ Exit status:
   2  usage or input error (bad arguments, unreadable or invalid policy, a store file that
      is missing, empty or not a store)
  75  unavailable: the store, its backend or the gateway asked could not be reached or
-     could not commit, or another process holds the store; nothing was applied, and the
-     same command may succeed later (sysexits' EX_TEMPFAIL)
+     could not commit, another process holds the store, or the store's journal is
+     missing after a crash; nothing was applied, and the same command may succeed later
+     (sysexits' EX_TEMPFAIL)
 
 Errors are one line on stderr, `creditgate: error: ...`; a denial reads
 `creditgate: error: account \"NAME\": denied: CODE (...)`. With --format json, stdout
@@ -148,7 +149,12 @@ fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
         )
     };
     if let Some(e) = e.downcast_ref::<StoreError>() {
-        matches!(e, StoreError::Unavailable(_) | StoreError::Locked { .. })
+        matches!(
+            e,
+            StoreError::Unavailable(_)
+                | StoreError::Locked { .. }
+                | StoreError::JournalMissing { .. }
+        )
     } else if let Some(e) = e.downcast_ref::<DecideError>() {
         decide(e)
     } else if let Some(e) = e.downcast_ref::<DurableError>() {
@@ -380,9 +386,14 @@ fn open_store_with(spec: Option<&Path>, options: OpenOptions) -> anyhow::Result<
         warn_unless_durable(&store);
         return Ok(Arc::new(store));
     }
-    // The store's errors name the file and what is wrong with it.
+    Ok(Arc::new(open_redb(spec, options)?))
+}
+
+/// Opens the redb file at `spec`; the store's errors name the file and what is
+/// wrong with it, and one held by another process says which.
+fn open_redb(spec: &Path, options: OpenOptions) -> anyhow::Result<RedbStore> {
     match RedbStore::open_with(spec, options) {
-        Ok(store) => Ok(Arc::new(store)),
+        Ok(store) => Ok(store),
         Err(StoreError::Locked { .. }) => Err(Unavailable(locked::hint(spec)).into()),
         Err(e) => Err(e).context("cannot open the store"),
     }

@@ -7,19 +7,40 @@
 //! written with `import_scope` (one atomic step), so no account is ever half
 //! copied; the copy as a whole is not one snapshot, which is why it is meant for
 //! a store no gateway is writing to (a redb file in use is refused anyway).
+//!
+//! `creditgate store accept-journal-loss`: opens a redb store whose journal is
+//! missing after a crash, which every other command refuses, accepting that what
+//! the journal held since the store's last checkpoint is lost; says what it
+//! accepted, and closes the store cleanly with a new journal, so that the
+//! commands after it open it as usual. An operator's decision, taken once and
+//! knowingly: never a flag that a service file would repeat at every start.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
-use creditgate::store::{Alerts, Create, Store, parse_url};
+use creditgate::store::{Alerts, Create, OpenOptions, Store, names_a_file, parse_url};
 
-use super::{Exit, Format, StoreArgs, redis_url};
+use super::{Exit, Format, StoreArgs, open_redb, redis_url};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     Copy(CopyArgs),
+    AcceptJournalLoss(AcceptArgs),
+}
+
+/// Opens a redb store whose journal is missing after a crash (refused by every
+/// other command, exit 75), accepting that the decisions it held since the
+/// store's last checkpoint are lost: their credits are handed out again, their
+/// messages charged again if retried. Put the journal back instead if it can be.
+#[derive(Debug, clap::Args)]
+pub struct AcceptArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Report format: a line, or one JSON object saying what was accepted.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 /// Copies every account (records, counters, idempotency markers and memberships)
@@ -44,7 +65,68 @@ pub struct CopyArgs {
 pub fn run(command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Copy(args) => copy(&args),
+        Command::AcceptJournalLoss(args) => accept_journal_loss(&args),
     }
+}
+
+/// What `accept-journal-loss` found.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    store: String,
+    /// Whether a loss was accepted; false: the store did not need its journal,
+    /// or the journal was there (and replayed).
+    accepted: bool,
+    journal: String,
+    /// The last journal record the store holds; those after it were lost.
+    applied: Option<u64>,
+}
+
+fn accept_journal_loss(args: &AcceptArgs) -> anyhow::Result<Exit> {
+    let spec = match &args.store.store {
+        Some(spec) => spec.clone(),
+        None => creditgate::store::default_path()
+            .context("no default store path: set $CREDITGATE_STORE or $HOME, or pass --store")?,
+    };
+    anyhow::ensure!(
+        names_a_file(&spec),
+        "{}: only a redb store file has a journal",
+        describe(&spec)
+    );
+    let options = OpenOptions {
+        create: Create::Never,
+        accept_journal_loss: true,
+        ..OpenOptions::default()
+    };
+    let store = open_redb(&spec, options)?;
+    let loss = store.journal_loss().cloned();
+    // The clean close: the next opening needs no journal but the new one.
+    drop(store);
+    let journal = creditgate::store::journal_path(&spec).display().to_string();
+    let name = spec.display().to_string();
+    match args.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string(&Accepted {
+                store: name,
+                accepted: loss.is_some(),
+                journal,
+                applied: loss.map(|l| l.applied),
+            })?
+        ),
+        Format::Text => match loss {
+            Some(loss) => println!(
+                "accepted the loss of the journal {journal}: {}; the store {name} now holds \
+                 what it held at its last checkpoint (journal record {}), and every decision \
+                 acknowledged after it is lost; a new journal was started",
+                loss.why, loss.applied
+            ),
+            None => println!(
+                "nothing to accept: the store {name} opened with nothing lost (its journal \
+                 {journal} was there, or the store was closed cleanly and did not need it)"
+            ),
+        },
+    }
+    Ok(Exit::Success)
 }
 
 /// What a copy moved.

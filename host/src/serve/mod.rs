@@ -220,6 +220,11 @@ impl Server {
                 "alerts are posted to webhooks"
             );
         }
+        if !postfix.is_empty() {
+            for warning in config.postfix.warnings() {
+                warn!("{warning}");
+            }
+        }
         for (name, listener) in postfix {
             info!(workers = config.workers, policy = %policy_path.display(),
                 "listening on {name} (postfix policy)");

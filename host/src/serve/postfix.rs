@@ -20,13 +20,14 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::bindings::{Decision, Reason};
 use crate::gateway::Gateway;
 use crate::names::Escaped;
 use crate::postfix::{
-    Actions, Mapped, MappingError, PolicyRequest, PostfixConfig, Reply, RequestReader,
+    Actions, Mapped, MappingError, PolicyRequest, PostfixConfig, ProtocolState, Reply,
+    RequestReader,
 };
 use crate::request::{Origin, Request};
 use crate::slots::{SlotLimits, Slots, accept_retrying};
@@ -342,6 +343,14 @@ async fn answer(
     // A `&str` field is logged with `Debug`, quoted and escaped; a `%` one is
     // written as is, so every `%` field from outside goes through `Escaped`.
     let state = request.protocol_state().unwrap_or("");
+    if let Some(asked) = gateway.postfix_states().count(ProtocolState::parse(state)) {
+        error!(
+            requests = asked,
+            "Postfix has asked about mail {asked} times (MAIL, RCPT, DATA, BDAT) and never at \
+             END-OF-MESSAGE, where creditgate charges: none of that mail was charged. Add \
+             check_policy_service to smtpd_end_of_data_restrictions (README, \"Postfix\")"
+        );
+    }
     let decide = match config.map(request) {
         Ok(Mapped::Ignore) => return Reply::dunno(),
         Ok(Mapped::Check { account, cost }) => Request::CheckEmail { account, cost },

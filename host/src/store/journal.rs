@@ -85,26 +85,20 @@ fn poisoned<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
     lock.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Opens the journal of the store at `path`, creating it when `fresh` (a new
-/// ledger) or missing, locked, and wrapped by `wrap` (see
-/// [`super::OpenOptions::storage`]).
+/// Opens the journal of the store at `path`, locked, and wrapped by `wrap` (see
+/// [`super::OpenOptions::storage`]); a new one replaces whatever is there when
+/// `create` (a new ledger, or a journal found missing that the store does not
+/// need: the caller decides, see `redb_store::open_database`).
 pub(super) fn open_file(
     path: &Path,
     wrap: Option<&WrapStorage>,
     id: u64,
-    fresh: bool,
+    create: bool,
 ) -> Result<Box<dyn StorageBackend>, StoreError> {
     let at = path_of(path);
     let what = format!("opening the journal {}", at.display());
-    if fresh || !at.exists() {
-        if !fresh {
-            tracing::warn!(
-                journal = %at.display(),
-                "the store's journal is missing: a new one is started (whatever it held \
-                 since the last checkpoint is gone)"
-            );
-        }
-        create(&at, id).map_err(|e| unavailable(&what, e))?;
+    if create {
+        self::create(&at, id).map_err(|e| unavailable(&what, e))?;
     }
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -30,7 +30,7 @@ mod redis;
 pub use journal::path_of as journal_path;
 pub use memory::MemoryStore;
 pub use preview::{DryRun, Predict, Preview, Removals};
-pub use redb_store::{Create, OpenOptions, RedbStore, WrapStorage};
+pub use redb_store::{Create, JournalLoss, OpenOptions, RedbStore, WrapStorage};
 pub use redis::{RedisConfig, RedisDurability, RedisStore, RedisTarget, is_redis_url, parse_url};
 
 use crate::bindings::{
@@ -106,6 +106,27 @@ pub enum StoreError {
          --init-store` once"
     )]
     Empty { path: String },
+    /// The embedded store's journal is missing, and the store was not closed
+    /// cleanly: the journal may hold acknowledged decisions the store file does
+    /// not. Nothing was opened; the operator puts the journal back, or accepts
+    /// the loss ([`OpenOptions::accept_journal_loss`]).
+    #[error(
+        "the journal {journal} of the store {path} is missing, and {why}: the journal holds \
+         every decision acknowledged since the store's last checkpoint (up to {records} \
+         records), which the store file alone does not, so opening it would hand out their \
+         credits again and charge their messages again when retried. Put the journal back \
+         beside the store (restore it with the store file; mount its volume), or, to open \
+         the store as of its last checkpoint and accept that those decisions are lost, run \
+         `creditgate store accept-journal-loss --store {path}` once"
+    )]
+    JournalMissing {
+        path: String,
+        journal: String,
+        /// Why the store may need it: how it was last closed.
+        why: String,
+        /// The most records a journal holds between two checkpoints.
+        records: u64,
+    },
 }
 
 impl From<StoreError> for StateError {
@@ -114,9 +135,10 @@ impl From<StoreError> for StateError {
             StoreError::Unavailable(m) => StateError::Unavailable(m),
             StoreError::Corrupt(m) => StateError::Corrupt(m),
             StoreError::InvalidArgument(m) => StateError::InvalidArgument(m),
-            StoreError::Locked { .. } | StoreError::NotFound { .. } | StoreError::Empty { .. } => {
-                StateError::Unavailable(e.to_string())
-            }
+            StoreError::Locked { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::Empty { .. }
+            | StoreError::JournalMissing { .. } => StateError::Unavailable(e.to_string()),
         }
     }
 }

@@ -14,9 +14,22 @@
 //! does not hold yet. A batch ([`Store::batch`]) runs many primitives, those its
 //! thread calls, in one write transaction, committed and journaled when the
 //! batch ends; the thread's reads meanwhile read that transaction. Table
-//! `journal` keeps the store's id, its boot count (one per opening) and the
+//! `journal` keeps the store's id, its boot count (one per opening), the
 //! number of the last record whose effects redb holds, updated in the same
-//! transaction as those effects.
+//! transaction as those effects, and whether the store was closed cleanly.
+//!
+//! A journal found missing is refused unless the store can do without it: a
+//! clean close (dropping the store with its database open) ends with a durable
+//! commit that makes everything applied durable in redb and sets `closed`;
+//! every opening clears it in its own durable commit, before any call. So an
+//! opening that finds no journal opens only a new store, one closed cleanly,
+//! one written before the journal existed (no id), or one written by a release
+//! that kept no mark (an id but no `closed`) that redb did not have to recover
+//! (redb's own clean shutdown made its commits durable). Any other is refused
+//! with [`StoreError::JournalMissing`], unless [`OpenOptions::accept_journal_loss`]
+//! (`creditgate store accept-journal-loss`): the store then opens as of its
+//! last checkpoint under a new id, so that the lost journal, if it turns up, is
+//! refused as another store's rather than replayed over what came since.
 //!
 //! Tables (`&str` components compare bytewise, so scopes list in byte order):
 //!
@@ -114,7 +127,7 @@ const SCOPE_MEMBERS: TableDefinition<&str, u64> = TableDefinition::new("scope_me
 const GROUP_COUNTS: TableDefinition<Pair, (u64, u64)> = TableDefinition::new("group_counts");
 const ALERT_LOG: TableDefinition<Pair, &str> = TableDefinition::new("alert_log");
 const ALERT_SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("alert_sequences");
-/// The journal's bookkeeping: [`ID`], [`BOOT`], [`APPLIED`].
+/// The journal's bookkeeping: [`ID`], [`BOOT`], [`APPLIED`], [`CLOSED`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("journal");
 /// A random number naming the store, which its journal's header repeats.
 const ID: &str = "id";
@@ -122,6 +135,9 @@ const ID: &str = "id";
 const BOOT: &str = "boot";
 /// The last journal record whose effects the database holds.
 const APPLIED: &str = "applied";
+/// 1 when the store was closed cleanly (everything applied durable in redb, the
+/// journal not needed), 0 while it is open. Absent in files of earlier releases.
+const CLOSED: &str = "closed";
 
 /// Expiry stored for "never".
 const NEVER: Instant = i64::MAX;
@@ -253,6 +269,22 @@ pub struct OpenOptions {
     /// whose writes come in key order and are not read again, needs far less,
     /// and holds its own working set beside it.
     pub cache_bytes: usize,
+    /// Open a store whose journal is missing though the store was not closed
+    /// cleanly, instead of refusing it ([`StoreError::JournalMissing`]): what
+    /// the journal held since the last checkpoint is lost, knowingly. Said in
+    /// [`RedbStore::journal_loss`]. Never applies to a reopen after a failure.
+    pub accept_journal_loss: bool,
+}
+
+/// What an opening with [`OpenOptions::accept_journal_loss`] accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalLoss {
+    /// The journal found missing; a new one is in its place.
+    pub journal: PathBuf,
+    /// Why the store needed it (how it was last closed).
+    pub why: String,
+    /// The last journal record the store holds: those after it are lost.
+    pub applied: u64,
 }
 
 /// Records between checkpoints by default. Replay re-runs each primitive in
@@ -274,6 +306,7 @@ impl Default for OpenOptions {
             checkpoint_records: CHECKPOINT_RECORDS,
             checkpoint_bytes: CHECKPOINT_BYTES,
             cache_bytes: CACHE_BYTES,
+            accept_journal_loss: false,
         }
     }
 }
@@ -287,6 +320,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("checkpoint_records", &self.checkpoint_records)
             .field("checkpoint_bytes", &self.checkpoint_bytes)
             .field("cache_bytes", &self.cache_bytes)
+            .field("accept_journal_loss", &self.accept_journal_loss)
             .finish()
     }
 }
@@ -416,6 +450,9 @@ struct Meta {
     /// This opening's number.
     boot: u64,
     applied: u64,
+    /// Why the journal this opening found missing was needed, the loss
+    /// accepted ([`OpenOptions::accept_journal_loss`]); None when none was.
+    lost: Option<&'static str>,
 }
 
 /// Opens the database in the file at `path`, with every table in place, and its
@@ -457,9 +494,12 @@ fn open_database(path: &Path, options: &OpenOptions) -> Result<Opened, StoreErro
     if len == 0 && !created && options.create != Create::IfMissingOrEmpty {
         return Err(StoreError::Empty { path: shown });
     }
-    let opened = database(file, path, options).and_then(|(db, fence, meta)| {
-        // A journal left by a store that was deleted is not this one's.
-        let journal = open_journal(path, options, &fence, meta.id, created || len == 0)?;
+    let fresh = created || len == 0;
+    let missing = !fresh && !journal::path_of(path).exists();
+    let opened = database(file, path, options, missing).and_then(|(db, fence, meta)| {
+        // A journal left by a store that was deleted is not this one's; one
+        // found missing was not needed, or its loss accepted (see `database`).
+        let journal = open_journal(path, options, &fence, meta.id, fresh || missing)?;
         Ok(Opened {
             db,
             fence,
@@ -491,10 +531,13 @@ fn open_journal(
     }))
 }
 
+/// Opens the database in `file`; `journal_missing`: its journal is not there,
+/// which it refuses unless the store does not need it or the loss is accepted.
 fn database(
     file: std::fs::File,
     path: &Path,
     options: &OpenOptions,
+    journal_missing: bool,
 ) -> Result<(Database, Arc<AtomicBool>, Meta), StoreError> {
     let shown = path.display().to_string();
     let what = format!("opening {shown}");
@@ -512,8 +555,15 @@ fn database(
     // redb caches up to 1 GiB of the file by default, so a gateway's memory
     // would grow with its database. A bounded cache keeps it flat: the hot
     // part of a ledger (account records, this cycle's counters) is small.
+    // Whether redb had to recover the file (it was not closed cleanly) tells
+    // whether a file of an earlier release, which kept no mark, needs its journal.
+    let recovered = Arc::new(AtomicBool::new(false));
     let db = match Database::builder()
         .set_cache_size(options.cache_bytes)
+        .set_repair_callback({
+            let recovered = recovered.clone();
+            move |_| recovered.store(true, Ordering::Relaxed)
+        })
         .create_with_backend(fenced)
     {
         Ok(db) => db,
@@ -548,17 +598,60 @@ fn database(
         let get = |key| -> Result<Option<u64>, StoreError> {
             Ok(meta.get(key).ctx(&what)?.map(|v| v.value()))
         };
-        let id = match get(ID)? {
-            Some(id) => id,
-            None => journal::new_id(),
+        let known = get(ID)?;
+        let applied = get(APPLIED)?.unwrap_or(0);
+        let needed = match (get(CLOSED)?, known) {
+            (Some(1), _) | (None, None) => None,
+            (Some(_), _) => Some(
+                "the store was not closed cleanly (a crash, a kill, a copy of its file taken while it was open)",
+            ),
+            (None, Some(_)) if recovered.load(Ordering::Relaxed) => Some(
+                "the store, written by an earlier release, was not closed cleanly (redb had to recover it)",
+            ),
+            (None, Some(_)) => None,
+        };
+        let lost = needed.filter(|_| journal_missing);
+        if let Some(why) = lost
+            && !options.accept_journal_loss
+        {
+            // The transaction aborts: the file stays as it was.
+            return Err(StoreError::JournalMissing {
+                path: shown,
+                journal: journal::path_of(path).display().to_string(),
+                why: why.to_owned(),
+                records: options.checkpoint_records,
+            });
+        }
+        // A store that lost its journal starts a new lineage: the old journal,
+        // if it turns up, is another store's, never replayed over what follows.
+        let id = match known {
+            Some(id) if lost.is_none() => id,
+            _ => journal::new_id(),
         };
         let boot = get(BOOT)?.unwrap_or(0).saturating_add(1);
-        let applied = get(APPLIED)?.unwrap_or(0);
         meta.insert(ID, id).ctx(&what)?;
         meta.insert(BOOT, boot).ctx(&what)?;
-        Meta { id, boot, applied }
+        // Not closed cleanly until the close says so.
+        meta.insert(CLOSED, 0).ctx(&what)?;
+        Meta {
+            id,
+            boot,
+            applied,
+            lost,
+        }
     };
     txn.commit().ctx(&what)?;
+    if let Some(why) = meta.lost {
+        tracing::warn!(
+            store = %shown,
+            journal = %journal::path_of(path).display(),
+            applied = meta.applied,
+            "the store's journal is missing and {why}: opened as of its last checkpoint \
+             (journal record {}), as asked (accept journal loss); what the journal held \
+             after it is lost",
+            meta.applied
+        );
+    }
     Ok((db, fence, meta))
 }
 
@@ -677,6 +770,8 @@ pub struct RedbStore {
     replaying: Mutex<Option<WriteTransaction>>,
     /// The batch under way, if any; only its thread uses it meanwhile.
     batch: Mutex<Option<Batch>>,
+    /// What the opening accepted losing (see [`OpenOptions::accept_journal_loss`]).
+    journal_loss: Option<JournalLoss>,
 }
 
 impl RedbStore {
@@ -692,7 +787,7 @@ impl RedbStore {
 
     /// Opens the database at `path` as `options` say.
     pub fn open_with(path: &Path, options: OpenOptions) -> Result<Self, StoreError> {
-        let store = Self {
+        let mut store = Self {
             handle: RwLock::new(Handle::Failed(Failed {
                 why: "not opened yet".into(),
                 reopen: None,
@@ -707,10 +802,22 @@ impl RedbStore {
             group: GroupCommit::default(),
             replaying: Mutex::new(None),
             batch: Mutex::new(None),
+            journal_loss: None,
         };
-        let open = store.open_and_replay(&store.options, None)?;
+        let (open, meta) = store.open_and_replay(&store.options, None)?;
         *store.handle_mut() = Handle::Open(open);
+        store.journal_loss = meta.lost.map(|why| JournalLoss {
+            journal: journal::path_of(path),
+            why: why.to_owned(),
+            applied: meta.applied,
+        });
         Ok(store)
+    }
+
+    /// The journal loss this opening accepted, if it accepted one (see
+    /// [`OpenOptions::accept_journal_loss`]).
+    pub fn journal_loss(&self) -> Option<&JournalLoss> {
+        self.journal_loss.as_ref()
     }
 
     /// The database file.
@@ -724,7 +831,7 @@ impl RedbStore {
         &self,
         options: &OpenOptions,
         ends: Option<(u64, u64)>,
-    ) -> Result<Open, StoreError> {
+    ) -> Result<(Open, Meta), StoreError> {
         let Opened {
             db,
             fence,
@@ -771,7 +878,7 @@ impl RedbStore {
                 "replayed the journal"
             );
         }
-        Ok(open)
+        Ok((open, meta))
     }
 
     /// Replays the records of the journal in `file` that `db` does not hold, by
@@ -971,15 +1078,17 @@ impl RedbStore {
             }
             Handle::Failed(failed) => failed.journal_ends,
         };
-        // Never a fresh ledger in place of one that went missing meanwhile.
+        // Never a fresh ledger in place of one that went missing meanwhile, nor a
+        // journal lost meanwhile accepted: the first opening's choice was not that.
         let options = OpenOptions {
             create: Create::Never,
+            accept_journal_loss: false,
             ..self.options.clone()
         };
         let opened = self.open_and_replay(&options, Some(ends));
         let mut handle = self.handle_mut();
         match (opened, &mut *handle) {
-            (Ok(open), _) => {
+            (Ok((open, _)), _) => {
                 *handle = Handle::Open(open);
                 drop(handle);
                 tracing::warn!(
@@ -1189,6 +1298,51 @@ impl RedbStore {
             self.fail(e, generation);
         }
         flushed
+    }
+}
+
+/// The clean close: one durable commit that makes everything applied durable in
+/// redb and marks the store closed cleanly, so that its next opening can do
+/// without the journal. Not after a failed commit (the handle is closed
+/// already), nor while a panic unwinds or left a transaction open: the next
+/// opening then needs the journal, as after a crash.
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        let batch = self
+            .batch
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let replaying = self
+            .replaying
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if batch.is_some() || replaying.is_some() || std::thread::panicking() {
+            return;
+        }
+        let handle = self
+            .handle
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Handle::Open(open) = handle else {
+            return;
+        };
+        let what = "closing the store";
+        let closed = open.db.begin_write().ctx(what).and_then(|mut txn| {
+            txn.set_durability(Durability::Immediate).ctx(what)?;
+            txn.open_table(META)
+                .ctx(what)?
+                .insert(CLOSED, 1)
+                .ctx(what)?;
+            txn.commit().ctx(what)
+        });
+        if let Err(e) = closed {
+            tracing::warn!(
+                store = %self.path.display(),
+                "the store could not be closed cleanly ({e}): its next opening needs its journal"
+            );
+        }
     }
 }
 

@@ -121,6 +121,27 @@ fn a_missing_column_lists_the_columns_found() {
     assert!(matches!(err, ImportError::NoHeader { .. }), "{err:?}");
 }
 
+/// A header that names the address column twice is refused, not read from the
+/// first of them: which one holds the addresses is not the import's to guess.
+#[test]
+fn a_column_named_twice_is_refused_with_both_positions() {
+    let mut worker = subscribed(harness::SMARTLEAD, "base");
+    let csv = &b"Email,name,EMAIL
+a@x.io,Ann,b@x.io
+"[..];
+    let err = import(&mut worker, csv, &options("q1"), &mut |_| {}).expect_err("two columns");
+    assert_eq!(
+        err.to_string(),
+        r#"line 1: the header has 2 "email" columns (matched regardless of case), at positions 1, 3; rename all but one, or choose another with --column"#
+    );
+    assert!(!err.is_decision_failure());
+    let usage = format!(r#"{{"at":"{T0}","op":"usage","account":"acme"}}"#);
+    let usage = harness::decide(&mut worker, &usage)
+        .usage
+        .expect("acme exists");
+    assert_eq!(usage.lead_credits.used, 0, "nothing imported");
+}
+
 #[test]
 fn invalid_rows_are_counted_with_their_line_numbers_and_the_rest_imported() {
     let mut worker = subscribed(harness::SMARTLEAD, "base");

@@ -4,8 +4,8 @@
 //!
 //! Clarity over speed: state is kept in the most literal form the specification
 //! suggests (the set of contacts of every campaign, the email credits used in every
-//! billing cycle, the message ids charged in every cycle) and every figure is
-//! computed from it when asked.
+//! billing cycle, the message ids charged and until when each is remembered) and
+//! every figure is computed from it when asked.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +14,12 @@ use creditgate::bindings::EmailKind;
 use creditgate::replay::{Event, format_instant};
 use creditgate::request::Request;
 use creditgate::wire::{CreditsJson, LimitJson, Outcome, ShadowJson, UsageJson};
+
+/// How long a charged message id is remembered past the end of the billing cycle
+/// that charged it: 7 days, longer than Postfix's 5-day `maximal_queue_lifetime`,
+/// so that a message retried until its sender gives up is charged once, whichever
+/// cycle the retries fall in.
+pub const ONCE_GRACE: i64 = 7 * 24 * 3600 * 1_000_000_000;
 
 /// An allowance: `None` is unlimited.
 pub type Allowance = Option<u64>;
@@ -116,9 +122,18 @@ pub struct Account {
     pub campaigns: BTreeMap<String, BTreeSet<String>>,
     /// Billing cycle index → email credits used in that cycle.
     pub emails_used: BTreeMap<u32, u64>,
-    /// Billing cycle index → message ids charged in that cycle, each with what
-    /// it was charged for.
-    pub message_ids: BTreeMap<u32, BTreeMap<String, Charged>>,
+    /// Message id → what it was charged for, and until when it is remembered:
+    /// one entry per id, whatever cycle charged it.
+    pub message_ids: BTreeMap<String, Remembered>,
+}
+
+/// A charged message id as the account remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    pub charged: Charged,
+    /// The end of the cycle that charged it plus [`ONCE_GRACE`]: before this
+    /// instant (a clock stepped back included), the id is this message's.
+    pub until: i64,
 }
 
 impl Account {
@@ -279,8 +294,10 @@ fn exhausted(lead: bool, needed: u64) -> Verdict {
 }
 
 /// Takes `cost` email credits of the cycle `now` falls in, all or nothing, once
-/// per message id and cycle: the id again for the same message is free, for
-/// another message denied.
+/// per message id while the id is remembered (until the end of the cycle that
+/// charged it plus [`ONCE_GRACE`], whatever cycle `now` is in): the id again for
+/// the same message is free, for another message denied. A forgotten id names a
+/// new message.
 fn charge(
     acc: &mut Account,
     limit: Allowance,
@@ -291,9 +308,10 @@ fn charge(
 ) -> Verdict {
     let cycle = cycle_of(acc.anchor, now);
     if let Some((id, charged)) = &message
-        && let Some(before) = acc.message_ids.get(&cycle).and_then(|ids| ids.get(*id))
+        && let Some(before) = acc.message_ids.get(*id)
+        && now < before.until
     {
-        return if before == charged {
+        return if before.charged == *charged {
             allow(0, 0)
         } else {
             deny(IDEMPOTENCY_KEY_REUSED)
@@ -306,10 +324,9 @@ fn charge(
     }
     acc.emails_used.insert(cycle, used + cost);
     if let Some((id, charged)) = message {
+        let until = cycle_start(acc.anchor, cycle + 1).saturating_add(ONCE_GRACE);
         acc.message_ids
-            .entry(cycle)
-            .or_default()
-            .insert(id.to_string(), charged);
+            .insert(id.to_string(), Remembered { charged, until });
     }
     if over {
         past_limit(false, cost, used + cost)

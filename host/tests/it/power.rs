@@ -376,7 +376,7 @@ fn check(path: &Path, oracle: &mut Oracle, cut: u64) {
         let remembered: BTreeSet<&str> = dump
             .once
             .iter()
-            .filter_map(|(key, _, _)| key.strip_prefix("msg/0/"))
+            .filter_map(|(key, _, _)| key.strip_prefix("msg/"))
             .collect();
         if used > LIMIT {
             violation(format!("{scope} used {used} email credits of {LIMIT}"));

@@ -20,7 +20,7 @@ use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 
 use crate::harness;
-use crate::model::{Charged, Model, Policy, cycle_of, cycle_start, normalise};
+use crate::model::{Charged, Model, ONCE_GRACE, Policy, cycle_of, cycle_start, normalise};
 
 const SEC: i64 = 1_000_000_000;
 const HOUR: i64 = 3600 * SEC;
@@ -363,9 +363,10 @@ struct Invariants {
     /// Accounts that have had an allowed `change_plan`, or were let past a
     /// limit in shadow mode: they may be over a limit.
     changed_plan: BTreeSet<String>,
-    /// (account, message id, cycle's `resets_at`) of every send charged with an
-    /// id, with what it was charged for.
-    charged_ids: BTreeMap<(String, String, String), Charged>,
+    /// (account, message id) of every send charged with an id, with what it was
+    /// charged for and until when it is remembered (the `resets_at` of the cycle
+    /// that charged it plus the grace).
+    charged_ids: BTreeMap<(String, String), (Charged, i64)>,
     /// Last lead credits used seen per account.
     lead_used: BTreeMap<String, u64>,
     /// Email credits used last seen per (account, cycle's `resets_at`).
@@ -449,11 +450,11 @@ impl Invariants {
             .as_str()
             .ok_or("resets_at missing")?
             .to_string();
-        match parse_instant(&resets_at) {
+        let cycle_end = match parse_instant(&resets_at) {
             Ok(at) if at <= event.at => return fail("resets_at is not after the event's instant"),
-            Ok(_) => {}
+            Ok(at) => at,
             Err(_) => return fail("resets_at is not RFC 3339"),
-        }
+        };
 
         // Within the limits in force, except after a plan change (a downgrade).
         let downgraded = self.changed_plan.contains(&account);
@@ -503,7 +504,7 @@ impl Invariants {
         } else {
             0
         };
-        let key = (account.clone(), resets_at.clone());
+        let key = (account.clone(), resets_at);
         let before = self.email_used.get(&key).copied().unwrap_or(0);
         if before + email_charged != email_used {
             return fail(&format!(
@@ -512,9 +513,12 @@ impl Invariants {
         }
         self.email_used.insert(key, email_used);
 
-        // A message id is charged at most once per cycle, and reused for another
-        // message it neither charges nor lets the message through (issue 13.2).
-        // (Invalid addresses and no recipients are refused before the id counts.)
+        // A message id is charged at most once while it is remembered (until the
+        // end of the cycle that charged it plus the grace, whatever cycle a retry
+        // falls in, and whichever way the clock went), a retry of its message is
+        // let through free, and the id reused for another message neither charges
+        // nor lets the message through (issue 13.2). (Invalid addresses and no
+        // recipients are refused before the id counts.)
         let message = match &event.request {
             R::SendEmail {
                 message_id: Some(id),
@@ -535,10 +539,21 @@ impl Invariants {
             _ => None,
         };
         if let Some((id, content)) = message {
-            let key = (account, id.clone(), resets_at);
-            match self.charged_ids.get(&key) {
+            let key = (account, id.clone());
+            let remembered = (self.charged_ids.get(&key))
+                .filter(|(_, until)| event.at < *until)
+                .map(|(first, _)| first);
+            match remembered {
                 Some(_) if charged > 0 => {
-                    return fail(&format!("message id {id:?} charged twice in one cycle"));
+                    return fail(&format!(
+                        "message id {id:?} charged twice while it is remembered"
+                    ));
+                }
+                Some(first) if *first == content && !allowed => {
+                    return fail(&format!(
+                        "the retry of message {id:?} was denied {}",
+                        o["reason"]
+                    ));
                 }
                 Some(first) if *first != content && allowed => {
                     return fail(&format!(
@@ -553,7 +568,8 @@ impl Invariants {
                 }
                 Some(_) => {}
                 None if charged > 0 => {
-                    self.charged_ids.insert(key, content);
+                    let until = cycle_end.saturating_add(ONCE_GRACE);
+                    self.charged_ids.insert(key, (content, until));
                 }
                 None => {}
             }
@@ -809,12 +825,18 @@ fn month_end_anchor_cycles() {
             "2025-03-31T10:00:00Z",
         ]
     );
-    // Same id: charged in cycle 0, charged again in cycle 1 (twice the same instant).
-    let charged: Vec<u64> = outs[2..5]
+    // Same id: charged in cycle 0 a nanosecond before its end, then retried in
+    // cycle 1 (twice the same instant): a retry, free, whatever cycle it falls
+    // in. (Changed on purpose: it was charged again in cycle 1, so a retry across
+    // the boundary cost twice.) The retries report cycle 1's usage.
+    let charged: Vec<(u64, u64)> = outs[2..5]
         .iter()
-        .map(|o| o["charged"].as_u64().unwrap())
+        .map(|o| {
+            let used = o["email_credits"]["used"].as_u64().unwrap();
+            (o["charged"].as_u64().unwrap(), used)
+        })
         .collect();
-    assert_eq!(charged, [1, 1, 0]);
+    assert_eq!(charged, [(1, 1), (0, 0), (0, 0)]);
 }
 
 #[test]
@@ -959,8 +981,15 @@ fn repeats_and_free_kinds() {
             r#"{"at":"2025-01-02T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","kind":"reply"}"#,
             // Back in time before the anchor: cycle 0 still, the id is still charged.
             r#"{"at":"2024-12-01T00:00:00Z","op":"send_email","account":"a","to":["x@y.io","z@y.io"],"kind":"follow_up","message_id":"m"}"#,
-            // Next cycle: the id may be charged again.
+            // Next cycle: the id is still remembered (changed on purpose: it was
+            // charged again). For another message it is a conflict; its own
+            // message is a free retry, with the new cycle's usage.
             r#"{"at":"2025-02-01T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","message_id":"m"}"#,
+            r#"{"at":"2025-02-01T00:00:00Z","op":"send_email","account":"a","to":["z@y.io","x@y.io"],"kind":"follow_up","message_id":"m"}"#,
+            // Forgotten 7 days after the end of the cycle that charged it: a new
+            // message's id, charged.
+            r#"{"at":"2025-02-07T23:59:59.999999999Z","op":"send_email","account":"a","to":"q@y.io","message_id":"m"}"#,
+            r#"{"at":"2025-02-08T00:00:00Z","op":"send_email","account":"a","to":"q@y.io","message_id":"m"}"#,
         ],
     );
     let got = emails_charged(&outs);
@@ -979,6 +1008,9 @@ fn repeats_and_free_kinds() {
         (Value::Null, 0, 8),
         (e("email_credits_exhausted"), 0, 8),
         (Value::Null, 0, 8),
+        (e("idempotency_key_reused"), 0, 0),
+        (Value::Null, 0, 0),
+        (e("idempotency_key_reused"), 0, 0),
         (Value::Null, 1, 1),
     ];
     assert_eq!(got, expected, "{outs:#?}");
@@ -1058,4 +1090,170 @@ fn going_back_finds_the_earlier_cycle() {
         "{outs:#?}"
     );
     assert_eq!(outs[5]["reason"], "email_credits_exhausted");
+}
+
+// ---------------------------------------------------------------------------
+// Message ids across cycle boundaries (the trust audit: a retry across a cycle
+// boundary was charged twice).
+// ---------------------------------------------------------------------------
+
+/// Steps that keep a trace near cycle boundaries and the grace's end: to just
+/// before or after the next boundary, a little back across it (a clock stepped
+/// back, or a gateway whose clock is behind), and forward by the grace give or
+/// take a nanosecond (from just after a boundary: to the last instant a message
+/// charged just before it is remembered, or the first it is not).
+fn boundary_step() -> impl Strategy<Value = Step> {
+    const EDGES: &[i64] = &[-SEC, -100_000_000, -1, 0, 1, 100_000_000, SEC];
+    prop_oneof![
+        3 => Just(Step::Same),
+        3 => select(EDGES).prop_map(Step::NextBoundary),
+        2 => (1..=2 * 3600 * 1000i64).prop_map(|ms| Step::Back(ms * 1_000_000)),
+        2 => (1..=6 * 3600i64).prop_map(|s| Step::Forward(s * SEC)),
+        2 => select(EDGES).prop_map(|d| Step::Forward(ONCE_GRACE + d)),
+        1 => (1..=10i64).prop_map(|d| Step::Forward(d * DAY)),
+        1 => (1..=10i64).prop_map(|d| Step::Back(d * DAY)),
+    ]
+}
+
+/// Mostly charges under a few ids, for a few recipient sets (spelt several
+/// ways) and costs, so that retries, conflicts and new messages under a
+/// forgotten id are all frequent.
+fn boundary_op() -> impl Strategy<Value = Op> {
+    let account = || prop_oneof![4 => Just(ACCOUNTS[0]), 1 => Just(ACCOUNTS[1])];
+    let message_id = || prop_oneof![1 => Just(None), 6 => select(MESSAGE_IDS).prop_map(Some)];
+    let to = prop::collection::vec(select(&VALID_EMAILS[..5]), 1..=2).prop_map(To::List);
+    let kind = prop_oneof![2 => Just(None), 1 => Just(Some("follow_up")), 1 => Just(Some("reply"))];
+    prop_oneof![
+        4 => (account(), to, kind, message_id())
+            .prop_map(|(account, to, kind, message_id)| Op::SendEmail { account, to, kind, message_id }),
+        4 => (account(), 1..=3u64, message_id())
+            .prop_map(|(account, cost, message_id)| Op::ChargeEmail { account, cost, message_id }),
+        1 => (account(), select(&PLANS[..3])).prop_map(|(account, plan)| Op::ChangePlan { account, plan }),
+        1 => account().prop_map(|account| Op::Usage { account }),
+    ]
+}
+
+/// `acme` (and often `beta`) subscribed at the base instant, then up to `max`
+/// charges near boundaries.
+fn boundary_trace(max: usize) -> impl Strategy<Value = Trace> {
+    let ev = (boundary_step(), select(ZONES), boundary_op()).prop_map(|(step, zone, op)| Ev {
+        step,
+        zone,
+        op,
+    });
+    (
+        select(BASES),
+        select(&PLANS[..3]),
+        prop::option::of(select(&PLANS[..3])),
+        prop::collection::vec(ev, 1..=max),
+    )
+        .prop_map(|(base, plan, beta, rest)| {
+            let subscribe = |account, plan| Ev {
+                step: Step::Same,
+                zone: 0,
+                op: Op::Subscribe { account, plan },
+            };
+            let mut events = vec![subscribe("acme", plan)];
+            events.extend(beta.map(|plan| subscribe("beta", plan)));
+            events.extend(rest);
+            Trace { base, events }
+        })
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// A message id is charged at most once while it is remembered (until the
+    /// end of the cycle that charged it plus the grace), whatever cycle its
+    /// retries fall in and whichever way the clock steps; its message's retry
+    /// is free, another message under it is denied `idempotency_key_reused`.
+    /// `compare` checks both on the component and on the model, and that the
+    /// two agree (past the grace too: the id is then a new message's).
+    #[test]
+    fn a_message_id_is_charged_at_most_once_while_remembered(
+        trace in boundary_trace(40),
+        policy in select(&["small", "shadow", "priced"][..]),
+    ) {
+        let policy = match policy {
+            "shadow" => shadow_policy(),
+            "priced" => priced_policy(),
+            _ => small_policy(),
+        };
+        compare(&policy, &trace.lines())?;
+    }
+}
+
+/// The audit's trace (`send_email` at 08:59:59.9 retried at 09:00:00.1 across a
+/// cycle boundary, `charge_email` of 3 likewise: each was charged twice), then a
+/// clock stepped back, the id reused for another message after the boundary,
+/// Postfix's queue lifetime, and the grace's edge, enforced and in shadow.
+#[test]
+fn a_retry_across_a_cycle_boundary_is_charged_once() {
+    let lines = [
+        r#"{"at":"2025-01-31T09:00:00Z","op":"subscribe","account":"a","plan":"small"}"#,
+        r#"{"at":"2025-02-28T08:59:59.900Z","op":"send_email","account":"a","to":["ann@example.com","bo@example.org"],"message_id":"<m1@acme>"}"#,
+        r#"{"at":"2025-02-28T09:00:00.100Z","op":"send_email","account":"a","to":["bo@example.org","Ann@example.com"],"message_id":"<m1@acme>"}"#,
+        r#"{"at":"2025-02-28T08:59:59.950Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
+        r#"{"at":"2025-02-28T09:00:00.200Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
+        r#"{"at":"2025-02-28T09:00:00.300Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
+        // The clock steps back an hour, into cycle 0: still the same messages.
+        r#"{"at":"2025-02-28T08:00:00Z","op":"send_email","account":"a","to":["ann@example.com","bo@example.org"],"message_id":"<m1@acme>"}"#,
+        // After the boundary, the ids for other messages: conflicts, whichever op.
+        r#"{"at":"2025-03-01T00:00:00Z","op":"send_email","account":"a","to":"ann@example.com","message_id":"<m1@acme>"}"#,
+        r#"{"at":"2025-03-01T00:00:00Z","op":"charge_email","account":"a","cost":2,"message_id":"<m1@acme>"}"#,
+        r#"{"at":"2025-03-01T00:00:00Z","op":"charge_email","account":"a","cost":4,"message_id":"<m2@acme>"}"#,
+        // 5 days after the boundary (Postfix's maximal_queue_lifetime): free.
+        r#"{"at":"2025-03-05T09:00:00Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
+        // The grace's last nanosecond: remembered; from its end, a new message.
+        r#"{"at":"2025-03-07T08:59:59.999999999Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
+        r#"{"at":"2025-03-07T09:00:00Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
+        // Charged again in cycle 1, it is remembered until cycle 1's end plus
+        // the grace: free in cycle 2 (2025-03-31T09:00Z on), with its usage.
+        r#"{"at":"2025-04-05T09:00:00Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
+        // Past the limit (12) in cycle 2: refused when enforced, and then not
+        // remembered; let through in shadow, and then a retry is free.
+        r#"{"at":"2025-04-05T09:00:00Z","op":"charge_email","account":"a","cost":20,"message_id":"<big@acme>"}"#,
+        r#"{"at":"2025-04-30T09:00:00.5Z","op":"charge_email","account":"a","cost":20,"message_id":"<big@acme>"}"#,
+        r#"{"at":"2025-04-30T09:00:01Z","op":"usage","account":"a"}"#,
+    ];
+    let reused = json!("idempotency_key_reused");
+    let exhausted = json!("email_credits_exhausted");
+    let common = [
+        (Value::Null, 0, 0),
+        (Value::Null, 2, 2),
+        (Value::Null, 0, 0),
+        (Value::Null, 3, 5),
+        (Value::Null, 0, 0),
+        (Value::Null, 0, 0),
+        (Value::Null, 0, 5),
+        (reused.clone(), 0, 0),
+        (reused.clone(), 0, 0),
+        (reused, 0, 0),
+        (Value::Null, 0, 0),
+        (Value::Null, 0, 0),
+        (Value::Null, 3, 3),
+        (Value::Null, 0, 0),
+    ];
+    for (policy, tail) in [
+        (
+            small_policy(),
+            [
+                (exhausted.clone(), 0, 0),
+                (exhausted, 0, 0),
+                (Value::Null, 0, 0),
+            ],
+        ),
+        (
+            shadow_policy(),
+            [
+                (Value::Null, 20, 20),
+                (Value::Null, 0, 0),
+                (Value::Null, 0, 0),
+            ],
+        ),
+    ] {
+        let outs = fixed(&policy, &lines);
+        let expected: Vec<(Value, u64, u64)> = common.iter().cloned().chain(tail).collect();
+        assert_eq!(emails_charged(&outs), expected, "{outs:#?}");
+    }
 }

@@ -143,7 +143,10 @@ fn a_crash_loses_no_acknowledged_charge_and_service_resumes() {
                         }
                         let key = format!("{i}-{n}");
                         match charge(&key) {
-                            Ok(CounterAdded::Applied(_)) => {
+                            // Repeated: a first call applied whose answer was
+                            // lost in the crash, settled by the store's second
+                            // asking. Either way the charge stands.
+                            Ok(CounterAdded::Applied(_) | CounterAdded::Repeated(_)) => {
                                 applied.push(key);
                                 if restarted.load(Ordering::Acquire) {
                                     after_restart.fetch_add(1, Ordering::AcqRel);
@@ -575,6 +578,54 @@ fn two_gateways_on_one_redis_charge_a_shadow_plan_exactly_once() {
     }
 }
 
+/// The trust audit: two gateways on one Redis whose clocks disagree by a
+/// fraction of a second across the end of a billing cycle charge a message once,
+/// whichever sees it first (Postfix's try-limit retry of one `instance` reaching
+/// the other): the one whose clock is ahead decides in the new cycle, the one
+/// behind in the old, and the message id is one key for the account.
+#[test]
+fn two_gateways_whose_clocks_straddle_a_cycle_boundary_charge_a_message_once() {
+    use creditgate::bindings::Reason;
+    use creditgate::request::{Origin, Request};
+    use std::sync::Arc;
+
+    let server = RedisServer::start();
+    let gateway = || harness::worker_on(Arc::new(server.store("skew")), harness::SMARTLEAD);
+    // The first gateway's clock is ahead; the second's behind.
+    let (ahead, behind) = (0, 1);
+    let mut gateways = [gateway(), gateway()];
+    let at = |s: &str| creditgate::replay::parse_instant(s).expect("an instant");
+    let subscribe = harness::subscription("acme", "base");
+    let d = gateways[ahead].decide(&subscribe, at("2025-01-31T09:00:00Z"));
+    assert_eq!(d.expect("subscribes").denied, None);
+    let charge = |instance: &str, cost| Request::ChargeEmail {
+        account: "acme".into(),
+        cost,
+        message_id: Some(Origin::Postfix.message_id(instance).expect("an id")),
+    };
+    let reused = Some(Reason::IdempotencyKeyReused);
+    // (gateway, Postfix instance, recipients, its clock) and what it answers:
+    // (denied, charged, email credits used in the deciding gateway's cycle).
+    let steps = [
+        // Charged by the gateway ahead (cycle 1), retried on the one behind
+        // (cycle 0): free, with cycle 0's usage.
+        (ahead, "A1", 3, "2025-02-28T09:00:00.1Z", (None, 3, 3)),
+        (behind, "A1", 3, "2025-02-28T08:59:59.9Z", (None, 0, 0)),
+        // The other way round.
+        (behind, "B2", 2, "2025-02-28T08:59:59.95Z", (None, 2, 2)),
+        (ahead, "B2", 2, "2025-02-28T09:00:00.2Z", (None, 0, 3)),
+        // Another count under an instance is refused on either.
+        (ahead, "B2", 4, "2025-02-28T09:00:00.3Z", (reused, 0, 3)),
+        (behind, "A1", 1, "2025-02-28T08:59:59.99Z", (reused, 0, 2)),
+    ];
+    for (i, (on, instance, cost, when, expected)) in steps.into_iter().enumerate() {
+        let d = gateways[on].decide(&charge(instance, cost), at(when));
+        let d = d.expect("decides");
+        let used = d.usage.expect("usage").email_credits.used;
+        assert_eq!((d.denied, d.charged, used), expected, "step {i}");
+    }
+}
+
 fn real_now_ns() -> i64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -767,6 +818,52 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
         add("msg/0/postfix/PFX1", 3, 1_000),
         CounterAdded::Applied(4)
     );
+}
+
+/// A charge whose reply is late (Redis stalled past the call's timeout, the
+/// script run all the same) is not a failure: the store asks once more under the
+/// same once key and gets `repeated`, so the request stands on the charge it
+/// made. Failing it instead left the credits taken and charged the client's
+/// retry, a new Postfix `instance`, again.
+#[test]
+fn a_charge_answered_late_stands_and_is_counted_once() {
+    use creditgate::bindings::CounterAdded;
+
+    let server = RedisServer::start();
+    let store = RedisStore::open(&format!(
+        "{}?prefix=late&call_timeout_ms=2000",
+        server.url()
+    ))
+    .expect("connects");
+    let charge = |key| {
+        store.counter_add(CounterAdd {
+            scope: "acct",
+            guard: None,
+            name: "sent",
+            amount: 3,
+            limit: Some(10),
+            once: Some(OnceKey {
+                key,
+                fingerprint: 7,
+                expires_at: 2_000,
+            }),
+            expires_at: None,
+            now: 1_000,
+        })
+    };
+    assert_eq!(charge("m0").expect("charges"), CounterAdded::Applied(3));
+    server.signal("STOP");
+    let late = std::thread::scope(|t| {
+        let late = t.spawn(|| charge("m1"));
+        // Running again between the first call's timeout (2 s) and the
+        // second's (4 s): both run then, the first applied, the second a repeat.
+        std::thread::sleep(Duration::from_secs(3));
+        server.signal("CONT");
+        late.join().expect("charges")
+    });
+    assert_eq!(late.expect("stands"), CounterAdded::Repeated(6));
+    assert_eq!(store.counter_get("acct", "sent", 1_000).expect("reads"), 6);
+    assert_eq!(charge("m1").expect("repeats"), CounterAdded::Repeated(6));
 }
 
 /// A server that stops answering costs a call its timeout, not a hang, and the

@@ -160,3 +160,51 @@ fn a_store_held_by_another_process_is_refused_at_once() {
     harness::assert_exit(&out, 75);
     harness::assert_stderr_has(&out, "in use by another process");
 }
+
+/// The trust audit's trace (`/tmp/audit/l2/boundary.jsonl`): a send charged at
+/// 08:59:59.9 and retried at 09:00:00.1, across the end of a billing cycle, was
+/// charged 2 and 2; a `charge_email` of 3 (its first attempt with a clock a
+/// little behind) was charged 3 and 3. Each message is charged once, and each
+/// retry reports the usage of the cycle it falls in; on a store, also when the
+/// retries come in a later run.
+#[test]
+fn a_retry_across_a_cycle_boundary_is_charged_once() {
+    const TRACE: &str = r#"{"at": "2025-01-31T09:00:00Z", "op": "subscribe", "account": "acme", "plan": "base"}
+{"at": "2025-02-28T08:59:59.900Z", "op": "send_email", "account": "acme", "to": ["ann@example.com", "bo@example.org"], "message_id": "<m1@acme>"}
+{"at": "2025-02-28T09:00:00.100Z", "op": "send_email", "account": "acme", "to": ["ann@example.com", "bo@example.org"], "message_id": "<m1@acme>"}
+{"at": "2025-02-28T08:59:59.950Z", "op": "charge_email", "account": "acme", "cost": 3, "message_id": "<m2@acme>"}
+{"at": "2025-02-28T09:00:00.200Z", "op": "charge_email", "account": "acme", "cost": 3, "message_id": "<m2@acme>"}
+{"at": "2025-02-28T09:00:00.300Z", "op": "charge_email", "account": "acme", "cost": 3, "message_id": "<m2@acme>"}
+{"at": "2025-02-28T09:00:01Z", "op": "usage", "account": "acme"}
+"#;
+    // (charged, email credits used in the cycle of the event) per line.
+    let expected = [(0, 0), (2, 2), (0, 0), (3, 5), (0, 0), (0, 0), (0, 0)];
+    let charged_and_used = |stdout: &str| -> Vec<(u64, u64)> {
+        (stdout.lines())
+            .map(|line| {
+                let o: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                let count = |v: &serde_json::Value| v.as_u64().expect("a count");
+                (count(&o["charged"]), count(&o["email_credits"]["used"]))
+            })
+            .collect()
+    };
+    let out = creditgate(
+        &words("replay --policy policies/smartlead.toml --events -"),
+        TRACE.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(charged_and_used(&text(&out.stdout)), expected);
+
+    let (_dir, store) = harness::temp_path("boundary.redb");
+    let store = store.to_str().expect("utf-8 path");
+    let lines: Vec<&str> = TRACE.lines().collect();
+    let mut combined = Vec::new();
+    for run in [&lines[..2], &lines[2..]] {
+        let input: String = run.iter().map(|l| format!("{l}\n")).collect();
+        let args = format!("replay --policy policies/smartlead.toml --events - --store {store}");
+        let out = creditgate(&words(&args), input.as_bytes());
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        combined.extend(charged_and_used(&text(&out.stdout)));
+    }
+    assert_eq!(combined, expected);
+}

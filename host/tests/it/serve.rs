@@ -15,7 +15,7 @@ use tokio::time::timeout;
 
 use creditgate::bindings::{Mode, Reason};
 use creditgate::gateway::Gateway;
-use creditgate::postfix::PostfixConfig;
+use creditgate::postfix::{PostfixConfig, ProtocolState};
 use creditgate::request::Request;
 use creditgate::serve::{ServeOptions, serve_postfix};
 use creditgate::store::MemoryStore;
@@ -195,6 +195,36 @@ async fn several_requests_on_one_connection_are_answered_in_order() {
     assert_eq!(read_replies(&mut c, 3).await, ["DUNNO"; 3]);
     assert_eq!(server.emails_used().await, 0, "RCPT only checks");
     server.stop().await;
+}
+
+/// Only END-OF-MESSAGE charges, so what Postfix asks is counted by state (a
+/// Postfix that never asks there sends every message uncharged, and only the
+/// counts show it), and a state Postfix does not document is answered as a
+/// failure to decide, not ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_state_and_an_undocumented_state_fails_closed() {
+    let (server, mut c) = Server::connected().await;
+    for _ in 0..3 {
+        assert_eq!(ask(&mut c, &rcpt("acme")).await, "DUNNO");
+    }
+    assert_eq!(ask(&mut c, &request("DATA", "acme", &[])).await, "DUNNO");
+    assert_eq!(
+        ask(&mut c, &request("XYZZY", "acme", &[])).await,
+        "451 4.3.5 Policy service unavailable"
+    );
+    let eom = end_of_message("acme", "2", "1a2b.3c4d.9");
+    assert_eq!(ask(&mut c, &eom).await, "DUNNO");
+    let states = server.gateway.postfix_states();
+    let counted = [
+        ProtocolState::Rcpt,
+        ProtocolState::Data,
+        ProtocolState::EndOfMessage,
+        ProtocolState::Mail,
+    ]
+    .map(|state| states.get(state));
+    assert_eq!(counted, [3, 1, 1, 0]);
+    assert_eq!(states.other(), 1);
+    server.stop_having_charged(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@
 //! by every command unless `serve --init-store` (or `init_store = true`) asks
 //! for a new ledger in it. And the journal beside the store (issue 15): what
 //! was made durable through it is there after a crash, for the library and
-//! every command, and a journal that is not the store's is refused.
+//! every command, and a journal that is not the store's is refused; one missing
+//! after a crash is refused too (the audit of 2026-12-07), unless the store
+//! was closed cleanly or the operator accepts the loss.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -314,4 +316,268 @@ fn the_journal_is_locked_with_the_store() {
     ));
     drop(store);
     journal.try_lock().expect("released with the store");
+}
+
+// ---- a journal missing (the audit of 2026-12-07) ------------------------------
+
+/// A crash image of a store holding acme's subscription and two charges, made
+/// durable only through the journal; then the journal removed, as a backup of
+/// the store file alone, or a journal volume that did not mount, would leave it.
+fn image_without_journal(dir: &Path) -> PathBuf {
+    let path = dir.join("live.redb");
+    let image = dir.join("image.redb");
+    let store = Arc::new(RedbStore::open(&path).expect("opens"));
+    let mut worker = subscribed(&store);
+    for i in 0..2 {
+        let charge = Request::ChargeEmail {
+            account: "acme".into(),
+            cost: 1,
+            message_id: Some(format!("m{i}")),
+        };
+        assert_eq!(worker.decide(&charge, NOW).expect("decides").denied, None);
+    }
+    store.persist().expect("durable");
+    crash_copy(&path, &image);
+    std::fs::remove_file(journal_path(&image)).expect("removes the journal");
+    image
+}
+
+fn assert_journal_missing(err: &StoreError, image: &Path, why: &str) {
+    match err {
+        StoreError::JournalMissing { .. } => {
+            let m = err.to_string();
+            harness::assert_has(
+                &m,
+                &format!("the journal {}", journal_path(image).display()),
+            );
+            harness::assert_has(&m, why);
+            harness::assert_has(&m, "accept-journal-loss");
+        }
+        other => panic!("expected the missing journal refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_journal_missing_after_a_crash_is_refused_and_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = image_without_journal(dir.path());
+    for _ in 0..2 {
+        // Refused, and again: the refusal changes nothing the next one reads.
+        let err = RedbStore::open(&image).map(|_| ()).expect_err("refused");
+        assert_journal_missing(&err, &image, "was not closed cleanly");
+        assert!(!journal_path(&image).exists(), "no journal was started");
+    }
+    // Every command that opens the store, with the status of an unavailable one.
+    for args in [&["account", "list"][..], &["usage", "acme"]] {
+        let o = run(&image, args, b"");
+        harness::assert_exit(&o, 75);
+        harness::assert_stderr_has(&o, "is missing, and the store was not closed cleanly");
+        harness::assert_stderr_has(&o, "creditgate store accept-journal-loss --store");
+    }
+    let o = run(
+        &image,
+        &words("serve --postfix-listen off --http-listen off"),
+        b"",
+    );
+    harness::assert_exit(&o, 75);
+    harness::assert_stderr_has(&o, &journal_path(&image).display().to_string());
+}
+
+#[test]
+fn with_the_loss_accepted_the_store_opens_as_of_its_last_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = image_without_journal(dir.path());
+    let options = OpenOptions {
+        accept_journal_loss: true,
+        ..OpenOptions::default()
+    };
+    let store = RedbStore::open_with(&image, options).expect("opens, accepting the loss");
+    let loss = store.journal_loss().expect("says what it accepted");
+    assert_eq!(loss.journal, journal_path(&image));
+    assert_eq!(loss.applied, 0, "nothing was checkpointed");
+    harness::assert_has(&loss.why, "not closed cleanly");
+    // What only the journal held is gone: that is what was accepted.
+    assert!(store.scopes().expect("lists").is_empty());
+    assert!(journal_path(&image).exists(), "a new journal was started");
+    drop(store);
+    // Closed cleanly with its new journal: opens as usual, accepting nothing.
+    let store = RedbStore::open(&image).expect("opens");
+    assert_eq!(store.journal_loss(), None);
+}
+
+/// The lost journal, found after its loss was accepted, is not replayed over
+/// what the store did since: it is another store's.
+#[test]
+fn a_journal_lost_and_found_after_its_loss_was_accepted_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = image_without_journal(dir.path());
+    let lost = dir.path().join("live.redb-journal");
+    let options = OpenOptions {
+        accept_journal_loss: true,
+        ..OpenOptions::default()
+    };
+    drop(RedbStore::open_with(&image, options).expect("opens, accepting the loss"));
+    std::fs::copy(&lost, journal_path(&image)).expect("puts the old journal back");
+    match RedbStore::open(&image) {
+        Err(StoreError::Corrupt(m)) => harness::assert_has(&m, "belongs to another store"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn store_accept_journal_loss_opens_it_and_says_what_it_accepted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = image_without_journal(dir.path());
+    let o = run(&image, &["store", "accept-journal-loss"], b"");
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(
+        &o,
+        &format!(
+            "accepted the loss of the journal {}: the store was not closed cleanly",
+            journal_path(&image).display()
+        ),
+    );
+    harness::assert_stdout_has(&o, "(journal record 0)");
+    let o = run(&image, &["account", "list", "--format", "json"], b"");
+    harness::assert_exit(&o, 0);
+    assert!(
+        !harness::text(&o.stdout).contains("acme"),
+        "{}",
+        harness::text(&o.stdout)
+    );
+    // Again: nothing left to accept.
+    let o = run(
+        &image,
+        &["store", "accept-journal-loss", "--format", "json"],
+        b"",
+    );
+    harness::assert_exit(&o, 0);
+    let answer: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(answer["accepted"], false, "{answer}");
+}
+
+/// A clean close makes everything durable in the store file: its journal may
+/// go, after a read-only open too (`serve --check` writes nothing).
+#[test]
+fn after_a_clean_close_a_missing_journal_loses_nothing() {
+    let (_dir, path) = harness::temp_path("clean.redb");
+    {
+        let store = Arc::new(RedbStore::open(&path).expect("creates"));
+        assert!(
+            journal_path(&path).exists(),
+            "a new store starts its journal"
+        );
+        let mut worker = subscribed(&store);
+        let charge = Request::ChargeEmail {
+            account: "acme".into(),
+            cost: 1,
+            message_id: Some("m0".into()),
+        };
+        assert_eq!(worker.decide(&charge, NOW).expect("decides").denied, None);
+        store.persist().expect("durable");
+    }
+    drop(redb::ReadOnlyDatabase::open(&path).expect("opens read-only"));
+    std::fs::remove_file(journal_path(&path)).expect("removes the journal");
+    let store = RedbStore::open(&path).expect("opens without its journal");
+    assert_eq!(store.journal_loss(), None);
+    let dump = store.export_scope("acme").expect("exports");
+    assert_eq!(dump.once.len(), 1, "{dump:?}");
+    assert!(journal_path(&path).exists(), "a new journal was started");
+}
+
+/// Table `journal` of the store at `path` as the previous release left it: no
+/// `closed` mark. Opened with redb itself, which leaves the file closed
+/// cleanly unless `while_open` copies it first.
+fn without_mark(path: &Path, while_open: impl FnOnce()) {
+    const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("journal");
+    let db = redb::Database::create(path).expect("opens with redb");
+    let txn = db.begin_write().expect("writes");
+    let removed = txn
+        .open_table(META)
+        .expect("the journal's table")
+        .remove("closed")
+        .expect("removes")
+        .map(|v| v.value());
+    assert!(removed.is_some(), "this release marks every store");
+    txn.commit().expect("commits");
+    while_open();
+}
+
+/// Files written by the previous release have no `closed` mark: with their
+/// journal they open, replaying it; without it, they open when redb did not
+/// have to recover them (its clean shutdown made every commit durable) and are
+/// refused when it did (a crash).
+#[test]
+fn a_store_of_the_previous_release_is_told_apart_by_redbs_recovery() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Closed cleanly, then its journal gone.
+    let clean = dir.path().join("clean.redb");
+    {
+        let store = Arc::new(RedbStore::open(&clean).expect("creates"));
+        subscribed(&store);
+    }
+    without_mark(&clean, || {});
+    std::fs::remove_file(journal_path(&clean)).expect("removes the journal");
+    let store = RedbStore::open(&clean).expect("opens without its journal");
+    assert_eq!(store.scopes().expect("lists"), ["acme"]);
+    drop(store);
+
+    // Killed with acme only in its journal: the image of it, mark removed, is
+    // copied while redb holds it open (as a kill would leave it).
+    let live = dir.path().join("live.redb");
+    let (killed, alone) = (
+        dir.path().join("killed.redb"),
+        dir.path().join("alone.redb"),
+    );
+    let store = Arc::new(RedbStore::open(&live).expect("creates"));
+    subscribed(&store);
+    let image = dir.path().join("image.redb");
+    crash_copy(&live, &image);
+    without_mark(&image, || {
+        std::fs::copy(&image, &killed).expect("copies");
+        std::fs::copy(&image, &alone).expect("copies");
+    });
+    std::fs::copy(journal_path(&image), journal_path(&killed)).expect("copies the journal");
+    let store = RedbStore::open(&killed).expect("opens, replaying its journal");
+    assert_eq!(store.scopes().expect("lists"), ["acme"]);
+    let err = RedbStore::open(&alone).map(|_| ()).expect_err("refused");
+    assert_journal_missing(
+        &err,
+        &alone,
+        "written by an earlier release, was not closed cleanly",
+    );
+}
+
+/// The audit's reproduction through `serve`: killed with acknowledged charges
+/// in its journal, the journal moved aside; the restart is refused rather than
+/// handing the credits out again.
+#[test]
+fn serve_killed_then_without_its_journal_does_not_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("k.redb");
+    let spec = store.to_str().expect("utf-8");
+    let (serve, base) = crate::http::spawn_http(dir.path(), &["--store", spec]);
+    let api = creditgate_testkit::http::Client::new(base);
+    let subscribed = api.post("/v1/accounts/tiny/subscription", r#"{"plan":"base"}"#);
+    assert_eq!(subscribed.status, 201, "{}", subscribed.body);
+    for i in 1..=3 {
+        let body = format!(r#"{{"account":"tiny","to":["a{i}@x.io"],"message_id":"m{i}"}}"#);
+        let answer = api.post("/v1/decide/email", &body);
+        assert_eq!(answer.json()["decision"], "allow", "{}", answer.body);
+    }
+    serve.kill();
+    std::fs::rename(journal_path(&store), dir.path().join("aside")).expect("moves it aside");
+    let o = run(
+        &store,
+        &words("serve --postfix-listen off --http-listen 127.0.0.1:0"),
+        b"",
+    );
+    harness::assert_exit(&o, 75);
+    harness::assert_stderr_has(&o, "is missing, and the store was not closed cleanly");
+    assert!(!journal_path(&store).exists());
+    // Put back, it is replayed: nothing was lost.
+    std::fs::rename(dir.path().join("aside"), journal_path(&store)).expect("puts it back");
+    let o = run(&store, &["usage", "tiny", "--format", "json"], b"");
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, r#""used":3"#);
 }

@@ -129,8 +129,10 @@
 //! [`StoreError::Unavailable`] naming the server. A script is all or nothing, but
 //! a call whose connection broke after the request left cannot know whether it
 //! ran: a `counter_add` with a `once` key (every charge of the Postfix gateway)
-//! is safe to retry, it answers `repeated` if it had been applied. The cluster
-//! client itself retries a request after a lost connection or a redirection.
+//! is safe to retry, it answers `repeated` if it had been applied, and the store
+//! retries it once itself, so that a late reply does not fail a request whose
+//! credits were taken. The cluster client itself retries a request after a lost
+//! connection or a redirection.
 
 mod conn;
 mod durability;
@@ -754,8 +756,24 @@ impl super::Backend for RedisStore {
                 .map_or(Vec::new(), |o| o.fingerprint.to_string().into_bytes()),
         ];
         args.extend(guard_args(guard));
-        let (outcome, value, members): (String, String, u64) =
-            self.primitive(what, &SCRIPTS.counter_add, scope, args)?;
+        let run = |args| self.primitive(what, &SCRIPTS.counter_add, scope, args);
+        // A call that got no answer may have been applied all the same: Redis
+        // ran the script and the reply came late, or was lost with the
+        // connection. Failing the request then would leave its credits taken,
+        // and the client's retry (at Postfix, a new delivery attempt under a new
+        // `instance`) would be charged again. With a once key the call is made
+        // once more, which settles it: applied before, it is now a repeat and
+        // the request stands on the charge it made; never applied, it applies
+        // now. Without a once key a second call could charge twice, so the
+        // failure stands.
+        let answer = match add.once {
+            Some(_) => run(args.clone()).or_else(|e| match e {
+                StoreError::Unavailable(_) => run(args),
+                other => Err(other),
+            }),
+            None => run(args),
+        };
+        let (outcome, value, members): (String, String, u64) = answer?;
         let tally = Tally {
             counter: decimal(what, &value)?,
             members,
