@@ -11,7 +11,7 @@ use creditgate::store::{
     CounterAdd, CounterTally, Guard, MemberAddGuarded, MemberAddMany, Membership, Store, StoreError,
 };
 use creditgate_guest::bindings as guest;
-use creditgate_guest::engine::{Name, OnceKey, State};
+use creditgate_guest::engine::{self, Name, State};
 
 /// The guest's [`State`] answered by a host [`Store`], without WebAssembly: the
 /// names the engine interns are kept in a table, as the host does for an instance.
@@ -43,11 +43,21 @@ impl NativeState {
     }
 }
 
+/// What the guest's [`State`] primitives answer.
+type Answer<T> = Result<T, guest::StateError>;
+
 fn state_error(e: StoreError) -> guest::StateError {
     match host::StateError::from(e) {
         host::StateError::Unavailable(m) => guest::StateError::Unavailable(m),
         host::StateError::Corrupt(m) => guest::StateError::Corrupt(m),
         host::StateError::InvalidArgument(m) => guest::StateError::InvalidArgument(m),
+    }
+}
+
+fn tally(t: host::Tally) -> guest::Tally {
+    guest::Tally {
+        counter: t.counter,
+        members: t.members,
     }
 }
 
@@ -61,74 +71,49 @@ fn member_add_outcome(o: host::MemberAddOutcome) -> guest::MemberAddOutcome {
 }
 
 impl State for NativeState {
-    fn intern(&mut self, text: &str) -> Result<Name, guest::StateError> {
+    fn intern(&mut self, text: &str) -> Answer<Name> {
         self.names.push(text.to_string());
         Ok(Name::try_from(self.names.len() - 1).unwrap_or(Name::MAX))
     }
-    fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, guest::StateError> {
+    fn record_get(&mut self, scope: &str, key: &str) -> Answer<Option<String>> {
         self.store.record_get(scope, key).map_err(state_error)
     }
-    fn record_insert(
-        &mut self,
-        scope: &str,
-        key: &str,
-        value: &str,
-    ) -> Result<bool, guest::StateError> {
+    fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Answer<bool> {
         self.store
             .record_insert(scope, key, value)
             .map_err(state_error)
     }
-    fn record_update(
-        &mut self,
-        scope: &str,
-        key: &str,
-        value: &str,
-    ) -> Result<bool, guest::StateError> {
+    fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Answer<bool> {
         self.store
             .record_update(scope, key, value)
             .map_err(state_error)
     }
-    fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Result<u64, guest::StateError> {
+    fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Answer<u64> {
         self.store
             .counter_get(scope, name, now)
             .map_err(state_error)
     }
-    fn member_add_many(
-        &mut self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<guest::MembersAdded, guest::StateError> {
-        let added = self
-            .store
-            .member_add_many(MemberAddMany {
-                scope,
-                group,
-                members,
-                limit,
-            })
-            .map_err(state_error)?;
+    fn member_add_many(&mut self, add: engine::MemberAddMany<'_>) -> Answer<guest::MembersAdded> {
+        let add = MemberAddMany {
+            scope: add.scope,
+            group: add.group,
+            members: add.members,
+            limit: add.limit,
+        };
+        let added = self.store.member_add_many(add).map_err(state_error)?;
         let outcomes = added.outcomes.into_iter().map(member_add_outcome).collect();
         Ok(guest::MembersAdded {
             outcomes,
             members: added.members,
         })
     }
-    fn member_remove(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<guest::MemberRemoved, guest::StateError> {
-        let removed = self
-            .store
-            .member_remove(Membership {
-                scope,
-                group,
-                member,
-            })
-            .map_err(state_error)?;
+    fn member_remove(&mut self, at: engine::Membership<'_>) -> Answer<guest::MemberRemoved> {
+        let at = Membership {
+            scope: at.scope,
+            group: at.group,
+            member: at.member,
+        };
+        let removed = self.store.member_remove(at).map_err(state_error)?;
         let outcome = match removed.outcome {
             host::MemberRemoveOutcome::NotInGroup => guest::MemberRemoveOutcome::NotInGroup,
             host::MemberRemoveOutcome::LeftGroup => guest::MemberRemoveOutcome::LeftGroup,
@@ -139,11 +124,7 @@ impl State for NativeState {
             members: removed.members,
         })
     }
-    fn group_clear(
-        &mut self,
-        scope: &str,
-        group: &str,
-    ) -> Result<guest::GroupCleared, guest::StateError> {
+    fn group_clear(&mut self, scope: &str, group: &str) -> Answer<guest::GroupCleared> {
         let c = self.store.group_clear(scope, group).map_err(state_error)?;
         Ok(guest::GroupCleared {
             removed: c.removed,
@@ -151,21 +132,11 @@ impl State for NativeState {
             members: c.members,
         })
     }
-    fn member_count(&mut self, scope: &str) -> Result<u64, guest::StateError> {
+    fn member_count(&mut self, scope: &str) -> Answer<u64> {
         self.store.member_count(scope).map_err(state_error)
     }
-    fn counter_add_guarded(
-        &mut self,
-        scope: Name,
-        guard: guest::Guard,
-        counter: Name,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<OnceKey<'_>>,
-        expires_at: Option<i64>,
-        now: i64,
-    ) -> Result<guest::GuardedAdd, guest::StateError> {
-        let once = match once {
+    fn counter_add_guarded(&mut self, add: engine::CounterAdd<'_>) -> Answer<guest::GuardedAdd> {
+        let once = match add.once {
             Some(o) => Some(host::Once::joined(
                 self.name(o.prefix)?,
                 o.key,
@@ -175,18 +146,14 @@ impl State for NativeState {
             None => None,
         };
         let add = CounterAdd {
-            scope: self.name(scope)?,
-            guard: Some(self.guard(guard)?),
-            name: self.name(counter)?,
-            amount,
-            limit,
+            scope: self.name(add.scope)?,
+            guard: Some(self.guard(add.guard)?),
+            name: self.name(add.counter)?,
+            amount: add.amount,
+            limit: add.limit,
             once: once.as_ref().map(creditgate::store::OnceKey::of),
-            expires_at,
-            now,
-        };
-        let tally = |t: host::Tally| guest::Tally {
-            counter: t.counter,
-            members: t.members,
+            expires_at: add.expires_at,
+            now: add.now,
         };
         Ok(
             match self.store.counter_add_guarded(add).map_err(state_error)? {
@@ -200,22 +167,16 @@ impl State for NativeState {
     }
     fn member_add_guarded(
         &mut self,
-        scope: Name,
-        guard: guest::Guard,
-        group: Name,
-        member: &str,
-        limit: Option<u64>,
-        counter: Name,
-        now: i64,
-    ) -> Result<Option<guest::GuardedMember>, guest::StateError> {
+        add: engine::MemberAddGuarded<'_>,
+    ) -> Answer<Option<guest::GuardedMember>> {
         let add = MemberAddGuarded {
-            scope: self.name(scope)?,
-            guard: Some(self.guard(guard)?),
-            group: self.name(group)?,
-            member,
-            limit,
-            name: self.name(counter)?,
-            now,
+            scope: self.name(add.scope)?,
+            guard: Some(self.guard(add.guard)?),
+            group: self.name(add.group)?,
+            member: add.member,
+            limit: add.limit,
+            name: self.name(add.counter)?,
+            now: add.now,
         };
         Ok(self
             .store
@@ -223,32 +184,20 @@ impl State for NativeState {
             .map_err(state_error)?
             .map(|added| guest::GuardedMember {
                 outcome: member_add_outcome(added.outcome),
-                tally: guest::Tally {
-                    counter: added.tally.counter,
-                    members: added.tally.members,
-                },
+                tally: tally(added.tally),
             }))
     }
-    fn counter_tally(
-        &mut self,
-        scope: Name,
-        guard: guest::Guard,
-        counter: Name,
-        now: i64,
-    ) -> Result<Option<guest::Tally>, guest::StateError> {
-        let tally = CounterTally {
-            scope: self.name(scope)?,
-            guard: Some(self.guard(guard)?),
-            name: self.name(counter)?,
-            now,
+    fn counter_tally(&mut self, at: engine::CounterTally) -> Answer<Option<guest::Tally>> {
+        let at = CounterTally {
+            scope: self.name(at.scope)?,
+            guard: Some(self.guard(at.guard)?),
+            name: self.name(at.counter)?,
+            now: at.now,
         };
         Ok(self
             .store
-            .counter_tally(tally)
+            .counter_tally(at)
             .map_err(state_error)?
-            .map(|t| guest::Tally {
-                counter: t.counter,
-                members: t.members,
-            }))
+            .map(tally))
     }
 }

@@ -11,11 +11,12 @@ use std::hash::BuildHasherDefault;
 use crate::bindings::creditgate::policy::state::{self as imports, Name};
 use crate::bindings::exports::creditgate::policy::policy::{Account, Campaign, Guest};
 use crate::bindings::{
-    CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, Guard, GuardedAdd,
-    GuardedMember, Instant, LeadBatch, MemberRemoved, MembersAdded, Mode, Once, PolicySummary,
-    StateError, Tally,
+    CycleUsage, Decision, Diagnostic, EmailKind, Error, GroupCleared, GuardedAdd, GuardedMember,
+    Instant, LeadBatch, MemberRemoved, MembersAdded, Mode, Once, PolicySummary, StateError, Tally,
 };
-use crate::engine::{Engine, OnceKey, State};
+use crate::engine::{
+    CounterAdd, CounterTally, Engine, MemberAddGuarded, MemberAddMany, Membership, State,
+};
 use crate::known::Fnv;
 
 thread_local! {
@@ -100,22 +101,12 @@ impl State for Host {
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
         imports::counter_get(self.name(scope)?, self.name(name)?, now)
     }
-    fn member_add_many(
-        &mut self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StateError> {
-        imports::member_add_many(self.name(scope)?, self.name(group)?, members, limit)
+    fn member_add_many(&mut self, add: MemberAddMany<'_>) -> Result<MembersAdded, StateError> {
+        let (scope, group) = (self.name(add.scope)?, self.name(add.group)?);
+        imports::member_add_many(scope, group, add.members, add.limit)
     }
-    fn member_remove(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StateError> {
-        imports::member_remove(self.name(scope)?, self.name(group)?, member)
+    fn member_remove(&mut self, at: Membership<'_>) -> Result<MemberRemoved, StateError> {
+        imports::member_remove(self.name(at.scope)?, self.name(at.group)?, at.member)
     }
     fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError> {
         imports::group_clear(self.name(scope)?, self.name(group)?)
@@ -123,54 +114,40 @@ impl State for Host {
     fn member_count(&mut self, scope: &str) -> Result<u64, StateError> {
         imports::member_count(self.name(scope)?)
     }
-    fn counter_add_guarded(
-        &mut self,
-        scope: Name,
-        guard: Guard,
-        counter: Name,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<OnceKey<'_>>,
-        expires_at: Option<Instant>,
-        now: Instant,
-    ) -> Result<GuardedAdd, StateError> {
-        let once = once.map(|o| Once {
+    fn counter_add_guarded(&mut self, add: CounterAdd<'_>) -> Result<GuardedAdd, StateError> {
+        let once = add.once.map(|o| Once {
             prefix: o.prefix,
             key: o.key.to_string(),
             fingerprint: o.fingerprint,
             expires_at: o.expires_at,
         });
         imports::counter_add_guarded(
-            scope,
-            guard,
-            counter,
-            amount,
-            limit,
+            add.scope,
+            add.guard,
+            add.counter,
+            add.amount,
+            add.limit,
             once.as_ref(),
-            expires_at,
-            now,
+            add.expires_at,
+            add.now,
         )
     }
-    fn counter_tally(
-        &mut self,
-        scope: Name,
-        guard: Guard,
-        counter: Name,
-        now: Instant,
-    ) -> Result<Option<Tally>, StateError> {
-        imports::counter_tally(scope, guard, counter, now)
+    fn counter_tally(&mut self, at: CounterTally) -> Result<Option<Tally>, StateError> {
+        imports::counter_tally(at.scope, at.guard, at.counter, at.now)
     }
     fn member_add_guarded(
         &mut self,
-        scope: Name,
-        guard: Guard,
-        group: Name,
-        member: &str,
-        limit: Option<u64>,
-        counter: Name,
-        now: Instant,
+        add: MemberAddGuarded<'_>,
     ) -> Result<Option<GuardedMember>, StateError> {
-        imports::member_add_guarded(scope, guard, group, member, limit, counter, now)
+        imports::member_add_guarded(
+            add.scope,
+            add.guard,
+            add.group,
+            add.member,
+            add.limit,
+            add.counter,
+            add.now,
+        )
     }
 }
 

@@ -61,6 +61,62 @@ pub struct OnceKey<'k> {
     pub expires_at: Instant,
 }
 
+// The arguments of the primitives that take more than three, one struct each
+// (as the host's `Store` takes them): built once where the engine decides, and
+// passed through the wrappers untouched. Each field is the WIT parameter of
+// its name.
+
+/// [`State::member_add_many`]'s arguments (WIT `member-add-many`).
+#[derive(Debug, Clone, Copy)]
+pub struct MemberAddMany<'a> {
+    pub scope: &'a str,
+    pub group: &'a str,
+    pub members: &'a [String],
+    pub limit: Option<u64>,
+}
+
+/// [`State::member_remove`]'s arguments (WIT `member-remove`).
+#[derive(Debug, Clone, Copy)]
+pub struct Membership<'a> {
+    pub scope: &'a str,
+    pub group: &'a str,
+    pub member: &'a str,
+}
+
+/// [`State::counter_add_guarded`]'s arguments (WIT `counter-add-guarded`).
+#[derive(Debug, Clone, Copy)]
+pub struct CounterAdd<'a> {
+    pub scope: Name,
+    pub guard: Guard,
+    pub counter: Name,
+    pub amount: u64,
+    pub limit: Option<u64>,
+    pub once: Option<OnceKey<'a>>,
+    pub expires_at: Option<Instant>,
+    pub now: Instant,
+}
+
+/// [`State::counter_tally`]'s arguments (WIT `counter-tally`).
+#[derive(Debug, Clone, Copy)]
+pub struct CounterTally {
+    pub scope: Name,
+    pub guard: Guard,
+    pub counter: Name,
+    pub now: Instant,
+}
+
+/// [`State::member_add_guarded`]'s arguments (WIT `member-add-guarded`).
+#[derive(Debug, Clone, Copy)]
+pub struct MemberAddGuarded<'a> {
+    pub scope: Name,
+    pub guard: Guard,
+    pub group: Name,
+    pub member: &'a str,
+    pub limit: Option<u64>,
+    pub counter: Name,
+    pub now: Instant,
+}
+
 /// The host's atomic primitives (WIT interface `state`). The component implements
 /// it with its imports; native tests and benchmarks with an in-process store.
 ///
@@ -74,50 +130,15 @@ pub trait State {
     fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError>;
-    fn member_add_many(
-        &mut self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StateError>;
-    fn member_remove(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StateError>;
+    fn member_add_many(&mut self, add: MemberAddMany<'_>) -> Result<MembersAdded, StateError>;
+    fn member_remove(&mut self, at: Membership<'_>) -> Result<MemberRemoved, StateError>;
     fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError>;
     fn member_count(&mut self, scope: &str) -> Result<u64, StateError>;
-    #[allow(clippy::too_many_arguments)]
-    fn counter_add_guarded(
-        &mut self,
-        scope: Name,
-        guard: Guard,
-        counter: Name,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<OnceKey<'_>>,
-        expires_at: Option<Instant>,
-        now: Instant,
-    ) -> Result<GuardedAdd, StateError>;
-    fn counter_tally(
-        &mut self,
-        scope: Name,
-        guard: Guard,
-        counter: Name,
-        now: Instant,
-    ) -> Result<Option<Tally>, StateError>;
-    #[allow(clippy::too_many_arguments)]
+    fn counter_add_guarded(&mut self, add: CounterAdd<'_>) -> Result<GuardedAdd, StateError>;
+    fn counter_tally(&mut self, tally: CounterTally) -> Result<Option<Tally>, StateError>;
     fn member_add_guarded(
         &mut self,
-        scope: Name,
-        guard: Guard,
-        group: Name,
-        member: &str,
-        limit: Option<u64>,
-        counter: Name,
-        now: Instant,
+        add: MemberAddGuarded<'_>,
     ) -> Result<Option<GuardedMember>, StateError>;
 }
 
@@ -398,8 +419,13 @@ impl Engine {
         let added = if valid.is_empty() {
             Vec::new()
         } else {
-            st.member_add_many(account, campaign, &valid, if shadow { None } else { limit })?
-                .outcomes
+            let add = MemberAddMany {
+                scope: account,
+                group: campaign,
+                members: &valid,
+                limit: if shadow { None } else { limit },
+            };
+            st.member_add_many(add)?.outcomes
         };
         let mut outcomes = added.into_iter();
         let mut results = Vec::with_capacity(contacts.len());
@@ -478,7 +504,12 @@ impl Engine {
             let Some(contact) = address::normalize(email) else {
                 return Ok(Err(Reason::InvalidEmail));
             };
-            let freed = match st.member_remove(account, campaign, &contact)?.outcome {
+            let at = Membership {
+                scope: account,
+                group: campaign,
+                member: &contact,
+            };
+            let freed = match st.member_remove(at)?.outcome {
                 MemberRemoveOutcome::Released => 1,
                 MemberRemoveOutcome::NotInGroup | MemberRemoveOutcome::LeftGroup => 0,
             };
@@ -626,7 +657,14 @@ impl Engine {
             // enforcement would have answered.
             let shadow = self.shadowed(&acct.plan);
             let enforced = |limit: Option<u64>| if shadow { None } else { limit };
-            let tallied = |st: &mut S| st.counter_tally(scope, guard, cycle.counter, now);
+            let tallied = |st: &mut S| {
+                st.counter_tally(CounterTally {
+                    scope,
+                    guard,
+                    counter: cycle.counter,
+                    now,
+                })
+            };
             let charged = |credit, charged, shadow| Effect {
                 charged,
                 freed: 0,
@@ -649,16 +687,16 @@ impl Engine {
                         fingerprint: m.fingerprint,
                         expires_at: cycle.once_expires_at,
                     });
-                    let added = st.counter_add_guarded(
+                    let added = st.counter_add_guarded(CounterAdd {
                         scope,
                         guard,
-                        cycle.counter,
-                        cost,
-                        enforced(limit),
+                        counter: cycle.counter,
+                        amount: cost,
+                        limit: enforced(limit),
                         once,
-                        Some(cycle.kept_until),
+                        expires_at: Some(cycle.kept_until),
                         now,
-                    )?;
+                    })?;
                     match added {
                         GuardedAdd::Applied(t) => {
                             let over = self.over(acct, Credit::Email, t.counter, limit);
@@ -678,15 +716,15 @@ impl Engine {
                 Step::AddMember { group, member } => {
                     let group = st.intern(group)?;
                     let limit = acct.plan.lead_credits;
-                    st.member_add_guarded(
+                    st.member_add_guarded(MemberAddGuarded {
                         scope,
                         guard,
                         group,
-                        &member,
-                        enforced(limit),
-                        cycle.counter,
+                        member: &member,
+                        limit: enforced(limit),
+                        counter: cycle.counter,
                         now,
-                    )?
+                    })?
                     .map(|added| {
                         let members = added.tally.members;
                         let outcome = match added.outcome {
@@ -946,24 +984,13 @@ impl<S: State> State for Remembering<'_, S> {
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
         self.inner.counter_get(scope, name, now)
     }
-    fn member_add_many(
-        &mut self,
-        scope: &str,
-        group: &str,
-        members: &[String],
-        limit: Option<u64>,
-    ) -> Result<MembersAdded, StateError> {
-        let added = self.inner.member_add_many(scope, group, members, limit)?;
+    fn member_add_many(&mut self, add: MemberAddMany<'_>) -> Result<MembersAdded, StateError> {
+        let added = self.inner.member_add_many(add)?;
         self.members = Some(added.members);
         Ok(added)
     }
-    fn member_remove(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<MemberRemoved, StateError> {
-        let removed = self.inner.member_remove(scope, group, member)?;
+    fn member_remove(&mut self, at: Membership<'_>) -> Result<MemberRemoved, StateError> {
+        let removed = self.inner.member_remove(at)?;
         self.members = Some(removed.members);
         Ok(removed)
     }
@@ -978,41 +1005,17 @@ impl<S: State> State for Remembering<'_, S> {
             None => self.inner.member_count(scope),
         }
     }
-    fn counter_add_guarded(
-        &mut self,
-        scope: Name,
-        guard: Guard,
-        counter: Name,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<OnceKey<'_>>,
-        expires_at: Option<Instant>,
-        now: Instant,
-    ) -> Result<GuardedAdd, StateError> {
-        self.inner
-            .counter_add_guarded(scope, guard, counter, amount, limit, once, expires_at, now)
+    fn counter_add_guarded(&mut self, add: CounterAdd<'_>) -> Result<GuardedAdd, StateError> {
+        self.inner.counter_add_guarded(add)
     }
-    fn counter_tally(
-        &mut self,
-        scope: Name,
-        guard: Guard,
-        counter: Name,
-        now: Instant,
-    ) -> Result<Option<Tally>, StateError> {
-        self.inner.counter_tally(scope, guard, counter, now)
+    fn counter_tally(&mut self, tally: CounterTally) -> Result<Option<Tally>, StateError> {
+        self.inner.counter_tally(tally)
     }
     fn member_add_guarded(
         &mut self,
-        scope: Name,
-        guard: Guard,
-        group: Name,
-        member: &str,
-        limit: Option<u64>,
-        counter: Name,
-        now: Instant,
+        add: MemberAddGuarded<'_>,
     ) -> Result<Option<GuardedMember>, StateError> {
-        self.inner
-            .member_add_guarded(scope, guard, group, member, limit, counter, now)
+        self.inner.member_add_guarded(add)
     }
 }
 
@@ -1186,187 +1189,8 @@ mod tests {
     //! mapping from rules to primitives. The host's tests run every rule through
     //! the component against the real stores.
 
-    use creditgate_storemodel::{self as model, Model};
-
     use super::*;
-
-    /// The `state` primitives on the store contract's one model (`storemodel/`,
-    /// which the host's stores are checked against too), with the names the
-    /// engine interned.
-    #[derive(Default)]
-    struct MemState {
-        store: Model,
-        /// Interned names, by handle.
-        names: Vec<String>,
-    }
-
-    fn tally(t: model::Tally) -> Tally {
-        Tally {
-            counter: t.counter,
-            members: t.members,
-        }
-    }
-
-    fn joined(j: model::Joined) -> MemberAddOutcome {
-        match j {
-            model::Joined::AlreadyInGroup => MemberAddOutcome::AlreadyInGroup,
-            model::Joined::Joined => MemberAddOutcome::Joined,
-            model::Joined::Inserted => MemberAddOutcome::Inserted,
-            model::Joined::Refused => MemberAddOutcome::Refused,
-        }
-    }
-
-    /// The guard's record and version token, by their interned names.
-    fn guard_of(names: &[String], guard: Guard) -> Option<model::Guard<'_>> {
-        Some(model::Guard {
-            key: &names[guard.key as usize],
-            value: &names[guard.version as usize],
-        })
-    }
-
-    impl State for MemState {
-        fn intern(&mut self, text: &str) -> Result<Name, StateError> {
-            self.names.push(text.to_string());
-            Ok(Name::try_from(self.names.len() - 1).expect("few names in a test"))
-        }
-        fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
-            Ok(self.store.record_get(scope, key))
-        }
-        fn record_insert(
-            &mut self,
-            scope: &str,
-            key: &str,
-            value: &str,
-        ) -> Result<bool, StateError> {
-            Ok(self.store.record_insert(scope, key, value))
-        }
-        fn record_update(
-            &mut self,
-            scope: &str,
-            key: &str,
-            value: &str,
-        ) -> Result<bool, StateError> {
-            Ok(self.store.record_update(scope, key, value))
-        }
-        fn counter_get(
-            &mut self,
-            scope: &str,
-            name: &str,
-            now: Instant,
-        ) -> Result<u64, StateError> {
-            Ok(self.store.counter_get(scope, name, now))
-        }
-        fn member_add_many(
-            &mut self,
-            scope: &str,
-            group: &str,
-            members: &[String],
-            limit: Option<u64>,
-        ) -> Result<MembersAdded, StateError> {
-            let (outcomes, members) = self.store.member_add_many(scope, group, members, limit);
-            Ok(MembersAdded {
-                outcomes: outcomes.into_iter().map(joined).collect(),
-                members,
-            })
-        }
-        fn member_remove(
-            &mut self,
-            scope: &str,
-            group: &str,
-            member: &str,
-        ) -> Result<MemberRemoved, StateError> {
-            let (outcome, members) = self.store.member_remove(scope, group, member);
-            let outcome = match outcome {
-                model::Left::NotInGroup => MemberRemoveOutcome::NotInGroup,
-                model::Left::LeftGroup => MemberRemoveOutcome::LeftGroup,
-                model::Left::Released => MemberRemoveOutcome::Released,
-            };
-            Ok(MemberRemoved { outcome, members })
-        }
-        fn group_clear(&mut self, scope: &str, group: &str) -> Result<GroupCleared, StateError> {
-            let c = self.store.group_clear(scope, group);
-            Ok(GroupCleared {
-                removed: c.removed,
-                released: c.released,
-                members: c.members,
-            })
-        }
-        fn member_count(&mut self, scope: &str) -> Result<u64, StateError> {
-            Ok(self.store.member_count(scope))
-        }
-        fn counter_add_guarded(
-            &mut self,
-            scope: Name,
-            guard: Guard,
-            counter: Name,
-            amount: u64,
-            limit: Option<u64>,
-            once: Option<OnceKey<'_>>,
-            expires_at: Option<Instant>,
-            now: Instant,
-        ) -> Result<GuardedAdd, StateError> {
-            let names = &self.names;
-            let key = once.map(|o| format!("{}{}", names[o.prefix as usize], o.key));
-            let once = once.zip(key.as_deref()).map(|(o, key)| model::Once {
-                key,
-                fingerprint: o.fingerprint,
-                expires_at: o.expires_at,
-            });
-            let add = model::Add {
-                amount,
-                limit,
-                once,
-                expires_at,
-                now,
-            };
-            let (scope, counter) = (&names[scope as usize], &names[counter as usize]);
-            let added = self
-                .store
-                .counter_add(scope, guard_of(names, guard), counter, add);
-            Ok(match added {
-                None => GuardedAdd::Stale,
-                Some((model::Added::Applied, t)) => GuardedAdd::Applied(tally(t)),
-                Some((model::Added::Repeated, t)) => GuardedAdd::Repeated(tally(t)),
-                Some((model::Added::Refused, t)) => GuardedAdd::Refused(tally(t)),
-                Some((model::Added::Conflict, t)) => GuardedAdd::Conflict(tally(t)),
-            })
-        }
-        fn counter_tally(
-            &mut self,
-            scope: Name,
-            guard: Guard,
-            counter: Name,
-            now: Instant,
-        ) -> Result<Option<Tally>, StateError> {
-            let names = &self.names;
-            let (scope, counter) = (&names[scope as usize], &names[counter as usize]);
-            let found = (self.store).counter_tally(scope, guard_of(names, guard), counter, now);
-            Ok(found.map(tally))
-        }
-        fn member_add_guarded(
-            &mut self,
-            scope: Name,
-            guard: Guard,
-            group: Name,
-            member: &str,
-            limit: Option<u64>,
-            counter: Name,
-            now: Instant,
-        ) -> Result<Option<GuardedMember>, StateError> {
-            let names = &self.names;
-            let (scope, group) = (&names[scope as usize], &names[group as usize]);
-            if !self.store.guard_holds(scope, guard_of(names, guard)) {
-                return Ok(None);
-            }
-            let (outcome, members) = self.store.member_add(scope, group, member, limit);
-            let counter = self.store.counter_get(scope, &names[counter as usize], now);
-            let added = Some((outcome, model::Tally { counter, members }));
-            Ok(added.map(|(outcome, t)| GuardedMember {
-                outcome: joined(outcome),
-                tally: tally(t),
-            }))
-        }
-    }
+    use crate::mem_state::MemState;
 
     const T0: Instant = 1_738_314_000_000_000_000; // 2025-01-31T09:00:00Z
 

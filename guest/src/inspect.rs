@@ -7,23 +7,28 @@
 //! natively; the component's glue, at the end, reaches the host's imports.
 
 use crate::bindings::inspect::{AccountPage, Campaign, InspectError, Lead, Levels};
-use crate::bindings::{Membership, StateError};
+use crate::bindings::{GroupSize, Membership, StateError};
 use crate::engine::{ACCOUNT_RECORD, HISTORY_CYCLES};
 use crate::policy::Policy;
 
+/// What the host's reads answer.
+pub type Answer<T> = Result<T, StateError>;
+
+/// [`Catalog::members_after`]'s walk (WIT `catalog.members-after`): the
+/// memberships of `scope` (of `group` only, when given) after `after`.
+#[derive(Debug, Clone, Copy)]
+pub struct Members<'a> {
+    pub scope: &'a str,
+    pub group: Option<&'a str>,
+    pub after: Option<&'a Membership>,
+}
+
 /// The host's reads this module needs: the catalog's ordered walks and a record.
 pub trait Catalog {
-    fn scopes_after(&mut self, after: Option<&str>, limit: u32) -> Result<Vec<String>, StateError>;
-    fn members_after(
-        &mut self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<&Membership>,
-        limit: u32,
-    ) -> Result<Vec<Membership>, StateError>;
-    /// `(group, members, exclusive)` of each group of `scope`.
-    fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, StateError>;
-    fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError>;
+    fn scopes_after(&mut self, after: Option<&str>, limit: u32) -> Answer<Vec<String>>;
+    fn members_after(&mut self, list: Members<'_>, limit: u32) -> Answer<Vec<Membership>>;
+    fn group_sizes(&mut self, scope: &str) -> Answer<Vec<GroupSize>>;
+    fn record_get(&mut self, scope: &str, key: &str) -> Answer<Option<String>>;
 }
 
 /// Up to `limit` accounts after `after`: the scopes holding an account record
@@ -61,10 +66,10 @@ pub fn campaigns(catalog: &mut impl Catalog, account: &str) -> Result<Vec<Campai
         .group_sizes(account)
         .map_err(InspectError::State)?
         .into_iter()
-        .map(|(name, leads, exclusive)| Campaign {
-            name,
-            leads,
-            exclusive,
+        .map(|g| Campaign {
+            name: g.group,
+            leads: g.members,
+            exclusive: g.exclusive,
         })
         .collect())
 }
@@ -81,8 +86,13 @@ pub fn leads(
         group: l.campaign.clone(),
         member: l.email.clone(),
     });
+    let list = Members {
+        scope: account,
+        group: campaign,
+        after: after.as_ref(),
+    };
     Ok(catalog
-        .members_after(account, campaign, after.as_ref(), limit)
+        .members_after(list, limit)
         .map_err(InspectError::State)?
         .into_iter()
         .map(|m| Lead {
@@ -110,39 +120,25 @@ pub fn warning_levels(policy: Option<&Policy>) -> Result<Levels, InspectError> {
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    use super::Catalog;
-    use crate::bindings::Membership;
-    use crate::bindings::StateError;
+    use super::{Answer, Catalog, Members};
     use crate::bindings::creditgate::policy::catalog as imports;
     use crate::bindings::inspect::{AccountPage, Campaign, Guest, InspectError, Lead, Levels};
+    use crate::bindings::{GroupSize, Membership};
     use crate::component::{Component, read_record, with_engine};
 
     struct Host;
 
     impl Catalog for Host {
-        fn scopes_after(
-            &mut self,
-            after: Option<&str>,
-            limit: u32,
-        ) -> Result<Vec<String>, StateError> {
+        fn scopes_after(&mut self, after: Option<&str>, limit: u32) -> Answer<Vec<String>> {
             imports::scopes_after(after, limit)
         }
-        fn members_after(
-            &mut self,
-            scope: &str,
-            group: Option<&str>,
-            after: Option<&Membership>,
-            limit: u32,
-        ) -> Result<Vec<Membership>, StateError> {
-            imports::members_after(scope, group, after, limit)
+        fn members_after(&mut self, list: Members<'_>, limit: u32) -> Answer<Vec<Membership>> {
+            imports::members_after(list.scope, list.group, list.after, limit)
         }
-        fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, StateError> {
-            Ok(imports::group_sizes(scope)?
-                .into_iter()
-                .map(|g| (g.group, g.members, g.exclusive))
-                .collect())
+        fn group_sizes(&mut self, scope: &str) -> Answer<Vec<GroupSize>> {
+            imports::group_sizes(scope)
         }
-        fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
+        fn record_get(&mut self, scope: &str, key: &str) -> Answer<Option<String>> {
             read_record(scope, key)
         }
     }
@@ -191,11 +187,7 @@ mod tests {
     }
 
     impl Catalog for Fake {
-        fn scopes_after(
-            &mut self,
-            after: Option<&str>,
-            limit: u32,
-        ) -> Result<Vec<String>, StateError> {
+        fn scopes_after(&mut self, after: Option<&str>, limit: u32) -> Answer<Vec<String>> {
             let mut scopes: Vec<String> = self
                 .records
                 .keys()
@@ -208,13 +200,12 @@ mod tests {
             scopes.truncate(limit as usize);
             Ok(scopes)
         }
-        fn members_after(
-            &mut self,
-            scope: &str,
-            group: Option<&str>,
-            after: Option<&Membership>,
-            limit: u32,
-        ) -> Result<Vec<Membership>, StateError> {
+        fn members_after(&mut self, list: Members<'_>, limit: u32) -> Answer<Vec<Membership>> {
+            let Members {
+                scope,
+                group,
+                after,
+            } = list;
             let mut all = self.members.get(scope).cloned().unwrap_or_default();
             all.sort();
             Ok(all
@@ -225,7 +216,7 @@ mod tests {
                 .map(|(group, member)| Membership { group, member })
                 .collect())
         }
-        fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, StateError> {
+        fn group_sizes(&mut self, scope: &str) -> Answer<Vec<GroupSize>> {
             let all = self.members.get(scope).cloned().unwrap_or_default();
             let mut groups_of = BTreeMap::<&str, u64>::new();
             for (_, m) in &all {
@@ -237,9 +228,16 @@ mod tests {
                 *n += 1;
                 *e += u64::from(groups_of[m.as_str()] == 1);
             }
-            Ok(sizes.into_iter().map(|(g, (n, e))| (g, n, e)).collect())
+            Ok(sizes
+                .into_iter()
+                .map(|(group, (members, exclusive))| GroupSize {
+                    group,
+                    members,
+                    exclusive,
+                })
+                .collect())
         }
-        fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError> {
+        fn record_get(&mut self, scope: &str, key: &str) -> Answer<Option<String>> {
             Ok(self.records.get(&(scope.into(), key.into())).cloned())
         }
     }

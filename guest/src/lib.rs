@@ -15,6 +15,8 @@ pub mod cycle;
 pub mod engine;
 pub mod inspect;
 mod known;
+#[cfg(test)]
+mod mem_state;
 pub mod policy;
 mod projection;
 
@@ -30,7 +32,7 @@ pub mod bindings {
         pub_export_macro: true,
     });
 
-    pub use creditgate::policy::catalog::Membership;
+    pub use creditgate::policy::catalog::{GroupSize, Membership};
     pub use creditgate::policy::state::{
         GroupCleared, Guard, GuardedAdd, GuardedMember, MemberAddOutcome, MemberRemoveOutcome,
         MemberRemoved, MembersAdded, Once, StateError, Tally,

@@ -46,13 +46,15 @@ mod tests {
         cycle().start + day * DAY
     }
 
+    /// The projection for `used` of `limit` credits on day `day` of [`cycle`].
+    fn on_day(used: u64, limit: Option<u64>, day: i64) -> Option<Instant> {
+        projected_exhaustion(used, limit, &cycle(), at(day))
+    }
+
     #[test]
     fn the_pace_so_far_is_projected_to_the_limit() {
         // 100 of 1,000 in 2 days: 1,000 after 20 days, before the reset.
-        assert_eq!(
-            projected_exhaustion(100, Some(1_000), &cycle(), at(2)),
-            Some(at(20))
-        );
+        assert_eq!(on_day(100, Some(1_000), 2), Some(at(20)));
         // Rounded up to the first nanosecond the pace has used the limit:
         // 3 in 1 ns at 3 per ns reaches 10 after 10/3 ns, so at 4 ns.
         let c = cycle();
@@ -64,26 +66,20 @@ mod tests {
 
     #[test]
     fn nothing_sent_projects_nothing() {
-        assert_eq!(projected_exhaustion(0, Some(1_000), &cycle(), at(5)), None);
+        assert_eq!(on_day(0, Some(1_000), 5), None);
     }
 
     #[test]
     fn unlimited_credits_never_run_out() {
-        assert_eq!(projected_exhaustion(500, None, &cycle(), at(1)), None);
+        assert_eq!(on_day(500, None, 1), None);
     }
 
     #[test]
     fn a_projection_at_or_after_the_reset_is_none() {
         // 100 of 1,000 in 3 days: 1,000 after 30 days, exactly at the reset.
-        assert_eq!(
-            projected_exhaustion(100, Some(1_000), &cycle(), at(3)),
-            None
-        );
+        assert_eq!(on_day(100, Some(1_000), 3), None);
         // Slower still: after it.
-        assert_eq!(
-            projected_exhaustion(100, Some(1_000), &cycle(), at(4)),
-            None
-        );
+        assert_eq!(on_day(100, Some(1_000), 4), None);
         // A nanosecond before the reset still counts; exactly at it does not.
         let c = cycle();
         assert_eq!(
@@ -96,37 +92,19 @@ mod tests {
 
     #[test]
     fn at_the_limit_already_it_is_now_and_past_it_earlier() {
-        assert_eq!(
-            projected_exhaustion(1_000, Some(1_000), &cycle(), at(7)),
-            Some(at(7))
-        );
+        assert_eq!(on_day(1_000, Some(1_000), 7), Some(at(7)));
         // Over the limit (a shadow plan lets sends through): when the pace
         // passed it.
-        assert_eq!(
-            projected_exhaustion(2_000, Some(1_000), &cycle(), at(8)),
-            Some(at(4))
-        );
+        assert_eq!(on_day(2_000, Some(1_000), 8), Some(at(4)));
         // A limit of 0 with sends: exhausted from the cycle's start.
-        assert_eq!(
-            projected_exhaustion(5, Some(0), &cycle(), at(1)),
-            Some(at(0))
-        );
+        assert_eq!(on_day(5, Some(0), 1), Some(at(0)));
         // Sent at the cycle's very start: reached then.
-        assert_eq!(
-            projected_exhaustion(5, Some(10), &cycle(), at(0)),
-            Some(at(0))
-        );
+        assert_eq!(on_day(5, Some(10), 0), Some(at(0)));
     }
 
     #[test]
     fn huge_limits_do_not_overflow() {
-        assert_eq!(
-            projected_exhaustion(1, Some(u64::MAX), &cycle(), at(29)),
-            None
-        );
-        assert_eq!(
-            projected_exhaustion(u64::MAX, Some(u64::MAX), &cycle(), at(29)),
-            Some(at(29))
-        );
+        assert_eq!(on_day(1, Some(u64::MAX), 29), None);
+        assert_eq!(on_day(u64::MAX, Some(u64::MAX), 29), Some(at(29)));
     }
 }

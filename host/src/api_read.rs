@@ -45,7 +45,7 @@ use crate::bindings::{AccountUsage, Decision, Reason};
 use crate::gateway::{Gateway, GatewayError};
 use crate::http::{AccountJson, ApiError, Path, json};
 use crate::inspect::{self, AskError, Inspector};
-use crate::names::NameRules;
+use crate::names::{NameError, NameRules};
 use crate::request::Request;
 use crate::store::{Store, StoreError};
 use crate::time::now;
@@ -254,23 +254,33 @@ impl Listing {
         Ok(listing)
     }
 
-    fn filter(&self, name: &str) -> Option<&str> {
-        self.filters.get(name).map(String::as_str)
-    }
-
-    /// The two parts of the cursor, if any; refused when the listing is
-    /// filtered on one `what` (`filter`) and the cursor is of another's.
-    fn pair_after(&self, filter: Option<&str>, what: &str) -> ApiResult<Option<(String, String)>> {
+    /// The listing's filter `what` (`campaign`, `account`), normalised by
+    /// `normalize` (a bad name refused as such), and the two parts of the
+    /// cursor, if any: refused when the listing is filtered on one `what` and
+    /// the cursor is of another's.
+    #[allow(clippy::type_complexity)]
+    fn filter_and_after(
+        &self,
+        what: &str,
+        normalize: impl FnOnce(&str) -> Result<String, NameError>,
+    ) -> ApiResult<(Option<String>, Option<(String, String)>)> {
+        let filter = (self.filters.get(what))
+            .map(|raw| normalize(raw))
+            .transpose()
+            .map_err(ApiError::name)?;
         let Some(parts) = &self.after else {
-            return Ok(None);
+            return Ok((filter, None));
         };
-        match (&parts[..], filter) {
-            ([first, _], Some(filter)) if first != filter => Err(invalid_query(format!(
-                "after: this cursor belongs to another {what}'s listing"
-            ))),
-            ([first, second], _) => Ok(Some((first.clone(), second.clone()))),
-            _ => Ok(None),
-        }
+        let after = match (&parts[..], &filter) {
+            ([first, _], Some(filter)) if first != filter => {
+                return Err(invalid_query(format!(
+                    "after: this cursor belongs to another {what}'s listing"
+                )));
+            }
+            ([first, second], _) => Some((first.clone(), second.clone())),
+            _ => None,
+        };
+        Ok((filter, after))
     }
 }
 
@@ -531,11 +541,7 @@ async fn leads(
 ) -> ApiResult<Response> {
     let account = bulk.names.account(&account).map_err(ApiError::name)?;
     let listing = Listing::parse(query, &["campaign"], "leads", 2)?;
-    let campaign = (listing.filter("campaign"))
-        .map(|c| bulk.names.campaign(c))
-        .transpose()
-        .map_err(ApiError::name)?;
-    let after = listing.pair_after(campaign.as_deref(), "campaign")?;
+    let (campaign, after) = listing.filter_and_after("campaign", |c| bulk.names.campaign(c))?;
     let _slot = bulk.slot().await.map_err(busy)?;
     known(&bulk, &account).await?;
     let (name, limit) = (account.clone(), listing.limit);
@@ -579,11 +585,7 @@ async fn alerts_page(
     query: std::result::Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Response> {
     let listing = Listing::parse(query, &["account"], "alerts", 2)?;
-    let account = (listing.filter("account"))
-        .map(|a| bulk.names.account(a))
-        .transpose()
-        .map_err(ApiError::name)?;
-    let after = listing.pair_after(account.as_deref(), "account")?;
+    let (account, after) = listing.filter_and_after("account", |a| bulk.names.account(a))?;
     let _slot = bulk.slot().await.map_err(busy)?;
     let limit = listing.limit;
     // (account, key, value) of one more alert than the page holds.

@@ -543,6 +543,14 @@ impl Watched {
         self.deadline.as_mut().reset(until);
     }
 
+    /// A write finished (`written` is ready): the connection moved.
+    fn wrote<T>(&mut self, written: Poll<T>) -> Poll<T> {
+        if written.is_ready() {
+            self.moved();
+        }
+        written
+    }
+
     /// Bytes arrived: a request has begun unless one is already being read or
     /// answered.
     fn read_some(&mut self) {
@@ -604,12 +612,8 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if written.is_ready() {
-            this.moved();
-        }
-        written
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(written)
     }
 
     fn poll_write_vectored(
@@ -617,12 +621,8 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if written.is_ready() {
-            this.moved();
-        }
-        written
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -513,26 +513,25 @@ impl Expect {
         let absent = || "absent (no account)".to_string();
         let lead = usage.map(|u| &u.lead_credits);
         let email = usage.map(|u| &u.email_credits);
-        check(
-            "lead_credits.used",
-            self.lead_used.map(|n| n.to_string()),
-            lead.map_or_else(absent, |c| c.used.to_string()),
-        );
-        check(
-            "lead_credits.limit",
-            self.lead_limit.map(|l| l.to_string()),
-            lead.map_or_else(absent, |c| json_text(&c.limit)),
-        );
-        check(
-            "email_credits.used",
-            self.email_used.map(|n| n.to_string()),
-            email.map_or_else(absent, |c| c.used.to_string()),
-        );
-        check(
-            "email_credits.limit",
-            self.email_limit.map(|l| l.to_string()),
-            email.map_or_else(absent, |c| json_text(&c.limit)),
-        );
+        const LEAD: [&str; 2] = ["lead_credits.used", "lead_credits.limit"];
+        const EMAIL: [&str; 2] = ["email_credits.used", "email_credits.limit"];
+        let credits = [
+            (LEAD, lead, self.lead_used, &self.lead_limit),
+            (EMAIL, email, self.email_used, &self.email_limit),
+        ];
+        // The same two fields of each credit.
+        for ([used_field, limit_field], actual, used, limit) in credits {
+            check(
+                used_field,
+                used.map(|n| n.to_string()),
+                actual.map_or_else(absent, |c| c.used.to_string()),
+            );
+            check(
+                limit_field,
+                limit.as_ref().map(Limit::to_string),
+                actual.map_or_else(absent, |c| json_text(&c.limit)),
+            );
+        }
         // Instants compare in UTC whatever offset the suite wrote; a mismatch shows
         // both sides in UTC.
         if let Some(expected) = &self.resets_at {

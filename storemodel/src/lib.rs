@@ -10,7 +10,7 @@
 //! - the store fuzzer does the same with coverage feedback and names past the
 //!   limits (`host/fuzz/fuzz_targets/store_model.rs`);
 //! - the guest's unit tests run the engine natively on a [`Model`] behind its
-//!   `State` trait (`guest/src/engine.rs`).
+//!   `State` trait (`guest/src/mem_state.rs`).
 //!
 //! The host's `MemoryStore` is not this model: it keeps inverse indexes and
 //! per-group counts so that every primitive costs a lookup or two (it is the

@@ -209,6 +209,12 @@ impl RedisServer {
             .expect("redis-cli runs");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+
+    /// [`RedisServer::cli`] with the command as one line of words (no quoting:
+    /// for keys and values without spaces).
+    pub fn cli_line(&self, line: &str) -> String {
+        self.cli(&line.split_whitespace().collect::<Vec<_>>())
+    }
 }
 
 impl Drop for RedisServer {

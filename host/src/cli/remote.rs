@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::Denied;
 
@@ -138,19 +139,11 @@ impl Server {
         self.call("GET", path, None)
     }
 
-    pub fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> anyhow::Result<T> {
+    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
         self.call("POST", path, Some(body))
     }
 
-    pub fn put<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> anyhow::Result<T> {
+    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
         self.call("PUT", path, Some(body))
     }
 
@@ -177,8 +170,8 @@ impl Server {
             if let Some(cursor) = &after {
                 url = format!("{url}&after={}", escape(cursor));
             }
-            let mut page: serde_json::Map<String, serde_json::Value> = self.get(&url)?;
-            let items = page.remove(field).unwrap_or(serde_json::Value::Null);
+            let mut page: serde_json::Map<String, Value> = self.get(&url)?;
+            let items = page.remove(field).unwrap_or(Value::Null);
             let items: Vec<T> = serde_json::from_value(items).with_context(|| {
                 format!(
                     "the gateway at {} answered GET {path} with no {field:?} list",
@@ -187,11 +180,11 @@ impl Server {
             })?;
             each(items)?;
             match page.remove("next") {
-                Some(serde_json::Value::String(next)) if Some(&next) != after.as_ref() => {
+                Some(Value::String(next)) if Some(&next) != after.as_ref() => {
                     after = Some(next);
                 }
                 // A cursor that does not move would loop forever.
-                Some(serde_json::Value::String(_)) => anyhow::bail!(
+                Some(Value::String(_)) => anyhow::bail!(
                     "the gateway at {} answered GET {path} with the same cursor twice",
                     self.base
                 ),
@@ -204,7 +197,7 @@ impl Server {
         &self,
         method: &str,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&Value>,
     ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
         let mut builder = ureq::http::Request::builder()

@@ -782,18 +782,28 @@ fn empty(text: &str) -> String {
     format!(r#"<p class="empty">{}</p>"#, escape(text))
 }
 
+/// What a section's table shows, or the line the section shows instead: why
+/// its data (`what`) is unavailable, or `none` when there is nothing to list.
+fn rows_or_line<'d, T>(
+    data: &'d Result<T, String>,
+    what: &str,
+    none: &str,
+    is_empty: impl FnOnce(&T) -> bool,
+) -> Result<&'d T, String> {
+    match data {
+        Err(e) => Err(empty(&format!("{what} unavailable: {e}"))),
+        Ok(rows) if is_empty(rows) => Err(empty(none)),
+        Ok(rows) => Ok(rows),
+    }
+}
+
 fn campaigns_section(
     campaigns: &Result<BTreeMap<String, (u64, u64)>, String>,
     distinct: u64,
 ) -> String {
     let mut out = String::from("<section>\n<h2>Campaigns</h2>\n");
-    match campaigns {
-        Err(e) => {
-            out += &empty(&format!("Campaigns unavailable: {e}"));
-        }
-        Ok(campaigns) if campaigns.is_empty() => {
-            out += &empty("No leads yet.");
-        }
+    match rows_or_line(campaigns, "Campaigns", "No leads yet.", BTreeMap::is_empty) {
+        Err(line) => out += &line,
         Ok(campaigns) => {
             out.push_str(
                 "<table class=\"campaigns\"><thead><tr><th>Campaign</th><th class=\"num\">Leads</th><th class=\"num\" title=\"Leads no other campaign holds: the lead credits deleting this campaign's leads frees\">Exclusive</th></tr></thead><tbody>\n",
@@ -854,13 +864,8 @@ fn refusals_section(refusals: &[Refusal]) -> String {
 
 fn alerts_section(fired: &Result<Vec<FiredAlert>, String>) -> String {
     let mut out = String::from("<h2>Alerts</h2>\n");
-    match fired {
-        Err(e) => {
-            out += &empty(&format!("Alerts unavailable: {e}"));
-        }
-        Ok(fired) if fired.is_empty() => {
-            out += &empty("No threshold crossed yet.");
-        }
+    match rows_or_line(fired, "Alerts", "No threshold crossed yet.", Vec::is_empty) {
+        Err(line) => out += &line,
         Ok(fired) => {
             out.push_str(
                 "<table class=\"alerts\"><thead><tr><th>When</th><th>Credit</th><th class=\"num\">Threshold</th><th class=\"num\">Used</th></tr></thead><tbody>\n",

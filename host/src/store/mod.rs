@@ -776,6 +776,20 @@ pub use creditgate_storemodel::Dump as ScopeDump;
 /// retry (`true`: answer `repeated`) or a reuse of the key for something else
 /// (`false`: answer `conflict`). A marker without a fingerprint (stored before
 /// markers had one) is never a retry: failing closed, it is a conflict.
+/// Adds `members` to `group` of `scope`, with no limit: a fixture of the
+/// backends' unit tests.
+#[cfg(test)]
+pub(crate) fn add_members(store: &dyn Store, scope: &str, group: &str, members: &[&str]) {
+    let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+    let add = MemberAddMany {
+        scope,
+        group,
+        members: &members,
+        limit: None,
+    };
+    store.member_add_many(add).expect("adds");
+}
+
 pub(crate) fn is_retry(stored: Option<u64>, once: OnceKey<'_>) -> bool {
     stored == Some(once.fingerprint)
 }

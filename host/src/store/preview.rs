@@ -282,25 +282,15 @@ impl<P: Predict> Store for DryRun<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, add_members};
 
     /// Each prediction equals what the real call then does, and the prediction
     /// changes nothing.
     #[test]
     fn predicted_removals_are_the_real_ones() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let add = |g: &str, ms: &[&str]| {
-            let ms: Vec<String> = ms.iter().map(|m| (*m).to_owned()).collect();
-            let add = MemberAddMany {
-                scope: "s",
-                group: g,
-                members: &ms,
-                limit: None,
-            };
-            store.member_add_many(add).expect("adds");
-        };
-        add("a", &["x", "y", "z"]);
-        add("b", &["y", "w"]);
+        add_members(&*store, "s", "a", &["x", "y", "z"]);
+        add_members(&*store, "s", "b", &["y", "w"]);
         let preview = Preview::new(store.clone());
         let before = store.export_scope("s").expect("reads");
         for (group, member) in [("a", "x"), ("a", "y"), ("b", "x"), ("c", "q")] {

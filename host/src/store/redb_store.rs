@@ -2708,18 +2708,8 @@ mod tests {
         let path = dir.path().join("j.redb");
         let expected = {
             let store = RedbStore::open(&path).expect("opens");
-            let many = |g: &str, ms: &[&str]| {
-                let ms: Vec<String> = ms.iter().map(|m| (*m).to_owned()).collect();
-                let add = MemberAddMany {
-                    scope: "acme",
-                    group: g,
-                    members: &ms,
-                    limit: None,
-                };
-                store.member_add_many(add).expect("adds");
-            };
-            many("q1", &["a", "b", "c"]);
-            many("q2", &["b", "d"]);
+            crate::store::add_members(&store, "acme", "q1", &["a", "b", "c"]);
+            crate::store::add_members(&store, "acme", "q2", &["b", "d"]);
             add_member(&store, "q3", "c");
             store.member_remove(at("q1", "b")).expect("removes");
             store.group_clear("acme", "q3").expect("clears");

@@ -9,7 +9,7 @@ use creditgate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAdded, MemberRemoved, MembersAdded, Reason,
     Tally,
 };
-use creditgate::gateway::{Gateway, ReloadError};
+use creditgate::gateway::{Gateway, ReloadError, StrandedPlan};
 use creditgate::replay::parse_instant;
 use creditgate::request::Request;
 use creditgate::store::{
@@ -56,34 +56,55 @@ fn gateway_with(
     gateway
 }
 
-/// `threads` threads each send `each` one-recipient messages with their own ids.
-fn race_for_email(gateway: &Gateway, threads: usize, each: usize) -> usize {
+/// The sum of what `f(thread)` answers on each of `threads` threads, all run at
+/// once.
+fn summed_over_threads<T: Send + std::iter::Sum>(
+    threads: usize,
+    f: impl Fn(usize) -> T + Sync,
+) -> T {
     thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                s.spawn(move || {
-                    (0..each)
-                        .filter(|i| {
-                            let send = Request::ChargeEmail {
-                                account: "acme".into(),
-                                cost: 1,
-                                message_id: Some(format!("m-{t}-{i}")),
-                            };
-                            let d = gateway
-                                .decide_blocking(send, at("2025-02-01T00:00:00Z"))
-                                .expect("decides");
-                            assert!(
-                                d.denied.is_none()
-                                    || d.denied == Some(Reason::EmailCreditsExhausted)
-                            );
-                            d.denied.is_none()
-                        })
-                        .count()
-                })
+                let f = &f;
+                s.spawn(move || f(t))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("thread")).sum()
     })
+}
+
+/// `threads` threads each send `each` one-recipient messages with their own ids.
+fn race_for_email(gateway: &Gateway, threads: usize, each: usize) -> usize {
+    summed_over_threads(threads, |t| {
+        (0..each)
+            .filter(|i| {
+                let send = Request::ChargeEmail {
+                    account: "acme".into(),
+                    cost: 1,
+                    message_id: Some(format!("m-{t}-{i}")),
+                };
+                let d = gateway
+                    .decide_blocking(send, at("2025-02-01T00:00:00Z"))
+                    .expect("decides");
+                assert!(d.denied.is_none() || d.denied == Some(Reason::EmailCreditsExhausted));
+                d.denied.is_none()
+            })
+            .count()
+    })
+}
+
+/// What `err` says a refused reload would strand, asserted to be `accounts`
+/// accounts on `plan` and nothing else.
+fn stranded_by(err: &ReloadError, plan: &str, accounts: u64) -> Vec<StrandedPlan> {
+    let ReloadError::StrandsAccounts(stranded) = err else {
+        panic!("expected StrandsAccounts, got {err}");
+    };
+    let expected = StrandedPlan {
+        plan: plan.into(),
+        accounts,
+    };
+    assert_eq!(stranded, &[expected]);
+    stranded.clone()
 }
 
 #[test]
@@ -112,29 +133,21 @@ fn racing_clients_get_exactly_the_limit_and_it_is_durable() {
 #[test]
 fn racing_lead_additions_stop_at_the_lead_limit() {
     let gateway = gateway(Arc::new(creditgate::store::MemoryStore::new()), 4);
-    let added: usize = thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|t| {
-                let gateway = &gateway;
-                s.spawn(move || {
-                    (0..10)
-                        .filter(|i| {
-                            let add = Request::AddLead {
-                                account: "acme".into(),
-                                campaign: format!("c{}", t % 3),
-                                email: format!("lead{t}x{i}@example.com"),
-                            };
-                            gateway
-                                .decide_blocking(add, at("2025-02-01T00:00:00Z"))
-                                .expect("decides")
-                                .charged
-                                == 1
-                        })
-                        .count()
-                })
+    let added: usize = summed_over_threads(8, |t| {
+        (0..10)
+            .filter(|i| {
+                let add = Request::AddLead {
+                    account: "acme".into(),
+                    campaign: format!("c{}", t % 3),
+                    email: format!("lead{t}x{i}@example.com"),
+                };
+                gateway
+                    .decide_blocking(add, at("2025-02-01T00:00:00Z"))
+                    .expect("decides")
+                    .charged
+                    == 1
             })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).sum()
+            .count()
     });
     assert_eq!(added, 20);
 }
@@ -142,24 +155,16 @@ fn racing_lead_additions_stop_at_the_lead_limit() {
 #[test]
 fn a_message_retried_from_many_clients_is_charged_once() {
     let gateway = gateway(Arc::new(creditgate::store::MemoryStore::new()), 4);
-    let charged: u64 = thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let gateway = &gateway;
-                s.spawn(move || {
-                    let retry = Request::ChargeEmail {
-                        account: "acme".into(),
-                        cost: 3,
-                        message_id: Some("postfix/4F2A".into()),
-                    };
-                    gateway
-                        .decide_blocking(retry, at("2025-02-01T00:00:00Z"))
-                        .expect("decides")
-                        .charged
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).sum()
+    let charged: u64 = summed_over_threads(8, |_| {
+        let retry = Request::ChargeEmail {
+            account: "acme".into(),
+            cost: 3,
+            message_id: Some("postfix/4F2A".into()),
+        };
+        gateway
+            .decide_blocking(retry, at("2025-02-01T00:00:00Z"))
+            .expect("decides")
+            .charged
     });
     assert_eq!(charged, 3);
 }
@@ -237,16 +242,7 @@ fn a_reload_that_drops_a_plan_in_use_is_refused_unless_forced() {
     let err = gateway
         .reload(without_large, None, false)
         .expect_err("strands two accounts");
-    let ReloadError::StrandsAccounts(stranded) = &err else {
-        panic!("expected StrandsAccounts, got {err}");
-    };
-    assert_eq!(
-        stranded,
-        &[creditgate::gateway::StrandedPlan {
-            plan: "large".into(),
-            accounts: 2
-        }]
-    );
+    let stranded = stranded_by(&err, "large", 2);
     assert!(err.to_string().contains("\"large\" (2 accounts)"), "{err}");
     assert_eq!(gateway.version(), 0, "the policy in force keeps serving");
     assert_eq!(gateway.snapshot().reloads_refused, 1);
@@ -257,7 +253,7 @@ fn a_reload_that_drops_a_plan_in_use_is_refused_unless_forced() {
         .reload(without_large, None, true)
         .expect("forced in");
     assert_eq!(gateway.version(), 1);
-    assert_eq!(gateway.stranded_plans().expect("checks"), stranded.clone());
+    assert_eq!(gateway.stranded_plans().expect("checks"), stranded);
     let usage = gateway
         .decide_blocking(
             Request::Usage {
@@ -307,16 +303,7 @@ fn a_reload_that_drops_a_plan_in_use_is_refused_unless_forced() {
             false,
         )
         .expect_err("strands acme and globex");
-    let ReloadError::StrandsAccounts(stranded) = &err else {
-        panic!("expected StrandsAccounts, got {err}");
-    };
-    assert_eq!(
-        stranded,
-        &[creditgate::gateway::StrandedPlan {
-            plan: "small".into(),
-            accounts: 2
-        }]
-    );
+    stranded_by(&err, "small", 2);
 }
 
 /// Issue 14, item 9: a reload loads the new policy into an instance for every

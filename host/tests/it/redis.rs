@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(15);
 pub use creditgate_testkit::redis::{Cluster, RedisServer};
 use creditgate_testkit::serve::{ServeProcess, policy_request};
 
-use crate::harness::{self, words};
+use crate::harness;
 
 /// A store on a test's own server or cluster, under its own key prefix.
 pub trait Stores {
@@ -68,7 +68,7 @@ fn cluster_passes_the_conformance_suite() {
     };
     assert_eq!(store.scopes().expect("scopes"), expected);
     for node in &cluster.nodes {
-        let keys: u64 = node.cli(&words("DBSIZE")).parse().expect("a number");
+        let keys: u64 = node.cli_line("DBSIZE").parse().expect("a number");
         assert!(keys > 10, "node {} holds only {keys} keys", node.port);
     }
     tricky_scope_names(&cluster.store("tricky"));
@@ -704,7 +704,7 @@ fn real_expiries_become_ttls_and_vanish() {
     assert_eq!(expire_time("gc:{s}:once:m"), soon_ms);
     assert_eq!(expire_time("gc:{s}:once:m2"), soon_ms);
     assert_eq!(expire_time("gc:{s}:onces"), soon_ms);
-    assert_eq!(server.cli(&words("ZRANGE gc:{s}:onces 0 -1")), "m\nm2");
+    assert_eq!(server.cli_line("ZRANGE gc:{s}:onces 0 -1"), "m\nm2");
     for key in [
         "gc:{s}:ctr:old",
         "gc:{s}:ctr:forever",
@@ -720,7 +720,7 @@ fn real_expiries_become_ttls_and_vanish() {
     let wait = soon + 300_000_000 - real_now_ns();
     std::thread::sleep(Duration::from_nanos(u64::try_from(wait).unwrap_or(0)));
     assert_eq!(
-        server.cli(&words("EXISTS gc:{s}:ctr:c gc:{s}:once:m gc:{s}:once:m2")),
+        server.cli_line("EXISTS gc:{s}:ctr:c gc:{s}:once:m gc:{s}:once:m2"),
         "0"
     );
     assert_eq!(store.counter_get("s", "c", now).expect("reads"), 0);
@@ -740,11 +740,11 @@ fn real_expiries_become_ttls_and_vanish() {
     assert_eq!(names, ["forever", "later", "old"]);
     assert!(dump.once.is_empty(), "{dump:?}");
     assert_eq!(
-        server.cli(&words("ZRANGE gc:{s}:ctrs 0 -1")),
+        server.cli_line("ZRANGE gc:{s}:ctrs 0 -1"),
         "forever\nlater\nold"
     );
     assert_eq!(
-        server.cli(&words("EXISTS gc:{s}:onces")),
+        server.cli_line("EXISTS gc:{s}:onces"),
         "0",
         "the empty index is gone"
     );
@@ -780,15 +780,15 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
     assert_eq!(add("msg/0/new", 1, 0), CounterAdded::Applied(2));
     // As the previous version wrote it: the expiry alone, listed in the index.
     assert_eq!(
-        server.cli(&words("SET old:{acme}:once:msg/0/postfix/PFX1 1000")),
+        server.cli_line("SET old:{acme}:once:msg/0/postfix/PFX1 1000"),
         "OK"
     );
     assert_eq!(
-        server.cli(&words("ZADD old:{acme}:onces inf msg/0/postfix/PFX1")),
+        server.cli_line("ZADD old:{acme}:onces inf msg/0/postfix/PFX1"),
         "1"
     );
     assert_eq!(
-        server.cli(&words("GET old:{acme}:once:msg/0/new")),
+        server.cli_line("GET old:{acme}:once:msg/0/new"),
         "5000 1",
         "written with its fingerprint"
     );
@@ -809,7 +809,7 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
     store.import_scope("copy", &dump).expect("imports");
     assert_eq!(store.export_scope("copy").expect("exports").once, dump.once);
     assert_eq!(
-        server.cli(&words("GET old:{copy}:once:msg/0/postfix/PFX1")),
+        server.cli_line("GET old:{copy}:once:msg/0/postfix/PFX1"),
         "1000",
         "a copy keeps the old form"
     );
@@ -922,7 +922,7 @@ fn scripts_are_loaded_again_after_a_flush() {
     let server = RedisServer::start();
     let store = server.store("flush");
     assert!(store.record_insert("s", "a", "v").expect("inserts"));
-    assert_eq!(server.cli(&words("SCRIPT FLUSH")), "OK");
+    assert_eq!(server.cli_line("SCRIPT FLUSH"), "OK");
     assert!(store.record_insert("s", "b", "v").expect("inserts again"));
     assert_eq!(store.scopes().expect("scopes"), ["s"]);
 }
@@ -1268,7 +1268,7 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
         })
     };
 
-    assert_eq!(server.cli(&words("SCRIPT FLUSH")), "OK");
+    assert_eq!(server.cli_line("SCRIPT FLUSH"), "OK");
     for (i, answer) in stopped_together("flushed").into_iter().enumerate() {
         assert!(
             matches!(answer, Ok(CounterAdded::Applied(_))),
@@ -1287,7 +1287,7 @@ fn a_call_failing_inside_a_pipeline_fails_alone() {
     assert_eq!(good(&store), CALLERS as u64 - 1);
     assert_eq!(store.counter_get("bad", "c", 0).expect("reads"), 2);
 
-    server.cli(&words("HSET mid:{bad}:ctr:c v garbage"));
+    server.cli_line("HSET mid:{bad}:ctr:c v garbage");
     for (i, answer) in stopped_together("corrupt").into_iter().enumerate() {
         match (i, answer) {
             (0, Err(StoreError::Corrupt(m))) => assert!(m.contains("garbage"), "{m}"),

@@ -181,6 +181,16 @@ fn subscribed(store: &Arc<RedbStore>) -> creditgate::runtime::Worker {
     worker
 }
 
+/// Charges acme one email, message `message_id`, which must be allowed.
+fn charge(worker: &mut creditgate::runtime::Worker, message_id: &str) {
+    let charge = Request::ChargeEmail {
+        account: "acme".into(),
+        cost: 1,
+        message_id: Some(message_id.into()),
+    };
+    assert_eq!(worker.decide(&charge, NOW).expect("decides").denied, None);
+}
+
 #[test]
 fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
     let (dir, path) = harness::temp_path("live.redb");
@@ -192,12 +202,7 @@ fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
     let store = Arc::new(RedbStore::open_with(&path, options).expect("opens"));
     let mut worker = subscribed(&store);
     for i in 0..10 {
-        let charge = Request::ChargeEmail {
-            account: "acme".into(),
-            cost: 1,
-            message_id: Some(format!("m{i}")),
-        };
-        assert_eq!(worker.decide(&charge, NOW).expect("decides").denied, None);
+        charge(&mut worker, &format!("m{i}"));
         store.persist().expect("durable");
         let image = dir.path().join(format!("image{i}.redb"));
         crash_copy(&path, &image);
@@ -329,12 +334,7 @@ fn image_without_journal(dir: &Path) -> PathBuf {
     let store = Arc::new(RedbStore::open(&path).expect("opens"));
     let mut worker = subscribed(&store);
     for i in 0..2 {
-        let charge = Request::ChargeEmail {
-            account: "acme".into(),
-            cost: 1,
-            message_id: Some(format!("m{i}")),
-        };
-        assert_eq!(worker.decide(&charge, NOW).expect("decides").denied, None);
+        charge(&mut worker, &format!("m{i}"));
     }
     store.persist().expect("durable");
     crash_copy(&path, &image);
@@ -468,12 +468,7 @@ fn after_a_clean_close_a_missing_journal_loses_nothing() {
             "a new store starts its journal"
         );
         let mut worker = subscribed(&store);
-        let charge = Request::ChargeEmail {
-            account: "acme".into(),
-            cost: 1,
-            message_id: Some("m0".into()),
-        };
-        assert_eq!(worker.decide(&charge, NOW).expect("decides").denied, None);
+        charge(&mut worker, "m0");
         store.persist().expect("durable");
     }
     drop(redb::ReadOnlyDatabase::open(&path).expect("opens read-only"));

@@ -197,47 +197,45 @@ impl Client<'_> {
         format!("c{}{}", self.id, if rng.chance(50) { "a" } else { "b" })
     }
 
-    pub(super) fn send_new(&mut self, rng: &mut Rng, account: &str) -> Flow {
-        let cost = rng.between(1, 3);
-        let (key, to) = {
-            let mut log = self.log();
-            let seq = log.next_seq();
-            let key = format!("http/<m{}.{seq}@crash>", self.id);
-            let to: Vec<String> = (0..cost)
-                .map(|k| format!("r{}-{seq}-{k}@to.example.com", self.id))
-                .collect();
-            let message = Message {
-                account: account.to_owned(),
-                cost,
-                via: Via::Http { to: to.clone() },
-                charged: Known::No,
-            };
-            log.messages.insert(key.clone(), message);
-            log.order.push(key.clone());
-            (key, to)
+    /// Logs a new message of `cost` credits from `account`, not yet charged;
+    /// `made` gives its key and route from its sequence number. Its key.
+    fn log_new(&self, account: &str, cost: u64, made: impl FnOnce(u64) -> (String, Via)) -> String {
+        let mut log = self.log();
+        let (key, via) = made(log.next_seq());
+        let message = Message {
+            account: account.to_owned(),
+            cost,
+            via,
+            charged: Known::No,
         };
+        log.messages.insert(key.clone(), message);
+        log.order.push(key.clone());
+        key
+    }
+
+    pub(super) fn send_new(&mut self, rng: &mut Rng, account: &str) -> Flow {
+        let (id, cost) = (self.id, rng.between(1, 3));
+        let mut to = Vec::new();
+        let key = self.log_new(account, cost, |seq| {
+            to = (0..cost)
+                .map(|k| format!("r{id}-{seq}-{k}@to.example.com"))
+                .collect();
+            let via = Via::Http { to: to.clone() };
+            (format!("http/<m{id}.{seq}@crash>"), via)
+        });
         self.send_http(rng, &key, account, &to)
     }
 
     pub(super) fn charge_new(&mut self, rng: &mut Rng, account: &str) -> Flow {
-        let cost = rng.between(1, 3);
-        let (key, instance) = {
-            let mut log = self.log();
-            let seq = log.next_seq();
-            let instance = format!("c{}.{seq}", self.id);
-            let key = format!("postfix/{instance}");
-            let message = Message {
-                account: account.to_owned(),
-                cost,
-                via: Via::Postfix {
-                    instance: instance.clone(),
-                },
-                charged: Known::No,
+        let (id, cost) = (self.id, rng.between(1, 3));
+        let mut instance = String::new();
+        let key = self.log_new(account, cost, |seq| {
+            instance = format!("c{id}.{seq}");
+            let via = Via::Postfix {
+                instance: instance.clone(),
             };
-            log.messages.insert(key.clone(), message);
-            log.order.push(key.clone());
-            (key, instance)
-        };
+            (format!("postfix/{instance}"), via)
+        });
         self.charge_postfix(&key, account, cost, &instance, false)
     }
 

@@ -27,7 +27,10 @@ use exports::creditgate::policy::policy::{
     Diagnostic, EmailKind, EmailUsage, Error, Guest, LeadBatch, LeadOutcome, LeadResult, LeadUsage,
     Mode, PlanRef, PlanSummary, PolicySummary, Reason,
 };
-use rules::{Added, Charged, Denial, Failure, LeadAdd, Outcome, Policy, Removed, Rules, Usage};
+use rules::{
+    Added, Charge, Charged, Denial, Failure, LeadAdd, Member, Members, Outcome, Policy, Removed,
+    Rules, Usage,
+};
 
 thread_local! {
     static POLICY: RefCell<Option<Policy>> = const { RefCell::new(None) };
@@ -124,21 +127,12 @@ impl rules::Host for Host {
     fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Result<u64, Self::Error> {
         state::counter_get(self::name(scope)?, self::name(name)?, now)
     }
-    fn charge(
-        &mut self,
-        scope: &str,
-        guard: &str,
-        name: &str,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<(&str, u64)>,
-        now: i64,
-    ) -> Result<Charged, Self::Error> {
+    fn charge(&mut self, charge: Charge<'_>) -> Result<Charged, Self::Error> {
         let guard = state::Guard {
             key: self::name("plan")?,
-            version: self::name(guard)?,
+            version: self::name(charge.guard)?,
         };
-        let once = match once {
+        let once = match charge.once {
             Some((key, fingerprint)) => Some(state::Once {
                 prefix: self::name("")?,
                 key: key.to_owned(),
@@ -147,34 +141,27 @@ impl rules::Host for Host {
             }),
             None => None,
         };
-        Ok(
-            match state::counter_add_guarded(
-                self::name(scope)?,
-                guard,
-                self::name(name)?,
-                amount,
-                limit,
-                once.as_ref(),
-                None,
-                now,
-            )? {
-                state::GuardedAdd::Applied(_) => Charged::Applied,
-                state::GuardedAdd::Repeated(_) => Charged::Repeated,
-                state::GuardedAdd::Refused(_) => Charged::Refused,
-                state::GuardedAdd::Conflict(_) => Charged::Conflict,
-                state::GuardedAdd::Stale => Charged::Stale,
-            },
-        )
+        let added = state::counter_add_guarded(
+            self::name(charge.scope)?,
+            guard,
+            self::name(charge.name)?,
+            charge.amount,
+            charge.limit,
+            once.as_ref(),
+            None,
+            charge.now,
+        )?;
+        Ok(match added {
+            state::GuardedAdd::Applied(_) => Charged::Applied,
+            state::GuardedAdd::Repeated(_) => Charged::Repeated,
+            state::GuardedAdd::Refused(_) => Charged::Refused,
+            state::GuardedAdd::Conflict(_) => Charged::Conflict,
+            state::GuardedAdd::Stale => Charged::Stale,
+        })
     }
-    fn member_add(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<Added, Self::Error> {
-        let added =
-            state::member_add_many(name(scope)?, name(group)?, &[member.to_owned()], limit)?;
+    fn member_add(&mut self, at: Member<'_>, limit: Option<u64>) -> Result<Added, Self::Error> {
+        let (scope, group) = (name(at.scope)?, name(at.group)?);
+        let added = state::member_add_many(scope, group, &[at.member.to_owned()], limit)?;
         Ok(match added.outcomes.first() {
             Some(state::MemberAddOutcome::AlreadyInGroup) => Added::AlreadyInGroup,
             Some(state::MemberAddOutcome::Joined) => Added::Joined,
@@ -182,19 +169,13 @@ impl rules::Host for Host {
             Some(state::MemberAddOutcome::Refused) | None => Added::Refused,
         })
     }
-    fn member_remove(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Removed, Self::Error> {
-        Ok(
-            match state::member_remove(name(scope)?, name(group)?, member)?.outcome {
-                state::MemberRemoveOutcome::NotInGroup => Removed::NotInGroup,
-                state::MemberRemoveOutcome::LeftGroup => Removed::LeftGroup,
-                state::MemberRemoveOutcome::Released => Removed::Released,
-            },
-        )
+    fn member_remove(&mut self, at: Member<'_>) -> Result<Removed, Self::Error> {
+        let removed = state::member_remove(name(at.scope)?, name(at.group)?, at.member)?;
+        Ok(match removed.outcome {
+            state::MemberRemoveOutcome::NotInGroup => Removed::NotInGroup,
+            state::MemberRemoveOutcome::LeftGroup => Removed::LeftGroup,
+            state::MemberRemoveOutcome::Released => Removed::Released,
+        })
     }
     fn group_clear(&mut self, scope: &str, group: &str) -> Result<(u64, u64), Self::Error> {
         let cleared = state::group_clear(name(scope)?, name(group)?)?;
@@ -208,19 +189,19 @@ impl rules::Host for Host {
     }
     fn members_after(
         &mut self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
+        list: Members<'_>,
         limit: u32,
     ) -> Result<Vec<(String, String)>, Self::Error> {
-        let after = after.map(|(g, m)| catalog::Membership {
+        let after = list.after.map(|(g, m)| catalog::Membership {
             group: g.to_owned(),
             member: m.to_owned(),
         });
-        Ok(catalog::members_after(scope, group, after.as_ref(), limit)?
-            .into_iter()
-            .map(|m| (m.group, m.member))
-            .collect())
+        Ok(
+            catalog::members_after(list.scope, list.group, after.as_ref(), limit)?
+                .into_iter()
+                .map(|m| (m.group, m.member))
+                .collect(),
+        )
     }
     fn group_sizes(&mut self, scope: &str) -> Result<Vec<(String, u64, u64)>, Self::Error> {
         Ok(catalog::group_sizes(scope)?

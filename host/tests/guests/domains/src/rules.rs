@@ -25,6 +25,76 @@ pub const HISTORY_CYCLES: u32 = 6;
 /// A billing cycle: 30 days.
 pub const CYCLE: i64 = 30 * 86_400 * 1_000_000_000;
 
+/// One membership: `member` of `group` in `scope`.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    pub scope: &'a str,
+    pub group: &'a str,
+    pub member: &'a str,
+}
+
+/// A walk of the memberships of `scope` (of `group` only, when given) after
+/// `after` = `(group, member)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Members<'a> {
+    pub scope: &'a str,
+    pub group: Option<&'a str>,
+    pub after: Option<(&'a str, &'a str)>,
+}
+
+/// Where one lead `local@domain` of a campaign is kept: its contact
+/// (`domain/local`) in the account's scope and its domain in the domains scope,
+/// both in the campaign's group.
+struct Placed {
+    contacts: String,
+    domains: String,
+    group: String,
+    contact: String,
+    domain: String,
+}
+
+impl Placed {
+    fn new(account: &str, campaign: &str, local: &str, domain: &str) -> Self {
+        Placed {
+            contacts: scope(account),
+            domains: domains(account),
+            group: group(campaign),
+            contact: contact(local, domain),
+            domain: domain.to_owned(),
+        }
+    }
+
+    fn contact(&self) -> Member<'_> {
+        Member {
+            scope: &self.contacts,
+            group: &self.group,
+            member: &self.contact,
+        }
+    }
+
+    fn domain(&self) -> Member<'_> {
+        Member {
+            scope: &self.domains,
+            group: &self.group,
+            member: &self.domain,
+        }
+    }
+}
+
+/// [`Host::charge`]'s arguments: add `amount` to counter `name` of `scope`
+/// unless it would pass `limit` or `once` (a key and its fingerprint) was
+/// seen, while the record `plan` holds `guard`.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    pub scope: &'a str,
+    pub guard: &'a str,
+    pub name: &'a str,
+    pub amount: u64,
+    pub limit: Option<u64>,
+    pub once: Option<(&'a str, u64)>,
+    pub now: i64,
+}
+
 /// The host's primitives these rules use, with the host's error type.
 pub trait Host {
     type Error;
@@ -32,43 +102,19 @@ pub trait Host {
     fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, Self::Error>;
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, Self::Error>;
     fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Result<u64, Self::Error>;
-    /// Adds `amount` to counter `name` unless it would pass `limit` or `once`
-    /// was seen: as WIT `counter-add-guarded` with the record `plan` as guard.
-    #[allow(clippy::too_many_arguments)]
-    fn charge(
-        &mut self,
-        scope: &str,
-        guard: &str,
-        name: &str,
-        amount: u64,
-        limit: Option<u64>,
-        once: Option<(&str, u64)>,
-        now: i64,
-    ) -> Result<Charged, Self::Error>;
-    /// Adds `member` to `group`, new to the scope only under `limit`.
-    fn member_add(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-        limit: Option<u64>,
-    ) -> Result<Added, Self::Error>;
-    /// Removes `member` from `group`.
-    fn member_remove(
-        &mut self,
-        scope: &str,
-        group: &str,
-        member: &str,
-    ) -> Result<Removed, Self::Error>;
+    /// As WIT `counter-add-guarded` with the record `plan` as guard.
+    fn charge(&mut self, charge: Charge<'_>) -> Result<Charged, Self::Error>;
+    /// Adds the member to its group, new to the scope only under `limit`.
+    fn member_add(&mut self, at: Member<'_>, limit: Option<u64>) -> Result<Added, Self::Error>;
+    /// Removes the member from its group.
+    fn member_remove(&mut self, at: Member<'_>) -> Result<Removed, Self::Error>;
     /// Empties `group`: (members removed, of those the ones that left the scope).
     fn group_clear(&mut self, scope: &str, group: &str) -> Result<(u64, u64), Self::Error>;
     fn member_count(&mut self, scope: &str) -> Result<u64, Self::Error>;
     fn scopes_after(&mut self, after: &str, limit: u32) -> Result<Vec<String>, Self::Error>;
     fn members_after(
         &mut self,
-        scope: &str,
-        group: Option<&str>,
-        after: Option<(&str, &str)>,
+        list: Members<'_>,
         limit: u32,
     ) -> Result<Vec<(String, String)>, Self::Error>;
     /// `(group, members, exclusive)` of each group of `scope`.
@@ -476,15 +522,14 @@ impl<'p> Rules<'p> {
         let Some((local, domain)) = address(email) else {
             return Ok(LeadAdd::InvalidEmail);
         };
-        let g = group(campaign);
-        let member = contact(&local, &domain);
+        let lead = Placed::new(account, campaign, &local, &domain);
         // Already here: nothing to take, whatever the credits left.
-        if h.member_add(&scope(account), &g, &member, None)? == Added::AlreadyInGroup {
+        if h.member_add(lead.contact(), None)? == Added::AlreadyInGroup {
             return Ok(LeadAdd::AlreadyInCampaign);
         }
-        let took = h.member_add(&domains(account), &g, &domain, plan.leads)?;
+        let took = h.member_add(lead.domain(), plan.leads)?;
         if took == Added::Refused {
-            h.member_remove(&scope(account), &g, &member)?;
+            h.member_remove(lead.contact())?;
             return Ok(LeadAdd::Exhausted);
         }
         Ok(if took == Added::Inserted {
@@ -546,19 +591,22 @@ impl<'p> Rules<'p> {
             let Some((local, domain)) = address(email) else {
                 return Ok(Err(Denial::InvalidEmail));
             };
-            let g = group(campaign);
-            if h.member_remove(&scope(account), &g, &contact(&local, &domain))?
-                == Removed::NotInGroup
-            {
+            let lead = Placed::new(account, campaign, &local, &domain);
+            if h.member_remove(lead.contact())? == Removed::NotInGroup {
                 return Ok(Ok((0, 0)));
             }
             // The domain stays taken while another of its contacts is in the group.
             let prefix = format!("{domain}/");
-            let next = h.members_after(&scope(account), Some(&g), Some((&g, &prefix)), 1)?;
+            let list = Members {
+                scope: &lead.contacts,
+                group: Some(&lead.group),
+                after: Some((&lead.group, &prefix)),
+            };
+            let next = h.members_after(list, 1)?;
             if next.iter().any(|(_, m)| m.starts_with(&prefix)) {
                 return Ok(Ok((0, 0)));
             }
-            let released = h.member_remove(&domains(account), &g, &domain)? == Removed::Released;
+            let released = h.member_remove(lead.domain())? == Removed::Released;
             Ok(Ok((0, u64::from(released))))
         })
     }
@@ -598,24 +646,23 @@ impl<'p> Rules<'p> {
             let key = message_id.map(|m| format!("msg/{n}/{m}"));
             let once = key.as_deref().map(|k| (k, cost));
             let name = format!("mail/{n}");
-            Ok(
-                match h.charge(
-                    &scope(account),
-                    &a.record,
-                    &name,
-                    cost,
-                    plan.emails,
-                    once,
-                    now,
-                )? {
-                    Charged::Applied => Ok((cost, 0)),
-                    Charged::Repeated => Ok((0, 0)),
-                    Charged::Refused => Err(Denial::EmailCreditsExhausted),
-                    Charged::Conflict => Err(Denial::KeyReused),
-                    // A test component is never raced: a changed plan is a refusal.
-                    Charged::Stale => Err(Denial::UnknownPlan),
-                },
-            )
+            let charge = Charge {
+                scope: &scope(account),
+                guard: &a.record,
+                name: &name,
+                amount: cost,
+                limit: plan.emails,
+                once,
+                now,
+            };
+            Ok(match h.charge(charge)? {
+                Charged::Applied => Ok((cost, 0)),
+                Charged::Repeated => Ok((0, 0)),
+                Charged::Refused => Err(Denial::EmailCreditsExhausted),
+                Charged::Conflict => Err(Denial::KeyReused),
+                // A test component is never raced: a changed plan is a refusal.
+                Charged::Stale => Err(Denial::UnknownPlan),
+            })
         })
     }
 
@@ -734,14 +781,14 @@ impl<'p> Rules<'p> {
             };
             (group(c), member)
         });
-        Ok(h.members_after(
-            &scope(account),
-            g.as_deref(),
-            after.as_ref().map(|(g, m)| (g.as_str(), m.as_str())),
-            limit,
-        )?
-        .into_iter()
-        .map(|(g, m)| (g.strip_prefix("c:").unwrap_or(&g).to_owned(), email_of(&m)))
-        .collect())
+        let list = Members {
+            scope: &scope(account),
+            group: g.as_deref(),
+            after: after.as_ref().map(|(g, m)| (g.as_str(), m.as_str())),
+        };
+        Ok(h.members_after(list, limit)?
+            .into_iter()
+            .map(|(g, m)| (g.strip_prefix("c:").unwrap_or(&g).to_owned(), email_of(&m)))
+            .collect())
     }
 }
