@@ -37,7 +37,7 @@ use crate::metrics::{GatewayStats, Outcome};
 use crate::postfix::StateCounts;
 use crate::request::{Answer, Op, Request};
 use crate::runtime::{DecideError, LoadError, Runtime, Worker};
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::store::{BatchEnd, MemoryStore, Store, StoreError};
 
 /// Why the gateway gave no answer. The request was not allowed.
 #[derive(Debug, thiserror::Error)]
@@ -835,6 +835,9 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 struct Done {
     op: Op,
     answer: Result<Answer, GatewayError>,
+    /// The request, kept in case its batch is abandoned and it is decided again.
+    request: Request,
+    now: i64,
     reply: oneshot::Sender<Result<Answer, GatewayError>>,
     decided_at: Instant,
     /// Logged with the decision; delivered once it is durable.
@@ -900,26 +903,7 @@ fn work(
         // Empty, and so no allocation, for read-only jobs: answered at once.
         let mut done = Vec::new();
         if batches {
-            // Every decision of the batch in one store transaction: nothing of it
-            // is visible to other threads, nor journaled, until it all is, so no
-            // commit can land inside a decision and the gate is not needed.
-            let losses = shared.store.losses();
-            let mut jobs = jobs.into_iter();
-            let batched = shared.store.batch(&mut || {
-                done.extend(
-                    jobs.by_ref()
-                        .filter_map(|job| decide(worker, job, shared, losses)),
-                );
-            });
-            if let Err(e) = batched {
-                let why = format!("the batch of decisions it was in was dropped: {e}");
-                for d in &mut done {
-                    if d.answer.is_ok() {
-                        d.answer = Err(GatewayError::Persist(why.clone()));
-                        d.alerts.clear();
-                    }
-                }
-            }
+            decide_in_batches(worker, jobs, shared, &mut done);
         } else {
             for job in jobs {
                 // A read-only decision writes nothing a commit could split, so it
@@ -947,6 +931,79 @@ fn work(
         shared.undecided.fetch_sub(count, Ordering::AcqRel);
         if handed.is_err() {
             break;
+        }
+    }
+}
+
+/// Decides `jobs` in store batches: every decision of a batch in one store
+/// transaction, so that nothing of it is visible to other threads, nor
+/// journaled, until it all is, no commit can land inside a decision and the
+/// gate is not needed.
+///
+/// A decision that gets no answer (the component trapped, ran out of time or
+/// memory, answered something impossible or an error) may have written before
+/// it failed; what it wrote must not stand, since it is not acknowledged. So its
+/// batch is abandoned (redb cannot take back part of a transaction), it is
+/// answered with its error, and the decisions before it in the batch, undone
+/// with it, are decided again in a batch of their own before the rest go on: a
+/// job is decided at most twice, whatever fails.
+fn decide_in_batches(worker: &mut Worker, jobs: Vec<Job>, shared: &Shared, done: &mut Vec<Done>) {
+    let losses = shared.store.losses();
+    let mut queue = VecDeque::from(jobs);
+    // How many jobs the next batch may decide: after an abandoned batch, only
+    // those decided before its failure, again.
+    let mut take = queue.len();
+    while !queue.is_empty() {
+        let mut decided = Vec::new();
+        let mut failed = None;
+        let batched = shared.store.batch(&mut || {
+            while decided.len() < take
+                && let Some(job) = queue.pop_front()
+            {
+                match decide(worker, job, shared, losses) {
+                    Some(d) if d.answer.is_err() => {
+                        failed = Some(d);
+                        return BatchEnd::Abandon;
+                    }
+                    d => decided.extend(d),
+                }
+            }
+            BatchEnd::Keep
+        });
+        take = queue.len();
+        if let Some(mut failed) = failed {
+            // Its alerts were logged in the writes that are gone.
+            failed.alerts.clear();
+            done.push(failed);
+        }
+        match batched {
+            Ok(BatchEnd::Keep) => done.append(&mut decided),
+            Ok(BatchEnd::Abandon) => {
+                take = decided.len();
+                for d in decided.into_iter().rev() {
+                    queue.push_front(Job {
+                        request: d.request,
+                        now: d.now,
+                        reply: d.reply,
+                    });
+                }
+                shared
+                    .stats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .abandoned_batches += 1;
+            }
+            Err(e) => {
+                let why = format!("the batch of decisions it was in was dropped: {e}");
+                for mut d in decided {
+                    d.answer = Err(GatewayError::Persist(why.clone()));
+                    d.alerts.clear();
+                    done.push(d);
+                }
+            }
+        }
+        if take == 0 {
+            take = queue.len();
         }
     }
 }
@@ -1045,6 +1102,8 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
     Some(Done {
         op,
         answer,
+        request: job.request,
+        now: job.now,
         reply: job.reply,
         decided_at: Instant::now(),
         alerts: fired,

@@ -247,6 +247,9 @@ pub struct GatewayStats {
     pub committed: u64,
     pub traps: u64,
     pub timeouts: u64,
+    /// Store batches dropped whole because a decision in them got no answer:
+    /// its writes went with the batch, and the others were decided again.
+    pub abandoned_batches: u64,
     pub reloads: u64,
     pub reloads_refused: u64,
     /// Instances a worker had to make for a new version while a request waited,
@@ -409,7 +412,7 @@ impl GatewayStats {
             let code = crate::wire::reason_code(reason);
             (format!("reason=\"{code}\""), self.shadow_refusals(reason))
         });
-        let counters: [(&str, &str, Samples); 6] = [
+        let counters: [(&str, &str, Samples); 7] = [
             (
                 "creditgate_commits_total",
                 "Durable group commits.",
@@ -427,6 +430,11 @@ impl GatewayStats {
                     ("kind=\"trap\"", self.traps),
                     ("kind=\"timeout\"", self.timeouts),
                 ],
+            ),
+            (
+                "creditgate_abandoned_batches_total",
+                "Store batches dropped because a decision in them got no answer; the others in them were decided again.",
+                vec![("", self.abandoned_batches)],
             ),
             (
                 "creditgate_reloads_total",

@@ -174,7 +174,10 @@ pub enum DecideError {
     Restart(LoadError),
     /// The component answered something no policy could mean (denied yet
     /// charged, a batch with the wrong number of results, ...): a broken or
-    /// hostile component. The answer is not used; what it did to the store stands.
+    /// hostile component. The answer is not used; what it did to the store
+    /// stands, except through a [`Gateway`](crate::gateway::Gateway) on a store
+    /// that batches (redb), which drops the writes of every decision that got
+    /// no answer, this one's as a trap's.
     #[error("the policy component answered an impossible result: {0}")]
     Contract(String),
     /// [`Worker::decide`] was asked a request that is answered with something

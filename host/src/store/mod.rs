@@ -150,6 +150,16 @@ impl From<StoreError> for StateError {
 // `journal::Op`). Every field borrows, so building one costs nothing on the hot
 // path.
 
+/// What a [`Store::batch`]'s closure asks of the writes it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchEnd {
+    /// Keep them: they become visible, and durable with the next `persist`.
+    Keep,
+    /// Drop them all, as if the batch had never run (a decision in it failed
+    /// after writing, and the others are to be decided again without it).
+    Abandon,
+}
+
 /// WIT `counter-add-guarded` (and `counter-add`, without a guard): add `amount`
 /// to counter `name` of `scope`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,10 +409,13 @@ pub trait Store: Send + Sync {
     /// thread's own reads inside `f` see them at once. One transaction for many
     /// decisions instead of one each. An error means the backend dropped all of
     /// it: nothing `f` applied is kept, whatever the primitives answered.
-    /// Others run `f` with every primitive atomic on its own, and answer Ok.
-    fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+    /// Otherwise it answers what became of them: [`BatchEnd::Abandon`] when `f`
+    /// asked so and the backend dropped them all, [`BatchEnd::Keep`] when they
+    /// are kept. Backends that do not batch run `f` with every primitive atomic
+    /// on its own, and always answer Keep: what `f` applied stays applied.
+    fn batch(&self, f: &mut dyn FnMut() -> BatchEnd) -> Result<BatchEnd, StoreError> {
         f();
-        Ok(())
+        Ok(BatchEnd::Keep)
     }
 
     /// Whether [`Store::batch`] applies a batch as one step.
@@ -553,9 +566,9 @@ pub(crate) trait Backend: Send + Sync {
     fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError>;
     fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError>;
     fn persist(&self) -> Result<(), StoreError>;
-    fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+    fn batch(&self, f: &mut dyn FnMut() -> BatchEnd) -> Result<BatchEnd, StoreError> {
         f();
-        Ok(())
+        Ok(BatchEnd::Keep)
     }
     fn batches(&self) -> bool {
         false
@@ -665,7 +678,7 @@ impl<B: Backend> Store for B {
         Backend::persist(self)
     }
 
-    fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+    fn batch(&self, f: &mut dyn FnMut() -> BatchEnd) -> Result<BatchEnd, StoreError> {
         Backend::batch(self, f)
     }
 

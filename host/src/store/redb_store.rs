@@ -100,9 +100,9 @@ use super::Store;
 use super::group_commit::GroupCommit;
 use super::journal::{self, Journal, Many, Op, ReplayFrom};
 use super::{
-    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
-    MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit, VisitAlert,
-    is_retry,
+    Alerts, BatchEnd, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd,
+    MemberAddGuarded, MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit,
+    VisitAlert, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -1199,11 +1199,12 @@ impl RedbStore {
     /// one transaction, committed (without durability) when `f` returns, their
     /// journal records appended at once after it. Until then nothing of it is
     /// visible to other threads nor in the journal, so a `persist` meanwhile can
-    /// never sync part of it, and dropping it takes back all of it.
-    fn run_batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+    /// never sync part of it, and dropping it takes back all of it: which is
+    /// what `f` answering [`BatchEnd::Abandon`] does.
+    fn run_batch(&self, f: &mut dyn FnMut() -> BatchEnd) -> Result<BatchEnd, StoreError> {
         if REPLAYING.get() || BATCHING.get() != 0 {
             f();
-            return Ok(());
+            return Ok(BatchEnd::Keep);
         }
         let what = "batch";
         let mut f = Some(f);
@@ -1221,14 +1222,17 @@ impl RedbStore {
                 failed: None,
             });
             let batching = Batching::start(self);
-            if let Some(f) = f.take() {
-                f();
-            }
+            let end = f.take().map_or(BatchEnd::Keep, |f| f());
             drop(batching);
             let batch = self
                 .batch_slot()
                 .take()
                 .ok_or_else(|| unavailable(what, "the batch's transaction went missing"))?;
+            if end == BatchEnd::Abandon && batch.failed.is_none() {
+                // Nothing of it was visible nor journaled: dropping it is all.
+                batch.txn.abort().ctx(what).inspect_err(&mut fails)?;
+                return Ok(BatchEnd::Abandon);
+            }
             if let Some(why) = batch.failed {
                 // Nothing of it was visible nor journaled: dropping it is all.
                 let _ = batch.txn.abort();
@@ -1239,7 +1243,7 @@ impl RedbStore {
             }
             let Some(count) = batch.ends.len().checked_sub(1) else {
                 batch.txn.abort().ctx(what).inspect_err(&mut fails)?;
-                return Ok(());
+                return Ok(BatchEnd::Keep);
             };
             let mut primitive = self.group.begin();
             let first = open.journal.next_seq();
@@ -1247,7 +1251,7 @@ impl RedbStore {
             batch.txn.commit().ctx(what).inspect_err(&mut fails)?;
             open.journal.append_all(first, &batch.payloads, &batch.ends);
             primitive.committed = true;
-            Ok(())
+            Ok(BatchEnd::Keep)
         });
         if let (Some(generation), Err(e)) = (broken, &ran) {
             self.fail(e, generation);
@@ -1257,7 +1261,7 @@ impl RedbStore {
             // primitives run one by one, and each is refused or applied alone.
             (Err(_), Some(f)) => {
                 f();
-                Ok(())
+                Ok(BatchEnd::Keep)
             }
             (ran, _) => ran,
         }
@@ -1948,7 +1952,7 @@ impl super::Backend for RedbStore {
         self.group.persist(|| self.flush())
     }
 
-    fn batch(&self, f: &mut dyn FnMut()) -> Result<(), StoreError> {
+    fn batch(&self, f: &mut dyn FnMut() -> BatchEnd) -> Result<BatchEnd, StoreError> {
         self.run_batch(f)
     }
 
@@ -2648,6 +2652,7 @@ mod tests {
                     (None, 0),
                     "another thread sees nothing of the batch yet"
                 );
+                BatchEnd::Keep
             })
             .expect("the batch commits");
         // The third addition was refused by the limit, as one call after another.
@@ -2662,16 +2667,22 @@ mod tests {
         assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 4);
     }
 
+    /// A new store in `dir` with acme's `email` counter at 1, durably.
+    fn charged_once(dir: &Path) -> (RedbStore, PathBuf) {
+        let path = dir.join("batch.redb");
+        let store = RedbStore::open(&path).expect("opens");
+        add(&store, 1, 10).expect("adds");
+        store.persist().expect("durable");
+        (store, path)
+    }
+
     /// A write that fails inside a batch drops the whole batch: nothing of it is
     /// visible or journaled, the writes after it are refused, and the store
     /// goes on as before it.
     #[test]
     fn a_failed_write_drops_its_whole_batch() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("batch.redb");
-        let store = RedbStore::open(&path).expect("opens");
-        add(&store, 1, 10).expect("adds");
-        store.persist().expect("durable");
+        let (store, path) = charged_once(dir.path());
         let sequences = "\u{1}full";
         let mut answers = Vec::new();
         let batched = store.batch(&mut || {
@@ -2688,6 +2699,7 @@ mod tests {
             drop(txn);
             answers.push(store.alert_sequence(sequences).is_ok());
             answers.push(add(&store, 3, 10).is_ok());
+            BatchEnd::Keep
         });
         assert!(batched.is_err(), "the batch is dropped");
         assert_eq!(answers, [true, false, false]);
@@ -2698,6 +2710,28 @@ mod tests {
         let store = RedbStore::open(&path).expect("opens again");
         assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 5);
         assert_eq!(store.alert_sequence(sequences).expect("takes one"), 1);
+    }
+
+    /// A batch its closure abandons leaves nothing: not in the store, not in
+    /// the journal; the store goes on as before it.
+    #[test]
+    fn an_abandoned_batch_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, path) = charged_once(dir.path());
+        let batched = store.batch(&mut || {
+            assert!(matches!(add(&store, 2, 10), Ok(CounterAdded::Applied(3))));
+            store.record_insert("acme", "plan", "pro").expect("inserts");
+            BatchEnd::Abandon
+        });
+        assert_eq!(batched.ok(), Some(BatchEnd::Abandon));
+        assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 1);
+        assert_eq!(store.record_get("acme", "plan").expect("reads"), None);
+        assert!(matches!(add(&store, 4, 10), Ok(CounterAdded::Applied(5))));
+        store.persist().expect("durable");
+        drop(store);
+        let store = RedbStore::open(&path).expect("opens again, replaying the journal");
+        assert_eq!(store.counter_get("acme", "email", 0).expect("reads"), 5);
+        assert_eq!(store.record_get("acme", "plan").expect("reads"), None);
     }
 
     /// The kept counts need no journal record of their own: replaying the

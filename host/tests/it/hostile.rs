@@ -128,6 +128,78 @@ fn a_trap_after_a_store_call_loses_nothing_already_stored() {
     still_serves(&mut worker);
 }
 
+/// Trust audit F2: on the embedded store the gateway decides the charges
+/// waiting in one store batch. A decision that wrote and then trapped got no
+/// answer (its request is refused or retried), yet its writes were committed
+/// with the batch: a credit taken for nothing. Now its batch is abandoned and
+/// the other decisions in it are decided again: the trapped ones leave
+/// nothing, every other one is answered and durable, and each trap abandons
+/// exactly one batch (a job is never decided more than twice).
+#[test]
+fn a_trap_after_writing_in_a_batch_leaves_nothing_and_the_rest_stand() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("batch.redb");
+    let store = Arc::new(creditgate::store::RedbStore::open(&path).expect("opens"));
+    let runtime = Arc::new(hostile_runtime(config()));
+    let (gateway, _) =
+        creditgate::gateway::Gateway::start(runtime, store.clone(), "charge-then-trap", 1)
+            .expect("starts");
+    let accounts: Vec<String> = (0..32)
+        .map(|i| {
+            if i % 8 == 5 {
+                format!("boom{i}")
+            } else {
+                format!("a{i}")
+            }
+        })
+        .collect();
+    // All at once, so that the write lane finds many waiting and decides them
+    // in a few batches, the traps among them.
+    let start = std::sync::Barrier::new(accounts.len());
+    let answers: Vec<bool> = std::thread::scope(|threads| {
+        let asked: Vec<_> = accounts
+            .iter()
+            .map(|account| {
+                let (gateway, start) = (&gateway, &start);
+                threads.spawn(move || {
+                    start.wait();
+                    let lead = Request::AddLead {
+                        account: account.clone(),
+                        campaign: "c".into(),
+                        email: "ann@example.com".into(),
+                    };
+                    gateway.decide_blocking(lead, 0).is_ok()
+                })
+            })
+            .collect();
+        asked
+            .into_iter()
+            .map(|t| t.join().expect("joins"))
+            .collect()
+    });
+    let booms = accounts.iter().filter(|a| a.starts_with("boom")).count();
+    let abandoned = gateway.snapshot().abandoned_batches;
+    gateway.shutdown();
+    drop(gateway);
+    let held = |store: &dyn Store| -> Vec<(bool, u64)> {
+        accounts
+            .iter()
+            .map(|a| (a.starts_with("boom"), store.member_count(a).expect("reads")))
+            .collect()
+    };
+    let expected: Vec<(bool, u64)> = accounts
+        .iter()
+        .map(|a| (a.starts_with("boom"), u64::from(!a.starts_with("boom"))))
+        .collect();
+    assert_eq!(held(&*store), expected, "one credit per answered decision");
+    let answered: Vec<bool> = accounts.iter().map(|a| !a.starts_with("boom")).collect();
+    assert_eq!(answers, answered);
+    assert_eq!(abandoned, booms as u64, "one abandoned batch a trap");
+    drop(store);
+    let store = creditgate::store::RedbStore::open(&path).expect("opens again");
+    assert_eq!(held(&store), expected, "durable as answered");
+}
+
 /// A store whose every call takes a while, like a disk under load.
 struct SlowStore(MemoryStore);
 

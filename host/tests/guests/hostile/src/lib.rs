@@ -11,7 +11,7 @@
 //! | `recurse`         | a decision recurses without bound                         |
 //! | `grow`            | a decision allocates memory without bound                 |
 //! | `trap`            | a decision traps (a panic, which aborts)                  |
-//! | `charge-then-trap`| a decision takes a lead credit through the host, then traps |
+//! | `charge-then-trap`| every decision takes a lead credit through the host; then a misbehaving one traps |
 //! | `slow-store`      | a decision makes many store calls (host time, not guest)  |
 //! | `lie`             | answers contradict themselves (denied yet charged, a 250% alert, a batch with the wrong number of results, a cycle ending before it starts, shadow on an enforced plan, a charge past an enforced limit) |
 //! | `loop-on-load`    | `load-policy` spins forever                               |
@@ -84,6 +84,13 @@ fn grow() -> usize {
     }
 }
 
+/// Adds `victim@example.com` to `account`'s group `hostile`: a lead credit.
+fn take_credit(account: &str) {
+    if let (Ok(scope), Ok(group)) = (state::intern(account), state::intern("hostile")) {
+        let _ = state::member_add_many(scope, group, &["victim@example.com".into()], None);
+    }
+}
+
 fn decide(handle: Account) -> Result<Decision, Error> {
     let account: &str = &named(handle)?;
     let allowed = Decision {
@@ -95,10 +102,14 @@ fn decide(handle: Account) -> Result<Decision, Error> {
         upgrade_to: None,
         shadow: None,
     };
+    let mode = MODE.with(Cell::get);
+    if mode == Some(Mode::ChargeThenTrap) {
+        take_credit(account);
+    }
     if !account.starts_with("boom") {
         return Ok(allowed);
     }
-    match MODE.with(Cell::get) {
+    match mode {
         None => Err(Error::NoPolicy),
         Some(Mode::Loop) => spin(),
         Some(Mode::Recurse) => Ok(Decision {
@@ -110,12 +121,7 @@ fn decide(handle: Account) -> Result<Decision, Error> {
             ..allowed
         }),
         Some(Mode::Trap) => panic!("hostile guest traps on purpose"),
-        Some(Mode::ChargeThenTrap) => {
-            if let (Ok(scope), Ok(group)) = (state::intern(account), state::intern("hostile")) {
-                let _ = state::member_add_many(scope, group, &["victim@example.com".into()], None);
-            }
-            panic!("hostile guest traps after charging");
-        }
+        Some(Mode::ChargeThenTrap) => panic!("hostile guest traps after charging"),
         Some(Mode::SlowStore) => {
             if let Ok(scope) = state::intern(account) {
                 for _ in 0..200 {
