@@ -1281,14 +1281,18 @@ impl RedbStore {
         } else {
             ("record-insert", Op::RecordInsert { scope, key, value })
         };
-        self.write(what, || op, |txn| {
-            let mut records = txn.open_table(RECORDS).ctx(what)?;
-            if records.get((scope, key)).ctx(what)?.is_some() != exists {
-                return Ok((false, false));
-            }
-            records.insert((scope, key), value).ctx(what)?;
-            Ok((true, true))
-        })
+        self.write(
+            what,
+            || op,
+            |txn| {
+                let mut records = txn.open_table(RECORDS).ctx(what)?;
+                if records.get((scope, key)).ctx(what)?.is_some() != exists {
+                    return Ok((false, false));
+                }
+                records.insert((scope, key), value).ctx(what)?;
+                Ok((true, true))
+            },
+        )
     }
 
     /// A write transaction without durability, after a checkpoint if one is
@@ -1810,9 +1814,10 @@ impl super::Backend for RedbStore {
         let op = || Op::MemberRemove(at);
         self.write(what, op, |txn| {
             let mut m = Membered::open(txn, (scope, group, member), what)?;
+            let members = m.members;
             if !m.held {
                 let outcome = MemberRemoveOutcome::NotInGroup;
-                return Ok((MemberRemoved { outcome, members: m.members }, false));
+                return Ok((MemberRemoved { outcome, members }, false));
             }
             m.group_members.remove((scope, group, member)).ctx(what)?;
             let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
@@ -1831,7 +1836,7 @@ impl super::Backend for RedbStore {
                     release(&mut m.counts, scope, 1)?,
                 )
             } else {
-                (MemberRemoveOutcome::LeftGroup, m.members)
+                (MemberRemoveOutcome::LeftGroup, members)
             };
             Ok((MemberRemoved { outcome, members }, true))
         })
@@ -2181,9 +2186,10 @@ fn add_member(
     let what = "member-add";
     let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
     let mut m = Membered::open(txn, (scope, group, member), what)?;
+    let members = m.members;
     if m.held {
         let outcome = MemberAddOutcome::AlreadyInGroup;
-        return Ok((MemberAdded { outcome, members: m.members }, false));
+        return Ok((MemberAdded { outcome, members }, false));
     }
     let mut member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
     let groups = member_groups
@@ -2201,23 +2207,24 @@ fn add_member(
             let n = n
                 .checked_add(1)
                 .ok_or_else(|| corrupt(what, "group count overflows"))?;
-            (MemberAddOutcome::Joined, n, m.members)
+            (MemberAddOutcome::Joined, n, members)
         }
-        None if limit.is_some_and(|l| m.members >= l) => {
+        None if limit.is_some_and(|l| members >= l) => {
             let outcome = MemberAddOutcome::Refused;
-            return Ok((MemberAdded { outcome, members: m.members }, false));
+            return Ok((MemberAdded { outcome, members }, false));
         }
         None => {
-            let members = m
-                .members
+            let grown = members
                 .checked_add(1)
                 .ok_or_else(|| corrupt(what, "member count overflows"))?;
-            m.counts.insert(scope, members).ctx(what)?;
-            (MemberAddOutcome::Inserted, 1, members)
+            m.counts.insert(scope, grown).ctx(what)?;
+            (MemberAddOutcome::Inserted, 1, grown)
         }
     };
     member_groups.insert((scope, member), groups).ctx(what)?;
-    m.group_members.insert((scope, group, member), ()).ctx(what)?;
+    m.group_members
+        .insert((scope, group, member), ())
+        .ctx(what)?;
     bump(&mut sizes, scope, group, 1, i64::from(groups == 1))?;
     Ok((MemberAdded { outcome, members }, true))
 }
@@ -2460,90 +2467,6 @@ enum Found {
 mod tests {
     use super::*;
     use crate::bindings::CounterAdded;
-
-    /// Issue 13.2's migration: a file written before `once` markers carried a
-    /// fingerprint (`once`: `(scope, key)` → `i64`) opens with its markers moved
-    /// to `once_markers` without one, where they match no fingerprint: the key
-    /// is a conflict for any call until it expires, never a free retry. The old
-    /// table is gone, and opening again changes nothing.
-    #[test]
-    fn a_file_with_markers_without_fingerprints_opens_with_them_as_conflicts() {
-        use crate::store::OnceKey;
-
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("old.redb");
-        {
-            // The layout of the previous version, written directly.
-            let db = Database::create(&path).expect("creates");
-            let txn = db.begin_write().expect("writes");
-            txn.open_table(RECORDS)
-                .expect("records")
-                .insert(("acme", "account"), "0 pro")
-                .expect("inserts");
-            txn.open_table(COUNTERS)
-                .expect("counters")
-                .insert(("acme", "email/0"), (3, NEVER))
-                .expect("inserts");
-            let mut legacy = txn.open_table(LEGACY_ONCE).expect("old once table");
-            legacy
-                .insert(("acme", "msg/0/postfix/PFX1"), 1_000)
-                .expect("inserts");
-            legacy.insert(("acme", "msg/0/gone"), 10).expect("inserts");
-            drop(legacy);
-            txn.commit().expect("commits");
-        }
-        for _ in 0..2 {
-            let store = RedbStore::open(&path).expect("opens the old file");
-            {
-                let txn = store.begin_read("reads").expect("reads");
-                assert!(matches!(
-                    txn.open_table(LEGACY_ONCE),
-                    Err(TableError::TableDoesNotExist(_))
-                ));
-            }
-            let dump = store.export_scope("acme").expect("exports");
-            assert_eq!(
-                dump.once,
-                [
-                    ("msg/0/gone".to_owned(), 10, None),
-                    ("msg/0/postfix/PFX1".to_owned(), 1_000, None),
-                ]
-            );
-            assert_eq!(dump.counters, [("email/0".to_owned(), 3, None)]);
-        }
-        let store = RedbStore::open(&path).expect("opens");
-        let add = |key: &str, fingerprint, now| {
-            let once = OnceKey {
-                key,
-                fingerprint,
-                expires_at: 5_000,
-            };
-            let add = CounterAdd {
-                scope: "acme",
-                guard: None,
-                name: "email/0",
-                amount: 2,
-                limit: None,
-                once: Some(once),
-                expires_at: None,
-                now,
-            };
-            store.counter_add(add).expect("adds")
-        };
-        for fingerprint in [0, 1, u64::MAX] {
-            assert_eq!(
-                add("msg/0/postfix/PFX1", fingerprint, 500),
-                CounterAdded::Conflict(3)
-            );
-        }
-        // An expired one blocks nothing, and is replaced with a fingerprint.
-        assert_eq!(add("msg/0/gone", 7, 500), CounterAdded::Applied(5));
-        assert_eq!(add("msg/0/gone", 7, 500), CounterAdded::Repeated(5));
-        assert_eq!(
-            add("msg/0/postfix/PFX1", 7, 1_000),
-            CounterAdded::Applied(7)
-        );
-    }
 
     /// A file written by a version that kept `memberships` opens with that table
     /// dropped and its members intact (they live in `group_members`).
