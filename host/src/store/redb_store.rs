@@ -1373,6 +1373,34 @@ impl RedbStore {
         }
     }
 
+    /// `record_insert` (`exists` false) or `record_update` (true): writes
+    /// `value` if the record's presence is `exists`; true if written.
+    fn put_record(
+        &self,
+        scope: &str,
+        key: &str,
+        value: &str,
+        exists: bool,
+    ) -> Result<bool, StoreError> {
+        let (what, op) = if exists {
+            ("record-update", Op::RecordUpdate { scope, key, value })
+        } else {
+            ("record-insert", Op::RecordInsert { scope, key, value })
+        };
+        self.write(
+            what,
+            || op,
+            |txn| {
+                let mut records = txn.records()?;
+                if records.get((scope, key)).ctx(what)?.is_some() != exists {
+                    return Ok((false, false));
+                }
+                records.insert((scope, key), value).ctx(what)?;
+                Ok((true, true))
+            },
+        )
+    }
+
     /// A write transaction without durability, after a checkpoint if one is
     /// due. Called with the writer lock held; `fails` hears of redb's own steps
     /// failing.
@@ -1516,25 +1544,6 @@ fn counter_of(
     )
 }
 
-/// Adds every scope that has a key in `table` to `out`, seeking from one scope to
-/// the next rather than reading every key.
-fn scopes_of<V: redb::Value + 'static>(
-    table: &ReadOnlyTable<Pair, V>,
-    out: &mut BTreeSet<String>,
-) -> Result<(), StoreError> {
-    let what = "listing scopes";
-    let mut from = String::new();
-    loop {
-        let Some(entry) = table.range((from.as_str(), "")..).ctx(what)?.next() else {
-            return Ok(());
-        };
-        let (key, _) = entry.ctx(what)?;
-        let scope = key.value().0;
-        from = next(scope);
-        out.insert(scope.to_owned());
-    }
-}
-
 /// Adds to `out` the first `limit` distinct scopes of `table` from `from` on.
 fn scopes_from<V: redb::Value + 'static>(
     table: &ReadOnlyTable<Pair, V>,
@@ -1652,29 +1661,11 @@ impl super::Backend for RedbStore {
     }
 
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        let what = "record-insert";
-        let op = || Op::RecordInsert { scope, key, value };
-        self.write(what, op, |txn| {
-            let mut records = txn.records()?;
-            if records.get((scope, key)).ctx(what)?.is_some() {
-                return Ok((false, false));
-            }
-            records.insert((scope, key), value).ctx(what)?;
-            Ok((true, true))
-        })
+        self.put_record(scope, key, value, false)
     }
 
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        let what = "record-update";
-        let op = || Op::RecordUpdate { scope, key, value };
-        self.write(what, op, |txn| {
-            let mut records = txn.records()?;
-            if records.get((scope, key)).ctx(what)?.is_none() {
-                return Ok((false, false));
-            }
-            records.insert((scope, key), value).ctx(what)?;
-            Ok((true, true))
-        })
+        self.put_record(scope, key, value, true)
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
@@ -1928,17 +1919,13 @@ impl super::Backend for RedbStore {
         let (scope, group, member) = (at.scope, at.group, at.member);
         let op = || Op::MemberRemove(at);
         self.write(what, op, |txn| {
-            let mut group_members = txn.group_members()?;
-            let mut counts = txn.scope_members()?;
-            let members = members_of(&*counts, scope)?;
-            if group_members
-                .remove((scope, group, member))
-                .ctx(what)?
-                .is_none()
-            {
+            let mut m = Membered::open(txn, (scope, group, member), what)?;
+            let members = m.members;
+            if !m.held {
                 let outcome = MemberRemoveOutcome::NotInGroup;
                 return Ok((MemberRemoved { outcome, members }, false));
             }
+            m.group_members.remove((scope, group, member)).ctx(what)?;
             let mut member_groups = txn.member_groups()?;
             let left = leave(&mut member_groups, scope, member)?;
             let released = left == 0;
@@ -1946,13 +1933,13 @@ impl super::Backend for RedbStore {
             bump(&mut sizes, scope, group, -1, -i64::from(released))?;
             if left == 1 {
                 let others = groups_of(&*sizes, scope, group)?;
-                let only = only_group(&*group_members, scope, member, &others)?;
+                let only = only_group(&*m.group_members, scope, member, &others)?;
                 bump(&mut sizes, scope, only, 0, 1)?;
             }
             let (outcome, members) = if released {
                 (
                     MemberRemoveOutcome::Released,
-                    release(&mut counts, scope, 1)?,
+                    release(&mut m.counts, scope, 1)?,
                 )
             } else {
                 (MemberRemoveOutcome::LeftGroup, members)
@@ -2077,20 +2064,8 @@ impl super::Backend for RedbStore {
     }
 
     fn scopes(&self) -> Result<Vec<String>, StoreError> {
-        let what = "listing scopes";
-        let txn = self.begin_read(what)?;
-        let txn = ReadTables(&txn);
-        let mut out = BTreeSet::new();
-        scopes_of(&*txn.records()?, &mut out)?;
-        scopes_of(&*txn.counters()?, &mut out)?;
-        // Once markers are only written along with their counter, so their scopes
-        // are already listed. One entry per scope holding members:
-        let counts = txn.scope_members()?;
-        for entry in counts.iter().ctx(what)? {
-            let (scope, _) = entry.ctx(what)?;
-            out.insert(scope.value().to_owned());
-        }
-        Ok(out.into_iter().collect())
+        // One listing, unbounded: each table is read a scope at a time either way.
+        super::Backend::scopes_after(self, None, usize::MAX)
     }
 
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
@@ -2102,6 +2077,8 @@ impl super::Backend for RedbStore {
         let mut out = BTreeSet::new();
         scopes_from(&*txn.records()?, &from, limit, &mut out)?;
         scopes_from(&*txn.counters()?, &from, limit, &mut out)?;
+        // Once markers are only written along with their counter, so their scopes
+        // are already listed. One entry per scope holding members:
         let counts = txn.scope_members()?;
         for entry in counts.range(from.as_str()..).ctx(what)?.take(limit) {
             let (scope, _) = entry.ctx(what)?;
@@ -2281,6 +2258,35 @@ impl super::Backend for RedbStore {
     }
 }
 
+/// What `member_add` and `member_remove` look up first about `(scope, group,
+/// member)`: the two tables they write in any case, the scope's member count,
+/// and whether the member is in the group.
+struct Membered<'a, 't> {
+    group_members: RefMut<'a, Table<'t, Triple, ()>>,
+    counts: RefMut<'a, Table<'t, &'static str, u64>>,
+    members: u64,
+    held: bool,
+}
+
+impl<'a, 't> Membered<'a, 't> {
+    fn open(
+        txn: &'a WriteTables<'t>,
+        at: (&str, &str, &str),
+        what: &str,
+    ) -> Result<Self, StoreError> {
+        let group_members = txn.group_members()?;
+        let counts = txn.scope_members()?;
+        let members = members_of(&*counts, at.0)?;
+        let held = group_members.get(at).ctx(what)?.is_some();
+        Ok(Membered {
+            group_members,
+            counts,
+            members,
+            held,
+        })
+    }
+}
+
 /// `member_add` in `txn`; answers whether it changed anything.
 fn add_member(
     txn: &WriteTables<'_>,
@@ -2288,14 +2294,9 @@ fn add_member(
 ) -> Result<(MemberAdded, bool), StoreError> {
     let what = "member-add";
     let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
-    let mut group_members = txn.group_members()?;
-    let mut counts = txn.scope_members()?;
-    let members = members_of(&*counts, scope)?;
-    if group_members
-        .get((scope, group, member))
-        .ctx(what)?
-        .is_some()
-    {
+    let mut m = Membered::open(txn, (scope, group, member), what)?;
+    let members = m.members;
+    if m.held {
         let outcome = MemberAddOutcome::AlreadyInGroup;
         return Ok((MemberAdded { outcome, members }, false));
     }
@@ -2309,7 +2310,7 @@ fn add_member(
         Some(n) => {
             if n == 1 {
                 let others = groups_of(&*sizes, scope, group)?;
-                let only = only_group(&*group_members, scope, member, &others)?;
+                let only = only_group(&*m.group_members, scope, member, &others)?;
                 bump(&mut sizes, scope, only, 0, -1)?;
             }
             let n = n
@@ -2322,15 +2323,17 @@ fn add_member(
             return Ok((MemberAdded { outcome, members }, false));
         }
         None => {
-            let m = members
+            let grown = members
                 .checked_add(1)
                 .ok_or_else(|| corrupt(what, "member count overflows"))?;
-            counts.insert(scope, m).ctx(what)?;
-            (MemberAddOutcome::Inserted, 1, m)
+            m.counts.insert(scope, grown).ctx(what)?;
+            (MemberAddOutcome::Inserted, 1, grown)
         }
     };
     member_groups.insert((scope, member), groups).ctx(what)?;
-    group_members.insert((scope, group, member), ()).ctx(what)?;
+    m.group_members
+        .insert((scope, group, member), ())
+        .ctx(what)?;
     bump(&mut sizes, scope, group, 1, i64::from(groups == 1))?;
     Ok((MemberAdded { outcome, members }, true))
 }
@@ -2356,36 +2359,38 @@ fn migrate_alert_log(txn: &WriteTransaction) -> Result<(), TableError> {
     let mut log = txn.open_table(ALERT_LOG)?;
     let mut sequences = txn.open_table(ALERT_SEQUENCES)?;
     let mut records = txn.open_table(RECORDS)?;
-    let mut counters = txn.open_table(COUNTERS)?;
-    let start = (super::LEGACY_ALERT_PREFIX, "");
-    let mut moved: Vec<(String, String)> = Vec::new();
-    for entry in records.range(start..)? {
-        let (key, value) = entry?;
-        let (scope, name) = key.value();
-        let Some(owner) = super::legacy_alert_owner(scope) else {
-            break;
-        };
+    take_legacy_alerts(&mut records, |owner, name, value| {
         log.insert((owner, name), value.value())?;
-        moved.push((scope.to_owned(), name.to_owned()));
-    }
-    for (scope, name) in &moved {
-        records.remove((scope.as_str(), name.as_str()))?;
-    }
-    let mut counted: Vec<(String, String)> = Vec::new();
-    for entry in counters.range(start..)? {
-        let (key, value) = entry?;
-        let (scope, name) = key.value();
-        let Some(owner) = super::legacy_alert_owner(scope) else {
-            break;
-        };
+        Ok(())
+    })?;
+    let mut counters = txn.open_table(COUNTERS)?;
+    take_legacy_alerts(&mut counters, |owner, name, value| {
         if name == "sequence" {
             let last = sequences.get(owner)?.map_or(0, |v| v.value());
             sequences.insert(owner, last.max(value.value().0))?;
         }
-        counted.push((scope.to_owned(), name.to_owned()));
+        Ok(())
+    })
+}
+
+/// Removes from `table` the entries of the old `"\u{1}alerts/<owner>"` scopes,
+/// after `take(owner, name, value)` has taken each.
+fn take_legacy_alerts<V: redb::Value + 'static>(
+    table: &mut redb::Table<'_, Pair, V>,
+    mut take: impl FnMut(&str, &str, redb::AccessGuard<'_, V>) -> Result<(), TableError>,
+) -> Result<(), TableError> {
+    let mut taken: Vec<(String, String)> = Vec::new();
+    for entry in table.range((super::LEGACY_ALERT_PREFIX, "")..)? {
+        let (key, value) = entry?;
+        let (scope, name) = key.value();
+        let Some(owner) = super::legacy_alert_owner(scope) else {
+            break;
+        };
+        take(owner, name, value)?;
+        taken.push((scope.to_owned(), name.to_owned()));
     }
-    for (scope, name) in &counted {
-        counters.remove((scope.as_str(), name.as_str()))?;
+    for (scope, name) in &taken {
+        table.remove((scope.as_str(), name.as_str()))?;
     }
     Ok(())
 }
@@ -2571,90 +2576,6 @@ enum Found {
 mod tests {
     use super::*;
     use crate::bindings::CounterAdded;
-
-    /// Issue 13.2's migration: a file written before `once` markers carried a
-    /// fingerprint (`once`: `(scope, key)` → `i64`) opens with its markers moved
-    /// to `once_markers` without one, where they match no fingerprint: the key
-    /// is a conflict for any call until it expires, never a free retry. The old
-    /// table is gone, and opening again changes nothing.
-    #[test]
-    fn a_file_with_markers_without_fingerprints_opens_with_them_as_conflicts() {
-        use crate::store::OnceKey;
-
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("old.redb");
-        {
-            // The layout of the previous version, written directly.
-            let db = Database::create(&path).expect("creates");
-            let txn = db.begin_write().expect("writes");
-            txn.open_table(RECORDS)
-                .expect("records")
-                .insert(("acme", "account"), "0 pro")
-                .expect("inserts");
-            txn.open_table(COUNTERS)
-                .expect("counters")
-                .insert(("acme", "email/0"), (3, NEVER))
-                .expect("inserts");
-            let mut legacy = txn.open_table(LEGACY_ONCE).expect("old once table");
-            legacy
-                .insert(("acme", "msg/0/postfix/PFX1"), 1_000)
-                .expect("inserts");
-            legacy.insert(("acme", "msg/0/gone"), 10).expect("inserts");
-            drop(legacy);
-            txn.commit().expect("commits");
-        }
-        for _ in 0..2 {
-            let store = RedbStore::open(&path).expect("opens the old file");
-            {
-                let txn = store.begin_read("reads").expect("reads");
-                assert!(matches!(
-                    txn.open_table(LEGACY_ONCE),
-                    Err(TableError::TableDoesNotExist(_))
-                ));
-            }
-            let dump = store.export_scope("acme").expect("exports");
-            assert_eq!(
-                dump.once,
-                [
-                    ("msg/0/gone".to_owned(), 10, None),
-                    ("msg/0/postfix/PFX1".to_owned(), 1_000, None),
-                ]
-            );
-            assert_eq!(dump.counters, [("email/0".to_owned(), 3, None)]);
-        }
-        let store = RedbStore::open(&path).expect("opens");
-        let add = |key: &str, fingerprint, now| {
-            let once = OnceKey {
-                key,
-                fingerprint,
-                expires_at: 5_000,
-            };
-            let add = CounterAdd {
-                scope: "acme",
-                guard: None,
-                name: "email/0",
-                amount: 2,
-                limit: None,
-                once: Some(once),
-                expires_at: None,
-                now,
-            };
-            store.counter_add(add).expect("adds")
-        };
-        for fingerprint in [0, 1, u64::MAX] {
-            assert_eq!(
-                add("msg/0/postfix/PFX1", fingerprint, 500),
-                CounterAdded::Conflict(3)
-            );
-        }
-        // An expired one blocks nothing, and is replaced with a fingerprint.
-        assert_eq!(add("msg/0/gone", 7, 500), CounterAdded::Applied(5));
-        assert_eq!(add("msg/0/gone", 7, 500), CounterAdded::Repeated(5));
-        assert_eq!(
-            add("msg/0/postfix/PFX1", 7, 1_000),
-            CounterAdded::Applied(7)
-        );
-    }
 
     /// A file written by a version that kept `memberships` opens with that table
     /// dropped and its members intact (they live in `group_members`).

@@ -357,6 +357,33 @@ pub fn charge(account: &str, cost: u64) -> creditgate::request::Request {
     }
 }
 
+/// Adds 2 to `acme`'s counter `email/0` once under `key` with `fingerprint`,
+/// the key kept until 5,000: the call the tests of markers written before they
+/// carried a fingerprint (issue 13.2) make on each backend.
+pub fn add_email_once(
+    store: &dyn Store,
+    key: &str,
+    fingerprint: u64,
+    now: i64,
+) -> creditgate::bindings::CounterAdded {
+    let once = creditgate::store::OnceKey {
+        key,
+        fingerprint,
+        expires_at: 5_000,
+    };
+    let add = creditgate::store::CounterAdd {
+        scope: "acme",
+        guard: None,
+        name: "email/0",
+        amount: 2,
+        limit: None,
+        once: Some(once),
+        expires_at: None,
+        now,
+    };
+    store.counter_add(add).expect("counter_add")
+}
+
 /// Every (group, member) of `scope`, in the store's order.
 pub fn memberships(store: &dyn Store, scope: &str) -> Vec<(String, String)> {
     let mut every = Vec::new();

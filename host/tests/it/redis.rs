@@ -759,24 +759,7 @@ fn a_marker_without_a_fingerprint_reads_as_a_conflict() {
     use creditgate::bindings::CounterAdded;
     let server = RedisServer::start();
     let store = server.store("old");
-    let add = |key: &str, fingerprint, now| {
-        let once = OnceKey {
-            key,
-            fingerprint,
-            expires_at: 5_000,
-        };
-        let add = CounterAdd {
-            scope: "acme",
-            guard: None,
-            name: "email/0",
-            amount: 2,
-            limit: None,
-            once: Some(once),
-            expires_at: None,
-            now,
-        };
-        store.counter_add(add).expect("counter_add")
-    };
+    let add = |key: &str, fingerprint, now| harness::add_email_once(&store, key, fingerprint, now);
     assert_eq!(add("msg/0/new", 1, 0), CounterAdded::Applied(2));
     // As the previous version wrote it: the expiry alone, listed in the index.
     assert_eq!(

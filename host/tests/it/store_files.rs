@@ -576,3 +576,73 @@ fn serve_killed_then_without_its_journal_does_not_start() {
     harness::assert_exit(&o, 0);
     harness::assert_stdout_has(&o, r#""used":3"#);
 }
+
+/// Issue 13.2's migration: a file written before `once` markers carried a
+/// fingerprint (`once`: `(scope, key)` → `i64`) opens with its markers moved
+/// to `once_markers` without one, where they match no fingerprint: the key
+/// is a conflict for any call until it expires, never a free retry. The old
+/// table is gone, and opening again changes nothing.
+#[test]
+fn a_file_with_markers_without_fingerprints_opens_with_them_as_conflicts() {
+    use creditgate::bindings::CounterAdded;
+    use redb::{ReadableDatabase as _, TableDefinition};
+    // The layout of the previous version.
+    const RECORDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("records");
+    const COUNTERS: TableDefinition<(&str, &str), (u64, i64)> = TableDefinition::new("counters");
+    const LEGACY_ONCE: TableDefinition<(&str, &str), i64> = TableDefinition::new("once");
+
+    let (_dir, path) = harness::temp_path("old.redb");
+    {
+        let db = redb::Database::create(&path).expect("creates");
+        let txn = db.begin_write().expect("writes");
+        txn.open_table(RECORDS)
+            .expect("records")
+            .insert(("acme", "account"), "0 pro")
+            .expect("inserts");
+        txn.open_table(COUNTERS)
+            .expect("counters")
+            .insert(("acme", "email/0"), (3, i64::MAX))
+            .expect("inserts");
+        let mut legacy = txn.open_table(LEGACY_ONCE).expect("old once table");
+        legacy
+            .insert(("acme", "msg/0/postfix/PFX1"), 1_000)
+            .expect("inserts");
+        legacy.insert(("acme", "msg/0/gone"), 10).expect("inserts");
+        drop(legacy);
+        txn.commit().expect("commits");
+    }
+    for _ in 0..2 {
+        let store = RedbStore::open(&path).expect("opens the old file");
+        let dump = store.export_scope("acme").expect("exports");
+        assert_eq!(
+            dump.once,
+            [
+                ("msg/0/gone".to_owned(), 10, None),
+                ("msg/0/postfix/PFX1".to_owned(), 1_000, None),
+            ]
+        );
+        assert_eq!(dump.counters, [("email/0".to_owned(), 3, None)]);
+        drop(store);
+        let db = redb::Database::create(&path).expect("opens with redb");
+        let txn = db.begin_read().expect("reads");
+        assert!(matches!(
+            txn.open_table(LEGACY_ONCE),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
+    }
+    let store = RedbStore::open(&path).expect("opens");
+    let add = |key: &str, fingerprint, now| harness::add_email_once(&store, key, fingerprint, now);
+    for fingerprint in [0, 1, u64::MAX] {
+        assert_eq!(
+            add("msg/0/postfix/PFX1", fingerprint, 500),
+            CounterAdded::Conflict(3)
+        );
+    }
+    // An expired one blocks nothing, and is replaced with a fingerprint.
+    assert_eq!(add("msg/0/gone", 7, 500), CounterAdded::Applied(5));
+    assert_eq!(add("msg/0/gone", 7, 500), CounterAdded::Repeated(5));
+    assert_eq!(
+        add("msg/0/postfix/PFX1", 7, 1_000),
+        CounterAdded::Applied(7)
+    );
+}
