@@ -1623,8 +1623,7 @@ impl super::Backend for RedbStore {
         let Alerts { owner, after } = list;
         let what = "visit-alerts";
         let txn = self.begin_read(what)?;
-        let txn = ReadTables(&txn);
-        let log = txn.alert_log()?;
+        let log = txn.open_table(ALERT_LOG).ctx(what)?;
         let start = match (owner, after) {
             (_, Some(after)) => Bound::Excluded(after),
             (Some(owner), None) => Bound::Included((owner, "")),
@@ -2010,8 +2009,7 @@ impl super::Backend for RedbStore {
     fn group_counts(&self, scope: &str) -> Result<Vec<GroupCount>, StoreError> {
         let what = "group-counts";
         let txn = self.begin_read(what)?;
-        let txn = ReadTables(&txn);
-        let sizes = txn.group_counts()?;
+        let sizes = txn.open_table(GROUP_COUNTS).ctx(what)?;
         let end = next(scope);
         let mut counts = Vec::new();
         for entry in sizes.range((scope, "")..(end.as_str(), "")).ctx(what)? {
@@ -2029,13 +2027,12 @@ impl super::Backend for RedbStore {
     fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
         let what = "membership";
         let txn = self.begin_read(what)?;
-        let txn = ReadTables(&txn);
-        let group_members = txn.group_members()?;
+        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
         let key = (at.scope, at.group, at.member);
         if group_members.get(key).ctx(what)?.is_none() {
             return Ok(None);
         }
-        let member_groups = txn.member_groups()?;
+        let member_groups = txn.open_table(MEMBER_GROUPS).ctx(what)?;
         let groups = member_groups.get((at.scope, at.member)).ctx(what)?;
         Ok(Some(groups.map_or(0, |g| g.value())))
     }
@@ -2071,15 +2068,14 @@ impl super::Backend for RedbStore {
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
         let what = "listing scopes";
         let txn = self.begin_read(what)?;
-        let txn = ReadTables(&txn);
         let from = after.map_or_else(String::new, next);
         // The first `limit` of each table's scopes hold the first `limit` of all.
         let mut out = BTreeSet::new();
-        scopes_from(&*txn.records()?, &from, limit, &mut out)?;
-        scopes_from(&*txn.counters()?, &from, limit, &mut out)?;
+        scopes_from(&txn.open_table(RECORDS).ctx(what)?, &from, limit, &mut out)?;
+        scopes_from(&txn.open_table(COUNTERS).ctx(what)?, &from, limit, &mut out)?;
         // Once markers are only written along with their counter, so their scopes
         // are already listed. One entry per scope holding members:
-        let counts = txn.scope_members()?;
+        let counts = txn.open_table(SCOPE_MEMBERS).ctx(what)?;
         for entry in counts.range(from.as_str()..).ctx(what)?.take(limit) {
             let (scope, _) = entry.ctx(what)?;
             out.insert(scope.value().to_owned());
@@ -2091,8 +2087,7 @@ impl super::Backend for RedbStore {
         let (scope, group, after) = (list.scope, list.group, list.after);
         let what = "visiting members";
         let txn = self.begin_read(what)?;
-        let txn = ReadTables(&txn);
-        let group_members = txn.group_members()?;
+        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
         // From just after `after` (or the scope's start) to the end of the group
         // asked for (or of the scope).
         let after_member = after.map(|(_, m)| next(m));
@@ -2126,8 +2121,7 @@ impl super::Backend for RedbStore {
         let Records { scope, after } = list;
         let what = "visiting records";
         let txn = self.begin_read(what)?;
-        let txn = ReadTables(&txn);
-        let records = txn.records()?;
+        let records = txn.open_table(RECORDS).ctx(what)?;
         let from = after.map_or_else(String::new, next);
         let end = next(scope);
         for entry in records
@@ -2145,17 +2139,16 @@ impl super::Backend for RedbStore {
     fn export_scope(&self, scope: &str) -> Result<ScopeDump, StoreError> {
         let what = "exporting a scope";
         let txn = self.begin_read(what)?;
-        let txn = ReadTables(&txn);
         let end = next(scope);
         let pairs = (scope, "")..(end.as_str(), "");
         let mut dump = ScopeDump::default();
-        let records = txn.records()?;
+        let records = txn.open_table(RECORDS).ctx(what)?;
         for entry in records.range(pairs.clone()).ctx(what)? {
             let (key, value) = entry.ctx(what)?;
             let record = (key.value().1.to_owned(), value.value().to_owned());
             dump.records.push(record);
         }
-        let counters = txn.counters()?;
+        let counters = txn.open_table(COUNTERS).ctx(what)?;
         for entry in counters.range(pairs.clone()).ctx(what)? {
             let (key, value) = entry.ctx(what)?;
             let (value, expires_at) = value.value();
@@ -2163,14 +2156,14 @@ impl super::Backend for RedbStore {
             dump.counters
                 .push((key.value().1.to_owned(), value, expires_at));
         }
-        let markers = txn.once()?;
+        let markers = txn.open_table(ONCE).ctx(what)?;
         for entry in markers.range(pairs).ctx(what)? {
             let (key, marker) = entry.ctx(what)?;
             let (expires_at, fingerprint) = marker.value();
             dump.once
                 .push((key.value().1.to_owned(), expires_at, fingerprint));
         }
-        let group_members = txn.group_members()?;
+        let group_members = txn.open_table(GROUP_MEMBERS).ctx(what)?;
         for entry in group_members
             .range((scope, "", "")..(end.as_str(), "", ""))
             .ctx(what)?
