@@ -20,7 +20,7 @@
 //! instance first and refused whole if it fails; workers pick up the new version
 //! between requests, so a request in flight finishes on the version it started with.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -63,7 +63,7 @@ pub enum ReloadError {
     /// The policy lacks plans that accounts are on: every request of theirs would
     /// be denied `unknown-plan` from then on. Forcing the reload keeps them
     /// stranded but visible, until they are moved to a plan the policy has.
-    #[error("the policy drops {} that accounts are on: {}; move those accounts to another plan first, or force the reload", plural(.0.len(), "plan"), describe_stranded(.0))]
+    #[error("the policy lacks {} that accounts are on: {}; move those accounts to another plan first, or force the reload", plural(.0.len(), "plan"), describe_stranded(.0))]
     StrandsAccounts(Vec<StrandedPlan>),
     /// The accounts could not be read to check the above.
     #[error("cannot check which plans accounts are on: {0}")]
@@ -234,6 +234,7 @@ pub struct Gateway {
     /// however many come at once, never take an instance a lane needs.
     moment: Mutex<()>,
     plan_gate: Arc<PlanGate>,
+    strands: Arc<Mutex<Strands>>,
     /// What the Postfix listeners were asked, by protocol state.
     postfix_states: StateCounts,
 }
@@ -259,6 +260,69 @@ struct PlanGate {
     lock: RwLock<()>,
     /// Batches that changed a plan, counted once their effects are visible.
     changes: AtomicU64,
+}
+
+/// Plans accounts turned out to be on that the policy in force lacks, apart
+/// from those a forced reload dropped knowingly. Another gateway on the same
+/// store, serving another policy (a rolling upgrade, a host left behind), can
+/// move an account to such a plan: this gateway then denies every request of
+/// the account (`unknown_plan`). It says so once a plan, counts each such
+/// denial, and refuses the next unforced reload that still lacks the plan, as
+/// it refuses one that takes a plan away from accounts.
+#[derive(Debug, Default)]
+struct Strands {
+    /// Plans a forced reload dropped, or found stranded and kept out anyway.
+    accepted: BTreeSet<String>,
+    /// Plans seen on denied accounts since the policy in force was loaded,
+    /// not accepted.
+    seen: BTreeSet<String>,
+}
+
+impl Strands {
+    /// The plans a reload from the plans `in_force` to the policy of `summary`
+    /// must check no account is on: those it takes away, and those seen.
+    fn suspects(&self, in_force: &[String], summary: &PolicySummary) -> BTreeSet<String> {
+        let kept = |plan: &String| summary.plans.iter().any(|p| &p.name == plan);
+        in_force
+            .iter()
+            .chain(&self.seen)
+            .filter(|plan| !kept(plan))
+            .cloned()
+            .collect()
+    }
+
+    /// A reload to the policy of `summary` is in force: what it dropped
+    /// `force`d is accepted, a plan it has is no longer, and what was seen
+    /// was checked (or accepted).
+    fn reloaded(&mut self, in_force: &[String], summary: &PolicySummary, force: bool) {
+        if force {
+            let suspects = self.suspects(in_force, summary);
+            self.accepted.extend(suspects);
+        }
+        self.accepted
+            .retain(|plan| !summary.plans.iter().any(|p| &p.name == plan));
+        self.seen.clear();
+    }
+
+    /// Notes that `account`'s request was denied because its plan `plan` is
+    /// not in the policy; answers whether that was not accepted.
+    fn note(&mut self, plan: &str, account: &str) -> bool {
+        if self.accepted.contains(plan) {
+            return false;
+        }
+        if !self.seen.contains(plan) {
+            self.seen.insert(plan.to_owned());
+            tracing::error!(account = %crate::names::Escaped(account),
+                plan = %crate::names::Escaped(plan),
+                "an account is on a plan the policy in force lacks, and no forced reload here \
+                 dropped it: another gateway on the same store, with another policy, moved it \
+                 there (or the plan was gone before this gateway started). Every request of \
+                 such an account is denied (unknown_plan) until it is moved to a plan the \
+                 policy has or the gateways serve one policy; a reload that still lacks the \
+                 plan is refused unless forced");
+        }
+        true
+    }
 }
 
 impl std::fmt::Debug for Gateway {
@@ -324,6 +388,7 @@ impl Gateway {
         let notifier = Arc::new(OnceLock::new());
         let gate = Arc::new(CommitGate::default());
         let plan_gate = Arc::new(PlanGate::default());
+        let strands = Arc::new(Mutex::new(Strands::default()));
         let mut threads = Vec::new();
         let (writers, readers) = lanes(workers);
         let batches = store.batches();
@@ -339,6 +404,7 @@ impl Gateway {
                 refusals: refusals.clone(),
                 gate: gate.clone(),
                 plan_gate: plan_gate.clone(),
+                strands: strands.clone(),
                 undecided: undecided.clone(),
             };
             let (queue, name) = if i < writers {
@@ -390,6 +456,7 @@ impl Gateway {
             explainer: Mutex::new(None),
             moment: Mutex::new(()),
             plan_gate,
+            strands,
             postfix_states: StateCounts::default(),
         };
         Ok((gateway, summary))
@@ -571,6 +638,10 @@ impl Gateway {
             return Err(e);
         }
         let mut version = self.version.write().unwrap_or_else(PoisonError::into_inner);
+        self.strands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reloaded(&in_force, &summary, force);
         *version = Version {
             number: version.number + 1,
             runtime,
@@ -586,10 +657,11 @@ impl Gateway {
         Ok(summary)
     }
 
-    /// Refuses `policy` (its `summary`) when, not `force`d, it lacks plans of
-    /// `in_force` that accounts are on ([`ReloadError::StrandsAccounts`]).
-    /// Only the plans it takes away can strand an account: with none, nothing
-    /// is scanned, and accounts a forced reload stranded before do not block
+    /// Refuses `policy` (its `summary`) when, not `force`d, it lacks plans
+    /// accounts are on ([`ReloadError::StrandsAccounts`]): plans of `in_force`
+    /// it takes away, and plans accounts were seen on that the policy in force
+    /// lacks too ([`Strands`]: another gateway moved them there). With neither,
+    /// nothing is scanned; accounts a forced reload stranded before do not block
     /// every reload after it.
     fn check_strands(
         &self,
@@ -599,17 +671,21 @@ impl Gateway {
         in_force: &[String],
         force: bool,
     ) -> Result<(), ReloadError> {
-        let removed: Vec<&String> = in_force
-            .iter()
-            .filter(|p| !summary.plans.iter().any(|n| &n.name == *p))
-            .collect();
-        if force || removed.is_empty() {
+        if force {
+            return Ok(());
+        }
+        let suspects = self
+            .strands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .suspects(in_force, summary);
+        if suspects.is_empty() {
             return Ok(());
         }
         let stranded: Vec<StrandedPlan> =
             stranded_plans(runtime, self.store.clone(), policy, crate::time::now())?
                 .into_iter()
-                .filter(|p| removed.contains(&&p.plan))
+                .filter(|p| suspects.contains(&p.plan))
                 .collect();
         if stranded.is_empty() {
             Ok(())
@@ -855,6 +931,7 @@ struct Shared {
     refusals: Arc<Mutex<VecDeque<Refusal>>>,
     gate: Arc<CommitGate>,
     plan_gate: Arc<PlanGate>,
+    strands: Arc<Mutex<Strands>>,
     undecided: Arc<AtomicUsize>,
 }
 
@@ -1049,10 +1126,18 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
         }
         answer
     });
-    let denied = match &answer {
-        Ok(Answer::Decision(d)) => d.denied,
-        Ok(Answer::Leads(b)) => b.denied,
-        _ => None,
+    let (denied, usage) = match &answer {
+        Ok(Answer::Decision(d)) => (d.denied, d.usage.as_ref()),
+        Ok(Answer::Leads(b)) => (b.denied, b.usage.as_ref()),
+        _ => (None, None),
+    };
+    let stranded = match (denied, usage) {
+        (Some(Reason::UnknownPlan), Some(usage)) => shared
+            .strands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .note(&usage.plan, account),
+        _ => false,
     };
     if let Some(shadow) = shadow_of(&answer) {
         tracing::info!(account = %crate::names::Escaped(account), op = op.name(),
@@ -1079,6 +1164,7 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
     if let Some(t) = worker.last_call() {
         counted.latencies.record(t.op, t.total, t.in_store);
     }
+    counted.stranded_denials += u64::from(stranded);
     match &answer {
         Err(DecideError::Trap(_) | DecideError::MemoryCap { .. } | DecideError::Restart(_)) => {
             counted.traps += 1

@@ -247,6 +247,9 @@ pub struct GatewayStats {
     pub committed: u64,
     pub traps: u64,
     pub timeouts: u64,
+    /// Requests denied because the account is on a plan the policy in force
+    /// lacks that no forced reload here dropped (another gateway moved it).
+    pub stranded_denials: u64,
     /// Store batches dropped whole because a decision in them got no answer:
     /// its writes went with the batch, and the others were decided again.
     pub abandoned_batches: u64,
@@ -412,7 +415,7 @@ impl GatewayStats {
             let code = crate::wire::reason_code(reason);
             (format!("reason=\"{code}\""), self.shadow_refusals(reason))
         });
-        let counters: [(&str, &str, Samples); 7] = [
+        let counters: [(&str, &str, Samples); 8] = [
             (
                 "creditgate_commits_total",
                 "Durable group commits.",
@@ -430,6 +433,11 @@ impl GatewayStats {
                     ("kind=\"trap\"", self.traps),
                     ("kind=\"timeout\"", self.timeouts),
                 ],
+            ),
+            (
+                "creditgate_stranded_denials_total",
+                "Requests denied because the account is on a plan the policy in force lacks that no forced reload here dropped.",
+                vec![("", self.stranded_denials)],
             ),
             (
                 "creditgate_abandoned_batches_total",

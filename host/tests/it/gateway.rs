@@ -618,3 +618,62 @@ fn a_plan_change_racing_a_reload_never_strands_an_account() {
         );
     });
 }
+
+/// Trust audit F6: two gateways on one store, with different policies (a
+/// rolling upgrade). B, whose policy still has `large`, moves acme there; A's
+/// policy lacks it, so A denies every request of acme (`unknown_plan`). That
+/// was silent on A, and A's next reload, taking no plan away itself, was let
+/// through without a look. Now A counts those denials, and refuses a reload
+/// that still lacks `large` unless forced; once forced, acme's denials are
+/// accepted (no longer counted) and later reloads are not blocked by them; and
+/// once acme is on a plan A has, nothing is held against a reload.
+#[test]
+fn an_account_another_gateway_moved_off_this_ones_plans_is_counted_and_blocks_a_reload() {
+    let store: Arc<dyn Store> = Arc::new(creditgate::store::MemoryStore::new());
+    let without_large = "[plans.small]\nlead_credits = 20\nemail_credits = 50\n";
+    let now = at("2025-02-01T00:00:00Z");
+    let a = gateway_with(store.clone(), without_large, 1, &["acme"], "small", now);
+    let b = gateway_with(store, POLICY, 1, &[], "small", now);
+    let charge = || harness::charge("acme", 1);
+    let to = |plan: &str| Request::ChangePlan {
+        account: "acme".into(),
+        plan: plan.into(),
+    };
+    assert_eq!(
+        b.decide_blocking(to("large"), now).expect("decides").denied,
+        None
+    );
+
+    for _ in 0..2 {
+        let d = a.decide_blocking(charge(), now).expect("decides");
+        assert_eq!(d.denied, Some(Reason::UnknownPlan));
+    }
+    assert_eq!(a.snapshot().stranded_denials, 2);
+    let err = a
+        .reload(without_large, None, false)
+        .expect_err("a reload that still lacks large is refused");
+    stranded_by(&err, "large", 1);
+    assert!(err.to_string().contains("the policy lacks 1 plan"), "{err}");
+
+    // Forced: acme's plan is accepted as missing; its denials are not counted,
+    // and they block no later reload.
+    a.reload(without_large, None, true).expect("forced");
+    let d = a.decide_blocking(charge(), now).expect("decides");
+    assert_eq!(d.denied, Some(Reason::UnknownPlan));
+    assert_eq!(a.snapshot().stranded_denials, 2);
+    a.reload(without_large, None, false)
+        .expect("what a forced reload accepted blocks nothing");
+
+    // A policy with large again, then without it once acme is back on small:
+    // nothing stranded, nothing refused.
+    a.reload(POLICY, None, false).expect("large is back");
+    assert_eq!(
+        b.decide_blocking(to("small"), now).expect("decides").denied,
+        None
+    );
+    a.reload(without_large, None, false)
+        .expect("nobody is on large any more");
+    let d = a.decide_blocking(charge(), now).expect("decides");
+    assert_eq!(d.denied, None);
+    assert_eq!(a.snapshot().stranded_denials, 2);
+}
