@@ -522,7 +522,7 @@ fn recovery(_: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("recover.redb");
     // One below the default checkpoint, so that none is taken.
-    let records = 9_999u64;
+    let records = 39_999u64;
     let store = RedbStore::open(&path).expect("opens");
     let applying = Instant::now();
     for i in 0..records {
