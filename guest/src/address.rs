@@ -255,22 +255,7 @@ fn check_general(trimmed: &str) -> Result<String, Problem> {
 /// joiners, LRM/RLM, the embeddings and overrides U+202A..U+202E, the isolates,
 /// the byte-order mark, ...).
 fn forbidden(c: char) -> bool {
-    c.is_whitespace()
-        || c.is_control()
-        || c == '<'
-        || c == '>'
-        || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{061C}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-                | '\u{E0000}'..='\u{E007F}'
-        )
+    c.is_whitespace() || c.is_control() || c == '<' || c == '>' || creditgate_text::is_invisible(c)
 }
 
 /// Why an address is not valid.

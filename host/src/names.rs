@@ -190,27 +190,7 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Invisible and bidirectional formatting characters (Unicode `Cf` that render as
-/// nothing, or reorder what follows: the look-alike makers): soft hyphen, Arabic
-/// letter mark, Mongolian vowel separator, zero-width space/joiners, LRM/RLM,
-/// the embeddings and overrides U+202A..U+202E, word joiner and invisible
-/// operators U+2060..U+2064, the isolates U+2066..U+2069, deprecated format
-/// characters U+206A..U+206F, the byte-order mark, interlinear annotations and
-/// tag characters.
-pub fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{061C}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-            | '\u{E0000}'..='\u{E007F}'
-    )
-}
+pub use creditgate_text::is_invisible;
 
 /// `value` as it may be written into one log field or one table cell: control,
 /// invisible and bidi characters, whitespace other than a space, and backslashes
