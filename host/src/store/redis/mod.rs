@@ -434,7 +434,7 @@ impl RedisStore {
         what: &str,
         script: &'static Script,
         scope: &str,
-        args: Vec<Vec<u8>>,
+        args: &[Vec<u8>],
     ) -> Result<T, StoreError>
     where
         T: redis::FromRedisValue,
@@ -446,7 +446,7 @@ impl RedisStore {
             cmd.arg(key);
         }
         cmd.arg(scope);
-        for arg in &args {
+        for arg in args {
             cmd.arg(arg.as_slice());
         }
         self.send(what, &keys[0], cmd, Some(script))
@@ -514,7 +514,7 @@ impl RedisStore {
         let (name, now) = counter.map_or(("", String::new()), |(n, now)| (n, now.to_string()));
         args.extend([name.into(), now.into()]);
         let (outcome, members, value): (u64, u64, String) =
-            self.primitive(what, &SCRIPTS.member_add, scope, args)?;
+            self.primitive(what, &SCRIPTS.member_add, scope, &args)?;
         let tally = Tally {
             counter: decimal(what, &value)?,
             members,
@@ -705,12 +705,12 @@ impl super::Backend for RedisStore {
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         self.register(scope)?;
         let args = vec![key.into(), value.into()];
-        self.primitive("record-insert", &SCRIPTS.record_insert, scope, args)
+        self.primitive("record-insert", &SCRIPTS.record_insert, scope, &args)
     }
 
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         let args = vec![key.into(), value.into()];
-        self.primitive("record-update", &SCRIPTS.record_update, scope, args)
+        self.primitive("record-update", &SCRIPTS.record_update, scope, &args)
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
@@ -756,7 +756,7 @@ impl super::Backend for RedisStore {
                 .map_or(Vec::new(), |o| o.fingerprint.to_string().into_bytes()),
         ];
         args.extend(guard_args(guard));
-        let run = |args| self.primitive(what, &SCRIPTS.counter_add, scope, args);
+        let run = || self.primitive(what, &SCRIPTS.counter_add, scope, &args);
         // A call that got no answer may have been applied all the same: Redis
         // ran the script and the reply came late, or was lost with the
         // connection. Failing the request then would leave its credits taken,
@@ -767,11 +767,11 @@ impl super::Backend for RedisStore {
         // now. Without a once key a second call could charge twice, so the
         // failure stands.
         let answer = match add.once {
-            Some(_) => run(args.clone()).or_else(|e| match e {
-                StoreError::Unavailable(_) => run(args),
+            Some(_) => run().or_else(|e| match e {
+                StoreError::Unavailable(_) => run(),
                 other => Err(other),
             }),
-            None => run(args),
+            None => run(),
         };
         let (outcome, value, members): (String, String, u64) = answer?;
         let tally = Tally {
@@ -793,7 +793,7 @@ impl super::Backend for RedisStore {
         let mut args: Vec<Vec<u8>> = vec![tally.name.into(), tally.now.to_string().into()];
         args.extend(guard_args(tally.guard));
         let (outcome, value, members): (String, String, u64) =
-            self.primitive(what, &SCRIPTS.counter_tally, tally.scope, args)?;
+            self.primitive(what, &SCRIPTS.counter_tally, tally.scope, &args)?;
         Ok(match outcome.as_str() {
             "tally" => Some(Tally {
                 counter: decimal(what, &value)?,
@@ -861,7 +861,7 @@ impl super::Backend for RedisStore {
         let what = "member-remove";
         let args = vec![at.group.into(), at.member.into()];
         let (outcome, members): (u64, u64) =
-            self.primitive(what, &SCRIPTS.member_remove, at.scope, args)?;
+            self.primitive(what, &SCRIPTS.member_remove, at.scope, &args)?;
         let outcome = match outcome {
             0 => MemberRemoveOutcome::NotInGroup,
             1 => MemberRemoveOutcome::LeftGroup,
@@ -910,7 +910,7 @@ impl super::Backend for RedisStore {
 
     fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
         let args = vec![at.group.into(), at.member.into()];
-        let n: i64 = self.primitive("membership", &SCRIPTS.membership, at.scope, args)?;
+        let n: i64 = self.primitive("membership", &SCRIPTS.membership, at.scope, &args)?;
         Ok(u64::try_from(n).ok())
     }
 
