@@ -654,6 +654,18 @@ impl PostfixConfig {
     /// What `req` asks of the policy. The account is resolved only at the states
     /// that need one, so a `CONNECT` without an account is still `Ignore`.
     pub fn map(&self, req: &PolicyRequest) -> Result<Mapped, MappingError> {
+        self.map_at(req, req.protocol_state().and_then(ProtocolState::parse))
+    }
+
+    /// [`PostfixConfig::map`] for a request whose `protocol_state` the caller
+    /// has read and parsed already (the listener counts requests by state):
+    /// `state` is `req`'s, `None` when it is missing or no state Postfix
+    /// documents.
+    pub fn map_at(
+        &self,
+        req: &PolicyRequest,
+        state: Option<ProtocolState>,
+    ) -> Result<Mapped, MappingError> {
         match req.request() {
             Some("smtpd_access_policy") => {}
             Some(other) => {
@@ -663,8 +675,7 @@ impl PostfixConfig {
             }
             None => return Err(MappingError::Missing { name: "request" }),
         }
-        let state = req.required("protocol_state")?;
-        match ProtocolState::parse(state) {
+        match state {
             Some(ProtocolState::Rcpt) => Ok(Mapped::Check {
                 account: self.account_from.account(req, self.names)?,
                 cost: 1,
@@ -678,8 +689,9 @@ impl PostfixConfig {
                 instance: req.required("instance")?.to_owned(),
             }),
             Some(_) => Ok(Mapped::Ignore),
+            // Missing, empty or not UTF-8 says so; anything else is unknown.
             None => Err(MappingError::UnknownState {
-                found: state.to_owned(),
+                found: req.required("protocol_state")?.to_owned(),
             }),
         }
     }

@@ -343,7 +343,8 @@ async fn answer(
     // A `&str` field is logged with `Debug`, quoted and escaped; a `%` one is
     // written as is, so every `%` field from outside goes through `Escaped`.
     let state = request.protocol_state().unwrap_or("");
-    if let Some(asked) = gateway.postfix_states().count(ProtocolState::parse(state)) {
+    let parsed = ProtocolState::parse(state);
+    if let Some(asked) = gateway.postfix_states().count(parsed) {
         error!(
             requests = asked,
             "Postfix has asked about mail {asked} times (MAIL, RCPT, DATA, BDAT) and never at \
@@ -351,7 +352,7 @@ async fn answer(
              check_policy_service to smtpd_end_of_data_restrictions (README, \"Postfix\")"
         );
     }
-    let decide = match config.map(request) {
+    let decide = match config.map_at(request, parsed) {
         Ok(Mapped::Ignore) => return Reply::dunno(),
         Ok(Mapped::Check { account, cost }) => Request::CheckEmail { account, cost },
         Ok(Mapped::Charge {
