@@ -282,11 +282,10 @@ impl Strands {
     /// The plans a reload from the plans `in_force` to the policy of `summary`
     /// must check no account is on: those it takes away, and those seen.
     fn suspects(&self, in_force: &[String], summary: &PolicySummary) -> BTreeSet<String> {
-        let kept = |plan: &String| summary.plans.iter().any(|p| &p.name == plan);
         in_force
             .iter()
             .chain(&self.seen)
-            .filter(|plan| !kept(plan))
+            .filter(|plan| !defines(summary, plan))
             .cloned()
             .collect()
     }
@@ -299,8 +298,7 @@ impl Strands {
             let suspects = self.suspects(in_force, summary);
             self.accepted.extend(suspects);
         }
-        self.accepted
-            .retain(|plan| !summary.plans.iter().any(|p| &p.name == plan));
+        self.accepted.retain(|plan| !defines(summary, plan));
         self.seen.clear();
     }
 
@@ -323,6 +321,11 @@ impl Strands {
         }
         true
     }
+}
+
+/// Whether the policy of `summary` defines `plan`.
+fn defines(summary: &PolicySummary, plan: &str) -> bool {
+    summary.plans.iter().any(|p| p.name == plan)
 }
 
 impl std::fmt::Debug for Gateway {
@@ -1047,16 +1050,18 @@ fn decide_in_batches(worker: &mut Worker, jobs: Vec<Job>, shared: &Shared, done:
             }
             BatchEnd::Keep
         });
-        take = queue.len();
         if let Some(mut failed) = failed {
             // Its alerts were logged in the writes that are gone.
             failed.alerts.clear();
             done.push(failed);
         }
-        match batched {
-            Ok(BatchEnd::Keep) => done.append(&mut decided),
+        let redo = match batched {
+            Ok(BatchEnd::Keep) => {
+                done.append(&mut decided);
+                0
+            }
             Ok(BatchEnd::Abandon) => {
-                take = decided.len();
+                let redo = decided.len();
                 for d in decided.into_iter().rev() {
                     queue.push_front(Job {
                         request: d.request,
@@ -1069,6 +1074,7 @@ fn decide_in_batches(worker: &mut Worker, jobs: Vec<Job>, shared: &Shared, done:
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .abandoned_batches += 1;
+                redo
             }
             Err(e) => {
                 let why = format!("the batch of decisions it was in was dropped: {e}");
@@ -1077,11 +1083,10 @@ fn decide_in_batches(worker: &mut Worker, jobs: Vec<Job>, shared: &Shared, done:
                     d.alerts.clear();
                     done.push(d);
                 }
+                0
             }
-        }
-        if take == 0 {
-            take = queue.len();
-        }
+        };
+        take = if redo > 0 { redo } else { queue.len() };
     }
 }
 
