@@ -79,29 +79,33 @@ fn unwrapped(raw: &str) -> Result<&str, Problem> {
     Ok(trimmed)
 }
 
-/// Kinds of ASCII bytes to [`check_ascii`].
-const ORDINARY: u8 = 0;
-/// What `forbidden` refuses among ASCII characters: controls, space, '<', '>'.
-const FORBIDDEN: u8 = 1;
-const AT: u8 = 2;
-const DOT: u8 = 3;
-/// `-`: in a domain, not at either end of a label.
-const HYPHEN: u8 = 4;
-/// Printable characters a local part may hold and a host name may not.
-const LOCAL_ONLY: u8 = 5;
+/// The kinds of ASCII bytes [`check_ascii`] tells apart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Letters and digits: anywhere.
+    Ordinary,
+    /// What `forbidden` refuses among ASCII characters: controls, space, '<', '>'.
+    Forbidden,
+    At,
+    Dot,
+    /// `-`: in a domain, not at either end of a label.
+    Hyphen,
+    /// Printable characters a local part may hold and a host name may not.
+    LocalOnly,
+}
 
 /// The kind of each ASCII byte.
-static ASCII_CLASS: [u8; 128] = {
-    let mut class = [ORDINARY; 128];
+static ASCII_CLASS: [Class; 128] = {
+    let mut class = [Class::Ordinary; 128];
     let mut b = 0;
     while b < 128 {
         class[b] = match b as u8 {
-            b' ' | b'<' | b'>' | 0x7f | 0..0x20 => FORBIDDEN,
-            b'@' => AT,
-            b'.' => DOT,
-            b'-' => HYPHEN,
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => ORDINARY,
-            _ => LOCAL_ONLY,
+            b' ' | b'<' | b'>' | 0x7f | 0..0x20 => Class::Forbidden,
+            b'@' => Class::At,
+            b'.' => Class::Dot,
+            b'-' => Class::Hyphen,
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => Class::Ordinary,
+            _ => Class::LocalOnly,
         };
         b += 1;
     }
@@ -127,14 +131,14 @@ fn check_ascii(address: &[u8]) -> Result<(), Problem> {
     let mut prev = 0;
     for (i, &b) in address.iter().enumerate() {
         let class = ASCII_CLASS[usize::from(b & 0x7f)];
-        if class != ORDINARY {
-            if class == FORBIDDEN {
+        if class != Class::Ordinary {
+            if class == Class::Forbidden {
                 return Err(Problem::Character {
                     at: i,
                     c: char::from(b),
                 });
             }
-            if class == AT {
+            if class == Class::At {
                 if first_at.is_some() {
                     many_at = true;
                 } else {
@@ -143,7 +147,7 @@ fn check_ascii(address: &[u8]) -> Result<(), Problem> {
                 }
             } else if first_at.is_some() {
                 match class {
-                    DOT => {
+                    Class::Dot => {
                         dot = true;
                         // A label is empty when a dot follows the '@' or another dot.
                         empty_label |= prev == b'@' || prev == b'.';
@@ -151,7 +155,7 @@ fn check_ascii(address: &[u8]) -> Result<(), Problem> {
                         long_label |= i - label > MAX_LABEL;
                         label = i + 1;
                     }
-                    HYPHEN => hyphen_at_end |= i == label,
+                    Class::Hyphen => hyphen_at_end |= i == label,
                     _ => {
                         if not_host.is_none() {
                             not_host = Some(b);

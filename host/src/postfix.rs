@@ -2081,12 +2081,15 @@ mod tests {
     fn refusal_replies() {
         let defaults = Actions::default();
         assert_eq!(
-            defaults.reply_for_no_recipients().action(),
-            "REJECT 5.5.1 No valid recipients"
-        );
-        assert_eq!(
-            defaults.reply_for_idempotency_key_reused().action(),
-            "DEFER 4.7.1 Message already charged with another recipient count"
+            [
+                defaults.reply_for_no_recipients(),
+                defaults.reply_for_idempotency_key_reused()
+            ]
+            .map(|reply| reply.action().to_owned()),
+            [
+                "REJECT 5.5.1 No valid recipients",
+                "DEFER 4.7.1 Message already charged with another recipient count"
+            ]
         );
         let config: PostfixConfig = toml::from_str(
             "[actions]\nno_recipients = \"dunno\"\nidempotency_key_reused = { custom = \"DISCARD reused\" }",

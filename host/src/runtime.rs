@@ -1270,15 +1270,11 @@ impl Worker {
     }
 
     /// The plan at `index` of the loaded policy, by name.
-    fn plan_name(&self, index: Option<u32>) -> Result<Option<String>, DecideError> {
-        let Some(index) = index else {
-            return Ok(None);
-        };
+    fn plan(&self, index: u32) -> Result<String, DecideError> {
         usize::try_from(index)
             .ok()
             .and_then(|i| self.plans.get(i))
             .cloned()
-            .map(Some)
             .ok_or_else(|| {
                 DecideError::Contract(format!(
                     "plan {index} of a policy with {} plan(s)",
@@ -1287,25 +1283,25 @@ impl Worker {
             })
     }
 
+    fn plan_name(&self, index: Option<u32>) -> Result<Option<String>, DecideError> {
+        index.map(|i| self.plan(i)).transpose()
+    }
+
     fn shadow(
         &self,
         shadow: Option<contract::ShadowRefusal>,
     ) -> Result<Option<Shadow>, DecideError> {
-        let Some(s) = shadow else {
-            return Ok(None);
-        };
-        if !matches!(
-            s.reason,
-            Reason::EmailCreditsExhausted | Reason::LeadCreditsExhausted
-        ) {
-            return Err(DecideError::Contract(
-                "a shadow refusal for no lack of credits".into(),
-            ));
-        }
-        Ok(Some(Shadow {
-            reason: s.reason,
-            upgrade_to: self.plan_name(s.upgrade_to)?,
-        }))
+        shadow
+            .map(|s| match s.reason {
+                Reason::EmailCreditsExhausted | Reason::LeadCreditsExhausted => Ok(Shadow {
+                    reason: s.reason,
+                    upgrade_to: self.plan_name(s.upgrade_to)?,
+                }),
+                _ => Err(DecideError::Contract(
+                    "a shadow refusal for no lack of credits".into(),
+                )),
+            })
+            .transpose()
     }
 
     /// Whether `plan` is decided in shadow mode, as the component said when it
@@ -1431,28 +1427,19 @@ impl Worker {
         &self,
         usage: Option<contract::AccountUsage>,
     ) -> Result<Option<AccountUsage>, DecideError> {
-        let Some(u) = usage else {
-            return Ok(None);
-        };
-        let plan = match u.plan {
-            contract::PlanRef::Loaded(index) => usize::try_from(index)
-                .ok()
-                .and_then(|i| self.plans.get(i))
-                .cloned()
-                .ok_or_else(|| {
-                    DecideError::Contract(format!(
-                        "plan {index} of a policy with {} plan(s)",
-                        self.plans.len()
-                    ))
-                })?,
-            contract::PlanRef::Missing(name) => name,
-        };
-        Ok(Some(AccountUsage {
-            plan,
-            anchor: u.anchor,
-            lead_credits: u.lead_credits,
-            email_credits: u.email_credits,
-        }))
+        usage
+            .map(|u| {
+                Ok(AccountUsage {
+                    plan: match u.plan {
+                        contract::PlanRef::Loaded(index) => self.plan(index)?,
+                        contract::PlanRef::Missing(name) => name,
+                    },
+                    anchor: u.anchor,
+                    lead_credits: u.lead_credits,
+                    email_credits: u.email_credits,
+                })
+            })
+            .transpose()
     }
 
     /// Adds many contacts to a campaign in one guest call and one store transaction,
