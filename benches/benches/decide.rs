@@ -189,6 +189,48 @@ fn decisions(c: &mut Criterion) {
         b.iter(|| worker.decide(black_box(&rcpt), T0).expect("decides"))
     });
 
+    // The floor under every line above: a call through `Worker` into the
+    // component that does nothing (`history-cycles` answers a constant: no
+    // argument, no state call, a result in a register), and one that answers a
+    // small record through guest memory with a post-return call after it
+    // (`warning-levels`). A decision cannot cost less than the first.
+    c.bench_function("component/call/empty", |b| {
+        b.iter(|| {
+            worker
+                .inspect(|g, s| g.call_history_cycles(s).map(Ok))
+                .expect("answers")
+        })
+    });
+    // The same call without the `Worker` around it (its clock reads, budget
+    // and error mapping): wasmtime's own cost of entering the component, in
+    // runs short enough for the decision budget.
+    c.bench_function("component/call/bare", |b| {
+        b.iter_custom(|iters| {
+            let (mut spent, mut left) = (Duration::ZERO, iters);
+            while left > 0 {
+                let run = left.min(10_000);
+                left -= run;
+                spent += worker
+                    .inspect(|g, s| {
+                        let started = Instant::now();
+                        for _ in 0..run {
+                            black_box(g.call_history_cycles(&mut *s)?);
+                        }
+                        Ok(Ok(started.elapsed()))
+                    })
+                    .expect("answers");
+            }
+            spent
+        })
+    });
+    c.bench_function("component/call/record", |b| {
+        b.iter(|| {
+            worker
+                .inspect(|g, s| g.call_warning_levels(s))
+                .expect("answers")
+        })
+    });
+
     let dir = tempfile::tempdir().expect("temp dir");
     let redb = Arc::new(RedbStore::open(&dir.path().join("bench.redb")).expect("opens"));
     let mut worker = wasm_worker(&runtime, redb);
