@@ -1329,3 +1329,98 @@ fn serve_check_says_what_redis_could_lose_in_a_crash() {
         );
     }
 }
+
+/// Polls `done` until it holds, within [`WAIT`].
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Audit 3.1: a Redis that may evict keys under memory pressure deletes a
+/// ledger's counters and markers first (they carry TTLs), so usage reads as
+/// reset and retried messages are charged again. Such a server is refused at
+/// open, and one switched to evicting at runtime has every call refused (and
+/// `health` failing) until it is switched back.
+#[test]
+fn a_server_that_may_evict_keys_is_refused_and_watched() {
+    let evicting =
+        RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "volatile-lru"]);
+    match RedisStore::open(&evicting.url()) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("maxmemory-policy volatile-lru"), "{e}");
+            assert!(e.contains("noeviction"), "{e}");
+        }
+        Ok(_) => panic!("a store opened on a server that evicts keys"),
+    }
+    // No memory bound: nothing is evicted, whatever the policy.
+    let unbounded =
+        RedisServer::start_with(&["--maxmemory", "0", "--maxmemory-policy", "allkeys-lru"]);
+    unbounded.store("unbounded");
+
+    let server =
+        RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"]);
+    let store = RedisStore::open(&format!(
+        "{}?prefix=watched&settings_check_ms=50",
+        server.url()
+    ))
+    .expect("a server that never evicts is fine");
+    charge(&store, "acme", "m1", 10).expect("charges");
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    until("calls refused while the server may evict", || {
+        store.health().is_err()
+    });
+    let refused = charge(&store, "acme", "m2", 10).expect_err("refused while it may evict");
+    assert!(refused.to_string().contains("allkeys-lru"), "{refused}");
+    assert!(store.scopes().is_err(), "reads are refused too");
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    until("served again once nothing is evicted", || {
+        store.health().is_ok()
+    });
+    charge(&store, "acme", "m2", 10).expect("charges again");
+    assert_eq!(
+        store.counter_get("acme", "c", 0).expect("reads"),
+        2,
+        "the refused call changed nothing"
+    );
+}
+
+/// Audit 3.3: on a cluster the settings of every primary count. The durability
+/// reading names the primary that keeps writes least well, and one primary that
+/// may evict keys is enough for the store to be refused.
+#[test]
+fn a_cluster_is_judged_by_its_weakest_primary() {
+    let cluster = Cluster::start();
+    let always = ["appendonly", "yes", "appendfsync", "always"];
+    for node in &cluster.nodes {
+        node.cli(&[&["CONFIG", "SET"][..], &always[..]].concat());
+    }
+    let durability = cluster.store("judged").durability().expect("reads");
+    assert_eq!(durability.risk(), None, "{durability}");
+    assert_eq!(durability.to_string(), "appendonly yes, appendfsync always");
+
+    let weak = &cluster.nodes[1];
+    weak.cli(&["CONFIG", "SET", "appendfsync", "everysec"]);
+    let durability = cluster.store("judged").durability().expect("reads");
+    assert_eq!(
+        durability.to_string(),
+        format!(
+            "appendonly yes, appendfsync everysec (primary 127.0.0.1:{})",
+            weak.port
+        )
+    );
+
+    weak.cli(&["CONFIG", "SET", "maxmemory", "100mb"]);
+    weak.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"]);
+    match RedisStore::open(&cluster.url("judged")) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains(&format!("127.0.0.1:{}", weak.port)), "{e}");
+            assert!(e.contains("volatile-ttl"), "{e}");
+        }
+        Ok(_) => panic!("a store opened on a cluster with a primary that evicts keys"),
+    }
+}

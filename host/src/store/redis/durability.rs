@@ -1,21 +1,43 @@
-//! Whether the Redis server keeps what it acknowledged. A gateway answers
-//! "allowed" once Redis has answered the charge; whether that answer survives a
-//! crash of Redis or its host is Redis's own setting, which creditgate cannot
-//! change but can read, so that `serve` says so at start when it is weaker than
-//! the promise (and `serve --check` reports it).
+//! What the Redis server's own settings let it lose. A gateway answers
+//! "allowed" once Redis has answered the charge; whether that charge is still
+//! there later is up to Redis's settings, which creditgate cannot change but can
+//! read, on every primary of a cluster:
+//!
+//! - **Persistence** (`appendonly`, `appendfsync`): weaker than `yes` and
+//!   `always`, a crash of Redis or its host takes back charges it acknowledged.
+//!   `serve` says so at start and `serve --check` prints it; the gateway runs.
+//! - **Eviction** (`maxmemory` with a `maxmemory-policy` other than
+//!   `noeviction`): under memory pressure Redis deletes keys, and the counters
+//!   and `once` markers of a ledger are the first a `volatile-*` policy picks
+//!   (they carry a TTL). Usage then reads as reset and retried messages are
+//!   charged again: credits oversold, silently. So the store refuses to open on
+//!   such a server, and a [`Watch`] reads the setting again every few seconds:
+//!   while a primary evicts (a `CONFIG SET` at runtime), every call fails closed
+//!   and `health` says why; the store serves again once the setting is safe.
+//!   Keys a primary evicted are logged as an error, with how many.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{Cmd, RedisError, RedisResult, Value};
 
 use super::RedisStore;
+use super::conn::Conn;
 use crate::store::StoreError;
 
-/// What a Redis server says of how it keeps writes (`CONFIG GET`).
+/// What a Redis server says of how it keeps writes (`CONFIG GET`): on a
+/// cluster, the primary that keeps them least well.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisDurability {
     /// `appendonly`: `yes` keeps an append-only file.
     pub appendonly: String,
     /// `appendfsync`: `always` syncs it before each answer.
     pub appendfsync: String,
+    /// Cluster only: the primary these are of.
+    pub node: Option<String>,
 }
 
 impl RedisDurability {
@@ -30,6 +52,15 @@ impl RedisDurability {
             None
         }
     }
+
+    /// How bad [`RedisDurability::risk`] is, for picking a cluster's weakest.
+    fn weakness(&self) -> u8 {
+        match self.risk() {
+            None => 0,
+            Some(_) if self.appendonly == "yes" => 1,
+            Some(_) => 2,
+        }
+    }
 }
 
 impl std::fmt::Display for RedisDurability {
@@ -38,35 +69,313 @@ impl std::fmt::Display for RedisDurability {
             f,
             "appendonly {}, appendfsync {}",
             self.appendonly, self.appendfsync
+        )?;
+        match &self.node {
+            Some(node) => write!(f, " (primary {node})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What one primary says of evicting keys (`INFO memory`, `INFO stats`: read
+/// even where `CONFIG` is renamed, as managed services do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Eviction {
+    node: String,
+    /// `maxmemory`: 0 means no limit, so nothing is evicted.
+    maxmemory: u64,
+    policy: String,
+    /// `evicted_keys` since the server started.
+    evicted: u64,
+}
+
+impl Eviction {
+    fn evicts(&self) -> bool {
+        self.maxmemory != 0 && self.policy != "noeviction"
+    }
+
+    /// Why a store must not run on this primary.
+    fn refusal(&self) -> String {
+        format!(
+            "{} may delete keys (maxmemory {}, maxmemory-policy {}): the counters and \
+             markers of a ledger would vanish, resetting usage and charging retried \
+             messages again; set maxmemory-policy noeviction (or maxmemory 0)",
+            self.node, self.maxmemory, self.policy
         )
     }
 }
 
+/// Whether the store refuses calls because a primary evicts, and why; shared by
+/// the store and its [`Watch`].
+#[derive(Debug, Default)]
+pub(super) struct Refusal {
+    refusing: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Refusal {
+    /// Why calls are refused now; None while they are not.
+    pub(super) fn reason(&self) -> Option<String> {
+        if !self.refusing.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+
+    fn set(&self, reason: Option<String>) {
+        let mut held = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
+        self.refusing.store(reason.is_some(), Ordering::Release);
+        *held = reason.unwrap_or_default();
+    }
+}
+
+/// Runs `cmd` on every primary: the server itself (named `label`), or each
+/// primary of the cluster; their answers by node.
+async fn on_every_primary(conn: Conn, cmd: Cmd, label: &str) -> RedisResult<Vec<(String, Value)>> {
+    match conn {
+        Conn::Single(mut c) => Ok(vec![(label.to_owned(), cmd.query_async(&mut c).await?)]),
+        Conn::Cluster(mut c) => {
+            let every = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+            match c.route_command(cmd, every).await? {
+                Value::Map(nodes) => nodes
+                    .into_iter()
+                    .map(|(node, answer)| Ok((redis::from_redis_value(node)?, answer)))
+                    .collect(),
+                other => Err(RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "an answer by node",
+                    format!("{other:?}"),
+                ))),
+            }
+        }
+    }
+}
+
+/// `field:value` of an `INFO` answer.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        line.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// Every primary's eviction settings and count.
+async fn evictions(conn: Conn, label: &str) -> RedisResult<Vec<Eviction>> {
+    let memory = on_every_primary(
+        conn.clone(),
+        redis::cmd("INFO").arg("memory").clone(),
+        label,
+    );
+    let stats = on_every_primary(conn, redis::cmd("INFO").arg("stats").clone(), label);
+    let (memory, stats) = tokio::try_join!(memory, stats)?;
+    let stats: HashMap<String, Value> = stats.into_iter().collect();
+    let malformed = |node: &str, what: &str| {
+        RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "INFO without a field",
+            format!("{node}: no {what}"),
+        ))
+    };
+    memory
+        .into_iter()
+        .map(|(node, memory)| {
+            let memory: String = redis::from_redis_value(memory)?;
+            let stats: String = match stats.get(&node) {
+                Some(v) => redis::from_redis_value_ref(v)?,
+                None => return Err(malformed(&node, "INFO stats")),
+            };
+            let number = |info: &str, field: &str| {
+                info_field(info, field)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| malformed(&node, field))
+            };
+            Ok(Eviction {
+                maxmemory: number(&memory, "maxmemory")?,
+                policy: info_field(&memory, "maxmemory_policy")
+                    .ok_or_else(|| malformed(&node, "maxmemory_policy"))?
+                    .to_owned(),
+                evicted: number(&stats, "evicted_keys")?,
+                node,
+            })
+        })
+        .collect()
+}
+
+/// Reads the eviction settings of every primary again every `every`, refusing
+/// the store's calls while one evicts (see the module docs).
+pub(super) struct Watch {
+    conn: Conn,
+    label: String,
+    refusal: std::sync::Arc<Refusal>,
+    every: Duration,
+}
+
+impl Watch {
+    /// Checks the primaries once, for opening a store: an error names the one
+    /// that evicts. A server that will not answer `INFO` is let through with a
+    /// warning, as durability is: the setting is then the operator's to check.
+    pub(super) async fn first(
+        conn: Conn,
+        label: String,
+        refusal: std::sync::Arc<Refusal>,
+        every: Duration,
+    ) -> Result<(Self, HashMap<String, u64>), StoreError> {
+        let counts = match evictions(conn.clone(), &label).await {
+            Ok(nodes) => {
+                if let Some(node) = nodes.iter().find(|n| n.evicts()) {
+                    return Err(StoreError::Unavailable(format!(
+                        "redis {label}: {}",
+                        node.refusal()
+                    )));
+                }
+                for node in nodes.iter().filter(|n| n.evicted > 0) {
+                    tracing::warn!(redis = %label, node = %node.node, evicted = node.evicted,
+                        "this Redis has evicted keys since it started: if they were a \
+                         ledger's, credits were reset");
+                }
+                nodes.into_iter().map(|n| (n.node, n.evicted)).collect()
+            }
+            Err(e) => {
+                tracing::warn!(redis = %label, error = %e,
+                    "cannot read Redis's eviction settings: make sure every primary runs \
+                     with maxmemory-policy noeviction (or maxmemory 0)");
+                HashMap::new()
+            }
+        };
+        let watch = Self {
+            conn,
+            label,
+            refusal,
+            every,
+        };
+        Ok((watch, counts))
+    }
+
+    /// Runs until the store's runtime stops, from the evictions counted by `first`.
+    pub(super) async fn run(self, mut counts: HashMap<String, u64>) {
+        loop {
+            tokio::time::sleep(self.every).await;
+            // A primary that cannot be asked now fails the calls on it anyway;
+            // the refusal stands as it is until one can.
+            let Ok(nodes) = evictions(self.conn.clone(), &self.label).await else {
+                continue;
+            };
+            for node in &nodes {
+                let before = counts.insert(node.node.clone(), node.evicted).unwrap_or(0);
+                if node.evicted > before {
+                    tracing::error!(redis = %self.label, node = %node.node,
+                        evicted = node.evicted - before,
+                        "Redis evicted keys: if they were the ledger's, usage was reset and \
+                         retried messages may be charged again");
+                }
+            }
+            let refusal = nodes.iter().find(|n| n.evicts()).map(Eviction::refusal);
+            match (&refusal, self.refusal.reason()) {
+                (Some(why), None) => tracing::error!(redis = %self.label,
+                    "refusing every call: {why}"),
+                (None, Some(_)) => tracing::warn!(redis = %self.label,
+                    "no primary evicts any more: serving again"),
+                _ => {}
+            }
+            self.refusal.set(refusal);
+        }
+    }
+}
+
 impl RedisStore {
-    /// The server's `appendonly` and `appendfsync` (on a cluster, those of the
-    /// node asked). A server that refuses `CONFIG` (managed services often
-    /// rename it) answers an error: durability is then the operator's to check.
+    /// The server's `appendonly` and `appendfsync`; on a cluster, those of the
+    /// primary that keeps writes least well, named. A server that refuses
+    /// `CONFIG` (managed services often rename it) answers an error: durability
+    /// is then the operator's to check.
     pub fn durability(&self) -> Result<RedisDurability, StoreError> {
         let what = "reading appendonly and appendfsync";
-        let config: HashMap<String, String> =
-            self.call(what, self.config.call_timeout, |mut c| async move {
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("append*")
-                    .query_async(&mut c)
-                    .await
-            })?;
-        let setting = |name: &str| {
-            config.get(name).cloned().ok_or_else(|| {
-                StoreError::Unavailable(format!(
-                    "redis {}: {what}: CONFIG GET gave no {name}",
-                    self.label()
-                ))
-            })
+        let cluster = matches!(self.conn, Conn::Cluster(_));
+        let label = self.label().to_owned();
+        let nodes = self.call(what, self.config.call_timeout, |c| async move {
+            let cmd = redis::cmd("CONFIG").arg("GET").arg("append*").clone();
+            on_every_primary(c, cmd, &label).await
+        })?;
+        let mut weakest: Option<RedisDurability> = None;
+        for (node, config) in nodes {
+            let config: HashMap<String, String> =
+                redis::from_redis_value(config).map_err(|e| self.unavailable(what, e))?;
+            let setting = |name: &str| {
+                config.get(name).cloned().ok_or_else(|| {
+                    self.unavailable(what, format_args!("CONFIG GET gave {node} no {name}"))
+                })
+            };
+            let this = RedisDurability {
+                appendonly: setting("appendonly")?,
+                appendfsync: setting("appendfsync")?,
+                node: cluster.then_some(node),
+            };
+            if weakest
+                .as_ref()
+                .is_none_or(|w| this.weakness() > w.weakness())
+            {
+                weakest = Some(this);
+            }
+        }
+        let mut weakest = weakest.ok_or_else(|| self.unavailable(what, "no primary answered"))?;
+        if weakest.risk().is_none() {
+            // Every primary keeps writes: none to name.
+            weakest.node = None;
+        }
+        Ok(weakest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_fields_are_read_by_exact_name() {
+        let info = "# Memory\r\nmaxmemory_human:0B\r\nmaxmemory:104857600\r\n\
+                    maxmemory_policy:allkeys-lru\r\n";
+        assert_eq!(info_field(info, "maxmemory"), Some("104857600"));
+        assert_eq!(info_field(info, "maxmemory_policy"), Some("allkeys-lru"));
+        assert_eq!(info_field(info, "evicted_keys"), None);
+    }
+
+    #[test]
+    fn only_a_bounded_memory_with_a_deleting_policy_evicts() {
+        let node = |maxmemory, policy: &str| Eviction {
+            node: "n".into(),
+            maxmemory,
+            policy: policy.into(),
+            evicted: 0,
         };
-        Ok(RedisDurability {
-            appendonly: setting("appendonly")?,
-            appendfsync: setting("appendfsync")?,
-        })
+        assert!(!node(0, "allkeys-lru").evicts());
+        assert!(!node(1 << 30, "noeviction").evicts());
+        for policy in [
+            "allkeys-lru",
+            "volatile-lru",
+            "volatile-ttl",
+            "allkeys-random",
+        ] {
+            assert!(node(1 << 30, policy).evicts(), "{policy}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_names_its_least_durable_primary() {
+        let d = |appendonly: &str, appendfsync: &str| RedisDurability {
+            appendonly: appendonly.into(),
+            appendfsync: appendfsync.into(),
+            node: Some("127.0.0.1:7001".into()),
+        };
+        assert!(d("no", "always").weakness() > d("yes", "everysec").weakness());
+        assert!(d("yes", "everysec").weakness() > d("yes", "always").weakness());
+        assert_eq!(
+            d("no", "always").to_string(),
+            "appendonly no, appendfsync always (primary 127.0.0.1:7001)"
+        );
     }
 }

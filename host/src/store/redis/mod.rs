@@ -107,6 +107,10 @@
 //! - RDB snapshots only (`save ...`) or no persistence: a restart loses everything
 //!   since the last snapshot. Not for a ledger.
 //!
+//! Whatever the persistence, a server (or a cluster primary) with `maxmemory` and
+//! an evicting `maxmemory-policy` is refused, and watched for one at runtime
+//! (see [`durability`]): evicted counters and markers would oversell.
+//!
 //! Keep `no-appendfsync-on-rewrite no` (the default): `yes` skips the syncs while
 //! the file is being rewritten. Replication is asynchronous: a failover to a
 //! replica may lose the last writes the old primary acknowledged, whatever the
@@ -140,13 +144,14 @@ mod url;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{Cmd, RedisError, RedisResult, Script};
 
 use conn::{Call, Conn, block, collect, slot_of};
 pub use durability::RedisDurability;
+use durability::{Refusal, Watch};
 pub use url::{RedisConfig, RedisTarget, is_redis_url, parse_url};
 
 use super::{
@@ -180,6 +185,9 @@ pub struct RedisStore {
     registered: Mutex<HashMap<String, std::time::Instant>>,
     /// Where primitives wait to go out in pipelines (see [`collect`]).
     calls: tokio::sync::mpsc::UnboundedSender<Call>,
+    /// Set while a primary may evict keys: every call is refused (see
+    /// [`durability`]).
+    refusal: Arc<Refusal>,
 }
 
 impl Drop for RedisStore {
@@ -236,6 +244,22 @@ impl RedisStore {
                 )));
             }
         };
+        // A server that may delete keys is no place for a ledger: refused
+        // here, and watched from now on.
+        let refusal = Arc::new(Refusal::default());
+        let first = Watch::first(
+            conn.clone(),
+            label.clone(),
+            refusal.clone(),
+            config.settings_check,
+        );
+        let first = block(&runtime, async move {
+            tokio::time::timeout(config.bulk_timeout, first).await
+        })
+        .map_err(|e| unavailable(&e))?
+        .map_err(|_| unavailable(&"no answer to INFO within the bulk timeout"))?;
+        let (watch, evicted) = first?;
+        runtime.spawn(watch.run(evicted));
         let (calls, queue) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(collect(queue, conn.clone(), config.call_timeout));
         let store = Self {
@@ -246,6 +270,7 @@ impl RedisStore {
             config,
             registered: Mutex::default(),
             calls,
+            refusal,
         };
         store.migrate_alert_log()?;
         Ok(store)
@@ -312,6 +337,7 @@ impl RedisStore {
         let Some(runtime) = &self.runtime else {
             return Err(self.unavailable(what, "the store is shutting down"));
         };
+        self.refuse_while_evicting(what)?;
         let fut = make(self.conn.clone());
         match block(
             runtime,
@@ -324,6 +350,15 @@ impl RedisStore {
                 format_args!("no answer within {} ms", limit.as_millis()),
             )),
             Err(e) => Err(self.unavailable(what, e)),
+        }
+    }
+
+    /// Fails closed while a primary may evict keys: what it answers could be
+    /// a ledger with keys missing.
+    fn refuse_while_evicting(&self, what: &str) -> Result<(), StoreError> {
+        match self.refusal.reason() {
+            Some(why) => Err(self.unavailable(what, why)),
+            None => Ok(()),
         }
     }
 
@@ -467,6 +502,7 @@ impl RedisStore {
         let Some(runtime) = &self.runtime else {
             return Err(self.unavailable(what, "the store is shutting down"));
         };
+        self.refuse_while_evicting(what)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let call = Call {
             slot: matches!(self.conn, Conn::Cluster(_)).then(|| slot_of(base.as_bytes())),
@@ -925,6 +961,12 @@ impl super::Backend for RedisStore {
         // Each script was applied when it returned; how durable that is, is the
         // server's appendfsync setting (see the module docs).
         Ok(())
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        // Calls fail (and recover) one by one otherwise; a server that may
+        // evict keys fails them all, and says so here.
+        self.refuse_while_evicting("serving")
     }
 
     fn scopes(&self) -> Result<Vec<String>, StoreError> {

@@ -20,6 +20,9 @@ pub struct RedisConfig {
     pub bulk_timeout: Duration,
     /// How long after its expiry Redis keeps a counter or `once` marker.
     pub gc_margin: Duration,
+    /// How often the primaries' eviction settings are read again (see
+    /// `durability`).
+    pub settings_check: Duration,
 }
 
 impl Default for RedisConfig {
@@ -30,6 +33,7 @@ impl Default for RedisConfig {
             call_timeout: Duration::from_millis(500),
             bulk_timeout: Duration::from_secs(30),
             gc_margin: Duration::from_secs(24 * 3600),
+            settings_check: Duration::from_secs(5),
         }
     }
 }
@@ -59,7 +63,8 @@ pub fn is_redis_url(s: &str) -> bool {
 
 /// Parses `redis://[USER:PASS@]HOST:PORT[/DB][?OPTIONS]` or
 /// `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT,...[?OPTIONS]`. Options:
-/// `prefix=NAME`, `connect_timeout_ms=N`, `call_timeout_ms=N`.
+/// `prefix=NAME`, `connect_timeout_ms=N`, `call_timeout_ms=N`,
+/// `settings_check_ms=N`.
 pub fn parse_url(url: &str) -> Result<(RedisTarget, RedisConfig), StoreError> {
     let bad = |why: &str| StoreError::InvalidArgument(format!("redis URL {url:?}: {why}"));
     if url.starts_with("rediss://") || url.starts_with("rediss+cluster://") {
@@ -96,9 +101,11 @@ pub fn parse_url(url: &str) -> Result<(RedisTarget, RedisConfig), StoreError> {
             }
             "connect_timeout_ms" => config.connect_timeout = millis()?,
             "call_timeout_ms" => config.call_timeout = millis()?,
+            "settings_check_ms" => config.settings_check = millis()?,
             _ => {
                 return Err(bad(&format!(
-                    "unknown option {name:?} (known: prefix, connect_timeout_ms, call_timeout_ms)"
+                    "unknown option {name:?} (known: prefix, connect_timeout_ms, \
+                     call_timeout_ms, settings_check_ms)"
                 )));
             }
         }
