@@ -706,6 +706,16 @@ impl PostfixConfig {
             AccountFrom::Table { key, .. } => *key != AccountKey::SaslUsername,
             AccountFrom::SaslUsername => false,
         };
+        if sender_based {
+            out.push(
+                "[postfix] account_from names the account by the envelope sender: a client \
+                 that authenticated as one customer can charge, and spend, another's credits \
+                 by sending as its address, unless Postfix ties senders to logins \
+                 (smtpd_sender_login_maps with reject_authenticated_sender_login_mismatch in \
+                 smtpd_sender_restrictions)"
+                    .to_owned(),
+            );
+        }
         if sender_based && self.actions.no_account == FailureAction::FailOpen {
             out.push(
                 "[postfix] account_from names the account by the envelope sender and \
@@ -1966,9 +1976,21 @@ mod tests {
         assert!(sender.contains("MAIL FROM:<>"), "{sender}");
         let table = warned("[account_from.table]\nkey = \"sender_domain\"\nmap = {}");
         assert!(table.contains("MAIL FROM:<>"), "{table}");
-        assert_eq!(
-            warned("account_from = \"sender\"\n[actions]\nno_account = \"fail_closed\""),
-            ""
+        // Audit 3.4: under a sender-based account, an authenticated client can
+        // send as another customer unless Postfix ties senders to logins.
+        for text in [
+            "account_from = \"sender_domain\"\n[actions]\nno_account = \"fail_closed\"",
+            "[account_from.table]\nkey = \"sender\"\nmap = {}",
+        ] {
+            let sender = warned(text);
+            assert!(
+                sender.contains("reject_authenticated_sender_login_mismatch"),
+                "{sender}"
+            );
+        }
+        assert!(
+            !warned("[account_from.table]\nkey = \"sasl_username\"\nmap = {}")
+                .contains("login_mismatch")
         );
         let open = warned("[actions]\nunknown_account = \"dunno\"\ninternal_error = \"fail_open\"");
         assert!(open.contains("unknown_account = \"fail_open\""), "{open}");
