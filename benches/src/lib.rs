@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use creditgate::bindings as host;
 use creditgate::store::{
-    CounterAdd, CounterTally, Guard, MemberAddGuarded, MemberAddMany, Membership, Store, StoreError,
+    CounterAdd, CounterTally, Guard, GuardedUpdate, MemberAddGuarded, MemberAddMany, Membership,
+    Store, StoreError,
 };
 use creditgate_guest::bindings as guest;
 use creditgate_guest::engine::{self, Name, State};
@@ -86,6 +87,17 @@ impl State for NativeState {
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Answer<bool> {
         self.store
             .record_update(scope, key, value)
+            .map_err(state_error)
+    }
+    fn record_update_guarded(&mut self, u: engine::GuardedUpdate<'_>) -> Answer<bool> {
+        let update = GuardedUpdate {
+            scope: self.name(u.scope)?,
+            guard: self.guard(u.guard)?,
+            key: self.name(u.key)?,
+            value: u.value,
+        };
+        self.store
+            .record_update_guarded(update)
             .map_err(state_error)
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: i64) -> Answer<u64> {

@@ -15,7 +15,8 @@ use crate::bindings::{
     Instant, LeadBatch, MemberRemoved, MembersAdded, Mode, Once, PolicySummary, StateError, Tally,
 };
 use crate::engine::{
-    CounterAdd, CounterTally, Engine, MemberAddGuarded, MemberAddMany, Membership, State,
+    CounterAdd, CounterTally, Engine, GuardedUpdate, MemberAddGuarded, MemberAddMany, Membership,
+    State,
 };
 use crate::known::Fnv;
 
@@ -97,6 +98,9 @@ impl State for Host {
     }
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError> {
         imports::record_update(self.name(scope)?, self.name(key)?, value)
+    }
+    fn record_update_guarded(&mut self, u: GuardedUpdate<'_>) -> Result<bool, StateError> {
+        imports::record_update_guarded(u.scope, u.guard, u.key, u.value)
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
         imports::counter_get(self.name(scope)?, self.name(name)?, now)

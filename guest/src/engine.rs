@@ -41,7 +41,9 @@ use crate::bindings::{
     PolicySummary, Reason, ShadowRefusal, StateError, Tally,
 };
 use crate::cycle::{self, Cycle};
-use crate::known::{Account, Fnv, KnownAccounts, cycle_of, email_counter, out_of_range};
+use crate::known::{
+    Account, Fnv, KnownAccounts, account_record, email_counter, out_of_range, parse_account_record,
+};
 use crate::policy::{Alerts, Plan, Policy};
 
 /// Billing cycles whose email counts are kept, the current one included.
@@ -105,6 +107,15 @@ pub struct CounterTally {
     pub now: Instant,
 }
 
+/// [`State::record_update_guarded`]'s arguments (WIT `record-update-guarded`).
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedUpdate<'a> {
+    pub scope: Name,
+    pub guard: Guard,
+    pub key: Name,
+    pub value: &'a str,
+}
+
 /// [`State::member_add_guarded`]'s arguments (WIT `member-add-guarded`).
 #[derive(Debug, Clone, Copy)]
 pub struct MemberAddGuarded<'a> {
@@ -129,6 +140,7 @@ pub trait State {
     fn record_get(&mut self, scope: &str, key: &str) -> Result<Option<String>, StateError>;
     fn record_insert(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError>;
+    fn record_update_guarded(&mut self, update: GuardedUpdate<'_>) -> Result<bool, StateError>;
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError>;
     fn member_add_many(&mut self, add: MemberAddMany<'_>) -> Result<MembersAdded, StateError>;
     fn member_remove(&mut self, at: Membership<'_>) -> Result<MemberRemoved, StateError>;
@@ -326,7 +338,7 @@ impl Engine {
             };
             return Ok(deny(Reason::UnknownPlan, usage));
         }
-        if !st.record_insert(account, ACCOUNT_RECORD, &account_record(anchor, plan))? {
+        if !st.record_insert(account, ACCOUNT_RECORD, &account_record(anchor, 0, plan))? {
             return self.with_account(st, account, now, |_, _| Ok(Err(Reason::AlreadySubscribed)));
         }
         self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))
@@ -340,27 +352,42 @@ impl Engine {
         now: Instant,
     ) -> Result<Decision, Error> {
         let policy = self.loaded()?;
-        let Some(found) = self.account(st, account)? else {
-            return Ok(deny(Reason::UnknownAccount, None));
-        };
-        if !policy.plans.contains_key(plan) {
-            let acct = found.as_ref().unwrap_or_else(|stranded| stranded);
-            let usage = self.usage_of(st, account, acct, now)?;
-            return Ok(deny(Reason::UnknownPlan, Some(usage)));
-        }
-        let (anchor, old) = match found {
-            Ok(acct) => (acct.anchor, Some(acct.plan)),
-            Err(stranded) => (stranded.anchor, None),
-        };
         self.known.borrow_mut().forget(account);
-        if !st.record_update(account, ACCOUNT_RECORD, &account_record(anchor, plan))? {
-            return Ok(deny(Reason::UnknownAccount, None));
+        for _ in 0..ATTEMPTS {
+            let Some((record, found)) = self.read_account(st, account)? else {
+                return Ok(deny(Reason::UnknownAccount, None));
+            };
+            let acct = found.as_ref().unwrap_or_else(|stranded| stranded);
+            if !policy.plans.contains_key(plan) {
+                let usage = self.usage_of(st, account, acct, now)?;
+                return Ok(deny(Reason::UnknownPlan, Some(usage)));
+            }
+            // A compare-and-swap on the record as read: a cycle moved on, or
+            // another plan change, since then is read again, never overwritten.
+            let replaced = account_record(acct.anchor, acct.newest, plan);
+            let (scope, key) = (st.intern(account)?, st.intern(ACCOUNT_RECORD)?);
+            let guard = Guard {
+                key,
+                version: st.intern(&record)?,
+            };
+            let update = GuardedUpdate {
+                scope,
+                guard,
+                key,
+                value: &replaced,
+            };
+            if !st.record_update_guarded(update)? {
+                continue;
+            }
+            let old = found.as_ref().ok().map(|acct| acct.plan);
+            let mut decision =
+                self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))?;
+            if let Some(usage) = &decision.usage {
+                decision.alerts = limit_change_alerts(&policy.alerts, old, usage);
+            }
+            return Ok(decision);
         }
-        let mut decision = self.with_account(st, account, now, |_, _| Ok(Ok(Effect::default())))?;
-        if let Some(usage) = &decision.usage {
-            decision.alerts = limit_change_alerts(&policy.alerts, old, usage);
-        }
-        Ok(decision)
+        Err(changed_too_often(account))
     }
 
     pub fn add_lead(
@@ -651,6 +678,11 @@ impl Engine {
                 },
             };
             let step = step();
+            if matches!(step, Step::Charge { .. }) && !entry.advance(st, now)? {
+                // Another worker or host changed the account: read it again.
+                known.forget(account);
+                continue;
+            }
             let (scope, guard, acct, cycle) = entry.at(st, now)?;
             let limit = acct.plan.email_credits;
             // A plan in shadow takes its credits past its limits, and says what
@@ -778,9 +810,7 @@ impl Engine {
                 },
             });
         }
-        Err(Error::State(StateError::Unavailable(format!(
-            "the record of account {account:?} changed {ATTEMPTS} times during one decision"
-        ))))
+        Err(changed_too_often(account))
     }
 
     /// An allowed decision with its effect, the usage after it and the
@@ -850,7 +880,7 @@ impl Engine {
         else {
             return Ok(Vec::new());
         };
-        let current = cycle_of(acct.anchor, now)?;
+        let current = acct.cycle_at(now)?;
         let first = current
             .index
             .saturating_sub(cycles.clamp(1, HISTORY_CYCLES) - 1);
@@ -889,7 +919,7 @@ impl Engine {
         let Some(record) = st.record_get(account, ACCOUNT_RECORD)? else {
             return Ok(None);
         };
-        let (anchor, plan_name) = parse_account_record(&record).ok_or_else(|| {
+        let (anchor, newest, plan_name) = parse_account_record(&record).ok_or_else(|| {
             Error::State(StateError::Corrupt(format!(
                 "account record of {account:?} is malformed: {record:?}"
             )))
@@ -906,12 +936,14 @@ impl Engine {
                 plan_name: plan_name.to_string(),
                 plan_index: u32::try_from(index).ok(),
                 plan: *plan,
+                newest,
             }),
             None => Err(Account {
                 anchor,
                 plan_name: plan_name.to_string(),
                 plan_index: None,
                 plan: STRANDED,
+                newest,
             }),
         };
         Ok(Some((record, found)))
@@ -924,7 +956,7 @@ impl Engine {
         acct: &Account,
         now: Instant,
     ) -> Result<AccountUsage, Error> {
-        let cycle = cycle_of(acct.anchor, now)?;
+        let cycle = acct.cycle_at(now)?;
         let tally = Tally {
             counter: st.counter_get(account, &email_counter(&cycle), now)?,
             members: st.member_count(account)?,
@@ -980,6 +1012,9 @@ impl<S: State> State for Remembering<'_, S> {
     }
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError> {
         self.inner.record_update(scope, key, value)
+    }
+    fn record_update_guarded(&mut self, update: GuardedUpdate<'_>) -> Result<bool, StateError> {
+        self.inner.record_update_guarded(update)
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
         self.inner.counter_get(scope, name, now)
@@ -1168,13 +1203,12 @@ fn fingerprint(contact: &str) -> u64 {
     hash.finish().max(1)
 }
 
-fn account_record(anchor: Instant, plan: &str) -> String {
-    format!("{anchor} {plan}")
-}
-
-fn parse_account_record(record: &str) -> Option<(Instant, &str)> {
-    let (anchor, plan) = record.split_once(' ')?;
-    Some((anchor.parse().ok()?, plan))
+/// A decision that found the account's record changed by others at each of
+/// its [`ATTEMPTS`]: the store is busy with it, try again later.
+fn changed_too_often(account: &str) -> Error {
+    Error::State(StateError::Unavailable(format!(
+        "the record of account {account:?} changed {ATTEMPTS} times during one decision"
+    )))
 }
 
 impl From<StateError> for Error {
@@ -1356,14 +1390,14 @@ mod tests {
         };
         let d = send(st, "m1", end - 100_000_000);
         assert_eq!((brief(&d), used(&d)), ((None, 1, 0), Some(1)));
-        // The retry 0.2 s later, in the next cycle: free, that cycle's usage.
-        let d = send(st, "m1", end + 100_000_000);
-        assert_eq!((brief(&d), used(&d)), ((None, 0, 0), Some(0)));
         // A charge just before the end, retried after it and after a step back.
         let charge = |st: &mut MemState, cost, at| {
             brief(&e.charge_email(st, "a", cost, Some("p1"), at).unwrap())
         };
         assert_eq!(charge(st, 1, end - 1), (None, 1, 0));
+        // The retry of m1 0.2 s later, in the next cycle: free, that cycle's usage.
+        let d = send(st, "m1", end + 100_000_000);
+        assert_eq!((brief(&d), used(&d)), ((None, 0, 0), Some(0)));
         assert_eq!(charge(st, 1, end + 5), (None, 0, 0));
         assert_eq!(charge(st, 1, end - 2), (None, 0, 0));
         // The id for another message after the boundary: a conflict.
@@ -1398,6 +1432,92 @@ mod tests {
             .map(|c| c.used)
             .collect();
         assert_eq!(history, [2, 1]);
+    }
+
+    /// Audit 3.2: a cycle that is over for one gateway is over for all. Two
+    /// engines share one state, as two gateways share one store; the one whose
+    /// clock is behind charges the newest cycle once the other has charged in
+    /// it, so the cycle before, whose unused credits are gone, is not reopened.
+    #[test]
+    fn a_cycle_over_for_one_gateway_is_over_for_all() {
+        let (ahead, behind, st) = (engine(), engine(), &mut MemState::default());
+        ahead.subscribe(st, "a", "tiny", T0, T0).unwrap();
+        let end = cycle::cycle_number(T0, 1).unwrap().start;
+        const SEC: Instant = 1_000_000_000;
+        let charge = |e: &Engine, st: &mut MemState, cost, at| {
+            let d = e.charge_email(st, "a", cost, None, at).unwrap();
+            let start = d.usage.as_ref().map(|u| u.email_credits.cycle_start);
+            (brief(&d), start)
+        };
+        // The gateway behind uses one of cycle 0's two credits, ten seconds
+        // before its end; the one ahead, ten seconds past it, cycle 1's two.
+        assert_eq!(
+            charge(&behind, st, 1, end - 10 * SEC),
+            ((None, 1, 0), Some(T0))
+        );
+        assert_eq!(
+            charge(&ahead, st, 2, end + 10 * SEC),
+            ((None, 2, 0), Some(end))
+        );
+        // Its clock still before the end, the gateway behind is in cycle 1 now:
+        // cycle 0's last credit is gone, and cycle 1 has none left.
+        assert_eq!(
+            charge(&behind, st, 1, end - 5 * SEC),
+            ((Some(Reason::EmailCreditsExhausted), 0, 0), Some(end))
+        );
+        let usage = behind.usage(st, "a", end - 5 * SEC).unwrap().usage.unwrap();
+        assert_eq!(
+            (usage.email_credits.used, usage.email_credits.cycle_start),
+            (2, end)
+        );
+        let record = st.store.record_get("a", ACCOUNT_RECORD);
+        assert_eq!(record, Some(account_record(T0, 1, "tiny")));
+        // A plan change keeps the newest cycle: the upgrade is charged there too.
+        ahead.change_plan(st, "a", "big", end + 20 * SEC).unwrap();
+        assert_eq!(
+            st.store.record_get("a", ACCOUNT_RECORD),
+            Some(account_record(T0, 1, "big"))
+        );
+        assert_eq!(
+            charge(&behind, st, 1, end - 4 * SEC),
+            ((None, 1, 0), Some(end))
+        );
+        let history: Vec<u64> = (behind.email_history(st, "a", 2, end - 4 * SEC).unwrap())
+            .iter()
+            .map(|c| c.used)
+            .collect();
+        assert_eq!(history, [1, 3]);
+    }
+
+    /// The record's compare-and-swap: a plan change and a cycle moved on from
+    /// one version of the record both stand, in either order; neither writer
+    /// overwrites the other unseen.
+    #[test]
+    fn a_plan_change_and_a_new_cycle_from_one_record_both_stand() {
+        let end = cycle::cycle_number(T0, 1).unwrap().start;
+        let next_cycle_charge = |e: &Engine, st: &mut MemState| {
+            let d = e.charge_email(st, "a", 1, None, end + 1).unwrap();
+            assert_eq!(brief(&d), (None, 1, 0));
+        };
+        for plan_change_first in [true, false] {
+            let (gateway, other, st) = (engine(), engine(), &mut MemState::default());
+            gateway.subscribe(st, "a", "tiny", T0, T0).unwrap();
+            // The gateway knows the account as subscribed (its guard: the record).
+            gateway.charge_email(st, "a", 1, None, T0).unwrap();
+            if plan_change_first {
+                other.change_plan(st, "a", "big", T0).unwrap();
+                next_cycle_charge(&gateway, st);
+            } else {
+                next_cycle_charge(&other, st);
+                let d = gateway.change_plan(st, "a", "big", end + 2).unwrap();
+                assert_eq!(brief(&d), (None, 0, 0));
+            }
+            assert_eq!(
+                st.store.record_get("a", ACCOUNT_RECORD),
+                Some(account_record(T0, 1, "big")),
+                "plan change first: {plan_change_first}"
+            );
+        }
     }
 
     /// Issue 13.2: a message id is an idempotency key over what it charged. A
@@ -1491,7 +1611,7 @@ mod tests {
             (Some(Reason::EmailCreditsExhausted), 0, 0)
         );
         // Another worker upgrades the account: this engine has not seen it.
-        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, "big"))
+        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, 0, "big"))
             .unwrap();
         let d = send(st);
         assert_eq!(brief(&d), (None, 1, 0));
@@ -1502,7 +1622,7 @@ mod tests {
         assert_eq!(usage.email_credits.used, 3);
         // Lead credits too: tiny's one is taken by the first contact, and big's
         // limit, set elsewhere, is seen by the next addition on this engine.
-        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, "tiny"))
+        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, 0, "tiny"))
             .unwrap();
         assert_eq!(
             brief(&e.add_lead(st, "a", "q1", "x@y.io", T0).unwrap()),
@@ -1512,7 +1632,7 @@ mod tests {
             brief(&e.add_lead(st, "a", "q1", "z@y.io", T0).unwrap()),
             (Some(Reason::LeadCreditsExhausted), 0, 0)
         );
-        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, "big"))
+        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, 0, "big"))
             .unwrap();
         let d = e.add_lead(st, "a", "q1", "z@y.io", T0).unwrap();
         assert_eq!(brief(&d), (None, 1, 0));
@@ -1523,7 +1643,7 @@ mod tests {
         );
         assert_eq!(usage.email_credits.used, 3);
         // And moves it to a plan this policy does not have.
-        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, "gone"))
+        st.record_update("a", ACCOUNT_RECORD, &account_record(T0, 0, "gone"))
             .unwrap();
         assert_eq!(brief(&send(st)), (Some(Reason::UnknownPlan), 0, 0));
         assert_eq!(

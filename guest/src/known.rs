@@ -8,13 +8,20 @@
 //! as a guard: if the record has changed, the call does nothing and says so, and
 //! the decision starts again from a fresh read. An upgrade therefore takes effect
 //! at once everywhere, not when a cache expires.
+//!
+//! The record also says the newest billing cycle any gateway has charged, so
+//! that a cycle, once over for one gateway, is over for all: a gateway whose
+//! clock is behind (or stepped back) charges the newest cycle, never the one
+//! before it, whose unused credits are gone. The first charge of a new cycle
+//! moves the record on with a compare-and-swap ([`Known::advance`]); every
+//! gateway's charges guarded by the old record then find it changed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::bindings::{Error, Guard, Instant};
 use crate::cycle::{self, Cycle};
-use crate::engine::{ACCOUNT_RECORD, HISTORY_CYCLES, Name, State};
+use crate::engine::{ACCOUNT_RECORD, GuardedUpdate, HISTORY_CYCLES, Name, State};
 use crate::policy::Plan;
 
 /// Accounts an instance keeps; past this it forgets them all and starts again. An
@@ -30,6 +37,43 @@ pub(crate) struct Account {
     /// The plan's index in the loaded policy's summary; none when stranded.
     pub plan_index: Option<u32>,
     pub plan: Plan,
+    /// The newest billing cycle charged, as the record says: no instant is
+    /// charged or reported in an earlier one.
+    pub newest: u32,
+}
+
+impl Account {
+    /// The billing cycle that counts at `now`: the one `now` falls in, or the
+    /// newest charged when that one is later (the clock that asks is behind
+    /// another gateway's, or stepped back).
+    pub fn cycle_at(&self, now: Instant) -> Result<Cycle, Error> {
+        let cycle = cycle_of(self.anchor, now)?;
+        if cycle.index >= self.newest {
+            return Ok(cycle);
+        }
+        cycle::cycle_number(self.anchor, self.newest).map_err(out_of_range)
+    }
+}
+
+/// The account record: `<anchor> <plan>`, or `<anchor>/<newest cycle> <plan>`
+/// once a cycle after the first has been charged. Plan names hold no `/`
+/// before the space, and records written before the newest cycle was kept
+/// read as cycle 0.
+pub(crate) fn account_record(anchor: Instant, newest: u32, plan: &str) -> String {
+    match newest {
+        0 => format!("{anchor} {plan}"),
+        n => format!("{anchor}/{n} {plan}"),
+    }
+}
+
+/// The anchor, the newest cycle charged and the plan of an account record.
+pub(crate) fn parse_account_record(record: &str) -> Option<(Instant, u32, &str)> {
+    let (head, plan) = record.split_once(' ')?;
+    let (anchor, newest) = match head.split_once('/') {
+        Some((anchor, newest)) => (anchor, newest.parse().ok()?),
+        None => (head, 0),
+    };
+    Some((anchor.parse().ok()?, newest, plan))
 }
 
 /// One known account.
@@ -71,16 +115,20 @@ impl Known {
         now: Instant,
     ) -> Result<(Name, Guard, &Account, &CycleNames), Error> {
         let anchor = self.account.anchor;
+        let newest = self.account.newest;
         let fresh = match self.cycle.take() {
-            // Instants before the anchor belong to cycle 0 (see `cycle::cycle_at`).
+            // Instants before the anchor belong to cycle 0 (see `cycle::cycle_at`),
+            // and instants before the newest cycle charged to that one.
             Some(known)
                 if now < known.cycle.end
-                    && (now >= known.cycle.start || known.cycle.index == 0) =>
+                    && (now >= known.cycle.start
+                        || known.cycle.index == 0
+                        || known.cycle.index == newest) =>
             {
                 known
             }
             _ => {
-                let cycle = cycle_of(anchor, now)?;
+                let cycle = self.account.cycle_at(now)?;
                 CycleNames {
                     counter: st.intern(&email_counter(&cycle))?,
                     once_prefix: st.intern(ONCE_PREFIX)?,
@@ -96,6 +144,34 @@ impl Known {
             &self.account,
             self.cycle.insert(fresh),
         ))
+    }
+}
+
+impl Known {
+    /// Makes the cycle that counts at `now` the account's newest, before a
+    /// charge in it: a compare-and-swap of the record, after which this
+    /// instance's guard is the new record. False when the record had changed
+    /// (another worker or gateway moved it on, or changed the plan): the
+    /// caller reads the account again.
+    pub fn advance(&mut self, st: &mut impl State, now: Instant) -> Result<bool, Error> {
+        let index = self.at(st, now)?.3.cycle.index;
+        if index <= self.account.newest {
+            return Ok(true);
+        }
+        let account = &self.account;
+        let record = account_record(account.anchor, index, &account.plan_name);
+        let update = GuardedUpdate {
+            scope: self.scope,
+            guard: self.guard,
+            key: self.guard.key,
+            value: &record,
+        };
+        if !st.record_update_guarded(update)? {
+            return Ok(false);
+        }
+        self.guard.version = st.intern(&record)?;
+        self.account.newest = index;
+        Ok(true)
     }
 }
 

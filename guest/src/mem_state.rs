@@ -9,7 +9,8 @@ use crate::bindings::{
     MemberRemoved, MembersAdded, StateError, Tally,
 };
 use crate::engine::{
-    CounterAdd, CounterTally, MemberAddGuarded, MemberAddMany, Membership, Name, State,
+    CounterAdd, CounterTally, GuardedUpdate, MemberAddGuarded, MemberAddMany, Membership, Name,
+    State,
 };
 
 /// The `state` primitives on the store contract's one model (`storemodel/`,
@@ -59,6 +60,12 @@ impl State for MemState {
     }
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError> {
         Ok(self.store.record_update(scope, key, value))
+    }
+    fn record_update_guarded(&mut self, u: GuardedUpdate<'_>) -> Result<bool, StateError> {
+        let names = &self.names;
+        let (scope, key) = (&names[u.scope as usize], &names[u.key as usize]);
+        Ok(guard_of(names, u.guard)
+            .is_some_and(|guard| self.store.record_update_guarded(scope, guard, key, u.value)))
     }
     fn counter_get(&mut self, scope: &str, name: &str, now: Instant) -> Result<u64, StateError> {
         Ok(self.store.counter_get(scope, name, now))

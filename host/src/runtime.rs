@@ -42,7 +42,8 @@ use crate::bindings::{
 use crate::metrics::Latencies;
 use crate::request::{Answer, Op, Request};
 use crate::store::{
-    self, CounterAdd, CounterTally, MemberAddGuarded, MemberAddMany, Membership, OnceKey, Store,
+    self, CounterAdd, CounterTally, GuardedUpdate, MemberAddGuarded, MemberAddMany, Membership,
+    OnceKey, Store,
 };
 
 /// The policy component built from `guest/`, embedded in the binary.
@@ -753,6 +754,22 @@ impl state::Host for HostState {
         self.on([scope, key], |store, [scope, key]| {
             store.record_update(scope, key, &value)
         })
+    }
+    fn record_update_guarded(
+        &mut self,
+        scope: u32,
+        guard: state::Guard,
+        key: u32,
+        value: String,
+    ) -> Result<bool, StateError> {
+        let (store, names, clock) = self.parts();
+        let update = GuardedUpdate {
+            scope: names.get(scope)?,
+            guard: guard_of(names, guard)?,
+            key: names.get(key)?,
+            value: &value,
+        };
+        clock.timed(|| store.record_update_guarded(update))
     }
     fn counter_get(&mut self, scope: u32, counter: u32, now: i64) -> Result<u64, StateError> {
         self.on([scope, counter], |store, [scope, counter]| {

@@ -163,6 +163,13 @@ pub enum Op {
         key: String,
         value: String,
     },
+    RecordUpdateGuarded {
+        scope: String,
+        /// `(key, value)`.
+        guard: (String, String),
+        key: String,
+        value: String,
+    },
     CounterGet {
         scope: String,
         name: String,
@@ -397,6 +404,17 @@ impl Model {
             }
             None => false,
         }
+    }
+
+    /// `record-update` while `guard` holds.
+    pub fn record_update_guarded(
+        &mut self,
+        scope: &str,
+        guard: Guard<'_>,
+        key: &str,
+        value: &str,
+    ) -> bool {
+        self.guard_holds(scope, Some(guard)) && self.record_update(scope, key, value)
     }
 
     /// A counter's value at `now`: 0 when it was never added to, or has expired.
@@ -676,6 +694,18 @@ impl Model {
             Op::RecordUpdate { scope, key, value } => {
                 Answer::Bool(self.record_update(scope, key, value))
             }
+            Op::RecordUpdateGuarded {
+                scope,
+                guard: (guard_key, guard_value),
+                key,
+                value,
+            } => {
+                let guard = Guard {
+                    key: guard_key,
+                    value: guard_value,
+                };
+                Answer::Bool(self.record_update_guarded(scope, guard, key, value))
+            }
             Op::CounterGet { scope, name, now } => {
                 Answer::Count(self.counter_get(scope, name, *now))
             }
@@ -785,6 +815,16 @@ impl Model {
             Op::RecordGet { scope, key } => names_ok(&[scope, key]),
             Op::RecordInsert { scope, key, value } | Op::RecordUpdate { scope, key, value } => {
                 names_ok(&[scope, key]) && value.len() <= limits.value
+            }
+            Op::RecordUpdateGuarded {
+                scope,
+                guard,
+                key,
+                value,
+            } => {
+                names_ok(&[scope, key])
+                    && value.len() <= limits.value
+                    && guard_ok(&Some(guard.clone()))
             }
             Op::CounterGet { scope, name, .. } => names_ok(&[scope, name]),
             Op::CounterAdd {

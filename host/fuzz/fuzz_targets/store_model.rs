@@ -101,6 +101,8 @@ enum Op {
     RecordGet(u8, u8),
     RecordInsert(u8, u8, u8),
     RecordUpdate(u8, u8, u8),
+    /// (scope, guard key, guard value, key, value)
+    RecordUpdateGuarded(u8, u8, u8, u8, u8),
     CounterGet(u8, u8),
     CounterAdd {
         scope: u8,
@@ -159,6 +161,14 @@ impl Op {
                 key: k(key),
                 value: v(value),
             },
+            Op::RecordUpdateGuarded(scope, guard_key, guard_value, key, value) => {
+                model::Op::RecordUpdateGuarded {
+                    scope: s(scope),
+                    guard: (k(guard_key), v(guard_value)),
+                    key: k(key),
+                    value: v(value),
+                }
+            }
             Op::CounterGet(scope, name) => model::Op::CounterGet {
                 scope: s(scope),
                 name: k(name),

@@ -54,8 +54,8 @@ use redb::StorageBackend;
 use redb::backends::FileBackend;
 
 use super::{
-    CounterAdd, Guard, MemberAdd, MemberAddGuarded, MemberAddMany, Membership, OnceKey, ScopeDump,
-    Store, StoreError, WrapStorage,
+    CounterAdd, Guard, GuardedUpdate, MemberAdd, MemberAddGuarded, MemberAddMany, Membership,
+    OnceKey, ScopeDump, Store, StoreError, WrapStorage,
 };
 
 /// Bytes before the first record.
@@ -577,6 +577,7 @@ pub(super) enum Op<'a> {
         key: &'a str,
         value: &'a str,
     },
+    RecordUpdateGuarded(GuardedUpdate<'a>),
     CounterAdd(CounterAdd<'a>),
     MemberAdd(MemberAdd<'a>),
     MemberAddGuarded(MemberAddGuarded<'a>),
@@ -608,20 +609,6 @@ pub(super) struct Many<'a> {
     pub group: &'a str,
     pub limit: Option<u64>,
     pub members: Vec<&'a str>,
-}
-
-mod tag {
-    pub const RECORD_INSERT: u8 = 1;
-    pub const RECORD_UPDATE: u8 = 2;
-    pub const COUNTER_ADD: u8 = 3;
-    pub const MEMBER_ADD: u8 = 4;
-    pub const MEMBER_ADD_GUARDED: u8 = 5;
-    pub const MEMBER_ADD_MANY: u8 = 6;
-    pub const MEMBER_REMOVE: u8 = 7;
-    pub const GROUP_CLEAR: u8 = 8;
-    pub const IMPORT_SCOPE: u8 = 9;
-    pub const ALERT_SEQUENCE: u8 = 10;
-    pub const ALERT_INSERT: u8 = 11;
 }
 
 /// Writes the fields of a payload.
@@ -787,16 +774,17 @@ impl<'a> Field<'a> for Cow<'a, ScopeDump> {
     }
 }
 
-/// The codec of [`Op`], from one table: each operation's tag and its fields in
-/// the order they are written (the order is the format; a new field goes last
-/// in a new tag, never into an existing one). `Op::X { .. }` are the variants
+/// The codec of [`Op`], from one table: each operation's tag (its first byte
+/// in the journal: never renumbered, never reused) and its fields in the order
+/// they are written (the order is the format; a new field goes last in a new
+/// tag, never into an existing one). `Op::X { .. }` are the variants
 /// with fields of their own, `Op::X(Args)` those that hold the primitive's
 /// argument struct.
 macro_rules! codec {
     (
-        $($op:ident = $tag:ident { $($field:ident),* },)*
+        $($op:ident = $tag:literal { $($field:ident),* },)*
         ;
-        $($arg_op:ident($arg:ident) = $arg_tag:ident { $($arg_field:ident),* },)*
+        $($arg_op:ident($arg:ident) = $arg_tag:literal { $($arg_field:ident),* },)*
     ) => {
         impl<'a> Op<'a> {
             /// Appends the payload to `out`.
@@ -804,11 +792,11 @@ macro_rules! codec {
                 let mut e = Encoder(out);
                 match self {
                     $(Op::$op { $($field),* } => {
-                        e.tag(tag::$tag);
+                        e.tag($tag);
                         $(Field::put($field, &mut e);)*
                     })*
                     $(Op::$arg_op($arg { $($arg_field),* }) => {
-                        e.tag(tag::$arg_tag);
+                        e.tag($arg_tag);
                         $(Field::put($arg_field, &mut e);)*
                     })*
                 }
@@ -818,8 +806,8 @@ macro_rules! codec {
             pub fn decode(payload: &'a [u8]) -> Result<Op<'a>, String> {
                 let mut d = Decoder(payload);
                 let op = match d.u8()? {
-                    $(tag::$tag => Op::$op { $($field: Field::take(&mut d)?),* },)*
-                    $(tag::$arg_tag => Op::$arg_op($arg {
+                    $($tag => Op::$op { $($field: Field::take(&mut d)?),* },)*
+                    $($arg_tag => Op::$arg_op($arg {
                         $($arg_field: Field::take(&mut d)?),*
                     }),)*
                     other => return Err(format!("unknown operation {other}")),
@@ -834,22 +822,23 @@ macro_rules! codec {
 }
 
 codec! {
-    RecordInsert = RECORD_INSERT { scope, key, value },
-    RecordUpdate = RECORD_UPDATE { scope, key, value },
-    GroupClear = GROUP_CLEAR { scope, group },
-    ImportScope = IMPORT_SCOPE { scope, dump },
-    AlertSequence = ALERT_SEQUENCE { owner },
-    AlertInsert = ALERT_INSERT { owner, key, value },
+    RecordInsert = 1 { scope, key, value },
+    RecordUpdate = 2 { scope, key, value },
+    GroupClear = 8 { scope, group },
+    ImportScope = 9 { scope, dump },
+    AlertSequence = 10 { owner },
+    AlertInsert = 11 { owner, key, value },
     ;
-    CounterAdd(CounterAdd) = COUNTER_ADD {
+    CounterAdd(CounterAdd) = 3 {
         scope, guard, name, amount, limit, once, expires_at, now
     },
-    MemberAdd(MemberAdd) = MEMBER_ADD { scope, group, member, limit },
-    MemberAddMany(Many) = MEMBER_ADD_MANY { scope, group, limit, members },
-    MemberAddGuarded(MemberAddGuarded) = MEMBER_ADD_GUARDED {
+    MemberAdd(MemberAdd) = 4 { scope, group, member, limit },
+    MemberAddGuarded(MemberAddGuarded) = 5 {
         scope, guard, group, member, limit, name, now
     },
-    MemberRemove(Membership) = MEMBER_REMOVE { scope, group, member },
+    MemberAddMany(Many) = 6 { scope, group, limit, members },
+    MemberRemove(Membership) = 7 { scope, group, member },
+    RecordUpdateGuarded(GuardedUpdate) = 12 { scope, guard, key, value },
 }
 
 impl Op<'_> {
@@ -863,6 +852,7 @@ impl Op<'_> {
             Op::RecordUpdate { scope, key, value } => {
                 store.record_update(scope, key, value).map(drop)
             }
+            Op::RecordUpdateGuarded(update) => store.record_update_guarded(*update).map(drop),
             Op::CounterAdd(add) => store.counter_add_guarded(*add).map(drop),
             Op::MemberAdd(add) => store.member_add(*add).map(drop),
             Op::MemberAddGuarded(add) => store.member_add_guarded(*add).map(drop),
@@ -1107,6 +1097,24 @@ mod tests {
         }
         // The bytes themselves are what journals on disk hold: they do not change.
         assert_eq!((every.len(), crc32fast::hash(&every)), (569, 3_130_579_431));
+        // Tag 12, added after those were pinned, pinned on its own.
+        let op = Op::RecordUpdateGuarded(GuardedUpdate {
+            scope: "acme",
+            guard: Guard {
+                key: "account",
+                value: "0 pro",
+            },
+            key: "account",
+            value: "0/1 pro",
+        });
+        let mut bytes = Vec::new();
+        op.encode(&mut bytes);
+        assert_eq!(Op::decode(&bytes), Ok(op));
+        assert!(Op::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(
+            (bytes[0], bytes.len(), crc32fast::hash(&bytes)),
+            (12, 51, 1_631_656_796)
+        );
     }
 
     #[test]

@@ -13,9 +13,9 @@ use std::sync::{Mutex, MutexGuard};
 #[cfg(doc)]
 use super::Store;
 use super::{
-    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
-    MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit, VisitAlert,
-    is_retry,
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant, MemberAdd,
+    MemberAddGuarded, MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit,
+    VisitAlert, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -268,6 +268,20 @@ impl super::Backend for MemoryStore {
             }
             None => Ok(false),
         }
+    }
+
+    fn record_update_guarded(&self, update: GuardedUpdate<'_>) -> Result<bool, StoreError> {
+        let mut scopes = self.lock();
+        let Some(s) = scopes.get_mut(update.scope) else {
+            return Ok(false);
+        };
+        if !guard_holds(Some(s), Some(update.guard)) {
+            return Ok(false);
+        }
+        Ok(s.records
+            .get_mut(update.key)
+            .map(|v| update.value.clone_into(v))
+            .is_some())
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {

@@ -199,6 +199,16 @@ pub struct MemberAdd<'a> {
     pub limit: Option<u64>,
 }
 
+/// WIT `record-update-guarded`: record `key` of `scope` replaced with `value`
+/// only while `guard` holds (with the guard on `key`, a compare-and-swap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardedUpdate<'a> {
+    pub scope: &'a str,
+    pub guard: Guard<'a>,
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
 /// WIT `member-add-guarded`: a [`MemberAdd`] applied only while `guard` holds,
 /// answering counter `name` at `now` beside the member count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,6 +337,7 @@ pub trait Store: Send + Sync {
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError>;
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
+    fn record_update_guarded(&self, update: GuardedUpdate<'_>) -> Result<bool, StoreError>;
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError>;
 
@@ -551,6 +562,7 @@ pub(crate) trait Backend: Send + Sync {
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError>;
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
+    fn record_update_guarded(&self, update: GuardedUpdate<'_>) -> Result<bool, StoreError>;
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError>;
     fn counter_add_guarded(&self, add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError>;
     fn counter_tally(&self, tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError>;
@@ -611,6 +623,12 @@ impl<B: Backend> Store for B {
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         check_record(scope, key, Some(value))?;
         Backend::record_update(self, scope, key, value)
+    }
+
+    fn record_update_guarded(&self, update: GuardedUpdate<'_>) -> Result<bool, StoreError> {
+        check_record(update.scope, update.key, Some(update.value))?;
+        check_guard(Some(update.guard))?;
+        Backend::record_update_guarded(self, update)
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
@@ -845,6 +863,11 @@ fn check_member(scope: &str, group: &str, member: &str) -> Result<(), StoreError
 fn check_counter(scope: &str, guard: Option<Guard<'_>>, name: &str) -> Result<(), StoreError> {
     check_name("scope", scope)?;
     check_name("counter name", name)?;
+    check_guard(guard)
+}
+
+/// Checks a guard's record key and version.
+fn check_guard(guard: Option<Guard<'_>>) -> Result<(), StoreError> {
     match guard {
         Some(guard) => {
             check_name("guard key", guard.key)?;

@@ -10,8 +10,8 @@ pub use creditgate_storemodel::{
 };
 
 use super::{
-    CounterAdd, CounterTally, Guard, MAX_BATCH, MAX_NAME_LEN, MAX_VALUE_LEN, MemberAdd,
-    MemberAddGuarded, MemberAddMany, Membership, OnceKey, Store, StoreError,
+    CounterAdd, CounterTally, Guard, GuardedUpdate, MAX_BATCH, MAX_NAME_LEN, MAX_VALUE_LEN,
+    MemberAdd, MemberAddGuarded, MemberAddMany, Membership, OnceKey, Store, StoreError,
 };
 use crate::bindings::{self, CounterAdded, GuardedAdd, MemberAddOutcome, MemberRemoveOutcome};
 
@@ -82,6 +82,23 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
         }
         Op::RecordUpdate { scope, key, value } => {
             Answer::Bool(store.record_update(scope, key, value)?)
+        }
+        Op::RecordUpdateGuarded {
+            scope,
+            guard: (guard_key, guard_value),
+            key,
+            value,
+        } => {
+            let update = GuardedUpdate {
+                scope,
+                guard: Guard {
+                    key: guard_key,
+                    value: guard_value,
+                },
+                key,
+                value,
+            };
+            Answer::Bool(store.record_update_guarded(update)?)
         }
         Op::CounterGet { scope, name, now } => Answer::Count(store.counter_get(scope, name, *now)?),
         Op::CounterAdd {

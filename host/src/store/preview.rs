@@ -20,9 +20,9 @@
 use std::sync::Arc;
 
 use super::{
-    Alerts, CounterAdd, CounterTally, GroupCount, Instant, MemberAdd, MemberAddGuarded,
-    MemberAddMany, Members, Membership, Records, ScopeDump, Store, StoreError, Visit, VisitAlert,
-    check_name,
+    Alerts, CounterAdd, CounterTally, GroupCount, GuardedUpdate, Instant, MemberAdd,
+    MemberAddGuarded, MemberAddMany, Members, Membership, Records, ScopeDump, Store, StoreError,
+    Visit, VisitAlert, check_name,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAdded, MemberRemoveOutcome, MemberRemoved,
@@ -189,6 +189,9 @@ impl<P: Predict> Store for DryRun<P> {
     }
     fn record_update(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
         Err(self.predict.refused("record-update"))
+    }
+    fn record_update_guarded(&self, _: GuardedUpdate<'_>) -> Result<bool, StoreError> {
+        Err(self.predict.refused("record-update-guarded"))
     }
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
         self.real.counter_get(scope, name, now)

@@ -102,9 +102,9 @@ use super::Store;
 use super::group_commit::GroupCommit;
 use super::journal::{self, Journal, Many, Op, ReplayFrom};
 use super::{
-    Alerts, BatchEnd, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd,
-    MemberAddGuarded, MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit,
-    VisitAlert, is_retry,
+    Alerts, BatchEnd, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant,
+    MemberAdd, MemberAddGuarded, MemberAddMany, Members, Membership, Records, ScopeDump,
+    StoreError, Visit, VisitAlert, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -1667,6 +1667,32 @@ impl super::Backend for RedbStore {
 
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         self.put_record(scope, key, value, true)
+    }
+
+    fn record_update_guarded(&self, update: GuardedUpdate<'_>) -> Result<bool, StoreError> {
+        let what = "record-update-guarded";
+        let GuardedUpdate {
+            scope,
+            guard,
+            key,
+            value,
+        } = update;
+        self.write(
+            what,
+            || Op::RecordUpdateGuarded(update),
+            |txn| {
+                let mut records = txn.records()?;
+                let holds = match records.get((scope, guard.key)).ctx(what)? {
+                    Some(record) => guard.holds(Some(record.value())),
+                    None => false,
+                };
+                if !holds || records.get((scope, key)).ctx(what)?.is_none() {
+                    return Ok((false, false));
+                }
+                records.insert((scope, key), value).ctx(what)?;
+                Ok((true, true))
+            },
+        )
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {

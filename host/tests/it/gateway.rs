@@ -415,6 +415,12 @@ impl Store for SlowAfterCharge {
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         self.inner.record_update(scope, key, value)
     }
+    fn record_update_guarded(
+        &self,
+        update: creditgate::store::GuardedUpdate<'_>,
+    ) -> Result<bool, StoreError> {
+        self.inner.record_update_guarded(update)
+    }
     fn counter_get(&self, scope: &str, name: &str, now: i64) -> Result<u64, StoreError> {
         self.inner.counter_get(scope, name, now)
     }

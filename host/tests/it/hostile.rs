@@ -217,6 +217,7 @@ impl Store for SlowStore {
         record_get(scope: &str, key: &str) -> Result<Option<String>, creditgate::store::StoreError>;
         record_insert(scope: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
         record_update(scope: &str, key: &str, value: &str) -> Result<bool, creditgate::store::StoreError>;
+        record_update_guarded(update: creditgate::store::GuardedUpdate<'_>) -> Result<bool, creditgate::store::StoreError>;
         counter_get(scope: &str, name: &str, now: i64) -> Result<u64, creditgate::store::StoreError>;
         counter_add_guarded(add: creditgate::store::CounterAdd<'_>) -> Result<creditgate::bindings::GuardedAdd, creditgate::store::StoreError>;
         counter_tally(tally: creditgate::store::CounterTally<'_>) -> Result<Option<creditgate::bindings::Tally>, creditgate::store::StoreError>;

@@ -516,6 +516,7 @@ impl Store for Gated {
     pass! {
         record_insert(scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
         record_update(scope: &str, key: &str, value: &str) -> Result<bool, StoreError>;
+        record_update_guarded(update: creditgate::store::GuardedUpdate<'_>) -> Result<bool, StoreError>;
         counter_get(scope: &str, name: &str, now: i64) -> Result<u64, StoreError>;
         counter_add_guarded(add: CounterAdd<'_>) -> Result<GuardedAdd, StoreError>;
         counter_tally(tally: CounterTally<'_>) -> Result<Option<Tally>, StoreError>;

@@ -125,6 +125,9 @@ pub struct Account {
     /// Message id → what it was charged for, and until when it is remembered:
     /// one entry per id, whatever cycle charged it.
     pub message_ids: BTreeMap<String, Remembered>,
+    /// The newest billing cycle a charge was asked in: no instant counts in an
+    /// earlier one (a clock stepped back, a gateway behind another).
+    pub newest: u32,
 }
 
 /// A charged message id as the account remembers it.
@@ -167,6 +170,12 @@ impl Account {
 
     pub fn emails_used_in(&self, cycle: u32) -> u64 {
         self.emails_used.get(&cycle).copied().unwrap_or(0)
+    }
+
+    /// The billing cycle that counts at `now`: the one `now` falls in, or the
+    /// newest a charge was asked in when that one is later.
+    pub fn cycle_at(&self, now: i64) -> u32 {
+        cycle_of(self.anchor, now).max(self.newest)
     }
 }
 
@@ -293,8 +302,8 @@ fn exhausted(lead: bool, needed: u64) -> Verdict {
     }
 }
 
-/// Takes `cost` email credits of the cycle `now` falls in, all or nothing, once
-/// per message id while the id is remembered (until the end of the cycle that
+/// Takes `cost` email credits of the cycle that counts at `now` (which becomes
+/// the newest, whatever the answer), all or nothing, once per message id while the id is remembered (until the end of the cycle that
 /// charged it plus [`ONCE_GRACE`], whatever cycle `now` is in): the id again for
 /// the same message is free, for another message denied. A forgotten id names a
 /// new message.
@@ -306,7 +315,8 @@ fn charge(
     cost: u64,
     message: Option<(&str, Charged)>,
 ) -> Verdict {
-    let cycle = cycle_of(acc.anchor, now);
+    let cycle = acc.cycle_at(now);
+    acc.newest = cycle;
     if let Some((id, charged)) = &message
         && let Some(before) = acc.message_ids.get(*id)
         && now < before.until
@@ -411,7 +421,7 @@ impl Model {
     pub fn usage(&self, account: &str, now: i64) -> Option<UsageJson> {
         let acc = self.accounts.get(account)?;
         let plan = self.policy.plans.get(&acc.plan)?;
-        let cycle = cycle_of(acc.anchor, now);
+        let cycle = acc.cycle_at(now);
         Some(UsageJson {
             lead_credits: CreditsJson {
                 used: acc.lead_used(),
@@ -451,6 +461,7 @@ impl Model {
                     campaigns: BTreeMap::new(),
                     emails_used: BTreeMap::new(),
                     message_ids: BTreeMap::new(),
+                    newest: 0,
                 },
             );
             return allow(0, 0);

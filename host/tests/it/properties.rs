@@ -590,7 +590,7 @@ fn check_model_state(
             .ok_or("an account's plan is not in the policy")?;
         let downgraded = changed_plan.contains(name);
         let lead_used = acc.lead_used();
-        let email_used = acc.emails_used_in(cycle_of(acc.anchor, now));
+        let email_used = acc.emails_used_in(acc.cycle_at(now));
         if !downgraded && plan.lead_credits.is_some_and(|l| lead_used > l) {
             return Err(format!(
                 "model: {name} holds {lead_used} contacts over its limit"
@@ -1064,10 +1064,12 @@ fn a_reused_message_id_is_denied_not_free() {
     }
 }
 
-/// Usage belongs to the cycle an instant falls in: going back in time into an
-/// earlier cycle finds that cycle's usage (and message ids) again.
+/// A cycle, once a later one has been charged, is over (audit 3.2: a gateway
+/// whose clock is behind, or stepped back, must not spend a finished cycle's
+/// unused credits): going back in time into it counts in the newest cycle
+/// asked in, and a message id charged in it is still the same message.
 #[test]
-fn going_back_finds_the_earlier_cycle() {
+fn going_back_after_a_later_cycle_counts_in_the_later_one() {
     let outs = fixed(
         &small_policy(),
         &[
@@ -1086,9 +1088,11 @@ fn going_back_finds_the_earlier_cycle() {
         .collect();
     assert_eq!(
         got,
-        [(0, 0), (3, 3), (1, 1), (0, 3), (2, 5), (0, 5), (0, 1)],
+        [(0, 0), (3, 3), (1, 1), (0, 1), (2, 3), (0, 3), (0, 3)],
         "{outs:#?}"
     );
+    let resets = |i: usize| outs[i]["email_credits"]["resets_at"].clone();
+    assert_eq!(resets(4), json!("2025-03-01T00:00:00Z"), "{outs:#?}");
     assert_eq!(outs[5]["reason"], "email_credits_exhausted");
 }
 
@@ -1192,11 +1196,12 @@ fn a_retry_across_a_cycle_boundary_is_charged_once() {
     let lines = [
         r#"{"at":"2025-01-31T09:00:00Z","op":"subscribe","account":"a","plan":"small"}"#,
         r#"{"at":"2025-02-28T08:59:59.900Z","op":"send_email","account":"a","to":["ann@example.com","bo@example.org"],"message_id":"<m1@acme>"}"#,
-        r#"{"at":"2025-02-28T09:00:00.100Z","op":"send_email","account":"a","to":["bo@example.org","Ann@example.com"],"message_id":"<m1@acme>"}"#,
         r#"{"at":"2025-02-28T08:59:59.950Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
+        r#"{"at":"2025-02-28T09:00:00.100Z","op":"send_email","account":"a","to":["bo@example.org","Ann@example.com"],"message_id":"<m1@acme>"}"#,
         r#"{"at":"2025-02-28T09:00:00.200Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
         r#"{"at":"2025-02-28T09:00:00.300Z","op":"charge_email","account":"a","cost":3,"message_id":"<m2@acme>"}"#,
-        // The clock steps back an hour, into cycle 0: still the same messages.
+        // The clock steps back an hour, into cycle 0: still the same messages,
+        // and cycle 0 is over (cycle 1 was asked in): cycle 1's usage.
         r#"{"at":"2025-02-28T08:00:00Z","op":"send_email","account":"a","to":["ann@example.com","bo@example.org"],"message_id":"<m1@acme>"}"#,
         // After the boundary, the ids for other messages: conflicts, whichever op.
         r#"{"at":"2025-03-01T00:00:00Z","op":"send_email","account":"a","to":"ann@example.com","message_id":"<m1@acme>"}"#,
@@ -1221,11 +1226,11 @@ fn a_retry_across_a_cycle_boundary_is_charged_once() {
     let common = [
         (Value::Null, 0, 0),
         (Value::Null, 2, 2),
-        (Value::Null, 0, 0),
         (Value::Null, 3, 5),
         (Value::Null, 0, 0),
         (Value::Null, 0, 0),
-        (Value::Null, 0, 5),
+        (Value::Null, 0, 0),
+        (Value::Null, 0, 0),
         (reused.clone(), 0, 0),
         (reused.clone(), 0, 0),
         (reused, 0, 0),

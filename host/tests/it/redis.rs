@@ -581,8 +581,9 @@ fn two_gateways_on_one_redis_charge_a_shadow_plan_exactly_once() {
 /// The trust audit: two gateways on one Redis whose clocks disagree by a
 /// fraction of a second across the end of a billing cycle charge a message once,
 /// whichever sees it first (Postfix's try-limit retry of one `instance` reaching
-/// the other): the one whose clock is ahead decides in the new cycle, the one
-/// behind in the old, and the message id is one key for the account.
+/// the other): the message id is one key for the account. And once the gateway
+/// ahead has charged in the new cycle, the one behind decides there too (audit
+/// 3.2): the old cycle is over for both, its unused credits not spent late.
 #[test]
 fn two_gateways_whose_clocks_straddle_a_cycle_boundary_charge_a_message_once() {
     use creditgate::bindings::Reason;
@@ -607,16 +608,20 @@ fn two_gateways_whose_clocks_straddle_a_cycle_boundary_charge_a_message_once() {
     // (gateway, Postfix instance, recipients, its clock) and what it answers:
     // (denied, charged, email credits used in the deciding gateway's cycle).
     let steps = [
-        // Charged by the gateway ahead (cycle 1), retried on the one behind
-        // (cycle 0): free, with cycle 0's usage.
+        // Charged by the gateway behind, in cycle 0, retried on the one ahead
+        // (cycle 1): free, with cycle 1's usage.
+        (behind, "B0", 2, "2025-02-28T08:59:59.8Z", (None, 2, 2)),
+        (ahead, "B0", 2, "2025-02-28T09:00:00.05Z", (None, 0, 0)),
+        // Charged by the gateway ahead (cycle 1), retried on the one behind:
+        // free, and cycle 1's usage, since cycle 0 is over.
         (ahead, "A1", 3, "2025-02-28T09:00:00.1Z", (None, 3, 3)),
-        (behind, "A1", 3, "2025-02-28T08:59:59.9Z", (None, 0, 0)),
-        // The other way round.
-        (behind, "B2", 2, "2025-02-28T08:59:59.95Z", (None, 2, 2)),
-        (ahead, "B2", 2, "2025-02-28T09:00:00.2Z", (None, 0, 3)),
+        (behind, "A1", 3, "2025-02-28T08:59:59.9Z", (None, 0, 3)),
+        // A new message on the gateway behind: charged to cycle 1.
+        (behind, "B2", 2, "2025-02-28T08:59:59.95Z", (None, 2, 5)),
+        (ahead, "B2", 2, "2025-02-28T09:00:00.2Z", (None, 0, 5)),
         // Another count under an instance is refused on either.
-        (ahead, "B2", 4, "2025-02-28T09:00:00.3Z", (reused, 0, 3)),
-        (behind, "A1", 1, "2025-02-28T08:59:59.99Z", (reused, 0, 2)),
+        (ahead, "B2", 4, "2025-02-28T09:00:00.3Z", (reused, 0, 5)),
+        (behind, "A1", 1, "2025-02-28T08:59:59.99Z", (reused, 0, 5)),
     ];
     for (i, (on, instance, cost, when, expected)) in steps.into_iter().enumerate() {
         let d = gateways[on].decide(&charge(instance, cost), at(when));

@@ -155,8 +155,9 @@ use durability::{Refusal, Watch};
 pub use url::{RedisConfig, RedisTarget, is_redis_url, parse_url};
 
 use super::{
-    Alerts, CounterAdd, CounterTally, GroupCount, Guard, Instant, MemberAdd, MemberAddGuarded,
-    MemberAddMany, Members, Membership, ScopeDump, Store, StoreError, Visit, VisitAlert,
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant, MemberAdd,
+    MemberAddGuarded, MemberAddMany, Members, Membership, ScopeDump, Store, StoreError, Visit,
+    VisitAlert,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -749,6 +750,13 @@ impl super::Backend for RedisStore {
         self.primitive("record-update", &SCRIPTS.record_update, scope, &args)
     }
 
+    fn record_update_guarded(&self, update: GuardedUpdate<'_>) -> Result<bool, StoreError> {
+        let mut args = vec![update.key.into(), update.value.into()];
+        args.extend(guard_args(Some(update.guard)));
+        let script = &SCRIPTS.record_update_guarded;
+        self.primitive("record-update-guarded", script, update.scope, &args)
+    }
+
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
         let what = "counter-get";
         let base = self.base(scope);
@@ -1230,6 +1238,7 @@ static ALERT_SEQUENCE_AT_LEAST: LazyLock<Script> = LazyLock::new(|| {
 struct Scripts {
     record_insert: Script,
     record_update: Script,
+    record_update_guarded: Script,
     counter_add: Script,
     counter_tally: Script,
     member_add: Script,
@@ -1248,6 +1257,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     Scripts {
         record_insert: script(RECORD_INSERT),
         record_update: script(RECORD_UPDATE),
+        record_update_guarded: script(RECORD_UPDATE_GUARDED),
         counter_add: script(COUNTER_ADD),
         counter_tally: script(COUNTER_TALLY),
         member_add: script(MEMBER_ADD),
@@ -1269,6 +1279,8 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 const RECORD_INSERT: &str = include_str!("lua/record_insert.lua");
 
 const RECORD_UPDATE: &str = include_str!("lua/record_update.lua");
+
+const RECORD_UPDATE_GUARDED: &str = include_str!("lua/record_update_guarded.lua");
 
 // ARGV[12]: the once key's fingerprint; ARGV[13..15]: the guard (see
 // `guard_holds`). Answers the outcome, the counter's value and the scope's member

@@ -597,6 +597,87 @@ fn scope_isolation(s: &dyn Store) {
     assert_eq!(get(s, "x", "c", 0), 5);
 }
 
+/// `record-update-guarded`: replaces only an existing record, only while the
+/// guard holds, and with the guard on the record itself is a compare-and-swap.
+fn guarded_records(s: &dyn Store) {
+    fn update(
+        s: &dyn Store,
+        scope: &str,
+        guard: Guard<'_>,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        s.record_update_guarded(GuardedUpdate {
+            scope,
+            guard,
+            key,
+            value,
+        })
+    }
+    let on = |value| Guard { key: "k", value };
+    assert!(
+        !update(s, "s", on(""), "k", "x").unwrap(),
+        "an absent record"
+    );
+    assert!(scopes(s).is_empty(), "a refused update creates nothing");
+    assert!(s.record_insert("s", "k", "v1").unwrap());
+    assert!(!update(s, "s", on("v0"), "k", "v2").unwrap());
+    assert_eq!(s.record_get("s", "k").unwrap().as_deref(), Some("v1"));
+    assert!(update(s, "s", on("v1"), "k", "v2").unwrap());
+    assert_eq!(s.record_get("s", "k").unwrap().as_deref(), Some("v2"));
+    assert!(
+        !update(s, "s", on("v1"), "k", "v3").unwrap(),
+        "the version read before the swap is stale after it"
+    );
+    // A guard on another record, which must exist and match.
+    let plan = Guard {
+        key: "plan",
+        value: "pro",
+    };
+    assert!(!update(s, "s", plan, "k", "v4").unwrap());
+    assert!(s.record_insert("s", "plan", "pro").unwrap());
+    assert!(!update(s, "s", plan, "absent", "v4").unwrap());
+    assert!(update(s, "s", plan, "k", "v4").unwrap());
+    assert_eq!(s.record_get("s", "k").unwrap().as_deref(), Some("v4"));
+    assert_eq!(
+        out(
+            update(s, "s", on(&"x".repeat(MAX_VALUE_LEN + 1)), "k", "v"),
+            Out::Bool
+        ),
+        Out::Err("invalid-argument")
+    );
+
+    // Racing swaps from one version: each version is replaced exactly once, so
+    // the threads' successes count the versions, and the last is the record.
+    assert!(s.record_insert("race", "n", "0").unwrap());
+    let swapped: usize = std::thread::scope(|t| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                t.spawn(|| {
+                    let mut swapped = 0;
+                    for _ in 0..TRIES {
+                        let read = s.record_get("race", "n").unwrap().unwrap_or_default();
+                        let next = (read.parse::<usize>().unwrap() + 1).to_string();
+                        let guard = Guard {
+                            key: "n",
+                            value: &read,
+                        };
+                        swapped += usize::from(update(s, "race", guard, "n", &next).unwrap());
+                    }
+                    swapped
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).sum()
+    });
+    assert!(swapped > 0);
+    assert_eq!(
+        s.record_get("race", "n").unwrap(),
+        Some(swapped.to_string()),
+        "no swap was lost and none was applied twice"
+    );
+}
+
 const THREADS: usize = 8;
 const TRIES: usize = 25;
 
@@ -1277,6 +1358,7 @@ macro_rules! conformance {
 
 conformance!(
     records,
+    guarded_records,
     counter_limits,
     counter_once,
     counter_once_fingerprints,

@@ -27,8 +27,9 @@ use creditgate::bindings::{
     MemberRemoved, MembersAdded, Tally,
 };
 use creditgate::store::{
-    CounterAdd, CounterTally, Guard, MAX_NAME_LEN, MAX_VALUE_LEN, MemberAdd, MemberAddGuarded,
-    MemberAddMany, Membership, MemoryStore, OnceKey, RedbStore, ScopeDump, Store, StoreError,
+    CounterAdd, CounterTally, Guard, GuardedUpdate, MAX_NAME_LEN, MAX_VALUE_LEN, MemberAdd,
+    MemberAddGuarded, MemberAddMany, Membership, MemoryStore, OnceKey, RedbStore, ScopeDump, Store,
+    StoreError,
 };
 use tempfile::TempDir;
 

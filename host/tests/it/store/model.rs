@@ -50,7 +50,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (s.clone(), k.clone()).prop_map(|(scope, key)| Op::RecordGet { scope, key }),
         2 => (s.clone(), k.clone(), v.clone())
             .prop_map(|(scope, key, value)| Op::RecordInsert { scope, key, value }),
-        1 => (s.clone(), k.clone(), v).prop_map(|(scope, key, value)| Op::RecordUpdate { scope, key, value }),
+        1 => (s.clone(), k.clone(), v.clone()).prop_map(|(scope, key, value)| Op::RecordUpdate { scope, key, value }),
+        1 => (s.clone(), guard.clone(), k.clone(), v)
+            .prop_map(|(scope, guard, key, value)| Op::RecordUpdateGuarded { scope, guard, key, value }),
         1 => (s.clone(), k.clone()).prop_map(|(scope, name)| Op::CounterGet { scope, name, now: 0 }),
         5 => (s.clone(), prop_oneof![3 => Just(None), 1 => guard.clone().prop_map(Some)], k.clone(), add)
             .prop_map(|(scope, guard, name, add)| Op::CounterAdd { scope, guard, name, add }),
