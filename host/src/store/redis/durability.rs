@@ -36,7 +36,7 @@ pub struct RedisDurability {
     pub appendonly: String,
     /// `appendfsync`: `always` syncs it before each answer.
     pub appendfsync: String,
-    /// Cluster only: the primary these are of.
+    /// Cluster only: the primary these are of (`primary HOST:PORT`).
     pub node: Option<String>,
 }
 
@@ -71,7 +71,7 @@ impl std::fmt::Display for RedisDurability {
             self.appendonly, self.appendfsync
         )?;
         match &self.node {
-            Some(node) => write!(f, " (primary {node})"),
+            Some(node) => write!(f, " ({node})"),
             None => Ok(()),
         }
     }
@@ -134,17 +134,24 @@ impl Refusal {
     }
 }
 
-/// Runs `cmd` on every primary: the server itself (named `label`), or each
-/// primary of the cluster; their answers by node.
-async fn on_every_primary(conn: Conn, cmd: Cmd, label: &str) -> RedisResult<Vec<(String, Value)>> {
+/// Runs `cmd` on every primary: the server itself, or each primary of the
+/// cluster; their answers by node, named for messages (`the server`,
+/// `primary HOST:PORT`).
+async fn on_every_primary(conn: Conn, cmd: Cmd) -> RedisResult<Vec<(String, Value)>> {
     match conn {
-        Conn::Single(mut c) => Ok(vec![(label.to_owned(), cmd.query_async(&mut c).await?)]),
+        Conn::Single(mut c) => Ok(vec![(
+            "the server".to_owned(),
+            cmd.query_async(&mut c).await?,
+        )]),
         Conn::Cluster(mut c) => {
             let every = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
             match c.route_command(cmd, every).await? {
                 Value::Map(nodes) => nodes
                     .into_iter()
-                    .map(|(node, answer)| Ok((redis::from_redis_value(node)?, answer)))
+                    .map(|(node, answer)| {
+                        let node: String = redis::from_redis_value(node)?;
+                        Ok((format!("primary {node}"), answer))
+                    })
                     .collect(),
                 other => Err(RedisError::from((
                     redis::ErrorKind::UnexpectedReturnType,
@@ -166,13 +173,9 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
 }
 
 /// Every primary's eviction settings and count.
-async fn evictions(conn: Conn, label: &str) -> RedisResult<Vec<Eviction>> {
-    let memory = on_every_primary(
-        conn.clone(),
-        redis::cmd("INFO").arg("memory").clone(),
-        label,
-    );
-    let stats = on_every_primary(conn, redis::cmd("INFO").arg("stats").clone(), label);
+async fn evictions(conn: Conn) -> RedisResult<Vec<Eviction>> {
+    let memory = on_every_primary(conn.clone(), redis::cmd("INFO").arg("memory").clone());
+    let stats = on_every_primary(conn, redis::cmd("INFO").arg("stats").clone());
     let (memory, stats) = tokio::try_join!(memory, stats)?;
     let stats: HashMap<String, Value> = stats.into_iter().collect();
     let malformed = |node: &str, what: &str| {
@@ -226,7 +229,7 @@ impl Watch {
         refusal: std::sync::Arc<Refusal>,
         every: Duration,
     ) -> Result<(Self, HashMap<String, u64>), StoreError> {
-        let counts = match evictions(conn.clone(), &label).await {
+        let counts = match evictions(conn.clone()).await {
             Ok(nodes) => {
                 if let Some(node) = nodes.iter().find(|n| n.evicts()) {
                     return Err(StoreError::Unavailable(format!(
@@ -263,7 +266,7 @@ impl Watch {
             tokio::time::sleep(self.every).await;
             // A primary that cannot be asked now fails the calls on it anyway;
             // the refusal stands as it is until one can.
-            let Ok(nodes) = evictions(self.conn.clone(), &self.label).await else {
+            let Ok(nodes) = evictions(self.conn.clone()).await else {
                 continue;
             };
             for node in &nodes {
@@ -296,10 +299,8 @@ impl RedisStore {
     pub fn durability(&self) -> Result<RedisDurability, StoreError> {
         let what = "reading appendonly and appendfsync";
         let cluster = matches!(self.conn, Conn::Cluster(_));
-        let label = self.label().to_owned();
         let nodes = self.call(what, self.config.call_timeout, |c| async move {
-            let cmd = redis::cmd("CONFIG").arg("GET").arg("append*").clone();
-            on_every_primary(c, cmd, &label).await
+            on_every_primary(c, redis::cmd("CONFIG").arg("GET").arg("append*").clone()).await
         })?;
         let mut weakest: Option<RedisDurability> = None;
         for (node, config) in nodes {
@@ -369,7 +370,7 @@ mod tests {
         let d = |appendonly: &str, appendfsync: &str| RedisDurability {
             appendonly: appendonly.into(),
             appendfsync: appendfsync.into(),
-            node: Some("127.0.0.1:7001".into()),
+            node: Some("primary 127.0.0.1:7001".into()),
         };
         assert!(d("no", "always").weakness() > d("yes", "everysec").weakness());
         assert!(d("yes", "everysec").weakness() > d("yes", "always").weakness());
