@@ -15,6 +15,11 @@
 //!   while a primary evicts (a `CONFIG SET` at runtime), every call fails closed
 //!   and `health` says why; the store serves again once the setting is safe.
 //!   Keys a primary evicted are logged as an error, with how many.
+//! - **Time**, which is not Redis's setting but the gateways': a charge moves an
+//!   account into the billing cycle of the clock that asks, for every gateway
+//!   (see the guest's `known.rs`), so a gateway whose clock runs ahead ends its
+//!   accounts' cycles early for all. The watch compares this host's clock with
+//!   each primary's (`TIME`) and warns past [`MAX_SKEW`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,6 +215,64 @@ async fn evictions(conn: Conn) -> RedisResult<Vec<Eviction>> {
         .collect()
 }
 
+/// How far this host's clock may stray from Redis's before the watch warns.
+const MAX_SKEW: Duration = Duration::from_secs(1);
+
+/// This host's clock, in seconds since 1970 (fractional).
+fn local_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How far this host's clock is ahead of the server's (negative: behind), from
+/// a `TIME` answer (`[seconds, microseconds]`) and this host's clock read just
+/// before and after asking: the server read its clock between the two.
+fn skew(before: f64, after: f64, time: &[String]) -> Option<f64> {
+    let [seconds, micros] = time else {
+        return None;
+    };
+    let server = seconds.parse::<f64>().ok()? + micros.parse::<f64>().ok()? / 1e6;
+    Some((before + after) / 2.0 - server)
+}
+
+/// The primary whose clock this host's strays furthest from, and by how much
+/// (seconds, positive: this host is ahead).
+async fn worst_skew(conn: Conn) -> RedisResult<Option<(String, f64)>> {
+    let before = local_seconds();
+    let times = on_every_primary(conn, redis::cmd("TIME")).await?;
+    let after = local_seconds();
+    let mut worst: Option<(String, f64)> = None;
+    for (node, time) in times {
+        let time: Vec<String> = redis::from_redis_value(time)?;
+        if let Some(s) = skew(before, after, &time)
+            && worst.as_ref().is_none_or(|(_, w)| s.abs() > w.abs())
+        {
+            worst = Some((node, s));
+        }
+    }
+    Ok(worst)
+}
+
+/// Warns when this host's clock strays past [`MAX_SKEW`] from a primary's, and
+/// says when it agrees again; `warned` is whether it last warned.
+async fn check_clock(conn: Conn, label: &str, warned: &mut bool) {
+    let Ok(Some((node, skew))) = worst_skew(conn).await else {
+        return;
+    };
+    let strays = skew.abs() > MAX_SKEW.as_secs_f64();
+    if strays && !*warned {
+        let way = if skew > 0.0 { "ahead of" } else { "behind" };
+        tracing::warn!(redis = %label, %node, skew_seconds = skew,
+            "this host's clock is {:.1} s {way} Redis's: a gateway whose clock runs \
+             ahead starts its accounts' next billing cycles early for every gateway; \
+             keep the gateways' clocks synchronised (NTP)", skew.abs());
+    } else if !strays && *warned {
+        tracing::info!(redis = %label, %node, "this host's clock agrees with Redis's again");
+    }
+    *warned = strays;
+}
+
 /// Reads the eviction settings of every primary again every `every`, refusing
 /// the store's calls while one evicts (see the module docs).
 pub(super) struct Watch {
@@ -217,6 +280,8 @@ pub(super) struct Watch {
     label: String,
     refusal: std::sync::Arc<Refusal>,
     every: Duration,
+    /// Whether the last clock check warned.
+    clock_warned: bool,
 }
 
 impl Watch {
@@ -251,19 +316,22 @@ impl Watch {
                 HashMap::new()
             }
         };
-        let watch = Self {
+        let mut watch = Self {
             conn,
             label,
             refusal,
             every,
+            clock_warned: false,
         };
+        check_clock(watch.conn.clone(), &watch.label, &mut watch.clock_warned).await;
         Ok((watch, counts))
     }
 
     /// Runs until the store's runtime stops, from the evictions counted by `first`.
-    pub(super) async fn run(self, mut counts: HashMap<String, u64>) {
+    pub(super) async fn run(mut self, mut counts: HashMap<String, u64>) {
         loop {
             tokio::time::sleep(self.every).await;
+            check_clock(self.conn.clone(), &self.label, &mut self.clock_warned).await;
             // A primary that cannot be asked now fails the calls on it anyway;
             // the refusal stands as it is until one can.
             let Ok(nodes) = evictions(self.conn.clone()).await else {
@@ -343,6 +411,17 @@ mod tests {
         assert_eq!(info_field(info, "maxmemory"), Some("104857600"));
         assert_eq!(info_field(info, "maxmemory_policy"), Some("allkeys-lru"));
         assert_eq!(info_field(info, "evicted_keys"), None);
+    }
+
+    #[test]
+    fn skew_is_this_hosts_clock_against_the_servers_at_the_midpoint() {
+        let time = |s: &str, us: &str| vec![s.to_owned(), us.to_owned()];
+        let ahead = skew(100.0, 100.2, &time("98", "600000")).expect("a time");
+        assert!((ahead - 1.5).abs() < 1e-9, "{ahead}");
+        let behind = skew(100.0, 100.0, &time("103", "0")).expect("a time");
+        assert!((behind + 3.0).abs() < 1e-9, "{behind}");
+        assert_eq!(skew(0.0, 0.0, &time("x", "0")), None);
+        assert_eq!(skew(0.0, 0.0, &["1".to_owned()]), None);
     }
 
     #[test]
