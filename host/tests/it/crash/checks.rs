@@ -127,9 +127,12 @@ pub(super) fn check_image(
         // charged it plus the grace: the expiry names the cycle.
         let mut by_cycle: BTreeMap<u64, u64> = BTreeMap::new();
         let ids = remembered.entry(name.clone()).or_default();
+        // `<anchor> <plan>`, or `<anchor>/<newest cycle> <plan>` once a later
+        // cycle has been charged.
         let anchor = record
             .split_once(' ')
-            .and_then(|(anchor, _)| anchor.parse::<i64>().ok());
+            .and_then(|(head, _)| head.split('/').next())
+            .and_then(|anchor| anchor.parse::<i64>().ok());
         for (key, expires_at, _) in &dump.once {
             let Some(id) = key.strip_prefix("msg/") else {
                 violation(format!("{name}: a once key not of a message: {key:?}"));
