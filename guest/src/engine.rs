@@ -1,7 +1,9 @@
 //! The rules: each request decided against the loaded policy and the host's state.
 //!
 //! State layout, in the host's generic terms (one scope per account):
-//! - record `account`: `"<anchor-nanos> <plan>"`, created by `subscribe`;
+//! - record `account`: `"<anchor-nanos> <plan>"`, created by `subscribe`, or
+//!   `"<anchor-nanos>/<newest cycle> <plan>"` once a later cycle is charged (see
+//!   `known.rs`);
 //! - members: the account's contacts (normalised addresses), grouped by campaign.
 //!   The scope's distinct-member count *is* the lead credits used, and
 //!   `member-add`'s limit is the plan's lead credits, so taking a credit and adding
@@ -1518,6 +1520,53 @@ mod tests {
                 "plan change first: {plan_change_first}"
             );
         }
+    }
+
+    /// A plan change whose read of the record another gateway's cycle advance
+    /// overtakes reads it again: the advance stands, and so does the change.
+    /// (Review of audit 3.2: with a plain write, the advance was overwritten.)
+    #[test]
+    fn a_cycle_advanced_between_a_plan_changes_read_and_write_stands() {
+        let (e, st) = (engine(), &mut MemState::default());
+        e.subscribe(st, "a", "tiny", T0, T0).unwrap();
+        let end = cycle::cycle_number(T0, 1).unwrap().start;
+        let advanced = account_record(T0, 1, "tiny");
+        st.racing_write = Some(("a".into(), ACCOUNT_RECORD.into(), advanced));
+        let d = e.change_plan(st, "a", "big", end + 1).unwrap();
+        assert_eq!(brief(&d), (None, 0, 0));
+        assert_eq!(
+            st.store.record_get("a", ACCOUNT_RECORD),
+            Some(account_record(T0, 1, "big")),
+            "the cycle advance was overwritten"
+        );
+    }
+
+    /// A charge stamped by a clock far ahead (a gateway booted a year ahead)
+    /// moves the record's newest cycle there, but holds no correct clock to it:
+    /// only a clock within `TURNOVER_SKEW` of that cycle's start is. (Review of
+    /// audit 3.2: the account was frozen in the future cycle for a year.)
+    #[test]
+    fn a_charge_from_a_clock_far_ahead_does_not_hold_the_account_in_its_cycle() {
+        let (e, st) = (engine(), &mut MemState::default());
+        e.subscribe(st, "a", "tiny", T0, T0).unwrap();
+        const DAY: Instant = 86_400_000_000_000;
+        let charge = |st: &mut MemState, at| {
+            let d = e.charge_email(st, "a", 1, None, at).unwrap();
+            let start = d.usage.as_ref().map(|u| u.email_credits.cycle_start);
+            (brief(&d), start)
+        };
+        let year_on = cycle::cycle_number(T0, 12).unwrap().start;
+        assert_eq!(charge(st, year_on + DAY), ((None, 1, 0), Some(year_on)));
+        // Correct clocks: cycle 0's two credits, then cycle 1's, reset as ever.
+        assert_eq!(charge(st, T0 + DAY), ((None, 1, 0), Some(T0)));
+        assert_eq!(charge(st, T0 + 2 * DAY), ((None, 1, 0), Some(T0)));
+        let next = cycle::cycle_number(T0, 1).unwrap().start;
+        assert_eq!(charge(st, next + DAY), ((None, 1, 0), Some(next)));
+        // Within the skew of cycle 12's start, a clock is held to it.
+        let near = year_on - crate::known::TURNOVER_SKEW;
+        let eleven = cycle::cycle_number(T0, 11).unwrap().start;
+        assert_eq!(charge(st, near - 1), ((None, 1, 0), Some(eleven)));
+        assert_eq!(charge(st, near), ((None, 1, 0), Some(year_on)));
     }
 
     /// Issue 13.2: a message id is an idempotency key over what it charged. A

@@ -11,10 +11,13 @@
 //!
 //! The record also says the newest billing cycle any gateway has charged, so
 //! that a cycle, once over for one gateway, is over for all: a gateway whose
-//! clock is behind (or stepped back) charges the newest cycle, never the one
-//! before it, whose unused credits are gone. The first charge of a new cycle
-//! moves the record on with a compare-and-swap ([`Known::advance`]); every
-//! gateway's charges guarded by the old record then find it changed.
+//! clock is a little behind (or stepped back a little) charges the newest
+//! cycle, never the one before it, whose unused credits are gone. The first
+//! charge of a new cycle moves the record on with a compare-and-swap
+//! ([`Known::advance`]); every gateway's charges guarded by the old record then
+//! find it changed. Only clocks within [`TURNOVER_SKEW`] of the boundary are
+//! held to it: a newest cycle further ahead was charged by a clock fault (a
+//! gateway booted a year ahead), and must not hold the account there.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -37,21 +40,37 @@ pub(crate) struct Account {
     /// The plan's index in the loaded policy's summary; none when stranded.
     pub plan_index: Option<u32>,
     pub plan: Plan,
-    /// The newest billing cycle charged, as the record says: no instant is
-    /// charged or reported in an earlier one.
+    /// The newest billing cycle charged, as the record says (see
+    /// [`Account::cycle_at`]).
     pub newest: u32,
 }
 
+/// How far before a cycle's end a clock may be and still be held to the next
+/// cycle once another gateway (or this one, before a step back) has charged
+/// in it: the clock disagreement tolerated at a boundary. Gateways' clocks
+/// agree within milliseconds under NTP, and `serve` warns past a second
+/// against Redis's; ten minutes also covers a clock left to drift.
+pub(crate) const TURNOVER_SKEW: Instant = 10 * 60 * 1_000_000_000;
+
 impl Account {
     /// The billing cycle that counts at `now`: the one `now` falls in, or the
-    /// newest charged when that one is later (the clock that asks is behind
-    /// another gateway's, or stepped back).
+    /// next one when that is the newest charged and `now` is within
+    /// [`TURNOVER_SKEW`] of its start (the clock that asks is a little behind
+    /// another gateway's, or stepped back a little). A newest cycle further
+    /// ahead is a clock fault's and counts only once real time nears it.
     pub fn cycle_at(&self, now: Instant) -> Result<Cycle, Error> {
         let cycle = cycle_of(self.anchor, now)?;
-        if cycle.index >= self.newest {
+        if !self.turned(&cycle, now) {
             return Ok(cycle);
         }
-        cycle::cycle_number(self.anchor, self.newest).map_err(out_of_range)
+        cycle::cycle_number(self.anchor, self.newest).map_err(corrupt_cycle)
+    }
+
+    /// Whether `cycle`, which `now` falls in, is over: the next one is the
+    /// newest charged, and `now` within [`TURNOVER_SKEW`] of its start.
+    fn turned(&self, cycle: &Cycle, now: Instant) -> bool {
+        cycle.index.checked_add(1) == Some(self.newest)
+            && cycle.end.saturating_sub(now) <= TURNOVER_SKEW
     }
 }
 
@@ -70,7 +89,10 @@ pub(crate) fn account_record(anchor: Instant, newest: u32, plan: &str) -> String
 pub(crate) fn parse_account_record(record: &str) -> Option<(Instant, u32, &str)> {
     let (head, plan) = record.split_once(' ')?;
     let (anchor, newest) = match head.split_once('/') {
-        Some((anchor, newest)) => (anchor, newest.parse().ok()?),
+        Some((anchor, newest)) if newest.bytes().all(|b| b.is_ascii_digit()) => {
+            (anchor, newest.parse().ok()?)
+        }
+        Some(_) => return None,
         None => (head, 0),
     };
     Some((anchor.parse().ok()?, newest, plan))
@@ -115,15 +137,14 @@ impl Known {
         now: Instant,
     ) -> Result<(Name, Guard, &Account, &CycleNames), Error> {
         let anchor = self.account.anchor;
-        let newest = self.account.newest;
         let fresh = match self.cycle.take() {
-            // Instants before the anchor belong to cycle 0 (see `cycle::cycle_at`),
-            // and instants before the newest cycle charged to that one.
+            // Instants before the anchor belong to cycle 0 (see `cycle::cycle_at`).
+            // An instant before the cycle kept, or near its end when the next one
+            // is the newest charged, is placed again (see `Account::cycle_at`).
             Some(known)
                 if now < known.cycle.end
-                    && (now >= known.cycle.start
-                        || known.cycle.index == 0
-                        || known.cycle.index == newest) =>
+                    && (now >= known.cycle.start || known.cycle.index == 0)
+                    && !self.account.turned(&known.cycle, now) =>
             {
                 known
             }
@@ -234,6 +255,13 @@ impl KnownAccounts {
 
 pub(crate) fn cycle_of(anchor: Instant, now: Instant) -> Result<Cycle, Error> {
     cycle::cycle_at(anchor, now).map_err(out_of_range)
+}
+
+/// A newest cycle no calendar holds: the record was not written by this engine.
+fn corrupt_cycle(_: cycle::OutOfRange) -> Error {
+    Error::State(crate::bindings::StateError::Corrupt(
+        "an account record names a billing cycle past the last instant creditgate can count".into(),
+    ))
 }
 
 pub(crate) fn out_of_range(_: cycle::OutOfRange) -> Error {

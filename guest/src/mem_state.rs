@@ -21,6 +21,18 @@ pub(crate) struct MemState {
     pub(crate) store: Model,
     /// Interned names, by handle.
     names: Vec<String>,
+    /// A write another gateway makes just before this state's next record
+    /// write, `(scope, key, value)`: a race, for the tests of the engine's
+    /// compare-and-swaps.
+    pub(crate) racing_write: Option<(String, String, String)>,
+}
+
+impl MemState {
+    fn race(&mut self) {
+        if let Some((scope, key, value)) = self.racing_write.take() {
+            self.store.record_update(&scope, &key, &value);
+        }
+    }
 }
 
 fn tally(t: model::Tally) -> Tally {
@@ -59,9 +71,11 @@ impl State for MemState {
         Ok(self.store.record_insert(scope, key, value))
     }
     fn record_update(&mut self, scope: &str, key: &str, value: &str) -> Result<bool, StateError> {
+        self.race();
         Ok(self.store.record_update(scope, key, value))
     }
     fn record_update_guarded(&mut self, u: GuardedUpdate<'_>) -> Result<bool, StateError> {
+        self.race();
         let names = &self.names;
         let (scope, key) = (&names[u.scope as usize], &names[u.key as usize]);
         Ok(guard_of(names, u.guard)

@@ -173,11 +173,22 @@ impl Account {
     }
 
     /// The billing cycle that counts at `now`: the one `now` falls in, or the
-    /// newest a charge was asked in when that one is later.
+    /// next one when a charge was asked in it and `now` is within
+    /// [`TURNOVER_SKEW`] of its start (a clock a little behind another's).
     pub fn cycle_at(&self, now: i64) -> u32 {
-        cycle_of(self.anchor, now).max(self.newest)
+        let cycle = cycle_of(self.anchor, now);
+        let next_start = cycle_start(self.anchor, cycle + 1);
+        if self.newest == cycle + 1 && next_start.saturating_sub(now) <= TURNOVER_SKEW {
+            self.newest
+        } else {
+            cycle
+        }
     }
 }
+
+/// How far before a cycle's end a clock is held to the next cycle once a
+/// charge was asked in it (the guest's `known::TURNOVER_SKEW`): ten minutes.
+pub const TURNOVER_SKEW: i64 = 10 * 60 * 1_000_000_000;
 
 /// The start of billing cycle `n` of an account anchored at `anchor`: the anchor plus
 /// `n` calendar months (day clamped to the month's length), same time of day, UTC.
@@ -302,8 +313,9 @@ fn exhausted(lead: bool, needed: u64) -> Verdict {
     }
 }
 
-/// Takes `cost` email credits of the cycle that counts at `now` (which becomes
-/// the newest, whatever the answer), all or nothing, once per message id while the id is remembered (until the end of the cycle that
+/// Takes `cost` email credits of the cycle that counts at `now` (the newest,
+/// whatever the answer, unless a later one is), all or nothing, once per
+/// message id while the id is remembered (until the end of the cycle that
 /// charged it plus [`ONCE_GRACE`], whatever cycle `now` is in): the id again for
 /// the same message is free, for another message denied. A forgotten id names a
 /// new message.
@@ -316,7 +328,7 @@ fn charge(
     message: Option<(&str, Charged)>,
 ) -> Verdict {
     let cycle = acc.cycle_at(now);
-    acc.newest = cycle;
+    acc.newest = acc.newest.max(cycle);
     if let Some((id, charged)) = &message
         && let Some(before) = acc.message_ids.get(*id)
         && now < before.until
