@@ -444,7 +444,8 @@ pub trait Store: Send + Sync {
     }
 
     /// Whether the store can serve calls now; the error says why not. A backend
-    /// that fails call by call and recovers by itself (memory, Redis) answers Ok.
+    /// that fails call by call and recovers by itself answers Ok (memory; Redis
+    /// unless a primary may evict keys, see `redis::durability`).
     fn health(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -114,8 +114,9 @@ impl Eviction {
 /// the store and its [`Watch`].
 #[derive(Debug, Default)]
 pub(super) struct Refusal {
+    /// Whether `reason` may hold one: a load on every call instead of a lock.
     refusing: AtomicBool,
-    reason: Mutex<String>,
+    reason: Mutex<Option<String>>,
 }
 
 impl Refusal {
@@ -124,18 +125,16 @@ impl Refusal {
         if !self.refusing.load(Ordering::Acquire) {
             return None;
         }
-        Some(
-            self.reason
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn set(&self, reason: Option<String>) {
         let mut held = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
         self.refusing.store(reason.is_some(), Ordering::Release);
-        *held = reason.unwrap_or_default();
+        *held = reason;
     }
 }
 
@@ -177,8 +176,17 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     })
 }
 
+/// What the primaries said of evicting: each one's settings, and the ones
+/// whose answer could not be read (loading, an error, a field missing), which
+/// are judged again at the next reading.
+#[derive(Debug, Default)]
+struct Evictions {
+    read: Vec<Eviction>,
+    unreadable: Vec<String>,
+}
+
 /// Every primary's eviction settings and count.
-async fn evictions(conn: Conn) -> RedisResult<Vec<Eviction>> {
+async fn evictions(conn: Conn) -> RedisResult<Evictions> {
     let memory = on_every_primary(conn.clone(), redis::cmd("INFO").arg("memory").clone());
     let stats = on_every_primary(conn, redis::cmd("INFO").arg("stats").clone());
     let (memory, stats) = tokio::try_join!(memory, stats)?;
@@ -190,9 +198,9 @@ async fn evictions(conn: Conn) -> RedisResult<Vec<Eviction>> {
             format!("{node}: no {what}"),
         ))
     };
-    memory
-        .into_iter()
-        .map(|(node, memory)| {
+    let mut found = Evictions::default();
+    for (node, memory) in memory {
+        let read = || {
             let memory: String = redis::from_redis_value(memory)?;
             let stats: String = match stats.get(&node) {
                 Some(v) => redis::from_redis_value_ref(v)?,
@@ -203,16 +211,21 @@ async fn evictions(conn: Conn) -> RedisResult<Vec<Eviction>> {
                     .and_then(|v| v.parse().ok())
                     .ok_or_else(|| malformed(&node, field))
             };
-            Ok(Eviction {
+            Ok::<_, RedisError>(Eviction {
                 maxmemory: number(&memory, "maxmemory")?,
                 policy: info_field(&memory, "maxmemory_policy")
                     .ok_or_else(|| malformed(&node, "maxmemory_policy"))?
                     .to_owned(),
                 evicted: number(&stats, "evicted_keys")?,
-                node,
+                node: node.clone(),
             })
-        })
-        .collect()
+        };
+        match read() {
+            Ok(eviction) => found.read.push(eviction),
+            Err(_) => found.unreadable.push(node),
+        }
+    }
+    Ok(found)
 }
 
 /// How far this host's clock may stray from Redis's before the watch warns.
@@ -262,11 +275,20 @@ async fn check_clock(conn: Conn, label: &str, warned: &mut bool) {
     };
     let strays = skew.abs() > MAX_SKEW.as_secs_f64();
     if strays && !*warned {
-        let way = if skew > 0.0 { "ahead of" } else { "behind" };
+        let (way, effect) = if skew > 0.0 {
+            (
+                "ahead of",
+                "it starts its accounts' billing cycles early for every gateway",
+            )
+        } else {
+            (
+                "behind",
+                "past ten minutes it lets a finished billing cycle be charged late",
+            )
+        };
         tracing::warn!(redis = %label, %node, skew_seconds = skew,
-            "this host's clock is {:.1} s {way} Redis's: a gateway whose clock runs \
-             ahead starts its accounts' next billing cycles early for every gateway; \
-             keep the gateways' clocks synchronised (NTP)", skew.abs());
+            "this host's clock is {:.1} s {way} Redis's: {effect}; keep the gateways' \
+             clocks synchronised (NTP)", skew.abs());
     } else if !strays && *warned {
         tracing::info!(redis = %label, %node, "this host's clock agrees with Redis's again");
     }
@@ -282,6 +304,8 @@ pub(super) struct Watch {
     every: Duration,
     /// Whether the last clock check warned.
     clock_warned: bool,
+    /// Whether the last reading could not judge some primary, and said so.
+    blind: bool,
 }
 
 impl Watch {
@@ -294,26 +318,39 @@ impl Watch {
         refusal: std::sync::Arc<Refusal>,
         every: Duration,
     ) -> Result<(Self, HashMap<String, u64>), StoreError> {
-        let counts = match evictions(conn.clone()).await {
-            Ok(nodes) => {
-                if let Some(node) = nodes.iter().find(|n| n.evicts()) {
+        let (counts, blind) = match evictions(conn.clone()).await {
+            Ok(found) => {
+                if let Some(node) = found.read.iter().find(|n| n.evicts()) {
                     return Err(StoreError::Unavailable(format!(
                         "redis {label}: {}",
                         node.refusal()
                     )));
                 }
-                for node in nodes.iter().filter(|n| n.evicted > 0) {
+                for node in found.read.iter().filter(|n| n.evicted > 0) {
                     tracing::warn!(redis = %label, node = %node.node, evicted = node.evicted,
                         "this Redis has evicted keys since it started: if they were a \
                          ledger's, credits were reset");
                 }
-                nodes.into_iter().map(|n| (n.node, n.evicted)).collect()
+                let blind = !found.unreadable.is_empty();
+                if blind {
+                    tracing::warn!(redis = %label, nodes = ?found.unreadable,
+                        "cannot read these primaries' eviction settings: make sure they run \
+                         with maxmemory-policy noeviction (or maxmemory 0)");
+                }
+                (
+                    found
+                        .read
+                        .into_iter()
+                        .map(|n| (n.node, n.evicted))
+                        .collect(),
+                    blind,
+                )
             }
             Err(e) => {
                 tracing::warn!(redis = %label, error = %e,
                     "cannot read Redis's eviction settings: make sure every primary runs \
                      with maxmemory-policy noeviction (or maxmemory 0)");
-                HashMap::new()
+                (HashMap::new(), true)
             }
         };
         let mut watch = Self {
@@ -322,6 +359,7 @@ impl Watch {
             refusal,
             every,
             clock_warned: false,
+            blind,
         };
         check_clock(watch.conn.clone(), &watch.label, &mut watch.clock_warned).await;
         Ok((watch, counts))
@@ -334,12 +372,26 @@ impl Watch {
             check_clock(self.conn.clone(), &self.label, &mut self.clock_warned).await;
             // A primary that cannot be asked now fails the calls on it anyway;
             // the refusal stands as it is until one can.
-            let Ok(nodes) = evictions(self.conn.clone()).await else {
+            let found = evictions(self.conn.clone()).await;
+            let unreadable = found.as_ref().map_or(true, |f| !f.unreadable.is_empty());
+            if unreadable && !self.blind {
+                tracing::warn!(redis = %self.label,
+                    "cannot read the eviction settings of every primary (INFO refused, a \
+                     primary loading or down): a primary that may evict keys goes unseen \
+                     until they can be read again");
+            }
+            self.blind = unreadable;
+            let Ok(found) = found else {
                 continue;
             };
+            let nodes = found.read;
             for node in &nodes {
-                let before = counts.insert(node.node.clone(), node.evicted).unwrap_or(0);
-                if node.evicted > before {
+                // A primary seen for the first time (after a failover, or when it
+                // could not be read at start) sets the count to compare with.
+                let before = counts.insert(node.node.clone(), node.evicted);
+                if let Some(before) = before
+                    && node.evicted > before
+                {
                     tracing::error!(redis = %self.label, node = %node.node,
                         evicted = node.evicted - before,
                         "Redis evicted keys: if they were the ledger's, usage was reset and \
@@ -347,6 +399,13 @@ impl Watch {
                 }
             }
             let refusal = nodes.iter().find(|n| n.evicts()).map(Eviction::refusal);
+            // A refusal stands while some primary cannot be read: it may be the
+            // one that evicts.
+            let refusal = refusal.or_else(|| {
+                (!found.unreadable.is_empty())
+                    .then(|| self.refusal.reason())
+                    .flatten()
+            });
             match (&refusal, self.refusal.reason()) {
                 (Some(why), None) => tracing::error!(redis = %self.label,
                     "refusing every call: {why}"),

@@ -101,7 +101,12 @@ pub fn parse_url(url: &str) -> Result<(RedisTarget, RedisConfig), StoreError> {
             }
             "connect_timeout_ms" => config.connect_timeout = millis()?,
             "call_timeout_ms" => config.call_timeout = millis()?,
-            "settings_check_ms" => config.settings_check = millis()?,
+            "settings_check_ms" => {
+                config.settings_check = millis()?;
+                if config.settings_check < Duration::from_millis(10) {
+                    return Err(bad("settings_check_ms must be at least 10"));
+                }
+            }
             _ => {
                 return Err(bad(&format!(
                     "unknown option {name:?} (known: prefix, connect_timeout_ms, \
