@@ -709,10 +709,11 @@ impl PostfixConfig {
         if sender_based {
             out.push(
                 "[postfix] account_from names the account by the envelope sender: a client \
-                 that authenticated as one customer can charge, and spend, another's credits \
-                 by sending as its address, unless Postfix ties senders to logins \
-                 (smtpd_sender_login_maps with reject_authenticated_sender_login_mismatch in \
-                 smtpd_sender_restrictions)"
+                 that may relay (one customer's login, or an address in mynetworks) can \
+                 charge, and spend, another customer's credits by sending as its address, \
+                 unless Postfix ties senders to logins (smtpd_sender_login_maps with \
+                 reject_sender_login_mismatch, or reject_authenticated_sender_login_mismatch \
+                 for authenticated clients only, in smtpd_sender_restrictions)"
                     .to_owned(),
             );
         }

@@ -218,6 +218,38 @@ fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
     }
 }
 
+/// A billing cycle moved on (`record-update-guarded`, journal tag 12) is
+/// replayed from the journal after a crash, once: the record reopens as moved
+/// on, and the charge made in the new cycle with it.
+#[test]
+fn a_cycle_moved_on_is_replayed_from_the_journal_after_a_crash() {
+    let (dir, path) = harness::temp_path("live.redb");
+    let store = Arc::new(RedbStore::open(&path).expect("opens"));
+    let mut worker = subscribed(&store);
+    let next_cycle = NOW + 32 * 24 * 3600 * 1_000_000_000;
+    let charge = Request::ChargeEmail {
+        account: "acme".into(),
+        cost: 2,
+        message_id: Some("m-next".into()),
+    };
+    let d = worker.decide(&charge, next_cycle).expect("decides");
+    assert_eq!((d.denied, d.charged), (None, 2));
+    store.persist().expect("durable");
+    let image = dir.path().join("image.redb");
+    crash_copy(&path, &image);
+    drop(worker);
+    drop(store);
+    let reopened = RedbStore::open(&image).expect("recovers");
+    let dump = reopened.export_scope("acme").expect("exports");
+    let record = reopened.record_get("acme", "account").expect("reads");
+    assert_eq!(record, Some(format!("{NOW}/1 base")), "{dump:?}");
+    let counters: Vec<(&str, u64)> = dump.counters.iter().map(|c| (c.0.as_str(), c.1)).collect();
+    assert_eq!(counters, [("email/1", 2)]);
+    drop(reopened);
+    let again = RedbStore::open(&image).expect("opens again");
+    assert_eq!(again.export_scope("acme").expect("exports"), dump);
+}
+
 /// The alert log's writes (its own tables) are journaled like the scopes':
 /// what `persist` acknowledged comes back after a crash, once.
 #[test]
