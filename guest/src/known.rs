@@ -75,9 +75,9 @@ impl Account {
 }
 
 /// The account record: `<anchor> <plan>`, or `<anchor>/<newest cycle> <plan>`
-/// once a cycle after the first has been charged. Plan names hold no `/`
-/// before the space, and records written before the newest cycle was kept
-/// read as cycle 0.
+/// once a cycle after the first has been charged. The anchor is an integer, so
+/// a `/` before the first space starts the cycle; records written before the
+/// newest cycle was kept read as cycle 0.
 pub(crate) fn account_record(anchor: Instant, newest: u32, plan: &str) -> String {
     match newest {
         0 => format!("{anchor} {plan}"),
