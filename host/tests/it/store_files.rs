@@ -205,17 +205,33 @@ fn what_persist_acknowledged_is_replayed_from_the_journal_after_a_crash() {
         charge(&mut worker, &format!("m{i}"));
         store.persist().expect("durable");
         let image = dir.path().join(format!("image{i}.redb"));
-        crash_copy(&path, &image);
-        let reopened = RedbStore::open(&image).expect("recovers");
-        let dump = reopened.export_scope("acme").expect("exports");
+        let (dump, ()) = recover_acme(&path, &image, |_| ());
         assert_eq!(dump.counters.len(), 1, "{dump:?}");
         assert_eq!(dump.counters[0].1, i + 1, "after charge {i}");
         assert_eq!(dump.once.len() as u64, i + 1);
-        drop(reopened);
-        // Opening twice replays nothing twice.
-        let again = RedbStore::open(&image).expect("opens again");
-        assert_eq!(again.export_scope("acme").expect("exports"), dump);
     }
+}
+
+/// Copies the store at `path` to `image` as a crash would leave it and opens
+/// the copy twice, the second time to check that it replays nothing twice:
+/// acme's scope as recovered, and what `read` found in the first opening.
+fn recover_acme<T>(
+    path: &Path,
+    image: &Path,
+    read: impl FnOnce(&RedbStore) -> T,
+) -> (creditgate::store::ScopeDump, T) {
+    crash_copy(path, image);
+    let reopened = RedbStore::open(image).expect("recovers");
+    let dump = reopened.export_scope("acme").expect("exports");
+    let found = read(&reopened);
+    drop(reopened);
+    let again = RedbStore::open(image).expect("opens again");
+    let replayed = again.export_scope("acme").expect("exports");
+    assert_eq!(
+        replayed, dump,
+        "the second opening replayed something again"
+    );
+    (dump, found)
 }
 
 /// A billing cycle moved on (`record-update-guarded`, journal tag 12) is
@@ -236,18 +252,10 @@ fn a_cycle_moved_on_is_replayed_from_the_journal_after_a_crash() {
     assert_eq!((d.denied, d.charged), (None, 2));
     store.persist().expect("durable");
     let image = dir.path().join("image.redb");
-    crash_copy(&path, &image);
-    drop(worker);
-    drop(store);
-    let reopened = RedbStore::open(&image).expect("recovers");
-    let dump = reopened.export_scope("acme").expect("exports");
-    let record = reopened.record_get("acme", "account").expect("reads");
-    assert_eq!(record, Some(format!("{NOW}/1 base")), "{dump:?}");
+    let (dump, record) = recover_acme(&path, &image, |s| s.record_get("acme", "account"));
+    assert_eq!(record.expect("reads"), Some(format!("{NOW}/1 base")));
     let counters: Vec<(&str, u64)> = dump.counters.iter().map(|c| (c.0.as_str(), c.1)).collect();
     assert_eq!(counters, [("email/1", 2)]);
-    drop(reopened);
-    let again = RedbStore::open(&image).expect("opens again");
-    assert_eq!(again.export_scope("acme").expect("exports"), dump);
 }
 
 /// The alert log's writes (its own tables) are journaled like the scopes':
