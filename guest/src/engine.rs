@@ -680,12 +680,12 @@ impl Engine {
                 },
             };
             let step = step();
-            if matches!(step, Step::Charge { .. }) && !entry.advance(st, now)? {
+            let charging = matches!(step, Step::Charge { .. });
+            let Some((scope, guard, acct, cycle)) = entry.at(st, now, charging)? else {
                 // Another worker or host changed the account: read it again.
                 known.forget(account);
                 continue;
-            }
-            let (scope, guard, acct, cycle) = entry.at(st, now)?;
+            };
             let limit = acct.plan.email_credits;
             // A plan in shadow takes its credits past its limits, and says what
             // enforcement would have answered.
@@ -1242,6 +1242,24 @@ mod tests {
         (d.denied, d.charged, d.freed)
     }
 
+    /// Account "a"'s record, as stored.
+    fn record_of_a(st: &MemState) -> Option<String> {
+        st.store.record_get("a", ACCOUNT_RECORD)
+    }
+
+    /// `charge-email` of `cost` to account "a" at `at`, without a message id:
+    /// [`brief`], and the start of the cycle it counted in.
+    fn charged_in(
+        e: &Engine,
+        st: &mut MemState,
+        cost: u64,
+        at: Instant,
+    ) -> ((Option<Reason>, u64, u64), Option<Instant>) {
+        let d = e.charge_email(st, "a", cost, None, at).unwrap();
+        let start = d.usage.as_ref().map(|u| u.email_credits.cycle_start);
+        (brief(&d), start)
+    }
+
     #[test]
     fn no_policy_is_an_error_not_a_decision() {
         let err = Engine::default()
@@ -1446,11 +1464,7 @@ mod tests {
         ahead.subscribe(st, "a", "tiny", T0, T0).unwrap();
         let end = cycle::cycle_number(T0, 1).unwrap().start;
         const SEC: Instant = 1_000_000_000;
-        let charge = |e: &Engine, st: &mut MemState, cost, at| {
-            let d = e.charge_email(st, "a", cost, None, at).unwrap();
-            let start = d.usage.as_ref().map(|u| u.email_credits.cycle_start);
-            (brief(&d), start)
-        };
+        let charge = charged_in;
         // The gateway behind uses one of cycle 0's two credits, ten seconds
         // before its end; the one ahead, ten seconds past it, cycle 1's two.
         assert_eq!(
@@ -1472,14 +1486,11 @@ mod tests {
             (usage.email_credits.used, usage.email_credits.cycle_start),
             (2, end)
         );
-        let record = st.store.record_get("a", ACCOUNT_RECORD);
+        let record = record_of_a(st);
         assert_eq!(record, Some(account_record(T0, 1, "tiny")));
         // A plan change keeps the newest cycle: the upgrade is charged there too.
         ahead.change_plan(st, "a", "big", end + 20 * SEC).unwrap();
-        assert_eq!(
-            st.store.record_get("a", ACCOUNT_RECORD),
-            Some(account_record(T0, 1, "big"))
-        );
+        assert_eq!(record_of_a(st), Some(account_record(T0, 1, "big")));
         assert_eq!(
             charge(&behind, st, 1, end - 4 * SEC),
             ((None, 1, 0), Some(end))
@@ -1515,7 +1526,7 @@ mod tests {
                 assert_eq!(brief(&d), (None, 0, 0));
             }
             assert_eq!(
-                st.store.record_get("a", ACCOUNT_RECORD),
+                record_of_a(st),
                 Some(account_record(T0, 1, "big")),
                 "plan change first: {plan_change_first}"
             );
@@ -1535,7 +1546,7 @@ mod tests {
         let d = e.change_plan(st, "a", "big", end + 1).unwrap();
         assert_eq!(brief(&d), (None, 0, 0));
         assert_eq!(
-            st.store.record_get("a", ACCOUNT_RECORD),
+            record_of_a(st),
             Some(account_record(T0, 1, "big")),
             "the cycle advance was overwritten"
         );
@@ -1550,11 +1561,7 @@ mod tests {
         let (e, st) = (engine(), &mut MemState::default());
         e.subscribe(st, "a", "tiny", T0, T0).unwrap();
         const DAY: Instant = 86_400_000_000_000;
-        let charge = |st: &mut MemState, at| {
-            let d = e.charge_email(st, "a", 1, None, at).unwrap();
-            let start = d.usage.as_ref().map(|u| u.email_credits.cycle_start);
-            (brief(&d), start)
-        };
+        let charge = |st: &mut MemState, at| charged_in(&e, st, 1, at);
         let year_on = cycle::cycle_number(T0, 12).unwrap().start;
         assert_eq!(charge(st, year_on + DAY), ((None, 1, 0), Some(year_on)));
         // Correct clocks: cycle 0's two credits, then cycle 1's, reset as ever.

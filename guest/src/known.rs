@@ -128,14 +128,18 @@ pub(crate) struct CycleNames {
 }
 
 impl Known {
-    /// The scope, the guard, the account and the billing cycle `now` falls in. The
-    /// cycle is computed (and its names interned) again only when `now` has left
-    /// the one used last: calendar arithmetic is most of a decision's own work.
+    /// The scope, the guard, the account and the billing cycle that counts at
+    /// `now`. The cycle is computed (and its names interned) again only when
+    /// `now` has left the one used last: calendar arithmetic is most of a
+    /// decision's own work. `charging`: the caller charges in that cycle, so it
+    /// is first made the account's newest ([`Known::advance`]); None when the
+    /// record had changed meanwhile (the caller reads the account again).
     pub fn at(
         &mut self,
         st: &mut impl State,
         now: Instant,
-    ) -> Result<(Name, Guard, &Account, &CycleNames), Error> {
+        charging: bool,
+    ) -> Result<Option<(Name, Guard, &Account, &CycleNames)>, Error> {
         let anchor = self.account.anchor;
         let fresh = match self.cycle.take() {
             // Instants before the anchor belong to cycle 0 (see `cycle::cycle_at`).
@@ -159,26 +163,22 @@ impl Known {
                 }
             }
         };
-        Ok((
-            self.scope,
-            self.guard,
-            &self.account,
-            self.cycle.insert(fresh),
-        ))
-    }
-}
-
-impl Known {
-    /// Makes the cycle that counts at `now` the account's newest, before a
-    /// charge in it: a compare-and-swap of the record, after which this
-    /// instance's guard is the new record. False when the record had changed
-    /// (another worker or gateway moved it on, or changed the plan): the
-    /// caller reads the account again.
-    pub fn advance(&mut self, st: &mut impl State, now: Instant) -> Result<bool, Error> {
-        let index = self.at(st, now)?.3.cycle.index;
-        if index <= self.account.newest {
-            return Ok(true);
+        let index = fresh.cycle.index;
+        self.cycle = Some(fresh);
+        if charging && index > self.account.newest && !self.advance(st, index)? {
+            return Ok(None);
         }
+        Ok(self
+            .cycle
+            .as_ref()
+            .map(|cycle| (self.scope, self.guard, &self.account, cycle)))
+    }
+
+    /// Makes cycle `index` the account's newest, before a charge in it: a
+    /// compare-and-swap of the record, after which this instance's guard is the
+    /// new record. False when the record had changed (another worker or gateway
+    /// moved it on, or changed the plan).
+    fn advance(&mut self, st: &mut impl State, index: u32) -> Result<bool, Error> {
         let account = &self.account;
         let record = account_record(account.anchor, index, &account.plan_name);
         let update = GuardedUpdate {

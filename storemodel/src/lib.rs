@@ -683,8 +683,12 @@ impl Model {
     /// Checks `op`'s arguments against the limits, then applies it.
     pub fn apply(&mut self, op: &Op) -> Result<Answer, Invalid> {
         self.check(op)?;
+        /// A guard's `(key, value)`.
+        fn held((key, value): &(String, String)) -> Guard<'_> {
+            Guard { key, value }
+        }
         fn guard(g: &Option<(String, String)>) -> Option<Guard<'_>> {
-            g.as_ref().map(|(key, value)| Guard { key, value })
+            g.as_ref().map(held)
         }
         Ok(match op {
             Op::RecordGet { scope, key } => Answer::Value(self.record_get(scope, key)),
@@ -696,16 +700,10 @@ impl Model {
             }
             Op::RecordUpdateGuarded {
                 scope,
-                guard: (guard_key, guard_value),
+                guard: g,
                 key,
                 value,
-            } => {
-                let guard = Guard {
-                    key: guard_key,
-                    value: guard_value,
-                };
-                Answer::Bool(self.record_update_guarded(scope, guard, key, value))
-            }
+            } => Answer::Bool(self.record_update_guarded(scope, held(g), key, value)),
             Op::CounterGet { scope, name, now } => {
                 Answer::Count(self.counter_get(scope, name, *now))
             }
@@ -807,10 +805,8 @@ impl Model {
             return Ok(());
         };
         let names_ok = |names: &[&str]| names.iter().all(|n| n.len() <= limits.name);
-        let guard_ok = |g: &Option<(String, String)>| {
-            g.as_ref()
-                .is_none_or(|(k, v)| names_ok(&[k]) && v.len() <= limits.value)
-        };
+        let held_ok = |(k, v): &(String, String)| names_ok(&[k]) && v.len() <= limits.value;
+        let guard_ok = |g: &Option<(String, String)>| g.as_ref().is_none_or(held_ok);
         let ok = match op {
             Op::RecordGet { scope, key } => names_ok(&[scope, key]),
             Op::RecordInsert { scope, key, value } | Op::RecordUpdate { scope, key, value } => {
@@ -821,11 +817,7 @@ impl Model {
                 guard,
                 key,
                 value,
-            } => {
-                names_ok(&[scope, key])
-                    && value.len() <= limits.value
-                    && guard_ok(&Some(guard.clone()))
-            }
+            } => names_ok(&[scope, key]) && value.len() <= limits.value && held_ok(guard),
             Op::CounterGet { scope, name, .. } => names_ok(&[scope, name]),
             Op::CounterAdd {
                 scope,

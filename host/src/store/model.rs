@@ -72,8 +72,12 @@ fn refusal(r: Result<Answer, StoreError>) -> Result<Result<Answer, Invalid>, Str
 
 /// Runs `op` on `store`, with its answer in the model's terms.
 pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
+    /// A guard's `(key, value)`.
+    fn held((key, value): &(String, String)) -> Guard<'_> {
+        Guard { key, value }
+    }
     fn guard(g: &Option<(String, String)>) -> Option<Guard<'_>> {
-        g.as_ref().map(|(key, value)| Guard { key, value })
+        g.as_ref().map(held)
     }
     Ok(match op {
         Op::RecordGet { scope, key } => Answer::Value(store.record_get(scope, key)?),
@@ -85,16 +89,14 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Answer, StoreError> {
         }
         Op::RecordUpdateGuarded {
             scope,
-            guard: (guard_key, guard_value),
+            guard: g,
             key,
             value,
         } => {
+            let guard = held(g);
             let update = GuardedUpdate {
                 scope,
-                guard: Guard {
-                    key: guard_key,
-                    value: guard_value,
-                },
+                guard,
                 key,
                 value,
             };
