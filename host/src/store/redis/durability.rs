@@ -267,34 +267,6 @@ async fn worst_skew(conn: Conn) -> RedisResult<Option<(String, f64)>> {
     Ok(worst)
 }
 
-/// Warns when this host's clock strays past [`MAX_SKEW`] from a primary's, and
-/// says when it agrees again; `warned` is whether it last warned.
-async fn check_clock(conn: Conn, label: &str, warned: &mut bool) {
-    let Ok(Some((node, skew))) = worst_skew(conn).await else {
-        return;
-    };
-    let strays = skew.abs() > MAX_SKEW.as_secs_f64();
-    if strays && !*warned {
-        let (way, effect) = if skew > 0.0 {
-            (
-                "ahead of",
-                "it starts its accounts' billing cycles early for every gateway",
-            )
-        } else {
-            (
-                "behind",
-                "past ten minutes it lets a finished billing cycle be charged late",
-            )
-        };
-        tracing::warn!(redis = %label, %node, skew_seconds = skew,
-            "this host's clock is {:.1} s {way} Redis's: {effect}; keep the gateways' \
-             clocks synchronised (NTP)", skew.abs());
-    } else if !strays && *warned {
-        tracing::info!(redis = %label, %node, "this host's clock agrees with Redis's again");
-    }
-    *warned = strays;
-}
-
 /// Reads the eviction settings of every primary again every `every`, refusing
 /// the store's calls while one evicts (see the module docs).
 pub(super) struct Watch {
@@ -306,106 +278,46 @@ pub(super) struct Watch {
     clock_warned: bool,
     /// Whether the last reading could not judge some primary, and said so.
     blind: bool,
+    /// Each primary's `evicted_keys` at the last reading.
+    evicted: HashMap<String, u64>,
 }
 
 impl Watch {
     /// Checks the primaries once, for opening a store: an error names the one
-    /// that evicts. A server that will not answer `INFO` is let through with a
-    /// warning, as durability is: the setting is then the operator's to check.
+    /// that may evict. A primary that will not answer `INFO` is let through
+    /// with a warning, as durability is: the setting is then the operator's to
+    /// check.
     pub(super) async fn first(
         conn: Conn,
         label: String,
         refusal: std::sync::Arc<Refusal>,
         every: Duration,
-    ) -> Result<(Self, HashMap<String, u64>), StoreError> {
-        let (counts, blind) = match evictions(conn.clone()).await {
-            Ok(found) => {
-                if let Some(node) = found.read.iter().find(|n| n.evicts()) {
-                    return Err(StoreError::Unavailable(format!(
-                        "redis {label}: {}",
-                        node.refusal()
-                    )));
-                }
-                for node in found.read.iter().filter(|n| n.evicted > 0) {
-                    tracing::warn!(redis = %label, node = %node.node, evicted = node.evicted,
-                        "this Redis has evicted keys since it started: if they were a \
-                         ledger's, credits were reset");
-                }
-                let blind = !found.unreadable.is_empty();
-                if blind {
-                    tracing::warn!(redis = %label, nodes = ?found.unreadable,
-                        "cannot read these primaries' eviction settings: make sure they run \
-                         with maxmemory-policy noeviction (or maxmemory 0)");
-                }
-                (
-                    found
-                        .read
-                        .into_iter()
-                        .map(|n| (n.node, n.evicted))
-                        .collect(),
-                    blind,
-                )
-            }
-            Err(e) => {
-                tracing::warn!(redis = %label, error = %e,
-                    "cannot read Redis's eviction settings: make sure every primary runs \
-                     with maxmemory-policy noeviction (or maxmemory 0)");
-                (HashMap::new(), true)
-            }
-        };
+    ) -> Result<Self, StoreError> {
         let mut watch = Self {
             conn,
             label,
             refusal,
             every,
             clock_warned: false,
-            blind,
+            blind: false,
+            evicted: HashMap::new(),
         };
-        check_clock(watch.conn.clone(), &watch.label, &mut watch.clock_warned).await;
-        Ok((watch, counts))
+        watch.check_clock().await;
+        match watch.look().await {
+            Some(why) => Err(StoreError::Unavailable(format!(
+                "redis {}: {why}",
+                watch.label
+            ))),
+            None => Ok(watch),
+        }
     }
 
-    /// Runs until the store's runtime stops, from the evictions counted by `first`.
-    pub(super) async fn run(mut self, mut counts: HashMap<String, u64>) {
+    /// Runs until the store's runtime stops.
+    pub(super) async fn run(mut self) {
         loop {
             tokio::time::sleep(self.every).await;
-            check_clock(self.conn.clone(), &self.label, &mut self.clock_warned).await;
-            // A primary that cannot be asked now fails the calls on it anyway;
-            // the refusal stands as it is until one can.
-            let found = evictions(self.conn.clone()).await;
-            let unreadable = found.as_ref().map_or(true, |f| !f.unreadable.is_empty());
-            if unreadable && !self.blind {
-                tracing::warn!(redis = %self.label,
-                    "cannot read the eviction settings of every primary (INFO refused, a \
-                     primary loading or down): a primary that may evict keys goes unseen \
-                     until they can be read again");
-            }
-            self.blind = unreadable;
-            let Ok(found) = found else {
-                continue;
-            };
-            let nodes = found.read;
-            for node in &nodes {
-                // A primary seen for the first time (after a failover, or when it
-                // could not be read at start) sets the count to compare with.
-                let before = counts.insert(node.node.clone(), node.evicted);
-                if let Some(before) = before
-                    && node.evicted > before
-                {
-                    tracing::error!(redis = %self.label, node = %node.node,
-                        evicted = node.evicted - before,
-                        "Redis evicted keys: if they were the ledger's, usage was reset and \
-                         retried messages may be charged again");
-                }
-            }
-            let refusal = nodes.iter().find(|n| n.evicts()).map(Eviction::refusal);
-            // A refusal stands while some primary cannot be read: it may be the
-            // one that evicts.
-            let refusal = refusal.or_else(|| {
-                (!found.unreadable.is_empty())
-                    .then(|| self.refusal.reason())
-                    .flatten()
-            });
+            self.check_clock().await;
+            let refusal = self.look().await;
             match (&refusal, self.refusal.reason()) {
                 (Some(why), None) => tracing::error!(redis = %self.label,
                     "refusing every call: {why}"),
@@ -415,6 +327,71 @@ impl Watch {
             }
             self.refusal.set(refusal);
         }
+    }
+
+    /// Reads every primary's eviction settings: why the store's calls must be
+    /// refused, when they must. A refusal in force stands while some primary
+    /// cannot be read (it may be the one that evicts). Logs the keys evicted
+    /// since the last reading (since the server started, for a primary seen
+    /// for the first time), and once when some primary cannot be read.
+    async fn look(&mut self) -> Option<String> {
+        let (read, unreadable) = match evictions(self.conn.clone()).await {
+            Ok(found) => (found.read, found.unreadable),
+            Err(e) => (Vec::new(), vec![format!("every primary ({e})")]),
+        };
+        let blind = !unreadable.is_empty();
+        if blind && !self.blind {
+            tracing::warn!(redis = %self.label, nodes = ?unreadable,
+                "cannot read these primaries' eviction settings (INFO refused, loading, \
+                 down): one that may evict keys goes unseen until they can be read; make \
+                 sure they run with maxmemory-policy noeviction (or maxmemory 0)");
+        }
+        self.blind = blind;
+        for node in &read {
+            match self.evicted.insert(node.node.clone(), node.evicted) {
+                None if node.evicted > 0 => tracing::warn!(redis = %self.label,
+                    node = %node.node, evicted = node.evicted,
+                    "this Redis has evicted keys since it started: if they were a \
+                     ledger's, credits were reset"),
+                Some(before) if node.evicted > before => tracing::error!(redis = %self.label,
+                    node = %node.node, evicted = node.evicted - before,
+                    "Redis evicted keys: if they were the ledger's, usage was reset and \
+                     retried messages may be charged again"),
+                _ => {}
+            }
+        }
+        read.iter()
+            .find(|n| n.evicts())
+            .map(Eviction::refusal)
+            .or_else(|| blind.then(|| self.refusal.reason()).flatten())
+    }
+
+    /// Warns when this host's clock strays past [`MAX_SKEW`] from a primary's,
+    /// and says when it agrees again.
+    async fn check_clock(&mut self) {
+        let Ok(Some((node, skew))) = worst_skew(self.conn.clone()).await else {
+            return;
+        };
+        let strays = skew.abs() > MAX_SKEW.as_secs_f64();
+        if strays && !self.clock_warned {
+            let (way, effect) = if skew > 0.0 {
+                (
+                    "ahead of",
+                    "it starts its accounts' billing cycles early for every gateway",
+                )
+            } else {
+                (
+                    "behind",
+                    "past ten minutes it lets a finished billing cycle be charged late",
+                )
+            };
+            tracing::warn!(redis = %self.label, %node, skew_seconds = skew,
+                "this host's clock is {:.1} s {way} Redis's: {effect}; keep the gateways' \
+                 clocks synchronised (NTP)", skew.abs());
+        } else if !strays && self.clock_warned {
+            tracing::info!(redis = %self.label, %node, "this host's clock agrees with Redis's again");
+        }
+        self.clock_warned = strays;
     }
 }
 

@@ -259,8 +259,7 @@ impl RedisStore {
         })
         .map_err(|e| unavailable(&e))?
         .map_err(|_| unavailable(&"no answer to INFO within the bulk timeout"))?;
-        let (watch, evicted) = first?;
-        runtime.spawn(watch.run(evicted));
+        runtime.spawn(first?.run());
         let (calls, queue) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(collect(queue, conn.clone(), config.call_timeout));
         let store = Self {
