@@ -1136,8 +1136,10 @@ fn decide(worker: &mut Worker, job: Job, shared: &Shared, losses: u64) -> Option
         Ok(Answer::Leads(b)) => (b.denied, b.usage.as_ref()),
         _ => (None, None),
     };
+    // `unknown_plan` also answers a subscription or plan change to a plan the
+    // policy lacks, with the usage of an account on one it has: not stranded.
     let stranded = match (denied, usage) {
-        (Some(Reason::UnknownPlan), Some(usage)) => shared
+        (Some(Reason::UnknownPlan), Some(usage)) if !worker.defines_plan(&usage.plan) => shared
             .strands
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

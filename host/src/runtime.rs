@@ -1335,6 +1335,11 @@ impl Worker {
         self.modes.get(i).copied()
     }
 
+    /// Whether this worker's policy has `plan`.
+    pub fn defines_plan(&self, plan: &str) -> bool {
+        self.plan_mode(plan).is_some()
+    }
+
     /// Whether this worker's policy decides an account on `plan` in shadow
     /// mode: the plan's mode as the component loaded it, or the gateway's for
     /// an account the policy does not know (None) or a plan it lacks.

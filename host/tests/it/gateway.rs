@@ -645,6 +645,13 @@ fn an_account_another_gateway_moved_off_this_ones_plans_is_counted_and_blocks_a_
         account: "acme".into(),
         plan: plan.into(),
     };
+    // A plan change to a plan A's policy lacks is denied unknown_plan too,
+    // for an account on a plan it has: nothing stranded there.
+    let d = a.decide_blocking(to("large"), now).expect("decides");
+    assert_eq!(d.denied, Some(Reason::UnknownPlan));
+    assert_eq!(a.snapshot().stranded_denials, 0);
+    a.reload(without_large, None, false)
+        .expect("no account is on a plan this policy lacks");
     assert_eq!(
         b.decide_blocking(to("large"), now).expect("decides").denied,
         None
