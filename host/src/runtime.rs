@@ -1337,7 +1337,7 @@ impl Worker {
 
     /// Whether this worker's policy has `plan`.
     pub fn defines_plan(&self, plan: &str) -> bool {
-        self.plan_mode(plan).is_some()
+        self.plans.iter().any(|name| name == plan)
     }
 
     /// Whether this worker's policy decides an account on `plan` in shadow
