@@ -212,4 +212,10 @@ impl State for NativeState {
             .map_err(state_error)?
             .map(tally))
     }
+    fn secret(&mut self) -> Answer<engine::Secret> {
+        self.store
+            .secret()
+            .map(engine::Secret::new)
+            .map_err(state_error)
+    }
 }

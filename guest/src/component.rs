@@ -4,7 +4,7 @@
 //! An instance is used by one host worker at a time, so the engine lives in a
 //! thread-local `RefCell` (wasm32 has one thread; the cell only satisfies Rust).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -16,7 +16,7 @@ use crate::bindings::{
 };
 use crate::engine::{
     CounterAdd, CounterTally, Engine, GuardedUpdate, MemberAddGuarded, MemberAddMany, Membership,
-    State,
+    Secret, State,
 };
 use crate::known::Fnv;
 
@@ -27,6 +27,8 @@ thread_local! {
     static ACCOUNTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// Campaign names by handle (WIT `campaign-handle`).
     static CAMPAIGNS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The store's secret, asked of the host once (it never changes).
+    static SECRET: Cell<Option<Secret>> = const { Cell::new(None) };
 }
 
 /// Names this instance has interned through the host, so that each is interned
@@ -152,6 +154,14 @@ impl State for Host {
             add.counter,
             add.now,
         )
+    }
+    fn secret(&mut self) -> Result<Secret, StateError> {
+        if let Some(secret) = SECRET.get() {
+            return Ok(secret);
+        }
+        let secret = Secret::from_slice(&imports::store_secret()?)?;
+        SECRET.set(Some(secret));
+        Ok(secret)
     }
 }
 

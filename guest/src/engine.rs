@@ -17,9 +17,9 @@
 //!   [`ONCE_GRACE`](crate::known::ONCE_GRACE) (past Postfix's 5-day queue
 //!   lifetime); a repeat in a later cycle charges nothing and reports that
 //!   cycle's usage. Each key carries a fingerprint of what it was charged for
-//!   ([`recipients_fingerprint`], [`cost_fingerprint`]): the same id for
-//!   another message is a conflict, denied `idempotency-key-reused`, never a
-//!   free send.
+//!   ([`recipients_fingerprint`], [`cost_fingerprint`]), keyed with the store's
+//!   secret ([`Secret`]): the same id for another message is a conflict, denied
+//!   `idempotency-key-reused`, never a free send.
 //!
 //! Alerts need no state of their own: a threshold is crossed by the one request
 //! whose atomic step took usage from under it to at or over it, and every
@@ -32,7 +32,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::hash::Hasher as _;
 
-use sha2::{Digest as _, Sha256};
+use siphasher::sip::SipHasher24;
 
 use crate::address;
 use crate::bindings::Diagnostic;
@@ -154,6 +154,75 @@ pub trait State {
         &mut self,
         add: MemberAddGuarded<'_>,
     ) -> Result<Option<GuardedMember>, StateError>;
+    /// The store's secret (WIT `store-secret`), the same at every call.
+    fn secret(&mut self) -> Result<Secret, StateError>;
+}
+
+/// Bytes of a store's secret (WIT `store-secret`).
+pub const SECRET_LEN: usize = 32;
+
+/// A store's secret, as the keys of the fingerprints of message ids.
+///
+/// A fingerprint covers what the client chose (the recipients, the cost), and
+/// is 64 bits: a client that could compute it would find two recipient lists
+/// with one fingerprint in about 2^32 tries, then send the first under some id
+/// and the second as a "retry" of it, free, as often as it likes. Keyed with a
+/// secret it never sees, every try of a second list is a request the gateway
+/// answers (`idempotency-key-reused`, logged), one in 2^64 of them a match.
+/// SipHash-2-4 is a keyed function made for exactly that (inputs an adversary
+/// picks, a key it does not know), and costs a fraction of a SHA-256 block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Secret {
+    /// SipHash's key: the secret's first half.
+    k0: u64,
+    k1: u64,
+    /// The second half, written first into every fingerprint.
+    rest: [u8; SECRET_LEN / 2],
+}
+
+impl Secret {
+    pub fn new(bytes: [u8; SECRET_LEN]) -> Self {
+        let mut words = [[0; 8]; 2];
+        words[0].copy_from_slice(&bytes[..8]);
+        words[1].copy_from_slice(&bytes[8..16]);
+        let mut rest = [0; SECRET_LEN / 2];
+        rest.copy_from_slice(&bytes[SECRET_LEN / 2..]);
+        Secret {
+            k0: u64::from_le_bytes(words[0]),
+            k1: u64::from_le_bytes(words[1]),
+            rest,
+        }
+    }
+
+    /// The secret of a store that sent `bytes`, which must be [`SECRET_LEN`] long.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, StateError> {
+        <[u8; SECRET_LEN]>::try_from(bytes)
+            .map(Secret::new)
+            .map_err(|_| {
+                StateError::Corrupt(format!(
+                    "the store's secret has {} bytes, where {SECRET_LEN} were expected",
+                    bytes.len()
+                ))
+            })
+    }
+
+    /// A keyed hasher for the fingerprint of what `id` names under `what`
+    /// (which operation remembered it), with both written unambiguously.
+    fn hasher(&self, what: &[u8], id: &str) -> SipHasher24 {
+        let mut hash = SipHasher24::new_with_keys(self.k0, self.k1);
+        hash.write(&self.rest);
+        hash.write(what);
+        hash.write(&[0]);
+        hash.write(&(id.len() as u64).to_be_bytes());
+        hash.write(id.as_bytes());
+        hash
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 pub(crate) const ACCOUNT_RECORD: &str = "account";
@@ -577,15 +646,19 @@ impl Engine {
         let costs = self.loaded()?.email_costs;
         let unit = costs.of(kind);
         let message_id = checked_message_id(message_id)?;
+        let keyed = keyed(st, message_id)?;
         self.known_decision(st, account, now, || {
             let (count, fingerprint) = match to {
                 // The common case, without a set to count distinct recipients, and
                 // with no normal form built when no message id needs it.
-                [one] => match message_id {
+                [one] => match keyed {
                     None if address::is_valid(one) => (1, None),
                     None => return Step::Deny(Reason::InvalidEmail),
-                    Some(_) => match address::normalize(one) {
-                        Some(contact) => (1, Some(recipients_fingerprint([&contact], unit))),
+                    Some((secret, id)) => match address::normalize(one) {
+                        Some(contact) => (
+                            1,
+                            Some(recipients_fingerprint(&secret, id, [&contact], unit)),
+                        ),
                         None => return Step::Deny(Reason::InvalidEmail),
                     },
                 },
@@ -600,7 +673,8 @@ impl Engine {
                     if recipients.is_empty() {
                         return Step::Deny(Reason::NoRecipients);
                     }
-                    let fingerprint = message_id.map(|_| recipients_fingerprint(&recipients, unit));
+                    let fingerprint = keyed
+                        .map(|(secret, id)| recipients_fingerprint(&secret, id, &recipients, unit));
                     let count = u64::try_from(recipients.len()).unwrap_or(u64::MAX);
                     (count, fingerprint)
                 }
@@ -624,9 +698,9 @@ impl Engine {
         message_id: Option<&str>,
         now: Instant,
     ) -> Result<Decision, Error> {
-        let message = checked_message_id(message_id)?.map(|id| MessageKey {
+        let message = keyed(st, checked_message_id(message_id)?)?.map(|(secret, id)| MessageKey {
             id,
-            fingerprint: cost_fingerprint(cost),
+            fingerprint: cost_fingerprint(&secret, id, cost),
         });
         self.known_decision(st, account, now, || match cost {
             0 => Step::Deny(Reason::NoRecipients),
@@ -1054,6 +1128,9 @@ impl<S: State> State for Remembering<'_, S> {
     ) -> Result<Option<GuardedMember>, StateError> {
         self.inner.member_add_guarded(add)
     }
+    fn secret(&mut self) -> Result<Secret, StateError> {
+        self.inner.secret()
+    }
 }
 
 fn deny(reason: Reason, usage: Option<AccountUsage>) -> Decision {
@@ -1145,47 +1222,46 @@ fn limit_change_alerts(alerts: &Alerts, old: Option<Plan>, usage: &AccountUsage)
     fired
 }
 
-/// The fingerprint a message id is remembered with by `send-email`: of the
+/// The fingerprint message id `id` is remembered with by `send-email`: of the
 /// distinct normalised recipients, given in byte order (a set's order), and of
-/// what one recipient costs (`unit`, by the email's kind). Without the cost, a
-/// retry of a message under a dearer kind was taken for the same message and
-/// let through free. A unit cost of 1 (every kind's by default) adds nothing,
-/// so that the messages remembered before it was covered keep their digest.
-fn recipients_fingerprint<'a>(recipients: impl IntoIterator<Item = &'a String>, unit: u64) -> u64 {
-    let mut digest = Sha256::new();
-    digest.update(b"send-email\0");
+/// what one recipient costs (`unit`, by the email's kind: without it, a retry
+/// of a message under a dearer kind would pass for the same message), keyed
+/// with the store's `secret`.
+fn recipients_fingerprint<'a>(
+    secret: &Secret,
+    id: &str,
+    recipients: impl IntoIterator<Item = &'a String>,
+    unit: u64,
+) -> u64 {
+    let mut hash = secret.hasher(b"send-email", id);
     for recipient in recipients {
         // Normalised addresses hold no control characters: `\n` ends each one
-        // unambiguously.
-        digest.update(recipient.as_bytes());
-        digest.update(b"\n");
+        // unambiguously, and the cost's fixed 8 bytes come after the last.
+        hash.write(recipient.as_bytes());
+        hash.write(b"\n");
     }
-    if unit != 1 {
-        // After the last `\n`, where no address can put a NUL.
-        digest.update(b"\0cost\0");
-        digest.update(unit.to_be_bytes());
-    }
-    first_u64(digest)
+    hash.write(&unit.to_be_bytes());
+    hash.finish()
 }
 
-/// The fingerprint a message id is remembered with by `charge-email`: of the cost.
-fn cost_fingerprint(cost: u64) -> u64 {
-    let mut digest = Sha256::new();
-    digest.update(b"charge-email\0");
-    digest.update(cost.to_be_bytes());
-    first_u64(digest)
+/// The fingerprint message id `id` is remembered with by `charge-email`: of the
+/// cost, keyed with the store's `secret`.
+fn cost_fingerprint(secret: &Secret, id: &str, cost: u64) -> u64 {
+    let mut hash = secret.hasher(b"charge-email", id);
+    hash.write(&cost.to_be_bytes());
+    hash.finish()
 }
 
-/// The first 8 bytes of a SHA-256. A cryptographic digest, because a client picks
-/// what a fingerprint covers: with FNV it could build a second recipient set
-/// colliding with a first at will, where here finding any colliding pair takes
-/// about 2^32 digests. The digest is part of the stored state: changing it turns
-/// retries across the change into conflicts.
-fn first_u64(digest: Sha256) -> u64 {
-    let digest = digest.finalize();
-    let mut first = [0; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+/// The store's secret with `message_id`, when a message id is given: what its
+/// fingerprint needs.
+fn keyed<'a>(
+    st: &mut impl State,
+    message_id: Option<&'a str>,
+) -> Result<Option<(Secret, &'a str)>, Error> {
+    match message_id {
+        Some(id) => Ok(Some((st.secret()?, id))),
+        None => Ok(None),
+    }
 }
 
 /// A message id as an idempotency key: none, or one that is not blank.
@@ -1633,19 +1709,55 @@ mod tests {
 
     #[test]
     fn fingerprints_cover_the_set_of_recipients_and_the_cost() {
-        let set = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-        let ab = recipients_fingerprint(&set(&["a@x.io", "b@x.io"]), 1);
-        assert_eq!(ab, recipients_fingerprint(&set(&["b@x.io", "a@x.io"]), 1));
-        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.io"]), 1));
-        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.iob@x.io"]), 1));
+        let key = Secret::new([7; SECRET_LEN]);
+        let fp = |list: &[&str], unit| {
+            let set = list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+            recipients_fingerprint(&key, "m1", &set, unit)
+        };
+        let ab = fp(&["a@x.io", "b@x.io"], 1);
+        assert_eq!(ab, fp(&["b@x.io", "a@x.io"], 1));
+        assert_ne!(ab, fp(&["a@x.io"], 1));
+        assert_ne!(ab, fp(&["a@x.iob@x.io"], 1));
         // One message sent as a dearer kind is not the same message.
-        assert_ne!(ab, recipients_fingerprint(&set(&["a@x.io", "b@x.io"]), 2));
+        assert_ne!(ab, fp(&["a@x.io", "b@x.io"], 2));
+        assert_ne!(fp(&["a@x.io"], 2), fp(&["a@x.io"], 3));
         assert_ne!(
-            recipients_fingerprint(&set(&["a@x.io"]), 2),
-            recipients_fingerprint(&set(&["a@x.io"]), 3)
+            cost_fingerprint(&key, "m1", 1),
+            cost_fingerprint(&key, "m1", 2)
         );
-        assert_ne!(cost_fingerprint(1), cost_fingerprint(2));
-        assert_ne!(cost_fingerprint(0), recipients_fingerprint(&set(&[]), 1));
+        assert_ne!(cost_fingerprint(&key, "m1", 0), fp(&[], 1));
+    }
+
+    /// A fingerprint is keyed with the store's secret and bound to its message
+    /// id: a pair of recipient lists that collide could only be found by asking
+    /// the gateway, and would serve for one id, not every id.
+    #[test]
+    fn fingerprints_are_keyed_with_the_stores_secret_and_bound_to_their_id() {
+        let set = ["a@x.io".to_string()];
+        let (one, other) = (Secret::new([7; SECRET_LEN]), Secret::new([8; SECRET_LEN]));
+        let fp = |key: &Secret, id: &str| recipients_fingerprint(key, id, &set, 1);
+        assert_eq!(fp(&one, "m1"), fp(&one, "m1"));
+        assert_ne!(fp(&one, "m1"), fp(&other, "m1"));
+        assert_ne!(fp(&one, "m1"), fp(&one, "m2"));
+        assert_ne!(
+            cost_fingerprint(&one, "m1", 1),
+            cost_fingerprint(&other, "m1", 1)
+        );
+        assert_ne!(
+            cost_fingerprint(&one, "m1", 1),
+            cost_fingerprint(&one, "m2", 1)
+        );
+        // The id's length is written before it, so that where the id ends and
+        // the recipients begin is not ambiguous: without it, these two were one
+        // stream of bytes.
+        let after = |id: &str, to: &str| recipients_fingerprint(&one, id, &[to.to_string()], 1);
+        assert_ne!(after("x", "ab@c.io"), after("xa", "b@c.io"));
+        // Every byte of the secret counts.
+        for i in 0..SECRET_LEN {
+            let mut bytes = [7; SECRET_LEN];
+            bytes[i] = 9;
+            assert_ne!(fp(&one, "m1"), fp(&Secret::new(bytes), "m1"), "byte {i}");
+        }
     }
 
     /// What one instance knows of an account goes stale when another changes the

@@ -10,7 +10,7 @@ use crate::bindings::{
 };
 use crate::engine::{
     CounterAdd, CounterTally, GuardedUpdate, MemberAddGuarded, MemberAddMany, Membership, Name,
-    State,
+    SECRET_LEN, Secret, State,
 };
 
 /// The `state` primitives on the store contract's one model (`storemodel/`,
@@ -25,6 +25,8 @@ pub(crate) struct MemState {
     /// write, `(scope, key, value)`: a race, for the tests of the engine's
     /// compare-and-swaps.
     pub(crate) racing_write: Option<(String, String, String)>,
+    /// The store's secret: all zeros unless a test sets another.
+    pub(crate) secret: [u8; SECRET_LEN],
 }
 
 impl MemState {
@@ -162,5 +164,8 @@ impl State for MemState {
             outcome: joined(outcome),
             tally: Tally { counter, members },
         }))
+    }
+    fn secret(&mut self) -> Result<Secret, StateError> {
+        Ok(Secret::new(self.secret))
     }
 }

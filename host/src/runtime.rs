@@ -815,6 +815,9 @@ impl state::Host for HostState {
     fn member_count(&mut self, scope: u32) -> Result<u64, StateError> {
         self.on([scope], |store, [scope]| store.member_count(scope))
     }
+    fn store_secret(&mut self) -> Result<Vec<u8>, StateError> {
+        self.on([], |store, []| store.secret().map(Vec::from))
+    }
     fn counter_add_guarded(
         &mut self,
         scope: u32,

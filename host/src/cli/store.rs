@@ -137,6 +137,9 @@ struct Copied {
     counters: usize,
     once_markers: usize,
     memberships: usize,
+    /// Whether the destination took the source's secret, so that the markers
+    /// copied keep matching their retries (see [`Store::secret`]).
+    secret_copied: bool,
 }
 
 fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
@@ -171,6 +174,17 @@ fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
         .scopes()
         .with_context(|| format!("listing the accounts of {from_name}"))?;
     let mut copied = Copied::default();
+    // Fingerprints of idempotency markers are keyed with their store's secret:
+    // a store that holds no account yet takes the source's, before anything is
+    // copied; one that does keeps its own, for the markers it holds.
+    if present.is_empty() {
+        let secret = from
+            .secret()
+            .with_context(|| format!("reading the secret of {from_name}"))?;
+        to.set_secret(secret)
+            .with_context(|| format!("writing the secret of {to_name}"))?;
+        copied.secret_copied = true;
+    }
     for scope in &scopes {
         let dump = from
             .export_scope(scope)
@@ -196,6 +210,14 @@ fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
     }
     to.persist()
         .with_context(|| format!("making the copy durable in {to_name}"))?;
+    if !copied.secret_copied && copied.once_markers > 0 {
+        eprintln!(
+            "creditgate: warning: {to_name} held accounts, so it keeps its own secret: a retry \
+             of one of the {} message(s) whose idempotency markers were copied is refused as a \
+             reused key (idempotency-key-reused), never passed free",
+            copied.once_markers
+        );
+    }
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&copied)?),
         Format::Text => println!(

@@ -8,14 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 #[cfg(doc)]
 use super::Store;
 use super::{
     Alerts, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant, MemberAdd,
-    MemberAddGuarded, MemberAddMany, Members, Membership, Records, ScopeDump, StoreError, Visit,
-    VisitAlert, is_retry,
+    MemberAddGuarded, MemberAddMany, Members, Membership, Records, SECRET_LEN, ScopeDump,
+    StoreError, Visit, VisitAlert, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -161,6 +161,8 @@ fn counter_of(scope: Option<&Scope>, name: &str, now: Instant) -> u64 {
 pub struct MemoryStore {
     scopes: Mutex<BTreeMap<String, Scope>>,
     alerts: Mutex<AlertLog>,
+    /// Made at its first use, lost with the store.
+    secret: Mutex<Option<[u8; SECRET_LEN]>>,
 }
 
 /// The alert log ([`Store::alert_insert`]), apart from the scopes.
@@ -508,6 +510,19 @@ impl super::Backend for MemoryStore {
         Ok(groups
             .filter(|g| g.contains(at.group))
             .map(|g| g.len() as u64))
+    }
+
+    fn secret(&self) -> Result<[u8; SECRET_LEN], StoreError> {
+        let mut secret = self.secret.lock().unwrap_or_else(PoisonError::into_inner);
+        match *secret {
+            Some(secret) => Ok(secret),
+            None => Ok(*secret.insert(super::new_secret()?)),
+        }
+    }
+
+    fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError> {
+        *self.secret.lock().unwrap_or_else(PoisonError::into_inner) = Some(secret);
+        Ok(())
     }
 
     fn persist(&self) -> Result<(), StoreError> {

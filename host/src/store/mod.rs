@@ -75,6 +75,20 @@ pub const MAX_BATCH: usize = 10_000;
 /// Longest record value a backend accepts, in bytes.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
+/// Bytes of a store's secret ([`Store::secret`]).
+pub const SECRET_LEN: usize = 32;
+
+/// A new secret for a store: random bytes from the operating system.
+pub(crate) fn new_secret() -> Result<[u8; SECRET_LEN], StoreError> {
+    let mut secret = [0; SECRET_LEN];
+    getrandom::fill(&mut secret).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot make the store's secret: the operating system gave no random bytes ({e})"
+        ))
+    })?;
+    Ok(secret)
+}
+
 /// Why a store operation failed. In every case nothing was applied.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -450,6 +464,19 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
+    /// The store's secret (WIT `state.store-secret`): [`SECRET_LEN`] random bytes
+    /// made when the store is first opened by a release that has it, then the
+    /// same for every call, every gateway on the store and every later opening.
+    /// A guest keys with it what a client could otherwise search offline (the
+    /// fingerprints of its idempotency keys). Never logged nor shown; copied
+    /// only by `store copy`, into a store that holds no account yet.
+    fn secret(&self) -> Result<[u8; SECRET_LEN], StoreError>;
+
+    /// Makes `secret` the store's secret, durably: for `store copy` into a store
+    /// that holds no account yet, so that the idempotency markers it copies keep
+    /// matching their retries. Markers the store held before no longer do.
+    fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError>;
+
     /// Every scope that holds anything, in byte order of their names.
     fn scopes(&self) -> Result<Vec<String>, StoreError>;
 
@@ -592,6 +619,8 @@ pub(crate) trait Backend: Send + Sync {
     fn health(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    fn secret(&self) -> Result<[u8; SECRET_LEN], StoreError>;
+    fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError>;
     fn scopes(&self) -> Result<Vec<String>, StoreError>;
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
     fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;
@@ -711,6 +740,14 @@ impl<B: Backend> Store for B {
 
     fn health(&self) -> Result<(), StoreError> {
         Backend::health(self)
+    }
+
+    fn secret(&self) -> Result<[u8; SECRET_LEN], StoreError> {
+        Backend::secret(self)
+    }
+
+    fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError> {
+        Backend::set_secret(self, secret)
     }
 
     fn scopes(&self) -> Result<Vec<String>, StoreError> {

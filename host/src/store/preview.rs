@@ -184,6 +184,12 @@ impl<P: Predict> Store for DryRun<P> {
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
         self.real.record_get(scope, key)
     }
+    fn secret(&self) -> Result<[u8; super::SECRET_LEN], StoreError> {
+        self.real.secret()
+    }
+    fn set_secret(&self, _: [u8; super::SECRET_LEN]) -> Result<(), StoreError> {
+        Err(self.predict.refused("set-secret"))
+    }
     fn record_insert(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
         Err(self.predict.refused("record-insert"))
     }

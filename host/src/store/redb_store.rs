@@ -103,8 +103,8 @@ use super::group_commit::GroupCommit;
 use super::journal::{self, Journal, Many, Op, ReplayFrom};
 use super::{
     Alerts, BatchEnd, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant,
-    MemberAdd, MemberAddGuarded, MemberAddMany, Members, Membership, Records, ScopeDump,
-    StoreError, Visit, VisitAlert, is_retry,
+    MemberAdd, MemberAddGuarded, MemberAddMany, Members, Membership, Records, SECRET_LEN,
+    ScopeDump, StoreError, Visit, VisitAlert, is_retry,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -129,6 +129,10 @@ const SCOPE_MEMBERS: TableDefinition<&str, u64> = TableDefinition::new("scope_me
 const GROUP_COUNTS: TableDefinition<Pair, (u64, u64)> = TableDefinition::new("group_counts");
 const ALERT_LOG: TableDefinition<Pair, &str> = TableDefinition::new("alert_log");
 const ALERT_SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("alert_sequences");
+/// The store's secret ([`Store::secret`]) under [`SECRET`]: made by the first
+/// opening of a release that has it, in the opening's durable transaction.
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+const SECRET: &str = "secret";
 /// The journal's bookkeeping: [`ID`], [`BOOT`], [`APPLIED`], [`CLOSED`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("journal");
 /// A random number naming the store, which its journal's header repeats.
@@ -552,6 +556,7 @@ struct Opened {
 #[derive(Debug, Clone, Copy)]
 struct Meta {
     id: u64,
+    secret: [u8; SECRET_LEN],
     /// This opening's number.
     boot: u64,
     applied: u64,
@@ -698,6 +703,7 @@ fn database(
     txn.open_table(SCOPE_MEMBERS).ctx(&what)?;
     migrate_group_counts(&txn).ctx(&what)?;
     migrate_alert_log(&txn).ctx(&what)?;
+    let secret = secret_of(&txn)?;
     let meta = {
         let mut meta = txn.open_table(META).ctx(&what)?;
         let get = |key| -> Result<Option<u64>, StoreError> {
@@ -740,6 +746,7 @@ fn database(
         meta.insert(CLOSED, 0).ctx(&what)?;
         Meta {
             id,
+            secret,
             boot,
             applied,
             lost,
@@ -758,6 +765,27 @@ fn database(
         );
     }
     Ok((db, fence, meta))
+}
+
+/// The secret `txn`'s file holds, made and written (durable with `txn`) if it
+/// holds none yet.
+fn secret_of(txn: &WriteTransaction) -> Result<[u8; SECRET_LEN], StoreError> {
+    let what = "the store's secret";
+    let mut secrets = txn.open_table(SECRETS).ctx(what)?;
+    if let Some(stored) = secrets.get(SECRET).ctx(what)? {
+        return <[u8; SECRET_LEN]>::try_from(stored.value()).map_err(|_| {
+            corrupt(
+                what,
+                format!(
+                    "it holds {} bytes where a secret has {SECRET_LEN}",
+                    stored.value().len()
+                ),
+            )
+        });
+    }
+    let secret = super::new_secret()?;
+    secrets.insert(SECRET, secret.as_slice()).ctx(what)?;
+    Ok(secret)
 }
 
 /// Makes everything applied so far durable in redb (one durable commit), then
@@ -877,6 +905,8 @@ pub struct RedbStore {
     batch: Mutex<Option<Batch>>,
     /// What the opening accepted losing (see [`OpenOptions::accept_journal_loss`]).
     journal_loss: Option<JournalLoss>,
+    /// Read (or made) by the first opening; the file's, at every later one.
+    secret: Mutex<[u8; SECRET_LEN]>,
 }
 
 impl RedbStore {
@@ -908,9 +938,14 @@ impl RedbStore {
             replaying: Mutex::new(None),
             batch: Mutex::new(None),
             journal_loss: None,
+            secret: Mutex::new([0; SECRET_LEN]),
         };
         let (open, meta) = store.open_and_replay(&store.options, None)?;
         *store.handle_mut() = Handle::Open(open);
+        *store
+            .secret
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = meta.secret;
         store.journal_loss = meta.lost.map(|why| JournalLoss {
             journal: journal::path_of(path),
             why: why.to_owned(),
@@ -2067,6 +2102,27 @@ impl super::Backend for RedbStore {
 
     fn persist(&self) -> Result<(), StoreError> {
         self.group.persist(|| self.flush())
+    }
+
+    fn secret(&self) -> Result<[u8; SECRET_LEN], StoreError> {
+        Ok(*self.secret.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError> {
+        let what = "setting the store's secret";
+        self.with_db(what, |open| {
+            // Outside the journal, so durable on its own: it is rare.
+            let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut txn = open.db.begin_write().ctx(what)?;
+            txn.set_durability(Durability::Immediate).ctx(what)?;
+            txn.open_table(SECRETS)
+                .ctx(what)?
+                .insert(SECRET, secret.as_slice())
+                .ctx(what)?;
+            txn.commit().ctx(what)
+        })?;
+        *self.secret.lock().unwrap_or_else(PoisonError::into_inner) = secret;
+        Ok(())
     }
 
     fn batch(&self, f: &mut dyn FnMut() -> BatchEnd) -> Result<BatchEnd, StoreError> {

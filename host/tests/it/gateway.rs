@@ -406,6 +406,12 @@ impl Store for SlowAfterCharge {
     }
 
     // The rest passes through.
+    fn secret(&self) -> Result<[u8; creditgate::store::SECRET_LEN], StoreError> {
+        self.inner.secret()
+    }
+    fn set_secret(&self, secret: [u8; creditgate::store::SECRET_LEN]) -> Result<(), StoreError> {
+        self.inner.set_secret(secret)
+    }
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.record_get(scope, key)
     }

@@ -528,6 +528,8 @@ impl Store for Gated {
         group_clear(scope: &str, group: &str) -> Result<GroupCleared, StoreError>;
         member_count(scope: &str) -> Result<u64, StoreError>;
         persist() -> Result<(), StoreError>;
+        secret() -> Result<[u8; creditgate::store::SECRET_LEN], StoreError>;
+        set_secret(secret: [u8; creditgate::store::SECRET_LEN]) -> Result<(), StoreError>;
         scopes() -> Result<Vec<String>, StoreError>;
         scopes_after(after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
         visit_members_after(list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;

@@ -347,6 +347,37 @@ fn store_copy_round_trip_redb_redis_redb() {
     assert_eq!(list(&redis), list(&a));
     assert_eq!(list(&b), list(&a));
 
+    // The copies took the secret of the store they came from, so a message
+    // charged before a copy is still a free retry after it, and its id reused
+    // for another message is still a conflict.
+    let retries = crate::harness::write_file(
+        dir.path(),
+        "retries.jsonl",
+        format!(
+            "{{\"at\":\"{at}\",\"op\":\"send_email\",\"account\":\"acme\",\"to\":[\"bo@example.org\",\"ann@example.com\"],\"message_id\":\"m1\"}}\n\
+             {{\"at\":\"{at}\",\"op\":\"send_email\",\"account\":\"acme\",\"to\":\"ann@example.com\",\"message_id\":\"m2\"}}\n"
+        ),
+    );
+    let retries = retries.to_str().expect("utf-8");
+    for store in [&redis, &b] {
+        let outcomes = creditgate_ok(&["replay", "--events", retries, "--store", store]);
+        let outcomes: Vec<serde_json::Value> = outcomes
+            .lines()
+            .take(2)
+            .map(|line| serde_json::from_str(line).expect("a JSON decision"))
+            .collect();
+        let (retry, reused) = (&outcomes[0], &outcomes[1]);
+        assert_eq!(
+            (&retry["decision"], &retry["charged"]),
+            (&serde_json::json!("allow"), &serde_json::json!(0)),
+            "{store}: {retry}"
+        );
+        assert_eq!(
+            reused["reason"], "idempotency_key_reused",
+            "{store}: {reused}"
+        );
+    }
+
     // Scope by scope, everything came back: counters, markers, memberships.
     let (a, b) = (
         RedbStore::open(Path::new(&a)).expect("opens a"),
@@ -439,6 +470,34 @@ fn acme_emails_used(store: &str, policy: &Path) -> u64 {
     usage["email_credits"]["used"]
         .as_u64()
         .unwrap_or_else(|| panic!("no email credits used in {usage}"))
+}
+
+/// Every gateway on one prefix keys fingerprints with one secret, whichever
+/// made it first; another prefix is another store, with its own.
+#[test]
+fn gateways_on_one_prefix_share_its_secret() {
+    let server = RedisServer::start();
+    let (a, b) = (server.store("shared"), server.store("shared"));
+    let threads: Vec<_> = [a, b]
+        .into_iter()
+        .map(|store| std::thread::spawn(move || store.secret().expect("a secret")))
+        .collect();
+    let secrets: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().expect("joins"))
+        .collect();
+    assert_eq!(
+        secrets[0], secrets[1],
+        "both made one at once; one won for both"
+    );
+    assert_eq!(
+        server.store("shared").secret().expect("a secret"),
+        secrets[0]
+    );
+    assert_ne!(
+        server.store("other").secret().expect("a secret"),
+        secrets[0]
+    );
 }
 
 /// Issue 5's exactness across hosts: two `serve` processes on one Redis, 64

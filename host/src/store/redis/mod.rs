@@ -40,6 +40,7 @@
 //! | `P:{T}:excl`               | hash   | group → its members no other group holds (absent: 0) |
 //! | `P:{T}:exclv`              | string | `1` while `excl` is kept; absent in a scope written before it was, whose first membership change computes it once |
 //! | `P:scopes`                 | set    | every scope ever written (no hash tag: one slot of its own) |
+//! | `P:secret`                 | string | the store's secret (32 bytes, [`Store::secret`]), set by the first client that asks (`SET NX`) |
 //!
 //! The host's alert log lives apart from every scope, under `P:alerts:{O}:`, `O`
 //! the owner written as `T` is:
@@ -156,8 +157,8 @@ pub use url::{RedisConfig, RedisTarget, is_redis_url, parse_url};
 
 use super::{
     Alerts, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant, MemberAdd,
-    MemberAddGuarded, MemberAddMany, Members, Membership, ScopeDump, Store, StoreError, Visit,
-    VisitAlert,
+    MemberAddGuarded, MemberAddMany, Members, Membership, SECRET_LEN, ScopeDump, Store, StoreError,
+    Visit, VisitAlert,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -189,6 +190,8 @@ pub struct RedisStore {
     /// Set while a primary may evict keys: every call is refused (see
     /// [`durability`]).
     refusal: Arc<Refusal>,
+    /// `P:secret`'s value, once read.
+    secret: Mutex<Option<[u8; SECRET_LEN]>>,
 }
 
 impl Drop for RedisStore {
@@ -271,6 +274,7 @@ impl RedisStore {
             registered: Mutex::default(),
             calls,
             refusal,
+            secret: Mutex::new(None),
         };
         store.migrate_alert_log()?;
         Ok(store)
@@ -281,6 +285,11 @@ impl RedisStore {
         let scoped = self.base(owner);
         let tagged = scoped.strip_prefix(&self.config.prefix).unwrap_or(&scoped);
         format!("{}:alerts{tagged}", self.config.prefix)
+    }
+
+    /// Where the store's secret is kept (see [`Store::secret`]).
+    fn secret_key(&self) -> String {
+        format!("{}:secret", self.config.prefix)
     }
 
     fn alert_owners(&self) -> String {
@@ -974,6 +983,47 @@ impl super::Backend for RedisStore {
         // Calls fail (and recover) one by one otherwise; a server that may
         // evict keys fails them all, and says so here.
         self.refuse_while_evicting("serving")
+    }
+
+    fn secret(&self) -> Result<[u8; SECRET_LEN], StoreError> {
+        if let Some(secret) = *self.secret.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(secret);
+        }
+        let what = "the store's secret";
+        let key = self.secret_key();
+        // The first client to set it wins; every client reads the winner's.
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(super::new_secret()?.as_slice())
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key);
+        let (stored,): (Vec<u8>,) =
+            self.call(what, self.config.call_timeout, |mut c| async move {
+                pipe.query_async(&mut c).await
+            })?;
+        let secret = <[u8; SECRET_LEN]>::try_from(stored.as_slice()).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "{what}: {key} holds {} bytes where a secret has {SECRET_LEN}",
+                stored.len()
+            ))
+        })?;
+        *self.secret.lock().unwrap_or_else(PoisonError::into_inner) = Some(secret);
+        Ok(secret)
+    }
+
+    fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(self.secret_key()).arg(secret.as_slice());
+        self.call(
+            "setting the store's secret",
+            self.config.call_timeout,
+            |mut c| async move { set.query_async::<()>(&mut c).await },
+        )?;
+        *self.secret.lock().unwrap_or_else(PoisonError::into_inner) = Some(secret);
+        Ok(())
     }
 
     fn scopes(&self) -> Result<Vec<String>, StoreError> {

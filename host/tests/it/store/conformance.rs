@@ -1340,6 +1340,25 @@ fn import_once_only(s: &dyn Store) {
     );
 }
 
+/// The store's secret: 32 bytes, random, the same at every call until set.
+fn secret(s: &dyn Store) {
+    let first = s.secret().expect("a secret");
+    assert_eq!(first.len(), creditgate::store::SECRET_LEN);
+    assert_ne!(
+        first,
+        [0; creditgate::store::SECRET_LEN],
+        "random, not zeros"
+    );
+    assert_eq!(
+        s.secret().expect("a secret"),
+        first,
+        "the same at every call"
+    );
+    let other = [42; creditgate::store::SECRET_LEN];
+    s.set_secret(other).expect("sets it");
+    assert_eq!(s.secret().expect("a secret"), other);
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -1384,4 +1403,5 @@ conformance!(
     import_replaces,
     import_refuses_bad_dumps,
     import_once_only,
+    secret,
 );

@@ -52,6 +52,20 @@ fn survives_reopen_after_persist() {
     assert_eq!(scopes(&s), ["s", "t"]);
 }
 
+/// The secret is the file's: the same at every opening, another in another
+/// file, and one that was set stays set.
+#[test]
+fn the_secret_is_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, other) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
+    let first = RedbStore::open(&path).unwrap().secret().unwrap();
+    assert_eq!(RedbStore::open(&path).unwrap().secret().unwrap(), first);
+    assert_ne!(RedbStore::open(&other).unwrap().secret().unwrap(), first);
+    let set = [3; creditgate::store::SECRET_LEN];
+    RedbStore::open(&path).unwrap().set_secret(set).unwrap();
+    assert_eq!(RedbStore::open(&path).unwrap().secret().unwrap(), set);
+}
+
 #[test]
 fn second_open_is_locked_at_once() {
     let dir = tempfile::tempdir().unwrap();
