@@ -183,6 +183,21 @@ fn decisions(c: &mut Criterion) {
     c.bench_function("decide/lead/wasm/memory", |b| {
         b.iter(|| worker.decide(black_box(&add), T0).expect("decides"))
     });
+    // The call serve makes at END-OF-MESSAGE: a charge under a new message id
+    // each time (Postfix's `instance`), so its keyed fingerprint is computed
+    // and its idempotency marker written, as in serve.
+    let mut message = 0u64;
+    c.bench_function("decide/charge/wasm/memory", |b| {
+        b.iter(|| {
+            message += 1;
+            let charge = Request::ChargeEmail {
+                account: "acme".into(),
+                cost: 1,
+                message_id: Some(format!("postfix/{message:016X}")),
+            };
+            worker.decide(black_box(&charge), T0).expect("decides")
+        })
+    });
     // The call serve makes at SMTP RCPT time: no address crosses, a tally is read.
     let rcpt = check("acme");
     c.bench_function("decide/check/wasm/memory", |b| {
