@@ -18,7 +18,7 @@ use super::{Exit, PolicyArgs, StoreArgs};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A TOML file with any of: postfix_listen, postfix_unix, http_listen,
-    /// http_max_body_bytes, workers, idle_timeout_secs, store, init_store, policy,
+    /// http_max_body_bytes, workers, io_threads, idle_timeout_secs, store, init_store, policy,
     /// component, case_sensitive_names, and a [postfix] table. Flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -42,6 +42,11 @@ pub struct Args {
     /// Redis, where workers wait on the network), at least 2.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Threads that read and answer the sockets. Default: the available
+    /// parallelism. Under pure END-OF-MESSAGE charges on 2 cores, 1 was often
+    /// a little faster; under Postfix's mix, 2.
+    #[arg(long, value_name = "N")]
+    io_threads: Option<usize>,
     /// Close a connection silent for this long. Default: 60.
     #[arg(long, value_name = "SECS")]
     idle_timeout: Option<u64>,
@@ -84,6 +89,7 @@ impl Args {
             http_max_body_bytes: self.http_max_body_bytes,
             max_connections: self.max_connections,
             workers: self.workers,
+            io_threads: self.io_threads,
             idle_timeout_secs: self.idle_timeout,
             store: self.store.store.clone(),
             init_store: self.init_store,
@@ -111,6 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Create::IfMissing
     })?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.io_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -226,7 +226,8 @@ impl Server {
             }
         }
         for (name, listener) in postfix {
-            info!(workers = config.workers, policy = %policy_path.display(),
+            info!(workers = config.workers, io_threads = config.io_threads,
+                policy = %policy_path.display(),
                 "listening on {name} (postfix policy)");
             tasks.spawn(serve_postfix(
                 listener,

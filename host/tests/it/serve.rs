@@ -716,6 +716,29 @@ fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
     );
 }
 
+/// The socket threads: the file's `io_threads`, which a flag overrides; one per
+/// core by default; 0 is refused by name.
+#[test]
+fn io_threads_come_from_the_file_or_a_flag_and_zero_is_refused() {
+    use creditgate::serve::{Config, Overrides};
+    let (_dir, file) = harness::temp_path("serve.toml");
+    std::fs::write(&file, "store = \"memory\"\nio_threads = 3\n").expect("writes");
+    let load = |io_threads| {
+        let overrides = Overrides {
+            io_threads,
+            ..Overrides::default()
+        };
+        Config::load(Some(&file), overrides)
+    };
+    assert_eq!(load(None).expect("loads").io_threads, 3);
+    assert_eq!(load(Some(1)).expect("loads").io_threads, 1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default = Config::load(None, Overrides::default()).expect("loads");
+    assert_eq!(default.io_threads, cores);
+    let zero = load(Some(0)).expect_err("0 socket threads serve nothing");
+    harness::assert_has(&zero.to_string(), "io_threads must be at least 1");
+}
+
 #[test]
 fn the_binary_refuses_a_config_with_an_unknown_key() {
     let (_dir, config) = harness::temp_path("serve.toml");

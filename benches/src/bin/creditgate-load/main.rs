@@ -120,6 +120,9 @@ struct Args {
     /// --workers for the spawned serve. Default: serve's own.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// --io-threads for the spawned serve. Default: serve's own.
+    #[arg(long, value_name = "N", requires = "spawn")]
+    io_threads: Option<usize>,
     /// After the run, time this many `POST /v1/admin/reload`s on the spawned
     /// serve, one at a time. Default 5; 0 for none.
     #[arg(long, value_name = "N", requires = "spawn")]
@@ -268,6 +271,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             &creditgate,
             &mix,
             args.workers,
+            args.io_threads,
             args.http.is_some(),
             args.cold_start,
         )?)

@@ -147,6 +147,7 @@ impl Spawned {
         creditgate: &Path,
         mix: &Mix,
         workers: Option<usize>,
+        io_threads: Option<usize>,
         http: bool,
         cold_start: bool,
     ) -> anyhow::Result<Spawned> {
@@ -180,6 +181,9 @@ impl Spawned {
             .wait(START_TIMEOUT);
         if let Some(workers) = workers {
             builder = builder.arg("--workers").arg(workers.to_string());
+        }
+        if let Some(threads) = io_threads {
+            builder = builder.arg("--io-threads").arg(threads.to_string());
         }
         if let Some(cache_dir) = cache_dir.as_ref().filter(|_| cold_start) {
             builder = builder.env("CREDITGATE_CACHE_DIR", cache_dir);
