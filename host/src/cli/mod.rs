@@ -359,7 +359,7 @@ fn open_store(spec: Option<&Path>, create: Create) -> anyhow::Result<Arc<dyn Sto
 }
 
 /// Logs (for `serve`, whose log is on by now) when the Redis server could lose
-/// what gateways acknowledged in a crash, or when it would not say.
+/// what gateways acknowledged in a crash or a failover, or when it would not say.
 fn warn_unless_durable(store: &RedisStore) {
     match store.durability() {
         Ok(durability) => {
@@ -372,6 +372,18 @@ fn warn_unless_durable(store: &RedisStore) {
         Err(e) => tracing::info!(error = %e,
             "cannot read Redis's durability settings: make sure it runs with appendonly yes \
              and appendfsync always"),
+    }
+    match store.replicated_primaries() {
+        Ok(replicated) => {
+            for (node, replicas) in replicated {
+                tracing::warn!(redis = store.label(), %node, replicas,
+                    "Redis replicates after it answers: a failover to one of these replicas \
+                     can lose the last charges gateways answered as allowed, and sell those \
+                     credits again. Promote only a replica whose master_repl_offset has caught \
+                     up with its primary's (README, \"Redis\")");
+            }
+        }
+        Err(e) => tracing::info!(error = %e, "cannot read whether Redis has replicas"),
     }
 }
 

@@ -472,6 +472,27 @@ fn acme_emails_used(store: &str, policy: &Path) -> u64 {
         .unwrap_or_else(|| panic!("no email credits used in {usage}"))
 }
 
+/// A primary with a replica is named, with how many it has (opening a store on
+/// it then warns that a failover can lose acknowledged charges); one without,
+/// not.
+#[test]
+fn a_primary_with_replicas_is_named() {
+    let primary = RedisServer::start();
+    let store = primary.store("replicated");
+    assert_eq!(store.replicated_primaries().expect("reads"), []);
+    let replica = RedisServer::start();
+    replica.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
+    let deadline = Instant::now() + WAIT;
+    while store.replicated_primaries().expect("reads").is_empty() {
+        assert!(Instant::now() < deadline, "the replica never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        store.replicated_primaries().expect("reads"),
+        [("the server".to_owned(), 1)]
+    );
+}
+
 /// Every gateway on one prefix keys fingerprints with one secret, whichever
 /// made it first; another prefix is another store, with its own.
 #[test]

@@ -434,6 +434,31 @@ impl RedisStore {
         }
         Ok(weakest)
     }
+
+    /// The primaries that have replicas, each with how many are connected
+    /// (`INFO replication`, `connected_slaves`). Redis replicates after it
+    /// answers, so a replica promoted in a failover can lack the last charges
+    /// its primary acknowledged: gateways answered them as allowed, and the
+    /// promoted replica sells those credits again.
+    pub fn replicated_primaries(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let what = "reading the primaries' replicas";
+        let nodes = self.call(what, self.config.call_timeout, |c| async move {
+            on_every_primary(c, redis::cmd("INFO").arg("replication").clone()).await
+        })?;
+        let mut replicated = Vec::new();
+        for (node, info) in nodes {
+            let info: String =
+                redis::from_redis_value(info).map_err(|e| self.unavailable(what, e))?;
+            let replicas = info_field(&info, "connected_slaves")
+                .ok_or_else(|| self.unavailable(what, format_args!("{node}: no connected_slaves")))?
+                .parse::<u64>()
+                .map_err(|e| self.unavailable(what, format_args!("{node}: {e}")))?;
+            if replicas > 0 {
+                replicated.push((node, replicas));
+            }
+        }
+        Ok(replicated)
+    }
 }
 
 #[cfg(test)]
