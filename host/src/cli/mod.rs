@@ -374,13 +374,15 @@ fn warn_unless_durable(store: &RedisStore) {
              and appendfsync always"),
     }
     match store.replicated_primaries() {
+        Ok(_) if store.replicas_waited_for() > 0 => {}
         Ok(replicated) => {
             for (node, replicas) in replicated {
                 tracing::warn!(redis = store.label(), %node, replicas,
                     "Redis replicates after it answers: a failover to one of these replicas \
                      can lose the last charges gateways answered as allowed, and sell those \
-                     credits again. Promote only a replica whose master_repl_offset has caught \
-                     up with its primary's (README, \"Redis\")");
+                     credits again. Add ?replicas=N to the store's URL so that every write \
+                     waits for N replicas, or promote only a replica whose master_repl_offset \
+                     has caught up with its primary's (README, \"Redis\")");
             }
         }
         Err(e) => tracing::info!(error = %e, "cannot read whether Redis has replicas"),

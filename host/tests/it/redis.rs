@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use creditgate::store::{CounterAdd, MemberAdd, OnceKey, RedisStore, Store};
+use creditgate::bindings::GuardedAdd;
+use creditgate::store::{CounterAdd, MemberAdd, OnceKey, RedisStore, Store, StoreError};
 
 /// Every wait here is bounded by this: a hang is a failure, not a stall.
 const WAIT: Duration = Duration::from_secs(15);
@@ -491,6 +492,93 @@ fn a_primary_with_replicas_is_named() {
         store.replicated_primaries().expect("reads"),
         [("the server".to_owned(), 1)]
     );
+}
+
+/// `?replicas=1`: a write is answered once a replica holds it. With the
+/// replica gone, every write (a charge through the collector, a batch of
+/// leads through a direct script) is refused within the wait, naming the
+/// shortfall, and stands on the primary only: counted, never answered, so
+/// never sold twice after a failover.
+#[test]
+fn writes_wait_for_the_replicas_asked_for() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    replica.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
+    let store = RedisStore::open(&format!(
+        "{}?prefix=waited&replicas=1&replica_timeout_ms=100",
+        primary.url()
+    ))
+    .expect("opens");
+    let connected = |want: u64| {
+        let deadline = Instant::now() + WAIT;
+        while store
+            .replicated_primaries()
+            .expect("reads")
+            .iter()
+            .map(|r| r.1)
+            .sum::<u64>()
+            != want
+        {
+            assert!(Instant::now() < deadline, "replicas never reached {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    connected(1);
+    // Connected is not caught up: the first sync must end before it acknowledges.
+    let deadline = Instant::now() + WAIT;
+    while !replica
+        .cli(&["INFO", "replication"])
+        .contains("master_link_status:up")
+    {
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let charge = |id: &str| {
+        store.counter_add_guarded(CounterAdd {
+            scope: "acct",
+            guard: None,
+            name: "sent",
+            amount: 1,
+            limit: Some(10),
+            once: Some(OnceKey {
+                key: &format!("msg/{id}"),
+                fingerprint: 1,
+                expires_at: i64::MAX,
+            }),
+            expires_at: None,
+            now: 1_000,
+        })
+    };
+    let leads = ["a@x.io".to_owned(), "b@x.io".to_owned()];
+    let add_leads = |group: &str| {
+        store.member_add_many(creditgate::store::MemberAddMany {
+            scope: "acct",
+            group,
+            members: &leads,
+            limit: Some(10),
+        })
+    };
+    let first = charge("m1");
+    assert!(matches!(first, Ok(GuardedAdd::Applied(_))), "{first:?}");
+    add_leads("q1").expect("replicated");
+    assert_eq!(replica.cli(&["EXISTS", "waited:{acct}:once:msg/m1"]), "1");
+
+    replica.cli(&["REPLICAOF", "NO", "ONE"]);
+    connected(0);
+    for refused in [charge("m2").map(|_| ()), add_leads("q2").map(|_| ())] {
+        let Err(StoreError::Unavailable(why)) = refused else {
+            panic!("acknowledged without its replica: {refused:?}");
+        };
+        assert!(
+            why.contains("0 of 1 replica(s) acknowledged within 100 ms"),
+            "{why}"
+        );
+    }
+    // It stands on the primary, counted; a retry of the same message charges
+    // nothing more (and is refused too while no replica holds it).
+    assert_eq!(store.counter_get("acct", "sent", 1_000).expect("reads"), 2);
+    assert!(matches!(charge("m2"), Err(StoreError::Unavailable(_))));
+    assert_eq!(store.counter_get("acct", "sent", 1_000).expect("reads"), 2);
 }
 
 /// Every gateway on one prefix keys fingerprints with one secret, whichever

@@ -114,6 +114,90 @@ const PIPELINES_PER_NODE: usize = 2;
 /// slot; it also reads the map again after any redirection.
 const SLOT_MAP_FOR: Duration = Duration::from_secs(30);
 
+/// `WAIT` after the writes (see [`super::RedisConfig::replicas`]): a write is
+/// answered only once this many replicas hold it, within `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Wait {
+    pub(super) replicas: u32,
+    pub(super) timeout: Duration,
+}
+
+impl Wait {
+    fn cmd(self) -> Cmd {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(self.replicas).arg(self.timeout.as_millis() as u64);
+        cmd
+    }
+
+    /// The error every write answered before `WAIT`'s `answer` gets, if it
+    /// says fewer replicas than asked hold them.
+    fn shortfall(self, answer: &RedisResult<Value>) -> Option<RedisError> {
+        let held = match answer {
+            Ok(Value::Int(n)) => *n,
+            Ok(other) => {
+                return Some(RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "WAIT answered something other than a count",
+                    format!("{other:?}"),
+                )));
+            }
+            Err(e) => return Some(e.clone()),
+        };
+        (held < i64::from(self.replicas)).then(|| {
+            RedisError::from((
+                redis::ErrorKind::Io,
+                "not replicated",
+                format!(
+                    "{held} of {} replica(s) acknowledged within {} ms: the write stands on \
+                     the primary but is not acknowledged (a failover could lose it)",
+                    self.replicas,
+                    self.timeout.as_millis()
+                ),
+            ))
+        })
+    }
+}
+
+/// Runs `cmd` alone, then `WAIT` when `wait` says so, in one pipeline on one
+/// connection (a `WAIT` on another connection, after a reconnect, would vouch
+/// for nothing); a script the server lacks is loaded and `cmd` run again,
+/// which cannot apply it twice (NOSCRIPT ran nothing).
+pub(super) async fn query_alone(
+    conn: &mut Conn,
+    cmd: &Cmd,
+    script: Option<&Script>,
+    wait: Option<Wait>,
+) -> RedisResult<Value> {
+    let run = async |conn: &mut Conn| match wait {
+        None => cmd.query_async::<Value>(conn).await,
+        Some(wait) => {
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd.clone()).add_command(wait.cmd());
+            let mut answers = conn.req_packed_commands(&pipe, 0, 2).await?.into_iter();
+            let answer = answers.next().map_or_else(|| Ok(Value::Nil), Ok);
+            let answer = answer.and_then(|v| v.extract_error());
+            let waited = answers.next().map_or_else(|| Ok(Value::Nil), Ok);
+            match (
+                answer,
+                wait.shortfall(&waited.and_then(|v| v.extract_error())),
+            ) {
+                (Ok(_), Some(e)) => Err(e),
+                (answer, _) => answer,
+            }
+        }
+    };
+    let mut answer = run(conn).await;
+    if let (Err(e), Some(script)) = (&answer, script)
+        && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+    {
+        answer = match script.load_async(conn).await {
+            Ok(_) => run(conn).await,
+            Err(e) => Err(e),
+        };
+    }
+    answer
+}
+
 /// A primitive waiting in the collector for the next pipeline to its node.
 pub(super) struct Call {
     /// The cluster slot of the call's keys; None on a single server.
@@ -122,6 +206,8 @@ pub(super) struct Call {
     /// The script `cmd` runs by hash (EVALSHA): loaded, and the call retried
     /// alone, when the server answers NOSCRIPT.
     pub(super) script: Option<&'static Script>,
+    /// Whether it may write: only then is it followed by `WAIT`.
+    pub(super) writes: bool,
     pub(super) reply: tokio::sync::oneshot::Sender<RedisResult<Value>>,
 }
 
@@ -142,10 +228,11 @@ pub(super) async fn collect(
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Call>,
     conn: Conn,
     limit: Duration,
+    wait: Option<Wait>,
 ) {
     let redirected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let Conn::Cluster(cluster) = &conn else {
-        return node(queue, conn, redirected, limit).await;
+        return node(queue, conn, redirected, limit, wait).await;
     };
     // A cluster: calls sorted by node, each node's in a queue of its own, so
     // that a slow node holds back no other.
@@ -161,7 +248,7 @@ pub(super) async fn collect(
             let name = call.slot.map_or_else(String::new, |slot| slots.node(slot));
             let queue = nodes.entry(name).or_insert_with(|| {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                tokio::spawn(node(rx, conn.clone(), redirected.clone(), limit));
+                tokio::spawn(node(rx, conn.clone(), redirected.clone(), limit, wait));
                 tx
             });
             if let Err(unsent) = queue.send(call) {
@@ -179,6 +266,7 @@ async fn node(
     conn: Conn,
     redirected: std::sync::Arc<std::sync::atomic::AtomicBool>,
     limit: Duration,
+    wait: Option<Wait>,
 ) {
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(PIPELINES_PER_NODE));
     let mut calls = Vec::new();
@@ -196,7 +284,7 @@ async fn node(
         let group = std::mem::take(&mut calls);
         let (conn, redirected) = (conn.clone(), redirected.clone());
         tokio::spawn(async move {
-            send_pipeline(conn, group, &redirected, limit).await;
+            send_pipeline(conn, group, &redirected, limit, wait).await;
             drop(permit);
         });
     }
@@ -209,10 +297,18 @@ async fn send_pipeline(
     calls: Vec<Call>,
     redirected: &std::sync::atomic::AtomicBool,
     limit: Duration,
+    wait: Option<Wait>,
 ) {
     let mut pipeline = redis::pipe();
     for call in &calls {
         pipeline.add_command(call.cmd.clone());
+    }
+    // After the calls, on the same connection: it vouches for all of them. A
+    // group of reads waits for nothing.
+    let wait = wait.filter(|_| calls.iter().any(|call| call.writes));
+    let answers_expected = calls.len() + usize::from(wait.is_some());
+    if let Some(wait) = wait {
+        pipeline.add_command(wait.cmd());
     }
     let sent = async {
         match (&mut conn, calls.first().and_then(|c| c.slot)) {
@@ -220,10 +316,13 @@ async fn send_pipeline(
                 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
                 let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
                 cluster
-                    .route_pipeline(pipeline, 0, calls.len(), route)
+                    .route_pipeline(pipeline, 0, answers_expected, route)
                     .await
             }
-            (conn, _) => conn.req_packed_commands(&pipeline, 0, calls.len()).await,
+            (conn, _) => {
+                conn.req_packed_commands(&pipeline, 0, answers_expected)
+                    .await
+            }
         }
     };
     // Every caller has given up by then (each waits `limit` from its own
@@ -237,12 +336,25 @@ async fn send_pipeline(
             )))
         });
     let answers = match answers {
-        Ok(answers) if answers.len() == calls.len() => answers,
+        Ok(mut answers) if answers.len() == answers_expected => {
+            // Fewer replicas than asked hold these writes: none is answered as
+            // done (each stands on the primary: an over-count, never a sale).
+            if let Some(wait) = wait
+                && let Some(waited) = answers.pop()
+                && let Some(e) = wait.shortfall(&waited.extract_error())
+            {
+                for call in calls {
+                    let _ = call.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+            answers
+        }
         Ok(answers) => {
             let e = RedisError::from((
                 redis::ErrorKind::Client,
                 "a pipeline answered with the wrong number of replies",
-                format!("{} for {} calls", answers.len(), calls.len()),
+                format!("{} for {answers_expected} commands", answers.len()),
             ));
             for call in calls {
                 let _ = call.reply.send(Err(e.clone()));
@@ -281,15 +393,8 @@ async fn send_pipeline(
         // Neither ran the script: running it again cannot apply it twice.
         let mut conn = conn.clone();
         tokio::spawn(async move {
-            let mut answer = call.cmd.query_async::<Value>(&mut conn).await;
-            if let (Err(e), Some(script)) = (&answer, call.script)
-                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-            {
-                answer = match script.load_async(&mut conn).await {
-                    Ok(_) => call.cmd.query_async::<Value>(&mut conn).await,
-                    Err(e) => Err(e),
-                };
-            }
+            let wait = wait.filter(|_| call.writes);
+            let answer = query_alone(&mut conn, &call.cmd, call.script, wait).await;
             let _ = call.reply.send(answer);
         });
     }

@@ -14,6 +14,12 @@
 //! to 2^53, while counters are u64 and instants i64 nanoseconds (about 1.8e18
 //! today). The scripts add and compare those strings digit-wise.
 //!
+//! With `?replicas=N` on the URL, every write (each pipeline of the collector
+//! holding one, and each script run alone) is followed by `WAIT N` on the same
+//! connection, and answered only if N replicas hold it: Redis replicates after
+//! it answers, and a failover to a replica that lacked the last writes would
+//! sell their credits again (see `conn::Wait`).
+//!
 //! The scripts are Lua files in `lua/`, one per primitive and a prelude every
 //! one starts with, included at build time. What a `--store` URL names is parsed
 //! in `url.rs`; the connections and the collector that pipelines the calls are
@@ -171,6 +177,24 @@ const NEVER: Instant = i64::MAX;
 /// Memberships fetched per round trip by [`Store::visit_members`].
 const PAGE: usize = 1_000;
 
+/// Whether a call may write: only writes wait for replicas (`?replicas=N`),
+/// so that reads go on while a replica is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Reads,
+    Writes,
+}
+
+/// `script`, which may write.
+fn writes(script: &'static Script) -> (&'static Script, Access) {
+    (script, Access::Writes)
+}
+
+/// `script`, which only reads.
+fn reads(script: &'static Script) -> (&'static Script, Access) {
+    (script, Access::Reads)
+}
+
 /// How long a cluster client trusts its memory that a scope is in `P:scopes`.
 const REGISTERED_FOR: Duration = Duration::from_secs(300);
 
@@ -264,7 +288,11 @@ impl RedisStore {
         .map_err(|_| unavailable(&"no answer to INFO within the bulk timeout"))?;
         runtime.spawn(first?.run());
         let (calls, queue) = tokio::sync::mpsc::unbounded_channel();
-        runtime.spawn(collect(queue, conn.clone(), config.call_timeout));
+        let wait = (config.replicas > 0).then_some(conn::Wait {
+            replicas: config.replicas,
+            timeout: config.replica_timeout,
+        });
+        runtime.spawn(collect(queue, conn.clone(), config.call_timeout, wait));
         let store = Self {
             conn,
             runtime: Some(runtime),
@@ -328,6 +356,11 @@ impl RedisStore {
     }
 
     /// The server (or cluster nodes) this store talks to, without credentials.
+    /// Replicas every write waits for (`?replicas=N`); 0: none.
+    pub fn replicas_waited_for(&self) -> u32 {
+        self.config.replicas
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -445,18 +478,27 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Runs `script` on `scope` with `args` after the scope's name.
+    /// Runs `script` on `scope` with `args` after the scope's name; one that
+    /// `writes` is followed by `WAIT` when the URL asks for replicas.
     fn script<T>(
         &self,
         what: &str,
         limit: Duration,
-        script: &'static Script,
+        (script, access): (&'static Script, Access),
         scope: &str,
         args: Vec<Vec<u8>>,
     ) -> Result<T, StoreError>
     where
         T: redis::FromRedisValue + Send + 'static,
     {
+        if let Some(wait) = self.wait().filter(|_| access == Access::Writes) {
+            // Followed by WAIT in one pipeline, as the collector's calls are.
+            let cmd = self.evalsha(script, scope, &args);
+            return self.call(what, limit, |mut c| async move {
+                let value = conn::query_alone(&mut c, &cmd, Some(script), Some(wait)).await?;
+                redis::from_redis_value(value).map_err(RedisError::from)
+            });
+        }
         let mut invocation = script.prepare_invoke();
         for key in self.keys(scope) {
             invocation.key(key);
@@ -472,17 +514,24 @@ impl RedisStore {
 
     /// Runs `script` on `scope` with `args` after the scope's name, as a
     /// primitive: through the collector, in a pipeline with the other calls in
-    /// flight to the same node, within [`RedisConfig::call_timeout`].
+    /// flight to the same node, within [`RedisConfig::call_timeout`]; one that
+    /// writes is followed by `WAIT` when the URL asks for replicas.
     fn primitive<T>(
         &self,
         what: &str,
-        script: &'static Script,
+        (script, access): (&'static Script, Access),
         scope: &str,
         args: &[Vec<u8>],
     ) -> Result<T, StoreError>
     where
         T: redis::FromRedisValue,
     {
+        let cmd = self.evalsha(script, scope, args);
+        self.send(what, &self.base(scope), cmd, Some(script), access)
+    }
+
+    /// `script` on `scope`'s keys with `args` after the scope's name, by hash.
+    fn evalsha(&self, script: &Script, scope: &str, args: &[Vec<u8>]) -> Cmd {
         let keys = self.keys(scope);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash()).arg(keys.len());
@@ -493,7 +542,15 @@ impl RedisStore {
         for arg in args {
             cmd.arg(arg.as_slice());
         }
-        self.send(what, &keys[0], cmd, Some(script))
+        cmd
+    }
+
+    /// The `WAIT` every write is followed by, when the URL asks for replicas.
+    fn wait(&self) -> Option<conn::Wait> {
+        (self.config.replicas > 0).then_some(conn::Wait {
+            replicas: self.config.replicas,
+            timeout: self.config.replica_timeout,
+        })
     }
 
     /// Sends `cmd` (on the keys of the scope whose base is `base`) through the
@@ -504,6 +561,7 @@ impl RedisStore {
         base: &str,
         cmd: Cmd,
         script: Option<&'static Script>,
+        access: Access,
     ) -> Result<T, StoreError>
     where
         T: redis::FromRedisValue,
@@ -517,6 +575,7 @@ impl RedisStore {
             slot: matches!(self.conn, Conn::Cluster(_)).then(|| slot_of(base.as_bytes())),
             cmd,
             script,
+            writes: access == Access::Writes,
             reply,
         };
         if self.calls.send(call).is_err() {
@@ -559,7 +618,7 @@ impl RedisStore {
         let (name, now) = counter.map_or(("", String::new()), |(n, now)| (n, now.to_string()));
         args.extend([name.into(), now.into()]);
         let (outcome, members, value): (u64, u64, String) =
-            self.primitive(what, &SCRIPTS.member_add, scope, &args)?;
+            self.primitive(what, writes(&SCRIPTS.member_add), scope, &args)?;
         let tally = Tally {
             counter: decimal(what, &value)?,
             members,
@@ -744,25 +803,27 @@ impl super::Backend for RedisStore {
         let base = self.base(scope);
         let mut cmd = redis::cmd("HGET");
         cmd.arg(format!("{base}rec")).arg(key);
-        self.send("record-get", &base, cmd, None)
+        self.send("record-get", &base, cmd, None, Access::Reads)
     }
 
     fn record_insert(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         self.register(scope)?;
         let args = vec![key.into(), value.into()];
-        self.primitive("record-insert", &SCRIPTS.record_insert, scope, &args)
+        let script = writes(&SCRIPTS.record_insert);
+        self.primitive("record-insert", script, scope, &args)
     }
 
     fn record_update(&self, scope: &str, key: &str, value: &str) -> Result<bool, StoreError> {
         let args = vec![key.into(), value.into()];
-        self.primitive("record-update", &SCRIPTS.record_update, scope, &args)
+        let script = writes(&SCRIPTS.record_update);
+        self.primitive("record-update", script, scope, &args)
     }
 
     fn record_update_guarded(&self, update: GuardedUpdate<'_>) -> Result<bool, StoreError> {
         let mut args = vec![update.key.into(), update.value.into()];
         args.extend(guard_args(Some(update.guard)));
         let script = &SCRIPTS.record_update_guarded;
-        self.primitive("record-update-guarded", script, update.scope, &args)
+        self.primitive("record-update-guarded", writes(script), update.scope, &args)
     }
 
     fn counter_get(&self, scope: &str, name: &str, now: Instant) -> Result<u64, StoreError> {
@@ -771,7 +832,7 @@ impl super::Backend for RedisStore {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(format!("{base}ctr:{name}")).arg("v").arg("x");
         let (value, expires_at): (Option<String>, Option<String>) =
-            self.send(what, &base, cmd, None)?;
+            self.send(what, &base, cmd, None, Access::Reads)?;
         let Some(value) = value else {
             return Ok(0);
         };
@@ -808,7 +869,7 @@ impl super::Backend for RedisStore {
                 .map_or(Vec::new(), |o| o.fingerprint.to_string().into_bytes()),
         ];
         args.extend(guard_args(guard));
-        let run = || self.primitive(what, &SCRIPTS.counter_add, scope, &args);
+        let run = || self.primitive(what, writes(&SCRIPTS.counter_add), scope, &args);
         // A call that got no answer may have been applied all the same: Redis
         // ran the script and the reply came late, or was lost with the
         // connection. Failing the request then would leave its credits taken,
@@ -845,7 +906,7 @@ impl super::Backend for RedisStore {
         let mut args: Vec<Vec<u8>> = vec![tally.name.into(), tally.now.to_string().into()];
         args.extend(guard_args(tally.guard));
         let (outcome, value, members): (String, String, u64) =
-            self.primitive(what, &SCRIPTS.counter_tally, tally.scope, &args)?;
+            self.primitive(what, reads(&SCRIPTS.counter_tally), tally.scope, &args)?;
         Ok(match outcome.as_str() {
             "tally" => Some(Tally {
                 counter: decimal(what, &value)?,
@@ -887,7 +948,7 @@ impl super::Backend for RedisStore {
         let answer: Vec<u64> = self.script(
             "member-add-many",
             limit,
-            &SCRIPTS.member_add_many,
+            writes(&SCRIPTS.member_add_many),
             scope,
             args,
         )?;
@@ -913,7 +974,7 @@ impl super::Backend for RedisStore {
         let what = "member-remove";
         let args = vec![at.group.into(), at.member.into()];
         let (outcome, members): (u64, u64) =
-            self.primitive(what, &SCRIPTS.member_remove, at.scope, &args)?;
+            self.primitive(what, writes(&SCRIPTS.member_remove), at.scope, &args)?;
         let outcome = match outcome {
             0 => MemberRemoveOutcome::NotInGroup,
             1 => MemberRemoveOutcome::LeftGroup,
@@ -929,7 +990,7 @@ impl super::Backend for RedisStore {
         let (removed, released, members): (u64, u64, u64) = self.script(
             "group-clear",
             limit,
-            &SCRIPTS.group_clear,
+            writes(&SCRIPTS.group_clear),
             scope,
             vec![group.into()],
         )?;
@@ -945,7 +1006,7 @@ impl super::Backend for RedisStore {
         let flat: Vec<String> = self.script(
             what,
             self.config.bulk_timeout,
-            &SCRIPTS.group_counts,
+            reads(&SCRIPTS.group_counts),
             scope,
             Vec::new(),
         )?;
@@ -962,7 +1023,7 @@ impl super::Backend for RedisStore {
 
     fn membership(&self, at: Membership<'_>) -> Result<Option<u64>, StoreError> {
         let args = vec![at.group.into(), at.member.into()];
-        let n: i64 = self.primitive("membership", &SCRIPTS.membership, at.scope, &args)?;
+        let n: i64 = self.primitive("membership", reads(&SCRIPTS.membership), at.scope, &args)?;
         Ok(u64::try_from(n).ok())
     }
 
@@ -970,7 +1031,7 @@ impl super::Backend for RedisStore {
         let base = self.base(scope);
         let mut cmd = redis::cmd("HLEN");
         cmd.arg(format!("{base}mem"));
-        self.send("member-count", &base, cmd, None)
+        self.send("member-count", &base, cmd, None, Access::Reads)
     }
 
     fn persist(&self) -> Result<(), StoreError> {
@@ -1188,7 +1249,7 @@ impl super::Backend for RedisStore {
         ) = self.script(
             what,
             self.config.bulk_timeout,
-            &SCRIPTS.export,
+            reads(&SCRIPTS.export),
             scope,
             Vec::new(),
         )?;
@@ -1261,7 +1322,13 @@ impl super::Backend for RedisStore {
             args.push(member.clone().into());
         }
         let what = "importing a scope";
-        self.script::<()>(what, self.config.bulk_timeout, &SCRIPTS.import, scope, args)
+        self.script::<()>(
+            what,
+            self.config.bulk_timeout,
+            writes(&SCRIPTS.import),
+            scope,
+            args,
+        )
     }
 }
 

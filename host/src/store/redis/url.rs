@@ -23,6 +23,14 @@ pub struct RedisConfig {
     /// How often the primaries' eviction settings are read again (see
     /// `durability`).
     pub settings_check: Duration,
+    /// Replicas that must hold a write before it is answered (`WAIT` after
+    /// every write, on the same connection); 0: none waited for. Redis
+    /// replicates after it answers, so without this a failover to a replica
+    /// can lose charges gateways acknowledged.
+    pub replicas: u32,
+    /// How long a write waits for [`RedisConfig::replicas`]; past it, the write
+    /// is refused (it stands on the primary: an over-count, never a sale).
+    pub replica_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -34,6 +42,8 @@ impl Default for RedisConfig {
             bulk_timeout: Duration::from_secs(30),
             gc_margin: Duration::from_secs(24 * 3600),
             settings_check: Duration::from_secs(5),
+            replicas: 0,
+            replica_timeout: Duration::from_millis(250),
         }
     }
 }
@@ -64,7 +74,7 @@ pub fn is_redis_url(s: &str) -> bool {
 /// Parses `redis://[USER:PASS@]HOST:PORT[/DB][?OPTIONS]` or
 /// `redis+cluster://[USER:PASS@]HOST:PORT,HOST:PORT,...[?OPTIONS]`. Options:
 /// `prefix=NAME`, `connect_timeout_ms=N`, `call_timeout_ms=N`,
-/// `settings_check_ms=N`.
+/// `settings_check_ms=N`, `replicas=N`, `replica_timeout_ms=N`.
 pub fn parse_url(url: &str) -> Result<(RedisTarget, RedisConfig), StoreError> {
     let bad = |why: &str| StoreError::InvalidArgument(format!("redis URL {url:?}: {why}"));
     if url.starts_with("rediss://") || url.starts_with("rediss+cluster://") {
@@ -107,13 +117,29 @@ pub fn parse_url(url: &str) -> Result<(RedisTarget, RedisConfig), StoreError> {
                     return Err(bad("settings_check_ms must be at least 10"));
                 }
             }
+            "replicas" => {
+                config.replicas = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| bad("replicas must be a positive number"))?;
+            }
+            "replica_timeout_ms" => config.replica_timeout = millis()?,
             _ => {
                 return Err(bad(&format!(
                     "unknown option {name:?} (known: prefix, connect_timeout_ms, \
-                     call_timeout_ms, settings_check_ms)"
+                     call_timeout_ms, settings_check_ms, replicas, replica_timeout_ms)"
                 )));
             }
         }
+    }
+    if config.replicas > 0 && config.replica_timeout >= config.call_timeout {
+        return Err(bad(&format!(
+            "replica_timeout_ms ({} ms) must be below call_timeout_ms ({} ms): a write \
+             waits for its replicas within its own time",
+            config.replica_timeout.as_millis(),
+            config.call_timeout.as_millis()
+        )));
     }
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (userinfo, hosts) = match authority.rsplit_once('@') {
@@ -161,6 +187,15 @@ pub fn parse_url(url: &str) -> Result<(RedisTarget, RedisConfig), StoreError> {
 mod tests {
     use super::*;
 
+    fn assert_refused(urls: &[&str]) {
+        for bad in urls {
+            assert!(
+                matches!(parse_url(bad), Err(StoreError::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+    }
+
     #[test]
     fn urls() {
         let (t, c) = parse_url("redis://127.0.0.1:6379/2?prefix=cg&call_timeout_ms=50").unwrap();
@@ -175,7 +210,7 @@ mod tests {
         assert!(t.cluster);
         assert_eq!(t.label, "cluster a:1,b:2");
 
-        for bad in [
+        assert_refused(&[
             "rediss://h:1",
             "rediss+cluster://h:1",
             "redis://",
@@ -186,16 +221,35 @@ mod tests {
             "redis://h:1?nope=1",
             "redis://h:1?call_timeout_ms=0",
             "http://h:1",
-        ] {
-            assert!(
-                matches!(parse_url(bad), Err(StoreError::InvalidArgument(_))),
-                "{bad}"
-            );
-        }
+        ]);
         let Err(StoreError::InvalidArgument(tls)) = parse_url("rediss://h:1") else {
             panic!("TLS refused");
         };
         assert!(tls.contains("no TLS"), "{tls}");
+    }
+
+    #[test]
+    fn replicas_are_asked_for_within_the_call_timeout() {
+        let (_, c) = parse_url("redis://h:1").unwrap();
+        assert_eq!(c.replicas, 0, "none waited for unless asked");
+        let (_, c) = parse_url("redis://h:1?replicas=2&replica_timeout_ms=100").unwrap();
+        assert_eq!(
+            (c.replicas, c.replica_timeout),
+            (2, Duration::from_millis(100))
+        );
+        assert_refused(&[
+            "redis://h:1?replicas=0",
+            "redis://h:1?replicas=-1",
+            "redis://h:1?replicas=1&replica_timeout_ms=0",
+            "redis://h:1?replicas=1&replica_timeout_ms=500",
+            "redis://h:1?replicas=1&call_timeout_ms=100",
+        ]);
+        let Err(StoreError::InvalidArgument(slow)) =
+            parse_url("redis://h:1?replicas=1&replica_timeout_ms=900")
+        else {
+            panic!("a wait longer than the call refused");
+        };
+        assert!(slow.contains("must be below call_timeout_ms"), "{slow}");
     }
 
     #[test]
