@@ -389,7 +389,10 @@ impl Gateway {
         let stats = Arc::new(Mutex::new(GatewayStats::default()));
         let refusals = Arc::new(Mutex::new(VecDeque::new()));
         let notifier = Arc::new(OnceLock::new());
-        let gate = Arc::new(CommitGate::default());
+        // A store whose every write is durable when it returns (Redis) has no
+        // commit to keep out of a decision: the gate would only hold every worker
+        // off while the committer waits out the slowest decision in flight.
+        let gate = (!store.durable_on_return()).then(|| Arc::new(CommitGate::default()));
         let plan_gate = Arc::new(PlanGate::default());
         let strands = Arc::new(Mutex::new(Strands::default()));
         let mut threads = Vec::new();
@@ -932,7 +935,8 @@ struct Shared {
     done: Sender<Vec<Done>>,
     stats: Arc<Mutex<GatewayStats>>,
     refusals: Arc<Mutex<VecDeque<Refusal>>>,
-    gate: Arc<CommitGate>,
+    /// None on a store whose writes are durable when they return.
+    gate: Option<Arc<CommitGate>>,
     plan_gate: Arc<PlanGate>,
     strands: Arc<Mutex<Strands>>,
     undecided: Arc<AtomicUsize>,
@@ -990,7 +994,9 @@ fn work(
                 // runs while a commit is syncing: an RCPT check never waits behind
                 // the disk.
                 let gate = (!job.request.op().is_read_only())
-                    .then(|| shared.gate.read().unwrap_or_else(PoisonError::into_inner));
+                    .then_some(shared.gate.as_ref())
+                    .flatten()
+                    .map(|gate| gate.read().unwrap_or_else(PoisonError::into_inner));
                 let losses = shared.store.losses();
                 done.extend(decide(worker, job, shared, losses));
                 drop(gate);
@@ -1209,7 +1215,7 @@ struct Committer {
     store: Arc<dyn Store>,
     stats: Arc<Mutex<GatewayStats>>,
     notifier: Arc<OnceLock<Notifier>>,
-    gate: Arc<CommitGate>,
+    gate: Option<Arc<CommitGate>>,
     undecided: Arc<AtomicUsize>,
 }
 
@@ -1248,7 +1254,8 @@ impl Committer {
             ..
         } = self;
         let started = Instant::now();
-        let sealed = gate.write().unwrap_or_else(PoisonError::into_inner);
+        let sealed =
+            (gate.as_ref()).map(|gate| gate.write().unwrap_or_else(PoisonError::into_inner));
         let persisted = store.persist().map_err(|e: StoreError| e.to_string());
         drop(sealed);
         // A decision whose effects a failed commit dropped, before this one

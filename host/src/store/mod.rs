@@ -448,6 +448,13 @@ pub trait Store: Send + Sync {
         false
     }
 
+    /// Whether every write is durable when it returns, so that [`Store::persist`]
+    /// has nothing to do (Redis: each script is on the server's disk, as its
+    /// `appendfsync` keeps it, before it answers). False unless a backend says so.
+    fn durable_on_return(&self) -> bool {
+        false
+    }
+
     /// How many times the store has lost effects it had applied and not yet made
     /// durable (a failed commit on redb drops them all: see [`RedbStore`]). A
     /// caller that reads it before applying effects and finds it changed after its
@@ -613,6 +620,9 @@ pub(crate) trait Backend: Send + Sync {
     fn batches(&self) -> bool {
         false
     }
+    fn durable_on_return(&self) -> bool {
+        false
+    }
     fn losses(&self) -> u64 {
         0
     }
@@ -732,6 +742,10 @@ impl<B: Backend> Store for B {
 
     fn batches(&self) -> bool {
         Backend::batches(self)
+    }
+
+    fn durable_on_return(&self) -> bool {
+        Backend::durable_on_return(self)
     }
 
     fn losses(&self) -> u64 {

@@ -1040,6 +1040,10 @@ impl super::Backend for RedisStore {
         Ok(())
     }
 
+    fn durable_on_return(&self) -> bool {
+        true
+    }
+
     fn health(&self) -> Result<(), StoreError> {
         // Calls fail (and recover) one by one otherwise; a server that may
         // evict keys fails them all, and says so here.
