@@ -14,10 +14,13 @@
 #   benches/scripts/redis-gateways.sh
 #   CONNECTIONS=64 WORKERS=32 DURATION=20s benches/scripts/redis-gateways.sh
 #   benches/scripts/redis-gateways.sh -- --state end-of-message   # args for creditgate-load
+#   REPLICAS=1 benches/scripts/redis-gateways.sh   # a replica, and ?replicas=1 on the URL
 #
 # Settings (environment): GATEWAYS (2), CONNECTIONS per load (64), DURATION
 # (10s), ACCOUNTS (100), WORKERS (serve's default when unset), APPENDFSYNC
-# (always), BIN (the directory holding creditgate and creditgate-load; default
+# (always), REPLICAS (0: that many replicas of the server, each started with
+# --replicaof, and every write waiting for them: `?replicas=N` on the store's
+# URL), BIN (the directory holding creditgate and creditgate-load; default
 # $CARGO_TARGET_DIR/release, else target/release).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +30,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 DURATION=${DURATION:-10s}
 ACCOUNTS=${ACCOUNTS:-100}
 APPENDFSYNC=${APPENDFSYNC:-always}
+REPLICAS=${REPLICAS:-0}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 [ "${1:-}" = "--" ] && shift
 LOAD_ARGS=("$@")
@@ -70,6 +74,19 @@ redis_pid=$!
 pids+=("$redis_pid")
 wait_listening "$redis_port" 10
 store="redis://127.0.0.1:$redis_port?prefix=load"
+for ((r = 0; r < REPLICAS; r++)); do
+    replica_port=$(free_port)
+    mkdir -p "$dir/replica-$r"
+    redis-server --port "$replica_port" --bind 127.0.0.1 --daemonize no --save "" \
+        --appendonly yes --appendfsync "$APPENDFSYNC" --dir "$dir/replica-$r" \
+        --logfile redis.log --replicaof 127.0.0.1 "$redis_port" >/dev/null 2>&1 &
+    pids+=($!)
+    wait_listening "$replica_port" 10
+    until redis-cli -p "$replica_port" info replication | grep -q '^master_link_status:up'; do
+        sleep 0.05
+    done
+done
+[ "$REPLICAS" -gt 0 ] && store="$store&replicas=$REPLICAS"
 
 # creditgate-load's accounts and plans (see its --spawn): load-0 .. load-N-1,
 # the first tenth on a plan that runs out.
@@ -99,7 +116,7 @@ for ((g = 0; g < GATEWAYS; g++)); do
 done
 for port in "${ports[@]}"; do wait_listening "$port" 60; done
 
-echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') appendfsync $APPENDFSYNC;" \
+echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') appendfsync $APPENDFSYNC, $REPLICAS replica(s) waited for;" \
     "$GATEWAYS serve(s) ${WORKERS:+with $WORKERS workers }on it; $ACCOUNTS accounts;" \
     "per serve one creditgate-load of $CONNECTIONS connections for $DURATION ${LOAD_ARGS[*]}"
 before=()
