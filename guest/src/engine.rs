@@ -171,27 +171,21 @@ pub const SECRET_LEN: usize = 32;
 /// answers (`idempotency-key-reused`, logged), one in 2^64 of them a match.
 /// SipHash-2-4 is a keyed function made for exactly that (inputs an adversary
 /// picks, a key it does not know), and costs a fraction of a SHA-256 block.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Secret {
-    /// SipHash's key: the secret's first half.
-    k0: u64,
-    k1: u64,
-    /// The second half, written first into every fingerprint.
-    rest: [u8; SECRET_LEN / 2],
+    /// SipHash keyed with the secret's first half, the second half written
+    /// into it: where every fingerprint starts from.
+    seeded: SipHasher24,
 }
 
 impl Secret {
     pub fn new(bytes: [u8; SECRET_LEN]) -> Self {
-        let mut words = [[0; 8]; 2];
-        words[0].copy_from_slice(&bytes[..8]);
-        words[1].copy_from_slice(&bytes[8..16]);
-        let mut rest = [0; SECRET_LEN / 2];
-        rest.copy_from_slice(&bytes[SECRET_LEN / 2..]);
-        Secret {
-            k0: u64::from_le_bytes(words[0]),
-            k1: u64::from_le_bytes(words[1]),
-            rest,
-        }
+        let (key, rest) = bytes.split_at(SECRET_LEN / 2);
+        let mut key_bytes = [0; SECRET_LEN / 2];
+        key_bytes.copy_from_slice(key);
+        let mut seeded = SipHasher24::new_with_key(&key_bytes);
+        seeded.write(rest);
+        Secret { seeded }
     }
 
     /// The secret of a store that sent `bytes`, which must be [`SECRET_LEN`] long.
@@ -209,8 +203,7 @@ impl Secret {
     /// A keyed hasher for the fingerprint of what `id` names under `what`
     /// (which operation remembered it), with both written unambiguously.
     fn hasher(&self, what: &[u8], id: &str) -> SipHasher24 {
-        let mut hash = SipHasher24::new_with_keys(self.k0, self.k1);
-        hash.write(&self.rest);
+        let mut hash = self.seeded;
         hash.write(what);
         hash.write(&[0]);
         hash.write(&(id.len() as u64).to_be_bytes());

@@ -174,13 +174,9 @@ pub(super) async fn query_alone(
             let mut pipe = redis::pipe();
             pipe.add_command(cmd.clone()).add_command(wait.cmd());
             let mut answers = conn.req_packed_commands(&pipe, 0, 2).await?.into_iter();
-            let answer = answers.next().map_or_else(|| Ok(Value::Nil), Ok);
-            let answer = answer.and_then(|v| v.extract_error());
-            let waited = answers.next().map_or_else(|| Ok(Value::Nil), Ok);
-            match (
-                answer,
-                wait.shortfall(&waited.and_then(|v| v.extract_error())),
-            ) {
+            let mut next = || answers.next().unwrap_or(Value::Nil).extract_error();
+            let (answer, waited) = (next(), next());
+            match (answer, wait.shortfall(&waited)) {
                 (Ok(_), Some(e)) => Err(e),
                 (answer, _) => answer,
             }

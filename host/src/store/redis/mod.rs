@@ -195,6 +195,21 @@ fn reads(script: &'static Script) -> (&'static Script, Access) {
     (script, Access::Reads)
 }
 
+/// `script` on `keys` (a scope's, see `RedisStore::keys`) with `args` after the
+/// scope's name, by hash.
+fn evalsha(script: &Script, keys: &[String], scope: &str, args: &[Vec<u8>]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for key in keys {
+        cmd.arg(key);
+    }
+    cmd.arg(scope);
+    for arg in args {
+        cmd.arg(arg.as_slice());
+    }
+    cmd
+}
+
 /// How long a cluster client trusts its memory that a scope is in `P:scopes`.
 const REGISTERED_FOR: Duration = Duration::from_secs(300);
 
@@ -491,24 +506,12 @@ impl RedisStore {
     where
         T: redis::FromRedisValue + Send + 'static,
     {
-        if let Some(wait) = self.wait().filter(|_| access == Access::Writes) {
-            // Followed by WAIT in one pipeline, as the collector's calls are.
-            let cmd = self.evalsha(script, scope, &args);
-            return self.call(what, limit, |mut c| async move {
-                let value = conn::query_alone(&mut c, &cmd, Some(script), Some(wait)).await?;
-                redis::from_redis_value(value).map_err(RedisError::from)
-            });
-        }
-        let mut invocation = script.prepare_invoke();
-        for key in self.keys(scope) {
-            invocation.key(key);
-        }
-        invocation.arg(scope);
-        for arg in args {
-            invocation.arg(arg);
-        }
+        // A write followed by WAIT in one pipeline, as the collector's are.
+        let wait = self.wait().filter(|_| access == Access::Writes);
+        let cmd = evalsha(script, &self.keys(scope), scope, &args);
         self.call(what, limit, |mut c| async move {
-            invocation.invoke_async::<T>(&mut c).await
+            let value = conn::query_alone(&mut c, &cmd, Some(script), wait).await?;
+            redis::from_redis_value(value).map_err(RedisError::from)
         })
     }
 
@@ -526,23 +529,9 @@ impl RedisStore {
     where
         T: redis::FromRedisValue,
     {
-        let cmd = self.evalsha(script, scope, args);
-        self.send(what, &self.base(scope), cmd, Some(script), access)
-    }
-
-    /// `script` on `scope`'s keys with `args` after the scope's name, by hash.
-    fn evalsha(&self, script: &Script, scope: &str, args: &[Vec<u8>]) -> Cmd {
         let keys = self.keys(scope);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(keys.len());
-        for key in &keys {
-            cmd.arg(key);
-        }
-        cmd.arg(scope);
-        for arg in args {
-            cmd.arg(arg.as_slice());
-        }
-        cmd
+        let cmd = evalsha(script, &keys, scope, args);
+        self.send(what, &keys[0], cmd, Some(script), access)
     }
 
     /// The `WAIT` every write is followed by, when the URL asks for replicas.
