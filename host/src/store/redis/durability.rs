@@ -176,6 +176,24 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     })
 }
 
+/// The oldest Redis on which `?replicas=N` vouches for every allow: `(7, 0)`.
+///
+/// `WAIT` waits for the replication offset of the connection's last command.
+/// From 7.0 every command sets it, reads included; before, only a command
+/// that propagated a write did. A retried charge answered from its idempotency
+/// marker writes nothing: on Redis 6, on a connection that had written nothing
+/// yet (another gateway's, or one just reconnected), its `WAIT` returned at
+/// once, and the allow stood on a marker that might not have reached a replica.
+pub const WAIT_SINCE: (u32, u32) = (7, 0);
+
+/// The `major.minor` of `redis_version` in an `INFO server` answer.
+fn version_of(info: &str) -> Option<(u32, u32)> {
+    let mut parts = info_field(info, "redis_version")?.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 /// What the primaries said of evicting: each one's settings, and the ones
 /// whose answer could not be read (loading, an error, a field missing), which
 /// are judged again at the next reading.
@@ -435,6 +453,32 @@ impl RedisStore {
         Ok(weakest)
     }
 
+    /// Refuses a store whose writes wait for replicas (`?replicas=N`) on a
+    /// primary older than [`WAIT_SINCE`], or whose version cannot be read:
+    /// there a `WAIT` can vouch for a write it never saw.
+    pub(super) fn check_wait_support(&self) -> Result<(), StoreError> {
+        let what = "reading the primaries' versions";
+        let nodes = self.call(what, self.config.call_timeout, |c| async move {
+            on_every_primary(c, redis::cmd("INFO").arg("server").clone()).await
+        })?;
+        for (node, info) in nodes {
+            let info: String =
+                redis::from_redis_value(info).map_err(|e| self.unavailable(what, e))?;
+            let found = version_of(&info);
+            if found.is_none_or(|v| v < WAIT_SINCE) {
+                let runs = info_field(&info, "redis_version").unwrap_or("an unreadable version");
+                return Err(StoreError::InvalidArgument(format!(
+                    "redis {}: replicas={} needs Redis {}.{} or later on every primary, and \
+                     {node} runs {runs}: before 7.0, WAIT on a connection whose last command \
+                     wrote nothing returns at once, so a retried charge could be allowed on \
+                     an idempotency marker no replica holds yet",
+                    self.label, self.config.replicas, WAIT_SINCE.0, WAIT_SINCE.1,
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The primaries that have replicas, each with how many are connected
     /// (`INFO replication`, `connected_slaves`). Redis replicates after it
     /// answers, so a replica promoted in a failover can lack the last charges
@@ -464,6 +508,24 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_read_as_major_and_minor() {
+        let info = "# Server\r\nredis_version:6.2.14\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(version_of(info), Some((6, 2)));
+        assert!(version_of(info).is_some_and(|v| v < WAIT_SINCE));
+        let seven = "redis_version:7.0.15\r\nredis_mode:standalone\r\n";
+        assert_eq!(version_of(seven), Some((7, 0)));
+        assert!(version_of(seven).is_some_and(|v| v >= WAIT_SINCE));
+        assert_eq!(version_of("redis_version:10.4.1\r\n"), Some((10, 4)));
+        for unreadable in [
+            "redis_version:\r\n",
+            "redis_version:seven\r\n",
+            "uptime:3\r\n",
+        ] {
+            assert_eq!(version_of(unreadable), None, "{unreadable:?}");
+        }
+    }
 
     #[test]
     fn info_fields_are_read_by_exact_name() {

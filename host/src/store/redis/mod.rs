@@ -18,7 +18,8 @@
 //! holding one, and each script run alone) is followed by `WAIT N` on the same
 //! connection, and answered only if N replicas hold it: Redis replicates after
 //! it answers, and a failover to a replica that lacked the last writes would
-//! sell their credits again (see `conn::Wait`).
+//! sell their credits again (see `conn::Wait`). It needs Redis 7.0 or later on
+//! every primary, checked at opening (see `durability::WAIT_SINCE`).
 //!
 //! The scripts are Lua files in `lua/`, one per primitive and a prelude every
 //! one starts with, included at build time. What a `--store` URL names is parsed
@@ -319,6 +320,9 @@ impl RedisStore {
             refusal,
             secret: Mutex::new(None),
         };
+        if store.config.replicas > 0 {
+            store.check_wait_support()?;
+        }
         store.migrate_alert_log()?;
         Ok(store)
     }
