@@ -64,7 +64,7 @@ use crate::names::NameRules;
 
 pub mod states;
 
-pub use states::{ProtocolState, StateCounts};
+pub use states::{NeverAtTheEnd, Path, ProtocolState, StateCounts, Uncharged};
 
 /// Bounds on what [`RequestReader`] accepts from one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -723,6 +723,25 @@ impl PostfixConfig {
                  [postfix.actions] no_account = \"fail_open\": a client that did not \
                  authenticate may send with the null sender (MAIL FROM:<>) uncharged; set \
                  no_account = \"fail_closed\" unless bounces must pass"
+                    .to_owned(),
+            );
+        }
+        if !sender_based && self.actions.no_account == FailureAction::FailOpen {
+            out.push(
+                "[postfix.actions] no_account = \"fail_open\": a client that may relay \
+                 without SMTP AUTH (permit_mynetworks: an application server, a host in \
+                 mynetworks) sends uncharged, since the account is its sasl_username; set \
+                 no_account = \"fail_closed\" if every sender authenticates, or map such \
+                 clients to an account with an account_from table. serve counts such \
+                 messages (creditgate_postfix_uncharged_messages_total) and logs them"
+                    .to_owned(),
+            );
+        }
+        if self.actions.idempotency_key_reused == RefusalAction::Dunno {
+            out.push(
+                "[postfix.actions] idempotency_key_reused = \"dunno\": Postfix lets a message \
+                 whose instance was already charged for another recipient count send \
+                 uncharged"
                     .to_owned(),
             );
         }
@@ -1966,13 +1985,31 @@ mod tests {
 
     #[test]
     fn settings_that_let_mail_out_uncharged_are_said_at_start() {
-        assert!(PostfixConfig::default().warnings().is_empty());
         let warned = |text: &str| {
             toml::from_str::<PostfixConfig>(text)
                 .expect("valid")
                 .warnings()
                 .join("\n")
         };
+        // Audit 4.1: by default a client that relays without SMTP AUTH names no
+        // account and sends uncharged; that was said nowhere.
+        let defaults = PostfixConfig::default().warnings();
+        assert_eq!(defaults.len(), 1, "{defaults:?}");
+        assert!(defaults[0].contains("mynetworks"), "{defaults:?}");
+        assert!(warned("[actions]\nno_account = \"fail_closed\"").is_empty());
+        let table = warned("[account_from.table]\nkey = \"sasl_username\"\nmap = {}");
+        assert!(table.contains("no_account = \"fail_open\""), "{table}");
+        // Audit 4.3: letting a reused instance through was accepted in silence.
+        let reused =
+            warned("[actions]\nno_account = \"fail_closed\"\nidempotency_key_reused = \"dunno\"");
+        assert!(
+            reused.contains("idempotency_key_reused = \"dunno\""),
+            "{reused}"
+        );
+        assert!(
+            warned("[actions]\nno_account = \"fail_closed\"\nidempotency_key_reused = \"reject\"")
+                .is_empty()
+        );
         let sender = warned("account_from = \"sender\"");
         assert!(sender.contains("MAIL FROM:<>"), "{sender}");
         let table = warned("[account_from.table]\nkey = \"sender_domain\"\nmap = {}");

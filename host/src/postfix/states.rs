@@ -1,5 +1,6 @@
-//! Postfix's requests counted by protocol state: for `/metrics`, and to tell the
-//! operator when Postfix asks about mail but never at the end of a message.
+//! Postfix's requests counted by protocol state, and the messages let out
+//! uncharged: for `/metrics`, and to tell the operator when mail leaves without
+//! a charge.
 //!
 //! creditgate charges at `END-OF-MESSAGE` only. A `check_policy_service` in
 //! `smtpd_recipient_restrictions` or `smtpd_data_restrictions` alone is answered
@@ -7,9 +8,21 @@
 //! which nothing in one request can show: only the counts can. So
 //! [`StateCounts::count`] says when requests about mail keep coming and not one
 //! has come at `END-OF-MESSAGE`, at the 100th, the 1,000th, the 10,000th, and so
-//! on, for the server to log.
+//! on, for the server to log. It counts them apart by [`Path`]: where Postfix
+//! asked (its `server_port`) and whether the client authenticated. Mail that
+//! skips the policy on one path only (a submission service whose `master.cf`
+//! entry overrides `smtpd_end_of_data_restrictions`, or
+//! `permit_sasl_authenticated` ahead of `check_policy_service` there) is then
+//! reported however much mail is charged on the others.
+//!
+//! A message can also reach `END-OF-MESSAGE` and be let through uncharged by a
+//! failure action the operator set to `fail_open` (no account named, an
+//! unknown account, no decision) or `idempotency_key_reused = "dunno"`:
+//! [`StateCounts::uncharged`] counts those by [`Uncharged`], with their
+//! recipients, and says when to log them (the first, the tenth, the 100th...).
 
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A `protocol_state` Postfix sends (SMTPD_POLICY_README; `BDAT` since Postfix
@@ -81,34 +94,154 @@ impl ProtocolState {
 /// that [`StateCounts::count`] reports; then every tenfold.
 pub const FIRST_UNCHARGED_WARNING: u64 = 100;
 
+/// The paths [`StateCounts`] tells apart; requests on more are counted by
+/// state only. Postfix listens on a few ports.
+const MAX_PATHS: usize = 32;
+
+/// Where a request came from, as far as whether it reaches `END-OF-MESSAGE`
+/// can depend on it: the port of the Postfix service asked (`server_port`,
+/// sent since Postfix 3.2), and whether the client authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Path {
+    pub server_port: Option<u16>,
+    pub authenticated: bool,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(port) = self.server_port {
+            write!(f, "on port {port} ")?;
+        }
+        let clients = if self.authenticated {
+            "that authenticated"
+        } else {
+            "that did not authenticate"
+        };
+        write!(f, "from clients {clients}")
+    }
+}
+
+/// Requests about mail that [`StateCounts::count`] says never reached
+/// `END-OF-MESSAGE` on their path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeverAtTheEnd {
+    /// Requests about mail on `path` so far.
+    pub requests: u64,
+    pub path: Path,
+}
+
+/// Why a message was let out at `END-OF-MESSAGE` without a charge: an action
+/// the operator set to let it through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uncharged {
+    /// `no_account = "fail_open"`: the request named no account.
+    NoAccount,
+    /// `unknown_account = "fail_open"`.
+    UnknownAccount,
+    /// `internal_error = "fail_open"`: the policy could not decide.
+    InternalError,
+    /// `idempotency_key_reused = "dunno"`.
+    IdempotencyKeyReused,
+}
+
+impl Uncharged {
+    pub const ALL: [Uncharged; 4] = [
+        Uncharged::NoAccount,
+        Uncharged::UnknownAccount,
+        Uncharged::InternalError,
+        Uncharged::IdempotencyKeyReused,
+    ];
+
+    /// The label in `/metrics`, and the setting that let the message through.
+    pub fn name(self) -> &'static str {
+        match self {
+            Uncharged::NoAccount => "no_account",
+            Uncharged::UnknownAccount => "unknown_account",
+            Uncharged::InternalError => "internal_error",
+            Uncharged::IdempotencyKeyReused => "idempotency_key_reused",
+        }
+    }
+}
+
+/// Requests about mail and at `END-OF-MESSAGE` on one [`Path`].
+#[derive(Debug)]
+struct PathCounts {
+    path: Path,
+    about_mail: u64,
+    at_the_end: u64,
+}
+
 /// Requests by protocol state since the server started, shared by its Postfix
-/// listeners.
+/// listeners, and the messages let out uncharged.
 #[derive(Debug, Default)]
 pub struct StateCounts {
     by_state: [AtomicU64; ProtocolState::ALL.len()],
     /// Requests whose state Postfix does not document (or that had none).
     other: AtomicU64,
-    /// Requests at `MAIL`, `RCPT`, `DATA` and `BDAT`.
-    about_mail: AtomicU64,
+    /// Requests about mail and at its end, by path (at most [`MAX_PATHS`]).
+    paths: Mutex<Vec<PathCounts>>,
+    uncharged: [AtomicU64; Uncharged::ALL.len()],
+    uncharged_recipients: [AtomicU64; Uncharged::ALL.len()],
 }
 
 impl StateCounts {
-    /// Counts one request at `state` (`None`: no state Postfix documents).
-    /// Returns how many requests about mail have come when the operator should
-    /// be told that not one has come at `END-OF-MESSAGE`: at
-    /// [`FIRST_UNCHARGED_WARNING`] and every tenfold after, while none has.
-    pub fn count(&self, state: Option<ProtocolState>) -> Option<u64> {
+    /// Counts one request at `state` (`None`: no state Postfix documents) on
+    /// `path`. Says so when requests about mail keep coming on `path` and not
+    /// one has come at `END-OF-MESSAGE` there: at [`FIRST_UNCHARGED_WARNING`]
+    /// and every tenfold after, while none has.
+    pub fn count(&self, state: Option<ProtocolState>, path: Path) -> Option<NeverAtTheEnd> {
         let Some(state) = state else {
             self.other.fetch_add(1, Relaxed);
             return None;
         };
         self.by_state[state as usize].fetch_add(1, Relaxed);
-        if !state.is_about_mail() {
+        let at_the_end = state == ProtocolState::EndOfMessage;
+        if !at_the_end && !state.is_about_mail() {
             return None;
         }
-        let about_mail = self.about_mail.fetch_add(1, Relaxed) + 1;
-        let charged = self.get(ProtocolState::EndOfMessage);
-        (charged == 0 && is_reminder(about_mail)).then_some(about_mail)
+        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = match paths.iter().position(|c| c.path == path) {
+            Some(i) => &mut paths[i],
+            None if paths.len() < MAX_PATHS => {
+                paths.push(PathCounts {
+                    path,
+                    about_mail: 0,
+                    at_the_end: 0,
+                });
+                paths.last_mut()?
+            }
+            None => return None,
+        };
+        if at_the_end {
+            counts.at_the_end += 1;
+            return None;
+        }
+        counts.about_mail += 1;
+        (counts.at_the_end == 0 && is_reminder(FIRST_UNCHARGED_WARNING, counts.about_mail))
+            .then_some(NeverAtTheEnd {
+                requests: counts.about_mail,
+                path,
+            })
+    }
+
+    /// Counts a message let out uncharged at `END-OF-MESSAGE` for `why`, with
+    /// its `recipients` when Postfix said how many. Returns how many have been
+    /// let out for `why` when the operator should be told: at the first, the
+    /// tenth, the 100th, and so on.
+    pub fn uncharged(&self, why: Uncharged, recipients: Option<u64>) -> Option<u64> {
+        let i = why as usize;
+        self.uncharged_recipients[i].fetch_add(recipients.unwrap_or(0), Relaxed);
+        let messages = self.uncharged[i].fetch_add(1, Relaxed) + 1;
+        is_reminder(1, messages).then_some(messages)
+    }
+
+    /// Messages let out uncharged for `why`, and their recipients.
+    pub fn uncharged_count(&self, why: Uncharged) -> (u64, u64) {
+        let i = why as usize;
+        (
+            self.uncharged[i].load(Relaxed),
+            self.uncharged_recipients[i].load(Relaxed),
+        )
     }
 
     /// Requests counted at `state`.
@@ -135,12 +268,33 @@ impl StateCounts {
                 "creditgate_postfix_requests_total{{state=\"{name}\"}} {count}"
             );
         }
+        let uncharged = Uncharged::ALL.map(|why| (why.name(), self.uncharged_count(why)));
+        for (metric, help, of_messages) in [
+            (
+                "creditgate_postfix_uncharged_messages_total",
+                "Messages let through at END-OF-MESSAGE uncharged, by the action that let them \
+                 (a failure action set to fail_open, idempotency_key_reused = dunno).",
+                true,
+            ),
+            (
+                "creditgate_postfix_uncharged_recipients_total",
+                "The recipients (recipient_count) of the messages let through uncharged.",
+                false,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}");
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (reason, (messages, recipients)) in uncharged {
+                let count = if of_messages { messages } else { recipients };
+                let _ = writeln!(out, "{metric}{{reason=\"{reason}\"}} {count}");
+            }
+        }
     }
 }
 
-/// 100, 1,000, 10,000, ...
-fn is_reminder(n: u64) -> bool {
-    let mut at = FIRST_UNCHARGED_WARNING;
+/// `first`, then every tenfold: 100, 1,000, 10,000, ... from 100.
+fn is_reminder(first: u64, n: u64) -> bool {
+    let mut at = first;
     while at < n {
         match at.checked_mul(10) {
             Some(next) => at = next,
@@ -166,6 +320,15 @@ mod tests {
         }
     }
 
+    const SMTP: Path = Path {
+        server_port: Some(25),
+        authenticated: false,
+    };
+    const SUBMISSION: Path = Path {
+        server_port: Some(587),
+        authenticated: true,
+    };
+
     #[test]
     fn mail_never_asked_about_at_the_end_is_reported_tenfold() {
         let counts = StateCounts::default();
@@ -176,8 +339,8 @@ mod tests {
                 1 => ProtocolState::Rcpt,
                 _ => ProtocolState::Data,
             };
-            counts.count(Some(ProtocolState::Connect));
-            reported.extend(counts.count(Some(state)));
+            counts.count(Some(ProtocolState::Connect), SMTP);
+            reported.extend(counts.count(Some(state), SMTP).map(|r| r.requests));
         }
         assert_eq!(reported, [100, 1_000, 10_000]);
         assert_eq!(counts.get(ProtocolState::Rcpt), 4_000);
@@ -185,22 +348,101 @@ mod tests {
     }
 
     #[test]
-    fn one_request_at_the_end_of_a_message_silences_the_report() {
+    fn one_request_at_the_end_of_a_message_silences_the_report_on_its_path() {
         let counts = StateCounts::default();
         for _ in 0..99 {
-            assert_eq!(counts.count(Some(ProtocolState::Rcpt)), None);
+            assert_eq!(counts.count(Some(ProtocolState::Rcpt), SMTP), None);
         }
-        assert_eq!(counts.count(Some(ProtocolState::EndOfMessage)), None);
+        assert_eq!(counts.count(Some(ProtocolState::EndOfMessage), SMTP), None);
         for _ in 0..2_000 {
-            assert_eq!(counts.count(Some(ProtocolState::Rcpt)), None);
+            assert_eq!(counts.count(Some(ProtocolState::Rcpt), SMTP), None);
+        }
+    }
+
+    /// Audit 4.2: one request at END-OF-MESSAGE anywhere silenced the report
+    /// for good, so a path that never reaches it (a submission service that
+    /// overrides `smtpd_end_of_data_restrictions`, `permit_sasl_authenticated`
+    /// ahead of the policy there) went unreported beside one that does.
+    #[test]
+    fn a_path_that_never_reaches_the_end_is_reported_beside_one_that_does() {
+        let counts = StateCounts::default();
+        let mut reported = Vec::new();
+        for _ in 0..1_000 {
+            for path in [SMTP, SUBMISSION] {
+                reported.extend(counts.count(Some(ProtocolState::Rcpt), path));
+            }
+            counts.count(Some(ProtocolState::EndOfMessage), SMTP);
+        }
+        assert_eq!(
+            reported,
+            [100, 1_000].map(|requests| NeverAtTheEnd {
+                requests,
+                path: SUBMISSION
+            })
+        );
+        assert_eq!(
+            SUBMISSION.to_string(),
+            "on port 587 from clients that authenticated"
+        );
+        let unknown_port = Path {
+            server_port: None,
+            authenticated: false,
+        };
+        assert_eq!(
+            unknown_port.to_string(),
+            "from clients that did not authenticate"
+        );
+    }
+
+    #[test]
+    fn paths_past_the_most_kept_are_counted_by_state_only() {
+        let counts = StateCounts::default();
+        let path = |port| Path {
+            server_port: Some(port),
+            authenticated: false,
+        };
+        for port in 0..MAX_PATHS as u16 {
+            counts.count(Some(ProtocolState::EndOfMessage), path(port));
+        }
+        for _ in 0..200 {
+            assert_eq!(counts.count(Some(ProtocolState::Rcpt), path(9999)), None);
+        }
+        assert_eq!(counts.get(ProtocolState::Rcpt), 200);
+    }
+
+    /// Audit 4.1: mail let through uncharged by a fail-open action was logged
+    /// at INFO, one line a request, and counted nowhere.
+    #[test]
+    fn messages_let_through_uncharged_are_counted_and_said_tenfold_from_the_first() {
+        let counts = StateCounts::default();
+        let said: Vec<u64> = (0..1_000)
+            .filter_map(|_| counts.uncharged(Uncharged::NoAccount, Some(50)))
+            .collect();
+        assert_eq!(said, [1, 10, 100, 1_000]);
+        assert_eq!(counts.uncharged(Uncharged::InternalError, None), Some(1));
+        assert_eq!(
+            counts.uncharged_count(Uncharged::NoAccount),
+            (1_000, 50_000)
+        );
+        assert_eq!(counts.uncharged_count(Uncharged::InternalError), (1, 0));
+        let mut text = String::new();
+        counts.prometheus(&mut text);
+        for line in [
+            "creditgate_postfix_uncharged_messages_total{reason=\"no_account\"} 1000\n",
+            "creditgate_postfix_uncharged_recipients_total{reason=\"no_account\"} 50000\n",
+            "creditgate_postfix_uncharged_messages_total{reason=\"internal_error\"} 1\n",
+            "creditgate_postfix_uncharged_messages_total{reason=\"unknown_account\"} 0\n",
+            "creditgate_postfix_uncharged_recipients_total{reason=\"idempotency_key_reused\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
         }
     }
 
     #[test]
     fn unknown_states_are_counted_apart() {
         let counts = StateCounts::default();
-        counts.count(None);
-        counts.count(Some(ProtocolState::Bdat));
+        counts.count(None, SMTP);
+        counts.count(Some(ProtocolState::Bdat), SMTP);
         let mut text = String::new();
         counts.prometheus(&mut text);
         assert!(text.contains("creditgate_postfix_requests_total{state=\"other\"} 1\n"));
@@ -210,8 +452,10 @@ mod tests {
 
     #[test]
     fn reminders_are_powers_of_ten_from_the_first() {
-        let got: Vec<u64> = (1..=100_000).filter(|&n| is_reminder(n)).collect();
+        let got: Vec<u64> = (1..=100_000).filter(|&n| is_reminder(100, n)).collect();
         assert_eq!(got, [100, 1_000, 10_000, 100_000]);
-        assert!(!is_reminder(u64::MAX));
+        let got: Vec<u64> = (1..=100).filter(|&n| is_reminder(1, n)).collect();
+        assert_eq!(got, [1, 10, 100]);
+        assert!(!is_reminder(100, u64::MAX));
     }
 }

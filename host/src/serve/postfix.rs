@@ -26,8 +26,8 @@ use crate::bindings::{Decision, Reason};
 use crate::gateway::Gateway;
 use crate::names::Escaped;
 use crate::postfix::{
-    Actions, Mapped, MappingError, PolicyRequest, PostfixConfig, ProtocolState, Reply,
-    RequestReader,
+    Actions, Mapped, MappingError, Path, PolicyRequest, PostfixConfig, ProtocolState, Reply,
+    RequestReader, Uncharged,
 };
 use crate::request::{Origin, Request};
 use crate::slots::{SlotLimits, Slots, accept_retrying};
@@ -344,14 +344,41 @@ async fn answer(
     // written as is, so every `%` field from outside goes through `Escaped`.
     let state = request.protocol_state().unwrap_or("");
     let parsed = ProtocolState::parse(state);
-    if let Some(asked) = gateway.postfix_states().count(parsed) {
+    let path = Path {
+        server_port: request.get("server_port").and_then(|p| p.parse().ok()),
+        authenticated: request
+            .sasl_username()
+            .is_some_and(|u| !u.trim().is_empty()),
+    };
+    if let Some(never) = gateway.postfix_states().count(parsed, path) {
+        let asked = never.requests;
         error!(
             requests = asked,
-            "Postfix has asked about mail {asked} times (MAIL, RCPT, DATA, BDAT) and never at \
-             END-OF-MESSAGE, where creditgate charges: none of that mail was charged. Add \
-             check_policy_service to smtpd_end_of_data_restrictions (README, \"Postfix\")"
+            "Postfix has asked about mail {asked} times (MAIL, RCPT, DATA, BDAT) {path} and \
+             never at END-OF-MESSAGE, where creditgate charges: none of that mail was charged. \
+             Add check_policy_service to smtpd_end_of_data_restrictions, ahead of any permit, \
+             for every smtpd service that relays (README, \"Postfix\")"
         );
     }
+    // A reply that an action set to let mail through gives: at the end of a
+    // message, a `DUNNO` sends it uncharged, which is counted and said.
+    let at_the_end = parsed == Some(ProtocolState::EndOfMessage);
+    let let_through = |why: Uncharged, reply: Reply| -> Reply {
+        if at_the_end && reply.action() == "DUNNO" {
+            let recipients = request.recipient_count().ok();
+            if let Some(messages) = gateway.postfix_states().uncharged(why, recipients) {
+                warn!(
+                    messages,
+                    reason = why.name(),
+                    "{}",
+                    uncharged_warning(why, messages)
+                );
+            }
+        }
+        reply
+    };
+    let internal_error =
+        || let_through(Uncharged::InternalError, actions.reply_for_internal_error());
     let decide = match config.map_at(request, parsed) {
         Ok(Mapped::Ignore) => return Reply::dunno(),
         Ok(Mapped::Check { account, cost }) => Request::CheckEmail { account, cost },
@@ -367,25 +394,25 @@ async fn answer(
             },
             Err(e) => {
                 warn!(%peer, state, error = %e, "cannot map the request; answering as an internal error");
-                return actions.reply_for_internal_error();
+                return internal_error();
             }
         },
         Err(MappingError::NoAccount { from }) => {
             let reply = actions.reply_for_no_account();
             info!(%peer, from, state, reason = "no_account", action = reply.action(),
                 "no account named");
-            return reply;
+            return let_through(Uncharged::NoAccount, reply);
         }
         Err(MappingError::UnknownName { from, value, why }) => {
             let reply = actions.reply_for_unknown_account();
             info!(%peer, account = %Escaped(&value), from, state, reason = "unknown_account",
                 why = %Escaped(&why), action = reply.action(), "refused");
-            return reply;
+            return let_through(Uncharged::UnknownAccount, reply);
         }
         Err(e) => {
             warn!(%peer, state, error = %Escaped(&e.to_string()),
                 "cannot map the request; answering as an internal error");
-            return actions.reply_for_internal_error();
+            return internal_error();
         }
     };
     let account = decide.account().to_owned();
@@ -394,7 +421,7 @@ async fn answer(
         Err(e) => {
             warn!(%peer, %account, state, error = %e,
                 "no decision; answering as an internal error");
-            return actions.reply_for_internal_error();
+            return internal_error();
         }
     };
     let Some(reason) = decision.denied else {
@@ -416,7 +443,45 @@ async fn answer(
     }
     info!(%peer, %account, state, reason = reason_code(reason),
         action = reply.action(), "refused");
-    reply
+    match reason {
+        Reason::UnknownAccount => let_through(Uncharged::UnknownAccount, reply),
+        Reason::IdempotencyKeyReused => let_through(Uncharged::IdempotencyKeyReused, reply),
+        _ => reply,
+    }
+}
+
+/// What to tell the operator when `messages` messages have been let through
+/// uncharged for `why`.
+fn uncharged_warning(why: Uncharged, messages: u64) -> String {
+    let (named, setting) = match why {
+        Uncharged::NoAccount => (
+            "naming no account (no SMTP AUTH, or the null sender)",
+            "no_account = \"fail_open\"",
+        ),
+        Uncharged::UnknownAccount => (
+            "naming an account the ledger does not know",
+            "unknown_account = \"fail_open\"",
+        ),
+        Uncharged::InternalError => (
+            "while the policy could not decide",
+            "internal_error = \"fail_open\"",
+        ),
+        Uncharged::IdempotencyKeyReused => (
+            "reusing an instance charged for another recipient count",
+            "idempotency_key_reused = \"dunno\"",
+        ),
+    };
+    let hint = match why {
+        Uncharged::NoAccount => {
+            ": a client that relays without authenticating (permit_mynetworks) sends unmetered; \
+             set it to \"fail_closed\" if every sender authenticates"
+        }
+        _ => "",
+    };
+    format!(
+        "{messages} message(s) left uncharged at END-OF-MESSAGE {named}, as [postfix.actions] \
+         {setting} lets them{hint} (creditgate_postfix_uncharged_messages_total counts them)"
+    )
 }
 
 /// The reply to the policy's refusal of `decision` for `reason`.

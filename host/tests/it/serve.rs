@@ -15,7 +15,7 @@ use tokio::time::timeout;
 
 use creditgate::bindings::{Mode, Reason};
 use creditgate::gateway::Gateway;
-use creditgate::postfix::{PostfixConfig, ProtocolState};
+use creditgate::postfix::{Path as PostfixPath, PostfixConfig, ProtocolState, Uncharged};
 use creditgate::request::Request;
 use creditgate::serve::{ServeOptions, serve_postfix};
 use creditgate::store::MemoryStore;
@@ -225,6 +225,78 @@ async fn requests_are_counted_by_state_and_an_undocumented_state_fails_closed() 
     assert_eq!(counted, [3, 1, 1, 0]);
     assert_eq!(states.other(), 1);
     server.stop_having_charged(2).await;
+}
+
+/// Audit 4.1: under the default settings a client that relays without SMTP
+/// AUTH names no account, and its message went out uncharged with nothing to
+/// show for it but an INFO line. It still goes (`no_account = "fail_open"` is
+/// the default, for mail that is not a customer's), but now counted with its
+/// recipients, apart by the action that let it through; a request at RCPT is
+/// not a message let through, and an action that fails closed lets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_let_through_uncharged_are_counted_with_their_recipients() {
+    let (server, mut c) = Server::connected().await;
+    assert_eq!(ask(&mut c, &rcpt("")).await, "DUNNO");
+    for i in 0..3 {
+        let eom = end_of_message("", "50", &format!("1a2b.3c4d.{i}"));
+        assert_eq!(ask(&mut c, &eom).await, "DUNNO");
+    }
+    let unknown = end_of_message("nobody", "5", "1a2b.3c4d.9");
+    let refused = ask(&mut c, &unknown).await;
+    assert!(refused.starts_with("451 4.3.5 "), "{refused}");
+    let states = server.gateway.postfix_states();
+    assert_eq!(states.uncharged_count(Uncharged::NoAccount), (3, 150));
+    assert_eq!(states.uncharged_count(Uncharged::UnknownAccount), (0, 0));
+    server.stop_having_charged(0).await;
+
+    let (server, mut c) =
+        Server::connected_with("[actions]\nunknown_account = \"fail_open\"").await;
+    assert_eq!(ask(&mut c, &unknown).await, "DUNNO");
+    let states = server.gateway.postfix_states();
+    assert_eq!(states.uncharged_count(Uncharged::UnknownAccount), (1, 5));
+    assert_eq!(states.uncharged_count(Uncharged::NoAccount), (0, 0));
+    server.stop_having_charged(0).await;
+}
+
+/// Audit 4.2: the report of mail never asked about at END-OF-MESSAGE is by
+/// path, so a submission port whose clients skip the policy there is
+/// reported while port 25's mail is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_is_reported_uncharged_on_the_path_that_never_reaches_the_end() {
+    let (server, mut c) = Server::connected().await;
+    let on = |port: &str, state: &str| {
+        postfix_request_on(
+            port,
+            state,
+            "acme",
+            &[("recipient_count", "1"), ("instance", port)],
+        )
+    };
+    assert_eq!(ask(&mut c, &on("25", "RCPT")).await, "DUNNO");
+    assert_eq!(ask(&mut c, &on("25", "END-OF-MESSAGE")).await, "DUNNO");
+    let states = server.gateway.postfix_states();
+    let submission = PostfixPath {
+        server_port: Some(587),
+        authenticated: true,
+    };
+    // Port 587's path has never reached the end: after 99 RCPTs there, the
+    // 100th is reported, with the path serve read from the requests.
+    for _ in 0..99 {
+        assert_eq!(ask(&mut c, &on("587", "RCPT")).await, "DUNNO");
+    }
+    let reported = states.count(Some(ProtocolState::Rcpt), submission);
+    assert_eq!(
+        reported.map(|r| (r.requests, r.path)),
+        Some((100, submission))
+    );
+    server.stop_having_charged(1).await;
+}
+
+/// [`request`] asked of the Postfix service on `port`.
+fn postfix_request_on(port: &str, state: &str, account: &str, extra: &[(&str, &str)]) -> String {
+    let mut extra = extra.to_vec();
+    extra.push(("server_port", port));
+    request(state, account, &extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
