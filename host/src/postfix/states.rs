@@ -22,8 +22,7 @@
 //! recipients, and says when to log them (the first, the tenth, the 100th...).
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// A `protocol_state` Postfix sends (SMTPD_POLICY_README; `BDAT` since Postfix
 /// 3.4, for a message sent with `CHUNKING`). Any other value is no state
@@ -163,12 +162,23 @@ impl Uncharged {
     }
 }
 
-/// Requests about mail and at `END-OF-MESSAGE` on one [`Path`].
-#[derive(Debug)]
+impl Path {
+    /// The path as one number, never 0: the port plus one (0 for none), then
+    /// whether the client authenticated, then one more.
+    fn key(self) -> u32 {
+        let port = self.server_port.map_or(0, |p| u32::from(p) + 1);
+        ((port << 1) | u32::from(self.authenticated)) + 1
+    }
+}
+
+/// Requests about mail and at `END-OF-MESSAGE` on one [`Path`]; `key` 0 while
+/// the slot is free. Atomics, not a lock: every request about mail counts
+/// here, on whichever socket thread reads it.
+#[derive(Debug, Default)]
 struct PathCounts {
-    path: Path,
-    about_mail: u64,
-    at_the_end: u64,
+    key: AtomicU32,
+    about_mail: AtomicU64,
+    at_the_end: AtomicU64,
 }
 
 /// Requests by protocol state since the server started, shared by its Postfix
@@ -178,8 +188,8 @@ pub struct StateCounts {
     by_state: [AtomicU64; ProtocolState::ALL.len()],
     /// Requests whose state Postfix does not document (or that had none).
     other: AtomicU64,
-    /// Requests about mail and at its end, by path (at most [`MAX_PATHS`]).
-    paths: Mutex<Vec<PathCounts>>,
+    /// Requests about mail and at its end, by path (the first [`MAX_PATHS`]).
+    paths: [PathCounts; MAX_PATHS],
     uncharged: [AtomicU64; Uncharged::ALL.len()],
     uncharged_recipients: [AtomicU64; Uncharged::ALL.len()],
 }
@@ -199,29 +209,29 @@ impl StateCounts {
         if !at_the_end && !state.is_about_mail() {
             return None;
         }
-        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
-        let counts = match paths.iter().position(|c| c.path == path) {
-            Some(i) => &mut paths[i],
-            None if paths.len() < MAX_PATHS => {
-                paths.push(PathCounts {
-                    path,
-                    about_mail: 0,
-                    at_the_end: 0,
-                });
-                paths.last_mut()?
-            }
-            None => return None,
-        };
+        let counts = self.path_counts(path)?;
         if at_the_end {
-            counts.at_the_end += 1;
+            counts.at_the_end.fetch_add(1, Relaxed);
             return None;
         }
-        counts.about_mail += 1;
-        (counts.at_the_end == 0 && is_reminder(FIRST_UNCHARGED_WARNING, counts.about_mail))
-            .then_some(NeverAtTheEnd {
-                requests: counts.about_mail,
-                path,
-            })
+        let requests = counts.about_mail.fetch_add(1, Relaxed) + 1;
+        let never = counts.at_the_end.load(Relaxed) == 0;
+        (never && is_reminder(FIRST_UNCHARGED_WARNING, requests))
+            .then_some(NeverAtTheEnd { requests, path })
+    }
+
+    /// The counts of `path`, given a free slot at its first request; none
+    /// once every slot holds another path.
+    fn path_counts(&self, path: Path) -> Option<&PathCounts> {
+        let key = path.key();
+        // A plain load first: the slot is found without a write to its line.
+        self.paths.iter().find(|slot| match slot.key.load(Relaxed) {
+            0 => match slot.key.compare_exchange(0, key, Relaxed, Relaxed) {
+                Ok(_) => true,
+                Err(held) => held == key,
+            },
+            held => held == key,
+        })
     }
 
     /// Counts a message let out uncharged at `END-OF-MESSAGE` for `why`, with
@@ -408,6 +418,41 @@ mod tests {
             assert_eq!(counts.count(Some(ProtocolState::Rcpt), path(9999)), None);
         }
         assert_eq!(counts.get(ProtocolState::Rcpt), 200);
+    }
+
+    #[test]
+    fn paths_are_told_apart_and_claimed_once_by_racing_threads() {
+        let paths: Vec<Path> = [None, Some(0), Some(25), Some(587), Some(u16::MAX)]
+            .into_iter()
+            .flat_map(|server_port| {
+                [false, true].map(|authenticated| Path {
+                    server_port,
+                    authenticated,
+                })
+            })
+            .collect();
+        let keys: std::collections::BTreeSet<u32> = paths.iter().map(|p| p.key()).collect();
+        assert_eq!(keys.len(), paths.len());
+        assert!(!keys.contains(&0));
+
+        let counts = StateCounts::default();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..500 {
+                        for &path in &paths {
+                            counts.count(Some(ProtocolState::Rcpt), path);
+                        }
+                    }
+                });
+            }
+        });
+        let claimed = counts.paths.iter().filter(|c| c.key.load(Relaxed) != 0);
+        assert_eq!(claimed.count(), paths.len());
+        for path in &paths {
+            let held = counts.path_counts(*path).expect("claimed");
+            assert_eq!(held.about_mail.load(Relaxed), 2_000, "{path}");
+        }
     }
 
     /// Audit 4.1: mail let through uncharged by a fail-open action was logged
