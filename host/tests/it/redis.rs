@@ -39,6 +39,98 @@ impl Stores for Cluster {
     }
 }
 
+/// Trust audit 4b.1: a script declared only its scope's key base (no key at
+/// all), so while the scope's slot moved between nodes the node it went to ran
+/// it (the client follows `ASK`) on the keys moved so far: with the counter
+/// still behind, a charge read 0 and sold the credits again (2,390 allows
+/// over a limit of 3,000 already spent, in the auditor's run). Now each
+/// script also declares a fence key that never exists, and no node runs it
+/// mid-move: the charge fails, as a store unavailable, until the move ends,
+/// and then counts on from where the counter was.
+#[test]
+fn a_charge_is_refused_while_its_slot_moves_and_counts_on_after() {
+    let cluster = Cluster::start();
+    let store = cluster.store("moving");
+    let charge = |id: &str| {
+        store.counter_add_guarded(CounterAdd {
+            scope: "acct",
+            guard: None,
+            name: "sent",
+            amount: 1,
+            limit: Some(5),
+            once: Some(OnceKey {
+                key: &format!("msg/{id}"),
+                fingerprint: 1,
+                expires_at: i64::MAX,
+            }),
+            expires_at: None,
+            now: 1_000,
+        })
+    };
+    let applied = |answer: Result<GuardedAdd, StoreError>| match answer {
+        Ok(GuardedAdd::Applied(t)) => t.counter,
+        other => panic!("not applied: {other:?}"),
+    };
+    for (i, id) in ["m1", "m2", "m3"].into_iter().enumerate() {
+        assert_eq!(applied(charge(id)), i as u64 + 1);
+    }
+
+    let cli = |node: &RedisServer, line: &str| node.cli_line(line);
+    let slot: u16 = cli(&cluster.nodes[0], "CLUSTER KEYSLOT moving:{acct}:rec")
+        .trim()
+        .parse()
+        .expect("a slot");
+    let holds =
+        |node: &RedisServer| cli(node, &format!("CLUSTER COUNTKEYSINSLOT {slot}")).trim() != "0";
+    let from = cluster
+        .nodes
+        .iter()
+        .position(holds)
+        .expect("a node holds the scope");
+    let to = (from + 1) % cluster.nodes.len();
+    let (source, target) = (&cluster.nodes[from], &cluster.nodes[to]);
+    let id = |node: &RedisServer| cli(node, "CLUSTER MYID").trim().to_owned();
+    let (source_id, target_id) = (id(source), id(target));
+    cli(
+        target,
+        &format!("CLUSTER SETSLOT {slot} IMPORTING {source_id}"),
+    );
+    cli(
+        source,
+        &format!("CLUSTER SETSLOT {slot} MIGRATING {target_id}"),
+    );
+    // Every key but the counter moves first: the split the node the slot goes
+    // to would have charged on, from 0.
+    let keys = cli(source, &format!("CLUSTER GETKEYSINSLOT {slot} 100"));
+    let counter = "moving:{acct}:ctr:sent";
+    let (behind, moved): (Vec<&str>, Vec<&str>) =
+        keys.lines().map(str::trim).partition(|k| *k == counter);
+    assert_eq!(behind, [counter], "{keys}");
+    let migrate = |keys: &[&str]| {
+        let port = target.port.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        assert_eq!(source.cli(&args), "OK", "{args:?}");
+    };
+    migrate(&moved);
+
+    for id in ["m4", "m5", "m6", "m1"] {
+        match charge(id) {
+            Err(StoreError::Unavailable(_)) => {}
+            other => panic!("answered while the slot moves: {other:?}"),
+        }
+    }
+
+    migrate(&[counter]);
+    for node in &cluster.nodes {
+        cli(node, &format!("CLUSTER SETSLOT {slot} NODE {target_id}"));
+    }
+    assert_eq!(applied(charge("m4")), 4);
+    assert!(matches!(charge("m1"), Ok(GuardedAdd::Repeated(_))));
+    assert_eq!(applied(charge("m5")), 5);
+    assert!(matches!(charge("m6"), Ok(GuardedAdd::Refused(_))));
+}
+
 /// Issue 5: every primitive stays in one slot (the scope's hash tag), so the
 /// whole conformance suite passes on a cluster, with scopes spread over the nodes.
 #[test]

@@ -46,6 +46,7 @@
 //! | `P:{T}:grp:GROUP`          | zset   | the group's members (all scores 0: byte order) |
 //! | `P:{T}:excl`               | hash   | group → its members no other group holds (absent: 0) |
 //! | `P:{T}:exclv`              | string | `1` while `excl` is kept; absent in a scope written before it was, whose first membership change computes it once |
+//! | `P:{T}:fence`              | none   | never written: declared by every script so that Redis Cluster runs none while the slot moves (see `RedisStore::keys`) |
 //! | `P:scopes`                 | set    | every scope ever written (no hash tag: one slot of its own) |
 //! | `P:secret`                 | string | the store's secret (32 bytes, [`Store::secret`]), set by the first client that asks (`SET NX`) |
 //!
@@ -454,12 +455,25 @@ impl RedisStore {
         base
     }
 
-    /// KEYS of a script on `scope`: its base, and with a single server the
-    /// registry, which the script then maintains itself.
+    /// KEYS of a script on `scope`: its base and its fence, and with a single
+    /// server the registry, which the script then maintains itself.
+    ///
+    /// The fence (`P:{S}:fence`) is never written. Declared beside the base
+    /// (which is no key either), it makes every script a call on two keys of
+    /// the scope's slot that do not exist, which Redis Cluster never runs while
+    /// the slot is being moved: the node it leaves answers `ASK` (it holds none
+    /// of the declared keys), and the node it goes to `TRYAGAIN` (a call on
+    /// several keys it does not all hold). A script reads and writes keys it
+    /// does not declare, so run on either node mid-move it would see only the
+    /// keys moved so far: a counter missing reads 0, and its credits sell
+    /// again. So a primitive on a scope whose slot is moving fails, as a store
+    /// unavailable, until the move ends.
     fn keys(&self, scope: &str) -> Vec<String> {
+        let base = self.base(scope);
+        let fence = format!("{base}fence");
         match self.conn {
-            Conn::Single(_) => vec![self.base(scope), self.registry.clone()],
-            Conn::Cluster(_) => vec![self.base(scope)],
+            Conn::Single(_) => vec![base, fence, self.registry.clone()],
+            Conn::Cluster(_) => vec![base, fence],
         }
     }
 
@@ -1385,8 +1399,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     }
 });
 
-/// Shared by every script. KEYS[1] is the scope's key base, KEYS[2] (single
-/// server only) the registry; ARGV[1] is the scope's name.
+/// Shared by every script. KEYS[1] is the scope's key base, KEYS[2] its fence
+/// (see `RedisStore::keys`), KEYS[3] (single server only) the registry; ARGV[1]
+/// is the scope's name.
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 const RECORD_INSERT: &str = include_str!("lua/record_insert.lua");

@@ -8,7 +8,7 @@ local U64MAX = '18446744073709551615'
 local function corrupt(what) error({err = 'CGCORRUPT ' .. what}) end
 
 -- Adds the scope to the registry (single server: same node, same atomic step).
-local function register() if KEYS[2] then redis.call('SADD', KEYS[2], scope) end end
+local function register() if KEYS[3] then redis.call('SADD', KEYS[3], scope) end end
 
 -- Compares decimal strings without leading zeros, exactly: Lua's numbers are
 -- doubles, so they are compared 15 digits at a time.
