@@ -39,6 +39,54 @@ impl Stores for Cluster {
     }
 }
 
+/// Trust audit 4b.2: whether a counter's garbage-collection deadline had
+/// passed was judged by the gateway's clock. On a gateway more than a day
+/// behind Redis (the margin), a counter of the gateway's current cycle got a
+/// deadline Redis had passed, and `PEXPIREAT` deleted it in the script that
+/// wrote it: every charge counted from 0, and a plan of 5 emails sent 10 (the
+/// auditor's run, its clock two years back). Redis's clock judges it now.
+#[test]
+fn a_gateway_whose_clock_lags_redis_keeps_counting() {
+    let server = RedisServer::start();
+    let store = server.store("lag");
+    let day = 86_400 * 1_000_000_000_i64;
+    let real_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).expect("fits"))
+        .expect("after 1970");
+    // Two years behind, in a cycle that ends in a month by its clock.
+    let now = real_now - 730 * day;
+    let ends = now + 30 * day;
+    let charge = |id: &str| {
+        store.counter_add_guarded(CounterAdd {
+            scope: "acct",
+            guard: None,
+            name: "email/0",
+            amount: 1,
+            limit: Some(2),
+            once: Some(OnceKey {
+                key: id,
+                fingerprint: 1,
+                expires_at: ends,
+            }),
+            expires_at: Some(ends),
+            now,
+        })
+    };
+    assert!(matches!(charge("m1"), Ok(GuardedAdd::Applied(t)) if t.counter == 1));
+    assert!(matches!(charge("m2"), Ok(GuardedAdd::Applied(t)) if t.counter == 2));
+    assert!(matches!(charge("m3"), Ok(GuardedAdd::Refused(t)) if t.counter == 2));
+    assert!(matches!(charge("m1"), Ok(GuardedAdd::Repeated(_))));
+    for key in [
+        "lag:{acct}:ctr:email/0",
+        "lag:{acct}:once:m1",
+        "lag:{acct}:ctrs",
+        "lag:{acct}:onces",
+    ] {
+        assert_eq!(server.cli(&["PTTL", key]), "-1", "{key} is kept for good");
+    }
+}
+
 /// Trust audit 4b.1: a script declared only its scope's key base (no key at
 /// all), so while the scope's slot moved between nodes the node it went to ran
 /// it (the client follows `ASK`) on the keys moved so far: with the counter

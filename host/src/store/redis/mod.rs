@@ -70,17 +70,19 @@
 //! backends: expires_at is stored in the value and compared in the script. Redis
 //! TTLs only collect garbage: a counter or `once` marker whose expires_at, plus
 //! [`RedisConfig::gc_margin`] (a day by default, which covers clock skew between
-//! hosts), is still in the future by the real clock gets `PEXPIREAT` at that
-//! instant; one already past it, or one that never expires, gets no TTL (a trace
-//! replayed with instants of 1970 would otherwise vanish as it is written). The
+//! hosts), is still in the future by Redis's clock (`TIME`, read in the script)
+//! gets `PEXPIREAT` at that instant; one already past it, or one that never
+//! expires, gets no TTL: a trace replayed with instants of 1970, or a gateway
+//! whose clock lags Redis's by more than the margin, would otherwise see its
+//! counter vanish as it is written, and count from 0 at every charge. The
 //! index sets (`ctrs`, `onces`) expire themselves with their last entry, and drop
 //! entries past their deadline whenever a counter of the scope is created or
 //! given another expiry (a new billing cycle's counter, about once a cycle):
 //! not at every charge, where pruning would cost as much as the charge itself
 //! and, within a cycle, finds nothing to drop. Memberships
 //! and records never expire. Once Redis has dropped a counter it reads as 0 and is
-//! no longer exported: only a caller whose clock lags the real one by more than
-//! the margin could tell.
+//! no longer exported: only a caller whose clock lags Redis's by more than the
+//! margin could tell, and such a caller's writes are kept for good.
 //!
 //! # Listing scopes
 //!
@@ -154,7 +156,7 @@ mod url;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::{Cmd, RedisError, RedisResult, Script};
 
@@ -638,17 +640,14 @@ impl RedisStore {
 
     /// The instant (ms since the epoch) until which Redis keeps something that
     /// expires at `expires_at`, or None: keep it for good (see the module docs).
+    /// A deadline already past is the script's to judge, by Redis's clock: by
+    /// this host's, it was judged wrongly whenever the host lagged Redis.
     fn gc_at(&self, expires_at: Instant) -> Option<i64> {
         if expires_at == NEVER {
             return None;
         }
         let margin = i64::try_from(self.config.gc_margin.as_millis()).ok()?;
-        let at = expires_at.div_euclid(1_000_000).checked_add(margin)?;
-        let real_now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .and_then(|d| i64::try_from(d.as_millis()).ok())?;
-        (at > real_now).then_some(at)
+        expires_at.div_euclid(1_000_000).checked_add(margin)
     }
 
     fn gc_arg(&self, expires_at: Option<Instant>) -> String {

@@ -96,16 +96,24 @@ local function room(count, limit)
   return limit == '' or ucmp(string.format('%d', count), limit) < 0
 end
 
+-- Redis's clock, in ms since the epoch.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 -- Drops the entries of `index` past their deadline (by Redis's clock).
 local function prune(index)
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms))
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms()))
 end
 
 -- Gives `key` its garbage-collection deadline `at` (ms; '' for never) and lists
--- it as `member` of `index`, which expires with its last entry.
+-- it as `member` of `index`, which expires with its last entry. A deadline
+-- already past by Redis's clock is none: PEXPIREAT would delete the key as it
+-- is written (a caller whose clock lags Redis's), and a counter deleted at
+-- every charge never reaches its limit.
 local function list(key, at, index, member)
+  if at ~= '' and tonumber(at) <= now_ms() then at = '' end
   if at == '' then
     redis.call('PERSIST', key)
     redis.call('ZADD', index, 'inf', member)
