@@ -1645,6 +1645,44 @@ mod tests {
         assert_eq!(charge(st, near), ((None, 1, 0), Some(year_on)));
     }
 
+    /// Trust audit 4b.3: a charge from a clock months ahead moved the record's
+    /// newest cycle there, and from then on a clock a little behind at a real
+    /// boundary was no longer held to the next cycle: it charged the cycle just
+    /// over, and sold its unused credits after its end.
+    #[test]
+    fn a_charge_from_a_clock_far_ahead_keeps_the_hold_at_the_boundaries_before_it() {
+        let (e, st) = (engine(), &mut MemState::default());
+        e.subscribe(st, "a", "tiny", T0, T0).unwrap();
+        const DAY: Instant = 86_400_000_000_000;
+        const MINUTE: Instant = 60_000_000_000;
+        let charge = |st: &mut MemState, at| charged_in(&e, st, 1, at);
+        let start = |n| cycle::cycle_number(T0, n).unwrap().start;
+        assert_eq!(charge(st, T0 + DAY), ((None, 1, 0), Some(T0)));
+        // One gateway's clock is two months ahead.
+        assert_eq!(charge(st, start(2) + DAY), ((None, 1, 0), Some(start(2))));
+        // At the first boundary, one a minute past it charges cycle 1; one five
+        // minutes behind is held there too, not given cycle 0's last credit.
+        assert_eq!(
+            charge(st, start(1) + MINUTE),
+            ((None, 1, 0), Some(start(1)))
+        );
+        assert_eq!(
+            charge(st, start(1) - 5 * MINUTE),
+            ((None, 1, 0), Some(start(1)))
+        );
+        let exhausted = Some(Reason::EmailCreditsExhausted);
+        assert_eq!(
+            charge(st, start(1) - 4 * MINUTE),
+            ((exhausted, 0, 0), Some(start(1)))
+        );
+        // Further from the boundary, a clock counts in its own cycle, as ever.
+        let history: Vec<u64> = (e.email_history(st, "a", 3, start(2) + DAY).unwrap())
+            .iter()
+            .map(|c| c.used)
+            .collect();
+        assert_eq!(history, [1, 2, 1]);
+    }
+
     /// Issue 13.2: a message id is an idempotency key over what it charged. A
     /// retry (the same recipients in any order and spelling, or the same cost) is
     /// free; the id with other recipients or another cost is denied and charges

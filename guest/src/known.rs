@@ -16,8 +16,10 @@
 //! charge of a new cycle moves the record on with a compare-and-swap
 //! ([`Known::advance`]); every gateway's charges guarded by the old record then
 //! find it changed. Only clocks within [`TURNOVER_SKEW`] of the boundary are
-//! held to it: a newest cycle further ahead was charged by a clock fault (a
-//! gateway booted a year ahead), and must not hold the account there.
+//! held to it, and only to the next cycle: a newest cycle further ahead was
+//! charged by a clock fault (a gateway booted a year ahead), and must not hold
+//! the account there; nor may it release, at every boundary before it, the
+//! clocks a little behind that the boundary holds.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -54,23 +56,28 @@ pub(crate) const TURNOVER_SKEW: Instant = 10 * 60 * 1_000_000_000;
 
 impl Account {
     /// The billing cycle that counts at `now`: the one `now` falls in, or the
-    /// next one when that is the newest charged and `now` is within
+    /// next one when a later one has been charged and `now` is within
     /// [`TURNOVER_SKEW`] of its start (the clock that asks is a little behind
     /// another gateway's, or stepped back a little). A newest cycle further
-    /// ahead is a clock fault's and counts only once real time nears it.
+    /// ahead is a clock fault's: it holds no clock past the next boundary, and
+    /// counts itself only once real time nears it.
     pub fn cycle_at(&self, now: Instant) -> Result<Cycle, Error> {
         let cycle = cycle_of(self.anchor, now)?;
         if !self.turned(&cycle, now) {
             return Ok(cycle);
         }
-        cycle::cycle_number(self.anchor, self.newest).map_err(corrupt_cycle)
+        let next = cycle.index.saturating_add(1);
+        cycle::cycle_number(self.anchor, next).map_err(corrupt_cycle)
     }
 
-    /// Whether `cycle`, which `now` falls in, is over: the next one is the
-    /// newest charged, and `now` within [`TURNOVER_SKEW`] of its start.
+    /// Whether `cycle`, which `now` falls in, is over: a later one has been
+    /// charged, and `now` is within [`TURNOVER_SKEW`] of its end.
+    ///
+    /// Not "the next one is the newest": a single charge from a clock months
+    /// ahead would then have let a clock a little behind charge the cycle just
+    /// over, at every boundary until real time caught up (trust audit 4b.3).
     fn turned(&self, cycle: &Cycle, now: Instant) -> bool {
-        cycle.index.checked_add(1) == Some(self.newest)
-            && cycle.end.saturating_sub(now) <= TURNOVER_SKEW
+        cycle.index < self.newest && cycle.end.saturating_sub(now) <= TURNOVER_SKEW
     }
 }
 

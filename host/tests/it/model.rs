@@ -173,13 +173,13 @@ impl Account {
     }
 
     /// The billing cycle that counts at `now`: the one `now` falls in, or the
-    /// next one when a charge was asked in it and `now` is within
+    /// next one when a charge was asked in a later one and `now` is within
     /// [`TURNOVER_SKEW`] of its start (a clock a little behind another's).
     pub fn cycle_at(&self, now: i64) -> u32 {
         let cycle = cycle_of(self.anchor, now);
         let next_start = cycle_start(self.anchor, cycle + 1);
-        if self.newest == cycle + 1 && next_start.saturating_sub(now) <= TURNOVER_SKEW {
-            self.newest
+        if self.newest > cycle && next_start.saturating_sub(now) <= TURNOVER_SKEW {
+            cycle + 1
         } else {
             cycle
         }
