@@ -51,6 +51,11 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     Stopped,
+    /// The worker could not load the policy in force after a reload, and
+    /// decides nothing under the one before: nothing was done. The next
+    /// request it takes tries the switch again.
+    #[error("the policy in force could not be loaded: {0}")]
+    Behind(String),
 }
 
 /// Why a reload was refused; the version in force keeps serving.
@@ -982,7 +987,18 @@ fn work(
         let changes_plan = jobs.iter().any(|job| job.request.op().changes_plan());
         let plan_gate = changes_plan
             .then(|| (shared.plan_gate.lock.read()).unwrap_or_else(PoisonError::into_inner));
-        switch_version(index, &mut current, shared);
+        if let Err(e) = switch_version(index, &mut current, shared) {
+            // Refused, not decided under the policy the reload replaced (whose
+            // limits may be higher): fail closed until the switch succeeds.
+            tracing::error!(worker = index, "cannot load the policy in force: {e}");
+            if batches {
+                shared.undecided.fetch_sub(jobs.len(), Ordering::AcqRel);
+            }
+            for job in jobs {
+                let _ = job.reply.send(Err(GatewayError::Behind(e.to_string())));
+            }
+            continue;
+        }
         let worker = &mut current.0;
         // Empty, and so no allocation, for read-only jobs: answered at once.
         let mut done = Vec::new();
@@ -1096,8 +1112,15 @@ fn decide_in_batches(worker: &mut Worker, jobs: Vec<Job>, shared: &Shared, done:
     }
 }
 
-/// Moves worker `index` to the version in force, if it is not on it yet.
-fn switch_version(index: usize, current: &mut (Worker, u64), shared: &Shared) {
+/// Moves worker `index` to the version in force, if it is not on it yet. An
+/// error when it cannot: the worker must then decide nothing, since the
+/// version it is on was replaced (trust audit 4b: it went on deciding under
+/// the old limits after the reload was acknowledged).
+fn switch_version(
+    index: usize,
+    current: &mut (Worker, u64),
+    shared: &Shared,
+) -> Result<(), LoadError> {
     let prepared = {
         let latest = shared
             .version
@@ -1109,18 +1132,18 @@ fn switch_version(index: usize, current: &mut (Worker, u64), shared: &Shared) {
         None => {}
         Some(Some(next)) => *current = next,
         // Validated before it was published, so this only fails if instantiating
-        // fails; then the old version keeps serving.
+        // fails (the instance pool full, the load's time budget run out on a
+        // starved machine).
         Some(None) => {
             shared
                 .stats
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .unprepared_switches += 1;
-            if let Ok(next) = worker_for(&shared.version, &shared.store) {
-                *current = next;
-            }
+            *current = worker_for(&shared.version, &shared.store)?;
         }
     }
+    Ok(())
 }
 
 /// Decides `job`; a read-only one is answered at once, anything else is

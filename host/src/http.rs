@@ -1585,6 +1585,7 @@ impl ApiError {
                 format!("the policy ran past its {budget:?} budget"),
             ),
             GatewayError::Persist(m) => unavailable("not_durable", m),
+            GatewayError::Behind(m) => unavailable("policy_unavailable", m),
             GatewayError::Stopped => {
                 unavailable("shutting_down", "the gateway is shutting down".into())
             }

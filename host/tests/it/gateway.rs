@@ -696,3 +696,67 @@ fn an_account_another_gateway_moved_off_this_ones_plans_is_counted_and_blocks_a_
     assert_eq!(d.denied, None);
     assert_eq!(a.snapshot().stranded_denials, 2);
 }
+
+/// Trust audit 4b (suspected, reproduced here): a worker that could not load
+/// the policy in force after a reload (the instance pool full, a load's time
+/// budget run out on a starved machine) went on deciding under the policy the
+/// reload replaced, whose limits may be higher, after the reload had been
+/// acknowledged. It now refuses (fail closed), and tries again at its next
+/// request. Four instances: the gateway's three lanes and the one the reload
+/// prepares for the write lane; the read lane finds none to switch to.
+#[test]
+fn a_worker_that_cannot_load_the_policy_in_force_decides_nothing() {
+    use creditgate::gateway::GatewayError;
+    use creditgate::runtime::{ComponentSource, Runtime, RuntimeConfig};
+    let config = RuntimeConfig {
+        decision_budget: std::time::Duration::from_secs(2),
+        instance_pool: Some(4),
+        ..RuntimeConfig::default()
+    };
+    let runtime = Arc::new(Runtime::new(&ComponentSource::Builtin, config).expect("loads"));
+    let store = Arc::new(creditgate::store::MemoryStore::new());
+    let (gateway, _) = Gateway::start(runtime, store, POLICY, 1).expect("starts");
+    let now = at("2025-01-31T09:00:00Z");
+    let subscribe = harness::subscription("acme", "small");
+    assert_eq!(
+        gateway
+            .decide_blocking(subscribe, now)
+            .expect("subscribes")
+            .denied,
+        None
+    );
+    let lowered = POLICY.replace("email_credits = 50", "email_credits = 2");
+    gateway.reload(&lowered, None, false).expect("reloads");
+
+    let check = || {
+        let check = Request::CheckEmail {
+            account: "acme".into(),
+            cost: 1,
+        };
+        gateway.decide_blocking(check, now)
+    };
+    match check() {
+        Err(GatewayError::Behind(why)) => assert!(why.contains("instances"), "{why}"),
+        other => panic!("decided under the replaced policy: {other:?}"),
+    }
+    assert_eq!(gateway.snapshot().unprepared_switches, 1);
+    let charge = |id: &str| {
+        let charge = Request::ChargeEmail {
+            account: "acme".into(),
+            cost: 1,
+            message_id: Some(id.into()),
+        };
+        gateway
+            .decide_blocking(charge, now)
+            .expect("decides")
+            .denied
+    };
+    assert_eq!([charge("m1"), charge("m2")], [None, None]);
+    assert_eq!(charge("m3"), Some(Reason::EmailCreditsExhausted));
+    // The write lane let its old instance go: the read lane switches now.
+    let limit = check()
+        .expect("decides")
+        .usage
+        .map(|u| u.email_credits.limit);
+    assert_eq!(limit, Some(Some(2)));
+}
