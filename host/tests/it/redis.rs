@@ -39,6 +39,25 @@ impl Stores for Cluster {
     }
 }
 
+/// One email credit of scope `acct`'s counter `sent`, for message `id` (an
+/// idempotency key), under `limit`.
+fn charge_message(store: &RedisStore, id: &str, limit: u64) -> Result<GuardedAdd, StoreError> {
+    store.counter_add_guarded(CounterAdd {
+        scope: "acct",
+        guard: None,
+        name: "sent",
+        amount: 1,
+        limit: Some(limit),
+        once: Some(OnceKey {
+            key: &format!("msg/{id}"),
+            fingerprint: 1,
+            expires_at: i64::MAX,
+        }),
+        expires_at: None,
+        now: 1_000,
+    })
+}
+
 /// Trust audit 4b.2: whether a counter's garbage-collection deadline had
 /// passed was judged by the gateway's clock. On a gateway more than a day
 /// behind Redis (the margin), a counter of the gateway's current cycle got a
@@ -99,22 +118,7 @@ fn a_gateway_whose_clock_lags_redis_keeps_counting() {
 fn a_charge_is_refused_while_its_slot_moves_and_counts_on_after() {
     let cluster = Cluster::start();
     let store = cluster.store("moving");
-    let charge = |id: &str| {
-        store.counter_add_guarded(CounterAdd {
-            scope: "acct",
-            guard: None,
-            name: "sent",
-            amount: 1,
-            limit: Some(5),
-            once: Some(OnceKey {
-                key: &format!("msg/{id}"),
-                fingerprint: 1,
-                expires_at: i64::MAX,
-            }),
-            expires_at: None,
-            now: 1_000,
-        })
-    };
+    let charge = |id: &str| charge_message(&store, id, 5);
     let applied = |answer: Result<GuardedAdd, StoreError>| match answer {
         Ok(GuardedAdd::Applied(t)) => t.counter,
         other => panic!("not applied: {other:?}"),
@@ -673,22 +677,7 @@ fn writes_wait_for_the_replicas_asked_for() {
         assert!(Instant::now() < deadline, "the replica never caught up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let charge = |id: &str| {
-        store.counter_add_guarded(CounterAdd {
-            scope: "acct",
-            guard: None,
-            name: "sent",
-            amount: 1,
-            limit: Some(10),
-            once: Some(OnceKey {
-                key: &format!("msg/{id}"),
-                fingerprint: 1,
-                expires_at: i64::MAX,
-            }),
-            expires_at: None,
-            now: 1_000,
-        })
-    };
+    let charge = |id: &str| charge_message(&store, id, 10);
     let leads = ["a@x.io".to_owned(), "b@x.io".to_owned()];
     let add_leads = |group: &str| {
         store.member_add_many(creditgate::store::MemberAddMany {
