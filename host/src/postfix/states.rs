@@ -106,6 +106,15 @@ pub struct Path {
     pub authenticated: bool,
 }
 
+impl Path {
+    /// The path as one number, never 0: the port plus one (0 for none), then
+    /// whether the client authenticated, then one more.
+    fn key(self) -> u32 {
+        let port = self.server_port.map_or(0, |p| u32::from(p) + 1);
+        ((port << 1) | u32::from(self.authenticated)) + 1
+    }
+}
+
 impl std::fmt::Display for Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(port) = self.server_port {
@@ -159,15 +168,6 @@ impl Uncharged {
             Uncharged::InternalError => "internal_error",
             Uncharged::IdempotencyKeyReused => "idempotency_key_reused",
         }
-    }
-}
-
-impl Path {
-    /// The path as one number, never 0: the port plus one (0 for none), then
-    /// whether the client authenticated, then one more.
-    fn key(self) -> u32 {
-        let port = self.server_port.map_or(0, |p| u32::from(p) + 1);
-        ((port << 1) | u32::from(self.authenticated)) + 1
     }
 }
 
