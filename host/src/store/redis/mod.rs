@@ -214,6 +214,15 @@ fn evalsha(script: &Script, keys: &[String], scope: &str, args: &[Vec<u8>]) -> C
     cmd
 }
 
+/// The `WAIT` every write is followed by, when `config` asks for replicas: the
+/// collector's pipelines and the scripts run alone take it from here.
+fn replica_wait(config: &RedisConfig) -> Option<conn::Wait> {
+    (config.replicas > 0).then_some(conn::Wait {
+        replicas: config.replicas,
+        timeout: config.replica_timeout,
+    })
+}
+
 /// How long a cluster client trusts its memory that a scope is in `P:scopes`.
 const REGISTERED_FOR: Duration = Duration::from_secs(300);
 
@@ -307,10 +316,7 @@ impl RedisStore {
         .map_err(|_| unavailable(&"no answer to INFO within the bulk timeout"))?;
         runtime.spawn(first?.run());
         let (calls, queue) = tokio::sync::mpsc::unbounded_channel();
-        let wait = (config.replicas > 0).then_some(conn::Wait {
-            replicas: config.replicas,
-            timeout: config.replica_timeout,
-        });
+        let wait = replica_wait(&config);
         runtime.spawn(collect(queue, conn.clone(), config.call_timeout, wait));
         let store = Self {
             conn,
@@ -323,7 +329,7 @@ impl RedisStore {
             refusal,
             secret: Mutex::new(None),
         };
-        if store.config.replicas > 0 {
+        if wait.is_some() {
             store.check_wait_support()?;
         }
         store.migrate_alert_log()?;
@@ -377,12 +383,12 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The server (or cluster nodes) this store talks to, without credentials.
     /// Replicas every write waits for (`?replicas=N`); 0: none.
     pub fn replicas_waited_for(&self) -> u32 {
         self.config.replicas
     }
 
+    /// The server (or cluster nodes) this store talks to, without credentials.
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -527,7 +533,7 @@ impl RedisStore {
         T: redis::FromRedisValue + Send + 'static,
     {
         // A write followed by WAIT in one pipeline, as the collector's are.
-        let wait = self.wait().filter(|_| access == Access::Writes);
+        let wait = replica_wait(&self.config).filter(|_| access == Access::Writes);
         let cmd = evalsha(script, &self.keys(scope), scope, &args);
         self.call(what, limit, |mut c| async move {
             let value = conn::query_alone(&mut c, &cmd, Some(script), wait).await?;
@@ -552,14 +558,6 @@ impl RedisStore {
         let keys = self.keys(scope);
         let cmd = evalsha(script, &keys, scope, args);
         self.send(what, &keys[0], cmd, Some(script), access)
-    }
-
-    /// The `WAIT` every write is followed by, when the URL asks for replicas.
-    fn wait(&self) -> Option<conn::Wait> {
-        (self.config.replicas > 0).then_some(conn::Wait {
-            replicas: self.config.replicas,
-            timeout: self.config.replica_timeout,
-        })
     }
 
     /// Sends `cmd` (on the keys of the scope whose base is `base`) through the

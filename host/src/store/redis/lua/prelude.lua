@@ -96,10 +96,16 @@ local function room(count, limit)
   return limit == '' or ucmp(string.format('%d', count), limit) < 0
 end
 
--- Redis's clock, in ms since the epoch.
+-- Redis's clock, in ms since the epoch: read once per script, at its first
+-- use (Redis judges expiry as of the script's start anyway), however many keys
+-- the script lists or indexes it prunes.
+local clock_ms
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not clock_ms then
+    local t = redis.call('TIME')
+    clock_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock_ms
 end
 
 -- Drops the entries of `index` past their deadline (by Redis's clock).
