@@ -15,6 +15,8 @@
 //! - [`time`]: the clock the host hands the guest;
 //! - [`names`]: the one rule for account and campaign names, and the escaping
 //!   of every outside value written to a log or a table;
+//! - [`in_force`]: the policy and names rule a gateway decides under, recorded
+//!   in its store for every other command that decides there;
 //! - [`gateway`]: a pool of workers over one store, with group commit and
 //!   versioned reloads, for long-running front ends;
 //! - [`alerts`]: the credit alerts the policy reports, logged in the store and
@@ -46,6 +48,7 @@ pub mod dashboard;
 pub mod gateway;
 pub mod http;
 pub mod import;
+pub mod in_force;
 pub mod inspect;
 pub mod metrics;
 pub mod names;

@@ -25,6 +25,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use creditgate::in_force::InForce;
+use creditgate::names::NameRules;
 pub(crate) use creditgate::runtime::located;
 use creditgate::runtime::{ComponentSource, LoadError, Runtime, RuntimeConfig, Worker};
 use creditgate::serve::PolicySource;
@@ -319,6 +321,48 @@ impl PolicyArgs {
         Ok(self.source().load()?)
     }
 
+    /// The policy to decide under on `store`: the one a gateway recorded there
+    /// (see [`creditgate::in_force`]) when `--policy` is left out, else the file,
+    /// which must then be the policy in force. A store no gateway has served
+    /// takes the policy as [`PolicyArgs::load`] finds it. Refused, too, when
+    /// this command takes names otherwise than the gateway: the names it was
+    /// given may then be other accounts than the gateway's.
+    fn in_force(&self, store: &dyn Store) -> anyhow::Result<(PathBuf, String)> {
+        let Some(terms) = InForce::read(store)? else {
+            return self.load();
+        };
+        let names = NameRules::from_env();
+        if terms.case_sensitive_names != names.case_sensitive {
+            let (theirs, set) = match terms.case_sensitive_names {
+                true => ("case-sensitive", "1"),
+                false => ("lowercased", "0"),
+            };
+            anyhow::bail!(
+                "the gateway on this store takes names {theirs} (case_sensitive_names = {}; \
+                 its terms: {}), and this command would not: set {}={set} to work on it",
+                terms.case_sensitive_names,
+                terms.describe(),
+                creditgate::names::CASE_SENSITIVE_ENV
+            );
+        }
+        if self.policy.is_none() {
+            let source = format!("{} (the policy in force on the store)", terms.source);
+            return Ok((PathBuf::from(source), terms.policy));
+        }
+        let (path, text) = self.load()?;
+        if !terms.is(&text) {
+            anyhow::bail!(
+                "{} (sha256 {}) is not the policy in force on this store: its gateway \
+                 decides under {}. Leave out --policy to decide under the policy in \
+                 force, or reload the gateway with this file first",
+                path.display(),
+                &creditgate::in_force::digest(&text)[..12],
+                terms.describe()
+            );
+        }
+        Ok((path, text))
+    }
+
     /// Compiles the component and makes a worker over `store` with the policy loaded.
     fn worker(&self, store: Arc<dyn Store>) -> anyhow::Result<Worker> {
         Ok(self.worker_and_plans(store)?.0)
@@ -327,7 +371,7 @@ impl PolicyArgs {
     /// [`PolicyArgs::worker`], and the names of the policy's plans (for messages
     /// that say which plans exist).
     fn worker_and_plans(&self, store: Arc<dyn Store>) -> anyhow::Result<(Worker, Vec<String>)> {
-        let (path, policy) = self.load()?;
+        let (path, policy) = self.in_force(store.as_ref())?;
         match self.component.runtime()?.worker(store, &policy) {
             Ok((mut worker, summary)) => {
                 for warning in &summary.warnings {

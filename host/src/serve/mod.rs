@@ -43,9 +43,11 @@ use crate::alerts::{Notifier, Retry};
 use crate::bindings::Mode;
 use crate::gateway::{Gateway, ReloadError};
 use crate::http::{self, ReloadRefused, Reloaded, Reloader};
+use crate::in_force::InForce;
 use crate::metrics::GatewayStats;
+use crate::names::NameRules;
 use crate::runtime::{LoadError, Runtime, RuntimeConfig, located};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Why a server did not start, or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("a listener task failed: {0}")]
     Listener(tokio::task::JoinError),
+    #[error("cannot record the policy in force in the store: {0}")]
+    InForce(StoreError),
 }
 
 impl ServeError {
@@ -188,6 +192,8 @@ impl Server {
         for warning in &summary.warnings {
             warn!("{}", located(&policy_path, warning));
         }
+        record_in_force(&gateway, &policy_path, &policy, config.postfix.names)
+            .map_err(ServeError::InForce)?;
         // Not refused at start (the policy file may be the one fix that is coming),
         // but said: those accounts' mail is deferred until they move.
         for line in stranded_warnings(&gateway) {
@@ -199,6 +205,7 @@ impl Server {
             config.policy.clone(),
             config.file.clone(),
             runtime_config,
+            config.postfix.names,
         );
         let (stop, stopped) = watch::channel(false);
         let until_stopped = move || {
@@ -385,6 +392,7 @@ fn reloader(
     policy: PolicySource,
     config_file: Option<PathBuf>,
     config: RuntimeConfig,
+    names: NameRules,
 ) -> Reloader {
     Arc::new(move |force| {
         let refused = |message: String, diagnostics: Vec<String>| {
@@ -439,6 +447,15 @@ fn reloader(
                         "the gateway's mode changed"
                     );
                 }
+                // The switch is made: a store that cannot say so leaves the other
+                // commands on the policy before, which the log says.
+                if let Err(e) = record_in_force(&gateway, &path, &text, names) {
+                    error!(
+                        "cannot record the reloaded policy in the store ({e}): commands \
+                         that decide on this store outside the gateway (leads import, \
+                         account change-plan, replay --store) refuse to until it is"
+                    );
+                }
                 info!(version, policy = %path.display(), mode = mode_name(after), "policy reloaded");
                 Ok(Reloaded { version, warnings })
             }
@@ -449,6 +466,37 @@ fn reloader(
             Err(e) => Err(refused(e.to_string(), vec![])),
         }
     })
+}
+
+/// Records in the gateway's store the policy it now decides under (see
+/// [`crate::in_force`]), saying in the log when another gateway recorded other
+/// terms there: gateways on one store must run one policy.
+fn record_in_force(
+    gateway: &Gateway,
+    path: &Path,
+    policy: &str,
+    names: NameRules,
+) -> Result<(), StoreError> {
+    let store = gateway.store().as_ref();
+    let terms = InForce::new(path, policy, names);
+    match InForce::read(store) {
+        Ok(Some(before)) if before.recorded_by != terms.recorded_by => {
+            if !before.is(policy) || before.case_sensitive_names != names.case_sensitive {
+                warn!(
+                    "the store's terms were {}; this gateway's are {} (sha256 {}, \
+                     case_sensitive_names = {}): every gateway on one store must run \
+                     the same policy and names rule",
+                    before.describe(),
+                    terms.source,
+                    terms.short(),
+                    terms.case_sensitive_names
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("{e}"),
+    }
+    terms.record(store)
 }
 
 fn mode_name(mode: Mode) -> &'static str {

@@ -163,6 +163,8 @@ pub struct MemoryStore {
     alerts: Mutex<AlertLog>,
     /// Made at its first use, lost with the store.
     secret: Mutex<Option<[u8; SECRET_LEN]>>,
+    /// The host's records ([`Store::host_record`]).
+    host: Mutex<BTreeMap<String, String>>,
 }
 
 /// The alert log ([`Store::alert_insert`]), apart from the scopes.
@@ -522,6 +524,17 @@ impl super::Backend for MemoryStore {
 
     fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError> {
         *self.secret.lock().unwrap_or_else(PoisonError::into_inner) = Some(secret);
+        Ok(())
+    }
+
+    fn host_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let host = self.host.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(host.get(key).cloned())
+    }
+
+    fn set_host_record(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let mut host = self.host.lock().unwrap_or_else(PoisonError::into_inner);
+        host.insert(key.to_owned(), value.to_owned());
         Ok(())
     }
 

@@ -75,6 +75,10 @@ pub const MAX_BATCH: usize = 10_000;
 /// Longest record value a backend accepts, in bytes.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
+/// Longest value of a host record ([`Store::set_host_record`]): room for a
+/// policy file's text.
+pub const MAX_HOST_RECORD_LEN: usize = 1 << 20;
+
 /// Bytes of a store's secret ([`Store::secret`]).
 pub const SECRET_LEN: usize = 32;
 
@@ -484,6 +488,16 @@ pub trait Store: Send + Sync {
     /// matching their retries. Markers the store held before no longer do.
     fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError>;
 
+    /// The host's own record `key`, if set: what the host keeps about the
+    /// deployment (the policy a gateway decides under, say), apart from the
+    /// guest's scopes, never seen by the component nor listed among scopes.
+    fn host_record(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Sets the host's record `key` to `value` (at most
+    /// [`MAX_HOST_RECORD_LEN`] bytes), durably before it returns. Rare: a
+    /// gateway's start and reloads.
+    fn set_host_record(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
     /// Every scope that holds anything, in byte order of their names.
     fn scopes(&self) -> Result<Vec<String>, StoreError>;
 
@@ -631,6 +645,8 @@ pub(crate) trait Backend: Send + Sync {
     }
     fn secret(&self) -> Result<[u8; SECRET_LEN], StoreError>;
     fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError>;
+    fn host_record(&self, key: &str) -> Result<Option<String>, StoreError>;
+    fn set_host_record(&self, key: &str, value: &str) -> Result<(), StoreError>;
     fn scopes(&self) -> Result<Vec<String>, StoreError>;
     fn scopes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
     fn visit_members_after(&self, list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;
@@ -762,6 +778,22 @@ impl<B: Backend> Store for B {
 
     fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError> {
         Backend::set_secret(self, secret)
+    }
+
+    fn host_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        check_name("host record key", key)?;
+        Backend::host_record(self, key)
+    }
+
+    fn set_host_record(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        check_name("host record key", key)?;
+        if value.len() > MAX_HOST_RECORD_LEN {
+            return Err(StoreError::InvalidArgument(format!(
+                "host record {key:?} is {} bytes long; the limit is {MAX_HOST_RECORD_LEN}",
+                value.len()
+            )));
+        }
+        Backend::set_host_record(self, key, value)
     }
 
     fn scopes(&self) -> Result<Vec<String>, StoreError> {

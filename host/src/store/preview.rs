@@ -190,6 +190,12 @@ impl<P: Predict> Store for DryRun<P> {
     fn set_secret(&self, _: [u8; super::SECRET_LEN]) -> Result<(), StoreError> {
         Err(self.predict.refused("set-secret"))
     }
+    fn host_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.real.host_record(key)
+    }
+    fn set_host_record(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(self.predict.refused("set-host-record"))
+    }
     fn record_insert(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
         Err(self.predict.refused("record-insert"))
     }

@@ -133,6 +133,8 @@ const ALERT_SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("alert_
 /// opening of a release that has it, in the opening's durable transaction.
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const SECRET: &str = "secret";
+/// The host's records ([`Store::host_record`]); made by the first write of one.
+const HOST_RECORDS: TableDefinition<&str, &str> = TableDefinition::new("host_records");
 /// The journal's bookkeeping: [`ID`], [`BOOT`], [`APPLIED`], [`CLOSED`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("journal");
 /// A random number naming the store, which its journal's header repeats.
@@ -1137,6 +1139,22 @@ impl RedbStore {
         }
     }
 
+    /// Runs `write` in a durable transaction of its own, outside the journal:
+    /// for what is rare (the secret, the host's records), durable on return.
+    fn write_aside(
+        &self,
+        what: &str,
+        write: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.with_db(what, |open| {
+            let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut txn = open.db.begin_write().ctx(what)?;
+            txn.set_durability(Durability::Immediate).ctx(what)?;
+            write(&txn)?;
+            txn.commit().ctx(what)
+        })
+    }
+
     /// A read transaction on the open database.
     fn begin_read(&self, what: &str) -> Result<ReadTransaction, StoreError> {
         if self.batching() {
@@ -2110,19 +2128,38 @@ impl super::Backend for RedbStore {
 
     fn set_secret(&self, secret: [u8; SECRET_LEN]) -> Result<(), StoreError> {
         let what = "setting the store's secret";
-        self.with_db(what, |open| {
-            // Outside the journal, so durable on its own: it is rare.
-            let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut txn = open.db.begin_write().ctx(what)?;
-            txn.set_durability(Durability::Immediate).ctx(what)?;
+        self.write_aside(what, |txn| {
             txn.open_table(SECRETS)
                 .ctx(what)?
                 .insert(SECRET, secret.as_slice())
                 .ctx(what)?;
-            txn.commit().ctx(what)
+            Ok(())
         })?;
         *self.secret.lock().unwrap_or_else(PoisonError::into_inner) = secret;
         Ok(())
+    }
+
+    fn host_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let what = "reading a host record";
+        let txn = self.begin_read(what)?;
+        let table = match txn.open_table(HOST_RECORDS) {
+            Ok(table) => table,
+            // A store no release with host records has written to.
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e).ctx(what),
+        };
+        Ok(table.get(key).ctx(what)?.map(|v| v.value().to_owned()))
+    }
+
+    fn set_host_record(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let what = "setting a host record";
+        self.write_aside(what, |txn| {
+            txn.open_table(HOST_RECORDS)
+                .ctx(what)?
+                .insert(key, value)
+                .ctx(what)?;
+            Ok(())
+        })
     }
 
     fn batch(&self, f: &mut dyn FnMut() -> BatchEnd) -> Result<BatchEnd, StoreError> {

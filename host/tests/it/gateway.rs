@@ -412,6 +412,12 @@ impl Store for SlowAfterCharge {
     fn set_secret(&self, secret: [u8; creditgate::store::SECRET_LEN]) -> Result<(), StoreError> {
         self.inner.set_secret(secret)
     }
+    fn host_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.host_record(key)
+    }
+    fn set_host_record(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.set_host_record(key, value)
+    }
     fn record_get(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.record_get(scope, key)
     }

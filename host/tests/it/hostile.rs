@@ -229,6 +229,8 @@ impl Store for SlowStore {
         persist() -> Result<(), creditgate::store::StoreError>;
         secret() -> Result<[u8; creditgate::store::SECRET_LEN], creditgate::store::StoreError>;
         set_secret(secret: [u8; creditgate::store::SECRET_LEN]) -> Result<(), creditgate::store::StoreError>;
+        host_record(key: &str) -> Result<Option<String>, creditgate::store::StoreError>;
+        set_host_record(key: &str, value: &str) -> Result<(), creditgate::store::StoreError>;
         scopes() -> Result<Vec<String>, creditgate::store::StoreError>;
         member_add_many(add: creditgate::store::MemberAddMany<'_>) -> Result<creditgate::bindings::MembersAdded, creditgate::store::StoreError>;
         visit_members_after(list: creditgate::store::Members<'_>, visit: creditgate::store::Visit<'_>) -> Result<(), creditgate::store::StoreError>;

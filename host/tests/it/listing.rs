@@ -530,6 +530,8 @@ impl Store for Gated {
         persist() -> Result<(), StoreError>;
         secret() -> Result<[u8; creditgate::store::SECRET_LEN], StoreError>;
         set_secret(secret: [u8; creditgate::store::SECRET_LEN]) -> Result<(), StoreError>;
+        host_record(key: &str) -> Result<Option<String>, StoreError>;
+        set_host_record(key: &str, value: &str) -> Result<(), StoreError>;
         scopes() -> Result<Vec<String>, StoreError>;
         scopes_after(after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError>;
         visit_members_after(list: Members<'_>, visit: Visit<'_>) -> Result<(), StoreError>;

@@ -374,6 +374,108 @@ fn a_default_anchor_is_a_whole_second() {
     harness::assert_has(&text, &format!("anchor         {anchor}\n"));
 }
 
+// ---- the policy in force (audit E.1) -------------------------------------------
+
+/// Starts `serve` on `store` under `policy` (HTTP only) with `env`, and stops it
+/// once it has started: what a gateway leaves in its store for the commands.
+fn serve_once(dir: &Path, store: &Path, policy: &Path, env: &[(&str, &str)]) -> String {
+    let mut builder = ServeProcess::builder(env!("CARGO_BIN_EXE_creditgate"), dir.join("once.log"))
+        .arg("--store")
+        .arg(store)
+        .arg("--policy")
+        .arg(policy)
+        .current_dir(harness::repo())
+        .postfix(false);
+    for (name, value) in env {
+        builder = builder.env(name, value);
+    }
+    builder.start().terminate().1
+}
+
+#[test]
+fn commands_on_a_gateways_store_decide_under_the_policy_it_serves() {
+    let (dir, store) = harness::temp_path("cg.redb");
+    // The gateway's base plan holds 3 leads; the policy file a command finds in
+    // the directory it runs in (policies/smartlead.toml) says 2,000.
+    let small = harness::SMARTLEAD.replacen("lead_credits = 2000", "lead_credits = 3", 1);
+    let policy = harness::write_file(dir.path(), "small.toml", &small);
+    serve_once(dir.path(), &store, &policy, &[]);
+
+    let o = cli(&store, "account subscribe acme --plan base");
+    harness::assert_exit(&o, 0);
+    let five = "email\na@x.io\nb@x.io\nc@x.io\nd@x.io\ne@x.io\n";
+    let csv = harness::write_file(dir.path(), "five.csv", five);
+    let import = |rest: &str| {
+        cli(
+            &store,
+            &format!("leads import --account acme {rest} {}", csv.display()),
+        )
+    };
+    let o = import("--campaign c1 --format json");
+    harness::assert_exit(&o, 0);
+    let report = json(&o);
+    assert_eq!(report["uploaded"], 3, "{report}");
+    assert_eq!(report["credits_exhausted"], 2, "{report}");
+    assert_eq!(report["lead_credits"]["limit"], 3, "{report}");
+
+    // Another policy file is refused, and nothing is decided under it.
+    let o = import("--campaign c2 --policy policies/smartlead.toml");
+    assert!(!o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    harness::assert_has(&err, "policies/smartlead.toml (sha256 ");
+    harness::assert_has(&err, "is not the policy in force on this store");
+    harness::assert_has(&err, "small.toml");
+    let usage = json(&cli(&store, "usage acme --format json"));
+    assert_eq!(usage["lead_credits"]["used"], 3, "{usage}");
+    assert_eq!(usage["lead_credits"]["limit"], 3, "{usage}");
+
+    // The same file, named, is the policy in force.
+    let small_arg = policy.to_str().expect("utf-8");
+    let o = run(&store, &["usage", "acme", "--policy", small_arg]);
+    harness::assert_exit(&o, 0);
+
+    // A gateway started on other terms says so, and its terms are in force.
+    let smartlead = harness::repo().join("policies/smartlead.toml");
+    let log = serve_once(dir.path(), &store, &smartlead, &[]);
+    harness::assert_has(&log, "every gateway on one store must run the same policy");
+    let usage = json(&cli(&store, "usage acme --format json"));
+    assert_eq!(usage["lead_credits"]["limit"], 2000, "{usage}");
+}
+
+#[test]
+fn a_command_that_takes_names_otherwise_than_the_gateway_is_refused() {
+    let (dir, store) = harness::temp_path("cg.redb");
+    let policy = harness::repo().join("policies/smartlead.toml");
+    serve_once(
+        dir.path(),
+        &store,
+        &policy,
+        &[("CREDITGATE_CASE_SENSITIVE_NAMES", "1")],
+    );
+    let sensitive = [("CREDITGATE_CASE_SENSITIVE_NAMES", "1")];
+    let o = run_with(
+        &store,
+        &words("account subscribe Acme --plan pro"),
+        &sensitive,
+    );
+    harness::assert_exit(&o, 0);
+
+    // Lowercased, `Acme` would be `acme`: another account than the gateway's.
+    let o = cli(&store, "account change-plan Acme --plan base");
+    assert!(!o.status.success(), "{}", stdout(&o));
+    harness::assert_has(
+        &stderr(&o),
+        "set CREDITGATE_CASE_SENSITIVE_NAMES=1 to work on it",
+    );
+    let o = run_with(
+        &store,
+        &words("account show Acme --format json"),
+        &sensitive,
+    );
+    harness::assert_exit(&o, 0);
+    assert_eq!(json(&o)["plan"], "pro");
+}
+
 // ---- plans and serve --check (issue 13.9) -------------------------------------
 
 #[test]

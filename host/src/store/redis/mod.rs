@@ -348,6 +348,10 @@ impl RedisStore {
         format!("{}:secret", self.config.prefix)
     }
 
+    fn host_key(&self, key: &str) -> String {
+        format!("{}:host:{key}", self.config.prefix)
+    }
+
     fn alert_owners(&self) -> String {
         format!("{}:alert-owners", self.config.prefix)
     }
@@ -1093,6 +1097,26 @@ impl super::Backend for RedisStore {
         )?;
         *self.secret.lock().unwrap_or_else(PoisonError::into_inner) = Some(secret);
         Ok(())
+    }
+
+    fn host_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut get = redis::cmd("GET");
+        get.arg(self.host_key(key));
+        self.call(
+            "reading a host record",
+            self.config.call_timeout,
+            |mut c| async move { get.query_async(&mut c).await },
+        )
+    }
+
+    fn set_host_record(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(self.host_key(key)).arg(value);
+        self.call(
+            "setting a host record",
+            self.config.call_timeout,
+            |mut c| async move { set.query_async::<()>(&mut c).await },
+        )
     }
 
     fn scopes(&self) -> Result<Vec<String>, StoreError> {
