@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use creditgate::store::{Alerts, Create, OpenOptions, Store, names_a_file, parse_url};
+use creditgate::store::{Alerts, Create, OpenOptions, ScopeDump, Store, names_a_file, parse_url};
 
 use super::{Exit, Format, StoreArgs, open_redb, redis_url};
 
@@ -57,6 +57,13 @@ pub struct CopyArgs {
     /// hold are replaced by the source's; the destination's others are kept.
     #[arg(long)]
     force: bool,
+    /// With --force, copy even where the destination's accounts are ahead of
+    /// the source's (an older backup restored over a live store): their spent
+    /// credits are handed out again, and retries of the messages whose
+    /// idempotency markers go are charged again. Refused without it, naming
+    /// the accounts.
+    #[arg(long, requires = "force")]
+    roll_back: bool,
     /// Report format: a line, or one JSON object of the counts copied.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -129,6 +136,99 @@ fn accept_journal_loss(args: &AcceptArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// What replacing an account of the destination with the source's takes
+/// back: usage the destination counted that the source did not, and
+/// idempotency markers the source lacks. Counters only grow until they
+/// expire, so a destination ahead of its source has counted what the source
+/// never saw.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Rollback {
+    /// Counters that would go back, and by how much in all.
+    counters: usize,
+    units: u64,
+    /// Live idempotency markers that would go.
+    markers: usize,
+}
+
+impl Rollback {
+    /// What copying `from` over `into` takes back, judged at `now` (what has
+    /// expired takes nothing back).
+    fn of(into: &ScopeDump, from: &ScopeDump, now: i64) -> Rollback {
+        let live = |expires: Option<i64>| expires.is_none_or(|at| at > now);
+        let mut back = Rollback::default();
+        for (name, value, expires) in &into.counters {
+            if !live(*expires) {
+                continue;
+            }
+            let source = (from.counters.iter())
+                .find(|(n, _, e)| n == name && live(*e))
+                .map_or(0, |(_, v, _)| *v);
+            if source < *value {
+                back.counters += 1;
+                back.units = back.units.saturating_add(value - source);
+            }
+        }
+        back.markers = (into.once.iter())
+            .filter(|(key, expires, _)| {
+                live(Some(*expires)) && !from.once.iter().any(|o| &o.0 == key)
+            })
+            .count();
+        back
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counters == 0 && self.markers == 0
+    }
+}
+
+/// Refuses, before anything is written, a copy that would take back what the
+/// destination's accounts counted (see [`Rollback`]), naming the accounts.
+fn refuse_rollbacks(
+    from: &dyn Store,
+    to: &dyn Store,
+    scopes: &[String],
+    present: &[String],
+    to_name: &str,
+) -> anyhow::Result<()> {
+    let now = creditgate::time::now();
+    let mut behind = Vec::new();
+    for scope in scopes.iter().filter(|s| present.binary_search(s).is_ok()) {
+        let read = |store: &dyn Store| {
+            store
+                .export_scope(scope)
+                .with_context(|| format!("reading account {scope:?}"))
+        };
+        let back = Rollback::of(&read(to)?, &read(from)?, now);
+        if !back.is_empty() {
+            behind.push((scope, back));
+        }
+    }
+    let Some((first, _)) = behind.first() else {
+        return Ok(());
+    };
+    let lines: Vec<String> = (behind.iter().take(5))
+        .map(|(scope, back)| {
+            format!(
+                "  {}: {} counter(s) back by {} in all, {} idempotency marker(s) dropped",
+                creditgate::names::escape(scope),
+                back.counters,
+                back.units,
+                back.markers
+            )
+        })
+        .collect();
+    anyhow::bail!(
+        "{} account(s) of {to_name} are ahead of the copy (the first: {:?}), which would \
+         take back what they counted: their spent credits would be sold again, and a retry \
+         of a message whose marker goes would be charged again:\n{}{}\npass --roll-back \
+         with --force to copy anyway",
+        behind.len(),
+        first,
+        lines.join("\n"),
+        if behind.len() > 5 { "\n  ..." } else { "" }
+    )
+}
+
 /// What a copy moved.
 #[derive(Debug, Default, Serialize)]
 struct Copied {
@@ -173,6 +273,9 @@ fn copy(args: &CopyArgs) -> anyhow::Result<Exit> {
     let scopes = from
         .scopes()
         .with_context(|| format!("listing the accounts of {from_name}"))?;
+    if !args.roll_back {
+        refuse_rollbacks(from.as_ref(), to.as_ref(), &scopes, &present, &to_name)?;
+    }
     let mut copied = Copied::default();
     // Fingerprints of idempotency markers are keyed with their store's secret:
     // a store that holds no account yet takes the source's, before anything is

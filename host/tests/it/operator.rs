@@ -476,6 +476,73 @@ fn a_command_that_takes_names_otherwise_than_the_gateway_is_refused() {
     assert_eq!(json(&o)["plan"], "pro");
 }
 
+// ---- store copy over a live store (audit E.2) ------------------------------------
+
+#[test]
+fn a_copy_that_would_take_back_what_a_store_counted_is_refused() {
+    let (dir, live) = harness::temp_path("live.redb");
+    let backup = dir.path().join("backup.redb");
+    let at = rfc3339(Utc::now());
+    let event = |line: String| harness::write_file(dir.path(), "events.jsonl", line + "\n");
+    let replay = |events: &Path| {
+        let line = format!(
+            "replay --store {} --events {}",
+            live.display(),
+            events.display()
+        );
+        let o = cli(&live, &line);
+        harness::assert_exit(&o, 0);
+        stdout(&o)
+    };
+    replay(&event(format!(
+        r#"{{"at": "{at}", "op": "subscribe", "account": "acme", "plan": "base"}}"#
+    )));
+    let copy = |extra: &[&str]| {
+        let (from, to) = (
+            backup.to_str().expect("utf-8"),
+            live.to_str().expect("utf-8"),
+        );
+        run(
+            &live,
+            &[&["store", "copy", "--from", from, "--to", to][..], extra].concat(),
+        )
+    };
+    // The backup: the account before it sent anything.
+    let o = run(
+        &live,
+        &[
+            "store",
+            "copy",
+            "--from",
+            live.to_str().expect("utf-8"),
+            "--to",
+            backup.to_str().expect("utf-8"),
+        ],
+    );
+    harness::assert_exit(&o, 0);
+
+    let send = event(format!(
+        r#"{{"at": "{at}", "op": "send_email", "account": "acme", "to": ["a@x.io", "b@x.io"], "kind": "first", "message_id": "<m1@acme>"}}"#
+    ));
+    harness::assert_has(&replay(&send), r#""charged":2"#);
+
+    // Restoring the backup would sell the two credits again and charge m1 twice.
+    let o = copy(&["--force"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    harness::assert_has(&err, "1 account(s) of ");
+    harness::assert_has(
+        &err,
+        "acme: 1 counter(s) back by 2 in all, 1 idempotency marker(s) dropped",
+    );
+    harness::assert_has(&err, "pass --roll-back with --force");
+    harness::assert_has(&replay(&send), r#""charged":0"#);
+
+    // Asked for, it is done, and does what the refusal said.
+    harness::assert_exit(&copy(&["--force", "--roll-back"]), 0);
+    harness::assert_has(&replay(&send), r#""charged":2"#);
+}
+
 // ---- plans and serve --check (issue 13.9) -------------------------------------
 
 #[test]
