@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use creditgate::serve::{Config, Listen, Overrides, Server, Signals};
-use creditgate::store::Create;
+use creditgate::store::{Create, names_a_file};
 
 use super::{Exit, PolicyArgs, StoreArgs};
 
@@ -108,6 +108,18 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         return super::serve_check::check(&config);
     }
     init_logging(args.log_format);
+    // A ledger that appears from nothing is right once, at the first start; at
+    // any other it is the wrong path (an unmounted volume, a typo), and every
+    // account is unknown until it is found: said before anything is decided.
+    let spec = config.store.clone().or_else(creditgate::store::default_path);
+    if let Some(path) = spec.filter(|p| names_a_file(p) && !p.exists()) {
+        tracing::warn!(
+            store = %path.display(),
+            "no store at this path: a new, empty ledger is created, in which every account \
+             is unknown until subscribed; unless this is the gateway's first start, the \
+             path is wrong and the ledger is elsewhere (stop serve and fix it)"
+        );
+    }
     let store = StoreArgs {
         store: config.store.clone(),
     }

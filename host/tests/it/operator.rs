@@ -399,7 +399,10 @@ fn commands_on_a_gateways_store_decide_under_the_policy_it_serves() {
     // the directory it runs in (policies/smartlead.toml) says 2,000.
     let small = harness::SMARTLEAD.replacen("lead_credits = 2000", "lead_credits = 3", 1);
     let policy = harness::write_file(dir.path(), "small.toml", &small);
-    serve_once(dir.path(), &store, &policy, &[]);
+    // A first start creates the ledger, and says so: at any other start, that
+    // would be the wrong path.
+    let log = serve_once(dir.path(), &store, &policy, &[]);
+    harness::assert_has(&log, "a new, empty ledger is created");
 
     let o = cli(&store, "account subscribe acme --plan base");
     harness::assert_exit(&o, 0);
@@ -438,6 +441,7 @@ fn commands_on_a_gateways_store_decide_under_the_policy_it_serves() {
     let smartlead = harness::repo().join("policies/smartlead.toml");
     let log = serve_once(dir.path(), &store, &smartlead, &[]);
     harness::assert_has(&log, "every gateway on one store must run the same policy");
+    assert!(!log.contains("a new, empty ledger"), "{log}");
     let usage = json(&cli(&store, "usage acme --format json"));
     assert_eq!(usage["lead_credits"]["limit"], 2000, "{usage}");
 }
