@@ -111,7 +111,10 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     // A ledger that appears from nothing is right once, at the first start; at
     // any other it is the wrong path (an unmounted volume, a typo), and every
     // account is unknown until it is found: said before anything is decided.
-    let spec = config.store.clone().or_else(creditgate::store::default_path);
+    let spec = config
+        .store
+        .clone()
+        .or_else(creditgate::store::default_path);
     if let Some(path) = spec.filter(|p| names_a_file(p) && !p.exists()) {
         tracing::warn!(
             store = %path.display(),

@@ -1,8 +1,10 @@
 //! `creditgate serve --check`: everything `serve` would read at start-up,
 //! validated without serving and without changing anything: the config file
 //! (already read into a [`Config`]), the component, the policy (loaded by the
-//! component over a throwaway store), and the store, opened read-only and never
-//! created. For a deployment step (`ExecStartPre=`, a CI job on a config change).
+//! component over a throwaway store), the store, never created, and its
+//! accounts' plans: a policy that lacks a plan accounts are on fails the check,
+//! as it fails a reload. For a deployment step (`ExecStartPre=`, a CI job on a
+//! config change).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,9 +12,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use creditgate::bindings::Mode;
+use creditgate::gateway::{StrandedPlan, stranded_plans};
 use creditgate::runtime::{Runtime, RuntimeConfig};
 use creditgate::serve::{Config, Listen, ServeError};
-use creditgate::store::{MemoryStore, RedisStore, Store as _, default_path};
+use creditgate::store::{
+    Create, MemoryStore, OpenOptions, RedbStore, RedisStore, Store, StoreError, default_path,
+};
 
 use super::{Exit, located, redis_url};
 
@@ -81,8 +86,72 @@ pub fn check(settings: &Config) -> anyhow::Result<Exit> {
             .context("no default store path: set $CREDITGATE_STORE or $HOME, or pass --store")?,
     };
     println!("store      {}", store(&spec, settings.store.is_none())?);
+    match accounts_on_missing_plans(&runtime, &spec, &text)? {
+        Stranded::Checked(plans) if plans.is_empty() => {
+            println!("accounts   every account is on a plan of the policy");
+        }
+        Stranded::Checked(plans) => {
+            for p in &plans {
+                println!(
+                    "error: plan {:?} is not in {}, and {} account(s) are on it: started so, \
+                     serve denies them unknown_plan on every request (move them to another \
+                     plan first)",
+                    p.plan,
+                    path.display(),
+                    p.accounts
+                );
+            }
+            println!("serve --check: invalid");
+            return Ok(Exit::Failed);
+        }
+        Stranded::NotChecked(why) => println!("accounts   not checked: {why}"),
+    }
     println!("serve --check: valid");
     Ok(Exit::Success)
+}
+
+/// Whether accounts are on plans the policy lacks.
+enum Stranded {
+    Checked(Vec<StrandedPlan>),
+    NotChecked(&'static str),
+}
+
+/// The plans of `policy` accounts of the store at `spec` are on and it lacks:
+/// what a start under it would strand (a reload refuses it; a start cannot
+/// wait). A redb file in use by a gateway is not opened: that gateway refuses
+/// such a reload itself. One that is not is opened as `serve` would open it,
+/// replaying its journal if a crash left one.
+fn accounts_on_missing_plans(
+    runtime: &Runtime,
+    spec: &Path,
+    policy: &str,
+) -> anyhow::Result<Stranded> {
+    let store: Arc<dyn Store> = if spec.as_os_str() == "memory" {
+        return Ok(Stranded::NotChecked(
+            "a fresh in-memory store holds no account",
+        ));
+    } else if let Some(url) = redis_url(spec) {
+        Arc::new(RedisStore::open(url).context("store: cannot open the Redis store")?)
+    } else if !spec.exists() {
+        return Ok(Stranded::NotChecked("the store does not exist yet"));
+    } else {
+        let options = OpenOptions {
+            create: Create::Never,
+            ..OpenOptions::default()
+        };
+        match RedbStore::open_with(spec, options) {
+            Ok(store) => Arc::new(store),
+            Err(StoreError::Locked { .. }) => {
+                return Ok(Stranded::NotChecked(
+                    "the store is in use; its gateway refuses a reload that strands accounts",
+                ));
+            }
+            Err(e) => return Err(e).context("store: cannot open it to check its accounts"),
+        }
+    };
+    let plans = stranded_plans(runtime, store, policy, creditgate::time::now())
+        .context("store: cannot check the accounts' plans")?;
+    Ok(Stranded::Checked(plans))
 }
 
 /// What the store is, checked without creating or changing it.

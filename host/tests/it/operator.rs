@@ -623,6 +623,26 @@ fn serve_check_validates_without_creating_the_store() {
     harness::assert_stderr_has(&o, "http_listn");
 }
 
+#[test]
+fn serve_check_fails_a_policy_that_lacks_a_plan_accounts_are_on() {
+    let (dir, store) = harness::temp_path("cg.redb");
+    harness::assert_exit(&cli(&store, "account subscribe acme --plan pro"), 0);
+    let store_arg = store.to_str().expect("utf-8");
+    let o = run(&store, &["serve", "--check", "--store", store_arg]);
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, "every account is on a plan of the policy");
+
+    // Audit E.3: a restart under this policy would deny acme on every request.
+    let no_pro = harness::SMARTLEAD.replace("[plans.pro]", "[plans.pro_v2]");
+    let policy = harness::write_file(dir.path(), "no-pro.toml", no_pro);
+    let line = format!("serve --check --store {store_arg} --policy {}", policy.display());
+    let o = cli(&store, &line);
+    harness::assert_exit(&o, 1);
+    harness::assert_stdout_has(&o, "error: plan \"pro\" is not in ");
+    harness::assert_stdout_has(&o, "and 1 account(s) are on it");
+    harness::assert_stdout_has(&o, "serve --check: invalid");
+}
+
 // ---- --server: the commands against a running gateway (issue 13.8) --------------
 
 /// `creditgate serve` on a redb store with only the HTTP API, on a port it binds
