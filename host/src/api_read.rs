@@ -45,7 +45,7 @@ use crate::bindings::{AccountUsage, Decision, Reason};
 use crate::gateway::{Gateway, GatewayError};
 use crate::http::{AccountJson, ApiError, Path, json};
 use crate::inspect::{self, AskError, Inspector};
-use crate::names::{NameError, NameRules};
+use crate::names::{NameError, NameRules, escape};
 use crate::request::Request;
 use crate::store::{Store, StoreError};
 use crate::time::now;
@@ -427,10 +427,15 @@ async fn accounts(
             .map_err(ask_error)?;
         for name in page.accounts {
             from = Some(name.clone());
-            let decision = bulk
-                .usage(&name, at)
-                .await
-                .map_err(|e| ApiError::gateway(&name, e))?;
+            let decision = match bulk.usage(&name, at).await {
+                Ok(decision) => decision,
+                // One malformed record does not take the whole listing down.
+                Err(e) if e.is_corrupt() => {
+                    warn!(account = %escape(&name), "account left out of the listing: {e}");
+                    continue;
+                }
+                Err(e) => return Err(ApiError::gateway(&name, e)),
+            };
             match (decision.denied, decision.usage) {
                 (None, Some(usage)) => rows.push((name, usage, false)),
                 // Stranded by a forced reload: listed, and said.

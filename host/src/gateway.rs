@@ -58,6 +58,13 @@ pub enum GatewayError {
     Behind(String),
 }
 
+impl GatewayError {
+    /// See [`DecideError::is_corrupt`].
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, GatewayError::Decide(e) if e.is_corrupt())
+    }
+}
+
 /// Why a reload was refused; the version in force keeps serving.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -116,9 +123,21 @@ pub fn stranded_plans(
     for account in
         crate::inspect::accounts(&mut worker).map_err(|e| ReloadError::Check(e.to_string()))?
     {
-        let decision = worker
-            .decide(&Request::Usage { account }, now)
-            .map_err(|e| ReloadError::Check(e.to_string()))?;
+        let decision = match worker.decide(
+            &Request::Usage {
+                account: account.clone(),
+            },
+            now,
+        ) {
+            Ok(decision) => decision,
+            // Denied on every request whatever the policy: no reload strands
+            // it further, and none should wait on it.
+            Err(e) if e.is_corrupt() => {
+                tracing::warn!(account = %crate::names::escape(&account), "{e}: not checked");
+                continue;
+            }
+            Err(e) => return Err(ReloadError::Check(e.to_string())),
+        };
         if let (Some(Reason::UnknownPlan), Some(usage)) = (decision.denied, decision.usage) {
             *stranded.entry(usage.plan).or_default() += 1;
         }

@@ -277,6 +277,18 @@ fn check_alerts(alerts: &[crate::bindings::Alert]) -> Result<(), String> {
     }
 }
 
+impl DecideError {
+    /// Whether the store's data the component read is malformed (written by an
+    /// incompatible release, or by hand): retrying will not help, and a listing
+    /// leaves the account out, saying so, rather than failing whole.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            DecideError::Policy(GuestError::State(StateError::Corrupt(_)))
+        )
+    }
+}
+
 fn describe_guest_error(e: &GuestError) -> String {
     match e {
         GuestError::NoPolicy => "the policy component has no policy loaded".into(),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use creditgate::bindings::{AccountUsage, Decision, Reason};
 use creditgate::names::{NameRules, escape, quote};
 use creditgate::request::Request;
-use creditgate::runtime::Worker;
+use creditgate::runtime::{DurableError, Worker};
 use creditgate::store::Create;
 use creditgate::time::{format_instant, now, parse_instant, whole_second};
 
@@ -372,12 +372,21 @@ fn list(common: &Common) -> anyhow::Result<Exit> {
         let accounts = creditgate::inspect::accounts(&mut worker).context("listing accounts")?;
         let at = now();
         for account in accounts {
-            let decision = worker.decide_durable(
-                &Request::Usage {
-                    account: account.clone(),
-                },
-                at,
-            )?;
+            let usage = Request::Usage {
+                account: account.clone(),
+            };
+            let decision = match worker.decide_durable(&usage, at) {
+                Ok(decision) => decision,
+                // One malformed record does not take the whole list down.
+                Err(DurableError::Decide(e)) if e.is_corrupt() => {
+                    eprintln!(
+                        "creditgate: warning: account {} left out: {e}",
+                        escape(&account)
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             // Without usage: closed since it was listed.
             if let Some(usage) = &decision.usage {
                 let mut view = stranded(&account, &decision)

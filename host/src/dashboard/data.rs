@@ -92,7 +92,15 @@ pub(super) async fn listed(bulk: &Bulk, params: &Params, at: i64) -> Result<List
             listed.examined += 1;
             // One at a time, in the gateway's bulk lane: a page never has more
             // than one decision waiting, and never in a sender's lane.
-            let decision = bulk.usage(&scope, at).await.map_err(|e| e.to_string())?;
+            let decision = match bulk.usage(&scope, at).await {
+                Ok(decision) => decision,
+                // One malformed record does not take the whole page down.
+                Err(e) if e.is_corrupt() => {
+                    tracing::warn!(account = %crate::names::escape(&scope), "account left out of the dashboard: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             // An account on a plan the policy lacks is shown with it.
             let plan_missing = decision.denied == Some(Reason::UnknownPlan);
             if let (None | Some(Reason::UnknownPlan), Some(usage)) =

@@ -128,6 +128,12 @@ impl Api {
         (status, value)
     }
 
+    /// Writes `policy` where the reloader reads it, and reloads.
+    pub(crate) fn reload_with(&self, policy: &str) -> (u16, Value) {
+        std::fs::write(self.policy_file.path(), policy).expect("writes the policy");
+        self.call("post", "/v1/admin/reload", None)
+    }
+
     pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         self.call("get", path, None)
     }
@@ -575,6 +581,36 @@ fn reload_takes_a_valid_policy_and_refuses_a_broken_one() {
 }
 
 /// Issue 13, item 1: a reload that drops a plan accounts are on is refused,
+/// Audit E.5: one account whose record is malformed (a rollback to an older
+/// release, a hand edit) is denied on its own requests, and takes nothing else
+/// down: the listing, the dashboard and a reload that drops a plan go on.
+#[test]
+fn a_malformed_account_record_is_left_out_not_fatal() {
+    let store = Arc::new(MemoryStore::new());
+    let api = Api::start(store.clone(), HttpOptions::default());
+    assert_eq!(api.subscribe("acme", "small").0, 201);
+    assert_eq!(api.subscribe("globex", "large").0, 201);
+    // The component's own record, as only a test may know it.
+    assert!(
+        store
+            .record_update("globex", "account", "garbage")
+            .expect("updates")
+    );
+    let (status, body) = api.email(json!({"account": "globex", "to": "a@x.io"}));
+    assert_ne!(status, 200, "{body}");
+
+    let (status, body) = api.get("/v1/accounts");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accounts"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["accounts"][0]["account"], "acme", "{body}");
+    let (status, html) = send(&api.client, "get", "/", None);
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("acme"), "{html}");
+
+    let (status, body) = api.reload_with("[plans.small]\nlead_credits = 3\nemail_credits = 4\n");
+    assert_eq!(status, 200, "{body}");
+}
+
 /// naming the plan and how many are on it; forced, the accounts stay visible and
 /// say which plan is missing.
 #[test]

@@ -341,12 +341,8 @@ fn plans_are_the_policy_in_force_at_the_version_healthz_reports() {
         json!([{"name": "large", "lead_credits": 10, "email_credits": 20},
                {"name": "small", "lead_credits": 3, "email_credits": 4}])
     );
-    std::fs::write(
-        api.policy_file.path(),
-        "[plans.scale]\nlead_credits = \"unlimited\"\nemail_credits = 7\n",
-    )
-    .expect("rewrites the policy");
-    let (status, body) = api.call("post", "/v1/admin/reload", None);
+    let (status, body) =
+        api.reload_with("[plans.scale]\nlead_credits = \"unlimited\"\nemail_credits = 7\n");
     assert_eq!(status, 200, "{body}");
     let (_, health) = api.get("/healthz");
     let (_, body) = api.get("/v1/plans");

@@ -635,7 +635,10 @@ fn serve_check_fails_a_policy_that_lacks_a_plan_accounts_are_on() {
     // Audit E.3: a restart under this policy would deny acme on every request.
     let no_pro = harness::SMARTLEAD.replace("[plans.pro]", "[plans.pro_v2]");
     let policy = harness::write_file(dir.path(), "no-pro.toml", no_pro);
-    let line = format!("serve --check --store {store_arg} --policy {}", policy.display());
+    let line = format!(
+        "serve --check --store {store_arg} --policy {}",
+        policy.display()
+    );
     let o = cli(&store, &line);
     harness::assert_exit(&o, 1);
     harness::assert_stdout_has(&o, "error: plan \"pro\" is not in ");
