@@ -24,11 +24,12 @@ pub fn hint(store: &Path) -> String {
         }) => match http {
             Some(addr) => format!(
                 "the store {name} is in use by a running `creditgate serve` (pid {pid}); pass \
-                 --server http://{addr} (or set $CREDITGATE_SERVER) to ask it"
+                 --server http://{addr} (or set $CREDITGATE_SERVER) to ask it, with a command \
+                 that takes --server; for one that does not (check, replay, store), stop it first"
             ),
             None => format!(
                 "the store {name} is in use by a running `creditgate serve` (pid {pid}) whose \
-                 HTTP API is off; give it an http_listen to ask it with --server"
+                 HTTP API is off; give it an http_listen to ask it with --server, or stop it first"
             ),
         },
         Some(Holder { pid, .. }) => format!(

@@ -18,9 +18,9 @@ pub struct Args {
     /// Events, one JSON object per line; `-` reads stdin.
     #[arg(long, value_name = "FILE")]
     events: PathBuf,
-    /// A redb file or a Redis URL to keep state in across runs; without it, a fresh
-    /// in-memory store.
-    #[arg(long, value_name = "PATH.redb|redis://...")]
+    /// A redb file or a Redis URL to keep state in across runs; without it (or
+    /// with `memory`, as every command takes it), a fresh in-memory store.
+    #[arg(long, value_name = "PATH.redb|memory|redis://...")]
     store: Option<PathBuf>,
 }
 
@@ -34,7 +34,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         )
     };
     // A trace subscribes its accounts: it may start a new store.
-    let store = open_store(args.store.as_deref(), Create::IfMissing)?;
+    let spec = args.store.as_deref().filter(|s| s.as_os_str() != "memory");
+    let store = open_store(spec, Create::IfMissing)?;
     let mut worker = args.policy.worker(store)?;
     let names = creditgate::names::NameRules::from_env();
     let summary = creditgate::replay::replay_with(&mut worker, input, io::stdout().lock(), names)?;

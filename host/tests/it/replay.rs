@@ -31,6 +31,24 @@ fn the_example_trace_matches_its_golden_output() {
     assert_eq!(text(&output), golden());
 }
 
+/// `--store memory` is a throwaway store here as in every other command, not a
+/// redb file named `memory` in the working directory (audit E.9).
+#[test]
+fn replay_on_the_memory_store_writes_no_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = trace();
+    let trace = trace.to_str().expect("utf-8");
+    let mut command = harness::creditgate_command();
+    command
+        .args(["replay", "--store", "memory", "--events", trace])
+        .current_dir(dir.path());
+    let o = harness::run_with_stdin(command, b"");
+    harness::assert_exit(&o, 0);
+    assert_eq!(text(&o.stdout), golden());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("lists").collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn the_binary_prints_decisions_on_stdout_and_latencies_on_stderr() {
     let trace = trace();
