@@ -117,35 +117,72 @@ pub fn stranded_plans(
     policy: &str,
     now: i64,
 ) -> Result<Vec<StrandedPlan>, ReloadError> {
-    let (mut worker, _) = runtime.worker(store.clone(), policy)?;
     let mut stranded = std::collections::BTreeMap::<String, u64>::new();
-    // Which names are accounts is the component's to say (crate::inspect).
-    for account in
-        crate::inspect::accounts(&mut worker).map_err(|e| ReloadError::Check(e.to_string()))?
-    {
-        let decision = match worker.decide(
-            &Request::Usage {
-                account: account.clone(),
-            },
-            now,
-        ) {
-            Ok(decision) => decision,
-            // Denied on every request whatever the policy: no reload strands
-            // it further, and none should wait on it.
-            Err(e) if e.is_corrupt() => {
-                tracing::warn!(account = %crate::names::escape(&account), "{e}: not checked");
-                continue;
-            }
-            Err(e) => return Err(ReloadError::Check(e.to_string())),
-        };
-        if let (Some(Reason::UnknownPlan), Some(usage)) = (decision.denied, decision.usage) {
-            *stranded.entry(usage.plan).or_default() += 1;
+    each_usage(runtime, store, policy, now, &mut |decision| {
+        if let (Some(Reason::UnknownPlan), Some(usage)) = (decision.denied, &decision.usage) {
+            *stranded.entry(usage.plan.clone()).or_default() += 1;
         }
-    }
+    })?;
     Ok(stranded
         .into_iter()
         .map(|(plan, accounts)| StrandedPlan { plan, accounts })
         .collect())
+}
+
+/// Of the accounts in `store` on one of `plans`, how many use more credits than
+/// `policy` allows them, by plan, in order of plan name: what a reload that
+/// lowers those plans' limits leaves over them.
+pub fn over_limits(
+    runtime: &Runtime,
+    store: Arc<dyn Store>,
+    policy: &str,
+    plans: &[String],
+    now: i64,
+) -> Result<Vec<StrandedPlan>, ReloadError> {
+    let over = |used: u64, limit: Option<u64>| limit.is_some_and(|limit| used > limit);
+    let mut found = std::collections::BTreeMap::<String, u64>::new();
+    each_usage(runtime, store, policy, now, &mut |decision| {
+        if let Some(usage) = &decision.usage
+            && plans.contains(&usage.plan)
+            && (over(usage.lead_credits.used, usage.lead_credits.limit)
+                || over(usage.email_credits.used, usage.email_credits.limit))
+        {
+            *found.entry(usage.plan.clone()).or_default() += 1;
+        }
+    })?;
+    Ok(found
+        .into_iter()
+        .map(|(plan, accounts)| StrandedPlan { plan, accounts })
+        .collect())
+}
+
+/// Calls `visit` with the usage decision, under `policy`, of every account of
+/// `store`. An account whose record is malformed is denied on every request
+/// whatever the policy: it is left out, with a warning.
+fn each_usage(
+    runtime: &Runtime,
+    store: Arc<dyn Store>,
+    policy: &str,
+    now: i64,
+    visit: &mut dyn FnMut(&Decision),
+) -> Result<(), ReloadError> {
+    let (mut worker, _) = runtime.worker(store, policy)?;
+    // Which names are accounts is the component's to say (crate::inspect).
+    for account in
+        crate::inspect::accounts(&mut worker).map_err(|e| ReloadError::Check(e.to_string()))?
+    {
+        let usage = Request::Usage {
+            account: account.clone(),
+        };
+        match worker.decide(&usage, now) {
+            Ok(decision) => visit(&decision),
+            Err(e) if e.is_corrupt() => {
+                tracing::warn!(account = %crate::names::escape(&account), "{e}: not checked");
+            }
+            Err(e) => return Err(ReloadError::Check(e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// A request the policy denied, kept for the dashboard.
@@ -768,6 +805,49 @@ impl Gateway {
             (version.runtime.clone(), version.policy.clone())
         };
         stranded_plans(&runtime, self.store.clone(), &policy, crate::time::now())
+    }
+
+    /// The plans whose limits the policy in force lowered from `before` (the
+    /// summary of the policy it replaced), with how many of their accounts are
+    /// over the new limits (see [`over_limits`]): what a reload says, since it
+    /// takes nothing back. Nothing is scanned when no limit went down.
+    pub fn over_lowered_limits(
+        &self,
+        before: &PolicySummary,
+    ) -> Result<Vec<StrandedPlan>, ReloadError> {
+        let (runtime, policy, now) = {
+            let version = self.version.read().unwrap_or_else(PoisonError::into_inner);
+            (
+                version.runtime.clone(),
+                version.policy.clone(),
+                version.summary.clone(),
+            )
+        };
+        let lower = |new: Option<u64>, old: Option<u64>| match (new, old) {
+            (Some(_), None) => true,
+            (Some(new), Some(old)) => new < old,
+            (None, _) => false,
+        };
+        let lowered: Vec<String> = (now.plans.iter())
+            .filter(|plan| {
+                before.plans.iter().any(|was| {
+                    was.name == plan.name
+                        && (lower(plan.lead_credits, was.lead_credits)
+                            || lower(plan.email_credits, was.email_credits))
+                })
+            })
+            .map(|plan| plan.name.clone())
+            .collect();
+        if lowered.is_empty() {
+            return Ok(Vec::new());
+        }
+        over_limits(
+            &runtime,
+            self.store.clone(),
+            &policy,
+            &lowered,
+            crate::time::now(),
+        )
     }
 
     /// The version number in force and its policy's summary, as the validation

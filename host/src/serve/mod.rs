@@ -40,7 +40,7 @@ pub use postfix::{
 };
 
 use crate::alerts::{Notifier, Retry};
-use crate::bindings::Mode;
+use crate::bindings::{Mode, PolicySummary};
 use crate::gateway::{Gateway, ReloadError};
 use crate::http::{self, ReloadRefused, Reloaded, Reloader};
 use crate::in_force::InForce;
@@ -427,6 +427,7 @@ fn reloader(
             )),
         };
         let before = gateway.mode();
+        let (_, limits_before) = gateway.policy_summary();
         match gateway.reload_in(&text, runtime, force, mode) {
             Ok(summary) => {
                 let mut warnings: Vec<String> =
@@ -434,6 +435,7 @@ fn reloader(
                 if force {
                     warnings.extend(stranded_warnings(&gateway));
                 }
+                warnings.extend(over_limit_warnings(&gateway, &limits_before));
                 for warning in &warnings {
                     warn!("{warning}");
                 }
@@ -503,6 +505,27 @@ fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Enforce => "enforce",
         Mode::Shadow => "shadow",
+    }
+}
+
+/// One line per plan whose limits the reload lowered below what some of its
+/// accounts already use: a reload takes nothing back, so they are said.
+fn over_limit_warnings(gateway: &Gateway, before: &PolicySummary) -> Vec<String> {
+    match gateway.over_lowered_limits(before) {
+        Ok(plans) => plans
+            .iter()
+            .map(|p| {
+                format!(
+                    "plan {:?} has lower limits than before, and {} account(s) on it use more \
+                     than the new ones: they keep what they hold, and are denied what would \
+                     take them further over (email credits until their cycle resets)",
+                    p.plan, p.accounts
+                )
+            })
+            .collect(),
+        Err(e) => vec![format!(
+            "cannot check the accounts against the lowered limits: {e}"
+        )],
     }
 }
 

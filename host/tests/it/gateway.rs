@@ -225,6 +225,39 @@ fn reloads_take_effect_between_requests_and_bad_ones_are_refused() {
     assert_eq!(usage(), Some(75));
 }
 
+/// Audit E.7: a reload that lowers a plan's limits below what accounts on it
+/// use takes nothing back; the gateway counts those accounts, by plan, for the
+/// reload to say so. A reload that lowers nothing scans nothing.
+#[test]
+fn a_reload_that_lowers_limits_counts_the_accounts_left_over_them() {
+    let now = creditgate::time::now();
+    let store: Arc<dyn Store> = Arc::new(creditgate::store::MemoryStore::new());
+    let gateway = gateway_with(store, POLICY, 2, &["acme", "globex"], "small", now);
+    let d = gateway
+        .decide_blocking(harness::charge("acme", 5), now)
+        .expect("charges");
+    assert_eq!(d.denied, None);
+    let (_, before) = gateway.policy_summary();
+    let lowered = POLICY.replacen("email_credits = 50", "email_credits = 3", 1);
+    gateway.reload(&lowered, None, false).expect("reloads");
+    let over = gateway.over_lowered_limits(&before).expect("checks");
+    assert_eq!(
+        over,
+        [creditgate::gateway::StrandedPlan {
+            plan: "small".into(),
+            accounts: 1
+        }]
+    );
+    let (_, before) = gateway.policy_summary();
+    gateway.reload(POLICY, None, false).expect("reloads");
+    assert!(
+        gateway
+            .over_lowered_limits(&before)
+            .expect("checks")
+            .is_empty()
+    );
+}
+
 /// Issue 13, item 1: a reload that drops a plan accounts are on strands them
 /// (every request of theirs denied `unknown_plan`); it is refused, naming the plan
 /// and how many accounts are on it, unless forced.
