@@ -219,6 +219,22 @@ pub(super) struct ReplayFrom {
     pub boot: u64,
     /// Bytes past this offset are not read: what a failed flush may have left.
     pub limit: Option<u64>,
+    /// Whether records past a damaged one are given up rather than refused
+    /// (see [`Replayed::abandoned`]): the operator's `accept-journal-loss`.
+    pub accept_loss: bool,
+}
+
+/// Records lost to damage: the journal's run broke at `offset`, after record
+/// `after`, where its header says records up to `synced` were synced (see
+/// [`SYNCED_AT`]). A run that breaks short of what was synced is damaged in
+/// what was acknowledged (a bad sector, a stray write): not an end to replay
+/// up to in silence. A break past it is the last write, torn by a crash, which
+/// nothing acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    pub offset: u64,
+    pub after: u64,
+    pub synced: u64,
 }
 
 /// What replay found.
@@ -230,6 +246,8 @@ pub(super) struct Replayed {
     pub skipped: u64,
     /// The last record's number, applied or skipped; `applied` if none.
     pub last: u64,
+    /// Records past damage given up, as [`ReplayFrom::accept_loss`] allowed.
+    pub abandoned: Option<Damage>,
 }
 
 /// What replay calls with each record: its number and payload.
@@ -268,6 +286,7 @@ pub(super) fn replay(
         applied: 0,
         skipped: 0,
         last: from.applied,
+        abandoned: None,
     };
     let mut previous: Option<(u64, u64)> = None;
     while let Some(bytes) = reader.bytes(at, RECORD_HEADER).map_err(io_error)? {
@@ -311,7 +330,60 @@ pub(super) fn replay(
         previous = Some((seq, boot));
         at += (RECORD_HEADER + len as usize) as u64;
     }
+    // The run ended at `at`: at its end, or at damage if records the header
+    // says were synced are missing from it.
+    let synced = read_synced(file).map_err(io_error)?;
+    if found.last < synced {
+        let damage = Damage {
+            offset: at,
+            after: found.last,
+            synced,
+        };
+        if !from.accept_loss {
+            return Err(StoreError::Corrupt(format!(
+                "the journal {shown} is damaged at byte {at}: the record after {} does not \
+                 check out, yet records up to {synced} were synced (acknowledged decisions); \
+                 replaying up to the damage would drop them without a word. Keep a copy of the \
+                 journal, then `creditgate store accept-journal-loss` opens the store with \
+                 the records before the damage only",
+                found.last
+            )));
+        }
+        found.abandoned = Some(damage);
+    }
     Ok(found)
+}
+
+/// The synced mark in a journal's header: the last record known synced when
+/// the latest flush began, and a checksum of it (bytes that do not check read
+/// as 0: nothing known). Each flush writes it with its records, under the same
+/// sync, so it only ever understates what is synced: a flush torn by a crash
+/// leaves either its own mark (true: the records before it were synced) or
+/// the one before. Journals written before it hold zeros there.
+const SYNCED_AT: u64 = 32;
+
+fn synced_mark(seq: u64) -> [u8; 12] {
+    let mut mark = [0u8; 12];
+    mark[..8].copy_from_slice(&seq.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(b"synced");
+    hasher.update(&mark[..8]);
+    mark[8..].copy_from_slice(&hasher.finalize().to_le_bytes());
+    mark
+}
+
+fn read_synced(file: &dyn StorageBackend) -> io::Result<u64> {
+    let mut mark = [0u8; 12];
+    file.read(SYNCED_AT, &mut mark)?;
+    let seq = u64::from_le_bytes(mark[..8].try_into().unwrap_or([0; 8]));
+    Ok(if synced_mark(seq) == mark { seq } else { 0 })
+}
+
+/// Forgets the synced mark, once an opening gave up the records past damage
+/// ([`ReplayFrom::accept_loss`]) and made what came before durable in redb.
+pub(super) fn forget_synced(file: &dyn StorageBackend) -> io::Result<()> {
+    file.write(SYNCED_AT, &[0; 12])?;
+    file.sync_data()
 }
 
 /// `N` bytes of `head` from `at`.
@@ -382,6 +454,8 @@ struct Written {
     capacity: u64,
     /// The buffer of the last flush, kept for the next `pending`.
     spare: Vec<u8>,
+    /// The last record synced: what the next flush's synced mark says.
+    synced_seq: u64,
 }
 
 /// An open journal, appended to by the store's writer and flushed by
@@ -420,6 +494,8 @@ impl Journal {
                 written_end: HEADER_LEN,
                 capacity,
                 spare: Vec::new(),
+                // Every record before the first of this journal is in redb.
+                synced_seq: next_seq.saturating_sub(1),
             }),
         })
     }
@@ -481,7 +557,7 @@ impl Journal {
     /// by this flush, an earlier one, or a checkpoint.
     pub fn flush(&self) -> io::Result<()> {
         let mut written = poisoned(&self.written);
-        let (bytes, at) = {
+        let (bytes, at, last) = {
             let mut appends = poisoned(&self.appends);
             if appends.pending.is_empty() {
                 return Ok(());
@@ -490,7 +566,7 @@ impl Journal {
             let bytes = std::mem::replace(&mut appends.pending, spare);
             let at = appends.end;
             appends.end += bytes.len() as u64;
-            (bytes, at)
+            (bytes, at, appends.next_seq.saturating_sub(1))
         };
         let stop = at + bytes.len() as u64;
         if stop > written.capacity {
@@ -510,9 +586,14 @@ impl Journal {
             written.capacity = target;
         }
         written.written_end = written.written_end.max(stop);
+        // Under the same sync as the records: a replay that finds records up
+        // to this mark missing knows them lost, not torn (see `Damage`).
+        self.file
+            .write(SYNCED_AT, &synced_mark(written.synced_seq))?;
         self.file.write(at, &bytes)?;
         self.file.sync_data()?;
         written.durable_end = stop;
+        written.synced_seq = last;
         let mut spare = bytes;
         spare.clear();
         written.spare = spare;
@@ -534,6 +615,12 @@ impl Journal {
         // Not synced: a replay that finds it stops at once, one that does not
         // skips the records (all in redb) until the run ends.
         self.file.write(HEADER_LEN, &[0; RECORD_HEADER])
+    }
+
+    /// The journal's file, for [`forget_synced`] when an opening gives up
+    /// what a damaged journal held past the damage.
+    pub fn file(&self) -> &dyn StorageBackend {
+        &*self.file
     }
 
     /// `(durable_end, written_end)`: what a reopen after a failure must not read
@@ -966,6 +1053,7 @@ mod tests {
             applied,
             boot,
             limit: None,
+            accept_loss: false,
         };
         let mut seen = Vec::new();
         replay(file, "test", &from, &mut |seq, payload| {
@@ -1127,8 +1215,22 @@ mod tests {
         assert_eq!(replayed(&*journal.file, 0, 2), [1, 2, 3, 4, 5]);
         assert_eq!(replayed(&*journal.file, 3, 2), [4, 5]);
         assert_eq!(replayed(&*journal.file, 5, 2), Vec::<u64>::new());
-        // Records of this opening's boot or later are never replayed.
-        assert_eq!(replayed(&*journal.file, 0, 1), Vec::<u64>::new());
+        // Records of this opening's boot or later are never replayed: here,
+        // records the header says were synced, so the journal is refused.
+        let from = ReplayFrom {
+            id: ID,
+            applied: 0,
+            boot: 1,
+            limit: None,
+            accept_loss: false,
+        };
+        let mut seen = 0;
+        let err = replay(&*journal.file, "j", &from, &mut |_, _| {
+            seen += 1;
+            Ok(())
+        });
+        assert!(matches!(err, Err(StoreError::Corrupt(_))), "{err:?}");
+        assert_eq!(seen, 0);
     }
 
     #[test]
@@ -1148,6 +1250,66 @@ mod tests {
         journal.file.read(at, &mut byte).expect("reads");
         journal.file.write(at, &[byte[0] ^ 1]).expect("writes");
         assert_eq!(replayed(&*journal.file, 0, 2), [1]);
+    }
+
+    /// Audit F.2: a record damaged in a flush that was synced (a later flush
+    /// says so) is refused, not taken for the end of the journal, which
+    /// would drop every acknowledged record after it in silence. Accepted
+    /// (`accept-journal-loss`), the records before it are replayed.
+    #[test]
+    fn damage_in_what_was_synced_is_refused_not_taken_for_the_end() {
+        let journal = Journal::new(file(), 1, 1).expect("opens");
+        write(&journal, 1..=2);
+        write(&journal, 3..=4);
+        let size = record_size();
+        let flip = |record: u64| {
+            let at = HEADER_LEN + (record - 1) * size + RECORD_HEADER as u64;
+            let mut byte = [0u8];
+            journal.file.read(at, &mut byte).expect("reads");
+            journal.file.write(at, &[byte[0] ^ 1]).expect("writes");
+        };
+        // Damage in the last flush: a write torn by a crash, never acknowledged.
+        flip(4);
+        assert_eq!(replayed(&*journal.file, 0, 2), [1, 2, 3]);
+        flip(4);
+        // Damage in the first: records 1 and 2 were synced before 3 was written.
+        flip(2);
+        let mut from = ReplayFrom {
+            id: ID,
+            applied: 0,
+            boot: 2,
+            limit: None,
+            accept_loss: false,
+        };
+        let mut seen = Vec::new();
+        let err = replay(&*journal.file, "j", &from, &mut |seq, _| {
+            seen.push(seq);
+            Ok(())
+        });
+        assert!(
+            matches!(&err, Err(StoreError::Corrupt(m)) if m.contains("damaged at byte") && m.contains("records up to 2 were synced")),
+            "{err:?}"
+        );
+        from.accept_loss = true;
+        seen.clear();
+        let found = replay(&*journal.file, "j", &from, &mut |seq, _| {
+            seen.push(seq);
+            Ok(())
+        })
+        .expect("accepted");
+        assert_eq!(seen, [1]);
+        assert_eq!(
+            found.abandoned,
+            Some(Damage {
+                offset: HEADER_LEN + size,
+                after: 1,
+                synced: 2
+            })
+        );
+        // Once given up, the mark is forgotten: the next opening replays what
+        // is there without refusing again.
+        forget_synced(&*journal.file).expect("forgets");
+        assert_eq!(replayed(&*journal.file, 1, 3), Vec::<u64>::new());
     }
 
     /// Records written but never synced before a crash, found after the next
@@ -1182,6 +1344,7 @@ mod tests {
             applied: 0,
             boot: 2,
             limit: None,
+            accept_loss: false,
         };
         let err = replay(&*journal.file, "j", &from, &mut |_, _| Ok(()));
         assert!(
@@ -1218,6 +1381,7 @@ mod tests {
             applied: 0,
             boot: 2,
             limit: None,
+            accept_loss: false,
         };
         let mut n = 0;
         replay(&*journal.file, "j", &from, &mut |_, _| {

@@ -942,17 +942,30 @@ impl RedbStore {
             journal_loss: None,
             secret: Mutex::new([0; SECRET_LEN]),
         };
-        let (open, meta) = store.open_and_replay(&store.options, None)?;
+        let (open, meta, damage) = store.open_and_replay(&store.options, None)?;
         *store.handle_mut() = Handle::Open(open);
         *store
             .secret
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner) = meta.secret;
-        store.journal_loss = meta.lost.map(|why| JournalLoss {
-            journal: journal::path_of(path),
-            why: why.to_owned(),
-            applied: meta.applied,
-        });
+        store.journal_loss = match (meta.lost, damage) {
+            (Some(why), _) => Some(JournalLoss {
+                journal: journal::path_of(path),
+                why: why.to_owned(),
+                applied: meta.applied,
+            }),
+            (None, Some(damage)) => Some(JournalLoss {
+                journal: journal::path_of(path),
+                why: format!(
+                    "it was damaged at byte {} (records {} to {} were synced and are lost)",
+                    damage.offset,
+                    damage.after + 1,
+                    damage.synced
+                ),
+                applied: damage.after,
+            }),
+            (None, None) => None,
+        };
         Ok(store)
     }
 
@@ -973,7 +986,7 @@ impl RedbStore {
         &self,
         options: &OpenOptions,
         ends: Option<(u64, u64)>,
-    ) -> Result<(Open, Meta), StoreError> {
+    ) -> Result<(Open, Meta, Option<journal::Damage>), StoreError> {
         let Opened {
             db,
             fence,
@@ -991,6 +1004,7 @@ impl RedbStore {
             applied: meta.applied,
             boot: meta.boot,
             limit: ends.map(|(durable, _)| durable),
+            accept_loss: options.accept_journal_loss && ends.is_none(),
         };
         let replayed = self.replay(&db, &*file, &shown, &from)?;
         let journal = Journal::new(file, meta.boot, replayed.last + 1)
@@ -1020,7 +1034,23 @@ impl RedbStore {
                 "replayed the journal"
             );
         }
-        Ok((open, meta))
+        if let Some(damage) = replayed.abandoned {
+            // What came before the damage is durable in redb now (or was
+            // already): the records after it are given up for good, and the
+            // journal's synced mark with them, so that no later opening
+            // refuses the store for them again.
+            journal::forget_synced(open.journal.file())
+                .map_err(|e| unavailable(&format!("clearing the journal {shown}"), e))?;
+            tracing::warn!(
+                store = %self.path.display(),
+                journal = %shown,
+                "the journal was damaged at byte {} after record {} (records up to {} were \
+                 synced): opened with the records before the damage, as asked (accept journal \
+                 loss); the records after it are lost",
+                damage.offset, damage.after, damage.synced
+            );
+        }
+        Ok((open, meta, replayed.abandoned))
     }
 
     /// Replays the records of the journal in `file` that `db` does not hold, by
@@ -1246,7 +1276,7 @@ impl RedbStore {
         let opened = self.open_and_replay(&options, Some(ends));
         let mut handle = self.handle_mut();
         match (opened, &mut *handle) {
-            (Ok((open, _)), _) => {
+            (Ok((open, ..)), _) => {
                 *handle = Handle::Open(open);
                 drop(handle);
                 tracing::warn!(

@@ -369,16 +369,27 @@ fn the_journal_is_locked_with_the_store() {
 /// durable only through the journal; then the journal removed, as a backup of
 /// the store file alone, or a journal volume that did not mount, would leave it.
 fn image_without_journal(dir: &Path) -> PathBuf {
+    let image = crash_image(dir, 2, false);
+    std::fs::remove_file(journal_path(&image)).expect("removes the journal");
+    image
+}
+
+/// A crash image (`image.redb` in `dir`) of a store holding acme's
+/// subscription and `charges` charges, made durable through the journal only:
+/// each by a flush of its own when `flush_each`, else all by one.
+fn crash_image(dir: &Path, charges: usize, flush_each: bool) -> PathBuf {
     let path = dir.join("live.redb");
     let image = dir.join("image.redb");
     let store = Arc::new(RedbStore::open(&path).expect("opens"));
     let mut worker = subscribed(&store);
-    for i in 0..2 {
+    for i in 0..charges {
         charge(&mut worker, &format!("m{i}"));
+        if flush_each {
+            store.persist().expect("durable");
+        }
     }
     store.persist().expect("durable");
     crash_copy(&path, &image);
-    std::fs::remove_file(journal_path(&image)).expect("removes the journal");
     image
 }
 
@@ -494,6 +505,38 @@ fn store_accept_journal_loss_opens_it_and_says_what_it_accepted() {
     harness::assert_exit(&o, 0);
     let answer: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(answer["accepted"], false, "{answer}");
+}
+
+// ---- a journal damaged in what was synced (audit F.2) ------------------------
+
+/// A record damaged in a flush the journal's later flushes show was synced is
+/// refused, where replay used to stop there and drop every acknowledged charge
+/// after it in silence; `store accept-journal-loss` opens it knowingly.
+#[test]
+fn a_journal_damaged_in_what_was_synced_is_refused_until_the_loss_is_accepted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = crash_image(dir.path(), 3, true);
+    // One flipped byte in the first record's payload.
+    let journal = journal_path(&image);
+    let mut bytes = std::fs::read(&journal).expect("reads");
+    bytes[4096 + 24] ^= 1;
+    std::fs::write(&journal, bytes).expect("writes");
+
+    match RedbStore::open(&image) {
+        Err(StoreError::Corrupt(m)) => {
+            harness::assert_has(&m, "is damaged at byte 4096");
+            harness::assert_has(&m, "accept-journal-loss");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    let o = run(&image, &["usage", "acme"], b"");
+    harness::assert_exit(&o, 2);
+
+    let o = run(&image, &["store", "accept-journal-loss"], b"");
+    harness::assert_exit(&o, 0);
+    harness::assert_stdout_has(&o, "it was damaged at byte 4096");
+    let store = RedbStore::open(&image).expect("opens as usual once accepted");
+    assert_eq!(store.journal_loss(), None);
 }
 
 /// A clean close makes everything durable in the store file: its journal may
