@@ -1690,6 +1690,56 @@ fn a_server_that_may_evict_keys_is_refused_and_watched() {
     );
 }
 
+/// Audit F.1: keys evicted are gone whatever the policy says afterwards. A
+/// server that has evicted keys (its `evicted_keys` above 0, at open or later)
+/// refuses every call until an operator, having checked the ledger, resets the
+/// count with `CONFIG RESETSTAT`: switching the policy back to `noeviction`
+/// no longer serves again on a ledger whose counters may be gone.
+#[test]
+fn a_server_that_has_evicted_keys_is_refused_until_an_operator_resets_the_count() {
+    let server =
+        RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"]);
+    let url = format!("{}?prefix=evicted&settings_check_ms=50", server.url());
+    let store = RedisStore::open(&url).expect("opens");
+    charge(&store, "acme", "m1", 10).expect("charges");
+    // Evict: a tight bound under an evicting policy, and keys to make room for.
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
+    let used: u64 = server
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    server.cli(&["CONFIG", "SET", "maxmemory", &(used + 200_000).to_string()]);
+    for i in 0..200 {
+        server.cli(&["SET", &format!("junk{i}"), &"x".repeat(10_000)]);
+    }
+    assert_ne!(stat(&server, "evicted_keys"), "0", "keys were evicted");
+    server.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = charge(&store, "acme", "m2", 10).expect_err("refused after evictions");
+    assert!(refused.to_string().contains("CONFIG RESETSTAT"), "{refused}");
+    // A gateway starting now is refused too.
+    let err = RedisStore::open(&url).map(|_| ()).expect_err("refused at open");
+    assert!(err.to_string().contains("has evicted"), "{err}");
+
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    until("served again once the count is reset", || {
+        store.health().is_ok()
+    });
+    charge(&store, "acme", "m2", 10).expect("charges again");
+}
+
+fn stat(server: &RedisServer, name: &str) -> String {
+    let prefix = format!("{name}:");
+    server
+        .cli(&["INFO", "stats"])
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()).map(|v| v.trim().to_owned()))
+        .unwrap_or_default()
+}
+
 /// Audit 3.3: on a cluster the settings of every primary count. The durability
 /// reading names the primary that keeps writes least well, and one primary that
 /// may evict keys is enough for the store to be refused.

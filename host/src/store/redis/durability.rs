@@ -298,6 +298,10 @@ pub(super) struct Watch {
     blind: bool,
     /// Each primary's `evicted_keys` at the last reading.
     evicted: HashMap<String, u64>,
+    /// Primaries found to have evicted keys, and why that refuses every call:
+    /// until an operator, having checked the ledger, resets the count
+    /// (`CONFIG RESETSTAT`), whatever the policy says by then.
+    evicted_from: HashMap<String, String>,
 }
 
 impl Watch {
@@ -319,6 +323,7 @@ impl Watch {
             clock_warned: false,
             blind: false,
             evicted: HashMap::new(),
+            evicted_from: HashMap::new(),
         };
         watch.check_clock().await;
         match watch.look().await {
@@ -340,7 +345,7 @@ impl Watch {
                 (Some(why), None) => tracing::error!(redis = %self.label,
                     "refusing every call: {why}"),
                 (None, Some(_)) => tracing::warn!(redis = %self.label,
-                    "no primary evicts any more: serving again"),
+                    "no primary evicts, nor has evicted keys: serving again"),
                 _ => {}
             }
             self.refusal.set(refusal);
@@ -366,21 +371,35 @@ impl Watch {
         }
         self.blind = blind;
         for node in &read {
-            match self.evicted.insert(node.node.clone(), node.evicted) {
-                None if node.evicted > 0 => tracing::warn!(redis = %self.label,
-                    node = %node.node, evicted = node.evicted,
-                    "this Redis has evicted keys since it started: if they were a \
-                     ledger's, credits were reset"),
-                Some(before) if node.evicted > before => tracing::error!(redis = %self.label,
-                    node = %node.node, evicted = node.evicted - before,
-                    "Redis evicted keys: if they were the ledger's, usage was reset and \
-                     retried messages may be charged again"),
-                _ => {}
+            let before = self.evicted.insert(node.node.clone(), node.evicted);
+            if node.evicted == 0 {
+                // Reset by an operator (or a restart): what it refused for is
+                // theirs to have judged.
+                if self.evicted_from.remove(&node.node).is_some() {
+                    tracing::warn!(redis = %self.label, node = %node.node,
+                        "evicted_keys was reset: no longer refusing for the keys it evicted");
+                }
+                continue;
+            }
+            if before.is_none_or(|b| node.evicted > b) {
+                tracing::error!(redis = %self.label, node = %node.node,
+                    evicted = node.evicted - before.unwrap_or(0),
+                    "Redis has evicted keys: if they were the ledger's, usage was reset and \
+                     retried messages would be charged again; refusing every call");
+                self.evicted_from.insert(node.node.clone(), format!(
+                    "{} has evicted {} key(s) (evicted_keys in INFO stats): a ledger's counters \
+                     and markers may be gone, and its credits sold again; every call is refused \
+                     until an operator has checked the ledger (or restored it) and run CONFIG \
+                     RESETSTAT on that node",
+                    node.node, node.evicted
+                ));
             }
         }
+        let evicted = self.evicted_from.values().min().cloned();
         read.iter()
             .find(|n| n.evicts())
             .map(Eviction::refusal)
+            .or(evicted)
             .or_else(|| blind.then(|| self.refusal.reason()).flatten())
     }
 
