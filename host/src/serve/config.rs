@@ -190,6 +190,10 @@ struct File {
     /// account's terms or delete leads, and by reload. Only in the file (or
     /// $CREDITGATE_ADMIN_TOKEN): a flag would show in `ps`.
     admin_token: Option<String>,
+    /// Serve the admin routes without a token on an address that is not
+    /// loopback: refused unless this says the network is trusted.
+    #[serde(default)]
+    insecure_open_admin: bool,
     /// Where fired credit alerts are POSTed: `[[webhooks]] url, secret`.
     #[serde(default)]
     webhooks: Vec<Webhook>,
@@ -299,6 +303,22 @@ impl Config {
         );
         let (admin_token, admin_token_from) =
             admin_token(overrides.admin_token, from.admin_token, &file_name)?;
+        // Without a token, whoever reaches the API may subscribe accounts,
+        // move them to any plan (unlimited credits for the asking) and reload
+        // the policy: fine on loopback, not on a network unless it says so.
+        if let Listen::At(addr) = http_listen
+            && !addr.ip().is_loopback()
+            && admin_token.is_none()
+            && !from.insecure_open_admin
+        {
+            return Err(invalid(format!(
+                "http_listen {addr} is reachable from the network and no admin_token is set: \
+                 anyone who can reach it could subscribe accounts, move them to any plan and \
+                 reload the policy; set admin_token in {file_name} (or \
+                 $CREDITGATE_ADMIN_TOKEN), or insecure_open_admin = true if only trusted \
+                 hosts can reach it"
+            )));
+        }
         let per_client = from
             .max_connections_per_client
             .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT);

@@ -683,6 +683,38 @@ fn serve_with(config: &str, token: Option<&str>) -> (Option<i32>, String) {
     }
 }
 
+/// Audit G.2: without a token, whoever reaches the API may move any account to
+/// any plan and reload the policy. On loopback that is the operator; on an
+/// address the network reaches, serve refuses to start so unless told the
+/// network is trusted.
+#[test]
+fn an_api_on_the_network_without_an_admin_token_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let check = |config: &str, token: Option<&str>| {
+        let path = dir.path().join("serve.toml");
+        let text = format!("store = \"memory\"\nhttp_listen = \"0.0.0.0:18399\"\n{config}");
+        std::fs::write(&path, text).expect("writes");
+        let mut command = harness::creditgate_command();
+        command
+            .args(["serve", "--check", "--config"])
+            .arg(&path)
+            .env_remove("CREDITGATE_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("CREDITGATE_ADMIN_TOKEN", token);
+        }
+        command.output().expect("runs")
+    };
+    let o = check("", None);
+    harness::assert_exit(&o, 2);
+    harness::assert_stderr_has(
+        &o,
+        "http_listen 0.0.0.0:18399 is reachable from the network",
+    );
+    harness::assert_stderr_has(&o, "insecure_open_admin = true");
+    harness::assert_exit(&check("", Some("a-long-enough-admin-token")), 0);
+    harness::assert_exit(&check("insecure_open_admin = true\n", None), 0);
+}
+
 #[test]
 fn an_empty_admin_token_is_an_error_wherever_it_comes_from() {
     let from_file = "admin_token = \"a-long-enough-admin-token\"\n";

@@ -1719,9 +1719,14 @@ fn a_server_that_has_evicted_keys_is_refused_until_an_operator_resets_the_count(
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     std::thread::sleep(Duration::from_millis(300));
     let refused = charge(&store, "acme", "m2", 10).expect_err("refused after evictions");
-    assert!(refused.to_string().contains("CONFIG RESETSTAT"), "{refused}");
+    assert!(
+        refused.to_string().contains("CONFIG RESETSTAT"),
+        "{refused}"
+    );
     // A gateway starting now is refused too.
-    let err = RedisStore::open(&url).map(|_| ()).expect_err("refused at open");
+    let err = RedisStore::open(&url)
+        .map(|_| ())
+        .expect_err("refused at open");
     assert!(err.to_string().contains("has evicted"), "{err}");
 
     server.cli(&["CONFIG", "RESETSTAT"]);
