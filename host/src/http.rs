@@ -822,6 +822,12 @@ impl<'de> Deserialize<'de> for Recipients {
             ) -> std::result::Result<Recipients, A::Error> {
                 let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
                 while let Some(address) = seq.next_element::<Address>()? {
+                    if all.len() == MAX_RECIPIENTS {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "more than {MAX_RECIPIENTS} recipients: one email decision is \
+                             for one message (Postfix's smtpd_recipient_limit is 1000 too)"
+                        )));
+                    }
                     all.push(address.0);
                 }
                 Ok(Recipients::Many(all))
@@ -830,6 +836,11 @@ impl<'de> Deserialize<'de> for Recipients {
         d.deserialize_any(Visitor)
     }
 }
+
+/// Most recipients one email decision takes: a message's, as Postfix bounds
+/// them (`smtpd_recipient_limit`). A list of thousands would hold the write
+/// lane that every gateway's charges go through for tens of milliseconds.
+pub const MAX_RECIPIENTS: usize = 1000;
 
 /// One address of a list: a string, or an error that says so.
 struct Address(String);

@@ -504,6 +504,23 @@ fn malformed_requests_get_json_errors() {
     assert_eq!((status, code(&body)), (405, "method_not_allowed"));
 }
 
+/// Audit G.3: one decision is one message; a list of 20,000 recipients held
+/// the write lane every Postfix charge waits in for ~70 ms. Past
+/// [`http::MAX_RECIPIENTS`], refused before anything is decided.
+#[test]
+fn an_email_decision_takes_at_most_a_messages_recipients() {
+    let api = Api::memory();
+    assert_eq!(api.subscribe("acme", "large").0, 201);
+    let to = |n: usize| (0..n).map(|i| format!("r{i}@x.io")).collect::<Vec<_>>();
+    let (status, body) = api.email(json!({"account": "acme", "to": to(http::MAX_RECIPIENTS + 1)}));
+    assert_eq!((status, code(&body)), (422, "invalid_body"), "{body}");
+    harness::assert_has(error_message(&body), "more than 1000 recipients");
+    let (_, usage) = api.usage("acme");
+    assert_eq!(usage["email_credits"]["used"], 0, "{usage}");
+    let (status, body) = api.email(json!({"account": "acme", "to": to(3)}));
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn health_and_metrics() {
     let api = Api::memory();
