@@ -17,6 +17,7 @@ mod store;
 mod test;
 mod usage;
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -538,7 +539,10 @@ impl StoreArgs {
             && names_a_file(&spec)
             && let Some(dir) = spec.parent()
         {
-            std::fs::create_dir_all(dir)
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         open_store(Some(&spec), create)

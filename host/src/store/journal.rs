@@ -47,6 +47,7 @@
 
 use std::borrow::Cow;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -164,7 +165,13 @@ pub(super) fn create(path: &Path, id: u64) -> io::Result<()> {
     let mut temp = path.as_os_str().to_owned();
     temp.push(".new");
     let temp = PathBuf::from(temp);
-    let mut file = std::fs::File::create(&temp)?;
+    // Its owner's alone, like the store (see `open_database`).
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
     let mut bytes = vec![0u8; usize::try_from(INITIAL_LEN).unwrap_or(usize::MAX)];
     bytes[..HEADER_LEN as usize].copy_from_slice(&header(id));
     file.write_all(&bytes)?;

@@ -82,6 +82,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::io;
 use std::ops::{Bound, Deref};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{
@@ -581,10 +582,14 @@ fn open_database(path: &Path, options: &OpenOptions) -> Result<Opened, StoreErro
     let opened = match options.create {
         Create::Never => existing().map(|file| (file, false)),
         Create::IfMissing | Create::IfMissingOrEmpty => {
+            // The ledger holds customers' contacts and the secret its
+            // idempotency fingerprints are keyed with: its owner's alone,
+            // whatever the umask.
             match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(path)
             {
                 Ok(file) => Ok((file, true)),

@@ -346,6 +346,23 @@ fn a_journal_that_is_not_the_stores_is_refused_and_named() {
     harness::assert_stderr_has(&o, "another store");
 }
 
+/// Audit G.5: the ledger holds customers' contacts and the secret its message
+/// fingerprints are keyed with: created for its owner alone, whatever the
+/// umask (0644 before).
+#[test]
+fn a_new_store_and_its_journal_are_their_owners_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (_dir, path) = harness::temp_path("private.redb");
+    drop(RedbStore::open(&path).expect("creates"));
+    for file in [path.clone(), journal_path(&path)] {
+        let mode = std::fs::metadata(&file)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", file.display());
+    }
+}
+
 #[test]
 fn the_journal_is_locked_with_the_store() {
     let (_dir, path) = harness::temp_path("locked.redb");
