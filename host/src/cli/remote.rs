@@ -100,6 +100,18 @@ pub fn escape(text: &str) -> String {
     utf8_percent_encode(text, SEGMENT).to_string()
 }
 
+/// Whether `host_port` (`HOST:PORT`) names this machine: `localhost` or a
+/// loopback address.
+fn is_loopback(host_port: &str) -> bool {
+    if let Ok(addr) = host_port.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(host, _)| host);
+    host.eq_ignore_ascii_case("localhost")
+}
+
 impl Server {
     /// A client for the gateway at `url` (`http://HOST:PORT`, with or without a
     /// trailing slash).
@@ -115,8 +127,19 @@ impl Server {
             !rest.is_empty() && !rest.contains('/'),
             "--server {url:?}: expected http://HOST:PORT, without a path"
         );
+        let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        if token.is_some() && !is_loopback(rest) {
+            eprintln!(
+                "creditgate: warning: --server {base} is not a loopback address, and the admin \
+                 token goes to it in clear text (plain HTTP): reach a remote gateway through a \
+                 tunnel (ssh -L) instead"
+            );
+        }
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A redirect would turn a POST into a GET elsewhere, whose answer
+            // would be reported as the command's: the gateway never redirects.
+            .max_redirects(0)
             // Generous: a large lead batch on a busy gateway takes a while; a
             // gateway that does not answer at all is still reported.
             .timeout_global(Some(Duration::from_secs(120)))
@@ -126,7 +149,7 @@ impl Server {
         Ok(Server {
             base: base.to_owned(),
             agent,
-            token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            token,
         })
     }
 
@@ -204,7 +227,8 @@ impl Server {
             .method(method)
             .uri(&url)
             .header("accept", "application/json");
-        if let Some(token) = &self.token {
+        // Only where it may be needed: reads never are admin routes.
+        if let Some(token) = self.token.as_ref().filter(|_| method != "GET") {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
         let sent = match body {

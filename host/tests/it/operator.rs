@@ -327,14 +327,17 @@ fn alerts_list_json_is_one_array_even_when_empty() {
     assert_eq!(alerts[0]["threshold"], 80);
 }
 
-/// One email to `count` recipients, decided by the gateway at `url`.
+/// Emails to `count` recipients in all, in messages of at most a decision's
+/// 1,000, decided by the gateway at `url`.
 pub(crate) fn send_emails(url: &str, account: &str, count: usize) {
     let to: Vec<String> = (0..count).map(|i| format!("r{i}@example.com")).collect();
-    let body = serde_json::json!({ "account": account, "to": to });
     let api = Client::with_timeout(url, std::time::Duration::from_secs(60));
-    let answer = api.post("/v1/decide/email", &body.to_string());
-    let v = answer.json();
-    assert_eq!(v["decision"], "allow", "{v}");
+    for message in to.chunks(creditgate::http::MAX_RECIPIENTS) {
+        let body = serde_json::json!({ "account": account, "to": message });
+        let answer = api.post("/v1/decide/email", &body.to_string());
+        let v = answer.json();
+        assert_eq!(v["decision"], "allow", "{v}");
+    }
 }
 
 #[test]
@@ -854,34 +857,74 @@ fn an_unavailable_backend_or_gateway_has_its_own_exit_status() {
     harness::assert_has(&only_error(&o), "cannot connect");
 
     // A gateway that answers, but cannot decide now (its store is down).
+    let body = r#"{"error":{"code":"store_unavailable","message":"redis down"}}"#;
+    let (url, server) = fake_gateway(format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let o = run_with(
+        &store,
+        &["usage", "acme", "--server", &url],
+        &[("CREDITGATE_ADMIN_TOKEN", TOKEN)],
+    );
+    let head = server.join().expect("the fake gateway answered");
+    harness::assert_exit(&o, 75);
+    harness::assert_has(&only_error(&o), "redis down (store_unavailable)");
+    // Audit G.4: a read never carries the admin token.
+    assert!(
+        !head.to_ascii_lowercase().contains("authorization"),
+        "{head}"
+    );
+
+    // What is wrong with the command itself stays 2, store or no store.
+    let o = run(&store, &["usage", "acme", "--server", "https://x"]);
+    harness::assert_exit(&o, 2);
+}
+
+/// A one-request gateway on loopback that answers `answer` (a whole HTTP
+/// response) and hands back the request's head.
+fn fake_gateway(answer: String) -> (String, std::thread::JoinHandle<String>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let server = std::thread::spawn(move || {
         use std::io::{BufRead, BufReader, Write};
         let (stream, _) = listener.accept().expect("a request");
         let mut reader = BufReader::new(stream);
-        // The request's head, up to its blank line; a GET has no body.
-        let mut line = String::new();
+        // The request's head, up to its blank line (a body is left unread).
+        let (mut head, mut line) = (String::new(), String::new());
         while reader.read_line(&mut line).expect("reads") > 2 {
+            head.push_str(&line);
             line.clear();
         }
-        let body = r#"{"error":{"code":"store_unavailable","message":"redis down"}}"#;
-        write!(
-            reader.get_mut(),
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("answers");
+        reader
+            .get_mut()
+            .write_all(answer.as_bytes())
+            .expect("answers");
+        head
     });
-    let o = run(&store, &["usage", "acme", "--server", &url]);
-    server.join().expect("the fake gateway answered");
-    harness::assert_exit(&o, 75);
-    harness::assert_has(&only_error(&o), "redis down (store_unavailable)");
+    (url, server)
+}
 
-    // What is wrong with the command itself stays 2, store or no store.
-    let o = run(&store, &["usage", "acme", "--server", "https://x"]);
-    harness::assert_exit(&o, 2);
+/// Audit G.4: a redirect turned `reload`'s POST into a GET elsewhere, whose
+/// answer was reported as a reload. The client follows none.
+#[test]
+fn a_redirect_is_not_followed_by_the_command_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (url, server) = fake_gateway(
+        "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:9/v1/admin/reload\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n"
+            .to_owned(),
+    );
+    let o = run_with(
+        &dir.path().join("cg.redb"),
+        &["reload", "--server", &url],
+        &[("CREDITGATE_ADMIN_TOKEN", TOKEN)],
+    );
+    let head = server.join().expect("the fake gateway answered");
+    assert!(head.starts_with("POST /v1/admin/reload"), "{head}");
+    assert!(!o.status.success(), "{}", stdout(&o));
+    harness::assert_has(&only_error(&o), "status 302");
 }
 
 #[test]
