@@ -184,6 +184,15 @@ pub(super) fn create(path: &Path, id: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a creditgate journal (by its magic) is beside the store at `store`.
+pub(super) fn is_journal(store: &Path) -> bool {
+    use std::io::Read as _;
+    let mut magic = [0u8; 16];
+    std::fs::File::open(path_of(store))
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == MAGIC)
+}
+
 fn header(id: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..16].copy_from_slice(&MAGIC);

@@ -451,6 +451,66 @@ struct Open {
     journal: Journal,
     /// Set when a commit fails: neither file is written any more.
     fence: Arc<AtomicBool>,
+    /// Which files the store and its journal are, and when that was last
+    /// checked against their paths (see [`Identity`]).
+    identity: Identity,
+}
+
+/// The store's and the journal's files as opened (device and inode). A file
+/// removed or replaced under an open store takes every write after it where
+/// no later opening looks: an operator's `rm`, a restore over it, a volume
+/// remounted. [`RedbStore::flush`] compares them with the paths at most once
+/// every [`IDENTITY_EVERY`], and fails the store closed when they differ.
+struct Identity {
+    files: [(u64, u64); 2],
+    checked: Mutex<std::time::Instant>,
+}
+
+/// How often a flush checks that the store's paths still name its files.
+const IDENTITY_EVERY: Duration = Duration::from_secs(1);
+
+fn file_identity(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+impl Identity {
+    fn of(path: &Path) -> io::Result<Self> {
+        Ok(Identity {
+            files: [
+                file_identity(path)?,
+                file_identity(&journal::path_of(path))?,
+            ],
+            checked: Mutex::new(std::time::Instant::now()),
+        })
+    }
+
+    /// Whether the paths still name the files, when a check is due.
+    fn check(&self, path: &Path) -> Result<(), StoreError> {
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+            if checked.elapsed() < IDENTITY_EVERY {
+                return Ok(());
+            }
+            *checked = std::time::Instant::now();
+        }
+        let journal = journal::path_of(path);
+        for (file, was) in [path, journal.as_path()].into_iter().zip(self.files) {
+            let now = file_identity(file).ok();
+            if now != Some(was) {
+                let what = if now.is_none() { "removed" } else { "replaced" };
+                return Err(StoreError::Unavailable(format!(
+                    "{} was {what} while the store had it open: what is written now goes \
+                     where no later opening looks, so every decision is refused; put the \
+                     file back, or stop serve (its decisions since are in the file it holds \
+                     open, lost when it stops) and see to the ledger",
+                    file.display()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Failed {
@@ -610,6 +670,18 @@ fn open_database(path: &Path, options: &OpenOptions) -> Result<Opened, StoreErro
     let len = file.metadata().map_err(|e| unavailable(&what, e))?.len();
     if len == 0 && !created && options.create != Create::IfMissingOrEmpty {
         return Err(StoreError::Empty { path: shown });
+    }
+    // A journal with no store beside it is a deleted (or moved) store's, whose
+    // decisions it may hold: a new ledger in its place would take it over.
+    if created && options.create != Create::IfMissingOrEmpty && journal::is_journal(path) {
+        let _ = std::fs::remove_file(path);
+        return Err(StoreError::Corrupt(format!(
+            "no store at {shown}, but a journal is beside it ({}): the store was deleted or \
+             moved, and its journal may hold decisions it had not checkpointed. Put the store \
+             file back; or, to start a new ledger here knowingly, move the journal aside (or \
+             start serve with --init-store, which replaces it)",
+            journal::path_of(path).display()
+        )));
     }
     let fresh = created || len == 0;
     let missing = !fresh && !journal::path_of(path).exists();
@@ -1024,10 +1096,13 @@ impl RedbStore {
             migrate_alert_log(&txn).ctx(what)?;
             txn.commit().ctx(what)?;
         }
+        let identity =
+            Identity::of(&self.path).map_err(|e| unavailable(&format!("opening {shown}"), e))?;
         let open = Open {
             db: Arc::new(db),
             journal,
             fence,
+            identity,
         };
         if replayed.applied > 0 {
             // The journal starts again empty, so that the next opening replays
@@ -1517,6 +1592,7 @@ impl RedbStore {
         let mut broken = None;
         let flushed = self.with_db("persist", |open| {
             broken = Some(self.losses.load(Ordering::Acquire));
+            open.identity.check(&self.path)?;
             open.journal.flush().map_err(|e| {
                 let at = journal::path_of(&self.path);
                 unavailable(&format!("persist: writing the journal {}", at.display()), e)

@@ -346,6 +346,47 @@ fn a_journal_that_is_not_the_stores_is_refused_and_named() {
     harness::assert_stderr_has(&o, "another store");
 }
 
+// ---- the store file removed under a running store (audit F.4) ---------------
+
+/// Removed while open, the store kept answering `allow` into a file no later
+/// opening reads, and the next start made a new, empty ledger over its
+/// journal. Now the next flush after the removal fails closed, and a new store
+/// is refused beside the journal of a deleted one.
+#[test]
+fn a_store_file_removed_while_open_fails_closed_and_is_not_replaced_silently() {
+    let (_dir, path) = harness::temp_path("live.redb");
+    let store = Arc::new(RedbStore::open(&path).expect("opens"));
+    let mut worker = subscribed(&store);
+    charge(&mut worker, "m0");
+    std::fs::remove_file(&path).expect("removes the store file");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let charged = Request::ChargeEmail {
+        account: "acme".into(),
+        cost: 1,
+        message_id: Some("m1".into()),
+    };
+    // Decided in memory, then refused at the flush that would acknowledge it.
+    let _ = worker.decide(&charged, NOW);
+    match store.persist() {
+        Err(StoreError::Unavailable(m)) => {
+            harness::assert_has(&m, "was removed while the store had it open")
+        }
+        other => panic!("expected the flush refused, got {other:?}"),
+    }
+    assert!(store.health().is_err(), "every decision is refused");
+    drop(worker);
+    drop(store);
+
+    match RedbStore::open(&path) {
+        Err(StoreError::Corrupt(m)) => {
+            harness::assert_has(&m, "but a journal is beside it");
+            harness::assert_has(&m, "--init-store");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    assert!(!path.exists(), "no empty ledger was left in its place");
+}
+
 /// Audit G.5: the ledger holds customers' contacts and the secret its message
 /// fingerprints are keyed with: created for its owner alone, whatever the
 /// umask (0644 before).
