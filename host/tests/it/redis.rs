@@ -1632,6 +1632,38 @@ fn serve_check_says_what_redis_could_lose_in_a_crash() {
     }
 }
 
+/// Audit F.3: `CONFIG SET appendonly no` on a running Redis went unseen (the
+/// opening alone read the settings), and a crash then took back 1,000 charges
+/// answered as allowed. The watch reads them again and says so, as an error.
+#[test]
+fn durability_weakened_at_runtime_is_said() {
+    let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("serve.log");
+    let url = format!("{}?settings_check_ms=50", server.url());
+    let gateway = Gateway::start(
+        &url,
+        &crate::harness::repo().join("policies/smartlead.toml"),
+        &log,
+    );
+    assert!(!gateway.0.log_text().contains("durability changed"));
+    server.cli(&["CONFIG", "SET", "appendonly", "no"]);
+    until("the weakening is said", || {
+        gateway.0.log_text().contains(
+            "Redis's durability changed (appendonly no, appendfsync always: a crash can lose \
+             every charge since the last snapshot)",
+        )
+    });
+    server.cli(&["CONFIG", "SET", "appendonly", "yes"]);
+    until("the mending is said", || {
+        gateway
+            .0
+            .log_text()
+            .contains("every primary keeps writes again")
+    });
+    gateway.stop();
+}
+
 /// Polls `done` until it holds, within [`WAIT`].
 fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

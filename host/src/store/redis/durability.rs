@@ -298,6 +298,9 @@ pub(super) struct Watch {
     blind: bool,
     /// Each primary's `evicted_keys` at the last reading.
     evicted: HashMap<String, u64>,
+    /// What a crash could take back at the last reading of `appendonly` and
+    /// `appendfsync` (None: nothing, or not read yet), to say when it changes.
+    risk: Option<String>,
     /// Primaries found to have evicted keys, and why that refuses every call:
     /// until an operator, having checked the ledger, resets the count
     /// (`CONFIG RESETSTAT`), whatever the policy says by then.
@@ -324,8 +327,13 @@ impl Watch {
             blind: false,
             evicted: HashMap::new(),
             evicted_from: HashMap::new(),
+            risk: None,
         };
         watch.check_clock().await;
+        // Weak settings at the opening are the opening's to warn of.
+        if let Ok(now) = weakest_durability(watch.conn.clone()).await {
+            watch.risk = risk_of(&now);
+        }
         match watch.look().await {
             Some(why) => Err(StoreError::Unavailable(format!(
                 "redis {}: {why}",
@@ -340,6 +348,7 @@ impl Watch {
         loop {
             tokio::time::sleep(self.every).await;
             self.check_clock().await;
+            self.check_durability().await;
             let refusal = self.look().await;
             match (&refusal, self.refusal.reason()) {
                 (Some(why), None) => tracing::error!(redis = %self.label,
@@ -403,6 +412,29 @@ impl Watch {
             .or_else(|| blind.then(|| self.refusal.reason()).flatten())
     }
 
+    /// Says, as an error, when a primary's `appendonly` or `appendfsync` is
+    /// turned weaker while gateways run (`CONFIG SET appendonly no`): from then
+    /// on a crash of Redis takes back charges they answered as allowed. The
+    /// opening warns of weak settings; this catches them changed later.
+    async fn check_durability(&mut self) {
+        let Ok(now) = weakest_durability(self.conn.clone()).await else {
+            return;
+        };
+        let risk = risk_of(&now);
+        match (&self.risk, &risk) {
+            (before, Some(lose)) if before.as_ref() != Some(lose) => {
+                tracing::error!(redis = %self.label,
+                    "Redis's durability changed ({lose}), which gateways answered as allowed; \
+                     set appendonly yes and appendfsync always again")
+            }
+            (Some(_), None) => {
+                tracing::warn!(redis = %self.label, "every primary keeps writes again ({now})")
+            }
+            _ => {}
+        }
+        self.risk = risk;
+    }
+
     /// Warns when this host's clock strays past [`MAX_SKEW`] from a primary's,
     /// and says when it agrees again.
     async fn check_clock(&mut self) {
@@ -432,6 +464,46 @@ impl Watch {
     }
 }
 
+/// What a crash could take back under `durability`, said whole; None: nothing.
+fn risk_of(durability: &RedisDurability) -> Option<String> {
+    (durability.risk()).map(|r| format!("{durability}: a crash can lose {r}"))
+}
+
+/// Every primary's `appendonly` and `appendfsync`, the weakest of them (see
+/// [`RedisStore::durability`]), or why they could not be read.
+async fn weakest_durability(conn: Conn) -> Result<RedisDurability, String> {
+    let cluster = matches!(conn, Conn::Cluster(_));
+    let cmd = redis::cmd("CONFIG").arg("GET").arg("append*").clone();
+    let nodes = on_every_primary(conn, cmd)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut weakest: Option<RedisDurability> = None;
+    for (node, config) in nodes {
+        let config: HashMap<String, String> =
+            redis::from_redis_value(config).map_err(|e| e.to_string())?;
+        let setting = |name: &str| {
+            (config.get(name).cloned()).ok_or_else(|| format!("CONFIG GET gave {node} no {name}"))
+        };
+        let this = RedisDurability {
+            appendonly: setting("appendonly")?,
+            appendfsync: setting("appendfsync")?,
+            node: cluster.then_some(node),
+        };
+        if weakest
+            .as_ref()
+            .is_none_or(|w| this.weakness() > w.weakness())
+        {
+            weakest = Some(this);
+        }
+    }
+    let mut weakest = weakest.ok_or("no primary answered")?;
+    if weakest.risk().is_none() {
+        // Every primary keeps writes: none to name.
+        weakest.node = None;
+    }
+    Ok(weakest)
+}
+
 impl RedisStore {
     /// The server's `appendonly` and `appendfsync`; on a cluster, those of the
     /// primary that keeps writes least well, named. A server that refuses
@@ -439,37 +511,10 @@ impl RedisStore {
     /// is then the operator's to check.
     pub fn durability(&self) -> Result<RedisDurability, StoreError> {
         let what = "reading appendonly and appendfsync";
-        let cluster = matches!(self.conn, Conn::Cluster(_));
-        let nodes = self.call(what, self.config.call_timeout, |c| async move {
-            on_every_primary(c, redis::cmd("CONFIG").arg("GET").arg("append*").clone()).await
-        })?;
-        let mut weakest: Option<RedisDurability> = None;
-        for (node, config) in nodes {
-            let config: HashMap<String, String> =
-                redis::from_redis_value(config).map_err(|e| self.unavailable(what, e))?;
-            let setting = |name: &str| {
-                config.get(name).cloned().ok_or_else(|| {
-                    self.unavailable(what, format_args!("CONFIG GET gave {node} no {name}"))
-                })
-            };
-            let this = RedisDurability {
-                appendonly: setting("appendonly")?,
-                appendfsync: setting("appendfsync")?,
-                node: cluster.then_some(node),
-            };
-            if weakest
-                .as_ref()
-                .is_none_or(|w| this.weakness() > w.weakness())
-            {
-                weakest = Some(this);
-            }
-        }
-        let mut weakest = weakest.ok_or_else(|| self.unavailable(what, "no primary answered"))?;
-        if weakest.risk().is_none() {
-            // Every primary keeps writes: none to name.
-            weakest.node = None;
-        }
-        Ok(weakest)
+        self.call(what, self.config.call_timeout, |c| async move {
+            Ok(weakest_durability(c).await)
+        })?
+        .map_err(|e| self.unavailable(what, e))
     }
 
     /// Refuses a store whose writes wait for replicas (`?replicas=N`) on a
