@@ -211,7 +211,7 @@ fn run_import(args: ImportArgs) -> anyhow::Result<Exit> {
             Some(writer) => writer
                 .write_record([
                     row.line.to_string().as_str(),
-                    row.value.as_str(),
+                    &spreadsheet_safe(&row.value),
                     row.reason.code(),
                 ])
                 .map_err(io::Error::other),
@@ -553,5 +553,39 @@ fn run_list(args: ListArgs) -> anyhow::Result<Exit> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Exit::Success),
         Err(e) => Err(anyhow::Error::new(e).context("writing the list")),
         Ok(()) => Ok(Exit::Success),
+    }
+}
+
+/// `value` as a rejected-rows cell that a spreadsheet shows rather than runs:
+/// a value from the uploaded list that starts like a formula (`=`, `+`, `-`,
+/// `@`, a tab or a carriage return: `=HYPERLINK(...)`, `+cmd|...`) gets a
+/// leading `'`, OWASP's advice for CSV injection. Nothing else changes.
+fn spreadsheet_safe(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}").into(),
+        _ => value.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spreadsheet_safe;
+
+    #[test]
+    fn a_value_that_starts_like_a_formula_is_not_one() {
+        for (value, cell) in [
+            (
+                "=HYPERLINK(\"http://evil.example\")",
+                "'=HYPERLINK(\"http://evil.example\")",
+            ),
+            ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+            ("-1+1", "'-1+1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("ann@example.com", "ann@example.com"),
+            ("", ""),
+        ] {
+            assert_eq!(spreadsheet_safe(value), cell, "{value:?}");
+        }
     }
 }
