@@ -242,7 +242,7 @@ pub(super) struct ReplayFrom {
 
 /// Records lost to damage: the journal's run broke at `offset`, after record
 /// `after`, where its header says records up to `synced` were synced (see
-/// [`SYNCED_AT`]). A run that breaks short of what was synced is damaged in
+/// [`MARK`]). A run that breaks short of what was synced is damaged in
 /// what was acknowledged (a bad sector, a stray write): not an end to replay
 /// up to in silence. A break past it is the last write, torn by a crash, which
 /// nothing acknowledged.
@@ -346,9 +346,9 @@ pub(super) fn replay(
         previous = Some((seq, boot));
         at += (RECORD_HEADER + len as usize) as u64;
     }
-    // The run ended at `at`: at its end, or at damage if records the header
-    // says were synced are missing from it.
-    let synced = read_synced(file).map_err(io_error)?;
+    // The run ended at `at`: at its end, or at damage if records a synced
+    // mark past it says were synced are missing from it.
+    let synced = synced_claim(&mut reader, at).map_err(io_error)?;
     if found.last < synced {
         let damage = Damage {
             offset: at,
@@ -370,36 +370,58 @@ pub(super) fn replay(
     Ok(found)
 }
 
-/// The synced mark in a journal's header: the last record known synced when
-/// the latest flush began, and a checksum of it (bytes that do not check read
-/// as 0: nothing known). Each flush writes it with its records, under the same
-/// sync, so it only ever understates what is synced: a flush torn by a crash
-/// leaves either its own mark (true: the records before it were synced) or
-/// the one before. Journals written before it hold zeros there.
-const SYNCED_AT: u64 = 32;
+/// The synced mark each flush writes right after its records, in the same
+/// write and under the same sync (the next flush writes its records over it):
+/// the last record known synced when the flush began. So the mark after the
+/// journal's last flush is true however that flush fared in a crash, and a
+/// replay whose run breaks off before the record it names met damage in what
+/// was acknowledged (a bad sector, a stray write), not the torn end of the
+/// last write. Shaped so that no reader takes it for a record: its sequence
+/// field names a record before the run's last. Journals written before it have
+/// none: replayed as they were.
+const MARK: [u8; 8] = *b"cgsynced";
+const MARK_LEN: usize = 24;
 
-fn synced_mark(seq: u64) -> [u8; 12] {
-    let mut mark = [0u8; 12];
-    mark[..8].copy_from_slice(&seq.to_le_bytes());
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(b"synced");
-    hasher.update(&mark[..8]);
-    mark[8..].copy_from_slice(&hasher.finalize().to_le_bytes());
+fn synced_mark(seq: u64) -> [u8; MARK_LEN] {
+    let mut mark = [0u8; MARK_LEN];
+    mark[..8].copy_from_slice(&MARK);
+    mark[8..16].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32fast::hash(&mark[..16]);
+    mark[16..20].copy_from_slice(&crc.to_le_bytes());
     mark
 }
 
-fn read_synced(file: &dyn StorageBackend) -> io::Result<u64> {
-    let mut mark = [0u8; 12];
-    file.read(SYNCED_AT, &mut mark)?;
-    let seq = u64::from_le_bytes(mark[..8].try_into().unwrap_or([0; 8]));
-    Ok(if synced_mark(seq) == mark { seq } else { 0 })
-}
-
-/// Forgets the synced mark, once an opening gave up the records past damage
-/// ([`ReplayFrom::accept_loss`]) and made what came before durable in redb.
-pub(super) fn forget_synced(file: &dyn StorageBackend) -> io::Result<()> {
-    file.write(SYNCED_AT, &[0; 12])?;
-    file.sync_data()
+/// The highest record a checking synced mark at or after `from` names (0 if
+/// none). Marks left by earlier passes over the file name records redb holds
+/// (a checkpoint made them durable), so they claim nothing a replay lacks.
+fn synced_claim(reader: &mut Reader<'_>, from: u64) -> io::Result<u64> {
+    let mut claim = 0;
+    let mut at = from;
+    while at < reader.end {
+        let n = usize::try_from(reader.end - at)
+            .unwrap_or(READ_AHEAD)
+            .min(READ_AHEAD);
+        let Some(chunk) = reader.bytes(at, n)? else {
+            break;
+        };
+        let mut i = 0;
+        while let Some(found) = chunk[i..].windows(MARK.len()).position(|w| w == MARK) {
+            let start = i + found;
+            if let Some(mark) = chunk.get(start..start + MARK_LEN) {
+                let seq = u64::from_le_bytes(mark[8..16].try_into().unwrap_or([0; 8]));
+                if mark == synced_mark(seq) {
+                    claim = claim.max(seq);
+                }
+            }
+            i = start + 1;
+        }
+        if n < READ_AHEAD {
+            break;
+        }
+        // Overlapping, so that a mark across two chunks is seen whole.
+        at += (n - MARK_LEN) as u64;
+    }
+    Ok(claim)
 }
 
 /// `N` bytes of `head` from `at`.
@@ -585,11 +607,15 @@ impl Journal {
             (bytes, at, appends.next_seq.saturating_sub(1))
         };
         let stop = at + bytes.len() as u64;
-        if stop > written.capacity {
+        // Room for the synced mark, written after the records.
+        let mut bytes = bytes;
+        bytes.extend_from_slice(&synced_mark(written.synced_seq));
+        let marked = stop + MARK_LEN as u64;
+        if marked > written.capacity {
             // Up to twice what is needed (in steps of at most GROW), so that
             // growing is rare and each growth short; the sync below makes the
             // zeros and the new length durable with the records.
-            let target = stop.saturating_add(stop.clamp(1 << 20, GROW));
+            let target = marked.saturating_add(marked.clamp(1 << 20, GROW));
             let zeros = vec![0u8; ZEROS];
             let mut from = written.capacity;
             written.written_end = written.written_end.max(target);
@@ -601,11 +627,7 @@ impl Journal {
             }
             written.capacity = target;
         }
-        written.written_end = written.written_end.max(stop);
-        // Under the same sync as the records: a replay that finds records up
-        // to this mark missing knows them lost, not torn (see `Damage`).
-        self.file
-            .write(SYNCED_AT, &synced_mark(written.synced_seq))?;
+        written.written_end = written.written_end.max(marked);
         self.file.write(at, &bytes)?;
         self.file.sync_data()?;
         written.durable_end = stop;
@@ -633,7 +655,7 @@ impl Journal {
         self.file.write(HEADER_LEN, &[0; RECORD_HEADER])
     }
 
-    /// The journal's file, for [`forget_synced`] when an opening gives up
+    /// The journal's file, for [`clear`] when an opening gives up
     /// what a damaged journal held past the damage.
     pub fn file(&self) -> &dyn StorageBackend {
         &*self.file
@@ -1324,7 +1346,8 @@ mod tests {
         );
         // Once given up, the mark is forgotten: the next opening replays what
         // is there without refusing again.
-        forget_synced(&*journal.file).expect("forgets");
+        let len = journal.file.len().expect("len");
+        clear(&*journal.file, HEADER_LEN, len).expect("clears");
         assert_eq!(replayed(&*journal.file, 1, 3), Vec::<u64>::new());
     }
 

@@ -1117,9 +1117,11 @@ impl RedbStore {
         if let Some(damage) = replayed.abandoned {
             // What came before the damage is durable in redb now (or was
             // already): the records after it are given up for good, and the
-            // journal's synced mark with them, so that no later opening
+            // journal's synced marks with them, so that no later opening
             // refuses the store for them again.
-            journal::forget_synced(open.journal.file())
+            let file = open.journal.file();
+            (file.len())
+                .and_then(|len| journal::clear(file, journal::HEADER_LEN, len))
                 .map_err(|e| unavailable(&format!("clearing the journal {shown}"), e))?;
             tracing::warn!(
                 store = %self.path.display(),
