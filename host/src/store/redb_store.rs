@@ -685,7 +685,22 @@ fn open_database(path: &Path, options: &OpenOptions) -> Result<Opened, StoreErro
     }
     let fresh = created || len == 0;
     let missing = !fresh && !journal::path_of(path).exists();
-    let opened = database(file, path, options, missing).and_then(|(db, fence, meta)| {
+    // redb panics on some damaged files (an index out of range, an
+    // `unreachable!`) rather than returning an error: caught here, so that a
+    // file damaged where the opening reads it is refused as corrupt (exit 2)
+    // rather than crashing the process.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        database(file, path, options, missing)
+    }));
+    let read = read.unwrap_or_else(|panic| {
+        let why = (panic.downcast_ref::<String>().map(String::as_str))
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(StoreError::Corrupt(format!(
+            "{shown} is damaged: redb failed reading it ({why}); restore it from a backup"
+        )))
+    });
+    let opened = read.and_then(|(db, fence, meta)| {
         // A journal left by a store that was deleted is not this one's; one
         // found missing was not needed, or its loss accepted (see `database`).
         let journal = open_journal(path, options, &fence, meta.id, fresh || missing)?;

@@ -346,6 +346,35 @@ fn a_journal_that_is_not_the_stores_is_refused_and_named() {
     harness::assert_stderr_has(&o, "another store");
 }
 
+/// Audit F.5: a byte flipped in a store's first pages made redb panic while
+/// the store opened (an `unreachable!` in its B-tree code), crashing `serve`
+/// and every command with exit 101. The opening refuses it as corrupt.
+#[test]
+fn a_store_redb_panics_on_is_refused_as_corrupt() {
+    let (_dir, path) = harness::temp_path("flipped.redb");
+    {
+        let store = Arc::new(RedbStore::open(&path).expect("creates"));
+        let mut worker = subscribed(&store);
+        charge(&mut worker, "m0");
+        store.persist().expect("durable");
+    }
+    let clean = std::fs::read(&path).expect("reads");
+    let mut refused = 0;
+    for at in (4096..clean.len().min(16384)).step_by(512) {
+        let mut bytes = clean.clone();
+        bytes[at] ^= 0x5a;
+        std::fs::write(&path, &bytes).expect("writes");
+        let _ = std::fs::remove_file(journal_path(&path));
+        // Never a panic: opened (the flip missed what the opening reads) or refused.
+        match RedbStore::open(&path) {
+            Ok(_) => {}
+            Err(StoreError::Corrupt(_)) => refused += 1,
+            Err(e) => panic!("byte {at}: {e}"),
+        }
+    }
+    assert!(refused > 0, "some flip hit what the opening reads");
+}
+
 // ---- the store file removed under a running store (audit F.4) ---------------
 
 /// Removed while open, the store kept answering `allow` into a file no later
