@@ -351,13 +351,10 @@ fn a_journal_that_is_not_the_stores_is_refused_and_named() {
 /// and every command with exit 101. The opening refuses it as corrupt.
 #[test]
 fn a_store_redb_panics_on_is_refused_as_corrupt() {
-    let (_dir, path) = harness::temp_path("flipped.redb");
-    {
-        let store = Arc::new(RedbStore::open(&path).expect("creates"));
-        let mut worker = subscribed(&store);
-        charge(&mut worker, "m0");
-        store.persist().expect("durable");
-    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The live store behind the image, closed cleanly.
+    crash_image(dir.path(), 1, false);
+    let path = dir.path().join("live.redb");
     let clean = std::fs::read(&path).expect("reads");
     let mut refused = 0;
     for at in (4096..clean.len().min(16384)).step_by(512) {
