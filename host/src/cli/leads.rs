@@ -395,6 +395,9 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         store
     };
     let mut worker = args.place.policy.worker(store)?;
+    if args.email.is_none() {
+        warn_if_no_such_campaign(&mut worker, &args.account, &args.campaign);
+    }
     let request = match &args.email {
         Some(email) => Request::DeleteLead {
             account: args.account.clone(),
@@ -433,6 +436,36 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         Format::Text => println!("{}", dry_run_text(args.dry_run, deletion_text(&decision))),
     }
     Ok(Exit::Success)
+}
+
+/// Says on stderr when `campaign` holds no lead of `account`: `--all` on a
+/// mistyped campaign frees nothing, which alone reads like success.
+fn warn_if_no_such_campaign(
+    worker: &mut creditgate::runtime::Worker,
+    account: &str,
+    campaign: &str,
+) {
+    let Ok(campaigns) = creditgate::inspect::campaigns(worker, account) else {
+        return;
+    };
+    if campaigns.iter().any(|c| c.name == campaign) {
+        return;
+    }
+    let names: Vec<String> = campaigns
+        .iter()
+        .map(|c| escape(&c.name).into_owned())
+        .collect();
+    eprintln!(
+        "creditgate: warning: account {} has no campaign {} with leads (its campaigns: {}): \
+         nothing to delete",
+        quote(account),
+        quote(campaign),
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    );
 }
 
 /// A deletion's decision as `DELETE .../leads` answers it: a dry run's says so.

@@ -207,6 +207,19 @@ fn the_cli_lists_exclusive_leads_and_dry_runs_deletions() {
     assert_eq!(without_flag(dry), real);
     assert_eq!(real["freed"], 2, "{real}");
 
+    // Audit E.9: --all on a campaign the account has no leads in frees
+    // nothing, and says why (a typo reads like success otherwise).
+    let mut command = crate::harness::creditgate_command();
+    command
+        .args(words("leads delete --account acme --campaign q9 --all"))
+        .args(["--store", store]);
+    let out = crate::harness::run_with_stdin(command, b"");
+    harness::assert_exit(&out, 0);
+    harness::assert_stderr_has(
+        &out,
+        "account \"acme\" has no campaign \"q9\" with leads (its campaigns: q2)",
+    );
+
     let usage: Value =
         serde_json::from_str(&run(&["usage", "acme", "--format", "json"], "")).expect("JSON");
     assert_eq!(
