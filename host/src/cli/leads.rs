@@ -395,9 +395,12 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         store
     };
     let mut worker = args.place.policy.worker(store)?;
-    if args.email.is_none() {
-        warn_if_no_such_campaign(&mut worker, &args.account, &args.campaign);
-    }
+    // Asked before the deletion (after it the campaign is gone either way),
+    // said after it, once the account is known to exist.
+    let no_such_campaign = match &args.email {
+        None => no_such_campaign(&mut worker, &args.account, &args.campaign),
+        Some(_) => None,
+    };
     let request = match &args.email {
         Some(email) => Request::DeleteLead {
             account: args.account.clone(),
@@ -425,6 +428,9 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
         }
         return Err(denied.into());
     }
+    if let Some(warning) = no_such_campaign {
+        eprintln!("creditgate: warning: {warning}");
+    }
     match args.format {
         Format::Json => {
             let deleted = Deleted {
@@ -438,26 +444,23 @@ fn run_delete(args: DeleteArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// Says on stderr when `campaign` holds no lead of `account`: `--all` on a
+/// What to say when `campaign` holds no lead of `account`: `--all` on a
 /// mistyped campaign frees nothing, which alone reads like success.
-fn warn_if_no_such_campaign(
+fn no_such_campaign(
     worker: &mut creditgate::runtime::Worker,
     account: &str,
     campaign: &str,
-) {
-    let Ok(campaigns) = creditgate::inspect::campaigns(worker, account) else {
-        return;
-    };
+) -> Option<String> {
+    let campaigns = creditgate::inspect::campaigns(worker, account).ok()?;
     if campaigns.iter().any(|c| c.name == campaign) {
-        return;
+        return None;
     }
     let names: Vec<String> = campaigns
         .iter()
         .map(|c| escape(&c.name).into_owned())
         .collect();
-    eprintln!(
-        "creditgate: warning: account {} has no campaign {} with leads (its campaigns: {}): \
-         nothing to delete",
+    Some(format!(
+        "account {} has no campaign {} with leads (its campaigns: {}): nothing to delete",
         quote(account),
         quote(campaign),
         if names.is_empty() {
@@ -465,7 +468,7 @@ fn warn_if_no_such_campaign(
         } else {
             names.join(", ")
         }
-    );
+    ))
 }
 
 /// A deletion's decision as `DELETE .../leads` answers it: a dry run's says so.
