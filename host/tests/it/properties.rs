@@ -567,7 +567,11 @@ impl Invariants {
                     ));
                 }
                 Some(_) => {}
-                None if charged > 0 => {
+                // Allowed and not remembered: the id is this message's from now
+                // on, charged or not (a reply that costs 0 takes it too: once its
+                // first message is forgotten, a later retry of the reply is free
+                // and the first message's content is no longer the id's).
+                None if charged > 0 || allowed => {
                     let until = cycle_end.saturating_add(ONCE_GRACE);
                     self.charged_ids.insert(key, (content, until));
                 }
@@ -687,6 +691,24 @@ proptest! {
     fn component_matches_model(trace in trace(60)) {
         compare(&small_policy(), &trace.lines())?;
     }
+}
+
+/// A sequence the property below found (CI, 2026-12-07): m1's first message
+/// is forgotten (its cycle ended a week before), a free reply takes m1, and
+/// the reply's retry from a clock a day behind is let through free. The
+/// checker had kept m1 as the first message's, since the reply charged 0.
+#[test]
+fn a_free_reply_takes_a_forgotten_id_and_its_retry_is_free() {
+    let lines: Vec<String> = [
+        r#"{"account":"acme","at":"2025-01-31T10:00:00Z","op":"subscribe","plan":"tiny"}"#,
+        r#"{"account":"acme","at":"2025-01-31T09:59:59Z","message_id":"m1","op":"send_email","to":"ann@example.com"}"#,
+        r#"{"account":"acme","at":"2025-03-08T09:59:59Z","kind":"reply","message_id":"m1","op":"send_email","to":"carol@mail.example.org"}"#,
+        r#"{"account":"acme","at":"2025-03-07T09:59:59Z","kind":"reply","message_id":"m1","op":"send_email","to":"carol@mail.example.org"}"#,
+    ]
+    .map(String::from)
+    .to_vec();
+    let outputs = compare(&priced_policy(), &lines).expect("component, model and invariants agree");
+    harness::assert_has(&outputs[3], r#""decision":"allow""#);
 }
 
 proptest! {
