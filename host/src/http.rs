@@ -1575,7 +1575,9 @@ impl ApiError {
         Self::new(status, code, message)
     }
 
-    /// No decision was made; nothing was charged.
+    /// No decision was answered. Nothing was charged, except that a Redis call
+    /// with no answer may have been applied all the same: its message says so,
+    /// and a retry with the same message id settles it (charged once).
     pub(crate) fn gateway(account: &str, e: GatewayError) -> Self {
         let unavailable = |code, message: String| {
             warn!(%account, error = %Escaped(&message), "no decision");

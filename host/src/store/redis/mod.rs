@@ -421,7 +421,11 @@ impl RedisStore {
             Ok(Ok(Err(e))) => Err(self.failure(what, &e)),
             Ok(Err(_)) => Err(self.unavailable(
                 what,
-                format_args!("no answer within {} ms", limit.as_millis()),
+                format_args!(
+                    "no answer within {} ms (a write may have been applied all the same: a \
+                     retry with the same message id settles it)",
+                    limit.as_millis()
+                ),
             )),
             Err(e) => Err(self.unavailable(what, e)),
         }
@@ -605,7 +609,11 @@ impl RedisStore {
             Ok(Ok(Err(_))) => Err(self.unavailable(what, "the store's collector stopped")),
             Ok(Err(_)) => Err(self.unavailable(
                 what,
-                format_args!("no answer within {} ms", limit.as_millis()),
+                format_args!(
+                    "no answer within {} ms (a write may have been applied all the same: a \
+                     retry with the same message id settles it)",
+                    limit.as_millis()
+                ),
             )),
             Err(e) => Err(self.unavailable(what, e)),
         }
