@@ -117,16 +117,16 @@ pub fn stranded_plans(
     policy: &str,
     now: i64,
 ) -> Result<Vec<StrandedPlan>, ReloadError> {
-    let mut stranded = std::collections::BTreeMap::<String, u64>::new();
-    each_usage(runtime, store, policy, now, &mut |decision| {
-        if let (Some(Reason::UnknownPlan), Some(usage)) = (decision.denied, &decision.usage) {
-            *stranded.entry(usage.plan.clone()).or_default() += 1;
-        }
-    })?;
-    Ok(stranded
-        .into_iter()
-        .map(|(plan, accounts)| StrandedPlan { plan, accounts })
-        .collect())
+    count_by_plan(
+        runtime,
+        store,
+        policy,
+        now,
+        &|decision| match (decision.denied, &decision.usage) {
+            (Some(Reason::UnknownPlan), Some(usage)) => Some(&usage.plan),
+            _ => None,
+        },
+    )
 }
 
 /// Of the accounts in `store` on one of `plans`, how many use more credits than
@@ -140,17 +140,35 @@ pub fn over_limits(
     now: i64,
 ) -> Result<Vec<StrandedPlan>, ReloadError> {
     let over = |used: u64, limit: Option<u64>| limit.is_some_and(|limit| used > limit);
-    let mut found = std::collections::BTreeMap::<String, u64>::new();
+    count_by_plan(runtime, store, policy, now, &|decision| {
+        decision
+            .usage
+            .as_ref()
+            .filter(|usage| {
+                plans.contains(&usage.plan)
+                    && (over(usage.lead_credits.used, usage.lead_credits.limit)
+                        || over(usage.email_credits.used, usage.email_credits.limit))
+            })
+            .map(|usage| &usage.plan)
+    })
+}
+
+/// How many accounts of `store` each plan has that `pick` names for their
+/// usage decision under `policy`, in order of plan name.
+fn count_by_plan(
+    runtime: &Runtime,
+    store: Arc<dyn Store>,
+    policy: &str,
+    now: i64,
+    pick: &dyn Fn(&Decision) -> Option<&String>,
+) -> Result<Vec<StrandedPlan>, ReloadError> {
+    let mut counted = std::collections::BTreeMap::<String, u64>::new();
     each_usage(runtime, store, policy, now, &mut |decision| {
-        if let Some(usage) = &decision.usage
-            && plans.contains(&usage.plan)
-            && (over(usage.lead_credits.used, usage.lead_credits.limit)
-                || over(usage.email_credits.used, usage.email_credits.limit))
-        {
-            *found.entry(usage.plan.clone()).or_default() += 1;
+        if let Some(plan) = pick(decision) {
+            *counted.entry(plan.clone()).or_default() += 1;
         }
     })?;
-    Ok(found
+    Ok(counted
         .into_iter()
         .map(|(plan, accounts)| StrandedPlan { plan, accounts })
         .collect())
@@ -815,7 +833,7 @@ impl Gateway {
         &self,
         before: &PolicySummary,
     ) -> Result<Vec<StrandedPlan>, ReloadError> {
-        let (runtime, policy, now) = {
+        let (runtime, policy, summary) = {
             let version = self.version.read().unwrap_or_else(PoisonError::into_inner);
             (
                 version.runtime.clone(),
@@ -828,7 +846,7 @@ impl Gateway {
             (Some(new), Some(old)) => new < old,
             (None, _) => false,
         };
-        let lowered: Vec<String> = (now.plans.iter())
+        let lowered: Vec<String> = (summary.plans.iter())
             .filter(|plan| {
                 before.plans.iter().any(|was| {
                     was.name == plan.name

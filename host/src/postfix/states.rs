@@ -22,7 +22,7 @@
 //! recipients, and says when to log them (the first, the tenth, the 100th...).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// A `protocol_state` Postfix sends (SMTPD_POLICY_README; `BDAT` since Postfix
 /// 3.4, for a message sent with `CHUNKING`). Any other value is no state
@@ -178,7 +178,10 @@ impl Uncharged {
 struct PathCounts {
     key: AtomicU32,
     about_mail: AtomicU64,
-    at_the_end: AtomicU64,
+    /// Whether a request has come at `END-OF-MESSAGE`: set once, read by
+    /// every request about mail, never written again (no shared write per
+    /// charge).
+    reached_the_end: AtomicBool,
 }
 
 /// Requests by protocol state since the server started, shared by its Postfix
@@ -211,11 +214,13 @@ impl StateCounts {
         }
         let counts = self.path_counts(path)?;
         if at_the_end {
-            counts.at_the_end.fetch_add(1, Relaxed);
+            if !counts.reached_the_end.load(Relaxed) {
+                counts.reached_the_end.store(true, Relaxed);
+            }
             return None;
         }
         let requests = counts.about_mail.fetch_add(1, Relaxed) + 1;
-        let never = counts.at_the_end.load(Relaxed) == 0;
+        let never = !counts.reached_the_end.load(Relaxed);
         (never && is_reminder(FIRST_UNCHARGED_WARNING, requests))
             .then_some(NeverAtTheEnd { requests, path })
     }

@@ -241,8 +241,8 @@ pub(super) struct ReplayFrom {
 }
 
 /// Records lost to damage: the journal's run broke at `offset`, after record
-/// `after`, where its header says records up to `synced` were synced (see
-/// [`MARK`]). A run that breaks short of what was synced is damaged in
+/// `after`, where a synced mark past it says records up to `synced` were
+/// synced (see [`MARK`]). A run that breaks short of what was synced is damaged in
 /// what was acknowledged (a bad sector, a stray write): not an end to replay
 /// up to in silence. A break past it is the last write, torn by a crash, which
 /// nothing acknowledged.
@@ -1254,7 +1254,8 @@ mod tests {
         assert_eq!(replayed(&*journal.file, 3, 2), [4, 5]);
         assert_eq!(replayed(&*journal.file, 5, 2), Vec::<u64>::new());
         // Records of this opening's boot or later are never replayed: here,
-        // records the header says were synced, so the journal is refused.
+        // records the last flush's mark says were synced, so the journal is
+        // refused.
         let from = ReplayFrom {
             id: ID,
             applied: 0,

@@ -1040,24 +1040,24 @@ impl RedbStore {
             .secret
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner) = meta.secret;
-        store.journal_loss = match (meta.lost, damage) {
-            (Some(why), _) => Some(JournalLoss {
-                journal: journal::path_of(path),
-                why: why.to_owned(),
-                applied: meta.applied,
-            }),
-            (None, Some(damage)) => Some(JournalLoss {
-                journal: journal::path_of(path),
-                why: format!(
+        let lost = match (meta.lost, damage) {
+            (Some(why), _) => Some((why.to_owned(), meta.applied)),
+            (None, Some(damage)) => Some((
+                format!(
                     "it was damaged at byte {} (records {} to {} were synced and are lost)",
                     damage.offset,
                     damage.after + 1,
                     damage.synced
                 ),
-                applied: damage.after,
-            }),
+                damage.after,
+            )),
             (None, None) => None,
         };
+        store.journal_loss = lost.map(|(why, applied)| JournalLoss {
+            journal: journal::path_of(path),
+            why,
+            applied,
+        });
         Ok(store)
     }
 

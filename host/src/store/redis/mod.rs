@@ -214,6 +214,15 @@ fn evalsha(script: &Script, keys: &[String], scope: &str, args: &[Vec<u8>]) -> C
     cmd
 }
 
+/// Why a call that timed out failed: its write may stand all the same.
+fn no_answer(limit: Duration) -> String {
+    format!(
+        "no answer within {} ms (a write may have been applied all the same: a retry with \
+         the same message id settles it)",
+        limit.as_millis()
+    )
+}
+
 /// The `WAIT` every write is followed by, when `config` asks for replicas: the
 /// collector's pipelines and the scripts run alone take it from here.
 fn replica_wait(config: &RedisConfig) -> Option<conn::Wait> {
@@ -419,14 +428,7 @@ impl RedisStore {
         ) {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(e))) => Err(self.failure(what, &e)),
-            Ok(Err(_)) => Err(self.unavailable(
-                what,
-                format_args!(
-                    "no answer within {} ms (a write may have been applied all the same: a \
-                     retry with the same message id settles it)",
-                    limit.as_millis()
-                ),
-            )),
+            Ok(Err(_)) => Err(self.unavailable(what, no_answer(limit))),
             Err(e) => Err(self.unavailable(what, e)),
         }
     }
@@ -607,14 +609,7 @@ impl RedisStore {
             }
             Ok(Ok(Ok(Err(e)))) => Err(self.failure(what, &e)),
             Ok(Ok(Err(_))) => Err(self.unavailable(what, "the store's collector stopped")),
-            Ok(Err(_)) => Err(self.unavailable(
-                what,
-                format_args!(
-                    "no answer within {} ms (a write may have been applied all the same: a \
-                     retry with the same message id settles it)",
-                    limit.as_millis()
-                ),
-            )),
+            Ok(Err(_)) => Err(self.unavailable(what, no_answer(limit))),
             Err(e) => Err(self.unavailable(what, e)),
         }
     }
