@@ -28,7 +28,7 @@
 //! row outside quotes, blank lines are skipped), and each row it yields is then
 //! parsed into fields by the csv crate itself.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash as _, Hasher as _};
 use std::io::{self, BufRead, Cursor, SeekFrom};
@@ -40,7 +40,10 @@ use serde::Serialize;
 use crate::bindings::{LeadBatch, LeadOutcome, LeadResult, MemberAddOutcome, MembersAdded, Reason};
 use crate::request::Request;
 use crate::runtime::{DecideError, Worker};
-use crate::store::{DryRun, MAX_NAME_LEN, MemberAddMany, MemoryStore, Predict, Store, StoreError};
+use crate::store::{
+    DryRun, MAX_GROUPS_PER_MEMBER, MAX_NAME_LEN, MemberAddMany, MemoryStore, Predict, Store,
+    StoreError, too_many_groups,
+};
 use crate::wire::{CreditsJson, LeadClass, LeadClassifier, UsageJson, reason_code};
 
 /// Longest row accepted, in bytes (line ending excluded); a longer one is reported
@@ -467,7 +470,8 @@ impl fmt::Debug for Additions {
 struct Target {
     scope: String,
     group: String,
-    in_scope: HashSet<u64>,
+    /// Each member of the scope, and how many of its groups hold it.
+    in_scope: HashMap<u64, u64>,
     in_group: HashSet<u64>,
     /// The scope's member count, as the real store counts it, plus additions.
     count: u64,
@@ -505,13 +509,13 @@ impl Additions {
         let mut target = Target {
             scope: scope.to_owned(),
             group: group.to_owned(),
-            in_scope: HashSet::with_capacity(usize::try_from(count).unwrap_or(0)),
+            in_scope: HashMap::with_capacity(usize::try_from(count).unwrap_or(0)),
             in_group: HashSet::new(),
             count,
         };
         real.visit_members(scope, None, &mut |g, member| {
             let print = fingerprint(member);
-            target.in_scope.insert(print);
+            *target.in_scope.entry(print).or_default() += 1;
             if g == group {
                 target.in_group.insert(print);
             }
@@ -552,20 +556,32 @@ impl Predict for Additions {
             Some(_) => return Err(self.refused("add contacts to two campaigns")),
             None => target.insert(Self::read_target(real, scope, group)?),
         };
-        // As every store answers `member-add-many` (see MemoryStore).
+        // As every store answers `member-add-many` (see MemoryStore): refused
+        // whole if one member would join too many groups.
+        let full = members.iter().find(|member| {
+            let print = fingerprint(member);
+            !t.in_group.contains(&print)
+                && t.in_scope
+                    .get(&print)
+                    .is_some_and(|&n| n >= MAX_GROUPS_PER_MEMBER)
+        });
+        if let Some(member) = full {
+            return Err(too_many_groups(scope, member));
+        }
         let outcomes = members
             .iter()
             .map(|member| {
                 let print = fingerprint(member);
                 if t.in_group.contains(&print) {
                     MemberAddOutcome::AlreadyInGroup
-                } else if t.in_scope.contains(&print) {
+                } else if let Some(groups) = t.in_scope.get_mut(&print) {
+                    *groups += 1;
                     t.in_group.insert(print);
                     MemberAddOutcome::Joined
                 } else if add.limit.is_some_and(|l| t.count >= l) {
                     MemberAddOutcome::Refused
                 } else {
-                    t.in_scope.insert(print);
+                    t.in_scope.insert(print, 1);
                     t.in_group.insert(print);
                     t.count += 1;
                     MemberAddOutcome::Inserted

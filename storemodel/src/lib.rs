@@ -124,12 +124,14 @@ pub struct Dump {
     pub memberships: Vec<(String, String)>,
 }
 
-/// The longest name and value, and the largest batch, a store accepts.
+/// The longest name and value, the largest batch, and the most groups of its
+/// scope a member may be in, that a store accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub name: usize,
     pub value: usize,
     pub batch: usize,
+    pub groups: u64,
 }
 
 impl Limits {
@@ -138,6 +140,7 @@ impl Limits {
         name: usize::MAX,
         value: usize::MAX,
         batch: usize::MAX,
+        groups: u64::MAX,
     };
 }
 
@@ -732,6 +735,7 @@ impl Model {
                 member,
                 limit,
             } => {
+                self.check_joins(scope, group, [member])?;
                 let (outcome, members) = self.member_add(scope, group, member, *limit);
                 Answer::Member(outcome, members)
             }
@@ -747,6 +751,7 @@ impl Model {
                 if !self.guard_holds(scope, guard(g)) {
                     return Ok(Answer::GuardedMember(None));
                 }
+                self.check_joins(scope, group, [member])?;
                 let (outcome, members) = self.member_add(scope, group, member, *limit);
                 let counter = self.counter_get(scope, name, *now);
                 Answer::GuardedMember(Some((outcome, Tally { counter, members })))
@@ -757,6 +762,7 @@ impl Model {
                 members,
                 limit,
             } => {
+                self.check_joins(scope, group, members)?;
                 let (outcomes, count) = self.member_add_many(scope, group, members, *limit);
                 Answer::Members(outcomes, count)
             }
@@ -796,6 +802,29 @@ impl Model {
                 Answer::Alerts(self.alerts(owner.as_deref(), after))
             }
         })
+    }
+
+    /// Whether each of `members` may join `group` of `scope`: not one of them
+    /// outside it may already be in `limits.groups` groups of the scope. A call
+    /// with one that may not is refused whole.
+    fn check_joins<M: AsRef<str>>(
+        &self,
+        scope: &str,
+        group: &str,
+        members: impl IntoIterator<Item = M>,
+    ) -> Result<(), Invalid> {
+        let Some(limits) = self.limits else {
+            return Ok(());
+        };
+        let full = |member: &str| {
+            self.groups.get(&pair(scope, member)).is_some_and(|groups| {
+                !groups.contains(group) && groups.len() as u64 >= limits.groups
+            })
+        };
+        match members.into_iter().any(|m| full(m.as_ref())) {
+            true => Err(Invalid),
+            false => Ok(()),
+        }
     }
 
     /// Whether `op`'s arguments are within the limits, as every backend checks
@@ -971,6 +1000,7 @@ mod tests {
             name: 3,
             value: 2,
             batch: 1,
+            groups: 2,
         };
         let mut m = Model::with_limits(limits);
         let insert = |value: &str| Op::RecordInsert {
@@ -988,5 +1018,47 @@ mod tests {
         };
         assert_eq!(m.apply(&many), Err(Invalid));
         assert_eq!(m.member_count("s"), 0);
+    }
+
+    #[test]
+    fn a_member_joins_at_most_the_limits_groups() {
+        let limits = Limits {
+            groups: 2,
+            ..Limits::NONE
+        };
+        let mut m = Model::with_limits(limits);
+        let join = |group: &str, member: &str| Op::MemberAdd {
+            scope: "s".into(),
+            group: group.into(),
+            member: member.into(),
+            limit: None,
+        };
+        assert_eq!(
+            m.apply(&join("g", "a")),
+            Ok(Answer::Member(Joined::Inserted, 1))
+        );
+        assert_eq!(
+            m.apply(&join("h", "a")),
+            Ok(Answer::Member(Joined::Joined, 1))
+        );
+        assert_eq!(m.apply(&join("i", "a")), Err(Invalid), "a third group");
+        let again = Ok(Answer::Member(Joined::AlreadyInGroup, 1));
+        assert_eq!(m.apply(&join("h", "a")), again, "a group it is in");
+        let many = |members: &[&str]| Op::MemberAddMany {
+            scope: "s".into(),
+            group: "i".into(),
+            members: members.iter().map(|&m| m.into()).collect(),
+            limit: None,
+        };
+        assert_eq!(m.apply(&many(&["b", "a"])), Err(Invalid), "refused whole");
+        assert_eq!(m.member_count("s"), 1);
+        assert_eq!(m.membership("s", "i", "b"), None, "nor b with it");
+        m.member_remove("s", "g", "a");
+        let joined = Ok(Answer::Members(vec![Joined::Inserted, Joined::Joined], 2));
+        assert_eq!(
+            m.apply(&many(&["b", "a"])),
+            joined,
+            "room again after a leave"
+        );
     }
 }

@@ -13,9 +13,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[cfg(doc)]
 use super::Store;
 use super::{
-    Alerts, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant, MemberAdd,
-    MemberAddGuarded, MemberAddMany, Members, Membership, Records, SECRET_LEN, ScopeDump,
-    StoreError, Visit, VisitAlert, is_retry,
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant,
+    MAX_GROUPS_PER_MEMBER, MemberAdd, MemberAddGuarded, MemberAddMany, Members, Membership,
+    Records, SECRET_LEN, ScopeDump, StoreError, Visit, VisitAlert, is_retry, too_many_groups,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -110,9 +110,36 @@ fn exclusive_add(exclusive: &mut BTreeMap<String, u64>, group: &str, gain: bool)
     }
 }
 
+/// Refuses, before anything is applied, a join of `members` to `group` of
+/// `scope` that would put one of them in more than [`MAX_GROUPS_PER_MEMBER`]
+/// groups.
+fn check_joins<'m>(
+    scopes: &BTreeMap<String, Scope>,
+    scope: &str,
+    group: &str,
+    members: impl IntoIterator<Item = &'m str>,
+) -> Result<(), StoreError> {
+    let Some(s) = scopes.get(scope) else {
+        return Ok(());
+    };
+    let full = |member: &&str| {
+        s.member_groups.get(*member).is_some_and(|groups| {
+            !groups.contains(group) && groups.len() as u64 >= MAX_GROUPS_PER_MEMBER
+        })
+    };
+    match members.into_iter().find(full) {
+        Some(member) => Err(too_many_groups(scope, member)),
+        None => Ok(()),
+    }
+}
+
 /// `member_add` on the locked state.
-fn add_member(scopes: &mut BTreeMap<String, Scope>, add: MemberAdd<'_>) -> MemberAdded {
+fn add_member(
+    scopes: &mut BTreeMap<String, Scope>,
+    add: MemberAdd<'_>,
+) -> Result<MemberAdded, StoreError> {
     let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
+    check_joins(scopes, scope, group, [member])?;
     let members = scopes.get(scope).map_or(0, Scope::members);
     let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
     let outcome = match groups {
@@ -125,7 +152,7 @@ fn add_member(scopes: &mut BTreeMap<String, Scope>, add: MemberAdd<'_>) -> Membe
         outcome,
         MemberAddOutcome::AlreadyInGroup | MemberAddOutcome::Refused
     ) {
-        return MemberAdded { outcome, members };
+        return Ok(MemberAdded { outcome, members });
     }
     let s = scopes.entry(scope.to_owned()).or_default();
     s.joining(group, member);
@@ -137,10 +164,10 @@ fn add_member(scopes: &mut BTreeMap<String, Scope>, add: MemberAdd<'_>) -> Membe
         .entry(group.to_owned())
         .or_default()
         .insert(member.to_owned());
-    MemberAdded {
+    Ok(MemberAdded {
         outcome,
         members: s.members(),
-    }
+    })
 }
 
 /// Whether `guard`, if any, holds for `scope`.
@@ -350,7 +377,7 @@ impl super::Backend for MemoryStore {
     }
 
     fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
-        Ok(add_member(&mut self.lock(), add))
+        add_member(&mut self.lock(), add)
     }
 
     fn member_add_guarded(
@@ -361,7 +388,7 @@ impl super::Backend for MemoryStore {
         if !guard_holds(scopes.get(add.scope), add.guard) {
             return Ok(None);
         }
-        let added = add_member(&mut scopes, add.member_add());
+        let added = add_member(&mut scopes, add.member_add())?;
         let tally = Tally {
             counter: counter_of(scopes.get(add.scope), add.name, add.now),
             members: added.members,
@@ -382,6 +409,7 @@ impl super::Backend for MemoryStore {
                 members,
             });
         }
+        check_joins(&scopes, scope, group, members.iter().map(String::as_str))?;
         let mut outcomes = Vec::with_capacity(members.len());
         let s = scopes.entry(scope.to_owned()).or_default();
         let mut count = s.members();

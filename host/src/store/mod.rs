@@ -75,6 +75,13 @@ pub const MAX_BATCH: usize = 10_000;
 /// Longest record value a backend accepts, in bytes.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
+/// Most groups of its scope one member may be in. Joining another group is free
+/// (a contact in a second campaign costs no second lead credit), so without a
+/// bound a caller could grow a scope without limit on one credit; with it, a
+/// scope holds at most this many memberships per member it counts. A join past
+/// it is refused with [`StoreError::InvalidArgument`], applying nothing.
+pub const MAX_GROUPS_PER_MEMBER: u64 = 1_000;
+
 /// Longest value of a host record ([`Store::set_host_record`]): room for a
 /// policy file's text.
 pub const MAX_HOST_RECORD_LEN: usize = 1 << 20;
@@ -934,6 +941,15 @@ pub(crate) fn check_batch(scope: &str, group: &str, members: &[String]) -> Resul
     members
         .iter()
         .try_for_each(|member| check_name("member", member))
+}
+
+/// The refusal of a join that would put `member` in more than
+/// [`MAX_GROUPS_PER_MEMBER`] groups of `scope`.
+pub(crate) fn too_many_groups(scope: &str, member: &str) -> StoreError {
+    StoreError::InvalidArgument(format!(
+        "member {member:?} of scope {scope:?} is already in {MAX_GROUPS_PER_MEMBER} groups, \
+         the most a member may join"
+    ))
 }
 
 /// Checks the names a primitive on one member of one group takes.

@@ -10,8 +10,9 @@ pub use creditgate_storemodel::{
 };
 
 use super::{
-    CounterAdd, CounterTally, Guard, GuardedUpdate, MAX_BATCH, MAX_NAME_LEN, MAX_VALUE_LEN,
-    MemberAdd, MemberAddGuarded, MemberAddMany, Membership, OnceKey, Store, StoreError,
+    CounterAdd, CounterTally, Guard, GuardedUpdate, MAX_BATCH, MAX_GROUPS_PER_MEMBER, MAX_NAME_LEN,
+    MAX_VALUE_LEN, MemberAdd, MemberAddGuarded, MemberAddMany, Membership, OnceKey, Store,
+    StoreError,
 };
 use crate::bindings::{self, CounterAdded, GuardedAdd, MemberAddOutcome, MemberRemoveOutcome};
 
@@ -20,6 +21,7 @@ pub const LIMITS: Limits = Limits {
     name: MAX_NAME_LEN,
     value: MAX_VALUE_LEN,
     batch: MAX_BATCH,
+    groups: MAX_GROUPS_PER_MEMBER,
 };
 
 /// An empty model that refuses what the backends refuse.

@@ -104,8 +104,8 @@ use super::group_commit::GroupCommit;
 use super::journal::{self, Journal, Many, Op, ReplayFrom};
 use super::{
     Alerts, BatchEnd, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant,
-    MemberAdd, MemberAddGuarded, MemberAddMany, Members, Membership, Records, SECRET_LEN,
-    ScopeDump, StoreError, Visit, VisitAlert, is_retry,
+    MAX_GROUPS_PER_MEMBER, MemberAdd, MemberAddGuarded, MemberAddMany, Members, Membership,
+    Records, SECRET_LEN, ScopeDump, StoreError, Visit, VisitAlert, is_retry, too_many_groups,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -1953,6 +1953,7 @@ impl super::Backend for RedbStore {
     fn member_add(&self, add: MemberAdd<'_>) -> Result<MemberAdded, StoreError> {
         let op = || Op::MemberAdd(add);
         self.write("member-add", op, |txn| add_member(txn, add))
+            .flatten()
     }
 
     fn member_add_guarded(
@@ -1964,17 +1965,22 @@ impl super::Backend for RedbStore {
         let op = || Op::MemberAddGuarded(add);
         self.write(what, op, |txn| {
             if !guard_holds(add.guard, scope, || txn.records())? {
-                return Ok((None, false));
+                return Ok((Ok(None), false));
             }
             let (added, changed) = add_member(txn, add.member_add())?;
+            let added = match added {
+                Ok(added) => added,
+                Err(refusal) => return Ok((Err(refusal), false)),
+            };
             let counters = txn.counters()?;
             let tally = Tally {
                 counter: counter_of(&*counters, scope, add.name, add.now)?,
                 members: added.members,
             };
             let outcome = added.outcome;
-            Ok((Some(GuardedMember { outcome, tally }), changed))
+            Ok((Ok(Some(GuardedMember { outcome, tally })), changed))
         })
+        .flatten()
     }
 
     fn member_add_many(&self, add: MemberAddMany<'_>) -> Result<MembersAdded, StoreError> {
@@ -1996,7 +2002,7 @@ impl super::Backend for RedbStore {
                     outcomes: Vec::new(),
                     members: before,
                 };
-                return Ok((none, false));
+                return Ok((Ok(none), false));
             }
             let mut group_members = txn.group_members()?;
             let mut member_groups = txn.member_groups()?;
@@ -2033,6 +2039,9 @@ impl super::Backend for RedbStore {
                             .is_some() =>
                     {
                         Found::InGroup
+                    }
+                    Some(n) if n >= MAX_GROUPS_PER_MEMBER => {
+                        return Ok((Err(too_many_groups(scope, member)), false));
                     }
                     Some(n) => Found::Elsewhere(
                         n.checked_add(1)
@@ -2118,8 +2127,9 @@ impl super::Backend for RedbStore {
                 outcomes,
                 members: count,
             };
-            Ok((answer, changed))
+            Ok((Ok(answer), changed))
         })
+        .flatten()
     }
 
     fn member_remove(&self, at: Membership<'_>) -> Result<MemberRemoved, StoreError> {
@@ -2529,18 +2539,20 @@ impl<'a, 't> Membered<'a, 't> {
     }
 }
 
-/// `member_add` in `txn`; answers whether it changed anything.
+/// `member_add` in `txn`; answers whether it changed anything. A join past
+/// [`MAX_GROUPS_PER_MEMBER`] is answered (refused, nothing changed), not failed:
+/// a failure would take down the other writes of a batch with it.
 fn add_member(
     txn: &WriteTables<'_>,
     add: MemberAdd<'_>,
-) -> Result<(MemberAdded, bool), StoreError> {
+) -> Result<(Result<MemberAdded, StoreError>, bool), StoreError> {
     let what = "member-add";
     let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
     let mut m = Membered::open(txn, (scope, group, member), what)?;
     let members = m.members;
     if m.held {
         let outcome = MemberAddOutcome::AlreadyInGroup;
-        return Ok((MemberAdded { outcome, members }, false));
+        return Ok((Ok(MemberAdded { outcome, members }), false));
     }
     let mut member_groups = txn.member_groups()?;
     let groups = member_groups
@@ -2549,6 +2561,9 @@ fn add_member(
         .map(|g| g.value());
     let mut sizes = txn.group_counts()?;
     let (outcome, groups, members) = match groups {
+        Some(n) if n >= MAX_GROUPS_PER_MEMBER => {
+            return Ok((Err(too_many_groups(scope, member)), false));
+        }
         Some(n) => {
             if n == 1 {
                 let others = groups_of(&*sizes, scope, group)?;
@@ -2562,7 +2577,7 @@ fn add_member(
         }
         None if limit.is_some_and(|l| members >= l) => {
             let outcome = MemberAddOutcome::Refused;
-            return Ok((MemberAdded { outcome, members }, false));
+            return Ok((Ok(MemberAdded { outcome, members }), false));
         }
         None => {
             let grown = members
@@ -2577,7 +2592,7 @@ fn add_member(
         .insert((scope, group, member), ())
         .ctx(what)?;
     bump(&mut sizes, scope, group, 1, i64::from(groups == 1))?;
-    Ok((MemberAdded { outcome, members }, true))
+    Ok((Ok(MemberAdded { outcome, members }), true))
 }
 
 /// Creates the `once_markers` table, and moves into it the markers of a file

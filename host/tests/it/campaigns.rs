@@ -322,3 +322,38 @@ fn concurrent_dry_runs_stay_inside_the_instance_pool() {
         listed.body
     );
 }
+
+/// A contact in a second campaign costs no second credit, so the store bounds
+/// the campaigns one contact may be in (`MAX_GROUPS_PER_MEMBER`): an upload past
+/// that is refused with a message naming the contact, applies nothing, and
+/// leaves every other contact free to join.
+#[test]
+fn a_contact_joins_a_bounded_number_of_campaigns() {
+    let api = Api::memory();
+    assert_eq!(api.subscribe("acme", "large").0, 201);
+    let upload = |campaign: &str, email: &str| {
+        api.post(
+            &format!("/v1/accounts/acme/campaigns/{campaign}/leads"),
+            &json!({ "emails": [email] }).to_string(),
+        )
+    };
+    let max = creditgate::store::MAX_GROUPS_PER_MEMBER;
+    for i in 0..max {
+        let (status, body) = upload(&format!("q{i}"), "ann@x.io");
+        assert_eq!(status, 200, "campaign {i}: {body}");
+    }
+    let (status, body) = upload("past", "ann@x.io");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(code(&body), "invalid_argument", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("ann@x.io") && message.contains(&format!("{max} groups")),
+        "{message}"
+    );
+    let (_, usage) = api.usage("acme");
+    assert_eq!(usage["lead_credits"]["used"], json!(1), "{usage}");
+    let (status, body) = upload("past", "bob@x.io");
+    assert_eq!(status, 200, "another contact joins: {body}");
+    let listed = campaigns(&api, "acme").to_string();
+    assert!(listed.contains("\"past\""), "{listed}");
+}

@@ -166,9 +166,9 @@ use durability::{Refusal, Watch};
 pub use url::{RedisConfig, RedisTarget, is_redis_url, parse_url};
 
 use super::{
-    Alerts, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant, MemberAdd,
-    MemberAddGuarded, MemberAddMany, Members, Membership, SECRET_LEN, ScopeDump, Store, StoreError,
-    Visit, VisitAlert,
+    Alerts, CounterAdd, CounterTally, GroupCount, Guard, GuardedUpdate, Instant,
+    MAX_GROUPS_PER_MEMBER, MemberAdd, MemberAddGuarded, MemberAddMany, Members, Membership,
+    SECRET_LEN, ScopeDump, Store, StoreError, Visit, VisitAlert, too_many_groups,
 };
 use crate::bindings::{
     GroupCleared, GuardedAdd, GuardedMember, MemberAddOutcome, MemberAdded, MemberRemoveOutcome,
@@ -639,6 +639,7 @@ impl RedisStore {
         };
         Ok(match outcome {
             4 => (None, tally),
+            5 => return Err(too_many_groups(scope, member)),
             n => (Some(member_outcome(n)?), tally),
         })
     }
@@ -971,6 +972,9 @@ impl super::Backend for RedisStore {
                 "member-add-many",
                 format_args!("{} outcomes for {} members", outcomes.len(), members.len()),
             ));
+        }
+        if let Some(i) = outcomes.iter().position(|&o| o == 5) {
+            return Err(too_many_groups(scope, &members[i]));
         }
         Ok(MembersAdded {
             outcomes: outcomes
@@ -1404,7 +1408,12 @@ struct Scripts {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let script = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+    let script = |body: &str| {
+        let max_groups = MAX_GROUPS_PER_MEMBER;
+        Script::new(&format!(
+            "local MAX_GROUPS = {max_groups}\n{PRELUDE}\n{body}"
+        ))
+    };
     Scripts {
         record_insert: script(RECORD_INSERT),
         record_update: script(RECORD_UPDATE),

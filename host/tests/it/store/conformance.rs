@@ -920,6 +920,77 @@ fn member_add_many_invalid_name(s: &dyn Store) {
 }
 
 /// A reader never sees a batch half applied.
+/// Joining is free, so a member joins at most `MAX_GROUPS_PER_MEMBER` groups of
+/// its scope; a join past that is refused with nothing applied, whichever
+/// primitive asks, and leaves a batch's other writes standing.
+fn member_groups_bounded(s: &dyn Store) {
+    let max = MAX_GROUPS_PER_MEMBER;
+    let group = |i: u64| format!("g{i:04}");
+    for i in 0..max {
+        let expected = if i == 0 { "inserted" } else { "joined" };
+        assert_eq!(join(s, "s", &group(i), "a", None), Out::Added(expected, 1));
+    }
+    let refused = Out::Err("invalid-argument");
+    assert_eq!(join(s, "s", "past", "a", None), refused, "one group past");
+    assert_eq!(
+        join_guarded(s, "s", None, "past", "a", None, "c", 0),
+        refused,
+        "guarded"
+    );
+    assert_eq!(
+        join_many(s, "s", "past", &["b", "a"], None),
+        refused,
+        "a batch with one member past"
+    );
+    assert_eq!(count(s, "s"), 1, "b was not added with it");
+    let membership = |group: &str| {
+        let at = Membership {
+            scope: "s",
+            group,
+            member: "a",
+        };
+        s.membership(at).unwrap()
+    };
+    assert_eq!(membership("past"), None);
+    assert_eq!(membership(&group(0)), Some(max));
+    let by_group = s.group_counts("s").unwrap();
+    assert_eq!(by_group.len() as u64, max, "no group `past`");
+
+    // A group the member is in already, and one after it leaves another.
+    assert_eq!(
+        join(s, "s", &group(7), "a", None),
+        Out::Added("already-in-group", 1)
+    );
+    assert_eq!(
+        join_many(s, "s", &group(7), &["b", "a"], None),
+        many(&["inserted", "already-in-group"], 2)
+    );
+    assert_eq!(leave(s, "s", &group(0), "a"), Out::Removed("left-group", 2));
+    assert_eq!(join(s, "s", "past", "a", None), Out::Added("joined", 2));
+    assert_eq!(join(s, "s", "later", "a", None), refused);
+
+    // In a batch, the refusal is one primitive's answer, not the batch's end:
+    // the writes around it are kept.
+    let mut answers = Vec::new();
+    let end = s
+        .batch(&mut || {
+            answers.push(join(s, "t", "g", "x", None));
+            answers.push(join(s, "s", "later", "a", None));
+            answers.push(join(s, "t", "g", "y", None));
+            BatchEnd::Keep
+        })
+        .expect("the batch");
+    assert_eq!(end, BatchEnd::Keep);
+    let kept = [
+        Out::Added("inserted", 1),
+        refused,
+        Out::Added("inserted", 2),
+    ];
+    assert_eq!(answers, kept);
+    s.persist().unwrap();
+    assert_eq!(count(s, "t"), 2);
+}
+
 fn member_add_many_atomic(s: &dyn Store) {
     const N: usize = 10_000;
     let members: Vec<String> = (0..N).map(|i| format!("member-{i:05}")).collect();
@@ -1399,6 +1470,7 @@ conformance!(
     member_add_many_empty,
     member_add_many_invalid_name,
     member_add_many_atomic,
+    member_groups_bounded,
     visit_members_order,
     import_replaces,
     import_refuses_bad_dumps,

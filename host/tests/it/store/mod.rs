@@ -27,9 +27,9 @@ use creditgate::bindings::{
     MemberRemoved, MembersAdded, Tally,
 };
 use creditgate::store::{
-    CounterAdd, CounterTally, Guard, GuardedUpdate, MAX_NAME_LEN, MAX_VALUE_LEN, MemberAdd,
-    MemberAddGuarded, MemberAddMany, Membership, MemoryStore, OnceKey, RedbStore, ScopeDump, Store,
-    StoreError,
+    BatchEnd, CounterAdd, CounterTally, Guard, GuardedUpdate, MAX_GROUPS_PER_MEMBER, MAX_NAME_LEN,
+    MAX_VALUE_LEN, MemberAdd, MemberAddGuarded, MemberAddMany, Membership, MemoryStore, OnceKey,
+    RedbStore, ScopeDump, Store, StoreError,
 };
 use tempfile::TempDir;
 

@@ -3,6 +3,17 @@ local group, limit = ARGV[2], ARGV[3]
 local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
 local count = redis.call('HLEN', mem)
 local out = {0}
+-- A member past MAX_GROUPS refuses the whole call before anything is written:
+-- outcome 5 where it stands, 0 elsewhere.
+for i = 4, #ARGV do
+  local n = redis.call('HGET', mem, ARGV[i])
+  if n and tonumber(n) >= MAX_GROUPS and not redis.call('ZSCORE', gkey, ARGV[i]) then
+    for j = 4, #ARGV do out[#out + 1] = 0 end
+    out[i - 2] = 5
+    out[1] = count
+    return out
+  end
+end
 local changed = false
 local alone, groups = 0, nil
 excl_ready()
