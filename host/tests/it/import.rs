@@ -249,6 +249,37 @@ fn an_unknown_account_is_refused_before_the_file_is_read() {
     );
 }
 
+/// A contact already in as many campaigns as it may be stops the import at its
+/// batch, with a message naming it; the batches before it stay imported.
+#[test]
+fn a_contact_in_too_many_campaigns_stops_the_import_at_its_batch() {
+    let mut worker = subscribed(harness::SMARTLEAD, "base");
+    for i in 0..creditgate::store::MAX_GROUPS_PER_MEMBER {
+        add_lead(&mut worker, &format!("q{i}"), "ann@x.io");
+    }
+    let csv = "email\nbo@x.io\ncy@x.io\nann@x.io\ndi@x.io\n";
+    let options = ImportOptions {
+        batch: 2,
+        ..options("past")
+    };
+    let err = import(&mut worker, csv.as_bytes(), &options, &mut |_| {})
+        .expect_err("a contact past the bound");
+    let message = err.to_string();
+    assert!(
+        message.contains("ann@x.io") && message.contains("1000 groups"),
+        "{message}"
+    );
+    let usage = format!(r#"{{"at":"{T0}","op":"usage","account":"acme"}}"#);
+    let used = harness::decide(&mut worker, &usage)
+        .usage
+        .map(|u| u.lead_credits.used);
+    assert_eq!(
+        used,
+        Some(3),
+        "ann, and the first batch (bo, cy): {message}"
+    );
+}
+
 #[test]
 fn progress_is_reported_after_each_batch() {
     let mut worker = subscribed(harness::SMARTLEAD, "base");
