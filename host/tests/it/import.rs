@@ -5,14 +5,17 @@
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use creditgate::bindings::Reason;
+use creditgate::import::DryRunStore;
 use creditgate::import::{
     ImportError, ImportOptions, ImportReport, InvalidReason, InvalidRow, MAX_ROW_BYTES, import,
     import_with,
 };
 use creditgate::runtime::Worker;
+use creditgate::store::{MemoryStore, Store};
 use serde_json::{Value, json};
 
 use crate::harness::{self, text, words};
@@ -253,7 +256,10 @@ fn an_unknown_account_is_refused_before_the_file_is_read() {
 /// batch, with a message naming it; the batches before it stay imported.
 #[test]
 fn a_contact_in_too_many_campaigns_stops_the_import_at_its_batch() {
-    let mut worker = subscribed(harness::SMARTLEAD, "base");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut worker = harness::worker_on(store.clone(), harness::SMARTLEAD);
+    let subscribe = format!(r#"{{"at":"{T0}","op":"subscribe","account":"acme","plan":"base"}}"#);
+    assert_eq!(harness::decide(&mut worker, &subscribe).denied, None);
     for i in 0..creditgate::store::MAX_GROUPS_PER_MEMBER {
         add_lead(&mut worker, &format!("q{i}"), "ann@x.io");
     }
@@ -262,9 +268,18 @@ fn a_contact_in_too_many_campaigns_stops_the_import_at_its_batch() {
         batch: 2,
         ..options("past")
     };
+    // A dry run predicts the same stop, and changes nothing.
+    let dry = DryRunStore::new(store.clone(), "acme", "past").expect("dry run");
+    let mut dry_worker = harness::worker_on(Arc::new(dry), harness::SMARTLEAD);
+    let predicted = import(&mut dry_worker, csv.as_bytes(), &options, &mut |_| {})
+        .expect_err("a dry run stops too")
+        .to_string();
+    assert_eq!(store.member_count("acme").expect("count"), 1, "{predicted}");
+
     let err = import(&mut worker, csv.as_bytes(), &options, &mut |_| {})
         .expect_err("a contact past the bound");
     let message = err.to_string();
+    assert_eq!(predicted, message, "the dry run predicted the real stop");
     assert!(
         message.contains("ann@x.io") && message.contains("1000 groups"),
         "{message}"
