@@ -558,20 +558,17 @@ impl Predict for Additions {
         };
         // As every store answers `member-add-many` (see MemoryStore): refused
         // whole if one member would join too many groups.
-        let full = members.iter().find(|member| {
-            let print = fingerprint(member);
-            !t.in_group.contains(&print)
-                && t.in_scope
-                    .get(&print)
-                    .is_some_and(|&n| n >= MAX_GROUPS_PER_MEMBER)
+        let prints: Vec<u64> = members.iter().map(|m| fingerprint(m)).collect();
+        let full = prints.iter().position(|print| {
+            !t.in_group.contains(print)
+                && (t.in_scope.get(print)).is_some_and(|&n| n >= MAX_GROUPS_PER_MEMBER)
         });
-        if let Some(member) = full {
-            return Err(too_many_groups(scope, member));
+        if let Some(i) = full {
+            return Err(too_many_groups(scope, &members[i]));
         }
-        let outcomes = members
-            .iter()
-            .map(|member| {
-                let print = fingerprint(member);
+        let outcomes = prints
+            .into_iter()
+            .map(|print| {
                 if t.in_group.contains(&print) {
                     MemberAddOutcome::AlreadyInGroup
                 } else if let Some(groups) = t.in_scope.get_mut(&print) {

@@ -110,24 +110,23 @@ fn exclusive_add(exclusive: &mut BTreeMap<String, u64>, group: &str, gain: bool)
     }
 }
 
-/// Refuses, before anything is applied, a join of `members` to `group` of
-/// `scope` that would put one of them in more than [`MAX_GROUPS_PER_MEMBER`]
-/// groups.
-fn check_joins<'m>(
+/// Refuses, before anything is applied, a `member_add_many` that would put one
+/// of `members` in more than [`MAX_GROUPS_PER_MEMBER`] groups of `scope`.
+fn check_joins(
     scopes: &BTreeMap<String, Scope>,
     scope: &str,
     group: &str,
-    members: impl IntoIterator<Item = &'m str>,
+    members: &[String],
 ) -> Result<(), StoreError> {
     let Some(s) = scopes.get(scope) else {
         return Ok(());
     };
-    let full = |member: &&str| {
-        s.member_groups.get(*member).is_some_and(|groups| {
+    let full = |member: &&String| {
+        s.member_groups.get(member.as_str()).is_some_and(|groups| {
             !groups.contains(group) && groups.len() as u64 >= MAX_GROUPS_PER_MEMBER
         })
     };
-    match members.into_iter().find(full) {
+    match members.iter().find(full) {
         Some(member) => Err(too_many_groups(scope, member)),
         None => Ok(()),
     }
@@ -139,11 +138,13 @@ fn add_member(
     add: MemberAdd<'_>,
 ) -> Result<MemberAdded, StoreError> {
     let (scope, group, member, limit) = (add.scope, add.group, add.member, add.limit);
-    check_joins(scopes, scope, group, [member])?;
     let members = scopes.get(scope).map_or(0, Scope::members);
     let groups = scopes.get(scope).and_then(|s| s.member_groups.get(member));
     let outcome = match groups {
         Some(g) if g.contains(group) => MemberAddOutcome::AlreadyInGroup,
+        Some(g) if g.len() as u64 >= MAX_GROUPS_PER_MEMBER => {
+            return Err(too_many_groups(scope, member));
+        }
         Some(_) => MemberAddOutcome::Joined,
         None if limit.is_some_and(|l| members >= l) => MemberAddOutcome::Refused,
         None => MemberAddOutcome::Inserted,
@@ -409,7 +410,7 @@ impl super::Backend for MemoryStore {
                 members,
             });
         }
-        check_joins(&scopes, scope, group, members.iter().map(String::as_str))?;
+        check_joins(&scopes, scope, group, members)?;
         let mut outcomes = Vec::with_capacity(members.len());
         let s = scopes.entry(scope.to_owned()).or_default();
         let mut count = s.members();

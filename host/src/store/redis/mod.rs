@@ -639,7 +639,7 @@ impl RedisStore {
         };
         Ok(match outcome {
             4 => (None, tally),
-            5 => return Err(too_many_groups(scope, member)),
+            TOO_MANY_GROUPS => return Err(too_many_groups(scope, member)),
             n => (Some(member_outcome(n)?), tally),
         })
     }
@@ -687,6 +687,10 @@ fn decimal<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|_| corrupt(what, format_args!("{s:?} is not a number")))
 }
+
+/// The member-add scripts' answer for a join past [`MAX_GROUPS_PER_MEMBER`]:
+/// nothing was written.
+const TOO_MANY_GROUPS: u64 = 5;
 
 fn member_outcome(code: u64) -> Result<MemberAddOutcome, StoreError> {
     Ok(match code {
@@ -973,7 +977,7 @@ impl super::Backend for RedisStore {
                 format_args!("{} outcomes for {} members", outcomes.len(), members.len()),
             ));
         }
-        if let Some(i) = outcomes.iter().position(|&o| o == 5) {
+        if let Some(i) = outcomes.iter().position(|&o| o == TOO_MANY_GROUPS) {
             return Err(too_many_groups(scope, &members[i]));
         }
         Ok(MembersAdded {
@@ -1409,9 +1413,9 @@ struct Scripts {
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     let script = |body: &str| {
-        let max_groups = MAX_GROUPS_PER_MEMBER;
         Script::new(&format!(
-            "local MAX_GROUPS = {max_groups}\n{PRELUDE}\n{body}"
+            "local MAX_GROUPS, TOO_MANY_GROUPS = {MAX_GROUPS_PER_MEMBER}, {TOO_MANY_GROUPS}\n\
+             {PRELUDE}\n{body}"
         ))
     };
     Scripts {

@@ -8,7 +8,7 @@ local function add()
   if redis.call('ZSCORE', gkey, member) then return 0, count end
   local outcome
   local n = redis.call('HGET', mem, member)
-  if n and tonumber(n) >= MAX_GROUPS then return 5, count end
+  if n and tonumber(n) >= MAX_GROUPS then return TOO_MANY_GROUPS, count end
   if n then
     excl_ready()
     if n == '1' then excl_add(only_group(member, group, groups_now()), -1) end

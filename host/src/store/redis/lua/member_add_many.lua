@@ -3,16 +3,20 @@ local group, limit = ARGV[2], ARGV[3]
 local gkey, mem = base .. 'grp:' .. group, base .. 'mem'
 local count = redis.call('HLEN', mem)
 local out = {0}
--- A member past MAX_GROUPS refuses the whole call before anything is written:
--- outcome 5 where it stands, 0 elsewhere.
+-- Each member's group count, read once: a member past MAX_GROUPS refuses the
+-- whole call before anything is written (TOO_MANY_GROUPS where it stands, 0
+-- elsewhere). The loop below reads the counts kept here: a member's own count
+-- changes only at its first mention, and a second one is already in the group.
+local held = {}
 for i = 4, #ARGV do
   local n = redis.call('HGET', mem, ARGV[i])
   if n and tonumber(n) >= MAX_GROUPS and not redis.call('ZSCORE', gkey, ARGV[i]) then
     for j = 4, #ARGV do out[#out + 1] = 0 end
-    out[i - 2] = 5
+    out[i - 2] = TOO_MANY_GROUPS
     out[1] = count
     return out
   end
+  held[i] = n or false
 end
 local changed = false
 local alone, groups = 0, nil
@@ -20,7 +24,7 @@ excl_ready()
 for i = 4, #ARGV do
   local m = ARGV[i]
   local o
-  local n = redis.call('HGET', mem, m)
+  local n = held[i]
   if redis.call('ZSCORE', gkey, m) then
     o = 0
   elseif n then
